@@ -1,0 +1,323 @@
+"""Core value types shared by the pure rules engine and its adapters.
+
+Nothing in this module does I/O or reads a clock. Times are integer epoch
+seconds (UTC) throughout the engine; adapters convert at the edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KINDS: tuple[str, ...] = ("spike", "drop", "inactivity", "quota", "expansion")
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+
+DAY = 86_400
+WEEK = 7 * DAY
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """How the "normal" level of a series is estimated (spike and drop rules).
+
+    window:      how far back baseline points are taken from, in seconds.
+    method:      "median" (robust, default) or "mean".
+    seasonality: "none" -> every bucket in the window counts;
+                 "weekly" -> only buckets at the same position in the week
+                 (same weekday, and same time of day for sub-daily buckets).
+    min_points:  fewest observed (non-missing) baseline points needed to judge.
+    """
+
+    window: int = 28 * DAY
+    method: str = "median"
+    seasonality: str = "none"
+    min_points: int = 3
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Minimum-volume guards so small numbers do not produce alerts.
+
+    min_baseline: the baseline must be at least this (both spike and drop).
+    min_value:    spike: the current value must be at least this.
+    min_delta:    |value - baseline| must be at least this.
+    """
+
+    min_baseline: float = 0.0
+    min_value: float = 0.0
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Which accounts a rule applies to. Empty tuples mean "no restriction"."""
+
+    plans: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
+    exclude_accounts: tuple[str, ...] = ()
+
+    def matches(self, account: AccountFacts) -> bool:
+        if account.id in self.exclude_accounts:
+            return False
+        if self.accounts and account.id not in self.accounts:
+            return False
+        if self.plans and account.plan not in self.plans:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Routing:
+    owner: bool = True
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpikeParams:
+    """Fires when value >= ratio * baseline (and robust z-score >= zscore if set)."""
+
+    ratio: float = 2.0
+    zscore: float | None = None
+    smooth: int = 1  # value = mean of the last `smooth` buckets
+
+
+@dataclass(frozen=True)
+class DropParams:
+    """Fires when value <= ratio * baseline (ratio 0.5 = dropped to half or less)."""
+
+    ratio: float = 0.5
+    zscore: float | None = None
+    smooth: int = 1
+
+
+@dataclass(frozen=True)
+class InactivityParams:
+    """Fires when every observed bucket in the last `duration` is zero.
+
+    Missing buckets are not zero: if more than `max_missing` (fraction) of the
+    buckets in the window are missing, the account is undecided (no alert, no
+    resolution). The account must have used at least `min_prior_usage` in the
+    `prior_window` before the inactive window, so never-active accounts do not
+    alert.
+    """
+
+    duration: int = 7 * DAY
+    max_missing: float = 0.0
+    prior_window: int = 30 * DAY
+    min_prior_usage: float = 1.0
+
+
+@dataclass(frozen=True)
+class QuotaParams:
+    """Billing-period usage against the account's quota for the metric.
+
+    mode "threshold": one finding per fraction crossed, once per period.
+    mode "forecast":  fires when usage projected to period end (current
+                      period-to-date plus the recent rate) reaches
+                      `fraction` of quota before usage actually has; carries
+                      the projected date.
+    """
+
+    mode: str = "threshold"
+    fractions: tuple[float, ...] = (0.8, 1.0)
+    fraction: float = 1.0
+    forecast_window: int = 7 * DAY
+    min_elapsed: int = 3 * DAY
+
+
+@dataclass(frozen=True)
+class ExpansionParams:
+    """Expansion opportunity.
+
+    mode "growth":      each of the last `periods` windows of length `period`
+                        grew by at least `growth` (0.1 = 10%) over the window
+                        before it.
+    mode "utilization": usage was at least `utilization` of quota in each of
+                        the last `periods` billing periods (completed periods).
+    """
+
+    mode: str = "growth"
+    period: int = 7 * DAY
+    periods: int = 3
+    growth: float = 0.10
+    utilization: float = 0.9
+    min_value: float = 0.0  # growth mode: the latest window must sum to at least this
+
+
+KindParams = SpikeParams | DropParams | InactivityParams | QuotaParams | ExpansionParams
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    kind: str
+    metric: str
+    bucket: int  # seconds; 60..86400 and divides 86400
+    params: KindParams
+    severity: str = "warning"
+    description: str = ""
+    for_buckets: int = 1  # consecutive evaluations the condition must hold before firing
+    cooldown: int = 0  # seconds: min gap between notifications for the same rule/account/metric
+    renotify: int = 0  # seconds: re-notify a still-firing episode this often (0 = never)
+    baseline: Baseline = field(default_factory=Baseline)
+    guards: Guards = field(default_factory=Guards)
+    segment: Segment = field(default_factory=Segment)
+    routing: Routing = field(default_factory=Routing)
+    template: str | None = None
+    source_file: str = ""
+    source_line: int | None = None
+    rule_hash: str = ""  # sha256 (first 12 hex) of the rule file's bytes
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    files: tuple[str, ...] = ()
+    file_hashes: Mapping[str, str] = field(default_factory=dict)
+
+    def by_id(self) -> dict[str, Rule]:
+        return {r.id: r for r in self.rules}
+
+
+# ------------------------------------------------------------------------ accounts
+
+
+@dataclass(frozen=True)
+class AccountFacts:
+    id: str
+    name: str
+    plan: str = ""
+    owner_email: str = ""
+    crm_id: str = ""
+    quotas: Mapping[str, float] = field(default_factory=dict)  # metric -> quota per billing period
+    billing_day: int = 1  # 1..28; the billing period starts on this day of the month
+    timezone: str = "UTC"  # IANA name; billing periods start at local midnight
+
+
+# -------------------------------------------------------------------------- series
+
+
+@dataclass
+class MetricBlock:
+    """Usage of one metric at one bucket size for many accounts.
+
+    values[i, j] is the usage of account_ids[i] in the bucket starting at
+    start + j * step. NaN means *not observed* (no data), which is different
+    from 0.0 (observed, no usage). Detectors evaluate the LAST column; callers
+    truncate the block to the bucket being evaluated, so a detector can never
+    look ahead.
+    """
+
+    metric: str
+    start: int
+    step: int
+    account_ids: list[str]
+    values: np.ndarray  # float64, shape (len(account_ids), n_buckets)
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 2 or self.values.shape[0] != len(self.account_ids):
+            raise ValueError(
+                f"values shape {self.values.shape} does not match {len(self.account_ids)} accounts"
+            )
+
+    @property
+    def n_buckets(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def end(self) -> int:
+        """Epoch second at which the last bucket ends (the evaluation time)."""
+        return self.start + self.n_buckets * self.step
+
+    def bucket_start(self, j: int) -> int:
+        if j < 0:
+            j += self.n_buckets
+        return self.start + j * self.step
+
+    def truncated(self, n_columns: int) -> MetricBlock:
+        """The first `n_columns` buckets (a view, no copy)."""
+        return MetricBlock(self.metric, self.start, self.step, self.account_ids, self.values[:, :n_columns])
+
+    def rows(self, mask: np.ndarray) -> MetricBlock:
+        ids = [a for a, keep in zip(self.account_ids, mask, strict=True) if keep]
+        return MetricBlock(self.metric, self.start, self.step, ids, self.values[mask])
+
+
+# ------------------------------------------------------------------------ findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule's condition holding for one account at one evaluation time.
+
+    `at` is the evaluation time (end of the evaluated bucket). `window_start`..
+    `window_end` is the data the decision was based on. `discriminator`
+    separates episodes of one rule/account/metric (e.g. "2026-11:0.8" for the
+    80% quota threshold of the November period); `once` means an episode with
+    this key fires at most once, ever.
+    """
+
+    rule_id: str
+    account_id: str
+    metric: str
+    kind: str
+    severity: str
+    at: int
+    bucket_start: int
+    value: float
+    baseline: float | None
+    threshold: float | None
+    window_start: int
+    window_end: int
+    message: str
+    discriminator: str = ""
+    once: bool = False
+    rule_hash: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.rule_id, self.account_id, self.metric, self.discriminator)
+
+    def explanation(self) -> dict[str, Any]:
+        """JSON-ready record of why this fired (stored in the audit trail)."""
+        return {
+            "rule": self.rule_id,
+            "rule_hash": self.rule_hash,
+            "kind": self.kind,
+            "account": self.account_id,
+            "metric": self.metric,
+            "at": self.at,
+            "bucket_start": self.bucket_start,
+            "value": self.value,
+            "baseline": self.baseline,
+            "threshold": self.threshold,
+            "window": [self.window_start, self.window_end],
+            "message": self.message,
+            "details": dict(self.details),
+        }
+
+
+@dataclass
+class DetectorResult:
+    """What a detector says about every row of the block it was given.
+
+    findings: the conditions that hold now.
+    decided:  bool per row; True where there was enough data to decide either
+              way. Open episodes of decided rows without a finding resolve;
+              undecided rows (missing data, too little history) keep their state.
+    """
+
+    findings: list[Finding]
+    decided: np.ndarray
+
+
+def account_index(accounts: Sequence[AccountFacts]) -> dict[str, AccountFacts]:
+    return {a.id: a for a in accounts}
