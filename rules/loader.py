@@ -1,0 +1,1111 @@
+"""Load and validate TOML rule files into a `RuleSet`.
+
+`check_rules` reads every file, validates everything it can and returns ALL
+problems found (file, line, rule id, field, message), so `usagebot check`
+can print them at once. `load_rules` is the same but raises `RuleFileError`.
+The file format is documented in docs/rules.md; rules/examples/default.toml
+is a complete example.
+
+This is the one module of `rules` that touches the file system (reading the
+rule files); everything after reading is pure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import hashlib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rules.durations import DurationError, format_duration, parse_duration
+from rules.model import (
+    DAY,
+    KINDS,
+    SEVERITIES,
+    WEEK,
+    Baseline,
+    DropParams,
+    ExpansionParams,
+    Guards,
+    InactivityParams,
+    KindParams,
+    QuotaParams,
+    Routing,
+    Rule,
+    RuleSet,
+    Segment,
+    SpikeParams,
+)
+from rules.toml_lines import LineMap, PathKey, scan_lines
+
+__all__ = ["Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
+
+
+# ----------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a rule file, located as precisely as possible."""
+
+    file: str
+    line: int | None
+    rule_id: str | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = [self.file if self.line is None else f"{self.file}:{self.line}"]
+        if self.rule_id is not None:
+            parts.append(f"rule '{self.rule_id}'")
+        if self.field:
+            parts.append(self.field)
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+class RuleFileError(Exception):
+    """Rule files failed validation; `.problems` holds every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def check_rules(paths: Sequence[str | Path]) -> tuple[RuleSet | None, list[Problem]]:
+    """Validate rule files and directories (every *.toml directly inside, sorted by name).
+
+    Returns (RuleSet, []) when everything is valid, else (None, problems) with
+    every problem found in every file.
+    """
+    problems: list[Problem] = []
+    files = _expand_paths(paths, problems)
+    seen_ids: dict[str, tuple[str, int | None]] = {}
+    rules: list[Rule] = []
+    hashes: dict[str, str] = {}
+    for path in files:
+        name = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.append(Problem(name, None, None, None, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        file_rules, file_problems = _check_file(data, name, seen_ids)
+        problems.extend(file_problems)
+        rules.extend(file_rules)
+        hashes[name] = _file_hash(data)
+    if problems:
+        return None, problems
+    return RuleSet(tuple(rules), tuple(str(p) for p in files), hashes), []
+
+
+def load_rules(paths: Sequence[str | Path]) -> RuleSet:
+    """Like `check_rules`, but raises `RuleFileError` listing every problem."""
+    ruleset, problems = check_rules(paths)
+    if ruleset is None:
+        raise RuleFileError(problems)
+    return ruleset
+
+
+def load_rules_text(text: str, filename: str = "<string>") -> RuleSet:
+    """Validate rules given as TOML text (hash taken over its UTF-8 bytes)."""
+    data = text.encode("utf-8")
+    rules, problems = _check_file(data, filename, {})
+    if problems:
+        raise RuleFileError(problems)
+    return RuleSet(tuple(rules), (filename,), {filename: _file_hash(data)})
+
+
+# ------------------------------------------------------------ files and paths
+
+
+def _file_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _expand_paths(paths: Sequence[str | Path], problems: list[Problem]) -> list[Path]:
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    if not paths:
+        problems.append(Problem("<no paths>", None, None, None, "no rule files or directories given"))
+        return []
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            problems.append(Problem(str(raw), None, None, None, "no such file or directory"))
+            continue
+        if path.is_dir():
+            found = sorted(
+                (p for p in path.iterdir() if p.suffix == ".toml" and p.is_file() and not p.name.startswith(".")),
+                key=lambda p: p.name,
+            )
+            if not found:
+                problems.append(
+                    Problem(str(raw), None, None, None, "directory contains no *.toml rule files")
+                )
+        else:
+            found = [path]
+        for p in found:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(p)
+    return files
+
+
+def _check_file(
+    data: bytes, name: str, seen_ids: dict[str, tuple[str, int | None]]
+) -> tuple[list[Rule], list[Problem]]:
+    problems: list[Problem] = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(Problem(name, line, None, None, f"not valid UTF-8 text (byte {exc.start})"))
+        return [], problems
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        problems.append(Problem(name, None, None, None, "file is empty: define at least one [[rule]]"))
+        return [], problems
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(_syntax_problem(name, text, str(exc)))
+        return [], problems
+
+    file_ctx = _FileContext(name, scan_lines(text), problems, _file_hash(data))
+    rules = _check_document(file_ctx, doc, seen_ids)
+    problems.sort(key=lambda p: p.line or 0)
+    return rules, problems
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_AT_END = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def _syntax_problem(name: str, text: str, message: str) -> Problem:
+    line: int | None = None
+    match = _TOML_POSITION.search(message)
+    if match:
+        line = int(match.group(1))
+        message = f"{message[: match.start()]} (column {match.group(2)})"
+    elif _TOML_AT_END.search(message):
+        line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        message = f"{_TOML_AT_END.sub('', message)} (at end of file)"
+    return Problem(name, line, None, None, f"TOML syntax error: {message}")
+
+
+# ------------------------------------------------------------ problem context
+
+
+@dataclass
+class _FileContext:
+    file: str
+    lines: LineMap
+    problems: list[Problem]
+    file_hash: str
+
+
+@dataclass
+class _Where:
+    """Reports problems for one table: `root` locates it in the document, `label` prefixes field names."""
+
+    ctx: _FileContext
+    root: PathKey = ()
+    label: PathKey = ()
+    rule_id: str | None = None
+
+    def error(self, path: PathKey, message: str) -> None:
+        line = self.ctx.lines.line_of(self.root + path)
+        name = _format_field(self.label + path) or None
+        self.ctx.problems.append(Problem(self.ctx.file, line, self.rule_id, name, message))
+
+    def count(self) -> int:
+        return len(self.ctx.problems)
+
+
+def _format_field(path: PathKey) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = part if part and all(c.isalnum() or c in "_-" for c in part) else json.dumps(part)
+            out += f".{text}" if out else text
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML, shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:57] + '..."'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+        return text if len(text) <= 60 else text[:56] + " ...]"
+    return str(value)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, dt.date | dt.time):
+        return "a date/time"
+    return type(value).__name__
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, dict):
+        return "got a table"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"got {_show(value)}"
+    return f"got {_type_name(value)} {_show(value)}"
+
+
+def _suggest(word: str, choices: Iterable[str], value: bool = False) -> str:
+    """A "did you mean" hint naming the closest choice (a key; with value=True a string value), or ""."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    return f"; did you mean {_show(match[0])}?" if value else f"; did you mean '{match[0]}'?"
+
+
+# -------------------------------------------------------------- value readers
+
+Reader = Callable[[_Where, PathKey, Any], Any]
+
+
+def _number(w: _Where, path: PathKey, value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        w.error(path, f"must be a number, {_got(value)}")
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        w.error(path, f"must be a finite number, got {_show(value)}")
+        return None
+    return float(value)
+
+
+def _nonneg_number(w: _Where, path: PathKey, value: Any) -> float | None:
+    number = _number(w, path, value)
+    if number is not None and number < 0:
+        w.error(path, f"must be >= 0 (got {_show(value)})")
+        return None
+    return number
+
+
+def _integer(w: _Where, path: PathKey, value: Any, minimum: int = 1) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            w.error(path, f"must be a whole number: write {int(value)} instead of {_show(value)}")
+        else:
+            w.error(path, f"must be a whole number, {_got(value)}")
+        return None
+    if value < minimum:
+        w.error(path, f"must be >= {minimum} (got {value})")
+        return None
+    return value
+
+
+def _positive_int(w: _Where, path: PathKey, value: Any) -> int | None:
+    return _integer(w, path, value, 1)
+
+
+def _bool(w: _Where, path: PathKey, value: Any) -> bool | None:
+    if not isinstance(value, bool):
+        w.error(path, f"must be true or false, {_got(value)}")
+        return None
+    return value
+
+
+def _string(w: _Where, path: PathKey, value: Any) -> str | None:
+    if not isinstance(value, str):
+        w.error(path, f"must be a string, {_got(value)}")
+        return None
+    return value
+
+
+def _name(w: _Where, path: PathKey, value: Any) -> str | None:
+    text = _string(w, path, value)
+    if text is None:
+        return None
+    if not text.strip():
+        w.error(path, "must not be empty")
+        return None
+    if text != text.strip():
+        w.error(path, f"must not start or end with whitespace (got {_show(text)})")
+        return None
+    return text
+
+
+def _choice(choices: Sequence[str]) -> Reader:
+    def read(w: _Where, path: PathKey, value: Any) -> str | None:
+        text = _string(w, path, value)
+        if text is None:
+            return None
+        if text not in choices:
+            allowed = ", ".join(f'"{c}"' for c in choices)
+            w.error(path, f"must be one of {allowed} (got {_show(text)}){_suggest(text, choices, value=True)}")
+            return None
+        return text
+
+    return read
+
+
+def _duration(w: _Where, path: PathKey, value: Any) -> int | None:
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        w.error(path, str(exc))
+        return None
+
+
+def _positive_duration(w: _Where, path: PathKey, value: Any) -> int | None:
+    seconds = _duration(w, path, value)
+    if seconds == 0:
+        w.error(path, "must be longer than 0")
+        return None
+    return seconds
+
+
+def _bucket_problem(seconds: int) -> str | None:
+    if seconds < 60 or seconds > DAY or DAY % seconds:
+        return (
+            f"must be between 1m and 1d and divide a day evenly "
+            f"(e.g. 1m, 5m, 15m, 30m, 1h, 6h, 12h, 1d), got {format_duration(seconds)}"
+        )
+    return None
+
+
+def _bucket(w: _Where, path: PathKey, value: Any) -> int | None:
+    seconds = _positive_duration(w, path, value)
+    if seconds is None:
+        return None
+    problem = _bucket_problem(seconds)
+    if problem:
+        w.error(path, problem)
+        return None
+    return seconds
+
+
+def _strings(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
+    """An array of unique, non-empty strings."""
+    if not isinstance(value, list):
+        w.error(path, f"must be an array of strings, {_got(value)}")
+        return None
+    before = w.count()
+    out: list[str] = []
+    for index, item in enumerate(value):
+        text = _name(w, path + (index,), item)
+        if text is None:
+            continue
+        if text in out:
+            w.error(path + (index,), f"{_show(text)} is listed twice")
+            continue
+        out.append(text)
+    return tuple(out) if w.count() == before else None
+
+
+_CHANNEL_NAME = re.compile(r"^#[^\s#,]{1,80}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+
+
+def _channels(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
+    channels = _strings(w, path, value)
+    if channels is None:
+        return None
+    ok = True
+    for index, channel in enumerate(channels):
+        if _CHANNEL_ID.match(channel):
+            continue
+        if _CHANNEL_NAME.match(channel):
+            if channel != channel.lower():
+                w.error(path + (index,), f"Slack channel names are lowercase: write {_show(channel.lower())}")
+                ok = False
+            continue
+        fixed = "#" + channel.lower()
+        hint = f"; did you mean {_show(fixed)}?" if _CHANNEL_NAME.match(fixed) else ""
+        w.error(
+            path + (index,),
+            f"{_show(channel)} is not a Slack channel: use '#name' or a channel id like 'C0123ABC'{hint}",
+        )
+        ok = False
+    return channels if ok else None
+
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_TEMPLATE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
+
+
+def _template(w: _Where, path: PathKey, value: Any) -> str | None:
+    """A template name: a file-name stem, never a path."""
+    text = _name(w, path, value)
+    if text is not None and not _TEMPLATE.match(text):
+        w.error(
+            path,
+            f"must be a template name such as \"spike\" (letters, digits, '_', '-', '.'; no paths), got {_show(text)}",
+        )
+        return None
+    return text
+
+
+def _rule_id(w: _Where, path: PathKey, value: Any) -> str | None:
+    text = _string(w, path, value)
+    if text is None:
+        return None
+    if not _ID.match(text):
+        slug = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-_.")
+        hint = f"; did you mean {_show(slug)}?" if slug else ""
+        w.error(
+            path,
+            "must start with a lowercase letter or digit and contain only a-z, 0-9, '_', '.' and '-' "
+            f"(got {_show(text)}){hint}",
+        )
+        return None
+    return text
+
+
+# ------------------------------------------------------------------- schemas
+
+_SECTIONS = ("baseline", "threshold", "guards", "segment", "routing")
+
+_TOP_READERS: dict[str, Reader] = {
+    "id": _rule_id,
+    "kind": _choice(KINDS),
+    "metric": _name,
+    "bucket": _bucket,
+    "severity": _choice(SEVERITIES),
+    "description": _string,
+    "for": _positive_int,
+    "cooldown": _duration,
+    "renotify": _duration,
+    "template": _template,
+    "enabled": _bool,
+}
+_BASELINE_KEYS = ("window", "method", "seasonality", "min_points")
+_GUARD_KEYS = ("min_baseline", "min_value", "min_delta")
+_SEGMENT_KEYS = ("plans", "accounts", "exclude_accounts")
+_ROUTING_KEYS = ("owner", "channels")
+_THRESHOLD_KEYS: dict[str, tuple[str, ...]] = {
+    "spike": ("ratio", "zscore", "smooth"),
+    "drop": ("ratio", "zscore", "smooth"),
+    "inactivity": ("duration", "max_missing", "prior_window", "min_prior_usage"),
+    "quota": ("mode", "fractions", "fraction", "forecast_window", "min_elapsed"),
+    "expansion": ("mode", "period", "periods", "growth", "min_value", "utilization"),
+}
+_MODES: dict[str, dict[str, tuple[str, ...]]] = {
+    "quota": {"threshold": ("fractions",), "forecast": ("fraction", "forecast_window", "min_elapsed")},
+    "expansion": {"growth": ("period", "periods", "growth", "min_value"), "utilization": ("utilization", "periods")},
+}
+_BASELINE_KINDS = ("spike", "drop")
+
+# [defaults]: leaf path -> reader
+_DEFAULT_READERS: dict[PathKey, Reader] = {
+    ("severity",): _TOP_READERS["severity"],
+    ("cooldown",): _duration,
+    ("renotify",): _duration,
+    ("bucket",): _bucket,
+    ("for",): _positive_int,
+    ("routing", "owner"): _bool,
+    ("routing", "channels"): _channels,
+    ("guards", "min_baseline"): _nonneg_number,
+    ("guards", "min_value"): _nonneg_number,
+    ("guards", "min_delta"): _nonneg_number,
+}
+
+
+def _home_of(key: str, kind: str | None) -> str | None:
+    """Where `key` belongs in a rule of `kind`: "" for the [[rule]] table itself, a section, or None."""
+    if key in _TOP_READERS or key in _SECTIONS:
+        return ""
+    if kind in _THRESHOLD_KEYS and key in _THRESHOLD_KEYS[kind]:
+        return "threshold"
+    baseline_kind = kind is None or kind in _BASELINE_KINDS
+    for section, keys, valid in (
+        ("baseline", _BASELINE_KEYS, baseline_kind),
+        ("guards", _GUARD_KEYS, baseline_kind),
+        ("segment", _SEGMENT_KEYS, True),
+        ("routing", _ROUTING_KEYS, True),
+    ):
+        if valid and key in keys:
+            return section
+    if kind is None and any(key in keys for keys in _THRESHOLD_KEYS.values()):
+        return "threshold"
+    return None
+
+
+def _check_keys(
+    w: _Where, table: dict[str, Any], path: PathKey, allowed: Sequence[str], kind: str | None
+) -> None:
+    """Report every key of `table` (at `path` inside the rule) that is not in `allowed`."""
+    here = path[0] if path else ""
+    for key in table:
+        if key in allowed:
+            continue
+        home = _home_of(key, kind)
+        if home is not None and home != here:
+            where = "directly in the [[rule]] table" if home == "" else f"in [rule.{home}]"
+            w.error(path + (key,), f"unknown key here; '{key}' belongs {where}")
+            continue
+        users = [k for k, keys in _THRESHOLD_KEYS.items() if key in keys and k != kind]
+        if users and kind is not None:
+            message = f"'{key}' is not a setting of {kind} rules (it is a threshold of {' and '.join(users)} rules)"
+            if here == "threshold":
+                message += f"; {kind} thresholds are: {', '.join(allowed)}"
+            w.error(path + (key,), message)
+            continue
+        hint = _suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
+        w.error(path + (key,), f"unknown key '{key}'{hint}")
+
+
+def _table(w: _Where, parent: dict[str, Any], key: str, path: PathKey) -> dict[str, Any] | None:
+    """parent[key] as a table; {} when absent, None (reported) when not a table."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        w.error(path, f"must be a table (write [rule.{key}] or {key} = {{ ... }}), {_got(value)}")
+        return None
+    return value
+
+
+# ------------------------------------------------------------------ document
+
+
+def _check_document(
+    ctx: _FileContext, doc: dict[str, Any], seen_ids: dict[str, tuple[str, int | None]]
+) -> list[Rule]:
+    top = _Where(ctx)
+    for key in doc:
+        if key not in ("defaults", "rule"):
+            suggestion = _suggest(key, ("defaults", "rule"))
+            if (key,) in _DEFAULT_READERS or key in ("routing", "guards"):
+                suggestion = "; file-wide settings go under [defaults], rule settings after a [[rule]] header"
+            elif not suggestion and isinstance(doc[key], dict | list):
+                suggestion = " (a rules file holds only [defaults] and [[rule]] tables)"
+            top.error((key,), f"unknown top-level key '{key}'{suggestion}")
+
+    defaults = _check_defaults(ctx, doc.get("defaults"))
+
+    raw_rules = doc.get("rule")
+    if raw_rules is None:
+        top.error((), "no rules defined: add at least one [[rule]] table")
+        return []
+    if isinstance(raw_rules, dict):
+        top.error(("rule",), "write each rule as [[rule]] (double brackets), not [rule]")
+        return []
+    if not isinstance(raw_rules, list) or not raw_rules:
+        top.error(("rule",), "no rules defined: add at least one [[rule]] table")
+        return []
+
+    rules: list[Rule] = []
+    for index, raw in enumerate(raw_rules):
+        where = _Where(ctx, root=("rule", index))
+        if not isinstance(raw, dict):
+            where.error((), f"each rule must be a table, {_got(raw)}")
+            continue
+        rule = _check_rule(where, raw, index, defaults, seen_ids)
+        if rule is not None:
+            rules.append(rule)
+    return rules
+
+
+@dataclass(frozen=True)
+class _Default:
+    value: Any  # None when the [defaults] entry itself is invalid (already reported)
+    line: int | None
+
+
+def _check_defaults(ctx: _FileContext, raw: Any) -> dict[PathKey, _Default]:
+    w = _Where(ctx, root=("defaults",), label=("defaults",))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        w.error((), f"must be a table ([defaults]), {_got(raw)}")
+        return {}
+    allowed = sorted({path[0] for path in _DEFAULT_READERS})
+    leaves = [".".join(str(p) for p in path) for path in _DEFAULT_READERS]
+    out: dict[PathKey, _Default] = {}
+    for key, value in raw.items():
+        if key in ("routing", "guards"):
+            if not isinstance(value, dict):
+                w.error((key,), f"must be a table ([defaults.{key}]), {_got(value)}")
+                continue
+            sub_allowed = [path[1] for path in _DEFAULT_READERS if path[0] == key]
+            for sub, sub_value in value.items():
+                if (key, sub) not in _DEFAULT_READERS:
+                    hint = _suggest(sub, sub_allowed) or f" (allowed: {', '.join(sub_allowed)})"
+                    w.error((key, sub), f"unknown key '{sub}'{hint}")
+                    continue
+                _read_default(w, out, (key, sub), sub_value)
+        elif (key,) in _DEFAULT_READERS:
+            _read_default(w, out, (key,), value)
+        else:
+            flat = {path[-1]: path for path in _DEFAULT_READERS if len(path) == 2}
+            if key in flat:
+                hint = f"; write it under [defaults.{flat[key][0]}]"
+            elif _home_of(key, None) is not None:
+                hint = "; it cannot have a file-wide default, set it on each rule"
+            else:
+                hint = _suggest(key, allowed)
+            w.error((key,), f"'{key}' is not allowed in [defaults]{hint} (allowed: {', '.join(leaves)})")
+    return out
+
+
+def _read_default(w: _Where, out: dict[PathKey, _Default], path: PathKey, value: Any) -> None:
+    # an invalid default is kept as None so rules relying on it are not checked against a stand-in
+    result = _DEFAULT_READERS[path](w, path, value)
+    out[path] = _Default(result, w.ctx.lines.line_of(("defaults",) + path))
+
+
+# ---------------------------------------------------------------------- rule
+
+
+class _RuleFields:
+    """Validated values of one rule, with [defaults] filled in where the rule is silent."""
+
+    def __init__(self, w: _Where, defaults: dict[PathKey, _Default]) -> None:
+        self.w = w
+        self.defaults = defaults
+        self.values: dict[PathKey, Any] = {}
+        self.from_defaults: set[PathKey] = set()
+
+    def read(self, table: dict[str, Any], path: PathKey, reader: Reader, *, use_default: bool = True) -> Any:
+        key = path[-1]
+        if key in table:
+            value = reader(self.w, path, table[key])
+        elif use_default and path in self.defaults:
+            value = self.defaults[path].value
+            self.from_defaults.add(path)
+        else:
+            return None
+        if value is not None:
+            self.values[path] = value
+        return value
+
+    def origin(self, path: PathKey) -> str:
+        if path in self.from_defaults:
+            line = self.defaults[path].line
+            return " (set in [defaults]" + (f" at line {line})" if line else ")")
+        return ""
+
+
+def _check_rule(
+    w: _Where,
+    raw: dict[str, Any],
+    index: int,
+    defaults: dict[PathKey, _Default],
+    seen_ids: dict[str, tuple[str, int | None]],
+) -> Rule | None:
+    ctx = w.ctx
+    header_line = ctx.lines.exact(("rule", index))
+    before = w.count()
+    raw_id = raw.get("id")
+    if isinstance(raw_id, str):
+        w.rule_id = raw_id
+    f = _RuleFields(w, defaults)
+
+    for key in ("id", "kind", "metric"):
+        if key not in raw:
+            example = {"id": '"api-calls-spike"', "kind": '"spike"', "metric": '"api_calls"'}[key]
+            w.error((key,), f"required (e.g. {key} = {example})")
+
+    rule_id = f.read(raw, ("id",), _rule_id)
+    if rule_id is not None:
+        first = seen_ids.get(rule_id)
+        if first is not None:
+            where = f"{first[0]}:{first[1]}" if first[1] is not None else first[0]
+            w.error(("id",), f"duplicate rule id: already defined at {where}")
+        else:
+            seen_ids[rule_id] = (ctx.file, header_line)
+
+    kind = f.read(raw, ("kind",), _TOP_READERS["kind"])
+    metric = f.read(raw, ("metric",), _name)
+    for key in ("severity", "description", "for", "cooldown", "renotify", "template", "enabled"):
+        f.read(raw, (key,), _TOP_READERS[key])
+    bucket_ok = f.read(raw, ("bucket",), _bucket) is not None or ("bucket" not in raw and ("bucket",) not in defaults)
+    bucket: int = f.values.get(("bucket",), DAY)
+
+    _check_keys(w, raw, (), tuple(_TOP_READERS) + _SECTIONS, kind)
+
+    # sections valid for every kind
+    _check_routing(w, f, raw, kind)
+    _check_segment(w, f, raw, kind)
+
+    if kind is not None:
+        _check_guards(w, f, raw, kind)
+        baseline = _check_baseline(w, f, raw, kind, bucket if bucket_ok else None, raw.get("bucket"))
+        params = _check_threshold(w, f, raw, kind, bucket if bucket_ok else None)
+    else:
+        baseline, params = None, None
+
+    if w.count() > before or rule_id is None or kind is None or metric is None or params is None:
+        return None
+    if f.values.get(("enabled",), True) is False:
+        return None
+    v = f.values
+    return Rule(
+        id=rule_id,
+        kind=kind,
+        metric=metric,
+        bucket=bucket,
+        params=params,
+        severity=v.get(("severity",), "warning"),
+        description=v.get(("description",), ""),
+        for_buckets=v.get(("for",), 1),
+        cooldown=v.get(("cooldown",), 0),
+        renotify=v.get(("renotify",), 0),
+        baseline=baseline or Baseline(),
+        guards=Guards(**{p[1]: v[p] for p in v if p[0] == "guards"}),
+        segment=Segment(**{p[1]: v[p] for p in v if p[0] == "segment"}),
+        routing=Routing(**{p[1]: v[p] for p in v if p[0] == "routing"}),
+        template=v.get(("template",)),
+        source_file=ctx.file,
+        source_line=header_line,
+        rule_hash=ctx.file_hash,
+    )
+
+
+def _check_routing(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str | None) -> None:
+    table = _table(w, raw, "routing", ("routing",))
+    if table is None:
+        return
+    _check_keys(w, table, ("routing",), _ROUTING_KEYS, kind)
+    f.read(table, ("routing", "owner"), _bool)
+    f.read(table, ("routing", "channels"), _channels)
+
+
+def _check_segment(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str | None) -> None:
+    table = _table(w, raw, "segment", ("segment",))
+    if table is None:
+        return
+    _check_keys(w, table, ("segment",), _SEGMENT_KEYS, kind)
+    for key in _SEGMENT_KEYS:
+        f.read(table, ("segment", key), _strings, use_default=False)
+    included = set(f.values.get(("segment", "accounts"), ()))
+    excluded = f.values.get(("segment", "exclude_accounts"), ())
+    for index, account in enumerate(excluded):
+        if account in included:
+            w.error(
+                ("segment", "exclude_accounts", index),
+                f"{_show(account)} is also listed in segment.accounts; list it in one of them only",
+            )
+
+
+def _check_guards(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str) -> None:
+    if kind not in _BASELINE_KINDS:
+        if "guards" in raw:
+            alternative = {
+                "inactivity": "; use threshold.min_prior_usage",
+                "expansion": "; use threshold.min_value",
+            }.get(kind, "")
+            w.error(("guards",), f"guards apply to spike and drop rules only, not {kind} rules{alternative}")
+        return
+    table = _table(w, raw, "guards", ("guards",))
+    if table is None:
+        return
+    _check_keys(w, table, ("guards",), _GUARD_KEYS, kind)
+    for key in _GUARD_KEYS:
+        f.read(table, ("guards", key), _nonneg_number)
+    if kind == "drop" and "min_value" in table:
+        w.error(("guards", "min_value"), "applies to spike rules only; for a drop rule use min_baseline")
+
+
+def _check_baseline(
+    w: _Where,
+    f: _RuleFields,
+    raw: dict[str, Any],
+    kind: str,
+    bucket: int | None,
+    raw_bucket: Any,
+) -> Baseline | None:
+    if kind not in _BASELINE_KINDS:
+        if "baseline" in raw:
+            w.error(("baseline",), f"only spike and drop rules have a baseline; remove it from this {kind} rule")
+        return None
+    table = _table(w, raw, "baseline", ("baseline",))
+    if table is None:
+        return None
+    before = w.count()
+    _check_keys(w, table, ("baseline",), _BASELINE_KEYS, kind)
+    window = f.read(table, ("baseline", "window"), _positive_duration, use_default=False)
+    method = f.read(table, ("baseline", "method"), _choice(("median", "mean")), use_default=False)
+    seasonality = f.read(table, ("baseline", "seasonality"), _choice(("none", "weekly")), use_default=False)
+    min_points = f.read(table, ("baseline", "min_points"), _positive_int, use_default=False)
+    if w.count() > before:
+        return None
+    result = Baseline(
+        **{k: v for k, v in (("window", window), ("method", method), ("seasonality", seasonality),
+                             ("min_points", min_points)) if v is not None}
+    )
+    given = "window" in table
+    where_window = ("baseline", "window") if given else ("baseline",)
+    if result.seasonality == "weekly":
+        if bucket is None:
+            seconds = _quiet_duration(raw_bucket)
+            if seconds and WEEK % seconds:
+                w.error(
+                    ("baseline", "seasonality"),
+                    f"weekly seasonality needs a bucket that divides a week; {format_duration(seconds)} does not",
+                )
+        if result.window < WEEK:
+            w.error(
+                where_window,
+                "weekly seasonality compares with the same time one or more weeks earlier, so the window "
+                f"must be at least 7d (got {format_duration(result.window)})",
+            )
+            return None
+        if result.window % WEEK:
+            weeks = result.window // WEEK
+            w.error(
+                where_window,
+                f"with weekly seasonality the window must be a whole number of weeks: "
+                f"{format_duration(result.window)} uses only {weeks}; write {weeks * 7}d or {(weeks + 1) * 7}d",
+            )
+            return None
+        points = result.window // WEEK
+        points_text = f"a {format_duration(result.window)} weekly window has only {points} same-weekday point(s)"
+    else:
+        if bucket is None:
+            return result
+        if result.window % bucket:
+            w.error(
+                where_window,
+                f"{format_duration(result.window)} is not a whole multiple of the bucket "
+                f"{format_duration(bucket)}{f.origin(('bucket',))}",
+            )
+            return None
+        points = result.window // bucket
+        points_text = (
+            f"a {format_duration(result.window)} window of {format_duration(bucket)} buckets "
+            f"has only {points} point(s)"
+        )
+    if result.min_points > points:
+        where = ("baseline", "min_points") if "min_points" in table else where_window
+        w.error(where, f"min_points {result.min_points} can never be met: {points_text}")
+        return None
+    return result
+
+
+def _quiet_duration(value: Any) -> int | None:
+    try:
+        return parse_duration(value)
+    except DurationError:
+        return None
+
+
+# ----------------------------------------------------------------- thresholds
+
+
+def _check_threshold(
+    w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str, bucket: int | None
+) -> KindParams | None:
+    table = _table(w, raw, "threshold", ("threshold",))
+    if table is None:
+        return None
+    before = w.count()
+    mode: str | None = None
+    allowed = _THRESHOLD_KEYS[kind]
+    if kind in _MODES:
+        modes = _MODES[kind]
+        mode = f.read(table, ("threshold", "mode"), _choice(tuple(modes)), use_default=False)
+        if "mode" not in table:
+            mode = next(iter(modes))
+        if mode is not None:
+            others = {k for m, keys in modes.items() if m != mode for k in keys} - set(modes[mode])
+            for key in table:
+                if key in others:
+                    owner = next(m for m, keys in modes.items() if key in keys)
+                    set_mode = "" if "mode" in table else f' (mode defaults to "{mode}")'
+                    w.error(
+                        ("threshold", key),
+                        f'applies to mode = "{owner}" only; this {kind} rule uses mode "{mode}"{set_mode}',
+                    )
+            allowed = ("mode", *modes[mode], *sorted(others))
+    _check_keys(w, table, ("threshold",), allowed, kind)
+
+    check = {
+        "spike": _spike_drop,
+        "drop": _spike_drop,
+        "inactivity": _inactivity,
+        "quota": _quota,
+        "expansion": _expansion,
+    }[kind]
+    params = check(w, f, table, kind, bucket, mode)
+    return params if w.count() == before else None
+
+
+def _read_all(f: _RuleFields, table: dict[str, Any], readers: dict[str, Reader]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, reader in readers.items():
+        value = f.read(table, ("threshold", key), reader, use_default=False)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _multiple_of_bucket(w: _Where, f: _RuleFields, key: str, seconds: int | None, bucket: int | None) -> None:
+    if seconds is None or bucket is None or seconds % bucket == 0:
+        return
+    w.error(
+        ("threshold", key),
+        f"{format_duration(seconds)} is not a whole multiple of the bucket "
+        f"{format_duration(bucket)}{f.origin(('bucket',))}",
+    )
+
+
+def _spike_drop(
+    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
+) -> KindParams:
+    got = _read_all(f, table, {"ratio": _number, "zscore": _number, "smooth": _positive_int})
+    ratio = got.get("ratio")
+    if ratio is not None:
+        if kind == "spike" and ratio <= 1:
+            w.error(("threshold", "ratio"), f"must be > 1 for a spike rule (got {_show(table['ratio'])})")
+        if kind == "drop" and not 0 < ratio < 1:
+            w.error(
+                ("threshold", "ratio"),
+                f"must be between 0 and 1 for a drop rule, e.g. 0.5 = fell to half or less "
+                f"(got {_show(table['ratio'])})",
+            )
+    zscore = got.get("zscore")
+    if zscore is not None and zscore <= 0:
+        w.error(("threshold", "zscore"), f"must be > 0 (got {_show(table['zscore'])})")
+    params_type = SpikeParams if kind == "spike" else DropParams
+    return params_type(**got)
+
+
+def _inactivity(
+    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
+) -> KindParams:
+    got = _read_all(
+        f,
+        table,
+        {
+            "duration": _positive_duration,
+            "max_missing": _number,
+            "prior_window": _duration,
+            "min_prior_usage": _nonneg_number,
+        },
+    )
+    max_missing = got.get("max_missing")
+    if max_missing is not None and not 0 <= max_missing < 1:
+        w.error(
+            ("threshold", "max_missing"),
+            f"must be a fraction >= 0 and < 1, e.g. 0.2 = up to 20% of buckets may be missing "
+            f"(got {_show(table['max_missing'])})",
+        )
+    params = InactivityParams(**got)
+    _multiple_of_bucket(w, f, "duration", got.get("duration"), bucket)
+    _multiple_of_bucket(w, f, "prior_window", got.get("prior_window"), bucket)
+    if params.prior_window == 0 and params.min_prior_usage > 0:
+        where = "prior_window" if "prior_window" in table else "min_prior_usage"
+        w.error(
+            ("threshold", where),
+            f"min_prior_usage {_show(params.min_prior_usage)} can never be met with prior_window = \"0\"; "
+            "set a prior_window or min_prior_usage = 0",
+        )
+    return params
+
+
+def _fraction(w: _Where, path: PathKey, value: Any) -> float | None:
+    number = _number(w, path, value)
+    if number is not None and not 0 < number <= 10:
+        w.error(path, f"must be > 0 and <= 10, as a fraction of quota (0.8 = 80%) (got {_show(value)})")
+        return None
+    return number
+
+
+def _fractions(w: _Where, path: PathKey, value: Any) -> tuple[float, ...] | None:
+    if not isinstance(value, list):
+        w.error(path, f"must be an array of fractions of quota like [0.8, 1.0], {_got(value)}")
+        return None
+    if not value:
+        w.error(path, "must list at least one fraction, e.g. [0.8, 1.0]")
+        return None
+    before = w.count()
+    out: list[float] = []
+    for index, item in enumerate(value):
+        number = _fraction(w, path + (index,), item)
+        if number is None:
+            continue
+        if out and number <= out[-1]:
+            problem = "is listed twice" if number in out else "is out of order"
+            w.error(path + (index,), f"{_show(item)} {problem}: list fractions in increasing order without repeats")
+            continue
+        out.append(number)
+    return tuple(out) if w.count() == before else None
+
+
+_SHORTEST_PERIOD = 28 * DAY
+
+
+def _quota(
+    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
+) -> KindParams:
+    got = _read_all(
+        f,
+        table,
+        {
+            "fractions": _fractions,
+            "fraction": _fraction,
+            "forecast_window": _positive_duration,
+            "min_elapsed": _duration,
+        },
+    )
+    if mode is not None:
+        got["mode"] = mode
+    _multiple_of_bucket(w, f, "forecast_window", got.get("forecast_window"), bucket)
+    min_elapsed = got.get("min_elapsed")
+    if min_elapsed is not None and min_elapsed >= _SHORTEST_PERIOD:
+        w.error(
+            ("threshold", "min_elapsed"),
+            f"{format_duration(min_elapsed)} is not shorter than the shortest billing period (28d), "
+            "so the forecast could never fire in February",
+        )
+    return QuotaParams(**got)
+
+
+def _expansion(
+    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
+) -> KindParams:
+    got = _read_all(
+        f,
+        table,
+        {
+            "period": _positive_duration,
+            "periods": _positive_int,
+            "growth": _number,
+            "min_value": _nonneg_number,
+            "utilization": _fraction,
+        },
+    )
+    if mode is not None:
+        got["mode"] = mode
+    growth = got.get("growth")
+    if growth is not None and growth <= 0:
+        w.error(("threshold", "growth"), f"must be > 0, e.g. 0.1 = 10% growth per period (got {_show(table['growth'])})")
+    _multiple_of_bucket(w, f, "period", got.get("period"), bucket)
+    return ExpansionParams(**got)
