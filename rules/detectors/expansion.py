@@ -1,0 +1,216 @@
+"""Expansion detector: sustained growth, or sustained high quota utilization.
+
+Evaluated at at = block.end; NaN means "not observed", never zero. Both modes
+use discriminator "" and once False.
+
+mode "growth"
+    P = period // bucket (at least 1). Needs (periods + 1) * P columns, else
+    undecided. Window sums S_0 (the latest P buckets) .. S_periods (oldest),
+    each a nansum; any window with more than 20% of its buckets missing ->
+    undecided. Fires when S_k >= (1 + growth) * S_{k+1} for every
+    k < periods, S_0 >= min_value and S_periods > 0.
+    value S_0, baseline S_periods, threshold (1 + growth) * S_1,
+    window = the (periods + 1) * P buckets. details: window_sums
+    ([S_0, S_1, ...], latest first), growth_rates ([S_0/S_1 - 1, ...],
+    latest first), period (seconds).
+
+mode "utilization"
+    The last `periods` COMPLETED billing periods in the account's timezone
+    and billing_day (a period ending exactly at `at` counts as completed).
+    Missing, NaN or <= 0 quota -> undecided; block starting after the oldest
+    of them -> undecided; a period with more than 20% of its buckets missing
+    -> undecided. A bucket belongs to the period its start lies in. Fires
+    when every one of them has usage >= utilization * q. value = usage of
+    the latest completed period, baseline None, threshold utilization * q,
+    window = [oldest period start, latest period end). details: quota,
+    utilization (the rule's fraction), periods: [{period, usage,
+    utilization}, ...] latest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rules.detectors import format as fmt
+from rules.detectors.quota import MAX_PERIOD, account_groups, interval_sums, quota_array, round_up
+from rules.model import AccountFacts, DetectorResult, ExpansionParams, Finding, MetricBlock, Rule
+from rules.periods import Period, billing_period, previous_period
+
+MAX_MISSING = 0.2
+
+
+def _params(rule: Rule) -> ExpansionParams:
+    if not isinstance(rule.params, ExpansionParams):
+        raise TypeError(f"{fmt.rule_location(rule)}: expansion rule has {type(rule.params).__name__} params")
+    return rule.params
+
+
+def required_history(rule: Rule) -> int:
+    params = _params(rule)
+    if params.mode == "utilization":
+        return round_up((params.periods + 1) * MAX_PERIOD, rule.bucket)
+    return (params.periods + 1) * max(1, params.period // rule.bucket) * rule.bucket
+
+
+def detect_expansion(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> DetectorResult:
+    params = _params(rule)
+    if params.periods < 1:
+        raise ValueError(
+            f"{fmt.rule_location(rule)}: expansion periods must be at least 1, got {params.periods}"
+        )
+    if params.mode == "growth":
+        return _growth(rule, params, block)
+    if params.mode == "utilization":
+        return _utilization(rule, params, block, accounts)
+    raise ValueError(f"{fmt.rule_location(rule)}: unknown expansion mode {params.mode!r}")
+
+
+# -------------------------------------------------------------------- growth
+
+
+def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock) -> DetectorResult:
+    rows, n = block.values.shape
+    width = max(1, params.period // block.step)
+    need = (params.periods + 1) * width
+    if n < need or rows == 0:
+        return DetectorResult([], np.zeros(rows, dtype=bool))
+    tail = block.values[:, n - need :].reshape(rows, params.periods + 1, width)[:, ::-1, :]  # latest first
+    missing = np.isnan(tail)
+    sums = np.where(missing, 0.0, tail).sum(axis=2)  # sums[:, k] = S_k
+    decided = ~(missing.mean(axis=2) > MAX_MISSING).any(axis=1)
+    grew = np.all(sums[:, :-1] >= (1.0 + params.growth) * sums[:, 1:], axis=1)
+    fire = decided & grew & (sums[:, 0] >= params.min_value) & (sums[:, -1] > 0)
+    findings = [_growth_finding(rule, params, block, int(i), sums[i], width) for i in np.flatnonzero(fire)]
+    return DetectorResult(findings, decided)
+
+
+def _growth_finding(
+    rule: Rule, params: ExpansionParams, block: MetricBlock, i: int, sums: np.ndarray, width: int
+) -> Finding:
+    at = block.end
+    step = block.step
+    window_sums = [float(s) for s in sums]
+    rates = [
+        window_sums[k] / window_sums[k + 1] - 1.0 if window_sums[k + 1] != 0 else None
+        for k in range(params.periods)
+    ]
+    span = fmt.duration(width * step)
+    window = width * step
+    oldest_start = at - (params.periods + 1) * window
+    message = (
+        f"{block.metric} grew at least {fmt.percent(params.growth)} in each of the last {params.periods}"
+        f" windows of {span}: {fmt.number(window_sums[0])} in the {span} from {fmt.moment(at - window, step)}"
+        f" vs {fmt.number(window_sums[-1])} in the {span} from {fmt.moment(oldest_start, step)}"
+        f" ({', '.join(fmt.change(r) for r in rates)}, latest first)."
+    )
+    return Finding(
+        rule_id=rule.id,
+        account_id=block.account_ids[i],
+        metric=block.metric,
+        kind=rule.kind,
+        severity=rule.severity,
+        at=at,
+        bucket_start=at - step,
+        value=window_sums[0],
+        baseline=window_sums[-1],
+        threshold=(1.0 + params.growth) * window_sums[1],
+        window_start=oldest_start,
+        window_end=at,
+        message=message,
+        discriminator="",
+        once=False,
+        rule_hash=rule.rule_hash,
+        details={"window_sums": window_sums, "growth_rates": rates, "period": width * step},
+    )
+
+
+# --------------------------------------------------------------- utilization
+
+
+def completed_periods(at: int, count: int, billing_day: int, timezone: str) -> list[Period]:
+    """The last `count` billing periods that ended at or before `at`, latest first."""
+    current = billing_period(at - 1, billing_day, timezone)
+    latest = current if current.end <= at else previous_period(current, billing_day, timezone)
+    out = [latest]
+    while len(out) < count:
+        out.append(previous_period(out[-1], billing_day, timezone))
+    return out
+
+
+def _utilization(
+    rule: Rule, params: ExpansionParams, block: MetricBlock, accounts: Sequence[AccountFacts]
+) -> DetectorResult:
+    rows, n = block.values.shape
+    decided = np.zeros(rows, dtype=bool)
+    findings: list[Finding] = []
+    if n == 0 or rows == 0:
+        return DetectorResult(findings, decided)
+    at = block.end
+    q_all = quota_array(accounts, block.metric)
+    with np.errstate(invalid="ignore"):
+        has_quota = q_all > 0
+    for billing_day, timezone, group in account_groups(accounts):
+        idx = group[has_quota[group]]
+        if idx.size == 0:
+            continue
+        periods = completed_periods(at, params.periods, billing_day, timezone)
+        if block.start > periods[-1].start:
+            continue
+        usage = np.empty((idx.size, len(periods)))
+        ok = np.ones(idx.size, dtype=bool)
+        for k, period in enumerate(periods):
+            total, observed, buckets = interval_sums(block, idx, period.start, period.end)
+            usage[:, k] = total
+            ok &= (buckets > 0) & (buckets - observed <= MAX_MISSING * buckets)
+        decided[idx[ok]] = True
+        q = q_all[idx]
+        fire = ok & np.all(usage >= params.utilization * q[:, None], axis=1)
+        for pos in np.flatnonzero(fire):
+            findings.append(
+                _utilization_finding(rule, params, block, int(idx[pos]), usage[pos], float(q[pos]), periods)
+            )
+    return DetectorResult(findings, decided)
+
+
+def _utilization_finding(
+    rule: Rule,
+    params: ExpansionParams,
+    block: MetricBlock,
+    i: int,
+    usage: np.ndarray,
+    quota: float,
+    periods: list[Period],
+) -> Finding:
+    at = block.end
+    per_period = [
+        {"period": p.label, "usage": float(u), "utilization": float(u) / quota}
+        for p, u in zip(periods, usage, strict=True)
+    ]
+    listing = ", ".join(
+        f"{p.label}: {fmt.percent(float(u) / quota)}" for p, u in zip(periods, usage, strict=True)
+    )
+    message = (
+        f"{block.metric} used at least {fmt.percent(params.utilization)} of the monthly quota"
+        f" ({fmt.number(quota)}) in each of the last {len(periods)} billing periods ({listing})."
+    )
+    return Finding(
+        rule_id=rule.id,
+        account_id=block.account_ids[i],
+        metric=block.metric,
+        kind=rule.kind,
+        severity=rule.severity,
+        at=at,
+        bucket_start=at - block.step,
+        value=float(usage[0]),
+        baseline=None,
+        threshold=params.utilization * quota,
+        window_start=periods[-1].start,
+        window_end=periods[0].end,
+        message=message,
+        discriminator="",
+        once=False,
+        rule_hash=rule.rule_hash,
+        details={"quota": quota, "utilization": params.utilization, "periods": per_period},
+    )

@@ -1,0 +1,104 @@
+"""Formatting of numbers, times and rule locations for detector messages.
+
+Messages are read by people in Slack and CRM notes, so numbers are rounded
+for reading (the exact values travel in Finding.value/baseline/threshold and
+details):
+
+- number(12345.6)  -> "12,346";  number(12.34) -> "12.3";  number(0.125) -> "0.125"
+- ratio(3.14)      -> "3.1x";    ratio(2.0) -> "2x";       ratio(0.25) -> "0.25x"
+- percent(0.82)    -> "82%"      (rounded DOWN, so 99.96% never reads as "100%")
+- change(0.1)      -> "+10%"
+- moment(ts, step) -> "2026-11-03 14:00 UTC", or "2026-11-03" for daily buckets at midnight
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from rules.durations import format_duration
+from rules.model import DAY, Rule
+
+
+def _strip_zero(text: str) -> str:
+    return text[:-2] if text.endswith(".0") else text
+
+
+def number(x: float | None) -> str:
+    """A count or amount for reading: thousands separators, few decimals."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "infinity" if x > 0 else "-infinity"
+    ax = abs(x)
+    if ax == 0:
+        return "0"
+    if ax >= 100 or float(x).is_integer():
+        return f"{x:,.0f}"
+    if ax >= 1:
+        return _strip_zero(f"{x:,.1f}")
+    if ax >= 0.001:
+        return f"{x:.3g}"
+    return f"{x:.1e}"
+
+
+def ratio(r: float | None) -> str:
+    """A multiple of the baseline: 3.1x."""
+    if r is None or math.isnan(r):
+        return "n/a"
+    if math.isinf(r):
+        return "infinite"
+    if r == 0:
+        return "0x"
+    if abs(r) >= 100:
+        return f"{r:,.0f}x"
+    if abs(r) < 1:
+        return f"{r:.2g}x"
+    return _strip_zero(f"{r:.1f}") + "x"
+
+
+def percent(fraction: float) -> str:
+    """A share as a whole percentage, rounded down (0.999 -> "99%"); below 1% one decimal."""
+    if math.isnan(fraction):
+        return "n/a"
+    p = fraction * 100.0
+    if 0 < abs(p) < 1:
+        return f"{math.floor(p * 10 + 1e-9) / 10:.1f}%"
+    return f"{math.floor(p + 1e-9):,d}%"
+
+
+def change(rate: float | None) -> str:
+    """A relative change with a sign: 0.1 -> "+10%", -0.25 -> "-25%"."""
+    if rate is None or math.isnan(rate):
+        return "n/a"
+    return f"{rate * 100:+,.0f}%"
+
+
+def moment(ts: int, step: int = 0) -> str:
+    """A UTC instant; just the date when buckets are whole days and ts is a UTC midnight."""
+    dt = datetime.fromtimestamp(int(ts), UTC)
+    if step >= DAY and int(ts) % DAY == 0:
+        return dt.strftime("%Y-%m-%d")
+    return dt.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def local_date(ts: float, timezone: str) -> str:
+    """ISO date (YYYY-MM-DD) of epoch second `ts` in an IANA timezone."""
+    return datetime.fromtimestamp(int(ts), ZoneInfo(timezone)).date().isoformat()
+
+
+def duration(seconds: int) -> str:
+    """A duration for reading: whole days as days ("7d", "28d"), else "1h", "15m", "1h30m"."""
+    seconds = int(seconds)
+    if seconds > 0 and seconds % DAY == 0:
+        return f"{seconds // DAY}d"
+    return format_duration(seconds)
+
+
+def rule_location(rule: Rule) -> str:
+    """How error messages name a rule: "rule 'api-spike' (rules/usage.toml:12)"."""
+    where = rule.source_file or "<no file>"
+    if rule.source_line is not None:
+        where += f":{rule.source_line}"
+    return f"rule {rule.id!r} ({where})"

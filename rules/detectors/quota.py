@@ -1,0 +1,295 @@
+"""Quota detector: billing-period usage against the account's quota for the metric.
+
+Evaluated at at = block.end; NaN means "not observed", never zero.
+
+Quota and period
+    q = account.quotas.get(metric); missing, NaN or <= 0 -> undecided.
+    period = rules.periods.billing_period(at - 1, account.billing_day,
+    account.timezone) (the period holding the evaluated bucket's last second).
+    A bucket belongs to a period when its START lies inside it, so with 1h
+    buckets a March America/New_York period (31 days less one hour) holds
+    743 buckets. Accounts are grouped on (billing_day, timezone); periods and
+    column ranges are computed once per group, sums are vectorised.
+    If the block starts after period.start -> undecided (not enough history).
+    Period-to-date usage u = nansum of the buckets starting in
+    [period.start, at); when there are such buckets but none of them is
+    observed -> undecided (no bucket has started in the period yet, as with
+    daily UTC buckets and a period starting at 15:00Z: u = 0, decided).
+
+mode "threshold"
+    One Finding per fraction f of `fractions` with u >= f * q:
+    discriminator f"{period.label}:{f:g}", once True, value u, baseline None,
+    threshold f * q, window = [period.start, at). details: quota, fraction,
+    utilization (u / q), period (label), period_start, period_end (ISO).
+
+mode "forecast"
+    elapsed = at - period.start; elapsed < min_elapsed -> decided, no finding.
+    rate = sum of observed buckets in the last forecast_window / (observed
+    buckets * bucket seconds), per second (no observed bucket -> undecided).
+    projected = u + rate * (period.end - at). Fires when
+    u < fraction * q <= projected: discriminator
+    f"{period.label}:forecast{fraction:g}", once True, value u, baseline None,
+    threshold fraction * q, window = [min(period.start, rate window start), at).
+    details: quota, fraction, utilization, projected_total, projected_date
+    (local ISO date, account timezone, on which u + rate * t reaches
+    fraction * q), days_left (days from at to that moment, 1 decimal),
+    rate_per_day, period, period_start, period_end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rules.detectors import format as fmt
+from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, QuotaParams, Rule
+from rules.periods import Period, billing_period, iso
+
+# Longest billing period: 31 days plus the hour a DST change can add.
+MAX_PERIOD = 31 * DAY + 3600
+
+
+def _params(rule: Rule) -> QuotaParams:
+    if not isinstance(rule.params, QuotaParams):
+        raise TypeError(f"{fmt.rule_location(rule)}: quota rule has {type(rule.params).__name__} params")
+    return rule.params
+
+
+def round_up(seconds: int, step: int) -> int:
+    return -(-seconds // step) * step
+
+
+def required_history(rule: Rule) -> int:
+    params = _params(rule)
+    need = MAX_PERIOD
+    if params.mode == "forecast":
+        need = max(need, max(1, params.forecast_window // rule.bucket) * rule.bucket)
+    return round_up(need, rule.bucket)
+
+
+# ------------------------------------------------------------- shared helpers
+
+
+def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.ndarray]]:
+    """Row indices grouped by (billing_day, timezone), in first-seen order."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, account in enumerate(accounts):
+        groups.setdefault((account.billing_day, account.timezone), []).append(i)
+    return [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
+
+
+def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
+    """Quota per row; NaN where the account has none for `metric`."""
+    out = np.full(len(accounts), np.nan)
+    for i, account in enumerate(accounts):
+        q = account.quotas.get(metric)
+        if q is not None:
+            out[i] = float(q)
+    return out
+
+
+def column_at(block: MetricBlock, t: int) -> int:
+    """First column whose bucket starts at or after epoch second t, clipped to [0, n]."""
+    return min(block.n_buckets, max(0, -((block.start - t) // block.step)))
+
+
+def interval_sums(
+    block: MetricBlock, rows: np.ndarray, t0: int, t1: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(nansum, observed count, bucket count) per row over buckets starting in [t0, t1)."""
+    lo, hi = column_at(block, t0), column_at(block, t1)
+    part = block.values[rows, lo:hi]
+    observed = np.count_nonzero(~np.isnan(part), axis=1)
+    total = np.where(np.isnan(part), 0.0, part).sum(axis=1)
+    return total, observed, hi - lo
+
+
+# ------------------------------------------------------------------ detector
+
+
+def detect_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> DetectorResult:
+    params = _params(rule)
+    if params.mode not in ("threshold", "forecast"):
+        raise ValueError(f"{fmt.rule_location(rule)}: unknown quota mode {params.mode!r}")
+    rows, n = block.values.shape
+    decided = np.zeros(rows, dtype=bool)
+    findings: list[Finding] = []
+    if n == 0 or rows == 0:
+        return DetectorResult(findings, decided)
+    at = block.end
+    q_all = quota_array(accounts, block.metric)
+    with np.errstate(invalid="ignore"):
+        has_quota = q_all > 0
+    for billing_day, timezone, group in account_groups(accounts):
+        idx = group[has_quota[group]]
+        if idx.size == 0:
+            continue
+        period = billing_period(at - 1, billing_day, timezone)
+        if block.start > period.start:
+            continue
+        q = q_all[idx]
+        if params.mode == "forecast" and at - period.start < params.min_elapsed:
+            decided[idx] = True
+            continue
+        used, observed, buckets = interval_sums(block, idx, period.start, at)
+        ok = (observed > 0) | (buckets == 0)
+        if params.mode == "threshold":
+            decided[idx[ok]] = True
+            for fraction in sorted(params.fractions):
+                for pos in np.flatnonzero(ok & (used >= fraction * q)):
+                    findings.append(
+                        _threshold_finding(
+                            rule, block, int(idx[pos]), float(used[pos]), float(q[pos]), fraction, period
+                        )
+                    )
+            continue
+        ok = _forecast_group(rule, params, block, idx, used, ok, q, period, timezone, findings)
+        decided[idx[ok]] = True
+    return DetectorResult(findings, decided)
+
+
+def _forecast_group(
+    rule: Rule,
+    params: QuotaParams,
+    block: MetricBlock,
+    idx: np.ndarray,
+    used: np.ndarray,
+    ok: np.ndarray,
+    q: np.ndarray,
+    period: Period,
+    timezone: str,
+    findings: list[Finding],
+) -> np.ndarray:
+    """Forecast one (billing_day, timezone) group: appends findings, returns the decided mask
+    (rows already `ok` that also have a recent rate)."""
+    at = block.end
+    width = max(1, params.forecast_window // block.step)
+    rate_start = max(block.start, at - width * block.step)
+    recent, recent_observed, _ = interval_sums(block, idx, rate_start, at)
+    has_rate = ok & (recent_observed > 0)
+    rate = np.zeros(idx.size)
+    rate[has_rate] = recent[has_rate] / (recent_observed[has_rate] * block.step)
+    projected = used + rate * (period.end - at)
+    target = params.fraction * q
+    for pos in np.flatnonzero(has_rate & (used < target) & (target <= projected)):
+        findings.append(
+            _forecast_finding(
+                rule,
+                block,
+                int(idx[pos]),
+                float(used[pos]),
+                float(q[pos]),
+                float(rate[pos]),
+                float(projected[pos]),
+                period,
+                timezone,
+                min(period.start, rate_start),
+            )
+        )
+    return has_rate
+
+
+def _make(
+    rule: Rule,
+    block: MetricBlock,
+    i: int,
+    *,
+    value: float,
+    threshold: float,
+    window_start: int,
+    message: str,
+    discriminator: str,
+    details: dict[str, object],
+) -> Finding:
+    return Finding(
+        rule_id=rule.id,
+        account_id=block.account_ids[i],
+        metric=block.metric,
+        kind=rule.kind,
+        severity=rule.severity,
+        at=block.end,
+        bucket_start=block.end - block.step,
+        value=value,
+        baseline=None,
+        threshold=threshold,
+        window_start=window_start,
+        window_end=block.end,
+        message=message,
+        discriminator=discriminator,
+        once=True,
+        rule_hash=rule.rule_hash,
+        details=details,
+    )
+
+
+def _period_details(period: Period) -> dict[str, object]:
+    return {"period": period.label, "period_start": iso(period.start), "period_end": iso(period.end)}
+
+
+def _threshold_finding(
+    rule: Rule, block: MetricBlock, i: int, used: float, quota: float, fraction: float, period: Period
+) -> Finding:
+    utilization = used / quota
+    message = (
+        f"{block.metric} reached {fmt.percent(utilization)} of the monthly quota"
+        f" ({fmt.number(used)} of {fmt.number(quota)}) in the period starting {period.label}."
+    )
+    return _make(
+        rule,
+        block,
+        i,
+        value=used,
+        threshold=fraction * quota,
+        window_start=period.start,
+        message=message,
+        discriminator=f"{period.label}:{fraction:g}",
+        details={"quota": quota, "fraction": fraction, "utilization": utilization, **_period_details(period)},
+    )
+
+
+def _forecast_finding(
+    rule: Rule,
+    block: MetricBlock,
+    i: int,
+    used: float,
+    quota: float,
+    rate: float,
+    projected: float,
+    period: Period,
+    timezone: str,
+    window_start: int,
+) -> Finding:
+    params = _params(rule)
+    at = block.end
+    target = params.fraction * quota
+    crossing = at + (target - used) / rate
+    projected_date = fmt.local_date(crossing, timezone)
+    days_left = round((crossing - at) / DAY, 1)
+    message = (
+        f"{block.metric} is projected to reach {fmt.percent(params.fraction)} of the monthly quota"
+        f" ({fmt.number(target)}) on {projected_date}, in {days_left:g} days:"
+        f" {fmt.number(used)} used so far ({fmt.percent(used / quota)}) in the period starting {period.label}"
+        f" at a recent {fmt.number(rate * DAY)}/day, {fmt.number(projected)} projected by the period end"
+        f" on {fmt.local_date(period.end, timezone)}."
+    )
+    return _make(
+        rule,
+        block,
+        i,
+        value=used,
+        threshold=target,
+        window_start=window_start,
+        message=message,
+        discriminator=f"{period.label}:forecast{params.fraction:g}",
+        details={
+            "quota": quota,
+            "fraction": params.fraction,
+            "utilization": used / quota,
+            "projected_total": projected,
+            "projected_date": projected_date,
+            "days_left": days_left,
+            "rate_per_day": rate * DAY,
+            **_period_details(period),
+        },
+    )

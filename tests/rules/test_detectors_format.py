@@ -1,0 +1,99 @@
+"""Number and time formatting used in detector messages (rules.detectors.format)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rules.detectors import format as fmt
+from rules.model import DAY, Rule, SpikeParams
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [
+        (12_345.0, "12,345"),
+        (12_345.6, "12,346"),
+        (1_234_567.0, "1,234,567"),
+        (150.4, "150"),
+        (12.0, "12"),
+        (12.34, "12.3"),
+        (3.0, "3"),
+        (2.5, "2.5"),
+        (0.125, "0.125"),
+        (0.0, "0"),
+        (-42.0, "-42"),
+        (0.00002, "2.0e-05"),
+        (None, "n/a"),
+        (float("nan"), "n/a"),
+        (float("inf"), "infinity"),
+    ],
+)
+def test_number(x: float | None, text: str) -> None:
+    assert fmt.number(x) == text
+
+
+@pytest.mark.parametrize(
+    ("r", "text"),
+    [
+        (3.14, "3.1x"),
+        (2.0, "2x"),
+        (12.25, "12.2x"),
+        (250.0, "250x"),
+        (0.25, "0.25x"),
+        (0.5, "0.5x"),
+        (0.0, "0x"),
+    ],
+)
+def test_ratio(r: float, text: str) -> None:
+    assert fmt.ratio(r) == text
+
+
+def test_ratio_missing() -> None:
+    assert fmt.ratio(None) == "n/a"
+
+
+@pytest.mark.parametrize(
+    ("f", "text"),
+    [
+        (0.82, "82%"),
+        (0.8, "80%"),
+        (1.0, "100%"),
+        (0.9996, "99%"),
+        (1.234, "123%"),
+        (0.0, "0%"),
+        (0.0042, "0.4%"),
+    ],
+)
+def test_percent_rounds_down(f: float, text: str) -> None:
+    assert fmt.percent(f) == text
+
+
+def test_change() -> None:
+    assert (fmt.change(0.1), fmt.change(-0.25), fmt.change(None)) == ("+10%", "-25%", "n/a")
+
+
+def test_moment() -> None:
+    t = 1_793_491_200  # 2026-11-01T00:00:00Z
+    assert fmt.moment(t) == "2026-11-01 00:00 UTC"
+    assert fmt.moment(t, DAY) == "2026-11-01"
+    assert fmt.moment(t + 3600, DAY) == "2026-11-01 01:00 UTC"
+    assert fmt.local_date(t + 3600, "America/New_York") == "2026-10-31"
+
+
+def test_duration_prefers_days() -> None:
+    assert [fmt.duration(s) for s in (7 * DAY, 28 * DAY, 3600, 90 * 60, 60)] == [
+        "7d",
+        "28d",
+        "1h",
+        "1h30m",
+        "1m",
+    ]
+
+
+def test_rule_location() -> None:
+    r = Rule(
+        "api-spike", "spike", "api_calls", 3600, SpikeParams(), source_file="rules/usage.toml", source_line=12
+    )
+    assert fmt.rule_location(r) == "rule 'api-spike' (rules/usage.toml:12)"
+    bare = Rule("x", "spike", "api_calls", 3600, SpikeParams())
+    assert fmt.rule_location(bare) == "rule 'x' (<no file>)"
