@@ -1,0 +1,716 @@
+"""Usage and account inputs read from CSV files, with row-level error reporting.
+
+Usage file header: ``timestamp,account,metric,value`` (any column order).
+Accounts file header: ``id,name,owner_email,plan,crm_id`` plus optional
+``billing_day``, ``timezone`` and ``quota.<metric>`` columns.
+
+Header names match case-insensitively with surrounding whitespace ignored;
+a missing required column or an unknown column is an error naming it. Files
+may start with a UTF-8 byte-order mark and use CRLF line endings. Blank rows
+are ignored.
+
+Every problem is a :class:`RowError` naming the file, the physical line the
+row starts on (header = line 1; quoted fields with embedded line breaks are
+counted correctly), the column and the offending value. The caller picks a
+mode:
+
+* ``on_error="reject"``: any bad row raises :class:`CsvInputError` listing
+  every problem in the file, and no records are returned.
+* ``on_error="skip"``: good rows are returned as records, bad rows as
+  :class:`RowError` objects carrying the raw row text; :func:`write_rejects`
+  writes those rows to a rejects file with an ``_error`` column.
+
+File-level problems (empty file, bad header, text that is not UTF-8, a
+broken CSV structure) raise :class:`CsvInputError` in both modes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from integrations.sources.records import METRIC_PATTERN, UsageRecord
+from rules.model import AccountFacts
+from rules.periods import iso
+
+OnError = Literal["reject", "skip"]
+T = TypeVar("T")
+
+USAGE_COLUMNS: tuple[str, ...] = ("timestamp", "account", "metric", "value")
+ACCOUNT_COLUMNS: tuple[str, ...] = ("id", "name", "owner_email", "plan", "crm_id")
+ACCOUNT_OPTIONAL_COLUMNS: tuple[str, ...] = ("billing_day", "timezone")
+QUOTA_PREFIX = "quota."
+ERROR_COLUMN = "_error"
+
+_MAX_SHOWN = 60  # longest value quoted verbatim in a message
+_MAX_LISTED = 25  # problems spelled out in a CsvInputError message
+_TS_CACHE_LIMIT = 200_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+_INF = math.inf
+_TS_HINT = "use ISO-8601 such as 2026-11-03T14:00:00Z, 2026-11-03T16:00:00+02:00 or 2026-11-03"
+
+
+# ----------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One problem in one data row, or in the file itself.
+
+    `raw` is the row's text exactly as in the file (without its final line
+    break); `header` is the file's header row, so rejects can be written back
+    with the original columns. File-level problems (empty file, bad header,
+    unreadable text) have an empty `header`.
+    """
+
+    file: str
+    line: int
+    column: str | None
+    value: str | None
+    message: str
+    raw: str
+    header: tuple[str, ...] = field(default=(), compare=False)
+
+    def __str__(self) -> str:
+        if self.column is not None:
+            return f"{self.file}:{self.line}: column '{self.column}': {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class CsvInputError(Exception):
+    """A CSV file could not be accepted; `errors` lists every problem found."""
+
+    def __init__(self, errors: Sequence[RowError]) -> None:
+        self.errors: list[RowError] = list(errors)
+        files = sorted({e.file for e in self.errors})
+        n = len(self.errors)
+        head = f"{n} problem{'s' if n != 1 else ''} in {', '.join(files) or 'CSV input'}"
+        lines = [str(e) for e in self.errors[:_MAX_LISTED]]
+        if n > _MAX_LISTED:
+            lines.append(f"... and {n - _MAX_LISTED} more")
+        super().__init__(head + ":\n  " + "\n  ".join(lines))
+
+
+@dataclass
+class ReadResult(Generic[T]):
+    records: list[T]
+    errors: list[RowError]
+    rows_read: int  # data rows read (blank rows not counted) = good rows + rejected rows
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _show(value: str) -> str:
+    """A value quoted for a message, truncated when long."""
+    if len(value) > _MAX_SHOWN:
+        value = value[: _MAX_SHOWN - 3] + "..."
+    return repr(value)
+
+
+def _check_mode(on_error: str) -> None:
+    if on_error not in ("reject", "skip"):
+        raise ValueError(f"on_error must be 'reject' or 'skip', got {on_error!r}")
+
+
+def _tap(lines: Iterable[str], buf: list[str]) -> Iterator[str]:
+    """Pass lines through to csv.reader while keeping those of the current record.
+
+    csv.reader never reads past the end of the record it returns, so after
+    each record `buf` holds exactly that record's physical lines.
+    """
+    append = buf.append
+    for line in lines:
+        append(line)
+        yield line
+
+
+def _raw(buf: list[str]) -> str:
+    text = "".join(buf)
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    return text
+
+
+def _is_blank(row: list[str]) -> bool:
+    return not any(cell.strip() for cell in row)
+
+
+def _first_non_utf8_line(path: str) -> int | None:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return None
+
+
+class _Source:
+    """An open CSV file: csv.reader plus physical line numbers and raw row text."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.display = os.fspath(path)
+        self._file = open(path, encoding="utf-8-sig", newline="")
+        self.buf: list[str] = []
+        self.reader = csv.reader(_tap(self._file, self.buf))
+        self.end_line = 0  # physical line on which the last record read ended
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fatal(
+        self, line: int, message: str, column: str | None = None, value: str | None = None
+    ) -> CsvInputError:
+        return CsvInputError([RowError(self.display, line, column, value, message, "")])
+
+    def stream_error(self, exc: Exception) -> CsvInputError:
+        line = self.end_line + 1
+        if isinstance(exc, UnicodeDecodeError):
+            line = _first_non_utf8_line(self.display) or line
+            return self.fatal(line, f"text is not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+        return self.fatal(line, f"unreadable CSV ({exc}); check for a stray quote or NUL byte near this line")
+
+    def header(self, expected: str) -> tuple[int, list[str]]:
+        """(line, cells) of the first non-blank row; an empty file is an error."""
+        try:
+            for row in self.reader:
+                line = self.end_line + 1
+                self.end_line = self.reader.line_num
+                if _is_blank(row):
+                    self.buf.clear()
+                    continue
+                self.buf.clear()
+                return line, row
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise self.stream_error(exc) from exc
+        raise self.fatal(1, f"file is empty: expected a header row '{expected}'")
+
+    def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """(start line, cells) of every non-blank data row; `self.buf` holds its raw lines."""
+        reader = self.reader
+        buf = self.buf
+        try:
+            for row in reader:
+                line = self.end_line + 1
+                self.end_line = reader.line_num
+                if not _is_blank(row):
+                    yield line, row
+                buf.clear()
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise self.stream_error(exc) from exc
+
+    def row_error(
+        self, line: int, header: tuple[str, ...], column: str | None, value: str | None, message: str
+    ) -> RowError:
+        raw = _raw(self.buf)
+        if "\n" in raw and (column is None or (value is not None and "\n" in value)):
+            last = line + raw.count("\n")
+            message += f" (the row spans lines {line}-{last}: check for an unclosed quote)"
+        return RowError(self.display, line, column, value, message, raw, header)
+
+
+def _header_errors(
+    src: _Source,
+    line: int,
+    cells: list[str],
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    quota_columns: bool = False,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Column positions by canonical name, plus quota metric -> position; raises on problems."""
+    allowed = ", ".join(required + optional + ((QUOTA_PREFIX + "<metric>",) if quota_columns else ()))
+    positions: dict[str, int] = {}
+    quotas: dict[str, int] = {}
+    problems: list[RowError] = []
+    raw = ",".join(cells)
+
+    def problem(column: str, message: str) -> None:
+        problems.append(RowError(src.display, line, column, column, message, raw))
+
+    for i, cell in enumerate(cells):
+        name = cell.strip()
+        key = name.lower()
+        if quota_columns and key.startswith(QUOTA_PREFIX):
+            metric = name[len(QUOTA_PREFIX) :].strip()
+            if not METRIC_PATTERN.fullmatch(metric):
+                problem(name, f"quota column needs a metric name like 'quota.api_calls', got {_show(name)}")
+            elif metric in quotas:
+                problem(name, f"duplicate column {_show(name)}")
+            else:
+                quotas[metric] = i
+        elif key in required or key in optional:
+            if key in positions:
+                problem(name, f"duplicate column {_show(name)}")
+            else:
+                positions[key] = i
+        elif not name:
+            problem(name, f"header cell {i + 1} is empty (allowed columns: {allowed})")
+        else:
+            problem(name, f"unknown column {_show(name)} (allowed columns: {allowed})")
+    for name in required:
+        if name not in positions:
+            problems.append(
+                RowError(
+                    src.display,
+                    line,
+                    name,
+                    None,
+                    f"missing required column '{name}' (header has: {', '.join(c.strip() for c in cells)})",
+                    raw,
+                )
+            )
+    if problems:
+        raise CsvInputError(problems)
+    return positions, quotas
+
+
+def _field_count_message(n_fields: int, header: tuple[str, ...]) -> str:
+    return f"expected {len(header)} fields ({','.join(h.strip() for h in header)}), found {n_fields}"
+
+
+# -------------------------------------------------------------------------- usage
+
+
+def parse_timestamp(text: str) -> int:
+    """Epoch seconds UTC (floored) of an ISO-8601 timestamp; no offset means UTC.
+
+    Raises ValueError with a message saying what is wrong.
+    """
+    s = text.strip()
+    if not s:
+        raise ValueError("timestamp is empty")
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"{_show(text)} is not an ISO-8601 timestamp; {_TS_HINT}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _SECOND
+
+
+def _parse_value(text: str) -> tuple[float | None, str | None]:
+    if not text.strip():
+        return None, "value is empty"
+    try:
+        v = float(text)
+    except ValueError:
+        return None, f"{_show(text)} is not a number"
+    if math.isnan(v) or math.isinf(v):
+        return None, f"{_show(text)} is not a finite number"
+    if v < 0:
+        return None, f"{_show(text)} is negative; usage must be >= 0"
+    return v + 0.0, None
+
+
+def _discard(record: UsageRecord) -> None:
+    return None
+
+
+def _usage_chunks(
+    path: str | os.PathLike[str], chunk_rows: int, on_error: OnError
+) -> Iterator[ReadResult[UsageRecord]]:
+    _check_mode(on_error)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    skip = on_error == "skip"
+    with _Source(path) as src:
+        hline, cells = src.header(",".join(USAGE_COLUMNS))
+        header = tuple(cells)
+        pos, _ = _header_errors(src, hline, cells, USAGE_COLUMNS)
+        i_ts, i_acc, i_met, i_val = (pos[c] for c in USAGE_COLUMNS)
+        ncols = len(cells)
+
+        ts_cache: dict[str, int] = {}
+        metrics_ok: set[str] = set()
+        records: list[UsageRecord] = []
+        errors: list[RowError] = []
+        all_errors: list[RowError] = []  # reject mode
+        rows = 0
+        reader, buf = src.reader, src.buf
+        append = records.append
+        end_line = src.end_line
+        try:
+            for row in reader:
+                line = end_line + 1
+                end_line = reader.line_num
+                if len(row) == ncols:
+                    # Fast path: a known timestamp and metric, a plain non-negative number.
+                    ts = ts_cache.get(row[i_ts])
+                    met = row[i_met]
+                    acc = row[i_acc].strip()
+                    if ts is not None and met in metrics_ok and acc:
+                        try:
+                            v = float(row[i_val])
+                        except ValueError:
+                            v = -1.0
+                        if 0.0 <= v < _INF:
+                            append(UsageRecord(acc, met, ts, v + 0.0))
+                            rows += 1
+                            buf.clear()
+                            if rows >= chunk_rows:
+                                if not all_errors:
+                                    yield ReadResult(records, errors, rows)
+                                records, errors, rows = [], [], 0
+                                append = _discard if all_errors else records.append
+                            continue
+                if _is_blank(row):
+                    buf.clear()
+                    continue
+
+                # Slow path: validate every field, remember new timestamps and metrics.
+                rows += 1
+                src.end_line = end_line
+                problems: list[tuple[str | None, str | None, str]] = []
+                if len(row) != ncols:
+                    problems.append((None, None, _field_count_message(len(row), header)))
+                else:
+                    ts_text = row[i_ts]
+                    ts = ts_cache.get(ts_text)
+                    if ts is None:
+                        try:
+                            ts = parse_timestamp(ts_text)
+                        except ValueError as exc:
+                            problems.append((header[i_ts].strip(), ts_text, str(exc)))
+                        else:
+                            if len(ts_cache) >= _TS_CACHE_LIMIT:
+                                ts_cache.clear()
+                            ts_cache[ts_text] = ts
+                    acc = row[i_acc].strip()
+                    if not acc:
+                        problems.append((header[i_acc].strip(), row[i_acc], "account is empty"))
+                    met_text = row[i_met]
+                    met = met_text.strip()
+                    if not met:
+                        problems.append((header[i_met].strip(), met_text, "metric is empty"))
+                    elif not METRIC_PATTERN.fullmatch(met):
+                        problems.append(
+                            (
+                                header[i_met].strip(),
+                                met_text,
+                                f"{_show(met_text)} is not a valid metric name "
+                                "(letters, digits and _ . : - only)",
+                            )
+                        )
+                    elif met == met_text:
+                        metrics_ok.add(met)
+                    v, why = _parse_value(row[i_val])
+                    if why is not None:
+                        problems.append((header[i_val].strip(), row[i_val], why))
+                    if not problems:
+                        assert ts is not None and v is not None
+                        append(UsageRecord(acc, met, ts, v))
+                if problems:
+                    found = [src.row_error(line, header, c, val, msg) for c, val, msg in problems]
+                    if skip:
+                        errors.extend(found)
+                    else:
+                        all_errors.extend(found)
+                        records.clear()
+                        append = _discard  # reject mode: nothing from this file is returned
+                buf.clear()
+                if rows >= chunk_rows:
+                    if not all_errors:
+                        yield ReadResult(records, errors, rows)
+                    records, errors, rows = [], [], 0
+                    append = _discard if all_errors else records.append
+        except (csv.Error, UnicodeDecodeError) as exc:
+            src.end_line = end_line
+            raise src.stream_error(exc) from exc
+        if all_errors:
+            raise CsvInputError(all_errors)
+        if rows:
+            yield ReadResult(records, errors, rows)
+
+
+def iter_usage_csv_chunks(
+    path: str | os.PathLike[str], chunk_rows: int = 50_000, on_error: OnError = "reject"
+) -> Iterator[ReadResult[UsageRecord]]:
+    """Read a usage CSV in chunks of at most `chunk_rows` data rows (for big files).
+
+    Validation is the same as :func:`read_usage_csv`. A file without data rows
+    yields nothing. In "reject" mode, chunks that end before the first bad row
+    have already been yielded when :class:`CsvInputError` (listing every
+    problem in the file) is raised at the end, and no chunk is yielded after
+    the first bad row: store the chunks in one transaction and roll it back
+    on the error to keep "nothing stored".
+    """
+    _check_mode(on_error)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    return _usage_chunks(path, chunk_rows, on_error)
+
+
+def read_usage_csv(path: str | os.PathLike[str], on_error: OnError = "reject") -> ReadResult[UsageRecord]:
+    """All usage records of a CSV file (see the module docstring for the format and modes)."""
+    records: list[UsageRecord] = []
+    errors: list[RowError] = []
+    rows = 0
+    for chunk in _usage_chunks(path, 1 << 62, on_error):
+        records, errors, rows = chunk.records, chunk.errors, chunk.rows_read
+    return ReadResult(records, errors, rows)
+
+
+# ----------------------------------------------------------------------- accounts
+
+
+@lru_cache(maxsize=512)
+def _valid_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _zone_suggestion(name: str) -> str:
+    folded = name.lower().replace(" ", "_")
+    for candidate in sorted(available_timezones()):
+        if candidate.lower() == folded:
+            return f"; did you mean '{candidate}'?"
+    return ""
+
+
+def _email_problem(text: str) -> str | None:
+    local, at, domain = text.partition("@")
+    if (
+        text.count("@") != 1
+        or not local
+        or "." not in domain
+        or domain.startswith(".")
+        or domain.endswith(".")
+        or any(c.isspace() for c in text)
+    ):
+        return f"{_show(text)} is not an email address like 'name@example.com' (or leave it empty)"
+    return None
+
+
+def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject") -> ReadResult[AccountFacts]:
+    """Account facts from a CSV file (see the module docstring for the format and modes)."""
+    _check_mode(on_error)
+    records: list[AccountFacts] = []
+    errors: list[RowError] = []
+    first_line: dict[str, int] = {}
+    rows = 0
+    with _Source(path) as src:
+        hline, cells = src.header(",".join(ACCOUNT_COLUMNS))
+        header = tuple(cells)
+        pos, quota_pos = _header_errors(
+            src, hline, cells, ACCOUNT_COLUMNS, ACCOUNT_OPTIONAL_COLUMNS, quota_columns=True
+        )
+        names = {i: cells[i].strip() for i in range(len(cells))}
+        for line, row in src.rows():
+            rows += 1
+            problems: list[tuple[str | None, str | None, str]] = []
+            if len(row) != len(cells):
+                problems.append((None, None, _field_count_message(len(row), header)))
+            else:
+
+                def cell(key: str, row: list[str] = row) -> tuple[str, str, str]:
+                    i = pos[key]
+                    return names[i], row[i], row[i].strip()
+
+                col, raw_id, acc_id = cell("id")
+                if not acc_id:
+                    problems.append((col, raw_id, "id is empty"))
+                elif acc_id in first_line:
+                    problems.append(
+                        (
+                            col,
+                            raw_id,
+                            f"duplicate id {_show(acc_id)} (first defined on line {first_line[acc_id]})",
+                        )
+                    )
+                col, raw_name, name = cell("name")
+                if not name:
+                    problems.append((col, raw_name, "name is empty"))
+                col, raw_email, email = cell("owner_email")
+                if email:
+                    why = _email_problem(email)
+                    if why:
+                        problems.append((col, raw_email, why))
+                plan = cell("plan")[2]
+                crm_id = cell("crm_id")[2]
+
+                quotas: dict[str, float] = {}
+                for metric, i in quota_pos.items():
+                    text = row[i].strip()
+                    if not text:
+                        continue
+                    try:
+                        q = float(text)
+                    except ValueError:
+                        problems.append(
+                            (names[i], row[i], f"{_show(row[i])} is not a number (or leave it empty)")
+                        )
+                        continue
+                    if not (q > 0 and math.isfinite(q)):
+                        problems.append(
+                            (
+                                names[i],
+                                row[i],
+                                f"{_show(row[i])} is not a quota > 0 (leave it empty for no quota)",
+                            )
+                        )
+                        continue
+                    quotas[metric] = q
+
+                billing_day = 1
+                if "billing_day" in pos:
+                    col, raw_day, text = cell("billing_day")
+                    if text:
+                        try:
+                            day = float(text)
+                        except ValueError:
+                            day = math.nan
+                        if not (day.is_integer() and 1 <= day <= 28):
+                            problems.append(
+                                (col, raw_day, f"{_show(raw_day)} is not a billing day 1..28 (empty means 1)")
+                            )
+                        else:
+                            billing_day = int(day)
+
+                timezone = "UTC"
+                if "timezone" in pos:
+                    col, raw_tz, text = cell("timezone")
+                    if text:
+                        if _valid_zone(text):
+                            timezone = text
+                        else:
+                            problems.append(
+                                (
+                                    col,
+                                    raw_tz,
+                                    f"{_show(raw_tz)} is not an IANA timezone name like 'Europe/Berlin'"
+                                    f"{_zone_suggestion(text)}",
+                                )
+                            )
+                if not problems:
+                    first_line[acc_id] = line
+                    records.append(
+                        AccountFacts(
+                            id=acc_id,
+                            name=name,
+                            plan=plan,
+                            owner_email=email,
+                            crm_id=crm_id,
+                            quotas=quotas,
+                            billing_day=billing_day,
+                            timezone=timezone,
+                        )
+                    )
+                elif acc_id and acc_id not in first_line:
+                    first_line[acc_id] = line
+            errors.extend(src.row_error(line, header, c, v, m) for c, v, m in problems)
+    if errors and on_error == "reject":
+        raise CsvInputError(errors)
+    return ReadResult(records, errors, rows)
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def write_rejects(path: str | os.PathLike[str], errors: Sequence[RowError]) -> None:
+    """Write rejected rows to a CSV file: the original columns plus `_error`.
+
+    One output row per rejected input row (its messages joined with "; "),
+    fields exactly as read, under their original column names. Rows with
+    more fields than their header keep the surplus in `_extra1`, `_extra2`...
+    columns. When the rows come from several files (say usage and accounts),
+    the columns are the union of their headers and a `_file` column says
+    where each row came from. File-level problems (header, empty file) carry
+    no row and are not written. With no row errors the file holds just the
+    header (`_error` alone when no header is known).
+    """
+    grouped: dict[tuple[str, int], list[RowError]] = {}
+    for err in errors:
+        if err.raw and err.header and err.line > 0:
+            grouped.setdefault((err.file, err.line), []).append(err)
+    columns: dict[str, int] = {}  # output column name -> position
+    files: dict[str, None] = {}
+    rows: list[tuple[dict[str, str], list[str], str, str]] = []
+    extra = 0
+    for (file, _), errs in grouped.items():
+        files[file] = None
+        names = [h.strip() for h in errs[0].header]
+        for name in names:
+            columns.setdefault(name, len(columns))
+        fields = next(csv.reader(io.StringIO(errs[0].raw, newline="")), [])
+        surplus = fields[len(names) :]
+        extra = max(extra, len(surplus))
+        rows.append((dict(zip(names, fields, strict=False)), surplus, file, "; ".join(str(e) for e in errs)))
+    header = list(columns) + [f"_extra{i + 1}" for i in range(extra)]
+    several = len(files) > 1
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header + (["_file"] if several else []) + [ERROR_COLUMN])
+        for by_name, surplus, file, message in rows:
+            out = [by_name.get(name, "") for name in columns]
+            out += surplus + [""] * (extra - len(surplus))
+            writer.writerow(out + ([file] if several else []) + [message])
+
+
+def _format_value(v: float) -> str:
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def write_usage_csv(path: str | os.PathLike[str], records: Iterable[UsageRecord]) -> int:
+    """Write usage records as `timestamp,account,metric,value` (UTC, Z suffix); returns rows written."""
+    stamps: dict[int, str] = {}
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(USAGE_COLUMNS)
+        batch: list[tuple[str, str, str, str]] = []
+        for r in records:
+            stamp = stamps.get(r.ts)
+            if stamp is None:
+                stamp = stamps[r.ts] = iso(r.ts)
+            batch.append((stamp, r.account, r.metric, _format_value(r.value)))
+            if len(batch) >= 10_000:
+                writer.writerows(batch)
+                n += len(batch)
+                batch.clear()
+        writer.writerows(batch)
+        n += len(batch)
+    return n
+
+
+def write_accounts_csv(path: str | os.PathLike[str], accounts: Iterable[AccountFacts]) -> int:
+    """Write account facts in the format :func:`read_accounts_csv` reads; returns rows written."""
+    accounts = list(accounts)
+    metrics = sorted({m for a in accounts for m in a.quotas})
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow([*ACCOUNT_COLUMNS, *ACCOUNT_OPTIONAL_COLUMNS, *(QUOTA_PREFIX + m for m in metrics)])
+        for a in accounts:
+            writer.writerow(
+                [
+                    a.id,
+                    a.name,
+                    a.owner_email,
+                    a.plan,
+                    a.crm_id,
+                    a.billing_day,
+                    a.timezone,
+                    *(_format_value(float(a.quotas[m])) if m in a.quotas else "" for m in metrics),
+                ]
+            )
+    return len(accounts)
