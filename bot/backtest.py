@@ -1,0 +1,195 @@
+"""`usagebot backtest`: replay rules over usage history, printing alert events.
+
+The usage CSV is loaded into a throwaway SQLite database with the same
+ingest and bucketing code the service uses, blocks are loaded with the same
+SQL, and `rules.replay` steps through every bucket close time, evaluating
+only data that had ended by then. So a backtest shows what the scheduler
+would have sent.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
+from integrations.console import format_number
+from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
+from rules.engine import history_needed
+from rules.model import AccountFacts, MetricBlock, RuleSet
+from rules.periods import iso
+from rules.replay import replay
+from storage.accounts import upsert_accounts
+from storage.db import make_engine, migrate
+from storage.usage import load_block, upsert_usage, usage_range
+
+
+class BacktestError(Exception):
+    """A problem with the backtest's inputs (message names file/flag)."""
+
+
+def parse_time(text: str, flag: str) -> int:
+    """ISO-8601 date or date-time; no offset means UTC."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BacktestError(f"{flag}: {text!r} is not an ISO-8601 date or time (e.g. 2026-11-01 or "
+                            f"2026-11-01T12:00:00Z)") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+@dataclass
+class BacktestResult:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0
+    end: int = 0
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    rejected: list[str] = field(default_factory=list)
+    open_at_end: dict[str, int] = field(default_factory=dict)  # rule -> episodes still firing
+
+
+def run_backtest(
+    ruleset: RuleSet,
+    usage_csv: str | Path,
+    accounts_csv: str | Path | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    on_error: str = "reject",
+    rejects_path: str | Path | None = None,
+    include_suppressed: bool = True,
+) -> BacktestResult:
+    usage = read_usage_csv(usage_csv, on_error=on_error)
+    accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
+    errors = list(usage.errors) + (list(accts.errors) if accts else [])
+    if errors and rejects_path:
+        write_rejects(rejects_path, errors)
+    result = BacktestResult(rows_loaded=len(usage.records), rows_rejected=len(errors),
+                            rejected=[str(e) for e in errors])
+    if not usage.records:
+        raise BacktestError(f"{usage_csv}: no usage rows to replay")
+
+    with tempfile.TemporaryDirectory(prefix="usagebot-backtest-") as tmp:
+        engine = make_engine(f"sqlite:///{Path(tmp) / 'backtest.db'}")
+        try:
+            migrate(engine)
+            if accts:
+                upsert_accounts(engine, accts.records)
+            upsert_usage(engine, usage.records)
+            accounts: dict[str, AccountFacts] = {a.id: a for a in (accts.records if accts else [])}
+            rules = list(ruleset.rules)
+            rng = usage_range(engine)
+            assert rng is not None
+            data_start, data_last = rng
+            biggest = max(r.bucket for r in rules)
+            if end is None:
+                end = (data_last // biggest + 1) * biggest  # close of the last bucket with data
+            if start is None:
+                start = (data_start // biggest) * biggest
+            if end <= start:
+                raise BacktestError(f"--to ({iso(end)}) must be after --from ({iso(start)})")
+            blocks: dict[tuple[str, int], MetricBlock] = {}
+            for (metric, step), hist in history_needed(rules).items():
+                b_start = ((start - hist) // step) * step
+                b_end = -(-end // step) * step
+                blocks[(metric, step)] = load_block(engine, metric, step, b_start, b_end)
+        finally:
+            engine.dispose()
+
+    by_id = ruleset.by_id()
+    last_states: dict = {}
+    for step in replay(rules, blocks, accounts, start, end):
+        last_states = step.states
+        for t in step.transitions:
+            if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):
+                continue
+            rule = by_id[t.state.rule_id]
+            rec = alert_record(t, rule, accounts.get(t.state.account_id),
+                               recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at))
+            result.events.append(rec)
+    for s in last_states.values():
+        if s.status == "firing":
+            result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
+    result.start, result.end = start, end
+    return result
+
+
+JSON_DROP = ("recent", "routing", "template", "description")
+
+
+def write_json(result: BacktestResult, out: TextIO) -> None:
+    for ev in result.events:
+        print(json.dumps({k: v for k, v in ev.items() if k not in JSON_DROP}, sort_keys=False), file=out)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else format_number(x)
+
+
+def summary_rows(result: BacktestResult, ruleset: RuleSet) -> list[list[str]]:
+    per: dict[str, dict[str, Any]] = defaultdict(lambda: {"fired": 0, "notified": 0, "suppressed": 0,
+                                                          "resolved": 0, "accounts": set(), "durations": []})
+    fired_at: dict[tuple, int] = {}
+    for ev in result.events:
+        p = per[ev["rule"]]
+        key = (ev["rule"], ev["account"], ev["metric"], ev["discriminator"])
+        at = int(datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp())
+        if ev["event"] == "fired":
+            p["fired"] += 1
+            p["notified" if ev["notified"] else "suppressed"] += 1
+            p["accounts"].add(ev["account"])
+            fired_at[key] = at
+        elif ev["event"] == "resolved":
+            p["resolved"] += 1
+            if key in fired_at:
+                p["durations"].append(at - fired_at.pop(key))
+    rows = []
+    for rule in ruleset.rules:
+        p = per[rule.id]
+        med = statistics.median(p["durations"]) / 86_400 if p["durations"] else None
+        rows.append([rule.id, rule.kind, str(p["fired"]), str(p["notified"]), str(p["suppressed"]),
+                     str(p["resolved"]), str(result.open_at_end.get(rule.id, 0)), str(len(p["accounts"])),
+                     "-" if med is None else f"{med:.1f}d"])
+    return rows
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> Iterable[str]:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+              for i in range(len(header))]
+    yield "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
+    yield "  ".join("-" * w for w in widths)
+    for r in rows:
+        yield "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+
+def write_table(result: BacktestResult, ruleset: RuleSet, out: TextIO) -> None:
+    print(f"Backtest {iso(result.start)} .. {iso(result.end)}: {len(ruleset.rules)} rules, "
+          f"{result.rows_loaded:,} usage rows" +
+          (f", {result.rows_rejected:,} rejected rows" if result.rows_rejected else ""), file=out)
+    print(file=out)
+    rows = []
+    for ev in result.events:
+        event = ev["event"] + ("" if ev["notified"] else f" ({ev['suppressed_reason']})")
+        rows.append([ev["at"], event, ev["severity"], ev["rule"], ev["account"], ev["metric"],
+                     _fmt(ev["value"]), _fmt(ev["baseline"]), _fmt(ev["threshold"]), ev["message"]])
+    if rows:
+        for line in _table(rows, ["AT", "EVENT", "SEVERITY", "RULE", "ACCOUNT", "METRIC", "VALUE",
+                                  "BASELINE", "THRESHOLD", "MESSAGE"]):
+            print(line, file=out)
+    else:
+        print("No alert events in this range.", file=out)
+    print(file=out)
+    print("Summary per rule", file=out)
+    for line in _table(summary_rows(result, ruleset), ["RULE", "KIND", "FIRED", "NOTIFIED", "SUPPRESSED",
+                                                       "RESOLVED", "OPEN AT END", "ACCOUNTS",
+                                                       "MEDIAN DURATION"]):
+        print(line, file=out)

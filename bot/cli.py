@@ -1,0 +1,274 @@
+"""The `usagebot` command line.
+
+Exit codes: 0 success, 1 problems found in the input (rules, CSV rows),
+2 usage errors (missing file, bad flag value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from rules.model import RuleSet
+
+DEFAULT_DATA_DIR = "usagebot-data"
+DB_ENV = "USAGEBOT_DB_URL"
+
+
+def _shipped_rules() -> Path:
+    return Path(__file__).resolve().parent.parent / "rules" / "examples" / "default.toml"
+
+
+def _load_rules_or_report(paths: Sequence[str], err: TextIO) -> RuleSet | None:
+    from rules.loader import check_rules
+
+    ruleset, problems = check_rules(paths)
+    for p in problems:
+        print(str(p), file=err)
+    if problems:
+        print(f"{len(problems)} problem(s) in the rules; nothing was run.", file=err)
+        return None
+    return ruleset
+
+
+def _missing_paths(paths: Sequence[str], flag: str, err: TextIO) -> bool:
+    missing = [p for p in paths if not Path(p).exists()]
+    for p in missing:
+        print(f"{flag}: {p}: no such file or directory", file=err)
+    return bool(missing)
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    from storage.db import default_url
+
+    return args.db or os.environ.get(DB_ENV) or default_url(DEFAULT_DATA_DIR)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from rules.loader import check_rules
+
+    if _missing_paths(args.paths, "check", err):
+        return 2
+    ruleset, problems = check_rules(args.paths)
+    for p in problems:
+        print(str(p), file=out)
+    if problems:
+        print(f"\n{len(problems)} problem(s) found.", file=out)
+        return 1
+    assert ruleset is not None
+    kinds: dict[str, int] = {}
+    for r in ruleset.rules:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"OK: {len(ruleset.rules)} rules in {len(ruleset.files)} file(s) ({detail}).", file=out)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.backtest import BacktestError, parse_time, run_backtest, write_json, write_table
+    from integrations.sources.csv_files import CsvInputError
+
+    paths = [args.usage] + ([args.accounts] if args.accounts else [])
+    if _missing_paths(args.rules, "--rules", err) or _missing_paths(paths, "--usage/--accounts", err):
+        return 2
+    try:
+        start = parse_time(args.start, "--from") if args.start else None
+        end = parse_time(args.end, "--to") if args.end else None
+    except BacktestError as exc:
+        print(f"usagebot backtest: {exc}", file=err)
+        return 2
+    ruleset = _load_rules_or_report(args.rules, err)
+    if ruleset is None:
+        return 1
+    try:
+        result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
+                              rejects_path=args.rejects)
+    except CsvInputError as exc:
+        for e in exc.errors:
+            print(str(e), file=err)
+        print(f"{len(exc.errors)} bad row(s); nothing was replayed. Fix them, or pass --on-error skip "
+              f"(with --rejects FILE to keep the bad rows).", file=err)
+        return 1
+    except BacktestError as exc:
+        print(f"usagebot backtest: {exc}", file=err)
+        return 1
+    for line in result.rejected:
+        print(f"skipped: {line}", file=err)
+    if result.rejected:
+        where = f"; written to {args.rejects}" if args.rejects else ""
+        print(f"{len(result.rejected)} bad row(s) skipped{where}.", file=err)
+    if args.format == "json":
+        write_json(result, out)
+    else:
+        write_table(result, ruleset, out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.backtest import BacktestError, parse_time
+    from bot.demo import run_demo
+
+    rule_paths = args.rules or [str(_shipped_rules())]
+    ruleset = _load_rules_or_report(rule_paths, err)
+    if ruleset is None:
+        return 1
+    try:
+        end = parse_time(args.end, "--end") if args.end else None
+    except BacktestError as exc:
+        print(f"usagebot demo: {exc}", file=err)
+        return 2
+    if end is None:
+        end = (int(time.time()) // 86_400) * 86_400
+    run_demo(ruleset, out, data_dir=args.data_dir, n_accounts=args.accounts, days=args.days,
+             replay_days=args.replay_days, seed=args.seed, end=end)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv, write_rejects
+    from storage.accounts import upsert_accounts
+    from storage.db import make_engine, migrate, redact_url
+    from storage.usage import upsert_usage
+
+    files = [p for p in (args.accounts, args.usage) if p]
+    if not files:
+        print("usagebot ingest: give --usage and/or --accounts", file=err)
+        return 2
+    if _missing_paths(files, "ingest", err):
+        return 2
+    url = _db_url(args)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        errors = []
+        try:
+            if args.accounts:
+                res = read_accounts_csv(args.accounts, on_error=args.on_error)
+                n = upsert_accounts(engine, res.records)
+                errors += res.errors
+                print(f"{args.accounts}: {n} account(s) stored", file=out)
+            if args.usage:
+                res = read_usage_csv(args.usage, on_error=args.on_error)
+                n = upsert_usage(engine, res.records)
+                errors += res.errors
+                print(f"{args.usage}: {len(res.records):,} row(s) read, {n:,} bucket(s) written", file=out)
+        except CsvInputError as exc:
+            for e in exc.errors:
+                print(str(e), file=err)
+            print(f"{len(exc.errors)} bad row(s); that file was not stored. Fix them, or pass "
+                  f"--on-error skip (with --rejects FILE to keep the bad rows).", file=err)
+            return 1
+        for e in errors:
+            print(f"skipped: {e}", file=err)
+        if errors and args.rejects:
+            write_rejects(args.rejects, errors)
+            print(f"{len(errors)} bad row(s) written to {args.rejects}", file=err)
+        print(f"database: {redact_url(url)}", file=out)
+        return 0
+    finally:
+        engine.dispose()
+
+
+def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.backtest import BacktestError, parse_time
+    from bot.pipeline import deliver_outbox, run_cycle
+    from integrations.console import ConsoleNotifier
+    from storage.db import make_engine, migrate
+
+    if _missing_paths(args.rules, "--rules", err):
+        return 2
+    ruleset = _load_rules_or_report(args.rules, err)
+    if ruleset is None:
+        return 1
+    try:
+        now = parse_time(args.at, "--at") if args.at else int(time.time())
+    except BacktestError as exc:
+        print(f"usagebot evaluate: {exc}", file=err)
+        return 2
+    engine = make_engine(_db_url(args))
+    try:
+        migrate(engine)
+        report = run_cycle(engine, ruleset, now, only_due=False)
+        delivery = deliver_outbox(engine, ConsoleNotifier(out=out), now)
+        print(f"evaluated {len(report.rules_evaluated)} rule(s): {report.findings} condition(s) holding, "
+              f"{sum(1 for t in report.transitions if t.event == 'fired')} fired, "
+              f"{sum(1 for t in report.transitions if t.event == 'resolved')} resolved, "
+              f"{delivery.sent} notification(s) sent, {delivery.failed} failed", file=out)
+        return 0 if not delivery.failed else 1
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="usagebot", description="Usage alerts for B2B SaaS teams.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="validate rule files; every problem with file, line, rule and field")
+    c.add_argument("paths", nargs="+", metavar="RULES", help="rule files or directories of *.toml")
+    c.set_defaults(func=cmd_check)
+
+    b = sub.add_parser("backtest", help="replay rules over a usage CSV, bucket by bucket, without look-ahead")
+    b.add_argument("--rules", action="append", required=True, help="rule file or directory (repeatable)")
+    b.add_argument("--usage", required=True, help="usage CSV: timestamp,account,metric,value")
+    b.add_argument("--accounts", help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
+    b.add_argument("--from", dest="start", help="first evaluation after this time (ISO-8601; UTC if no offset)")
+    b.add_argument("--to", dest="end", help="last evaluation at or before this time")
+    b.add_argument("--format", choices=["table", "json"], default="table")
+    b.add_argument("--on-error", choices=["reject", "skip"], default="reject",
+                   help="bad CSV rows: reject the run (default) or skip them")
+    b.add_argument("--rejects", help="with --on-error skip: write skipped rows here (with an _error column)")
+    b.set_defaults(func=cmd_backtest)
+
+    d = sub.add_parser("demo", help="run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)")
+    d.add_argument("--rules", action="append", help="rule files (default: the shipped example rules)")
+    d.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    d.add_argument("--accounts", type=int, default=60)
+    d.add_argument("--days", type=int, default=120)
+    d.add_argument("--replay-days", type=int, default=30)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--end", help="last day of the book (default: today, UTC)")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("ingest", help="load usage and/or accounts CSV files into the database")
+    i.add_argument("--usage")
+    i.add_argument("--accounts")
+    i.add_argument("--db", help=f"database URL (default ${DB_ENV} or sqlite in ./{DEFAULT_DATA_DIR})")
+    i.add_argument("--on-error", choices=["reject", "skip"], default="reject")
+    i.add_argument("--rejects")
+    i.set_defaults(func=cmd_ingest)
+
+    e = sub.add_parser("evaluate", help="run one evaluation cycle on the database and print notifications")
+    e.add_argument("--rules", action="append", required=True)
+    e.add_argument("--db")
+    e.add_argument("--at", help="evaluation time (default: now)")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, out, err))
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

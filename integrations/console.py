@@ -1,0 +1,75 @@
+"""Console notifier: prints alerts as they would appear in Slack.
+
+Used whenever no Slack credentials are configured (the demo, local runs).
+Templates are Jinja2, rendered in a sandbox so admin-supplied templates
+cannot reach Python internals; a template directory given by the admin is
+searched before the built-in one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateNotFound
+from jinja2.sandbox import SandboxedEnvironment
+
+from integrations.sparkline import sparkline
+
+
+def format_number(x: Any) -> str:
+    if x is None:
+        return "n/a"
+    x = float(x)
+    if abs(x) >= 100 or x == int(x):
+        return f"{x:,.0f}"
+    return f"{x:,.2f}".rstrip("0").rstrip(".")
+
+
+def progress_bar(fraction: float, width: int = 10) -> str:
+    filled = max(0, min(width, int(round(fraction * width))))
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def make_environment(template_dir: str | Path | None = None) -> SandboxedEnvironment:
+    loaders = []
+    if template_dir:
+        loaders.append(FileSystemLoader(str(template_dir)))
+    loaders.append(PackageLoader("integrations", "templates"))
+    env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined,
+                               autoescape=False, trim_blocks=False, keep_trailing_newline=False)
+    env.filters["num"] = format_number
+    return env
+
+
+def destinations(alert: Mapping[str, Any]) -> list[str]:
+    routing = alert.get("routing") or {}
+    out = []
+    if routing.get("owner") and alert.get("owner_email"):
+        out.append(f"DM {alert['owner_email']}")
+    out.extend(routing.get("channels") or [])
+    return out
+
+
+class ConsoleNotifier:
+    kind = "notify"
+
+    def __init__(self, out: TextIO | None = None, template_dir: str | Path | None = None) -> None:
+        self.out = out or sys.stdout
+        self.env = make_environment(template_dir)
+
+    def render(self, alert: Mapping[str, Any]) -> str:
+        name = f"console/{alert.get('template') or 'alert'}.txt.j2"
+        try:
+            tpl = self.env.get_template(name)
+        except TemplateNotFound:
+            tpl = self.env.get_template("console/alert.txt.j2")
+        util = float((alert.get("details") or {}).get("utilization") or 0.0)
+        return tpl.render(a=alert, spark=sparkline(alert.get("recent") or []),
+                          bar=progress_bar(min(util, 1.0)), destinations=destinations(alert))
+
+    def deliver(self, alert: Mapping[str, Any]) -> None:
+        print(self.render(alert), file=self.out)
+        print(file=self.out)

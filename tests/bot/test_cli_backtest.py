@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.bot.helpers import SPIKE_RULES, day, run_cli, write_accounts, write_usage
+
+REQUIRED = {"event", "at", "rule", "account", "metric", "severity", "value", "baseline", "threshold", "message"}
+
+
+@pytest.fixture
+def files(tmp_path: Path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(SPIKE_RULES)
+    normal = [100.0 + (d % 3) for d in range(40)]
+    spiky = list(normal)
+    spiky[30] = 900.0  # one-day spike on day 30 (bucket [d30, d31))
+    usage = write_usage(tmp_path / "usage.csv", 40, {"acme": spiky, "globex": normal})
+    accounts = write_accounts(tmp_path / "accounts.csv", [
+        {"id": "acme", "name": "Acme Corp", "owner_email": "ae@example.com", "plan": "growth",
+         "crm_id": "001A", "quota.api_calls": "100000"},
+        {"id": "globex", "name": "Globex", "owner_email": "", "plan": "starter", "crm_id": "",
+         "quota.api_calls": "2500"},
+    ])
+    return rules, usage, accounts
+
+
+def test_backtest_json_lines_fire_and_resolve(files):
+    rules, usage, accounts = files
+    code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts",
+                             str(accounts), "--format", "json")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events and all(REQUIRED <= set(e) for e in events)
+    spikes = [e for e in events if e["rule"] == "calls-spike"]
+    assert [(e["event"], e["at"], e["account"]) for e in spikes] == [
+        ("fired", day(31), "acme"),  # evaluated when the day-30 bucket closed
+        ("resolved", day(32), "acme"),
+    ]
+    fired = spikes[0]
+    assert fired["value"] == 900.0 and fired["baseline"] == pytest.approx(101.0)
+    assert fired["threshold"] == pytest.approx(303.0) and fired["severity"] == "warning"
+    assert "900" in fired["message"]
+    # Globex (quota 2,500): 80% and 100% fire once each in September, when the bucket that
+    # crosses them closes; October's usage stays below 80%, and nothing fires for Acme.
+    normal = [100.0 + (d % 3) for d in range(40)]
+    crossing = {f: next(n for n in range(1, 31) if sum(normal[:n]) >= f * 2500) for f in (0.8, 1.0)}
+    quota = [(e["event"], e["account"], e["threshold"], e["at"]) for e in events if e["rule"] == "calls-quota"]
+    assert quota == [
+        ("fired", "globex", 2000.0, day(crossing[0.8])),
+        ("fired", "globex", 2500.0, day(crossing[1.0])),
+        ("resolved", "globex", 2000.0, day(31)),  # first evaluation inside the October period
+        ("resolved", "globex", 2500.0, day(31)),
+    ]
+
+
+def test_backtest_is_causal_prefix_of_longer_run(files):
+    """No look-ahead: cutting the replay at --to never changes events before the cut."""
+    rules, usage, accounts = files
+    _, full, _ = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts",
+                         str(accounts), "--format", "json")
+    _, cut, _ = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts",
+                        str(accounts), "--format", "json", "--to", day(31))
+    full_ev = [json.loads(x) for x in full.splitlines()]
+    cut_ev = [json.loads(x) for x in cut.splitlines()]
+    assert cut_ev == [e for e in full_ev if e["at"] <= day(31)]
+    assert any(e["event"] == "fired" and e["rule"] == "calls-spike" for e in cut_ev)
+
+
+def test_backtest_from_limits_events(files):
+    rules, usage, accounts = files
+    _, out, _ = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts",
+                        str(accounts), "--format", "json", "--from", "2026-10-01")
+    assert all(json.loads(x)["at"] > "2026-10-01" for x in out.splitlines())
+
+
+def test_backtest_table_ends_with_per_rule_summary(files):
+    rules, usage, accounts = files
+    code, out, _ = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts",
+                           str(accounts))
+    assert code == 0
+    lines = out.rstrip().splitlines()
+    idx = lines.index("Summary per rule")
+    assert lines[idx + 1].split()[:4] == ["RULE", "KIND", "FIRED", "NOTIFIED"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[idx + 3:]}
+    assert set(rows) == {"calls-spike", "calls-quota"}
+    assert rows["calls-spike"][2] == "1" and rows["calls-spike"][5] == "1"  # fired 1, resolved 1
+    assert any("acme" in ln and "fired" in ln for ln in lines[:idx])
+
+
+def test_backtest_bad_rows_reject_by_default_and_skip_with_rejects_file(files, tmp_path):
+    rules, usage, accounts = files
+    text = usage.read_text().splitlines()
+    text.insert(3, "2026-09-01T00:00:00Z,acme,api_calls,-5")
+    text.insert(5, "not-a-time,acme,api_calls,1")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(text) + "\n")
+    code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(bad))
+    assert code == 1 and out == ""
+    assert f"{bad}:4:" in err and f"{bad}:6:" in err and "nothing was replayed" in err
+    rejects = tmp_path / "rejects.csv"
+    code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(bad), "--on-error", "skip",
+                             "--rejects", str(rejects), "--format", "json")
+    assert code == 0 and "2 bad row(s) skipped" in err
+    kept = rejects.read_text()
+    assert "-5" in kept and "not-a-time" in kept and "_error" in kept.splitlines()[0]
+
+
+def test_backtest_usage_errors(files, tmp_path):
+    rules, usage, _ = files
+    code, _, err = run_cli("backtest", "--rules", str(tmp_path / "nope.toml"), "--usage", str(usage))
+    assert code == 2 and "nope.toml" in err
+    code, _, err = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--from", "yesterday")
+    assert code == 2 and "--from" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[rule]]\nid = "x"\nkind = "spike"\n')
+    code, _, err = run_cli("backtest", "--rules", str(broken), "--usage", str(usage))
+    assert code == 1 and "broken.toml" in err and "metric" in err
+
+
+def test_check_command(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(SPIKE_RULES)
+    code, out, _ = run_cli("check", str(good))
+    assert code == 0 and out.startswith("OK: 2 rules in 1 file(s)")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPIKE_RULES.replace("ratio = 3.0", "ratio = 0.5").replace('bucket = "1d"\nseverity = "info"',
+                                                                              'bucket = "7m"\nseverity = "loud"'))
+    code, out, _ = run_cli("check", str(bad))
+    assert code == 1
+    problems = [ln for ln in out.splitlines() if ln.startswith(str(bad))]
+    assert len(problems) >= 3
+    assert any("calls-spike" in p and "threshold.ratio" in p for p in problems)
+    assert any("calls-quota" in p and "bucket" in p for p in problems)
+    assert any("calls-quota" in p and "severity" in p for p in problems)
+    assert all(p.split(":")[1].isdigit() for p in problems)  # file:line
+    code, _, err = run_cli("check", str(tmp_path / "missing.toml"))
+    assert code == 2 and "missing.toml" in err
+
+
+def test_shipped_rules_check_clean():
+    code, out, _ = run_cli("check", "rules/examples/default.toml")
+    assert code == 0, out
