@@ -80,7 +80,7 @@ def run_cycle(engine: Engine, ruleset: RuleSet, now: int, only_due: bool = True)
         report.alerts.append(record)
         if t.notify:
             outbox.append(OutboxItem(idempotency_key(t), NOTIFY_KIND, record))
-    record_step(engine, step, outbox, dict(ruleset.file_hashes))
+    record_step(engine, step, outbox, {r.id: r.rule_hash for r in ruleset.rules})
     report.rules_evaluated = sorted(result.evaluated_rules)
     report.findings = len(result.findings)
     report.transitions = step.transitions

@@ -1,0 +1,182 @@
+"""Engines, URLs and schema migrations.
+
+SQLite (a file under the data directory) is the default; PostgreSQL is used
+when a `postgresql://` URL is configured (driver: psycopg 3). The schema is
+managed by the Alembic migrations shipped inside this package
+(`storage/migrations`), configured here without any alembic.ini.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_CACHE_KIB = 65_536  # page cache per connection; the default 2 MiB thrashes on bulk upserts
+_PG_MIGRATION_LOCK = 0x75736167  # pg_advisory_xact_lock key ("usag"), serialises concurrent migrate() calls
+
+
+class StorageError(RuntimeError):
+    """A database problem reported with a redacted URL and what to do about it."""
+
+
+def default_url(data_dir: str | Path = "usagebot-data") -> str:
+    """SQLite file `<data_dir>/usagebot.db` (the directory is created by make_engine)."""
+    return f"sqlite:///{Path(data_dir) / 'usagebot.db'}"
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with any password replaced by "***" (safe for logs and error messages).
+
+    Works on malformed URLs too (e.g. an unescaped "@" in the password): the
+    user info ends at the last "@" before the host.
+    """
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)(.*)$", text, flags=re.DOTALL)
+    if m is not None:
+        scheme, netloc, rest = m.groups()
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        text = scheme + netloc + rest
+    return re.sub(r"(\b(?:password|passwd|pass|pwd)=)[^&#\s]*", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _normalise(url: str | URL) -> URL:
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StorageError(
+            "database URL cannot be parsed (not shown: it may hold a password); expected e.g. "
+            "'sqlite:///usagebot-data/usagebot.db' or 'postgresql://user:pass@host:5432/dbname'"
+        ) from None
+    backend = u.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return u.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return u
+    raise StorageError(
+        f"database URL {redact_url(url)!r}: unsupported backend {backend!r}; use sqlite:/// or postgresql://"
+    )
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event own transactions (pysqlite's implicit BEGIN skips SELECTs).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+def write_transaction(engine: Engine) -> AbstractContextManager[Connection]:
+    """A transaction that reads, then writes based on what it read.
+
+    On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so two
+    writers queue on the busy timeout instead of one failing when it upgrades
+    its read snapshot; on PostgreSQL it is an ordinary transaction (use row
+    locks where needed).
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
+    return engine.begin()
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An Engine for a SQLite or PostgreSQL URL.
+
+    SQLite: WAL journal, foreign keys on, 30 s busy timeout; the file's
+    directory is created if missing. PostgreSQL: psycopg 3 driver, whether the
+    URL says `postgresql://`, `postgres://` or `postgresql+psycopg://`.
+    """
+    u = _normalise(url)
+    if u.get_backend_name() == "sqlite":
+        database = u.database or ""
+        in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+        if in_memory:
+            engine = sa.create_engine(
+                u, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(u, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return sa.create_engine(u, pool_pre_ping=True)
+
+
+def alembic_config(engine_or_url: Engine | str | URL | None = None) -> Config:
+    """An Alembic Config pointing at the migrations shipped in this package.
+
+    For offline SQL (`alembic.command.upgrade(cfg, "head", sql=True)`) pass a
+    URL; `migrate()` passes a live connection instead.
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    if engine_or_url is not None:
+        url = engine_or_url.url if isinstance(engine_or_url, Engine) else _normalise(engine_or_url)
+        # ConfigParser interpolation: "%" must be doubled.
+        cfg.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (alembic upgrade head). Idempotent."""
+    cfg = alembic_config()
+    where = redact_url(engine.url)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise StorageError(
+            f"cannot migrate database {where}: {' '.join(str(exc.orig).split())}; check that the server is running and the URL "
+            "(host, port, database, user) is right"
+        ) from None
+    except CommandError as exc:
+        raise StorageError(
+            f"cannot migrate database {where}: {exc}; the database may have been migrated by a newer "
+            "usagebot version than this one"
+        ) from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None before the first migrate)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped with this package."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -1,0 +1,323 @@
+"""Alert episodes and their audit trail.
+
+Several episodes may exist over time for one key (rule, account, metric,
+discriminator); the one with the highest id is the key's *current* episode.
+`record_step` persists one lifecycle step (episode rows, audit events and the
+outbox items) in a single transaction, and is idempotent: retrying the same
+step writes no second episode, event or outbox row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields, replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from rules.lifecycle import RESOLVED, EpisodeState, Key, LifecycleResult, Transition
+from storage.db import write_transaction
+from storage.jsonsafe import json_safe
+from storage.models import AlertEpisode, AlertEvent
+from storage.outbox import OutboxItem, enqueue
+
+episodes_table: sa.Table = AlertEpisode.__table__  # type: ignore[attr-defined]
+events_table: sa.Table = AlertEvent.__table__  # type: ignore[attr-defined]
+_e = episodes_table.c
+_v = events_table.c
+_CHUNK = 1000
+_STATE_FIELDS = tuple(f.name for f in fields(EpisodeState) if f.name != "episode_id")
+_KEY_COLS = (_e.rule_id, _e.account_id, _e.metric, _e.discriminator)
+
+
+# ------------------------------------------------------------------------ mapping
+
+
+def _to_state(r: Any) -> EpisodeState:
+    def opt(x: Any) -> int | None:
+        return None if x is None else int(x)
+
+    return EpisodeState(
+        rule_id=r.rule_id, account_id=r.account_id, metric=r.metric, discriminator=r.discriminator,
+        status=r.status, started_at=int(r.started_at), consecutive=int(r.consecutive),
+        fired_at=opt(r.fired_at), resolved_at=opt(r.resolved_at), last_notified_at=opt(r.last_notified_at),
+        once=bool(r.once), severity=r.severity, last_seen_at=opt(r.last_seen_at),
+        last_explanation=dict(r.last_explanation or {}), acknowledged_by=r.acknowledged_by,
+        acknowledged_at=opt(r.acknowledged_at), snoozed_until=opt(r.snoozed_until), episode_id=int(r.id),
+    )
+
+
+def _explanation(expl: Mapping[str, Any], where: str) -> dict[str, Any]:
+    return json_safe(dict(expl), where, lenient=True)  # type: ignore[no-any-return]
+
+
+def _values(s: EpisodeState, rule_hash: str) -> dict[str, Any]:
+    where = f"episode {s.key}"
+    return {
+        "rule_id": s.rule_id, "account_id": s.account_id, "metric": s.metric,
+        "discriminator": s.discriminator, "status": s.status, "started_at": s.started_at,
+        "fired_at": s.fired_at, "resolved_at": s.resolved_at, "last_notified_at": s.last_notified_at,
+        "consecutive": s.consecutive, "once": s.once, "severity": s.severity, "last_seen_at": s.last_seen_at,
+        "last_explanation": _explanation(s.last_explanation, where), "acknowledged_by": s.acknowledged_by,
+        "acknowledged_at": s.acknowledged_at, "snoozed_until": s.snoozed_until, "rule_hash": rule_hash,
+    }
+
+
+def _same(a: EpisodeState, b: EpisodeState) -> bool:
+    """Equal as stored (explanations compared after the JSON round trip)."""
+    for name in _STATE_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        if name == "last_explanation":
+            x, y = _explanation(x, ""), _explanation(y, "")
+        if x != y:
+            return False
+    return True
+
+
+# -------------------------------------------------------------------------- reads
+
+
+def _latest_ids(rule_ids: Sequence[str] | None = None) -> Any:
+    q = sa.select(sa.func.max(_e.id)).group_by(*_KEY_COLS)
+    if rule_ids is not None:
+        q = q.where(_e.rule_id.in_(list(rule_ids)))
+    return q
+
+
+def load_states(engine: Engine, rule_ids: Iterable[str] | None = None) -> dict[Key, EpisodeState]:
+    """The current (latest) episode per key, open or resolved, with episode_id set."""
+    ids = None if rule_ids is None else list(rule_ids)
+    q = sa.select(episodes_table).where(_e.id.in_(_latest_ids(ids)))
+    with engine.connect() as conn:
+        states = [_to_state(r) for r in conn.execute(q)]
+    return {s.key: s for s in states}
+
+
+def _rows_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
+    id_list = sorted(set(ids))
+    out: dict[int, Any] = {}
+    for i in range(0, len(id_list), _CHUNK):
+        q = sa.select(episodes_table).where(_e.id.in_(id_list[i : i + _CHUNK]))
+        out.update((int(r.id), r) for r in conn.execute(q))
+    return out
+
+
+def _latest_row(conn: Connection, key: Key) -> Any:
+    q = (
+        sa.select(episodes_table)
+        .where(*(c == v for c, v in zip(_KEY_COLS, key, strict=True)))
+        .order_by(_e.id.desc())
+        .limit(1)
+    )
+    return conn.execute(q).one_or_none()
+
+
+# ------------------------------------------------------------------------- writes
+
+
+class _StepWriter:
+    def __init__(self, conn: Connection, rule_hashes: Mapping[str, str], stored: dict[int, Any]) -> None:
+        self.conn = conn
+        self.rule_hashes = rule_hashes
+        self.stored = stored
+        self.ids: dict[Key, int] = {}
+        self.written: dict[int, EpisodeState] = {}
+
+    def rule_hash(self, s: EpisodeState, row: Any = None) -> str:
+        return str(
+            self.rule_hashes.get(s.rule_id)
+            or s.last_explanation.get("rule_hash")
+            or (row.rule_hash if row is not None else "")
+            or ""
+        )
+
+    def episode_id_for(self, s: EpisodeState) -> int | None:
+        """The row `s` belongs to, or None when `s` starts a new episode."""
+        if s.key in self.ids:  # already handled in this step
+            eid = self.ids[s.key]
+            if self.written[eid].status == RESOLVED and s.is_open:
+                return self.recorded_before(s)
+            return eid
+        if s.episode_id is None:
+            return self.recorded_before(s)
+        row = self.stored.get(s.episode_id)
+        if row is None:
+            raise ValueError(
+                f"episode {s.key}: stored row id {s.episode_id} does not exist (deleted, or another database?)"
+            )
+        if tuple(getattr(row, c.name) for c in _KEY_COLS) != s.key:
+            raise ValueError(f"episode {s.key}: stored row id {s.episode_id} belongs to another key")
+        if row.status == RESOLVED and s.is_open:
+            return self.recorded_before(s)
+        return s.episode_id
+
+    def recorded_before(self, s: EpisodeState) -> int | None:
+        """For a state that starts a new episode: the row a previous run of this very step wrote, if any."""
+        row = _latest_row(self.conn, s.key)
+        if row is None or int(row.started_at) != s.started_at or (row.status == RESOLVED and s.is_open):
+            return None
+        self.stored[int(row.id)] = row
+        return int(row.id)
+
+    def write(self, s: EpisodeState) -> int:
+        eid = self.episode_id_for(s)
+        row = self.stored.get(eid) if eid is not None else None
+        values = _values(s, self.rule_hash(s, row))
+        if eid is None:
+            eid = int(self.conn.execute(sa.insert(episodes_table).values(**values).returning(_e.id)).scalar_one())
+        elif eid not in self.written or not _same(self.written[eid], s):
+            self.conn.execute(sa.update(episodes_table).where(_e.id == eid).values(**values))
+        self.ids[s.key] = eid
+        self.written[eid] = replace(s, episode_id=eid)
+        return eid
+
+    def event(self, eid: int, t: Transition) -> None:
+        s = t.state
+        expl = dict(t.finding.explanation() if t.finding is not None else s.last_explanation)
+        if not expl.get("rule_hash"):
+            expl["rule_hash"] = self.rule_hash(s, self.stored.get(eid))
+        exists = self.conn.execute(
+            sa.select(_v.id).where(_v.episode_id == eid, _v.event == t.event, _v.at == t.at).limit(1)
+        ).first()
+        if exists is not None:  # the same step recorded again: keep one audit row
+            return
+        self.conn.execute(sa.insert(events_table).values(
+            episode_id=eid, event=t.event, at=t.at, notify=t.notify, reason=t.reason, actor=None,
+            explanation=_explanation(expl, f"event {t.event} of episode {s.key}"),
+        ))
+
+
+def record_step(
+    engine: Engine,
+    result: LifecycleResult,
+    outbox: Sequence[OutboxItem],
+    rule_hashes: Mapping[str, str],
+    now: int | None = None,
+) -> dict[Key, int]:
+    """Persist one lifecycle step atomically; returns key -> episode id for every state in it.
+
+    For each transition: the episode row is updated (state.episode_id), or a
+    new row is inserted when the transition starts a new episode (no id yet, or
+    the stored row is resolved and the new state is open); an alert_events row
+    records the transition with its explanation. States that changed without a
+    transition (e.g. a pending episode's `consecutive`) are updated too; resolved
+    states without a transition are taken as stored (advance() never changes
+    them), so steps stay cheap however long the history. Outbox
+    items are inserted with ON CONFLICT (idempotency_key) DO NOTHING. If
+    anything fails, nothing is written. `rule_hashes` maps rule id -> hash; when
+    a rule is missing there, the explanation's rule_hash is used.
+    """
+    at = now if now is not None else max((t.at for t in result.transitions), default=None)
+    with write_transaction(engine) as conn:
+        in_transitions = {t.key for t in result.transitions}
+        # A stored resolved state with no transition is as advance() found it: nothing to compare.
+        unchanged = {
+            k for k, s in result.states.items()
+            if k not in in_transitions and s.episode_id is not None and s.status == RESOLVED
+        }
+        known = [s.episode_id for k, s in result.states.items() if s.episode_id is not None and k not in unchanged]
+        known += [t.state.episode_id for t in result.transitions if t.state.episode_id is not None]
+        w = _StepWriter(conn, rule_hashes, _rows_by_id(conn, known))
+        for t in result.transitions:
+            w.event(w.write(t.state), t)
+        for key, s in result.states.items():
+            if key in w.ids:
+                final = w.written[w.ids[key]]
+                if not _same(final, s):
+                    w.write(s)
+                continue
+            if key in unchanged:
+                w.ids[key] = s.episode_id  # type: ignore[assignment]
+                continue
+            if s.episode_id is not None:
+                row = w.stored.get(s.episode_id)
+                if row is not None and _same(_to_state(row), s):
+                    w.ids[key] = s.episode_id
+                    continue
+            w.write(s)
+        if outbox:
+            enqueue(conn, outbox, now=at)
+        return dict(w.ids)
+
+
+def record_action(
+    engine: Engine, state: EpisodeState, event: str, at: int, actor: str | None = None, reason: str = "",
+) -> int:
+    """A manual change (acknowledged, snoozed, ...): update the episode row from `state`, add an event.
+
+    `state` must come from load_states (episode_id set); returns the episode id.
+    """
+    if state.episode_id is None:
+        raise ValueError(f"episode {state.key}: {event!r} needs a stored episode (episode_id is None)")
+    with write_transaction(engine) as conn:
+        row = conn.execute(sa.select(episodes_table).where(_e.id == state.episode_id)).one_or_none()
+        if row is None:
+            raise ValueError(f"episode {state.key}: stored row id {state.episode_id} does not exist")
+        conn.execute(
+            sa.update(episodes_table).where(_e.id == state.episode_id)
+            .values(**_values(state, row.rule_hash))
+        )
+        conn.execute(sa.insert(events_table).values(
+            episode_id=state.episode_id, event=event, at=at, notify=False, reason=reason, actor=actor,
+            explanation=_explanation(state.last_explanation, f"{event} of episode {state.key}"),
+        ))
+    return state.episode_id
+
+
+def set_slack_message(engine: Engine, episode_id: int, channel: str, ts: str) -> None:
+    """Remember the Slack message of an episode (resolutions are posted in its thread)."""
+    with engine.begin() as conn:
+        res = conn.execute(
+            sa.update(episodes_table).where(_e.id == episode_id).values(slack_channel=channel, slack_ts=ts)
+        )
+        if res.rowcount == 0:
+            raise KeyError(f"episode {episode_id} does not exist")
+
+
+def _episode_dict(r: Any) -> dict[str, Any]:
+    d = dict(r._mapping)
+    d["key"] = tuple(d[c.name] for c in _KEY_COLS)
+    return d
+
+
+def get_episode(engine: Engine, episode_id: int) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(episodes_table).where(_e.id == episode_id)).one_or_none()
+    return None if r is None else _episode_dict(r)
+
+
+def find_episode(engine: Engine, key: Key, started_at: int | None = None) -> dict[str, Any] | None:
+    """The current episode of `key`, or the one of `key` that started at `started_at`."""
+    q = sa.select(episodes_table).where(*(c == v for c, v in zip(_KEY_COLS, key, strict=True)))
+    if started_at is not None:
+        q = q.where(_e.started_at == started_at)
+    with engine.connect() as conn:
+        r = conn.execute(q.order_by(_e.id.desc()).limit(1)).one_or_none()
+    return None if r is None else _episode_dict(r)
+
+
+def episode_history(
+    engine: Engine, rule_id: str | None = None, account_id: str | None = None, limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Newest episodes first, each a dict of its columns plus "key" and "events" (oldest first)."""
+    q = sa.select(episodes_table).order_by(_e.id.desc()).limit(limit)
+    if rule_id is not None:
+        q = q.where(_e.rule_id == rule_id)
+    if account_id is not None:
+        q = q.where(_e.account_id == account_id)
+    with engine.connect() as conn:
+        episodes = [_episode_dict(r) for r in conn.execute(q)]
+        events: dict[int, list[dict[str, Any]]] = {e["id"]: [] for e in episodes}
+        ids = list(events)
+        for i in range(0, len(ids), _CHUNK):
+            eq = (
+                sa.select(events_table)
+                .where(_v.episode_id.in_(ids[i : i + _CHUNK]))
+                .order_by(_v.at, _v.id)
+            )
+            for r in conn.execute(eq):
+                events[r.episode_id].append(dict(r._mapping))
+    for e in episodes:
+        e["events"] = events[e["id"]]
+    return episodes
