@@ -262,8 +262,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
+    from sqlalchemy.exc import DBAPIError
+
+    from storage.db import StorageError, redact_url
+
     try:
         return int(args.func(args, out, err))
+    except StorageError as exc:
+        print(f"usagebot {args.command}: {exc}", file=err)
+        return 1
+    except DBAPIError as exc:
+        # Driver messages can echo connection parameters: show the redacted URL and the
+        # first line of the driver's reason with any URL in it redacted.
+        url = getattr(args, "db", None) or os.environ.get(DB_ENV) or ""
+        reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
+        print(f"usagebot {args.command}: database error on {redact_url(url) or 'the database'}: "
+              f"{redact_url(reason)}", file=err)
+        return 1
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:

@@ -84,6 +84,7 @@ def run_demo(
         notifier = ConsoleNotifier(out=out)
         fired = notified = resolved = 0
         by_rule: Counter = Counter()
+        reasons: Counter = Counter()
         first = book.end - replay_days * DAY
         for t in range(first + DAY, book.end + 1, DAY):
             report = run_cycle(engine, ruleset, t)
@@ -96,13 +97,16 @@ def run_demo(
                     fired += 1
                     notified += a["notified"]
                     by_rule[a["rule"]] += 1
+                    if not a["notified"]:
+                        reasons[a["suppressed_reason"]] += 1
                 elif a["event"] == "resolved":
                     resolved += 1
 
         rows_crm = crm_preview(engine, ruleset, book.end)
         open_alerts = sum(1 for s in load_states(engine).values() if s.status == "firing")
-        print(f"\nSummary: {fired} alerts fired ({notified} notified, {fired - notified} suppressed by "
-              f"cooldown), {resolved} resolved, {open_alerts} open now.", file=out)
+        why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        print(f"\nSummary: {fired} alerts fired ({notified} notified" + (f"; not notified: {why}" if why else "")
+              + f"), {resolved} resolved, {open_alerts} open now.", file=out)
         for rule_id, n in sorted(by_rule.items()):
             print(f"  {rule_id}: {n}", file=out)
         print(f"\nCRM dry run: Salesforce Account fields that `crm sync` would write "

@@ -15,6 +15,8 @@ evaluation hands `advance` the findings (conditions holding now), the set of
   notification for the same key is recorded but not notified.
 - Renotify: a firing episode is notified again every `rule.renotify` seconds
   (never sooner than the cooldown) unless acknowledged or snoozed.
+- Levels of one once-per-period rule crossing in the same step notify only
+  the highest level (the others are recorded, reason "superseded").
 - Snoozes (per episode, or per account via `snoozed_accounts`) and
   acknowledgements suppress notifications, never the state change itself.
 """
@@ -197,7 +199,32 @@ def advance(
                                           reason=reason if notified else "firing was not notified"))
         out[key] = s
 
+    _supersede_lower_levels(transitions, out)
     return LifecycleResult(out, transitions)
+
+
+def _supersede_lower_levels(transitions: list[Transition], states: dict[Key, EpisodeState]) -> None:
+    """Several levels of one once-per-period rule firing in the same step (e.g. an account
+    already past 80% and 100% of quota when first evaluated): notify only the highest
+    level; the lower ones are recorded as fired but not notified."""
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    for i, t in enumerate(transitions):
+        if t.event == "fired" and t.notify and t.state.once and t.finding is not None:
+            period = t.state.discriminator.split(":", 1)[0]
+            groups.setdefault((t.state.rule_id, t.state.account_id, t.state.metric, period), []).append(i)
+    for idxs in groups.values():
+        if len(idxs) < 2:
+            continue
+        top = max(idxs, key=lambda i: transitions[i].finding.threshold or 0.0)  # type: ignore[union-attr]
+        for i in idxs:
+            if i == top:
+                continue
+            t = transitions[i]
+            prev_notified = states[t.key].last_notified_at
+            s = replace(t.state, last_notified_at=None if prev_notified == t.at else prev_notified)
+            states[t.key] = s
+            transitions[i] = Transition(t.event, t.at, s, t.finding, notify=False,
+                                        reason="superseded by a higher level")
 
 
 def _fire(

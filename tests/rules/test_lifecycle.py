@@ -167,3 +167,20 @@ def test_duplicate_and_unknown_findings_are_errors():
 def test_state_is_plain_data():
     s = EpisodeState("r", "a", "m", "", PENDING, started_at=1)
     assert replace(s, status=FIRING).key == ("r", "a", "m", "")
+
+
+def test_levels_crossed_together_notify_only_the_highest():
+    r = rule(id="q", kind="quota", params=QuotaParams())
+
+    def f(at, level, thr):
+        return replace(finding(at, rule_id="q", disc=f"2026-11-01:{level}", once=True), threshold=thr)
+
+    states, ev = run([r], [(DAY, [f(DAY, "0.8", 80.0), f(DAY, "1", 100.0)], ["a1"])])
+    got = {(e.state.discriminator, e.notify, e.reason) for e in ev}
+    assert got == {("2026-11-01:0.8", False, "superseded by a higher level"), ("2026-11-01:1", True, "")}
+    low = states[("q", "a1", "api_calls", "2026-11-01:0.8")]
+    assert low.status == FIRING and low.last_notified_at is None
+    # crossing one level at a time still notifies each
+    _, ev2 = run([r], [(DAY, [f(DAY, "0.8", 80.0)], ["a1"]),
+                       (2 * DAY, [f(2 * DAY, "0.8", 80.0), f(2 * DAY, "1", 100.0)], ["a1"])])
+    assert [(e.state.discriminator, e.notify) for e in ev2] == [("2026-11-01:0.8", True), ("2026-11-01:1", True)]

@@ -1,0 +1,76 @@
+"""`usagebot ingest` and `usagebot evaluate` against a real database file."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, text
+
+from tests.bot.helpers import SPIKE_RULES, day, run_cli, write_accounts, write_usage
+
+
+def _count(url: str, table: str) -> int:
+    eng = create_engine(url)
+    try:
+        with eng.connect() as c:
+            return c.execute(text(f"select count(*) from {table}")).scalar_one()
+    finally:
+        eng.dispose()
+
+
+def test_ingest_then_evaluate_notifies_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db' / 'u.db'}"
+    vals = [100.0] * 40
+    vals[30] = 900.0
+    usage = write_usage(tmp_path / "u.csv", 40, {"acme": vals})
+    accts = write_accounts(tmp_path / "a.csv", [{"id": "acme", "name": "Acme Corp", "owner_email": "ae@x.io",
+                                                 "plan": "growth", "crm_id": "001"}])
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(usage), "--accounts", str(accts))
+    assert code == 0, err
+    assert "1 account(s) stored" in out and "40 row(s) read" in out
+    # loading the same file again changes nothing
+    assert run_cli("ingest", "--db", url, "--usage", str(usage))[0] == 0
+    assert _count(url, "usage_points") == 40
+
+    rules = tmp_path / "r.toml"
+    rules.write_text(SPIKE_RULES)
+    code, out, err = run_cli("evaluate", "--db", url, "--rules", str(rules), "--at", day(31))
+    assert code == 0, err
+    assert "FIRED · Acme Corp · api_calls · rule calls-spike" in out and "DM ae@x.io" in out
+    assert "1 notification(s) sent" in out
+    code, out, _ = run_cli("evaluate", "--db", url, "--rules", str(rules), "--at", day(31))
+    assert "0 notification(s) sent" in out and "FIRED" not in out  # same tick again: no duplicate
+
+
+def test_ingest_rejects_whole_file_or_skips_with_rejects(tmp_path):
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,account,metric,value\n2026-09-01,acme,api_calls,5\n2026-09-02,acme,api_calls,x\n")
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(bad))
+    assert code == 1 and f"{bad}:3: column 'value'" in err and "not stored" in err
+    assert _count(url, "usage_points") == 0  # nothing stored half-way
+    rejects = tmp_path / "rejects.csv"
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(bad), "--on-error", "skip",
+                             "--rejects", str(rejects))
+    assert code == 0 and _count(url, "usage_points") == 1
+    assert "x" in rejects.read_text().splitlines()[1]
+
+
+def test_ingest_needs_a_file(tmp_path):
+    assert run_cli("ingest", "--db", f"sqlite:///{tmp_path / 'x.db'}")[0] == 2
+    code, _, err = run_cli("ingest", "--usage", str(tmp_path / "missing.csv"))
+    assert code == 2 and "missing.csv" in err
+
+
+def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    usage = write_usage(tmp_path / "u.csv", 2, {"acme": [1.0, 2.0]})
+    url = f"postgresql://usagebot:S3cretPassw0rd@127.0.0.1:{port}/usage?connect_timeout=2"
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(usage))
+    assert code == 1
+    assert "S3cretPassw0rd" not in err + out
+    assert err.startswith("usagebot ingest: ") and "usagebot:***@127.0.0.1" in err
+    assert "check that the server is running" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
