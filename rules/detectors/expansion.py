@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rules.detectors import format as fmt
+from rules.detectors.finding import make_finding
 from rules.detectors.quota import MAX_PERIOD, account_groups, interval_sums, quota_array, round_up
 from rules.model import AccountFacts, DetectorResult, ExpansionParams, Finding, MetricBlock, Rule
 from rules.periods import Period, billing_period, previous_period
@@ -105,23 +106,15 @@ def _growth_finding(
         f" vs {fmt.number(window_sums[-1])} in the {span} from {fmt.moment(oldest_start, step)}"
         f" ({', '.join(fmt.change(r) for r in rates)}, latest first)."
     )
-    return Finding(
-        rule_id=rule.id,
-        account_id=block.account_ids[i],
-        metric=block.metric,
-        kind=rule.kind,
-        severity=rule.severity,
-        at=at,
-        bucket_start=at - step,
+    return make_finding(
+        rule,
+        block,
+        i,
         value=window_sums[0],
         baseline=window_sums[-1],
         threshold=(1.0 + params.growth) * window_sums[1],
         window_start=oldest_start,
-        window_end=at,
         message=message,
-        discriminator="",
-        once=False,
-        rule_hash=rule.rule_hash,
         details={"window_sums": window_sums, "growth_rates": rates, "period": width * step},
     )
 
@@ -183,7 +176,6 @@ def _utilization_finding(
     quota: float,
     periods: list[Period],
 ) -> Finding:
-    at = block.end
     per_period = [
         {"period": p.label, "usage": float(u), "utilization": float(u) / quota}
         for p, u in zip(periods, usage, strict=True)
@@ -195,22 +187,15 @@ def _utilization_finding(
         f"{block.metric} used at least {fmt.percent(params.utilization)} of the monthly quota"
         f" ({fmt.number(quota)}) in each of the last {len(periods)} billing periods ({listing})."
     )
-    return Finding(
-        rule_id=rule.id,
-        account_id=block.account_ids[i],
-        metric=block.metric,
-        kind=rule.kind,
-        severity=rule.severity,
-        at=at,
-        bucket_start=at - block.step,
+    return make_finding(
+        rule,
+        block,
+        i,
         value=float(usage[0]),
         baseline=None,
         threshold=params.utilization * quota,
         window_start=periods[-1].start,
         window_end=periods[0].end,
         message=message,
-        discriminator="",
-        once=False,
-        rule_hash=rule.rule_hash,
         details={"quota": quota, "utilization": params.utilization, "periods": per_period},
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from rules.detectors import format as fmt
+from rules.detectors.finding import make_finding
 from rules.model import DetectorResult, Finding, InactivityParams, MetricBlock, Rule
 from rules.periods import iso
 
@@ -124,23 +125,15 @@ def _finding(
         f" ({'; '.join(notes)}), after {fmt.number(prior_usage)} in the previous"
         f" {fmt.duration(params.prior_window)}."
     )
-    return Finding(
-        rule_id=rule.id,
-        account_id=block.account_ids[i],
-        metric=block.metric,
-        kind=rule.kind,
-        severity=rule.severity,
-        at=at,
-        bucket_start=at - step,
+    return make_finding(
+        rule,
+        block,
+        i,
         value=0.0,
         baseline=baseline,
         threshold=None,
         window_start=window_start,
-        window_end=at,
         message=message,
-        discriminator="",
-        once=False,
-        rule_hash=rule.rule_hash,
         details={
             "last_active": iso(last_active) if last_active is not None else None,
             "prior_usage": prior_usage,

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rules.detectors import format as fmt
+from rules.detectors.finding import make_finding
 from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, QuotaParams, Rule
 from rules.periods import Period, billing_period, iso
 
@@ -202,23 +203,17 @@ def _make(
     discriminator: str,
     details: dict[str, object],
 ) -> Finding:
-    return Finding(
-        rule_id=rule.id,
-        account_id=block.account_ids[i],
-        metric=block.metric,
-        kind=rule.kind,
-        severity=rule.severity,
-        at=block.end,
-        bucket_start=block.end - block.step,
+    return make_finding(
+        rule,
+        block,
+        i,
         value=value,
         baseline=None,
         threshold=threshold,
         window_start=window_start,
-        window_end=block.end,
         message=message,
         discriminator=discriminator,
         once=True,
-        rule_hash=rule.rule_hash,
         details=details,
     )
 

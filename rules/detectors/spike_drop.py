@@ -48,6 +48,7 @@ from rules.detectors.baseline import (
     robust_scale,
     smoothed,
 )
+from rules.detectors.finding import make_finding
 from rules.model import WEEK, DetectorResult, DropParams, Finding, MetricBlock, Rule, SpikeParams
 
 
@@ -157,23 +158,15 @@ def _finding(
     }
     if z is not None:
         details["zscore"] = z
-    return Finding(
-        rule_id=rule.id,
-        account_id=block.account_ids[i],
-        metric=block.metric,
-        kind=rule.kind,
-        severity=rule.severity,
-        at=at,
-        bucket_start=at - step,
+    return make_finding(
+        rule,
+        block,
+        i,
         value=v,
         baseline=b,
         threshold=threshold,
         window_start=window_start,
-        window_end=at,
         message=_message(rule, block.metric, v, b, threshold, r, z, points, smooth, step, at),
-        discriminator="",
-        once=False,
-        rule_hash=rule.rule_hash,
         details=details,
     )
 
