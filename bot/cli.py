@@ -255,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--db")
     e.add_argument("--at", help="evaluation time (default: now)")
     e.set_defaults(func=cmd_evaluate)
+
+    # Subcommands that live with their integrations.
+    from bot import crm_commands, service_commands, slack_commands
+
+    for module in (slack_commands, crm_commands, service_commands):
+        module.register(sub)
     return p
 
 

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from bot.configbase import ConfigError, Secret, document_from_text, load_document
+
+TEXT = """
+[slack]
+bot_token = "${SLACK_BOT_TOKEN}"
+signing_secret = "${MISSING_SECRET}"
+channel = "${CHAN:-#usage-alerts}"
+retries = 3
+timeout = "abc"
+rate = "1s"
+chanel = "typo"
+
+[[sources]]
+id = "csv"
+every = "5x"
+"""
+
+
+def test_section_getters_problems_and_env():
+    doc = document_from_text(TEXT, "config.toml", env={"SLACK_BOT_TOKEN": "xoxb-very-secret"})
+    s = doc.section("slack")
+    tok = s.secret("bot_token", required=True)
+    assert isinstance(tok, Secret) and tok.reveal() == "xoxb-very-secret"
+    assert "xoxb" not in repr(tok) and "xoxb" not in str(tok)
+    assert s.secret("signing_secret") is None
+    assert s.str("channel") == "#usage-alerts"
+    assert s.int("retries", min=0, max=10) == 3
+    assert s.duration("rate") == 1
+    assert s.int("timeout", default=5) == 5
+    s.check_keys({"bot_token", "signing_secret", "channel", "retries", "timeout", "rate"})
+    src = doc.sections("sources")[0]
+    assert src.duration("every", default=60) == 60
+    msgs = [str(p) for p in doc.problems]
+    assert "config.toml:4: slack.signing_secret: environment variable MISSING_SECRET is not set" in msgs
+    assert any(m.startswith("config.toml:7: slack.timeout: must be an integer") for m in msgs)
+    assert "config.toml:9: slack.chanel: unknown key; did you mean 'channel'?" in msgs
+    assert any(m.startswith("config.toml:13: sources[0].every: invalid duration") for m in msgs)
+    assert all("xoxb" not in m for m in msgs)
+    with pytest.raises(ConfigError):
+        doc.raise_if_problems()
+
+
+def test_secret_from_file_and_syntax_errors(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t\n")
+    doc = document_from_text(f'[x]\ntoken_file = "{secret}"\n', "c.toml")
+    assert doc.section("x").secret("token").reveal() == "s3cr3t"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[x]\na = \n")
+    with pytest.raises(ConfigError) as e:
+        load_document(bad)
+    assert str(e.value).startswith(f"{bad}:2: TOML syntax error")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_document(tmp_path / "nope.toml")
