@@ -12,7 +12,7 @@ the two loses nothing and a re-run duplicates nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,11 +21,11 @@ from sqlalchemy.engine import Engine
 from bot.alerts import PUBLISHED_EVENTS, alert_record, idempotency_key, recent_values
 from rules.engine import BlockKey, due, evaluate, history_needed
 from rules.lifecycle import Transition, advance
-from rules.model import AccountFacts, MetricBlock, RuleSet
+from rules.model import AccountFacts, MetricBlock, Rule, RuleSet
 from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
 from storage.outbox import OutboxItem, claim_due, mark_failed, mark_sent
-from storage.usage import load_block
+from storage.usage import accounts_with_usage, load_block
 
 log = logging.getLogger(__name__)
 
@@ -46,43 +46,102 @@ class CycleReport:
     outbox_items: int = 0
 
 
-def load_blocks_for(engine: Engine, needs: Mapping[BlockKey, int], now: int) -> dict[BlockKey, MetricBlock]:
-    """Blocks covering [now - history, last bucket end <= now) per (metric, bucket)."""
+def load_blocks_for(
+    engine: Engine, needs: Mapping[BlockKey, int], now: int, account_ids: Sequence[str] | None = None
+) -> dict[BlockKey, MetricBlock]:
+    """Blocks covering [now - history, last bucket end <= now) per (metric, bucket).
+
+    account_ids: only these accounts (rows in that order); None = every account with data.
+    """
     blocks: dict[BlockKey, MetricBlock] = {}
     for (metric, step), history in needs.items():
         end = (now // step) * step
         start = ((end - history) // step) * step
-        blocks[(metric, step)] = load_block(engine, metric, step, start, end)
+        blocks[(metric, step)] = load_block(engine, metric, step, start, end, account_ids=account_ids)
     return blocks
 
 
-def run_cycle(engine: Engine, ruleset: RuleSet, now: int, only_due: bool = True) -> CycleReport:
-    """Evaluate the rules whose bucket closed at `now` (or all), persist the outcome."""
+def _recent_for(engine: Engine, transitions: Sequence[Transition], by_id: Mapping[str, Rule], now: int,
+                n: int = 14) -> dict[tuple[str, str], list[float | None]]:
+    """Last `n` bucket values of (rule, account) for the published transitions only."""
+    wanted: dict[tuple[str, int], set[str]] = {}
+    for t in transitions:
+        rule = by_id.get(t.state.rule_id)
+        if rule is not None and t.event in PUBLISHED_EVENTS:
+            wanted.setdefault((rule.metric, rule.bucket), set()).add(t.state.account_id)
+    blocks = {
+        key: load_block(engine, key[0], key[1], (now // key[1] - n) * key[1], (now // key[1]) * key[1],
+                        account_ids=sorted(ids))
+        for key, ids in wanted.items()
+    }
+    out: dict[tuple[str, str], list[float | None]] = {}
+    for t in transitions:
+        rule = by_id.get(t.state.rule_id)
+        if rule is not None and (rule.metric, rule.bucket) in blocks:
+            out[(t.state.rule_id, t.state.account_id)] = recent_values(
+                blocks[(rule.metric, rule.bucket)], t.state.account_id, now, n)
+    return out
+
+
+def account_chunks(engine: Engine, size: int) -> list[list[str]]:
+    """Every account with an account record or usage, sorted, in chunks of `size`."""
+    ids = sorted({a.id for a in list_accounts(engine)} | set(accounts_with_usage(engine)))
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def run_cycle(
+    engine: Engine,
+    ruleset: RuleSet,
+    now: int,
+    only_due: bool = True,
+    account_ids: Sequence[str] | None = None,
+    chunk_accounts: int | None = None,
+) -> CycleReport:
+    """Evaluate the rules whose bucket closed at `now` (or all), persist the outcome.
+
+    account_ids: evaluate only these accounts (incremental evaluation after new data:
+    the cost follows the number of accounts; other accounts' episodes are untouched).
+    chunk_accounts: evaluate all accounts in chunks of this many, so memory stays
+    bounded by the chunk, not the book. Findings of all chunks go through ONE
+    lifecycle step and ONE transaction, exactly as without chunking.
+    """
     report = CycleReport(at=now)
     rules = [r for r in ruleset.rules if not only_due or due(r, now)]
     if not rules:
         return report
     accounts: dict[str, AccountFacts] = {a.id: a for a in list_accounts(engine)}
-    blocks = load_blocks_for(engine, history_needed(rules), now)
-    result = evaluate(rules, blocks, accounts, now, only_due=False)
+    needs = history_needed(rules)
+    if account_ids is not None:
+        chunks: list[Sequence[str] | None] = [list(account_ids)] if account_ids else []
+    elif chunk_accounts:
+        chunks = list(account_chunks(engine, chunk_accounts))
+    else:
+        chunks = [None]
+    findings = []
+    decided: set[tuple[str, str]] = set()
+    evaluated: set[str] = set()
+    for chunk in chunks:
+        blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
+        result = evaluate(rules, blocks, accounts, now, only_due=False)
+        findings.extend(result.findings)
+        decided |= result.decided
+        evaluated |= result.evaluated_rules
     states = load_states(engine)
     by_id = ruleset.by_id()
-    step = advance(by_id, result.findings, result.decided, states, now,
-                   evaluated_rules=result.evaluated_rules)
+    step = advance(by_id, findings, decided, states, now, evaluated_rules=evaluated)
+    recent = _recent_for(engine, step.transitions, by_id, now)
     outbox: list[OutboxItem] = []
     for t in step.transitions:
         if t.event not in PUBLISHED_EVENTS:
             continue
-        rule = by_id.get(t.state.rule_id)
-        block = blocks.get((rule.metric, rule.bucket)) if rule else None
-        record = alert_record(t, rule, accounts.get(t.state.account_id),
-                              recent_values(block, t.state.account_id, now))
+        record = alert_record(t, by_id.get(t.state.rule_id), accounts.get(t.state.account_id),
+                              recent.get((t.state.rule_id, t.state.account_id), []))
         report.alerts.append(record)
         if t.notify:
             outbox.append(OutboxItem(idempotency_key(t), NOTIFY_KIND, record))
     record_step(engine, step, outbox, {r.id: r.rule_hash for r in ruleset.rules})
-    report.rules_evaluated = sorted(result.evaluated_rules)
-    report.findings = len(result.findings)
+    report.rules_evaluated = sorted(evaluated)
+    report.findings = len(findings)
     report.transitions = step.transitions
     report.outbox_items = len(outbox)
     return report

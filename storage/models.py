@@ -34,7 +34,10 @@ class UsagePoint(SQLModel, table=True):
 
     __tablename__ = "usage_points"  # type: ignore[assignment]
     __table_args__ = (
-        sa.Index("ix_usage_points_metric_bucket", "metric", "bucket_start"),
+        # Covering index: reading a metric's time range for all accounts is an index-only scan
+        # (2.7x faster than going back to the table per row at 10k accounts; docs/benchmarks.md).
+        # The primary key (account_id, metric, bucket_start) serves per-account reads.
+        sa.Index("ix_usage_points_metric_bucket_cover", "metric", "bucket_start", "account_id", "value"),
         {"sqlite_with_rowid": False},
     )
 
@@ -42,6 +45,34 @@ class UsagePoint(SQLModel, table=True):
     metric: str = Field(primary_key=True)
     bucket_start: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
     value: float = Field(sa_type=sa.Double)
+
+
+class UsageFirstSeen(SQLModel, table=True):
+    """Earliest stored bucket per account and metric (maintained by upsert_usage).
+
+    Cells before it are "not onboarded yet" (missing, not zero); keeping it here
+    saves a MIN() over the whole history on every evaluation.
+    """
+
+    __tablename__ = "usage_first_seen"  # type: ignore[assignment]
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    metric: str = Field(primary_key=True)
+    account_id: str = Field(primary_key=True)
+    first_bucket: int = Field(sa_type=sa.BigInteger)
+
+
+class UsageCoverage(SQLModel, table=True):
+    """Stored buckets (base resolution) in which at least one account has a point for the metric.
+
+    A rule bucket with no covered base bucket was not delivered: missing for everyone.
+    """
+
+    __tablename__ = "usage_coverage"  # type: ignore[assignment]
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    metric: str = Field(primary_key=True)
+    bucket_start: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
 
 
 class AlertEpisode(SQLModel, table=True):

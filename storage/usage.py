@@ -1,9 +1,12 @@
 """Usage series: idempotent bulk upserts and aggregated blocks for the engine.
 
 Points are stored at a base bucket (`base_step`, default one minute) as
-integer epoch seconds, so bucketing arithmetic is the same integer division
-on SQLite and PostgreSQL. Reads aggregate to the rule's bucket in SQL and
-fill a numpy array from the result set in bulk.
+integer epoch seconds. Every write also maintains two small tables in the
+same transaction: usage_first_seen (earliest bucket per account and metric)
+and usage_coverage (buckets in which any account has a point), so a read
+needs no scan of history. Reads stream the raw points of the range in
+batches (an index-only scan of the covering index, or primary-key ranges for
+a short list of accounts) and aggregate them to the rule's bucket with numpy.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from rules.model import MetricBlock
-from storage.models import UsagePoint
+from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 
 UPSERT_CHUNK = 50_000
 _IN_LIMIT = 5_000  # above this many requested accounts, filter rows in Python instead of SQL IN (...)
 
 usage_points: sa.Table = UsagePoint.__table__  # type: ignore[attr-defined]
+first_seen: sa.Table = UsageFirstSeen.__table__  # type: ignore[attr-defined]
+coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
+FETCH_BATCH = 100_000  # rows per fetchmany() when reading usage (bounds memory)
 
 
 class UsageRecordLike(Protocol):
@@ -130,7 +136,40 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
                 _write_chunk_sqlite(conn, sql, chunk)
             else:
                 _write_chunk_postgresql(conn, chunk)
+            _record_bookkeeping(conn, dialect, chunk)
         written += len(chunk)
+
+
+_FIRST_SEEN_SQL = {
+    "sqlite": "INSERT INTO usage_first_seen (metric, account_id, first_bucket) VALUES (?, ?, ?) "
+              "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
+              "WHERE excluded.first_bucket < usage_first_seen.first_bucket",
+    "postgresql": "INSERT INTO usage_first_seen (metric, account_id, first_bucket) VALUES (%s, %s, %s) "
+                  "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
+                  "WHERE excluded.first_bucket < usage_first_seen.first_bucket",
+}
+_COVERAGE_SQL = {
+    "sqlite": "INSERT INTO usage_coverage (metric, bucket_start) VALUES (?, ?) ON CONFLICT DO NOTHING",
+    "postgresql": "INSERT INTO usage_coverage (metric, bucket_start) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+}
+
+
+def _record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, str, int, float]]) -> None:
+    """Keep usage_first_seen (earliest bucket per account/metric) and usage_coverage (delivered
+    buckets per metric) in step with the points, in the same transaction."""
+    first: dict[tuple[str, str], int] = {}
+    covered: set[tuple[str, int]] = set()
+    for account, metric, bucket, _ in chunk:
+        key = (metric, account)
+        if bucket < first.get(key, bucket + 1):
+            first[key] = bucket
+        covered.add((metric, bucket))
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.executemany(_FIRST_SEEN_SQL[dialect], [(m, a, b) for (m, a), b in first.items()])
+        cur.executemany(_COVERAGE_SQL[dialect], sorted(covered))
+    finally:
+        cur.close()
 
 
 def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
@@ -154,6 +193,16 @@ def usage_range(engine: Engine, metric: str | None = None) -> tuple[int, int] | 
     return None if lo is None else (int(lo), int(hi))
 
 
+def accounts_with_usage(engine: Engine, metric: str | None = None) -> list[str]:
+    """Accounts that have any stored point (of `metric`), sorted; from usage_first_seen."""
+    fs = first_seen.c
+    q = sa.select(fs.account_id).distinct().order_by(fs.account_id)
+    if metric is not None:
+        q = q.where(fs.metric == metric)
+    with engine.connect() as conn:
+        return list(conn.execute(q).scalars())
+
+
 def metrics(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(sa.select(_c.metric).distinct().order_by(_c.metric)).scalars())
@@ -172,32 +221,8 @@ def _check_range(metric: str, step: int, start: int, end: int) -> int:
     return (end - start) // step
 
 
-def _bucket_expr(step: int) -> Any:
-    return (_c.bucket_start // step) * step
-
-
-def _observed_columns(conn: Connection, metric: str, step: int, start: int, end: int) -> np.ndarray:
-    """Bool per column: does ANY account (whole table) have a point for the metric in it?"""
-    n = (end - start) // step
-    b = _bucket_expr(step)
-    q = (
-        sa.select(b.label("b"))
-        .where(_c.metric == metric, _c.bucket_start >= start, _c.bucket_start < end)
-        .group_by(b)
-    )
-    cols = np.fromiter((int(x) for x in conn.execute(q).scalars()), dtype=np.int64)
-    observed = np.zeros(n, dtype=bool)
-    observed[(cols - start) // step] = True
-    return observed
-
-
-def _id_filter(q: Any, account_ids: Sequence[str] | None) -> Any:
-    if account_ids is not None and len(account_ids) <= _IN_LIMIT:
-        q = q.where(_c.account_id.in_(list(account_ids)))
-    return q
-
-
 def _accounts_in_range(conn: Connection, metric: str, start: int, end: int) -> list[str]:
+    """Accounts with a point of the metric in [start, end), sorted (index-only scan)."""
     q = (
         sa.select(_c.account_id)
         .where(_c.metric == metric, _c.bucket_start >= start, _c.bucket_start < end)
@@ -207,48 +232,131 @@ def _accounts_in_range(conn: Connection, metric: str, start: int, end: int) -> l
     return list(conn.execute(q).scalars())
 
 
+def _observed_columns(conn: Connection, metric: str, step: int, start: int, end: int) -> np.ndarray:
+    """Bool per column: does ANY account (whole table) have a point for the metric in it?
+
+    Read from usage_coverage (a few rows per bucket), not from the points themselves.
+    """
+    n = (end - start) // step
+    cov = coverage.c
+    b = (cov.bucket_start // step) * step
+    q = sa.select(b.label("b")).where(cov.metric == metric, cov.bucket_start >= start,
+                                       cov.bucket_start < end).distinct()
+    cols = np.fromiter((int(x) for x in conn.execute(q).scalars()), dtype=np.int64)
+    observed = np.zeros(n, dtype=bool)
+    observed[(cols - start) // step] = True
+    return observed
+
+
+def _placeholders(dialect: str, n: int) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    return ", ".join([mark] * n)
+
+
+def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: list[str],
+                   index: dict[str, int], n_cols: int, by_sql_in: bool) -> np.ndarray:
+    """Column of each row's first-ever point (n_cols = never seen; 0 = before the block)."""
+    fs = first_seen.c
+    q = sa.select(fs.account_id, fs.first_bucket).where(fs.metric == metric)
+    if by_sql_in:
+        q = q.where(fs.account_id.in_(ids))
+    first_col = np.full(len(ids), n_cols, dtype=np.int64)
+    for acc, first in conn.execute(q):
+        i = index.get(acc)
+        if i is not None:
+            first_col[i] = max(0, (int(first) - start) // step)
+    return first_col
+
+
+def _stream_points(conn: Connection, metric: str, start: int, end: int,
+                   ids: Sequence[str] | None) -> Iterator[list[tuple[str, int, float]]]:
+    """Raw (account_id, bucket_start, value) rows in batches, straight from the DB-API cursor.
+
+    All accounts: an index-only range scan of the covering index. A short list of
+    accounts: per-account primary-key ranges, so the cost follows the accounts asked for.
+    """
+    dialect = conn.dialect.name
+    mark = "?" if dialect == "sqlite" else "%s"
+    sql = (f"SELECT account_id, bucket_start, value FROM usage_points "
+           f"WHERE metric = {mark} AND bucket_start >= {mark} AND bucket_start < {mark}")
+    params: list[Any] = [metric, start, end]
+    if ids is not None:
+        sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
+               f"({_placeholders(dialect, len(ids))}) AND metric = {mark} AND bucket_start >= {mark} "
+               f"AND bucket_start < {mark}")
+        params = [*ids, metric, start, end]
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        while True:
+            batch = cur.fetchmany(FETCH_BATCH)
+            if not batch:
+                return
+            yield batch
+    finally:
+        cur.close()
+
+
 def _fill(
-    conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str], observed: np.ndarray
+    conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str] | None, observed: np.ndarray
 ) -> MetricBlock:
-    n_rows, n_cols = len(ids), len(observed)
-    index = {a: i for i, a in enumerate(ids)}
-    if len(index) != n_rows:
-        dupes = sorted(a for a, k in Counter(ids).items() if k > 1)
-        raise ValueError(f"load_block({metric!r}): duplicate account ids requested: {dupes[:10]}")
+    """Aggregate raw points into the block (numpy), then apply the missing-data rules.
+
+    ids None = every account with a point of the metric in [start, end), sorted.
+    """
+    n_cols = len(observed)
+    if ids is not None:
+        index = {a: i for i, a in enumerate(ids)}
+        if len(index) != len(ids):
+            dupes = sorted(a for a, k in Counter(ids).items() if k > 1)
+            raise ValueError(f"load_block({metric!r}): duplicate account ids requested: {dupes[:10]}")
+        if not ids or n_cols == 0:
+            return MetricBlock(metric, start, step, list(ids), np.full((len(ids), n_cols), np.nan))
+    by_sql_in = ids is not None and len(ids) <= _IN_LIMIT
+    # Pass 1: stream rows, map accounts to rows, accumulate (row, col) sums.
+    rows_parts: list[np.ndarray] = []
+    cols_parts: list[np.ndarray] = []
+    vals_parts: list[np.ndarray] = []
+    found: dict[str, int] = {} if ids is None else index
+    for batch in _stream_points(conn, metric, start, end, ids if by_sql_in else None):
+        accs, buckets, vals = zip(*batch, strict=True)
+        if ids is None:
+            setdefault = found.setdefault
+            r = np.fromiter((setdefault(a, len(found)) for a in accs), dtype=np.int64, count=len(accs))
+        else:
+            get = index.get
+            r = np.fromiter((get(a, -1) for a in accs), dtype=np.int64, count=len(accs))
+        c = (np.fromiter(buckets, dtype=np.int64, count=len(buckets)) - start) // step
+        v = np.fromiter(vals, dtype=np.float64, count=len(vals))
+        keep = r >= 0
+        rows_parts.append(r[keep])
+        cols_parts.append(c[keep])
+        vals_parts.append(v[keep])
+    if ids is None:
+        ids = sorted(found)
+        order = np.empty(len(found), dtype=np.int64)  # discovery order -> sorted order
+        pos = {a: i for i, a in enumerate(ids)}
+        for a, k in found.items():
+            order[k] = pos[a]
+        index = pos
+    else:
+        order = None
+    n_rows = len(ids)
     values = np.full((n_rows, n_cols), np.nan)
     if n_rows == 0 or n_cols == 0:
         return MetricBlock(metric, start, step, ids, values)
 
-    # First-ever point per account (before `end`): earlier cells are "not onboarded" (NaN).
-    first_q = _id_filter(
-        sa.select(_c.account_id, sa.func.min(_c.bucket_start))
-        .where(_c.metric == metric, _c.bucket_start < end)
-        .group_by(_c.account_id),
-        ids,
-    )
-    first_col = np.full(n_rows, n_cols, dtype=np.int64)  # default: never seen -> all NaN
-    for acc, first in conn.execute(first_q):
-        i = index.get(acc)
-        if i is not None:
-            first_col[i] = max(0, (int(first) - start) // step)
+    first_col = _first_columns(conn, metric, start, step, ids, index, n_cols, by_sql_in)
     onboarded = np.arange(n_cols)[None, :] >= first_col[:, None]
     values[onboarded & observed[None, :]] = 0.0
-
-    b = _bucket_expr(step)
-    sums_q = _id_filter(
-        sa.select(_c.account_id, b.label("b"), sa.func.sum(_c.value))
-        .where(_c.metric == metric, _c.bucket_start >= start, _c.bucket_start < end)
-        .group_by(_c.account_id, b),
-        ids,
-    )
-    rows = conn.execute(sums_q).all()
-    if rows:
-        accs, buckets, sums = zip(*rows, strict=True)
-        r = np.fromiter((index.get(a, -1) for a in accs), dtype=np.int64, count=len(accs))
-        c = (np.fromiter(buckets, dtype=np.int64, count=len(buckets)) - start) // step
-        v = np.fromiter(sums, dtype=np.float64, count=len(sums))
-        keep = r >= 0
-        values[r[keep], c[keep]] = v[keep]
+    if rows_parts:
+        r = np.concatenate(rows_parts)
+        if order is not None:
+            r = order[r]
+        flat = r * n_cols + np.concatenate(cols_parts)
+        sums = np.bincount(flat, weights=np.concatenate(vals_parts), minlength=n_rows * n_cols)
+        has = np.bincount(flat, minlength=n_rows * n_cols) > 0
+        values.reshape(-1)[has] = sums[has]
     return MetricBlock(metric, start, step, ids, values)
 
 
@@ -271,7 +379,7 @@ def load_block(
     _check_range(metric, step, start, end)
     with engine.connect() as conn:
         observed = _observed_columns(conn, metric, step, start, end)
-        ids = list(account_ids) if account_ids is not None else _accounts_in_range(conn, metric, start, end)
+        ids = list(account_ids) if account_ids is not None else None
         return _fill(conn, metric, step, start, end, ids, observed)
 
 
