@@ -163,3 +163,284 @@ TABLES: tuple[sa.Table, ...] = (
     OutboxEntry.__table__,  # type: ignore[attr-defined]
     SourceCursorRow.__table__,  # type: ignore[attr-defined]
 )
+
+
+# ----------------------------------------------------------------------- Slack (0002_slack)
+
+
+class SlackUser(SQLModel, table=True):
+    """Slack user lookups by email (users.lookupByEmail / users.info), cached.
+
+    user_id None = Slack said no user has this email (a negative entry, re-asked after its TTL).
+    """
+
+    __tablename__ = "slack_users"  # type: ignore[assignment]
+    __table_args__ = (sa.Index("ix_slack_users_user_id", "user_id"),)
+
+    email: str = Field(primary_key=True)  # lower-cased
+    user_id: str | None = None
+    dm_channel: str | None = None  # the bot's DM channel with the user (conversations.open)
+    looked_up_at: int = Field(sa_type=sa.BigInteger)
+
+
+class SlackMessage(SQLModel, table=True):
+    """The parent message of an alert episode in one destination; its thread holds the follow-ups."""
+
+    __tablename__ = "slack_messages"  # type: ignore[assignment]
+    __table_args__ = (
+        sa.UniqueConstraint("episode_id", "destination", name="uq_slack_messages_episode_destination"),
+        sa.Index("ix_slack_messages_channel_ts", "channel", "ts"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    episode_id: int = Field(
+        sa_column_args=[sa.ForeignKey("alert_episodes.id", ondelete="CASCADE")], nullable=False
+    )
+    destination: str  # "dm:<owner email>" or "channel:<name or id as routed>"
+    channel: str  # Slack channel id
+    ts: str
+    alert: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    last_event: str = ""
+    last_event_at: int = Field(sa_type=sa.BigInteger)
+    created_at: int = Field(sa_type=sa.BigInteger)
+
+
+class SlackDeliveryStep(SQLModel, table=True):
+    """One chat.postMessage of an outbox delivery. ts is None while the outcome is unknown
+    (crash or lost response after the request was sent); a retry then looks for the message
+    by its metadata before posting again."""
+
+    __tablename__ = "slack_delivery_steps"  # type: ignore[assignment]
+
+    step: str = Field(primary_key=True)
+    channel: str
+    thread_ts: str | None = None
+    ts: str | None = None
+    attempted_at: int = Field(sa_type=sa.BigInteger)
+    done_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+
+
+class SlackFeedback(SQLModel, table=True):
+    """'Not useful' clicks, per rule (and episode, and user)."""
+
+    __tablename__ = "slack_feedback"  # type: ignore[assignment]
+    __table_args__ = (
+        sa.UniqueConstraint("episode_id", "user_id", "verdict", name="uq_slack_feedback_episode_user_verdict"),
+        sa.Index("ix_slack_feedback_rule", "rule_id", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    rule_id: str
+    episode_id: int = Field(
+        sa_column_args=[sa.ForeignKey("alert_episodes.id", ondelete="CASCADE")], nullable=False
+    )
+    user_id: str
+    verdict: str
+    at: int = Field(sa_type=sa.BigInteger)
+
+
+class SlackDigestItem(SQLModel, table=True):
+    """An alert held back for an owner's daily digest DM."""
+
+    __tablename__ = "slack_digest_items"  # type: ignore[assignment]
+    __table_args__ = (
+        sa.UniqueConstraint("item_key", name="uq_slack_digest_items_item_key"),
+        sa.Index("ix_slack_digest_items_owner", "owner_email", "sent_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_key: str
+    owner_email: str
+    alert: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    created_at: int = Field(sa_type=sa.BigInteger)
+    digest_key: str | None = None  # set when the item is taken into a digest
+    sent_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+
+
+class SlackAccountSnooze(SQLModel, table=True):
+    """`/usage snooze <account> <duration>`: no Slack alerts for the account until `until`."""
+
+    __tablename__ = "slack_account_snoozes"  # type: ignore[assignment]
+
+    account_id: str = Field(primary_key=True)
+    until: int = Field(sa_type=sa.BigInteger)
+    snoozed_by: str
+    snoozed_at: int = Field(sa_type=sa.BigInteger)
+
+
+SLACK_TABLES: tuple[sa.Table, ...] = (
+    SlackUser.__table__,  # type: ignore[attr-defined]
+    SlackMessage.__table__,  # type: ignore[attr-defined]
+    SlackDeliveryStep.__table__,  # type: ignore[attr-defined]
+    SlackFeedback.__table__,  # type: ignore[attr-defined]
+    SlackDigestItem.__table__,  # type: ignore[attr-defined]
+    SlackAccountSnooze.__table__,  # type: ignore[attr-defined]
+)
+
+
+# ----------------------------------------------------------------- Salesforce sync (0003_crm)
+
+
+class CrmRecordState(SQLModel, table=True):
+    """Per account and Salesforce object: the field values Salesforce last accepted from usagebot.
+
+    The CRM sync sends only fields whose desired value differs from `written`.
+    `match_key` is the record Id or external id the values were written to; when
+    it changes, `written` no longer describes the new record. `last_error` and
+    `failures` describe the latest failed attempt (cleared by the next success).
+    """
+
+    __tablename__ = "crm_record_state"  # type: ignore[assignment]
+
+    account_id: str = Field(primary_key=True)
+    sf_object: str = Field(primary_key=True)
+    match_key: str
+    written: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    written_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+    last_error: str | None = None
+    failures: int = 0
+    last_attempt_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+    updated_at: int = Field(sa_type=sa.BigInteger)
+
+
+class CrmTask(SQLModel, table=True):
+    """The Salesforce Task created for an alert episode (at most one per episode).
+
+    status: "created" (sf_task_id set), "failed" (Salesforce refused it; retried
+    next sync), "unknown" (the request failed in a way that may have created it:
+    the next sync looks for it before creating another).
+    """
+
+    __tablename__ = "crm_tasks"  # type: ignore[assignment]
+
+    episode_id: int = Field(
+        primary_key=True, sa_column_kwargs={"autoincrement": False},
+        sa_column_args=[sa.ForeignKey("alert_episodes.id", ondelete="CASCADE")],
+    )
+    account_id: str
+    rule_id: str
+    status: str
+    subject: str = ""
+    what_id: str | None = None
+    sf_task_id: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    first_attempt_at: int = Field(sa_type=sa.BigInteger)
+    updated_at: int = Field(sa_type=sa.BigInteger)
+
+
+class CrmSyncRun(SQLModel, table=True):
+    """One real (not dry-run) CRM sync: what it did and how much API it used."""
+
+    __tablename__ = "crm_sync_runs"  # type: ignore[assignment]
+    __table_args__ = (sa.Index("ix_crm_sync_runs_started", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: int = Field(sa_type=sa.BigInteger)
+    finished_at: int = Field(sa_type=sa.BigInteger)
+    accounts: int = 0
+    changed: int = 0
+    written: int = 0
+    failed: int = 0
+    deferred: int = 0
+    unmatched: int = 0
+    tasks_created: int = 0
+    tasks_failed: int = 0
+    api_calls: int = 0
+    api_used: int | None = None
+    api_max: int | None = None
+    stopped: str | None = None
+
+
+CRM_TABLES: tuple[sa.Table, ...] = (
+    CrmRecordState.__table__,  # type: ignore[attr-defined]
+    CrmTask.__table__,  # type: ignore[attr-defined]
+    CrmSyncRun.__table__,  # type: ignore[attr-defined]
+)
+
+
+# ----------------------------------------------------------------- service (sources, scheduler)
+
+
+class IngestedEvent(SQLModel, table=True):
+    """Event ids already added to usage (push ingest, event feeds): deduplication by id."""
+
+    __tablename__ = "ingested_events"  # type: ignore[assignment]
+    __table_args__ = (sa.Index("ix_ingested_events_received", "received_at"),)
+
+    source_id: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True)
+    received_at: int = Field(sa_type=sa.BigInteger)
+
+
+class SourceStatus(SQLModel, table=True):
+    """Freshness of a usage source (the cursor itself lives in source_cursors)."""
+
+    __tablename__ = "source_status"  # type: ignore[assignment]
+
+    source_id: str = Field(primary_key=True)
+    kind: str = "poll"  # "poll" or "push"
+    metrics: list[str] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
+    registered_at: int = Field(sa_type=sa.BigInteger)
+    last_poll_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+    last_data_at: int | None = Field(default=None, sa_type=sa.BigInteger)  # newest data timestamp seen
+    last_new_data_at: int | None = Field(default=None, sa_type=sa.BigInteger)  # when data last changed
+    failures: int = 0  # consecutive failed polls
+    stale_since: int | None = Field(default=None, sa_type=sa.BigInteger)
+    updated_at: int = Field(sa_type=sa.BigInteger)
+
+
+class SourceSeries(SQLModel, table=True):
+    """Which (metric, account) series a source has delivered (to mute them when it goes stale)."""
+
+    __tablename__ = "source_series"  # type: ignore[assignment]
+
+    source_id: str = Field(primary_key=True)
+    metric: str = Field(primary_key=True)
+    account_id: str = Field(primary_key=True)
+
+
+class UsageChange(SQLModel, table=True):
+    """Usage that changed since the last evaluation: (account, metric, earliest changed bucket)."""
+
+    __tablename__ = "usage_changes"  # type: ignore[assignment]
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: str
+    metric: str
+    bucket_start: int = Field(sa_type=sa.BigInteger)
+    source_id: str = ""
+    changed_at: int = Field(sa_type=sa.BigInteger)
+
+
+class RuleProgress(SQLModel, table=True):
+    """The last bucket end each rule was evaluated at by the scheduler."""
+
+    __tablename__ = "rule_progress"  # type: ignore[assignment]
+
+    rule_id: str = Field(primary_key=True)
+    evaluated_through: int = Field(sa_type=sa.BigInteger)
+    updated_at: int = Field(sa_type=sa.BigInteger)
+
+
+class LeaderLease(SQLModel, table=True):
+    """Leader election by lease row (when no PostgreSQL advisory lock is used)."""
+
+    __tablename__ = "leader_lease"  # type: ignore[assignment]
+
+    name: str = Field(primary_key=True)
+    holder: str
+    acquired_at: int = Field(sa_type=sa.BigInteger)
+    renewed_at: int = Field(sa_type=sa.BigInteger)
+    expires_at: int = Field(sa_type=sa.BigInteger)
+
+
+SERVICE_TABLES: tuple[sa.Table, ...] = (
+    IngestedEvent.__table__,  # type: ignore[attr-defined]
+    SourceStatus.__table__,  # type: ignore[attr-defined]
+    SourceSeries.__table__,  # type: ignore[attr-defined]
+    UsageChange.__table__,  # type: ignore[attr-defined]
+    RuleProgress.__table__,  # type: ignore[attr-defined]
+    LeaderLease.__table__,  # type: ignore[attr-defined]
+)
+TABLES = (*TABLES, *SERVICE_TABLES)

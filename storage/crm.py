@@ -1,0 +1,207 @@
+"""CRM sync state: the values Salesforce last accepted per record, tasks per episode, sync runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from storage.db import write_transaction
+from storage.jsonsafe import json_safe
+from storage.models import AlertEpisode, CrmRecordState, CrmSyncRun, CrmTask
+
+state_table: sa.Table = CrmRecordState.__table__  # type: ignore[attr-defined]
+tasks_table: sa.Table = CrmTask.__table__  # type: ignore[attr-defined]
+runs_table: sa.Table = CrmSyncRun.__table__  # type: ignore[attr-defined]
+_episodes: sa.Table = AlertEpisode.__table__  # type: ignore[attr-defined]
+_s, _t, _r, _e = state_table.c, tasks_table.c, runs_table.c, _episodes.c
+MAX_ERROR_CHARS = 2000
+_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class RecordState:
+    account_id: str
+    sf_object: str
+    match_key: str
+    written: dict[str, Any]
+    written_at: int | None
+    last_error: str | None
+    failures: int
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """The result of sending one record: `fields` were accepted (success) or not (`error`)."""
+
+    account_id: str
+    match_key: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def load_record_states(engine: Engine, sf_object: str) -> dict[str, RecordState]:
+    """account id -> stored state for `sf_object`."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(state_table).where(_s.sf_object == sf_object)).all()
+    return {
+        r.account_id: RecordState(r.account_id, r.sf_object, r.match_key, dict(r.written or {}),
+                                  None if r.written_at is None else int(r.written_at), r.last_error,
+                                  int(r.failures))
+        for r in rows
+    }
+
+
+def record_outcomes(
+    engine: Engine, sf_object: str, outcomes: Sequence[WriteOutcome], now: int, replace_written: bool = False,
+) -> None:
+    """Store a batch of write results in one transaction.
+
+    Success: the accepted fields are merged into `written` (or replace it when
+    `replace_written`, used when the values were read back from Salesforce), the
+    error is cleared. Failure: `written` is kept (so the next diff sends the
+    fields again), the error and the failure count are recorded. A changed
+    `match_key` starts `written` afresh.
+    """
+    if not outcomes:
+        return
+    with write_transaction(engine) as conn:
+        ids = [o.account_id for o in outcomes]
+        stored: dict[str, Any] = {}
+        for i in range(0, len(ids), _CHUNK):
+            q = sa.select(state_table).where(_s.sf_object == sf_object, _s.account_id.in_(ids[i : i + _CHUNK]))
+            stored.update((r.account_id, r) for r in conn.execute(q))
+        rows = []
+        for o in outcomes:
+            old = stored.get(o.account_id)
+            same_record = old is not None and old.match_key == o.match_key
+            written = dict(old.written or {}) if same_record else {}
+            row = {"account_id": o.account_id, "sf_object": sf_object, "match_key": o.match_key,
+                   "last_attempt_at": now, "updated_at": now}
+            if o.error is None:
+                if replace_written:
+                    written = {}
+                written.update(json_safe(dict(o.fields), f"CRM values of account {o.account_id!r}"))
+                row.update(written=written, written_at=now, last_error=None, failures=0)
+            else:
+                row.update(written=written, written_at=old.written_at if same_record else None,
+                           last_error=o.error[:MAX_ERROR_CHARS],
+                           failures=(int(old.failures) if same_record else 0) + 1)
+            rows.append(row)
+        ins = _insert(conn, state_table)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[_s.account_id, _s.sf_object],
+            set_={c: ins.excluded[c] for c in ("match_key", "written", "written_at", "last_error", "failures",
+                                                "last_attempt_at", "updated_at")},
+        )
+        conn.execute(stmt, rows)
+
+
+def failed_records(engine: Engine, sf_object: str, limit: int = 100) -> list[RecordState]:
+    """Records whose latest write failed (retried by the next sync), most failures first."""
+    q = (sa.select(state_table).where(_s.sf_object == sf_object, _s.last_error.is_not(None))
+         .order_by(_s.failures.desc(), _s.account_id).limit(limit))
+    with engine.connect() as conn:
+        return [RecordState(r.account_id, r.sf_object, r.match_key, dict(r.written or {}), r.written_at,
+                            r.last_error, int(r.failures)) for r in conn.execute(q)]
+
+
+# -------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class TaskCandidate:
+    """A fired alert episode that may need a Salesforce Task."""
+
+    episode_id: int
+    rule_id: str
+    account_id: str
+    metric: str
+    severity: str
+    fired_at: int
+    explanation: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    episode_id: int
+    account_id: str
+    rule_id: str
+    status: str
+    subject: str
+    what_id: str | None
+    sf_task_id: str | None
+    attempts: int
+    last_error: str | None
+    first_attempt_at: int
+
+
+def episodes_fired_since(engine: Engine, since: int) -> list[TaskCandidate]:
+    """Episodes (open or resolved) that fired at or after `since`, oldest first."""
+    q = (sa.select(_e.id, _e.rule_id, _e.account_id, _e.metric, _e.severity, _e.fired_at, _e.last_explanation)
+         .where(_e.fired_at.is_not(None), _e.fired_at >= since).order_by(_e.fired_at, _e.id))
+    with engine.connect() as conn:
+        return [TaskCandidate(int(r.id), r.rule_id, r.account_id, r.metric, r.severity, int(r.fired_at),
+                              dict(r.last_explanation or {})) for r in conn.execute(q)]
+
+
+def load_tasks(engine: Engine, episode_ids: Iterable[int]) -> dict[int, TaskRow]:
+    ids = sorted(set(episode_ids))
+    out: dict[int, TaskRow] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(ids), _CHUNK):
+            for r in conn.execute(sa.select(tasks_table).where(_t.episode_id.in_(ids[i : i + _CHUNK]))):
+                out[int(r.episode_id)] = TaskRow(int(r.episode_id), r.account_id, r.rule_id, r.status, r.subject,
+                                                 r.what_id, r.sf_task_id, int(r.attempts), r.last_error,
+                                                 int(r.first_attempt_at))
+    return out
+
+
+def record_task(
+    engine: Engine, candidate: TaskCandidate, status: str, now: int, subject: str, what_id: str | None,
+    sf_task_id: str | None = None, error: str | None = None, attempted: bool = True,
+) -> None:
+    """Insert or update the task row of an episode (status created / failed / unknown)."""
+    with write_transaction(engine) as conn:
+        ins = _insert(conn, tasks_table)
+        row = {"episode_id": candidate.episode_id, "account_id": candidate.account_id,
+               "rule_id": candidate.rule_id, "status": status, "subject": subject, "what_id": what_id,
+               "sf_task_id": sf_task_id, "attempts": 1 if attempted else 0,
+               "last_error": None if error is None else error[:MAX_ERROR_CHARS], "first_attempt_at": now,
+               "updated_at": now}
+        stmt = ins.on_conflict_do_update(
+            index_elements=[_t.episode_id],
+            set_={"status": ins.excluded.status, "subject": ins.excluded.subject, "what_id": ins.excluded.what_id,
+                  "sf_task_id": ins.excluded.sf_task_id, "last_error": ins.excluded.last_error,
+                  "updated_at": ins.excluded.updated_at,
+                  "attempts": _t.attempts + (1 if attempted else 0)},
+        )
+        conn.execute(stmt, row)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def record_sync_run(engine: Engine, values: Mapping[str, Any]) -> int:
+    """Store one real sync's summary (keys: the crm_sync_runs columns); returns its id."""
+    cols = {c.name for c in runs_table.columns} - {"id"}
+    unknown = set(values) - cols
+    if unknown:
+        raise ValueError(f"record_sync_run: unknown column(s) {', '.join(sorted(unknown))}")
+    with engine.begin() as conn:
+        return int(conn.execute(sa.insert(runs_table).values(**values).returning(_r.id)).scalar_one())
+
+
+def last_sync_runs(engine: Engine, limit: int = 1) -> list[dict[str, Any]]:
+    """The newest real syncs first, each a dict of the crm_sync_runs columns."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(runs_table).order_by(_r.started_at.desc(), _r.id.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]

@@ -1,0 +1,390 @@
+"""Slack state: user lookup cache, episode messages (threads), delivery steps, feedback,
+digest queue and account snoozes. Times are int epoch seconds UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from rules.lifecycle import EpisodeState
+from storage.db import write_transaction
+from storage.episodes import episodes_table, get_episode
+from storage.jsonsafe import json_safe
+from storage.models import (
+    SlackAccountSnooze,
+    SlackDeliveryStep,
+    SlackDigestItem,
+    SlackFeedback,
+    SlackMessage,
+    SlackUser,
+)
+from storage.outbox import outbox_table
+
+users_table: sa.Table = SlackUser.__table__  # type: ignore[attr-defined]
+messages_table: sa.Table = SlackMessage.__table__  # type: ignore[attr-defined]
+steps_table: sa.Table = SlackDeliveryStep.__table__  # type: ignore[attr-defined]
+feedback_table: sa.Table = SlackFeedback.__table__  # type: ignore[attr-defined]
+digest_table: sa.Table = SlackDigestItem.__table__  # type: ignore[attr-defined]
+snoozes_table: sa.Table = SlackAccountSnooze.__table__  # type: ignore[attr-defined]
+
+NOT_USEFUL = "not_useful"
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _opt(x: Any) -> int | None:
+    return None if x is None else int(x)
+
+
+# -------------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True)
+class CachedUser:
+    email: str
+    user_id: str | None  # None: no Slack user has this email
+    dm_channel: str | None
+    looked_up_at: int
+
+
+def cached_user(engine: Engine, email: str, now: int, ttl: int, negative_ttl: int) -> CachedUser | None:
+    """The cached lookup of `email`, or None when there is none or it is older than its TTL."""
+    c = users_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(users_table).where(c.email == email.strip().lower())).one_or_none()
+    if r is None:
+        return None
+    age = now - int(r.looked_up_at)
+    if age > (ttl if r.user_id else negative_ttl) or age < 0:
+        return None
+    return CachedUser(r.email, r.user_id, r.dm_channel, int(r.looked_up_at))
+
+
+def store_user(engine: Engine, email: str, user_id: str | None, now: int, dm_channel: str | None = None) -> None:
+    """Remember a lookup (user_id None = not found). A known DM channel is kept for the same user."""
+    c = users_table.c
+    email = email.strip().lower()
+    with write_transaction(engine) as conn:
+        prev = conn.execute(sa.select(users_table).where(c.email == email)).one_or_none()
+        keep_dm = prev.dm_channel if prev is not None and prev.user_id == user_id and user_id else None
+        ins = _insert(conn, users_table)
+        values = {"email": email, "user_id": user_id, "dm_channel": dm_channel or keep_dm, "looked_up_at": now}
+        conn.execute(ins.values(**values).on_conflict_do_update(
+            index_elements=[c.email], set_={k: v for k, v in values.items() if k != "email"}))
+
+
+def set_dm_channel(engine: Engine, email: str, channel: str) -> None:
+    c = users_table.c
+    with engine.begin() as conn:
+        conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(dm_channel=channel))
+
+
+def email_of_user(engine: Engine, user_id: str, now: int, ttl: int) -> str | None:
+    """The cached email of a Slack user id (from an earlier lookup), if fresh."""
+    c = users_table.c
+    q = sa.select(c.email, c.looked_up_at).where(c.user_id == user_id).order_by(c.looked_up_at.desc()).limit(1)
+    with engine.connect() as conn:
+        r = conn.execute(q).one_or_none()
+    if r is None or not 0 <= now - int(r.looked_up_at) <= ttl:
+        return None
+    return str(r.email)
+
+
+# ----------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class EpisodeMessage:
+    id: int
+    episode_id: int
+    destination: str
+    channel: str
+    ts: str
+    alert: dict[str, Any]
+    last_event: str
+    last_event_at: int
+
+
+def _message(r: Any) -> EpisodeMessage:
+    return EpisodeMessage(int(r.id), int(r.episode_id), r.destination, r.channel, r.ts, dict(r.alert or {}),
+                          r.last_event, int(r.last_event_at))
+
+
+def episode_messages(engine: Engine, episode_id: int) -> list[EpisodeMessage]:
+    c = messages_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(messages_table).where(c.episode_id == episode_id).order_by(c.id)).all()
+    return [_message(r) for r in rows]
+
+
+def message_at(engine: Engine, channel: str, ts: str) -> EpisodeMessage | None:
+    c = messages_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(messages_table).where(c.channel == channel, c.ts == ts)).first()
+    return None if r is None else _message(r)
+
+
+def save_message(
+    engine: Engine, episode_id: int, destination: str, channel: str, ts: str, alert: Mapping[str, Any],
+    event: str, at: int,
+) -> EpisodeMessage:
+    """Insert (or replace, when the old parent is gone) the parent message of an episode in a destination."""
+    c = messages_table.c
+    payload = json_safe(dict(alert), f"slack message of episode {episode_id}")
+    values = {"episode_id": episode_id, "destination": destination, "channel": channel, "ts": ts,
+              "alert": payload, "last_event": event, "last_event_at": at, "created_at": at}
+    with write_transaction(engine) as conn:
+        ins = _insert(conn, messages_table)
+        conn.execute(ins.values(**values).on_conflict_do_update(
+            index_elements=[c.episode_id, c.destination],
+            set_={k: v for k, v in values.items() if k not in ("episode_id", "destination")}))
+        r = conn.execute(sa.select(messages_table).where(
+            c.episode_id == episode_id, c.destination == destination)).one()
+    return _message(r)
+
+
+def note_message_event(engine: Engine, message_id: int, event: str, at: int) -> None:
+    """The latest event shown on a parent message (re-notified / resolved), for re-rendering it."""
+    c = messages_table.c
+    with engine.begin() as conn:
+        conn.execute(sa.update(messages_table).where(c.id == message_id, c.last_event_at <= at)
+                     .values(last_event=event, last_event_at=at))
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True)
+class DeliveryStep:
+    step: str
+    channel: str
+    thread_ts: str | None
+    ts: str | None
+    attempted_at: int
+    done_at: int | None
+
+    @property
+    def done(self) -> bool:
+        return self.ts is not None
+
+
+def get_step(engine: Engine, step: str) -> DeliveryStep | None:
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(steps_table).where(steps_table.c.step == step)).one_or_none()
+    if r is None:
+        return None
+    return DeliveryStep(r.step, r.channel, r.thread_ts, r.ts, int(r.attempted_at), _opt(r.done_at))
+
+
+def begin_step(engine: Engine, step: str, channel: str, thread_ts: str | None, now: int) -> None:
+    """Record that a post is about to be sent (committed BEFORE the request). The first attempt time is kept."""
+    c = steps_table.c
+    with engine.begin() as conn:
+        ins = _insert(conn, steps_table)
+        conn.execute(ins.values(step=step, channel=channel, thread_ts=thread_ts, ts=None, attempted_at=now)
+                     .on_conflict_do_update(index_elements=[c.step],
+                                            set_={"channel": channel, "thread_ts": thread_ts}))
+
+
+def finish_step(engine: Engine, step: str, channel: str, ts: str, now: int) -> None:
+    c = steps_table.c
+    with engine.begin() as conn:
+        ins = _insert(conn, steps_table)
+        conn.execute(ins.values(step=step, channel=channel, thread_ts=None, ts=ts, attempted_at=now, done_at=now)
+                     .on_conflict_do_update(index_elements=[c.step],
+                                            set_={"channel": channel, "ts": ts, "done_at": now}))
+
+
+def forget_step(engine: Engine, step: str) -> None:
+    """Drop a step whose message is gone (e.g. a thread parent deleted in Slack) so it can be posted anew."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(steps_table).where(steps_table.c.step == step))
+
+
+# ------------------------------------------------------------------------ feedback
+
+
+def add_feedback(engine: Engine, rule_id: str, episode_id: int, user_id: str, verdict: str, at: int) -> bool:
+    """Store one user's verdict on an episode; returns False when it was already stored."""
+    c = feedback_table.c
+    with engine.begin() as conn:
+        ins = _insert(conn, feedback_table)
+        stmt = ins.values(rule_id=rule_id, episode_id=episode_id, user_id=user_id, verdict=verdict, at=at)
+        res = conn.execute(stmt.on_conflict_do_nothing(index_elements=[c.episode_id, c.user_id, c.verdict])
+                           .returning(c.id))
+        return bool(res.all())
+
+
+def episode_feedback(engine: Engine, episode_id: int) -> list[tuple[str, str, int]]:
+    """(user_id, verdict, at) for an episode, oldest first."""
+    c = feedback_table.c
+    q = sa.select(c.user_id, c.verdict, c.at).where(c.episode_id == episode_id).order_by(c.at, c.id)
+    with engine.connect() as conn:
+        return [(r.user_id, r.verdict, int(r.at)) for r in conn.execute(q)]
+
+
+def feedback_by_rule(engine: Engine, verdict: str = NOT_USEFUL, since: int | None = None) -> dict[str, int]:
+    """How many episodes of each rule got `verdict` (counted once per episode), newest rules first by count."""
+    c = feedback_table.c
+    q = sa.select(c.rule_id, sa.func.count(sa.distinct(c.episode_id))).where(c.verdict == verdict)
+    if since is not None:
+        q = q.where(c.at >= since)
+    with engine.connect() as conn:
+        rows = conn.execute(q.group_by(c.rule_id)).all()
+    return dict(sorted(((r[0], int(r[1])) for r in rows), key=lambda kv: (-kv[1], kv[0])))
+
+
+# -------------------------------------------------------------------------- digest
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    id: int
+    item_key: str
+    owner_email: str
+    alert: dict[str, Any]
+    created_at: int
+
+
+def queue_digest_item(engine: Engine, item_key: str, owner_email: str, alert: Mapping[str, Any], now: int) -> bool:
+    """Hold an alert for the owner's digest; idempotent per item_key. Returns whether it was new."""
+    c = digest_table.c
+    payload = json_safe(dict(alert), f"digest item {item_key!r}")
+    with engine.begin() as conn:
+        ins = _insert(conn, digest_table)
+        res = conn.execute(ins.values(item_key=item_key, owner_email=owner_email.strip().lower(), alert=payload,
+                                      created_at=now).on_conflict_do_nothing(index_elements=[c.item_key])
+                           .returning(c.id))
+        return bool(res.all())
+
+
+def digest_owners(engine: Engine) -> list[str]:
+    """Owners with held-back items not yet sent."""
+    c = digest_table.c
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(
+            sa.select(c.owner_email).where(c.sent_at.is_(None)).distinct().order_by(c.owner_email))]
+
+
+def take_digest(engine: Engine, owner_email: str, digest_key: str) -> list[DigestItem]:
+    """Assign the owner's unassigned unsent items to `digest_key` and return every item of that digest.
+
+    Calling it again with the same key (a retry after a crash) returns the same items plus any new ones.
+    """
+    c = digest_table.c
+    owner = owner_email.strip().lower()
+    with write_transaction(engine) as conn:
+        conn.execute(sa.update(digest_table).where(c.owner_email == owner, c.sent_at.is_(None),
+                                                   c.digest_key.is_(None)).values(digest_key=digest_key))
+        rows = conn.execute(sa.select(digest_table).where(c.digest_key == digest_key).order_by(c.created_at, c.id))
+        return [DigestItem(int(r.id), r.item_key, r.owner_email, dict(r.alert or {}), int(r.created_at))
+                for r in rows]
+
+
+def open_digest_key(engine: Engine, owner_email: str) -> str | None:
+    """A digest key already assigned to the owner's items but not sent (a retry after a failure)."""
+    c = digest_table.c
+    q = (sa.select(c.digest_key).where(c.owner_email == owner_email.strip().lower(), c.sent_at.is_(None),
+                                       c.digest_key.is_not(None)).order_by(c.id).limit(1))
+    with engine.connect() as conn:
+        r = conn.execute(q).first()
+    return None if r is None else str(r[0])
+
+
+def mark_digest_sent(engine: Engine, digest_key: str, now: int) -> int:
+    c = digest_table.c
+    with engine.begin() as conn:
+        return int(conn.execute(sa.update(digest_table).where(c.digest_key == digest_key)
+                                .values(sent_at=now)).rowcount)
+
+
+def last_digest_sent_at(engine: Engine, owner_email: str) -> int | None:
+    c = digest_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(sa.func.max(c.sent_at)).where(
+            c.owner_email == owner_email.strip().lower())).scalar_one_or_none()
+    return _opt(r)
+
+
+# ------------------------------------------------------------------ account snoozes
+
+
+def snooze_account(engine: Engine, account_id: str, until: int, by: str, at: int) -> None:
+    c = snoozes_table.c
+    with engine.begin() as conn:
+        ins = _insert(conn, snoozes_table)
+        conn.execute(ins.values(account_id=account_id, until=until, snoozed_by=by, snoozed_at=at)
+                     .on_conflict_do_update(index_elements=[c.account_id],
+                                            set_={"until": until, "snoozed_by": by, "snoozed_at": at}))
+
+
+def account_snoozed_until(engine: Engine, account_id: str, now: int) -> int | None:
+    c = snoozes_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(c.until).where(c.account_id == account_id, c.until > now)).first()
+    return None if r is None else int(r[0])
+
+
+def active_account_snoozes(engine: Engine, now: int) -> dict[str, int]:
+    """account id -> snoozed until, for accounts snoozed at `now` (rules.lifecycle.advance's
+    `snoozed_accounts`)."""
+    c = snoozes_table.c
+    with engine.connect() as conn:
+        return {r.account_id: int(r.until) for r in conn.execute(sa.select(c.account_id, c.until)
+                                                                   .where(c.until > now))}
+
+
+# ------------------------------------------------------------------------ episodes
+
+
+def episode_state(engine: Engine, episode_id: int) -> EpisodeState | None:
+    """A stored episode (by row id) as the lifecycle's EpisodeState, episode_id set."""
+    d = get_episode(engine, episode_id)
+    return None if d is None else state_from_row(d)
+
+
+def state_from_row(d: Mapping[str, Any]) -> EpisodeState:
+    return EpisodeState(
+        rule_id=d["rule_id"], account_id=d["account_id"], metric=d["metric"], discriminator=d["discriminator"],
+        status=d["status"], started_at=int(d["started_at"]), consecutive=int(d["consecutive"]),
+        fired_at=_opt(d["fired_at"]), resolved_at=_opt(d["resolved_at"]),
+        last_notified_at=_opt(d["last_notified_at"]), once=bool(d["once"]), severity=d["severity"],
+        last_seen_at=_opt(d["last_seen_at"]), last_explanation=dict(d["last_explanation"] or {}),
+        acknowledged_by=d["acknowledged_by"], acknowledged_at=_opt(d["acknowledged_at"]),
+        snoozed_until=_opt(d["snoozed_until"]), episode_id=int(d["id"]),
+    )
+
+
+def account_episodes(engine: Engine, account_ids: Sequence[str], open_only: bool = True) -> list[EpisodeState]:
+    """The current episode per key of the given accounts (open ones only by default), newest first."""
+    e = episodes_table.c
+    if not account_ids:
+        return []
+    latest = (sa.select(sa.func.max(e.id)).where(e.account_id.in_(list(account_ids)))
+              .group_by(e.rule_id, e.account_id, e.metric, e.discriminator))
+    q = sa.select(episodes_table).where(e.id.in_(latest))
+    if open_only:
+        q = q.where(e.status.in_(["pending", "firing"]))
+    with engine.connect() as conn:
+        rows = [state_from_row(dict(r._mapping)) for r in conn.execute(q.order_by(e.id.desc()))]
+    return rows
+
+
+# -------------------------------------------------------------------------- outbox
+
+
+def outbox_row_state(engine: Engine, idempotency_key: str) -> tuple[str, int] | None:
+    """(status, next_attempt_at) of an outbox row by key (read-only; e.g. has an alert's first message
+    been delivered yet?)."""
+    c = outbox_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(c.status, c.next_attempt_at).where(c.idempotency_key == idempotency_key)).first()
+    return None if r is None else (str(r.status), int(r.next_attempt_at))
