@@ -12,19 +12,19 @@ the two loses nothing and a re-run duplicates nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
 from bot.alerts import PUBLISHED_EVENTS, alert_record, idempotency_key, recent_values
 from rules.engine import BlockKey, due, evaluate, history_needed
-from rules.lifecycle import Transition, advance
-from rules.model import AccountFacts, MetricBlock, Rule, RuleSet
+from rules.lifecycle import EpisodeState, Key, Transition, advance
+from rules.model import AccountFacts, Finding, MetricBlock, Rule, RuleSet
 from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
-from storage.outbox import OutboxItem, claim_due, mark_failed, mark_sent
+from storage.outbox import OutboxItem, claim_due, mark_dead, mark_failed, mark_sent
 from storage.usage import accounts_with_usage, load_block
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,22 @@ def _recent_for(engine: Engine, transitions: Sequence[Transition], by_id: Mappin
     return out
 
 
+def _rewound(states: Mapping[Key, EpisodeState], findings: Sequence[Finding], now: int) -> dict[Key, EpisodeState]:
+    """States as they were before an earlier evaluation at this same `now`.
+
+    advance() counts one more consecutive evaluation for every open episode with
+    a finding. When `now` was evaluated before (the condition was last seen at
+    `now`), that count is already in the state: take it back first, so
+    re-evaluating a time is idempotent and `for` counts buckets, not runs.
+    """
+    out = dict(states)
+    for f in findings:
+        s = out.get(f.key)
+        if s is not None and s.is_open and s.last_seen_at == now and s.consecutive > 0:
+            out[f.key] = replace(s, consecutive=s.consecutive - 1)
+    return out
+
+
 def account_chunks(engine: Engine, size: int) -> list[list[str]]:
     """Every account with an account record or usage, sorted, in chunks of `size`."""
     ids = sorted({a.id for a in list_accounts(engine)} | set(accounts_with_usage(engine)))
@@ -96,6 +112,8 @@ def run_cycle(
     only_due: bool = True,
     account_ids: Sequence[str] | None = None,
     chunk_accounts: int | None = None,
+    muted: Mapping[str, Collection[str]] | None = None,
+    rule_ids: Collection[str] | None = None,
 ) -> CycleReport:
     """Evaluate the rules whose bucket closed at `now` (or all), persist the outcome.
 
@@ -104,9 +122,16 @@ def run_cycle(
     chunk_accounts: evaluate all accounts in chunks of this many, so memory stays
     bounded by the chunk, not the book. Findings of all chunks go through ONE
     lifecycle step and ONE transaction, exactly as without chunking.
+    muted: metric -> account ids whose data cannot be trusted now (their source is
+    stale): their findings are dropped and they count as undecided, so nothing fires
+    or resolves for them. Evaluating a time again (a restart, late data) counts an
+    open episode's condition once, not twice (see `_rewound`).
+    rule_ids: evaluate only these rules of the rule set (the others' episodes are
+    left alone, not taken for removed rules).
     """
     report = CycleReport(at=now)
-    rules = [r for r in ruleset.rules if not only_due or due(r, now)]
+    rules = [r for r in ruleset.rules
+             if (not only_due or due(r, now)) and (rule_ids is None or r.id in rule_ids)]
     if not rules:
         return report
     accounts: dict[str, AccountFacts] = {a.id: a for a in list_accounts(engine)}
@@ -123,10 +148,14 @@ def run_cycle(
     for chunk in chunks:
         blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
         result = evaluate(rules, blocks, accounts, now, only_due=False)
+        if muted:
+            metric_of = {r.id: r.metric for r in rules}
+            result.findings = [f for f in result.findings if f.account_id not in muted.get(f.metric, ())]
+            result.decided = {(r, a) for r, a in result.decided if a not in muted.get(metric_of[r], ())}
         findings.extend(result.findings)
         decided |= result.decided
         evaluated |= result.evaluated_rules
-    states = load_states(engine)
+    states = _rewound(load_states(engine), findings, now)
     by_id = ruleset.by_id()
     step = advance(by_id, findings, decided, states, now, evaluated_rules=evaluated)
     recent = _recent_for(engine, step.transitions, by_id, now)
@@ -150,7 +179,9 @@ def run_cycle(
 @dataclass
 class DeliveryReport:
     sent: int = 0
-    failed: int = 0
+    failed: int = 0  # every row not delivered in this run (includes dead and deferred)
+    dead: int = 0  # of those: permanent failures, not retried
+    deferred: int = 0  # of those: due again after the notifier's retry_after
     errors: list[str] = field(default_factory=list)
 
 
@@ -158,7 +189,14 @@ def deliver_outbox(
     engine: Engine, notifier: Notifier, now: int, limit: int = 500,
     backoff: Callable[[int], int] = lambda attempts: min(3600, 30 * 2 ** attempts),
 ) -> DeliveryReport:
-    """Send due notification rows; failures are retried later with backoff."""
+    """Send due notification rows; failures are retried later with backoff.
+
+    A notifier's exception may carry `retry_after` (int seconds, e.g. Slack's 429 Retry-After):
+    the row is due again after exactly that delay instead of the backoff (and is never marked dead
+    for it); or `permanent = True` (retrying cannot help, e.g. an unknown channel): the row is
+    marked dead with the error, for an operator (storage.outbox.retry_dead puts it back).
+    Anything else is retried with backoff.
+    """
     report = DeliveryReport()
     for row in claim_due(engine, now, limit=limit, kinds=[NOTIFY_KIND]):
         try:
@@ -167,8 +205,19 @@ def deliver_outbox(
             report.failed += 1
             msg = f"{type(exc).__name__}: {exc}"
             report.errors.append(f"outbox {row.idempotency_key}: {msg}")
-            log.warning("delivery of %s failed: %s", row.idempotency_key, msg)
-            mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts))
+            retry_after = getattr(exc, "retry_after", None)
+            if getattr(exc, "permanent", False) is True:
+                log.error("delivery of %s failed permanently (marked dead): %s", row.idempotency_key, msg)
+                mark_dead(engine, row.id, now, msg)
+                report.dead += 1
+            elif isinstance(retry_after, int) and not isinstance(retry_after, bool) and retry_after >= 0:
+                log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)
+                # a deferral is not the row failing: it never makes the row dead
+                mark_failed(engine, row.id, now, msg, retry_in=retry_after, max_attempts=row.attempts + 1)
+                report.deferred += 1
+            else:
+                log.warning("delivery of %s failed: %s", row.idempotency_key, msg)
+                mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts))
             continue
         mark_sent(engine, [row.id], now)
         report.sent += 1

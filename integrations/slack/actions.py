@@ -1,0 +1,89 @@
+"""What the buttons and `/usage snooze` do to alert episodes (storage + rules.lifecycle semantics).
+
+Acknowledge: rules.lifecycle.acknowledge (no more re-notifications of the episode).
+Snooze: rules.lifecycle.snooze (no notifications until then; a new episode of the same key
+started while the snooze runs inherits it). "Not useful": feedback stored per rule and episode.
+Each action is an audit event on the episode with who did it (storage.episodes.record_action).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from rules.durations import format_duration
+from rules.lifecycle import acknowledge, snooze
+from storage import slack as store
+from storage.episodes import record_action
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    changed: bool
+    message: str  # shown to the user who clicked (ephemeral)
+    episode_id: int | None = None
+
+
+class EpisodeActions:
+    def __init__(self, engine: Engine, clock: Callable[[], int] = lambda: int(time.time())) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def acknowledge(self, episode_id: int, actor: str) -> ActionResult:
+        s = store.episode_state(self.engine, episode_id)
+        if s is None:
+            return ActionResult(False, "This alert no longer exists.")
+        if s.status == "resolved":
+            return ActionResult(False, "This alert is already resolved.", episode_id)
+        if s.acknowledged_by:
+            return ActionResult(False, f"Already acknowledged by {s.acknowledged_by.split(' ', 1)[0]}.", episode_id)
+        now = self.clock()
+        record_action(self.engine, acknowledge(s, actor, now), "acknowledged", now, actor=actor,
+                      reason="Acknowledge button in Slack")
+        return ActionResult(True, "Acknowledged: no more reminders for this alert.", episode_id)
+
+    def snooze(self, episode_id: int, actor: str, seconds: int) -> ActionResult:
+        s = store.episode_state(self.engine, episode_id)
+        if s is None:
+            return ActionResult(False, "This alert no longer exists.")
+        now = self.clock()
+        until = now + seconds
+        record_action(self.engine, snooze(s, until), "snoozed", now, actor=actor,
+                      reason=f"snoozed for {format_duration(seconds)} in Slack")
+        return ActionResult(True, f"Snoozed for {format_duration(seconds)}.", episode_id)
+
+    def not_useful(self, episode_id: int, user_id: str, actor: str) -> ActionResult:
+        s = store.episode_state(self.engine, episode_id)
+        if s is None:
+            return ActionResult(False, "This alert no longer exists.")
+        now = self.clock()
+        if not store.add_feedback(self.engine, s.rule_id, episode_id, user_id, store.NOT_USEFUL, now):
+            return ActionResult(False, "You already marked this alert as not useful.", episode_id)
+        record_action(self.engine, s, "feedback_not_useful", now, actor=actor,
+                      reason=f"marked not useful in Slack (rule {s.rule_id})")
+        return ActionResult(True, f"Thanks: feedback recorded for rule `{s.rule_id}`.", episode_id)
+
+    def opened_link(self, episode_id: int, actor: str, which: str) -> None:
+        """Audit that someone followed the CRM / dashboard link of an alert."""
+        s = store.episode_state(self.engine, episode_id)
+        if s is not None:
+            now = self.clock()
+            record_action(self.engine, s, f"opened_{which}", now, actor=actor, reason=f"{which} link in Slack")
+
+    def snooze_account(self, account_id: str, actor: str, seconds: int) -> tuple[int, int]:
+        """Snooze an account: its open episodes (and the latest of every key, so a new episode inherits
+        it) plus new Slack alerts for it until then. Returns (episodes snoozed, until)."""
+        now = self.clock()
+        until = now + seconds
+        store.snooze_account(self.engine, account_id, until, actor, now)
+        n = 0
+        for s in store.account_episodes(self.engine, [account_id], open_only=False):
+            if s.snoozed_until is not None and s.snoozed_until >= until:
+                continue
+            record_action(self.engine, snooze(s, until), "snoozed", now, actor=actor,
+                          reason=f"account snoozed for {format_duration(seconds)} with /usage snooze")
+            n += 1
+        return n, until

@@ -1,0 +1,193 @@
+"""A rate-limit-aware wrapper around slack_sdk's WebClient.
+
+- One request per call: the client is built without slack_sdk's automatic retries, because a
+  chat.postMessage re-sent after a lost response would post twice. Delivery decides what to retry.
+- 429: the Retry-After is remembered per method; waits up to `max_inline_wait` seconds are slept
+  through, longer ones raise RetryLater so the outbox row is due again after the wait.
+- Posts to one channel are spaced by `min_post_interval` seconds (Slack allows ~1 message/s/channel).
+- Errors become SlackDeliveryError subclasses: permanent ones (unknown channel, invalid blocks) are
+  marked so; HTTP 5xx and network failures are SlackUnavailable (outcome of a write unknown).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from integrations.slack.config import SlackConfig
+from integrations.slack.errors import PermanentSlackError, RetryLater, SlackDeliveryError, SlackUnavailable
+
+log = logging.getLogger(__name__)
+
+SLACK_API = "https://slack.com/api/"
+POST_METHODS = ("chat.postMessage", "chat.update")
+
+# Errors retrying cannot fix (https://api.slack.com/methods/chat.postMessage#errors and friends).
+PERMANENT_ERRORS = frozenset({
+    "channel_not_found", "not_in_channel", "is_archived", "msg_too_long", "no_text", "invalid_blocks",
+    "invalid_blocks_format", "invalid_attachments", "cannot_dm_bot", "user_not_found", "users_not_found",
+    "restricted_action", "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
+    "thread_not_found", "message_not_found", "cant_update_message", "edit_window_closed", "invalid_metadata_format",
+    "invalid_metadata_schema", "missing_scope", "not_allowed_token_type", "too_many_attachments",
+    "invalid_arguments", "invalid_cursor", "user_disabled",
+})
+AUTH_ERRORS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
+})
+
+
+def make_web_client(config: SlackConfig) -> WebClient:
+    """A WebClient for the configured token and base URL, without automatic retries."""
+    token = config.bot_token.reveal() if config.bot_token is not None else None
+    return WebClient(token=token, base_url=config.base_url or SLACK_API, timeout=config.timeout,
+                     retry_handlers=[])
+
+
+class SlackApi:
+    def __init__(
+        self,
+        client: WebClient,
+        min_post_interval: float = 1.0,
+        max_inline_wait: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.min_post_interval = min_post_interval
+        self.max_inline_wait = max_inline_wait
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self._blocked_until: dict[str, float] = {}  # method -> monotonic time its rate limit ends
+        self._next_post: dict[str, float] = {}  # channel -> monotonic time the next post may go out
+        self.calls = 0
+
+    @classmethod
+    def from_config(cls, config: SlackConfig, **kw: Any) -> SlackApi:
+        return cls(make_web_client(config), min_post_interval=config.min_post_interval,
+                   max_inline_wait=config.max_inline_wait, **kw)
+
+    # ------------------------------------------------------------------ core
+
+    def _wait_or_raise(self, until: float, what: str) -> None:
+        wait = until - self.monotonic()
+        if wait <= 0:
+            return
+        if wait > self.max_inline_wait:
+            raise RetryLater(f"{what}: rate limited by Slack for {wait:.0f}s more", int(wait + 0.999),
+                             error="ratelimited")
+        self.sleep(wait)
+
+    def _pace(self, channel: str | None) -> None:
+        if channel is None or self.min_post_interval <= 0:
+            return
+        wait = self._next_post.get(channel, 0.0) - self.monotonic()
+        if wait > 0:
+            self.sleep(wait)
+        self._next_post[channel] = self.monotonic() + self.min_post_interval
+
+    def call(self, method: str, fn: Callable[[], Any], channel: str | None = None) -> dict[str, Any]:
+        """Run one API call (fn performs it with the WebClient) with rate-limit handling."""
+        for _ in range(3):
+            self._wait_or_raise(self._blocked_until.get(method, 0.0), method)
+            if method in POST_METHODS:
+                self._pace(channel)
+            self.calls += 1
+            try:
+                resp = fn()
+                return dict(resp.data) if hasattr(resp, "data") else dict(resp)
+            except SlackApiError as exc:
+                status = int(getattr(exc.response, "status_code", 0) or 0)
+                data = exc.response.data if isinstance(exc.response.data, dict) else {}
+                error = str(data.get("error", "") or "")
+                if status == 429 or error == "ratelimited":
+                    headers = {k.lower(): v for k, v in (exc.response.headers or {}).items()}
+                    raw = headers.get("retry-after", "1")
+                    raw = raw[0] if isinstance(raw, list) else raw
+                    try:
+                        retry_after = max(1, int(float(raw)))
+                    except (TypeError, ValueError):
+                        retry_after = 30
+                    self._blocked_until[method] = self.monotonic() + retry_after
+                    log.info("Slack rate limit on %s: retry after %ss", method, retry_after)
+                    continue
+                if status >= 500:
+                    raise SlackUnavailable(f"Slack {method} answered HTTP {status}; will retry") from None
+                where = f" (channel {channel})" if channel else ""
+                if error in AUTH_ERRORS:
+                    raise SlackDeliveryError(
+                        f"Slack {method}{where}: {error}: the bot token was rejected; check slack.bot_token "
+                        "(Bot User OAuth Token, xoxb-...) and that the app is installed", error) from None
+                detail = _detail(data)
+                msg = f"Slack {method}{where}: {error or f'HTTP {status}'}{detail}"
+                if error in PERMANENT_ERRORS:
+                    raise PermanentSlackError(msg, error) from None
+                raise SlackDeliveryError(msg, error) from None
+            except SlackDeliveryError:
+                raise
+            except (OSError, TimeoutError) as exc:  # URLError, connection reset, timeouts
+                raise SlackUnavailable(
+                    f"Slack {method}: network error ({type(exc).__name__}: {_reason(exc)}); will retry") from None
+        until = self._blocked_until.get(method, 0.0)
+        raise RetryLater(f"{method}: still rate limited by Slack", int(max(1.0, until - self.monotonic()) + 0.999),
+                         error="ratelimited")
+
+    # --------------------------------------------------------------- methods
+
+    def post_message(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+                     thread_ts: str | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False, "unfurl_media": False}
+        if blocks:
+            kw["blocks"] = blocks
+        if thread_ts:
+            kw["thread_ts"] = thread_ts
+        if metadata:
+            kw["metadata"] = metadata
+        return self.call("chat.postMessage", lambda: self.client.chat_postMessage(**kw), channel)
+
+    def update_message(self, channel: str, ts: str, text: str,
+                       blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self.call("chat.update", lambda: self.client.chat_update(
+            channel=channel, ts=ts, text=text, blocks=blocks or []), channel)
+
+    def history(self, channel: str, oldest: str, cursor: str | None = None) -> dict[str, Any]:
+        return self.call("conversations.history", lambda: self.client.conversations_history(
+            channel=channel, oldest=oldest, limit=200, include_all_metadata=True, cursor=cursor))
+
+    def replies(self, channel: str, ts: str, oldest: str, cursor: str | None = None) -> dict[str, Any]:
+        return self.call("conversations.replies", lambda: self.client.conversations_replies(
+            channel=channel, ts=ts, oldest=oldest, limit=200, include_all_metadata=True, cursor=cursor))
+
+    def lookup_by_email(self, email: str) -> dict[str, Any]:
+        return self.call("users.lookupByEmail", lambda: self.client.users_lookupByEmail(email=email))
+
+    def user_info(self, user: str) -> dict[str, Any]:
+        return self.call("users.info", lambda: self.client.users_info(user=user))
+
+    def open_dm(self, user: str) -> dict[str, Any]:
+        return self.call("conversations.open", lambda: self.client.conversations_open(users=user))
+
+    def list_channels(self, cursor: str | None = None) -> dict[str, Any]:
+        return self.call("conversations.list", lambda: self.client.conversations_list(
+            types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor))
+
+    def usergroup_members(self, usergroup: str) -> dict[str, Any]:
+        return self.call("usergroups.users.list", lambda: self.client.usergroups_users_list(usergroup=usergroup))
+
+    def auth_test(self) -> dict[str, Any]:
+        return self.call("auth.test", lambda: self.client.auth_test())
+
+
+def _detail(data: dict[str, Any]) -> str:
+    meta = data.get("response_metadata") or {}
+    msgs = meta.get("messages") or data.get("errors") or []
+    return f" ({'; '.join(str(m) for m in msgs)[:500]})" if msgs else ""
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    return " ".join(str(reason).split())[:200]

@@ -1,0 +1,66 @@
+"""Per-owner daily digests: owner DMs held back by the notifier ([slack.digest] enabled) are sent as
+one message per owner at the configured local time. Crash-safe like every post (one delivery step
+per digest; items are marked sent only after the post)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from integrations.slack.errors import SlackDeliveryError
+from integrations.slack.notifier import SlackNotifier
+from storage import slack as store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DigestReport:
+    sent: int = 0
+    items: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def digest_time(now: int, hour: int, minute: int, timezone: str) -> tuple[int, str]:
+    """(epoch of today's digest time in `timezone`, local date label) for the day containing `now`."""
+    tz = ZoneInfo(timezone)
+    local = datetime.fromtimestamp(now, UTC).astimezone(tz)
+    at = datetime(local.year, local.month, local.day, hour, minute, tzinfo=tz)
+    return int(at.timestamp()), local.strftime("%Y-%m-%d")
+
+
+def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
+    """Send every owner's digest that is due at `now` (and any digest whose send failed before)."""
+    cfg = notifier.config.digest
+    engine = notifier.engine
+    report = DigestReport()
+    due_at, day = digest_time(now, cfg.hour, cfg.minute, cfg.timezone)
+    for owner in store.digest_owners(engine):
+        key = store.open_digest_key(engine, owner)
+        if key is None:
+            last = store.last_digest_sent_at(engine, owner)
+            if now < due_at or (last is not None and last >= due_at):
+                continue
+            key = f"digest:{owner}:{day}"
+        pending = store.take_digest(engine, owner, key)
+        if not pending:
+            continue
+        try:
+            channel = notifier.directory.dm_channel(owner)
+            if channel is None:
+                log.warning("digest for %s: no Slack user with this email any more; dropping %d item(s)",
+                            owner, len(pending))
+                store.mark_digest_sent(engine, key, now)
+                continue
+            content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1])
+            notifier.poster.post_once(f"{key}|dm:{owner}", channel, None, content)
+        except SlackDeliveryError as exc:
+            report.errors.append(f"digest {key}: {exc}")
+            log.warning("digest %s not sent: %s", key, exc)
+            continue
+        store.mark_digest_sent(engine, key, now)
+        report.sent += 1
+        report.items += len(pending)
+    return report

@@ -1,0 +1,138 @@
+"""Who and where in Slack: owner email -> user (users.lookupByEmail, cached in the database), the
+bot's DM channel with a user, a caller's email (users.info, for owner-only lookups), channel names
+-> ids (conversations.list) and user group members (usergroups.users.list), cached in memory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+
+from integrations.slack.api import SlackApi
+from integrations.slack.config import SlackConfig
+from integrations.slack.errors import PermanentSlackError
+from storage import slack as store
+
+log = logging.getLogger(__name__)
+
+CHANNEL_CACHE_TTL = 3600
+GROUP_CACHE_TTL = 600
+
+
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+
+
+def is_channel_id(value: str) -> bool:
+    """Slack channel ids look like C0123ABCD (G: old private channels, D: DMs); names are lower case."""
+    return _CHANNEL_ID.match(value) is not None
+
+
+class SlackDirectory:
+    def __init__(self, api: SlackApi, engine: Engine, config: SlackConfig,
+                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+        self.api = api
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+        self._channels: dict[str, str] = {}
+        self._channels_at = -1
+        self._groups: dict[str, tuple[int, frozenset[str]]] = {}
+
+    # ------------------------------------------------------------------ users
+
+    def user_id(self, email: str) -> str | None:
+        """The Slack user with this email, None when there is none (both cached)."""
+        email = email.strip().lower()
+        if not email:
+            return None
+        now = self.clock()
+        hit = store.cached_user(self.engine, email, now, self.config.user_cache_ttl,
+                                self.config.negative_cache_ttl)
+        if hit is not None:
+            return hit.user_id
+        try:
+            data = self.api.lookup_by_email(email)
+        except PermanentSlackError as exc:
+            if exc.error != "users_not_found":
+                raise
+            store.store_user(self.engine, email, None, now)
+            log.info("no Slack user with the email of an account owner (%s)", email)
+            return None
+        uid = str((data.get("user") or {}).get("id") or "") or None
+        store.store_user(self.engine, email, uid, now)
+        return uid
+
+    def dm_channel(self, email: str) -> str | None:
+        """The bot's DM channel with the owner of `email` (conversations.open), None if not on Slack."""
+        email = email.strip().lower()
+        uid = self.user_id(email)
+        if uid is None:
+            return None
+        hit = store.cached_user(self.engine, email, self.clock(), self.config.user_cache_ttl,
+                                self.config.negative_cache_ttl)
+        if hit is not None and hit.dm_channel:
+            return hit.dm_channel
+        data = self.api.open_dm(uid)
+        channel = str((data.get("channel") or {}).get("id") or "")
+        if not channel:
+            raise PermanentSlackError(f"conversations.open for the owner {email} returned no channel")
+        store.set_dm_channel(self.engine, email, channel)
+        return channel
+
+    def email_of(self, user_id: str) -> str | None:
+        """A Slack user's email (users.info; needs the users:read.email scope), cached."""
+        now = self.clock()
+        email = store.email_of_user(self.engine, user_id, now, self.config.user_cache_ttl)
+        if email is not None:
+            return email
+        data = self.api.user_info(user_id)
+        email = str(((data.get("user") or {}).get("profile") or {}).get("email") or "").strip().lower()
+        if not email:
+            return None
+        store.store_user(self.engine, email, user_id, now)
+        return email
+
+    # --------------------------------------------------------------- channels
+
+    def channel_id(self, channel: str) -> str:
+        """A channel id for '#name' or an id (ids pass through)."""
+        if is_channel_id(channel):
+            return channel
+        name = channel.lstrip("#").lower()
+        now = self.clock()
+        if name not in self._channels or now - self._channels_at > CHANNEL_CACHE_TTL:
+            self._refresh_channels(now)
+        cid = self._channels.get(name)
+        if cid is None:
+            raise PermanentSlackError(
+                f"Slack channel {channel} not found: check the name in the rule routing or [slack] config, "
+                f"and that the bot can see it (private channels: /invite @{self.config.app_name})",
+                error="channel_not_found")
+        return cid
+
+    def _refresh_channels(self, now: int) -> None:
+        found: dict[str, str] = {}
+        cursor: str | None = None
+        for _ in range(50):
+            data = self.api.list_channels(cursor)
+            for ch in data.get("channels") or []:
+                found[str(ch.get("name", "")).lower()] = str(ch.get("id"))
+            cursor = ((data.get("response_metadata") or {}).get("next_cursor")) or None
+            if not cursor:
+                break
+        self._channels, self._channels_at = found, now
+
+    # ------------------------------------------------------------------ groups
+
+    def usergroup_members(self, group: str) -> frozenset[str]:
+        now = self.clock()
+        hit = self._groups.get(group)
+        if hit is not None and now - hit[0] <= GROUP_CACHE_TTL:
+            return hit[1]
+        data = self.api.usergroup_members(group)
+        members = frozenset(str(u) for u in data.get("users") or [])
+        self._groups[group] = (now, members)
+        return members

@@ -1,0 +1,315 @@
+"""The bolt app over real HTTP: signed slash commands and button clicks (forged or stale ones are
+rejected), acks within 3 s with the slow work answered through response_url, and Socket Mode."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bot.configbase import Secret
+from bot.slack_app import build_slack_app, run_socket_mode, serve_http, slack_notifier
+from integrations.console import ConsoleNotifier
+from integrations.slack.config import SlackConfig
+from integrations.slack.notifier import SlackNotifier
+from storage.db import make_engine, migrate
+from storage.episodes import episode_history, find_episode
+from storage.slack import feedback_by_rule
+from tests.fakes.slack_server import FakeSlack
+from tests.integrations.slack.scenario import (
+    FIRED,
+    SIGNING_SECRET,
+    SPIKE_DAY,
+    Scenario,
+    TestClock,
+    assert_valid_message,
+    slack_config,
+)
+
+KEY = ("calls-spike", "acme", "api_calls", "")
+NAMES = {"U0ALICE01": "alice", "U0BOBBY01": "bob", "U0EVE0001": "eve"}
+
+
+@dataclass
+class Served:
+    fake: FakeSlack
+    url: str
+    engine: Any
+    clock: TestClock
+    episode_id: int
+    config: SlackConfig
+
+
+@pytest.fixture
+def fake(clock) -> Iterator[FakeSlack]:
+    with FakeSlack.running(clock=clock) as f:
+        f.add_user("U0ALICE01", "alice@example.com", "alice")
+        f.add_user("U0BOBBY01", "bob@example.com", "bob")
+        f.add_user("U0EVE0001", "eve@example.com", "eve")
+        f.add_channel("usage-alerts", "C0ALERTS1")
+        yield f
+
+
+@pytest.fixture
+def clock() -> TestClock:
+    return TestClock()
+
+
+def _serve(engine, fake, clock, **cfg_kw) -> tuple[Served, Any]:
+    config = slack_config(fake, **cfg_kw)
+    sc = Scenario(engine, clock)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(SlackNotifier(config, engine, clock=clock, interactive=True))
+    app = build_slack_app(config, engine, clock=clock)
+    server = serve_http(app, config, host="127.0.0.1", port=0, block=False)
+    url = f"http://127.0.0.1:{server.server_address[1]}{config.http_path}"
+    ep = find_episode(engine, KEY)
+    return Served(fake, url, engine, clock, int(ep["id"]), config), server
+
+
+@pytest.fixture
+def served(engine, fake, clock) -> Iterator[Served]:
+    s, server = _serve(engine, fake, clock)
+    try:
+        yield s
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _sign(body: str, ts: int | None = None, secret: str = SIGNING_SECRET) -> dict[str, str]:
+    ts = int(time.time()) if ts is None else ts
+    sig = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={sig}",
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _command(s: Served, text: str, user: str = "U0ALICE01", rid: str = "r1") -> str:
+    return urlencode({
+        "token": "unused", "team_id": "T0TEAM001", "team_domain": "fake", "channel_id": "C0ALERTS1",
+        "channel_name": "usage-alerts", "user_id": user, "user_name": user.lower(), "command": "/usage",
+        "text": text, "api_app_id": "A0APP0001", "response_url": s.fake.response_url(rid),
+        "trigger_id": "1.2.3",
+    })
+
+
+def _click(s: Served, action_id: str, value: str | None = None, selected: str | None = None,
+           user: str = "U0BOBBY01", rid: str = "c1") -> str:
+    action: dict[str, Any] = {"action_id": action_id, "block_id": f"usagebot_actions:{s.episode_id}",
+                              "action_ts": "1.2", "type": "static_select" if selected else "button"}
+    if selected:
+        action["selected_option"] = {"text": {"type": "plain_text", "text": selected}, "value": selected}
+    else:
+        action["value"] = value if value is not None else str(s.episode_id)
+    parent = s.fake.channel("#usage-alerts").messages[0]
+    payload = {
+        "type": "block_actions", "team": {"id": "T0TEAM001", "domain": "fake"},
+        "user": {"id": user, "username": NAMES[user], "name": NAMES[user], "team_id": "T0TEAM001"},
+        "api_app_id": "A0APP0001", "token": "unused", "trigger_id": "1.2.3",
+        "container": {"type": "message", "message_ts": parent["ts"], "channel_id": "C0ALERTS1",
+                      "is_ephemeral": False},
+        "channel": {"id": "C0ALERTS1", "name": "usage-alerts"}, "message": parent,
+        "response_url": s.fake.response_url(rid), "actions": [action],
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def _post(s: Served, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(s.url, content=body, headers=headers if headers is not None else _sign(body), timeout=10)
+
+
+# ---------------------------------------------------------------------------- signatures
+
+
+def test_forged_stale_and_unsigned_requests_are_rejected(served):
+    body = _command(served, "help")
+    assert _post(served, body, _sign(body, secret="not-the-secret")).status_code == 401
+    assert _post(served, body, _sign(body, ts=int(time.time()) - 600)).status_code == 401
+    tampered = _sign(body)
+    assert _post(served, body.replace("help", "acme"), tampered).status_code == 401
+    assert _post(served, body, {"Content-Type": "application/x-www-form-urlencoded"}).status_code == 401
+    assert _post(served, body).status_code == 200
+    assert httpx.post(served.url.replace("/slack/events", "/other"), content=body, headers=_sign(body)).status_code == 404
+
+
+def test_dispatch_http_for_any_server(served, engine, clock):
+    from bot.slack_app import dispatch_http
+
+    app = build_slack_app(served.config, engine, clock=clock)
+    body = _command(served, "help")
+    status, headers, text = dispatch_http(app, body.encode(), _sign(body))
+    assert status == 200 and "/usage alerts" in json.loads(text)["text"]
+    assert dispatch_http(app, body, _sign(body, secret="forged"))[0] == 401
+
+
+# ----------------------------------------------------------------------- slash commands
+
+
+def test_help_is_answered_in_the_ack(served):
+    r = _post(served, _command(served, "help"))
+    assert r.status_code == 200
+    data = r.json()
+    assert data["response_type"] == "ephemeral" and "/usage alerts [account]" in data["text"]
+    bad = _post(served, _command(served, "top fastest")).json()
+    assert "`growing` or `declining`" in bad["text"]
+
+
+def test_slow_lookup_acks_at_once_and_answers_through_response_url(served):
+    served.fake.fail("users.info", "delay", 1.0)  # Slack is slow to tell us the caller's email
+    t0 = time.monotonic()
+    r = _post(served, _command(served, "alerts", user="U0BOBBY01", rid="slow"))
+    acked = time.monotonic() - t0
+    assert r.status_code == 200 and acked < 0.9, f"ack took {acked:.2f}s"
+    (answer,) = served.fake.wait_response("slow", timeout=10)
+    assert time.monotonic() - t0 >= 1.0
+    assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
+    assert "No open alerts" in json.dumps(answer["blocks"])  # bob's accounts have none
+    assert_valid_message(answer)
+
+
+def test_account_lookup_through_response_url(served):
+    assert _post(served, _command(served, "Acme Corp", rid="acme")).status_code == 200
+    (answer,) = served.fake.wait_response("acme")
+    assert "📊 Acme Corp" in json.dumps(answer["blocks"], ensure_ascii=False)
+    assert_valid_message(answer)
+    _post(served, _command(served, "nosuchaccount", rid="none"))
+    (none,) = served.fake.wait_response("none")
+    assert "No account matches `nosuchaccount`" in none["text"]
+
+
+# -------------------------------------------------------------------------------- buttons
+
+
+def test_acknowledge_updates_episode_message_and_records_who(served):
+    assert _post(served, _click(served, "usagebot_ack", rid="ack")).status_code == 200
+    (answer,) = served.fake.wait_response("ack")
+    assert "Acknowledged" in answer["text"]
+    ep = find_episode(served.engine, KEY)
+    assert ep["acknowledged_by"] == "U0BOBBY01 (bob)" and ep["acknowledged_at"] == served.clock.now
+    events = episode_history(served.engine, rule_id="calls-spike")[0]["events"]
+    assert [(e["event"], e["actor"]) for e in events][-1] == ("acknowledged", "U0BOBBY01 (bob)")
+    for ch in (served.fake.channel("#usage-alerts"), served.fake.dm_with("U0ALICE01")):
+        parent = ch.messages[0]
+        assert parent["edits"] == 1 and "Acknowledged by <@U0BOBBY01>" in json.dumps(parent["blocks"])
+        assert "usagebot_ack" not in json.dumps(parent["blocks"])
+        assert_valid_message(parent)
+    _post(served, _click(served, "usagebot_ack", rid="again"))
+    (again,) = served.fake.wait_response("again")
+    assert "Already acknowledged by U0BOBBY01" in again["text"]
+
+
+def test_snooze_select(served):
+    _post(served, _click(served, "usagebot_snooze", selected=f"{served.episode_id}:7d", rid="sn"))
+    (answer,) = served.fake.wait_response("sn")
+    assert "Snoozed for 1w" in answer["text"]
+    ep = find_episode(served.engine, KEY)
+    assert ep["snoozed_until"] == served.clock.now + 7 * 86_400
+    assert "Snoozed until" in json.dumps(served.fake.channel("#usage-alerts").messages[0]["blocks"])
+
+
+def test_not_useful_is_stored_per_rule(served):
+    _post(served, _click(served, "usagebot_not_useful", rid="nu"))
+    (answer,) = served.fake.wait_response("nu")
+    assert "feedback recorded for rule `calls-spike`" in answer["text"]
+    _post(served, _click(served, "usagebot_not_useful", user="U0ALICE01", rid="nu2"))
+    served.fake.wait_response("nu2")
+    assert feedback_by_rule(served.engine) == {"calls-spike": 1}  # one episode, two users
+    with served.engine.connect() as c:
+        users = c.execute(sa.text("select user_id from slack_feedback order by user_id")).scalars().all()
+    assert users == ["U0ALICE01", "U0BOBBY01"]
+    parent = served.fake.channel("#usage-alerts").messages[0]
+    assert "Not useful: <@U0BOBBY01>, <@U0ALICE01>" in json.dumps(parent["blocks"])
+
+
+def test_crm_link_click_is_recorded(served):
+    assert _post(served, _click(served, "usagebot_open_crm")).status_code == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        events = episode_history(served.engine, rule_id="calls-spike")[0]["events"]
+        if events[-1]["event"] == "opened_crm":
+            break
+        time.sleep(0.05)
+    assert (events[-1]["event"], events[-1]["actor"]) == ("opened_crm", "U0BOBBY01 (bob)")
+
+
+def test_bad_button_value_is_answered_not_crashed(served):
+    _post(served, _click(served, "usagebot_ack", value="12; drop table", rid="bad"))
+    (answer,) = served.fake.wait_response("bad")
+    assert "cannot be used" in answer["text"]
+
+
+def test_allow_list_applies_to_buttons(engine, fake, clock):
+    s, server = _serve(engine, fake, clock, allowed_users=("U0ALICE01",))
+    try:
+        _post(s, _click(s, "usagebot_ack", user="U0EVE0001", rid="eve"))
+        (answer,) = fake.wait_response("eve")
+        assert "not on usagebot's list of allowed users" in answer["text"]
+        assert find_episode(engine, KEY)["acknowledged_by"] is None
+        _post(s, _click(s, "usagebot_ack", user="U0ALICE01", rid="alice"))
+        fake.wait_response("alice")
+        assert find_episode(engine, KEY)["acknowledged_by"].startswith("U0ALICE01")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ----------------------------------------------------------------------------- socket mode
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    """Socket Mode and wiring do not depend on the database: SQLite only."""
+    eng = make_engine(f"sqlite:///{tmp_path / 'u.db'}")
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_socket_mode_commands(sqlite_engine, fake, clock):
+    engine = sqlite_engine
+    config = slack_config(fake, app_token=Secret("xapp-test-token"), mode="socket", signing_secret=None)
+    sc = Scenario(engine, clock)
+    sc.cycle(SPIKE_DAY)
+    app = build_slack_app(config, engine, clock=clock)
+    handler = run_socket_mode(app, config, block=False)
+    try:
+        body = {"token": "unused", "team_id": "T0TEAM001", "channel_id": "C0ALERTS1", "user_id": "U0ALICE01",
+                "user_name": "alice", "command": "/usage", "api_app_id": "A0APP0001", "trigger_id": "1.2.3"}
+        fake.socket_send({"envelope_id": "env-1", "type": "slash_commands", "accepts_response_payload": True,
+                          "payload": {**body, "text": "help", "response_url": fake.response_url("sm1")}})
+        ack = fake.wait_socket_ack("env-1")
+        assert "/usage top" in ack["payload"]["text"]
+        fake.socket_send({"envelope_id": "env-2", "type": "slash_commands", "accepts_response_payload": True,
+                          "payload": {**body, "text": "globex", "response_url": fake.response_url("sm2")}})
+        fake.wait_socket_ack("env-2")
+        (answer,) = fake.wait_response("sm2")
+        assert "📊 Globex" in json.dumps(answer["blocks"], ensure_ascii=False)
+    finally:
+        handler.client.auto_reconnect_enabled = False
+        fake.socket_close()  # so the client's blocking read ends now, not at its 3 s timeout
+        handler.close()
+    assert fake.calls_of("apps.connections.open")
+
+
+# ------------------------------------------------------------------------------ wiring
+
+
+def test_notifier_is_console_without_a_token(sqlite_engine):
+    engine = sqlite_engine
+    assert isinstance(slack_notifier(SlackConfig(), engine), ConsoleNotifier)
+    cfg = SlackConfig(bot_token=Secret("xoxb-1"))
+    assert isinstance(slack_notifier(cfg, engine), SlackNotifier)
+    with pytest.raises(ValueError, match="bot_token is not set"):
+        build_slack_app(SlackConfig(), engine)
+    with pytest.raises(ValueError, match="signing_secret"):
+        build_slack_app(replace(cfg, mode="http"), engine)

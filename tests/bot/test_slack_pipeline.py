@@ -1,0 +1,43 @@
+"""deliver_outbox with the errors a Slack notifier raises: retry_after and permanent."""
+
+from __future__ import annotations
+
+from bot.pipeline import NOTIFY_KIND, deliver_outbox
+from integrations.slack.errors import PermanentSlackError, RetryLater, SlackUnavailable
+from storage.outbox import OutboxItem, enqueue, list_outbox
+
+
+class Raising:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def deliver(self, alert):
+        raise self.exc
+
+
+def _row(engine):
+    enqueue(engine, [OutboxItem("notify:k", NOTIFY_KIND, {"event": "fired"})], now=1000)
+
+
+def test_retry_after_reschedules_exactly_and_never_kills_the_row(engine):
+    _row(engine)
+    notifier = Raising(RetryLater("rate limited", 42))
+    now = 1000
+    for _ in range(15):  # more deferrals than the dead limit of failures
+        report = deliver_outbox(engine, notifier, now)
+        assert report.deferred == 1 and report.dead == 0
+        row = list_outbox(engine)[0]
+        assert row.status == "failed" and row.next_attempt_at == now + 42
+        now += 42
+
+
+def test_permanent_error_marks_dead_and_transient_backs_off(engine):
+    _row(engine)
+    r = deliver_outbox(engine, Raising(SlackUnavailable("Slack chat.postMessage answered HTTP 503")), 1000)
+    assert r.failed == 1 and r.dead == 0 and r.deferred == 0
+    row = list_outbox(engine)[0]
+    assert row.status == "failed" and row.next_attempt_at == 1000 + 60
+    r = deliver_outbox(engine, Raising(PermanentSlackError("channel #x not found", "channel_not_found")), 1060)
+    assert r.dead == 1
+    row = list_outbox(engine)[0]
+    assert row.status == "dead" and "channel #x not found" in row.last_error

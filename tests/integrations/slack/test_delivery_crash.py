@@ -1,0 +1,174 @@
+"""Crash safety and rate limits: an outage, a lost response, a process killed in the middle of a
+delivery and 429s neither lose nor duplicate an alert."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from integrations.slack.api import SlackApi, make_web_client
+from storage.outbox import DEFAULT_LEASE, counts, list_outbox
+from storage.slack import get_step
+from tests.integrations.slack.scenario import FIRED, RENOTIFIED, RESOLVED, SPIKE_DAY, Scenario
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _one_thread_each(fake, replies: int) -> None:
+    for ch in (fake.channel("#usage-alerts"), fake.dm_with("U0ALICE01")):
+        top = [m for m in ch.messages if m.get("thread_ts") in (None, m["ts"])]
+        assert len(top) == 1, f"duplicate parents in {ch.id}: {[m['text'] for m in top]}"
+        assert len(ch.messages) == 1 + replies
+        assert all(m["thread_ts"] == top[0]["ts"] for m in ch.messages if m is not top[0])
+
+
+def test_outage_loses_nothing_and_duplicates_nothing(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.outage = True
+    first = sc.deliver(n)
+    assert first.failed == 1 and "HTTP 503" in first.errors[0]
+    for minutes in (1, 5, 30):  # the scheduler keeps trying while Slack is down
+        sc.deliver(n, at=clock.now + minutes * 60)
+    sc.cycle(RENOTIFIED)
+    sc.deliver(n)
+    assert all(not ch.messages for ch in fake.channels.values())
+    assert counts(engine) == {"failed": 2}
+    fake.outage = False
+    for _ in range(3):  # the fired row first (the re-notification waits for it), then the rest
+        sc.deliver(n, at=max(r.next_attempt_at for r in list_outbox(engine)))
+    sc.cycle(RESOLVED)
+    sc.deliver(n)
+    assert counts(engine) == {"sent": 3}
+    _one_thread_each(fake, replies=2)
+
+
+def test_lost_response_is_found_by_metadata_not_posted_again(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.fail("chat.postMessage", "drop")  # Slack posts the DM, the response never arrives
+    r1 = sc.deliver(n)
+    assert r1.failed == 1 and "network error" in r1.errors[0]
+    dm = fake.dm_with("U0ALICE01")
+    assert len(dm.messages) == 1
+    step = get_step(engine, "notify:calls-spike:acme:api_calls::fired:1790899200|dm:alice@example.com")
+    assert step is not None and step.ts is None  # outcome unknown
+    r2 = sc.deliver(n, at=list_outbox(engine)[0].next_attempt_at)
+    assert r2.sent == 1
+    assert len(fake.calls_of("conversations.history")) == 1
+    assert get_step(engine, step.step).ts == dm.messages[0]["ts"]
+
+    sc.cycle(RENOTIFIED)
+    fake.fail("chat.postMessage", "drop")  # the thread reply is posted, the response lost
+    assert sc.deliver(n).failed == 1
+    assert sc.deliver(n, at=list_outbox(engine)[0].next_attempt_at).sent == 1
+    assert len(fake.calls_of("conversations.replies")) == 1
+    _one_thread_each(fake, replies=1)
+
+
+def test_process_killed_mid_delivery_loses_and_duplicates_nothing(engine, db_url, fake, config, clock):
+    sc = Scenario(engine, clock)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    now = clock.now
+    fake.fail("chat.postMessage", "hang")  # Slack posts the DM; the worker is killed before the answer
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.integrations.slack.crash_worker", db_url, fake.api_url,
+                             str(now)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert fake.processed.wait(30), proc.stderr.read().decode() if proc.poll() is not None else "no post"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        fake.release.set()
+    assert proc.returncode == -signal.SIGKILL
+    row = list_outbox(engine)[0]
+    assert row.status == "pending" and row.attempts == 1  # claimed by the dead worker, never marked
+    assert len(fake.dm_with("U0ALICE01").messages) == 1 and fake.channel("#usage-alerts").messages == []
+
+    # Another run after the claim's lease has expired finishes the job.
+    n = sc.notifier(config)
+    assert sc.deliver(n, at=now + 1).sent == 0  # still leased to the dead worker
+    report = sc.deliver(n, at=now + DEFAULT_LEASE + 1)
+    assert report.sent == 1 and report.failed == 0
+    _one_thread_each(fake, replies=0)
+    sc.cycle(RENOTIFIED)
+    sc.deliver(n)
+    _one_thread_each(fake, replies=1)
+    assert counts(engine) == {"sent": 2}
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.t += s
+
+
+def test_429_defers_the_row_by_retry_after_and_stops_calling_slack(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    ft = FakeTime()
+    api = SlackApi(make_web_client(config), min_post_interval=0, max_inline_wait=5, sleep=ft.sleep,
+                   monotonic=ft.monotonic)
+    n = sc.notifier(config, api=api)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.rate_limit("chat.postMessage", 120)
+    r = sc.deliver(n)
+    assert r.deferred == 1 and r.dead == 0
+    row = list_outbox(engine)[0]
+    assert row.status == "failed" and row.next_attempt_at == clock.now + 120 and "rate limited" in row.last_error
+    sc.deliver(n, at=clock.now + 60)  # not due: nothing is sent
+    assert len(fake.calls_of("chat.postMessage")) == 1
+    # a short Retry-After is waited out in place (no deferral), and the row goes out
+    fake.rate_limit("chat.postMessage", 2)
+    ft.t += 120
+    r = sc.deliver(n, at=clock.now + 120)
+    assert r.sent == 1 and ft.slept == [2.0]
+    _one_thread_each(fake, replies=0)
+
+
+def test_posts_to_one_channel_are_spaced(fake, config):
+    ft = FakeTime()
+    api = SlackApi(make_web_client(config), min_post_interval=1.0, sleep=ft.sleep, monotonic=ft.monotonic)
+    for i in range(3):
+        api.post_message("#usage-alerts", f"m{i}")
+    api.post_message("#usage-critical", "other channel: no wait")
+    assert ft.slept == [1.0, 1.0]
+    assert [m["text"] for m in fake.channel("#usage-alerts").messages] == ["m0", "m1", "m2"]
+
+
+def test_posts_are_spaced_in_real_time(fake, config):
+    api = SlackApi(make_web_client(config), min_post_interval=0.15)
+    for i in range(3):
+        api.post_message("#usage-alerts", f"m{i}")
+    at = [c.at for c in fake.calls_of("chat.postMessage")]
+    assert at[1] - at[0] >= 0.14 and at[2] - at[1] >= 0.14
+
+
+def test_steps_table_has_no_pending_rows_after_success(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    for d in (SPIKE_DAY, FIRED, RENOTIFIED, RESOLVED):
+        sc.cycle(d)
+        sc.deliver(n)
+    with engine.connect() as c:
+        rows = c.execute(sa.text("select step, ts from slack_delivery_steps order by step")).all()
+    assert len(rows) == 6 and all(r.ts for r in rows)

@@ -1,0 +1,77 @@
+"""Owner digests: DMs held back and sent once a day; channels still get every alert; critical
+alerts still DM at once; a lost response does not send a digest twice."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from integrations.slack.config import DigestConfig
+from integrations.slack.digest import digest_time, send_due_digests
+from storage.slack import digest_owners
+from tests.integrations.slack.scenario import (
+    FIRED,
+    RENOTIFIED,
+    SPIKE_DAY,
+    SPIKE_RULE,
+    Scenario,
+    assert_valid_message,
+)
+
+NINE = 9 * 3600
+
+
+def _cfg(config, **kw):
+    return replace(config, digest=DigestConfig(enabled=True, hour=9, minute=0, timezone="UTC", **kw))
+
+
+def test_owner_dms_go_to_a_daily_digest(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    assert sc.deliver(n).sent == 1
+    assert len(fake.channel("#usage-alerts").messages) == 1  # the channel gets it at once
+    assert fake.dm_with("U0ALICE01") is None
+    assert send_due_digests(n, clock.now).sent == 0  # 00:00: not time yet
+    report = send_due_digests(n, clock.set_day(FIRED, NINE))
+    assert (report.sent, report.items) == (1, 1)
+    dm = fake.dm_with("U0ALICE01").messages
+    assert len(dm) == 1 and "1 alert(s)" in dm[0]["text"] and "Acme Corp" in str(dm[0]["blocks"])
+    assert_valid_message(dm[0])
+    assert send_due_digests(n, clock.now + 3600).sent == 0  # once a day
+    assert digest_owners(engine) == []
+
+    sc.cycle(RENOTIFIED)
+    sc.deliver(n)
+    assert send_due_digests(n, clock.set_day(RENOTIFIED, NINE - 60)).sent == 0
+    assert send_due_digests(n, clock.set_day(RENOTIFIED, NINE)).sent == 1
+    assert len(fake.dm_with("U0ALICE01").messages) == 2
+
+
+def test_critical_alerts_still_dm_at_once(engine, fake, config, clock):
+    sc = Scenario(engine, clock, rules=SPIKE_RULE.replace('severity = "warning"', 'severity = "critical"'))
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    assert len(fake.dm_with("U0ALICE01").messages) == 1 and digest_owners(engine) == []
+
+
+def test_lost_digest_response_is_not_sent_twice(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    fake.fail("chat.postMessage", "drop")
+    r1 = send_due_digests(n, clock.set_day(FIRED, NINE))
+    assert r1.sent == 0 and "network error" in r1.errors[0]
+    assert digest_owners(engine) == ["alice@example.com"]
+    r2 = send_due_digests(n, clock.now + 60)
+    assert r2.sent == 1
+    assert len(fake.dm_with("U0ALICE01").messages) == 1 and digest_owners(engine) == []
+
+
+def test_digest_time_in_the_owner_timezone():
+    at, day = digest_time(1_790_899_200, 9, 30, "America/New_York")  # 2026-10-02T00:00Z = Oct 1, 20:00 EDT
+    assert (at, day) == (1_790_861_400, "2026-10-01")  # 09:30 EDT = 13:30 UTC on the local day

@@ -1,0 +1,82 @@
+"""Owner email -> Slack user (cached in the database, also when not found), DM channels, channel
+names -> ids with paging, user groups and a caller's email."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from integrations.slack.api import SlackApi
+from integrations.slack.errors import PermanentSlackError
+from integrations.slack.lookups import SlackDirectory
+
+
+def _directory(engine, config, clock):
+    return SlackDirectory(SlackApi.from_config(config), engine, config, clock)
+
+
+def test_user_lookup_is_cached_with_ttls(engine, fake, config, clock):
+    d = _directory(engine, replace(config, user_cache_ttl=3600, negative_cache_ttl=600), clock)
+    assert d.user_id("Alice@Example.com ") == "U0ALICE01"
+    assert d.user_id("alice@example.com") == "U0ALICE01"
+    assert d.user_id("ghost@example.com") is None
+    assert d.user_id("ghost@example.com") is None
+    assert len(fake.calls_of("users.lookupByEmail")) == 2
+    fake.add_user("U0GHOST01", "ghost@example.com")
+    clock.now += 601  # the negative entry expires first
+    assert d.user_id("ghost@example.com") == "U0GHOST01"
+    assert d.user_id("alice@example.com") == "U0ALICE01"
+    assert len(fake.calls_of("users.lookupByEmail")) == 3
+    clock.now += 3600
+    d.user_id("alice@example.com")
+    assert len(fake.calls_of("users.lookupByEmail")) == 4
+    # the cache is shared through the database: a new process does not ask again
+    d2 = _directory(engine, config, clock)
+    assert d2.user_id("alice@example.com") == "U0ALICE01"
+    assert len(fake.calls_of("users.lookupByEmail")) == 4
+
+
+def test_dm_channel_opened_once(engine, fake, config, clock):
+    d = _directory(engine, config, clock)
+    c1 = d.dm_channel("alice@example.com")
+    assert c1 == _directory(engine, config, clock).dm_channel("alice@example.com")
+    assert c1 == fake.dm_with("U0ALICE01").id and len(fake.calls_of("conversations.open")) == 1
+    assert d.dm_channel("nobody@example.com") is None
+
+
+def test_channel_names_resolve_across_pages(engine, fake, config, clock):
+    for i in range(7):
+        fake.add_channel(f"team-{i}")
+    fake.page_size = 3
+    d = _directory(engine, config, clock)
+    assert d.channel_id("#team-6") == fake.channel("#team-6").id
+    assert d.channel_id("usage-alerts") == "C0ALERTS1"
+    assert d.channel_id("C0ALREADY1") == "C0ALREADY1"  # ids pass through
+    assert len(fake.calls_of("conversations.list")) == 3  # one refresh, three pages
+    with pytest.raises(PermanentSlackError, match="#nope not found.*/invite @usagebot") as exc:
+        d.channel_id("#nope")
+    assert exc.value.error == "channel_not_found"
+
+
+def test_usergroup_members_and_caller_email(engine, fake, config, clock):
+    fake.add_usergroup("S0CSTEAM1", ["U0BOBBY01"])
+    d = _directory(engine, config, clock)
+    assert d.usergroup_members("S0CSTEAM1") == frozenset({"U0BOBBY01"})
+    d.usergroup_members("S0CSTEAM1")
+    assert len(fake.calls_of("usergroups.users.list")) == 1
+    assert d.email_of("U0BOBBY01") == "bob@example.com"
+    assert d.email_of("U0BOBBY01") == "bob@example.com"
+    assert len(fake.calls_of("users.info")) == 1
+    # and the reverse direction is now cached too
+    assert d.user_id("bob@example.com") == "U0BOBBY01" and not fake.calls_of("users.lookupByEmail")
+
+
+def test_token_never_in_errors(engine, fake, config, clock):
+    from bot.configbase import Secret
+
+    bad = replace(config, bot_token=Secret("xoxb-wrong-SECRET"))
+    d = _directory(engine, bad, clock)
+    with pytest.raises(Exception) as exc:
+        d.user_id("alice@example.com")
+    assert "invalid_auth" in str(exc.value) and "SECRET" not in str(exc.value) and "slack.bot_token" in str(exc.value)

@@ -1,0 +1,197 @@
+"""Alerts through the outbox to a fake Slack: one thread per episode, follow-ups in the thread,
+the parent updated to show the state, routing and its failure modes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import sqlalchemy as sa
+
+from integrations.slack.notifier import SlackNotifier
+from storage.episodes import find_episode
+from storage.outbox import counts, list_outbox, retry_dead
+from storage.slack import episode_messages, snooze_account
+from tests.integrations.slack.scenario import (
+    FIRED,
+    RENOTIFIED,
+    RESOLVED,
+    SPIKE_DAY,
+    SPIKE_RULE,
+    T0,
+    Scenario,
+    assert_valid_message,
+)
+
+
+def _run(sc: Scenario, notifier: SlackNotifier, days: range | tuple[int, ...]) -> None:
+    for d in days:
+        sc.cycle(d)
+        report = sc.deliver(notifier)
+        assert report.failed == 0, report.errors
+
+
+def test_one_thread_per_episode_with_followups_and_parent_updates(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    _run(sc, n, (SPIKE_DAY, FIRED))
+
+    channel = fake.channel("#usage-alerts")
+    dm = fake.dm_with("U0ALICE01")
+    assert dm is not None, "the owner gets a DM"
+    for ch in (channel, dm):
+        assert len(ch.messages) == 1
+        parent = ch.messages[0]
+        assert_valid_message(parent)
+        assert "Acme Corp" in parent["text"] and parent["metadata"]["event_type"] == "usagebot_delivery"
+        flat = str(parent["blocks"])
+        assert "<@U0ALICE01>" in flat  # owner resolved to a Slack mention
+        assert "usagebot_ack" in flat and "usagebot_snooze" in flat and "usagebot_not_useful" in flat
+        assert "https://crm.example.com/r/Account/001ACME/view" in flat
+        assert "https://app.example.com/accounts/acme?metric=api_calls" in flat
+        assert "Firing since" in flat
+    ep = find_episode(engine, ("calls-spike", "acme", "api_calls", ""))
+    assert ep is not None and ep["slack_ts"] in {channel.messages[0]["ts"], dm.messages[0]["ts"]}
+    assert {m.destination for m in episode_messages(engine, ep["id"])} == {"dm:alice@example.com",
+                                                                           "channel:#usage-alerts"}
+
+    _run(sc, n, (RENOTIFIED, RESOLVED))
+    for ch in (channel, dm):
+        top = [m for m in ch.messages if m.get("thread_ts") in (None, m["ts"])]
+        assert len(top) == 1, "follow-ups never start a new thread"
+        parent = top[0]
+        replies = [m for m in ch.messages if m is not parent]
+        assert [r["thread_ts"] for r in replies] == [parent["ts"]] * 2
+        assert replies[0]["text"].startswith("🔁 Still firing") and replies[1]["text"].startswith("✅ Resolved")
+        for r in replies:
+            assert_valid_message(r)
+        assert parent["edits"] == 2  # chat.update after the re-notification and after the resolution
+        flat = str(parent["blocks"])
+        assert "Resolved" in flat and "usagebot_ack" not in flat  # no Acknowledge on a resolved alert
+        assert_valid_message(parent)
+    assert counts(engine) == {"sent": 3}
+
+
+def test_owner_not_on_slack_gets_channel_only_and_no_route_is_dead(engine, fake, config, clock):
+    rules = SPIKE_RULE.replace('channels = ["#usage-alerts"]', "channels = []")
+    records = [r if r.account != "initech" or r.ts < T0 + SPIKE_DAY * 86_400 or r.ts >= T0 + (SPIKE_DAY + 2) * 86_400
+               else replace(r, value=700.0) for r in _records()]
+    sc = Scenario(engine, clock, rules=rules, records=records)
+    # no default channel: initech's owner is not on Slack, so its alert has nowhere to go
+    n = sc.notifier(replace(config, default_channel=None))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    report = sc.deliver(n)
+    assert report.sent == 1 and report.dead == 1  # acme -> alice's DM; initech -> nowhere
+    dead = list_outbox(engine, status="dead")[0]
+    assert "initech" in dead.idempotency_key and "peter@initech.example is not on Slack" in dead.last_error
+    assert "default_channel" in dead.last_error
+
+    # with a default channel configured, the same alert is posted there
+    retry_dead(engine, clock.now)
+    report = sc.deliver(sc.notifier(config))
+    assert report.sent == 1
+    posted = fake.channel("#usage-alerts").messages
+    assert len(posted) == 1 and "Initech" in posted[0]["text"]
+
+
+def _records():
+    from tests.integrations.slack.scenario import usage_records
+
+    return usage_records()
+
+
+def test_unknown_channel_is_dead_naming_it_and_others_still_get_the_alert(engine, fake, config, clock):
+    rules = SPIKE_RULE.replace('channels = ["#usage-alerts"]', 'channels = ["#usage-alerts", "#cs-team"]')
+    sc = Scenario(engine, clock, rules=rules)
+    n = sc.notifier(config)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    report = sc.deliver(n)
+    assert report.dead == 1
+    err = list_outbox(engine, status="dead")[0].last_error
+    assert "#cs-team not found" in err and "/invite" in err
+    assert len(fake.channel("#usage-alerts").messages) == 1 and len(fake.dm_with("U0ALICE01").messages) == 1
+
+    # the admin creates the channel and retries: only the missing destination is posted
+    fake.add_channel("cs-team", "C0CSTEAM1")
+    retry_dead(engine, clock.now)
+    n2 = sc.notifier(config)  # a fresh process: channel list not cached
+    assert sc.deliver(n2).sent == 1
+    assert len(fake.channel("#usage-alerts").messages) == 1 and len(fake.dm_with("U0ALICE01").messages) == 1
+    assert len(fake.channel("#cs-team").messages) == 1
+
+
+def test_followup_waits_for_the_first_message_of_its_episode(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    for d in (SPIKE_DAY, FIRED, RENOTIFIED):  # the service was down for a day: both rows queued
+        sc.cycle(d)
+    fake.fail("users.lookupByEmail", "status", 503)  # the first row fails ...
+    report = sc.deliver(n)
+    # ... so the re-notification must not start the thread: it waits for the fired row
+    assert report.failed == 2 and report.deferred == 1 and report.sent == 0
+    assert fake.channel("#usage-alerts").messages == []
+    rows = {r.idempotency_key.split(":")[-2]: r for r in list_outbox(engine)}
+    assert "waiting for the episode's first message" in rows["renotified"].last_error
+    assert rows["renotified"].next_attempt_at > rows["fired"].next_attempt_at
+    assert sc.deliver(n, at=rows["fired"].next_attempt_at).sent == 1
+    assert sc.deliver(n, at=rows["renotified"].next_attempt_at).sent == 1
+    msgs = fake.channel("#usage-alerts").messages
+    assert len(msgs) == 2 and msgs[1]["thread_ts"] == msgs[0]["ts"]
+
+
+def test_snoozed_account_gets_no_new_alerts(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    snooze_account(engine, "acme", T0 + 40 * 86_400, "U0BOBBY01", T0)
+    _run(sc, n, (SPIKE_DAY, FIRED, RENOTIFIED))
+    assert fake.channel("#usage-alerts").messages == [] and fake.dm_with("U0ALICE01") is None
+    assert counts(engine) == {"sent": 2}  # delivered = deliberately not posted; nothing left queued
+
+
+def test_rejected_blocks_fall_back_to_text(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.reject_blocks = 2
+    assert sc.deliver(n).sent == 1
+    for ch in (fake.channel("#usage-alerts"), fake.dm_with("U0ALICE01")):
+        assert len(ch.messages) == 1
+        assert ch.messages[0]["blocks"] == [] and "Acme Corp" in ch.messages[0]["text"]
+
+
+def test_deleted_thread_parent_gets_a_new_parent(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(replace(config, owner_dm=False))
+    _run(sc, n, (SPIKE_DAY, FIRED))
+    ch = fake.channel("#usage-alerts")
+    ch.messages.clear()  # someone deleted the alert in Slack
+    _run(sc, n, (RENOTIFIED,))
+    assert len(ch.messages) == 1 and "thread_ts" not in ch.messages[0]
+    ep = find_episode(engine, ("calls-spike", "acme", "api_calls", ""))
+    assert [m.ts for m in episode_messages(engine, ep["id"])] == [ch.messages[0]["ts"]]
+    _run(sc, n, (RESOLVED,))
+    assert ch.messages[1]["thread_ts"] == ch.messages[0]["ts"]
+
+
+def test_severity_channel_and_no_owner_dm(engine, fake, config, clock):
+    rules = SPIKE_RULE.replace('severity = "warning"', 'severity = "critical"').replace(
+        'channels = ["#usage-alerts"]', "channels = []")
+    sc = Scenario(engine, clock, rules=rules)
+    cfg = replace(config, severity_channels={"critical": "#usage-critical"}, owner_dm=False)
+    _run(sc, sc.notifier(cfg), (SPIKE_DAY, FIRED))
+    assert len(fake.channel("#usage-critical").messages) == 1
+    assert fake.channel("#usage-alerts").messages == []  # a routed channel replaces the default
+    assert fake.dm_with("U0ALICE01") is None
+
+
+def test_owner_lookup_is_cached_across_deliveries(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    n = sc.notifier(replace(config, user_cache_ttl=7 * 86_400))
+    _run(sc, n, (SPIKE_DAY, FIRED, RENOTIFIED, RESOLVED))
+    assert len(fake.calls_of("users.lookupByEmail")) == 1
+    assert len(fake.calls_of("conversations.open")) == 1
+    with engine.connect() as c:
+        row = c.execute(sa.text("select user_id, dm_channel from slack_users where email = 'alice@example.com'")).one()
+    assert row.user_id == "U0ALICE01" and row.dm_channel.startswith("D")
