@@ -1,9 +1,172 @@
-"""`usagebot` subcommands of this integration (registered by bot.cli.build_parser)."""
+"""`usagebot crm ...`: the Salesforce sync from the command line.
+
+    usagebot crm sync [--dry-run] [--config FILE] [--db URL] [--rules FILE] [--at TIME] [--reconcile]
+    usagebot crm status [--config FILE] [--db URL]
+
+Settings come from the config file's [salesforce] and [health] tables; the
+database from --db, else $USAGEBOT_DB_URL, else [storage].url, else the default
+SQLite file; rules (used to know each alert's kind) from --rules, else
+[rules].paths, else the shipped example rules.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from bot.configbase import ConfigError, Document, load_document
+from bot.health_config import parse_health_model
+from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
+from rules.health import DEFAULT_MODEL, HealthModel
+
+DEFAULT_CONFIG = "config.toml"
+
+
+@dataclass(frozen=True)
+class CrmSettings:
+    salesforce: SalesforceConfig
+    health: HealthModel
+    db_url: str | None
+    rule_paths: list[str]
+
+
+def load_crm_settings(path: str | None, env: dict[str, str] | None = None) -> CrmSettings:
+    """[salesforce], [health], [storage].url and [rules].paths of a config file (defaults without one).
+
+    Raises ConfigError listing every problem (file:line: field: message).
+    """
+    if path is None:
+        if not Path(DEFAULT_CONFIG).exists():
+            return CrmSettings(SalesforceConfig(), DEFAULT_MODEL, None, [])
+        path = DEFAULT_CONFIG
+    doc: Document = load_document(path, env)
+    sf = parse_salesforce_config(doc.section("salesforce"))
+    health = parse_health_model(doc.section("health"))
+    storage = doc.section("storage")
+    rules = doc.section("rules")
+    url = storage.str("url") if storage.has("url") else None
+    paths = rules.str_list("paths") if rules.has("paths") else []
+    doc.raise_if_problems()
+    return CrmSettings(sf, health, url or None, paths)
+
+
+def _parse_at(text: str | None, err: TextIO) -> int | None:
+    from bot.backtest import BacktestError, parse_time
+
+    if not text:
+        return int(time.time())
+    try:
+        return parse_time(text, "--at")
+    except BacktestError as exc:
+        print(f"usagebot crm: {exc}", file=err)
+        return None
+
+
+def _settings_or_report(args: argparse.Namespace, err: TextIO) -> CrmSettings | None:
+    try:
+        return load_crm_settings(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(str(p), file=err)
+        print(f"{len(exc.problems)} problem(s) in the config; nothing was done.", file=err)
+        return None
+
+
+def _db(args: argparse.Namespace, settings: CrmSettings) -> str:
+    from bot.cli import DB_ENV, DEFAULT_DATA_DIR
+    from storage.db import default_url
+
+    return args.db or os.environ.get(DB_ENV) or settings.db_url or default_url(DEFAULT_DATA_DIR)
+
+
+def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.cli import _load_rules_or_report, _missing_paths, _shipped_rules
+    from bot.crm import run_crm_sync
+    from storage.db import make_engine, migrate
+
+    if args.config and _missing_paths([args.config], "--config", err):
+        return 2
+    settings = _settings_or_report(args, err)
+    if settings is None:
+        return 1
+    now = _parse_at(args.at, err)
+    if now is None:
+        return 2
+    rule_paths = args.rules or settings.rule_paths or [str(_shipped_rules())]
+    if _missing_paths(rule_paths, "rules", err):
+        return 2
+    ruleset = _load_rules_or_report(rule_paths, err)
+    if ruleset is None:
+        return 1
+    sf = settings.salesforce
+    if not args.dry_run and not sf.can_connect:
+        print("usagebot crm sync: no Salesforce credentials in [salesforce] (username + password + "
+              "security_token, or username + consumer_key + private_key_file, or session_id + instance_url); "
+              "use --dry-run to see what would be written", file=err)
+        return 2
+    engine = make_engine(_db(args, settings))
+    try:
+        migrate(engine)
+        report = run_crm_sync(engine, ruleset, sf, settings.health, now, dry_run=args.dry_run, out=out,
+                              reconcile=args.reconcile)
+    finally:
+        engine.dispose()
+    if report.stopped:
+        print(f"usagebot crm sync: stopped: {report.stopped}", file=err)
+        return 1
+    return 0 if report.ok else 1
+
+
+def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from rules.periods import iso
+    from storage.crm import failed_records, last_sync_runs
+    from storage.db import make_engine, migrate
+
+    settings = _settings_or_report(args, err)
+    if settings is None:
+        return 1
+    engine = make_engine(_db(args, settings))
+    try:
+        migrate(engine)
+        runs = last_sync_runs(engine, limit=args.runs)
+        failing = failed_records(engine, settings.salesforce.object)
+    finally:
+        engine.dispose()
+    if not runs:
+        print("No CRM sync has run yet (dry runs are not recorded).", file=out)
+    for r in runs:
+        usage = f", org API {r['api_used']:,}/{r['api_max']:,}" if r["api_used"] is not None else ""
+        print(f"{iso(r['started_at'])}: {r['changed']} changed, {r['written']} written, {r['failed']} failed, "
+              f"{r['deferred']} deferred, {r['tasks_created']} task(s); {r['api_calls']} API call(s){usage}"
+              + (f"; stopped: {r['stopped']}" if r["stopped"] else ""), file=out)
+    for s in failing:
+        print(f"failing: {s.account_id} ({s.match_key}), {s.failures} attempt(s): {s.last_error}", file=out)
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the top-level parser."""
+    crm = sub.add_parser("crm", help="Salesforce: write usage health to Account records, create tasks")
+    crm_sub = crm.add_subparsers(dest="crm_command", required=True)
+
+    s = crm_sub.add_parser("sync", help="compute usage health and write changed fields to Salesforce")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print per record 'field: old -> new' and the tasks; send and store nothing")
+    s.add_argument("--config", help=f"config file with [salesforce] and [health] (default ./{DEFAULT_CONFIG} "
+                                    "if present)")
+    s.add_argument("--db", help="database URL (default $USAGEBOT_DB_URL, [storage].url, or the SQLite file)")
+    s.add_argument("--rules", action="append", help="rule files (default [rules].paths or the shipped rules)")
+    s.add_argument("--at", help="compute health as of this time (ISO-8601; default now)")
+    s.add_argument("--reconcile", action="store_true",
+                   help="read the current field values from Salesforce first and diff against them")
+    s.set_defaults(func=cmd_crm_sync)
+
+    st = crm_sub.add_parser("status", help="the last CRM syncs and the records whose writes are failing")
+    st.add_argument("--config")
+    st.add_argument("--db")
+    st.add_argument("--runs", type=int, default=5)
+    st.set_defaults(func=cmd_crm_status)

@@ -1,0 +1,501 @@
+"""CRM sync: usage health -> Salesforce fields (diff-only, batched) and Tasks per alert episode.
+
+One sync:
+1. computes every account's health as of the start of the UTC day (bot.crm_preview)
+   and the field values the mapping gives it;
+2. diffs them against the values Salesforce last accepted (storage.crm), or, with
+   `reconcile`, against the values read back from Salesforce;
+3. sends only changed fields of changed records, <= 200 records per sObject
+   Collections request (allOrNone=false), or one Bulk API 2.0 job when at least
+   `bulk_threshold` records changed; stores each batch's per-record results
+   (failures keep their error and are sent again next sync);
+4. creates a Task for each alert episode that asks for one (once per episode);
+5. records the run (crm_sync_runs).
+A dry run does 1-2 (and lists the tasks) and stores nothing, so running it twice
+shows the same thing, and a real sync right after it sends exactly what it showed.
+The sync stops early (the rest waits for the next sync) on REQUEST_LIMIT_EXCEEDED,
+when the org's API usage reaches `max_api_share` of its daily limit, on login or
+session problems, on 5xx answers that outlast the retries, and on request-level
+errors (e.g. a mapped field that does not exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from sqlalchemy.engine import Engine
+
+from bot.crm_preview import account_health, health_as_of
+from integrations.salesforce.client import (
+    ApiUsage,
+    RecordResult,
+    SalesforceClient,
+    SalesforceError,
+    SalesforceRequestError,
+    SalesforceUnavailable,
+)
+from integrations.salesforce.config import SalesforceConfig
+from integrations.salesforce.diff import (
+    DesiredRecord,
+    RecordChange,
+    align_read_value,
+    diff_records,
+    format_change,
+)
+from integrations.salesforce.mapping import field_values, match_key
+from rules.health import HealthModel
+from rules.model import DAY, AccountFacts, RuleSet
+from rules.periods import iso
+from storage.crm import (
+    TaskCandidate,
+    TaskRow,
+    WriteOutcome,
+    episodes_fired_since,
+    load_record_states,
+    load_tasks,
+    record_outcomes,
+    record_sync_run,
+    record_task,
+)
+
+SOQL_CHUNK = 200  # keys per "WHERE x IN (...)" query (keeps the GET URL well under its limit)
+ClientFactory = Callable[[SalesforceConfig], SalesforceClient]
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    candidate: TaskCandidate
+    account: AccountFacts
+    match_key: str
+    kind: str
+    subject: str
+    description: str
+    priority: str
+    due_date: str
+    previous: TaskRow | None
+
+    def line(self) -> str:
+        c = self.candidate
+        again = f" (again: {self.previous.status}, {self.previous.last_error or 'no error'})" if self.previous else ""
+        return (f"  episode #{c.episode_id} {self.account.id} {c.rule_id} ({c.severity} {self.kind}): "
+                f"{self.subject!r}, priority {self.priority}, due {self.due_date}{again}")
+
+
+@dataclass
+class CrmSyncReport:
+    as_of: int
+    dry_run: bool
+    object: str = "Account"
+    accounts: int = 0
+    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (account id, why)
+    changes: list[RecordChange] = field(default_factory=list)
+    mode: str = "collections"  # or "bulk"
+    write_requests: int = 0
+    written: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (account id, error)
+    deferred: int = 0
+    tasks: list[PlannedTask] = field(default_factory=list)
+    tasks_created: int = 0
+    tasks_failed: list[tuple[int, str]] = field(default_factory=list)  # (episode id, error)
+    tasks_deferred: int = 0
+    api_calls: int = 0
+    api_usage: ApiUsage | None = None
+    stopped: str | None = None
+    run_id: int | None = None
+
+    @property
+    def unchanged(self) -> int:
+        return self.accounts - len(self.unmatched) - len(self.changes)
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped is None and not self.failed and not self.tasks_failed
+
+
+# ----------------------------------------------------------------------- planning
+
+
+def desired_records(
+    engine: Engine, ruleset: RuleSet, cfg: SalesforceConfig, model: HealthModel, now: int,
+) -> tuple[list[DesiredRecord], list[tuple[str, str]], dict[str, AccountFacts]]:
+    """(records to hold these values, accounts without a record and why, all accounts by id)."""
+    desired, unmatched, accounts = [], [], {}
+    for acct, h in account_health(engine, ruleset, now, model):
+        accounts[acct.id] = acct
+        key, why = match_key(acct, cfg)
+        if key is None:
+            unmatched.append((acct.id, why))
+            continue
+        desired.append(DesiredRecord(acct.id, acct.name, key, field_values(h, cfg.fields, iso, cfg.text_limit)))
+    return desired, unmatched, accounts
+
+
+def _kind_of(ruleset: RuleSet) -> Callable[[TaskCandidate], str]:
+    kinds = {r.id: r.kind for r in ruleset.rules}
+    return lambda c: kinds.get(c.rule_id, str(c.explanation.get("kind", "")))
+
+
+def plan_tasks(
+    engine: Engine, ruleset: RuleSet, cfg: SalesforceConfig, accounts: Mapping[str, AccountFacts], now: int,
+) -> list[PlannedTask]:
+    """Episodes that fired within tasks.max_age, match the task filters and have no task yet."""
+    tc = cfg.tasks
+    if not tc.enabled:
+        return []
+    kind_of = _kind_of(ruleset)
+    candidates = [c for c in episodes_fired_since(engine, now - tc.max_age)
+                  if tc.wants(c.severity, kind_of(c), c.rule_id)]
+    existing = load_tasks(engine, [c.episode_id for c in candidates])
+    due = iso(health_as_of(now) + tc.due_in_days * DAY)[:10]
+    out = []
+    for c in candidates:
+        prev = existing.get(c.episode_id)
+        acct = accounts.get(c.account_id)
+        if (prev is not None and prev.status == "created") or acct is None:
+            continue
+        key, _why = match_key(acct, cfg)
+        if key is None:
+            continue
+        kind = kind_of(c)
+        message = str(c.explanation.get("message") or c.rule_id)
+        subject = tc.subject.format(account=acct.name or acct.id, message=message, rule=c.rule_id,
+                                    severity=c.severity, kind=kind, metric=c.metric)[:255]
+        description = "\n".join([
+            message,
+            "",
+            f"Rule: {c.rule_id} ({kind}, {c.severity}) on metric {c.metric}",
+            f"Value: {c.explanation.get('value')}  baseline: {c.explanation.get('baseline')}  "
+            f"threshold: {c.explanation.get('threshold')}",
+            f"Fired: {iso(c.fired_at)}",
+            f"usagebot account {acct.id}, alert episode #{c.episode_id}",
+        ])
+        out.append(PlannedTask(c, acct, key, kind, subject, description, tc.priority.get(c.severity, "Normal"),
+                               due, prev))
+    return out
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _soql_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
+    return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+def _key_field(cfg: SalesforceConfig) -> str:
+    return cfg.external_id_field if cfg.match == "external_id" and cfg.external_id_field else "Id"
+
+
+def _lookup(client: SalesforceClient, cfg: SalesforceConfig, keys: Sequence[str],
+            columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """match key -> record (the given columns) for the records of `cfg.object` with these keys."""
+    key_field = _key_field(cfg)
+    cols = list(dict.fromkeys(["Id", key_field, *columns]))
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(sorted(set(keys)), SOQL_CHUNK):
+        soql = (f"SELECT {', '.join(cols)} FROM {cfg.object} "
+                f"WHERE {key_field} IN ({', '.join(_soql_quote(k) for k in chunk)})")
+        for rec in client.query_all(soql):
+            out[str(rec.get(key_field))] = rec
+            if key_field == "Id" and rec.get("Id"):
+                out[str(rec["Id"])[:15]] = rec  # 15- and 18-character ids name the same record
+    return out
+
+
+def _payload(cfg: SalesforceConfig, change: RecordChange) -> dict[str, Any]:
+    return {_key_field(cfg): change.match_key, **change.values()}
+
+
+def _outcome(change: RecordChange, result: RecordResult) -> WriteOutcome:
+    if result.ok:
+        return WriteOutcome(change.account_id, change.match_key, change.values())
+    return WriteOutcome(change.account_id, change.match_key, error=result.error or "failed")
+
+
+# ------------------------------------------------------------------------- writes
+
+
+def _send_collections(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
+                      changes: Sequence[RecordChange], now: int, report: CrmSyncReport) -> None:
+    batches = _chunks(changes, cfg.batch_size)
+    for n, batch in enumerate(batches):
+        payload = [_payload(cfg, c) for c in batch]
+        try:
+            if cfg.match == "external_id":
+                assert cfg.external_id_field is not None
+                results = client.upsert(cfg.object, cfg.external_id_field, payload)
+            else:
+                results = client.update(cfg.object, payload)
+        except SalesforceError as exc:
+            _stop(report, exc, engine, cfg, batch, now, rest=sum(len(b) for b in batches[n + 1:]))
+            return
+        report.write_requests += 1
+        _record(report, engine, cfg, batch, results, now)
+
+
+def _send_bulk(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
+               changes: Sequence[RecordChange], now: int, report: CrmSyncReport) -> None:
+    report.mode = "bulk"
+    key_field = _key_field(cfg)
+    try:
+        by_key = client.bulk_write(cfg.object, [_payload(cfg, c) for c in changes], key_field,
+                                   cfg.external_id_field if cfg.match == "external_id" else None)
+    except SalesforceError as exc:
+        _stop(report, exc, engine, cfg, changes, now, rest=0)
+        return
+    report.write_requests += 1
+    missing = RecordResult(False, error="not in the bulk job's results")
+    _record(report, engine, cfg, changes, [by_key.get(c.match_key, missing) for c in changes], now)
+
+
+def _record(report: CrmSyncReport, engine: Engine, cfg: SalesforceConfig, batch: Sequence[RecordChange],
+            results: Sequence[RecordResult], now: int) -> None:
+    outcomes = [_outcome(c, r) for c, r in zip(batch, results, strict=True)]
+    record_outcomes(engine, cfg.object, outcomes, now)
+    for o in outcomes:
+        if o.error is None:
+            report.written += 1
+        else:
+            report.failed.append((o.account_id, o.error))
+
+
+def _stop(report: CrmSyncReport, exc: SalesforceError, engine: Engine, cfg: SalesforceConfig,
+          batch: Sequence[RecordChange], now: int, rest: int) -> None:
+    """A request-level failure: the sync stops; the batch is failed (its fault) or deferred (not)."""
+    report.stopped = str(exc)
+    if isinstance(exc, SalesforceUnavailable | SalesforceRequestError):
+        error = f"not written: {exc}"
+        record_outcomes(engine, cfg.object, [WriteOutcome(c.account_id, c.match_key, error=error) for c in batch],
+                        now)
+        report.failed.extend((c.account_id, error) for c in batch)
+        report.deferred += rest
+    else:  # API budget or login: nothing wrong with these records
+        report.deferred += len(batch) + rest
+
+
+def _reconcile(client: SalesforceClient, cfg: SalesforceConfig, desired: Sequence[DesiredRecord],
+               ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """account id -> (match key, current field values read from Salesforce)."""
+    found = _lookup(client, cfg, [d.match_key for d in desired], list(cfg.fields.values()))
+    out = {}
+    for d in desired:
+        rec = found.get(d.match_key)
+        if rec is not None:
+            out[d.account_id] = (d.match_key, {f: align_read_value(rec.get(f), d.values.get(f)) for f in d.values})
+    return out
+
+
+# -------------------------------------------------------------------------- tasks
+
+
+def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
+                  planned: Sequence[PlannedTask], now: int, report: CrmSyncReport) -> None:
+    if not planned:
+        return
+    tc = cfg.tasks
+    records: dict[str, dict[str, Any]] = {}
+    if tc.owner == "account_owner" or cfg.match == "external_id":
+        records = _lookup(client, cfg, [p.match_key for p in planned], ["OwnerId"])
+
+    def target(p: PlannedTask) -> tuple[str | None, str | None]:
+        if cfg.match == "id" and tc.owner != "account_owner":
+            return p.match_key, None
+        rec = records.get(p.match_key) or records.get(p.match_key[:15])
+        return (None, None) if rec is None else (str(rec["Id"]), rec.get("OwnerId"))
+
+    todo: list[tuple[PlannedTask, str, str | None]] = []
+    for p in planned:
+        what_id, owner_id = target(p)
+        if what_id is None:
+            error = f"no {cfg.object} record with {_key_field(cfg)} = {p.match_key!r}"
+            record_task(engine, p.candidate, "failed", now, p.subject, None, error=error)
+            report.tasks_failed.append((p.candidate.episode_id, error))
+            continue
+        todo.append((p, what_id, owner_id))
+
+    # A create that failed ambiguously last time may have worked: look before creating again.
+    unsure = [(p, w) for p, w, _ in todo if p.previous is not None and p.previous.status == "unknown"]
+    if unsure:
+        since = min(p.previous.first_attempt_at for p, _ in unsure if p.previous is not None) - DAY
+        existing: dict[tuple[str, str], str] = {}
+        for chunk in _chunks(sorted({w for _, w in unsure}), SOQL_CHUNK):
+            soql = (f"SELECT Id, WhatId, Subject FROM Task WHERE WhatId IN "
+                    f"({', '.join(_soql_quote(w) for w in chunk)}) AND CreatedDate >= {iso(since)}")
+            for rec in client.query_all(soql):
+                existing[(str(rec.get("WhatId")), str(rec.get("Subject")))] = str(rec["Id"])
+        still = []
+        for p, w, o in todo:
+            task_id = existing.get((w, p.subject)) if p.previous and p.previous.status == "unknown" else None
+            if task_id:
+                record_task(engine, p.candidate, "created", now, p.subject, w, sf_task_id=task_id, attempted=False)
+                report.tasks_created += 1
+            else:
+                still.append((p, w, o))
+        todo = still
+
+    for n, chunk in enumerate(_chunks(todo, cfg.batch_size)):
+        recs = []
+        for p, what_id, owner_id in chunk:
+            rec = {"Subject": p.subject, "Description": p.description, "WhatId": what_id,
+                   "ActivityDate": p.due_date, "Status": tc.status, "Priority": p.priority}
+            if tc.owner == "account_owner" and owner_id:
+                rec["OwnerId"] = owner_id
+            recs.append(rec)
+        try:
+            results = client.create("Task", recs)
+        except SalesforceError as exc:
+            report.stopped = report.stopped or str(exc)
+            status = "unknown" if isinstance(exc, SalesforceUnavailable) and exc.ambiguous else "failed"
+            for p, what_id, _ in chunk:
+                record_task(engine, p.candidate, status, now, p.subject, what_id, error=str(exc))
+                report.tasks_failed.append((p.candidate.episode_id, str(exc)))
+            report.tasks_deferred += sum(len(c) for c in _chunks(todo, cfg.batch_size)[n + 1:])
+            return
+        for (p, what_id, _), r in zip(chunk, results, strict=True):
+            if r.ok:
+                record_task(engine, p.candidate, "created", now, p.subject, what_id, sf_task_id=r.id)
+                report.tasks_created += 1
+            else:
+                record_task(engine, p.candidate, "failed", now, p.subject, what_id, error=r.error)
+                report.tasks_failed.append((p.candidate.episode_id, r.error or "failed"))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_crm_sync(
+    engine: Engine, ruleset: RuleSet, sf_config: SalesforceConfig, health_model: HealthModel, now: int,
+    dry_run: bool, out: TextIO | None = None, client: SalesforceClient | None = None,
+    reconcile: bool = False, client_factory: ClientFactory | None = None,
+) -> CrmSyncReport:
+    """One CRM sync (see the module docstring); prints the plan and the outcome to `out` if given.
+
+    `client`: an existing connection (tests pass one on a fake org); otherwise one
+    is made with `client_factory` (default SalesforceClient) only if something has
+    to be read or sent. Salesforce problems end the sync early with
+    `report.stopped` set; they are not raised.
+    """
+    cfg = sf_config
+    as_of = health_as_of(now)
+    report = CrmSyncReport(as_of=as_of, dry_run=dry_run, object=cfg.object)
+    desired, unmatched, accounts = desired_records(engine, ruleset, cfg, health_model, now)
+    report.accounts, report.unmatched = len(accounts), unmatched
+    stored = load_record_states(engine, cfg.object)
+    written = {a: (s.match_key, s.written) for a, s in stored.items()}
+    errors = {a: s.last_error for a, s in stored.items() if s.last_error}
+    conn: SalesforceClient | None = client
+
+    def connect() -> SalesforceClient:
+        nonlocal conn
+        if conn is None:
+            conn = (client_factory or SalesforceClient)(cfg)
+        return conn
+
+    try:
+        if reconcile and desired:
+            current = _reconcile(connect(), cfg, desired)
+            if not dry_run:
+                record_outcomes(engine, cfg.object, [WriteOutcome(a, k, v) for a, (k, v) in current.items()], now,
+                                replace_written=True)
+            written.update(current)
+    except SalesforceError as exc:
+        report.stopped = f"reading current values: {exc}"
+    report.changes = diff_records(desired, written, errors)
+    report.tasks = plan_tasks(engine, ruleset, cfg, accounts, now)
+    if out is not None:
+        print_plan(report, out)
+    if dry_run or report.stopped:
+        return _finish(report, engine, conn, now, out)
+
+    try:
+        if report.changes:
+            c = connect()
+            if cfg.bulk_threshold and len(report.changes) >= cfg.bulk_threshold:
+                _send_bulk(c, cfg, engine, report.changes, now, report)
+            else:
+                _send_collections(c, cfg, engine, report.changes, now, report)
+        if report.tasks and not report.stopped:
+            _create_tasks(connect(), cfg, engine, report.tasks, now, report)
+        elif report.tasks:
+            report.tasks_deferred = len(report.tasks)
+    except SalesforceError as exc:  # connecting, or a lookup query
+        report.stopped = report.stopped or str(exc)
+        done = report.written + len(report.failed)
+        report.deferred = max(report.deferred, len(report.changes) - done)
+        if not report.tasks_created and not report.tasks_failed:
+            report.tasks_deferred = len(report.tasks)
+    return _finish(report, engine, conn, now, out)
+
+
+def _finish(report: CrmSyncReport, engine: Engine, client: SalesforceClient | None, now: int,
+            out: TextIO | None) -> CrmSyncReport:
+    if client is not None:
+        report.api_calls = client.calls
+        report.api_usage = client.usage
+    if not report.dry_run:
+        report.run_id = record_sync_run(engine, {
+            "started_at": now, "finished_at": now, "accounts": report.accounts, "changed": len(report.changes),
+            "written": report.written, "failed": len(report.failed), "deferred": report.deferred,
+            "unmatched": len(report.unmatched), "tasks_created": report.tasks_created,
+            "tasks_failed": len(report.tasks_failed), "api_calls": report.api_calls,
+            "api_used": report.api_usage.used if report.api_usage else None,
+            "api_max": report.api_usage.limit if report.api_usage else None,
+            "stopped": None if report.stopped is None else report.stopped[:2000],
+        })
+    if out is not None:
+        print_outcome(report, out)
+    return report
+
+
+# ----------------------------------------------------------------------- printing
+
+
+def print_plan(report: CrmSyncReport, out: TextIO) -> None:
+    what = "dry run" if report.dry_run else "sync"
+    print(f"CRM {what} as of {iso(report.as_of)}: {report.accounts} account(s), {len(report.changes)} "
+          f"{report.object} record(s) to update, {report.unchanged} unchanged, {len(report.unmatched)} without "
+          f"a Salesforce record", file=out)
+    for account_id, why in report.unmatched[:20]:
+        print(f"  skipped {account_id}: {why}", file=out)
+    if len(report.unmatched) > 20:
+        print(f"  ... and {len(report.unmatched) - 20} more without a Salesforce record", file=out)
+    for c in report.changes:
+        retry = f" [retry: {c.retry_of}]" if c.retry_of else ""
+        print(f"{report.object} {c.match_key} ({c.account_name or c.account_id}, {c.account_id}){retry}:", file=out)
+        for fc in c.changes:
+            print(f"  {format_change(fc)}", file=out)
+    if report.tasks:
+        print(f"Tasks to create: {len(report.tasks)}", file=out)
+        for t in report.tasks:
+            print(t.line(), file=out)
+
+
+def print_outcome(report: CrmSyncReport, out: TextIO) -> None:
+    if report.dry_run:
+        print("Dry run: nothing was sent to Salesforce and nothing was stored.", file=out)
+        if report.stopped:
+            print(f"Stopped: {report.stopped}", file=out)
+        return
+    if report.changes:
+        via = "one Bulk API 2.0 job" if report.mode == "bulk" else f"{report.write_requests} request(s)"
+        print(f"Sent {len(report.changes) - report.deferred} record(s) in {via}: {report.written} written, "
+              f"{len(report.failed)} failed", file=out)
+        for account_id, error in report.failed[:50]:
+            print(f"  failed {account_id}: {error} (sent again next sync)", file=out)
+    else:
+        print("Nothing to update.", file=out)
+    if report.tasks:
+        print(f"Tasks: {report.tasks_created} created, {len(report.tasks_failed)} failed, "
+              f"{report.tasks_deferred} deferred", file=out)
+        for episode_id, error in report.tasks_failed[:50]:
+            print(f"  task for episode #{episode_id} failed: {error}", file=out)
+    if report.stopped:
+        print(f"Stopped: {report.stopped}. {report.deferred} record(s) wait for the next sync.", file=out)
+    usage = (f"; org API usage {report.api_usage.used:,} of {report.api_usage.limit:,} today"
+             if report.api_usage else "")
+    print(f"API: {report.api_calls} call(s) this sync{usage}.", file=out)

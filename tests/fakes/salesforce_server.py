@@ -1,0 +1,649 @@
+"""A fake Salesforce org: a real HTTPS server on 127.0.0.1 spoken to by the real simple-salesforce.
+
+It answers
+- SOAP login (POST /services/Soap/u/<v>) for username + password + security token,
+- the OAuth token endpoint (POST /services/oauth2/token) for the JWT bearer flow
+  (the assertion is verified with the test's public key: iss, sub, aud),
+- SOQL (GET .../query?q=..., pages of `page_size` with nextRecordsUrl) for a
+  small subset: SELECT f, ... FROM obj [WHERE a IN ('x', ...) AND b = 'y' AND c >= 2026-01-01T00:00:00Z],
+- sObject PATCH (.../sobjects/<obj>/<id>),
+- sObject Collections: PATCH/POST .../composite/sobjects and PATCH
+  .../composite/sobjects/<obj>/<externalIdField> (allOrNone=false, per-record errors),
+- Bulk API 2.0 ingest jobs (create, upload CSV, close, poll, result files),
+and puts "Sforce-Limit-Info: api-usage=<used>/<limit>" on every REST answer.
+
+Faults to inject: `expire_sessions()` (next call 401 INVALID_SESSION_ID),
+`fail(status, times, path_contains)` (e.g. 503s), `record_errors[id] = (code, msg)`
+(per-record errors), `api_used`/`api_limit` (REQUEST_LIMIT_EXCEEDED once used up).
+
+simple-salesforce always builds https://<domain>.salesforce.com (login) and
+https://<instance>/... URLs. `session()` returns a requests.Session that trusts
+the fake's self-signed certificate and sends requests for *.salesforce.com hosts
+to 127.0.0.1:<port> (keeping the Host header); any other host is refused.
+`instance_url` (https://127.0.0.1:<port>) works without that routing, for
+session-id auth with `ca_bundle = fake.ca_file`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import ipaddress
+import itertools
+import json
+import re
+import ssl
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import jwt
+import requests
+from requests.adapters import HTTPAdapter
+
+INSTANCE_HOST = "fake-org.my.salesforce.com"
+_CERT_LOCK = threading.Lock()
+_CERT: tuple[str, str] | None = None
+
+
+def _certificate() -> tuple[str, str]:
+    """(cert file, key file) of a self-signed certificate for 127.0.0.1 and *.salesforce.com (once per run)."""
+    global _CERT
+    with _CERT_LOCK:
+        if _CERT is not None:
+            return _CERT
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-salesforce")])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+                x509.DNSName("*.salesforce.com"), x509.DNSName("*.my.salesforce.com"),
+            ]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        d = Path(tempfile.mkdtemp(prefix="fake-sf-"))
+        (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                      serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+        _CERT = (str(d / "cert.pem"), str(d / "key.pem"))
+        return _CERT
+
+
+def make_rsa_key_pair(directory: Path) -> tuple[Path, str]:
+    """(private key PEM file, public key PEM text) for the JWT bearer flow."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = directory / "server.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return path, public
+
+
+class _RouteToFake(HTTPAdapter):
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        u = urlsplit(request.url or "")
+        host = u.hostname or ""
+        if host.endswith(".salesforce.com"):
+            request.headers["Host"] = u.netloc
+            request.url = urlunsplit((u.scheme, f"127.0.0.1:{self.port}", u.path, u.query, u.fragment))
+        elif host not in ("127.0.0.1", "localhost"):
+            raise requests.ConnectionError(f"fake Salesforce: refusing to contact {host} (tests stay on 127.0.0.1)")
+        return super().send(request, **kwargs)
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    host: str
+    path: str
+    status: int
+    body: Any = None
+
+    @property
+    def is_login(self) -> bool:
+        return "/services/Soap/u/" in self.path or self.path.endswith("/services/oauth2/token")
+
+
+@dataclass
+class _Fault:
+    status: int
+    times: int
+    path_contains: str
+    body: Any
+    method: str | None = None
+
+
+@dataclass
+class _Job:
+    id: str
+    object: str
+    operation: str
+    external_id_field: str | None
+    state: str = "Open"
+    rows: list[dict[str, str]] = field(default_factory=list)
+    ok: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+_COND = re.compile(r"^(\w+)\s*(=|!=|>=|<=|>|<|IN)\s*(.+)$", re.IGNORECASE | re.DOTALL)
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
+def _literal(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("'"):
+        m = _QUOTED.match(text)
+        return m.group(1).replace("\\'", "'") if m else text
+    if text.lower() == "null":
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text  # numbers and datetimes compare as the stored ISO strings
+
+
+def _matches(record: dict[str, Any], cond: str) -> bool:
+    m = _COND.match(cond.strip())
+    if m is None:
+        raise ValueError(f"fake SOQL cannot parse condition {cond!r}")
+    fld, op, raw = m.group(1), m.group(2).upper(), m.group(3)
+    value = record.get(fld)
+    if op == "IN":
+        return value in [x.replace("\\'", "'") for x in _QUOTED.findall(raw)]
+    lit = _literal(raw)
+    if op == "=":
+        return value == lit
+    if op == "!=":
+        return value != lit
+    if value is None or lit is None:
+        return False
+    return {">=": value >= lit, "<=": value <= lit, ">": value > lit, "<": value < lit}[op]
+
+
+class FakeSalesforce:
+    def __init__(self, username: str = "usagebot@example.com", password: str = "s3cret-pass",
+                 security_token: str = "TOKEN123", consumer_key: str = "CONSUMER-KEY",
+                 jwt_public_key: str | None = None, api_limit: int = 15_000, api_used: int = 0,
+                 page_size: int = 2000, fields: dict[str, set[str]] | None = None) -> None:
+        self.username, self.password, self.security_token = username, password, security_token
+        self.consumer_key, self.jwt_public_key = consumer_key, jwt_public_key
+        self.api_limit, self.api_used = api_limit, api_used
+        self.page_size = page_size
+        # object -> allowed fields (None = any); writes of other fields fail the request with INVALID_FIELD
+        self.fields = fields
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}
+        self.record_errors: dict[str, tuple[str, str]] = {}
+        self.log: list[LoggedRequest] = []
+        self.sessions: set[str] = set()
+        self.logins: list[dict[str, str]] = []
+        self.faults: list[_Fault] = []
+        self.now: float | None = None  # CreatedDate clock (None = real time)
+        self._ids = itertools.count(1)
+        self._cursors: dict[str, list[dict[str, Any]]] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.ca_file, self._key_file = _certificate()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> FakeSalesforce:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.ca_file, self._key_file)
+        fake = self
+
+        class Handler(_Handler):
+            server_fake = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeSalesforce:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the fake first"
+        return int(self._server.server_address[1])
+
+    @property
+    def instance_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override `verify`
+        s.verify = self.ca_file
+        s.mount("https://", _RouteToFake(self.port))
+        s.mount("http://", _RouteToFake(self.port))
+        return s
+
+    # ------------------------------------------------------------------- setup
+
+    def new_id(self, prefix: str = "001") -> str:
+        return f"{prefix}{next(self._ids):012d}AAA"
+
+    def add_record(self, sobject: str, fields: dict[str, Any], id: str | None = None) -> str:
+        with self._lock:
+            rid = id or self.new_id("001" if sobject == "Account" else "a00")
+            self.records.setdefault(sobject, {})[rid] = {"Id": rid, **fields}
+            return rid
+
+    def new_session(self) -> str:
+        token = f"00D000000000001!SESSION{next(self._ids)}"
+        self.sessions.add(token)
+        return token
+
+    def expire_sessions(self) -> None:
+        with self._lock:
+            self.sessions.clear()
+
+    def fail(self, status: int = 503, times: int = 1, path_contains: str = "/services/data/",
+             body: Any = None, method: str | None = None) -> None:
+        """Answer the next `times` requests whose path contains `path_contains` (and of `method`) with `status`."""
+        default = [{"message": "Service temporarily unavailable", "errorCode": "SERVER_UNAVAILABLE"}]
+        self.faults.append(_Fault(status, times, path_contains, body if body is not None else default, method))
+
+    # --------------------------------------------------------------- inspection
+
+    def data_requests(self) -> list[LoggedRequest]:
+        return [r for r in self.log if not r.is_login]
+
+    def written(self, method: str = "PATCH") -> list[dict[str, Any]]:
+        """Every record sent in collection requests of `method` (in order)."""
+        out = []
+        for r in self.log:
+            if r.method == method and "/composite/sobjects" in r.path and r.status < 300 and isinstance(r.body, dict):
+                out.extend(r.body.get("records", []))
+        return out
+
+    # ----------------------------------------------------------------- helpers
+
+    def _created_date(self) -> str:
+        t = self.now if self.now is not None else time.time()
+        return dt.datetime.fromtimestamp(int(t), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+    def _check_fields(self, sobject: str, names: list[str]) -> str | None:
+        if self.fields is None or sobject not in self.fields:
+            return None
+        for n in names:
+            if n not in self.fields[sobject] and n not in ("Id", "attributes"):
+                return n
+        return None
+
+    def _apply(self, sobject: str, rid: str, values: dict[str, Any]) -> dict[str, Any]:
+        if rid in self.record_errors:
+            code, msg = self.record_errors[rid]
+            return {"id": rid, "success": False, "errors": [{"statusCode": code, "message": msg, "fields": []}]}
+        store = self.records.get(sobject, {})
+        if rid not in store:
+            return {"id": None, "success": False, "errors": [{
+                "statusCode": "INVALID_CROSS_REFERENCE_KEY", "message": "invalid cross reference id",
+                "fields": []}]}
+        store[rid].update(values)
+        return {"id": rid, "success": True, "errors": []}
+
+    def _create(self, sobject: str, values: dict[str, Any]) -> dict[str, Any]:
+        if sobject == "Account" and not values.get("Name"):
+            return {"id": None, "success": False, "created": False, "errors": [{
+                "statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [Name]",
+                "fields": ["Name"]}]}
+        rid = self.new_id({"Task": "00T", "Account": "001"}.get(sobject, "a00"))
+        self.records.setdefault(sobject, {})[rid] = {"Id": rid, "CreatedDate": self._created_date(), **values}
+        return {"id": rid, "success": True, "created": True, "errors": []}
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        m = re.match(r"^\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?\s*$", soql, re.IGNORECASE | re.DOTALL)
+        if m is None:
+            raise ValueError(f"fake SOQL cannot parse {soql!r}")
+        cols = [c.strip() for c in m.group(1).split(",")]
+        conds = re.split(r"\s+AND\s+", m.group(3), flags=re.IGNORECASE) if m.group(3) else []
+        out = []
+        for rec in self.records.get(m.group(2), {}).values():
+            if all(_matches(rec, c) for c in conds):
+                out.append({"attributes": {"type": m.group(2)}, **{c: rec.get(c) for c in cols}})
+        return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_fake: FakeSalesforce
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    # ------------------------------------------------------------------ replies
+
+    def _send(self, status: int, body: Any = None, content_type: str = "application/json",
+              limit_info: bool = False) -> None:
+        data = b"" if body is None else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+        self.send_response(status)
+        if body is not None:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if limit_info:
+            f = self.server_fake
+            self.send_header("Sforce-Limit-Info", f"api-usage={f.api_used}/{f.api_limit}")
+        self.end_headers()
+        self.wfile.write(data)
+        self._status = status
+
+    def _body(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _handle(self, method: str) -> None:
+        f = self.server_fake
+        self._status = 0
+        raw = self._body()
+        path = urlsplit(self.path).path
+        logged: Any = None
+        if raw and "json" in (self.headers.get("Content-Type") or ""):
+            try:
+                logged = json.loads(raw)
+            except ValueError:
+                logged = None
+        elif raw and "/jobs/" in path:
+            logged = raw.decode()
+        try:
+            with f._lock:
+                self._route(method, path, raw)
+        except Exception as exc:  # a bug in the fake: answer 500 so the test sees it
+            self._send(500, [{"message": f"fake error: {exc!r}", "errorCode": "FAKE_ERROR"}])
+        finally:
+            with f._lock:
+                f.log.append(LoggedRequest(method, self.headers.get("Host", ""), self.path, self._status, logged))
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, method: str, path: str, raw: bytes) -> None:
+        f = self.server_fake
+        for fault in f.faults:
+            if fault.times > 0 and fault.path_contains in self.path and fault.method in (None, method):
+                fault.times -= 1
+                self._send(fault.status, fault.body)
+                return
+        if method == "POST" and re.match(r"^/services/Soap/u/[\d.]+", path):
+            return self._soap_login(raw)
+        if method == "POST" and path == "/services/oauth2/token":
+            return self._token(raw)
+        m = re.match(r"^/services/data/v[\d.]+/(.*)$", path)
+        if m is None:
+            return self._send(404, [{"message": f"no such resource {path}", "errorCode": "NOT_FOUND"}])
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in f.sessions:
+            return self._send(401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
+        if f.api_used >= f.api_limit:
+            return self._send(403, [{"message": "TotalRequests Limit exceeded.",
+                                     "errorCode": "REQUEST_LIMIT_EXCEEDED"}], limit_info=True)
+        f.api_used += 1
+        self._rest(method, m.group(1), raw)
+
+    def _soap_login(self, raw: bytes) -> None:
+        f = self.server_fake
+        ns = {"n": "urn:partner.soap.sforce.com"}
+        tree = ET.fromstring(raw)
+        user = tree.find(".//n:username", ns)
+        pw = tree.find(".//n:password", ns)
+        username, password = (user.text or "") if user is not None else "", (pw.text or "") if pw is not None else ""
+        f.logins.append({"kind": "soap", "host": self.headers.get("Host", ""), "username": username})
+        if username != f.username or password != f.password + f.security_token:
+            fault = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+                     'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+                     'xmlns:sf="urn:fault.partner.soap.sforce.com"><soapenv:Body><soapenv:Fault>'
+                     '<faultcode>sf:INVALID_LOGIN</faultcode><faultstring>INVALID_LOGIN</faultstring><detail>'
+                     '<sf:LoginFault><sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode><sf:exceptionMessage>'
+                     'Invalid username, password, security token; or user locked out.</sf:exceptionMessage>'
+                     '</sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>')
+            return self._send(500, fault, content_type="text/xml")
+        sid = f.new_session()
+        ok = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+              'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns="urn:partner.soap.sforce.com">'
+              '<soapenv:Body><loginResponse><result>'
+              f'<serverUrl>https://{INSTANCE_HOST}/services/Soap/u/59.0/00D000000000001</serverUrl>'
+              f'<sessionId>{sid}</sessionId><userId>005000000000001AAA</userId>'
+              '</result></loginResponse></soapenv:Body></soapenv:Envelope>')
+        self._send(200, ok, content_type="text/xml")
+
+    def _token(self, raw: bytes) -> None:
+        f = self.server_fake
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        host = self.headers.get("Host", "")
+        f.logins.append({"kind": "jwt", "host": host, "username": ""})
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not f.jwt_public_key:
+            return self._send(400, {"error": "unsupported_grant_type", "error_description": "grant type not supported"})
+        try:
+            claims = jwt.decode(form.get("assertion", ""), f.jwt_public_key, algorithms=["RS256"],
+                                audience=f"https://{host}")
+        except jwt.PyJWTError as exc:
+            return self._send(400, {"error": "invalid_grant", "error_description": f"invalid assertion: {exc}"})
+        f.logins[-1]["username"] = str(claims.get("sub"))
+        if claims.get("iss") != f.consumer_key:
+            return self._send(400, {"error": "invalid_client_id", "error_description": "client identifier invalid"})
+        if claims.get("sub") != f.username:
+            return self._send(400, {"error": "invalid_grant", "error_description": "user hasn't approved this consumer"})
+        self._send(200, {"access_token": f.new_session(), "instance_url": f"https://{INSTANCE_HOST}",
+                         "id": "https://login.salesforce.com/id/00D000000000001/005000000000001",
+                         "token_type": "Bearer", "scope": "api"})
+
+    def _rest(self, method: str, rest: str, raw: bytes) -> None:
+        f = self.server_fake
+        body = json.loads(raw) if raw and not rest.startswith("jobs/ingest/") else None
+        info = {"limit_info": True}
+        if method == "GET" and rest.startswith("query"):
+            return self._query(rest)
+        if rest.startswith("jobs/ingest"):
+            return self._bulk(method, rest, raw)
+        if rest.startswith("composite/sobjects"):
+            parts = rest.split("/")
+            records = body.get("records", []) if isinstance(body, dict) else []
+            if len(records) > 200:
+                return self._send(400, [{"message": "Maximum 200 records per request",
+                                         "errorCode": "EXCEEDED_ID_LIMIT"}], **info)
+            if body.get("allOrNone") is not False:
+                return self._send(400, [{"message": "the fake expects allOrNone=false",
+                                         "errorCode": "FAKE_EXPECTATION"}], **info)
+            for rec in records:
+                sobject = rec.get("attributes", {}).get("type", "")
+                bad = f._check_fields(sobject, [k for k in rec if k not in ("attributes", "id")])
+                if bad:
+                    return self._send(400, [{"message": f"No such column '{bad}' on sobject of type {sobject}",
+                                             "errorCode": "INVALID_FIELD"}], **info)
+            results = []
+            for rec in records:
+                sobject = rec["attributes"]["type"]
+                values = {k: v for k, v in rec.items() if k not in ("attributes", "id")}
+                if method == "PATCH" and len(parts) == 4:  # upsert by external id
+                    ext = parts[3]
+                    match = [rid for rid, r in f.records.get(sobject, {}).items() if r.get(ext) == rec.get(ext)]
+                    if match:
+                        res = f._apply(sobject, match[0], values)
+                        res["created"] = False
+                    else:
+                        res = f._create(sobject, values)
+                elif method == "PATCH":
+                    res = f._apply(sobject, rec.get("id", ""), values)
+                elif method == "POST":
+                    res = f._create(sobject, values)
+                else:
+                    return self._send(405, [{"message": "method not allowed", "errorCode": "METHOD_NOT_ALLOWED"}])
+                results.append(res)
+            return self._send(200, results, **info)
+        m = re.match(r"^sobjects/(\w+)/(\w+)$", rest)
+        if m and method == "PATCH":
+            res = f._apply(m.group(1), m.group(2), body or {})
+            if res["success"]:
+                return self._send(204, None, **info)
+            return self._send(400, [{"message": e["message"], "errorCode": e["statusCode"]} for e in res["errors"]],
+                              **info)
+        self._send(404, [{"message": f"no such resource {rest}", "errorCode": "NOT_FOUND"}], **info)
+
+    def _query(self, rest: str) -> None:
+        f = self.server_fake
+        u = urlsplit(self.path)
+        if rest.rstrip("/") != "query":
+            cursor, _, offset = rest.split("/", 1)[1].rpartition("-")
+            rows = f._cursors.get(cursor)
+            if rows is None:
+                return self._send(400, [{"message": "invalid query locator", "errorCode": "INVALID_QUERY_LOCATOR"}],
+                                  limit_info=True)
+            start = int(offset)
+        else:
+            soql = parse_qs(u.query).get("q", [""])[0]
+            try:
+                rows = f.query(soql)
+            except ValueError as exc:
+                return self._send(400, [{"message": str(exc), "errorCode": "MALFORMED_QUERY"}], limit_info=True)
+            cursor = f"01g{next(f._ids):015d}"
+            f._cursors[cursor] = rows
+            start = 0
+        page = rows[start : start + f.page_size]
+        done = start + f.page_size >= len(rows)
+        body: dict[str, Any] = {"totalSize": len(rows), "done": done, "records": page}
+        if not done:
+            version = self.path.split("/")[3]
+            body["nextRecordsUrl"] = f"/services/data/{version}/query/{cursor}-{start + f.page_size}"
+        self._send(200, body, limit_info=True)
+
+    # --------------------------------------------------------------------- bulk
+
+    def _bulk(self, method: str, rest: str, raw: bytes) -> None:
+        f = self.server_fake
+        parts = rest.split("/")  # jobs, ingest, [id], [batches|successfulResults|...]
+        info = {"limit_info": True}
+        if method == "POST" and len(parts) == 2:
+            spec = json.loads(raw)
+            job = _Job(id=f"750{next(f._ids):015d}", object=spec["object"], operation=spec["operation"],
+                       external_id_field=spec.get("externalIdFieldName"))
+            f._jobs[job.id] = job
+            return self._send(200, self._job_info(job), **info)
+        job = f._jobs.get(parts[2]) if len(parts) > 2 else None
+        if job is None:
+            return self._send(404, [{"message": "no such job", "errorCode": "NOT_FOUND"}], **info)
+        if method == "PUT" and parts[3:] == ["batches"]:
+            job.rows.extend(csv.DictReader(io.StringIO(raw.decode())))
+            return self._send(201, None, **info)
+        if method == "PATCH" and len(parts) == 3:
+            state = json.loads(raw).get("state")
+            if state == "UploadComplete":
+                self._run_job(job)
+            elif state == "Aborted":
+                job.state = "Aborted"
+            return self._send(200, self._job_info(job), **info)
+        if method == "GET" and len(parts) == 3:
+            return self._send(200, self._job_info(job), **info)
+        if method == "GET" and len(parts) == 4:
+            kind = parts[3]
+            rows = {"successfulResults": job.ok, "failedResults": job.failed, "unprocessedRecords": []}.get(kind)
+            if rows is None:
+                return self._send(404, [{"message": "no such result", "errorCode": "NOT_FOUND"}], **info)
+            return self._send(200, _csv(rows), content_type="text/csv", **info)
+        self._send(405, [{"message": "method not allowed", "errorCode": "METHOD_NOT_ALLOWED"}], **info)
+
+    def _job_info(self, job: _Job) -> dict[str, Any]:
+        return {"id": job.id, "object": job.object, "operation": job.operation, "state": job.state,
+                "numberRecordsProcessed": len(job.ok) + len(job.failed), "numberRecordsFailed": len(job.failed)}
+
+    def _run_job(self, job: _Job) -> None:
+        f = self.server_fake
+        for row in job.rows:
+            values: dict[str, Any] = {}
+            for k, v in row.items():
+                if k == "Id":
+                    continue
+                values[k] = None if v == "#N/A" else (v == "true" if v in ("true", "false") else _number(v))
+            if job.operation == "upsert" and job.external_id_field:
+                match = [rid for rid, r in f.records.get(job.object, {}).items()
+                         if str(r.get(job.external_id_field)) == row.get(job.external_id_field)]
+                res = f._apply(job.object, match[0], values) if match else f._create(job.object, values)
+            else:
+                res = f._apply(job.object, row.get("Id", ""), values)
+            if res["success"]:
+                job.ok.append({"sf__Id": res["id"], "sf__Created": "false", **row})
+            else:
+                err = res["errors"][0]
+                job.failed.append({"sf__Id": res.get("id") or "", "sf__Error": f"{err['statusCode']}:{err['message']}",
+                                   **row})
+        job.state = "JobComplete"
+
+
+def _number(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def _csv(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+def running(**kwargs: Any) -> Iterator[FakeSalesforce]:
+    """For pytest fixtures: `yield from running(...)`."""
+    fake = FakeSalesforce(**kwargs).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
