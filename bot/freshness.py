@@ -1,0 +1,122 @@
+"""Source freshness: "stale source" notices to the admin channel instead of drop alerts to owners.
+
+A source is stale when it has brought no new data for `stale_after` (polls
+failing, or succeeding with nothing new). On the transition to stale one
+notice goes to the admin channel (through the outbox, like every alert); on
+recovery another. While a source is stale, the (metric, account) series it
+feeds are muted in evaluation (bot.pipeline.run_cycle(muted=...)): no drop or
+inactivity alert fires, and no open episode resolves, for data that is
+missing because the pipe broke rather than because usage fell.
+
+Admin notices use the alert record shape (bot/alerts.py) so every notifier
+renders them: kind "source", routing to the admin channel only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from rules.durations import format_duration
+from rules.periods import iso
+from storage.outbox import OutboxItem
+from storage.sources import SourceState, list_source_states, series_of, set_stale
+
+log = logging.getLogger(__name__)
+NOTIFY_KIND = "notify"
+
+
+@dataclass(frozen=True)
+class Watch:
+    source_id: str
+    stale_after: int
+
+
+def admin_notice(event: str, source_id: str, message: str, at: int, channel: str | None,
+                 severity: str = "warning", since: int | None = None, metrics: Sequence[str] = (),
+                 details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An alert-record-shaped payload for the admin channel (never routed to account owners)."""
+    return {
+        "event": event, "at": iso(at), "rule": f"source:{source_id}", "kind": "source",
+        "account": source_id, "account_name": f"source {source_id}", "owner_email": "", "plan": "",
+        "crm_id": "", "metric": ", ".join(metrics) or "-", "severity": severity, "value": None,
+        "baseline": None, "threshold": None, "window": None, "message": message, "discriminator": "",
+        "notified": True, "suppressed_reason": "", "started_at": iso(since if since is not None else at),
+        "fired_at": iso(at), "rule_hash": "", "description": "usage source health",
+        "routing": {"owner": False, "channels": [channel] if channel else []}, "template": "source",
+        "details": dict(details or {}), "recent": [],
+    }
+
+
+def notice_item(key: str, payload: Mapping[str, Any], at: int) -> OutboxItem:
+    return OutboxItem(key, NOTIFY_KIND, payload, not_before=at)
+
+
+def stale_since(state: SourceState | None, stale_after: int, now: int) -> int | None:
+    """When the source's data stopped (if that is more than `stale_after` ago), else None."""
+    if state is None:
+        return None
+    ref = state.last_new_data_at if state.last_new_data_at is not None else state.registered_at
+    if ref is None or now - ref <= stale_after:
+        return None
+    return ref
+
+
+@dataclass
+class FreshnessReport:
+    stale: list[str] = field(default_factory=list)  # stale now
+    became_stale: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+
+def _stale_message(s: SourceState, ref: int, now: int, stale_after: int) -> str:
+    last = f"new data last arrived {iso(ref)} ({format_duration(max(0, now - ref))} ago)" \
+        if s.last_new_data_at is not None else f"no data at all since it was set up {iso(ref)}"
+    err = f" Last poll error: {s.last_error}" if s.last_error else ""
+    fails = f" {s.failures} poll(s) in a row failed." if s.failures else ""
+    muted = f" Alerts on {', '.join(s.metrics)} for its accounts are paused until it recovers." if s.metrics else ""
+    return (f"Usage source '{s.source_id}' is stale: {last}, more than stale_after "
+            f"{format_duration(stale_after)}.{fails}{err}{muted}")
+
+
+def check_freshness(engine: Engine, watches: Iterable[Watch], now: int, admin_channel: str | None) -> FreshnessReport:
+    """Mark sources stale / fresh and enqueue the admin notices of the transitions."""
+    report = FreshnessReport()
+    states = {s.source_id: s for s in list_source_states(engine)}
+    for w in watches:
+        s = states.get(w.source_id)
+        if s is None:
+            continue
+        ref = stale_since(s, w.stale_after, now)
+        if ref is not None:
+            report.stale.append(w.source_id)
+            if s.stale_since is None:
+                msg = _stale_message(s, ref, now, w.stale_after)
+                payload = admin_notice("stale", w.source_id, msg, now, admin_channel, "warning", since=ref,
+                                       metrics=s.metrics, details={"source": w.source_id,
+                                                                   "last_data_at": s.last_data_at,
+                                                                   "last_error": s.last_error})
+                set_stale(engine, w.source_id, now, now,
+                          [notice_item(f"source-stale:{w.source_id}:{now}", payload, now)])
+                report.became_stale.append(w.source_id)
+                log.warning(msg, extra={"source": w.source_id, "event": "source_stale"})
+        elif s.stale_since is not None:
+            down = format_duration(max(0, now - s.stale_since))
+            msg = (f"Usage source '{w.source_id}' is delivering again (it was marked stale {iso(s.stale_since)}, "
+                   f"{down} ago). Alerts on its data resume.")
+            payload = admin_notice("recovered", w.source_id, msg, now, admin_channel, "info",
+                                   since=s.stale_since, metrics=s.metrics, details={"source": w.source_id})
+            set_stale(engine, w.source_id, None, now,
+                      [notice_item(f"source-recovered:{w.source_id}:{s.stale_since}", payload, now)])
+            report.recovered.append(w.source_id)
+            log.info(msg, extra={"source": w.source_id, "event": "source_recovered"})
+    return report
+
+
+def muted_series(engine: Engine, stale_ids: Iterable[str]) -> dict[str, set[str]]:
+    """metric -> accounts fed by the stale sources (for run_cycle(muted=...))."""
+    return series_of(engine, stale_ids)

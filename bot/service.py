@@ -1,0 +1,405 @@
+"""`usagebot serve`: the long-running service.
+
+One process runs
+- an HTTP server: GET /healthz (alive), GET /readyz (database reachable and
+  migrated, not shutting down), GET /metrics (Prometheus), POST to the push
+  ingest path ([ingest]), and Slack's request URL in HTTP mode ([slack]);
+- the Slack app in Socket Mode when configured (every replica serves Slack);
+- the scheduler (bot.scheduler): on the leader replica only, jobs that poll
+  every source, evaluate rules after new data and when buckets close, check
+  source freshness, deliver the outbox, send Slack digests, sync the CRM and
+  prune old push-ingest ids.
+
+Every dependency can be injected (engine, clock, notifier, leadership,
+sources) so tests run the real service against local fakes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bot.config import AppConfig
+from bot.evaluation import Evaluator
+from bot.freshness import Watch, check_freshness
+from bot.http_server import Handler, HttpServer, Request, Response
+from bot.leader import Leadership, make_leadership
+from bot.metrics import CONTENT_TYPE, Metrics, Sample
+from bot.pipeline import Notifier, deliver_outbox
+from bot.polling import PollReport, poll_source
+from bot.scheduler import JobSpec, ServiceScheduler, cron, every
+from integrations.sources.base import Source, build_source
+from integrations.sources.push import PushIngest, PushOutcome
+from rules.model import RuleSet
+from storage.db import current_revision, head_revision, make_engine, migrate, redact_url
+from storage.outbox import counts as outbox_counts
+from storage.sources import list_source_states, prune_events, register_source
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+def wsgi_route(app: Callable[..., Any]) -> Handler:
+    """Mount a WSGI application (e.g. slack-bolt's SlackRequestHandler) as a route."""
+
+    def handle(req: Request) -> Response:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": req.method, "PATH_INFO": req.path,
+            "QUERY_STRING": urlencode(req.query, doseq=True), "SERVER_NAME": "usagebot", "SERVER_PORT": "0",
+            "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": req.headers.get("content-type", ""),
+            "CONTENT_LENGTH": str(len(req.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(req.body), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+            "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }
+        for k, v in req.headers.items():
+            if k not in ("content-type", "content-length"):
+                environ["HTTP_" + k.upper().replace("-", "_")] = v
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            started["status"], started["headers"] = status, headers
+            return lambda _data: None
+
+        chunks = app(environ, start_response)
+        try:
+            body = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        return Response(int(str(started.get("status", "500")).split()[0]), body, dict(started.get("headers", [])))
+
+    return handle
+
+
+@dataclass
+class Service:
+    config: AppConfig
+    engine: Engine | None = None
+    clock: Callable[[], int] = lambda: int(time.time())
+    notifier: Notifier | None = None
+    leadership: Leadership | None = None
+    sources: Mapping[str, Source] | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    crm_client_factory: Any = None  # tests: a factory pointing simple_salesforce at a fake org
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.engine = self.engine or make_engine(cfg.storage_url)
+        self.ruleset: RuleSet = cfg.ruleset if cfg.ruleset is not None else self._load_rules()
+        if self.sources is None:
+            self.sources = {s.id: build_source(s) for s in cfg.sources if s.settings.enabled}
+        self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
+                                   catch_up=cfg.scheduler.catch_up)
+        if self.notifier is None:
+            self.notifier = self._make_notifier()
+        self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed) if cfg.ingest else None
+        if self.leadership is None:
+            self.leadership = make_leadership(cfg.scheduler.leader, self.engine, cfg.scheduler.leader_name,
+                                              cfg.scheduler.lease_ttl)
+        self.scheduler = ServiceScheduler(
+            self.jobs(), self.leadership, self.metrics, self.clock, leader_check=cfg.scheduler.leader_check,
+            misfire_grace=cfg.scheduler.misfire_grace, max_workers=cfg.scheduler.max_workers)
+        self.metrics.set("usagebot_info", 1, version=VERSION, replica=self.leadership.holder)
+        self.metrics.add_collector(self._collect)
+        self.http: HttpServer | None = None
+        self.slack_app: Any = None
+        self.socket_handler: Any = None
+        self._stopping = threading.Event()
+        self._scheduling = False  # the scheduler was started (health checks it from then on)
+        self._head = head_revision()  # the schema version this code expects
+
+    # ------------------------------------------------------------------ building
+
+    def _load_rules(self) -> RuleSet:
+        from rules.loader import load_rules
+
+        return load_rules(list(self.config.rule_paths))
+
+    def _make_notifier(self) -> Notifier:
+        if self.config.slack is not None:
+            from bot.slack_app import slack_notifier
+
+            return slack_notifier(self.config.slack, self.engine, self.clock)  # type: ignore[arg-type]
+        from integrations.console import ConsoleNotifier
+
+        return ConsoleNotifier()
+
+    def watches(self) -> list[Watch]:
+        out = [Watch(s.id, s.settings.stale_after) for s in self.config.sources if s.settings.enabled]
+        ingest = self.config.ingest
+        if ingest is not None and ingest.stale_after:
+            out.append(Watch(ingest.source_id, ingest.stale_after))
+        return out
+
+    def jobs(self) -> list[JobSpec]:
+        cfg, sch = self.config, self.config.scheduler
+        jobs: list[JobSpec] = []
+        for s in cfg.sources:
+            if not s.settings.enabled:
+                continue
+            trigger = cron(s.settings.cron) if s.settings.cron else every(s.settings.every or 300)
+            jobs.append(JobSpec(f"poll:{s.id}", self._poll_job(s.id), trigger, run_at_start=True))
+        jobs.append(JobSpec("freshness", self.freshness_job, every(sch.freshness_every), run_at_start=True))
+        jobs.append(JobSpec("evaluate", self.evaluate_job, every(sch.evaluate_every), run_at_start=True))
+        jobs.append(JobSpec("deliver", self.deliver_job, every(sch.deliver_every), run_at_start=True))
+        slack = cfg.slack
+        if slack is not None and getattr(slack, "enabled", False) and slack.digest.enabled:
+            jobs.append(JobSpec("digest", self.digest_job, every(sch.digest_every)))
+        sf = cfg.salesforce
+        if sf is not None and getattr(sf, "can_connect", False):
+            trigger = cron(sch.crm_sync_cron) if sch.crm_sync_cron else every(sch.crm_sync_every or 3600)
+            jobs.append(JobSpec("crm_sync", self.crm_job, trigger))
+        if cfg.ingest is not None:
+            jobs.append(JobSpec("prune", self.prune_job, every(sch.prune_every)))
+        return jobs
+
+    # ------------------------------------------------------------------ jobs
+
+    def _poll_job(self, source_id: str) -> Callable[[int], PollReport]:
+        def job(now: int) -> PollReport:
+            assert self.sources is not None
+            return self.poll(self.sources[source_id], now)
+
+        return job
+
+    def poll(self, source: Source, now: int) -> PollReport:
+        report = poll_source(self.engine, source, now, self.config.service.admin_channel)  # type: ignore[arg-type]
+        m = self.metrics
+        m.inc("usagebot_source_polls_total", source=source.id, result="ok" if report.ok else "error")
+        m.observe("usagebot_source_poll_seconds", report.seconds, source=source.id)
+        if report.rows:
+            m.inc("usagebot_source_rows_total", report.rows, source=source.id)
+        if report.rejected:
+            m.inc("usagebot_source_rejected_total", len(report.rejected), source=source.id)
+        if not report.ok:
+            m.inc("usagebot_errors_total", component=f"poll:{source.id}")
+        log.info("polled %s: %s, %d row(s), %d point(s) changed", source.id, "ok" if report.ok else "failed",
+                 report.rows, report.points_written,
+                 extra={"event": "poll", "source": source.id, "ok": report.ok, "rows": report.rows,
+                        "changed_series": len(report.changed), "seconds": round(report.seconds, 3)})
+        return report
+
+    def freshness_job(self, now: int) -> Any:
+        return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel)  # type: ignore[arg-type]
+
+    def evaluate_job(self, now: int) -> Any:
+        report = self.evaluator.tick(now)
+        for ev in report.evaluations:
+            reason = ev.reason.replace(" ", "_")
+            self.metrics.inc("usagebot_evaluations_total", reason=reason)
+            self.metrics.observe("usagebot_evaluation_seconds", ev.seconds, reason=reason)
+            for a in ev.report.alerts:
+                self.metrics.inc("usagebot_alerts_total", rule=a.get("rule", ""), event=a.get("event", ""))
+        return report
+
+    def deliver_job(self, now: int) -> Any:
+        assert self.notifier is not None
+        report = deliver_outbox(self.engine, self.notifier, now)  # type: ignore[arg-type]
+        m = self.metrics
+        for result in ("sent", "dead", "deferred"):
+            n = getattr(report, result, 0)
+            if n:
+                m.inc("usagebot_deliveries_total", n, result=result)
+        failed = report.failed - getattr(report, "dead", 0) - getattr(report, "deferred", 0)
+        if failed:
+            m.inc("usagebot_deliveries_total", failed, result="failed")
+            m.inc("usagebot_errors_total", failed, component="deliver")
+        return report
+
+    def digest_job(self, now: int) -> Any:
+        from integrations.slack.digest import send_due_digests
+        from integrations.slack.notifier import SlackNotifier
+
+        if isinstance(self.notifier, SlackNotifier):
+            report = send_due_digests(self.notifier, now)
+            if report.errors:
+                self.metrics.inc("usagebot_errors_total", len(report.errors), component="digest")
+            return report
+        return None
+
+    def crm_job(self, now: int) -> Any:
+        from bot.crm import run_crm_sync
+        from rules.health import DEFAULT_MODEL
+
+        report = run_crm_sync(self.engine, self.ruleset, self.config.salesforce, self.config.health or DEFAULT_MODEL,  # type: ignore[arg-type]
+                              now, dry_run=False, client_factory=self.crm_client_factory)
+        if report.stopped:
+            self.metrics.inc("usagebot_errors_total", component="crm_sync")
+            log.warning("CRM sync stopped early: %s", report.stopped, extra={"event": "crm_sync_stopped"})
+        return report
+
+    def prune_job(self, now: int) -> int:
+        assert self.config.ingest is not None
+        return prune_events(self.engine, now - self.config.ingest.max_age)  # type: ignore[arg-type]
+
+    def _pushed(self, outcome: PushOutcome) -> None:
+        self.metrics.inc("usagebot_ingest_events_total", outcome.accepted, result="accepted")
+        if outcome.duplicates:
+            self.metrics.inc("usagebot_ingest_events_total", outcome.duplicates, result="duplicate")
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _collect(self) -> list[Sample]:
+        now = self.clock()
+        out: list[Sample] = []
+        for s in list_source_states(self.engine):  # type: ignore[arg-type]
+            if s.last_success_at is not None:
+                out.append(Sample("usagebot_source_poll_lag_seconds", now - s.last_success_at, {"source": s.source_id}))
+            ref = s.last_new_data_at if s.last_new_data_at is not None else s.registered_at
+            if ref is not None:
+                out.append(Sample("usagebot_source_data_age_seconds", now - ref, {"source": s.source_id}))
+            out.append(Sample("usagebot_source_stale", 1 if s.stale_since is not None else 0, {"source": s.source_id}))
+        for status, n in outbox_counts(self.engine).items():  # type: ignore[arg-type]
+            out.append(Sample("usagebot_outbox_rows", n, {"status": status}))
+        return out
+
+    def healthz(self, req: Request) -> Response:
+        alive = not self._scheduling or self.scheduler.scheduler.running or self._stopping.is_set()
+        return Response.json(200 if alive else 503, {"status": "ok" if alive else "scheduler stopped"})
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        try:
+            with self.engine.connect() as conn:  # type: ignore[union-attr]
+                conn.execute(sa.text("SELECT 1"))
+            checks["database"] = "ok"
+            rev, head = current_revision(self.engine), self._head  # type: ignore[arg-type]
+            checks["migrations"] = "ok" if rev == head else f"at {rev}, expected {head}"
+        except Exception as exc:
+            checks["database"] = redact_url(f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        checks["shutdown"] = "shutting down" if self._stopping.is_set() else "ok"
+        checks["scheduler"] = "ok" if (not self._scheduling or self.scheduler.scheduler.running) else "stopped"
+        return all(v == "ok" for v in checks.values()), checks
+
+    def readyz(self, req: Request) -> Response:
+        ok, checks = self.readiness()
+        return Response.json(200 if ok else 503, {"ready": ok, "checks": checks,
+                                                  "leader": self.scheduler.is_leader,
+                                                  "replica": self.leadership.holder})  # type: ignore[union-attr]
+
+    def metrics_endpoint(self, req: Request) -> Response:
+        return Response.text(200, self.metrics.render(), CONTENT_TYPE)
+
+    def ingest_endpoint(self, req: Request) -> Response:
+        assert self.push is not None
+        status, body = self.push.handle(req.headers, req.body)
+        self.metrics.inc("usagebot_ingest_requests_total", status=status)
+        if status >= 400 and status != 401:
+            log.info("push ingest refused (%d): %s", status, body.get("error"),
+                     extra={"event": "ingest_refused", "status": status})
+        resp = Response.json(status, body)
+        if status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="usagebot ingest"'
+        return resp
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        r: dict[tuple[str, str], Handler] = {
+            ("GET", "/healthz"): self.healthz, ("GET", "/readyz"): self.readyz,
+            ("GET", "/metrics"): self.metrics_endpoint,
+        }
+        if self.push is not None:
+            r[("POST", self.push.config.path)] = self.ingest_endpoint
+        slack = self.config.slack
+        if slack is not None and getattr(slack, "interactive_mode", None) == "http":
+            from bot.slack_app import http_handler
+
+            r[("POST", slack.http_path)] = wsgi_route(http_handler(self._slack_app(), slack))
+        return r
+
+    def _slack_app(self) -> Any:
+        if self.slack_app is None:
+            from bot.slack_app import build_slack_app
+            from integrations.slack.notifier import SlackNotifier
+            from rules.health import DEFAULT_MODEL
+
+            notifier = self.notifier if isinstance(self.notifier, SlackNotifier) else None
+            self.slack_app = build_slack_app(self.config.slack, self.engine, self.clock,  # type: ignore[arg-type]
+                                             notifier=notifier, health_model=self.config.health or DEFAULT_MODEL)
+        return self.slack_app
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def prepare(self) -> None:
+        """Migrate the database (serialised across replicas) and register the sources."""
+        migrate(self.engine)  # type: ignore[arg-type]
+        now = self.clock()
+        for s in self.config.sources:
+            if s.settings.enabled:
+                register_source(self.engine, s.id, "poll", now)  # type: ignore[arg-type]
+        if self.config.ingest is not None:
+            register_source(self.engine, self.config.ingest.source_id, "push", now)  # type: ignore[arg-type]
+
+    def start(self, http: bool = True, scheduler: bool = True) -> None:
+        self.prepare()
+        if http:
+            svc = self.config.service
+            self.http = HttpServer(svc.host, svc.port, self.routes(), max_body=svc.max_body_bytes,
+                                   on_error=lambda: self.metrics.inc("usagebot_errors_total", component="http"))
+            self.http.start()
+            log.info("listening on %s:%d", svc.host, self.http.port, extra={"event": "listening", "port": self.http.port})
+        slack = self.config.slack
+        if slack is not None and getattr(slack, "interactive_mode", None) == "socket":
+            from bot.slack_app import run_socket_mode
+
+            self.socket_handler = run_socket_mode(self._slack_app(), slack, block=False)
+        if scheduler:
+            self.scheduler.start()
+            self._scheduling = True
+        log.info("usagebot %s started: %d source(s), %d rule(s), database %s", VERSION, len(self.sources or {}),
+                 len(self.ruleset.rules), redact_url(self.engine.url),  # type: ignore[union-attr]
+                 extra={"event": "started", "replica": self.leadership.holder})  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """Graceful shutdown: not ready any more, finish running jobs, give up leadership, close."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        log.info("shutting down", extra={"event": "stopping"})
+        waiter = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+        waiter.start()
+        waiter.join(self.config.service.shutdown_timeout)
+        if waiter.is_alive():  # a job outlived shutdown_timeout: give up leadership anyway and exit
+            log.warning("jobs still running after shutdown_timeout (%ss); stopping without them",
+                        self.config.service.shutdown_timeout, extra={"event": "shutdown_timeout"})
+            self.leadership.release()  # type: ignore[union-attr]
+        if self.socket_handler is not None:
+            try:
+                self.socket_handler.close()
+            except Exception:
+                log.exception("closing the Slack Socket Mode connection failed")
+        if self.http is not None:
+            self.http.stop()
+        for s in (self.sources or {}).values():
+            s.close()
+        self.engine.dispose()  # type: ignore[union-attr]
+        log.info("stopped", extra={"event": "stopped"})
+
+    def run_once(self) -> dict[str, str]:
+        """Every job once, in order (poll, freshness, evaluate, deliver, ...), as the leader would."""
+        self.prepare()
+        return self.scheduler.run_all_once()
+
+    def serve_forever(self, install_signals: bool = True) -> None:
+        """start(), then block until SIGTERM / SIGINT (or stop()), then stop()."""
+        done = threading.Event()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: done.set())
+        self.start()
+        try:
+            while not done.wait(0.5) and not self._stopping.is_set():
+                pass
+        finally:
+            self.stop()

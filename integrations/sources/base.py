@@ -1,0 +1,235 @@
+"""The usage-source Protocol, the settings every source shares, and the registry of source types.
+
+A source is polled on its own schedule. `poll(ctx)` yields `Batch`es; the
+poll runner (bot/polling.py) stores each batch atomically with the cursor
+and watermark it carries, so a poll that fails half-way resumes after the
+last stored batch and never stores a batch half-way.
+
+- `ctx.watermark` is the newest data timestamp stored so far. Time-window
+  sources re-read from `watermark - overlap` (the late-data overlap), aligned
+  down to their bucket, so every bucket they touch is re-read whole; their
+  rows are bucket totals and replace what is stored (idempotent).
+- `ctx.cursor` is the opaque position a cursor-based source returned last.
+- Event feeds (rows with an id) go to `Batch.events`: deduplicated by id and
+  added up.
+
+A source type registers a config parser and a factory with `register_type`;
+`[[sources]]` tables of the config are parsed by `parse_source_config`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bot.configbase import Section
+from integrations.sources.records import UsageRecord, is_metric_name
+from rules.model import AccountFacts
+
+BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
+_MODULES = {
+    "csv": "integrations.sources.csv_source",
+    "http_json": "integrations.sources.http_json",
+    "sql": "integrations.sources.sql",
+    "openmeter": "integrations.sources.openmeter",
+    "stripe_meter": "integrations.sources.stripe_meter",
+}
+COMMON_KEYS = ("id", "type", "enabled", "every", "cron", "overlap", "backfill", "stale_after")
+DEFAULT_EVERY = 300
+DEFAULT_OVERLAP = 3600
+DEFAULT_BACKFILL = 7 * 86_400
+DEFAULT_STALE_AFTER = 6 * 3600
+
+
+class SourceError(Exception):
+    """A poll failed. The message names the source and where (file:line, page and record, URL).
+
+    Messages never contain credentials: URLs are shown without user info and
+    query strings, and HTTP response bodies are cut short.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """A usage event with an id: counted once however often it is delivered."""
+
+    account: str
+    metric: str
+    ts: int
+    value: float
+    id: str
+
+
+@dataclass(frozen=True)
+class PollContext:
+    source_id: str
+    now: int
+    cursor: str | None = None
+    watermark: int | None = None  # newest data timestamp stored so far
+    accounts: Callable[[], Sequence[AccountFacts]] = lambda: ()
+
+
+@dataclass
+class Batch:
+    """What one step of a poll delivers; stored in one transaction with its cursor and watermark."""
+
+    cursor: str | None
+    watermark: int | None
+    totals: list[UsageRecord] = field(default_factory=list)
+    events: list[UsageEvent] = field(default_factory=list)
+    accounts: list[AccountFacts] = field(default_factory=list)
+    label: str = ""  # e.g. the file name, for logs
+    error: str | None = None  # a rejected part (e.g. a bad file): reported, none of its rows stored
+
+
+class Source(Protocol):
+    id: str
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Keys every [[sources]] table has."""
+
+    id: str
+    type: str
+    enabled: bool = True
+    every: int | None = DEFAULT_EVERY  # seconds between polls (None when `cron` is given)
+    cron: str | None = None  # crontab expression (UTC), instead of `every`
+    overlap: int = DEFAULT_OVERLAP  # late-data overlap re-read on every poll
+    backfill: int = DEFAULT_BACKFILL  # how far back the first poll reads
+    stale_after: int = DEFAULT_STALE_AFTER  # no new data for this long -> "stale source" admin alert
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A parsed [[sources]] table: the shared settings plus the type's own options."""
+
+    settings: SourceSettings
+    options: Any
+
+    @property
+    def id(self) -> str:
+        return self.settings.id
+
+
+@dataclass(frozen=True)
+class SourceType:
+    name: str
+    keys: tuple[str, ...]  # the type's own keys (besides COMMON_KEYS)
+    parse: Callable[[Section, SourceSettings], Any]  # -> options (problems go to the section)
+    build: Callable[[SourceConfig], Source]
+
+
+_TYPES: dict[str, SourceType] = {}
+
+
+def register_type(source_type: SourceType) -> None:
+    _TYPES[source_type.name] = source_type
+
+
+def source_types() -> dict[str, SourceType]:
+    for name, module in _MODULES.items():
+        if name not in _TYPES:
+            importlib.import_module(module)
+    return dict(_TYPES)
+
+
+def build_source(config: SourceConfig) -> Source:
+    return source_types()[config.settings.type].build(config)
+
+
+# ------------------------------------------------------------------------ config
+
+
+def _check_cron(section: Section, expr: str) -> bool:
+    from bot.crontab import cron_trigger
+
+    try:
+        cron_trigger(expr)
+    except ValueError as exc:
+        section.problem("cron", f"invalid crontab expression {expr!r}: {exc} (e.g. '*/15 * * * *')")
+        return False
+    return True
+
+
+def parse_settings(section: Section) -> SourceSettings | None:
+    sid = section.str("id", required=True)
+    types = source_types()
+    stype = section.str("type", required=True, choices=sorted(types))
+    if sid is not None and not is_metric_name(sid):
+        section.problem("id", f"must be letters, digits and _ . : - only (got {sid!r})")
+        sid = None
+    every = section.duration("every", min=1)
+    cron = section.str("cron")
+    if every is not None and cron is not None:
+        section.problem("cron", "give either every or cron, not both")
+    if cron is not None and not _check_cron(section, cron):
+        cron = None
+    if sid is None or stype is None:
+        return None
+    return SourceSettings(
+        id=sid, type=stype, enabled=bool(section.bool("enabled", True)),
+        every=None if cron else (every or DEFAULT_EVERY), cron=cron,
+        overlap=section.duration("overlap", DEFAULT_OVERLAP) or 0,
+        backfill=section.duration("backfill", DEFAULT_BACKFILL, min=60) or DEFAULT_BACKFILL,
+        stale_after=section.duration("stale_after", DEFAULT_STALE_AFTER, min=60) or DEFAULT_STALE_AFTER,
+    )
+
+
+def parse_source_config(section: Section) -> SourceConfig | None:
+    """One [[sources]] table; every problem is recorded on the section's document (file:line: field)."""
+    settings = parse_settings(section)
+    stype = source_types().get(str(section.data.get("type", "")))
+    if stype is not None:
+        section.check_keys((*COMMON_KEYS, *stype.keys))
+    if settings is None or stype is None:
+        return None
+    n_before = len(section.doc.problems)
+    options = stype.parse(section, settings)
+    if len(section.doc.problems) > n_before or options is None:
+        return None
+    return SourceConfig(settings, options)
+
+
+# ------------------------------------------------------------------------ helpers for sources
+
+
+def window(ctx: PollContext, overlap: int, backfill: int, align: int = 60) -> tuple[int, int]:
+    """[start, end) to read this poll: from the watermark minus the overlap (first poll: backfill).
+
+    `start` is aligned down to `align` (the source's bucket), so each bucket
+    read is read whole and its total replaces the stored one.
+    """
+    end = ctx.now
+    if ctx.watermark is None:
+        start = end - backfill
+    else:
+        start = min(ctx.watermark, end) - overlap
+    start -= start % align
+    return start, end
+
+
+def newest(records: Sequence[UsageRecord] | Sequence[UsageEvent], previous: int | None, now: int) -> int | None:
+    """The watermark after a batch: the newest data timestamp (never later than now)."""
+    ts = max((r.ts for r in records), default=None)
+    if ts is None:
+        return previous
+    ts = min(ts, now)
+    return ts if previous is None else max(previous, ts)
+
+
+def str_map(section: Section, key: str) -> dict[str, str]:
+    """A table of strings (e.g. params = { granularity = "hour" }); values get ${ENV} substitution."""
+    t = section.table(key)
+    out: dict[str, str] = {}
+    for k in t.data:
+        v = t.str(k)
+        if v is not None:
+            out[k] = v
+    return out

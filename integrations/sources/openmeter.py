@@ -1,0 +1,151 @@
+"""`openmeter` source: usage from OpenMeter's meter query API (Cloud or self-hosted).
+
+Per poll and meter: ``GET {url}/api/v1/meters/{slug}/query?from=..&to=..&windowSize=HOUR&windowTimeZone=UTC``
+(grouped by subject, or by `account_group_by`). Each returned window is the
+meter's total for one subject: account = subject (or the group value),
+metric = the name the meter is mapped to in `meters`, time = windowStart.
+The window [newest stored - overlap, now] is aligned to the window size, so
+windows are re-read whole and replace what is stored; the still-open window
+is read too and replaced as it grows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from bot.configbase import Secret, Section
+from integrations.sources.base import (
+    Batch,
+    PollContext,
+    SourceConfig,
+    SourceError,
+    SourceSettings,
+    SourceType,
+    newest,
+    register_type,
+    str_map,
+    window,
+)
+from integrations.sources.csv_files import parse_timestamp
+from integrations.sources.http_fetch import RETRY_KEYS, Auth, Fetcher, RetryPolicy, parse_retry
+from integrations.sources.http_json import format_time, parse_value
+from integrations.sources.records import UsageRecord, is_metric_name
+
+KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
+        *RETRY_KEYS)
+WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
+MAX_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class OpenMeterOptions:
+    meters: Mapping[str, str]  # meter slug -> usagebot metric
+    url: str = "https://openmeter.cloud"
+    api_prefix: str = "/api/v1"
+    token: Secret | None = None
+    window_size: str = "HOUR"
+    account_group_by: str | None = None
+    subjects: tuple[str, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def parse_meters(section: Section) -> dict[str, str]:
+    meters = str_map(section, "meters")
+    if not section.has("meters") or not meters:
+        section.problem("meters", "is required: a table of meter -> usagebot metric, e.g. "
+                                  "meters = { api_requests_total = \"api_calls\" }")
+    for k, v in meters.items():
+        if not is_metric_name(v):
+            section.table("meters").problem(k, f"{v!r} is not a metric name (letters, digits and _ . : -)")
+    return meters
+
+
+def parse(section: Section, settings: SourceSettings) -> OpenMeterOptions | None:
+    url = (section.str("url", "https://openmeter.cloud") or "").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        section.problem("url", "must start with http:// or https://")
+    meters = parse_meters(section)
+    size = (section.str("window_size", "HOUR", choices=tuple(WINDOW_SIZES)) or "HOUR")
+    opts = OpenMeterOptions(
+        meters=meters, url=url, api_prefix="/" + (section.str("api_prefix", "/api/v1") or "").strip("/"),
+        token=section.secret("token"), window_size=size, account_group_by=section.str("account_group_by"),
+        subjects=tuple(section.str_list("subjects")), retry=parse_retry(section))
+    return opts if meters else None
+
+
+class OpenMeterSource:
+    def __init__(self, config: SourceConfig, fetcher: Fetcher | None = None) -> None:
+        self.id = config.id
+        self.settings = config.settings
+        self.o: OpenMeterOptions = config.options
+        auth = Auth("bearer", token=self.o.token) if self.o.token else Auth()
+        self.fetcher = fetcher or Fetcher(self.id, auth=auth, retry=self.o.retry)
+
+    def close(self) -> None:
+        self.fetcher.close()
+
+    def _rows(self, slug: str, metric: str, body: Any, problems: list[str]) -> list[UsageRecord]:
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if not isinstance(data, list):
+            raise SourceError(f"source {self.id!r}: meter {slug!r}: the response has no 'data' list "
+                              f"(got {type(body).__name__}); is the url an OpenMeter API?")
+        out: list[UsageRecord] = []
+        for i, row in enumerate(data):
+            where = f"meter {slug!r}, data[{i}]"
+            if not isinstance(row, Mapping):
+                problems.append(f"{where}: expected an object, got {type(row).__name__}")
+                continue
+            if self.o.account_group_by:
+                account = (row.get("groupBy") or {}).get(self.o.account_group_by)
+                what = f"groupBy.{self.o.account_group_by}"
+            else:
+                account, what = row.get("subject"), "subject"
+            if account is None or not str(account).strip():
+                problems.append(f"{where}: no {what} (the account); set account_group_by if accounts are a "
+                                "group-by key")
+                continue
+            try:
+                ts = parse_timestamp(str(row.get("windowStart", "")))
+                value = parse_value(row.get("value"))
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            if not math.isfinite(value):
+                problems.append(f"{where}: value is not finite")
+                continue
+            out.append(UsageRecord(str(account).strip(), metric, ts, value))
+        return out
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        size = WINDOW_SIZES[self.o.window_size]
+        start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
+        end = -(-end // size) * size  # the open window too
+        records: list[UsageRecord] = []
+        problems: list[str] = []
+        for slug, metric in self.o.meters.items():
+            params: dict[str, Any] = {"from": format_time(start, "iso"), "to": format_time(end, "iso"),
+                                      "windowSize": self.o.window_size, "windowTimeZone": "UTC"}
+            if self.o.account_group_by:
+                params["groupBy"] = self.o.account_group_by
+            if self.o.subjects:
+                params["subject"] = list(self.o.subjects)
+            url = f"{self.o.url}{self.o.api_prefix}/meters/{quote(slug, safe='')}/query"
+            body, _ = self.fetcher.get_json(url, params, what=f"meter {slug}")
+            records += self._rows(slug, metric, body, problems)
+        if problems:
+            more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+            raise SourceError(f"source {self.id!r}: {len(problems)} malformed row(s); nothing was stored from "
+                              "this poll:\n  " + "\n  ".join(problems[:MAX_PROBLEMS]) + more)
+        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
+                    label=f"{len(self.o.meters)} meter(s)")
+
+
+def build(config: SourceConfig) -> OpenMeterSource:
+    return OpenMeterSource(config)
+
+
+register_type(SourceType("openmeter", KEYS, parse, build))

@@ -1,0 +1,321 @@
+"""Push ingest: usage events POSTed as CloudEvents (JSON, one or a batch), deduplicated and bucketed.
+
+Accepted bodies (CloudEvents 1.0 HTTP binding):
+- structured: ``Content-Type: application/cloudevents+json``, one event;
+- batch: ``Content-Type: application/cloudevents-batch+json``, a JSON array;
+- ``application/json``: one event object or an array of them;
+- binary: ``ce-specversion``, ``ce-id``, ``ce-source``, ``ce-type`` (``ce-time``,
+  ``ce-subject``...) headers with the event's data as the JSON body.
+
+Each event needs specversion "1.0", id, source and type. Account, metric and
+value are read from the event by path (defaults: account = subject, metric =
+type, value = data.value). A request is checked whole first: if any event is
+malformed the answer is 400 listing each problem (index, id, field) and
+nothing is stored. Otherwise, in one transaction, events whose (source, id)
+was seen before are dropped and the rest are added to their buckets.
+
+Authentication: ``Authorization: Bearer <secret>`` (the shared secret from
+[ingest]); compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from bot.configbase import Secret, Section
+from integrations.sources.base import UsageEvent
+from integrations.sources.http_fetch import dig
+from integrations.sources.records import is_metric_name
+from storage.sources import StoreResult, get_source_state, store_batch
+
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+JSON = "application/json"
+KEYS = ("enabled", "path", "secret", "secret_file", "source_id", "account", "metric", "value", "default_value",
+        "metric_map", "max_events", "max_body_bytes", "max_age", "max_future", "stale_after")
+MAX_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    secret: Secret
+    enabled: bool = True
+    path: str = "/ingest/events"
+    source_id: str = "push"
+    account: str = "subject"
+    metric: str = "type"
+    value: str = "data.value"
+    default_value: float | None = None
+    metric_map: Mapping[str, str] = field(default_factory=dict)
+    max_events: int = 1000
+    max_body_bytes: int = 1_000_000
+    max_age: int = 7 * 86_400  # older events are refused: their ids are forgotten after this long
+    max_future: int = 300
+    stale_after: int | None = None  # no events for this long -> stale-source admin alert
+
+
+def parse_ingest_config(section: Section) -> PushConfig | None:
+    """The [ingest] table (None when absent or enabled = false); problems go to the section."""
+    if not section.data:
+        return None
+    section.check_keys(KEYS)
+    enabled = section.bool("enabled", True)
+    secret = section.secret("secret", required=bool(enabled))
+    path = section.str("path", "/ingest/events") or "/ingest/events"
+    if not path.startswith("/"):
+        section.problem("path", f"must start with / (got {path!r})")
+    source_id = section.str("source_id", "push") or "push"
+    if not is_metric_name(source_id):
+        section.problem("source_id", f"must be letters, digits and _ . : - only (got {source_id!r})")
+    metric_map: dict[str, str] = {}
+    t = section.table("metric_map")
+    for k in t.data:
+        v = t.str(k)
+        if v is not None and not is_metric_name(v):
+            t.problem(k, f"{v!r} is not a metric name (letters, digits and _ . : -)")
+        elif v is not None:
+            metric_map[k] = v
+    default_value = section.float("default_value", min=0)
+    cfg = PushConfig(
+        secret=secret or Secret(""), enabled=bool(enabled), path=path, source_id=source_id,
+        account=section.str("account", "subject") or "subject", metric=section.str("metric", "type") or "type",
+        value=section.str("value", "data.value") or "data.value", default_value=default_value,
+        metric_map=metric_map, max_events=section.int("max_events", 1000, min=1, max=100_000) or 1000,
+        max_body_bytes=section.int("max_body_bytes", 1_000_000, min=1024) or 1_000_000,
+        max_age=section.duration("max_age", 7 * 86_400, min=60) or 7 * 86_400,
+        max_future=section.duration("max_future", 300) or 0,
+        stale_after=section.duration("stale_after", min=60),
+    )
+    return cfg if enabled else None
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+class PushError(Exception):
+    """A refused request: HTTP status, message, and the per-event problems."""
+
+    def __init__(self, status: int, message: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = problems or []
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message}
+        if self.problems:
+            out["problems"] = self.problems
+        return out
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _binary_event(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    event: dict[str, Any] = {}
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk.startswith("ce-"):
+            event[lk[3:]] = v
+    ctype = _media_type(headers.get("content-type", ""))
+    if body:
+        if ctype in ("", JSON) or ctype.endswith("+json"):
+            try:
+                event["data"] = json.loads(body)
+            except ValueError as exc:
+                raise PushError(400, f"binary-mode event body is not JSON: {exc}") from None
+        else:
+            raise PushError(415, f"binary-mode data must be JSON (got content-type {ctype!r})")
+    return event
+
+
+def decode_events(headers: Mapping[str, str], body: bytes) -> list[Any]:
+    """The raw event objects of a request (not yet validated)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "ce-specversion" in lower:
+        return [_binary_event(lower, body)]
+    ctype = _media_type(lower.get("content-type", ""))
+    if ctype not in (STRUCTURED, BATCH, JSON):
+        raise PushError(415, f"unsupported content-type {ctype or '(none)'!r}: send {STRUCTURED}, {BATCH} or "
+                             f"{JSON}, or a binary-mode event with ce-* headers")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise PushError(400, f"body is not valid JSON: {exc}") from None
+    if ctype == STRUCTURED:
+        if not isinstance(data, dict):
+            raise PushError(400, f"{STRUCTURED} must be one event object (send a batch as {BATCH})")
+        return [data]
+    if ctype == BATCH:
+        if not isinstance(data, list):
+            raise PushError(400, f"{BATCH} must be a JSON array of events")
+        return data
+    return data if isinstance(data, list) else [data]
+
+
+def _rfc3339(text: Any) -> int:
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"expected an RFC 3339 timestamp such as 2026-11-03T14:00:00Z, got {text!r}")
+    s = text.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (e.g. 2026-11-03T14:00:00Z)") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone offset (RFC 3339 needs Z or +hh:mm)")
+    return math.floor(dt.astimezone(UTC).timestamp())
+
+
+_MISSING = object()
+
+
+def _path(event: Mapping[str, Any], path: str) -> Any:
+    try:
+        return dig(event, path)
+    except KeyError:
+        return _MISSING
+
+
+def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int) -> list[UsageEvent]:
+    """Validate every event; raise PushError(400) listing all problems, else the usage events."""
+    if not raw_events:
+        raise PushError(400, "no events in the request")
+    if len(raw_events) > cfg.max_events:
+        raise PushError(413, f"{len(raw_events)} events in one request; at most {cfg.max_events} "
+                             "(split the batch)")
+    problems: list[dict[str, Any]] = []
+    out: list[UsageEvent] = []
+
+    def problem(i: int, eid: Any, fld: str, msg: str) -> None:
+        if len(problems) < MAX_PROBLEMS:
+            problems.append({"index": i, "id": eid if isinstance(eid, str) else None, "field": fld,
+                             "message": msg})
+
+    n_bad = 0
+    for i, ev in enumerate(raw_events):
+        before = len(problems)
+        if not isinstance(ev, dict):
+            problem(i, None, "", f"expected an event object, got {type(ev).__name__}")
+            n_bad += 1
+            continue
+        eid = ev.get("id")
+        if ev.get("specversion") != "1.0":
+            problem(i, eid, "specversion", f"must be \"1.0\" (got {ev.get('specversion')!r})")
+        for attr in ("id", "source", "type"):
+            v = ev.get(attr)
+            if not isinstance(v, str) or not v:
+                problem(i, eid, attr, f"is required: a non-empty string (got {v!r})")
+        ts = now
+        if ev.get("time") is not None:
+            try:
+                ts = _rfc3339(ev.get("time"))
+            except ValueError as exc:
+                problem(i, eid, "time", str(exc))
+            else:
+                if ts > now + cfg.max_future:
+                    problem(i, eid, "time", f"is {ts - now} s in the future (more than max_future "
+                                            f"{cfg.max_future} s); check the sender's clock")
+                elif ts < now - cfg.max_age:
+                    problem(i, eid, "time", f"is older than max_age ({cfg.max_age // 86_400} d): its id "
+                                            "could no longer be deduplicated, so it is refused")
+        account = _path(ev, cfg.account)
+        if account is _MISSING or account is None or isinstance(account, bool) or \
+                not isinstance(account, str | int) or not str(account).strip():
+            problem(i, eid, cfg.account, "the account id is missing or empty"
+                    if account in (_MISSING, None, "") else f"the account id must be a string, got {account!r}")
+        raw_metric = _path(ev, cfg.metric)
+        metric = cfg.metric_map.get(str(raw_metric), str(raw_metric)) if raw_metric is not _MISSING else ""
+        if raw_metric is _MISSING or not isinstance(raw_metric, str) or not is_metric_name(metric):
+            problem(i, eid, cfg.metric, f"metric {raw_metric if raw_metric is not _MISSING else None!r} is not "
+                                        "a metric name (letters, digits and _ . : -); map it with metric_map")
+        raw_value = _path(ev, cfg.value)
+        value: float | None = None
+        if raw_value is _MISSING or raw_value is None:
+            if cfg.default_value is None:
+                problem(i, eid, cfg.value, "the usage value is missing (or set default_value, e.g. 1 to count "
+                                           "events)")
+            else:
+                value = cfg.default_value
+        elif isinstance(raw_value, bool) or not isinstance(raw_value, int | float | str):
+            problem(i, eid, cfg.value, f"must be a number, got {raw_value!r}")
+        else:
+            try:
+                value = float(raw_value)
+            except ValueError:
+                problem(i, eid, cfg.value, f"must be a number, got {raw_value!r}")
+            else:
+                if not math.isfinite(value) or value < 0:
+                    problem(i, eid, cfg.value, f"must be a finite number >= 0, got {raw_value!r}")
+                    value = None
+        if len(problems) > before or value is None:
+            n_bad += 1
+            continue
+        key = json.dumps([ev["source"], ev["id"]], separators=(",", ":"))
+        out.append(UsageEvent(str(account).strip(), metric, ts, value, key))
+    if n_bad:
+        raise PushError(400, f"{n_bad} of {len(raw_events)} event(s) are malformed; nothing was stored",
+                        problems)
+    return out
+
+
+# ------------------------------------------------------------------------ endpoint
+
+
+@dataclass
+class PushOutcome:
+    accepted: int
+    duplicates: int
+    result: StoreResult
+
+
+class PushIngest:
+    """The endpoint's logic, independent of the HTTP server: authenticate, parse, store."""
+
+    def __init__(self, engine: Engine, config: PushConfig, clock: Callable[[], int],
+                 on_stored: Callable[[PushOutcome], None] | None = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+        self.on_stored = on_stored
+
+    def authorized(self, headers: Mapping[str, str]) -> bool:
+        lower = {k.lower(): v for k, v in headers.items()}
+        auth = lower.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        expected = self.config.secret.reveal()
+        if scheme.lower() != "bearer" or not expected:
+            return False
+        return hmac.compare_digest(token.strip().encode(), expected.encode())
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) for a POST to the ingest path."""
+        if not self.authorized(headers):
+            return 401, {"error": "missing or wrong shared secret: send 'Authorization: Bearer <secret>'"}
+        if len(body) > self.config.max_body_bytes:
+            return 413, {"error": f"body is {len(body)} bytes; at most {self.config.max_body_bytes}"}
+        now = self.clock()
+        try:
+            events = to_usage_events(decode_events(headers, body), self.config, now)
+        except PushError as exc:
+            return exc.status, exc.body()
+        newest_ts = min(max(e.ts for e in events), now)
+        prev = get_source_state(self.engine, self.config.source_id)
+        watermark = newest_ts if prev is None or prev.watermark is None else max(prev.watermark, newest_ts)
+        result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
+                             kind="push")
+        outcome = PushOutcome(result.events_new, result.events_duplicate, result)
+        if self.on_stored is not None:
+            self.on_stored(outcome)
+        return 200, {"accepted": result.events_new, "duplicates": result.events_duplicate,
+                     "events": len(events)}

@@ -1,0 +1,330 @@
+"""`sql` source: usage from any database SQLAlchemy can reach (PostgreSQL tested for real).
+
+The aggregation to buckets runs IN the database: one
+``SELECT account, [metric,] bucket, SUM(value), MAX(time) ... GROUP BY account, [metric,] bucket``
+over `table` (or a `query`) restricted to the poll's time window, so a poll
+returns one row per account, metric and bucket however many raw rows there
+are. Rows with a NULL account or value are ignored (anonymous usage).
+
+Time columns may be timestamps (`time_type = "timestamp"`; naive ones are
+UTC) or epoch numbers (`"epoch"`, `"epoch_ms"`). The window is
+[newest stored - overlap, now), aligned to `bucket`, so each bucket is read
+whole and replaces what is stored. Sessions run in UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+
+from bot.configbase import Secret, Section
+from integrations.sources.base import (
+    Batch,
+    PollContext,
+    SourceConfig,
+    SourceError,
+    SourceSettings,
+    SourceType,
+    register_type,
+    window,
+)
+from integrations.sources.records import UsageRecord, is_metric_name
+from storage.db import redact_url
+
+KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",
+        "value_column", "time_column", "time_type", "aggregate", "bucket")
+TIME_TYPES = ("timestamp", "epoch", "epoch_ms")
+AGGREGATES = ("sum", "count", "max")
+MAX_PROBLEMS = 20
+
+
+# ---------------------------------------------------------------- SQL constructs per dialect
+
+
+class epoch_seconds(FunctionElement[int]):  # noqa: N801 - SQL function style
+    """Epoch seconds of a timestamp column (naive timestamps are taken as UTC)."""
+
+    type = sa.BigInteger()
+    name = "epoch_seconds"
+    inherit_cache = True
+
+
+@compiles(epoch_seconds)
+def _epoch_default(el: Any, compiler: Any, **kw: Any) -> str:
+    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(el.clauses, **kw)}) AS BIGINT)"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    return f"CAST(strftime('%s', {compiler.process(el.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(epoch_seconds, "mysql")
+@compiles(epoch_seconds, "mariadb")
+def _epoch_mysql(el: Any, compiler: Any, **kw: Any) -> str:
+    return f"UNIX_TIMESTAMP({compiler.process(el.clauses, **kw)})"
+
+
+@compiles(epoch_seconds, "mssql")
+def _epoch_mssql(el: Any, compiler: Any, **kw: Any) -> str:
+    return f"DATEDIFF_BIG(SECOND, '1970-01-01', {compiler.process(el.clauses, **kw)})"
+
+
+class bucket_floor(FunctionElement[int]):  # noqa: N801 - SQL function style
+    """Epoch seconds floored to a bucket: floor(t / step) * step (t >= 0)."""
+
+    type = sa.BigInteger()
+    name = "bucket_floor"
+    inherit_cache = True
+
+
+def _bucket_args(el: Any, compiler: Any, kw: Any) -> tuple[str, str]:
+    t, step = list(el.clauses)
+    return compiler.process(t, **kw), compiler.process(step, **kw)
+
+
+@compiles(bucket_floor)
+def _floor_default(el: Any, compiler: Any, **kw: Any) -> str:
+    t, s = _bucket_args(el, compiler, kw)
+    return f"(CAST(FLOOR({t} / {s}) AS BIGINT) * {s})"
+
+
+@compiles(bucket_floor, "sqlite")
+def _floor_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    t, s = _bucket_args(el, compiler, kw)
+    return f"((CAST({t} AS INTEGER) / {s}) * {s})"
+
+
+@compiles(bucket_floor, "mysql")
+@compiles(bucket_floor, "mariadb")
+def _floor_mysql(el: Any, compiler: Any, **kw: Any) -> str:
+    t, s = _bucket_args(el, compiler, kw)
+    return f"(FLOOR({t} / {s}) * {s})"
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class SqlOptions:
+    url: Secret
+    account_column: str
+    time_column: str
+    table: str | None = None
+    query: str | None = None
+    where: str | None = None
+    metric_column: str | None = None
+    metric: str | None = None
+    value_column: str | None = None
+    time_type: str = "timestamp"
+    aggregate: str = "sum"
+    bucket: int = 3600
+
+
+def engine_url(url: str) -> URL:
+    """The SQLAlchemy URL; a bare postgresql:// uses psycopg 3 (installed with usagebot)."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def _check_url(section: Section, secret: Secret | None) -> Secret | None:
+    if secret is None:
+        return None
+    key = "url_file" if section.has("url_file") else "url"
+    try:
+        u = engine_url(secret.reveal())
+    except (ArgumentError, ValueError):
+        section.problem(key, "cannot be parsed as a SQLAlchemy URL (not shown: it may hold a password); "
+                             "expected e.g. 'postgresql://user:pass@host:5432/db'")
+        return None
+    try:
+        u.get_dialect()
+    except (NoSuchModuleError, ImportError) as exc:
+        section.problem(key, f"no SQLAlchemy driver for {u.drivername!r} is installed ({exc}); install the "
+                             "database's driver package into usagebot's environment")
+        return None
+    return secret
+
+
+def parse(section: Section, settings: SourceSettings) -> SqlOptions | None:
+    url = _check_url(section, section.secret("url", required=not section.has("url_file")))
+    table, query = section.str("table"), section.str("query")
+    if (table is None) == (query is None):
+        section.problem("table", "give exactly one of table (a table or view name) or query (a SELECT)")
+    if query is not None:
+        query = query.strip().rstrip(";").strip()
+        if not query.lower().startswith(("select", "with")):
+            section.problem("query", "must be a SELECT (or WITH ... SELECT) statement")
+    account = section.str("account_column", required=True)
+    time_col = section.str("time_column", required=True)
+    metric_col, metric = section.str("metric_column"), section.str("metric")
+    if (metric_col is None) == (metric is None):
+        section.problem("metric", "give exactly one of metric (one metric for every row) or metric_column")
+    if metric is not None and not is_metric_name(metric):
+        section.problem("metric", f"{metric!r} is not a metric name (letters, digits and _ . : -)")
+    aggregate = section.str("aggregate", "sum", choices=AGGREGATES) or "sum"
+    value_col = section.str("value_column")
+    if value_col is None and aggregate != "count":
+        section.problem("value_column", f"is required with aggregate = {aggregate!r} (use aggregate = "
+                                        "\"count\" to count rows)")
+    time_type = section.str("time_type", "timestamp", choices=TIME_TYPES) or "timestamp"
+    bucket = section.duration("bucket", 3600, min=60) or 3600
+    if 86_400 % bucket:
+        section.problem("bucket", "must divide a day (e.g. 1m, 5m, 1h, 1d)")
+    if url is None or account is None or time_col is None:
+        return None
+    return SqlOptions(url=url, account_column=account, time_column=time_col, table=table, query=query,
+                      where=section.str("where"), metric_column=metric_col, metric=metric,
+                      value_column=value_col, time_type=time_type, aggregate=aggregate, bucket=bucket)
+
+
+# ---------------------------------------------------------------------------- source
+
+
+def _utc_session(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("SET TIME ZONE 'UTC'")
+    finally:
+        cur.close()
+    if hasattr(dbapi_conn, "commit"):
+        dbapi_conn.commit()
+
+
+def _utc_session_mysql(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("SET time_zone = '+00:00'")
+    finally:
+        cur.close()
+
+
+class SqlSource:
+    def __init__(self, config: SourceConfig, engine: Engine | None = None) -> None:
+        self.id = config.id
+        self.settings = config.settings
+        self.o: SqlOptions = config.options
+        self.engine = engine or self._make_engine()
+        self.last_statement = ""  # the SQL of the last poll (for logs and tests)
+
+    def _make_engine(self) -> Engine:
+        u = engine_url(self.o.url.reveal())
+        eng = sa.create_engine(u, pool_pre_ping=True, pool_size=1, max_overflow=1) \
+            if u.get_backend_name() not in ("sqlite",) else sa.create_engine(u)
+        backend = u.get_backend_name()
+        if backend == "postgresql":
+            sa.event.listen(eng, "connect", _utc_session)
+        elif backend in ("mysql", "mariadb"):
+            sa.event.listen(eng, "connect", _utc_session_mysql)
+        return eng
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _from(self) -> Any:
+        o = self.o
+        names = [o.account_column, o.time_column]
+        names += [c for c in (o.metric_column, o.value_column) if c]
+        cols = [sa.column(c) for c in dict.fromkeys(names)]
+        if o.query is not None:
+            return sa.text(o.query).columns(*cols).subquery("usage_src")
+        schema, _, name = (o.table or "").rpartition(".")
+        return sa.table(name, *cols, schema=schema or None).alias("usage_src")
+
+    def statement(self, start: int, end: int, dialect: str) -> sa.Select[Any]:
+        """The aggregate query for the window [start, end) (epoch seconds)."""
+        o = self.o
+        src = self._from()
+        tcol = src.c[o.time_column]
+        if o.time_type == "timestamp":
+            t: Any = epoch_seconds(tcol)
+        elif o.time_type == "epoch_ms":
+            t = tcol.op("/")(sa.literal_column("1000"))
+        else:
+            t = tcol
+        b = bucket_floor(t, sa.literal_column(str(o.bucket))).label("bucket_start")
+        acct = src.c[o.account_column].label("account")
+        value: Any = sa.func.count() if o.aggregate == "count" else getattr(sa.func, o.aggregate)(
+            src.c[str(o.value_column)])
+        cols: list[Any] = [acct]
+        group: list[Any] = [src.c[o.account_column]]
+        if o.metric_column:
+            cols.append(src.c[o.metric_column].label("metric"))
+            group.append(src.c[o.metric_column])
+        cols += [b, value.label("value"), sa.func.max(t).label("newest")]
+        if o.time_type == "timestamp" and dialect != "sqlite":  # index-friendly: compare the column itself
+            lo, hi = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+            conds = [tcol >= sa.bindparam("w_start", lo, type_=sa.DateTime(timezone=True)),
+                     tcol < sa.bindparam("w_end", hi, type_=sa.DateTime(timezone=True))]
+        elif o.time_type == "timestamp":
+            conds = [t >= sa.bindparam("w_start", start, type_=sa.BigInteger()),
+                     t < sa.bindparam("w_end", end, type_=sa.BigInteger())]
+        else:
+            k = 1000 if o.time_type == "epoch_ms" else 1
+            conds = [tcol >= sa.bindparam("w_start", start * k, type_=sa.BigInteger()),
+                     tcol < sa.bindparam("w_end", end * k, type_=sa.BigInteger())]
+        conds.append(src.c[o.account_column].is_not(None))
+        if o.value_column:
+            conds.append(src.c[o.value_column].is_not(None))
+        if o.where:
+            conds.append(sa.text(f"({o.where})"))
+        return sa.select(*cols).where(*conds).group_by(*group, b)
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
+        stmt = self.statement(start, end, self.engine.dialect.name)
+        self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        except SQLAlchemyError as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+            raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
+                              f"{redact_url(reason)}") from None
+        records: list[UsageRecord] = []
+        problems: list[str] = []
+        newest_ts: int | None = None
+        for r in rows:
+            metric = str(r.metric) if self.o.metric_column else str(self.o.metric)
+            where = f"account {r.account!r}, bucket {datetime.fromtimestamp(int(r.bucket_start), UTC):%Y-%m-%dT%H:%MZ}"
+            if not is_metric_name(metric):
+                problems.append(f"{where}: metric {metric!r} is not a metric name (letters, digits and _ . : -)")
+                continue
+            try:
+                value = float(r.value)
+            except (TypeError, ValueError):
+                problems.append(f"{where}, metric {metric}: value {r.value!r} is not a number")
+                continue
+            if value < 0 or value != value:
+                problems.append(f"{where}, metric {metric}: value {value:g} is negative or not a number")
+                continue
+            records.append(UsageRecord(str(r.account), metric, int(r.bucket_start), value))
+            n = int(float(r.newest))
+            newest_ts = n if newest_ts is None else max(newest_ts, n)
+        if problems:
+            more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+            raise SourceError(f"source {self.id!r}: {len(problems)} bad aggregated row(s); nothing was stored:\n  "
+                              + "\n  ".join(problems[:MAX_PROBLEMS]) + more)
+        watermark = ctx.watermark
+        if newest_ts is not None:
+            newest_ts = min(newest_ts, ctx.now)
+            watermark = newest_ts if watermark is None else max(watermark, newest_ts)
+        yield Batch(cursor=None, watermark=watermark, totals=records,
+                    label=f"{len(rows)} bucket row(s) from {start} to {end}")
+
+
+def build(config: SourceConfig) -> SqlSource:
+    return SqlSource(config)
+
+
+register_type(SourceType("sql", KEYS, parse, build))

@@ -1,0 +1,148 @@
+"""`stripe_meter` source: Stripe Billing meter event summaries.
+
+Per poll, meter and customer:
+``GET {url}/v1/billing/meters/{meter}/event_summaries?customer=..&start_time=..&end_time=..&value_grouping_window=hour``
+following `has_more` / `starting_after`. Each summary is the meter's total
+for one customer in one hour (or day): account = the account mapped to the
+customer, metric = the name the meter is mapped to, time = start_time.
+Stripe asks for one customer per request, so the customers are listed in
+`customers` (account id -> Stripe customer id), or `customers_from_accounts =
+true` takes every stored account id as its Stripe customer id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from bot.configbase import Secret, Section
+from integrations.sources.base import (
+    Batch,
+    PollContext,
+    SourceConfig,
+    SourceError,
+    SourceSettings,
+    SourceType,
+    newest,
+    register_type,
+    str_map,
+    window,
+)
+from integrations.sources.http_fetch import RETRY_KEYS, Auth, Fetcher, RetryPolicy, parse_retry
+from integrations.sources.http_json import parse_value
+from integrations.sources.openmeter import parse_meters
+from integrations.sources.records import UsageRecord
+
+KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
+        "max_pages", *RETRY_KEYS)
+GROUPINGS = {"hour": 3600, "day": 86_400}
+MAX_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class StripeOptions:
+    api_key: Secret
+    meters: Mapping[str, str]  # meter id -> usagebot metric
+    customers: Mapping[str, str] = field(default_factory=dict)  # account id -> customer id
+    customers_from_accounts: bool = False
+    url: str = "https://api.stripe.com"
+    grouping: str = "hour"
+    max_pages: int = 100
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def parse(section: Section, settings: SourceSettings) -> StripeOptions | None:
+    key = section.secret("api_key", required=True)
+    meters = parse_meters(section)
+    customers = str_map(section, "customers")
+    from_accounts = bool(section.bool("customers_from_accounts", False))
+    if not customers and not from_accounts:
+        section.problem("customers", "give customers = { <account id> = \"cus_...\" } or "
+                                     "customers_from_accounts = true (Stripe summaries are per customer)")
+    url = (section.str("url", "https://api.stripe.com") or "").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        section.problem("url", "must start with http:// or https://")
+    grouping = section.str("grouping", "hour", choices=tuple(GROUPINGS)) or "hour"
+    if key is None or not meters:
+        return None
+    return StripeOptions(api_key=key, meters=meters, customers=customers, customers_from_accounts=from_accounts,
+                         url=url, grouping=grouping, max_pages=section.int("max_pages", 100, min=1) or 100,
+                         retry=parse_retry(section))
+
+
+class StripeMeterSource:
+    def __init__(self, config: SourceConfig, fetcher: Fetcher | None = None) -> None:
+        self.id = config.id
+        self.settings = config.settings
+        self.o: StripeOptions = config.options
+        self.fetcher = fetcher or Fetcher(self.id, auth=Auth("bearer", token=self.o.api_key), retry=self.o.retry)
+
+    def close(self) -> None:
+        self.fetcher.close()
+
+    def _customers(self, ctx: PollContext) -> dict[str, str]:
+        out = dict(self.o.customers)
+        if self.o.customers_from_accounts:
+            for a in ctx.accounts():
+                out.setdefault(a.id, a.id)
+        return out
+
+    def _summaries(self, meter: str, customer: str, start: int, end: int) -> Iterator[tuple[str, Any]]:
+        url = f"{self.o.url}/v1/billing/meters/{quote(meter, safe='')}/event_summaries"
+        params: dict[str, Any] = {"customer": customer, "start_time": start, "end_time": end,
+                                  "value_grouping_window": self.o.grouping, "limit": 100}
+        for page in range(1, self.o.max_pages + 1):
+            body, _ = self.fetcher.get_json(url, params, what=f"meter {meter}, customer {customer}, page {page}")
+            data = body.get("data") if isinstance(body, Mapping) else None
+            if not isinstance(data, list):
+                raise SourceError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: the response has "
+                                  f"no 'data' list; is the url the Stripe API?")
+            yield from ((f"page {page}, data[{i}]", item) for i, item in enumerate(data))
+            if not body.get("has_more") or not data:
+                return
+            last = data[-1].get("id") if isinstance(data[-1], Mapping) else None
+            if not last:
+                raise SourceError(f"source {self.id!r}: meter {meter!r}: has_more without an id to continue after")
+            params["starting_after"] = last
+        raise SourceError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: more than "
+                          f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        size = GROUPINGS[self.o.grouping]
+        start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
+        end = -(-end // size) * size
+        records: list[UsageRecord] = []
+        problems: list[str] = []
+        customers = self._customers(ctx)
+        for meter, metric in self.o.meters.items():
+            for account, customer in sorted(customers.items()):
+                for pos, item in self._summaries(meter, customer, start, end):
+                    where = f"meter {meter!r}, customer {customer!r}, {pos}"
+                    if not isinstance(item, Mapping):
+                        problems.append(f"{where}: expected an object, got {type(item).__name__}")
+                        continue
+                    ts = item.get("start_time")
+                    if isinstance(ts, bool) or not isinstance(ts, int):
+                        problems.append(f"{where}: start_time must be epoch seconds, got {ts!r}")
+                        continue
+                    try:
+                        value = parse_value(item.get("aggregated_value"))
+                    except ValueError as exc:
+                        problems.append(f"{where}: aggregated_value: {exc}")
+                        continue
+                    records.append(UsageRecord(account, metric, ts, value))
+        if problems:
+            more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+            raise SourceError(f"source {self.id!r}: {len(problems)} malformed summary item(s); nothing was "
+                              "stored from this poll:\n  " + "\n  ".join(problems[:MAX_PROBLEMS]) + more)
+        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
+                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s)")
+
+
+def build(config: SourceConfig) -> StripeMeterSource:
+    return StripeMeterSource(config)
+
+
+register_type(SourceType("stripe_meter", KEYS, parse, build))

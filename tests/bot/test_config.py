@@ -1,0 +1,144 @@
+"""The whole config file: every section, every problem as file:line: field: message, `usagebot config check`."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.config import check_config, load_config
+from bot.configbase import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "rules" / "examples" / "default.toml"
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_minimal_config_and_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[storage]\nurl = "sqlite:///data/u.db"\n'))
+    assert cfg.storage_url == f"sqlite:///{tmp_path / 'data' / 'u.db'}"  # relative to the config file
+    assert cfg.ruleset is not None and len(cfg.ruleset.rules) == 10
+    assert (cfg.service.port, cfg.service.log_format, cfg.scheduler.leader, cfg.ingest, cfg.sources) == (
+        8080, "json", "auto", None, ())
+    assert (cfg.slack, cfg.salesforce, cfg.health) == (None, None, None)
+
+
+def test_env_substitution_and_secrets_stay_hidden(tmp_path: Path) -> None:
+    p = _write(tmp_path, f"""
+[rules]
+paths = ["{RULES}"]
+[service]
+port = "${{PORT:-9000}}"
+admin_channel = "${{ADMIN}}"
+[ingest]
+secret = "${{INGEST_SECRET}}"
+""")
+    cfg = load_config(p, env={"ADMIN": "#ops", "INGEST_SECRET": "s3cr3t-value"})
+    assert (cfg.service.port, cfg.service.admin_channel) == (9000, "#ops")
+    assert cfg.ingest is not None and cfg.ingest.secret.reveal() == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(cfg) and "s3cr3t-value" not in str(cfg)
+
+
+def test_every_problem_of_every_section_is_reported_with_file_line_and_field(tmp_path: Path) -> None:
+    bad_rules = _write(tmp_path, '[[rule]]\nid = "r"\nkind = "spik"\nmetric = "m"\n', "rules.toml")
+    p = _write(tmp_path, f"""[storage]
+url = "sqlite:///u.db"
+[rules]
+paths = ["{bad_rules}", "missing.toml"]
+[service]
+port = 70000
+log_format = "yaml"
+[scheduler]
+leader = "advisory_lock"
+leader_check = "20s"
+lease_ttl = "30s"
+crm_sync_cron = "0 25 * * *"
+[ingest]
+secret = "${{NOPE}}"
+[[sources]]
+id = "a"
+type = "csv"
+path = "x"
+[[sources]]
+id = "a"
+type = "csv"
+path = "y"
+[sourcez]
+x = 1
+""")
+    config, problems = check_config(p, env={})
+    assert config is None
+    text = [str(x) for x in problems]
+    f = str(p)
+    expected = [
+        f"{f}:4: rules.paths: {tmp_path / 'missing.toml'}: no such file or directory",
+        f"{f}:6: service.port: must be between 0 and 65535 (got 70000)",
+        f"{f}:7: service.log_format: must be one of json, text (got 'yaml')",
+        f"{f}:9: scheduler.leader: advisory_lock needs PostgreSQL storage; use \"lease\" (or \"auto\")",
+        f"{f}:11: scheduler.lease_ttl: must be at least twice leader_check (20s)",
+        f"{f}:14: ingest.secret: environment variable NOPE is not set",
+        f"{f}:20: sources[1].id: duplicate source id 'a' (also at line 16)",
+        f"{f}:23: sourcez: unknown section; did you mean 'sources'?",
+    ]
+    for e in expected:
+        assert any(t.startswith(e) for t in text), (e, text)
+    assert any(t.startswith(f"{f}:12: scheduler.crm_sync_cron: invalid crontab expression") for t in text)
+    # the rules are not checked while a path is missing; fix it and the rule file's own problems appear
+    p.write_text(p.read_text().replace(', "missing.toml"', ""))
+    _, problems = check_config(p, env={})
+    assert any(str(x).startswith(f"{bad_rules}:3: rule 'r': kind: ") for x in problems)
+    with pytest.raises(ConfigError):
+        load_config(p, env={})
+
+
+def test_integration_sections_use_their_own_parsers(tmp_path: Path) -> None:
+    p = _write(tmp_path, f"""[rules]
+paths = ["{RULES}"]
+[slack]
+bot_token = "not-a-token"
+[salesforce]
+domain = "login"
+[health]
+primary_metric = "api_calls"
+""")
+    config, problems = check_config(p, env={})
+    assert any(str(x).startswith(f"{p}:4: slack.bot_token:") for x in problems), problems
+    p.write_text(p.read_text().replace("not-a-token", "xoxb-123"))
+    config, problems = check_config(p, env={})
+    assert problems == [] and config is not None
+    assert config.slack.enabled and config.salesforce is not None and config.health.primary_metric == "api_calls"
+
+
+def test_the_example_config_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+    env = {n: ("xoxb-1" if "BOT_TOKEN" in n else "xapp-1" if "APP_TOKEN" in n
+               else "postgresql://reader@db.internal/analytics" if n.endswith("_URL") else "value") for n in names}
+    example = tmp_path / "config.toml"
+    example.write_text(text.replace('paths = ["rules/examples/default.toml"]', f'paths = ["{RULES}"]'))
+    config, problems = check_config(example, env=env)
+    assert problems == [], [str(p) for p in problems]
+    assert config is not None and {s.settings.type for s in config.sources} == {"csv", "http_json", "sql",
+                                                                                  "openmeter"}
+
+
+def test_cli_config_check(tmp_path: Path) -> None:
+    good = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "x"\n')
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["config", "check", str(good)], out=out, err=err) == 0
+    assert out.getvalue().startswith(f"OK: {good}\n") and "ingest:     POST /ingest/events" in out.getvalue()
+    bad = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[service]\nprot = 1\n', "bad.toml")
+    out = io.StringIO()
+    assert main(["config", "check", str(bad)], out=out, err=err) == 1
+    assert out.getvalue() == f"{bad}:4: service.prot: unknown key; did you mean 'port'?\n\n1 problem(s) found.\n"
+    out = io.StringIO()
+    assert main(["config", "check", str(tmp_path / "nope.toml")], out=out, err=err) == 1
+    assert f"{tmp_path / 'nope.toml'}: no such file" in out.getvalue()

@@ -1,0 +1,90 @@
+"""`usagebot serve` with Slack and Salesforce configured: the Slack HTTP endpoint is mounted on the
+service's server (verified by slack-bolt), the CRM sync and digest jobs are scheduled and run."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+from bot.config import load_config
+from bot.service import Service
+from integrations.console import ConsoleNotifier
+from integrations.salesforce.client import SalesforceClient
+from tests.fakes.salesforce_server import running
+from tests.integrations.salesforce.helpers import NOW, password_config, seed_accounts
+
+SIGNING = "signing-secret-for-tests"
+RULES = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
+
+
+def _config(tmp_path: Path, extra: str) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(f"""
+[storage]
+url = "sqlite:///{tmp_path / 'u.db'}"
+[rules]
+paths = ["{RULES}"]
+[service]
+host = "127.0.0.1"
+port = 0
+[scheduler]
+leader = "none"
+{extra}
+""")
+    return p
+
+
+def _signed(body: bytes, secret: str = SIGNING) -> dict[str, str]:
+    ts = str(int(time.time()))
+    sig = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig, "Content-Type": "application/json"}
+
+
+def test_slack_http_mode_is_served_by_the_service(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, f"""
+[slack]
+bot_token = "xoxb-test"
+signing_secret = "{SIGNING}"
+mode = "http"
+base_url = "http://127.0.0.1:9/api/"
+default_channel = "#usage"
+[slack.digest]
+enabled = true
+"""))
+    svc = Service(cfg)
+    assert "digest" in [j.id for j in svc.jobs()]
+    svc.start(scheduler=False)
+    try:
+        assert svc.http is not None
+        url = f"http://127.0.0.1:{svc.http.port}/slack/events"
+        body = json.dumps({"type": "url_verification", "challenge": "abc123"}).encode()
+        ok = httpx.post(url, content=body, headers=_signed(body))
+        assert ok.status_code == 200 and "abc123" in ok.text
+        forged = httpx.post(url, content=body, headers=_signed(body, "wrong-secret"))
+        assert forged.status_code == 401
+    finally:
+        svc.stop()
+
+
+def test_crm_sync_job_writes_health_fields_to_salesforce(tmp_path: Path) -> None:
+    for fake in running():
+        cfg = replace(load_config(_config(tmp_path, "")), salesforce=password_config(fake))
+        svc = Service(cfg, clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()),
+                      crm_client_factory=lambda c, f=fake: SalesforceClient(c, session=f.session(), sleep=lambda s: None))
+        assert "crm_sync" in [j.id for j in svc.jobs()]
+        svc.prepare()
+        seed_accounts(svc.engine, 3, fake=fake)  # type: ignore[arg-type]
+        try:
+            report = svc.crm_job(NOW)
+            assert report.stopped is None and report.written == 3
+            assert len(fake.written("PATCH")) >= 1
+            assert svc.run_once()["crm_sync"] == "ok"
+        finally:
+            svc.stop()

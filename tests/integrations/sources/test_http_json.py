@@ -1,0 +1,273 @@
+"""http_json source against a real local HTTP server, through httpx, stored in a real database."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from bot.polling import poll_source
+from integrations.sources.base import PollContext, SourceError
+from integrations.sources.http_json import HttpJsonSource
+from storage.sources import get_source_state
+from tests.integrations.sources.fake_http import FakeHttp, Seen
+from tests.integrations.sources.helpers import DAY, HOUR, T0, config_problems, count, points, source_config
+
+SECRET = "tok-5f1e-very-secret"
+
+
+def _toml(url: str, extra: str = "", auth: str = 'type = "bearer"\ntoken = "${API_TOKEN}"') -> str:
+    return f"""
+[[sources]]
+id = "billing"
+type = "http_json"
+url = "{url}"
+records = "data.items"
+overlap = "2h"
+backfill = "1d"
+retries = 2
+backoff = "0s"
+timeout = "1s"
+{extra}
+[sources.auth]
+{auth}
+[sources.fields]
+account = "customer.id"
+metric = "meter"
+value = "qty"
+timestamp = "start"
+"""
+
+
+def _source(url: str, extra: str = "", **kw: str) -> HttpJsonSource:
+    return HttpJsonSource(source_config(_toml(url, extra, **kw), {"API_TOKEN": SECRET}))
+
+
+def _item(acct: str, ts: int, qty: float, meter: str = "api_calls") -> dict:
+    from datetime import UTC, datetime
+
+    return {"customer": {"id": acct}, "meter": meter, "qty": qty,
+            "start": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def test_bearer_auth_window_params_and_mapping_are_stored(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": [_item("acme", T0, 10), _item("acme", T0 + HOUR, 5),
+                                                              _item("globex", T0, 7, "events")]}}))
+        src = _source(srv.url("/usage"))
+        now = T0 + 2 * HOUR + 17
+        report = poll_source(engine, src, now)
+        assert report.ok and report.rows == 3
+        req = srv.requests[0]
+        assert req.headers["authorization"] == f"Bearer {SECRET}"
+        assert req.q("start") == "2026-10-31T02:00:00Z"  # first poll: now - backfill, aligned to the minute
+        assert req.q("end") == "2026-11-01T02:00:17Z"
+    assert points(engine) == {("acme", "api_calls", T0): 10.0, ("acme", "api_calls", T0 + HOUR): 5.0,
+                              ("globex", "events", T0): 7.0}
+    state = get_source_state(engine, "billing")
+    assert state is not None and state.watermark == T0 + HOUR and state.last_error is None
+    assert set(state.metrics) == {"api_calls", "events"}
+
+
+def test_second_poll_rereads_the_overlap_and_replaces_not_doubles(engine: Engine) -> None:
+    served = [[_item("acme", T0, 10)], [_item("acme", T0, 12), _item("acme", T0 + HOUR, 3)]]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": served[min(len(srv.requests), 2) - 1]}}))
+        src = _source(srv.url("/usage"))
+        poll_source(engine, src, T0 + 30 * 60)
+        poll_source(engine, src, T0 + 90 * 60)
+        # the second window starts at the newest stored data (T0) minus the 2h overlap
+        assert srv.requests[1].q("start") == "2026-10-31T22:00:00Z"
+    assert points(engine) == {("acme", "api_calls", T0): 12.0, ("acme", "api_calls", T0 + HOUR): 3.0}
+
+
+def test_basic_and_header_auth(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": []}}))
+        basic = _source(srv.url("/usage"), auth='type = "basic"\nusername = "bot"\npassword = "${API_TOKEN}"')
+        header = _source(srv.url("/usage"), auth='type = "header"\nheader = "X-Api-Key"\nvalue = "${API_TOKEN}"')
+        assert poll_source(engine, basic, T0).ok and poll_source(engine, header, T0).ok
+        assert srv.requests[0].headers["authorization"] == "Basic " + base64.b64encode(
+            f"bot:{SECRET}".encode()).decode()
+        assert srv.requests[1].headers["x-api-key"] == SECRET
+
+
+@pytest.mark.parametrize("kind", ["cursor", "page", "offset", "link"])
+def test_pagination_kinds_read_every_page(kind: str) -> None:
+    items = [_item(f"a{i}", T0, i + 1) for i in range(5)]
+
+    def handler(r: Seen) -> tuple:
+        if kind == "cursor":
+            start = int(r.q("page_token") or 0)
+            nxt = start + 2 if start + 2 < 5 else None
+            return 200, {"data": {"items": items[start:start + 2]}, "next": nxt}
+        if kind == "page":
+            p = int(r.q("p") or 1)
+            return 200, {"data": {"items": items[(p - 1) * 2:p * 2]}}
+        if kind == "offset":
+            o = int(r.q("offset") or 0)
+            return 200, {"data": {"items": items[o:o + 2]}}
+        start = int(r.q("from_item") or 0)
+        headers = {"Link": f'</usage?from_item={start + 2}>; rel="next"'} if start + 2 < 5 else {}
+        return 200, {"data": {"items": items[start:start + 2]}}, headers
+
+    pag = {"cursor": 'type = "cursor"\nparam = "page_token"\nnext = "next"',
+           "page": 'type = "page"\nparam = "p"\nsize_param = "limit"\nsize = 2',
+           "offset": 'type = "offset"\nparam = "offset"\nsize_param = "limit"\nsize = 2',
+           "link": 'type = "link"'}[kind]
+    with FakeHttp() as srv:
+        srv.route("/usage", handler)
+        src = _source(srv.url("/usage"), extra=f"[sources.pagination]\n{pag}\n")
+        batches = list(src.poll(PollContext("billing", T0 + HOUR)))
+        assert len(srv.requests) == 3
+        if kind in ("page", "offset"):
+            assert srv.requests[0].q("limit") == "2"
+    assert sorted(r.account for r in batches[0].totals) == ["a0", "a1", "a2", "a3", "a4"]
+
+
+def test_cursor_incremental_sends_the_saved_cursor_and_saves_the_new_one(engine: Engine) -> None:
+    extra = 'incremental = "cursor"\n[sources.cursor]\nparam = "since"\nfield = "next_since"\ninitial = "0"\n'
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": [_item("acme", T0, 1)]},
+                                             "next_since": str(int(r.q("since") or 0) + 10)}))
+        src = _source(srv.url("/usage"), extra)
+        poll_source(engine, src, T0 + 60)
+        poll_source(engine, src, T0 + 120)
+        assert [r.q("since") for r in srv.requests] == ["0", "10"]
+        assert srv.requests[0].q("start") is None  # no time window in cursor mode
+    assert get_source_state(engine, "billing").cursor == "20"  # type: ignore[union-attr]
+
+
+def test_event_items_with_ids_are_deduplicated_and_added(engine: Engine) -> None:
+    page = [dict(_item("acme", T0 + 5, 1), id="e1"), dict(_item("acme", T0 + 20, 2), id="e2")]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
+        src = HttpJsonSource(source_config(_toml(srv.url("/usage")).replace(
+            'timestamp = "start"', 'timestamp = "start"\nid = "id"'), {"API_TOKEN": SECRET}))
+        first = poll_source(engine, src, T0 + 60)
+        page.append(dict(_item("acme", T0 + 30, 4), id="e3"))
+        second = poll_source(engine, src, T0 + 120)  # e1, e2 delivered again: counted once
+    assert (first.events_new, second.events_new, second.events_duplicate) == (2, 1, 2)
+    assert points(engine) == {("acme", "api_calls", T0): 7.0}
+
+
+def test_retries_5xx_and_429_honouring_retry_after_then_succeeds(engine: Engine) -> None:
+    answers = [(503, {"error": "busy"}), (429, {"error": "slow down"}, {"Retry-After": "0"}),
+               (200, {"data": {"items": [_item("acme", T0, 1)]}})]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: answers[len(srv.requests) - 1])
+        src = _source(srv.url("/usage"))
+        slept: list[float] = []
+        src.fetcher.sleep = slept.append
+        report = poll_source(engine, src, T0 + HOUR)
+    assert report.ok and len(srv.requests) == 3 and slept == [0.0, 0.0]
+
+
+def test_gives_up_after_the_retries_with_a_clear_error_and_keeps_the_cursor(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (500, {"error": "database exploded"}))
+        src = _source(srv.url("/usage"))
+        src.fetcher.sleep = lambda s: None
+        report = poll_source(engine, src, T0)
+    assert not report.ok and len(srv.requests) == 3
+    assert "source 'billing': GET " in report.error and "/usage (page 1): HTTP 500" in report.error
+    assert "gave up after 3 attempt(s)" in report.error
+    state = get_source_state(engine, "billing")
+    assert state is not None and state.failures == 1 and "HTTP 500" in (state.last_error or "")
+
+
+def test_timeout_is_retried_then_reported() -> None:
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (time.sleep(1.5), (200, {"data": {"items": []}}))[1])
+        src = HttpJsonSource(source_config(_toml(srv.url("/usage")).replace("retries = 2", "retries = 1"),
+                                           {"API_TOKEN": SECRET}))
+        src.fetcher.sleep = lambda s: None
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=r"timed out after 1s \(gave up after 2 attempt\(s\)\)"):
+            list(src.poll(PollContext("billing", T0)))
+    assert time.monotonic() - started < 4
+
+
+def test_401_fails_at_once_with_a_hint_and_never_shows_the_secret(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (401, {"error": f"bad token {SECRET}"}))
+        src = _source(srv.url("/usage") + "?tenant=42")
+        report = poll_source(engine, src, T0)
+    assert len(srv.requests) == 1
+    assert "HTTP 401" in report.error and "check the credentials" in report.error
+    assert SECRET not in report.error and "tenant=42" not in report.error
+    assert SECRET not in (get_source_state(engine, "billing").last_error or "")  # type: ignore[union-attr]
+
+
+def test_malformed_items_fail_the_poll_naming_page_item_and_field_and_store_nothing(engine: Engine) -> None:
+    bad = [_item("acme", T0, 1), {"customer": {"id": "x"}, "meter": "api calls!", "qty": "lots", "start": "soon"},
+           {"meter": "m", "qty": -1, "start": "2026-11-01T00:00:00Z"}, "not an object"]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": bad}}))
+        report = poll_source(engine, _source(srv.url("/usage")), T0 + HOUR)
+    assert not report.ok
+    err = report.error or ""
+    assert "3 malformed item(s) in 1 page(s) (6 problem(s)); nothing was stored from this poll" in err
+    assert "page 1, item 1 (data.items[1]): field 'meter' (metric): 'api calls!' is not a metric name" in err
+    assert "page 1, item 1 (data.items[1]): field 'qty' (value): expected a number, got 'lots'" in err
+    assert "field 'start' (timestamp): 'soon' is not an ISO-8601 timestamp" in err
+    assert "page 1, item 2 (data.items[2]): field 'customer.id' (account) is missing" in err
+    assert "-1 is negative" in err
+    assert "page 1, item 3 (data.items[3]): expected an object, got str" in err
+    assert count(engine, "usage_points") == 0  # the good item was not stored either
+
+
+def test_a_response_without_the_records_path_or_not_json_is_explained(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"items": []}))
+        srv.route("/html", lambda r: (200, b"<html>login</html>", {"Content-Type": "text/html"}))
+        r1 = poll_source(engine, _source(srv.url("/usage")), T0)
+        r2 = poll_source(engine, _source(srv.url("/html")), T0)
+    assert "has no 'data.items' (missing 'data'); check `records`" in (r1.error or "")
+    assert "response is not JSON (content-type text/html)" in (r2.error or "")
+
+
+def test_config_problems_are_named_with_file_line_and_field() -> None:
+    toml = """
+[[sources]]
+id = "b"
+type = "http_json"
+url = "ftp://x"
+incremental = "windw"
+retries = -1
+[sources.auth]
+type = "bearer"
+[sources.fields]
+account = "a"
+value = "v"
+[sources.pagination]
+type = "cursor"
+"""
+    problems = config_problems(toml)
+    text = "\n".join(problems)
+    assert "test.toml:5: sources[0].url: must start with http:// or https://" in text
+    assert "sources[0].incremental: must be one of window, cursor, none (got 'windw'); did you mean 'window'?" in text
+    assert "sources[0].retries: must be between 0 and 20" in text
+    assert "sources[0].auth.token: is required" in text
+    assert "sources[0].fields.timestamp: is required" in text
+    assert "sources[0].fields.metric: give fields.metric" in text
+    assert "sources[0].pagination.param: is required for pagination type 'cursor'" in text
+    assert "sources[0].pagination.next: is required for cursor pagination" in text
+
+
+def test_missing_secret_env_var_is_named_not_its_value() -> None:
+    problems = config_problems(_toml("https://x.example/usage"), env={})
+    assert any("sources[0].auth.token: environment variable API_TOKEN is not set" in p for p in problems)
+
+
+def test_epoch_timestamps_and_metric_map(engine: Engine) -> None:
+    toml = _toml("URL").replace('timestamp = "start"', 'timestamp = "start"\ntimestamp_format = "epoch_ms"')
+    toml = toml.replace('records = "data.items"', 'records = ""\nmetric_map = { "API Calls" = "api_calls" }')
+    with FakeHttp() as srv:
+        srv.route("/u", lambda r: (200, [{"customer": {"id": 7}, "meter": "API Calls", "qty": "2.5",
+                                          "start": (T0 + DAY) * 1000}]))
+        src = HttpJsonSource(source_config(toml.replace("URL", srv.url("/u")), {"API_TOKEN": SECRET}))
+        assert poll_source(engine, src, T0 + 2 * DAY).ok
+    assert points(engine) == {("7", "api_calls", T0 + DAY): 2.5}

@@ -1,0 +1,153 @@
+"""sql source: reads a raw events table of the test database (PostgreSQL and SQLite), aggregating IN SQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bot.polling import poll_source
+from integrations.sources.base import PollContext, SourceError
+from integrations.sources.sql import SqlSource
+from tests.integrations.sources.helpers import HOUR, T0, config_problems, points, source_config
+
+
+def _events_table(engine: Engine, epoch: bool = False) -> sa.Table:
+    md = sa.MetaData()
+    t = sa.Table("raw_events", md,
+                 sa.Column("id", sa.Integer, primary_key=True),
+                 sa.Column("acct", sa.String),
+                 sa.Column("kind", sa.String),
+                 sa.Column("qty", sa.Float),
+                 sa.Column("at", sa.BigInteger if epoch else sa.DateTime(timezone=False)))
+    md.create_all(engine)
+    return t
+
+
+def _at(ts: int, epoch: bool) -> object:
+    return ts if epoch else datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def _insert(engine: Engine, t: sa.Table, rows: list[tuple[str, str, float, int]], epoch: bool = False) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t), [{"acct": a, "kind": k, "qty": q, "at": _at(ts, epoch)} for a, k, q, ts in rows])
+
+
+def _source(db_url: str, extra: str = "", time_type: str = "timestamp") -> SqlSource:
+    return SqlSource(source_config(f"""
+[[sources]]
+id = "warehouse"
+type = "sql"
+url = "${{WAREHOUSE_URL}}"
+table = "raw_events"
+account_column = "acct"
+metric_column = "kind"
+value_column = "qty"
+time_column = "at"
+time_type = "{time_type}"
+bucket = "1h"
+overlap = "2h"
+backfill = "1d"
+{extra}
+""", {"WAREHOUSE_URL": db_url}))
+
+
+@pytest.mark.parametrize("epoch", [False, True], ids=["timestamp", "epoch"])
+def test_aggregates_buckets_in_the_database(engine: Engine, db_url: str, epoch: bool) -> None:
+    t = _events_table(engine, epoch)
+    raw = [("acme", "api_calls", 1.0, T0 + i * 60) for i in range(120)]  # 2 hours of minute events
+    raw += [("globex", "api_calls", 5.0, T0 + 10), ("globex", "events", 2.0, T0 + HOUR + 5), (None, "x", 1, T0)]
+    _insert(engine, t, raw, epoch)
+    src = _source(db_url, time_type="epoch" if epoch else "timestamp")
+    statements: list[str] = []
+    sa.event.listen(src.engine, "before_cursor_execute",
+                    lambda conn, cur, stmt, *a: statements.append(stmt))
+    try:
+        [batch] = list(src.poll(PollContext("warehouse", T0 + 3 * HOUR)))
+    finally:
+        src.close()
+    # one row per account, metric and hour came back, not the 123 raw rows
+    got = {(r.account, r.metric, r.ts): r.value for r in batch.totals}
+    assert got == {("acme", "api_calls", T0): 60.0, ("acme", "api_calls", T0 + HOUR): 60.0,
+                   ("globex", "api_calls", T0): 5.0, ("globex", "events", T0 + HOUR): 2.0}
+    select = [s for s in statements if "GROUP BY" in s]
+    assert select and "sum(" in select[0].lower()
+    assert batch.watermark == T0 + HOUR + 59 * 60  # the newest raw timestamp
+
+
+def test_late_rows_within_the_overlap_replace_their_bucket(engine: Engine, db_url: str) -> None:
+    t = _events_table(engine)
+    _insert(engine, t, [("acme", "api_calls", 1.0, T0 + 60), ("acme", "api_calls", 1.0, T0 + HOUR + 60)])
+    src = _source(db_url)
+    try:
+        assert poll_source(engine, src, T0 + 2 * HOUR).ok
+        _insert(engine, t, [("acme", "api_calls", 3.0, T0 + 120)])  # arrives late, for the first hour
+        report = poll_source(engine, src, T0 + 2 * HOUR + 300)
+    finally:
+        src.close()
+    assert report.ok and report.changed == {("acme", "api_calls")}
+    assert points(engine) == {("acme", "api_calls", T0): 4.0, ("acme", "api_calls", T0 + HOUR): 1.0}
+
+
+def test_count_aggregate_with_a_query_and_a_constant_metric(engine: Engine, db_url: str) -> None:
+    t = _events_table(engine)
+    _insert(engine, t, [("acme", "login", 0, T0 + 1), ("acme", "login", 0, T0 + 2), ("acme", "other", 0, T0 + 3)])
+    cfg = source_config(f"""
+[[sources]]
+id = "logins"
+type = "sql"
+url = "{db_url}"
+query = "SELECT acct, at FROM raw_events WHERE kind = 'login';"
+account_column = "acct"
+time_column = "at"
+metric = "logins"
+aggregate = "count"
+bucket = "1d"
+""")
+    src = SqlSource(cfg)
+    try:
+        [batch] = list(src.poll(PollContext("logins", T0 + HOUR)))
+    finally:
+        src.close()
+    assert [(r.account, r.metric, r.ts, r.value) for r in batch.totals] == [("acme", "logins", T0, 2.0)]
+
+
+def test_query_errors_name_the_source_and_never_the_password(pg_server) -> None:  # type: ignore[no-untyped-def]
+    url = pg_server.url("postgres").replace("postgres@", "postgres:hunter2@")
+    src = _source(url)
+    try:
+        with pytest.raises(SourceError) as exc:
+            list(src.poll(PollContext("warehouse", T0)))
+    finally:
+        src.close()
+    msg = str(exc.value)
+    assert msg.startswith("source 'warehouse': query on postgresql+psycopg://postgres:***@127.0.0.1")
+    assert "raw_events" in msg and "hunter2" not in msg
+
+
+def test_config_problems() -> None:
+    problems = "\n".join(config_problems("""
+[[sources]]
+id = "w"
+type = "sql"
+url = "not a url at all"
+table = "t"
+query = "DELETE FROM t"
+account_column = "a"
+time_column = "t"
+aggregate = "avg"
+bucket = "7m"
+""", {}))
+    assert "sources[0].url: cannot be parsed as a SQLAlchemy URL (not shown: it may hold a password)" in problems
+    assert "sources[0].table: give exactly one of table" in problems
+    assert "sources[0].query: must be a SELECT" in problems
+    assert "sources[0].metric: give exactly one of metric" in problems
+    assert "sources[0].aggregate: must be one of sum, count, max (got 'avg')" in problems
+    assert "sources[0].bucket: must divide a day" in problems
+    assert "not a url at all" not in problems
+    missing_driver = "\n".join(config_problems(
+        '[[sources]]\nid = "w"\ntype = "sql"\nurl = "oracle+nodriver://u:p@h/db"\ntable = "t"\n'
+        'account_column = "a"\ntime_column = "t"\nmetric = "m"\nvalue_column = "v"\n'))
+    assert "no SQLAlchemy driver for 'oracle+nodriver' is installed" in missing_driver
