@@ -244,9 +244,13 @@ def record_step(
 def record_action(
     engine: Engine, state: EpisodeState, event: str, at: int, actor: str | None = None, reason: str = "",
 ) -> int:
-    """A manual change (acknowledged, snoozed, ...): update the episode row from `state`, add an event.
+    """A manual change (acknowledged, snoozed, ...): store the action columns of `state`
+    (acknowledged_by/_at, snoozed_until) on its episode row and add an event.
 
-    `state` must come from load_states (episode_id set); returns the episode id.
+    Only those columns are written: an evaluation cycle may have changed the row
+    (status, counters, explanation) since `state` was loaded, and a button click
+    must not write stale values back. `state` must come from load_states
+    (episode_id set); returns the episode id.
     """
     if state.episode_id is None:
         raise ValueError(f"episode {state.key}: {event!r} needs a stored episode (episode_id is None)")
@@ -256,7 +260,8 @@ def record_action(
             raise ValueError(f"episode {state.key}: stored row id {state.episode_id} does not exist")
         conn.execute(
             sa.update(episodes_table).where(_e.id == state.episode_id)
-            .values(**_values(state, row.rule_hash))
+            .values(acknowledged_by=state.acknowledged_by, acknowledged_at=state.acknowledged_at,
+                    snoozed_until=state.snoozed_until)
         )
         conn.execute(sa.insert(events_table).values(
             episode_id=state.episode_id, event=event, at=at, notify=False, reason=reason, actor=actor,

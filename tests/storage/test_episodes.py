@@ -209,3 +209,17 @@ def test_manual_actions_slack_thread_and_lookup(engine: Engine) -> None:
     # the fired notification is queued, due from the step's evaluation time
     assert counts(engine) == {"pending": 1}
     assert [r.payload["event"] for r in claim_due(engine, T + 2 * H)] == ["fired"]
+
+
+def test_manual_action_does_not_write_back_a_stale_episode(engine: Engine) -> None:
+    """A button click on a state loaded before an evaluation resolved the episode keeps it resolved."""
+    run(engine, T, [finding(T)])
+    run(engine, T + H, [finding(T + H)])  # for = 2: fires on the second bucket
+    stale = load_states(engine)[KEY]
+    assert stale.status == "firing"
+    run(engine, T + 2 * H, [])  # the next cycle resolves it (account decided, no finding)
+    assert load_states(engine)[KEY].status == "resolved"
+    record_action(engine, acknowledge(stale, "U9", T + 2 * H + 5), "acknowledged", T + 2 * H + 5, actor="U9")
+    got = load_states(engine)[KEY]
+    assert got.status == "resolved" and got.resolved_at == T + 2 * H
+    assert (got.acknowledged_by, got.acknowledged_at) == ("U9", T + 2 * H + 5)
