@@ -112,13 +112,21 @@ class Document:
             raise ConfigError(self.problems)
 
 
+def dotted_name(path: Sequence[str | int]) -> str:
+    """("sources", 0, "every") -> "sources[0].every"."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
 def _unknown(doc: Document, path: tuple[str | int, ...], data: Mapping[str, Any], allowed: set[str],
              kind: str = "key") -> None:
     for key in data:
         if key in allowed:
             continue
         hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-        dotted = ".".join(str(p) for p in (*path, key))
+        dotted = dotted_name((*path, key))
         doc.problems.append(ConfigProblem(
             doc.file, doc.lines.line_of((*path, key)), dotted,
             f"unknown {kind}" + (f"; did you mean '{hint[0]}'?" if hint else
@@ -133,7 +141,7 @@ class Section:
 
     @property
     def name(self) -> str:
-        return ".".join(f"[{p}]" if isinstance(p, int) else p for p in self.path).replace(".[", "[")
+        return dotted_name(self.path)
 
     def field_name(self, key: str) -> str:
         return f"{self.name}.{key}"

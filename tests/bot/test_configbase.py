@@ -17,6 +17,7 @@ chanel = "typo"
 [[sources]]
 id = "csv"
 every = "5x"
+onerror = "skip"
 """
 
 
@@ -34,11 +35,13 @@ def test_section_getters_problems_and_env():
     s.check_keys({"bot_token", "signing_secret", "channel", "retries", "timeout", "rate"})
     src = doc.sections("sources")[0]
     assert src.duration("every", default=60) == 60
+    src.check_keys({"id", "every", "on_error"})
     msgs = [str(p) for p in doc.problems]
     assert "config.toml:4: slack.signing_secret: environment variable MISSING_SECRET is not set" in msgs
     assert any(m.startswith("config.toml:7: slack.timeout: must be an integer") for m in msgs)
     assert "config.toml:9: slack.chanel: unknown key; did you mean 'channel'?" in msgs
     assert any(m.startswith("config.toml:13: sources[0].every: invalid duration") for m in msgs)
+    assert "config.toml:14: sources[0].onerror: unknown key; did you mean 'on_error'?" in msgs
     assert all("xoxb" not in m for m in msgs)
     with pytest.raises(ConfigError):
         doc.raise_if_problems()
