@@ -25,6 +25,7 @@ from rules.model import AccountFacts, Finding, MetricBlock, Rule, RuleSet
 from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
 from storage.outbox import OutboxItem, claim_due, mark_dead, mark_failed, mark_sent
+from storage.slack import active_account_snoozes
 from storage.usage import accounts_with_usage, load_block
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ def run_cycle(
         evaluated |= result.evaluated_rules
     states = _rewound(load_states(engine), findings, now)
     by_id = ruleset.by_id()
-    step = advance(by_id, findings, decided, states, now, evaluated_rules=evaluated)
+    # Accounts snoozed from Slack (/usage snooze): transitions are recorded, not notified.
+    step = advance(by_id, findings, decided, states, now, evaluated_rules=evaluated,
+                   snoozed_accounts=active_account_snoozes(engine, now))
     recent = _recent_for(engine, step.transitions, by_id, now)
     outbox: list[OutboxItem] = []
     for t in step.transitions:

@@ -41,7 +41,7 @@ from storage.models import (
     UsagePoint,
 )
 from storage.outbox import OutboxItem, enqueue
-from storage.usage import _record_bookkeeping  # first-seen / coverage tables the read path relies on
+from storage.usage import record_bookkeeping  # first-seen / coverage tables the read path relies on
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
@@ -204,7 +204,7 @@ def _write_points(conn: Connection, rows: list[tuple[str, str, int, float]], add
     """Upsert points (replace, or add for events) and keep storage.usage's bookkeeping tables in step."""
     if not rows:
         return
-    _record_bookkeeping(conn, conn.dialect.name, rows)
+    record_bookkeeping(conn, conn.dialect.name, rows)
     new_value = "usage_points.value + excluded.value" if additive else "excluded.value"
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(_PG_STAGE)

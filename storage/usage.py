@@ -136,7 +136,7 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
                 _write_chunk_sqlite(conn, sql, chunk)
             else:
                 _write_chunk_postgresql(conn, chunk)
-            _record_bookkeeping(conn, dialect, chunk)
+            record_bookkeeping(conn, dialect, chunk)
         written += len(chunk)
 
 
@@ -154,7 +154,7 @@ _COVERAGE_SQL = {
 }
 
 
-def _record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, str, int, float]]) -> None:
+def record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, str, int, float]]) -> None:
     """Keep usage_first_seen (earliest bucket per account/metric) and usage_coverage (delivered
     buckets per metric) in step with the points, in the same transaction."""
     first: dict[tuple[str, str], int] = {}

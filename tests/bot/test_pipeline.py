@@ -129,3 +129,26 @@ def test_incremental_cycle_of_nobody_changes_nothing(engine, book):
     upsert_usage(engine, book.records())
     report = run_cycle(engine, ruleset, END, account_ids=[])
     assert report.transitions == [] and report.outbox_items == 0
+
+
+def test_account_snoozed_from_slack_is_recorded_but_not_notified(engine, book):
+    from storage.slack import snooze_account
+
+    ruleset = load_rules([SHIPPED])
+    upsert_accounts(engine, book.accounts)
+    upsert_usage(engine, book.records())
+    t = END - 10 * DAY
+    # find accounts that fire at t, then replay the same tick on a fresh state with one of them snoozed
+    probe = run_cycle(engine, ruleset, t)
+    fired = [a for a in probe.alerts if a["event"] == "fired" and a["notified"]]
+    assert fired
+    victim = fired[0]["account"]
+    with engine.begin() as c:
+        for table in ("outbox", "alert_events", "alert_episodes"):
+            c.execute(text(f"delete from {table}"))
+    snooze_account(engine, victim, until=t + DAY, by="U1", at=t - 60)
+    report = run_cycle(engine, ruleset, t)
+    mine = [a for a in report.alerts if a["account"] == victim and a["event"] == "fired"]
+    assert mine and all(not a["notified"] and a["suppressed_reason"] == "account snoozed" for a in mine)
+    others = [a for a in report.alerts if a["account"] != victim and a["event"] == "fired"]
+    assert sum(a["notified"] for a in others) == sum(a["notified"] for a in fired if a["account"] != victim)
