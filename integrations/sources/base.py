@@ -51,6 +51,17 @@ class SourceError(Exception):
     """
 
 
+MAX_LISTED_PROBLEMS = 20
+
+
+def malformed_error(source_id: str, problems: list[str], what: str) -> SourceError:
+    """One error listing the first problems of a rejected poll (nothing of it is stored)."""
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    return SourceError(f"source {source_id!r}: {len(problems)} {what}; nothing was stored from this poll:\n  "
+                       + "\n  ".join(shown) + more)
+
+
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
     """A usage event with an id: counted once however often it is delivered."""

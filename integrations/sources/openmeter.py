@@ -25,6 +25,7 @@ from integrations.sources.base import (
     SourceError,
     SourceSettings,
     SourceType,
+    malformed_error,
     newest,
     register_type,
     str_map,
@@ -38,7 +39,6 @@ from integrations.sources.records import UsageRecord, is_metric_name
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
         *RETRY_KEYS)
 WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
-MAX_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,7 @@ class OpenMeterSource:
             body, _ = self.fetcher.get_json(url, params, what=f"meter {slug}")
             records += self._rows(slug, metric, body, problems)
         if problems:
-            more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
-            raise SourceError(f"source {self.id!r}: {len(problems)} malformed row(s); nothing was stored from "
-                              "this poll:\n  " + "\n  ".join(problems[:MAX_PROBLEMS]) + more)
+            raise malformed_error(self.id, problems, "malformed row(s)")
         yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
                     label=f"{len(self.o.meters)} meter(s)")
 

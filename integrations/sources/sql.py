@@ -33,6 +33,7 @@ from integrations.sources.base import (
     SourceError,
     SourceSettings,
     SourceType,
+    malformed_error,
     register_type,
     window,
 )
@@ -43,7 +44,6 @@ KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_
         "value_column", "time_column", "time_type", "aggregate", "bucket")
 TIME_TYPES = ("timestamp", "epoch", "epoch_ms")
 AGGREGATES = ("sum", "count", "max")
-MAX_PROBLEMS = 20
 
 
 # ---------------------------------------------------------------- SQL constructs per dialect
@@ -312,9 +312,7 @@ class SqlSource:
             n = int(float(r.newest))
             newest_ts = n if newest_ts is None else max(newest_ts, n)
         if problems:
-            more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
-            raise SourceError(f"source {self.id!r}: {len(problems)} bad aggregated row(s); nothing was stored:\n  "
-                              + "\n  ".join(problems[:MAX_PROBLEMS]) + more)
+            raise malformed_error(self.id, problems, "bad aggregated row(s)")
         watermark = ctx.watermark
         if newest_ts is not None:
             newest_ts = min(newest_ts, ctx.now)

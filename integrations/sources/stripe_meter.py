@@ -25,6 +25,7 @@ from integrations.sources.base import (
     SourceError,
     SourceSettings,
     SourceType,
+    malformed_error,
     newest,
     register_type,
     str_map,
@@ -38,7 +39,6 @@ from integrations.sources.records import UsageRecord
 KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
         "max_pages", *RETRY_KEYS)
 GROUPINGS = {"hour": 3600, "day": 86_400}
-MAX_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,7 @@ class StripeMeterSource:
                         continue
                     records.append(UsageRecord(account, metric, ts, value))
         if problems:
-            more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
-            raise SourceError(f"source {self.id!r}: {len(problems)} malformed summary item(s); nothing was "
-                              "stored from this poll:\n  " + "\n  ".join(problems[:MAX_PROBLEMS]) + more)
+            raise malformed_error(self.id, problems, "malformed summary item(s)")
         yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
                     label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s)")
 
