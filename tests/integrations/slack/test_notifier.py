@@ -146,7 +146,12 @@ def test_snoozed_account_gets_no_new_alerts(engine, fake, config, clock):
     snooze_account(engine, "acme", T0 + 40 * 86_400, "U0BOBBY01", T0)
     _run(sc, n, (SPIKE_DAY, FIRED, RENOTIFIED))
     assert fake.channel("#usage-alerts").messages == [] and fake.dm_with("U0ALICE01") is None
-    assert counts(engine) == {"sent": 2}  # delivered = deliberately not posted; nothing left queued
+    # The lifecycle already knows the account is snoozed: nothing is queued, and the audit trail
+    # records the firing as not notified and why.
+    assert counts(engine) == {}
+    with engine.connect() as c:
+        fired = c.execute(sa.text("SELECT notify, reason FROM alert_events WHERE event = 'fired'")).all()
+    assert fired and all((bool(n), r) == (False, "account snoozed") for n, r in fired)
 
 
 def test_rejected_blocks_fall_back_to_text(engine, fake, config, clock):
