@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from bot.cli_support import DB_ENV, DEFAULT_DATA_DIR, database_url
 from rules.model import RuleSet
-
-DEFAULT_DATA_DIR = "usagebot-data"
-DB_ENV = "USAGEBOT_DB_URL"
 
 
 def _shipped_rules() -> Path:
@@ -44,9 +42,7 @@ def _missing_paths(paths: Sequence[str], flag: str, err: TextIO) -> bool:
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    from storage.db import default_url
-
-    return args.db or os.environ.get(DB_ENV) or default_url(DEFAULT_DATA_DIR)
+    return database_url(args.db)
 
 
 # ---------------------------------------------------------------------------- commands

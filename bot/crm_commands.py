@@ -12,13 +12,13 @@ SQLite file; rules (used to know each alert's kind) from --rules, else
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from bot.configbase import ConfigError, Document, load_document
+from bot.cli_support import database_url, load_or_report
+from bot.configbase import Document, load_document
 from bot.health_config import parse_health_model
 from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
 from rules.health import DEFAULT_MODEL, HealthModel
@@ -67,20 +67,11 @@ def _parse_at(text: str | None, err: TextIO) -> int | None:
 
 
 def _settings_or_report(args: argparse.Namespace, err: TextIO) -> CrmSettings | None:
-    try:
-        return load_crm_settings(args.config)
-    except ConfigError as exc:
-        for p in exc.problems:
-            print(str(p), file=err)
-        print(f"{len(exc.problems)} problem(s) in the config; nothing was done.", file=err)
-        return None
+    return load_or_report(lambda: load_crm_settings(args.config), err)
 
 
 def _db(args: argparse.Namespace, settings: CrmSettings) -> str:
-    from bot.cli import DB_ENV, DEFAULT_DATA_DIR
-    from storage.db import default_url
-
-    return args.db or os.environ.get(DB_ENV) or settings.db_url or default_url(DEFAULT_DATA_DIR)
+    return database_url(args.db, settings.db_url)
 
 
 def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

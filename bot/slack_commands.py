@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.configbase import ConfigError, load_document
+from bot.cli_support import DB_ENV, database_url, load_or_report
+from bot.configbase import load_document
 from integrations.slack.config import SlackConfig, parse_slack_config
 
 DEFAULT_CONFIG = "config.toml"
-DB_ENV = "USAGEBOT_DB_URL"
 
 
 @dataclass(frozen=True)
@@ -48,20 +47,11 @@ def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) 
 
 
 def _settings(args: argparse.Namespace, err: TextIO) -> SlackSettings | None:
-    try:
-        return load_slack_settings(args.config)
-    except ConfigError as exc:
-        for p in exc.problems:
-            print(str(p), file=err)
-        print(f"{len(exc.problems)} problem(s) in the config; nothing was done.", file=err)
-        return None
+    return load_or_report(lambda: load_slack_settings(args.config), err)
 
 
 def _db_url(args: argparse.Namespace, settings: SlackSettings) -> str:
-    from bot.cli import DEFAULT_DATA_DIR
-    from storage.db import default_url
-
-    return args.db or os.environ.get(DB_ENV) or settings.db_url or default_url(DEFAULT_DATA_DIR)
+    return database_url(args.db, settings.db_url)
 
 
 def _time(text: str | None, flag: str, err: TextIO) -> int | None:
