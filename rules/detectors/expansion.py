@@ -35,7 +35,7 @@ import numpy as np
 
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
-from rules.detectors.quota import MAX_PERIOD, account_groups, interval_sums, quota_array, round_up
+from rules.detectors.quota import MAX_PERIOD, interval_sums, quota_groups, round_up
 from rules.model import AccountFacts, DetectorResult, ExpansionParams, Finding, MetricBlock, Rule
 from rules.periods import Period, billing_period, previous_period
 
@@ -141,13 +141,7 @@ def _utilization(
     if n == 0 or rows == 0:
         return DetectorResult(findings, decided)
     at = block.end
-    q_all = quota_array(accounts, block.metric)
-    with np.errstate(invalid="ignore"):
-        has_quota = q_all > 0
-    for billing_day, timezone, group in account_groups(accounts):
-        idx = group[has_quota[group]]
-        if idx.size == 0:
-            continue
+    for billing_day, timezone, idx, q in quota_groups(block, accounts):
         periods = completed_periods(at, params.periods, billing_day, timezone)
         if block.start > periods[-1].start:
             continue
@@ -158,7 +152,6 @@ def _utilization(
             usage[:, k] = total
             ok &= (buckets > 0) & (buckets - observed <= MAX_MISSING * buckets)
         decided[idx[ok]] = True
-        q = q_all[idx]
         fire = ok & np.all(usage >= params.utilization * q[:, None], axis=1)
         for pos in np.flatnonzero(fire):
             findings.append(

@@ -38,7 +38,7 @@ mode "forecast"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -90,6 +90,20 @@ def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
     return out
 
 
+def quota_groups(
+    block: MetricBlock, accounts: Sequence[AccountFacts]
+) -> Iterator[tuple[int, str, np.ndarray, np.ndarray]]:
+    """(billing_day, timezone, rows, quotas) for each group of rows that have a quota for the
+    block's metric; rows without one are left out (undecided)."""
+    q_all = quota_array(accounts, block.metric)
+    with np.errstate(invalid="ignore"):
+        has_quota = q_all > 0
+    for billing_day, timezone, group in account_groups(accounts):
+        idx = group[has_quota[group]]
+        if idx.size:
+            yield billing_day, timezone, idx, q_all[idx]
+
+
 def column_at(block: MetricBlock, t: int) -> int:
     """First column whose bucket starts at or after epoch second t, clipped to [0, n]."""
     return min(block.n_buckets, max(0, -((block.start - t) // block.step)))
@@ -119,17 +133,10 @@ def detect_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts
     if n == 0 or rows == 0:
         return DetectorResult(findings, decided)
     at = block.end
-    q_all = quota_array(accounts, block.metric)
-    with np.errstate(invalid="ignore"):
-        has_quota = q_all > 0
-    for billing_day, timezone, group in account_groups(accounts):
-        idx = group[has_quota[group]]
-        if idx.size == 0:
-            continue
+    for billing_day, timezone, idx, q in quota_groups(block, accounts):
         period = billing_period(at - 1, billing_day, timezone)
         if block.start > period.start:
             continue
-        q = q_all[idx]
         if params.mode == "forecast" and at - period.start < params.min_elapsed:
             decided[idx] = True
             continue
