@@ -41,7 +41,7 @@ from storage.models import (
     UsagePoint,
 )
 from storage.outbox import OutboxItem, enqueue
-from storage.usage import record_bookkeeping  # first-seen / coverage tables the read path relies on
+from storage.usage import write_points  # also keeps the first-seen / coverage tables in step
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
@@ -194,41 +194,6 @@ def _existing(conn: Connection, keys: Iterable[tuple[str, str, int]]) -> dict[tu
     return out
 
 
-_PG_STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS usagebot_source_stage (account_id varchar NOT NULL, "
-    "metric varchar NOT NULL, bucket_start bigint NOT NULL, value double precision NOT NULL) ON COMMIT DROP"
-)
-
-
-def _write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool) -> None:
-    """Upsert points (replace, or add for events) and keep storage.usage's bookkeeping tables in step."""
-    if not rows:
-        return
-    record_bookkeeping(conn, conn.dialect.name, rows)
-    new_value = "usage_points.value + excluded.value" if additive else "excluded.value"
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(_PG_STAGE)
-        conn.exec_driver_sql("TRUNCATE usagebot_source_stage")
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(
-            "COPY usagebot_source_stage (account_id, metric, bucket_start, value) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(row)
-        conn.exec_driver_sql(
-            "INSERT INTO usage_points (account_id, metric, bucket_start, value) "
-            "SELECT account_id, metric, bucket_start, value FROM usagebot_source_stage "
-            "ORDER BY account_id, metric, bucket_start "
-            f"ON CONFLICT (account_id, metric, bucket_start) DO UPDATE SET value = {new_value}"
-        )
-        return
-    conn.exec_driver_sql(
-        "INSERT INTO usage_points (account_id, metric, bucket_start, value) VALUES (?, ?, ?, ?) "
-        f"ON CONFLICT (account_id, metric, bucket_start) DO UPDATE SET value = {new_value}",
-        rows,
-    )
-
-
 def _new_event_ids(conn: Connection, source_id: str, ids: Sequence[str], now: int) -> set[str]:
     """Insert event ids; returns those that were not stored before (the rest are duplicates)."""
     new: set[str] = set()
@@ -295,7 +260,7 @@ def store_batch(
         if total_sums:
             existing = _existing(conn, total_sums)
             rows = [(a, m, b, v) for (a, m, b), v in total_sums.items() if existing.get((a, m, b)) != v]
-            _write_points(conn, rows, additive=False)
+            write_points(conn, rows, additive=False)
             result.points_written += len(rows)
             for a, m, b, _ in rows:
                 changed[(a, m)] = min(b, changed.get((a, m), b))
@@ -311,7 +276,7 @@ def store_batch(
             result.events_duplicate = len(event_list) - len(fresh)
             ev_sums, newest_e = _sums(fresh, base_step, f"source {source_id!r}: event")
             rows = [(a, m, b, v) for (a, m, b), v in ev_sums.items()]
-            _write_points(conn, rows, additive=True)
+            write_points(conn, rows, additive=True)
             result.points_written += len(rows)
             for a, m, b, _ in rows:
                 changed[(a, m)] = min(b, changed.get((a, m), b))

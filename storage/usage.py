@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from rules.model import MetricBlock
@@ -42,47 +41,49 @@ class UsageRecordLike(Protocol):
     value: float
 
 
-def _sqlite_upsert_sql(engine: Engine) -> str:
-    ins = sqlite.insert(usage_points)
-    stmt = ins.on_conflict_do_update(
-        index_elements=[_c.account_id, _c.metric, _c.bucket_start],
-        set_={"value": ins.excluded.value},
-        where=_c.value.is_distinct_from(ins.excluded.value),  # unchanged rows are not rewritten
-    )
-    compiled = stmt.compile(dialect=engine.dialect)
-    order = list(compiled.positiontup or ())
-    if order != ["account_id", "metric", "bucket_start", "value"]:  # pragma: no cover - guards SQLAlchemy changes
-        raise RuntimeError(f"storage.usage: unexpected parameter order {order} in the SQLite upsert")
-    return str(compiled)
-
-
 _PG_STAGE = (
-    "CREATE TEMPORARY TABLE usage_stage (account_id varchar NOT NULL, metric varchar NOT NULL, "
+    "CREATE TEMPORARY TABLE IF NOT EXISTS usage_stage (account_id varchar NOT NULL, metric varchar NOT NULL, "
     "bucket_start bigint NOT NULL, value double precision NOT NULL) ON COMMIT DROP"
 )
-_PG_MERGE = (
-    "INSERT INTO usage_points (account_id, metric, bucket_start, value) "
-    "SELECT account_id, metric, bucket_start, value FROM usage_stage ORDER BY account_id, metric, bucket_start "
-    "ON CONFLICT (account_id, metric, bucket_start) DO UPDATE SET value = excluded.value "
-    "WHERE usage_points.value IS DISTINCT FROM excluded.value"
-)
+_INSERT = "INSERT INTO usage_points (account_id, metric, bucket_start, value) "
+_CONFLICT = "ON CONFLICT (account_id, metric, bucket_start) DO UPDATE SET value = "
+# replace: unchanged rows are not rewritten; add (events counted into their bucket): always
+_SET = {
+    ("sqlite", False): "excluded.value WHERE usage_points.value IS NOT excluded.value",
+    ("postgresql", False): "excluded.value WHERE usage_points.value IS DISTINCT FROM excluded.value",
+    ("sqlite", True): "usage_points.value + excluded.value",
+    ("postgresql", True): "usage_points.value + excluded.value",
+}
 
 
-def _write_chunk_sqlite(conn: Connection, sql: str, rows: list[tuple[str, str, int, float]]) -> None:
-    conn.exec_driver_sql(sql, rows)  # one executemany, no per-row SQLAlchemy parameter processing
+def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False) -> None:
+    """Upsert (account, metric, bucket_start, value) rows inside the caller's transaction.
 
-
-def _write_chunk_postgresql(conn: Connection, rows: list[tuple[str, str, int, float]]) -> None:
-    # COPY into a per-transaction staging table, then one INSERT .. ON CONFLICT DO UPDATE:
-    # about twice executemany's throughput (measured in tests/storage/bench_upsert.py).
-    conn.exec_driver_sql(_PG_STAGE)
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy(
-        "COPY usage_stage (account_id, metric, bucket_start, value) FROM STDIN"
-    ) as copy:
-        for row in rows:
-            copy.write_row(row)
-    conn.exec_driver_sql(_PG_MERGE)
+    additive False replaces a stored value, True adds to it. Keeps usage_first_seen and
+    usage_coverage in step. SQLite: one executemany; PostgreSQL: COPY into a staging
+    table, then one INSERT .. SELECT (about twice executemany's throughput, measured in
+    tests/storage/bench_upsert.py).
+    """
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
+    on_conflict = _CONFLICT + _SET[(dialect, additive)]
+    if dialect == "sqlite":
+        conn.exec_driver_sql(_INSERT + "VALUES (?, ?, ?, ?) " + on_conflict, rows)
+    else:
+        conn.exec_driver_sql(_PG_STAGE)
+        conn.exec_driver_sql("TRUNCATE usage_stage")  # a second write in the same transaction
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(
+            "COPY usage_stage (account_id, metric, bucket_start, value) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.exec_driver_sql(_INSERT + "SELECT account_id, metric, bucket_start, value FROM usage_stage "
+                             "ORDER BY account_id, metric, bucket_start " + on_conflict)
+    record_bookkeeping(conn, dialect, rows)
 
 
 def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict[tuple[str, str, int], float]:
@@ -125,7 +126,6 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
     dialect = engine.dialect.name
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-    sql = _sqlite_upsert_sql(engine) if dialect == "sqlite" else ""
     items = iter(sums.items())
     written = 0
     while True:
@@ -133,11 +133,7 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
         if not chunk:
             return written
         with engine.begin() as conn:
-            if dialect == "sqlite":
-                _write_chunk_sqlite(conn, sql, chunk)
-            else:
-                _write_chunk_postgresql(conn, chunk)
-            record_bookkeeping(conn, dialect, chunk)
+            write_points(conn, chunk)
         written += len(chunk)
 
 
