@@ -41,6 +41,16 @@ def _missing_paths(paths: Sequence[str], flag: str, err: TextIO) -> bool:
     return bool(missing)
 
 
+def _report_bad_rows(exc: Exception, consequence: str, err: TextIO) -> int:
+    """Every bad CSV row (file:line: column: value), what was not done, and how to go on; exit code 1."""
+    errors = getattr(exc, "errors", [])
+    for e in errors:
+        print(str(e), file=err)
+    print(f"{len(errors)} bad row(s); {consequence}. Fix them, or pass --on-error skip "
+          f"(with --rejects FILE to keep the bad rows).", file=err)
+    return 1
+
+
 def _db_url(args: argparse.Namespace) -> str:
     return database_url(args.db)
 
@@ -88,11 +98,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
                               rejects_path=args.rejects)
     except CsvInputError as exc:
-        for e in exc.errors:
-            print(str(e), file=err)
-        print(f"{len(exc.errors)} bad row(s); nothing was replayed. Fix them, or pass --on-error skip "
-              f"(with --rejects FILE to keep the bad rows).", file=err)
-        return 1
+        return _report_bad_rows(exc, "nothing was replayed", err)
     except BacktestError as exc:
         print(f"usagebot backtest: {exc}", file=err)
         return 1
@@ -159,11 +165,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 errors += res.errors
                 print(f"{args.usage}: {len(res.records):,} row(s) read, {n:,} bucket(s) written", file=out)
         except CsvInputError as exc:
-            for e in exc.errors:
-                print(str(e), file=err)
-            print(f"{len(exc.errors)} bad row(s); that file was not stored. Fix them, or pass "
-                  f"--on-error skip (with --rejects FILE to keep the bad rows).", file=err)
-            return 1
+            return _report_bad_rows(exc, "that file was not stored", err)
         for e in errors:
             print(f"skipped: {e}", file=err)
         if errors and args.rejects:

@@ -12,7 +12,7 @@ the two loses nothing and a re-run duplicates nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -100,9 +100,13 @@ def _rewound(states: Mapping[Key, EpisodeState], findings: Sequence[Finding], no
     return out
 
 
-def account_chunks(engine: Engine, size: int) -> list[list[str]]:
-    """Every account with an account record or usage, sorted, in chunks of `size`."""
-    ids = sorted({a.id for a in list_accounts(engine)} | set(accounts_with_usage(engine)))
+def account_chunks(engine: Engine, size: int, known: Iterable[str] | None = None) -> list[list[str]]:
+    """Every account with an account record or usage, sorted, in chunks of `size`.
+
+    known: the account-record ids when the caller has already read them.
+    """
+    records = set(known) if known is not None else {a.id for a in list_accounts(engine)}
+    ids = sorted(records | set(accounts_with_usage(engine)))
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
@@ -140,7 +144,7 @@ def run_cycle(
     if account_ids is not None:
         chunks: list[Sequence[str] | None] = [list(account_ids)] if account_ids else []
     elif chunk_accounts:
-        chunks = list(account_chunks(engine, chunk_accounts))
+        chunks = list(account_chunks(engine, chunk_accounts, known=accounts))
     else:
         chunks = [None]
     findings = []
