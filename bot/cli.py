@@ -10,12 +10,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.cli_support import DB_ENV, DEFAULT_DATA_DIR, database_url
 from rules.model import RuleSet
+
+INGEST_CHUNK_ROWS = 200_000  # CSV rows parsed per chunk by `usagebot ingest` (memory ~ one chunk)
 
 
 def _shipped_rules() -> Path:
@@ -135,10 +137,15 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv, write_rejects
+    from integrations.sources.csv_files import (
+        CsvInputError,
+        iter_usage_csv_chunks,
+        read_accounts_csv,
+        write_rejects,
+    )
     from storage.accounts import upsert_accounts
     from storage.db import make_engine, migrate, redact_url
-    from storage.usage import upsert_usage
+    from storage.usage import load_usage
 
     files = [p for p in (args.accounts, args.usage) if p]
     if not files:
@@ -160,10 +167,19 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 errors += res.errors
                 print(f"{args.accounts}: {n} account(s) stored", file=out)
             if args.usage:
-                res = read_usage_csv(args.usage, on_error=args.on_error)
-                n = upsert_usage(engine, res.records)
-                errors += res.errors
-                print(f"{args.usage}: {len(res.records):,} row(s) read, {n:,} bucket(s) written", file=out)
+                read = 0
+
+                def usage_chunks() -> Iterator[list[Any]]:
+                    # Streamed: memory stays at one chunk; a rejected file rolls the load back.
+                    nonlocal read
+                    for chunk in iter_usage_csv_chunks(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
+                                                       on_error=args.on_error):
+                        read += len(chunk.records)
+                        errors.extend(chunk.errors)
+                        yield chunk.records
+
+                n = load_usage(engine, usage_chunks())
+                print(f"{args.usage}: {read:,} row(s) read, {n:,} bucket(s) written", file=out)
         except CsvInputError as exc:
             return _report_bad_rows(exc, "that file was not stored", err)
         for e in errors:

@@ -25,7 +25,7 @@ from rules.periods import iso
 from storage.accounts import upsert_accounts
 from storage.db import make_engine, migrate
 from storage.episodes import load_states
-from storage.usage import upsert_usage
+from storage.usage import UPSERT_CHUNK, in_chunks, load_usage
 
 SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules" / "examples" / "default.toml"
 
@@ -74,7 +74,7 @@ def run_demo(
     try:
         migrate(engine)
         upsert_accounts(engine, book.accounts)
-        rows = upsert_usage(engine, book.records())
+        rows = load_usage(engine, in_chunks(book.records(), UPSERT_CHUNK))
         print(f"usagebot demo: {len(book.accounts)} synthetic accounts, {len(book.metrics)} metrics "
               f"({', '.join(book.metrics)}), {days} days of daily usage, {rows:,} rows -> {db_path}", file=out)
         print(f"Rules: {', '.join(ruleset.files) or 'given'} ({len(ruleset.rules)} rules). No Slack or "

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from rules.model import MetricBlock
+from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 
 UPSERT_CHUNK = 50_000
@@ -137,6 +138,96 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
         written += len(chunk)
 
 
+_COVER_INDEX = "ix_usage_points_metric_bucket_cover"
+_LOAD_STAGE = "usage_load_stage"
+_LOAD_STAGE_DDL = {
+    "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS {_LOAD_STAGE} (account_id TEXT NOT NULL, metric TEXT NOT NULL, "
+              "bucket_start INTEGER NOT NULL, value REAL NOT NULL)",
+    "postgresql": f"CREATE TEMPORARY TABLE IF NOT EXISTS {_LOAD_STAGE} (account_id varchar NOT NULL, "
+                  "metric varchar NOT NULL, bucket_start bigint NOT NULL, value double precision NOT NULL) "
+                  "ON COMMIT DROP",
+}
+_KEY = "account_id, metric, bucket_start"
+
+
+def load_usage(
+    engine: Engine, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int = 60
+) -> int:
+    """Store a large load (a backfill, a big file) in ONE transaction; returns the rows written.
+
+    Same meaning as one upsert_usage() call over all the chunks together: ts floored to
+    `base_step`, records of the same (account, metric, bucket) summed across the WHOLE load
+    (not per chunk), stored values replaced, unchanged rows not rewritten. Memory is bounded
+    by one chunk. If iterating `chunks` raises (a bad row in a file), the transaction rolls
+    back and nothing of the load is stored.
+
+    Into an empty usage table (the first backfill) the covering index is dropped, the rows
+    written with additive upserts (a key in several chunks adds up, nothing older exists)
+    and the index rebuilt once at the end: maintaining it row by row costs a random B-tree
+    insert per row once it outgrows the page cache (docs/benchmarks.md). Readers keep seeing
+    the previous snapshot on SQLite; on PostgreSQL they wait for the load to commit. Into a
+    non-empty table the chunks are staged in a temporary table, then summed and merged by
+    one INSERT .. SELECT .. GROUP BY in primary-key order, with the first-seen and coverage
+    tables updated from the stage.
+    """
+    if base_step <= 0:
+        raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
+    dialect = engine.dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
+    cover = next(i for i in usage_points.indexes if i.name == _COVER_INDEX)
+    with write_transaction(engine) as conn:
+        empty = conn.execute(sa.select(_c.account_id).limit(1)).first() is None
+        if empty:
+            cover.drop(conn)
+            for chunk in chunks:
+                sums = sum_records(chunk, base_step)
+                write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()], additive=True)
+            if dialect == "postgresql":
+                conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+            cover.create(conn)
+            written = int(conn.execute(sa.select(sa.func.count()).select_from(usage_points)).scalar_one())
+        else:
+            written = _load_staged(conn, dialect, chunks, base_step)
+    if dialect == "sqlite":
+        with engine.connect() as conn:  # give the load's WAL back to the file system
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return written
+
+
+def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int) -> int:
+    conn.exec_driver_sql(_LOAD_STAGE_DDL[dialect])
+    conn.exec_driver_sql(f"DELETE FROM {_LOAD_STAGE}")
+    raw = conn.connection.driver_connection
+    staged = 0
+    for chunk in chunks:
+        sums = sum_records(chunk, base_step)
+        if dialect == "sqlite":
+            raw.executemany(f"INSERT INTO {_LOAD_STAGE} VALUES (?, ?, ?, ?)",
+                            [(k[0], k[1], k[2], v) for k, v in sums.items()])
+        else:
+            with raw.cursor() as cur, cur.copy(f"COPY {_LOAD_STAGE} ({_KEY}, value) FROM STDIN") as copy:
+                for k, v in sums.items():
+                    copy.write_row((k[0], k[1], k[2], v))
+        staged += len(sums)
+    if not staged:
+        return 0
+    merged = conn.exec_driver_sql(
+        f"{_INSERT}SELECT {_KEY}, SUM(value) FROM {_LOAD_STAGE} GROUP BY {_KEY} ORDER BY {_KEY} "
+        + _CONFLICT + _SET[(dialect, False)])
+    written = max(0, merged.rowcount)
+    conn.exec_driver_sql(
+        "INSERT INTO usage_first_seen (metric, account_id, first_bucket) "
+        f"SELECT metric, account_id, MIN(bucket_start) FROM {_LOAD_STAGE} GROUP BY metric, account_id "
+        "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
+        "WHERE excluded.first_bucket < usage_first_seen.first_bucket")
+    conn.exec_driver_sql(
+        f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
+        f"FROM {_LOAD_STAGE} WHERE true ON CONFLICT DO NOTHING")
+    conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
+    return written
+
+
 _FIRST_SEEN_SQL = {
     "sqlite": "INSERT INTO usage_first_seen (metric, account_id, first_bucket) VALUES (?, ?, ?) "
               "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
@@ -167,6 +258,15 @@ def record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, st
         cur.executemany(_COVERAGE_SQL[dialect], sorted(covered))
     finally:
         cur.close()
+
+
+def in_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of at most `size` consecutive items (feeds load_usage from one long iterator)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    it = iter(items)
+    while chunk := list(_take(it, size)):
+        yield chunk
 
 
 def _take(it: Iterator[Any], n: int) -> Iterator[Any]:

@@ -74,3 +74,41 @@ def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path):
     assert err.startswith("usagebot ingest: ") and "usagebot:***@127.0.0.1" in err
     assert "check that the server is running" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _rows(url: str) -> list[tuple]:
+    eng = create_engine(url)
+    try:
+        with eng.connect() as c:
+            return [tuple(r) for r in c.execute(text(
+                "select account_id, metric, bucket_start, value from usage_points order by 1, 2, 3"))]
+    finally:
+        eng.dispose()
+
+
+def test_ingest_streams_chunks_in_one_transaction(tmp_path, monkeypatch):
+    import bot.cli
+
+    monkeypatch.setattr(bot.cli, "INGEST_CHUNK_ROWS", 2)  # every chunk boundary is exercised
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    good = tmp_path / "good.csv"
+    # acme's 2026-09-01 minute appears in three chunks: one file's rows of a bucket add up
+    good.write_text("timestamp,account,metric,value\n"
+                    "2026-09-01T00:00:05Z,acme,api_calls,1\n2026-09-02,acme,api_calls,10\n"
+                    "2026-09-01T00:00:30Z,acme,api_calls,2\n2026-09-01,bolt,api_calls,7\n"
+                    "2026-09-01T00:00:59Z,acme,api_calls,4\n")
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(good))
+    assert code == 0, err
+    assert "5 row(s) read, 3 bucket(s) written" in out
+    first = _rows(url)
+    assert [(a, v) for a, _, _, v in first] == [("acme", 7.0), ("acme", 10.0), ("bolt", 7.0)]
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(good))  # again: nothing changes
+    assert code == 0 and "5 row(s) read, 0 bucket(s) written" in out and _rows(url) == first
+
+    # a bad row after several chunks went in: the whole file is rolled back
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,account,metric,value\n" + "2026-09-03,acme,api_calls,1\n" * 5
+                   + "2026-09-04,acme,api_calls,-3\n")
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(bad))
+    assert code == 1 and f"{bad}:7: column 'value'" in err and "not stored" in err
+    assert _rows(url) == first
