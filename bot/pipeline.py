@@ -160,7 +160,9 @@ def run_cycle(
         findings.extend(result.findings)
         decided |= result.decided
         evaluated |= result.evaluated_rules
-    states = _rewound(load_states(engine), findings, now)
+    # An incremental cycle reads only its accounts' states; other accounts' episodes are untouched
+    # (an episode of a removed rule resolves at the next full cycle).
+    states = _rewound(load_states(engine, account_ids=account_ids), findings, now)
     by_id = ruleset.by_id()
     # Accounts snoozed from Slack (/usage snooze): transitions are recorded, not notified.
     step = advance(by_id, findings, decided, states, now, evaluated_rules=evaluated,

@@ -85,13 +85,27 @@ def _latest_ids(rule_ids: Sequence[str] | None = None) -> Any:
     return q
 
 
-def load_states(engine: Engine, rule_ids: Iterable[str] | None = None) -> dict[Key, EpisodeState]:
-    """The current (latest) episode per key, open or resolved, with episode_id set."""
+def load_states(
+    engine: Engine, rule_ids: Iterable[str] | None = None, account_ids: Iterable[str] | None = None
+) -> dict[Key, EpisodeState]:
+    """The current (latest) episode per key, open or resolved, with episode_id set.
+
+    rule_ids / account_ids: only keys of these rules / accounts (an incremental cycle
+    reads its accounts' states through ix_alert_episodes_account, not every episode).
+    """
     ids = None if rule_ids is None else list(rule_ids)
-    q = sa.select(episodes_table).where(_e.id.in_(_latest_ids(ids)))
+    if account_ids is None:
+        q = sa.select(episodes_table).where(_e.id.in_(_latest_ids(ids)))
+        with engine.connect() as conn:
+            return {s.key: s for s in (_to_state(r) for r in conn.execute(q))}
+    accounts = sorted(set(account_ids))
+    out: dict[Key, EpisodeState] = {}
     with engine.connect() as conn:
-        states = [_to_state(r) for r in conn.execute(q)]
-    return {s.key: s for s in states}
+        for i in range(0, len(accounts), _CHUNK):
+            latest = _latest_ids(ids).where(_e.account_id.in_(accounts[i:i + _CHUNK]))
+            q = sa.select(episodes_table).where(_e.id.in_(latest))
+            out.update((s.key, s) for s in (_to_state(r) for r in conn.execute(q)))
+    return out
 
 
 def _rows_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:

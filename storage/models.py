@@ -80,6 +80,8 @@ class AlertEpisode(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_alert_episodes_key", "rule_id", "account_id", "metric", "discriminator"),
         sa.Index("ix_alert_episodes_status", "status"),
+        # States of a few accounts (incremental cycles, /usage <account>) without scanning all episodes.
+        sa.Index("ix_alert_episodes_account", "account_id", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -223,3 +223,19 @@ def test_manual_action_does_not_write_back_a_stale_episode(engine: Engine) -> No
     got = load_states(engine)[KEY]
     assert got.status == "resolved" and got.resolved_at == T + 2 * H
     assert (got.acknowledged_by, got.acknowledged_at) == ("U9", T + 2 * H + 5)
+
+
+def test_load_states_of_some_accounts_only(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(episodes_mod, "_CHUNK", 2)  # several IN (...) batches
+    accounts = ["acme", "bolt", "cask", "dune", "echo"]
+    decided = [(RULE.id, a) for a in accounts]
+    run(engine, T, [finding(T, account=a) for a in accounts], decided)
+    run(engine, T + H, [], decided)  # all resolve ...
+    run(engine, T + 2 * H, [finding(T + 2 * H, account="bolt")], decided)  # ... bolt opens a new episode
+    everything = load_states(engine)
+    some = load_states(engine, account_ids=["bolt", "dune", "echo", "nobody"])
+    assert set(some) == {(RULE.id, a, "calls", "") for a in ("bolt", "dune", "echo")}
+    assert all(some[k] == everything[k] for k in some)
+    assert some[(RULE.id, "bolt", "calls", "")].started_at == T + 2 * H  # the latest episode of the key
+    assert load_states(engine, account_ids=[]) == {}
+    assert load_states(engine, ["other-rule"], account_ids=["bolt"]) == {}
