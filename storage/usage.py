@@ -357,6 +357,9 @@ def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: li
     q = sa.select(fs.account_id, fs.first_bucket).where(fs.metric == metric)
     if by_sql_in:
         q = q.where(fs.account_id.in_(ids))
+    elif ids:  # a chunk of a long sorted list: only its id range (code-point order, as Python's)
+        acc = fs.account_id.collate("C") if conn.dialect.name == "postgresql" else fs.account_id
+        q = q.where(acc >= min(ids), acc <= max(ids))
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     for acc, first in conn.execute(q):
         i = index.get(acc)
@@ -365,18 +368,25 @@ def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: li
     return first_col
 
 
-def _stream_points(conn: Connection, metric: str, start: int, end: int,
-                   ids: Sequence[str] | None) -> Iterator[list[tuple[str, int, float]]]:
+def _stream_points(conn: Connection, metric: str, start: int, end: int, ids: Sequence[str] | None,
+                   within: tuple[str, str] | None = None) -> Iterator[list[tuple[str, int, float]]]:
     """Raw (account_id, bucket_start, value) rows in batches, straight from the DB-API cursor.
 
     All accounts: an index-only range scan of the covering index. A short list of
     accounts: per-account primary-key ranges, so the cost follows the accounts asked for.
+    within: (lowest, highest) account id of a long list (a chunk of sorted accounts): the
+    same index scan returns only rows in that id range, so chunks do not each hand the
+    whole book to Python (the caller still drops ids in the range it did not ask for).
     """
     dialect = conn.dialect.name
     mark = "?" if dialect == "sqlite" else "%s"
     sql = (f"SELECT account_id, bucket_start, value FROM usage_points "
            f"WHERE metric = {mark} AND bucket_start >= {mark} AND bucket_start < {mark}")
     params: list[Any] = [metric, start, end]
+    if within is not None:  # code-point order, as Python's min/max (PostgreSQL's collation may differ)
+        col = 'account_id COLLATE "C"' if dialect == "postgresql" else "account_id"
+        sql += f" AND {col} >= {mark} AND {col} <= {mark}"
+        params += list(within)
     if ids is not None:
         sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
                f"({_placeholders(dialect, len(ids))}) AND metric = {mark} AND bucket_start >= {mark} "
@@ -415,7 +425,8 @@ def _fill(
     cols_parts: list[np.ndarray] = []
     vals_parts: list[np.ndarray] = []
     found: dict[str, int] = {} if ids is None else index
-    for batch in _stream_points(conn, metric, start, end, ids if by_sql_in else None):
+    within = (min(ids), max(ids)) if ids is not None and not by_sql_in else None
+    for batch in _stream_points(conn, metric, start, end, ids if by_sql_in else None, within):
         # Per-row work stays cheap: list comprehensions split the columns (6x faster than
         # zip(*batch)), dict.fromkeys and map over a bound method map ids without a Python
         # frame per row. This is most of the cost above the raw read floor.
