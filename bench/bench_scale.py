@@ -9,11 +9,12 @@ metrics api_calls, events, exports, reports. Each phase runs in its own Python
 process, so "peak" is that phase's own maximum resident memory. Phases, in order:
 
   ingest         generate the book, then stream book.records() in chunks straight into
-                 storage.usage.upsert_usage (no CSV): rows/s end to end and of the upsert alone
-  ingest_sample  a smaller book (--sample-accounts) written three ways into a fresh database
-                 (SQLite: a new file; PostgreSQL: a new schema, dropped afterwards): the engine's
-                 idempotent upsert, the write floor (plain executemany INSERT / COPY into a table
-                 shaped like usage_points) and pandas DataFrame.to_sql
+                 storage.usage.load_usage (no CSV; the backfill path: one transaction, covering
+                 index rebuilt once): rows/s end to end and of the load alone
+  ingest_sample  a smaller book (--sample-accounts) written into a fresh database (SQLite: a new
+                 file; PostgreSQL: a new schema, dropped afterwards): the engine's load_usage, the
+                 same rows again through upsert_usage per chunk, the write floor (plain executemany
+                 INSERT / COPY into a table shaped like usage_points) and pandas DataFrame.to_sql
   floor          the read floor (bench/raw_floor.py): the rows the evaluation needs, same metrics
                  and time ranges, read with one plain SELECT per metric into numpy arrays; once for
                  the ranges of all evaluated rules and once for those of the pandas baseline's rules
@@ -28,15 +29,21 @@ process, so "peak" is that phase's own maximum resident memory. Phases, in order
                  quota threshold): the like-for-like comparison
   pandas         bench/pandas_baseline.py on those same rules; its findings are compared with the
                  engine's (count and digest)
+  calls          bench/bench_calls.py: the real pipeline at the day before the end and at the end
+                 (run_cycle, Slack delivery to a local fake Slack, CRM sync to a local fake
+                 Salesforce), counting the API calls each cycle made over HTTP (--no-calls skips it)
   incremental    per --changed fraction: new data (a corrected last-day value of every metric) is
                  upserted for that share of accounts, then `incremental_evaluation` re-evaluates
                  only them, and the read floor of only those accounts' rows is measured (best of
                  3 runs each, these figures being small)
+  incremental_cycle per --changed fraction, end to end as the service does on new data: upsert
+                 it, then run_cycle(account_ids=...) (evaluate, advance, persist those accounts)
+  ingest_daily   steady state: the next day's bucket for every account and metric upserted into
+                 the full book (what a daily poll delivers)
 
 Ratios: "x floor" is this figure's time over the matching raw floor's (1.0 = as fast as
 reading the rows); "pandas x" is the pandas baseline's time over this figure's (10 = ten
-times faster than pandas). Slack/CRM calls per cycle: reported as n/a until the Slack and
-Salesforce integrations (issues 3 and 4) exist. Run with --json for machine-readable output.
+times faster than pandas). Run with --json for machine-readable output.
 """
 
 from __future__ import annotations
@@ -132,7 +139,7 @@ def phase_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
     from storage.accounts import upsert_accounts
     from storage.db import make_engine, migrate
-    from storage.usage import upsert_usage, usage_points
+    from storage.usage import load_usage, usage_points
 
     engine = make_engine(args.db_url)
     migrate(engine)
@@ -145,22 +152,28 @@ def phase_ingest(args: argparse.Namespace) -> dict[str, Any]:
     generate_s = time.perf_counter() - t0
     upsert_accounts(engine, book.accounts, now=book.end)
     records = book.records()
+    produce_s = 0.0
     rows = 0
-    upsert_s = 0.0
+
+    def chunks() -> Any:  # the book's records, timed apart from the load itself
+        nonlocal produce_s, rows
+        while True:
+            p0 = time.perf_counter()
+            chunk = list(itertools.islice(records, args.chunk_rows))
+            produce_s += time.perf_counter() - p0
+            if not chunk:
+                return
+            rows += len(chunk)
+            yield chunk
+
     t1 = time.perf_counter()
-    while True:
-        chunk = list(itertools.islice(records, args.chunk_rows))
-        if not chunk:
-            break
-        u0 = time.perf_counter()
-        rows += upsert_usage(engine, chunk)
-        upsert_s += time.perf_counter() - u0
+    stored = load_usage(engine, chunks())
     ingest_s = time.perf_counter() - t1
     (Path(args.workdir) / "book.json").write_text(json.dumps({"start": book.start, "end": book.end, "rows": rows}))
     engine.dispose()
-    return {"phase": "ingest", "rows": rows, "accounts": len(book.accounts), "generate_s": generate_s,
-            "seconds": ingest_s, "rows_per_s": rows / ingest_s, "upsert_rows_per_s": rows / upsert_s,
-            "peak_rss_mb": _rss_mb()}
+    return {"phase": "ingest", "rows": rows, "stored": stored, "accounts": len(book.accounts),
+            "generate_s": generate_s, "seconds": ingest_s, "rows_per_s": rows / ingest_s,
+            "load_rows_per_s": rows / (ingest_s - produce_s), "peak_rss_mb": _rss_mb()}
 
 
 def _scratch_url(args: argparse.Namespace) -> tuple[str, Any]:
@@ -197,7 +210,7 @@ def phase_ingest_sample(args: argparse.Namespace) -> dict[str, Any]:
     from bench.raw_floor import create_points_table, insert_plain
     from storage.accounts import upsert_accounts
     from storage.db import make_engine, migrate
-    from storage.usage import UPSERT_CHUNK, upsert_usage
+    from storage.usage import UPSERT_CHUNK, in_chunks, load_usage, upsert_usage
 
     book = _book(args, min(args.sample_accounts, args.accounts))
     records = list(book.records())
@@ -208,9 +221,13 @@ def phase_ingest_sample(args: argparse.Namespace) -> dict[str, Any]:
         migrate(engine)
         upsert_accounts(engine, book.accounts, now=book.end)
         t0 = time.perf_counter()
+        load_usage(engine, in_chunks(records, args.chunk_rows))
+        engine_s = time.perf_counter() - t0
+        # the same rows again, one upsert_usage transaction per chunk into the now full table
+        t0 = time.perf_counter()
         for i in range(0, len(records), args.chunk_rows):
             upsert_usage(engine, records[i : i + args.chunk_rows])
-        engine_s = time.perf_counter() - t0
+        again_s = time.perf_counter() - t0
 
         create_points_table(engine, "floor_points")
         floor_s = insert_plain(engine, "floor_points", tuples)
@@ -226,6 +243,7 @@ def phase_ingest_sample(args: argparse.Namespace) -> dict[str, Any]:
     n = len(tuples)
     return {"phase": "ingest_sample", "rows": n, "accounts": len(book.accounts),
             "engine_rows_per_s": n / engine_s, "floor_rows_per_s": n / floor_s, "pandas_rows_per_s": n / pandas_s,
+            "reupsert_rows_per_s": n / again_s,
             "engine_s": engine_s, "floor_s": floor_s, "pandas_s": pandas_s, "peak_rss_mb": _rss_mb()}
 
 
@@ -371,6 +389,88 @@ def phase_incremental(args: argparse.Namespace) -> dict[str, Any]:
             "floor_seconds": min(floor_s), "peak_rss_mb": _rss_mb()}
 
 
+def _changed_accounts(args: argparse.Namespace, ids: Sequence[str], salt: int) -> list[str]:
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed + salt + int(args.fraction * 1e6))
+    n = max(1, round(args.fraction * len(ids)))
+    return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
+
+
+def phase_calls(args: argparse.Namespace) -> dict[str, Any]:
+    """Slack and Salesforce calls of the first cycle and of the next day's (bench/bench_calls.py).
+
+    Persists episodes, outbox, Slack and CRM state: runs after the in-memory phases."""
+    from bench.bench_calls import measure_cycle_calls
+
+    end = _meta(args)["end"]
+    t0 = time.perf_counter()
+    out = measure_cycle_calls(args.db_url, bench_rules(args.rules, METRICS4[: args.metrics]), end)
+    return {"phase": "calls", **out, "seconds": time.perf_counter() - t0, "peak_rss_mb": _rss_mb()}
+
+
+def phase_incremental_cycle(args: argparse.Namespace) -> dict[str, Any]:
+    """What the service does when new data arrives for some accounts, end to end: upsert it, then
+    bot.pipeline.run_cycle(account_ids=...) re-evaluates, advances and persists only those
+    accounts (their episode states read through ix_alert_episodes_account). Runs after the calls
+    phase, so the book has a day of episode history."""
+    from bot.pipeline import run_cycle
+    from integrations.sources.records import UsageRecord
+    from rules.model import DAY
+    from storage.accounts import list_accounts
+    from storage.db import make_engine
+    from storage.usage import upsert_usage
+
+    end = _meta(args)["end"]
+    metrics = METRICS4[: args.metrics]
+    ruleset = RuleSet(tuple(bench_rules(args.rules, metrics)))
+    engine = make_engine(args.db_url)
+    ids = [a.id for a in list_accounts(engine)]
+    best: dict[str, Any] = {}
+    for rep in range(INCREMENTAL_REPEAT):  # a different set of accounts each time: nothing cached
+        changed = _changed_accounts(args, ids, salt=1000 + rep)
+        new_data = [UsageRecord(a, m, end - DAY, float(1000 + rep)) for a in changed for m in metrics]
+        t0 = time.perf_counter()
+        upsert_usage(engine, new_data)
+        t1 = time.perf_counter()
+        report = run_cycle(engine, ruleset, end, only_due=False, account_ids=changed)
+        t2 = time.perf_counter()
+        if not best or t2 - t0 < best["seconds"]:
+            best = {"write_s": t1 - t0, "cycle_s": t2 - t1, "seconds": t2 - t0, "findings": report.findings,
+                    "transitions": len(report.transitions), "outbox_items": report.outbox_items}
+    with engine.connect() as conn:
+        episodes = conn.exec_driver_sql("SELECT count(*) FROM alert_episodes").scalar_one()
+    engine.dispose()
+    return {"phase": "incremental_cycle", "fraction": args.fraction, "changed": len(changed),
+            "episodes_stored": episodes, **best, "peak_rss_mb": _rss_mb()}
+
+
+def phase_ingest_daily(args: argparse.Namespace) -> dict[str, Any]:
+    """Steady-state ingest: the next day's bucket for every account and metric (what a daily poll
+    delivers) upserted into the full book, one upsert_usage transaction per --chunk-rows."""
+    import numpy as np
+
+    from integrations.sources.records import UsageRecord
+    from storage.accounts import list_accounts
+    from storage.db import make_engine
+    from storage.usage import upsert_usage
+
+    end = _meta(args)["end"]
+    engine = make_engine(args.db_url)
+    ids = [a.id for a in list_accounts(engine)]
+    rng = np.random.default_rng(args.seed)
+    values = rng.integers(0, 5000, size=len(ids) * args.metrics).tolist()
+    records = [UsageRecord(a, m, end, float(v)) for (a, m), v in
+               zip(itertools.product(ids, METRICS4[: args.metrics]), values, strict=True)]
+    t0 = time.perf_counter()
+    for i in range(0, len(records), args.chunk_rows):
+        upsert_usage(engine, records[i:i + args.chunk_rows])
+    seconds = time.perf_counter() - t0
+    engine.dispose()
+    return {"phase": "ingest_daily", "rows": len(records), "seconds": seconds,
+            "rows_per_s": len(records) / seconds, "peak_rss_mb": _rss_mb()}
+
+
 PHASES = {
     "ingest": phase_ingest,
     "ingest_sample": phase_ingest_sample,
@@ -379,6 +479,9 @@ PHASES = {
     "evaluate_subset": phase_evaluate_subset,
     "pandas": phase_pandas,
     "incremental": phase_incremental,
+    "calls": phase_calls,
+    "incremental_cycle": phase_incremental_cycle,
+    "ingest_daily": phase_ingest_daily,
 }
 
 
@@ -454,14 +557,20 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"{label:<58} {result:>18} {'' if peak is None else f'{peak:,.0f}':>8} {x_floor:>8} {x_pandas:>9}")
 
     sf, se, sp = smp["floor_rows_per_s"], smp["engine_rows_per_s"], smp["pandas_rows_per_s"]
-    row(f"ingest whole book, {ing['rows']:,} rows (records -> upsert)", f"{ing['rows_per_s']:,.0f} rows/s",
+    row(f"ingest whole book, {ing['rows']:,} rows (records -> load_usage)", f"{ing['rows_per_s']:,.0f} rows/s",
         ing["peak_rss_mb"], _ratio(sf, ing["rows_per_s"]), _ratio(ing["rows_per_s"], sp))
-    row("  of which upsert_usage alone", f"{ing['upsert_rows_per_s']:,.0f} rows/s", None,
-        _ratio(sf, ing["upsert_rows_per_s"]), _ratio(ing["upsert_rows_per_s"], sp))
-    row(f"ingest sample {smp['rows']:,} rows: engine upsert", f"{se:,.0f} rows/s", smp["peak_rss_mb"],
+    row("  of which load_usage alone (not making the records)", f"{ing['load_rows_per_s']:,.0f} rows/s", None,
+        _ratio(sf, ing["load_rows_per_s"]), _ratio(ing["load_rows_per_s"], sp))
+    row(f"ingest sample {smp['rows']:,} rows: engine load_usage", f"{se:,.0f} rows/s", smp["peak_rss_mb"],
         _ratio(sf, se), _ratio(se, sp))
+    row("  same rows again, upsert_usage per chunk", f"{smp['reupsert_rows_per_s']:,.0f} rows/s", None,
+        _ratio(sf, smp["reupsert_rows_per_s"]), _ratio(smp["reupsert_rows_per_s"], sp))
     row("  write floor (plain INSERT / COPY)", f"{sf:,.0f} rows/s", None, "1.00", _ratio(sf, sp))
     row("  pandas DataFrame.to_sql", f"{sp:,.0f} rows/s", None, _ratio(sf, sp), "1.00")
+    daily = r.get("ingest_daily")
+    if daily:
+        row(f"next day for every account, {daily['rows']:,} rows into the book", f"{daily['rows_per_s']:,.0f} rows/s",
+            daily["peak_rss_mb"], _ratio(sf, daily["rows_per_s"]), _ratio(daily["rows_per_s"], sp))
     row(f"read floor, all evaluated rules' ranges ({flo['rows']:,} rows)", f"{flo['seconds']:.2f} s",
         flo["peak_rss_mb"], "1.00", "-")
     row(f"read floor, pandas rules' ranges ({flo['subset_rows']:,} rows)", f"{flo['subset_seconds']:.2f} s",
@@ -482,7 +591,20 @@ def render(report: dict[str, Any]) -> str:
             None, _ratio(inc["seconds"], inc["floor_seconds"]), "")
     row(f"alerts to notify: first cycle / next day ({ev['open_episodes']:,} episodes)",
         f"{ev['notify_first']:,} / {ev['notify']:,}", None, "", "")
-    row("Slack / CRM calls per cycle", "n/a until issues 3/4", None, "", "")
+    for cyc in r.get("incremental_cycle", []):
+        row(f"incremental run_cycle, {cyc['fraction']:.1%} = {cyc['changed']:,} accounts (write+cycle)",
+            f"{cyc['seconds']:.2f} s", cyc["peak_rss_mb"], _ratio(cyc["seconds"], flo["seconds"]),
+            _ratio(pd_["seconds"], cyc["seconds"]))
+    calls = r.get("calls")
+    if calls:
+        for label, key in (("first cycle", "first"), ("next day", "next_day")):
+            c = calls[key]
+            row(f"Slack calls, {label}: {c['notified']:,} alerts ({c['slack_calls_per_alert']:.2f}/alert)",
+                f"{c['slack_calls_total']:,}", None, "", "")
+            row(f"Salesforce requests, {label}: {c['crm_records_written']:,} records written",
+                f"{c['crm_requests']:,} + {c['crm_logins']} login", None, "", "")
+    else:
+        row("Slack / CRM calls per cycle", "skipped (--no-calls)", None, "", "")
     same = sub["digest"] == pd_["digest"]
     lines += [
         "",
@@ -510,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-accounts", type=int, default=3_000, help="accounts in the ingest comparison book")
     p.add_argument("--chunk-accounts", type=int, default=0,
                    help="evaluate in chunks of this many accounts (bot.pipeline.account_chunks); 0 = all at once")
+    p.add_argument("--no-calls", action="store_true",
+                   help="skip the Slack/CRM calls phase (its first cycle delivers every open alert over HTTP)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
@@ -533,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         for name in ("ingest", "ingest_sample", "floor", "evaluate", "evaluate_subset", "pandas"):
             results[name] = _run_phase(name, args)
+        if not args.no_calls:  # before the incremental phases change the last day of some accounts
+            results["calls"] = _run_phase("calls", args)
         results["incremental"] = [_run_phase("incremental", args, f) for f in fractions]
+        results["incremental_cycle"] = [_run_phase("incremental_cycle", args, f) for f in fractions]
+        results["ingest_daily"] = _run_phase("ingest_daily", args)
         db_file = Path(args.workdir) / "bench.db"
         info = machine_info(args.db_url)
         if db_file.exists():
