@@ -139,7 +139,7 @@ def run_cycle(
              if (not only_due or due(r, now)) and (rule_ids is None or r.id in rule_ids)]
     if not rules:
         return report
-    accounts: dict[str, AccountFacts] = {a.id: a for a in list_accounts(engine)}
+    accounts: dict[str, AccountFacts] = {a.id: a for a in list_accounts(engine, ids=account_ids)}
     needs = history_needed(rules)
     if account_ids is not None:
         chunks: list[Sequence[str] | None] = [list(account_ids)] if account_ids else []
