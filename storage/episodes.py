@@ -64,6 +64,12 @@ def _values(s: EpisodeState, rule_hash: str) -> dict[str, Any]:
     }
 
 
+def _values_columns() -> list[str]:
+    """The columns _values() writes (one compiled UPDATE serves every row of a step)."""
+    probe = EpisodeState(rule_id="", account_id="", metric="", discriminator="", status=RESOLVED, started_at=0)
+    return list(_values(probe, ""))
+
+
 def _same(a: EpisodeState, b: EpisodeState) -> bool:
     """Equal as stored (explanations compared after the JSON round trip)."""
     for name in _STATE_FIELDS:
@@ -117,6 +123,20 @@ def _rows_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
     return out
 
 
+def _latest_rows(conn: Connection, keys: Iterable[Key]) -> dict[Key, Any]:
+    """The current (highest id) row of each of `keys` that has one; batched by account."""
+    wanted = set(keys)
+    accounts = sorted({k[1] for k in wanted})
+    out: dict[Key, Any] = {}
+    for i in range(0, len(accounts), _CHUNK):
+        latest = _latest_ids().where(_e.account_id.in_(accounts[i:i + _CHUNK]))
+        for r in conn.execute(sa.select(episodes_table).where(_e.id.in_(latest))):
+            key = (r.rule_id, r.account_id, r.metric, r.discriminator)
+            if key in wanted:
+                out[key] = r
+    return out
+
+
 def _latest_row(conn: Connection, key: Key) -> Any:
     q = (
         sa.select(episodes_table)
@@ -130,6 +150,13 @@ def _latest_row(conn: Connection, key: Key) -> Any:
 # ------------------------------------------------------------------------- writes
 
 
+_UPDATE_BY_ID = (
+    sa.update(episodes_table)
+    .where(_e.id == sa.bindparam("b_id"))
+    .values({name: sa.bindparam("b_" + name) for name in _values_columns()})
+)
+
+
 class _StepWriter:
     def __init__(self, conn: Connection, rule_hashes: Mapping[str, str], stored: dict[int, Any]) -> None:
         self.conn = conn
@@ -137,6 +164,16 @@ class _StepWriter:
         self.stored = stored
         self.ids: dict[Key, int] = {}
         self.written: dict[int, EpisodeState] = {}
+        self.updates: list[dict[str, Any]] = []  # row updates, sent in one executemany by flush()
+        self.latest: dict[Key, Any] = {}  # prefetched current rows of keys not yet written in this step
+        self.prefetched: set[Key] = set()
+        self.events: list[dict[str, Any]] = []  # audit rows, checked and inserted together by flush_events()
+
+    def flush(self) -> None:
+        """Send the queued row updates (before any read of alert_episodes, and at the end)."""
+        if self.updates:
+            self.conn.execute(_UPDATE_BY_ID, self.updates)
+            self.updates = []
 
     def rule_hash(self, s: EpisodeState, row: Any = None) -> str:
         return str(
@@ -166,9 +203,19 @@ class _StepWriter:
             return self.recorded_before(s)
         return s.episode_id
 
+    def prefetch(self, keys: Iterable[Key]) -> None:
+        """Read the current rows of `keys` in a few queries instead of one per new episode."""
+        todo = set(keys) - self.prefetched
+        self.latest.update(_latest_rows(self.conn, todo))
+        self.prefetched |= todo
+
     def recorded_before(self, s: EpisodeState) -> int | None:
         """For a state that starts a new episode: the row a previous run of this very step wrote, if any."""
-        row = _latest_row(self.conn, s.key)
+        if s.key in self.prefetched and s.key not in self.ids:  # nothing written for the key yet
+            row = self.latest.get(s.key)
+        else:
+            self.flush()
+            row = _latest_row(self.conn, s.key)
         if row is None or int(row.started_at) != s.started_at or (row.status == RESOLVED and s.is_open):
             return None
         self.stored[int(row.id)] = row
@@ -181,25 +228,79 @@ class _StepWriter:
         if eid is None:
             eid = int(self.conn.execute(sa.insert(episodes_table).values(**values).returning(_e.id)).scalar_one())
         elif eid not in self.written or not _same(self.written[eid], s):
-            self.conn.execute(sa.update(episodes_table).where(_e.id == eid).values(**values))
+            self.updates.append({"b_" + k: v for k, v in values.items()} | {"b_id": eid})
         self.ids[s.key] = eid
         self.written[eid] = replace(s, episode_id=eid)
         return eid
 
+    def insert_many(self, states: Sequence[EpisodeState]) -> list[int]:
+        """New episode rows in one executemany; their ids in the order of `states`."""
+        if not states:
+            return []
+        rows = [_values(s, self.rule_hash(s)) for s in states]
+        stmt = sa.insert(episodes_table).returning(_e.id, sort_by_parameter_order=True)
+        ids = [int(i) for i in self.conn.execute(stmt, rows).scalars()]
+        for s, eid in zip(states, ids, strict=True):
+            self.ids[s.key] = eid
+            self.written[eid] = replace(s, episode_id=eid)
+        return ids
+
     def event(self, eid: int, t: Transition) -> None:
+        """Queue the audit row of transition `t` on episode `eid` (see flush_events)."""
         s = t.state
         expl = dict(t.finding.explanation() if t.finding is not None else s.last_explanation)
         if not expl.get("rule_hash"):
             expl["rule_hash"] = self.rule_hash(s, self.stored.get(eid))
-        exists = self.conn.execute(
-            sa.select(_v.id).where(_v.episode_id == eid, _v.event == t.event, _v.at == t.at).limit(1)
-        ).first()
-        if exists is not None:  # the same step recorded again: keep one audit row
-            return
-        self.conn.execute(sa.insert(events_table).values(
+        self.events.append(dict(
             episode_id=eid, event=t.event, at=t.at, notify=t.notify, reason=t.reason, actor=None,
             explanation=_explanation(expl, f"event {t.event} of episode {s.key}"),
         ))
+
+    def flush_events(self) -> None:
+        """Insert the queued audit rows, except those already stored (the same step recorded
+        again keeps one audit row per episode, event and time)."""
+        if not self.events:
+            return
+        eids = sorted({e["episode_id"] for e in self.events})
+        stored: set[tuple[int, str, int]] = set()
+        for i in range(0, len(eids), _CHUNK):
+            q = sa.select(_v.episode_id, _v.event, _v.at).where(
+                _v.episode_id.in_(eids[i:i + _CHUNK]), _v.at.in_(sorted({e["at"] for e in self.events})))
+            stored.update((int(a), str(b), int(c)) for a, b, c in self.conn.execute(q))
+        fresh = []
+        for e in self.events:
+            k = (e["episode_id"], e["event"], e["at"])
+            if k not in stored:
+                stored.add(k)
+                fresh.append(e)
+        if fresh:
+            self.conn.execute(sa.insert(events_table), fresh)
+        self.events = []
+
+
+def _write_transitions_batched(w: _StepWriter, transitions: Sequence[Transition]) -> None:
+    """Each transition's episode row and audit row, with a few statements for the whole step:
+    the current rows of keys starting an episode are read together, new rows inserted in one
+    executemany, updates sent in one executemany, audit rows checked and inserted together."""
+    def starts_new(s: EpisodeState) -> bool:
+        if s.episode_id is None:
+            return True
+        row = w.stored.get(s.episode_id)
+        return row is not None and row.status == RESOLVED and s.is_open
+
+    w.prefetch(t.key for t in transitions if starts_new(t.state))
+    eids: list[int | None] = []
+    new_states: list[EpisodeState] = []
+    for t in transitions:
+        eid = w.episode_id_for(t.state)
+        if eid is None:
+            new_states.append(t.state)
+            eids.append(None)
+        else:
+            eids.append(w.write(t.state))
+    inserted = iter(w.insert_many(new_states))
+    for t, eid in zip(transitions, eids, strict=True):
+        w.event(eid if eid is not None else next(inserted), t)
 
 
 def record_step(
@@ -233,8 +334,12 @@ def record_step(
         known = [s.episode_id for k, s in result.states.items() if s.episode_id is not None and k not in unchanged]
         known += [t.state.episode_id for t in result.transitions if t.state.episode_id is not None]
         w = _StepWriter(conn, rule_hashes, _rows_by_id(conn, known))
-        for t in result.transitions:
-            w.event(w.write(t.state), t)
+        transitions = result.transitions
+        if len({t.key for t in transitions}) == len(transitions):  # one transition per key (advance's rule)
+            _write_transitions_batched(w, transitions)
+        else:  # a hand-made step with several transitions of one key: row by row, in order
+            for t in transitions:
+                w.event(w.write(t.state), t)
         for key, s in result.states.items():
             if key in w.ids:
                 final = w.written[w.ids[key]]
@@ -250,6 +355,8 @@ def record_step(
                     w.ids[key] = s.episode_id
                     continue
             w.write(s)
+        w.flush()
+        w.flush_events()
         if outbox:
             enqueue(conn, outbox, now=at)
         return dict(w.ids)

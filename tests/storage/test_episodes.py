@@ -239,3 +239,33 @@ def test_load_states_of_some_accounts_only(engine: Engine, monkeypatch: pytest.M
     assert some[(RULE.id, "bolt", "calls", "")].started_at == T + 2 * H  # the latest episode of the key
     assert load_states(engine, account_ids=[]) == {}
     assert load_states(engine, ["other-rule"], account_ids=["bolt"]) == {}
+
+
+def test_a_step_with_two_transitions_of_one_key_is_written_in_order(engine: Engine) -> None:
+    from rules.lifecycle import EpisodeState, Transition
+
+    pending = EpisodeState(rule_id=RULE.id, account_id="acme", metric="calls", discriminator="",
+                           status="pending", started_at=T, consecutive=1, last_seen_at=T)
+    firing = replace(pending, status="firing", fired_at=T, consecutive=2, last_notified_at=T)
+    step = LifecycleResult({KEY: firing}, [Transition("pending", T, pending, finding(T), notify=False),
+                                           Transition("fired", T, firing, finding(T), notify=True)])
+    ids = record_step(engine, step, [], HASHES)
+    again = record_step(engine, step, [], HASHES)  # the same step again: nothing doubles
+    assert ids == again and table_counts(engine) == (1, 2, 0)
+    assert load_states(engine)[KEY].status == "firing"
+    assert [e["event"] for e in episode_history(engine)[0]["events"]] == ["pending", "fired"]
+
+
+def test_many_new_episodes_in_one_step_then_the_same_step_again(engine: Engine) -> None:
+    accounts = [f"acct-{i:03d}" for i in range(40)]
+    decided = [(RULE.id, a) for a in accounts]
+    step, ids = run(engine, T, [finding(T, account=a) for a in accounts], decided)
+    assert len(set(ids.values())) == 40 and table_counts(engine) == (40, 40, 0)
+    again = record_step(engine, step, notify_items(step), HASHES)
+    assert again == ids and table_counts(engine) == (40, 40, 0)
+    # all resolve, then all open anew: 40 more episodes, the old rows keep their history
+    run(engine, T + H, [], decided)
+    step, reopened = run(engine, T + 2 * H, [finding(T + 2 * H, account=a) for a in accounts], decided)
+    assert set(reopened.values()).isdisjoint(ids.values()) and table_counts(engine)[:2] == (80, 120)
+    assert record_step(engine, step, notify_items(step), HASHES) == reopened
+    assert table_counts(engine)[:2] == (80, 120)
