@@ -165,7 +165,9 @@ def load_usage(
     written with additive upserts (a key in several chunks adds up, nothing older exists)
     and the index rebuilt once at the end: maintaining it row by row costs a random B-tree
     insert per row once it outgrows the page cache (docs/benchmarks.md). Readers keep seeing
-    the previous snapshot on SQLite; on PostgreSQL they wait for the load to commit. Into a
+    the previous snapshot on SQLite; on PostgreSQL they wait for the load to commit. Other
+    writers wait for the load either way (SQLite: one writer; PostgreSQL: a table lock taken
+    before the emptiness check, so two loads cannot both take the empty path). Into a
     non-empty table the chunks are staged in a temporary table, then summed and merged by
     one INSERT .. SELECT .. GROUP BY in primary-key order, with the first-seen and coverage
     tables updated from the stage.
@@ -177,6 +179,8 @@ def load_usage(
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
     cover = next(i for i in usage_points.indexes if i.name == _COVER_INDEX)
     with write_transaction(engine) as conn:
+        if dialect == "postgresql":  # one load at a time, and no writer between the check and the load
+            conn.exec_driver_sql("LOCK TABLE usage_points IN SHARE ROW EXCLUSIVE MODE")
         empty = conn.execute(sa.select(_c.account_id).limit(1)).first() is None
         if empty:
             cover.drop(conn)

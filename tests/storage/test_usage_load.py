@@ -130,3 +130,36 @@ def test_in_chunks_splits_one_iterator() -> None:
     assert list(in_chunks([], 3)) == []
     with pytest.raises(ValueError, match="chunk size"):
         list(in_chunks([1], 0))
+
+
+def test_two_loads_at_once_do_not_both_take_the_empty_path(engine: Engine) -> None:
+    import threading
+    import time
+
+    recs = random_records(3, n=400)
+
+    def slow_chunks():
+        for c in chunks(recs, 50):
+            time.sleep(0.02)  # a window in which a second load could see the table still empty
+            yield c
+
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_usage(engine, slow_chunks())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    expected: dict[tuple, float] = {}
+    for r in recs:
+        key = (r.account, r.metric, r.ts - r.ts % 60)
+        expected[key] = expected.get(key, 0.0) + r.value
+    assert rows(engine) == sorted((*k, v) for k, v in expected.items())  # loaded once, not added twice
+    assert cover_index_exists(engine)
