@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -355,15 +354,10 @@ def _placeholders(dialect: str, n: int) -> str:
 
 
 def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: list[str],
-                   index: dict[str, int], n_cols: int, by_sql_in: bool) -> np.ndarray:
+                   index: dict[str, int], n_cols: int) -> np.ndarray:
     """Column of each row's first-ever point (n_cols = never seen; 0 = before the block)."""
     fs = first_seen.c
-    q = sa.select(fs.account_id, fs.first_bucket).where(fs.metric == metric)
-    if by_sql_in:
-        q = q.where(fs.account_id.in_(ids))
-    elif ids:  # a chunk of a long sorted list: only its id range (code-point order, as Python's)
-        acc = fs.account_id.collate("C") if conn.dialect.name == "postgresql" else fs.account_id
-        q = q.where(acc >= min(ids), acc <= max(ids))
+    q = sa.select(fs.account_id, fs.first_bucket).where(fs.metric == metric, fs.account_id.in_(ids))
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     for acc, first in conn.execute(q):
         i = index.get(acc)
@@ -372,30 +366,8 @@ def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: li
     return first_col
 
 
-def _stream_points(conn: Connection, metric: str, start: int, end: int, ids: Sequence[str] | None,
-                   within: tuple[str, str] | None = None) -> Iterator[list[tuple[str, int, float]]]:
-    """Raw (account_id, bucket_start, value) rows in batches, straight from the DB-API cursor.
-
-    All accounts: an index-only range scan of the covering index. A short list of
-    accounts: per-account primary-key ranges, so the cost follows the accounts asked for.
-    within: (lowest, highest) account id of a long list (a chunk of sorted accounts): the
-    same index scan returns only rows in that id range, so chunks do not each hand the
-    whole book to Python (the caller still drops ids in the range it did not ask for).
-    """
-    dialect = conn.dialect.name
-    mark = "?" if dialect == "sqlite" else "%s"
-    sql = (f"SELECT account_id, bucket_start, value FROM usage_points "
-           f"WHERE metric = {mark} AND bucket_start >= {mark} AND bucket_start < {mark}")
-    params: list[Any] = [metric, start, end]
-    if within is not None:  # code-point order, as Python's min/max (PostgreSQL's collation may differ)
-        col = 'account_id COLLATE "C"' if dialect == "postgresql" else "account_id"
-        sql += f" AND {col} >= {mark} AND {col} <= {mark}"
-        params += list(within)
-    if ids is not None:
-        sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
-               f"({_placeholders(dialect, len(ids))}) AND metric = {mark} AND bucket_start >= {mark} "
-               f"AND bucket_start < {mark}")
-        params = [*ids, metric, start, end]
+def _fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of one query in batches of FETCH_BATCH, straight from the DB-API cursor."""
     cur = conn.connection.driver_connection.cursor()
     try:
         cur.execute(sql, params)
@@ -408,6 +380,81 @@ def _stream_points(conn: Connection, metric: str, start: int, end: int, ids: Seq
         cur.close()
 
 
+_READ_IDS = "usage_read_ids"  # per-connection temporary table: account id -> row number of the block
+_READ_IDS_DDL = {
+    "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS {_READ_IDS} (account_id TEXT PRIMARY KEY, ord INTEGER NOT NULL) "
+              "WITHOUT ROWID",
+    "postgresql": f"CREATE TEMPORARY TABLE IF NOT EXISTS {_READ_IDS} (account_id varchar PRIMARY KEY, "
+                  "ord bigint NOT NULL)",
+}
+
+
+def _stage_row_numbers(conn: Connection, ids: Sequence[str]) -> None:
+    """Put (account id, row number) of `ids` into the connection's temporary table."""
+    dialect = conn.dialect.name
+    conn.exec_driver_sql(_READ_IDS_DDL[dialect])
+    conn.exec_driver_sql(f"DELETE FROM {_READ_IDS}")
+    raw = conn.connection.driver_connection
+    if dialect == "sqlite":
+        raw.executemany(f"INSERT INTO {_READ_IDS} VALUES (?, ?)", ((a, i) for i, a in enumerate(ids)))
+    else:
+        with raw.cursor() as cur:
+            with cur.copy(f"COPY {_READ_IDS} (account_id, ord) FROM STDIN") as copy:
+                for i, a in enumerate(ids):
+                    copy.write_row((a, i))
+            cur.execute(f"ANALYZE {_READ_IDS}")
+
+
+def _fill_short(
+    conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """A short list of accounts: per-account primary-key ranges (cost follows the accounts asked
+    for); ids are mapped to rows in Python. (flat cell indices, values, first columns)."""
+    n_cols = (end - start) // step
+    index = {a: i for i, a in enumerate(ids)}
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
+           f"({_placeholders(conn.dialect.name, len(ids))}) AND metric = {mark} AND bucket_start >= {mark} "
+           f"AND bucket_start < {mark}")
+    flats: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for batch in _fetch_batches(conn, sql, [*ids, metric, start, end]):
+        r = np.fromiter(map(index.__getitem__, [row[0] for row in batch]), dtype=np.int64, count=len(batch))
+        c = (np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start) // step
+        flats.append(r * n_cols + c)
+        vals.append(np.fromiter([row[2] for row in batch], dtype=np.float64, count=len(batch)))
+    return flats, vals, _first_columns(conn, metric, start, step, ids, index, n_cols)
+
+
+def _fill_joined(
+    conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Many accounts (or every account): the row number of each id sits in a temporary table,
+    and the database joins it to an index-only scan of the covering index, returning each
+    point's cell number (row * n_cols + column) and value: no per-row string work in Python,
+    and rows of ids not asked for never leave the database."""
+    n_cols = (end - start) // step
+    _stage_row_numbers(conn, ids)
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    sql = (f"SELECT o.ord * {int(n_cols)} + (p.bucket_start - {int(start)}) / {int(step)}, p.value "
+           f"FROM usage_points p JOIN {_READ_IDS} o ON o.account_id = p.account_id "
+           f"WHERE p.metric = {mark} AND p.bucket_start >= {mark} AND p.bucket_start < {mark}")
+    flats: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for batch in _fetch_batches(conn, sql, [metric, start, end]):
+        flats.append(np.fromiter([row[0] for row in batch], dtype=np.int64, count=len(batch)))
+        vals.append(np.fromiter([row[1] for row in batch], dtype=np.float64, count=len(batch)))
+    first_col = np.full(len(ids), n_cols, dtype=np.int64)
+    q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
+         f"ON o.account_id = f.account_id WHERE f.metric = {mark}")
+    for batch in _fetch_batches(conn, q, [metric]):
+        rows = np.fromiter([row[0] for row in batch], dtype=np.int64, count=len(batch))
+        first = np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch))
+        first_col[rows] = np.maximum(0, (first - start) // step)
+    conn.exec_driver_sql(f"DELETE FROM {_READ_IDS}")
+    return flats, vals, first_col
+
+
 def _fill(
     conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str] | None, observed: np.ndarray
 ) -> MetricBlock:
@@ -417,64 +464,36 @@ def _fill(
     """
     n_cols = len(observed)
     if ids is not None:
-        index = {a: i for i, a in enumerate(ids)}
-        if len(index) != len(ids):
+        if len(set(ids)) != len(ids):
             dupes = sorted(a for a, k in Counter(ids).items() if k > 1)
             raise ValueError(f"load_block({metric!r}): duplicate account ids requested: {dupes[:10]}")
         if not ids or n_cols == 0:
             return MetricBlock(metric, start, step, list(ids), np.full((len(ids), n_cols), np.nan))
-    by_sql_in = ids is not None and len(ids) <= _IN_LIMIT
-    # Pass 1: stream rows, map accounts to rows, accumulate (row, col) sums.
-    rows_parts: list[np.ndarray] = []
-    cols_parts: list[np.ndarray] = []
-    vals_parts: list[np.ndarray] = []
-    found: dict[str, int] = {} if ids is None else index
-    within = (min(ids), max(ids)) if ids is not None and not by_sql_in else None
-    for batch in _stream_points(conn, metric, start, end, ids if by_sql_in else None, within):
-        # Per-row work stays cheap: list comprehensions split the columns (6x faster than
-        # zip(*batch)), dict.fromkeys and map over a bound method map ids without a Python
-        # frame per row. This is most of the cost above the raw read floor.
-        accs = [row[0] for row in batch]
-        buckets = [row[1] for row in batch]
-        vals = [row[2] for row in batch]
-        if ids is None:
-            for a in dict.fromkeys(accs):  # new accounts, in discovery order
-                if a not in found:
-                    found[a] = len(found)
-            r = np.fromiter(map(found.__getitem__, accs), dtype=np.int64, count=len(accs))
-        else:
-            r = np.fromiter(map(index.get, accs, repeat(-1)), dtype=np.int64, count=len(accs))
-        c = (np.fromiter(buckets, dtype=np.int64, count=len(buckets)) - start) // step
-        v = np.fromiter(vals, dtype=np.float64, count=len(vals))
-        keep = r >= 0
-        rows_parts.append(r[keep])
-        cols_parts.append(c[keep])
-        vals_parts.append(v[keep])
-    if ids is None:
-        ids = sorted(found)
-        order = np.empty(len(found), dtype=np.int64)  # discovery order -> sorted order
-        pos = {a: i for i, a in enumerate(ids)}
-        for a, k in found.items():
-            order[k] = pos[a]
-        index = pos
+        rows = ids
+    else:  # candidates: every account seen before the end; those without a point in range are dropped below
+        fs = first_seen.c
+        rows = sorted(conn.execute(sa.select(fs.account_id).where(fs.metric == metric, fs.first_bucket < end))
+                      .scalars())
+        if not rows or n_cols == 0:
+            return MetricBlock(metric, start, step, [], np.full((0, n_cols), np.nan))
+    if len(rows) <= _IN_LIMIT and ids is not None:
+        flats, vals, first_col = _fill_short(conn, metric, step, start, end, rows)
     else:
-        order = None
-    n_rows = len(ids)
-    values = np.full((n_rows, n_cols), np.nan)
-    if n_rows == 0 or n_cols == 0:
-        return MetricBlock(metric, start, step, ids, values)
-
-    first_col = _first_columns(conn, metric, start, step, ids, index, n_cols, by_sql_in)
+        flats, vals, first_col = _fill_joined(conn, metric, step, start, end, rows)
+    n_cells = len(rows) * n_cols
+    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
+    sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None, minlength=n_cells)
+    has = np.bincount(flat, minlength=n_cells) > 0
+    if ids is None:  # keep the accounts with a point in the range
+        keep = np.flatnonzero(has.reshape(len(rows), n_cols).any(axis=1))
+        ids = [rows[i] for i in keep]
+        sums = sums.reshape(len(rows), n_cols)[keep].reshape(-1)
+        has = has.reshape(len(rows), n_cols)[keep].reshape(-1)
+        first_col = first_col[keep]
+    values = np.full((len(ids), n_cols), np.nan)
     onboarded = np.arange(n_cols)[None, :] >= first_col[:, None]
     values[onboarded & observed[None, :]] = 0.0
-    if rows_parts:
-        r = np.concatenate(rows_parts)
-        if order is not None:
-            r = order[r]
-        flat = r * n_cols + np.concatenate(cols_parts)
-        sums = np.bincount(flat, weights=np.concatenate(vals_parts), minlength=n_rows * n_cols)
-        has = np.bincount(flat, minlength=n_rows * n_cols) > 0
-        values.reshape(-1)[has] = sums[has]
+    values.reshape(-1)[has] = sums[has]
     return MetricBlock(metric, start, step, ids, values)
 
 
