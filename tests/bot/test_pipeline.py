@@ -43,8 +43,13 @@ def _key(a: dict) -> tuple:
     return (a["event"], a["at"], a["rule"], a["account"], a["metric"], a["discriminator"], a["notified"])
 
 
-@pytest.mark.parametrize("chunk_accounts", [None, 7])
-def test_scheduler_cycles_equal_backtest_replay(engine, book, tmp_path, chunk_accounts):
+@pytest.mark.parametrize("chunk_accounts", [None, 7, "7-joined"])
+def test_scheduler_cycles_equal_backtest_replay(engine, book, tmp_path, chunk_accounts, monkeypatch):
+    if chunk_accounts == "7-joined":  # chunks read through the temporary-table join, as big books' chunks do
+        import storage.usage
+
+        monkeypatch.setattr(storage.usage, "_IN_LIMIT", 3)
+        chunk_accounts = 7
     ruleset = load_rules([SHIPPED])
     upsert_accounts(engine, book.accounts)
     upsert_usage(engine, book.records())
