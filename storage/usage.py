@@ -138,13 +138,11 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
 
 
 _COVER_INDEX = "ix_usage_points_metric_bucket_cover"
-_LOAD_STAGE = "usage_load_stage"
+_LOAD_STAGE = "usage_stage"  # on PostgreSQL the same temporary table write_points stages in
 _LOAD_STAGE_DDL = {
     "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS {_LOAD_STAGE} (account_id TEXT NOT NULL, metric TEXT NOT NULL, "
               "bucket_start INTEGER NOT NULL, value REAL NOT NULL)",
-    "postgresql": f"CREATE TEMPORARY TABLE IF NOT EXISTS {_LOAD_STAGE} (account_id varchar NOT NULL, "
-                  "metric varchar NOT NULL, bucket_start bigint NOT NULL, value double precision NOT NULL) "
-                  "ON COMMIT DROP",
+    "postgresql": _PG_STAGE,
 }
 _KEY = "account_id, metric, bucket_start"
 
