@@ -9,7 +9,7 @@ step writes no second episode, event or outbox row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -104,14 +104,16 @@ def load_states(
         q = sa.select(episodes_table).where(_e.id.in_(_latest_ids(ids)))
         with engine.connect() as conn:
             return {s.key: s for s in (_to_state(r) for r in conn.execute(q))}
-    accounts = sorted(set(account_ids))
-    out: dict[Key, EpisodeState] = {}
     with engine.connect() as conn:
-        for i in range(0, len(accounts), _CHUNK):
-            latest = _latest_ids(ids).where(_e.account_id.in_(accounts[i:i + _CHUNK]))
-            q = sa.select(episodes_table).where(_e.id.in_(latest))
-            out.update((s.key, s) for s in (_to_state(r) for r in conn.execute(q)))
-    return out
+        return {s.key: s for s in map(_to_state, _current_rows(conn, account_ids, ids))}
+
+
+def _current_rows(conn: Connection, account_ids: Iterable[str], rule_ids: Sequence[str] | None = None) -> Iterator[Any]:
+    """The current (highest id) row of every key of these accounts (of these rules), batched by account."""
+    accounts = sorted(set(account_ids))
+    for i in range(0, len(accounts), _CHUNK):
+        latest = _latest_ids(rule_ids).where(_e.account_id.in_(accounts[i:i + _CHUNK]))
+        yield from conn.execute(sa.select(episodes_table).where(_e.id.in_(latest)))
 
 
 def _rows_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
@@ -126,14 +128,11 @@ def _rows_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
 def _latest_rows(conn: Connection, keys: Iterable[Key]) -> dict[Key, Any]:
     """The current (highest id) row of each of `keys` that has one; batched by account."""
     wanted = set(keys)
-    accounts = sorted({k[1] for k in wanted})
     out: dict[Key, Any] = {}
-    for i in range(0, len(accounts), _CHUNK):
-        latest = _latest_ids().where(_e.account_id.in_(accounts[i:i + _CHUNK]))
-        for r in conn.execute(sa.select(episodes_table).where(_e.id.in_(latest))):
-            key = (r.rule_id, r.account_id, r.metric, r.discriminator)
-            if key in wanted:
-                out[key] = r
+    for r in _current_rows(conn, {k[1] for k in wanted}):
+        key = (r.rule_id, r.account_id, r.metric, r.discriminator)
+        if key in wanted:
+            out[key] = r
     return out
 
 
@@ -222,7 +221,10 @@ class _StepWriter:
         return int(row.id)
 
     def write(self, s: EpisodeState) -> int:
-        eid = self.episode_id_for(s)
+        return self.write_to(self.episode_id_for(s), s)
+
+    def write_to(self, eid: int | None, s: EpisodeState) -> int:
+        """Store `s` in row `eid` (from episode_id_for), or in a new row when eid is None."""
         row = self.stored.get(eid) if eid is not None else None
         values = _values(s, self.rule_hash(s, row))
         if eid is None:
@@ -297,7 +299,7 @@ def _write_transitions_batched(w: _StepWriter, transitions: Sequence[Transition]
             new_states.append(t.state)
             eids.append(None)
         else:
-            eids.append(w.write(t.state))
+            eids.append(w.write_to(eid, t.state))
     inserted = iter(w.insert_many(new_states))
     for t, eid in zip(transitions, eids, strict=True):
         w.event(eid if eid is not None else next(inserted), t)
