@@ -27,7 +27,6 @@ Slack and CRM state in the database: give it a book on which no cycle ran yet.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import shutil
@@ -396,16 +395,14 @@ def _ingest(db_url: str, accounts: int, days: int, metrics: Sequence[str], seed:
     from integrations.sources.demo import generate_book
     from storage.accounts import upsert_accounts
     from storage.db import make_engine, migrate
-    from storage.usage import upsert_usage
+    from storage.usage import in_chunks, load_usage
 
     book = generate_book(n_accounts=accounts, days=days, seed=seed, metrics=metrics)
     engine = make_engine(db_url)
     try:
         migrate(engine)
         upsert_accounts(engine, book.accounts, now=book.end)
-        records = book.records()
-        while chunk := list(itertools.islice(records, 200_000)):
-            upsert_usage(engine, chunk)
+        load_usage(engine, in_chunks(book.records(), 200_000))
     finally:
         engine.dispose()
     return book.end

@@ -345,9 +345,17 @@ def phase_pandas(args: argparse.Namespace) -> dict[str, Any]:
             "digest": _digest([f[:3] for f in findings]), "peak_rss_mb": _rss_mb()}
 
 
-def phase_incremental(args: argparse.Namespace) -> dict[str, Any]:
+def _changed_accounts(args: argparse.Namespace, ids: Sequence[str], salt: int = 0) -> tuple[list[str], Any]:
+    """--fraction of `ids` (at least one), drawn with a generator seeded by --seed, the fraction and
+    `salt`; returns them sorted, and the generator for any further draws."""
     import numpy as np
 
+    rng = np.random.default_rng(args.seed + salt + int(args.fraction * 1e6))
+    n = max(1, round(args.fraction * len(ids)))
+    return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False)), rng
+
+
+def phase_incremental(args: argparse.Namespace) -> dict[str, Any]:
     from bench.raw_floor import ranges_for, read_floor
     from integrations.sources.records import UsageRecord
     from rules.lifecycle import advance
@@ -361,9 +369,8 @@ def phase_incremental(args: argparse.Namespace) -> dict[str, Any]:
     rules = bench_rules(args.rules, metrics)
     engine = make_engine(args.db_url)
     ids = [a.id for a in list_accounts(engine)]
-    rng = np.random.default_rng(args.seed + int(args.fraction * 1e6))
-    n = max(1, round(args.fraction * len(ids)))
-    changed = sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
+    changed, rng = _changed_accounts(args, ids)
+    n = len(changed)
     new_data = [UsageRecord(a, m, end - DAY, float(v))
                 for a in changed for m, v in zip(metrics, rng.integers(0, 5000, size=len(metrics)), strict=True)]
     w0 = time.perf_counter()
@@ -387,14 +394,6 @@ def phase_incremental(args: argparse.Namespace) -> dict[str, Any]:
     return {"phase": "incremental", "fraction": args.fraction, "changed": n, "new_rows": len(new_data),
             "write_s": write_s, **best, "findings": len(result.findings), "floor_rows": floor.rows,
             "floor_seconds": min(floor_s), "peak_rss_mb": _rss_mb()}
-
-
-def _changed_accounts(args: argparse.Namespace, ids: Sequence[str], salt: int) -> list[str]:
-    import numpy as np
-
-    rng = np.random.default_rng(args.seed + salt + int(args.fraction * 1e6))
-    n = max(1, round(args.fraction * len(ids)))
-    return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
 
 
 def phase_calls(args: argparse.Namespace) -> dict[str, Any]:
@@ -428,7 +427,7 @@ def phase_incremental_cycle(args: argparse.Namespace) -> dict[str, Any]:
     ids = [a.id for a in list_accounts(engine)]
     best: dict[str, Any] = {}
     for rep in range(INCREMENTAL_REPEAT):  # a different set of accounts each time: nothing cached
-        changed = _changed_accounts(args, ids, salt=1000 + rep)
+        changed, _ = _changed_accounts(args, ids, salt=1000 + rep)
         new_data = [UsageRecord(a, m, end - DAY, float(1000 + rep)) for a in changed for m in metrics]
         t0 = time.perf_counter()
         upsert_usage(engine, new_data)
