@@ -178,3 +178,34 @@ def insert_plain(engine: Engine, table: str, rows: Sequence[tuple[str, str, int,
     finally:
         raw.close()
     return time.perf_counter() - t0
+
+
+def read_tile_floor(engine: Engine, ranges: Mapping[BlockKey, tuple[int, int]]) -> FloorResult:
+    """The floor of the cached read path: the stored usage tiles (storage/tiles.py) covering each
+    range, read with one plain SELECT per (metric, step) and decoded into arrays (values and the
+    has-a-point bits), without the refresh, the row selection or the missing-data logic.
+
+    rows = tiles read; value_sum = the sum of every cell read."""
+    from storage import tiles
+
+    ph = _placeholder(engine)
+    out = FloorResult()
+    t0 = time.perf_counter()
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        for (metric, step), (start, end) in ranges.items():
+            k0, k1 = start // step // tiles.TILE_COLS, (end // step - 1) // tiles.TILE_COLS
+            cur.execute(f"SELECT n_rows, sums, has FROM usage_tiles WHERE metric = {ph} AND step = {ph} "
+                        f"AND tile >= {ph} AND tile <= {ph}", (metric, step, k0, k1))
+            for n_rows, sums, has in cur:
+                values = np.frombuffer(sums, dtype=np.float64).reshape(n_rows, tiles.TILE_COLS)
+                bits = np.unpackbits(np.frombuffer(has, dtype=np.uint8), count=n_rows * tiles.TILE_COLS)
+                assert bits.size == values.size
+                out.value_sum += float(values.sum())
+                out.rows += 1
+                out.per_metric[metric] = out.per_metric.get(metric, 0) + 1
+    finally:
+        raw.close()
+    out.seconds = time.perf_counter() - t0
+    return out

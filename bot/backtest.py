@@ -101,7 +101,8 @@ def run_backtest(
             for (metric, step), hist in history_needed(rules).items():
                 b_start = ((start - hist) // step) * step
                 b_end = -(-end // step) * step
-                blocks[(metric, step)] = load_block(engine, metric, step, b_start, b_end)
+                # one read of a throwaway database: no usage tiles to keep (storage/tiles.py)
+                blocks[(metric, step)] = load_block(engine, metric, step, b_start, b_end, cached=False)
         finally:
             engine.dispose()
 

@@ -75,6 +75,63 @@ class UsageCoverage(SQLModel, table=True):
     bucket_start: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
 
 
+class UsageTile(SQLModel, table=True):
+    """A cached tile of aggregated usage: TILE_COLS buckets of `step` seconds x up to TILE_ROWS accounts.
+
+    Rows are accounts by their number in usage_tile_rows (ord // TILE_ROWS = grp); `sums` holds the
+    float64 bucket sums (n_rows x TILE_COLS, C order), `has` the packed bits "has a point". Derived
+    from usage_points only (storage/tiles.py): writes mark their buckets in usage_tile_dirty and the
+    next read recomputes those columns, so a tile is never trusted past a write.
+    """
+
+    __tablename__ = "usage_tiles"  # type: ignore[assignment]
+
+    metric: str = Field(primary_key=True)
+    step: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    tile: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    grp: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n_rows: int
+    sums: bytes = Field(sa_type=sa.LargeBinary)
+    has: bytes = Field(sa_type=sa.LargeBinary)
+
+
+class UsageTileSet(SQLModel, table=True):
+    """When a (metric, step, tile) was last read (wall clock): tiles idle for long are dropped."""
+
+    __tablename__ = "usage_tile_sets"  # type: ignore[assignment]
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    metric: str = Field(primary_key=True)
+    step: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    tile: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    read_at: int = Field(sa_type=sa.BigInteger)
+
+
+class UsageTileRow(SQLModel, table=True):
+    """The row number of each account in the tiles (assigned once, never reused)."""
+
+    __tablename__ = "usage_tile_rows"  # type: ignore[assignment]
+    __table_args__ = (sa.UniqueConstraint("ord", name="uq_usage_tile_rows_ord"), {"sqlite_with_rowid": False})
+
+    account_id: str = Field(primary_key=True)
+    ord: int
+
+
+class UsageTileDirty(SQLModel, table=True):
+    """Base buckets written since the tiles covering them were last computed.
+
+    Every write to usage_points adds or bumps (seq + 1) its buckets here in the same transaction;
+    a tile refresh deletes a mark only if its seq is still the one it read.
+    """
+
+    __tablename__ = "usage_tile_dirty"  # type: ignore[assignment]
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    metric: str = Field(primary_key=True)
+    bucket_start: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(sa_type=sa.BigInteger)
+
+
 class AlertEpisode(SQLModel, table=True):
     __tablename__ = "alert_episodes"  # type: ignore[assignment]
     __table_args__ = (

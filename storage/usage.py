@@ -20,7 +20,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from rules.gcpause import gc_paused
 from rules.model import MetricBlock
+from storage import tiles
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 
@@ -31,7 +33,7 @@ usage_points: sa.Table = UsagePoint.__table__  # type: ignore[attr-defined]
 first_seen: sa.Table = UsageFirstSeen.__table__  # type: ignore[attr-defined]
 coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
-FETCH_BATCH = 50_000  # rows per fetchmany() when reading usage (bounds memory)
+_fetch_batches = tiles.fetch_batches
 
 
 class UsageRecordLike(Protocol):
@@ -225,6 +227,7 @@ def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[Usage
     conn.exec_driver_sql(
         f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
         f"FROM {_LOAD_STAGE} WHERE true ON CONFLICT DO NOTHING")
+    tiles.mark_written_from(conn, _LOAD_STAGE)
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
     return written
 
@@ -259,6 +262,7 @@ def record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, st
         cur.executemany(_COVERAGE_SQL[dialect], sorted(covered))
     finally:
         cur.close()
+    tiles.mark_written(conn, covered)
 
 
 def in_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -364,20 +368,6 @@ def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: li
     return first_col
 
 
-def _fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows of one query in batches of FETCH_BATCH, straight from the DB-API cursor."""
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        while True:
-            batch = cur.fetchmany(FETCH_BATCH)
-            if not batch:
-                return
-            yield batch
-    finally:
-        cur.close()
-
-
 _READ_IDS = "usage_read_ids"  # per-connection temporary table: account id -> row number of the block
 _READ_IDS_DDL = {
     "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS {_READ_IDS} (account_id TEXT PRIMARY KEY, ord INTEGER NOT NULL) "
@@ -453,12 +443,20 @@ def _fill_joined(
     return flats, vals, first_col
 
 
-def _fill(
-    conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str] | None, observed: np.ndarray
-) -> MetricBlock:
-    """Aggregate raw points into the block (numpy), then apply the missing-data rules.
+def _tiled(ids: list[str] | None, cached: bool) -> bool:
+    """Reads of every account, or of more than _IN_LIMIT, go through the tiles (when cached)."""
+    return cached and (ids is None or len(ids) > _IN_LIMIT)
 
-    ids None = every account with a point of the metric in [start, end), sorted.
+
+@gc_paused()
+def _fill(
+    conn: Connection, metric: str, step: int, start: int, end: int, ids: list[str] | None, observed: np.ndarray,
+    cached: bool = False,
+) -> MetricBlock:
+    """Aggregate raw points (or read the tiles) into the block, then apply the missing-data rules.
+
+    ids None = every account with a point of the metric in [start, end), sorted. cached: read
+    through storage.tiles (`conn` must then be a write transaction).
     """
     n_cols = len(observed)
     if ids is not None:
@@ -467,32 +465,41 @@ def _fill(
             raise ValueError(f"load_block({metric!r}): duplicate account ids requested: {dupes[:10]}")
         if not ids or n_cols == 0:
             return MetricBlock(metric, start, step, list(ids), np.full((len(ids), n_cols), np.nan))
-        rows = ids
-    else:  # candidates: every account seen before the end; those without a point in range are dropped below
-        fs = first_seen.c
-        rows = sorted(conn.execute(sa.select(fs.account_id).where(fs.metric == metric, fs.first_bucket < end))
-                      .scalars())
-        if not rows or n_cols == 0:
-            return MetricBlock(metric, start, step, [], np.full((0, n_cols), np.nan))
-    if len(rows) <= _IN_LIMIT and ids is not None:
-        flats, vals, first_col = _fill_short(conn, metric, step, start, end, rows)
+    if _tiled(ids, cached):  # candidates when ids is None: every account seen before the end (as below)
+        rows, sums2, has2, first_col = tiles.read_tiles(conn, metric, step, start, end, ids)
+        sums, has = sums2.reshape(-1), has2.reshape(-1)
     else:
-        flats, vals, first_col = _fill_joined(conn, metric, step, start, end, rows)
-    n_cells = len(rows) * n_cols
-    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
-    sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None, minlength=n_cells)
-    has = np.bincount(flat, minlength=n_cells) > 0
+        if ids is None:  # candidates: every account seen before the end; those without a point in range are dropped
+            fs = first_seen.c
+            rows = sorted(conn.execute(sa.select(fs.account_id).where(fs.metric == metric, fs.first_bucket < end))
+                          .scalars())
+            if not rows or n_cols == 0:
+                return MetricBlock(metric, start, step, [], np.full((0, n_cols), np.nan))
+        else:
+            rows = ids
+        if len(rows) <= _IN_LIMIT and ids is not None:
+            flats, vals, first_col = _fill_short(conn, metric, step, start, end, rows)
+        else:
+            flats, vals, first_col = _fill_joined(conn, metric, step, start, end, rows)
+        n_cells = len(rows) * n_cols
+        flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
+        sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None, minlength=n_cells)
+        has = np.bincount(flat, minlength=n_cells) > 0
+    sums, has = sums.reshape(len(rows), n_cols), has.reshape(len(rows), n_cols)
     if ids is None:  # keep the accounts with a point in the range
-        keep = np.flatnonzero(has.reshape(len(rows), n_cols).any(axis=1))
-        ids = [rows[i] for i in keep]
-        sums = sums.reshape(len(rows), n_cols)[keep].reshape(-1)
-        has = has.reshape(len(rows), n_cols)[keep].reshape(-1)
-        first_col = first_col[keep]
-    values = np.full((len(ids), n_cols), np.nan)
-    onboarded = np.arange(n_cols)[None, :] >= first_col[:, None]
-    values[onboarded & observed[None, :]] = 0.0
-    values.reshape(-1)[has] = sums[has]
+        keep = has.any(axis=1)
+        if keep.all():
+            ids = list(rows)
+        else:
+            ids = [a for a, k in zip(rows, keep.tolist(), strict=True) if k]
+            sums, has, first_col = sums[keep], has[keep], first_col[keep]
+    zero = (np.arange(n_cols)[None, :] >= first_col[:, None]) & observed[None, :]  # onboarded, delivered
+    values = np.where(has, sums, np.where(zero, 0.0, np.nan))
     return MetricBlock(metric, start, step, ids, values)
+
+
+def _connect(engine: Engine, tiled: bool) -> Any:
+    return write_transaction(engine) if tiled else engine.connect()
 
 
 def load_block(
@@ -502,6 +509,7 @@ def load_block(
     start: int,
     end: int,
     account_ids: Sequence[str] | None = None,
+    cached: bool = True,
 ) -> MetricBlock:
     """Usage of `metric` per account in buckets [start, end) of `step` seconds.
 
@@ -510,12 +518,17 @@ def load_block(
     where no account at all has a point, NaN before an account's first-ever
     point for the metric (not onboarded yet), 0.0 in observed columns where the
     account has no point, else the sum of its points in the bucket.
+
+    Reads of every account or of more than a few thousand go through the usage tiles
+    (storage/tiles.py: refreshed from the writes since the last read, built when missing) unless
+    `cached` is False (a one-off read of a throwaway database); the result is the same.
     """
     _check_range(metric, step, start, end)
-    with engine.connect() as conn:
+    ids = list(account_ids) if account_ids is not None else None
+    tiled = _tiled(ids, cached)
+    with _connect(engine, tiled) as conn:
         observed = _observed_columns(conn, metric, step, start, end)
-        ids = list(account_ids) if account_ids is not None else None
-        return _fill(conn, metric, step, start, end, ids, observed)
+        return _fill(conn, metric, step, start, end, ids, observed, cached=tiled)
 
 
 def load_blocks(
@@ -526,6 +539,7 @@ def load_blocks(
     end: int,
     account_ids: Sequence[str] | None = None,
     chunk_accounts: int = 5000,
+    cached: bool = True,
 ) -> Iterator[MetricBlock]:
     """Like load_block, one block per chunk of `chunk_accounts` accounts (same row order overall)."""
     _check_range(metric, step, start, end)
@@ -535,5 +549,7 @@ def load_blocks(
         observed = _observed_columns(conn, metric, step, start, end)
         ids = list(account_ids) if account_ids is not None else _accounts_in_range(conn, metric, start, end)
     for i in range(0, len(ids), chunk_accounts):
-        with engine.connect() as conn:
-            yield _fill(conn, metric, step, start, end, ids[i : i + chunk_accounts], observed)
+        chunk = ids[i : i + chunk_accounts]
+        tiled = _tiled(chunk, cached)
+        with _connect(engine, tiled) as conn:
+            yield _fill(conn, metric, step, start, end, chunk, observed, cached=tiled)

@@ -1,0 +1,310 @@
+"""Usage tiles: aggregated usage kept between reads, so a daily evaluation reads what changed only.
+
+A full evaluation needs every account's last N buckets of every metric. Re-reading them from
+usage_points costs one index row per (account, metric, bucket) each cycle, though all but the newest
+bucket are unchanged since the day before. Tiles keep the aggregated buckets instead:
+
+- A tile holds TILE_COLS buckets of `step` seconds (tile k = buckets [k * TILE_COLS, (k + 1) *
+  TILE_COLS) counted from the epoch) for up to TILE_ROWS accounts (group `grp`): the float64 sums and
+  a bit per cell "has a point". Accounts get a permanent row number (usage_tile_rows.ord).
+- Every write to usage_points (storage.usage.write_points, load_usage) marks its base buckets in
+  usage_tile_dirty in the same transaction, adding the mark or bumping its seq.
+- A read first refreshes the metric: for every stored step, the tiles' columns holding a marked
+  bucket are recomputed from usage_points, and a mark is deleted only if its seq is still the one
+  read (a write committed meanwhile keeps its mark). Tiles the read needs and that do not exist yet
+  are built from usage_points. Then the block is assembled from the tiles.
+
+Reads that build or refresh tiles write, so they run in a write transaction (storage.db
+.write_transaction), serialised on PostgreSQL by a transaction-level advisory lock. Order matters for
+correctness and is kept: marks are read before row numbers are assigned and before points are read,
+so a write that commits in between keeps its mark for the next read. Tiles not read for
+IDLE_SECONDS (wall clock) are dropped. The tiles are a cache: deleting every row of the four
+tables is always safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Connection
+
+TILE_COLS = 32
+TILE_ROWS = 4096
+IDLE_SECONDS = 14 * 86_400
+FETCH_BATCH = 50_000  # rows per fetchmany() when reading usage (bounds memory)
+_PG_LOCK = 7_573_616_701  # pg_advisory_xact_lock key of tile maintenance
+
+_MARK = ("INSERT INTO usage_tile_dirty (metric, bucket_start, seq) {values} "
+         "ON CONFLICT (metric, bucket_start) DO UPDATE SET seq = usage_tile_dirty.seq + 1")
+
+
+def _mark(dialect: str) -> str:
+    return "?" if dialect == "sqlite" else "%s"
+
+
+def fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of one query in batches of FETCH_BATCH, straight from the DB-API cursor."""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        while True:
+            batch = cur.fetchmany(FETCH_BATCH)
+            if not batch:
+                return
+            yield batch
+    finally:
+        cur.close()
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def mark_written(conn: Connection, pairs: Iterable[tuple[str, int]]) -> None:
+    """Mark (metric, base bucket) pairs written, inside the writer's transaction."""
+    m = _mark(conn.dialect.name)
+    rows = sorted(set(pairs))
+    if rows:
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.executemany(_MARK.format(values=f"VALUES ({m}, {m}, 1)"), rows)
+        finally:
+            cur.close()
+
+
+def mark_written_from(conn: Connection, table: str) -> None:
+    """Mark every (metric, bucket_start) of a staging table written."""
+    conn.exec_driver_sql(_MARK.format(
+        values=f"SELECT DISTINCT metric, bucket_start, 1 FROM {table} WHERE true"))
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def read_tiles(
+    conn: Connection, metric: str, step: int, start: int, end: int, rows: Sequence[str] | None
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, sums, has, first_col) of `rows` x buckets [start, end), from the tiles.
+
+    rows None = every account whose first point of the metric (usage_first_seen) is before `end`,
+    sorted. sums float64 and has bool, shape (len(rows), n_cols); cells without a point stay 0 /
+    False. first_col: the column of each row's first-ever point (0 = before the block, n_cols =
+    never). `conn` must be in a write transaction (storage.db.write_transaction).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+    m = _mark(conn.dialect.name)
+    dirty = list(conn.exec_driver_sql(
+        f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m}", (metric,)))
+    accounts, first, ords, n_ords = _series(conn, metric)  # after the marks: see the module docstring
+    if dirty:
+        _refresh(conn, metric, dirty, n_ords)
+    n_cols = (end - start) // step
+    if rows is None:
+        sel = np.flatnonzero(first < end)
+        rows = [accounts[i] for i in sel.tolist()]
+        known = np.ones(len(sel), dtype=bool)
+    else:
+        rows = list(rows)
+        pos = {a: i for i, a in enumerate(accounts)}
+        sel = np.fromiter((pos.get(a, -1) for a in rows), dtype=np.int64, count=len(rows))
+        known = sel >= 0
+    at = np.where(known, sel, 0)
+    first_col = np.full(len(rows), n_cols, dtype=np.int64)
+    row_ords = np.full(len(rows), -1, dtype=np.int64)
+    if len(accounts):
+        first_col[known] = np.maximum(0, (first[at[known]] - start) // step)
+        row_ords[known] = ords[at[known]]
+    sums = np.zeros((len(rows), n_cols))
+    has = np.zeros((len(rows), n_cols), dtype=bool)
+    if n_cols == 0 or not rows:
+        return rows, sums, has, first_col
+    k0, k1 = start // step // TILE_COLS, (end // step - 1) // TILE_COLS
+    _ensure(conn, metric, step, k0, k1, n_ords)
+    _touch(conn, metric, step, k0, k1)
+    _assemble(conn, metric, step, start // step, k0, k1, row_ords, sums, has)
+    return rows, sums, has, first_col
+
+
+def _series(conn: Connection, metric: str) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """The metric's accounts (sorted), their first stored bucket and tile row number, and how many
+    row numbers exist; accounts without a number get the next ones (only here, under the tile lock,
+    so numbers are always 0..n-1)."""
+    m = _mark(conn.dialect.name)
+    got: list[tuple[Any, ...]] = []
+    for batch in fetch_batches(conn, "SELECT f.account_id, f.first_bucket, o.ord FROM usage_first_seen f "
+                               f"LEFT JOIN usage_tile_rows o ON o.account_id = f.account_id WHERE f.metric = {m}",
+                               [metric]):
+        got.extend(batch)
+    accounts = [r[0] for r in got]
+    if any(a >= b for a, b in zip(accounts, accounts[1:], strict=False)):  # Python's order, not a collation's
+        got.sort(key=lambda r: r[0])
+        accounts = [r[0] for r in got]
+    first = np.fromiter((r[1] for r in got), dtype=np.int64, count=len(got))
+    ords = np.fromiter((-1 if r[2] is None else r[2] for r in got), dtype=np.int64, count=len(got))
+    n_ords = int(conn.exec_driver_sql("SELECT COALESCE(MAX(ord), -1) + 1 FROM usage_tile_rows").scalar_one())
+    new = np.flatnonzero(ords < 0)
+    if len(new):
+        ords[new] = n_ords + np.arange(len(new))
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.executemany(f"INSERT INTO usage_tile_rows (account_id, ord) VALUES ({m}, {m})",
+                            [(accounts[i], int(ords[i])) for i in new.tolist()])
+        finally:
+            cur.close()
+        n_ords += len(new)
+    return accounts, first, ords, n_ords
+
+
+def _aggregate(conn: Connection, metric: str, step: int, c_lo: int, c_hi: int, n_ords: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and has of every numbered account in bucket columns [c_lo, c_hi), from usage_points."""
+    n = c_hi - c_lo
+    m = _mark(conn.dialect.name)
+    lo = c_lo * step
+    sql = (f"SELECT o.ord * {int(n)} + (p.bucket_start - {int(lo)}) / {int(step)}, p.value "
+           f"FROM usage_points p JOIN usage_tile_rows o ON o.account_id = p.account_id "
+           f"WHERE p.metric = {m} AND p.bucket_start >= {m} AND p.bucket_start < {m}")
+    flats: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for batch in fetch_batches(conn, sql, [metric, lo, c_hi * step]):
+        flats.append(np.fromiter([r[0] for r in batch], dtype=np.int64, count=len(batch)))
+        vals.append(np.fromiter([r[1] for r in batch], dtype=np.float64, count=len(batch)))
+    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
+    cells = n_ords * n
+    sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None, minlength=cells)
+    has = np.bincount(flat, minlength=cells) > 0
+    return sums.reshape(n_ords, n), has.reshape(n_ords, n)
+
+
+def _group_rows(grp: int, n_ords: int) -> int:
+    return max(0, min(TILE_ROWS, n_ords - grp * TILE_ROWS))
+
+
+def _decode(n_rows: int, sums: bytes, has: bytes) -> tuple[np.ndarray, np.ndarray]:
+    s = np.frombuffer(sums, dtype=np.float64).reshape(n_rows, TILE_COLS)
+    h = np.unpackbits(np.frombuffer(has, dtype=np.uint8), count=n_rows * TILE_COLS).reshape(n_rows, TILE_COLS)
+    return s, h.astype(bool)
+
+
+def _write(conn: Connection, rows: list[tuple[str, int, int, int, np.ndarray, np.ndarray]]) -> None:
+    """Upsert tiles (metric, step, tile, grp, sums, has)."""
+    m = _mark(conn.dialect.name)
+    sql = (f"INSERT INTO usage_tiles (metric, step, tile, grp, n_rows, sums, has) VALUES ({m}, {m}, {m}, {m}, "
+           f"{m}, {m}, {m}) ON CONFLICT (metric, step, tile, grp) DO UPDATE SET n_rows = excluded.n_rows, "
+           "sums = excluded.sums, has = excluded.has")
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        for metric, step, tile, grp, sums, has in rows:  # one at a time: a tile is ~1 MB
+            cur.execute(sql, (metric, step, tile, grp, len(sums),
+                              np.ascontiguousarray(sums, dtype=np.float64).tobytes(),
+                              np.packbits(has, axis=None).tobytes()))
+    finally:
+        cur.close()
+
+
+def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> None:
+    """Recompute the stored tiles' columns holding a marked bucket; delete the marks read."""
+    m = _mark(conn.dialect.name)
+    buckets = np.array([int(b) for b, _ in dirty], dtype=np.int64)
+    stored: dict[int, set[int]] = {}
+    for step, tile in conn.exec_driver_sql(
+            f"SELECT DISTINCT step, tile FROM usage_tiles WHERE metric = {m}", (metric,)):
+        stored.setdefault(int(step), set()).add(int(tile))
+    for step, tiles in stored.items():
+        cols = np.unique(buckets // step)
+        for k in sorted(set((cols // TILE_COLS).tolist()) & tiles):
+            in_k = cols[(cols // TILE_COLS) == k]
+            c_lo, c_hi = int(in_k.min()), int(in_k.max()) + 1
+            sums, has = _aggregate(conn, metric, step, c_lo, c_hi, n_ords)
+            t_lo, t_hi = c_lo - k * TILE_COLS, c_hi - k * TILE_COLS
+            out = []
+            for grp, n_rows, s_blob, h_blob in list(conn.exec_driver_sql(
+                    f"SELECT grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
+                    f"AND tile = {m}", (metric, step, k))):
+                grp, n_rows = int(grp), int(n_rows)
+                size = _group_rows(grp, n_ords)
+                s, h = _decode(n_rows, s_blob, h_blob)
+                s2 = np.zeros((size, TILE_COLS))
+                h2 = np.zeros((size, TILE_COLS), dtype=bool)
+                s2[:n_rows], h2[:n_rows] = s, h  # accounts numbered since: nothing stored for them yet
+                r0 = grp * TILE_ROWS
+                s2[:, t_lo:t_hi] = sums[r0:r0 + size]
+                h2[:, t_lo:t_hi] = has[r0:r0 + size]
+                out.append((metric, step, k, grp, s2, h2))
+            _write(conn, out)
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.executemany(f"DELETE FROM usage_tile_dirty WHERE metric = {m} AND bucket_start = {m} AND seq = {m}",
+                        [(metric, int(b), int(seq)) for b, seq in dirty])
+    finally:
+        cur.close()
+
+
+def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: int) -> None:
+    """Build the tiles [k0, k1] x every group that do not exist yet."""
+    m = _mark(conn.dialect.name)
+    have: dict[int, set[int]] = {}
+    for tile, grp in conn.exec_driver_sql(
+            f"SELECT tile, grp FROM usage_tiles WHERE metric = {m} AND step = {m} AND tile >= {m} AND tile <= {m}",
+            (metric, step, k0, k1)):
+        have.setdefault(int(tile), set()).add(int(grp))
+    groups = range((n_ords + TILE_ROWS - 1) // TILE_ROWS)
+    for k in range(k0, k1 + 1):
+        missing = [g for g in groups if g not in have.get(k, ())]
+        if not missing:
+            continue
+        sums, has = _aggregate(conn, metric, step, k * TILE_COLS, (k + 1) * TILE_COLS, n_ords)
+        _write(conn, [(metric, step, k, g, sums[g * TILE_ROWS:(g + 1) * TILE_ROWS],
+                       has[g * TILE_ROWS:(g + 1) * TILE_ROWS]) for g in missing])
+
+
+def _touch(conn: Connection, metric: str, step: int, k0: int, k1: int) -> None:
+    """Note the tiles read now; drop the metric's tiles idle for IDLE_SECONDS."""
+    m = _mark(conn.dialect.name)
+    now = int(time.time())
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.executemany(f"INSERT INTO usage_tile_sets (metric, step, tile, read_at) VALUES ({m}, {m}, {m}, {m}) "
+                        "ON CONFLICT (metric, step, tile) DO UPDATE SET read_at = excluded.read_at",
+                        [(metric, step, k, now) for k in range(k0, k1 + 1)])
+        idle = list(conn.exec_driver_sql(
+            f"SELECT step, tile FROM usage_tile_sets WHERE metric = {m} AND read_at < {m}",
+            (metric, now - IDLE_SECONDS)))
+        for table in ("usage_tiles", "usage_tile_sets"):
+            cur.executemany(f"DELETE FROM {table} WHERE metric = {m} AND step = {m} AND tile = {m}",
+                            [(metric, int(s), int(k)) for s, k in idle])
+    finally:
+        cur.close()
+
+
+def _assemble(conn: Connection, metric: str, step: int, c0: int, k0: int, k1: int, ord_of: np.ndarray,
+              sums: np.ndarray, has: np.ndarray) -> None:
+    """Copy the tiles' cells of the rows numbered `ord_of` (-1: none) x columns [c0, c0 + n_cols)."""
+    n_cols = sums.shape[1]
+    pos = np.flatnonzero(ord_of >= 0)
+    if not len(pos):
+        return
+    grp_of = ord_of[pos] // TILE_ROWS
+    order = np.argsort(grp_of, kind="stable")
+    groups, starts = np.unique(grp_of[order], return_index=True)
+    bounds = [*starts.tolist(), len(order)]
+    members = {int(g): (pos[order[bounds[i]:bounds[i + 1]]], ord_of[pos[order[bounds[i]:bounds[i + 1]]]]
+                        - int(g) * TILE_ROWS) for i, g in enumerate(groups)}
+    m = _mark(conn.dialect.name)
+    sql = (f"SELECT tile, grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
+           f"AND tile >= {m} AND tile <= {m} AND grp IN ({', '.join(str(int(g)) for g in groups)})")
+    for tile, grp, n_rows, s_blob, h_blob in conn.exec_driver_sql(sql, (metric, step, k0, k1)):
+        where, local = members[int(grp)]
+        s, h = _decode(int(n_rows), s_blob, h_blob)
+        kept = local < int(n_rows)  # numbered after the tile was written: no point there yet
+        where, local = where[kept], local[kept]
+        lo = max(c0, int(tile) * TILE_COLS)
+        hi = min(c0 + n_cols, (int(tile) + 1) * TILE_COLS)
+        if hi <= lo:
+            continue
+        t = int(tile) * TILE_COLS
+        sums[where, lo - c0:hi - c0] = s[local, lo - t:hi - t]
+        has[where, lo - c0:hi - c0] = h[local, lo - t:hi - t]
