@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from bot.alerts import PUBLISHED_EVENTS, alert_record, idempotency_key, recent_values
 from rules.engine import BlockKey, due, evaluate, history_needed
+from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, Key, Transition, advance
 from rules.model import AccountFacts, Finding, MetricBlock, Rule, RuleSet
 from storage.accounts import list_accounts
@@ -110,6 +111,7 @@ def account_chunks(engine: Engine, size: int, known: Iterable[str] | None = None
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
+@gc_paused()  # the whole cycle: reads, evaluation, lifecycle, persisting (rules/gcpause.py)
 def run_cycle(
     engine: Engine,
     ruleset: RuleSet,

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
 from rules.detectors import detect, required_history
+from rules.gcpause import gc_paused
 from rules.model import AccountFacts, Finding, MetricBlock, Rule
 
 BlockKey = tuple[str, int]  # (metric, bucket seconds)
@@ -51,9 +53,13 @@ def facts_for(account_ids: Sequence[str], accounts: Mapping[str, AccountFacts]) 
 
 
 def evaluate_rule(
-    rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int
+    rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
+    block_facts: list[AccountFacts] | None = None,
 ) -> tuple[list[Finding], list[str]]:
-    """Findings of one rule at `now`, and the account ids it could decide."""
+    """Findings of one rule at `now`, and the account ids it could decide.
+
+    block_facts: facts_for(block.account_ids, accounts) when the caller already has them.
+    """
     if block.step != rule.bucket or block.metric != rule.metric:
         raise ValueError(
             f"rule {rule.id!r} needs {rule.metric}@{rule.bucket}s, got {block.metric}@{block.step}s"
@@ -61,8 +67,12 @@ def evaluate_rule(
     n = (now - block.start) // block.step
     n = max(0, min(int(n), block.n_buckets))
     view = block.truncated(n)
-    facts = facts_for(view.account_ids, accounts)
-    mask = np.fromiter((rule.segment.matches(f) for f in facts), dtype=bool, count=len(facts))
+    facts = block_facts if block_facts is not None else facts_for(view.account_ids, accounts)
+    seg = rule.segment
+    if not (seg.plans or seg.accounts or seg.exclude_accounts):  # no restriction
+        mask = np.ones(len(facts), dtype=bool)
+    else:
+        mask = np.fromiter((seg.matches(f) for f in facts), dtype=bool, count=len(facts))
     if not mask.all():
         view = view.rows(mask)
         facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
@@ -73,6 +83,7 @@ def evaluate_rule(
     return result.findings, decided_ids
 
 
+@gc_paused()
 def evaluate(
     rules: Sequence[Rule],
     blocks: Mapping[BlockKey, MetricBlock],
@@ -82,14 +93,18 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate every rule (or only those whose bucket closed at `now`)."""
     out = EvaluationResult()
+    facts: dict[BlockKey, list[AccountFacts]] = {}  # rules on the same block share its facts
     for rule in rules:
         if only_due and not due(rule, now):
             continue
         block = blocks.get((rule.metric, rule.bucket))
         if block is None:
             raise KeyError(f"no usage block for rule {rule.id!r} ({rule.metric} @ {rule.bucket}s)")
-        findings, decided_ids = evaluate_rule(rule, block, accounts, now)
+        key = (rule.metric, rule.bucket)
+        if key not in facts:
+            facts[key] = facts_for(block.account_ids, accounts)
+        findings, decided_ids = evaluate_rule(rule, block, accounts, now, block_facts=facts[key])
         out.findings.extend(findings)
-        out.decided.update((rule.id, a) for a in decided_ids)
+        out.decided.update(zip(repeat(rule.id), decided_ids))
         out.evaluated_rules.add(rule.id)
     return out

@@ -24,9 +24,10 @@ evaluation hands `advance` the findings (conditions holding now), the set of
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from rules.gcpause import gc_paused
 from rules.model import Finding, Rule
 
 Key = tuple[str, str, str, str]
@@ -65,6 +66,22 @@ class EpisodeState:
     @property
     def is_open(self) -> bool:
         return self.status in OPEN
+
+
+_STATE_FIELDS = frozenset(f.name for f in fields(EpisodeState))
+
+
+def replace(state: EpisodeState, **changes: Any) -> EpisodeState:
+    """dataclasses.replace for EpisodeState, about 5x faster (a step replaces one state per finding).
+
+    EpisodeState is frozen with no __post_init__, so copying its __dict__ and applying the changes
+    gives exactly what dataclasses.replace would; unknown field names still raise.
+    """
+    if not changes.keys() <= _STATE_FIELDS:
+        raise TypeError(f"EpisodeState has no field(s) {sorted(changes.keys() - _STATE_FIELDS)}")
+    new = object.__new__(EpisodeState)
+    new.__dict__.update(state.__dict__, **changes)
+    return new
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,7 @@ def _suppression(
     return ""
 
 
+@gc_paused()
 def advance(
     rules: Mapping[str, Rule],
     findings: Sequence[Finding],
@@ -131,7 +149,7 @@ def advance(
     Defaults to every rule in `rules`.
     """
     snoozed = snoozed_accounts or {}
-    decided_set = set(decided)
+    decided_set = decided if isinstance(decided, set | frozenset) else set(decided)  # no copy of a big set
     evaluated = set(rules) if evaluated_rules is None else set(evaluated_rules)
     out: dict[Key, EpisodeState] = dict(states)
     transitions: list[Transition] = []

