@@ -63,7 +63,10 @@ def fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator
 
 
 def mark_written(conn: Connection, pairs: Iterable[tuple[str, int]]) -> None:
-    """Mark (metric, base bucket) pairs written, inside the writer's transaction."""
+    """Mark (metric, base bucket) pairs written, inside the writer's transaction.
+
+    Marks are written, and deleted by a refresh, in (metric, bucket) order, so a writer and a
+    refresh on PostgreSQL take the marks' row locks in the same order (no deadlock)."""
     m = _mark(conn.dialect.name)
     rows = sorted(set(pairs))
     if rows:
@@ -77,7 +80,7 @@ def mark_written(conn: Connection, pairs: Iterable[tuple[str, int]]) -> None:
 def mark_written_from(conn: Connection, table: str) -> None:
     """Mark every (metric, bucket_start) of a staging table written."""
     conn.exec_driver_sql(_MARK.format(
-        values=f"SELECT DISTINCT metric, bucket_start, 1 FROM {table} WHERE true"))
+        values=f"SELECT DISTINCT metric, bucket_start, 1 FROM {table} WHERE true ORDER BY metric, bucket_start"))
 
 
 # ----------------------------------------------------------------------------- reads
@@ -97,7 +100,7 @@ def read_tiles(
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
     m = _mark(conn.dialect.name)
     dirty = list(conn.exec_driver_sql(
-        f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m}", (metric,)))
+        f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m} ORDER BY bucket_start", (metric,)))
     accounts, first, ords, n_ords = _series(conn, metric)  # after the marks: see the module docstring
     if dirty:
         _refresh(conn, metric, dirty, n_ords)

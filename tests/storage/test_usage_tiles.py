@@ -167,3 +167,49 @@ def test_tile_tables_are_a_cache(engine: Engine) -> None:
     after = load_block(engine, "m", DAY, T0, T0 + 4 * DAY)
     assert after.account_ids == before.account_ids
     np.testing.assert_array_equal(after.values, before.values)
+
+
+def test_concurrent_writers_and_readers_lose_no_write(engine: Engine, small_tiles: None) -> None:
+    """Writers (upserts, loads) and cached readers at once, in threads: once all are done, a
+    cached read equals a direct one (no write lost between a refresh's read of the marks and
+    their deletion), and nobody failed (no deadlock between marks and refreshes)."""
+    import threading
+
+    rng = np.random.default_rng(7)
+    upsert_usage(engine, _random_writes(rng, 12, 10, 200))
+    load_block(engine, "calls", DAY, T0, T0 + 10 * DAY)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        try:
+            for i in range(12):
+                recs = _random_writes(r, 16, 10, 15)
+                if i % 3 == 2:
+                    load_usage(engine, in_chunks(recs, 5))
+                else:
+                    upsert_usage(engine, recs)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                load_block(engine, "calls", DAY, T0, T0 + 10 * DAY)
+                load_block(engine, "events", 3600, T0 + DAY, T0 + 4 * DAY)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(s,)) for s in (1, 2)]
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in writers + readers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    _same(engine, "calls", DAY, T0, T0 + 10 * DAY, None)
+    _same(engine, "events", 3600, T0 + DAY, T0 + 4 * DAY, None)
