@@ -196,8 +196,12 @@ def read_tile_floor(engine: Engine, ranges: Mapping[BlockKey, tuple[int, int]]) 
         cur = raw.cursor()
         for (metric, step), (start, end) in ranges.items():
             k0, k1 = start // step // tiles.TILE_COLS, (end // step - 1) // tiles.TILE_COLS
-            cur.execute(f"SELECT n_rows, sums, has FROM usage_tiles WHERE metric = {ph} AND step = {ph} "
-                        f"AND tile >= {ph} AND tile <= {ph}", (metric, step, k0, k1))
+            sql = (f"SELECT n_rows, sums, has FROM usage_tiles WHERE metric = {ph} AND step = {ph} "
+                   f"AND tile >= {ph} AND tile <= {ph}")
+            if engine.dialect.name == "postgresql":  # bytea as raw bytes, as storage.tiles reads it
+                cur.execute(sql, (metric, step, k0, k1), binary=True)
+            else:
+                cur.execute(sql, (metric, step, k0, k1))
             for n_rows, sums, has in cur:
                 values = np.frombuffer(sums, dtype=np.float64).reshape(n_rows, tiles.TILE_COLS)
                 bits = np.unpackbits(np.frombuffer(has, dtype=np.uint8), count=n_rows * tiles.TILE_COLS)

@@ -59,6 +59,21 @@ def fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator
         cur.close()
 
 
+def _blob_rows(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """Rows holding tiles, one at a time; on PostgreSQL in binary format (bytea as raw bytes, not
+    hex text twice their size)."""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            cur.execute(sql, params, binary=True)
+        else:
+            cur.execute(sql, params)
+        while (row := cur.fetchone()) is not None:
+            yield row
+    finally:
+        cur.close()
+
+
 # ----------------------------------------------------------------------------- writers
 
 
@@ -98,6 +113,8 @@ def read_tiles(
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+        # small, planned-for-many-rows queries: JIT compiling them costs more than running them
+        conn.exec_driver_sql("SET LOCAL jit = off")
     m = _mark(conn.dialect.name)
     dirty = list(conn.exec_driver_sql(
         f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m} ORDER BY bucket_start", (metric,)))
@@ -224,7 +241,7 @@ def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> No
             sums, has = _aggregate(conn, metric, step, c_lo, c_hi, n_ords)
             t_lo, t_hi = c_lo - k * TILE_COLS, c_hi - k * TILE_COLS
             out = []
-            for grp, n_rows, s_blob, h_blob in list(conn.exec_driver_sql(
+            for grp, n_rows, s_blob, h_blob in list(_blob_rows(conn,
                     f"SELECT grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
                     f"AND tile = {m}", (metric, step, k))):
                 grp, n_rows = int(grp), int(n_rows)
@@ -299,7 +316,7 @@ def _assemble(conn: Connection, metric: str, step: int, c0: int, k0: int, k1: in
     m = _mark(conn.dialect.name)
     sql = (f"SELECT tile, grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
            f"AND tile >= {m} AND tile <= {m} AND grp IN ({', '.join(str(int(g)) for g in groups)})")
-    for tile, grp, n_rows, s_blob, h_blob in conn.exec_driver_sql(sql, (metric, step, k0, k1)):
+    for tile, grp, n_rows, s_blob, h_blob in _blob_rows(conn, sql, (metric, step, k0, k1)):
         where, local = members[int(grp)]
         s, h = _decode(int(n_rows), s_blob, h_blob)
         kept = local < int(n_rows)  # numbered after the tile was written: no point there yet

@@ -29,6 +29,10 @@ def upgrade() -> None:
         sa.Column("has", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("metric", "step", "tile", "grp"),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # tiles are read and rewritten whole: no TOAST compression (pglz costs more than it saves)
+        op.execute("ALTER TABLE usage_tiles ALTER COLUMN sums SET STORAGE EXTERNAL, "
+                   "ALTER COLUMN has SET STORAGE EXTERNAL")
     op.create_table(
         "usage_tile_sets",
         sa.Column("metric", sa.String(), nullable=False),
