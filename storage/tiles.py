@@ -59,6 +59,18 @@ def fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator
         cur.close()
 
 
+def read_cells(conn: Connection, sql: str, params: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A query returning (cell number, value) rows, as two arrays (int64 cells, float64 values)."""
+    flats: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for batch in fetch_batches(conn, sql, params):
+        flats.append(np.fromiter([r[0] for r in batch], dtype=np.int64, count=len(batch)))
+        vals.append(np.fromiter([r[1] for r in batch], dtype=np.float64, count=len(batch)))
+    if not flats:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(flats), np.concatenate(vals)
+
+
 def _blob_rows(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     """Rows holding tiles, one at a time; on PostgreSQL in binary format (bytea as raw bytes, not
     hex text twice their size)."""
@@ -187,14 +199,9 @@ def _aggregate(conn: Connection, metric: str, step: int, c_lo: int, c_hi: int, n
     sql = (f"SELECT o.ord * {int(n)} + (p.bucket_start - {int(lo)}) / {int(step)}, p.value "
            f"FROM usage_points p JOIN usage_tile_rows o ON o.account_id = p.account_id "
            f"WHERE p.metric = {m} AND p.bucket_start >= {m} AND p.bucket_start < {m}")
-    flats: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    for batch in fetch_batches(conn, sql, [metric, lo, c_hi * step]):
-        flats.append(np.fromiter([r[0] for r in batch], dtype=np.int64, count=len(batch)))
-        vals.append(np.fromiter([r[1] for r in batch], dtype=np.float64, count=len(batch)))
-    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
+    flat, vals = read_cells(conn, sql, [metric, lo, c_hi * step])
     cells = n_ords * n
-    sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None, minlength=cells)
+    sums = np.bincount(flat, weights=vals, minlength=cells)
     has = np.bincount(flat, minlength=cells) > 0
     return sums.reshape(n_ords, n), has.reshape(n_ords, n)
 

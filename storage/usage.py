@@ -427,11 +427,7 @@ def _fill_joined(
     sql = (f"SELECT o.ord * {int(n_cols)} + (p.bucket_start - {int(start)}) / {int(step)}, p.value "
            f"FROM usage_points p JOIN {_READ_IDS} o ON o.account_id = p.account_id "
            f"WHERE p.metric = {mark} AND p.bucket_start >= {mark} AND p.bucket_start < {mark}")
-    flats: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    for batch in _fetch_batches(conn, sql, [metric, start, end]):
-        flats.append(np.fromiter([row[0] for row in batch], dtype=np.int64, count=len(batch)))
-        vals.append(np.fromiter([row[1] for row in batch], dtype=np.float64, count=len(batch)))
+    flat, vals = tiles.read_cells(conn, sql, [metric, start, end])
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
          f"ON o.account_id = f.account_id WHERE f.metric = {mark}")
@@ -440,7 +436,7 @@ def _fill_joined(
         first = np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch))
         first_col[rows] = np.maximum(0, (first - start) // step)
     conn.exec_driver_sql(f"DELETE FROM {_READ_IDS}")
-    return flats, vals, first_col
+    return [flat], [vals], first_col
 
 
 def _tiled(ids: list[str] | None, cached: bool) -> bool:

@@ -63,8 +63,9 @@ def _random_records(rng: np.random.Generator, n_acc: int, minutes: int) -> list[
     return recs
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["tiles", "direct"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_read_path_matches_reference(engine, seed):
+def test_read_path_matches_reference(engine, seed, cached):
     rng = np.random.default_rng(seed)
     recs = _random_records(rng, 12, 6 * 60)
     # two loads, the second overlapping the first: first-seen must keep the minimum
@@ -74,7 +75,7 @@ def test_read_path_matches_reference(engine, seed):
         for step in (60, 300, 3600):
             start = T0 - step * 2
             end = T0 + 7 * 3600 - (T0 + 7 * 3600) % step
-            got = load_block(engine, metric, step, start, end)
+            got = load_block(engine, metric, step, start, end, cached=cached)
             want = reference_block(engine, metric, step, start, end, got.account_ids)
             np.testing.assert_array_equal(got.values, want)
             some = got.account_ids[::3][:4] + ["never-seen"]
