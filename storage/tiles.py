@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection
 
-TILE_COLS = 32
+TILE_COLS = 8  # a new bucket rewrites one tile per group: narrow tiles keep that write small
 TILE_ROWS = 4096
 IDLE_SECONDS = 14 * 86_400
 FETCH_BATCH = 50_000  # rows per fetchmany() when reading usage (bounds memory)
@@ -211,6 +211,10 @@ def _group_rows(grp: int, n_ords: int) -> int:
 
 
 def _decode(n_rows: int, sums: bytes, has: bytes) -> tuple[np.ndarray, np.ndarray]:
+    if len(sums) != n_rows * TILE_COLS * 8:
+        raise ValueError(f"usage tile of {n_rows} rows holds {len(sums)} bytes, not {n_rows} x {TILE_COLS} "
+                         "float64: written with another tile width? Empty the usage tile tables "
+                         "(docs/operations.md, 'Usage tiles'); the next read rebuilds them")
     s = np.frombuffer(sums, dtype=np.float64).reshape(n_rows, TILE_COLS)
     h = np.unpackbits(np.frombuffer(has, dtype=np.uint8), count=n_rows * TILE_COLS).reshape(n_rows, TILE_COLS)
     return s, h.astype(bool)

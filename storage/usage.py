@@ -4,9 +4,11 @@ Points are stored at a base bucket (`base_step`, default one minute) as
 integer epoch seconds. Every write also maintains two small tables in the
 same transaction: usage_first_seen (earliest bucket per account and metric)
 and usage_coverage (buckets in which any account has a point), so a read
-needs no scan of history. Reads stream the raw points of the range in
-batches (an index-only scan of the covering index, or primary-key ranges for
-a short list of accounts) and aggregate them to the rule's bucket with numpy.
+needs no scan of history. Reads of every account (or of many) go through the
+usage tiles (storage/tiles.py: aggregated buckets kept between reads; every
+write here marks its buckets for them). Other reads stream the raw points of
+the range in batches (primary-key ranges for a short list of accounts, or an
+index-only scan of the covering index) and aggregate them with numpy.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ usage_points: sa.Table = UsagePoint.__table__  # type: ignore[attr-defined]
 first_seen: sa.Table = UsageFirstSeen.__table__  # type: ignore[attr-defined]
 coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
-_fetch_batches = tiles.fetch_batches
 
 
 class UsageRecordLike(Protocol):
@@ -359,7 +360,12 @@ def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: li
                    index: dict[str, int], n_cols: int) -> np.ndarray:
     """Column of each row's first-ever point (n_cols = never seen; 0 = before the block)."""
     fs = first_seen.c
-    q = sa.select(fs.account_id, fs.first_bucket).where(fs.metric == metric, fs.account_id.in_(ids))
+    if conn.dialect.name == "postgresql":  # probes per account (see _fill_short)
+        q: Any = sa.text("SELECT f.account_id, f.first_bucket FROM unnest(CAST(:ids AS text[])) AS a(id) "
+                         "JOIN usage_first_seen f ON f.metric = :metric AND f.account_id = a.id"
+                         ).bindparams(ids=list(ids), metric=metric)
+    else:
+        q = sa.select(fs.account_id, fs.first_bucket).where(fs.metric == metric, fs.account_id.in_(ids))
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     for acc, first in conn.execute(q):
         i = index.get(acc)
@@ -400,13 +406,19 @@ def _fill_short(
     for); ids are mapped to rows in Python. (flat cell indices, values, first columns)."""
     n_cols = (end - start) // step
     index = {a: i for i, a in enumerate(ids)}
-    mark = "?" if conn.dialect.name == "sqlite" else "%s"
-    sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
-           f"({_placeholders(conn.dialect.name, len(ids))}) AND metric = {mark} AND bucket_start >= {mark} "
-           f"AND bucket_start < {mark}")
+    if conn.dialect.name == "sqlite":
+        sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
+               f"({_placeholders('sqlite', len(ids))}) AND metric = ? AND bucket_start >= ? AND bucket_start < ?")
+        params: list[Any] = [*ids, metric, start, end]
+    else:  # one primary-key range per account: PostgreSQL 15 scans `account_id = ANY(...)` with a range
+        # condition as one big bitmap (1,000 of 100k accounts: 0.39 s against 0.03 s this way)
+        sql = ("SELECT a.id, q.bucket_start, q.value FROM unnest(%s::text[]) AS a(id) CROSS JOIN LATERAL "
+               "(SELECT bucket_start, value FROM usage_points p WHERE p.account_id = a.id AND p.metric = %s "
+               "AND p.bucket_start >= %s AND p.bucket_start < %s) AS q")
+        params = [list(ids), metric, start, end]
     flats: list[np.ndarray] = []
     vals: list[np.ndarray] = []
-    for batch in _fetch_batches(conn, sql, [*ids, metric, start, end]):
+    for batch in tiles.fetch_batches(conn, sql, params):
         r = np.fromiter(map(index.__getitem__, [row[0] for row in batch]), dtype=np.int64, count=len(batch))
         c = (np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start) // step
         flats.append(r * n_cols + c)
@@ -431,7 +443,7 @@ def _fill_joined(
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
          f"ON o.account_id = f.account_id WHERE f.metric = {mark}")
-    for batch in _fetch_batches(conn, q, [metric]):
+    for batch in tiles.fetch_batches(conn, q, [metric]):
         rows = np.fromiter([row[0] for row in batch], dtype=np.int64, count=len(batch))
         first = np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch))
         first_col[rows] = np.maximum(0, (first - start) // step)
@@ -462,8 +474,7 @@ def _fill(
         if not ids or n_cols == 0:
             return MetricBlock(metric, start, step, list(ids), np.full((len(ids), n_cols), np.nan))
     if _tiled(ids, cached):  # candidates when ids is None: every account seen before the end (as below)
-        rows, sums2, has2, first_col = tiles.read_tiles(conn, metric, step, start, end, ids)
-        sums, has = sums2.reshape(-1), has2.reshape(-1)
+        rows, sums, has, first_col = tiles.read_tiles(conn, metric, step, start, end, ids)
     else:
         if ids is None:  # candidates: every account seen before the end; those without a point in range are dropped
             fs = first_seen.c
@@ -479,9 +490,9 @@ def _fill(
             flats, vals, first_col = _fill_joined(conn, metric, step, start, end, rows)
         n_cells = len(rows) * n_cols
         flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
-        sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None, minlength=n_cells)
-        has = np.bincount(flat, minlength=n_cells) > 0
-    sums, has = sums.reshape(len(rows), n_cols), has.reshape(len(rows), n_cols)
+        sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None,
+                           minlength=n_cells).astype(np.float64, copy=False).reshape(len(rows), n_cols)
+        has = (np.bincount(flat, minlength=n_cells) > 0).reshape(len(rows), n_cols)
     if ids is None:  # keep the accounts with a point in the range
         keep = has.any(axis=1)
         if keep.all():
@@ -489,9 +500,12 @@ def _fill(
         else:
             ids = [a for a, k in zip(rows, keep.tolist(), strict=True) if k]
             sums, has, first_col = sums[keep], has[keep], first_col[keep]
-    zero = (np.arange(n_cols)[None, :] >= first_col[:, None]) & observed[None, :]  # onboarded, delivered
-    values = np.where(has, sums, np.where(zero, 0.0, np.nan))
-    return MetricBlock(metric, start, step, ids, values)
+    # sums is 0.0 where there is no point: that stays where the account was onboarded and the bucket
+    # delivered (observed), every other cell without a point is missing (NaN); sums is ours to modify
+    zero = (np.arange(n_cols)[None, :] >= first_col[:, None]) & observed[None, :]
+    zero |= has
+    sums[~zero] = np.nan
+    return MetricBlock(metric, start, step, ids, sums)
 
 
 def _connect(engine: Engine, tiled: bool) -> Any:

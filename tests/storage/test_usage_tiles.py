@@ -213,3 +213,15 @@ def test_concurrent_writers_and_readers_lose_no_write(engine: Engine, small_tile
     assert errors == []
     _same(engine, "calls", DAY, T0, T0 + 10 * DAY, None)
     _same(engine, "events", 3600, T0 + DAY, T0 + 4 * DAY, None)
+
+
+def test_a_tile_of_another_width_is_reported() -> None:
+    """Tiles written with another TILE_COLS (a changed constant) are refused with what to do."""
+    rows, cols = 3, tiles.TILE_COLS * 2
+    sums = np.zeros((rows, cols)).tobytes()
+    has = np.packbits(np.zeros((rows, cols), dtype=bool)).tobytes()
+    with pytest.raises(ValueError, match="another tile width.*Empty the usage tile tables"):
+        tiles._decode(rows, sums, has)
+    s, h = tiles._decode(rows, np.ones((rows, tiles.TILE_COLS)).tobytes(),
+                         np.packbits(np.ones((rows, tiles.TILE_COLS), dtype=bool)).tobytes())
+    assert s.shape == h.shape == (rows, tiles.TILE_COLS) and s.sum() == h.sum() == rows * tiles.TILE_COLS
