@@ -3,8 +3,6 @@ on SQLite and PostgreSQL, through every write path (upserts, additive writes, bu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -14,17 +12,10 @@ from storage import tiles
 from storage import usage as U
 from storage.db import write_transaction
 from storage.usage import in_chunks, load_block, load_blocks, load_usage, upsert_usage, write_points
+from tests.storage.test_usage import Rec
 
 DAY = 86_400
 T0 = 1_790_000_000 - 1_790_000_000 % DAY
-
-
-@dataclass(frozen=True)
-class Rec:
-    account: str
-    metric: str
-    ts: int
-    value: float
 
 
 @pytest.fixture
