@@ -41,7 +41,8 @@ _MARK = ("INSERT INTO usage_tile_dirty (metric, bucket_start, seq) {values} "
          "ON CONFLICT (metric, bucket_start) DO UPDATE SET seq = usage_tile_dirty.seq + 1")
 
 
-def _mark(dialect: str) -> str:
+def param_mark(dialect: str) -> str:
+    """The DB-API parameter marker of the driver: sqlite3 "?", psycopg "%s"."""
     return "?" if dialect == "sqlite" else "%s"
 
 
@@ -71,6 +72,15 @@ def read_cells(conn: Connection, sql: str, params: Sequence[Any]) -> tuple[np.nd
     return np.concatenate(flats), np.concatenate(vals)
 
 
+def bin_cells(flat: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points (cell number row * n_cols + column, value) summed per cell: (sums float64, has a
+    point bool), both (n_rows, n_cols); cells without a point are 0.0 / False."""
+    cells = n_rows * n_cols
+    sums = np.bincount(flat, weights=vals, minlength=cells).astype(np.float64, copy=False)
+    has = np.bincount(flat, minlength=cells) > 0
+    return sums.reshape(n_rows, n_cols), has.reshape(n_rows, n_cols)
+
+
 def _blob_rows(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     """Rows holding tiles, one at a time; on PostgreSQL in binary format (bytea as raw bytes, not
     hex text twice their size)."""
@@ -94,7 +104,7 @@ def mark_written(conn: Connection, pairs: Iterable[tuple[str, int]]) -> None:
 
     Marks are written, and deleted by a refresh, in (metric, bucket) order, so a writer and a
     refresh on PostgreSQL take the marks' row locks in the same order (no deadlock)."""
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     rows = sorted(set(pairs))
     if rows:
         cur = conn.connection.driver_connection.cursor()
@@ -127,7 +137,7 @@ def read_tiles(
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
         # small, planned-for-many-rows queries: JIT compiling them costs more than running them
         conn.exec_driver_sql("SET LOCAL jit = off")
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     dirty = list(conn.exec_driver_sql(
         f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m} ORDER BY bucket_start", (metric,)))
     accounts, first, ords, n_ords = _series(conn, metric)  # after the marks: see the module docstring
@@ -164,7 +174,7 @@ def _series(conn: Connection, metric: str) -> tuple[list[str], np.ndarray, np.nd
     """The metric's accounts (sorted), their first stored bucket and tile row number, and how many
     row numbers exist; accounts without a number get the next ones (only here, under the tile lock,
     so numbers are always 0..n-1)."""
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     got: list[tuple[Any, ...]] = []
     for batch in fetch_batches(conn, "SELECT f.account_id, f.first_bucket, o.ord FROM usage_first_seen f "
                                f"LEFT JOIN usage_tile_rows o ON o.account_id = f.account_id WHERE f.metric = {m}",
@@ -194,16 +204,13 @@ def _aggregate(conn: Connection, metric: str, step: int, c_lo: int, c_hi: int, n
                ) -> tuple[np.ndarray, np.ndarray]:
     """Sums and has of every numbered account in bucket columns [c_lo, c_hi), from usage_points."""
     n = c_hi - c_lo
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     lo = c_lo * step
     sql = (f"SELECT o.ord * {int(n)} + (p.bucket_start - {int(lo)}) / {int(step)}, p.value "
            f"FROM usage_points p JOIN usage_tile_rows o ON o.account_id = p.account_id "
            f"WHERE p.metric = {m} AND p.bucket_start >= {m} AND p.bucket_start < {m}")
     flat, vals = read_cells(conn, sql, [metric, lo, c_hi * step])
-    cells = n_ords * n
-    sums = np.bincount(flat, weights=vals, minlength=cells)
-    has = np.bincount(flat, minlength=cells) > 0
-    return sums.reshape(n_ords, n), has.reshape(n_ords, n)
+    return bin_cells(flat, vals, n_ords, n)
 
 
 def _group_rows(grp: int, n_ords: int) -> int:
@@ -222,7 +229,7 @@ def _decode(n_rows: int, sums: bytes, has: bytes) -> tuple[np.ndarray, np.ndarra
 
 def _write(conn: Connection, rows: list[tuple[str, int, int, int, np.ndarray, np.ndarray]]) -> None:
     """Upsert tiles (metric, step, tile, grp, sums, has)."""
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     sql = (f"INSERT INTO usage_tiles (metric, step, tile, grp, n_rows, sums, has) VALUES ({m}, {m}, {m}, {m}, "
            f"{m}, {m}, {m}) ON CONFLICT (metric, step, tile, grp) DO UPDATE SET n_rows = excluded.n_rows, "
            "sums = excluded.sums, has = excluded.has")
@@ -238,7 +245,7 @@ def _write(conn: Connection, rows: list[tuple[str, int, int, int, np.ndarray, np
 
 def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> None:
     """Recompute the stored tiles' columns holding a marked bucket; delete the marks read."""
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     buckets = np.array([int(b) for b, _ in dirty], dtype=np.int64)
     stored: dict[int, set[int]] = {}
     for step, tile in conn.exec_driver_sql(
@@ -276,7 +283,7 @@ def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> No
 
 def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: int) -> None:
     """Build the tiles [k0, k1] x every group that do not exist yet."""
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     have: dict[int, set[int]] = {}
     for tile, grp in conn.exec_driver_sql(
             f"SELECT tile, grp FROM usage_tiles WHERE metric = {m} AND step = {m} AND tile >= {m} AND tile <= {m}",
@@ -294,7 +301,7 @@ def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: 
 
 def _touch(conn: Connection, metric: str, step: int, k0: int, k1: int) -> None:
     """Note the tiles read now; drop the metric's tiles idle for IDLE_SECONDS."""
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     now = int(time.time())
     cur = conn.connection.driver_connection.cursor()
     try:
@@ -324,7 +331,7 @@ def _assemble(conn: Connection, metric: str, step: int, c0: int, k0: int, k1: in
     bounds = [*starts.tolist(), len(order)]
     members = {int(g): (pos[order[bounds[i]:bounds[i + 1]]], ord_of[pos[order[bounds[i]:bounds[i + 1]]]]
                         - int(g) * TILE_ROWS) for i, g in enumerate(groups)}
-    m = _mark(conn.dialect.name)
+    m = param_mark(conn.dialect.name)
     sql = (f"SELECT tile, grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
            f"AND tile >= {m} AND tile <= {m} AND grp IN ({', '.join(str(int(g)) for g in groups)})")
     for tile, grp, n_rows, s_blob, h_blob in _blob_rows(conn, sql, (metric, step, k0, k1)):

@@ -351,11 +351,6 @@ def _observed_columns(conn: Connection, metric: str, step: int, start: int, end:
     return observed
 
 
-def _placeholders(dialect: str, n: int) -> str:
-    mark = "?" if dialect == "sqlite" else "%s"
-    return ", ".join([mark] * n)
-
-
 def _first_columns(conn: Connection, metric: str, start: int, step: int, ids: list[str],
                    index: dict[str, int], n_cols: int) -> np.ndarray:
     """Column of each row's first-ever point (n_cols = never seen; 0 = before the block)."""
@@ -408,7 +403,7 @@ def _fill_short(
     index = {a: i for i, a in enumerate(ids)}
     if conn.dialect.name == "sqlite":
         sql = (f"SELECT account_id, bucket_start, value FROM usage_points WHERE account_id IN "
-               f"({_placeholders('sqlite', len(ids))}) AND metric = ? AND bucket_start >= ? AND bucket_start < ?")
+               f"({', '.join('?' * len(ids))}) AND metric = ? AND bucket_start >= ? AND bucket_start < ?")
         params: list[Any] = [*ids, metric, start, end]
     else:  # one primary-key range per account: PostgreSQL 15 scans `account_id = ANY(...)` with a range
         # condition as one big bitmap (1,000 of 100k accounts: 0.39 s against 0.03 s this way)
@@ -435,7 +430,7 @@ def _fill_joined(
     and rows of ids not asked for never leave the database."""
     n_cols = (end - start) // step
     _stage_row_numbers(conn, ids)
-    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    mark = tiles.param_mark(conn.dialect.name)
     sql = (f"SELECT o.ord * {int(n_cols)} + (p.bucket_start - {int(start)}) / {int(step)}, p.value "
            f"FROM usage_points p JOIN {_READ_IDS} o ON o.account_id = p.account_id "
            f"WHERE p.metric = {mark} AND p.bucket_start >= {mark} AND p.bucket_start < {mark}")
@@ -488,11 +483,8 @@ def _fill(
             flats, vals, first_col = _fill_short(conn, metric, step, start, end, rows)
         else:
             flats, vals, first_col = _fill_joined(conn, metric, step, start, end, rows)
-        n_cells = len(rows) * n_cols
-        flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
-        sums = np.bincount(flat, weights=np.concatenate(vals) if vals else None,
-                           minlength=n_cells).astype(np.float64, copy=False).reshape(len(rows), n_cols)
-        has = (np.bincount(flat, minlength=n_cells) > 0).reshape(len(rows), n_cols)
+        sums, has = tiles.bin_cells(np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64),
+                                    np.concatenate(vals) if vals else np.zeros(0), len(rows), n_cols)
     if ids is None:  # keep the accounts with a point in the range
         keep = has.any(axis=1)
         if keep.all():
