@@ -14,20 +14,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from storage.db import make_engine, migrate
 from storage.usage import load_block, upsert_usage
 from tests.pg import PgUnavailable, start_server
-
-
-@dataclass(frozen=True)
-class Rec:
-    account: str
-    metric: str
-    ts: int
-    value: float
+from tests.storage.test_usage import Rec
 
 
 def make_records(n: int, accounts: int = 500) -> list[Rec]:

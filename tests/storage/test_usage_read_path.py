@@ -3,8 +3,6 @@ against a plain SQL reference, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -13,16 +11,9 @@ from sqlalchemy.engine import Engine
 from storage import usage as U
 from storage.db import make_engine
 from storage.usage import load_block, upsert_usage
+from tests.storage.test_usage import Rec
 
 T0 = 1_790_000_000 - 1_790_000_000 % 86_400
-
-
-@dataclass(frozen=True)
-class Rec:
-    account: str
-    metric: str
-    ts: int
-    value: float
 
 
 def reference_block(engine: Engine, metric: str, step: int, start: int, end: int, ids: list[str]) -> np.ndarray:
