@@ -95,6 +95,7 @@ class CallBench:
     owners: int = 0
     records: int = 0
     cycles: list[dict[str, Any]] = field(default_factory=list)
+    first_run: str = "notify"  # [evaluation] first_run: "notify" measures the per-alert path of every condition
 
     # ------------------------------------------------------------------ marks
 
@@ -152,9 +153,12 @@ class CallBench:
         from integrations.salesforce.client import SalesforceClient
         from storage.outbox import counts
 
+        from bot.notices import Notices
+
         self.clock.now = at
         t0 = time.perf_counter()
-        report = run_cycle(self.engine, self.ruleset, at)
+        notices = Notices((self.notifier.name,), self.slack_config.default_channel, self.first_run)
+        report = run_cycle(self.engine, self.ruleset, at, notices=notices)
         evaluate_s = time.perf_counter() - t0
 
         start = self._mark()
@@ -288,10 +292,11 @@ def _check_fresh(engine: Engine, where: str) -> list[AccountFacts]:
 
 @contextmanager
 def call_bench(db_url: str, rules: Sequence[Rule], start: int, *, config_path: str | Path = EXAMPLE_CONFIG,
-               digest: bool | None = None) -> Iterator[CallBench]:
+               digest: bool | None = None, first_run: str = "notify") -> Iterator[CallBench]:
     """The fakes seeded from the book in `db_url`, the shipped config pointed at them, one notifier.
 
     digest: None = as the config says; True/False = [slack.digest] enabled or not.
+    first_run: the [evaluation] first_run policy of the cycles ("notify": every condition is sent).
     """
     from bot.config import load_config
     from bot.slack_app import slack_notifier
@@ -318,7 +323,7 @@ def call_bench(db_url: str, rules: Sequence[Rule], start: int, *, config_path: s
             bench = CallBench(engine=engine, ruleset=RuleSet(tuple(rules)), slack=slack, salesforce=salesforce,
                               slack_config=slack_cfg, sf_config=cfg.salesforce,
                               health=cfg.health or DEFAULT_MODEL, clock=clock,
-                              paced_interval=cfg.slack.min_post_interval)
+                              paced_interval=cfg.slack.min_post_interval, first_run=first_run)
             bench.notifier = slack_notifier(slack_cfg, engine, clock)
             bench.accounts = len(accounts)
             bench.owners = _seed_slack(slack, accounts, slack_cfg, rules)
@@ -329,7 +334,8 @@ def call_bench(db_url: str, rules: Sequence[Rule], start: int, *, config_path: s
 
 
 def measure_cycle_calls(db_url: str, rules: Sequence[Rule], end: int, *, day: int = DAY,
-                        config_path: str | Path = EXAMPLE_CONFIG, digest: bool | None = None) -> dict[str, Any]:
+                        config_path: str | Path = EXAMPLE_CONFIG, digest: bool | None = None,
+                        first_run: str = "notify") -> dict[str, Any]:
     """Slack and Salesforce calls of the first cycle (at end - day) and of the next day's (at end).
 
     See the module docstring. Returns {"accounts", "owners", "crm_records", "digest", "config",
@@ -337,11 +343,12 @@ def measure_cycle_calls(db_url: str, rules: Sequence[Rule], end: int, *, day: in
     (by method), slack_calls_total, slack_messages_stored, slack_calls_per_alert, crm_requests,
     crm_logins, crm_records_written, delivery_s, crm_sync_s and more (see CallBench.cycle).
     """
-    with call_bench(db_url, rules, end - day, config_path=config_path, digest=digest) as bench:
+    with call_bench(db_url, rules, end - day, config_path=config_path, digest=digest,
+                    first_run=first_run) as bench:
         first = bench.cycle(end - day, "first")
         nxt = bench.cycle(end, "next_day")
         return {"accounts": bench.accounts, "owners": bench.owners, "crm_records": bench.records,
-                "digest": bench.slack_config.digest.enabled, "config": str(config_path),
+                "digest": bench.slack_config.digest.enabled, "config": str(config_path), "first_run": first_run,
                 "first": first, "next_day": nxt}
 
 
@@ -420,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(EXAMPLE_CONFIG), help="config file ([slack], [salesforce], [health])")
     p.add_argument("--digest", choices=("config", "on", "both"), default="config",
                    help="[slack.digest]: as the config says (shipped: off), on, or both modes on copies of the book")
+    p.add_argument("--first-run", choices=("digest", "quiet", "notify"), default="notify",
+                   help="[evaluation] first_run of the cycles: notify (every condition of the first cycle is "
+                        "posted: the per-alert cost) or the shipped digest (one admin summary)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -443,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                     if Path(f"{book}{suffix}").exists():
                         shutil.copyfile(f"{book}{suffix}", f"{db}{suffix}")
             t0 = time.perf_counter()
-            r = measure_cycle_calls(f"sqlite:///{db}", rules, end, config_path=args.config, digest=mode)
+            r = measure_cycle_calls(f"sqlite:///{db}", rules, end, config_path=args.config, digest=mode,
+                                    first_run=args.first_run)
             r["wall_s"] = time.perf_counter() - t0
             results.append(r)
             if i < len(modes) - 1:

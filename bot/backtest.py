@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
 from integrations.console import format_number
 from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
-from rules.engine import history_needed
+from rules.engine import CohortEvent, history_needed
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
 from rules.replay import replay
@@ -56,6 +56,8 @@ class BacktestResult:
     rows_rejected: int = 0
     rejected: list[str] = field(default_factory=list)
     open_at_end: dict[str, int] = field(default_factory=dict)  # rule -> episodes still firing
+    cohort_events: list[CohortEvent] = field(default_factory=list)  # held as calendar/pipeline events
+    first_run_held: int = 0  # conditions already true at the first evaluation, recorded but not notified
 
 
 def run_backtest(
@@ -67,7 +69,13 @@ def run_backtest(
     on_error: str = "reject",
     rejects_path: str | Path | None = None,
     include_suppressed: bool = True,
+    first_run: str = "digest",
 ) -> BacktestResult:
+    """Replay `ruleset` over the CSV history as the service would evaluate it.
+
+    first_run: the service's [evaluation] first_run policy; with "digest" or "quiet" the
+    conditions already true at the first evaluation are recorded, not notified.
+    """
     usage = read_usage_csv(usage_csv, on_error=on_error)
     accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
     errors = list(usage.errors) + (list(accts.errors) if accts else [])
@@ -108,8 +116,11 @@ def run_backtest(
 
     by_id = ruleset.by_id()
     last_states: dict = {}
-    for step in replay(rules, blocks, accounts, start, end):
+    for step in replay(rules, blocks, accounts, start, end, inhibits=ruleset.inhibits, calendar=ruleset.calendar,
+                       quiet_first_run=first_run != "notify"):
         last_states = step.states
+        result.cohort_events.extend(step.cohort_events)
+        result.first_run_held += sum(1 for t in step.transitions if t.reason == "first evaluation")
         for t in step.transitions:
             if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):
                 continue
@@ -188,6 +199,12 @@ def write_table(result: BacktestResult, ruleset: RuleSet, out: TextIO) -> None:
             print(line, file=out)
     else:
         print("No alert events in this range.", file=out)
+    if result.first_run_held:
+        print(f"\n{result.first_run_held} condition(s) already true at the first evaluation were recorded without"
+              " notifying (first_run policy; --first-run notify sends them).", file=out)
+    for ev in result.cohort_events:
+        print(f"cohort event {iso(ev.at)}: rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts"
+              f" ({ev.share:.0%}, {ev.cohort}) at once; held, no account alerts", file=out)
     print(file=out)
     print("Summary per rule", file=out)
     for line in _table(summary_rows(result, ruleset), ["RULE", "KIND", "FIRED", "NOTIFIED", "SUPPRESSED",

@@ -98,7 +98,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
-                              rejects_path=args.rejects)
+                              rejects_path=args.rejects, first_run=args.first_run)
     except CsvInputError as exc:
         return _report_bad_rows(exc, "nothing was replayed", err)
     except BacktestError as exc:
@@ -194,13 +194,28 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """One evaluation cycle. Notifications are queued for the configured notifiers (with
+    --config: Slack when [slack] is set up, else the console) and delivered only to the console
+    here; another notifier's rows are left to it (the service, `usagebot slack deliver`) unless
+    --deliver says this run should deliver them."""
     from bot.backtest import BacktestError, parse_time
+    from bot.cli_support import load_or_report
+    from bot.notices import Notices
     from bot.pipeline import deliver_outbox, run_cycle
     from integrations.console import ConsoleNotifier
     from storage.db import make_engine, migrate
 
     if _missing_paths(args.rules, "--rules", err):
         return 2
+    config = None
+    if args.config:
+        from bot.config import load_config
+
+        if _missing_paths([args.config], "--config", err):
+            return 2
+        config = load_or_report(lambda: load_config(args.config), err)
+        if config is None:
+            return 1
     ruleset = _load_rules_or_report(args.rules, err)
     if ruleset is None:
         return 1
@@ -209,18 +224,50 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BacktestError as exc:
         print(f"usagebot evaluate: {exc}", file=err)
         return 2
-    engine = make_engine(_db_url(args))
+    engine = make_engine(database_url(args.db, config.storage_url if config else None))
     try:
         migrate(engine)
-        report = run_cycle(engine, ruleset, now, only_due=False)
-        delivery = deliver_outbox(engine, ConsoleNotifier(out=out), now)
-        print(f"evaluated {len(report.rules_evaluated)} rule(s): {report.findings} condition(s) holding, "
-              f"{sum(1 for t in report.transitions if t.event == 'fired')} fired, "
-              f"{sum(1 for t in report.transitions if t.event == 'resolved')} resolved, "
-              f"{delivery.sent} notification(s) sent, {delivery.failed} failed", file=out)
-        return 0 if not delivery.failed else 1
+        console = ConsoleNotifier(out=out)
+        remote = _configured_notifier(config, engine)
+        notices = Notices((remote.name if remote is not None else console.name,),
+                          config.service.admin_channel if config else None,
+                          args.first_run or (config.evaluation.first_run if config else "digest"))
+        report = run_cycle(engine, ruleset, now, only_due=False, notices=notices)
+        if remote is None:
+            delivery = deliver_outbox(engine, console, now)  # the console's own rows
+        else:
+            for alert in report.alerts:  # a preview: the rows stay queued for their notifier
+                if alert.get("notified"):
+                    console.deliver(alert)
+            delivery = deliver_outbox(engine, remote, now) if args.deliver else None
+        fired = sum(1 for t in report.transitions if t.event == "fired")
+        resolved = sum(1 for t in report.transitions if t.event == "resolved")
+        held = sum(1 for t in report.transitions if t.reason == "first evaluation")
+        line = (f"evaluated {len(report.rules_evaluated)} rule(s): {report.findings} condition(s) holding, "
+                f"{fired} fired, {resolved} resolved")
+        if held:
+            line += f" ({held} already true at the first evaluation: recorded, not notified)"
+        if delivery is not None:
+            where = "" if remote is None else f" to {remote.name}"
+            line += f", {delivery.sent} notification(s) sent{where}, {delivery.failed} failed"
+        else:
+            assert remote is not None
+            queued = sum(1 for a in report.alerts if a.get("notified"))
+            line += (f", {queued} notification(s) queued for {remote.name} (the service or `usagebot "
+                     f"{remote.name} deliver` sends them; --deliver sends them now)")
+        print(line, file=out)
+        return 0 if delivery is None or not delivery.failed else 1
     finally:
         engine.dispose()
+
+
+def _configured_notifier(config: Any, engine: Any) -> Any:
+    """The notifier the service would use for this config other than the console, or None."""
+    if config is None or config.slack is None or not getattr(config.slack, "enabled", False):
+        return None
+    from integrations.slack.notifier import SlackNotifier
+
+    return SlackNotifier(config.slack, engine)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -244,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--on-error", choices=["reject", "skip"], default="reject",
                    help="bad CSV rows: reject the run (default) or skip them")
     b.add_argument("--rejects", help="with --on-error skip: write skipped rows here (with an _error column)")
+    b.add_argument("--first-run", choices=["digest", "quiet", "notify"], default="digest",
+                   help="as the service's [evaluation] first_run: conditions already true at the first "
+                        "evaluation are recorded, not notified (digest, quiet) or notified (notify)")
     b.set_defaults(func=cmd_backtest)
 
     d = sub.add_parser("demo", help="run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)")
@@ -268,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rules", action="append", required=True)
     e.add_argument("--db")
     e.add_argument("--at", help="evaluation time (default: now)")
+    e.add_argument("--config", help="service config: its notifiers get the notifications (Slack when [slack] is "
+                                    "set up), its database and first_run policy apply")
+    e.add_argument("--deliver", action="store_true",
+                   help="also deliver the queued notifications of the configured notifier (e.g. post to Slack) "
+                        "now; without it only the console ones are printed and the rest wait for the service")
+    e.add_argument("--first-run", choices=["digest", "quiet", "notify"],
+                   help="conditions already true at a first evaluation: digest (default: record, one admin "
+                        "summary), quiet (record only) or notify (one by one)")
     e.set_defaults(func=cmd_evaluate)
 
     # Subcommands that live with their integrations.

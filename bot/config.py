@@ -4,6 +4,7 @@
     [rules]      paths                     rule files / directories (validated like `usagebot check`)
     [service]    host, port, logs, admin channel, shutdown timeout
     [scheduler]  leader election, job intervals, evaluation timing
+    [evaluation] first_run policy (conditions already true at a first evaluation)
     [ingest]     push endpoint (CloudEvents) and its shared secret
     [[sources]]  polled usage sources (csv, http_json, sql, openmeter, stripe_meter)
     [slack]      Slack delivery and app           (integrations.slack.config)
@@ -27,7 +28,8 @@ from integrations.sources.base import SourceConfig, parse_source_config
 from integrations.sources.push import PushConfig, parse_ingest_config
 from rules.model import RuleSet
 
-SECTIONS = ("storage", "rules", "service", "scheduler", "ingest", "sources", "slack", "salesforce", "health")
+SECTIONS = ("storage", "rules", "service", "scheduler", "evaluation", "ingest", "sources", "slack", "salesforce",
+            "health")
 LEADER_KINDS = ("auto", "advisory_lock", "lease", "none")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -64,12 +66,20 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """first_run: "digest" (record, one admin summary), "quiet" (record only) or "notify"."""
+
+    first_run: str = "digest"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     file: str
     storage_url: str
     rule_paths: tuple[str, ...]
     service: ServiceConfig = field(default_factory=ServiceConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     ingest: PushConfig | None = None
     sources: tuple[SourceConfig, ...] = ()
     slack: Any = None  # integrations.slack.config.SlackConfig, when [slack] is present
@@ -192,6 +202,15 @@ def _scheduler(doc: Document, postgresql: bool) -> SchedulerConfig:
     )
 
 
+def _evaluation(doc: Document) -> EvaluationConfig:
+    from bot.notices import FIRST_RUN_POLICIES
+
+    sec = doc.section("evaluation")
+    sec.check_keys(("first_run",))
+    d = EvaluationConfig()
+    return EvaluationConfig(first_run=sec.str("first_run", d.first_run, choices=FIRST_RUN_POLICIES) or d.first_run)
+
+
 def _sources(doc: Document, ingest: PushConfig | None) -> tuple[SourceConfig, ...]:
     out: list[SourceConfig] = []
     seen: dict[str, Section] = {}
@@ -234,11 +253,12 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     service = _service(doc)
     postgresql = storage_url.startswith(("postgresql", "postgres"))
     scheduler = _scheduler(doc, postgresql)
+    evaluation = _evaluation(doc)
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
     return AppConfig(file=doc.file, storage_url=storage_url, rule_paths=rule_paths, service=service,
-                     scheduler=scheduler, ingest=ingest, sources=sources, slack=slack, salesforce=salesforce,
+                     scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack, salesforce=salesforce,
                      health=health, ruleset=ruleset)
 
 

@@ -10,11 +10,16 @@ Each tick (the `evaluate` job, every `scheduler.evaluate_every`):
    or at the latest `max_wait` after it closed. Progress per rule is stored
    (rule_progress), so a restart or a new leader continues where the last
    one stopped; missed buckets are caught up (at most `catch_up` per rule).
-2. Changed data. Sources mark the (account, metric) series they changed.
-   Late data in buckets a rule already evaluated re-evaluates that rule at
-   its last evaluation time for those accounts only; re-evaluating a time is
+2. Changed data. Every write to usage records the (account, metric) series it
+   changed with the first and last bucket written (storage.changes: polls,
+   pushes, `usagebot ingest`, backfills). Data written inside the history a
+   rule already evaluated ([at - history, at)) re-evaluates that rule at its
+   last evaluation time for those accounts only; re-evaluating a time is
    idempotent (bot.pipeline), so this only corrects what the late data
-   changes (a finding appearing, or resolving).
+   changes (a finding appearing, or resolving). A backfill of months into a
+   running service thus gives the same episodes as loading it before the
+   first evaluation (and the first-run policy applies to accounts evaluated
+   for the first time).
 
 Series fed by a stale source are muted in both (bot.freshness).
 """
@@ -30,17 +35,12 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from bot.freshness import muted_series
+from bot.notices import Notices
 from bot.pipeline import CycleReport, run_cycle
 from rules.detectors import required_history
 from rules.model import Rule, RuleSet
-from storage.sources import (
-    SourceState,
-    delete_changes,
-    get_rule_progress,
-    list_source_states,
-    read_changes,
-    set_rule_progress,
-)
+from storage.changes import delete_changes, read_changes
+from storage.sources import SourceState, get_rule_progress, list_source_states, set_rule_progress
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,10 @@ def _ready(metric: str, at: int, now: int, max_wait: int, sources: list[SourceSt
 
 class Evaluator:
     def __init__(self, engine: Engine, ruleset: RuleSet, max_wait: int = 3600, catch_up: int = 3,
-                 chunk_accounts: int = 5000, timer: Callable[[], float] = time.perf_counter) -> None:
+                 chunk_accounts: int = 5000, timer: Callable[[], float] = time.perf_counter,
+                 notices: Notices | None = None) -> None:
         self.engine = engine
+        self.notices = notices or Notices()
         self.chunk_accounts = chunk_accounts  # full evaluations load this many accounts at a time
         self.ruleset = ruleset
         self.max_wait = max_wait
@@ -91,7 +93,7 @@ class Evaluator:
         started = self.timer()
         report = run_cycle(self.engine, self.ruleset, at, only_due=False, account_ids=accounts,
                            chunk_accounts=self.chunk_accounts if accounts is None else None,
-                           muted=muted, rule_ids={r.id for r in rules})
+                           muted=muted, rule_ids={r.id for r in rules}, notices=self.notices)
         ev = Evaluation(at, [r.id for r in rules], reason, None if accounts is None else len(accounts),
                         self.timer() - started, report)
         log.info("evaluated %d rule(s) at %d (%s): %d alert(s)", len(rules), at, reason, len(report.alerts),
@@ -140,7 +142,7 @@ class Evaluator:
             if at is None or rule.id in evaluated_now or not changed:
                 continue
             oldest = at - required_history(rule)
-            accounts = {a for a, b in changed.items() if oldest <= b < at}
+            accounts = {a for a, (first, last) in changed.items() if first < at and last >= oldest}
             if accounts:
                 rs, accs = late.setdefault((at, rule.metric), ([], set()))
                 rs.append(rule)

@@ -21,13 +21,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from bot.alerts import admin_notice
+from bot.notices import Notices
 from rules.durations import format_duration
 from rules.periods import iso
 from storage.outbox import OutboxItem
 from storage.sources import SourceState, list_source_states, series_of, set_stale
 
 log = logging.getLogger(__name__)
-NOTIFY_KIND = "notify"
 
 
 @dataclass(frozen=True)
@@ -36,24 +37,9 @@ class Watch:
     stale_after: int
 
 
-def admin_notice(event: str, source_id: str, message: str, at: int, channel: str | None,
-                 severity: str = "warning", since: int | None = None, metrics: Sequence[str] = (),
-                 details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """An alert-record-shaped payload for the admin channel (never routed to account owners)."""
-    return {
-        "event": event, "at": iso(at), "rule": f"source:{source_id}", "kind": "source",
-        "account": source_id, "account_name": f"source {source_id}", "owner_email": "", "plan": "",
-        "crm_id": "", "metric": ", ".join(metrics) or "-", "severity": severity, "value": None,
-        "baseline": None, "threshold": None, "window": None, "message": message, "discriminator": "",
-        "notified": True, "suppressed_reason": "", "started_at": iso(since if since is not None else at),
-        "fired_at": iso(at), "rule_hash": "", "description": "usage source health",
-        "routing": {"owner": False, "channels": [channel] if channel else []}, "template": "source",
-        "details": dict(details or {}), "recent": [],
-    }
-
-
-def notice_item(key: str, payload: Mapping[str, Any], at: int) -> OutboxItem:
-    return OutboxItem(key, NOTIFY_KIND, payload, not_before=at)
+def notice_items(key: str, payload: Mapping[str, Any], at: int, notifiers: Sequence[str]) -> list[OutboxItem]:
+    """The admin notice queued once per notifier."""
+    return Notices(tuple(notifiers)).items(key, payload, at)
 
 
 def stale_since(state: SourceState | None, stale_after: int, now: int) -> int | None:
@@ -83,8 +69,9 @@ def _stale_message(s: SourceState, ref: int, now: int, stale_after: int) -> str:
             f"{format_duration(stale_after)}.{fails}{err}{muted}")
 
 
-def check_freshness(engine: Engine, watches: Iterable[Watch], now: int, admin_channel: str | None) -> FreshnessReport:
-    """Mark sources stale / fresh and enqueue the admin notices of the transitions."""
+def check_freshness(engine: Engine, watches: Iterable[Watch], now: int, admin_channel: str | None,
+                    notifiers: Sequence[str] = ("console",)) -> FreshnessReport:
+    """Mark sources stale / fresh and enqueue the admin notices of the transitions (one row per notifier)."""
     report = FreshnessReport()
     states = {s.source_id: s for s in list_source_states(engine)}
     for w in watches:
@@ -101,7 +88,7 @@ def check_freshness(engine: Engine, watches: Iterable[Watch], now: int, admin_ch
                                                                    "last_data_at": s.last_data_at,
                                                                    "last_error": s.last_error})
                 set_stale(engine, w.source_id, now, now,
-                          [notice_item(f"source-stale:{w.source_id}:{now}", payload, now)])
+                          notice_items(f"source-stale:{w.source_id}:{now}", payload, now, notifiers))
                 report.became_stale.append(w.source_id)
                 log.warning(msg, extra={"source": w.source_id, "event": "source_stale"})
         elif s.stale_since is not None:
@@ -111,7 +98,7 @@ def check_freshness(engine: Engine, watches: Iterable[Watch], now: int, admin_ch
             payload = admin_notice("recovered", w.source_id, msg, now, admin_channel, "info",
                                    since=s.stale_since, metrics=s.metrics, details={"source": w.source_id})
             set_stale(engine, w.source_id, None, now,
-                      [notice_item(f"source-recovered:{w.source_id}:{s.stale_since}", payload, now)])
+                      notice_items(f"source-recovered:{w.source_id}:{s.stale_since}", payload, now, notifiers))
             report.recovered.append(w.source_id)
             log.info(msg, extra={"source": w.source_id, "event": "source_recovered"})
     return report

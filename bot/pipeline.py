@@ -16,25 +16,40 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from bot.alerts import PUBLISHED_EVENTS, alert_record, idempotency_key, recent_values
-from rules.engine import BlockKey, due, evaluate, history_needed
+from bot.alerts import (
+    PUBLISHED_EVENTS,
+    alert_record,
+    cohort_notice,
+    first_run_summary,
+    idempotency_key,
+    recent_values,
+)
+from bot.notices import Notices
+from rules.engine import BlockKey, CohortEvent, EvaluationResult, due, evaluate, history_needed
 from rules.gcpause import gc_paused
-from rules.lifecycle import EpisodeState, Key, Transition, advance
-from rules.model import AccountFacts, Finding, MetricBlock, Rule, RuleSet
+from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
+from rules.model import AccountFacts, MetricBlock, OpenEpisode, Rule, RuleSet
 from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
-from storage.outbox import OutboxItem, claim_due, mark_dead, mark_failed, mark_sent
+from storage.first_evaluations import ACCOUNT, RULE, first_times, firsts, mark
+from storage.outbox import (
+    OutboxItem,
+    claim_due,
+    mark_dead,
+    mark_failed,
+    mark_sent,
+    outbox_kinds,
+)
 from storage.slack import active_account_snoozes
 from storage.usage import accounts_with_usage, load_block
 
 log = logging.getLogger(__name__)
 
-NOTIFY_KIND = "notify"
-
-
 class Notifier(Protocol):
+    name: str  # "slack", "console": its outbox rows are of kind notify_kind(name)
+
     def deliver(self, alert: Mapping[str, Any]) -> None: ...
 
 
@@ -46,6 +61,7 @@ class CycleReport:
     transitions: list[Transition] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # records of published transitions
     outbox_items: int = 0
+    cohort_events: list[CohortEvent] = field(default_factory=list)
 
 
 def load_blocks_for(
@@ -85,19 +101,25 @@ def _recent_for(engine: Engine, transitions: Sequence[Transition], by_id: Mappin
     return out
 
 
-def _rewound(states: Mapping[Key, EpisodeState], findings: Sequence[Finding], now: int) -> dict[Key, EpisodeState]:
+def _rewound(states: Mapping[Key, EpisodeState], now: int) -> dict[Key, EpisodeState]:
     """States as they were before an earlier evaluation at this same `now`.
 
-    advance() counts one more consecutive evaluation for every open episode with
-    a finding. When `now` was evaluated before (the condition was last seen at
-    `now`), that count is already in the state: take it back first, so
-    re-evaluating a time is idempotent and `for` counts buckets, not runs.
+    advance() counts one more consecutive evaluation for every open episode with a
+    finding, and one more clear evaluation for a firing one without. When `now` was
+    evaluated before (the condition was last seen, or last cleared, at `now`), that count
+    is already in the state: take it back first, so re-evaluating a time is idempotent and
+    `for` / `resolve_after` count buckets, not runs.
     """
     out = dict(states)
-    for f in findings:
-        s = out.get(f.key)
-        if s is not None and s.is_open and s.last_seen_at == now and s.consecutive > 0:
-            out[f.key] = replace(s, consecutive=s.consecutive - 1)
+    for key, s in states.items():
+        if not s.is_open:
+            continue
+        if s.last_seen_at == now and s.consecutive > 0:
+            out[key] = replace(s, consecutive=s.consecutive - 1)
+        elif s.cleared_at == now and s.clear_count > 0:
+            count = s.clear_count - 1
+            out[key] = replace(s, clear_count=count, cleared_at=None,
+                               recovering_since=s.recovering_since if count else None)
     return out
 
 
@@ -121,6 +143,7 @@ def run_cycle(
     chunk_accounts: int | None = None,
     muted: Mapping[str, Collection[str]] | None = None,
     rule_ids: Collection[str] | None = None,
+    notices: Notices | None = None,
 ) -> CycleReport:
     """Evaluate the rules whose bucket closed at `now` (or all), persist the outcome.
 
@@ -135,13 +158,44 @@ def run_cycle(
     open episode's condition once, not twice (see `_rewound`).
     rule_ids: evaluate only these rules of the rule set (the others' episodes are
     left alone, not taken for removed rules).
+    notices: the notifiers, admin channel and first-run policy (bot.notices.Notices; default:
+    the console, no admin channel, first_run "digest").
     """
+    notices = notices or Notices()
     report = CycleReport(at=now)
     rules = [r for r in ruleset.rules
              if (not only_due or due(r, now)) and (rule_ids is None or r.id in rule_ids)]
     if not rules:
         return report
+    by_id = ruleset.by_id()
     accounts: dict[str, AccountFacts] = {a.id: a for a in list_accounts(engine, ids=account_ids)}
+    # An incremental cycle reads only its accounts' states; other accounts' episodes are untouched
+    # (an episode of a removed rule resolves at the next full cycle).
+    states = _rewound(load_states(engine, account_ids=account_ids), now)
+    result = _evaluate_chunks(engine, rules, ruleset, accounts, now, account_ids, chunk_accounts,
+                              open_episodes(states, by_id, now), muted)
+    first, marks = _first_run(engine, result, now, notices, account_ids)
+    # Accounts snoozed from Slack (/usage snooze): transitions are recorded, not notified.
+    step = advance(by_id, result.findings, result.decided, states, now, evaluated_rules=result.evaluated_rules,
+                   snoozed_accounts=active_account_snoozes(engine, now), recoveries=result.recoveries,
+                   first_run=first, inhibits=ruleset.inhibits)
+    outbox = _notifications(engine, step.transitions, by_id, accounts, now, notices, report)
+    outbox += _admin_notices(step.transitions, result.cohort_events, first, now, notices)
+    record_step(engine, step, outbox, {r.id: r.rule_hash for r in ruleset.rules}, also=marks)
+    report.rules_evaluated = sorted(result.evaluated_rules)
+    report.findings = len(result.findings)
+    report.transitions = step.transitions
+    report.outbox_items = len(outbox)
+    report.cohort_events = list(result.cohort_events)
+    return report
+
+
+def _evaluate_chunks(
+    engine: Engine, rules: Sequence[Rule], ruleset: RuleSet, accounts: Mapping[str, AccountFacts], now: int,
+    account_ids: Sequence[str] | None, chunk_accounts: int | None,
+    opened: Mapping[str, Sequence[OpenEpisode]], muted: Mapping[str, Collection[str]] | None,
+) -> EvaluationResult:
+    """The rules' verdicts on every chunk of accounts, merged (muted series undecided)."""
     needs = history_needed(rules)
     if account_ids is not None:
         chunks: list[Sequence[str] | None] = [list(account_ids)] if account_ids else []
@@ -149,42 +203,79 @@ def run_cycle(
         chunks = list(account_chunks(engine, chunk_accounts, known=accounts))
     else:
         chunks = [None]
-    findings = []
-    decided: set[tuple[str, str]] = set()
-    evaluated: set[str] = set()
+    out = EvaluationResult()
+    metric_of = {r.id: r.metric for r in rules}
     for chunk in chunks:
         blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
-        result = evaluate(rules, blocks, accounts, now, only_due=False)
+        result = evaluate(rules, blocks, accounts, now, only_due=False, open_episodes=opened,
+                          calendar=ruleset.calendar)
         if muted:
-            metric_of = {r.id: r.metric for r in rules}
-            result.findings = [f for f in result.findings if f.account_id not in muted.get(f.metric, ())]
-            result.decided = {(r, a) for r, a in result.decided if a not in muted.get(metric_of[r], ())}
-        findings.extend(result.findings)
-        decided |= result.decided
-        evaluated |= result.evaluated_rules
-    # An incremental cycle reads only its accounts' states; other accounts' episodes are untouched
-    # (an episode of a removed rule resolves at the next full cycle).
-    states = _rewound(load_states(engine, account_ids=account_ids), findings, now)
-    by_id = ruleset.by_id()
-    # Accounts snoozed from Slack (/usage snooze): transitions are recorded, not notified.
-    step = advance(by_id, findings, decided, states, now, evaluated_rules=evaluated,
-                   snoozed_accounts=active_account_snoozes(engine, now))
-    recent = _recent_for(engine, step.transitions, by_id, now)
+            def is_muted(rule_id: str, account: str) -> bool:
+                return account in muted.get(metric_of[rule_id], ())
+
+            result.findings = [f for f in result.findings if not is_muted(f.rule_id, f.account_id)]
+            result.decided = {(r, a) for r, a in result.decided if not is_muted(r, a)}
+            result.recoveries = {k: v for k, v in result.recoveries.items() if not is_muted(k[0], k[1])}
+        out.findings.extend(result.findings)
+        out.decided |= result.decided
+        out.evaluated_rules |= result.evaluated_rules
+        out.recoveries.update(result.recoveries)
+        out.cohort_events.extend(result.cohort_events)
+    return out
+
+
+def _first_run(
+    engine: Engine, result: EvaluationResult, now: int, notices: Notices, account_ids: Sequence[str] | None,
+) -> tuple[FirstRun | None, list[Callable[[Connection], None]]]:
+    """Which rules and accounts are evaluated for the first time now, and the writes that mark them
+    (in the cycle's transaction). With first_run = "notify" nothing is marked or held back."""
+    if notices.first_run == "notify":
+        return None, []
+    decided_accounts = {a for _, a in result.decided}
+    known_rules = first_times(engine, RULE, result.evaluated_rules)
+    known_accounts = first_times(engine, ACCOUNT, decided_accounts if account_ids is not None else None)
+    first = FirstRun(firsts(known_rules, result.evaluated_rules, now), firsts(known_accounts, decided_accounts, now))
+    new_rules = [r for r in first.rules if r not in known_rules]
+    new_accounts = [a for a in first.accounts if a not in known_accounts]
+    writes: list[Callable[[Connection], None]] = []
+    if new_rules or new_accounts:
+        writes.append(lambda conn: (mark(conn, RULE, new_rules, now), mark(conn, ACCOUNT, new_accounts, now)))
+    return first, writes
+
+
+def _notifications(
+    engine: Engine, transitions: Sequence[Transition], by_id: Mapping[str, Rule],
+    accounts: Mapping[str, AccountFacts], now: int, notices: Notices, report: CycleReport,
+) -> list[OutboxItem]:
+    """Alert records of the published transitions (into the report) and the outbox rows of those
+    to notify, one per notifier. A quiet resolution of a notified episode is queued too, so a
+    notifier can update what it showed (Slack: the parent message) without telling anyone."""
+    recent = _recent_for(engine, transitions, by_id, now)
     outbox: list[OutboxItem] = []
-    for t in step.transitions:
+    for t in transitions:
         if t.event not in PUBLISHED_EVENTS:
             continue
         record = alert_record(t, by_id.get(t.state.rule_id), accounts.get(t.state.account_id),
                               recent.get((t.state.rule_id, t.state.account_id), []))
         report.alerts.append(record)
-        if t.notify:
-            outbox.append(OutboxItem(idempotency_key(t), NOTIFY_KIND, record))
-    record_step(engine, step, outbox, {r.id: r.rule_hash for r in ruleset.rules})
-    report.rules_evaluated = sorted(evaluated)
-    report.findings = len(findings)
-    report.transitions = step.transitions
-    report.outbox_items = len(outbox)
-    return report
+        if t.notify or (t.quiet and t.reason.startswith("closed quietly")):
+            outbox.extend(notices.items(idempotency_key(t), record))
+    return outbox
+
+
+def _admin_notices(
+    transitions: Sequence[Transition], cohorts: Sequence[CohortEvent], first: FirstRun | None, now: int,
+    notices: Notices,
+) -> list[OutboxItem]:
+    """One first-run summary (policy "digest") and one notice per cohort event, to the admin channel."""
+    out: list[OutboxItem] = []
+    held = [t for t in transitions if t.event == "fired" and t.reason == "first evaluation"]
+    if held and first is not None and notices.first_run == "digest":
+        out += notices.items(f"first-run:{now}", first_run_summary(held, first, now, notices.admin_channel), now)
+    for ev in cohorts:
+        payload = cohort_notice(ev, notices.admin_channel)
+        out += notices.items(f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}", payload, now)
+    return out
 
 
 @dataclass
@@ -200,7 +291,7 @@ def deliver_outbox(
     engine: Engine, notifier: Notifier, now: int, limit: int = 500,
     backoff: Callable[[int], int] = lambda attempts: min(3600, 30 * 2 ** attempts),
 ) -> DeliveryReport:
-    """Send due notification rows; failures are retried later with backoff.
+    """Send the notifier's own due notification rows; failures are retried later with backoff.
 
     A notifier's exception may carry `retry_after` (int seconds, e.g. Slack's 429 Retry-After):
     the row is due again after exactly that delay instead of the backoff (and is never marked dead
@@ -209,7 +300,7 @@ def deliver_outbox(
     Anything else is retried with backoff.
     """
     report = DeliveryReport()
-    for row in claim_due(engine, now, limit=limit, kinds=[NOTIFY_KIND]):
+    for row in claim_due(engine, now, limit=limit, kinds=outbox_kinds(notifier.name)):
         try:
             notifier.deliver(row.payload)
         except Exception as exc:  # a failing notifier must not lose the row

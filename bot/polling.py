@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from bot.freshness import admin_notice, notice_item
+from bot.alerts import admin_notice
+from bot.freshness import notice_items
 from integrations.sources.base import Batch, PollContext, Source, SourceError
 from storage.accounts import list_accounts
 from storage.db import redact_url
@@ -42,12 +43,12 @@ class PollReport:
 
 
 def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
-           report: PollReport) -> None:
+           report: PollReport, notifiers: Sequence[str]) -> None:
     outbox = []
     if batch.error:
         payload = admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
                                details={"source": source.id, "part": batch.label})
-        outbox.append(notice_item(f"source-rejected:{source.id}:{batch.label}:{now}", payload, now))
+        outbox += notice_items(f"source-rejected:{source.id}:{batch.label}:{now}", payload, now, notifiers)
         report.rejected.append(batch.error)
         log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
     res = store_batch(engine, source.id, now, totals=batch.totals, events=batch.events,
@@ -62,8 +63,11 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
 
 
 def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | None = None,
-                timer: Callable[[], float] = time.perf_counter) -> PollReport:
-    """Run one poll of `source` at time `now`; never raises for a source problem (see the report)."""
+                timer: Callable[[], float] = time.perf_counter,
+                notifiers: Sequence[str] = ("console",)) -> PollReport:
+    """Run one poll of `source` at time `now`; never raises for a source problem (see the report).
+
+    notifiers: who gets an admin notice about a rejected part (one outbox row each)."""
     started = timer()
     report = PollReport(source.id, now)
     state = get_source_state(engine, source.id)
@@ -71,7 +75,7 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
                       watermark=state.watermark if state else None, accounts=lambda: list_accounts(engine))
     try:
         for batch in source.poll(ctx):
-            _store(engine, source, batch, now, admin_channel, report)
+            _store(engine, source, batch, now, admin_channel, report, notifiers)
             ctx = PollContext(source.id, now, batch.cursor, batch.watermark, ctx.accounts)
         if report.batches == 0:  # nothing new: still a successful poll (freshness, last success)
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)

@@ -36,6 +36,7 @@ from bot.freshness import Watch, check_freshness
 from bot.http_server import Handler, HttpServer, Request, Response
 from bot.leader import Leadership, make_leadership
 from bot.metrics import CONTENT_TYPE, Metrics, Sample
+from bot.notices import Notices
 from bot.pipeline import Notifier, deliver_outbox
 from bot.polling import PollReport, poll_source
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
@@ -100,10 +101,11 @@ class Service:
         self.ruleset: RuleSet = cfg.ruleset if cfg.ruleset is not None else self._load_rules()
         if self.sources is None:
             self.sources = {s.id: build_source(s) for s in cfg.sources if s.settings.enabled}
-        self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
-                                   catch_up=cfg.scheduler.catch_up)
         if self.notifier is None:
             self.notifier = self._make_notifier()
+        self.notices = Notices((self.notifier.name,), cfg.service.admin_channel, cfg.evaluation.first_run)
+        self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
+                                   catch_up=cfg.scheduler.catch_up, notices=self.notices)
         self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed) if cfg.ingest else None
         if self.leadership is None:
             self.leadership = make_leadership(cfg.scheduler.leader, self.engine, cfg.scheduler.leader_name,
@@ -175,7 +177,8 @@ class Service:
         return job
 
     def poll(self, source: Source, now: int) -> PollReport:
-        report = poll_source(self.engine, source, now, self.config.service.admin_channel)  # type: ignore[arg-type]
+        report = poll_source(self.engine, source, now, self.config.service.admin_channel,  # type: ignore[arg-type]
+                             notifiers=self.notices.notifiers)
         m = self.metrics
         m.inc("usagebot_source_polls_total", source=source.id, result="ok" if report.ok else "error")
         m.observe("usagebot_source_poll_seconds", report.seconds, source=source.id)
@@ -192,7 +195,8 @@ class Service:
         return report
 
     def freshness_job(self, now: int) -> Any:
-        return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel)  # type: ignore[arg-type]
+        return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel,  # type: ignore[arg-type]
+                               notifiers=self.notices.notifiers)
 
     def evaluate_job(self, now: int) -> Any:
         report = self.evaluator.tick(now)

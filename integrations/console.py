@@ -54,7 +54,7 @@ def destinations(alert: Mapping[str, Any]) -> list[str]:
 
 
 class ConsoleNotifier:
-    kind = "notify"
+    name = "console"  # its outbox rows: storage.outbox.notify_kind("console")
 
     def __init__(self, out: TextIO | None = None, template_dir: str | Path | None = None) -> None:
         self.out = out or sys.stdout
@@ -71,5 +71,7 @@ class ConsoleNotifier:
                           bar=progress_bar(min(util, 1.0)), destinations=destinations(alert))
 
     def deliver(self, alert: Mapping[str, Any]) -> None:
+        if alert.get("quiet"):
+            return  # a quiet close: nothing was printed that would need updating
         print(self.render(alert), file=self.out)
         print(file=self.out)

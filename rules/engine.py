@@ -9,7 +9,7 @@ rule's segment, and passed to the rule kind's detector.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -17,9 +17,37 @@ import numpy as np
 
 from rules.detectors import detect, required_history
 from rules.gcpause import gc_paused
-from rules.model import AccountFacts, Finding, MetricBlock, Rule
+from rules.model import (
+    AccountFacts,
+    Calendar,
+    DetectorResult,
+    Finding,
+    MetricBlock,
+    OpenEpisode,
+    Recovery,
+    Rule,
+)
 
 BlockKey = tuple[str, int]  # (metric, bucket seconds)
+
+
+RecoveryKey = tuple[str, str, str]  # (rule_id, account_id, discriminator)
+
+
+@dataclass(frozen=True)
+class CohortEvent:
+    """A rule's condition newly met by a large share of a cohort in one bucket (see Cohort)."""
+
+    rule_id: str
+    at: int
+    cohort: str  # "all accounts" or "plan <name>"
+    accounts: int  # accounts newly meeting the condition
+    decided: int  # accounts the rule could decide in the cohort
+    examples: tuple[str, ...]  # a few of the accounts, for the admin notice
+
+    @property
+    def share(self) -> float:
+        return self.accounts / self.decided if self.decided else 0.0
 
 
 @dataclass
@@ -27,10 +55,8 @@ class EvaluationResult:
     findings: list[Finding] = field(default_factory=list)
     decided: set[tuple[str, str]] = field(default_factory=set)  # (rule_id, account_id)
     evaluated_rules: set[str] = field(default_factory=set)
-
-
-def block_keys(rules: Iterable[Rule]) -> set[BlockKey]:
-    return {(r.metric, r.bucket) for r in rules}
+    recoveries: dict[RecoveryKey, Recovery] = field(default_factory=dict)
+    cohort_events: list[CohortEvent] = field(default_factory=list)
 
 
 def history_needed(rules: Iterable[Rule]) -> dict[BlockKey, int]:
@@ -54,12 +80,31 @@ def facts_for(account_ids: Sequence[str], accounts: Mapping[str, AccountFacts]) 
 
 def evaluate_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
-    block_facts: list[AccountFacts] | None = None,
+    block_facts: list[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
+    calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
 ) -> tuple[list[Finding], list[str]]:
     """Findings of one rule at `now`, and the account ids it could decide.
 
     block_facts: facts_for(block.account_ids, accounts) when the caller already has them.
+    open_episodes: the rule's open episodes (judged with hysteresis by the detector).
+    calendar: a bucket muted for the rule's kind decides nothing.
+    cohort_events: where cohort events found are appended (rules with a `cohort`).
     """
+    result = detect_rule(rule, block, accounts, now, block_facts, open_episodes, calendar, cohort_events)
+    if result is None:
+        return [], []
+    view_ids, res = result
+    decided_ids = [a for a, d in zip(view_ids, res.decided, strict=True) if d]
+    return res.findings, decided_ids
+
+
+def detect_rule(
+    rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
+    block_facts: list[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
+    calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
+) -> tuple[list[str], DetectorResult] | None:
+    """The detector's verdict on the rule's segment of `block` at `now` (its row ids and result);
+    None when nothing can be decided (no rows, or the bucket is muted by the calendar)."""
     if block.step != rule.bucket or block.metric != rule.metric:
         raise ValueError(
             f"rule {rule.id!r} needs {rule.metric}@{rule.bucket}s, got {block.metric}@{block.step}s"
@@ -76,11 +121,53 @@ def evaluate_rule(
     if not mask.all():
         view = view.rows(mask)
         facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
-    if not facts:
-        return [], []
-    result = detect(rule, view, facts)
-    decided_ids = [a for a, d in zip(view.account_ids, result.decided, strict=True) if d]
-    return result.findings, decided_ids
+    if not facts or (calendar is not None and calendar.muted(rule.kind, view.end - view.step)):
+        return None
+    result = detect(rule, view, facts, open_episodes)
+    if rule.cohort is not None:
+        events = cohort_suppress(rule, view, facts, result, {e.account_id for e in open_episodes})
+        if cohort_events is not None:
+            cohort_events.extend(events)
+    return view.account_ids, result
+
+
+def cohort_suppress(
+    rule: Rule, view: MetricBlock, facts: Sequence[AccountFacts], result: DetectorResult, open_ids: Collection[str]
+) -> list[CohortEvent]:
+    """Cohort-aware suppression (rules.model.Cohort): a bucket in which a large share of a cohort
+    newly meets the condition is a calendar or pipeline event. Every row of such a cohort becomes
+    undecided (no finding, no recovery: nothing fires or resolves for it in this bucket).
+
+    The share is taken over the rows the rule decided that had no open episode (the accounts
+    that could newly meet the condition)."""
+    cohort = rule.cohort
+    assert cohort is not None
+    new = [f for f in result.findings if f.account_id not in open_ids]
+    if len(new) < cohort.min_accounts:
+        return []
+    rows = len(facts)
+    if cohort.by == "plan":
+        groups = np.array([f"plan {f.plan or '(none)'}" for f in facts], dtype=object)
+    else:
+        groups = np.full(rows, "all accounts", dtype=object)
+    row_of = {a: i for i, a in enumerate(view.account_ids)}
+    could = result.decided.copy()
+    could[[row_of[a] for a in open_ids if a in row_of]] = False
+    hits: dict[str, list[str]] = {}
+    for f in new:
+        hits.setdefault(groups[row_of[f.account_id]], []).append(f.account_id)
+    events: list[CohortEvent] = []
+    for group, ids in hits.items():
+        members = groups == group
+        eligible = int(np.count_nonzero(could & members))
+        if len(ids) < cohort.min_accounts or len(ids) < cohort.share * eligible:
+            continue
+        events.append(CohortEvent(rule.id, view.end, group, len(ids), eligible, tuple(sorted(ids)[:5])))
+        result.decided[members] = False
+        muted = {view.account_ids[i] for i in np.flatnonzero(members)}
+        result.findings = [f for f in result.findings if f.account_id not in muted]
+        result.recoveries = {k: r for k, r in result.recoveries.items() if k[0] not in muted}
+    return events
 
 
 @gc_paused()
@@ -90,10 +177,16 @@ def evaluate(
     accounts: Mapping[str, AccountFacts],
     now: int,
     only_due: bool = True,
+    open_episodes: Mapping[str, Sequence[OpenEpisode]] | None = None,
+    calendar: Calendar | None = None,
 ) -> EvaluationResult:
-    """Evaluate every rule (or only those whose bucket closed at `now`)."""
+    """Evaluate every rule (or only those whose bucket closed at `now`).
+
+    open_episodes: rule id -> its open episodes (rules.lifecycle.open_episodes(states)).
+    """
     out = EvaluationResult()
     facts: dict[BlockKey, list[AccountFacts]] = {}  # rules on the same block share its facts
+    opened = open_episodes or {}
     for rule in rules:
         if only_due and not due(rule, now):
             continue
@@ -103,8 +196,14 @@ def evaluate(
         key = (rule.metric, rule.bucket)
         if key not in facts:
             facts[key] = facts_for(block.account_ids, accounts)
-        findings, decided_ids = evaluate_rule(rule, block, accounts, now, block_facts=facts[key])
-        out.findings.extend(findings)
-        out.decided.update(zip(repeat(rule.id), decided_ids))
         out.evaluated_rules.add(rule.id)
+        verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
+                              out.cohort_events)
+        if verdict is None:
+            continue
+        ids, res = verdict
+        out.findings.extend(res.findings)
+        out.decided.update(zip(repeat(rule.id), (a for a, d in zip(ids, res.decided, strict=True) if d)))
+        for (account, disc), recovery in res.recoveries.items():
+            out.recoveries[(rule.id, account, disc)] = recovery
     return out

@@ -8,8 +8,14 @@ evaluation hands `advance` the findings (conditions holding now), the set of
 - A finding opens a *pending* episode; it *fires* once the condition has held
   for `rule.for_buckets` consecutive evaluations. A firing episode never fires
   again (no duplicate fires for one episode).
-- A pending/firing episode whose key has no finding *resolves* only when the
-  detector decided its account (enough data); missing data keeps the state.
+- A pending episode whose key has no finding is *cleared* when the detector
+  decided its account. A firing one *resolves* only after `rule.resolve_buckets`
+  decided evaluations in a row without the condition (the hold Prometheus calls
+  keep_firing_for; the detectors already judge open episodes against the level
+  frozen when they opened, with a recovery threshold). The resolution carries
+  the detector's Recovery: what is true now. A quiet recovery (a billing period
+  ended, an opportunity passed) resolves without notifying people. Missing data
+  keeps the state.
 - `once` keys (quota thresholds per billing period) fire at most once, ever.
 - Cooldown: a new episode firing within `rule.cooldown` of the last
   notification for the same key is recorded but not notified.
@@ -19,6 +25,13 @@ evaluation hands `advance` the findings (conditions holding now), the set of
   the highest level (the others are recorded, reason "superseded").
 - Snoozes (per episode, or per account via `snoozed_accounts`) and
   acknowledgements suppress notifications, never the state change itself.
+- First evaluation (`first_run`): a condition already true when a rule or an
+  account is evaluated for the first time is recorded, not notified (reason
+  "first evaluation"); the caller sends one summary instead.
+- Inhibition (`inhibits`, as in Alertmanager): a fired/renotified notification
+  is suppressed while a firing, notified source episode with the same labels
+  started at or before it. A rule whose fingerprint equals an earlier rule's is
+  its duplicate: the earlier rule's firing episode of the same key inhibits it.
 """
 
 from __future__ import annotations
@@ -28,7 +41,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rules.gcpause import gc_paused
-from rules.model import Finding, Rule
+from rules.model import Finding, Inhibit, OpenEpisode, Recovery, Reference, Rule
+from rules.periods import iso
 
 Key = tuple[str, str, str, str]
 
@@ -57,6 +71,10 @@ class EpisodeState:
     acknowledged_by: str | None = None
     acknowledged_at: int | None = None
     snoozed_until: int | None = None
+    reference: Reference | None = None  # usual level frozen when the episode opened (spike/drop)
+    clear_count: int = 0  # decided evaluations in a row without the condition (while firing)
+    recovering_since: int | None = None  # the first of those evaluations
+    cleared_at: int | None = None  # the last of those (so re-evaluating a time counts it once)
     episode_id: int | None = None  # storage row id, set by the storage adapter
 
     @property
@@ -100,6 +118,8 @@ class Transition:
     finding: Finding | None
     notify: bool
     reason: str = ""
+    recovery: Recovery | None = None  # resolved: what is true now
+    quiet: bool = False  # resolved without a message to people (a period ended, an opportunity passed)
 
     @property
     def key(self) -> Key:
@@ -111,11 +131,39 @@ class LifecycleResult:
     states: dict[Key, EpisodeState]  # every state after this step (changed or not)
     transitions: list[Transition]
 
-    def changed_states(self) -> list[EpisodeState]:
-        seen: dict[Key, EpisodeState] = {}
-        for t in self.transitions:
-            seen[t.key] = self.states[t.key]
-        return list(seen.values())
+
+@dataclass(frozen=True)
+class FirstRun:
+    """Rules and accounts evaluated for the first time in this step."""
+
+    rules: frozenset[str] = frozenset()
+    accounts: frozenset[str] = frozenset()
+
+    def covers(self, rule_id: str, account_id: str) -> bool:
+        return rule_id in self.rules or account_id in self.accounts
+
+
+def open_episodes(states: Mapping[Key, EpisodeState], rules: Mapping[str, Rule],
+                  now: int | None = None) -> dict[str, list[OpenEpisode]]:
+    """rule id -> its open episodes, as the detectors are told about them.
+
+    now: when `now` itself was evaluated before (a retried cycle), the episodes as they were
+    before it: one that started at `now` is not open yet, one that fired at `now` was pending.
+    An episode stored before references were kept gets its last baseline as a one-value reference.
+    """
+    out: dict[str, list[OpenEpisode]] = {}
+    for s in states.values():
+        if not s.is_open or s.rule_id not in rules or s.started_at == now:
+            continue
+        ref = s.reference
+        if ref is None:
+            base = s.last_explanation.get("baseline")
+            if isinstance(base, int | float) and not isinstance(base, bool):
+                step = rules[s.rule_id].bucket
+                ref = Reference(s.started_at - step, step, (float(base),))
+        firing = s.status == FIRING and (now is None or s.fired_at != now)
+        out.setdefault(s.rule_id, []).append(OpenEpisode(s.account_id, s.discriminator, s.started_at, firing, ref))
+    return out
 
 
 def _suppression(
@@ -140,6 +188,9 @@ def advance(
     now: int,
     snoozed_accounts: Mapping[str, int] | None = None,
     evaluated_rules: Iterable[str] | None = None,
+    recoveries: Mapping[tuple[str, str, str], Recovery] | None = None,
+    first_run: FirstRun | None = None,
+    inhibits: Sequence[Inhibit] = (),
 ) -> LifecycleResult:
     """One lifecycle step at evaluation time `now`.
 
@@ -147,8 +198,13 @@ def advance(
     evaluated_rules: rule ids evaluated in this step; open episodes of other
     rules are left alone unless the rule no longer exists (then they resolve).
     Defaults to every rule in `rules`.
+    recoveries: (rule_id, account_id, discriminator) -> the detector's Recovery
+    for open episodes whose condition does not hold now.
+    first_run: rules/accounts evaluated for the first time (fired, not notified).
+    inhibits: inhibit rules, in order.
     """
     snoozed = snoozed_accounts or {}
+    recovered = recoveries or {}
     decided_set = decided if isinstance(decided, set | frozenset) else set(decided)  # no copy of a big set
     evaluated = set(rules) if evaluated_rules is None else set(evaluated_rules)
     out: dict[Key, EpisodeState] = dict(states)
@@ -166,10 +222,11 @@ def advance(
         expl = f.explanation()
         if prev is not None and prev.is_open:
             s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
-                        severity=f.severity)
+                        severity=f.severity, clear_count=0, recovering_since=None, cleared_at=None)
             if prev.status == PENDING:
                 if s.consecutive >= rule.for_buckets:
-                    s, t = _fire(s, f, rule, now, prev_notified=prev.last_notified_at, snoozed=snoozed)
+                    s, t = _fire(s, f, rule, now, prev_notified=prev.last_notified_at, snoozed=snoozed,
+                                 first_run=first_run)
                     transitions.append(t)
             elif rule.renotify > 0 and s.last_notified_at is not None:
                 gap = max(rule.renotify, rule.cooldown)
@@ -189,9 +246,10 @@ def advance(
             last_notified_at=prev.last_notified_at if prev is not None else None,
             snoozed_until=(prev.snoozed_until if prev is not None and prev.snoozed_until
                            and prev.snoozed_until > now else None),
+            reference=f.reference,
         )
         if s.consecutive >= rule.for_buckets:
-            s, t = _fire(s, f, rule, now, prev_notified=s.last_notified_at, snoozed=snoozed)
+            s, t = _fire(s, f, rule, now, prev_notified=s.last_notified_at, snoozed=snoozed, first_run=first_run)
             transitions.append(t)
         else:
             transitions.append(Transition("pending", now, s, f, notify=False, reason="waiting for 'for'"))
@@ -205,20 +263,96 @@ def advance(
             if prev.rule_id not in evaluated or (prev.rule_id, prev.account_id) not in decided_set:
                 continue  # not evaluated now, or not enough data: keep the state
         reason = "rule removed" if rule_gone else "condition no longer holds"
+        recovery = None if rule_gone else recovered.get((key[0], key[1], key[3]))
         if prev.status == PENDING:
             s = replace(prev, status=RESOLVED, resolved_at=now, consecutive=0)
-            transitions.append(Transition("cleared", now, s, None, notify=False, reason=reason))
-        else:
-            s = replace(prev, status=RESOLVED, resolved_at=now, consecutive=0)
-            # A resolution is posted only where the firing was posted (same thread).
-            notified = prev.last_notified_at is not None and prev.fired_at is not None and \
-                prev.last_notified_at >= prev.fired_at
-            transitions.append(Transition("resolved", now, s, None, notify=notified,
-                                          reason=reason if notified else "firing was not notified"))
+            transitions.append(Transition("cleared", now, s, None, notify=False, reason=reason, recovery=recovery))
+            out[key] = s
+            continue
+        if not rule_gone and not (recovery is not None and recovery.immediate):
+            count = prev.clear_count + 1
+            if count < rules[prev.rule_id].resolve_buckets:  # hold: not resolved yet (keep_firing_for)
+                out[key] = replace(prev, clear_count=count, cleared_at=now,
+                                   recovering_since=prev.recovering_since or now)
+                continue
+        s = replace(prev, status=RESOLVED, resolved_at=now, consecutive=0, cleared_at=now,
+                    clear_count=prev.clear_count + 1, recovering_since=prev.recovering_since or now)
+        # A resolution is posted only where the firing was posted (same thread).
+        notified = prev.last_notified_at is not None and prev.fired_at is not None and \
+            prev.last_notified_at >= prev.fired_at
+        quiet = recovery is not None and recovery.quiet
+        why = reason if notified else "firing was not notified"
+        if notified and quiet:
+            why = "closed quietly: " + recovery.message  # type: ignore[union-attr]
+        transitions.append(Transition("resolved", now, s, None, notify=notified and not quiet, reason=why,
+                                      recovery=recovery, quiet=quiet))
         out[key] = s
 
     _supersede_lower_levels(transitions, out)
+    if inhibits or _has_duplicates(rules):
+        _inhibit(rules, inhibits, transitions, out)
     return LifecycleResult(out, transitions)
+
+
+def _has_duplicates(rules: Mapping[str, Rule]) -> bool:
+    return len({r.fingerprint for r in rules.values()}) < len(rules)
+
+
+def _inhibit(rules: Mapping[str, Rule], inhibits: Sequence[Inhibit], transitions: list[Transition],
+             states: dict[Key, EpisodeState]) -> None:
+    """Suppress the notifications of inhibited transitions (see the module docstring)."""
+    first_with: dict[tuple[Any, ...], str] = {}
+    duplicate_of: dict[str, str] = {}
+    for r in rules.values():
+        duplicate_of_id = first_with.setdefault(r.fingerprint, r.id)
+        if duplicate_of_id != r.id:
+            duplicate_of[r.id] = duplicate_of_id
+    todo = [i for i, t in enumerate(transitions) if t.notify and t.event in ("fired", "renotified")]
+    if not todo:
+        return
+    suppressed: set[Key] = set()
+
+    def firing_source(s: EpisodeState) -> bool:
+        return s.status == FIRING and s.key not in suppressed and s.last_notified_at is not None
+
+    def suppress(i: int, why: str) -> None:
+        t = transitions[i]
+        s = t.state
+        if t.event == "fired":  # not notified after all (a suppressed renotify keeps its clock)
+            s = replace(s, last_notified_at=None)
+        states[t.key] = s
+        transitions[i] = Transition(t.event, t.at, s, t.finding, notify=False, reason=why)
+        suppressed.add(t.key)
+
+    for i in todo:
+        t = transitions[i]
+        original = duplicate_of.get(t.state.rule_id)
+        if original is not None:
+            src = states.get((original,) + t.key[1:])
+            if src is not None and firing_source(src):
+                suppress(i, f"duplicate of rule {original}")
+    for inh in inhibits:
+        sources: dict[tuple[str, ...], list[EpisodeState]] = {}
+        for s in states.values():
+            rule = rules.get(s.rule_id)
+            if rule is not None and s.status == FIRING and inh.source.matches(s.rule_id, rule.kind):
+                sources.setdefault(_labels(s, inh.equal), []).append(s)
+        if not sources:
+            continue
+        for i in todo:
+            t = transitions[i]
+            rule = rules.get(t.state.rule_id)
+            if not t.notify or rule is None or not inh.target.matches(t.state.rule_id, rule.kind):
+                continue
+            for src in sources.get(_labels(t.state, inh.equal), ()):
+                if src.key != t.key and firing_source(src) and src.started_at <= t.state.started_at:
+                    since = iso(src.fired_at) if src.fired_at is not None else "now"
+                    suppress(i, f"inhibited by rule {src.rule_id} (firing since {since})")
+                    break
+
+
+def _labels(s: EpisodeState, equal: Sequence[str]) -> tuple[str, ...]:
+    return tuple(s.account_id if label == "account" else s.metric for label in equal)
 
 
 def _supersede_lower_levels(transitions: list[Transition], states: dict[Key, EpisodeState]) -> None:
@@ -247,9 +381,11 @@ def _supersede_lower_levels(transitions: list[Transition], states: dict[Key, Epi
 
 def _fire(
     s: EpisodeState, f: Finding, rule: Rule, now: int, prev_notified: int | None,
-    snoozed: Mapping[str, int],
+    snoozed: Mapping[str, int], first_run: FirstRun | None = None,
 ) -> tuple[EpisodeState, Transition]:
     why = _suppression(s, now, snoozed)
+    if not why and first_run is not None and first_run.covers(s.rule_id, s.account_id):
+        why = "first evaluation"
     if not why and prev_notified is not None and rule.cooldown > 0 and now - prev_notified < rule.cooldown:
         why = "cooldown"
     s = replace(s, status=FIRING, fired_at=now, resolved_at=None,

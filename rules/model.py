@@ -81,20 +81,39 @@ class Routing:
 
 @dataclass(frozen=True)
 class SpikeParams:
-    """Fires when value >= ratio * baseline (and robust z-score >= zscore if set)."""
+    """Fires when value >= ratio * baseline (and robust z-score >= zscore if set).
+
+    recovery: an open episode resolves only once value <= recovery * the usual level frozen
+    when it opened (default halfway between 1 and ratio), so a value hovering at the
+    threshold does not flap.
+    """
 
     ratio: float = 2.0
     zscore: float | None = None
     smooth: int = 1  # value = mean of the last `smooth` buckets
+    recovery: float | None = None
+
+    @property
+    def recovery_ratio(self) -> float:
+        return (1.0 + self.ratio) / 2.0 if self.recovery is None else self.recovery
 
 
 @dataclass(frozen=True)
 class DropParams:
-    """Fires when value <= ratio * baseline (ratio 0.5 = dropped to half or less)."""
+    """Fires when value <= ratio * baseline (ratio 0.5 = dropped to half or less).
+
+    recovery: an open episode resolves only once value >= recovery * the usual level frozen
+    when it opened (default halfway between ratio and 1).
+    """
 
     ratio: float = 0.5
     zscore: float | None = None
     smooth: int = 1
+    recovery: float | None = None
+
+    @property
+    def recovery_ratio(self) -> float:
+        return (1.0 + self.ratio) / 2.0 if self.recovery is None else self.recovery
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,12 @@ class QuotaParams:
     fraction: float = 1.0
     forecast_window: int = 7 * DAY
     min_elapsed: int = 3 * DAY
+    min_observed: int = 3 * DAY  # forecast: observed data (bucket count x bucket) in the period first
+    recovery: float | None = None  # forecast: an open forecast resolves once projected < recovery * quota
+
+    @property
+    def recovery_fraction(self) -> float:
+        return 0.9 * self.fraction if self.recovery is None else self.recovery
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,27 @@ class ExpansionParams:
 
 KindParams = SpikeParams | DropParams | InactivityParams | QuotaParams | ExpansionParams
 
+# Evaluations in a row without the condition before a firing episode resolves, when the rule
+# does not set `resolve_after` (the hold Prometheus calls keep_firing_for). Drops hold for 2
+# buckets: a recovery must last a second day before "resolved" is said.
+DEFAULT_RESOLVE_BUCKETS: dict[str, int] = {"spike": 1, "drop": 2, "inactivity": 1, "quota": 2, "expansion": 1}
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Cohort-aware suppression (drop and inactivity rules by default).
+
+    When at least `share` of the accounts a rule could decide in one bucket (and at least
+    `min_accounts` of them) newly meet its condition, the bucket is a calendar or pipeline
+    event, not an account problem: those accounts count as undecided for that bucket (no
+    alert, no resolution) and one admin notice names the event. by = "segment": the rule's
+    whole segment is one cohort; "plan": each plan is its own cohort.
+    """
+
+    share: float = 0.3
+    min_accounts: int = 10
+    by: str = "segment"
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -174,6 +220,60 @@ class Rule:
     source_file: str = ""
     source_line: int | None = None
     rule_hash: str = ""  # sha256 (first 12 hex) of the rule file's bytes
+    resolve_after: int | None = None  # seconds without the condition before resolving; None = kind default
+    cohort: Cohort | None = None  # None = no cohort-aware suppression
+
+    @property
+    def resolve_buckets(self) -> int:
+        """Decided evaluations in a row without the condition before a firing episode resolves."""
+        if self.resolve_after is None:
+            return DEFAULT_RESOLVE_BUCKETS.get(self.kind, 1)
+        return max(1, -(-self.resolve_after // self.bucket))
+
+    @property
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What the rule detects, whatever it is called: two rules with the same fingerprint
+        raise the same alerts (the later one is a duplicate)."""
+        return (self.kind, self.metric, self.bucket, self.params, self.baseline, self.guards,
+                self.segment, self.for_buckets)
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Which episodes an inhibit rule's source or target is: by rule id and/or kind (empty = any)."""
+
+    rules: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+    def matches(self, rule_id: str, kind: str) -> bool:
+        return (not self.rules or rule_id in self.rules) and (not self.kinds or kind in self.kinds)
+
+
+INHIBIT_LABELS: tuple[str, ...] = ("account", "metric")
+
+
+@dataclass(frozen=True)
+class Inhibit:
+    """Alertmanager-style inhibition: a firing `source` episode mutes the notifications of
+    `target` episodes that started at or after it and share the `equal` labels."""
+
+    source: Matcher
+    target: Matcher
+    equal: tuple[str, ...] = INHIBIT_LABELS
+    source_file: str = ""
+    source_line: int | None = None
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """Known quiet days: buckets starting in a muted range are not evaluated by rules of `kinds`
+    (no alert, no resolution). Ranges are [start, end) epoch seconds, UTC."""
+
+    mute: tuple[tuple[int, int], ...] = ()
+    kinds: tuple[str, ...] = ("spike", "drop", "inactivity")
+
+    def muted(self, kind: str, bucket_start: int) -> bool:
+        return kind in self.kinds and any(a <= bucket_start < b for a, b in self.mute)
 
 
 @dataclass(frozen=True)
@@ -181,6 +281,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     files: tuple[str, ...] = ()
     file_hashes: Mapping[str, str] = field(default_factory=dict)
+    inhibits: tuple[Inhibit, ...] = ()
+    calendar: Calendar = field(default_factory=Calendar)
 
     def by_id(self) -> dict[str, Rule]:
         return {r.id: r for r in self.rules}
@@ -281,6 +383,7 @@ class Finding:
     once: bool = False
     rule_hash: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
+    reference: Reference | None = None  # a new episode's frozen usual level (spike/drop)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -309,14 +412,67 @@ class Finding:
 class DetectorResult:
     """What a detector says about every row of the block it was given.
 
-    findings: the conditions that hold now.
-    decided:  bool per row; True where there was enough data to decide either
-              way. Open episodes of decided rows without a finding resolve;
-              undecided rows (missing data, too little history) keep their state.
+    findings:   the conditions that hold now.
+    decided:    bool per row; True where there was enough data to decide either
+                way. Open episodes of decided rows without a finding count towards
+                resolving; undecided rows (missing data, too little history) keep their state.
+    recoveries: for open episodes (given to the detector) whose condition does not hold
+                now: what is true now, keyed (account id, discriminator).
     """
 
     findings: list[Finding]
     decided: np.ndarray
+    recoveries: dict[tuple[str, str], Recovery] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The usual level frozen when an episode opened, so the anomaly never becomes its own
+    baseline: one value per position in the seasonal cycle (a single value without
+    seasonality; one per bucket of the week with weekly seasonality), position 0 being the
+    bucket starting at `anchor` (the first anomalous bucket)."""
+
+    anchor: int
+    step: int
+    values: tuple[float, ...]
+
+    def level_at(self, bucket_start: int) -> float:
+        if len(self.values) == 1:
+            return self.values[0]
+        return self.values[((bucket_start - self.anchor) // self.step) % len(self.values)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"anchor": self.anchor, "step": self.step, "values": list(self.values)}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any] | None) -> Reference | None:
+        if not data:
+            return None
+        return Reference(int(data["anchor"]), int(data["step"]), tuple(float(v) for v in data["values"]))
+
+
+@dataclass(frozen=True)
+class OpenEpisode:
+    """What a detector is told about an open (pending or firing) episode of its rule."""
+
+    account_id: str
+    discriminator: str
+    started_at: int  # evaluation time of its first finding
+    firing: bool
+    reference: Reference | None = None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """An open episode's condition does not hold at `at`: the facts a resolution states."""
+
+    at: int
+    value: float | None
+    baseline: float | None
+    message: str  # what is true now, e.g. "api_calls back to 176, 80% of the usual 221"
+    details: Mapping[str, Any] = field(default_factory=dict)
+    quiet: bool = False  # close without a message to people (a billing period ended, an opportunity passed)
+    immediate: bool = False  # resolve now, without the rule's resolve_after hold
 
 
 def account_index(accounts: Sequence[AccountFacts]) -> dict[str, AccountFacts]:

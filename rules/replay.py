@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from rules.engine import BlockKey, evaluate
-from rules.lifecycle import EpisodeState, Key, Transition, advance
-from rules.model import AccountFacts, MetricBlock, Rule
+from rules.engine import BlockKey, CohortEvent, evaluate
+from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
+from rules.model import AccountFacts, Calendar, Inhibit, MetricBlock, Rule
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ReplayStep:
     at: int
     transitions: list[Transition]
     states: Mapping[Key, EpisodeState]
+    cohort_events: list[CohortEvent]
 
 
 def evaluation_times(rules: Sequence[Rule], start: int, end: int) -> list[int]:
@@ -39,12 +40,31 @@ def replay(
     start: int,
     end: int,
     states: Mapping[Key, EpisodeState] | None = None,
+    inhibits: Sequence[Inhibit] = (),
+    calendar: Calendar | None = None,
+    quiet_first_run: bool = False,
 ) -> Iterator[ReplayStep]:
+    """Evaluate and advance at every bucket close in (start, end], as the scheduler would.
+
+    quiet_first_run: conditions already true when a rule or an account is first evaluated are
+    recorded, not notified (the service's default first-run policy).
+    """
     by_id = {r.id: r for r in rules}
     current: dict[Key, EpisodeState] = dict(states or {})
+    seen_rules: set[str] = set()
+    seen_accounts: set[str] = set()
     for t in evaluation_times(rules, start, end):
-        result = evaluate(rules, blocks, accounts, t, only_due=True)
+        result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
+                          open_episodes=open_episodes(current, by_id))
+        first = None
+        if quiet_first_run:
+            decided_accounts = {a for _, a in result.decided}
+            first = FirstRun(frozenset(result.evaluated_rules - seen_rules),
+                             frozenset(decided_accounts - seen_accounts))
+            seen_rules |= result.evaluated_rules
+            seen_accounts |= decided_accounts
         step = advance(by_id, result.findings, result.decided, current, t,
-                       evaluated_rules=result.evaluated_rules)
+                       evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
+                       first_run=first, inhibits=inhibits)
         current = step.states
-        yield ReplayStep(t, step.transitions, current)
+        yield ReplayStep(t, step.transitions, current, result.cohort_events)

@@ -9,7 +9,7 @@ step writes no second episode, event or outbox row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from rules.lifecycle import RESOLVED, EpisodeState, Key, LifecycleResult, Transition
+from rules.model import Reference
 from storage.db import write_transaction
 from storage.jsonsafe import json_safe
 from storage.models import AlertEpisode, AlertEvent
@@ -34,18 +35,27 @@ _KEY_COLS = (_e.rule_id, _e.account_id, _e.metric, _e.discriminator)
 # ------------------------------------------------------------------------ mapping
 
 
-def _to_state(r: Any) -> EpisodeState:
-    def opt(x: Any) -> int | None:
-        return None if x is None else int(x)
+def _opt(x: Any) -> int | None:
+    return None if x is None else int(x)
 
+
+def state_from_row(d: Mapping[str, Any]) -> EpisodeState:
+    """An alert_episodes row (as a mapping of its columns) as the lifecycle's EpisodeState."""
     return EpisodeState(
-        rule_id=r.rule_id, account_id=r.account_id, metric=r.metric, discriminator=r.discriminator,
-        status=r.status, started_at=int(r.started_at), consecutive=int(r.consecutive),
-        fired_at=opt(r.fired_at), resolved_at=opt(r.resolved_at), last_notified_at=opt(r.last_notified_at),
-        once=bool(r.once), severity=r.severity, last_seen_at=opt(r.last_seen_at),
-        last_explanation=dict(r.last_explanation or {}), acknowledged_by=r.acknowledged_by,
-        acknowledged_at=opt(r.acknowledged_at), snoozed_until=opt(r.snoozed_until), episode_id=int(r.id),
+        rule_id=d["rule_id"], account_id=d["account_id"], metric=d["metric"], discriminator=d["discriminator"],
+        status=d["status"], started_at=int(d["started_at"]), consecutive=int(d["consecutive"]),
+        fired_at=_opt(d["fired_at"]), resolved_at=_opt(d["resolved_at"]),
+        last_notified_at=_opt(d["last_notified_at"]), once=bool(d["once"]), severity=d["severity"],
+        last_seen_at=_opt(d["last_seen_at"]), last_explanation=dict(d["last_explanation"] or {}),
+        acknowledged_by=d["acknowledged_by"], acknowledged_at=_opt(d["acknowledged_at"]),
+        snoozed_until=_opt(d["snoozed_until"]), reference=Reference.from_json(d["reference"]),
+        clear_count=int(d["clear_count"] or 0), recovering_since=_opt(d["recovering_since"]),
+        cleared_at=_opt(d["cleared_at"]), episode_id=int(d["id"]),
     )
+
+
+def _to_state(r: Any) -> EpisodeState:
+    return state_from_row(r._mapping)
 
 
 def _explanation(expl: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -61,6 +71,8 @@ def _values(s: EpisodeState, rule_hash: str) -> dict[str, Any]:
         "consecutive": s.consecutive, "once": s.once, "severity": s.severity, "last_seen_at": s.last_seen_at,
         "last_explanation": _explanation(s.last_explanation, where), "acknowledged_by": s.acknowledged_by,
         "acknowledged_at": s.acknowledged_at, "snoozed_until": s.snoozed_until, "rule_hash": rule_hash,
+        "reference": s.reference.to_json() if s.reference is not None else None,
+        "clear_count": s.clear_count, "recovering_since": s.recovering_since, "cleared_at": s.cleared_at,
     }
 
 
@@ -311,6 +323,7 @@ def record_step(
     outbox: Sequence[OutboxItem],
     rule_hashes: Mapping[str, str],
     now: int | None = None,
+    also: Sequence[Callable[[Connection], object]] = (),
 ) -> dict[Key, int]:
     """Persist one lifecycle step atomically; returns key -> episode id for every state in it.
 
@@ -323,7 +336,8 @@ def record_step(
     them), so steps stay cheap however long the history. Outbox
     items are inserted with ON CONFLICT (idempotency_key) DO NOTHING. If
     anything fails, nothing is written. `rule_hashes` maps rule id -> hash; when
-    a rule is missing there, the explanation's rule_hash is used.
+    a rule is missing there, the explanation's rule_hash is used. `also`: further writes
+    that belong to the same step (called with the transaction's connection).
     """
     at = now if now is not None else max((t.at for t in result.transitions), default=None)
     with write_transaction(engine) as conn:
@@ -361,6 +375,8 @@ def record_step(
         w.flush_events()
         if outbox:
             enqueue(conn, outbox, now=at)
+        for write in also:
+            write(conn)
         return dict(w.ids)
 
 

@@ -162,6 +162,24 @@ class AlertEpisode(SQLModel, table=True):
     rule_hash: str = ""
     slack_channel: str | None = None
     slack_ts: str | None = None
+    # The usual level frozen when the episode opened (rules.model.Reference as JSON) and the
+    # resolve hold: decided evaluations in a row without the condition, since when, last one.
+    reference: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
+    clear_count: int = 0
+    recovering_since: int | None = Field(default=None, sa_type=sa.BigInteger)
+    cleared_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+
+
+class FirstEvaluation(SQLModel, table=True):
+    """When a rule, or an account, was first evaluated: conditions already true then are recorded
+    without paging people (the first-run policy, bot.pipeline)."""
+
+    __tablename__ = "first_evaluations"  # type: ignore[assignment]
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    scope: str = Field(primary_key=True)  # "rule" | "account"
+    subject: str = Field(primary_key=True)  # rule id or account id
+    first_at: int = Field(sa_type=sa.BigInteger)
 
 
 class AlertEvent(SQLModel, table=True):
@@ -187,7 +205,9 @@ class OutboxEntry(SQLModel, table=True):
 
     __tablename__ = "outbox"  # type: ignore[assignment]
     __table_args__ = (
-        sa.UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
+        # One row per side effect and notifier: kind names the notifier ("notify:slack"), so the same
+        # alert is queued once for each notifier and a notifier only ever delivers its own rows.
+        sa.UniqueConstraint("kind", "idempotency_key", name="uq_outbox_kind_key"),
         sa.Index("ix_outbox_status_next", "status", "next_attempt_at"),
     )
 
@@ -460,7 +480,7 @@ class SourceSeries(SQLModel, table=True):
 
 
 class UsageChange(SQLModel, table=True):
-    """Usage that changed since the last evaluation: (account, metric, earliest changed bucket)."""
+    """Usage written since the last evaluation: (account, metric, first and last bucket written)."""
 
     __tablename__ = "usage_changes"  # type: ignore[assignment]
 
@@ -468,6 +488,7 @@ class UsageChange(SQLModel, table=True):
     account_id: str
     metric: str
     bucket_start: int = Field(sa_type=sa.BigInteger)
+    last_bucket: int | None = Field(default=None, sa_type=sa.BigInteger)  # None: rows from before 0008
     source_id: str = ""
     changed_at: int = Field(sa_type=sa.BigInteger)
 

@@ -26,6 +26,24 @@ outbox_table: sa.Table = OutboxEntry.__table__  # type: ignore[attr-defined]
 _c = outbox_table.c
 
 PENDING, SENT, FAILED, DEAD = "pending", "sent", "failed", "dead"
+LEGACY_NOTIFY_KIND = "notify"  # rows queued before notifications were per notifier (delivered by Slack)
+
+
+def notify_kind(notifier: str) -> str:
+    """The outbox kind of one notifier's notification rows ("notify:slack"): a notifier claims
+    only its own rows, so a manual run with the console never takes Slack's."""
+    return f"notify:{notifier}"
+
+
+def outbox_kinds(notifier_name: str) -> list[str]:
+    """The outbox kinds a notifier delivers: its own, and for Slack the rows queued before
+    notifications were per notifier."""
+    kinds = [notify_kind(notifier_name)]
+    if notifier_name == "slack":
+        kinds.append(LEGACY_NOTIFY_KIND)
+    return kinds
+
+
 DEFAULT_LEASE = 300
 MAX_ERROR_CHARS = 2000
 
@@ -74,7 +92,7 @@ def _insert_rows(conn: Connection, items: Sequence[OutboxItem], now: int) -> int
     if not rows:
         return 0
     ins: Any = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(outbox_table)
-    stmt = ins.on_conflict_do_nothing(index_elements=[_c.idempotency_key]).returning(_c.id)
+    stmt = ins.on_conflict_do_nothing(index_elements=[_c.kind, _c.idempotency_key]).returning(_c.id)
     inserted = 0
     for row in rows:  # one by one: RETURNING tells exactly which keys were new
         inserted += len(conn.execute(stmt, row).all())
@@ -82,7 +100,7 @@ def _insert_rows(conn: Connection, items: Sequence[OutboxItem], now: int) -> int
 
 
 def enqueue(conn_or_engine: Connection | Engine, items: Iterable[OutboxItem], now: int | None = None) -> int:
-    """Add items (ON CONFLICT (idempotency_key) DO NOTHING); returns how many were new.
+    """Add items (ON CONFLICT (kind, idempotency_key) DO NOTHING); returns how many were new.
 
     Pass a Connection to enqueue inside the caller's transaction.
     """

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from rules.lifecycle import EpisodeState
 from storage.db import write_transaction
-from storage.episodes import episodes_table, get_episode
+from storage.episodes import episodes_table, get_episode, state_from_row
 from storage.jsonsafe import json_safe
 from storage.models import (
     SlackAccountSnooze,
@@ -351,18 +351,6 @@ def episode_state(engine: Engine, episode_id: int) -> EpisodeState | None:
     return None if d is None else state_from_row(d)
 
 
-def state_from_row(d: Mapping[str, Any]) -> EpisodeState:
-    return EpisodeState(
-        rule_id=d["rule_id"], account_id=d["account_id"], metric=d["metric"], discriminator=d["discriminator"],
-        status=d["status"], started_at=int(d["started_at"]), consecutive=int(d["consecutive"]),
-        fired_at=_opt(d["fired_at"]), resolved_at=_opt(d["resolved_at"]),
-        last_notified_at=_opt(d["last_notified_at"]), once=bool(d["once"]), severity=d["severity"],
-        last_seen_at=_opt(d["last_seen_at"]), last_explanation=dict(d["last_explanation"] or {}),
-        acknowledged_by=d["acknowledged_by"], acknowledged_at=_opt(d["acknowledged_at"]),
-        snoozed_until=_opt(d["snoozed_until"]), episode_id=int(d["id"]),
-    )
-
-
 def account_episodes(engine: Engine, account_ids: Sequence[str], open_only: bool = True) -> list[EpisodeState]:
     """The current episode per key of the given accounts (open ones only by default), newest first."""
     e = episodes_table.c
@@ -381,10 +369,11 @@ def account_episodes(engine: Engine, account_ids: Sequence[str], open_only: bool
 # -------------------------------------------------------------------------- outbox
 
 
-def outbox_row_state(engine: Engine, idempotency_key: str) -> tuple[str, int] | None:
-    """(status, next_attempt_at) of an outbox row by key (read-only; e.g. has an alert's first message
-    been delivered yet?)."""
+def outbox_row_state(engine: Engine, idempotency_key: str, kinds: Sequence[str]) -> tuple[str, int] | None:
+    """(status, next_attempt_at) of a notifier's outbox row by key (read-only; e.g. has an alert's first
+    message been delivered yet?); `kinds`: the notifier's outbox kinds."""
     c = outbox_table.c
     with engine.connect() as conn:
-        r = conn.execute(sa.select(c.status, c.next_attempt_at).where(c.idempotency_key == idempotency_key)).first()
+        r = conn.execute(sa.select(c.status, c.next_attempt_at)
+                         .where(c.idempotency_key == idempotency_key, c.kind.in_(list(kinds)))).first()
     return None if r is None else (str(r.status), int(r.next_attempt_at))

@@ -37,7 +37,6 @@ from storage.models import (
     RuleProgress,
     SourceSeries,
     SourceStatus,
-    UsageChange,
     UsagePoint,
 )
 from storage.outbox import OutboxItem, enqueue
@@ -46,7 +45,6 @@ from storage.usage import write_points  # also keeps the first-seen / coverage t
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
 series_table: sa.Table = SourceSeries.__table__  # type: ignore[attr-defined]
-changes_table: sa.Table = UsageChange.__table__  # type: ignore[attr-defined]
 progress_table: sa.Table = RuleProgress.__table__  # type: ignore[attr-defined]
 lease_table: sa.Table = LeaderLease.__table__  # type: ignore[attr-defined]
 usage_table: sa.Table = UsagePoint.__table__  # type: ignore[attr-defined]
@@ -294,10 +292,6 @@ def store_batch(
         newest = max((x for x in (newest_t, newest_e) if x is not None), default=None)
         result.newest = newest
         result.changed = changed
-        if changed:
-            conn.execute(sa.insert(changes_table), [
-                {"account_id": a, "metric": m, "bucket_start": b, "source_id": source_id, "changed_at": now}
-                for (a, m), b in sorted(changed.items())])
         pairs = {k[:2] for k in total_sums} | {(e.account, e.metric) for e in event_list}
         _mark_series(conn, source_id, pairs)
 
@@ -363,32 +357,6 @@ def count_events(engine: Engine, source_id: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(events_table)
                                 .where(events_table.c.source_id == source_id)).scalar_one())
-
-
-# ------------------------------------------------------------------------ usage changes
-
-
-@dataclass(frozen=True)
-class ChangeSet:
-    upto_id: int  # delete_changes(upto_id) once handled
-    by_metric: dict[str, dict[str, int]]  # metric -> account -> earliest changed bucket
-
-
-def read_changes(engine: Engine) -> ChangeSet:
-    by_metric: dict[str, dict[str, int]] = {}
-    upto = 0
-    c = changes_table.c
-    with engine.connect() as conn:
-        for rid, a, m, b in conn.execute(sa.select(c.id, c.account_id, c.metric, c.bucket_start).order_by(c.id)):
-            accs = by_metric.setdefault(m, {})
-            accs[a] = min(int(b), accs.get(a, int(b)))
-            upto = int(rid)
-    return ChangeSet(upto, by_metric)
-
-
-def delete_changes(engine: Engine, upto_id: int) -> int:
-    with engine.begin() as conn:
-        return int(conn.execute(sa.delete(changes_table).where(changes_table.c.id <= upto_id)).rowcount)
 
 
 # ------------------------------------------------------------------------ rule progress

@@ -14,6 +14,7 @@ index-only scan of the covering index) and aggregate them with numpy.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from rules.gcpause import gc_paused
 from rules.model import MetricBlock
 from storage import tiles
+from storage.changes import Ranges, add_ranges, mark_changed
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 
@@ -59,11 +61,13 @@ _SET = {
 }
 
 
-def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False) -> None:
+def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False,
+                 ranges: Ranges | None = None) -> None:
     """Upsert (account, metric, bucket_start, value) rows inside the caller's transaction.
 
     additive False replaces a stored value, True adds to it. Keeps usage_first_seen and
-    usage_coverage in step. SQLite: one executemany; PostgreSQL: COPY into a staging
+    usage_coverage in step, and records the written ranges in usage_changes (storage.changes),
+    or, when `ranges` is given, widens it for the caller to record once (a load of many chunks). SQLite: one executemany; PostgreSQL: COPY into a staging
     table, then one INSERT .. SELECT (about twice executemany's throughput, measured in
     tests/storage/bench_upsert.py).
     """
@@ -87,6 +91,10 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
         conn.exec_driver_sql(_INSERT + "SELECT account_id, metric, bucket_start, value FROM usage_stage "
                              "ORDER BY account_id, metric, bucket_start " + on_conflict)
     record_bookkeeping(conn, dialect, rows)
+    if ranges is None:
+        mark_changed(conn, add_ranges({}, rows))
+    else:
+        add_ranges(ranges, rows)
 
 
 def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict[tuple[str, str, int], float]:
@@ -184,9 +192,11 @@ def load_usage(
         empty = conn.execute(sa.select(_c.account_id).limit(1)).first() is None
         if empty:
             cover.drop(conn)
+            ranges: Ranges = {}
             for chunk in chunks:
                 sums = sum_records(chunk, base_step)
-                write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()], additive=True)
+                write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()], additive=True, ranges=ranges)
+            mark_changed(conn, ranges)
             if dialect == "postgresql":
                 conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
             cover.create(conn)
@@ -229,6 +239,10 @@ def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[Usage
         f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
         f"FROM {_LOAD_STAGE} WHERE true ON CONFLICT DO NOTHING")
     tiles.mark_written_from(conn, _LOAD_STAGE)
+    conn.exec_driver_sql(
+        "INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, changed_at) "
+        f"SELECT account_id, metric, MIN(bucket_start), MAX(bucket_start), '', {int(time.time())} "
+        f"FROM {_LOAD_STAGE} GROUP BY account_id, metric")
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
     return written
 

@@ -3,7 +3,8 @@
 - "fired": a parent message in each destination (owner DM, channels); its channel/ts are kept
   (storage.slack messages, and the episode's slack_channel/slack_ts for the first one).
 - "renotified" / "resolved": a reply in each thread, then chat.update of the parent so it shows
-  the state. A follow-up waits (RetryLater) while the episode's first message is still queued, so
+  the state. A quiet resolution (a billing period ended, an opportunity passed) only updates
+  the parents. A follow-up waits (RetryLater) while the episode's first message is still queued, so
   the thread never starts with a follow-up.
 - Owner DMs may go to a daily digest instead ([slack.digest]); account snoozes (/usage snooze)
   hold back new alerts for the account.
@@ -30,6 +31,7 @@ from integrations.slack.render import EpisodeView, SlackRenderer, parse_iso
 from integrations.slack.routing import Destination, destinations, fallback_destination
 from storage import slack as store
 from storage.episodes import find_episode, get_episode, set_slack_message
+from storage.outbox import outbox_kinds
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def episode_key(alert: Mapping[str, Any]) -> tuple[str, str, str, str]:
 
 
 class SlackNotifier:
-    kind = "notify"
+    name = "slack"  # its outbox rows: storage.outbox.outbox_kinds("slack")
 
     def __init__(self, config: SlackConfig, engine: Engine, api: SlackApi | None = None,
                  clock: Callable[[], int] = lambda: int(time.time()), interactive: bool | None = None) -> None:
@@ -80,6 +82,10 @@ class SlackNotifier:
                          alert.get("account"), until, event, alert.get("rule"))
                 return
         episode = find_episode(self.engine, episode_key(alert), started_at=parse_iso(alert.get("started_at")))
+        if alert.get("quiet"):  # closed without telling anyone: only the parent messages show the new state
+            if episode is not None:
+                self.refresh_episode(int(episode["id"]))
+            return
         if event != "fired":
             self._wait_for_first_post(alert, now)
         tried: list[Destination] = []
@@ -111,7 +117,7 @@ class SlackNotifier:
         if fired_at is None:
             return
         first = delivery_id({**alert, "event": "fired", "at": fired_at})
-        state = store.outbox_row_state(self.engine, first)
+        state = store.outbox_row_state(self.engine, first, outbox_kinds(self.name))
         if state is not None and state[0] in ("pending", "failed"):
             raise RetryLater(f"alert {delivery_id(alert)}: waiting for the episode's first message ({first})",
                              max(FIRST_POST_WAIT, state[1] - now + 1))

@@ -32,6 +32,7 @@ from rules.model import (
     InactivityParams,
     KindParams,
     MetricBlock,
+    OpenEpisode,
     QuotaParams,
     Rule,
     SpikeParams,
@@ -89,17 +90,23 @@ def _check_inputs(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFact
             )
 
 
-def detect(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> DetectorResult:
-    """Evaluate `rule` on the last column of `block` for every row (see module docstring)."""
+def detect(
+    rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts], open_episodes: Sequence[OpenEpisode] = ()
+) -> DetectorResult:
+    """Evaluate `rule` on the last column of `block` for every row (see module docstring).
+
+    open_episodes: the rule's open (pending or firing) episodes of accounts in the block; each
+    kind judges them with hysteresis and states what is true now for those that recovered.
+    """
     _check_rule(rule)
     _check_inputs(rule, block, accounts)
     if rule.kind in ("spike", "drop"):
-        return spike_drop.detect_spike_drop(rule, block)
+        return spike_drop.detect_spike_drop(rule, block, open_episodes)
     if rule.kind == "inactivity":
-        return inactivity.detect_inactivity(rule, block)
+        return inactivity.detect_inactivity(rule, block, open_episodes)
     if rule.kind == "quota":
-        return quota.detect_quota(rule, block, accounts)
-    return expansion.detect_expansion(rule, block, accounts)
+        return quota.detect_quota(rule, block, accounts, open_episodes)
+    return expansion.detect_expansion(rule, block, accounts, open_episodes)
 
 
 def required_history(rule: Rule) -> int:

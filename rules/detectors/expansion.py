@@ -23,8 +23,12 @@ mode "utilization"
     when every one of them has usage >= utilization * q. value = usage of
     the latest completed period, baseline None, threshold utilization * q,
     window = [oldest period start, latest period end). details: quota,
-    utilization (the rule's fraction), periods: [{period, usage,
-    utilization}, ...] latest first.
+    utilization (actual use of the latest completed period, usage / q),
+    target (the rule's fraction), periods: [{period, usage, utilization},
+    ...] latest first.
+
+Open episodes (given by the caller) that no longer meet the condition close
+quietly (a Recovery with quiet=True): an opportunity that passed is not news.
 """
 
 from __future__ import annotations
@@ -35,8 +39,18 @@ import numpy as np
 
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
+from rules.detectors.opened import open_rows
 from rules.detectors.quota import MAX_PERIOD, interval_sums, quota_groups, round_up
-from rules.model import AccountFacts, DetectorResult, ExpansionParams, Finding, MetricBlock, Rule
+from rules.model import (
+    AccountFacts,
+    DetectorResult,
+    ExpansionParams,
+    Finding,
+    MetricBlock,
+    OpenEpisode,
+    Recovery,
+    Rule,
+)
 from rules.periods import Period, billing_period, previous_period
 
 MAX_MISSING = 0.2
@@ -55,17 +69,29 @@ def required_history(rule: Rule) -> int:
     return (params.periods + 1) * max(1, params.period // rule.bucket) * rule.bucket
 
 
-def detect_expansion(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> DetectorResult:
+def detect_expansion(
+    rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts], open_episodes: Sequence[OpenEpisode] = ()
+) -> DetectorResult:
     params = _params(rule)
     if params.periods < 1:
         raise ValueError(
             f"{fmt.rule_location(rule)}: expansion periods must be at least 1, got {params.periods}"
         )
     if params.mode == "growth":
-        return _growth(rule, params, block)
-    if params.mode == "utilization":
-        return _utilization(rule, params, block, accounts)
-    raise ValueError(f"{fmt.rule_location(rule)}: unknown expansion mode {params.mode!r}")
+        result = _growth(rule, params, block)
+        passed = f"{block.metric} is no longer growing {fmt.percent(params.growth)} per {fmt.duration(params.period)}."
+    elif params.mode == "utilization":
+        result = _utilization(rule, params, block, accounts)
+        passed = (f"{block.metric} was below {fmt.percent(params.utilization)} of the quota in one of the last"
+                  f" {params.periods} billing periods.")
+    else:
+        raise ValueError(f"{fmt.rule_location(rule)}: unknown expansion mode {params.mode!r}")
+    # An opportunity that passes closes quietly: "no longer growing" is not news to act on.
+    holding = {f.account_id for f in result.findings}
+    for i, e in open_rows(block, open_episodes).items():
+        if result.decided[i] and e.account_id not in holding:
+            result.recoveries[(e.account_id, "")] = Recovery(block.end, None, None, passed, quiet=True)
+    return result
 
 
 # -------------------------------------------------------------------- growth
@@ -190,5 +216,8 @@ def _utilization_finding(
         window_start=periods[-1].start,
         window_end=periods[0].end,
         message=message,
-        details={"quota": quota, "utilization": params.utilization, "periods": per_period},
+        # utilization = the actual use of the latest completed period (what a quota bar shows);
+        # the rule's fraction is the target.
+        details={"quota": quota, "utilization": float(usage[0]) / quota, "target": params.utilization,
+                 "periods": per_period},
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rules.model import Finding, MetricBlock, Rule
+from rules.model import Finding, MetricBlock, Reference, Rule
 
 
 def make_finding(
@@ -22,6 +22,7 @@ def make_finding(
     window_end: int | None = None,
     discriminator: str = "",
     once: bool = False,
+    reference: Reference | None = None,
 ) -> Finding:
     """A finding at the block's end (the evaluation time) about its last bucket."""
     at = block.end
@@ -43,4 +44,5 @@ def make_finding(
         once=once,
         rule_hash=rule.rule_hash,
         details=details,
+        reference=reference,
     )

@@ -20,18 +20,29 @@ Finding
     value = window sum (0), baseline = mean per observed bucket of the prior
     window (None when none observed), threshold None, window_start = start of
     the prior window (clipped to the block), window_end = at; discriminator ""
-    and once False. details: last_active (ISO time at which the last bucket
-    with usage > 0 in the block ends, or None), prior_usage, inactive_since
-    (ISO start of the window), missing_buckets (in the window).
+    and once False. details: last_active (ISO START of the last bucket with
+    usage > 0 in the block, or None; printed as that bucket, so a daily account
+    last used on 02-09 reads "last active 2026-02-09"), prior_usage,
+    inactive_since (ISO start of the window), missing_buckets (in the window).
+
+Open episodes (given by the caller)
+    An account that went silent stays inactive until it has usage again: the
+    prior window only decides who may fire (it ages out while the account stays
+    dead). Decided when the current bucket is observed; holds while it is 0;
+    usage > 0 -> a Recovery ("has usage again").
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
-from rules.model import DetectorResult, Finding, InactivityParams, MetricBlock, Rule
+from rules.detectors.opened import open_rows
+from rules.model import DetectorResult, Finding, InactivityParams, MetricBlock, OpenEpisode, Recovery, Rule
 from rules.periods import iso
 
 
@@ -48,7 +59,7 @@ def required_history(rule: Rule) -> int:
     return (window + prior) * rule.bucket
 
 
-def detect_inactivity(rule: Rule, block: MetricBlock) -> DetectorResult:
+def detect_inactivity(rule: Rule, block: MetricBlock, open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
     params = _params(rule)
     values = block.values
     rows, n = values.shape
@@ -70,18 +81,21 @@ def detect_inactivity(rule: Rule, block: MetricBlock) -> DetectorResult:
     prior_usage = np.where(np.isnan(prior), 0.0, prior).sum(axis=1)
 
     fire = decided & all_zero & (prior_usage >= params.min_prior_usage)
+    opened = open_rows(block, open_episodes)
+    if opened:
+        fire[list(opened)] = False
     fired = np.flatnonzero(fire)
+    result = DetectorResult([], decided)
+    if opened:
+        _judge_open(rule, block, opened, decided, result)
     if fired.size == 0:
-        return DetectorResult([], decided)
+        return result
 
-    # End of the last bucket with usage > 0, for the fired rows only.
-    active = values[fired] > 0  # NaN compares False
-    has_active = active.any(axis=1)
-    last_col = n - 1 - np.argmax(active[:, ::-1], axis=1)
-
-    findings = []
+    # Start of the last bucket with usage > 0, for the fired rows only.
+    last = last_active_starts(block, fired)
+    findings = result.findings
     for pos, i in enumerate(fired):
-        last_active = int(block.start + (last_col[pos] + 1) * step) if has_active[pos] else None
+        last_active = last[pos]
         findings.append(
             _finding(
                 rule,
@@ -95,7 +109,56 @@ def detect_inactivity(rule: Rule, block: MetricBlock) -> DetectorResult:
                 block.start + prior_lo * step,
             )
         )
-    return DetectorResult(findings, decided)
+    return result
+
+
+def last_active_starts(block: MetricBlock, rows: np.ndarray) -> list[int | None]:
+    """Per row: the start of its last bucket with usage > 0 in the block, or None."""
+    if rows.size == 0:
+        return []
+    active = block.values[rows] > 0  # NaN compares False
+    has_active = active.any(axis=1)
+    last_col = block.n_buckets - 1 - np.argmax(active[:, ::-1], axis=1)
+    return [int(block.start + c * block.step) if h else None for c, h in zip(last_col, has_active, strict=True)]
+
+
+def _judge_open(
+    rule: Rule, block: MetricBlock, opened: dict[int, OpenEpisode], decided: np.ndarray, result: DetectorResult
+) -> None:
+    params = _params(rule)
+    step = block.step
+    width = max(1, params.duration // step)
+    current = block.values[:, -1]
+    silent = [i for i in opened if current[i] == 0]
+    lasts = dict(zip(silent, last_active_starts(block, np.asarray(silent, dtype=np.intp)), strict=True))
+    for i, episode in opened.items():
+        value = float(current[i])
+        if math.isnan(value):
+            decided[i] = False
+            continue
+        decided[i] = True
+        since = episode.started_at - width * step
+        if value == 0:
+            result.findings.append(_still_inactive(rule, block, i, since, lasts.get(i)))
+            continue
+        message = (
+            f"{block.metric} has usage again: {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
+            f" {fmt.moment(block.end - step, step)}, after no usage since {fmt.moment(since, step)}."
+        )
+        result.recoveries[(block.account_ids[i], "")] = Recovery(
+            block.end, value, None, message, {"inactive_since": iso(since)})
+
+
+def _still_inactive(rule: Rule, block: MetricBlock, i: int, since: int, last_active: int | None) -> Finding:
+    step = block.step
+    days = fmt.duration(block.end - since)
+    last = f"; last active {fmt.moment(last_active, step)}" if last_active is not None else ""
+    message = (f"{block.metric} has had no usage since {fmt.moment(since, step)} ({days}{last}).")
+    return make_finding(
+        rule, block, i, value=0.0, baseline=None, threshold=None, window_start=since, message=message,
+        details={"last_active": iso(last_active) if last_active is not None else None,
+                 "inactive_since": iso(since)},
+    )
 
 
 def _finding(

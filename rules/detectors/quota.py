@@ -23,7 +23,10 @@ mode "threshold"
     utilization (u / q), period (label), period_start, period_end (ISO).
 
 mode "forecast"
-    elapsed = at - period.start; elapsed < min_elapsed -> decided, no finding.
+    The current bucket must be observed, else undecided: a missing day neither
+    fires nor resolves a forecast.
+    elapsed = at - period.start; elapsed < min_elapsed, or fewer observed
+    buckets in the period than min_observed covers -> decided, no finding.
     rate = sum of observed buckets in the last forecast_window / (observed
     buckets * bucket seconds), per second (no observed bucket -> undecided).
     projected = u + rate * (period.end - at). Fires when
@@ -34,17 +37,35 @@ mode "forecast"
     (local ISO date, account timezone, on which u + rate * t reaches
     fraction * q), days_left (days from at to that moment, 1 decimal),
     rate_per_day, period, period_start, period_end.
+    An open forecast of the current period holds while projected >= recovery *
+    q (recovery defaults to 0.9 x fraction: hysteresis) or once usage has
+    reached fraction * q (it came true; it closes with the period), and is
+    otherwise a Recovery stating the new projection.
+
+Open episodes of an earlier billing period (both modes) close quietly when
+the account is decided: a Recovery "the billing period ... ended" (quiet,
+immediate), not a message to the account owner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
-from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, QuotaParams, Rule
+from rules.model import (
+    DAY,
+    AccountFacts,
+    DetectorResult,
+    Finding,
+    MetricBlock,
+    OpenEpisode,
+    QuotaParams,
+    Recovery,
+    Rule,
+)
 from rules.periods import Period, billing_period, iso
 
 # Longest billing period: 31 days plus the hour a DST change can add.
@@ -123,38 +144,58 @@ def interval_sums(
 # ------------------------------------------------------------------ detector
 
 
-def detect_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> DetectorResult:
+def detect_quota(
+    rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts], open_episodes: Sequence[OpenEpisode] = ()
+) -> DetectorResult:
     params = _params(rule)
     if params.mode not in ("threshold", "forecast"):
         raise ValueError(f"{fmt.rule_location(rule)}: unknown quota mode {params.mode!r}")
     rows, n = block.values.shape
     decided = np.zeros(rows, dtype=bool)
-    findings: list[Finding] = []
+    result = DetectorResult([], decided)
     if n == 0 or rows == 0:
-        return DetectorResult(findings, decided)
+        return result
     at = block.end
+    opened: dict[str, list[OpenEpisode]] = {}
+    for e in open_episodes:
+        opened.setdefault(e.account_id, []).append(e)
     for billing_day, timezone, idx, q in quota_groups(block, accounts):
         period = billing_period(at - 1, billing_day, timezone)
         if block.start > period.start:
             continue
-        if params.mode == "forecast" and at - period.start < params.min_elapsed:
-            decided[idx] = True
-            continue
-        used, observed, buckets = interval_sums(block, idx, period.start, at)
-        ok = (observed > 0) | (buckets == 0)
-        if params.mode == "threshold":
+        if params.mode == "forecast":
+            _forecast_group(rule, params, block, idx, q, period, timezone, opened, result)
+        else:
+            used, observed, buckets = interval_sums(block, idx, period.start, at)
+            ok = (observed > 0) | (buckets == 0)
             decided[idx[ok]] = True
             for fraction in sorted(params.fractions):
                 for pos in np.flatnonzero(ok & (used >= fraction * q)):
-                    findings.append(
+                    result.findings.append(
                         _threshold_finding(
                             rule, block, int(idx[pos]), float(used[pos]), float(q[pos]), fraction, period
                         )
                     )
-            continue
-        ok = _forecast_group(rule, params, block, idx, used, ok, q, period, timezone, findings)
-        decided[idx[ok]] = True
-    return DetectorResult(findings, decided)
+        if opened:
+            _close_ended_periods(block, idx, decided, period, opened, result)
+    return result
+
+
+def _close_ended_periods(
+    block: MetricBlock, idx: np.ndarray, decided: np.ndarray, period: Period,
+    opened: Mapping[str, Sequence[OpenEpisode]], result: DetectorResult,
+) -> None:
+    """Open episodes of an earlier billing period close quietly once the account is decided."""
+    for i in idx[decided[idx]]:
+        account = block.account_ids[int(i)]
+        for e in opened.get(account, ()):
+            label = e.discriminator.split(":", 1)[0]
+            if label != period.label:
+                result.recoveries[(account, e.discriminator)] = Recovery(
+                    block.end, None, None,
+                    f"the billing period starting {label} ended; {block.metric} is now counted in the period"
+                    f" starting {period.label}.",
+                    {"period": label}, quiet=True, immediate=True)
 
 
 def _forecast_group(
@@ -162,40 +203,55 @@ def _forecast_group(
     params: QuotaParams,
     block: MetricBlock,
     idx: np.ndarray,
-    used: np.ndarray,
-    ok: np.ndarray,
     q: np.ndarray,
     period: Period,
     timezone: str,
-    findings: list[Finding],
-) -> np.ndarray:
-    """Forecast one (billing_day, timezone) group: appends findings, returns the decided mask
-    (rows already `ok` that also have a recent rate)."""
+    opened: Mapping[str, Sequence[OpenEpisode]],
+    result: DetectorResult,
+) -> None:
+    """Forecast one (billing_day, timezone) group: sets `decided`, appends findings and recoveries."""
     at = block.end
+    current_observed = ~np.isnan(block.values[idx, -1])  # a missing day decides nothing
+    if at - period.start < params.min_elapsed:
+        result.decided[idx[current_observed]] = True
+        return
+    used, observed, buckets = interval_sums(block, idx, period.start, at)
+    ok = ((observed > 0) | (buckets == 0)) & current_observed
     width = max(1, params.forecast_window // block.step)
     rate_start = max(block.start, at - width * block.step)
     recent, recent_observed, _ = interval_sums(block, idx, rate_start, at)
     has_rate = ok & (recent_observed > 0)
+    result.decided[idx[has_rate]] = True
     rate = np.zeros(idx.size)
     rate[has_rate] = recent[has_rate] / (recent_observed[has_rate] * block.step)
     projected = used + rate * (period.end - at)
     target = params.fraction * q
-    for pos in np.flatnonzero(has_rate & (used < target) & (target <= projected)):
-        findings.append(
-            _forecast_finding(
-                rule,
-                block,
-                int(idx[pos]),
-                float(used[pos]),
-                float(q[pos]),
-                float(rate[pos]),
-                float(projected[pos]),
-                period,
-                timezone,
-                min(period.start, rate_start),
-            )
-        )
-    return has_rate
+    key = f"{period.label}:forecast{params.fraction:g}"
+    is_open = np.fromiter(
+        (any(e.discriminator == key for e in opened.get(block.account_ids[int(i)], ())) for i in idx),
+        dtype=bool, count=idx.size)
+    enough = observed * block.step >= params.min_observed
+    window_start = min(period.start, rate_start)
+    for pos in np.flatnonzero(has_rate & ~is_open & enough & (used < target) & (target <= projected)):
+        result.findings.append(_forecast_finding(
+            rule, block, int(idx[pos]), float(used[pos]), float(q[pos]), float(rate[pos]),
+            float(projected[pos]), period, timezone, window_start))
+    for pos in np.flatnonzero(has_rate & is_open):
+        i = int(idx[pos])
+        u, quota, r, p = float(used[pos]), float(q[pos]), float(rate[pos]), float(projected[pos])
+        if u >= target[pos]:
+            result.findings.append(_reached_finding(rule, block, i, u, quota, period, timezone, window_start))
+        elif p >= params.recovery_fraction * quota and r > 0:
+            result.findings.append(_forecast_finding(rule, block, i, u, quota, r, p, period, timezone,
+                                                     window_start))
+        else:
+            result.recoveries[(block.account_ids[i], key)] = Recovery(
+                at, u, None,
+                f"{block.metric} is now projected to reach {fmt.percent(p / quota)} of the quota"
+                f" ({fmt.number(p)} of {fmt.number(quota)}) by the period end on"
+                f" {fmt.local_date(period.end, timezone)}, at a recent {fmt.number(r * DAY)}/day;"
+                f" {fmt.number(u)} used so far ({fmt.percent(u / quota)}).",
+                {"projected_total": p, "rate_per_day": r * DAY, "utilization": u / quota})
 
 
 def _make(
@@ -247,6 +303,24 @@ def _threshold_finding(
         message=message,
         discriminator=f"{period.label}:{fraction:g}",
         details={"quota": quota, "fraction": fraction, "utilization": utilization, **_period_details(period)},
+    )
+
+
+def _reached_finding(
+    rule: Rule, block: MetricBlock, i: int, used: float, quota: float, period: Period, timezone: str,
+    window_start: int,
+) -> Finding:
+    params = _params(rule)
+    message = (
+        f"{block.metric} reached {fmt.percent(used / quota)} of the monthly quota ({fmt.number(used)} of"
+        f" {fmt.number(quota)}) in the period starting {period.label}, as forecast; the period ends on"
+        f" {fmt.local_date(period.end, timezone)}."
+    )
+    return _make(
+        rule, block, i, value=used, threshold=params.fraction * quota, window_start=window_start,
+        message=message, discriminator=f"{period.label}:forecast{params.fraction:g}",
+        details={"quota": quota, "fraction": params.fraction, "utilization": used / quota, "reached": True,
+                 **_period_details(period)},
     )
 
 

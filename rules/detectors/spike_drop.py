@@ -33,10 +33,28 @@ Finding
     oldest baseline point (clipped to the block), window_end = at;
     discriminator "" and once False. details: ratio (v / b, None if b == 0),
     zscore (only when the rule sets one), points (observed count),
-    seasonality, method, smooth.
+    seasonality, method, smooth. `reference` carries the usual level frozen for
+    the new episode (baseline.reference_profile: one value per position in the
+    week with weekly seasonality), taken from data before the current window.
+
+Open episodes (given by the caller; rows of accounts with a pending or firing
+episode of this rule)
+    Judged against their frozen level r (the episode's reference at the current
+    bucket's position in the week), never against today's baseline, so the
+    anomaly never becomes its own baseline and a dead account stays dead. Guards
+    do not apply. Decided when v is observed.
+    pending: holds while the firing condition holds against r.
+    firing:  holds until v is back within `recovery` x r (spike: v <= recovery x r;
+             drop: v >= recovery x r); recovery defaults to halfway between ratio
+             and 1, so a value hovering at the threshold does not flap.
+    Holding -> a finding (baseline r, threshold = the limit that ends it);
+    not holding -> a Recovery stating the current value against r.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,11 +63,25 @@ from rules.detectors.baseline import (
     baseline_points,
     center,
     observed_count,
+    reference_profile,
     robust_scale,
     smoothed,
 )
 from rules.detectors.finding import make_finding
-from rules.model import WEEK, DetectorResult, DropParams, Finding, MetricBlock, Rule, SpikeParams
+from rules.detectors.opened import open_rows
+from rules.model import (
+    WEEK,
+    DetectorResult,
+    DropParams,
+    Finding,
+    MetricBlock,
+    OpenEpisode,
+    Recovery,
+    Reference,
+    Rule,
+    SpikeParams,
+)
+from rules.periods import iso
 
 
 def required_history(rule: Rule) -> int:
@@ -63,7 +95,7 @@ def required_history(rule: Rule) -> int:
     return smooth + (rule.baseline.window // rule.bucket) * rule.bucket
 
 
-def detect_spike_drop(rule: Rule, block: MetricBlock) -> DetectorResult:
+def detect_spike_drop(rule: Rule, block: MetricBlock, open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
     params = rule.params
     if not isinstance(params, SpikeParams | DropParams):
         raise TypeError(f"{fmt.rule_location(rule)}: spike/drop detector got {type(params).__name__}")
@@ -105,6 +137,9 @@ def detect_spike_drop(rule: Rule, block: MetricBlock) -> DetectorResult:
             fire &= (v >= guards.min_value) & (v >= threshold) & (v > b)
         else:
             fire &= (v <= threshold) & (v < b)
+        opened = open_rows(block, open_episodes)
+        if opened:
+            fire[list(opened)] = False  # an open episode is judged against its frozen level below
         z: np.ndarray | None = None
         if params.zscore is not None:
             # Only rows that pass everything else need the (sort-heavy) robust scale.
@@ -116,6 +151,8 @@ def detect_spike_drop(rule: Rule, block: MetricBlock) -> DetectorResult:
 
     at = block.end
     window_start = at - span
+    new_rows = np.flatnonzero(fire)
+    profiles = reference_profile(values[new_rows], block.step, smooth, rule.baseline) if new_rows.size else []
     findings = [
         _finding(
             rule,
@@ -128,10 +165,88 @@ def detect_spike_drop(rule: Rule, block: MetricBlock) -> DetectorResult:
             int(count[i]),
             smooth,
             window_start,
+            reference=Reference(at - block.step, block.step, tuple(float(x) for x in profiles[k])),
         )
-        for i in np.flatnonzero(fire)
+        for k, i in enumerate(new_rows)
     ]
-    return DetectorResult(findings, decided)
+    result = DetectorResult(findings, decided)
+    if opened:
+        _judge_open(rule, params, block, opened, v, b, decided, result)
+    return result
+
+
+def _judge_open(
+    rule: Rule,
+    params: SpikeParams | DropParams,
+    block: MetricBlock,
+    opened: dict[int, OpenEpisode],
+    v: np.ndarray,
+    b: np.ndarray,
+    decided: np.ndarray,
+    result: DetectorResult,
+) -> None:
+    """Open episodes against the usual level frozen when they opened (hysteresis).
+
+    A pending episode keeps its condition while v is beyond ratio x the frozen level; a firing
+    one until v is back within recovery x it. Guards are not applied: they decide which
+    accounts may fire, not whether an anomaly is over. Decided when v is observed.
+    """
+    spike = rule.kind == "spike"
+    bucket_start = block.end - block.step
+    for i, episode in opened.items():
+        ref = episode.reference.level_at(bucket_start) if episode.reference is not None else float(b[i])
+        value = float(v[i])
+        if math.isnan(value) or math.isnan(ref):
+            decided[i] = False
+            continue
+        decided[i] = True
+        limit = (params.recovery_ratio if episode.firing else params.ratio) * ref
+        if spike:
+            holds = value > limit if episode.firing else (value >= limit and value > ref)
+        else:
+            holds = value < limit if episode.firing else (value <= limit and value < ref)
+        if holds:
+            result.findings.append(_continuing(rule, block, i, value, ref, limit, episode))
+        else:
+            result.recoveries[(block.account_ids[i], "")] = _recovery(rule, block, value, ref, episode)
+
+
+def _since_text(rule: Rule, episode: OpenEpisode, step: int) -> str:
+    return fmt.moment(episode.started_at - max(1, getattr(rule.params, "smooth", 1)) * step, step)
+
+
+def _continuing(
+    rule: Rule, block: MetricBlock, i: int, value: float, ref: float, limit: float, episode: OpenEpisode
+) -> Finding:
+    step = block.step
+    verb = "spiked to" if rule.kind == "spike" else "dropped to"
+    r = value / ref if ref else None
+    against = f"{fmt.ratio(r)} the usual {fmt.number(ref)}" if r is not None else f"usual level {fmt.number(ref)}"
+    resolves = "at or below" if rule.kind == "spike" else "at or above"
+    what = "resolves" if episode.firing else "fires"
+    message = (
+        f"{block.metric} {verb} {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
+        f" {fmt.moment(block.end - step, step)}: {against} (the level before this began on"
+        f" {_since_text(rule, episode, step)}; {what} {resolves if episode.firing else 'at'} {fmt.number(limit)})."
+    )
+    return make_finding(
+        rule, block, i, value=value, baseline=ref, threshold=limit,
+        window_start=episode.started_at - step, message=message,
+        details={"ratio": r, "frozen_baseline": True, "since": iso(episode.started_at - step)},
+    )
+
+
+def _recovery(rule: Rule, block: MetricBlock, value: float, ref: float, episode: OpenEpisode) -> Recovery:
+    step = block.step
+    at = block.end
+    share = value / ref if ref else None
+    level = f"{fmt.percent(share)} of" if share is not None else "against"
+    message = (
+        f"{block.metric} back to {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
+        f" {fmt.moment(at - step, step)}: {level} the usual {fmt.number(ref)}"
+        f" (the level before the {rule.kind} that began on {_since_text(rule, episode, step)})."
+    )
+    return Recovery(at, value, ref, message, {"ratio": share})
 
 
 def _finding(
@@ -145,6 +260,7 @@ def _finding(
     points: int,
     smooth: int,
     window_start: int,
+    reference: Reference | None = None,
 ) -> Finding:
     at = block.end
     step = block.step
@@ -168,6 +284,7 @@ def _finding(
         window_start=window_start,
         message=_message(rule, block.metric, v, b, threshold, r, z, points, smooth, step, at),
         details=details,
+        reference=reference,
     )
 
 

@@ -32,12 +32,31 @@ def test_ingest_then_evaluate_notifies_once(tmp_path):
 
     rules = tmp_path / "r.toml"
     rules.write_text(SPIKE_RULES)
-    code, out, err = run_cli("evaluate", "--db", url, "--rules", str(rules), "--at", day(31))
+    code, out, err = run_cli("evaluate", "--db", url, "--rules", str(rules), "--at", day(31), "--first-run", "notify")
     assert code == 0, err
     assert "FIRED · Acme Corp · api_calls · rule calls-spike" in out and "DM ae@x.io" in out
     assert "1 notification(s) sent" in out
     code, out, _ = run_cli("evaluate", "--db", url, "--rules", str(rules), "--at", day(31))
     assert "0 notification(s) sent" in out and "FIRED" not in out  # same tick again: no duplicate
+
+
+def test_evaluate_holds_conditions_already_true_at_the_first_evaluation(tmp_path):
+    """The default first_run policy: the first evaluation of a book records what already holds and
+    prints one summary instead of an alert per condition."""
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    vals = [100.0] * 40
+    vals[30] = 900.0
+    usage = write_usage(tmp_path / "u.csv", 40, {"acme": vals})
+    accts = write_accounts(tmp_path / "a.csv", [{"id": "acme", "name": "Acme Corp", "owner_email": "ae@x.io",
+                                                 "plan": "growth", "crm_id": "001"}])
+    assert run_cli("ingest", "--db", url, "--usage", str(usage), "--accounts", str(accts))[0] == 0
+    rules = tmp_path / "r.toml"
+    rules.write_text(SPIKE_RULES)
+    code, out, err = run_cli("evaluate", "--db", url, "--rules", str(rules), "--at", day(31))
+    assert code == 0, err
+    assert "FIRED · Acme Corp" not in out and "FIRST_RUN" in out
+    assert "1 fired" in out and "1 already true at the first evaluation: recorded, not notified" in out
+    assert _count(url, "alert_episodes") == 1
 
 
 def test_ingest_rejects_whole_file_or_skips_with_rejects(tmp_path):

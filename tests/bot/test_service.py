@@ -137,7 +137,7 @@ def engine_for_service(service: Service) -> Engine:
 
 
 def test_run_once_polls_evaluates_and_delivers_an_alert(tmp_path: Path, db_url: str) -> None:
-    cfg = load_config(_config(tmp_path, db_url), env={"INGEST_SECRET": SECRET})
+    cfg = load_config(_config(tmp_path, db_url, '[evaluation]\nfirst_run = "notify"'), env={"INGEST_SECRET": SECRET})
     rows = [f"2026-11-{d:02d}T00:00:00Z,acme,api_calls,{500 if d == 10 else 100}" for d in range(1, 11)]
     (tmp_path / "drops" / "usage.csv").write_text("timestamp,account,metric,value\n" + "\n".join(rows) + "\n")
     out = io.StringIO()
@@ -151,6 +151,37 @@ def test_run_once_polls_evaluates_and_delivers_an_alert(tmp_path: Path, db_url: 
     assert svc.metrics.value("usagebot_alerts_total", rule="calls-spike", event="fired") == 1
     assert svc.metrics.value("usagebot_deliveries_total", result="sent") == 1
     assert svc.metrics.count("usagebot_evaluation_seconds", reason="bucket_closed") == 1
+
+
+def test_first_evaluation_records_conditions_and_sends_one_admin_summary(tmp_path: Path, db_url: str) -> None:
+    """The shipped first_run = "digest": a condition already true when the book is first evaluated is
+    recorded (an open episode, visible in /usage) but not sent to its owner; the admin channel gets one
+    summary. A condition that starts later is sent as usual."""
+    from storage.episodes import load_states
+
+    cfg = load_config(_config(tmp_path, db_url), env={"INGEST_SECRET": SECRET})
+    assert cfg.evaluation.first_run == "digest"
+    rows = [f"2026-11-{d:02d}T00:00:00Z,acme,api_calls,{500 if d == 10 else 100}" for d in range(1, 11)]
+    (tmp_path / "drops" / "usage.csv").write_text("timestamp,account,metric,value\n" + "\n".join(rows) + "\n")
+    out = io.StringIO()
+    now = [T0 + 10 * DAY + 60]
+    svc = Service(cfg, clock=lambda: now[0], notifier=ConsoleNotifier(out=out))
+    try:
+        svc.run_once()
+        text = out.getvalue()
+        assert "FIRED · acme" not in text  # the owner is not paged
+        assert "FIRST_RUN" in text and "To: #usagebot-admin" in text and "1 condition(s) already true" in text
+        (s,) = [s for s in load_states(svc.engine).values() if s.rule_id == "calls-spike"]  # type: ignore[arg-type]
+        assert s.status == "firing"
+        # a spike that starts after the first evaluation is sent as usual
+        more = [f"2026-11-{d:02d}T00:00:00Z,acme,api_calls,{100 if d < 14 else 900}" for d in range(11, 15)]
+        (tmp_path / "drops" / "more.csv").write_text("timestamp,account,metric,value\n" + "\n".join(more) + "\n")
+        out.truncate(0)
+        now[0] = T0 + 14 * DAY + 60
+        svc.run_once()
+        assert "FIRED · acme · api_calls · rule calls-spike" in out.getvalue()
+    finally:
+        svc.stop()
 
 
 def test_a_source_that_stops_delivering_alerts_the_admin_channel(tmp_path: Path, db_url: str) -> None:

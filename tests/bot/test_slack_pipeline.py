@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from bot.pipeline import NOTIFY_KIND, deliver_outbox
+from bot.pipeline import deliver_outbox
 from integrations.slack.errors import PermanentSlackError, RetryLater, SlackUnavailable
-from storage.outbox import OutboxItem, enqueue, list_outbox
+from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind
 
 
 class Raising:
+    name = "console"
+
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
@@ -16,7 +18,7 @@ class Raising:
 
 
 def _row(engine):
-    enqueue(engine, [OutboxItem("notify:k", NOTIFY_KIND, {"event": "fired"})], now=1000)
+    enqueue(engine, [OutboxItem("notify:k", notify_kind("console"), {"event": "fired"})], now=1000)
 
 
 def test_retry_after_reschedules_exactly_and_never_kills_the_row(engine):

@@ -167,7 +167,8 @@ def test_utilization_fires_with_every_field() -> None:
     assert (f.discriminator, f.once) == ("", False)
     assert f.details == {
         "quota": 1_000.0,
-        "utilization": 0.9,
+        "utilization": 0.992,  # the actual use of the latest completed period (what a quota bar shows)
+        "target": 0.9,
         "periods": [
             {"period": "2026-10-01", "usage": 992.0, "utilization": 0.992},
             {"period": "2026-09-01", "usage": 900.0, "utilization": 0.9},

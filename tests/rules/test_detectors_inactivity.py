@@ -59,13 +59,13 @@ def test_fires_with_every_field_filled() -> None:
     assert (f.window_start, f.window_end) == (END - 37 * DAY, END)
     assert (f.discriminator, f.once, f.rule_hash) == ("", False, "f00d")
     assert f.details == {
-        "last_active": "2026-11-08T00:00:00Z",
+        "last_active": "2026-11-07T00:00:00Z",  # the START of the last bucket with usage
         "prior_usage": 300.0,
         "inactive_since": "2026-11-08T00:00:00Z",
         "missing_buckets": 0,
     }
     assert f.message == (
-        "seats_active had no usage in the 7d since 2026-11-08 (last active 2026-11-08),"
+        "seats_active had no usage in the 7d since 2026-11-08 (last active 2026-11-07),"
         " after 300 in the previous 30d."
     )
 
@@ -110,7 +110,7 @@ def test_tolerated_gaps_fire_and_are_reported() -> None:
     assert run(rule(max_missing=0.25), block(values)).decided.tolist() == [False]
     (f,) = run(rule(max_missing=0.3), block(values)).findings
     assert f.details["missing_buckets"] == 2
-    assert "(5 of 7 buckets observed; last active 2026-11-08)" in f.message
+    assert "(5 of 7 buckets observed; last active 2026-11-07)" in f.message  # the day last used
 
 
 def test_never_active_accounts_do_not_alert() -> None:
@@ -130,7 +130,7 @@ def test_prior_window_limits_what_counts_as_prior_usage() -> None:
     assert res.findings == [] and res.decided.tolist() == [True]
     (f,) = run(rule(prior_window=40 * DAY), block(values)).findings
     assert f.details["prior_usage"] == 1_000.0
-    assert f.details["last_active"] == "2026-10-09T00:00:00Z"
+    assert f.details["last_active"] == "2026-10-08T00:00:00Z"
     assert f.baseline == pytest.approx(1_000.0 / 40)
 
 
@@ -153,11 +153,11 @@ def test_hourly_buckets() -> None:
     values[30] = 0.0
     r = rule(step=H, duration=DAY, prior_window=2 * DAY)
     (f,) = run(r, block(values, step=H)).findings
-    assert f.details["last_active"] == "2026-11-14T00:00:00Z"
+    assert f.details["last_active"] == "2026-11-13T23:00:00Z"  # the last hour with usage
     assert f.details["prior_usage"] == 141.0
     assert f.message == (
         "seats_active had no usage in the 1d since 2026-11-14 00:00 UTC"
-        " (last active 2026-11-14 00:00 UTC), after 141 in the previous 2d."
+        " (last active 2026-11-13 23:00 UTC), after 141 in the previous 2d."
     )
     values[-1] = 1.0
     assert run(r, block(values, step=H)).findings == []

@@ -293,7 +293,8 @@ def test_forecast_does_not_fire_once_reached_or_too_early() -> None:
     early = block(np.full(2, 3_000.0), start)  # 2 days elapsed < min_elapsed 3d
     res = detect(forecast_rule(1.0), early, [account(0)])
     assert res.findings == [] and res.decided.tolist() == [True]
-    assert len(detect(forecast_rule(1.0, min_elapsed=DAY), early, [account(0)]).findings) == 1
+    assert detect(forecast_rule(1.0, min_elapsed=DAY), early, [account(0)]).findings == []  # 2 observed days < min_observed 3d
+    assert len(detect(forecast_rule(1.0, min_elapsed=DAY, min_observed=DAY), early, [account(0)]).findings) == 1
 
 
 def test_forecast_without_recent_data_is_undecided() -> None:

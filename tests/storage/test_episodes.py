@@ -170,7 +170,7 @@ def test_stored_resolved_row_with_open_state_starts_a_new_row(engine: Engine) ->
 
 
 def test_once_keys_stay_current_after_resolution(engine: Engine) -> None:
-    quota = Rule(id="quota", kind="quota", metric="calls", bucket=H, params=SpikeParams())
+    quota = Rule(id="quota", kind="quota", metric="calls", bucket=H, params=SpikeParams(), resolve_after=H)
     key = ("quota", "acme", "calls", "2026-11:0.8")
     f = finding(T, rule_id="quota", discriminator="2026-11:0.8", once=True)
     rules = {"quota": quota}

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from bot.configbase import Secret
+from bot.notices import Notices
 from bot.pipeline import CycleReport, DeliveryReport, Notifier, deliver_outbox, run_cycle
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
@@ -110,7 +111,8 @@ class Scenario:
 
     def cycle(self, day: int) -> CycleReport:
         self.clock.set_day(day)
-        return run_cycle(self.engine, self.ruleset, T0 + day * DAY)
+        # Slack delivery mechanics: every condition is notified, also at the first evaluation
+        return run_cycle(self.engine, self.ruleset, T0 + day * DAY, notices=Notices(("slack",), first_run="notify"))
 
     def deliver(self, notifier: Notifier, at: int | None = None) -> DeliveryReport:
         now = self.clock.now if at is None else at

@@ -1,0 +1,75 @@
+"""Usage written since the scheduler last looked: which (account, metric) series changed, and
+the first and last bucket written.
+
+Every write to usage_points records its ranges here in the same transaction (storage.usage:
+upserts, bulk loads, pushes and the sources' store path alike), so the scheduler
+(bot.evaluation) re-evaluates the accounts whose data changed inside a rule's history,
+whether it came from a poll, `usagebot ingest` or a backfill of months.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from storage.models import UsageChange
+
+changes_table: sa.Table = UsageChange.__table__  # type: ignore[attr-defined]
+Ranges = dict[tuple[str, str], tuple[int, int]]  # (account, metric) -> (first, last) bucket written
+_CHUNK = 5000
+
+
+def add_ranges(ranges: Ranges, rows: Iterable[tuple[str, str, int, object]]) -> Ranges:
+    """Widen `ranges` by (account, metric, bucket, value) rows; returns it."""
+    get = ranges.get
+    for account, metric, bucket, _ in rows:
+        key = (account, metric)
+        old = get(key)
+        if old is None:
+            ranges[key] = (bucket, bucket)
+        elif bucket < old[0] or bucket > old[1]:
+            ranges[key] = (min(old[0], bucket), max(old[1], bucket))
+    return ranges
+
+
+def mark_changed(conn: Connection, ranges: Mapping[tuple[str, str], tuple[int, int]], source_id: str = "") -> None:
+    """Record the written ranges inside the writer's transaction."""
+    if not ranges:
+        return
+    now = int(time.time())  # informational only: when the change was recorded
+    rows = [{"account_id": a, "metric": m, "bucket_start": first, "last_bucket": last, "source_id": source_id,
+             "changed_at": now} for (a, m), (first, last) in sorted(ranges.items())]
+    for i in range(0, len(rows), _CHUNK):
+        conn.execute(sa.insert(changes_table), rows[i:i + _CHUNK])
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    upto_id: int  # delete_changes(upto_id) once handled
+    by_metric: dict[str, dict[str, tuple[int, int]]]  # metric -> account -> (first, last) changed bucket
+
+
+def read_changes(engine: Engine) -> ChangeSet:
+    """Every recorded change, merged per metric and account. A row written before the last bucket
+    was recorded counts as reaching every later bucket."""
+    by_metric: dict[str, dict[str, tuple[int, int]]] = {}
+    upto = 0
+    c = changes_table.c
+    with engine.connect() as conn:
+        q = sa.select(c.id, c.account_id, c.metric, c.bucket_start, c.last_bucket).order_by(c.id)
+        for rid, a, m, first, last in conn.execute(q):
+            accs = by_metric.setdefault(m, {})
+            lo, hi = int(first), (2**62 if last is None else int(last))
+            old = accs.get(a)
+            accs[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+            upto = int(rid)
+    return ChangeSet(upto, by_metric)
+
+
+def delete_changes(engine: Engine, upto_id: int) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(sa.delete(changes_table).where(changes_table.c.id <= upto_id)).rowcount)
