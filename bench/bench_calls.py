@@ -149,11 +149,10 @@ class CallBench:
     def cycle(self, at: int, label: str = "") -> dict[str, Any]:
         """One service cycle at `at`: evaluate, deliver until drained, digests, CRM sync; the counts."""
         from bot.crm import run_crm_sync
+        from bot.notices import Notices
         from bot.pipeline import deliver_outbox, run_cycle
         from integrations.salesforce.client import SalesforceClient
         from storage.outbox import counts
-
-        from bot.notices import Notices
 
         self.clock.now = at
         t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
 from integrations.console import format_number
 from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
 from rules.engine import CohortEvent, history_needed
+from rules.lint import facts_from, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
 from rules.replay import replay
@@ -58,6 +59,7 @@ class BacktestResult:
     open_at_end: dict[str, int] = field(default_factory=dict)  # rule -> episodes still firing
     cohort_events: list[CohortEvent] = field(default_factory=list)  # held as calendar/pipeline events
     first_run_held: int = 0  # conditions already true at the first evaluation, recorded but not notified
+    warnings: list[str] = field(default_factory=list)  # rules.lint findings against the replayed data
 
 
 def run_backtest(
@@ -85,6 +87,12 @@ def run_backtest(
                             rejected=[str(e) for e in errors])
     if not usage.records:
         raise BacktestError(f"{usage_csv}: no usage rows to replay")
+    facts = facts_from(usage.records, accts.records if accts else [], Path(usage_csv).name)
+    findings = lint(ruleset, facts)
+    refused = [str(p) for p in findings if p.level == "error"]
+    if refused:
+        raise BacktestError("; ".join(refused))
+    result.warnings = [str(p) for p in findings]
 
     with tempfile.TemporaryDirectory(prefix="usagebot-backtest-") as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'backtest.db'}")

@@ -61,9 +61,14 @@ def _db_url(args: argparse.Namespace) -> str:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Validate rule files; with --db or --usage also check them against the data (rules.lint)."""
+    from rules.lint import lint
     from rules.loader import check_rules
 
     if _missing_paths(args.paths, "check", err):
+        return 2
+    data_files = [p for p in (args.usage, args.accounts) if p]
+    if _missing_paths(data_files, "--usage/--accounts", err):
         return 2
     ruleset, problems = check_rules(args.paths)
     for p in problems:
@@ -72,12 +77,73 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"\n{len(problems)} problem(s) found.", file=out)
         return 1
     assert ruleset is not None
+    facts = _data_facts(args, err)
+    if facts is False:
+        return 2
+    findings = lint(ruleset, facts or None, max_memory=args.max_memory)
+    for p in findings:
+        print(str(p), file=out)
+    errors = [p for p in findings if p.level == "error"]
+    warnings = len(findings) - len(errors)
+    if errors:
+        print(f"\n{len(errors)} problem(s), {warnings} warning(s) found.", file=out)
+        return 1
     kinds: dict[str, int] = {}
     for r in ruleset.rules:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
     detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    print(f"OK: {len(ruleset.rules)} rules in {len(ruleset.files)} file(s) ({detail}).", file=out)
-    return 0
+    against = f"; checked against {facts.source}" if facts else ""
+    noted = f", {warnings} warning(s)" if warnings else ""
+    print(f"{'' if not findings else chr(10)}OK: {len(ruleset.rules)} rules in {len(ruleset.files)} file(s) "
+          f"({detail}){against}{noted}.", file=out)
+    return 1 if warnings and args.strict else 0
+
+
+def _data_facts(args: argparse.Namespace, err: TextIO) -> Any:
+    """rules.lint.DataFacts of --db or --usage/--accounts; None without them, False when unusable."""
+    if args.db and (args.usage or args.accounts):
+        print("check: give --db or --usage/--accounts, not both", file=err)
+        return False
+    if args.db:
+        from storage.db import current_revision, make_engine, redact_url
+        from storage.facts import data_facts
+
+        url = args.db
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+            print(f"check: --db {redact_url(url)}: no such database file", file=err)
+            return False
+        engine = make_engine(url)
+        try:
+            if current_revision(engine) is None:
+                print(f"check: --db {redact_url(url)}: not a usagebot database (no schema)", file=err)
+                return False
+            return data_facts(engine)
+        finally:
+            engine.dispose()
+    if args.usage or args.accounts:
+        from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
+        from rules.lint import facts_from
+
+        try:
+            records = read_usage_csv(args.usage).records if args.usage else []
+            accounts = read_accounts_csv(args.accounts).records if args.accounts else []
+        except CsvInputError as exc:
+            _report_bad_rows(exc, "nothing was checked against the data", err)
+            return False
+        return facts_from(records, accounts, " + ".join(Path(p).name for p in (args.usage, args.accounts) if p))
+    return None
+
+
+def _memory(text: str) -> int:
+    """A memory size such as 4GiB, 512MiB or 2000000000 (bytes)."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    t = text.strip().lower().replace(" ", "")
+    for unit, size in units.items():
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * size)
+    if t.isdigit():
+        return int(t)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 4GiB or 512MiB")
 
 
 def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -104,6 +170,8 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BacktestError as exc:
         print(f"usagebot backtest: {exc}", file=err)
         return 1
+    for line in result.warnings:
+        print(line, file=err)
     for line in result.rejected:
         print(f"skipped: {line}", file=err)
     if result.rejected:
@@ -277,8 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="usagebot", description="Usage alerts for B2B SaaS teams.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("check", help="validate rule files; every problem with file, line, rule and field")
+    c = sub.add_parser("check", help="validate rule files; every problem with file, line, rule and field; "
+                                     "with --db or --usage also against the data")
     c.add_argument("paths", nargs="+", metavar="RULES", help="rule files or directories of *.toml")
+    c.add_argument("--db", help="also check against this database (read only): metrics without data, quota rules "
+                                "without quotas, memory per evaluation")
+    c.add_argument("--usage", help="also check against this usage CSV (timestamp,account,metric,value)")
+    c.add_argument("--accounts", help="... and this accounts CSV (quotas, plans)")
+    c.add_argument("--max-memory", type=_memory, default="4GiB",
+                   help="refuse a rule whose evaluation would need more memory than this (default 4GiB)")
+    c.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     c.set_defaults(func=cmd_check)
 
     b = sub.add_parser("backtest", help="replay rules over a usage CSV, bucket by bucket, without look-ahead")

@@ -20,22 +20,27 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rules.durations import DurationError, format_duration, parse_duration
 from rules.model import (
     DAY,
+    INHIBIT_LABELS,
     KINDS,
     SEVERITIES,
     WEEK,
     Baseline,
+    Calendar,
+    Cohort,
     DropParams,
     ExpansionParams,
     Guards,
     InactivityParams,
+    Inhibit,
     KindParams,
+    Matcher,
     QuotaParams,
     Routing,
     Rule,
@@ -60,9 +65,12 @@ class Problem:
     rule_id: str | None
     field: str | None
     message: str
+    level: str = "error"  # "warning": rules.lint found something that runs but probably should not
 
     def __str__(self) -> str:
         parts = [self.file if self.line is None else f"{self.file}:{self.line}"]
+        if self.level != "error":
+            parts.append(self.level)
         if self.rule_id is not None:
             parts.append(f"rule '{self.rule_id}'")
         if self.field:
@@ -88,7 +96,7 @@ def check_rules(paths: Sequence[str | Path]) -> tuple[RuleSet | None, list[Probl
     problems: list[Problem] = []
     files = _expand_paths(paths, problems)
     seen_ids: dict[str, tuple[str, int | None]] = {}
-    rules: list[Rule] = []
+    parts: list[_FileResult] = []
     hashes: dict[str, str] = {}
     for path in files:
         name = str(path)
@@ -97,13 +105,14 @@ def check_rules(paths: Sequence[str | Path]) -> tuple[RuleSet | None, list[Probl
         except OSError as exc:
             problems.append(Problem(name, None, None, None, f"cannot read file: {exc.strerror or exc}"))
             continue
-        file_rules, file_problems = _check_file(data, name, seen_ids)
+        part, file_problems = _check_file(data, name, seen_ids)
         problems.extend(file_problems)
-        rules.extend(file_rules)
+        parts.append(part)
         hashes[name] = _file_hash(data)
+    ruleset = _assemble(parts, problems)
     if problems:
         return None, problems
-    return RuleSet(tuple(rules), tuple(str(p) for p in files), hashes), []
+    return replace(ruleset, files=tuple(str(p) for p in files), file_hashes=hashes), []
 
 
 def load_rules(paths: Sequence[str | Path]) -> RuleSet:
@@ -117,10 +126,45 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
 def load_rules_text(text: str, filename: str = "<string>") -> RuleSet:
     """Validate rules given as TOML text (hash taken over its UTF-8 bytes)."""
     data = text.encode("utf-8")
-    rules, problems = _check_file(data, filename, {})
+    part, problems = _check_file(data, filename, {})
+    ruleset = _assemble([part], problems)
     if problems:
         raise RuleFileError(problems)
-    return RuleSet(tuple(rules), (filename,), {filename: _file_hash(data)})
+    return replace(ruleset, files=(filename,), file_hashes={filename: _file_hash(data)})
+
+
+@dataclass
+class _FileResult:
+    """What one rule file defines (rules, inhibit rules, a calendar), as validated."""
+
+    file: str
+    rules: list[Rule] = field(default_factory=list)
+    inhibits: list[Inhibit] = field(default_factory=list)
+    inhibit_refs: list[tuple[int, list[str]]] = field(default_factory=list)  # (line, rule ids named)
+    calendar: Calendar | None = None
+    calendar_line: int | None = None
+
+
+def _assemble(parts: Sequence[_FileResult], problems: list[Problem]) -> RuleSet:
+    """One RuleSet from the files' parts; cross-file checks (inhibit rule ids, one calendar)."""
+    rules = [r for p in parts for r in p.rules]
+    ids = {r.id for r in rules}
+    calendar: Calendar | None = None
+    calendar_at = ""
+    for p in parts:
+        for line, refs in p.inhibit_refs:
+            for ref in refs:
+                if ref not in ids:
+                    problems.append(Problem(p.file, line, None, "inhibit",
+                                            f"rule {ref!r} is not defined (or not enabled){_suggest(ref, ids)}"))
+        if p.calendar is not None:
+            if calendar is not None:
+                problems.append(Problem(p.file, p.calendar_line, None, "calendar",
+                                        f"a [calendar] is already defined at {calendar_at}; keep one"))
+            else:
+                calendar, calendar_at = p.calendar, f"{p.file}:{p.calendar_line}"
+    return RuleSet(tuple(rules), inhibits=tuple(i for p in parts for i in p.inhibits),
+                   calendar=calendar or Calendar())
 
 
 # ------------------------------------------------------------ files and paths
@@ -164,28 +208,29 @@ def _expand_paths(paths: Sequence[str | Path], problems: list[Problem]) -> list[
 
 def _check_file(
     data: bytes, name: str, seen_ids: dict[str, tuple[str, int | None]]
-) -> tuple[list[Rule], list[Problem]]:
+) -> tuple[_FileResult, list[Problem]]:
     problems: list[Problem] = []
+    part = _FileResult(name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         problems.append(Problem(name, line, None, None, f"not valid UTF-8 text (byte {exc.start})"))
-        return [], problems
+        return part, problems
     text = text.removeprefix("\ufeff")
     if not text.strip():
         problems.append(Problem(name, None, None, None, "file is empty: define at least one [[rule]]"))
-        return [], problems
+        return part, problems
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         problems.append(_syntax_problem(name, text, str(exc)))
-        return [], problems
+        return part, problems
 
     file_ctx = _FileContext(name, scan_lines(text), problems, _file_hash(data))
-    rules = _check_document(file_ctx, doc, seen_ids)
+    _check_document(file_ctx, doc, seen_ids, part)
     problems.sort(key=lambda p: p.line or 0)
-    return rules, problems
+    return part, problems
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -489,7 +534,7 @@ def _rule_id(w: _Where, path: PathKey, value: Any) -> str | None:
 
 # ------------------------------------------------------------------- schemas
 
-_SECTIONS = ("baseline", "threshold", "guards", "segment", "routing")
+_SECTIONS = ("baseline", "threshold", "guards", "segment", "routing", "cohort")
 
 _TOP_READERS: dict[str, Reader] = {
     "id": _rule_id,
@@ -501,6 +546,7 @@ _TOP_READERS: dict[str, Reader] = {
     "for": _positive_int,
     "cooldown": _duration,
     "renotify": _duration,
+    "resolve_after": _duration,
     "template": _template,
     "enabled": _bool,
 }
@@ -508,15 +554,19 @@ _BASELINE_KEYS = ("window", "method", "seasonality", "min_points")
 _GUARD_KEYS = ("min_baseline", "min_value", "min_delta")
 _SEGMENT_KEYS = ("plans", "accounts", "exclude_accounts")
 _ROUTING_KEYS = ("owner", "channels")
+_COHORT_KEYS = ("share", "min_accounts", "by")
+_COHORT_KINDS = ("spike", "drop", "inactivity")  # kinds that may be held as cohort events
+_COHORT_DEFAULT_KINDS = ("drop", "inactivity")  # ... and those that are by default
 _THRESHOLD_KEYS: dict[str, tuple[str, ...]] = {
-    "spike": ("ratio", "zscore", "smooth"),
-    "drop": ("ratio", "zscore", "smooth"),
+    "spike": ("ratio", "zscore", "smooth", "recovery"),
+    "drop": ("ratio", "zscore", "smooth", "recovery"),
     "inactivity": ("duration", "max_missing", "prior_window", "min_prior_usage"),
-    "quota": ("mode", "fractions", "fraction", "forecast_window", "min_elapsed"),
+    "quota": ("mode", "fractions", "fraction", "forecast_window", "min_elapsed", "min_observed", "recovery"),
     "expansion": ("mode", "period", "periods", "growth", "min_value", "utilization"),
 }
 _MODES: dict[str, dict[str, tuple[str, ...]]] = {
-    "quota": {"threshold": ("fractions",), "forecast": ("fraction", "forecast_window", "min_elapsed")},
+    "quota": {"threshold": ("fractions",),
+              "forecast": ("fraction", "forecast_window", "min_elapsed", "min_observed", "recovery")},
     "expansion": {"growth": ("period", "periods", "growth", "min_value"), "utilization": ("utilization", "periods")},
 }
 _BASELINE_KINDS = ("spike", "drop")
@@ -526,6 +576,7 @@ _DEFAULT_READERS: dict[PathKey, Reader] = {
     ("severity",): _TOP_READERS["severity"],
     ("cooldown",): _duration,
     ("renotify",): _duration,
+    ("resolve_after",): _duration,
     ("bucket",): _bucket,
     ("for",): _positive_int,
     ("routing", "owner"): _bool,
@@ -533,6 +584,9 @@ _DEFAULT_READERS: dict[PathKey, Reader] = {
     ("guards", "min_baseline"): _nonneg_number,
     ("guards", "min_value"): _nonneg_number,
     ("guards", "min_delta"): _nonneg_number,
+    ("cohort", "share"): lambda w, p, v: _share(w, p, v),
+    ("cohort", "min_accounts"): lambda w, p, v: _positive_int(w, p, v),
+    ("cohort", "by"): lambda w, p, v: _choice(("segment", "plan"))(w, p, v),
 }
 
 
@@ -548,6 +602,7 @@ def _home_of(key: str, kind: str | None) -> str | None:
         ("guards", _GUARD_KEYS, baseline_kind),
         ("segment", _SEGMENT_KEYS, True),
         ("routing", _ROUTING_KEYS, True),
+        ("cohort", _COHORT_KEYS, kind is None or kind in _COHORT_KINDS),
     ):
         if valid and key in keys:
             return section
@@ -594,33 +649,38 @@ def _table(w: _Where, parent: dict[str, Any], key: str, path: PathKey) -> dict[s
 # ------------------------------------------------------------------ document
 
 
+_TOP_LEVEL = ("defaults", "rule", "inhibit", "calendar")
+
+
 def _check_document(
-    ctx: _FileContext, doc: dict[str, Any], seen_ids: dict[str, tuple[str, int | None]]
-) -> list[Rule]:
+    ctx: _FileContext, doc: dict[str, Any], seen_ids: dict[str, tuple[str, int | None]], part: _FileResult
+) -> None:
     top = _Where(ctx)
     for key in doc:
-        if key not in ("defaults", "rule"):
-            suggestion = _suggest(key, ("defaults", "rule"))
-            if (key,) in _DEFAULT_READERS or key in ("routing", "guards"):
+        if key not in _TOP_LEVEL:
+            suggestion = _suggest(key, _TOP_LEVEL)
+            if (key,) in _DEFAULT_READERS or key in ("routing", "guards", "cohort"):
                 suggestion = "; file-wide settings go under [defaults], rule settings after a [[rule]] header"
             elif not suggestion and isinstance(doc[key], dict | list):
-                suggestion = " (a rules file holds only [defaults] and [[rule]] tables)"
+                suggestion = " (a rules file holds [defaults], [[rule]], [[inhibit]] and [calendar] tables)"
             top.error((key,), f"unknown top-level key '{key}'{suggestion}")
 
     defaults = _check_defaults(ctx, doc.get("defaults"))
+    _check_inhibits(ctx, doc.get("inhibit"), part)
+    _check_calendar(ctx, doc.get("calendar"), part)
 
     raw_rules = doc.get("rule")
     if raw_rules is None:
-        top.error((), "no rules defined: add at least one [[rule]] table")
-        return []
+        if "inhibit" not in doc and "calendar" not in doc:
+            top.error((), "no rules defined: add at least one [[rule]] table")
+        return
     if isinstance(raw_rules, dict):
         top.error(("rule",), "write each rule as [[rule]] (double brackets), not [rule]")
-        return []
+        return
     if not isinstance(raw_rules, list) or not raw_rules:
         top.error(("rule",), "no rules defined: add at least one [[rule]] table")
-        return []
+        return
 
-    rules: list[Rule] = []
     for index, raw in enumerate(raw_rules):
         where = _Where(ctx, root=("rule", index))
         if not isinstance(raw, dict):
@@ -628,8 +688,162 @@ def _check_document(
             continue
         rule = _check_rule(where, raw, index, defaults, seen_ids)
         if rule is not None:
-            rules.append(rule)
-    return rules
+            part.rules.append(rule)
+
+
+# ------------------------------------------------------------- inhibit, calendar
+
+_MATCHER_KEYS = ("rules", "kinds")
+_INHIBIT_KEYS = ("source", "target", "equal")
+
+
+def _check_inhibits(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
+    """[[inhibit]] tables (Alertmanager's inhibit_rules): source, target, equal."""
+    if raw is None:
+        return
+    top = _Where(ctx)
+    if not isinstance(raw, list):
+        top.error(("inhibit",), "write each inhibit rule as [[inhibit]] (double brackets)")
+        return
+    for index, table in enumerate(raw):
+        w = _Where(ctx, root=("inhibit", index), label=("inhibit",))
+        if not isinstance(table, dict):
+            w.error((), f"each inhibit rule must be a table, {_got(table)}")
+            continue
+        before = w.count()
+        for key in table:
+            if key not in _INHIBIT_KEYS:
+                w.error((key,), f"unknown key '{key}'{_suggest(key, _INHIBIT_KEYS) or ' (allowed: source, target, equal)'}")
+        refs: list[str] = []
+        matchers = []
+        for side in ("source", "target"):
+            matcher = _matcher(w, table.get(side), side, refs)
+            matchers.append(matcher)
+        equal = ("account", "metric")
+        if "equal" in table:
+            got = _strings(w, ("equal",), table["equal"])
+            if got is not None:
+                bad = [label for label in got if label not in INHIBIT_LABELS]
+                for label in bad:
+                    w.error(("equal",), f"unknown label {_show(label)}: use {', '.join(INHIBIT_LABELS)}")
+                if not got:
+                    w.error(("equal",), "must list at least \"account\" (inhibiting across accounts would mute "
+                                        "everyone)")
+                elif "account" not in got:
+                    w.error(("equal",), "must include \"account\": an alert of one account never mutes another's")
+                equal = got
+        if w.count() > before or matchers[0] is None or matchers[1] is None:
+            continue
+        line = ctx.lines.exact(("inhibit", index))
+        inhibit = Inhibit(matchers[0], matchers[1], equal, ctx.file, line)
+        if matchers[0] == matchers[1]:
+            w.error(("target",), "is the same as the source: an alert would mute itself")
+            continue
+        part.inhibits.append(inhibit)
+        part.inhibit_refs.append((line or 0, refs))
+
+
+def _matcher(w: _Where, raw: Any, side: str, refs: list[str]) -> Matcher | None:
+    if raw is None:
+        w.error((side,), f"required, e.g. {side} = {{ kinds = [\"inactivity\"] }}")
+        return None
+    if not isinstance(raw, dict):
+        w.error((side,), f"must be a table like {{ kinds = [\"drop\"] }} or {{ rules = [\"api-calls-drop\"] }}, {_got(raw)}")
+        return None
+    before = w.count()
+    for key in raw:
+        if key not in _MATCHER_KEYS:
+            w.error((side, key), f"unknown key '{key}'{_suggest(key, _MATCHER_KEYS) or ' (allowed: rules, kinds)'}")
+    rules = _strings(w, (side, "rules"), raw["rules"]) if "rules" in raw else ()
+    kinds = _strings(w, (side, "kinds"), raw["kinds"]) if "kinds" in raw else ()
+    for kind in kinds or ():
+        if kind not in KINDS:
+            w.error((side, "kinds"), f"unknown kind {_show(kind)}{_suggest(kind, KINDS, value=True)}")
+    if not rules and not kinds and w.count() == before:
+        w.error((side,), "name rules, kinds or both")
+    if w.count() > before:
+        return None
+    refs.extend(rules or ())
+    return Matcher(tuple(rules or ()), tuple(kinds or ()))
+
+
+_CALENDAR_KEYS = ("mute", "kinds")
+
+
+def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
+    """[calendar]: mute = [dates or {from, to} ranges] (UTC days), kinds = [...] they apply to."""
+    if raw is None:
+        return
+    w = _Where(ctx, root=("calendar",), label=("calendar",))
+    if not isinstance(raw, dict):
+        w.error((), f"must be a table ([calendar]), {_got(raw)}")
+        return
+    before = w.count()
+    for key in raw:
+        if key not in _CALENDAR_KEYS:
+            w.error((key,), f"unknown key '{key}'{_suggest(key, _CALENDAR_KEYS) or ' (allowed: mute, kinds)'}")
+    mute: list[tuple[int, int]] = []
+    entries = raw.get("mute", [])
+    if not isinstance(entries, list):
+        w.error(("mute",), f"must be an array of dates like [2026-12-25, {{ from = 2026-12-24, to = 2026-12-26 }}], {_got(entries)}")
+        entries = []
+    for index, entry in enumerate(entries):
+        span = _day_range(w, ("mute", index), entry)
+        if span is not None:
+            mute.append(span)
+    kinds = Calendar().kinds
+    if "kinds" in raw:
+        got = _strings(w, ("kinds",), raw["kinds"])
+        for kind in got or ():
+            if kind not in KINDS:
+                w.error(("kinds",), f"unknown kind {_show(kind)}{_suggest(kind, KINDS, value=True)}")
+        kinds = got or kinds
+    if w.count() == before:
+        part.calendar = Calendar(tuple(sorted(mute)), tuple(kinds))
+        part.calendar_line = ctx.lines.exact(("calendar",))
+
+
+def _day(w: _Where, path: PathKey, value: Any) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        w.error(path, f"must be a date (2026-12-25), not a date-time ({_show(value)}): mutes whole UTC days")
+        return None
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    w.error(path, f"must be a date such as 2026-12-25, {_got(value)}")
+    return None
+
+
+def _day_range(w: _Where, path: PathKey, value: Any) -> tuple[int, int] | None:
+    """A muted UTC day, or {from, to} (inclusive) days, as [start, end) epoch seconds."""
+    if isinstance(value, dict):
+        extra = [k for k in value if k not in ("from", "to")]
+        for k in extra:
+            w.error(path + (k,), f"unknown key '{k}' (a range is {{ from = 2026-12-24, to = 2026-12-26 }})")
+        first = _day(w, path + ("from",), value.get("from")) if "from" in value else None
+        last = _day(w, path + ("to",), value.get("to")) if "to" in value else None
+        if "from" not in value or "to" not in value:
+            w.error(path, "a range needs both from and to, e.g. { from = 2026-12-24, to = 2026-12-26 }")
+            return None
+        if first is None or last is None or extra:
+            return None
+        if last < first:
+            w.error(path + ("to",), f"{last} is before from = {first}")
+            return None
+        if (last - first).days > 366:
+            w.error(path, f"mutes {(last - first).days + 1} days; a calendar mutes days, not seasons (at most 367)")
+            return None
+    else:
+        first = last = _day(w, path, value)
+        if first is None:
+            return None
+    assert first is not None and last is not None
+    start = int(dt.datetime(first.year, first.month, first.day, tzinfo=dt.UTC).timestamp())
+    return start, start + ((last - first).days + 1) * DAY
 
 
 @dataclass(frozen=True)
@@ -649,7 +863,7 @@ def _check_defaults(ctx: _FileContext, raw: Any) -> dict[PathKey, _Default]:
     leaves = [".".join(str(p) for p in path) for path in _DEFAULT_READERS]
     out: dict[PathKey, _Default] = {}
     for key, value in raw.items():
-        if key in ("routing", "guards"):
+        if key in ("routing", "guards", "cohort"):
             if not isinstance(value, dict):
                 w.error((key,), f"must be a table ([defaults.{key}]), {_got(value)}")
                 continue
@@ -743,7 +957,7 @@ def _check_rule(
 
     kind = f.read(raw, ("kind",), _TOP_READERS["kind"])
     metric = f.read(raw, ("metric",), _name)
-    for key in ("severity", "description", "for", "cooldown", "renotify", "template", "enabled"):
+    for key in ("severity", "description", "for", "cooldown", "renotify", "resolve_after", "template", "enabled"):
         f.read(raw, (key,), _TOP_READERS[key])
     bucket_ok = f.read(raw, ("bucket",), _bucket) is not None or ("bucket" not in raw and ("bucket",) not in defaults)
     bucket: int = f.values.get(("bucket",), DAY)
@@ -758,15 +972,18 @@ def _check_rule(
         _check_guards(w, f, raw, kind)
         baseline = _check_baseline(w, f, raw, kind, bucket if bucket_ok else None, raw.get("bucket"))
         params = _check_threshold(w, f, raw, kind, bucket if bucket_ok else None)
+        cohort = _check_cohort(w, f, raw, kind)
+        _multiple_of_bucket(w, f, "resolve_after", f.values.get(("resolve_after",)),
+                            bucket if bucket_ok else None, path=("resolve_after",))
     else:
-        baseline, params = None, None
+        baseline, params, cohort = None, None, None
 
     if w.count() > before or rule_id is None or kind is None or metric is None or params is None:
         return None
     if f.values.get(("enabled",), True) is False:
         return None
     v = f.values
-    return Rule(
+    rule = Rule(
         id=rule_id,
         kind=kind,
         metric=metric,
@@ -785,7 +1002,68 @@ def _check_rule(
         source_file=ctx.file,
         source_line=header_line,
         rule_hash=ctx.file_hash,
+        resolve_after=v.get(("resolve_after",)),
+        cohort=cohort,
     )
+    return rule if _within_bounds(w, rule) else None
+
+
+# The most history one rule may ask for: a year-on-year comparison of a 1h series needs ~400
+# days (9,600 buckets); 1,000 days or 1,000,000 buckets per account (8 MB of float64 each, 80 GB
+# at 10k accounts) is past any rule that can be evaluated, and "100000000w" asks for 313 GiB.
+MAX_HISTORY_DAYS = 1000
+MAX_HISTORY_BUCKETS = 1_000_000
+
+
+def _within_bounds(w: _Where, rule: Rule) -> bool:
+    """Refuse a rule whose evaluation needs more history than can be held (with the estimate)."""
+    from rules.detectors import required_history
+
+    seconds = required_history(rule)
+    buckets = seconds // rule.bucket
+    if seconds <= MAX_HISTORY_DAYS * DAY and buckets <= MAX_HISTORY_BUCKETS:
+        return True
+    w.error((), f"needs {format_duration(seconds)} of history ({buckets:,} buckets of"
+                f" {format_duration(rule.bucket)}: {_bytes(buckets * 8)} per account per evaluation); the limit is"
+                f" {MAX_HISTORY_DAYS:,} days and {MAX_HISTORY_BUCKETS:,} buckets: shorten its windows")
+    return False
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
+
+
+def _share(w: _Where, path: PathKey, value: Any) -> float | None:
+    number = _number(w, path, value)
+    if number is not None and not 0 < number <= 1:
+        w.error(path, f"must be a fraction > 0 and <= 1, e.g. 0.3 = 30% of the accounts (got {_show(value)})")
+        return None
+    return number
+
+
+def _check_cohort(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str) -> Cohort | None:
+    """cohort = false, or [rule.cohort] share / min_accounts / by (drop and inactivity: on by default)."""
+    value = raw.get("cohort")
+    if isinstance(value, bool):
+        if value and kind not in _COHORT_KINDS:
+            w.error(("cohort",), f"cohort suppression applies to {', '.join(_COHORT_KINDS)} rules, not {kind} rules")
+            return None
+        return Cohort() if value else None
+    if kind not in _COHORT_KINDS:
+        if "cohort" in raw:
+            w.error(("cohort",), f"cohort suppression applies to {', '.join(_COHORT_KINDS)} rules, not {kind} rules")
+        return None
+    table = _table(w, raw, "cohort", ("cohort",))
+    if table is None:
+        return None
+    _check_keys(w, table, ("cohort",), _COHORT_KEYS, kind)
+    got = {key: f.read(table, ("cohort", key), _DEFAULT_READERS[("cohort", key)]) for key in _COHORT_KEYS}
+    if not table and kind not in _COHORT_DEFAULT_KINDS:  # [defaults.cohort] tunes, never turns it on
+        return None
+    return Cohort(**{k: v for k, v in got.items() if v is not None})
 
 
 def _check_routing(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str | None) -> None:
@@ -966,11 +1244,12 @@ def _read_all(f: _RuleFields, table: dict[str, Any], readers: dict[str, Reader])
     return out
 
 
-def _multiple_of_bucket(w: _Where, f: _RuleFields, key: str, seconds: int | None, bucket: int | None) -> None:
+def _multiple_of_bucket(w: _Where, f: _RuleFields, key: str, seconds: int | None, bucket: int | None,
+                        path: PathKey | None = None) -> None:
     if seconds is None or bucket is None or seconds % bucket == 0:
         return
     w.error(
-        ("threshold", key),
+        path or ("threshold", key),
         f"{format_duration(seconds)} is not a whole multiple of the bucket "
         f"{format_duration(bucket)}{f.origin(('bucket',))}",
     )
@@ -979,7 +1258,7 @@ def _multiple_of_bucket(w: _Where, f: _RuleFields, key: str, seconds: int | None
 def _spike_drop(
     w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
 ) -> KindParams:
-    got = _read_all(f, table, {"ratio": _number, "zscore": _number, "smooth": _positive_int})
+    got = _read_all(f, table, {"ratio": _number, "zscore": _number, "smooth": _positive_int, "recovery": _number})
     ratio = got.get("ratio")
     if ratio is not None:
         if kind == "spike" and ratio <= 1:
@@ -993,8 +1272,22 @@ def _spike_drop(
     zscore = got.get("zscore")
     if zscore is not None and zscore <= 0:
         w.error(("threshold", "zscore"), f"must be > 0 (got {_show(table['zscore'])})")
+    if kind == "drop" and zscore is not None and zscore > _MAX_DROP_Z:
+        w.error(("threshold", "zscore"),
+                f"a drop can never reach a z-score of {_show(table['zscore'])}: usage cannot fall below 0 and the "
+                f"scale is at least 5% of the baseline, so the drop z-score is at most {_MAX_DROP_Z:g}")
     params_type = SpikeParams if kind == "spike" else DropParams
-    return params_type(**got)
+    params = params_type(**got)
+    recovery = got.get("recovery")
+    if recovery is not None:
+        r = params.ratio
+        if kind == "drop" and not r < recovery <= 1:
+            w.error(("threshold", "recovery"), f"must be above ratio ({r:g}) and at most 1: an open drop resolves "
+                                               f"once usage is back to recovery x its usual level (got {_show(table['recovery'])})")
+        if kind == "spike" and not 1 <= recovery < r:
+            w.error(("threshold", "recovery"), f"must be at least 1 and below ratio ({r:g}): an open spike resolves "
+                                               f"once usage is back under recovery x its usual level (got {_show(table['recovery'])})")
+    return params
 
 
 def _inactivity(
@@ -1060,6 +1353,7 @@ def _fractions(w: _Where, path: PathKey, value: Any) -> tuple[float, ...] | None
 
 
 _SHORTEST_PERIOD = 28 * DAY
+_MAX_DROP_Z = 1 / 0.05  # rules.detectors.baseline: scale >= MIN_RELATIVE_SCALE x baseline, value >= 0
 
 
 def _quota(
@@ -1073,19 +1367,27 @@ def _quota(
             "fraction": _fraction,
             "forecast_window": _positive_duration,
             "min_elapsed": _duration,
+            "min_observed": _duration,
+            "recovery": _fraction,
         },
     )
     if mode is not None:
         got["mode"] = mode
     _multiple_of_bucket(w, f, "forecast_window", got.get("forecast_window"), bucket)
-    min_elapsed = got.get("min_elapsed")
-    if min_elapsed is not None and min_elapsed >= _SHORTEST_PERIOD:
-        w.error(
-            ("threshold", "min_elapsed"),
-            f"{format_duration(min_elapsed)} is not shorter than the shortest billing period (28d), "
-            "so the forecast could never fire in February",
-        )
-    return QuotaParams(**got)
+    for key in ("min_elapsed", "min_observed"):
+        seconds = got.get(key)
+        if seconds is not None and seconds >= _SHORTEST_PERIOD:
+            w.error(
+                ("threshold", key),
+                f"{format_duration(seconds)} is not shorter than the shortest billing period (28d), "
+                "so the forecast could never fire in February",
+            )
+    params = QuotaParams(**got)
+    if "recovery" in got and got["recovery"] > params.fraction:
+        w.error(("threshold", "recovery"),
+                f"must be at most fraction ({params.fraction:g}): an open forecast resolves once the projection "
+                f"falls below recovery x quota (got {_show(table['recovery'])})")
+    return params
 
 
 def _expansion(
