@@ -32,7 +32,7 @@ Spike / drop (rules/detectors/spike_drop.py)
     v = mean of the last `smooth` days (NaN if any is missing). Baseline points:
     seasonality "weekly" -> the smoothed value k weeks earlier, k = 1 ..
     window // 7d; "none" -> the raw days of `window` before the current
-    smoothed window. b = median (or mean) of the observed points; decided
+    smoothed window. b = median (mean, upper quartile) of the observed points; decided
     when v and b exist and at least max(1, min_points) points are observed.
     Guards: b >= min_baseline, |v - b| >= min_delta, spike: v >= min_value.
     spike: v >= ratio * b and v > b; drop: v <= ratio * b and v < b; with
@@ -173,7 +173,8 @@ def spike_drop(rule: Rule, wide: pd.DataFrame, end: int) -> list[BaselineFinding
         current = last - (smooth - 1) * DAY  # first day of the current (smoothed) window
         points = wide.reindex(columns=range(current - rule.baseline.window, current, DAY))
     count = points.count(axis=1)
-    b = points.median(axis=1) if rule.baseline.method == "median" else points.mean(axis=1)
+    b = {"median": lambda: points.median(axis=1), "mean": lambda: points.mean(axis=1),
+         "upper": lambda: points.quantile(0.75, axis=1, interpolation="linear")}[rule.baseline.method]()
     decided = v.notna() & b.notna() & (count >= max(1, rule.baseline.min_points))
 
     guards = rule.guards

@@ -99,7 +99,7 @@ def _resolution(t: Transition, rule: Rule | None, fired: Mapping[str, Any]) -> t
     s = t.state
     since = s.recovering_since if s.recovering_since is not None else t.at
     step = rule.bucket if rule is not None else 0
-    held = f" Back since {moment(since - step, step)}." if since < t.at and step else ""
+    held = f" This has held since {moment(since - step, step)}." if since < t.at and step else ""
     rec = t.recovery
     threshold = s.last_explanation.get("threshold")  # the level that was crossed / had to be recovered
     if rec is None:

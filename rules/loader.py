@@ -1129,7 +1129,7 @@ def _check_baseline(
     before = w.count()
     _check_keys(w, table, ("baseline",), _BASELINE_KEYS, kind)
     window = f.read(table, ("baseline", "window"), _positive_duration, use_default=False)
-    method = f.read(table, ("baseline", "method"), _choice(("median", "mean")), use_default=False)
+    method = f.read(table, ("baseline", "method"), _choice(("median", "mean", "upper")), use_default=False)
     seasonality = f.read(table, ("baseline", "seasonality"), _choice(("none", "weekly")), use_default=False)
     min_points = f.read(table, ("baseline", "min_points"), _positive_int, use_default=False)
     if w.count() > before:

@@ -21,7 +21,11 @@ The model, per account (daily, then split into sub-daily buckets if asked):
   100% of quota, some only by projection; billing day mostly 1, some 15; a
   few accounts in non-UTC timezones;
 * one global data-outage day (NaN for every account) and a couple of
-  late-onboarded accounts (NaN before their first day).
+  late-onboarded accounts (NaN before their first day);
+* optionally (``holidays``) days on which every account runs at 15-25% of
+  its normal level (a calendar event shared by the whole book; labels of kind
+  "holiday", account and metric "*"), and further pipeline gaps (``gaps``:
+  days with no data at all, which may fall inside an injected anomaly).
 
 Injected anomalies (ground truth, see :class:`Label`), never in the first 35
 days and never over the outage day, at most one per account, never on tiny or
@@ -46,6 +50,7 @@ from rules.model import DAY, AccountFacts, MetricBlock
 DEFAULT_END = 1_795_392_000  # 2026-11-23T00:00:00Z: fixed so the default book is reproducible
 BASELINE_DAYS = 35  # no anomaly starts before this many days into the book
 LABEL_KINDS: tuple[str, ...] = ("spike", "drop", "inactivity", "expansion")
+BOOK_EVENTS: tuple[str, ...] = ("holiday", "gap")  # labels for the whole book (account and metric "*")
 
 PLANS: tuple[str, ...] = ("starter", "growth", "enterprise")
 _PLAN_SHARE = (0.45, 0.35, 0.20)
@@ -94,7 +99,7 @@ class Label:
     The anomaly is present exactly in [start, end) (epoch seconds, whole days).
     """
 
-    kind: str  # spike | drop | inactivity | expansion
+    kind: str  # spike | drop | inactivity | expansion; holiday | gap for the whole book
     account: str
     metric: str
     start: int
@@ -227,6 +232,15 @@ def _place(
     return None
 
 
+def _book_days(rng: np.random.Generator, days: int, outage: int, avoid: set[int], count: int) -> list[int]:
+    """`count` distinct days after the first BASELINE_DAYS, not the outage day nor in `avoid`."""
+    if count <= 0:
+        return []
+    candidates = [d for d in range(BASELINE_DAYS, days) if d != outage and d not in avoid]
+    picked = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    return sorted(int(candidates[int(i)]) for i in picked)
+
+
 def generate_book(
     n_accounts: int = 60,
     days: int = 120,
@@ -235,16 +249,22 @@ def generate_book(
     step: int = 86_400,
     metrics: Sequence[str] = ("api_calls", "events", "exports"),
     anomaly_rate: float = 1.0,
+    holidays: int = 0,
+    gaps: int = 0,
 ) -> DemoBook:
     """Generate the book; see the module docstring for the model.
 
     The book covers [end - days*86400, end) in buckets of `step` seconds;
     `end` defaults to 2026-11-23T00:00:00Z (fixed, for reproducibility).
-    `anomaly_rate` scales the number of injected anomalies (0 = none).
+    `anomaly_rate` scales the number of injected anomalies (0 = none);
+    `holidays` / `gaps` add book-wide quiet days / missing days after the
+    first 35 days (0 = none: the book is exactly as without them).
     """
     end = DEFAULT_END if end is None else int(end)
     metrics = tuple(metrics)
     _validate(n_accounts, days, end, step, metrics, anomaly_rate)
+    if holidays < 0 or gaps < 0:
+        raise ValueError(f"holidays and gaps must be >= 0, got {holidays} and {gaps}")
     rng = np.random.default_rng(seed)
     n = n_accounts
     start = end - days * DAY
@@ -383,6 +403,16 @@ def generate_book(
                 for metric in metrics:
                     labels.append(Label(kind, acc, metric, day_ts(w.start), day_ts(w.start + w.length), note))
 
+    # ------------------------------------------------------------ book-wide days
+    spike_days = {d for _, _, first, stop, _ in bursts for d in range(first, stop)}
+    book_days = _book_days(rng, days, outage, spike_days, holidays + gaps)
+    for d in book_days[:holidays]:
+        activity[:, d] *= rng.uniform(0.15, 0.25, size=n)  # every account at 15-25% of normal
+        labels.append(Label("holiday", "*", "*", day_ts(d), day_ts(d + 1), "every account at 15-25% of normal"))
+    gap_days = book_days[holidays:]
+    for d in gap_days:
+        labels.append(Label("gap", "*", "*", day_ts(d), day_ts(d + 1), "no data delivered for anyone"))
+
     # ------------------------------------------------------------ buckets and counts
     if per_day > 1:
         offsets = np.zeros(n)
@@ -414,6 +444,8 @@ def generate_book(
         for row, first, stop in inactive:
             counts[row, first * per_day : stop * per_day] = 0.0
         counts[:, outage * per_day : (outage + 1) * per_day] = np.nan
+        for d in gap_days:
+            counts[:, d * per_day : (d + 1) * per_day] = np.nan
         for row, first in late_first.items():
             counts[row, : first * per_day] = np.nan
         values[metric] = counts

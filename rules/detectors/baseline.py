@@ -121,13 +121,36 @@ def nan_mean(points: np.ndarray) -> np.ndarray:
     return out
 
 
+METHODS = ("median", "mean", "upper")
+
+
+def nan_quantile(points: np.ndarray, q: float) -> np.ndarray:
+    """Row-wise quantile (linear interpolation) of the observed entries; NaN for rows with none."""
+    rows, m = points.shape
+    if m == 0:
+        return np.full(rows, np.nan)
+    ordered = np.sort(points, axis=1)  # NaN sorts last
+    count = observed_count(points)
+    pos = np.maximum(count - 1, 0) * q
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    idx = np.arange(rows)
+    frac = pos - lo
+    out = ordered[idx, lo] * (1.0 - frac) + ordered[idx, hi] * frac
+    out[count == 0] = np.nan
+    return out
+
+
 def center(points: np.ndarray, method: str) -> np.ndarray:
-    """The baseline b per row: "median" (default) or "mean" of the observed points."""
+    """The baseline b per row: "median" (default), "mean" or "upper" (the upper quartile: a drop,
+    a stop or a holiday among the points does not lower it) of the observed points."""
     if method == "mean":
         return nan_mean(points)
     if method == "median":
         return nan_median(points)
-    raise ValueError(f"unknown baseline method {method!r}: use 'median' or 'mean'")
+    if method == "upper":
+        return nan_quantile(points, 0.75)
+    raise ValueError(f"unknown baseline method {method!r}: use one of {', '.join(METHODS)}")
 
 
 def mad(points: np.ndarray) -> np.ndarray:

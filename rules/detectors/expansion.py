@@ -8,7 +8,11 @@ mode "growth"
     undecided. Window sums S_0 (the latest P buckets) .. S_periods (oldest),
     each a nansum; any window with more than 20% of its buckets missing ->
     undecided. Fires when S_k >= (1 + growth) * S_{k+1} for every
-    k < periods, S_0 >= min_value and S_periods > 0.
+    k < periods, S_0 >= min_value and S_periods > 0, and S_0 is above every
+    one of the `periods` windows before S_periods that the block holds (a new
+    high: usage climbing back after a dip is a recovery, not growth).
+    An open episode holds while S_0 >= (1 + growth) x the window before the
+    growth (frozen when it fired).
     value S_0, baseline S_periods, threshold (1 + growth) * S_1,
     window = the (periods + 1) * P buckets. details: window_sums
     ([S_0, S_1, ...], latest first), growth_rates ([S_0/S_1 - 1, ...],
@@ -49,6 +53,7 @@ from rules.model import (
     MetricBlock,
     OpenEpisode,
     Recovery,
+    Reference,
     Rule,
 )
 from rules.periods import Period, billing_period, previous_period
@@ -66,7 +71,12 @@ def required_history(rule: Rule) -> int:
     params = _params(rule)
     if params.mode == "utilization":
         return round_up((params.periods + 1) * MAX_PERIOD, rule.bucket)
-    return (params.periods + 1) * max(1, params.period // rule.bucket) * rule.bucket
+    return _growth_windows(params) * max(1, params.period // rule.bucket) * rule.bucket
+
+
+def _growth_windows(params: ExpansionParams) -> int:
+    """Windows a growth evaluation reads: the `periods` + 1 compared, and `periods` more before them."""
+    return 2 * params.periods + 1
 
 
 def detect_expansion(
@@ -78,8 +88,9 @@ def detect_expansion(
             f"{fmt.rule_location(rule)}: expansion periods must be at least 1, got {params.periods}"
         )
     if params.mode == "growth":
-        result = _growth(rule, params, block)
-        passed = f"{block.metric} is no longer growing {fmt.percent(params.growth)} per {fmt.duration(params.period)}."
+        result = _growth(rule, params, block, open_rows(block, open_episodes))
+        passed = (f"{block.metric} fell back towards its level before the growth: the last"
+                  f" {fmt.duration(params.period)} is less than {fmt.percent(params.growth)} above it.")
     elif params.mode == "utilization":
         result = _utilization(rule, params, block, accounts)
         passed = (f"{block.metric} was below {fmt.percent(params.utilization)} of the quota in one of the last"
@@ -97,7 +108,11 @@ def detect_expansion(
 # -------------------------------------------------------------------- growth
 
 
-def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock) -> DetectorResult:
+def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock,
+            opened: dict[int, OpenEpisode] | None = None) -> DetectorResult:
+    """Growth findings; an open episode holds while the latest window stays at least (1 + growth)
+    x the window before the growth began (frozen when it fired), so noise in one week's growth
+    neither ends nor re-opens an opportunity."""
     rows, n = block.values.shape
     width = max(1, params.period // block.step)
     need = (params.periods + 1) * width
@@ -109,6 +124,15 @@ def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock) -> Detector
     decided = ~(missing.mean(axis=2) > MAX_MISSING).any(axis=1)
     grew = np.all(sums[:, :-1] >= (1.0 + params.growth) * sums[:, 1:], axis=1)
     fire = decided & grew & (sums[:, 0] >= params.min_value) & (sums[:, -1] > 0)
+    # A new high, not a recovery: the latest window must also be above every one of the `periods`
+    # windows before the growth began (after a dip, usage climbing back looks like growth).
+    before_n = min(params.periods, (n - need) // width)
+    if before_n:
+        earlier = block.values[:, n - need - before_n * width : n - need].reshape(rows, before_n, width)
+        fire &= sums[:, 0] > np.nanmax(np.where(np.isnan(earlier), 0.0, earlier).sum(axis=2), axis=1)
+    for i, e in (opened or {}).items():
+        before = e.reference.values[0] if e.reference is not None else float(sums[i, -1])
+        fire[i] = bool(decided[i]) and sums[i, 0] >= (1.0 + params.growth) * before
     findings = [_growth_finding(rule, params, block, int(i), sums[i], width) for i in np.flatnonzero(fire)]
     return DetectorResult(findings, decided)
 
@@ -142,6 +166,7 @@ def _growth_finding(
         window_start=oldest_start,
         message=message,
         details={"window_sums": window_sums, "growth_rates": rates, "period": width * step},
+        reference=Reference(oldest_start, width * step, (window_sums[-1],)),  # the window before the growth
     )
 
 

@@ -46,7 +46,10 @@ episode of this rule)
     pending: holds while the firing condition holds against r.
     firing:  holds until v is back within `recovery` x r (spike: v <= recovery x r;
              drop: v >= recovery x r); recovery defaults to halfway between ratio
-             and 1, so a value hovering at the threshold does not flap.
+             and 1, so a value hovering at the threshold does not flap. A spike
+             also ends when the ordinary baseline b has caught up with a lasting
+             new level (v <= recovery x b: a level shift, the new usual level);
+             a drop never does: a dead account stays firing until usage returns.
     Holding -> a finding (baseline r, threshold = the limit that ends it);
     not holding -> a Recovery stating the current value against r.
 """
@@ -60,6 +63,7 @@ import numpy as np
 
 from rules.detectors import format as fmt
 from rules.detectors.baseline import (
+    METHODS,
     baseline_points,
     center,
     observed_count,
@@ -106,9 +110,10 @@ def detect_spike_drop(rule: Rule, block: MetricBlock, open_episodes: Sequence[Op
         raise ValueError(
             f"{fmt.rule_location(rule)}: unknown baseline seasonality {seasonality!r}; use 'none' or 'weekly'"
         )
-    if rule.baseline.method not in ("median", "mean"):
+    if rule.baseline.method not in METHODS:
         raise ValueError(
-            f"{fmt.rule_location(rule)}: unknown baseline method {rule.baseline.method!r}; use 'median' or 'mean'"
+            f"{fmt.rule_location(rule)}: unknown baseline method {rule.baseline.method!r};"
+            f" use one of {', '.join(METHODS)}"
         )
     if seasonality == "weekly" and rule.baseline.window < WEEK:
         raise ValueError(
@@ -203,12 +208,31 @@ def _judge_open(
         limit = (params.recovery_ratio if episode.firing else params.ratio) * ref
         if spike:
             holds = value > limit if episode.firing else (value >= limit and value > ref)
+            # A spike that lasts is a level shift: once the ordinary baseline has caught up with the
+            # new level the episode ends ("the new usual level"), instead of staying open for ever.
+            shifted = episode.firing and holds and value <= params.recovery_ratio * float(b[i])
+            holds = holds and not shifted
         else:
             holds = value < limit if episode.firing else (value <= limit and value < ref)
+            shifted = False
         if holds:
             result.findings.append(_continuing(rule, block, i, value, ref, limit, episode))
+        elif shifted:
+            result.recoveries[(block.account_ids[i], "")] = _level_shift(rule, block, value, float(b[i]), ref, episode)
         else:
             result.recoveries[(block.account_ids[i], "")] = _recovery(rule, block, value, ref, episode)
+
+
+def _level_shift(rule: Rule, block: MetricBlock, value: float, baseline: float, ref: float,
+                 episode: OpenEpisode) -> Recovery:
+    step = block.step
+    message = (
+        f"{block.metric} has stayed up since the spike that began on {_since_text(rule, episode, step)}:"
+        f" {fmt.number(value)} in the {fmt.duration(step)} bucket starting {fmt.moment(block.end - step, step)},"
+        f" {fmt.ratio(value / ref if ref else None)} the level before it ({fmt.number(ref)}) but in line with its"
+        f" usual level now ({fmt.number(baseline)}): a level shift, no longer a spike."
+    )
+    return Recovery(block.end, value, baseline, message, {"level_shift": True, "before": ref})
 
 
 def _since_text(rule: Rule, episode: OpenEpisode, step: int) -> str:
@@ -222,12 +246,14 @@ def _continuing(
     verb = "spiked to" if rule.kind == "spike" else "dropped to"
     r = value / ref if ref else None
     against = f"{fmt.ratio(r)} the usual {fmt.number(ref)}" if r is not None else f"usual level {fmt.number(ref)}"
-    resolves = "at or below" if rule.kind == "spike" else "at or above"
-    what = "resolves" if episode.firing else "fires"
+    if episode.firing:
+        until = f"it resolves {'at or below' if rule.kind == 'spike' else 'at or above'} {fmt.number(limit)}"
+    else:
+        until = f"threshold {fmt.number(limit)}"
     message = (
         f"{block.metric} {verb} {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
-        f" {fmt.moment(block.end - step, step)}: {against} (the level before this began on"
-        f" {_since_text(rule, episode, step)}; {what} {resolves if episode.firing else 'at'} {fmt.number(limit)})."
+        f" {fmt.moment(block.end - step, step)}: {against} (the usual level before the {rule.kind} began on"
+        f" {_since_text(rule, episode, step)}; {until})."
     )
     return make_finding(
         rule, block, i, value=value, baseline=ref, threshold=limit,

@@ -37,7 +37,7 @@ def test_backtest_json_lines_fire_and_resolve(files):
     spikes = [e for e in events if e["rule"] == "calls-spike"]
     assert [(e["event"], e["at"], e["account"]) for e in spikes] == [
         ("fired", day(31), "acme"),  # evaluated when the day-30 bucket closed
-        ("resolved", day(32), "acme"),
+        ("resolved", day(34), "acme"),  # after 3 quiet days in a row (a spike's resolve_after default)
     ]
     fired = spikes[0]
     assert fired["value"] == 900.0 and fired["baseline"] == pytest.approx(101.0)

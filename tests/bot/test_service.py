@@ -174,11 +174,11 @@ def test_first_evaluation_records_conditions_and_sends_one_admin_summary(tmp_pat
         (s,) = [s for s in load_states(svc.engine).values() if s.rule_id == "calls-spike"]  # type: ignore[arg-type]
         assert s.status == "firing"
         # a spike that starts after the first evaluation is sent as usual
-        more = [f"2026-11-{d:02d}T00:00:00Z,acme,api_calls,{100 if d < 14 else 900}" for d in range(11, 15)]
-        (tmp_path / "drops" / "more.csv").write_text("timestamp,account,metric,value\n" + "\n".join(more) + "\n")
-        out.truncate(0)
-        now[0] = T0 + 14 * DAY + 60
-        svc.run_once()
+        for d in range(11, 16):  # quiet days, then a new spike on the 15th
+            (tmp_path / "drops" / f"day{d}.csv").write_text(
+                f"timestamp,account,metric,value\n2026-11-{d:02d}T00:00:00Z,acme,api_calls,{100 if d < 15 else 900}\n")
+            now[0] = T0 + d * DAY + 60
+            svc.run_once()
         assert "FIRED · acme · api_calls · rule calls-spike" in out.getvalue()
     finally:
         svc.stop()

@@ -58,8 +58,8 @@ def make_rule(kind: str, params: object, bucket: int = H, **kw: Any) -> Rule:
         (make_rule("quota", QuotaParams(), DAY), 32 * DAY),
         (make_rule("quota", QuotaParams(), H), 31 * DAY + H),
         (make_rule("quota", QuotaParams(mode="forecast", forecast_window=40 * DAY), DAY), 40 * DAY),
-        (make_rule("expansion", ExpansionParams(), DAY), 28 * DAY),
-        (make_rule("expansion", ExpansionParams(period=DAY, periods=2), H), 3 * DAY),
+        (make_rule("expansion", ExpansionParams(), DAY), 49 * DAY),  # 4 weeks compared + 3 before (a new high)
+        (make_rule("expansion", ExpansionParams(period=DAY, periods=2), H), 5 * DAY),
         (make_rule("expansion", ExpansionParams(mode="utilization", periods=3), DAY), 125 * DAY),
     ],
 )

@@ -11,7 +11,7 @@ H = 3600
 
 
 def rule(**kw) -> Rule:
-    base = dict(id="r1", kind="spike", metric="api_calls", bucket=DAY, params=SpikeParams())
+    base = dict(id="r1", kind="spike", metric="api_calls", bucket=DAY, params=SpikeParams(), resolve_after=DAY)
     base.update(kw)
     return Rule(**base)
 

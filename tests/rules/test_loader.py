@@ -70,7 +70,7 @@ def test_shipped_example_loads_cleanly() -> None:
     assert isinstance(spike.params, SpikeParams) and spike.params.ratio == 2.5
     assert spike.guards.min_baseline > 0
     drop = by_id["api-calls-drop"]
-    assert isinstance(drop.params, DropParams) and drop.params.ratio == 0.4 and drop.for_buckets == 2
+    assert isinstance(drop.params, DropParams) and drop.params.ratio == 0.5 and drop.for_buckets == 2
     assert isinstance(by_id["events-drop"].params, DropParams)
     inactive = by_id["api-calls-inactive"].params
     assert isinstance(inactive, InactivityParams) and inactive.duration == 7 * DAY

@@ -25,7 +25,8 @@ from storage.outbox import OutboxItem, claim_due, counts
 
 H = 3600
 T = 1_792_800_000 - 1_792_800_000 % H
-RULE = Rule(id="calls-spike", kind="spike", metric="calls", bucket=H, params=SpikeParams(), for_buckets=2)
+RULE = Rule(id="calls-spike", kind="spike", metric="calls", bucket=H, params=SpikeParams(), for_buckets=2,
+            resolve_after=H)
 RULES = {RULE.id: RULE}
 KEY = (RULE.id, "acme", "calls", "")
 HASHES = {RULE.id: "rulefilehash"}

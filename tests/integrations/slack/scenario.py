@@ -42,6 +42,7 @@ severity = "warning"
 description = "API calls far above the usual level"
 cooldown = "0"
 renotify = "1d"
+resolve_after = "1d"  # Slack mechanics: resolve at the first quiet day
 [rule.baseline]
 window = "14d"
 min_points = 7
