@@ -75,6 +75,7 @@ class EpisodeState:
     clear_count: int = 0  # decided evaluations in a row without the condition (while firing)
     recovering_since: int | None = None  # the first of those evaluations
     cleared_at: int | None = None  # the last of those (so re-evaluating a time counts it once)
+    held: bool = False  # opened at a first evaluation: firing later (for) is recorded, not notified
     episode_id: int | None = None  # storage row id, set by the storage adapter
 
     @property
@@ -247,6 +248,7 @@ def advance(
             snoozed_until=(prev.snoozed_until if prev is not None and prev.snoozed_until
                            and prev.snoozed_until > now else None),
             reference=f.reference,
+            held=first_run is not None and first_run.covers(f.rule_id, f.account_id),
         )
         if s.consecutive >= rule.for_buckets:
             s, t = _fire(s, f, rule, now, prev_notified=s.last_notified_at, snoozed=snoozed, first_run=first_run)
@@ -384,7 +386,7 @@ def _fire(
     snoozed: Mapping[str, int], first_run: FirstRun | None = None,
 ) -> tuple[EpisodeState, Transition]:
     why = _suppression(s, now, snoozed)
-    if not why and first_run is not None and first_run.covers(s.rule_id, s.account_id):
+    if not why and (s.held or (first_run is not None and first_run.covers(s.rule_id, s.account_id))):
         why = "first evaluation"
     if not why and prev_notified is not None and rule.cooldown > 0 and now - prev_notified < rule.cooldown:
         why = "cooldown"

@@ -50,7 +50,7 @@ def state_from_row(d: Mapping[str, Any]) -> EpisodeState:
         acknowledged_by=d["acknowledged_by"], acknowledged_at=_opt(d["acknowledged_at"]),
         snoozed_until=_opt(d["snoozed_until"]), reference=Reference.from_json(d["reference"]),
         clear_count=int(d["clear_count"] or 0), recovering_since=_opt(d["recovering_since"]),
-        cleared_at=_opt(d["cleared_at"]), episode_id=int(d["id"]),
+        cleared_at=_opt(d["cleared_at"]), held=bool(d["held"]), episode_id=int(d["id"]),
     )
 
 
@@ -73,6 +73,7 @@ def _values(s: EpisodeState, rule_hash: str) -> dict[str, Any]:
         "acknowledged_at": s.acknowledged_at, "snoozed_until": s.snoozed_until, "rule_hash": rule_hash,
         "reference": s.reference.to_json() if s.reference is not None else None,
         "clear_count": s.clear_count, "recovering_since": s.recovering_since, "cleared_at": s.cleared_at,
+        "held": s.held,
     }
 
 

@@ -168,6 +168,7 @@ class AlertEpisode(SQLModel, table=True):
     clear_count: int = 0
     recovering_since: int | None = Field(default=None, sa_type=sa.BigInteger)
     cleared_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+    held: bool = False  # opened at a first evaluation (the first-run policy holds its firing)
 
 
 class FirstEvaluation(SQLModel, table=True):

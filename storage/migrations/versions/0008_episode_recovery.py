@@ -24,8 +24,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("clear_count", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("recovering_since", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("cleared_at", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("held", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("alert_episodes") as batch:
         batch.alter_column("clear_count", server_default=None)
+        batch.alter_column("held", server_default=None)
     op.create_table(
         "first_evaluations",
         sa.Column("scope", sa.String(), nullable=False),
@@ -48,6 +50,7 @@ def downgrade() -> None:
         batch.create_unique_constraint("uq_outbox_idempotency_key", ["idempotency_key"])
     op.drop_table("first_evaluations")
     with op.batch_alter_table("alert_episodes") as batch:
+        batch.drop_column("held")
         batch.drop_column("cleared_at")
         batch.drop_column("recovering_since")
         batch.drop_column("clear_count")

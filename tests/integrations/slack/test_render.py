@@ -49,6 +49,8 @@ def test_state_shows_on_the_parent():
     assert "✅ Resolved" in flat and "Acknowledged by <@U0BOBBY01>" in flat and "Snoozed until" in flat
     assert "Not useful: <@U0ALICE01>" in flat
     assert "usagebot_ack" not in flat and m.blocks[0]["text"]["text"].startswith("✅")
+    assert "usagebot_snooze" not in flat  # nothing left to snooze on a resolved alert
+    assert "usagebot_not_useful" in flat  # feedback on a past alert still counts
     assert_valid_message(_msg(m))
 
 
