@@ -90,7 +90,17 @@ def alert_record(
         "details": details,
         "recent": list(recent),
         "quiet": t.quiet,  # closed without a message to people: notifiers only update what they showed
+        "grouped": [_also(g) for g in t.grouped],  # the account's other alerts of this cycle, in this message
     }
+
+
+def _also(t: Transition) -> dict[str, Any]:
+    """A grouped alert as its message shows it (the alert itself is recorded on its own episode)."""
+    expl: Mapping[str, Any] = t.finding.explanation() if t.finding is not None else t.state.last_explanation
+    return {"rule": t.state.rule_id, "kind": expl.get("kind"), "metric": t.state.metric,
+            "discriminator": t.state.discriminator, "severity": t.state.severity,
+            "message": str(expl.get("message", "")), "value": _num(expl.get("value")),
+            "baseline": _num(expl.get("baseline")), "threshold": _num(expl.get("threshold"))}
 
 
 def _resolution(t: Transition, rule: Rule | None, fired: Mapping[str, Any]) -> tuple[str, Any, Any, Any, dict[str, Any]]:

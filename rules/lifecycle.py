@@ -32,6 +32,8 @@ evaluation hands `advance` the findings (conditions holding now), the set of
   is suppressed while a firing, notified source episode with the same labels
   started at or before it. A rule whose fingerprint equals an earlier rule's is
   its duplicate: the earlier rule's firing episode of the same key inhibits it.
+- Grouping: alerts of one account that fire in the same step to the same people
+  are one notification, led by the most severe (`Transition.grouped`).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class Transition:
     reason: str = ""
     recovery: Recovery | None = None  # resolved: what is true now
     quiet: bool = False  # resolved without a message to people (a period ended, an opportunity passed)
+    grouped: tuple[Transition, ...] = ()  # fired: the account's other alerts of this step, sent in this message
 
     @property
     def key(self) -> Key:
@@ -293,7 +296,39 @@ def advance(
     _supersede_lower_levels(transitions, out)
     if inhibits or _has_duplicates(rules):
         _inhibit(rules, inhibits, transitions, out)
+    _group(rules, transitions, out)
     return LifecycleResult(out, transitions)
+
+
+_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _group(rules: Mapping[str, Rule], transitions: list[Transition], states: dict[Key, EpisodeState]) -> None:
+    """One message per account and step: alerts of one account firing together (to the same people)
+    are sent as one, led by the most severe; the others ride along in it (`grouped`) and are
+    recorded as not notified on their own ("grouped into ..."), so their resolutions stay quiet."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, t in enumerate(transitions):
+        rule = rules.get(t.state.rule_id)
+        if t.event == "fired" and t.notify and rule is not None:
+            routing = (rule.routing.owner, tuple(sorted(rule.routing.channels)))
+            groups.setdefault((t.state.account_id, routing), []).append(i)
+    order = {rid: n for n, rid in enumerate(rules)}
+    for idxs in groups.values():
+        if len(idxs) < 2:
+            continue
+        idxs.sort(key=lambda i: (_SEVERITY_ORDER.get(transitions[i].state.severity, 3),
+                                 order.get(transitions[i].state.rule_id, 0)))
+        lead, rest = idxs[0], idxs[1:]
+        t = transitions[lead]
+        for i in rest:
+            other = transitions[i]
+            s = replace(other.state, last_notified_at=None)
+            states[other.key] = s
+            transitions[i] = Transition(other.event, other.at, s, other.finding, notify=False,
+                                        reason=f"grouped into the {t.state.rule_id} alert")
+        transitions[lead] = Transition(t.event, t.at, t.state, t.finding, t.notify, t.reason,
+                                       grouped=tuple(transitions[i] for i in rest))
 
 
 def _has_duplicates(rules: Mapping[str, Rule]) -> bool:

@@ -22,7 +22,7 @@ The model, per account (daily, then split into sub-daily buckets if asked):
   few accounts in non-UTC timezones;
 * one global data-outage day (NaN for every account) and a couple of
   late-onboarded accounts (NaN before their first day);
-* optionally (``holidays``) days on which every account runs at 15-25% of
+* optionally (``holidays``) two-day holidays on which every account runs at 15-25% of
   its normal level (a calendar event shared by the whole book; labels of kind
   "holiday", account and metric "*"), and further pipeline gaps (``gaps``:
   days with no data at all, which may fall inside an injected anomaly).
@@ -405,10 +405,11 @@ def generate_book(
 
     # ------------------------------------------------------------ book-wide days
     spike_days = {d for _, _, first, stop, _ in bursts for d in range(first, stop)}
-    book_days = _book_days(rng, days, outage, spike_days, holidays + gaps)
-    for d in book_days[:holidays]:
-        activity[:, d] *= rng.uniform(0.15, 0.25, size=n)  # every account at 15-25% of normal
-        labels.append(Label("holiday", "*", "*", day_ts(d), day_ts(d + 1), "every account at 15-25% of normal"))
+    avoid = spike_days | {d - 1 for d in spike_days}  # a holiday is two days: its second one is no spike day either
+    book_days = _book_days(rng, days - 1, outage, avoid | {outage - 1}, holidays + gaps)
+    for d in book_days[:holidays]:  # two days, like Christmas Eve and Day
+        activity[:, d : d + 2] *= rng.uniform(0.15, 0.25, size=(n, 1))  # every account at 15-25% of normal
+        labels.append(Label("holiday", "*", "*", day_ts(d), day_ts(d + 2), "every account at 15-25% of normal"))
     gap_days = book_days[holidays:]
     for d in gap_days:
         labels.append(Label("gap", "*", "*", day_ts(d), day_ts(d + 1), "no data delivered for anyone"))

@@ -45,8 +45,11 @@ episode of this rule)
     do not apply. Decided when v is observed.
     pending: holds while the firing condition holds against r.
     firing:  holds until v is back within `recovery` x r (spike: v <= recovery x r;
-             drop: v >= recovery x r); recovery defaults to halfway between ratio
-             and 1, so a value hovering at the threshold does not flap. A spike
+             drop: v >= recovery x r, and so is the usage since the drop began
+             summed over the last week of daily buckets, or day of sub-daily ones,
+             against r summed over the same buckets: one noisy bucket of a small
+             account cannot end a drop); recovery defaults to halfway between
+             ratio and 1, so a value hovering at the threshold does not flap. A spike
              also ends when the ordinary baseline b has caught up with a lasting
              new level (v <= recovery x b: a level shift, the new usual level);
              a drop never does: a dead account stays firing until usage returns.
@@ -74,6 +77,7 @@ from rules.detectors.baseline import (
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.model import (
+    DAY,
     WEEK,
     DetectorResult,
     DropParams,
@@ -214,6 +218,8 @@ def _judge_open(
             holds = holds and not shifted
         else:
             holds = value < limit if episode.firing else (value <= limit and value < ref)
+            if episode.firing and not holds:
+                holds = not _recovered_over_window(block, i, episode, params.recovery_ratio)
             shifted = False
         if holds:
             result.findings.append(_continuing(rule, block, i, value, ref, limit, episode))
@@ -221,6 +227,31 @@ def _judge_open(
             result.recoveries[(block.account_ids[i], "")] = _level_shift(rule, block, value, float(b[i]), ref, episode)
         else:
             result.recoveries[(block.account_ids[i], "")] = _recovery(rule, block, value, ref, episode)
+
+
+# Buckets a drop's recovery is judged over (besides the current one): a week of daily buckets, a day
+# of sub-daily ones. One noisy bucket must not end an alert: on the labelled books a weekend day of a
+# small account at 63% of its usual level read as 93% (Poisson noise on 30 calls) and "resolved" a
+# drop that lasted another month.
+def recovery_window(step: int) -> int:
+    return 7 if step >= DAY else max(1, DAY // step)
+
+
+def _recovered_over_window(block: MetricBlock, i: int, episode: OpenEpisode, recovery: float) -> bool:
+    """Usage since the drop began (at most recovery_window buckets back) is back to `recovery` x the
+    frozen level summed over the same buckets (observed buckets only)."""
+    if episode.reference is None:
+        return True
+    step, n = block.step, block.n_buckets
+    first = (episode.reference.anchor - block.start) // step
+    lo = max(0, n - recovery_window(step), first)
+    cols = np.arange(lo, n)
+    vals = block.values[i, lo:n]
+    seen = ~np.isnan(vals)
+    if not seen.any():
+        return True
+    refs = np.array([episode.reference.level_at(block.start + int(c) * step) for c in cols[seen]])
+    return float(vals[seen].sum()) >= recovery * float(refs.sum())
 
 
 def _level_shift(rule: Rule, block: MetricBlock, value: float, baseline: float, ref: float,
@@ -339,9 +370,10 @@ def _message(
         else f"up from a baseline of {fmt.number(b)}"
     )
     plural = "point" if points == 1 else "points"
+    method = {"upper": "upper quartile"}.get(rule.baseline.method, rule.baseline.method)
     if rule.baseline.seasonality == "weekly":
-        source = f"{rule.baseline.method} of {points} {plural} at the same time in previous weeks"
+        source = f"{method} of {points} {plural} at the same time in previous weeks"
     else:
-        source = f"{rule.baseline.method} of {points} {plural} over the previous {fmt.duration(rule.baseline.window)}"
+        source = f"{method} of {points} {plural} over the previous {fmt.duration(rule.baseline.window)}"
     extra = f", z-score {z:.1f}" if z is not None else ""
     return f"{metric} {verb} {fmt.number(v)} {when}: {against} ({source}; threshold {fmt.number(threshold)}{extra})."
