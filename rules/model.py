@@ -103,7 +103,7 @@ class DropParams:
     """Fires when value <= ratio * baseline (ratio 0.5 = dropped to half or less).
 
     recovery: an open episode resolves only once value >= recovery * the usual level frozen
-    when it opened (default halfway between ratio and 1).
+    when it opened (default halfway between ratio and 1, and at least 0.8).
     """
 
     ratio: float = 0.5
@@ -113,7 +113,9 @@ class DropParams:
 
     @property
     def recovery_ratio(self) -> float:
-        return (1.0 + self.ratio) / 2.0 if self.recovery is None else self.recovery
+        # at least 80% of the usual level: an account growing while it stays down (its "usual" would
+        # have grown too) must not read as recovered at 76% of the frozen level (bench/quality.py).
+        return max(0.8, (1.0 + self.ratio) / 2.0) if self.recovery is None else self.recovery
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ mode "growth"
     k < periods, S_0 >= min_value and S_periods > 0, and S_0 is above every
     one of the `periods` windows before S_periods that the block holds (a new
     high: usage climbing back after a dip is a recovery, not growth).
-    An open episode holds while S_0 >= (1 + growth) x the window before the
-    growth (frozen when it fired).
+    An open episode holds while one of S_0 .. S_{periods-1} is >= (1 + growth)
+    x the window before the growth (frozen when it fired): it closes once usage
+    has been back near that level for `periods` windows (a holiday week does not
+    close it).
     value S_0, baseline S_periods, threshold (1 + growth) * S_1,
     window = the (periods + 1) * P buckets. details: window_sums
     ([S_0, S_1, ...], latest first), growth_rates ([S_0/S_1 - 1, ...],
@@ -132,7 +134,8 @@ def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock,
         fire &= sums[:, 0] > np.nanmax(np.where(np.isnan(earlier), 0.0, earlier).sum(axis=2), axis=1)
     for i, e in (opened or {}).items():
         before = e.reference.values[0] if e.reference is not None else float(sums[i, -1])
-        fire[i] = bool(decided[i]) and sums[i, 0] >= (1.0 + params.growth) * before
+        # any of the last `periods` windows: one quiet week (a holiday) does not close an opportunity
+        fire[i] = bool(decided[i]) and sums[i, : params.periods].max() >= (1.0 + params.growth) * before
     findings = [_growth_finding(rule, params, block, int(i), sums[i], width) for i in np.flatnonzero(fire)]
     return DetectorResult(findings, decided)
 

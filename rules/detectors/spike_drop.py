@@ -45,10 +45,10 @@ episode of this rule)
     do not apply. Decided when v is observed.
     pending: holds while the firing condition holds against r.
     firing:  holds until v is back within `recovery` x r (spike: v <= recovery x r;
-             drop: v >= recovery x r, and so is the usage since the drop began
-             summed over the last week of daily buckets, or day of sub-daily ones,
-             against r summed over the same buckets: one noisy bucket of a small
-             account cannot end a drop); recovery defaults to halfway between
+             drop: v >= recovery x r, and so is the usage of the latest buckets
+             that add up to 200 usual counts (at most a week of daily buckets or a
+             day of sub-daily ones, never before the drop began) against r over
+             the same buckets: Poisson noise of a small account cannot end a drop); recovery defaults to halfway between
              ratio and 1, so a value hovering at the threshold does not flap. A spike
              also ends when the ordinary baseline b has caught up with a lasting
              new level (v <= recovery x b: a level shift, the new usual level);
@@ -229,29 +229,36 @@ def _judge_open(
             result.recoveries[(block.account_ids[i], "")] = _recovery(rule, block, value, ref, episode)
 
 
-# Buckets a drop's recovery is judged over (besides the current one): a week of daily buckets, a day
-# of sub-daily ones. One noisy bucket must not end an alert: on the labelled books a weekend day of a
-# small account at 63% of its usual level read as 93% (Poisson noise on 30 calls) and "resolved" a
-# drop that lasted another month.
+# A drop's recovery is judged over the latest buckets that add up to at least RECOVERY_COUNTS of usual
+# usage (at most a week of daily buckets, a day of sub-daily ones, and never before the drop began):
+# Poisson noise on small counts must not end an alert. On the labelled books a weekend day of a small
+# account at 63% of its usual level read as 93% (30 calls) and "resolved" a drop that lasted another
+# month; with 200 usual calls the relative noise is about 7%. A big account is judged on its last day.
+RECOVERY_COUNTS = 200.0
+
+
 def recovery_window(step: int) -> int:
+    """The most buckets a drop's recovery looks back over."""
     return 7 if step >= DAY else max(1, DAY // step)
 
 
 def _recovered_over_window(block: MetricBlock, i: int, episode: OpenEpisode, recovery: float) -> bool:
-    """Usage since the drop began (at most recovery_window buckets back) is back to `recovery` x the
-    frozen level summed over the same buckets (observed buckets only)."""
+    """Usage over the latest buckets (see RECOVERY_COUNTS) is back to `recovery` x the frozen level summed
+    over the same buckets (observed buckets only)."""
     if episode.reference is None:
         return True
     step, n = block.step, block.n_buckets
-    first = (episode.reference.anchor - block.start) // step
-    lo = max(0, n - recovery_window(step), first)
-    cols = np.arange(lo, n)
-    vals = block.values[i, lo:n]
-    seen = ~np.isnan(vals)
-    if not seen.any():
-        return True
-    refs = np.array([episode.reference.level_at(block.start + int(c) * step) for c in cols[seen]])
-    return float(vals[seen].sum()) >= recovery * float(refs.sum())
+    first = max(0, (episode.reference.anchor - block.start) // step, n - recovery_window(step))
+    used = expected = 0.0
+    for c in range(n - 1, first - 1, -1):
+        value = block.values[i, c]
+        if math.isnan(value):
+            continue
+        used += value
+        expected += episode.reference.level_at(block.start + c * step)
+        if expected >= RECOVERY_COUNTS:
+            break
+    return used >= recovery * expected
 
 
 def _level_shift(rule: Rule, block: MetricBlock, value: float, baseline: float, ref: float,
