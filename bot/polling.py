@@ -35,6 +35,7 @@ class PollReport:
     points_written: int = 0  # usage points inserted or changed
     events_new: int = 0
     events_duplicate: int = 0
+    events_expired: int = 0  # older than the pruning horizon: not counted (their ids may be forgotten)
     changed: set[tuple[str, str]] = field(default_factory=set)  # (account, metric)
     rejected: list[str] = field(default_factory=list)
     error: str | None = None
@@ -58,6 +59,10 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
     report.points_written += res.points_written
     report.events_new += res.events_new
     report.events_duplicate += res.events_duplicate
+    report.events_expired += res.events_expired
+    if res.events_expired:
+        log.warning("source %s: %d event(s) older than the deduplication horizon were not counted",
+                    source.id, res.events_expired, extra={"source": source.id, "event": "events_expired"})
     report.changed |= set(res.changed)
 
 

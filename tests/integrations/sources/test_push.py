@@ -122,7 +122,38 @@ def test_custom_paths_metric_map_and_pruning(engine: Engine) -> None:
     assert _post(p, [ev])[0] == 200
     assert points(engine) == {("c9", "api_calls", T0): 7.0}
     assert prune_events(engine, before=NOW + 1) == 1
-    assert _post(p, [ev])[1]["accepted"] == 1  # forgotten ids count again: hence max_age refuses old events
+    # a forgotten id would count again: an event that old is refused instead (issue 12)
+    status, answer = _post(p, [ev])
+    assert status == 400 and "no longer kept for deduplication" in answer["problems"][0]["message"]
+    assert points(engine) == {("c9", "api_calls", T0): 7.0}
+
+
+def test_a_pruned_id_is_never_accepted_again(engine: Engine) -> None:
+    """Ids are pruned by the EVENT's time, which acceptance checks too: a future-dated event (within
+    max_future) is not counted twice after the prune job ran (it was pruned by arrival time before)."""
+    week = 7 * DAY
+    sent_at = NOW
+    clock = {"now": sent_at}
+    p = PushIngest(engine, PushConfig(secret=Secret(SECRET)), clock=lambda: clock["now"])
+    ev = _event("future", ts=sent_at + 299)  # 299 s ahead: accepted (max_future 300 s)
+    assert _post(p, [ev])[1]["accepted"] == 1
+    for later in (week + 1, week + 200, week + 298, week + 299, week + 400, 3 * week):
+        clock["now"] = sent_at + later
+        prune_events(engine, before=clock["now"] - week)  # what the service's prune job does
+        status, answer = _post(p, [ev])
+        assert status == 400 or answer["accepted"] == 0, (later, answer)
+    assert points(engine) == {("acme", "api_calls", T0 + 3600 + 240): 2.0}
+
+
+def test_a_replica_with_a_slow_clock_does_not_accept_a_pruned_id(engine: Engine) -> None:
+    """The horizon is stored with the ids, so a replica whose clock is behind the pruner's refuses too."""
+    assert _post(_ingest(engine), [_event("e1")])[1]["accepted"] == 1
+    assert prune_events(engine, before=T0 + 31) == 1  # pruned by a replica whose clock is ahead
+    slow = PushIngest(engine, PushConfig(secret=Secret(SECRET), max_age=30 * DAY), clock=lambda: NOW)
+    assert _post(slow, [_event("e1")])[0] == 400
+    assert prune_events(engine, before=T0) == 0  # the horizon never moves back
+    assert get_source_state(engine, "push").events_forgotten_before == T0 + 31
+    assert points(engine) == {("acme", "api_calls", T0): 2.0}
 
 
 def test_parse_ingest_config() -> None:
