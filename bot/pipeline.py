@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Engine
 
 from bot.alerts import PUBLISHED_EVENTS, alert_record, idempotency_key, recent_values
+from bot.cycle_lock import serialised
 from rules.engine import BlockKey, due, evaluate, history_needed
 from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, Key, Transition, advance
@@ -122,6 +123,7 @@ def account_chunks(engine: Engine, size: int, known: Iterable[str] | None = None
 
 
 @gc_paused()  # the whole cycle: reads, evaluation, lifecycle, persisting (rules/gcpause.py)
+@serialised  # one cycle at a time per database; re-run after losing a race (bot/cycle_lock.py)
 def run_cycle(
     engine: Engine,
     ruleset: RuleSet,
