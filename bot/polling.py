@@ -21,6 +21,7 @@ from integrations.sources.base import Batch, PollContext, Source, SourceError
 from storage.accounts import list_accounts
 from storage.db import redact_url
 from storage.sources import get_source_state, record_failure, store_batch
+from storage.usage import UsageValueError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
     except SourceError as exc:
         report.ok, report.error = False, str(exc)
+    except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
+        report.ok, report.error = False, f"source {source.id!r}: {exc}"
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
         report.ok = False
         report.error = redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}")

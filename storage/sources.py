@@ -45,7 +45,7 @@ from storage.models import (
     UsagePoint,
 )
 from storage.outbox import OutboxItem, enqueue
-from storage.usage import write_points  # also keeps the first-seen / coverage tables in step
+from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
@@ -179,12 +179,13 @@ def _sums(records: Iterable[UsageLike], base_step: int, what: str) -> tuple[dict
         except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{what} #{n} ({r!r}): ts must be epoch seconds and value a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"{what} #{n} ({r!r}): value {value} is not a finite number")
+            raise UsageValueError(f"{what} #{n} ({r!r}): value {value} is not a finite number")
         if not r.account or not r.metric:
             raise ValueError(f"{what} #{n} ({r!r}): account and metric must not be empty")
         key = (str(r.account), str(r.metric), ts - ts % base_step)
         acc[key] = acc.get(key, 0.0) + value
         newest = ts if newest is None or ts > newest else newest
+    check_totals(acc, what.rsplit(":", 1)[0])
     return acc, newest
 
 

@@ -35,6 +35,7 @@ from integrations.sources.base import UsageEvent
 from integrations.sources.http_fetch import dig
 from integrations.sources.records import is_metric_name
 from storage.sources import StoreResult, get_source_state, store_batch
+from storage.usage import UsageValueError
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -325,8 +326,11 @@ class PushIngest:
             return exc.status, exc.body()
         newest_ts = min(max(e.ts for e in events), now)
         watermark = newest_ts if prev is None or prev.watermark is None else max(prev.watermark, newest_ts)
-        result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
-                             kind="push")
+        try:
+            result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
+                                 kind="push")
+        except UsageValueError as exc:  # a bucket total past the largest float64: nothing was stored
+            return 400, {"error": str(exc)}
         outcome = PushOutcome(result.events_new, result.events_duplicate, result)
         if self.on_stored is not None:
             self.on_stored(outcome)

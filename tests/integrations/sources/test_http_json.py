@@ -285,3 +285,14 @@ def test_epoch_timestamps_and_metric_map(engine: Engine) -> None:
         src = HttpJsonSource(source_config(toml.replace("URL", srv.url("/u")), {"API_TOKEN": SECRET}))
         assert poll_source(engine, src, T0 + 2 * DAY).ok
     assert points(engine) == {("7", "api_calls", T0 + DAY): 2.5}
+
+
+def test_totals_whose_bucket_overflows_fail_the_poll_clearly(engine: Engine, caplog) -> None:
+    page = [_item("acme", T0 + 5, 1e308), _item("acme", T0 + 10, 1e308), _item("globex", T0 + 5, 3)]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
+        report = poll_source(engine, _source(srv.url("/usage")), T0 + 60)
+    assert not report.ok and "source 'billing'" in report.error
+    assert "account 'acme', metric 'api_calls', bucket" in report.error and "add up to more" in report.error
+    assert points(engine) == {} and "Traceback" not in caplog.text
+    assert get_source_state(engine, "billing").last_error == report.error

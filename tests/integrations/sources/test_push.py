@@ -167,3 +167,13 @@ def test_parse_ingest_config() -> None:
     doc = document_from_text("[ingest]\nenabled = true\n", "c.toml", {})
     parse_ingest_config(doc.section("ingest"))
     assert [str(p) for p in doc.problems] == ["c.toml:1: ingest.secret: is required"]
+
+
+def test_events_whose_bucket_total_overflows_are_refused_whole(engine: Engine) -> None:
+    p = _ingest(engine)
+    assert _post(p, [_event("a", value=1e308)])[0] == 200
+    status, answer = _post(p, [_event("b", value=1e308), _event("c", "globex", 1)])
+    assert status == 400 and "account 'acme', metric 'api_calls'" in answer["error"]
+    assert "nothing was stored" in answer["error"]
+    assert points(engine) == {("acme", "api_calls", T0): 1e308}
+    assert _post(p, [_event("c", "globex", 1)])[1]["accepted"] == 1  # its id was not kept by the refused request
