@@ -112,6 +112,14 @@ def _rewound(states: Mapping[Key, EpisodeState], findings: Sequence[Finding], no
     return out
 
 
+def log_contained(contained: Iterable[tuple[str, str, str]], now: int) -> None:
+    """One warning per (rule, account) left undecided because its usage is not a finite number."""
+    for rule_id, account_id, why in contained:
+        log.warning("account %s not evaluated by rule %s at %d: %s; its other rules and every other account "
+                    "are evaluated (fix or re-load its usage)", account_id, rule_id, now, why,
+                    extra={"event": "account_contained", "account": account_id, "rule": rule_id})
+
+
 def account_chunks(engine: Engine, size: int, known: Iterable[str] | None = None) -> list[list[str]]:
     """Every account with an account record or usage, sorted, in chunks of `size`.
 
@@ -167,6 +175,7 @@ def run_cycle(
     for chunk in chunks:
         blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
         result = evaluate(rules, blocks, accounts, now, only_due=False)
+        log_contained(result.contained, now)
         if muted:
             metric_of = {r.id: r.metric for r in rules}
             result.findings = [f for f in result.findings if f.account_id not in muted.get(f.metric, ())]
