@@ -383,7 +383,7 @@ class CrmTask(SQLModel, table=True):
     status: "created" (sf_task_id set), "failed" (Salesforce refused it; retried
     next sync), "unknown" (about to be created, or the request failed in a way that
     may have created it: the next sync looks it up by `task_key` before creating
-    another). `task_key` is written into the Task (bot/crm_tasks.py), unique per episode.
+    another). `task_key` is written into the Task (bot/crm.py), unique per episode.
     """
 
     __tablename__ = "crm_tasks"  # type: ignore[assignment]
