@@ -140,12 +140,17 @@ def test_cursor_incremental_sends_the_saved_cursor_and_saves_the_new_one(engine:
     assert get_source_state(engine, "billing").cursor == "20"  # type: ignore[union-attr]
 
 
+def _event_source(url: str) -> HttpJsonSource:
+    """A source whose items are events (fields.id)."""
+    return HttpJsonSource(source_config(_toml(url).replace('timestamp = "start"', 'timestamp = "start"\nid = "id"'),
+                                        {"API_TOKEN": SECRET}))
+
+
 def test_event_items_with_ids_are_deduplicated_and_added(engine: Engine) -> None:
     page = [dict(_item("acme", T0 + 5, 1), id="e1"), dict(_item("acme", T0 + 20, 2), id="e2")]
     with FakeHttp() as srv:
         srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
-        src = HttpJsonSource(source_config(_toml(srv.url("/usage")).replace(
-            'timestamp = "start"', 'timestamp = "start"\nid = "id"'), {"API_TOKEN": SECRET}))
+        src = _event_source(srv.url("/usage"))
         first = poll_source(engine, src, T0 + 60)
         page.append(dict(_item("acme", T0 + 30, 4), id="e3"))
         second = poll_source(engine, src, T0 + 120)  # e1, e2 delivered again: counted once
@@ -158,8 +163,7 @@ def test_event_items_before_the_pruning_horizon_are_never_counted_again(engine: 
     page = [dict(_item("acme", T0 + 5, 1), id="e1"), dict(_item("acme", T0 + 600, 2), id="e2")]
     with FakeHttp() as srv:
         srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
-        src = HttpJsonSource(source_config(_toml(srv.url("/usage")).replace(
-            'timestamp = "start"', 'timestamp = "start"\nid = "id"'), {"API_TOKEN": SECRET}))
+        src = _event_source(srv.url("/usage"))
         assert poll_source(engine, src, T0 + 700).events_new == 2
         assert prune_events(engine, before=T0 + 60) == 1  # e1's id is forgotten
         again = poll_source(engine, src, T0 + 800)
