@@ -314,16 +314,20 @@ def digest_owners(engine: Engine) -> list[str]:
             sa.select(c.owner_email).where(c.sent_at.is_(None)).distinct().order_by(c.owner_email))]
 
 
-def take_digest(engine: Engine, owner_email: str, digest_key: str) -> list[DigestItem]:
-    """Assign the owner's unassigned unsent items to `digest_key` and return every item of that digest.
+def take_digest(engine: Engine, owner_email: str, digest_key: str, add_new: bool = True) -> list[DigestItem]:
+    """Assign the owner's unassigned unsent items to `digest_key` (unless not `add_new`) and return
+    every item of that digest.
 
-    Calling it again with the same key (a retry after a crash) returns the same items plus any new ones.
+    A retry of a digest whose post may have happened must pass add_new=False: the message that
+    may be in Slack shows exactly its items, and newer ones wait for the next digest (taken into a
+    posted digest they would be marked sent without ever being shown).
     """
     c = digest_table.c
     owner = owner_email.strip().lower()
     with write_transaction(engine) as conn:
-        conn.execute(sa.update(digest_table).where(c.owner_email == owner, c.sent_at.is_(None),
-                                                   c.digest_key.is_(None)).values(digest_key=digest_key))
+        if add_new:
+            conn.execute(sa.update(digest_table).where(c.owner_email == owner, c.sent_at.is_(None),
+                                                       c.digest_key.is_(None)).values(digest_key=digest_key))
         rows = conn.execute(sa.select(digest_table).where(c.digest_key == digest_key).order_by(c.created_at, c.id))
         return [DigestItem(int(r.id), r.item_key, r.owner_email, dict(r.alert or {}), int(r.created_at))
                 for r in rows]
