@@ -193,7 +193,20 @@ def _matches(record: dict[str, Any], cond: str) -> bool:
         return value != lit
     if value is None or lit is None:
         return False
+    value, lit = _comparable(value), _comparable(lit)
     return {">=": value >= lit, "<=": value <= lit, ">": value > lit, "<": value < lit}[op]
+
+
+def _comparable(v: Any) -> Any:
+    """Datetimes (stored "2026-11-24T10:00:00.000+0000", SOQL literals "2026-11-24T10:00:00Z") as instants."""
+    if isinstance(v, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", v):
+        text = v.replace("Z", "+00:00")
+        text = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", text)
+        try:
+            return dt.datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return v
+    return v
 
 
 class FakeSalesforce:
