@@ -158,12 +158,15 @@ def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, chan
     if first.accounts:
         what.append(f"{len(first.accounts)} account(s)")
     listing = ", ".join(f"{rule} {n}" for rule, n in sorted(per_rule.items(), key=lambda kv: (-kv[1], kv[0])))
-    message = (
-        f"First evaluation of {' and '.join(what) or 'the book'}: {len(held)} condition(s) already true on"
-        f" {len(accounts)} account(s) were recorded without paging their owners ({listing}). They show in"
-        " /usage, the CRM fields and the alert history; new conditions from now on are sent as usual."
-        " ([evaluation] first_run = \"notify\" sends them one by one instead.)"
-    )
+    where = ("They show in /usage, the CRM fields and the alert history; new conditions from now on are sent as"
+             " usual. ([evaluation] first_run = \"notify\" sends them one by one instead.)")
+    if what:
+        message = (f"First evaluation of {' and '.join(what)}: {len(held)} condition(s) already true on"
+                   f" {len(accounts)} account(s) were recorded without paging their owners ({listing}). {where}")
+    else:  # episodes that were pending at the first evaluation and have now lasted `for` buckets
+        message = (f"{len(held)} condition(s) already holding at the first evaluation have now lasted long enough"
+                   f" to fire ({listing}, on {len(accounts)} account(s)); recorded without paging their owners."
+                   f" {where}")
     return admin_notice("first_run", "evaluation", message, at, channel, "info",
                         details={"conditions": len(held), "accounts": len(accounts), "rules": per_rule,
                                  "example_accounts": sorted(accounts)[:10]}) | {

@@ -29,7 +29,7 @@ from rules.periods import iso
 from rules.replay import replay
 from storage.accounts import upsert_accounts
 from storage.db import make_engine, migrate
-from storage.usage import load_block, load_usage, usage_range
+from storage.usage import UsageValueError, load_block, load_usage, usage_range
 
 
 class BacktestError(Exception):
@@ -100,7 +100,10 @@ def run_backtest(
             migrate(engine)
             if accts:
                 upsert_accounts(engine, accts.records)
-            load_usage(engine, [usage.records])  # a fresh database: the index is built once
+            try:
+                load_usage(engine, [usage.records])  # a fresh database: the index is built once
+            except UsageValueError as exc:
+                raise BacktestError(f"{usage_csv}: {exc}") from None
             accounts: dict[str, AccountFacts] = {a.id: a for a in (accts.records if accts else [])}
             rules = list(ruleset.rules)
             rng = usage_range(engine)

@@ -205,6 +205,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Load the files in ONE transaction: the accounts and the usage are stored together, or nothing."""
     from integrations.sources.csv_files import (
         CsvInputError,
         iter_usage_csv_chunks,
@@ -212,8 +213,8 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         write_rejects,
     )
     from storage.accounts import upsert_accounts
-    from storage.db import make_engine, migrate, redact_url
-    from storage.usage import load_usage
+    from storage.db import make_engine, migrate, redact_url, write_transaction
+    from storage.usage import UsageValueError, checkpoint, load_usage
 
     files = [p for p in (args.accounts, args.usage) if p]
     if not files:
@@ -225,31 +226,40 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url)
+    nothing = f"nothing was stored ({' and '.join(files)} not stored)"
     try:
         migrate(engine)
         errors = []
+        read = n_accounts = n_buckets = 0
         try:
-            if args.accounts:
-                res = read_accounts_csv(args.accounts, on_error=args.on_error)
-                n = upsert_accounts(engine, res.records)
-                errors += res.errors
-                print(f"{args.accounts}: {n} account(s) stored", file=out)
-            if args.usage:
-                read = 0
+            accounts = read_accounts_csv(args.accounts, on_error=args.on_error) if args.accounts else None
+            if accounts is not None:
+                errors += accounts.errors
 
-                def usage_chunks() -> Iterator[list[Any]]:
-                    # Streamed: memory stays at one chunk; a rejected file rolls the load back.
-                    nonlocal read
-                    for chunk in iter_usage_csv_chunks(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
-                                                       on_error=args.on_error):
-                        read += len(chunk.records)
-                        errors.extend(chunk.errors)
-                        yield chunk.records
+            def usage_chunks() -> Iterator[list[Any]]:
+                # Streamed: memory stays at one chunk; a rejected file rolls the whole command back.
+                nonlocal read
+                for chunk in iter_usage_csv_chunks(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
+                                                   on_error=args.on_error):
+                    read += len(chunk.records)
+                    errors.extend(chunk.errors)
+                    yield chunk.records
 
-                n = load_usage(engine, usage_chunks())
-                print(f"{args.usage}: {read:,} row(s) read, {n:,} bucket(s) written", file=out)
+            with write_transaction(engine) as conn:
+                if accounts is not None:
+                    n_accounts = upsert_accounts(conn, accounts.records)
+                if args.usage:
+                    n_buckets = load_usage(conn, usage_chunks())
+            checkpoint(engine)
         except CsvInputError as exc:
-            return _report_bad_rows(exc, "that file was not stored", err)
+            return _report_bad_rows(exc, nothing, err)
+        except UsageValueError as exc:
+            print(f"usagebot ingest: {args.usage}: {exc} ({' and '.join(files)} not stored)", file=err)
+            return 1
+        if args.accounts:
+            print(f"{args.accounts}: {n_accounts} account(s) stored", file=out)
+        if args.usage:
+            print(f"{args.usage}: {read:,} row(s) read, {n_buckets:,} bucket(s) written", file=out)
         for e in errors:
             print(f"skipped: {e}", file=err)
         if errors and args.rejects:

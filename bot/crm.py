@@ -9,14 +9,20 @@ One sync:
    Collections request (allOrNone=false), or one Bulk API 2.0 job when at least
    `bulk_threshold` records changed; stores each batch's per-record results
    (failures keep their error and are sent again next sync);
-4. creates a Task for each alert episode that asks for one (once per episode);
+4. creates a Task for each alert episode that asks for one, exactly once per episode:
+   the intent is recorded (status "unknown") before the request, and each Task
+   carries the episode's unique key (storage.crm.task_key), so a sync after a
+   crash or a lost answer looks the key up and records the Task it finds
+   instead of creating another (with tasks.key_field, creates are upserts on
+   that External ID field: Salesforce itself refuses a second Task per key);
 5. records the run (crm_sync_runs).
 A dry run does 1-2 (and lists the tasks) and stores nothing, so running it twice
 shows the same thing, and a real sync right after it sends exactly what it showed.
 The sync stops early (the rest waits for the next sync) on REQUEST_LIMIT_EXCEEDED,
 when the org's API usage reaches `max_api_share` of its daily limit, on login or
 session problems, on 5xx answers that outlast the retries, and on request-level
-errors (e.g. a mapped field that does not exist).
+errors (e.g. a mapped field that does not exist). Real syncs run one at a time per
+database (the "crm_sync" lock of storage.locks).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from rules.model import DAY, AccountFacts, RuleSet
 from rules.periods import iso
 from storage.crm import (
     TaskCandidate,
+    TaskOutcome,
     TaskRow,
     WriteOutcome,
     episodes_fired_since,
@@ -57,10 +64,14 @@ from storage.crm import (
     load_tasks,
     record_outcomes,
     record_sync_run,
-    record_task,
+    record_tasks,
 )
+from storage.locks import LockTimeout, exclusive
 
 SOQL_CHUNK = 200  # keys per "WHERE x IN (...)" query (keeps the GET URL well under its limit)
+SYNC_LOCK_WAIT = 900.0  # seconds a real sync waits for another one on the same database
+KEY_LINE = "usagebot key: "  # the last line of a Task's Description: the episode's unique key
+LOOKUP_MARGIN = DAY  # a Task looked up by key may have been created this long before our first attempt
 ClientFactory = Callable[[SalesforceConfig], SalesforceClient]
 
 
@@ -75,6 +86,10 @@ class PlannedTask:
     priority: str
     due_date: str
     previous: TaskRow | None
+
+    @property
+    def key(self) -> str:
+        return self.candidate.key
 
     def line(self) -> str:
         c = self.candidate
@@ -170,6 +185,7 @@ def plan_tasks(
             f"threshold: {c.explanation.get('threshold')}",
             f"Fired: {iso(c.fired_at)}",
             f"usagebot account {acct.id}, alert episode #{c.episode_id}",
+            f"{KEY_LINE}{c.key}",
         ])
         out.append(PlannedTask(c, acct, key, kind, subject, description, tc.priority.get(c.severity, "Normal"),
                                due, prev))
@@ -313,30 +329,20 @@ def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engin
         what_id, owner_id = target(p)
         if what_id is None:
             error = f"no {cfg.object} record with {_key_field(cfg)} = {p.match_key!r}"
-            record_task(engine, p.candidate, "failed", now, p.subject, None, error=error)
+            record_tasks(engine, [TaskOutcome(p.candidate, "failed", p.subject, None, error=error)], now)
             report.tasks_failed.append((p.candidate.episode_id, error))
             continue
         todo.append((p, what_id, owner_id))
 
-    # A create that failed ambiguously last time may have worked: look before creating again.
+    # A create whose outcome is unknown (a crash after the intent was recorded, a lost answer) may
+    # have worked: look its key up before creating again.
     unsure = [(p, w) for p, w, _ in todo if p.previous is not None and p.previous.status == "unknown"]
-    if unsure:
-        since = min(p.previous.first_attempt_at for p, _ in unsure if p.previous is not None) - DAY
-        existing: dict[tuple[str, str], str] = {}
-        for chunk in _chunks(sorted({w for _, w in unsure}), SOQL_CHUNK):
-            soql = (f"SELECT Id, WhatId, Subject FROM Task WHERE WhatId IN "
-                    f"({', '.join(_soql_quote(w) for w in chunk)}) AND CreatedDate >= {iso(since)}")
-            for rec in client.query_all(soql):
-                existing[(str(rec.get("WhatId")), str(rec.get("Subject")))] = str(rec["Id"])
-        still = []
-        for p, w, o in todo:
-            task_id = existing.get((w, p.subject)) if p.previous and p.previous.status == "unknown" else None
-            if task_id:
-                record_task(engine, p.candidate, "created", now, p.subject, w, sf_task_id=task_id, attempted=False)
-                report.tasks_created += 1
-            else:
-                still.append((p, w, o))
-        todo = still
+    found = _find_tasks(client, cfg, unsure) if unsure else {}
+    if found:
+        record_tasks(engine, [TaskOutcome(p.candidate, "created", p.subject, w, sf_task_id=found[p.key],
+                                          attempted=False) for p, w in unsure if p.key in found], now)
+        report.tasks_created += len(found)
+        todo = [(p, w, o) for p, w, o in todo if p.key not in found]
 
     for n, chunk in enumerate(_chunks(todo, cfg.batch_size)):
         recs = []
@@ -345,24 +351,67 @@ def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engin
                    "ActivityDate": p.due_date, "Status": tc.status, "Priority": p.priority}
             if tc.owner == "account_owner" and owner_id:
                 rec["OwnerId"] = owner_id
+            if tc.key_field:
+                rec[tc.key_field] = p.key
             recs.append(rec)
+        # the intent, committed BEFORE the request: whatever happens next, the next sync looks first
+        record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, w, error="sent; outcome not known yet")
+                              for p, w, _ in chunk], now)
         try:
-            results = client.create("Task", recs)
+            if tc.key_field:
+                results = client.upsert("Task", tc.key_field, recs)
+            else:
+                results = client.create("Task", recs)
         except SalesforceError as exc:
             report.stopped = report.stopped or str(exc)
             status = "unknown" if isinstance(exc, SalesforceUnavailable) and exc.ambiguous else "failed"
-            for p, what_id, _ in chunk:
-                record_task(engine, p.candidate, status, now, p.subject, what_id, error=str(exc))
-                report.tasks_failed.append((p.candidate.episode_id, str(exc)))
+            record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, w, error=str(exc), attempted=False)
+                                  for p, w, _ in chunk], now)
+            report.tasks_failed.extend((p.candidate.episode_id, str(exc)) for p, _, _ in chunk)
             report.tasks_deferred += sum(len(c) for c in _chunks(todo, cfg.batch_size)[n + 1:])
             return
+        outcomes = []
         for (p, what_id, _), r in zip(chunk, results, strict=True):
             if r.ok:
-                record_task(engine, p.candidate, "created", now, p.subject, what_id, sf_task_id=r.id)
+                outcomes.append(TaskOutcome(p.candidate, "created", p.subject, what_id, sf_task_id=r.id,
+                                            attempted=False))
                 report.tasks_created += 1
             else:
-                record_task(engine, p.candidate, "failed", now, p.subject, what_id, error=r.error)
+                outcomes.append(TaskOutcome(p.candidate, "failed", p.subject, what_id, error=r.error,
+                                            attempted=False))
                 report.tasks_failed.append((p.candidate.episode_id, r.error or "failed"))
+        record_tasks(engine, outcomes, now)
+
+
+def _find_tasks(client: SalesforceClient, cfg: SalesforceConfig,
+                unsure: Sequence[tuple[PlannedTask, str]]) -> dict[str, str]:
+    """task key -> Task Id of the Tasks that exist for these planned tasks (looked up by their key:
+    the key field when configured, else the key line of the Descriptions of the record's Tasks)."""
+    keys = {p.key for p, _ in unsure}
+    out: dict[str, str] = {}
+    kf = cfg.tasks.key_field
+    if kf:
+        for chunk in _chunks(sorted(keys), SOQL_CHUNK):
+            soql = f"SELECT Id, {kf} FROM Task WHERE {kf} IN ({', '.join(_soql_quote(k) for k in chunk)})"
+            for rec in client.query_all(soql):
+                out[str(rec.get(kf))] = str(rec["Id"])
+        return out
+    since = min(p.previous.first_attempt_at for p, _ in unsure if p.previous is not None) - LOOKUP_MARGIN
+    for chunk in _chunks(sorted({w for _, w in unsure}), SOQL_CHUNK):
+        soql = (f"SELECT Id, WhatId, Description FROM Task WHERE WhatId IN "
+                f"({', '.join(_soql_quote(w) for w in chunk)}) AND CreatedDate >= {iso(since)}")
+        for rec in client.query_all(soql):
+            key = _key_in(rec.get("Description"))
+            if key in keys:
+                out.setdefault(key, str(rec["Id"]))
+    return out
+
+
+def _key_in(description: Any) -> str | None:
+    for line in reversed(str(description or "").splitlines()):
+        if line.startswith(KEY_LINE):
+            return line[len(KEY_LINE):].strip()
+    return None
 
 
 # --------------------------------------------------------------------------- main
@@ -378,8 +427,26 @@ def run_crm_sync(
     `client`: an existing connection (tests pass one on a fake org); otherwise one
     is made with `client_factory` (default SalesforceClient) only if something has
     to be read or sent. Salesforce problems end the sync early with
-    `report.stopped` set; they are not raised.
+    `report.stopped` set; they are not raised. A real sync waits for one running
+    elsewhere on the same database (up to SYNC_LOCK_WAIT seconds, then it stops).
     """
+    if dry_run:
+        return _run_crm_sync(engine, ruleset, sf_config, health_model, now, dry_run, out, client, reconcile,
+                             client_factory)
+    try:
+        with exclusive(engine, "crm_sync", wait=SYNC_LOCK_WAIT):
+            return _run_crm_sync(engine, ruleset, sf_config, health_model, now, dry_run, out, client, reconcile,
+                                 client_factory)
+    except LockTimeout as exc:
+        report = CrmSyncReport(as_of=health_as_of(now), dry_run=False, object=sf_config.object, stopped=str(exc))
+        return _finish(report, engine, client, now, out)
+
+
+def _run_crm_sync(
+    engine: Engine, ruleset: RuleSet, sf_config: SalesforceConfig, health_model: HealthModel, now: int,
+    dry_run: bool, out: TextIO | None, client: SalesforceClient | None, reconcile: bool,
+    client_factory: ClientFactory | None,
+) -> CrmSyncReport:
     cfg = sf_config
     as_of = health_as_of(now)
     report = CrmSyncReport(as_of=as_of, dry_run=dry_run, object=cfg.object)

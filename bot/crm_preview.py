@@ -10,6 +10,7 @@ anywhere.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from integrations.salesforce.config import DEFAULT_FIELDS
 from integrations.salesforce.mapping import field_values
-from rules.health import DEFAULT_MODEL, Health, HealthModel, score_account, summarize_alerts
+from rules.health import DEFAULT_MODEL, Health, HealthModel, UsageNotFinite, score_account, summarize_alerts
 from rules.lifecycle import EpisodeState
 from rules.model import DAY, AccountFacts, RuleSet
 from rules.periods import billing_period, iso
@@ -27,6 +28,7 @@ from storage.accounts import list_accounts
 from storage.episodes import load_states
 from storage.usage import load_block, metrics
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CrmPreviewRow:
@@ -58,6 +60,8 @@ def account_health(
 
     The primary metric is chosen among all accounts, so one account's health is the
     same whether it is computed alone (e.g. for Slack's /usage) or with the others.
+    An account whose usage is not a finite number is left out (with a warning naming it):
+    the others are scored and synced as usual.
     """
     everyone = list_accounts(engine)
     metric = pick_primary_metric(engine, everyone, primary_metric or model.primary_metric)
@@ -88,9 +92,15 @@ def account_health(
                 util = float(np.nansum(daily.values[i, cols])) / quota
             elapsed = min(1.0, max(0.0, (end - period.start) / period.length))
         summary = alerts.get(acct.id)
-        h = score_account(daily.values[i], util, elapsed, summary.open_alerts if summary else [],
-                          summary.expansion_signal if summary else False,
-                          summary.last_alert if summary else None, model)
+        try:
+            h = score_account(daily.values[i], util, elapsed, summary.open_alerts if summary else [],
+                              summary.expansion_signal if summary else False,
+                              summary.last_alert if summary else None, model)
+        except UsageNotFinite as exc:
+            log.warning("account %s: no health score (%s usage: %s); its CRM fields are not updated until the "
+                        "data is fixed", acct.id, metric, exc, extra={"event": "account_contained",
+                                                                      "account": acct.id})
+            continue
         out.append((acct, h))
     return out
 

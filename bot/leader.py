@@ -17,7 +17,6 @@ without waiting.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from storage.locks import lock_key
 from storage.sources import release_lease, try_lease
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,6 @@ class Leadership(Protocol):
 def replica_id() -> str:
     """host:pid:random, unique per process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def lock_key(name: str) -> int:
-    """A signed 64-bit advisory lock key derived from a name (stable across versions)."""
-    return int.from_bytes(hashlib.sha256(f"usagebot:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 class SoleLeader:

@@ -32,7 +32,7 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     "usagebot_evaluations_total": ("counter", "Evaluation runs by reason (bucket closed, late data)."),
     "usagebot_evaluation_seconds": ("histogram", "Duration of one evaluation run."),
     "usagebot_alerts_total": ("counter", "Alert transitions published, by rule and event (fired, renotified, resolved)."),
-    "usagebot_deliveries_total": ("counter", "Outbox deliveries by result (sent, failed, dead, deferred)."),
+    "usagebot_deliveries_total": ("counter", "Outbox deliveries by result (sent, failed, dead, deferred, lost)."),
     "usagebot_outbox_rows": ("gauge", "Outbox rows by status."),
     "usagebot_job_runs_total": ("counter", "Scheduled job runs by job and result (ok, error, skipped)."),
     "usagebot_job_seconds": ("histogram", "Duration of a scheduled job run."),

@@ -26,6 +26,7 @@ from bot.alerts import (
     idempotency_key,
     recent_values,
 )
+from bot.cycle_lock import serialised
 from bot.notices import Notices
 from rules.engine import BlockKey, CohortEvent, EvaluationResult, due, evaluate, history_needed
 from rules.gcpause import gc_paused
@@ -35,7 +36,11 @@ from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
 from storage.first_evaluations import ACCOUNT, RULE, first_times, firsts, mark
 from storage.outbox import (
+    DEFAULT_LEASE,
+    ClaimLost,
+    LeaseKeeper,
     OutboxItem,
+    OutboxRow,
     claim_due,
     mark_dead,
     mark_failed,
@@ -123,6 +128,14 @@ def _rewound(states: Mapping[Key, EpisodeState], now: int) -> dict[Key, EpisodeS
     return out
 
 
+def log_contained(contained: Iterable[tuple[str, str, str]], now: int) -> None:
+    """One warning per (rule, account) left undecided because its usage is not a finite number."""
+    for rule_id, account_id, why in contained:
+        log.warning("account %s not evaluated by rule %s at %d: %s; its other rules and every other account "
+                    "are evaluated (fix or re-load its usage)", account_id, rule_id, now, why,
+                    extra={"event": "account_contained", "account": account_id, "rule": rule_id})
+
+
 def account_chunks(engine: Engine, size: int, known: Iterable[str] | None = None) -> list[list[str]]:
     """Every account with an account record or usage, sorted, in chunks of `size`.
 
@@ -134,6 +147,7 @@ def account_chunks(engine: Engine, size: int, known: Iterable[str] | None = None
 
 
 @gc_paused()  # the whole cycle: reads, evaluation, lifecycle, persisting (rules/gcpause.py)
+@serialised  # one cycle at a time per database; re-run after losing a race (bot/cycle_lock.py)
 def run_cycle(
     engine: Engine,
     ruleset: RuleSet,
@@ -209,6 +223,7 @@ def _evaluate_chunks(
         blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
         result = evaluate(rules, blocks, accounts, now, only_due=False, open_episodes=opened,
                           calendar=ruleset.calendar)
+        log_contained(result.contained, now)
         if muted:
             def is_muted(rule_id: str, account: str) -> bool:
                 return account in muted.get(metric_of[rule_id], ())
@@ -284,14 +299,26 @@ class DeliveryReport:
     failed: int = 0  # every row not delivered in this run (includes dead and deferred)
     dead: int = 0  # of those: permanent failures, not retried
     deferred: int = 0  # of those: due again after the notifier's retry_after
+    lost: int = 0  # rows whose claim another deliverer took over (not delivered nor marked by this run)
     errors: list[str] = field(default_factory=list)
+
+
+CLAIM_BATCH = 20  # rows claimed at a time: well within what one lease covers at 1 post/s per channel
 
 
 def deliver_outbox(
     engine: Engine, notifier: Notifier, now: int, limit: int = 500,
     backoff: Callable[[int], int] = lambda attempts: min(3600, 30 * 2 ** attempts),
+    lease: int = DEFAULT_LEASE, holder: str | None = None,
 ) -> DeliveryReport:
-    """Send the notifier's own due notification rows; failures are retried later with backoff.
+    """Send the notifier's own due notification rows (at most `limit`); failures are retried later with backoff.
+
+    Rows are claimed CLAIM_BATCH at a time under a fenced lease (storage.outbox): the claim is
+    renewed right before each row is handed to the notifier and by a heartbeat while the batch
+    is worked on, and every outcome is recorded only under the claim's token. So a row is never
+    delivered by two live deliverers (another `usagebot slack deliver`, a replica after
+    failover), even when this run outlives one lease or the replicas' clocks disagree; a row
+    whose claim was lost is skipped and counted in `lost`.
 
     A notifier's exception may carry `retry_after` (int seconds, e.g. Slack's 429 Retry-After):
     the row is due again after exactly that delay instead of the backoff (and is never marked dead
@@ -300,27 +327,52 @@ def deliver_outbox(
     Anything else is retried with backoff.
     """
     report = DeliveryReport()
-    for row in claim_due(engine, now, limit=limit, kinds=outbox_kinds(notifier.name)):
-        try:
-            notifier.deliver(row.payload)
-        except Exception as exc:  # a failing notifier must not lose the row
-            report.failed += 1
-            msg = f"{type(exc).__name__}: {exc}"
-            report.errors.append(f"outbox {row.idempotency_key}: {msg}")
-            retry_after = getattr(exc, "retry_after", None)
-            if getattr(exc, "permanent", False) is True:
-                log.error("delivery of %s failed permanently (marked dead): %s", row.idempotency_key, msg)
-                mark_dead(engine, row.id, now, msg)
-                report.dead += 1
-            elif isinstance(retry_after, int) and not isinstance(retry_after, bool) and retry_after >= 0:
-                log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)
-                # a deferral is not the row failing: it never makes the row dead
-                mark_failed(engine, row.id, now, msg, retry_in=retry_after, max_attempts=row.attempts + 1)
-                report.deferred += 1
-            else:
-                log.warning("delivery of %s failed: %s", row.idempotency_key, msg)
-                mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts))
-            continue
-        mark_sent(engine, [row.id], now)
-        report.sent += 1
+    handled: list[int] = []
+    while len(handled) < limit:
+        batch = claim_due(engine, now, limit=min(CLAIM_BATCH, limit - len(handled)), kinds=outbox_kinds(notifier.name),
+                          lease=lease, holder=holder, exclude=handled)
+        if not batch:
+            break
+        handled += [r.id for r in batch]
+        with LeaseKeeper(engine, batch[0].claim_token or "", [r.id for r in batch], lease) as keeper:
+            for row in batch:
+                if not keeper.take(row.id):
+                    report.lost += 1
+                    log.warning("delivery of %s skipped: its claim was taken over by another deliverer",
+                                row.idempotency_key)
+                    continue
+                try:
+                    _deliver_row(engine, notifier, row, now, backoff, report)
+                except ClaimLost as exc:
+                    report.lost += 1
+                    log.warning("delivery of %s: %s", row.idempotency_key, exc)
+                keeper.done(row.id)
     return report
+
+
+def _deliver_row(engine: Engine, notifier: Notifier, row: OutboxRow, now: int,
+                 backoff: Callable[[int], int], report: DeliveryReport) -> None:
+    token = row.claim_token
+    try:
+        notifier.deliver(row.payload)
+    except Exception as exc:  # a failing notifier must not lose the row
+        msg = f"{type(exc).__name__}: {exc}"
+        retry_after = getattr(exc, "retry_after", None)
+        if getattr(exc, "permanent", False) is True:
+            mark_dead(engine, row.id, now, msg, token=token)
+            log.error("delivery of %s failed permanently (marked dead): %s", row.idempotency_key, msg)
+            report.dead += 1
+        elif isinstance(retry_after, int) and not isinstance(retry_after, bool) and retry_after >= 0:
+            # a deferral is not the row failing: it never makes the row dead
+            mark_failed(engine, row.id, now, msg, retry_in=retry_after, max_attempts=row.attempts + 1, token=token)
+            log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)
+            report.deferred += 1
+        else:
+            mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), token=token)
+            log.warning("delivery of %s failed: %s", row.idempotency_key, msg)
+        report.failed += 1
+        report.errors.append(f"outbox {row.idempotency_key}: {msg}")
+        return
+    if mark_sent(engine, [row.id], now, token=token) == 0:
+        raise ClaimLost(f"outbox row {row.id} was delivered, but its claim had been taken over meanwhile")
+    report.sent += 1

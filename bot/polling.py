@@ -22,6 +22,7 @@ from integrations.sources.base import Batch, PollContext, Source, SourceError
 from storage.accounts import list_accounts
 from storage.db import redact_url
 from storage.sources import get_source_state, record_failure, store_batch
+from storage.usage import UsageValueError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class PollReport:
     points_written: int = 0  # usage points inserted or changed
     events_new: int = 0
     events_duplicate: int = 0
+    events_expired: int = 0  # older than the pruning horizon: not counted (their ids may be forgotten)
     changed: set[tuple[str, str]] = field(default_factory=set)  # (account, metric)
     rejected: list[str] = field(default_factory=list)
     error: str | None = None
@@ -59,6 +61,10 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
     report.points_written += res.points_written
     report.events_new += res.events_new
     report.events_duplicate += res.events_duplicate
+    report.events_expired += res.events_expired
+    if res.events_expired:
+        log.warning("source %s: %d event(s) older than the deduplication horizon were not counted",
+                    source.id, res.events_expired, extra={"source": source.id, "event": "events_expired"})
     report.changed |= set(res.changed)
 
 
@@ -81,6 +87,8 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
     except SourceError as exc:
         report.ok, report.error = False, str(exc)
+    except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
+        report.ok, report.error = False, f"source {source.id!r}: {exc}"
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
         report.ok = False
         report.error = redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}")

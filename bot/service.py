@@ -210,9 +210,10 @@ class Service:
 
     def deliver_job(self, now: int) -> Any:
         assert self.notifier is not None
-        report = deliver_outbox(self.engine, self.notifier, now)  # type: ignore[arg-type]
+        report = deliver_outbox(self.engine, self.notifier, now,  # type: ignore[arg-type]
+                                holder=self.leadership.holder if self.leadership else None)
         m = self.metrics
-        for result in ("sent", "dead", "deferred"):
+        for result in ("sent", "dead", "deferred", "lost"):
             n = getattr(report, result, 0)
             if n:
                 m.inc("usagebot_deliveries_total", n, result=result)

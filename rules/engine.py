@@ -5,10 +5,17 @@ covering at least `history_needed(rule)` seconds before `now`. For each rule
 the block is truncated to the buckets that have ENDED by `now` (so a
 detector cannot see the future or a half-filled bucket), restricted to the
 rule's segment, and passed to the rule kind's detector.
+
+Bad data is contained to its account: a row with a value that is not a finite
+number (a bucket total past the largest float64 reads as inf), or a finding
+whose numbers are not finite, leaves that account undecided for the rule (no
+finding, its episode unchanged) and is listed in `EvaluationResult.contained`;
+every other account is evaluated as usual.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -57,6 +64,18 @@ class EvaluationResult:
     evaluated_rules: set[str] = field(default_factory=set)
     recoveries: dict[RecoveryKey, Recovery] = field(default_factory=dict)
     cohort_events: list[CohortEvent] = field(default_factory=list)
+    contained: list[tuple[str, str, str]] = field(default_factory=list)  # (rule_id, account_id, why)
+
+
+def non_finite_rows(values: np.ndarray) -> np.ndarray:
+    """Per row: whether it holds +-inf (NaN is "not observed", a legitimate value)."""
+    if values.size == 0:
+        return np.zeros(values.shape[0], dtype=bool)
+    return np.isinf(values).any(axis=1)  # type: ignore[no-any-return]
+
+
+def _finite_finding(f: Finding) -> bool:
+    return all(x is None or not math.isinf(x) for x in (f.value, f.baseline, f.threshold))
 
 
 def history_needed(rules: Iterable[Rule]) -> dict[BlockKey, int]:
@@ -82,6 +101,7 @@ def evaluate_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
     block_facts: list[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
     calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
+    contained: list[tuple[str, str, str]] | None = None,
 ) -> tuple[list[Finding], list[str]]:
     """Findings of one rule at `now`, and the account ids it could decide.
 
@@ -89,8 +109,10 @@ def evaluate_rule(
     open_episodes: the rule's open episodes (judged with hysteresis by the detector).
     calendar: a bucket muted for the rule's kind decides nothing.
     cohort_events: where cohort events found are appended (rules with a `cohort`).
+    contained: where (rule, account, why) of accounts left undecided by non-finite data are appended.
     """
-    result = detect_rule(rule, block, accounts, now, block_facts, open_episodes, calendar, cohort_events)
+    result = detect_rule(rule, block, accounts, now, block_facts, open_episodes, calendar, cohort_events,
+                         contained)
     if result is None:
         return [], []
     view_ids, res = result
@@ -102,9 +124,11 @@ def detect_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
     block_facts: list[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
     calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
+    contained: list[tuple[str, str, str]] | None = None,
 ) -> tuple[list[str], DetectorResult] | None:
     """The detector's verdict on the rule's segment of `block` at `now` (its row ids and result);
-    None when nothing can be decided (no rows, or the bucket is muted by the calendar)."""
+    None when nothing can be decided (no rows, or the bucket is muted by the calendar). Accounts
+    with non-finite data are left out and listed in `contained`."""
     if block.step != rule.bucket or block.metric != rule.metric:
         raise ValueError(
             f"rule {rule.id!r} needs {rule.metric}@{rule.bucket}s, got {block.metric}@{block.step}s"
@@ -118,12 +142,25 @@ def detect_rule(
         mask = np.ones(len(facts), dtype=bool)
     else:
         mask = np.fromiter((seg.matches(f) for f in facts), dtype=bool, count=len(facts))
+    bad = mask & non_finite_rows(view.values)
+    if bad.any():
+        if contained is not None:
+            contained += [(rule.id, a, f"a {rule.metric} bucket total in the rule's window is not a finite number")
+                          for a in np.asarray(view.account_ids, dtype=object)[bad]]
+        mask &= ~bad
     if not mask.all():
         view = view.rows(mask)
         facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
     if not facts or (calendar is not None and calendar.muted(rule.kind, view.end - view.step)):
         return None
     result = detect(rule, view, facts, open_episodes)
+    if not all(map(_finite_finding, result.findings)):  # e.g. sums of huge values overflowing in a detector
+        odd = {f.account_id for f in result.findings if not _finite_finding(f)}
+        if contained is not None:
+            contained += [(rule.id, a, "the rule's computation on its usage overflowed (not a finite number)")
+                          for a in sorted(odd)]
+        result.findings = [f for f in result.findings if f.account_id not in odd]
+        result.decided[[i for i, a in enumerate(view.account_ids) if a in odd]] = False
     if rule.cohort is not None:
         events = cohort_suppress(rule, view, facts, result, {e.account_id for e in open_episodes})
         if cohort_events is not None:
@@ -198,7 +235,7 @@ def evaluate(
             facts[key] = facts_for(block.account_ids, accounts)
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
-                              out.cohort_events)
+                              out.cohort_events, out.contained)
         if verdict is None:
             continue
         ids, res = verdict

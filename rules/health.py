@@ -23,6 +23,7 @@ or more of quota.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -147,6 +148,11 @@ def band_of(score: float, model: HealthModel = DEFAULT_MODEL) -> str:
     return "Healthy" if score >= model.healthy_at else "Watch" if score >= model.watch_at else "At risk"
 
 
+class UsageNotFinite(ValueError):
+    """The usage a health score would be computed from is not a finite number (an inf bucket total,
+    or sums past the largest float64): no score, rather than a false one."""
+
+
 def score_account(
     daily: np.ndarray,
     utilization: float | None,
@@ -161,13 +167,18 @@ def score_account(
     utilization: period-to-date usage / quota (None = no quota).
     period_elapsed: share of the billing period elapsed (0..1).
     open_alerts: (kind, severity) of the account's open episodes.
+    Raises UsageNotFinite when the usage or the utilization is not a finite number.
     """
+    if utilization is not None and not math.isfinite(utilization):
+        raise UsageNotFinite(f"its quota utilization is not a finite number ({utilization})")
     n = model.window_days
     d = np.asarray(daily, dtype=float)[-2 * n:]
     last, prev = d[-n:], d[:-n] if d.size > n else np.array([])
     # Per observed day, scaled to the window: missing days are not zero usage.
     last_sum = float(np.nanmean(last) * n) if np.any(~np.isnan(last)) else 0.0
     prev_sum = float(np.nanmean(prev) * n) if np.any(~np.isnan(prev)) else 0.0
+    if not (math.isfinite(last_sum) and math.isfinite(prev_sum)):
+        raise UsageNotFinite("its daily usage is not a finite number (a bucket total is inf, or the sums overflow)")
     ratio, word, trend_share = _trend(last_sum, prev_sum, model)
     observed = int(np.count_nonzero(~np.isnan(last)))
     active = int(np.count_nonzero(np.nan_to_num(last) > 0))

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from rules.gcpause import gc_paused
 from rules.model import AccountFacts
@@ -38,10 +38,11 @@ def _row(a: AccountFacts, now: int) -> dict[str, Any]:
     }
 
 
-def upsert_accounts(engine: Engine, accounts: Iterable[AccountFacts], now: int | None = None) -> int:
+def upsert_accounts(engine: Engine | Connection, accounts: Iterable[AccountFacts], now: int | None = None) -> int:
     """Insert or replace accounts by id; returns how many were written.
 
     An id given twice in one call keeps its last facts. Accounts not given are left alone.
+    Pass a Connection to write inside the caller's transaction.
     """
     at = int(time.time()) if now is None else int(now)
     rows: dict[str, dict[str, Any]] = {}
@@ -55,10 +56,17 @@ def upsert_accounts(engine: Engine, accounts: Iterable[AccountFacts], now: int |
         set_={f: ins.excluded[f] for f in (*_FIELDS, "updated_at")},
     )
     values = list(rows.values())
-    with engine.begin() as conn:
-        for i in range(0, len(values), _CHUNK):
-            conn.execute(stmt, values[i : i + _CHUNK])
+    if isinstance(engine, Connection):
+        _write_accounts(engine, stmt, values)
+    else:
+        with engine.begin() as conn:
+            _write_accounts(conn, stmt, values)
     return len(values)
+
+
+def _write_accounts(conn: Connection, stmt: Any, values: list[dict[str, Any]]) -> None:
+    for i in range(0, len(values), _CHUNK):
+        conn.execute(stmt, values[i : i + _CHUNK])
 
 
 def _facts(rows: list[Any]) -> list[AccountFacts]:

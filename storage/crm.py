@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,17 @@ def failed_records(engine: Engine, sf_object: str, limit: int = 100) -> list[Rec
 # -------------------------------------------------------------------------- tasks
 
 
+def task_key(rule_id: str, account_id: str, metric: str, discriminator: str, started_at: int) -> str:
+    """The unique key of an episode's Task, written into the Task and looked up on recovery.
+
+    Derived from the episode's identity (its key and start), so it is the same in every
+    database and for every retry, and differs between episodes that share a subject (the 80%
+    and 100% quota episodes of one period). Migration 0008 holds a frozen copy of this formula.
+    """
+    ident = "\x1f".join([rule_id, account_id, metric, discriminator or "", str(int(started_at))])
+    return "usagebot-" + hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
 @dataclass(frozen=True)
 class TaskCandidate:
     """A fired alert episode that may need a Salesforce Task."""
@@ -128,6 +140,12 @@ class TaskCandidate:
     severity: str
     fired_at: int
     explanation: dict[str, Any]
+    discriminator: str = ""
+    started_at: int = 0
+
+    @property
+    def key(self) -> str:
+        return task_key(self.rule_id, self.account_id, self.metric, self.discriminator, self.started_at)
 
 
 @dataclass(frozen=True)
@@ -142,15 +160,32 @@ class TaskRow:
     attempts: int
     last_error: str | None
     first_attempt_at: int
+    task_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What to store for one episode's task: status created / failed / unknown ("unknown": the
+    create may have happened; the next sync looks the key up before creating again)."""
+
+    candidate: TaskCandidate
+    status: str
+    subject: str
+    what_id: str | None
+    sf_task_id: str | None = None
+    error: str | None = None
+    attempted: bool = True
 
 
 def episodes_fired_since(engine: Engine, since: int) -> list[TaskCandidate]:
     """Episodes (open or resolved) that fired at or after `since`, oldest first."""
-    q = (sa.select(_e.id, _e.rule_id, _e.account_id, _e.metric, _e.severity, _e.fired_at, _e.last_explanation)
+    q = (sa.select(_e.id, _e.rule_id, _e.account_id, _e.metric, _e.severity, _e.fired_at, _e.last_explanation,
+                   _e.discriminator, _e.started_at)
          .where(_e.fired_at.is_not(None), _e.fired_at >= since).order_by(_e.fired_at, _e.id))
     with engine.connect() as conn:
         return [TaskCandidate(int(r.id), r.rule_id, r.account_id, r.metric, r.severity, int(r.fired_at),
-                              dict(r.last_explanation or {})) for r in conn.execute(q)]
+                              dict(r.last_explanation or {}), r.discriminator or "", int(r.started_at))
+                for r in conn.execute(q)]
 
 
 def load_tasks(engine: Engine, episode_ids: Iterable[int]) -> dict[int, TaskRow]:
@@ -161,30 +196,39 @@ def load_tasks(engine: Engine, episode_ids: Iterable[int]) -> dict[int, TaskRow]
             for r in conn.execute(sa.select(tasks_table).where(_t.episode_id.in_(ids[i : i + _CHUNK]))):
                 out[int(r.episode_id)] = TaskRow(int(r.episode_id), r.account_id, r.rule_id, r.status, r.subject,
                                                  r.what_id, r.sf_task_id, int(r.attempts), r.last_error,
-                                                 int(r.first_attempt_at))
+                                                 int(r.first_attempt_at), r.task_key)
     return out
+
+
+def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> None:
+    """Insert or update the task rows of several episodes in one transaction (the key included)."""
+    if not outcomes:
+        return
+    with write_transaction(engine) as conn:
+        ins = _insert(conn, tasks_table)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[_t.episode_id],
+            set_={"status": ins.excluded.status, "subject": ins.excluded.subject, "what_id": ins.excluded.what_id,
+                  "sf_task_id": ins.excluded.sf_task_id, "last_error": ins.excluded.last_error,
+                  "updated_at": ins.excluded.updated_at, "task_key": ins.excluded.task_key,
+                  "attempts": _t.attempts + ins.excluded.attempts},
+        )
+        for o in outcomes:  # one by one: `attempts` adds this row's own count
+            c = o.candidate
+            conn.execute(stmt, {
+                "episode_id": c.episode_id, "account_id": c.account_id, "rule_id": c.rule_id, "status": o.status,
+                "subject": o.subject, "what_id": o.what_id, "sf_task_id": o.sf_task_id,
+                "attempts": 1 if o.attempted else 0,
+                "last_error": None if o.error is None else o.error[:MAX_ERROR_CHARS], "first_attempt_at": now,
+                "updated_at": now, "task_key": c.key})
 
 
 def record_task(
     engine: Engine, candidate: TaskCandidate, status: str, now: int, subject: str, what_id: str | None,
     sf_task_id: str | None = None, error: str | None = None, attempted: bool = True,
 ) -> None:
-    """Insert or update the task row of an episode (status created / failed / unknown)."""
-    with write_transaction(engine) as conn:
-        ins = _insert(conn, tasks_table)
-        row = {"episode_id": candidate.episode_id, "account_id": candidate.account_id,
-               "rule_id": candidate.rule_id, "status": status, "subject": subject, "what_id": what_id,
-               "sf_task_id": sf_task_id, "attempts": 1 if attempted else 0,
-               "last_error": None if error is None else error[:MAX_ERROR_CHARS], "first_attempt_at": now,
-               "updated_at": now}
-        stmt = ins.on_conflict_do_update(
-            index_elements=[_t.episode_id],
-            set_={"status": ins.excluded.status, "subject": ins.excluded.subject, "what_id": ins.excluded.what_id,
-                  "sf_task_id": ins.excluded.sf_task_id, "last_error": ins.excluded.last_error,
-                  "updated_at": ins.excluded.updated_at,
-                  "attempts": _t.attempts + (1 if attempted else 0)},
-        )
-        conn.execute(stmt, row)
+    """Insert or update the task row of one episode (status created / failed / unknown)."""
+    record_tasks(engine, [TaskOutcome(candidate, status, subject, what_id, sf_task_id, error, attempted)], now)
 
 
 # --------------------------------------------------------------------------- runs

@@ -105,6 +105,18 @@ def write_transaction(engine: Engine) -> AbstractContextManager[Connection]:
     return engine.begin()
 
 
+def db_clock(dialect: str) -> sa.ColumnElement[int]:
+    """The database server's clock as int epoch seconds, for leases shared by several processes.
+
+    Leases that several replicas compare (outbox and Slack step claims) are written and checked
+    with this clock, never a replica's own: one clock, so a replica whose clock runs ahead cannot
+    take what another still holds. SQLite databases are local files: the machine's clock.
+    """
+    if dialect == "postgresql":  # clock_timestamp(): the time now, not the transaction's start
+        return sa.cast(sa.func.floor(sa.extract("epoch", sa.func.clock_timestamp())), sa.BigInteger)
+    return sa.cast(sa.func.strftime("%s", "now"), sa.BigInteger)
+
+
 def make_engine(url: str | URL) -> Engine:
     """An Engine for a SQLite or PostgreSQL URL.
 

@@ -4,7 +4,10 @@ Several episodes may exist over time for one key (rule, account, metric,
 discriminator); the one with the highest id is the key's *current* episode.
 `record_step` persists one lifecycle step (episode rows, audit events and the
 outbox items) in a single transaction, and is idempotent: retrying the same
-step writes no second episode, event or outbox row.
+step writes no second episode, event or outbox row. The database keeps at most
+one open (pending/firing) episode per key (uq_alert_episodes_open): a step that
+would start a second one, because another writer started one since its states
+were read, fails whole with EpisodeConflict (read the states again and retry).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from rules.lifecycle import RESOLVED, EpisodeState, Key, LifecycleResult, Transition
 from rules.model import Reference
@@ -30,6 +34,16 @@ _v = events_table.c
 _CHUNK = 1000
 _STATE_FIELDS = tuple(f.name for f in fields(EpisodeState) if f.name != "episode_id")
 _KEY_COLS = (_e.rule_id, _e.account_id, _e.metric, _e.discriminator)
+OPEN_INDEX = "uq_alert_episodes_open"
+
+
+class EpisodeConflict(RuntimeError):
+    """Another writer stored an open episode of a key this step starts one for; nothing was written."""
+
+
+def _open_conflict(exc: IntegrityError) -> bool:
+    text = str(exc.orig)
+    return OPEN_INDEX in text or "alert_episodes.rule_id, alert_episodes.account_id" in text  # PostgreSQL, SQLite
 
 
 # ------------------------------------------------------------------------ mapping
@@ -335,11 +349,23 @@ def record_step(
     transition (e.g. a pending episode's `consecutive`) are updated too; resolved
     states without a transition are taken as stored (advance() never changes
     them), so steps stay cheap however long the history. Outbox
-    items are inserted with ON CONFLICT (idempotency_key) DO NOTHING. If
+    items are inserted with ON CONFLICT (kind, idempotency_key) DO NOTHING. If
     anything fails, nothing is written. `rule_hashes` maps rule id -> hash; when
     a rule is missing there, the explanation's rule_hash is used. `also`: further writes
     that belong to the same step (called with the transaction's connection).
     """
+    try:
+        return _record_step(engine, result, outbox, rule_hashes, now, also)
+    except IntegrityError as exc:
+        if not _open_conflict(exc):
+            raise
+        raise EpisodeConflict(f"another evaluation stored an open episode of the same key meanwhile: "
+                              f"{' '.join(str(exc.orig).split())[:300]}") from None
+
+
+def _record_step(engine: Engine, result: LifecycleResult, outbox: Sequence[OutboxItem],
+                 rule_hashes: Mapping[str, str], now: int | None,
+                 also: Sequence[Callable[[Connection], object]]) -> dict[Key, int]:
     at = now if now is not None else max((t.at for t in result.transitions), default=None)
     with write_transaction(engine) as conn:
         in_transitions = {t.key for t in result.transitions}

@@ -132,6 +132,9 @@ class UsageTileDirty(SQLModel, table=True):
     seq: int = Field(sa_type=sa.BigInteger)
 
 
+OPEN_EPISODE_SQL = "status IN ('pending', 'firing')"
+
+
 class AlertEpisode(SQLModel, table=True):
     __tablename__ = "alert_episodes"  # type: ignore[assignment]
     __table_args__ = (
@@ -139,6 +142,10 @@ class AlertEpisode(SQLModel, table=True):
         sa.Index("ix_alert_episodes_status", "status"),
         # States of a few accounts (incremental cycles, /usage <account>) without scanning all episodes.
         sa.Index("ix_alert_episodes_account", "account_id", "id"),
+        # At most one open episode per key, whoever writes it (two concurrent cycles cannot both
+        # start one: the second insert fails and its cycle runs again; bot/cycle_lock.py).
+        sa.Index("uq_alert_episodes_open", "rule_id", "account_id", "metric", "discriminator", unique=True,
+                 postgresql_where=sa.text(OPEN_EPISODE_SQL), sqlite_where=sa.text(OPEN_EPISODE_SQL)),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -222,6 +229,11 @@ class OutboxEntry(SQLModel, table=True):
     last_error: str | None = None
     created_at: int = Field(sa_type=sa.BigInteger)
     sent_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # The current claim (storage/outbox.py): a fencing token per claim, and the lease's end on the
+    # DATABASE clock (not a replica's), so a skewed replica cannot take a row another one still holds.
+    claim_token: str | None = None
+    lease_until: int | None = Field(default=None, sa_type=sa.BigInteger)
+    claimed_by: str | None = None
 
 
 class SourceCursorRow(SQLModel, table=True):
@@ -298,6 +310,9 @@ class SlackDeliveryStep(SQLModel, table=True):
     ts: str | None = None
     attempted_at: int = Field(sa_type=sa.BigInteger)
     done_at: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # Who may post it now (a fencing token, and the lease's end on the database clock).
+    claim_token: str | None = None
+    lease_until: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class SlackFeedback(SQLModel, table=True):
@@ -387,11 +402,13 @@ class CrmTask(SQLModel, table=True):
     """The Salesforce Task created for an alert episode (at most one per episode).
 
     status: "created" (sf_task_id set), "failed" (Salesforce refused it; retried
-    next sync), "unknown" (the request failed in a way that may have created it:
-    the next sync looks for it before creating another).
+    next sync), "unknown" (about to be created, or the request failed in a way that
+    may have created it: the next sync looks it up by `task_key` before creating
+    another). `task_key` is written into the Task (bot/crm.py), unique per episode.
     """
 
     __tablename__ = "crm_tasks"  # type: ignore[assignment]
+    __table_args__ = (sa.UniqueConstraint("task_key", name="uq_crm_tasks_task_key"),)
 
     episode_id: int = Field(
         primary_key=True, sa_column_kwargs={"autoincrement": False},
@@ -407,6 +424,7 @@ class CrmTask(SQLModel, table=True):
     last_error: str | None = None
     first_attempt_at: int = Field(sa_type=sa.BigInteger)
     updated_at: int = Field(sa_type=sa.BigInteger)
+    task_key: str | None = None  # None only on rows written before 0009_exactly_once
 
 
 class CrmSyncRun(SQLModel, table=True):
@@ -443,14 +461,19 @@ CRM_TABLES: tuple[sa.Table, ...] = (
 
 
 class IngestedEvent(SQLModel, table=True):
-    """Event ids already added to usage (push ingest, event feeds): deduplication by id."""
+    """Event ids already added to usage (push ingest, event feeds): deduplication by id.
+
+    Ids are forgotten by EVENT time (`event_at`), the clock acceptance checks too: an id is pruned
+    only once its event is older than the source's `events_forgotten_before`, which refuses it.
+    """
 
     __tablename__ = "ingested_events"  # type: ignore[assignment]
-    __table_args__ = (sa.Index("ix_ingested_events_received", "received_at"),)
+    __table_args__ = (sa.Index("ix_ingested_events_event_at", "event_at"),)
 
     source_id: str = Field(primary_key=True)
     event_id: str = Field(primary_key=True)
     received_at: int = Field(sa_type=sa.BigInteger)
+    event_at: int = Field(sa_type=sa.BigInteger)
 
 
 class SourceStatus(SQLModel, table=True):
@@ -468,6 +491,9 @@ class SourceStatus(SQLModel, table=True):
     failures: int = 0  # consecutive failed polls
     stale_since: int | None = Field(default=None, sa_type=sa.BigInteger)
     updated_at: int = Field(sa_type=sa.BigInteger)
+    # Event ids of events before this time were pruned: such events are refused (or dropped), never
+    # counted again (storage.sources.prune_events).
+    events_forgotten_before: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class SourceSeries(SQLModel, table=True):

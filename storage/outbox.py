@@ -2,14 +2,25 @@
 
 Lifecycle of a row: pending -> (claimed by a worker) -> sent, or failed (due
 again after a backoff) -> ... -> dead after `max_attempts` claims.
-`claim_due` counts an attempt and leases the row for `lease` seconds, so a
-worker that crashes mid-delivery does not lose it and a concurrent worker
-does not take it twice.
+
+Claims are fenced: `claim_due` counts an attempt, gives the claimed rows a new
+random `claim_token` and leases them until `lease` seconds from now on the
+DATABASE clock (storage.db.db_clock). A row is handed out again only once its
+lease has expired on that one clock, however skewed the replicas' clocks are.
+The holder renews the lease while it works (`renew`, e.g. right before each
+post, and from a heartbeat thread: `LeaseKeeper`), and every outcome
+(`mark_sent` / `mark_failed` / `mark_dead` with the token) is written only
+while the token is still the row's: a deliverer that lost its claim (paused
+past its lease, cut off from the database) gets `ClaimLost` and changes
+nothing. Due times (`next_attempt_at`, backoffs) use the caller's `now`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +29,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from storage.db import write_transaction
+from storage.db import db_clock, write_transaction
 from storage.jsonsafe import json_safe
 from storage.models import OutboxEntry
+
+log = logging.getLogger(__name__)
 
 outbox_table: sa.Table = OutboxEntry.__table__  # type: ignore[attr-defined]
 _c = outbox_table.c
@@ -46,6 +59,12 @@ def outbox_kinds(notifier_name: str) -> list[str]:
 
 DEFAULT_LEASE = 300
 MAX_ERROR_CHARS = 2000
+_UNCLAIMED = {"claim_token": None, "lease_until": None, "claimed_by": None}
+
+
+class ClaimLost(RuntimeError):
+    """The row is no longer held with this claim token (its lease expired and another worker took
+    it, or an operator changed it); the caller must not act on it any more."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,8 @@ class OutboxRow:
     last_error: str | None
     created_at: int
     sent_at: int | None
+    claim_token: str | None = None  # set on rows returned by claim_due
+    lease_until: int | None = None  # database clock
 
 
 def default_backoff(attempts: int) -> int:
@@ -118,25 +139,38 @@ def _to_row(r: Any) -> OutboxRow:
         status=r.status, attempts=int(r.attempts), next_attempt_at=int(r.next_attempt_at),
         last_error=r.last_error, created_at=int(r.created_at),
         sent_at=None if r.sent_at is None else int(r.sent_at),
+        claim_token=r.claim_token, lease_until=None if r.lease_until is None else int(r.lease_until),
     )
 
 
 def claim_due(
     engine: Engine, now: int, limit: int = 100, kinds: Sequence[str] | None = None, lease: int = DEFAULT_LEASE,
+    holder: str | None = None, exclude: Iterable[int] = (),
 ) -> list[OutboxRow]:
-    """Pending/failed rows with next_attempt_at <= now, oldest first.
+    """Pending/failed rows with next_attempt_at <= now and no live claim, oldest first.
 
-    Each claimed row's attempts is incremented and its next_attempt_at moved
-    to now + lease; the caller must then mark_sent or mark_failed it.
+    Each claimed row's attempts is incremented, it gets a new claim token (the same for the
+    rows of one call) and a lease until `lease` seconds from now on the database clock; the
+    caller must then mark_sent / mark_failed / mark_dead it with that token (or let the lease
+    expire). The database clock counts whole seconds, so a lease ends once the clock is PAST
+    lease_until: it lasts at least `lease` seconds, never less. `holder` names the claimer for operators; `exclude`: row ids not to take.
     """
+    if limit <= 0:
+        return []
+    db_now = db_clock(engine.dialect.name)
     q = (
         sa.select(outbox_table)
-        .where(_c.status.in_([PENDING, FAILED]), _c.next_attempt_at <= now)
+        .where(_c.status.in_([PENDING, FAILED]), _c.next_attempt_at <= now,
+               sa.or_(_c.lease_until.is_(None), _c.lease_until < db_now))
         .order_by(_c.next_attempt_at, _c.id)
         .limit(limit)
     )
     if kinds is not None:
         q = q.where(_c.kind.in_(list(kinds)))
+    skip = list(exclude)
+    if skip:
+        q = q.where(_c.id.notin_(skip))
+    token = uuid.uuid4().hex
     with write_transaction(engine) as conn:
         if conn.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
@@ -146,59 +180,168 @@ def claim_due(
         ids = [r.id for r in rows]
         conn.execute(
             sa.update(outbox_table).where(_c.id.in_(ids))
-            .values(attempts=_c.attempts + 1, next_attempt_at=now + lease)
+            .values(attempts=_c.attempts + 1, claim_token=token, lease_until=db_now + int(lease),
+                    claimed_by=(holder or "")[:200] or None)
         )
         claimed = conn.execute(sa.select(outbox_table).where(_c.id.in_(ids))).all()
     by_id = {r.id: _to_row(r) for r in claimed}
     return [by_id[i] for i in ids]
 
 
-def mark_sent(engine: Engine, ids: Iterable[int], now: int) -> int:
-    """Mark rows delivered; returns how many rows changed."""
+def renew(engine: Engine, token: str, ids: Iterable[int], lease: int = DEFAULT_LEASE) -> set[int]:
+    """Extend the lease of rows still held with `token` to `lease` seconds from now (database
+    clock); returns the ids still held (a row missing from it was lost: do not deliver it)."""
+    id_list = list(ids)
+    if not id_list:
+        return set()
+    db_now = db_clock(engine.dialect.name)
+    with engine.begin() as conn:
+        res = conn.execute(
+            sa.update(outbox_table)
+            .where(_c.id.in_(id_list), _c.claim_token == token, _c.status.in_([PENDING, FAILED]))
+            .values(lease_until=db_now + int(lease)).returning(_c.id))
+        return {int(i) for i in res.scalars()}
+
+
+class LeaseKeeper:
+    """Keeps the claim on a batch of rows alive while one worker delivers them.
+
+        with LeaseKeeper(engine, token, [r.id for r in rows], lease) as keeper:
+            for row in rows:
+                if not keeper.take(row.id):  # renewed right before the work, or lost
+                    continue
+                ...deliver, mark_sent / mark_failed with the token...
+                keeper.done(row.id)
+
+    `take` renews the row's lease at once (a per-row check right before the side effect); a
+    heartbeat thread renews every row not yet done every `interval` (lease / 4) seconds, so a
+    run that outlives one lease keeps its rows while it is alive, and a dead or frozen one loses
+    them after at most one lease. Rows found lost are never taken.
+    """
+
+    def __init__(self, engine: Engine, token: str, ids: Iterable[int], lease: int = DEFAULT_LEASE,
+                 interval: float | None = None) -> None:
+        self.engine = engine
+        self.token = token
+        self.lease = int(lease)
+        self.interval = interval if interval is not None else max(0.2, lease / 4)
+        self._pending = set(ids)
+        self.lost: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="outbox-lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def take(self, id: int) -> bool:
+        """Renew the row's claim now; False when it is lost (do not deliver it)."""
+        with self._lock:
+            if id in self.lost:
+                return False
+        held = id in renew(self.engine, self.token, [id], self.lease)
+        if not held:
+            self._forget({id})
+        return held
+
+    def done(self, id: int) -> None:
+        with self._lock:
+            self._pending.discard(id)
+
+    def _forget(self, ids: set[int]) -> None:
+        with self._lock:
+            self._pending -= ids
+            self.lost |= ids
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = set(self._pending)
+            if not ids:
+                continue
+            try:
+                held = renew(self.engine, self.token, ids, self.lease)
+            except Exception as exc:  # the next take() fails loudly; keep beating meanwhile
+                log.warning("outbox lease renewal failed: %s: %s", type(exc).__name__, exc)
+                continue
+            with self._lock:
+                gone = (ids - held) & self._pending  # rows done meanwhile are not lost
+            if gone:
+                log.warning("outbox rows %s: claim lost to another worker; not delivering them", sorted(gone))
+                self._forget(gone)
+
+
+def _held(token: str | None) -> Any:
+    return sa.true() if token is None else _c.claim_token == token
+
+
+def _lost(conn: Connection, id: int, token: str | None) -> None:
+    """Raise KeyError (no such row) or ClaimLost (the row is held by another claim now)."""
+    r = conn.execute(sa.select(_c.claim_token, _c.status).where(_c.id == id)).one_or_none()
+    if r is None:
+        raise KeyError(f"outbox row {id} does not exist")
+    raise ClaimLost(f"outbox row {id}: claim {token} lost (row is {r.status}, "
+                    f"claimed {'by another worker' if r.claim_token else 'by nobody'}); outcome not recorded")
+
+
+def mark_sent(engine: Engine, ids: Iterable[int], now: int, token: str | None = None) -> int:
+    """Mark rows delivered; returns how many rows changed.
+
+    token: the claim token the rows were delivered under; rows no longer held with it are left
+    alone (not counted). None: unfenced (tests, operators).
+    """
     id_list = list(ids)
     if not id_list:
         return 0
     with engine.begin() as conn:
         res = conn.execute(
-            sa.update(outbox_table).where(_c.id.in_(id_list))
-            .values(status=SENT, sent_at=now, last_error=None)
+            sa.update(outbox_table).where(_c.id.in_(id_list), _held(token))
+            .values(status=SENT, sent_at=now, last_error=None, **_UNCLAIMED)
         )
         return int(res.rowcount)
 
 
 def mark_failed(
     engine: Engine, id: int, now: int, error: str, retry_in: int | None = None, max_attempts: int = 10,
+    token: str | None = None,
 ) -> str:
     """Record a failed delivery; returns the new status ("failed" or "dead").
 
     The row is due again at now + retry_in (default: `default_backoff`) unless
     it has been tried `max_attempts` times, then it is dead (never retried).
+    token: the claim it failed under; raises ClaimLost when the row is held by another claim
+    (its outcome there is not ours to overwrite: a row sent meanwhile must stay sent).
     """
     with write_transaction(engine) as conn:
-        row = conn.execute(sa.select(_c.attempts).where(_c.id == id)).one_or_none()
+        row = conn.execute(sa.select(_c.attempts).where(_c.id == id, _held(token))).one_or_none()
         if row is None:
-            raise KeyError(f"outbox row {id} does not exist")
+            _lost(conn, id, token)
         attempts = max(int(row.attempts), 1)
         delay = default_backoff(attempts) if retry_in is None else max(0, int(retry_in))
         status = DEAD if attempts >= max_attempts else FAILED
         conn.execute(
             sa.update(outbox_table).where(_c.id == id).values(
                 status=status, attempts=attempts, last_error=error[:MAX_ERROR_CHARS],
-                next_attempt_at=now + delay,
+                next_attempt_at=now + delay, **_UNCLAIMED,
             )
         )
     return status
 
 
-def mark_dead(engine: Engine, id: int, now: int, error: str) -> None:
+def mark_dead(engine: Engine, id: int, now: int, error: str, token: str | None = None) -> None:
     """Give up on a row now (a permanent error such as an unknown Slack channel)."""
     with engine.begin() as conn:
         res = conn.execute(
-            sa.update(outbox_table).where(_c.id == id)
-            .values(status=DEAD, last_error=error[:MAX_ERROR_CHARS], next_attempt_at=now)
+            sa.update(outbox_table).where(_c.id == id, _held(token))
+            .values(status=DEAD, last_error=error[:MAX_ERROR_CHARS], next_attempt_at=now, **_UNCLAIMED)
         )
         if res.rowcount == 0:
-            raise KeyError(f"outbox row {id} does not exist")
+            _lost(conn, id, token)
 
 
 def retry_dead(engine: Engine, now: int, ids: Iterable[int] | None = None) -> int:
@@ -207,7 +350,7 @@ def retry_dead(engine: Engine, now: int, ids: Iterable[int] | None = None) -> in
     if ids is not None:
         q = q.where(_c.id.in_(list(ids)))
     with engine.begin() as conn:
-        return int(conn.execute(q.values(status=PENDING, attempts=0, next_attempt_at=now)).rowcount)
+        return int(conn.execute(q.values(status=PENDING, attempts=0, next_attempt_at=now, **_UNCLAIMED)).rowcount)
 
 
 def list_outbox(engine: Engine, status: str | None = None, limit: int = 100) -> list[OutboxRow]:

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from rules.lifecycle import EpisodeState
-from storage.db import write_transaction
+from storage.db import db_clock, write_transaction
 from storage.episodes import episodes_table, get_episode, state_from_row
 from storage.jsonsafe import json_safe
 from storage.models import (
@@ -170,43 +170,83 @@ class DeliveryStep:
     ts: str | None
     attempted_at: int
     done_at: int | None
+    claim_token: str | None = None
+    lease_until: int | None = None  # database clock
 
     @property
     def done(self) -> bool:
         return self.ts is not None
 
 
+def _step(r: Any) -> DeliveryStep:
+    return DeliveryStep(r.step, r.channel, r.thread_ts, r.ts, int(r.attempted_at), _opt(r.done_at), r.claim_token,
+                        _opt(r.lease_until))
+
+
 def get_step(engine: Engine, step: str) -> DeliveryStep | None:
     with engine.connect() as conn:
         r = conn.execute(sa.select(steps_table).where(steps_table.c.step == step)).one_or_none()
-    if r is None:
-        return None
-    return DeliveryStep(r.step, r.channel, r.thread_ts, r.ts, int(r.attempted_at), _opt(r.done_at))
+    return None if r is None else _step(r)
 
 
-def begin_step(engine: Engine, step: str, channel: str, thread_ts: str | None, now: int) -> None:
-    """Record that a post is about to be sent (committed BEFORE the request). The first attempt time is kept."""
+def claim_step(engine: Engine, step: str, channel: str, thread_ts: str | None, now: int, token: str,
+               lease: int) -> tuple[DeliveryStep | None, bool]:
+    """Take the right to post step `step` for `lease` seconds (database clock); committed BEFORE
+    the request. Returns (the step as it was before, whether it is now held with `token`).
+
+    Not held: the step is done (its ts is set), or another live deliverer holds it. A step that
+    existed unfinished before (previous state not None, ts None) was maybe posted by an earlier
+    attempt: look for the message before posting. The first attempt time is kept.
+    """
+    c = steps_table.c
+    db_now = db_clock(engine.dialect.name)
+    with write_transaction(engine) as conn:
+        q = sa.select(steps_table, db_now.label("db_now")).where(c.step == step)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        r = conn.execute(q).one_or_none()
+        if r is None:
+            ins = _insert(conn, steps_table).values(step=step, channel=channel, thread_ts=thread_ts, ts=None,
+                                                    attempted_at=now, claim_token=token, lease_until=db_now + lease)
+            if conn.execute(ins.on_conflict_do_nothing(index_elements=[c.step]).returning(c.step)).first():
+                return None, True
+            r = conn.execute(q).one()  # inserted by another deliverer just now: theirs
+            return _step(r), False
+        prev = _step(r)
+        live = prev.lease_until is not None and prev.lease_until >= int(r.db_now) and prev.claim_token != token
+        if prev.done or live:
+            return prev, False
+        conn.execute(sa.update(steps_table).where(c.step == step).values(
+            channel=channel, thread_ts=thread_ts, claim_token=token, lease_until=db_now + lease))
+        return prev, True
+
+
+def release_step(engine: Engine, step: str, token: str) -> None:
+    """Give up the claim on an unfinished step (its outcome stays unknown: the next try looks first)."""
     c = steps_table.c
     with engine.begin() as conn:
-        ins = _insert(conn, steps_table)
-        conn.execute(ins.values(step=step, channel=channel, thread_ts=thread_ts, ts=None, attempted_at=now)
-                     .on_conflict_do_update(index_elements=[c.step],
-                                            set_={"channel": channel, "thread_ts": thread_ts}))
+        conn.execute(sa.update(steps_table).where(c.step == step, c.claim_token == token)
+                     .values(claim_token=None, lease_until=None))
 
 
 def finish_step(engine: Engine, step: str, channel: str, ts: str, now: int) -> None:
+    """The step's message is posted as `ts` (recorded whoever holds the claim: the message exists)."""
     c = steps_table.c
     with engine.begin() as conn:
         ins = _insert(conn, steps_table)
         conn.execute(ins.values(step=step, channel=channel, thread_ts=None, ts=ts, attempted_at=now, done_at=now)
                      .on_conflict_do_update(index_elements=[c.step],
-                                            set_={"channel": channel, "ts": ts, "done_at": now}))
+                                            set_={"channel": channel, "ts": ts, "done_at": now,
+                                                  "claim_token": None, "lease_until": None}))
 
 
-def forget_step(engine: Engine, step: str) -> None:
-    """Drop a step whose message is gone (e.g. a thread parent deleted in Slack) so it can be posted anew."""
+def forget_step(engine: Engine, step: str, token: str | None = None) -> None:
+    """Drop a step whose message is gone (e.g. a thread parent deleted in Slack) or that Slack refused,
+    so it can be posted anew; with `token`, only while it is held with that claim."""
+    c = steps_table.c
     with engine.begin() as conn:
-        conn.execute(sa.delete(steps_table).where(steps_table.c.step == step))
+        conn.execute(sa.delete(steps_table).where(c.step == step, sa.true() if token is None else
+                                                  c.claim_token == token))
 
 
 # ------------------------------------------------------------------------ feedback
@@ -274,16 +314,20 @@ def digest_owners(engine: Engine) -> list[str]:
             sa.select(c.owner_email).where(c.sent_at.is_(None)).distinct().order_by(c.owner_email))]
 
 
-def take_digest(engine: Engine, owner_email: str, digest_key: str) -> list[DigestItem]:
-    """Assign the owner's unassigned unsent items to `digest_key` and return every item of that digest.
+def take_digest(engine: Engine, owner_email: str, digest_key: str, add_new: bool = True) -> list[DigestItem]:
+    """Assign the owner's unassigned unsent items to `digest_key` (unless not `add_new`) and return
+    every item of that digest.
 
-    Calling it again with the same key (a retry after a crash) returns the same items plus any new ones.
+    A retry of a digest whose post may have happened must pass add_new=False: the message that
+    may be in Slack shows exactly its items, and newer ones wait for the next digest (taken into a
+    posted digest they would be marked sent without ever being shown).
     """
     c = digest_table.c
     owner = owner_email.strip().lower()
     with write_transaction(engine) as conn:
-        conn.execute(sa.update(digest_table).where(c.owner_email == owner, c.sent_at.is_(None),
-                                                   c.digest_key.is_(None)).values(digest_key=digest_key))
+        if add_new:
+            conn.execute(sa.update(digest_table).where(c.owner_email == owner, c.sent_at.is_(None),
+                                                       c.digest_key.is_(None)).values(digest_key=digest_key))
         rows = conn.execute(sa.select(digest_table).where(c.digest_key == digest_key).order_by(c.created_at, c.id))
         return [DigestItem(int(r.id), r.item_key, r.owner_email, dict(r.alert or {}), int(r.created_at))
                 for r in rows]

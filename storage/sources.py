@@ -13,6 +13,10 @@ Two kinds of usage rows:
   REPLACE what is stored (re-reading an overlap window changes nothing).
 - events (push ingest, `fields.id` feeds): each event is new usage; events
   whose id was seen before are dropped, the rest are ADDED to what is stored.
+  Ids are kept until `prune_events` forgets those of events older than a
+  horizon (by the EVENT's time, the clock acceptance checks); the horizon is
+  stored per source, and events older than it are never counted again
+  (`StoreResult.events_expired`; push ingest refuses them up front).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from storage.models import (
     UsagePoint,
 )
 from storage.outbox import OutboxItem, enqueue
-from storage.usage import write_points  # also keeps the first-seen / coverage tables in step
+from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
@@ -82,6 +86,7 @@ class SourceState:
     watermark: int | None = None
     last_success_at: int | None = None
     last_error: str | None = None
+    events_forgotten_before: int | None = None  # ids of events before this were pruned: refuse them
 
 
 @dataclass
@@ -90,6 +95,7 @@ class StoreResult:
     changed: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, metric) -> earliest bucket
     events_new: int = 0
     events_duplicate: int = 0
+    events_expired: int = 0  # older than the source's pruning horizon: their ids may be forgotten, not counted
     accounts: int = 0
     newest: int | None = None  # newest data timestamp in the batch
 
@@ -116,6 +122,7 @@ def _state(status: Any, cur: Any, source_id: str) -> SourceState:
         last_new_data_at=_opt(status.last_new_data_at) if status is not None else None,
         failures=int(status.failures) if status is not None else 0,
         stale_since=_opt(status.stale_since) if status is not None else None,
+        events_forgotten_before=_opt(status.events_forgotten_before) if status is not None else None,
         cursor=cur.cursor if cur is not None else None,
         watermark=_opt(cur.watermark) if cur is not None else None,
         last_success_at=_opt(cur.last_success_at) if cur is not None else None,
@@ -145,11 +152,16 @@ def register_source(engine: Engine, source_id: str, kind: str, now: int) -> None
         _ensure_status(conn, source_id, kind, now)
 
 
-def _ensure_status(conn: Connection, source_id: str, kind: str, now: int) -> Any:
+def _ensure_status(conn: Connection, source_id: str, kind: str, now: int, lock: bool = False) -> Any:
+    """The source's status row (created if missing); `lock`: held until commit (PostgreSQL row lock),
+    so prune_events cannot move the source's horizon while a batch is being stored."""
     ins = _insert(conn, status_table).values(
         source_id=source_id, kind=kind, metrics=[], registered_at=now, failures=0, updated_at=now)
     conn.execute(ins.on_conflict_do_nothing(index_elements=[status_table.c.source_id]))
-    return conn.execute(sa.select(status_table).where(status_table.c.source_id == source_id)).one()
+    q = sa.select(status_table).where(status_table.c.source_id == source_id)
+    if lock and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return conn.execute(q).one()
 
 
 # ------------------------------------------------------------------------ usage writes
@@ -165,12 +177,13 @@ def _sums(records: Iterable[UsageLike], base_step: int, what: str) -> tuple[dict
         except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{what} #{n} ({r!r}): ts must be epoch seconds and value a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"{what} #{n} ({r!r}): value {value} is not a finite number")
+            raise UsageValueError(f"{what} #{n} ({r!r}): value {value} is not a finite number")
         if not r.account or not r.metric:
             raise ValueError(f"{what} #{n} ({r!r}): account and metric must not be empty")
         key = (str(r.account), str(r.metric), ts - ts % base_step)
         acc[key] = acc.get(key, 0.0) + value
         newest = ts if newest is None or ts > newest else newest
+    check_totals(acc, what.rsplit(":", 1)[0])
     return acc, newest
 
 
@@ -192,12 +205,15 @@ def _existing(conn: Connection, keys: Iterable[tuple[str, str, int]]) -> dict[tu
     return out
 
 
-def _new_event_ids(conn: Connection, source_id: str, ids: Sequence[str], now: int) -> set[str]:
-    """Insert event ids; returns those that were not stored before (the rest are duplicates)."""
+def _new_event_ids(conn: Connection, source_id: str, times: Mapping[str, int], now: int) -> set[str]:
+    """Insert event ids (id -> event time); returns those that were not stored before (the rest are
+    duplicates)."""
     new: set[str] = set()
     c = events_table.c
+    ids = list(times)
     for i in range(0, len(ids), 500):
-        rows = [{"source_id": source_id, "event_id": e, "received_at": now} for e in ids[i : i + 500]]
+        rows = [{"source_id": source_id, "event_id": e, "received_at": now, "event_at": int(times[e])}
+                for e in ids[i : i + 500]]
         stmt = (_insert(conn, events_table).values(rows)
                 .on_conflict_do_nothing(index_elements=[c.source_id, c.event_id]).returning(c.event_id))
         new.update(conn.execute(stmt).scalars())
@@ -252,7 +268,7 @@ def store_batch(
             raise ValueError(f"source {source_id!r}: event #{n} ({e!r}) has no id")
     result = StoreResult()
     with write_transaction(engine) as conn:
-        status = _ensure_status(conn, source_id, kind, now)
+        status = _ensure_status(conn, source_id, kind, now, lock=bool(event_list))
         changed: dict[tuple[str, str], int] = {}
 
         if total_sums:
@@ -265,13 +281,17 @@ def store_batch(
 
         newest_e: int | None = None
         if event_list:
+            horizon = _opt(status.events_forgotten_before)
             seen: dict[str, EventLike] = {}
             for e in event_list:
+                if horizon is not None and int(e.ts) < horizon:
+                    result.events_expired += 1  # its id may have been pruned: it cannot be deduplicated
+                    continue
                 seen.setdefault(e.id, e)  # the same id twice in one batch counts once
-            new_ids = _new_event_ids(conn, source_id, list(seen), now)
+            new_ids = _new_event_ids(conn, source_id, {i: int(e.ts) for i, e in seen.items()}, now)
             fresh = [seen[i] for i in seen if i in new_ids]
             result.events_new = len(fresh)
-            result.events_duplicate = len(event_list) - len(fresh)
+            result.events_duplicate = len(event_list) - len(fresh) - result.events_expired
             ev_sums, newest_e = _sums(fresh, base_step, f"source {source_id!r}: event")
             rows = [(a, m, b, v) for (a, m, b), v in ev_sums.items()]
             write_points(conn, rows, additive=True)
@@ -348,9 +368,19 @@ def series_of(engine: Engine, source_ids: Iterable[str]) -> dict[str, set[str]]:
 
 
 def prune_events(engine: Engine, before: int) -> int:
-    """Forget event ids received before `before` (an event re-sent after that would count again)."""
-    with engine.begin() as conn:
-        return int(conn.execute(sa.delete(events_table).where(events_table.c.received_at < before)).rowcount)
+    """Forget the ids of events whose own time is before `before`; returns how many.
+
+    `before` becomes every source's horizon (events_forgotten_before, never moved back) in the same
+    transaction: store_batch drops events older than it and push ingest refuses them, so a
+    forgotten id can never be counted again, whatever the clock of the replica that receives
+    it. Ids are pruned by event time, the clock acceptance is checked on, not by arrival.
+    """
+    st = status_table.c
+    with write_transaction(engine) as conn:
+        conn.execute(sa.update(status_table)
+                     .where(sa.or_(st.events_forgotten_before.is_(None), st.events_forgotten_before < before))
+                     .values(events_forgotten_before=before))
+        return int(conn.execute(sa.delete(events_table).where(events_table.c.event_at < before)).rowcount)
 
 
 def count_events(engine: Engine, source_id: str) -> int:

@@ -22,9 +22,11 @@ from typing import Any, Protocol
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DataError, IntegrityError
 
 from rules.gcpause import gc_paused
 from rules.model import MetricBlock
+from rules.periods import iso
 from storage import tiles
 from storage.changes import Ranges, add_ranges, mark_changed
 from storage.db import write_transaction
@@ -37,6 +39,35 @@ usage_points: sa.Table = UsagePoint.__table__  # type: ignore[attr-defined]
 first_seen: sa.Table = UsageFirstSeen.__table__  # type: ignore[attr-defined]
 coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
+
+
+MAX_VALUE = 1.7976931348623157e308  # the largest float64: a bucket total above it is stored as inf
+
+
+class UsageValueError(ValueError):
+    """A usage value, or a bucket's total, that is not a finite number; names the bucket. Nothing of
+    the write that found it is stored."""
+
+
+def bucket_name(account: str, metric: str, bucket: int) -> str:
+    return f"account {account!r}, metric {metric!r}, bucket {iso(bucket)}"
+
+
+def overflow_error(what: str, account: str, metric: str, bucket: int, stored: float | None = None) -> UsageValueError:
+    before = "" if stored is None else f" (stored {stored:.6g} plus the new values)"
+    return UsageValueError(
+        f"{what}: {bucket_name(account, metric, bucket)}: the values of the bucket add up to more than the "
+        f"largest number a float64 holds (about {MAX_VALUE:.2g}){before}; nothing was stored (check these "
+        "values: a wrong unit, or a corrupt row?)")
+
+
+def check_totals(sums: dict[tuple[str, str, int], float], what: str) -> None:
+    """Raise UsageValueError naming a bucket whose summed total is not finite (two finite values
+    can add up to inf: 1e308 + 1e308)."""
+    if all(map(math.isfinite, sums.values())):  # the common case: one pass in C
+        return
+    a, m, b = next(k for k, v in sums.items() if not math.isfinite(v))
+    raise overflow_error(what, a, m, b)
 
 
 class UsageRecordLike(Protocol):
@@ -52,13 +83,22 @@ _PG_STAGE = (
 )
 _INSERT = "INSERT INTO usage_points (account_id, metric, bucket_start, value) "
 _CONFLICT = "ON CONFLICT (account_id, metric, bucket_start) DO UPDATE SET value = "
-# replace: unchanged rows are not rewritten; add (events counted into their bucket): always
+# replace: unchanged rows are not rewritten; add (events counted into their bucket): always.
+# A sum past the largest float64 must fail, not store inf: PostgreSQL raises "value out of range"
+# itself; SQLite would store inf, so there the sum becomes NULL past MAX_VALUE and NOT NULL refuses it.
+_SQLITE_FINITE = "CASE WHEN abs({x}) <= " + repr(MAX_VALUE) + " THEN {x} END"
 _SET = {
     ("sqlite", False): "excluded.value WHERE usage_points.value IS NOT excluded.value",
     ("postgresql", False): "excluded.value WHERE usage_points.value IS DISTINCT FROM excluded.value",
-    ("sqlite", True): "usage_points.value + excluded.value",
+    ("sqlite", True): _SQLITE_FINITE.format(x="usage_points.value + excluded.value"),
     ("postgresql", True): "usage_points.value + excluded.value",
 }
+_SUM = {"sqlite": _SQLITE_FINITE.format(x="SUM(value)"), "postgresql": "SUM(value)"}
+
+
+def _overflowed(exc: IntegrityError | DataError) -> bool:
+    text = str(exc.orig)
+    return "value out of range" in text or "NOT NULL constraint failed: usage_points.value" in text
 
 
 def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False,
@@ -67,8 +107,8 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
 
     additive False replaces a stored value, True adds to it. Keeps usage_first_seen and
     usage_coverage in step, and records the written ranges in usage_changes (storage.changes),
-    or, when `ranges` is given, widens it for the caller to record once (a load of many chunks). SQLite: one executemany; PostgreSQL: COPY into a staging
-    table, then one INSERT .. SELECT (about twice executemany's throughput, measured in
+    or, when `ranges` is given, widens it for the caller to record once (a load of many chunks).
+    SQLite: one executemany; PostgreSQL: COPY into a staging table, then one INSERT .. SELECT (about twice executemany's throughput, measured in
     tests/storage/bench_upsert.py).
     """
     if not rows:
@@ -76,6 +116,43 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
     dialect = conn.dialect.name
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
+    if not additive:  # the values replace what is stored: finite values stay finite
+        _write(conn, dialect, rows, additive)
+    else:
+        try:
+            with conn.begin_nested():  # a savepoint: on overflow the caller's transaction stays usable to say where
+                _write(conn, dialect, rows, additive)
+        except (IntegrityError, DataError) as exc:
+            if not _overflowed(exc):
+                raise
+            raise _added_overflow(conn, rows) from None
+    if ranges is None:
+        mark_changed(conn, add_ranges({}, rows))
+    else:
+        add_ranges(ranges, rows)
+
+
+def _added_overflow(conn: Connection, rows: list[tuple[str, str, int, float]]) -> UsageValueError:
+    """The error naming a bucket whose stored value plus the added one is not finite."""
+    by_metric: dict[str, dict[tuple[str, int], float]] = {}
+    for a, m, b, v in rows:
+        by_metric.setdefault(m, {})[(a, b)] = v
+    for m, added in by_metric.items():
+        accounts = sorted({a for a, _ in added})
+        lo, hi = min(b for _, b in added), max(b for _, b in added)
+        for i in range(0, len(accounts), 1000):
+            q = sa.select(_c.account_id, _c.bucket_start, _c.value).where(
+                _c.metric == m, _c.account_id.in_(accounts[i:i + 1000]), _c.bucket_start.between(lo, hi))
+            for a, b, v in conn.execute(q):
+                new = added.get((a, int(b)))
+                if new is not None and not math.isfinite(float(v) + new):
+                    return overflow_error("usage write", a, m, int(b), stored=float(v))
+    a, m, b, _ = rows[0]
+    return UsageValueError(f"usage write: a bucket total is not a finite number (first bucket of the write: "
+                           f"{bucket_name(a, m, b)}); nothing was stored")
+
+
+def _write(conn: Connection, dialect: str, rows: list[tuple[str, str, int, float]], additive: bool) -> None:
     on_conflict = _CONFLICT + _SET[(dialect, additive)]
     if dialect == "sqlite":
         conn.exec_driver_sql(_INSERT + "VALUES (?, ?, ?, ?) " + on_conflict, rows)
@@ -91,10 +168,6 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
         conn.exec_driver_sql(_INSERT + "SELECT account_id, metric, bucket_start, value FROM usage_stage "
                              "ORDER BY account_id, metric, bucket_start " + on_conflict)
     record_bookkeeping(conn, dialect, rows)
-    if ranges is None:
-        mark_changed(conn, add_ranges({}, rows))
-    else:
-        add_ranges(ranges, rows)
 
 
 def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict[tuple[str, str, int], float]:
@@ -115,9 +188,10 @@ def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict
                 f"usage record #{n} ({r!r}): ts must be epoch seconds and value a number"
             ) from None
         if not isfinite(value):
-            raise ValueError(f"usage record #{n} ({r!r}): value {value} is not a finite number")
+            raise UsageValueError(f"usage record #{n} ({r!r}): value {value} is not a finite number")
         key = (r.account, r.metric, ts - ts % base_step)
         acc[key] = get(key, 0.0) + value
+    check_totals(acc, "usage records")
     return acc
 
 
@@ -159,9 +233,12 @@ _KEY = "account_id, metric, bucket_start"
 
 
 def load_usage(
-    engine: Engine, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int = 60
+    engine: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int = 60
 ) -> int:
     """Store a large load (a backfill, a big file) in ONE transaction; returns the rows written.
+
+    Pass a Connection (of a storage.db.write_transaction) to load inside the caller's transaction,
+    e.g. with the accounts of the same command: all of it is stored, or none.
 
     Same meaning as one upsert_usage() call over all the chunks together: ts floored to
     `base_step`, records of the same (account, metric, bucket) summed across the WHOLE load
@@ -185,28 +262,39 @@ def load_usage(
     dialect = engine.dialect.name
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-    cover = next(i for i in usage_points.indexes if i.name == _COVER_INDEX)
+    if isinstance(engine, Connection):
+        return _load(engine, dialect, chunks, base_step)
     with write_transaction(engine) as conn:
-        if dialect == "postgresql":  # one load at a time, and no writer between the check and the load
-            conn.exec_driver_sql("LOCK TABLE usage_points IN SHARE ROW EXCLUSIVE MODE")
-        empty = conn.execute(sa.select(_c.account_id).limit(1)).first() is None
-        if empty:
-            cover.drop(conn)
-            ranges: Ranges = {}
-            for chunk in chunks:
-                sums = sum_records(chunk, base_step)
-                write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()], additive=True, ranges=ranges)
-            mark_changed(conn, ranges)
-            if dialect == "postgresql":
-                conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
-            cover.create(conn)
-            written = int(conn.execute(sa.select(sa.func.count()).select_from(usage_points)).scalar_one())
-        else:
-            written = _load_staged(conn, dialect, chunks, base_step)
+        written = _load(conn, dialect, chunks, base_step)
     if dialect == "sqlite":
-        with engine.connect() as conn:  # give the load's WAL back to the file system
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint(engine)
     return written
+
+
+def checkpoint(engine: Engine) -> None:
+    """SQLite: give the WAL of a big load back to the file system (nothing to do on PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int) -> int:
+    if dialect == "postgresql":  # one load at a time, and no writer between the check and the load
+        conn.exec_driver_sql("LOCK TABLE usage_points IN SHARE ROW EXCLUSIVE MODE")
+    empty = conn.execute(sa.select(_c.account_id).limit(1)).first() is None
+    if not empty:
+        return _load_staged(conn, dialect, chunks, base_step)
+    cover = next(i for i in usage_points.indexes if i.name == _COVER_INDEX)
+    cover.drop(conn)
+    ranges: Ranges = {}
+    for chunk in chunks:
+        sums = sum_records(chunk, base_step)
+        write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()], additive=True, ranges=ranges)
+    mark_changed(conn, ranges)
+    if dialect == "postgresql":
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+    cover.create(conn)
+    return int(conn.execute(sa.select(sa.func.count()).select_from(usage_points)).scalar_one())
 
 
 def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int) -> int:
@@ -226,9 +314,15 @@ def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[Usage
         staged += len(sums)
     if not staged:
         return 0
-    merged = conn.exec_driver_sql(
-        f"{_INSERT}SELECT {_KEY}, SUM(value) FROM {_LOAD_STAGE} GROUP BY {_KEY} ORDER BY {_KEY} "
-        + _CONFLICT + _SET[(dialect, False)])
+    try:
+        with conn.begin_nested():
+            merged = conn.exec_driver_sql(
+                f"{_INSERT}SELECT {_KEY}, {_SUM[dialect]} FROM {_LOAD_STAGE} GROUP BY {_KEY} ORDER BY {_KEY} "
+                + _CONFLICT + _SET[(dialect, False)])
+    except (IntegrityError, DataError) as exc:
+        if not _overflowed(exc):
+            raise
+        raise _staged_overflow(conn, dialect) from None
     written = max(0, merged.rowcount)
     conn.exec_driver_sql(
         "INSERT INTO usage_first_seen (metric, account_id, first_bucket) "
@@ -245,6 +339,16 @@ def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[Usage
         f"FROM {_LOAD_STAGE} GROUP BY account_id, metric")
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
     return written
+
+
+def _staged_overflow(conn: Connection, dialect: str) -> UsageValueError:
+    """The error naming a bucket of the load whose total across the chunks is not finite."""
+    total = "SUM(value::numeric)" if dialect == "postgresql" else "SUM(value)"  # numeric: no overflow
+    r = conn.exec_driver_sql(f"SELECT account_id, metric, bucket_start FROM {_LOAD_STAGE} GROUP BY {_KEY} "
+                             f"HAVING abs({total}) > {MAX_VALUE!r} ORDER BY {_KEY} LIMIT 1").first()
+    if r is None:
+        return UsageValueError("usage load: a bucket total is not a finite number; nothing was stored")
+    return overflow_error("usage load", r[0], r[1], int(r[2]))
 
 
 _FIRST_SEEN_SQL = {

@@ -42,7 +42,7 @@ _TOP_KEYS = ("auth", "username", "password", "password_file", "security_token", 
              "object", "match", "external_id_field", "text_limit", "batch_size", "max_api_share", "retries",
              "retry_backoff", "bulk_threshold", "bulk_poll_interval", "bulk_timeout", "fields", "tasks")
 _TASK_KEYS = ("enabled", "severities", "kinds", "rules", "owner", "subject", "due_in_days", "max_age",
-              "status", "priority")
+              "status", "priority", "key_field")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class TaskConfig:
     (so turning tasks on does not create one for every old episode).
     `subject` is a str.format template with {account}, {message}, {rule},
     {severity}, {kind}, {metric}.
+    Each Task carries the episode's unique key (a "usagebot key: ..." line in its
+    Description, looked up if a create's outcome is unknown). `key_field`: a
+    custom Text field on Activity marked External ID and Unique (e.g.
+    "Usagebot_Key__c"): the key is written there too and Tasks are created by
+    upsert on it, so Salesforce itself never holds two Tasks for one episode.
     """
 
     enabled: bool = False
@@ -67,6 +72,7 @@ class TaskConfig:
     status: str = "Not Started"
     priority: Mapping[str, str] = field(default_factory=lambda: {
         "critical": "High", "warning": "Normal", "info": "Low"})
+    key_field: str | None = None
 
     def wants(self, severity: str, kind: str, rule_id: str) -> bool:
         return self.enabled and (severity in self.severities or kind in self.kinds or rule_id in self.rules)
@@ -194,6 +200,7 @@ def _parse_tasks(sec: Section) -> TaskConfig:
         max_age=t.duration("max_age", d.max_age, min=60) or d.max_age,
         status=t.str("status", d.status) or d.status,
         priority=priority,
+        key_field=_api_name(t, "key_field", t.str("key_field")) or None,
     )
 
 

@@ -7,12 +7,17 @@ died, or the response was lost) is looked up in the channel or thread first: eac
 message metadata {"event_type": "usagebot_delivery", "event_payload": {"step": key}}, which
 conversations.history / conversations.replies return; only when no such message exists is it
 posted again. So a crash at any point neither loses nor duplicates a message.
+
+Two deliverers never post one step at once: the step is claimed first (a fenced lease on the
+database clock, storage.slack.claim_step); while another live deliverer holds it, the post waits
+(RetryLater) instead of racing it. This covers every post, whoever makes it (outbox rows, digests).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +25,10 @@ from sqlalchemy.engine import Engine
 
 from integrations.slack.api import SlackApi
 from integrations.slack.blocks import truncate
-from integrations.slack.errors import PermanentSlackError, SlackUnavailable
+from integrations.slack.errors import PermanentSlackError, RetryLater, SlackUnavailable
 from integrations.slack.render import SlackMessageContent
 from storage import slack as store
+from storage.outbox import DEFAULT_LEASE
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +39,35 @@ BLOCK_ERRORS = ("invalid_blocks", "invalid_blocks_format", "msg_too_long")
 
 
 class Poster:
-    def __init__(self, api: SlackApi, engine: Engine, clock: Callable[[], int] = lambda: int(time.time())) -> None:
+    def __init__(self, api: SlackApi, engine: Engine, clock: Callable[[], int] = lambda: int(time.time()),
+                 lease: int = DEFAULT_LEASE) -> None:
         self.api = api
         self.engine = engine
         self.clock = clock
+        self.lease = lease  # how long a claimed step is ours (it must outlast one post with its retries)
 
     def post_once(self, step: str, channel: str, thread_ts: str | None,
                   content: SlackMessageContent) -> tuple[str, str]:
-        """Post `content` unless step `step` was posted already; returns (channel id, ts)."""
-        rec = store.get_step(self.engine, step)
+        """Post `content` unless step `step` was posted already; returns (channel id, ts).
+
+        Raises RetryLater while another deliverer holds the step.
+        """
+        token = uuid.uuid4().hex
+        rec, mine = store.claim_step(self.engine, step, channel, thread_ts, self.clock(), token, self.lease)
         if rec is not None and rec.ts is not None:
             return rec.channel, rec.ts
+        if not mine:
+            raise RetryLater(f"delivery step {step} is being posted by another deliverer", 30)
         if rec is not None:
-            found = self.find_posted(rec.channel, rec.thread_ts, step, rec.attempted_at)
+            try:
+                found = self.find_posted(rec.channel, rec.thread_ts, step, rec.attempted_at)
+            except Exception:
+                store.release_step(self.engine, step, token)
+                raise
             if found is not None:
                 log.info("delivery step %s was posted before a crash or lost response; not posting again", step)
                 store.finish_step(self.engine, step, rec.channel, found, self.clock())
                 return rec.channel, found
-        store.begin_step(self.engine, step, channel, thread_ts, self.clock())
         metadata = {"event_type": METADATA_EVENT, "event_payload": {"step": step}}
         try:
             try:
@@ -61,10 +78,13 @@ class Poster:
                 log.error("Slack rejected the blocks of %s (%s); posting the text only", step, exc)
                 data = self.api.post_message(channel, truncate(content.text, 3000), None, thread_ts, metadata)
         except SlackUnavailable:
-            raise  # outcome unknown: the step stays open and is looked up before the next try
+            store.release_step(self.engine, step, token)  # outcome unknown: looked up before the next try
+            raise
         except Exception:
             if rec is None:  # Slack answered (it did not post) and no earlier attempt is unaccounted for
-                store.forget_step(self.engine, step)
+                store.forget_step(self.engine, step, token)
+            else:
+                store.release_step(self.engine, step, token)
             raise
         cid, ts = str(data.get("channel") or channel), str(data["ts"])
         store.finish_step(self.engine, step, cid, ts, self.clock())

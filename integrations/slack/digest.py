@@ -44,7 +44,9 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
             if now < due_at or (last is not None and last >= due_at):
                 continue
             key = f"digest:{owner}:{day}"
-        pending = store.take_digest(engine, owner, key)
+        step = f"{key}|dm:{owner}"
+        # once its post may have happened, a digest keeps exactly its items (newer ones wait)
+        pending = store.take_digest(engine, owner, key, add_new=store.get_step(engine, step) is None)
         if not pending:
             continue
         try:
@@ -55,7 +57,7 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
                 store.mark_digest_sent(engine, key, now)
                 continue
             content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1])
-            notifier.poster.post_once(f"{key}|dm:{owner}", channel, None, content)
+            notifier.poster.post_once(step, channel, None, content)
         except SlackDeliveryError as exc:
             report.errors.append(f"digest {key}: {exc}")
             log.warning("digest %s not sent: %s", key, exc)

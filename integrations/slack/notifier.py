@@ -31,7 +31,7 @@ from integrations.slack.render import EpisodeView, SlackRenderer, parse_iso
 from integrations.slack.routing import Destination, destinations, fallback_destination
 from storage import slack as store
 from storage.episodes import find_episode, get_episode, set_slack_message
-from storage.outbox import outbox_kinds
+from storage.outbox import DEFAULT_LEASE, outbox_kinds
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,15 @@ class SlackNotifier:
     name = "slack"  # its outbox rows: storage.outbox.outbox_kinds("slack")
 
     def __init__(self, config: SlackConfig, engine: Engine, api: SlackApi | None = None,
-                 clock: Callable[[], int] = lambda: int(time.time()), interactive: bool | None = None) -> None:
+                 clock: Callable[[], int] = lambda: int(time.time()), interactive: bool | None = None,
+                 lease: int = DEFAULT_LEASE) -> None:
         self.config = config
         self.engine = engine
         self.api = api or SlackApi.from_config(config)
         self.clock = clock
         self.directory = SlackDirectory(self.api, engine, config, clock)
         self.renderer = SlackRenderer(config)
-        self.poster = Poster(self.api, engine, clock)
+        self.poster = Poster(self.api, engine, clock, lease=lease)
         self.interactive = config.interactive_mode is not None if interactive is None else interactive
 
     # -------------------------------------------------------------- deliver

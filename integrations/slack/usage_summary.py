@@ -2,11 +2,14 @@
 health (rules.health.score_account), open alerts and a sparkline; and accounts ranked by trend.
 
 Reads storage only (list_accounts, load_block, episodes). Missing data is not zero usage: days no
-account has data for are left out of sums and shown as gaps in sparklines.
+account has data for are left out of sums and shown as gaps in sparklines. A metric whose usage is
+not a finite number (an inf bucket total) is left out of the answer with a warning in the log, and
+the rest of the answer is given as usual.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,15 +17,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from rules.health import DEFAULT_MODEL, Health, HealthModel, score_account, summarize_alerts
+from rules.engine import non_finite_rows
+from rules.health import DEFAULT_MODEL, Health, HealthModel, UsageNotFinite, score_account, summarize_alerts
 from rules.lifecycle import EpisodeState
 from rules.model import DAY, AccountFacts
 from rules.periods import Period, billing_period, previous_period
 from storage import slack as store
 from storage.usage import load_block, metrics
 
+log = logging.getLogger(__name__)
+
 HISTORY_DAYS = 60
 SPARK_DAYS = 14
+
+
+def _not_finite(account_id: str, metric: str, what: str) -> None:
+    log.warning("account %s: %s usage is not a finite number (%s); left out of /usage until the data is fixed",
+                account_id, metric, what, extra={"event": "account_contained", "account": account_id})
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,9 @@ def summarize_account(engine: Engine, account: AccountFacts, now: int,
         row = block.values[0]
         if not np.any(~np.isnan(row)):
             continue
+        if non_finite_rows(block.values)[0]:
+            _not_finite(account.id, metric, "a daily total is inf")
+            continue
         n = row.size
         ptd = _sum(row[_cols(start, (period.start // DAY) * DAY, end, n)]) or 0.0
         p_start = (prev.start // DAY) * DAY
@@ -121,6 +135,9 @@ def summarize_account(engine: Engine, account: AccountFacts, now: int,
         quota = account.quotas.get(metric)
         util = ptd / quota if quota and quota > 0 else None
         recent = [None if math.isnan(v) else float(v) for v in done[-SPARK_DAYS:]]
+        if not all(math.isfinite(x) for x in (ptd, same or 0.0, total or 0.0, last30, prev30)):
+            _not_finite(account.id, metric, "its sums overflow")
+            continue
         out.append(MetricSummary(metric, ptd, same, total, quota if quota else None, util, word, ratio, recent))
         dailies[metric] = done
     primary = model.primary_metric if model.primary_metric in dailies else primary_metric(account, out)
@@ -129,10 +146,13 @@ def summarize_account(engine: Engine, account: AccountFacts, now: int,
     if primary is not None:
         alerts = summarize_alerts(episodes, kind_of, model).get(account.id)
         util = next((m.utilization for m in out if m.metric == primary), None)
-        health = score_account(
-            dailies[primary][-2 * model.window_days:], util, elapsed,
-            alerts.open_alerts if alerts else [], alerts.expansion_signal if alerts else False,
-            alerts.last_alert if alerts else None, model=model)
+        try:
+            health = score_account(
+                dailies[primary][-2 * model.window_days:], util, elapsed,
+                alerts.open_alerts if alerts else [], alerts.expansion_signal if alerts else False,
+                alerts.last_alert if alerts else None, model=model)
+        except UsageNotFinite as exc:
+            _not_finite(account.id, primary, str(exc))
     return AccountSummary(account, period, elapsed, out, primary, health,
                           [s for s in episodes if s.status == "firing"])
 
@@ -160,7 +180,11 @@ def rank_by_trend(engine: Engine, accounts: Sequence[AccountFacts], now: int,
         for i, aid in enumerate(block.account_ids):
             row = block.values[i]
             if np.any(~np.isnan(row)):
-                per[aid].append((metric, _per_30(row[-30:]), _per_30(row[:-30])))
+                last30, prev30 = _per_30(row[-30:]), _per_30(row[:-30])
+                if math.isfinite(last30) and math.isfinite(prev30):
+                    per[aid].append((metric, last30, prev30))
+                else:
+                    _not_finite(aid, metric, "its 30-day sums are not finite")
     rows: list[TrendRow] = []
     for a in accounts:
         cands = per.get(a.id) or []

@@ -35,6 +35,7 @@ from integrations.sources.base import UsageEvent
 from integrations.sources.http_fetch import dig
 from integrations.sources.records import is_metric_name
 from storage.sources import StoreResult, get_source_state, store_batch
+from storage.usage import UsageValueError
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -162,6 +163,10 @@ def decode_events(headers: Mapping[str, str], body: bytes) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _rfc3339(text: Any) -> int:
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected an RFC 3339 timestamp such as 2026-11-03T14:00:00Z, got {text!r}")
@@ -187,8 +192,13 @@ def _path(event: Mapping[str, Any], path: str) -> Any:
         return _MISSING
 
 
-def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int) -> list[UsageEvent]:
-    """Validate every event; raise PushError(400) listing all problems, else the usage events."""
+def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int,
+                    forgotten_before: int | None = None) -> list[UsageEvent]:
+    """Validate every event; raise PushError(400) listing all problems, else the usage events.
+
+    forgotten_before: the source's pruning horizon (storage.sources.prune_events): ids of events
+    before it are no longer kept, so such events are refused like those older than max_age.
+    """
     if not raw_events:
         raise PushError(400, "no events in the request")
     if len(raw_events) > cfg.max_events:
@@ -229,6 +239,9 @@ def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int) -> list[Us
                 elif ts < now - cfg.max_age:
                     problem(i, eid, "time", f"is older than max_age ({cfg.max_age // 86_400} d): its id "
                                             "could no longer be deduplicated, so it is refused")
+                elif forgotten_before is not None and ts < forgotten_before:
+                    problem(i, eid, "time", f"is before {_iso(forgotten_before)}: ids of older events are "
+                                            "no longer kept for deduplication, so it is refused")
         account = _path(ev, cfg.account)
         if account is _MISSING or account is None or isinstance(account, bool) or \
                 not isinstance(account, str | int) or not str(account).strip():
@@ -305,17 +318,24 @@ class PushIngest:
         if len(body) > self.config.max_body_bytes:
             return 413, {"error": f"body is {len(body)} bytes; at most {self.config.max_body_bytes}"}
         now = self.clock()
+        prev = get_source_state(self.engine, self.config.source_id)
         try:
-            events = to_usage_events(decode_events(headers, body), self.config, now)
+            events = to_usage_events(decode_events(headers, body), self.config, now,
+                                     forgotten_before=prev.events_forgotten_before if prev else None)
         except PushError as exc:
             return exc.status, exc.body()
         newest_ts = min(max(e.ts for e in events), now)
-        prev = get_source_state(self.engine, self.config.source_id)
         watermark = newest_ts if prev is None or prev.watermark is None else max(prev.watermark, newest_ts)
-        result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
-                             kind="push")
+        try:
+            result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
+                                 kind="push")
+        except UsageValueError as exc:  # a bucket total past the largest float64: nothing was stored
+            return 400, {"error": str(exc)}
         outcome = PushOutcome(result.events_new, result.events_duplicate, result)
         if self.on_stored is not None:
             self.on_stored(outcome)
-        return 200, {"accepted": result.events_new, "duplicates": result.events_duplicate,
-                     "events": len(events)}
+        answer: dict[str, Any] = {"accepted": result.events_new, "duplicates": result.events_duplicate,
+                                  "events": len(events)}
+        if result.events_expired:  # pruned meanwhile (a prune between the check and the store)
+            answer["expired"] = result.events_expired
+        return 200, answer

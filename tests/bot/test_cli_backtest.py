@@ -143,3 +143,13 @@ def test_check_command(tmp_path):
 def test_shipped_rules_check_clean():
     code, out, _ = run_cli("check", "rules/examples/default.toml")
     assert code == 0, out
+
+
+def test_backtest_of_rows_whose_bucket_total_overflows_is_a_clear_error(files, tmp_path):
+    rules, _, _ = files
+    big = tmp_path / "big.csv"
+    big.write_text("timestamp,account,metric,value\n2026-09-01T00:00:05Z,acme,api_calls,1e308\n"
+                   "2026-09-01T00:00:10Z,acme,api_calls,1e308\n")
+    code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(big))
+    assert code == 1 and "Traceback" not in err
+    assert f"usagebot backtest: {big}: usage records: account 'acme', metric 'api_calls', bucket" in err

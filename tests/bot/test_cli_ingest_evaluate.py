@@ -131,3 +131,31 @@ def test_ingest_streams_chunks_in_one_transaction(tmp_path, monkeypatch):
     code, out, err = run_cli("ingest", "--db", url, "--usage", str(bad))
     assert code == 1 and f"{bad}:7: column 'value'" in err and "not stored" in err
     assert _rows(url) == first
+
+
+def test_ingest_of_several_files_is_one_transaction(tmp_path):
+    """`ingest --usage bad.csv --accounts ok.csv` stores neither (it stored the accounts and exited 1)."""
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    accts = write_accounts(tmp_path / "a.csv", [{"id": "acme", "name": "Acme Corp", "owner_email": "ae@x.io",
+                                                 "plan": "growth", "crm_id": "001"}])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,account,metric,value\n2026-09-01,acme,api_calls,5\n2026-09-02,acme,api_calls,x\n")
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(bad), "--accounts", str(accts))
+    assert code == 1 and f"{bad}:3: column 'value'" in err
+    assert f"nothing was stored ({accts} and {bad} not stored)" in err and "stored" not in out
+    assert _count(url, "accounts") == 0 and _count(url, "usage_points") == 0
+
+
+def test_ingest_refuses_a_bucket_whose_rows_overflow(tmp_path):
+    """Two finite values summing to inf (1e308 + 1e308 in one minute) are refused, naming the bucket."""
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    accts = write_accounts(tmp_path / "a.csv", [{"id": "acme", "name": "Acme", "owner_email": "", "plan": "",
+                                                 "crm_id": ""}])
+    big = tmp_path / "big.csv"
+    big.write_text("timestamp,account,metric,value\n2026-09-01T00:00:05Z,globex,api_calls,3\n"
+                   "2026-09-01T00:00:10Z,acme,api_calls,1e308\n2026-09-01T00:00:20Z,acme,api_calls,1e308\n")
+    code, out, err = run_cli("ingest", "--db", url, "--usage", str(big), "--accounts", str(accts))
+    assert code == 1 and "Traceback" not in err
+    assert (f"{big}: usage records: account 'acme', metric 'api_calls', bucket 2026-09-01T00:00:00Z: the values "
+            "of the bucket add up to more than the largest number a float64 holds") in err
+    assert _count(url, "accounts") == 0 and _count(url, "usage_points") == 0

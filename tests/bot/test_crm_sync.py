@@ -336,27 +336,71 @@ def test_tasks_once_per_episode_for_chosen_severities_and_kinds(engine, fake):
 
 def test_task_whose_create_answer_was_lost_is_looked_up_before_creating_again(engine, fake):
     seed_accounts(engine, 2, fake=fake)
+    fake.now = NOW
     ep = fire_episode(engine, "a0001")
     cfg = password_config(fake, tasks=tasks_on(), retries=3)
     sync(engine, fake, cfg)  # fields written, task created
     assert len(fake.records["Task"]) == 1
     ep2 = fire_episode(engine, "a0000", rule_id="other-drop")
-    fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST")
+    # Salesforce creates the Task, but its answer is lost (a 503 from a proxy after the work was done)
+    fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST", after=True)
     fake.log.clear()
     report, _, _ = sync(engine, fake, cfg)
     assert "HTTP 503" in report.stopped and load_tasks(engine, [ep2])[ep2].status == "unknown"
     posts = [r for r in fake.log if r.method == "POST" and "/composite/" in r.path]
     assert len(posts) == 1  # creates are not retried within a sync
+    assert len(fake.records["Task"]) == 2
 
-    # Pretend the lost request did create it: the next sync finds it and creates no second one.
-    subject = load_tasks(engine, [ep2])[ep2].subject
-    fake.add_record("Task", {"WhatId": sf_id(0), "Subject": subject, "CreatedDate": "2026-11-24T10:00:00.000+0000"},
-                    id="00T000000000099AAA")
+    # The next sync finds it by its key and creates no second one.
+    created = next(t for t in fake.records["Task"].values() if t["WhatId"] == sf_id(0))
     fake.log.clear()
     report, _, _ = sync(engine, fake, cfg)
-    assert report.tasks_created == 1 and load_tasks(engine, [ep2])[ep2].sf_task_id == "00T000000000099AAA"
+    assert report.tasks_created == 1 and load_tasks(engine, [ep2])[ep2].sf_task_id == created["Id"]
     assert not [r for r in fake.log if r.method == "POST" and "/composite/" in r.path]
-    assert load_tasks(engine, [ep])[ep].status == "created"
+    assert load_tasks(engine, [ep])[ep].status == "created" and len(fake.records["Task"]) == 2
+
+
+def test_quota_episodes_sharing_a_subject_each_get_their_own_task(engine, fake):
+    """The 80% and 100% quota episodes of one period have the same subject; recovery by record and
+    subject recorded one Task for both (issue 12, item 3). Recovery is by each episode's unique key."""
+    seed_accounts(engine, 1, fake=fake)
+    fake.now = NOW
+    msg = "api_calls quota use is high"
+    eps = [fire_episode(engine, "a0000", rule_id="calls-quota", kind="quota", message=msg, discriminator=d)
+           for d in ("2026-11:0.8", "2026-11:1.0")]
+    cfg = password_config(fake, tasks=tasks_on(kinds=("quota",)))
+    fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST", after=True)
+    sync(engine, fake, cfg)  # both created, the answer lost
+    rows = load_tasks(engine, eps)
+    assert [rows[e].status for e in eps] == ["unknown", "unknown"]
+    assert rows[eps[0]].subject == rows[eps[1]].subject and len(fake.records["Task"]) == 2
+    report, _, _ = sync(engine, fake, cfg)
+    rows = load_tasks(engine, eps)
+    ids = {t["Id"]: t for t in fake.records["Task"].values()}
+    assert report.tasks_created == 2 and len(ids) == 2
+    assert {rows[e].sf_task_id for e in eps} == set(ids)  # one Task each, none recorded twice
+    for e in eps:
+        assert ids[rows[e].sf_task_id]["Description"].endswith(f"usagebot key: {rows[e].task_key}")
+
+
+def test_with_a_key_field_tasks_are_upserted_on_it(engine, fake):
+    seed_accounts(engine, 2, fake=fake)
+    fake.external_ids = {"Task": {"Usagebot_Key__c"}}
+    eps = [fire_episode(engine, "a0000"), fire_episode(engine, "a0001")]
+    cfg = password_config(fake, tasks=tasks_on(key_field="Usagebot_Key__c"), retries=0)
+    fake.fail(503, times=1, path_contains="/composite/sobjects/Task/Usagebot_Key__c", method="PATCH", after=True)
+    report, _, _ = sync(engine, fake, cfg)
+    assert report.tasks_failed and len(fake.records["Task"]) == 2  # created; the answer was lost
+    report, _, _ = sync(engine, fake, cfg)  # the upsert again: it updates the same Tasks
+    rows = load_tasks(engine, eps)
+    assert report.tasks_created == 2 and len(fake.records["Task"]) == 2
+    by_key = {t["Usagebot_Key__c"]: t["Id"] for t in fake.records["Task"].values()}
+    assert by_key == {rows[e].task_key: rows[e].sf_task_id for e in eps}
+    # a key field that is not an External ID field is refused by Salesforce, and said so
+    fake.external_ids = {"Task": set()}
+    fire_episode(engine, "a0000", rule_id="other-drop")
+    report, _, _ = sync(engine, fake, cfg)
+    assert report.tasks_failed and "is not an External ID" in report.tasks_failed[0][1]
 
 
 def test_task_for_a_record_that_does_not_exist_fails_with_the_reason(sqlite, fake):

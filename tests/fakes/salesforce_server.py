@@ -13,8 +13,16 @@ It answers
 and puts "Sforce-Limit-Info: api-usage=<used>/<limit>" on every REST answer.
 
 Faults to inject: `expire_sessions()` (next call 401 INVALID_SESSION_ID),
-`fail(status, times, path_contains)` (e.g. 503s), `record_errors[id] = (code, msg)`
-(per-record errors), `api_used`/`api_limit` (REQUEST_LIMIT_EXCEEDED once used up).
+`fail(status, times, path_contains)` (e.g. 503s; `after=True`: the request is carried
+out first and only its answer is the fault, a lost answer), `record_errors[id] = (code, msg)`
+(per-record errors), `api_used`/`api_limit` (REQUEST_LIMIT_EXCEEDED once used up),
+`hang_after(n, path_contains, method)` (the n-th such request is carried out, then its
+answer waits until `release` is set: a client can be killed with the write done).
+
+Like Salesforce it validates: with `fields`, writes AND queries of unknown fields fail
+(INVALID_FIELD); long text areas (Description) cannot be filtered in a WHERE clause;
+Task Subject is at most 255 characters and its WhatId must name an existing record; an
+upsert's key field must be one of `external_ids[object]` (when given).
 
 simple-salesforce always builds https://<domain>.salesforce.com (login) and
 https://<instance>/... URLs. `session()` returns a requests.Session that trusts
@@ -138,8 +146,10 @@ class _Fault:
     path_contains: str
     body: Any
     method: str | None = None
+    after: bool = False  # carry the request out, then answer with the fault (the answer is lost)
 
 
+NOT_FILTERABLE = frozenset({"Description"})  # long text areas cannot be filtered in SOQL
 @dataclass
 class _Job:
     id: str
@@ -183,20 +193,38 @@ def _matches(record: dict[str, Any], cond: str) -> bool:
         return value != lit
     if value is None or lit is None:
         return False
+    value, lit = _comparable(value), _comparable(lit)
     return {">=": value >= lit, "<=": value <= lit, ">": value > lit, "<": value < lit}[op]
+
+
+def _comparable(v: Any) -> Any:
+    """Datetimes (stored "2026-11-24T10:00:00.000+0000", SOQL literals "2026-11-24T10:00:00Z") as instants."""
+    if isinstance(v, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", v):
+        text = v.replace("Z", "+00:00")
+        text = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", text)
+        try:
+            return dt.datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return v
+    return v
 
 
 class FakeSalesforce:
     def __init__(self, username: str = "usagebot@example.com", password: str = "s3cret-pass",
                  security_token: str = "TOKEN123", consumer_key: str = "CONSUMER-KEY",
                  jwt_public_key: str | None = None, api_limit: int = 15_000, api_used: int = 0,
-                 page_size: int = 2000, fields: dict[str, set[str]] | None = None) -> None:
+                 page_size: int = 2000, fields: dict[str, set[str]] | None = None,
+                 external_ids: dict[str, set[str]] | None = None) -> None:
         self.username, self.password, self.security_token = username, password, security_token
         self.consumer_key, self.jwt_public_key = consumer_key, jwt_public_key
         self.api_limit, self.api_used = api_limit, api_used
         self.page_size = page_size
         # object -> allowed fields (None = any); writes of other fields fail the request with INVALID_FIELD
         self.fields = fields
+        self.external_ids = external_ids  # object -> fields marked External ID (None = any field)
+        self.hang: tuple[int, str, str | None] | None = None  # (countdown, path part, method)
+        self.processed = threading.Event()  # set when a hanging request has been carried out
+        self.release = threading.Event()  # set to let a hanging request answer
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
         self.record_errors: dict[str, tuple[str, str]] = {}
         self.log: list[LoggedRequest] = []
@@ -280,10 +308,16 @@ class FakeSalesforce:
             self.sessions.clear()
 
     def fail(self, status: int = 503, times: int = 1, path_contains: str = "/services/data/",
-             body: Any = None, method: str | None = None) -> None:
-        """Answer the next `times` requests whose path contains `path_contains` (and of `method`) with `status`."""
+             body: Any = None, method: str | None = None, after: bool = False) -> None:
+        """Answer the next `times` requests whose path contains `path_contains` (and of `method`) with `status`
+        (after carrying them out, when `after`)."""
         default = [{"message": "Service temporarily unavailable", "errorCode": "SERVER_UNAVAILABLE"}]
-        self.faults.append(_Fault(status, times, path_contains, body if body is not None else default, method))
+        self.faults.append(_Fault(status, times, path_contains, body if body is not None else default, method,
+                                  after))
+
+    def hang_after(self, n: int, path_contains: str, method: str | None = None) -> None:
+        """The n-th request (1 = the next) whose path contains `path_contains` is carried out, then hangs."""
+        self.hang = (n, path_contains, method)
 
     # --------------------------------------------------------------- inspection
 
@@ -308,9 +342,12 @@ class FakeSalesforce:
         if self.fields is None or sobject not in self.fields:
             return None
         for n in names:
-            if n not in self.fields[sobject] and n not in ("Id", "attributes"):
+            if n not in self.fields[sobject] and n not in ("Id", "attributes", "CreatedDate"):
                 return n
         return None
+
+    def _exists(self, rid: Any) -> bool:
+        return any(rid in recs for recs in self.records.values())
 
     def _apply(self, sobject: str, rid: str, values: dict[str, Any]) -> dict[str, Any]:
         if rid in self.record_errors:
@@ -325,20 +362,35 @@ class FakeSalesforce:
         return {"id": rid, "success": True, "errors": []}
 
     def _create(self, sobject: str, values: dict[str, Any]) -> dict[str, Any]:
+        def refused(code: str, message: str, fld: str) -> dict[str, Any]:
+            return {"id": None, "success": False, "created": False,
+                    "errors": [{"statusCode": code, "message": message, "fields": [fld]}]}
+
         if sobject == "Account" and not values.get("Name"):
-            return {"id": None, "success": False, "created": False, "errors": [{
-                "statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [Name]",
-                "fields": ["Name"]}]}
+            return refused("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]", "Name")
+        if sobject == "Task":
+            if len(str(values.get("Subject") or "")) > 255:
+                return refused("STRING_TOO_LONG", "Subject: data value too large (max length=255)", "Subject")
+            if values.get("WhatId") and not self._exists(values["WhatId"]):
+                return refused("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", "WhatId")
         rid = self.new_id({"Task": "00T", "Account": "001"}.get(sobject, "a00"))
         self.records.setdefault(sobject, {})[rid] = {"Id": rid, "CreatedDate": self._created_date(), **values}
         return {"id": rid, "success": True, "created": True, "errors": []}
 
     def query(self, soql: str) -> list[dict[str, Any]]:
+        """Raises ValueError (MALFORMED_QUERY) or LookupError (INVALID_FIELD) like Salesforce would."""
         m = re.match(r"^\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?\s*$", soql, re.IGNORECASE | re.DOTALL)
         if m is None:
             raise ValueError(f"fake SOQL cannot parse {soql!r}")
         cols = [c.strip() for c in m.group(1).split(",")]
         conds = re.split(r"\s+AND\s+", m.group(3), flags=re.IGNORECASE) if m.group(3) else []
+        where = [c.strip().split()[0] for c in conds]
+        bad = self._check_fields(m.group(2), [*cols, *where]) if self.fields is not None else None
+        if bad:
+            raise LookupError(f"No such column '{bad}' on entity '{m.group(2)}'")
+        for f in where:
+            if f in NOT_FILTERABLE:
+                raise LookupError(f"field '{f}' can not be filtered in a query call")
         out = []
         for rec in self.records.get(m.group(2), {}).values():
             if all(_matches(rec, c) for c in conds):
@@ -357,6 +409,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any = None, content_type: str = "application/json",
               limit_info: bool = False) -> None:
+        lost: _Fault | None = getattr(self, "_lost_answer", None)
+        if lost is not None:  # the request was carried out; its answer is lost
+            self._lost_answer = None
+            status, body, content_type = lost.status, lost.body, "application/json"
+        if getattr(self, "_hang", False):
+            self._hang = False
+            f = self.server_fake
+            f.processed.set()
+            f._lock.release()  # let other requests through while this answer waits (held by _handle)
+            try:
+                f.release.wait(60)
+            finally:
+                f._lock.acquire()
         data = b"" if body is None else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
         self.send_response(status)
         if body is not None:
@@ -414,8 +479,16 @@ class _Handler(BaseHTTPRequestHandler):
         for fault in f.faults:
             if fault.times > 0 and fault.path_contains in self.path and fault.method in (None, method):
                 fault.times -= 1
+                if fault.after:  # carried out below; the answer is replaced by the fault
+                    self._lost_answer = fault
+                    break
                 self._send(fault.status, fault.body)
                 return
+        if f.hang is not None and f.hang[1] in self.path and f.hang[2] in (None, method):
+            n = f.hang[0] - 1
+            f.hang = (n, f.hang[1], f.hang[2]) if n > 0 else None
+            if n == 0:
+                self._hang = True
         if method == "POST" and re.match(r"^/services/Soap/u/[\d.]+", path):
             return self._soap_login(raw)
         if method == "POST" and path == "/services/oauth2/token":
@@ -508,6 +581,10 @@ class _Handler(BaseHTTPRequestHandler):
                 values = {k: v for k, v in rec.items() if k not in ("attributes", "id")}
                 if method == "PATCH" and len(parts) == 4:  # upsert by external id
                     ext = parts[3]
+                    if f.external_ids is not None and ext not in f.external_ids.get(sobject, set()):
+                        return self._send(400, [{"message": f"Field name provided, {ext} is not an External ID "
+                                                            "or indexed field for " + sobject,
+                                                 "errorCode": "INVALID_FIELD"}], **info)
                     match = [rid for rid, r in f.records.get(sobject, {}).items() if r.get(ext) == rec.get(ext)]
                     if match:
                         res = f._apply(sobject, match[0], values)
@@ -547,6 +624,8 @@ class _Handler(BaseHTTPRequestHandler):
                 rows = f.query(soql)
             except ValueError as exc:
                 return self._send(400, [{"message": str(exc), "errorCode": "MALFORMED_QUERY"}], limit_info=True)
+            except LookupError as exc:
+                return self._send(400, [{"message": str(exc), "errorCode": "INVALID_FIELD"}], limit_info=True)
             cursor = f"01g{next(f._ids):015d}"
             f._cursors[cursor] = rows
             start = 0

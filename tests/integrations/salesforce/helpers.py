@@ -51,9 +51,10 @@ def set_usage(engine: Engine, account_ids: list[str], value: float, days: int = 
 
 def fire_episode(engine: Engine, account_id: str, rule_id: str = "calls-drop", kind: str = "drop",
                  severity: str = "critical", fired_at: int = TODAY - DAY, message: str = "api_calls dropped 60%",
-                 status: str = FIRING) -> int:
+                 status: str = FIRING, discriminator: str = "") -> int:
     """Store a fired episode; returns its id."""
-    state = State(rule_id=rule_id, account_id=account_id, metric="api_calls", discriminator="", status=status,
+    state = State(rule_id=rule_id, account_id=account_id, metric="api_calls", discriminator=discriminator,
+                  status=status,
                   started_at=fired_at, consecutive=1, fired_at=fired_at, severity=severity, last_seen_at=fired_at,
                   last_explanation={"kind": kind, "message": message, "value": 40.0, "baseline": 100.0,
                                     "threshold": 50.0})

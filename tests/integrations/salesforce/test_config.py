@@ -137,6 +137,13 @@ def test_tasks_section():
     assert t.wants("warning", "drop", "r") and not t.wants("info", "expansion", "r")
 
 
+def test_tasks_key_field():
+    assert parse('[salesforce.tasks]\nkey_field = "Usagebot_Key__c"\n').tasks.key_field == "Usagebot_Key__c"
+    assert parse('[salesforce.tasks]\n').tasks.key_field is None
+    assert problems('[salesforce.tasks]\nkey_field = "usagebot key"\n')[0].startswith(
+        "usagebot.toml:2: salesforce.tasks.key_field: 'usagebot key' is not a Salesforce API name")
+
+
 def test_tasks_problems():
     out = problems('[salesforce.tasks]\nseverities = ["urgent"]\nkinds = ["spikes"]\nsubject = "{acount}"\n')
     assert out[0] == "usagebot.toml:2: salesforce.tasks.severities: unknown severity urgent; severities are " \

@@ -7,11 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from integrations.slack.api import SlackApi, make_web_client
+from integrations.slack.delivery import Poster
+from integrations.slack.errors import RetryLater
+from integrations.slack.render import SlackMessageContent
+from storage.db import make_engine
 from storage.outbox import DEFAULT_LEASE, counts, list_outbox
 from storage.slack import get_step
 from tests.integrations.slack.scenario import FIRED, RENOTIFIED, RESOLVED, SPIKE_DAY, Scenario
@@ -82,8 +88,9 @@ def test_process_killed_mid_delivery_loses_and_duplicates_nothing(engine, db_url
     now = clock.now
     fake.fail("chat.postMessage", "hang")  # Slack posts the DM; the worker is killed before the answer
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lease = 2  # the dead worker's claims (on the database clock) lapse after 2 s
     proc = subprocess.Popen([sys.executable, "-m", "tests.integrations.slack.crash_worker", db_url, fake.api_url,
-                             str(now)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(now), str(lease)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert fake.processed.wait(30), proc.stderr.read().decode() if proc.poll() is not None else "no post"
         proc.send_signal(signal.SIGKILL)
@@ -99,8 +106,9 @@ def test_process_killed_mid_delivery_loses_and_duplicates_nothing(engine, db_url
 
     # Another run after the claim's lease has expired finishes the job.
     n = sc.notifier(config)
-    assert sc.deliver(n, at=now + 1).sent == 0  # still leased to the dead worker
-    report = sc.deliver(n, at=now + DEFAULT_LEASE + 1)
+    assert sc.deliver(n, at=now + DEFAULT_LEASE + 1).sent == 0  # still leased to the dead worker, whatever our clock
+    time.sleep(lease + 1.1)
+    report = sc.deliver(n, at=now + 1)
     assert report.sent == 1 and report.failed == 0
     _one_thread_each(fake, replies=0)
     sc.cycle(RENOTIFIED)
@@ -172,3 +180,32 @@ def test_steps_table_has_no_pending_rows_after_success(engine, fake, config, clo
     with engine.connect() as c:
         rows = c.execute(sa.text("select step, ts from slack_delivery_steps order by step")).all()
     assert len(rows) == 6 and all(r.ts for r in rows)
+
+
+def test_two_deliverers_never_post_one_step_at_once(engine, db_url, fake, config, clock):
+    """A second poster (e.g. `slack deliver` while the service sends the same digest) waits for the
+    step's holder instead of racing it: one message."""
+    fake.fail("chat.postMessage", "delay", 1.0)  # the first post takes a second to reach Slack
+    content = SlackMessageContent("digest for alice", [])
+    outcome: dict[str, object] = {}
+
+    def post(name: str) -> None:
+        eng = make_engine(db_url)
+        try:
+            poster = Poster(SlackApi(make_web_client(config), min_post_interval=0), eng, clock)
+            outcome[name] = poster.post_once("digest:alice:2026-09-01|dm", "#usage-alerts", None, content)
+        except RetryLater as exc:
+            outcome[name] = exc
+        finally:
+            eng.dispose()
+
+    first = threading.Thread(target=post, args=("first",))
+    first.start()
+    time.sleep(0.3)
+    post("second")
+    first.join(10)
+    assert isinstance(outcome["second"], RetryLater) and "another deliverer" in str(outcome["second"])
+    assert len(fake.channel("#usage-alerts").messages) == 1
+    # once the first is done, the step is finished: a retry returns the same message, posts nothing
+    post("again")
+    assert outcome["again"] == outcome["first"] and len(fake.channel("#usage-alerts").messages) == 1

@@ -75,3 +75,34 @@ def test_lost_digest_response_is_not_sent_twice(engine, fake, config, clock):
 def test_digest_time_in_the_owner_timezone():
     at, day = digest_time(1_790_899_200, 9, 30, "America/New_York")  # 2026-10-02T00:00Z = Oct 1, 20:00 EDT
     assert (at, day) == (1_790_861_400, "2026-10-01")  # 09:30 EDT = 13:30 UTC on the local day
+
+
+def test_an_item_queued_after_a_digest_was_posted_is_not_lost(engine, fake, config, clock, monkeypatch):
+    """A crash after the digest was posted but before its items were marked sent: the retry must not
+    take newer items into the already-posted digest (they would be marked sent, never shown)."""
+    import integrations.slack.digest as digest_mod
+
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)  # the fired alert waits for alice's digest
+    real = digest_mod.store.mark_digest_sent
+
+    def crash(*a, **k):  # the process dies right after the post
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(digest_mod.store, "mark_digest_sent", crash)
+    try:
+        send_due_digests(n, clock.set_day(FIRED, NINE))
+    except SystemExit:
+        pass
+    monkeypatch.setattr(digest_mod.store, "mark_digest_sent", real)
+    assert len(fake.dm_with("U0ALICE01").messages) == 1
+    sc.cycle(RENOTIFIED)
+    sc.deliver(n)  # a new item for alice
+    report = send_due_digests(n, clock.now + 60)  # the retry: the posted digest is recognised, once
+    assert report.sent == 1 and report.items == 1 and len(fake.dm_with("U0ALICE01").messages) == 1
+    assert digest_owners(engine) == ["alice@example.com"]  # the new item still waits for a digest
+    report = send_due_digests(n, clock.set_day(RENOTIFIED, NINE))
+    assert (report.sent, report.items) == (1, 1) and len(fake.dm_with("U0ALICE01").messages) == 2

@@ -9,7 +9,7 @@ from storage.db import alembic_config, migrate
 from storage.models import SLACK_TABLES
 from storage.slack import (
     add_feedback,
-    begin_step,
+    claim_step,
     digest_owners,
     feedback_by_rule,
     finish_step,
@@ -17,6 +17,7 @@ from storage.slack import (
     mark_digest_sent,
     open_digest_key,
     queue_digest_item,
+    release_step,
     take_digest,
 )
 from tests.integrations.slack.scenario import FIRED, SPIKE_DAY, Scenario, TestClock
@@ -36,13 +37,19 @@ def test_slack_migration_up_and_down(engine):
 
 
 def test_steps_keep_the_first_attempt_time(engine):
-    begin_step(engine, "s1", "C1", None, 100)
-    begin_step(engine, "s1", "C1", None, 200)
+    assert claim_step(engine, "s1", "C1", None, 100, "t1", lease=60) == (None, True)
+    prev, mine = claim_step(engine, "s1", "C1", None, 200, "t2", lease=60)
+    assert not mine and prev.claim_token == "t1"  # held by the first claim: not posted twice at once
+    release_step(engine, "s1", "t1")
+    prev, mine = claim_step(engine, "s1", "C1", None, 200, "t2", lease=60)
+    assert mine and prev is not None and prev.ts is None  # taken over: an earlier attempt may have posted
     s = get_step(engine, "s1")
-    assert (s.attempted_at, s.ts, s.done) == (100, None, False)
+    assert (s.attempted_at, s.ts, s.done, s.claim_token) == (100, None, False, "t2")
     finish_step(engine, "s1", "C1", "1.000001", 210)
     s = get_step(engine, "s1")
-    assert (s.ts, s.done_at, s.done) == ("1.000001", 210, True)
+    assert (s.ts, s.done_at, s.done, s.claim_token) == ("1.000001", 210, True, None)
+    prev, mine = claim_step(engine, "s1", "C1", None, 300, "t3", lease=60)
+    assert not mine and prev.ts == "1.000001"  # a finished step is never claimed again
 
 
 def test_feedback_counts_episodes_per_rule(engine):

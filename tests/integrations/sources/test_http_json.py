@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from bot.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
 from integrations.sources.http_json import HttpJsonSource
-from storage.sources import get_source_state
+from storage.sources import get_source_state, prune_events
 from tests.integrations.sources.fake_http import FakeHttp, Seen
 from tests.integrations.sources.helpers import DAY, HOUR, T0, config_problems, count, points, source_config
 
@@ -140,17 +140,35 @@ def test_cursor_incremental_sends_the_saved_cursor_and_saves_the_new_one(engine:
     assert get_source_state(engine, "billing").cursor == "20"  # type: ignore[union-attr]
 
 
+def _event_source(url: str) -> HttpJsonSource:
+    """A source whose items are events (fields.id)."""
+    return HttpJsonSource(source_config(_toml(url).replace('timestamp = "start"', 'timestamp = "start"\nid = "id"'),
+                                        {"API_TOKEN": SECRET}))
+
+
 def test_event_items_with_ids_are_deduplicated_and_added(engine: Engine) -> None:
     page = [dict(_item("acme", T0 + 5, 1), id="e1"), dict(_item("acme", T0 + 20, 2), id="e2")]
     with FakeHttp() as srv:
         srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
-        src = HttpJsonSource(source_config(_toml(srv.url("/usage")).replace(
-            'timestamp = "start"', 'timestamp = "start"\nid = "id"'), {"API_TOKEN": SECRET}))
+        src = _event_source(srv.url("/usage"))
         first = poll_source(engine, src, T0 + 60)
         page.append(dict(_item("acme", T0 + 30, 4), id="e3"))
         second = poll_source(engine, src, T0 + 120)  # e1, e2 delivered again: counted once
     assert (first.events_new, second.events_new, second.events_duplicate) == (2, 1, 2)
     assert points(engine) == {("acme", "api_calls", T0): 7.0}
+
+
+def test_event_items_before_the_pruning_horizon_are_never_counted_again(engine: Engine) -> None:
+    """An event feed re-reading old items after their ids were pruned does not add them twice."""
+    page = [dict(_item("acme", T0 + 5, 1), id="e1"), dict(_item("acme", T0 + 600, 2), id="e2")]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
+        src = _event_source(srv.url("/usage"))
+        assert poll_source(engine, src, T0 + 700).events_new == 2
+        assert prune_events(engine, before=T0 + 60) == 1  # e1's id is forgotten
+        again = poll_source(engine, src, T0 + 800)
+    assert (again.events_new, again.events_duplicate) == (0, 1)
+    assert points(engine) == {("acme", "api_calls", T0): 1.0, ("acme", "api_calls", T0 + 600): 2.0}
 
 
 def test_retries_5xx_and_429_honouring_retry_after_then_succeeds(engine: Engine) -> None:
@@ -271,3 +289,14 @@ def test_epoch_timestamps_and_metric_map(engine: Engine) -> None:
         src = HttpJsonSource(source_config(toml.replace("URL", srv.url("/u")), {"API_TOKEN": SECRET}))
         assert poll_source(engine, src, T0 + 2 * DAY).ok
     assert points(engine) == {("7", "api_calls", T0 + DAY): 2.5}
+
+
+def test_totals_whose_bucket_overflows_fail_the_poll_clearly(engine: Engine, caplog) -> None:
+    page = [_item("acme", T0 + 5, 1e308), _item("acme", T0 + 10, 1e308), _item("globex", T0 + 5, 3)]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
+        report = poll_source(engine, _source(srv.url("/usage")), T0 + 60)
+    assert not report.ok and "source 'billing'" in report.error
+    assert "account 'acme', metric 'api_calls', bucket" in report.error and "add up to more" in report.error
+    assert points(engine) == {} and "Traceback" not in caplog.text
+    assert get_source_state(engine, "billing").last_error == report.error

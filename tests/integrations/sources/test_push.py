@@ -122,7 +122,38 @@ def test_custom_paths_metric_map_and_pruning(engine: Engine) -> None:
     assert _post(p, [ev])[0] == 200
     assert points(engine) == {("c9", "api_calls", T0): 7.0}
     assert prune_events(engine, before=NOW + 1) == 1
-    assert _post(p, [ev])[1]["accepted"] == 1  # forgotten ids count again: hence max_age refuses old events
+    # a forgotten id would count again: an event that old is refused instead (issue 12)
+    status, answer = _post(p, [ev])
+    assert status == 400 and "no longer kept for deduplication" in answer["problems"][0]["message"]
+    assert points(engine) == {("c9", "api_calls", T0): 7.0}
+
+
+def test_a_pruned_id_is_never_accepted_again(engine: Engine) -> None:
+    """Ids are pruned by the EVENT's time, which acceptance checks too: a future-dated event (within
+    max_future) is not counted twice after the prune job ran (it was pruned by arrival time before)."""
+    week = 7 * DAY
+    sent_at = NOW
+    clock = {"now": sent_at}
+    p = PushIngest(engine, PushConfig(secret=Secret(SECRET)), clock=lambda: clock["now"])
+    ev = _event("future", ts=sent_at + 299)  # 299 s ahead: accepted (max_future 300 s)
+    assert _post(p, [ev])[1]["accepted"] == 1
+    for later in (week + 1, week + 200, week + 298, week + 299, week + 400, 3 * week):
+        clock["now"] = sent_at + later
+        prune_events(engine, before=clock["now"] - week)  # what the service's prune job does
+        status, answer = _post(p, [ev])
+        assert status == 400 or answer["accepted"] == 0, (later, answer)
+    assert points(engine) == {("acme", "api_calls", T0 + 3600 + 240): 2.0}
+
+
+def test_a_replica_with_a_slow_clock_does_not_accept_a_pruned_id(engine: Engine) -> None:
+    """The horizon is stored with the ids, so a replica whose clock is behind the pruner's refuses too."""
+    assert _post(_ingest(engine), [_event("e1")])[1]["accepted"] == 1
+    assert prune_events(engine, before=T0 + 31) == 1  # pruned by a replica whose clock is ahead
+    slow = PushIngest(engine, PushConfig(secret=Secret(SECRET), max_age=30 * DAY), clock=lambda: NOW)
+    assert _post(slow, [_event("e1")])[0] == 400
+    assert prune_events(engine, before=T0) == 0  # the horizon never moves back
+    assert get_source_state(engine, "push").events_forgotten_before == T0 + 31
+    assert points(engine) == {("acme", "api_calls", T0): 2.0}
 
 
 def test_parse_ingest_config() -> None:
@@ -136,3 +167,13 @@ def test_parse_ingest_config() -> None:
     doc = document_from_text("[ingest]\nenabled = true\n", "c.toml", {})
     parse_ingest_config(doc.section("ingest"))
     assert [str(p) for p in doc.problems] == ["c.toml:1: ingest.secret: is required"]
+
+
+def test_events_whose_bucket_total_overflows_are_refused_whole(engine: Engine) -> None:
+    p = _ingest(engine)
+    assert _post(p, [_event("a", value=1e308)])[0] == 200
+    status, answer = _post(p, [_event("b", value=1e308), _event("c", "globex", 1)])
+    assert status == 400 and "account 'acme', metric 'api_calls'" in answer["error"]
+    assert "nothing was stored" in answer["error"]
+    assert points(engine) == {("acme", "api_calls", T0): 1e308}
+    assert _post(p, [_event("c", "globex", 1)])[1]["accepted"] == 1  # its id was not kept by the refused request
