@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from bot.redaction import mask
 from rules.durations import format_duration
 from rules.periods import iso
 from storage.outbox import OutboxItem
@@ -44,7 +45,7 @@ def admin_notice(event: str, source_id: str, message: str, at: int, channel: str
         "event": event, "at": iso(at), "rule": f"source:{source_id}", "kind": "source",
         "account": source_id, "account_name": f"source {source_id}", "owner_email": "", "plan": "",
         "crm_id": "", "metric": ", ".join(metrics) or "-", "severity": severity, "value": None,
-        "baseline": None, "threshold": None, "window": None, "message": message, "discriminator": "",
+        "baseline": None, "threshold": None, "window": None, "message": mask(message), "discriminator": "",
         "notified": True, "suppressed_reason": "", "started_at": iso(since if since is not None else at),
         "fired_at": iso(at), "rule_hash": "", "description": "usage source health",
         "routing": {"owner": False, "channels": [channel] if channel else []}, "template": "source",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Engine
 
 from bot.alerts import PUBLISHED_EVENTS, alert_record, idempotency_key, recent_values
+from bot.redaction import mask
 from rules.engine import BlockKey, due, evaluate, history_needed
 from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, Key, Transition, advance
@@ -214,7 +215,7 @@ def deliver_outbox(
             notifier.deliver(row.payload)
         except Exception as exc:  # a failing notifier must not lose the row
             report.failed += 1
-            msg = f"{type(exc).__name__}: {exc}"
+            msg = mask(f"{type(exc).__name__}: {exc}")
             report.errors.append(f"outbox {row.idempotency_key}: {msg}")
             retry_after = getattr(exc, "retry_after", None)
             if getattr(exc, "permanent", False) is True:

@@ -52,6 +52,7 @@ from integrations.sources.http_fetch import (
     dig_optional,
     parse_auth,
     parse_retry,
+    register_url_secrets,
 )
 from integrations.sources.records import UsageRecord, is_metric_name
 
@@ -195,6 +196,8 @@ def parse(section: Section, settings: SourceSettings) -> HttpJsonOptions | None:
     retry = parse_retry(section)
     pagination = _parse_pagination(section)
     params, headers = str_map(section, "params"), str_map(section, "headers")
+    if url is not None:
+        register_url_secrets(url, params, headers)
     records = section.str("records", "") or ""
     if url is None or fields is None or auth is None:
         return None
@@ -394,6 +397,7 @@ class HttpJsonSource:
         return UsageRecord(acc, metric, ts, value)
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.fetcher.begin_poll()
         problems = _Problems(self.id)
         totals: list[UsageRecord] = []
         events: list[UsageEvent] = []

@@ -32,7 +32,14 @@ from integrations.sources.base import (
     window,
 )
 from integrations.sources.csv_files import parse_timestamp
-from integrations.sources.http_fetch import RETRY_KEYS, Auth, Fetcher, RetryPolicy, parse_retry
+from integrations.sources.http_fetch import (
+    RETRY_KEYS,
+    Auth,
+    Fetcher,
+    RetryPolicy,
+    parse_retry,
+    register_url_secrets,
+)
 from integrations.sources.http_json import format_time, parse_value
 from integrations.sources.records import UsageRecord, is_metric_name
 
@@ -66,6 +73,7 @@ def parse_meters(section: Section) -> dict[str, str]:
 
 def parse(section: Section, settings: SourceSettings) -> OpenMeterOptions | None:
     url = (section.str("url", "https://openmeter.cloud") or "").rstrip("/")
+    register_url_secrets(url)
     if not url.startswith(("http://", "https://")):
         section.problem("url", "must start with http:// or https://")
     meters = parse_meters(section)
@@ -121,6 +129,7 @@ class OpenMeterSource:
         return out
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.fetcher.begin_poll()
         size = WINDOW_SIZES[self.o.window_size]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size  # the open window too

@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
+from bot import redaction
 from bot.configbase import Secret, Section
 from integrations.sources.base import (
     Batch,
@@ -288,7 +289,7 @@ class SqlSource:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
-            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
             raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
                               f"{redact_url(reason)}") from None
         records: list[UsageRecord] = []
