@@ -37,7 +37,16 @@ from functools import lru_cache
 from typing import Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from integrations.sources.records import METRIC_PATTERN, UsageRecord
+from integrations.sources.records import (
+    MAX_METRIC_LENGTH,
+    METRIC_PATTERN,
+    UsageRecord,
+    check_time,
+    id_problem,
+    is_identifier,
+    metric_problem,
+    text_problem,
+)
 from rules.model import AccountFacts
 from rules.periods import iso
 
@@ -303,7 +312,7 @@ def parse_timestamp(text: str) -> int:
         raise ValueError(f"{_show(text)} is not an ISO-8601 timestamp; {_TS_HINT}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _SECOND
+    return check_time((dt - _EPOCH) // _SECOND)
 
 
 def _parse_value(text: str) -> tuple[float | None, str | None]:
@@ -356,7 +365,7 @@ def _usage_chunks(
                     ts = ts_cache.get(row[i_ts])
                     met = row[i_met]
                     acc = row[i_acc].strip()
-                    if ts is not None and met in metrics_ok and acc:
+                    if ts is not None and met in metrics_ok and is_identifier(acc):
                         try:
                             v = float(row[i_val])
                         except ValueError:
@@ -394,8 +403,9 @@ def _usage_chunks(
                                 ts_cache.clear()
                             ts_cache[ts_text] = ts
                     acc = row[i_acc].strip()
-                    if not acc:
-                        problems.append((header[i_acc].strip(), row[i_acc], "account is empty"))
+                    why = id_problem(acc, "account")
+                    if why is not None:
+                        problems.append((header[i_acc].strip(), row[i_acc], why))
                     met_text = row[i_met]
                     met = met_text.strip()
                     if not met:
@@ -405,7 +415,9 @@ def _usage_chunks(
                             (
                                 header[i_met].strip(),
                                 met_text,
-                                f"{_show(met_text)} is not a valid metric name "
+                                metric_problem(met)
+                                if len(met) > MAX_METRIC_LENGTH
+                                else f"{_show(met_text)} is not a valid metric name "
                                 "(letters, digits and _ . : - only)",
                             )
                         )
@@ -528,8 +540,9 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                     return names[i], row[i], row[i].strip()
 
                 col, raw_id, acc_id = cell("id")
-                if not acc_id:
-                    problems.append((col, raw_id, "id is empty"))
+                why = id_problem(acc_id, "id")
+                if why is not None:
+                    problems.append((col, raw_id, why))
                 elif acc_id in first_line:
                     problems.append(
                         (
@@ -539,15 +552,22 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                         )
                     )
                 col, raw_name, name = cell("name")
-                if not name:
-                    problems.append((col, raw_name, "name is empty"))
+                why = "name is empty" if not name else text_problem(name, "name")
+                if why is not None:
+                    problems.append((col, raw_name, why))
                 col, raw_email, email = cell("owner_email")
                 if email:
-                    why = _email_problem(email)
+                    why = text_problem(email, "owner_email") or _email_problem(email)
                     if why:
                         problems.append((col, raw_email, why))
-                plan = cell("plan")[2]
-                crm_id = cell("crm_id")[2]
+                col, raw_plan, plan = cell("plan")
+                why = text_problem(plan, "plan")
+                if why is not None:
+                    problems.append((col, raw_plan, why))
+                col, raw_crm, crm_id = cell("crm_id")
+                why = id_problem(crm_id, "crm_id") if crm_id else None
+                if why is not None:
+                    problems.append((col, raw_crm, why))
 
                 quotas: dict[str, float] = {}
                 for metric, i in quota_pos.items():

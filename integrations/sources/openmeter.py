@@ -41,7 +41,7 @@ from integrations.sources.http_fetch import (
     register_url_secrets,
 )
 from integrations.sources.http_json import format_time, parse_value
-from integrations.sources.records import UsageRecord, is_metric_name
+from integrations.sources.records import UsageRecord, id_problem, is_metric_name
 
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
         *RETRY_KEYS)
@@ -115,6 +115,10 @@ class OpenMeterSource:
             if account is None or not str(account).strip():
                 problems.append(f"{where}: no {what} (the account); set account_group_by if accounts are a "
                                 "group-by key")
+                continue
+            why = id_problem(str(account).strip(), f"{what} (the account)")
+            if why is not None:
+                problems.append(f"{where}: {why}")
                 continue
             try:
                 ts = parse_timestamp(str(row.get("windowStart", "")))

@@ -41,7 +41,7 @@ from integrations.sources.http_fetch import (
 )
 from integrations.sources.http_json import parse_value
 from integrations.sources.openmeter import parse_meters
-from integrations.sources.records import UsageRecord
+from integrations.sources.records import UsageRecord, time_problem
 
 KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
         "max_pages", *RETRY_KEYS)
@@ -134,7 +134,10 @@ class StripeMeterSource:
                         continue
                     ts = item.get("start_time")
                     if isinstance(ts, bool) or not isinstance(ts, int):
-                        problems.append(f"{where}: start_time must be epoch seconds, got {ts!r}")
+                        problems.append(f"{where}: start_time must be epoch seconds, got {repr(ts)[:80]}")
+                        continue
+                    if (why := time_problem(ts)) is not None:
+                        problems.append(f"{where}: start_time: {why}")
                         continue
                     try:
                         value = parse_value(item.get("aggregated_value"))
