@@ -34,6 +34,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.request import payload_utils
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 
@@ -79,7 +80,8 @@ def _ephemeral(respond: Any, content: SlackMessageContent) -> None:
     try:
         respond(response_type="ephemeral", replace_original=False, text=content.text, blocks=content.blocks)
     except Exception as exc:  # no or a bad response_url in the payload: nobody to answer
-        log.warning("could not answer a Slack request through its response_url: %s: %s", type(exc).__name__, exc)
+        log.warning("could not answer a Slack request through its response_url: %s: %s", type(exc).__name__,
+                    shown(str(exc), 200))
 
 
 def _actor(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -244,7 +246,8 @@ def _replay_guard(engine: Engine) -> Callable[..., Any]:
 def _on_error(error: Exception, body: Any) -> BoltResponse:
     """Bolt's one error handler: whatever a listener or middleware raised, one log line and a 400."""
     kind = body.get("type") or body.get("command") if isinstance(body, Mapping) else None
-    log.warning("Slack request (%s) not handled: %s: %s", kind or "?", type(error).__name__, error)
+    log.warning("Slack request (%s) not handled: %s: %s", shown(kind or "?", 60), type(error).__name__,
+                shown(str(error), 200))
     return BoltResponse(status=400, body="usagebot could not handle this request")
 
 
@@ -267,11 +270,17 @@ def run_socket_mode(app: App, config: SlackConfig, block: bool = True) -> Any:
     return handler
 
 
+_PAYLOAD_PARTS = (payload_utils.to_options, payload_utils.to_shortcut, payload_utils.to_action, payload_utils.to_view,
+                  payload_utils.to_command, payload_utils.to_event, payload_utils.to_message, payload_utils.to_step)
+
+
 def _dispatch(app: App, body: bytes, query: str, headers: Mapping[str, Any]) -> BoltResponse:
     """One HTTP request to the app. A body bolt cannot parse never reaches it: 401 when its signature
     is wrong (as bolt would answer), else 400, and never a traceback."""
     try:
         req = BoltRequest(body=body.decode("utf-8"), query=query, headers=dict(headers))
+        for extract in _PAYLOAD_PARTS:  # bolt takes these apart for every listener and its error handler,
+            extract(req.body)  # so a payload of the wrong shape would fail there, past any handler
     except Exception as exc:  # ValueError (JSON, UTF-8), RecursionError, TypeError/AttributeError (shape)
         flat = {k.lower(): (v[0] if isinstance(v, list | tuple) and v else v) for k, v in headers.items()}
         if not _signed(app._signing_secret, body, flat):  # noqa: SLF001

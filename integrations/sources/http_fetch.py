@@ -252,8 +252,12 @@ class Fetcher:
                 problem = f"timed out after {min(self.retry.timeout, budget):g}s"
             except httpx.TransportError as exc:
                 problem = f"connection failed ({type(exc).__name__}: {redaction.clip(exc, SHOWN_BODY)})"
-            except httpx.InvalidURL as exc:
-                raise self._fail(where, f"invalid URL ({redaction.clip(exc, SHOWN_BODY)})") from None
+            except httpx.DecodingError as exc:  # Content-Encoding says gzip, the body is not
+                raise self._fail(where, f"the response body cannot be decoded ({type(exc).__name__}: "
+                                        f"{redaction.clip(exc, SHOWN_BODY)})") from None
+            except (httpx.RequestError, httpx.InvalidURL) as exc:  # too many redirects, a bad URL...
+                raise self._fail(where, f"request failed ({type(exc).__name__}: "
+                                        f"{redaction.clip(exc, SHOWN_BODY)})") from None
             else:
                 if resp.status_code < 400:
                     return self._decode(where, resp, raw), resp
