@@ -214,3 +214,12 @@ def test_salesforce_error_texts_are_masked_before_they_are_cut() -> None:
     assert text.startswith("INVALID_FIELD: zzz")
     assert_clean(text, TOKEN)
     assert_clean(str(SalesforceRequestError(f"login with {TOKEN[:20]}")), TOKEN)
+
+
+def test_metric_labels_are_masked() -> None:
+    from bot.metrics import Metrics
+
+    Secret(TOKEN)
+    m = Metrics()
+    m.inc("usagebot_errors_total", component=f"poll:{TOKEN}")
+    assert_clean(m.render(), TOKEN)
