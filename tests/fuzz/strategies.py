@@ -3,9 +3,16 @@ numbers at and past every limit, times from year 1 to 9999, identifiers 10,000 c
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
+
+
+def cases(n: int) -> int:
+    """`n` examples, times $USAGEBOT_FUZZ_SCALE (default 1; e.g. 20 for a long hunt before a release)."""
+    return n * max(1, int(os.environ.get("USAGEBOT_FUZZ_SCALE", "1") or 1))
+
 
 MARKUP = ["<!here>", "<!channel|x>", "<@U0BOBBY01>", "<https://evil.example|click>", "&amp;", "*", "`", "\u202e",
           "\u200b", "\x00", "\n", "\r", "\t", "\x1b[31m", "${HOME}", "%s", "{0}", "\"", "'", ",", ";", "\\", "\ufeff"]

@@ -18,7 +18,15 @@ from bot.configbase import Secret
 from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
 from integrations.sources.push import BATCH, JSON, STRUCTURED, PushConfig, PushIngest
 from storage.db import make_engine, migrate
-from tests.fuzz.strategies import identifier, json_values, nasty_text, number_text, recent_times, timestamps
+from tests.fuzz.strategies import (
+    cases,
+    identifier,
+    json_values,
+    nasty_text,
+    number_text,
+    recent_times,
+    timestamps,
+)
 
 USAGE_HEADERS = ["timestamp,account,metric,value", "account,metric,value,timestamp", "timestamp,account,metric",
                  "Timestamp , Account,METRIC,value", "timestamp,account,metric,value,extra", ""]
@@ -55,7 +63,7 @@ def db(tmp_path_factory):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
-@settings(max_examples=250)
+@settings(max_examples=cases(250))
 @given(header=st.sampled_from(USAGE_HEADERS), rows=usage_rows, tail=st.one_of(st.just(""), nasty_text),
        mode=st.sampled_from(["reject", "skip"]))
 def test_usage_csv_reads_or_names_every_problem(tmp_path_factory, header, rows, tail, mode) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +80,7 @@ def test_usage_csv_reads_or_names_every_problem(tmp_path_factory, header, rows, 
     assert mode == "skip" or not result.errors
 
 
-@settings(max_examples=200)
+@settings(max_examples=cases(200))
 @given(header=st.sampled_from(ACCOUNT_HEADERS), rows=account_rows, mode=st.sampled_from(["reject", "skip"]))
 def test_accounts_csv_reads_or_names_every_problem(tmp_path_factory, header, rows, mode) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path_factory.mktemp("csv") / "a.csv"
@@ -86,7 +94,7 @@ def test_accounts_csv_reads_or_names_every_problem(tmp_path_factory, header, row
         assert 0 < len(a.id) <= 256 and a.id.isprintable()
 
 
-@settings(max_examples=120)
+@settings(max_examples=cases(120))
 @given(rows=usage_rows, header=st.sampled_from(USAGE_HEADERS[:2]))
 def test_cli_ingest_stores_all_or_nothing(db, tmp_path_factory, rows, header) -> None:  # type: ignore[no-untyped-def]
     from bot.cli import main
@@ -133,7 +141,7 @@ def push_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     return BATCH, b"[" * draw(st.integers(1, 50_000))
 
 
-@settings(max_examples=300)
+@settings(max_examples=cases(300))
 @given(body=push_bodies())
 def test_push_answers_a_status_and_stores_all_or_nothing(db, body) -> None:  # type: ignore[no-untyped-def]
     _, engine = db

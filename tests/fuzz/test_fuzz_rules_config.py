@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bot.config import check_config
 from rules.loader import check_rules
-from tests.fuzz.strategies import json_values, nasty_text, numbers
+from tests.fuzz.strategies import cases, json_values, nasty_text, numbers
 
 KINDS = ["spike", "drop", "inactivity", "quota", "expansion", "anomaly", "", "SPIKE"]
 DURATIONS = ["1d", "1h", "0", "100000000w", "-1d", "1.5d", "99999999999999999999d", "1e9s", "7", "", "1d1h", "P1D"]
@@ -95,7 +95,7 @@ def mutated_rules(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=300)
+@settings(max_examples=cases(300))
 @given(text=mutated_rules())
 def test_mutated_shipped_rules_load_or_list_problems(tmp_path_factory, text: str) -> None:  # type: ignore[no-untyped-def]
     _check_rules_text(tmp_path_factory.mktemp("rules"), text)
@@ -110,13 +110,13 @@ def _check_rules_text(tmp: Path, text: str) -> None:
         assert str(path) in str(p) or "rules.toml" in str(p), str(p)
 
 
-@settings(max_examples=300)
+@settings(max_examples=cases(300))
 @given(text=rule_files())
 def test_rule_files_load_or_list_problems(tmp_path_factory, text: str) -> None:  # type: ignore[no-untyped-def]
     _check_rules_text(tmp_path_factory.mktemp("rules"), text)
 
 
-@settings(max_examples=100)
+@settings(max_examples=cases(100))
 @given(text=st.text(max_size=300))
 def test_any_text_as_rules_is_a_problem_not_a_crash(tmp_path_factory, text: str) -> None:  # type: ignore[no-untyped-def]
     _check_rules_text(tmp_path_factory.mktemp("rules"), text)
@@ -154,7 +154,7 @@ def config_files(draw: st.DrawFn, rules: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=300)
+@settings(max_examples=cases(300))
 @given(data=st.data())
 def test_service_config_loads_or_lists_problems(tmp_path_factory, data) -> None:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("cfg")

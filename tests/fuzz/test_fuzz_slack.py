@@ -20,7 +20,7 @@ from bot.slack_app import build_slack_app, dispatch_http
 from integrations.slack.notifier import SlackNotifier
 from storage.db import make_engine, migrate
 from tests.fakes.slack_server import FakeSlack
-from tests.fuzz.strategies import identifier, json_values, nasty_text
+from tests.fuzz.strategies import cases, identifier, json_values, nasty_text
 from tests.integrations.slack.scenario import (
     FIRED,
     SIGNING_SECRET,
@@ -106,7 +106,7 @@ def requests(draw: st.DrawFn, fake: FakeSlack) -> tuple[bytes, str]:
     return draw(st.binary(max_size=300)), draw(st.sampled_from(["application/x-www-form-urlencoded", "application/json"]))
 
 
-@settings(max_examples=200)
+@settings(max_examples=cases(200))
 @given(data=st.data())
 def test_signed_requests_are_answered_never_a_500(slack, data) -> None:  # type: ignore[no-untyped-def]
     app, fake, catcher = slack

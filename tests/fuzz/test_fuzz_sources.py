@@ -17,7 +17,7 @@ from integrations.sources.http_json import HttpJsonSource
 from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.stripe_meter import StripeMeterSource
 from storage.db import make_engine, migrate
-from tests.fuzz.strategies import identifier, json_values, number_text, recent_times, timestamps
+from tests.fuzz.strategies import cases, identifier, json_values, number_text, recent_times, timestamps
 from tests.integrations.sources.fake_http import FakeHttp
 from tests.integrations.sources.helpers import source_config
 
@@ -116,7 +116,7 @@ max_pages = 3
     return builders[which]()
 
 
-@settings(max_examples=150)
+@settings(max_examples=cases(150))
 @given(answer=answers(), which=st.integers(0, 2))
 def test_any_answer_is_a_poll_report(env, answer, which) -> None:  # type: ignore[no-untyped-def]
     engine, srv = env
