@@ -85,15 +85,23 @@ def forms(secret: str) -> set[str]:
     return {f for f in out if len(f) >= MIN_SECRET}
 
 
+def _userinfo(text: str) -> tuple[str, str] | None:
+    """(user, password) of a URL's user info, decoded; the user info ends at the last "@" before the
+    host (so an unescaped "@" in a password works too)."""
+    m = re.match(_URL.pattern + r"([^/?#]*)@", text)
+    if m is None or ":" not in m.group(1):
+        return None
+    user, password = m.group(1).split(":", 1)
+    return unquote(user), unquote(password)
+
+
 def _url_parts(text: str) -> list[str]:
     """Secrets inside a URL: the user-info password and secret-looking query parameters."""
     found: list[str] = []
     m = re.match(_URL.pattern + r"([^/?#]*)@", text)
-    if m is not None:  # the user info ends at the last "@" before the host (works on unescaped "@"s)
-        userinfo = m.group(1)
-        if ":" in userinfo:
-            user, password = userinfo.split(":", 1)
-            found += [password, unquote(password)]
+    if m is not None and ":" in m.group(1):
+        password = m.group(1).split(":", 1)[1]
+        found += [password, unquote(password)]
     try:
         query = urlsplit(text).query
     except ValueError:
@@ -132,12 +140,15 @@ class Redactor:
         if "\n" in stripped:
             parts += [ln.strip() for ln in stripped.splitlines()
                       if len(ln.strip()) >= _LINE_PART and not ln.strip().startswith("-----")]
-        self._add(parts)
+        pair = _userinfo(value)
+        self._add(parts, [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else [])
 
     def register_url(self, url: str | None) -> None:
-        """The secrets inside a URL (not the URL itself: hosts and paths stay readable)."""
+        """The secrets inside a URL (not the URL itself: hosts and paths stay readable); user info is
+        also a basic-auth pair (HTTP clients send it as `Authorization: Basic base64(user:password)`)."""
         if url:
-            self._add(_url_parts(url))
+            pair = _userinfo(url)
+            self._add(_url_parts(url), [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else [])
 
     def register_pair(self, user: str | None, password: str | None) -> None:
         """A basic-auth pair: the password, and "user:password" (whose base64 is the header value)."""

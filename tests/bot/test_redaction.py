@@ -94,10 +94,20 @@ def test_secret_looking_env_vars_and_names() -> None:
 # ------------------------------------------------------------------- a hostile peer echoes
 
 
-def _echo(r: Seen) -> tuple:
-    """An API that puts everything it was sent into its 401 error, after 190 characters of noise."""
-    echoed = json.dumps({"error": "x" * 190, "you_sent": {"headers": r.headers, "query": r.query}})
-    return 401, echoed.encode(), {"Content-Type": "application/json"}
+def _echo(what: str) -> object:
+    """An API whose 401 error quotes something it was sent, placed so that the 200 characters an error
+    message shows end inside a raw key (what the old cut-then-mask leaked) or hold a header whole."""
+
+    def handle(r: Seen) -> tuple:
+        echoed = {"header": r.headers.get("x-auth") or r.headers.get("authorization", ""),
+                  "api_key": f"api_key={r.q('api_key')}",
+                  "userinfo": r.headers.get("authorization", ""),
+                  "raw": r.q("api_key") or ""}[what]
+        # a raw key is cut inside (its start is what old code showed); a header is shown whole
+        pad = {"raw": 185, "api_key": 178}.get(what, max(0, 195 - len(echoed)))
+        return 401, ("x" * pad + echoed + " and more").encode(), {"Content-Type": "text/plain"}
+
+    return handle
 
 
 def _hostile_source(url: str, auth: str) -> HttpJsonSource:
@@ -124,14 +134,17 @@ timestamp = "t"
 @pytest.mark.parametrize("auth", ['type = "bearer"\ntoken = "${TOKEN}"',
                                   'type = "basic"\nusername = "svc"\npassword = "${PASSWORD}"',
                                   'type = "header"\nheader = "X-Auth"\nvalue = "${TOKEN}"'])
-def test_http_json_error_echoing_every_credential_is_masked_in_errors_state_and_logs(engine: Engine,
-                                                                                   auth: str) -> None:
+@pytest.mark.parametrize("what", ["header", "api_key", "userinfo", "raw"])
+def test_http_json_error_echoing_a_credential_is_masked_in_errors_state_and_logs(engine: Engine, auth: str,
+                                                                                 what: str) -> None:
     stream = io.StringIO()
     handler = setup_logging("json", "info", stream)
     try:
         with FakeHttp() as srv:
-            srv.route("/usage", _echo)
-            url = srv.url("/usage").replace("http://", f"http://svc:{quote(URL_PASSWORD, safe='')}@")
+            srv.route("/usage", _echo(what))
+            url = srv.url("/usage")
+            if what == "userinfo":  # (then the client sends these credentials, not those of [auth])
+                url = url.replace("http://", f"http://svc:{quote(URL_PASSWORD, safe='')}@")
             src = _hostile_source(url, auth)
             report = poll_source(engine, src, T0)
             src.close()
@@ -141,7 +154,7 @@ def test_http_json_error_echoing_every_credential_is_masked_in_errors_state_and_
     state = get_source_state(engine, "billing")
     for text in (report.error or "", state.last_error if state else "", stream.getvalue()):
         assert_clean(text, TOKEN, PASSWORD, API_KEY, URL_PASSWORD)
-    assert "poll_failed" in stream.getvalue()
+    assert "poll_failed" in stream.getvalue() and "xxxxx" in (report.error or "")
 
 
 def test_log_records_are_masked_in_message_args_extra_and_traceback() -> None:
