@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bot.redaction import mask
 from rules.detectors.format import moment
 from rules.engine import CohortEvent
 from rules.lifecycle import FirstRun, Transition
@@ -137,7 +138,7 @@ def admin_notice(event: str, source_id: str, message: str, at: int, channel: str
         "event": event, "at": iso(at), "rule": f"source:{source_id}", "kind": "source",
         "account": source_id, "account_name": f"source {source_id}", "owner_email": "", "plan": "",
         "crm_id": "", "metric": ", ".join(metrics) or "-", "severity": severity, "value": None,
-        "baseline": None, "threshold": None, "window": None, "message": message, "discriminator": "",
+        "baseline": None, "threshold": None, "window": None, "message": mask(message), "discriminator": "",
         "notified": True, "suppressed_reason": "", "started_at": iso(since if since is not None else at),
         "fired_at": iso(at), "rule_hash": "", "description": "usage source health",
         "routing": {"owner": False, "channels": [channel] if channel else []}, "template": "source",

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
 from integrations.console import format_number
 from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
+from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
 from rules.lint import facts_from, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
@@ -36,8 +37,26 @@ class BacktestError(Exception):
     """A problem with the backtest's inputs (message names file/flag)."""
 
 
+MAX_SPAN = 10 * 366 * 86_400  # a backtest replays at most ten years
+MAX_CELLS = 100_000_000  # accounts x buckets of one metric block held in memory (8 bytes each: 800 MB)
+
+
+def check_span(rules: Sequence[Any], start: int, end: int, accounts: int) -> None:
+    """Refuse a replay that cannot be run (BacktestError says why and what to narrow): more than
+    MAX_SPAN, or a block of more than MAX_CELLS (accounts x buckets of the finest rule, history included)."""
+    if end - start > MAX_SPAN:
+        raise BacktestError(f"the backtest would replay {iso(start)} .. {iso(end)} ({(end - start) // 86_400:,} "
+                            f"days); at most {MAX_SPAN // 86_400:,} days: narrow it with --from/--to (or check "
+                            "the usage file for wrong years)")
+    for (metric, step), hist in history_needed(list(rules)).items():
+        cells = accounts * ((end - start + hist) // step + 1)
+        if cells > MAX_CELLS:
+            raise BacktestError(f"the backtest of metric {metric!r} in {step}s buckets over {iso(start)} .. "
+                                f"{iso(end)} for {accounts:,} accounts needs {cells:,} cells (at most "
+                                f"{MAX_CELLS:,}, ~{MAX_CELLS * 8 // 10**6:,} MB); narrow it with --from/--to")
+
 def parse_time(text: str, flag: str) -> int:
-    """ISO-8601 date or date-time; no offset means UTC."""
+    """ISO-8601 date or date-time; no offset means UTC; within the times usagebot accepts (1970..2100)."""
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
@@ -45,7 +64,14 @@ def parse_time(text: str, flag: str) -> int:
                             f"2026-11-01T12:00:00Z)") from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
+    try:
+        ts = int(dt.timestamp())
+    except (OverflowError, ValueError):
+        ts = -1 if dt.year < 1970 else MAX_TIME
+    why = time_problem(ts)
+    if why is not None:
+        raise BacktestError(f"{flag}: {why}")
+    return ts
 
 
 @dataclass
@@ -116,6 +142,7 @@ def run_backtest(
                 start = (data_start // biggest) * biggest
             if end <= start:
                 raise BacktestError(f"--to ({iso(end)}) must be after --from ({iso(start)})")
+            check_span(rules, start, end, len({r.account for r in usage.records}))
             blocks: dict[tuple[str, int], MetricBlock] = {}
             for (metric, step), hist in history_needed(rules).items():
                 b_start = ((start - hist) // step) * step

@@ -423,8 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
+    import logging
+
+    from bot.redaction import RedactingStream, install_on, mask
+
+    # every secret of the config (and of --db / $USAGEBOT_DB_URL) is masked in what the CLI prints or logs
+    out = RedactingStream(out or sys.stdout)  # type: ignore[assignment]
+    err = RedactingStream(err or sys.stderr)  # type: ignore[assignment]
+    if logging.lastResort is not None:
+        install_on(logging.lastResort)
     args = build_parser().parse_args(argv)
     from sqlalchemy.exc import DBAPIError
 
@@ -447,6 +454,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one masked line, no traceback (it goes to the debug log)
+        logging.getLogger("bot.cli").debug("usagebot %s failed", args.command, exc_info=True)
+        print(f"usagebot {args.command}: unexpected {type(exc).__name__}: {mask(exc)} (this is a bug; "
+              "please report it with the command you ran)", file=err)
+        return 1
 
 
 if __name__ == "__main__":

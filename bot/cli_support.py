@@ -16,9 +16,12 @@ T = TypeVar("T")
 
 def database_url(explicit: str | None, configured: str | None = None) -> str:
     """--db, else $USAGEBOT_DB_URL, else the config file's [storage].url, else SQLite in ./usagebot-data."""
+    from bot.redaction import register_url
     from storage.db import default_url
 
-    return explicit or os.environ.get(DB_ENV) or configured or default_url(DEFAULT_DATA_DIR)
+    url = explicit or os.environ.get(DB_ENV) or configured or default_url(DEFAULT_DATA_DIR)
+    register_url(url)  # its password is masked in everything printed or logged
+    return url
 
 
 def load_or_report(load: Callable[[], T], err: TextIO) -> T | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.configbase import ConfigError, ConfigProblem, Document, Section, load_document
+from bot.redaction import register_url
 from integrations.sources.base import SourceConfig, parse_source_config
 from integrations.sources.push import PushConfig, parse_ingest_config
 from rules.model import RuleSet
@@ -102,6 +103,7 @@ def _storage(doc: Document) -> str:
     sec = doc.section("storage")
     sec.check_keys(("url",))
     url = sec.str("url", "sqlite:///usagebot-data/usagebot.db") or "sqlite:///usagebot-data/usagebot.db"
+    register_url(url)  # the database password is masked in every log line and message
     from storage.db import StorageError, _normalise
 
     try:

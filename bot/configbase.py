@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot import redaction
 from rules.durations import DurationError, parse_duration
 from rules.toml_lines import LineMap, scan_lines
 
@@ -29,12 +30,17 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
 class Secret:
-    """A secret string. str() and repr() never reveal it; use .reveal()."""
+    """A secret string. str() and repr() never reveal it; use .reveal().
+
+    Making one registers the value with bot.redaction, so it is masked in every log line, error
+    message and notice from then on, in any encoding.
+    """
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
+        redaction.register(value)
 
     def reveal(self) -> str:
         return self._value
@@ -181,6 +187,8 @@ class Section:
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in self.doc.env:
+                if redaction.looks_secret(name):  # "${BILLING_API_KEY}" in a plain string key
+                    redaction.register(self.doc.env[name])
                 return self.doc.env[name]
             if default is not None:
                 return default

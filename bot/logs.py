@@ -5,7 +5,9 @@
         "message": "polled billing-api", "source": "billing-api", "rows": 120}
 
 Secrets never reach the logs: configuration secrets are `Secret` objects
-(shown as ***) and database URLs are logged redacted.
+(shown as ***), and the root handler (and logging's last-resort handler, used
+before setup) masks every known secret in every record, in any encoding
+(bot.redaction.RedactingFilter).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from bot.redaction import install_on
 
 _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 
@@ -41,8 +45,8 @@ class JsonFormatter(logging.Formatter):
         for k, v in vars(record).items():
             if k not in _STANDARD and not k.startswith("_"):
                 out[k] = _jsonable(v)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 
@@ -60,6 +64,9 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
         if getattr(h, "_usagebot", False):
             root.removeHandler(h)
     handler._usagebot = True  # type: ignore[attr-defined]
+    install_on(handler)
+    if logging.lastResort is not None:
+        install_on(logging.lastResort)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "httpx", "httpcore", "urllib3"):

@@ -28,6 +28,7 @@ from bot.alerts import (
 )
 from bot.cycle_lock import serialised
 from bot.notices import Notices
+from bot.redaction import mask
 from rules.engine import BlockKey, CohortEvent, EvaluationResult, due, evaluate, history_needed
 from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
@@ -329,8 +330,8 @@ def deliver_outbox(
     report = DeliveryReport()
     handled: list[int] = []
     while len(handled) < limit:
-        batch = claim_due(engine, now, limit=min(CLAIM_BATCH, limit - len(handled)), kinds=outbox_kinds(notifier.name),
-                          lease=lease, holder=holder, exclude=handled)
+        batch = claim_due(engine, now, limit=min(CLAIM_BATCH, limit - len(handled)),
+                          kinds=outbox_kinds(notifier.name), lease=lease, holder=holder, exclude=handled)
         if not batch:
             break
         handled += [r.id for r in batch]
@@ -356,7 +357,7 @@ def _deliver_row(engine: Engine, notifier: Notifier, row: OutboxRow, now: int,
     try:
         notifier.deliver(row.payload)
     except Exception as exc:  # a failing notifier must not lose the row
-        msg = f"{type(exc).__name__}: {exc}"
+        msg = mask(f"{type(exc).__name__}: {exc}")
         retry_after = getattr(exc, "retry_after", None)
         if getattr(exc, "permanent", False) is True:
             mark_dead(engine, row.id, now, msg, token=token)

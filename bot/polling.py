@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from bot.alerts import admin_notice
 from bot.freshness import notice_items
+from bot.redaction import mask
 from integrations.sources.base import Batch, PollContext, Source, SourceError
 from storage.accounts import list_accounts
 from storage.db import redact_url
@@ -48,6 +49,7 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
            report: PollReport, notifiers: Sequence[str]) -> None:
     outbox = []
     if batch.error:
+        batch.error = mask(batch.error)
         payload = admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
                                details={"source": source.id, "part": batch.label})
         outbox += notice_items(f"source-rejected:{source.id}:{batch.label}:{now}", payload, now, notifiers)
@@ -86,12 +88,12 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
         if report.batches == 0:  # nothing new: still a successful poll (freshness, last success)
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
     except SourceError as exc:
-        report.ok, report.error = False, str(exc)
+        report.ok, report.error = False, mask(str(exc))
     except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
-        report.ok, report.error = False, f"source {source.id!r}: {exc}"
+        report.ok, report.error = False, mask(f"source {source.id!r}: {exc}")
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
         report.ok = False
-        report.error = redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}")
+        report.error = mask(redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}"))
         log.exception("poll of %s failed unexpectedly", source.id, extra={"source": source.id})
     if not report.ok and report.error:
         try:

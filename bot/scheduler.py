@@ -34,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot.crontab import cron_trigger
 from bot.leader import Leadership
 from bot.metrics import Metrics
+from bot.redaction import mask
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class ServiceScheduler:
         except Exception as exc:
             result = "error"
             st.errors += 1
-            st.last_error = f"{type(exc).__name__}: {exc}"
+            st.last_error = mask(f"{type(exc).__name__}: {exc}")
             self.metrics.inc("usagebot_errors_total", component=spec.id)
             log.exception("job %s failed", spec.id, extra={"event": "job_failed", "job": spec.id})
         st.runs += 1

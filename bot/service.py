@@ -39,6 +39,7 @@ from bot.metrics import CONTENT_TYPE, Metrics, Sample
 from bot.notices import Notices
 from bot.pipeline import Notifier, deliver_outbox
 from bot.polling import PollReport, poll_source
+from bot.redaction import mask
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
@@ -283,7 +284,7 @@ class Service:
             rev, head = current_revision(self.engine), self._head  # type: ignore[arg-type]
             checks["migrations"] = "ok" if rev == head else f"at {rev}, expected {head}"
         except Exception as exc:
-            checks["database"] = redact_url(f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            checks["database"] = mask(redact_url(f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}"))
         checks["shutdown"] = "shutting down" if self._stopping.is_set() else "ok"
         checks["scheduler"] = "ok" if (not self._scheduling or self.scheduler.scheduler.running) else "stopped"
         return all(v == "ok" for v in checks.values()), checks

@@ -8,10 +8,23 @@
 Every handler acks at once (Slack wants an answer within 3 s); the work runs after the ack and the
 answer goes to the request's response_url (ephemeral). In HTTP mode bolt verifies each request's
 signature and timestamp with the signing secret and rejects forged or stale ones (401).
+
+Hostile requests:
+- every button (acknowledge, snooze, not useful, the CRM and dashboard links) goes through one
+  `on_action` wrapper: the allow-list first, then the action; a value that is no episode id of this
+  database (text, a 5,000-digit number) gets a clear ephemeral answer;
+- a valid signed request replayed (within the 5 minutes its signature stays valid) is answered 200
+  and not executed again: its signature is recorded in the database (storage.slack.first_time_seen),
+  so replicas share what was seen;
+- a body bolt cannot parse (malformed JSON or form data, not UTF-8, nested too deeply) is 401 when
+  its signature is wrong and 400 when it is right, never a 500; anything a listener or middleware
+  raises goes to bolt's one error handler (`@app.error`), which logs one line and answers 400.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -20,13 +33,17 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from slack_bolt import App
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.request import payload_utils
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 
 from bot.pipeline import Notifier
 from integrations.console import ConsoleNotifier
 from integrations.slack.actions import EpisodeActions
 from integrations.slack.api import make_web_client
+from integrations.slack.blocks import escape_mrkdwn
+from integrations.slack.commands import MAX_SNOOZE
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier, actor_label
 from integrations.slack.render import (
@@ -38,8 +55,10 @@ from integrations.slack.render import (
     SlackMessageContent,
 )
 from integrations.slack.usage_command import UsageCommandHandler, text_message
+from integrations.sources.records import shown
 from rules.durations import DurationError, parse_duration
 from rules.health import DEFAULT_MODEL, HealthModel
+from storage.slack import first_time_seen
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +77,45 @@ def slack_notifier(config: SlackConfig, engine: Engine, clock: Clock = _now) -> 
 
 
 def _ephemeral(respond: Any, content: SlackMessageContent) -> None:
-    respond(response_type="ephemeral", replace_original=False, text=content.text, blocks=content.blocks)
+    try:
+        respond(response_type="ephemeral", replace_original=False, text=content.text, blocks=content.blocks)
+    except Exception as exc:  # no or a bad response_url in the payload: nobody to answer
+        log.warning("could not answer a Slack request through its response_url: %s: %s", type(exc).__name__,
+                    shown(str(exc), 200))
 
 
 def _actor(body: Mapping[str, Any]) -> tuple[str, str]:
-    user = body.get("user") or {}
-    uid = str(user.get("id") or body.get("user_id") or "")
+    user = body.get("user")
+    user = user if isinstance(user, Mapping) else {}
+    uid = str(user.get("id") or body.get("user_id") or "")[:64]
     name = user.get("username") or user.get("name") or body.get("user_name")
-    return uid, actor_label(uid, str(name) if name else None)
+    return uid, actor_label(uid, str(name)[:80] if name else None)
 
 
-def _action_value(body: Mapping[str, Any]) -> str:
-    action = (body.get("actions") or [{}])[0]
-    if action.get("selected_option"):
-        return str(action["selected_option"].get("value", ""))
-    return str(action.get("value", ""))
+def _action_value(body: Mapping[str, Any]) -> str | None:
+    """The value of the clicked button or chosen option; None when the payload has none (or is malformed)."""
+    actions = body.get("actions")
+    if not isinstance(actions, list) or not actions or not isinstance(actions[0], Mapping):
+        return None
+    action = actions[0]
+    option = action.get("selected_option")
+    value = option.get("value") if isinstance(option, Mapping) else action.get("value")
+    return value if isinstance(value, str) else None
+
+
+MAX_EPISODE_ID = 2 ** 63 - 1  # a BIGINT: larger is no episode (and no database can look it up)
+
+
+def episode_id_of(text: str) -> int | None:
+    """The episode id a button carries ("123"), or None when it is not one (text, 0, 5,000 digits)."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        return None
+    eid = int(text)
+    return eid if 0 < eid <= MAX_EPISODE_ID else None
 
 
 SORRY = text_message("Sorry, something went wrong; it was logged. Please try again in a minute.")
+ALTERED = text_message("This button is from an old or altered message; it cannot be used.")
 
 
 def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
@@ -119,81 +159,96 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
             reply = SORRY
         _ephemeral(respond, reply)
 
-    def episode_action(body: dict[str, Any], respond: Any,
-                       act: Callable[[int, str, str, str], tuple[bool, str]]) -> None:
-        uid, actor = _actor(body)
-        if not access.allowed(uid):
-            _ephemeral(respond, access.denied_message())
-            return
-        raw = _action_value(body)
-        eid_text, _, arg = raw.partition(":")
-        try:
-            eid = int(eid_text)
-        except ValueError:
-            log.warning("alert button with a bad value %r from %s", raw, uid)
-            _ephemeral(respond, text_message("This button is from an old or altered message; it cannot be used."))
-            return
-        try:
-            changed, message = act(eid, uid, actor, arg)
-            if changed:
-                notifier.refresh_episode(eid)
-        except Exception:
-            log.exception("alert action on episode %s by %s failed", eid, uid)
-            _ephemeral(respond, SORRY)
-            return
-        _ephemeral(respond, text_message(message))
+    def on_action(action_id: str, act: Callable[[int, str, str, str], tuple[bool, str] | None],
+                  link: bool = False) -> None:
+        """Register a button: ack, the allow-list, a valid episode id, then `act(episode, uid, actor,
+        arg)` -> (changed, message) or None for no answer. Every button goes through here. A link
+        button (the browser has opened its URL) may carry no episode: then there is nothing to do."""
 
-    @app.action(ACK_ACTION)
-    def on_ack(ack: Any, body: dict[str, Any], respond: Any) -> None:
-        ack()
-
-        def act(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
-            r = actions.acknowledge(eid, actor)
-            return r.changed, r.message
-
-        episode_action(body, respond, act)
-
-    @app.action(SNOOZE_ACTION)
-    def on_snooze(ack: Any, body: dict[str, Any], respond: Any) -> None:
-        ack()
-
-        def act(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
-            try:
-                seconds = parse_duration(arg)
-            except DurationError:
-                return False, f"Unknown snooze duration {arg!r}."
-            if seconds <= 0:
-                return False, f"Unknown snooze duration {arg!r}."
-            r = actions.snooze(eid, actor, seconds)
-            return r.changed, r.message
-
-        episode_action(body, respond, act)
-
-    @app.action(NOT_USEFUL_ACTION)
-    def on_not_useful(ack: Any, body: dict[str, Any], respond: Any) -> None:
-        ack()
-
-        def act(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
-            r = actions.not_useful(eid, uid, actor)
-            return r.changed, r.message
-
-        episode_action(body, respond, act)
-
-    def on_link(which: str) -> Callable[..., None]:
-        def handler(ack: Any, body: dict[str, Any]) -> None:
-            ack()  # the browser opens the URL; just record who followed it
+        @app.action(action_id)
+        def handler(ack: Any, body: dict[str, Any], respond: Any) -> None:
+            ack()
             uid, actor = _actor(body)
+            if not access.allowed(uid):
+                _ephemeral(respond, access.denied_message())
+                return
             raw = _action_value(body)
-            if raw.isdigit():
-                try:
-                    actions.opened_link(int(raw), actor, which)
-                except Exception:
-                    log.exception("recording a %s link click on episode %s failed", which, raw)
-        return handler
+            eid_text, _, arg = (raw or "").partition(":")
+            eid = episode_id_of(eid_text)
+            if eid is None:
+                if raw or not link:
+                    log.warning("%s button with a bad value %s from %s", action_id, shown(raw), uid)
+                if not link:
+                    _ephemeral(respond, ALTERED)
+                return
+            try:
+                done = act(eid, uid, actor, arg)
+                if done is not None and done[0]:
+                    notifier.refresh_episode(eid)
+            except Exception:
+                log.exception("alert action %s on episode %s by %s failed", action_id, eid, uid)
+                _ephemeral(respond, SORRY)
+                return
+            if done is not None:
+                _ephemeral(respond, text_message(done[1]))
 
-    app.action(CRM_ACTION)(on_link("crm"))
-    app.action(DASHBOARD_ACTION)(on_link("dashboard"))
+    def acknowledge(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
+        r = actions.acknowledge(eid, actor)
+        return r.changed, r.message
+
+    def snooze(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
+        try:
+            seconds = parse_duration(arg)
+        except DurationError:
+            seconds = 0
+        if not 0 < seconds <= MAX_SNOOZE:
+            return False, f"Unknown snooze duration `{escape_mrkdwn(shown(arg, 40))}`."
+        r = actions.snooze(eid, actor, seconds)
+        return r.changed, r.message
+
+    def not_useful(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
+        r = actions.not_useful(eid, uid, actor)
+        return r.changed, r.message
+
+    def opened(which: str) -> Callable[[int, str, str, str], None]:
+        def record(eid: int, uid: str, actor: str, arg: str) -> None:
+            actions.opened_link(eid, actor, which)  # the browser opens the URL; just record who followed it
+        return record
+
+    on_action(ACK_ACTION, acknowledge)
+    on_action(SNOOZE_ACTION, snooze)
+    on_action(NOT_USEFUL_ACTION, not_useful)
+    on_action(CRM_ACTION, opened("crm"), link=True)
+    on_action(DASHBOARD_ACTION, opened("dashboard"), link=True)
+    if not socket:
+        app.middleware(_replay_guard(engine))
+    app.error(_on_error)
     return app
+
+
+def _replay_guard(engine: Engine) -> Callable[..., Any]:
+    """Bolt middleware (after bolt's signature check): a signed request seen before is not run again."""
+
+    def no_replays(req: BoltRequest, next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002
+        ts = (req.headers.get("x-slack-request-timestamp") or [""])[0]
+        sig = (req.headers.get("x-slack-signature") or [""])[0]
+        if req.mode == "http" and ts.isdigit() and sig:
+            key = hashlib.sha256(f"{ts}:{sig}".encode()).hexdigest()
+            if not first_time_seen(engine, key, int(ts), int(time.time())):
+                log.warning("a signed Slack request was sent again (a replay); acknowledged, not run again")
+                return BoltResponse(status=200, body="")
+        next()
+        return None
+
+    return no_replays
+
+
+def _on_error(error: Exception, body: Any) -> BoltResponse:
+    """Bolt's one error handler: whatever a listener or middleware raised, one log line and a 400."""
+    kind = body.get("type") or body.get("command") if isinstance(body, Mapping) else None
+    log.warning("Slack request (%s) not handled: %s: %s", shown(kind or "?", 60), type(error).__name__,
+                shown(str(error), 200))
+    return BoltResponse(status=400, body="usagebot could not handle this request")
 
 
 # ------------------------------------------------------------------------- runners
@@ -215,22 +270,73 @@ def run_socket_mode(app: App, config: SlackConfig, block: bool = True) -> Any:
     return handler
 
 
+_PAYLOAD_PARTS = (payload_utils.to_options, payload_utils.to_shortcut, payload_utils.to_action, payload_utils.to_view,
+                  payload_utils.to_command, payload_utils.to_event, payload_utils.to_message, payload_utils.to_step)
+
+
+def _dispatch(app: App, body: bytes, query: str, headers: Mapping[str, Any]) -> BoltResponse:
+    """One HTTP request to the app. A body bolt cannot parse never reaches it: 401 when its signature
+    is wrong (as bolt would answer), else 400, and never a traceback."""
+    try:
+        req = BoltRequest(body=body.decode("utf-8"), query=query, headers=dict(headers))
+        for extract in _PAYLOAD_PARTS:  # bolt takes these apart for every listener and its error handler,
+            extract(req.body)  # so a payload of the wrong shape would fail there, past any handler
+    except Exception as exc:  # ValueError (JSON, UTF-8), RecursionError, TypeError/AttributeError (shape)
+        flat = {k.lower(): (v[0] if isinstance(v, list | tuple) and v else v) for k, v in headers.items()}
+        if not _signed(app._signing_secret, body, flat):  # noqa: SLF001
+            return BoltResponse(status=401, body="")
+        log.warning("malformed Slack request refused (400): %s: %s", type(exc).__name__, shown(str(exc), 200))
+        return BoltResponse(status=400, body="malformed Slack request")
+    return app.dispatch(req)
+
+
+def _signed(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
+    """Slack's v0 request signature over the raw bytes (slack_sdk's verifier decodes the body as UTF-8
+    first and raises on bytes that are not; this check must not)."""
+    ts, sig = str(headers.get("x-slack-request-timestamp") or ""), str(headers.get("x-slack-signature") or "")
+    if not secret or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+        return False
+    if not body.decode("utf-8", "replace").encode() == body:  # the common case goes through slack_sdk
+        expected = "v0=" + hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, sig)
+    return SignatureVerifier(secret).is_valid(body, ts, sig)
+
+
+class _SlackWsgi:
+    """bolt's WSGI adapter with usagebot's parsing guard (see `_dispatch`)."""
+
+    def __init__(self, app: App, path: str) -> None:
+        from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+        self.app = app
+        self.handler = SlackRequestHandler(app, path=path)
+        self.handler.dispatch = self._dispatch  # type: ignore[method-assign]
+
+    def _dispatch(self, request: Any) -> BoltResponse:
+        try:
+            length = max(0, int(request.environ.get("CONTENT_LENGTH") or 0))
+        except ValueError:
+            length = 0
+        body = request.environ["wsgi.input"].read(length) if "wsgi.input" in request.environ else b""
+        return _dispatch(self.app, body, request.query_string, request.get_headers())
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.handler(environ, start_response)
+
+
 def http_handler(app: App, config: SlackConfig | None = None) -> Any:
     """A WSGI application answering Slack's requests on config.http_path (404 elsewhere)."""
-    from slack_bolt.adapter.wsgi import SlackRequestHandler
-
-    return SlackRequestHandler(app, path=config.http_path if config is not None else "/slack/events")
+    return _SlackWsgi(app, config.http_path if config is not None else "/slack/events")
 
 
 def dispatch_http(app: App, body: bytes | str, headers: Mapping[str, str],
                   query: str = "") -> tuple[int, dict[str, str], str]:
     """Handle one Slack HTTP request from any server: (status, headers, body) to send back.
 
-    The signature and timestamp are verified by the app (401 when forged or stale)."""
-    from slack_bolt.request import BoltRequest
-
-    raw = body.decode("utf-8") if isinstance(body, bytes) else body
-    resp = app.dispatch(BoltRequest(body=raw, query=query, headers={k.lower(): [v] for k, v in headers.items()}))
+    The signature and timestamp are verified by the app (401 when forged or stale); an unparsable
+    body is 400."""
+    raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+    resp = _dispatch(app, raw, query, {k.lower(): [v] for k, v in headers.items()})
     return resp.status, {k: v[0] if isinstance(v, list) else v for k, v in resp.headers.items()}, resp.body
 
 

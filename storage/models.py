@@ -363,6 +363,21 @@ class SlackAccountSnooze(SQLModel, table=True):
     snoozed_at: int = Field(sa_type=sa.BigInteger)
 
 
+class SlackRequestSeen(SQLModel, table=True):
+    """A signed Slack request already handled (replay protection, shared by replicas).
+
+    `key` is a hash of the request's signature header (which signs its timestamp and body);
+    `request_ts` is its X-Slack-Request-Timestamp: a row is pruned once a request with that timestamp
+    can no longer pass the signature check's 5-minute window."""
+
+    __tablename__ = "slack_requests_seen"  # type: ignore[assignment]
+    __table_args__ = (sa.Index("ix_slack_requests_seen_request_ts", "request_ts"),)
+
+    key: str = Field(primary_key=True)
+    request_ts: int = Field(sa_type=sa.BigInteger)
+    seen_at: int = Field(sa_type=sa.BigInteger)
+
+
 SLACK_TABLES: tuple[sa.Table, ...] = (
     SlackUser.__table__,  # type: ignore[attr-defined]
     SlackMessage.__table__,  # type: ignore[attr-defined]
@@ -370,6 +385,7 @@ SLACK_TABLES: tuple[sa.Table, ...] = (
     SlackFeedback.__table__,  # type: ignore[attr-defined]
     SlackDigestItem.__table__,  # type: ignore[attr-defined]
     SlackAccountSnooze.__table__,  # type: ignore[attr-defined]
+    SlackRequestSeen.__table__,  # type: ignore[attr-defined]
 )
 
 

@@ -22,6 +22,7 @@ from storage.models import (
     SlackDigestItem,
     SlackFeedback,
     SlackMessage,
+    SlackRequestSeen,
     SlackUser,
 )
 from storage.outbox import outbox_table
@@ -32,6 +33,7 @@ steps_table: sa.Table = SlackDeliveryStep.__table__  # type: ignore[attr-defined
 feedback_table: sa.Table = SlackFeedback.__table__  # type: ignore[attr-defined]
 digest_table: sa.Table = SlackDigestItem.__table__  # type: ignore[attr-defined]
 snoozes_table: sa.Table = SlackAccountSnooze.__table__  # type: ignore[attr-defined]
+requests_seen_table: sa.Table = SlackRequestSeen.__table__  # type: ignore[attr-defined]
 
 NOT_USEFUL = "not_useful"
 
@@ -260,6 +262,24 @@ def add_feedback(engine: Engine, rule_id: str, episode_id: int, user_id: str, ve
         stmt = ins.values(rule_id=rule_id, episode_id=episode_id, user_id=user_id, verdict=verdict, at=at)
         res = conn.execute(stmt.on_conflict_do_nothing(index_elements=[c.episode_id, c.user_id, c.verdict])
                            .returning(c.id))
+        return bool(res.all())
+
+
+REPLAY_WINDOW = 300  # seconds either side of now that a signed request's timestamp may be (bolt's check)
+
+
+def first_time_seen(engine: Engine, key: str, request_ts: int, now: int) -> bool:
+    """Record a signed request as handled; False when it was handled before (a replay).
+
+    One INSERT ... ON CONFLICT DO NOTHING, so two replicas given the same request agree on which
+    one handles it. Rows of requests whose timestamp is outside the signature check's window
+    (they could not be verified again anyway) are pruned on the way: the table stays as small as
+    a few minutes of traffic."""
+    c = requests_seen_table.c
+    with engine.begin() as conn:
+        conn.execute(sa.delete(requests_seen_table).where(c.request_ts < now - REPLAY_WINDOW - 60))
+        res = conn.execute(_insert(conn, requests_seen_table).values(key=key, request_ts=request_ts, seen_at=now)
+                           .on_conflict_do_nothing(index_elements=[c.key]).returning(c.key))
         return bool(res.all())
 
 

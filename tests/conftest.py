@@ -22,6 +22,17 @@ from storage.db import make_engine, migrate
 from tests.pg import PgServer, PgUnavailable, start_server
 
 
+@pytest.fixture(autouse=True)
+def _secret_registry() -> Iterator[None]:
+    """Each test starts with the secrets known before it (bot.redaction is process-wide: the secrets
+    of one test's config must not mask another test's messages)."""
+    from bot.redaction import REDACTOR
+
+    snap = REDACTOR.snapshot()
+    yield
+    REDACTOR.restore(snap)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgresql: runs against the throwaway PostgreSQL server")
 

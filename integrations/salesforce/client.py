@@ -40,6 +40,7 @@ from simple_salesforce.exceptions import (
 )
 from simple_salesforce.exceptions import SalesforceError as _SfError
 
+from bot.redaction import clip, mask, register
 from integrations.salesforce.config import MAX_BATCH, SalesforceConfig
 
 T = TypeVar("T")
@@ -57,7 +58,10 @@ def _no_login_hint() -> Iterator[None]:
 
 
 class SalesforceError(Exception):
-    """A Salesforce problem, described without secrets."""
+    """A Salesforce problem, described without secrets (the message is masked when the error is made)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(mask(message))
 
 
 class SalesforceAuthError(SalesforceError):
@@ -75,7 +79,7 @@ class SalesforceUnavailable(SalesforceError):
     """
 
     def __init__(self, message: str, ambiguous: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(message)  # masked by SalesforceError
         self.ambiguous = ambiguous
 
 
@@ -109,25 +113,25 @@ def parse_limit_info(header: str | None) -> ApiUsage | None:
 
 def _errors_text(errors: Sequence[Mapping[str, Any]] | Any) -> str:
     if not isinstance(errors, list) or not errors:
-        return str(errors)[:500]
+        return clip(errors, 500)
     parts = []
     for e in errors:
         if not isinstance(e, Mapping):
-            parts.append(str(e)[:200])
+            parts.append(clip(e, 200))
             continue
         code = e.get("statusCode") or e.get("errorCode") or "ERROR"
         text = f"{code}: {e.get('message', '')}".strip()
         if e.get("fields"):
             text += f" (fields: {', '.join(map(str, e['fields']))})"
         parts.append(text)
-    return "; ".join(parts)
+    return clip("; ".join(parts), 2000)
 
 
 def _sf_error_text(exc: _SfError) -> str:
     content = getattr(exc, "content", None)
     if isinstance(content, list | dict):
         return _errors_text(content if isinstance(content, list) else [content])
-    return str(content or exc)[:500]
+    return clip(content or exc, 500)
 
 
 def _error_code(exc: _SfError) -> str:
@@ -193,6 +197,7 @@ class SalesforceClient:
         if self._sf is None:
             with _no_login_hint():
                 self._sf = self._login()
+        register(getattr(self._sf, "session_id", None))  # the session is a secret too (and is renewed)
         return self._sf
 
     def _login(self) -> Salesforce:
@@ -201,6 +206,7 @@ class SalesforceClient:
         try:
             if c.auth == "password":
                 assert c.password is not None
+                register(c.password.reveal() + (c.security_token.reveal() if c.security_token else ""))
                 return Salesforce(username=c.username, password=c.password.reveal(),
                                       security_token=c.security_token.reveal() if c.security_token else "",
                                       **common)
@@ -246,7 +252,7 @@ class SalesforceClient:
                     raise self._login_error(login_exc) from None
                 continue
             except SalesforceOperationError as exc:  # a Bulk API job failed or timed out
-                raise SalesforceRequestError(f"{what}: {str(exc)[:500]}") from None
+                raise SalesforceRequestError(f"{what}: {clip(exc, 500)}") from None
             except SalesforceRefusedRequest as exc:
                 if _error_code(exc) == "REQUEST_LIMIT_EXCEEDED":
                     raise SalesforceLimitError(f"{what}: Salesforce refused the request: "
@@ -294,7 +300,7 @@ class SalesforceClient:
         result = self._call(what, lambda sf: sf.restful(path, method=method, json=body, timeout=self.config.timeout),
                             idempotent=idempotent)
         if not isinstance(result, list) or len(result) != len(records):
-            raise SalesforceRequestError(f"{what}: expected {len(records)} results, got {str(result)[:200]}")
+            raise SalesforceRequestError(f"{what}: expected {len(records)} results, got {clip(result, 200)}")
         return [RecordResult(ok=bool(r.get("success")), id=r.get("id"),
                              error=None if r.get("success") else _errors_text(r.get("errors")),
                              created=bool(r.get("created", False))) for r in result]

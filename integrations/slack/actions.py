@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from integrations.slack.blocks import escape_mrkdwn
 from rules.durations import format_duration
 from rules.lifecycle import acknowledge, snooze
 from storage import slack as store
@@ -39,7 +40,8 @@ class EpisodeActions:
         if s.status == "resolved":
             return ActionResult(False, "This alert is already resolved.", episode_id)
         if s.acknowledged_by:
-            return ActionResult(False, f"Already acknowledged by {s.acknowledged_by.split(' ', 1)[0]}.", episode_id)
+            by = escape_mrkdwn(s.acknowledged_by.split(" ", 1)[0])
+            return ActionResult(False, f"Already acknowledged by {by}.", episode_id)
         now = self.clock()
         record_action(self.engine, acknowledge(s, actor, now), "acknowledged", now, actor=actor,
                       reason="Acknowledge button in Slack")
@@ -64,7 +66,7 @@ class EpisodeActions:
             return ActionResult(False, "You already marked this alert as not useful.", episode_id)
         record_action(self.engine, s, "feedback_not_useful", now, actor=actor,
                       reason=f"marked not useful in Slack (rule {s.rule_id})")
-        return ActionResult(True, f"Thanks: feedback recorded for rule `{s.rule_id}`.", episode_id)
+        return ActionResult(True, f"Thanks: feedback recorded for rule `{escape_mrkdwn(s.rule_id)}`.", episode_id)
 
     def opened_link(self, episode_id: int, actor: str, which: str) -> None:
         """Audit that someone followed the CRM / dashboard link of an alert."""

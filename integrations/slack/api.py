@@ -19,6 +19,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.redaction import clip
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import PermanentSlackError, RetryLater, SlackDeliveryError, SlackUnavailable
 
@@ -185,9 +186,9 @@ class SlackApi:
 def _detail(data: dict[str, Any]) -> str:
     meta = data.get("response_metadata") or {}
     msgs = meta.get("messages") or data.get("errors") or []
-    return f" ({'; '.join(str(m) for m in msgs)[:500]})" if msgs else ""
+    return f" ({clip('; '.join(str(m) for m in msgs), 500)})" if msgs else ""
 
 
 def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or exc
-    return " ".join(str(reason).split())[:200]
+    return clip(" ".join(str(reason).split()), 200)

@@ -7,6 +7,7 @@ blocks with slack_sdk's block models (the same rules Slack applies) and reports 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,33 @@ def truncate(text: str, limit: int) -> str:
 def escape_mrkdwn(text: Any) -> str:
     """Escape &, < and > so user data cannot form links, mentions or broadcasts in mrkdwn."""
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_BROADCAST = re.compile(r"<(!(?:here|channel|everyone|subteam\^)[^<>]*)>", re.IGNORECASE)
+_TAG = re.compile(r"<(?!!date\^)([^<>]*)>")
+
+
+def neutralize(text: str, fallback: bool = False) -> str:
+    """A last line of defence for every mrkdwn text usagebot sends (escaping user data where it is
+    written is the first): usagebot never pings @here, @channel, @everyone or a user group, so any such
+    command is escaped wherever it came from. The fallback `text` of a message holds no links or
+    mentions of usagebot's own either (only dates): there every <...> but a date is escaped."""
+    text = _BROADCAST.sub(lambda m: f"&lt;{m.group(1)}&gt;", text)
+    return _TAG.sub(lambda m: f"&lt;{m.group(1)}&gt;", text) if fallback else text
+
+
+def neutralize_blocks(value: Any) -> Any:
+    """`neutralize` applied to every mrkdwn text object in blocks (in place; plain_text is never parsed)."""
+    if isinstance(value, list):
+        for v in value:
+            neutralize_blocks(v)
+    elif isinstance(value, dict):
+        if value.get("type") == "mrkdwn" and isinstance(value.get("text"), str):
+            value["text"] = neutralize(value["text"])
+        for v in value.values():
+            if isinstance(v, dict | list):
+                neutralize_blocks(v)
+    return value
 
 
 def _fit_text(obj: Any, limit: int) -> None:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from integrations.slack.blocks import escape_mrkdwn
 from rules.durations import DurationError, parse_duration
 from rules.model import AccountFacts
 
@@ -16,11 +17,11 @@ MAX_SNOOZE = 90 * 86_400
 def help_text(command: str = "/usage") -> str:
     return "\n".join([
         f"*{command}* — account usage from usagebot",
-        f"• `{command} <account name or id>` — usage per metric this period vs last, quota, trend, health, "
+        f"• `{command} &lt;account name or id&gt;` — usage per metric this period vs last, quota, trend, health, "
         "open alerts",
         f"• `{command} alerts [account]` — open alerts (of your accounts, or of one account)",
         f"• `{command} top [growing|declining]` — your accounts with the strongest 30-day trend",
-        f"• `{command} snooze <account> <duration>` — no alerts for an account for a while (e.g. `7d`, max 90d)",
+        f"• `{command} snooze &lt;account&gt; &lt;duration&gt;` — no alerts for an account for a while (e.g. `7d`, max 90d)",
         f"• `{command} help` — this message",
     ])
 
@@ -44,7 +45,7 @@ def parse_usage_command(text: str, command: str = "/usage") -> UsageCommand:
     if head == "top":
         if len(rest) > 1 or (rest and rest[0].lower() not in ("growing", "declining")):
             return UsageCommand("error", error=f"`{command} top` takes `growing` or `declining` "
-                                               f"(got `{' '.join(rest)}`), e.g. `{command} top declining`")
+                                               f"(got `{_echo(' '.join(rest))}`), e.g. `{command} top declining`")
         return UsageCommand("top", direction=rest[0].lower() if rest else "growing")
     if head == "snooze":
         usage = f"e.g. `{command} snooze Acme 7d`"
@@ -53,12 +54,17 @@ def parse_usage_command(text: str, command: str = "/usage") -> UsageCommand:
         try:
             seconds = parse_duration(rest[-1])
         except DurationError:
-            return UsageCommand("error", error=f"`{rest[-1]}` is not a duration: use a number and a unit "
+            return UsageCommand("error", error=f"`{_echo(rest[-1])}` is not a duration: use a number and a unit "
                                                f"(m, h, d, w), {usage}")
         if seconds <= 0 or seconds > MAX_SNOOZE:
-            return UsageCommand("error", error=f"snooze for between 1m and 90d (got `{rest[-1]}`), {usage}")
+            return UsageCommand("error", error=f"snooze for between 1m and 90d (got `{_echo(rest[-1])}`), {usage}")
         return UsageCommand("snooze", query=" ".join(rest[:-1]), seconds=seconds)
     return UsageCommand("account", query=" ".join(words))
+
+
+def _echo(text: str) -> str:
+    """A user's words quoted back in mrkdwn: escaped (no links, mentions or broadcasts), cut short."""
+    return escape_mrkdwn(text if len(text) <= 60 else text[:59] + "…")
 
 
 def _norm(s: str) -> str:

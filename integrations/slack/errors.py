@@ -5,6 +5,8 @@ Messages never contain tokens or secrets."""
 
 from __future__ import annotations
 
+from bot.redaction import mask
+
 
 class SlackDeliveryError(Exception):
     """A Slack call failed; retried later with the outbox backoff."""
@@ -13,7 +15,7 @@ class SlackDeliveryError(Exception):
     retry_after: int | None = None
 
     def __init__(self, message: str, error: str = "") -> None:
-        super().__init__(message)
+        super().__init__(mask(message))
         self.error = error  # Slack's error code ("channel_not_found"), "" for HTTP/network failures
 
 

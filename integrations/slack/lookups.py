@@ -88,7 +88,13 @@ class SlackDirectory:
         email = store.email_of_user(self.engine, user_id, now, self.config.user_cache_ttl)
         if email is not None:
             return email
-        data = self.api.user_info(user_id)
+        try:
+            data = self.api.user_info(user_id)
+        except PermanentSlackError as exc:
+            if exc.error not in ("user_not_found", "users_not_found", "user_disabled"):
+                raise
+            log.info("users.info: no Slack user %s (%s): no email known", user_id, exc.error)
+            return None  # a deleted or unknown user owns no accounts
         email = str(((data.get("user") or {}).get("profile") or {}).get("email") or "").strip().lower()
         if not email:
             return None

@@ -34,7 +34,15 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from integrations.console import format_number, progress_bar
-from integrations.slack.blocks import MAX_TEXT, escape_mrkdwn, fit_blocks, truncate, validate_blocks
+from integrations.slack.blocks import (
+    MAX_TEXT,
+    escape_mrkdwn,
+    fit_blocks,
+    neutralize,
+    neutralize_blocks,
+    truncate,
+    validate_blocks,
+)
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import TemplateProblem
 from integrations.sparkline import sparkline
@@ -56,8 +64,14 @@ DASHBOARD_ACTION = "usagebot_open_dashboard"
 
 @dataclass(frozen=True)
 class SlackMessageContent:
+    """A message as sent. Made safe on construction (blocks.neutralize): no broadcast from any text."""
+
     text: str
     blocks: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", neutralize(self.text, fallback=True))
+        neutralize_blocks(self.blocks)
 
 
 @dataclass(frozen=True)

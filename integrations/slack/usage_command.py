@@ -194,7 +194,7 @@ class UsageCommandHandler:
             "more_alerts": max(0, len(s.open_alerts) - MAX_ALERTS),
             "links": {"crm": url_from_template(self.config.crm_url, record),
                       "dashboard": url_from_template(self.config.dashboard_url, record)},
-            "fallback_text": f"Usage of {a.name}",
+            "fallback_text": f"Usage of {escape_mrkdwn(a.name)}",
         }
 
     def _mention(self, email: str) -> str:
@@ -234,7 +234,7 @@ class UsageCommandHandler:
             "title": title, "note": note, "alerts": [self._alert_row(e, by_id.get(e.account_id))
                                                      for e in firing[:MAX_ALERTS]],
             "more": max(0, len(firing) - MAX_ALERTS), "command": self.config.command,
-            "fallback_text": f"{title}: {len(firing)}"})
+            "fallback_text": f"{escape_mrkdwn(title)}: {len(firing)}"})
 
     def top_reply(self, user_id: str, direction: str, accounts: Sequence[AccountFacts]) -> SlackMessageContent:
         scope, note = self._own_accounts(user_id, accounts)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bot import redaction
 from bot.configbase import Section
 from integrations.sources.records import UsageRecord, is_metric_name
 from rules.model import AccountFacts
@@ -47,8 +48,11 @@ class SourceError(Exception):
     """A poll failed. The message names the source and where (file:line, page and record, URL).
 
     Messages never contain credentials: URLs are shown without user info and
-    query strings, and HTTP response bodies are cut short.
+    query strings, and the message is masked (bot.redaction) when the error is made.
     """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(redaction.mask(message))
 
 
 MAX_LISTED_PROBLEMS = 20

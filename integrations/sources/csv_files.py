@@ -27,17 +27,30 @@ broken CSV structure) raise :class:`CsvInputError` in both modes.
 from __future__ import annotations
 
 import csv
+import difflib
+import errno
 import io
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from integrations.sources.records import METRIC_PATTERN, UsageRecord
+from integrations.sources.records import (
+    MAX_METRIC_LENGTH,
+    METRIC_PATTERN,
+    UsageRecord,
+    check_time,
+    id_problem,
+    is_identifier,
+    metric_problem,
+    text_problem,
+)
 from rules.model import AccountFacts
 from rules.periods import iso
 
@@ -147,8 +160,39 @@ def _is_blank(row: list[str]) -> bool:
     return not any(cell.strip() for cell in row)
 
 
-def _first_non_utf8_line(path: str) -> int | None:
-    with open(path, "rb") as f:
+Opener = Callable[[str, int], int]
+
+
+class UnsafeFile(OSError):
+    """A path refused before anything of it was read: a symbolic link, not a regular file, or a file
+    with more than one hard link (any of which can make a file from elsewhere look like a drop)."""
+
+
+def open_drop(path: str, flags: int) -> int:
+    """An `opener` for open() that reads only a regular file, never through a symbolic link.
+
+    O_NOFOLLOW refuses a link as the last part of the path; O_NONBLOCK keeps a FIFO from blocking the
+    open; fstat() of the opened descriptor (not of the path, which may have changed since it was
+    listed) checks what was opened.
+    """
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{path}: not a regular file (a FIFO, socket or device); refused")
+        if st.st_nlink > 1:
+            raise UnsafeFile(f"{path}: has {st.st_nlink} hard links (it may be a file from outside the folder); "
+                             "refused: copy or move the file into the folder instead")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _first_non_utf8_line(path: str, opener: Opener | None = None) -> int | None:
+    with open(path, "rb", opener=opener) as f:
         for n, line in enumerate(f, 1):
             try:
                 line.decode("utf-8")
@@ -160,9 +204,15 @@ def _first_non_utf8_line(path: str) -> int | None:
 class _Source:
     """An open CSV file: csv.reader plus physical line numbers and raw row text."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], opener: Opener | None = None) -> None:
         self.display = os.fspath(path)
-        self._file = open(path, encoding="utf-8-sig", newline="")
+        self.opener = opener
+        try:
+            self._file = open(path, encoding="utf-8-sig", newline="", opener=opener)
+        except OSError as exc:
+            if opener is not None and exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+                raise UnsafeFile(f"{self.display}: is a symbolic link; refused") from None
+            raise
         self.buf: list[str] = []
         self.reader = csv.reader(_tap(self._file, self.buf))
         self.end_line = 0  # physical line on which the last record read ended
@@ -184,7 +234,7 @@ class _Source:
     def stream_error(self, exc: Exception) -> CsvInputError:
         line = self.end_line + 1
         if isinstance(exc, UnicodeDecodeError):
-            line = _first_non_utf8_line(self.display) or line
+            line = _first_non_utf8_line(self.display, self.opener) or line
             return self.fatal(line, f"text is not valid UTF-8 ({exc.reason}); save the file as UTF-8")
         return self.fatal(line, f"unreadable CSV ({exc}); check for a stray quote or NUL byte near this line")
 
@@ -263,8 +313,13 @@ def _header_errors(
                 positions[key] = i
         elif not name:
             problem(name, f"header cell {i + 1} is empty (allowed columns: {allowed})")
-        else:
+        elif _looks_like_column(key, required + optional):
             problem(name, f"unknown column {_show(name)} (allowed columns: {allowed})")
+        else:  # not a header at all (a file that is not a usage file): its content is not quoted
+            problems.append(RowError(src.display, line, f"header cell {i + 1}", None,
+                                     f"not a column name (not shown); allowed columns: {allowed}", ""))
+    shown_header = ", ".join(c.strip() if _looks_like_column(c.strip().lower(), required + optional) else "?"
+                             for c in cells)
     for name in required:
         if name not in positions:
             problems.append(
@@ -273,13 +328,24 @@ def _header_errors(
                     line,
                     name,
                     None,
-                    f"missing required column '{name}' (header has: {', '.join(c.strip() for c in cells)})",
-                    raw,
+                    f"missing required column '{name}' (header has: {shown_header})",
+                    raw if shown_header.count("?") == 0 else "",
                 )
             )
     if problems:
         raise CsvInputError(problems)
     return positions, quotas
+
+
+_COLUMN_WORD = re.compile(r"[a-z][a-z0-9_.]{0,23}")
+
+
+def _looks_like_column(key: str, known: Sequence[str]) -> bool:
+    """Whether a header cell may be quoted in a message: a lower-case word, or close to a known column.
+    Anything else is content of a file that is no usage file (a key, a line of /etc/passwd) and is
+    never echoed into a log or an admin notice."""
+    return bool(_COLUMN_WORD.fullmatch(key) or key.startswith(QUOTA_PREFIX)
+                or difflib.get_close_matches(key, list(known), n=1, cutoff=0.6))
 
 
 def _field_count_message(n_fields: int, header: tuple[str, ...]) -> str:
@@ -303,7 +369,7 @@ def parse_timestamp(text: str) -> int:
         raise ValueError(f"{_show(text)} is not an ISO-8601 timestamp; {_TS_HINT}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _SECOND
+    return check_time((dt - _EPOCH) // _SECOND)
 
 
 def _parse_value(text: str) -> tuple[float | None, str | None]:
@@ -325,13 +391,13 @@ def _discard(record: UsageRecord) -> None:
 
 
 def _usage_chunks(
-    path: str | os.PathLike[str], chunk_rows: int, on_error: OnError
+    path: str | os.PathLike[str], chunk_rows: int, on_error: OnError, opener: Opener | None = None
 ) -> Iterator[ReadResult[UsageRecord]]:
     _check_mode(on_error)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     skip = on_error == "skip"
-    with _Source(path) as src:
+    with _Source(path, opener) as src:
         hline, cells = src.header(",".join(USAGE_COLUMNS))
         header = tuple(cells)
         pos, _ = _header_errors(src, hline, cells, USAGE_COLUMNS)
@@ -356,7 +422,7 @@ def _usage_chunks(
                     ts = ts_cache.get(row[i_ts])
                     met = row[i_met]
                     acc = row[i_acc].strip()
-                    if ts is not None and met in metrics_ok and acc:
+                    if ts is not None and met in metrics_ok and is_identifier(acc):
                         try:
                             v = float(row[i_val])
                         except ValueError:
@@ -394,8 +460,9 @@ def _usage_chunks(
                                 ts_cache.clear()
                             ts_cache[ts_text] = ts
                     acc = row[i_acc].strip()
-                    if not acc:
-                        problems.append((header[i_acc].strip(), row[i_acc], "account is empty"))
+                    why = id_problem(acc, "account")
+                    if why is not None:
+                        problems.append((header[i_acc].strip(), row[i_acc], why))
                     met_text = row[i_met]
                     met = met_text.strip()
                     if not met:
@@ -405,7 +472,9 @@ def _usage_chunks(
                             (
                                 header[i_met].strip(),
                                 met_text,
-                                f"{_show(met_text)} is not a valid metric name "
+                                metric_problem(met)
+                                if len(met) > MAX_METRIC_LENGTH
+                                else f"{_show(met_text)} is not a valid metric name "
                                 "(letters, digits and _ . : - only)",
                             )
                         )
@@ -458,12 +527,15 @@ def iter_usage_csv_chunks(
     return _usage_chunks(path, chunk_rows, on_error)
 
 
-def read_usage_csv(path: str | os.PathLike[str], on_error: OnError = "reject") -> ReadResult[UsageRecord]:
-    """All usage records of a CSV file (see the module docstring for the format and modes)."""
+def read_usage_csv(path: str | os.PathLike[str], on_error: OnError = "reject",
+                   opener: Opener | None = None) -> ReadResult[UsageRecord]:
+    """All usage records of a CSV file (see the module docstring for the format and modes).
+
+    `opener=open_drop` reads only a regular file, never through a link (UnsafeFile otherwise)."""
     records: list[UsageRecord] = []
     errors: list[RowError] = []
     rows = 0
-    for chunk in _usage_chunks(path, 1 << 62, on_error):
+    for chunk in _usage_chunks(path, 1 << 62, on_error, opener):
         records, errors, rows = chunk.records, chunk.errors, chunk.rows_read
     return ReadResult(records, errors, rows)
 
@@ -502,14 +574,15 @@ def _email_problem(text: str) -> str | None:
     return None
 
 
-def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject") -> ReadResult[AccountFacts]:
+def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject",
+                      opener: Opener | None = None) -> ReadResult[AccountFacts]:
     """Account facts from a CSV file (see the module docstring for the format and modes)."""
     _check_mode(on_error)
     records: list[AccountFacts] = []
     errors: list[RowError] = []
     first_line: dict[str, int] = {}
     rows = 0
-    with _Source(path) as src:
+    with _Source(path, opener) as src:
         hline, cells = src.header(",".join(ACCOUNT_COLUMNS))
         header = tuple(cells)
         pos, quota_pos = _header_errors(
@@ -528,8 +601,9 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                     return names[i], row[i], row[i].strip()
 
                 col, raw_id, acc_id = cell("id")
-                if not acc_id:
-                    problems.append((col, raw_id, "id is empty"))
+                why = id_problem(acc_id, "id")
+                if why is not None:
+                    problems.append((col, raw_id, why))
                 elif acc_id in first_line:
                     problems.append(
                         (
@@ -539,15 +613,22 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                         )
                     )
                 col, raw_name, name = cell("name")
-                if not name:
-                    problems.append((col, raw_name, "name is empty"))
+                why = "name is empty" if not name else text_problem(name, "name")
+                if why is not None:
+                    problems.append((col, raw_name, why))
                 col, raw_email, email = cell("owner_email")
                 if email:
-                    why = _email_problem(email)
+                    why = text_problem(email, "owner_email") or _email_problem(email)
                     if why:
                         problems.append((col, raw_email, why))
-                plan = cell("plan")[2]
-                crm_id = cell("crm_id")[2]
+                col, raw_plan, plan = cell("plan")
+                why = text_problem(plan, "plan")
+                if why is not None:
+                    problems.append((col, raw_plan, why))
+                col, raw_crm, crm_id = cell("crm_id")
+                why = id_problem(crm_id, "crm_id") if crm_id else None
+                if why is not None:
+                    problems.append((col, raw_crm, why))
 
                 quotas: dict[str, float] = {}
                 for metric, i in quota_pos.items():

@@ -14,6 +14,14 @@ rows are stored and the bad ones reported.
 
 An optional `accounts` CSV (id,name,owner_email,plan,crm_id,quota.<metric>...)
 is re-read whenever it changes. Relative paths are relative to the config file.
+
+Only regular files in the folder itself are read: a symbolic link, a FIFO,
+socket or device, and a file with more than one hard link are refused with a
+notice (once per change) and never opened, so nothing from outside the folder
+(`ln -s /etc/passwd drops/x.csv`) is read or quoted. A configured file (`path`
+naming one file, `accounts`) may be a link only to a file in its own folder
+(a Kubernetes ConfigMap's `..data` links); the file is opened without
+following links and checked after it is opened.
 """
 
 from __future__ import annotations
@@ -37,7 +45,13 @@ from integrations.sources.base import (
     newest,
     register_type,
 )
-from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
+from integrations.sources.csv_files import (
+    CsvInputError,
+    UnsafeFile,
+    open_drop,
+    read_accounts_csv,
+    read_usage_csv,
+)
 
 KEYS = ("path", "pattern", "accounts", "on_error", "min_age")
 
@@ -95,15 +109,27 @@ class CsvSource:
     def close(self) -> None:
         return None
 
-    def _files(self) -> list[Path]:
+    def _files(self) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """(files to read, [(entry, why it is refused)]) of the folder, or the one configured file."""
         root = Path(self.options.path)
-        if root.is_file():
-            return [root]
         if not root.is_dir():
+            if root.exists() or root.is_symlink():
+                return [_confined(root, self.id)], []
             raise SourceError(f"source {self.id!r}: path {root} does not exist (expected a CSV file or a folder)")
-        return sorted(p for p in root.iterdir()
-                      if p.is_file() and fnmatch.fnmatch(p.name, self.options.pattern)
-                      and not p.name.startswith("."))
+        root = root.resolve()  # the folder itself may be a link (the admin's choice); its entries may not
+        files: list[Path] = []
+        refused: list[tuple[Path, str]] = []
+        with os.scandir(root) as entries:
+            for e in entries:
+                if e.name.startswith(".") or not fnmatch.fnmatch(e.name, self.options.pattern):
+                    continue
+                if e.is_symlink():
+                    refused.append((root / e.name, "is a symbolic link"))
+                elif e.is_file(follow_symlinks=False):
+                    files.append(root / e.name)
+                elif not e.is_dir(follow_symlinks=False):
+                    refused.append((root / e.name, "is not a regular file (a FIFO, socket or device)"))
+        return sorted(files), sorted(refused)
 
     def _settled(self, st: os.stat_result) -> bool:
         return self._wall() - st.st_mtime >= self.options.min_age
@@ -123,24 +149,41 @@ class CsvSource:
             batch = self._accounts(cursor, watermark)
             if batch is not None:
                 yield batch
-        files = self._files()
-        present = {p.name for p in files}
+        files, refused = self._files()
+        present = {p.name for p in files} | {p.name for p, _ in refused}
         for gone in [name for name in cursor["files"] if name not in present]:
             del cursor["files"][gone]
+        for path, why in refused:
+            try:
+                mark = f"refused:{_fingerprint(path.lstat())}"
+            except FileNotFoundError:
+                continue
+            if cursor["files"].get(path.name) == mark:
+                continue  # told once; told again when it changes
+            cursor["files"][path.name] = mark
+            yield Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,
+                        error=f"source {self.id!r}: {path.name} {why}: refused, not read (only regular files "
+                              "in the folder itself are read; copy or move the file into the folder)")
         for path in files:
             try:
-                st = path.stat()
+                st = path.lstat()  # a listed regular file, or the configured file with its links resolved
             except FileNotFoundError:
                 continue  # moved away between listing and reading
             fp = _fingerprint(st)
-            if cursor["files"].get(path.name) in (fp, f"rejected:{fp}") or not self._settled(st):
+            if cursor["files"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}") or not self._settled(st):
                 continue
             try:
-                result = read_usage_csv(path, on_error=self.options.on_error)  # type: ignore[arg-type]
+                result = read_usage_csv(path, on_error=self.options.on_error,  # type: ignore[arg-type]
+                                        opener=open_drop)
             except CsvInputError as exc:
                 cursor["files"][path.name] = f"rejected:{fp}"
                 yield Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,
                             error=f"source {self.id!r}: file rejected, nothing stored from it: {exc}")
+                continue
+            except UnsafeFile as exc:
+                cursor["files"][path.name] = f"refused:{fp}"
+                yield Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,
+                            error=f"source {self.id!r}: {_unsafe(exc, path)}: not read")
                 continue
             except OSError as exc:
                 raise SourceError(f"source {self.id!r}: cannot read {path}: {exc.strerror or exc}") from None
@@ -158,14 +201,20 @@ class CsvSource:
     def _accounts(self, cursor: dict[str, dict[str, str]], watermark: int | None) -> Batch | None:
         path = Path(str(self.options.accounts))
         try:
-            st = path.stat()
+            real = _confined(path, self.id)
+            st = real.stat()
         except FileNotFoundError:
             raise SourceError(f"source {self.id!r}: accounts file {path} does not exist") from None
         fp = _fingerprint(st)
-        if cursor["accounts"].get(path.name) in (fp, f"rejected:{fp}") or not self._settled(st):
+        if cursor["accounts"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}") or not self._settled(st):
             return None
         try:
-            result = read_accounts_csv(path, on_error=self.options.on_error)  # type: ignore[arg-type]
+            result = read_accounts_csv(real, on_error=self.options.on_error,  # type: ignore[arg-type]
+                                       opener=open_drop)
+        except UnsafeFile as exc:
+            cursor["accounts"] = {path.name: f"refused:{fp}"}
+            return Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,
+                         error=f"source {self.id!r}: accounts file {_unsafe(exc, real)}: not read")
         except CsvInputError as exc:
             cursor["accounts"] = {path.name: f"rejected:{fp}"}
             return Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,
@@ -177,6 +226,22 @@ class CsvSource:
                      + "\n  ".join(str(e) for e in result.errors[:25]))
         return Batch(cursor=_dump(cursor), watermark=watermark, accounts=result.records, label=path.name,
                      error=error)
+
+
+def _confined(path: Path, source_id: str) -> Path:
+    """A configured file with its links resolved, if it stays in its own folder (else SourceError)."""
+    real = Path(os.path.realpath(path))
+    folder = Path(os.path.realpath(path.parent))
+    if not real.is_relative_to(folder):
+        raise SourceError(f"source {source_id!r}: {path} is a link to a file outside its folder {folder}; "
+                          "refused (copy the file into the folder, or configure the real path)")
+    return real
+
+
+def _unsafe(exc: UnsafeFile, path: Path) -> str:
+    """The refusal without the path prefix open_drop puts on it."""
+    text = str(exc)
+    return f"{path.name}{text[len(str(path)):]}" if text.startswith(str(path)) else f"{path.name}: {text}"
 
 
 def build(config: SourceConfig) -> CsvSource:

@@ -52,8 +52,9 @@ from integrations.sources.http_fetch import (
     dig_optional,
     parse_auth,
     parse_retry,
+    register_url_secrets,
 )
-from integrations.sources.records import UsageRecord, is_metric_name
+from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
         "window", "cursor", "pagination", *RETRY_KEYS)
@@ -195,6 +196,8 @@ def parse(section: Section, settings: SourceSettings) -> HttpJsonOptions | None:
     retry = parse_retry(section)
     pagination = _parse_pagination(section)
     params, headers = str_map(section, "params"), str_map(section, "headers")
+    if url is not None:
+        register_url_secrets(url, params, headers)
     records = section.str("records", "") or ""
     if url is None or fields is None or auth is None:
         return None
@@ -218,31 +221,31 @@ def parse_time_value(raw: Any, fmt: str) -> int:
     """Epoch seconds from an item's timestamp field; ValueError says what is wrong."""
     if fmt == "iso":
         if not isinstance(raw, str):
-            raise ValueError(f"expected an ISO-8601 string, got {type(raw).__name__} {raw!r}")
+            raise ValueError(f"expected an ISO-8601 string, got {type(raw).__name__} {shown(raw)}")
         return parse_timestamp(raw)
     if isinstance(raw, bool):
-        raise ValueError(f"expected epoch {'milliseconds' if fmt == 'epoch_ms' else 'seconds'}, got {raw!r}")
+        raise ValueError(f"expected epoch {'milliseconds' if fmt == 'epoch_ms' else 'seconds'}, got {shown(raw)}")
     try:
         x = float(raw)
     except (TypeError, ValueError):
         raise ValueError(f"expected epoch {'milliseconds' if fmt == 'epoch_ms' else 'seconds'}, "
-                         f"got {raw!r}") from None
+                         f"got {shown(raw)}") from None
     if not math.isfinite(x):
-        raise ValueError(f"timestamp {raw!r} is not a finite number")
-    return math.floor(x / 1000 if fmt == "epoch_ms" else x)
+        raise ValueError(f"timestamp {shown(raw)} is not a finite number")
+    return check_time(math.floor(x / 1000 if fmt == "epoch_ms" else x))
 
 
 def parse_value(raw: Any) -> float:
     if isinstance(raw, bool) or raw is None:
-        raise ValueError(f"expected a number, got {raw!r}")
+        raise ValueError(f"expected a number, got {shown(raw)}")
     try:
         v = float(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {raw!r}") from None
+        raise ValueError(f"expected a number, got {shown(raw)}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{raw!r} is not a finite number")
+        raise ValueError(f"{shown(raw)} is not a finite number")
     if v < 0:
-        raise ValueError(f"{raw!r} is negative; usage must be >= 0")
+        raise ValueError(f"{shown(raw)} is negative; usage must be >= 0")
     return v + 0.0
 
 
@@ -356,14 +359,17 @@ class HttpJsonSource:
         account = get(f.account, "account")
         if account is not _MISSING and (isinstance(account, bool) or not isinstance(account, str | int)
                                         or not str(account).strip()):
-            problems.add(f"{where}: field '{f.account}' (account): expected a non-empty id, got {account!r}")
+            problems.add(f"{where}: field '{f.account}' (account): expected a non-empty id, got "
+                         f"{shown(account)}")
+        elif account is not _MISSING and (why := id_problem(str(account).strip(), "account id")):
+            problems.add(f"{where}: field '{f.account}' (account): {why}")
         metric = self.o.metric
         if f.metric is not None:
             raw = get(f.metric, "metric")
             if raw is not _MISSING:
                 metric = self.o.metric_map.get(str(raw), str(raw))
                 if not isinstance(raw, str) or not is_metric_name(metric):
-                    problems.add(f"{where}: field '{f.metric}' (metric): {raw!r} is not a metric name "
+                    problems.add(f"{where}: field '{f.metric}' (metric): {shown(raw)} is not a metric name "
                                  "(letters, digits and _ . : -; or map it with metric_map)")
         value = ts = None
         raw_value = get(f.value, "value")
@@ -384,7 +390,9 @@ class HttpJsonSource:
             if raw_id is not _MISSING:
                 if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id):
                     problems.add(f"{where}: field '{f.id}' (id): expected a non-empty string or integer, "
-                                 f"got {raw_id!r}")
+                                 f"got {shown(raw_id)}")
+                elif why := id_problem(str(raw_id), "event id"):
+                    problems.add(f"{where}: field '{f.id}' (id): {why}")
                 event_id = str(raw_id)
         if problems.total > bad or value is None or ts is None or metric is None:
             return None
@@ -394,6 +402,7 @@ class HttpJsonSource:
         return UsageRecord(acc, metric, ts, value)
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.fetcher.begin_poll()
         problems = _Problems(self.id)
         totals: list[UsageRecord] = []
         events: list[UsageEvent] = []

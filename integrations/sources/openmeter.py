@@ -32,9 +32,16 @@ from integrations.sources.base import (
     window,
 )
 from integrations.sources.csv_files import parse_timestamp
-from integrations.sources.http_fetch import RETRY_KEYS, Auth, Fetcher, RetryPolicy, parse_retry
+from integrations.sources.http_fetch import (
+    RETRY_KEYS,
+    Auth,
+    Fetcher,
+    RetryPolicy,
+    parse_retry,
+    register_url_secrets,
+)
 from integrations.sources.http_json import format_time, parse_value
-from integrations.sources.records import UsageRecord, is_metric_name
+from integrations.sources.records import UsageRecord, id_problem, is_metric_name
 
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
         *RETRY_KEYS)
@@ -66,6 +73,7 @@ def parse_meters(section: Section) -> dict[str, str]:
 
 def parse(section: Section, settings: SourceSettings) -> OpenMeterOptions | None:
     url = (section.str("url", "https://openmeter.cloud") or "").rstrip("/")
+    register_url_secrets(url)
     if not url.startswith(("http://", "https://")):
         section.problem("url", "must start with http:// or https://")
     meters = parse_meters(section)
@@ -108,6 +116,10 @@ class OpenMeterSource:
                 problems.append(f"{where}: no {what} (the account); set account_group_by if accounts are a "
                                 "group-by key")
                 continue
+            why = id_problem(str(account).strip(), f"{what} (the account)")
+            if why is not None:
+                problems.append(f"{where}: {why}")
+                continue
             try:
                 ts = parse_timestamp(str(row.get("windowStart", "")))
                 value = parse_value(row.get("value"))
@@ -121,6 +133,7 @@ class OpenMeterSource:
         return out
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.fetcher.begin_poll()
         size = WINDOW_SIZES[self.o.window_size]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size  # the open window too

@@ -33,7 +33,14 @@ from sqlalchemy.engine import Engine
 from bot.configbase import Secret, Section
 from integrations.sources.base import UsageEvent
 from integrations.sources.http_fetch import dig
-from integrations.sources.records import is_metric_name
+from integrations.sources.records import (
+    MAX_ID_LENGTH,
+    check_time,
+    id_problem,
+    is_metric_name,
+    shown,
+    time_problem,
+)
 from storage.sources import StoreResult, get_source_state, store_batch
 from storage.usage import UsageValueError
 
@@ -134,6 +141,8 @@ def _binary_event(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
                 event["data"] = json.loads(body)
             except ValueError as exc:
                 raise PushError(400, f"binary-mode event body is not JSON: {exc}") from None
+            except RecursionError:
+                raise PushError(400, "binary-mode event body is JSON nested too deeply") from None
         else:
             raise PushError(415, f"binary-mode data must be JSON (got content-type {ctype!r})")
     return event
@@ -152,6 +161,8 @@ def decode_events(headers: Mapping[str, str], body: bytes) -> list[Any]:
         data = json.loads(body)
     except ValueError as exc:
         raise PushError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PushError(400, "body is JSON nested too deeply to read") from None
     if ctype == STRUCTURED:
         if not isinstance(data, dict):
             raise PushError(400, f"{STRUCTURED} must be one event object (send a batch as {BATCH})")
@@ -169,17 +180,20 @@ def _iso(t: int) -> str:
 
 def _rfc3339(text: Any) -> int:
     if not isinstance(text, str) or not text:
-        raise ValueError(f"expected an RFC 3339 timestamp such as 2026-11-03T14:00:00Z, got {text!r}")
+        raise ValueError(f"expected an RFC 3339 timestamp such as 2026-11-03T14:00:00Z, got {shown(text)}")
     s = text.strip()
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (e.g. 2026-11-03T14:00:00Z)") from None
+        raise ValueError(f"{shown(text)} is not an RFC 3339 timestamp (e.g. 2026-11-03T14:00:00Z)") from None
     if dt.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone offset (RFC 3339 needs Z or +hh:mm)")
-    return math.floor(dt.astimezone(UTC).timestamp())
+        raise ValueError(f"{shown(text)} has no time zone offset (RFC 3339 needs Z or +hh:mm)")
+    try:
+        return check_time(math.floor(dt.astimezone(UTC).timestamp()))
+    except OverflowError:  # year 1 with a positive offset is before year 1 in UTC
+        raise ValueError(time_problem(-1e18)) from None
 
 
 _MISSING = object()
@@ -209,8 +223,8 @@ def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int,
 
     def problem(i: int, eid: Any, fld: str, msg: str) -> None:
         if len(problems) < MAX_PROBLEMS:
-            problems.append({"index": i, "id": eid if isinstance(eid, str) else None, "field": fld,
-                             "message": msg})
+            problems.append({"index": i, "id": eid[:MAX_ID_LENGTH] if isinstance(eid, str) else None,
+                             "field": fld, "message": msg})
 
     n_bad = 0
     for i, ev in enumerate(raw_events):
@@ -221,11 +235,13 @@ def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int,
             continue
         eid = ev.get("id")
         if ev.get("specversion") != "1.0":
-            problem(i, eid, "specversion", f"must be \"1.0\" (got {ev.get('specversion')!r})")
+            problem(i, eid, "specversion", f"must be \"1.0\" (got {shown(ev.get('specversion'))})")
         for attr in ("id", "source", "type"):
             v = ev.get(attr)
             if not isinstance(v, str) or not v:
-                problem(i, eid, attr, f"is required: a non-empty string (got {v!r})")
+                problem(i, eid, attr, f"is required: a non-empty string (got {shown(v)})")
+            elif attr != "type" and (why := id_problem(v, f"event {attr}")):
+                problem(i, eid, attr, why)
         ts = now
         if ev.get("time") is not None:
             try:
@@ -246,11 +262,13 @@ def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int,
         if account is _MISSING or account is None or isinstance(account, bool) or \
                 not isinstance(account, str | int) or not str(account).strip():
             problem(i, eid, cfg.account, "the account id is missing or empty"
-                    if account in (_MISSING, None, "") else f"the account id must be a string, got {account!r}")
+                    if account in (_MISSING, None, "") else f"the account id must be a string, got {shown(account)}")
+        elif why := id_problem(str(account).strip(), "account id"):
+            problem(i, eid, cfg.account, why)
         raw_metric = _path(ev, cfg.metric)
         metric = cfg.metric_map.get(str(raw_metric), str(raw_metric)) if raw_metric is not _MISSING else ""
         if raw_metric is _MISSING or not isinstance(raw_metric, str) or not is_metric_name(metric):
-            problem(i, eid, cfg.metric, f"metric {raw_metric if raw_metric is not _MISSING else None!r} is not "
+            problem(i, eid, cfg.metric, f"metric {shown(raw_metric if raw_metric is not _MISSING else None)} is not "
                                         "a metric name (letters, digits and _ . : -); map it with metric_map")
         raw_value = _path(ev, cfg.value)
         value: float | None = None
@@ -261,15 +279,15 @@ def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int,
             else:
                 value = cfg.default_value
         elif isinstance(raw_value, bool) or not isinstance(raw_value, int | float | str):
-            problem(i, eid, cfg.value, f"must be a number, got {raw_value!r}")
+            problem(i, eid, cfg.value, f"must be a number, got {shown(raw_value)}")
         else:
             try:
                 value = float(raw_value)
             except ValueError:
-                problem(i, eid, cfg.value, f"must be a number, got {raw_value!r}")
+                problem(i, eid, cfg.value, f"must be a number, got {shown(raw_value)}")
             else:
                 if not math.isfinite(value) or value < 0:
-                    problem(i, eid, cfg.value, f"must be a finite number >= 0, got {raw_value!r}")
+                    problem(i, eid, cfg.value, f"must be a finite number >= 0, got {shown(raw_value)}")
                     value = None
         if len(problems) > before or value is None:
             n_bad += 1

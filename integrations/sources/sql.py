@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
+from bot import redaction
 from bot.configbase import Secret, Section
 from integrations.sources.base import (
     Batch,
@@ -37,7 +38,7 @@ from integrations.sources.base import (
     register_type,
     window,
 )
-from integrations.sources.records import UsageRecord, is_metric_name
+from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
 from storage.db import redact_url
 
 KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",
@@ -288,7 +289,7 @@ class SqlSource:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
-            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
             raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
                               f"{redact_url(reason)}") from None
         records: list[UsageRecord] = []
@@ -296,7 +297,12 @@ class SqlSource:
         newest_ts: int | None = None
         for r in rows:
             metric = str(r.metric) if self.o.metric_column else str(self.o.metric)
-            where = f"account {r.account!r}, bucket {datetime.fromtimestamp(int(r.bucket_start), UTC):%Y-%m-%dT%H:%MZ}"
+            bucket = int(r.bucket_start)
+            try:
+                when = f"{datetime.fromtimestamp(bucket, UTC):%Y-%m-%dT%H:%MZ}"
+            except (OverflowError, OSError, ValueError):  # refused below, named here
+                when = f"epoch second {bucket}"
+            where = f"account {repr(str(r.account))[:80]}, bucket {when}"
             if not is_metric_name(metric):
                 problems.append(f"{where}: metric {metric!r} is not a metric name (letters, digits and _ . : -)")
                 continue
@@ -307,6 +313,10 @@ class SqlSource:
                 continue
             if value < 0 or value != value:
                 problems.append(f"{where}, metric {metric}: value {value:g} is negative or not a number")
+                continue
+            why = id_problem(str(r.account), "account") or time_problem(int(r.bucket_start))
+            if why is not None:
+                problems.append(f"{where}, metric {metric}: {why}")
                 continue
             records.append(UsageRecord(str(r.account), metric, int(r.bucket_start), value))
             n = int(float(r.newest))

@@ -31,10 +31,17 @@ from integrations.sources.base import (
     str_map,
     window,
 )
-from integrations.sources.http_fetch import RETRY_KEYS, Auth, Fetcher, RetryPolicy, parse_retry
+from integrations.sources.http_fetch import (
+    RETRY_KEYS,
+    Auth,
+    Fetcher,
+    RetryPolicy,
+    parse_retry,
+    register_url_secrets,
+)
 from integrations.sources.http_json import parse_value
 from integrations.sources.openmeter import parse_meters
-from integrations.sources.records import UsageRecord
+from integrations.sources.records import UsageRecord, time_problem
 
 KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
         "max_pages", *RETRY_KEYS)
@@ -62,6 +69,7 @@ def parse(section: Section, settings: SourceSettings) -> StripeOptions | None:
         section.problem("customers", "give customers = { <account id> = \"cus_...\" } or "
                                      "customers_from_accounts = true (Stripe summaries are per customer)")
     url = (section.str("url", "https://api.stripe.com") or "").rstrip("/")
+    register_url_secrets(url)
     if not url.startswith(("http://", "https://")):
         section.problem("url", "must start with http:// or https://")
     grouping = section.str("grouping", "hour", choices=tuple(GROUPINGS)) or "hour"
@@ -110,6 +118,7 @@ class StripeMeterSource:
                           f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.fetcher.begin_poll()
         size = GROUPINGS[self.o.grouping]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size
@@ -125,7 +134,10 @@ class StripeMeterSource:
                         continue
                     ts = item.get("start_time")
                     if isinstance(ts, bool) or not isinstance(ts, int):
-                        problems.append(f"{where}: start_time must be epoch seconds, got {ts!r}")
+                        problems.append(f"{where}: start_time must be epoch seconds, got {repr(ts)[:80]}")
+                        continue
+                    if (why := time_problem(ts)) is not None:
+                        problems.append(f"{where}: start_time: {why}")
                         continue
                     try:
                         value = parse_value(item.get("aggregated_value"))

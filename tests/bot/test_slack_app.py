@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 import pytest
@@ -313,3 +314,135 @@ def test_notifier_is_console_without_a_token(sqlite_engine):
         build_slack_app(SlackConfig(), engine)
     with pytest.raises(ValueError, match="signing_secret"):
         build_slack_app(replace(cfg, mode="http"), engine)
+
+
+# ------------------------------------------------------------------------------ hostile requests
+
+
+def _episode_events(s: Served) -> list[str]:
+    return [e["event"] for e in episode_history(s.engine, rule_id="calls-spike")[0]["events"]]
+
+
+def test_link_buttons_go_through_the_allow_list(engine, fake, clock):
+    s, server = _serve(engine, fake, clock, allowed_users=("U0ALICE01",))
+    try:
+        assert _post(s, _click(s, "usagebot_open_crm", user="U0EVE0001", rid="eve")).status_code == 200
+        (answer,) = fake.wait_response("eve")
+        assert "not on usagebot's list of allowed users" in answer["text"]
+        _post(s, _click(s, "usagebot_open_dashboard", user="U0EVE0001", rid="eve2"))
+        fake.wait_response("eve2")
+        assert "opened_crm" not in _episode_events(s) and "opened_dashboard" not in _episode_events(s)
+        _post(s, _click(s, "usagebot_open_crm", user="U0ALICE01", rid="alice"))
+        deadline = time.monotonic() + 5
+        while "opened_crm" not in _episode_events(s) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _episode_events(s).count("opened_crm") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_user_text_is_escaped_in_the_top_level_text_and_the_blocks(served):
+    from storage.accounts import upsert_accounts
+    from tests.integrations.slack.scenario import ACCOUNTS, T0
+
+    hostile = "<!here|here> <!channel> <https://evil.example/x|click me> <@U0BOBBY01> &amp;"
+    upsert_accounts(served.engine, [replace(ACCOUNTS[0], name=hostile)], now=T0)
+    for rid, text in (("alerts", "alerts acme"), ("acct", "acme"), ("top", "top <!here> growing"),
+                      ("snz", "snooze acme <!everyone>")):
+        r = _post(served, _command(served, text, rid=rid))
+        assert r.status_code == 200
+        answers = [r.json()] if r.text else served.fake.wait_response(rid)
+        for a in answers:
+            for field in (a["text"], *(_mrkdwn_texts(a.get("blocks") or []))):
+                for raw in ("<!here", "<!channel", "<!everyone", "<https://evil", "<@U0BOBBY01>"):
+                    assert raw not in field, (text, field)
+    (alerts,) = served.fake.wait_response("alerts")
+    assert "Open alerts · &lt;!here|here&gt;" in alerts["text"]
+
+
+def _mrkdwn_texts(value) -> list[str]:  # type: ignore[no-untyped-def]
+    out: list[str] = []
+    if isinstance(value, list):
+        for v in value:
+            out += _mrkdwn_texts(v)
+    elif isinstance(value, dict):
+        if value.get("type") == "mrkdwn":
+            out.append(value.get("text", ""))
+        for v in value.values():
+            out += _mrkdwn_texts(v) if isinstance(v, dict | list) else []
+    return out
+
+
+def test_malformed_payloads_are_400_or_401_never_500(served, caplog):
+    caplog.set_level(logging.WARNING)
+    bad_bodies = ["payload=%7Bnot+json", "payload=" + "%5B" * 5000, "payload=%5B1%2C2%5D",
+                  '{"type": "block_actions", "team": 5}', "payload=%22just+a+string%22"]
+    for body in bad_bodies:
+        assert _post(served, body).status_code == 400, body
+        assert _post(served, body, _sign(body, secret="forged")).status_code == 401, body
+    raw = b"payload=\xff\xfe"
+    sig = _sign(raw.decode("latin-1"))
+    ts = sig["X-Slack-Request-Timestamp"]
+    sig["X-Slack-Signature"] = "v0=" + hmac.new(SIGNING_SECRET.encode(), f"v0:{ts}:".encode() + raw,
+                                                 hashlib.sha256).hexdigest()
+    assert httpx.post(served.url, content=raw, headers=sig, timeout=10).status_code == 400
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["9" * 30, "9" * 5000, "0", "-1", "1e9", "１２", "12:7d:x", None])
+def test_altered_button_values_get_a_clear_answer(served, caplog, value):
+    caplog.set_level(logging.WARNING)
+    body = _click(served, "usagebot_ack", value="__" if value is None else value, rid="v")
+    if value is None:  # no value at all, and actions of the wrong shape
+        body = body.replace("%22value%22%3A+%22__%22", "%22value%22%3A+7")
+    assert _post(served, body).status_code == 200
+    (answer,) = served.fake.wait_response("v")
+    assert "cannot be used" in answer["text"] or "no longer exists" in answer["text"]
+    assert find_episode(served.engine, KEY)["acknowledged_by"] is None
+    assert "Traceback" not in caplog.text
+
+
+def test_huge_snooze_and_bad_shapes_are_answered(served, caplog):
+    caplog.set_level(logging.WARNING)
+    _post(served, _click(served, "usagebot_snooze", selected=f"{served.episode_id}:99999999999999d", rid="s"))
+    (answer,) = served.fake.wait_response("s")
+    assert "Unknown snooze duration" in answer["text"]
+    payload = json.loads(parse_qs(_click(served, "usagebot_ack", rid="w"))["payload"][0])
+    for shape in ({"actions": "x"}, {"actions": [5]}, {"user": "U0BOBBY01"}, {"actions": [{"action_id": "usagebot_ack",
+                                                                                            "selected_option": 3}]}):
+        body = urlencode({"payload": json.dumps({**payload, **shape})})
+        assert _post(served, body).status_code in (200, 400, 404), shape
+    assert find_episode(served.engine, KEY)["snoozed_until"] is None
+    assert "Traceback" not in caplog.text
+
+
+def test_a_replayed_signed_request_is_run_once(served):
+    body = _command(served, "Acme Corp", rid="once")
+    headers = _sign(body)
+    assert _post(served, body, headers).status_code == 200
+    assert _post(served, body, headers).status_code == 200  # the same signed request again
+    served.fake.wait_response("once")
+    click = _click(served, "usagebot_not_useful", rid="nu")
+    h2 = _sign(click)
+    for _ in range(3):
+        assert _post(served, click, h2).status_code == 200
+    served.fake.wait_response("nu")
+    time.sleep(0.5)  # a second run would have answered by now
+    assert len(served.fake.responses["once"]) == 1 and len(served.fake.responses["nu"]) == 1
+    with served.engine.connect() as c:
+        n = c.execute(sa.text("select count(*) from slack_requests_seen")).scalar_one()
+    assert n == 2
+
+
+def test_replay_records_are_shared_and_pruned_by_request_time(engine):
+    from storage.slack import REPLAY_WINDOW, first_time_seen
+
+    now = 1_800_000_000
+    assert first_time_seen(engine, "k1", now, now) and not first_time_seen(engine, "k1", now, now + 10)
+    assert first_time_seen(engine, "k2", now + 290, now + 10)  # a timestamp up to 5 min ahead is valid too
+    later = now + REPLAY_WINDOW + 61
+    assert first_time_seen(engine, "k3", later, later)  # prunes k1 (its signature can no longer verify)
+    with engine.connect() as c:
+        keys = set(c.execute(sa.text("select key from slack_requests_seen")).scalars())
+    assert keys == {"k2", "k3"}

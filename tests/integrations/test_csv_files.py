@@ -130,7 +130,7 @@ def test_duplicate_header_column(tmp_path: Path) -> None:
 BAD_USAGE = (
     "timestamp,account,metric,value\n"  # 1
     "2026-11-03T00:00:00Z,acme,api_calls,1\n"  # 2
-    '2026-11-03T00:00:00Z,"multi\nline\naccount",api_calls,2\n'  # 3-5 (good)
+    '2026-11-03T00:00:00Z,"multi\nline\naccount",api_calls,2\n'  # 3-5 (a line break in an id: issue 12)
     "2026-11-03T00:00:00Z,acme,api_calls,abc\n"  # 6
     "yesterday,acme,api_calls,1\n"  # 7
     "2026-11-03T00:00:00Z,,api_calls,1\n"  # 8
@@ -150,6 +150,7 @@ def test_every_row_error_with_exact_line_numbers(tmp_path: Path) -> None:
     errs = errors_of(path)
     got = [(e.line, e.column, e.value) for e in errs]
     assert got == [
+        (3, "account", "multi\nline\naccount"),
         (6, "value", "abc"),
         (7, "timestamp", "yesterday"),
         (8, "account", ""),
@@ -162,6 +163,7 @@ def test_every_row_error_with_exact_line_numbers(tmp_path: Path) -> None:
         (15, "metric", ""),
     ]
     by_line = {e.line: e for e in errs}
+    assert "contains a control or invisible character (U+000A)" in by_line[3].message
     assert str(by_line[6]) == f"{path}:6: column 'value': 'abc' is not a number"
     assert "not an ISO-8601 timestamp" in by_line[7].message
     assert "account is empty" in by_line[8].message
@@ -179,7 +181,7 @@ def test_reject_lists_all_problems_and_returns_nothing(tmp_path: Path) -> None:
     with pytest.raises(CsvInputError) as info:
         read_usage_csv(path, on_error="reject")
     text = str(info.value)
-    assert text.startswith(f"10 problems in {path}:")
+    assert text.startswith(f"11 problems in {path}:")
     assert f"{path}:6: column 'value'" in text and f"{path}:15: column 'metric'" in text
 
 
@@ -188,12 +190,11 @@ def test_skip_returns_good_rows_and_errors_with_raw_text(tmp_path: Path) -> None
     result = read_usage_csv(path, on_error="skip")
     assert [(r.account, r.value) for r in result.records] == [
         ("acme", 1.0),
-        ("multi\r\nline\r\naccount", 2.0),
         ("acme", 4.0),
     ]
     assert result.rows_read == 13
-    assert [e.line for e in result.errors] == [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
-    assert result.errors[0].raw == "2026-11-03T00:00:00Z,acme,api_calls,abc"
+    assert [e.line for e in result.errors] == [3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert result.errors[1].raw == "2026-11-03T00:00:00Z,acme,api_calls,abc"
     assert result.errors[0].header == ("timestamp", "account", "metric", "value")
 
 
@@ -242,7 +243,7 @@ def test_rejects_file_round_trip(tmp_path: Path) -> None:
         tmp_path,
         "timestamp,account,metric,value\n"
         "2026-11-03,acme,api_calls,1\n"
-        '2026-11-03,"Acme, Inc.\nEMEA",api_calls,-5\n'
+        '2026-11-03,"Acme, Inc. EMEA",api_calls,-5\n'
         "2026-11-03,acme,api_calls,1,surplus\n"
         "2026-11-03,acme\n"
         "nope,acme,api_calls,oops\n",
@@ -253,12 +254,12 @@ def test_rejects_file_round_trip(tmp_path: Path) -> None:
     with open(out, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["timestamp", "account", "metric", "value", "_extra1", "_error"]
-    assert rows[1][:4] == ["2026-11-03", "Acme, Inc.\nEMEA", "api_calls", "-5"]
+    assert rows[1][:4] == ["2026-11-03", "Acme, Inc. EMEA", "api_calls", "-5"]
     assert rows[1][5] == f"{src}:3: column 'value': '-5' is negative; usage must be >= 0"
     assert rows[2][:5] == ["2026-11-03", "acme", "api_calls", "1", "surplus"]
     assert rows[3][:5] == ["2026-11-03", "acme", "", "", ""]
     assert rows[4][:4] == ["nope", "acme", "api_calls", "oops"]
-    assert rows[4][5].count(f"{src}:7:") == 2 and "; " in rows[4][5]  # one row, both problems
+    assert rows[4][5].count(f"{src}:6:") == 2 and "; " in rows[4][5]  # one row, both problems
     assert len(rows) == 5
 
     # Fix the rejected rows, drop the helper columns, and they load.
@@ -269,7 +270,7 @@ def test_rejects_file_round_trip(tmp_path: Path) -> None:
         for r in rows[1:]:
             w.writerow(["2026-11-03", r[1], "api_calls", "1"])
     again = read_usage_csv(fixed)
-    assert [r.account for r in again.records] == ["Acme, Inc.\nEMEA", "acme", "acme", "acme"]
+    assert [r.account for r in again.records] == ["Acme, Inc. EMEA", "acme", "acme", "acme"]
 
 
 def test_rejects_without_errors_and_header_errors(tmp_path: Path) -> None:

@@ -109,3 +109,70 @@ def test_config_requires_path_and_knows_its_keys() -> None:
     assert "test.toml:1: sources[0].path: is required" in problems
     assert any(p.startswith("test.toml:5: sources") and "onerror: unknown key; did you mean 'on_error'?" in p
                for p in problems)
+
+
+# ----------------------------------------------------------- links, FIFOs, content from outside
+
+
+SECRET_LINE = "root:x:0:0:sk_live_TOPSECRET:/root:/bin/bash"
+
+
+def _notices(engine: Engine) -> str:
+    return "\n".join(str(r.payload.get("message")) for r in list_outbox(engine))
+
+
+def test_links_fifos_and_hard_links_in_a_drop_folder_are_refused_never_read(engine: Engine,
+                                                                           tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "passwd"
+    secret.write_text(SECRET_LINE + "\n")
+    usage_elsewhere = _write(outside / "good.csv", "2026-11-01T00:00:00Z,mallory,api_calls,999\n")
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    _write(drops / "a.csv", "2026-11-01T00:00:00Z,acme,api_calls,10\n")
+    (drops / "x.csv").symlink_to(secret)
+    (drops / "y.csv").symlink_to(usage_elsewhere)  # a valid usage file, but from outside the folder
+    (drops / "z.csv").symlink_to(drops / "a.csv")  # even a link within the folder
+    os.mkfifo(drops / "pipe.csv")  # would block a plain open() forever
+    os.link(secret, drops / "hard.csv")
+    src = _source(drops)
+    report = poll_source(engine, src, T0 + DAY, admin_channel="#ops")
+    assert report.ok
+    assert points(engine) == {("acme", "api_calls", T0): 10.0}
+    text = _notices(engine) + "\n".join(report.rejected)
+    assert "sk_live" not in text and "root:x" not in text and "mallory" not in text
+    for name, why in (("x.csv", "is a symbolic link"), ("y.csv", "is a symbolic link"),
+                      ("pipe.csv", "is not a regular file"), ("hard.csv", "has 2 hard links")):
+        assert f"{name} {why}" in text or f"{name}: {why}" in text, (name, text)
+    assert poll_source(engine, src, T0 + DAY + 60).batches == 0  # told once, not at every poll
+
+
+def test_a_configured_file_may_link_only_within_its_folder(engine: Engine, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg"
+    (cfg / "..2026_11_01").mkdir(parents=True)
+    _write(cfg / "..2026_11_01" / "usage.csv", "2026-11-01T00:00:00Z,acme,api_calls,3\n")
+    (cfg / "..data").symlink_to("..2026_11_01")  # how a Kubernetes ConfigMap is mounted
+    (cfg / "usage.csv").symlink_to("..data/usage.csv")
+    assert poll_source(engine, _source(cfg / "usage.csv"), T0 + DAY).ok
+    assert points(engine) == {("acme", "api_calls", T0): 3.0}
+    secret = tmp_path / "passwd"
+    secret.write_text(SECRET_LINE + "\n")
+    (cfg / "evil.csv").symlink_to(secret)
+    report = poll_source(engine, _source(cfg / "evil.csv"), T0 + DAY)
+    assert not report.ok and "is a link to a file outside its folder" in (report.error or "")
+    assert "sk_live" not in (report.error or "")
+
+
+def test_a_file_that_is_no_usage_file_is_never_quoted(engine: Engine, tmp_path: Path) -> None:
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    (drops / "keys.csv").write_text(SECRET_LINE + "\nsecond line\n")
+    (drops / "env.csv").write_text("DB_PASSWORD=hunter2,API_KEY=sk_live_abc\n")
+    (drops / "typo.csv").write_text("timestamp,account,metrik,value\n")
+    report = poll_source(engine, _source(drops), T0 + DAY, admin_channel="#ops")
+    text = _notices(engine)
+    assert len(report.rejected) == 3
+    assert "sk_live" not in text and "hunter2" not in text and "root:x" not in text, text
+    assert "column 'header cell 1': not a column name (not shown)" in text
+    assert "unknown column 'metrik'" in text  # a near-miss of a column name is still named

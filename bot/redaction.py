@@ -1,0 +1,315 @@
+"""One registry of every configured secret, and `mask()`: the one way any text is cleaned of them.
+
+Who registers what:
+- every `bot.configbase.Secret` registers its value when it is made (tokens, passwords, api keys,
+  client secrets, signing secrets, private keys, SQL source URLs, the push shared secret...);
+- the config parser registers what is a secret but not a `Secret`: the password of the storage URL
+  and of any URL's user info, URL query parameters and `params` / `headers` entries whose name looks
+  secret (api_key, token, signature...), and values taken from environment variables whose name looks
+  secret (``${BILLING_API_KEY}``);
+- clients register secrets they obtain at run time (a Salesforce session id after login), and
+  basic-auth pairs (`register_pair`), so base64("user:password") is masked whole.
+
+`mask(text)` replaces with ``***``, anywhere in the text:
+- each secret in every form a peer or a library echoes it in: raw, URL/percent-encoded (upper- and
+  lower-case hex, "+" for spaces), JSON-, repr- and HTML-escaped, hex, base64 (standard and URL-safe,
+  at each of the three byte alignments, so the base64 of "user:password" or of a whole header is
+  caught without knowing what was around the secret);
+- a prefix or a suffix of at least `FRAGMENT` characters of any of those forms: what is left of a
+  secret where a string was cut (the start of it at the end of a cut, the end of it in a tail).
+
+`clip(text, limit)` masks first and cuts after, so a cut never leaves part of a secret visible.
+`RedactingFilter` applies `mask` to every log record (message, arguments, extra fields, traceback);
+`bot.logs.setup_logging` puts it on the root handler, and on logging's last-resort handler.
+
+Secrets shorter than `MIN_SECRET` characters are not masked (they would blank out ordinary words).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+
+MIN_SECRET = 4
+FRAGMENT = 8  # shortest prefix/suffix of a secret masked on its own (a cut secret)
+MASK = "***"
+_LINE_PART = 16  # lines of a multi-line secret (a PEM key) at least this long are secrets of their own
+
+_SECRET_WORDS = frozenset({
+    "pass", "passwd", "password", "pwd", "secret", "token", "key", "apikey", "auth", "authorization",
+    "signature", "sig", "credential", "credentials", "session", "sessionid", "sid", "cookie", "bearer",
+    "private", "jwt", "otp", "pin",
+})
+_SECRET_ENDINGS = ("key", "token", "secret", "password", "passwd", "signature", "credential", "credentials")
+_LOWER_HEX = re.compile(r"%[0-9A-F]{2}")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a parameter, header or environment variable name looks like it holds a secret."""
+    snake = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    words = [w for w in re.split(r"[^a-z0-9]+", snake) if w]
+    return any(w in _SECRET_WORDS for w in words) or "".join(words).endswith(_SECRET_ENDINGS)
+
+
+def _base64_forms(raw: bytes) -> list[str]:
+    """The base64 text of `raw` whole, and the part of it that does not depend on its neighbours at
+    each byte alignment (what appears inside the base64 of a longer string holding `raw`)."""
+    out: list[str] = []
+    n = len(raw)
+    for alphabet in (base64.b64encode, base64.urlsafe_b64encode):
+        out.append(alphabet(raw).decode("ascii"))
+        for pad in (0, 1, 2):
+            enc = alphabet(b"\0" * pad + raw).decode("ascii")
+            start, end = -(-8 * pad // 6), 8 * (pad + n) // 6
+            out.append(enc[start:end])
+    return out
+
+
+def forms(secret: str) -> set[str]:
+    """Every encoding of `secret` that `mask` looks for."""
+    raw = secret.encode("utf-8", "surrogatepass")
+    out = {secret, html.escape(secret), html.escape(secret, quote=False), repr(secret)[1:-1],
+           json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], raw.hex(), raw.hex().upper()}
+    for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")):
+        out.add(encoded)
+        out.add(_LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded))
+    out.update(_base64_forms(raw))
+    return {f for f in out if len(f) >= MIN_SECRET}
+
+
+def _userinfo(text: str) -> tuple[str, str] | None:
+    """(user, password) of a URL's user info, decoded; the user info ends at the last "@" before the
+    host (so an unescaped "@" in a password works too)."""
+    m = re.match(_URL.pattern + r"([^/?#]*)@", text)
+    if m is None or ":" not in m.group(1):
+        return None
+    user, password = m.group(1).split(":", 1)
+    return unquote(user), unquote(password)
+
+
+def _url_parts(text: str) -> list[str]:
+    """Secrets inside a URL: the user-info password and secret-looking query parameters."""
+    found: list[str] = []
+    m = re.match(_URL.pattern + r"([^/?#]*)@", text)
+    if m is not None and ":" in m.group(1):
+        password = m.group(1).split(":", 1)[1]
+        found += [password, unquote(password)]
+    try:
+        query = urlsplit(text).query
+    except ValueError:
+        query = ""
+    for name, value in parse_qsl(query, keep_blank_values=False):
+        if looks_secret(name):
+            found.append(value)
+    for _name, value in re.findall(r"\b(password|passwd|pwd|pass)=([^&#\s;]+)", text, flags=re.IGNORECASE):
+        found.append(value)
+    return found
+
+
+class Redactor:
+    """The set of known secrets and the index `mask` searches with (rebuilt when a secret is added)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: dict[str, None] = {}
+        self._pairs: dict[str, None] = {}  # "user:password": only its base64 is a secret (the user is not)
+        self._full: list[str] = []  # forms shorter than FRAGMENT: masked only whole
+        self._long: list[str] = []  # forms of FRAGMENT or more: masked whole, by prefix or by suffix
+
+    # ------------------------------------------------------------------ registering
+
+    def register(self, value: str | None) -> None:
+        """A secret value (and the secrets inside it: a URL's password, the lines of a PEM key)."""
+        if not value:
+            return
+        inside = _url_parts(value)
+        # a database URL: its password is the secret, the host and database are not; a web URL given
+        # as a secret (a webhook) is secret whole, unless the secret is its password or key
+        scheme = _URL.match(value)
+        web = scheme is not None and scheme.group(0).lower() in ("http://", "https://")
+        parts = inside if scheme is not None and (inside or not web) else [value, *inside]
+        stripped = value.strip()
+        if "\n" in stripped:
+            parts += [ln.strip() for ln in stripped.splitlines()
+                      if len(ln.strip()) >= _LINE_PART and not ln.strip().startswith("-----")]
+        pair = _userinfo(value)
+        self._add(parts, [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else [])
+
+    def register_url(self, url: str | None) -> None:
+        """The secrets inside a URL (not the URL itself: hosts and paths stay readable); user info is
+        also a basic-auth pair (HTTP clients send it as `Authorization: Basic base64(user:password)`)."""
+        if url:
+            pair = _userinfo(url)
+            self._add(_url_parts(url), [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else [])
+
+    def register_pair(self, user: str | None, password: str | None) -> None:
+        """A basic-auth pair: the password, and "user:password" (whose base64 is the header value)."""
+        if password:
+            self._add([password], [f"{user or ''}:{password}"])
+
+    def _add(self, values: Iterable[str], pairs: Iterable[str] = ()) -> None:
+        new = [v for v in values if v and len(v) >= MIN_SECRET and v not in self._secrets]
+        new_pairs = [p for p in pairs if p not in self._pairs]
+        if not new and not new_pairs:
+            return
+        with self._lock:
+            for v in new:
+                self._secrets[v] = None
+            for p in new_pairs:
+                self._pairs[p] = None
+            all_forms: set[str] = set()
+            for s in self._secrets:
+                all_forms |= forms(s)
+            for p in self._pairs:
+                raw = p.encode("utf-8", "surrogatepass")
+                all_forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+            self._full = sorted((f for f in all_forms if len(f) < FRAGMENT), key=len, reverse=True)
+            self._long = sorted((f for f in all_forms if len(f) >= FRAGMENT), key=len, reverse=True)
+
+    def snapshot(self) -> tuple[dict[str, None], dict[str, None]]:
+        return dict(self._secrets), dict(self._pairs)
+
+    def restore(self, snap: tuple[dict[str, None], dict[str, None]]) -> None:
+        """Back to an earlier `snapshot()` (tests isolate the process-wide registry with it)."""
+        with self._lock:
+            self._secrets, self._pairs = {}, {}
+        self._full, self._long = [], []
+        self._add(list(snap[0]), list(snap[1]))
+
+    # --------------------------------------------------------------------- masking
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of every secret, secret prefix and secret suffix in `text`, merged."""
+        full, long = self._full, self._long
+        found: list[tuple[int, int]] = []
+        for f in full:
+            i = text.find(f)
+            while i >= 0:
+                found.append((i, i + len(f)))
+                i = text.find(f, i + 1)
+        n = len(text)
+        for f in long:
+            head, tail, m = f[:FRAGMENT], f[-FRAGMENT:], len(f)
+            i = text.find(head)
+            while i >= 0:  # a prefix of f, as long as it goes on
+                k = FRAGMENT
+                while k < m and i + k < n and text[i + k] == f[k]:
+                    k += 1
+                found.append((i, i + k))
+                i = text.find(head, i + 1)
+            i = text.find(tail)
+            while i >= 0:  # a suffix of f, as far back as it goes
+                end, k = i + FRAGMENT, FRAGMENT
+                while k < m and end - k - 1 >= 0 and text[end - k - 1] == f[m - k - 1]:
+                    k += 1
+                found.append((end - k, end))
+                i = text.find(tail, i + 1)
+        if not found:
+            return []
+        found.sort()
+        merged = [found[0]]
+        for s, e in found[1:]:
+            if s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        return merged
+
+    def mask(self, text: str) -> str:
+        if not text or not (self._full or self._long):
+            return text
+        spans = self.spans(text)
+        if not spans:
+            return text
+        out, pos = [], 0
+        for s, e in spans:
+            out += [text[pos:s], MASK]
+            pos = e
+        out.append(text[pos:])
+        return "".join(out)
+
+
+REDACTOR = Redactor()
+register = REDACTOR.register
+register_url = REDACTOR.register_url
+register_pair = REDACTOR.register_pair
+
+
+def mask(text: Any) -> str:
+    """`text` (any object, as str()) with every known secret, and every cut piece of one, masked."""
+    return REDACTOR.mask(text if isinstance(text, str) else str(text))
+
+
+def clip(text: Any, limit: int) -> str:
+    """Masked, then cut to `limit` characters (with "…"): never cut before masking."""
+    masked = mask(text)
+    return masked if len(masked) <= limit else masked[: max(0, limit - 1)] + "…"
+
+
+# ------------------------------------------------------------------------- logging
+
+
+class RedactingFilter(logging.Filter):
+    """Masks a log record in place: the formatted message, the extra fields, the traceback text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what there is
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = mask(message), None
+        for key, value in list(vars(record).items()):
+            if key in _RECORD_FIELDS or key.startswith("_"):
+                continue
+            if isinstance(value, str):
+                setattr(record, key, mask(value))
+            elif isinstance(value, list | tuple | dict):
+                setattr(record, key, _mask_deep(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
+        return True
+
+
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "taskName"}
+
+
+def _mask_deep(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, list | tuple):
+        return [_mask_deep(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask_deep(v) for k, v in value.items()}
+    return value
+
+
+def install_on(handler: logging.Handler) -> None:
+    """Add the filter to `handler` once."""
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
+
+
+class RedactingStream:
+    """A text stream that masks what is written to it (the CLI's stdout and stderr)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(mask(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -1,0 +1,238 @@
+"""bot.redaction: every configured secret is masked in every form before anything is cut or logged,
+in source errors (from a hostile peer that echoes what it was sent), logs, notices and CLI output."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from urllib.parse import quote, quote_plus
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from bot import redaction
+from bot.configbase import Secret
+from bot.logs import setup_logging
+from bot.polling import poll_source
+from bot.redaction import FRAGMENT, clip, mask
+from integrations.sources.http_json import HttpJsonSource
+from storage.sources import get_source_state
+from tests.integrations.sources.fake_http import FakeHttp, Seen
+from tests.integrations.sources.helpers import T0, source_config
+
+TOKEN = "tok_live_9f8e7d6c5b4a39281706"
+PASSWORD = "pa ss/wörd+&=8812"
+API_KEY = "key_Q1w2E3r4T5y6U7i8"
+URL_PASSWORD = "u$er:p@ss-7733"
+
+
+def leaked(text: str, secret: str) -> list[str]:
+    """The forms, prefixes and suffixes (>= FRAGMENT chars) of `secret` found in `text`."""
+    found = [f for f in redaction.forms(secret) if f in text]
+    for f in redaction.forms(secret):
+        for k in range(FRAGMENT, len(f)):
+            if f[:k] in text or f[-k:] in text:
+                found.append(f[:k] if f[:k] in text else f[-k:])
+    return found
+
+
+def assert_clean(text: str, *secrets: str) -> None:
+    for s in secrets:
+        assert not leaked(text, s), f"{s!r} leaked in {text!r}: {leaked(text, s)}"
+
+
+# ------------------------------------------------------------------------------- the masking
+
+
+def test_every_form_of_a_secret_is_masked() -> None:
+    Secret(PASSWORD)
+    raw = PASSWORD.encode()
+    forms = [PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD), quote(PASSWORD, safe="").lower(),
+             json.dumps(PASSWORD)[1:-1], json.dumps(PASSWORD, ensure_ascii=False)[1:-1], repr(PASSWORD)[1:-1],
+             base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("="), raw.hex()]
+    for form in forms:
+        assert mask(f"before {form} after") == "before *** after", form
+    # inside the base64 of a longer string, at every alignment (Authorization: Basic base64(user:pass))
+    for user in ("a", "ab", "abc", "someone@example.com"):
+        b64 = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+        assert not leaked(mask(f"Authorization: Basic {b64}"), PASSWORD)
+        assert PASSWORD[:4] not in base64.b64decode(_b64_left(mask(b64))).decode("latin-1")
+
+
+def _b64_left(masked: str) -> str:
+    left = masked.split("***")[0]
+    return left[: len(left) - len(left) % 4]
+
+
+def test_a_cut_secret_is_masked_at_both_ends_and_clip_masks_before_cutting() -> None:
+    Secret(TOKEN)
+    cut = ("x" * 190 + TOKEN)[:200]  # what `body[:200]` left of it before
+    assert mask(cut) == "x" * 190 + "***"
+    assert mask(TOKEN[-12:] + " tail") == "*** tail"
+    assert mask("no secrets here, not even tok_liv") == "no secrets here, not even tok_liv"  # < FRAGMENT
+    assert clip("x" * 190 + TOKEN + "y" * 50, 200) == "x" * 190 + "***" + "y" * 6 + "…"
+
+
+def test_short_values_are_not_secrets_and_urls_register_only_their_secret_parts() -> None:
+    Secret("abc")
+    assert mask("abc abc") == "abc abc"
+    redaction.register("postgresql://usagebot:" + quote(URL_PASSWORD, safe="") + "@db.internal:5432/usage")
+    text = f"connecting to db.internal:5432/usage as usagebot with {URL_PASSWORD}"
+    assert mask(text) == "connecting to db.internal:5432/usage as usagebot with ***"
+    redaction.register_url("https://api.example.com/v1/usage?tenant=7&api_key=AKIA5566778899&sig=zzz9911")
+    assert mask("tenant=7 api_key=AKIA5566778899 sig=zzz9911") == "tenant=7 api_key=*** sig=***"
+
+
+def test_secret_looking_env_vars_and_names() -> None:
+    assert redaction.looks_secret("BILLING_API_KEY") and redaction.looks_secret("X-Api-Key")
+    assert redaction.looks_secret("accessToken") and redaction.looks_secret("client_secret")
+    assert not redaction.looks_secret("granularity") and not redaction.looks_secret("tenant")
+
+
+# ------------------------------------------------------------------- a hostile peer echoes
+
+
+def _echo(what: str) -> object:
+    """An API whose 401 error quotes something it was sent, placed so that the 200 characters an error
+    message shows end inside a raw key (what the old cut-then-mask leaked) or hold a header whole."""
+
+    def handle(r: Seen) -> tuple:
+        echoed = {"header": r.headers.get("x-auth") or r.headers.get("authorization", ""),
+                  "api_key": f"api_key={r.q('api_key')}",
+                  "userinfo": r.headers.get("authorization", ""),
+                  "raw": r.q("api_key") or ""}[what]
+        # a raw key is cut inside (its start is what old code showed); a header is shown whole
+        pad = {"raw": 185, "api_key": 178}.get(what, max(0, 195 - len(echoed)))
+        return 401, ("x" * pad + echoed + " and more").encode(), {"Content-Type": "text/plain"}
+
+    return handle
+
+
+def _hostile_source(url: str, auth: str) -> HttpJsonSource:
+    toml = f"""
+[[sources]]
+id = "billing"
+type = "http_json"
+url = "{url}"
+records = "items"
+retries = 0
+[sources.params]
+api_key = "${{KEY}}"
+[sources.auth]
+{auth}
+[sources.fields]
+account = "a"
+metric = "m"
+value = "v"
+timestamp = "t"
+"""
+    return HttpJsonSource(source_config(toml, {"KEY": API_KEY, "TOKEN": TOKEN, "PASSWORD": PASSWORD}))
+
+
+@pytest.mark.parametrize("auth", ['type = "bearer"\ntoken = "${TOKEN}"',
+                                  'type = "basic"\nusername = "svc"\npassword = "${PASSWORD}"',
+                                  'type = "header"\nheader = "X-Auth"\nvalue = "${TOKEN}"'])
+@pytest.mark.parametrize("what", ["header", "api_key", "userinfo", "raw"])
+def test_http_json_error_echoing_a_credential_is_masked_in_errors_state_and_logs(engine: Engine, auth: str,
+                                                                                 what: str) -> None:
+    stream = io.StringIO()
+    handler = setup_logging("json", "info", stream)
+    try:
+        with FakeHttp() as srv:
+            srv.route("/usage", _echo(what))
+            url = srv.url("/usage")
+            if what == "userinfo":  # (then the client sends these credentials, not those of [auth])
+                url = url.replace("http://", f"http://svc:{quote(URL_PASSWORD, safe='')}@")
+            src = _hostile_source(url, auth)
+            report = poll_source(engine, src, T0)
+            src.close()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not report.ok and "HTTP 401" in (report.error or "")
+    state = get_source_state(engine, "billing")
+    for text in (report.error or "", state.last_error if state else "", stream.getvalue()):
+        assert_clean(text, TOKEN, PASSWORD, API_KEY, URL_PASSWORD)
+    assert "poll_failed" in stream.getvalue() and "xxxxx" in (report.error or "")
+
+
+def test_log_records_are_masked_in_message_args_extra_and_traceback() -> None:
+    Secret(TOKEN)
+    stream = io.StringIO()
+    handler = setup_logging("json", "info", stream)
+    log = logging.getLogger("tests.redaction")
+    try:
+        log.warning("call with %s", f"Bearer {TOKEN}", extra={"detail": TOKEN[:15], "items": [TOKEN]})
+        try:
+            raise RuntimeError(f"peer said {base64.b64encode(TOKEN.encode()).decode()}")
+        except RuntimeError:
+            log.exception("failed")
+        setup_logging("text", "info", stream)
+        log.error("text format too: %r", {"token": TOKEN})
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if getattr(h, "_usagebot", False):
+                logging.getLogger().removeHandler(h)
+    out = stream.getvalue()
+    assert "RuntimeError" in out and "Bearer ***" in out
+    assert_clean(out, TOKEN)
+    assert handler is not None
+
+
+def test_cli_output_is_masked_and_an_unexpected_error_is_one_masked_line(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import bot.cli as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    url = f"postgresql://usagebot:{quote(URL_PASSWORD, safe='')}@127.0.0.1:1/usage"
+    code = cli.main(["evaluate", "--rules", "rules/examples/default.toml", "--db", url], out=out, err=err)
+    assert code == 1 and "cannot migrate database" in err.getvalue()
+    assert_clean(out.getvalue() + err.getvalue(), URL_PASSWORD)
+
+    Secret(TOKEN)
+
+    def boom(args, out, err):  # type: ignore[no-untyped-def]
+        print(f"calling with {TOKEN}", file=out)
+        raise RuntimeError(f"the peer answered {quote(TOKEN)} and {base64.b64encode(TOKEN.encode()).decode()}")
+
+    monkeypatch.setattr(cli, "cmd_check", boom)
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["check", "rules/examples/default.toml"], out=out, err=err) == 1
+    assert "usagebot check: unexpected RuntimeError: the peer answered ***" in err.getvalue()
+    assert "Traceback" not in err.getvalue() and out.getvalue() == "calling with ***\n"
+
+
+def test_slack_api_errors_are_masked_before_they_are_cut() -> None:
+    from slack_sdk import WebClient
+
+    from integrations.slack.api import SlackApi
+    from integrations.slack.errors import SlackDeliveryError
+
+    Secret(TOKEN)
+    with FakeHttp() as srv:
+        srv.route("/api/chat.postMessage", lambda r: (200, {"ok": False, "error": "invalid_arguments",
+                                                            "response_metadata": {"messages": ["y" * 490 + TOKEN]}}))
+        api = SlackApi(WebClient(token=TOKEN, base_url=srv.url("/api/"), retry_handlers=[]), min_post_interval=0)
+        with pytest.raises(SlackDeliveryError) as exc:
+            api.post_message("C1", "hi")
+    assert "invalid_arguments" in str(exc.value)
+    assert_clean(str(exc.value), TOKEN)
+
+
+def test_salesforce_error_texts_are_masked_before_they_are_cut() -> None:
+    from integrations.salesforce.client import SalesforceRequestError, _errors_text
+
+    Secret(TOKEN)
+    text = _errors_text([{"statusCode": "INVALID_FIELD", "message": "z" * 600 + TOKEN}, "w" * 195 + TOKEN])
+    assert text.startswith("INVALID_FIELD: zzz")
+    assert_clean(text, TOKEN)
+    assert_clean(str(SalesforceRequestError(f"login with {TOKEN[:20]}")), TOKEN)
+
+
+def test_metric_labels_are_masked() -> None:
+    from bot.metrics import Metrics
+
+    Secret(TOKEN)
+    m = Metrics()
+    m.inc("usagebot_errors_total", component=f"poll:{TOKEN}")
+    assert_clean(m.render(), TOKEN)
