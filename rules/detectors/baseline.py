@@ -63,7 +63,8 @@ def baseline_points(values: np.ndarray, step: int, smooth: int, baseline: Baseli
     return values[:, lo:hi], (n - lo) * step
 
 
-def reference_profile(values: np.ndarray, step: int, smooth: int, baseline: Baseline) -> np.ndarray:
+def reference_profile(values: np.ndarray, step: int, smooth: int, baseline: Baseline,
+                      method: str | None = None) -> np.ndarray:
     """The usual level frozen for a new episode, per row: shape (rows, positions).
 
     Built from data before the current smoothed window only, so the anomaly can never become
@@ -72,12 +73,13 @@ def reference_profile(values: np.ndarray, step: int, smooth: int, baseline: Base
     after the current one: the baseline that bucket would have from the same-weekday points
     that lie wholly before the current window (points beyond the block are left out, so the
     block of `required_history` is enough). A position with no observed point takes the
-    current bucket's level.
+    current bucket's level. method: how the points of a position combine (default: the rule's).
     """
+    how = method or baseline.method
     rows, n = values.shape
     if baseline.seasonality != "weekly":
         points, _ = baseline_points(values, step, smooth, baseline)
-        return center(points, baseline.method)[:, None]
+        return center(points, how)[:, None]
     per_week = WEEK // step
     weeks = baseline.window // WEEK
     out = np.empty((rows, per_week))
@@ -85,7 +87,7 @@ def reference_profile(values: np.ndarray, step: int, smooth: int, baseline: Base
         c = n - 1 + d  # column of the bucket d after the current one
         m0 = -(-(d + smooth) // per_week)  # first week whose point ends before the current window
         cols = [smoothed(values, c - m * per_week + 1, smooth) for m in range(m0, m0 + weeks)]
-        out[:, d] = center(np.stack(cols, axis=1), baseline.method)
+        out[:, d] = center(np.stack(cols, axis=1), how)
     missing = np.isnan(out)
     if missing.any():
         out = np.where(missing, out[:, :1], out)

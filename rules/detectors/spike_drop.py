@@ -35,7 +35,9 @@ Finding
     zscore (only when the rule sets one), points (observed count),
     seasonality, method, smooth. `reference` carries the usual level frozen for
     the new episode (baseline.reference_profile: one value per position in the
-    week with weekly seasonality), taken from data before the current window.
+    week with weekly seasonality), taken from data before the current window;
+    for a drop the upper quartile of each position's points (a holiday among
+    them cannot make a still-dropped account look recovered).
 
 Open episodes (given by the caller; rows of accounts with a pending or firing
 episode of this rule)
@@ -161,7 +163,11 @@ def detect_spike_drop(rule: Rule, block: MetricBlock, open_episodes: Sequence[Op
     at = block.end
     window_start = at - span
     new_rows = np.flatnonzero(fire)
-    profiles = reference_profile(values[new_rows], block.step, smooth, rule.baseline) if new_rows.size else []
+    # A drop's frozen level is the upper quartile of its points whatever the rule's method: a holiday or
+    # a dip among them must not make a still-dropped account look recovered (on the labelled books a
+    # 4-point median dragged to 210 by one holiday "resolved" a drop at 294 of a usual 800).
+    how = "upper" if rule.kind == "drop" else None
+    profiles = reference_profile(values[new_rows], block.step, smooth, rule.baseline, how) if new_rows.size else []
     findings = [
         _finding(
             rule,
