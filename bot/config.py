@@ -42,6 +42,10 @@ class ServiceConfig:
     admin_channel: str | None = None  # stale-source and rejected-file notices
     shutdown_timeout: int = 30
     max_body_bytes: int = 2_000_000
+    max_connections: int = 500  # open HTTP connections at once
+    read_timeout: int = 30  # a request must arrive whole within this long of its first byte
+    idle_timeout: int = 60  # an HTTP connection without a request in progress is closed after this long
+    http_threads: int = 8  # worker threads answering HTTP requests
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ def _rule_problem_text(p: Any) -> str:
 def _service(doc: Document) -> ServiceConfig:
     sec = doc.section("service")
     sec.check_keys(("host", "port", "log_format", "log_level", "admin_channel", "shutdown_timeout",
-                    "max_body_bytes"))
+                    "max_body_bytes", "max_connections", "read_timeout", "idle_timeout", "http_threads"))
     d = ServiceConfig()
     channel = sec.str("admin_channel")
     if channel is not None and not channel.startswith(("#", "C", "G")):
@@ -149,6 +153,10 @@ def _service(doc: Document) -> ServiceConfig:
         admin_channel=channel,
         shutdown_timeout=sec.duration("shutdown_timeout", d.shutdown_timeout, min=1) or d.shutdown_timeout,
         max_body_bytes=sec.int("max_body_bytes", d.max_body_bytes, min=1024) or d.max_body_bytes,
+        max_connections=sec.int("max_connections", d.max_connections, min=1, max=100_000) or d.max_connections,
+        read_timeout=sec.duration("read_timeout", d.read_timeout, min=1) or d.read_timeout,
+        idle_timeout=sec.duration("idle_timeout", d.idle_timeout, min=1) or d.idle_timeout,
+        http_threads=sec.int("http_threads", d.http_threads, min=1, max=256) or d.http_threads,
     )
 
 

@@ -33,9 +33,9 @@ from sqlalchemy.engine import Engine
 from bot.config import AppConfig
 from bot.evaluation import Evaluator
 from bot.freshness import Watch, check_freshness
-from bot.http_server import Handler, HttpServer, Request, Response
+from bot.http_server import Handler, HttpLimits, HttpServer, Request, Response, Route
 from bot.leader import Leadership, make_leadership
-from bot.metrics import CONTENT_TYPE, Metrics, Sample
+from bot.metrics import Metrics, Sample
 from bot.pipeline import Notifier, deliver_outbox
 from bot.polling import PollReport, poll_source
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
@@ -83,6 +83,24 @@ def wsgi_route(app: Callable[..., Any]) -> Handler:
     return handle
 
 
+SLACK_MAX_AGE = 300  # seconds; slack-bolt refuses older request timestamps too (replay window)
+
+
+def slack_signature_headers(headers: Mapping[str, str]) -> Response | None:
+    """Slack HTTP mode, before the body is read: the signature headers are there and the timestamp is fresh.
+
+    The signature itself (an HMAC of the body) is verified by slack-bolt once the body is in.
+    """
+    ts, sig = headers.get("x-slack-request-timestamp", ""), headers.get("x-slack-signature", "")
+    if not ts or not sig:
+        return Response.json(401, {"error": "missing X-Slack-Request-Timestamp / X-Slack-Signature headers"})
+    if not ts.isdigit() or abs(time.time() - int(ts)) > SLACK_MAX_AGE:
+        return Response.json(401, {"error": "stale or malformed X-Slack-Request-Timestamp"})
+    if not sig.startswith("v0=") or len(sig) > 200:
+        return Response.json(401, {"error": "malformed X-Slack-Signature"})
+    return None
+
+
 @dataclass
 class Service:
     config: AppConfig
@@ -113,6 +131,7 @@ class Service:
             misfire_grace=cfg.scheduler.misfire_grace, max_workers=cfg.scheduler.max_workers)
         self.metrics.set("usagebot_info", 1, version=VERSION, replica=self.leadership.holder)
         self.metrics.add_collector(self._collect)
+        self._initialise_metrics()
         self.http: HttpServer | None = None
         self.slack_app: Any = None
         self.socket_handler: Any = None
@@ -121,6 +140,31 @@ class Service:
         self._head = head_revision()  # the schema version this code expects
 
     # ------------------------------------------------------------------ building
+
+    def _initialise_metrics(self) -> None:
+        """Create every series whose label values are known now at 0 (they exist from the first scrape)."""
+        m = self.metrics
+        sources = [s.id for s in self.config.sources if s.settings.enabled]
+        jobs = [j.id for j in self.scheduler.jobs]
+        m.initialise("usagebot_source_polls_total", [{"source": s, "result": r} for s in sources for r in ("ok", "error")])
+        for name in ("usagebot_source_rows_total", "usagebot_source_rejected_total", "usagebot_source_poll_seconds"):
+            m.initialise(name, [{"source": s} for s in sources])
+        m.initialise("usagebot_deliveries_total", [{"result": r} for r in ("sent", "failed", "dead", "deferred")])
+        m.initialise("usagebot_job_runs_total", [{"job": j, "result": r} for j in jobs for r in ("ok", "error", "skipped")])
+        m.initialise("usagebot_job_seconds", [{"job": j} for j in jobs])
+        m.initialise("usagebot_errors_total", [{"component": c} for c in
+                                               [*jobs, "leader", "http", "collector", "deliver", "reload"]])
+        m.initialise("usagebot_evaluations_total", [{"reason": r} for r in ("bucket_closed", "late_data")])
+        m.initialise("usagebot_evaluation_seconds", [{"reason": r} for r in ("bucket_closed", "late_data")])
+        self._initialise_rule_metrics()
+        if self.push is not None:
+            m.initialise("usagebot_ingest_events_total", [{"result": r} for r in ("accepted", "duplicate")])
+            m.initialise("usagebot_ingest_requests_total", [{"status": s} for s in (200, 400, 401, 413)])
+
+    def _initialise_rule_metrics(self) -> None:
+        self.metrics.initialise("usagebot_alerts_total", [{"rule": r.id, "event": e} for r in self.ruleset.rules
+                                                          for e in ("fired", "renotified", "resolved")])
+        self.metrics.set("usagebot_rules_loaded", len(self.ruleset.rules))
 
     def _load_rules(self) -> RuleSet:
         from rules.loader import load_rules
@@ -263,6 +307,8 @@ class Service:
             out.append(Sample("usagebot_source_stale", 1 if s.stale_since is not None else 0, {"source": s.source_id}))
         for status, n in outbox_counts(self.engine).items():  # type: ignore[arg-type]
             out.append(Sample("usagebot_outbox_rows", n, {"status": status}))
+        if self.http is not None:
+            out.append(Sample("usagebot_http_connections", self.http.open_connections, {}))
         return out
 
     def healthz(self, req: Request) -> Response:
@@ -290,7 +336,18 @@ class Service:
                                                   "replica": self.leadership.holder})  # type: ignore[union-attr]
 
     def metrics_endpoint(self, req: Request) -> Response:
-        return Response.text(200, self.metrics.render(), CONTENT_TYPE)
+        body, content_type = self.metrics.render(req.headers.get("accept"))
+        return Response(200, body, {"Content-Type": content_type})
+
+    def ingest_authorize(self, headers: Mapping[str, str]) -> Response | None:
+        """Checked on the headers, before the body is read: the shared secret."""
+        assert self.push is not None
+        if self.push.authorized(headers):
+            return None
+        self.metrics.inc("usagebot_ingest_requests_total", status=401)
+        return Response(401, Response.json(401, {"error": "missing or wrong shared secret: send "
+                                                          "'Authorization: Bearer <secret>'"}).body,
+                        {"Content-Type": "application/json", "WWW-Authenticate": 'Bearer realm="usagebot ingest"'})
 
     def ingest_endpoint(self, req: Request) -> Response:
         assert self.push is not None
@@ -304,18 +361,20 @@ class Service:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="usagebot ingest"'
         return resp
 
-    def routes(self) -> dict[tuple[str, str], Handler]:
-        r: dict[tuple[str, str], Handler] = {
-            ("GET", "/healthz"): self.healthz, ("GET", "/readyz"): self.readyz,
-            ("GET", "/metrics"): self.metrics_endpoint,
-        }
+    def routes(self) -> list[Route]:
+        """The HTTP routes, each with its body limit and the check made before its body is read."""
+        r = [Route("GET", "/healthz", self.healthz, "healthz"), Route("GET", "/readyz", self.readyz, "readyz"),
+             Route("GET", "/metrics", self.metrics_endpoint, "metrics")]
         if self.push is not None:
-            r[("POST", self.push.config.path)] = self.ingest_endpoint
+            r.append(Route("POST", self.push.config.path, self.ingest_endpoint, "ingest",
+                           max_body=min(self.push.config.max_body_bytes, self.config.service.max_body_bytes),
+                           authorize=self.ingest_authorize))
         slack = self.config.slack
         if slack is not None and getattr(slack, "interactive_mode", None) == "http":
             from bot.slack_app import http_handler
 
-            r[("POST", slack.http_path)] = wsgi_route(http_handler(self._slack_app(), slack))
+            r.append(Route("POST", slack.http_path, wsgi_route(http_handler(self._slack_app(), slack)), "slack",
+                           max_body=self.config.service.max_body_bytes, authorize=slack_signature_headers))
         return r
 
     def _slack_app(self) -> Any:
@@ -345,7 +404,9 @@ class Service:
         self.prepare()
         if http:
             svc = self.config.service
-            self.http = HttpServer(svc.host, svc.port, self.routes(), max_body=svc.max_body_bytes,
+            limits = HttpLimits(max_connections=svc.max_connections, read_timeout=svc.read_timeout,
+                                idle_timeout=svc.idle_timeout, threads=svc.http_threads)
+            self.http = HttpServer(svc.host, svc.port, self.routes(), limits, metrics=self.metrics,
                                    on_error=lambda: self.metrics.inc("usagebot_errors_total", component="http"))
             self.http.start()
             log.info("listening on %s:%d", svc.host, self.http.port, extra={"event": "listening", "port": self.http.port})
