@@ -14,7 +14,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.cli_support import DB_ENV, DEFAULT_DATA_DIR, database_url
+from bot import __version__
+from bot.cli_support import (
+    DB_ENV,
+    DEFAULT_DATA_DIR,
+    add_command,
+    add_config_option,
+    add_db_option,
+    config_path,
+    database_url,
+)
 from rules.model import RuleSet
 
 INGEST_CHUNK_ROWS = 200_000  # CSV rows parsed per chunk by `usagebot ingest` (memory ~ one chunk)
@@ -54,7 +63,18 @@ def _report_bad_rows(exc: Exception, consequence: str, err: TextIO) -> int:
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    return database_url(args.db)
+    """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
+    from bot.config import storage_url
+    from bot.configbase import load_document
+
+    configured = None
+    if args.db is None and not os.environ.get(DB_ENV):
+        path = config_path(getattr(args, "config", None))
+        if path is not None:
+            doc = load_document(path)
+            configured = storage_url(doc)
+            doc.raise_if_problems()
+    return database_url(args.db, configured)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -226,54 +246,91 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # ------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="usagebot", description="Usage alerts for B2B SaaS teams.")
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+Usage alerts for B2B SaaS teams: rules over metered usage, Slack alerts, Salesforce usage health.
 
-    c = sub.add_parser("check", help="validate rule files; every problem with file, line, rule and field")
+Start here:
+  usagebot demo                                  the whole pipeline on a synthetic book (no setup)
+  usagebot init my-usagebot --demo               a config, rules and data folder to run the service on
+  usagebot serve --config my-usagebot/config.toml
+
+Settings come from a flag, else the environment (USAGEBOT_DB_URL, USAGEBOT_CONFIG, ...), else the
+config file, else the default (docs/operations.md, "Settings"). `usagebot COMMAND --help` shows a
+command's options and examples."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="usagebot", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"usagebot {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    c = add_command(sub, "check", "validate rule files; every problem with file, line, rule and field",
+                    ["usagebot check rules/", "usagebot check rules/default.toml rules/team.toml"])
     c.add_argument("paths", nargs="+", metavar="RULES", help="rule files or directories of *.toml")
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser("backtest", help="replay rules over a usage CSV, bucket by bucket, without look-ahead")
-    b.add_argument("--rules", action="append", required=True, help="rule file or directory (repeatable)")
-    b.add_argument("--usage", required=True, help="usage CSV: timestamp,account,metric,value")
-    b.add_argument("--accounts", help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
-    b.add_argument("--from", dest="start", help="first evaluation after this time (ISO-8601; UTC if no offset)")
-    b.add_argument("--to", dest="end", help="last evaluation at or before this time")
-    b.add_argument("--format", choices=["table", "json"], default="table")
+    b = add_command(sub, "backtest", "replay rules over a usage CSV, bucket by bucket, without look-ahead",
+                    ["usagebot backtest --rules rules/ --usage usage.csv --accounts accounts.csv",
+                     "usagebot backtest --rules rules/ --usage usage.csv --from 2026-10-01 --format json"])
+    b.add_argument("--rules", action="append", required=True, metavar="PATH",
+                   help="rule file or directory (repeatable)")
+    b.add_argument("--usage", required=True, metavar="CSV", help="usage CSV: timestamp,account,metric,value")
+    b.add_argument("--accounts", metavar="CSV",
+                   help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
+    b.add_argument("--from", dest="start", metavar="TIME",
+                   help="first evaluation after this time (ISO-8601; UTC if no offset)")
+    b.add_argument("--to", dest="end", metavar="TIME", help="last evaluation at or before this time")
+    b.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default: events, then a per-rule summary) or json (one object per line)")
     b.add_argument("--on-error", choices=["reject", "skip"], default="reject",
                    help="bad CSV rows: reject the run (default) or skip them")
-    b.add_argument("--rejects", help="with --on-error skip: write skipped rows here (with an _error column)")
+    b.add_argument("--rejects", metavar="CSV",
+                   help="with --on-error skip: write skipped rows here (with an _error column)")
     b.set_defaults(func=cmd_backtest)
 
-    d = sub.add_parser("demo", help="run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)")
-    d.add_argument("--rules", action="append", help="rule files (default: the shipped example rules)")
-    d.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    d.add_argument("--accounts", type=int, default=60)
-    d.add_argument("--days", type=int, default=120)
-    d.add_argument("--replay-days", type=int, default=30)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--end", help="last day of the book (default: today, UTC)")
+    d = add_command(sub, "demo", "run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)",
+                    ["usagebot demo", "usagebot demo --accounts 200 --days 180 --seed 3"])
+    d.add_argument("--rules", action="append", metavar="PATH",
+                   help="rule files (default: the shipped example rules)")
+    d.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
+                   help=f"where the demo database and CSV files go (default ./{DEFAULT_DATA_DIR})")
+    d.add_argument("--accounts", type=int, default=60, metavar="N", help="synthetic accounts (default 60)")
+    d.add_argument("--days", type=int, default=120, metavar="N", help="days of usage history (default 120)")
+    d.add_argument("--replay-days", type=int, default=30, metavar="N",
+                   help="last days replayed as the scheduler would (default 30)")
+    d.add_argument("--seed", type=int, default=7, metavar="N", help="random seed of the book (default 7)")
+    d.add_argument("--end", metavar="DATE", help="last day of the book (default: today, UTC)")
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("ingest", help="load usage and/or accounts CSV files into the database")
-    i.add_argument("--usage")
-    i.add_argument("--accounts")
-    i.add_argument("--db", help=f"database URL (default ${DB_ENV} or sqlite in ./{DEFAULT_DATA_DIR})")
-    i.add_argument("--on-error", choices=["reject", "skip"], default="reject")
-    i.add_argument("--rejects")
+    i = add_command(sub, "ingest", "load usage and/or accounts CSV files into the database",
+                    ["usagebot ingest --usage history.csv --accounts accounts.csv",
+                     "usagebot ingest --usage u.csv --db postgresql://usagebot@db/usagebot --on-error skip "
+                     "--rejects bad.csv"])
+    i.add_argument("--usage", metavar="CSV", help="usage CSV: timestamp,account,metric,value")
+    i.add_argument("--accounts", metavar="CSV", help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
+    add_db_option(i)
+    add_config_option(i, " whose [storage] url is used")
+    i.add_argument("--on-error", choices=["reject", "skip"], default="reject",
+                   help="bad CSV rows: reject the file (default, nothing stored) or skip them")
+    i.add_argument("--rejects", metavar="CSV", help="with --on-error skip: write skipped rows here")
+    i.add_argument("--verbose", action="store_true", help="list every skipped row (default: the first 20)")
     i.set_defaults(func=cmd_ingest)
 
-    e = sub.add_parser("evaluate", help="run one evaluation cycle on the database and print notifications")
-    e.add_argument("--rules", action="append", required=True)
-    e.add_argument("--db")
-    e.add_argument("--at", help="evaluation time (default: now)")
+    e = add_command(sub, "evaluate", "run one evaluation cycle on the database and print notifications",
+                    ["usagebot evaluate --rules rules/", "usagebot evaluate --rules rules/ --at 2026-11-24T00:00Z"])
+    e.add_argument("--rules", action="append", required=True, metavar="PATH",
+                   help="rule file or directory (repeatable)")
+    add_db_option(e)
+    add_config_option(e, " whose [storage] url is used")
+    e.add_argument("--at", metavar="TIME", help="evaluation time (ISO-8601; default: now)")
     e.set_defaults(func=cmd_evaluate)
 
     # Subcommands that live with their integrations.
-    from bot import crm_commands, service_commands, slack_commands
+    from bot import crm_commands, db_commands, init_command, service_commands, slack_commands
 
-    for module in (slack_commands, crm_commands, service_commands):
+    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands):
         module.register(sub)
     return p
 
@@ -281,13 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `usagebot`: the help, not a usage error
+        parser.print_help(out)
+        return 0
     from sqlalchemy.exc import DBAPIError
 
+    from bot.configbase import ConfigError
     from storage.db import StorageError, redact_url
 
     try:
         return int(args.func(args, out, err))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(str(problem), file=err)
+        print(f"{len(exc.problems)} problem(s) in the config; nothing was done.", file=err)
+        return 1
     except StorageError as exc:
         print(f"usagebot {args.command}: {exc}", file=err)
         return 1

@@ -92,7 +92,8 @@ def _relative(doc: Document, path: str) -> str:
     return str(p if p.is_absolute() else Path(doc.file).resolve().parent / p)
 
 
-def _storage(doc: Document) -> str:
+def storage_url(doc: Document) -> str:
+    """[storage] url (default: SQLite usagebot-data/usagebot.db); relative SQLite paths are relative to the file."""
     sec = doc.section("storage")
     sec.check_keys(("url",))
     url = sec.str("url", "sqlite:///usagebot-data/usagebot.db") or "sqlite:///usagebot-data/usagebot.db"
@@ -237,15 +238,15 @@ def _integrations(doc: Document) -> tuple[Any, Any, Any]:
 def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     """Parse every section; problems accumulate on `doc` (call doc.raise_if_problems())."""
     doc.check_top_level(SECTIONS)
-    storage_url = _storage(doc)
+    storage = storage_url(doc)
     rule_paths, ruleset = _rules(doc, validate_rules)
     service = _service(doc)
-    postgresql = storage_url.startswith(("postgresql", "postgres"))
+    postgresql = storage.startswith(("postgresql", "postgres"))
     scheduler = _scheduler(doc, postgresql)
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
-    return AppConfig(file=doc.file, storage_url=storage_url, rule_paths=rule_paths, service=service,
+    return AppConfig(file=doc.file, storage_url=storage, rule_paths=rule_paths, service=service,
                      scheduler=scheduler, ingest=ingest, sources=sources, slack=slack, salesforce=salesforce,
                      health=health, ruleset=ruleset)
 

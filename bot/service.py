@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from bot import __version__
 from bot.config import AppConfig
 from bot.evaluation import Evaluator
 from bot.freshness import Watch, check_freshness
@@ -47,7 +48,7 @@ from storage.outbox import counts as outbox_counts
 from storage.sources import list_source_states, prune_events, register_source
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 def wsgi_route(app: Callable[..., Any]) -> Handler:
@@ -233,7 +234,26 @@ class Service:
                  report.rows, report.points_written,
                  extra={"event": "poll", "source": source.id, "ok": report.ok, "rows": report.rows,
                         "changed_series": len(report.changed), "seconds": round(report.seconds, 3)})
+        if report.settling:
+            self._poll_again(source.id, report.settling)
         return report
+
+    def _poll_again(self, source_id: str, settling: list[tuple[str, int]]) -> None:
+        """Files younger than the source's min_age were left for later: say so, and poll again when they are old enough."""
+        from datetime import UTC, datetime
+
+        ready = max(at for _, at in settling)
+        names = ", ".join(name for name, _ in settling[:5]) + (f" and {len(settling) - 5} more" if len(settling) > 5 else "")
+        job = self.scheduler.scheduler.get_job(f"poll:{source_id}") if self.scheduler.scheduler.running else None
+        when = datetime.fromtimestamp(ready, UTC)
+        if job is not None and (job.next_run_time is None or job.next_run_time > when):
+            job.modify(next_run_time=when)
+            later = f"polling again at {when:%H:%M:%S} UTC"
+        else:
+            later = "they are read by the next poll"
+        log.info("%s: %d file(s) modified less than min_age ago, left until they are complete (%s): %s", source_id,
+                 len(settling), later, names, extra={"event": "poll_settling", "source": source_id,
+                                                     "files": [n for n, _ in settling]})
 
     def freshness_job(self, now: int) -> Any:
         return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel)  # type: ignore[arg-type]

@@ -16,14 +16,20 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
-from bot.cli_support import DB_ENV, database_url, load_or_report
+from bot.cli_support import (
+    add_command,
+    add_config_option,
+    add_db_option,
+    add_group,
+    config_path,
+    database_url,
+    load_or_report,
+)
+from bot.config import storage_url
 from bot.configbase import load_document
 from integrations.slack.config import SlackConfig, parse_slack_config
-
-DEFAULT_CONFIG = "config.toml"
 
 
 @dataclass(frozen=True)
@@ -34,16 +40,14 @@ class SlackSettings:
 
 def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) -> SlackSettings:
     """[slack] and [storage].url of a config file (defaults without one). Raises ConfigError."""
+    path = config_path(path, env)
     if path is None:
-        if not Path(DEFAULT_CONFIG).exists():
-            return SlackSettings(SlackConfig(), None)
-        path = DEFAULT_CONFIG
+        return SlackSettings(SlackConfig(), None)
     doc = load_document(path, env)
     cfg = parse_slack_config(doc.section("slack"))
-    storage = doc.section("storage")
-    url = storage.str("url") if storage.has("url") else None
+    url = storage_url(doc)
     doc.raise_if_problems()
-    return SlackSettings(cfg, url or None)
+    return SlackSettings(cfg, url)
 
 
 def _settings(args: argparse.Namespace, err: TextIO) -> SlackSettings | None:
@@ -204,7 +208,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from storage.db import make_engine, migrate
+    from storage.db import open_existing
     from storage.slack import feedback_by_rule
 
     settings = _settings(args, err)
@@ -213,9 +217,8 @@ def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     since = _time(args.since, "--since", err) if args.since else None
     if args.since and since is None:
         return 2
-    engine = make_engine(_db_url(args, settings))
+    engine = open_existing(_db_url(args, settings))  # read-only: never creates or migrates a database
     try:
-        migrate(engine)
         counts = feedback_by_rule(engine, since=since)
     finally:
         engine.dispose()
@@ -231,29 +234,34 @@ def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `usagebot slack ...` to the top-level parser."""
-    p = sub.add_parser("slack", help="Slack app manifest, checks, outbox delivery, feedback")
-    ss = p.add_subparsers(dest="slack_command", required=True)
+    ss = add_group(sub, "slack", "Slack app manifest, checks, outbox delivery, feedback")
 
     def common(q: argparse.ArgumentParser, db: bool = False) -> None:
-        q.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} when it exists)")
+        add_config_option(q, " with [slack]")
         if db:
-            q.add_argument("--db", help=f"database URL (default: ${DB_ENV}, else [storage].url)")
+            add_db_option(q)
 
-    m = ss.add_parser("manifest", help="print the Slack app manifest (scopes, /usage, interactivity)")
+    m = add_command(ss, "manifest", "print the Slack app manifest (scopes, /usage, interactivity)",
+                    ["usagebot slack manifest --config config.toml > manifest.yaml",
+                     "usagebot slack manifest --format json"])
     common(m)
-    m.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    m.add_argument("--format", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
     m.set_defaults(func=cmd_manifest)
 
-    c = ss.add_parser("check", help="check the [slack] config, the templates, the token and the channels")
+    c = add_command(ss, "check", "check the [slack] config, the templates, the token and every channel alerts "
+                                 "are routed to", ["usagebot slack check --config config.toml"])
     common(c)
     c.set_defaults(func=cmd_check)
 
-    d = ss.add_parser("deliver", help="deliver due alerts from the outbox (and due digests) once")
+    d = add_command(ss, "deliver", "deliver due alerts from the outbox (and due digests) once",
+                    ["usagebot slack deliver --config config.toml",
+                     "usagebot slack deliver --config config.toml --at 2026-11-24T09:00Z"])
     common(d, db=True)
-    d.add_argument("--at", help="the time to deliver at (ISO-8601; default now)")
+    d.add_argument("--at", metavar="TIME", help="the time to deliver at (ISO-8601; default now)")
     d.set_defaults(func=cmd_deliver)
 
-    f = ss.add_parser("feedback", help="'Not useful' clicks per rule")
+    f = add_command(ss, "feedback", "'Not useful' clicks per rule (reads the database, never creates one)",
+                    ["usagebot slack feedback --config config.toml", "usagebot slack feedback --since 2026-11-01"])
     common(f, db=True)
-    f.add_argument("--since", help="only feedback from this time on (ISO-8601)")
+    f.add_argument("--since", metavar="TIME", help="only feedback from this time on (ISO-8601)")
     f.set_defaults(func=cmd_feedback)
