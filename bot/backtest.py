@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
+from bot.progress import activity, progress
 from integrations.console import format_number
 from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
 from rules.engine import history_needed
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
-from rules.replay import replay
+from rules.replay import evaluation_times, replay
 from storage.accounts import upsert_accounts
 from storage.db import make_engine, migrate
 from storage.usage import load_block, load_usage, usage_range
@@ -67,9 +68,12 @@ def run_backtest(
     on_error: str = "reject",
     rejects_path: str | Path | None = None,
     include_suppressed: bool = True,
+    show_progress: bool = False,
 ) -> BacktestResult:
-    usage = read_usage_csv(usage_csv, on_error=on_error)
-    accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
+    """Replay `ruleset` over the CSV history; `show_progress`: bars on stderr (when it is a terminal)."""
+    with activity(f"reading {Path(usage_csv).name}", enabled=show_progress):
+        usage = read_usage_csv(usage_csv, on_error=on_error)
+        accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
     errors = list(usage.errors) + (list(accts.errors) if accts else [])
     if errors and rejects_path:
         write_rejects(rejects_path, errors)
@@ -106,22 +110,35 @@ def run_backtest(
         finally:
             engine.dispose()
 
+    bar = progress("replaying", total=len(evaluation_times(rules, start, end)), unit=" buckets",
+                   enabled=show_progress)
+    with bar as steps:
+        result.events, last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed,
+                                                    steps)
+    for s in last_states.values():
+        if s.status == "firing":
+            result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
+    result.start, result.end = start, end
+    return result
+
+
+def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock], accounts: dict[str, AccountFacts],
+                   start: int, end: int, include_suppressed: bool, bar: Any) -> tuple[list[dict[str, Any]], dict]:
+    """The published alert events of replaying [start, end), and the states at the end."""
     by_id = ruleset.by_id()
+    events: list[dict[str, Any]] = []
     last_states: dict = {}
-    for step in replay(rules, blocks, accounts, start, end):
+    for step in replay(list(ruleset.rules), blocks, accounts, start, end):
         last_states = step.states
+        bar.update(1)
         for t in step.transitions:
             if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):
                 continue
             rule = by_id[t.state.rule_id]
             rec = alert_record(t, rule, accounts.get(t.state.account_id),
                                recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at))
-            result.events.append(rec)
-    for s in last_states.values():
-        if s.status == "firing":
-            result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
-    result.start, result.end = start, end
-    return result
+            events.append(rec)
+    return events, last_states
 
 
 JSON_DROP = ("recent", "routing", "template", "description")

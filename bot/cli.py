@@ -62,6 +62,23 @@ def _report_bad_rows(exc: Exception, consequence: str, err: TextIO) -> int:
     return 1
 
 
+def _ingest_bar(path: str, err: TextIO) -> Any:
+    """The progress bar of `ingest` (rows of the usage file; off when stderr is not a terminal)."""
+    from bot.progress import count_rows, on_terminal, progress
+
+    return progress(f"loading {Path(path).name}", total=count_rows(path) if on_terminal(err) else None,
+                    unit=" rows", stream=err)
+
+
+def _report_skipped(errors: Sequence[Any], verbose: bool, err: TextIO, shown: int = 20) -> None:
+    """Skipped rows: the first `shown` of them (every one with --verbose), then how many more."""
+    for e in errors if verbose else errors[:shown]:
+        print(f"skipped: {e}", file=err)
+    if not verbose and len(errors) > shown:
+        print(f"... and {len(errors) - shown:,} more skipped row(s) (--verbose lists them; --rejects FILE keeps "
+              "them)", file=err)
+
+
 def _db_url(args: argparse.Namespace) -> str:
     """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
     from bot.config import storage_url
@@ -118,7 +135,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
-                              rejects_path=args.rejects)
+                              rejects_path=args.rejects, show_progress=True)
     except CsvInputError as exc:
         return _report_bad_rows(exc, "nothing was replayed", err)
     except BacktestError as exc:
@@ -173,6 +190,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 2
     if _missing_paths(files, "ingest", err):
         return 2
+    started = time.monotonic()
     url = _db_url(args)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -188,26 +206,27 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 print(f"{args.accounts}: {n} account(s) stored", file=out)
             if args.usage:
                 read = 0
+                with _ingest_bar(args.usage, err) as bar:
 
-                def usage_chunks() -> Iterator[list[Any]]:
-                    # Streamed: memory stays at one chunk; a rejected file rolls the load back.
-                    nonlocal read
-                    for chunk in iter_usage_csv_chunks(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
-                                                       on_error=args.on_error):
-                        read += len(chunk.records)
-                        errors.extend(chunk.errors)
-                        yield chunk.records
+                    def usage_chunks() -> Iterator[list[Any]]:
+                        # Streamed: memory stays at one chunk; a rejected file rolls the load back.
+                        nonlocal read
+                        for chunk in iter_usage_csv_chunks(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
+                                                           on_error=args.on_error):
+                            read += len(chunk.records)
+                            errors.extend(chunk.errors)
+                            bar.update(len(chunk.records) + len(chunk.errors))
+                            yield chunk.records
 
-                n = load_usage(engine, usage_chunks())
+                    n = load_usage(engine, usage_chunks())
                 print(f"{args.usage}: {read:,} row(s) read, {n:,} bucket(s) written", file=out)
         except CsvInputError as exc:
             return _report_bad_rows(exc, "that file was not stored", err)
-        for e in errors:
-            print(f"skipped: {e}", file=err)
+        _report_skipped(errors, args.verbose, err)
         if errors and args.rejects:
             write_rejects(args.rejects, errors)
             print(f"{len(errors)} bad row(s) written to {args.rejects}", file=err)
-        print(f"database: {redact_url(url)}", file=out)
+        print(f"database: {redact_url(url)}; done in {time.monotonic() - started:.1f} s", file=out)
         return 0
     finally:
         engine.dispose()
@@ -216,6 +235,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.backtest import BacktestError, parse_time
     from bot.pipeline import deliver_outbox, run_cycle
+    from bot.progress import activity
     from integrations.console import ConsoleNotifier
     from storage.db import make_engine, migrate
 
@@ -232,7 +252,8 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = make_engine(_db_url(args))
     try:
         migrate(engine)
-        report = run_cycle(engine, ruleset, now, only_due=False)
+        with activity(f"evaluating {len(ruleset.rules)} rule(s)", err):
+            report = run_cycle(engine, ruleset, now, only_due=False)
         delivery = deliver_outbox(engine, ConsoleNotifier(out=out), now)
         print(f"evaluated {len(report.rules_evaluated)} rule(s): {report.findings} condition(s) holding, "
               f"{sum(1 for t in report.transitions if t.event == 'fired')} fired, "

@@ -83,6 +83,7 @@ def _db(args: argparse.Namespace, settings: CrmSettings) -> str:
 def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.cli import _load_rules_or_report, _missing_paths, _shipped_rules
     from bot.crm import run_crm_sync
+    from bot.progress import activity
     from storage.db import make_engine, migrate, open_existing
 
     if args.config and _missing_paths([args.config], "--config", err):
@@ -110,8 +111,9 @@ def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         if not args.dry_run:
             migrate(engine)
-        report = run_crm_sync(engine, ruleset, sf, settings.health, now, dry_run=args.dry_run, out=out,
-                              reconcile=args.reconcile)
+        with activity("CRM dry run" if args.dry_run else "CRM sync", err):
+            report = run_crm_sync(engine, ruleset, sf, settings.health, now, dry_run=args.dry_run, out=out,
+                                  reconcile=args.reconcile, verbose=args.verbose)
     finally:
         engine.dispose()
     if report.stopped:
