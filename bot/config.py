@@ -65,6 +65,7 @@ class SchedulerConfig:
     crm_sync_cron: str | None = None
     digest_every: int = 60
     prune_every: int = 3600
+    reload_every: int = 10  # how often rule files and templates are checked for changes (also on SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _scheduler(doc: Document, postgresql: bool) -> SchedulerConfig:
         deliver_every=dur("deliver_every", d.deliver_every), freshness_every=dur("freshness_every", d.freshness_every),
         crm_sync_every=None if cron_expr else dur("crm_sync_every", d.crm_sync_every or 3600, 60),
         crm_sync_cron=cron_expr, digest_every=dur("digest_every", d.digest_every),
-        prune_every=dur("prune_every", d.prune_every, 60),
+        prune_every=dur("prune_every", d.prune_every, 60), reload_every=dur("reload_every", d.reload_every),
     )
 
 

@@ -39,6 +39,7 @@ from bot.leader import Leadership, make_leadership
 from bot.metrics import Metrics, Sample
 from bot.pipeline import Notifier, deliver_outbox
 from bot.polling import PollReport, poll_source
+from bot.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice, template_check
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
@@ -137,6 +138,8 @@ class Service:
         self.slack_app: Any = None
         self.socket_handler: Any = None
         self._stopping = threading.Event()
+        self._reload_lock = threading.Lock()
+        self.reloader = self._make_reloader()
         self._scheduling = False  # the scheduler was started (health checks it from then on)
         self._head = head_revision()  # the schema version this code expects
 
@@ -171,6 +174,84 @@ class Service:
         from rules.loader import load_rules
 
         return load_rules(list(self.config.rule_paths))
+
+    def _make_reloader(self) -> RuleReloader | None:
+        """Watches the rule files and templates (not when the rules were handed in, e.g. by tests)."""
+        if self.config.ruleset is None and not self.config.rule_paths:
+            return None
+        slack = self.config.slack
+        template_dir = getattr(slack, "template_dir", None) if slack is not None else None
+        check = (lambda: template_check(slack)) if template_dir else None  # rendered fresh from disk
+        for env in self._template_envs():
+            freeze(env)  # running templates change only through a checked reload
+        return RuleReloader(list(self.config.rule_paths), template_dir, check)
+
+    def _template_envs(self) -> list[Any]:
+        renderer = getattr(self.notifier, "renderer", None)
+        envs = [renderer.env] if renderer is not None else []
+        if hasattr(self.notifier, "env"):  # the console notifier
+            envs.append(self.notifier.env)  # type: ignore[union-attr]
+        return envs
+
+    def reload(self, force: bool = False) -> ReloadOutcome | None:
+        """Take changed rule files / templates if they are valid; else keep the running ones and say why."""
+        if self.reloader is None:
+            return None
+        with self._reload_lock:
+            outcome = self.reloader.check(force=force)
+            if not outcome.changed:
+                return outcome
+            if not outcome.ok:
+                self._refuse_reload(outcome)
+                return outcome
+            assert outcome.ruleset is not None
+            before = len(self.ruleset.rules)
+            self.ruleset = outcome.ruleset
+            self.evaluator.ruleset = outcome.ruleset
+            self._swap_templates()
+            self._initialise_rule_metrics()
+            self.metrics.inc("usagebot_rules_reloads_total", result="ok")
+            log.info("reloaded the rules and templates: %d rule(s) in force (was %d)", len(self.ruleset.rules),
+                     before, extra={"event": "rules_reloaded", "rules": [r.id for r in self.ruleset.rules]})
+            return outcome
+
+    def _refuse_reload(self, outcome: ReloadOutcome) -> None:
+        for p in outcome.problems:
+            log.warning("rule reload: %s", p, extra={"event": "rules_invalid"})
+        log.error("a change to the rule files or templates was not loaded (%d problem(s)); the running %d rule(s) "
+                  "and templates stay in force", len(outcome.problems), len(self.ruleset.rules),
+                  extra={"event": "reload_refused", "problems": len(outcome.problems)})
+        self.metrics.inc("usagebot_rules_reloads_total", result="invalid")
+        self.metrics.inc("usagebot_errors_total", component="reload")
+        from storage.outbox import enqueue
+
+        now = self.clock()
+        try:
+            enqueue(self.engine, [invalid_notice(outcome.problems, outcome.fingerprint, now,  # type: ignore[arg-type]
+                                                 self.config.service.admin_channel, len(self.ruleset.rules))], now)
+        except Exception:  # the database is down: the log lines above still say it
+            log.exception("cannot queue the admin notice about the refused reload")
+
+    def _swap_templates(self) -> None:
+        """New template environments, loaded whole, for the notifiers in use (the old ones keep rendering
+        until this point, so a message is never rendered half old, half new)."""
+        template_dir = getattr(self.config.slack, "template_dir", None) if self.config.slack is not None else None
+        renderer = getattr(self.notifier, "renderer", None)
+        if renderer is not None:
+            from integrations.slack.render import make_environment as slack_environment
+
+            renderer.env = freeze(slack_environment(template_dir))
+        if hasattr(self.notifier, "env"):
+            from integrations.console import make_environment as console_environment
+
+            self.notifier.env = freeze(console_environment(template_dir))  # type: ignore[union-attr]
+
+    def _reload_tick(self) -> None:
+        try:
+            self.reload()
+        except Exception:  # never let the watcher die
+            log.exception("checking the rule files for changes failed")
+            self.metrics.inc("usagebot_errors_total", component="reload")
 
     def _make_notifier(self) -> Notifier:
         if self.config.slack is not None:
@@ -436,6 +517,9 @@ class Service:
 
             self.socket_handler = run_socket_mode(self._slack_app(), slack, block=False)
         if scheduler:
+            if self.reloader is not None:  # every replica: a follower that becomes leader has the new rules
+                self.scheduler.scheduler.add_job(self._reload_tick, every(self.config.scheduler.reload_every),
+                                                 id="reload", name="rule reload")
             self.scheduler.start()
             self._scheduling = True
         log.info("usagebot %s started: %d source(s), %d rule(s), database %s", VERSION, len(self.sources or {}),
@@ -473,14 +557,19 @@ class Service:
         return self.scheduler.run_all_once()
 
     def serve_forever(self, install_signals: bool = True) -> None:
-        """start(), then block until SIGTERM / SIGINT (or stop()), then stop()."""
-        done = threading.Event()
+        """start(), then block until SIGTERM / SIGINT (or stop()), then stop(); SIGHUP reloads the rules."""
+        done, hup = threading.Event(), threading.Event()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: done.set())
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, lambda *_: hup.set())  # reload the rules and templates now
         self.start()
         try:
             while not done.wait(0.5) and not self._stopping.is_set():
-                pass
+                if hup.is_set():
+                    hup.clear()
+                    log.info("SIGHUP: checking the rule files and templates", extra={"event": "sighup"})
+                    self._reload_tick()
         finally:
             self.stop()
