@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from bot.cli_support import (
@@ -36,6 +37,8 @@ from integrations.slack.config import SlackConfig, parse_slack_config
 class SlackSettings:
     slack: SlackConfig
     db_url: str | None
+    rule_paths: tuple[str, ...] = ()  # [rules] paths (relative to the config file), for the routed channels
+    admin_channel: str | None = None  # [service] admin_channel
 
 
 def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) -> SlackSettings:
@@ -46,8 +49,33 @@ def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) 
     doc = load_document(path, env)
     cfg = parse_slack_config(doc.section("slack"))
     url = storage_url(doc)
+    rules, service = doc.section("rules"), doc.section("service")
+    base = Path(doc.file).resolve().parent
+    paths = tuple(str(base / p) for p in rules.str_list("paths")) if rules.has("paths") else ()
+    admin = service.str("admin_channel") if service.has("admin_channel") else None
     doc.raise_if_problems()
-    return SlackSettings(cfg, url)
+    return SlackSettings(cfg, url, paths, admin)
+
+
+def routed_channels(settings: SlackSettings) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every channel alerts can go to, with who sends there: ([(channel, why)], problems loading the rules)."""
+    cfg = settings.slack
+    found: dict[str, str] = {}
+    for c, why in [(cfg.default_channel, "[slack] default_channel"),
+                   *((c, f"[slack.channels] {sev}") for sev, c in cfg.severity_channels.items()),
+                   (settings.admin_channel, "[service] admin_channel")]:
+        if c:
+            found.setdefault(c, why)
+    problems: list[str] = []
+    if settings.rule_paths:
+        from rules.loader import check_rules
+
+        ruleset, rule_problems = check_rules(list(settings.rule_paths))
+        problems = [f"rules: {p}" for p in rule_problems]
+        for r in ruleset.rules if ruleset is not None else []:
+            for c in r.routing.channels:
+                found.setdefault(c, f"rule {r.id!r}")
+    return list(found.items()), problems
 
 
 def _settings(args: argparse.Namespace, err: TextIO) -> SlackSettings | None:
@@ -159,13 +187,16 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     engine = make_engine("sqlite://")  # channel lookups need no stored state
     directory = SlackDirectory(api, engine, cfg)
-    channels = [c for c in [cfg.default_channel, *cfg.severity_channels.values()] if c]
-    for c in dict.fromkeys(channels):
+    channels, rule_problems = routed_channels(settings)
+    for p in rule_problems:
+        print(p, file=out)
+    problems += rule_problems
+    for c, why in channels:  # every channel an alert or notice can be routed to must exist
         try:
             print(f"channel {c}: {directory.channel_id(c)}", file=out)
         except SlackDeliveryError as exc:
             problems.append(str(exc))
-            print(f"channel {c}: {exc}", file=out)
+            print(f"channel {c} ({why}): {exc}", file=out)
     mode = cfg.interactive_mode
     print(f"buttons and {cfg.command}: " + (f"{mode} mode" if mode else
                                            "off (set app_token for Socket Mode or signing_secret for HTTP)"),
