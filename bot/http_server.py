@@ -27,14 +27,16 @@ connections at scrape time.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
@@ -102,6 +104,39 @@ class HttpLimits:
 
 def status_line(status: int) -> str:
     return f"{status} {_STATUS_TEXT.get(status, 'Status')}"
+
+
+def wsgi_route(app: Callable[..., Any]) -> Handler:
+    """Mount a WSGI application (e.g. slack-bolt's SlackRequestHandler) as a route."""
+
+    def handle(req: Request) -> Response:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": req.method, "PATH_INFO": req.path,
+            "QUERY_STRING": urlencode(req.query, doseq=True), "SERVER_NAME": "usagebot", "SERVER_PORT": "0",
+            "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": req.headers.get("content-type", ""),
+            "CONTENT_LENGTH": str(len(req.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(req.body), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+            "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }
+        for k, v in req.headers.items():
+            if k not in ("content-type", "content-length"):
+                environ["HTTP_" + k.upper().replace("-", "_")] = v
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            started["status"], started["headers"] = status, headers
+            return lambda _data: None
+
+        chunks = app(environ, start_response)
+        try:
+            body = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        return Response(int(str(started.get("status", "500")).split()[0]), body, dict(started.get("headers", [])))
+
+    return handle
 
 
 class _Refused(Error):

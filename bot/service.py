@@ -16,16 +16,13 @@ sources) so tests run the real service against local fakes.
 
 from __future__ import annotations
 
-import io
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -34,7 +31,7 @@ from bot import __version__
 from bot.config import AppConfig
 from bot.evaluation import Evaluator
 from bot.freshness import Watch, check_freshness
-from bot.http_server import Handler, HttpLimits, HttpServer, Request, Response, Route
+from bot.http_server import HttpLimits, HttpServer, Request, Response, Route, wsgi_route
 from bot.leader import Leadership, make_leadership
 from bot.metrics import Metrics, Sample
 from bot.pipeline import Notifier, deliver_outbox
@@ -50,57 +47,6 @@ from storage.sources import list_source_states, prune_events, register_source
 
 log = logging.getLogger(__name__)
 VERSION = __version__
-
-
-def wsgi_route(app: Callable[..., Any]) -> Handler:
-    """Mount a WSGI application (e.g. slack-bolt's SlackRequestHandler) as a route."""
-
-    def handle(req: Request) -> Response:
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": req.method, "PATH_INFO": req.path,
-            "QUERY_STRING": urlencode(req.query, doseq=True), "SERVER_NAME": "usagebot", "SERVER_PORT": "0",
-            "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": req.headers.get("content-type", ""),
-            "CONTENT_LENGTH": str(len(req.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(req.body), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
-            "wsgi.multiprocess": False, "wsgi.run_once": False,
-        }
-        for k, v in req.headers.items():
-            if k not in ("content-type", "content-length"):
-                environ["HTTP_" + k.upper().replace("-", "_")] = v
-        started: dict[str, Any] = {}
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-            started["status"], started["headers"] = status, headers
-            return lambda _data: None
-
-        chunks = app(environ, start_response)
-        try:
-            body = b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        return Response(int(str(started.get("status", "500")).split()[0]), body, dict(started.get("headers", [])))
-
-    return handle
-
-
-SLACK_MAX_AGE = 300  # seconds; slack-bolt refuses older request timestamps too (replay window)
-
-
-def slack_signature_headers(headers: Mapping[str, str]) -> Response | None:
-    """Slack HTTP mode, before the body is read: the signature headers are there and the timestamp is fresh.
-
-    The signature itself (an HMAC of the body) is verified by slack-bolt once the body is in.
-    """
-    ts, sig = headers.get("x-slack-request-timestamp", ""), headers.get("x-slack-signature", "")
-    if not ts or not sig:
-        return Response.json(401, {"error": "missing X-Slack-Request-Timestamp / X-Slack-Signature headers"})
-    if not ts.isdigit() or abs(time.time() - int(ts)) > SLACK_MAX_AGE:
-        return Response.json(401, {"error": "stale or malformed X-Slack-Request-Timestamp"})
-    if not sig.startswith("v0=") or len(sig) > 200:
-        return Response.json(401, {"error": "malformed X-Slack-Signature"})
-    return None
 
 
 @dataclass
@@ -472,7 +418,7 @@ class Service:
                            authorize=self.ingest_authorize))
         slack = self.config.slack
         if slack is not None and getattr(slack, "interactive_mode", None) == "http":
-            from bot.slack_app import http_handler
+            from bot.slack_app import http_handler, slack_signature_headers
 
             r.append(Route("POST", slack.http_path, wsgi_route(http_handler(self._slack_app(), slack)), "slack",
                            max_body=self.config.service.max_body_bytes, authorize=slack_signature_headers))

@@ -57,13 +57,14 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     assert config is not None
     from storage.db import redact_url
 
-    kinds = ", ".join(sorted({s.settings.type for s in config.sources})) or "none"
+    enabled = [s for s in config.sources if s.settings.enabled]
+    kinds = ", ".join(sorted({s.settings.type for s in enabled})) or "none enabled"
     n_rules = len(config.ruleset.rules) if config.ruleset else 0
     lines = [
         f"OK: {path}",
         f"  storage:    {redact_url(config.storage_url)}",
         f"  rules:      {n_rules} rule(s) in {len(config.rule_paths)} path(s)",
-        f"  sources:    {len(config.sources)} ({kinds})",
+        f"  sources:    {len(enabled)} of {len(config.sources)} enabled ({kinds})",
         f"  ingest:     {('POST ' + config.ingest.path) if config.ingest else 'off'}",
         f"  slack:      {_slack_summary(config.slack)}",
         f"  salesforce: {_sf_summary(config.salesforce)}",
