@@ -13,7 +13,7 @@ from bot.configbase import ConfigError
 from bot.settings import DB_ENV, DEFAULT_DATA_DIR, config_path, database_url
 
 __all__ = ["DB_ENV", "DEFAULT_DATA_DIR", "add_command", "add_group", "command_prefix", "config_path",
-           "database_url", "load_or_report", "storage_from_config"]
+           "database_url", "load_or_report"]
 
 T = TypeVar("T")
 
@@ -51,25 +51,6 @@ def add_db_option(p: argparse.ArgumentParser) -> None:
 def add_config_option(p: argparse.ArgumentParser, what: str = "") -> None:
     p.add_argument("--config", metavar="FILE", help=f"config file{what} (default: $USAGEBOT_CONFIG, else "
                                                     "./config.toml when it exists)")
-
-
-def storage_from_config(path: str | None, err: TextIO) -> tuple[bool, str | None]:
-    """(ok, [storage] url) of the config file given (or found by the precedence); (True, None) without one."""
-    from bot.config import storage_url
-    from bot.configbase import load_document
-
-    found = config_path(path)
-    if found is None:
-        return True, None
-
-    def load() -> str:
-        doc = load_document(found)
-        url = storage_url(doc)
-        doc.raise_if_problems()
-        return url
-
-    url = load_or_report(load, err)
-    return url is not None, url
 
 
 def command_prefix() -> str:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from bot.cli_support import add_command, add_config_option, add_db_option, add_group, config_path
+from bot.config import AppConfig
 from bot.settings import CONFIG_ENV, resolve
 
 DEFAULT_CONFIG_ENV = CONFIG_ENV
@@ -17,7 +18,7 @@ def _config_path(args: argparse.Namespace) -> str | None:
     return config_path(getattr(args, "config", None) or getattr(args, "path", None))
 
 
-def apply_overrides(config, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def apply_overrides(config: AppConfig, args: argparse.Namespace) -> AppConfig:
     """The config with flag > environment > config file applied to the settings `serve` takes (bot.settings)."""
     from bot.config import LOG_FORMATS, LOG_LEVELS
 
