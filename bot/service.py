@@ -86,6 +86,8 @@ class Service:
         self._stopping = threading.Event()
         self._reload_lock = threading.Lock()
         self.reloader = self._make_reloader()
+        self._first_polls = set(self.sources or {})  # sources not polled yet since start (evaluate waits)
+        self._started_at = time.monotonic()
         self._scheduling = False  # the scheduler was started (health checks it from then on)
         self._head = head_revision()  # the schema version this code expects
 
@@ -263,7 +265,19 @@ class Service:
                         "changed_series": len(report.changed), "seconds": round(report.seconds, 3)})
         if report.settling:
             self._poll_again(source.id, report.settling)
+        if source.id in self._first_polls:
+            self._first_polls.discard(source.id)
+            if not self._first_polls:
+                self._run_now("evaluate")
         return report
+
+    def _run_now(self, job_id: str) -> None:
+        """Run a scheduled job now instead of at its next time (no-op when the scheduler is not running)."""
+        from datetime import UTC, datetime
+
+        job = self.scheduler.scheduler.get_job(job_id) if self.scheduler.scheduler.running else None
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
 
     def _poll_again(self, source_id: str, settling: list[tuple[str, int]]) -> None:
         """Files younger than the source's min_age were left for later: say so, and poll again when they are old enough."""
@@ -285,7 +299,16 @@ class Service:
     def freshness_job(self, now: int) -> Any:
         return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel)  # type: ignore[arg-type]
 
+    FIRST_POLL_WAIT = 300  # seconds: the longest the first evaluation waits for the sources' first polls
+
     def evaluate_job(self, now: int) -> Any:
+        waiting = sorted(self._first_polls)
+        if waiting and time.monotonic() - self._started_at < self.FIRST_POLL_WAIT:
+            # At start-up every job runs at once: evaluating before the sources' first polls would decide
+            # the latest closed bucket on old data and mark it done. The first poll triggers evaluation.
+            log.info("evaluation waits for the first poll of %s", ", ".join(waiting),
+                     extra={"event": "evaluation_waiting", "sources": waiting})
+            return None
         report = self.evaluator.tick(now)
         for ev in report.evaluations:
             reason = ev.reason.replace(" ", "_")
@@ -293,6 +316,8 @@ class Service:
             self.metrics.observe("usagebot_evaluation_seconds", ev.seconds, reason=reason)
             for a in ev.report.alerts:
                 self.metrics.inc("usagebot_alerts_total", rule=a.get("rule", ""), event=a.get("event", ""))
+        if any(e.report.outbox_items for e in report.evaluations):
+            self._run_now("deliver")  # new notifications go out now, not at the next deliver_every
         return report
 
     def deliver_job(self, now: int) -> Any:

@@ -72,4 +72,4 @@ class ConsoleNotifier:
 
     def deliver(self, alert: Mapping[str, Any]) -> None:
         print(self.render(alert), file=self.out)
-        print(file=self.out)
+        print(file=self.out, flush=True)  # to a pipe or journald too, at once (not when 8 KiB are buffered)

@@ -120,3 +120,29 @@ def test_the_demo_suggests_commands_that_work_in_a_fresh_shell(tmp_path: Path) -
                               timeout=300)
         assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:], time.monotonic() - began)
     assert "FIRED" in done.stdout  # the last one: init --demo && serve
+
+
+def test_init_demo_then_the_running_service_alerts_within_its_first_poll(tmp_path: Path) -> None:
+    """The real `serve` (not --once), its output a pipe as under systemd or docker: the first alert arrives
+    right after the first poll, and is flushed at once."""
+    assert subprocess.run([str(USAGEBOT), "init", "svc", "--demo"], cwd=tmp_path, env=FRESH_ENV,
+                          capture_output=True, timeout=120).returncode == 0
+    proc = subprocess.Popen([str(USAGEBOT), "serve", "--config", "svc/config.toml", "--port", "0"], cwd=tmp_path,
+                            env=FRESH_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 90
+        line = ""
+        while "FIRED ·" not in line:
+            assert sel.select(timeout=max(0.1, deadline - time.monotonic())), "no alert within 90 s"
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, "the service ended without an alert"
+    finally:
+        proc.send_signal(__import__("signal").SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "evaluation waits for the first poll of drops" in err or err.index("polled drops") < err.index(
+        "evaluated 10 rule(s)")
