@@ -62,7 +62,9 @@ def _write_demo_book(data: Path, min_age: int = 10) -> tuple[int, int]:
     from integrations.sources.csv_files import write_accounts_csv, write_usage_csv
     from integrations.sources.demo import generate_book
 
-    end = (int(time.time()) // 86_400) * 86_400  # the book ends today (UTC), like `usagebot demo`
+    # The book runs through today (UTC): a source counts a day as complete once data of a later day
+    # arrived, so yesterday, the latest closed day, is evaluated at the first poll at any time of day.
+    end = (int(time.time()) // 86_400 + 1) * 86_400
     book = generate_book(end=end)
     tmp = data / "drops" / ".demo-usage.csv.tmp"
     rows = write_usage_csv(tmp, book.records())

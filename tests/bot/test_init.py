@@ -146,3 +146,17 @@ def test_init_demo_then_the_running_service_alerts_within_its_first_poll(tmp_pat
     assert proc.returncode == 0, err[-3000:]
     assert "evaluation waits for the first poll of drops" in err or err.index("polled drops") < err.index(
         "evaluated 10 rule(s)")
+
+
+def test_init_demo_alerts_at_once_even_just_after_midnight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Between 00:00 and 01:00 UTC (before [scheduler] max_wait) the latest closed day is evaluated only when a
+    source shows it complete: the demo book runs through today, so the first poll does."""
+    from freezegun import freeze_time
+
+    monkeypatch.chdir(tmp_path)
+    with freeze_time("2026-12-02 00:20:00"):
+        assert _run("init", "mine", "--demo")[0] == 0
+        code, out, err = _run("serve", "--config", "mine/config.toml", "--once")
+    assert code == 0, err
+    assert "FIRED ·" in out + capsys.readouterr().out
