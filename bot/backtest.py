@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
+from bot.progress import activity, progress
 from integrations.console import format_number
 from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
@@ -27,7 +28,7 @@ from rules.engine import CohortEvent, history_needed
 from rules.lint import facts_from, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
-from rules.replay import replay
+from rules.replay import evaluation_times, replay
 from storage.accounts import upsert_accounts
 from storage.db import make_engine, migrate
 from storage.usage import UsageValueError, load_block, load_usage, usage_range
@@ -98,14 +99,17 @@ def run_backtest(
     rejects_path: str | Path | None = None,
     include_suppressed: bool = True,
     first_run: str = "digest",
+    show_progress: bool = False,
 ) -> BacktestResult:
     """Replay `ruleset` over the CSV history as the service would evaluate it.
 
     first_run: the service's [evaluation] first_run policy; with "digest" or "quiet" the
     conditions already true at the first evaluation are recorded, not notified.
+    show_progress: bars on stderr (when it is a terminal).
     """
-    usage = read_usage_csv(usage_csv, on_error=on_error)
-    accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
+    with activity(f"reading {Path(usage_csv).name}", enabled=show_progress):
+        usage = read_usage_csv(usage_csv, on_error=on_error)
+        accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
     errors = list(usage.errors) + (list(accts.errors) if accts else [])
     if errors and rejects_path:
         write_rejects(rejects_path, errors)
@@ -152,11 +156,30 @@ def run_backtest(
         finally:
             engine.dispose()
 
+    bar = progress("replaying", total=len(evaluation_times(rules, start, end)), unit=" buckets",
+                   enabled=show_progress)
+    with bar as steps:
+        last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
+                                     result)
+    for s in last_states.values():
+        if s.status == "firing":
+            result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
+    result.start, result.end = start, end
+    return result
+
+
+def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock], accounts: dict[str, AccountFacts],
+                   start: int, end: int, include_suppressed: bool, first_run: str, bar: Any,
+                   result: BacktestResult) -> dict:
+    """Replay [start, end): the published alert events, cohort events and first-run holds go into
+    `result`; returns the states at the end."""
     by_id = ruleset.by_id()
+    events = result.events
     last_states: dict = {}
-    for step in replay(rules, blocks, accounts, start, end, inhibits=ruleset.inhibits, calendar=ruleset.calendar,
-                       quiet_first_run=first_run != "notify"):
+    for step in replay(list(ruleset.rules), blocks, accounts, start, end, inhibits=ruleset.inhibits,
+                       calendar=ruleset.calendar, quiet_first_run=first_run != "notify"):
         last_states = step.states
+        bar.update(1)
         result.cohort_events.extend(step.cohort_events)
         result.first_run_held += sum(1 for t in step.transitions if t.reason == "first evaluation")
         for t in step.transitions:
@@ -165,12 +188,8 @@ def run_backtest(
             rule = by_id[t.state.rule_id]
             rec = alert_record(t, rule, accounts.get(t.state.account_id),
                                recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at))
-            result.events.append(rec)
-    for s in last_states.values():
-        if s.status == "firing":
-            result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
-    result.start, result.end = start, end
-    return result
+            events.append(rec)
+    return last_states
 
 
 JSON_DROP = ("recent", "routing", "template", "description")

@@ -14,7 +14,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.cli_support import DB_ENV, DEFAULT_DATA_DIR, database_url
+from bot import __version__
+from bot.cli_support import (
+    DB_ENV,
+    DEFAULT_DATA_DIR,
+    add_command,
+    add_config_option,
+    add_db_option,
+    config_path,
+    database_url,
+)
 from rules.model import RuleSet
 
 INGEST_CHUNK_ROWS = 200_000  # CSV rows parsed per chunk by `usagebot ingest` (memory ~ one chunk)
@@ -53,8 +62,36 @@ def _report_bad_rows(exc: Exception, consequence: str, err: TextIO) -> int:
     return 1
 
 
+def _ingest_bar(path: str, err: TextIO) -> Any:
+    """The progress bar of `ingest` (rows of the usage file; off when stderr is not a terminal)."""
+    from bot.progress import count_rows, on_terminal, progress
+
+    return progress(f"loading {Path(path).name}", total=count_rows(path) if on_terminal(err) else None,
+                    unit=" rows", stream=err)
+
+
+def _report_skipped(errors: Sequence[Any], verbose: bool, err: TextIO, shown: int = 20) -> None:
+    """Skipped rows: the first `shown` of them (every one with --verbose), then how many more."""
+    for e in errors if verbose else errors[:shown]:
+        print(f"skipped: {e}", file=err)
+    if not verbose and len(errors) > shown:
+        print(f"... and {len(errors) - shown:,} more skipped row(s) (--verbose lists them; --rejects FILE keeps "
+              "them)", file=err)
+
+
 def _db_url(args: argparse.Namespace) -> str:
-    return database_url(args.db)
+    """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
+    from bot.config import storage_url
+    from bot.configbase import load_document
+
+    configured = None
+    if args.db is None and not os.environ.get(DB_ENV):
+        path = config_path(getattr(args, "config", None))
+        if path is not None:
+            doc = load_document(path)
+            configured = storage_url(doc)
+            doc.raise_if_problems()
+    return database_url(args.db, configured)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -164,7 +201,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
-                              rejects_path=args.rejects, first_run=args.first_run)
+                              rejects_path=args.rejects, first_run=args.first_run, show_progress=True)
     except CsvInputError as exc:
         return _report_bad_rows(exc, "nothing was replayed", err)
     except BacktestError as exc:
@@ -222,6 +259,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 2
     if _missing_paths(files, "ingest", err):
         return 2
+    started = time.monotonic()
     url = _db_url(args)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +273,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             accounts = read_accounts_csv(args.accounts, on_error=args.on_error) if args.accounts else None
             if accounts is not None:
                 errors += accounts.errors
+            bar = None
 
             def usage_chunks() -> Iterator[list[Any]]:
                 # Streamed: memory stays at one chunk; a rejected file rolls the whole command back.
@@ -243,13 +282,16 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                                    on_error=args.on_error):
                     read += len(chunk.records)
                     errors.extend(chunk.errors)
+                    if bar is not None:
+                        bar.update(len(chunk.records) + len(chunk.errors))
                     yield chunk.records
 
             with write_transaction(engine) as conn:
                 if accounts is not None:
                     n_accounts = upsert_accounts(conn, accounts.records)
                 if args.usage:
-                    n_buckets = load_usage(conn, usage_chunks())
+                    with _ingest_bar(args.usage, err) as bar:
+                        n_buckets = load_usage(conn, usage_chunks())
             checkpoint(engine)
         except CsvInputError as exc:
             return _report_bad_rows(exc, nothing, err)
@@ -260,12 +302,11 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"{args.accounts}: {n_accounts} account(s) stored", file=out)
         if args.usage:
             print(f"{args.usage}: {read:,} row(s) read, {n_buckets:,} bucket(s) written", file=out)
-        for e in errors:
-            print(f"skipped: {e}", file=err)
+        _report_skipped(errors, args.verbose, err)
         if errors and args.rejects:
             write_rejects(args.rejects, errors)
             print(f"{len(errors)} bad row(s) written to {args.rejects}", file=err)
-        print(f"database: {redact_url(url)}", file=out)
+        print(f"database: {redact_url(url)}; done in {time.monotonic() - started:.1f} s", file=out)
         return 0
     finally:
         engine.dispose()
@@ -280,18 +321,20 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.cli_support import load_or_report
     from bot.notices import Notices
     from bot.pipeline import deliver_outbox, run_cycle
+    from bot.progress import activity
     from integrations.console import ConsoleNotifier
     from storage.db import make_engine, migrate
 
     if _missing_paths(args.rules, "--rules", err):
         return 2
     config = None
-    if args.config:
+    path = config_path(args.config)
+    if path is not None:
         from bot.config import load_config
 
-        if _missing_paths([args.config], "--config", err):
+        if _missing_paths([path], "--config", err):
             return 2
-        config = load_or_report(lambda: load_config(args.config), err)
+        config = load_or_report(lambda: load_config(path), err)
         if config is None:
             return 1
     ruleset = _load_rules_or_report(args.rules, err)
@@ -310,7 +353,8 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         notices = Notices((remote.name if remote is not None else console.name,),
                           config.service.admin_channel if config else None,
                           args.first_run or (config.evaluation.first_run if config else "digest"))
-        report = run_cycle(engine, ruleset, now, only_due=False, notices=notices)
+        with activity(f"evaluating {len(ruleset.rules)} rule(s)", err):
+            report = run_cycle(engine, ruleset, now, only_due=False, notices=notices)
         if remote is None:
             delivery = deliver_outbox(engine, console, now)  # the console's own rows
         else:
@@ -351,12 +395,31 @@ def _configured_notifier(config: Any, engine: Any) -> Any:
 # ------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="usagebot", description="Usage alerts for B2B SaaS teams.")
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+Usage alerts for B2B SaaS teams: rules over metered usage, Slack alerts, Salesforce usage health.
 
-    c = sub.add_parser("check", help="validate rule files; every problem with file, line, rule and field; "
-                                     "with --db or --usage also against the data")
+Start here:
+  usagebot demo                                  the whole pipeline on a synthetic book (no setup)
+  usagebot init my-usagebot --demo               a config, rules and data folder to run the service on
+  usagebot serve --config my-usagebot/config.toml
+
+Settings come from a flag, else the environment (USAGEBOT_DB_URL, USAGEBOT_CONFIG, ...), else the
+config file, else the default (docs/operations.md, "Settings"). `usagebot COMMAND --help` shows a
+command's options and examples."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="usagebot", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"usagebot {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    c = add_command(sub, "check", "validate rule files; every problem with file, line, rule and field; with "
+                    "--db or --usage also against the data",
+                    ["usagebot check rules/", "usagebot check rules/default.toml rules/team.toml",
+                     "usagebot check rules/ --db sqlite:///usagebot-data/usagebot.db",
+                     "usagebot check rules/ --usage usage.csv --accounts accounts.csv --strict"])
     c.add_argument("paths", nargs="+", metavar="RULES", help="rule files or directories of *.toml")
     c.add_argument("--db", help="also check against this database (read only): metrics without data, quota rules "
                                 "without quotas, memory per evaluation")
@@ -367,45 +430,65 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser("backtest", help="replay rules over a usage CSV, bucket by bucket, without look-ahead")
-    b.add_argument("--rules", action="append", required=True, help="rule file or directory (repeatable)")
-    b.add_argument("--usage", required=True, help="usage CSV: timestamp,account,metric,value")
-    b.add_argument("--accounts", help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
-    b.add_argument("--from", dest="start", help="first evaluation after this time (ISO-8601; UTC if no offset)")
-    b.add_argument("--to", dest="end", help="last evaluation at or before this time")
-    b.add_argument("--format", choices=["table", "json"], default="table")
+    b = add_command(sub, "backtest", "replay rules over a usage CSV, bucket by bucket, without look-ahead",
+                    ["usagebot backtest --rules rules/ --usage usage.csv --accounts accounts.csv",
+                     "usagebot backtest --rules rules/ --usage usage.csv --from 2026-10-01 --format json"])
+    b.add_argument("--rules", action="append", required=True, metavar="PATH",
+                   help="rule file or directory (repeatable)")
+    b.add_argument("--usage", required=True, metavar="CSV", help="usage CSV: timestamp,account,metric,value")
+    b.add_argument("--accounts", metavar="CSV",
+                   help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
+    b.add_argument("--from", dest="start", metavar="TIME",
+                   help="first evaluation after this time (ISO-8601; UTC if no offset)")
+    b.add_argument("--to", dest="end", metavar="TIME", help="last evaluation at or before this time")
+    b.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default: events, then a per-rule summary) or json (one object per line)")
     b.add_argument("--on-error", choices=["reject", "skip"], default="reject",
                    help="bad CSV rows: reject the run (default) or skip them")
-    b.add_argument("--rejects", help="with --on-error skip: write skipped rows here (with an _error column)")
+    b.add_argument("--rejects", metavar="CSV",
+                   help="with --on-error skip: write skipped rows here (with an _error column)")
     b.add_argument("--first-run", choices=["digest", "quiet", "notify"], default="digest",
                    help="as the service's [evaluation] first_run: conditions already true at the first "
                         "evaluation are recorded, not notified (digest, quiet) or notified (notify)")
     b.set_defaults(func=cmd_backtest)
 
-    d = sub.add_parser("demo", help="run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)")
-    d.add_argument("--rules", action="append", help="rule files (default: the shipped example rules)")
-    d.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    d.add_argument("--accounts", type=int, default=60)
-    d.add_argument("--days", type=int, default=120)
-    d.add_argument("--replay-days", type=int, default=30)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--end", help="last day of the book (default: today, UTC)")
+    d = add_command(sub, "demo", "run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)",
+                    ["usagebot demo", "usagebot demo --accounts 200 --days 180 --seed 3"])
+    d.add_argument("--rules", action="append", metavar="PATH",
+                   help="rule files (default: the shipped example rules)")
+    d.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
+                   help=f"where the demo database and CSV files go (default ./{DEFAULT_DATA_DIR})")
+    d.add_argument("--accounts", type=int, default=60, metavar="N", help="synthetic accounts (default 60)")
+    d.add_argument("--days", type=int, default=120, metavar="N", help="days of usage history (default 120)")
+    d.add_argument("--replay-days", type=int, default=30, metavar="N",
+                   help="last days replayed as the scheduler would (default 30)")
+    d.add_argument("--seed", type=int, default=7, metavar="N", help="random seed of the book (default 7)")
+    d.add_argument("--end", metavar="DATE", help="last day of the book (default: today, UTC)")
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("ingest", help="load usage and/or accounts CSV files into the database")
-    i.add_argument("--usage")
-    i.add_argument("--accounts")
-    i.add_argument("--db", help=f"database URL (default ${DB_ENV} or sqlite in ./{DEFAULT_DATA_DIR})")
-    i.add_argument("--on-error", choices=["reject", "skip"], default="reject")
-    i.add_argument("--rejects")
+    i = add_command(sub, "ingest", "load usage and/or accounts CSV files into the database",
+                    ["usagebot ingest --usage history.csv --accounts accounts.csv",
+                     "usagebot ingest --usage u.csv --db postgresql://usagebot@db/usagebot --on-error skip "
+                     "--rejects bad.csv"])
+    i.add_argument("--usage", metavar="CSV", help="usage CSV: timestamp,account,metric,value")
+    i.add_argument("--accounts", metavar="CSV", help="accounts CSV: id,name,owner_email,plan,crm_id[,quota.<metric>...]")
+    add_db_option(i)
+    add_config_option(i, " whose [storage] url is used")
+    i.add_argument("--on-error", choices=["reject", "skip"], default="reject",
+                   help="bad CSV rows: reject the file (default, nothing stored) or skip them")
+    i.add_argument("--rejects", metavar="CSV", help="with --on-error skip: write skipped rows here")
+    i.add_argument("--verbose", action="store_true", help="list every skipped row (default: the first 20)")
     i.set_defaults(func=cmd_ingest)
 
-    e = sub.add_parser("evaluate", help="run one evaluation cycle on the database and print notifications")
-    e.add_argument("--rules", action="append", required=True)
-    e.add_argument("--db")
-    e.add_argument("--at", help="evaluation time (default: now)")
-    e.add_argument("--config", help="service config: its notifiers get the notifications (Slack when [slack] is "
-                                    "set up), its database and first_run policy apply")
+    e = add_command(sub, "evaluate", "run one evaluation cycle on the database and print notifications",
+                    ["usagebot evaluate --rules rules/", "usagebot evaluate --rules rules/ --at 2026-11-24T00:00Z",
+                     "usagebot evaluate --rules rules/ --config config.toml --deliver"])
+    e.add_argument("--rules", action="append", required=True, metavar="PATH",
+                   help="rule file or directory (repeatable)")
+    add_db_option(e)
+    add_config_option(e, ": its notifiers get the notifications (Slack when [slack] is set up), its database "
+                         "and first_run policy apply")
+    e.add_argument("--at", metavar="TIME", help="evaluation time (ISO-8601; default: now)")
     e.add_argument("--deliver", action="store_true",
                    help="also deliver the queued notifications of the configured notifier (e.g. post to Slack) "
                         "now; without it only the console ones are printed and the rest wait for the service")
@@ -415,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     # Subcommands that live with their integrations.
-    from bot import crm_commands, service_commands, slack_commands
+    from bot import crm_commands, db_commands, init_command, service_commands, slack_commands
 
-    for module in (slack_commands, crm_commands, service_commands):
+    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands):
         module.register(sub)
     return p
 
@@ -432,13 +515,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     err = RedactingStream(err or sys.stderr)  # type: ignore[assignment]
     if logging.lastResort is not None:
         install_on(logging.lastResort)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `usagebot`: the help, not a usage error
+        parser.print_help(out)
+        return 0
     from sqlalchemy.exc import DBAPIError
 
+    from bot.configbase import ConfigError
     from storage.db import StorageError, redact_url
 
     try:
         return int(args.func(args, out, err))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(str(problem), file=err)
+        print(f"{len(exc.problems)} problem(s) in the config; nothing was done.", file=err)
+        return 1
     except StorageError as exc:
         print(f"usagebot {args.command}: {exc}", file=err)
         return 1

@@ -45,6 +45,10 @@ class ServiceConfig:
     admin_channel: str | None = None  # stale-source and rejected-file notices
     shutdown_timeout: int = 30
     max_body_bytes: int = 2_000_000
+    max_connections: int = 500  # open HTTP connections at once
+    read_timeout: int = 30  # a request must arrive whole within this long of its first byte
+    idle_timeout: int = 60  # an HTTP connection without a request in progress is closed after this long
+    http_threads: int = 8  # worker threads answering HTTP requests
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class SchedulerConfig:
     crm_sync_cron: str | None = None
     digest_every: int = 60
     prune_every: int = 3600
+    reload_every: int = 10  # how often rule files and templates are checked for changes (also on SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ def _relative(doc: Document, path: str) -> str:
     return str(p if p.is_absolute() else Path(doc.file).resolve().parent / p)
 
 
-def _storage(doc: Document) -> str:
+def storage_url(doc: Document) -> str:
+    """[storage] url (default: SQLite usagebot-data/usagebot.db); relative SQLite paths are relative to the file."""
     sec = doc.section("storage")
     sec.check_keys(("url",))
     url = sec.str("url", "sqlite:///usagebot-data/usagebot.db") or "sqlite:///usagebot-data/usagebot.db"
@@ -148,7 +154,7 @@ def _rule_problem_text(p: Any) -> str:
 def _service(doc: Document) -> ServiceConfig:
     sec = doc.section("service")
     sec.check_keys(("host", "port", "log_format", "log_level", "admin_channel", "shutdown_timeout",
-                    "max_body_bytes"))
+                    "max_body_bytes", "max_connections", "read_timeout", "idle_timeout", "http_threads"))
     d = ServiceConfig()
     channel = sec.str("admin_channel")
     if channel is not None and not channel.startswith(("#", "C", "G")):
@@ -161,6 +167,10 @@ def _service(doc: Document) -> ServiceConfig:
         admin_channel=channel,
         shutdown_timeout=sec.duration("shutdown_timeout", d.shutdown_timeout, min=1) or d.shutdown_timeout,
         max_body_bytes=sec.int("max_body_bytes", d.max_body_bytes, min=1024) or d.max_body_bytes,
+        max_connections=sec.int("max_connections", d.max_connections, min=1, max=100_000) or d.max_connections,
+        read_timeout=sec.duration("read_timeout", d.read_timeout, min=1) or d.read_timeout,
+        idle_timeout=sec.duration("idle_timeout", d.idle_timeout, min=1) or d.idle_timeout,
+        http_threads=sec.int("http_threads", d.http_threads, min=1, max=256) or d.http_threads,
     )
 
 
@@ -200,7 +210,7 @@ def _scheduler(doc: Document, postgresql: bool) -> SchedulerConfig:
         deliver_every=dur("deliver_every", d.deliver_every), freshness_every=dur("freshness_every", d.freshness_every),
         crm_sync_every=None if cron_expr else dur("crm_sync_every", d.crm_sync_every or 3600, 60),
         crm_sync_cron=cron_expr, digest_every=dur("digest_every", d.digest_every),
-        prune_every=dur("prune_every", d.prune_every, 60),
+        prune_every=dur("prune_every", d.prune_every, 60), reload_every=dur("reload_every", d.reload_every),
     )
 
 
@@ -250,17 +260,18 @@ def _integrations(doc: Document) -> tuple[Any, Any, Any]:
 def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     """Parse every section; problems accumulate on `doc` (call doc.raise_if_problems())."""
     doc.check_top_level(SECTIONS)
-    storage_url = _storage(doc)
+    storage = storage_url(doc)
     rule_paths, ruleset = _rules(doc, validate_rules)
     service = _service(doc)
-    postgresql = storage_url.startswith(("postgresql", "postgres"))
+    postgresql = storage.startswith(("postgresql", "postgres"))
     scheduler = _scheduler(doc, postgresql)
     evaluation = _evaluation(doc)
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
-    return AppConfig(file=doc.file, storage_url=storage_url, rule_paths=rule_paths, service=service,
-                     scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack, salesforce=salesforce,
+    return AppConfig(file=doc.file, storage_url=storage, rule_paths=rule_paths, service=service,
+                     scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
+                     salesforce=salesforce,
                      health=health, ruleset=ruleset)
 
 

@@ -4,7 +4,8 @@ Every section parser (storage, rules, slack, salesforce, health, sources,
 scheduler, server) reads its table through a `Section`, which
 
 - substitutes `${NAME}` / `${NAME:-default}` from the environment (a missing
-  variable is a problem naming the variable, never its value),
+  variable is a problem naming the variable, never its value; not in a table
+  with `enabled = false` and its sub-tables, which are checked but not used),
 - records every problem with file, line and dotted field name instead of
   stopping at the first one,
 - rejects unknown keys with a "did you mean" suggestion,
@@ -99,7 +100,7 @@ class Document:
             self.problems.append(ConfigProblem(self.file, self.lines.line_of(path), name,
                                                f"must be a table ([{name}]), got {type(raw).__name__}"))
             raw = {}
-        return Section(self, path, raw)
+        return Section(self, path, raw, dormant=_disabled(raw))
 
     def sections(self, name: str) -> list[Section]:
         """An array of tables ([[name]]), e.g. [[sources]]."""
@@ -108,7 +109,7 @@ class Document:
             self.problems.append(ConfigProblem(self.file, self.lines.line_of((name,)), name,
                                                f"must be an array of tables ([[{name}]])"))
             return []
-        return [Section(self, (name, i), t) for i, t in enumerate(raw)]
+        return [Section(self, (name, i), t, dormant=_disabled(t)) for i, t in enumerate(raw)]
 
     def check_top_level(self, allowed: Iterable[str]) -> None:
         _unknown(self, (), self.data, set(allowed), kind="section")
@@ -116,6 +117,11 @@ class Document:
     def raise_if_problems(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)
+
+
+def _disabled(table: Mapping[str, Any]) -> bool:
+    """`enabled = false`: the table is validated, but its environment variables need not be set."""
+    return table.get("enabled") is False
 
 
 def dotted_name(path: Sequence[str | int]) -> str:
@@ -144,6 +150,7 @@ class Section:
     doc: Document
     path: tuple[str | int, ...]
     data: Mapping[str, Any]
+    dormant: bool = False  # inside a table with enabled = false
 
     @property
     def name(self) -> str:
@@ -170,7 +177,7 @@ class Section:
         if not isinstance(raw, dict):
             self.problem(key, f"must be a table, got {type(raw).__name__}")
             raw = {}
-        return Section(self.doc, (*self.path, key), raw)
+        return Section(self.doc, (*self.path, key), raw, dormant=self.dormant or _disabled(raw))
 
     # ---------------------------------------------------------------- scalar getters
 
@@ -197,7 +204,8 @@ class Section:
 
         out = _ENV.sub(repl, value)
         if missing:
-            self.problem(key, f"environment variable {', '.join(missing)} is not set")
+            if not self.dormant:
+                self.problem(key, f"environment variable {', '.join(missing)} is not set")
             return None
         return out
 

@@ -420,7 +420,7 @@ def _key_in(description: Any) -> str | None:
 def run_crm_sync(
     engine: Engine, ruleset: RuleSet, sf_config: SalesforceConfig, health_model: HealthModel, now: int,
     dry_run: bool, out: TextIO | None = None, client: SalesforceClient | None = None,
-    reconcile: bool = False, client_factory: ClientFactory | None = None,
+    reconcile: bool = False, client_factory: ClientFactory | None = None, verbose: bool = True,
 ) -> CrmSyncReport:
     """One CRM sync (see the module docstring); prints the plan and the outcome to `out` if given.
 
@@ -432,11 +432,11 @@ def run_crm_sync(
     """
     if dry_run:
         return _run_crm_sync(engine, ruleset, sf_config, health_model, now, dry_run, out, client, reconcile,
-                             client_factory)
+                             client_factory, verbose)
     try:
         with exclusive(engine, "crm_sync", wait=SYNC_LOCK_WAIT):
             return _run_crm_sync(engine, ruleset, sf_config, health_model, now, dry_run, out, client, reconcile,
-                                 client_factory)
+                                 client_factory, verbose)
     except LockTimeout as exc:
         report = CrmSyncReport(as_of=health_as_of(now), dry_run=False, object=sf_config.object, stopped=str(exc))
         return _finish(report, engine, client, now, out)
@@ -445,7 +445,7 @@ def run_crm_sync(
 def _run_crm_sync(
     engine: Engine, ruleset: RuleSet, sf_config: SalesforceConfig, health_model: HealthModel, now: int,
     dry_run: bool, out: TextIO | None, client: SalesforceClient | None, reconcile: bool,
-    client_factory: ClientFactory | None,
+    client_factory: ClientFactory | None, verbose: bool,
 ) -> CrmSyncReport:
     cfg = sf_config
     as_of = health_as_of(now)
@@ -475,7 +475,7 @@ def _run_crm_sync(
     report.changes = diff_records(desired, written, errors)
     report.tasks = plan_tasks(engine, ruleset, cfg, accounts, now)
     if out is not None:
-        print_plan(report, out)
+        print_plan(report, out, verbose)
     if dry_run or report.stopped:
         return _finish(report, engine, conn, now, out)
 
@@ -522,11 +522,28 @@ def _finish(report: CrmSyncReport, engine: Engine, client: SalesforceClient | No
 # ----------------------------------------------------------------------- printing
 
 
-def print_plan(report: CrmSyncReport, out: TextIO) -> None:
+def print_plan(report: CrmSyncReport, out: TextIO, verbose: bool = True) -> None:
+    """The plan: a summary (changed fields with their record counts); every record and task when `verbose`."""
     what = "dry run" if report.dry_run else "sync"
     print(f"CRM {what} as of {iso(report.as_of)}: {report.accounts} account(s), {len(report.changes)} "
           f"{report.object} record(s) to update, {report.unchanged} unchanged, {len(report.unmatched)} without "
           f"a Salesforce record", file=out)
+    if not verbose:
+        fields: dict[str, int] = {}
+        for c in report.changes:
+            for fc in c.changes:
+                fields[fc.field] = fields.get(fc.field, 0) + 1
+        for name, n in sorted(fields.items()):
+            print(f"  {name}: {n:,} record(s) change", file=out)
+        retries = sum(1 for c in report.changes if c.retry_of)
+        if retries:
+            print(f"  {retries:,} of them failed before and are sent again", file=out)
+        if report.tasks:
+            print(f"Tasks to create: {len(report.tasks)}", file=out)
+        if report.changes or report.tasks or report.unmatched:
+            print("(--verbose lists every record's 'field: old -> new', the tasks and the skipped accounts)",
+                  file=out)
+        return
     for account_id, why in report.unmatched[:20]:
         print(f"  skipped {account_id}: {why}", file=out)
     if len(report.unmatched) > 20:

@@ -17,13 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from bot.cli_support import database_url, load_or_report
+from bot.cli_support import (
+    add_command,
+    add_config_option,
+    add_db_option,
+    add_group,
+    config_path,
+    database_url,
+    load_or_report,
+)
+from bot.config import storage_url
 from bot.configbase import Document, load_document
 from bot.health_config import parse_health_model
 from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
 from rules.health import DEFAULT_MODEL, HealthModel
-
-DEFAULT_CONFIG = "config.toml"
 
 
 @dataclass(frozen=True)
@@ -39,19 +46,18 @@ def load_crm_settings(path: str | None, env: dict[str, str] | None = None) -> Cr
 
     Raises ConfigError listing every problem (file:line: field: message).
     """
+    path = config_path(path, env)
     if path is None:
-        if not Path(DEFAULT_CONFIG).exists():
-            return CrmSettings(SalesforceConfig(), DEFAULT_MODEL, None, [])
-        path = DEFAULT_CONFIG
+        return CrmSettings(SalesforceConfig(), DEFAULT_MODEL, None, [])
     doc: Document = load_document(path, env)
     sf = parse_salesforce_config(doc.section("salesforce"))
     health = parse_health_model(doc.section("health"))
-    storage = doc.section("storage")
     rules = doc.section("rules")
-    url = storage.str("url") if storage.has("url") else None
-    paths = rules.str_list("paths") if rules.has("paths") else []
+    url = storage_url(doc)
+    base = Path(doc.file).resolve().parent  # relative rule paths are relative to the config file
+    paths = [str(base / p) for p in rules.str_list("paths")] if rules.has("paths") else []
     doc.raise_if_problems()
-    return CrmSettings(sf, health, url or None, paths)
+    return CrmSettings(sf, health, url, paths)
 
 
 def _parse_at(text: str | None, err: TextIO) -> int | None:
@@ -77,7 +83,8 @@ def _db(args: argparse.Namespace, settings: CrmSettings) -> str:
 def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.cli import _load_rules_or_report, _missing_paths, _shipped_rules
     from bot.crm import run_crm_sync
-    from storage.db import make_engine, migrate
+    from bot.progress import activity
+    from storage.db import make_engine, migrate, open_existing
 
     if args.config and _missing_paths([args.config], "--config", err):
         return 2
@@ -99,11 +106,14 @@ def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               "security_token, or username + consumer_key + private_key_file, or session_id + instance_url); "
               "use --dry-run to see what would be written", file=err)
         return 2
-    engine = make_engine(_db(args, settings))
+    url = _db(args, settings)
+    engine = open_existing(url) if args.dry_run else make_engine(url)  # a dry run stores nothing
     try:
-        migrate(engine)
-        report = run_crm_sync(engine, ruleset, sf, settings.health, now, dry_run=args.dry_run, out=out,
-                              reconcile=args.reconcile)
+        if not args.dry_run:
+            migrate(engine)
+        with activity("CRM dry run" if args.dry_run else "CRM sync", err):
+            report = run_crm_sync(engine, ruleset, sf, settings.health, now, dry_run=args.dry_run, out=out,
+                                  reconcile=args.reconcile, verbose=args.verbose)
     finally:
         engine.dispose()
     if report.stopped:
@@ -115,14 +125,13 @@ def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rules.periods import iso
     from storage.crm import failed_records, last_sync_runs
-    from storage.db import make_engine, migrate
+    from storage.db import open_existing
 
     settings = _settings_or_report(args, err)
     if settings is None:
         return 1
-    engine = make_engine(_db(args, settings))
+    engine = open_existing(_db(args, settings))  # read-only: never creates or migrates a database
     try:
-        migrate(engine)
         runs = last_sync_runs(engine, limit=args.runs)
         failing = failed_records(engine, settings.salesforce.object)
     finally:
@@ -141,23 +150,29 @@ def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the top-level parser."""
-    crm = sub.add_parser("crm", help="Salesforce: write usage health to Account records, create tasks")
-    crm_sub = crm.add_subparsers(dest="crm_command", required=True)
+    crm_sub = add_group(sub, "crm", "Salesforce: write usage health to Account records, create tasks")
 
-    s = crm_sub.add_parser("sync", help="compute usage health and write changed fields to Salesforce")
+    s = add_command(crm_sub, "sync", "compute usage health and write changed fields to Salesforce",
+                    ["usagebot crm sync --config config.toml --dry-run",
+                     "usagebot crm sync --config config.toml --dry-run --verbose   # every field of every record",
+                     "usagebot crm sync --config config.toml"])
     s.add_argument("--dry-run", action="store_true",
-                   help="print per record 'field: old -> new' and the tasks; send and store nothing")
-    s.add_argument("--config", help=f"config file with [salesforce] and [health] (default ./{DEFAULT_CONFIG} "
-                                    "if present)")
-    s.add_argument("--db", help="database URL (default $USAGEBOT_DB_URL, [storage].url, or the SQLite file)")
-    s.add_argument("--rules", action="append", help="rule files (default [rules].paths or the shipped rules)")
-    s.add_argument("--at", help="compute health as of this time (ISO-8601; default now)")
+                   help="send and store nothing: print what would be written (per record with --verbose)")
+    add_config_option(s, " with [salesforce] and [health]")
+    add_db_option(s)
+    s.add_argument("--rules", action="append", metavar="PATH",
+                   help="rule files (default [rules] paths of the config, or the shipped rules)")
+    s.add_argument("--at", metavar="TIME", help="compute health as of this time (ISO-8601; default now)")
     s.add_argument("--reconcile", action="store_true",
                    help="read the current field values from Salesforce first and diff against them")
+    s.add_argument("--verbose", action="store_true",
+                   help="print every record's 'field: old -> new' and every task (default: a summary)")
     s.set_defaults(func=cmd_crm_sync)
 
-    st = crm_sub.add_parser("status", help="the last CRM syncs and the records whose writes are failing")
-    st.add_argument("--config")
-    st.add_argument("--db")
-    st.add_argument("--runs", type=int, default=5)
+    st = add_command(crm_sub, "status", "the last CRM syncs and the records whose writes are failing (reads the "
+                                        "database, never creates one)",
+                     ["usagebot crm status --config config.toml", "usagebot crm status --db sqlite:///data/u.db"])
+    add_config_option(st)
+    add_db_option(st)
+    st.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent syncs to show (default 5)")
     st.set_defaults(func=cmd_crm_status)

@@ -1,15 +1,25 @@
-"""Crontab expressions (UTC) as APScheduler 3 triggers, with crontab's day-of-week numbering.
+"""Crontab expressions (UTC) as APScheduler 3 triggers, meaning what they mean in crontab(5).
 
-APScheduler 3 numbers weekdays 0 = Monday, crontab 0 (or 7) = Sunday: passed
-through as is, "0 9 * * 1-5" would run Tuesday to Saturday. The day-of-week
-field is therefore expanded to day names first, so expressions mean what
-they mean in crontab(5).
+Matching is APScheduler's CronTrigger; two things differ from crontab(5) and
+are translated here:
+- weekday numbers: APScheduler 3 numbers weekdays 0 = Monday, crontab 0 (or
+  7) = Sunday. Passed through as is, "0 9 * * 1-5" would run Tuesday to
+  Saturday, so the day-of-week field is expanded to day names first.
+- day of month OR day of week: when both fields are restricted (neither
+  starts with "*"), crontab runs on days matching EITHER ("30 4 1,15 * 5" =
+  the 1st, the 15th and every Friday); CronTrigger requires both. Such an
+  expression becomes an OrTrigger of a day-of-month and a day-of-week
+  CronTrigger. With a "*" in either field the two are ANDed, as in crontab.
+- crontab's @yearly, @annually, @monthly, @weekly, @daily, @midnight and
+  @hourly are accepted.
 """
 
 from __future__ import annotations
 
 import re
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 _NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -50,11 +60,21 @@ def _days(field: str) -> list[int]:
     return sorted(out)
 
 
-def cron_trigger(expr: str) -> CronTrigger:
-    """A UTC CronTrigger from a 5-field crontab expression; ValueError says what is wrong."""
-    fields = expr.split()
+MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+          "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
+def cron_trigger(expr: str) -> BaseTrigger:
+    """A UTC trigger from a 5-field crontab expression (or an @macro); ValueError says what is wrong."""
+    text = MACROS.get(expr.strip().lower(), expr)
+    fields = text.split()
     if len(fields) != 5:
         raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
     minute, hour, day, month, dow = fields
     days = ",".join(_NAMES[d] for d in _days(dow)) if dow != "*" else "*"
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=days, timezone="UTC")
+    if day.startswith("*") or dow.startswith("*"):
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=days, timezone="UTC")
+    # crontab(5): "If both fields are restricted (i.e., don't start with *), the command will be run
+    # when either field matches the current time."
+    return OrTrigger([CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone="UTC"),
+                      CronTrigger(minute=minute, hour=hour, month=month, day_of_week=days, timezone="UTC")])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from bot.cli_support import command_prefix
 from bot.crm_preview import crm_preview
 from bot.pipeline import deliver_outbox, run_cycle
 from integrations.console import ConsoleNotifier
@@ -125,9 +126,12 @@ def run_demo(
         print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
         for row in table:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), file=out)
-        print(f"\nTry next:\n  usagebot check {SHIPPED_RULES if not ruleset.files else ruleset.files[0]}\n"
-              f"  usagebot backtest --rules {ruleset.files[0] if ruleset.files else SHIPPED_RULES} "
-              f"--usage {usage_csv} --accounts {accounts_csv}", file=out)
+        ub = command_prefix()  # `usagebot` is not on a fresh shell's PATH when it lives in .venv/bin
+        rules = ruleset.files[0] if ruleset.files else SHIPPED_RULES
+        print(f"\nTry next (in any shell, from this folder):\n  {ub} check {rules}\n"
+              f"  {ub} backtest --rules {rules} --usage {usage_csv} --accounts {accounts_csv}\n"
+              f"  {ub} init my-usagebot --demo && {ub} serve --config my-usagebot/config.toml   "
+              "# the service on this book", file=out)
         return DemoReport(db_path, usage_csv, accounts_csv, fired, notified, resolved, open_alerts, by_rule,
                           len(rows_crm))
     finally:

@@ -39,6 +39,7 @@ from bot.notices import Notices
 from bot.pipeline import CycleReport, run_cycle
 from rules.detectors import required_history
 from rules.model import Rule, RuleSet
+from rules.periods import iso
 from storage.changes import delete_changes, read_changes
 from storage.sources import SourceState, get_rule_progress, list_source_states, set_rule_progress
 
@@ -96,7 +97,7 @@ class Evaluator:
                            muted=muted, rule_ids={r.id for r in rules}, notices=self.notices)
         ev = Evaluation(at, [r.id for r in rules], reason, None if accounts is None else len(accounts),
                         self.timer() - started, report)
-        log.info("evaluated %d rule(s) at %d (%s): %d alert(s)", len(rules), at, reason, len(report.alerts),
+        log.info("evaluated %d rule(s) at %s (%s): %d alert(s)", len(rules), iso(at), reason, len(report.alerts),
                  extra={"event": "evaluation", "at": at, "rules": ev.rule_ids, "reason": reason,
                         "accounts": ev.accounts, "seconds": round(ev.seconds, 3),
                         "alerts": len(report.alerts)})

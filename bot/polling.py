@@ -43,6 +43,7 @@ class PollReport:
     rejected: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    settling: list[tuple[str, int]] = field(default_factory=list)  # (file, ready at) left for a later poll
 
 
 def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
@@ -101,5 +102,6 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
         except Exception:  # the database itself is down: nothing more to record
             log.exception("cannot record the failed poll of %s", source.id, extra={"source": source.id})
         log.warning(report.error, extra={"source": source.id, "event": "poll_failed"})
+    report.settling = list(getattr(source, "settling", None) or [])
     report.seconds = timer() - started
     return report

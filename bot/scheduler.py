@@ -28,7 +28,6 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.crontab import cron_trigger
@@ -45,7 +44,7 @@ def every(seconds: float) -> IntervalTrigger:
     return IntervalTrigger(seconds=seconds, timezone=UTC)
 
 
-def cron(expr: str) -> CronTrigger:
+def cron(expr: str) -> BaseTrigger:
     """A crontab expression (UTC, crontab weekday numbers: 0/7 = Sunday)."""
     return cron_trigger(expr)
 

@@ -16,30 +16,29 @@ sources) so tests run the real service against local fakes.
 
 from __future__ import annotations
 
-import io
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from bot import __version__
 from bot.config import AppConfig
 from bot.evaluation import Evaluator
 from bot.freshness import Watch, check_freshness
-from bot.http_server import Handler, HttpServer, Request, Response
+from bot.http_server import HttpLimits, HttpServer, Request, Response, Route, wsgi_route
 from bot.leader import Leadership, make_leadership
-from bot.metrics import CONTENT_TYPE, Metrics, Sample
+from bot.metrics import Metrics, Sample
 from bot.notices import Notices
 from bot.pipeline import Notifier, deliver_outbox
 from bot.polling import PollReport, poll_source
 from bot.redaction import mask
+from bot.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice, template_check
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
@@ -49,40 +48,7 @@ from storage.outbox import counts as outbox_counts
 from storage.sources import list_source_states, prune_events, register_source
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
-
-
-def wsgi_route(app: Callable[..., Any]) -> Handler:
-    """Mount a WSGI application (e.g. slack-bolt's SlackRequestHandler) as a route."""
-
-    def handle(req: Request) -> Response:
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": req.method, "PATH_INFO": req.path,
-            "QUERY_STRING": urlencode(req.query, doseq=True), "SERVER_NAME": "usagebot", "SERVER_PORT": "0",
-            "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": req.headers.get("content-type", ""),
-            "CONTENT_LENGTH": str(len(req.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(req.body), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
-            "wsgi.multiprocess": False, "wsgi.run_once": False,
-        }
-        for k, v in req.headers.items():
-            if k not in ("content-type", "content-length"):
-                environ["HTTP_" + k.upper().replace("-", "_")] = v
-        started: dict[str, Any] = {}
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-            started["status"], started["headers"] = status, headers
-            return lambda _data: None
-
-        chunks = app(environ, start_response)
-        try:
-            body = b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        return Response(int(str(started.get("status", "500")).split()[0]), body, dict(started.get("headers", [])))
-
-    return handle
+VERSION = __version__
 
 
 @dataclass
@@ -116,19 +82,128 @@ class Service:
             misfire_grace=cfg.scheduler.misfire_grace, max_workers=cfg.scheduler.max_workers)
         self.metrics.set("usagebot_info", 1, version=VERSION, replica=self.leadership.holder)
         self.metrics.add_collector(self._collect)
+        self._initialise_metrics()
         self.http: HttpServer | None = None
         self.slack_app: Any = None
         self.socket_handler: Any = None
         self._stopping = threading.Event()
+        self._reload_lock = threading.Lock()
+        self.reloader = self._make_reloader()
+        self._first_polls = set(self.sources or {})  # sources not polled yet since start (evaluate waits)
+        self._started_at = time.monotonic()
         self._scheduling = False  # the scheduler was started (health checks it from then on)
         self._head = head_revision()  # the schema version this code expects
 
     # ------------------------------------------------------------------ building
 
+    def _initialise_metrics(self) -> None:
+        """Create every series whose label values are known now at 0 (they exist from the first scrape)."""
+        m = self.metrics
+        sources = [s.id for s in self.config.sources if s.settings.enabled]
+        jobs = [j.id for j in self.scheduler.jobs]
+        m.initialise("usagebot_source_polls_total", [{"source": s, "result": r} for s in sources for r in ("ok", "error")])
+        for name in ("usagebot_source_rows_total", "usagebot_source_rejected_total", "usagebot_source_poll_seconds"):
+            m.initialise(name, [{"source": s} for s in sources])
+        m.initialise("usagebot_deliveries_total", [{"result": r} for r in ("sent", "failed", "dead", "deferred")])
+        m.initialise("usagebot_job_runs_total", [{"job": j, "result": r} for j in jobs for r in ("ok", "error", "skipped")])
+        m.initialise("usagebot_job_seconds", [{"job": j} for j in jobs])
+        m.initialise("usagebot_errors_total", [{"component": c} for c in
+                                               [*jobs, "leader", "http", "collector", "deliver", "reload"]])
+        m.initialise("usagebot_evaluations_total", [{"reason": r} for r in ("bucket_closed", "late_data")])
+        m.initialise("usagebot_evaluation_seconds", [{"reason": r} for r in ("bucket_closed", "late_data")])
+        self._initialise_rule_metrics()
+        if self.push is not None:
+            m.initialise("usagebot_ingest_events_total", [{"result": r} for r in ("accepted", "duplicate")])
+            m.initialise("usagebot_ingest_requests_total", [{"status": s} for s in (200, 400, 401, 413)])
+
+    def _initialise_rule_metrics(self) -> None:
+        self.metrics.initialise("usagebot_alerts_total", [{"rule": r.id, "event": e} for r in self.ruleset.rules
+                                                          for e in ("fired", "renotified", "resolved")])
+        self.metrics.set("usagebot_rules_loaded", len(self.ruleset.rules))
+
     def _load_rules(self) -> RuleSet:
         from rules.loader import load_rules
 
         return load_rules(list(self.config.rule_paths))
+
+    def _make_reloader(self) -> RuleReloader | None:
+        """Watches the rule files and templates (not when the rules were handed in, e.g. by tests)."""
+        if self.config.ruleset is None and not self.config.rule_paths:
+            return None
+        slack = self.config.slack
+        template_dir = getattr(slack, "template_dir", None) if slack is not None else None
+        check = (lambda: template_check(slack)) if template_dir else None  # rendered fresh from disk
+        for env in self._template_envs():
+            freeze(env)  # running templates change only through a checked reload
+        return RuleReloader(list(self.config.rule_paths), template_dir, check)
+
+    def _template_envs(self) -> list[Any]:
+        renderer = getattr(self.notifier, "renderer", None)
+        envs = [renderer.env] if renderer is not None else []
+        if hasattr(self.notifier, "env"):  # the console notifier
+            envs.append(self.notifier.env)  # type: ignore[union-attr]
+        return envs
+
+    def reload(self, force: bool = False) -> ReloadOutcome | None:
+        """Take changed rule files / templates if they are valid; else keep the running ones and say why."""
+        if self.reloader is None:
+            return None
+        with self._reload_lock:
+            outcome = self.reloader.check(force=force)
+            if not outcome.changed:
+                return outcome
+            if not outcome.ok:
+                self._refuse_reload(outcome)
+                return outcome
+            assert outcome.ruleset is not None
+            before = len(self.ruleset.rules)
+            self.ruleset = outcome.ruleset
+            self.evaluator.ruleset = outcome.ruleset
+            self._swap_templates()
+            self._initialise_rule_metrics()
+            self.metrics.inc("usagebot_rules_reloads_total", result="ok")
+            log.info("reloaded the rules and templates: %d rule(s) in force (was %d)", len(self.ruleset.rules),
+                     before, extra={"event": "rules_reloaded", "rules": [r.id for r in self.ruleset.rules]})
+            return outcome
+
+    def _refuse_reload(self, outcome: ReloadOutcome) -> None:
+        for p in outcome.problems:
+            log.warning("rule reload: %s", p, extra={"event": "rules_invalid"})
+        log.error("a change to the rule files or templates was not loaded (%d problem(s)); the running %d rule(s) "
+                  "and templates stay in force", len(outcome.problems), len(self.ruleset.rules),
+                  extra={"event": "reload_refused", "problems": len(outcome.problems)})
+        self.metrics.inc("usagebot_rules_reloads_total", result="invalid")
+        self.metrics.inc("usagebot_errors_total", component="reload")
+        from storage.outbox import enqueue
+
+        now = self.clock()
+        try:
+            enqueue(self.engine, invalid_notice(outcome.problems, outcome.fingerprint, now,  # type: ignore[arg-type]
+                                                self.config.service.admin_channel, len(self.ruleset.rules),
+                                                self.notices.notifiers), now)
+        except Exception:  # the database is down: the log lines above still say it
+            log.exception("cannot queue the admin notice about the refused reload")
+
+    def _swap_templates(self) -> None:
+        """New template environments, loaded whole, for the notifiers in use (the old ones keep rendering
+        until this point, so a message is never rendered half old, half new)."""
+        template_dir = getattr(self.config.slack, "template_dir", None) if self.config.slack is not None else None
+        renderer = getattr(self.notifier, "renderer", None)
+        if renderer is not None:
+            from integrations.slack.render import make_environment as slack_environment
+
+            renderer.env = freeze(slack_environment(template_dir))
+        if hasattr(self.notifier, "env"):
+            from integrations.console import make_environment as console_environment
+
+            self.notifier.env = freeze(console_environment(template_dir))  # type: ignore[union-attr]
+
+    def _reload_tick(self) -> None:
+        try:
+            self.reload()
+        except Exception:  # never let the watcher die
+            log.exception("checking the rule files for changes failed")
+            self.metrics.inc("usagebot_errors_total", component="reload")
 
     def _make_notifier(self) -> Notifier:
         if self.config.slack is not None:
@@ -193,13 +268,53 @@ class Service:
                  report.rows, report.points_written,
                  extra={"event": "poll", "source": source.id, "ok": report.ok, "rows": report.rows,
                         "changed_series": len(report.changed), "seconds": round(report.seconds, 3)})
+        if report.settling:
+            self._poll_again(source.id, report.settling)
+        if source.id in self._first_polls:
+            self._first_polls.discard(source.id)
+            if not self._first_polls:
+                self._run_now("evaluate")
         return report
+
+    def _run_now(self, job_id: str) -> None:
+        """Run a scheduled job now instead of at its next time (no-op when the scheduler is not running)."""
+        from datetime import UTC, datetime
+
+        job = self.scheduler.scheduler.get_job(job_id) if self.scheduler.scheduler.running else None
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    def _poll_again(self, source_id: str, settling: list[tuple[str, int]]) -> None:
+        """Files younger than the source's min_age were left for later: say so, and poll again when they are old enough."""
+        from datetime import UTC, datetime
+
+        ready = max(at for _, at in settling)
+        names = ", ".join(name for name, _ in settling[:5]) + (f" and {len(settling) - 5} more" if len(settling) > 5 else "")
+        job = self.scheduler.scheduler.get_job(f"poll:{source_id}") if self.scheduler.scheduler.running else None
+        when = datetime.fromtimestamp(ready, UTC)
+        if job is not None and (job.next_run_time is None or job.next_run_time > when):
+            job.modify(next_run_time=when)
+            later = f"polling again at {when:%H:%M:%S} UTC"
+        else:
+            later = "they are read by the next poll"
+        log.info("%s: %d file(s) modified less than min_age ago, left until they are complete (%s): %s", source_id,
+                 len(settling), later, names, extra={"event": "poll_settling", "source": source_id,
+                                                     "files": [n for n, _ in settling]})
 
     def freshness_job(self, now: int) -> Any:
         return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel,  # type: ignore[arg-type]
                                notifiers=self.notices.notifiers)
 
+    FIRST_POLL_WAIT = 300  # seconds: the longest the first evaluation waits for the sources' first polls
+
     def evaluate_job(self, now: int) -> Any:
+        waiting = sorted(self._first_polls)
+        if waiting and time.monotonic() - self._started_at < self.FIRST_POLL_WAIT:
+            # At start-up every job runs at once: evaluating before the sources' first polls would decide
+            # the latest closed bucket on old data and mark it done. The first poll triggers evaluation.
+            log.info("evaluation waits for the first poll of %s", ", ".join(waiting),
+                     extra={"event": "evaluation_waiting", "sources": waiting})
+            return None
         report = self.evaluator.tick(now)
         for ev in report.evaluations:
             reason = ev.reason.replace(" ", "_")
@@ -207,6 +322,8 @@ class Service:
             self.metrics.observe("usagebot_evaluation_seconds", ev.seconds, reason=reason)
             for a in ev.report.alerts:
                 self.metrics.inc("usagebot_alerts_total", rule=a.get("rule", ""), event=a.get("event", ""))
+        if any(e.report.outbox_items for e in report.evaluations):
+            self._run_now("deliver")  # new notifications go out now, not at the next deliver_every
         return report
 
     def deliver_job(self, now: int) -> Any:
@@ -269,6 +386,8 @@ class Service:
             out.append(Sample("usagebot_source_stale", 1 if s.stale_since is not None else 0, {"source": s.source_id}))
         for status, n in outbox_counts(self.engine).items():  # type: ignore[arg-type]
             out.append(Sample("usagebot_outbox_rows", n, {"status": status}))
+        if self.http is not None:
+            out.append(Sample("usagebot_http_connections", self.http.open_connections, {}))
         return out
 
     def healthz(self, req: Request) -> Response:
@@ -296,7 +415,18 @@ class Service:
                                                   "replica": self.leadership.holder})  # type: ignore[union-attr]
 
     def metrics_endpoint(self, req: Request) -> Response:
-        return Response.text(200, self.metrics.render(), CONTENT_TYPE)
+        body, content_type = self.metrics.render(req.headers.get("accept"))
+        return Response(200, body, {"Content-Type": content_type})
+
+    def ingest_authorize(self, headers: Mapping[str, str]) -> Response | None:
+        """Checked on the headers, before the body is read: the shared secret."""
+        assert self.push is not None
+        if self.push.authorized(headers):
+            return None
+        self.metrics.inc("usagebot_ingest_requests_total", status=401)
+        return Response(401, Response.json(401, {"error": "missing or wrong shared secret: send "
+                                                          "'Authorization: Bearer <secret>'"}).body,
+                        {"Content-Type": "application/json", "WWW-Authenticate": 'Bearer realm="usagebot ingest"'})
 
     def ingest_endpoint(self, req: Request) -> Response:
         assert self.push is not None
@@ -310,18 +440,20 @@ class Service:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="usagebot ingest"'
         return resp
 
-    def routes(self) -> dict[tuple[str, str], Handler]:
-        r: dict[tuple[str, str], Handler] = {
-            ("GET", "/healthz"): self.healthz, ("GET", "/readyz"): self.readyz,
-            ("GET", "/metrics"): self.metrics_endpoint,
-        }
+    def routes(self) -> list[Route]:
+        """The HTTP routes, each with its body limit and the check made before its body is read."""
+        r = [Route("GET", "/healthz", self.healthz, "healthz"), Route("GET", "/readyz", self.readyz, "readyz"),
+             Route("GET", "/metrics", self.metrics_endpoint, "metrics")]
         if self.push is not None:
-            r[("POST", self.push.config.path)] = self.ingest_endpoint
+            r.append(Route("POST", self.push.config.path, self.ingest_endpoint, "ingest",
+                           max_body=min(self.push.config.max_body_bytes, self.config.service.max_body_bytes),
+                           authorize=self.ingest_authorize))
         slack = self.config.slack
         if slack is not None and getattr(slack, "interactive_mode", None) == "http":
-            from bot.slack_app import http_handler
+            from bot.slack_app import http_handler, slack_signature_headers
 
-            r[("POST", slack.http_path)] = wsgi_route(http_handler(self._slack_app(), slack))
+            r.append(Route("POST", slack.http_path, wsgi_route(http_handler(self._slack_app(), slack)), "slack",
+                           max_body=self.config.service.max_body_bytes, authorize=slack_signature_headers))
         return r
 
     def _slack_app(self) -> Any:
@@ -351,7 +483,9 @@ class Service:
         self.prepare()
         if http:
             svc = self.config.service
-            self.http = HttpServer(svc.host, svc.port, self.routes(), max_body=svc.max_body_bytes,
+            limits = HttpLimits(max_connections=svc.max_connections, read_timeout=svc.read_timeout,
+                                idle_timeout=svc.idle_timeout, threads=svc.http_threads)
+            self.http = HttpServer(svc.host, svc.port, self.routes(), limits, metrics=self.metrics,
                                    on_error=lambda: self.metrics.inc("usagebot_errors_total", component="http"))
             self.http.start()
             log.info("listening on %s:%d", svc.host, self.http.port, extra={"event": "listening", "port": self.http.port})
@@ -361,6 +495,9 @@ class Service:
 
             self.socket_handler = run_socket_mode(self._slack_app(), slack, block=False)
         if scheduler:
+            if self.reloader is not None:  # every replica: a follower that becomes leader has the new rules
+                self.scheduler.scheduler.add_job(self._reload_tick, every(self.config.scheduler.reload_every),
+                                                 id="reload", name="rule reload")
             self.scheduler.start()
             self._scheduling = True
         log.info("usagebot %s started: %d source(s), %d rule(s), database %s", VERSION, len(self.sources or {}),
@@ -398,14 +535,19 @@ class Service:
         return self.scheduler.run_all_once()
 
     def serve_forever(self, install_signals: bool = True) -> None:
-        """start(), then block until SIGTERM / SIGINT (or stop()), then stop()."""
-        done = threading.Event()
+        """start(), then block until SIGTERM / SIGINT (or stop()), then stop(); SIGHUP reloads the rules."""
+        done, hup = threading.Event(), threading.Event()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: done.set())
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, lambda *_: hup.set())  # reload the rules and templates now
         self.start()
         try:
             while not done.wait(0.5) and not self._stopping.is_set():
-                pass
+                if hup.is_set():
+                    hup.clear()
+                    log.info("SIGHUP: checking the rule files and templates", extra={"event": "sighup"})
+                    self._reload_tick()
         finally:
             self.stop()

@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from dataclasses import replace
 from typing import TextIO
 
-DEFAULT_CONFIG_ENV = "USAGEBOT_CONFIG"
+from bot.cli_support import add_command, add_config_option, add_db_option, add_group, config_path
+from bot.config import AppConfig
+from bot.settings import CONFIG_ENV, resolve
+
+DEFAULT_CONFIG_ENV = CONFIG_ENV
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
-    return args.config or os.environ.get(DEFAULT_CONFIG_ENV)
+    return config_path(getattr(args, "config", None) or getattr(args, "path", None))
+
+
+def apply_overrides(config: AppConfig, args: argparse.Namespace) -> AppConfig:
+    """The config with flag > environment > config file applied to the settings `serve` takes (bot.settings)."""
+    from bot.config import LOG_FORMATS, LOG_LEVELS
+
+    svc = config.service
+    db = resolve("--db", args.db, config.storage_url, config.storage_url)
+    host = resolve("--host", args.host, svc.host, svc.host)
+    port = resolve("--port", args.port, svc.port, svc.port, convert=int)
+    level = resolve("--log-level", args.log_level, svc.log_level, svc.log_level)
+    fmt = resolve("--log-format", args.log_format, svc.log_format, svc.log_format)
+    if level.value not in LOG_LEVELS or fmt.value not in LOG_FORMATS:
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)} and log format one of "
+                         f"{', '.join(LOG_FORMATS)} (got {level.value!r}, {fmt.value!r})")
+    service = replace(svc, host=host.value, port=port.value, log_level=level.value, log_format=fmt.value)
+    return replace(config, storage_url=db.value, service=service)
 
 
 def _print_problems(problems: list, err: TextIO) -> None:
@@ -23,7 +44,12 @@ def _print_problems(problems: list, err: TextIO) -> None:
 def cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.config import check_config
 
-    config, problems = check_config(args.path)
+    path = _config_path(args)
+    if not path:
+        print(f"usagebot config check: give a config file (or set {DEFAULT_CONFIG_ENV}, or have ./config.toml)",
+              file=err)
+        return 2
+    config, problems = check_config(path)
     if problems:
         for p in problems:
             print(str(p), file=out)
@@ -32,13 +58,14 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     assert config is not None
     from storage.db import redact_url
 
-    kinds = ", ".join(sorted({s.settings.type for s in config.sources})) or "none"
+    enabled = [s for s in config.sources if s.settings.enabled]
+    kinds = ", ".join(sorted({s.settings.type for s in enabled})) or "none enabled"
     n_rules = len(config.ruleset.rules) if config.ruleset else 0
     lines = [
-        f"OK: {args.path}",
+        f"OK: {path}",
         f"  storage:    {redact_url(config.storage_url)}",
         f"  rules:      {n_rules} rule(s) in {len(config.rule_paths)} path(s)",
-        f"  sources:    {len(config.sources)} ({kinds})",
+        f"  sources:    {len(enabled)} of {len(config.sources)} enabled ({kinds})",
         f"  ingest:     {('POST ' + config.ingest.path) if config.ingest else 'off'}",
         f"  slack:      {_slack_summary(config.slack)}",
         f"  salesforce: {_sf_summary(config.salesforce)}",
@@ -70,17 +97,19 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     path = _config_path(args)
     if not path:
-        print(f"usagebot serve: give --config FILE (or set {DEFAULT_CONFIG_ENV})", file=err)
+        print(f"usagebot serve: give --config FILE (or set {DEFAULT_CONFIG_ENV}, or run it where config.toml is); "
+              "`usagebot init DIR` writes one", file=err)
         return 2
     config, problems = check_config(path)
     if problems:
         _print_problems(problems, err)
         return 1
     assert config is not None
-    if args.port is not None:
-        from dataclasses import replace
-
-        config = replace(config, service=replace(config.service, port=args.port))
+    try:
+        config = apply_overrides(config, args)
+    except ValueError as exc:
+        print(f"usagebot serve: {exc}", file=err)
+        return 2
     setup_logging(config.service.log_format, config.service.log_level, stream=err)
     service = Service(config)
     if args.once:
@@ -96,15 +125,26 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `serve` and `config check` to the top-level parser."""
-    s = sub.add_parser("serve", help="run the service: sources, scheduler, evaluation, delivery, HTTP endpoints")
-    s.add_argument("--config", help=f"config file (TOML; default ${DEFAULT_CONFIG_ENV})")
-    s.add_argument("--port", type=int, help="HTTP port (overrides [service] port)")
+    s = add_command(sub, "serve", "run the service: sources, scheduler, evaluation, delivery, HTTP endpoints",
+                    ["usagebot serve --config config.toml",
+                     "USAGEBOT_CONFIG=/etc/usagebot/config.toml USAGEBOT_DB_URL=postgresql://... usagebot serve",
+                     "usagebot serve --config config.toml --once      # every job once, then exit"])
+    add_config_option(s)
+    add_db_option(s)
+    s.add_argument("--host", metavar="ADDR", help="HTTP listen address (default $USAGEBOT_HOST, else [service] host)")
+    s.add_argument("--port", type=int, metavar="N", help="HTTP port (default $USAGEBOT_PORT, else [service] port)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log level (default $USAGEBOT_LOG_LEVEL, else [service] log_level)")
+    s.add_argument("--log-format", choices=["json", "text"],
+                   help="json (one object per line) or text (default $USAGEBOT_LOG_FORMAT, else [service] log_format)")
     s.add_argument("--once", action="store_true",
                    help="run every job once (poll, freshness, evaluate, deliver...) and exit")
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("config", help="configuration file tools")
-    csub = c.add_subparsers(dest="config_command", required=True)
-    chk = csub.add_parser("check", help="validate the whole config file; prints every problem as file:line: field: message")
-    chk.add_argument("path", metavar="CONFIG")
+    csub = add_group(sub, "config", "configuration file tools")
+    chk = add_command(csub, "check", "validate the whole config file; prints every problem as file:line: field: "
+                                     "message", ["usagebot config check config.toml",
+                                                 "USAGEBOT_CONFIG=/etc/usagebot/config.toml usagebot config check"])
+    chk.add_argument("path", metavar="CONFIG", nargs="?",
+                     help="the config file (default $USAGEBOT_CONFIG, else ./config.toml)")
     chk.set_defaults(func=cmd_config_check)

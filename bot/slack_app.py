@@ -29,15 +29,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.request import payload_utils
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 
+from bot.http_server import Response
 from bot.pipeline import Notifier
 from integrations.console import ConsoleNotifier
 from integrations.slack.actions import EpisodeActions
@@ -340,24 +339,57 @@ def dispatch_http(app: App, body: bytes | str, headers: Mapping[str, str],
     return resp.status, {k: v[0] if isinstance(v, list) else v for k, v in resp.headers.items()}, resp.body
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("slack http: " + format, *args)
+SLACK_MAX_AGE = 300  # seconds; slack-bolt refuses older request timestamps too (replay window)
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+def slack_signature_headers(headers: Mapping[str, str]) -> Response | None:
+    """Slack HTTP mode, before the body is read: the signature headers are there and the timestamp is fresh.
+
+    The signature itself (an HMAC of the body) is verified by slack-bolt once the body is in.
+    """
+    ts, sig = headers.get("x-slack-request-timestamp", ""), headers.get("x-slack-signature", "")
+    if not ts or not sig:
+        return Response.json(401, {"error": "missing X-Slack-Request-Timestamp / X-Slack-Signature headers"})
+    if not ts.isdigit() or abs(time.time() - int(ts)) > SLACK_MAX_AGE:
+        return Response.json(401, {"error": "stale or malformed X-Slack-Request-Timestamp"})
+    if not sig.startswith("v0=") or len(sig) > 200:
+        return Response.json(401, {"error": "malformed X-Slack-Signature"})
+    return None
+
+
+class HttpModeServer:
+    """Slack HTTP mode on its own port (bot.http_server: the service's hardened server)."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self._server.port)
+
+    def serve_forever(self) -> None:
+        self._server.start()
+        threading.Event().wait()
+
+    def shutdown(self) -> None:
+        self._server.stop()
+
+    def server_close(self) -> None:
+        return None
 
 
 def serve_http(app: App, config: SlackConfig, host: str = "0.0.0.0", port: int = 3000,
-               block: bool = True) -> WSGIServer:
+               block: bool = True) -> HttpModeServer:
     """Serve HTTP mode on host:port (put TLS in front: Slack only calls https URLs). block=False runs
-    it in a daemon thread and returns the server (server.server_address has the port; .shutdown() stops)."""
-    server = make_server(host, port, http_handler(app, config), server_class=_ThreadingWSGIServer,
-                         handler_class=_QuietHandler)
+    it in the background and returns the server (server.server_address has the port; .shutdown() stops).
+    Signature headers are checked before the body is read; bolt verifies the signature itself."""
+    from bot.http_server import HttpServer, Route, wsgi_route
+
+    route = Route("POST", config.http_path, wsgi_route(http_handler(app, config)), "slack",
+                  max_body=2_000_000, authorize=slack_signature_headers)
+    server = HttpModeServer(HttpServer(host, port, [route]))
     if block:
         server.serve_forever()
     else:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="usagebot-slack-http",
-                         daemon=True).start()
+        server._server.start()
     return server

@@ -19,31 +19,63 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.cli_support import DB_ENV, database_url, load_or_report
+from bot.cli_support import (
+    add_command,
+    add_config_option,
+    add_db_option,
+    add_group,
+    config_path,
+    database_url,
+    load_or_report,
+)
+from bot.config import storage_url
 from bot.configbase import load_document
 from integrations.slack.config import SlackConfig, parse_slack_config
-
-DEFAULT_CONFIG = "config.toml"
 
 
 @dataclass(frozen=True)
 class SlackSettings:
     slack: SlackConfig
     db_url: str | None
+    rule_paths: tuple[str, ...] = ()  # [rules] paths (relative to the config file), for the routed channels
+    admin_channel: str | None = None  # [service] admin_channel
 
 
 def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) -> SlackSettings:
     """[slack] and [storage].url of a config file (defaults without one). Raises ConfigError."""
+    path = config_path(path, env)
     if path is None:
-        if not Path(DEFAULT_CONFIG).exists():
-            return SlackSettings(SlackConfig(), None)
-        path = DEFAULT_CONFIG
+        return SlackSettings(SlackConfig(), None)
     doc = load_document(path, env)
     cfg = parse_slack_config(doc.section("slack"))
-    storage = doc.section("storage")
-    url = storage.str("url") if storage.has("url") else None
+    url = storage_url(doc)
+    rules, service = doc.section("rules"), doc.section("service")
+    base = Path(doc.file).resolve().parent
+    paths = tuple(str(base / p) for p in rules.str_list("paths")) if rules.has("paths") else ()
+    admin = service.str("admin_channel") if service.has("admin_channel") else None
     doc.raise_if_problems()
-    return SlackSettings(cfg, url or None)
+    return SlackSettings(cfg, url, paths, admin)
+
+
+def routed_channels(settings: SlackSettings) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every channel alerts can go to, with who sends there: ([(channel, why)], problems loading the rules)."""
+    cfg = settings.slack
+    found: dict[str, str] = {}
+    for c, why in [(cfg.default_channel, "[slack] default_channel"),
+                   *((c, f"[slack.channels] {sev}") for sev, c in cfg.severity_channels.items()),
+                   (settings.admin_channel, "[service] admin_channel")]:
+        if c:
+            found.setdefault(c, why)
+    problems: list[str] = []
+    if settings.rule_paths:
+        from rules.loader import check_rules
+
+        ruleset, rule_problems = check_rules(list(settings.rule_paths))
+        problems = [f"rules: {p}" for p in rule_problems]
+        for r in ruleset.rules if ruleset is not None else []:
+            for c in r.routing.channels:
+                found.setdefault(c, f"rule {r.id!r}")
+    return list(found.items()), problems
 
 
 def _settings(args: argparse.Namespace, err: TextIO) -> SlackSettings | None:
@@ -155,13 +187,16 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     engine = make_engine("sqlite://")  # channel lookups need no stored state
     directory = SlackDirectory(api, engine, cfg)
-    channels = [c for c in [cfg.default_channel, *cfg.severity_channels.values()] if c]
-    for c in dict.fromkeys(channels):
+    channels, rule_problems = routed_channels(settings)
+    for p in rule_problems:
+        print(p, file=out)
+    problems += rule_problems
+    for c, why in channels:  # every channel an alert or notice can be routed to must exist
         try:
             print(f"channel {c}: {directory.channel_id(c)}", file=out)
         except SlackDeliveryError as exc:
             problems.append(str(exc))
-            print(f"channel {c}: {exc}", file=out)
+            print(f"channel {c} ({why}): {exc}", file=out)
     mode = cfg.interactive_mode
     print(f"buttons and {cfg.command}: " + (f"{mode} mode" if mode else
                                            "off (set app_token for Socket Mode or signing_secret for HTTP)"),
@@ -204,7 +239,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from storage.db import make_engine, migrate
+    from storage.db import open_existing
     from storage.slack import feedback_by_rule
 
     settings = _settings(args, err)
@@ -213,9 +248,8 @@ def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     since = _time(args.since, "--since", err) if args.since else None
     if args.since and since is None:
         return 2
-    engine = make_engine(_db_url(args, settings))
+    engine = open_existing(_db_url(args, settings))  # read-only: never creates or migrates a database
     try:
-        migrate(engine)
         counts = feedback_by_rule(engine, since=since)
     finally:
         engine.dispose()
@@ -231,29 +265,34 @@ def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `usagebot slack ...` to the top-level parser."""
-    p = sub.add_parser("slack", help="Slack app manifest, checks, outbox delivery, feedback")
-    ss = p.add_subparsers(dest="slack_command", required=True)
+    ss = add_group(sub, "slack", "Slack app manifest, checks, outbox delivery, feedback")
 
     def common(q: argparse.ArgumentParser, db: bool = False) -> None:
-        q.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} when it exists)")
+        add_config_option(q, " with [slack]")
         if db:
-            q.add_argument("--db", help=f"database URL (default: ${DB_ENV}, else [storage].url)")
+            add_db_option(q)
 
-    m = ss.add_parser("manifest", help="print the Slack app manifest (scopes, /usage, interactivity)")
+    m = add_command(ss, "manifest", "print the Slack app manifest (scopes, /usage, interactivity)",
+                    ["usagebot slack manifest --config config.toml > manifest.yaml",
+                     "usagebot slack manifest --format json"])
     common(m)
-    m.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    m.add_argument("--format", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
     m.set_defaults(func=cmd_manifest)
 
-    c = ss.add_parser("check", help="check the [slack] config, the templates, the token and the channels")
+    c = add_command(ss, "check", "check the [slack] config, the templates, the token and every channel alerts "
+                                 "are routed to", ["usagebot slack check --config config.toml"])
     common(c)
     c.set_defaults(func=cmd_check)
 
-    d = ss.add_parser("deliver", help="deliver due alerts from the outbox (and due digests) once")
+    d = add_command(ss, "deliver", "deliver due alerts from the outbox (and due digests) once",
+                    ["usagebot slack deliver --config config.toml",
+                     "usagebot slack deliver --config config.toml --at 2026-11-24T09:00Z"])
     common(d, db=True)
-    d.add_argument("--at", help="the time to deliver at (ISO-8601; default now)")
+    d.add_argument("--at", metavar="TIME", help="the time to deliver at (ISO-8601; default now)")
     d.set_defaults(func=cmd_deliver)
 
-    f = ss.add_parser("feedback", help="'Not useful' clicks per rule")
+    f = add_command(ss, "feedback", "'Not useful' clicks per rule (reads the database, never creates one)",
+                    ["usagebot slack feedback --config config.toml", "usagebot slack feedback --since 2026-11-01"])
     common(f, db=True)
-    f.add_argument("--since", help="only feedback from this time on (ISO-8601)")
+    f.add_argument("--since", metavar="TIME", help="only feedback from this time on (ISO-8601)")
     f.set_defaults(func=cmd_feedback)

@@ -74,4 +74,4 @@ class ConsoleNotifier:
         if alert.get("quiet"):
             return  # a quiet close: nothing was printed that would need updating
         print(self.render(alert), file=self.out)
-        print(file=self.out)
+        print(file=self.out, flush=True)  # to a pipe or journald too, at once (not when 8 KiB are buffered)

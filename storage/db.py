@@ -8,7 +8,9 @@ managed by the Alembic migrations shipped inside this package
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,31 @@ SQLITE_CACHE_KIB = 65_536  # page cache per connection; the default 2 MiB thrash
 _PG_MIGRATION_LOCK = 0x75736167  # pg_advisory_xact_lock key ("usag"), serialises concurrent migrate() calls
 
 
+log = logging.getLogger(__name__)
+
+
 class StorageError(RuntimeError):
     """A database problem reported with a redacted URL and what to do about it."""
+
+
+class SchemaMismatch(StorageError):
+    """The database exists with a usagebot schema, at another revision than this version's."""
+
+
+class _MigratingOnly(logging.Filter):
+    """Alembic's INFO lines ("Context impl SQLiteImpl.", "Running upgrade ...") only while migrating.
+
+    Alembic logs the first two on every MigrationContext, i.e. on every readiness probe that reads the
+    schema revision; they are kept for the upgrades migrate() actually runs.
+    """
+
+    active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or bool(getattr(self.active, "on", False))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_MigratingOnly())
 
 
 def default_url(data_dir: str | Path = "usagebot-data") -> str:
@@ -157,16 +182,30 @@ def alembic_config(engine_or_url: Engine | str | URL | None = None) -> Config:
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (alembic upgrade head). Idempotent."""
+def migrate(engine: Engine) -> tuple[str | None, str | None]:
+    """Bring the schema to the newest revision (alembic upgrade head). Idempotent.
+
+    Returns (revision before, revision after); logs one INFO line when it upgraded.
+    """
     cfg = alembic_config()
     where = redact_url(engine.url)
     try:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            before = _revision(conn)
+            head = head_revision()
+            if before == head:
+                return before, head
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            _MigratingOnly.active.on = True
+            try:
+                command.upgrade(cfg, "head")
+            finally:
+                _MigratingOnly.active.on = False
+        log.info("database %s migrated from %s to %s", where, before or "an empty database", head,
+                 extra={"event": "migrated", "from_revision": before, "to_revision": head})
+        return before, head
     except OperationalError as exc:
         raise StorageError(
             f"cannot migrate database {where}: {' '.join(str(exc.orig).split())}; check that the server is running and the URL "
@@ -179,12 +218,58 @@ def migrate(engine: Engine) -> None:
         ) from None
 
 
-def current_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at (None before the first migrate)."""
+def _revision(conn: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None before the first migrate)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _revision(conn)
+
+
+def known_revisions() -> list[str]:
+    """Every revision shipped with this package, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    return [s.revision for s in reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))]
+
+
+def open_existing(url: str | URL) -> Engine:
+    """An Engine on a database that already exists and is migrated; never creates or migrates one.
+
+    For commands that only read (`crm status`, `slack feedback`, `db current`, dry runs): a typo in
+    --db must be a clear error, not a new empty database. Raises StorageError saying what to do.
+    """
+    u = _normalise(url)
+    where = redact_url(url)
+    if u.get_backend_name() == "sqlite":
+        database = u.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            raise StorageError(f"database {where}: an in-memory database holds nothing to read")
+        if not Path(database).expanduser().is_file():
+            raise StorageError(
+                f"no database at {Path(database).expanduser()} (from {where}); this command only reads and "
+                "never creates one. Check --db, $USAGEBOT_DB_URL or [storage] url; a new database is created "
+                "by `usagebot db upgrade`, `usagebot ingest` or `usagebot serve`")
+    engine = make_engine(u)
+    try:
+        rev = current_revision(engine)
+        head = head_revision()
+        if rev is None:
+            raise StorageError(f"database {where} has no usagebot schema (never migrated); create it with "
+                               f"`usagebot db upgrade --db ...` or check the URL")
+        if rev != head:
+            newer = rev not in known_revisions()
+            raise SchemaMismatch(
+                f"database {where} is at schema revision {rev}, this usagebot expects {head}: "
+                + ("it was migrated by a newer usagebot version" if newer else "run `usagebot db upgrade`"))
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def head_revision() -> str | None:

@@ -29,6 +29,7 @@ from integrations.slack.errors import PermanentSlackError, RetryLater
 from integrations.slack.lookups import SlackDirectory
 from integrations.slack.render import EpisodeView, SlackRenderer, parse_iso
 from integrations.slack.routing import Destination, destinations, fallback_destination
+from rules.periods import iso
 from storage import slack as store
 from storage.episodes import find_episode, get_episode, set_slack_message
 from storage.outbox import DEFAULT_LEASE, outbox_kinds
@@ -80,7 +81,7 @@ class SlackNotifier:
             until = store.account_snoozed_until(self.engine, str(alert.get("account")), now)
             if until is not None:
                 log.info("account %s is snoozed until %s: %s alert of rule %s not posted",
-                         alert.get("account"), until, event, alert.get("rule"))
+                         alert.get("account"), iso(until), event, alert.get("rule"))
                 return
         episode = find_episode(self.engine, episode_key(alert), started_at=parse_iso(alert.get("started_at")))
         if alert.get("quiet"):  # closed without telling anyone: only the parent messages show the new state

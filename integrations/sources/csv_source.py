@@ -105,6 +105,7 @@ class CsvSource:
         self.id = config.id
         self.options: CsvOptions = config.options
         self._wall = clock or time.time
+        self.settling: list[tuple[str, int]] = []  # (file, when it is old enough) skipped by the last poll
 
     def close(self) -> None:
         return None
@@ -135,6 +136,7 @@ class CsvSource:
         return self._wall() - st.st_mtime >= self.options.min_age
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.settling = []
         cursor = _load_cursor(ctx.cursor)
         saved = ctx.cursor
         for batch in self._batches(ctx, cursor):
@@ -170,7 +172,10 @@ class CsvSource:
             except FileNotFoundError:
                 continue  # moved away between listing and reading
             fp = _fingerprint(st)
-            if cursor["files"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}") or not self._settled(st):
+            if cursor["files"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}"):
+                continue
+            if not self._settled(st):  # still being written? read it once it is min_age old
+                self.settling.append((path.name, int(st.st_mtime + self.options.min_age) + 1))
                 continue
             try:
                 result = read_usage_csv(path, on_error=self.options.on_error,  # type: ignore[arg-type]

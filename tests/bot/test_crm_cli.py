@@ -70,8 +70,8 @@ def shown_values(out: str) -> dict[str, dict[str, str]]:
 
 def test_dry_run_twice_then_the_real_sync_writes_exactly_what_was_shown(setup, fake):
     cfg, session = setup
-    code1, out1, err1 = run_cli("crm", "sync", "--dry-run", "--config", str(cfg), "--at", AT)
-    code2, out2, _ = run_cli("crm", "sync", "--dry-run", "--config", str(cfg), "--at", AT)
+    code1, out1, err1 = run_cli("crm", "sync", "--dry-run", "--verbose", "--config", str(cfg), "--at", AT)
+    code2, out2, _ = run_cli("crm", "sync", "--dry-run", "--verbose", "--config", str(cfg), "--at", AT)
     assert code1 == code2 == 0, err1
     assert out1 == out2 and fake.log == []
     assert out1.startswith("CRM dry run as of 2026-11-24T00:00:00Z: 3 account(s), 3 Account record(s) to update")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -36,3 +36,36 @@ def test_weekdays_mean_what_they_mean_in_crontab(expr: str, expected: datetime) 
 def test_bad_expressions_say_what_is_wrong(expr: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         cron_trigger(expr)
+
+
+def _fires(expr: str, after: datetime, n: int) -> list[datetime]:
+    trigger, out, prev = cron_trigger(expr), [], None
+    now = after
+    for _ in range(n):
+        nxt = trigger.get_next_fire_time(prev, now)
+        out.append(nxt)
+        prev, now = nxt, nxt + timedelta(seconds=1)
+    return out
+
+
+def _d(day: int, month: int = 11, h: int = 0, m: int = 0) -> datetime:
+    return datetime(2026, month, day, h, m, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("expr,expected", [
+    # crontab(5): "30 4 1,15 * 5" runs at 4:30 on the 1st and 15th of each month, plus every Friday.
+    ("30 4 1,15 * 5", [_d(6, h=4, m=30), _d(13, h=4, m=30), _d(15, h=4, m=30), _d(20, h=4, m=30),
+                       _d(27, h=4, m=30), _d(1, 12, 4, 30)]),
+    # both restricted: the 13th OR a Friday (not only Friday the 13th)
+    ("0 0 13 * fri", [_d(6), _d(13), _d(20), _d(27), _d(4, 12), _d(11, 12), _d(13, 12)]),
+    # a field starting with "*" is unrestricted: the two are ANDed (odd days that are Mondays)
+    ("0 0 */2 * 1", [_d(9), _d(23), _d(7, 12), _d(21, 12)]),
+    ("0 0 1 * *", [_d(1, 12), datetime(2027, 1, 1, tzinfo=UTC)]),
+    ("0 12 * * sun,6", [_d(7, h=12), _d(8, h=12), _d(14, h=12)]),
+    ("@daily", [_d(6), _d(7)]),
+    ("@weekly", [_d(8), _d(15)]),
+    ("@monthly", [_d(1, 12)]),
+    ("@hourly", [_d(5, h=12), _d(5, h=13)]),
+])
+def test_crontab5_examples(expr: str, expected: list[datetime]) -> None:
+    assert _fires(expr, _d(5, h=12), len(expected)) == expected
