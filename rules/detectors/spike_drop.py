@@ -48,9 +48,9 @@ episode of this rule)
     pending: holds while the firing condition holds against r.
     firing:  holds until v is back within `recovery` x r (spike: v <= recovery x r;
              drop: v >= recovery x r, and so is the usage of the latest buckets
-             that add up to 200 usual counts (at most a week of daily buckets or a
-             day of sub-daily ones, never before the drop began) against r over
-             the same buckets: Poisson noise of a small account cannot end a drop); recovery defaults to halfway between
+             that add up to 200 usual counts and span 3 buckets at least (at most
+             a week of daily buckets or a day of sub-daily ones, never before the
+             drop began) against r over the same buckets: noise cannot end a drop); recovery defaults to halfway between
              ratio and 1, so a value hovering at the threshold does not flap. A spike
              also ends when the ordinary baseline b has caught up with a lasting
              new level (v <= recovery x b: a level shift, the new usual level);
@@ -236,11 +236,13 @@ def _judge_open(
 
 
 # A drop's recovery is judged over the latest buckets that add up to at least RECOVERY_COUNTS of usual
-# usage (at most a week of daily buckets, a day of sub-daily ones, and never before the drop began):
-# Poisson noise on small counts must not end an alert. On the labelled books a weekend day of a small
-# account at 63% of its usual level read as 93% (30 calls) and "resolved" a drop that lasted another
-# month; with 200 usual calls the relative noise is about 7%. A big account is judged on its last day.
+# usage and span at least RECOVERY_BUCKETS (at most a week of daily buckets, a day of sub-daily ones,
+# and never before the drop began): noise must not end an alert. On the labelled books a weekend day
+# of a small account at 63% of its usual level read as 93% (Poisson noise on 30 calls), and two noisy
+# days of a big account at 53% read as 83-90%: each "resolved" a drop that lasted another month. With
+# 200 usual counts the Poisson noise is about 7%; three buckets together average out a lognormal day.
 RECOVERY_COUNTS = 200.0
+RECOVERY_BUCKETS = 3
 
 
 def recovery_window(step: int) -> int:
@@ -249,8 +251,8 @@ def recovery_window(step: int) -> int:
 
 
 def _recovered_over_window(block: MetricBlock, i: int, episode: OpenEpisode, recovery: float) -> bool:
-    """Usage over the latest buckets (see RECOVERY_COUNTS) is back to `recovery` x the frozen level summed
-    over the same buckets (observed buckets only)."""
+    """Usage over the latest buckets (see RECOVERY_COUNTS, RECOVERY_BUCKETS) is back to `recovery` x the
+    frozen level summed over the same buckets (observed buckets only)."""
     if episode.reference is None:
         return True
     step, n = block.step, block.n_buckets
@@ -262,7 +264,7 @@ def _recovered_over_window(block: MetricBlock, i: int, episode: OpenEpisode, rec
             continue
         used += value
         expected += episode.reference.level_at(block.start + c * step)
-        if expected >= RECOVERY_COUNTS:
+        if expected >= RECOVERY_COUNTS and n - c >= RECOVERY_BUCKETS:
             break
     return used >= recovery * expected
 

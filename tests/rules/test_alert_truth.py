@@ -82,7 +82,7 @@ def test_a_dead_account_stays_firing_until_it_has_usage_again() -> None:
     v = series(110, 400.0)
     v[60:100] = 0.0  # dead from day 60 for 40 days, then back
     _, events = run(DROP + INACTIVE, v)
-    assert kinds(events, "drop") == [("fired", 62), ("resolved", 103)]  # for = 2; usage back on day 100
+    assert kinds(events, "drop") == [("fired", 62), ("resolved", 104)]  # for = 2; usage back on day 100
     assert kinds(events, "inactive") == [("fired", 67), ("resolved", 101)]  # usage again on day 100
     resolution = next(t for t in events if t.event == "resolved" and t.state.rule_id == "inactive")
     assert resolution.recovery is not None and "has usage again" in resolution.recovery.message
