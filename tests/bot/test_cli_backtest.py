@@ -153,3 +153,26 @@ def test_backtest_of_rows_whose_bucket_total_overflows_is_a_clear_error(files, t
     code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(big))
     assert code == 1 and "Traceback" not in err
     assert f"usagebot backtest: {big}: usage records: account 'acme', metric 'api_calls', bucket" in err
+
+
+def test_check_against_the_data_warns_and_backtest_says_the_same(tmp_path: Path, files) -> None:
+    """`usagebot check RULES --usage --accounts` (and --db) warns about rules that cannot fire on the
+    data; the backtest prints the same warnings (seen: idle rules and a silent backtest)."""
+    rules, usage, accounts = files
+    extra = tmp_path / "extra.toml"
+    extra.write_text('[[rule]]\nid = "seats-spike"\nkind = "spike"\nmetric = "seats"\n'
+                     '[[rule]]\nid = "exports-quota"\nkind = "quota"\nmetric = "exports"\n')
+    code, out, _ = run_cli("check", str(rules), str(extra), "--usage", str(usage), "--accounts", str(accounts))
+    assert code == 0
+    assert "warning: rule 'seats-spike': metric: usage.csv + accounts.csv has no data for metric 'seats'" in out
+    assert "warning: rule 'exports-quota': metric: no account in usage.csv + accounts.csv has a quota" in out
+    assert "3 warning(s)" in out  # exports: neither data nor quotas
+    assert run_cli("check", str(rules), str(extra), "--usage", str(usage), "--strict")[0] == 1
+    code, _, err = run_cli("backtest", "--rules", str(rules), "--rules", str(extra), "--usage", str(usage))
+    assert code == 0 and "has no data for metric 'seats'" in err
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert run_cli("ingest", "--db", db, "--usage", str(usage), "--accounts", str(accounts))[0] == 0
+    code, out, _ = run_cli("check", str(rules), str(extra), "--db", db)
+    assert code == 0 and "the database (sqlite:///" in out and "has no data for metric 'seats'" in out
+    code, _, err = run_cli("check", str(rules), "--db", f"sqlite:///{tmp_path / 'typo.sqlite'}")
+    assert code == 2 and "no such database file" in err and not (tmp_path / "typo.sqlite").exists()

@@ -200,3 +200,32 @@ def test_owner_lookup_is_cached_across_deliveries(engine, fake, config, clock):
     with engine.connect() as c:
         row = c.execute(sa.text("select user_id, dm_channel from slack_users where email = 'alice@example.com'")).one()
     assert row.user_id == "U0ALICE01" and row.dm_channel.startswith("D")
+
+
+QUOTA_RULE = """
+[[rule]]
+id = "calls-quota"
+kind = "quota"
+metric = "api_calls"
+bucket = "1d"
+[rule.threshold]
+fractions = [0.25]
+[rule.routing]
+channels = ["#usage-alerts"]
+"""
+
+
+def test_a_billing_period_that_ends_only_updates_the_parent(engine, fake, config, clock):
+    """A quota level crossed in September closes quietly when October begins: the parent message shows
+    it resolved, nobody gets a reply or a ping (issue 11: resolutions are news only when they are)."""
+    sc = Scenario(engine, clock, rules=QUOTA_RULE)
+    n = sc.notifier(config)
+    _run(sc, n, range(20, 33))  # 25% of acme's 10,000 calls is reached in the last days of September
+    channel = fake.channel("#usage-alerts")
+    assert len(channel.messages) == 1 and channel.messages[0].get("thread_ts") in (None, channel.messages[0]["ts"])
+    parent = channel.messages[0]
+    assert "25% of the monthly quota" in parent["text"] or "reached" in parent["text"]
+    assert parent["edits"] == 1 and "Resolved" in str(parent["blocks"])  # updated once, at the period's end
+    assert "usagebot_snooze" not in str(parent["blocks"])
+    ep = find_episode(engine, ("calls-quota", "acme", "api_calls", "2026-09-01:0.25"))
+    assert ep is not None and ep["status"] == "resolved"

@@ -168,3 +168,16 @@ def test_fit_and_validate_blocks():
                                                  "url": "https://x/" + "u" * 3100, "action_id": "a"}]}
     fitted = fit_blocks([long_url])[0]["elements"][0]
     assert "url" not in fitted and len(fitted["text"]["text"]) == 75
+
+
+def test_an_accounts_simultaneous_alerts_are_one_valid_message():
+    """Grouping: the other alerts of the account that fired together ride in one message."""
+    also = [{"rule": "events-drop", "kind": "drop", "metric": "events", "discriminator": "", "severity": "warning",
+             "message": "events dropped to 0 <@U123> in the 1d bucket", "value": 0.0, "baseline": 900.0,
+             "threshold": 450.0}]
+    m = SlackRenderer(CFG).alert({**sample_alert(), "grouped": also}, VIEW, "<@U0ALICE01>")
+    assert_valid_message(_msg(m))
+    assert validate_blocks(m.blocks) == []
+    flat = _texts(m.blocks)
+    assert "*Also on this account now*" in flat and "events dropped to 0 &lt;@U123&gt;" in flat
+    assert "rule `events-drop`" in flat
