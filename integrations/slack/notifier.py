@@ -8,6 +8,8 @@
   the thread never starts with a follow-up.
 - Owner DMs may go to a daily digest instead ([slack.digest]); account snoozes (/usage snooze)
   hold back new alerts for the account.
+- Admin notices (bot.alerts.admin_notice: stale sources, rejected files, first-run summaries, cohort
+  events, refused reloads): one message in the admin channel (slack/notice.json.j2), no thread.
 - Posting is exactly-once (integrations.slack.delivery); errors carry `retry_after` / `permanent`
   for bot.pipeline.deliver_outbox.
 """
@@ -73,8 +75,7 @@ class SlackNotifier:
     def deliver(self, alert: Mapping[str, Any]) -> None:
         event = str(alert.get("event"))
         if event not in EVENTS:
-            log.warning("outbox alert with unknown event %r (rule %s, account %s) not sent to Slack",
-                        event, alert.get("rule"), alert.get("account"))
+            self._deliver_notice(alert)
             return
         now = self.clock()
         if event != "resolved":
@@ -113,6 +114,21 @@ class SlackNotifier:
                 f"alert {delivery_id(alert)}: no Slack destination: the owner "
                 f"{alert.get('owner_email') or '(none)'} is not on Slack and no channel is routed; set "
                 "[slack] default_channel or the rule's routing.channels")
+
+    def _deliver_notice(self, alert: Mapping[str, Any]) -> None:
+        """An admin notice (never routed to an owner): one post in each of its channels, else in the
+        default channel; exactly once like every post."""
+        channels = [str(c) for c in (alert.get("routing") or {}).get("channels") or [] if c]
+        if not channels and self.config.default_channel:
+            channels = [self.config.default_channel]
+        if not channels:
+            raise PermanentSlackError(
+                f"notice {delivery_id(alert)}: no Slack channel: set [service] admin_channel (or [slack] "
+                "default_channel)")
+        content = self.renderer.notice(alert)
+        for name in channels:
+            self.poster.post_once(f"{delivery_id(alert)}|channel:{name}", self.directory.channel_id(name), None,
+                                  content)
 
     def _wait_for_first_post(self, alert: Mapping[str, Any], now: int) -> None:
         fired_at = parse_iso(alert.get("fired_at"))

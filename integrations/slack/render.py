@@ -315,6 +315,14 @@ class SlackRenderer:
 
     # ------------------------------------------------------------- messages
 
+    def notice(self, alert: Mapping[str, Any]) -> SlackMessageContent:
+        """An admin notice (bot.alerts.admin_notice): one message, no thread, no buttons."""
+        icon = {"stale": "🟠", "recovered": "🟢", "rejected": "⛔", "first_run": "🗂️", "cohort": "🗓️",
+                "invalid": "⛔"}.get(str(alert.get("event")), "ℹ️")
+        ctx = {"a": dict(alert), "icon": icon, "sev_icon": SEVERITY_ICONS.get(str(alert.get("severity")), "•"),
+               "fallback_text": str(alert.get("message") or "usagebot notice")}
+        return self.render(["slack/notice.json.j2"], ctx)
+
     def alert_context(self, alert: Mapping[str, Any], view: EpisodeView, owner_mention: str,
                       interactive: bool) -> dict[str, Any]:
         details = dict(alert.get("details") or {})

@@ -8,6 +8,7 @@ from dataclasses import replace
 import sqlalchemy as sa
 
 from integrations.slack.notifier import SlackNotifier
+from rules.model import DAY
 from storage.episodes import find_episode
 from storage.outbox import counts, list_outbox, retry_dead
 from storage.slack import episode_messages, snooze_account
@@ -229,3 +230,30 @@ def test_a_billing_period_that_ends_only_updates_the_parent(engine, fake, config
     assert "usagebot_snooze" not in str(parent["blocks"])
     ep = find_episode(engine, ("calls-quota", "acme", "api_calls", "2026-09-01:0.25"))
     assert ep is not None and ep["status"] == "resolved"
+
+
+def test_admin_notices_reach_the_admin_channel_once(engine, fake, config, clock):
+    """The first-run summary (and every admin notice: stale sources, cohort events...) is one post in the
+    admin channel; nobody's DM gets the conditions that were already true. (Before, the notifier dropped
+    every admin notice with a warning: only the console ever showed them.)"""
+    from bot.freshness import Watch, check_freshness
+    from bot.notices import Notices
+    from bot.pipeline import run_cycle
+    from storage.sources import register_source
+
+    fake.add_channel("usagebot-admin", "C0ADMIN01")
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    clock.set_day(FIRED)
+    run_cycle(engine, sc.ruleset, T0 + FIRED * DAY, notices=Notices(("slack",), "#usagebot-admin", "digest"))
+    register_source(engine, "drops", "csv", T0)
+    check_freshness(engine, [Watch("drops", DAY)], T0 + FIRED * DAY, "#usagebot-admin", notifiers=("slack",))
+    for _ in range(2):  # delivering again posts nothing twice
+        report = sc.deliver(n)
+        assert report.failed == 0, report.errors
+    admin = fake.channel("#usagebot-admin")
+    assert [m["text"].split(":")[0] for m in admin.messages] == ["🗂️ first evaluation", "🟠 source drops"]
+    for m in admin.messages:
+        assert_valid_message(m)
+    assert fake.dm_with("U0ALICE01") is None or not fake.dm_with("U0ALICE01").messages
+    assert not fake.channel("#usage-alerts").messages
