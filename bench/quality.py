@@ -81,6 +81,9 @@ class KindScore:
     flaps: int = 0
     false_recoveries: int = 0
     growth_realerts: int = 0  # spike: a re-fire of the key during the same labelled expansion
+    # labels that ended inside the book, tracked by an episode: days from the label's end to the resolution
+    # (None: still open at the book's end) — a rule that never resolves has no false recoveries either
+    resolution_delays: list[float | None] = field(default_factory=list)
     false_alerts: list[dict] = field(default_factory=list)
     missed: list[Label] = field(default_factory=list)
     flap_cases: list[dict] = field(default_factory=list)
@@ -165,7 +168,7 @@ def score_book(ruleset: RuleSet, book: DemoBook, scores: dict[str, KindScore], v
     for key, events in history.items():
         rule = by_rule[key[0]]
         if rule.kind in LABELLED_KINDS and not _exact(rule):
-            _score_key(rule, events, labels_of.get((key[1], key[2]), []), scores[rule.kind], found)
+            _score_key(rule, events, labels_of.get((key[1], key[2]), []), scores[rule.kind], found, book.end)
         elif isinstance(rule.params, QuotaParams) and rule.params.mode == "forecast":
             _score_forecast(rule, events, book, accounts, volume)
     labelled_rules = [r for r in rules if not _exact(r)]
@@ -184,16 +187,19 @@ def _exact(rule: Rule) -> bool:
     return rule.kind == "quota" or (rule.kind == "expansion" and getattr(rule.params, "mode", "") == "utilization")
 
 
-def _score_key(rule: Rule, events: list[Transition], labels: list[Label], sc: KindScore, found: set[int]) -> None:
+def _score_key(rule: Rule, events: list[Transition], labels: list[Label], sc: KindScore, found: set[int],
+               book_end: int) -> None:
     kind = rule.kind
     explaining = [lb for lb in labels if lb.kind in EXPLAINS[kind]]
     tracked = [lb for lb in labels if lb.kind in PERSISTS[kind]]
     growth = [lb for lb in labels if lb.kind == "expansion"] if kind == "spike" else []
     last_resolution: tuple[int, Label | None] | None = None
     fired_in: set[int] = set()
+    fired_at: int | None = None
     for t in events:
         case = {"rule": rule.id, "account": t.state.account_id, "metric": t.state.metric, "at": t.at}
         if t.event == "fired":
+            fired_at = t.at
             sc.alerts += 1
             sc.notified += t.notify
             own = [lb for lb in explaining if lb.kind == kind and _present(lb, t.at, GRACE[kind])]
@@ -217,10 +223,19 @@ def _score_key(rule: Rule, events: list[Transition], labels: list[Label], sc: Ki
         elif t.event == "resolved":
             sc.resolutions += 1
             persisting = next((lb for lb in tracked if _present(lb, t.at)), None)
+            if persisting is None and fired_at is not None:
+                ended = [lb for lb in tracked if lb.start < fired_at <= lb.end + GRACE[lb.kind] and lb.end < t.at]
+                if ended:
+                    sc.resolution_delays.append((t.at - max(lb.end for lb in ended)) / DAY)
+            fired_at = None
             if persisting is not None:
                 sc.false_recoveries += 1
                 sc.false_recovery_cases.append(case | {"label": persisting.note, "until": persisting.end})
             last_resolution = (t.at, persisting)
+    if fired_at is not None:  # still open at the end of the book: stuck if its label ended a while before
+        ended = [lb for lb in tracked if lb.start < fired_at <= lb.end + GRACE[lb.kind] and lb.end < book_end]
+        if ended:
+            sc.resolution_delays.append(None)
 
 
 def _cohort_check(t: Transition, rule: Rule, holidays: list[Label], labels_of: dict, volume: Volume) -> None:
@@ -272,6 +287,16 @@ def measure(ruleset: RuleSet, seeds: Sequence[int] = DEFAULTS["seeds"], n_accoun
     return dict(scores), volume
 
 
+def _delays(delays: list[float | None]) -> dict | None:
+    """Median and 90th percentile of the days from a label's end to the resolution, and how many
+    episodes were still open at the book's end although their label had ended."""
+    done = sorted(d for d in delays if d is not None)
+    if not delays:
+        return None
+    pick = (lambda q: done[min(len(done) - 1, int(q * len(done)))]) if done else (lambda q: None)
+    return {"resolved": len(done), "median": pick(0.5), "p90": pick(0.9), "open_at_end": len(delays) - len(done)}
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
@@ -280,7 +305,8 @@ def report(scores: dict[str, KindScore], volume: Volume) -> dict:
     kinds = {k: {"alerts": s.alerts, "notified": s.notified, "true_alerts": s.true_alerts, "labels": s.labels,
                  "found": s.found, "precision": s.precision, "explained_precision": s.explained_precision,
                  "recall": s.recall, "resolutions": s.resolutions, "flaps": s.flaps,
-                 "false_recoveries": s.false_recoveries, "growth_realerts": s.growth_realerts}
+                 "false_recoveries": s.false_recoveries, "growth_realerts": s.growth_realerts,
+                 "resolution_delay_days": _delays(s.resolution_delays)}
              for k, s in scores.items()}
     total = KindScore(**{f: sum(getattr(s, f) for s in scores.values())
                          for f in ("alerts", "notified", "true_alerts", "explained_alerts", "labels", "found",
@@ -324,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{kind:<11} {s['alerts']:>6} {s.get('true_alerts', ''):>5} {_pct(s['precision']):>9} "
               f"{_pct(s['explained_precision']):>9} {s.get('labels', ''):>6} {s.get('found', ''):>5} "
               f"{_pct(s['recall']):>7} {s['flaps']:>5} {s['false_recoveries']:>10}")
+    for kind in ("drop", "inactivity", "spike"):
+        d = figures["kinds"].get(kind, {}).get("resolution_delay_days")
+        if d:
+            print(f"{kind}: resolved {d['resolved']} after their label ended, median {d['median']} days later "
+                  f"(90% within {d['p90']}); {d['open_at_end']} still open at the end of the book")
     per = figures["notifications_per_account_month"]
     print(f"notifications to people: {volume.notifications:,} ({per:.2f} per account-month); "
           f"first cycle: {volume.first_cycle_notifications} sent, {volume.first_run_held} held by the first-run policy")

@@ -46,11 +46,12 @@ episode of this rule)
     anomaly never becomes its own baseline and a dead account stays dead. Guards
     do not apply. Decided when v is observed.
     pending: holds while the firing condition holds against r.
-    firing:  holds until v is back within `recovery` x r (spike: v <= recovery x r;
-             drop: v >= recovery x r, and so is the usage of the latest buckets
-             that add up to 200 usual counts and span 3 buckets at least (at most
-             a week of daily buckets or a day of sub-daily ones, never before the
-             drop began) against r over the same buckets: noise cannot end a drop); recovery defaults to halfway between
+    firing:  holds until usage is back within `recovery` x r (spike: v <= recovery
+             x r; drop: the usage of the latest buckets that add up to 200 usual
+             counts and span 3 buckets at least (at most a week of daily buckets or
+             a day of sub-daily ones, never before the drop began) >= recovery x r
+             over the same buckets: one noisy bucket neither ends a drop nor holds
+             a recovered one open); recovery defaults to halfway between
              ratio and 1, so a value hovering at the threshold does not flap. A spike
              also ends when the ordinary baseline b has caught up with a lasting
              new level (v <= recovery x b: a level shift, the new usual level);
@@ -223,9 +224,10 @@ def _judge_open(
             shifted = episode.firing and holds and value <= params.recovery_ratio * float(b[i])
             holds = holds and not shifted
         else:
-            holds = value < limit if episode.firing else (value <= limit and value < ref)
-            if episode.firing and not holds:
+            if episode.firing:  # judged over its latest buckets together: one noisy bucket decides nothing
                 holds = not _recovered_over_window(block, i, episode, params.recovery_ratio)
+            else:
+                holds = value <= limit and value < ref
             shifted = False
         if holds:
             result.findings.append(_continuing(rule, block, i, value, ref, limit, episode))
