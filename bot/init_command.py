@@ -78,14 +78,19 @@ def _write_demo_book(data: Path, min_age: int = 10) -> tuple[int, int]:
     tmp = data / "drops" / ".demo-usage.csv.tmp"
     rows = write_usage_csv(tmp, book.records())
     os.replace(tmp, data / "drops" / "demo-usage.csv")
-    # The file was written whole and renamed into place: it need not wait the source's min_age (which
-    # guards files still being copied), so the service's first poll reads it.
-    settled = time.time() - min_age - 1
-    os.utime(data / "drops" / "demo-usage.csv", (settled, settled))
+    _settle(data / "drops" / "demo-usage.csv", min_age)
     tmp = data / ".accounts.csv.tmp"
     write_accounts_csv(tmp, book.accounts)
     os.replace(tmp, data / "accounts.csv")
+    _settle(data / "accounts.csv", min_age)
     return len(book.accounts), rows
+
+
+def _settle(path: Path, min_age: int = 10) -> None:
+    """A file written whole and renamed into place need not wait the source's min_age (which guards
+    files still being copied): dated back past it, the service's first poll reads it."""
+    settled = time.time() - min_age - 1
+    os.utime(path, (settled, settled))
 
 
 def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -105,6 +110,7 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         if not (data / "accounts.csv").exists():
             _write(data / "accounts.csv", "id,name,owner_email,plan,crm_id\n")
+            _settle(data / "accounts.csv")
         what = f"an empty drop folder {data / 'drops'} and {data / 'accounts.csv'}"
     ub = command_prefix()
     print(f"Wrote {config}, {root / 'rules' / 'default.toml'} and {what}.\n", file=out)

@@ -147,7 +147,10 @@ class CsvSource:
 
     def _batches(self, ctx: PollContext, cursor: dict[str, dict[str, str]]) -> Iterator[Batch]:
         watermark = ctx.watermark
-        if self.options.accounts:
+        # usage stored before its accounts would alert without owners, plans and quotas: while the
+        # accounts file is still being written, the usage files wait for it too
+        accounts_ready = self._accounts_ready_at() if self.options.accounts else None
+        if self.options.accounts and accounts_ready is None:
             batch = self._accounts(cursor, watermark)
             if batch is not None:
                 yield batch
@@ -174,8 +177,9 @@ class CsvSource:
             fp = _fingerprint(st)
             if cursor["files"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}"):
                 continue
-            if not self._settled(st):  # still being written? read it once it is min_age old
-                self.settling.append((path.name, int(st.st_mtime + self.options.min_age) + 1))
+            if not self._settled(st) or accounts_ready is not None:  # still being written (or its accounts are)
+                ready = int(st.st_mtime + self.options.min_age) + 1
+                self.settling.append((path.name, max(ready, accounts_ready or ready)))
                 continue
             try:
                 result = read_usage_csv(path, on_error=self.options.on_error,  # type: ignore[arg-type]
@@ -203,6 +207,18 @@ class CsvSource:
             yield Batch(cursor=_dump(cursor), watermark=watermark, totals=result.records,
                         label=path.name, error=error)
 
+    def _accounts_ready_at(self) -> int | None:
+        """When the accounts file will be old enough to read (min_age), if it is still being written."""
+        try:
+            st = Path(str(self.options.accounts)).stat()
+        except FileNotFoundError:
+            return None  # _accounts says so
+        if self._settled(st):
+            return None
+        ready = int(st.st_mtime + self.options.min_age) + 1
+        self.settling.append((Path(str(self.options.accounts)).name, ready))
+        return ready
+
     def _accounts(self, cursor: dict[str, dict[str, str]], watermark: int | None) -> Batch | None:
         path = Path(str(self.options.accounts))
         try:
@@ -211,7 +227,7 @@ class CsvSource:
         except FileNotFoundError:
             raise SourceError(f"source {self.id!r}: accounts file {path} does not exist") from None
         fp = _fingerprint(st)
-        if cursor["accounts"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}") or not self._settled(st):
+        if cursor["accounts"].get(path.name) in (fp, f"rejected:{fp}", f"refused:{fp}"):
             return None
         try:
             result = read_accounts_csv(real, on_error=self.options.on_error,  # type: ignore[arg-type]

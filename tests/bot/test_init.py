@@ -52,6 +52,8 @@ def test_init_demo_then_serve_alerts_on_the_console(tmp_path: Path, monkeypatch:
     assert code == 0, err
     out += capsys.readouterr().out  # the console notifier writes to stdout
     assert "FIRED ·" in out  # an alert printed by the console notifier, from the very first poll
+    # ... with the accounts read in the same first poll: owners get their DM, quota rules have quotas
+    assert out.count("FIRED ·") >= 5 and "To: DM " in out and "of the monthly quota" in out
     assert '"poll:drops": "ok"' in out
     assert (tmp_path / "mine" / "usagebot-data" / "usagebot.db").is_file()
     assert "left until they are complete" not in err  # the demo file was not skipped for min_age
