@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 VERSION = __version__
 
 
+class ServiceStartError(Exception):
+    """The service cannot start for a reason the admin fixes (a port in use): said in one line."""
+
+
 @dataclass
 class Service:
     config: AppConfig
@@ -485,9 +489,14 @@ class Service:
             svc = self.config.service
             limits = HttpLimits(max_connections=svc.max_connections, read_timeout=svc.read_timeout,
                                 idle_timeout=svc.idle_timeout, threads=svc.http_threads)
-            self.http = HttpServer(svc.host, svc.port, self.routes(), limits, metrics=self.metrics,
-                                   on_error=lambda: self.metrics.inc("usagebot_errors_total", component="http"))
-            self.http.start()
+            try:  # the server binds when it is built
+                self.http = HttpServer(svc.host, svc.port, self.routes(), limits, metrics=self.metrics,
+                                       on_error=lambda: self.metrics.inc("usagebot_errors_total", component="http"))
+                self.http.start()
+            except OSError as exc:  # the port is taken, or the address is not this host's: the admin's to fix
+                raise ServiceStartError(
+                    f"cannot listen on {svc.host}:{svc.port}: {exc.strerror or exc}; stop what uses the port, or "
+                    "choose another with --port / $USAGEBOT_PORT / [service] port") from None
             log.info("listening on %s:%d", svc.host, self.http.port, extra={"event": "listening", "port": self.http.port})
         slack = self.config.slack
         if slack is not None and getattr(slack, "interactive_mode", None) == "socket":

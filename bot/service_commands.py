@@ -119,7 +119,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             service.stop()
         print(json.dumps(results, sort_keys=True), file=out)
         return 0 if all(r != "error" for r in results.values()) else 1
-    service.serve_forever()
+    from bot.service import ServiceStartError
+
+    try:
+        service.serve_forever()
+    except ServiceStartError as exc:
+        print(f"usagebot serve: {exc}", file=err)
+        return 1
     return 0
 
 

@@ -198,3 +198,18 @@ def test_service_log_messages_show_times_not_epoch_seconds(tmp_path: Path, caplo
     assert any("evaluated" in m for m in messages)
     epochs = [m for m in messages if re.search(r"(?<![\d.])1[5-9]\d{8}(?![\d.])", m)]
     assert epochs == []
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv("INGEST_SECRET", SECRET)
+    cfg = _config(tmp_path, f"sqlite:///{tmp_path}/u.db")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = _run("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port))
+    assert code == 1, (out, err)
+    assert f"usagebot serve: cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    assert "Traceback" not in err + out
