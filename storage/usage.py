@@ -327,11 +327,11 @@ def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[Usage
     conn.exec_driver_sql(
         "INSERT INTO usage_first_seen (metric, account_id, first_bucket) "
         f"SELECT metric, account_id, MIN(bucket_start) FROM {_LOAD_STAGE} GROUP BY metric, account_id "
-        "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
+        "ORDER BY metric, account_id ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
         "WHERE excluded.first_bucket < usage_first_seen.first_bucket")
     conn.exec_driver_sql(
         f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
-        f"FROM {_LOAD_STAGE} WHERE true ON CONFLICT DO NOTHING")
+        f"FROM {_LOAD_STAGE} WHERE true ORDER BY metric, bucket_start ON CONFLICT DO NOTHING")
     tiles.mark_written_from(conn, _LOAD_STAGE)
     conn.exec_driver_sql(
         "INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, changed_at) "
@@ -367,7 +367,10 @@ _COVERAGE_SQL = {
 
 def record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, str, int, float]]) -> None:
     """Keep usage_first_seen (earliest bucket per account/metric) and usage_coverage (delivered
-    buckets per metric) in step with the points, in the same transaction."""
+    buckets per metric) in step with the points, in the same transaction.
+
+    Both are written in key order: two writers on PostgreSQL then take the rows' locks in the same
+    order (in dict order, two concurrent loads deadlocked on usage_first_seen in CI)."""
     first: dict[tuple[str, str], int] = {}
     covered: set[tuple[str, int]] = set()
     for account, metric, bucket, _ in chunk:
@@ -377,7 +380,7 @@ def record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, st
         covered.add((metric, bucket))
     cur = conn.connection.driver_connection.cursor()
     try:
-        cur.executemany(_FIRST_SEEN_SQL[dialect], [(m, a, b) for (m, a), b in first.items()])
+        cur.executemany(_FIRST_SEEN_SQL[dialect], [(m, a, b) for (m, a), b in sorted(first.items())])
         cur.executemany(_COVERAGE_SQL[dialect], sorted(covered))
     finally:
         cur.close()
