@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.configbase import ConfigError, ConfigProblem, Document, Section, load_document
-from bot.redaction import register_url
 from integrations.sources.base import SourceConfig, parse_source_config
 from integrations.sources.push import PushConfig, parse_ingest_config
+from rules.config import ConfigError, Document, Problem, Section, load_document
+from rules.config.redaction import register_url
 from rules.model import RuleSet
 
 SECTIONS = ("storage", "rules", "service", "scheduler", "evaluation", "ingest", "sources", "slack", "salesforce",
@@ -135,20 +135,8 @@ def _rules(doc: Document, validate: bool) -> tuple[tuple[str, ...], RuleSet | No
     from rules.loader import check_rules
 
     ruleset, problems = check_rules(paths)
-    for p in problems:
-        doc.problems.append(ConfigProblem(str(getattr(p, "file", "") or p), getattr(p, "line", None), None,
-                                          _rule_problem_text(p)))
+    doc.problems.extend(problems)  # one Problem type: each with the rule file's own line
     return tuple(paths), ruleset if not problems else None
-
-
-def _rule_problem_text(p: Any) -> str:
-    """A rule problem without its own "file:line: " prefix (ConfigProblem adds it)."""
-    text = str(p)
-    f, line = getattr(p, "file", None), getattr(p, "line", None)
-    for prefix in (f"{f}:{line}: ", f"{f}: "):
-        if f and text.startswith(prefix):
-            return text[len(prefix):]
-    return text
 
 
 def _service(doc: Document) -> ServiceConfig:
@@ -276,7 +264,7 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
 
 
 def check_config(path: str | Path, env: Mapping[str, str] | None = None,
-                 validate_rules: bool = True) -> tuple[AppConfig | None, list[ConfigProblem]]:
+                 validate_rules: bool = True) -> tuple[AppConfig | None, list[Problem]]:
     """(config, []) or (None, every problem found)."""
     try:
         doc = load_document(path, env)

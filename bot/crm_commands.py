@@ -27,9 +27,9 @@ from bot.cli_support import (
     load_or_report,
 )
 from bot.config import storage_url
-from bot.configbase import Document, load_document
 from bot.health_config import parse_health_model
 from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
+from rules.config import Document, load_document
 from rules.health import DEFAULT_MODEL, HealthModel
 
 

@@ -34,9 +34,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from bot.configbase import Section
+from rules.config import Section
 from rules.health import DEFAULT_MODEL, FACTORS, HealthModel
-from rules.model import KINDS, SEVERITIES
+from rules.kinds import KINDS
+from rules.model import SEVERITIES
 
 _TOP = ("primary_metric", "window_days", "weights", "trend", "quota", "alerts", "bands", "expansion")
 

@@ -29,8 +29,8 @@ from bot.cli_support import (
     load_or_report,
 )
 from bot.config import storage_url
-from bot.configbase import load_document
 from integrations.slack.config import SlackConfig, parse_slack_config
+from rules.config import load_document
 
 
 @dataclass(frozen=True)

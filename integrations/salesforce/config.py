@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from bot.configbase import Secret, Section
-from rules.model import KINDS, SEVERITIES
+from rules.config import Secret, Section
+from rules.kinds import KINDS
+from rules.model import SEVERITIES
 
 AUTH_MODES = ("password", "jwt", "session", "none")
 MATCH_MODES = ("id", "external_id")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.configbase import Secret, Section
+from rules.config import Secret, Section
 from rules.model import SEVERITIES
 
 MODES = ("auto", "socket", "http")

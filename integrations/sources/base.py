@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot import redaction
-from bot.configbase import Section
 from integrations.sources.records import UsageRecord, is_metric_name
+from rules.config import Section, redaction
 from rules.model import AccountFacts
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
@@ -48,7 +47,7 @@ class SourceError(Exception):
     """A poll failed. The message names the source and where (file:line, page and record, URL).
 
     Messages never contain credentials: URLs are shown without user info and
-    query strings, and the message is masked (bot.redaction) when the error is made.
+    query strings, and the message is masked (rules.config.redaction) when the error is made.
     """
 
     def __init__(self, message: str = "") -> None:

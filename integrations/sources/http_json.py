@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.configbase import Section
 from integrations.sources.base import (
     Batch,
     PollContext,
@@ -55,6 +54,7 @@ from integrations.sources.http_fetch import (
     register_url_secrets,
 )
 from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
+from rules.config import Section
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
         "window", "cursor", "pagination", *RETRY_KEYS)

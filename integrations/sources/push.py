@@ -30,7 +30,6 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret, Section
 from integrations.sources.base import UsageEvent
 from integrations.sources.http_fetch import dig
 from integrations.sources.records import (
@@ -41,6 +40,7 @@ from integrations.sources.records import (
     shown,
     time_problem,
 )
+from rules.config import Secret, Section
 from storage.sources import StoreResult, get_source_state, store_batch
 from storage.usage import UsageValueError
 
