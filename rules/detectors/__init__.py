@@ -12,10 +12,10 @@ decided[i] False. Work is vectorised over rows with numpy; Python loops only
 build the (few) findings and walk groups of accounts sharing
 (billing_day, timezone).
 
-Each kind is described by a `Kind` in its own module (rules.kinds lists them:
-spike / drop -> rules.detectors.spike_drop, inactivity -> rules.detectors.inactivity, quota ->
-rules.detectors.quota, expansion -> rules.detectors.expansion); `detect` and `required_history` dispatch on it. A rule of an
-unregistered kind is an error. Message formatting is in rules.detectors.format.
+Each kind is described by a `Kind` in its own module of this package (spike_drop holds
+spike and drop); rules.kinds registers them, and `detect` and `required_history` dispatch
+on the registry. A rule of an unregistered kind is an error. Message formatting is in
+rules.detectors.format.
 """
 
 from __future__ import annotations
