@@ -87,14 +87,14 @@ def test_a_kind_is_registered_once_and_its_fields_modes_are_consistent() -> None
 
 
 def test_the_built_in_kinds_and_their_derived_tables() -> None:
-    assert list(KINDS) == ["spike", "drop", "inactivity", "quota", "expansion"]
+    assert list(KINDS) == ["spike", "drop", "inactivity", "quota", "expansion", "threshold"]
     assert kinds.with_baseline() == ("spike", "drop")
-    assert kinds.with_cohort() == ("spike", "drop", "inactivity")
+    assert kinds.with_cohort() == ("spike", "drop", "inactivity", "threshold")
     assert kinds.with_cohort(default_only=True) == ("drop", "inactivity")
     assert KINDS["quota"].mode_keys() == {
         "threshold": ("fractions",),
         "forecast": ("fraction", "forecast_window", "min_elapsed", "min_observed", "recovery")}
     assert {k.name: k.resolve_buckets for k in KINDS.values()} == {
-        "spike": 3, "drop": 2, "inactivity": 1, "quota": 2, "expansion": 1}
+        "spike": 3, "drop": 2, "inactivity": 1, "quota": 2, "expansion": 1, "threshold": 2}
     assert [k.title for k in KINDS.values()] == ["Usage spike", "Usage drop", "Inactive account", "Quota",
-                                                 "Expansion opportunity"]
+                                                 "Expansion opportunity", "Usage threshold"]
