@@ -22,6 +22,7 @@ from typing import Any
 
 from rules.config import values as v
 from rules.config.problems import ConfigError, Problem
+from rules.config.tables import Table
 from rules.config.toml import decode, field_name, parse_toml
 from rules.config.toml_lines import LineMap, PathKey
 from rules.config.values import Reader, show, suggest
@@ -44,7 +45,7 @@ from rules.model import (
     Segment,
 )
 
-__all__ = ["Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
+__all__ = ["RULE_FILE", "Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
 
 
 # ----------------------------------------------------------------- public API
@@ -404,7 +405,6 @@ def _table(w: _Where, parent: dict[str, Any], key: str, path: PathKey) -> dict[s
 # ------------------------------------------------------------------ document
 
 
-_TOP_LEVEL = ("defaults", "rule", "inhibit", "calendar")
 
 
 def _check_document(
@@ -523,6 +523,19 @@ def _matcher(w: _Where, raw: Any, side: str, refs: list[str]) -> Matcher | None:
 
 
 _CALENDAR_KEYS = ("mute", "kinds")
+
+# What a rule file may hold (tests/test_docs_keys.py checks that docs/rules.md documents every key;
+# [rule.threshold] holds the fields of the rule's kind, rules.kinds).
+RULE_FILE: tuple[Table, ...] = (
+    Table("defaults", tuple(p[0] for p in _DEFAULT_READERS if len(p) == 1),
+          tuple(Table(t, tuple(p[1] for p in _DEFAULT_READERS if p[0] == t)) for t in ("routing", "guards", "cohort"))),
+    Table("rule", tuple(_TOP_READERS), (
+        Table("baseline", _BASELINE_KEYS), Table("threshold", free=True), Table("guards", _GUARD_KEYS),
+        Table("segment", _SEGMENT_KEYS), Table("routing", _ROUTING_KEYS), Table("cohort", _COHORT_KEYS))),
+    Table("inhibit", ("equal",), (Table("source", _MATCHER_KEYS), Table("target", _MATCHER_KEYS))),
+    Table("calendar", _CALENDAR_KEYS),
+)
+_TOP_LEVEL = tuple(t.name for t in RULE_FILE)
 
 
 def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:

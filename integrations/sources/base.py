@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from integrations.sources.records import UsageRecord, is_metric_name
-from rules.config import Section, redaction
+from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
@@ -37,6 +37,7 @@ _MODULES = {
     "stripe_meter": "integrations.sources.stripe_meter",
 }
 COMMON_KEYS = ("id", "type", "enabled", "every", "cron", "overlap", "backfill", "stale_after")
+SOURCES = Table("sources", COMMON_KEYS)  # the keys every [[sources]] table has (each type adds its own)
 DEFAULT_EVERY = 300
 DEFAULT_OVERLAP = 3600
 DEFAULT_BACKFILL = 7 * 86_400
@@ -135,9 +136,13 @@ class SourceConfig:
 @dataclass(frozen=True)
 class SourceType:
     name: str
-    keys: tuple[str, ...]  # the type's own keys (besides COMMON_KEYS)
+    keys: tuple[str, ...]  # the type's own keys (besides COMMON_KEYS), sub-tables included
     parse: Callable[[Section, SourceSettings], Any]  # -> options (problems go to the section)
     build: Callable[[SourceConfig], Source]
+    tables: tuple[Table, ...] = ()  # its sub-tables with fixed keys (their parser checks them)
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
 
 
 _TYPES: dict[str, SourceType] = {}

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from integrations.sources.base import SourceError
-from rules.config import Secret, Section, redaction
+from rules.config import Secret, Section, Table, redaction
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 AUTH_TYPES = ("none", "bearer", "basic", "header")
@@ -91,13 +91,16 @@ class RetryPolicy:
         return float(min(self.max_backoff, self.backoff * 2 ** attempt))
 
 
+AUTH = Table("auth", ("type", "token", "token_file", "username", "password", "password_file", "header", "value",
+                      "value_file"))
+
+
 def parse_auth(section: Section, key: str = "auth") -> Auth | None:
     if not section.has(key):
         return Auth()
     t = section.table(key)
     kind = t.str("type", required=True, choices=AUTH_TYPES)
-    t.check_keys(("type", "token", "token_file", "username", "password", "password_file", "header",
-                  "value", "value_file"))
+    t.check_keys(AUTH)
     if kind == "bearer":
         return Auth("bearer", token=t.secret("token", required=True))
     if kind == "basic":

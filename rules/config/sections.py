@@ -11,11 +11,9 @@ reads its table through a `Section`, which
 - rejects unknown keys with a "did you mean" suggestion,
 - wraps secrets in `Secret`, whose repr/str never shows the value.
 
-Declarative sections: a frozen dataclass whose fields are `setting(default, reader)`s is read
-whole by `Section.read_settings(cls)` (each key with its reader; a bad value is reported and the
-default kept). `Table` declares the keys and sub-tables of a section that is read by hand;
-`Section.check_keys` takes either, and tests/test_docs_keys.py checks that every declared key is
-documented.
+Declarative sections (rules.config.tables): a settings dataclass is read whole by
+`Section.read_settings(cls)`; a `Table` declares the keys of a section read by hand, for
+`Section.check_keys`.
 
 Like rules.loader, this module reads files (the config file, `<key>_file` secrets) and the
 process environment; everything it hands on is validated, typed data.
@@ -36,46 +34,13 @@ from rules.config import redaction
 from rules.config import values as v
 from rules.config.problems import ConfigError, Problem
 from rules.config.secrets import Secret
+from rules.config.tables import Table, settings_keys
 from rules.config.toml import field_name, parse_toml, read_toml
 from rules.config.toml_lines import LineMap, PathKey
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
-__all__ = ["ConfigError", "Document", "Problem", "Secret", "Section", "Table", "document_from_text",
-           "load_document", "setting"]
-
-
-# ----------------------------------------------------------------------------------- declarations
-
-
-@dataclass(frozen=True)
-class Table:
-    """The keys a config table may hold, and its sub-tables (for check_keys and the docs test).
-
-    free: the table's keys are the user's own (request params, headers, field maps): any key.
-    """
-
-    name: str
-    keys: tuple[str, ...] = ()
-    tables: tuple[Table, ...] = ()
-    free: bool = False
-
-    @property
-    def allowed(self) -> tuple[str, ...]:
-        return (*self.keys, *(t.name for t in self.tables))
-
-    def table(self, name: str) -> Table:
-        return next(t for t in self.tables if t.name == name)
-
-
-def setting(default: Any, read: v.Reader, key: str | None = None) -> Any:
-    """A dataclass field read from the config key `key` (default: the field's name) with `read`."""
-    return field(default=default, metadata={"read": read, "key": key})
-
-
-def settings_keys(cls: type) -> tuple[str, ...]:
-    """The config keys of a settings dataclass (fields declared with `setting`)."""
-    return tuple(f.metadata.get("key") or f.name for f in dataclasses.fields(cls) if "read" in f.metadata)
+__all__ = ["ConfigError", "Document", "Problem", "Secret", "Section", "document_from_text", "load_document"]
 
 
 # ------------------------------------------------------------------------------------- documents
@@ -198,14 +163,15 @@ class Section:
         return default if value is None else value
 
     def read_settings(self, cls: type) -> Any:
-        """A settings dataclass (fields declared with `setting`) read from this table; unknown keys
-        are reported. Invalid values keep their defaults."""
+        """A settings dataclass (fields declared with rules.config.tables.setting) read from this
+        table; unknown keys are reported. Invalid values keep their defaults, and so does an empty
+        string when the default is not empty (host = "${HOST:-}")."""
         self.check_keys(settings_keys(cls))
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if "read" in f.metadata:
                 got = self.read(f.metadata.get("key") or f.name, f.metadata["read"])
-                if got is not None:
+                if got is not None and not (got == "" and f.default):
                     values[f.name] = got
         return cls(**values)
 

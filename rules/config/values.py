@@ -45,23 +45,15 @@ def show(value: Any) -> str:
     return str(value)
 
 
+_TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"),
+    (dict, "a table"), ((dt.date, dt.time), "a date/time"))
+
+
 def type_name(value: Any) -> str:
-    """What a TOML value is, with its article: "a string", "an integer", "a table"..."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, dt.date | dt.time):
-        return "a date/time"
-    return type(value).__name__
+    """What a TOML value is, with its article: "a string", "an integer", "a table"... (bool before int:
+    True is an int to Python)."""
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), type(value).__name__)
 
 
 def got(value: Any) -> str:
