@@ -515,16 +515,16 @@ DROP = Kind(
               " is refused."),
         Field("smooth", v.integer(1), "integer ≥ 1", "`1`", "As for spike."),
         Field("recovery", v.number(), "number, `ratio` < x ≤ 1", "halfway between `ratio` and 1, at least 0.8", "An"
-              " open drop resolves once usage is back at or above `recovery` × the usual level frozen when it began,"
-              " for the current bucket and over the latest few buckets together (see [how alerts"
-              " end](#how-alerts-end-recovery))."),
+              " open drop resolves once usage of the latest few buckets together is back at or above `recovery` ×"
+              " the usual level frozen when it began (see [how alerts end](#how-alerts-end-recovery))."),
     ),
     detect=detect_spike_drop,
     required_history=required_history,
-    endings=(Ending("drop", "value < `recovery` × the frozen level", "the value, and the usage of the latest buckets"
-                    " (3 at least, and at least 200 usual counts; at most a week of daily buckets or a day of"
-                    " sub-daily ones; never before the drop began), are back at or above `recovery` × the frozen"
-                    " level: a dead account stays firing until it has usage again"),),
+    endings=(Ending("drop", "the usage of the latest buckets together (3 at least, and at least 200 usual counts; at"
+                    " most a week of daily buckets or a day of sub-daily ones; never before the drop began) is below"
+                    " `recovery` × the frozen level over the same buckets", "it is back at or above it: one noisy"
+                    " bucket neither ends a drop nor holds a recovered one open; a dead account stays firing until"
+                    " it has usage again"),),
     check=_check,
     resolve_buckets=2,  # a recovery must last a second day before "resolved" is said
     cohort="default",
