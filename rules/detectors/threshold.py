@@ -138,9 +138,9 @@ def _when(block: MetricBlock, smooth: int) -> str:
 
 
 def _level(params: ThresholdParams, level: float, fraction: float) -> str:
-    """A level as the rule states it: "1,000", or "90% of the quota (900)"."""
+    """A level as the rule states it: "1,000", or "900 (90% of the quota)"."""
     if params.of == "quota":
-        return f"{fmt.percent(fraction)} of the quota ({fmt.number(level)})"
+        return f"{fmt.number(level)} ({fmt.percent(fraction)} of the quota)"
     return fmt.number(level)
 
 
@@ -163,8 +163,7 @@ def _recovery(params: ThresholdParams, block: MetricBlock, value: float, limit: 
               smooth: int) -> Recovery:
     back = "at or below" if params.direction == "above" else "at or above"
     message = (f"{block.metric} back to {fmt.number(value)} {_when(block, smooth)}: {back}"
-               f" {_level(params, recovery, params.recovery_limit)} (the limit is"
-               f" {_level(params, limit, params.limit)}).")
+               f" {_level(params, recovery, params.recovery_limit)}; the limit is {fmt.number(limit)}.")
     return Recovery(block.end, value, None, message, {"limit": limit, "recovery": recovery})
 
 

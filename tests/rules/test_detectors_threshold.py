@@ -70,7 +70,7 @@ def test_a_share_of_the_accounts_quota_and_accounts_without_one_are_undecided() 
     (f,) = res.findings
     assert (f.account_id, f.threshold) == ("acct-0", 90.0)
     assert f.details["quota"] == 100.0
-    assert f.message == "seats is 95 in the 1d bucket starting 2026-11-14: above the limit of 90% of the quota (90)."
+    assert f.message == "seats is 95 in the 1d bucket starting 2026-11-14: above the limit of 90 (90% of the quota)."
 
 
 def test_smooth_takes_the_mean_of_the_last_buckets_and_needs_them_all() -> None:
@@ -93,7 +93,7 @@ def test_an_open_alert_is_judged_against_recovery_hysteresis() -> None:
     assert not res.findings and res.decided.tolist() == [True]
     rec = res.recoveries[("acct-0", "")]
     assert (rec.at, rec.value) == (END, 90.0)
-    assert rec.message == "seats back to 90 in the 1d bucket starting 2026-11-14: at or below 90 (the limit is 100)."
+    assert rec.message == "seats back to 90 in the 1d bucket starting 2026-11-14: at or below 90; the limit is 100."
     # a pending episode holds with the firing condition itself
     pending = OpenEpisode("acct-0", "", END - DAY, firing=False)
     res = run(rule(above=100, recovery=80), block([[120, 95]]), open_episodes=(pending,))
