@@ -8,6 +8,7 @@
     [ingest]     push endpoint (CloudEvents) and its shared secret
     [[sources]]  polled usage sources (csv, http_json, sql, openmeter, stripe_meter)
     [slack]      Slack delivery and app           (integrations.slack.config)
+    [[notifiers]] more notifiers side by side: webhook, console (integrations.notifiers)
     [salesforce] CRM sync                         (integrations.salesforce.config)
     [health]     usage-health model               (bot.health_config)
 
@@ -30,7 +31,7 @@ from integrations.sources.push import PushConfig, parse_ingest_config
 from rules.model import RuleSet
 
 SECTIONS = ("storage", "rules", "service", "scheduler", "evaluation", "ingest", "sources", "slack", "salesforce",
-            "health")
+            "health", "notifiers")
 LEADER_KINDS = ("auto", "advisory_lock", "lease", "none")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -92,6 +93,7 @@ class AppConfig:
     salesforce: Any = None  # integrations.salesforce.config.SalesforceConfig, when [salesforce] is present
     health: Any = None  # rules.health.HealthModel, when [health] is present
     ruleset: RuleSet | None = None
+    notifiers: tuple[Any, ...] = ()  # integrations.notifiers.NotifierSpec per [[notifiers]] entry
 
     @property
     def is_postgresql(self) -> bool:
@@ -269,10 +271,13 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
+    from integrations.notifiers import parse_notifiers
+
+    notifiers = parse_notifiers(doc.sections("notifiers"))
     return AppConfig(file=doc.file, storage_url=storage, rule_paths=rule_paths, service=service,
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
-                     health=health, ruleset=ruleset)
+                     health=health, ruleset=ruleset, notifiers=notifiers)
 
 
 def check_config(path: str | Path, env: Mapping[str, str] | None = None,
