@@ -19,7 +19,16 @@ from rules.model import DAY
 from storage.outbox import list_outbox
 from tests.fakes.slack_server import FakeSlack
 from tests.fakes.webhook_server import FakeWebhook
-from tests.integrations.slack.scenario import FIRED, RENOTIFIED, RESOLVED, SPIKE_DAY, SPIKE_RULE, T0, TOKEN, Scenario
+from tests.integrations.slack.scenario import (
+    FIRED,
+    RENOTIFIED,
+    RESOLVED,
+    SPIKE_DAY,
+    SPIKE_RULE,
+    T0,
+    TOKEN,
+    Scenario,
+)
 
 HOOK_SECRET = "hook-secret-0123456789abcdef"
 

@@ -17,7 +17,15 @@ from bot.configbase import Secret, document_from_text
 from bot.pipeline import deliver_outbox
 from integrations.notice import AlertNotice
 from integrations.notifiers import parse_notifiers
-from integrations.webhook import WebhookConfig, WebhookNotifier, body_of, payload, retry_after, signature, verify
+from integrations.webhook import (
+    WebhookConfig,
+    WebhookNotifier,
+    body_of,
+    payload,
+    retry_after,
+    signature,
+    verify,
+)
 from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind, retry_dead
 from tests.fakes.webhook_server import FakeWebhook
 from tests.integrations.test_notice import OLD_ADMIN_ROW, OLD_ROW
@@ -155,8 +163,8 @@ def test_a_receiver_that_is_not_there_is_retried(engine: Engine) -> None:
 
 
 def test_redirects_are_not_followed() -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Moved(BaseHTTPRequestHandler):
         def log_message(self, *a):  # noqa: ANN002
