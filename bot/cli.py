@@ -498,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     # Subcommands that live with their integrations.
-    from bot import crm_commands, db_commands, init_command, service_commands, slack_commands
+    from bot import crm_commands, db_commands, init_command, outbox_commands, service_commands, slack_commands
 
-    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands):
+    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands, outbox_commands):
         module.register(sub)
     return p
 
