@@ -223,7 +223,8 @@ class Service:
         return next((n for n in self.all_notifiers() if isinstance(n, SlackNotifier)), None)
 
     def outlets(self) -> list[Outlet]:
-        """What the deliver job carries out: each notifier's notices, Slack message updates."""
+        """What the deliver job carries out: each notifier's notices, Slack message updates (and, see
+        `_retry_crm`, CRM writes that failed in a sync)."""
         out: list[Outlet] = [NoticeOutlet(n) for n in self.all_notifiers()]
         slack = self._slack_notifier()
         if slack is not None:
@@ -346,9 +347,12 @@ class Service:
 
     def deliver_job(self, now: int) -> Any:
         report = DeliveryReport()
+        holder = self.leadership.holder if self.leadership else None
         for outlet in self.outlets():
-            report.add(deliver_rows(self.engine, outlet, now,  # type: ignore[arg-type]
-                                    holder=self.leadership.holder if self.leadership else None))
+            report.add(deliver_rows(self.engine, outlet, now, holder=holder))  # type: ignore[arg-type]
+        crm = self._retry_crm(now, holder)
+        if crm is not None:
+            report.add(crm)
         m = self.metrics
         for result in ("sent", "dead", "deferred", "lost"):
             n = getattr(report, result, 0)
@@ -358,6 +362,30 @@ class Service:
         if failed:
             m.inc("usagebot_deliveries_total", failed, result="failed")
             m.inc("usagebot_errors_total", failed, component="deliver")
+        return report
+
+    def _retry_crm(self, now: int, holder: str | None) -> DeliveryReport | None:
+        """CRM writes that failed in a sync, retried between syncs (bot.crm_delivery; skipped while a sync runs)."""
+        sf = self.config.salesforce
+        if sf is None or not getattr(sf, "can_connect", False):
+            return None
+        from bot.crm import CrmSyncReport
+        from bot.crm_delivery import retry_crm_rows
+        from integrations.salesforce.client import SalesforceClient
+
+        client: list[Any] = []
+
+        def connect() -> Any:  # only when a row is due
+            if not client:
+                client.append((self.crm_client_factory or SalesforceClient)(sf))
+            return client[0]
+
+        crm = CrmSyncReport(as_of=now, dry_run=False, object=sf.object)
+        report = retry_crm_rows(self.engine, sf, connect, crm, now, holder)  # type: ignore[arg-type]
+        if report is not None and (report.sent or report.failed):
+            log.info("CRM rows retried: %d sent, %d not sent (%d written, %d task(s) created)%s", report.sent,
+                     report.failed, crm.written, crm.tasks_created, f"; stopped: {crm.stopped}" if crm.stopped else "",
+                     extra={"event": "crm_retried", "sent": report.sent, "failed": report.failed})
         return report
 
     def digest_job(self, now: int) -> Any:

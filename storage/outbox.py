@@ -347,6 +347,14 @@ def mark_dead(engine: Engine, id: int, now: int, error: str, token: str | None =
             _lost(conn, id, token)
 
 
+def discard_unsent(conn: Connection, kinds: Sequence[str]) -> int:
+    """Delete the rows of `kinds` not sent yet (pending, failed, dead), claimed or not, inside the
+    caller's transaction; returns how many. For a plan that supersedes an earlier one (the CRM
+    sync): only call it while holding the lock every deliverer of these kinds holds too."""
+    res = conn.execute(sa.delete(outbox_table).where(_c.kind.in_(list(kinds)), _c.status != SENT))
+    return int(res.rowcount)
+
+
 def retry_dead(engine: Engine, now: int, ids: Iterable[int] | None = None) -> int:
     """Put dead rows (all, or `ids`) back in the queue with a fresh attempt count."""
     q = sa.update(outbox_table).where(_c.status == DEAD)
