@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from sqlalchemy.engine import Engine
 
 from bot.configbase import Section
+from integrations import webhook
 from integrations.notifier import Notifier
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
@@ -54,29 +55,16 @@ class NotifierType:
 
 
 def _parse_console(sec: Section, name: str) -> dict[str, Any]:
-    sec.check_keys(("type", "name", "enabled", "template_dir"))
-    return {"template_dir": sec.str("template_dir")}
+    sec.check_keys(("type", "name", "enabled"))
+    return {}  # no settings of its own: templates come from [slack] template_dir (console/*.txt.j2)
 
 
 def _build_console(spec: NotifierSpec, ctx: BuildContext) -> Notifier:
     from integrations.console import ConsoleNotifier
 
-    template_dir = (spec.settings or {}).get("template_dir") or getattr(ctx.slack, "template_dir", None)
-    notifier = ConsoleNotifier(out=ctx.out, template_dir=template_dir)
+    notifier = ConsoleNotifier(out=ctx.out, template_dir=getattr(ctx.slack, "template_dir", None))
     notifier.name = spec.name
     return notifier
-
-
-def _parse_webhook(sec: Section, name: str) -> Any:
-    from integrations.webhook import parse_webhook_config
-
-    return parse_webhook_config(sec, name)
-
-
-def _build_webhook(spec: NotifierSpec, ctx: BuildContext) -> Notifier:
-    from integrations.webhook import WebhookNotifier
-
-    return WebhookNotifier(spec.settings)
 
 
 def _build_slack(spec: NotifierSpec, ctx: BuildContext) -> Notifier:
@@ -88,7 +76,7 @@ def _build_slack(spec: NotifierSpec, ctx: BuildContext) -> Notifier:
 NOTIFIER_TYPES: dict[str, NotifierType] = {t.name: t for t in (
     NotifierType("slack", None, _build_slack),
     NotifierType("console", _parse_console, _build_console),
-    NotifierType("webhook", _parse_webhook, _build_webhook),
+    NotifierType("webhook", webhook.parse_webhook_config, lambda spec, ctx: webhook.WebhookNotifier(spec.settings)),
 )}
 
 
