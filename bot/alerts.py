@@ -1,8 +1,8 @@
-"""Turn lifecycle transitions into alert records (the payload every output uses).
+"""Turn lifecycle transitions into alert notices (integrations.notice: what every output uses).
 
-The same record is printed by `usagebot backtest --format json`, stored in
-the outbox for delivery, and rendered by the console (and later Slack)
-notifier, so what a backtest shows is what a user would receive.
+The same notice is printed by `usagebot backtest --format json` (its record), stored in the outbox
+for delivery (its JSON) and rendered by every notifier, so what a backtest shows is what a user
+would receive.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from integrations.notice import ALERT_EVENTS, AlertNotice, GroupedAlert, Routing, finite
+from integrations.notice import admin_notice as make_admin_notice
 from rules.config.redaction import mask
 from rules.detectors.format import moment
 from rules.engine import CohortEvent
@@ -18,17 +20,7 @@ from rules.lifecycle import FirstRun, Transition
 from rules.model import AccountFacts, MetricBlock, Rule
 from rules.periods import iso
 
-PUBLISHED_EVENTS = ("fired", "renotified", "resolved")
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
+PUBLISHED_EVENTS = ALERT_EVENTS
 
 
 def recent_values(block: MetricBlock | None, account_id: str, at: int, n: int = 14) -> list[float | None]:
@@ -44,13 +36,14 @@ def recent_values(block: MetricBlock | None, account_id: str, at: int, n: int = 
     return [None if math.isnan(v) else float(v) for v in vals]
 
 
-def alert_record(
+def alert_notice(
     t: Transition,
     rule: Rule | None,
     account: AccountFacts | None,
     recent: Sequence[float | None] = (),
-) -> dict[str, Any]:
-    """JSON-ready description of one transition."""
+    episode_id: int | None = None,
+) -> AlertNotice:
+    """The notice of one transition (episode_id: its episode's row, once recorded)."""
     s = t.state
     expl: Mapping[str, Any] = t.finding.explanation() if t.finding is not None else s.last_explanation
     severity = t.finding.severity if t.finding is not None else s.severity
@@ -59,49 +52,33 @@ def alert_record(
     value, baseline, threshold = expl.get("value"), expl.get("baseline"), expl.get("threshold")
     if t.event == "resolved":  # what is true now, never the numbers of when it fired
         msg, value, baseline, threshold, details = _resolution(t, rule, details)
-    return {
-        "event": t.event,
-        "at": iso(t.at),
-        "rule": s.rule_id,
-        "kind": rule.kind if rule else expl.get("kind"),
-        "account": s.account_id,
-        "account_name": account.name if account else s.account_id,
-        "owner_email": account.owner_email if account else "",
-        "plan": account.plan if account else "",
-        "crm_id": account.crm_id if account else "",
-        "metric": s.metric,
-        "severity": severity,
-        "value": _num(value),
-        "baseline": _num(baseline),
-        "threshold": _num(threshold),
-        "window": [iso(w) for w in expl.get("window", [])] if expl.get("window") else None,
-        "message": msg,
-        "discriminator": s.discriminator,
-        "notified": t.notify,
-        "suppressed_reason": t.reason if not t.notify else "",
-        "started_at": iso(s.started_at),
-        "fired_at": iso(s.fired_at) if s.fired_at is not None else None,
-        "rule_hash": expl.get("rule_hash", rule.rule_hash if rule else ""),
-        "description": rule.description if rule else "",
-        "routing": {
-            "owner": rule.routing.owner if rule else True,
-            "channels": list(rule.routing.channels) if rule else [],
-        },
-        "template": rule.template if rule else None,
-        "details": details,
-        "recent": list(recent),
-        "quiet": t.quiet,  # closed without a message to people: notifiers only update what they showed
-        "grouped": [_also(g) for g in t.grouped],  # the account's other alerts of this cycle, in this message
-    }
+    window = expl.get("window")
+    return AlertNotice(
+        event=t.event, at=t.at, rule=s.rule_id, kind=rule.kind if rule else expl.get("kind"),
+        account=s.account_id, account_name=account.name if account else s.account_id,
+        owner_email=account.owner_email if account else "", plan=account.plan if account else "",
+        crm_id=account.crm_id if account else "", metric=s.metric, severity=severity,
+        value=finite(value), baseline=finite(baseline), threshold=finite(threshold),
+        window=(int(window[0]), int(window[1])) if window else None, message=msg,
+        discriminator=s.discriminator, notified=t.notify, suppressed_reason=t.reason if not t.notify else "",
+        started_at=s.started_at, fired_at=s.fired_at,
+        rule_hash=expl.get("rule_hash", rule.rule_hash if rule else ""),
+        description=rule.description if rule else "",
+        routing=Routing(rule.routing.owner, tuple(rule.routing.channels)) if rule else Routing(True, ()),
+        template=rule.template if rule else None, details=details, recent=tuple(recent),
+        quiet=t.quiet,  # closed without a message to people: notifiers only update what they showed
+        grouped=tuple(_also(g) for g in t.grouped),  # the account's other alerts of this cycle, in this message
+        episode_id=episode_id,
+    )
 
 
-def _also(t: Transition) -> dict[str, Any]:
+def _also(t: Transition) -> GroupedAlert:
     """A grouped alert as its message shows it (the alert itself is recorded on its own episode)."""
     expl: Mapping[str, Any] = t.finding.explanation() if t.finding is not None else t.state.last_explanation
-    return {"rule": t.state.rule_id, "kind": expl.get("kind"), "metric": t.state.metric,
-            "discriminator": t.state.discriminator, "severity": t.state.severity,
-            "message": str(expl.get("message", "")), "value": _num(expl.get("value")),
-            "baseline": _num(expl.get("baseline")), "threshold": _num(expl.get("threshold"))}
+    return GroupedAlert(rule=t.state.rule_id, kind=expl.get("kind"), metric=t.state.metric,
+                        discriminator=t.state.discriminator, severity=t.state.severity,
+                        message=str(expl.get("message", "")), value=finite(expl.get("value")),
+                        baseline=finite(expl.get("baseline")), threshold=finite(expl.get("threshold")))
 
 
 def _resolution(t: Transition, rule: Rule | None, fired: Mapping[str, Any]) -> tuple[str, Any, Any, Any, dict[str, Any]]:
@@ -122,31 +99,19 @@ def _resolution(t: Transition, rule: Rule | None, fired: Mapping[str, Any]) -> t
     return f"{rec.message}{held}", rec.value, rec.baseline, threshold, details
 
 
-def idempotency_key(t: Transition) -> str:
-    s = t.state
-    return f"notify:{s.rule_id}:{s.account_id}:{s.metric}:{s.discriminator}:{t.event}:{t.at}"
-
-
 # ------------------------------------------------------------------ admin notices
 
 
 def admin_notice(event: str, source_id: str, message: str, at: int, channel: str | None,
                  severity: str = "warning", since: int | None = None, metrics: Sequence[str] = (),
-                 details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """An alert-record-shaped payload for the admin channel (never routed to account owners)."""
-    return {
-        "event": event, "at": iso(at), "rule": f"source:{source_id}", "kind": "source",
-        "account": source_id, "account_name": f"source {source_id}", "owner_email": "", "plan": "",
-        "crm_id": "", "metric": ", ".join(metrics) or "-", "severity": severity, "value": None,
-        "baseline": None, "threshold": None, "window": None, "message": mask(message), "discriminator": "",
-        "notified": True, "suppressed_reason": "", "started_at": iso(since if since is not None else at),
-        "fired_at": iso(at), "rule_hash": "", "description": "usage source health",
-        "routing": {"owner": False, "channels": [channel] if channel else []}, "template": "source",
-        "details": dict(details or {}), "recent": [],
-    }
+                 details: Mapping[str, Any] | None = None, key: str = "") -> AlertNotice:
+    """A usage source's notice for the admin channel (never routed to account owners); `key`: its
+    idempotency key (one notice per key and notifier)."""
+    return make_admin_notice(event, key, f"source:{source_id}", source_id, f"source {source_id}", mask(message), at,
+                             channel, severity, since, metrics, details)
 
 
-def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, channel: str | None) -> dict[str, Any]:
+def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, channel: str | None) -> AlertNotice:
     """One admin notice for the conditions found already true at a first evaluation (recorded,
     visible in /usage, CRM fields and history, but not sent to account owners one by one)."""
     per_rule: dict[str, int] = {}
@@ -168,14 +133,14 @@ def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, chan
         message = (f"{len(held)} condition(s) already holding at the first evaluation have now lasted long enough"
                    f" to fire ({listing}, on {len(accounts)} account(s)); recorded without paging their owners."
                    f" {where}")
-    return admin_notice("first_run", "evaluation", message, at, channel, "info",
-                        details={"conditions": len(held), "accounts": len(accounts), "rules": per_rule,
-                                 "example_accounts": sorted(accounts)[:10]}) | {
-        "rule": "first-run", "kind": "first_run", "account_name": "first evaluation", "template": "notice",
-        "description": "first evaluation of a book, a rule or an account"}
+    return make_admin_notice(
+        "first_run", f"first-run:{at}", "first-run", "evaluation", "first evaluation", mask(message), at, channel,
+        "info", details={"conditions": len(held), "accounts": len(accounts), "rules": per_rule,
+                         "example_accounts": sorted(accounts)[:10]},
+        kind="first_run", template="notice", description="first evaluation of a book, a rule or an account")
 
 
-def cohort_notice(ev: CohortEvent, channel: str | None) -> dict[str, Any]:
+def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
     """One admin notice for a cohort event (many accounts meeting a rule's condition at once)."""
     message = (
         f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) met the"
@@ -183,9 +148,9 @@ def cohort_notice(ev: CohortEvent, channel: str | None) -> dict[str, Any]:
         " (a holiday, a broken export), not an account problem: no account alert was sent for that bucket."
         f" Examples: {', '.join(ev.examples)}. Mute known days with [calendar] in the rules; tune [rule.cohort]."
     )
-    return admin_notice("cohort", "evaluation", message, ev.at, channel, "warning",
-                        details={"rule": ev.rule_id, "cohort": ev.cohort, "accounts": ev.accounts,
-                                 "decided": ev.decided, "share": ev.share,
-                                 "example_accounts": list(ev.examples)}) | {
-        "rule": f"cohort:{ev.rule_id}", "kind": "cohort", "account_name": f"cohort event ({ev.cohort})",
-        "template": "notice", "description": "many accounts at once: held as a cohort event"}
+    return make_admin_notice(
+        "cohort", f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}", f"cohort:{ev.rule_id}", "evaluation",
+        f"cohort event ({ev.cohort})", mask(message), ev.at, channel, "warning",
+        details={"rule": ev.rule_id, "cohort": ev.cohort, "accounts": ev.accounts, "decided": ev.decided,
+                 "share": ev.share, "example_accounts": list(ev.examples)},
+        kind="cohort", template="notice", description="many accounts at once: held as a cohort event")

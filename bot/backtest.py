@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.alerts import PUBLISHED_EVENTS, alert_record, recent_values
+from bot.alerts import PUBLISHED_EVENTS, alert_notice, recent_values
 from bot.progress import activity, progress
 from integrations.console import format_number
+from integrations.notice import AlertNotice
 from integrations.sources.csv_files import read_accounts_csv, read_usage_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
@@ -77,7 +78,7 @@ def parse_time(text: str, flag: str) -> int:
 
 @dataclass
 class BacktestResult:
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[AlertNotice] = field(default_factory=list)  # the published events' notices
     start: int = 0
     end: int = 0
     rows_loaded: int = 0
@@ -186,9 +187,8 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
             if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):
                 continue
             rule = by_id[t.state.rule_id]
-            rec = alert_record(t, rule, accounts.get(t.state.account_id),
-                               recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at))
-            events.append(rec)
+            events.append(alert_notice(t, rule, accounts.get(t.state.account_id),
+                                       recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at)))
     return last_states
 
 
@@ -197,7 +197,7 @@ JSON_DROP = ("recent", "routing", "template", "description")
 
 def write_json(result: BacktestResult, out: TextIO) -> None:
     for ev in result.events:
-        print(json.dumps({k: v for k, v in ev.items() if k not in JSON_DROP}, sort_keys=False), file=out)
+        print(json.dumps({k: v for k, v in ev.record().items() if k not in JSON_DROP}, sort_keys=False), file=out)
 
 
 def _fmt(x: Any) -> str:
@@ -209,18 +209,16 @@ def summary_rows(result: BacktestResult, ruleset: RuleSet) -> list[list[str]]:
                                                           "resolved": 0, "accounts": set(), "durations": []})
     fired_at: dict[tuple, int] = {}
     for ev in result.events:
-        p = per[ev["rule"]]
-        key = (ev["rule"], ev["account"], ev["metric"], ev["discriminator"])
-        at = int(datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp())
-        if ev["event"] == "fired":
+        p = per[ev.rule]
+        if ev.event == "fired":
             p["fired"] += 1
-            p["notified" if ev["notified"] else "suppressed"] += 1
-            p["accounts"].add(ev["account"])
-            fired_at[key] = at
-        elif ev["event"] == "resolved":
+            p["notified" if ev.notified else "suppressed"] += 1
+            p["accounts"].add(ev.account)
+            fired_at[ev.episode_key] = ev.at
+        elif ev.event == "resolved":
             p["resolved"] += 1
-            if key in fired_at:
-                p["durations"].append(at - fired_at.pop(key))
+            if ev.episode_key in fired_at:
+                p["durations"].append(ev.at - fired_at.pop(ev.episode_key))
     rows = []
     for rule in ruleset.rules:
         p = per[rule.id]
@@ -247,9 +245,9 @@ def write_table(result: BacktestResult, ruleset: RuleSet, out: TextIO) -> None:
     print(file=out)
     rows = []
     for ev in result.events:
-        event = ev["event"] + ("" if ev["notified"] else f" ({ev['suppressed_reason']})")
-        rows.append([ev["at"], event, ev["severity"], ev["rule"], ev["account"], ev["metric"],
-                     _fmt(ev["value"]), _fmt(ev["baseline"]), _fmt(ev["threshold"]), ev["message"]])
+        event = ev.event + ("" if ev.notified else f" ({ev.suppressed_reason})")
+        rows.append([iso(ev.at), event, ev.severity, ev.rule, ev.account, ev.metric,
+                     _fmt(ev.value), _fmt(ev.baseline), _fmt(ev.threshold), ev.message])
     if rows:
         for line in _table(rows, ["AT", "EVENT", "SEVERITY", "RULE", "ACCOUNT", "METRIC", "VALUE",
                                   "BASELINE", "THRESHOLD", "MESSAGE"]):

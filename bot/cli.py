@@ -313,16 +313,17 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """One evaluation cycle. Notifications are queued for the configured notifiers (with
-    --config: Slack when [slack] is set up, else the console) and delivered only to the console
-    here; another notifier's rows are left to it (the service, `usagebot slack deliver`) unless
-    --deliver says this run should deliver them."""
+    """One evaluation cycle. Notifications are queued for the configured notifiers (with --config:
+    every notifier the service would run, integrations.notifiers; else the console) and delivered
+    only to the console here; another notifier's rows are left to it (the service, `usagebot slack
+    deliver`) unless --deliver says this run should deliver them."""
     from bot.backtest import BacktestError, parse_time
     from bot.cli_support import load_or_report
     from bot.notices import Notices
-    from bot.pipeline import deliver_outbox, run_cycle
+    from bot.pipeline import DeliveryReport, deliver_outbox, run_cycle
     from bot.progress import activity
     from integrations.console import ConsoleNotifier
+    from integrations.notifiers import build_notifiers
     from storage.db import make_engine, migrate
 
     if _missing_paths(args.rules, "--rules", err):
@@ -348,48 +349,47 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = make_engine(database_url(args.db, config.storage_url if config else None))
     try:
         migrate(engine)
-        console = ConsoleNotifier(out=out)
-        remote = _configured_notifier(config, engine)
-        notices = Notices((remote.name if remote is not None else console.name,),
-                          config.service.admin_channel if config else None,
+        notifiers = (build_notifiers(config.notifiers, engine, config.slack, out=out) if config
+                     else [ConsoleNotifier(out=out)])
+        consoles = [n for n in notifiers if isinstance(n, ConsoleNotifier)]
+        remote = [n for n in notifiers if not isinstance(n, ConsoleNotifier)]
+        notices = Notices(tuple(n.name for n in notifiers), config.service.admin_channel if config else None,
                           args.first_run or (config.evaluation.first_run if config else "digest"))
         with activity(f"evaluating {len(ruleset.rules)} rule(s)", err):
             report = run_cycle(engine, ruleset, now, only_due=False, notices=notices)
-        if remote is None:
-            delivery = deliver_outbox(engine, console, now)  # the console's own rows
-        else:
+        delivery = DeliveryReport()
+        for c in consoles:
+            delivery.add(deliver_outbox(engine, c, now))  # the console's own rows
+        if remote and not consoles:
             for alert in report.alerts:  # a preview: the rows stay queued for their notifier
-                if alert.get("notified"):
-                    console.deliver(alert)
-            delivery = deliver_outbox(engine, remote, now) if args.deliver else None
-        fired = sum(1 for t in report.transitions if t.event == "fired")
-        resolved = sum(1 for t in report.transitions if t.event == "resolved")
-        held = sum(1 for t in report.transitions if t.reason == "first evaluation")
-        line = (f"evaluated {len(report.rules_evaluated)} rule(s): {report.findings} condition(s) holding, "
-                f"{fired} fired, {resolved} resolved")
-        if held:
-            line += f" ({held} already true at the first evaluation: recorded, not notified)"
-        if delivery is not None:
-            where = "" if remote is None else f" to {remote.name}"
-            line += f", {delivery.sent} notification(s) sent{where}, {delivery.failed} failed"
-        else:
-            assert remote is not None
-            queued = sum(1 for a in report.alerts if a.get("notified"))
-            line += (f", {queued} notification(s) queued for {remote.name} (the service or `usagebot "
-                     f"{remote.name} deliver` sends them; --deliver sends them now)")
-        print(line, file=out)
-        return 0 if delivery is None or not delivery.failed else 1
+                if alert.notified:
+                    ConsoleNotifier(out=out).deliver(alert)
+        if remote and args.deliver:
+            for n in remote:
+                delivery.add(deliver_outbox(engine, n, now))
+        print(_evaluate_line(report, delivery, [n.name for n in remote], bool(consoles), args.deliver), file=out)
+        return 0 if not delivery.failed else 1
     finally:
         engine.dispose()
 
 
-def _configured_notifier(config: Any, engine: Any) -> Any:
-    """The notifier the service would use for this config other than the console, or None."""
-    if config is None or config.slack is None or not getattr(config.slack, "enabled", False):
-        return None
-    from integrations.slack.notifier import SlackNotifier
-
-    return SlackNotifier(config.slack, engine)
+def _evaluate_line(report: Any, delivery: Any, remote: list[str], console: bool, delivered: bool) -> str:
+    fired = sum(1 for t in report.transitions if t.event == "fired")
+    resolved = sum(1 for t in report.transitions if t.event == "resolved")
+    held = sum(1 for t in report.transitions if t.reason == "first evaluation")
+    line = (f"evaluated {len(report.rules_evaluated)} rule(s): {report.findings} condition(s) holding, "
+            f"{fired} fired, {resolved} resolved")
+    if held:
+        line += f" ({held} already true at the first evaluation: recorded, not notified)"
+    names = ", ".join(remote)
+    if not remote or delivered:
+        line += f", {delivery.sent} notification(s) sent{f' to {names}' if remote else ''}, {delivery.failed} failed"
+    else:
+        queued = sum(1 for a in report.alerts if a.notified)
+        how = " or `usagebot slack deliver`" if "slack" in remote else ""
+        line += (f"{f', {delivery.sent} printed' if console else ''}, {queued} notification(s) queued for {names}"
+                 f" (the service{how} sends them; --deliver sends them now)")
+    return line
 
 
 # ------------------------------------------------------------------------------ parser
@@ -498,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     # Subcommands that live with their integrations.
-    from bot import crm_commands, db_commands, init_command, service_commands, slack_commands
+    from bot import crm_commands, db_commands, init_command, outbox_commands, service_commands, slack_commands
 
-    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands):
+    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands, outbox_commands):
         module.register(sub)
     return p
 

@@ -8,6 +8,7 @@
     [ingest]     push endpoint (CloudEvents) and its shared secret
     [[sources]]  polled usage sources (csv, http_json, sql, openmeter, stripe_meter)
     [slack]      Slack delivery and app           (integrations.slack.config)
+    [[notifiers]] more notifiers side by side: webhook, console (integrations.notifiers)
     [salesforce] CRM sync                         (integrations.salesforce.config)
     [health]     usage-health model               (bot.health_config)
 
@@ -131,6 +132,7 @@ class AppConfig:
     salesforce: Any = None  # integrations.salesforce.config.SalesforceConfig, when [salesforce] is present
     health: Any = None  # rules.health.HealthModel, when [health] is present
     ruleset: RuleSet | None = None
+    notifiers: tuple[Any, ...] = ()  # integrations.notifiers.NotifierSpec per [[notifiers]] entry
 
     @property
     def is_postgresql(self) -> bool:
@@ -256,13 +258,15 @@ def config_tables() -> tuple[Table, ...]:
     """Every table of the config file with the keys its parser declares (tests/test_docs_keys.py checks
     that each is documented)."""
     from bot.health_config import HEALTH
+    from integrations.notifiers import NOTIFIERS
     from integrations.salesforce.config import SALESFORCE
     from integrations.slack.config import SLACK
     from integrations.sources.base import SOURCES
     from integrations.sources.push import INGEST
 
     return (STORAGE, RULES, settings_table("service", ServiceConfig), settings_table("scheduler", SchedulerConfig),
-            settings_table("evaluation", EvaluationConfig), INGEST, SOURCES, SLACK, SALESFORCE, HEALTH)
+            settings_table("evaluation", EvaluationConfig), INGEST, SOURCES, SLACK, SALESFORCE, HEALTH,
+            NOTIFIERS)
 
 
 def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
@@ -277,10 +281,13 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
+    from integrations.notifiers import parse_notifiers
+
+    notifiers = parse_notifiers(doc.sections("notifiers"))
     return AppConfig(file=doc.file, storage_url=storage, rule_paths=paths, service=service,
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
-                     health=health, ruleset=ruleset)
+                     health=health, ruleset=ruleset, notifiers=notifiers)
 
 
 def check_config(path: str | Path, env: Mapping[str, str] | None = None,

@@ -16,6 +16,9 @@ One sync:
    instead of creating another (with tasks.key_field, creates are upserts on
    that External ID field: Salesforce itself refuses a second Task per key);
 5. records the run (crm_sync_runs).
+Steps 3 and 4 go through the outbox (bot.crm_delivery): the plan is queued as rows in one
+transaction (replacing the unsent rows of an earlier plan), then carried out at once; rows that
+fail are retried by the service's deliver job between syncs, and the next sync plans afresh.
 A dry run does 1-2 (and lists the tasks) and stores nothing, so running it twice
 shows the same thing, and a real sync right after it sends exactly what it showed.
 The sync stops early (the rest waits for the next sync) on REQUEST_LIMIT_EXCEEDED,
@@ -33,15 +36,9 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import Engine
 
+from bot.crm_delivery import KEY_LINE, FieldWrite, PlannedTask, deliver_crm, lookup, queue_plan
 from bot.crm_preview import account_health, health_as_of
-from integrations.salesforce.client import (
-    ApiUsage,
-    RecordResult,
-    SalesforceClient,
-    SalesforceError,
-    SalesforceRequestError,
-    SalesforceUnavailable,
-)
+from integrations.salesforce.client import ApiUsage, SalesforceClient, SalesforceError
 from integrations.salesforce.config import SalesforceConfig
 from integrations.salesforce.diff import (
     DesiredRecord,
@@ -56,46 +53,17 @@ from rules.model import DAY, AccountFacts, RuleSet
 from rules.periods import iso
 from storage.crm import (
     TaskCandidate,
-    TaskOutcome,
-    TaskRow,
     WriteOutcome,
     episodes_fired_since,
     load_record_states,
     load_tasks,
     record_outcomes,
     record_sync_run,
-    record_tasks,
 )
 from storage.locks import LockTimeout, exclusive
 
-SOQL_CHUNK = 200  # keys per "WHERE x IN (...)" query (keeps the GET URL well under its limit)
 SYNC_LOCK_WAIT = 900.0  # seconds a real sync waits for another one on the same database
-KEY_LINE = "usagebot key: "  # the last line of a Task's Description: the episode's unique key
-LOOKUP_MARGIN = DAY  # a Task looked up by key may have been created this long before our first attempt
 ClientFactory = Callable[[SalesforceConfig], SalesforceClient]
-
-
-@dataclass(frozen=True)
-class PlannedTask:
-    candidate: TaskCandidate
-    account: AccountFacts
-    match_key: str
-    kind: str
-    subject: str
-    description: str
-    priority: str
-    due_date: str
-    previous: TaskRow | None
-
-    @property
-    def key(self) -> str:
-        return self.candidate.key
-
-    def line(self) -> str:
-        c = self.candidate
-        again = f" (again: {self.previous.status}, {self.previous.last_error or 'no error'})" if self.previous else ""
-        return (f"  episode #{c.episode_id} {self.account.id} {c.rule_id} ({c.severity} {self.kind}): "
-                f"{self.subject!r}, priority {self.priority}, due {self.due_date}{again}")
 
 
 @dataclass
@@ -192,226 +160,16 @@ def plan_tasks(
     return out
 
 
-# ------------------------------------------------------------------------ helpers
-
-
-def _soql_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
-    return [seq[i : i + n] for i in range(0, len(seq), n)]
-
-
-def _key_field(cfg: SalesforceConfig) -> str:
-    return cfg.external_id_field if cfg.match == "external_id" and cfg.external_id_field else "Id"
-
-
-def _lookup(client: SalesforceClient, cfg: SalesforceConfig, keys: Sequence[str],
-            columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """match key -> record (the given columns) for the records of `cfg.object` with these keys."""
-    key_field = _key_field(cfg)
-    cols = list(dict.fromkeys(["Id", key_field, *columns]))
-    out: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(sorted(set(keys)), SOQL_CHUNK):
-        soql = (f"SELECT {', '.join(cols)} FROM {cfg.object} "
-                f"WHERE {key_field} IN ({', '.join(_soql_quote(k) for k in chunk)})")
-        for rec in client.query_all(soql):
-            out[str(rec.get(key_field))] = rec
-            if key_field == "Id" and rec.get("Id"):
-                out[str(rec["Id"])[:15]] = rec  # 15- and 18-character ids name the same record
-    return out
-
-
-def _payload(cfg: SalesforceConfig, change: RecordChange) -> dict[str, Any]:
-    return {_key_field(cfg): change.match_key, **change.values()}
-
-
-def _outcome(change: RecordChange, result: RecordResult) -> WriteOutcome:
-    if result.ok:
-        return WriteOutcome(change.account_id, change.match_key, change.values())
-    return WriteOutcome(change.account_id, change.match_key, error=result.error or "failed")
-
-
-# ------------------------------------------------------------------------- writes
-
-
-def _send_collections(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
-                      changes: Sequence[RecordChange], now: int, report: CrmSyncReport) -> None:
-    batches = _chunks(changes, cfg.batch_size)
-    for n, batch in enumerate(batches):
-        payload = [_payload(cfg, c) for c in batch]
-        try:
-            if cfg.match == "external_id":
-                assert cfg.external_id_field is not None
-                results = client.upsert(cfg.object, cfg.external_id_field, payload)
-            else:
-                results = client.update(cfg.object, payload)
-        except SalesforceError as exc:
-            _stop(report, exc, engine, cfg, batch, now, rest=sum(len(b) for b in batches[n + 1:]))
-            return
-        report.write_requests += 1
-        _record(report, engine, cfg, batch, results, now)
-
-
-def _send_bulk(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
-               changes: Sequence[RecordChange], now: int, report: CrmSyncReport) -> None:
-    report.mode = "bulk"
-    key_field = _key_field(cfg)
-    try:
-        by_key = client.bulk_write(cfg.object, [_payload(cfg, c) for c in changes], key_field,
-                                   cfg.external_id_field if cfg.match == "external_id" else None)
-    except SalesforceError as exc:
-        _stop(report, exc, engine, cfg, changes, now, rest=0)
-        return
-    report.write_requests += 1
-    missing = RecordResult(False, error="not in the bulk job's results")
-    _record(report, engine, cfg, changes, [by_key.get(c.match_key, missing) for c in changes], now)
-
-
-def _record(report: CrmSyncReport, engine: Engine, cfg: SalesforceConfig, batch: Sequence[RecordChange],
-            results: Sequence[RecordResult], now: int) -> None:
-    outcomes = [_outcome(c, r) for c, r in zip(batch, results, strict=True)]
-    record_outcomes(engine, cfg.object, outcomes, now)
-    for o in outcomes:
-        if o.error is None:
-            report.written += 1
-        else:
-            report.failed.append((o.account_id, o.error))
-
-
-def _stop(report: CrmSyncReport, exc: SalesforceError, engine: Engine, cfg: SalesforceConfig,
-          batch: Sequence[RecordChange], now: int, rest: int) -> None:
-    """A request-level failure: the sync stops; the batch is failed (its fault) or deferred (not)."""
-    report.stopped = str(exc)
-    if isinstance(exc, SalesforceUnavailable | SalesforceRequestError):
-        error = f"not written: {exc}"
-        record_outcomes(engine, cfg.object, [WriteOutcome(c.account_id, c.match_key, error=error) for c in batch],
-                        now)
-        report.failed.extend((c.account_id, error) for c in batch)
-        report.deferred += rest
-    else:  # API budget or login: nothing wrong with these records
-        report.deferred += len(batch) + rest
-
-
 def _reconcile(client: SalesforceClient, cfg: SalesforceConfig, desired: Sequence[DesiredRecord],
                ) -> dict[str, tuple[str, dict[str, Any]]]:
     """account id -> (match key, current field values read from Salesforce)."""
-    found = _lookup(client, cfg, [d.match_key for d in desired], list(cfg.fields.values()))
+    found = lookup(client, cfg, [d.match_key for d in desired], list(cfg.fields.values()))
     out = {}
     for d in desired:
         rec = found.get(d.match_key)
         if rec is not None:
             out[d.account_id] = (d.match_key, {f: align_read_value(rec.get(f), d.values.get(f)) for f in d.values})
     return out
-
-
-# -------------------------------------------------------------------------- tasks
-
-
-def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
-                  planned: Sequence[PlannedTask], now: int, report: CrmSyncReport) -> None:
-    if not planned:
-        return
-    tc = cfg.tasks
-    records: dict[str, dict[str, Any]] = {}
-    if tc.owner == "account_owner" or cfg.match == "external_id":
-        records = _lookup(client, cfg, [p.match_key for p in planned], ["OwnerId"])
-
-    def target(p: PlannedTask) -> tuple[str | None, str | None]:
-        if cfg.match == "id" and tc.owner != "account_owner":
-            return p.match_key, None
-        rec = records.get(p.match_key) or records.get(p.match_key[:15])
-        return (None, None) if rec is None else (str(rec["Id"]), rec.get("OwnerId"))
-
-    todo: list[tuple[PlannedTask, str, str | None]] = []
-    for p in planned:
-        what_id, owner_id = target(p)
-        if what_id is None:
-            error = f"no {cfg.object} record with {_key_field(cfg)} = {p.match_key!r}"
-            record_tasks(engine, [TaskOutcome(p.candidate, "failed", p.subject, None, error=error)], now)
-            report.tasks_failed.append((p.candidate.episode_id, error))
-            continue
-        todo.append((p, what_id, owner_id))
-
-    # A create whose outcome is unknown (a crash after the intent was recorded, a lost answer) may
-    # have worked: look its key up before creating again.
-    unsure = [(p, w) for p, w, _ in todo if p.previous is not None and p.previous.status == "unknown"]
-    found = _find_tasks(client, cfg, unsure) if unsure else {}
-    if found:
-        record_tasks(engine, [TaskOutcome(p.candidate, "created", p.subject, w, sf_task_id=found[p.key],
-                                          attempted=False) for p, w in unsure if p.key in found], now)
-        report.tasks_created += len(found)
-        todo = [(p, w, o) for p, w, o in todo if p.key not in found]
-
-    for n, chunk in enumerate(_chunks(todo, cfg.batch_size)):
-        recs = []
-        for p, what_id, owner_id in chunk:
-            rec = {"Subject": p.subject, "Description": p.description, "WhatId": what_id,
-                   "ActivityDate": p.due_date, "Status": tc.status, "Priority": p.priority}
-            if tc.owner == "account_owner" and owner_id:
-                rec["OwnerId"] = owner_id
-            if tc.key_field:
-                rec[tc.key_field] = p.key
-            recs.append(rec)
-        # the intent, committed BEFORE the request: whatever happens next, the next sync looks first
-        record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, w, error="sent; outcome not known yet")
-                              for p, w, _ in chunk], now)
-        try:
-            if tc.key_field:
-                results = client.upsert("Task", tc.key_field, recs)
-            else:
-                results = client.create("Task", recs)
-        except SalesforceError as exc:
-            report.stopped = report.stopped or str(exc)
-            status = "unknown" if isinstance(exc, SalesforceUnavailable) and exc.ambiguous else "failed"
-            record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, w, error=str(exc), attempted=False)
-                                  for p, w, _ in chunk], now)
-            report.tasks_failed.extend((p.candidate.episode_id, str(exc)) for p, _, _ in chunk)
-            report.tasks_deferred += sum(len(c) for c in _chunks(todo, cfg.batch_size)[n + 1:])
-            return
-        outcomes = []
-        for (p, what_id, _), r in zip(chunk, results, strict=True):
-            if r.ok:
-                outcomes.append(TaskOutcome(p.candidate, "created", p.subject, what_id, sf_task_id=r.id,
-                                            attempted=False))
-                report.tasks_created += 1
-            else:
-                outcomes.append(TaskOutcome(p.candidate, "failed", p.subject, what_id, error=r.error,
-                                            attempted=False))
-                report.tasks_failed.append((p.candidate.episode_id, r.error or "failed"))
-        record_tasks(engine, outcomes, now)
-
-
-def _find_tasks(client: SalesforceClient, cfg: SalesforceConfig,
-                unsure: Sequence[tuple[PlannedTask, str]]) -> dict[str, str]:
-    """task key -> Task Id of the Tasks that exist for these planned tasks (looked up by their key:
-    the key field when configured, else the key line of the Descriptions of the record's Tasks)."""
-    keys = {p.key for p, _ in unsure}
-    out: dict[str, str] = {}
-    kf = cfg.tasks.key_field
-    if kf:
-        for chunk in _chunks(sorted(keys), SOQL_CHUNK):
-            soql = f"SELECT Id, {kf} FROM Task WHERE {kf} IN ({', '.join(_soql_quote(k) for k in chunk)})"
-            for rec in client.query_all(soql):
-                out[str(rec.get(kf))] = str(rec["Id"])
-        return out
-    since = min(p.previous.first_attempt_at for p, _ in unsure if p.previous is not None) - LOOKUP_MARGIN
-    for chunk in _chunks(sorted({w for _, w in unsure}), SOQL_CHUNK):
-        soql = (f"SELECT Id, WhatId, Description FROM Task WHERE WhatId IN "
-                f"({', '.join(_soql_quote(w) for w in chunk)}) AND CreatedDate >= {iso(since)}")
-        for rec in client.query_all(soql):
-            key = _key_in(rec.get("Description"))
-            if key in keys:
-                out.setdefault(key, str(rec["Id"]))
-    return out
-
-
-def _key_in(description: Any) -> str | None:
-    for line in reversed(str(description or "").splitlines()):
-        if line.startswith(KEY_LINE):
-            return line[len(KEY_LINE):].strip()
-    return None
 
 
 # --------------------------------------------------------------------------- main
@@ -479,23 +237,9 @@ def _run_crm_sync(
     if dry_run or report.stopped:
         return _finish(report, engine, conn, now, out)
 
-    try:
-        if report.changes:
-            c = connect()
-            if cfg.bulk_threshold and len(report.changes) >= cfg.bulk_threshold:
-                _send_bulk(c, cfg, engine, report.changes, now, report)
-            else:
-                _send_collections(c, cfg, engine, report.changes, now, report)
-        if report.tasks and not report.stopped:
-            _create_tasks(connect(), cfg, engine, report.tasks, now, report)
-        elif report.tasks:
-            report.tasks_deferred = len(report.tasks)
-    except SalesforceError as exc:  # connecting, or a lookup query
-        report.stopped = report.stopped or str(exc)
-        done = report.written + len(report.failed)
-        report.deferred = max(report.deferred, len(report.changes) - done)
-        if not report.tasks_created and not report.tasks_failed:
-            report.tasks_deferred = len(report.tasks)
+    queue_plan(engine, cfg, [FieldWrite(c.account_id, c.match_key, c.values()) for c in report.changes],
+               report.tasks, bool(cfg.bulk_threshold and len(report.changes) >= cfg.bulk_threshold), now)
+    deliver_crm(engine, cfg, connect, report, now)
     return _finish(report, engine, conn, now, out)
 
 

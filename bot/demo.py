@@ -89,18 +89,18 @@ def run_demo(
         first = book.end - replay_days * DAY
         for t in range(first + DAY, book.end + 1, DAY):
             report = run_cycle(engine, ruleset, t)
-            shown = [a for a in report.alerts if a["notified"]]
+            shown = [a for a in report.alerts if a.notified]
             if shown:
                 print(f"\n── {iso(t)[:10]} {'─' * 50}\n", file=out)
             deliver_outbox(engine, notifier, t)
             for a in report.alerts:
-                if a["event"] == "fired":
+                if a.event == "fired":
                     fired += 1
-                    notified += a["notified"]
-                    by_rule[a["rule"]] += 1
-                    if not a["notified"]:
-                        reasons[a["suppressed_reason"]] += 1
-                elif a["event"] == "resolved":
+                    notified += a.notified
+                    by_rule[a.rule] += 1
+                    if not a.notified:
+                        reasons[a.suppressed_reason] += 1
+                elif a.event == "resolved":
                     resolved += 1
 
         rows_crm = crm_preview(engine, ruleset, book.end)

@@ -8,24 +8,22 @@ feeds are muted in evaluation (bot.pipeline.run_cycle(muted=...)): no drop or
 inactivity alert fires, and no open episode resolves, for data that is
 missing because the pipe broke rather than because usage fell.
 
-Admin notices use the alert record shape (bot/alerts.py) so every notifier
+Admin notices are alert notices (integrations.notice, audience "admin") so every notifier
 renders them: kind "source", routing to the admin channel only.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from bot.alerts import admin_notice
-from bot.notices import Notices
+from bot.notices import notice_items
 from rules.durations import format_duration
 from rules.periods import iso
-from storage.outbox import OutboxItem
 from storage.sources import SourceState, list_source_states, series_of, set_stale
 
 log = logging.getLogger(__name__)
@@ -35,11 +33,6 @@ log = logging.getLogger(__name__)
 class Watch:
     source_id: str
     stale_after: int
-
-
-def notice_items(key: str, payload: Mapping[str, Any], at: int, notifiers: Sequence[str]) -> list[OutboxItem]:
-    """The admin notice queued once per notifier."""
-    return Notices(tuple(notifiers)).items(key, payload, at)
 
 
 def stale_since(state: SourceState | None, stale_after: int, now: int) -> int | None:
@@ -83,22 +76,22 @@ def check_freshness(engine: Engine, watches: Iterable[Watch], now: int, admin_ch
             report.stale.append(w.source_id)
             if s.stale_since is None:
                 msg = _stale_message(s, ref, now, w.stale_after)
-                payload = admin_notice("stale", w.source_id, msg, now, admin_channel, "warning", since=ref,
-                                       metrics=s.metrics, details={"source": w.source_id,
-                                                                   "last_data_at": s.last_data_at,
-                                                                   "last_error": s.last_error})
-                set_stale(engine, w.source_id, now, now,
-                          notice_items(f"source-stale:{w.source_id}:{now}", payload, now, notifiers))
+                notice = admin_notice("stale", w.source_id, msg, now, admin_channel, "warning", since=ref,
+                                      metrics=s.metrics, details={"source": w.source_id,
+                                                                  "last_data_at": s.last_data_at,
+                                                                  "last_error": s.last_error},
+                                      key=f"source-stale:{w.source_id}:{now}")
+                set_stale(engine, w.source_id, now, now, notice_items(notice, now, notifiers))
                 report.became_stale.append(w.source_id)
                 log.warning(msg, extra={"source": w.source_id, "event": "source_stale"})
         elif s.stale_since is not None:
             down = format_duration(max(0, now - s.stale_since))
             msg = (f"Usage source '{w.source_id}' is delivering again (it was marked stale {iso(s.stale_since)}, "
                    f"{down} ago). Alerts on its data resume.")
-            payload = admin_notice("recovered", w.source_id, msg, now, admin_channel, "info",
-                                   since=s.stale_since, metrics=s.metrics, details={"source": w.source_id})
-            set_stale(engine, w.source_id, None, now,
-                      notice_items(f"source-recovered:{w.source_id}:{s.stale_since}", payload, now, notifiers))
+            notice = admin_notice("recovered", w.source_id, msg, now, admin_channel, "info",
+                                  since=s.stale_since, metrics=s.metrics, details={"source": w.source_id},
+                                  key=f"source-recovered:{w.source_id}:{s.stale_since}")
+            set_stale(engine, w.source_id, None, now, notice_items(notice, now, notifiers))
             report.recovered.append(w.source_id)
             log.info(msg, extra={"source": w.source_id, "event": "source_recovered"})
     return report

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from integrations.notice import AlertNotice
 from storage.outbox import OutboxItem, notify_kind
 
 FIRST_RUN_POLICIES = ("digest", "quiet", "notify")
@@ -31,6 +31,12 @@ class Notices:
         if self.first_run not in FIRST_RUN_POLICIES:
             raise ValueError(f"first_run must be one of {', '.join(FIRST_RUN_POLICIES)}, got {self.first_run!r}")
 
-    def items(self, key: str, payload: Mapping[str, Any], at: int | None = None) -> list[OutboxItem]:
-        """One outbox row per notifier for this notification."""
-        return [OutboxItem(key, notify_kind(n), payload, not_before=at) for n in self.notifiers]
+    def items(self, notice: AlertNotice, at: int | None = None) -> list[OutboxItem]:
+        """One outbox row per notifier for this notice (its key, its JSON)."""
+        return notice_items(notice, at, self.notifiers)
+
+
+def notice_items(notice: AlertNotice, at: int | None, notifiers: Sequence[str]) -> list[OutboxItem]:
+    """A notice queued once per notifier: one row each, under the notice's idempotency key."""
+    payload = notice.to_json()
+    return [OutboxItem(notice.idempotency_key, notify_kind(n), payload, not_before=at) for n in notifiers]

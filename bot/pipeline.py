@@ -5,7 +5,8 @@
     storage.episodes.record_step (episodes + audit + outbox in ONE transaction)
 
 Delivery is separate: `deliver_outbox` sends due outbox rows through a
-notifier and marks them sent, or failed with a backoff, so a crash between
+notifier (`deliver_rows` through any outlet: Slack message updates, CRM
+writes) and marks them sent, or failed with a backoff, so a crash between
 the two loses nothing and a re-run duplicates nothing.
 """
 
@@ -14,20 +15,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
 from bot.alerts import (
     PUBLISHED_EVENTS,
-    alert_record,
+    alert_notice,
     cohort_notice,
     first_run_summary,
-    idempotency_key,
     recent_values,
 )
 from bot.cycle_lock import serialised
 from bot.notices import Notices
+from integrations.notice import AlertNotice
+from integrations.notifier import DeliveryError, NoticeOutlet, Notifier, Outlet
 from rules.config.redaction import mask
 from rules.engine import BlockKey, CohortEvent, EvaluationResult, due, evaluate, history_needed
 from rules.gcpause import gc_paused
@@ -46,18 +47,11 @@ from storage.outbox import (
     mark_dead,
     mark_failed,
     mark_sent,
-    outbox_kinds,
 )
 from storage.slack import active_account_snoozes
 from storage.usage import accounts_with_usage, load_block
 
 log = logging.getLogger(__name__)
-
-class Notifier(Protocol):
-    name: str  # "slack", "console": its outbox rows are of kind notify_kind(name)
-
-    def deliver(self, alert: Mapping[str, Any]) -> None: ...
-
 
 @dataclass
 class CycleReport:
@@ -65,7 +59,7 @@ class CycleReport:
     rules_evaluated: list[str] = field(default_factory=list)
     findings: int = 0
     transitions: list[Transition] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)  # records of published transitions
+    alerts: list[AlertNotice] = field(default_factory=list)  # notices of the published transitions
     outbox_items: int = 0
     cohort_events: list[CohortEvent] = field(default_factory=list)
 
@@ -194,13 +188,18 @@ def run_cycle(
     step = advance(by_id, result.findings, result.decided, states, now, evaluated_rules=result.evaluated_rules,
                    snoozed_accounts=active_account_snoozes(engine, now), recoveries=result.recoveries,
                    first_run=first, inhibits=ruleset.inhibits)
-    outbox = _notifications(engine, step.transitions, by_id, accounts, now, notices, report)
-    outbox += _admin_notices(step.transitions, result.cohort_events, first, now, notices)
+    recent = _recent_for(engine, step.transitions, by_id, now)
+    admin = _admin_notices(step.transitions, result.cohort_events, first, now, notices)
+
+    def outbox(episode_ids: Mapping[Key, int]) -> list[OutboxItem]:  # in record_step's transaction
+        report.alerts, items = _notifications(step.transitions, by_id, accounts, recent, episode_ids, notices)
+        report.outbox_items = len(items) + len(admin)
+        return items + admin
+
     record_step(engine, step, outbox, {r.id: r.rule_hash for r in ruleset.rules}, also=marks)
     report.rules_evaluated = sorted(result.evaluated_rules)
     report.findings = len(result.findings)
     report.transitions = step.transitions
-    report.outbox_items = len(outbox)
     report.cohort_events = list(result.cohort_events)
     return report
 
@@ -260,23 +259,23 @@ def _first_run(
 
 
 def _notifications(
-    engine: Engine, transitions: Sequence[Transition], by_id: Mapping[str, Rule],
-    accounts: Mapping[str, AccountFacts], now: int, notices: Notices, report: CycleReport,
-) -> list[OutboxItem]:
-    """Alert records of the published transitions (into the report) and the outbox rows of those
-    to notify, one per notifier. A quiet resolution of a notified episode is queued too, so a
+    transitions: Sequence[Transition], by_id: Mapping[str, Rule], accounts: Mapping[str, AccountFacts],
+    recent: Mapping[tuple[str, str], list[float | None]], episode_ids: Mapping[Key, int], notices: Notices,
+) -> tuple[list[AlertNotice], list[OutboxItem]]:
+    """The notices of the published transitions (with their episode ids) and the outbox rows of
+    those to notify, one per notifier. A quiet resolution of a notified episode is queued too, so a
     notifier can update what it showed (Slack: the parent message) without telling anyone."""
-    recent = _recent_for(engine, transitions, by_id, now)
+    published: list[AlertNotice] = []
     outbox: list[OutboxItem] = []
     for t in transitions:
         if t.event not in PUBLISHED_EVENTS:
             continue
-        record = alert_record(t, by_id.get(t.state.rule_id), accounts.get(t.state.account_id),
-                              recent.get((t.state.rule_id, t.state.account_id), []))
-        report.alerts.append(record)
+        notice = alert_notice(t, by_id.get(t.state.rule_id), accounts.get(t.state.account_id),
+                              recent.get((t.state.rule_id, t.state.account_id), []), episode_ids.get(t.key))
+        published.append(notice)
         if t.notify or (t.quiet and t.reason.startswith("closed quietly")):
-            outbox.extend(notices.items(idempotency_key(t), record))
-    return outbox
+            outbox.extend(notices.items(notice))
+    return published, outbox
 
 
 def _admin_notices(
@@ -287,10 +286,9 @@ def _admin_notices(
     out: list[OutboxItem] = []
     held = [t for t in transitions if t.event == "fired" and t.reason == "first evaluation"]
     if held and first is not None and notices.first_run == "digest":
-        out += notices.items(f"first-run:{now}", first_run_summary(held, first, now, notices.admin_channel), now)
+        out += notices.items(first_run_summary(held, first, now, notices.admin_channel), now)
     for ev in cohorts:
-        payload = cohort_notice(ev, notices.admin_channel)
-        out += notices.items(f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}", payload, now)
+        out += notices.items(cohort_notice(ev, notices.admin_channel), now)
     return out
 
 
@@ -303,6 +301,12 @@ class DeliveryReport:
     lost: int = 0  # rows whose claim another deliverer took over (not delivered nor marked by this run)
     errors: list[str] = field(default_factory=list)
 
+    def add(self, other: DeliveryReport) -> None:
+        """Count another run's rows in this report (the deliver job runs one per outlet)."""
+        for name in ("sent", "failed", "dead", "deferred", "lost"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors
+
 
 CLAIM_BATCH = 20  # rows claimed at a time: well within what one lease covers at 1 post/s per channel
 
@@ -312,26 +316,36 @@ def deliver_outbox(
     backoff: Callable[[int], int] = lambda attempts: min(3600, 30 * 2 ** attempts),
     lease: int = DEFAULT_LEASE, holder: str | None = None,
 ) -> DeliveryReport:
-    """Send the notifier's own due notification rows (at most `limit`); failures are retried later with backoff.
+    """Send the notifier's own due notification rows (at most `limit`); see `deliver_rows`."""
+    return deliver_rows(engine, NoticeOutlet(notifier), now, limit, backoff, lease, holder)
+
+
+def deliver_rows(
+    engine: Engine, outlet: Outlet, now: int, limit: int = 500,
+    backoff: Callable[[int], int] = lambda attempts: min(3600, 30 * 2 ** attempts),
+    lease: int = DEFAULT_LEASE, holder: str | None = None, keys: Sequence[str] | None = None,
+) -> DeliveryReport:
+    """Carry out the outlet's own due outbox rows (at most `limit`; only these idempotency `keys`
+    when given); failures are retried later with backoff.
 
     Rows are claimed CLAIM_BATCH at a time under a fenced lease (storage.outbox): the claim is
-    renewed right before each row is handed to the notifier and by a heartbeat while the batch
+    renewed right before each row is handed to the outlet and by a heartbeat while the batch
     is worked on, and every outcome is recorded only under the claim's token. So a row is never
     delivered by two live deliverers (another `usagebot slack deliver`, a replica after
     failover), even when this run outlives one lease or the replicas' clocks disagree; a row
     whose claim was lost is skipped and counted in `lost`.
 
-    A notifier's exception may carry `retry_after` (int seconds, e.g. Slack's 429 Retry-After):
-    the row is due again after exactly that delay instead of the backoff (and is never marked dead
-    for it); or `permanent = True` (retrying cannot help, e.g. an unknown channel): the row is
-    marked dead with the error, for an operator (storage.outbox.retry_dead puts it back).
-    Anything else is retried with backoff.
+    A DeliveryError (integrations.notifier) with `retry_after` (int seconds, e.g. Slack's 429
+    Retry-After) makes the row due again after exactly that delay instead of the backoff (and it
+    is never marked dead for it); one that is `permanent` (retrying cannot help, e.g. an unknown
+    channel) marks the row dead with the error, for an operator (storage.outbox.retry_dead puts it
+    back). Anything else is retried with backoff.
     """
     report = DeliveryReport()
     handled: list[int] = []
     while len(handled) < limit:
-        batch = claim_due(engine, now, limit=min(CLAIM_BATCH, limit - len(handled)),
-                          kinds=outbox_kinds(notifier.name), lease=lease, holder=holder, exclude=handled)
+        batch = claim_due(engine, now, limit=min(CLAIM_BATCH, limit - len(handled)), kinds=list(outlet.kinds),
+                          lease=lease, holder=holder, exclude=handled, keys=keys)
         if not batch:
             break
         handled += [r.id for r in batch]
@@ -343,7 +357,7 @@ def deliver_outbox(
                                 row.idempotency_key)
                     continue
                 try:
-                    _deliver_row(engine, notifier, row, now, backoff, report)
+                    _deliver_row(engine, outlet, row, now, backoff, report)
                 except ClaimLost as exc:
                     report.lost += 1
                     log.warning("delivery of %s: %s", row.idempotency_key, exc)
@@ -351,19 +365,19 @@ def deliver_outbox(
     return report
 
 
-def _deliver_row(engine: Engine, notifier: Notifier, row: OutboxRow, now: int,
+def _deliver_row(engine: Engine, outlet: Outlet, row: OutboxRow, now: int,
                  backoff: Callable[[int], int], report: DeliveryReport) -> None:
     token = row.claim_token
     try:
-        notifier.deliver(row.payload)
-    except Exception as exc:  # a failing notifier must not lose the row
+        outlet.handle(row.payload)
+    except Exception as exc:  # a failing outlet must not lose the row
         msg = mask(f"{type(exc).__name__}: {exc}")
-        retry_after = getattr(exc, "retry_after", None)
-        if getattr(exc, "permanent", False) is True:
+        retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+        if isinstance(exc, DeliveryError) and exc.permanent:
             mark_dead(engine, row.id, now, msg, token=token)
             log.error("delivery of %s failed permanently (marked dead): %s", row.idempotency_key, msg)
             report.dead += 1
-        elif isinstance(retry_after, int) and not isinstance(retry_after, bool) and retry_after >= 0:
+        elif retry_after is not None:
             # a deferral is not the row failing: it never makes the row dead
             mark_failed(engine, row.id, now, msg, retry_in=retry_after, max_attempts=row.attempts + 1, token=token)
             log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from bot.alerts import admin_notice
-from bot.freshness import notice_items
+from bot.notices import notice_items
 from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
 from storage.accounts import list_accounts
@@ -51,9 +51,10 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
     outbox = []
     if batch.error:
         batch.error = mask(batch.error)
-        payload = admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
-                               details={"source": source.id, "part": batch.label})
-        outbox += notice_items(f"source-rejected:{source.id}:{batch.label}:{now}", payload, now, notifiers)
+        notice = admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
+                              details={"source": source.id, "part": batch.label},
+                              key=f"source-rejected:{source.id}:{batch.label}:{now}")
+        outbox += notice_items(notice, now, notifiers)
         report.rejected.append(batch.error)
         log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
     res = store_batch(engine, source.id, now, totals=batch.totals, events=batch.events,

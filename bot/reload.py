@@ -133,13 +133,15 @@ def template_check(slack_config: Any) -> list[str]:
 def invalid_notice(problems: Sequence[str], fp: str, now: int, channel: str | None, running: int,
                    notifiers: Sequence[str] = ("console",)) -> Any:
     """The admin-channel notice (one outbox item per notifier) for a rule / template change that was refused."""
+    from dataclasses import replace
+
     from bot.alerts import admin_notice
-    from bot.freshness import notice_items
+    from bot.notices import notice_items
 
     shown = "\n".join(f"• {p}" for p in problems[:10]) + (f"\n… and {len(problems) - 10} more" if len(problems) > 10 else "")
     message = (f"A change to the rule files or templates was NOT loaded: {len(problems)} problem(s). The running "
                f"{running} rule(s) and templates stay in force until the files are fixed.\n{shown}")
-    payload = admin_notice("invalid", "rules", message, now, channel, "warning", details={"problems": list(problems)})
-    payload.update(rule="reload:rules", account="rules", account_name="rule files and templates",
-                   description="rule / template reload")
-    return notice_items(f"rules-invalid:{fp[:32]}", payload, now, notifiers)
+    notice = replace(admin_notice("invalid", "rules", message, now, channel, "warning",
+                                  details={"problems": list(problems)}, key=f"rules-invalid:{fp[:32]}"),
+                     rule="reload:rules", account_name="rule files and templates", description="rule / template reload")
+    return notice_items(notice, now, notifiers)

@@ -35,10 +35,12 @@ from bot.http_server import HttpLimits, HttpServer, Request, Response, Route, ws
 from bot.leader import Leadership, make_leadership
 from bot.metrics import Metrics, Sample
 from bot.notices import Notices
-from bot.pipeline import Notifier, deliver_outbox
+from bot.pipeline import DeliveryReport, Notifier, deliver_rows
 from bot.polling import PollReport, poll_source
 from bot.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice, template_check
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
+from integrations.notifier import NoticeOutlet, Outlet
+from integrations.notifiers import build_notifiers
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
 from rules.config.redaction import mask
@@ -60,7 +62,7 @@ class Service:
     config: AppConfig
     engine: Engine | None = None
     clock: Callable[[], int] = lambda: int(time.time())
-    notifier: Notifier | None = None
+    notifier: Notifier | None = None  # tests: the one notifier (else every configured one is built)
     leadership: Leadership | None = None
     sources: Mapping[str, Source] | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -72,9 +74,11 @@ class Service:
         self.ruleset: RuleSet = cfg.ruleset if cfg.ruleset is not None else self._load_rules()
         if self.sources is None:
             self.sources = {s.id: build_source(s) for s in cfg.sources if s.settings.enabled}
-        if self.notifier is None:
-            self.notifier = self._make_notifier()
-        self.notices = Notices((self.notifier.name,), cfg.service.admin_channel, cfg.evaluation.first_run)
+        built = [self.notifier] if self.notifier is not None else build_notifiers(
+            cfg.notifiers, self.engine, cfg.slack, self.clock)
+        self.notifier, self.more_notifiers = built[0], built[1:]
+        self.notices = Notices(tuple(n.name for n in self.all_notifiers()), cfg.service.admin_channel,
+                               cfg.evaluation.first_run)
         self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
                                    catch_up=cfg.scheduler.catch_up, notices=self.notices)
         self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed) if cfg.ingest else None
@@ -141,11 +145,18 @@ class Service:
             freeze(env)  # running templates change only through a checked reload
         return RuleReloader(list(self.config.rule_paths), template_dir, check)
 
+    def all_notifiers(self) -> list[Notifier]:
+        """Every notifier of the service (each delivers its own outbox rows)."""
+        return [self.notifier, *self.more_notifiers]  # type: ignore[list-item]
+
     def _template_envs(self) -> list[Any]:
-        renderer = getattr(self.notifier, "renderer", None)
-        envs = [renderer.env] if renderer is not None else []
-        if hasattr(self.notifier, "env"):  # the console notifier
-            envs.append(self.notifier.env)  # type: ignore[union-attr]
+        envs = []
+        for n in self.all_notifiers():
+            renderer = getattr(n, "renderer", None)
+            if renderer is not None:  # the Slack notifier
+                envs.append(renderer.env)
+            if hasattr(n, "env"):  # the console notifier
+                envs.append(n.env)
         return envs
 
     def reload(self, force: bool = False) -> ReloadOutcome | None:
@@ -192,15 +203,16 @@ class Service:
         """New template environments, loaded whole, for the notifiers in use (the old ones keep rendering
         until this point, so a message is never rendered half old, half new)."""
         template_dir = getattr(self.config.slack, "template_dir", None) if self.config.slack is not None else None
-        renderer = getattr(self.notifier, "renderer", None)
-        if renderer is not None:
-            from integrations.slack.render import make_environment as slack_environment
+        for n in self.all_notifiers():
+            renderer = getattr(n, "renderer", None)
+            if renderer is not None:
+                from integrations.slack.render import make_environment as slack_environment
 
-            renderer.env = freeze(slack_environment(template_dir))
-        if hasattr(self.notifier, "env"):
-            from integrations.console import make_environment as console_environment
+                renderer.env = freeze(slack_environment(template_dir))
+            if hasattr(n, "env"):
+                from integrations.console import make_environment as console_environment
 
-            self.notifier.env = freeze(console_environment(template_dir))  # type: ignore[union-attr]
+                n.env = freeze(console_environment(template_dir))
 
     def _reload_tick(self) -> None:
         try:
@@ -209,14 +221,21 @@ class Service:
             log.exception("checking the rule files for changes failed")
             self.metrics.inc("usagebot_errors_total", component="reload")
 
-    def _make_notifier(self) -> Notifier:
-        if self.config.slack is not None:
-            from bot.slack_app import slack_notifier
+    def _slack_notifier(self) -> Any:
+        from integrations.slack.notifier import SlackNotifier
 
-            return slack_notifier(self.config.slack, self.engine, self.clock)  # type: ignore[arg-type]
-        from integrations.console import ConsoleNotifier
+        return next((n for n in self.all_notifiers() if isinstance(n, SlackNotifier)), None)
 
-        return ConsoleNotifier()
+    def outlets(self) -> list[Outlet]:
+        """What the deliver job carries out: each notifier's notices, Slack message updates (and, see
+        `_retry_crm`, CRM writes that failed in a sync)."""
+        out: list[Outlet] = [NoticeOutlet(n) for n in self.all_notifiers()]
+        slack = self._slack_notifier()
+        if slack is not None:
+            from integrations.slack.updates import SlackUpdates
+
+            out.append(SlackUpdates(slack))
+        return out
 
     def watches(self) -> list[Watch]:
         out = [Watch(s.id, s.settings.stale_after) for s in self.config.sources if s.settings.enabled]
@@ -325,15 +344,19 @@ class Service:
             self.metrics.inc("usagebot_evaluations_total", reason=reason)
             self.metrics.observe("usagebot_evaluation_seconds", ev.seconds, reason=reason)
             for a in ev.report.alerts:
-                self.metrics.inc("usagebot_alerts_total", rule=a.get("rule", ""), event=a.get("event", ""))
+                self.metrics.inc("usagebot_alerts_total", rule=a.rule, event=a.event)
         if any(e.report.outbox_items for e in report.evaluations):
             self._run_now("deliver")  # new notifications go out now, not at the next deliver_every
         return report
 
     def deliver_job(self, now: int) -> Any:
-        assert self.notifier is not None
-        report = deliver_outbox(self.engine, self.notifier, now,  # type: ignore[arg-type]
-                                holder=self.leadership.holder if self.leadership else None)
+        report = DeliveryReport()
+        holder = self.leadership.holder if self.leadership else None
+        for outlet in self.outlets():
+            report.add(deliver_rows(self.engine, outlet, now, holder=holder))  # type: ignore[arg-type]
+        crm = self._retry_crm(now, holder)
+        if crm is not None:
+            report.add(crm)
         m = self.metrics
         for result in ("sent", "dead", "deferred", "lost"):
             n = getattr(report, result, 0)
@@ -345,12 +368,36 @@ class Service:
             m.inc("usagebot_errors_total", failed, component="deliver")
         return report
 
+    def _retry_crm(self, now: int, holder: str | None) -> DeliveryReport | None:
+        """CRM writes that failed in a sync, retried between syncs (bot.crm_delivery; skipped while a sync runs)."""
+        sf = self.config.salesforce
+        if sf is None or not getattr(sf, "can_connect", False):
+            return None
+        from bot.crm import CrmSyncReport
+        from bot.crm_delivery import retry_crm_rows
+        from integrations.salesforce.client import SalesforceClient
+
+        client: list[Any] = []
+
+        def connect() -> Any:  # only when a row is due
+            if not client:
+                client.append((self.crm_client_factory or SalesforceClient)(sf))
+            return client[0]
+
+        crm = CrmSyncReport(as_of=now, dry_run=False, object=sf.object)
+        report = retry_crm_rows(self.engine, sf, connect, crm, now, holder)  # type: ignore[arg-type]
+        if report is not None and (report.sent or report.failed):
+            log.info("CRM rows retried: %d sent, %d not sent (%d written, %d task(s) created)%s", report.sent,
+                     report.failed, crm.written, crm.tasks_created, f"; stopped: {crm.stopped}" if crm.stopped else "",
+                     extra={"event": "crm_retried", "sent": report.sent, "failed": report.failed})
+        return report
+
     def digest_job(self, now: int) -> Any:
         from integrations.slack.digest import send_due_digests
-        from integrations.slack.notifier import SlackNotifier
 
-        if isinstance(self.notifier, SlackNotifier):
-            report = send_due_digests(self.notifier, now)
+        slack = self._slack_notifier()
+        if slack is not None:
+            report = send_due_digests(slack, now)
             if report.errors:
                 self.metrics.inc("usagebot_errors_total", len(report.errors), component="digest")
             return report
@@ -463,12 +510,11 @@ class Service:
     def _slack_app(self) -> Any:
         if self.slack_app is None:
             from bot.slack_app import build_slack_app
-            from integrations.slack.notifier import SlackNotifier
             from rules.health import DEFAULT_MODEL
 
-            notifier = self.notifier if isinstance(self.notifier, SlackNotifier) else None
             self.slack_app = build_slack_app(self.config.slack, self.engine, self.clock,  # type: ignore[arg-type]
-                                             notifier=notifier, health_model=self.config.health or DEFAULT_MODEL)
+                                             notifier=self._slack_notifier(),
+                                             health_model=self.config.health or DEFAULT_MODEL)
         return self.slack_app
 
     # ------------------------------------------------------------------ lifecycle
@@ -535,6 +581,10 @@ class Service:
             self.http.stop()
         for s in (self.sources or {}).values():
             s.close()
+        for n in self.all_notifiers():
+            close = getattr(n, "close", None)
+            if close is not None:  # the webhook notifier's HTTP client
+                close()
         self.engine.dispose()  # type: ignore[union-attr]
         log.info("stopped", extra={"event": "stopped"})
 

@@ -37,7 +37,7 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 
 from bot.http_server import Response
-from bot.pipeline import Notifier
+from bot.pipeline import Notifier, deliver_rows
 from integrations.console import ConsoleNotifier
 from integrations.slack.actions import EpisodeActions
 from integrations.slack.api import make_web_client
@@ -53,10 +53,12 @@ from integrations.slack.render import (
     SNOOZE_ACTION,
     SlackMessageContent,
 )
+from integrations.slack.updates import SlackUpdates, update_item
 from integrations.slack.usage_command import UsageCommandHandler, text_message
 from integrations.sources.records import shown
 from rules.durations import DurationError, parse_duration
 from rules.health import DEFAULT_MODEL, HealthModel
+from storage.outbox import enqueue
 from storage.slack import first_time_seen
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,24 @@ def slack_notifier(config: SlackConfig, engine: Engine, clock: Clock = _now) -> 
     if not config.enabled:
         return ConsoleNotifier(template_dir=config.template_dir)
     return SlackNotifier(config, engine, clock=clock)
+
+
+def episode_updater(engine: Engine, notifier: SlackNotifier, clock: Clock = _now) -> Callable[[int], None]:
+    """`update(episode_id)`: the episode's parent messages show its new state, through the outbox
+    (integrations.slack.updates): the row is queued and delivered at once; when Slack fails it
+    stays queued and the service's deliver job retries it."""
+    outlet = SlackUpdates(notifier)
+
+    def update(episode_id: int) -> None:
+        now = clock()
+        item = update_item(episode_id, now)
+        enqueue(engine, [item], now)
+        report = deliver_rows(engine, outlet, now, keys=[item.idempotency_key])
+        if report.failed:
+            log.warning("the Slack messages of episode %s are not updated yet (retried by the deliver job): %s",
+                        episode_id, "; ".join(report.errors))
+
+    return update
 
 
 def _ephemeral(respond: Any, content: SlackMessageContent) -> None:
@@ -138,8 +158,9 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
     )
     notifier = notifier or SlackNotifier(config, engine, clock=clock, interactive=True)
     actions = EpisodeActions(engine, clock)
+    update = episode_updater(engine, notifier, clock)
     usage = UsageCommandHandler(config, engine, notifier.directory, notifier.renderer, actions, clock,
-                                refresh=notifier.refresh_episode, health_model=health_model)
+                                refresh=update, health_model=health_model)
     access = usage.access
 
     @app.command(config.command)
@@ -183,7 +204,7 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
             try:
                 done = act(eid, uid, actor, arg)
                 if done is not None and done[0]:
-                    notifier.refresh_episode(eid)
+                    update(eid)
             except Exception:
                 log.exception("alert action %s on episode %s by %s failed", action_id, eid, uid)
                 _ephemeral(respond, SORRY)

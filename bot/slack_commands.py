@@ -202,10 +202,11 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from bot.pipeline import deliver_outbox
+    from bot.pipeline import deliver_outbox, deliver_rows
     from bot.slack_app import slack_notifier
     from integrations.slack.digest import send_due_digests
     from integrations.slack.notifier import SlackNotifier
+    from integrations.slack.updates import SlackUpdates
     from storage.db import make_engine, migrate
 
     settings = _settings(args, err)
@@ -219,6 +220,8 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         migrate(engine)
         notifier = slack_notifier(settings.slack, engine)
         report = deliver_outbox(engine, notifier, now)
+        if isinstance(notifier, SlackNotifier):  # message updates asked for by buttons, still due
+            report.add(deliver_rows(engine, SlackUpdates(notifier), now))
         for e in report.errors:
             print(e, file=err)
         line = (f"{report.sent} alert(s) delivered, {report.failed} not delivered "

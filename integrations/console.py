@@ -1,6 +1,7 @@
 """Console notifier: prints alerts as they would appear in Slack.
 
-Used whenever no Slack credentials are configured (the demo, local runs).
+Used whenever no other notifier is configured (the demo, local runs), or beside them with
+[[notifiers]] type = "console" (integrations.notifiers).
 Templates are Jinja2, rendered in a sandbox so admin-supplied templates
 cannot reach Python internals; a template directory given by the admin is
 searched before the built-in one.
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
+from integrations.notice import AlertNotice, finite
 from integrations.sparkline import sparkline
 
 
@@ -44,12 +46,11 @@ def make_environment(template_dir: str | Path | None = None) -> SandboxedEnviron
     return env
 
 
-def destinations(alert: Mapping[str, Any]) -> list[str]:
-    routing = alert.get("routing") or {}
+def destinations(notice: AlertNotice) -> list[str]:
     out = []
-    if routing.get("owner") and alert.get("owner_email"):
-        out.append(f"DM {alert['owner_email']}")
-    out.extend(routing.get("channels") or [])
+    if notice.routing.owner and notice.owner_email:
+        out.append(f"DM {notice.owner_email}")
+    out.extend(notice.routing.channels)
     return out
 
 
@@ -60,18 +61,20 @@ class ConsoleNotifier:
         self.out = out or sys.stdout
         self.env = make_environment(template_dir)
 
-    def render(self, alert: Mapping[str, Any]) -> str:
-        name = f"console/{alert.get('template') or 'alert'}.txt.j2"
+    def render(self, alert: AlertNotice | Mapping[str, Any]) -> str:
+        """The notice as text (console/<template>.txt.j2; context `a`: its record)."""
+        notice = AlertNotice.of(alert)
         try:
-            tpl = self.env.get_template(name)
+            tpl = self.env.get_template(f"console/{notice.template or 'alert'}.txt.j2")
         except TemplateNotFound:
             tpl = self.env.get_template("console/alert.txt.j2")
-        util = float((alert.get("details") or {}).get("utilization") or 0.0)
-        return tpl.render(a=alert, spark=sparkline(alert.get("recent") or []),
-                          bar=progress_bar(min(util, 1.0)), destinations=destinations(alert))
+        util = finite(notice.details.get("utilization")) or 0.0
+        return tpl.render(a=notice.record(), spark=sparkline(list(notice.recent)),
+                          bar=progress_bar(min(util, 1.0)), destinations=destinations(notice))
 
-    def deliver(self, alert: Mapping[str, Any]) -> None:
-        if alert.get("quiet"):
+    def deliver(self, notice: AlertNotice | Mapping[str, Any]) -> None:
+        notice = AlertNotice.of(notice)
+        if notice.quiet:
             return  # a quiet close: nothing was printed that would need updating
-        print(self.render(alert), file=self.out)
+        print(self.render(notice), file=self.out)
         print(file=self.out, flush=True)  # to a pipe or journald too, at once (not when 8 KiB are buffered)

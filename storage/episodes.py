@@ -332,10 +332,13 @@ def _write_transitions_batched(w: _StepWriter, transitions: Sequence[Transition]
         w.event(eid if eid is not None else next(inserted), t)
 
 
+OutboxPlan = Sequence[OutboxItem] | Callable[[Mapping[Key, int]], Sequence[OutboxItem]]
+
+
 def record_step(
     engine: Engine,
     result: LifecycleResult,
-    outbox: Sequence[OutboxItem],
+    outbox: OutboxPlan,
     rule_hashes: Mapping[str, str],
     now: int | None = None,
     also: Sequence[Callable[[Connection], object]] = (),
@@ -349,8 +352,9 @@ def record_step(
     transition (e.g. a pending episode's `consecutive`) are updated too; resolved
     states without a transition are taken as stored (advance() never changes
     them), so steps stay cheap however long the history. Outbox
-    items are inserted with ON CONFLICT (kind, idempotency_key) DO NOTHING. If
-    anything fails, nothing is written. `rule_hashes` maps rule id -> hash; when
+    items are inserted with ON CONFLICT (kind, idempotency_key) DO NOTHING; `outbox` may be a
+    function of key -> episode id, called inside the transaction once the episodes are written, so
+    the items can name the episodes they are about. If anything fails, nothing is written. `rule_hashes` maps rule id -> hash; when
     a rule is missing there, the explanation's rule_hash is used. `also`: further writes
     that belong to the same step (called with the transaction's connection).
     """
@@ -363,7 +367,7 @@ def record_step(
                               f"{' '.join(str(exc.orig).split())[:300]}") from None
 
 
-def _record_step(engine: Engine, result: LifecycleResult, outbox: Sequence[OutboxItem],
+def _record_step(engine: Engine, result: LifecycleResult, outbox: OutboxPlan,
                  rule_hashes: Mapping[str, str], now: int | None,
                  also: Sequence[Callable[[Connection], object]]) -> dict[Key, int]:
     at = now if now is not None else max((t.at for t in result.transitions), default=None)
@@ -400,8 +404,9 @@ def _record_step(engine: Engine, result: LifecycleResult, outbox: Sequence[Outbo
             w.write(s)
         w.flush()
         w.flush_events()
-        if outbox:
-            enqueue(conn, outbox, now=at)
+        items = outbox(dict(w.ids)) if callable(outbox) else outbox
+        if items:
+            enqueue(conn, items, now=at)
         for write in also:
             write(conn)
         return dict(w.ids)

@@ -145,7 +145,7 @@ def _to_row(r: Any) -> OutboxRow:
 
 def claim_due(
     engine: Engine, now: int, limit: int = 100, kinds: Sequence[str] | None = None, lease: int = DEFAULT_LEASE,
-    holder: str | None = None, exclude: Iterable[int] = (),
+    holder: str | None = None, exclude: Iterable[int] = (), keys: Sequence[str] | None = None,
 ) -> list[OutboxRow]:
     """Pending/failed rows with next_attempt_at <= now and no live claim, oldest first.
 
@@ -153,7 +153,8 @@ def claim_due(
     rows of one call) and a lease until `lease` seconds from now on the database clock; the
     caller must then mark_sent / mark_failed / mark_dead it with that token (or let the lease
     expire). The database clock counts whole seconds, so a lease ends once the clock is PAST
-    lease_until: it lasts at least `lease` seconds, never less. `holder` names the claimer for operators; `exclude`: row ids not to take.
+    lease_until: it lasts at least `lease` seconds, never less. `holder` names the claimer for operators; `exclude`: row ids not to take;
+    `keys`: only rows with these idempotency keys.
     """
     if limit <= 0:
         return []
@@ -167,6 +168,8 @@ def claim_due(
     )
     if kinds is not None:
         q = q.where(_c.kind.in_(list(kinds)))
+    if keys is not None:
+        q = q.where(_c.idempotency_key.in_(list(keys)))
     skip = list(exclude)
     if skip:
         q = q.where(_c.id.notin_(skip))
@@ -342,6 +345,14 @@ def mark_dead(engine: Engine, id: int, now: int, error: str, token: str | None =
         )
         if res.rowcount == 0:
             _lost(conn, id, token)
+
+
+def discard_unsent(conn: Connection, kinds: Sequence[str]) -> int:
+    """Delete the rows of `kinds` not sent yet (pending, failed, dead), claimed or not, inside the
+    caller's transaction; returns how many. For a plan that supersedes an earlier one (the CRM
+    sync): only call it while holding the lock every deliverer of these kinds holds too."""
+    res = conn.execute(sa.delete(outbox_table).where(_c.kind.in_(list(kinds)), _c.status != SENT))
+    return int(res.rowcount)
 
 
 def retry_dead(engine: Engine, now: int, ids: Iterable[int] | None = None) -> int:

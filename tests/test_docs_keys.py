@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import config_tables
+from integrations.notifiers import NOTIFIER_TYPES
 from integrations.sources.base import source_types
 from rules.config import Table
 from rules.kinds import KINDS
@@ -108,6 +109,7 @@ _CONFIG_PARTS = {
     "evaluation": ("operations.md", "### `[evaluation]`"), "ingest": ("sources.md", "## Push ingest (CloudEvents)"),
     "sources": ("sources.md", "## Keys every source has"), "slack": ("slack.md", "## Configuration"),
     "salesforce": ("salesforce.md", None), "health": ("salesforce.md", "### Configuring it: `[health]`"),
+    "notifiers": ("operations.md", "### `[[notifiers]]`"),
 }
 
 
@@ -133,3 +135,11 @@ def test_every_source_key_is_documented(source_type: str) -> None:
                                    if h.startswith(f"`{source_type}`")))
     keys = list(stype.keys) + [k for t in stype.tables for k in t.keys]
     assert undocumented(text, keys) == [], f"docs/sources.md, {source_type}"
+
+
+@pytest.mark.parametrize("kind", [k for k, t in NOTIFIER_TYPES.items() if t.parse is not None])
+def test_every_key_of_every_notifier_type_is_documented(kind: str) -> None:
+    """A notifier type's own keys are documented on its page (docs/<type>.md), or in operations.md."""
+    own = DOCS / f"{kind}.md"
+    text = own.read_text() if own.exists() else part("operations.md", "`[[notifiers]]`")
+    assert undocumented(text, list(NOTIFIER_TYPES[kind].keys)) == []

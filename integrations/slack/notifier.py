@@ -1,4 +1,4 @@
-"""The Slack notifier: delivers outbox alert records as threads, one per alert episode.
+"""The Slack notifier: delivers alert notices (integrations.notice) as threads, one per alert episode.
 
 - "fired": a parent message in each destination (owner DM, channels); its channel/ts are kept
   (storage.slack messages, and the episode's slack_channel/slack_ts for the first one).
@@ -8,10 +8,11 @@
   the thread never starts with a follow-up.
 - Owner DMs may go to a daily digest instead ([slack.digest]); account snoozes (/usage snooze)
   hold back new alerts for the account.
-- Admin notices (bot.alerts.admin_notice: stale sources, rejected files, first-run summaries, cohort
-  events, refused reloads): one message in the admin channel (slack/notice.json.j2), no thread.
-- Posting is exactly-once (integrations.slack.delivery); errors carry `retry_after` / `permanent`
-  for bot.pipeline.deliver_outbox.
+- Admin notices (audience "admin", bot.alerts.admin_notice: stale sources, rejected files, first-run
+  summaries, cohort events, refused reloads): one message in the admin channel (slack/notice.json.j2),
+  no thread.
+- Posting is exactly-once (integrations.slack.delivery); errors are integrations.notifier.DeliveryError
+  (`retry_after` / `permanent`) for bot.pipeline.deliver_outbox.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from integrations.notice import AlertNotice
 from integrations.slack.api import SlackApi
 from integrations.slack.config import SlackConfig
 from integrations.slack.delivery import Poster
 from integrations.slack.errors import PermanentSlackError, RetryLater
 from integrations.slack.lookups import SlackDirectory
-from integrations.slack.render import EpisodeView, SlackRenderer, parse_iso
+from integrations.slack.render import EpisodeView, SlackRenderer
 from integrations.slack.routing import Destination, destinations, fallback_destination
 from rules.periods import iso
 from storage import slack as store
@@ -38,21 +40,8 @@ from storage.outbox import DEFAULT_LEASE, outbox_kinds
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("fired", "renotified", "resolved")
 FIRST_POST_WAIT = 30  # seconds between checks while an episode's first message is still queued
 UPDATE_ERRORS = ("message_not_found", "cant_update_message", "edit_window_closed", "channel_not_found")
-
-
-def delivery_id(alert: Mapping[str, Any]) -> str:
-    """The outbox idempotency key of an alert record (bot.alerts.idempotency_key)."""
-    at = parse_iso(alert.get("at"))
-    return (f"notify:{alert.get('rule')}:{alert.get('account')}:{alert.get('metric')}:"
-            f"{alert.get('discriminator', '')}:{alert.get('event')}:{at}")
-
-
-def episode_key(alert: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    return (str(alert.get("rule")), str(alert.get("account")), str(alert.get("metric")),
-            str(alert.get("discriminator") or ""))
 
 
 class SlackNotifier:
@@ -72,36 +61,36 @@ class SlackNotifier:
 
     # -------------------------------------------------------------- deliver
 
-    def deliver(self, alert: Mapping[str, Any]) -> None:
-        event = str(alert.get("event"))
-        if event not in EVENTS:
-            self._deliver_notice(alert)
+    def deliver(self, notice: AlertNotice) -> None:
+        notice = AlertNotice.of(notice)
+        if notice.is_admin:
+            self._deliver_notice(notice)
             return
         now = self.clock()
-        if event != "resolved":
-            until = store.account_snoozed_until(self.engine, str(alert.get("account")), now)
+        if notice.event != "resolved":
+            until = store.account_snoozed_until(self.engine, notice.account, now)
             if until is not None:
                 log.info("account %s is snoozed until %s: %s alert of rule %s not posted",
-                         alert.get("account"), iso(until), event, alert.get("rule"))
+                         notice.account, iso(until), notice.event, notice.rule)
                 return
-        episode = find_episode(self.engine, episode_key(alert), started_at=parse_iso(alert.get("started_at")))
-        if alert.get("quiet"):  # closed without telling anyone: only the parent messages show the new state
+        episode = self._episode(notice)
+        if notice.quiet:  # closed without telling anyone: only the parent messages show the new state
             if episode is not None:
                 self.refresh_episode(int(episode["id"]))
             return
-        if event != "fired":
-            self._wait_for_first_post(alert, now)
+        if notice.event != "fired":
+            self._wait_for_first_post(notice, now)
         tried: list[Destination] = []
         problems: list[PermanentSlackError] = []
         delivered = False
-        queue = destinations(alert, self.config)
+        queue = destinations(notice, self.config)
         while queue:
             d = queue.pop(0)
             tried.append(d)
             try:
-                delivered = self._deliver_to(d, alert, episode, now) or delivered
+                delivered = self._deliver_to(d, notice, episode, now) or delivered
             except PermanentSlackError as exc:
-                log.error("alert %s to %s: %s", delivery_id(alert), d.key, exc)
+                log.error("alert %s to %s: %s", notice.idempotency_key, d.key, exc)
                 problems.append(exc)
             if not queue and not delivered:
                 fb = fallback_destination(self.config, tried)
@@ -111,52 +100,58 @@ class SlackNotifier:
             raise PermanentSlackError("; ".join(str(p) for p in problems), problems[0].error)
         if not delivered:
             raise PermanentSlackError(
-                f"alert {delivery_id(alert)}: no Slack destination: the owner "
-                f"{alert.get('owner_email') or '(none)'} is not on Slack and no channel is routed; set "
+                f"alert {notice.idempotency_key}: no Slack destination: the owner "
+                f"{notice.owner_email or '(none)'} is not on Slack and no channel is routed; set "
                 "[slack] default_channel or the rule's routing.channels")
 
-    def _deliver_notice(self, alert: Mapping[str, Any]) -> None:
+    def _episode(self, notice: AlertNotice) -> dict[str, Any] | None:
+        """The notice's episode: by its id (notices name it), else, for a row queued by an older
+        version, by its key and start."""
+        if notice.episode_id is not None:
+            return get_episode(self.engine, notice.episode_id)
+        return find_episode(self.engine, notice.episode_key, started_at=notice.started_at or None)
+
+    def _deliver_notice(self, notice: AlertNotice) -> None:
         """An admin notice (never routed to an owner): one post in each of its channels, else in the
         default channel; exactly once like every post."""
-        channels = [str(c) for c in (alert.get("routing") or {}).get("channels") or [] if c]
+        channels = list(notice.routing.channels)
         if not channels and self.config.default_channel:
             channels = [self.config.default_channel]
         if not channels:
             raise PermanentSlackError(
-                f"notice {delivery_id(alert)}: no Slack channel: set [service] admin_channel (or [slack] "
+                f"notice {notice.idempotency_key}: no Slack channel: set [service] admin_channel (or [slack] "
                 "default_channel)")
-        content = self.renderer.notice(alert)
+        content = self.renderer.notice(notice)
         for name in channels:
-            self.poster.post_once(f"{delivery_id(alert)}|channel:{name}", self.directory.channel_id(name), None,
+            self.poster.post_once(f"{notice.idempotency_key}|channel:{name}", self.directory.channel_id(name), None,
                                   content)
 
-    def _wait_for_first_post(self, alert: Mapping[str, Any], now: int) -> None:
-        fired_at = parse_iso(alert.get("fired_at"))
-        if fired_at is None:
+    def _wait_for_first_post(self, notice: AlertNotice, now: int) -> None:
+        first = notice.first_message_key()
+        if first is None:
             return
-        first = delivery_id({**alert, "event": "fired", "at": fired_at})
         state = store.outbox_row_state(self.engine, first, outbox_kinds(self.name))
         if state is not None and state[0] in ("pending", "failed"):
-            raise RetryLater(f"alert {delivery_id(alert)}: waiting for the episode's first message ({first})",
+            raise RetryLater(f"alert {notice.idempotency_key}: waiting for the episode's first message ({first})",
                              max(FIRST_POST_WAIT, state[1] - now + 1))
 
-    def _owner_mention(self, alert: Mapping[str, Any]) -> str:
-        email = str(alert.get("owner_email") or "")
+    def _owner_mention(self, notice: AlertNotice) -> str:
+        email = notice.owner_email
         if not email:
             return ""
         uid = self.directory.user_id(email)
         return f"<@{uid}>" if uid else email.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
-    def _deliver_to(self, d: Destination, alert: Mapping[str, Any], episode: Mapping[str, Any] | None,
+    def _deliver_to(self, d: Destination, notice: AlertNotice, episode: Mapping[str, Any] | None,
                     now: int) -> bool:
         """Deliver to one destination; False when it cannot take the alert (owner not on Slack)."""
-        did = delivery_id(alert)
+        did = notice.idempotency_key
         if d.kind == "dm":
             if self.directory.user_id(d.target) is None:
                 return False  # the owner is not on Slack
             dg = self.config.digest
-            if dg.enabled and str(alert.get("severity")) not in dg.immediate:
-                store.queue_digest_item(self.engine, f"{did}|{d.key}", d.target, alert, now)
+            if dg.enabled and notice.severity not in dg.immediate:
+                store.queue_digest_item(self.engine, f"{did}|{d.key}", d.target, notice.to_json(), now)
                 return True
             channel = self.directory.dm_channel(d.target)
             if channel is None:
@@ -164,34 +159,34 @@ class SlackNotifier:
         else:
             channel = self.directory.channel_id(d.target)
         eid = int(episode["id"]) if episode is not None else None
-        event = str(alert["event"])
-        at = parse_iso(alert.get("at")) or now
+        event = notice.event
+        at = notice.at or now
         existing = None
         if eid is not None:
             existing = next((m for m in store.episode_messages(self.engine, eid) if m.destination == d.key), None)
-        owner = self._owner_mention(alert)
+        owner = self._owner_mention(notice)
         step = f"{did}|{d.key}"
         if event == "fired" or existing is None:
             view = self._view(episode, event, at)
-            content = self.renderer.alert(alert, view, owner, self.interactive)
+            content = self.renderer.alert(notice, view, owner, self.interactive)
             cid, ts = self.poster.post_once(step, channel, None, content)
             if eid is not None:
-                store.save_message(self.engine, eid, d.key, cid, ts, alert, event, at)
+                store.save_message(self.engine, eid, d.key, cid, ts, notice.to_json(), event, at)
                 current = get_episode(self.engine, eid)
                 if current is not None and not current.get("slack_ts"):  # the first destination's message
                     set_slack_message(self.engine, eid, cid, ts)
             return True
         view = self._view(episode, event, at)
-        content = self.renderer.followup(alert, view, owner)
+        content = self.renderer.followup(notice, view, owner)
         try:
             self.poster.post_once(step, existing.channel, existing.ts, content)
         except PermanentSlackError as exc:
             if exc.error != "thread_not_found":
                 raise
             log.warning("thread of episode %s in %s is gone; posting a new parent message", eid, d.key)
-            content = self.renderer.alert(alert, view, owner, self.interactive)
+            content = self.renderer.alert(notice, view, owner, self.interactive)
             cid, ts = self.poster.post_once(f"{step}|new-parent", channel, None, content)
-            store.save_message(self.engine, eid, d.key, cid, ts, alert, event, at)  # type: ignore[arg-type]
+            store.save_message(self.engine, eid, d.key, cid, ts, notice.to_json(), event, at)  # type: ignore[arg-type]
             return True
         store.note_message_event(self.engine, existing.id, event, at)
         fresh = get_episode(self.engine, existing.episode_id)
@@ -226,7 +221,8 @@ class SlackNotifier:
     def refresh_message(self, episode: Mapping[str, Any], m: store.EpisodeMessage) -> bool:
         """chat.update one parent message from its stored alert and the episode's state."""
         view = self._view(episode, m.last_event, m.last_event_at)
-        content = self.renderer.alert(m.alert, view, self._owner_mention(m.alert), self.interactive)
+        notice = AlertNotice.from_json(m.alert)  # stored with the message: its JSON (or an older record)
+        content = self.renderer.alert(notice, view, self._owner_mention(notice), self.interactive)
         try:
             self.api.update_message(m.channel, m.ts, content.text, content.blocks)
         except PermanentSlackError as exc:

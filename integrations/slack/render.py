@@ -34,6 +34,8 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from integrations.console import format_number, progress_bar
+from integrations.notice import AlertNotice, finite
+from integrations.notice import parse_time as parse_iso
 from integrations.slack.blocks import (
     MAX_TEXT,
     escape_mrkdwn,
@@ -115,22 +117,6 @@ def mention(actor: str) -> str:
     if uid[:1] in ("U", "W") and uid[1:].isalnum():
         return f"<@{uid}>"
     return escape_mrkdwn(actor)
-
-
-def parse_iso(value: Any) -> int | None:
-    """Epoch seconds of an ISO-8601 UTC time as written by rules.periods.iso ("...Z")."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return int(value)
-    text = str(value).replace("Z", "+00:00")
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
 
 
 def slack_date(value: Any, fmt: str = "{date_short_pretty} {time}") -> str:
@@ -314,59 +300,66 @@ class SlackRenderer:
 
     # ------------------------------------------------------------- messages
 
-    def notice(self, alert: Mapping[str, Any]) -> SlackMessageContent:
+    def notice(self, alert: AlertNotice | Mapping[str, Any]) -> SlackMessageContent:
         """An admin notice (bot.alerts.admin_notice): one message, no thread, no buttons."""
+        notice = AlertNotice.of(alert)
         icon = {"stale": "🟠", "recovered": "🟢", "rejected": "⛔", "first_run": "🗂️", "cohort": "🗓️",
-                "invalid": "⛔"}.get(str(alert.get("event")), "ℹ️")
-        ctx = {"a": dict(alert), "icon": icon, "sev_icon": SEVERITY_ICONS.get(str(alert.get("severity")), "•"),
-               "fallback_text": str(alert.get("message") or "usagebot notice")}
+                "invalid": "⛔"}.get(notice.event, "ℹ️")
+        ctx = {"a": notice.record(), "icon": icon, "sev_icon": SEVERITY_ICONS.get(notice.severity, "•"),
+               "fallback_text": notice.message or "usagebot notice"}
         return self.render(["slack/notice.json.j2"], ctx)
 
-    def alert_context(self, alert: Mapping[str, Any], view: EpisodeView, owner_mention: str,
+    def alert_context(self, alert: AlertNotice | Mapping[str, Any], view: EpisodeView, owner_mention: str,
                       interactive: bool) -> dict[str, Any]:
-        details = dict(alert.get("details") or {})
-        util = details.get("utilization")
-        recent = list(alert.get("recent") or [])
-        event = view.last_event or str(alert.get("event", "fired"))
+        """The template context of a parent message or reply (docs/slack.md, "Templates")."""
+        notice = AlertNotice.of(alert)
+        record = notice.record()
+        util = finite(notice.details.get("utilization"))
+        event = view.last_event or notice.event or "fired"
         icon = "✅" if view.status == "resolved" else EVENT_ICONS.get(event, "🔔")
-        links = {"crm": url_from_template(self.config.crm_url, alert),
-                 "dashboard": url_from_template(self.config.dashboard_url, alert)}
+        links = {"crm": url_from_template(self.config.crm_url, record),
+                 "dashboard": url_from_template(self.config.dashboard_url, record)}
         return {
-            "a": dict(alert), "details": details, "view": asdict(view), "status_line": view.status_line(),
-            "owner_mention": owner_mention, "links": links, "spark": sparkline(recent),
-            "bar": progress_bar(min(float(util or 0.0), 1.0)),
-            "util_pct": None if util is None else int(math.floor(float(util) * 100)),
-            "kind_title": kinds.title(str(alert.get("kind") or "")),
-            "icon": icon, "sev_icon": SEVERITY_ICONS.get(str(alert.get("severity")), "⚪"),
+            "a": record, "details": record["details"], "view": asdict(view), "status_line": view.status_line(),
+            "owner_mention": owner_mention, "links": links, "spark": sparkline(list(notice.recent)),
+            "bar": progress_bar(min(util or 0.0, 1.0)),
+            "util_pct": None if util is None else int(math.floor(util * 100)),
+            "kind_title": kinds.title(notice.kind or ""),
+            "icon": icon, "sev_icon": SEVERITY_ICONS.get(notice.severity, "⚪"),
             "actions": interactive and view.episode_id is not None,
             "resolved": view.status == "resolved", "acknowledged": bool(view.acknowledged_by),
             "episode_id": "" if view.episode_id is None else str(view.episode_id),
             "snooze_choices": [{"value": v, "label": label} for v, label in SNOOZE_CHOICES],
             "action_ids": {"ack": ACK_ACTION, "snooze": SNOOZE_ACTION, "not_useful": NOT_USEFUL_ACTION,
                            "crm": CRM_ACTION, "dashboard": DASHBOARD_ACTION},
-            "fallback_text": fallback_text(alert),
+            "fallback_text": fallback_text(notice),
         }
 
-    def alert(self, alert: Mapping[str, Any], view: EpisodeView, owner_mention: str = "",
+    def alert(self, alert: AlertNotice | Mapping[str, Any], view: EpisodeView, owner_mention: str = "",
               interactive: bool = True) -> SlackMessageContent:
         """The parent message of an episode (first post, and chat.update when its state changes)."""
-        names = [f"slack/{alert['template']}.json.j2"] if alert.get("template") else []
+        notice = AlertNotice.of(alert)
+        names = [f"slack/{notice.template}.json.j2"] if notice.template else []
         return self.render([*names, "slack/alert.json.j2"],
-                           self.alert_context(alert, view, owner_mention, interactive))
+                           self.alert_context(notice, view, owner_mention, interactive))
 
-    def followup(self, alert: Mapping[str, Any], view: EpisodeView, owner_mention: str = "") -> SlackMessageContent:
+    def followup(self, alert: AlertNotice | Mapping[str, Any], view: EpisodeView,
+                 owner_mention: str = "") -> SlackMessageContent:
         """A thread reply: re-notification or resolution."""
-        names = [f"slack/{alert['template']}.followup.json.j2"] if alert.get("template") else []
+        notice = AlertNotice.of(alert)
+        names = [f"slack/{notice.template}.followup.json.j2"] if notice.template else []
         return self.render([*names, "slack/followup.json.j2"],
-                           self.alert_context(alert, view, owner_mention, interactive=False))
+                           self.alert_context(notice, view, owner_mention, interactive=False))
 
-    def digest(self, owner_email: str, items: Sequence[Mapping[str, Any]], day: str) -> SlackMessageContent:
+    def digest(self, owner_email: str, items: Sequence[AlertNotice | Mapping[str, Any]],
+               day: str) -> SlackMessageContent:
         rows = []
-        for a in items:
-            rows.append({"a": dict(a), "icon": EVENT_ICONS.get(str(a.get("event")), "🔔"),
-                         "sev_icon": SEVERITY_ICONS.get(str(a.get("severity")), "⚪"),
-                         "links": {"crm": url_from_template(self.config.crm_url, a),
-                                   "dashboard": url_from_template(self.config.dashboard_url, a)}})
+        for notice in map(AlertNotice.of, items):
+            record = notice.record()
+            rows.append({"a": record, "icon": EVENT_ICONS.get(notice.event, "🔔"),
+                         "sev_icon": SEVERITY_ICONS.get(notice.severity, "⚪"),
+                         "links": {"crm": url_from_template(self.config.crm_url, record),
+                                   "dashboard": url_from_template(self.config.dashboard_url, record)}})
         return self.render(["slack/digest.json.j2"], {
             "owner_email": owner_email, "items": rows, "day": day, "max_items": 20,
             "fallback_text": f"usagebot digest for {day}: {len(rows)} alert(s)"})
@@ -376,8 +369,7 @@ class SlackRenderer:
         return self.render([f"slack/{name}.json.j2"], {"fallback_text": "usagebot", **ctx})
 
 
-def fallback_text(alert: Mapping[str, Any]) -> str:
-    icon = EVENT_ICONS.get(str(alert.get("event")), "🔔")
-    sev = str(alert.get("severity") or "").upper()
-    name = escape_mrkdwn(alert.get("account_name") or alert.get("account") or "")
-    return f"{icon} [{sev}] {name}: {escape_mrkdwn(alert.get('message') or '')}".strip()
+def fallback_text(notice: AlertNotice) -> str:
+    icon = EVENT_ICONS.get(notice.event, "🔔")
+    name = escape_mrkdwn(notice.account_name or notice.account)
+    return f"{icon} [{notice.severity.upper()}] {name}: {escape_mrkdwn(notice.message)}".strip()

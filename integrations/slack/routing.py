@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from integrations.notice import AlertNotice
 from integrations.slack.config import SlackConfig
 
 
@@ -20,16 +19,15 @@ class Destination:
         return f"{self.kind}:{self.target}"
 
 
-def destinations(alert: Mapping[str, Any], config: SlackConfig) -> list[Destination]:
+def destinations(notice: AlertNotice, config: SlackConfig) -> list[Destination]:
     """DM to the owner (rule routing.owner, [slack] owner_dm), the rule's channels plus the channel
     of the alert's severity; the default channel when no channel was routed."""
-    routing = alert.get("routing") or {}
     out: list[Destination] = []
-    owner = str(alert.get("owner_email") or "").strip().lower()
-    if config.owner_dm and routing.get("owner", True) and owner:
+    owner = notice.owner_email.strip().lower()
+    if config.owner_dm and notice.routing.owner and owner:
         out.append(Destination("dm", owner))
-    channels = [str(c) for c in routing.get("channels") or [] if c]
-    sev_channel = config.severity_channels.get(str(alert.get("severity") or ""))
+    channels = list(notice.routing.channels)
+    sev_channel = config.severity_channels.get(notice.severity)
     if sev_channel:
         channels.append(sev_channel)
     if not channels and config.default_channel:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Engine
 
 from bot.pipeline import DeliveryReport, deliver_outbox
+from integrations.notice import AlertNotice
 from storage.db import make_engine
 from storage.outbox import OutboxItem, counts, enqueue, notify_kind
 
@@ -26,10 +27,10 @@ class SlowNotifier:
     def __init__(self, seen: Counter[str], lock: threading.Lock, seconds: float) -> None:
         self.seen, self.lock, self.seconds = seen, lock, seconds
 
-    def deliver(self, alert: dict) -> None:
+    def deliver(self, notice: AlertNotice) -> None:
         time.sleep(self.seconds)
         with self.lock:
-            self.seen[alert["key"]] += 1
+            self.seen[notice.idempotency_key] += 1
 
 
 def _race(engine: Engine, runs: list[Callable[[Engine, SlowNotifier], DeliveryReport]], seconds: float,

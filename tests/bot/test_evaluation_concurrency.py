@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bot.pipeline import deliver_outbox, run_cycle
+from integrations.notice import AlertNotice
 from integrations.sources.demo import generate_book
 from rules.loader import load_rules
 from rules.model import DAY
@@ -57,8 +58,9 @@ class Recorder:
     def __init__(self, seen: Counter[str], lock: threading.Lock) -> None:
         self.seen, self.lock = seen, lock
 
-    def deliver(self, alert: dict) -> None:
+    def deliver(self, notice: AlertNotice) -> None:
         time.sleep(0.01)
+        alert = notice.record()
         key = f"{alert['rule']}|{alert['account']}|{alert['discriminator']}|{alert['event']}|{alert['at']}"
         with self.lock:
             self.seen[key] += 1

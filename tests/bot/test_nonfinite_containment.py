@@ -51,13 +51,13 @@ def _check(engine: Engine, how: str, caplog) -> None:
                             "rules.toml")
     _book(engine)
     first = run_cycle(engine, rules, T0 + 31 * DAY)
-    assert {(a["account"], a["event"]) for a in first.alerts} >= {("bad", "fired"), ("good", "fired")}
+    assert {(a.account, a.event) for a in first.alerts} >= {("bad", "fired"), ("good", "fired")}
     _make_bad(engine, how)
     with caplog.at_level(logging.WARNING):
         upsert_usage(engine, [UsageRecord(a, "api_calls", T0 + 31 * DAY, 100.0) for a in ("good", "calm")])
         report = run_cycle(engine, rules, T0 + 32 * DAY)  # no crash, every cycle
         report = run_cycle(engine, rules, T0 + 32 * DAY)
-    assert not [a for a in report.alerts if a["account"] == "bad"]
+    assert not [a for a in report.alerts if a.account == "bad"]
     spikes = {s.account_id: s.status for s in load_states(engine).values() if s.rule_id == "calls-spike"}
     assert spikes == {"good": "resolved", "bad": "firing"}  # bad is undecided: not resolved on bad data
     assert "account bad not evaluated by rule calls-spike" in caplog.text and "not a finite number" in caplog.text

@@ -34,7 +34,7 @@ class Recorder:
         self.calls += 1
         if self.calls <= self.fail_first:
             raise ConnectionError("slack is down")
-        self.delivered.append(dict(alert))
+        self.delivered.append(alert.record())
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,12 @@ def test_scheduler_cycles_equal_backtest_replay(engine, book, tmp_path, chunk_ac
     notifier = Recorder()
     for t in range(start + DAY, END + 1, DAY):
         report = run_cycle(engine, ruleset, t, chunk_accounts=chunk_accounts)
-        scheduled.extend(report.alerts)
+        scheduled.extend(a.record() for a in report.alerts)
         deliver_outbox(engine, notifier, t)
 
     usage_csv, accounts_csv = tmp_path / "u.csv", tmp_path / "a.csv"
     write_book_csv(book, usage_csv, accounts_csv)
-    replayed = run_backtest(ruleset, usage_csv, accounts_csv, start=start, end=END).events
+    replayed = [e.record() for e in run_backtest(ruleset, usage_csv, accounts_csv, start=start, end=END).events]
 
     assert scheduled, "the demo book should produce alerts with the shipped rules"
     assert sorted(map(_key, scheduled)) == sorted(map(_key, replayed))
@@ -128,11 +128,11 @@ def test_incremental_cycles_over_account_subsets_equal_the_full_replay(engine, b
     for t in range(start + DAY, END + 1, DAY):
         for half in halves:
             report = run_cycle(engine, ruleset, t, account_ids=half)
-            assert {a["account"] for a in report.alerts} <= set(half)
-            got.extend(report.alerts)
+            assert {a.account for a in report.alerts} <= set(half)
+            got.extend(a.record() for a in report.alerts)
     usage_csv, accounts_csv = tmp_path / "u.csv", tmp_path / "a.csv"
     write_book_csv(book, usage_csv, accounts_csv)
-    want = run_backtest(ruleset, usage_csv, accounts_csv, start=start, end=END).events
+    want = [e.record() for e in run_backtest(ruleset, usage_csv, accounts_csv, start=start, end=END).events]
     assert got and sorted(map(_key, got)) == sorted(map(_key, want))
 
 
@@ -154,7 +154,7 @@ def test_account_snoozed_from_slack_is_recorded_but_not_notified(engine, book):
     # find accounts that fire at t, then replay the same tick on a fresh state with one of them snoozed
     notify = Notices(first_run="notify")  # not a first-run test: every condition is sent
     probe = run_cycle(engine, ruleset, t, notices=notify)
-    fired = [a for a in probe.alerts if a["event"] == "fired" and a["notified"]]
+    fired = [a.record() for a in probe.alerts if a.event == "fired" and a.notified]
     assert fired
     victim = fired[0]["account"]
     with engine.begin() as c:
@@ -162,7 +162,7 @@ def test_account_snoozed_from_slack_is_recorded_but_not_notified(engine, book):
             c.execute(text(f"delete from {table}"))
     snooze_account(engine, victim, until=t + DAY, by="U1", at=t - 60)
     report = run_cycle(engine, ruleset, t, notices=notify)
-    mine = [a for a in report.alerts if a["account"] == victim and a["event"] == "fired"]
+    mine = [a.record() for a in report.alerts if a.account == victim and a.event == "fired"]
     assert mine and all(not a["notified"] and a["suppressed_reason"] == "account snoozed" for a in mine)
-    others = [a for a in report.alerts if a["account"] != victim and a["event"] == "fired"]
+    others = [a.record() for a in report.alerts if a.account != victim and a.event == "fired"]
     assert sum(a["notified"] for a in others) == sum(a["notified"] for a in fired if a["account"] != victim)

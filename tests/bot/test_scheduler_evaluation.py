@@ -88,7 +88,7 @@ def test_for_counts_buckets_and_late_data_reevaluates_only_changed_accounts(engi
     t = ev.tick(T0 + 12 * DAY)
     [s] = _acme_drop(engine).values()
     assert (s.status, s.consecutive) == ("firing", 2)
-    assert [a["account"] for a in t.alerts if a["event"] == "fired"] == ["acme"]
+    assert [a.account for a in t.alerts if a.event == "fired"] == ["acme"]
 
 
 def test_a_new_leader_continues_from_the_stored_progress_and_catches_up(engine: Engine) -> None:

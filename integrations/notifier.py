@@ -1,0 +1,61 @@
+"""What a notifier is: the `Notifier` protocol and the one error type every delivery raises.
+
+A notifier has a `name` (its outbox rows are of kind storage.outbox.notify_kind(name), so each
+delivers only its own) and `deliver(notice)`, which carries one integrations.notice.AlertNotice out
+and returns, or raises `DeliveryError` saying what the outbox should do with the row:
+
+- `retry_after=N`: due again in exactly N seconds (a 429's Retry-After, waiting for an earlier
+  message); a deferral never makes the row dead;
+- `permanent=True`: retrying cannot help (an unknown channel, a 4xx refusal): the row is dead, for an
+  operator (`usagebot outbox retry-dead`... storage.outbox.retry_dead puts it back);
+- neither: retried with the outbox backoff, dead after the outbox's attempt limit.
+
+Any other exception is taken as the last case. bot.pipeline.deliver_outbox is the only reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from integrations.notice import AlertNotice
+from storage.outbox import outbox_kinds
+
+
+class DeliveryError(Exception):
+    """A delivery that did not happen (see the module docstring). Messages carry no secrets."""
+
+    def __init__(self, message: str, retry_after: int | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else max(0, int(retry_after))
+        self.permanent = bool(permanent)
+
+
+class Notifier(Protocol):
+    """Delivers notices; its outbox rows are of kind notify_kind(name) ("notify:slack")."""
+
+    name: str
+
+    def deliver(self, notice: AlertNotice) -> None: ...
+
+
+class Outlet(Protocol):
+    """Carries out outbox rows of its `kinds`: a notifier's notices (`NoticeOutlet`), Slack message
+    updates, CRM writes. `handle` raises DeliveryError like a notifier."""
+
+    name: str
+    kinds: tuple[str, ...]
+
+    def handle(self, payload: Mapping[str, Any]) -> None: ...
+
+
+class NoticeOutlet:
+    """A notifier as an outlet: its rows' payloads are notices (read once, here)."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.name = notifier.name
+        self.kinds = tuple(outbox_kinds(notifier.name))
+
+    def handle(self, payload: Mapping[str, Any]) -> None:
+        self.notifier.deliver(AlertNotice.from_json(payload))
