@@ -499,8 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands that live with their integrations.
     from bot import crm_commands, db_commands, init_command, service_commands, slack_commands
+    from bot.web import commands as web_commands
 
-    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands):
+    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands, web_commands):
         module.register(sub)
     return p
 

@@ -10,6 +10,7 @@
     [slack]      Slack delivery and app           (integrations.slack.config)
     [salesforce] CRM sync                         (integrations.salesforce.config)
     [health]     usage-health model               (bot.health_config)
+    [web]        the read-only web UI             (bot.web.config)
 
 `${NAME}` / `${NAME:-default}` take values from the environment; secrets
 also from `<key>_file`. `load_config` collects EVERY problem (file:line:
@@ -30,7 +31,7 @@ from integrations.sources.push import PushConfig, parse_ingest_config
 from rules.model import RuleSet
 
 SECTIONS = ("storage", "rules", "service", "scheduler", "evaluation", "ingest", "sources", "slack", "salesforce",
-            "health")
+            "health", "web")
 LEADER_KINDS = ("auto", "advisory_lock", "lease", "none")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -92,6 +93,7 @@ class AppConfig:
     salesforce: Any = None  # integrations.salesforce.config.SalesforceConfig, when [salesforce] is present
     health: Any = None  # rules.health.HealthModel, when [health] is present
     ruleset: RuleSet | None = None
+    web: Any = None  # bot.web.config.WebConfig, when [web] is present (the web UI is off without it)
 
     @property
     def is_postgresql(self) -> bool:
@@ -269,10 +271,25 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
+    web, slack = _web(doc, slack)
     return AppConfig(file=doc.file, storage_url=storage, rule_paths=rule_paths, service=service,
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
-                     health=health, ruleset=ruleset)
+                     health=health, ruleset=ruleset, web=web)
+
+
+def _web(doc: Document, slack: Any) -> tuple[Any, Any]:
+    """[web], and the Slack config with the episode page links of its public_url (alert messages link there)."""
+    if "web" not in doc.data:
+        return None, slack
+    from dataclasses import replace
+
+    from bot.web.config import parse_web_config
+
+    web = parse_web_config(doc.section("web"), slack_bot_token=bool(slack is not None and slack.enabled))
+    if web.enabled and web.public_url and slack is not None:
+        slack = replace(slack, episode_url=f"{web.public_url}/episodes/{{episode_id}}")
+    return web, slack
 
 
 def check_config(path: str | Path, env: Mapping[str, str] | None = None,
