@@ -278,18 +278,22 @@ class WebUI:
 
     def alerts(self, req: Request, who: auth.Principal) -> Page:
         raw = {k: v[-1].strip() for k, v in req.query.items() if v}
-        problem = ""
-        since = until = None
-        after = None
-        try:
-            since = parse_day(raw["from"], "from") if raw.get("from") else None
-            until = parse_day(raw["to"], "to") if raw.get("to") else None
-            after = Cursor.decode(raw.get("after"))
-        except ValueError as exc:
-            problem = str(exc)
+        problems: list[str] = []
+
+        def parsed(key: str, parse: Callable[[str], Any]) -> Any:
+            try:
+                return parse(raw[key]) if raw.get(key) else None
+            except ValueError as exc:  # said on the page; the other filters still apply
+                problems.append(str(exc))
+                return None
+
+        since = parsed("from", lambda t: parse_day(t, "from"))
+        until = parsed("to", lambda t: parse_day(t, "to"))
+        after = parsed("after", Cursor.decode)
         state = raw.get("state", "")
         if state and state not in STATES:
-            problem, state = f"state: {state[:20]!r} is not one of {', '.join(STATES)}", ""
+            problems.append(f"state: {state[:20]!r} is not one of {', '.join(STATES)}")
+            state = ""
         ruleset = self.rules()
         kinds = {r.id: r.kind for r in ruleset.rules}
         f = AlertFilter(owner=raw.get("owner", "")[:200], rule=raw.get("rule", "")[:200],
@@ -303,7 +307,7 @@ class WebUI:
                 "alerts": [_alert_json(r, page.accounts.get(r["account_id"])) for r in page.rows]}
         return Page("alerts.html.j2", {
             "nav": "open" if state == "open" and len(keep) == 1 else "alerts", "page": page, "f": f, "raw": raw,
-            "problem": problem, "rule_ids": sorted({*kinds, *([f.rule] if f.rule else [])}),
+            "problem": "; ".join(problems), "rule_ids": sorted({*kinds, *([f.rule] if f.rule else [])}),
             "kinds": sorted({*KINDS, *kinds.values()}), "states": STATES, "after": after,
             "next_url": next_url, "first_url": f"/alerts?{urlencode(keep)}" if keep else "/alerts"}, data)
 

@@ -12,7 +12,12 @@ It behaves like Slack where usagebot depends on it:
   (to kill a client mid-delivery), and delays;
 - response_url endpoints (/response/<id>) that record what an app posts to them;
 - Socket Mode: apps.connections.open returns a ws:// URL served here; `socket_send` pushes an
-  envelope to the connected app and `socket_acks` records the app's acknowledgements.
+  envelope to the connected app and `socket_acks` records the app's acknowledgements;
+- Sign in with Slack (OpenID Connect): GET /openid/connect/authorize (the person `oidc_user` approves
+  at once, or denies when it is None; unknown client ids and redirect URIs are refused as Slack does),
+  POST /api/openid.connect.token (client id and secret by HTTP Basic auth, each code once, the same
+  redirect_uri) returning an RS256 id_token, GET /openid/connect/keys (the JWKS), and
+  openid.connect.userInfo.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from slack_sdk.models.blocks import Block
 
 BOT_USER = "U0BOTUSER"
 TEAM = "T0TEAM001"
+OIDC_ISSUER = "https://slack.com"
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -90,6 +96,12 @@ class FakeSlack:
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self.socket_acks: list[dict[str, Any]] = []
+        self.oidc_clients: dict[str, tuple[str, str]] = {}  # client id -> (secret, redirect URI)
+        self.oidc_user: str | None = None  # who approves at the authorize page (None: denies)
+        self.oidc_codes: dict[str, dict[str, Any]] = {}
+        self.oidc_tokens: dict[str, str] = {}  # access token -> user id
+        self.oidc_sign_with_other_key = False  # sign id_tokens with a key not in the JWKS (a forgery)
+        self._oidc_key: Any = None
         self._ws_out: queue.Queue[bytes | None] | None = None
         self._ws_sock: socket.socket | None = None
         self.ws_connected = threading.Event()
@@ -141,6 +153,11 @@ class FakeSlack:
             cid = cid or f"C{next(self._ids):08d}"
             self.channels[cid] = Channel(cid, name.lstrip("#"), is_private=private, is_member=member)
             return cid
+
+    def add_oidc_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
+        """A Slack app with Sign in with Slack: its credentials and its one registered redirect URL."""
+        with self.lock:
+            self.oidc_clients[client_id] = (client_secret, redirect_uri)
 
     def add_usergroup(self, gid: str, users: list[str]) -> None:
         with self.lock:
@@ -242,6 +259,15 @@ class FakeSlack:
         return f"{int(self.clock())}.{next(self._seq):06d}"
 
     def dispatch(self, method: str, p: dict[str, Any], auth: str) -> dict[str, Any]:
+        if method == "openid.connect.token":  # the app's client credentials, not a token
+            with self.lock:
+                return self.m_openid_connect_token(p, auth)
+        if method == "openid.connect.userInfo":
+            with self.lock:
+                uid = self.oidc_tokens.get(auth)
+                if uid is None:
+                    return {"ok": False, "error": "invalid_auth"}
+                return {"ok": True, **self._oidc_claims(uid, "", "")}
         expected = self.app_token if method == "apps.connections.open" else self.token
         if not auth:
             return {"ok": False, "error": "not_authed"}
@@ -393,6 +419,78 @@ class FakeSlack:
         msg["edits"] = msg.get("edits", 0) + 1
         return {"ok": True, "channel": ch.id, "ts": msg["ts"], "text": msg["text"]}
 
+    # --- Sign in with Slack (OpenID Connect)
+
+    def _oidc_keys(self) -> Any:
+        if self._oidc_key is None:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            self._oidc_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._oidc_key
+
+    def jwks(self) -> dict[str, Any]:
+        import jwt
+
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._oidc_keys().public_key()))
+        return {"keys": [{**jwk, "kid": "fake-slack-1", "alg": "RS256", "use": "sig"}]}
+
+    def authorize(self, q: dict[str, str]) -> tuple[int, str]:
+        """(status, redirect Location or error text) of GET /openid/connect/authorize."""
+        with self.lock:
+            client = self.oidc_clients.get(q.get("client_id", ""))
+            if client is None:
+                return 400, "Invalid client_id parameter"
+            if q.get("redirect_uri") != client[1]:
+                return 400, "redirect_uri did not match any configured URIs"
+            if q.get("response_type") != "code" or "openid" not in q.get("scope", "").replace(",", " ").split():
+                return 400, "Invalid scope or response_type"
+            state = q.get("state", "")
+            sep = "&" if "?" in client[1] else "?"
+            if self.oidc_user is None:
+                return 302, f"{client[1]}{sep}error=access_denied&state={state}"
+            code = f"code-{next(self._ids)}"
+            self.oidc_codes[code] = {"client_id": q["client_id"], "redirect_uri": q["redirect_uri"],
+                                     "nonce": q.get("nonce", ""), "user": self.oidc_user, "used": False}
+            return 302, f"{client[1]}{sep}code={code}&state={state}"
+
+    def _oidc_claims(self, uid: str, client_id: str, nonce: str) -> dict[str, Any]:
+        u = self.users[uid]
+        now = int(self.clock())
+        claims = {"iss": OIDC_ISSUER, "sub": uid, "aud": client_id, "exp": now + 3600, "iat": now,
+                  "auth_time": now, "https://slack.com/user_id": uid,
+                  "https://slack.com/team_id": u.get("team_id", TEAM), "email": u["profile"]["email"],
+                  "email_verified": True, "name": u["profile"].get("real_name", u["name"]), "locale": "en-US"}
+        if nonce:
+            claims["nonce"] = nonce
+        return claims
+
+    def m_openid_connect_token(self, p: dict[str, Any], auth: str) -> dict[str, Any]:
+        import jwt
+
+        client_id, _, secret = base64.b64decode(auth.removeprefix("Basic ").strip() or b"").decode().partition(":") \
+            if auth.startswith("Basic ") else (str(p.get("client_id", "")), "", str(p.get("client_secret", "")))
+        client = self.oidc_clients.get(client_id)
+        if client is None:
+            return {"ok": False, "error": "invalid_client_id"}
+        if secret != client[0]:
+            return {"ok": False, "error": "bad_client_secret"}
+        grant = self.oidc_codes.get(str(p.get("code", "")))
+        if grant is None or grant["used"] or grant["client_id"] != client_id:
+            return {"ok": False, "error": "invalid_code"}
+        grant["used"] = True
+        if p.get("redirect_uri") != grant["redirect_uri"]:
+            return {"ok": False, "error": "bad_redirect_uri"}
+        key = self._oidc_keys()
+        if self.oidc_sign_with_other_key:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        id_token = jwt.encode(self._oidc_claims(grant["user"], client_id, grant["nonce"]), key, algorithm="RS256",
+                              headers={"kid": "fake-slack-1"})
+        access = f"xoxp-oidc-{next(self._ids)}"
+        self.oidc_tokens[access] = grant["user"]
+        return {"ok": True, "access_token": access, "token_type": "Bearer", "id_token": id_token}
+
     def m_apps_connections_open(self, p: dict[str, Any]) -> dict[str, Any]:
         host, port = self.server.server_address[:2]
         return {"ok": True, "url": f"ws://{host}:{port}/socket?ticket=t{next(self._ids)}"}
@@ -431,8 +529,22 @@ class FakeSlack:
                 return params
 
             def do_GET(self) -> None:  # noqa: N802
-                if urlparse(self.path).path == "/socket" and self.headers.get("Upgrade", "").lower() == "websocket":
+                u = urlparse(self.path)
+                if u.path == "/socket" and self.headers.get("Upgrade", "").lower() == "websocket":
                     fake._serve_websocket(self)
+                    return
+                if u.path == "/openid/connect/keys":
+                    self._send(200, json.dumps(fake.jwks()).encode())
+                    return
+                if u.path == "/openid/connect/authorize":
+                    status, where = fake.authorize({k: v[-1] for k, v in parse_qs(u.query).items()})
+                    with fake.lock:
+                        fake.calls.append(Call("openid.connect.authorize", {"query": u.query}, time.monotonic(),
+                                               status))
+                    if status == 302:
+                        self._send(302, b"", "text/plain", {"Location": where})
+                    else:
+                        self._send(status, where.encode(), "text/plain")
                     return
                 self._api()
 
@@ -455,7 +567,8 @@ class FakeSlack:
                     return
                 method = path[len("/api/"):]
                 params = self._params()
-                auth = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                raw_auth = self.headers.get("Authorization", "")
+                auth = raw_auth if raw_auth.startswith("Basic ") else raw_auth.removeprefix("Bearer ").strip()
                 if not auth and params.get("token"):
                     auth = str(params["token"])
                 call = Call(method, {k: v for k, v in params.items() if k != "token"}, time.monotonic())

@@ -1,0 +1,27 @@
+"""Requests to the web UI without a socket (bot.http_server.Request), for page-level tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from bot.http_server import Request, Response
+
+HTML = {"accept": "text/html,application/xhtml+xml"}
+
+
+def get(ui: Any, url: str, headers: dict[str, str] | None = None) -> Response:
+    u = urlsplit(url)
+    return ui.handle(Request("GET", u.path, parse_qs(u.query), {**HTML, **(headers or {})}))
+
+
+def text(resp: Response) -> str:
+    return resp.body.decode()
+
+
+def data(ui: Any, url: str, headers: dict[str, str] | None = None) -> Any:
+    sep = "&" if "?" in url else "?"
+    resp = get(ui, f"{url}{sep}format=json", headers)
+    assert resp.status == 200, (resp.status, resp.body[:300])
+    return json.loads(resp.body)
