@@ -176,8 +176,8 @@ def episode_window(e: EpisodeMark, now: int) -> tuple[int, int, int] | None:
     if step is None:
         return None
     moment = e.fired_at or e.started_at
-    end_at = e.resolved_at if e.resolved_at is not None else max(moment, now)
-    end = -(-min(end_at, max(now, moment)) // step) * step
+    end_at = e.resolved_at if e.resolved_at is not None else now
+    end = (min(end_at, max(now, moment)) // step) * step  # closed buckets only: a started one is not a drop
     end = max(end, -(-moment // step) * step)
     start = (moment // step) * step - lookback_buckets(step) * step
     if (end - start) // step > MAX_BUCKETS:

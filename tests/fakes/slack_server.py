@@ -17,7 +17,12 @@ It behaves like Slack where usagebot depends on it:
   at once, or denies when it is None; unknown client ids and redirect URIs are refused as Slack does),
   POST /api/openid.connect.token (client id and secret by HTTP Basic auth, each code once, the same
   redirect_uri) returning an RS256 id_token, GET /openid/connect/keys (the JWKS), and
-  openid.connect.userInfo.
+  openid.connect.userInfo;
+- file uploads as files_upload_v2 makes them: files.getUploadURLExternal (filename, length), a POST of
+  the bytes to the upload URL it returned, files.completeUploadExternal (files [{id, title}], channel_id,
+  thread_ts: shared in the thread as a message with `files`, which conversations.replies / history
+  return; kept in Channel.file_messages, apart from the posted messages); missing_scope without
+  files:write in `scopes`.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Channel:
     is_member: bool = True
     user: str | None = None  # the other user of a DM
     messages: list[dict[str, Any]] = field(default_factory=list)
+    file_messages: list[dict[str, Any]] = field(default_factory=list)  # files shared here (uploads)
 
 
 class FakeSlack:
@@ -96,6 +102,8 @@ class FakeSlack:
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self.socket_acks: list[dict[str, Any]] = []
+        self.scopes: set[str] = {"chat:write", "files:write"}
+        self.files: dict[str, dict[str, Any]] = {}  # file id -> {"filename", "length", "content", "title", ...}
         self.oidc_clients: dict[str, tuple[str, str]] = {}  # client id -> (secret, redirect URI)
         self.oidc_user: str | None = None  # who approves at the authorize page (None: denies)
         self.oidc_codes: dict[str, dict[str, Any]] = {}
@@ -341,7 +349,8 @@ class FakeSlack:
         if isinstance(ch, dict):
             return ch
         oldest = float(p.get("oldest") or 0)
-        msgs = [self._visible(m, p) for m in reversed(ch.messages)
+        every = sorted(ch.messages + ch.file_messages, key=lambda m: float(m["ts"]))
+        msgs = [self._visible(m, p) for m in reversed(every)
                 if (not m.get("thread_ts") or m["thread_ts"] == m["ts"]) and float(m["ts"]) > oldest]
         page, nxt = self._page(msgs, p)
         return {"ok": True, "messages": page, "has_more": bool(nxt), "response_metadata": {"next_cursor": nxt}}
@@ -355,7 +364,8 @@ class FakeSlack:
         if parent is None:
             return {"ok": False, "error": "thread_not_found"}
         oldest = float(p.get("oldest") or 0)
-        replies = [self._visible(m, p) for m in ch.messages
+        thread = sorted(ch.messages + ch.file_messages, key=lambda m: float(m["ts"]))
+        replies = [self._visible(m, p) for m in thread
                    if m.get("thread_ts") == ts and m["ts"] != ts and float(m["ts"]) > oldest]
         page, nxt = self._page([self._visible(parent, p), *replies], p)
         return {"ok": True, "messages": page, "has_more": bool(nxt), "response_metadata": {"next_cursor": nxt}}
@@ -491,6 +501,73 @@ class FakeSlack:
         self.oidc_tokens[access] = grant["user"]
         return {"ok": True, "access_token": access, "token_type": "Bearer", "id_token": id_token}
 
+    # --- files (files_upload_v2)
+
+    def files_in(self, name_or_id: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """The files shared in a channel (in one thread), oldest first, with their bytes."""
+        ch = self.channel(name_or_id)
+        with self.lock:
+            return [{**self.files[f["id"]], "ts": m["ts"]} for m in ch.file_messages
+                    if thread_ts is None or m.get("thread_ts") == thread_ts for f in m["files"]]
+
+    def m_files_getUploadURLExternal(self, p: dict[str, Any]) -> dict[str, Any]:
+        if "files:write" not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": "files:write"}
+        name, length = str(p.get("filename") or ""), str(p.get("length") or "")
+        if not name or not length.isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        fid = f"F{next(self._ids):08d}"
+        self.files[fid] = {"id": fid, "filename": name, "length": int(length), "content": None, "shared": False}
+        return {"ok": True, "upload_url": f"{self.url}upload/{fid}", "file_id": fid}
+
+    def receive_upload(self, fid: str, body: bytes) -> bool:
+        with self.lock:
+            f = self.files.get(fid)
+            if f is None:
+                return False
+            f["content"] = body
+            return True
+
+    def m_files_completeUploadExternal(self, p: dict[str, Any]) -> dict[str, Any]:
+        if "files:write" not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": "files:write"}
+        items = _json_param(p.get("files"))
+        if not isinstance(items, list) or not items:
+            return {"ok": False, "error": "invalid_arguments"}
+        done = []
+        for it in items:
+            f = self.files.get(str((it or {}).get("id")))
+            if f is None or f["content"] is None or f["shared"]:
+                return {"ok": False, "error": "file_not_found"}
+            if len(f["content"]) != f["length"]:
+                return {"ok": False, "error": "file_uploaded_size_mismatch"}
+            done.append((f, str(it.get("title") or f["filename"])))
+        channel_id = p.get("channel_id") or None
+        thread_ts = p.get("thread_ts") or None
+        if channel_id is not None:
+            ch = self.channels.get(str(channel_id))
+            if ch is None:
+                return {"ok": False, "error": "channel_not_found"}
+            if not ch.is_member and not ch.is_im:
+                return {"ok": False, "error": "not_in_channel"}
+            if thread_ts and not any(m["ts"] == thread_ts for m in ch.messages):
+                return {"ok": False, "error": "thread_not_found"}
+        out = []
+        for f, title in done:
+            f.update(shared=True, title=title, mimetype="image/png" if f["filename"].endswith(".png") else "")
+            out.append({"id": f["id"], "name": f["filename"], "title": title, "size": f["length"],
+                        "mimetype": f["mimetype"]})
+        if channel_id is not None:
+            msg: dict[str, Any] = {"type": "message", "user": BOT_USER, "ts": self._new_ts(),
+                                   "text": str(p.get("initial_comment") or ""), "files": out, "upload": True}
+            if thread_ts:
+                msg["thread_ts"] = thread_ts
+                parent = next(m for m in ch.messages if m["ts"] == thread_ts)
+                parent["thread_ts"] = thread_ts
+                parent["reply_count"] = parent.get("reply_count", 0) + 1
+            ch.file_messages.append(msg)
+        return {"ok": True, "files": out}
+
     def m_apps_connections_open(self, p: dict[str, Any]) -> dict[str, Any]:
         host, port = self.server.server_address[:2]
         return {"ok": True, "url": f"ws://{host}:{port}/socket?ticket=t{next(self._ids)}"}
@@ -550,6 +627,19 @@ class FakeSlack:
 
             def do_POST(self) -> None:  # noqa: N802
                 path = urlparse(self.path).path
+                if path.startswith("/upload/"):  # files_upload_v2 step 2: the bytes, to the URL we issued
+                    n = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(n) if n else b""
+                    with fake.lock:
+                        fake.calls.append(Call("upload", {"file": path.rsplit("/", 1)[-1], "bytes": len(body)},
+                                               time.monotonic()))
+                    if fake.outage:
+                        self._send(503, b"down", "text/plain")
+                    elif fake.receive_upload(path.rsplit("/", 1)[-1], body):
+                        self._send(200, f"OK - {len(body)}".encode(), "text/plain")
+                    else:
+                        self._send(404, b"no such upload", "text/plain")
+                    return
                 if path.startswith("/response/"):
                     rid = path.rsplit("/", 1)[-1]
                     body = self._params()
