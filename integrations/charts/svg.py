@@ -200,3 +200,65 @@ def _legend_row(row: list[LegendItem], x0: int, y: int) -> list[str]:
             out.append(f'<text x="{_f(x + 20)}" y="{y}" fill="#374151">{escape(text)}</text>')
         x += _item_width((text, color, dash, symbol))
     return out
+
+
+PALETTE = ("#2563eb", "#dc2626", "#d97706", "#16a34a", "#7c3aed", "#0891b2", "#be185d", "#4b5563", "#65a30d",
+           "#ea580c")
+
+
+def render_bars(title: str, start: int, step: int, series: list[tuple[str, tuple[float, ...]]], width: int = 760,
+                height: int = 220) -> str:
+    """Stacked bars per bucket (e.g. alerts per day and rule), from zero, one colour per series."""
+    n = max((len(v) for _, v in series), default=0)
+    totals = [sum(v[j] for _, v in series if j < len(v)) for j in range(n)]
+    chart = Chart(title, start, step, n, (Line("total", "usage", tuple(float(t) for t in totals)),), legend=False)
+    items = [(label, PALETTE[k % len(PALETTE)]) for k, (label, _) in enumerate(series)]
+    rows: list[list[tuple[str, str]]] = [[]]
+    used = 0.0
+    for it in items:
+        w = 28 + 6.2 * len(it[0])
+        if rows[-1] and used + w > width - 72:
+            rows.append([])
+            used = 0.0
+        rows[-1].append(it)
+        used += w
+    title_h = 20 if title else 0
+    fr = _Frame(chart, width, height, 10 + title_h + 16 * len([r for r in rows if r]))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart bars" viewBox="0 0 {width} {height}" '
+           f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" '
+           'font-family="system-ui, -apple-system, Segoe UI, sans-serif" font-size="11">',
+           f"<title>{escape(title)}</title>", f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
+    if title:
+        out.append(f'<text x="{fr.left}" y="18" font-size="13" font-weight="600" fill="#111827">{escape(title)}</text>')
+    for t in nice_ticks(fr.lo, fr.hi):
+        y = _f(fr.y(t))
+        out.append(f'<line x1="{fr.left}" x2="{fr.right}" y1="{y}" y2="{y}" stroke="{"#374151" if t == 0 else "#e5e7eb"}"'
+                   f'{" class=" + chr(34) + "zero-axis" + chr(34) if t == 0 else ""}/>')
+        out.append(f'<text x="{fr.left - 6}" y="{_f(fr.y(t) + 3.5)}" text-anchor="end" fill="#6b7280">'
+                   f"{escape(short_number(t))}</text>")
+    bw = max(1.0, (fr.right - fr.left) / max(1, n) * 0.8)
+    for j in range(n):
+        base = 0.0
+        x = fr.x_of_bucket(j) - bw / 2
+        for k, (label, vals) in enumerate(series):
+            v = vals[j] if j < len(vals) else 0.0
+            if v <= 0:
+                continue
+            y0, y1 = fr.y(base), fr.y(base + v)
+            out.append(f'<rect class="bar" x="{_f(x)}" y="{_f(y1)}" width="{_f(bw)}" height="{_f(y0 - y1)}" '
+                       f'fill="{PALETTE[k % len(PALETTE)]}"><title>{escape(label)}: {v:g} · '
+                       f'{escape(time_label(start + j * step, step))}</title></rect>')
+            base += v
+    every = max(1, math.ceil(n / 7))
+    for j in range(0, n, every):
+        out.append(f'<text x="{_f(fr.x_of_bucket(j))}" y="{fr.bottom + 16}" text-anchor="middle" fill="#6b7280">'
+                   f"{escape(time_label(start + j * step, step))}</text>")
+    for i, row in enumerate(r for r in rows if r):
+        x = float(fr.left)
+        y = title_h + 16 + 16 * i
+        for label, color in row:
+            out.append(f'<rect x="{_f(x)}" y="{y - 9}" width="12" height="10" fill="{color}"/>'
+                       f'<text x="{_f(x + 16)}" y="{y}" fill="#374151">{escape(label)}</text>')
+            x += 28 + 6.2 * len(label)
+    out.append("</svg>")
+    return "".join(out)
