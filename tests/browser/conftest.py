@@ -26,9 +26,10 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "-
 
 
 def _missing() -> str | None:
-    for path, what in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not (Path(path).exists() or shutil.which(path)):
-            return f"{path} not found: apt-get install chromium chromium-driver (scripts/test.sh does it as root)"
+            return (f"{path} not found (Debian package {package}): apt-get install chromium chromium-driver "
+                    "(scripts/test.sh does it as root)")
     try:
         import selenium  # noqa: F401
     except ImportError:
