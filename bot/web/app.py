@@ -214,17 +214,28 @@ class WebUI:
         claims = self.sessions.session(req.headers)
         if claims is not None:
             uid = str(claims.get("sub") or "")
-            if not self.access.allowed(uid):
-                return self._html(self._render("message.html.j2", {
-                    "heading": "Not allowed", "error": True, "principal": None,
-                    "text": "You are not on usagebot's list of allowed users ([slack] allowed_users / "
-                            "allowed_usergroups). Ask your usagebot admin."}), 403)
+            if not self._allowed(uid):
+                return self._not_allowed()
             email = str(claims.get("email") or "")
             return auth.Principal("slack", uid, email, str(claims.get("name") or ""),
                                   owner_email=email if self.slack.owner_only else None)
         if self.config.anonymous:
             return auth.Principal("anonymous")
         return self._unauthorized(req, "sign in")
+
+    def _allowed(self, user_id: str) -> bool:
+        """The /usage allow-list; a failing user group lookup refuses (and is logged), never a 500."""
+        try:
+            return bool(self.access.allowed(user_id))
+        except Exception as exc:
+            log.warning("web UI: checking whether %s is allowed failed: %s", user_id, exc)
+            return False
+
+    def _not_allowed(self, extra: Mapping[str, str] | None = None) -> Response:
+        return self._html(self._render("message.html.j2", {
+            "heading": "Not allowed", "error": True, "principal": None,
+            "text": "You are not on usagebot's list of allowed users ([slack] allowed_users / "
+                    "allowed_usergroups). Ask your usagebot admin."}), 403, extra)
 
     def _unauthorized(self, req: Request, why: str) -> Response:
         if _wants_html(req) and why == "sign in":
@@ -258,13 +269,9 @@ class WebUI:
             return self._html(self._render("login.html.j2", {"principal": None, "slack": True, "next": "/",
                                                              "problem": str(exc)}), 400,
                               {"Set-Cookie": self.sessions.clear(auth.LOGIN_COOKIE)})
-        if not self.access.allowed(who.user_id):
+        if not self._allowed(who.user_id):
             log.info("web UI: %s signed in with Slack but is not allowed", who.user_id)
-            return self._html(self._render("message.html.j2", {
-                "heading": "Not allowed", "error": True, "principal": None,
-                "text": "You are not on usagebot's list of allowed users ([slack] allowed_users / "
-                        "allowed_usergroups). Ask your usagebot admin."}), 403,
-                {"Set-Cookie": self.sessions.clear(auth.LOGIN_COOKIE)})
+            return self._not_allowed({"Set-Cookie": self.sessions.clear(auth.LOGIN_COOKIE)})
         log.info("web UI: %s signed in with Slack", who.user_id, extra={"event": "web_sign_in"})
         resp = Response(303, b"", {"Location": target, "Cache-Control": "no-store"})
         resp.headers["Set-Cookie"] = self.sessions.session_cookie(who)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,16 +17,11 @@ from bot.service import Service
 from integrations.console import ConsoleNotifier
 from integrations.sources.demo import DEFAULT_END
 from rules.loader import load_rules
+from tests.bot.web.helpers import free_port, service_config
 from tests.fakes.slack_server import FakeSlack
 
 NOW = DEFAULT_END + 3600
 CLIENT_ID, CLIENT_SECRET = "3333.4444", "browser-oidc-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +30,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FakeSl
     run_demo(load_rules([str(SHIPPED_RULES)]), io.StringIO(), data_dir=d / "data", end=DEFAULT_END)
     db = d / "svc.db"
     shutil.copy(d / "data" / "demo.db", db)
-    port = _free_port()
+    port = free_port()
     public = f"http://127.0.0.1:{port}"
     with FakeSlack.running() as fake:
         fake.add_user("U0ALICE01", "alice@example.com", "Alice Example")
         fake.add_oidc_client(CLIENT_ID, CLIENT_SECRET, f"{public}/auth/slack")
         fake.oidc_user = "U0ALICE01"
-        cfg = d / "config.toml"
-        cfg.write_text(f"""
-[storage]
-url = "sqlite:///{db}"
-[rules]
-paths = ["{SHIPPED_RULES}"]
-[service]
-host = "127.0.0.1"
-port = {port}
-[scheduler]
-leader = "lease"
+        cfg = service_config(d / "config.toml", db, f"""
 [slack]
 bot_token = "{fake.token}"
 base_url = "{fake.api_url}"
@@ -63,7 +47,7 @@ slack_client_id = "{CLIENT_ID}"
 slack_client_secret = "{CLIENT_SECRET}"
 slack_team_id = "T0TEAM001"
 page_size = 20
-""")
+""", port)
         svc = Service(load_config(cfg), clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()))
         svc.start(scheduler=False)
         try:

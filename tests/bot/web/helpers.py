@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,3 +27,29 @@ def data(ui: Any, url: str, headers: dict[str, str] | None = None) -> Any:
     resp = get(ui, f"{url}{sep}format=json", headers)
     assert resp.status == 200, (resp.status, resp.body[:300])
     return json.loads(resp.body)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_config(path: Path, db: Path, extra: str, port: int = 0) -> Path:
+    """A config.toml for the service on `db` with the shipped rules, listening on 127.0.0.1:port."""
+    from bot.demo import SHIPPED_RULES
+
+    path.write_text(f"""
+[storage]
+url = "sqlite:///{db}"
+[rules]
+paths = ["{SHIPPED_RULES}"]
+[service]
+host = "127.0.0.1"
+port = {port}
+[scheduler]
+leader = "lease"
+leader_name = "web-{path.parent.name}"
+{extra}
+""")
+    return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,32 +15,18 @@ import httpx
 import pytest
 
 from bot.config import check_config, load_config
-from bot.demo import SHIPPED_RULES
 from bot.service import Service
 from bot.slack_commands import sample_alert
 from integrations.console import ConsoleNotifier
 from integrations.slack.render import EpisodeView, SlackRenderer
 from tests.bot.web.conftest import NOW, TOKEN, Book
+from tests.bot.web.helpers import free_port, service_config
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def _config(tmp_path: Path, db: Path, web: str) -> Path:
-    p = tmp_path / "config.toml"
-    p.write_text(f"""
-[storage]
-url = "sqlite:///{db}"
-[rules]
-paths = ["{SHIPPED_RULES}"]
-[service]
-host = "127.0.0.1"
-port = 0
-[scheduler]
-leader = "lease"
-leader_name = "web-{tmp_path.name}"
-{web}
-""")
-    return p
+    return service_config(tmp_path / "config.toml", db, web)
 
 
 def _service(tmp_path: Path, demo_book: Book, web: str) -> Service:
@@ -117,14 +102,8 @@ def test_slack_alerts_link_to_the_episode_page(tmp_path: Path) -> None:
         42, "firing", "fired", 1)).blocks)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_usagebot_ui_serves_the_demo_book_on_loopback(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "ui", "--port", str(port), "--data-dir",
                              str(tmp_path / "data")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
