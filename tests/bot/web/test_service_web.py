@@ -123,3 +123,15 @@ def test_usagebot_ui_serves_the_demo_book_on_loopback(tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, "-m", "bot.cli", "ui", "--host", "0.0.0.0", "--data-dir",
                               str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "no sign-in" in refused.stderr
+
+
+def test_config_check_says_whether_the_web_ui_is_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.cli import main
+
+    monkeypatch.setenv("WEB_TOKEN", TOKEN)
+    out = io.StringIO()
+    assert main(["config", "check", str(_config(tmp_path, tmp_path / "x.db", WEB))], out=out, err=io.StringIO()) == 0
+    assert "web UI:     on (tokens) at https://usagebot.example.com" in out.getvalue()
+    out = io.StringIO()
+    assert main(["config", "check", str(_config(tmp_path, tmp_path / "x.db", ""))], out=out, err=io.StringIO()) == 0
+    assert "web UI:     off" in out.getvalue()
