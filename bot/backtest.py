@@ -88,6 +88,8 @@ class BacktestResult:
     cohort_events: list[CohortEvent] = field(default_factory=list)  # held as calendar/pipeline events
     first_run_held: int = 0  # conditions already true at the first evaluation, recorded but not notified
     warnings: list[str] = field(default_factory=list)  # rules.lint findings against the replayed data
+    blocks: dict[tuple[str, int], MetricBlock] = field(default_factory=dict)  # the usage replayed (for --report)
+    accounts: dict[str, AccountFacts] = field(default_factory=dict)
 
 
 def run_backtest(
@@ -166,6 +168,7 @@ def run_backtest(
         if s.status == "firing":
             result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
     result.start, result.end = start, end
+    result.blocks, result.accounts = blocks, accounts
     return result
 
 

@@ -199,9 +199,18 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ruleset = _load_rules_or_report(args.rules, err)
     if ruleset is None:
         return 1
+    report = None
+    if args.report or args.labels or args.compare:
+        from bot.backtest_report import ReportRequest
+
+        report = ReportRequest.from_args(args, err)  # labels and old rules checked before the replay
+        if report is None:
+            return 1 if args.report else 2
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
                               rejects_path=args.rejects, first_run=args.first_run, show_progress=True)
+        if report is not None:
+            report.write(result, ruleset, start, end, err)
     except CsvInputError as exc:
         return _report_bad_rows(exc, "nothing was replayed", err)
     except BacktestError as exc:
@@ -432,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = add_command(sub, "backtest", "replay rules over a usage CSV, bucket by bucket, without look-ahead",
                     ["usagebot backtest --rules rules/ --usage usage.csv --accounts accounts.csv",
-                     "usagebot backtest --rules rules/ --usage usage.csv --from 2026-10-01 --format json"])
+                     "usagebot backtest --rules rules/ --usage usage.csv --from 2026-10-01 --format json",
+                     "usagebot backtest --rules new.toml --usage u.csv --accounts a.csv --report out.html "
+                     "--labels labels.csv --compare old.toml"])
     b.add_argument("--rules", action="append", required=True, metavar="PATH",
                    help="rule file or directory (repeatable)")
     b.add_argument("--usage", required=True, metavar="CSV", help="usage CSV: timestamp,account,metric,value")
@@ -450,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--first-run", choices=["digest", "quiet", "notify"], default="digest",
                    help="as the service's [evaluation] first_run: conditions already true at the first "
                         "evaluation are recorded, not notified (digest, quiet) or notified (notify)")
+    b.add_argument("--report", metavar="HTML", help="also write one self-contained HTML report: per-rule summary, "
+                                                    "alerts per day, the accounts with the most alerts with charts")
+    b.add_argument("--labels", metavar="CSV", help="with --report: outcome labels (account,metric,start,end,kind): "
+                                                   "precision and recall per rule")
+    b.add_argument("--compare", action="append", metavar="OLD", help="with --report: the rules before a change "
+                   "(file or directory, repeatable): what the change adds and removes, side by side")
     b.set_defaults(func=cmd_backtest)
 
     d = add_command(sub, "demo", "run the whole pipeline on a synthetic book (SQLite, console, CRM dry run)",
@@ -499,8 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands that live with their integrations.
     from bot import crm_commands, db_commands, init_command, outbox_commands, service_commands, slack_commands
+    from bot.web import commands as web_commands
 
-    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands, outbox_commands):
+    for module in (init_command, service_commands, db_commands, slack_commands, crm_commands, outbox_commands,
+                   web_commands):
         module.register(sub)
     return p
 

@@ -11,6 +11,7 @@
     [[notifiers]] more notifiers side by side: webhook, console (integrations.notifiers)
     [salesforce] CRM sync                         (integrations.salesforce.config)
     [health]     usage-health model               (bot.health_config)
+    [web]        the read-only web UI             (bot.web.config)
 
 `${NAME}` / `${NAME:-default}` take values from the environment; secrets
 also from `<key>_file`. `load_config` collects EVERY problem (file:line:
@@ -133,6 +134,7 @@ class AppConfig:
     health: Any = None  # rules.health.HealthModel, when [health] is present
     ruleset: RuleSet | None = None
     notifiers: tuple[Any, ...] = ()  # integrations.notifiers.NotifierSpec per [[notifiers]] entry
+    web: Any = None  # bot.web.config.WebConfig, when [web] is present (the web UI is off without it)
 
     @property
     def is_postgresql(self) -> bool:
@@ -258,6 +260,7 @@ def config_tables() -> tuple[Table, ...]:
     """Every table of the config file with the keys its parser declares (tests/test_docs_keys.py checks
     that each is documented)."""
     from bot.health_config import HEALTH
+    from bot.web.config import WEB
     from integrations.notifiers import NOTIFIERS
     from integrations.salesforce.config import SALESFORCE
     from integrations.slack.config import SLACK
@@ -266,7 +269,7 @@ def config_tables() -> tuple[Table, ...]:
 
     return (STORAGE, RULES, settings_table("service", ServiceConfig), settings_table("scheduler", SchedulerConfig),
             settings_table("evaluation", EvaluationConfig), INGEST, SOURCES, SLACK, SALESFORCE, HEALTH,
-            NOTIFIERS)
+            NOTIFIERS, WEB)
 
 
 def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
@@ -284,10 +287,25 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     from integrations.notifiers import parse_notifiers
 
     notifiers = parse_notifiers(doc.sections("notifiers"))
+    web, slack = _web(doc, slack)
     return AppConfig(file=doc.file, storage_url=storage, rule_paths=paths, service=service,
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
-                     health=health, ruleset=ruleset, notifiers=notifiers)
+                     health=health, ruleset=ruleset, notifiers=notifiers, web=web)
+
+
+def _web(doc: Document, slack: Any) -> tuple[Any, Any]:
+    """[web], and the Slack config with the episode page links of its public_url (alert messages link there)."""
+    if "web" not in doc.data:
+        return None, slack
+    from dataclasses import replace
+
+    from bot.web.config import parse_web_config
+
+    web = parse_web_config(doc.section("web"), slack_bot_token=bool(slack is not None and slack.enabled))
+    if web.enabled and web.public_url and slack is not None:
+        slack = replace(slack, episode_url=f"{web.public_url}/episodes/{{episode_id}}")
+    return web, slack
 
 
 def check_config(path: str | Path, env: Mapping[str, str] | None = None,

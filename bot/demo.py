@@ -44,10 +44,16 @@ class DemoReport:
     crm_rows: int
 
 
-def write_book_csv(book: DemoBook, usage_path: Path, accounts_path: Path) -> None:
-    """The book as the CSV files `usagebot backtest` and `ingest` read (exact round trip)."""
+def write_book_csv(book: DemoBook, usage_path: Path, accounts_path: Path, labels_path: Path | None = None) -> None:
+    """The book as the CSV files `usagebot backtest` and `ingest` read (exact round trip), and its
+    ground truth as the labels `backtest --labels` reads."""
     write_usage_csv(usage_path, book.records())
     write_accounts_csv(accounts_path, book.accounts)
+    if labels_path is not None:
+        from bot.labels import OutcomeLabel, write_labels
+
+        write_labels(labels_path, [OutcomeLabel(lb.account, lb.metric, lb.start, lb.end, lb.kind)
+                                   for lb in book.labels if lb.account != "*"])
 
 
 def run_demo(
@@ -69,7 +75,7 @@ def run_demo(
 
     book = generate_book(n_accounts=n_accounts, days=days, end=end, seed=seed)
     usage_csv, accounts_csv = data / "demo-usage.csv", data / "demo-accounts.csv"
-    write_book_csv(book, usage_csv, accounts_csv)
+    write_book_csv(book, usage_csv, accounts_csv, data / "demo-labels.csv")
 
     engine = make_engine(f"sqlite:///{db_path}")
     try:
@@ -129,7 +135,9 @@ def run_demo(
         ub = command_prefix()  # `usagebot` is not on a fresh shell's PATH when it lives in .venv/bin
         rules = ruleset.files[0] if ruleset.files else SHIPPED_RULES
         print(f"\nTry next (in any shell, from this folder):\n  {ub} check {rules}\n"
-              f"  {ub} backtest --rules {rules} --usage {usage_csv} --accounts {accounts_csv}\n"
+              f"  {ub} backtest --rules {rules} --usage {usage_csv} --accounts {accounts_csv}"
+              f" --report {data / 'backtest.html'} --labels {data / 'demo-labels.csv'}\n"
+              f"  {ub} ui   # alerts, episodes and accounts with charts, in the browser\n"
               f"  {ub} init my-usagebot --demo && {ub} serve --config my-usagebot/config.toml   "
               "# the service on this book", file=out)
         return DemoReport(db_path, usage_csv, accounts_csv, fired, notified, resolved, open_alerts, by_rule,

@@ -91,6 +91,7 @@ class Route:
     name: str  # the `route` label of the HTTP metrics
     max_body: int = 0  # bytes; 0 = no body accepted
     authorize: Authorize | None = None  # checked on the headers, before the body is read
+    prefix: bool = False  # also every path under `path` (the web UI); exact routes win
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,13 @@ class HttpServer:
         return Server(self._app, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
 
     def _route(self, method: str, path: str) -> tuple[Route | None, list[str]]:
-        route = self.routes.get(("GET" if method == "HEAD" else method, path))
-        allowed = sorted(m for (m, p) in self.routes if p == path)
+        m = "GET" if method == "HEAD" else method
+        route = self.routes.get((m, path))
+        allowed = sorted(mm for (mm, p) in self.routes if p == path)
+        if route is None and not allowed:  # a prefix route (the longest) takes paths no exact route has
+            under = [r for (mm, p), r in self.routes.items() if r.prefix and mm == m and
+                     (path == p or path.startswith(p if p.endswith("/") else p + "/"))]
+            route = max(under, key=lambda r: len(r.path), default=None)
         return route, allowed
 
     def _precheck(self, req: HTTPRequestParser) -> tuple[Response | None, str]:

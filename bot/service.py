@@ -3,7 +3,8 @@
 One process runs
 - an HTTP server: GET /healthz (alive), GET /readyz (database reachable and
   migrated, not shutting down), GET /metrics (Prometheus), POST to the push
-  ingest path ([ingest]), and Slack's request URL in HTTP mode ([slack]);
+  ingest path ([ingest]), Slack's request URL in HTTP mode ([slack]), and the
+  read-only web UI on every other GET path ([web], bot.web);
 - the Slack app in Socket Mode when configured (every replica serves Slack);
 - the scheduler (bot.scheduler): on the leader replica only, jobs that poll
   every source, evaluate rules after new data and when buckets close, check
@@ -505,6 +506,11 @@ class Service:
 
             r.append(Route("POST", slack.http_path, wsgi_route(http_handler(self._slack_app(), slack)), "slack",
                            max_body=self.config.service.max_body_bytes, authorize=slack_signature_headers))
+        web = self.config.web
+        if web is not None and web.enabled:  # the read-only web UI (bot.web): every other GET path
+            from bot.web.app import WebUI
+
+            r.extend(WebUI(web, self.engine, lambda: self.ruleset, self.clock, slack).routes())  # type: ignore[arg-type]
         return r
 
     def _slack_app(self) -> Any:

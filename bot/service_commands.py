@@ -69,6 +69,7 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         f"  ingest:     {('POST ' + config.ingest.path) if config.ingest else 'off'}",
         f"  slack:      {_slack_summary(config.slack)}",
         f"  salesforce: {_sf_summary(config.salesforce)}",
+        f"  web UI:     {_web_summary(config.web)}",
         f"  leader:     {config.scheduler.leader}",
     ]
     print("\n".join(lines), file=out)
@@ -81,6 +82,15 @@ def _slack_summary(slack: object) -> str:
     if not getattr(slack, "enabled", False):
         return "no bot token (alerts go to the console)"
     return f"on ({getattr(slack, 'interactive_mode', None) or 'alerts only'})"
+
+
+def _web_summary(web: object) -> str:
+    if web is None or not getattr(web, "enabled", False):
+        return "off (no [web] section)"
+    ways = [w for w, on in (("Sign in with Slack", getattr(web, "slack_sign_in", False)),
+                            ("tokens", bool(getattr(web, "tokens", ()))),
+                            ("anonymous", getattr(web, "anonymous", False))) if on]
+    return f"on ({', '.join(ways)}){' at ' + str(web.public_url) if getattr(web, 'public_url', None) else ''}"
 
 
 def _sf_summary(sf: object) -> str:

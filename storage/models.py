@@ -17,6 +17,9 @@ metadata = SQLModel.metadata
 
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"  # type: ignore[assignment]
+    # The web UI's owner filter and owner-only access (bot/web/queries.py): an owner's accounts
+    # without scanning every account.
+    __table_args__ = (sa.Index("ix_accounts_owner_email", "owner_email"),)
 
     id: str = Field(primary_key=True)
     name: str = ""
@@ -146,6 +149,11 @@ class AlertEpisode(SQLModel, table=True):
         # start one: the second insert fails and its cycle runs again; bot/cycle_lock.py).
         sa.Index("uq_alert_episodes_open", "rule_id", "account_id", "metric", "discriminator", unique=True,
                  postgresql_where=sa.text(OPEN_EPISODE_SQL), sqlite_where=sa.text(OPEN_EPISODE_SQL)),
+        # The web UI's alert list: newest first by start (keyset pages), alone or by state or rule
+        # (bot/web/queries.py; 0011_web_ui_indexes).
+        sa.Index("ix_alert_episodes_started", "started_at", "id"),
+        sa.Index("ix_alert_episodes_status_started", "status", "started_at", "id"),
+        sa.Index("ix_alert_episodes_rule_started", "rule_id", "started_at", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -109,7 +109,7 @@ _CONFIG_PARTS = {
     "evaluation": ("operations.md", "### `[evaluation]`"), "ingest": ("sources.md", "## Push ingest (CloudEvents)"),
     "sources": ("sources.md", "## Keys every source has"), "slack": ("slack.md", "## Configuration"),
     "salesforce": ("salesforce.md", None), "health": ("salesforce.md", "### Configuring it: `[health]`"),
-    "notifiers": ("operations.md", "### `[[notifiers]]`"),
+    "notifiers": ("operations.md", "### `[[notifiers]]`"), "web": ("web.md", "## Access"),
 }
 
 

@@ -79,6 +79,7 @@ class SlackConfig:
     timeout: int = 15  # seconds per Slack API request
     user_cache_ttl: int = 86_400
     negative_cache_ttl: int = 3_600
+    episode_url: str | None = None  # from [web] public_url: "https://.../episodes/{episode_id}" (alerts link to it)
 
     @property
     def enabled(self) -> bool:

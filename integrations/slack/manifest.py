@@ -23,6 +23,7 @@ BOT_SCOPES = (
     "channels:history",  # find a channel post made just before a crash (no duplicates)
     "groups:history",
     "usergroups:read",  # allowed_usergroups
+    "files:write",  # the chart of each alert, uploaded into its thread (files_upload_v2)
 )
 
 

@@ -1,7 +1,8 @@
 """The Slack notifier: delivers alert notices (integrations.notice) as threads, one per alert episode.
 
 - "fired": a parent message in each destination (owner DM, channels); its channel/ts are kept
-  (storage.slack messages, and the episode's slack_channel/slack_ts for the first one).
+  (storage.slack messages, and the episode's slack_channel/slack_ts for the first one); the
+  episode's chart goes into its thread (integrations.slack.charts).
 - "renotified" / "resolved": a reply in each thread, then chat.update of the parent so it shows
   the state. A quiet resolution (a billing period ended, an opportunity passed) only updates
   the parents. A follow-up waits (RetryLater) while the episode's first message is still queued, so
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from integrations.notice import AlertNotice
 from integrations.slack.api import SlackApi
+from integrations.slack.charts import ChartAttacher
 from integrations.slack.config import SlackConfig
 from integrations.slack.delivery import Poster
 from integrations.slack.errors import PermanentSlackError, RetryLater
@@ -57,6 +59,7 @@ class SlackNotifier:
         self.directory = SlackDirectory(self.api, engine, config, clock)
         self.renderer = SlackRenderer(config)
         self.poster = Poster(self.api, engine, clock, lease=lease)
+        self.charts = ChartAttacher(self.api, engine, clock, lease=lease)  # the chart in each alert's thread
         self.interactive = config.interactive_mode is not None if interactive is None else interactive
 
     # -------------------------------------------------------------- deliver
@@ -175,6 +178,7 @@ class SlackNotifier:
                 current = get_episode(self.engine, eid)
                 if current is not None and not current.get("slack_ts"):  # the first destination's message
                     set_slack_message(self.engine, eid, cid, ts)
+            self.charts.attach(step, cid, ts, eid, notice.account_name or "")
             return True
         view = self._view(episode, event, at)
         content = self.renderer.followup(notice, view, owner)

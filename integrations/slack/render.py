@@ -318,7 +318,8 @@ class SlackRenderer:
         event = view.last_event or notice.event or "fired"
         icon = "✅" if view.status == "resolved" else EVENT_ICONS.get(event, "🔔")
         links = {"crm": url_from_template(self.config.crm_url, record),
-                 "dashboard": url_from_template(self.config.dashboard_url, record)}
+                 "dashboard": url_from_template(self.config.dashboard_url, record),
+                 "episode": episode_link(self.config, view.episode_id)}
         return {
             "a": record, "details": record["details"], "view": asdict(view), "status_line": view.status_line(),
             "owner_mention": owner_mention, "links": links, "spark": sparkline(list(notice.recent)),
@@ -367,6 +368,13 @@ class SlackRenderer:
     def usage_reply(self, name: str, ctx: Mapping[str, Any]) -> SlackMessageContent:
         """`/usage` answers: slack/account.json.j2, slack/alerts.json.j2, slack/top.json.j2."""
         return self.render([f"slack/{name}.json.j2"], {"fallback_text": "usagebot", **ctx})
+
+
+def episode_link(config: SlackConfig, episode_id: int | None) -> str | None:
+    """The episode's page in the web UI ([web] public_url), or None."""
+    if not config.episode_url or episode_id is None:
+        return None
+    return config.episode_url.replace("{episode_id}", str(int(episode_id)))
 
 
 def fallback_text(notice: AlertNotice) -> str:

@@ -12,7 +12,17 @@ It behaves like Slack where usagebot depends on it:
   (to kill a client mid-delivery), and delays;
 - response_url endpoints (/response/<id>) that record what an app posts to them;
 - Socket Mode: apps.connections.open returns a ws:// URL served here; `socket_send` pushes an
-  envelope to the connected app and `socket_acks` records the app's acknowledgements.
+  envelope to the connected app and `socket_acks` records the app's acknowledgements;
+- Sign in with Slack (OpenID Connect): GET /openid/connect/authorize (the person `oidc_user` approves
+  at once, or denies when it is None; unknown client ids and redirect URIs are refused as Slack does),
+  POST /api/openid.connect.token (client id and secret by HTTP Basic auth, each code once, the same
+  redirect_uri) returning an RS256 id_token, GET /openid/connect/keys (the JWKS), and
+  openid.connect.userInfo;
+- file uploads as files_upload_v2 makes them: files.getUploadURLExternal (filename, length), a POST of
+  the bytes to the upload URL it returned, files.completeUploadExternal (files [{id, title}], channel_id,
+  thread_ts: shared in the thread as a message with `files`, which conversations.replies / history
+  return; kept in Channel.file_messages, apart from the posted messages); missing_scope without
+  files:write in `scopes`.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from slack_sdk.models.blocks import Block
 
 BOT_USER = "U0BOTUSER"
 TEAM = "T0TEAM001"
+OIDC_ISSUER = "https://slack.com"
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -66,6 +77,7 @@ class Channel:
     is_member: bool = True
     user: str | None = None  # the other user of a DM
     messages: list[dict[str, Any]] = field(default_factory=list)
+    file_messages: list[dict[str, Any]] = field(default_factory=list)  # files shared here (uploads)
 
 
 class FakeSlack:
@@ -90,6 +102,14 @@ class FakeSlack:
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self.socket_acks: list[dict[str, Any]] = []
+        self.scopes: set[str] = {"chat:write", "files:write"}
+        self.files: dict[str, dict[str, Any]] = {}  # file id -> {"filename", "length", "content", "title", ...}
+        self.oidc_clients: dict[str, tuple[str, str]] = {}  # client id -> (secret, redirect URI)
+        self.oidc_user: str | None = None  # who approves at the authorize page (None: denies)
+        self.oidc_codes: dict[str, dict[str, Any]] = {}
+        self.oidc_tokens: dict[str, str] = {}  # access token -> user id
+        self.oidc_sign_with_other_key = False  # sign id_tokens with a key not in the JWKS (a forgery)
+        self._oidc_key: Any = None
         self._ws_out: queue.Queue[bytes | None] | None = None
         self._ws_sock: socket.socket | None = None
         self.ws_connected = threading.Event()
@@ -141,6 +161,11 @@ class FakeSlack:
             cid = cid or f"C{next(self._ids):08d}"
             self.channels[cid] = Channel(cid, name.lstrip("#"), is_private=private, is_member=member)
             return cid
+
+    def add_oidc_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
+        """A Slack app with Sign in with Slack: its credentials and its one registered redirect URL."""
+        with self.lock:
+            self.oidc_clients[client_id] = (client_secret, redirect_uri)
 
     def add_usergroup(self, gid: str, users: list[str]) -> None:
         with self.lock:
@@ -242,6 +267,15 @@ class FakeSlack:
         return f"{int(self.clock())}.{next(self._seq):06d}"
 
     def dispatch(self, method: str, p: dict[str, Any], auth: str) -> dict[str, Any]:
+        if method == "openid.connect.token":  # the app's client credentials, not a token
+            with self.lock:
+                return self.m_openid_connect_token(p, auth)
+        if method == "openid.connect.userInfo":
+            with self.lock:
+                uid = self.oidc_tokens.get(auth)
+                if uid is None:
+                    return {"ok": False, "error": "invalid_auth"}
+                return {"ok": True, **self._oidc_claims(uid, "", "")}
         expected = self.app_token if method == "apps.connections.open" else self.token
         if not auth:
             return {"ok": False, "error": "not_authed"}
@@ -315,7 +349,8 @@ class FakeSlack:
         if isinstance(ch, dict):
             return ch
         oldest = float(p.get("oldest") or 0)
-        msgs = [self._visible(m, p) for m in reversed(ch.messages)
+        every = sorted(ch.messages + ch.file_messages, key=lambda m: float(m["ts"]))
+        msgs = [self._visible(m, p) for m in reversed(every)
                 if (not m.get("thread_ts") or m["thread_ts"] == m["ts"]) and float(m["ts"]) > oldest]
         page, nxt = self._page(msgs, p)
         return {"ok": True, "messages": page, "has_more": bool(nxt), "response_metadata": {"next_cursor": nxt}}
@@ -329,7 +364,8 @@ class FakeSlack:
         if parent is None:
             return {"ok": False, "error": "thread_not_found"}
         oldest = float(p.get("oldest") or 0)
-        replies = [self._visible(m, p) for m in ch.messages
+        thread = sorted(ch.messages + ch.file_messages, key=lambda m: float(m["ts"]))
+        replies = [self._visible(m, p) for m in thread
                    if m.get("thread_ts") == ts and m["ts"] != ts and float(m["ts"]) > oldest]
         page, nxt = self._page([self._visible(parent, p), *replies], p)
         return {"ok": True, "messages": page, "has_more": bool(nxt), "response_metadata": {"next_cursor": nxt}}
@@ -393,6 +429,145 @@ class FakeSlack:
         msg["edits"] = msg.get("edits", 0) + 1
         return {"ok": True, "channel": ch.id, "ts": msg["ts"], "text": msg["text"]}
 
+    # --- Sign in with Slack (OpenID Connect)
+
+    def _oidc_keys(self) -> Any:
+        if self._oidc_key is None:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            self._oidc_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._oidc_key
+
+    def jwks(self) -> dict[str, Any]:
+        import jwt
+
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._oidc_keys().public_key()))
+        return {"keys": [{**jwk, "kid": "fake-slack-1", "alg": "RS256", "use": "sig"}]}
+
+    def authorize(self, q: dict[str, str]) -> tuple[int, str]:
+        """(status, redirect Location or error text) of GET /openid/connect/authorize."""
+        with self.lock:
+            client = self.oidc_clients.get(q.get("client_id", ""))
+            if client is None:
+                return 400, "Invalid client_id parameter"
+            if q.get("redirect_uri") != client[1]:
+                return 400, "redirect_uri did not match any configured URIs"
+            if q.get("response_type") != "code" or "openid" not in q.get("scope", "").replace(",", " ").split():
+                return 400, "Invalid scope or response_type"
+            state = q.get("state", "")
+            sep = "&" if "?" in client[1] else "?"
+            if self.oidc_user is None:
+                return 302, f"{client[1]}{sep}error=access_denied&state={state}"
+            code = f"code-{next(self._ids)}"
+            self.oidc_codes[code] = {"client_id": q["client_id"], "redirect_uri": q["redirect_uri"],
+                                     "nonce": q.get("nonce", ""), "user": self.oidc_user, "used": False}
+            return 302, f"{client[1]}{sep}code={code}&state={state}"
+
+    def _oidc_claims(self, uid: str, client_id: str, nonce: str) -> dict[str, Any]:
+        u = self.users[uid]
+        now = int(self.clock())
+        claims = {"iss": OIDC_ISSUER, "sub": uid, "aud": client_id, "exp": now + 3600, "iat": now,
+                  "auth_time": now, "https://slack.com/user_id": uid,
+                  "https://slack.com/team_id": u.get("team_id", TEAM), "email": u["profile"]["email"],
+                  "email_verified": True, "name": u["profile"].get("real_name", u["name"]), "locale": "en-US"}
+        if nonce:
+            claims["nonce"] = nonce
+        return claims
+
+    def m_openid_connect_token(self, p: dict[str, Any], auth: str) -> dict[str, Any]:
+        import jwt
+
+        client_id, _, secret = base64.b64decode(auth.removeprefix("Basic ").strip() or b"").decode().partition(":") \
+            if auth.startswith("Basic ") else (str(p.get("client_id", "")), "", str(p.get("client_secret", "")))
+        client = self.oidc_clients.get(client_id)
+        if client is None:
+            return {"ok": False, "error": "invalid_client_id"}
+        if secret != client[0]:
+            return {"ok": False, "error": "bad_client_secret"}
+        grant = self.oidc_codes.get(str(p.get("code", "")))
+        if grant is None or grant["used"] or grant["client_id"] != client_id:
+            return {"ok": False, "error": "invalid_code"}
+        grant["used"] = True
+        if p.get("redirect_uri") != grant["redirect_uri"]:
+            return {"ok": False, "error": "bad_redirect_uri"}
+        key = self._oidc_keys()
+        if self.oidc_sign_with_other_key:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        id_token = jwt.encode(self._oidc_claims(grant["user"], client_id, grant["nonce"]), key, algorithm="RS256",
+                              headers={"kid": "fake-slack-1"})
+        access = f"xoxp-oidc-{next(self._ids)}"
+        self.oidc_tokens[access] = grant["user"]
+        return {"ok": True, "access_token": access, "token_type": "Bearer", "id_token": id_token}
+
+    # --- files (files_upload_v2)
+
+    def files_in(self, name_or_id: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """The files shared in a channel (in one thread), oldest first, with their bytes."""
+        ch = self.channel(name_or_id)
+        with self.lock:
+            return [{**self.files[f["id"]], "ts": m["ts"]} for m in ch.file_messages
+                    if thread_ts is None or m.get("thread_ts") == thread_ts for f in m["files"]]
+
+    def m_files_getUploadURLExternal(self, p: dict[str, Any]) -> dict[str, Any]:
+        if "files:write" not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": "files:write"}
+        name, length = str(p.get("filename") or ""), str(p.get("length") or "")
+        if not name or not length.isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        fid = f"F{next(self._ids):08d}"
+        self.files[fid] = {"id": fid, "filename": name, "length": int(length), "content": None, "shared": False}
+        return {"ok": True, "upload_url": f"{self.url}upload/{fid}", "file_id": fid}
+
+    def receive_upload(self, fid: str, body: bytes) -> bool:
+        with self.lock:
+            f = self.files.get(fid)
+            if f is None:
+                return False
+            f["content"] = body
+            return True
+
+    def m_files_completeUploadExternal(self, p: dict[str, Any]) -> dict[str, Any]:
+        if "files:write" not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": "files:write"}
+        items = _json_param(p.get("files"))
+        if not isinstance(items, list) or not items:
+            return {"ok": False, "error": "invalid_arguments"}
+        done = []
+        for it in items:
+            f = self.files.get(str((it or {}).get("id")))
+            if f is None or f["content"] is None or f["shared"]:
+                return {"ok": False, "error": "file_not_found"}
+            if len(f["content"]) != f["length"]:
+                return {"ok": False, "error": "file_uploaded_size_mismatch"}
+            done.append((f, str(it.get("title") or f["filename"])))
+        channel_id = p.get("channel_id") or None
+        thread_ts = p.get("thread_ts") or None
+        if channel_id is not None:
+            ch = self.channels.get(str(channel_id))
+            if ch is None:
+                return {"ok": False, "error": "channel_not_found"}
+            if not ch.is_member and not ch.is_im:
+                return {"ok": False, "error": "not_in_channel"}
+            if thread_ts and not any(m["ts"] == thread_ts for m in ch.messages):
+                return {"ok": False, "error": "thread_not_found"}
+        out = []
+        for f, title in done:
+            f.update(shared=True, title=title, mimetype="image/png" if f["filename"].endswith(".png") else "")
+            out.append({"id": f["id"], "name": f["filename"], "title": title, "size": f["length"],
+                        "mimetype": f["mimetype"]})
+        if channel_id is not None:
+            msg: dict[str, Any] = {"type": "message", "user": BOT_USER, "ts": self._new_ts(),
+                                   "text": str(p.get("initial_comment") or ""), "files": out, "upload": True}
+            if thread_ts:
+                msg["thread_ts"] = thread_ts
+                parent = next(m for m in ch.messages if m["ts"] == thread_ts)
+                parent["thread_ts"] = thread_ts
+                parent["reply_count"] = parent.get("reply_count", 0) + 1
+            ch.file_messages.append(msg)
+        return {"ok": True, "files": out}
+
     def m_apps_connections_open(self, p: dict[str, Any]) -> dict[str, Any]:
         host, port = self.server.server_address[:2]
         return {"ok": True, "url": f"ws://{host}:{port}/socket?ticket=t{next(self._ids)}"}
@@ -431,13 +606,40 @@ class FakeSlack:
                 return params
 
             def do_GET(self) -> None:  # noqa: N802
-                if urlparse(self.path).path == "/socket" and self.headers.get("Upgrade", "").lower() == "websocket":
+                u = urlparse(self.path)
+                if u.path == "/socket" and self.headers.get("Upgrade", "").lower() == "websocket":
                     fake._serve_websocket(self)
+                    return
+                if u.path == "/openid/connect/keys":
+                    self._send(200, json.dumps(fake.jwks()).encode())
+                    return
+                if u.path == "/openid/connect/authorize":
+                    status, where = fake.authorize({k: v[-1] for k, v in parse_qs(u.query).items()})
+                    with fake.lock:
+                        fake.calls.append(Call("openid.connect.authorize", {"query": u.query}, time.monotonic(),
+                                               status))
+                    if status == 302:
+                        self._send(302, b"", "text/plain", {"Location": where})
+                    else:
+                        self._send(status, where.encode(), "text/plain")
                     return
                 self._api()
 
             def do_POST(self) -> None:  # noqa: N802
                 path = urlparse(self.path).path
+                if path.startswith("/upload/"):  # files_upload_v2 step 2: the bytes, to the URL we issued
+                    n = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(n) if n else b""
+                    with fake.lock:
+                        fake.calls.append(Call("upload", {"file": path.rsplit("/", 1)[-1], "bytes": len(body)},
+                                               time.monotonic()))
+                    if fake.outage:
+                        self._send(503, b"down", "text/plain")
+                    elif fake.receive_upload(path.rsplit("/", 1)[-1], body):
+                        self._send(200, f"OK - {len(body)}".encode(), "text/plain")
+                    else:
+                        self._send(404, b"no such upload", "text/plain")
+                    return
                 if path.startswith("/response/"):
                     rid = path.rsplit("/", 1)[-1]
                     body = self._params()
@@ -455,7 +657,8 @@ class FakeSlack:
                     return
                 method = path[len("/api/"):]
                 params = self._params()
-                auth = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                raw_auth = self.headers.get("Authorization", "")
+                auth = raw_auth if raw_auth.startswith("Basic ") else raw_auth.removeprefix("Bearer ").strip()
                 if not auth and params.get("token"):
                     auth = str(params["token"])
                 call = Call(method, {k: v for k, v in params.items() if k != "token"}, time.monotonic())

@@ -33,7 +33,7 @@ def test_alert_has_header_sentence_numbers_sparkline_quota_links_and_buttons():
     assert m.blocks[0]["type"] == "header" and "Acme Corp" in m.blocks[0]["text"]["text"]
     flat = _texts(m.blocks)
     for expected in ("api_calls 5,230 is 2.9x the usual 1,800", "*Usual level*\\n1,800", "*Threshold*\\n4,500",
-                     "<@U0ALICE01>", "▁", "*83%* of 100,000", "projected to reach it *2026-11-28*",
+                     "<@U0ALICE01>", "`▃▃ ▄▃█`", "*83%* of 100,000", "projected to reach it *2026-11-28*",
                      "https://crm.example.com/001000000000001", "https://d.example.com/acme/api_calls",
                      "usagebot_ack", "usagebot_snooze", "7:30d", "usagebot_not_useful", "Firing since"):
         assert expected in flat, expected
