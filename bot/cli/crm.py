@@ -12,11 +12,11 @@ SQLite file; rules (used to know each alert's kind) from --rules, else
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 from typing import TextIO
 
 from bot.cli.support import (
+    SHIPPED_RULES,
     add_command,
     add_config_option,
     add_db_option,
@@ -24,6 +24,9 @@ from bot.cli.support import (
     config_path,
     database_url,
     load_or_report,
+    load_rules_or_report,
+    missing_paths,
+    time_or_now,
 )
 from bot.config.app import basics
 from bot.config.health import parse_health_model
@@ -56,18 +59,6 @@ def load_crm_settings(path: str | None, env: dict[str, str] | None = None) -> Cr
     return CrmSettings(sf, health, common.storage_url, list(common.rule_paths))
 
 
-def _parse_at(text: str | None, err: TextIO) -> int | None:
-    from bot.backtest.run import BacktestError, parse_time
-
-    if not text:
-        return int(time.time())
-    try:
-        return parse_time(text, "--at")
-    except BacktestError as exc:
-        print(f"usagebot crm: {exc}", file=err)
-        return None
-
-
 def _settings_or_report(args: argparse.Namespace, err: TextIO) -> CrmSettings | None:
     return load_or_report(lambda: load_crm_settings(args.config), err)
 
@@ -77,23 +68,22 @@ def _db(args: argparse.Namespace, settings: CrmSettings) -> str:
 
 
 def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from bot.cli.main import _load_rules_or_report, _missing_paths, _shipped_rules
     from bot.cli.progress import activity
     from bot.crm.sync import run_crm_sync
     from storage.db import make_engine, migrate, open_existing
 
-    if args.config and _missing_paths([args.config], "--config", err):
+    if args.config and missing_paths([args.config], "--config", err):
         return 2
     settings = _settings_or_report(args, err)
     if settings is None:
         return 1
-    now = _parse_at(args.at, err)
+    now = time_or_now(args.at, "--at", err, "crm")
     if now is None:
         return 2
-    rule_paths = args.rules or settings.rule_paths or [str(_shipped_rules())]
-    if _missing_paths(rule_paths, "rules", err):
+    rule_paths = args.rules or settings.rule_paths or [str(SHIPPED_RULES)]
+    if missing_paths(rule_paths, "rules", err):
         return 2
-    ruleset = _load_rules_or_report(rule_paths, err)
+    ruleset = load_rules_or_report(rule_paths, err)
     if ruleset is None:
         return 1
     sf = settings.salesforce

@@ -9,19 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from bot.cli.support import add_command, add_config_option, add_db_option, add_group
-
-
-def _url(args: argparse.Namespace) -> str:
-    from bot.cli.main import _db_url
-
-    return _db_url(args)
+from bot.cli.support import add_command, add_config_option, add_db_option, add_group, db_url
 
 
 def cmd_upgrade(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from storage.db import make_engine, migrate, redact_url
 
-    url = _url(args)
+    url = db_url(args)
     engine = make_engine(url)
     try:
         before, after = migrate(engine)
@@ -45,7 +39,7 @@ def cmd_current(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         redact_url,
     )
 
-    url = _url(args)
+    url = db_url(args)
     try:
         engine = open_existing(url)  # a missing database or one without a schema is an error
     except SchemaMismatch:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from bot.cli.support import command_prefix
+from bot.cli.support import SHIPPED_RULES, command_prefix
 from bot.crm.preview import crm_preview
 from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.console import ConsoleNotifier
@@ -27,8 +27,6 @@ from storage.accounts import upsert_accounts
 from storage.db import make_engine, migrate
 from storage.episodes import load_states
 from storage.usage import UPSERT_CHUNK, in_chunks, load_usage
-
-SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
 
 
 @dataclass

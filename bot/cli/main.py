@@ -18,38 +18,18 @@ from bot import __version__
 from bot.cli.support import (
     DB_ENV,
     DEFAULT_DATA_DIR,
+    SHIPPED_RULES,
     add_command,
     add_config_option,
     add_db_option,
     config_path,
     database_url,
+    db_url,
+    load_rules_or_report,
+    missing_paths,
 )
-from rules.model import RuleSet
 
 INGEST_CHUNK_ROWS = 200_000  # CSV rows parsed per chunk by `usagebot ingest` (memory ~ one chunk)
-
-
-def _shipped_rules() -> Path:
-    return Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
-
-
-def _load_rules_or_report(paths: Sequence[str], err: TextIO) -> RuleSet | None:
-    from rules.loader import check_rules
-
-    ruleset, problems = check_rules(paths)
-    for p in problems:
-        print(str(p), file=err)
-    if problems:
-        print(f"{len(problems)} problem(s) in the rules; nothing was run.", file=err)
-        return None
-    return ruleset
-
-
-def _missing_paths(paths: Sequence[str], flag: str, err: TextIO) -> bool:
-    missing = [p for p in paths if not Path(p).exists()]
-    for p in missing:
-        print(f"{flag}: {p}: no such file or directory", file=err)
-    return bool(missing)
 
 
 def _report_bad_rows(exc: Exception, consequence: str, err: TextIO) -> int:
@@ -79,21 +59,6 @@ def _report_skipped(errors: Sequence[Any], verbose: bool, err: TextIO, shown: in
               "them)", file=err)
 
 
-def _db_url(args: argparse.Namespace) -> str:
-    """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
-    from bot.config.app import storage_url
-    from rules.config import load_document
-
-    configured = None
-    if args.db is None and not os.environ.get(DB_ENV):
-        path = config_path(getattr(args, "config", None))
-        if path is not None:
-            doc = load_document(path)
-            configured = storage_url(doc)
-            doc.raise_if_problems()
-    return database_url(args.db, configured)
-
-
 # ---------------------------------------------------------------------------- commands
 
 
@@ -102,10 +67,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rules.lint import lint
     from rules.loader import check_rules
 
-    if _missing_paths(args.paths, "check", err):
+    if missing_paths(args.paths, "check", err):
         return 2
     data_files = [p for p in (args.usage, args.accounts) if p]
-    if _missing_paths(data_files, "--usage/--accounts", err):
+    if missing_paths(data_files, "--usage/--accounts", err):
         return 2
     ruleset, problems = check_rules(args.paths)
     for p in problems:
@@ -188,7 +153,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from integrations.sources.csv_rows import CsvInputError
 
     paths = [args.usage] + ([args.accounts] if args.accounts else [])
-    if _missing_paths(args.rules, "--rules", err) or _missing_paths(paths, "--usage/--accounts", err):
+    if missing_paths(args.rules, "--rules", err) or missing_paths(paths, "--usage/--accounts", err):
         return 2
     try:
         start = parse_time(args.start, "--from") if args.start else None
@@ -196,7 +161,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BacktestError as exc:
         print(f"usagebot backtest: {exc}", file=err)
         return 2
-    ruleset = _load_rules_or_report(args.rules, err)
+    ruleset = load_rules_or_report(args.rules, err)
     if ruleset is None:
         return 1
     report = None
@@ -234,8 +199,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.backtest.run import BacktestError, parse_time
     from bot.cli.demo import run_demo
 
-    rule_paths = args.rules or [str(_shipped_rules())]
-    ruleset = _load_rules_or_report(rule_paths, err)
+    rule_paths = args.rules or [str(SHIPPED_RULES)]
+    ruleset = load_rules_or_report(rule_paths, err)
     if ruleset is None:
         return 1
     try:
@@ -266,10 +231,10 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not files:
         print("usagebot ingest: give --usage and/or --accounts", file=err)
         return 2
-    if _missing_paths(files, "ingest", err):
+    if missing_paths(files, "ingest", err):
         return 2
     started = time.monotonic()
-    url = _db_url(args)
+    url = db_url(args)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url)
@@ -335,19 +300,19 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from integrations.notifiers import build_notifiers
     from storage.db import make_engine, migrate
 
-    if _missing_paths(args.rules, "--rules", err):
+    if missing_paths(args.rules, "--rules", err):
         return 2
     config = None
     path = config_path(args.config)
     if path is not None:
         from bot.config.app import load_config
 
-        if _missing_paths([path], "--config", err):
+        if missing_paths([path], "--config", err):
             return 2
         config = load_or_report(lambda: load_config(path), err)
         if config is None:
             return 1
-    ruleset = _load_rules_or_report(args.rules, err)
+    ruleset = load_rules_or_report(args.rules, err)
     if ruleset is None:
         return 1
     try:

@@ -14,13 +14,7 @@ import argparse
 import time
 from typing import Any, TextIO
 
-from bot.cli.support import add_command, add_config_option, add_db_option, add_group
-
-
-def _url(args: argparse.Namespace) -> str:
-    from bot.cli.main import _db_url
-
-    return _db_url(args)
+from bot.cli.support import add_command, add_config_option, add_db_option, add_group, db_url
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -28,7 +22,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from storage.db import open_existing
     from storage.outbox import counts, list_outbox
 
-    engine = open_existing(_url(args))
+    engine = open_existing(db_url(args))
     try:
         rows = [r for r in list_outbox(engine, status=args.status, limit=args.limit * 10 if args.kind else args.limit)
                 if args.kind is None or r.kind == args.kind][: args.limit]
@@ -48,7 +42,7 @@ def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from storage.db import open_existing
     from storage.outbox import retry_dead
 
-    engine = open_existing(_url(args))
+    engine = open_existing(db_url(args))
     try:
         n = retry_dead(engine, int(time.time()), ids=args.ids or None)
     finally:
@@ -60,8 +54,7 @@ def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.cli.settings import config_path
-    from bot.cli.slack import _time
-    from bot.cli.support import load_or_report
+    from bot.cli.support import load_or_report, time_or_now
     from bot.service.pipeline import DeliveryReport, deliver_rows
     from integrations.notifier import NoticeOutlet
     from integrations.notifiers import build_notifiers
@@ -75,7 +68,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_or_report(lambda: _notifier_config(path), err)
     if config is None:
         return 1
-    now = _time(args.at, "--at", err)
+    now = time_or_now(args.at, "--at", err, "outbox")
     if now is None:
         return 2
     engine = make_engine(args.db or config.storage_url)

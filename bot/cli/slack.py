@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -26,6 +25,7 @@ from bot.cli.support import (
     config_path,
     database_url,
     load_or_report,
+    time_or_now,
 )
 from bot.config.app import admin_channel, basics
 from integrations.slack.config import SlackConfig, parse_slack_config
@@ -80,18 +80,6 @@ def _settings(args: argparse.Namespace, err: TextIO) -> SlackSettings | None:
 
 def _db_url(args: argparse.Namespace, settings: SlackSettings) -> str:
     return database_url(args.db, settings.db_url)
-
-
-def _time(text: str | None, flag: str, err: TextIO) -> int | None:
-    from bot.backtest.run import BacktestError, parse_time
-
-    if not text:
-        return int(time.time())
-    try:
-        return parse_time(text, flag)
-    except BacktestError as exc:
-        print(f"usagebot slack: {exc}", file=err)
-        return None
 
 
 # --------------------------------------------------------------------------- commands
@@ -212,7 +200,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _settings(args, err)
     if settings is None:
         return 1
-    now = _time(args.at, "--at", err)
+    now = time_or_now(args.at, "--at", err, "slack")
     if now is None:
         return 2
     engine = make_engine(_db_url(args, settings))
@@ -244,7 +232,7 @@ def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _settings(args, err)
     if settings is None:
         return 1
-    since = _time(args.since, "--since", err) if args.since else None
+    since = time_or_now(args.since, "--since", err, "slack") if args.since else None
     if args.since and since is None:
         return 2
     engine = open_existing(_db_url(args, settings))  # read-only: never creates or migrates a database

@@ -3,19 +3,77 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from bot.cli.settings import DB_ENV, DEFAULT_DATA_DIR, config_path, database_url
 from rules.config import ConfigError
 
-__all__ = ["DB_ENV", "DEFAULT_DATA_DIR", "add_command", "add_group", "command_prefix", "config_path",
-           "database_url", "load_or_report"]
+if TYPE_CHECKING:
+    from rules.model import RuleSet
+
+__all__ = ["DB_ENV", "DEFAULT_DATA_DIR", "SHIPPED_RULES", "add_command", "add_group", "command_prefix",
+           "config_path", "database_url", "db_url", "load_or_report", "load_rules_or_report", "missing_paths",
+           "time_or_now"]
 
 T = TypeVar("T")
+
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
+
+
+def load_rules_or_report(paths: Sequence[str], err: TextIO) -> RuleSet | None:
+    """The rule files checked; on problems print every one (file:line: rule: field: message) and return None."""
+    from rules.loader import check_rules
+
+    ruleset, problems = check_rules(paths)
+    for p in problems:
+        print(str(p), file=err)
+    if problems:
+        print(f"{len(problems)} problem(s) in the rules; nothing was run.", file=err)
+        return None
+    return ruleset
+
+
+def missing_paths(paths: Sequence[str], flag: str, err: TextIO) -> bool:
+    """Print `flag: path: no such file or directory` for every path that does not exist; True if any."""
+    missing = [p for p in paths if not Path(p).exists()]
+    for p in missing:
+        print(f"{flag}: {p}: no such file or directory", file=err)
+    return bool(missing)
+
+
+def db_url(args: argparse.Namespace) -> str:
+    """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
+    from bot.config.app import storage_url
+    from rules.config import load_document
+
+    configured = None
+    if args.db is None and not os.environ.get(DB_ENV):
+        path = config_path(getattr(args, "config", None))
+        if path is not None:
+            doc = load_document(path)
+            configured = storage_url(doc)
+            doc.raise_if_problems()
+    return database_url(args.db, configured)
+
+
+def time_or_now(text: str | None, flag: str, err: TextIO, command: str) -> int | None:
+    """A time flag (ISO 8601 or epoch seconds) as epoch seconds, now when not given; None (after
+    `usagebot <command>: <why>` on err) when it does not parse."""
+    from bot.backtest.run import BacktestError, parse_time
+
+    if not text:
+        return int(time.time())
+    try:
+        return parse_time(text, flag)
+    except BacktestError as exc:
+        print(f"usagebot {command}: {exc}", file=err)
+        return None
 
 
 def load_or_report(load: Callable[[], T], err: TextIO) -> T | None:

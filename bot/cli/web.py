@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from bot.cli.support import (
     DB_ENV,
     DEFAULT_DATA_DIR,
+    SHIPPED_RULES,
     add_command,
     add_config_option,
     config_path,
@@ -29,10 +30,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 8050
 
 
-def _shipped_rules() -> str:
-    return str(Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml")
-
-
 def _demo_db(data_dir: str, err: TextIO) -> str:
     """The demo book's database, made first (`usagebot demo`, quietly) when it is not there."""
     db = Path(data_dir) / "demo.db"
@@ -41,7 +38,7 @@ def _demo_db(data_dir: str, err: TextIO) -> str:
         from rules.loader import load_rules
 
         print(f"usagebot ui: making the demo book in {data_dir}/ first (usagebot demo)...", file=err)
-        run_demo(load_rules([_shipped_rules()]), io.StringIO(), data_dir=data_dir)
+        run_demo(load_rules([str(SHIPPED_RULES)]), io.StringIO(), data_dir=data_dir)
     return f"sqlite:///{db.resolve()}"
 
 
@@ -60,7 +57,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if config is None:
             return 1
     url = args.db or os.environ.get(DB_ENV) or (config.storage_url if config else None) or _demo_db(args.data_dir, err)
-    rule_paths = args.rules or (list(config.rule_paths) if config else None) or [_shipped_rules()]
+    rule_paths = args.rules or (list(config.rule_paths) if config else None) or [str(SHIPPED_RULES)]
     ruleset, problems = check_rules(rule_paths)
     for p in problems:
         print(str(p), file=err)
