@@ -178,6 +178,7 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
     by_id = ruleset.by_id()
     events = result.events
     last_states: dict = {}
+    row_of = {key: {a: i for i, a in enumerate(b.account_ids)} for key, b in blocks.items()}
     for step in replay(list(ruleset.rules), blocks, accounts, start, end, inhibits=ruleset.inhibits,
                        calendar=ruleset.calendar, quiet_first_run=first_run != "notify"):
         last_states = step.states
@@ -188,8 +189,9 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
             if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):
                 continue
             rule = by_id[t.state.rule_id]
+            key = (rule.metric, rule.bucket)
             rec = alert_record(t, rule, accounts.get(t.state.account_id),
-                               recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at))
+                               recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]))
             events.append(rec)
     return last_states
 
