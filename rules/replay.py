@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from rules.engine import BlockKey, CohortEvent, evaluate
+from rules.engine import BlockKey, CohortEvent, Reuse, evaluate
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, Calendar, Inhibit, MetricBlock, Rule
 
@@ -57,13 +57,14 @@ def replay(
     # handed those, not every state ever recorded (that made a replay quadratic in its days).
     open_now: dict[Key, EpisodeState] = {k: s for k, s in current.items() if s.is_open}
     position = {k: n for n, k in enumerate(current)}  # handed over in `current`'s order, as before
+    reuse = Reuse()
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
     for t in evaluation_times(rules, start, end):
         if len(open_now) > 1:
             open_now = dict(sorted(open_now.items(), key=lambda kv: position[kv[0]]))
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
-                          open_episodes=open_episodes(open_now, by_id))
+                          open_episodes=open_episodes(open_now, by_id), reuse=reuse)
         first = None
         if quiet_first_run:
             decided_accounts = {a for _, a in result.decided}

@@ -61,6 +61,7 @@ from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.durations import format_duration
 from rules.kinds import Ending, Field, Kind, Threshold
+from rules.memo import by_identity
 from rules.model import (
     DAY,
     AccountFacts,
@@ -122,21 +123,28 @@ def required_history(rule: Rule) -> int:
 # ------------------------------------------------------------- shared helpers
 
 
+@by_identity()
 def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.ndarray]]:
-    """Row indices grouped by (billing_day, timezone), in first-seen order."""
+    """Row indices grouped by (billing_day, timezone), in first-seen order (read-only arrays: a tuple of
+    facts is grouped once per replay, rules.memo)."""
     groups: dict[tuple[int, str], list[int]] = {}
     for i, account in enumerate(accounts):
         groups.setdefault((account.billing_day, account.timezone), []).append(i)
-    return [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
+    out = [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
+    for _, _, rows in out:
+        rows.flags.writeable = False
+    return out
 
 
+@by_identity()
 def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
-    """Quota per row; NaN where the account has none for `metric`."""
+    """Quota per row; NaN where the account has none for `metric` (read-only, rules.memo)."""
     out = np.full(len(accounts), np.nan)
     for i, account in enumerate(accounts):
         q = account.quotas.get(metric)
         if q is not None:
             out[i] = float(q)
+    out.flags.writeable = False
     return out
 
 
