@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from rules.engine import BlockKey, CohortEvent, Reuse, evaluate
+from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, evaluate
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
-from rules.model import AccountFacts, Calendar, Inhibit, MetricBlock, Rule
+from rules.model import AccountFacts, Calendar, Inhibit, MetricBlock, OpenEpisode, Rule
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,20 @@ def replay(
     open_now: dict[Key, EpisodeState] = {k: s for k, s in current.items() if s.is_open}
     position = {k: n for n, k in enumerate(current)}  # handed over in `current`'s order, as before
     reuse = Reuse()
+    disordered = False
+    told: dict[Key, tuple[EpisodeState, OpenEpisode]] = {}  # what the detectors were told, per state
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
     for t in evaluation_times(rules, start, end):
-        if len(open_now) > 1:
+        if disordered:  # an episode reopened: back to its place in `current`'s order
             open_now = dict(sorted(open_now.items(), key=lambda kv: position[kv[0]]))
+            disordered = False
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
-                          open_episodes=open_episodes(open_now, by_id), reuse=reuse)
+                          open_episodes=open_episodes(open_now, by_id, memo=told), reuse=reuse)
         first = None
         if quiet_first_run:
-            decided_accounts = {a for _, a in result.decided}
+            decided = result.decided
+            decided_accounts = decided.accounts() if isinstance(decided, DecidedByRule) else {a for _, a in decided}
             first = FirstRun(frozenset(result.evaluated_rules - seen_rules),
                              frozenset(decided_accounts - seen_accounts))
             seen_rules |= result.evaluated_rules
@@ -86,7 +90,9 @@ def replay(
                     position[key] = len(position)
                 current[key] = new
                 if new.is_open:
+                    disordered = disordered or (key not in open_now and position[key] < len(position) - 1)
                     open_now[key] = new
                 else:
                     open_now.pop(key, None)
+                    told.pop(key, None)
         yield ReplayStep(t, step.transitions, live, result.cohort_events)
