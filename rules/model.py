@@ -259,6 +259,28 @@ class MetricBlock:
 # ------------------------------------------------------------------------ findings
 
 
+class _Text:
+    """A str field that may be given as a function returning it, called on first read (and once).
+
+    Detectors hand Finding.message as such a function: most findings of a replay step only keep an
+    episode going (or are dropped, a once-key already fired), and formatting their numbers and dates
+    cost more than deciding them. Reading the field always gives the str."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.slot)  # no class-level default (dataclasses: a required field)
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass(frozen=True)
 class Finding:
     """A rule's condition holding for one account at one evaluation time.
@@ -282,7 +304,7 @@ class Finding:
     threshold: float | None
     window_start: int
     window_end: int
-    message: str
+    message: str = _Text()  # type: ignore[assignment]  # a str, or a function returning it (read: the str)
     discriminator: str = ""
     once: bool = False
     rule_hash: str = ""

@@ -49,7 +49,7 @@ immediate), not a message to the account owner.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -299,7 +299,7 @@ def _make(
     value: float,
     threshold: float,
     window_start: int,
-    message: str,
+    message: str | Callable[[], str],
     discriminator: str,
     details: dict[str, object],
 ) -> Finding:
@@ -326,10 +326,11 @@ def _threshold_finding(
     rule: Rule, block: MetricBlock, i: int, used: float, quota: float, fraction: float, period: Period
 ) -> Finding:
     utilization = used / quota
-    message = (
-        f"{block.metric} reached {fmt.percent(utilization)} of the monthly quota"
-        f" ({fmt.number(used)} of {fmt.number(quota)}) in the period starting {period.label}."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} reached {fmt.percent(utilization)} of the monthly quota"
+                f" ({fmt.number(used)} of {fmt.number(quota)}) in the period starting {period.label}.")
+
     return _make(
         rule,
         block,
@@ -348,11 +349,12 @@ def _reached_finding(
     window_start: int,
 ) -> Finding:
     params = _params(rule)
-    message = (
-        f"{block.metric} reached {fmt.percent(used / quota)} of the monthly quota ({fmt.number(used)} of"
-        f" {fmt.number(quota)}) in the period starting {period.label}, as forecast; the period ends on"
-        f" {fmt.local_date(period.end, timezone)}."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} reached {fmt.percent(used / quota)} of the monthly quota ({fmt.number(used)} of"
+                f" {fmt.number(quota)}) in the period starting {period.label}, as forecast; the period ends on"
+                f" {fmt.local_date(period.end, timezone)}.")
+
     return _make(
         rule, block, i, value=used, threshold=params.fraction * quota, window_start=window_start,
         message=message, discriminator=f"{period.label}:forecast{params.fraction:g}",
@@ -379,13 +381,14 @@ def _forecast_finding(
     crossing = at + (target - used) / rate
     projected_date = fmt.local_date(crossing, timezone)
     days_left = round((crossing - at) / DAY, 1)
-    message = (
-        f"{block.metric} is projected to reach {fmt.percent(params.fraction)} of the monthly quota"
-        f" ({fmt.number(target)}) on {projected_date}, in {days_left:g} days:"
-        f" {fmt.number(used)} used so far ({fmt.percent(used / quota)}) in the period starting {period.label}"
-        f" at a recent {fmt.number(rate * DAY)}/day, {fmt.number(projected)} projected by the period end"
-        f" on {fmt.local_date(period.end, timezone)}."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} is projected to reach {fmt.percent(params.fraction)} of the monthly quota"
+                f" ({fmt.number(target)}) on {projected_date}, in {days_left:g} days:"
+                f" {fmt.number(used)} used so far ({fmt.percent(used / quota)}) in the period starting"
+                f" {period.label} at a recent {fmt.number(rate * DAY)}/day, {fmt.number(projected)} projected by"
+                f" the period end on {fmt.local_date(period.end, timezone)}.")
+
     return _make(
         rule,
         block,
