@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from integrations.console import format_number
 from integrations.sources.csv_files import RowError, iter_usage_csv_chunks, read_accounts_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
+from rules.lifecycle import EpisodeState, Key
 from rules.lint import facts_of, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
@@ -98,12 +99,15 @@ def run_backtest(
     include_suppressed: bool = True,
     first_run: str = "digest",
     show_progress: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> BacktestResult:
     """Replay `ruleset` over the CSV history as the service would evaluate it.
 
     first_run: the service's [evaluation] first_run policy; with "digest" or "quiet" the
     conditions already true at the first evaluation are recorded, not notified.
     show_progress: bars on stderr (when it is a terminal).
+    on_event: called with each alert event as the replay reaches it (in time order), instead of
+    keeping the events in the result: the output streams and memory does not grow with them.
     """
     with activity(f"reading {Path(usage_csv).name}", enabled=show_progress):
         points, errors = _read_points(usage_csv, on_error)
@@ -151,7 +155,7 @@ def run_backtest(
                    enabled=show_progress)
     with bar as steps:
         last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
-                                     result)
+                                     result, on_event or result.events.append)
     for s in last_states.values():
         if s.status == "firing":
             result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
@@ -172,12 +176,11 @@ def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, lis
 
 def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock], accounts: dict[str, AccountFacts],
                    start: int, end: int, include_suppressed: bool, first_run: str, bar: Any,
-                   result: BacktestResult) -> dict:
-    """Replay [start, end): the published alert events, cohort events and first-run holds go into
-    `result`; returns the states at the end."""
+                   result: BacktestResult, emit: Callable[[dict[str, Any]], None]) -> Mapping[Key, EpisodeState]:
+    """Replay [start, end): the published alert events go to `emit` as they happen, cohort events and
+    first-run holds into `result`; returns the states at the end."""
     by_id = ruleset.by_id()
-    events = result.events
-    last_states: dict = {}
+    last_states: Mapping[Key, EpisodeState] = {}
     row_of = {key: {a: i for i, a in enumerate(b.account_ids)} for key, b in blocks.items()}
     for step in replay(list(ruleset.rules), blocks, accounts, start, end, inhibits=ruleset.inhibits,
                        calendar=ruleset.calendar, quiet_first_run=first_run != "notify"):
@@ -192,16 +195,16 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
             key = (rule.metric, rule.bucket)
             rec = alert_record(t, rule, accounts.get(t.state.account_id),
                                recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]))
-            events.append(rec)
+            emit(rec)
     return last_states
 
 
 JSON_DROP = ("recent", "routing", "template", "description")
 
 
-def write_json(result: BacktestResult, out: TextIO) -> None:
-    for ev in result.events:
-        print(json.dumps({k: v for k, v in ev.items() if k not in JSON_DROP}, sort_keys=False), file=out)
+def json_line(ev: Mapping[str, Any]) -> str:
+    """One event as `--format json` prints it."""
+    return json.dumps({k: v for k, v in ev.items() if k not in JSON_DROP}, sort_keys=False)
 
 
 def _fmt(x: Any) -> str:

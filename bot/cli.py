@@ -184,7 +184,7 @@ def _memory(text: str) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from bot.backtest import BacktestError, parse_time, run_backtest, write_json, write_table
+    from bot.backtest import BacktestError, json_line, parse_time, run_backtest, write_table
     from integrations.sources.csv_files import CsvInputError
 
     paths = [args.usage] + ([args.accounts] if args.accounts else [])
@@ -199,9 +199,13 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ruleset = _load_rules_or_report(args.rules, err)
     if ruleset is None:
         return 1
+    def stream(ev: dict) -> None:  # json: each event printed as the replay reaches it
+        print(json_line(ev), file=out, flush=True)
+
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
-                              rejects_path=args.rejects, first_run=args.first_run, show_progress=True)
+                              rejects_path=args.rejects, first_run=args.first_run, show_progress=True,
+                              on_event=stream if args.format == "json" else None)
     except CsvInputError as exc:
         return _report_bad_rows(exc, "nothing was replayed", err)
     except BacktestError as exc:
@@ -214,9 +218,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if result.rejected:
         where = f"; written to {args.rejects}" if args.rejects else ""
         print(f"{len(result.rejected)} bad row(s) skipped{where}.", file=err)
-    if args.format == "json":
-        write_json(result, out)
-    else:
+    if args.format != "json":
         write_table(result, ruleset, out)
     return 0
 
