@@ -33,8 +33,7 @@ BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
 class UsagePoints:
     """Points (account, metric, bucket, value) as columns; `add` chunks, then `freeze` once."""
 
-    account_ids: list[str] = field(default_factory=list)  # code -> id
-    metrics: list[str] = field(default_factory=list)  # code -> metric
+    account_ids: list[str] = field(default_factory=list)  # after freeze: code -> id (sorted)
     _acc_code: dict[str, int] = field(default_factory=dict)
     _met_code: dict[str, int] = field(default_factory=dict)
     _parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
@@ -45,36 +44,28 @@ class UsagePoints:
     value: np.ndarray = field(default_factory=lambda: np.zeros(0))
     records: int = 0
 
+    @property
+    def metrics(self) -> list[str]:
+        """code -> metric."""
+        return list(self._met_code)
+
     def add(self, records: Iterable[UsageRecordLike]) -> None:
         """Add records (ts floored to the minute; invalid values raise UsageValueError)."""
-        acc, met = self._acc_code, self._met_code
-        a_col: list[int] = []
-        m_col: list[int] = []
-        t_col: list[int] = []
-        v_col: list[float] = []
-        for r in records:
-            a = acc.get(r.account)
-            if a is None:
-                a = acc[r.account] = len(self.account_ids)
-                self.account_ids.append(r.account)
-            m = met.get(r.metric)
-            if m is None:
-                m = met[r.metric] = len(self.metrics)
-                self.metrics.append(r.metric)
-            a_col.append(a)
-            m_col.append(m)
-            t_col.append(int(r.ts))
-            v_col.append(float(r.value))
-        if not a_col:
+        rows = records if isinstance(records, list) else list(records)
+        if not rows:
             return
-        ts = np.asarray(t_col, dtype=np.int64)
-        values = np.asarray(v_col, dtype=np.float64)
+        acc, met = self._acc_code, self._met_code
+        # a new id gets the next code (dict order = code order: account_ids follows it at freeze)
+        a_col = [acc.setdefault(x, len(acc)) for x in [r.account for r in rows]]
+        m_col = [met.setdefault(x, len(met)) for x in [r.metric for r in rows]]
+        ts = np.fromiter((int(r.ts) for r in rows), dtype=np.int64, count=len(rows))
+        values = np.fromiter((float(r.value) for r in rows), dtype=np.float64, count=len(rows))
         if not np.isfinite(values).all():
             i = int(np.flatnonzero(~np.isfinite(values))[0])
             raise UsageValueError(f"usage record #{self.records + i}: value {values[i]} is not a finite number")
         self._parts.append((np.asarray(a_col, dtype=np.int32), np.asarray(m_col, dtype=np.int32),
                             ts - ts % BASE_STEP, values))
-        self.records += len(a_col)
+        self.records += len(rows)
 
     def freeze(self) -> None:
         """Sum the points of each (account, metric, bucket) in record order (storage.usage.sum_records);
@@ -84,10 +75,11 @@ class UsagePoints:
         a, m, b, v = (np.concatenate([p[k] for p in self._parts]) for k in range(4))
         self._parts.clear()
         # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order)
-        order = sorted(range(len(self.account_ids)), key=self.account_ids.__getitem__)
+        ids = list(self._acc_code)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
         rank = np.empty(len(order), dtype=np.int32)
         rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype=np.int32)
-        self.account_ids = [self.account_ids[i] for i in order]
+        self.account_ids = [ids[i] for i in order]
         self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
         a = rank[a]
         idx = np.lexsort((b, a, m))  # stable: equal keys stay in record order
