@@ -38,7 +38,7 @@ evaluation hands `advance` the findings (conditions holding now), the set of
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -209,6 +209,7 @@ def advance(
     recoveries: Mapping[tuple[str, str, str], Recovery] | None = None,
     first_run: FirstRun | None = None,
     inhibits: Sequence[Inhibit] = (),
+    explain: Callable[[Finding], Mapping[str, Any]] = Finding.explanation,
 ) -> LifecycleResult:
     """One lifecycle step at evaluation time `now`.
 
@@ -220,6 +221,8 @@ def advance(
     for open episodes whose condition does not hold now.
     first_run: rules/accounts evaluated for the first time (fired, not notified).
     inhibits: inhibit rules, in order.
+    explain: what a finding's state keeps as last_explanation (a replay, whose states are never
+    stored, passes rules.model.LazyExplanation: built only if an event reads it).
     """
     snoozed = snoozed_accounts or {}
     recovered = recoveries or {}
@@ -240,7 +243,7 @@ def advance(
         prev = states.get(key)
         if prev is not None and prev.once and prev.fired_at is not None and not prev.is_open:
             continue  # once-per-key episode already fired (e.g. quota threshold this period)
-        expl = f.explanation()
+        expl = explain(f)
         if prev is not None and prev.is_open:
             s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
                         severity=f.severity, clear_count=0, recovering_since=None, cleared_at=None)

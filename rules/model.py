@@ -6,7 +6,7 @@ seconds (UTC) throughout the engine; adapters convert at the edges.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,6 +332,41 @@ class Finding:
             "message": self.message,
             "details": dict(self.details),
         }
+
+
+class LazyExplanation(Mapping[str, Any]):
+    """A finding's explanation() built on first read: what a replay keeps as an open episode's
+    last_explanation (read only when an event without a finding, e.g. a resolution, reports it).
+    Equal to the dict it stands for; not for JSON (json.dumps(dict(x)) is)."""
+
+    __slots__ = ("_finding", "_data")
+
+    def __init__(self, finding: Finding) -> None:
+        self._finding: Finding | None = finding
+        self._data: dict[str, Any] | None = None
+
+    def _built(self) -> dict[str, Any]:
+        if self._data is None:
+            assert self._finding is not None
+            self._data, self._finding = self._finding.explanation(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._built()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        return self._built() == (other._built() if isinstance(other, LazyExplanation) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # as a dict's
+
+    def __repr__(self) -> str:
+        return repr(self._built())
 
 
 @dataclass

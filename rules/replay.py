@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, evaluate
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
-from rules.model import AccountFacts, Calendar, Inhibit, MetricBlock, OpenEpisode, Rule
+from rules.model import AccountFacts, Calendar, Inhibit, LazyExplanation, MetricBlock, OpenEpisode, Rule
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def replay(
             touched = dict(sorted(touched.items(), key=lambda kv: position[kv[0]]))
         step = advance(by_id, result.findings, result.decided, touched, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
-                       first_run=first, inhibits=inhibits)
+                       first_run=first, inhibits=inhibits, explain=LazyExplanation)
         for key, new in step.states.items():
             if touched.get(key) is not new:
                 if key not in position:
