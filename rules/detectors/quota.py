@@ -49,7 +49,7 @@ immediate), not a message to the account owner.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,9 +193,7 @@ def detect_quota(
     if n == 0 or rows == 0:
         return result
     at = block.end
-    opened: dict[str, list[OpenEpisode]] = {}
-    for e in open_episodes:
-        opened.setdefault(e.account_id, []).append(e)
+    opened = _opened_by_row(block, open_episodes)
     for billing_day, timezone, idx, q in quota_groups(block, accounts):
         period = billing_period(at - 1, billing_day, timezone)
         if block.start > period.start:
@@ -218,14 +216,37 @@ def detect_quota(
     return result
 
 
+class _Opened:
+    """The open episodes of a block's rows: row -> episodes, and a bool per row."""
+
+    def __init__(self, rows: int) -> None:
+        self.by_row: dict[int, list[OpenEpisode]] = {}
+        self.any = np.zeros(rows, dtype=bool)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_row)
+
+
+def _opened_by_row(block: MetricBlock, open_episodes: Sequence[OpenEpisode]) -> _Opened:
+    out = _Opened(len(block.account_ids))
+    if open_episodes:
+        index = {a: i for i, a in enumerate(block.account_ids)}
+        for e in open_episodes:
+            i = index.get(e.account_id)
+            if i is not None:
+                out.by_row.setdefault(i, []).append(e)
+        out.any[list(out.by_row)] = True
+    return out
+
+
 def _close_ended_periods(
-    block: MetricBlock, idx: np.ndarray, decided: np.ndarray, period: Period,
-    opened: Mapping[str, Sequence[OpenEpisode]], result: DetectorResult,
+    block: MetricBlock, idx: np.ndarray, decided: np.ndarray, period: Period, opened: _Opened,
+    result: DetectorResult,
 ) -> None:
     """Open episodes of an earlier billing period close quietly once the account is decided."""
-    for i in idx[decided[idx]]:
+    for i in idx[decided[idx] & opened.any[idx]]:
         account = block.account_ids[int(i)]
-        for e in opened.get(account, ()):
+        for e in opened.by_row[int(i)]:
             label = e.discriminator.split(":", 1)[0]
             if label != period.label:
                 result.recoveries[(account, e.discriminator)] = Recovery(
@@ -243,7 +264,7 @@ def _forecast_group(
     q: np.ndarray,
     period: Period,
     timezone: str,
-    opened: Mapping[str, Sequence[OpenEpisode]],
+    opened: _Opened,
     result: DetectorResult,
 ) -> None:
     """Forecast one (billing_day, timezone) group: sets `decided`, appends findings and recoveries."""
@@ -264,9 +285,9 @@ def _forecast_group(
     projected = used + rate * (period.end - at)
     target = params.fraction * q
     key = f"{period.label}:forecast{params.fraction:g}"
-    is_open = np.fromiter(
-        (any(e.discriminator == key for e in opened.get(block.account_ids[int(i)], ())) for i in idx),
-        dtype=bool, count=idx.size)
+    is_open = np.zeros(idx.size, dtype=bool)
+    for pos in np.flatnonzero(opened.any[idx]):
+        is_open[pos] = any(e.discriminator == key for e in opened.by_row[int(idx[pos])])
     enough = observed * block.step >= params.min_observed
     window_start = min(period.start, rate_start)
     for pos in np.flatnonzero(has_rate & ~is_open & enough & (used < target) & (target <= projected)):
