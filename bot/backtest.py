@@ -24,6 +24,7 @@ from integrations.console import format_number
 from integrations.sources.csv_files import RowError, iter_usage_csv_chunks, read_accounts_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
+from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, Key
 from rules.lint import facts_of, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
@@ -153,7 +154,7 @@ def run_backtest(
 
     bar = progress("replaying", total=len(evaluation_times(rules, start, end)), unit=" buckets",
                    enabled=show_progress)
-    with bar as steps:
+    with bar as steps, gc_paused():  # millions of long-lived small objects, no cycles: see rules.gcpause
         last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
                                      result, on_event or result.events.append)
     for s in last_states.values():

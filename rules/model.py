@@ -334,6 +334,12 @@ class Finding:
         }
 
 
+# explanation() keys that are a Finding attribute as they are
+_PLAIN = {"rule": "rule_id", "rule_hash": "rule_hash", "kind": "kind", "account": "account_id", "metric": "metric",
+          "at": "at", "bucket_start": "bucket_start", "value": "value", "baseline": "baseline",
+          "threshold": "threshold"}
+
+
 class LazyExplanation(Mapping[str, Any]):
     """A finding's explanation() built on first read: what a replay keeps as an open episode's
     last_explanation (read only when an event without a finding, e.g. a resolution, reports it).
@@ -352,6 +358,8 @@ class LazyExplanation(Mapping[str, Any]):
         return self._data
 
     def __getitem__(self, key: str) -> Any:
+        if self._finding is not None and key in _PLAIN:  # no need to build the message for these
+            return getattr(self._finding, _PLAIN[key])
         return self._built()[key]
 
     def __iter__(self) -> Iterator[str]:

@@ -172,3 +172,40 @@ def test_replay_equals_the_stepwise_definition(seed):
         assert list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
         events += len(g_ts)
     assert events > 20  # the book and rules do make things happen
+
+
+def test_a_replay_formats_no_message_until_an_event_reads_it(monkeypatch):
+    """Detectors hand messages as functions; the replay keeps explanations lazily: deciding and
+    stepping format nothing; reading a transition's message formats that one message."""
+    import rules.detectors.finding as finding_module
+
+    calls = {"made": 0, "formatted": 0}
+    real = finding_module.make_finding
+
+    def counting(*args, message, **kwargs):
+        calls["made"] += 1
+        text = message if isinstance(message, str) else None
+
+        def formatted() -> str:
+            calls["formatted"] += 1
+            return text if text is not None else message()
+
+        return real(*args, message=formatted, **kwargs)
+
+    for module in ("spike_drop", "quota", "expansion", "inactivity", "threshold"):
+        monkeypatch.setattr(f"rules.detectors.{module}.make_finding", counting)
+    rng = np.random.default_rng(3)
+    ruleset = load_rules_text(_rules_text(rng))
+    book = generate_book(n_accounts=20, days=DAYS, end=END, seed=3, gaps=2)
+    rules = list(ruleset.rules)
+    steps = list(replay(rules, _blocks(book, rules), {a.id: a for a in book.accounts}, END - 30 * DAY, END,
+                        inhibits=ruleset.inhibits))
+    transitions = [t for s in steps for t in s.transitions if t.finding is not None]
+    assert calls["made"] > 2 * len(transitions) > 0 and calls["formatted"] == 0
+    baselines = [st.last_explanation.get("baseline") for st in steps[-1].states.values()]
+    assert len(baselines) > 10 and calls["formatted"] == 0  # an explanation's numbers are read without its message
+    text = transitions[0].finding.message
+    assert isinstance(text, str) and text and calls["formatted"] == 1
+    assert transitions[0].finding.message is text and calls["formatted"] == 1  # once
+    lazy = [s for s in steps[-1].states.values() if s.is_open][0].last_explanation
+    assert dict(lazy) == lazy and isinstance(lazy["message"], str)
