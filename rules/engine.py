@@ -16,9 +16,10 @@ every other account is evaluated as usual.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -57,10 +58,35 @@ class CohortEvent:
         return self.accounts / self.decided if self.decided else 0.0
 
 
+class DecidedByRule(AbstractSet[tuple[str, str]]):
+    """The (rule_id, account_id) pairs decided, held as one set of account ids per rule: what an
+    evaluation with `Reuse` returns (building 10k tuples per rule and step cost more than deciding)."""
+
+    def __init__(self) -> None:
+        self.by_rule: dict[str, set[str]] = {}
+
+    def __contains__(self, pair: object) -> bool:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            return False
+        ids = self.by_rule.get(pair[0])
+        return ids is not None and pair[1] in ids
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for rule_id, ids in self.by_rule.items():
+            yield from zip(repeat(rule_id), ids)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_rule.values()))
+
+    def accounts(self) -> set[str]:
+        """Every account decided by some rule."""
+        return set().union(*self.by_rule.values())
+
+
 @dataclass
 class EvaluationResult:
     findings: list[Finding] = field(default_factory=list)
-    decided: set[tuple[str, str]] = field(default_factory=set)  # (rule_id, account_id)
+    decided: set[tuple[str, str]] = field(default_factory=set)  # (rule_id, account_id); DecidedByRule with Reuse
     evaluated_rules: set[str] = field(default_factory=set)
     recoveries: dict[RecoveryKey, Recovery] = field(default_factory=dict)
     cohort_events: list[CohortEvent] = field(default_factory=list)
@@ -76,6 +102,57 @@ def non_finite_rows(values: np.ndarray) -> np.ndarray:
 
 def _finite_finding(f: Finding) -> bool:
     return all(x is None or not math.isinf(x) for x in (f.value, f.baseline, f.threshold))
+
+
+class Reuse:
+    """What stays the same between evaluations of the same blocks and accounts (a replay): the facts
+    of each block's rows (a tuple, so detectors may cache what they derive from it by identity), each
+    rule's segment mask and the facts and ids of the rows it keeps, and per block row the first column
+    holding +-inf.
+
+    Valid while the blocks and `accounts` evaluated with it do not change (rules.replay keeps one per
+    replay); evaluate() without one recomputes all of it every time.
+    """
+
+    def __init__(self) -> None:
+        self._facts: dict[BlockKey, tuple[AccountFacts, ...]] = {}
+        self._first_inf: dict[BlockKey, np.ndarray] = {}
+        self._segment: dict[str, np.ndarray] = {}
+        self._rows: dict[str, tuple[np.ndarray, list[str], tuple[AccountFacts, ...], list[str]]] = {}
+
+    def facts(self, key: BlockKey, block: MetricBlock,
+              accounts: Mapping[str, AccountFacts]) -> tuple[AccountFacts, ...]:
+        got = self._facts.get(key)
+        if got is None:
+            got = self._facts[key] = tuple(facts_for(block.account_ids, accounts))
+        return got
+
+    def first_inf(self, key: BlockKey, block: MetricBlock) -> np.ndarray:
+        """Per row: the first column holding +-inf (n_buckets when none)."""
+        got = self._first_inf.get(key)
+        if got is None:
+            inf = np.isinf(block.values)
+            got = self._first_inf[key] = np.where(inf.any(axis=1), inf.argmax(axis=1), block.n_buckets)
+        return got
+
+    def segment(self, rule: Rule, facts: Sequence[AccountFacts]) -> np.ndarray:
+        got = self._segment.get(rule.id)
+        if got is None:
+            seg = rule.segment
+            got = self._segment[rule.id] = np.fromiter((seg.matches(f) for f in facts), dtype=bool,
+                                                       count=len(facts))
+        return got.copy()
+
+    def rows(self, rule: Rule, mask: np.ndarray, ids: list[str],
+             facts: Sequence[AccountFacts]) -> tuple[tuple[AccountFacts, ...], list[str]]:
+        """The facts and ids of the rows `mask` keeps: the same objects while the mask is the same."""
+        got = self._rows.get(rule.id)
+        if got is not None and got[1] is ids and np.array_equal(got[0], mask):
+            return got[2], got[3]
+        kept = tuple(f for f, keep in zip(facts, mask, strict=True) if keep)
+        kept_ids = [a for a, keep in zip(ids, mask, strict=True) if keep]
+        self._rows[rule.id] = (mask.copy(), ids, kept, kept_ids)
+        return kept, kept_ids
 
 
 def history_needed(rules: Iterable[Rule]) -> dict[BlockKey, int]:
@@ -99,7 +176,7 @@ def facts_for(account_ids: Sequence[str], accounts: Mapping[str, AccountFacts]) 
 
 def evaluate_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
-    block_facts: list[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
+    block_facts: Sequence[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
     calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
     contained: list[tuple[str, str, str]] | None = None,
 ) -> tuple[list[Finding], list[str]]:
@@ -122,9 +199,9 @@ def evaluate_rule(
 
 def detect_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
-    block_facts: list[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
+    block_facts: Sequence[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
     calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
-    contained: list[tuple[str, str, str]] | None = None,
+    contained: list[tuple[str, str, str]] | None = None, reuse: Reuse | None = None,
 ) -> tuple[list[str], DetectorResult] | None:
     """The detector's verdict on the rule's segment of `block` at `now` (its row ids and result);
     None when nothing can be decided (no rows, or the bucket is muted by the calendar). Accounts
@@ -140,17 +217,26 @@ def detect_rule(
     seg = rule.segment
     if not (seg.plans or seg.accounts or seg.exclude_accounts):  # no restriction
         mask = np.ones(len(facts), dtype=bool)
+    elif reuse is not None:
+        mask = reuse.segment(rule, facts)
     else:
         mask = np.fromiter((seg.matches(f) for f in facts), dtype=bool, count=len(facts))
-    bad = mask & non_finite_rows(view.values)
+    if reuse is not None:
+        bad = mask & (reuse.first_inf((block.metric, block.step), block) < n)
+    else:
+        bad = mask & non_finite_rows(view.values)
     if bad.any():
         if contained is not None:
             contained += [(rule.id, a, f"a {rule.metric} bucket total in the rule's window is not a finite number")
                           for a in np.asarray(view.account_ids, dtype=object)[bad]]
         mask &= ~bad
     if not mask.all():
-        view = view.rows(mask)
-        facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
+        if reuse is not None:
+            facts, ids = reuse.rows(rule, mask, view.account_ids, facts)
+            view = MetricBlock(view.metric, view.start, view.step, ids, view.values[mask])
+        else:
+            view = view.rows(mask)
+            facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
     if not facts or (calendar is not None and calendar.muted(rule.kind, view.end - view.step)):
         return None
     result = detect(rule, view, facts, open_episodes)
@@ -216,13 +302,17 @@ def evaluate(
     only_due: bool = True,
     open_episodes: Mapping[str, Sequence[OpenEpisode]] | None = None,
     calendar: Calendar | None = None,
+    reuse: Reuse | None = None,
 ) -> EvaluationResult:
     """Evaluate every rule (or only those whose bucket closed at `now`).
 
     open_episodes: rule id -> its open episodes (rules.lifecycle.open_episodes(states)).
+    reuse: what the caller's earlier evaluations of the same blocks and accounts derived (a replay).
     """
     out = EvaluationResult()
-    facts: dict[BlockKey, list[AccountFacts]] = {}  # rules on the same block share its facts
+    if reuse is not None:
+        out.decided = DecidedByRule()  # type: ignore[assignment]
+    facts: dict[BlockKey, Sequence[AccountFacts]] = {}  # rules on the same block share its facts
     opened = open_episodes or {}
     for rule in rules:
         if only_due and not due(rule, now):
@@ -232,15 +322,19 @@ def evaluate(
             raise KeyError(f"no usage block for rule {rule.id!r} ({rule.metric} @ {rule.bucket}s)")
         key = (rule.metric, rule.bucket)
         if key not in facts:
-            facts[key] = facts_for(block.account_ids, accounts)
+            facts[key] = reuse.facts(key, block, accounts) if reuse is not None else \
+                facts_for(block.account_ids, accounts)
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
-                              out.cohort_events, out.contained)
+                              out.cohort_events, out.contained, reuse)
         if verdict is None:
             continue
         ids, res = verdict
         out.findings.extend(res.findings)
-        out.decided.update(zip(repeat(rule.id), (a for a, d in zip(ids, res.decided, strict=True) if d)))
+        if isinstance(out.decided, DecidedByRule):
+            out.decided.by_rule.setdefault(rule.id, set()).update(compress(ids, res.decided))
+        else:
+            out.decided.update(zip(repeat(rule.id), compress(ids, res.decided)))
         for (account, disc), recovery in res.recoveries.items():
             out.recoveries[(rule.id, account, disc)] = recovery
     return out

@@ -15,6 +15,21 @@ Adding a kind is one module and one entry:
    its reader and the docs text of its row), rule-level checks, title, default resolve hold...
 2. its KIND is added to BUILTIN at the end of this module (or a plugin calls ``register(KIND)``).
 
+What a detector may rely on and must do (the replay of `usagebot backtest` calls it at every bucket
+close, so its per-call work is multiplied by the days replayed):
+
+- ``accounts`` is a sequence in block row order; in a replay it is the same tuple at every call
+  (rules.engine.Reuse), so what the detector derives from the facts alone (quota arrays, billing groups)
+  can be remembered by identity with ``rules.memo.by_identity`` (as quota.quota_array does). Never
+  mutate ``accounts``, the block's values or a remembered array.
+- Build each Finding with rules.detectors.finding.make_finding and give ``message`` as a function
+  returning the text (a closure or functools.partial), not the text: it is called only when the
+  message is read, i.e. for the findings the lifecycle keeps (most findings of a replay step only
+  extend an open episode, or are dropped as once-keys already fired). Values, thresholds,
+  discriminators and details stay eager (the lifecycle and the engine read them).
+- The replay is checked against its stepwise definition on random books for every registered kind:
+  tests/rules/test_replay_equivalence.py fails until a rule of the new kind is added to its rule file.
+
 Then ``python scripts/docs_tables.py`` writes its tables into docs/rules.md.
 
 An unknown kind is an error everywhere (`kind_of` raises UnknownKind); nothing falls back to

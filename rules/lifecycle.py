@@ -38,7 +38,8 @@ evaluation hands `advance` the findings (conditions holding now), the set of
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -148,26 +149,39 @@ class FirstRun:
 
 
 def open_episodes(states: Mapping[Key, EpisodeState], rules: Mapping[str, Rule],
-                  now: int | None = None) -> dict[str, list[OpenEpisode]]:
+                  now: int | None = None,
+                  memo: dict[Key, tuple[EpisodeState, OpenEpisode]] | None = None) -> dict[str, list[OpenEpisode]]:
     """rule id -> its open episodes, as the detectors are told about them.
 
     now: when `now` itself was evaluated before (a retried cycle), the episodes as they were
     before it: one that started at `now` is not open yet, one that fired at `now` was pending.
     An episode stored before references were kept gets its last baseline as a one-value reference.
+    memo: kept by a caller that asks again and again (a replay, now None): the OpenEpisode of a
+    state object that has not changed since is not built again.
     """
     out: dict[str, list[OpenEpisode]] = {}
     for s in states.values():
         if not s.is_open or s.rule_id not in rules or s.started_at == now:
             continue
-        ref = s.reference
-        if ref is None:
-            base = s.last_explanation.get("baseline")
-            if isinstance(base, int | float) and not isinstance(base, bool):
-                step = rules[s.rule_id].bucket
-                ref = Reference(s.started_at - step, step, (float(base),))
-        firing = s.status == FIRING and (now is None or s.fired_at != now)
-        out.setdefault(s.rule_id, []).append(OpenEpisode(s.account_id, s.discriminator, s.started_at, firing, ref))
+        if memo is not None and now is None:
+            hit = memo.get(s.key)
+            if hit is None or hit[0] is not s:
+                hit = memo[s.key] = (s, _open_episode(s, rules, now))
+            out.setdefault(s.rule_id, []).append(hit[1])
+        else:
+            out.setdefault(s.rule_id, []).append(_open_episode(s, rules, now))
     return out
+
+
+def _open_episode(s: EpisodeState, rules: Mapping[str, Rule], now: int | None) -> OpenEpisode:
+    ref = s.reference
+    if ref is None:
+        base = s.last_explanation.get("baseline")
+        if isinstance(base, int | float) and not isinstance(base, bool):
+            step = rules[s.rule_id].bucket
+            ref = Reference(s.started_at - step, step, (float(base),))
+    firing = s.status == FIRING and (now is None or s.fired_at != now)
+    return OpenEpisode(s.account_id, s.discriminator, s.started_at, firing, ref)
 
 
 def _suppression(
@@ -195,6 +209,7 @@ def advance(
     recoveries: Mapping[tuple[str, str, str], Recovery] | None = None,
     first_run: FirstRun | None = None,
     inhibits: Sequence[Inhibit] = (),
+    explain: Callable[[Finding], Mapping[str, Any]] = Finding.explanation,
 ) -> LifecycleResult:
     """One lifecycle step at evaluation time `now`.
 
@@ -206,24 +221,29 @@ def advance(
     for open episodes whose condition does not hold now.
     first_run: rules/accounts evaluated for the first time (fired, not notified).
     inhibits: inhibit rules, in order.
+    explain: what a finding's state keeps as last_explanation (a replay, whose states are never
+    stored, passes rules.model.LazyExplanation: built only if an event reads it).
     """
     snoozed = snoozed_accounts or {}
     recovered = recoveries or {}
-    decided_set = decided if isinstance(decided, set | frozenset) else set(decided)  # no copy of a big set
+    decided_set = decided if isinstance(decided, AbstractSet) else set(decided)  # no copy of a big set
     evaluated = set(rules) if evaluated_rules is None else set(evaluated_rules)
     out: dict[Key, EpisodeState] = dict(states)
     transitions: list[Transition] = []
 
     seen_keys: set[Key] = set()
     for f in findings:
-        if f.key in seen_keys:
-            raise ValueError(f"duplicate finding for episode {f.key}")
-        seen_keys.add(f.key)
+        key = f.key
+        if key in seen_keys:
+            raise ValueError(f"duplicate finding for episode {key}")
+        seen_keys.add(key)
         rule = rules.get(f.rule_id)
         if rule is None:
             raise ValueError(f"finding for unknown rule {f.rule_id!r}")
-        prev = states.get(f.key)
-        expl = f.explanation()
+        prev = states.get(key)
+        if prev is not None and prev.once and prev.fired_at is not None and not prev.is_open:
+            continue  # once-per-key episode already fired (e.g. quota threshold this period)
+        expl = explain(f)
         if prev is not None and prev.is_open:
             s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
                         severity=f.severity, clear_count=0, recovering_since=None, cleared_at=None)
@@ -239,10 +259,8 @@ def advance(
                     if not why:
                         s = replace(s, last_notified_at=now)
                     transitions.append(Transition("renotified", now, s, f, notify=not why, reason=why))
-            out[f.key] = s
+            out[key] = s
             continue
-        if prev is not None and prev.once and prev.fired_at is not None:
-            continue  # once-per-key episode already fired (e.g. quota threshold this period)
         s = EpisodeState(
             rule_id=f.rule_id, account_id=f.account_id, metric=f.metric, discriminator=f.discriminator,
             status=PENDING, started_at=now, consecutive=1, once=f.once, severity=f.severity,
@@ -258,7 +276,7 @@ def advance(
             transitions.append(t)
         else:
             transitions.append(Transition("pending", now, s, f, notify=False, reason="waiting for 'for'"))
-        out[f.key] = s
+        out[key] = s
 
     for key, prev in states.items():
         if key in seen_keys or not prev.is_open:

@@ -6,7 +6,7 @@ seconds (UTC) throughout the engine; adapters convert at the edges.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,6 +259,28 @@ class MetricBlock:
 # ------------------------------------------------------------------------ findings
 
 
+class _Text:
+    """A str field that may be given as a function returning it, called on first read (and once).
+
+    Detectors hand Finding.message as such a function: most findings of a replay step only keep an
+    episode going (or are dropped, a once-key already fired), and formatting their numbers and dates
+    cost more than deciding them. Reading the field always gives the str."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.slot)  # no class-level default (dataclasses: a required field)
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass(frozen=True)
 class Finding:
     """A rule's condition holding for one account at one evaluation time.
@@ -282,7 +304,7 @@ class Finding:
     threshold: float | None
     window_start: int
     window_end: int
-    message: str
+    message: str = _Text()  # type: ignore[assignment]  # a str, or a function returning it (read: the str)
     discriminator: str = ""
     once: bool = False
     rule_hash: str = ""
@@ -310,6 +332,49 @@ class Finding:
             "message": self.message,
             "details": dict(self.details),
         }
+
+
+# explanation() keys that are a Finding attribute as they are
+_PLAIN = {"rule": "rule_id", "rule_hash": "rule_hash", "kind": "kind", "account": "account_id", "metric": "metric",
+          "at": "at", "bucket_start": "bucket_start", "value": "value", "baseline": "baseline",
+          "threshold": "threshold"}
+
+
+class LazyExplanation(Mapping[str, Any]):
+    """A finding's explanation() built on first read: what a replay keeps as an open episode's
+    last_explanation (read only when an event without a finding, e.g. a resolution, reports it).
+    Equal to the dict it stands for; not for JSON (json.dumps(dict(x)) is)."""
+
+    __slots__ = ("_finding", "_data")
+
+    def __init__(self, finding: Finding) -> None:
+        self._finding: Finding | None = finding
+        self._data: dict[str, Any] | None = None
+
+    def _built(self) -> dict[str, Any]:
+        if self._data is None:
+            assert self._finding is not None
+            self._data, self._finding = self._finding.explanation(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        if self._finding is not None and key in _PLAIN:  # no need to build the message for these
+            return getattr(self._finding, _PLAIN[key])
+        return self._built()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        return self._built() == (other._built() if isinstance(other, LazyExplanation) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # as a dict's
+
+    def __repr__(self) -> str:
+        return repr(self._built())
 
 
 @dataclass

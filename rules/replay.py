@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from rules.engine import BlockKey, CohortEvent, evaluate
+from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, evaluate
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
-from rules.model import AccountFacts, Calendar, Inhibit, MetricBlock, Rule
+from rules.model import AccountFacts, Calendar, Inhibit, LazyExplanation, MetricBlock, OpenEpisode, Rule
 
 
 @dataclass(frozen=True)
 class ReplayStep:
     at: int
     transitions: list[Transition]
-    states: Mapping[Key, EpisodeState]
+    states: Mapping[Key, EpisodeState]  # every state after this step: a live view (copy it to keep it)
     cohort_events: list[CohortEvent]
 
 
@@ -51,20 +52,47 @@ def replay(
     """
     by_id = {r.id: r for r in rules}
     current: dict[Key, EpisodeState] = dict(states or {})
+    live = MappingProxyType(current)
+    # Only open episodes (and closed ones a finding reopens) can change in a step: the lifecycle is
+    # handed those, not every state ever recorded (that made a replay quadratic in its days).
+    open_now: dict[Key, EpisodeState] = {k: s for k, s in current.items() if s.is_open}
+    position = {k: n for n, k in enumerate(current)}  # handed over in `current`'s order, as before
+    reuse = Reuse()
+    disordered = False
+    told: dict[Key, tuple[EpisodeState, OpenEpisode]] = {}  # what the detectors were told, per state
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
     for t in evaluation_times(rules, start, end):
+        if disordered:  # an episode reopened: back to its place in `current`'s order
+            open_now = dict(sorted(open_now.items(), key=lambda kv: position[kv[0]]))
+            disordered = False
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
-                          open_episodes=open_episodes(current, by_id))
+                          open_episodes=open_episodes(open_now, by_id, memo=told), reuse=reuse)
         first = None
         if quiet_first_run:
-            decided_accounts = {a for _, a in result.decided}
+            decided = result.decided
+            decided_accounts = decided.accounts() if isinstance(decided, DecidedByRule) else {a for _, a in decided}
             first = FirstRun(frozenset(result.evaluated_rules - seen_rules),
                              frozenset(decided_accounts - seen_accounts))
             seen_rules |= result.evaluated_rules
             seen_accounts |= decided_accounts
-        step = advance(by_id, result.findings, result.decided, current, t,
+        touched = dict(open_now)
+        reopened = [f.key for f in result.findings if f.key in current and f.key not in open_now]
+        if reopened:
+            touched.update((k, current[k]) for k in reopened)
+            touched = dict(sorted(touched.items(), key=lambda kv: position[kv[0]]))
+        step = advance(by_id, result.findings, result.decided, touched, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
-                       first_run=first, inhibits=inhibits)
-        current = step.states
-        yield ReplayStep(t, step.transitions, current, result.cohort_events)
+                       first_run=first, inhibits=inhibits, explain=LazyExplanation)
+        for key, new in step.states.items():
+            if touched.get(key) is not new:
+                if key not in position:
+                    position[key] = len(position)
+                current[key] = new
+                if new.is_open:
+                    disordered = disordered or (key not in open_now and position[key] < len(position) - 1)
+                    open_now[key] = new
+                else:
+                    open_now.pop(key, None)
+                    told.pop(key, None)
+        yield ReplayStep(t, step.transitions, live, result.cohort_events)

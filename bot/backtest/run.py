@@ -1,8 +1,8 @@
 """`usagebot backtest`: replay rules over usage history, printing alert events.
 
-The usage CSV is loaded into a throwaway SQLite database with the same
-ingest and bucketing code the service uses, blocks are loaded with the same
-SQL, and `rules.replay` steps through every bucket close time, evaluating
+The usage CSV is read in chunks into columns (storage.usage_columns: the
+service's bucketing and missing-data rules, no database), blocks are built
+from them, and `rules.replay` steps through every bucket close time, evaluating
 only data that had ended by then. So a backtest shows what the scheduler
 would have sent.
 """
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +22,17 @@ from bot.cli.progress import activity, progress
 from bot.service.alerts import PUBLISHED_EVENTS, alert_notice, recent_values
 from integrations.console import format_number
 from integrations.notice import AlertNotice
-from integrations.sources.csv_rows import read_accounts_csv, read_usage_csv, write_rejects
+from integrations.sources.csv_rows import RowError, iter_usage_csv_chunks, read_accounts_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
-from rules.lint import facts_from, lint
+from rules.gcpause import gc_paused
+from rules.lifecycle import EpisodeState, Key
+from rules.lint import facts_of, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
 from rules.replay import evaluation_times, replay
-from storage.accounts import upsert_accounts
-from storage.db import make_engine, migrate
-from storage.usage import UsageValueError, load_block, load_usage, usage_range
+from storage.usage import UsageValueError
+from storage.usage_columns import UsagePoints
 
 
 class BacktestError(Exception):
@@ -103,67 +103,63 @@ def run_backtest(
     include_suppressed: bool = True,
     first_run: str = "digest",
     show_progress: bool = False,
+    on_event: Callable[[AlertNotice], None] | None = None,
 ) -> BacktestResult:
     """Replay `ruleset` over the CSV history as the service would evaluate it.
 
     first_run: the service's [evaluation] first_run policy; with "digest" or "quiet" the
     conditions already true at the first evaluation are recorded, not notified.
     show_progress: bars on stderr (when it is a terminal).
+    on_event: called with each alert event as the replay reaches it (in time order), instead of
+    keeping the events in the result: the output streams and memory does not grow with them.
     """
     with activity(f"reading {Path(usage_csv).name}", enabled=show_progress):
-        usage = read_usage_csv(usage_csv, on_error=on_error)
+        points, errors = _read_points(usage_csv, on_error)
         accts = read_accounts_csv(accounts_csv, on_error=on_error) if accounts_csv else None
-    errors = list(usage.errors) + (list(accts.errors) if accts else [])
+    errors += list(accts.errors) if accts else []
     if errors and rejects_path:
         write_rejects(rejects_path, errors)
-    result = BacktestResult(rows_loaded=len(usage.records), rows_rejected=len(errors),
+    result = BacktestResult(rows_loaded=points.records, rows_rejected=len(errors),
                             rejected=[str(e) for e in errors])
-    if not usage.records:
+    if not points.records:
         raise BacktestError(f"{usage_csv}: no usage rows to replay")
-    facts = facts_from(usage.records, accts.records if accts else [], Path(usage_csv).name)
+    try:
+        points.freeze()
+    except UsageValueError as exc:
+        raise BacktestError(f"{usage_csv}: {exc}") from None
+    metric_facts, with_usage = points.metric_facts()
+    facts = facts_of(Path(usage_csv).name, metric_facts, with_usage, accts.records if accts else [])
     findings = lint(ruleset, facts)
     refused = [str(p) for p in findings if p.level == "error"]
     if refused:
         raise BacktestError("; ".join(refused))
     result.warnings = [str(p) for p in findings]
 
-    with tempfile.TemporaryDirectory(prefix="usagebot-backtest-") as tmp:
-        engine = make_engine(f"sqlite:///{Path(tmp) / 'backtest.db'}")
-        try:
-            migrate(engine)
-            if accts:
-                upsert_accounts(engine, accts.records)
-            try:
-                load_usage(engine, [usage.records])  # a fresh database: the index is built once
-            except UsageValueError as exc:
-                raise BacktestError(f"{usage_csv}: {exc}") from None
-            accounts: dict[str, AccountFacts] = {a.id: a for a in (accts.records if accts else [])}
-            rules = list(ruleset.rules)
-            rng = usage_range(engine)
-            assert rng is not None
-            data_start, data_last = rng
-            biggest = max(r.bucket for r in rules)
-            if end is None:
-                end = (data_last // biggest + 1) * biggest  # close of the last bucket with data
-            if start is None:
-                start = (data_start // biggest) * biggest
-            if end <= start:
-                raise BacktestError(f"--to ({iso(end)}) must be after --from ({iso(start)})")
-            check_span(rules, start, end, len({r.account for r in usage.records}))
-            blocks: dict[tuple[str, int], MetricBlock] = {}
-            for (metric, step), hist in history_needed(rules).items():
-                b_start = ((start - hist) // step) * step
-                b_end = -(-end // step) * step
-                # one read of a throwaway database: no usage tiles to keep (storage/tiles.py)
-                blocks[(metric, step)] = load_block(engine, metric, step, b_start, b_end, cached=False)
-        finally:
-            engine.dispose()
+    accounts: dict[str, AccountFacts] = {a.id: a for a in (accts.records if accts else [])}
+    rules = list(ruleset.rules)
+    rng = points.time_range()
+    assert rng is not None
+    data_start, data_last = rng
+    biggest = max(r.bucket for r in rules)
+    if end is None:
+        end = (data_last // biggest + 1) * biggest  # close of the last bucket with data
+    if start is None:
+        start = (data_start // biggest) * biggest
+    if end <= start:
+        raise BacktestError(f"--to ({iso(end)}) must be after --from ({iso(start)})")
+    check_span(rules, start, end, points.accounts())
+    blocks: dict[tuple[str, int], MetricBlock] = {}
+    for (metric, step), hist in history_needed(rules).items():
+        b_start = ((start - hist) // step) * step
+        b_end = -(-end // step) * step
+        blocks[(metric, step)] = points.block(metric, step, b_start, b_end)
+    del points  # the blocks hold what the replay reads
 
     bar = progress("replaying", total=len(evaluation_times(rules, start, end)), unit=" buckets",
                    enabled=show_progress)
-    with bar as steps:
+    with bar as steps, gc_paused():  # millions of long-lived small objects, no cycles: see rules.gcpause
         last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
-                                     result)
+                                     result, on_event or result.events.append)
     for s in last_states.values():
         if s.status == "firing":
             result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
@@ -172,14 +168,25 @@ def run_backtest(
     return result
 
 
+def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, list[RowError]]:
+    """The usage CSV as columns, read in chunks (no parsed record outlives its chunk); CsvInputError
+    (every bad row) in "reject" mode, the skipped rows' errors in "skip" mode."""
+    points = UsagePoints()
+    errors: list[RowError] = []
+    for chunk in iter_usage_csv_chunks(usage_csv, on_error=on_error):  # type: ignore[arg-type]
+        errors += chunk.errors
+        points.add(chunk.records)
+    return points, errors
+
+
 def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock], accounts: dict[str, AccountFacts],
                    start: int, end: int, include_suppressed: bool, first_run: str, bar: Any,
-                   result: BacktestResult) -> dict:
-    """Replay [start, end): the published alert events, cohort events and first-run holds go into
-    `result`; returns the states at the end."""
+                   result: BacktestResult, emit: Callable[[AlertNotice], None]) -> Mapping[Key, EpisodeState]:
+    """Replay [start, end): the published alert events go to `emit` as they happen, cohort events and
+    first-run holds into `result`; returns the states at the end."""
     by_id = ruleset.by_id()
-    events = result.events
-    last_states: dict = {}
+    last_states: Mapping[Key, EpisodeState] = {}
+    row_of = {key: {a: i for i, a in enumerate(b.account_ids)} for key, b in blocks.items()}
     for step in replay(list(ruleset.rules), blocks, accounts, start, end, inhibits=ruleset.inhibits,
                        calendar=ruleset.calendar, quiet_first_run=first_run != "notify"):
         last_states = step.states
@@ -190,17 +197,19 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
             if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):
                 continue
             rule = by_id[t.state.rule_id]
-            events.append(alert_notice(t, rule, accounts.get(t.state.account_id),
-                                       recent_values(blocks[(rule.metric, rule.bucket)], t.state.account_id, t.at)))
+            key = (rule.metric, rule.bucket)
+            rec = alert_notice(t, rule, accounts.get(t.state.account_id),
+                               recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]))
+            emit(rec)
     return last_states
 
 
 JSON_DROP = ("recent", "routing", "template", "description")
 
 
-def write_json(result: BacktestResult, out: TextIO) -> None:
-    for ev in result.events:
-        print(json.dumps({k: v for k, v in ev.record().items() if k not in JSON_DROP}, sort_keys=False), file=out)
+def json_line(ev: AlertNotice) -> str:
+    """One event as `--format json` prints it."""
+    return json.dumps({k: v for k, v in ev.record().items() if k not in JSON_DROP}, sort_keys=False)
 
 
 def _fmt(x: Any) -> str:

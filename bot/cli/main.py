@@ -149,7 +149,8 @@ def _memory(text: str) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from bot.backtest.run import BacktestError, parse_time, run_backtest, write_json, write_table
+    from bot.backtest.run import BacktestError, json_line, parse_time, run_backtest, write_table
+    from integrations.notice import AlertNotice
     from integrations.sources.csv_rows import CsvInputError
 
     paths = [args.usage] + ([args.accounts] if args.accounts else [])
@@ -171,9 +172,14 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         report = ReportRequest.from_args(args, err)  # labels and old rules checked before the replay
         if report is None:
             return 1 if args.report else 2
+
+    def stream(ev: AlertNotice) -> None:  # json: each event printed as the replay reaches it
+        print(json_line(ev), file=out, flush=True)
+
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
-                              rejects_path=args.rejects, first_run=args.first_run, show_progress=True)
+                              rejects_path=args.rejects, first_run=args.first_run, show_progress=True,
+                              on_event=stream if args.format == "json" else None)
         if report is not None:
             report.write(result, ruleset, start, end, err)
     except CsvInputError as exc:
@@ -188,9 +194,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if result.rejected:
         where = f"; written to {args.rejects}" if args.rejects else ""
         print(f"{len(result.rejected)} bad row(s) skipped{where}.", file=err)
-    if args.format == "json":
-        write_json(result, out)
-    else:
+    if args.format != "json":
         write_table(result, ruleset, out)
     return 0
 

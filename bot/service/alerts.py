@@ -23,13 +23,16 @@ from rules.periods import iso
 PUBLISHED_EVENTS = ALERT_EVENTS
 
 
-def recent_values(block: MetricBlock | None, account_id: str, at: int, n: int = 14) -> list[float | None]:
-    """The last `n` bucket values of an account ending at `at` (None = missing)."""
+def recent_values(block: MetricBlock | None, account_id: str, at: int, n: int = 14,
+                  row_of: Mapping[str, int] | None = None) -> list[float | None]:
+    """The last `n` bucket values of an account ending at `at` (None = missing).
+
+    row_of: account id -> row of `block`, when the caller looks up many accounts of one block."""
     if block is None:
         return []
-    try:
-        row = block.account_ids.index(account_id)
-    except ValueError:
+    row = row_of.get(account_id) if row_of is not None else (
+        block.account_ids.index(account_id) if account_id in block.account_ids else None)
+    if row is None:
         return []
     end_col = min(block.n_buckets, max(0, (at - block.start) // block.step))
     vals = block.values[row, max(0, end_col - n):end_col]

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from rules.detectors.format import rule_location
 from rules.kinds import Kind, UnknownKind, kind_of
+from rules.memo import by_identity
 from rules.model import AccountFacts, DetectorResult, MetricBlock, OpenEpisode, Rule
 
 __all__ = ["detect", "required_history"]
@@ -59,7 +60,7 @@ def _check_inputs(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFact
             f"{where}: {len(accounts)} account facts for a block of {len(block.account_ids)} rows;"
             " pass one AccountFacts per block row, in the same order"
         )
-    ids = [account.id for account in accounts]
+    ids = _ids(accounts)
     if ids == block.account_ids:
         return
     for row, (account_id_given, account_id) in enumerate(zip(ids, block.account_ids, strict=True)):
@@ -68,6 +69,11 @@ def _check_inputs(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFact
                 f"{where}: accounts[{row}] is {account_id_given!r} but block row {row} is {account_id!r};"
                 " accounts must be in block.account_ids order"
             )
+
+
+@by_identity()
+def _ids(accounts: Sequence[AccountFacts]) -> list[str]:
+    return [account.id for account in accounts]
 
 
 def detect(

@@ -175,12 +175,13 @@ def _growth_finding(
     span = fmt.duration(width * step)
     window = width * step
     oldest_start = at - (params.periods + 1) * window
-    message = (
-        f"{block.metric} grew at least {fmt.percent(params.growth)} in each of the last {params.periods}"
-        f" windows of {span}: {fmt.number(window_sums[0])} in the {span} from {fmt.moment(at - window, step)}"
-        f" vs {fmt.number(window_sums[-1])} in the {span} from {fmt.moment(oldest_start, step)}"
-        f" ({', '.join(fmt.change(r) for r in rates)}, latest first)."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} grew at least {fmt.percent(params.growth)} in each of the last {params.periods}"
+                f" windows of {span}: {fmt.number(window_sums[0])} in the {span} from"
+                f" {fmt.moment(at - window, step)} vs {fmt.number(window_sums[-1])} in the {span} from"
+                f" {fmt.moment(oldest_start, step)} ({', '.join(fmt.change(r) for r in rates)}, latest first).")
+
     return make_finding(
         rule,
         block,
@@ -249,13 +250,14 @@ def _utilization_finding(
         {"period": p.label, "usage": float(u), "utilization": float(u) / quota}
         for p, u in zip(periods, usage, strict=True)
     ]
-    listing = ", ".join(
-        f"{p.label}: {fmt.percent(float(u) / quota)}" for p, u in zip(periods, usage, strict=True)
-    )
-    message = (
-        f"{block.metric} used at least {fmt.percent(params.utilization)} of the monthly quota"
-        f" ({fmt.number(quota)}) in each of the last {len(periods)} billing periods ({listing})."
-    )
+
+    def message() -> str:
+        listing = ", ".join(
+            f"{p.label}: {fmt.percent(float(u) / quota)}" for p, u in zip(periods, usage, strict=True)
+        )
+        return (f"{block.metric} used at least {fmt.percent(params.utilization)} of the monthly quota"
+                f" ({fmt.number(quota)}) in each of the last {len(periods)} billing periods ({listing}).")
+
     return make_finding(
         rule,
         block,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rules.model import Finding, MetricBlock, Reference, Rule
@@ -17,14 +17,16 @@ def make_finding(
     baseline: float | None,
     threshold: float | None,
     window_start: int,
-    message: str,
+    message: str | Callable[[], str],
     details: Mapping[str, Any],
     window_end: int | None = None,
     discriminator: str = "",
     once: bool = False,
     reference: Reference | None = None,
 ) -> Finding:
-    """A finding at the block's end (the evaluation time) about its last bucket."""
+    """A finding at the block's end (the evaluation time) about its last bucket.
+
+    message: the text, or a function giving it (called only if the message is read: Finding.message)."""
     at = block.end
     return Finding(
         rule_id=rule.id,

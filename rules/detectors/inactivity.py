@@ -172,9 +172,12 @@ def _judge_open(
 
 def _still_inactive(rule: Rule, block: MetricBlock, i: int, since: int, last_active: int | None) -> Finding:
     step = block.step
-    days = fmt.duration(block.end - since)
-    last = f"; last active {fmt.moment(last_active, step)}" if last_active is not None else ""
-    message = (f"{block.metric} has had no usage since {fmt.moment(since, step)} ({days}{last}).")
+
+    def message() -> str:
+        days = fmt.duration(block.end - since)
+        last = f"; last active {fmt.moment(last_active, step)}" if last_active is not None else ""
+        return f"{block.metric} has had no usage since {fmt.moment(since, step)} ({days}{last})."
+
     return make_finding(
         rule, block, i, value=0.0, baseline=None, threshold=None, window_start=since, message=message,
         details={"last_active": iso(last_active) if last_active is not None else None,
@@ -198,17 +201,17 @@ def _finding(
     step = block.step
     since = at - width * step
     baseline = prior_usage / prior_observed if prior_observed else None
-    notes = [] if missing == 0 else [f"{width - missing} of {width} buckets observed"]
-    notes.append(
-        f"last active {fmt.moment(last_active, step)}"
-        if last_active is not None
-        else "no usage anywhere in the loaded history"
-    )
-    message = (
-        f"{block.metric} had no usage in the {fmt.duration(width * step)} since {fmt.moment(since, step)}"
-        f" ({'; '.join(notes)}), after {fmt.number(prior_usage)} in the previous"
-        f" {fmt.duration(params.prior_window)}."
-    )
+
+    def message() -> str:
+        notes = [] if missing == 0 else [f"{width - missing} of {width} buckets observed"]
+        notes.append(
+            f"last active {fmt.moment(last_active, step)}"
+            if last_active is not None
+            else "no usage anywhere in the loaded history"
+        )
+        return (f"{block.metric} had no usage in the {fmt.duration(width * step)} since {fmt.moment(since, step)}"
+                f" ({'; '.join(notes)}), after {fmt.number(prior_usage)} in the previous"
+                f" {fmt.duration(params.prior_window)}.")
     return make_finding(
         rule,
         block,

@@ -49,7 +49,7 @@ immediate), not a message to the account owner.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.durations import format_duration
 from rules.kinds import Ending, Field, Kind, Threshold
+from rules.memo import by_identity
 from rules.model import (
     DAY,
     AccountFacts,
@@ -122,21 +123,28 @@ def required_history(rule: Rule) -> int:
 # ------------------------------------------------------------- shared helpers
 
 
+@by_identity()
 def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.ndarray]]:
-    """Row indices grouped by (billing_day, timezone), in first-seen order."""
+    """Row indices grouped by (billing_day, timezone), in first-seen order (read-only arrays: a tuple of
+    facts is grouped once per replay, rules.memo)."""
     groups: dict[tuple[int, str], list[int]] = {}
     for i, account in enumerate(accounts):
         groups.setdefault((account.billing_day, account.timezone), []).append(i)
-    return [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
+    out = [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
+    for _, _, rows in out:
+        rows.flags.writeable = False
+    return out
 
 
+@by_identity()
 def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
-    """Quota per row; NaN where the account has none for `metric`."""
+    """Quota per row; NaN where the account has none for `metric` (read-only, rules.memo)."""
     out = np.full(len(accounts), np.nan)
     for i, account in enumerate(accounts):
         q = account.quotas.get(metric)
         if q is not None:
             out[i] = float(q)
+    out.flags.writeable = False
     return out
 
 
@@ -185,9 +193,7 @@ def detect_quota(
     if n == 0 or rows == 0:
         return result
     at = block.end
-    opened: dict[str, list[OpenEpisode]] = {}
-    for e in open_episodes:
-        opened.setdefault(e.account_id, []).append(e)
+    opened = _opened_by_row(block, open_episodes)
     for billing_day, timezone, idx, q in quota_groups(block, accounts):
         period = billing_period(at - 1, billing_day, timezone)
         if block.start > period.start:
@@ -210,14 +216,37 @@ def detect_quota(
     return result
 
 
+class _Opened:
+    """The open episodes of a block's rows: row -> episodes, and a bool per row."""
+
+    def __init__(self, rows: int) -> None:
+        self.by_row: dict[int, list[OpenEpisode]] = {}
+        self.any = np.zeros(rows, dtype=bool)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_row)
+
+
+def _opened_by_row(block: MetricBlock, open_episodes: Sequence[OpenEpisode]) -> _Opened:
+    out = _Opened(len(block.account_ids))
+    if open_episodes:
+        index = {a: i for i, a in enumerate(block.account_ids)}
+        for e in open_episodes:
+            i = index.get(e.account_id)
+            if i is not None:
+                out.by_row.setdefault(i, []).append(e)
+        out.any[list(out.by_row)] = True
+    return out
+
+
 def _close_ended_periods(
-    block: MetricBlock, idx: np.ndarray, decided: np.ndarray, period: Period,
-    opened: Mapping[str, Sequence[OpenEpisode]], result: DetectorResult,
+    block: MetricBlock, idx: np.ndarray, decided: np.ndarray, period: Period, opened: _Opened,
+    result: DetectorResult,
 ) -> None:
     """Open episodes of an earlier billing period close quietly once the account is decided."""
-    for i in idx[decided[idx]]:
+    for i in idx[decided[idx] & opened.any[idx]]:
         account = block.account_ids[int(i)]
-        for e in opened.get(account, ()):
+        for e in opened.by_row[int(i)]:
             label = e.discriminator.split(":", 1)[0]
             if label != period.label:
                 result.recoveries[(account, e.discriminator)] = Recovery(
@@ -235,7 +264,7 @@ def _forecast_group(
     q: np.ndarray,
     period: Period,
     timezone: str,
-    opened: Mapping[str, Sequence[OpenEpisode]],
+    opened: _Opened,
     result: DetectorResult,
 ) -> None:
     """Forecast one (billing_day, timezone) group: sets `decided`, appends findings and recoveries."""
@@ -256,9 +285,9 @@ def _forecast_group(
     projected = used + rate * (period.end - at)
     target = params.fraction * q
     key = f"{period.label}:forecast{params.fraction:g}"
-    is_open = np.fromiter(
-        (any(e.discriminator == key for e in opened.get(block.account_ids[int(i)], ())) for i in idx),
-        dtype=bool, count=idx.size)
+    is_open = np.zeros(idx.size, dtype=bool)
+    for pos in np.flatnonzero(opened.any[idx]):
+        is_open[pos] = any(e.discriminator == key for e in opened.by_row[int(idx[pos])])
     enough = observed * block.step >= params.min_observed
     window_start = min(period.start, rate_start)
     for pos in np.flatnonzero(has_rate & ~is_open & enough & (used < target) & (target <= projected)):
@@ -291,7 +320,7 @@ def _make(
     value: float,
     threshold: float,
     window_start: int,
-    message: str,
+    message: str | Callable[[], str],
     discriminator: str,
     details: dict[str, object],
 ) -> Finding:
@@ -318,10 +347,11 @@ def _threshold_finding(
     rule: Rule, block: MetricBlock, i: int, used: float, quota: float, fraction: float, period: Period
 ) -> Finding:
     utilization = used / quota
-    message = (
-        f"{block.metric} reached {fmt.percent(utilization)} of the monthly quota"
-        f" ({fmt.number(used)} of {fmt.number(quota)}) in the period starting {period.label}."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} reached {fmt.percent(utilization)} of the monthly quota"
+                f" ({fmt.number(used)} of {fmt.number(quota)}) in the period starting {period.label}.")
+
     return _make(
         rule,
         block,
@@ -340,11 +370,12 @@ def _reached_finding(
     window_start: int,
 ) -> Finding:
     params = _params(rule)
-    message = (
-        f"{block.metric} reached {fmt.percent(used / quota)} of the monthly quota ({fmt.number(used)} of"
-        f" {fmt.number(quota)}) in the period starting {period.label}, as forecast; the period ends on"
-        f" {fmt.local_date(period.end, timezone)}."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} reached {fmt.percent(used / quota)} of the monthly quota ({fmt.number(used)} of"
+                f" {fmt.number(quota)}) in the period starting {period.label}, as forecast; the period ends on"
+                f" {fmt.local_date(period.end, timezone)}.")
+
     return _make(
         rule, block, i, value=used, threshold=params.fraction * quota, window_start=window_start,
         message=message, discriminator=f"{period.label}:forecast{params.fraction:g}",
@@ -371,13 +402,14 @@ def _forecast_finding(
     crossing = at + (target - used) / rate
     projected_date = fmt.local_date(crossing, timezone)
     days_left = round((crossing - at) / DAY, 1)
-    message = (
-        f"{block.metric} is projected to reach {fmt.percent(params.fraction)} of the monthly quota"
-        f" ({fmt.number(target)}) on {projected_date}, in {days_left:g} days:"
-        f" {fmt.number(used)} used so far ({fmt.percent(used / quota)}) in the period starting {period.label}"
-        f" at a recent {fmt.number(rate * DAY)}/day, {fmt.number(projected)} projected by the period end"
-        f" on {fmt.local_date(period.end, timezone)}."
-    )
+
+    def message() -> str:
+        return (f"{block.metric} is projected to reach {fmt.percent(params.fraction)} of the monthly quota"
+                f" ({fmt.number(target)}) on {projected_date}, in {days_left:g} days:"
+                f" {fmt.number(used)} used so far ({fmt.percent(used / quota)}) in the period starting"
+                f" {period.label} at a recent {fmt.number(rate * DAY)}/day, {fmt.number(projected)} projected by"
+                f" the period end on {fmt.local_date(period.end, timezone)}.")
+
     return _make(
         rule,
         block,

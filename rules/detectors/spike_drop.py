@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -335,16 +336,17 @@ def _continuing(
     step = block.step
     verb = "spiked to" if rule.kind == "spike" else "dropped to"
     r = value / ref if ref else None
-    against = f"{fmt.ratio(r)} the usual {fmt.number(ref)}" if r is not None else f"usual level {fmt.number(ref)}"
-    if episode.firing:
-        until = f"it resolves {'at or below' if rule.kind == 'spike' else 'at or above'} {fmt.number(limit)}"
-    else:
-        until = f"threshold {fmt.number(limit)}"
-    message = (
-        f"{block.metric} {verb} {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
-        f" {fmt.moment(block.end - step, step)}: {against} (the usual level before the {rule.kind} began on"
-        f" {_since_text(rule, episode, step)}; {until})."
-    )
+
+    def message() -> str:
+        against = f"{fmt.ratio(r)} the usual {fmt.number(ref)}" if r is not None else f"usual level {fmt.number(ref)}"
+        if episode.firing:
+            until = f"it resolves {'at or below' if rule.kind == 'spike' else 'at or above'} {fmt.number(limit)}"
+        else:
+            until = f"threshold {fmt.number(limit)}"
+        return (f"{block.metric} {verb} {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
+                f" {fmt.moment(block.end - step, step)}: {against} (the usual level before the {rule.kind} began"
+                f" on {_since_text(rule, episode, step)}; {until}).")
+
     return make_finding(
         rule, block, i, value=value, baseline=ref, threshold=limit,
         window_start=episode.started_at - step, message=message,
@@ -398,7 +400,7 @@ def _finding(
         baseline=b,
         threshold=threshold,
         window_start=window_start,
-        message=_message(rule, block.metric, v, b, threshold, r, z, points, smooth, step, at),
+        message=partial(_message, rule, block.metric, v, b, threshold, r, z, points, smooth, step, at),
         details=details,
         reference=reference,
     )

@@ -147,16 +147,20 @@ def _level(params: ThresholdParams, level: float, fraction: float) -> str:
 def _finding(rule: Rule, params: ThresholdParams, block: MetricBlock, i: int, value: float, limit: float,
              recovery: float, scale: float, smooth: int, firing: bool = False) -> Finding:
     direction = params.direction
-    message = (f"{block.metric} is {fmt.number(value)} {_when(block, smooth)}: {direction} the limit of"
-               f" {_level(params, limit, params.limit)}")
-    if firing:
-        back = "at or below" if direction == "above" else "at or above"
-        message += f"; it resolves {back} {_level(params, recovery, params.recovery_limit)}"
+
+    def message() -> str:
+        text = (f"{block.metric} is {fmt.number(value)} {_when(block, smooth)}: {direction} the limit of"
+                f" {_level(params, limit, params.limit)}")
+        if firing:
+            back = "at or below" if direction == "above" else "at or above"
+            text += f"; it resolves {back} {_level(params, recovery, params.recovery_limit)}"
+        return text + "."
+
     details: dict[str, object] = {"limit": limit, "direction": direction, "recovery": recovery, "smooth": smooth}
     if params.of == "quota":
         details["quota"] = scale
     return make_finding(rule, block, i, value=value, baseline=None, threshold=recovery if firing else limit,
-                        window_start=block.end - smooth * block.step, message=message + ".", details=details)
+                        window_start=block.end - smooth * block.step, message=message, details=details)
 
 
 def _recovery(params: ThresholdParams, block: MetricBlock, value: float, limit: float, recovery: float,

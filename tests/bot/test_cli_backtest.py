@@ -176,3 +176,41 @@ def test_check_against_the_data_warns_and_backtest_says_the_same(tmp_path: Path,
     assert code == 0 and "the database (sqlite:///" in out and "has no data for metric 'seats'" in out
     code, _, err = run_cli("check", str(rules), "--db", f"sqlite:///{tmp_path / 'typo.sqlite'}")
     assert code == 2 and "no such database file" in err and not (tmp_path / "typo.sqlite").exists()
+
+
+def test_backtest_streams_events_in_time_order_while_it_replays(tmp_path, monkeypatch):
+    """on_event (what --format json prints) gets each event as the replay reaches it, in time order,
+    the same events a run that keeps them returns; none are kept in the result."""
+    import bot.backtest.run as backtest_run
+    from bot.cli.demo import write_book_csv
+    from integrations.sources.demo import generate_book
+    from rules.loader import load_rules
+
+    book = generate_book(n_accounts=12, days=70, seed=5)
+    usage_csv, accounts_csv = tmp_path / "u.csv", tmp_path / "a.csv"
+    write_book_csv(book, usage_csv, accounts_csv)
+    ruleset = load_rules([Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"])
+    kept = backtest_run.run_backtest(ruleset, usage_csv, accounts_csv)
+
+    steps = {"done": 0}
+    emitted_after: list[int] = []  # steps finished when each event came
+    real_replay = backtest_run.replay
+
+    def counting(*args, **kwargs):
+        for step in real_replay(*args, **kwargs):
+            yield step
+            steps["done"] += 1
+
+    def on_event(ev):
+        emitted_after.append(steps["done"])
+        streamed.append(ev)
+
+    streamed: list = []
+    monkeypatch.setattr(backtest_run, "replay", counting)
+    result = backtest_run.run_backtest(ruleset, usage_csv, accounts_csv, on_event=on_event)
+    assert streamed == kept.events and result.events == [] and len(streamed) > 10
+    assert [e.at for e in streamed] == sorted(e.at for e in streamed)
+    # each event came out during its own step (daily rules: the step of `at` is day (at - start) / 1d)
+    days = [(e.at - result.start) // 86_400 for e in streamed]
+    assert emitted_after == [d - 1 for d in days] and emitted_after[0] < steps["done"] - 5
+    assert result.open_at_end == kept.open_at_end and result.first_run_held == kept.first_run_held

@@ -108,3 +108,31 @@ def quota_threshold(rule: Rule, series: list[float | None], start: int, step: in
     used = sum(observed)
     fired = tuple((f"{period.label}:{f:g}", used, None, f * q) for f in sorted(p.fractions) if used >= f * q)
     return RefResult(True, fired)
+
+
+def stepwise_replay(rules, blocks, accounts, start, end, inhibits=(), calendar=None, quiet_first_run=False):
+    """The replay as it was before issue 15 (the definition the fast replay must match): every step
+    evaluates with every state, and the lifecycle is handed every state ever recorded."""
+    from rules.engine import evaluate
+    from rules.lifecycle import FirstRun, advance, open_episodes
+    from rules.replay import evaluation_times
+
+    by_id = {r.id: r for r in rules}
+    current: dict = {}
+    seen_rules: set[str] = set()
+    seen_accounts: set[str] = set()
+    for t in evaluation_times(rules, start, end):
+        result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
+                          open_episodes=open_episodes(current, by_id))
+        first = None
+        if quiet_first_run:
+            decided_accounts = {a for _, a in result.decided}
+            first = FirstRun(frozenset(result.evaluated_rules - seen_rules),
+                             frozenset(decided_accounts - seen_accounts))
+            seen_rules |= result.evaluated_rules
+            seen_accounts |= decided_accounts
+        step = advance(by_id, result.findings, result.decided, current, t,
+                       evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
+                       first_run=first, inhibits=inhibits)
+        current = step.states
+        yield t, step.transitions, current, result.cohort_events

@@ -1,0 +1,163 @@
+"""Usage points held as numpy columns in memory: what `usagebot backtest` replays from.
+
+A backtest used to load its CSV into a throwaway SQLite database and read the blocks back (30% of its
+time, and every parsed record alive for the whole replay, ~500 B a row). `UsagePoints` keeps the same
+points as four columns (~24 B a point): records are added chunk by chunk (each chunk can be dropped
+once added), then summed per (account, metric, 60 s bucket) exactly as `storage.usage.sum_records`
+sums them (in record order, so the totals are bit for bit the stored ones), and `block()` builds a
+MetricBlock with the missing-data rules of `storage.usage.load_block`:
+
+- rows: every account with a point of the metric in [start, end), sorted;
+- a cell is the sum of the account's points in the bucket; a cell without a point is 0.0 when some
+  account has a point of the metric in that bucket (the bucket was delivered) and the account had a
+  point of the metric before (onboarded), NaN otherwise (not observed).
+
+tests/storage/test_usage_columns.py checks blocks against load_block of the same records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rules.lint import MetricFacts
+from rules.model import MetricBlock
+from storage.usage import UsageRecordLike, UsageValueError, overflow_error
+
+BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
+
+
+@dataclass
+class UsagePoints:
+    """Points (account, metric, bucket, value) as columns; `add` chunks, then `freeze` once."""
+
+    account_ids: list[str] = field(default_factory=list)  # after freeze: code -> id (sorted)
+    _acc_code: dict[str, int] = field(default_factory=dict)
+    _met_code: dict[str, int] = field(default_factory=dict)
+    _parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # after freeze: one point per (account, metric, bucket), sorted by (metric, account, bucket)
+    account: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    metric: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    bucket: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    value: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    records: int = 0
+
+    @property
+    def metrics(self) -> list[str]:
+        """code -> metric."""
+        return list(self._met_code)
+
+    def add(self, records: Iterable[UsageRecordLike]) -> None:
+        """Add records (ts floored to the minute; invalid values raise UsageValueError)."""
+        rows = records if isinstance(records, list) else list(records)
+        if not rows:
+            return
+        acc, met = self._acc_code, self._met_code
+        # a new id gets the next code (dict order = code order: account_ids follows it at freeze)
+        a_col = [acc.setdefault(x, len(acc)) for x in [r.account for r in rows]]
+        m_col = [met.setdefault(x, len(met)) for x in [r.metric for r in rows]]
+        ts = np.fromiter((int(r.ts) for r in rows), dtype=np.int64, count=len(rows))
+        values = np.fromiter((float(r.value) for r in rows), dtype=np.float64, count=len(rows))
+        if not np.isfinite(values).all():
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise UsageValueError(f"usage record #{self.records + i}: value {values[i]} is not a finite number")
+        self._parts.append((np.asarray(a_col, dtype=np.int32), np.asarray(m_col, dtype=np.int32),
+                            ts - ts % BASE_STEP, values))
+        self.records += len(rows)
+
+    def freeze(self) -> None:
+        """Sum the points of each (account, metric, bucket) in record order (storage.usage.sum_records);
+        a total that overflows raises UsageValueError naming the bucket."""
+        if not self._parts:
+            return
+        a, m, b, v = (np.concatenate([p[k] for p in self._parts]) for k in range(4))
+        self._parts.clear()
+        # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order)
+        ids = list(self._acc_code)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype=np.int32)
+        self.account_ids = [ids[i] for i in order]
+        self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
+        a = rank[a]
+        idx = np.lexsort((b, a, m))  # stable: equal keys stay in record order
+        a, m, b, v = a[idx], m[idx], b[idx], v[idx]
+        new = np.ones(len(a), dtype=bool)
+        new[1:] = (a[1:] != a[:-1]) | (m[1:] != m[:-1]) | (b[1:] != b[:-1])
+        group = np.cumsum(new) - 1
+        # bincount adds the weights one by one in input order: 0.0 + v1 + v2 ..., as sum_records does
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = np.bincount(group, weights=v)
+        first = np.flatnonzero(new)
+        self.account, self.metric, self.bucket, self.value = a[first], m[first], b[first], sums
+        bad = ~np.isfinite(sums)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise overflow_error("usage records", self.account_ids[int(self.account[i])],
+                                 self.metrics[int(self.metric[i])], int(self.bucket[i]))
+
+    # ------------------------------------------------------------------ reads (after freeze)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def accounts(self) -> int:
+        """Accounts with at least one point."""
+        return int(np.unique(self.account).size)
+
+    def time_range(self) -> tuple[int, int] | None:
+        """(first, last) bucket start over all points (storage.usage.usage_range)."""
+        if not len(self.bucket):
+            return None
+        return int(self.bucket.min()), int(self.bucket.max())
+
+    def metric_facts(self) -> tuple[dict[str, MetricFacts], set[str]]:
+        """rules.lint MetricFacts per metric, and the accounts with usage (rules.lint.facts_from)."""
+        out: dict[str, MetricFacts] = {}
+        for code, name in enumerate(self.metrics):
+            sel = self.metric == code
+            if not sel.any():
+                continue
+            stamps = np.unique(self.bucket[sel])
+            gaps = np.diff(stamps)
+            out[name] = MetricFacts(int(np.unique(self.account[sel]).size), int(stamps[0]), int(stamps[-1]),
+                                    int(gaps.min()) if gaps.size else None)
+        with_usage = {self.account_ids[i] for i in np.unique(self.account).tolist()}
+        return out, with_usage
+
+    def _metric_slice(self, metric: str) -> slice:
+        code = self._met_code.get(metric)
+        if code is None:
+            return slice(0, 0)
+        lo, hi = np.searchsorted(self.metric, [code, code + 1])
+        return slice(int(lo), int(hi))
+
+    def block(self, metric: str, step: int, start: int, end: int) -> MetricBlock:
+        """The usage of `metric` in buckets [start, end) of `step` seconds (storage.usage.load_block)."""
+        n_cols = (end - start) // step
+        part = self._metric_slice(metric)
+        acc, bucket, value = self.account[part], self.bucket[part], self.value[part]
+        inside = (bucket >= start) & (bucket < end)
+        codes = np.unique(acc[inside])
+        if not codes.size or n_cols <= 0:
+            return MetricBlock(metric, start, step, [], np.full((0, max(n_cols, 0)), np.nan))
+        row_of = np.full(len(self.account_ids), -1, dtype=np.int64)
+        row_of[codes] = np.arange(codes.size)
+        col = (bucket[inside] - start) // step
+        flat = row_of[acc[inside]] * n_cols + col
+        cells = codes.size * n_cols
+        sums = np.bincount(flat, weights=value[inside], minlength=cells).reshape(codes.size, n_cols)
+        has = (np.bincount(flat, minlength=cells) > 0).reshape(codes.size, n_cols)
+        observed = np.zeros(n_cols, dtype=bool)
+        observed[np.unique(col)] = True
+        # first-ever point of each row's account for the metric (points are sorted by account, bucket)
+        starts = np.flatnonzero(np.r_[True, acc[1:] != acc[:-1]]) if len(acc) else np.zeros(0, np.int64)
+        first_bucket = np.empty(len(self.account_ids), dtype=np.int64)
+        first_bucket[acc[starts]] = bucket[starts]
+        first_col = np.maximum(0, (first_bucket[codes] - start) // step)
+        zero = (np.arange(n_cols)[None, :] >= first_col[:, None]) & observed[None, :]
+        zero |= has
+        sums[~zero] = np.nan
+        return MetricBlock(metric, start, step, [self.account_ids[int(c)] for c in codes], sums)

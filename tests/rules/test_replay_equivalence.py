@@ -1,0 +1,211 @@
+"""The replay (rules.replay, what `usagebot backtest` runs) against the stepwise definition of it
+(tests/rules/reference.stepwise_replay: every step evaluates with every state and hands the lifecycle
+every state ever recorded): random books and rule files with every registered kind, gaps, `for`,
+cooldowns, renotify, once-per-period quotas, segments, cohorts and inhibition give the same
+transitions in the same order, the same cohort events and the same states, step by step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from integrations.sources.demo import generate_book
+from rules.engine import history_needed
+from rules.kinds import KINDS
+from rules.loader import load_rules_text
+from rules.model import DAY
+from rules.replay import replay
+from tests.rules.reference import stepwise_replay
+
+END = 1_792_800_000 - 1_792_800_000 % DAY
+DAYS = 75
+
+
+def _rules_text(rng: np.random.Generator) -> str:
+    """Rules of every kind with random lifecycle settings."""
+    def life() -> str:
+        return (f'for = {int(rng.choice([1, 1, 2, 3]))}\ncooldown = "{int(rng.choice([0, 2, 5]))}d"\n'
+                f'renotify = "{int(rng.choice([0, 0, 3]))}d"\n')
+    def segment() -> str:
+        return '[rule.segment]\nplans = ["starter", "growth"]\n' if rng.random() < 0.3 else ""
+    cohort = "[rule.cohort]\nshare = 0.2\nmin_accounts = 3\n" if rng.random() < 0.5 else ""
+    return f"""
+[[rule]]
+id = "calls-spike"
+kind = "spike"
+metric = "api_calls"
+{life()}
+[rule.baseline]
+window = "{int(rng.choice([21, 28]))}d"
+seasonality = "{rng.choice(["none", "weekly"])}"
+method = "{rng.choice(["median", "mean", "upper"])}"
+[rule.threshold]
+ratio = {float(rng.choice([1.5, 2.0, 2.5]))}
+{segment()}
+[[rule]]
+id = "calls-drop"
+kind = "drop"
+metric = "api_calls"
+{life()}
+[rule.baseline]
+window = "28d"
+seasonality = "weekly"
+[rule.threshold]
+ratio = {float(rng.choice([0.5, 0.7]))}
+{cohort}
+[[rule]]
+id = "events-drop"
+kind = "drop"
+metric = "events"
+{life()}
+[rule.threshold]
+ratio = 0.6
+smooth = {int(rng.choice([1, 2]))}
+{segment()}
+[[rule]]
+id = "calls-inactive"
+kind = "inactivity"
+metric = "api_calls"
+{life()}
+[rule.threshold]
+duration = "{int(rng.choice([3, 5]))}d"
+max_missing = {float(rng.choice([0.0, 0.5]))}
+prior_window = "20d"
+min_prior_usage = 10
+
+[[rule]]
+id = "calls-quota"
+kind = "quota"
+metric = "api_calls"
+{life()}
+[rule.threshold]
+mode = "threshold"
+fractions = [{float(rng.choice([0.3, 0.5]))}, 0.8, 1.0]
+
+[[rule]]
+id = "events-forecast"
+kind = "quota"
+metric = "events"
+{life()}
+[rule.threshold]
+mode = "forecast"
+fraction = {float(rng.choice([0.6, 1.0]))}
+forecast_window = "{int(rng.choice([3, 7]))}d"
+min_elapsed = "2d"
+
+[[rule]]
+id = "calls-growth"
+kind = "expansion"
+metric = "api_calls"
+{life()}
+[rule.threshold]
+mode = "growth"
+period = "7d"
+periods = 2
+growth = 0.05
+min_value = 50
+
+[[rule]]
+id = "calls-utilization"
+kind = "expansion"
+metric = "api_calls"
+[rule.threshold]
+mode = "utilization"
+utilization = 0.5
+periods = 1
+
+[[rule]]
+id = "exports-cap"
+kind = "threshold"
+metric = "exports"
+{life()}
+[rule.threshold]
+above = {float(rng.choice([5, 20, 50]))}
+
+[[rule]]
+id = "events-of-quota"
+kind = "threshold"
+metric = "events"
+{life()}
+[rule.threshold]
+above = {float(rng.choice([0.02, 0.05]))}
+of = "quota"
+
+[[inhibit]]
+source = {{ kinds = ["inactivity"] }}
+target = {{ kinds = ["drop"] }}
+equal = ["account", "metric"]
+"""
+
+
+def _blocks(book, rules) -> dict:
+    """The book's daily series for every (metric, bucket) the rules need (NaN where not delivered)."""
+    return {(metric, step): book.block(metric) for metric, step in history_needed(rules)}
+
+
+def _transitions(ts):
+    return [(t.event, t.at, t.key, t.notify, t.reason, t.quiet, t.state,
+             None if t.finding is None else t.finding.explanation(), t.recovery,
+             [(g.event, g.key, g.notify, g.reason) for g in t.grouped]) for t in ts]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replay_equals_the_stepwise_definition(seed):
+    rng = np.random.default_rng(seed)
+    ruleset = load_rules_text(_rules_text(rng))
+    assert {r.kind for r in ruleset.rules} == set(KINDS), "add a rule of the new kind to _rules_text"
+    book = generate_book(n_accounts=int(rng.integers(15, 40)), days=DAYS, end=END, seed=seed,
+                         gaps=int(rng.integers(0, 6)), holidays=int(rng.integers(0, 3)))
+    rules = list(ruleset.rules)
+    start = END - int(rng.integers(20, 45)) * DAY
+    blocks = _blocks(book, rules)
+    accounts = {a.id: a for a in book.accounts}
+    quiet = bool(rng.random() < 0.5)
+    want = list(stepwise_replay(rules, blocks, accounts, start, END, inhibits=ruleset.inhibits, quiet_first_run=quiet))
+    got = [(s.at, _transitions(s.transitions), dict(s.states), s.cohort_events)
+           for s in replay(rules, blocks, accounts, start, END, inhibits=ruleset.inhibits, quiet_first_run=quiet)]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    events = 0
+    for (at, g_ts, g_states, g_cohort), (_, w_ts, w_states, w_cohort) in zip(got, want, strict=True):
+        assert g_ts == _transitions(w_ts), f"transitions differ at {at}"
+        assert g_cohort == w_cohort
+        assert list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
+        events += len(g_ts)
+    assert events > 20  # the book and rules do make things happen
+
+
+def test_a_replay_formats_no_message_until_an_event_reads_it(monkeypatch):
+    """Detectors hand messages as functions; the replay keeps explanations lazily: deciding and
+    stepping format nothing; reading a transition's message formats that one message."""
+    import rules.detectors.finding as finding_module
+
+    calls = {"made": 0, "formatted": 0}
+    real = finding_module.make_finding
+
+    def counting(*args, message, **kwargs):
+        calls["made"] += 1
+        text = message if isinstance(message, str) else None
+
+        def formatted() -> str:
+            calls["formatted"] += 1
+            return text if text is not None else message()
+
+        return real(*args, message=formatted, **kwargs)
+
+    for module in ("spike_drop", "quota", "expansion", "inactivity", "threshold"):
+        monkeypatch.setattr(f"rules.detectors.{module}.make_finding", counting)
+    rng = np.random.default_rng(3)
+    ruleset = load_rules_text(_rules_text(rng))
+    book = generate_book(n_accounts=20, days=DAYS, end=END, seed=3, gaps=2)
+    rules = list(ruleset.rules)
+    steps = list(replay(rules, _blocks(book, rules), {a.id: a for a in book.accounts}, END - 30 * DAY, END,
+                        inhibits=ruleset.inhibits))
+    transitions = [t for s in steps for t in s.transitions if t.finding is not None]
+    assert calls["made"] > 2 * len(transitions) > 0 and calls["formatted"] == 0
+    baselines = [st.last_explanation.get("baseline") for st in steps[-1].states.values()]
+    assert len(baselines) > 10 and calls["formatted"] == 0  # an explanation's numbers are read without its message
+    text = transitions[0].finding.message
+    assert isinstance(text, str) and text and calls["formatted"] == 1
+    assert transitions[0].finding.message is text and calls["formatted"] == 1  # once
+    lazy = [s for s in steps[-1].states.values() if s.is_open][0].last_explanation
+    assert dict(lazy) == lazy and isinstance(lazy["message"], str)
