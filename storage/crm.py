@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from storage.db import write_transaction
+from storage.dialect import dialect_insert as _insert
 from storage.jsonsafe import json_safe
 from storage.models import AlertEpisode, CrmRecordState, CrmSyncRun, CrmTask
 
@@ -43,10 +43,6 @@ class WriteOutcome:
     match_key: str
     fields: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def load_record_states(engine: Engine, sf_object: str) -> dict[str, RecordState]:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from rules.lifecycle import EpisodeState
 from storage.db import db_clock, write_transaction
+from storage.dialect import dialect_insert as _insert
 from storage.episodes import episodes_table, get_episode, state_from_row
 from storage.jsonsafe import json_safe
 from storage.models import (
@@ -36,10 +36,6 @@ snoozes_table: sa.Table = SlackAccountSnooze.__table__  # type: ignore[attr-defi
 requests_seen_table: sa.Table = SlackRequestSeen.__table__  # type: ignore[attr-defined]
 
 NOT_USEFUL = "not_useful"
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def _opt(x: Any) -> int | None:
