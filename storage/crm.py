@@ -219,14 +219,6 @@ def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> N
                 "updated_at": now, "task_key": c.key})
 
 
-def record_task(
-    engine: Engine, candidate: TaskCandidate, status: str, now: int, subject: str, what_id: str | None,
-    sf_task_id: str | None = None, error: str | None = None, attempted: bool = True,
-) -> None:
-    """Insert or update the task row of one episode (status created / failed / unknown)."""
-    record_tasks(engine, [TaskOutcome(candidate, status, subject, what_id, sf_task_id, error, attempted)], now)
-
-
 # --------------------------------------------------------------------------- runs
 
 

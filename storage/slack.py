@@ -123,13 +123,6 @@ def episode_messages(engine: Engine, episode_id: int) -> list[EpisodeMessage]:
     return [_message(r) for r in rows]
 
 
-def message_at(engine: Engine, channel: str, ts: str) -> EpisodeMessage | None:
-    c = messages_table.c
-    with engine.connect() as conn:
-        r = conn.execute(sa.select(messages_table).where(c.channel == channel, c.ts == ts)).first()
-    return None if r is None else _message(r)
-
-
 def save_message(
     engine: Engine, episode_id: int, destination: str, channel: str, ts: str, alert: Mapping[str, Any],
     event: str, at: int,

@@ -21,7 +21,6 @@ Two kinds of usage rows:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -380,8 +379,3 @@ def count_events(engine: Engine, source_id: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(events_table)
                                 .where(events_table.c.source_id == source_id)).scalar_one())
-
-
-def dumps_cursor(value: Mapping[str, Any]) -> str:
-    """Cursors that are structures (e.g. the files seen in a drop folder) are stored as compact JSON."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
