@@ -32,8 +32,6 @@ import numpy as np
 from rules.lifecycle import FIRING, EpisodeState
 
 FACTORS: tuple[str, ...] = ("trend", "active_days", "quota_use", "open_alerts")
-BANDS: tuple[str, ...] = ("Healthy", "Watch", "At risk")
-TRENDS: tuple[str, ...] = ("Growing", "Stable", "Declining")
 RISK_KINDS = ("drop", "inactivity")
 ALERT_PENALTY = {"critical": 10.0, "warning": 5.0, "info": 1.0}
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rules.config.problems import Problem
 from rules.detectors import required_history
 from rules.durations import format_duration
 from rules.kinds import KINDS
-from rules.loader import Problem
 from rules.model import Rule, RuleSet, Segment
 
 # Bytes per cell of an evaluation block: the float64 values plus the working copies the detectors

@@ -6,14 +6,13 @@ seconds (UTC) throughout the engine; adapters convert at the edges.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
-SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
 DAY = 86_400
 WEEK = 7 * DAY
@@ -442,7 +441,3 @@ class Recovery:
     details: Mapping[str, Any] = field(default_factory=dict)
     quiet: bool = False  # close without a message to people (a billing period ended, an opportunity passed)
     immediate: bool = False  # resolve now, without the rule's resolve_after hold
-
-
-def account_index(accounts: Sequence[AccountFacts]) -> dict[str, AccountFacts]:
-    return {a.id: a for a in accounts}

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from storage.db import write_transaction
+from storage.dialect import dialect_insert as _insert
 from storage.jsonsafe import json_safe
 from storage.models import AlertEpisode, CrmRecordState, CrmSyncRun, CrmTask
 
@@ -43,10 +43,6 @@ class WriteOutcome:
     match_key: str
     fields: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def load_record_states(engine: Engine, sf_object: str) -> dict[str, RecordState]:
@@ -221,14 +217,6 @@ def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> N
                 "attempts": 1 if o.attempted else 0,
                 "last_error": None if o.error is None else o.error[:MAX_ERROR_CHARS], "first_attempt_at": now,
                 "updated_at": now, "task_key": c.key})
-
-
-def record_task(
-    engine: Engine, candidate: TaskCandidate, status: str, now: int, subject: str, what_id: str | None,
-    sf_task_id: str | None = None, error: str | None = None, attempted: bool = True,
-) -> None:
-    """Insert or update the task row of one episode (status created / failed / unknown)."""
-    record_tasks(engine, [TaskOutcome(candidate, status, subject, what_id, sf_task_id, error, attempted)], now)
 
 
 # --------------------------------------------------------------------------- runs

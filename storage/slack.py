@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from rules.lifecycle import EpisodeState
 from storage.db import db_clock, write_transaction
+from storage.dialect import dialect_insert as _insert
 from storage.episodes import episodes_table, get_episode, state_from_row
 from storage.jsonsafe import json_safe
 from storage.models import (
@@ -36,10 +36,6 @@ snoozes_table: sa.Table = SlackAccountSnooze.__table__  # type: ignore[attr-defi
 requests_seen_table: sa.Table = SlackRequestSeen.__table__  # type: ignore[attr-defined]
 
 NOT_USEFUL = "not_useful"
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def _opt(x: Any) -> int | None:
@@ -125,13 +121,6 @@ def episode_messages(engine: Engine, episode_id: int) -> list[EpisodeMessage]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(messages_table).where(c.episode_id == episode_id).order_by(c.id)).all()
     return [_message(r) for r in rows]
-
-
-def message_at(engine: Engine, channel: str, ts: str) -> EpisodeMessage | None:
-    c = messages_table.c
-    with engine.connect() as conn:
-        r = conn.execute(sa.select(messages_table).where(c.channel == channel, c.ts == ts)).first()
-    return None if r is None else _message(r)
 
 
 def save_message(

@@ -1,4 +1,4 @@
-"""Storage for the service: usage batches from sources, push dedup ids, freshness, changes, leadership.
+"""Storage of what sources deliver: usage batches, push dedup ids, source freshness and series.
 
 `store_batch` writes one batch of a source in ONE transaction: the usage
 points, the event ids (push ingest and event feeds: deduplicated, then added
@@ -21,24 +21,21 @@ Two kinds of usage rows:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from storage.accounts import _row as _account_row
 from storage.accounts import accounts_table
 from storage.cursors import MAX_ERROR_CHARS, cursors_table
 from storage.db import write_transaction
+from storage.dialect import dialect_insert as _insert
 from storage.models import (
     IngestedEvent,
-    LeaderLease,
-    RuleProgress,
     SourceSeries,
     SourceStatus,
     UsagePoint,
@@ -49,8 +46,6 @@ from storage.usage import UsageValueError, check_totals, write_points  # (keeps 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
 series_table: sa.Table = SourceSeries.__table__  # type: ignore[attr-defined]
-progress_table: sa.Table = RuleProgress.__table__  # type: ignore[attr-defined]
-lease_table: sa.Table = LeaderLease.__table__  # type: ignore[attr-defined]
 usage_table: sa.Table = UsagePoint.__table__  # type: ignore[attr-defined]
 
 BASE_STEP = 60
@@ -98,10 +93,6 @@ class StoreResult:
     events_expired: int = 0  # older than the source's pruning horizon: their ids may be forgotten, not counted
     accounts: int = 0
     newest: int | None = None  # newest data timestamp in the batch
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def _opt(x: Any) -> int | None:
@@ -388,77 +379,3 @@ def count_events(engine: Engine, source_id: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(events_table)
                                 .where(events_table.c.source_id == source_id)).scalar_one())
-
-
-# ------------------------------------------------------------------------ rule progress
-
-
-def get_rule_progress(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {r: int(t) for r, t in conn.execute(
-            sa.select(progress_table.c.rule_id, progress_table.c.evaluated_through))}
-
-
-def set_rule_progress(engine: Engine, through: Mapping[str, int], now: int) -> None:
-    if not through:
-        return
-    with engine.begin() as conn:
-        ins = _insert(conn, progress_table)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[progress_table.c.rule_id],
-            set_={"evaluated_through": ins.excluded.evaluated_through, "updated_at": ins.excluded.updated_at})
-        conn.execute(stmt, [{"rule_id": r, "evaluated_through": int(t), "updated_at": now}
-                            for r, t in sorted(through.items())])
-
-
-# ------------------------------------------------------------------------ leader lease
-
-
-@dataclass(frozen=True)
-class Lease:
-    name: str
-    holder: str
-    acquired_at: int
-    renewed_at: int
-    expires_at: int
-
-
-def get_lease(engine: Engine, name: str) -> Lease | None:
-    with engine.connect() as conn:
-        r = conn.execute(sa.select(lease_table).where(lease_table.c.name == name)).one_or_none()
-    return None if r is None else Lease(r.name, r.holder, int(r.acquired_at), int(r.renewed_at), int(r.expires_at))
-
-
-def try_lease(engine: Engine, name: str, holder: str, now: int, ttl: int) -> bool:
-    """Take or renew the lease `name` for `holder` until now + ttl; True when `holder` holds it.
-
-    The lease is taken over only once it has expired, so a replica that stops
-    renewing (dead, or cut off from the database) loses it after `ttl`.
-    """
-    c = lease_table.c
-    with write_transaction(engine) as conn:
-        renewed = conn.execute(
-            sa.update(lease_table).where(c.name == name, c.holder == holder)
-            .values(renewed_at=now, expires_at=now + ttl)).rowcount
-        if renewed:
-            return True
-        taken = conn.execute(
-            sa.update(lease_table).where(c.name == name, c.expires_at <= now)
-            .values(holder=holder, acquired_at=now, renewed_at=now, expires_at=now + ttl)).rowcount
-        if taken:
-            return True
-        ins = _insert(conn, lease_table).values(name=name, holder=holder, acquired_at=now, renewed_at=now,
-                                                expires_at=now + ttl)
-        return conn.execute(ins.on_conflict_do_nothing(index_elements=[c.name]).returning(c.name)).first() is not None
-
-
-def release_lease(engine: Engine, name: str, holder: str) -> bool:
-    """Give the lease up (graceful shutdown) so another replica takes over at once."""
-    with engine.begin() as conn:
-        return bool(conn.execute(sa.delete(lease_table).where(
-            lease_table.c.name == name, lease_table.c.holder == holder)).rowcount)
-
-
-def dumps_cursor(value: Mapping[str, Any]) -> str:
-    """Cursors that are structures (e.g. the files seen in a drop folder) are stored as compact JSON."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -25,51 +25,21 @@ tables is always safe.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Connection
 
+from storage.dialect import binary_rows, fetch_batches, param_mark, read_cells
+
 TILE_COLS = 8  # a new bucket rewrites one tile per group: narrow tiles keep that write small
 TILE_ROWS = 4096
 IDLE_SECONDS = 14 * 86_400
-FETCH_BATCH = 50_000  # rows per fetchmany() when reading usage (bounds memory)
 _PG_LOCK = 7_573_616_701  # pg_advisory_xact_lock key of tile maintenance
 
 _MARK = ("INSERT INTO usage_tile_dirty (metric, bucket_start, seq) {values} "
          "ON CONFLICT (metric, bucket_start) DO UPDATE SET seq = usage_tile_dirty.seq + 1")
-
-
-def param_mark(dialect: str) -> str:
-    """The DB-API parameter marker of the driver: sqlite3 "?", psycopg "%s"."""
-    return "?" if dialect == "sqlite" else "%s"
-
-
-def fetch_batches(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows of one query in batches of FETCH_BATCH, straight from the DB-API cursor."""
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        while True:
-            batch = cur.fetchmany(FETCH_BATCH)
-            if not batch:
-                return
-            yield batch
-    finally:
-        cur.close()
-
-
-def read_cells(conn: Connection, sql: str, params: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """A query returning (cell number, value) rows, as two arrays (int64 cells, float64 values)."""
-    flats: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    for batch in fetch_batches(conn, sql, params):
-        flats.append(np.fromiter([r[0] for r in batch], dtype=np.int64, count=len(batch)))
-        vals.append(np.fromiter([r[1] for r in batch], dtype=np.float64, count=len(batch)))
-    if not flats:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    return np.concatenate(flats), np.concatenate(vals)
 
 
 def bin_cells(flat: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,21 +49,6 @@ def bin_cells(flat: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int) -> t
     sums = np.bincount(flat, weights=vals, minlength=cells).astype(np.float64, copy=False)
     has = np.bincount(flat, minlength=cells) > 0
     return sums.reshape(n_rows, n_cols), has.reshape(n_rows, n_cols)
-
-
-def _blob_rows(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
-    """Rows holding tiles, one at a time; on PostgreSQL in binary format (bytea as raw bytes, not
-    hex text twice their size)."""
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        if conn.dialect.name == "postgresql":
-            cur.execute(sql, params, binary=True)
-        else:
-            cur.execute(sql, params)
-        while (row := cur.fetchone()) is not None:
-            yield row
-    finally:
-        cur.close()
 
 
 # ----------------------------------------------------------------------------- writers
@@ -259,7 +214,7 @@ def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> No
             sums, has = _aggregate(conn, metric, step, c_lo, c_hi, n_ords)
             t_lo, t_hi = c_lo - k * TILE_COLS, c_hi - k * TILE_COLS
             out = []
-            for grp, n_rows, s_blob, h_blob in list(_blob_rows(conn,
+            for grp, n_rows, s_blob, h_blob in list(binary_rows(conn,
                     f"SELECT grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
                     f"AND tile = {m}", (metric, step, k))):
                 grp, n_rows = int(grp), int(n_rows)
@@ -334,7 +289,7 @@ def _assemble(conn: Connection, metric: str, step: int, c0: int, k0: int, k1: in
     m = param_mark(conn.dialect.name)
     sql = (f"SELECT tile, grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
            f"AND tile >= {m} AND tile <= {m} AND grp IN ({', '.join(str(int(g)) for g in groups)})")
-    for tile, grp, n_rows, s_blob, h_blob in _blob_rows(conn, sql, (metric, step, k0, k1)):
+    for tile, grp, n_rows, s_blob, h_blob in binary_rows(conn, sql, (metric, step, k0, k1)):
         where, local = members[int(grp)]
         s, h = _decode(int(n_rows), s_blob, h_blob)
         kept = local < int(n_rows)  # numbered after the tile was written: no point there yet

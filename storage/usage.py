@@ -27,7 +27,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from rules.gcpause import gc_paused
 from rules.model import MetricBlock
 from rules.periods import iso
-from storage import tiles
+from storage import dialect, tiles
 from storage.changes import Ranges, add_ranges, mark_changed
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
@@ -540,7 +540,7 @@ def _fill_short(
         params = [list(ids), metric, start, end]
     flats: list[np.ndarray] = []
     vals: list[np.ndarray] = []
-    for batch in tiles.fetch_batches(conn, sql, params):
+    for batch in dialect.fetch_batches(conn, sql, params):
         r = np.fromiter(map(index.__getitem__, [row[0] for row in batch]), dtype=np.int64, count=len(batch))
         c = (np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start) // step
         flats.append(r * n_cols + c)
@@ -557,15 +557,15 @@ def _fill_joined(
     and rows of ids not asked for never leave the database."""
     n_cols = (end - start) // step
     _stage_row_numbers(conn, ids)
-    mark = tiles.param_mark(conn.dialect.name)
+    mark = dialect.param_mark(conn.dialect.name)
     sql = (f"SELECT o.ord * {int(n_cols)} + (p.bucket_start - {int(start)}) / {int(step)}, p.value "
            f"FROM usage_points p JOIN {_READ_IDS} o ON o.account_id = p.account_id "
            f"WHERE p.metric = {mark} AND p.bucket_start >= {mark} AND p.bucket_start < {mark}")
-    flat, vals = tiles.read_cells(conn, sql, [metric, start, end])
+    flat, vals = dialect.read_cells(conn, sql, [metric, start, end])
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
          f"ON o.account_id = f.account_id WHERE f.metric = {mark}")
-    for batch in tiles.fetch_batches(conn, q, [metric]):
+    for batch in dialect.fetch_batches(conn, q, [metric]):
         rows = np.fromiter([row[0] for row in batch], dtype=np.int64, count=len(batch))
         first = np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch))
         first_col[rows] = np.maximum(0, (first - start) // step)

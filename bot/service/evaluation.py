@@ -41,7 +41,8 @@ from rules.detectors import required_history
 from rules.model import Rule, RuleSet
 from rules.periods import iso
 from storage.changes import delete_changes, read_changes
-from storage.sources import SourceState, get_rule_progress, list_source_states, set_rule_progress
+from storage.rule_progress import get_rule_progress, set_rule_progress
+from storage.sources import SourceState, list_source_states
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from storage.leases import release_lease, try_lease
 from storage.locks import lock_key
-from storage.sources import release_lease, try_lease
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The data behind `/usage`: per-metric usage this billing period vs the last, quota use, trend,
-health (rules.health.score_account), open alerts and a sparkline; and accounts ranked by trend.
+health (integrations.health.account_health, what the CRM sync writes), open alerts and a sparkline; and accounts ranked by trend.
 
 Reads storage only (list_accounts, load_block, episodes). Missing data is not zero usage: days no
 account has data for are left out of sums and shown as gaps in sparklines. A metric whose usage is
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from integrations.health import account_health, health_metric
 from rules.engine import non_finite_rows
-from rules.health import DEFAULT_MODEL, Health, HealthModel, UsageNotFinite, score_account, summarize_alerts
+from rules.health import DEFAULT_MODEL, Health, HealthModel
 from rules.lifecycle import EpisodeState
 from rules.model import DAY, AccountFacts
 from rules.periods import Period, billing_period, previous_period
@@ -115,7 +116,6 @@ def summarize_account(engine: Engine, account: AccountFacts, now: int,
     prev = previous_period(period, account.billing_day, account.timezone)
     elapsed = min(1.0, max(0.0, (now - period.start) / period.length))
     out: list[MetricSummary] = []
-    dailies: dict[str, np.ndarray] = {}
     for metric in metrics(engine):
         block = load_block(engine, metric, DAY, start, end, account_ids=[account.id])
         row = block.values[0]
@@ -139,31 +139,13 @@ def summarize_account(engine: Engine, account: AccountFacts, now: int,
             _not_finite(account.id, metric, "its sums overflow")
             continue
         out.append(MetricSummary(metric, ptd, same, total, quota if quota else None, util, word, ratio, recent))
-        dailies[metric] = done
-    primary = model.primary_metric if model.primary_metric in dailies else primary_metric(account, out)
     episodes = store.account_episodes(engine, [account.id], open_only=False)
-    health = None
-    if primary is not None:
-        alerts = summarize_alerts(episodes, kind_of, model).get(account.id)
-        util = next((m.utilization for m in out if m.metric == primary), None)
-        try:
-            health = score_account(
-                dailies[primary][-2 * model.window_days:], util, elapsed,
-                alerts.open_alerts if alerts else [], alerts.expansion_signal if alerts else False,
-                alerts.last_alert if alerts else None, model=model)
-        except UsageNotFinite as exc:
-            _not_finite(account.id, primary, str(exc))
+    # the CRM sync's computation (integrations.health): /usage shows the health the CRM fields hold
+    primary = health_metric(engine, model)
+    scored = account_health(engine, None, now, model, account_ids=[account.id])
+    health = scored[0][1] if scored else None
     return AccountSummary(account, period, elapsed, out, primary, health,
                           [s for s in episodes if s.status == "firing"])
-
-
-def primary_metric(account: AccountFacts, ms: Sequence[MetricSummary]) -> str | None:
-    """The metric health is scored on: the most-used metric with a quota, else the most-used one."""
-    if not ms:
-        return None
-    with_quota = [m for m in ms if m.quota]
-    pool = with_quota or list(ms)
-    return max(pool, key=lambda m: (m.utilization or 0.0, m.period_to_date)).metric
 
 
 def rank_by_trend(engine: Engine, accounts: Sequence[AccountFacts], now: int,

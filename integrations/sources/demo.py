@@ -50,7 +50,6 @@ from rules.model import DAY, AccountFacts, MetricBlock
 DEFAULT_END = 1_795_392_000  # 2026-11-23T00:00:00Z: fixed so the default book is reproducible
 BASELINE_DAYS = 35  # no anomaly starts before this many days into the book
 LABEL_KINDS: tuple[str, ...] = ("spike", "drop", "inactivity", "expansion")
-BOOK_EVENTS: tuple[str, ...] = ("holiday", "gap")  # labels for the whole book (account and metric "*")
 
 PLANS: tuple[str, ...] = ("starter", "growth", "enterprise")
 _PLAN_SHARE = (0.45, 0.35, 0.20)

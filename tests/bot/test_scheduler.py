@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from bot.service.leader import LeaseLeader, SoleLeader
 from bot.service.scheduler import LEADER_JOB, JobSpec, ServiceScheduler, cron, every
-from storage.sources import get_lease
+from storage.leases import get_lease
 
 
 class Switch:

@@ -12,7 +12,8 @@ from rules.loader import load_rules_text
 from rules.model import RuleSet
 from storage.episodes import load_states
 from storage.outbox import list_outbox
-from storage.sources import get_rule_progress, register_source, store_batch
+from storage.rule_progress import get_rule_progress
+from storage.sources import register_source, store_batch
 
 DAY = 86_400
 T0 = 1_793_491_200  # 2026-11-01

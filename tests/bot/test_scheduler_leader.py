@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from bot.service.leader import AdvisoryLockLeader, LeaseLeader, lock_key, make_leadership
 from bot.service.scheduler import JobSpec, ServiceScheduler, every
 from storage.db import make_engine, migrate
-from storage.sources import get_lease, lease_table
+from storage.leases import get_lease, lease_table
 from tests.pg import PgServer
 
 

@@ -89,19 +89,4 @@ def test_free_tables_take_any_key_and_declared_tables_check_theirs() -> None:
     assert [str(p) for p in doc.problems] == ["c.toml:7: x.sub.c: unknown key; allowed: b"]
 
 
-def test_the_config_primitives_import_only_each_other_and_durations() -> None:
-    """rules.config is the layer under storage, integrations and bot (and beside the pure core): it
-    may import nothing of usagebot but itself and the leaf rules.durations."""
-    import ast
-    from pathlib import Path
-
-    import rules.config
-
-    ours = ("rules", "bot", "integrations", "storage")
-    for path in Path(rules.config.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                if name.split(".")[0] in ours:
-                    assert name.startswith("rules.config") or name == "rules.durations", f"{path.name}: {name}"
+# The layer contract of rules.config (it imports only itself and the primitives) is in tests/test_layers.py.

@@ -1,0 +1,169 @@
+"""The layer contract, checked over the AST import graph (every import, function-level ones included).
+
+Layers, lowest first; a module may import its own layer and the layers below, never one above:
+
+    primitives    rules.durations, rules.config.{problems,values,toml_lines,tables}: the value readers,
+                  the one Problem type and TOML line numbers; pure (the kinds' params are read with them)
+    core          rules/ (rules.engine, rules.lifecycle, rules.kinds, rules.detectors...): pure
+    config        rules.config (TOML files, the service config's sections, secrets, redaction, cron)
+                  and rules.loader (reads the rule files): file and environment reads
+    storage       storage/
+    integrations  integrations/
+    bot           bot/
+
+Pure means: no import of a module that does I/O or reads the clock (os, pathlib, time, socket,
+logging, sqlalchemy, the adapters...), no call of open()/print()/input(), no .now()/.utcnow()/.today().
+docs/architecture.md describes the layers; a change that needs an upward import moves the shared
+piece down instead.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("rules", "storage", "integrations", "bot")
+
+PRIMITIVES = ("rules.durations", "rules.config.problems", "rules.config.values", "rules.config.toml_lines",
+              "rules.config.tables")
+LAYERS = ("primitives", "core", "config", "storage", "integrations", "bot")
+
+# Standard-library and third-party modules the pure layers may not import (I/O, clocks, processes).
+IMPURE_MODULES = frozenset({
+    "os", "pathlib", "time", "io", "socket", "ssl", "select", "selectors", "subprocess", "shutil", "tempfile",
+    "glob", "fnmatch", "urllib", "http", "email", "smtplib", "sqlite3", "logging", "threading",
+    "multiprocessing", "concurrent", "asyncio", "signal", "random", "secrets", "uuid", "sys", "importlib",
+    "sqlalchemy", "sqlmodel", "alembic", "psycopg", "httpx", "requests", "slack_sdk", "slack_bolt",
+    "simple_salesforce", "apscheduler", "waitress", "prometheus_client", "jinja2", "freezegun", "tqdm",
+})
+CLOCK_METHODS = frozenset({"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"})
+IO_BUILTINS = frozenset({"open", "print", "input"})
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing module
+    line: int
+    target: str  # the imported module (or package), resolved from relative imports
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for top in PACKAGES:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, tree: ast.AST) -> list[Import]:
+    is_package = MODULES[module].name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    out: list[Import] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [Import(module, node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                out.append(Import(module, node.lineno, full if full in MODULES else base))
+    return out
+
+
+TREES = {m: ast.parse(p.read_text(encoding="utf-8"), str(p)) for m, p in MODULES.items()}
+IMPORTS = [i for m, tree in TREES.items() for i in _imports(m, tree)]
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layer(module: str) -> str:
+    """The layer of a usagebot module (see the module docstring)."""
+    if any(_within(module, p) for p in PRIMITIVES) or module == "rules.config.problems":
+        return "primitives"
+    if _within(module, "rules.config") or _within(module, "rules.loader"):
+        return "config"
+    top = module.split(".")[0]
+    return "core" if top == "rules" else top
+
+
+def _ours(target: str) -> bool:
+    return target.split(".")[0] in PACKAGES
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    assert {layer(m) for m in MODULES} == set(LAYERS)
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    upward = [f"{i.source}:{i.line} ({layer(i.source)}) imports {i.target} ({layer(i.target)})"
+              for i in IMPORTS if _ours(i.target)
+              and LAYERS.index(layer(i.target)) > LAYERS.index(layer(i.source))]
+    assert upward == []
+
+
+def test_the_top_level_packages_import_each_other_without_cycles() -> None:
+    """rules <- storage <- integrations <- bot: the package graph is acyclic (the order above is one
+    topological order of it)."""
+    edges = {(i.source.split(".")[0], i.target.split(".")[0]) for i in IMPORTS if _ours(i.target)}
+    order = {p: n for n, p in enumerate(PACKAGES)}
+    assert sorted(f"{a} -> {b}" for a, b in edges if order[b] > order[a]) == []
+
+
+def test_the_config_layer_uses_only_the_primitives_below_it() -> None:
+    """rules.config is shared by rule files and the service config: of usagebot it imports only itself
+    and the primitives (not the core, not the rule loader)."""
+    wrong = [f"{i.source}:{i.line}: {i.target}" for i in IMPORTS if _within(i.source, "rules.config")
+             and _ours(i.target) and not (_within(i.target, "rules.config") or layer(i.target) == "primitives")]
+    assert wrong == []
+
+
+def _impurities(module: str, tree: ast.AST) -> list[str]:
+    found: list[str] = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            base = node.module or ""
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        for name in names:
+            top = name.split(".")[0]
+            if top in IMPURE_MODULES or (top in PACKAGES and layer(name) not in ("primitives", "core")):
+                found.append(f"{module}:{node.lineno}: imports {name}")
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in IO_BUILTINS:
+                found.append(f"{module}:{node.lineno}: calls {func.id}()")
+            if isinstance(func, ast.Attribute) and func.attr in CLOCK_METHODS:
+                found.append(f"{module}:{node.lineno}: calls .{func.attr}() (reads the clock)")
+    return found
+
+
+def test_the_pure_core_does_no_io_and_reads_no_clock() -> None:
+    impure = [f for m, tree in TREES.items() if layer(m) in ("primitives", "core") for f in _impurities(m, tree)]
+    assert impure == []
+
+
+def test_the_purity_check_sees_io_clock_reads_and_function_level_imports() -> None:
+    """The checks above would catch what they are for (each of these lines is one finding)."""
+    tree = ast.parse("import os\ndef f():\n    from storage.db import make_engine\n    import datetime\n"
+                     "    open('x')\n    return datetime.datetime.now()\n")
+    assert len(_impurities("rules.example", tree)) == 4
+    MODULES.setdefault("rules.example", ROOT / "rules" / "example.py")
+    try:
+        assert [i.target for i in _imports("rules.example", tree)] == ["os", "storage.db", "datetime"]
+    finally:
+        del MODULES["rules.example"]
