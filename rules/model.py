@@ -205,6 +205,9 @@ class AccountFacts:
     quotas: Mapping[str, float] = field(default_factory=dict)  # metric -> quota per billing period
     billing_day: int = 1  # 1..28; the billing period starts on this day of the month
     timezone: str = "UTC"  # IANA name; billing periods start at local midnight
+    csm_email: str = ""  # the second owner (customer success manager)
+    arr: float | None = None  # annual recurring revenue (or contract value), in the book's currency
+    renewal_at: int | None = None  # epoch seconds (UTC midnight) of the renewal / contract end date
 
 
 # -------------------------------------------------------------------------- series
