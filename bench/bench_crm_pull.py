@@ -37,14 +37,17 @@ def measure(n: int, workdir: Path) -> list[tuple[str, int, int, int, float]]:
 
     rows = []
     with FakeSalesforce(page_size=2000, api_limit=10_000_000) as fake:
-        fake.now = T0
+        fake.now = T0 - 60 * 86_400
         for u in range(200):
             fake.add_record("User", {"Email": f"user{u}@example.com"}, id=f"005{u:012d}AAA")
-        ids = [fake.add_record("Account", {
+        ids = []
+        for i in range(n):
+            fake.now = T0 - 30 * 86_400 + i * (30 * 86_400 // n)  # last changed over the past 30 days
+            ids.append(fake.add_record("Account", {
             "Name": f"Account {i}", "OwnerId": f"005{i % 150:012d}AAA", "CSM__c": f"005{150 + i % 50:012d}AAA",
             "Plan__c": ("starter", "growth", "enterprise")[i % 3], "ARR__c": 1000.0 * (1 + i % 97),
             "Renewal_Date__c": "2027-06-30", "Billing_Day__c": 1 + i % 28, "API_Quota__c": 100_000,
-            "Seats__c": 25, "Usagebot_Id__c": f"acct{i:06d}"}) for i in range(n)]
+            "Seats__c": 25, "Usagebot_Id__c": f"acct{i:06d}"}))
         cfg = SalesforceConfig(auth="password", username=fake.username, password=Secret(fake.password),
                                security_token=Secret(fake.security_token), match="external_id",
                                external_id_field="Usagebot_Id__c", accounts=PULL)

@@ -79,7 +79,7 @@ class Service:
             cfg.notifiers, self.engine, cfg.slack, self.clock)
         self.notifier, self.more_notifiers = built[0], built[1:]
         self.notices = Notices(tuple(n.name for n in self.all_notifiers()), cfg.service.admin_channel,
-                               cfg.evaluation.first_run)
+                               cfg.evaluation.first_run, **({"pricing": cfg.pricing} if cfg.pricing else {}))
         self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
                                    catch_up=cfg.scheduler.catch_up, notices=self.notices)
         self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed) if cfg.ingest else None

@@ -111,6 +111,7 @@ class Rule:
     segment: Segment = field(default_factory=Segment)
     routing: Routing = field(default_factory=Routing)
     template: str | None = None
+    action: str | None = None  # the next step shown in its alerts (str.format; rules.loader.ACTION_FIELDS)
     source_file: str = ""
     source_line: int | None = None
     rule_hash: str = ""  # sha256 (first 12 hex) of the rule file's bytes
