@@ -5,7 +5,7 @@
 For each size, a fresh FakeSalesforce org (tests/fakes; pages of 2,000 records like Salesforce's
 default query batch) holds that many Accounts (owner and CSM User lookups, plan, ARR, renewal,
 billing day, two quotas) and 200 Users; a fresh SQLite database starts empty. Through the real
-simple-salesforce client, `bot.crm_pull.run_crm_pull` runs
+simple-salesforce client, `bot.crm.pull.run_crm_pull` runs
   1. the first pull (every Account),
   2. an incremental pull after 1% of the Accounts were changed in Salesforce (an hour later),
   3. an incremental pull with nothing changed.
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bot.crm_pull import run_crm_pull
+from bot.crm.pull import run_crm_pull
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import AccountPullConfig, SalesforceConfig
 from rules.config import Secret

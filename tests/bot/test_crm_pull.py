@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.crm_pull import run_crm_pull
+from bot.crm.pull import run_crm_pull
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import AccountPullConfig, SalesforceConfig
 from rules.model import AccountFacts

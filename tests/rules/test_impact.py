@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.pricing_config import parse_pricing
+from bot.config.pricing import parse_pricing
 from rules.config import ConfigError
 from rules.config.sections import document_from_text
 from rules.impact import PlanPrice, Pricing, assess, render_action

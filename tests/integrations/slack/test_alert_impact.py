@@ -8,8 +8,8 @@ import io
 import json
 from dataclasses import replace
 
-from bot.notices import Notices
-from bot.pipeline import run_cycle
+from bot.service.notices import Notices
+from bot.service.pipeline import run_cycle
 from integrations.console import ConsoleNotifier
 from rules.impact import Pricing
 from rules.model import DAY

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from bot.crm_pull import run_crm_pull
+from bot.crm.pull import run_crm_pull
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import AccountPullConfig
 from integrations.slack.actions import EpisodeActions
-from integrations.slack.usage_command import UsageCommandHandler
+from integrations.slack.usage_answers import UsageCommandHandler
 from storage.accounts import upsert_accounts
 from tests.fakes.salesforce_server import FakeSalesforce, running
 from tests.integrations.salesforce.helpers import password_config
