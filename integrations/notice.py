@@ -18,12 +18,12 @@ channel, never to an account owner.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from rules.impact import finite
 from rules.periods import iso
 
 ALERT_EVENTS = ("fired", "renotified", "resolved")  # the lifecycle events that reach people
@@ -45,17 +45,6 @@ def parse_time(value: Any) -> int | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())
-
-
-def finite(x: Any) -> float | None:
-    """A finite float, else None (NaN, infinities, text)."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
 
 
 @dataclass(frozen=True)

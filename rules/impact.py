@@ -94,7 +94,8 @@ def words(metric: str) -> str:
     return metric.replace("_", " ").replace(".", " ")
 
 
-def _num(x: Any) -> float | None:
+def finite(x: Any) -> float | None:
+    """A finite float, else None (NaN, infinities, text)."""
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -102,6 +103,9 @@ def _num(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+_num = finite
 
 
 def _against(details: Mapping[str, Any], bucket_start: int | None) -> str:
@@ -116,6 +120,8 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
     m = words(metric)
     util = _num(details.get("utilization"))
     if kind in ("drop", "spike") and value is not None and baseline:
+        if kind == "drop" and value <= 0:
+            return f"{m} fell to zero {_against(details, bucket_start)}"
         if kind == "drop":
             return f"{m} fell {math.floor((1 - value / baseline) * 100 + 1e-9):d}% {_against(details, bucket_start)}"
         r = value / baseline

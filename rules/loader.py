@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -299,7 +298,7 @@ def _action(w: _Where, path: PathKey, value: Any) -> str | None:
     if text is None:
         return None
     try:
-        names = [f for _, f, _spec, _conv in string.Formatter().parse(text) if f is not None]
+        names = v.template_fields(text)
     except ValueError as exc:
         w.error(path, f"is not a valid template ({exc}; write {{{{ and }}}} for literal braces)")
         return None

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from integrations.salesforce.accounts import PulledRecord, pull_soql, record_facts, soql_datetime
 from integrations.salesforce.client import SalesforceClient, SalesforceError
 from integrations.salesforce.config import SalesforceConfig
+from integrations.salesforce.diff import FieldChange
 from rules.model import AccountFacts
 from rules.periods import iso
 from storage.accounts import list_accounts, upsert_accounts, with_crm_facts
@@ -34,14 +35,9 @@ FACT_FIELDS = ("name", "owner_email", "csm_email", "plan", "crm_id", "arr", "ren
 PULL_LOCK_WAIT = 60.0
 
 
-@dataclass(frozen=True)
-class FieldChange:
-    field: str
-    old: Any
-    new: Any
-
-    def __str__(self) -> str:
-        return f"{self.field}: {_show(self.field, self.old)} -> {_show(self.field, self.new)}"
+def show_change(c: FieldChange) -> str:
+    """ "owner_email: alice@example.com -> bob@example.com" (dates as dates, "(none)" for no value)."""
+    return f"{c.field}: {_show(c.field, c.old)} -> {_show(c.field, c.new)}"
 
 
 @dataclass(frozen=True)
@@ -162,7 +158,7 @@ def print_pull(report: PullReport, out: TextIO, limit: int | None = None) -> Non
         tag = " (new account)" if c.new_account else ""
         print(f"{c.account_id} ({c.sf_id}){tag}:", file=out)
         for ch in c.changes:
-            print(f"  {ch}", file=out)
+            print(f"  {show_change(ch)}", file=out)
     if len(shown) < len(report.changed):
         print(f"... and {len(report.changed) - len(shown)} more account(s)", file=out)
     for p in report.problems:

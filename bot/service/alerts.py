@@ -93,7 +93,7 @@ def _why(t: Transition, rule: Rule | None, account: AccountFacts | None, pricing
     action = render_action(
         rule.action if rule else None, account=s.account_id, account_name=account.name if account else s.account_id,
         owner=account.owner_email if account else "", csm=account.csm_email if account else "", metric=s.metric,
-        plan=account.plan if account else "", next_plan=impact.next_plan or "", rule=s.rule_id,
+        plan=account.plan if account else "", next_plan=impact.next_plan or "next", rule=s.rule_id,
         severity=impact.severity)
     return out | {"headline": impact.headline, "severity": impact.severity, "overage_units": impact.overage_units,
                   "overage_projected": impact.overage_projected,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.crm.pull import run_crm_pull
+from bot.crm.pull import run_crm_pull, show_change
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import AccountPullConfig, SalesforceConfig
 from rules.model import AccountFacts
@@ -90,7 +90,7 @@ def test_first_pull_reads_every_fact_over_pages_then_an_increment_reads_only_the
     soql = [r.path for r in fake.data_requests() if "/query" in r.path]
     assert len(soql) == 1 and "SystemModstamp+%3E%3D+2026-11-24T00%3A04%3A00Z" in soql[0]
     assert report.records == 2 and client.calls == 2  # a4 (at the cursor's second, again) and a3; login + 1 page
-    assert [(c.account_id, [str(x) for x in c.changes]) for c in report.changed] == [
+    assert [(c.account_id, [show_change(x) for x in c.changes]) for c in report.changed] == [
         ("a3", ["owner_email: owner0@example.com -> owner2@example.com"])]
     assert get_pull_cursor(engine) == "2026-11-24T01:00:00.000+0000"
     fake.log.clear()
@@ -102,7 +102,7 @@ def test_a_dry_run_shows_the_changes_and_stores_nothing(engine, fake):
     book(fake, 3)
     report, _ = pull(engine, fake, dry_run=True)
     assert len(report.changed) == 3 and report.changed[0].new_account
-    assert "owner_email: (none) -> owner0@example.com" in [str(c) for c in report.changed[0].changes]
+    assert "owner_email: (none) -> owner0@example.com" in [show_change(c) for c in report.changed[0].changes]
     assert list_accounts(engine) == [] and get_pull_cursor(engine) is None
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from bot.crm.pull import run_crm_pull
+from bot.crm.pull import run_crm_pull, show_change
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import AccountPullConfig
 from integrations.slack.actions import EpisodeActions
@@ -32,7 +32,7 @@ def reassign_acme_to_bob(engine, org: FakeSalesforce) -> None:
     org.add_record("Account", {"Name": "Acme Corp", "OwnerId": "005BOB"}, id="001ACME")
     cfg = password_config(org, accounts=AccountPullConfig(owner="Owner.Email"))
     report = run_crm_pull(engine, cfg, T0, False, SalesforceClient(cfg, session=org.session(), sleep=lambda s: None))
-    assert [str(c) for ch in report.changed for c in ch.changes] == [
+    assert [show_change(c) for ch in report.changed for c in ch.changes] == [
         "owner_email: alice@example.com -> bob@example.com"]
 
 
