@@ -18,12 +18,12 @@ channel, never to an account owner.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from rules.impact import finite
 from rules.periods import iso
 
 ALERT_EVENTS = ("fired", "renotified", "resolved")  # the lifecycle events that reach people
@@ -45,17 +45,6 @@ def parse_time(value: Any) -> int | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())
-
-
-def finite(x: Any) -> float | None:
-    """A finite float, else None (NaN, infinities, text)."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
 
 
 @dataclass(frozen=True)
@@ -142,6 +131,28 @@ class AlertNotice:
     episode_id: int | None = None
     audience: str = ACCOUNT  # "admin": the admin channel only
     key: str = ""  # an admin notice's idempotency key (alert events derive theirs)
+    # Why it matters (rules.impact): plain words first, the money, the next step.
+    headline: str = ""  # e.g. "api calls fell 87% vs a normal Tuesday"; `message` is the statistical detail
+    csm_email: str = ""
+    arr: float | None = None
+    currency: str = "$"
+    overage_units: float | None = None
+    overage_projected: bool = False  # overage_units is a forecast to the period end (else: so far)
+    overage_cost: float | None = None  # overage_units x the plan's per-unit price
+    revenue_at_risk: float | None = None  # share of ARR
+    next_plan: str = ""  # the plan that fits the usage
+    next_plan_price: float | None = None
+    renewal_days: int | None = None  # days to the renewal, when within [pricing] renewal_within
+    action: str = ""  # the rule's next step, filled in
+
+    @property
+    def why(self) -> str:
+        """The money in words ("Projected overage 30,000 ≈ $1,500 · renews in 21 days"; "" when none)."""
+        from rules.impact import Impact, Pricing
+
+        impact = Impact("", self.severity, self.overage_units, self.overage_cost, self.revenue_at_risk,
+                        self.next_plan or None, self.next_plan_price, self.renewal_days, self.overage_projected)
+        return impact.money_line(Pricing(currency=self.currency), self.arr)
 
     # ------------------------------------------------------------------ identity
 
@@ -183,7 +194,19 @@ class AlertNotice:
             "description": self.description, "routing": self.routing.to_json(), "template": self.template,
             "details": dict(self.details), "recent": list(self.recent), "quiet": self.quiet,
             "grouped": [g.to_json() for g in self.grouped],
-        }
+        } | self._impact_record()
+
+    def _impact_record(self) -> dict[str, Any]:
+        """Why it matters, when there is something to say (records of notices without it stay as they were)."""
+        out = {"headline": self.headline, "csm_email": self.csm_email, "arr": self.arr, "currency": self.currency,
+               "overage_units": self.overage_units, "overage_projected": self.overage_projected,
+               "overage_cost": self.overage_cost, "revenue_at_risk": self.revenue_at_risk,
+               "next_plan": self.next_plan, "next_plan_price": self.next_plan_price,
+               "renewal_days": self.renewal_days, "action": self.action, "why": self.why}
+        blank = {"headline": "", "csm_email": "", "arr": None, "currency": "$", "overage_units": None,
+                 "overage_projected": False, "overage_cost": None, "revenue_at_risk": None, "next_plan": "",
+                 "next_plan_price": None, "renewal_days": None, "action": "", "why": ""}
+        return {} if out == blank else out
 
     def to_json(self) -> dict[str, Any]:
         """The outbox payload: every field, times as epoch seconds."""
@@ -222,6 +245,13 @@ class AlertNotice:
             grouped=tuple(GroupedAlert.from_json(g) for g in d.get("grouped") or () if isinstance(g, Mapping)),
             episode_id=int(eid) if isinstance(eid, int) and not isinstance(eid, bool) else None,
             audience=str(audience), key=str(d.get("key") or ""),
+            headline=str(d.get("headline") or ""), csm_email=str(d.get("csm_email") or ""), arr=finite(d.get("arr")),
+            currency=str(d.get("currency") or "$"), overage_units=finite(d.get("overage_units")),
+            overage_projected=bool(d.get("overage_projected", False)),
+            overage_cost=finite(d.get("overage_cost")), revenue_at_risk=finite(d.get("revenue_at_risk")),
+            next_plan=str(d.get("next_plan") or ""), next_plan_price=finite(d.get("next_plan_price")),
+            renewal_days=int(d["renewal_days"]) if isinstance(d.get("renewal_days"), int) else None,
+            action=str(d.get("action") or ""),
         )
 
     @classmethod

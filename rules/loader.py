@@ -287,6 +287,29 @@ def _template(w: _Where, path: PathKey, value: Any) -> str | None:
     return text
 
 
+# What a rule's `action` (the next step shown in its alerts) may name; rules.impact.render_action fills them.
+ACTION_FIELDS = ("account", "account_name", "owner", "csm", "metric", "plan", "next_plan", "rule", "severity")
+
+
+def _action(w: _Where, path: PathKey, value: Any) -> str | None:
+    """A next step such as "Call {owner} about {account_name}'s {metric} before renewal": str.format
+    placeholders from ACTION_FIELDS only."""
+    text = v.string(w, path, value)
+    if text is None:
+        return None
+    try:
+        names = v.template_fields(text)
+    except ValueError as exc:
+        w.error(path, f"is not a valid template ({exc}; write {{{{ and }}}} for literal braces)")
+        return None
+    bad = [n for n in names if n not in ACTION_FIELDS]
+    if bad:
+        w.error(path, f"unknown placeholder {{{bad[0]}}}{suggest(bad[0], ACTION_FIELDS)}; placeholders: "
+                      + ", ".join(f"{{{n}}}" for n in ACTION_FIELDS))
+        return None
+    return text
+
+
 def _rule_id(w: _Where, path: PathKey, value: Any) -> str | None:
     text = v.string(w, path, value)
     if text is None:
@@ -319,6 +342,7 @@ _TOP_READERS: dict[str, Reader] = {
     "renotify": v.any_duration,
     "resolve_after": v.any_duration,
     "template": _template,
+    "action": _action,
     "enabled": v.boolean,
 }
 _BASELINE_KEYS = ("window", "method", "seasonality", "min_points")
@@ -725,7 +749,8 @@ def _check_rule(
 
     kind = f.read(raw, ("kind",), _TOP_READERS["kind"])
     metric = f.read(raw, ("metric",), v.name)
-    for key in ("severity", "description", "for", "cooldown", "renotify", "resolve_after", "template", "enabled"):
+    for key in ("severity", "description", "for", "cooldown", "renotify", "resolve_after", "template", "action",
+                "enabled"):
         f.read(raw, (key,), _TOP_READERS[key])
     bucket_ok = f.read(raw, ("bucket",), _bucket) is not None or ("bucket" not in raw and ("bucket",) not in defaults)
     bucket: int = f.values.get(("bucket",), DAY)
@@ -767,6 +792,7 @@ def _check_rule(
         segment=Segment(**{p[1]: got[p] for p in got if p[0] == "segment"}),
         routing=Routing(**{p[1]: got[p] for p in got if p[0] == "routing"}),
         template=got.get(("template",)),
+        action=got.get(("action",)),
         source_file=ctx.file,
         source_line=header_line,
         rule_hash=ctx.file_hash,

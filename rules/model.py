@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}  # rules.impact raises by rank
 
 DAY = 86_400
 WEEK = 7 * DAY
@@ -110,6 +111,7 @@ class Rule:
     segment: Segment = field(default_factory=Segment)
     routing: Routing = field(default_factory=Routing)
     template: str | None = None
+    action: str | None = None  # the next step shown in its alerts (str.format; rules.loader.ACTION_FIELDS)
     source_file: str = ""
     source_line: int | None = None
     rule_hash: str = ""  # sha256 (first 12 hex) of the rule file's bytes
@@ -204,6 +206,9 @@ class AccountFacts:
     quotas: Mapping[str, float] = field(default_factory=dict)  # metric -> quota per billing period
     billing_day: int = 1  # 1..28; the billing period starts on this day of the month
     timezone: str = "UTC"  # IANA name; billing periods start at local midnight
+    csm_email: str = ""  # the second owner (customer success manager)
+    arr: float | None = None  # annual recurring revenue (or contract value), in the book's currency
+    renewal_at: int | None = None  # epoch seconds (UTC midnight) of the renewal / contract end date
 
 
 # -------------------------------------------------------------------------- series

@@ -30,6 +30,9 @@ class Account(SQLModel, table=True):
     timezone: str = "UTC"
     quotas: dict[str, float] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
     updated_at: int = Field(sa_type=sa.BigInteger)
+    csm_email: str = ""  # 0012_crm_account_facts
+    arr: float | None = None
+    renewal_at: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class UsagePoint(SQLModel, table=True):
@@ -554,6 +557,30 @@ class RuleProgress(SQLModel, table=True):
     updated_at: int = Field(sa_type=sa.BigInteger)
 
 
+class CrmAccountFacts(SQLModel, table=True):
+    """The account facts pulled from Salesforce (0012_crm_account_facts): `facts` holds the
+    AccountFacts fields the CRM mapping supplies (blank values included). They overlay the accounts
+    CSV: storage.accounts writes every account's row with these on top, whichever comes last."""
+
+    __tablename__ = "crm_account_facts"  # type: ignore[assignment]
+
+    account_id: str = Field(primary_key=True)
+    sf_id: str
+    facts: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    modstamp: str = ""  # the record's SystemModstamp when pulled
+    pulled_at: int = Field(sa_type=sa.BigInteger)
+
+
+class CrmPullCursor(SQLModel, table=True):
+    """Where the incremental pull of account facts left off (the newest SystemModstamp seen)."""
+
+    __tablename__ = "crm_pull_cursor"  # type: ignore[assignment]
+
+    name: str = Field(primary_key=True)
+    modstamp: str
+    updated_at: int = Field(sa_type=sa.BigInteger)
+
+
 class LeaderLease(SQLModel, table=True):
     """Leader election by lease row (when no PostgreSQL advisory lock is used)."""
 
@@ -573,5 +600,7 @@ SERVICE_TABLES: tuple[sa.Table, ...] = (
     UsageChange.__table__,  # type: ignore[attr-defined]
     RuleProgress.__table__,  # type: ignore[attr-defined]
     LeaderLease.__table__,  # type: ignore[attr-defined]
+    CrmAccountFacts.__table__,  # type: ignore[attr-defined]
+    CrmPullCursor.__table__,  # type: ignore[attr-defined]
 )
 TABLES = (*TABLES, *SERVICE_TABLES)

@@ -29,8 +29,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from storage.accounts import _row as _account_row
-from storage.accounts import accounts_table
+from storage.accounts import upsert_accounts
 from storage.cursors import MAX_ERROR_CHARS, cursors_table
 from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
@@ -292,14 +291,8 @@ def store_batch(
                 changed[(a, m)] = min(b, changed.get((a, m), b))
 
         if accounts:
-            values = [_account_row(a, now) for a in accounts]
-            ins = _insert(conn, accounts_table)
-            stmt = ins.on_conflict_do_update(
-                index_elements=[accounts_table.c.id],
-                set_={c: ins.excluded[c] for c in values[0] if c != "id"})
-            for i in range(0, len(values), _CHUNK):
-                conn.execute(stmt, values[i : i + _CHUNK])
-            result.accounts = len(values)
+            upsert_accounts(conn, accounts, now)  # key order; the facts pulled from the CRM stay on top
+            result.accounts = len(accounts)
 
         newest = max((x for x in (newest_t, newest_e) if x is not None), default=None)
         result.newest = newest

@@ -110,6 +110,7 @@ _CONFIG_PARTS = {
     "sources": ("sources.md", "## Keys every source has"), "slack": ("slack.md", "## Configuration"),
     "salesforce": ("salesforce.md", None), "health": ("salesforce.md", "### Configuring it: `[health]`"),
     "notifiers": ("operations.md", "### `[[notifiers]]`"), "web": ("web.md", "## Access"),
+    "pricing": ("operations.md", "### `[pricing]`"),
 }
 
 

@@ -2,6 +2,7 @@
 
     usagebot crm sync [--dry-run] [--config FILE] [--db URL] [--rules FILE] [--at TIME] [--reconcile]
     usagebot crm status [--config FILE] [--db URL]
+    usagebot crm pull [--dry-run] [--full] [--config FILE] [--db URL]
 
 Settings come from the config file's [salesforce] and [health] tables; the
 database from --db, else $USAGEBOT_DB_URL, else [storage].url, else the default
@@ -12,6 +13,7 @@ SQLite file; rules (used to know each alert's kind) from --rules, else
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -108,6 +110,51 @@ def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_crm_pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Account facts from Salesforce ([salesforce.accounts]); --dry-run shows the changes, stores nothing."""
+    from bot.crm.pull import print_pull, run_crm_pull
+    from integrations.salesforce.client import SalesforceClient, SalesforceError
+    from storage.db import StorageError, make_engine, migrate, open_existing
+
+    if args.config and missing_paths([args.config], "--config", err):
+        return 2
+    settings = _settings_or_report(args, err)
+    if settings is None:
+        return 1
+    sf = settings.salesforce
+    if sf.accounts is None:
+        print("usagebot crm pull: no [salesforce.accounts] table in the config: map the Account fields to pull "
+              "(e.g. owner = \"Owner.Email\"; docs/salesforce.md)", file=err)
+        return 2
+    if not sf.can_connect:
+        print("usagebot crm pull: no Salesforce credentials in [salesforce] (username + password + "
+              "security_token, or username + consumer_key + private_key_file, or session_id + instance_url)",
+              file=err)
+        return 2
+    url = _db(args, settings)
+    try:
+        engine = open_existing(url) if args.dry_run else make_engine(url)  # a dry run stores nothing
+    except StorageError as exc:
+        print(f"usagebot crm pull: {exc}", file=err)
+        return 1
+    try:
+        if not args.dry_run:
+            migrate(engine)
+        try:
+            client = SalesforceClient(sf)
+        except SalesforceError as exc:
+            print(f"usagebot crm pull: {exc}", file=err)
+            return 2
+        report = run_crm_pull(engine, sf, int(time.time()), args.dry_run, client, full=args.full)
+    finally:
+        engine.dispose()
+    if report.stopped:
+        print(f"usagebot crm pull: stopped, nothing stored: {report.stopped}", file=err)
+        return 1
+    print_pull(report, out)
+    return 0
+
+
 def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rules.periods import iso
     from storage.crm import failed_records, last_sync_runs
@@ -154,6 +201,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--verbose", action="store_true",
                    help="print every record's 'field: old -> new' and every task (default: a summary)")
     s.set_defaults(func=cmd_crm_sync)
+
+    p = add_command(crm_sub, "pull", "read account facts (owner, CSM, plan, quotas, ARR, renewal) from Salesforce "
+                                     "Accounts changed since the last pull",
+                    ["usagebot crm pull --config config.toml --dry-run", "usagebot crm pull --config config.toml",
+                     "usagebot crm pull --config config.toml --full   # every Account, not only the changed"])
+    p.add_argument("--dry-run", action="store_true", help="query Salesforce, print what would change, store nothing")
+    p.add_argument("--full", action="store_true", help="read every Account, not only those changed since the last pull")
+    add_config_option(p, " with [salesforce] and [salesforce.accounts]")
+    add_db_option(p)
+    p.set_defaults(func=cmd_crm_pull)
 
     st = add_command(crm_sub, "status", "the last CRM syncs and the records whose writes are failing (reads the "
                                         "database, never creates one)",

@@ -17,10 +17,12 @@ from typing import TextIO
 
 from bot.cli.support import SHIPPED_RULES, command_prefix
 from bot.crm.preview import crm_preview
+from bot.service.notices import Notices
 from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.console import ConsoleNotifier
 from integrations.sources.csv_rows import write_accounts_csv, write_usage_csv
 from integrations.sources.demo import DemoBook, generate_book
+from rules.impact import Pricing
 from rules.model import DAY, RuleSet
 from rules.periods import iso
 from storage.accounts import upsert_accounts
@@ -52,6 +54,18 @@ def write_book_csv(book: DemoBook, usage_path: Path, accounts_path: Path, labels
 
         write_labels(labels_path, [OutcomeLabel(lb.account, lb.metric, lb.start, lb.end, lb.kind)
                                    for lb in book.labels if lb.account != "*"])
+
+
+def example_pricing() -> Pricing:
+    """[pricing] of the shipped example config (the demo book's plans are starter, growth, enterprise)."""
+    from bot.cli.init import example_config
+    from bot.config.pricing import parse_pricing
+    from rules.config.sections import document_from_text
+
+    doc = document_from_text(example_config(), "config.example.toml")
+    pricing = parse_pricing(doc.section("pricing"))
+    doc.raise_if_problems()
+    return pricing
 
 
 def run_demo(
@@ -87,12 +101,13 @@ def run_demo(
         print(f"Replaying the last {replay_days} days as the scheduler would (one evaluation per day close):",
               file=out)
         notifier = ConsoleNotifier(out=out)
+        notices = Notices(pricing=example_pricing())  # the example config's price list: why each alert matters
         fired = notified = resolved = 0
         by_rule: Counter = Counter()
         reasons: Counter = Counter()
         first = book.end - replay_days * DAY
         for t in range(first + DAY, book.end + 1, DAY):
-            report = run_cycle(engine, ruleset, t)
+            report = run_cycle(engine, ruleset, t, notices=notices)
             shown = [a for a in report.alerts if a.notified]
             if shown:
                 print(f"\n── {iso(t)[:10]} {'─' * 50}\n", file=out)

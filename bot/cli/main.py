@@ -332,7 +332,8 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         consoles = [n for n in notifiers if isinstance(n, ConsoleNotifier)]
         remote = [n for n in notifiers if not isinstance(n, ConsoleNotifier)]
         notices = Notices(tuple(n.name for n in notifiers), config.service.admin_channel if config else None,
-                          args.first_run or (config.evaluation.first_run if config else "digest"))
+                          args.first_run or (config.evaluation.first_run if config else "digest"),
+                          **({"pricing": config.pricing} if config and config.pricing else {}))
         with activity(f"evaluating {len(ruleset.rules)} rule(s)", err):
             report = run_cycle(engine, ruleset, now, only_due=False, notices=notices)
         delivery = DeliveryReport()

@@ -135,6 +135,7 @@ class AppConfig:
     ruleset: RuleSet | None = None
     notifiers: tuple[Any, ...] = ()  # integrations.notifiers.NotifierSpec per [[notifiers]] entry
     web: Any = None  # bot.web.config.WebConfig, when [web] is present (the web UI is off without it)
+    pricing: Any = None  # rules.impact.Pricing ([pricing]; the defaults without it)
 
     @property
     def is_postgresql(self) -> bool:
@@ -260,6 +261,7 @@ def config_tables() -> tuple[Table, ...]:
     """Every table of the config file with the keys its parser declares (tests/test_docs_keys.py checks
     that each is documented)."""
     from bot.config.health import HEALTH
+    from bot.config.pricing import PRICING
     from bot.web.config import WEB
     from integrations.notifiers import NOTIFIERS
     from integrations.salesforce.config import SALESFORCE
@@ -269,7 +271,7 @@ def config_tables() -> tuple[Table, ...]:
 
     return (STORAGE, RULES, settings_table("service", ServiceConfig), settings_table("scheduler", SchedulerConfig),
             settings_table("evaluation", EvaluationConfig), INGEST, SOURCES, SLACK, SALESFORCE, HEALTH,
-            NOTIFIERS, WEB)
+            NOTIFIERS, WEB, PRICING)
 
 
 def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
@@ -288,7 +290,10 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
 
     notifiers = parse_notifiers(doc.sections("notifiers"))
     web, slack = _web(doc, slack)
-    return AppConfig(file=doc.file, storage_url=storage, rule_paths=paths, service=service,
+    from bot.config.pricing import parse_pricing
+
+    pricing = parse_pricing(doc.section("pricing"))
+    return AppConfig(pricing=pricing, file=doc.file, storage_url=storage, rule_paths=paths, service=service,
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
                      health=health, ruleset=ruleset, notifiers=notifiers, web=web)

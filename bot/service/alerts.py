@@ -16,6 +16,7 @@ from integrations.notice import admin_notice as make_admin_notice
 from rules.config.redaction import mask
 from rules.detectors.format import moment
 from rules.engine import CohortEvent
+from rules.impact import Pricing, assess, render_action
 from rules.lifecycle import FirstRun, Transition
 from rules.model import AccountFacts, MetricBlock, Rule
 from rules.periods import iso
@@ -45,8 +46,10 @@ def alert_notice(
     account: AccountFacts | None,
     recent: Sequence[float | None] = (),
     episode_id: int | None = None,
+    pricing: Pricing | None = None,
 ) -> AlertNotice:
-    """The notice of one transition (episode_id: its episode's row, once recorded)."""
+    """The notice of one transition (episode_id: its episode's row, once recorded), with why it
+    matters (rules.impact: the headline, the money, a renewal's raised severity, the rule's action)."""
     s = t.state
     expl: Mapping[str, Any] = t.finding.explanation() if t.finding is not None else s.last_explanation
     severity = t.finding.severity if t.finding is not None else s.severity
@@ -56,6 +59,8 @@ def alert_notice(
     if t.event == "resolved":  # what is true now, never the numbers of when it fired
         msg, value, baseline, threshold, details = _resolution(t, rule, details)
     window = expl.get("window")
+    why = _why(t, rule, account, pricing or Pricing(), severity, value, baseline, details, expl)
+    severity = why.pop("severity", severity)  # a renewal within [pricing] renewal_within raises it
     return AlertNotice(
         event=t.event, at=t.at, rule=s.rule_id, kind=rule.kind if rule else expl.get("kind"),
         account=s.account_id, account_name=account.name if account else s.account_id,
@@ -72,7 +77,32 @@ def alert_notice(
         quiet=t.quiet,  # closed without a message to people: notifiers only update what they showed
         grouped=tuple(_also(g) for g in t.grouped),  # the account's other alerts of this cycle, in this message
         episode_id=episode_id,
+        **why,
     )
+
+
+def _why(t: Transition, rule: Rule | None, account: AccountFacts | None, pricing: Pricing, severity: str,
+         value: Any, baseline: Any, details: Mapping[str, Any], expl: Mapping[str, Any]) -> dict[str, Any]:
+    """The notice fields of rules.impact.assess (a resolution states what is true now: no money)."""
+    s = t.state
+    kind = rule.kind if rule else expl.get("kind")
+    out: dict[str, Any] = {"csm_email": account.csm_email if account else "",
+                           "arr": account.arr if account else None, "currency": pricing.currency}
+    if t.event == "resolved":
+        return out
+    bucket_start = expl.get("bucket_start")
+    impact = assess(kind, s.metric, severity, finite(value), finite(baseline), details, account, pricing, t.at,
+                    bucket_start)
+    action = render_action(
+        rule.action if rule else None, account=s.account_id, account_name=account.name if account else s.account_id,
+        owner=account.owner_email if account else "", csm=account.csm_email if account else "", metric=s.metric,
+        plan=account.plan if account else "", next_plan=impact.next_plan or "next", rule=s.rule_id,
+        severity=impact.severity)
+    return out | {"headline": impact.headline, "severity": impact.severity, "overage_units": impact.overage_units,
+                  "overage_projected": impact.overage_projected,
+                  "overage_cost": impact.overage_cost, "revenue_at_risk": impact.revenue_at_risk,
+                  "next_plan": impact.next_plan or "", "next_plan_price": impact.next_plan_price,
+                  "renewal_days": impact.renewal_days, "action": action}
 
 
 def _also(t: Transition) -> GroupedAlert:

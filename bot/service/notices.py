@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from integrations.notice import AlertNotice
+from rules.impact import Pricing
 from storage.outbox import OutboxItem, notify_kind
 
 FIRST_RUN_POLICIES = ("digest", "quiet", "notify")
@@ -21,11 +22,13 @@ class Notices:
     first_run: conditions already true when a rule or an account is first evaluated are
     "digest": recorded, not notified, one summary to the admin channel (the default);
     "quiet": recorded, not notified, no summary; "notify": notified one by one.
+    pricing: the [pricing] model that says why an alert matters (rules.impact).
     """
 
     notifiers: tuple[str, ...] = ("console",)
     admin_channel: str | None = None
     first_run: str = "digest"
+    pricing: Pricing = field(default_factory=Pricing)
 
     def __post_init__(self) -> None:
         if self.first_run not in FIRST_RUN_POLICIES:

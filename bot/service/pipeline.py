@@ -271,7 +271,8 @@ def _notifications(
         if t.event not in PUBLISHED_EVENTS:
             continue
         notice = alert_notice(t, by_id.get(t.state.rule_id), accounts.get(t.state.account_id),
-                              recent.get((t.state.rule_id, t.state.account_id), []), episode_ids.get(t.key))
+                              recent.get((t.state.rule_id, t.state.account_id), []), episode_ids.get(t.key),
+                              notices.pricing)
         published.append(notice)
         if t.notify or (t.quiet and t.reason.startswith("closed quietly")):
             outbox.extend(notices.items(notice))

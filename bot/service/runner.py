@@ -79,7 +79,7 @@ class Service:
             cfg.notifiers, self.engine, cfg.slack, self.clock)
         self.notifier, self.more_notifiers = built[0], built[1:]
         self.notices = Notices(tuple(n.name for n in self.all_notifiers()), cfg.service.admin_channel,
-                               cfg.evaluation.first_run)
+                               cfg.evaluation.first_run, **({"pricing": cfg.pricing} if cfg.pricing else {}))
         self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
                                    catch_up=cfg.scheduler.catch_up, notices=self.notices)
         self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed) if cfg.ingest else None
@@ -263,6 +263,8 @@ class Service:
         if sf is not None and getattr(sf, "can_connect", False):
             trigger = cron(sch.crm_sync_cron) if sch.crm_sync_cron else every(sch.crm_sync_every or 3600)
             jobs.append(JobSpec("crm_sync", self.crm_job, trigger))
+            if sf.accounts is not None and sf.accounts.every:  # [salesforce.accounts] every: pull account facts
+                jobs.append(JobSpec("crm_pull", self.crm_pull_job, every(sf.accounts.every), run_at_start=True))
         if cfg.ingest is not None:
             jobs.append(JobSpec("prune", self.prune_job, every(sch.prune_every)))
         return jobs
@@ -413,6 +415,23 @@ class Service:
         if report.stopped:
             self.metrics.inc("usagebot_errors_total", component="crm_sync")
             log.warning("CRM sync stopped early: %s", report.stopped, extra={"event": "crm_sync_stopped"})
+        return report
+
+    def crm_pull_job(self, now: int) -> Any:
+        """Account facts from Salesforce (bot.crm.pull): the next alerts route to the owners it read."""
+        from bot.crm.pull import run_crm_pull
+        from integrations.salesforce.client import SalesforceClient
+
+        sf = self.config.salesforce
+        report = run_crm_pull(self.engine, sf, now, False, (self.crm_client_factory or SalesforceClient)(sf))
+        if report.stopped:
+            self.metrics.inc("usagebot_errors_total", component="crm_pull")
+            log.warning("Salesforce accounts pull stopped, nothing stored: %s", report.stopped,
+                        extra={"event": "crm_pull_stopped"})
+        else:
+            log.info("Salesforce accounts pull: %d record(s) read, %d account(s) changed, %d API call(s)",
+                     report.records, len(report.changed), report.api_calls,
+                     extra={"event": "crm_pulled", "changed": len(report.changed)})
         return report
 
     def prune_job(self, now: int) -> int:

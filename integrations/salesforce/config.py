@@ -10,12 +10,15 @@ Secrets come from "${ENV_VAR}" or `<key>_file` and are held as `Secret` (never p
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from rules.config import Secret, Section, Table
+from rules.config import values as v
+from rules.config.tables import setting, settings_keys
 from rules.kinds import KINDS
 from rules.model import SEVERITIES
 
@@ -35,9 +38,40 @@ DEFAULT_FIELDS: Mapping[str, str] = {
 }
 MAX_BATCH = 200  # sObject Collections limit
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FIELD_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$")  # Owner.Email, CSM__r.Email
 _DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 _VERSION = re.compile(r"^\d{2,3}\.0$")
-SALESFORCE = Table("salesforce", (
+
+
+@dataclass(frozen=True)
+class AccountPullConfig:
+    """[salesforce.accounts]: which Account fields (SOQL paths: "Owner.Email" follows OwnerId to the
+    User) give usagebot's account facts. An empty string = not pulled (the accounts CSV's value stays).
+    `quotas`: metric -> field. `every`: pull on this schedule in the service (0 = only `usagebot crm pull`).
+    `where`: an extra SOQL condition (e.g. "Type = 'Customer'")."""
+
+    enabled: bool = setting(True, v.boolean)
+    name: str = setting("Name", v.string)
+    owner: str = setting("Owner.Email", v.string)
+    csm: str = setting("", v.string)
+    plan: str = setting("", v.string)
+    arr: str = setting("", v.string)
+    renewal: str = setting("", v.string)
+    billing_day: str = setting("", v.string)
+    timezone: str = setting("", v.string)
+    where: str = setting("", v.string)
+    every: int = setting(0, v.duration(0))
+    quotas: Mapping[str, str] = field(default_factory=dict)
+
+    def field_map(self) -> dict[str, str]:
+        """AccountFacts field -> Salesforce field path, for the mapped ones."""
+        pairs = {"name": self.name, "owner_email": self.owner, "csm_email": self.csm, "plan": self.plan,
+                 "arr": self.arr, "renewal_at": self.renewal, "billing_day": self.billing_day,
+                 "timezone": self.timezone}
+        return {k: p for k, p in pairs.items() if p}
+
+
+SALESFORCE: Table = Table("salesforce", (
     "auth", "username", "password", "password_file", "security_token", "security_token_file", "consumer_key",
     "consumer_key_file", "private_key", "private_key_file", "session_id", "session_id_file", "instance_url",
     "domain", "sandbox", "api_version", "timeout", "ca_bundle", "object", "match", "external_id_field",
@@ -45,7 +79,10 @@ SALESFORCE = Table("salesforce", (
     "bulk_poll_interval", "bulk_timeout",
 ), (Table("fields", SOURCES), Table("tasks", ("enabled", "severities", "kinds", "rules", "owner", "subject",
                                              "due_in_days", "max_age", "status", "key_field"),
-                                     (Table("priority", SEVERITIES),))))
+                                     (Table("priority", SEVERITIES),)),
+    Table("accounts", settings_keys(AccountPullConfig), (Table("quotas", free=True),))))
+
+
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,7 @@ class SalesforceConfig:
     bulk_poll_interval: float = 5.0
     bulk_timeout: float = 600.0
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    accounts: AccountPullConfig | None = None  # [salesforce.accounts]: pull account facts from the CRM
 
     @property
     def can_connect(self) -> bool:
@@ -207,6 +245,37 @@ def _parse_tasks(sec: Section) -> TaskConfig:
     )
 
 
+def _parse_account_pull(sec: Section) -> AccountPullConfig | None:
+    if not sec.has("accounts"):
+        return None
+    t = sec.table("accounts")
+    t.check_keys(SALESFORCE.table("accounts"))
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(AccountPullConfig):
+        if "read" not in f.metadata:
+            continue
+        got = t.read(f.name, f.metadata["read"])
+        if got is None:
+            continue
+        if isinstance(got, str) and f.name != "where" and got and not _FIELD_PATH.match(got):
+            t.problem(f.name, f"{got!r} is not a Salesforce field (an API name, or a relationship path like "
+                              "\"Owner.Email\")")
+            continue
+        values[f.name] = got
+    quotas: dict[str, str] = {}
+    if t.has("quotas"):
+        q = t.table("quotas")
+        for metric, path in q.data.items():
+            if not isinstance(path, str) or not _FIELD_PATH.match(path):
+                q.problem(metric, f"must name a Salesforce field holding the {metric} quota (got {path!r})")
+                continue
+            quotas[str(metric)] = path
+    pull = AccountPullConfig(**values, quotas=quotas)  # type: ignore[arg-type]
+    if not pull.field_map() and not quotas:
+        t.problem(None, "maps no account fact to a Salesforce field (e.g. owner = \"Owner.Email\")")
+    return pull if pull.enabled else None
+
+
 def _infer_auth(sec: Section, have: Mapping[str, bool]) -> str:
     explicit = sec.str("auth", choices=AUTH_MODES)
     if explicit:
@@ -295,5 +364,5 @@ def parse_salesforce_config(section: Section) -> SalesforceConfig:
         bulk_poll_interval=sec.float("bulk_poll_interval", d.bulk_poll_interval, min=0.0, max=300.0)
         or 0.0,
         bulk_timeout=float(sec.duration("bulk_timeout", int(d.bulk_timeout), min=1) or d.bulk_timeout),
-        tasks=_parse_tasks(sec),
+        tasks=_parse_tasks(sec), accounts=_parse_account_pull(sec),
     )

@@ -17,13 +17,13 @@ secrets are held in `Secret` and never appear in messages.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rules.config import Secret, Section, Table
+from rules.config.values import template_fields
 from rules.model import SEVERITIES
 
 MODES = ("auto", "socket", "http")
@@ -107,7 +107,7 @@ def _url_template(sec: Section, key: str) -> str | None:
     if not tpl:
         return None
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None]
+        names = template_fields(tpl)
     except ValueError as exc:
         sec.problem(key, f"invalid URL template: {exc} (placeholders look like {{crm_id}})")
         return None

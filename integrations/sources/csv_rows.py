@@ -2,7 +2,8 @@
 
 Usage file header: ``timestamp,account,metric,value`` (any column order).
 Accounts file header: ``id,name,owner_email,plan,crm_id`` plus optional
-``billing_day``, ``timezone`` and ``quota.<metric>`` columns.
+``billing_day``, ``timezone``, ``csm_email``, ``arr`` (annual recurring revenue),
+``renewal_date`` (YYYY-MM-DD) and ``quota.<metric>`` columns.
 
 Header names match case-insensitively with surrounding whitespace ignored;
 a missing required column or an unknown column is an error naming it. Files
@@ -34,7 +35,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -59,7 +60,8 @@ T = TypeVar("T")
 
 USAGE_COLUMNS: tuple[str, ...] = ("timestamp", "account", "metric", "value")
 ACCOUNT_COLUMNS: tuple[str, ...] = ("id", "name", "owner_email", "plan", "crm_id")
-ACCOUNT_OPTIONAL_COLUMNS: tuple[str, ...] = ("billing_day", "timezone")
+ACCOUNT_OPTIONAL_COLUMNS: tuple[str, ...] = ("billing_day", "timezone", "csm_email", "arr", "renewal_date")
+_MONEY_COLUMNS: tuple[str, ...] = ("csm_email", "arr", "renewal_date")  # written only when an account has one
 QUOTA_PREFIX = "quota."
 ERROR_COLUMN = "_error"
 
@@ -574,6 +576,35 @@ def _email_problem(text: str) -> str | None:
     return None
 
 
+def _revenue_cells(cell: Callable[[str], tuple[str, str, str]], pos: Mapping[str, int],
+                   problems: list[tuple[str | None, str | None, str]]) -> tuple[str, float | None, int | None]:
+    """The optional csm_email, arr and renewal_date (YYYY-MM-DD) of an accounts row."""
+    csm, arr, renewal_at = "", None, None
+    if "csm_email" in pos:
+        col, raw, csm = cell("csm_email")
+        why = (text_problem(csm, "csm_email") or _email_problem(csm)) if csm else None
+        if why:
+            problems.append((col, raw, why))
+    if "arr" in pos:
+        col, raw, text = cell("arr")
+        if text:
+            try:
+                arr = float(text.replace(",", ""))
+            except ValueError:
+                arr = math.nan
+            if not (math.isfinite(arr) and arr >= 0):
+                problems.append((col, raw, f"{_show(raw)} is not an amount >= 0 (or leave it empty)"))
+                arr = None
+    if "renewal_date" in pos:
+        col, raw, text = cell("renewal_date")
+        if text:
+            try:
+                renewal_at = int(datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
+            except ValueError:
+                problems.append((col, raw, f"{_show(raw)} is not a date like 2027-03-31 (or leave it empty)"))
+    return csm, arr, renewal_at
+
+
 def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject",
                       opener: Opener | None = None) -> ReadResult[AccountFacts]:
     """Account facts from a CSV file (see the module docstring for the format and modes)."""
@@ -683,6 +714,7 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                                     f"{_zone_suggestion(text)}",
                                 )
                             )
+                csm, arr, renewal_at = _revenue_cells(cell, pos, problems)
                 if not problems:
                     first_line[acc_id] = line
                     records.append(
@@ -695,6 +727,9 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                             quotas=quotas,
                             billing_day=billing_day,
                             timezone=timezone,
+                            csm_email=csm,
+                            arr=arr,
+                            renewal_at=renewal_at,
                         )
                     )
                 elif acc_id and acc_id not in first_line:
@@ -778,10 +813,15 @@ def write_accounts_csv(path: str | os.PathLike[str], accounts: Iterable[AccountF
     """Write account facts in the format :func:`read_accounts_csv` reads; returns rows written."""
     accounts = list(accounts)
     metrics = sorted({m for a in accounts for m in a.quotas})
+    money = any(a.csm_email or a.arr is not None or a.renewal_at is not None for a in accounts)
+    optional = ACCOUNT_OPTIONAL_COLUMNS if money else tuple(c for c in ACCOUNT_OPTIONAL_COLUMNS
+                                                          if c not in _MONEY_COLUMNS)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow([*ACCOUNT_COLUMNS, *ACCOUNT_OPTIONAL_COLUMNS, *(QUOTA_PREFIX + m for m in metrics)])
+        writer.writerow([*ACCOUNT_COLUMNS, *optional, *(QUOTA_PREFIX + m for m in metrics)])
         for a in accounts:
+            extra = [a.csm_email, "" if a.arr is None else _format_value(float(a.arr)),
+                     "" if a.renewal_at is None else iso(a.renewal_at)[:10]] if money else []
             writer.writerow(
                 [
                     a.id,
@@ -791,6 +831,7 @@ def write_accounts_csv(path: str | os.PathLike[str], accounts: Iterable[AccountF
                     a.crm_id,
                     a.billing_day,
                     a.timezone,
+                    *extra,
                     *(_format_value(float(a.quotas[m])) if m in a.quotas else "" for m in metrics),
                 ]
             )

@@ -91,6 +91,26 @@ _TIMEZONES = (
 _CRM_ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
 
 
+_CSMS = ("ana.silva", "tom.becker", "yuki.tanaka")
+# ARR per plan (whole thousands, log-uniform in these ranges) for the demo's "why it matters".
+_PLAN_ARR = {"starter": (3_000.0, 15_000.0), "growth": (20_000.0, 90_000.0), "enterprise": (100_000.0, 600_000.0)}
+
+
+def _revenue(n: int, plan_idx: np.ndarray, unowned: np.ndarray, end: int, seed: int
+             ) -> tuple[list[float], list[int], list[str]]:
+    """ARR, renewal date (5..365 days after the book's end, a UTC midnight) and CSM per account. A
+    generator of its own, so the rest of the book is what it was before these facts existed."""
+    rng = np.random.default_rng([seed, 17])
+    lo = np.log([_PLAN_ARR[PLANS[int(k)]][0] for k in plan_idx])
+    hi = np.log([_PLAN_ARR[PLANS[int(k)]][1] for k in plan_idx])
+    arr = np.round(np.exp(rng.uniform(lo, hi)) / 1000.0) * 1000.0
+    days = rng.integers(5, 366, size=n)
+    csm = rng.integers(0, len(_CSMS), size=n)
+    midnight = end - end % DAY
+    return ([float(a) for a in arr], [int(midnight + d * DAY) for d in days],
+            ["" if unowned[i] else f"{_CSMS[int(csm[i])]}@{_OWNER_DOMAIN}" for i in range(n)])
+
+
 @dataclass(frozen=True)
 class Label:
     """Ground truth: an injected anomaly of `kind` in `account`'s `metric`.
@@ -450,6 +470,7 @@ def generate_book(
             counts[row, : first * per_day] = np.nan
         values[metric] = counts
 
+    arr, renewal_at, csm = _revenue(n, plan_idx, unowned, end, seed)
     accounts = [
         AccountFacts(
             id=ids[i],
@@ -460,6 +481,9 @@ def generate_book(
             quotas={m: float(q[i]) for m, q in quotas.items()},
             billing_day=int(billing_day[i]),
             timezone="UTC" if tz_idx[i] < 0 else _TIMEZONES[int(tz_idx[i])],
+            csm_email=csm[i],
+            arr=arr[i],
+            renewal_at=renewal_at[i],
         )
         for i in range(n)
     ]

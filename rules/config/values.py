@@ -270,3 +270,9 @@ def in_range(reader: Reader, low: float, high: float, message: str) -> Reader:
 
     return read
 
+
+def template_fields(text: str) -> list[str]:
+    """The {placeholder} names of a str.format template (ValueError when it does not parse)."""
+    from string import Formatter  # the module name `string` is this module's string reader
+
+    return [f for _, f, _spec, _conv in Formatter().parse(text) if f is not None]

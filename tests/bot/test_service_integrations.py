@@ -88,3 +88,28 @@ def test_crm_sync_job_writes_health_fields_to_salesforce(tmp_path: Path) -> None
             assert svc.run_once()["crm_sync"] == "ok"
         finally:
             svc.stop()
+
+
+def test_the_service_pulls_account_facts_on_the_configured_schedule(tmp_path: Path) -> None:
+    from integrations.salesforce.config import AccountPullConfig
+    from storage.accounts import list_accounts
+
+    for fake in running():
+        pull = AccountPullConfig(owner="Owner.Email", every=900)
+        cfg = replace(load_config(_config(tmp_path, "")), salesforce=password_config(fake, accounts=pull))
+        svc = Service(cfg, clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()),
+                      crm_client_factory=lambda c, f=fake: SalesforceClient(c, session=f.session(), sleep=lambda s: None))
+        job = next(j for j in svc.jobs() if j.id == "crm_pull")
+        assert job.run_at_start
+        svc.prepare()
+        seed_accounts(svc.engine, 2, fake=fake)  # type: ignore[arg-type]
+        fake.add_record("User", {"Email": "new.owner@example.com"}, id="005000000000001AAA")
+        try:
+            report = svc.crm_pull_job(NOW)
+            assert report.ok and [c.account_id for c in report.changed] == ["a0001"]
+            owners = [a.owner_email for a in list_accounts(svc.engine)]  # type: ignore[arg-type]
+            assert owners == ["owner0@example.com", "new.owner@example.com"]  # a0000's OwnerId: no User
+        finally:
+            svc.stop()
+        no_schedule = replace(cfg, salesforce=password_config(fake, accounts=replace(pull, every=0)))
+        assert "crm_pull" not in [j.id for j in Service(no_schedule).jobs()]

@@ -5,7 +5,9 @@ It answers
 - the OAuth token endpoint (POST /services/oauth2/token) for the JWT bearer flow
   (the assertion is verified with the test's public key: iss, sub, aud),
 - SOQL (GET .../query?q=..., pages of `page_size` with nextRecordsUrl) for a
-  small subset: SELECT f, ... FROM obj [WHERE a IN ('x', ...) AND b = 'y' AND c >= 2026-01-01T00:00:00Z],
+  small subset: SELECT f, Rel.f, ... FROM obj [WHERE a IN ('x', ...) AND b = 'y' AND (c >= 2026-01-01T00:00:00Z)]
+  [ORDER BY f, ...] [LIMIT n]; relationship paths (Owner.Email) follow the lookup field to the record;
+  every record has a SystemModstamp, moved on each write (and by `modify()`),
 - sObject PATCH (.../sobjects/<obj>/<id>),
 - sObject Collections: PATCH/POST .../composite/sobjects and PATCH
   .../composite/sobjects/<obj>/<externalIdField> (allOrNone=false, per-record errors),
@@ -295,8 +297,13 @@ class FakeSalesforce:
     def add_record(self, sobject: str, fields: dict[str, Any], id: str | None = None) -> str:
         with self._lock:
             rid = id or self.new_id("001" if sobject == "Account" else "a00")
-            self.records.setdefault(sobject, {})[rid] = {"Id": rid, **fields}
+            self.records.setdefault(sobject, {})[rid] = {"Id": rid, "SystemModstamp": self._created_date(), **fields}
             return rid
+
+    def modify(self, sobject: str, rid: str, **values: Any) -> None:
+        """Change a record as a Salesforce user would (its SystemModstamp moves to now)."""
+        with self._lock:
+            self.records[sobject][rid].update(values, SystemModstamp=self._created_date())
 
     def new_session(self) -> str:
         token = f"00D000000000001!SESSION{next(self._ids)}"
@@ -342,7 +349,7 @@ class FakeSalesforce:
         if self.fields is None or sobject not in self.fields:
             return None
         for n in names:
-            if n not in self.fields[sobject] and n not in ("Id", "attributes", "CreatedDate"):
+            if n not in self.fields[sobject] and n not in ("Id", "attributes", "CreatedDate", "SystemModstamp"):
                 return n
         return None
 
@@ -358,7 +365,7 @@ class FakeSalesforce:
             return {"id": None, "success": False, "errors": [{
                 "statusCode": "INVALID_CROSS_REFERENCE_KEY", "message": "invalid cross reference id",
                 "fields": []}]}
-        store[rid].update(values)
+        store[rid].update(values, SystemModstamp=self._created_date())
         return {"id": rid, "success": True, "errors": []}
 
     def _create(self, sobject: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -374,28 +381,71 @@ class FakeSalesforce:
             if values.get("WhatId") and not self._exists(values["WhatId"]):
                 return refused("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", "WhatId")
         rid = self.new_id({"Task": "00T", "Account": "001"}.get(sobject, "a00"))
-        self.records.setdefault(sobject, {})[rid] = {"Id": rid, "CreatedDate": self._created_date(), **values}
+        self.records.setdefault(sobject, {})[rid] = {"Id": rid, "CreatedDate": self._created_date(),
+                                                     "SystemModstamp": self._created_date(), **values}
         return {"id": rid, "success": True, "created": True, "errors": []}
 
     def query(self, soql: str) -> list[dict[str, Any]]:
-        """Raises ValueError (MALFORMED_QUERY) or LookupError (INVALID_FIELD) like Salesforce would."""
-        m = re.match(r"^\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?\s*$", soql, re.IGNORECASE | re.DOTALL)
+        """Raises ValueError (MALFORMED_QUERY) or LookupError (INVALID_FIELD) like Salesforce would.
+
+        Relationship paths ("Owner.Email", "CSM__r.Email") follow the lookup field (OwnerId,
+        CSM__c) to the record it names and come back nested, as Salesforce returns them; a
+        condition may be wrapped in parentheses; ORDER BY sorts on the named fields (nulls first).
+        """
+        m = re.match(r"^\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?(?:\s+ORDER\s+BY\s+(.+?))?"
+                     r"(?:\s+LIMIT\s+(\d+))?\s*$", soql, re.IGNORECASE | re.DOTALL)
         if m is None:
             raise ValueError(f"fake SOQL cannot parse {soql!r}")
+        sobject = m.group(2)
         cols = [c.strip() for c in m.group(1).split(",")]
-        conds = re.split(r"\s+AND\s+", m.group(3), flags=re.IGNORECASE) if m.group(3) else []
-        where = [c.strip().split()[0] for c in conds]
-        bad = self._check_fields(m.group(2), [*cols, *where]) if self.fields is not None else None
+        conds = [c.strip().strip("()").strip() for c in re.split(r"\s+AND\s+", m.group(3), flags=re.IGNORECASE)
+                 ] if m.group(3) else []
+        where = [c.split()[0] for c in conds]
+        order = [c.strip().split()[0] for c in m.group(4).split(",")] if m.group(4) else []
+        plain = [c if "." not in c else _lookup_field(c.split(".")[0]) for c in cols]
+        bad = self._check_fields(sobject, [*plain, *where, *order]) if self.fields is not None else None
         if bad:
-            raise LookupError(f"No such column '{bad}' on entity '{m.group(2)}'")
+            raise LookupError(f"No such column '{bad}' on entity '{sobject}'")
         for f in where:
             if f in NOT_FILTERABLE:
                 raise LookupError(f"field '{f}' can not be filtered in a query call")
         out = []
-        for rec in self.records.get(m.group(2), {}).values():
+        for rec in self.records.get(sobject, {}).values():
             if all(_matches(rec, c) for c in conds):
-                out.append({"attributes": {"type": m.group(2)}, **{c: rec.get(c) for c in cols}})
-        return out
+                out.append(rec)
+        if order:
+            out.sort(key=lambda r: tuple((r.get(f) is not None, _comparable(r.get(f)) if r.get(f) is not None
+                                          else 0) for f in order))
+        if m.group(5):
+            out = out[: int(m.group(5))]
+        return [{"attributes": {"type": sobject}, **self._columns(rec, cols)} for rec in out]
+
+    def _columns(self, rec: dict[str, Any], cols: list[str]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for c in cols:
+            if "." not in c:
+                row[c] = rec.get(c)
+                continue
+            rel, rest = c.split(".", 1)
+            target = self._by_id(rec.get(_lookup_field(rel)))
+            if target is None:
+                row[rel] = None
+                continue
+            nested = row.get(rel) or {"attributes": {"type": target[0]}}
+            nested.update(self._columns(target[1], [rest]))
+            row[rel] = nested
+        return row
+
+    def _by_id(self, rid: Any) -> tuple[str, dict[str, Any]] | None:
+        for sobject, recs in self.records.items():
+            if rid in recs:
+                return sobject, recs[rid]
+        return None
+
+
+def _lookup_field(relationship: str) -> str:
+    """The lookup field of a relationship name: Owner -> OwnerId, CSM__r -> CSM__c."""
+    return relationship[:-3] + "__c" if relationship.endswith("__r") else relationship + "Id"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -111,9 +111,14 @@ def test_a_row_queued_in_the_old_shape_still_delivers(engine: Engine) -> None:
     assert "Also: 80% of the quota (rule calls-quota)" in text and "Usage source 'drops' is stale" in text
 
 
+IMPACT_FIELDS = ("headline", "csm_email", "arr", "currency", "overage_units", "overage_projected", "overage_cost",
+                 "revenue_at_risk", "next_plan", "next_plan_price", "renewal_days", "action", "why")
+
+
 def test_run_cycle_reports_notices_with_the_backtest_fields(engine: Engine) -> None:
     sc = Scenario(engine, TestClock())
     run_cycle(engine, sc.ruleset, T0 + SPIKE_DAY * DAY, notices=Notices(first_run="notify"))
     report = run_cycle(engine, sc.ruleset, T0 + FIRED * DAY, notices=Notices(first_run="notify"))
     (fired,) = [a for a in report.alerts if a.event == "fired"]
-    assert list(fired.record()) == list(OLD_ROW)  # the documented fields (docs/backtest.md), in order
+    # the documented fields (docs/backtest.md), in order; issue 17 adds why the alert matters after them
+    assert list(fired.record()) == [*OLD_ROW, *IMPACT_FIELDS]

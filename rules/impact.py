@@ -1,0 +1,219 @@
+"""Why an alert matters: plain words first, and the money (pure: no I/O, no clock).
+
+`assess` turns one alert's facts (kind, metric, value, baseline, the detector's details), the
+account's facts (plan, ARR, renewal date) and the [pricing] model into an `Impact`:
+
+- headline: the change in plain words, e.g. "api calls fell 87% vs a normal Tuesday" (weekly
+  seasonality) or "... vs the usual level"; the detector's message stays the statistical detail;
+- quota forecasts and quota thresholds: the overage (units over the account's quota: projected to
+  the period end for a forecast, so far for a threshold) x the plan's per-unit overage price =
+  `overage_cost`;
+- drops and inactivity: `revenue_at_risk` = the account's ARR x the share of usage lost (all of it
+  for inactivity), capped at the ARR;
+- expansion: `next_plan`, the lowest plan above the account's (by `order`) whose quota for the
+  metric covers the usage per billing period (a growth window's usage scaled to 30 days);
+- renewal within `renewal_within` seconds of the alert raises its severity by `renewal_raise` levels
+  (up to critical); `renewal_days` says how soon.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rules.model import DAY, SEVERITIES, SEVERITY_RANK, AccountFacts
+
+PERIOD = 30 * DAY  # a billing period for per-window usage of growth expansions (monthly quotas)
+
+
+@dataclass(frozen=True)
+class PlanPrice:
+    """A plan of the price list: its rank (`order`, higher = bigger), its price per billing period,
+    its quotas per metric and the price of each unit over them."""
+
+    name: str
+    order: int = 0
+    price: float | None = None
+    quotas: Mapping[str, float] = field(default_factory=dict)
+    overage: Mapping[str, float] = field(default_factory=dict)  # metric -> price per unit over the quota
+
+
+@dataclass(frozen=True)
+class Pricing:
+    plans: Mapping[str, PlanPrice] = field(default_factory=dict)
+    currency: str = "$"
+    renewal_within: int = 60 * DAY  # 0 = renewals never raise severity
+    renewal_raise: int = 1  # severity levels
+
+    def money(self, amount: float) -> str:
+        """ "$1,234" (whole units; cents below 100)."""
+        if abs(amount) < 100:
+            return f"{self.currency}{amount:,.2f}".replace(".00", "")
+        return f"{self.currency}{amount:,.0f}"
+
+
+@dataclass(frozen=True)
+class Impact:
+    headline: str
+    severity: str
+    overage_units: float | None = None
+    overage_cost: float | None = None
+    revenue_at_risk: float | None = None
+    next_plan: str | None = None
+    next_plan_price: float | None = None
+    renewal_days: int | None = None
+    overage_projected: bool = False  # a forecast's overage by the period end (else the overage so far)
+
+    def money_line(self, pricing: Pricing, arr: float | None) -> str:
+        """The money, in words: "Projected overage: 30,000 units ≈ $1,500 · renews in 21 days"."""
+        parts = []
+        if self.overage_units:
+            what = "projected overage" if self.overage_projected else "overage so far"
+            cost = f" ≈ {pricing.money(self.overage_cost)}" if self.overage_cost is not None else ""
+            parts.append(f"{what} {_count(self.overage_units)}{cost}")
+        if self.revenue_at_risk is not None and arr:
+            parts.append(f"{pricing.money(self.revenue_at_risk)} of {pricing.money(arr)} ARR at risk")
+        if self.next_plan:
+            price = f" ({pricing.money(self.next_plan_price)})" if self.next_plan_price is not None else ""
+            parts.append(f"fits plan {self.next_plan}{price}")
+        if self.renewal_days is not None:
+            parts.append(f"renews in {self.renewal_days} day{'s' if self.renewal_days != 1 else ''}")
+        text = " · ".join(parts)
+        return text[:1].upper() + text[1:]
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 or x == int(x) else f"{x:,.1f}"
+
+
+def words(metric: str) -> str:
+    """A metric for reading: "api_calls" -> "api calls"."""
+    return metric.replace("_", " ").replace(".", " ")
+
+
+def finite(x: Any) -> float | None:
+    """A finite float, else None (NaN, infinities, text)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+_num = finite
+
+
+def _against(details: Mapping[str, Any], bucket_start: int | None) -> str:
+    if details.get("seasonality") == "weekly" and bucket_start is not None:
+        return f"vs a normal {datetime.fromtimestamp(bucket_start, UTC).strftime('%A')}"
+    return "vs the usual level"
+
+
+def headline(kind: str | None, metric: str, value: float | None, baseline: float | None,
+             details: Mapping[str, Any], bucket_start: int | None) -> str:
+    """The change in plain words ("" when the kind has none: the message is plain enough)."""
+    m = words(metric)
+    util = _num(details.get("utilization"))
+    if kind in ("drop", "spike") and value is not None and baseline:
+        if kind == "drop" and value <= 0:
+            return f"{m} fell to zero {_against(details, bucket_start)}"
+        if kind == "drop":
+            return f"{m} fell {math.floor((1 - value / baseline) * 100 + 1e-9):d}% {_against(details, bucket_start)}"
+        r = value / baseline
+        rise = f"{r:.1f}x" if r >= 2 else f"{math.floor((r - 1) * 100 + 1e-9):d}%"
+        return f"{m} rose {rise} {_against(details, bucket_start)}"
+    if kind == "inactivity":
+        return f"No {m} at all since {str(details.get('inactive_since') or '')[:10]}".rstrip(" since")
+    if kind == "quota" and util is not None:
+        projected, quota = _num(details.get("projected_total")), _num(details.get("quota"))
+        if projected is not None and quota:
+            return f"On track to use {math.floor(projected / quota * 100 + 1e-9):d}% of the {m} quota this period"
+        return f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota"
+    if kind == "expansion":
+        rates, width = details.get("growth_rates"), _num(details.get("period"))
+        if isinstance(rates, list | tuple) and rates and width and value is not None and baseline:
+            span = len(rates) * width / DAY
+            return f"{m} up {math.floor((value / baseline - 1) * 100 + 1e-9):d}% in {span:g} days"
+        periods = details.get("periods")
+        if util is not None and isinstance(periods, list | tuple) and periods:
+            return (f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota, {len(periods)} billing periods "
+                    "running")
+    return ""
+
+
+def _period_usage(kind: str | None, value: float | None, details: Mapping[str, Any]) -> float | None:
+    """Usage per billing period that a plan's quota must cover."""
+    if kind == "quota":
+        return _num(details.get("projected_total")) or value
+    if kind == "expansion":
+        width = _num(details.get("period"))
+        if "window_sums" in details and width:
+            return value * PERIOD / width if value is not None else None
+        return value
+    return None
+
+
+def fitting_plan(pricing: Pricing, current: str, metric: str, usage: float) -> PlanPrice | None:
+    """The lowest plan above `current` (by order) whose quota for `metric` covers `usage`."""
+    here = pricing.plans.get(current)
+    floor = here.order if here is not None else -math.inf
+    fits = [p for p in pricing.plans.values() if p.order > floor and p.quotas.get(metric, -1.0) >= usage]
+    return min(fits, key=lambda p: p.order) if fits else None
+
+
+def raised(severity: str, levels: int) -> str:
+    return SEVERITIES[min(len(SEVERITIES) - 1, SEVERITY_RANK.get(severity, 0) + levels)]
+
+
+def assess(kind: str | None, metric: str, severity: str, value: float | None, baseline: float | None,
+           details: Mapping[str, Any], account: AccountFacts | None, pricing: Pricing, at: int,
+           bucket_start: int | None = None) -> Impact:
+    """The impact of one alert (see the module docstring)."""
+    plan = pricing.plans.get(account.plan) if account is not None else None
+    arr = account.arr if account is not None else None
+    overage_units = overage_cost = at_risk = None
+    nxt: PlanPrice | None = None
+    if kind == "quota":
+        used = _num(details.get("projected_total")) or value
+        quota = _num(details.get("quota"))
+        if used is not None and quota is not None and used > quota:
+            overage_units = used - quota
+            price = plan.overage.get(metric) if plan is not None else None
+            overage_cost = overage_units * price if price is not None else None
+    if kind in ("drop", "inactivity") and arr:
+        lost = 1.0 if kind == "inactivity" else (1 - value / baseline if value is not None and baseline else None)
+        at_risk = arr * min(1.0, max(0.0, lost)) if lost is not None else None
+    usage = _period_usage(kind, value, details)
+    if usage is not None and account is not None and kind == "expansion":
+        nxt = fitting_plan(pricing, account.plan, metric, usage)
+    renewal_days = None
+    out_severity = severity
+    if account is not None and account.renewal_at is not None and pricing.renewal_within:
+        left = account.renewal_at - at
+        if 0 <= left <= pricing.renewal_within:
+            renewal_days = -(-left // DAY)
+            out_severity = raised(severity, pricing.renewal_raise)
+    return Impact(headline=headline(kind, metric, value, baseline, details, bucket_start), severity=out_severity,
+                  overage_units=overage_units, overage_cost=overage_cost, revenue_at_risk=at_risk,
+                  next_plan=nxt.name if nxt else None, next_plan_price=nxt.price if nxt else None,
+                  renewal_days=renewal_days, overage_projected=_num(details.get("projected_total")) is not None)
+
+
+def render_action(template: str | None, **values: str) -> str:
+    """A rule's `action` with its placeholders filled (the loader checked their names; "" for unknown facts)."""
+    if not template:
+        return ""
+    try:
+        return template.format_map(_Blank(values))
+    except (ValueError, IndexError, AttributeError):
+        return template
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
