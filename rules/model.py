@@ -205,6 +205,7 @@ class AccountFacts:
     quotas: Mapping[str, float] = field(default_factory=dict)  # metric -> quota per billing period
     billing_day: int = 1  # 1..28; the billing period starts on this day of the month
     timezone: str = "UTC"  # IANA name; billing periods start at local midnight
+    csm_email: str = ""  # the account's CSM (second owner): "Assign to CSM" in Slack
 
 
 # -------------------------------------------------------------------------- series

@@ -18,7 +18,7 @@ from storage.models import Account
 
 accounts_table: sa.Table = Account.__table__  # type: ignore[attr-defined]
 _c = accounts_table.c
-_FIELDS = ("name", "owner_email", "plan", "crm_id", "billing_day", "timezone", "quotas")  # _facts reads this order
+_FIELDS = ("name", "owner_email", "plan", "crm_id", "billing_day", "timezone", "quotas", "csm_email")  # _facts reads this order
 _CHUNK = 1000
 
 
@@ -35,6 +35,7 @@ def _row(a: AccountFacts, now: int) -> dict[str, Any]:
     return {
         "id": a.id, "name": a.name, "owner_email": a.owner_email, "plan": a.plan, "crm_id": a.crm_id,
         "billing_day": int(a.billing_day), "timezone": a.timezone, "quotas": quotas, "updated_at": now,
+        "csm_email": a.csm_email,
     }
 
 
@@ -70,7 +71,8 @@ def _write_accounts(conn: Connection, stmt: Any, values: list[dict[str, Any]]) -
 
 
 def _facts(rows: list[Any]) -> list[AccountFacts]:
-    """AccountFacts from driver rows (id, name, owner_email, plan, crm_id, billing_day, timezone, quotas).
+    """AccountFacts from driver rows (id, name, owner_email, plan, crm_id, billing_day, timezone, quotas,
+    csm_email).
 
     The quotas come as JSON text (list_accounts asks PostgreSQL for text too): all rows' texts are
     parsed with one json.loads of a JSON array (a parse per row costs more than the rest of the row).
@@ -83,7 +85,7 @@ def _facts(rows: list[Any]) -> list[AccountFacts]:
         out.append(AccountFacts(
             id=r[0], name=r[1], owner_email=r[2], plan=r[3], crm_id=r[4],
             quotas={str(k): float(v) for k, v in quotas.items()} if quotas else {},
-            billing_day=int(r[5]), timezone=r[6],
+            billing_day=int(r[5]), timezone=r[6], csm_email=r[8] or "",
         ))
     return out
 

@@ -30,6 +30,7 @@ class Account(SQLModel, table=True):
     timezone: str = "UTC"
     quotas: dict[str, float] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
     updated_at: int = Field(sa_type=sa.BigInteger)
+    csm_email: str = ""  # the account's CSM (second owner), for "Assign to CSM"
 
 
 class UsagePoint(SQLModel, table=True):
@@ -280,6 +281,7 @@ class SlackUser(SQLModel, table=True):
     email: str = Field(primary_key=True)  # lower-cased
     user_id: str | None = None
     dm_channel: str | None = None  # the bot's DM channel with the user (conversations.open)
+    tz: str | None = None  # the user's IANA timezone (users.info / lookupByEmail `tz`): quiet hours
     looked_up_at: int = Field(sa_type=sa.BigInteger)
 
 

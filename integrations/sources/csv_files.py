@@ -2,7 +2,8 @@
 
 Usage file header: ``timestamp,account,metric,value`` (any column order).
 Accounts file header: ``id,name,owner_email,plan,crm_id`` plus optional
-``billing_day``, ``timezone`` and ``quota.<metric>`` columns.
+``billing_day``, ``timezone``, ``csm_email`` (the account's CSM, for "Assign to CSM") and
+``quota.<metric>`` columns.
 
 Header names match case-insensitively with surrounding whitespace ignored;
 a missing required column or an unknown column is an error naming it. Files
@@ -59,7 +60,7 @@ T = TypeVar("T")
 
 USAGE_COLUMNS: tuple[str, ...] = ("timestamp", "account", "metric", "value")
 ACCOUNT_COLUMNS: tuple[str, ...] = ("id", "name", "owner_email", "plan", "crm_id")
-ACCOUNT_OPTIONAL_COLUMNS: tuple[str, ...] = ("billing_day", "timezone")
+ACCOUNT_OPTIONAL_COLUMNS: tuple[str, ...] = ("billing_day", "timezone", "csm_email")
 QUOTA_PREFIX = "quota."
 ERROR_COLUMN = "_error"
 
@@ -683,6 +684,12 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                                     f"{_zone_suggestion(text)}",
                                 )
                             )
+                csm = ""
+                if "csm_email" in pos:
+                    col, raw_csm, csm = cell("csm_email")
+                    why = (text_problem(csm, "csm_email") or _email_problem(csm)) if csm else None
+                    if why:
+                        problems.append((col, raw_csm, why))
                 if not problems:
                     first_line[acc_id] = line
                     records.append(
@@ -695,6 +702,7 @@ def read_accounts_csv(path: str | os.PathLike[str], on_error: OnError = "reject"
                             quotas=quotas,
                             billing_day=billing_day,
                             timezone=timezone,
+                            csm_email=csm,
                         )
                     )
                 elif acc_id and acc_id not in first_line:
@@ -791,6 +799,7 @@ def write_accounts_csv(path: str | os.PathLike[str], accounts: Iterable[AccountF
                     a.crm_id,
                     a.billing_day,
                     a.timezone,
+                    a.csm_email,
                     *(_format_value(float(a.quotas[m])) if m in a.quotas else "" for m in metrics),
                 ]
             )
