@@ -233,9 +233,10 @@ class Service:
         out: list[Outlet] = [NoticeOutlet(n) for n in self.all_notifiers()]
         slack = self._slack_notifier()
         if slack is not None:
+            from integrations.slack.assign import SlackAssignments
             from integrations.slack.updates import SlackUpdates
 
-            out.append(SlackUpdates(slack))
+            out += [SlackUpdates(slack), SlackAssignments(slack)]
         return out
 
     def watches(self) -> list[Watch]:
@@ -518,9 +519,15 @@ class Service:
             from bot.slack_app import build_slack_app
             from rules.health import DEFAULT_MODEL
 
+            sf = self.config.salesforce
+            tasks = None
+            if sf is not None and getattr(sf, "can_connect", False):  # the "Log task" button
+                from bot.task_button import TaskButton
+
+                tasks = TaskButton(self.engine, sf, self.clock, self.crm_client_factory)  # type: ignore[arg-type]
             self.slack_app = build_slack_app(self.config.slack, self.engine, self.clock,  # type: ignore[arg-type]
                                              notifier=self._slack_notifier(),
-                                             health_model=self.config.health or DEFAULT_MODEL)
+                                             health_model=self.config.health or DEFAULT_MODEL, tasks=tasks)
         return self.slack_app
 
     # ------------------------------------------------------------------ lifecycle

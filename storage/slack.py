@@ -441,3 +441,16 @@ def outbox_row_state(engine: Engine, idempotency_key: str, kinds: Sequence[str])
         r = conn.execute(sa.select(c.status, c.next_attempt_at)
                          .where(c.idempotency_key == idempotency_key, c.kind.in_(list(kinds)))).first()
     return None if r is None else (str(r.status), int(r.next_attempt_at))
+
+
+def assign_key(episode_id: int) -> str:
+    """The outbox key of an episode's "Assign to CSM" row (integrations.slack.assign): one per episode."""
+    return f"slack-assign:{int(episode_id)}"
+
+
+def outbox_row_payload(engine: Engine, idempotency_key: str) -> dict[str, Any] | None:
+    """The payload of the outbox row with this key (any kind), None when there is none."""
+    c = outbox_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(c.payload).where(c.idempotency_key == idempotency_key)).first()
+    return None if r is None else dict(r.payload or {})

@@ -79,6 +79,7 @@ class SlackConfig:
     timeout: int = 15  # seconds per Slack API request
     user_cache_ttl: int = 86_400
     negative_cache_ttl: int = 3_600
+    crm_tasks: bool = False  # from [salesforce] (it can connect): alerts show the "Log task" button
     episode_url: str | None = None  # from [web] public_url: "https://.../episodes/{episode_id}" (alerts link to it)
 
     @property

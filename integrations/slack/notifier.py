@@ -37,6 +37,7 @@ from integrations.slack.render import EpisodeView, SlackRenderer
 from integrations.slack.routing import Destination, destinations, fallback_destination
 from rules.periods import iso
 from storage import slack as store
+from storage.crm import load_tasks, task_click_key
 from storage.episodes import find_episode, get_episode, set_slack_message
 from storage.outbox import DEFAULT_LEASE, outbox_kinds
 
@@ -206,6 +207,9 @@ class SlackNotifier:
             return EpisodeView(None, "resolved" if event == "resolved" else "firing", event, at, now=self.clock())
         eid = int(episode["id"])
         feedback = store.episode_feedback(self.engine, eid)
+        assigned = store.outbox_row_payload(self.engine, store.assign_key(eid))
+        clicked = store.outbox_row_payload(self.engine, task_click_key(eid))
+        task = load_tasks(self.engine, [eid]).get(eid) if clicked else None
         return EpisodeView(
             episode_id=eid, status=str(episode["status"]), last_event=last_event or event,
             last_event_at=last_event_at if last_event_at is not None else at,
@@ -213,6 +217,9 @@ class SlackNotifier:
             snoozed_until=episode.get("snoozed_until"), resolved_at=episode.get("resolved_at"),
             not_useful_by=tuple(dict.fromkeys(u for u, v, _ in feedback if v == store.NOT_USEFUL)),
             now=self.clock(),
+            assigned=(str(assigned.get("csm_email")), str(assigned.get("by"))) if assigned else None,
+            task_by=str(clicked.get("clicked_by") or "") or None if clicked and task and task.status == "created"
+            else None,
         )
 
     def refresh_episode(self, episode_id: int) -> int:

@@ -61,6 +61,8 @@ SNOOZE_ACTION = "usagebot_snooze"
 NOT_USEFUL_ACTION = "usagebot_not_useful"
 CRM_ACTION = "usagebot_open_crm"
 DASHBOARD_ACTION = "usagebot_open_dashboard"
+LOG_TASK_ACTION = "usagebot_log_task"
+ASSIGN_ACTION = "usagebot_assign_csm"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class EpisodeView:
     resolved_at: int | None = None
     not_useful_by: tuple[str, ...] = ()
     now: int | None = None
+    assigned: tuple[str, str] | None = None  # (CSM email, who assigned it): "Assign to CSM"
+    task_by: str | None = None  # who logged the Salesforce Task ("Log task"), once it is created
 
     @property
     def snoozed(self) -> bool:
@@ -108,6 +112,10 @@ class EpisodeView:
             parts.append(f"💤 Snoozed until {slack_date(self.snoozed_until)}")
         if self.not_useful_by:
             parts.append("👎 Not useful: " + ", ".join(mention(u) for u in self.not_useful_by))
+        if self.task_by:
+            parts.append(f"📝 Salesforce Task logged by {mention(self.task_by)}")
+        if self.assigned:
+            parts.append(f"🤝 Assigned to {escape_mrkdwn(self.assigned[0])} by {mention(self.assigned[1])}")
         return " · ".join(parts)
 
 
@@ -332,7 +340,9 @@ class SlackRenderer:
             "episode_id": "" if view.episode_id is None else str(view.episode_id),
             "snooze_choices": [{"value": v, "label": label} for v, label in SNOOZE_CHOICES],
             "action_ids": {"ack": ACK_ACTION, "snooze": SNOOZE_ACTION, "not_useful": NOT_USEFUL_ACTION,
-                           "crm": CRM_ACTION, "dashboard": DASHBOARD_ACTION},
+                           "crm": CRM_ACTION, "dashboard": DASHBOARD_ACTION, "log_task": LOG_TASK_ACTION,
+                           "assign": ASSIGN_ACTION},
+            "crm_tasks": self.config.crm_tasks,
             "fallback_text": fallback_text(notice),
         }
 
