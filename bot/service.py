@@ -266,6 +266,8 @@ class Service:
             jobs.append(JobSpec("crm_sync", self.crm_job, trigger))
         if cfg.ingest is not None:
             jobs.append(JobSpec("prune", self.prune_job, every(sch.prune_every)))
+        if cfg.service.admin_channel:  # per-rule precision and alert load, once a week (bot.weekly_summary)
+            jobs.append(JobSpec("weekly_summary", self.weekly_summary_job, every(3600), run_at_start=True))
         return jobs
 
     # ------------------------------------------------------------------ jobs
@@ -404,6 +406,12 @@ class Service:
                 self.metrics.inc("usagebot_errors_total", len(report.errors), component="digest")
             return report
         return None
+
+    def weekly_summary_job(self, now: int) -> int:
+        from bot.weekly_summary import queue_weekly_summary
+
+        return queue_weekly_summary(self.engine, now, self.config.service.admin_channel,  # type: ignore[arg-type]
+                                    self.notices.notifiers)
 
     def crm_job(self, now: int) -> Any:
         from bot.crm import run_crm_sync

@@ -302,6 +302,38 @@ def feedback_by_rule(engine: Engine, verdict: str = NOT_USEFUL, since: int | Non
     return dict(sorted(((r[0], int(r[1])) for r in rows), key=lambda kv: (-kv[1], kv[0])))
 
 
+@dataclass(frozen=True)
+class RulePrecision:
+    """How useful a rule's alerts were: `alerts` notified episodes, `not_useful` of them marked "Not
+    useful" (by anyone, counted once per episode); precision = the share not marked."""
+
+    rule_id: str
+    alerts: int
+    not_useful: int
+
+    @property
+    def precision(self) -> float | None:
+        return None if self.alerts == 0 else max(0.0, 1.0 - self.not_useful / self.alerts)
+
+
+def rule_precision(engine: Engine, since: int | None = None, until: int | None = None) -> list[RulePrecision]:
+    """Per rule: episodes notified (first notified) in [since, until) and how many of them got "Not
+    useful". Worst precision first, then most alerts."""
+    e, f = episodes_table.c, feedback_table.c
+    q = sa.select(e.rule_id, sa.func.count()).where(e.fired_at.is_not(None), e.last_notified_at.is_not(None))
+    if since is not None:
+        q = q.where(e.fired_at >= since)
+    if until is not None:
+        q = q.where(e.fired_at < until)
+    marked = sa.select(f.episode_id).where(f.verdict == NOT_USEFUL)
+    nq = q.where(e.id.in_(marked))
+    with engine.connect() as conn:
+        alerts = {r[0]: int(r[1]) for r in conn.execute(q.group_by(e.rule_id))}
+        bad = {r[0]: int(r[1]) for r in conn.execute(nq.group_by(e.rule_id))}
+    rows = [RulePrecision(rule, n, bad.get(rule, 0)) for rule, n in alerts.items()]
+    return sorted(rows, key=lambda r: (r.precision if r.precision is not None else 2.0, -r.alerts, r.rule_id))
+
+
 # -------------------------------------------------------------------------- digest
 
 
