@@ -258,8 +258,10 @@ class Service:
         jobs.append(JobSpec("evaluate", self.evaluate_job, every(sch.evaluate_every), run_at_start=True))
         jobs.append(JobSpec("deliver", self.deliver_job, every(sch.deliver_every), run_at_start=True))
         slack = cfg.slack
-        if slack is not None and getattr(slack, "enabled", False) and slack.digest.enabled:
-            jobs.append(JobSpec("digest", self.digest_job, every(sch.digest_every)))
+        if slack is not None and getattr(slack, "enabled", False) and (slack.digest.enabled or slack.attention.active):
+            jobs.append(JobSpec("digest", self.digest_job, every(sch.digest_every)))  # overflow, morning digests
+        if slack is not None and getattr(slack, "enabled", False) and slack.attention.escalate_after:
+            jobs.append(JobSpec("escalate", self.escalate_job, every(300)))
         sf = cfg.salesforce
         if sf is not None and getattr(sf, "can_connect", False):
             trigger = cron(sch.crm_sync_cron) if sch.crm_sync_cron else every(sch.crm_sync_every or 3600)
@@ -406,6 +408,12 @@ class Service:
                 self.metrics.inc("usagebot_errors_total", len(report.errors), component="digest")
             return report
         return None
+
+    def escalate_job(self, now: int) -> int:
+        """Unacknowledged alerts due for escalation, queued once each (the deliver job sends them)."""
+        from integrations.slack.assign import queue_escalations
+
+        return queue_escalations(self.engine, self.config.slack.attention, now)  # type: ignore[union-attr,arg-type]
 
     def weekly_summary_job(self, now: int) -> int:
         from bot.weekly_summary import queue_weekly_summary

@@ -226,7 +226,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(e, file=err)
         line = (f"{report.sent} alert(s) delivered, {report.failed} not delivered "
                 f"({report.deferred} deferred, {report.dead} dead)")
-        if isinstance(notifier, SlackNotifier) and settings.slack.digest.enabled:
+        if isinstance(notifier, SlackNotifier) and (settings.slack.digest.enabled or settings.slack.attention.active):
             d = send_due_digests(notifier, now)
             for e in d.errors:
                 print(e, file=err)

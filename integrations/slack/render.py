@@ -363,7 +363,9 @@ class SlackRenderer:
                            self.alert_context(notice, view, owner_mention, interactive=False))
 
     def digest(self, owner_email: str, items: Sequence[AlertNotice | Mapping[str, Any]],
-               day: str) -> SlackMessageContent:
+               day: str, open_alerts: Sequence[Any] = ()) -> SlackMessageContent:
+        """An owner's digest: the alerts held back for it (`items`) and, in a morning digest, the open
+        alerts of the accounts they own (storage.slack.OpenAlert, most important first)."""
         rows = []
         for notice in map(AlertNotice.of, items):
             record = notice.record()
@@ -371,9 +373,16 @@ class SlackRenderer:
                          "sev_icon": SEVERITY_ICONS.get(notice.severity, "⚪"),
                          "links": {"crm": url_from_template(self.config.crm_url, record),
                                    "dashboard": url_from_template(self.config.dashboard_url, record)}})
+        opened = [{"account_name": o.account_name, "rule": o.rule_id, "metric": o.metric, "severity": o.severity,
+                   "sev_icon": SEVERITY_ICONS.get(o.severity, "⚪"), "message": o.message, "since": o.fired_at,
+                   "util_pct": int(o.utilization * 100) if o.utilization else None,
+                   "acknowledged": o.acknowledged} for o in open_alerts]
         return self.render(["slack/digest.json.j2"], {
-            "owner_email": owner_email, "items": rows, "day": day, "max_items": 20,
-            "fallback_text": f"usagebot digest for {day}: {len(rows)} alert(s)"})
+            # Slack allows 50 blocks: 2 per held item, 1 per open alert, 5 headers and notes
+            "owner_email": owner_email, "items": rows, "day": day, "max_items": 12 if opened else 20,
+            "open_alerts": opened, "max_open": 10,
+            "fallback_text": f"usagebot digest for {day}: {len(rows)} alert(s)"
+                             + (f", {len(opened)} open" if opened else "")})
 
     def usage_reply(self, name: str, ctx: Mapping[str, Any]) -> SlackMessageContent:
         """`/usage` answers: slack/account.json.j2, slack/alerts.json.j2, slack/top.json.j2."""
