@@ -28,9 +28,9 @@ from statistics import mean
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.demo import SHIPPED_RULES
-from bot.notices import Notices
-from bot.pipeline import deliver_outbox, run_cycle
+from bot.cli.demo import SHIPPED_RULES
+from bot.service.notices import Notices
+from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.slack.config import AttentionConfig, DigestConfig
 from integrations.slack.digest import send_due_digests
 from integrations.slack.notifier import SlackNotifier

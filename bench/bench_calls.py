@@ -90,7 +90,7 @@ class CallBench:
     health: HealthModel
     clock: _Clock
     paced_interval: float = 0.0  # the config's min_post_interval (the benchmark itself runs unpaced)
-    notifier: SlackNotifier | Any = None  # bot.slack_app.slack_notifier's answer
+    notifier: SlackNotifier | Any = None  # bot.slack.app.slack_notifier's answer
     accounts: int = 0
     owners: int = 0
     records: int = 0
@@ -148,9 +148,9 @@ class CallBench:
 
     def cycle(self, at: int, label: str = "") -> dict[str, Any]:
         """One service cycle at `at`: evaluate, deliver until drained, digests, CRM sync; the counts."""
-        from bot.crm import run_crm_sync
-        from bot.notices import Notices
-        from bot.pipeline import deliver_outbox, run_cycle
+        from bot.crm.sync import run_crm_sync
+        from bot.service.notices import Notices
+        from bot.service.pipeline import deliver_outbox, run_cycle
         from integrations.salesforce.client import SalesforceClient
         from storage.outbox import counts
 
@@ -297,8 +297,8 @@ def call_bench(db_url: str, rules: Sequence[Rule], start: int, *, config_path: s
     digest: None = as the config says; True/False = [slack.digest] enabled or not.
     first_run: the [evaluation] first_run policy of the cycles ("notify": every condition is sent).
     """
-    from bot.config import load_config
-    from bot.slack_app import slack_notifier
+    from bot.config.app import load_config
+    from bot.slack.app import slack_notifier
     from rules.health import DEFAULT_MODEL
     from storage.db import make_engine, migrate, redact_url
     from tests.fakes.salesforce_server import FakeSalesforce

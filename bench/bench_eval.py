@@ -37,7 +37,7 @@ def _rss_mb() -> float:
 
 
 def phase_generate(args: argparse.Namespace) -> dict:
-    from integrations.sources.csv_files import write_accounts_csv, write_usage_csv
+    from integrations.sources.csv_rows import write_accounts_csv, write_usage_csv
     from integrations.sources.demo import generate_book
 
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def phase_generate(args: argparse.Namespace) -> dict:
 
 
 def phase_csv(args: argparse.Namespace) -> dict:
-    from integrations.sources.csv_files import read_usage_csv
+    from integrations.sources.csv_rows import read_usage_csv
 
     t0 = time.perf_counter()
     res = read_usage_csv(Path(args.workdir) / "usage.csv")
@@ -63,7 +63,7 @@ def phase_csv(args: argparse.Namespace) -> dict:
 
 
 def phase_ingest(args: argparse.Namespace) -> dict:
-    from integrations.sources.csv_files import iter_usage_csv_chunks, read_accounts_csv
+    from integrations.sources.csv_rows import iter_usage_csv_chunks, read_accounts_csv
     from storage.accounts import upsert_accounts
     from storage.db import make_engine, migrate
     from storage.usage import upsert_usage
@@ -93,7 +93,7 @@ def phase_ingest(args: argparse.Namespace) -> dict:
 
 
 def phase_evaluate(args: argparse.Namespace) -> dict:
-    from bot.pipeline import load_blocks_for
+    from bot.service.pipeline import load_blocks_for
     from rules.engine import evaluate, history_needed
     from rules.lifecycle import advance
     from rules.loader import load_rules

@@ -19,7 +19,7 @@ process, so "peak" is that phase's own maximum resident memory. Phases, in order
                  and time ranges, read with one plain SELECT per metric into numpy arrays; once for
                  the ranges of all evaluated rules and once for those of the pandas baseline's rules
   evaluate       full evaluation of the shipped rules at the book's last day as a daily cycle does it:
-                 bot.pipeline.load_blocks_for + rules.engine.evaluate + rules.lifecycle.advance,
+                 bot.service.pipeline.load_blocks_for + rules.engine.evaluate + rules.lifecycle.advance,
                  advancing the episodes of the previous day's evaluation. That one runs first and is
                  timed apart: on a fresh book it is the cold read that builds the usage tiles
                  (storage/tiles.py). Then the last day is delivered again through upsert_usage
@@ -38,7 +38,7 @@ process, so "peak" is that phase's own maximum resident memory. Phases, in order
                  (run_cycle, Slack delivery to a local fake Slack, CRM sync to a local fake
                  Salesforce), counting the API calls each cycle made over HTTP (--no-calls skips it)
   cycle_first, cycle_next  with --no-calls instead: the same two daily cycles persisted by
-                 bot.pipeline.run_cycle (episodes, audit events, outbox), without delivery; the last
+                 bot.service.pipeline.run_cycle (episodes, audit events, outbox), without delivery; the last
                  day is delivered again (untimed) before the second
   incremental    per --changed fraction: new data (a corrected last-day value of every metric) is
                  upserted for that share of accounts, then `incremental_evaluation` re-evaluates
@@ -110,11 +110,11 @@ def incremental_evaluation(
     """Evaluate every rule for the accounts in `changed_ids` only, with today's APIs.
 
     Loads each (metric, bucket) block restricted to those accounts
-    (bot.pipeline.load_blocks_for(account_ids=...)), their facts, and runs
+    (bot.service.pipeline.load_blocks_for(account_ids=...)), their facts, and runs
     rules.engine.evaluate. This is the one function to swap for a dedicated
     incremental API.
     """
-    from bot.pipeline import load_blocks_for
+    from bot.service.pipeline import load_blocks_for
     from rules.engine import evaluate, history_needed
     from storage.accounts import list_accounts
 
@@ -274,7 +274,7 @@ def _run_rules(
     engine: Engine, rules: list[Rule], now: int, chunk_accounts: int
 ) -> tuple[EvaluationResult, float, int, int]:
     """Load blocks and evaluate, in one go or per chunk of accounts; (result, load seconds, cells, accounts)."""
-    from bot.pipeline import account_chunks, load_blocks_for
+    from bot.service.pipeline import account_chunks, load_blocks_for
     from rules.engine import evaluate, history_needed
     from storage.accounts import list_accounts
 
@@ -442,7 +442,7 @@ def phase_calls(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _persisted_cycle(args: argparse.Namespace, phase: str, day_before: bool) -> dict[str, Any]:
-    from bot.pipeline import run_cycle
+    from bot.service.pipeline import run_cycle
     from rules.model import DAY
     from storage.db import make_engine
 
@@ -460,7 +460,7 @@ def _persisted_cycle(args: argparse.Namespace, phase: str, day_before: bool) -> 
 
 
 def phase_cycle_first(args: argparse.Namespace) -> dict[str, Any]:
-    """bot.pipeline.run_cycle at the day before the end, persisted (episodes, audit, outbox): the
+    """bot.service.pipeline.run_cycle at the day before the end, persisted (episodes, audit, outbox): the
     service's first daily cycle on the book (with --no-calls only; the calls phase runs it otherwise)."""
     return _persisted_cycle(args, "cycle_first", day_before=True)
 
@@ -472,10 +472,10 @@ def phase_cycle_next(args: argparse.Namespace) -> dict[str, Any]:
 
 def phase_incremental_cycle(args: argparse.Namespace) -> dict[str, Any]:
     """What the service does when new data arrives for some accounts, end to end: upsert it, then
-    bot.pipeline.run_cycle(account_ids=...) re-evaluates, advances and persists only those
+    bot.service.pipeline.run_cycle(account_ids=...) re-evaluates, advances and persists only those
     accounts (their episode states read through ix_alert_episodes_account). Runs after the calls
     phase, so the book has a day of episode history."""
-    from bot.pipeline import run_cycle
+    from bot.service.pipeline import run_cycle
     from integrations.sources.records import UsageRecord
     from rules.model import DAY
     from storage.accounts import list_accounts
@@ -707,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-rows", type=int, default=200_000, help="records per upsert_usage call while ingesting")
     p.add_argument("--sample-accounts", type=int, default=3_000, help="accounts in the ingest comparison book")
     p.add_argument("--chunk-accounts", type=int, default=0,
-                   help="evaluate in chunks of this many accounts (bot.pipeline.account_chunks); 0 = all at once")
+                   help="evaluate in chunks of this many accounts (bot.service.pipeline.account_chunks); 0 = all at once")
     p.add_argument("--no-calls", action="store_true",
                    help="skip the Slack/CRM calls phase (its first cycle delivers every open alert over HTTP)")
     p.add_argument("--json", action="store_true")

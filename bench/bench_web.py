@@ -7,11 +7,11 @@
 For each size, a book is built once in --workdir (kept and reused by later runs): the synthetic demo
 book (3 metrics x --days daily buckets) loaded with storage.usage.load_usage, owners reassigned so
 that each owns --accounts-per-owner accounts (a realistic book of an account executive), the shipped
-rules run by bot.pipeline.run_cycle on the last two days (real episodes, audit events, outbox), and
+rules run by bot.service.pipeline.run_cycle on the last two days (real episodes, audit events, outbox), and
 resolved episodes of earlier months added (copies of those, shifted back by whole months, each with
 its pending / fired / resolved events) up to --episodes-per-account episodes per account.
 
-Each page is then fetched through the UI's real HTTP server (bot.http_server, as `usagebot serve`
+Each page is then fetched through the UI's real HTTP server (bot.service.http_server, as `usagebot serve`
 mounts it) with one keep-alive client: one warm-up, then --repeat timed fetches; the median and the
 slowest are shown. Both sizes are measured in the same run, side by side, and the alert list pages
 are measured again at the largest size with the indexes of migration 0011_web_ui_indexes dropped
@@ -51,7 +51,7 @@ def build(path: Path, n: int, days: int, per_owner: int, per_account: float) -> 
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
         return dict(json.loads(meta_path.read_text()))
-    from bot.pipeline import run_cycle
+    from bot.service.pipeline import run_cycle
     from integrations.sources.demo import generate_book
     from rules.loader import load_rules
     from rules.model import DAY
@@ -167,7 +167,7 @@ def timed(client: Any, base: str, url: str, repeat: int) -> tuple[float, float]:
 
 
 def serve(engine: Any, now: int) -> Any:
-    from bot.http_server import HttpServer
+    from bot.service.http_server import HttpServer
     from bot.web.app import WebUI
     from bot.web.config import WebConfig
     from rules.loader import load_rules

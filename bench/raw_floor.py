@@ -2,7 +2,7 @@
 
 Read floor
     The rows an evaluation needs (the same metrics and the same time ranges as
-    bot.pipeline.load_blocks_for), read from the same database with the
+    bot.service.pipeline.load_blocks_for), read from the same database with the
     plainest fast query through the driver's own cursor
 
         SELECT account_id, bucket_start, value FROM usage_points
@@ -42,7 +42,7 @@ _FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def ranges_for(rules: Iterable[Rule], now: int) -> dict[BlockKey, tuple[int, int]]:
-    """[start, end) per (metric, bucket) exactly as bot.pipeline.load_blocks_for computes it."""
+    """[start, end) per (metric, bucket) exactly as bot.service.pipeline.load_blocks_for computes it."""
     out: dict[BlockKey, tuple[int, int]] = {}
     for (metric, step), history in history_needed(list(rules)).items():
         end = (now // step) * step

@@ -1,6 +1,6 @@
 """The alert notice: what every notifier receives, one frozen value per notification.
 
-A notice is built once, by bot.alerts inside the transaction that records the lifecycle step (so it
+A notice is built once, by bot.service.alerts inside the transaction that records the lifecycle step (so it
 carries its episode id), and crosses every boundary typed:
 
 - `to_json()` is the outbox payload (times as epoch seconds, `"v": 2`); `AlertNotice.from_json`

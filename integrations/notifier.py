@@ -10,7 +10,7 @@ and returns, or raises `DeliveryError` saying what the outbox should do with the
   operator (`usagebot outbox retry-dead`... storage.outbox.retry_dead puts it back);
 - neither: retried with the outbox backoff, dead after the outbox's attempt limit.
 
-Any other exception is taken as the last case. bot.pipeline.deliver_outbox is the only reader.
+Any other exception is taken as the last case. bot.service.pipeline.deliver_outbox is the only reader.
 """
 
 from __future__ import annotations

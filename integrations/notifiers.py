@@ -7,7 +7,7 @@
 
 Slack is set up by its own [slack] section (it is on when bot_token is set); the console is the
 notifier when no other is configured, and beside the others with `type = "console"`. Every
-configured notifier gets every notification as an outbox row of its own (bot.notices.Notices), so
+configured notifier gets every notification as an outbox row of its own (bot.service.notices.Notices), so
 one failing never holds back another. A new notifier is one module and one `NotifierType` entry.
 """
 

@@ -1,7 +1,7 @@
 """Usage health of an account: a 0-100 score from explainable factors (pure).
 
 The weights and thresholds live in a `HealthModel` (read from the [health]
-table of the config file by bot.health_config; `DEFAULT_MODEL` without one).
+table of the config file by bot.config.health; `DEFAULT_MODEL` without one).
 With the defaults, the factors (points add up to the score; each keeps its
 contribution and a note saying why) are:
 

@@ -3,7 +3,7 @@ the first and last bucket written.
 
 Every write to usage_points records its ranges here in the same transaction (storage.usage:
 upserts, bulk loads, pushes and the sources' store path alike), so the scheduler
-(bot.evaluation) re-evaluates the accounts whose data changed inside a rule's history,
+(bot.service.evaluation) re-evaluates the accounts whose data changed inside a rule's history,
 whether it came from a poll, `usagebot ingest` or a backfill of months.
 """
 

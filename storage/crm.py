@@ -189,7 +189,7 @@ def episodes_fired_since(engine: Engine, since: int) -> list[TaskCandidate]:
 
 
 def task_click_key(episode_id: int) -> str:
-    """The outbox key of an episode's "Log task" click (bot.task_button): one per episode."""
+    """The outbox key of an episode's "Log task" click (bot.crm.task_button): one per episode."""
     return f"crm:task-click:{int(episode_id)}"
 
 

@@ -1,4 +1,4 @@
-"""When each rule and each account was first evaluated (the first-run policy, bot.pipeline).
+"""When each rule and each account was first evaluated (the first-run policy, bot.service.pipeline).
 
 A condition that already holds the first time a rule runs, or the first time an account is
 evaluated (a new book, a backfill into an empty database, a new rule), is recorded but does not

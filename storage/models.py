@@ -147,7 +147,7 @@ class AlertEpisode(SQLModel, table=True):
         # States of a few accounts (incremental cycles, /usage <account>) without scanning all episodes.
         sa.Index("ix_alert_episodes_account", "account_id", "id"),
         # At most one open episode per key, whoever writes it (two concurrent cycles cannot both
-        # start one: the second insert fails and its cycle runs again; bot/cycle_lock.py).
+        # start one: the second insert fails and its cycle runs again; bot/service/cycle_lock.py).
         sa.Index("uq_alert_episodes_open", "rule_id", "account_id", "metric", "discriminator", unique=True,
                  postgresql_where=sa.text(OPEN_EPISODE_SQL), sqlite_where=sa.text(OPEN_EPISODE_SQL)),
         # The web UI's alert list: newest first by start (keyset pages), alone or by state or rule
@@ -189,7 +189,7 @@ class AlertEpisode(SQLModel, table=True):
 
 class FirstEvaluation(SQLModel, table=True):
     """When a rule, or an account, was first evaluated: conditions already true then are recorded
-    without paging people (the first-run policy, bot.pipeline)."""
+    without paging people (the first-run policy, bot.service.pipeline)."""
 
     __tablename__ = "first_evaluations"  # type: ignore[assignment]
     __table_args__ = ({"sqlite_with_rowid": False},)
@@ -430,7 +430,7 @@ class CrmTask(SQLModel, table=True):
     status: "created" (sf_task_id set), "failed" (Salesforce refused it; retried
     next sync), "unknown" (about to be created, or the request failed in a way that
     may have created it: the next sync looks it up by `task_key` before creating
-    another). `task_key` is written into the Task (bot/crm.py), unique per episode.
+    another). `task_key` is written into the Task (bot/crm/sync.py), unique per episode.
     """
 
     __tablename__ = "crm_tasks"  # type: ignore[assignment]

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.crm import run_crm_sync
-from bot.notices import Notices
-from bot.pipeline import deliver_outbox, run_cycle
+from bot.crm.sync import run_crm_sync
+from bot.service.notices import Notices
+from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.salesforce.config import SalesforceConfig
 from integrations.slack.notifier import SlackNotifier
 from integrations.sources.records import UsageRecord

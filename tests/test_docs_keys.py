@@ -1,5 +1,5 @@
 """Every key usagebot reads is documented (as datasette checks its settings): the keys come from the
-code's own declarations (rules.loader.RULE_FILE, the kinds registry, bot.config.config_tables(),
+code's own declarations (rules.loader.RULE_FILE, the kinds registry, bot.config.app.config_tables(),
 the source types), so a new key without docs fails here.
 
 A key is documented when the part of the docs page about its table names it: `key` in backticks
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import config_tables
+from bot.config.app import config_tables
 from integrations.notifiers import NOTIFIER_TYPES
 from integrations.sources.base import source_types
 from rules.config import Table

@@ -1,7 +1,7 @@
 """The read-only web UI: alert list, episode page, account page, sign-in (server-rendered HTML).
 
     ui = WebUI(config, engine, rules=lambda: ruleset)
-    routes = ui.routes()          # mounted on bot.http_server.HttpServer (by bot.service or `usagebot ui`)
+    routes = ui.routes()          # mounted on bot.service.http_server.HttpServer (by bot.service.runner or `usagebot ui`)
 
 Pages (GET; `?format=json` gives the same data as JSON for machines):
     /alerts                 alert episodes, newest first; filters owner, rule, kind, state, account,
@@ -30,7 +30,7 @@ from markupsafe import Markup
 from sqlalchemy.engine import Engine
 
 from bot import __version__
-from bot.http_server import Request, Response, Route
+from bot.service.http_server import Request, Response, Route
 from bot.web import auth
 from bot.web.config import WebConfig
 from bot.web.queries import (
@@ -363,7 +363,7 @@ class WebUI:
 
 def _access_policy(slack: Any, engine: Engine, clock: Callable[[], int]) -> Any:
     """The `/usage` AccessPolicy for this [slack] config (its user directory only when there is a bot token)."""
-    from integrations.slack.usage_command import AccessPolicy
+    from integrations.slack.usage_answers import AccessPolicy
 
     directory = None
     if slack.enabled and slack.restricted:

@@ -8,7 +8,7 @@
   (PyJWT), with its issuer, audience (our client id), expiry, nonce and workspace. The session is
   then a cookie holding a signed JWT (HS256, [web] session_secret) with the Slack user id and email,
   HttpOnly, Secure, SameSite=Lax (Lax: a link from a Slack message must arrive signed in).
-- Who may see what: the rules of `/usage` (integrations.slack.usage_command.AccessPolicy): only
+- Who may see what: the rules of `/usage` (integrations.slack.usage_answers.AccessPolicy): only
   [slack] allowed_users / allowed_usergroups when set, and with owner_only only the accounts whose
   owner email is the person's Slack email. Tokens and anonymous access see every account.
 """

@@ -2,7 +2,7 @@
 
 `retry_after` (seconds until the row should be tried again, e.g. a 429's Retry-After) and
 `permanent` (retrying cannot help: the row is marked dead for an operator to look at) are read by
-bot.pipeline.deliver_outbox. Messages never contain tokens or secrets."""
+bot.service.pipeline.deliver_outbox. Messages never contain tokens or secrets."""
 
 from __future__ import annotations
 

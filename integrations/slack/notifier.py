@@ -9,11 +9,11 @@
   the thread never starts with a follow-up.
 - Owner DMs may go to a daily digest instead ([slack.digest]); account snoozes (/usage snooze)
   hold back new alerts for the account.
-- Admin notices (audience "admin", bot.alerts.admin_notice: stale sources, rejected files, first-run
+- Admin notices (audience "admin", bot.service.alerts.admin_notice: stale sources, rejected files, first-run
   summaries, cohort events, refused reloads): one message in the admin channel (slack/notice.json.j2),
   no thread.
 - Posting is exactly-once (integrations.slack.delivery); errors are integrations.notifier.DeliveryError
-  (`retry_after` / `permanent`) for bot.pipeline.deliver_outbox.
+  (`retry_after` / `permanent`) for bot.service.pipeline.deliver_outbox.
 """
 
 from __future__ import annotations

@@ -309,7 +309,7 @@ class SlackRenderer:
     # ------------------------------------------------------------- messages
 
     def notice(self, alert: AlertNotice | Mapping[str, Any]) -> SlackMessageContent:
-        """An admin notice (bot.alerts.admin_notice): one message, no thread, no buttons."""
+        """An admin notice (bot.service.alerts.admin_notice): one message, no thread, no buttons."""
         notice = AlertNotice.of(alert)
         icon = {"stale": "🟠", "recovered": "🟢", "rejected": "⛔", "first_run": "🗂️", "cohort": "🗓️",
                 "invalid": "⛔"}.get(notice.event, "ℹ️")

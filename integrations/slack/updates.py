@@ -5,7 +5,7 @@ The change is stored first (storage.episodes.record_action); then `update_item` 
 kind UPDATE_KIND naming the episode, and `SlackUpdates` carries it out: every parent message of the
 episode is set from the episode's state at delivery time (SlackNotifier.refresh_episode), so a retry,
 or two rows for one episode, send the same content (idempotent). The app delivers the row at once
-(bot.slack_app); if Slack fails (429, 5xx), the service's deliver job retries it like any other row.
+(bot.slack.app); if Slack fails (429, 5xx), the service's deliver job retries it like any other row.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def update_item(episode_id: int, at: int) -> OutboxItem:
 
 
 class SlackUpdates:
-    """The outlet of UPDATE_KIND rows (bot.pipeline.deliver_rows)."""
+    """The outlet of UPDATE_KIND rows (bot.service.pipeline.deliver_rows)."""
 
     name = "slack-updates"
     kinds = (UPDATE_KIND,)

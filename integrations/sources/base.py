@@ -1,7 +1,7 @@
 """The usage-source Protocol, the settings every source shares, and the registry of source types.
 
 A source is polled on its own schedule. `poll(ctx)` yields `Batch`es; the
-poll runner (bot/polling.py) stores each batch atomically with the cursor
+poll runner (bot/service/polling.py) stores each batch atomically with the cursor
 and watermark it carries, so a poll that fails half-way resumes after the
 last stored batch and never stores a batch half-way.
 
@@ -167,7 +167,7 @@ def build_source(config: SourceConfig) -> Source:
 
 
 def _check_cron(section: Section, expr: str) -> bool:
-    from bot.crontab import cron_trigger
+    from rules.config.cron import cron_trigger
 
     try:
         cron_trigger(expr)

@@ -44,7 +44,7 @@ from integrations.sources.base import (
     newest,
     register_type,
 )
-from integrations.sources.csv_files import (
+from integrations.sources.csv_rows import (
     CsvInputError,
     UnsafeFile,
     open_drop,

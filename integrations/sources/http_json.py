@@ -41,7 +41,7 @@ from integrations.sources.base import (
     str_map,
     window,
 )
-from integrations.sources.csv_files import parse_timestamp
+from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
     AUTH,
     RETRY_KEYS,

@@ -30,7 +30,7 @@ from integrations.sources.base import (
     str_map,
     window,
 )
-from integrations.sources.csv_files import parse_timestamp
+from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
     RETRY_KEYS,
     Auth,

@@ -20,7 +20,7 @@ Who registers what:
 
 `clip(text, limit)` masks first and cuts after, so a cut never leaves part of a secret visible.
 `RedactingFilter` applies `mask` to every log record (message, arguments, extra fields, traceback);
-`bot.logs.setup_logging` puts it on the root handler, and on logging's last-resort handler.
+`bot.service.logs.setup_logging` puts it on the root handler, and on logging's last-resort handler.
 
 Secrets shorter than `MIN_SECRET` characters are not masked (they would blank out ordinary words).
 """

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from bench.pandas_baseline import BaselineFinding, pandas_findings, supported_rules
-from bot.pipeline import load_blocks_for
+from bot.service.pipeline import load_blocks_for
 from integrations.sources.demo import DemoBook, generate_book
 from rules.engine import evaluate, history_needed
 from rules.loader import load_rules, load_rules_text

@@ -7,7 +7,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.cli import main
+from bot.cli.main import main
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from bot.evaluation import Evaluator
-from bot.notices import Notices
+from bot.service.evaluation import Evaluator
+from bot.service.notices import Notices
 from integrations.sources.demo import generate_book
 from rules.loader import load_rules
 from rules.model import DAY

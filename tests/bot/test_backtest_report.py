@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.backtest import BacktestResult
-from bot.backtest_report import compare, episodes_of, score_rules
-from bot.cli import main
-from bot.demo import SHIPPED_RULES, write_book_csv
-from bot.labels import OutcomeLabel, read_labels
+from bot.backtest.labels import OutcomeLabel, read_labels
+from bot.backtest.report import compare, episodes_of, score_rules
+from bot.backtest.run import BacktestResult
+from bot.cli.demo import SHIPPED_RULES, write_book_csv
+from bot.cli.main import main
 from integrations.notice import AlertNotice
 from integrations.sources.demo import generate_book
 from rules.loader import load_rules, load_rules_text

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bot import __version__
-from bot.cli import build_parser, main
-from bot.settings import SETTINGS, markdown_table, resolve
+from bot.cli.main import build_parser, main
+from bot.cli.settings import SETTINGS, markdown_table, resolve
 from tests.bot.test_service import SECRET, _config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,8 +159,8 @@ def test_skipped_rows_are_summarised_unless_verbose(tmp_path: Path) -> None:
 
 
 def test_readiness_probes_do_not_log_alembic(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from bot.config import load_config
-    from bot.service import Service
+    from bot.config.app import load_config
+    from bot.service.runner import Service
 
     cfg = load_config(_config(tmp_path, f"sqlite:///{tmp_path}/r.db"), env={"INGEST_SECRET": SECRET})
     svc = Service(cfg)
@@ -177,8 +177,8 @@ def test_readiness_probes_do_not_log_alembic(tmp_path: Path, caplog: pytest.LogC
 
 
 def test_service_log_messages_show_times_not_epoch_seconds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from bot.config import load_config
-    from bot.service import Service
+    from bot.config.app import load_config
+    from bot.service.runner import Service
     from integrations.console import ConsoleNotifier
     from tests.bot.test_service import DAY, T0
 

@@ -106,9 +106,9 @@ def _rows(url: str) -> list[tuple]:
 
 
 def test_ingest_streams_chunks_in_one_transaction(tmp_path, monkeypatch):
-    import bot.cli
+    import bot.cli.main
 
-    monkeypatch.setattr(bot.cli, "INGEST_CHUNK_ROWS", 2)  # every chunk boundary is exercised
+    monkeypatch.setattr(bot.cli.main, "INGEST_CHUNK_ROWS", 2)  # every chunk boundary is exercised
     url = f"sqlite:///{tmp_path / 'u.db'}"
     good = tmp_path / "good.csv"
     # acme's 2026-09-01 minute appears in three chunks: one file's rows of a bucket add up

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.config import check_config, load_config
+from bot.cli.main import main
+from bot.config.app import check_config, load_config
 from rules.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

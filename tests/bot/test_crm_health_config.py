@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.health_config import parse_health_model
+from bot.config.health import parse_health_model
 from rules.config import ConfigError, document_from_text
 from rules.health import DEFAULT_MODEL, HealthModel
 from rules.kinds import KINDS

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.crm import CrmSyncReport, run_crm_sync
-from bot.crm_delivery import CRM_KINDS, LOCK, STOP_DEFER, retry_crm_rows
+from bot.crm.delivery import CRM_KINDS, LOCK, STOP_DEFER, retry_crm_rows
+from bot.crm.sync import CrmSyncReport, run_crm_sync
 from integrations.salesforce.client import SalesforceClient
 from rules.health import DEFAULT_MODEL
 from rules.model import RuleSet
@@ -144,8 +144,8 @@ def test_a_lost_task_answer_is_looked_up_when_the_deliver_job_retries(engine: En
 def test_the_service_deliver_job_retries_crm_rows(tmp_path, fake: FakeSalesforce) -> None:  # noqa: ANN001
     from dataclasses import replace
 
-    from bot.config import load_config
-    from bot.service import Service
+    from bot.config.app import load_config
+    from bot.service.runner import Service
     from integrations.console import ConsoleNotifier
     from tests.bot.test_service_integrations import _config
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from bot.crm import run_crm_sync
+from bot.crm.sync import run_crm_sync
 from integrations.salesforce.client import SalesforceClient
 from rules.health import DEFAULT_MODEL
 from rules.model import RuleSet

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.crm import run_crm_sync
+from bot.crm.sync import run_crm_sync
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import SalesforceConfig
 from rules.health import DEFAULT_MODEL
@@ -423,7 +423,7 @@ def test_bulk_job_after_the_session_expired_logs_in_again(sqlite, fake):
 
 
 def test_health_of_one_account_equals_its_health_among_all(engine):
-    from bot.crm_preview import account_health
+    from bot.crm.preview import account_health
 
     seed_accounts(engine, 3)
     set_usage(engine, ["a0001"], 10.0, days=30)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from bot.pipeline import DeliveryReport, deliver_outbox
+from bot.service.pipeline import DeliveryReport, deliver_outbox
 from integrations.notice import AlertNotice
 from storage.db import make_engine
 from storage.outbox import OutboxItem, counts, enqueue, notify_kind

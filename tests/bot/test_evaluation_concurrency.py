@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.pipeline import deliver_outbox, run_cycle
+from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.notice import AlertNotice
 from integrations.sources.demo import generate_book
 from rules.loader import load_rules

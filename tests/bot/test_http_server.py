@@ -1,6 +1,6 @@
 """The HTTP server over real sockets: limits, timeouts and refusals before the body is read.
 
-Every case is a raw TCP conversation with bot.http_server (waitress underneath), the way a hostile
+Every case is a raw TCP conversation with bot.service.http_server (waitress underneath), the way a hostile
 or broken client would talk to it: a negative or oversized Content-Length, an unauthenticated body,
 slow-loris headers, half-open connections, more connections than allowed.
 """
@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 import httpx
 import pytest
 
-from bot.http_server import HttpLimits, HttpServer, Request, Response, Route
-from bot.metrics import Metrics
+from bot.service.http_server import HttpLimits, HttpServer, Request, Response, Route
+from bot.service.metrics import Metrics
 
 TOKEN = "s3cret-token"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.config import check_config
-from bot.init_command import example_config
+from bot.cli.init import example_config
+from bot.cli.main import main
+from bot.config.app import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
 USAGEBOT = Path(sys.executable).with_name("usagebot")

@@ -9,8 +9,8 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.crm_preview import account_health, crm_preview
-from bot.pipeline import run_cycle
+from bot.crm.preview import account_health, crm_preview
+from bot.service.pipeline import run_cycle
 from integrations.slack.usage_summary import rank_by_trend, summarize_account
 from integrations.sources.records import UsageRecord
 from rules.loader import load_rules_text

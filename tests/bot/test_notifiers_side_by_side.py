@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.config import load_config
-from bot.pipeline import run_cycle
-from bot.service import Service
+from bot.config.app import load_config
+from bot.service.pipeline import run_cycle
+from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from integrations.slack.notifier import SlackNotifier
 from integrations.webhook import WebhookNotifier

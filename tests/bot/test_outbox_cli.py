@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.pipeline import deliver_outbox
+from bot.service.pipeline import deliver_outbox
 from integrations.notice import AlertNotice
 from integrations.webhook import WebhookConfig, WebhookNotifier
 from rules.config import Secret

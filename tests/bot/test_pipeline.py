@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bot.backtest import run_backtest
-from bot.demo import write_book_csv
-from bot.notices import Notices
-from bot.pipeline import deliver_outbox, run_cycle
+from bot.backtest.run import run_backtest
+from bot.cli.demo import write_book_csv
+from bot.service.notices import Notices
+from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.sources.demo import generate_book
 from rules.loader import load_rules
 from rules.model import DAY

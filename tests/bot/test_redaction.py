@@ -12,8 +12,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.logs import setup_logging
-from bot.polling import poll_source
+from bot.service.logs import setup_logging
+from bot.service.polling import poll_source
 from integrations.sources.http_json import HttpJsonSource
 from rules.config import Secret, redaction
 from rules.config.redaction import FRAGMENT, clip, mask
@@ -180,7 +180,7 @@ def test_log_records_are_masked_in_message_args_extra_and_traceback() -> None:
 
 
 def test_cli_output_is_masked_and_an_unexpected_error_is_one_masked_line(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import bot.cli as cli
+    import bot.cli.main as cli
 
     out, err = io.StringIO(), io.StringIO()
     url = f"postgresql://usagebot:{quote(URL_PASSWORD, safe='')}@127.0.0.1:1/usage"
@@ -229,7 +229,7 @@ def test_salesforce_error_texts_are_masked_before_they_are_cut() -> None:
 
 
 def test_metric_labels_are_masked() -> None:
-    from bot.metrics import Metrics
+    from bot.service.metrics import Metrics
 
     Secret(TOKEN)
     m = Metrics()

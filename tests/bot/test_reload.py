@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config
-from bot.service import Service
+from bot.config.app import load_config
+from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from storage.outbox import list_outbox
 from tests.bot.test_service import DAY, RULES, SECRET, T0, _config

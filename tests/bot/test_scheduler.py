@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from freezegun import freeze_time
 from sqlalchemy.engine import Engine
 
-from bot.leader import LeaseLeader, SoleLeader
-from bot.scheduler import LEADER_JOB, JobSpec, ServiceScheduler, cron, every
+from bot.service.leader import LeaseLeader, SoleLeader
+from bot.service.scheduler import LEADER_JOB, JobSpec, ServiceScheduler, cron, every
 from storage.sources import get_lease
 
 

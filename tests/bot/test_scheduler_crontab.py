@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.crontab import cron_trigger
+from rules.config.cron import cron_trigger
 
 FRIDAY = datetime(2026, 11, 6, 10, 0, 30, tzinfo=UTC)
 

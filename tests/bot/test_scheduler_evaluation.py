@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
-from bot.evaluation import Evaluator
-from bot.freshness import Watch, check_freshness
+from bot.service.evaluation import Evaluator
+from bot.service.freshness import Watch, check_freshness
 from integrations.sources.records import UsageRecord
 from rules.loader import load_rules_text
 from rules.model import RuleSet
@@ -126,7 +126,7 @@ def test_a_stale_source_notifies_the_admin_channel_and_mutes_drop_alerts(engine:
     assert report.recovered == ["billing"]
     assert [r.payload["event"] for r in list_outbox(engine)] == ["recovered", "stale"]
     # control: unmuted, the same evaluation does see a drop for acme
-    from bot.pipeline import run_cycle
+    from bot.service.pipeline import run_cycle
 
     run_cycle(engine, _rules(), now, only_due=False, account_ids=["acme"])
     assert [s.status for s in _acme_drop(engine).values()] == ["pending"]

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.leader import AdvisoryLockLeader, LeaseLeader, lock_key, make_leadership
-from bot.scheduler import JobSpec, ServiceScheduler, every
+from bot.service.leader import AdvisoryLockLeader, LeaseLeader, lock_key, make_leadership
+from bot.service.scheduler import JobSpec, ServiceScheduler, every
 from storage.db import make_engine, migrate
 from storage.sources import get_lease, lease_table
 from tests.pg import PgServer

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.config import load_config
-from bot.service import Service
+from bot.config.app import load_config
+from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from tests.bot.test_service import DAY, SECRET, T0, _config
 

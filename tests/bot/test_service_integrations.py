@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from bot.config import load_config
-from bot.service import Service
+from bot.config.app import load_config
+from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from integrations.salesforce.client import SalesforceClient
 from tests.fakes.salesforce_server import running

@@ -1,4 +1,4 @@
-"""The Prometheus text format rendered by bot.metrics, and structured logs."""
+"""The Prometheus text format rendered by bot.service.metrics, and structured logs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.logs import JsonFormatter, setup_logging
-from bot.metrics import Metrics, Sample
+from bot.service.logs import JsonFormatter, setup_logging
+from bot.service.metrics import Metrics, Sample
 
 
 def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -63,7 +63,7 @@ def test_initialised_label_sets_exist_before_first_use() -> None:
 def test_every_declared_metric_is_documented() -> None:
     from pathlib import Path
 
-    from bot.metrics import DEFINITIONS
+    from bot.service.metrics import DEFINITIONS
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     missing = [name for name in DEFINITIONS if f"`{name}`" not in doc]

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from bot.crm import CrmSyncReport, run_crm_sync
-from bot.crm_delivery import CLICK_KIND, retry_crm_rows
-from bot.slack_app import build_slack_app, serve_http
-from bot.task_button import TaskButton
+from bot.crm.delivery import CLICK_KIND, retry_crm_rows
+from bot.crm.sync import CrmSyncReport, run_crm_sync
+from bot.crm.task_button import TaskButton
+from bot.slack.app import build_slack_app, serve_http
 from integrations.salesforce.client import SalesforceClient
 from integrations.slack.assign import ASSIGN_KIND, SlackAssignments
 from integrations.slack.notifier import SlackNotifier
@@ -222,7 +222,7 @@ def test_a_failed_csm_dm_is_retried_by_the_deliver_job(served):
     _post(served, _click(served, "usagebot_assign_csm", rid="r1"))
     (answer,) = served.fake.wait_response("r1")
     assert "not sent yet" in answer["text"]
-    from bot.pipeline import deliver_rows
+    from bot.service.pipeline import deliver_rows
 
     notifier = SlackNotifier(slack_config(served.fake, crm_tasks=True), served.engine, clock=served.clock,
                              interactive=True)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from bot.slack_app import build_slack_app, run_socket_mode, serve_http, slack_notifier
+from bot.slack.app import build_slack_app, run_socket_mode, serve_http, slack_notifier
 from integrations.console import ConsoleNotifier
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
@@ -144,7 +144,7 @@ def test_forged_stale_and_unsigned_requests_are_rejected(served):
 
 
 def test_dispatch_http_for_any_server(served, engine, clock):
-    from bot.slack_app import dispatch_http
+    from bot.slack.app import dispatch_http
 
     app = build_slack_app(served.config, engine, clock=clock)
     body = _command(served, "help")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from bot.cli.main import main
 from integrations.slack.config import SlackConfig
 from integrations.slack.manifest import BOT_SCOPES, app_manifest, manifest_yaml
 from storage.db import make_engine, migrate

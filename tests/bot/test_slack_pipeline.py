@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.pipeline import deliver_outbox
+from bot.service.pipeline import deliver_outbox
 from integrations.slack.errors import PermanentSlackError, RetryLater, SlackUnavailable
 from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind
 

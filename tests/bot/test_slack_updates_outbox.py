@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bot.pipeline import deliver_rows
+from bot.service.pipeline import deliver_rows
 from integrations.slack.notifier import SlackNotifier
 from integrations.slack.updates import UPDATE_KIND, SlackUpdates
 from storage.outbox import list_outbox

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.config import load_config
-from bot.demo import SHIPPED_RULES, run_demo
-from bot.service import Service
+from bot.cli.demo import SHIPPED_RULES, run_demo
+from bot.config.app import load_config
+from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from integrations.sources.demo import DEFAULT_END
 from rules.loader import load_rules
@@ -146,7 +146,7 @@ def test_sign_out_is_a_post_and_ends_the_session(browser, site) -> None:
 
 
 def test_the_backtest_report_renders_offline(browser, site, tmp_path: Path, shots: Path) -> None:
-    from bot.cli import main
+    from bot.cli.main import main
 
     _, _, data = site
     report = tmp_path / "report.html"

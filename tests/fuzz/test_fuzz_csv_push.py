@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
+from integrations.sources.csv_rows import CsvInputError, read_accounts_csv, read_usage_csv
 from integrations.sources.push import BATCH, JSON, STRUCTURED, PushConfig, PushIngest
 from rules.config import Secret
 from storage.db import make_engine, migrate
@@ -97,7 +97,7 @@ def test_accounts_csv_reads_or_names_every_problem(tmp_path_factory, header, row
 @settings(max_examples=cases(120))
 @given(rows=usage_rows, header=st.sampled_from(USAGE_HEADERS[:2]))
 def test_cli_ingest_stores_all_or_nothing(db, tmp_path_factory, rows, header) -> None:  # type: ignore[no-untyped-def]
-    from bot.cli import main
+    from bot.cli.main import main
 
     url, engine = db
     path = tmp_path_factory.mktemp("ingest") / "u.csv"

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.config import check_config
+from bot.config.app import check_config
 from rules.loader import check_rules
 from tests.fuzz.strategies import cases, json_values, nasty_text, numbers
 

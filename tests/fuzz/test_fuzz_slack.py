@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.slack_app import build_slack_app, dispatch_http
+from bot.slack.app import build_slack_app, dispatch_http
 from integrations.slack.notifier import SlackNotifier
 from storage.db import make_engine, migrate
 from tests.fakes.slack_server import FakeSlack

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.http_json import HttpJsonSource
 from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.stripe_meter import StripeMeterSource

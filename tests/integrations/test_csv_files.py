@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.sources.csv_files import (
+from integrations.sources.csv_rows import (
     CsvInputError,
     RowError,
     iter_usage_csv_chunks,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from integrations.sources.csv_files import (
+from integrations.sources.csv_rows import (
     read_accounts_csv,
     read_usage_csv,
     write_accounts_csv,

@@ -9,8 +9,8 @@ from dataclasses import FrozenInstanceError
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.notices import Notices
-from bot.pipeline import deliver_outbox, run_cycle
+from bot.service.notices import Notices
+from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.console import ConsoleNotifier
 from integrations.notice import WIRE_VERSION, AlertNotice, GroupedAlert, Routing
 from rules.model import DAY
@@ -18,7 +18,7 @@ from storage.episodes import load_states
 from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind
 from tests.integrations.slack.scenario import FIRED, SPIKE_DAY, T0, Scenario, TestClock
 
-# An alert record exactly as bot/alerts.py queued it before notices were typed (ISO times, no version,
+# An alert record exactly as bot/service/alerts.py queued it before notices were typed (ISO times, no version,
 # no episode id): rows like this may sit in an outbox during an upgrade.
 OLD_ROW = {
     "event": "fired", "at": "2026-10-02T00:00:00Z", "rule": "calls-spike", "kind": "spike", "account": "acme",

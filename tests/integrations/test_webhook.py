@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.pipeline import deliver_outbox
+from bot.service.pipeline import deliver_outbox
 from integrations.notice import AlertNotice
 from integrations.notifiers import parse_notifiers
 from integrations.webhook import (

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.config import ServiceConfig, check_config
+from bot.config.app import ServiceConfig, check_config
 from rules.config import ConfigError, Problem, Table, document_from_text, load_document, setting
 from rules.config import values as v
 from rules.loader import RuleFileError, check_rules, load_rules_text

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.demo import SHIPPED_RULES, run_demo
+from bot.cli.demo import SHIPPED_RULES, run_demo
 from bot.web.app import WebUI
 from bot.web.config import WebConfig
 from integrations.sources.demo import DEFAULT_END

@@ -1,4 +1,4 @@
-"""Requests to the web UI without a socket (bot.http_server.Request), for page-level tests."""
+"""Requests to the web UI without a socket (bot.service.http_server.Request), for page-level tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from bot.http_server import Request, Response
+from bot.service.http_server import Request, Response
 
 HTML = {"accept": "text/html,application/xhtml+xml"}
 
@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def service_config(path: Path, db: Path, extra: str, port: int = 0) -> Path:
     """A config.toml for the service on `db` with the shipped rules, listening on 127.0.0.1:port."""
-    from bot.demo import SHIPPED_RULES
+    from bot.cli.demo import SHIPPED_RULES
 
     path.write_text(f"""
 [storage]

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.http_server import Request
+from bot.service.http_server import Request
 from bot.web.config import WebConfig
 from integrations.slack.config import SlackConfig
 from rules.config import Secret

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.config import check_config, load_config
-from bot.service import Service
-from bot.slack_commands import sample_alert
+from bot.cli.slack import sample_alert
+from bot.config.app import check_config, load_config
+from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from integrations.slack.render import EpisodeView, SlackRenderer
 from tests.bot.web.conftest import NOW, TOKEN, Book
@@ -104,7 +104,7 @@ def test_slack_alerts_link_to_the_episode_page(tmp_path: Path) -> None:
 
 def test_usagebot_ui_serves_the_demo_book_on_loopback(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "ui", "--port", str(port), "--data-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli.main", "ui", "--port", str(port), "--data-dir",
                              str(tmp_path / "data")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -120,13 +120,13 @@ def test_usagebot_ui_serves_the_demo_book_on_loopback(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    refused = subprocess.run([sys.executable, "-m", "bot.cli", "ui", "--host", "0.0.0.0", "--data-dir",
+    refused = subprocess.run([sys.executable, "-m", "bot.cli.main", "ui", "--host", "0.0.0.0", "--data-dir",
                               str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "no sign-in" in refused.stderr
 
 
 def test_config_check_says_whether_the_web_ui_is_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.cli import main
+    from bot.cli.main import main
 
     monkeypatch.setenv("WEB_TOKEN", TOKEN)
     out = io.StringIO()

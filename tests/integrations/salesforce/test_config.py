@@ -155,7 +155,7 @@ def test_tasks_problems():
 def test_the_shipped_example_config_parses():
     from pathlib import Path
 
-    from bot.crm_commands import load_crm_settings
+    from bot.cli.crm import load_crm_settings
 
     example = Path(__file__).resolve().parents[3] / "config.example.toml"
     settings = load_crm_settings(str(example), env={})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from bot.pipeline import deliver_outbox
+from bot.service.pipeline import deliver_outbox
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
 from rules.config import Secret

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from bot.notices import Notices
-from bot.pipeline import CycleReport, DeliveryReport, Notifier, deliver_outbox, run_cycle
+from bot.service.notices import Notices
+from bot.service.pipeline import CycleReport, DeliveryReport, Notifier, deliver_outbox, run_cycle
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
 from integrations.sources.records import UsageRecord

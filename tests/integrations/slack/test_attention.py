@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from bot.pipeline import deliver_rows
+from bot.service.pipeline import deliver_rows
 from integrations.slack.api import SlackApi
 from integrations.slack.assign import ESCALATE_KIND, SlackAssignments, queue_escalations
 from integrations.slack.attention import quiet_until, ranked

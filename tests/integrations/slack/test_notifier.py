@@ -236,9 +236,9 @@ def test_admin_notices_reach_the_admin_channel_once(engine, fake, config, clock)
     """The first-run summary (and every admin notice: stale sources, cohort events...) is one post in the
     admin channel; nobody's DM gets the conditions that were already true. (Before, the notifier dropped
     every admin notice with a warning: only the console ever showed them.)"""
-    from bot.freshness import Watch, check_freshness
-    from bot.notices import Notices
-    from bot.pipeline import run_cycle
+    from bot.service.freshness import Watch, check_freshness
+    from bot.service.notices import Notices
+    from bot.service.pipeline import run_cycle
     from storage.sources import register_source
 
     fake.add_channel("usagebot-admin", "C0ADMIN01")

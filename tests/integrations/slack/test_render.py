@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from bot.slack_commands import sample_alert, template_problems
+from bot.cli.slack import sample_alert, template_problems
 from integrations.slack.blocks import fit_blocks, validate_blocks
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import TemplateProblem

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from integrations.slack.actions import EpisodeActions
-from integrations.slack.commands import match_account, parse_usage_command
-from integrations.slack.usage_command import UsageCommandHandler
+from integrations.slack.usage_answers import UsageCommandHandler
+from integrations.slack.usage_args import match_account, parse_usage_command
 from storage.episodes import find_episode
 from storage.slack import account_snoozed_until
 from tests.integrations.slack.scenario import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.csv_source import CsvSource
 from storage.outbox import list_outbox
 from storage.sources import get_source_state

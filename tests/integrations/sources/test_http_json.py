@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
 from integrations.sources.http_json import HttpJsonSource
 from storage.sources import get_source_state, prune_events

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.http_json import HttpJsonSource
 from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.stripe_meter import StripeMeterSource

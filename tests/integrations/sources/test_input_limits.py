@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
-from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
+from integrations.sources.csv_rows import CsvInputError, read_accounts_csv, read_usage_csv
 from integrations.sources.http_json import HttpJsonSource
 from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.push import BATCH, PushConfig, PushIngest
@@ -236,7 +236,7 @@ backfill = "36500d"
 def test_cli_times_and_the_backtest_span_are_bounded(tmp_path: Path) -> None:
     import io
 
-    from bot.cli import main
+    from bot.cli.main import main
 
     usage = tmp_path / "u.csv"
     usage.write_text("timestamp,account,metric,value\n1971-01-01T00:00:00Z,acme,api_calls,1\n"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
 from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.stripe_meter import StripeMeterSource

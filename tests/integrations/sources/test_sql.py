@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.polling import poll_source
+from bot.service.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
 from integrations.sources.sql import SqlSource
 from tests.integrations.sources.helpers import HOUR, T0, config_problems, points, source_config

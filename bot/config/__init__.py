@@ -1,0 +1,1 @@
+"""The service config file: every section (app) and the [health] table (health)."""

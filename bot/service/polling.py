@@ -1,0 +1,108 @@
+"""Poll one usage source and store what it delivers (one transaction per batch).
+
+A failing poll keeps the source's cursor, counts the failure and records the
+error (the source's message already names the file/page/field and never a
+secret); the next poll resumes from the last stored batch. A rejected part of
+a poll (a bad file in a drop folder) is stored as "seen", reported to the
+admin channel, and the rest of the poll goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from bot.service.alerts import admin_notice
+from bot.service.notices import notice_items
+from integrations.sources.base import Batch, PollContext, Source, SourceError
+from rules.config.redaction import mask
+from storage.accounts import list_accounts
+from storage.db import redact_url
+from storage.sources import get_source_state, record_failure, store_batch
+from storage.usage import UsageValueError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PollReport:
+    source_id: str
+    at: int
+    ok: bool = True
+    batches: int = 0
+    rows: int = 0  # usage rows / events delivered by the source
+    points_written: int = 0  # usage points inserted or changed
+    events_new: int = 0
+    events_duplicate: int = 0
+    events_expired: int = 0  # older than the pruning horizon: not counted (their ids may be forgotten)
+    changed: set[tuple[str, str]] = field(default_factory=set)  # (account, metric)
+    rejected: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    settling: list[tuple[str, int]] = field(default_factory=list)  # (file, ready at) left for a later poll
+
+
+def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
+           report: PollReport, notifiers: Sequence[str]) -> None:
+    outbox = []
+    if batch.error:
+        batch.error = mask(batch.error)
+        notice = admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
+                              details={"source": source.id, "part": batch.label},
+                              key=f"source-rejected:{source.id}:{batch.label}:{now}")
+        outbox += notice_items(notice, now, notifiers)
+        report.rejected.append(batch.error)
+        log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
+    res = store_batch(engine, source.id, now, totals=batch.totals, events=batch.events,
+                      accounts=batch.accounts, cursor=batch.cursor, watermark=batch.watermark,
+                      outbox=outbox, error=batch.error)
+    report.batches += 1
+    report.rows += len(batch.totals) + len(batch.events)
+    report.points_written += res.points_written
+    report.events_new += res.events_new
+    report.events_duplicate += res.events_duplicate
+    report.events_expired += res.events_expired
+    if res.events_expired:
+        log.warning("source %s: %d event(s) older than the deduplication horizon were not counted",
+                    source.id, res.events_expired, extra={"source": source.id, "event": "events_expired"})
+    report.changed |= set(res.changed)
+
+
+def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | None = None,
+                timer: Callable[[], float] = time.perf_counter,
+                notifiers: Sequence[str] = ("console",)) -> PollReport:
+    """Run one poll of `source` at time `now`; never raises for a source problem (see the report).
+
+    notifiers: who gets an admin notice about a rejected part (one outbox row each)."""
+    started = timer()
+    report = PollReport(source.id, now)
+    state = get_source_state(engine, source.id)
+    ctx = PollContext(source_id=source.id, now=now, cursor=state.cursor if state else None,
+                      watermark=state.watermark if state else None, accounts=lambda: list_accounts(engine))
+    try:
+        for batch in source.poll(ctx):
+            _store(engine, source, batch, now, admin_channel, report, notifiers)
+            ctx = PollContext(source.id, now, batch.cursor, batch.watermark, ctx.accounts)
+        if report.batches == 0:  # nothing new: still a successful poll (freshness, last success)
+            store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
+    except SourceError as exc:
+        report.ok, report.error = False, mask(str(exc))
+    except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
+        report.ok, report.error = False, mask(f"source {source.id!r}: {exc}")
+    except Exception as exc:  # a bug or a database problem: keep the service running, report it
+        report.ok = False
+        report.error = mask(redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}"))
+        log.exception("poll of %s failed unexpectedly", source.id, extra={"source": source.id})
+    if not report.ok and report.error:
+        try:
+            record_failure(engine, source.id, report.error, now)
+        except Exception:  # the database itself is down: nothing more to record
+            log.exception("cannot record the failed poll of %s", source.id, extra={"source": source.id})
+        log.warning(report.error, extra={"source": source.id, "event": "poll_failed"})
+    report.settling = list(getattr(source, "settling", None) or [])
+    report.seconds = timer() - started
+    return report

@@ -1,0 +1,1 @@
+"""The Slack app (slack-bolt): alert buttons, `/usage`, and how it is served."""
