@@ -269,7 +269,7 @@ class Service:
         if cfg.ingest is not None:
             jobs.append(JobSpec("prune", self.prune_job, every(sch.prune_every)))
         if cfg.service.admin_channel:  # per-rule precision and alert load, once a week (bot.service.weekly_summary)
-            jobs.append(JobSpec("weekly_summary", self.weekly_summary_job, every(3600), run_at_start=True))
+            jobs.append(JobSpec("weekly_summary", self.weekly_summary_job, every(3600)))
         return jobs
 
     # ------------------------------------------------------------------ jobs
