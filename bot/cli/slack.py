@@ -123,8 +123,11 @@ def template_problems(cfg: SlackConfig) -> list[str]:
     problems = r.check(["slack/alert.json.j2"], r.alert_context(a, view, "<@U0000001>", True))
     problems += r.check(["slack/followup.json.j2"], r.alert_context({**a, "event": "resolved"}, view, "", False))
     rows = [{"a": a, "icon": "🔔", "sev_icon": "🟠", "links": {"crm": None, "dashboard": None}}]
+    opened = [{"account_name": "Acme", "rule": "r", "metric": "api_calls", "severity": "warning", "sev_icon": "🟠",
+               "message": "m", "since": 1_795_478_400, "util_pct": 83, "acknowledged": False}]
     problems += r.check(["slack/digest.json.j2"], {"owner_email": "owner@example.com", "items": rows,
-                                                   "day": "2026-11-24", "max_items": 20})
+                                                   "day": "2026-11-24", "max_items": 20, "open_alerts": opened,
+                                                   "max_open": 10})
     alert_row = {"account_name": "Acme", "account": "acme", "rule": "r", "metric": "api_calls", "kind": "spike",
                  "severity": "warning", "sev_icon": "🟠", "message": "m", "since": "2026-11-24T00:00:00Z",
                  "acknowledged_by": None, "snoozed_until": None}

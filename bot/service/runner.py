@@ -268,8 +268,6 @@ class Service:
             jobs.append(JobSpec("crm_sync", self.crm_job, trigger))
         if cfg.ingest is not None:
             jobs.append(JobSpec("prune", self.prune_job, every(sch.prune_every)))
-        if cfg.service.admin_channel:  # per-rule precision and alert load, once a week (bot.service.weekly_summary)
-            jobs.append(JobSpec("weekly_summary", self.weekly_summary_job, every(3600)))
         return jobs
 
     # ------------------------------------------------------------------ jobs
@@ -331,6 +329,8 @@ class Service:
                                                      "files": [n for n, _ in settling]})
 
     def freshness_job(self, now: int) -> Any:
+        if self.config.service.admin_channel:  # the weekly admin summary, once a week (bot.service.weekly_summary)
+            self.weekly_summary_job(now)
         return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel,  # type: ignore[arg-type]
                                notifiers=self.notices.notifiers)
 
@@ -416,8 +416,12 @@ class Service:
         return queue_escalations(self.engine, self.config.slack.attention, now)  # type: ignore[union-attr,arg-type]
 
     def weekly_summary_job(self, now: int) -> int:
-        from bot.service.weekly_summary import queue_weekly_summary
+        """Last week's admin summary, queued once (an indexed look-up of its key on every later call)."""
+        from bot.service.weekly_summary import queue_weekly_summary, summary_key, week_start
+        from storage.slack import outbox_row_payload
 
+        if outbox_row_payload(self.engine, summary_key(week_start(now))) is not None:  # type: ignore[arg-type]
+            return 0
         return queue_weekly_summary(self.engine, now, self.config.service.admin_channel,  # type: ignore[arg-type]
                                     self.notices.notifiers)
 

@@ -1,8 +1,8 @@
 """The weekly admin summary: how useful each rule's alerts were last week, and the alert load.
 
 One admin notice per week (Monday 00:00 UTC to Monday), queued through the outbox under the key
-`weekly-summary:<monday>`: the service checks every hour, replicas and restarts included, and the
-key makes it one message a week (storage.outbox: INSERT ... ON CONFLICT DO NOTHING). It says, per
+`weekly-summary:<monday>`: the service's freshness job checks for it every minute, replicas and
+restarts included, and the key makes it one message a week (storage.outbox: INSERT ... ON CONFLICT DO NOTHING). It says, per
 rule, the alerts notified, how many were marked "Not useful" in Slack and the precision (the share
 not marked; `usagebot slack feedback` shows the same figure over any window), worst first; and
 the alerts per owner and day (the busiest owners), the figure the attention budget bounds.
@@ -33,6 +33,11 @@ MAX_OWNERS = 5
 def week_start(now: int) -> int:
     """Monday 00:00 UTC of the week containing `now`."""
     return (now - MONDAY_OFFSET) // WEEK * WEEK + MONDAY_OFFSET
+
+
+def summary_key(this_monday: int) -> str:
+    """The outbox key of the summary of the week before `this_monday`."""
+    return f"weekly-summary:{iso(this_monday - WEEK)[:10]}"
 
 
 def owner_load(engine: Engine, since: int, until: int) -> list[tuple[str, int]]:
@@ -68,12 +73,15 @@ def weekly_summary(engine: Engine, now: int, channel: str | None) -> AlertNotice
     end = week_start(now)
     start = end - WEEK
     text = summary_text(rule_precision(engine, since=start, until=end), owner_load(engine, start, end), start)
-    return admin_notice("weekly_summary", f"weekly-summary:{iso(start)[:10]}", "weekly-summary", "usagebot",
+    return admin_notice("weekly_summary", summary_key(end), "weekly-summary", "usagebot",
                         "weekly summary", text, now, channel, severity="info", kind="summary",
                         description="weekly admin summary")
 
 
 def queue_weekly_summary(engine: Engine, now: int, channel: str | None, notifiers: Sequence[str]) -> int:
-    """Queue last week's summary once per notifier (a second call the same week adds nothing); returns
-    how many rows were new."""
+    """Queue last week's summary once per notifier (a second call the same week adds nothing; a week
+    without any alert has no summary); returns how many rows were new."""
+    end = week_start(now)
+    if not rule_precision(engine, since=end - WEEK, until=end):
+        return 0
     return enqueue(engine, notice_items(weekly_summary(engine, now, channel), now, notifiers), now)

@@ -67,4 +67,8 @@ def test_weekly_summary_is_queued_once_a_week_with_precision(engine):
         assert queue_weekly_summary(engine, MONDAY + hour * 3600, "#usage-admin", ("slack",)) == 0
     rows = [r for r in list_outbox(engine, limit=100) if r.idempotency_key.startswith("weekly-summary:")]
     assert len(rows) == 1 and rows[0].payload["routing"]["channels"] == ["#usage-admin"]
+    assert queue_weekly_summary(engine, MONDAY + 7 * DAY + 60, "#usage-admin", ("slack",)) == 0  # no alert that week
+    fire_episode(engine, "a0000", rule_id="good", fired_at=MONDAY + DAY)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alert_episodes SET last_notified_at = fired_at")
     assert queue_weekly_summary(engine, MONDAY + 7 * DAY + 60, "#usage-admin", ("slack",)) == 1  # next week
