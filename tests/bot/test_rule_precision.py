@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from bot.cli import main
+from bot.cli.main import main
 from bot.service.weekly_summary import queue_weekly_summary, week_start, weekly_summary
 from rules.model import DAY
 from storage.db import make_engine, migrate
