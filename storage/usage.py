@@ -428,8 +428,14 @@ def accounts_with_usage(engine: Engine, metric: str | None = None) -> list[str]:
 
 
 def metrics(engine: Engine) -> list[str]:
+    """The metrics that have any stored point, sorted.
+
+    From usage_coverage (one row per metric and bucket, kept in step by every write; points are never
+    deleted), not usage_points: DISTINCT over the points scanned them all, 1.0 s of every `/usage`
+    answer and account page at 10k accounts and 11.9 s at 100k (bench/bench_web.py)."""
+    cv = coverage.c
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(_c.metric).distinct().order_by(_c.metric)).scalars())
+        return list(conn.execute(sa.select(cv.metric).distinct().order_by(cv.metric)).scalars())
 
 
 def _check_range(metric: str, step: int, start: int, end: int) -> int:

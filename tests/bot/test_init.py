@@ -114,7 +114,11 @@ def test_the_demo_suggests_commands_that_work_in_a_fresh_shell(tmp_path: Path) -
                           cwd=tmp_path, env=FRESH_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     commands = _try_next(proc.stdout)
-    assert len(commands) == 3 and all(not c.startswith("usagebot ") for c in commands), commands
+    assert len(commands) == 4 and all(not c.startswith("usagebot ") for c in commands), commands
+    ui = [c for c in commands if c.endswith(" ui")]
+    assert len(ui) == 1
+    commands.remove(ui[0])
+    _serves_the_ui(ui[0] + " --port 0", tmp_path)
     for cmd in commands:
         cmd = re.sub(r"(serve --config \S+)$", r"\1 --once", cmd)  # the service itself would run forever
         began = time.monotonic()
@@ -122,6 +126,22 @@ def test_the_demo_suggests_commands_that_work_in_a_fresh_shell(tmp_path: Path) -
                               timeout=300)
         assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:], time.monotonic() - began)
     assert "FIRED" in done.stdout  # the last one: init --demo && serve
+
+
+def _serves_the_ui(cmd: str, cwd: Path) -> None:
+    """`usagebot ui` runs until stopped: it must say where it listens, and answer there."""
+    import httpx
+
+    proc = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=cwd, env=FRESH_ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert m, (cmd, line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        assert httpx.get(m.group(1), timeout=30, follow_redirects=True).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_init_demo_then_the_running_service_alerts_within_its_first_poll(tmp_path: Path) -> None:
