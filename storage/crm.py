@@ -184,6 +184,23 @@ def episodes_fired_since(engine: Engine, since: int) -> list[TaskCandidate]:
                 for r in conn.execute(q)]
 
 
+def task_click_key(episode_id: int) -> str:
+    """The outbox key of an episode's "Log task" click (bot.crm.task_button): one per episode."""
+    return f"crm:task-click:{int(episode_id)}"
+
+
+def episode_candidate(engine: Engine, episode_id: int) -> TaskCandidate | None:
+    """One stored episode as a task candidate (the "Log task" button), None when there is none."""
+    q = (sa.select(_e.id, _e.rule_id, _e.account_id, _e.metric, _e.severity, _e.fired_at, _e.started_at,
+                   _e.last_explanation, _e.discriminator).where(_e.id == episode_id))
+    with engine.connect() as conn:
+        r = conn.execute(q).one_or_none()
+    if r is None:
+        return None
+    return TaskCandidate(int(r.id), r.rule_id, r.account_id, r.metric, r.severity, int(r.fired_at or r.started_at),
+                         dict(r.last_explanation or {}), r.discriminator or "", int(r.started_at))
+
+
 def load_tasks(engine: Engine, episode_ids: Iterable[int]) -> dict[int, TaskRow]:
     ids = sorted(set(episode_ids))
     out: dict[int, TaskRow] = {}

@@ -283,6 +283,7 @@ class SlackUser(SQLModel, table=True):
     email: str = Field(primary_key=True)  # lower-cased
     user_id: str | None = None
     dm_channel: str | None = None  # the bot's DM channel with the user (conversations.open)
+    tz: str | None = None  # the user's IANA timezone (users.info / lookupByEmail `tz`): quiet hours
     looked_up_at: int = Field(sa_type=sa.BigInteger)
 
 

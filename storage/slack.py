@@ -51,6 +51,7 @@ class CachedUser:
     user_id: str | None  # None: no Slack user has this email
     dm_channel: str | None
     looked_up_at: int
+    tz: str | None = None  # the user's IANA timezone; "" when Slack has none; None when not asked yet
 
 
 def cached_user(engine: Engine, email: str, now: int, ttl: int, negative_ttl: int) -> CachedUser | None:
@@ -63,18 +64,23 @@ def cached_user(engine: Engine, email: str, now: int, ttl: int, negative_ttl: in
     age = now - int(r.looked_up_at)
     if age > (ttl if r.user_id else negative_ttl) or age < 0:
         return None
-    return CachedUser(r.email, r.user_id, r.dm_channel, int(r.looked_up_at))
+    return CachedUser(r.email, r.user_id, r.dm_channel, int(r.looked_up_at), r.tz)
 
 
-def store_user(engine: Engine, email: str, user_id: str | None, now: int, dm_channel: str | None = None) -> None:
-    """Remember a lookup (user_id None = not found). A known DM channel is kept for the same user."""
+def store_user(engine: Engine, email: str, user_id: str | None, now: int, dm_channel: str | None = None,
+               tz: str | None = None) -> None:
+    """Remember a lookup (user_id None = not found). A known DM channel and timezone are kept for
+    the same user (tz: the user's `tz` from the lookup, when it had one)."""
     c = users_table.c
     email = email.strip().lower()
     with write_transaction(engine) as conn:
         prev = conn.execute(sa.select(users_table).where(c.email == email)).one_or_none()
-        keep_dm = prev.dm_channel if prev is not None and prev.user_id == user_id and user_id else None
+        same = prev is not None and prev.user_id == user_id and user_id
+        keep_dm = prev.dm_channel if same else None
+        keep_tz = prev.tz if same else None
         ins = _insert(conn, users_table)
-        values = {"email": email, "user_id": user_id, "dm_channel": dm_channel or keep_dm, "looked_up_at": now}
+        values = {"email": email, "user_id": user_id, "dm_channel": dm_channel or keep_dm, "looked_up_at": now,
+                  "tz": tz if tz is not None else keep_tz}
         conn.execute(ins.values(**values).on_conflict_do_update(
             index_elements=[c.email], set_={k: v for k, v in values.items() if k != "email"}))
 
@@ -83,6 +89,21 @@ def set_dm_channel(engine: Engine, email: str, channel: str) -> None:
     c = users_table.c
     with engine.begin() as conn:
         conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(dm_channel=channel))
+
+
+def set_user_tz(engine: Engine, email: str, tz: str) -> None:
+    """The user's timezone from users.info ("" when Slack has none), cached with the lookup."""
+    c = users_table.c
+    with engine.begin() as conn:
+        conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(tz=tz))
+
+
+def dms_since(engine: Engine, email: str, since: int) -> int:
+    """Alert messages posted in the DM of `email` (parent messages: one per alert episode) since `since`."""
+    c = messages_table.c
+    q = sa.select(sa.func.count()).where(c.destination == f"dm:{email.strip().lower()}", c.created_at >= since)
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
 
 
 def email_of_user(engine: Engine, user_id: str, now: int, ttl: int) -> str | None:
@@ -291,6 +312,38 @@ def feedback_by_rule(engine: Engine, verdict: str = NOT_USEFUL, since: int | Non
     return dict(sorted(((r[0], int(r[1])) for r in rows), key=lambda kv: (-kv[1], kv[0])))
 
 
+@dataclass(frozen=True)
+class RulePrecision:
+    """How useful a rule's alerts were: `alerts` notified episodes, `not_useful` of them marked "Not
+    useful" (by anyone, counted once per episode); precision = the share not marked."""
+
+    rule_id: str
+    alerts: int
+    not_useful: int
+
+    @property
+    def precision(self) -> float | None:
+        return None if self.alerts == 0 else max(0.0, 1.0 - self.not_useful / self.alerts)
+
+
+def rule_precision(engine: Engine, since: int | None = None, until: int | None = None) -> list[RulePrecision]:
+    """Per rule: episodes notified (first notified) in [since, until) and how many of them got "Not
+    useful". Worst precision first, then most alerts."""
+    e, f = episodes_table.c, feedback_table.c
+    q = sa.select(e.rule_id, sa.func.count()).where(e.fired_at.is_not(None), e.last_notified_at.is_not(None))
+    if since is not None:
+        q = q.where(e.fired_at >= since)
+    if until is not None:
+        q = q.where(e.fired_at < until)
+    marked = sa.select(f.episode_id).where(f.verdict == NOT_USEFUL)
+    nq = q.where(e.id.in_(marked))
+    with engine.connect() as conn:
+        alerts = {r[0]: int(r[1]) for r in conn.execute(q.group_by(e.rule_id))}
+        bad = {r[0]: int(r[1]) for r in conn.execute(nq.group_by(e.rule_id))}
+    rows = [RulePrecision(rule, n, bad.get(rule, 0)) for rule, n in alerts.items()]
+    return sorted(rows, key=lambda r: (r.precision if r.precision is not None else 2.0, -r.alerts, r.rule_id))
+
+
 # -------------------------------------------------------------------------- digest
 
 
@@ -367,6 +420,76 @@ def last_digest_sent_at(engine: Engine, owner_email: str) -> int | None:
     return _opt(r)
 
 
+@dataclass(frozen=True)
+class OpenAlert:
+    """An open (firing) alert of an account someone owns, for their morning digest."""
+
+    episode_id: int
+    account_id: str
+    account_name: str
+    rule_id: str
+    metric: str
+    severity: str
+    message: str
+    fired_at: int
+    utilization: float  # usage / quota of the metric (the explanation's, else value / the account's quota); 0 unknown
+    acknowledged: bool
+
+
+def owner_open_alerts(engine: Engine, owner_email: str) -> list[OpenAlert]:
+    """The firing, not snoozed-for-good alerts of the accounts `owner_email` owns (any order)."""
+    from storage.accounts import accounts_table
+
+    e, a = episodes_table.c, accounts_table.c
+    q = (sa.select(e.id, e.account_id, a.name, a.quotas, e.rule_id, e.metric, e.severity, e.last_explanation,
+                   e.fired_at, e.acknowledged_by)
+         .select_from(episodes_table.join(accounts_table, e.account_id == a.id))
+         .where(a.owner_email == owner_email.strip().lower(), e.status == "firing", e.fired_at.is_not(None)))
+    out = []
+    with engine.connect() as conn:
+        for r in conn.execute(q):
+            ex = dict(r.last_explanation or {})
+            quotas = r.quotas if isinstance(r.quotas, dict) else {}
+            util = (ex.get("details") or {}).get("utilization")
+            if not isinstance(util, int | float):
+                value, quota = ex.get("value"), quotas.get(r.metric)
+                util = value / quota if isinstance(value, int | float) and isinstance(quota, int | float) and quota else 0.0
+            out.append(OpenAlert(int(r.id), r.account_id, r.name or r.account_id, r.rule_id, r.metric, r.severity,
+                                 str(ex.get("message") or r.rule_id), int(r.fired_at), float(util),
+                                 bool(r.acknowledged_by)))
+    return out
+
+
+def unacknowledged_alerts(engine: Engine, fired_before: int, severities: Sequence[str],
+                          now: int) -> list[tuple[EpisodeState, str]]:
+    """(episode, owner email) of the firing alerts of these severities that fired at or before
+    `fired_before`, were notified, are not acknowledged and not snoozed at `now`: due for escalation."""
+    from storage.accounts import accounts_table
+
+    e, a = episodes_table.c, accounts_table.c
+    q = (sa.select(episodes_table, a.owner_email.label("owner_email_"))
+         .select_from(episodes_table.join(accounts_table, e.account_id == a.id))
+         .where(e.status == "firing", e.fired_at.is_not(None), e.fired_at <= fired_before,
+                e.last_notified_at.is_not(None), e.acknowledged_by.is_(None), e.severity.in_(list(severities)),
+                sa.or_(e.snoozed_until.is_(None), e.snoozed_until <= now), a.owner_email != "")
+         .order_by(e.id))
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+    return [(state_from_row({k: v for k, v in r.items() if k != "owner_email_"}), str(r["owner_email_"]).lower())
+            for r in rows]
+
+
+def owners_with_open_alerts(engine: Engine) -> list[str]:
+    """Account owners with at least one firing alert."""
+    from storage.accounts import accounts_table
+
+    e, a = episodes_table.c, accounts_table.c
+    q = (sa.select(a.owner_email).select_from(episodes_table.join(accounts_table, e.account_id == a.id))
+         .where(e.status == "firing", e.fired_at.is_not(None), a.owner_email != "").distinct())
+    with engine.connect() as conn:
+        return sorted(str(r[0]).lower() for r in conn.execute(q))
+
+
 # ------------------------------------------------------------------ account snoozes
 
 
@@ -430,3 +553,16 @@ def outbox_row_state(engine: Engine, idempotency_key: str, kinds: Sequence[str])
         r = conn.execute(sa.select(c.status, c.next_attempt_at)
                          .where(c.idempotency_key == idempotency_key, c.kind.in_(list(kinds)))).first()
     return None if r is None else (str(r.status), int(r.next_attempt_at))
+
+
+def assign_key(episode_id: int) -> str:
+    """The outbox key of an episode's "Assign to CSM" row (integrations.slack.assign): one per episode."""
+    return f"slack-assign:{int(episode_id)}"
+
+
+def outbox_row_payload(engine: Engine, idempotency_key: str) -> dict[str, Any] | None:
+    """The payload of the outbox row with this key (any kind), None when there is none."""
+    c = outbox_table.c
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(c.payload).where(c.idempotency_key == idempotency_key)).first()
+    return None if r is None else dict(r.payload or {})

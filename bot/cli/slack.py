@@ -3,7 +3,7 @@
     usagebot slack manifest [--config FILE] [--format yaml|json]   the app manifest to create the Slack app
     usagebot slack check    [--config FILE]                        config, templates, token and channels
     usagebot slack deliver  [--config FILE] [--db URL] [--at T]    deliver due outbox alerts (+ due digests) once
-    usagebot slack feedback [--config FILE] [--db URL] [--since T] "Not useful" clicks per rule
+    usagebot slack feedback [--config FILE] [--db URL] [--since T] per-rule precision ("Not useful" clicks)
 
 Settings come from the config file's [slack] table (default ./config.toml when it exists); the
 database from --db, else $USAGEBOT_DB_URL, else [storage].url, else the default SQLite file.
@@ -123,8 +123,11 @@ def template_problems(cfg: SlackConfig) -> list[str]:
     problems = r.check(["slack/alert.json.j2"], r.alert_context(a, view, "<@U0000001>", True))
     problems += r.check(["slack/followup.json.j2"], r.alert_context({**a, "event": "resolved"}, view, "", False))
     rows = [{"a": a, "icon": "🔔", "sev_icon": "🟠", "links": {"crm": None, "dashboard": None}}]
+    opened = [{"account_name": "Acme", "rule": "r", "metric": "api_calls", "severity": "warning", "sev_icon": "🟠",
+               "message": "m", "since": 1_795_478_400, "util_pct": 83, "acknowledged": False}]
     problems += r.check(["slack/digest.json.j2"], {"owner_email": "owner@example.com", "items": rows,
-                                                   "day": "2026-11-24", "max_items": 20})
+                                                   "day": "2026-11-24", "max_items": 20, "open_alerts": opened,
+                                                   "max_open": 10})
     alert_row = {"account_name": "Acme", "account": "acme", "rule": "r", "metric": "api_calls", "kind": "spike",
                  "severity": "warning", "sev_icon": "🟠", "message": "m", "since": "2026-11-24T00:00:00Z",
                  "acknowledged_by": None, "snoozed_until": None}
@@ -214,7 +217,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(e, file=err)
         line = (f"{report.sent} alert(s) delivered, {report.failed} not delivered "
                 f"({report.deferred} deferred, {report.dead} dead)")
-        if isinstance(notifier, SlackNotifier) and settings.slack.digest.enabled:
+        if isinstance(notifier, SlackNotifier) and (settings.slack.digest.enabled or settings.slack.attention.active):
             d = send_due_digests(notifier, now)
             for e in d.errors:
                 print(e, file=err)
@@ -227,7 +230,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from storage.db import open_existing
-    from storage.slack import feedback_by_rule
+    from storage.slack import rule_precision
 
     settings = _settings(args, err)
     if settings is None:
@@ -237,17 +240,26 @@ def cmd_feedback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 2
     engine = open_existing(_db_url(args, settings))  # read-only: never creates or migrates a database
     try:
-        counts = feedback_by_rule(engine, since=since)
+        rows = rule_precision(engine, since=since)
     finally:
         engine.dispose()
-    if not counts:
-        print("No 'Not useful' feedback yet.", file=out)
+    if not any(r.not_useful for r in rows):
+        print("No 'Not useful' feedback yet." + (f" {sum(r.alerts for r in rows)} alert(s) notified." if rows else ""),
+              file=out)
         return 0
-    width = max(len(r) for r in counts)
-    print(f"{'rule':<{width}}  not useful (alert episodes)", file=out)
-    for rule, n in counts.items():
-        print(f"{rule:<{width}}  {n}", file=out)
+    print(precision_table(rows), file=out)
     return 0
+
+
+def precision_table(rows: list[Any]) -> str:
+    """rule, alerts notified, precision (the share not marked "Not useful"), not useful: one line per
+    rule (storage.slack.RulePrecision), worst first."""
+    width = max(len("rule"), *(len(r.rule_id) for r in rows))
+    lines = [f"{'rule':<{width}}  {'alerts':>6}  {'precision':>9}  not useful (alert episodes)"]
+    for r in rows:
+        p = "-" if r.precision is None else f"{r.precision:.0%}"
+        lines.append(f"{r.rule_id:<{width}}  {r.alerts:>6}  {p:>9}  {r.not_useful}")
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -278,7 +290,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--at", metavar="TIME", help="the time to deliver at (ISO-8601; default now)")
     d.set_defaults(func=cmd_deliver)
 
-    f = add_command(ss, "feedback", "'Not useful' clicks per rule (reads the database, never creates one)",
+    f = add_command(ss, "feedback", "per-rule precision: alerts notified and how many were marked 'Not useful' "
+                                    "(reads the database, never creates one)",
                     ["usagebot slack feedback --config config.toml", "usagebot slack feedback --since 2026-11-01"])
     common(f, db=True)
     f.add_argument("--since", metavar="TIME", help="only feedback from this time on (ISO-8601)")

@@ -250,6 +250,10 @@ def _integrations(doc: Document) -> tuple[Any, Any, Any]:
         from integrations.salesforce.config import parse_salesforce_config
 
         salesforce = parse_salesforce_config(doc.section("salesforce"))
+        if slack is not None and salesforce.can_connect:  # alerts get the "Log task" button (bot.crm.task_button)
+            from dataclasses import replace
+
+            slack = replace(slack, crm_tasks=True)
     if "health" in doc.data:
         from bot.config.health import parse_health_model
 

@@ -56,7 +56,9 @@ if TYPE_CHECKING:
     from bot.crm.sync import CrmSyncReport
 
 FIELDS_KIND, TASKS_KIND = "crm:fields", "crm:tasks"
-CRM_KINDS = (FIELDS_KIND, TASKS_KIND)
+CLICK_KIND = "crm:task-click"  # a Task asked for with the "Log task" button (bot.crm.task_button): one row per episode
+PLAN_KINDS = (FIELDS_KIND, TASKS_KIND)  # a sync's own rows: a new plan replaces the unsent ones
+CRM_KINDS = (*PLAN_KINDS, CLICK_KIND)
 SOQL_CHUNK = 200  # keys per "WHERE x IN (...)" query (keeps the GET URL well under its limit)
 KEY_LINE = "usagebot key: "  # the last line of a Task's Description: the episode's unique key
 LOOKUP_MARGIN = DAY  # a Task looked up by key may have been created this long before our first attempt
@@ -140,7 +142,7 @@ def queue_plan(engine: Engine, cfg: SalesforceConfig, writes: Sequence[FieldWrit
         items.append(OutboxItem(f"crm:tasks:{plan}:{n}", TASKS_KIND,
                                 {"op": "tasks", "tasks": [t.to_json() for t in chunk]}, not_before=now))
     with write_transaction(engine) as conn:
-        discard_unsent(conn, CRM_KINDS)
+        discard_unsent(conn, PLAN_KINDS)  # never a click's row: the sync does not plan it again
         enqueue(conn, items, now)
     return len(items)
 

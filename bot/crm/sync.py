@@ -53,6 +53,7 @@ from rules.model import DAY, AccountFacts, RuleSet
 from rules.periods import iso
 from storage.crm import (
     TaskCandidate,
+    TaskRow,
     WriteOutcome,
     episodes_fired_since,
     load_record_states,
@@ -131,33 +132,43 @@ def plan_tasks(
     candidates = [c for c in episodes_fired_since(engine, now - tc.max_age)
                   if tc.wants(c.severity, kind_of(c), c.rule_id)]
     existing = load_tasks(engine, [c.episode_id for c in candidates])
-    due = iso(health_as_of(now) + tc.due_in_days * DAY)[:10]
     out = []
     for c in candidates:
         prev = existing.get(c.episode_id)
         acct = accounts.get(c.account_id)
         if (prev is not None and prev.status == "created") or acct is None:
             continue
-        key, _why = match_key(acct, cfg)
-        if key is None:
-            continue
-        kind = kind_of(c)
-        message = str(c.explanation.get("message") or c.rule_id)
-        subject = tc.subject.format(account=acct.name or acct.id, message=message, rule=c.rule_id,
-                                    severity=c.severity, kind=kind, metric=c.metric)[:255]
-        description = "\n".join([
-            message,
-            "",
-            f"Rule: {c.rule_id} ({kind}, {c.severity}) on metric {c.metric}",
-            f"Value: {c.explanation.get('value')}  baseline: {c.explanation.get('baseline')}  "
-            f"threshold: {c.explanation.get('threshold')}",
-            f"Fired: {iso(c.fired_at)}",
-            f"usagebot account {acct.id}, alert episode #{c.episode_id}",
-            f"{KEY_LINE}{c.key}",
-        ])
-        out.append(PlannedTask(c, acct, key, kind, subject, description, tc.priority.get(c.severity, "Normal"),
-                               due, prev))
+        planned = planned_task(cfg, c, acct, kind_of(c), now, prev)
+        if planned is not None:
+            out.append(planned)
     return out
+
+
+def planned_task(cfg: SalesforceConfig, c: TaskCandidate, acct: AccountFacts, kind: str, now: int,
+                 prev: TaskRow | None = None, note: str = "") -> PlannedTask | None:
+    """The Task of one episode (subject, description ending in its key line, priority, due date),
+    or None when the account has no Salesforce record to hang it on. `note`: a line added before
+    the key line (e.g. who asked for it from Slack)."""
+    tc = cfg.tasks
+    key, _why = match_key(acct, cfg)
+    if key is None:
+        return None
+    message = str(c.explanation.get("message") or c.rule_id)
+    subject = tc.subject.format(account=acct.name or acct.id, message=message, rule=c.rule_id,
+                                severity=c.severity, kind=kind, metric=c.metric)[:255]
+    description = "\n".join([
+        message,
+        "",
+        f"Rule: {c.rule_id} ({kind}, {c.severity}) on metric {c.metric}",
+        f"Value: {c.explanation.get('value')}  baseline: {c.explanation.get('baseline')}  "
+        f"threshold: {c.explanation.get('threshold')}",
+        f"Fired: {iso(c.fired_at)}",
+        f"usagebot account {acct.id}, alert episode #{c.episode_id}",
+        *([note] if note else []),
+        f"{KEY_LINE}{c.key}",
+    ])
+    due = iso(health_as_of(now) + tc.due_in_days * DAY)[:10]
+    return PlannedTask(c, acct, key, kind, subject, description, tc.priority.get(c.severity, "Normal"), due, prev)
 
 
 def _reconcile(client: SalesforceClient, cfg: SalesforceConfig, desired: Sequence[DesiredRecord],

@@ -233,9 +233,10 @@ class Service:
         out: list[Outlet] = [NoticeOutlet(n) for n in self.all_notifiers()]
         slack = self._slack_notifier()
         if slack is not None:
+            from integrations.slack.assign import SlackAssignments
             from integrations.slack.updates import SlackUpdates
 
-            out.append(SlackUpdates(slack))
+            out += [SlackUpdates(slack), SlackAssignments(slack)]
         return out
 
     def watches(self) -> list[Watch]:
@@ -257,8 +258,10 @@ class Service:
         jobs.append(JobSpec("evaluate", self.evaluate_job, every(sch.evaluate_every), run_at_start=True))
         jobs.append(JobSpec("deliver", self.deliver_job, every(sch.deliver_every), run_at_start=True))
         slack = cfg.slack
-        if slack is not None and getattr(slack, "enabled", False) and slack.digest.enabled:
-            jobs.append(JobSpec("digest", self.digest_job, every(sch.digest_every)))
+        if slack is not None and getattr(slack, "enabled", False) and (slack.digest.enabled or slack.attention.active):
+            jobs.append(JobSpec("digest", self.digest_job, every(sch.digest_every)))  # overflow, morning digests
+        if slack is not None and getattr(slack, "enabled", False) and slack.attention.escalate_after:
+            jobs.append(JobSpec("escalate", self.escalate_job, every(300)))
         sf = cfg.salesforce
         if sf is not None and getattr(sf, "can_connect", False):
             trigger = cron(sch.crm_sync_cron) if sch.crm_sync_cron else every(sch.crm_sync_every or 3600)
@@ -328,6 +331,8 @@ class Service:
                                                      "files": [n for n, _ in settling]})
 
     def freshness_job(self, now: int) -> Any:
+        if self.config.service.admin_channel:  # the weekly admin summary, once a week (bot.service.weekly_summary)
+            self.weekly_summary_job(now)
         return check_freshness(self.engine, self.watches(), now, self.config.service.admin_channel,  # type: ignore[arg-type]
                                notifiers=self.notices.notifiers)
 
@@ -405,6 +410,22 @@ class Service:
                 self.metrics.inc("usagebot_errors_total", len(report.errors), component="digest")
             return report
         return None
+
+    def escalate_job(self, now: int) -> int:
+        """Unacknowledged alerts due for escalation, queued once each (the deliver job sends them)."""
+        from integrations.slack.assign import queue_escalations
+
+        return queue_escalations(self.engine, self.config.slack.attention, now)  # type: ignore[union-attr,arg-type]
+
+    def weekly_summary_job(self, now: int) -> int:
+        """Last week's admin summary, queued once (an indexed look-up of its key on every later call)."""
+        from bot.service.weekly_summary import queue_weekly_summary, summary_key, week_start
+        from storage.slack import outbox_row_payload
+
+        if outbox_row_payload(self.engine, summary_key(week_start(now))) is not None:  # type: ignore[arg-type]
+            return 0
+        return queue_weekly_summary(self.engine, now, self.config.service.admin_channel,  # type: ignore[arg-type]
+                                    self.notices.notifiers)
 
     def crm_job(self, now: int) -> Any:
         from bot.crm.sync import run_crm_sync
@@ -537,9 +558,15 @@ class Service:
             from bot.slack.app import build_slack_app
             from rules.health import DEFAULT_MODEL
 
+            sf = self.config.salesforce
+            tasks = None
+            if sf is not None and getattr(sf, "can_connect", False):  # the "Log task" button
+                from bot.crm.task_button import TaskButton
+
+                tasks = TaskButton(self.engine, sf, self.clock, self.crm_client_factory)  # type: ignore[arg-type]
             self.slack_app = build_slack_app(self.config.slack, self.engine, self.clock,  # type: ignore[arg-type]
                                              notifier=self._slack_notifier(),
-                                             health_model=self.config.health or DEFAULT_MODEL)
+                                             health_model=self.config.health or DEFAULT_MODEL, tasks=tasks)
         return self.slack_app
 
     # ------------------------------------------------------------------ lifecycle

@@ -10,7 +10,8 @@ answer goes to the request's response_url (ephemeral). In HTTP mode bolt verifie
 signature and timestamp with the signing secret and rejects forged or stale ones (401).
 
 Hostile requests:
-- every button (acknowledge, snooze, not useful, the CRM and dashboard links) goes through one
+- every button (acknowledge, snooze, not useful, log task, assign to CSM, the CRM and dashboard
+  links) goes through one
   `on_action` wrapper: the allow-list first, then the action; a value that is no episode id of this
   database (text, a 5,000-digit number) gets a clear ephemeral answer;
 - a valid signed request replayed (within the 5 minutes its signature stays valid) is answered 200
@@ -29,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.request import payload_utils
@@ -41,13 +42,16 @@ from bot.service.pipeline import Notifier, deliver_rows
 from integrations.console import ConsoleNotifier
 from integrations.slack.actions import EpisodeActions
 from integrations.slack.api import make_web_client
+from integrations.slack.assign import SlackAssignments, assign_key
 from integrations.slack.blocks import escape_mrkdwn
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier, actor_label
 from integrations.slack.render import (
     ACK_ACTION,
+    ASSIGN_ACTION,
     CRM_ACTION,
     DASHBOARD_ACTION,
+    LOG_TASK_ACTION,
     NOT_USEFUL_ACTION,
     SNOOZE_ACTION,
     SlackMessageContent,
@@ -60,6 +64,9 @@ from rules.durations import DurationError, parse_duration
 from rules.health import DEFAULT_MODEL, HealthModel
 from storage.outbox import enqueue
 from storage.slack import first_time_seen
+
+if TYPE_CHECKING:
+    from bot.crm.task_button import TaskButton
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +145,11 @@ ALTERED = text_message("This button is from an old or altered message; it cannot
 
 
 def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
-                    notifier: SlackNotifier | None = None, health_model: HealthModel = DEFAULT_MODEL) -> App:
+                    notifier: SlackNotifier | None = None, health_model: HealthModel = DEFAULT_MODEL,
+                    tasks: TaskButton | None = None) -> App:
     """A bolt App with the alert buttons and the slash command registered (health_model: the
-    [health] weights for `/usage`, see bot.config.health)."""
+    [health] weights for `/usage`, see bot.config.health; tasks: the "Log task" button's Salesforce
+    side, None without [salesforce])."""
     if not config.enabled:
         raise ValueError("build_slack_app: [slack] bot_token is not set (without it alerts go to the console "
                          "and there is no Slack app to run)")
@@ -154,7 +163,7 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
         request_verification_enabled=not socket,
         token_verification_enabled=False,  # checked on the first request; `usagebot slack check` tests it
         process_before_response=False,
-        logger=logging.getLogger("usagebot.slack_app"),
+        logger=logging.getLogger("usagebot.slack.app"),
     )
     notifier = notifier or SlackNotifier(config, engine, clock=clock, interactive=True)
     actions = EpisodeActions(engine, clock)
@@ -230,6 +239,24 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
         r = actions.not_useful(eid, uid, actor)
         return r.changed, r.message
 
+    def log_task(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
+        if tasks is None:
+            return False, "Salesforce is not configured ([salesforce] in the config file): no Task can be logged."
+        r = tasks.click(eid, actor)
+        return r.changed, r.message
+
+    assignments = SlackAssignments(notifier)
+
+    def assign(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
+        r = actions.assign_csm(eid, actor)
+        if r.changed:  # the CSM's DM, through the outbox: delivered now, else by the deliver job
+            report = deliver_rows(engine, assignments, clock(), keys=[assign_key(eid)])
+            if report.failed:
+                log.warning("the CSM's DM of episode %s is not sent: %s", eid, "; ".join(report.errors))
+                later = "it is retried automatically" if not report.dead else "an admin must look at the outbox"
+                return True, f"Assigned, but the CSM's DM is not sent yet ({later})."
+        return r.changed, r.message
+
     def opened(which: str) -> Callable[[int, str, str, str], None]:
         def record(eid: int, uid: str, actor: str, arg: str) -> None:
             actions.opened_link(eid, actor, which)  # the browser opens the URL; just record who followed it
@@ -238,6 +265,8 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
     on_action(ACK_ACTION, acknowledge)
     on_action(SNOOZE_ACTION, snooze)
     on_action(NOT_USEFUL_ACTION, not_useful)
+    on_action(LOG_TASK_ACTION, log_task)
+    on_action(ASSIGN_ACTION, assign)
     on_action(CRM_ACTION, opened("crm"), link=True)
     on_action(DASHBOARD_ACTION, opened("dashboard"), link=True)
     if not socket:

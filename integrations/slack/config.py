@@ -39,7 +39,10 @@ SLACK = Table("slack", (
     "owner_only", "dashboard_url", "crm_url", "template_dir", "base_url", "command", "http_path",
     "request_url", "app_name", "min_post_interval", "max_inline_wait", "timeout", "user_cache_ttl",
     "negative_cache_ttl",
-), (Table("channels", SEVERITIES), Table("digest", ("enabled", "at", "timezone", "immediate_severities"))))
+), (Table("channels", SEVERITIES), Table("digest", ("enabled", "at", "timezone", "immediate_severities")),
+      Table("attention", ("max_dms_per_day", "exempt_severities", "quiet_hours", "default_timezone",
+                          "morning_digest", "escalate_after", "escalate_severities", "escalate_to"),
+            (Table("managers", free=True),))))
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,35 @@ class DigestConfig:
 
 
 @dataclass(frozen=True)
+class AttentionConfig:
+    """Each recipient's attention as a budget ([slack.attention], integrations.slack.attention):
+    at most `max_dms_per_day` new alert DMs per local day (0: no limit; the rest go to that
+    recipient's digest), none in quiet hours (local time; held until they end), a morning digest of
+    the open alerts of the accounts they own, and an unacknowledged alert escalated to a manager
+    after `escalate_after` seconds (None: off)."""
+
+    max_dms_per_day: int = 0
+    exempt_severities: tuple[str, ...] = ("critical",)  # never held back by the daily limit
+    quiet_start: int | None = None  # minutes after local midnight; None: no quiet hours
+    quiet_end: int | None = None
+    default_timezone: str = "UTC"  # when Slack has no timezone for the user
+    morning_digest: bool = False
+    escalate_after: int | None = None
+    escalate_severities: tuple[str, ...] = ("critical",)
+    escalate_to: str | None = None  # a manager's email or a channel, for owners not in `managers`
+    managers: Mapping[str, str] = field(default_factory=dict)  # owner email -> manager email
+
+    @property
+    def quiet_hours(self) -> bool:
+        return self.quiet_start is not None and self.quiet_end is not None
+
+    @property
+    def active(self) -> bool:
+        """Some per-recipient rule applies to DMs (the notifier looks up the recipient's timezone)."""
+        return bool(self.max_dms_per_day or self.quiet_hours or self.morning_digest)
+
+
+@dataclass(frozen=True)
 class SlackConfig:
     bot_token: Secret | None = None
     signing_secret: Secret | None = None
@@ -63,6 +95,7 @@ class SlackConfig:
     severity_channels: Mapping[str, str] = field(default_factory=dict)
     owner_dm: bool = True
     digest: DigestConfig = field(default_factory=DigestConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
     allowed_users: tuple[str, ...] = ()
     allowed_usergroups: tuple[str, ...] = ()
     owner_only: bool = False
@@ -79,6 +112,7 @@ class SlackConfig:
     timeout: int = 15  # seconds per Slack API request
     user_cache_ttl: int = 86_400
     negative_cache_ttl: int = 3_600
+    crm_tasks: bool = False  # from [salesforce] (it can connect): alerts show the "Log task" button
     episode_url: str | None = None  # from [web] public_url: "https://.../episodes/{episode_id}" (alerts link to it)
 
     @property
@@ -178,6 +212,73 @@ def _digest(sec: Section) -> DigestConfig:
                         tuple(s for s in immediate if s in SEVERITIES))
 
 
+def _hhmm(sec: Section, key: str, text: str) -> int | None:
+    m = _HHMM.match(text.strip())
+    if m is None:
+        sec.problem(key, f"{text!r} is not a time of day HH:MM (24h)")
+        return None
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+def _severities(sec: Section, key: str, default: list[str]) -> tuple[str, ...]:
+    values = sec.str_list(key, default)
+    for s in values:
+        if s not in SEVERITIES:
+            sec.problem(key, f"unknown severity {s!r}; use {', '.join(SEVERITIES)}")
+    return tuple(s for s in values if s in SEVERITIES)
+
+
+def _zone_name(sec: Section, key: str, default: str) -> str:
+    tz = sec.str(key, default) or default
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        sec.problem(key, f"unknown IANA timezone {tz!r} (e.g. 'Europe/Berlin', 'America/New_York')")
+        return default
+    return tz
+
+
+def _attention(sec: Section) -> AttentionConfig:
+    a = sec.table("attention")
+    a.check_keys(SLACK.table("attention"))
+    start = end = None
+    quiet = a.str("quiet_hours", "") or ""
+    if quiet:
+        parts = quiet.split("-")
+        if len(parts) != 2:
+            a.problem("quiet_hours", f"must be a range of local times like \"20:00-08:00\", got {quiet!r}")
+        else:
+            start, end = _hhmm(a, "quiet_hours", parts[0]), _hhmm(a, "quiet_hours", parts[1])
+            if start is not None and start == end:
+                a.problem("quiet_hours", "start and end are the same time (leave it out for no quiet hours)")
+                start = end = None
+    escalate_to = a.str("escalate_to") or None
+    if escalate_to and not (escalate_to.startswith("#") or is_channel_id_text(escalate_to) or "@" in escalate_to):
+        a.problem("escalate_to", f"{escalate_to!r} is neither an email nor a channel ('#name' or an ID)")
+        escalate_to = None
+    m = a.table("managers")
+    managers = {}
+    for owner, manager in m.data.items():
+        if not isinstance(manager, str) or "@" not in manager:
+            m.problem(owner, f"must be the manager's email, got {manager!r}")
+            continue
+        managers[str(owner).strip().lower()] = manager.strip().lower()
+    return AttentionConfig(
+        max_dms_per_day=int(a.int("max_dms_per_day", 0, min=0) or 0),
+        exempt_severities=_severities(a, "exempt_severities", ["critical"]),
+        quiet_start=start if end is not None else None, quiet_end=end if start is not None else None,
+        default_timezone=_zone_name(a, "default_timezone", "UTC"),
+        morning_digest=bool(a.bool("morning_digest", False)),
+        escalate_after=a.duration("escalate_after", None, min=60) or None,
+        escalate_severities=_severities(a, "escalate_severities", ["critical"]),
+        escalate_to=escalate_to, managers=managers,
+    )
+
+
+def is_channel_id_text(value: str) -> bool:
+    return re.match(r"^[CG][A-Z0-9]{6,}$", value) is not None
+
+
 def parse_slack_config(section: Section) -> SlackConfig:
     """Read [slack]; problems are recorded on the section's document (doc.raise_if_problems())."""
     sec = section
@@ -228,6 +329,7 @@ def parse_slack_config(section: Section) -> SlackConfig:
         severity_channels=severity_channels,
         owner_dm=bool(sec.bool("owner_dm", True)),
         digest=_digest(sec),
+        attention=_attention(sec),
         allowed_users=tuple(u for u in users if _USER.match(u)),
         allowed_usergroups=tuple(g for g in groups if _GROUP.match(g)),
         owner_only=bool(sec.bool("owner_only", False)),

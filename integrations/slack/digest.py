@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from integrations.slack.attention import ranked
 from integrations.slack.errors import SlackDeliveryError
 from integrations.slack.notifier import SlackNotifier
 from storage import slack as store
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 class DigestReport:
     sent: int = 0
     items: int = 0
+    open_alerts: int = 0  # listed in morning digests
     errors: list[str] = field(default_factory=list)
 
 
@@ -32,12 +34,22 @@ def digest_time(now: int, hour: int, minute: int, timezone: str) -> tuple[int, s
 
 
 def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
-    """Send every owner's digest that is due at `now` (and any digest whose send failed before)."""
+    """Send every owner's digest that is due at `now` (and any digest whose send failed before).
+
+    With [slack.attention] the digest time is each recipient's own local time (their Slack
+    timezone), and with `morning_digest` every owner of an account with a firing alert gets one,
+    listing those alerts most important first (integrations.slack.attention.ranked), with the
+    alerts held back since the last digest."""
     cfg = notifier.config.digest
+    att = notifier.config.attention
     engine = notifier.engine
     report = DigestReport()
-    due_at, day = digest_time(now, cfg.hour, cfg.minute, cfg.timezone)
-    for owner in store.digest_owners(engine):
+    owners = set(store.digest_owners(engine))
+    if att.morning_digest:
+        owners |= set(store.owners_with_open_alerts(engine))
+    for owner in sorted(owners):
+        tz = notifier.directory.user_tz(owner, att.default_timezone) if att.active else cfg.timezone
+        due_at, day = digest_time(now, cfg.hour, cfg.minute, tz)
         key = store.open_digest_key(engine, owner)
         if key is None:
             last = store.last_digest_sent_at(engine, owner)
@@ -45,9 +57,13 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
                 continue
             key = f"digest:{owner}:{day}"
         step = f"{key}|dm:{owner}"
+        posted = store.get_step(engine, step)
+        if posted is not None and posted.done and store.open_digest_key(engine, owner) != key:
+            continue  # today's morning digest is out (it may have had no held items)
         # once its post may have happened, a digest keeps exactly its items (newer ones wait)
-        pending = store.take_digest(engine, owner, key, add_new=store.get_step(engine, step) is None)
-        if not pending:
+        pending = store.take_digest(engine, owner, key, add_new=posted is None)
+        open_alerts = ranked(store.owner_open_alerts(engine, owner)) if att.morning_digest else []
+        if not pending and not open_alerts:
             continue
         try:
             channel = notifier.directory.dm_channel(owner)
@@ -56,7 +72,8 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
                             owner, len(pending))
                 store.mark_digest_sent(engine, key, now)
                 continue
-            content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1])
+            content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1],
+                                               open_alerts)
             notifier.poster.post_once(step, channel, None, content)
         except SlackDeliveryError as exc:
             report.errors.append(f"digest {key}: {exc}")
@@ -65,4 +82,5 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
         store.mark_digest_sent(engine, key, now)
         report.sent += 1
         report.items += len(pending)
+        report.open_alerts += len(open_alerts)
     return report

@@ -30,6 +30,16 @@ def is_channel_id(value: str) -> bool:
     return _CHANNEL_ID.match(value) is not None
 
 
+def _known_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 class SlackDirectory:
     def __init__(self, api: SlackApi, engine: Engine, config: SlackConfig,
                  clock: Callable[[], int] = lambda: int(time.time())) -> None:
@@ -61,9 +71,29 @@ class SlackDirectory:
             store.store_user(self.engine, email, None, now)
             log.info("no Slack user with the email of an account owner (%s)", email)
             return None
-        uid = str((data.get("user") or {}).get("id") or "") or None
-        store.store_user(self.engine, email, uid, now)
+        user = data.get("user") or {}
+        uid = str(user.get("id") or "") or None
+        store.store_user(self.engine, email, uid, now, tz=str(user["tz"]) if user.get("tz") else None)
         return uid
+
+    def user_tz(self, email: str, default: str = "UTC") -> str:
+        """The IANA timezone of the Slack user with this email (the `tz` of users.lookupByEmail, else
+        users.info, cached with the user), `default` when unknown or not on Slack."""
+        email = email.strip().lower()
+        uid = self.user_id(email)
+        if uid is None:
+            return default
+        hit = store.cached_user(self.engine, email, self.clock(), self.config.user_cache_ttl,
+                                self.config.negative_cache_ttl)
+        tz = hit.tz if hit is not None else None
+        if tz is None:
+            try:
+                tz = str((self.api.user_info(uid).get("user") or {}).get("tz") or "")
+            except PermanentSlackError as exc:
+                log.info("users.info for %s failed (%s): timezone %s assumed", email, exc.error, default)
+                tz = ""
+            store.set_user_tz(self.engine, email, tz)
+        return tz if tz and _known_zone(tz) else default
 
     def dm_channel(self, email: str) -> str | None:
         """The bot's DM channel with the owner of `email` (conversations.open), None if not on Slack."""

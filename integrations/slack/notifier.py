@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from integrations.notice import AlertNotice
 from integrations.slack.api import SlackApi
+from integrations.slack.attention import local_midnight, over_daily_limit, quiet_until
 from integrations.slack.charts import ChartAttacher
 from integrations.slack.config import SlackConfig
 from integrations.slack.delivery import Poster
@@ -37,6 +38,7 @@ from integrations.slack.render import EpisodeView, SlackRenderer
 from integrations.slack.routing import Destination, destinations, fallback_destination
 from rules.periods import iso
 from storage import slack as store
+from storage.crm import load_tasks, task_click_key
 from storage.episodes import find_episode, get_episode, set_slack_message
 from storage.outbox import DEFAULT_LEASE, outbox_kinds
 
@@ -44,6 +46,14 @@ log = logging.getLogger(__name__)
 
 FIRST_POST_WAIT = 30  # seconds between checks while an episode's first message is still queued
 UPDATE_ERRORS = ("message_not_found", "cant_update_message", "edit_window_closed", "channel_not_found")
+
+
+class _Quiet(Exception):
+    """A DM held back by the recipient's quiet hours, until `until` (epoch)."""
+
+    def __init__(self, until: int) -> None:
+        super().__init__(f"quiet hours until {until}")
+        self.until = until
 
 
 class SlackNotifier:
@@ -86,12 +96,16 @@ class SlackNotifier:
         tried: list[Destination] = []
         problems: list[PermanentSlackError] = []
         delivered = False
+        held: list[tuple[str, int]] = []  # (recipient, quiet hours end) of DMs held back
         queue = destinations(notice, self.config)
         while queue:
             d = queue.pop(0)
             tried.append(d)
             try:
                 delivered = self._deliver_to(d, notice, episode, now) or delivered
+            except _Quiet as q:
+                held.append((d.target, q.until))
+                delivered = True
             except PermanentSlackError as exc:
                 log.error("alert %s to %s: %s", notice.idempotency_key, d.key, exc)
                 problems.append(exc)
@@ -101,11 +115,35 @@ class SlackNotifier:
                     queue.append(fb)
         if problems:
             raise PermanentSlackError("; ".join(str(p) for p in problems), problems[0].error)
+        if held:  # the other destinations are done (each post is exactly-once): only the DM waits
+            until = min(u for _, u in held)
+            raise RetryLater(f"alert {notice.idempotency_key}: quiet hours of {held[0][0]} until {iso(until)}",
+                             until - now)
         if not delivered:
             raise PermanentSlackError(
                 f"alert {notice.idempotency_key}: no Slack destination: the owner "
                 f"{notice.owner_email or '(none)'} is not on Slack and no channel is routed; set "
                 "[slack] default_channel or the rule's routing.channels")
+
+    def _held_back(self, d: Destination, notice: AlertNotice, episode: Mapping[str, Any] | None, now: int) -> bool:
+        """The attention budget (integrations.slack.attention) for a DM: raises _Quiet in the
+        recipient's quiet hours; True when the DM went to their digest (over the daily limit)."""
+        att = self.config.attention
+        tz = self.directory.user_tz(d.target, att.default_timezone)
+        until = quiet_until(att, tz, now)
+        if until is not None:
+            raise _Quiet(until)
+        if not att.max_dms_per_day:
+            return False
+        if episode is not None and any(m.destination == d.key
+                                       for m in store.episode_messages(self.engine, int(episode["id"]))):
+            return False  # a follow-up in the alert's DM thread is no new DM
+        if not over_daily_limit(att, notice.severity, store.dms_since(self.engine, d.target, local_midnight(now, tz))):
+            return False
+        store.queue_digest_item(self.engine, f"{notice.idempotency_key}|{d.key}", d.target, notice.to_json(), now)
+        log.info("%s has had %d alert DM(s) today: alert %s goes to their digest", d.target, att.max_dms_per_day,
+                 notice.idempotency_key)
+        return True
 
     def _episode(self, notice: AlertNotice) -> dict[str, Any] | None:
         """The notice's episode: by its id (notices name it), else, for a row queued by an older
@@ -152,6 +190,8 @@ class SlackNotifier:
         if d.kind == "dm":
             if self.directory.user_id(d.target) is None:
                 return False  # the owner is not on Slack
+            if self.config.attention.active and self._held_back(d, notice, episode, now):
+                return True
             dg = self.config.digest
             if dg.enabled and notice.severity not in dg.immediate:
                 store.queue_digest_item(self.engine, f"{did}|{d.key}", d.target, notice.to_json(), now)
@@ -206,6 +246,9 @@ class SlackNotifier:
             return EpisodeView(None, "resolved" if event == "resolved" else "firing", event, at, now=self.clock())
         eid = int(episode["id"])
         feedback = store.episode_feedback(self.engine, eid)
+        assigned = store.outbox_row_payload(self.engine, store.assign_key(eid))
+        clicked = store.outbox_row_payload(self.engine, task_click_key(eid))
+        task = load_tasks(self.engine, [eid]).get(eid) if clicked else None
         return EpisodeView(
             episode_id=eid, status=str(episode["status"]), last_event=last_event or event,
             last_event_at=last_event_at if last_event_at is not None else at,
@@ -213,6 +256,9 @@ class SlackNotifier:
             snoozed_until=episode.get("snoozed_until"), resolved_at=episode.get("resolved_at"),
             not_useful_by=tuple(dict.fromkeys(u for u, v, _ in feedback if v == store.NOT_USEFUL)),
             now=self.clock(),
+            assigned=(str(assigned.get("csm_email")), str(assigned.get("by"))) if assigned else None,
+            task_by=str(clicked.get("clicked_by") or "") or None if clicked and task and task.status == "created"
+            else None,
         )
 
     def refresh_episode(self, episode_id: int) -> int:

@@ -61,6 +61,8 @@ SNOOZE_ACTION = "usagebot_snooze"
 NOT_USEFUL_ACTION = "usagebot_not_useful"
 CRM_ACTION = "usagebot_open_crm"
 DASHBOARD_ACTION = "usagebot_open_dashboard"
+LOG_TASK_ACTION = "usagebot_log_task"
+ASSIGN_ACTION = "usagebot_assign_csm"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class EpisodeView:
     resolved_at: int | None = None
     not_useful_by: tuple[str, ...] = ()
     now: int | None = None
+    assigned: tuple[str, str] | None = None  # (CSM email, who assigned it): "Assign to CSM"
+    task_by: str | None = None  # who logged the Salesforce Task ("Log task"), once it is created
 
     @property
     def snoozed(self) -> bool:
@@ -108,6 +112,10 @@ class EpisodeView:
             parts.append(f"💤 Snoozed until {slack_date(self.snoozed_until)}")
         if self.not_useful_by:
             parts.append("👎 Not useful: " + ", ".join(mention(u) for u in self.not_useful_by))
+        if self.task_by:
+            parts.append(f"📝 Salesforce Task logged by {mention(self.task_by)}")
+        if self.assigned:
+            parts.append(f"🤝 Assigned to {escape_mrkdwn(self.assigned[0])} by {mention(self.assigned[1])}")
         return " · ".join(parts)
 
 
@@ -332,7 +340,9 @@ class SlackRenderer:
             "episode_id": "" if view.episode_id is None else str(view.episode_id),
             "snooze_choices": [{"value": v, "label": label} for v, label in SNOOZE_CHOICES],
             "action_ids": {"ack": ACK_ACTION, "snooze": SNOOZE_ACTION, "not_useful": NOT_USEFUL_ACTION,
-                           "crm": CRM_ACTION, "dashboard": DASHBOARD_ACTION},
+                           "crm": CRM_ACTION, "dashboard": DASHBOARD_ACTION, "log_task": LOG_TASK_ACTION,
+                           "assign": ASSIGN_ACTION},
+            "crm_tasks": self.config.crm_tasks,
             "fallback_text": fallback_text(notice),
         }
 
@@ -353,7 +363,9 @@ class SlackRenderer:
                            self.alert_context(notice, view, owner_mention, interactive=False))
 
     def digest(self, owner_email: str, items: Sequence[AlertNotice | Mapping[str, Any]],
-               day: str) -> SlackMessageContent:
+               day: str, open_alerts: Sequence[Any] = ()) -> SlackMessageContent:
+        """An owner's digest: the alerts held back for it (`items`) and, in a morning digest, the open
+        alerts of the accounts they own (storage.slack.OpenAlert, most important first)."""
         rows = []
         for notice in map(AlertNotice.of, items):
             record = notice.record()
@@ -361,9 +373,16 @@ class SlackRenderer:
                          "sev_icon": SEVERITY_ICONS.get(notice.severity, "⚪"),
                          "links": {"crm": url_from_template(self.config.crm_url, record),
                                    "dashboard": url_from_template(self.config.dashboard_url, record)}})
+        opened = [{"account_name": o.account_name, "rule": o.rule_id, "metric": o.metric, "severity": o.severity,
+                   "sev_icon": SEVERITY_ICONS.get(o.severity, "⚪"), "message": o.message, "since": o.fired_at,
+                   "util_pct": int(o.utilization * 100) if o.utilization else None,
+                   "acknowledged": o.acknowledged} for o in open_alerts]
         return self.render(["slack/digest.json.j2"], {
-            "owner_email": owner_email, "items": rows, "day": day, "max_items": 20,
-            "fallback_text": f"usagebot digest for {day}: {len(rows)} alert(s)"})
+            # Slack allows 50 blocks: 2 per held item, 1 per open alert, 5 headers and notes
+            "owner_email": owner_email, "items": rows, "day": day, "max_items": 12 if opened else 20,
+            "open_alerts": opened, "max_open": 10,
+            "fallback_text": f"usagebot digest for {day}: {len(rows)} alert(s)"
+                             + (f", {len(opened)} open" if opened else "")})
 
     def usage_reply(self, name: str, ctx: Mapping[str, Any]) -> SlackMessageContent:
         """`/usage` answers: slack/account.json.j2, slack/alerts.json.j2, slack/top.json.j2."""

@@ -151,10 +151,17 @@ class FakeSlack:
 
     # ----------------------------------------------------------------- setup
 
-    def add_user(self, uid: str, email: str, name: str = "") -> None:
+    def add_user(self, uid: str, email: str, name: str = "", tz: str | None = None) -> None:
+        """A user; `tz` (IANA) is in users.info / lookupByEmail as Slack has it (with tz_offset)."""
         with self.lock:
             self.users[uid] = {"id": uid, "name": name or email.split("@")[0], "team_id": TEAM,
                                "profile": {"email": email, "real_name": name or email}}
+            if tz:
+                from datetime import datetime
+                from zoneinfo import ZoneInfo
+
+                offset = datetime.now(ZoneInfo(tz)).utcoffset()
+                self.users[uid].update(tz=tz, tz_offset=int(offset.total_seconds()) if offset else 0)
 
     def add_channel(self, name: str, cid: str | None = None, member: bool = True, private: bool = False) -> str:
         with self.lock:

@@ -1,0 +1,234 @@
+"""Acting from Slack (issue 17): "Log task" creates the Salesforce Task on click, once (double clicks,
+a retried request, a Salesforce failure then the deliver job, a sync planning the same episode);
+"Assign to CSM" DMs the account's CSM once and records who assigned it. Real bolt over signed HTTP
+against the fake Slack, the real simple-salesforce client against the fake Salesforce."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from bot.crm.delivery import CLICK_KIND, retry_crm_rows
+from bot.crm.sync import CrmSyncReport, run_crm_sync
+from bot.crm.task_button import TaskButton
+from bot.slack.app import build_slack_app, serve_http
+from integrations.salesforce.client import SalesforceClient
+from integrations.slack.assign import ASSIGN_KIND, SlackAssignments
+from integrations.slack.notifier import SlackNotifier
+from rules.health import DEFAULT_MODEL
+from rules.model import RuleSet
+from storage.accounts import list_accounts, upsert_accounts
+from storage.crm import load_tasks
+from storage.episodes import episode_history, find_episode
+from storage.outbox import list_outbox
+from tests.bot.test_slack_app import KEY, NAMES, _click, _post, _sign
+from tests.fakes.salesforce_server import FakeSalesforce, running
+from tests.fakes.slack_server import FakeSlack
+from tests.integrations.salesforce.helpers import password_config, tasks_on
+from tests.integrations.slack.scenario import (
+    FIRED,
+    SPIKE_DAY,
+    Scenario,
+    TestClock,
+    assert_valid_message,
+    slack_config,
+)
+
+NAMES.setdefault("U0CAROL01", "carol")
+
+
+@dataclass
+class Served:
+    fake: FakeSlack
+    sf: FakeSalesforce
+    url: str
+    engine: Any
+    clock: TestClock
+    episode_id: int
+    sf_account: str
+    cfg: Any
+
+
+@pytest.fixture
+def clock() -> TestClock:
+    return TestClock()
+
+
+@pytest.fixture
+def fake(clock) -> Iterator[FakeSlack]:
+    with FakeSlack.running(clock=clock) as f:
+        f.add_user("U0ALICE01", "alice@example.com", "alice")
+        f.add_user("U0BOBBY01", "bob@example.com", "bob")
+        f.add_user("U0CAROL01", "carol@example.com", "carol")
+        f.add_channel("usage-alerts", "C0ALERTS1")
+        yield f
+
+
+@pytest.fixture
+def sf() -> Iterator[FakeSalesforce]:
+    yield from running()
+
+
+def _factory(sf: FakeSalesforce):  # noqa: ANN202
+    return lambda cfg: SalesforceClient(cfg, session=sf.session(), sleep=lambda s: None)
+
+
+@pytest.fixture
+def served(engine, fake, sf, clock) -> Iterator[Served]:
+    config = slack_config(fake, crm_tasks=True)
+    sc = Scenario(engine, clock)
+    sf_account = sf.add_record("Account", {"Name": "Acme Corp", "OwnerId": "005000000000001AAA"})
+    acme = list_accounts(engine, ["acme"])[0]
+    upsert_accounts(engine, [replace(acme, crm_id=sf_account, csm_email="carol@example.com")], now=clock.now)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(SlackNotifier(config, engine, clock=clock, interactive=True))
+    cfg = password_config(sf, retries=0)
+    app = build_slack_app(config, engine, clock=clock, tasks=TaskButton(engine, cfg, clock, _factory(sf)))
+    server = serve_http(app, config, host="127.0.0.1", port=0, block=False)
+    url = f"http://127.0.0.1:{server.server_address[1]}{config.http_path}"
+    try:
+        yield Served(fake, sf, url, engine, clock, int(find_episode(engine, KEY)["id"]), sf_account, cfg)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tasks(s: Served) -> list[dict[str, Any]]:
+    return list(s.sf.records.get("Task", {}).values())
+
+
+def _events(s: Served) -> list[tuple[str, str | None]]:
+    return [(e["event"], e["actor"]) for e in episode_history(s.engine, rule_id="calls-spike")[0]["events"]]
+
+
+def test_alerts_show_log_task_and_assign_buttons(served):
+    blocks = json.dumps(served.fake.channel("#usage-alerts").messages[0]["blocks"])
+    assert "usagebot_log_task" in blocks and "usagebot_assign_csm" in blocks
+    assert_valid_message(served.fake.channel("#usage-alerts").messages[0])
+
+
+def test_log_task_creates_one_salesforce_task_recorded_with_who_clicked(served):
+    assert _post(served, _click(served, "usagebot_log_task", rid="t1")).status_code == 200
+    (answer,) = served.fake.wait_response("t1")
+    (task,) = _tasks(served)
+    assert task["WhatId"] == served.sf_account and "Logged from Slack by U0BOBBY01 (bob)" in task["Description"]
+    row = load_tasks(served.engine, [served.episode_id])[served.episode_id]
+    assert row.status == "created" and row.sf_task_id in answer["text"] and "by U0BOBBY01" in answer["text"]
+    assert ("task_requested", "U0BOBBY01 (bob)") in _events(served)
+    assert "Salesforce Task logged by <@U0BOBBY01>" in json.dumps(served.fake.channel("#usage-alerts").messages[0])
+    (out,) = [r for r in list_outbox(served.engine, limit=100) if r.kind == CLICK_KIND]
+    assert out.status == "sent" and out.payload["clicked_by"] == "U0BOBBY01 (bob)"
+    # a second click by someone else, and the same signed request sent again: no second Task
+    _post(served, _click(served, "usagebot_log_task", user="U0ALICE01", rid="t2"))
+    (again,) = served.fake.wait_response("t2")
+    assert "Already done" in again["text"] and "by U0BOBBY01" in again["text"]
+    assert len(_tasks(served)) == 1 and _events(served).count(("task_requested", "U0BOBBY01 (bob)")) == 1
+
+
+def test_concurrent_double_clicks_make_one_task(served):
+    bodies = [_click(served, "usagebot_log_task", user=u, rid=f"d{i}")
+              for i, u in enumerate(["U0BOBBY01", "U0ALICE01", "U0BOBBY01"])]
+    threads = [threading.Thread(target=_post, args=(served, b)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(3):
+        served.fake.wait_response(f"d{i}")
+    assert len(_tasks(served)) == 1
+    assert len([r for r in list_outbox(served.engine, limit=100) if r.kind == CLICK_KIND]) == 1
+    assert [e for e, _ in _events(served)].count("task_requested") == 1
+
+
+def test_a_salesforce_failure_leaves_the_click_queued_for_the_deliver_job(served):
+    served.sf.fail(503, times=1, path_contains="/sobjects")
+    _post(served, _click(served, "usagebot_log_task", rid="f1"))
+    (answer,) = served.fake.wait_response("f1")
+    assert "not created yet" in answer["text"] and "retried automatically" in answer["text"]
+    assert _tasks(served) == []
+    # a CRM sync in between (tasks on) must not discard the click's row nor make a second Task
+    run_crm_sync(served.engine, RuleSet(rules=()), replace(served.cfg, tasks=tasks_on()), DEFAULT_MODEL,
+                 served.clock.now + 10, dry_run=False, out=io.StringIO(), client_factory=_factory(served.sf))
+    report = CrmSyncReport(as_of=served.clock.now, dry_run=False)
+    retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg), report,
+                   served.clock.now + 7200)
+    assert len(_tasks(served)) == 1
+    assert load_tasks(served.engine, [served.episode_id])[served.episode_id].status == "created"
+    assert {r.status for r in list_outbox(served.engine, limit=100) if r.kind == CLICK_KIND} <= {"sent", "pending"}
+
+
+def test_log_task_without_salesforce_says_so(engine, fake, clock):
+    config = slack_config(fake)
+    sc = Scenario(engine, clock)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(SlackNotifier(config, engine, clock=clock, interactive=True))
+    assert "usagebot_log_task" not in json.dumps(fake.channel("#usage-alerts").messages[0]["blocks"])
+    server = serve_http(build_slack_app(config, engine, clock=clock), config, host="127.0.0.1", port=0, block=False)
+    try:
+        s = Served(fake, None, f"http://127.0.0.1:{server.server_address[1]}{config.http_path}", engine, clock,  # type: ignore[arg-type]
+                   int(find_episode(engine, KEY)["id"]), "", None)
+        _post(s, _click(s, "usagebot_log_task", rid="n1"))
+        (answer,) = fake.wait_response("n1")
+        assert "Salesforce is not configured" in answer["text"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_assign_to_csm_dms_the_csm_once_and_records_it(served):
+    _post(served, _click(served, "usagebot_assign_csm", rid="a1"))
+    (answer,) = served.fake.wait_response("a1")
+    assert "carol@example.com" in answer["text"]
+    dm = served.fake.dm_with("U0CAROL01")
+    assert dm is not None and len(dm.messages) == 1
+    (first,) = [c for c in served.fake.calls_of("chat.postMessage") if c.params.get("channel") == dm.id]
+    assert "<@U0BOBBY01> assigned this alert to you" in json.dumps(first.params.get("blocks"))
+    for ch in (dm, served.fake.channel("#usage-alerts")):  # every copy shows the assignment
+        assert "Assigned to carol@example.com by <@U0BOBBY01>" in json.dumps(ch.messages[0]["blocks"])
+    assert_valid_message(dm.messages[0])
+    assert ("assigned_csm", "U0BOBBY01 (bob)") in _events(served)
+    body = _click(served, "usagebot_assign_csm", user="U0ALICE01", rid="a2")
+    _post(served, body)
+    (again,) = served.fake.wait_response("a2")
+    assert "Already assigned to carol@example.com by U0BOBBY01" in again["text"]
+    assert len(served.fake.dm_with("U0CAROL01").messages) == 1
+    (row,) = [r for r in list_outbox(served.engine, limit=100) if r.kind == ASSIGN_KIND]
+    assert row.status == "sent"
+    # the CSM's copy is one of the episode's messages: an acknowledgement updates it too
+    _post(served, _click(served, "usagebot_ack", rid="a3"))
+    served.fake.wait_response("a3")
+    copy = served.fake.dm_with("U0CAROL01").messages[0]
+    assert copy["edits"] == 2 and "Acknowledged by <@U0BOBBY01>" in json.dumps(copy["blocks"])  # assigned, acked
+
+
+def test_assign_without_a_csm_is_answered(served):
+    acme = list_accounts(served.engine, ["acme"])[0]
+    upsert_accounts(served.engine, [replace(acme, csm_email="")], now=served.clock.now)
+    _post(served, _click(served, "usagebot_assign_csm", rid="n2"))
+    (answer,) = served.fake.wait_response("n2")
+    assert "has no CSM" in answer["text"] and "csm_email" in answer["text"]
+
+
+def test_a_failed_csm_dm_is_retried_by_the_deliver_job(served):
+    served.fake.rate_limit("chat.postMessage", 120, count=1)
+    _post(served, _click(served, "usagebot_assign_csm", rid="r1"))
+    (answer,) = served.fake.wait_response("r1")
+    assert "not sent yet" in answer["text"]
+    from bot.service.pipeline import deliver_rows
+
+    notifier = SlackNotifier(slack_config(served.fake, crm_tasks=True), served.engine, clock=served.clock,
+                             interactive=True)
+    report = deliver_rows(served.engine, SlackAssignments(notifier), served.clock.now + 3600)
+    assert report.sent == 1
+    assert len(served.fake.dm_with("U0CAROL01").messages) == 1
+
+
+_ = _sign  # the signature helper is shared with test_slack_app
