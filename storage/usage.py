@@ -27,7 +27,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from rules.gcpause import gc_paused
 from rules.model import MetricBlock
 from rules.periods import iso
-from storage import tiles
+from storage import columnar, tiles
 from storage.changes import Ranges, add_ranges, mark_changed
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
@@ -549,10 +549,7 @@ def _fill_joined(
     n_cols = (end - start) // step
     _stage_row_numbers(conn, ids)
     mark = tiles.param_mark(conn.dialect.name)
-    sql = (f"SELECT o.ord * {int(n_cols)} + (p.bucket_start - {int(start)}) / {int(step)}, p.value "
-           f"FROM usage_points p JOIN {_READ_IDS} o ON o.account_id = p.account_id "
-           f"WHERE p.metric = {mark} AND p.bucket_start >= {mark} AND p.bucket_start < {mark}")
-    flat, vals = tiles.read_cells(conn, sql, [metric, start, end])
+    flat, vals = columnar.cells(conn, metric, start, end, step, _READ_IDS)
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
          f"ON o.account_id = f.account_id WHERE f.metric = {mark}")
