@@ -106,10 +106,14 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
     """Upsert (account, metric, bucket_start, value) rows inside the caller's transaction.
 
     additive False replaces a stored value, True adds to it. Keeps usage_first_seen and
-    usage_coverage in step, and records the written ranges in usage_changes (storage.changes),
-    or, when `ranges` is given, widens it for the caller to record once (a load of many chunks).
-    SQLite: one executemany; PostgreSQL: COPY into a staging table, then one INSERT .. SELECT (about twice executemany's throughput, measured in
-    tests/storage/bench_upsert.py).
+    usage_coverage in step, marks the buckets for the tiles, and records the written ranges in
+    usage_changes (storage.changes), or, when `ranges` is given, widens it for the caller to
+    record once (a load of many chunks).
+
+    A bulk operation whatever the size: the rows go into a temporary staging table (SQLite:
+    one executemany into a table without indexes; PostgreSQL: COPY), then ONE INSERT .. SELECT in
+    primary-key order merges them, and the bookkeeping tables are updated from the stage by one
+    set-based statement each (no Python work per row besides staging it).
     """
     if not rows:
         return
@@ -127,7 +131,7 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
                 raise
             raise _added_overflow(conn, rows) from None
     if ranges is None:
-        mark_changed(conn, add_ranges({}, rows))
+        _changes_from_stage(conn)
     else:
         add_ranges(ranges, rows)
 
@@ -153,21 +157,50 @@ def _added_overflow(conn: Connection, rows: list[tuple[str, str, int, float]]) -
 
 
 def _write(conn: Connection, dialect: str, rows: list[tuple[str, str, int, float]], additive: bool) -> None:
-    on_conflict = _CONFLICT + _SET[(dialect, additive)]
+    _stage(conn, dialect, rows)
+    conn.exec_driver_sql(f"{_INSERT}SELECT {_KEY}, value FROM {_LOAD_STAGE} WHERE true ORDER BY {_KEY} "
+                         + _CONFLICT + _SET[(dialect, additive)])
+    _bookkeeping_from_stage(conn)
+
+
+def _stage(conn: Connection, dialect: str, rows: Iterable[tuple[str, str, int, float]]) -> None:
+    """Put rows into the (emptied) temporary staging table of this connection."""
+    conn.exec_driver_sql(_LOAD_STAGE_DDL[dialect])
+    conn.exec_driver_sql(f"DELETE FROM {_LOAD_STAGE}")
+    _stage_more(conn, dialect, rows)
+
+
+def _stage_more(conn: Connection, dialect: str, rows: Iterable[tuple[str, str, int, float]]) -> None:
+    raw = conn.connection.driver_connection
     if dialect == "sqlite":
-        conn.exec_driver_sql(_INSERT + "VALUES (?, ?, ?, ?) " + on_conflict, rows)
+        raw.executemany(f"INSERT INTO {_LOAD_STAGE} VALUES (?, ?, ?, ?)", rows)
     else:
-        conn.exec_driver_sql(_PG_STAGE)
-        conn.exec_driver_sql("TRUNCATE usage_stage")  # a second write in the same transaction
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(
-            "COPY usage_stage (account_id, metric, bucket_start, value) FROM STDIN"
-        ) as copy:
+        with raw.cursor() as cur, cur.copy(f"COPY {_LOAD_STAGE} ({_KEY}, value) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        conn.exec_driver_sql(_INSERT + "SELECT account_id, metric, bucket_start, value FROM usage_stage "
-                             "ORDER BY account_id, metric, bucket_start " + on_conflict)
-    record_bookkeeping(conn, dialect, rows)
+
+
+def _bookkeeping_from_stage(conn: Connection) -> None:
+    """usage_first_seen, usage_coverage and the tiles' dirty marks from the staged rows, one
+    statement each, in key order (two writers lock rows in the same order on PostgreSQL)."""
+    conn.exec_driver_sql(
+        "INSERT INTO usage_first_seen (metric, account_id, first_bucket) "
+        f"SELECT metric, account_id, MIN(bucket_start) FROM {_LOAD_STAGE} GROUP BY metric, account_id "
+        "ORDER BY metric, account_id "
+        "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
+        "WHERE excluded.first_bucket < usage_first_seen.first_bucket")
+    conn.exec_driver_sql(
+        f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
+        f"FROM {_LOAD_STAGE} WHERE true ORDER BY metric, bucket_start ON CONFLICT DO NOTHING")
+    tiles.mark_written_from(conn, _LOAD_STAGE)
+
+
+def _changes_from_stage(conn: Connection) -> None:
+    """One usage_changes row per staged (account, metric): first and last bucket written."""
+    conn.exec_driver_sql(
+        "INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, changed_at) "
+        f"SELECT account_id, metric, MIN(bucket_start), MAX(bucket_start), '', {int(time.time())} "
+        f"FROM {_LOAD_STAGE} GROUP BY account_id, metric ORDER BY account_id, metric")
 
 
 def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict[tuple[str, str, int], float]:
@@ -202,8 +235,8 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
     (account, metric, bucket) within this call are summed, then stored with
     INSERT .. ON CONFLICT DO UPDATE SET value = excluded.value (rows whose
     value is unchanged are not rewritten), so loading the same data again
-    changes nothing. One transaction per chunk of 50k rows: an executemany on
-    SQLite, COPY into a staging table + one INSERT .. SELECT on PostgreSQL.
+    changes nothing. One transaction and one bulk merge for the whole call (write_points: staged,
+    then one INSERT .. SELECT in key order).
     """
     sums = sum_records(records, base_step)
     if not sums:
@@ -211,15 +244,9 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
     dialect = engine.dialect.name
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-    items = iter(sums.items())
-    written = 0
-    while True:
-        chunk = [(k[0], k[1], k[2], v) for k, v in _take(items, UPSERT_CHUNK)]
-        if not chunk:
-            return written
-        with engine.begin() as conn:
-            write_points(conn, chunk)
-        written += len(chunk)
+    with write_transaction(engine) as conn:
+        write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()])
+    return len(sums)
 
 
 _COVER_INDEX = "ix_usage_points_metric_bucket_cover"
@@ -298,19 +325,11 @@ def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordL
 
 
 def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int) -> int:
-    conn.exec_driver_sql(_LOAD_STAGE_DDL[dialect])
-    conn.exec_driver_sql(f"DELETE FROM {_LOAD_STAGE}")
-    raw = conn.connection.driver_connection
+    _stage(conn, dialect, ())
     staged = 0
     for chunk in chunks:
         sums = sum_records(chunk, base_step)
-        if dialect == "sqlite":
-            raw.executemany(f"INSERT INTO {_LOAD_STAGE} VALUES (?, ?, ?, ?)",
-                            [(k[0], k[1], k[2], v) for k, v in sums.items()])
-        else:
-            with raw.cursor() as cur, cur.copy(f"COPY {_LOAD_STAGE} ({_KEY}, value) FROM STDIN") as copy:
-                for k, v in sums.items():
-                    copy.write_row((k[0], k[1], k[2], v))
+        _stage_more(conn, dialect, [(k[0], k[1], k[2], v) for k, v in sums.items()])
         staged += len(sums)
     if not staged:
         return 0
@@ -324,19 +343,8 @@ def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[Usage
             raise
         raise _staged_overflow(conn, dialect) from None
     written = max(0, merged.rowcount)
-    conn.exec_driver_sql(
-        "INSERT INTO usage_first_seen (metric, account_id, first_bucket) "
-        f"SELECT metric, account_id, MIN(bucket_start) FROM {_LOAD_STAGE} GROUP BY metric, account_id "
-        "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
-        "WHERE excluded.first_bucket < usage_first_seen.first_bucket")
-    conn.exec_driver_sql(
-        f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
-        f"FROM {_LOAD_STAGE} WHERE true ON CONFLICT DO NOTHING")
-    tiles.mark_written_from(conn, _LOAD_STAGE)
-    conn.exec_driver_sql(
-        "INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, changed_at) "
-        f"SELECT account_id, metric, MIN(bucket_start), MAX(bucket_start), '', {int(time.time())} "
-        f"FROM {_LOAD_STAGE} GROUP BY account_id, metric")
+    _bookkeeping_from_stage(conn)
+    _changes_from_stage(conn)
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
     return written
 
@@ -349,39 +357,6 @@ def _staged_overflow(conn: Connection, dialect: str) -> UsageValueError:
     if r is None:
         return UsageValueError("usage load: a bucket total is not a finite number; nothing was stored")
     return overflow_error("usage load", r[0], r[1], int(r[2]))
-
-
-_FIRST_SEEN_SQL = {
-    "sqlite": "INSERT INTO usage_first_seen (metric, account_id, first_bucket) VALUES (?, ?, ?) "
-              "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
-              "WHERE excluded.first_bucket < usage_first_seen.first_bucket",
-    "postgresql": "INSERT INTO usage_first_seen (metric, account_id, first_bucket) VALUES (%s, %s, %s) "
-                  "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
-                  "WHERE excluded.first_bucket < usage_first_seen.first_bucket",
-}
-_COVERAGE_SQL = {
-    "sqlite": "INSERT INTO usage_coverage (metric, bucket_start) VALUES (?, ?) ON CONFLICT DO NOTHING",
-    "postgresql": "INSERT INTO usage_coverage (metric, bucket_start) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-}
-
-
-def record_bookkeeping(conn: Connection, dialect: str, chunk: list[tuple[str, str, int, float]]) -> None:
-    """Keep usage_first_seen (earliest bucket per account/metric) and usage_coverage (delivered
-    buckets per metric) in step with the points, in the same transaction."""
-    first: dict[tuple[str, str], int] = {}
-    covered: set[tuple[str, int]] = set()
-    for account, metric, bucket, _ in chunk:
-        key = (metric, account)
-        if bucket < first.get(key, bucket + 1):
-            first[key] = bucket
-        covered.add((metric, bucket))
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.executemany(_FIRST_SEEN_SQL[dialect], [(m, a, b) for (m, a), b in first.items()])
-        cur.executemany(_COVERAGE_SQL[dialect], sorted(covered))
-    finally:
-        cur.close()
-    tiles.mark_written(conn, covered)
 
 
 def in_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
