@@ -17,6 +17,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,7 +29,7 @@ from rules.gcpause import gc_paused
 from rules.model import MetricBlock
 from rules.periods import iso
 from storage import columnar, tiles
-from storage.changes import Ranges, add_ranges, mark_changed
+from storage.changes import Ranges, add_ranges
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 
@@ -75,6 +76,52 @@ class UsageRecordLike(Protocol):
     metric: str
     ts: int
     value: float
+
+
+@dataclass(frozen=True)
+class UsageColumns:
+    """A chunk of usage rows as columns (a CSV file read by a columnar parser): accounts and metrics
+    as pyarrow string Arrays (not chunked), ts int64 epoch seconds, values float64, all the same length. Values
+    must already be finite (the reader checks them). load_usage takes these in place of records."""
+
+    accounts: Any  # pyarrow.Array of str
+    metrics: Any  # pyarrow.Array of str
+    ts: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.values.size)
+
+
+def summed_rows(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int, what: str = "usage records"
+                ) -> list[tuple[str, str, int, float]]:
+    """(account, metric, bucket, value) rows of a chunk: ts floored to `base_step`, values of the
+    same (account, metric, bucket) summed (sum_records; vectorised for UsageColumns)."""
+    if not isinstance(chunk, UsageColumns):
+        return [(k[0], k[1], k[2], v) for k, v in sum_records(chunk, base_step).items()]
+    if base_step <= 0:
+        raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
+    if not len(chunk):
+        return []
+    import pyarrow.compute as pc
+
+    acc, met = pc.dictionary_encode(chunk.accounts), pc.dictionary_encode(chunk.metrics)
+    a_idx = acc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    m_idx = met.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    bucket = chunk.ts - chunk.ts % base_step
+    order = np.lexsort((bucket, m_idx, a_idx))
+    a_s, m_s, b_s = a_idx[order], m_idx[order], bucket[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (a_s[1:] != a_s[:-1]) | (m_s[1:] != m_s[:-1]) | (b_s[1:] != b_s[:-1])
+    starts = np.flatnonzero(new)
+    with np.errstate(over="ignore"):
+        sums = np.add.reduceat(chunk.values[order], starts)
+    a_names, m_names = acc.dictionary.to_pylist(), met.dictionary.to_pylist()
+    if not np.isfinite(sums).all():
+        i = int(np.flatnonzero(~np.isfinite(sums))[0])
+        raise overflow_error(what, a_names[a_s[starts[i]]], m_names[m_s[starts[i]]], int(b_s[starts[i]]))
+    return list(zip(map(a_names.__getitem__, a_s[starts].tolist()), map(m_names.__getitem__, m_s[starts].tolist()),
+                    b_s[starts].tolist(), sums.tolist(), strict=True))
 
 
 _PG_STAGE = (
@@ -260,29 +307,28 @@ _KEY = "account_id, metric, bucket_start"
 
 
 def load_usage(
-    engine: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int = 60
+    engine: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base_step: int = 60
 ) -> int:
     """Store a large load (a backfill, a big file) in ONE transaction; returns the rows written.
 
     Pass a Connection (of a storage.db.write_transaction) to load inside the caller's transaction,
     e.g. with the accounts of the same command: all of it is stored, or none.
 
-    Same meaning as one upsert_usage() call over all the chunks together: ts floored to
+    A chunk is an iterable of records or a UsageColumns (a columnar CSV read). Same meaning as
+    one upsert_usage() call over all the chunks together: ts floored to
     `base_step`, records of the same (account, metric, bucket) summed across the WHOLE load
     (not per chunk), stored values replaced, unchanged rows not rewritten. Memory is bounded
     by one chunk. If iterating `chunks` raises (a bad row in a file), the transaction rolls
     back and nothing of the load is stored.
 
-    Into an empty usage table (the first backfill) the covering index is dropped, the rows
-    written with additive upserts (a key in several chunks adds up, nothing older exists)
-    and the index rebuilt once at the end: maintaining it row by row costs a random B-tree
-    insert per row once it outgrows the page cache (docs/benchmarks.md). Readers keep seeing
+    The chunks are staged in a temporary table, then summed and merged by one INSERT .. SELECT ..
+    GROUP BY in primary-key order, with the first-seen, coverage and change tables updated from
+    the stage by one statement each. Into an empty usage table (the first backfill) the covering
+    index is also dropped before and rebuilt once at the end: maintaining it row by row costs a
+    random B-tree insert per row once it outgrows the page cache (docs/benchmarks.md). Readers keep seeing
     the previous snapshot on SQLite; on PostgreSQL they wait for the load to commit. Other
     writers wait for the load either way (SQLite: one writer; PostgreSQL: a table lock taken
-    before the emptiness check, so two loads cannot both take the empty path). Into a
-    non-empty table the chunks are staged in a temporary table, then summed and merged by
-    one INSERT .. SELECT .. GROUP BY in primary-key order, with the first-seen and coverage
-    tables updated from the stage.
+    before the emptiness check, so two loads cannot both take the empty path).
     """
     if base_step <= 0:
         raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
@@ -305,7 +351,8 @@ def checkpoint(engine: Engine) -> None:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int) -> int:
+def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns],
+          base_step: int) -> int:
     if dialect == "postgresql":  # one load at a time, and no writer between the check and the load
         conn.exec_driver_sql("LOCK TABLE usage_points IN SHARE ROW EXCLUSIVE MODE")
     empty = conn.execute(sa.select(_c.account_id).limit(1)).first() is None
@@ -313,24 +360,21 @@ def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordL
         return _load_staged(conn, dialect, chunks, base_step)
     cover = next(i for i in usage_points.indexes if i.name == _COVER_INDEX)
     cover.drop(conn)
-    ranges: Ranges = {}
-    for chunk in chunks:
-        sums = sum_records(chunk, base_step)
-        write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()], additive=True, ranges=ranges)
-    mark_changed(conn, ranges)
+    _load_staged(conn, dialect, chunks, base_step)  # 2M rows: 29 s vs 35 s chunk by chunk (no per-row ranges)
     if dialect == "postgresql":
         conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
     cover.create(conn)
     return int(conn.execute(sa.select(sa.func.count()).select_from(usage_points)).scalar_one())
 
 
-def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike]], base_step: int) -> int:
+def _load_staged(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns],
+                 base_step: int) -> int:
     _stage(conn, dialect, ())
     staged = 0
     for chunk in chunks:
-        sums = sum_records(chunk, base_step)
-        _stage_more(conn, dialect, [(k[0], k[1], k[2], v) for k, v in sums.items()])
-        staged += len(sums)
+        rows = summed_rows(chunk, base_step)
+        _stage_more(conn, dialect, rows)
+        staged += len(rows)
     if not staged:
         return 0
     try:
