@@ -63,7 +63,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from rules.model import DAY, WEEK, DropParams, QuotaParams, Rule, RuleSet, Segment, SpikeParams
+from rules.detectors.quota import QuotaParams
+from rules.detectors.spike_drop import DropParams, SpikeParams
+from rules.model import DAY, WEEK, Rule, RuleSet, Segment
 from rules.periods import billing_period
 
 BaselineFinding = tuple[str, str, str, float, float | None, float | None]

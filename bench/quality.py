@@ -45,10 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from integrations.sources.demo import DemoBook, Label, generate_book
+from rules.detectors.quota import QuotaParams
 from rules.engine import history_needed
 from rules.lifecycle import Transition
 from rules.loader import load_rules
-from rules.model import DAY, QuotaParams, Rule, RuleSet
+from rules.model import DAY, Rule, RuleSet
 from rules.periods import billing_period
 from rules.replay import replay
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bot.redaction import mask
+from rules.config.redaction import mask
 from rules.detectors.format import moment
 from rules.engine import CohortEvent
 from rules.lifecycle import FirstRun, Transition

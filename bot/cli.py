@@ -82,7 +82,7 @@ def _report_skipped(errors: Sequence[Any], verbose: bool, err: TextIO, shown: in
 def _db_url(args: argparse.Namespace) -> str:
     """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
     from bot.config import storage_url
-    from bot.configbase import load_document
+    from rules.config import load_document
 
     configured = None
     if args.db is None and not os.environ.get(DB_ENV):
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     import logging
 
-    from bot.redaction import RedactingStream, install_on, mask
+    from rules.config.redaction import RedactingStream, install_on, mask
 
     # every secret of the config (and of --db / $USAGEBOT_DB_URL) is masked in what the CLI prints or logs
     out = RedactingStream(out or sys.stdout)  # type: ignore[assignment]
@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return 0
     from sqlalchemy.exc import DBAPIError
 
-    from bot.configbase import ConfigError
+    from rules.config import ConfigError
     from storage.db import StorageError, redact_url
 
     try:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from bot.configbase import ConfigError
 from bot.settings import DB_ENV, DEFAULT_DATA_DIR, config_path, database_url
+from rules.config import ConfigError
 
 __all__ = ["DB_ENV", "DEFAULT_DATA_DIR", "add_command", "add_group", "command_prefix", "config_path",
            "database_url", "load_or_report"]

@@ -19,63 +19,102 @@ field: message) and raises them together as a ConfigError.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bot.configbase import ConfigError, ConfigProblem, Document, Section, load_document
-from bot.redaction import register_url
 from integrations.sources.base import SourceConfig, parse_source_config
 from integrations.sources.push import PushConfig, parse_ingest_config
+from rules.config import (
+    ConfigError,
+    Document,
+    Problem,
+    Section,
+    Table,
+    load_document,
+    setting,
+    settings_table,
+)
+from rules.config import values as v
+from rules.config.redaction import register_url
+from rules.config.toml_lines import PathKey
 from rules.model import RuleSet
 
-SECTIONS = ("storage", "rules", "service", "scheduler", "evaluation", "ingest", "sources", "slack", "salesforce",
-            "health")
 LEADER_KINDS = ("auto", "advisory_lock", "lease", "none")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _admin_channel(w: v.Reporter, path: PathKey, value: Any) -> str | None:
+    channel = v.string(w, path, value)
+    if channel is not None and not channel.startswith(("#", "C", "G")):
+        w.error(path, f"expected a channel name like '#usagebot-admin' or a channel id, got {channel!r}")
+        return None
+    return channel
+
+
+def _cron(w: v.Reporter, path: PathKey, value: Any) -> str | None:
+    from bot.crontab import cron_trigger
+
+    expr = v.string(w, path, value)
+    if expr is None:
+        return None
+    try:
+        cron_trigger(expr)
+    except ValueError as exc:
+        w.error(path, f"invalid crontab expression {expr!r}: {exc}")
+        return None
+    return expr
+
+
+def _first_run(w: v.Reporter, path: PathKey, value: Any) -> str | None:
+    from bot.notices import FIRST_RUN_POLICIES
+
+    return v.choice(FIRST_RUN_POLICIES)(w, path, value)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    log_format: str = "json"
-    log_level: str = "info"
-    admin_channel: str | None = None  # stale-source and rejected-file notices
-    shutdown_timeout: int = 30
-    max_body_bytes: int = 2_000_000
-    max_connections: int = 500  # open HTTP connections at once
-    read_timeout: int = 30  # a request must arrive whole within this long of its first byte
-    idle_timeout: int = 60  # an HTTP connection without a request in progress is closed after this long
-    http_threads: int = 8  # worker threads answering HTTP requests
+    host: str = setting("0.0.0.0", v.string)
+    port: int = setting(8080, v.integer(0, 65535, text=True))
+    log_format: str = setting("json", v.choice(LOG_FORMATS))
+    log_level: str = setting("info", v.choice(LOG_LEVELS))
+    admin_channel: str | None = setting(None, _admin_channel)  # stale-source and rejected-file notices
+    shutdown_timeout: int = setting(30, v.duration(1))
+    max_body_bytes: int = setting(2_000_000, v.integer(1024, text=True))
+    max_connections: int = setting(500, v.integer(1, 100_000, text=True))  # open HTTP connections at once
+    # a request must arrive whole within this long of its first byte
+    read_timeout: int = setting(30, v.duration(1))
+    # an HTTP connection without a request in progress is closed after this long
+    idle_timeout: int = setting(60, v.duration(1))
+    http_threads: int = setting(8, v.integer(1, 256, text=True))  # worker threads answering HTTP requests
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    leader: str = "auto"
-    leader_name: str = "usagebot"  # lock / lease name: replicas sharing it elect one leader
-    leader_check: int = 5
-    lease_ttl: int = 30
-    misfire_grace: int = 60
-    max_workers: int = 4
-    evaluate_every: int = 60
-    max_wait: int = 3600
-    catch_up: int = 3
-    deliver_every: int = 30
-    freshness_every: int = 60
-    crm_sync_every: int | None = 3600
-    crm_sync_cron: str | None = None
-    digest_every: int = 60
-    prune_every: int = 3600
-    reload_every: int = 10  # how often rule files and templates are checked for changes (also on SIGHUP)
+    leader: str = setting("auto", v.choice(LEADER_KINDS))
+    leader_name: str = setting("usagebot", v.string)  # lock / lease name: replicas sharing it elect one leader
+    leader_check: int = setting(5, v.duration(1))
+    lease_ttl: int = setting(30, v.duration(2))
+    misfire_grace: int = setting(60, v.duration(1))
+    max_workers: int = setting(4, v.integer(1, 64, text=True))
+    evaluate_every: int = setting(60, v.duration(1))
+    max_wait: int = setting(3600, v.duration(0))
+    catch_up: int = setting(3, v.integer(1, 1000, text=True))
+    deliver_every: int = setting(30, v.duration(1))
+    freshness_every: int = setting(60, v.duration(1))
+    crm_sync_every: int | None = setting(3600, v.duration(60))  # None when crm_sync_cron is given
+    crm_sync_cron: str | None = setting(None, _cron)
+    digest_every: int = setting(60, v.duration(1))
+    prune_every: int = setting(3600, v.duration(60))
+    reload_every: int = setting(10, v.duration(1))  # how often rule files and templates are checked (also SIGHUP)
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
     """first_run: "digest" (record, one admin summary), "quiet" (record only) or "notify"."""
 
-    first_run: str = "digest"
+    first_run: str = setting("digest", _first_run)
 
 
 @dataclass(frozen=True)
@@ -98,6 +137,11 @@ class AppConfig:
         return self.storage_url.startswith(("postgresql", "postgres"))
 
 
+STORAGE = Table("storage", ("url",))
+RULES = Table("rules", ("paths",))
+DEFAULT_STORAGE_URL = "sqlite:///usagebot-data/usagebot.db"
+
+
 def _relative(doc: Document, path: str) -> str:
     """Relative paths in the config are relative to the config file's folder."""
     p = Path(path)
@@ -107,8 +151,8 @@ def _relative(doc: Document, path: str) -> str:
 def storage_url(doc: Document) -> str:
     """[storage] url (default: SQLite usagebot-data/usagebot.db); relative SQLite paths are relative to the file."""
     sec = doc.section("storage")
-    sec.check_keys(("url",))
-    url = sec.str("url", "sqlite:///usagebot-data/usagebot.db") or "sqlite:///usagebot-data/usagebot.db"
+    sec.check_keys(STORAGE)
+    url = sec.str("url", DEFAULT_STORAGE_URL) or DEFAULT_STORAGE_URL
     register_url(url)  # the database password is masked in every log line and message
     from storage.db import StorageError, _normalise
 
@@ -121,10 +165,34 @@ def storage_url(doc: Document) -> str:
     return url
 
 
+def rule_paths(sec: Section, required: bool = False) -> tuple[str, ...]:
+    """[rules] paths, relative to the config file's folder (not checked for existence)."""
+    sec.check_keys(RULES)
+    return tuple(_relative(sec.doc, p) for p in sec.str_list("paths", required=required))
+
+
+def admin_channel(doc: Document) -> str | None:
+    """[service] admin_channel, read as `[service]` reads it."""
+    return doc.section("service").read("admin_channel", _admin_channel)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Basics:
+    """What the commands that read part of the config (slack, crm) need: the database and the rules."""
+
+    storage_url: str
+    rule_paths: tuple[str, ...]
+
+
+def basics(doc: Document) -> Basics:
+    """[storage] url and [rules] paths of a config, read as the whole config reads them (problems go
+    to `doc`)."""
+    return Basics(storage_url(doc), rule_paths(doc.section("rules")))
+
+
 def _rules(doc: Document, validate: bool) -> tuple[tuple[str, ...], RuleSet | None]:
     sec = doc.section("rules", required=True)
-    sec.check_keys(("paths",))
-    paths = [_relative(doc, p) for p in sec.str_list("paths", required=True)]
+    paths = rule_paths(sec, required=True)
     if not paths and sec.has("paths"):
         sec.problem("paths", "lists no rule files")
     missing = [p for p in paths if not Path(p).exists()]
@@ -135,92 +203,19 @@ def _rules(doc: Document, validate: bool) -> tuple[tuple[str, ...], RuleSet | No
     from rules.loader import check_rules
 
     ruleset, problems = check_rules(paths)
-    for p in problems:
-        doc.problems.append(ConfigProblem(str(getattr(p, "file", "") or p), getattr(p, "line", None), None,
-                                          _rule_problem_text(p)))
+    doc.problems.extend(problems)  # one Problem type: each with the rule file's own line
     return tuple(paths), ruleset if not problems else None
-
-
-def _rule_problem_text(p: Any) -> str:
-    """A rule problem without its own "file:line: " prefix (ConfigProblem adds it)."""
-    text = str(p)
-    f, line = getattr(p, "file", None), getattr(p, "line", None)
-    for prefix in (f"{f}:{line}: ", f"{f}: "):
-        if f and text.startswith(prefix):
-            return text[len(prefix):]
-    return text
-
-
-def _service(doc: Document) -> ServiceConfig:
-    sec = doc.section("service")
-    sec.check_keys(("host", "port", "log_format", "log_level", "admin_channel", "shutdown_timeout",
-                    "max_body_bytes", "max_connections", "read_timeout", "idle_timeout", "http_threads"))
-    d = ServiceConfig()
-    channel = sec.str("admin_channel")
-    if channel is not None and not channel.startswith(("#", "C", "G")):
-        sec.problem("admin_channel", f"expected a channel name like '#usagebot-admin' or a channel id, got {channel!r}")
-    return ServiceConfig(
-        host=sec.str("host", d.host) or d.host,
-        port=sec.int("port", d.port, min=0, max=65535) if sec.has("port") else d.port,  # type: ignore[arg-type]
-        log_format=sec.str("log_format", d.log_format, choices=LOG_FORMATS) or d.log_format,
-        log_level=sec.str("log_level", d.log_level, choices=LOG_LEVELS) or d.log_level,
-        admin_channel=channel,
-        shutdown_timeout=sec.duration("shutdown_timeout", d.shutdown_timeout, min=1) or d.shutdown_timeout,
-        max_body_bytes=sec.int("max_body_bytes", d.max_body_bytes, min=1024) or d.max_body_bytes,
-        max_connections=sec.int("max_connections", d.max_connections, min=1, max=100_000) or d.max_connections,
-        read_timeout=sec.duration("read_timeout", d.read_timeout, min=1) or d.read_timeout,
-        idle_timeout=sec.duration("idle_timeout", d.idle_timeout, min=1) or d.idle_timeout,
-        http_threads=sec.int("http_threads", d.http_threads, min=1, max=256) or d.http_threads,
-    )
 
 
 def _scheduler(doc: Document, postgresql: bool) -> SchedulerConfig:
     sec = doc.section("scheduler")
-    sec.check_keys(tuple(SchedulerConfig.__dataclass_fields__))
-    d = SchedulerConfig()
-    leader = sec.str("leader", d.leader, choices=LEADER_KINDS) or d.leader
-    if leader == "advisory_lock" and not postgresql:
+    cfg: SchedulerConfig = sec.read_settings(SchedulerConfig)
+    if cfg.leader == "advisory_lock" and not postgresql:
         sec.problem("leader", "advisory_lock needs PostgreSQL storage; use \"lease\" (or \"auto\")")
-    check = sec.duration("leader_check", d.leader_check, min=1) or d.leader_check
-    ttl = sec.duration("lease_ttl", d.lease_ttl, min=2) or d.lease_ttl
-    if ttl < 2 * check:
-        sec.problem("lease_ttl", f"must be at least twice leader_check ({check}s), or a healthy leader loses "
-                                 "its lease between renewals")
-    cron_expr = sec.str("crm_sync_cron")
-    if cron_expr is not None:
-        from bot.crontab import cron_trigger
-
-        try:
-            cron_trigger(cron_expr)
-        except ValueError as exc:
-            sec.problem("crm_sync_cron", f"invalid crontab expression {cron_expr!r}: {exc}")
-            cron_expr = None
-
-    def dur(key: str, default: int, lo: int = 1) -> int:
-        v = sec.duration(key, default, min=lo)
-        return default if v is None else v
-
-    name = sec.str("leader_name", d.leader_name) or d.leader_name
-    return SchedulerConfig(
-        leader=leader, leader_name=name, leader_check=check, lease_ttl=ttl,
-        misfire_grace=dur("misfire_grace", d.misfire_grace),
-        max_workers=sec.int("max_workers", d.max_workers, min=1, max=64) or d.max_workers,
-        evaluate_every=dur("evaluate_every", d.evaluate_every), max_wait=dur("max_wait", d.max_wait, 0),
-        catch_up=sec.int("catch_up", d.catch_up, min=1, max=1000) or d.catch_up,
-        deliver_every=dur("deliver_every", d.deliver_every), freshness_every=dur("freshness_every", d.freshness_every),
-        crm_sync_every=None if cron_expr else dur("crm_sync_every", d.crm_sync_every or 3600, 60),
-        crm_sync_cron=cron_expr, digest_every=dur("digest_every", d.digest_every),
-        prune_every=dur("prune_every", d.prune_every, 60), reload_every=dur("reload_every", d.reload_every),
-    )
-
-
-def _evaluation(doc: Document) -> EvaluationConfig:
-    from bot.notices import FIRST_RUN_POLICIES
-
-    sec = doc.section("evaluation")
-    sec.check_keys(("first_run",))
-    d = EvaluationConfig()
-    return EvaluationConfig(first_run=sec.str("first_run", d.first_run, choices=FIRST_RUN_POLICIES) or d.first_run)
+    if cfg.lease_ttl < 2 * cfg.leader_check:
+        sec.problem("lease_ttl", f"must be at least twice leader_check ({cfg.leader_check}s), or a healthy leader "
+                                 "loses its lease between renewals")
+    return replace(cfg, crm_sync_every=None) if cfg.crm_sync_cron else cfg
 
 
 def _sources(doc: Document, ingest: PushConfig | None) -> tuple[SourceConfig, ...]:
@@ -257,26 +252,39 @@ def _integrations(doc: Document) -> tuple[Any, Any, Any]:
     return slack, salesforce, health
 
 
+def config_tables() -> tuple[Table, ...]:
+    """Every table of the config file with the keys its parser declares (tests/test_docs_keys.py checks
+    that each is documented)."""
+    from bot.health_config import HEALTH
+    from integrations.salesforce.config import SALESFORCE
+    from integrations.slack.config import SLACK
+    from integrations.sources.base import SOURCES
+    from integrations.sources.push import INGEST
+
+    return (STORAGE, RULES, settings_table("service", ServiceConfig), settings_table("scheduler", SchedulerConfig),
+            settings_table("evaluation", EvaluationConfig), INGEST, SOURCES, SLACK, SALESFORCE, HEALTH)
+
+
 def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
     """Parse every section; problems accumulate on `doc` (call doc.raise_if_problems())."""
-    doc.check_top_level(SECTIONS)
+    doc.check_top_level(t.name for t in config_tables())
     storage = storage_url(doc)
-    rule_paths, ruleset = _rules(doc, validate_rules)
-    service = _service(doc)
+    paths, ruleset = _rules(doc, validate_rules)
+    service = doc.section("service").read_settings(ServiceConfig)
     postgresql = storage.startswith(("postgresql", "postgres"))
     scheduler = _scheduler(doc, postgresql)
-    evaluation = _evaluation(doc)
+    evaluation = doc.section("evaluation").read_settings(EvaluationConfig)
     ingest = parse_ingest_config(doc.section("ingest")) if "ingest" in doc.data else None
     sources = _sources(doc, ingest)
     slack, salesforce, health = _integrations(doc)
-    return AppConfig(file=doc.file, storage_url=storage, rule_paths=rule_paths, service=service,
+    return AppConfig(file=doc.file, storage_url=storage, rule_paths=paths, service=service,
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
                      health=health, ruleset=ruleset)
 
 
 def check_config(path: str | Path, env: Mapping[str, str] | None = None,
-                 validate_rules: bool = True) -> tuple[AppConfig | None, list[ConfigProblem]]:
+                 validate_rules: bool = True) -> tuple[AppConfig | None, list[Problem]]:
     """(config, []) or (None, every problem found)."""
     try:
         doc = load_document(path, env)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from bot.cli_support import (
@@ -26,10 +25,10 @@ from bot.cli_support import (
     database_url,
     load_or_report,
 )
-from bot.config import storage_url
-from bot.configbase import Document, load_document
+from bot.config import basics
 from bot.health_config import parse_health_model
 from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
+from rules.config import load_document
 from rules.health import DEFAULT_MODEL, HealthModel
 
 
@@ -49,15 +48,12 @@ def load_crm_settings(path: str | None, env: dict[str, str] | None = None) -> Cr
     path = config_path(path, env)
     if path is None:
         return CrmSettings(SalesforceConfig(), DEFAULT_MODEL, None, [])
-    doc: Document = load_document(path, env)
+    doc = load_document(path, env)
     sf = parse_salesforce_config(doc.section("salesforce"))
     health = parse_health_model(doc.section("health"))
-    rules = doc.section("rules")
-    url = storage_url(doc)
-    base = Path(doc.file).resolve().parent  # relative rule paths are relative to the config file
-    paths = [str(base / p) for p in rules.str_list("paths")] if rules.has("paths") else []
+    common = basics(doc)
     doc.raise_if_problems()
-    return CrmSettings(sf, health, url, paths)
+    return CrmSettings(sf, health, common.storage_url, list(common.rule_paths))
 
 
 def _parse_at(text: str | None, err: TextIO) -> int | None:

@@ -34,11 +34,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from bot.configbase import Section
+from rules.config import Section, Table
 from rules.health import DEFAULT_MODEL, FACTORS, HealthModel
-from rules.model import KINDS, SEVERITIES
+from rules.kinds import KINDS
+from rules.model import SEVERITIES
 
-_TOP = ("primary_metric", "window_days", "weights", "trend", "quota", "alerts", "bands", "expansion")
+HEALTH = Table("health", ("primary_metric", "window_days"), (
+    Table("weights", FACTORS), Table("trend", ("full_ratio", "zero_ratio", "growing", "declining")),
+    Table("quota", ("target", "no_quota_share")), Table("alerts", ("risk_kinds",), (Table("penalty", SEVERITIES),)),
+    Table("bands", ("healthy", "watch")), Table("expansion", ("kinds", "quota_at"))))
 
 
 def _kinds(sec: Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -53,7 +57,7 @@ def _kinds(sec: Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
 def parse_health_model(section: Section) -> HealthModel:
     """Read [health]; problems (with file:line and field) are added to the section's document."""
     d = DEFAULT_MODEL
-    section.check_keys(_TOP)
+    section.check_keys(HEALTH)
     changes: dict[str, Any] = {}
     metric = section.str("primary_metric")
     if metric:
@@ -61,36 +65,36 @@ def parse_health_model(section: Section) -> HealthModel:
     changes["window_days"] = section.int("window_days", d.window_days, min=1, max=365)
 
     weights = section.table("weights")
-    weights.check_keys(FACTORS)
+    weights.check_keys(HEALTH.table("weights"))
     changes["weights"] = {f: weights.float(f, d.weight(f), min=0.0, max=100.0) for f in FACTORS}
 
     trend = section.table("trend")
-    trend.check_keys(("full_ratio", "zero_ratio", "growing", "declining"))
+    trend.check_keys(HEALTH.table("trend"))
     changes["trend_full_ratio"] = trend.float("full_ratio", d.trend_full_ratio, min=0.0)
     changes["trend_zero_ratio"] = trend.float("zero_ratio", d.trend_zero_ratio, min=0.0)
     changes["growing_ratio"] = trend.float("growing", d.growing_ratio, min=0.0)
     changes["declining_ratio"] = trend.float("declining", d.declining_ratio, min=0.0)
 
     quota = section.table("quota")
-    quota.check_keys(("target", "no_quota_share"))
+    quota.check_keys(HEALTH.table("quota"))
     changes["quota_target"] = quota.float("target", d.quota_target, min=0.01, max=10.0)
     changes["no_quota_share"] = quota.float("no_quota_share", d.no_quota_share, min=0.0, max=1.0)
 
     alerts = section.table("alerts")
-    alerts.check_keys(("risk_kinds", "penalty"))
+    alerts.check_keys(HEALTH.table("alerts"))
     changes["risk_kinds"] = _kinds(alerts, "risk_kinds", d.risk_kinds)
     penalty = alerts.table("penalty")
-    penalty.check_keys(SEVERITIES)
+    penalty.check_keys(HEALTH.table("alerts").table("penalty"))
     changes["alert_penalty"] = {s: penalty.float(s, float(d.alert_penalty.get(s, 0.0)), min=0.0, max=100.0)
                                 for s in SEVERITIES}
 
     bands = section.table("bands")
-    bands.check_keys(("healthy", "watch"))
+    bands.check_keys(HEALTH.table("bands"))
     changes["healthy_at"] = bands.float("healthy", d.healthy_at, min=0.0, max=100.0)
     changes["watch_at"] = bands.float("watch", d.watch_at, min=0.0, max=100.0)
 
     expansion = section.table("expansion")
-    expansion.check_keys(("kinds", "quota_at"))
+    expansion.check_keys(HEALTH.table("expansion"))
     changes["expansion_kinds"] = _kinds(expansion, "kinds", d.expansion_kinds)
     if expansion.has("quota_at") and expansion.data["quota_at"] is False:
         changes["expansion_quota_at"] = None

@@ -7,7 +7,7 @@
 Secrets never reach the logs: configuration secrets are `Secret` objects
 (shown as ***), and the root handler (and logging's last-resort handler, used
 before setup) masks every known secret in every record, in any encoding
-(bot.redaction.RedactingFilter).
+(rules.config.redaction.RedactingFilter).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from bot.redaction import install_on
+from rules.config.redaction import install_on
 
 _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 

@@ -34,7 +34,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 
-from bot.redaction import mask
+from rules.config.redaction import mask
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the default; OpenMetrics on request (Accept)
 DEFAULT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -102,7 +102,7 @@ class Sample:
 
 
 def _str_labels(labels: Mapping[str, object]) -> dict[str, str]:
-    # label values are ids, but a secret must not reach a scrape even through one (bot.redaction)
+    # label values are ids, but a secret must not reach a scrape even through one (rules.config.redaction)
     return {k: mask(str(v)) for k, v in labels.items()}
 
 

@@ -28,7 +28,7 @@ from bot.alerts import (
 )
 from bot.cycle_lock import serialised
 from bot.notices import Notices
-from bot.redaction import mask
+from rules.config.redaction import mask
 from rules.engine import BlockKey, CohortEvent, EvaluationResult, due, evaluate, history_needed
 from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes

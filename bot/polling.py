@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 
 from bot.alerts import admin_notice
 from bot.freshness import notice_items
-from bot.redaction import mask
 from integrations.sources.base import Batch, PollContext, Source, SourceError
+from rules.config.redaction import mask
 from storage.accounts import list_accounts
 from storage.db import redact_url
 from storage.sources import get_source_state, record_failure, store_batch

@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot.crontab import cron_trigger
 from bot.leader import Leadership
 from bot.metrics import Metrics
-from bot.redaction import mask
+from rules.config.redaction import mask
 
 log = logging.getLogger(__name__)
 

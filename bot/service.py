@@ -37,11 +37,11 @@ from bot.metrics import Metrics, Sample
 from bot.notices import Notices
 from bot.pipeline import Notifier, deliver_outbox
 from bot.polling import PollReport, poll_source
-from bot.redaction import mask
 from bot.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice, template_check
 from bot.scheduler import JobSpec, ServiceScheduler, cron, every
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
+from rules.config.redaction import mask
 from rules.model import RuleSet
 from storage.db import current_revision, head_revision, make_engine, migrate, redact_url
 from storage.outbox import counts as outbox_counts

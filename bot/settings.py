@@ -84,7 +84,7 @@ def config_path(given: str | None, env: Mapping[str, str] | None = None) -> str 
 
 def database_url(given: str | None, configured: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """--db, else $USAGEBOT_DB_URL, else the config file's [storage] url, else SQLite in ./usagebot-data."""
-    from bot.redaction import register_url
+    from rules.config.redaction import register_url
     from storage.db import default_url
 
     url = resolve("--db", given, configured, default_url(DEFAULT_DATA_DIR), env).value

@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from bot.cli_support import (
@@ -28,9 +27,9 @@ from bot.cli_support import (
     database_url,
     load_or_report,
 )
-from bot.config import storage_url
-from bot.configbase import load_document
+from bot.config import admin_channel, basics
 from integrations.slack.config import SlackConfig, parse_slack_config
+from rules.config import load_document
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,10 @@ def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) 
         return SlackSettings(SlackConfig(), None)
     doc = load_document(path, env)
     cfg = parse_slack_config(doc.section("slack"))
-    url = storage_url(doc)
-    rules, service = doc.section("rules"), doc.section("service")
-    base = Path(doc.file).resolve().parent
-    paths = tuple(str(base / p) for p in rules.str_list("paths")) if rules.has("paths") else ()
-    admin = service.str("admin_channel") if service.has("admin_channel") else None
+    common = basics(doc)
+    admin = admin_channel(doc)
     doc.raise_if_problems()
-    return SlackSettings(cfg, url, paths, admin)
+    return SlackSettings(cfg, common.storage_url, common.rule_paths, admin)
 
 
 def routed_channels(settings: SlackSettings) -> tuple[list[tuple[str, str]], list[str]]:

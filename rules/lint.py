@@ -6,7 +6,8 @@ valid but cannot work, or work twice:
 - without data: two rules that detect the same thing (same fingerprint: duplicates), and rules
   of one kind on the same metric whose segments overlap (both can alert on one condition);
 - with the data's facts (DataFacts, gathered by the caller from a database or CSV files): a
-  metric no data has, a quota or utilization rule on a metric no account has a quota for, a
+  metric no data has, a rule reading quotas (quota, expansion utilization, threshold of quota) on a
+  metric no account has a quota for, a
   segment naming plans or accounts the data does not have, data coarser than the rule's
   bucket, and blocks whose memory would exceed the bound (an error, with the estimate).
 
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 
 from rules.detectors import required_history
 from rules.durations import format_duration
+from rules.kinds import KINDS
 from rules.loader import Problem
-from rules.model import ExpansionParams, Rule, RuleSet, Segment
+from rules.model import Rule, RuleSet, Segment
 
 # Bytes per cell of an evaluation block: the float64 values plus the working copies the detectors
 # make of a block (about one more), so a block of N cells needs about 16 N bytes.
@@ -95,8 +97,8 @@ def _overlaps(rules: Sequence[Rule]) -> list[Problem]:
         for b in rules[i + 1:]:
             if a.fingerprint == b.fingerprint or (a.kind, a.metric, a.bucket) != (b.kind, b.metric, b.bucket):
                 continue
-            if a.kind in ("quota", "expansion") and getattr(a.params, "mode", None) != getattr(b.params, "mode", None):
-                continue  # a threshold and a forecast (growth and utilization) say different things
+            if KINDS[a.kind].modes and a.params.mode != b.params.mode:
+                continue  # a quota threshold and a forecast (expansion growth and utilization) say different things
             if _segments_overlap(a.segment, b.segment):
                 out.append(_problem(b, None, f"overlaps rule {a.id!r} ({_where(a)}): both are {a.kind} rules on "
                                              f"{a.metric} for some of the same accounts, so one condition can "
@@ -105,7 +107,7 @@ def _overlaps(rules: Sequence[Rule]) -> list[Problem]:
 
 
 def _needs_quota(rule: Rule) -> bool:
-    return rule.kind == "quota" or (isinstance(rule.params, ExpansionParams) and rule.params.mode == "utilization")
+    return KINDS[rule.kind].needs_quota(rule.params)
 
 
 def _against_data(rule: Rule, facts: DataFacts, max_memory: int) -> list[Problem]:

@@ -13,78 +13,46 @@ rule files); everything after reading is pure.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import hashlib
-import json
-import math
 import re
-import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rules.config import values as v
+from rules.config.problems import ConfigError, Problem
+from rules.config.tables import Table
+from rules.config.toml import decode, field_name, parse_toml
+from rules.config.toml_lines import LineMap, PathKey
+from rules.config.values import Reader, show, suggest
 from rules.durations import DurationError, format_duration, parse_duration
+from rules.kinds import KINDS, Kind, with_baseline, with_cohort
 from rules.model import (
     DAY,
     INHIBIT_LABELS,
-    KINDS,
     SEVERITIES,
     WEEK,
     Baseline,
     Calendar,
     Cohort,
-    DropParams,
-    ExpansionParams,
     Guards,
-    InactivityParams,
     Inhibit,
-    KindParams,
     Matcher,
-    QuotaParams,
     Routing,
     Rule,
     RuleSet,
     Segment,
-    SpikeParams,
 )
-from rules.toml_lines import LineMap, PathKey, scan_lines
 
-__all__ = ["Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
+__all__ = ["RULE_FILE", "Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
 
 
 # ----------------------------------------------------------------- public API
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a rule file, located as precisely as possible."""
-
-    file: str
-    line: int | None
-    rule_id: str | None
-    field: str | None
-    message: str
-    level: str = "error"  # "warning": rules.lint found something that runs but probably should not
-
-    def __str__(self) -> str:
-        parts = [self.file if self.line is None else f"{self.file}:{self.line}"]
-        if self.level != "error":
-            parts.append(self.level)
-        if self.rule_id is not None:
-            parts.append(f"rule '{self.rule_id}'")
-        if self.field:
-            parts.append(self.field)
-        parts.append(self.message)
-        return ": ".join(parts)
-
-
-class RuleFileError(Exception):
+class RuleFileError(ConfigError):
     """Rule files failed validation; `.problems` holds every problem found."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 def check_rules(paths: Sequence[str | Path]) -> tuple[RuleSet | None, list[Problem]]:
@@ -156,7 +124,7 @@ def _assemble(parts: Sequence[_FileResult], problems: list[Problem]) -> RuleSet:
             for ref in refs:
                 if ref not in ids:
                     problems.append(Problem(p.file, line, None, "inhibit",
-                                            f"rule {ref!r} is not defined (or not enabled){_suggest(ref, ids)}"))
+                                            f"rule {ref!r} is not defined (or not enabled){suggest(ref, ids)}"))
         if p.calendar is not None:
             if calendar is not None:
                 problems.append(Problem(p.file, p.calendar_line, None, "calendar",
@@ -209,44 +177,21 @@ def _expand_paths(paths: Sequence[str | Path], problems: list[Problem]) -> list[
 def _check_file(
     data: bytes, name: str, seen_ids: dict[str, tuple[str, int | None]]
 ) -> tuple[_FileResult, list[Problem]]:
-    problems: list[Problem] = []
     part = _FileResult(name)
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        problems.append(Problem(name, line, None, None, f"not valid UTF-8 text (byte {exc.start})"))
-        return part, problems
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
-        problems.append(Problem(name, None, None, None, "file is empty: define at least one [[rule]]"))
-        return part, problems
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        problems.append(_syntax_problem(name, text, str(exc)))
-        return part, problems
+        text = decode(data, name)
+        if not text.strip():
+            return part, [Problem(name, None, None, None, "file is empty: define at least one [[rule]]")]
+        parsed = parse_toml(text, name)
+    except ConfigError as exc:
+        return part, exc.problems
+    problems: list[Problem] = []
+    doc, lines = parsed.data, parsed.lines
 
-    file_ctx = _FileContext(name, scan_lines(text), problems, _file_hash(data))
+    file_ctx = _FileContext(name, lines, problems, _file_hash(data))
     _check_document(file_ctx, doc, seen_ids, part)
     problems.sort(key=lambda p: p.line or 0)
     return part, problems
-
-
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_AT_END = re.compile(r"\s*\(at end of document\)\s*$")
-
-
-def _syntax_problem(name: str, text: str, message: str) -> Problem:
-    line: int | None = None
-    match = _TOML_POSITION.search(message)
-    if match:
-        line = int(match.group(1))
-        message = f"{message[: match.start()]} (column {match.group(2)})"
-    elif _TOML_AT_END.search(message):
-        line = text.count("\n") + (0 if text.endswith("\n") else 1)
-        message = f"{_TOML_AT_END.sub('', message)} (at end of file)"
-    return Problem(name, line, None, None, f"TOML syntax error: {message}")
 
 
 # ------------------------------------------------------------ problem context
@@ -268,171 +213,15 @@ class _Where:
     root: PathKey = ()
     label: PathKey = ()
     rule_id: str | None = None
+    notation: v.Notation = v.TOML
 
     def error(self, path: PathKey, message: str) -> None:
         line = self.ctx.lines.line_of(self.root + path)
-        name = _format_field(self.label + path) or None
+        name = field_name(self.label + path) or None
         self.ctx.problems.append(Problem(self.ctx.file, line, self.rule_id, name, message))
 
     def count(self) -> int:
         return len(self.ctx.problems)
-
-
-def _format_field(path: PathKey) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if part and all(c.isalnum() or c in "_-" for c in part) else json.dumps(part)
-            out += f".{text}" if out else text
-    return out
-
-
-def _show(value: Any) -> str:
-    """A value as it would be written in TOML, shortened."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-        return text if len(text) <= 60 else text[:57] + '..."'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        text = "[" + ", ".join(_show(v) for v in value) + "]"
-        return text if len(text) <= 60 else text[:56] + " ...]"
-    return str(value)
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, dt.date | dt.time):
-        return "a date/time"
-    return type(value).__name__
-
-
-def _got(value: Any) -> str:
-    if isinstance(value, dict):
-        return "got a table"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"got {_show(value)}"
-    return f"got {_type_name(value)} {_show(value)}"
-
-
-def _suggest(word: str, choices: Iterable[str], value: bool = False) -> str:
-    """A "did you mean" hint naming the closest choice (a key; with value=True a string value), or ""."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    if not match:
-        return ""
-    return f"; did you mean {_show(match[0])}?" if value else f"; did you mean '{match[0]}'?"
-
-
-# -------------------------------------------------------------- value readers
-
-Reader = Callable[[_Where, PathKey, Any], Any]
-
-
-def _number(w: _Where, path: PathKey, value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        w.error(path, f"must be a number, {_got(value)}")
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        w.error(path, f"must be a finite number, got {_show(value)}")
-        return None
-    return float(value)
-
-
-def _nonneg_number(w: _Where, path: PathKey, value: Any) -> float | None:
-    number = _number(w, path, value)
-    if number is not None and number < 0:
-        w.error(path, f"must be >= 0 (got {_show(value)})")
-        return None
-    return number
-
-
-def _integer(w: _Where, path: PathKey, value: Any, minimum: int = 1) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            w.error(path, f"must be a whole number: write {int(value)} instead of {_show(value)}")
-        else:
-            w.error(path, f"must be a whole number, {_got(value)}")
-        return None
-    if value < minimum:
-        w.error(path, f"must be >= {minimum} (got {value})")
-        return None
-    return value
-
-
-def _positive_int(w: _Where, path: PathKey, value: Any) -> int | None:
-    return _integer(w, path, value, 1)
-
-
-def _bool(w: _Where, path: PathKey, value: Any) -> bool | None:
-    if not isinstance(value, bool):
-        w.error(path, f"must be true or false, {_got(value)}")
-        return None
-    return value
-
-
-def _string(w: _Where, path: PathKey, value: Any) -> str | None:
-    if not isinstance(value, str):
-        w.error(path, f"must be a string, {_got(value)}")
-        return None
-    return value
-
-
-def _name(w: _Where, path: PathKey, value: Any) -> str | None:
-    text = _string(w, path, value)
-    if text is None:
-        return None
-    if not text.strip():
-        w.error(path, "must not be empty")
-        return None
-    if text != text.strip():
-        w.error(path, f"must not start or end with whitespace (got {_show(text)})")
-        return None
-    return text
-
-
-def _choice(choices: Sequence[str]) -> Reader:
-    def read(w: _Where, path: PathKey, value: Any) -> str | None:
-        text = _string(w, path, value)
-        if text is None:
-            return None
-        if text not in choices:
-            allowed = ", ".join(f'"{c}"' for c in choices)
-            w.error(path, f"must be one of {allowed} (got {_show(text)}){_suggest(text, choices, value=True)}")
-            return None
-        return text
-
-    return read
-
-
-def _duration(w: _Where, path: PathKey, value: Any) -> int | None:
-    try:
-        return parse_duration(value)
-    except DurationError as exc:
-        w.error(path, str(exc))
-        return None
-
-
-def _positive_duration(w: _Where, path: PathKey, value: Any) -> int | None:
-    seconds = _duration(w, path, value)
-    if seconds == 0:
-        w.error(path, "must be longer than 0")
-        return None
-    return seconds
 
 
 def _bucket_problem(seconds: int) -> str | None:
@@ -445,7 +234,7 @@ def _bucket_problem(seconds: int) -> str | None:
 
 
 def _bucket(w: _Where, path: PathKey, value: Any) -> int | None:
-    seconds = _positive_duration(w, path, value)
+    seconds = v.positive_duration(w, path, value)
     if seconds is None:
         return None
     problem = _bucket_problem(seconds)
@@ -455,30 +244,12 @@ def _bucket(w: _Where, path: PathKey, value: Any) -> int | None:
     return seconds
 
 
-def _strings(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
-    """An array of unique, non-empty strings."""
-    if not isinstance(value, list):
-        w.error(path, f"must be an array of strings, {_got(value)}")
-        return None
-    before = w.count()
-    out: list[str] = []
-    for index, item in enumerate(value):
-        text = _name(w, path + (index,), item)
-        if text is None:
-            continue
-        if text in out:
-            w.error(path + (index,), f"{_show(text)} is listed twice")
-            continue
-        out.append(text)
-    return tuple(out) if w.count() == before else None
-
-
 _CHANNEL_NAME = re.compile(r"^#[^\s#,]{1,80}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
 
 def _channels(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
-    channels = _strings(w, path, value)
+    channels = v.names(w, path, value)
     if channels is None:
         return None
     ok = True
@@ -487,14 +258,14 @@ def _channels(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
             continue
         if _CHANNEL_NAME.match(channel):
             if channel != channel.lower():
-                w.error(path + (index,), f"Slack channel names are lowercase: write {_show(channel.lower())}")
+                w.error(path + (index,), f"Slack channel names are lowercase: write {show(channel.lower())}")
                 ok = False
             continue
         fixed = "#" + channel.lower()
-        hint = f"; did you mean {_show(fixed)}?" if _CHANNEL_NAME.match(fixed) else ""
+        hint = f"; did you mean {show(fixed)}?" if _CHANNEL_NAME.match(fixed) else ""
         w.error(
             path + (index,),
-            f"{_show(channel)} is not a Slack channel: use '#name' or a channel id like 'C0123ABC'{hint}",
+            f"{show(channel)} is not a Slack channel: use '#name' or a channel id like 'C0123ABC'{hint}",
         )
         ok = False
     return channels if ok else None
@@ -506,27 +277,27 @@ _TEMPLATE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
 
 def _template(w: _Where, path: PathKey, value: Any) -> str | None:
     """A template name: a file-name stem, never a path."""
-    text = _name(w, path, value)
+    text = v.name(w, path, value)
     if text is not None and not _TEMPLATE.match(text):
         w.error(
             path,
-            f"must be a template name such as \"spike\" (letters, digits, '_', '-', '.'; no paths), got {_show(text)}",
+            f"must be a template name such as \"spike\" (letters, digits, '_', '-', '.'; no paths), got {show(text)}",
         )
         return None
     return text
 
 
 def _rule_id(w: _Where, path: PathKey, value: Any) -> str | None:
-    text = _string(w, path, value)
+    text = v.string(w, path, value)
     if text is None:
         return None
     if not _ID.match(text):
         slug = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-_.")
-        hint = f"; did you mean {_show(slug)}?" if slug else ""
+        hint = f"; did you mean {show(slug)}?" if slug else ""
         w.error(
             path,
             "must start with a lowercase letter or digit and contain only a-z, 0-9, '_', '.' and '-' "
-            f"(got {_show(text)}){hint}",
+            f"(got {show(text)}){hint}",
         )
         return None
     return text
@@ -538,55 +309,40 @@ _SECTIONS = ("baseline", "threshold", "guards", "segment", "routing", "cohort")
 
 _TOP_READERS: dict[str, Reader] = {
     "id": _rule_id,
-    "kind": _choice(KINDS),
-    "metric": _name,
+    "kind": v.choice(KINDS),
+    "metric": v.name,
     "bucket": _bucket,
-    "severity": _choice(SEVERITIES),
-    "description": _string,
-    "for": _positive_int,
-    "cooldown": _duration,
-    "renotify": _duration,
-    "resolve_after": _duration,
+    "severity": v.choice(SEVERITIES),
+    "description": v.string,
+    "for": v.integer(1),
+    "cooldown": v.any_duration,
+    "renotify": v.any_duration,
+    "resolve_after": v.any_duration,
     "template": _template,
-    "enabled": _bool,
+    "enabled": v.boolean,
 }
 _BASELINE_KEYS = ("window", "method", "seasonality", "min_points")
 _GUARD_KEYS = ("min_baseline", "min_value", "min_delta")
 _SEGMENT_KEYS = ("plans", "accounts", "exclude_accounts")
 _ROUTING_KEYS = ("owner", "channels")
 _COHORT_KEYS = ("share", "min_accounts", "by")
-_COHORT_KINDS = ("spike", "drop", "inactivity")  # kinds that may be held as cohort events
-_COHORT_DEFAULT_KINDS = ("drop", "inactivity")  # ... and those that are by default
-_THRESHOLD_KEYS: dict[str, tuple[str, ...]] = {
-    "spike": ("ratio", "zscore", "smooth", "recovery"),
-    "drop": ("ratio", "zscore", "smooth", "recovery"),
-    "inactivity": ("duration", "max_missing", "prior_window", "min_prior_usage"),
-    "quota": ("mode", "fractions", "fraction", "forecast_window", "min_elapsed", "min_observed", "recovery"),
-    "expansion": ("mode", "period", "periods", "growth", "min_value", "utilization"),
-}
-_MODES: dict[str, dict[str, tuple[str, ...]]] = {
-    "quota": {"threshold": ("fractions",),
-              "forecast": ("fraction", "forecast_window", "min_elapsed", "min_observed", "recovery")},
-    "expansion": {"growth": ("period", "periods", "growth", "min_value"), "utilization": ("utilization", "periods")},
-}
-_BASELINE_KINDS = ("spike", "drop")
-
 # [defaults]: leaf path -> reader
 _DEFAULT_READERS: dict[PathKey, Reader] = {
     ("severity",): _TOP_READERS["severity"],
-    ("cooldown",): _duration,
-    ("renotify",): _duration,
-    ("resolve_after",): _duration,
+    ("cooldown",): v.any_duration,
+    ("renotify",): v.any_duration,
+    ("resolve_after",): v.any_duration,
     ("bucket",): _bucket,
-    ("for",): _positive_int,
-    ("routing", "owner"): _bool,
+    ("for",): v.integer(1),
+    ("routing", "owner"): v.boolean,
     ("routing", "channels"): _channels,
-    ("guards", "min_baseline"): _nonneg_number,
-    ("guards", "min_value"): _nonneg_number,
-    ("guards", "min_delta"): _nonneg_number,
-    ("cohort", "share"): lambda w, p, v: _share(w, p, v),
-    ("cohort", "min_accounts"): lambda w, p, v: _positive_int(w, p, v),
-    ("cohort", "by"): lambda w, p, v: _choice(("segment", "plan"))(w, p, v),
+    ("guards", "min_baseline"): v.number(0),
+    ("guards", "min_value"): v.number(0),
+    ("guards", "min_delta"): v.number(0),
+    ("cohort", "share"): v.in_range(v.number(), 0, 1, "must be a fraction > 0 and <= 1, e.g. 0.3 = 30% of the"
+                                                        " accounts"),
+    ("cohort", "min_accounts"): v.integer(1),
+    ("cohort", "by"): v.choice(("segment", "plan")),
 }
 
 
@@ -594,19 +350,19 @@ def _home_of(key: str, kind: str | None) -> str | None:
     """Where `key` belongs in a rule of `kind`: "" for the [[rule]] table itself, a section, or None."""
     if key in _TOP_READERS or key in _SECTIONS:
         return ""
-    if kind in _THRESHOLD_KEYS and key in _THRESHOLD_KEYS[kind]:
+    if kind in KINDS and key in KINDS[kind].keys:
         return "threshold"
-    baseline_kind = kind is None or kind in _BASELINE_KINDS
+    baseline_kind = kind is None or kind in with_baseline()
     for section, keys, valid in (
         ("baseline", _BASELINE_KEYS, baseline_kind),
         ("guards", _GUARD_KEYS, baseline_kind),
         ("segment", _SEGMENT_KEYS, True),
         ("routing", _ROUTING_KEYS, True),
-        ("cohort", _COHORT_KEYS, kind is None or kind in _COHORT_KINDS),
+        ("cohort", _COHORT_KEYS, kind is None or kind in with_cohort()),
     ):
         if valid and key in keys:
             return section
-    if kind is None and any(key in keys for keys in _THRESHOLD_KEYS.values()):
+    if kind is None and any(key in k.keys for k in KINDS.values()):
         return "threshold"
     return None
 
@@ -624,14 +380,14 @@ def _check_keys(
             where = "directly in the [[rule]] table" if home == "" else f"in [rule.{home}]"
             w.error(path + (key,), f"unknown key here; '{key}' belongs {where}")
             continue
-        users = [k for k, keys in _THRESHOLD_KEYS.items() if key in keys and k != kind]
+        users = [k.name for k in KINDS.values() if key in k.keys and k.name != kind]
         if users and kind is not None:
             message = f"'{key}' is not a setting of {kind} rules (it is a threshold of {' and '.join(users)} rules)"
             if here == "threshold":
                 message += f"; {kind} thresholds are: {', '.join(allowed)}"
             w.error(path + (key,), message)
             continue
-        hint = _suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
+        hint = suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
         w.error(path + (key,), f"unknown key '{key}'{hint}")
 
 
@@ -641,7 +397,7 @@ def _table(w: _Where, parent: dict[str, Any], key: str, path: PathKey) -> dict[s
     if value is None:
         return {}
     if not isinstance(value, dict):
-        w.error(path, f"must be a table (write [rule.{key}] or {key} = {{ ... }}), {_got(value)}")
+        w.error(path, f"must be a table (write [rule.{key}] or {key} = {{ ... }}), {v.got(value)}")
         return None
     return value
 
@@ -649,7 +405,6 @@ def _table(w: _Where, parent: dict[str, Any], key: str, path: PathKey) -> dict[s
 # ------------------------------------------------------------------ document
 
 
-_TOP_LEVEL = ("defaults", "rule", "inhibit", "calendar")
 
 
 def _check_document(
@@ -658,7 +413,7 @@ def _check_document(
     top = _Where(ctx)
     for key in doc:
         if key not in _TOP_LEVEL:
-            suggestion = _suggest(key, _TOP_LEVEL)
+            suggestion = suggest(key, _TOP_LEVEL)
             if (key,) in _DEFAULT_READERS or key in ("routing", "guards", "cohort"):
                 suggestion = "; file-wide settings go under [defaults], rule settings after a [[rule]] header"
             elif not suggestion and isinstance(doc[key], dict | list):
@@ -684,7 +439,7 @@ def _check_document(
     for index, raw in enumerate(raw_rules):
         where = _Where(ctx, root=("rule", index))
         if not isinstance(raw, dict):
-            where.error((), f"each rule must be a table, {_got(raw)}")
+            where.error((), f"each rule must be a table, {v.got(raw)}")
             continue
         rule = _check_rule(where, raw, index, defaults, seen_ids)
         if rule is not None:
@@ -708,12 +463,12 @@ def _check_inhibits(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
     for index, table in enumerate(raw):
         w = _Where(ctx, root=("inhibit", index), label=("inhibit",))
         if not isinstance(table, dict):
-            w.error((), f"each inhibit rule must be a table, {_got(table)}")
+            w.error((), f"each inhibit rule must be a table, {v.got(table)}")
             continue
         before = w.count()
         for key in table:
             if key not in _INHIBIT_KEYS:
-                w.error((key,), f"unknown key '{key}'{_suggest(key, _INHIBIT_KEYS) or ' (allowed: source, target, equal)'}")
+                w.error((key,), f"unknown key '{key}'{suggest(key, _INHIBIT_KEYS) or ' (allowed: source, target, equal)'}")
         refs: list[str] = []
         matchers = []
         for side in ("source", "target"):
@@ -721,11 +476,11 @@ def _check_inhibits(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
             matchers.append(matcher)
         equal = ("account", "metric")
         if "equal" in table:
-            got = _strings(w, ("equal",), table["equal"])
+            got = v.names(w, ("equal",), table["equal"])
             if got is not None:
                 bad = [label for label in got if label not in INHIBIT_LABELS]
                 for label in bad:
-                    w.error(("equal",), f"unknown label {_show(label)}: use {', '.join(INHIBIT_LABELS)}")
+                    w.error(("equal",), f"unknown label {show(label)}: use {', '.join(INHIBIT_LABELS)}")
                 if not got:
                     w.error(("equal",), "must list at least \"account\" (inhibiting across accounts would mute "
                                         "everyone)")
@@ -748,17 +503,17 @@ def _matcher(w: _Where, raw: Any, side: str, refs: list[str]) -> Matcher | None:
         w.error((side,), f"required, e.g. {side} = {{ kinds = [\"inactivity\"] }}")
         return None
     if not isinstance(raw, dict):
-        w.error((side,), f"must be a table like {{ kinds = [\"drop\"] }} or {{ rules = [\"api-calls-drop\"] }}, {_got(raw)}")
+        w.error((side,), f"must be a table like {{ kinds = [\"drop\"] }} or {{ rules = [\"api-calls-drop\"] }}, {v.got(raw)}")
         return None
     before = w.count()
     for key in raw:
         if key not in _MATCHER_KEYS:
-            w.error((side, key), f"unknown key '{key}'{_suggest(key, _MATCHER_KEYS) or ' (allowed: rules, kinds)'}")
-    rules = _strings(w, (side, "rules"), raw["rules"]) if "rules" in raw else ()
-    kinds = _strings(w, (side, "kinds"), raw["kinds"]) if "kinds" in raw else ()
+            w.error((side, key), f"unknown key '{key}'{suggest(key, _MATCHER_KEYS) or ' (allowed: rules, kinds)'}")
+    rules = v.names(w, (side, "rules"), raw["rules"]) if "rules" in raw else ()
+    kinds = v.names(w, (side, "kinds"), raw["kinds"]) if "kinds" in raw else ()
     for kind in kinds or ():
         if kind not in KINDS:
-            w.error((side, "kinds"), f"unknown kind {_show(kind)}{_suggest(kind, KINDS, value=True)}")
+            w.error((side, "kinds"), f"unknown kind {show(kind)}{suggest(kind, KINDS, value=True)}")
     if not rules and not kinds and w.count() == before:
         w.error((side,), "name rules, kinds or both")
     if w.count() > before:
@@ -769,6 +524,19 @@ def _matcher(w: _Where, raw: Any, side: str, refs: list[str]) -> Matcher | None:
 
 _CALENDAR_KEYS = ("mute", "kinds")
 
+# What a rule file may hold (tests/test_docs_keys.py checks that docs/rules.md documents every key;
+# [rule.threshold] holds the fields of the rule's kind, rules.kinds).
+RULE_FILE: tuple[Table, ...] = (
+    Table("defaults", tuple(p[0] for p in _DEFAULT_READERS if len(p) == 1),
+          tuple(Table(t, tuple(p[1] for p in _DEFAULT_READERS if p[0] == t)) for t in ("routing", "guards", "cohort"))),
+    Table("rule", tuple(_TOP_READERS), (
+        Table("baseline", _BASELINE_KEYS), Table("threshold", free=True), Table("guards", _GUARD_KEYS),
+        Table("segment", _SEGMENT_KEYS), Table("routing", _ROUTING_KEYS), Table("cohort", _COHORT_KEYS))),
+    Table("inhibit", ("equal",), (Table("source", _MATCHER_KEYS), Table("target", _MATCHER_KEYS))),
+    Table("calendar", _CALENDAR_KEYS),
+)
+_TOP_LEVEL = tuple(t.name for t in RULE_FILE)
+
 
 def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
     """[calendar]: mute = [dates or {from, to} ranges] (UTC days), kinds = [...] they apply to."""
@@ -776,16 +544,16 @@ def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
         return
     w = _Where(ctx, root=("calendar",), label=("calendar",))
     if not isinstance(raw, dict):
-        w.error((), f"must be a table ([calendar]), {_got(raw)}")
+        w.error((), f"must be a table ([calendar]), {v.got(raw)}")
         return
     before = w.count()
     for key in raw:
         if key not in _CALENDAR_KEYS:
-            w.error((key,), f"unknown key '{key}'{_suggest(key, _CALENDAR_KEYS) or ' (allowed: mute, kinds)'}")
+            w.error((key,), f"unknown key '{key}'{suggest(key, _CALENDAR_KEYS) or ' (allowed: mute, kinds)'}")
     mute: list[tuple[int, int]] = []
     entries = raw.get("mute", [])
     if not isinstance(entries, list):
-        w.error(("mute",), f"must be an array of dates like [2026-12-25, {{ from = 2026-12-24, to = 2026-12-26 }}], {_got(entries)}")
+        w.error(("mute",), f"must be an array of dates like [2026-12-25, {{ from = 2026-12-24, to = 2026-12-26 }}], {v.got(entries)}")
         entries = []
     for index, entry in enumerate(entries):
         span = _day_range(w, ("mute", index), entry)
@@ -793,10 +561,10 @@ def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
             mute.append(span)
     kinds = Calendar().kinds
     if "kinds" in raw:
-        got = _strings(w, ("kinds",), raw["kinds"])
+        got = v.names(w, ("kinds",), raw["kinds"])
         for kind in got or ():
             if kind not in KINDS:
-                w.error(("kinds",), f"unknown kind {_show(kind)}{_suggest(kind, KINDS, value=True)}")
+                w.error(("kinds",), f"unknown kind {show(kind)}{suggest(kind, KINDS, value=True)}")
         kinds = got or kinds
     if w.count() == before:
         part.calendar = Calendar(tuple(sorted(mute)), tuple(kinds))
@@ -805,7 +573,7 @@ def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
 
 def _day(w: _Where, path: PathKey, value: Any) -> dt.date | None:
     if isinstance(value, dt.datetime):
-        w.error(path, f"must be a date (2026-12-25), not a date-time ({_show(value)}): mutes whole UTC days")
+        w.error(path, f"must be a date (2026-12-25), not a date-time ({show(value)}): mutes whole UTC days")
         return None
     if isinstance(value, dt.date):
         return value
@@ -814,7 +582,7 @@ def _day(w: _Where, path: PathKey, value: Any) -> dt.date | None:
             return dt.date.fromisoformat(value)
         except ValueError:
             pass
-    w.error(path, f"must be a date such as 2026-12-25, {_got(value)}")
+    w.error(path, f"must be a date such as 2026-12-25, {v.got(value)}")
     return None
 
 
@@ -857,7 +625,7 @@ def _check_defaults(ctx: _FileContext, raw: Any) -> dict[PathKey, _Default]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        w.error((), f"must be a table ([defaults]), {_got(raw)}")
+        w.error((), f"must be a table ([defaults]), {v.got(raw)}")
         return {}
     allowed = sorted({path[0] for path in _DEFAULT_READERS})
     leaves = [".".join(str(p) for p in path) for path in _DEFAULT_READERS]
@@ -865,12 +633,12 @@ def _check_defaults(ctx: _FileContext, raw: Any) -> dict[PathKey, _Default]:
     for key, value in raw.items():
         if key in ("routing", "guards", "cohort"):
             if not isinstance(value, dict):
-                w.error((key,), f"must be a table ([defaults.{key}]), {_got(value)}")
+                w.error((key,), f"must be a table ([defaults.{key}]), {v.got(value)}")
                 continue
             sub_allowed = [path[1] for path in _DEFAULT_READERS if path[0] == key]
             for sub, sub_value in value.items():
                 if (key, sub) not in _DEFAULT_READERS:
-                    hint = _suggest(sub, sub_allowed) or f" (allowed: {', '.join(sub_allowed)})"
+                    hint = suggest(sub, sub_allowed) or f" (allowed: {', '.join(sub_allowed)})"
                     w.error((key, sub), f"unknown key '{sub}'{hint}")
                     continue
                 _read_default(w, out, (key, sub), sub_value)
@@ -883,7 +651,7 @@ def _check_defaults(ctx: _FileContext, raw: Any) -> dict[PathKey, _Default]:
             elif _home_of(key, None) is not None:
                 hint = "; it cannot have a file-wide default, set it on each rule"
             else:
-                hint = _suggest(key, allowed)
+                hint = suggest(key, allowed)
             w.error((key,), f"'{key}' is not allowed in [defaults]{hint} (allowed: {', '.join(leaves)})")
     return out
 
@@ -956,7 +724,7 @@ def _check_rule(
             seen_ids[rule_id] = (ctx.file, header_line)
 
     kind = f.read(raw, ("kind",), _TOP_READERS["kind"])
-    metric = f.read(raw, ("metric",), _name)
+    metric = f.read(raw, ("metric",), v.name)
     for key in ("severity", "description", "for", "cooldown", "renotify", "resolve_after", "template", "enabled"):
         f.read(raw, (key,), _TOP_READERS[key])
     bucket_ok = f.read(raw, ("bucket",), _bucket) is not None or ("bucket" not in raw and ("bucket",) not in defaults)
@@ -971,7 +739,7 @@ def _check_rule(
     if kind is not None:
         _check_guards(w, f, raw, kind)
         baseline = _check_baseline(w, f, raw, kind, bucket if bucket_ok else None, raw.get("bucket"))
-        params = _check_threshold(w, f, raw, kind, bucket if bucket_ok else None)
+        params = _check_threshold(w, f, raw, KINDS[kind], bucket if bucket_ok else None)
         cohort = _check_cohort(w, f, raw, kind)
         _multiple_of_bucket(w, f, "resolve_after", f.values.get(("resolve_after",)),
                             bucket if bucket_ok else None, path=("resolve_after",))
@@ -982,27 +750,27 @@ def _check_rule(
         return None
     if f.values.get(("enabled",), True) is False:
         return None
-    v = f.values
+    got = f.values
     rule = Rule(
         id=rule_id,
         kind=kind,
         metric=metric,
         bucket=bucket,
         params=params,
-        severity=v.get(("severity",), "warning"),
-        description=v.get(("description",), ""),
-        for_buckets=v.get(("for",), 1),
-        cooldown=v.get(("cooldown",), 0),
-        renotify=v.get(("renotify",), 0),
+        severity=got.get(("severity",), "warning"),
+        description=got.get(("description",), ""),
+        for_buckets=got.get(("for",), 1),
+        cooldown=got.get(("cooldown",), 0),
+        renotify=got.get(("renotify",), 0),
         baseline=baseline or Baseline(),
-        guards=Guards(**{p[1]: v[p] for p in v if p[0] == "guards"}),
-        segment=Segment(**{p[1]: v[p] for p in v if p[0] == "segment"}),
-        routing=Routing(**{p[1]: v[p] for p in v if p[0] == "routing"}),
-        template=v.get(("template",)),
+        guards=Guards(**{p[1]: got[p] for p in got if p[0] == "guards"}),
+        segment=Segment(**{p[1]: got[p] for p in got if p[0] == "segment"}),
+        routing=Routing(**{p[1]: got[p] for p in got if p[0] == "routing"}),
+        template=got.get(("template",)),
         source_file=ctx.file,
         source_line=header_line,
         rule_hash=ctx.file_hash,
-        resolve_after=v.get(("resolve_after",)),
+        resolve_after=got.get(("resolve_after",)),
         cohort=cohort,
     )
     return rule if _within_bounds(w, rule) else None
@@ -1036,34 +804,27 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _share(w: _Where, path: PathKey, value: Any) -> float | None:
-    number = _number(w, path, value)
-    if number is not None and not 0 < number <= 1:
-        w.error(path, f"must be a fraction > 0 and <= 1, e.g. 0.3 = 30% of the accounts (got {_show(value)})")
-        return None
-    return number
-
-
 def _check_cohort(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str) -> Cohort | None:
     """cohort = false, or [rule.cohort] share / min_accounts / by (drop and inactivity: on by default)."""
     value = raw.get("cohort")
+    kinds = with_cohort()
     if isinstance(value, bool):
-        if value and kind not in _COHORT_KINDS:
-            w.error(("cohort",), f"cohort suppression applies to {', '.join(_COHORT_KINDS)} rules, not {kind} rules")
+        if value and kind not in kinds:
+            w.error(("cohort",), f"cohort suppression applies to {', '.join(kinds)} rules, not {kind} rules")
             return None
         return Cohort() if value else None
-    if kind not in _COHORT_KINDS:
+    if kind not in kinds:
         if "cohort" in raw:
-            w.error(("cohort",), f"cohort suppression applies to {', '.join(_COHORT_KINDS)} rules, not {kind} rules")
+            w.error(("cohort",), f"cohort suppression applies to {', '.join(kinds)} rules, not {kind} rules")
         return None
     table = _table(w, raw, "cohort", ("cohort",))
     if table is None:
         return None
     _check_keys(w, table, ("cohort",), _COHORT_KEYS, kind)
     got = {key: f.read(table, ("cohort", key), _DEFAULT_READERS[("cohort", key)]) for key in _COHORT_KEYS}
-    if not table and kind not in _COHORT_DEFAULT_KINDS:  # [defaults.cohort] tunes, never turns it on
+    if not table and kind not in with_cohort(default_only=True):  # [defaults.cohort] tunes, never turns it on
         return None
-    return Cohort(**{k: v for k, v in got.items() if v is not None})
+    return Cohort(**{k: x for k, x in got.items() if x is not None})
 
 
 def _check_routing(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str | None) -> None:
@@ -1071,7 +832,7 @@ def _check_routing(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str | N
     if table is None:
         return
     _check_keys(w, table, ("routing",), _ROUTING_KEYS, kind)
-    f.read(table, ("routing", "owner"), _bool)
+    f.read(table, ("routing", "owner"), v.boolean)
     f.read(table, ("routing", "channels"), _channels)
 
 
@@ -1081,32 +842,29 @@ def _check_segment(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str | N
         return
     _check_keys(w, table, ("segment",), _SEGMENT_KEYS, kind)
     for key in _SEGMENT_KEYS:
-        f.read(table, ("segment", key), _strings, use_default=False)
+        f.read(table, ("segment", key), v.names, use_default=False)
     included = set(f.values.get(("segment", "accounts"), ()))
     excluded = f.values.get(("segment", "exclude_accounts"), ())
     for index, account in enumerate(excluded):
         if account in included:
             w.error(
                 ("segment", "exclude_accounts", index),
-                f"{_show(account)} is also listed in segment.accounts; list it in one of them only",
+                f"{show(account)} is also listed in segment.accounts; list it in one of them only",
             )
 
 
 def _check_guards(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str) -> None:
-    if kind not in _BASELINE_KINDS:
+    if not KINDS[kind].baseline:
         if "guards" in raw:
-            alternative = {
-                "inactivity": "; use threshold.min_prior_usage",
-                "expansion": "; use threshold.min_value",
-            }.get(kind, "")
-            w.error(("guards",), f"guards apply to spike and drop rules only, not {kind} rules{alternative}")
+            w.error(("guards",), f"guards apply to {' and '.join(with_baseline())} rules only, not {kind} rules"
+                                 f"{KINDS[kind].guards_hint}")
         return
     table = _table(w, raw, "guards", ("guards",))
     if table is None:
         return
     _check_keys(w, table, ("guards",), _GUARD_KEYS, kind)
     for key in _GUARD_KEYS:
-        f.read(table, ("guards", key), _nonneg_number)
+        f.read(table, ("guards", key), v.number(0))
     if kind == "drop" and "min_value" in table:
         w.error(("guards", "min_value"), "applies to spike rules only; for a drop rule use min_baseline")
 
@@ -1119,24 +877,25 @@ def _check_baseline(
     bucket: int | None,
     raw_bucket: Any,
 ) -> Baseline | None:
-    if kind not in _BASELINE_KINDS:
+    if not KINDS[kind].baseline:
         if "baseline" in raw:
-            w.error(("baseline",), f"only spike and drop rules have a baseline; remove it from this {kind} rule")
+            w.error(("baseline",), f"only {' and '.join(with_baseline())} rules have a baseline; remove it from this"
+                                   f" {kind} rule")
         return None
     table = _table(w, raw, "baseline", ("baseline",))
     if table is None:
         return None
     before = w.count()
     _check_keys(w, table, ("baseline",), _BASELINE_KEYS, kind)
-    window = f.read(table, ("baseline", "window"), _positive_duration, use_default=False)
-    method = f.read(table, ("baseline", "method"), _choice(("median", "mean", "upper")), use_default=False)
-    seasonality = f.read(table, ("baseline", "seasonality"), _choice(("none", "weekly")), use_default=False)
-    min_points = f.read(table, ("baseline", "min_points"), _positive_int, use_default=False)
+    window = f.read(table, ("baseline", "window"), v.positive_duration, use_default=False)
+    method = f.read(table, ("baseline", "method"), v.choice(("median", "mean", "upper")), use_default=False)
+    seasonality = f.read(table, ("baseline", "seasonality"), v.choice(("none", "weekly")), use_default=False)
+    min_points = f.read(table, ("baseline", "min_points"), v.integer(1), use_default=False)
     if w.count() > before:
         return None
     result = Baseline(
-        **{k: v for k, v in (("window", window), ("method", method), ("seasonality", seasonality),
-                             ("min_points", min_points)) if v is not None}
+        **{k: x for k, x in (("window", window), ("method", method), ("seasonality", seasonality),
+                             ("min_points", min_points)) if x is not None}
     )
     given = "window" in table
     where_window = ("baseline", "window") if given else ("baseline",)
@@ -1197,20 +956,20 @@ def _quiet_duration(value: Any) -> int | None:
 # ----------------------------------------------------------------- thresholds
 
 
-def _check_threshold(
-    w: _Where, f: _RuleFields, raw: dict[str, Any], kind: str, bucket: int | None
-) -> KindParams | None:
+def _check_threshold(w: _Where, f: _RuleFields, raw: dict[str, Any], kind: Kind, bucket: int | None) -> Any:
+    """[rule.threshold] of a rule of `kind`: its fields (mode by mode) read, the kind's checks run;
+    the kind's params, or None when something is wrong."""
     table = _table(w, raw, "threshold", ("threshold",))
     if table is None:
         return None
     before = w.count()
     mode: str | None = None
-    allowed = _THRESHOLD_KEYS[kind]
-    if kind in _MODES:
-        modes = _MODES[kind]
-        mode = f.read(table, ("threshold", "mode"), _choice(tuple(modes)), use_default=False)
+    allowed = kind.keys
+    if kind.modes:
+        modes = kind.mode_keys()
+        mode = f.read(table, ("threshold", "mode"), v.choice(kind.modes), use_default=False)
         if "mode" not in table:
-            mode = next(iter(modes))
+            mode = kind.modes[0]
         if mode is not None:
             others = {k for m, keys in modes.items() if m != mode for k in keys} - set(modes[mode])
             for key in table:
@@ -1219,29 +978,44 @@ def _check_threshold(
                     set_mode = "" if "mode" in table else f' (mode defaults to "{mode}")'
                     w.error(
                         ("threshold", key),
-                        f'applies to mode = "{owner}" only; this {kind} rule uses mode "{mode}"{set_mode}',
+                        f'applies to mode = "{owner}" only; this {kind.name} rule uses mode "{mode}"{set_mode}',
                     )
             allowed = ("mode", *modes[mode], *sorted(others))
-    _check_keys(w, table, ("threshold",), allowed, kind)
-
-    check = {
-        "spike": _spike_drop,
-        "drop": _spike_drop,
-        "inactivity": _inactivity,
-        "quota": _quota,
-        "expansion": _expansion,
-    }[kind]
-    params = check(w, f, table, kind, bucket, mode)
+    _check_keys(w, table, ("threshold",), allowed, kind.name)
+    got: dict[str, Any] = {}
+    for key, reader in kind.readers().items():
+        value = f.read(table, ("threshold", key), reader, use_default=False)
+        if value is not None:
+            got[key] = value
+    params = kind.params(**got, **({"mode": mode} if mode is not None else {}))
+    kind.check(_Threshold(w, f, table, kind.name, mode, bucket, got, params))
     return params if w.count() == before else None
 
 
-def _read_all(f: _RuleFields, table: dict[str, Any], readers: dict[str, Reader]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, reader in readers.items():
-        value = f.read(table, ("threshold", key), reader, use_default=False)
-        if value is not None:
-            out[key] = value
-    return out
+@dataclass
+class _Threshold:
+    """rules.kinds.Threshold: what a kind's check sees of a rule's [rule.threshold]."""
+
+    w: _Where
+    f: _RuleFields
+    table: dict[str, Any]
+    kind: str
+    mode: str | None
+    bucket: int | None
+    got: dict[str, Any]
+    params: Any
+
+    def given(self, key: str) -> bool:
+        return key in self.table
+
+    def shown(self, key: str) -> str:
+        return show(self.table[key])
+
+    def error(self, key: str | None, message: str) -> None:
+        self.w.error(("threshold",) if key is None else ("threshold", key), message)
+
+    def multiple_of_bucket(self, key: str) -> None:
+        _multiple_of_bucket(self.w, self.f, key, self.got.get(key), self.bucket)
 
 
 def _multiple_of_bucket(w: _Where, f: _RuleFields, key: str, seconds: int | None, bucket: int | None,
@@ -1253,161 +1027,3 @@ def _multiple_of_bucket(w: _Where, f: _RuleFields, key: str, seconds: int | None
         f"{format_duration(seconds)} is not a whole multiple of the bucket "
         f"{format_duration(bucket)}{f.origin(('bucket',))}",
     )
-
-
-def _spike_drop(
-    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
-) -> KindParams:
-    got = _read_all(f, table, {"ratio": _number, "zscore": _number, "smooth": _positive_int, "recovery": _number})
-    ratio = got.get("ratio")
-    if ratio is not None:
-        if kind == "spike" and ratio <= 1:
-            w.error(("threshold", "ratio"), f"must be > 1 for a spike rule (got {_show(table['ratio'])})")
-        if kind == "drop" and not 0 < ratio < 1:
-            w.error(
-                ("threshold", "ratio"),
-                f"must be between 0 and 1 for a drop rule, e.g. 0.5 = fell to half or less "
-                f"(got {_show(table['ratio'])})",
-            )
-    zscore = got.get("zscore")
-    if zscore is not None and zscore <= 0:
-        w.error(("threshold", "zscore"), f"must be > 0 (got {_show(table['zscore'])})")
-    if kind == "drop" and zscore is not None and zscore > _MAX_DROP_Z:
-        w.error(("threshold", "zscore"),
-                f"a drop can never reach a z-score of {_show(table['zscore'])}: usage cannot fall below 0 and the "
-                f"scale is at least 5% of the baseline, so the drop z-score is at most {_MAX_DROP_Z:g}")
-    params_type = SpikeParams if kind == "spike" else DropParams
-    params = params_type(**got)
-    recovery = got.get("recovery")
-    if recovery is not None:
-        r = params.ratio
-        if kind == "drop" and not r < recovery <= 1:
-            w.error(("threshold", "recovery"), f"must be above ratio ({r:g}) and at most 1: an open drop resolves "
-                                               f"once usage is back to recovery x its usual level (got {_show(table['recovery'])})")
-        if kind == "spike" and not 1 <= recovery < r:
-            w.error(("threshold", "recovery"), f"must be at least 1 and below ratio ({r:g}): an open spike resolves "
-                                               f"once usage is back under recovery x its usual level (got {_show(table['recovery'])})")
-    return params
-
-
-def _inactivity(
-    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
-) -> KindParams:
-    got = _read_all(
-        f,
-        table,
-        {
-            "duration": _positive_duration,
-            "max_missing": _number,
-            "prior_window": _duration,
-            "min_prior_usage": _nonneg_number,
-        },
-    )
-    max_missing = got.get("max_missing")
-    if max_missing is not None and not 0 <= max_missing < 1:
-        w.error(
-            ("threshold", "max_missing"),
-            f"must be a fraction >= 0 and < 1, e.g. 0.2 = up to 20% of buckets may be missing "
-            f"(got {_show(table['max_missing'])})",
-        )
-    params = InactivityParams(**got)
-    _multiple_of_bucket(w, f, "duration", got.get("duration"), bucket)
-    _multiple_of_bucket(w, f, "prior_window", got.get("prior_window"), bucket)
-    if params.prior_window == 0 and params.min_prior_usage > 0:
-        where = "prior_window" if "prior_window" in table else "min_prior_usage"
-        w.error(
-            ("threshold", where),
-            f"min_prior_usage {_show(params.min_prior_usage)} can never be met with prior_window = \"0\"; "
-            "set a prior_window or min_prior_usage = 0",
-        )
-    return params
-
-
-def _fraction(w: _Where, path: PathKey, value: Any) -> float | None:
-    number = _number(w, path, value)
-    if number is not None and not 0 < number <= 10:
-        w.error(path, f"must be > 0 and <= 10, as a fraction of quota (0.8 = 80%) (got {_show(value)})")
-        return None
-    return number
-
-
-def _fractions(w: _Where, path: PathKey, value: Any) -> tuple[float, ...] | None:
-    if not isinstance(value, list):
-        w.error(path, f"must be an array of fractions of quota like [0.8, 1.0], {_got(value)}")
-        return None
-    if not value:
-        w.error(path, "must list at least one fraction, e.g. [0.8, 1.0]")
-        return None
-    before = w.count()
-    out: list[float] = []
-    for index, item in enumerate(value):
-        number = _fraction(w, path + (index,), item)
-        if number is None:
-            continue
-        if out and number <= out[-1]:
-            problem = "is listed twice" if number in out else "is out of order"
-            w.error(path + (index,), f"{_show(item)} {problem}: list fractions in increasing order without repeats")
-            continue
-        out.append(number)
-    return tuple(out) if w.count() == before else None
-
-
-_SHORTEST_PERIOD = 28 * DAY
-_MAX_DROP_Z = 1 / 0.05  # rules.detectors.baseline: scale >= MIN_RELATIVE_SCALE x baseline, value >= 0
-
-
-def _quota(
-    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
-) -> KindParams:
-    got = _read_all(
-        f,
-        table,
-        {
-            "fractions": _fractions,
-            "fraction": _fraction,
-            "forecast_window": _positive_duration,
-            "min_elapsed": _duration,
-            "min_observed": _duration,
-            "recovery": _fraction,
-        },
-    )
-    if mode is not None:
-        got["mode"] = mode
-    _multiple_of_bucket(w, f, "forecast_window", got.get("forecast_window"), bucket)
-    for key in ("min_elapsed", "min_observed"):
-        seconds = got.get(key)
-        if seconds is not None and seconds >= _SHORTEST_PERIOD:
-            w.error(
-                ("threshold", key),
-                f"{format_duration(seconds)} is not shorter than the shortest billing period (28d), "
-                "so the forecast could never fire in February",
-            )
-    params = QuotaParams(**got)
-    if "recovery" in got and got["recovery"] > params.fraction:
-        w.error(("threshold", "recovery"),
-                f"must be at most fraction ({params.fraction:g}): an open forecast resolves once the projection "
-                f"falls below recovery x quota (got {_show(table['recovery'])})")
-    return params
-
-
-def _expansion(
-    w: _Where, f: _RuleFields, table: dict[str, Any], kind: str, bucket: int | None, mode: str | None
-) -> KindParams:
-    got = _read_all(
-        f,
-        table,
-        {
-            "period": _positive_duration,
-            "periods": _positive_int,
-            "growth": _number,
-            "min_value": _nonneg_number,
-            "utilization": _fraction,
-        },
-    )
-    if mode is not None:
-        got["mode"] = mode
-    growth = got.get("growth")
-    if growth is not None and growth <= 0:
-        w.error(("threshold", "growth"), f"must be > 0, e.g. 0.1 = 10% growth per period (got {_show(table['growth'])})")
-    _multiple_of_bucket(w, f, "period", got.get("period"), bucket)
-    return ExpansionParams(**got)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-KINDS: tuple[str, ...] = ("spike", "drop", "inactivity", "quota", "expansion")
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -80,115 +79,6 @@ class Routing:
 
 
 @dataclass(frozen=True)
-class SpikeParams:
-    """Fires when value >= ratio * baseline (and robust z-score >= zscore if set).
-
-    recovery: an open episode resolves only once value <= recovery * the usual level frozen
-    when it opened (default halfway between 1 and ratio), so a value hovering at the
-    threshold does not flap.
-    """
-
-    ratio: float = 2.0
-    zscore: float | None = None
-    smooth: int = 1  # value = mean of the last `smooth` buckets
-    recovery: float | None = None
-
-    @property
-    def recovery_ratio(self) -> float:
-        return (1.0 + self.ratio) / 2.0 if self.recovery is None else self.recovery
-
-
-@dataclass(frozen=True)
-class DropParams:
-    """Fires when value <= ratio * baseline (ratio 0.5 = dropped to half or less).
-
-    recovery: an open episode resolves only once value >= recovery * the usual level frozen
-    when it opened (default halfway between ratio and 1, and at least 0.8).
-    """
-
-    ratio: float = 0.5
-    zscore: float | None = None
-    smooth: int = 1
-    recovery: float | None = None
-
-    @property
-    def recovery_ratio(self) -> float:
-        # at least 80% of the usual level: an account growing while it stays down (its "usual" would
-        # have grown too) must not read as recovered at 76% of the frozen level (bench/quality.py).
-        return max(0.8, (1.0 + self.ratio) / 2.0) if self.recovery is None else self.recovery
-
-
-@dataclass(frozen=True)
-class InactivityParams:
-    """Fires when every observed bucket in the last `duration` is zero.
-
-    Missing buckets are not zero: if more than `max_missing` (fraction) of the
-    buckets in the window are missing, the account is undecided (no alert, no
-    resolution). The account must have used at least `min_prior_usage` in the
-    `prior_window` before the inactive window, so never-active accounts do not
-    alert.
-    """
-
-    duration: int = 7 * DAY
-    max_missing: float = 0.0
-    prior_window: int = 30 * DAY
-    min_prior_usage: float = 1.0
-
-
-@dataclass(frozen=True)
-class QuotaParams:
-    """Billing-period usage against the account's quota for the metric.
-
-    mode "threshold": one finding per fraction crossed, once per period.
-    mode "forecast":  fires when usage projected to period end (current
-                      period-to-date plus the recent rate) reaches
-                      `fraction` of quota before usage actually has; carries
-                      the projected date.
-    """
-
-    mode: str = "threshold"
-    fractions: tuple[float, ...] = (0.8, 1.0)
-    fraction: float = 1.0
-    forecast_window: int = 7 * DAY
-    min_elapsed: int = 3 * DAY
-    min_observed: int = 3 * DAY  # forecast: observed data (bucket count x bucket) in the period first
-    recovery: float | None = None  # forecast: an open forecast resolves once projected < recovery * quota
-
-    @property
-    def recovery_fraction(self) -> float:
-        return 0.9 * self.fraction if self.recovery is None else self.recovery
-
-
-@dataclass(frozen=True)
-class ExpansionParams:
-    """Expansion opportunity.
-
-    mode "growth":      each of the last `periods` windows of length `period`
-                        grew by at least `growth` (0.1 = 10%) over the window
-                        before it.
-    mode "utilization": usage was at least `utilization` of quota in each of
-                        the last `periods` billing periods (completed periods).
-    """
-
-    mode: str = "growth"
-    period: int = 7 * DAY
-    periods: int = 3
-    growth: float = 0.10
-    utilization: float = 0.9
-    min_value: float = 0.0  # growth mode: the latest window must sum to at least this
-
-
-KindParams = SpikeParams | DropParams | InactivityParams | QuotaParams | ExpansionParams
-
-# Evaluations in a row without the condition before a firing episode resolves, when the rule
-# does not set `resolve_after` (the hold Prometheus calls keep_firing_for). Drops hold for 2
-# buckets: a recovery must last a second day before "resolved" is said. Spikes hold for 3: in
-# noisy or growing series a spike condition flickers, and on the labelled books (bench/quality.py)
-# 1 bucket made 31% more spike episodes (re-fires of one event) than 3.
-DEFAULT_RESOLVE_BUCKETS: dict[str, int] = {"spike": 3, "drop": 2, "inactivity": 1, "quota": 2, "expansion": 1}
-
-
-@dataclass(frozen=True)
 class Cohort:
     """Cohort-aware suppression (drop and inactivity rules by default).
 
@@ -210,7 +100,7 @@ class Rule:
     kind: str
     metric: str
     bucket: int  # seconds; 60..86400 and divides 86400
-    params: KindParams
+    params: Any  # the kind's frozen params dataclass (rules.kinds: Kind.params)
     severity: str = "warning"
     description: str = ""
     for_buckets: int = 1  # consecutive evaluations the condition must hold before firing
@@ -231,7 +121,10 @@ class Rule:
     def resolve_buckets(self) -> int:
         """Decided evaluations in a row without the condition before a firing episode resolves."""
         if self.resolve_after is None:
-            return DEFAULT_RESOLVE_BUCKETS.get(self.kind, 1)
+            from rules.kinds import KINDS  # the registry imports the detectors, which import this module
+
+            kind = KINDS.get(self.kind)
+            return kind.resolve_buckets if kind is not None else 1
         return max(1, -(-self.resolve_after // self.bucket))
 
     @property
@@ -274,10 +167,17 @@ class Calendar:
     (no alert, no resolution). Ranges are [start, end) epoch seconds, UTC."""
 
     mute: tuple[tuple[int, int], ...] = ()
-    kinds: tuple[str, ...] = ("spike", "drop", "inactivity")
+    kinds: tuple[str, ...] = field(default_factory=lambda: calendar_kinds())
 
     def muted(self, kind: str, bucket_start: int) -> bool:
         return kind in self.kinds and any(a <= bucket_start < b for a, b in self.mute)
+
+
+def calendar_kinds() -> tuple[str, ...]:
+    """The kinds a [calendar] mutes when it does not name them (Kind.calendar in rules.kinds)."""
+    from rules.kinds import KINDS  # the registry imports the detectors, which import this module
+
+    return tuple(k.name for k in KINDS.values() if k.calendar)
 
 
 @dataclass(frozen=True)

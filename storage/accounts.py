@@ -55,7 +55,7 @@ def upsert_accounts(engine: Engine | Connection, accounts: Iterable[AccountFacts
         index_elements=[_c.id],
         set_={f: ins.excluded[f] for f in (*_FIELDS, "updated_at")},
     )
-    values = list(rows.values())
+    values = [rows[k] for k in sorted(rows)]  # key order: concurrent writers lock rows in one order
     if isinstance(engine, Connection):
         _write_accounts(engine, stmt, values)
     else:

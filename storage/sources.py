@@ -225,7 +225,8 @@ def _mark_series(conn: Connection, source_id: str, pairs: set[tuple[str, str]]) 
         return
     have = {(m, a) for m, a in conn.execute(
         sa.select(series_table.c.metric, series_table.c.account_id).where(series_table.c.source_id == source_id))}
-    missing = [{"source_id": source_id, "metric": m, "account_id": a} for (a, m) in pairs if (m, a) not in have]
+    missing = [{"source_id": source_id, "metric": m, "account_id": a} for (a, m) in sorted(pairs)
+               if (m, a) not in have]  # key order: concurrent writers lock rows in one order
     if missing:
         stmt = _insert(conn, series_table).on_conflict_do_nothing(
             index_elements=[series_table.c.source_id, series_table.c.metric, series_table.c.account_id])

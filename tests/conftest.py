@@ -24,9 +24,9 @@ from tests.pg import PgServer, PgUnavailable, start_server
 
 @pytest.fixture(autouse=True)
 def _secret_registry() -> Iterator[None]:
-    """Each test starts with the secrets known before it (bot.redaction is process-wide: the secrets
+    """Each test starts with the secrets known before it (rules.config.redaction is process-wide: the secrets
     of one test's config must not mask another test's messages)."""
-    from bot.redaction import REDACTOR
+    from rules.config.redaction import REDACTOR
 
     snap = REDACTOR.snapshot()
     yield

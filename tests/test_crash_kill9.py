@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret
 from bot.crm import run_crm_sync
 from bot.notices import Notices
 from bot.pipeline import deliver_outbox, run_cycle
 from integrations.salesforce.config import SalesforceConfig
 from integrations.slack.notifier import SlackNotifier
 from integrations.sources.records import UsageRecord
+from rules.config import Secret
 from rules.health import DEFAULT_MODEL
 from rules.loader import load_rules_text
 from rules.model import DAY, AccountFacts, RuleSet

@@ -40,8 +40,8 @@ from simple_salesforce.exceptions import (
 )
 from simple_salesforce.exceptions import SalesforceError as _SfError
 
-from bot.redaction import clip, mask, register
 from integrations.salesforce.config import MAX_BATCH, SalesforceConfig
+from rules.config.redaction import clip, mask, register
 
 T = TypeVar("T")
 _LIMIT_INFO = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")

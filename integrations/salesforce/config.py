@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from bot.configbase import Secret, Section
-from rules.model import KINDS, SEVERITIES
+from rules.config import Secret, Section, Table
+from rules.kinds import KINDS
+from rules.model import SEVERITIES
 
 AUTH_MODES = ("password", "jwt", "session", "none")
 MATCH_MODES = ("id", "external_id")
@@ -36,13 +37,15 @@ MAX_BATCH = 200  # sObject Collections limit
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 _VERSION = re.compile(r"^\d{2,3}\.0$")
-_TOP_KEYS = ("auth", "username", "password", "password_file", "security_token", "security_token_file",
-             "consumer_key", "consumer_key_file", "private_key", "private_key_file", "session_id",
-             "session_id_file", "instance_url", "domain", "sandbox", "api_version", "timeout", "ca_bundle",
-             "object", "match", "external_id_field", "text_limit", "batch_size", "max_api_share", "retries",
-             "retry_backoff", "bulk_threshold", "bulk_poll_interval", "bulk_timeout", "fields", "tasks")
-_TASK_KEYS = ("enabled", "severities", "kinds", "rules", "owner", "subject", "due_in_days", "max_age",
-              "status", "priority", "key_field")
+SALESFORCE = Table("salesforce", (
+    "auth", "username", "password", "password_file", "security_token", "security_token_file", "consumer_key",
+    "consumer_key_file", "private_key", "private_key_file", "session_id", "session_id_file", "instance_url",
+    "domain", "sandbox", "api_version", "timeout", "ca_bundle", "object", "match", "external_id_field",
+    "text_limit", "batch_size", "max_api_share", "retries", "retry_backoff", "bulk_threshold",
+    "bulk_poll_interval", "bulk_timeout",
+), (Table("fields", SOURCES), Table("tasks", ("enabled", "severities", "kinds", "rules", "owner", "subject",
+                                             "due_in_days", "max_age", "status", "key_field"),
+                                     (Table("priority", SEVERITIES),))))
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def _parse_fields(sec: Section) -> dict[str, str]:
     if not sec.has("fields"):
         return dict(DEFAULT_FIELDS)
     table = sec.table("fields")
-    table.check_keys(SOURCES)
+    table.check_keys(SALESFORCE.table("fields"))
     out: dict[str, str] = {}
     seen: dict[str, str] = {}
     bad = False
@@ -170,7 +173,7 @@ def _parse_tasks(sec: Section) -> TaskConfig:
     if not sec.has("tasks"):
         return d
     t = sec.table("tasks")
-    t.check_keys(_TASK_KEYS)
+    t.check_keys(SALESFORCE.table("tasks"))
     severities = t.str_list("severities", d.severities)
     bad = [s for s in severities if s not in SEVERITIES]
     if bad:
@@ -188,7 +191,7 @@ def _parse_tasks(sec: Section) -> TaskConfig:
     priority = dict(d.priority)
     if t.has("priority"):
         p = t.table("priority")
-        p.check_keys(SEVERITIES)
+        p.check_keys(SALESFORCE.table("tasks").table("priority"))
         for s in SEVERITIES:
             priority[s] = p.str(s, priority[s]) or priority[s]
     return TaskConfig(
@@ -235,7 +238,7 @@ def _parse_domain(sec: Section) -> str:
 def parse_salesforce_config(section: Section) -> SalesforceConfig:
     """Read [salesforce]; problems (file:line, field) are added to the section's document."""
     sec = section
-    sec.check_keys(_TOP_KEYS)
+    sec.check_keys(SALESFORCE)
     d = SalesforceConfig()
     username = sec.str("username") or None
     password = _secret(sec, "password")

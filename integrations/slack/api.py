@@ -19,9 +19,9 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.redaction import clip
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import PermanentSlackError, RetryLater, SlackDeliveryError, SlackUnavailable
+from rules.config.redaction import clip
 
 log = logging.getLogger(__name__)
 

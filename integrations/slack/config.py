@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.configbase import Secret, Section
+from rules.config import Secret, Section, Table
 from rules.model import SEVERITIES
 
 MODES = ("auto", "socket", "http")
@@ -33,13 +33,13 @@ _USER = re.compile(r"^[UW][A-Z0-9]{6,}$")
 _GROUP = re.compile(r"^S[A-Z0-9]{6,}$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
-KEYS = (
+SLACK = Table("slack", (
     "bot_token", "bot_token_file", "signing_secret", "signing_secret_file", "app_token", "app_token_file",
-    "mode", "default_channel", "channels", "owner_dm", "digest", "allowed_users", "allowed_usergroups",
+    "mode", "default_channel", "owner_dm", "allowed_users", "allowed_usergroups",
     "owner_only", "dashboard_url", "crm_url", "template_dir", "base_url", "command", "http_path",
     "request_url", "app_name", "min_post_interval", "max_inline_wait", "timeout", "user_cache_ttl",
     "negative_cache_ttl",
-)
+), (Table("channels", SEVERITIES), Table("digest", ("enabled", "at", "timezone", "immediate_severities"))))
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _template_dir(sec: Section) -> str | None:
 
 def _digest(sec: Section) -> DigestConfig:
     d = sec.table("digest")
-    d.check_keys(("enabled", "at", "timezone", "immediate_severities"))
+    d.check_keys(SLACK.table("digest"))
     enabled = bool(d.bool("enabled", False))
     at = d.str("at", "09:00") or "09:00"
     m = _HHMM.match(at)
@@ -180,7 +180,7 @@ def _digest(sec: Section) -> DigestConfig:
 def parse_slack_config(section: Section) -> SlackConfig:
     """Read [slack]; problems are recorded on the section's document (doc.raise_if_problems())."""
     sec = section
-    sec.check_keys(KEYS)
+    sec.check_keys(SLACK)
     bot_token = _token(sec, "bot_token", ("xoxb-", "xoxp-"), "Slack bot token")
     app_token = _token(sec, "app_token", ("xapp-",), "Slack app-level token")
     signing_secret = sec.secret("signing_secret")
@@ -193,7 +193,7 @@ def parse_slack_config(section: Section) -> SlackConfig:
 
     severity_channels: dict[str, str] = {}
     ch = sec.table("channels")
-    ch.check_keys(SEVERITIES)
+    ch.check_keys(SLACK.table("channels"))
     for sev in SEVERITIES:
         c = _channel(ch, sev, ch.str(sev))
         if c:

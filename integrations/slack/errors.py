@@ -5,7 +5,7 @@ Messages never contain tokens or secrets."""
 
 from __future__ import annotations
 
-from bot.redaction import mask
+from rules.config.redaction import mask
 
 
 class SlackDeliveryError(Exception):

@@ -46,13 +46,12 @@ from integrations.slack.blocks import (
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import TemplateProblem
 from integrations.sparkline import sparkline
+from rules import kinds
 
 log = logging.getLogger(__name__)
 
 EVENT_ICONS = {"fired": "🔔", "renotified": "🔁", "resolved": "✅"}
 SEVERITY_ICONS = {"info": "🔵", "warning": "🟠", "critical": "🔴"}
-KIND_TITLES = {"spike": "Usage spike", "drop": "Usage drop", "inactivity": "Inactive account",
-               "quota": "Quota", "expansion": "Expansion opportunity"}
 SNOOZE_CHOICES = (("1d", "1 day"), ("7d", "7 days"), ("30d", "30 days"))
 
 ACK_ACTION = "usagebot_ack"
@@ -337,7 +336,7 @@ class SlackRenderer:
             "owner_mention": owner_mention, "links": links, "spark": sparkline(recent),
             "bar": progress_bar(min(float(util or 0.0), 1.0)),
             "util_pct": None if util is None else int(math.floor(float(util) * 100)),
-            "kind_title": KIND_TITLES.get(str(alert.get("kind") or ""), str(alert.get("kind") or "Alert").title()),
+            "kind_title": kinds.title(str(alert.get("kind") or "")),
             "icon": icon, "sev_icon": SEVERITY_ICONS.get(str(alert.get("severity")), "⚪"),
             "actions": interactive and view.episode_id is not None,
             "resolved": view.status == "resolved", "acknowledged": bool(view.acknowledged_by),

@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot import redaction
-from bot.configbase import Section
 from integrations.sources.records import UsageRecord, is_metric_name
+from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
@@ -38,6 +37,7 @@ _MODULES = {
     "stripe_meter": "integrations.sources.stripe_meter",
 }
 COMMON_KEYS = ("id", "type", "enabled", "every", "cron", "overlap", "backfill", "stale_after")
+SOURCES = Table("sources", COMMON_KEYS)  # the keys every [[sources]] table has (each type adds its own)
 DEFAULT_EVERY = 300
 DEFAULT_OVERLAP = 3600
 DEFAULT_BACKFILL = 7 * 86_400
@@ -48,7 +48,7 @@ class SourceError(Exception):
     """A poll failed. The message names the source and where (file:line, page and record, URL).
 
     Messages never contain credentials: URLs are shown without user info and
-    query strings, and the message is masked (bot.redaction) when the error is made.
+    query strings, and the message is masked (rules.config.redaction) when the error is made.
     """
 
     def __init__(self, message: str = "") -> None:
@@ -136,9 +136,13 @@ class SourceConfig:
 @dataclass(frozen=True)
 class SourceType:
     name: str
-    keys: tuple[str, ...]  # the type's own keys (besides COMMON_KEYS)
+    keys: tuple[str, ...]  # the type's own keys (besides COMMON_KEYS), sub-tables included
     parse: Callable[[Section, SourceSettings], Any]  # -> options (problems go to the section)
     build: Callable[[SourceConfig], Source]
+    tables: tuple[Table, ...] = ()  # its sub-tables with fixed keys (their parser checks them)
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
 
 
 _TYPES: dict[str, SourceType] = {}

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.configbase import Section
 from integrations.sources.base import (
     Batch,
     PollContext,
@@ -52,6 +51,7 @@ from integrations.sources.csv_files import (
     read_accounts_csv,
     read_usage_csv,
 )
+from rules.config import Section
 
 KEYS = ("path", "pattern", "accounts", "on_error", "min_age")
 

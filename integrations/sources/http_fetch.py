@@ -1,7 +1,7 @@
 """HTTP for the polled sources (http_json, openmeter, stripe_meter): httpx with auth, retries and limits.
 
 - Auth: bearer token, basic (username + password) or a custom header; the
-  secrets are `Secret`s and are masked (bot.redaction) in every message and log.
+  secrets are `Secret`s and are masked (rules.config.redaction) in every message and log.
 - Retries: connection errors, timeouts, HTTP 429 and 5xx are retried with
   exponential backoff (`backoff`, doubling, at most `max_backoff`), honouring
   a `Retry-After` header; other 4xx fail at once with a hint.
@@ -28,9 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from bot import redaction
-from bot.configbase import Secret, Section
 from integrations.sources.base import SourceError
+from rules.config import Secret, Section, Table, redaction
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 AUTH_TYPES = ("none", "bearer", "basic", "header")
@@ -92,13 +91,16 @@ class RetryPolicy:
         return float(min(self.max_backoff, self.backoff * 2 ** attempt))
 
 
+AUTH = Table("auth", ("type", "token", "token_file", "username", "password", "password_file", "header", "value",
+                      "value_file"))
+
+
 def parse_auth(section: Section, key: str = "auth") -> Auth | None:
     if not section.has(key):
         return Auth()
     t = section.table(key)
     kind = t.str("type", required=True, choices=AUTH_TYPES)
-    t.check_keys(("type", "token", "token_file", "username", "password", "password_file", "header",
-                  "value", "value_file"))
+    t.check_keys(AUTH)
     if kind == "bearer":
         return Auth("bearer", token=t.secret("token", required=True))
     if kind == "basic":
@@ -141,7 +143,7 @@ def display_url(url: str) -> str:
 
 
 def register_url_secrets(url: str, params: Mapping[str, str] = {}, headers: Mapping[str, str] = {}) -> None:  # noqa: B006
-    """Tell bot.redaction about the secrets in a source's URL (user info, api keys in the query) and in
+    """Tell rules.config.redaction about the secrets in a source's URL (user info, api keys in the query) and in
     its `params` and `headers` whose names look secret (api_key = "...", X-Api-Key = "...")."""
     redaction.register_url(url)
     for name, value in (*params.items(), *headers.items()):

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.configbase import Section
 from integrations.sources.base import (
     Batch,
     PollContext,
@@ -44,6 +43,7 @@ from integrations.sources.base import (
 )
 from integrations.sources.csv_files import parse_timestamp
 from integrations.sources.http_fetch import (
+    AUTH,
     RETRY_KEYS,
     Auth,
     Fetcher,
@@ -55,9 +55,14 @@ from integrations.sources.http_fetch import (
     register_url_secrets,
 )
 from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
+from rules.config import Section, Table
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
         "window", "cursor", "pagination", *RETRY_KEYS)
+TABLES = (AUTH, Table("fields", ("account", "metric", "value", "timestamp", "id", "timestamp_format")),
+          Table("pagination", ("type", "param", "next", "size_param", "size", "start", "max_pages")),
+          Table("window", ("start_param", "end_param", "format", "align")), Table("cursor", ("param", "field", "initial")))
+_TABLES = {t.name: t for t in TABLES}
 TIME_FORMATS = ("iso", "epoch", "epoch_ms")
 PAGINATION_TYPES = ("none", "cursor", "page", "offset", "link")
 MAX_PROBLEMS = 20
@@ -130,7 +135,7 @@ def _parse_fields(section: Section, constant_metric: str | None) -> FieldMap | N
                                   "to dotted paths in each item")
         return None
     t = section.table("fields")
-    t.check_keys(("account", "metric", "value", "timestamp", "id", "timestamp_format"))
+    t.check_keys(_TABLES["fields"])
     account = t.str("account", required=True)
     value = t.str("value", required=True)
     ts = t.str("timestamp", required=True)
@@ -150,7 +155,7 @@ def _parse_pagination(section: Section) -> Pagination:
     if not section.has("pagination"):
         return Pagination()
     t = section.table("pagination")
-    t.check_keys(("type", "param", "next", "size_param", "size", "start", "max_pages"))
+    t.check_keys(_TABLES["pagination"])
     kind = t.str("type", "none", choices=PAGINATION_TYPES) or "none"
     p = Pagination(type=kind, param=t.str("param"), next=t.str("next"), size_param=t.str("size_param"),
                    size=t.int("size", min=1), start=t.int("start", 1, min=0) or 0,
@@ -178,7 +183,7 @@ def parse(section: Section, settings: SourceSettings) -> HttpJsonOptions | None:
     win = WindowParams()
     if section.has("window"):
         t = section.table("window")
-        t.check_keys(("start_param", "end_param", "format", "align"))
+        t.check_keys(_TABLES["window"])
         win = WindowParams(start_param=t.str("start_param", "start") or "start",
                            end_param=t.str("end_param", "end") or "end",
                            format=t.str("format", "iso", choices=TIME_FORMATS) or "iso",
@@ -186,7 +191,7 @@ def parse(section: Section, settings: SourceSettings) -> HttpJsonOptions | None:
     cursor = None
     if incremental == "cursor":
         t = section.table("cursor")
-        t.check_keys(("param", "field", "initial"))
+        t.check_keys(_TABLES["cursor"])
         param, fld = t.str("param", required=True), t.str("field", required=True)
         if param and fld:
             cursor = CursorParams(param, fld, t.str("initial"))
@@ -434,4 +439,4 @@ def build(config: SourceConfig) -> HttpJsonSource:
     return HttpJsonSource(config)
 
 
-register_type(SourceType("http_json", KEYS, parse, build))
+register_type(SourceType("http_json", KEYS, parse, build, TABLES))

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from bot.configbase import Secret, Section
 from integrations.sources.base import (
     Batch,
     PollContext,
@@ -42,6 +41,7 @@ from integrations.sources.http_fetch import (
 )
 from integrations.sources.http_json import format_time, parse_value
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name
+from rules.config import Secret, Section
 
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
         *RETRY_KEYS)

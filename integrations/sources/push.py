@@ -30,7 +30,6 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret, Section
 from integrations.sources.base import UsageEvent
 from integrations.sources.http_fetch import dig
 from integrations.sources.records import (
@@ -41,14 +40,16 @@ from integrations.sources.records import (
     shown,
     time_problem,
 )
+from rules.config import Secret, Section, Table
 from storage.sources import StoreResult, get_source_state, store_batch
 from storage.usage import UsageValueError
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 JSON = "application/json"
-KEYS = ("enabled", "path", "secret", "secret_file", "source_id", "account", "metric", "value", "default_value",
-        "metric_map", "max_events", "max_body_bytes", "max_age", "max_future", "stale_after")
+INGEST = Table("ingest", ("enabled", "path", "secret", "secret_file", "source_id", "account", "metric", "value",
+                          "default_value", "max_events", "max_body_bytes", "max_age", "max_future", "stale_after"),
+               (Table("metric_map", free=True),))
 MAX_PROBLEMS = 50
 
 
@@ -74,7 +75,7 @@ def parse_ingest_config(section: Section) -> PushConfig | None:
     """The [ingest] table (None when absent or enabled = false); problems go to the section."""
     if not section.data:
         return None
-    section.check_keys(KEYS)
+    section.check_keys(INGEST)
     enabled = section.bool("enabled", True)
     secret = section.secret("secret", required=bool(enabled))
     path = section.str("path", "/ingest/events") or "/ingest/events"

@@ -25,8 +25,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from bot import redaction
-from bot.configbase import Secret, Section
 from integrations.sources.base import (
     Batch,
     PollContext,
@@ -39,6 +37,7 @@ from integrations.sources.base import (
     window,
 )
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
+from rules.config import Secret, Section, redaction
 from storage.db import redact_url
 
 KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",

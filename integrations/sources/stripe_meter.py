@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from bot.configbase import Secret, Section
 from integrations.sources.base import (
     Batch,
     PollContext,
@@ -42,6 +41,7 @@ from integrations.sources.http_fetch import (
 from integrations.sources.http_json import parse_value
 from integrations.sources.openmeter import parse_meters
 from integrations.sources.records import UsageRecord, time_problem
+from rules.config import Secret, Section
 
 KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
         "max_pages", *RETRY_KEYS)

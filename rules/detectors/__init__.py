@@ -12,58 +12,38 @@ decided[i] False. Work is vectorised over rows with numpy; Python loops only
 build the (few) findings and walk groups of accounts sharing
 (billing_day, timezone).
 
-The semantics of each kind are documented in its module:
-spike / drop -> rules.detectors.spike_drop, inactivity ->
-rules.detectors.inactivity, quota -> rules.detectors.quota, expansion ->
-rules.detectors.expansion. Message formatting is in rules.detectors.format.
+Each kind is described by a `Kind` in its own module of this package (spike_drop holds
+spike and drop); rules.kinds registers them, and `detect` and `required_history` dispatch
+on the registry. A rule of an unregistered kind is an error. Message formatting is in
+rules.detectors.format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rules.detectors import expansion, inactivity, quota, spike_drop
 from rules.detectors.format import rule_location
-from rules.model import (
-    AccountFacts,
-    DetectorResult,
-    DropParams,
-    ExpansionParams,
-    InactivityParams,
-    KindParams,
-    MetricBlock,
-    OpenEpisode,
-    QuotaParams,
-    Rule,
-    SpikeParams,
-)
+from rules.kinds import Kind, UnknownKind, kind_of
+from rules.model import AccountFacts, DetectorResult, MetricBlock, OpenEpisode, Rule
 
 __all__ = ["detect", "required_history"]
 
-_PARAMS: dict[str, type[KindParams]] = {
-    "spike": SpikeParams,
-    "drop": DropParams,
-    "inactivity": InactivityParams,
-    "quota": QuotaParams,
-    "expansion": ExpansionParams,
-}
 
-
-def _check_rule(rule: Rule) -> None:
-    expected = _PARAMS.get(rule.kind)
-    if expected is None:
-        raise ValueError(
-            f"{rule_location(rule)}: unknown kind {rule.kind!r}; expected one of {', '.join(_PARAMS)}"
-        )
-    if not isinstance(rule.params, expected):
+def _check_rule(rule: Rule) -> Kind:
+    try:
+        kind = kind_of(rule.kind)
+    except UnknownKind as exc:
+        raise ValueError(f"{rule_location(rule)}: {exc}") from None
+    if not isinstance(rule.params, kind.params):
         raise TypeError(
-            f"{rule_location(rule)}: kind {rule.kind!r} needs {expected.__name__} params,"
+            f"{rule_location(rule)}: kind {rule.kind!r} needs {kind.params.__name__} params,"
             f" got {type(rule.params).__name__}"
         )
     if rule.bucket <= 0:
         raise ValueError(
             f"{rule_location(rule)}: bucket must be a positive number of seconds, got {rule.bucket}"
         )
+    return kind
 
 
 def _check_inputs(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> None:
@@ -98,24 +78,11 @@ def detect(
     open_episodes: the rule's open (pending or firing) episodes of accounts in the block; each
     kind judges them with hysteresis and states what is true now for those that recovered.
     """
-    _check_rule(rule)
+    kind = _check_rule(rule)
     _check_inputs(rule, block, accounts)
-    if rule.kind in ("spike", "drop"):
-        return spike_drop.detect_spike_drop(rule, block, open_episodes)
-    if rule.kind == "inactivity":
-        return inactivity.detect_inactivity(rule, block, open_episodes)
-    if rule.kind == "quota":
-        return quota.detect_quota(rule, block, accounts, open_episodes)
-    return expansion.detect_expansion(rule, block, accounts, open_episodes)
+    return kind.detect(rule, block, accounts, open_episodes)
 
 
 def required_history(rule: Rule) -> int:
     """Seconds of history before the evaluated bucket's end that `detect` needs (a bucket multiple)."""
-    _check_rule(rule)
-    if rule.kind in ("spike", "drop"):
-        return spike_drop.required_history(rule)
-    if rule.kind == "inactivity":
-        return inactivity.required_history(rule)
-    if rule.kind == "quota":
-        return quota.required_history(rule)
-    return expansion.required_history(rule)
+    return _check_rule(rule).required_history(rule)

@@ -40,17 +40,20 @@ quietly (a Recovery with quiet=True): an opportunity that passed is not news.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from rules.config import values as v
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.detectors.quota import MAX_PERIOD, interval_sums, quota_groups, round_up
+from rules.detectors.quota import MAX_PERIOD, fraction, interval_sums, quota_groups, round_up
+from rules.kinds import Ending, Field, Kind, Threshold
 from rules.model import (
+    DAY,
     AccountFacts,
     DetectorResult,
-    ExpansionParams,
     Finding,
     MetricBlock,
     OpenEpisode,
@@ -61,6 +64,25 @@ from rules.model import (
 from rules.periods import Period, billing_period, previous_period
 
 MAX_MISSING = 0.2
+
+
+@dataclass(frozen=True)
+class ExpansionParams:
+    """Expansion opportunity.
+
+    mode "growth":      each of the last `periods` windows of length `period`
+                        grew by at least `growth` (0.1 = 10%) over the window
+                        before it.
+    mode "utilization": usage was at least `utilization` of quota in each of
+                        the last `periods` billing periods (completed periods).
+    """
+
+    mode: str = "growth"
+    period: int = 7 * DAY
+    periods: int = 3
+    growth: float = 0.10
+    utilization: float = 0.9
+    min_value: float = 0.0  # growth mode: the latest window must sum to at least this
 
 
 def _params(rule: Rule) -> ExpansionParams:
@@ -249,3 +271,45 @@ def _utilization_finding(
         details={"quota": quota, "utilization": float(usage[0]) / quota, "target": params.utilization,
                  "periods": per_period},
     )
+
+
+# ------------------------------------------------------------------------------- the kind
+
+
+def _check(t: Threshold) -> None:
+    growth = t.got.get("growth")
+    if growth is not None and growth <= 0:
+        t.error("growth", f"must be > 0, e.g. 0.1 = 10% growth per period (got {t.shown('growth')})")
+    t.multiple_of_bucket("period")
+
+
+KIND = Kind(
+    name="expansion",
+    title="Expansion opportunity",
+    summary="accounts growing into a bigger plan: sustained growth, or sustained high quota use",
+    params=ExpansionParams,
+    modes=("growth", "utilization"),
+    fields=(
+        Field("period", v.positive_duration, "duration > 0, multiple of `bucket`", '`"7d"`', "Length of one"
+              " comparison window.", ("growth",)),
+        Field("periods", v.integer(1), "integer ≥ 1", "`3`", "growth: how many consecutive windows must each have"
+              " grown over the one before. utilization: how many completed billing periods must each be above"
+              " `utilization`.", ("growth", "utilization")),
+        Field("growth", v.number(), "number > 0", "`0.10`", "Minimum growth per window: `0.10` = each window's total"
+              " is at least 10% above the previous one's.", ("growth",)),
+        Field("min_value", v.number(0), "number ≥ 0", "`0`", "The latest window's total must be at least this"
+              " (ignores growth from tiny volumes).", ("growth",)),
+        Field("utilization", fraction, "number in (0, 10]", "`0.9`", "Fraction of quota used in each of the last"
+              " `periods` completed billing periods. Accounts without a quota are skipped.", ("utilization",)),
+    ),
+    detect=detect_expansion,
+    required_history=required_history,
+    endings=(Ending("expansion growth", "one of the last `periods` windows ≥ (1 + `growth`) × the window before the"
+                    " growth began", "usage has been back near that level for `periods` windows: closed quietly"
+                    " (an opportunity that passed is not news)"),
+             Ending("expansion utilization", "as when it fired", "a period below `utilization`: closed quietly")),
+    check=_check,
+    resolve_buckets=1,
+    guards_hint="; use threshold.min_value",
+    needs_quota=lambda params: params.mode == "utilization",
+)

@@ -36,14 +36,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from rules.config import values as v
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.model import DetectorResult, Finding, InactivityParams, MetricBlock, OpenEpisode, Recovery, Rule
+from rules.kinds import Ending, Field, Kind, Threshold
+from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 from rules.periods import iso
+
+
+@dataclass(frozen=True)
+class InactivityParams:
+    """Fires when every observed bucket in the last `duration` is zero.
+
+    Missing buckets are not zero: if more than `max_missing` (fraction) of the
+    buckets in the window are missing, the account is undecided (no alert, no
+    resolution). The account must have used at least `min_prior_usage` in the
+    `prior_window` before the inactive window, so never-active accounts do not
+    alert.
+    """
+
+    duration: int = 7 * DAY
+    max_missing: float = 0.0
+    prior_window: int = 30 * DAY
+    min_prior_usage: float = 1.0
 
 
 def _params(rule: Rule) -> InactivityParams:
@@ -59,7 +79,8 @@ def required_history(rule: Rule) -> int:
     return (window + prior) * rule.bucket
 
 
-def detect_inactivity(rule: Rule, block: MetricBlock, open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
+def detect_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = (),
+                      open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
     params = _params(rule)
     values = block.values
     rows, n = values.shape
@@ -204,3 +225,48 @@ def _finding(
             "missing_buckets": missing,
         },
     )
+
+
+# ------------------------------------------------------------------------------- the kind
+
+
+def _check(t: Threshold) -> None:
+    max_missing = t.got.get("max_missing")
+    if max_missing is not None and not 0 <= max_missing < 1:
+        t.error("max_missing", f"must be a fraction >= 0 and < 1, e.g. 0.2 = up to 20% of buckets may be missing "
+                               f"(got {t.shown('max_missing')})")
+    t.multiple_of_bucket("duration")
+    t.multiple_of_bucket("prior_window")
+    params = t.params
+    if params.prior_window == 0 and params.min_prior_usage > 0:
+        where = "prior_window" if t.given("prior_window") else "min_prior_usage"
+        t.error(where, f"min_prior_usage {v.show(params.min_prior_usage)} can never be met with prior_window ="
+                       ' "0"; set a prior_window or min_prior_usage = 0')
+
+
+KIND = Kind(
+    name="inactivity",
+    title="Inactive account",
+    summary="an account that used the metric stopped: every observed bucket of the last `duration` is zero",
+    params=InactivityParams,
+    fields=(
+        Field("duration", v.positive_duration, "duration > 0, multiple of `bucket`", '`"7d"`', "How long the account"
+              " must have been silent."),
+        Field("max_missing", v.number(), "number, 0 ≤ x < 1", "`0.0`", "Largest fraction of buckets in that window"
+              " allowed to be missing. Above it (or when none is observed) the account is undecided — missing days"
+              " are not silent days. `0.2` tolerates 1 missing day in 7."),
+        Field("prior_window", v.any_duration, "duration, multiple of `bucket`", '`"30d"`', "The window just before"
+              " the silent one in which the account must have been active."),
+        Field("min_prior_usage", v.number(0), "number ≥ 0", "`1`", "Total usage needed in `prior_window`, so"
+              " accounts that never used the metric do not alert. With `prior_window = \"0\"` it must be `0`."),
+    ),
+    detect=detect_inactivity,
+    required_history=required_history,
+    endings=(Ending("inactivity", "the current bucket is 0 (the prior window only decides who may fire)",
+                    "the account has usage again"),),
+    check=_check,
+    resolve_buckets=1,
+    cohort="default",
+    guards_hint="; use threshold.min_prior_usage",
+    calendar=True,
+)

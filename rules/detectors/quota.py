@@ -50,11 +50,17 @@ immediate), not a message to the account owner.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from rules.config import values as v
+from rules.config.toml_lines import PathKey
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
+from rules.durations import format_duration
+from rules.kinds import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
     AccountFacts,
@@ -62,11 +68,34 @@ from rules.model import (
     Finding,
     MetricBlock,
     OpenEpisode,
-    QuotaParams,
     Recovery,
     Rule,
 )
 from rules.periods import Period, billing_period, iso
+
+
+@dataclass(frozen=True)
+class QuotaParams:
+    """Billing-period usage against the account's quota for the metric.
+
+    mode "threshold": one finding per fraction crossed, once per period.
+    mode "forecast":  fires when usage projected to period end (current
+                      period-to-date plus the recent rate) reaches
+                      `fraction` of quota before usage actually has; carries
+                      the projected date.
+    """
+
+    mode: str = "threshold"
+    fractions: tuple[float, ...] = (0.8, 1.0)
+    fraction: float = 1.0
+    forecast_window: int = 7 * DAY
+    min_elapsed: int = 3 * DAY
+    min_observed: int = 3 * DAY  # forecast: observed data (bucket count x bucket) in the period first
+    recovery: float | None = None  # forecast: an open forecast resolves once projected < recovery * quota
+
+    @property
+    def recovery_fraction(self) -> float:
+        return 0.9 * self.fraction if self.recovery is None else self.recovery
 
 # Longest billing period: 31 days plus the hour a DST change can add.
 MAX_PERIOD = 31 * DAY + 3600
@@ -369,3 +398,84 @@ def _forecast_finding(
             **_period_details(period),
         },
     )
+
+
+# ------------------------------------------------------------------------------- the kind
+
+SHORTEST_PERIOD = 28 * DAY
+
+fraction = v.in_range(v.number(), 0, 10, "must be > 0 and <= 10, as a fraction of quota (0.8 = 80%)")
+
+
+def fractions(w: v.Reporter, path: PathKey, value: Any) -> tuple[float, ...] | None:
+    """Fractions of quota, increasing and without repeats: [0.8, 1.0]."""
+    if not isinstance(value, list):
+        w.error(path, f"must be an array of fractions of quota like [0.8, 1.0], {w.notation.got(value)}")
+        return None
+    if not value:
+        w.error(path, "must list at least one fraction, e.g. [0.8, 1.0]")
+        return None
+    before = w.count()
+    out: list[float] = []
+    for index, item in enumerate(value):
+        number = fraction(w, path + (index,), item)
+        if number is None:
+            continue
+        if out and number <= out[-1]:
+            problem = "is listed twice" if number in out else "is out of order"
+            w.error(path + (index,), f"{w.notation.show(item)} {problem}: list fractions in increasing order"
+                                     " without repeats")
+            continue
+        out.append(number)
+    return tuple(out) if w.count() == before else None
+
+
+def _check(t: Threshold) -> None:
+    t.multiple_of_bucket("forecast_window")
+    for key in ("min_elapsed", "min_observed"):
+        seconds = t.got.get(key)
+        if seconds is not None and seconds >= SHORTEST_PERIOD:
+            t.error(key, f"{format_duration(seconds)} is not shorter than the shortest billing period (28d), "
+                         "so the forecast could never fire in February")
+    if "recovery" in t.got and t.got["recovery"] > t.params.fraction:
+        t.error("recovery", f"must be at most fraction ({t.params.fraction:g}): an open forecast resolves once the"
+                            f" projection falls below recovery x quota (got {t.shown('recovery')})")
+
+
+_FORECAST = ("forecast",)
+
+KIND = Kind(
+    name="quota",
+    title="Quota",
+    summary="billing-period usage against the account's quota: levels reached, or a forecast of reaching one",
+    params=QuotaParams,
+    modes=("threshold", "forecast"),
+    fields=(
+        Field("fractions", fractions, "array of numbers in (0, 10], increasing, no repeats", "`[0.8, 1.0]`", "One"
+              " alert per level reached, at most once per billing period each (80% and 100% of quota here).",
+              ("threshold",)),
+        Field("fraction", fraction, "number in (0, 10]", "`1.0`", "Fires when usage projected to the end of the"
+              " period reaches this fraction of quota while actual usage has not yet. The alert carries the"
+              " projected date.", _FORECAST),
+        Field("forecast_window", v.positive_duration, "duration > 0, multiple of `bucket`", '`"7d"`', "The recent"
+              " period whose average rate is projected forward.", _FORECAST),
+        Field("min_elapsed", v.any_duration, "duration, shorter than 28d", '`"3d"`', "No forecast during the first"
+              " part of a period, when there is too little data.", _FORECAST),
+        Field("min_observed", v.any_duration, "duration, shorter than 28d", '`"3d"`', "No forecast until the period"
+              " holds this much observed data (buckets with data × bucket): days without data do not count.",
+              _FORECAST),
+        Field("recovery", fraction, "number in (0, `fraction`]", "0.9 × `fraction`", "An open forecast resolves once"
+              " the projection falls below `recovery` × quota (hysteresis); once usage has reached the target it"
+              " stays open until the period ends.", _FORECAST),
+    ),
+    detect=detect_quota,
+    required_history=required_history,
+    endings=(Ending("quota threshold", "usage ≥ the level (it only grows in a period)",
+                    "the billing period ends: closed quietly"),
+             Ending("quota forecast", "projected ≥ `recovery` × quota, or usage has reached the target",
+                    "the projection falls below it (a missing day decides nothing)")),
+    check=_check,
+    resolve_buckets=2,
+    guards_hint="",
+    needs_quota=lambda params: True,
+)

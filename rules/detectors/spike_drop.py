@@ -64,9 +64,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from rules.config import values as v
 from rules.detectors import format as fmt
 from rules.detectors.baseline import (
     METHODS,
@@ -79,20 +81,59 @@ from rules.detectors.baseline import (
 )
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
+from rules.kinds import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
     WEEK,
+    AccountFacts,
     DetectorResult,
-    DropParams,
     Finding,
     MetricBlock,
     OpenEpisode,
     Recovery,
     Reference,
     Rule,
-    SpikeParams,
 )
 from rules.periods import iso
+
+
+@dataclass(frozen=True)
+class SpikeParams:
+    """Fires when value >= ratio * baseline (and robust z-score >= zscore if set).
+
+    recovery: an open episode resolves only once value <= recovery * the usual level frozen
+    when it opened (default halfway between 1 and ratio), so a value hovering at the
+    threshold does not flap.
+    """
+
+    ratio: float = 2.0
+    zscore: float | None = None
+    smooth: int = 1  # value = mean of the last `smooth` buckets
+    recovery: float | None = None
+
+    @property
+    def recovery_ratio(self) -> float:
+        return (1.0 + self.ratio) / 2.0 if self.recovery is None else self.recovery
+
+
+@dataclass(frozen=True)
+class DropParams:
+    """Fires when value <= ratio * baseline (ratio 0.5 = dropped to half or less).
+
+    recovery: an open episode resolves only once value >= recovery * the usual level frozen
+    when it opened (default halfway between ratio and 1, and at least 0.8).
+    """
+
+    ratio: float = 0.5
+    zscore: float | None = None
+    smooth: int = 1
+    recovery: float | None = None
+
+    @property
+    def recovery_ratio(self) -> float:
+        # at least 80% of the usual level: an account growing while it stays down (its "usual" would
+        # have grown too) must not read as recovered at 76% of the frozen level (bench/quality.py).
+        return max(0.8, (1.0 + self.ratio) / 2.0) if self.recovery is None else self.recovery
 
 
 def required_history(rule: Rule) -> int:
@@ -106,7 +147,8 @@ def required_history(rule: Rule) -> int:
     return smooth + (rule.baseline.window // rule.bucket) * rule.bucket
 
 
-def detect_spike_drop(rule: Rule, block: MetricBlock, open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
+def detect_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = (),
+                      open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
     params = rule.params
     if not isinstance(params, SpikeParams | DropParams):
         raise TypeError(f"{fmt.rule_location(rule)}: spike/drop detector got {type(params).__name__}")
@@ -394,3 +436,100 @@ def _message(
         source = f"{method} of {points} {plural} over the previous {fmt.duration(rule.baseline.window)}"
     extra = f", z-score {z:.1f}" if z is not None else ""
     return f"{metric} {verb} {fmt.number(v)} {when}: {against} ({source}; threshold {fmt.number(threshold)}{extra})."
+
+
+# ------------------------------------------------------------------------------ the kinds
+
+
+# rules.detectors.baseline: scale >= MIN_RELATIVE_SCALE x baseline and usage >= 0, so a drop's z-score
+# (b - v) / scale is at most b / (0.05 b) = 20.
+MAX_DROP_Z = 1 / 0.05
+
+
+def _check(t: Threshold) -> None:
+    """Ratio, z-score and recovery ranges of a spike or drop rule."""
+    spike = t.kind == "spike"
+    ratio = t.got.get("ratio")
+    if ratio is not None:
+        if spike and ratio <= 1:
+            t.error("ratio", f"must be > 1 for a spike rule (got {t.shown('ratio')})")
+        if not spike and not 0 < ratio < 1:
+            t.error("ratio", f"must be between 0 and 1 for a drop rule, e.g. 0.5 = fell to half or less "
+                             f"(got {t.shown('ratio')})")
+    zscore = t.got.get("zscore")
+    if zscore is not None and zscore <= 0:
+        t.error("zscore", f"must be > 0 (got {t.shown('zscore')})")
+    if not spike and zscore is not None and zscore > MAX_DROP_Z:
+        t.error("zscore", f"a drop can never reach a z-score of {t.shown('zscore')}: usage cannot fall below 0 and"
+                          f" the scale is at least 5% of the baseline, so the drop z-score is at most {MAX_DROP_Z:g}")
+    recovery = t.got.get("recovery")
+    if recovery is not None:
+        r = t.params.ratio
+        if not spike and not r < recovery <= 1:
+            t.error("recovery", f"must be above ratio ({r:g}) and at most 1: an open drop resolves once usage is"
+                                f" back to recovery x its usual level (got {t.shown('recovery')})")
+        if spike and not 1 <= recovery < r:
+            t.error("recovery", f"must be at least 1 and below ratio ({r:g}): an open spike resolves once usage"
+                                f" is back under recovery x its usual level (got {t.shown('recovery')})")
+
+
+_SMOOTH = "The current value is the mean of the last `smooth` buckets (all must be observed). With weekly " \
+          "seasonality the baseline points are smoothed the same way."
+
+SPIKE = Kind(
+    name="spike",
+    title="Usage spike",
+    summary="the current value is at least `ratio` times the account's baseline",
+    params=SpikeParams,
+    fields=(
+        Field("ratio", v.number(), "number > 1", "`2.0`", "Fires when value ≥ `ratio` × baseline. `2.5` = 150% above"
+              " normal."),
+        Field("zscore", v.number(), "number > 0", "none", "If set, the value must also be at least this many robust"
+              " standard deviations (from the median absolute deviation of the points) above the baseline. Filters"
+              " out accounts that are always noisy."),
+        Field("smooth", v.integer(1), "integer ≥ 1", "`1`", _SMOOTH),
+        Field("recovery", v.number(), "number, 1 ≤ x < `ratio`", "halfway between 1 and `ratio`", "An open spike"
+              " resolves once the value is back at or below `recovery` × the usual level frozen when it began (see"
+              " [how alerts end](#how-alerts-end-recovery))."),
+    ),
+    detect=detect_spike_drop,
+    required_history=required_history,
+    endings=(Ending("spike", "value > `recovery` × the frozen level", "the value is back at or below it, or a"
+                    " lasting new level has become the usual level (a *level shift*: the ordinary baseline has"
+                    " caught up; said as such)"),),
+    check=_check,
+    resolve_buckets=3,  # on the labelled books (bench/quality.py) 1 bucket made 31% more spike episodes than 3
+    cohort="optional",
+    baseline=True,
+    calendar=True,
+)
+
+DROP = Kind(
+    name="drop",
+    title="Usage drop",
+    summary="the current value is at most `ratio` times the account's baseline",
+    params=DropParams,
+    fields=(
+        Field("ratio", v.number(), "number, 0 < ratio < 1", "`0.5`", "Fires when value ≤ `ratio` × baseline. `0.5` ="
+              " dropped to half or less."),
+        Field("zscore", v.number(), "number, 0 < x ≤ 20", "none", "As for spike, measured downwards. A drop cannot"
+              " exceed 20 (usage cannot fall below 0 and the scale is at least 5% of the baseline), so a larger value"
+              " is refused."),
+        Field("smooth", v.integer(1), "integer ≥ 1", "`1`", "As for spike."),
+        Field("recovery", v.number(), "number, `ratio` < x ≤ 1", "halfway between `ratio` and 1, at least 0.8", "An"
+              " open drop resolves once usage of the latest few buckets together is back at or above `recovery` ×"
+              " the usual level frozen when it began (see [how alerts end](#how-alerts-end-recovery))."),
+    ),
+    detect=detect_spike_drop,
+    required_history=required_history,
+    endings=(Ending("drop", "the usage of the latest buckets together (3 at least, and at least 200 usual counts; at"
+                    " most a week of daily buckets or a day of sub-daily ones; never before the drop began) is below"
+                    " `recovery` × the frozen level over the same buckets", "it is back at or above it: one noisy"
+                    " bucket neither ends a drop nor holds a recovered one open; a dead account stays firing until"
+                    " it has usage again"),),
+    check=_check,
+    resolve_buckets=2,  # a recovery must last a second day before "resolved" is said
+    cohort="default",
+    baseline=True,
+    calendar=True,
+)

@@ -10,7 +10,7 @@ import pytest
 
 from bot.cli import main
 from bot.config import check_config, load_config
-from bot.configbase import ConfigError
+from rules.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules" / "examples" / "default.toml"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.configbase import ConfigError, Secret, document_from_text, load_document
+from rules.config import ConfigError, Secret, document_from_text, load_document
 
 TEXT = """
 [slack]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.configbase import ConfigError, document_from_text
 from bot.health_config import parse_health_model
+from rules.config import ConfigError, document_from_text
 from rules.health import DEFAULT_MODEL, HealthModel
+from rules.kinds import KINDS
 
 
 def parse(text: str) -> HealthModel:
@@ -74,8 +75,7 @@ def test_problems_name_file_line_and_field():
     assert out == [
         "usagebot.toml:9: health.weigths: unknown key; did you mean 'weights'?",
         "usagebot.toml:2: health.window_days: must be between 1 and 365 (got 0)",
-        "usagebot.toml:6: health.alerts.risk_kinds: unknown rule kind(s) drops; kinds are spike, drop, "
-        "inactivity, quota, expansion",
+        f"usagebot.toml:6: health.alerts.risk_kinds: unknown rule kind(s) drops; kinds are {', '.join(KINDS)}",
         "usagebot.toml:4: health.trend.zero_ratio: must be below trend_full_ratio (2 >= 1)",
         "usagebot.toml:7: health.bands.watch: must not be above healthy_at (40 > 30)",
     ]

@@ -200,7 +200,7 @@ def test_expired_session_logs_in_again(sqlite, fake):
 
 def test_session_id_auth_cannot_log_in_again_and_says_so(sqlite, fake):
     seed_accounts(sqlite, 2, fake=fake)
-    from bot.configbase import Secret
+    from rules.config import Secret
 
     cfg = SalesforceConfig(auth="session", session_id=Secret("stale-session"), instance_url=fake.instance_url,
                            ca_bundle=fake.ca_file, retry_backoff=0.0)
@@ -212,7 +212,7 @@ def test_session_id_auth_cannot_log_in_again_and_says_so(sqlite, fake):
 def test_wrong_password_stops_without_revealing_secrets(sqlite, fake):
     seed_accounts(sqlite, 1, fake=fake)
     cfg = password_config(fake)
-    from bot.configbase import Secret
+    from rules.config import Secret
 
     cfg = replace(cfg, password=Secret("wrong-pass-XYZ"))
     report, out, _ = sync(sqlite, fake, cfg)

@@ -1,4 +1,4 @@
-"""bot.redaction: every configured secret is masked in every form before anything is cut or logged,
+"""rules.config.redaction: every configured secret is masked in every form before anything is cut or logged,
 in source errors (from a hostile peer that echoes what it was sent), logs, notices and CLI output."""
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from urllib.parse import quote, quote_plus
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot import redaction
-from bot.configbase import Secret
 from bot.logs import setup_logging
 from bot.polling import poll_source
-from bot.redaction import FRAGMENT, clip, mask
 from integrations.sources.http_json import HttpJsonSource
+from rules.config import Secret, redaction
+from rules.config.redaction import FRAGMENT, clip, mask
 from storage.sources import get_source_state
 from tests.integrations.sources.fake_http import FakeHttp, Seen
 from tests.integrations.sources.helpers import T0, source_config

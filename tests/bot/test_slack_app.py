@@ -17,11 +17,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from bot.configbase import Secret
 from bot.slack_app import build_slack_app, run_socket_mode, serve_http, slack_notifier
 from integrations.console import ConsoleNotifier
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
+from rules.config import Secret
 from storage.db import make_engine, migrate
 from storage.episodes import episode_history, find_episode
 from storage.slack import feedback_by_rule

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.configbase import Secret
 from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
 from integrations.sources.push import BATCH, JSON, STRUCTURED, PushConfig, PushIngest
+from rules.config import Secret
 from storage.db import make_engine, migrate
 from tests.fuzz.strategies import (
     cases,

@@ -11,7 +11,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from rules.model import WEEK, AccountFacts, DropParams, InactivityParams, QuotaParams, Rule, SpikeParams
+from rules.detectors.inactivity import InactivityParams
+from rules.detectors.quota import QuotaParams
+from rules.detectors.spike_drop import DropParams, SpikeParams
+from rules.model import WEEK, AccountFacts, Rule
 from rules.periods import billing_period
 
 

@@ -11,19 +11,11 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect, required_history
-from rules.model import (
-    DAY,
-    WEEK,
-    AccountFacts,
-    Baseline,
-    DropParams,
-    ExpansionParams,
-    InactivityParams,
-    MetricBlock,
-    QuotaParams,
-    Rule,
-    SpikeParams,
-)
+from rules.detectors.expansion import ExpansionParams
+from rules.detectors.inactivity import InactivityParams
+from rules.detectors.quota import QuotaParams
+from rules.detectors.spike_drop import DropParams, SpikeParams
+from rules.model import DAY, WEEK, AccountFacts, Baseline, MetricBlock, Rule
 
 H = 3600
 

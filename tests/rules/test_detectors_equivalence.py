@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect
-from rules.model import (
-    DAY,
-    WEEK,
-    AccountFacts,
-    Baseline,
-    DropParams,
-    Guards,
-    InactivityParams,
-    MetricBlock,
-    QuotaParams,
-    Rule,
-    SpikeParams,
-)
+from rules.detectors.inactivity import InactivityParams
+from rules.detectors.quota import QuotaParams
+from rules.detectors.spike_drop import DropParams, SpikeParams
+from rules.model import DAY, WEEK, AccountFacts, Baseline, Guards, MetricBlock, Rule
 from tests.rules import reference
 
 START = 1_788_220_800  # 2026-09-01T00:00:00Z (a Tuesday)

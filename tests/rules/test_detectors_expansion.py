@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect
-from rules.model import DAY, AccountFacts, DetectorResult, ExpansionParams, MetricBlock, Rule
+from rules.detectors.expansion import ExpansionParams
+from rules.model import DAY, AccountFacts, DetectorResult, MetricBlock, Rule
 
 H = 3600
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rules.detectors import format as fmt
-from rules.model import DAY, Rule, SpikeParams
+from rules.detectors.spike_drop import SpikeParams
+from rules.model import DAY, Rule
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect
-from rules.model import DAY, AccountFacts, DetectorResult, InactivityParams, MetricBlock, Rule
+from rules.detectors.inactivity import InactivityParams
+from rules.model import DAY, AccountFacts, DetectorResult, MetricBlock, Rule
 
 H = 3600
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect
-from rules.model import DAY, AccountFacts, MetricBlock, QuotaParams, Rule
+from rules.detectors.quota import QuotaParams
+from rules.model import DAY, AccountFacts, MetricBlock, Rule
 
 H = 3600
 

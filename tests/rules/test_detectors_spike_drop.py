@@ -10,18 +10,8 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect
-from rules.model import (
-    DAY,
-    WEEK,
-    AccountFacts,
-    Baseline,
-    DetectorResult,
-    DropParams,
-    Guards,
-    MetricBlock,
-    Rule,
-    SpikeParams,
-)
+from rules.detectors.spike_drop import DropParams, SpikeParams
+from rules.model import DAY, WEEK, AccountFacts, Baseline, DetectorResult, Guards, MetricBlock, Rule
 
 H = 3600
 M = 60

@@ -4,8 +4,10 @@ from dataclasses import replace
 
 import pytest
 
+from rules.detectors.quota import QuotaParams
+from rules.detectors.spike_drop import SpikeParams
 from rules.lifecycle import FIRING, PENDING, RESOLVED, EpisodeState, acknowledge, advance, snooze
-from rules.model import DAY, Finding, QuotaParams, Rule, SpikeParams
+from rules.model import DAY, Finding, Rule
 
 H = 3600
 

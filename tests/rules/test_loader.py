@@ -1,4 +1,4 @@
-"""Tests for the TOML rule loader (rules.loader) and its line scanner (rules.toml_lines)."""
+"""Tests for the TOML rule loader (rules.loader) and its line scanner (rules.config.toml_lines)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from rules.config.toml_lines import scan_lines
+from rules.detectors.expansion import ExpansionParams
+from rules.detectors.inactivity import InactivityParams
+from rules.detectors.quota import QuotaParams
+from rules.detectors.spike_drop import DropParams, SpikeParams
 from rules.loader import Problem, RuleFileError, check_rules, load_rules, load_rules_text
-from rules.model import (
-    DAY,
-    Baseline,
-    DropParams,
-    ExpansionParams,
-    Guards,
-    InactivityParams,
-    QuotaParams,
-    Routing,
-    Segment,
-    SpikeParams,
-)
-from rules.toml_lines import scan_lines
+from rules.model import DAY, Baseline, Guards, Routing, Segment
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
 

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from rules.detectors.baseline import METHODS
-from rules.model import DEFAULT_RESOLVE_BUCKETS, KINDS
+from rules.docs_tables import blocks, render
+from rules.kinds import KINDS
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
 
@@ -28,9 +29,26 @@ def test_default_resolve_after_per_kind_is_documented() -> None:
         documented.setdefault(kind, set()).add(int(re.match(r"(\d+) bucket", cells[-1]).group(1)))
     assert set(documented) == set(KINDS)
     for kind, buckets in documented.items():
-        assert buckets == {DEFAULT_RESOLVE_BUCKETS[kind]}, kind
+        assert buckets == {KINDS[kind].resolve_buckets}, kind
 
 
 def test_baseline_methods_are_documented() -> None:
     row = next(line for line in DOC.splitlines() if line.startswith("| `method` |"))
     assert re.findall(r'`"(\w+)"`', row.split(" | ")[1]) == list(METHODS)
+
+
+def test_generated_tables_are_up_to_date() -> None:
+    """Every table docs/rules.md takes from the kinds registry is as the registry renders it now."""
+    found = blocks(DOC)
+    assert {"kinds", "endings"} <= set(found)
+    for name, content in found.items():
+        assert content == render(name), f"docs/rules.md table {name!r} is stale: run scripts/docs_tables.py"
+
+
+def test_every_kind_has_its_section_and_fields_table() -> None:
+    found = blocks(DOC)
+    kind_row = next(line for line in DOC.splitlines() if line.startswith("| `kind` |"))
+    for name in KINDS:
+        assert f"\n### {name}\n" in DOC, name
+        assert f"fields {name}" in found, f"docs/rules.md has no generated fields table for {name}"
+        assert f"`{name}`" in kind_row, name

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 import storage.episodes as episodes_mod
+from rules.detectors.spike_drop import SpikeParams
 from rules.lifecycle import LifecycleResult, acknowledge, advance
-from rules.model import Finding, Rule, SpikeParams
+from rules.model import Finding, Rule
 from storage.episodes import (
     episode_history,
     find_episode,

@@ -206,6 +206,35 @@ def test_concurrent_writers_and_readers_lose_no_write(engine: Engine, small_tile
     _same(engine, "events", 3600, T0 + DAY, T0 + 4 * DAY, None)
 
 
+def test_writers_of_the_same_new_accounts_in_opposite_orders_do_not_deadlock(engine: Engine) -> None:
+    """Two writers adding the same new accounts, one in reverse order, each wait for the other's rows
+    only in one order: the bookkeeping rows (first seen, coverage) are written in key order (in the
+    rows' order, CI saw 'deadlock detected ... relation usage_first_seen' on PostgreSQL)."""
+    import threading
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def writer(day: int, reverse: bool) -> None:
+        try:
+            for r in range(15):  # other buckets than the other writer's: only the bookkeeping rows are shared
+                recs = [Rec(f"new-{r:03d}-{i:02d}", m, T0 + (day - r) * DAY, 1.0)
+                        for i in range(20) for m in ("calls", "events")]
+                barrier.wait(timeout=30)
+                upsert_usage(engine, recs[::-1] if reverse else recs)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=writer, args=(day, rev)) for day, rev in ((30, False), (60, True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _count(engine, "usage_first_seen") == 15 * 20 * 2
+
+
 def test_a_tile_of_another_width_is_reported() -> None:
     """Tiles written with another TILE_COLS (a changed constant) are refused with what to do."""
     rows, cols = 3, tiles.TILE_COLS * 2

@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret
 from integrations.salesforce.config import SalesforceConfig, TaskConfig
 from integrations.sources.records import UsageRecord
+from rules.config import Secret
 from rules.lifecycle import FIRING, LifecycleResult
 from rules.lifecycle import EpisodeState as State
 from rules.model import DAY

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.configbase import Secret
 from integrations.salesforce.client import (
     ApiUsage,
     SalesforceAuthError,
@@ -19,6 +18,7 @@ from integrations.salesforce.client import (
     parse_limit_info,
 )
 from integrations.salesforce.config import SalesforceConfig
+from rules.config import Secret
 from tests.fakes.salesforce_server import FakeSalesforce, make_rsa_key_pair, running
 from tests.integrations.salesforce.helpers import password_config
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.configbase import ConfigError, document_from_text
 from integrations.salesforce.config import DEFAULT_FIELDS, SalesforceConfig, parse_salesforce_config
+from rules.config import ConfigError, document_from_text
 
 
 def parse(text: str, env: dict[str, str] | None = None) -> SalesforceConfig:

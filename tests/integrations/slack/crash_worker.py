@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from bot.configbase import Secret
 from bot.pipeline import deliver_outbox
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
+from rules.config import Secret
 from storage.db import make_engine
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret
 from bot.notices import Notices
 from bot.pipeline import CycleReport, DeliveryReport, Notifier, deliver_outbox, run_cycle
 from integrations.slack.config import SlackConfig
 from integrations.slack.notifier import SlackNotifier
 from integrations.sources.records import UsageRecord
+from rules.config import Secret
 from rules.loader import load_rules_text
 from rules.model import DAY, AccountFacts, RuleSet
 from storage.accounts import upsert_accounts

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.configbase import ConfigError, document_from_text, load_document
 from integrations.slack.config import parse_slack_config
+from rules.config import ConfigError, document_from_text, load_document
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -73,7 +73,7 @@ def test_usergroup_members_and_caller_email(engine, fake, config, clock):
 
 
 def test_token_never_in_errors(engine, fake, config, clock):
-    from bot.configbase import Secret
+    from rules.config import Secret
 
     bad = replace(config, bot_token=Secret("xoxb-wrong-SECRET"))
     d = _directory(engine, bad, clock)

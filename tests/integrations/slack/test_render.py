@@ -181,3 +181,15 @@ def test_an_accounts_simultaneous_alerts_are_one_valid_message():
     flat = _texts(m.blocks)
     assert "*Also on this account now*" in flat and "events dropped to 0 &lt;@U123&gt;" in flat
     assert "rule `events-drop`" in flat
+
+
+def test_kind_titles_come_from_the_kinds_registry():
+    from rules.kinds import KINDS
+
+    for kind in KINDS.values():
+        a = {**sample_alert(), "kind": kind.name, "details": {"limit": 50.0, "direction": "above", "recovery": 45.0}}
+        m = SlackRenderer(CFG).alert(a, VIEW)
+        assert_valid_message(_msg(m))
+        assert m.blocks[0]["text"]["text"].startswith(f"🔔 {kind.title} · ")
+    assert SlackRenderer(CFG).alert({**sample_alert(), "kind": "retired"}, VIEW).blocks[0]["text"]["text"].startswith(
+        "🔔 Retired · ")

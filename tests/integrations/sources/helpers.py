@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.configbase import ConfigError, document_from_text
 from integrations.sources.base import SourceConfig, parse_source_config
+from rules.config import ConfigError, document_from_text
 
 T0 = 1_793_491_200  # 2026-11-01T00:00:00Z
 HOUR = 3600

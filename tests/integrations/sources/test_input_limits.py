@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret
 from bot.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
 from integrations.sources.csv_files import CsvInputError, read_accounts_csv, read_usage_csv
@@ -24,6 +23,7 @@ from integrations.sources.push import BATCH, PushConfig, PushIngest
 from integrations.sources.records import MAX_ID_LENGTH, MAX_METRIC_LENGTH, id_problem, time_problem
 from integrations.sources.sql import SqlSource
 from integrations.sources.stripe_meter import StripeMeterSource
+from rules.config import Secret
 from tests.integrations.sources.fake_http import FakeHttp
 from tests.integrations.sources.helpers import T0, count, source_config
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from bot.configbase import Secret, document_from_text
 from integrations.sources.push import BATCH, STRUCTURED, PushConfig, PushIngest, parse_ingest_config
+from rules.config import Secret, document_from_text
 from storage.sources import get_source_state, prune_events
 from tests.integrations.sources.helpers import DAY, T0, count, points
 

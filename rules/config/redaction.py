@@ -1,7 +1,7 @@
 """One registry of every configured secret, and `mask()`: the one way any text is cleaned of them.
 
 Who registers what:
-- every `bot.configbase.Secret` registers its value when it is made (tokens, passwords, api keys,
+- every `rules.config.secrets.Secret` registers its value when it is made (tokens, passwords, api keys,
   client secrets, signing secrets, private keys, SQL source URLs, the push shared secret...);
 - the config parser registers what is a secret but not a `Secret`: the password of the storage URL
   and of any URL's user info, URL query parameters and `params` / `headers` entries whose name looks
