@@ -18,14 +18,13 @@ everyone, days before an account's first point are missing, other days without a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from bench.pandas_baseline import BaselineFinding, history_days, supported_rules
+from bench.pandas_baseline import BaselineFinding, baseline_cli, history_days, supported_rules
 from rules.detectors.quota import QuotaParams
 from rules.detectors.spike_drop import DropParams, SpikeParams
 from rules.model import DAY, WEEK, AccountFacts, Rule, RuleSet, Segment
@@ -266,26 +265,22 @@ def copy_from(con: Any, engine: Any) -> None:
     load_usage_rows(con, [(a, m, int(b), float(v)) for a, m, b, v in rows])
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rules.loader import load_rules
+def findings_from_db(db_url: str, rules: RuleSet | Sequence[Rule], now: int) -> list[BaselineFinding]:
+    """duckdb_findings over a usagebot database copied into an in-memory DuckDB."""
     from storage.db import make_engine
 
-    p = argparse.ArgumentParser(description="DuckDB baseline of the spike/drop/quota-threshold rules")
-    p.add_argument("--db-url", required=True, help="a usagebot database to copy into DuckDB (in memory)")
-    p.add_argument("--rules", nargs="+", required=True, help="rule files or directories")
-    p.add_argument("--at", type=int, required=True, help="evaluation time, epoch seconds (floored to a day)")
-    args = p.parse_args(argv)
     con = connect()
-    engine = make_engine(args.db_url)
+    engine = make_engine(db_url)
     try:
         copy_from(con, engine)
     finally:
         engine.dispose()
-    findings = duckdb_findings(con, load_rules(args.rules), args.at)
-    for f in findings:
-        print("\t".join("" if x is None else str(x) for x in f))
-    print(f"{len(findings)} finding(s)", file=sys.stderr)
-    return 0
+    return duckdb_findings(con, rules, now)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return baseline_cli(argv, "DuckDB baseline of the spike/drop/quota-threshold rules (the database copied "
+                        "into DuckDB in memory)", findings_from_db)
 
 
 if __name__ == "__main__":
