@@ -239,7 +239,22 @@ def read_columnar_floor(db_url: str, ranges: Mapping[BlockKey, tuple[int, int]],
                         protocol: str | None = None) -> FloorResult:
     """The columnar read floor: every range's rows (the same query as `read_rows`) read by connectorx
     straight into Arrow columns (Rust, no Python object per row), one metric at a time; timed.
-    `table` may be schema-qualified (a PostgreSQL scratch schema)."""
+    `table` may be schema-qualified (a PostgreSQL scratch schema).
+
+    On SQLite the read runs in a child process (timed there): connectorx links its own copy of
+    SQLite, and two copies in one process drop each other's POSIX locks on the same file
+    (storage/columnar.py)."""
+    if connectorx_url(db_url).startswith("sqlite"):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_columnar_floor, db_url, dict(ranges), table, protocol).result()
+    return _columnar_floor(db_url, ranges, table, protocol)
+
+
+def _columnar_floor(db_url: str, ranges: Mapping[BlockKey, tuple[int, int]], table: str,
+                    protocol: str | None) -> FloorResult:
     import connectorx as cx
 
     conn = connectorx_url(db_url)
