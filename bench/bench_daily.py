@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             raise SystemExit(f"bench_daily: {n} accounts failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # each size's figures as soon as measured
     import duckdb
     import pyarrow
 
