@@ -195,7 +195,7 @@ def run_one(n_accounts: int, days: int, seed: int, db_url: str | None, workdir: 
     return out
 
 
-def render(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def render(info: dict[str, Any], results: list[dict[str, Any]], markdown: bool = False) -> str:
     def r(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b else "-"
 
@@ -231,6 +231,10 @@ def render(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
             lambda x, k=k: f"{x[k]['findings']:,} / {x[k]['duckdb_findings']:,} "
             f"({'same' if x[k]['same_findings'] else 'DIFFERENT'})")
     row("all 12 rules after the day delivered again: evaluate", lambda x: f"{x['all_rules_evaluate_s']:.2f} s")
+    if markdown:  # the table of docs/benchmarks.md
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(line) + " |" for line in body]
+        return "\n".join(lines)
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     for line in [head, *body]:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))))
@@ -278,11 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db-url", help="an empty PostgreSQL database (default: fresh SQLite files)")
     p.add_argument("--plot", help="write the scaling plot (accounts vs seconds) to this .svg/.png")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--from-json", help="render a saved --json report (and --plot it) instead of running")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         with tempfile.TemporaryDirectory(prefix="usagebot-daily-") as tmp:
             print(json.dumps(run_one(args.one, args.days, args.seed, args.db_url, Path(tmp))))
+        return 0
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        if args.plot:
+            plot(report["results"], Path(args.plot), report["info"]["database"])
+        print(render(report["info"], report["results"], markdown=args.markdown))
         return 0
     counts = [int(x) for x in args.accounts.split(",") if x.strip()]
     results = []
@@ -305,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     info.update(duckdb=duckdb.__version__, pyarrow=pyarrow.__version__)
     if args.plot:
         plot(results, Path(args.plot), info["database"])
-    print(json.dumps({"info": info, "results": results}, indent=2) if args.json else render(info, results))
+    print(json.dumps({"info": info, "results": results}, indent=2) if args.json
+          else render(info, results, markdown=args.markdown))
     return 0
 
 
