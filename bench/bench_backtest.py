@@ -46,8 +46,7 @@ def _rss_mb() -> float:
 
 
 def phase_generate(args: argparse.Namespace) -> dict[str, Any]:
-    from bot.demo import write_book_csv
-
+    from bot.cli.demo import write_book_csv
     from integrations.sources.demo import generate_book
 
     work = Path(args.workdir)
@@ -68,7 +67,7 @@ def _book_key(args: argparse.Namespace) -> str:
 
 def phase_backtest(args: argparse.Namespace) -> dict[str, Any]:
     """run_backtest over the book (in the code of the current directory: this tree or the baseline)."""
-    from bot.backtest import run_backtest
+    from bot.backtest.run import run_backtest
     from rules.loader import load_rules
 
     ruleset = load_rules([RULES])
@@ -94,8 +93,7 @@ def phase_backtest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    from integrations.sources.csv_files import iter_usage_csv_chunks, read_accounts_csv
-
+    from integrations.sources.csv_rows import iter_usage_csv_chunks, read_accounts_csv
     from storage.accounts import upsert_accounts
     from storage.db import make_engine, migrate
     from storage.usage import load_usage
@@ -114,8 +112,7 @@ def phase_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_cold(args: argparse.Namespace) -> dict[str, Any]:
-    from bot.pipeline import load_blocks_for
-
+    from bot.service.pipeline import load_blocks_for
     from rules.engine import evaluate, history_needed
     from rules.lifecycle import advance
     from rules.loader import load_rules

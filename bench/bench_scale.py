@@ -15,9 +15,11 @@ process, so "peak" is that phase's own maximum resident memory. Phases, in order
                  file; PostgreSQL: a new schema, dropped afterwards): the engine's load_usage, the
                  same rows again through upsert_usage per chunk, the write floor (plain executemany
                  INSERT / COPY into a table shaped like usage_points) and pandas DataFrame.to_sql
-  floor          the read floor (bench/raw_floor.py): the rows the evaluation needs, same metrics
-                 and time ranges, read with one plain SELECT per metric into numpy arrays; once for
-                 the ranges of all evaluated rules and once for those of the pandas baseline's rules
+  floor          the columnar read floor (bench/raw_floor.py): the rows the evaluation needs, same
+                 metrics and time ranges, read with one plain SELECT per metric by connectorx into
+                 Arrow columns; once for the ranges of all evaluated rules and once for those of the
+                 pandas baseline's rules; and the old row floor (the same SELECT through the driver
+                 cursor into numpy arrays) for reference
   evaluate       full evaluation of the shipped rules at the book's last day as a daily cycle does it:
                  bot.service.pipeline.load_blocks_for + rules.engine.evaluate + rules.lifecycle.advance,
                  advancing the episodes of the previous day's evaluation. That one runs first and is
@@ -257,17 +259,19 @@ def phase_ingest_sample(args: argparse.Namespace) -> dict[str, Any]:
 
 def phase_floor(args: argparse.Namespace) -> dict[str, Any]:
     from bench.pandas_baseline import supported_rules
-    from bench.raw_floor import ranges_for, read_floor
+    from bench.raw_floor import ranges_for, read_columnar_floor, read_floor
     from storage.db import make_engine
 
     end = _meta(args)["end"]
     rules = bench_rules(args.rules, METRICS4[: args.metrics])
+    full = read_columnar_floor(args.db_url, ranges_for(rules, end))
+    subset = read_columnar_floor(args.db_url, ranges_for(supported_rules(rules), end))
     engine = make_engine(args.db_url)
-    full = read_floor(engine, ranges_for(rules, end))
-    subset = read_floor(engine, ranges_for(supported_rules(rules), end))
+    row = read_floor(engine, ranges_for(rules, end))
     engine.dispose()
     return {"phase": "floor", "rows": full.rows, "seconds": full.seconds, "per_metric": full.per_metric,
-            "subset_rows": subset.rows, "subset_seconds": subset.seconds, "peak_rss_mb": _rss_mb()}
+            "subset_rows": subset.rows, "subset_seconds": subset.seconds, "row_seconds": row.seconds,
+            "peak_rss_mb": _rss_mb()}
 
 
 def _run_rules(
@@ -634,9 +638,12 @@ def render(report: dict[str, Any]) -> str:
     if daily:
         row(f"next day for every account, {daily['rows']:,} rows into the book", f"{daily['rows_per_s']:,.0f} rows/s",
             daily["peak_rss_mb"], _ratio(sf, daily["rows_per_s"]), _ratio(daily["rows_per_s"], sp))
-    row(f"read floor, all evaluated rules' ranges ({flo['rows']:,} rows)", f"{flo['seconds']:.2f} s",
+    row(f"columnar read floor, all evaluated rules' ranges ({flo['rows']:,} rows)", f"{flo['seconds']:.2f} s",
         flo["peak_rss_mb"], "1.00", "-")
-    row(f"read floor, pandas rules' ranges ({flo['subset_rows']:,} rows)", f"{flo['subset_seconds']:.2f} s",
+    if "row_seconds" in flo:
+        row("  row read floor (driver cursor into numpy), same rows", f"{flo['row_seconds']:.2f} s", None,
+            _ratio(flo["row_seconds"], flo["seconds"]), "")
+    row(f"columnar read floor, pandas rules' ranges ({flo['subset_rows']:,} rows)", f"{flo['subset_seconds']:.2f} s",
         None, "1.00", _ratio(pd_["seconds"], flo["subset_seconds"]))
     chunked = f", chunks of {ev['chunk_accounts']:,}" if ev.get("chunk_accounts") else ""
     row(f"full evaluation, {ev['rules']} rules x {ev['accounts']:,} accounts{chunked}", f"{ev['seconds']:.2f} s",

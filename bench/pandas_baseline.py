@@ -56,7 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -254,14 +254,20 @@ def pandas_findings(db: str | Engine, rules: RuleSet | Sequence[Rule], now: int)
 
 
 def main(argv: list[str] | None = None) -> int:
+    return baseline_cli(argv, "pandas baseline of the spike/drop/quota-threshold rules", pandas_findings)
+
+
+def baseline_cli(argv: list[str] | None, description: str,
+                 findings_of: Callable[[str, RuleSet, int], list[BaselineFinding]]) -> int:
+    """The command line of a baseline: --db-url, --rules, --at; prints its findings, one per line."""
     from rules.loader import load_rules
 
-    p = argparse.ArgumentParser(description="pandas baseline of the spike/drop/quota-threshold rules")
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--db-url", required=True)
     p.add_argument("--rules", nargs="+", required=True, help="rule files or directories")
     p.add_argument("--at", type=int, required=True, help="evaluation time, epoch seconds (floored to a day)")
     args = p.parse_args(argv)
-    findings = pandas_findings(args.db_url, load_rules(args.rules), args.at)
+    findings = findings_of(args.db_url, load_rules(args.rules), args.at)
     for f in findings:
         print("\t".join("" if x is None else str(x) for x in f))
     print(f"{len(findings)} finding(s)", file=sys.stderr)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection
 
-from storage.dialect import binary_rows, fetch_batches, param_mark, read_cells
+from storage.dialect import binary_rows, fetch_batches, param_mark
 
 TILE_COLS = 8  # a new bucket rewrites one tile per group: narrow tiles keep that write small
 TILE_ROWS = 4096
@@ -157,15 +157,12 @@ def _series(conn: Connection, metric: str) -> tuple[list[str], np.ndarray, np.nd
 
 def _aggregate(conn: Connection, metric: str, step: int, c_lo: int, c_hi: int, n_ords: int
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Sums and has of every numbered account in bucket columns [c_lo, c_hi), from usage_points."""
-    n = c_hi - c_lo
-    m = param_mark(conn.dialect.name)
-    lo = c_lo * step
-    sql = (f"SELECT o.ord * {int(n)} + (p.bucket_start - {int(lo)}) / {int(step)}, p.value "
-           f"FROM usage_points p JOIN usage_tile_rows o ON o.account_id = p.account_id "
-           f"WHERE p.metric = {m} AND p.bucket_start >= {m} AND p.bucket_start < {m}")
-    flat, vals = read_cells(conn, sql, [metric, lo, c_hi * step])
-    return bin_cells(flat, vals, n_ords, n)
+    """Sums and has of every numbered account in bucket columns [c_lo, c_hi), from usage_points
+    (read as columns: storage.columnar)."""
+    from storage import columnar
+
+    flat, vals = columnar.cells(conn, metric, c_lo * step, c_hi * step, step, "usage_tile_rows")
+    return bin_cells(flat, vals, n_ords, c_hi - c_lo)
 
 
 def _group_rows(grp: int, n_ords: int) -> int:

@@ -223,7 +223,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Load the files in ONE transaction: the accounts and the usage are stored together, or nothing."""
     from integrations.sources.csv_rows import (
         CsvInputError,
-        iter_usage_csv_chunks,
+        iter_usage_csv_columns,
         read_accounts_csv,
         write_rejects,
     )
@@ -253,11 +253,11 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 errors += accounts.errors
             bar = None
 
-            def usage_chunks() -> Iterator[list[Any]]:
+            def usage_chunks() -> Iterator[Any]:
                 # Streamed: memory stays at one chunk; a rejected file rolls the whole command back.
                 nonlocal read
-                for chunk in iter_usage_csv_chunks(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
-                                                   on_error=args.on_error):
+                for chunk in iter_usage_csv_columns(args.usage, chunk_rows=INGEST_CHUNK_ROWS,
+                                                    on_error=args.on_error):
                     read += len(chunk.records)
                     errors.extend(chunk.errors)
                     if bar is not None:

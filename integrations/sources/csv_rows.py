@@ -39,8 +39,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import numpy as np
 
 from integrations.sources.records import (
     MAX_METRIC_LENGTH,
@@ -540,6 +542,130 @@ def read_usage_csv(path: str | os.PathLike[str], on_error: OnError = "reject",
     for chunk in _usage_chunks(path, 1 << 62, on_error, opener):
         records, errors, rows = chunk.records, chunk.errors, chunk.rows_read
     return ReadResult(records, errors, rows)
+
+
+# ------------------------------------------------------------- usage, columnar
+
+ARROW_BLOCK_BYTES = 16 << 20  # CSV bytes per Arrow block (about 400k usage rows): memory ~ one block
+# A value the fast path takes as is: digits with an optional fraction and exponent. float() reads
+# every such text to the same float64 as Arrow's parser (both round correctly); anything else
+# ("1_000", " 5", "-0", "inf") is left to the row parser.
+_PLAIN_NUMBER = r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+class _NotPlain(Exception):
+    """The columnar reader met a row it does not take as is; the row parser reads the file."""
+
+
+def iter_usage_csv_columns(
+    path: str | os.PathLike[str], on_error: OnError = "reject", chunk_rows: int = 50_000,
+    opener: Opener | None = None,
+) -> Iterator[ReadResult[Any]]:
+    """Read a usage CSV with a columnar parser (pyarrow.csv): chunks whose `records` is a
+    storage.usage.UsageColumns (columns, no Python object per row), for load_usage.
+
+    Same validation, results and errors as :func:`iter_usage_csv_chunks`: the header is checked
+    by the row code; data blocks are validated as columns (each distinct timestamp parsed once with
+    :func:`parse_timestamp`, each distinct account and metric checked once, values matched as plain
+    non-negative numbers and checked finite). At the first block holding anything else (a bad row,
+    a blank row, a value such as " 5" or "1_000", a quoted account, a file whose header is not on
+    line 1) the row parser reads the file from the start, for its line-numbered errors, and its
+    records for the rows already yielded here are left out: nothing is yielded twice.
+    `chunk_rows` only sizes the row parser's chunks (a columnar chunk is one Arrow block).
+    """
+    _check_mode(on_error)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    with _Source(path, opener) as src:
+        hline, cells = src.header(",".join(USAGE_COLUMNS))
+        pos, _ = _header_errors(src, hline, cells, USAGE_COLUMNS)
+        plain = hline == 1 and src.end_line == 1
+    yielded = 0
+    if plain:
+        try:
+            for chunk in _arrow_chunks(path, len(cells), pos, opener):
+                yielded += len(chunk.records)
+                yield chunk
+            return
+        except _NotPlain:
+            pass
+    for chunk in _usage_chunks(path, chunk_rows, on_error, opener):
+        if yielded:  # the rows the columnar reader yielded come first, all good: drop their records
+            k = min(yielded, len(chunk.records))
+            chunk = ReadResult(chunk.records[k:], chunk.errors, chunk.rows_read - k)
+            yielded -= k
+        if chunk.rows_read or chunk.errors:
+            yield chunk
+
+
+def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int],
+                  opener: Opener | None) -> Iterator[ReadResult[Any]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    from storage.usage import UsageColumns
+
+    names = [f"c{i}" for i in range(n_cols)]
+    ts_cache: dict[str, int] = {}
+    checked_metrics: set[str] = set()
+    with open(path, "rb", opener=opener) as f:
+        try:
+            reader = pacsv.open_csv(
+                f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=ARROW_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                     strings_can_be_null=False, quoted_strings_can_be_null=False))
+            for batch in reader:
+                if not batch.num_rows:
+                    continue
+                ts_col, acc_col, met_col, val_col = (batch.column(pos[c]) for c in USAGE_COLUMNS)
+                ts = _plain_times(pc, ts_col, ts_cache)
+                accounts = _plain_accounts(pa, pc, acc_col)
+                for m in pc.unique(met_col).to_pylist():
+                    if m not in checked_metrics:
+                        if m != m.strip() or not METRIC_PATTERN.fullmatch(m):
+                            raise _NotPlain
+                        checked_metrics.add(m)
+                if not pc.all(pc.match_substring_regex(val_col, _PLAIN_NUMBER)).as_py():
+                    raise _NotPlain
+                values = pc.cast(val_col, pa.float64()).to_numpy(zero_copy_only=False)
+                if not np.isfinite(values).all():
+                    raise _NotPlain
+                yield ReadResult(UsageColumns(accounts, met_col, ts, values + 0.0), [], batch.num_rows)  # type: ignore[arg-type]
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # field counts, bad UTF-8, broken quoting
+            raise _NotPlain from exc
+
+
+def _plain_times(pc: Any, col: Any, cache: dict[str, int]) -> np.ndarray:
+    """Epoch seconds of a timestamp column: each distinct text parsed once (parse_timestamp)."""
+    uniq = pc.unique(col)
+    out = np.empty(len(uniq), dtype=np.int64)
+    for i, text in enumerate(uniq.to_pylist()):
+        ts = cache.get(text)
+        if ts is None:
+            try:
+                ts = parse_timestamp(text)
+            except ValueError:
+                raise _NotPlain from None
+            if len(cache) >= _TS_CACHE_LIMIT:
+                cache.clear()
+            cache[text] = ts
+        out[i] = ts
+    return out[pc.index_in(col, value_set=uniq).to_numpy(zero_copy_only=False)]
+
+
+def _plain_accounts(pa: Any, pc: Any, col: Any) -> Any:
+    """The account column, each value stripped as the row parser strips it; each distinct id
+    checked once (is_identifier), and ids holding a quote left to the row parser."""
+    uniq = pc.unique(col)
+    texts = uniq.to_pylist()
+    stripped = [t.strip() for t in texts]
+    if not all(is_identifier(t) and '"' not in t for t in stripped):
+        raise _NotPlain
+    if stripped == texts:
+        return col
+    return pc.take(pa.array(stripped, type=col.type), pc.index_in(col, value_set=uniq))
 
 
 # ----------------------------------------------------------------------- accounts
