@@ -7,7 +7,7 @@ bucket) compute the same numbers, and nothing after t is read. Vectorised over r
 over the learning window; no Python loop over time.
 
 Models (candidates), each a forecast for every bucket tau of the learning window:
-    level     pred = mean of the last `adapt` buckets + damped trend
+    level     pred = median of the last `adapt` buckets + damped trend
     daily     (sub-daily buckets) base = median of the same time of day in the last `cycles` days;
               pred = base + mean of (value - base) over the last `adapt` buckets + damped trend
     weekly    (buckets dividing a week) the same with the same time of the week
@@ -20,11 +20,11 @@ its mean squared error is below 0.9 x that one's (parsimony: a series without se
 level model).
 
 Noise scale s of the chosen model (never 0):
-    s^2 = max(1.2533 x MAE, max|error| / z_L)^2 + floor^2 [+ lambda for counts]
+    s^2 = max(1.2533 x MAE, e3 / z3)^2 + floor^2 [+ lambda for counts]
     MAE: mean absolute error over the learning window (1.2533 x MAE = sigma for Gaussian errors);
-    max|error| / z_L, z_L = the normal quantile 1 - 1/(2 learn): the largest recent error scaled
+    e3 / z3: the 3rd largest recent |error| over the normal quantile 1 - 3/(2 learn), i.e. scaled
     to what a Gaussian series would show in `learn` buckets, so a heavy-tailed (spiky) series is
-    judged by its own spikes; floor = `min_change` x max(mean |value - mean|, |mean|) of the
+    judged by its own spikes, while one or two past anomalies do not hide the next; floor = `min_change` x max(mean |value - mean|, |mean|) of the
     window, so a flat or perfectly periodic series does not fire on a rounding wobble;
     counts (every observed value a non-negative integer): + max(pred, mean, 1), the Poisson
     variance, so a series of zeros and small integers has a scale of at least one count.
@@ -33,13 +33,13 @@ Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Tail probabi
 normal tail of the score (one-sided; two-sided for both). Fires when the directional score
 >= `score` (or the tail probability <= `probability`).
 
-Open episodes (given by the caller) hold while the directional score >= `recovery` (default
-score / 2); otherwise a Recovery states the value against the expected range. The model keeps
+Open episodes (given by the caller): a firing one holds while the directional score >= `recovery`
+(default score / 2), a pending one (`for`) while it is >= `score`; otherwise a Recovery states the value against the expected range. The model keeps
 learning while an episode is open: after a level shift the level model catches up within about
 `adapt` buckets, so the shift fires once and the episode then resolves.
 
-Warm-up: a row is undecided until the level model has learn / 2 errors: adapt + learn / 2 + 1
-observed buckets (5-minute buckets: ~12.6 hours; hourly: 31 hours; daily: 31 days). Daily
+Warm-up: a row is undecided until the level model has learn / 2 errors: max(1, adapt // 2) +
+learn / 2 + 1 observed buckets (defaults: 5-minute buckets 148, 12h20m; hourly 28 hours; daily 28 days). Daily
 seasonality can be chosen one day later, weekly one week later.
 """
 
@@ -65,6 +65,7 @@ WEEK = 7 * DAY
 MAE_TO_SIGMA = math.sqrt(math.pi / 2)  # 1.2533: sigma / mean |error| for Gaussian errors
 PARSIMONY = 0.9  # a seasonal model must cut the mean squared error by 10% to be chosen
 TREND_DAMPING = 0.5  # half of the recent slope is projected
+TAIL_RANK = 3  # the tail scale reads the 3rd largest recent error: two past anomalies do not mask a third
 MIN_LEARN = 48  # the learning window is at least 48 buckets (a day of 30-minute buckets)
 DIRECTIONS = ("both", "up", "down")
 MODEL_NAMES = ("level", "daily", "weekly")
@@ -133,21 +134,17 @@ def required_history(rule: Rule) -> int:
     return history_buckets(_params(rule), rule.bucket) * rule.bucket
 
 
-def _past_mean(a: np.ndarray, width: int, first: int, minimum: int) -> np.ndarray:
-    """Per row and per column c >= first: mean of the observed a[:, c - width : c]; NaN with fewer
-    than `minimum` observed. Returns columns first..end."""
-    ok = ~np.isnan(a)
-    zeros = np.zeros((a.shape[0], 1))
-    count = np.concatenate([zeros, np.cumsum(ok, axis=1)], axis=1)
-    total = np.concatenate([zeros, np.cumsum(np.where(ok, a, 0.0), axis=1)], axis=1)
-    cols = np.arange(first, a.shape[1])
-    lo = np.maximum(cols - width, 0)
-    n = count[:, cols] - count[:, lo]
-    s = total[:, cols] - total[:, lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = s / n
-    out[n < minimum] = np.nan
-    return out
+def _past_median(a: np.ndarray, width: int, first: int, minimum: int) -> np.ndarray:
+    """Per row and per column c >= first: median of the observed a[:, c - width : c] (robust: one
+    outlier among them does not move it); NaN with fewer than `minimum` observed. Returns columns
+    first..end."""
+    rows = a.shape[0]
+    windows = np.lib.stride_tricks.sliding_window_view(a, width, axis=1)[:, first - width:]  # (rows, cols, width)
+    cols = windows.shape[1]
+    flat = windows.reshape(rows * cols, width)
+    out = nan_median(flat)
+    out[np.count_nonzero(~np.isnan(flat), axis=1) < minimum] = np.nan
+    return out.reshape(rows, cols)
 
 
 @dataclass
@@ -182,12 +179,12 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
             stack = np.where(back[None] >= 0, y[:, np.clip(back, 0, None)], np.nan)  # (rows, cycles, columns)
             base = nan_median(np.moveaxis(stack, 1, 2).reshape(-1, params.cycles)).reshape(rows, -1)
         d = y[:, start:] - base
-        level = _past_mean(d, m, m, max(1, m // 2))
+        level = _past_median(d, m, m, max(1, m // 2))[:, : learn + 1]
         pred = base[:, m:] + level
         if m >= 2:
             half = m // 2
-            recent = _past_mean(d, half, m, 1)
-            earlier = _past_mean(d, half, half, 1)[:, : recent.shape[1]]  # [c - m, c - m + half)
+            recent = _past_median(d, half, m, 1)[:, : learn + 1]  # [c - half, c)
+            earlier = _past_median(d, half, half, 1)[:, : learn + 1]  # [c - m, c - m + half)
             slope = (recent - earlier) / (m - half)
             pred = pred + TREND_DAMPING * np.nan_to_num(slope) * (m + 1) / 2
         errors.append(y[:, first:] - pred)
@@ -205,9 +202,11 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     for c in range(1, len(names)):
         best = np.where(mse[c] < PARSIMONY * mse[best, r], c, best)
     chosen = err[best, r]
-    biggest = np.nanmax(np.where(np.isnan(chosen[:, :-1]), -np.inf, np.abs(chosen[:, :-1])), axis=1)
-    z_learn = _NORMAL.inv_cdf(1.0 - 1.0 / (2 * learn))
-    scale = np.fmax(MAE_TO_SIGMA * mae[best, r], np.fmax(biggest, 0.0) / z_learn)
+    k = min(TAIL_RANK, learn)
+    sized = np.where(np.isnan(chosen[:, :-1]), -np.inf, np.abs(chosen[:, :-1]))
+    large = -np.partition(-sized, k - 1, axis=1)[:, k - 1]  # the k-th largest error
+    z_learn = _NORMAL.inv_cdf(1.0 - k / (2 * learn))
+    scale = np.fmax(MAE_TO_SIGMA * mae[best, r], np.fmax(large, 0.0) / z_learn)
     window = y[:, first - m: -1]
     ok = ~np.isnan(window)
     n_obs = np.maximum(ok.sum(axis=1), 1)
@@ -257,11 +256,11 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     result = DetectorResult([], f.decided.copy())
     for i in np.flatnonzero(fire):
         result.findings.append(_finding(rule, params, block, f, int(i)))
-    for i, _episode in opened.items():
+    for i, episode in opened.items():
         if not f.decided[i]:
             continue
-        if s[i] >= params.hold:
-            result.findings.append(_finding(rule, params, block, f, i, holding=True))
+        if s[i] >= (params.hold if episode.firing else params.threshold):  # pending: the firing condition
+            result.findings.append(_finding(rule, params, block, f, i, holding=episode.firing))
         else:
             result.recoveries[(block.account_ids[i], "")] = _recovery(params, block, f, i)
     return result
