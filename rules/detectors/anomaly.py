@@ -345,6 +345,6 @@ KIND = Kind(
                     " resolves once the level has caught up (the shift is reported once)"),),
     check=_check,
     resolve_buckets=1,  # one bucket back in range ends it: two short anomalies are two episodes
-    cohort="optional",
+    cohort="default",  # a book-wide shift in one bucket (a holiday, a pipeline gap) is an event, not N anomalies
     calendar=True,
 )
