@@ -127,7 +127,7 @@ def seasonal_periods(step: int) -> list[tuple[str, int]]:
 def history_buckets(params: AnomalyParams, step: int) -> int:
     """Buckets of history the evaluation reads, the evaluated one included."""
     longest = max((p for _, p in seasonal_periods(step)), default=0)
-    return learn_buckets(params, step) + params.adapt + 1 + params.cycles * longest
+    return learn_buckets(params, step) + params.adapt + params.adapt // 2 + 1 + params.cycles * longest
 
 
 def required_history(rule: Rule) -> int:
@@ -168,7 +168,8 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
         y = np.concatenate([np.full((rows, h - y.shape[1]), np.nan), y], axis=1)
     learn, m = learn_buckets(params, step), max(1, params.adapt)
     first = h - learn - 1  # column of the first tau of the learning window (tau = t - learn)
-    start = first - m  # earliest deseasonalised column a level at `first` reads
+    extra = m // 2  # levels from `extra` buckets before `first`, for the trend
+    start = first - m - extra  # earliest deseasonalised column a level reads
     errors, preds, names = [], [], []
     for name, period in [("level", 0), *seasonal_periods(step)]:
         if period == 0:
@@ -179,13 +180,11 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
             stack = np.where(back[None] >= 0, y[:, np.clip(back, 0, None)], np.nan)  # (rows, cycles, columns)
             base = nan_median(np.moveaxis(stack, 1, 2).reshape(-1, params.cycles)).reshape(rows, -1)
         d = y[:, start:] - base
-        level = _past_median(d, m, m, max(1, m // 2))[:, : learn + 1]
-        pred = base[:, m:] + level
-        if m >= 2:
+        level = _past_median(d, m, m, max(1, m // 2))[:, :-1]  # taus first - extra .. t
+        pred = base[:, m + extra:] + level[:, extra:]
+        if m >= 2:  # the level's change over the last half of `adapt`, projected halfway ahead
             half = m // 2
-            recent = _past_median(d, half, m, 1)[:, : learn + 1]  # [c - half, c)
-            earlier = _past_median(d, half, half, 1)[:, : learn + 1]  # [c - m, c - m + half)
-            slope = (recent - earlier) / (m - half)
+            slope = (level[:, extra:] - level[:, extra - half: level.shape[1] - half]) / half
             pred = pred + TREND_DAMPING * np.nan_to_num(slope) * (m + 1) / 2
         errors.append(y[:, first:] - pred)
         preds.append(pred[:, -1])

@@ -119,8 +119,8 @@ def test_warm_up_is_half_adapt_plus_half_the_learning_window() -> None:
     series = daily_pattern(200)
     assert not fit(series[None, -(warm - 1):], H, p).decided[0]
     assert fit(series[None, -warm:], H, p).decided[0]
-    assert required_history(rule()) == history_buckets(p, H) * H == (48 + 6 + 1 + 3 * 168) * H
-    assert required_history(rule(DAY)) == (48 + 6 + 1 + 3 * 7) * DAY  # daily buckets: weekly seasonality
+    assert required_history(rule()) == history_buckets(p, H) * H == (48 + 6 + 3 + 1 + 3 * 168) * H
+    assert required_history(rule(DAY)) == (48 + 6 + 3 + 1 + 3 * 7) * DAY  # daily buckets: weekly seasonality
 
 
 def test_only_the_required_history_is_read() -> None:
