@@ -298,10 +298,10 @@ def measure(ruleset: RuleSet, seeds: Sequence[int] = DEFAULTS["seeds"], n_accoun
     return dict(scores), volume
 
 
-def anomaly_ruleset(metrics: Sequence[str], preset: Path = ANOMALY_PRESET) -> RuleSet:
-    """The preset with daily buckets, its one rule repeated for every metric."""
+def anomaly_ruleset(metrics: Sequence[str], bucket: str = "1d", preset: Path = ANOMALY_PRESET) -> RuleSet:
+    """The preset with `bucket` (daily by default), its one rule repeated for every metric."""
     head, _, rule = preset.read_text().partition("[[rule]]")
-    head = head.replace('bucket = "1h"', 'bucket = "1d"')
+    head = head.replace('bucket = "1h"', f'bucket = "{bucket}"')
     rules = "".join("[[rule]]" + rule.replace('id = "value-anomaly"', f'id = "{m}-anomaly"')
                     .replace('metric = "value"', f'metric = "{m}"') for m in metrics)
     return load_rules_text(head + rules, preset.name)

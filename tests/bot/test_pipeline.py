@@ -168,16 +168,10 @@ def test_account_snoozed_from_slack_is_recorded_but_not_notified(engine, book):
     assert sum(a["notified"] for a in others) == sum(a["notified"] for a in fired if a["account"] != victim)
 
 
-ANOMALY_PRESET = SHIPPED.parent / "anomaly.toml"
-
-
 def _anomaly_rules(bucket: str, metrics: list[str]):
-    from rules.loader import load_rules_text
+    from bench.quality import anomaly_ruleset
 
-    head, _, rule = ANOMALY_PRESET.read_text().partition("[[rule]]")
-    body = "".join("[[rule]]" + rule.replace('id = "value-anomaly"', f'id = "{m}-anomaly"')
-                   .replace('metric = "value"', f'metric = "{m}"') for m in metrics)
-    return load_rules_text(head.replace('bucket = "1h"', f'bucket = "{bucket}"') + body, "anomaly.toml")
+    return anomaly_ruleset(metrics, bucket)
 
 
 def _scheduled_vs_replayed(engine, ruleset, start, end, step, usage_csv, accounts_csv, chunk_accounts=None):
