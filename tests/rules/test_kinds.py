@@ -90,7 +90,7 @@ def test_the_built_in_kinds_and_their_derived_tables() -> None:
     assert list(KINDS) == ["spike", "drop", "inactivity", "quota", "expansion", "threshold", "anomaly"]
     assert kinds.with_baseline() == ("spike", "drop")
     assert kinds.with_cohort() == ("spike", "drop", "inactivity", "threshold", "anomaly")
-    assert kinds.with_cohort(default_only=True) == ("drop", "inactivity")
+    assert kinds.with_cohort(default_only=True) == ("drop", "inactivity", "anomaly")
     assert KINDS["quota"].mode_keys() == {
         "threshold": ("fractions",),
         "forecast": ("fraction", "forecast_window", "min_elapsed", "min_observed", "recovery")}
