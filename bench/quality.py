@@ -29,6 +29,14 @@ shipped first-run policy), and every episode is matched to the labels:
   account really reached the target by the period end.
 
 --fresh N draws N new seeds (printed) instead of fixed ones: the generator is not tuned to a book.
+
+The anomaly kind is shown beside spike and drop (`anomaly_vs_spike_drop`): the shipped preset
+(rules/examples/anomaly.toml with bucket "1d", one rule per metric of the book, direction both) is
+replayed the same way; an anomaly alert is true when a spike, drop or stop label of its account and
+metric is present (with that label kind's grace), explained by an expansion, a holiday alarm when it
+is about a book-wide holiday bucket (or the day after; a [calendar] mutes those), else a false alarm.
+Recall is per label kind (spike labels; drop and stop labels), over every labelled metric; the
+spike and drop rows are the shipped rules' own (their false alarms: alerts no label explains).
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from integrations.sources.demo import DemoBook, Label, generate_book
 from rules.detectors.quota import QuotaParams
 from rules.engine import history_needed
 from rules.lifecycle import Transition
-from rules.loader import load_rules
+from rules.loader import load_rules, load_rules_text
 from rules.model import DAY, Rule, RuleSet
 from rules.periods import billing_period
 from rules.replay import replay
@@ -66,6 +74,8 @@ PERSISTS = {"spike": ("spike",), "drop": ("drop", "inactivity"), "inactivity": (
             "expansion": ("expansion",)}
 HOLIDAY_KINDS = ("spike", "drop", "inactivity")  # what a book-wide quiet day can trigger (quota sums cannot)
 SHIPPED = Path(__file__).resolve().parent.parent / "rules" / "examples" / "default.toml"
+ANOMALY_PRESET = SHIPPED.parent / "anomaly.toml"
+ANOMALY_LABELS = {"spike": ("spike",), "drop": ("drop", "inactivity")}  # recall rows: label kinds found
 WARMUP_DAYS = 35
 DEFAULTS = {"seeds": (1, 2, 3), "accounts": 400, "days": 200, "holidays": 2, "gaps": 1}
 
@@ -288,6 +298,85 @@ def measure(ruleset: RuleSet, seeds: Sequence[int] = DEFAULTS["seeds"], n_accoun
     return dict(scores), volume
 
 
+def anomaly_ruleset(metrics: Sequence[str], bucket: str = "1d", preset: Path = ANOMALY_PRESET) -> RuleSet:
+    """The preset with `bucket` (daily by default), its one rule repeated for every metric."""
+    head, _, rule = preset.read_text().partition("[[rule]]")
+    head = head.replace('bucket = "1h"', f'bucket = "{bucket}"')
+    rules = "".join("[[rule]]" + rule.replace('id = "value-anomaly"', f'id = "{m}-anomaly"')
+                    .replace('metric = "value"', f'metric = "{m}"') for m in metrics)
+    return load_rules_text(head + rules, preset.name)
+
+
+@dataclass
+class Comparison:
+    """Recall per label kind and false alarms of one detector on the labelled books."""
+
+    labels: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    found: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    alerts: int = 0
+    false_alarms: int = 0
+    holiday_alarms: int = 0  # on a book-wide holiday bucket, explained by no label (what a [calendar] mutes)
+    account_months: float = 0.0
+
+    def row(self) -> dict:
+        recall = {k: (self.found[k] / self.labels[k] if self.labels[k] else None) for k in ANOMALY_LABELS}
+        per100 = 100 * self.false_alarms / self.account_months if self.account_months else None
+        return {"alerts": self.alerts, "false_alarms": self.false_alarms, "holiday_alarms": self.holiday_alarms,
+                "recall": recall,
+                "labels": dict(self.labels), "false_alarms_per_100_account_months": per100}
+
+
+def score_anomaly_book(book: DemoBook, out: Comparison) -> None:
+    """Replay the anomaly preset over one book and match its alerts to the labels."""
+    ruleset = anomaly_ruleset(sorted(book.values))
+    rules = list(ruleset.rules)
+    blocks = {(m, s): book.block(m) for (m, s) in history_needed(rules)}
+    start = book.start + WARMUP_DAYS * DAY
+    labels_of: dict[tuple[str, str], list[Label]] = defaultdict(list)
+    for lb in book.labels:
+        labels_of[(lb.account, lb.metric)].append(lb)
+    real = ("spike", "drop", "inactivity")
+    holidays = [lb for lb in book.labels if lb.kind == "holiday"]
+    found: set[int] = set()
+    for step in replay(rules, blocks, {a.id: a for a in book.accounts}, start, book.end, quiet_first_run=True):
+        for t in step.transitions:
+            if t.event != "fired":
+                continue
+            out.alerts += 1
+            labels = labels_of.get((t.state.account_id, t.state.metric), [])
+            own = [lb for lb in labels if lb.kind in real and _present(lb, t.at, GRACE[lb.kind])]
+            found.update(id(lb) for lb in own)
+            if own or any(lb.kind == "expansion" and _present(lb, t.at, GRACE["expansion"]) for lb in labels):
+                continue
+            if any(h.start < t.at <= h.end + DAY for h in holidays):
+                out.holiday_alarms += 1
+            else:
+                out.false_alarms += 1
+    for lb in book.labels:
+        for row, kinds in ANOMALY_LABELS.items():
+            if lb.kind in kinds and lb.start >= start:
+                out.labels[row] += 1
+                out.found[row] += id(lb) in found
+    out.account_months += len(book.accounts) * (book.end - start) / (30 * DAY)
+
+
+def anomaly_vs_spike_drop(scores: dict[str, KindScore], volume: Volume, seeds: Sequence[int],
+                          n_accounts: int, days: int, holidays: int, gaps: int) -> dict[str, dict]:
+    """The anomaly preset on the same books, beside the shipped spike and drop rules."""
+    anomaly = Comparison()
+    for seed in seeds:
+        book = generate_book(n_accounts=n_accounts, days=days, seed=seed, holidays=holidays, gaps=gaps)
+        score_anomaly_book(book, anomaly)
+    rows = {"anomaly": anomaly.row()}
+    for kind in ("spike", "drop"):
+        s = scores.get(kind, KindScore())
+        per100 = 100 * len(s.false_alerts) / volume.account_months if volume.account_months else None
+        rows[kind] = {"alerts": s.alerts, "false_alarms": len(s.false_alerts), "holiday_alarms": None,
+                      "recall": {kind: s.recall}, "labels": {kind: s.labels},
+                      "false_alarms_per_100_account_months": per100}
+    return rows
+
+
 def _delays(delays: list[float | None]) -> dict | None:
     """Median and 90th percentile of the days from a label's end to the resolution, and how many
     episodes were still open at the book's end although their label had ended."""
@@ -334,12 +423,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--holidays", type=int, default=DEFAULTS["holidays"])
     p.add_argument("--gaps", type=int, default=DEFAULTS["gaps"])
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-anomaly", action="store_true", help="skip the anomaly kind's comparison")
     p.add_argument("--show-errors", action="store_true", help="list false alerts, missed labels, flaps, ...")
     args = p.parse_args(argv)
     ruleset = load_rules(args.rules or [SHIPPED])
     seeds = [secrets.randbelow(2**31) for _ in range(args.fresh)] if args.fresh else args.seeds
     scores, volume = measure(ruleset, seeds, args.accounts, args.days, args.holidays, args.gaps)
     figures = report(scores, volume) | {"seeds": list(seeds)}
+    if not args.no_anomaly:
+        figures["anomaly_vs_spike_drop"] = anomaly_vs_spike_drop(scores, volume, seeds, args.accounts, args.days,
+                                                                 args.holidays, args.gaps)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
@@ -368,6 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if volume.forecasts:
         print(f"quota forecasts: {volume.forecasts} fired, {_pct(figures['forecast_precision'])} reached the target by "
               f"the period end; {volume.forecast_resolved_then_reached} resolved and then reached it anyway")
+    if "anomaly_vs_spike_drop" in figures:
+        print(f"{'detector':<9} {'alerts':>6} {'spike recall':>12} {'drop recall':>11} {'false alarms':>12}"
+              f" {'per 100 account-months':>22} {'holiday alarms':>14}")
+        for name, row in figures["anomaly_vs_spike_drop"].items():
+            per = row["false_alarms_per_100_account_months"]
+            print(f"{name:<9} {row['alerts']:>6} {_pct(row['recall'].get('spike')):>12}"
+                  f" {_pct(row['recall'].get('drop')):>11} {row['false_alarms']:>12}"
+                  f" {'n/a' if per is None else f'{per:.2f}':>22} {str(row['holiday_alarms'] or '-'):>14}")
     if args.show_errors:
         for kind, s in scores.items():
             for case in s.false_alerts:

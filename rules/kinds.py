@@ -181,9 +181,9 @@ def with_baseline() -> tuple[str, ...]:
 
 # The built-in kinds, in the order they are listed everywhere. Imported last: each detector module
 # imports Kind and Field from this module (defined above), so either may be imported first.
-from rules.detectors import expansion, inactivity, quota, spike_drop, threshold  # noqa: E402
+from rules.detectors import anomaly, expansion, inactivity, quota, spike_drop, threshold  # noqa: E402
 
 BUILTIN: tuple[Kind, ...] = (spike_drop.SPIKE, spike_drop.DROP, inactivity.KIND, quota.KIND, expansion.KIND,
-                             threshold.KIND)
+                             threshold.KIND, anomaly.KIND)
 for _kind in BUILTIN:
     register(_kind)

@@ -47,3 +47,23 @@ def test_quality_cli_prints_table(capsys) -> None:
     assert out.splitlines()[1].split()[:3] == ["kind", "alerts", "true"]
     assert any(line.startswith("inactivity") for line in out.splitlines())
     assert "per account-month" in out and "cohort events" in out
+
+
+def test_the_anomaly_preset_beside_spike_and_drop() -> None:
+    """The anomaly row counts what it should on a book: each alert true, a holiday alarm or a false
+    alarm; spike labels are found; the spike and drop rows are the shipped rules' own figures."""
+    from bench.quality import Comparison, anomaly_ruleset, anomaly_vs_spike_drop, score_anomaly_book
+    from integrations.sources.demo import generate_book
+
+    book = generate_book(n_accounts=60, days=120, seed=5, holidays=2, gaps=1)
+    assert [(r.id, r.kind, r.metric, r.bucket) for r in anomaly_ruleset(["a", "b"]).rules] == [
+        ("a-anomaly", "anomaly", "a", 86_400), ("b-anomaly", "anomaly", "b", 86_400)]
+    got = Comparison()
+    score_anomaly_book(book, got)
+    row = got.row()
+    assert row["alerts"] >= row["false_alarms"] + row["holiday_alarms"] and row["labels"]["spike"] > 0
+    assert row["recall"]["spike"] > 0.5 and got.account_months == 60 * (120 - 35) / 30
+    scores, volume = measure(load_rules([SHIPPED]), [5], n_accounts=60, days=120, holidays=2, gaps=1)
+    rows = anomaly_vs_spike_drop(scores, volume, [5], 60, 120, 2, 1)
+    assert rows["anomaly"] == row and rows["spike"]["recall"] == {"spike": scores["spike"].recall}
+    assert rows["drop"]["false_alarms"] == len(scores["drop"].false_alerts)

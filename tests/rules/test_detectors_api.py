@@ -131,8 +131,8 @@ def test_inputs_are_checked_and_errors_name_the_rule() -> None:
         detect(rule, b, facts[:1])
     with pytest.raises(ValueError, match=where + r": accounts\[0\] is 'b' but block row 0 is 'a'"):
         detect(rule, b, facts[::-1])
-    with pytest.raises(ValueError, match=r"rule 'anomaly-rule' \(rules/r.toml:4\): unknown kind 'anomaly'"):
-        detect(make_rule("anomaly", SpikeParams()), b, facts)
+    with pytest.raises(ValueError, match=r"rule 'outlier-rule' \(rules/r.toml:4\): unknown kind 'outlier'"):
+        detect(make_rule("outlier", SpikeParams()), b, facts)
     with pytest.raises(TypeError, match=r"kind 'drop' needs DropParams params, got SpikeParams"):
         required_history(make_rule("drop", SpikeParams()))
     with pytest.raises(ValueError, match=r"unknown quota mode 'sometimes'"):

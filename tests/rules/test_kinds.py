@@ -68,14 +68,14 @@ def test_a_new_kind_is_one_entry_for_loader_engine_lifecycle_titles_and_docs(eve
 
 
 def test_an_unknown_kind_is_an_error_everywhere() -> None:
-    with pytest.raises(UnknownKind, match="unknown kind 'anomaly'; expected one of spike, drop"):
-        kind_of("anomaly")
-    rule = Rule("r", "anomaly", "m", DAY, EvenParams(), source_file="r.toml", source_line=3)
-    with pytest.raises(ValueError, match=r"rule 'r' \(r.toml:3\): unknown kind 'anomaly'"):
+    with pytest.raises(UnknownKind, match="unknown kind 'outlier'; expected one of spike, drop"):
+        kind_of("outlier")
+    rule = Rule("r", "outlier", "m", DAY, EvenParams(), source_file="r.toml", source_line=3)
+    with pytest.raises(ValueError, match=r"rule 'r' \(r.toml:3\): unknown kind 'outlier'"):
         required_history(rule)
     with pytest.raises(RuleFileError, match='kind: must be one of "spike", "drop"'):
-        load_rules_text('[[rule]]\nid = "r"\nkind = "anomaly"\nmetric = "m"\n')
-    assert kinds.title("anomaly") == "Anomaly"  # an old episode of a kind no longer registered
+        load_rules_text('[[rule]]\nid = "r"\nkind = "outlier"\nmetric = "m"\n')
+    assert kinds.title("outlier") == "Outlier"  # an old episode of a kind no longer registered
 
 
 def test_a_kind_is_registered_once_and_its_fields_modes_are_consistent() -> None:
@@ -87,14 +87,14 @@ def test_a_kind_is_registered_once_and_its_fields_modes_are_consistent() -> None
 
 
 def test_the_built_in_kinds_and_their_derived_tables() -> None:
-    assert list(KINDS) == ["spike", "drop", "inactivity", "quota", "expansion", "threshold"]
+    assert list(KINDS) == ["spike", "drop", "inactivity", "quota", "expansion", "threshold", "anomaly"]
     assert kinds.with_baseline() == ("spike", "drop")
-    assert kinds.with_cohort() == ("spike", "drop", "inactivity", "threshold")
-    assert kinds.with_cohort(default_only=True) == ("drop", "inactivity")
+    assert kinds.with_cohort() == ("spike", "drop", "inactivity", "threshold", "anomaly")
+    assert kinds.with_cohort(default_only=True) == ("drop", "inactivity", "anomaly")
     assert KINDS["quota"].mode_keys() == {
         "threshold": ("fractions",),
         "forecast": ("fraction", "forecast_window", "min_elapsed", "min_observed", "recovery")}
     assert {k.name: k.resolve_buckets for k in KINDS.values()} == {
-        "spike": 3, "drop": 2, "inactivity": 1, "quota": 2, "expansion": 1, "threshold": 2}
+        "spike": 3, "drop": 2, "inactivity": 1, "quota": 2, "expansion": 1, "threshold": 2, "anomaly": 1}
     assert [k.title for k in KINDS.values()] == ["Usage spike", "Usage drop", "Inactive account", "Quota",
-                                                 "Expansion opportunity", "Usage threshold"]
+                                                 "Expansion opportunity", "Usage threshold", "Usage anomaly"]

@@ -131,6 +131,15 @@ metric = "events"
 above = {float(rng.choice([0.02, 0.05]))}
 of = "quota"
 
+[[rule]]
+id = "events-anomaly"
+kind = "anomaly"
+metric = "events"
+{life()}
+[rule.threshold]
+direction = "{rng.choice(["up", "down", "both"])}"
+score = {float(rng.choice([3.0, 4.0]))}
+
 [[inhibit]]
 source = {{ kinds = ["inactivity"] }}
 target = {{ kinds = ["drop"] }}

@@ -1,0 +1,267 @@
+"""The anomaly preset on the Numenta Anomaly Benchmark, through `usagebot backtest`, file by file.
+
+    .venv/bin/python -m bench.nab [--data ../shared/nab-dev] [--preset rules/examples/anomaly.toml]
+                                  [--sensitivity] [--jobs 2]
+
+For every data file of the NAB directory (data/<category>/<name>.csv, labelled windows in
+combined_windows.json) it writes the series as a usage CSV (one account, metric `value`), sets the
+preset's `[defaults] bucket` to the file's sampling interval (the median gap between rows: 5m,
+30m or 1h), runs `usagebot backtest --format json` on it, and counts every *notified* "fired" or
+"renotified" alert as a detection at the row of the bucket it is about. bench.nab_score scores
+the detections under NAB's three profiles. Usage cannot be negative, so a file with negative
+values (art_daily_flatmiddle only) is shifted up by a round constant (NabFile.offset). Nothing here looks at the labels before scoring, and
+one preset serves every file.
+
+--sensitivity repeats the scoring with each main setting halved and doubled (score, adapt, learn)
+and prints the three profiles of each. These runs call the detector's own `fit` on every
+evaluation's trailing window directly (many windows per call, instead of one backtest per file:
+the backtest of the whole set takes ~20 minutes on a shared 2-core machine) and apply the preset's
+episode rules (fire at `score`, hold while >= `recovery`, resolve after one bucket below, no `for`,
+no cooldown, a condition already true at the first evaluation held by the first-run policy); the
+preset's own row is computed both ways and printed, so the shortcut is checked on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench.nab_score import PROFILES, FileScore, normalised, score_file
+from rules.detectors.anomaly import AnomalyParams, directional, fit, history_buckets
+from rules.loader import load_rules_text
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "nab-dev"
+DEFAULT_PRESET = ROOT / "rules" / "examples" / "anomaly.toml"
+DETECTION_EVENTS = ("fired", "renotified")
+
+
+def _epoch(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00").split(".")[0]).replace(tzinfo=UTC).timestamp())
+
+
+@dataclass(frozen=True)
+class NabFile:
+    name: str  # "<category>/<name>.csv"
+    times: np.ndarray  # epoch seconds per row
+    values: np.ndarray
+    windows: list[tuple[int, int]]  # labelled [first, last] rows
+
+    @property
+    def offset(self) -> float:
+        """Added to every value of a file with negative values (usage cannot be negative): the
+        next multiple of 10 at or above -minimum (art_daily_flatmiddle: +30); 0 for the others."""
+        low = float(self.values.min())
+        return 0.0 if low >= 0 else float(math.ceil(-low / 10) * 10)
+
+    @property
+    def step(self) -> int:
+        """The sampling interval: the median gap between rows, in seconds."""
+        return int(np.median(np.diff(self.times)))
+
+
+def read_file(data: Path, name: str, labels: Sequence[Sequence[str]]) -> NabFile:
+    with open(data / "data" / name, newline="") as f:
+        rows = list(csv.DictReader(f))
+    times = np.array([_epoch(r["timestamp"]) for r in rows], dtype=np.int64)
+    row_of = {int(t): i for i, t in enumerate(times)}
+    windows = [(row_of[_epoch(a)], row_of[_epoch(b)]) for a, b in labels]
+    return NabFile(name, times, np.array([float(r["value"]) for r in rows]), windows)
+
+
+def duration_text(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def rules_text(preset: str, bucket: int, overrides: Mapping[str, str] | None = None) -> str:
+    """The preset with its [defaults] bucket set to `bucket` and `overrides` (key -> TOML value)
+    set in its (last) [rule.threshold] table."""
+    text, n = re.subn(r'(?m)^bucket\s*=\s*"[^"]*"', f'bucket = "{duration_text(bucket)}"', preset, count=1)
+    if n != 1:
+        raise ValueError("the preset sets no bucket in [defaults]")
+    for key, value in (overrides or {}).items():
+        if not text.rstrip().split("[rule.threshold]")[-1]:
+            raise ValueError("the preset has no [rule.threshold] table")
+        text, n = re.subn(rf"(?m)^#?\s*{key}\s*=.*$", f"{key} = {value}", text, count=1)
+        if n == 0:
+            text = text.rstrip("\n") + f"\n{key} = {value}\n"
+    return text
+
+
+def detections(events: Sequence[Mapping], nab: NabFile) -> list[int]:
+    """Rows of the notified alerts: the row in the bucket each alert is about."""
+    step = nab.step
+    starts = nab.times // step * step  # the bucket each row falls in (the backtest buckets the same way)
+    rows = []
+    for ev in events:
+        if ev["event"] in DETECTION_EVENTS and ev["notified"]:
+            bucket = _epoch(ev["window"][0])
+            i = int(np.searchsorted(starts, bucket))
+            if i < len(starts) and starts[i] == bucket:
+                rows.append(i)
+    return rows
+
+
+def usagebot() -> str:
+    here = Path(sys.executable).parent / "usagebot"
+    return str(here) if here.exists() else "usagebot"
+
+
+def backtest(nab: NabFile, rules: str, tmp: Path) -> list[dict]:
+    """Run `usagebot backtest --format json` on one file; its events."""
+    stem = nab.name.replace("/", "__")
+    usage = tmp / f"{stem}.usage.csv"
+    with open(usage, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "account", "metric", "value"])
+        for t, v in zip(nab.times, nab.values + nab.offset, strict=True):
+            w.writerow([datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "series", "value",
+                        repr(float(v))])
+    rule_file = tmp / f"{stem}.toml"
+    rule_file.write_text(rules)
+    out = subprocess.run([usagebot(), "backtest", "--rules", str(rule_file), "--usage", str(usage), "--format",
+                          "json"], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"usagebot backtest failed on {nab.name}: {out.stderr.strip()}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def run(files: Sequence[NabFile], preset: str, overrides: Mapping[str, str] | None = None,
+        jobs: int = 2) -> dict[str, list[int]]:
+    """Detections per file."""
+    with tempfile.TemporaryDirectory(prefix="usagebot-nab-") as tmp, ThreadPoolExecutor(jobs) as pool:
+        def one(nab: NabFile) -> tuple[str, list[int]]:
+            return nab.name, detections(backtest(nab, rules_text(preset, nab.step, overrides), Path(tmp)), nab)
+        return dict(pool.map(one, files))
+
+
+def scores(files: Sequence[NabFile], found: Mapping[str, list[int]]) -> dict[str, tuple[float, list[FileScore]]]:
+    out = {}
+    for p in PROFILES:
+        per_file = [score_file(len(f.times), f.windows, found[f.name], p) for f in files]
+        out[p.name] = (normalised(per_file), per_file)
+    return out
+
+
+SENSITIVITY = {  # setting -> (its preset value, halved, doubled), as AnomalyParams values
+    "score": (4.0, 2.0, 8.0),
+    "adapt": (6, 3, 12),
+    "learn": (None, 43_200, 172_800),  # the default is 1 day (at least 48 buckets): 12h and 2d
+}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One file's evaluations by the detector: per bucket, the directional score and whether decided."""
+
+    score: np.ndarray
+    decided: np.ndarray
+    row_of: dict[int, int]  # bucket -> row of the file
+
+
+def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scored:
+    """rules.detectors.anomaly.fit on each evaluation's trailing window (many windows per call)."""
+    step = nab.step
+    b0 = int(nab.times[0]) // step * step
+    cols = (nab.times // step * step - b0) // step
+    y = np.full(int(cols[-1]) + 1, np.nan)
+    y[cols] = nab.values + nab.offset
+    h = history_buckets(params, step)
+    padded = np.concatenate([np.full(h - 1, np.nan), y])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, h)  # row j: the window ending at bucket j
+    score = np.full(len(y), np.nan)
+    decided = np.zeros(len(y), dtype=bool)
+    for lo in range(0, len(y), chunk):
+        f = fit(np.ascontiguousarray(windows[lo:lo + chunk]), step, params)
+        score[lo:lo + chunk] = directional(params, f.score)
+        decided[lo:lo + chunk] = f.decided
+    return Scored(score, decided, {int(c): i for i, c in enumerate(cols)})
+
+
+def episode_starts(scored: Scored, threshold: float, hold: float) -> list[int]:
+    """Rows of the notified alerts under the preset's episode rules (see the module docstring)."""
+    found, firing, first = [], False, True
+    for j in np.flatnonzero(scored.decided):
+        s = scored.score[j]
+        if firing:
+            firing = bool(s >= hold)
+        elif s >= threshold:
+            firing = True
+            if not first:  # first-run policy: a condition true at the first evaluation is not notified
+                found.append(int(j))
+        first = False
+    return [scored.row_of[j] for j in found if j in scored.row_of]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--preset", type=Path, default=DEFAULT_PRESET)
+    ap.add_argument("--sensitivity", action="store_true", help="also run each main setting halved and doubled")
+    ap.add_argument("--save", type=Path, help="write the detections (rows per file) here as JSON")
+    ap.add_argument("--no-backtest", action="store_true", help="with --sensitivity: only the direct runs")
+    ap.add_argument("--save-direct", type=Path, help="write the direct run's detections of the preset here")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args(argv)
+    labels = json.loads((args.data / "combined_windows.json").read_text())
+    files = [read_file(args.data, name, labels[name]) for name in sorted(labels)]
+    preset = args.preset.read_text()
+    found = {} if args.no_backtest else run(files, preset, jobs=args.jobs)
+    if args.save:
+        args.save.write_text(json.dumps(found))
+    if found:
+        result = scores(files, found)
+        print("| profile | score |\n|---|---:|")
+        for name, (score, _) in result.items():
+            print(f"| {name} | {score:.1f} |")
+        print("\n| file | rows | bucket | windows | detected | false positives | standard raw |\n"
+              "|---|---:|---|---:|---:|---:|---:|")
+        for f, s in zip(files, result["standard"][1], strict=True):
+            print(f"| {f.name} | {len(f.times)} | {duration_text(f.step)} | {s.windows} | {s.detected} |"
+                  f" {s.false_positives} | {s.raw:.2f} |")
+    if args.sensitivity:
+        base = load_rules_text(rules_text(preset, 300), "preset").rules[0].params
+
+        def row(label: str, value: object, params: AnomalyParams, series: dict[str, Scored]) -> dict[str, list[int]]:
+            got = {n: episode_starts(sc, params.threshold, params.hold) for n, sc in series.items()}
+            print(f"| {label} | {value} | " + " | ".join(f"{x[0]:.1f}" for x in scores(files, got).values()) + " |",
+                  flush=True)
+            return got
+
+        series = {f.name: direct_scores(f, base) for f in files}
+        print("\n| setting | value | standard | reward_low_FP_rate | reward_low_FN_rate |\n|---|---|---:|---:|---:|")
+        direct = row("(preset)", "", base, series)
+        if args.save_direct:
+            args.save_direct.write_text(json.dumps(direct))
+        same = sum(direct[f.name] == found.get(f.name) for f in files)
+        for key, (_, low, high) in SENSITIVITY.items():
+            for label, value in (("halved", low), ("doubled", high)):
+                params = replace(base, **{key: value})
+                if key != "score":  # the score threshold does not change what is learnt
+                    series = {f.name: direct_scores(f, params) for f in files}
+                row(f"{key} {label}", value, params, series)
+        if found:
+            print(f"\nthe direct computation gives the backtest's detections on {same} of {len(files)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

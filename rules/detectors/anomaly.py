@@ -1,0 +1,349 @@
+"""Anomaly detector: each account's series is learnt from its own recent history (no per-series tuning).
+
+Evaluated at at = block.end on the last bucket t; NaN means "not observed", never zero. Every
+estimate is a pure function of the trailing `required_history` buckets, so the scheduler (which
+reads that much from storage every cycle) and the backtest (which replays the same engine bucket by
+bucket) compute the same numbers, and nothing after t is read. Vectorised over rows (accounts) and
+over the learning window; no Python loop over time.
+
+Models (candidates), each a forecast for every bucket tau of the learning window:
+    level     pred = median of the last `adapt` buckets + damped trend
+    daily     (sub-daily buckets) base = median of the same time of day in the last `cycles` days;
+              pred = base + mean of (value - base) over the last `adapt` buckets + damped trend
+    weekly    (buckets dividing a week) the same with the same time of the week
+    The trend is half the slope between the means of the two halves of the `adapt` buckets,
+    projected to tau (damped: a short-lived slope is not extrapolated in full).
+
+Learning window: the `learn` buckets before t (default max(1 day, 48 buckets)). A candidate is
+usable once it has at least learn / 2 errors there; a seasonal one replaces a simpler one only when
+its mean squared error is below 0.9 x that one's (parsimony: a series without seasonality keeps the
+level model).
+
+Noise scale s of the chosen model (never 0):
+    s^2 = max(1.2533 x MAE, e3 / z3)^2 + floor^2 [+ lambda for counts]
+    MAE: mean absolute error over the learning window (1.2533 x MAE = sigma for Gaussian errors);
+    e3 / z3: the 3rd largest recent |error| over the normal quantile 1 - 3/(2 learn), i.e. scaled
+    to what a Gaussian series would show in `learn` buckets, so a heavy-tailed (spiky) series is
+    judged by its own spikes, while one or two past anomalies do not hide the next; floor = `min_change` x max(mean |value - mean|, |mean|) of the
+    window, so a flat or perfectly periodic series does not fire on a rounding wobble;
+    counts (every observed value a non-negative integer): + max(pred, mean, 1), the Poisson
+    variance, so a series of zeros and small integers has a scale of at least one count.
+
+Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Tail probability: the
+normal tail of the score (one-sided; two-sided for both). Fires when the directional score
+>= `score` (or the tail probability <= `probability`).
+
+Open episodes (given by the caller): a firing one holds while the directional score >= `recovery`
+(default score / 2), a pending one (`for`) while it is >= `score`; otherwise a Recovery states the value against the expected range. The model keeps
+learning while an episode is open: after a level shift the level model catches up within about
+`adapt` buckets, so the shift fires once and the episode then resolves.
+
+Warm-up: a row is undecided until the level model has learn / 2 errors: max(1, adapt // 2) +
+learn / 2 + 1 observed buckets (defaults: 5-minute buckets 148, 12h20m; hourly 28 hours; daily 28 days). Daily
+seasonality can be chosen one day later, weekly one week later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from rules.config import values as v
+from rules.detectors import format as fmt
+from rules.detectors.baseline import nan_median
+from rules.detectors.finding import make_finding
+from rules.detectors.opened import open_rows
+from rules.kinds import Ending, Field, Kind, Threshold
+from rules.model import AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
+
+DAY = 86_400
+WEEK = 7 * DAY
+MAE_TO_SIGMA = math.sqrt(math.pi / 2)  # 1.2533: sigma / mean |error| for Gaussian errors
+PARSIMONY = 0.9  # a seasonal model must cut the mean squared error by 10% to be chosen
+TREND_DAMPING = 0.5  # half of the recent slope is projected
+TAIL_RANK = 3  # the tail scale reads the 3rd largest recent error: two past anomalies do not mask a third
+MIN_LEARN = 48  # the learning window is at least 48 buckets (a day of 30-minute buckets)
+DIRECTIONS = ("both", "up", "down")
+MODEL_NAMES = ("level", "daily", "weekly")
+_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class AnomalyParams:
+    """Fires when the bucket's anomaly score (in learnt noise units) reaches `score` in `direction`."""
+
+    direction: str = "both"
+    score: float | None = None  # default DEFAULT_SCORE unless probability is given
+    probability: float | None = None  # alternative: fire when the tail probability is at most this
+    recovery: float | None = None  # an open alert holds while the score is at least this (default score / 2)
+    adapt: int = 6  # buckets over which the level (and its trend) follows the series
+    learn: int | None = None  # seconds of errors the scale and the model choice are learnt from (None: auto)
+    cycles: int = 3  # past days (weeks) whose same time of day (week) make the seasonal base
+    min_change: float = 0.01  # the scale is at least this share of the series' typical level or spread
+
+    @property
+    def threshold(self) -> float:
+        """The score at which it fires (from `probability` when that is given)."""
+        if self.probability is not None:
+            tail = self.probability / 2 if self.direction == "both" else self.probability
+            return _NORMAL.inv_cdf(1.0 - tail)
+        return self.score if self.score is not None else DEFAULT_SCORE
+
+    @property
+    def hold(self) -> float:
+        return self.recovery if self.recovery is not None else self.threshold / 2
+
+
+DEFAULT_SCORE = 4.0
+
+
+def _params(rule: Rule) -> AnomalyParams:
+    if not isinstance(rule.params, AnomalyParams):
+        raise TypeError(f"{fmt.rule_location(rule)}: anomaly rule has {type(rule.params).__name__} params")
+    return rule.params
+
+
+def learn_buckets(params: AnomalyParams, step: int) -> int:
+    if params.learn is not None:
+        return max(2, params.learn // step)
+    return max(DAY // step, MIN_LEARN)
+
+
+def seasonal_periods(step: int) -> list[tuple[str, int]]:
+    """(name, buckets per cycle): daily for sub-daily buckets dividing a day, weekly for buckets
+    shorter than a week that divide it."""
+    out = []
+    if step < DAY and DAY % step == 0:
+        out.append(("daily", DAY // step))
+    if step < WEEK and WEEK % step == 0:
+        out.append(("weekly", WEEK // step))
+    return out
+
+
+def history_buckets(params: AnomalyParams, step: int) -> int:
+    """Buckets of history the evaluation reads, the evaluated one included."""
+    longest = max((p for _, p in seasonal_periods(step)), default=0)
+    return learn_buckets(params, step) + params.adapt + params.adapt // 2 + 1 + params.cycles * longest
+
+
+def required_history(rule: Rule) -> int:
+    return history_buckets(_params(rule), rule.bucket) * rule.bucket
+
+
+def _past_median(a: np.ndarray, width: int, first: int, minimum: int) -> np.ndarray:
+    """Per row and per column c >= first: median of the observed a[:, c - width : c] (robust: one
+    outlier among them does not move it); NaN with fewer than `minimum` observed. Returns columns
+    first..end."""
+    rows = a.shape[0]
+    windows = np.lib.stride_tricks.sliding_window_view(a, width, axis=1)[:, first - width:]  # (rows, cols, width)
+    cols = windows.shape[1]
+    flat = windows.reshape(rows * cols, width)
+    out = nan_median(flat)
+    out[np.count_nonzero(~np.isnan(flat), axis=1) < minimum] = np.nan
+    return out.reshape(rows, cols)
+
+
+@dataclass
+class Fit:
+    """The chosen model's verdict on the evaluated bucket, per row."""
+
+    value: np.ndarray
+    expected: np.ndarray
+    scale: np.ndarray
+    score: np.ndarray  # signed: (value - expected) / scale
+    model: np.ndarray  # index into MODEL_NAMES
+    decided: np.ndarray
+
+
+def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
+    """Learn every row's series from the trailing history and score its last bucket."""
+    rows = values.shape[0]
+    h = history_buckets(params, step)
+    y = values[:, -h:].astype(np.float64, copy=False)
+    if y.shape[1] < h:  # fewer buckets than the history: pad with "not observed"
+        y = np.concatenate([np.full((rows, h - y.shape[1]), np.nan), y], axis=1)
+    learn, m = learn_buckets(params, step), max(1, params.adapt)
+    first = h - learn - 1  # column of the first tau of the learning window (tau = t - learn)
+    extra = m // 2  # levels from `extra` buckets before `first`, for the trend
+    start = first - m - extra  # earliest deseasonalised column a level reads
+    errors, preds, names = [], [], []
+    for name, period in [("level", 0), *seasonal_periods(step)]:
+        if period == 0:
+            base = np.zeros((rows, h - start))
+        else:
+            cols = np.arange(start, h)
+            back = cols[None, :] - period * np.arange(1, params.cycles + 1)[:, None]  # (cycles, columns)
+            stack = np.where(back[None] >= 0, y[:, np.clip(back, 0, None)], np.nan)  # (rows, cycles, columns)
+            base = nan_median(np.moveaxis(stack, 1, 2).reshape(-1, params.cycles)).reshape(rows, -1)
+        d = y[:, start:] - base
+        level = _past_median(d, m, m, max(1, m // 2))[:, :-1]  # taus first - extra .. t
+        pred = base[:, m + extra:] + level[:, extra:]
+        if m >= 2:  # the level's change over the last half of `adapt`, projected halfway ahead
+            half = m // 2
+            slope = (level[:, extra:] - level[:, extra - half: level.shape[1] - half]) / half
+            pred = pred + TREND_DAMPING * np.nan_to_num(slope) * (m + 1) / 2
+        errors.append(y[:, first:] - pred)
+        preds.append(pred[:, -1])
+        names.append(MODEL_NAMES.index(name))
+    err = np.stack(errors)  # (models, rows, learn + 1): the last column is the evaluated bucket
+    past = err[:, :, :-1]
+    observed = np.count_nonzero(~np.isnan(past), axis=2)
+    usable = observed >= max(1, learn // 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mse = np.where(usable, np.nansum(past**2, axis=2) / np.maximum(observed, 1), np.inf)
+        mae = np.nansum(np.abs(past), axis=2) / np.maximum(observed, 1)
+    best = np.zeros(rows, dtype=np.intp)
+    r = np.arange(rows)
+    for c in range(1, len(names)):
+        best = np.where(mse[c] < PARSIMONY * mse[best, r], c, best)
+    chosen = err[best, r]
+    k = min(TAIL_RANK, learn)
+    sized = np.where(np.isnan(chosen[:, :-1]), -np.inf, np.abs(chosen[:, :-1]))
+    large = -np.partition(-sized, k - 1, axis=1)[:, k - 1]  # the k-th largest error
+    z_learn = _NORMAL.inv_cdf(1.0 - k / (2 * learn))
+    scale = np.fmax(MAE_TO_SIGMA * mae[best, r], np.fmax(large, 0.0) / z_learn)
+    window = y[:, first - m: -1]
+    ok = ~np.isnan(window)
+    n_obs = np.maximum(ok.sum(axis=1), 1)
+    mean = np.where(ok, window, 0.0).sum(axis=1) / n_obs
+    spread = np.where(ok, np.abs(window - mean[:, None]), 0.0).sum(axis=1) / n_obs
+    floor = params.min_change * np.fmax(spread, np.abs(mean))
+    var = scale**2 + floor**2
+    expected = np.stack(preds)[best, r]
+    counts = np.all(~ok | ((window == np.round(window)) & (window >= 0)), axis=1)
+    var = np.where(counts, var + np.fmax(np.fmax(np.nan_to_num(expected), mean), 1.0), var)
+    scale = np.sqrt(np.fmax(var, 1e-18))
+    value = y[:, -1]
+    decided = usable[best, r] & ~np.isnan(value) & ~np.isnan(expected)
+    with np.errstate(invalid="ignore"):
+        score = (value - expected) / scale
+    return Fit(value, expected, scale, score, np.asarray(names)[best], decided)
+
+
+def directional(params: AnomalyParams, score: np.ndarray) -> np.ndarray:
+    if params.direction == "up":
+        return score
+    if params.direction == "down":
+        return -score
+    return np.abs(score)
+
+
+def tail_probability(params: AnomalyParams, score: float) -> float:
+    """The normal tail probability of a score this far out in the rule's direction."""
+    x = abs(score) if params.direction == "both" else (score if params.direction == "up" else -score)
+    p = 1.0 - _NORMAL.cdf(x)
+    return 2 * p if params.direction == "both" else p
+
+
+def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts],
+                   open_episodes: Sequence[OpenEpisode] = ()) -> DetectorResult:
+    params = _params(rule)
+    rows, n = block.values.shape
+    if rows == 0 or n == 0:
+        return DetectorResult([], np.zeros(rows, dtype=bool))
+    f = fit(block.values, block.step, params)
+    s = directional(params, f.score)
+    with np.errstate(invalid="ignore"):
+        fire = f.decided & (s >= params.threshold)
+    opened = open_rows(block, open_episodes)
+    if opened:
+        fire[list(opened)] = False  # judged with hysteresis below
+    result = DetectorResult([], f.decided.copy())
+    for i in np.flatnonzero(fire):
+        result.findings.append(_finding(rule, params, block, f, int(i)))
+    for i, episode in opened.items():
+        if not f.decided[i]:
+            continue
+        if s[i] >= (params.hold if episode.firing else params.threshold):  # pending: the firing condition
+            result.findings.append(_finding(rule, params, block, f, i, holding=episode.firing))
+        else:
+            result.recoveries[(block.account_ids[i], "")] = _recovery(params, block, f, i)
+    return result
+
+
+def _range(params: AnomalyParams, f: Fit, i: int, k: float) -> tuple[float, float]:
+    return float(f.expected[i] - k * f.scale[i]), float(f.expected[i] + k * f.scale[i])
+
+
+def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: int, holding: bool = False) -> Finding:
+    value, expected, score = float(f.value[i]), float(f.expected[i]), float(f.score[i])
+    k = params.hold if holding else params.threshold
+    low, high = _range(params, f, i, k)
+    side = "above" if score > 0 else "below"
+    edge = high if score > 0 else low
+    model = MODEL_NAMES[int(f.model[i])]
+    when = f"in the {fmt.duration(block.step)} bucket starting {fmt.moment(block.end - block.step, block.step)}"
+    message = (f"{block.metric} is {fmt.number(value)} {when}: expected about {fmt.number(expected)}"
+               f" ({model} model), {abs(score):.1f} noise units {side} it")
+    if holding:
+        message += f"; it resolves once back within {fmt.number(low)} .. {fmt.number(high)}"
+    details = {"score": score, "probability": tail_probability(params, score), "expected": expected,
+               "scale": float(f.scale[i]), "model": model, "direction": params.direction, "low": low,
+               "high": high}
+    return make_finding(rule, block, i, value=value, baseline=expected, threshold=edge,
+                        window_start=block.end - block.step, message=message + ".", details=details)
+
+
+def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int) -> Recovery:
+    low, high = _range(params, f, i, params.hold)
+    value, expected = float(f.value[i]), float(f.expected[i])
+    message = (f"{block.metric} back to {fmt.number(value)}: within {fmt.number(low)} .. {fmt.number(high)}"
+               f" of the expected {fmt.number(expected)}.")
+    return Recovery(block.end, value, expected, message, {"score": float(f.score[i]), "low": low, "high": high})
+
+
+# ------------------------------------------------------------------------------- the kind
+
+
+def _check(t: Threshold) -> None:
+    """score or probability, not both; a recovery below the firing score; learn a bucket multiple."""
+    if t.given("score") and t.given("probability"):
+        t.error("probability", "give either score or probability, not both")
+        return
+    recovery = t.got.get("recovery")
+    if recovery is not None and recovery >= t.params.threshold:
+        t.error("recovery", f"must be below the firing score ({t.params.threshold:g}): an open alert holds while the"
+                            f" score is at least recovery (got {t.shown('recovery')})")
+    if t.given("learn"):
+        t.multiple_of_bucket("learn")
+
+
+KIND = Kind(
+    name="anomaly",
+    title="Usage anomaly",
+    summary="the bucket is far from what the account's own learnt level, trend and seasonality predict",
+    params=AnomalyParams,
+    fields=(
+        Field("direction", v.choice(DIRECTIONS), '`"both"`, `"up"`, `"down"`', '`"both"`', "Which deviations fire:"
+              " above the expected value, below it, or both."),
+        Field("score", v.number(0.5), "number ≥ 0.5", f"`{DEFAULT_SCORE:g}`", "Fires when the bucket is at least this"
+              " many noise units from the expected value (the anomaly score). Give `score` or `probability`."),
+        Field("probability", v.in_range(v.number(), 0.0, 0.5, "must be between 0 and 0.5 (a tail probability)"),
+              "number, 0 < p ≤ 0.5", "none", "Fires when the normal tail probability of the score (two-sided for"
+              " `both`) is at most this: `1e-4` = score 3.9 (`both`) or 3.7 (`up`/`down`)."),
+        Field("recovery", v.number(0), "number < the firing score", "half the firing score", "An open alert holds"
+              " while the score is at least this (see [how alerts end](#how-alerts-end-recovery))."),
+        Field("adapt", v.integer(1, 1000), "integer, 1 ≤ n ≤ 1000", "`6`", "Buckets over which the learnt level and"
+              " trend follow the series: a level shift is absorbed in about this many buckets."),
+        Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "1 day, at least 48 buckets",
+              "How much recent history the noise scale and the choice of seasonal model are learnt from."),
+        Field("cycles", v.integer(1, 8), "integer, 1 ≤ n ≤ 8", "`3`", "Past days (weeks) whose same time of day"
+              " (week) make the seasonal expectation (their median)."),
+        Field("min_change", v.number(0), "number ≥ 0", "`0.01`", "The noise scale is at least this share of the"
+              " series' typical level (or spread): a flat or perfectly regular series does not fire on tiny"
+              " wobbles."),
+    ),
+    detect=detect_anomaly,
+    required_history=required_history,
+    endings=(Ending("anomaly", "the score is at least `recovery` in the rule's direction", "the score is below"
+                    " `recovery`; the model keeps learning while an alert is open, so after a level shift it"
+                    " resolves once the level has caught up (the shift is reported once)"),),
+    check=_check,
+    resolve_buckets=1,  # one bucket back in range ends it: two short anomalies are two episodes
+    cohort="default",  # a book-wide shift in one bucket (a holiday, a pipeline gap) is an event, not N anomalies
+    calendar=True,
+)

@@ -1,0 +1,236 @@
+"""The anomaly kind (rules.detectors.anomaly): the learnt model, the noise scale, warm-up, episodes
+through the replay, no look-ahead, loader errors (file:line) and the shipped preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rules.detectors import detect, required_history
+from rules.detectors.anomaly import AnomalyParams, fit, history_buckets, learn_buckets, tail_probability
+from rules.engine import history_needed
+from rules.loader import RuleFileError, load_rules, load_rules_text
+from rules.model import DAY, WEEK, AccountFacts, MetricBlock, OpenEpisode, Rule
+from rules.replay import replay
+
+H = 3600
+M5 = 300
+END = 1_792_800_000 - 1_792_800_000 % WEEK  # a fixed week boundary
+PRESET = Path(__file__).resolve().parents[2] / "rules" / "examples" / "anomaly.toml"
+
+
+def block(values: Any, step: int = H, end: int = END) -> MetricBlock:
+    arr = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    return MetricBlock("value", end - arr.shape[1] * step, step, [f"a{i}" for i in range(arr.shape[0])], arr)
+
+
+def rule(step: int = H, **params: Any) -> Rule:
+    return Rule("anom", "anomaly", "value", step, AnomalyParams(**params), rule_hash="beef")
+
+
+def facts(b: MetricBlock) -> list[AccountFacts]:
+    return [AccountFacts(a, a) for a in b.account_ids]
+
+
+def daily_pattern(n: int, step: int = H, seed: int = 0, noise: float = 2.0) -> np.ndarray:
+    """A daily cycle (100 by day, 20 by night) with Gaussian noise, ending at END."""
+    rng = np.random.default_rng(seed)
+    t = END - (n - np.arange(n)) * step
+    hour = (t % DAY) / H
+    return np.where((hour >= 8) & (hour < 20), 100.0, 20.0) + rng.normal(0, noise, n)
+
+
+def test_the_daily_pattern_is_learnt_and_a_break_of_it_fires() -> None:
+    n = history_buckets(AnomalyParams(), H)
+    series = daily_pattern(n)
+    quiet = detect(rule(), block(series), facts(block(series)))
+    assert quiet.decided.tolist() == [True] and quiet.findings == []
+    f = fit(block(series).values, H, AnomalyParams())
+    assert f.model.tolist() in ([1], [2])  # a seasonal model (a daily cycle is weekly too): the wave is learnt
+    night = series.copy()
+    assert (END - H) % DAY // H == 23  # the evaluated bucket is at night (usually 20)
+    night[-1] = 100.0  # a day-time level at night: normal for a level model, an anomaly for this series
+    (finding,) = detect(rule(), block(night), facts(block(night))).findings
+    assert finding.kind == "anomaly" and finding.value == 100.0
+    assert finding.baseline == pytest.approx(20, abs=5) and finding.details["model"] in ("daily", "weekly")
+    assert finding.details["score"] > 4 and finding.details["probability"] < 1e-4
+    assert "expected about " in finding.message and f"({finding.details['model']} model)" in finding.message
+
+
+def test_direction_up_down_both() -> None:
+    n = history_buckets(AnomalyParams(), H)
+    up, down = daily_pattern(n, seed=1), daily_pattern(n, seed=1)
+    up[-1], down[-1] = 80.0, -40.0 + 40  # night: 80 is far above 20; 0 is far below it
+    b = block([up, down])
+    assert [f.account_id for f in detect(rule(direction="both"), b, facts(b)).findings] == ["a0", "a1"]
+    assert [f.account_id for f in detect(rule(direction="up"), b, facts(b)).findings] == ["a0"]
+    assert [f.account_id for f in detect(rule(direction="down"), b, facts(b)).findings] == ["a1"]
+
+
+def test_probability_is_the_normal_tail_of_the_score() -> None:
+    both, up = AnomalyParams(probability=1e-4), AnomalyParams(probability=1e-4, direction="up")
+    assert both.threshold == pytest.approx(3.8906, abs=1e-3) and up.threshold == pytest.approx(3.719, abs=1e-3)
+    assert tail_probability(both, -both.threshold) == pytest.approx(1e-4)
+    assert tail_probability(up, up.threshold) == pytest.approx(1e-4)
+    assert AnomalyParams().threshold == 4.0 and AnomalyParams().hold == 2.0
+
+
+def test_counts_with_many_zeros_have_a_scale_of_at_least_one_count() -> None:
+    """A series of zeros with rare 1s: the MAD and MAE are 0 but the scale is not; a 1 or a 2 does
+    not fire, a burst of 20 does."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(3)
+    series = (rng.random(n) < 0.03).astype(float)
+    for last, fires in ((1.0, False), (2.0, False), (20.0, True)):
+        series[-1] = last
+        f = fit(block(series, M5).values, M5, AnomalyParams())
+        assert f.scale[0] >= 1.0
+        assert bool(detect(rule(M5), block(series, M5), facts(block(series, M5))).findings) is fires
+
+
+def test_a_flat_series_fires_on_a_real_change_only() -> None:
+    n = history_buckets(AnomalyParams(), M5)
+    flat = np.full(n, 45.5)
+    flat[-1] = 45.6  # a wobble below min_change (1% of the level)
+    assert not detect(rule(M5), block(flat, M5), facts(block(flat, M5))).findings
+    flat[-1] = 50.0
+    assert detect(rule(M5), block(flat, M5), facts(block(flat, M5))).findings
+
+
+def test_a_spiky_series_is_judged_by_its_own_spikes() -> None:
+    """Heavy tails: spikes of ~10 units every few hours are normal; a spike of 40 is not."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(5)
+    series = rng.normal(10, 0.5, n)
+    series[rng.random(n) < 0.02] += 10
+    series[-1] = 20.5
+    assert not detect(rule(M5), block(series, M5), facts(block(series, M5))).findings
+    series[-1] = 50.0
+    assert detect(rule(M5), block(series, M5), facts(block(series, M5))).findings
+
+
+def test_warm_up_is_half_adapt_plus_half_the_learning_window() -> None:
+    p = AnomalyParams()
+    assert learn_buckets(p, M5) == 288 and learn_buckets(p, H) == 48 and learn_buckets(p, DAY) == 48
+    warm = p.adapt // 2 + learn_buckets(p, H) // 2 + 1  # 28 hourly buckets
+    series = daily_pattern(200)
+    assert not fit(series[None, -(warm - 1):], H, p).decided[0]
+    assert fit(series[None, -warm:], H, p).decided[0]
+    assert required_history(rule()) == history_buckets(p, H) * H == (48 + 6 + 3 + 1 + 3 * 168) * H
+    assert required_history(rule(DAY)) == (48 + 6 + 3 + 1 + 3 * 7) * DAY  # daily buckets: weekly seasonality
+
+
+def test_only_the_required_history_is_read() -> None:
+    """The verdict depends on the trailing required_history only (what the scheduler loads): older
+    data changes nothing, so backtest and scheduler agree."""
+    n = history_buckets(AnomalyParams(), H)
+    rng = np.random.default_rng(7)
+    series = daily_pattern(n + 500, seed=7)
+    series[-1] = 90
+    older = series.copy()
+    older[:500] = rng.normal(1000, 300, 500)
+    a, b = block(series), block(older)
+    fa, fb = detect(rule(), a, facts(a)).findings, detect(rule(), b, facts(b)).findings
+    assert fa and [f.details for f in fa] == [f.details for f in fb]
+    short = block(series[-n:])
+    assert [f.details for f in detect(rule(), short, facts(short)).findings] == [f.details for f in fa]
+
+
+def test_rows_are_independent_vectorised() -> None:
+    n = history_buckets(AnomalyParams(), H)
+    rows = np.stack([daily_pattern(n, seed=s) for s in range(6)])
+    rows[2, -1] = 100.0
+    rows[4, :-20] = np.nan  # in warm-up: undecided
+    b = block(rows)
+    res = detect(rule(), b, facts(b))
+    alone = [detect(rule(), block(rows[i]), facts(block(rows[i]))) for i in range(6)]
+    assert res.decided.tolist() == [bool(r.decided[0]) for r in alone] == [True, True, True, True, False, True]
+    assert [f.account_id for f in res.findings] == ["a2"]
+    assert res.findings[0].details == alone[2].findings[0].details
+
+
+def test_open_episode_holds_above_recovery_and_recovers_below() -> None:
+    n = history_buckets(AnomalyParams(), H)
+    series = daily_pattern(n, seed=2)
+    series[-1] = 60.0  # night: ~20 expected
+    b = block(series)
+    opened = (OpenEpisode("a0", "", END - H, True),)
+    (held,) = detect(rule(), b, facts(b), opened).findings
+    assert "it resolves once back within" in held.message
+    series[-1] = 21.0
+    res = detect(rule(), block(series), facts(b), opened)
+    assert res.findings == [] and "back to 21" in res.recoveries[("a0", "")].message
+
+
+def replay_events(values: np.ndarray, text: str, step: int = M5) -> list[tuple[str, int]]:
+    ruleset = load_rules_text(text)
+    b = block(values, step)
+    start = b.start + (history_buckets(AnomalyParams(), step) - 300) * step
+    return [(t.event, (t.at - b.start) // step - 1)
+            for s in replay(list(ruleset.rules), {("value", step): b}, {}, start, END, quiet_first_run=False)
+            for t in s.transitions]
+
+
+HEAD = '[defaults]\nbucket = "5m"\n[[rule]]\nid = "a"\nkind = "anomaly"\nmetric = "value"\n'
+
+
+def test_two_short_anomalies_are_two_episodes_and_a_level_shift_fires_once() -> None:
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(11)
+    series = rng.normal(50, 1, n)
+    first, second, shift = n - 250, n - 240, n - 200
+    series[first] = series[second] = 70.0
+    series[shift:] += 15  # a lasting new level
+    events = replay_events(series, HEAD)
+    (e0, i0), (e1, i1), (e2, i2), (e3, i3) = events[:4]
+    assert (e0, i0, e1, e2, i2, e3) == ("fired", first, "resolved", "fired", second, "resolved")
+    assert first < i1 < second < i3 < shift  # each resolved within a few buckets
+    fired_after = [i for e, i in events if e == "fired" and i >= shift]
+    assert fired_after == [shift]  # once: the level then adapts and the episode resolves
+    assert ("resolved", shift) not in events and events[-1][0] == "resolved"
+
+
+def test_for_and_cooldown_keep_their_meaning() -> None:
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(12)
+    series = rng.normal(50, 1, n)
+    a, b = n - 250, n - 240
+    series[a] = 70.0
+    series[n - 100: n - 97] = 70.0  # three buckets in a row
+    with_for = replay_events(series, HEAD.replace('metric = "value"\n', 'metric = "value"\nfor = 2\n'))
+    assert [i for e, i in with_for if e == "fired"] == [n - 99]  # a single bucket never lasts two evaluations
+    assert ("pending", a) in with_for and ("cleared", a + 1) in with_for
+    series[b] = 70.0
+    ruleset = load_rules_text(HEAD.replace('bucket = "5m"', 'bucket = "5m"\ncooldown = "2h"'))
+    bl = block(series, M5)
+    start = bl.start + (n - 300) * M5
+    fired = [(t.notify, (t.at - bl.start) // M5 - 1)
+             for s in replay(list(ruleset.rules), {("value", M5): bl}, {}, start, END)
+             for t in s.transitions if t.event == "fired"]
+    assert fired[:2] == [(True, a), (False, b)]  # b is 50 minutes after a: a new episode, in the cooldown
+
+
+def test_loader_errors_name_file_line_and_field() -> None:
+    with pytest.raises(RuleFileError) as info:
+        load_rules_text(HEAD + '[rule.threshold]\nscore = 4\nprobability = 0.01\n', "a.toml")
+    assert [str(p) for p in info.value.problems] == [
+        "a.toml:9: rule 'a': threshold.probability: give either score or probability, not both"]
+    with pytest.raises(RuleFileError) as info:
+        load_rules_text(HEAD + '[rule.threshold]\nscore = 4\nrecovery = 5\ndirection = "sideways"\n'
+                        'learn = "7m"\n', "a.toml")
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "a.toml:9: rule 'a': threshold.recovery: must be below the firing score (4)" in text
+    assert "a.toml:10: rule 'a': threshold.direction:" in text and "sideways" in text
+    assert "a.toml:11: rule 'a': threshold.learn:" in text
+
+
+def test_the_preset_takes_its_bucket_from_defaults_and_loads_on_hourly_and_5_minute_data() -> None:
+    preset = PRESET.read_text()
+    (r,) = load_rules([PRESET]).rules
+    assert (r.kind, r.metric, r.bucket) == ("anomaly", "value", H)
+    five = load_rules_text(preset.replace('bucket = "1h"', 'bucket = "5m"'))
+    assert five.rules[0].bucket == M5 and five.rules[0].params == r.params
+    assert history_needed(five.rules) == {("value", M5): history_buckets(r.params, M5) * M5}
