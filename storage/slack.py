@@ -434,6 +434,7 @@ class OpenAlert:
     fired_at: int
     utilization: float  # usage / quota of the metric (the explanation's, else value / the account's quota); 0 unknown
     acknowledged: bool
+    arr: float = 0.0  # the account's annual recurring revenue (accounts.arr, from the CRM or the CSV); 0 unknown
 
 
 def owner_open_alerts(engine: Engine, owner_email: str) -> list[OpenAlert]:
@@ -442,7 +443,7 @@ def owner_open_alerts(engine: Engine, owner_email: str) -> list[OpenAlert]:
 
     e, a = episodes_table.c, accounts_table.c
     q = (sa.select(e.id, e.account_id, a.name, a.quotas, e.rule_id, e.metric, e.severity, e.last_explanation,
-                   e.fired_at, e.acknowledged_by)
+                   e.fired_at, e.acknowledged_by, a.arr)
          .select_from(episodes_table.join(accounts_table, e.account_id == a.id))
          .where(a.owner_email == owner_email.strip().lower(), e.status == "firing", e.fired_at.is_not(None)))
     out = []
@@ -456,7 +457,7 @@ def owner_open_alerts(engine: Engine, owner_email: str) -> list[OpenAlert]:
                 util = value / quota if isinstance(value, int | float) and isinstance(quota, int | float) and quota else 0.0
             out.append(OpenAlert(int(r.id), r.account_id, r.name or r.account_id, r.rule_id, r.metric, r.severity,
                                  str(ex.get("message") or r.rule_id), int(r.fired_at), float(util),
-                                 bool(r.acknowledged_by)))
+                                 bool(r.acknowledged_by), float(r.arr or 0.0)))
     return out
 
 

@@ -124,7 +124,8 @@ def template_problems(cfg: SlackConfig) -> list[str]:
     problems += r.check(["slack/followup.json.j2"], r.alert_context({**a, "event": "resolved"}, view, "", False))
     rows = [{"a": a, "icon": "🔔", "sev_icon": "🟠", "links": {"crm": None, "dashboard": None}}]
     opened = [{"account_name": "Acme", "rule": "r", "metric": "api_calls", "severity": "warning", "sev_icon": "🟠",
-               "message": "m", "since": 1_795_478_400, "util_pct": 83, "acknowledged": False}]
+               "message": "m", "since": 1_795_478_400, "util_pct": 83, "arr_text": "130,000",
+               "acknowledged": False}]
     problems += r.check(["slack/digest.json.j2"], {"owner_email": "owner@example.com", "items": rows,
                                                    "day": "2026-11-24", "max_items": 20, "open_alerts": opened,
                                                    "max_open": 10})

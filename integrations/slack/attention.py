@@ -49,8 +49,9 @@ def over_daily_limit(cfg: AttentionConfig, severity: str, sent_today: int) -> bo
 
 
 def ranked(alerts: list[OpenAlert]) -> list[OpenAlert]:
-    """An owner's open alerts, most important first: by severity (critical first), then by quota
-    utilisation (highest first: closest to an overage or an upgrade), then the oldest first. (No
-    revenue figure is in the account facts yet; once ARR is, it ranks first.)"""
+    """An owner's open alerts, most important first: by revenue impact (the account's ARR, highest
+    first; unknown counts as 0), then by severity (critical first), then by quota utilisation
+    (highest first: closest to an overage or an upgrade), then the oldest first."""
     order = {s: i for i, s in enumerate(reversed(SEVERITIES))}
-    return sorted(alerts, key=lambda a: (order.get(a.severity, len(order)), -a.utilization, a.fired_at, a.episode_id))
+    return sorted(alerts, key=lambda a: (-a.arr, order.get(a.severity, len(order)), -a.utilization, a.fired_at,
+                                         a.episode_id))

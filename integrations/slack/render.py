@@ -376,6 +376,7 @@ class SlackRenderer:
         opened = [{"account_name": o.account_name, "rule": o.rule_id, "metric": o.metric, "severity": o.severity,
                    "sev_icon": SEVERITY_ICONS.get(o.severity, "⚪"), "message": o.message, "since": o.fired_at,
                    "util_pct": int(o.utilization * 100) if o.utilization else None,
+                   "arr_text": format_number(o.arr) if o.arr else "",
                    "acknowledged": o.acknowledged} for o in open_alerts]
         return self.render(["slack/digest.json.j2"], {
             # Slack allows 50 blocks: 2 per held item, 1 per open alert, 5 headers and notes

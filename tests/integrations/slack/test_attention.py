@@ -140,6 +140,14 @@ def test_ranking_by_severity_then_utilisation():
     assert [x.episode_id for x in got] == [3, 4, 2, 1]
 
 
+def test_ranking_puts_the_largest_revenue_first():
+    def a(i, sev, arr):  # noqa: ANN001, ANN202
+        return OpenAlert(i, f"a{i}", f"A{i}", "r", "m", sev, "msg", 100 + i, 0.0, False, arr)
+
+    got = ranked([a(1, "critical", 5_000.0), a(2, "info", 130_000.0), a(3, "warning", 0.0), a(4, "warning", 5_000.0)])
+    assert [x.episode_id for x in got] == [2, 1, 4, 3]
+
+
 def test_unacknowledged_alert_is_escalated_to_the_manager_exactly_once(engine, fake, config, clock):
     fake.add_user("U0CAROL01", "carol@example.com", "carol")
     cfg = _cfg(config, escalate_after=2 * DAY, escalate_severities=("warning",),
