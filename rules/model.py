@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
-SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}  # rules.impact raises by rank
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}  # rules.impact, the digest ranking
 
 DAY = 86_400
 WEEK = 7 * DAY

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from integrations.slack.config import AttentionConfig
-from rules.model import SEVERITIES
+from rules.model import SEVERITY_RANK
 from storage.slack import OpenAlert
 
 
@@ -52,6 +52,5 @@ def ranked(alerts: list[OpenAlert]) -> list[OpenAlert]:
     """An owner's open alerts, most important first: by revenue impact (the account's ARR, highest
     first; unknown counts as 0), then by severity (critical first), then by quota utilisation
     (highest first: closest to an overage or an upgrade), then the oldest first."""
-    order = {s: i for i, s in enumerate(reversed(SEVERITIES))}
-    return sorted(alerts, key=lambda a: (-a.arr, order.get(a.severity, len(order)), -a.utilization, a.fired_at,
-                                         a.episode_id))
+    return sorted(alerts, key=lambda a: (-a.arr, -SEVERITY_RANK.get(a.severity, -1), -a.utilization, a.fired_at,
+                                         a.episode_id))  # an unknown severity after info
