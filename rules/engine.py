@@ -39,6 +39,32 @@ from rules.model import (
 BlockKey = tuple[str, int]  # (metric, bucket seconds)
 
 
+@dataclass
+class Interrupted(Collection[tuple[str, str]]):
+    """The (rule_id, account_id) pairs whose latest bucket an event shared by many accounts explains:
+    a cohort event (the rule's `cohort`) or a [calendar] day muting the rule's kind (then every
+    account of the rule, `rules`). Such a bucket says nothing about the account itself, so it
+    breaks the run of consecutive buckets that `for` counts: rules.lifecycle clears a pending
+    episode there instead of carrying its count over the event (a breach the day before a
+    holiday and one the day after are not "two days running")."""
+
+    rules: set[str] = field(default_factory=set)
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self.pairs or (isinstance(pair, tuple) and len(pair) == 2 and pair[0] in self.rules)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def update(self, other: Interrupted) -> None:
+        self.rules |= other.rules
+        self.pairs |= other.pairs
+
+
 RecoveryKey = tuple[str, str, str]  # (rule_id, account_id, discriminator)
 
 
@@ -91,6 +117,7 @@ class EvaluationResult:
     recoveries: dict[RecoveryKey, Recovery] = field(default_factory=dict)
     cohort_events: list[CohortEvent] = field(default_factory=list)
     contained: list[tuple[str, str, str]] = field(default_factory=list)  # (rule_id, account_id, why)
+    interrupted: Interrupted = field(default_factory=Interrupted)  # buckets explained by a shared event
 
 
 def non_finite_rows(values: np.ndarray) -> np.ndarray:
@@ -176,36 +203,27 @@ def facts_for(account_ids: Sequence[str], accounts: Mapping[str, AccountFacts]) 
 
 def evaluate_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
-    block_facts: Sequence[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
-    calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
-    contained: list[tuple[str, str, str]] | None = None,
+    open_episodes: Sequence[OpenEpisode] = (), calendar: Calendar | None = None,
 ) -> tuple[list[Finding], list[str]]:
-    """Findings of one rule at `now`, and the account ids it could decide.
-
-    block_facts: facts_for(block.account_ids, accounts) when the caller already has them.
-    open_episodes: the rule's open episodes (judged with hysteresis by the detector).
-    calendar: a bucket muted for the rule's kind decides nothing.
-    cohort_events: where cohort events found are appended (rules with a `cohort`).
-    contained: where (rule, account, why) of accounts left undecided by non-finite data are appended.
-    """
-    result = detect_rule(rule, block, accounts, now, block_facts, open_episodes, calendar, cohort_events,
-                         contained)
-    if result is None:
-        return [], []
-    view_ids, res = result
-    decided_ids = [a for a, d in zip(view_ids, res.decided, strict=True) if d]
-    return res.findings, decided_ids
+    """Findings of one rule on one block at `now` (its due time or not), and the account ids it
+    could decide: `evaluate` of that rule alone."""
+    out = evaluate([rule], {(rule.metric, rule.bucket): block}, accounts, now, only_due=False,
+                   open_episodes={rule.id: open_episodes}, calendar=calendar)
+    return out.findings, sorted(a for _, a in out.decided)
 
 
 def detect_rule(
     rule: Rule, block: MetricBlock, accounts: Mapping[str, AccountFacts], now: int,
     block_facts: Sequence[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
-    calendar: Calendar | None = None, cohort_events: list[CohortEvent] | None = None,
+    calendar: Calendar | None = None, tallies: list[CohortTally] | None = None,
     contained: list[tuple[str, str, str]] | None = None, reuse: Reuse | None = None,
+    interrupted: Interrupted | None = None,
 ) -> tuple[list[str], DetectorResult] | None:
     """The detector's verdict on the rule's segment of `block` at `now` (its row ids and result);
     None when nothing can be decided (no rows, or the bucket is muted by the calendar). Accounts
-    with non-finite data are left out and listed in `contained`."""
+    with non-finite data are left out and listed in `contained`; a rule whose bucket a [calendar]
+    day mutes is added to `interrupted`. A rule with a `cohort` adds its CohortTally to `tallies`:
+    cohort events are settled over the whole book (settle_cohorts), not per block of accounts."""
     if block.step != rule.bucket or block.metric != rule.metric:
         raise ValueError(
             f"rule {rule.id!r} needs {rule.metric}@{rule.bucket}s, got {block.metric}@{block.step}s"
@@ -237,7 +255,11 @@ def detect_rule(
         else:
             view = view.rows(mask)
             facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
-    if not facts or (calendar is not None and calendar.muted(rule.kind, view.end - view.step)):
+    if not facts:
+        return None
+    if calendar is not None and calendar.muted(rule.kind, view.end - view.step):
+        if interrupted is not None:
+            interrupted.rules.add(rule.id)
         return None
     result = detect(rule, view, facts, open_episodes)
     if not all(map(_finite_finding, result.findings)):  # e.g. sums of huge values overflowing in a detector
@@ -247,50 +269,91 @@ def detect_rule(
                           for a in sorted(odd)]
         result.findings = [f for f in result.findings if f.account_id not in odd]
         result.decided[[i for i, a in enumerate(view.account_ids) if a in odd]] = False
-    if rule.cohort is not None:
-        events = cohort_suppress(rule, view, facts, result, {e.account_id for e in open_episodes})
-        if cohort_events is not None:
-            cohort_events.extend(events)
+    if rule.cohort is not None and tallies is not None:
+        open_ids = {e.account_id for e in open_episodes}
+        new = [f.account_id for f in result.findings if f.account_id not in open_ids]
+        tallies.append(CohortTally(rule, view.end, view.account_ids, facts, result.decided, open_ids, new))
     return view.account_ids, result
 
 
-def cohort_suppress(
-    rule: Rule, view: MetricBlock, facts: Sequence[AccountFacts], result: DetectorResult, open_ids: Collection[str]
-) -> list[CohortEvent]:
-    """Cohort-aware suppression (rules.model.Cohort): a bucket in which a large share of a cohort
-    newly meets the condition is a calendar or pipeline event. Every row of such a cohort becomes
-    undecided (no finding, no recovery: nothing fires or resolves for it in this bucket).
+@dataclass(frozen=True)
+class CohortTally:
+    """What one rule's verdict on one block of accounts brings to its cohort events: the rows it
+    saw (ids, facts), which it decided, the accounts with an open episode and the accounts newly
+    meeting the condition. The verdict's arrays are read, never changed."""
 
-    The share is taken over the rows the rule decided that had no open episode (the accounts
+    rule: Rule
+    at: int
+    ids: Sequence[str]
+    facts: Sequence[AccountFacts]
+    decided: np.ndarray
+    open_ids: AbstractSet[str]
+    new: list[str]
+
+    def groups(self) -> np.ndarray:
+        """The cohort of every row: "all accounts", or "plan <name>" with cohorts by plan."""
+        assert self.rule.cohort is not None
+        if self.rule.cohort.by == "plan":
+            return np.array([f"plan {f.plan or '(none)'}" for f in self.facts], dtype=object)
+        return np.full(len(self.ids), "all accounts", dtype=object)
+
+    def could(self) -> np.ndarray:
+        """Per row: decided and without an open episode (could newly meet the condition)."""
+        could = self.decided.copy()
+        if self.open_ids:
+            could &= np.fromiter((a not in self.open_ids for a in self.ids), dtype=bool, count=len(self.ids))
+        return could
+
+
+def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> None:
+    """Cohort-aware suppression (rules.model.Cohort) over every block of accounts a rule was
+    evaluated on: a bucket in which a large share of a cohort newly meets the condition is a
+    calendar or pipeline event. Every account of such a cohort becomes undecided in `out` (no
+    finding, no recovery: nothing fires or resolves for it in this bucket; a pending run is
+    broken, `out.interrupted`) and the event is added to `out.cohort_events`, in rule order.
+
+    The share is taken over the accounts the rule decided that had no open episode (the accounts
     that could newly meet the condition)."""
-    cohort = rule.cohort
-    assert cohort is not None
-    new = [f for f in result.findings if f.account_id not in open_ids]
-    if len(new) < cohort.min_accounts:
-        return []
-    rows = len(facts)
-    if cohort.by == "plan":
-        groups = np.array([f"plan {f.plan or '(none)'}" for f in facts], dtype=object)
+    by_rule: dict[str, list[CohortTally]] = {}
+    for t in tallies:
+        by_rule.setdefault(t.rule.id, []).append(t)
+    for rule_id, parts in by_rule.items():
+        cohort = parts[0].rule.cohort
+        assert cohort is not None
+        if sum(len(t.new) for t in parts) < cohort.min_accounts:
+            continue  # the usual case: no cohort can have enough accounts
+        hits: dict[str, list[str]] = {}
+        eligible: dict[str, int] = {}
+        members: dict[str, list[str]] = {}
+        for t in parts:
+            groups, could = t.groups(), t.could()
+            row_of = {a: i for i, a in enumerate(t.ids)}
+            for a in t.new:
+                hits.setdefault(groups[row_of[a]], []).append(a)
+            for g in np.unique(groups):
+                in_group = groups == g
+                eligible[g] = eligible.get(g, 0) + int(np.count_nonzero(could & in_group))
+                members.setdefault(g, []).extend(compress(t.ids, in_group))
+        muted: set[str] = set()
+        for group, ids in hits.items():
+            if len(ids) < cohort.min_accounts or len(ids) < cohort.share * eligible[group]:
+                continue
+            out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, len(ids), eligible[group],
+                                                 tuple(sorted(ids)[:5])))
+            muted.update(members[group])
+        if muted:
+            _mute(out, rule_id, muted)
+
+
+def _mute(out: EvaluationResult, rule_id: str, muted: set[str]) -> None:
+    """Leave `muted` accounts undecided for the rule in `out`, their pending runs broken."""
+    out.findings = [f for f in out.findings if f.rule_id != rule_id or f.account_id not in muted]
+    out.recoveries = {k: r for k, r in out.recoveries.items() if k[0] != rule_id or k[1] not in muted}
+    if isinstance(out.decided, DecidedByRule):
+        out.decided.by_rule.get(rule_id, set()).difference_update(muted)
     else:
-        groups = np.full(rows, "all accounts", dtype=object)
-    row_of = {a: i for i, a in enumerate(view.account_ids)}
-    could = result.decided.copy()
-    could[[row_of[a] for a in open_ids if a in row_of]] = False
-    hits: dict[str, list[str]] = {}
-    for f in new:
-        hits.setdefault(groups[row_of[f.account_id]], []).append(f.account_id)
-    events: list[CohortEvent] = []
-    for group, ids in hits.items():
-        members = groups == group
-        eligible = int(np.count_nonzero(could & members))
-        if len(ids) < cohort.min_accounts or len(ids) < cohort.share * eligible:
-            continue
-        events.append(CohortEvent(rule.id, view.end, group, len(ids), eligible, tuple(sorted(ids)[:5])))
-        result.decided[members] = False
-        muted = {view.account_ids[i] for i in np.flatnonzero(members)}
-        result.findings = [f for f in result.findings if f.account_id not in muted]
-        result.recoveries = {k: r for k, r in result.recoveries.items() if k[0] not in muted}
-    return events
+        out.decided.difference_update((rule_id, a) for a in muted)
+    out.interrupted.pairs.update(zip(repeat(rule_id), muted))
 
 
 @gc_paused()
@@ -303,15 +366,20 @@ def evaluate(
     open_episodes: Mapping[str, Sequence[OpenEpisode]] | None = None,
     calendar: Calendar | None = None,
     reuse: Reuse | None = None,
+    tallies: list[CohortTally] | None = None,
 ) -> EvaluationResult:
     """Evaluate every rule (or only those whose bucket closed at `now`).
 
     open_episodes: rule id -> its open episodes (rules.lifecycle.open_episodes(states)).
     reuse: what the caller's earlier evaluations of the same blocks and accounts derived (a replay).
+    tallies: given when `blocks` hold a part of the book's accounts: the rules' cohort tallies are
+    added to it unsettled, for the caller to settle over all parts (settle_cohorts on the merged
+    result); by default cohort events are settled over `blocks` before returning.
     """
     out = EvaluationResult()
     if reuse is not None:
         out.decided = DecidedByRule()  # type: ignore[assignment]
+    pending: list[CohortTally] = [] if tallies is None else tallies
     facts: dict[BlockKey, Sequence[AccountFacts]] = {}  # rules on the same block share its facts
     opened = open_episodes or {}
     for rule in rules:
@@ -326,7 +394,7 @@ def evaluate(
                 facts_for(block.account_ids, accounts)
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
-                              out.cohort_events, out.contained, reuse)
+                              pending, out.contained, reuse, out.interrupted)
         if verdict is None:
             continue
         ids, res = verdict
@@ -337,4 +405,6 @@ def evaluate(
             out.decided.update(zip(repeat(rule.id), compress(ids, res.decided)))
         for (account, disc), recovery in res.recoveries.items():
             out.recoveries[(rule.id, account, disc)] = recovery
+    if tallies is None:
+        settle_cohorts(pending, out)
     return out

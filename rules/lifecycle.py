@@ -15,7 +15,9 @@ evaluation hands `advance` the findings (conditions holding now), the set of
   frozen when they opened, with a recovery threshold). The resolution carries
   the detector's Recovery: what is true now. A quiet recovery (a billing period
   ended, an opportunity passed) resolves without notifying people. Missing data
-  keeps the state.
+  keeps the state; a bucket explained by an event shared by many accounts (a
+  cohort event, a [calendar] day) clears a pending episode (`for` counts
+  consecutive buckets of the account's own behaviour) and keeps a firing one.
 - `once` keys (quota thresholds per billing period) fire at most once, ever.
 - Cooldown: a new episode firing within `rule.cooldown` of the last
   notification for the same key is recorded but not notified.
@@ -38,7 +40,7 @@ evaluation hands `advance` the findings (conditions holding now), the set of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -52,6 +54,8 @@ Key = tuple[str, str, str, str]
 PENDING = "pending"
 FIRING = "firing"
 RESOLVED = "resolved"
+# Why a pending episode is cleared at a cohort event or a [calendar] day (see advance's `interrupted`).
+INTERRUPTED = "the run of buckets was broken by an event shared by many accounts"
 OPEN = (PENDING, FIRING)
 
 
@@ -210,6 +214,7 @@ def advance(
     first_run: FirstRun | None = None,
     inhibits: Sequence[Inhibit] = (),
     explain: Callable[[Finding], Mapping[str, Any]] = Finding.explanation,
+    interrupted: Container[tuple[str, str]] = (),
 ) -> LifecycleResult:
     """One lifecycle step at evaluation time `now`.
 
@@ -221,6 +226,9 @@ def advance(
     for open episodes whose condition does not hold now.
     first_run: rules/accounts evaluated for the first time (fired, not notified).
     inhibits: inhibit rules, in order.
+    interrupted: (rule_id, account_id) pairs whose bucket an event shared by many accounts explains
+    (rules.engine.Interrupted): their pending episodes are cleared, since `for` counts consecutive
+    buckets of the account's own behaviour; firing episodes keep their state, as for missing data.
     explain: what a finding's state keeps as last_explanation (a replay, whose states are never
     stored, passes rules.model.LazyExplanation: built only if an event reads it).
     """
@@ -283,8 +291,14 @@ def advance(
             continue
         rule_gone = prev.rule_id not in rules
         if not rule_gone:
-            if prev.rule_id not in evaluated or (prev.rule_id, prev.account_id) not in decided_set:
-                continue  # not evaluated now, or not enough data: keep the state
+            if prev.rule_id not in evaluated:
+                continue  # not evaluated now: keep the state
+            if (prev.rule_id, prev.account_id) not in decided_set:
+                if prev.status == PENDING and (prev.rule_id, prev.account_id) in interrupted:
+                    s = replace(prev, status=RESOLVED, resolved_at=now, consecutive=0)
+                    transitions.append(Transition("cleared", now, s, None, notify=False, reason=INTERRUPTED))
+                    out[key] = s
+                continue  # not enough data: keep the state
         reason = "rule removed" if rule_gone else "condition no longer holds"
         recovery = None if rule_gone else recovered.get((key[0], key[1], key[3]))
         if prev.status == PENDING:

@@ -83,7 +83,8 @@ def replay(
             touched = dict(sorted(touched.items(), key=lambda kv: position[kv[0]]))
         step = advance(by_id, result.findings, result.decided, touched, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
-                       first_run=first, inhibits=inhibits, explain=LazyExplanation)
+                       first_run=first, inhibits=inhibits, explain=LazyExplanation,
+                       interrupted=result.interrupted)
         for key, new in step.states.items():
             if touched.get(key) is not new:
                 if key not in position:

@@ -30,7 +30,16 @@ from bot.service.notices import Notices
 from integrations.notice import AlertNotice
 from integrations.notifier import DeliveryError, NoticeOutlet, Notifier, Outlet
 from rules.config.redaction import mask
-from rules.engine import BlockKey, CohortEvent, EvaluationResult, due, evaluate, history_needed
+from rules.engine import (
+    BlockKey,
+    CohortEvent,
+    CohortTally,
+    EvaluationResult,
+    due,
+    evaluate,
+    history_needed,
+    settle_cohorts,
+)
 from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, MetricBlock, OpenEpisode, Rule, RuleSet
@@ -187,7 +196,7 @@ def run_cycle(
     # Accounts snoozed from Slack (/usage snooze): transitions are recorded, not notified.
     step = advance(by_id, result.findings, result.decided, states, now, evaluated_rules=result.evaluated_rules,
                    snoozed_accounts=active_account_snoozes(engine, now), recoveries=result.recoveries,
-                   first_run=first, inhibits=ruleset.inhibits)
+                   first_run=first, inhibits=ruleset.inhibits, interrupted=result.interrupted)
     recent = _recent_for(engine, step.transitions, by_id, now)
     admin = _admin_notices(step.transitions, result.cohort_events, first, now, notices)
 
@@ -218,11 +227,12 @@ def _evaluate_chunks(
     else:
         chunks = [None]
     out = EvaluationResult()
+    tallies: list[CohortTally] = []  # cohort events are settled over the whole book, not per chunk
     metric_of = {r.id: r.metric for r in rules}
     for chunk in chunks:
         blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
         result = evaluate(rules, blocks, accounts, now, only_due=False, open_episodes=opened,
-                          calendar=ruleset.calendar)
+                          calendar=ruleset.calendar, tallies=tallies)
         log_contained(result.contained, now)
         if muted:
             def is_muted(rule_id: str, account: str) -> bool:
@@ -235,7 +245,8 @@ def _evaluate_chunks(
         out.decided |= result.decided
         out.evaluated_rules |= result.evaluated_rules
         out.recoveries.update(result.recoveries)
-        out.cohort_events.extend(result.cohort_events)
+        out.interrupted.update(result.interrupted)
+    settle_cohorts(tallies, out)
     return out
 
 

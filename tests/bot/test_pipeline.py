@@ -14,6 +14,7 @@ from bot.service.pipeline import deliver_outbox, run_cycle
 from integrations.sources.demo import generate_book
 from rules.loader import load_rules
 from rules.model import DAY
+from rules.periods import iso
 from storage.accounts import upsert_accounts
 from storage.episodes import load_states
 from storage.usage import upsert_usage
@@ -42,12 +43,20 @@ def book():
     return generate_book(n_accounts=25, days=80, end=END, seed=11)
 
 
+@pytest.fixture(scope="module")
+def holiday_book():
+    """Two book-wide holidays in the compared month: cohort events, pending runs they break."""
+    return generate_book(n_accounts=25, days=80, end=END, seed=11, holidays=2)
+
+
 def _key(a: dict) -> tuple:
     return (a["event"], a["at"], a["rule"], a["account"], a["metric"], a["discriminator"], a["notified"])
 
 
 @pytest.mark.parametrize("chunk_accounts", [None, 7, "7-joined"])
-def test_scheduler_cycles_equal_backtest_replay(engine, book, tmp_path, chunk_accounts, monkeypatch):
+@pytest.mark.parametrize("which", ["book", "holiday_book"])
+def test_scheduler_cycles_equal_backtest_replay(engine, which, tmp_path, chunk_accounts, monkeypatch, request):
+    book = request.getfixturevalue(which)
     if chunk_accounts == "7-joined":  # chunks read through the temporary-table join, as big books' chunks do
         import storage.usage
 
@@ -58,10 +67,12 @@ def test_scheduler_cycles_equal_backtest_replay(engine, book, tmp_path, chunk_ac
     upsert_usage(engine, book.records())
     start = END - 30 * DAY
     scheduled = []
+    cohorts = []
     notifier = Recorder()
     for t in range(start + DAY, END + 1, DAY):
         report = run_cycle(engine, ruleset, t, chunk_accounts=chunk_accounts)
         scheduled.extend(a.record() for a in report.alerts)
+        cohorts.extend((e.rule_id, e.at) for e in report.cohort_events)
         deliver_outbox(engine, notifier, t)
 
     usage_csv, accounts_csv = tmp_path / "u.csv", tmp_path / "a.csv"
@@ -73,9 +84,13 @@ def test_scheduler_cycles_equal_backtest_replay(engine, book, tmp_path, chunk_ac
     for a, b in zip(sorted(scheduled, key=_key), sorted(replayed, key=_key), strict=True):
         assert a["value"] == pytest.approx(b["value"]) and a["message"] == b["message"]
     # every notified transition was delivered exactly once (besides: quiet closes, which only update
-    # what a notifier showed, and the admin channel's first-run summary)
-    alerts = [a for a in notifier.delivered if not a.get("quiet") and a["kind"] != "first_run"]
+    # what a notifier showed, and the admin channel's first-run summary and cohort-event notices)
+    alerts = [a for a in notifier.delivered if not a.get("quiet") and a["kind"] not in ("first_run", "cohort")]
     assert sorted(map(_key, alerts)) == sorted(_key(a) for a in scheduled if a["notified"])
+    held = [a for a in notifier.delivered if a["kind"] == "cohort"]
+    assert sorted((a["rule"].removeprefix("cohort:"), a["at"]) for a in held) == sorted(
+        (r, iso(at)) for r, at in cohorts)
+    assert bool(cohorts) == (which == "holiday_book")
     summaries = [a["message"] for a in notifier.delivered if a["kind"] == "first_run"]
     assert summaries[0].startswith("First evaluation of 10 rule(s) and 25 account(s)")
     assert all("already holding at the first evaluation have now lasted" in m for m in summaries[1:])

@@ -133,6 +133,6 @@ def stepwise_replay(rules, blocks, accounts, start, end, inhibits=(), calendar=N
             seen_accounts |= decided_accounts
         step = advance(by_id, result.findings, result.decided, current, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
-                       first_run=first, inhibits=inhibits)
+                       first_run=first, inhibits=inhibits, interrupted=result.interrupted)
         current = step.states
         yield t, step.transitions, current, result.cohort_events

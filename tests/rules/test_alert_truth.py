@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rules.engine import history_needed
-from rules.lifecycle import Transition
+from rules.lifecycle import INTERRUPTED, Transition
 from rules.loader import load_rules_text
 from rules.model import DAY, AccountFacts, MetricBlock, RuleSet
 from rules.replay import replay
@@ -219,6 +219,44 @@ mute = [{{ from = {_date(60)}, to = {_date(61)} }}]
 """
     _, events = run(rules, v)
     assert kinds(events) == []
+
+
+def test_a_breach_either_side_of_a_cohort_event_is_not_two_days_running() -> None:
+    """Seen (CI, bench.quality seed 2041623255): an account low on the Thursday before a two-day
+    holiday and on the Sunday after it got a "two days running" drop alert: its pending count was
+    carried across the cohort-event buckets. The shared event breaks the run; a real drop that
+    goes on after the holiday still fires once it has held `for` buckets of its own."""
+    rows = np.array([series(80, 300.0 + 10 * i, seed=i) for i in range(40)])
+    rows[:, 60:62] = np.round(rows[:, 60:62] * 0.2)  # a holiday for everyone (Sat, Sun)
+    rows[3, 59] = np.round(rows[3, 59] * 0.2)  # a: low the day before the holiday ...
+    rows[3, 62] = np.round(rows[3, 62] * 0.2)  # ... and the day after, normal otherwise
+    rows[7, 59:70] = np.round(rows[7, 59:70] * 0.1)  # b: a real drop that runs through it
+    ids = [f"a{i}" for i in range(40)]
+    ruleset = load_rules_text(DROP)
+    steps = list(replay(list(ruleset.rules), {("api_calls", DAY): MetricBlock("api_calls", START, DAY, ids, rows)},
+                        {}, START + 35 * DAY, START + 80 * DAY))
+    assert [(e.at - START) // DAY for s in steps for e in s.cohort_events] == [61, 62]
+    fired = [(t.state.account_id, (t.at - START) // DAY) for s in steps for t in s.transitions
+             if t.event == "fired"]
+    assert fired == [("a7", 64)]  # days 62 and 63 of its own, after the holiday
+    cleared = [(t.state.account_id, (t.at - START) // DAY) for s in steps for t in s.transitions
+               if t.event == "cleared" and t.reason == INTERRUPTED and t.state.account_id in ("a3", "a7")]
+    assert cleared == [("a3", 61), ("a7", 61)]
+
+
+def test_a_muted_calendar_day_breaks_the_run_too() -> None:
+    v = series(80, 300.0)
+    v[59] = np.round(v[59] * 0.2)  # low the day before a known holiday
+    v[60] = 0.0  # the holiday
+    v[61] = np.round(v[61] * 0.2)  # low the day after
+    rules = DROP + f"""
+[calendar]
+mute = [{{ from = {_date(60)}, to = {_date(60)} }}]
+"""
+    _, events = run(rules, v)
+    assert kinds(events) == []
+    assert [(t.event, (t.at - START) // DAY) for t in events if t.event in ("pending", "cleared")] == [
+        ("pending", 60), ("cleared", 61), ("pending", 62), ("cleared", 63)]
 
 
 def _date(day: int) -> str:
