@@ -24,7 +24,7 @@ import numpy as np
 
 from rules.lint import MetricFacts
 from rules.model import MetricBlock
-from storage.usage import UsageRecordLike, UsageValueError, overflow_error
+from storage.usage import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
 
 BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
 
@@ -49,8 +49,11 @@ class UsagePoints:
         """code -> metric."""
         return list(self._met_code)
 
-    def add(self, records: Iterable[UsageRecordLike]) -> None:
-        """Add records (ts floored to the minute; invalid values raise UsageValueError)."""
+    def add(self, records: Iterable[UsageRecordLike] | UsageColumns) -> None:
+        """Add records or a columnar chunk (ts floored to the minute; invalid values raise UsageValueError)."""
+        if isinstance(records, UsageColumns):
+            self._add_columns(records)
+            return
         rows = records if isinstance(records, list) else list(records)
         if not rows:
             return
@@ -66,6 +69,23 @@ class UsagePoints:
         self._parts.append((np.asarray(a_col, dtype=np.int32), np.asarray(m_col, dtype=np.int32),
                             ts - ts % BASE_STEP, values))
         self.records += len(rows)
+
+    def _add_columns(self, chunk: UsageColumns) -> None:
+        """A chunk of the columnar CSV reader (values already checked finite): each distinct account
+        and metric is coded once, the rows never become Python objects."""
+        if not len(chunk):
+            return
+        import pyarrow.compute as pc
+
+        cols = []
+        for arr, codes in ((chunk.accounts, self._acc_code), (chunk.metrics, self._met_code)):
+            enc = pc.dictionary_encode(arr)
+            lookup = np.asarray([codes.setdefault(x, len(codes)) for x in enc.dictionary.to_pylist()],
+                                dtype=np.int32)
+            cols.append(lookup[enc.indices.to_numpy(zero_copy_only=False)])
+        ts = np.asarray(chunk.ts, dtype=np.int64)
+        self._parts.append((cols[0], cols[1], ts - ts % BASE_STEP, np.asarray(chunk.values, dtype=np.float64)))
+        self.records += len(chunk)
 
     def freeze(self) -> None:
         """Sum the points of each (account, metric, bucket) in record order (storage.usage.sum_records);

@@ -22,7 +22,7 @@ from bot.cli.progress import activity, progress
 from bot.service.alerts import PUBLISHED_EVENTS, alert_notice, recent_values
 from integrations.console import format_number
 from integrations.notice import AlertNotice
-from integrations.sources.csv_rows import RowError, iter_usage_csv_chunks, read_accounts_csv, write_rejects
+from integrations.sources.csv_rows import RowError, iter_usage_csv_columns, read_accounts_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
 from rules.gcpause import gc_paused
@@ -169,11 +169,12 @@ def run_backtest(
 
 
 def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, list[RowError]]:
-    """The usage CSV as columns, read in chunks (no parsed record outlives its chunk); CsvInputError
+    """The usage CSV as columns, read in chunks by the columnar parser (the row parser only where a
+    block holds a row it does not take as is; no parsed record outlives its chunk); CsvInputError
     (every bad row) in "reject" mode, the skipped rows' errors in "skip" mode."""
     points = UsagePoints()
     errors: list[RowError] = []
-    for chunk in iter_usage_csv_chunks(usage_csv, on_error=on_error):  # type: ignore[arg-type]
+    for chunk in iter_usage_csv_columns(usage_csv, on_error=on_error):  # type: ignore[arg-type]
         errors += chunk.errors
         points.add(chunk.records)
     return points, errors
