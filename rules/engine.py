@@ -217,13 +217,17 @@ def detect_rule(
     block_facts: Sequence[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
     calendar: Calendar | None = None, tallies: list[CohortTally] | None = None,
     contained: list[tuple[str, str, str]] | None = None, reuse: Reuse | None = None,
-    interrupted: Interrupted | None = None,
+    interrupted: Interrupted | None = None, only: np.ndarray | None = None,
 ) -> tuple[list[str], DetectorResult] | None:
     """The detector's verdict on the rule's segment of `block` at `now` (its row ids and result);
     None when nothing can be decided (no rows, or the bucket is muted by the calendar). Accounts
     with non-finite data are left out and listed in `contained`; a rule whose bucket a [calendar]
     day mutes is added to `interrupted`. A rule with a `cohort` adds its CohortTally to `tallies`:
-    cohort events are settled over the whole book (settle_cohorts), not per block of accounts."""
+    cohort events are settled over the whole book (settle_cohorts), not per block of accounts.
+
+    only: a bool per block row: the detector runs on those rows only (a replay's candidate rows,
+    rules.replay); the other rows get no finding and are not decided. Everything before the
+    detector (containment, the calendar) still sees every row."""
     if block.step != rule.bucket or block.metric != rule.metric:
         raise ValueError(
             f"rule {rule.id!r} needs {rule.metric}@{rule.bucket}s, got {block.metric}@{block.step}s"
@@ -261,6 +265,10 @@ def detect_rule(
         if interrupted is not None:
             interrupted.rules.add(rule.id)
         return None
+    if only is not None:
+        view, facts = _only(view, facts, only[mask] if not mask.all() else only)
+        if not facts:
+            return [], DetectorResult([], np.zeros(0, dtype=bool))
     result = detect(rule, view, facts, open_episodes)
     if not all(map(_finite_finding, result.findings)):  # e.g. sums of huge values overflowing in a detector
         odd = {f.account_id for f in result.findings if not _finite_finding(f)}
@@ -274,6 +282,17 @@ def detect_rule(
         new = [f.account_id for f in result.findings if f.account_id not in open_ids]
         tallies.append(CohortTally(rule, view.end, view.account_ids, facts, result.decided, open_ids, new))
     return view.account_ids, result
+
+
+def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
+          ) -> tuple[MetricBlock, Sequence[AccountFacts]]:
+    """The rows `keep` marks of a view and its facts (indexed, not walked: the kept rows are few)."""
+    if keep.all():
+        return view, facts
+    idx = np.flatnonzero(keep)
+    ids = view.account_ids
+    return (MetricBlock(view.metric, view.start, view.step, [ids[i] for i in idx], view.values[idx]),
+            tuple(facts[i] for i in idx))
 
 
 @dataclass(frozen=True)
@@ -367,6 +386,7 @@ def evaluate(
     calendar: Calendar | None = None,
     reuse: Reuse | None = None,
     tallies: list[CohortTally] | None = None,
+    only: Mapping[str, np.ndarray] | None = None,
 ) -> EvaluationResult:
     """Evaluate every rule (or only those whose bucket closed at `now`).
 
@@ -375,6 +395,8 @@ def evaluate(
     tallies: given when `blocks` hold a part of the book's accounts: the rules' cohort tallies are
     added to it unsettled, for the caller to settle over all parts (settle_cohorts on the merged
     result); by default cohort events are settled over `blocks` before returning.
+    only: rule id -> a bool per row of its block: the rows its detector runs on (detect_rule); a rule
+    not in it runs on every row.
     """
     out = EvaluationResult()
     if reuse is not None:
@@ -394,7 +416,8 @@ def evaluate(
                 facts_for(block.account_ids, accounts)
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
-                              pending, out.contained, reuse, out.interrupted)
+                              pending, out.contained, reuse, out.interrupted,
+                              None if only is None else only.get(rule.id))
         if verdict is None:
             continue
         ids, res = verdict

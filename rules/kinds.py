@@ -27,6 +27,11 @@ close, so its per-call work is multiplied by the days replayed):
   message is read, i.e. for the findings the lifecycle keeps (most findings of a replay step only
   extend an open episode, or are dropped as once-keys already fired). Values, thresholds,
   discriminators and details stay eager (the lifecycle and the engine read them).
+- Optionally give ``scan`` (rules.detectors.scan): over the whole block at once, which rows can possibly
+  have a finding at each bucket close (a superset, never a row that could fire left out). A replay then
+  runs the detector at each step only on those rows and the rows with open episodes; without one every
+  row is evaluated at every step. tests/rules/test_scan.py checks the superset for every kind with one.
+  The detector must then treat rows independently (a row's verdict does not depend on the other rows).
 - The replay is checked against its stepwise definition on random books for every registered kind:
   tests/rules/test_replay_equivalence.py fails until a rule of the new kind is added to its rule file.
 
@@ -46,6 +51,9 @@ from rules.config.values import Reader
 from rules.model import AccountFacts, DetectorResult, MetricBlock, OpenEpisode, Rule
 
 Detect = Callable[[Rule, MetricBlock, Sequence[AccountFacts], Sequence[OpenEpisode]], DetectorResult]
+# (rule, whole block, facts per row) -> bool (rows, n_buckets + 1): which rows may have a finding at each
+# bucket close (a superset), or None when it cannot tell; see rules.detectors.scan
+Scan = Callable[[Rule, MetricBlock, Sequence[AccountFacts]], Any]
 COHORT_CHOICES = ("never", "optional", "default")
 
 
@@ -117,6 +125,7 @@ class Kind:
     guards_hint: str = ""  # said when [rule.guards] is given to a kind without them
     needs_quota: Callable[[Any], bool] = _never  # params -> whether the rule reads account quotas
     calendar: bool = False  # muted by a [calendar] that does not name its kinds
+    scan: Scan | None = None  # the one-pass candidate scan of a replay; None: every row at every step
 
     def __post_init__(self) -> None:
         if self.cohort not in COHORT_CHOICES:
