@@ -14,7 +14,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, evaluate
+from rules.detectors.scan import Scanned
+from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
 from rules.kinds import kind_of
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, Calendar, Inhibit, LazyExplanation, MetricBlock, OpenEpisode, Rule
@@ -46,18 +47,21 @@ class Scans:
     continued) and, with the first-run policy, the rows of accounts no rule has decided yet (the
     first evaluation that decides an account is what the policy reads). Every other row would get
     no finding and its verdict would change nothing: it has no open episode to resolve or carry, so
-    the events are those of running the detector on every row. A rule with a cohort runs on every
-    row at a step where its candidates without an open episode could make a cohort event (at least
-    `min_accounts` of them): the event's share needs every row's verdict. Rules of kinds without a
+    the events are those of running the detector on every row. A cohort event's share needs every
+    row's verdict: a scan that knows which rows are decided (rules.detectors.scan.Scanned) has the
+    rows not run tallied from that; without it, a rule with a cohort runs on every row at a step
+    where its candidates without an open episode could make an event (at least `min_accounts` of
+    them). Rules of kinds without a
     scan, or whose scan cannot bound the block, run on every row, and so does a rule at a step where
     more than half its rows must run anyway (picking them out would cost more than it saves).
     """
 
     def __init__(self, rules: Sequence[Rule], blocks: Mapping[BlockKey, MetricBlock],
                  accounts: Mapping[str, AccountFacts], reuse: Reuse, first_run: bool) -> None:
-        self.rules = [r for r in rules]
+        self.rules = list(rules)
         self.blocks = blocks
         self.candidates: dict[str, np.ndarray] = {}
+        self.decided: dict[str, np.ndarray] = {}
         self.row_of: dict[BlockKey, dict[str, int]] = {}
         self.unseen: dict[BlockKey, np.ndarray] | None = {} if first_run else None
         for rule in rules:
@@ -69,15 +73,18 @@ class Scans:
             got = kind.scan(rule, block, reuse.facts(key, block, accounts))
             if got is None:
                 continue
-            self.candidates[rule.id] = got
+            if isinstance(got, Scanned):
+                self.candidates[rule.id], self.decided[rule.id] = got.candidates, got.decided
+            else:
+                self.candidates[rule.id] = got
             if key not in self.row_of:
                 self.row_of[key] = {a: i for i, a in enumerate(block.account_ids)}
                 if self.unseen is not None:
                     self.unseen[key] = np.ones(len(block.account_ids), dtype=bool)
 
-    def rows_at(self, t: int, told: Mapping[str, Sequence[OpenEpisode]]) -> dict[str, np.ndarray]:
+    def rows_at(self, t: int, told: Mapping[str, Sequence[OpenEpisode]]) -> dict[str, RunRows]:
         """rule id -> the rows its detector runs on at t (rules without a scan: not listed)."""
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, RunRows] = {}
         for rule in self.rules:
             cand = self.candidates.get(rule.id)
             if cand is None or t % rule.bucket:
@@ -88,7 +95,8 @@ class Scans:
             rows = cand[:, j].copy()
             row_of = self.row_of[key]
             opened = [row_of[e.account_id] for e in told.get(rule.id, ()) if e.account_id in row_of]
-            if rule.cohort is not None:
+            decided = self.decided.get(rule.id)
+            if rule.cohort is not None and decided is None:
                 fresh = rows.copy()
                 fresh[opened] = False
                 if np.count_nonzero(fresh) >= rule.cohort.min_accounts:
@@ -97,7 +105,7 @@ class Scans:
             if self.unseen is not None:
                 rows |= self.unseen[key]
             if 2 * np.count_nonzero(rows) <= rows.size:  # else picking the rows costs more than it saves
-                out[rule.id] = rows
+                out[rule.id] = RunRows(rows, None if decided is None else decided[:, j])
         return out
 
     def seen(self, accounts: Iterable[str]) -> None:

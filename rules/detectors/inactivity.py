@@ -44,7 +44,7 @@ from rules.config import values as v
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.detectors.scan import trailing_count
+from rules.detectors.scan import Scanned, trailing_count
 from rules.kinds import Ending, Field, Kind, Threshold
 from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 from rules.periods import iso
@@ -134,7 +134,7 @@ def detect_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[Account
     return result
 
 
-def scan_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> np.ndarray:
+def scan_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> Scanned:
     """Rows that may go inactive at each bucket close (rules.detectors.scan): the exact window test
     (every observed bucket of the last `duration` zero, enough of them observed); the prior usage
     is left to the detector."""
@@ -144,9 +144,9 @@ def scan_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFa
     missing = np.isnan(values)
     n_missing = trailing_count(missing, width)
     active = trailing_count(~missing & (values != 0), width)
-    out = (active == 0) & (n_missing < width) & (n_missing / width <= params.max_missing)
-    out[:, :width] = False  # fewer columns than the window: undecided
-    return out
+    decided = (n_missing < width) & (n_missing / width <= params.max_missing)  # the detector's, exactly
+    decided[:, :width] = False  # fewer columns than the window: undecided
+    return Scanned(decided & (active == 0), decided)
 
 
 def last_active_starts(block: MetricBlock, rows: np.ndarray) -> list[int | None]:

@@ -222,7 +222,8 @@ def scan_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts])
     With usage never negative, a billing period's usage up to t is at most the sum S of the buckets of
     the longest period before t (MAX_PERIOD), and the forecast rate at most the largest recent bucket M
     per bucket: threshold mode needs S >= min(fractions) x quota, forecast mode S + M x (MAX_PERIOD /
-    bucket) >= fraction x quota. None when a value is negative (no such bound)."""
+    bucket) >= fraction x quota. The first row of every billing group is always a candidate (it sets
+    the order of the findings). None when a value is negative (no such bound)."""
     params = _params(rule)
     values = block.values
     with np.errstate(invalid="ignore"):
@@ -235,8 +236,13 @@ def scan_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts])
     if params.mode == "forecast":
         recent = trailing_max(values, max(1, params.forecast_window // block.step))
         most = most + np.maximum(recent, 0.0) * (MAX_PERIOD / block.step)
-        return has_quota & at_least(most, params.fraction * q)
-    return has_quota & at_least(most, min(params.fractions) * q)
+        out = has_quota & at_least(most, params.fraction * q)
+    else:
+        out = has_quota & at_least(most, min(params.fractions) * q)
+    # The findings come group by group, in the order of each group's first row: with those rows run
+    # too, any set of rows lists its groups in the order of the whole block (the same events, in order).
+    out[[int(rows[0]) for _, _, rows in account_groups(accounts)]] = True
+    return out
 
 
 class _Opened:

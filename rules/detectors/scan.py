@@ -9,7 +9,7 @@ conservative superset: bounds stand in for the exact statistic (a baseline lies 
 the largest point of its window; a billing period's usage is at most the sum of the longest period
 before t), with a relative slack of SLACK for rounding. None: the scan cannot bound this rule or block
 (e.g. negative values where a bound needs them non-negative); the replay then runs the detector on
-every row, as without a scan.
+every row, as without a scan. A scan may return a Scanned instead, adding the exact `decided`.
 
 The replay (rules.replay) runs the exact detector at each step only on the candidate rows, the rows
 with open episodes and the rows whose exact verdict something else needs (first-run, cohorts), so its
@@ -20,10 +20,22 @@ with a scan.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 SLACK = 1e-9  # relative: the detectors' means and sums may round differently from these (a few ulps)
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """A scan that also knows, exactly, which rows the detector decides at each bucket close when they
+    have no open episode (the same NaN patterns and counts as the detector: no rounding involved).
+    Cohort events need every row's verdict (rules.engine.settle_cohorts): with `decided` the rows not
+    run are tallied from it instead of being run."""
+
+    candidates: np.ndarray  # bool (rows, n_buckets + 1), as a plain scan returns
+    decided: np.ndarray  # bool (rows, n_buckets + 1)
 
 
 def loose(x: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ from rules.detectors.baseline import (
 )
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.detectors.scan import at_least, trailing_count, trailing_max, trailing_mean, trailing_min
+from rules.detectors.scan import Scanned, at_least, trailing_count, trailing_max, trailing_mean, trailing_min
 from rules.kinds import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
@@ -235,7 +235,7 @@ def detect_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[Account
     return result
 
 
-def scan_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> np.ndarray | None:
+def scan_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> Scanned | None:
     """Rows that may have a new spike/drop at each bucket close (rules.detectors.scan).
 
     With weekly seasonality the baseline itself is computed for every bucket close at once (the
@@ -265,12 +265,14 @@ def scan_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFa
         hi[:, smooth:] = trailing_max(values, width)[:, : n + 1 - smooth]
         count[:, smooth:] = trailing_count(~np.isnan(values), width)[:, : n + 1 - smooth]
     guards = rule.guards
+    decided = ~np.isnan(v) & (count >= max(1, rule.baseline.min_points))  # the detector's, exactly
     with np.errstate(invalid="ignore", over="ignore"):
-        out = ~np.isnan(v) & (count >= max(1, rule.baseline.min_points)) & at_least(hi, guards.min_baseline)
+        out = decided & at_least(hi, guards.min_baseline)
         if rule.kind == "spike":  # v >= ratio * b >= ratio * lo, v - lo >= v - b >= min_delta
-            return out & at_least(v, params.ratio * lo) & at_least(v, guards.min_value) & \
-                at_least(v - lo, guards.min_delta)
-        return out & at_least(params.ratio * hi, v) & at_least(hi - v, guards.min_delta)
+            out &= at_least(v, params.ratio * lo) & at_least(v, guards.min_value) & at_least(v - lo, guards.min_delta)
+        else:
+            out &= at_least(params.ratio * hi, v) & at_least(hi - v, guards.min_delta)
+    return Scanned(out, decided)
 
 
 SCAN_ROWS = 2048  # rows per chunk of the weekly baseline scan (weeks x buckets floats each)

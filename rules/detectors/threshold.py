@@ -40,7 +40,7 @@ from rules.detectors.baseline import smoothed
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.detectors.quota import quota_array
-from rules.detectors.scan import at_least, trailing_mean
+from rules.detectors.scan import Scanned, at_least, trailing_mean
 from rules.kinds import Ending, Field, Kind, Threshold
 from rules.model import AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 
@@ -131,13 +131,15 @@ def detect_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountF
     return result
 
 
-def scan_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> np.ndarray:
+def scan_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> Scanned:
     """Rows that may cross the limit at each bucket close (rules.detectors.scan): the detector's test
     on the trailing mean, up to rounding."""
     params = _params(rule)
     value = trailing_mean(block.values, max(1, params.smooth))
-    limit = (params.limit * _scale(params, block, accounts))[:, None]
-    return at_least(value, limit) if params.direction == "above" else at_least(limit, value)
+    scale = _scale(params, block, accounts)[:, None]
+    limit = params.limit * scale
+    decided = ~np.isnan(value) & ~np.isnan(scale)  # the detector's, exactly
+    return Scanned(at_least(value, limit) if params.direction == "above" else at_least(limit, value), decided)
 
 
 def _when(block: MetricBlock, smooth: int) -> str:
