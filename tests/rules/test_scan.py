@@ -38,7 +38,7 @@ def test_every_finding_of_the_full_detector_is_a_scan_candidate(seed):
                                              smooth=int(rng.choice([1, 2, 3])))
     rules = list(load_rules_text(text).rules)
     scanned_kinds = {name for name, kind in KINDS.items() if kind.scan is not None}
-    assert {"spike", "drop", "inactivity", "threshold", "quota"} <= scanned_kinds
+    assert {"spike", "drop", "inactivity", "threshold", "quota", "expansion"} <= scanned_kinds
     assert {r.kind for r in rules} >= scanned_kinds, "add a rule of the kind with a scan to _rules_text"
     book = generate_book(n_accounts=int(rng.integers(15, 30)), days=DAYS, end=END, seed=seed,
                          gaps=int(rng.integers(0, 6)), holidays=int(rng.integers(0, 3)))
