@@ -92,8 +92,14 @@ class UsagePoints:
         a total that overflows raises UsageValueError naming the bucket."""
         if not self._parts:
             return
-        a, m, b, v = (np.concatenate([p[k] for p in self._parts]) for k in range(4))
+        # column by column, each part's column dropped once copied (peak memory: ~one extra column)
+        cols = []
+        for k in range(4):
+            cols.append(np.concatenate([p[k] for p in self._parts]))
+            self._parts = [tuple(None if c == k else x for c, x in enumerate(p)) for p in self._parts]  # type: ignore[misc]
         self._parts.clear()
+        a, m, b, v = cols
+        del cols
         # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order)
         ids = list(self._acc_code)
         order = sorted(range(len(ids)), key=ids.__getitem__)
@@ -103,13 +109,18 @@ class UsagePoints:
         self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
         a = rank[a]
         idx = np.lexsort((b, a, m))  # stable: equal keys stay in record order
-        a, m, b, v = a[idx], m[idx], b[idx], v[idx]
+        a = a[idx]  # one column at a time: the unsorted one is freed before the next is sorted
+        m = m[idx]
+        b = b[idx]
+        v = v[idx]
+        del idx
         new = np.ones(len(a), dtype=bool)
         new[1:] = (a[1:] != a[:-1]) | (m[1:] != m[:-1]) | (b[1:] != b[:-1])
         group = np.cumsum(new) - 1
         # bincount adds the weights one by one in input order: 0.0 + v1 + v2 ..., as sum_records does
         with np.errstate(over="ignore", invalid="ignore"):
             sums = np.bincount(group, weights=v)
+        del group, v
         first = np.flatnonzero(new)
         self.account, self.metric, self.bucket, self.value = a[first], m[first], b[first], sums
         bad = ~np.isfinite(sums)
