@@ -35,16 +35,23 @@ Key = tuple[str, str, str]  # (rule id, account id, discriminator)
 
 
 def _center(points: np.ndarray, method: str) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, as the detector says
-            if method == "mean":
-                return np.nanmean(points, axis=1)
-            if method == "median":
-                return np.nanmedian(points, axis=1)
-            return np.nanquantile(points, 0.75, axis=1)
+    """Row-wise mean / median / upper quartile of the observed points (NaN when none): one sort
+    (NaN sorts last) and an index, the cheapest numpy way (np.nanmedian / nanquantile take ~4x)."""
+    count = np.count_nonzero(~np.isnan(points), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "mean":
+            return np.where(count > 0, np.nansum(points, axis=1) / count, np.nan)
+        ordered = np.sort(points, axis=1)
+        rows = np.arange(len(points))
+        last = np.maximum(count - 1, 0)
+        if method == "median":
+            out = (ordered[rows, last // 2] + ordered[rows, np.minimum(count // 2, points.shape[1] - 1)]) / 2.0
+        else:
+            pos = last * 0.75
+            lo = np.floor(pos).astype(np.intp)
+            frac = pos - lo
+            out = ordered[rows, lo] * (1.0 - frac) + ordered[rows, np.minimum(lo + 1, last)] * frac
+    return np.where(count > 0, out, np.nan)
 
 
 def spike_drop(rule: Any, values: np.ndarray, step: int) -> np.ndarray:
@@ -71,8 +78,8 @@ def spike_drop(rule: Any, values: np.ndarray, step: int) -> np.ndarray:
         if p.zscore is not None:
             rows = np.flatnonzero(fire)
             pts, bb, vv = points[rows], b[rows], v[rows]
-            med = np.nanmedian(pts, axis=1)
-            mad = np.nanmedian(np.abs(pts - med[:, None]), axis=1)
+            med = _center(pts, "median")
+            mad = _center(np.abs(pts - med[:, None]), "median")
             scale = np.fmax(np.fmax(1.4826 * mad, 0.05 * np.abs(bb)), 1e-9)
             z = (vv - bb) / scale if rule.kind == "spike" else (bb - vv) / scale
             fire[rows] = z >= p.zscore
