@@ -14,7 +14,7 @@ Models (candidates), each a forecast for every bucket tau of the learning window
     The trend is half the slope between the means of the two halves of the `adapt` buckets,
     projected to tau (damped: a short-lived slope is not extrapolated in full).
 
-Learning window: the `learn` buckets before t (default max(1 day, 48 buckets)). A candidate is
+Learning window: the `learn` buckets before t (default max(2 days, 48 buckets)). A candidate is
 usable once it has at least learn / 2 errors there; a seasonal one replaces a simpler one only when
 its mean squared error is below 0.9 x that one's (parsimony: a series without seasonality keeps the
 level model).
@@ -67,6 +67,7 @@ PARSIMONY = 0.9  # a seasonal model must cut the mean squared error by 10% to be
 TREND_DAMPING = 0.5  # half of the recent slope is projected
 TAIL_RANK = 3  # the tail scale reads the 3rd largest recent error: two past anomalies do not mask a third
 MIN_LEARN = 48  # the learning window is at least 48 buckets (a day of 30-minute buckets)
+LEARN_DEFAULT = 2 * DAY  # two days: a burst that recurs every day or two is part of the noise, not news
 DIRECTIONS = ("both", "up", "down")
 MODEL_NAMES = ("level", "daily", "weekly")
 _NORMAL = NormalDist()
@@ -110,7 +111,7 @@ def _params(rule: Rule) -> AnomalyParams:
 def learn_buckets(params: AnomalyParams, step: int) -> int:
     if params.learn is not None:
         return max(2, params.learn // step)
-    return max(DAY // step, MIN_LEARN)
+    return max(LEARN_DEFAULT // step, MIN_LEARN)
 
 
 def seasonal_periods(step: int) -> list[tuple[str, int]]:
@@ -406,7 +407,7 @@ KIND = Kind(
               " while the score is at least this (see [how alerts end](#how-alerts-end-recovery))."),
         Field("adapt", v.integer(1, 1000), "integer, 1 ≤ n ≤ 1000", "`6`", "Buckets over which the learnt level and"
               " trend follow the series: a level shift is absorbed in about this many buckets."),
-        Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "1 day, at least 48 buckets",
+        Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "2 days, at least 48 buckets",
               "How much recent history the noise scale and the choice of seasonal model are learnt from."),
         Field("cycles", v.integer(1, 8), "integer, 1 ≤ n ≤ 8", "`3`", "Past days (weeks) whose same time of day"
               " (week) make the seasonal expectation (their median)."),
