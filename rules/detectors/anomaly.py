@@ -9,7 +9,7 @@ over the learning window; no Python loop over time.
 Models (candidates), each a forecast for every bucket tau of the learning window:
     level     pred = median of the last `adapt` buckets + damped trend
     daily     (sub-daily buckets) base = median of the same time of day in the last `cycles` days;
-              pred = base + mean of (value - base) over the last `adapt` buckets + damped trend
+              pred = base + median of (value - base) over the last `adapt` buckets + damped trend
     weekly    (buckets dividing a week) the same with the same time of the week
     The trend is half the slope between the means of the two halves of the `adapt` buckets,
     projected to tau (damped: a short-lived slope is not extrapolated in full).
@@ -29,17 +29,23 @@ Noise scale s of the chosen model (never 0):
     counts (every observed value a non-negative integer): + max(pred, mean, 1), the Poisson
     variance, so a series of zeros and small integers has a scale of at least one count.
 
-Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Tail probability: the
-normal tail of the score (one-sided; two-sided for both). Fires when the directional score
->= `score` (or the tail probability <= `probability`).
+Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Beside it the sustained-shift
+score (`_shift`): the median of the last `adapt` deseasonalised buckets against the medians of the
+earlier `adapt`-bucket windows of the learning window, in units of their own spread and largest
+departure, so a change the level has already followed (a step, a drift, a subtle lasting rise) is
+still seen; a single spike does not move a median. The stronger of the two in the rule's direction
+is the bucket's score (Fit.signal says which). Tail probability: the normal tail of the score
+(one-sided; two-sided for both). Fires when the directional score >= `score` (or the tail
+probability <= `probability`).
 
 Open episodes (given by the caller): a firing one holds while the directional score >= `recovery`
 (default score / 2), a pending one (`for`) while it is >= `score`; otherwise a Recovery states the value against the expected range. The model keeps
 learning while an episode is open: after a level shift the level model catches up within about
-`adapt` buckets, so the shift fires once and the episode then resolves.
+`adapt` buckets and the shift score holds the episode until the new level is the usual one of the
+learning window (about learn / 2 later), so the shift fires once and the episode then resolves.
 
 Warm-up: a row is undecided until the level model has learn / 2 errors: max(1, adapt // 2) +
-learn / 2 + 1 observed buckets (defaults: 5-minute buckets 148, 12h20m; hourly 28 hours; daily 28 days). Daily
+learn / 2 + 1 observed buckets (defaults: 5-minute buckets 292, 24h20m; hourly 28 hours; daily 28 days). Daily
 seasonality can be chosen one day later, weekly one week later.
 """
 
@@ -406,7 +412,8 @@ KIND = Kind(
         Field("recovery", v.number(0), "number < the firing score", "half the firing score", "An open alert holds"
               " while the score is at least this (see [how alerts end](#how-alerts-end-recovery))."),
         Field("adapt", v.integer(1, 1000), "integer, 1 ≤ n ≤ 1000", "`6`", "Buckets over which the learnt level and"
-              " trend follow the series: a level shift is absorbed in about this many buckets."),
+              " trend follow the series (a level shift is absorbed in about this many buckets), and the window"
+              " whose median the sustained-shift score compares with the learning window's."),
         Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "2 days, at least 48 buckets",
               "How much recent history the noise scale and the choice of seasonal model are learnt from."),
         Field("cycles", v.integer(1, 8), "integer, 1 ≤ n ≤ 8", "`3`", "Past days (weeks) whose same time of day"
@@ -417,9 +424,10 @@ KIND = Kind(
     ),
     detect=detect_anomaly,
     required_history=required_history,
-    endings=(Ending("anomaly", "the score is at least `recovery` in the rule's direction", "the score is below"
-                    " `recovery`; the model keeps learning while an alert is open, so after a level shift it"
-                    " resolves once the level has caught up (the shift is reported once)"),),
+    endings=(Ending("anomaly", "the score (of the bucket or of the sustained shift) is at least `recovery` in the"
+                    " rule's direction", "both scores are below `recovery`; the model keeps learning while an alert"
+                    " is open, so a level shift is reported once and resolves once it is the usual level (about"
+                    " half of `learn` later)"),),
     check=_check,
     resolve_buckets=1,  # one bucket back in range ends it: two short anomalies are two episodes
     cohort="default",  # a book-wide shift in one bucket (a holiday, a pipeline gap) is an event, not N anomalies
