@@ -32,7 +32,7 @@ Noise scale s of the chosen model (never 0):
 Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Beside it the sustained-shift
 score (`_shift`): the median of the last `adapt` deseasonalised buckets against the medians of the
 earlier `adapt`-bucket windows of the learning window, in units of their own spread and largest
-departure, so a change the level has already followed (a step, a drift, a subtle lasting rise) is
+departure, so a change the level has already followed (a step, a subtle lasting rise; a slow steady drift is not: each window is judged against the windows just before it) is
 still seen; a single spike does not move a median. The stronger of the two in the rule's direction
 is the bucket's score (Fit.signal says which). Tail probability: the normal tail of the score
 (one-sided; two-sided for both). Fires when the directional score >= `score` (or the tail
@@ -281,8 +281,8 @@ def _shift(medians: np.ndarray, w: int, learn: int, floor: np.ndarray,
     is the larger of the windows' spread (1.2533 x mean absolute departure) and their largest
     departure over the normal quantile 1 - 1 / (2 x independent windows in `learn`), i.e. a shift
     must be larger than any the learning window showed; plus the floor and, for counts, the
-    variance of a median of `w` Poisson counts (pi/2 x lambda / w). It sees slow or subtle changes
-    that no single bucket shows (a drift, a lasting step the level model has already followed),
+    variance of a median of `w` Poisson counts (pi/2 x lambda / w). It sees subtle lasting changes
+    that no single bucket shows (a lasting step the level model has already followed, a rise in the spikes' rate),
     which the point score misses because its level follows the series within `adapt` buckets.
     Returns (usual level, shift, unit, score)."""
     ref = medians[:, :-w]  # the windows that end before the current one begins
