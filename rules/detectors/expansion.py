@@ -58,7 +58,7 @@ from rules.detectors.quota import (
     round_up,
 )
 from rules.detectors.scan import at_least, trailing_sum
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
     AccountFacts,

@@ -45,7 +45,7 @@ from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.detectors.scan import Scanned, trailing_count
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 from rules.periods import iso
 

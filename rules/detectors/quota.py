@@ -61,7 +61,7 @@ from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.scan import at_least, trailing_max, trailing_sum
 from rules.durations import format_duration
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.memo import by_identity
 from rules.model import (
     DAY,

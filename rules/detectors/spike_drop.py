@@ -83,7 +83,7 @@ from rules.detectors.baseline import (
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.detectors.scan import Scanned, at_least, trailing_count, trailing_max, trailing_mean, trailing_min
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
     WEEK,

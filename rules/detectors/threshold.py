@@ -41,7 +41,7 @@ from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.detectors.quota import quota_array
 from rules.detectors.scan import Scanned, at_least, trailing_mean
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 
 DEFAULT_BAND = 0.1  # default recovery: 10% back inside the limit (0.9 x L above, 1.1 x L below)
