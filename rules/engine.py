@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 
 import numpy as np
 
 from rules.detectors import detect, required_history
 from rules.gcpause import gc_paused
+from rules.impact import Pricing, renewal_severity
 from rules.model import (
     AccountFacts,
     Calendar,
@@ -439,11 +440,14 @@ def evaluate(
     reuse: Reuse | None = None,
     tallies: list[CohortTally] | None = None,
     only: Mapping[str, RunRows] | None = None,
+    pricing: Pricing | None = None,
 ) -> EvaluationResult:
     """Evaluate every rule (or only those whose bucket closed at `now`).
 
     open_episodes: rule id -> its open episodes (rules.lifecycle.open_episodes(states)).
     reuse: what the caller's earlier evaluations of the same blocks and accounts derived (a replay).
+    pricing: [pricing]: a finding of an account renewing within renewal_within gets its severity raised
+    by renewal_raise levels (rules.impact.renewal_severity), before the lifecycle records it.
     tallies: given when `blocks` hold a part of the book's accounts: the rules' cohort tallies are
     added to it unsettled, for the caller to settle over all parts (settle_cohorts on the merged
     result); by default cohort events are settled over `blocks` before returning.
@@ -482,4 +486,11 @@ def evaluate(
             out.recoveries[(rule.id, account, disc)] = recovery
     if tallies is None:
         settle_cohorts(pending, out)
+    if pricing is not None and pricing.renewal_within and pricing.renewal_raise:
+        out.findings = [_renewal_raised(f, accounts.get(f.account_id), pricing) for f in out.findings]
     return out
+
+
+def _renewal_raised(f: Finding, account: AccountFacts | None, pricing: Pricing) -> Finding:
+    severity = renewal_severity(f.severity, account, pricing, f.at)
+    return f if severity == f.severity else replace(f, severity=severity)

@@ -16,6 +16,7 @@ import numpy as np
 
 from rules.detectors.scan import Scanned
 from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
+from rules.impact import Pricing
 from rules.kinds import kind_of
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, Calendar, Inhibit, LazyExplanation, MetricBlock, OpenEpisode, Rule
@@ -127,11 +128,13 @@ def replay(
     inhibits: Sequence[Inhibit] = (),
     calendar: Calendar | None = None,
     quiet_first_run: bool = False,
+    pricing: Pricing | None = None,
 ) -> Iterator[ReplayStep]:
     """Evaluate and advance at every bucket close in (start, end], as the scheduler would.
 
     quiet_first_run: conditions already true when a rule or an account is first evaluated are
     recorded, not notified (the service's default first-run policy).
+    pricing: the service's [pricing] (a renewal raises a finding's severity, rules.engine.evaluate).
     """
     by_id = {r.id: r for r in rules}
     current: dict[Key, EpisodeState] = dict(states or {})
@@ -152,7 +155,7 @@ def replay(
             disordered = False
         told_now = open_episodes(open_now, by_id, memo=told)
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
-                          open_episodes=told_now, reuse=reuse, only=scans.rows_at(t, told_now))
+                          open_episodes=told_now, reuse=reuse, only=scans.rows_at(t, told_now), pricing=pricing)
         first = None
         if quiet_first_run:
             decided = result.decided

@@ -28,6 +28,7 @@ from rules.engine import CohortEvent, history_needed
 from rules.gcpause import gc_paused
 from rules.lifecycle import EpisodeState, Key
 from rules.lint import facts_of, lint
+from rules.impact import Pricing
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
 from rules.replay import evaluation_times, replay
@@ -105,8 +106,12 @@ def run_backtest(
     first_run: str = "digest",
     show_progress: bool = False,
     on_event: Callable[[AlertNotice], None] | None = None,
+    pricing: Pricing | None = None,
 ) -> BacktestResult:
     """Replay `ruleset` over the CSV history as the service would evaluate it.
+
+    pricing: the service's [pricing] (the money in each alert, the renewal raise of its severity);
+    its defaults when not given, as the service without a [pricing] table.
 
     first_run: the service's [evaluation] first_run policy; with "digest" or "quiet" the
     conditions already true at the first evaluation are recorded, not notified.
@@ -160,7 +165,7 @@ def run_backtest(
                    enabled=show_progress)
     with bar as steps, gc_paused():  # millions of long-lived small objects, no cycles: see rules.gcpause
         last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
-                                     result, on_event or result.events.append)
+                                     result, on_event or result.events.append, pricing or Pricing())
     for s in last_states.values():
         if s.status == "firing":
             result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
@@ -184,14 +189,15 @@ def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, lis
 
 def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock], accounts: dict[str, AccountFacts],
                    start: int, end: int, include_suppressed: bool, first_run: str, bar: Any,
-                   result: BacktestResult, emit: Callable[[AlertNotice], None]) -> Mapping[Key, EpisodeState]:
+                   result: BacktestResult, emit: Callable[[AlertNotice], None],
+                   pricing: Pricing) -> Mapping[Key, EpisodeState]:
     """Replay [start, end): the published alert events go to `emit` as they happen, cohort events and
     first-run holds into `result`; returns the states at the end."""
     by_id = ruleset.by_id()
     last_states: Mapping[Key, EpisodeState] = {}
     row_of = {key: {a: i for i, a in enumerate(b.account_ids)} for key, b in blocks.items()}
     for step in replay(list(ruleset.rules), blocks, accounts, start, end, inhibits=ruleset.inhibits,
-                       calendar=ruleset.calendar, quiet_first_run=first_run != "notify"):
+                       calendar=ruleset.calendar, quiet_first_run=first_run != "notify", pricing=pricing):
         last_states = step.states
         bar.update(1)
         result.cohort_events.extend(step.cohort_events)
@@ -202,7 +208,8 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
             rule = by_id[t.state.rule_id]
             key = (rule.metric, rule.bucket)
             rec = alert_notice(t, rule, accounts.get(t.state.account_id),
-                               recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]))
+                               recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]),
+                               pricing=pricing)
             emit(rec)
     return last_states
 
