@@ -100,12 +100,22 @@ def summed_rows(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int,
                 ) -> list[tuple[str, str, int, float]]:
     """(account, metric, bucket, value) rows of a chunk: ts floored to `base_step`, values of the
     same (account, metric, bucket) summed (sum_records; vectorised for UsageColumns)."""
+    return summed_rows_and_witnesses(chunk, base_step, what)[0]
+
+
+Rows = list[tuple[str, str, int, float]]
+
+
+def summed_rows_and_witnesses(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int,
+                              what: str = "usage records") -> tuple[Rows, Rows]:
+    """summed_rows, and those of its rows that carry the bookkeeping (witness_index)."""
     if not isinstance(chunk, UsageColumns):
-        return [(k[0], k[1], k[2], v) for k, v in sum_records(chunk, base_step).items()]
+        rows = [(k[0], k[1], k[2], v) for k, v in sum_records(chunk, base_step).items()]
+        return rows, _witnesses(rows)
     if base_step <= 0:
         raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
     if not len(chunk):
-        return []
+        return [], []
     import pyarrow.compute as pc
 
     acc, met = pc.dictionary_encode(chunk.accounts), pc.dictionary_encode(chunk.metrics)
@@ -123,8 +133,44 @@ def summed_rows(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int,
     if not np.isfinite(sums).all():
         i = int(np.flatnonzero(~np.isfinite(sums))[0])
         raise overflow_error(what, a_names[a_s[starts[i]]], m_names[m_s[starts[i]]], int(b_s[starts[i]]))
-    return list(zip(map(a_names.__getitem__, a_s[starts].tolist()), map(m_names.__getitem__, m_s[starts].tolist()),
+    rows = list(zip(map(a_names.__getitem__, a_s[starts].tolist()), map(m_names.__getitem__, m_s[starts].tolist()),
                     b_s[starts].tolist(), sums.tolist(), strict=True))
+    return rows, [rows[i] for i in witness_index(a_s[starts], m_s[starts], b_s[starts]).tolist()]
+
+
+def witness_index(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Positions of the rows that carry a load's bookkeeping, of rows sorted by (a, m, b) codes: the
+    first and the last bucket of each (account, metric), and one row of each (metric, bucket).
+
+    usage_first_seen (MIN bucket per account and metric), usage_changes (MIN and MAX), usage_coverage
+    and the tiles' marks (DISTINCT metric, bucket) computed over these rows equal those computed over
+    all the rows (every witness is one of the rows), so a load computes them from a few rows per
+    account instead of sorting all of them three more times (10k accounts, 3.5M rows: 20-30 s)."""
+    n = len(a)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    pair_start = np.ones(n, dtype=bool)
+    pair_start[1:] = (a[1:] != a[:-1]) | (m[1:] != m[:-1])
+    pair_end = np.ones(n, dtype=bool)
+    pair_end[:-1] = pair_start[1:]
+    key = m.astype(np.int64) * (int(b.max()) - int(b.min()) + 1) + (b - b.min())
+    _, first_of_bucket = np.unique(key, return_index=True)
+    keep = pair_start | pair_end
+    keep[first_of_bucket] = True
+    return np.flatnonzero(keep)
+
+
+def _witnesses(rows: Rows) -> Rows:
+    """The witness rows (witness_index) of (account, metric, bucket, value) rows in any order."""
+    if not rows:
+        return []
+    codes: dict[str, int] = {}
+    a = np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int64, count=len(rows))
+    met: dict[str, int] = {}
+    m = np.fromiter((met.setdefault(r[1], len(met)) for r in rows), dtype=np.int64, count=len(rows))
+    b = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+    order = np.lexsort((b, m, a))
+    return [rows[i] for i in order[witness_index(a[order], m[order], b[order])].tolist()]
 
 
 _PG_STAGE = (
@@ -353,13 +399,16 @@ def checkpoint(engine: Engine) -> None:
 
 
 def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns],
-                 base_step: int) -> int:
+          base_step: int) -> int:
     _stage(conn, dialect, ())
     staged = 0
+    witnesses: list[tuple[str, str, int, float]] = []  # the rows that carry the bookkeeping (witness_index)
     for chunk in chunks:
-        rows = summed_rows(chunk, base_step)
+        rows, more = summed_rows_and_witnesses(chunk, base_step)
         _stage_more(conn, dialect, rows)
         staged += len(rows)
+        witnesses += more
+        del rows
     if not staged:
         return 0
     try:
@@ -372,6 +421,7 @@ def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordL
             raise
         raise _staged_overflow(conn, dialect) from None
     written = max(0, merged.rowcount)
+    _stage(conn, dialect, witnesses)  # the bookkeeping from the witnesses of the load, not from all its rows
     _bookkeeping_from_stage(conn)
     _changes_from_stage(conn)
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
