@@ -1,8 +1,8 @@
 """load_usage(): one-transaction bulk loads, on SQLite and PostgreSQL.
 
 It must mean exactly what ONE upsert_usage() call over all the chunks means (floor, sum across
-the whole load, replace stored values, idempotent), keep the first-seen and coverage tables and the
-covering index as the row-by-row path does, and store nothing when the load fails part-way.
+the whole load, replace stored values, idempotent), keep the first-seen and coverage tables as the row-by-row path does, leave the bucket-major layout
+(0014) as it was, and store nothing when the load fails part-way.
 """
 
 from __future__ import annotations
