@@ -167,9 +167,9 @@ def timed(client: Any, base: str, url: str, repeat: int) -> tuple[float, float]:
 
 
 def serve(engine: Any, now: int) -> Any:
+    from bot.config.web import WebConfig
     from bot.service.http_server import HttpServer
     from bot.web.app import WebUI
-    from bot.web.config import WebConfig
     from rules.loader import load_rules
 
     ruleset = load_rules([str(Path(__file__).resolve().parent.parent / "rules" / "examples" / "default.toml")])

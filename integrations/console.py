@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateNotFound
+from jinja2 import TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from integrations.notice import AlertNotice, finite
+from integrations.routing import destinations
 from integrations.sparkline import sparkline
+from integrations.templating import template_environment
 
 
 def format_number(x: Any) -> str:
@@ -36,22 +38,10 @@ def progress_bar(fraction: float, width: int = 10) -> str:
 
 
 def make_environment(template_dir: str | Path | None = None) -> SandboxedEnvironment:
-    loaders = []
-    if template_dir:
-        loaders.append(FileSystemLoader(str(template_dir)))
-    loaders.append(PackageLoader("integrations", "templates"))
-    env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined,
-                               autoescape=False, trim_blocks=False, keep_trailing_newline=False)
+    """The console's template environment (integrations.templating) with its `num` filter."""
+    env = template_environment(template_dir)
     env.filters["num"] = format_number
     return env
-
-
-def destinations(notice: AlertNotice) -> list[str]:
-    out = []
-    if notice.routing.owner and notice.owner_email:
-        out.append(f"DM {notice.owner_email}")
-    out.extend(notice.routing.channels)
-    return out
 
 
 class ConsoleNotifier:
@@ -70,7 +60,8 @@ class ConsoleNotifier:
             tpl = self.env.get_template("console/alert.txt.j2")
         util = finite(notice.details.get("utilization")) or 0.0
         return tpl.render(a=notice.record(), spark=sparkline(list(notice.recent)),
-                          bar=progress_bar(min(util, 1.0)), destinations=destinations(notice))
+                          bar=progress_bar(min(util, 1.0)),
+                          destinations=[d.shown() for d in destinations(notice)])
 
     def deliver(self, notice: AlertNotice | Mapping[str, Any]) -> None:
         notice = AlertNotice.of(notice)

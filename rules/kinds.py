@@ -175,6 +175,20 @@ def with_cohort(default_only: bool = False) -> tuple[str, ...]:
                                                                              and not default_only))
 
 
+def calendar_kinds() -> tuple[str, ...]:
+    """The kinds a [calendar] mutes when it does not name them (Kind.calendar)."""
+    return tuple(k.name for k in KINDS.values() if k.calendar)
+
+
+def resolve_buckets(rule: Rule) -> int:
+    """Decided evaluations in a row without the condition before a firing episode of `rule`
+    resolves: its `resolve_after` in buckets, else its kind's default (1 for an unknown kind)."""
+    if rule.resolve_after is None:
+        kind = KINDS.get(rule.kind)
+        return kind.resolve_buckets if kind is not None else 1
+    return max(1, -(-rule.resolve_after // rule.bucket))
+
+
 def with_baseline() -> tuple[str, ...]:
     return tuple(k.name for k in KINDS.values() if k.baseline)
 

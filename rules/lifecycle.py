@@ -9,7 +9,7 @@ evaluation hands `advance` the findings (conditions holding now), the set of
   for `rule.for_buckets` consecutive evaluations. A firing episode never fires
   again (no duplicate fires for one episode).
 - A pending episode whose key has no finding is *cleared* when the detector
-  decided its account. A firing one *resolves* only after `rule.resolve_buckets`
+  decided its account. A firing one *resolves* only after `resolve_buckets(rule)`
   decided evaluations in a row without the condition (the hold Prometheus calls
   keep_firing_for; the detectors already judge open episodes against the level
   frozen when they opened, with a recovery threshold). The resolution carries
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rules.gcpause import gc_paused
+from rules.kinds import resolve_buckets
 from rules.model import Finding, Inhibit, OpenEpisode, Recovery, Reference, Rule
 from rules.periods import iso
 
@@ -308,7 +309,7 @@ def advance(
             continue
         if not rule_gone and not (recovery is not None and recovery.immediate):
             count = prev.clear_count + 1
-            if count < rules[prev.rule_id].resolve_buckets:  # hold: not resolved yet (keep_firing_for)
+            if count < resolve_buckets(rules[prev.rule_id]):  # hold: not resolved yet (keep_firing_for)
                 out[key] = replace(prev, clear_count=count, cleared_at=now,
                                    recovering_since=prev.recovering_since or now)
                 continue

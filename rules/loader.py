@@ -27,7 +27,7 @@ from rules.config.toml import decode, field_name, parse_toml
 from rules.config.toml_lines import LineMap, PathKey
 from rules.config.values import Reader, show, suggest
 from rules.durations import DurationError, format_duration, parse_duration
-from rules.kinds import KINDS, Kind, with_baseline, with_cohort
+from rules.kinds import KINDS, Kind, calendar_kinds, with_baseline, with_cohort
 from rules.model import (
     DAY,
     INHIBIT_LABELS,
@@ -583,7 +583,7 @@ def _check_calendar(ctx: _FileContext, raw: Any, part: _FileResult) -> None:
         span = _day_range(w, ("mute", index), entry)
         if span is not None:
             mute.append(span)
-    kinds = Calendar().kinds
+    kinds = calendar_kinds()
     if "kinds" in raw:
         got = v.names(w, ("kinds",), raw["kinds"])
         for kind in got or ():

@@ -119,16 +119,6 @@ class Rule:
     cohort: Cohort | None = None  # None = no cohort-aware suppression
 
     @property
-    def resolve_buckets(self) -> int:
-        """Decided evaluations in a row without the condition before a firing episode resolves."""
-        if self.resolve_after is None:
-            from rules.kinds import KINDS  # the registry imports the detectors, which import this module
-
-            kind = KINDS.get(self.kind)
-            return kind.resolve_buckets if kind is not None else 1
-        return max(1, -(-self.resolve_after // self.bucket))
-
-    @property
     def fingerprint(self) -> tuple[Any, ...]:
         """What the rule detects, whatever it is called: two rules with the same fingerprint
         raise the same alerts (the later one is a duplicate)."""
@@ -168,17 +158,10 @@ class Calendar:
     (no alert, no resolution). Ranges are [start, end) epoch seconds, UTC."""
 
     mute: tuple[tuple[int, int], ...] = ()
-    kinds: tuple[str, ...] = field(default_factory=lambda: calendar_kinds())
+    kinds: tuple[str, ...] = ()  # the loader's default: rules.kinds.calendar_kinds()
 
     def muted(self, kind: str, bucket_start: int) -> bool:
         return kind in self.kinds and any(a <= bucket_start < b for a, b in self.mute)
-
-
-def calendar_kinds() -> tuple[str, ...]:
-    """The kinds a [calendar] mutes when it does not name them (Kind.calendar in rules.kinds)."""
-    from rules.kinds import KINDS  # the registry imports the detectors, which import this module
-
-    return tuple(k.name for k in KINDS.values() if k.calendar)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,26 @@ def test_the_top_level_packages_import_each_other_without_cycles() -> None:
     assert sorted(f"{a} -> {b}" for a, b in edges if order[b] > order[a]) == []
 
 
+# bot's subpackages, lowest first (docs/architecture.md): each imports only those before it.
+BOT_ORDER = ("bot", "bot.progress", "bot.config", "bot.service", "bot.crm", "bot.slack", "bot.web", "bot.backtest",
+             "bot.serve", "bot.cli")
+
+
+def _part(module: str) -> str:
+    """The bot subpackage (or top-level bot module) a bot module belongs to."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_bot_subpackages_import_only_those_below_them() -> None:
+    """config <- service <- crm, slack, web <- backtest <- serve <- cli: no subpackage imports one
+    above it (so none import each other), function-level imports included."""
+    assert {_part(m) for m in MODULES if _within(m, "bot")} == set(BOT_ORDER)
+    upward = [f"{i.source}:{i.line} imports {i.target}" for i in IMPORTS
+              if _within(i.source, "bot") and _within(i.target, "bot")
+              and BOT_ORDER.index(_part(i.target)) > BOT_ORDER.index(_part(i.source))]
+    assert upward == []
+
+
 def test_the_config_layer_uses_only_the_primitives_below_it() -> None:
     """rules.config is shared by rule files and the service config: of usagebot it imports only itself
     and the primitives (not the core, not the rule loader)."""

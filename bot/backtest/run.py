@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.cli.progress import activity, progress
+from bot.progress import activity, progress
 from bot.service.alerts import PUBLISHED_EVENTS, alert_notice, recent_values
 from integrations.console import format_number
 from integrations.notice import AlertNotice

@@ -70,8 +70,8 @@ def _db(args: argparse.Namespace, settings: CrmSettings) -> str:
 
 
 def cmd_crm_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from bot.cli.progress import activity
     from bot.crm.sync import run_crm_sync
+    from bot.progress import activity
     from storage.db import make_engine, migrate, open_existing
 
     if args.config and missing_paths([args.config], "--config", err):

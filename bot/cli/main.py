@@ -44,7 +44,7 @@ def _report_bad_rows(exc: Exception, consequence: str, err: TextIO) -> int:
 
 def _ingest_bar(path: str, err: TextIO) -> Any:
     """The progress bar of `ingest` (rows of the usage file; off when stderr is not a terminal)."""
-    from bot.cli.progress import count_rows, on_terminal, progress
+    from bot.progress import count_rows, on_terminal, progress
 
     return progress(f"loading {Path(path).name}", total=count_rows(path) if on_terminal(err) else None,
                     unit=" rows", stream=err)
@@ -296,8 +296,8 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     only to the console here; another notifier's rows are left to it (the service, `usagebot slack
     deliver`) unless --deliver says this run should deliver them."""
     from bot.backtest.run import BacktestError, parse_time
-    from bot.cli.progress import activity
     from bot.cli.support import load_or_report
+    from bot.progress import activity
     from bot.service.notices import Notices
     from bot.service.pipeline import DeliveryReport, deliver_outbox, run_cycle
     from integrations.console import ConsoleNotifier

@@ -102,8 +102,8 @@ def _sf_summary(sf: object) -> str:
 
 def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.config.app import check_config
+    from bot.serve.service import Service
     from bot.service.logs import setup_logging
-    from bot.service.runner import Service
 
     path = _config_path(args)
     if not path:
@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             service.stop()
         print(json.dumps(results, sort_keys=True), file=out)
         return 0 if all(r != "error" for r in results.values()) else 1
-    from bot.service.runner import ServiceStartError
+    from bot.serve.service import ServiceStartError
 
     try:
         service.serve_forever()

@@ -44,9 +44,9 @@ def _demo_db(data_dir: str, err: TextIO) -> str:
 
 def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.config.app import load_config
+    from bot.config.web import WebConfig
     from bot.service.http_server import HttpServer, Response, Route
     from bot.web.app import WebUI
-    from bot.web.config import WebConfig
     from rules.loader import check_rules
     from storage.db import current_revision, make_engine, redact_url
 

@@ -11,7 +11,7 @@
     [[notifiers]] more notifiers side by side: webhook, console (integrations.notifiers)
     [salesforce] CRM sync                         (integrations.salesforce.config)
     [health]     usage-health model               (bot.config.health)
-    [web]        the read-only web UI             (bot.web.config)
+    [web]        the read-only web UI             (bot.config.web)
 
 `${NAME}` / `${NAME:-default}` take values from the environment; secrets
 also from `<key>_file`. `load_config` collects EVERY problem (file:line:
@@ -45,6 +45,7 @@ from rules.model import RuleSet
 LEADER_KINDS = ("auto", "advisory_lock", "lease", "none")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+FIRST_RUN_POLICIES = ("digest", "quiet", "notify")  # [evaluation] first_run (bot.service.notices.Notices)
 
 
 def _admin_channel(w: v.Reporter, path: PathKey, value: Any) -> str | None:
@@ -70,8 +71,6 @@ def _cron(w: v.Reporter, path: PathKey, value: Any) -> str | None:
 
 
 def _first_run(w: v.Reporter, path: PathKey, value: Any) -> str | None:
-    from bot.service.notices import FIRST_RUN_POLICIES
-
     return v.choice(FIRST_RUN_POLICIES)(w, path, value)  # type: ignore[no-any-return]
 
 
@@ -134,7 +133,7 @@ class AppConfig:
     health: Any = None  # rules.health.HealthModel, when [health] is present
     ruleset: RuleSet | None = None
     notifiers: tuple[Any, ...] = ()  # integrations.notifiers.NotifierSpec per [[notifiers]] entry
-    web: Any = None  # bot.web.config.WebConfig, when [web] is present (the web UI is off without it)
+    web: Any = None  # bot.config.web.WebConfig, when [web] is present (the web UI is off without it)
     pricing: Any = None  # rules.impact.Pricing ([pricing]; the defaults without it)
 
     @property
@@ -266,7 +265,7 @@ def config_tables() -> tuple[Table, ...]:
     that each is documented)."""
     from bot.config.health import HEALTH
     from bot.config.pricing import PRICING
-    from bot.web.config import WEB
+    from bot.config.web import WEB
     from integrations.notifiers import NOTIFIERS
     from integrations.salesforce.config import SALESFORCE
     from integrations.slack.config import SLACK
@@ -309,7 +308,7 @@ def _web(doc: Document, slack: Any) -> tuple[Any, Any]:
         return None, slack
     from dataclasses import replace
 
-    from bot.web.config import parse_web_config
+    from bot.config.web import parse_web_config
 
     web = parse_web_config(doc.section("web"), slack_bot_token=bool(slack is not None and slack.enabled))
     if web.enabled and web.public_url and slack is not None:

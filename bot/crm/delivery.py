@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from bot.crm.plan import CrmSyncReport, FieldWrite, PlannedTask
 from bot.service.pipeline import DeliveryReport, deliver_rows
 from integrations.notifier import DeliveryError
 from integrations.salesforce.client import (
@@ -37,12 +38,10 @@ from integrations.salesforce.client import (
     SalesforceUnavailable,
 )
 from integrations.salesforce.config import SalesforceConfig
-from rules.model import DAY, AccountFacts
+from rules.model import DAY
 from rules.periods import iso
 from storage.crm import (
-    TaskCandidate,
     TaskOutcome,
-    TaskRow,
     WriteOutcome,
     load_tasks,
     record_outcomes,
@@ -51,9 +50,6 @@ from storage.crm import (
 from storage.db import write_transaction
 from storage.locks import LockTimeout, exclusive
 from storage.outbox import OutboxItem, discard_unsent, enqueue
-
-if TYPE_CHECKING:
-    from bot.crm.sync import CrmSyncReport
 
 FIELDS_KIND, TASKS_KIND = "crm:fields", "crm:tasks"
 CLICK_KIND = "crm:task-click"  # a Task asked for with the "Log task" button (bot.crm.task_button): one row per episode
@@ -65,52 +61,6 @@ LOOKUP_MARGIN = DAY  # a Task looked up by key may have been created this long b
 STOP_DEFER = 3600  # seconds the rows of a sync stopped by the API budget wait (the next sync re-plans them)
 MAX_ROWS = 1_000_000  # a sync carries out its whole plan (10k accounts = 50 rows of 200)
 LOCK = "crm_sync"
-
-
-@dataclass(frozen=True)
-class PlannedTask:
-    candidate: TaskCandidate
-    account: AccountFacts
-    match_key: str
-    kind: str
-    subject: str
-    description: str
-    priority: str
-    due_date: str
-    previous: TaskRow | None
-
-    @property
-    def key(self) -> str:
-        return self.candidate.key
-
-    def line(self) -> str:
-        c = self.candidate
-        again = f" (again: {self.previous.status}, {self.previous.last_error or 'no error'})" if self.previous else ""
-        return (f"  episode #{c.episode_id} {self.account.id} {c.rule_id} ({c.severity} {self.kind}): "
-                f"{self.subject!r}, priority {self.priority}, due {self.due_date}{again}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"candidate": asdict(self.candidate), "match_key": self.match_key, "kind": self.kind,
-                "subject": self.subject, "description": self.description, "priority": self.priority,
-                "due_date": self.due_date}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any], previous: TaskRow | None) -> PlannedTask:
-        c = TaskCandidate(**d["candidate"])
-        return cls(c, AccountFacts(c.account_id, c.account_id), str(d["match_key"]), str(d["kind"]),
-                   str(d["subject"]), str(d["description"]), str(d["priority"]), str(d["due_date"]), previous)
-
-
-@dataclass(frozen=True)
-class FieldWrite:
-    """One record's changed fields, as queued (a RecordChange's values)."""
-
-    account_id: str
-    match_key: str
-    fields: dict[str, Any]
-
-    def values(self) -> dict[str, Any]:
-        return self.fields
 
 
 class _Failed(Exception):

@@ -31,18 +31,17 @@ database (the "crm_sync" lock of storage.locks).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from sqlalchemy.engine import Engine
 
-from bot.crm.delivery import KEY_LINE, FieldWrite, PlannedTask, deliver_crm, lookup, queue_plan
+from bot.crm.delivery import KEY_LINE, deliver_crm, lookup, queue_plan
+from bot.crm.plan import CrmSyncReport, FieldWrite, PlannedTask
 from bot.crm.preview import account_health, health_as_of
-from integrations.salesforce.client import ApiUsage, SalesforceClient, SalesforceError
+from integrations.salesforce.client import SalesforceClient, SalesforceError
 from integrations.salesforce.config import SalesforceConfig
 from integrations.salesforce.diff import (
     DesiredRecord,
-    RecordChange,
     align_read_value,
     diff_records,
     format_change,
@@ -65,37 +64,6 @@ from storage.locks import LockTimeout, exclusive
 
 SYNC_LOCK_WAIT = 900.0  # seconds a real sync waits for another one on the same database
 ClientFactory = Callable[[SalesforceConfig], SalesforceClient]
-
-
-@dataclass
-class CrmSyncReport:
-    as_of: int
-    dry_run: bool
-    object: str = "Account"
-    accounts: int = 0
-    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (account id, why)
-    changes: list[RecordChange] = field(default_factory=list)
-    mode: str = "collections"  # or "bulk"
-    write_requests: int = 0
-    written: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (account id, error)
-    deferred: int = 0
-    tasks: list[PlannedTask] = field(default_factory=list)
-    tasks_created: int = 0
-    tasks_failed: list[tuple[int, str]] = field(default_factory=list)  # (episode id, error)
-    tasks_deferred: int = 0
-    api_calls: int = 0
-    api_usage: ApiUsage | None = None
-    stopped: str | None = None
-    run_id: int | None = None
-
-    @property
-    def unchanged(self) -> int:
-        return self.accounts - len(self.unmatched) - len(self.changes)
-
-    @property
-    def ok(self) -> bool:
-        return self.stopped is None and not self.failed and not self.tasks_failed
 
 
 # ----------------------------------------------------------------------- planning

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from bot.crm.delivery import CLICK_KIND, LOCK, CrmOutlet
-from bot.crm.sync import ClientFactory, CrmSyncReport, planned_task
+from bot.crm.plan import CrmSyncReport
+from bot.crm.sync import ClientFactory, planned_task
 from bot.service.pipeline import deliver_rows
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import SalesforceConfig

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line (or plain text), with the `extra` fields of each call.
 
     log.info("polled %s", sid, extra={"source": sid, "rows": 120})
-    -> {"ts": "2026-11-03T10:00:00.123Z", "level": "info", "logger": "bot.service.runner",
+    -> {"ts": "2026-11-03T10:00:00.123Z", "level": "info", "logger": "bot.serve.service",
         "message": "polled billing-api", "source": "billing-api", "rows": 120}
 
 Secrets never reach the logs: configuration secrets are `Secret` objects

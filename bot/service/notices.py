@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bot.config.app import FIRST_RUN_POLICIES
 from integrations.notice import AlertNotice
 from rules.impact import Pricing
 from storage.outbox import OutboxItem, notify_kind
-
-FIRST_RUN_POLICIES = ("digest", "quiet", "notify")
 
 
 @dataclass(frozen=True)

@@ -113,23 +113,6 @@ class RuleReloader:
                              ruleset=ruleset if not problems else None, fingerprint=fp)
 
 
-def template_check(slack_config: Any) -> list[str]:
-    """Problems of the admin's Slack and console templates as they are on disk (rendered with sample data)."""
-    from bot.cli.slack import sample_alert, template_problems
-    from integrations.console import ConsoleNotifier
-
-    problems = template_problems(slack_config)
-    try:
-        ConsoleNotifier(template_dir=slack_config.template_dir).render(sample_alert())
-    except TemplateError as exc:
-        where = getattr(exc, "filename", None) or getattr(exc, "name", None) or "console template"
-        line = getattr(exc, "lineno", None)
-        problems.append(f"{where}{f':{line}' if line else ''}: {type(exc).__name__}: {exc}")
-    except Exception as exc:  # a filter failing on the sample data
-        problems.append(f"console template: {type(exc).__name__}: {exc}")
-    return problems
-
-
 def invalid_notice(problems: Sequence[str], fp: str, now: int, channel: str | None, running: int,
                    notifiers: Sequence[str] = ("console",)) -> Any:
     """The admin-channel notice (one outbox item per notifier) for a rule / template change that was refused."""

@@ -16,7 +16,8 @@ Hostile requests:
   database (text, a 5,000-digit number) gets a clear ephemeral answer;
 - a valid signed request replayed (within the 5 minutes its signature stays valid) is answered 200
   and not executed again: its signature is recorded in the database (storage.slack.first_time_seen),
-  so replicas share what was seen;
+  so replicas share what was seen; in Socket Mode a payload Slack delivers again (a late
+  acknowledgement, a reconnect) is recognised by its trigger_id / event_id and not run again;
 - a body bolt cannot parse (malformed JSON or form data, not UTF-8, nested too deeply) is 401 when
   its signature is wrong and 400 when it is right, never a 500; anything a listener or middleware
   raises goes to bolt's one error handler (`@app.error`), which logs one line and answers 400.
@@ -269,22 +270,40 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
     on_action(ASSIGN_ACTION, assign)
     on_action(CRM_ACTION, opened("crm"), link=True)
     on_action(DASHBOARD_ACTION, opened("dashboard"), link=True)
-    if not socket:
-        app.middleware(_replay_guard(engine))
+    app.middleware(_replay_guard(engine))
     app.error(_on_error)
     return app
 
 
-def _replay_guard(engine: Engine) -> Callable[..., Any]:
-    """Bolt middleware (after bolt's signature check): a signed request seen before is not run again."""
+def _request_key(req: BoltRequest) -> tuple[str, int] | None:
+    """(key, request time) that names one Slack request however often it arrives, or None.
 
-    def no_replays(req: BoltRequest, next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002
+    HTTP: the signed timestamp and signature (a replay is the same signed request sent again).
+    Socket Mode: the payload's trigger_id (slash commands, buttons, views) or event_id (events):
+    Slack delivers an envelope again when its acknowledgement was late or the connection dropped,
+    with a new envelope id and the same payload."""
+    if req.mode == "http":
         ts = (req.headers.get("x-slack-request-timestamp") or [""])[0]
         sig = (req.headers.get("x-slack-signature") or [""])[0]
-        if req.mode == "http" and ts.isdigit() and sig:
-            key = hashlib.sha256(f"{ts}:{sig}".encode()).hexdigest()
-            if not first_time_seen(engine, key, int(ts), int(time.time())):
-                log.warning("a signed Slack request was sent again (a replay); acknowledged, not run again")
+        return (f"{ts}:{sig}", int(ts)) if ts.isdigit() and sig else None
+    body = req.body if isinstance(req.body, Mapping) else {}
+    ident = body.get("trigger_id") or body.get("event_id")
+    return (f"socket:{body.get('team_id') or ''}:{ident}", -1) if isinstance(ident, str) and ident else None
+
+
+def _replay_guard(engine: Engine) -> Callable[..., Any]:
+    """Bolt middleware (after bolt's signature check): a request seen before is acknowledged and not
+    run again (a replayed signed HTTP request, or a Socket Mode payload delivered twice). Wall-clock
+    time, as Slack's signature window and redeliveries are (not the service's evaluation clock)."""
+
+    def no_replays(req: BoltRequest, next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002
+        got = _request_key(req)
+        if got is not None:
+            key, ts = got
+            now = int(time.time())
+            if not first_time_seen(engine, hashlib.sha256(key.encode()).hexdigest(), ts if ts >= 0 else now, now):
+                log.warning("a Slack request was delivered again (a replay or a redelivery); acknowledged, "
+                            "not run again")
                 return BoltResponse(status=200, body="")
         next()
         return None

@@ -1,7 +1,7 @@
 """The read-only web UI: alert list, episode page, account page, sign-in (server-rendered HTML).
 
     ui = WebUI(config, engine, rules=lambda: ruleset)
-    routes = ui.routes()          # mounted on bot.service.http_server.HttpServer (by bot.service.runner or `usagebot ui`)
+    routes = ui.routes()          # mounted on bot.service.http_server.HttpServer (by bot.serve.service or `usagebot ui`)
 
 Pages (GET; `?format=json` gives the same data as JSON for machines):
     /alerts                 alert episodes, newest first; filters owner, rule, kind, state, account,
@@ -30,9 +30,9 @@ from markupsafe import Markup
 from sqlalchemy.engine import Engine
 
 from bot import __version__
+from bot.config.web import WebConfig
 from bot.service.http_server import Request, Response, Route
 from bot.web import auth
-from bot.web.config import WebConfig
 from bot.web.queries import (
     COUNT_CAP,
     STATES,

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import jwt
 
-from bot.web.config import WebConfig
+from bot.config.web import WebConfig
 
 log = logging.getLogger(__name__)
 

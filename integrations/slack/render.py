@@ -22,10 +22,6 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import (
-    ChoiceLoader,
-    FileSystemLoader,
-    PackageLoader,
-    StrictUndefined,
     Template,
     TemplateNotFound,
     Undefined,
@@ -48,6 +44,7 @@ from integrations.slack.blocks import (
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import TemplateProblem
 from integrations.sparkline import sparkline
+from integrations.templating import template_environment
 from rules import kinds
 
 log = logging.getLogger(__name__)
@@ -219,12 +216,8 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
 
 
 def make_environment(template_dir: str | Path | None = None) -> SandboxedEnvironment:
-    loaders: list[Any] = []
-    if template_dir:
-        loaders.append(FileSystemLoader(str(template_dir)))
-    loaders.append(PackageLoader("integrations", "templates"))
-    env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, autoescape=False,
-                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+    """Slack's template environment (integrations.templating) with its filters and globals."""
+    env = template_environment(template_dir, trim_blocks=True)
     env.filters.update({
         "num": format_number, "json": _json, "mrkdwn": escape_mrkdwn, "pct": _pct, "signed_pct": _signed_pct,
         "date": slack_date, "mention": mention, "truncate_text": truncate,

@@ -139,6 +139,62 @@ def _check_mode(on_error: str) -> None:
         raise ValueError(f"on_error must be 'reject' or 'skip', got {on_error!r}")
 
 
+MAX_LINE_CHARS = 1 << 20  # a physical line longer than this is an error: csv.reader holds a whole line
+# in memory (a 300 MB line took 765 MB), and no usage or accounts row needs more than a few hundred
+
+
+class LineTooLong(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _capped_lines(f: Any) -> Iterator[str]:
+    """The file's physical lines, read at most MAX_LINE_CHARS + 1 characters at a time, so a file
+    without line breaks never reaches memory whole; LineTooLong names the first line over the cap."""
+    n = 0
+    while True:
+        line = f.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        n += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise LineTooLong(n)
+        yield line
+
+
+class _LineGuard(io.RawIOBase):
+    """The bytes of `f` for the columnar parser, raising LineTooLong(0) once a run of more than
+    about 2 x MAX_LINE_CHARS bytes holds no line break (pyarrow would gather a whole row in memory).
+    Checked with one bytes.find per MAX_LINE_CHARS window: every window must hold a line break."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self._since = 0  # bytes since the last line break
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._f.readinto(b)
+        if not n:
+            return 0
+        data = memoryview(b)[:n].tobytes() if not isinstance(b, bytes | bytearray) else bytes(b[:n])
+        first = data.find(b"\n")
+        if first == -1:
+            self._since += n
+        else:
+            if self._since + first > 2 * MAX_LINE_CHARS:
+                raise LineTooLong(0)
+            for k in range(first + 1, n - MAX_LINE_CHARS, MAX_LINE_CHARS):
+                if data.find(b"\n", k, k + MAX_LINE_CHARS) == -1:
+                    raise LineTooLong(0)
+            self._since = n - 1 - data.rfind(b"\n")
+        if self._since > 2 * MAX_LINE_CHARS:
+            raise LineTooLong(0)
+        return n
+
+
 def _tap(lines: Iterable[str], buf: list[str]) -> Iterator[str]:
     """Pass lines through to csv.reader while keeping those of the current record.
 
@@ -218,7 +274,7 @@ class _Source:
                 raise UnsafeFile(f"{self.display}: is a symbolic link; refused") from None
             raise
         self.buf: list[str] = []
-        self.reader = csv.reader(_tap(self._file, self.buf))
+        self.reader = csv.reader(_tap(_capped_lines(self._file), self.buf))
         self.end_line = 0  # physical line on which the last record read ended
 
     def close(self) -> None:
@@ -237,6 +293,9 @@ class _Source:
 
     def stream_error(self, exc: Exception) -> CsvInputError:
         line = self.end_line + 1
+        if isinstance(exc, LineTooLong):
+            return self.fatal(exc.line, f"line is longer than {MAX_LINE_CHARS:,} characters (a missing line break?);"
+                                        " nothing was stored")
         if isinstance(exc, UnicodeDecodeError):
             line = _first_non_utf8_line(self.display, self.opener) or line
             return self.fatal(line, f"text is not valid UTF-8 ({exc.reason}); save the file as UTF-8")
@@ -253,7 +312,7 @@ class _Source:
                     continue
                 self.buf.clear()
                 return line, row
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except (csv.Error, UnicodeDecodeError, LineTooLong) as exc:
             raise self.stream_error(exc) from exc
         raise self.fatal(1, f"file is empty: expected a header row '{expected}'")
 
@@ -268,7 +327,7 @@ class _Source:
                 if not _is_blank(row):
                     yield line, row
                 buf.clear()
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except (csv.Error, UnicodeDecodeError, LineTooLong) as exc:
             raise self.stream_error(exc) from exc
 
     def row_error(
@@ -504,7 +563,7 @@ def _usage_chunks(
                         yield ReadResult(records, errors, rows)
                     records, errors, rows = [], [], 0
                     append = _discard if all_errors else records.append
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except (csv.Error, UnicodeDecodeError, LineTooLong) as exc:
             src.end_line = end_line
             raise src.stream_error(exc) from exc
         if all_errors:
@@ -609,7 +668,8 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
     names = [f"c{i}" for i in range(n_cols)]
     ts_cache: dict[str, int] = {}
     checked_metrics: set[str] = set()
-    with open(path, "rb", opener=opener) as f:
+    with open(path, "rb", buffering=0, opener=opener) as raw:
+        f = io.BufferedReader(_LineGuard(raw), buffer_size=1 << 20)
         try:
             reader = pacsv.open_csv(
                 f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=ARROW_BLOCK_BYTES),
@@ -633,8 +693,8 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
                 if not np.isfinite(values).all():
                     raise _NotPlain
                 yield ReadResult(UsageColumns(accounts, met_col, ts, values + 0.0), [], batch.num_rows)  # type: ignore[arg-type]
-        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # field counts, bad UTF-8, broken quoting
-            raise _NotPlain from exc
+        except (pa.ArrowInvalid, UnicodeDecodeError, LineTooLong) as exc:  # field counts, bad UTF-8, broken
+            raise _NotPlain from exc  # quoting, a line too long: the row parser says where
 
 
 def _plain_times(pc: Any, col: Any, cache: dict[str, int]) -> np.ndarray:

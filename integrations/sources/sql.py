@@ -41,7 +41,9 @@ from rules.config import Secret, Section, redaction
 from storage.db import redact_url
 
 KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",
-        "value_column", "time_column", "time_type", "aggregate", "bucket")
+        "value_column", "time_column", "time_type", "aggregate", "bucket", "statement_timeout")
+DEFAULT_STATEMENT_TIMEOUT = 300  # seconds: a poll's query that runs longer is cancelled (a hung poll blocks its source)
+CONNECT_TIMEOUT = 30  # seconds to open a connection (PostgreSQL, MySQL), at most the statement timeout
 TIME_TYPES = ("timestamp", "epoch", "epoch_ms")
 AGGREGATES = ("sum", "count", "max")
 
@@ -127,6 +129,7 @@ class SqlOptions:
     time_type: str = "timestamp"
     aggregate: str = "sum"
     bucket: int = 3600
+    statement_timeout: int = DEFAULT_STATEMENT_TIMEOUT  # seconds
 
 
 def engine_url(url: str) -> URL:
@@ -181,32 +184,61 @@ def parse(section: Section, settings: SourceSettings) -> SqlOptions | None:
     bucket = section.duration("bucket", 3600, min=60) or 3600
     if 86_400 % bucket:
         section.problem("bucket", "must divide a day (e.g. 1m, 5m, 1h, 1d)")
+    timeout = section.duration("statement_timeout", DEFAULT_STATEMENT_TIMEOUT, min=1) or DEFAULT_STATEMENT_TIMEOUT
     if url is None or account is None or time_col is None:
         return None
     return SqlOptions(url=url, account_column=account, time_column=time_col, table=table, query=query,
                       where=section.str("where"), metric_column=metric_col, metric=metric,
-                      value_column=value_col, time_type=time_type, aggregate=aggregate, bucket=bucket)
+                      value_column=value_col, time_type=time_type, aggregate=aggregate, bucket=bucket,
+                      statement_timeout=timeout)
 
 
 # ---------------------------------------------------------------------------- source
 
 
-def _utc_session(dbapi_conn: Any, _record: Any) -> None:
+def _run(dbapi_conn: Any, *statements: str) -> None:
     cur = dbapi_conn.cursor()
     try:
-        cur.execute("SET TIME ZONE 'UTC'")
+        for sql in statements:
+            cur.execute(sql)
     finally:
         cur.close()
     if hasattr(dbapi_conn, "commit"):
         dbapi_conn.commit()
 
 
-def _utc_session_mysql(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute("SET time_zone = '+00:00'")
-    finally:
-        cur.close()
+def _session_postgresql(timeout: int) -> Any:
+    """Every connection: UTC, and the server cancels a statement running past `timeout` seconds."""
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        _run(dbapi_conn, "SET TIME ZONE 'UTC'", f"SET statement_timeout = {int(timeout) * 1000}")
+    return on_connect
+
+
+def _session_mysql(timeout: int, mariadb: bool) -> Any:
+    """UTC, and the statement time limit: MySQL's max_execution_time (ms), MariaDB's max_statement_time (s)."""
+    limit = f"SET SESSION max_statement_time = {int(timeout)}" if mariadb else \
+        f"SET SESSION max_execution_time = {int(timeout) * 1000}"
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        _run(dbapi_conn, "SET time_zone = '+00:00'", limit)
+    return on_connect
+
+
+def _sqlite_deadline(engine: Engine, timeout: int) -> None:
+    """SQLite has no statement timeout: a progress handler interrupts a statement running past
+    `timeout` seconds (sqlite3 raises OperationalError "interrupted")."""
+    import time
+
+    def before(conn: Any, _cursor: Any, _stmt: Any, _params: Any, _context: Any, _many: bool) -> None:
+        deadline = time.monotonic() + timeout
+        conn.connection.dbapi_connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+
+    def after(conn: Any, *_args: Any) -> None:
+        conn.connection.dbapi_connection.set_progress_handler(None, 0)
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    sa.event.listen(engine, "handle_error", lambda ctx: after(ctx.connection) if ctx.connection is not None else None)
 
 
 class SqlSource:
@@ -218,14 +250,22 @@ class SqlSource:
         self.last_statement = ""  # the SQL of the last poll (for logs and tests)
 
     def _make_engine(self) -> Engine:
+        """The source's engine: sessions in UTC, each statement limited to `statement_timeout`
+        (PostgreSQL, MySQL/MariaDB, SQLite; other databases: their driver's own limits)."""
         u = engine_url(self.o.url.reveal())
-        eng = sa.create_engine(u, pool_pre_ping=True, pool_size=1, max_overflow=1) \
-            if u.get_backend_name() not in ("sqlite",) else sa.create_engine(u)
-        backend = u.get_backend_name()
+        backend, timeout = u.get_backend_name(), self.o.statement_timeout
+        if backend == "sqlite":
+            eng = sa.create_engine(u)
+            _sqlite_deadline(eng, timeout)
+            return eng
+        connect_args: dict[str, Any] = {}
+        if backend in ("postgresql", "mysql", "mariadb"):
+            connect_args["connect_timeout"] = min(CONNECT_TIMEOUT, timeout)
+        eng = sa.create_engine(u, pool_pre_ping=True, pool_size=1, max_overflow=1, connect_args=connect_args)
         if backend == "postgresql":
-            sa.event.listen(eng, "connect", _utc_session)
+            sa.event.listen(eng, "connect", _session_postgresql(timeout))
         elif backend in ("mysql", "mariadb"):
-            sa.event.listen(eng, "connect", _utc_session_mysql)
+            sa.event.listen(eng, "connect", _session_mysql(timeout, backend == "mariadb"))
         return eng
 
     def close(self) -> None:
@@ -289,6 +329,8 @@ class SqlSource:
                 rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
             reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
+            if _timed_out(exc):
+                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
             raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
                               f"{redact_url(reason)}") from None
         records: list[UsageRecord] = []
@@ -328,6 +370,18 @@ class SqlSource:
             watermark = newest_ts if watermark is None else max(watermark, newest_ts)
         yield Batch(cursor=None, watermark=watermark, totals=records,
                     label=f"{len(rows)} bucket row(s) from {start} to {end}")
+
+
+def _timed_out(exc: SQLAlchemyError) -> bool:
+    """Whether the database cancelled the statement for running too long (PostgreSQL 57014
+    query_canceled, MySQL 3024 / MariaDB 1969, SQLite's interrupted progress handler)."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "57014":
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in (3024, 1969):
+        return True
+    return "interrupted" in str(orig or "")
 
 
 def build(config: SourceConfig) -> SqlSource:

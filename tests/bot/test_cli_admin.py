@@ -160,7 +160,7 @@ def test_skipped_rows_are_summarised_unless_verbose(tmp_path: Path) -> None:
 
 def test_readiness_probes_do_not_log_alembic(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from bot.config.app import load_config
-    from bot.service.runner import Service
+    from bot.serve.service import Service
 
     cfg = load_config(_config(tmp_path, f"sqlite:///{tmp_path}/r.db"), env={"INGEST_SECRET": SECRET})
     svc = Service(cfg)
@@ -178,7 +178,7 @@ def test_readiness_probes_do_not_log_alembic(tmp_path: Path, caplog: pytest.LogC
 
 def test_service_log_messages_show_times_not_epoch_seconds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from bot.config.app import load_config
-    from bot.service.runner import Service
+    from bot.serve.service import Service
     from integrations.console import ConsoleNotifier
     from tests.bot.test_service import DAY, T0
 

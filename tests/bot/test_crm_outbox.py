@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from bot.crm.delivery import CRM_KINDS, LOCK, STOP_DEFER, retry_crm_rows
-from bot.crm.sync import CrmSyncReport, run_crm_sync
+from bot.crm.plan import CrmSyncReport
+from bot.crm.sync import run_crm_sync
 from integrations.salesforce.client import SalesforceClient
 from rules.health import DEFAULT_MODEL
 from rules.model import RuleSet
@@ -145,7 +146,7 @@ def test_the_service_deliver_job_retries_crm_rows(tmp_path, fake: FakeSalesforce
     from dataclasses import replace
 
     from bot.config.app import load_config
-    from bot.service.runner import Service
+    from bot.serve.service import Service
     from integrations.console import ConsoleNotifier
     from tests.bot.test_service_integrations import _config
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from bot.config.app import load_config
+from bot.serve.service import Service
 from bot.service.pipeline import run_cycle
-from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from integrations.slack.notifier import SlackNotifier
 from integrations.webhook import WebhookNotifier

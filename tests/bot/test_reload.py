@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.config.app import load_config
-from bot.service.runner import Service
+from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
 from storage.outbox import list_outbox
 from tests.bot.test_service import DAY, RULES, SECRET, T0, _config

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 
 from bot.cli.main import main
 from bot.config.app import load_config
+from bot.serve.service import Service
 from bot.service.logs import setup_logging
-from bot.service.runner import Service
 from integrations.console import ConsoleNotifier
 from storage.sources import get_source_state
 from tests.integrations.sources.helpers import points

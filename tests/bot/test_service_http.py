@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config.app import load_config
-from bot.service.runner import Service
+from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
 from tests.bot.test_service import DAY, SECRET, T0, _config
 

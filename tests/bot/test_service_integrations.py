@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from bot.config.app import load_config
-from bot.service.runner import Service
+from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
 from integrations.salesforce.client import SalesforceClient
 from tests.fakes.salesforce_server import running

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from bot.crm.delivery import CLICK_KIND, retry_crm_rows
-from bot.crm.sync import CrmSyncReport, run_crm_sync
+from bot.crm.plan import CrmSyncReport
+from bot.crm.sync import run_crm_sync
 from bot.crm.task_button import TaskButton
 from bot.slack.app import build_slack_app, serve_http
 from integrations.salesforce.client import SalesforceClient

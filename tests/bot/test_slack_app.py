@@ -290,11 +290,23 @@ def test_socket_mode_commands(sqlite_engine, fake, clock):
                           "payload": {**body, "text": "help", "response_url": fake.response_url("sm1")}})
         ack = fake.wait_socket_ack("env-1")
         assert "/usage top" in ack["payload"]["text"]
+        body = {**body, "trigger_id": "1.2.5"}  # every command has its own trigger_id
         fake.socket_send({"envelope_id": "env-2", "type": "slash_commands", "accepts_response_payload": True,
                           "payload": {**body, "text": "globex", "response_url": fake.response_url("sm2")}})
         fake.wait_socket_ack("env-2")
         (answer,) = fake.wait_response("sm2")
         assert "📊 Globex" in json.dumps(answer["blocks"], ensure_ascii=False)
+        # Slack delivers the same payload again in a new envelope (a late ack, a reconnect): acknowledged,
+        # not run again; a new command (a new trigger_id) runs
+        again = {"envelope_id": "env-3", "type": "slash_commands", "accepts_response_payload": True,
+                 "payload": {**body, "text": "globex", "response_url": fake.response_url("sm2")}}
+        fake.socket_send(again)
+        assert "payload" not in fake.wait_socket_ack("env-3")
+        fake.socket_send({**again, "envelope_id": "env-4", "payload": {**again["payload"], "trigger_id": "1.2.4",
+                                                                      "response_url": fake.response_url("sm4")}})
+        fake.wait_socket_ack("env-4")
+        (again_answer,) = fake.wait_response("sm4")  # the new command ran (and after the redelivery) ...
+        assert fake.responses["sm2"] == [answer]  # ... which answered nothing
     finally:
         handler.client.auto_reconnect_enabled = False
         fake.socket_close()  # so the client's blocking read ends now, not at its 3 s timeout

@@ -13,7 +13,7 @@ import pytest
 
 from bot.cli.demo import SHIPPED_RULES, run_demo
 from bot.config.app import load_config
-from bot.service.runner import Service
+from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
 from integrations.sources.demo import DEFAULT_END
 from rules.loader import load_rules

@@ -11,6 +11,7 @@ import pytest
 from rules.detectors import detect, required_history
 from rules.detectors.threshold import ThresholdParams
 from rules.engine import history_needed
+from rules.kinds import resolve_buckets
 from rules.lint import DataFacts, MetricFacts, lint
 from rules.loader import RuleFileError, load_rules_text
 from rules.model import DAY, AccountFacts, DetectorResult, MetricBlock, OpenEpisode, Rule
@@ -157,7 +158,7 @@ def test_guards_and_baseline_are_refused_and_cohort_is_optional() -> None:
         " threshold rule",
     ]
     (r,) = load_rules_text(HEAD + "above = 1\n").rules
-    assert r.cohort is None and r.resolve_buckets == 2 and r.params == ThresholdParams(above=1.0)
+    assert r.cohort is None and resolve_buckets(r) == 2 and r.params == ThresholdParams(above=1.0)
     (r,) = load_rules_text(HEAD.replace("[rule.threshold]\n", "cohort = true\n[rule.threshold]\n")
                            + "below = 1\n").rules
     assert r.cohort is not None

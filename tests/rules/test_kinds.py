@@ -12,7 +12,7 @@ from rules import kinds
 from rules.config import values as v
 from rules.detectors import detect, required_history
 from rules.docs_tables import render
-from rules.kinds import KINDS, Ending, Field, Kind, Threshold, UnknownKind, kind_of, register
+from rules.kinds import KINDS, Ending, Field, Kind, Threshold, UnknownKind, kind_of, register, resolve_buckets
 from rules.loader import RuleFileError, load_rules_text
 from rules.model import DAY, AccountFacts, DetectorResult, MetricBlock, OpenEpisode, Rule
 
@@ -51,7 +51,7 @@ def even_kind() -> Iterator[Kind]:
 def test_a_new_kind_is_one_entry_for_loader_engine_lifecycle_titles_and_docs(even_kind: Kind) -> None:
     text = '[[rule]]\nid = "e"\nkind = "even"\nmetric = "m"\n[rule.threshold]\nat_least = 3\n'
     (rule,) = load_rules_text(text).rules
-    assert rule.params == EvenParams(3.0) and rule.resolve_buckets == 4
+    assert rule.params == EvenParams(3.0) and resolve_buckets(rule) == 4
     block = MetricBlock("m", 0, DAY, ["a"], np.array([[1.0, 2.0]]))
     assert detect(rule, block, [AccountFacts("a", "a")]).decided.tolist() == [True]
     assert required_history(rule) == DAY

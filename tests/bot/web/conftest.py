@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from bot.cli.demo import SHIPPED_RULES, run_demo
+from bot.config.web import WebConfig
 from bot.web.app import WebUI
-from bot.web.config import WebConfig
 from integrations.sources.demo import DEFAULT_END
 from rules.loader import load_rules
 from rules.model import RuleSet

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from bot.config.web import WebConfig
 from bot.service.http_server import Request
-from bot.web.config import WebConfig
 from integrations.slack.config import SlackConfig
 from rules.config import Secret
 from tests.bot.web.conftest import NOW, TOKEN, Book, make_ui

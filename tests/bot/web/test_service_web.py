@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.cli.slack import sample_alert
 from bot.config.app import check_config, load_config
-from bot.service.runner import Service
+from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
 from integrations.slack.render import EpisodeView, SlackRenderer
+from integrations.slack.template_check import sample_alert
 from tests.bot.web.conftest import NOW, TOKEN, Book
 from tests.bot.web.helpers import free_port, service_config
 

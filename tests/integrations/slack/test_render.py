@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
-from bot.cli.slack import sample_alert, template_problems
 from integrations.slack.blocks import fit_blocks, validate_blocks
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import TemplateProblem
 from integrations.slack.render import EpisodeView, SlackRenderer, strip_trailing_commas, url_from_template
+from integrations.slack.template_check import sample_alert, template_problems
 from tests.integrations.slack.scenario import assert_valid_message
 
 CFG = SlackConfig(crm_url="https://crm.example.com/{crm_id}", dashboard_url="https://d.example.com/{account}/{metric}")

@@ -78,6 +78,34 @@ def test_usage_csv_refuses_long_metrics_and_times_outside_the_range(tmp_path: Pa
     assert len(result.records) == 1
 
 
+@pytest.mark.parametrize("reader", ["rows", "columns", "accounts", "ingest"])
+def test_a_line_without_an_end_is_refused_before_it_fills_memory(tmp_path: Path, reader: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A file with a missing line break (here 3 MiB on one line) is an error naming the line, read
+    at most ~1 MiB at a time (csv.reader and pyarrow held a whole line: a 300 MB line took 765 MB),
+    and nothing is stored."""
+    from bot.cli.main import main
+    from integrations.sources.csv_rows import MAX_LINE_CHARS, iter_usage_csv_columns
+
+    p = tmp_path / "u.csv"
+    head = "id,name,owner_email,plan,crm_id\nacme,Acme,,,\n" if reader == "accounts" else \
+        "timestamp,account,metric,value\n2026-11-01T00:00:00Z,acme,api_calls,1\n"
+    p.write_text(head + "2026-11-01T00:00:00Z," + "a" * (3 * MAX_LINE_CHARS) + ",api_calls,1\n")
+    said = f"{p}:3: line is longer than {MAX_LINE_CHARS:,} characters (a missing line break?); nothing was stored"
+    if reader == "ingest":
+        db = tmp_path / "u.db"
+        assert main(["ingest", "--usage", str(p), "--db", f"sqlite:///{db}"]) != 0
+        assert said in capsys.readouterr().err
+        if db.exists():
+            assert count(sa.create_engine(f"sqlite:///{db}"), "usage_points") == 0
+        return
+    read = {"rows": read_usage_csv, "accounts": read_accounts_csv,
+            "columns": lambda path: list(iter_usage_csv_columns(path))}[reader]
+    with pytest.raises(CsvInputError) as exc:
+        read(p)
+    assert str(exc.value).splitlines()[-1].strip() == said
+
+
 def test_accounts_csv_refuses_bad_ids_crm_ids_and_control_characters(tmp_path: Path) -> None:
     p = tmp_path / "a.csv"
     with open(p, "w", newline="", encoding="utf-8") as f:

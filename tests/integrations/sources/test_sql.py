@@ -114,6 +114,42 @@ bucket = "1d"
     assert [(r.account, r.metric, r.ts, r.value) for r in batch.totals] == [("acme", "logins", T0, 2.0)]
 
 
+# A query that never ends (SQLite and PostgreSQL): an unbounded recursive CTE.
+ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT 'acme' AS acct, x AS at FROM r"
+
+
+def test_a_query_past_statement_timeout_is_cancelled_and_said_so(engine: Engine, db_url: str) -> None:
+    """A hung warehouse query must not hold the source's poll (and its scheduler thread) forever."""
+    import time
+
+    cfg = source_config(f"""
+[[sources]]
+id = "slow"
+type = "sql"
+url = "${{WAREHOUSE_URL}}"
+query = "{ENDLESS}"
+account_column = "acct"
+time_column = "at"
+time_type = "epoch"
+metric = "api_calls"
+aggregate = "count"
+statement_timeout = "1s"
+""", {"WAREHOUSE_URL": db_url})
+    src = SqlSource(cfg)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceError) as exc:
+            list(src.poll(PollContext("slow", T0)))
+        took = time.monotonic() - started
+        # the source stays usable: the next statement on the same engine runs normally
+        with src.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        src.close()
+    assert "ran past statement_timeout (1s) and was cancelled" in str(exc.value)
+    assert took < 30  # cancelled by the database, not by the test's patience
+
+
 def test_query_errors_name_the_source_and_never_the_password(pg_server) -> None:  # type: ignore[no-untyped-def]
     url = pg_server.url("postgres").replace("postgres@", "postgres:hunter2@")
     src = _source(url)
@@ -139,6 +175,7 @@ account_column = "a"
 time_column = "t"
 aggregate = "avg"
 bucket = "7m"
+statement_timeout = "0s"
 """, {}))
     assert "sources[0].url: cannot be parsed as a SQLAlchemy URL (not shown: it may hold a password)" in problems
     assert "sources[0].table: give exactly one of table" in problems
@@ -146,6 +183,7 @@ bucket = "7m"
     assert "sources[0].metric: give exactly one of metric" in problems
     assert "sources[0].aggregate: must be one of sum, count, max (got 'avg')" in problems
     assert "sources[0].bucket: must divide a day" in problems
+    assert "sources[0].statement_timeout:" in problems
     assert "not a url at all" not in problems
     missing_driver = "\n".join(config_problems(
         '[[sources]]\nid = "w"\ntype = "sql"\nurl = "oracle+nodriver://u:p@h/db"\ntable = "t"\n'

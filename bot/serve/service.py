@@ -38,10 +38,11 @@ from bot.service.metrics import Metrics, Sample
 from bot.service.notices import Notices
 from bot.service.pipeline import DeliveryReport, Notifier, deliver_rows
 from bot.service.polling import PollReport, poll_source
-from bot.service.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice, template_check
+from bot.service.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice
 from bot.service.scheduler import JobSpec, ServiceScheduler, cron, every
 from integrations.notifier import NoticeOutlet, Outlet
 from integrations.notifiers import build_notifiers
+from integrations.slack.template_check import template_check
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
 from rules.config.redaction import mask
