@@ -164,7 +164,7 @@ def scores(files: Sequence[NabFile], found: Mapping[str, list[int]]) -> dict[str
 SENSITIVITY = {  # setting -> (its preset value, halved, doubled), as AnomalyParams values
     "score": (4.0, 2.0, 8.0),
     "adapt": (6, 3, 12),
-    "learn": (None, 43_200, 172_800),  # the default is 1 day (at least 48 buckets): 12h and 2d
+    "learn": (None, 86_400, 345_600),  # the default is 2 days (at least 48 buckets): 1d and 4d
 }
 
 

@@ -129,24 +129,45 @@ def list_accounts(engine: Engine, ids: Sequence[str] | None = None) -> list[Acco
 
     Rows come straight from the driver cursor (100k accounts in about half a second).
     """
-    mark = "?" if engine.dialect.name == "sqlite" else "%s"
-    # quotas as JSON text on PostgreSQL too (not decoded per row by the driver): _facts parses them at once
-    cols = [f"{f}::text" if f == "quotas" and engine.dialect.name == "postgresql" else f for f in _FIELDS]
-    sql = f"SELECT id, {', '.join(cols)} FROM accounts"
     with engine.connect() as conn:
-        cur = conn.connection.driver_connection.cursor()
-        try:
-            if ids is None:
-                cur.execute(sql + " ORDER BY id")
-                rows = cur.fetchall()
-                rows.sort(key=lambda r: r[0])  # Python's order, whatever the database's collation
-                return _facts(rows)
-            wanted = list(ids)
-            found: dict[str, AccountFacts] = {}
-            for i in range(0, len(wanted), _CHUNK):
-                part = wanted[i : i + _CHUNK]
-                cur.execute(f"{sql} WHERE id IN ({', '.join([mark] * len(part))})", part)
-                found.update((f.id, f) for f in _facts(cur.fetchall()))
-        finally:
-            cur.close()
+        return _read(conn, ids)
+
+
+def _read(conn: Connection, ids: Sequence[str] | None, for_update: bool = False) -> list[AccountFacts]:
+    """list_accounts on `conn`; for_update also locks the rows read (PostgreSQL) until the transaction ends."""
+    dialect = conn.dialect.name
+    mark = "?" if dialect == "sqlite" else "%s"
+    # quotas as JSON text on PostgreSQL too (not decoded per row by the driver): _facts parses them at once
+    cols = [f"{f}::text" if f == "quotas" and dialect == "postgresql" else f for f in _FIELDS]
+    sql = f"SELECT id, {', '.join(cols)} FROM accounts"
+    lock = " FOR UPDATE" if for_update and dialect == "postgresql" else ""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        if ids is None:
+            cur.execute(sql + " ORDER BY id" + lock)
+            rows = cur.fetchall()
+            rows.sort(key=lambda r: r[0])  # Python's order, whatever the database's collation
+            return _facts(rows)
+        wanted = list(ids)
+        found: dict[str, AccountFacts] = {}
+        for i in range(0, len(wanted), _CHUNK):
+            part = wanted[i : i + _CHUNK]
+            cur.execute(f"{sql} WHERE id IN ({', '.join([mark] * len(part))}) ORDER BY id{lock}", part)
+            found.update((f.id, f) for f in _facts(cur.fetchall()))
+    finally:
+        cur.close()
     return [found[a] for a in wanted if a in found]
+
+
+def apply_crm_facts(conn: Connection, facts: Mapping[str, Mapping[str, Any]], now: int) -> int:
+    """Put facts pulled from Salesforce (account id -> the CRM's fields) on top of each account as it
+    is now, in the caller's write transaction (storage.db.write_transaction): the rows are read there
+    (locked on PostgreSQL; SQLite's write lock is already held), so an accounts CSV loaded while the
+    pull ran keeps its other fields (a read before the transaction would write them back as they
+    were). An account not stored yet is created from the facts. Returns how many were written."""
+    if not facts:
+        return 0
+    ids = sorted(facts)
+    current = {a.id: a for a in _read(conn, ids, for_update=True)}
+    rows = [with_crm_facts(current.get(i) or AccountFacts(id=i, name=i), facts[i]) for i in ids]
+    return _upsert(conn, rows, now, crm_overlay=False)

@@ -25,7 +25,7 @@ from integrations.salesforce.config import SalesforceConfig
 from integrations.salesforce.diff import FieldChange
 from rules.model import AccountFacts
 from rules.periods import iso
-from storage.accounts import list_accounts, upsert_accounts, with_crm_facts
+from storage.accounts import apply_crm_facts, list_accounts, with_crm_facts
 from storage.crm_accounts import get_pull_cursor, save_pull_cursor, save_pulled
 from storage.db import write_transaction
 from storage.locks import LockTimeout, exclusive
@@ -130,7 +130,7 @@ def _pull(engine: Engine, sf: SalesforceConfig, now: int, dry_run: bool, client:
     pulled = [record_facts(r, pull, sf) for r in records]
     report.cursor = max((p.modstamp for p in pulled if p.modstamp), key=soql_datetime, default=since)
     accounts = {a.id: a for a in list_accounts(engine)}
-    writes: list[AccountFacts] = []
+    pulled_facts: dict[str, Mapping[str, Any]] = {}
     stored: list[tuple[str, str, Mapping[str, Any], str]] = []
     for account_id, p in _match(pulled, accounts, report):
         report.problems += [f"{sf.object} {p.sf_id} (account {account_id}): {why}" for why in p.problems]
@@ -140,12 +140,12 @@ def _pull(engine: Engine, sf: SalesforceConfig, now: int, dry_run: bool, client:
         changes = diff_facts(old, new)
         if changes:
             report.changed.append(AccountChange(account_id, p.sf_id, old is None, changes))
-            writes.append(new)
-            accounts[account_id] = new  # the same account twice in one pull: the later record wins
+            pulled_facts[account_id] = p.facts  # the same account twice in one pull: the later record wins
+            accounts[account_id] = new
     if not dry_run:
         with write_transaction(engine) as conn:
             save_pulled(conn, stored, now)
-            upsert_accounts(conn, writes, now, crm_overlay=False)
+            apply_crm_facts(conn, {a.account_id: pulled_facts[a.account_id] for a in report.changed}, now)
             if report.cursor:
                 save_pull_cursor(conn, report.cursor, now)
     return report

@@ -9,12 +9,12 @@ over the learning window; no Python loop over time.
 Models (candidates), each a forecast for every bucket tau of the learning window:
     level     pred = median of the last `adapt` buckets + damped trend
     daily     (sub-daily buckets) base = median of the same time of day in the last `cycles` days;
-              pred = base + mean of (value - base) over the last `adapt` buckets + damped trend
+              pred = base + median of (value - base) over the last `adapt` buckets + damped trend
     weekly    (buckets dividing a week) the same with the same time of the week
     The trend is half the slope between the means of the two halves of the `adapt` buckets,
     projected to tau (damped: a short-lived slope is not extrapolated in full).
 
-Learning window: the `learn` buckets before t (default max(1 day, 48 buckets)). A candidate is
+Learning window: the `learn` buckets before t (default max(2 days, 48 buckets)). A candidate is
 usable once it has at least learn / 2 errors there; a seasonal one replaces a simpler one only when
 its mean squared error is below 0.9 x that one's (parsimony: a series without seasonality keeps the
 level model).
@@ -29,17 +29,23 @@ Noise scale s of the chosen model (never 0):
     counts (every observed value a non-negative integer): + max(pred, mean, 1), the Poisson
     variance, so a series of zeros and small integers has a scale of at least one count.
 
-Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Tail probability: the
-normal tail of the score (one-sided; two-sided for both). Fires when the directional score
->= `score` (or the tail probability <= `probability`).
+Score z = (value - pred) / s; direction up: z, down: -z, both: |z|. Beside it the sustained-shift
+score (`_shift`): the median of the last `adapt` deseasonalised buckets against the medians of the
+earlier `adapt`-bucket windows of the learning window, in units of their own spread and largest
+departure, so a change the level has already followed (a step, a subtle lasting rise; a slow steady drift is not: each window is judged against the windows just before it) is
+still seen; a single spike does not move a median. The stronger of the two in the rule's direction
+is the bucket's score (Fit.signal says which). Tail probability: the normal tail of the score
+(one-sided; two-sided for both). Fires when the directional score >= `score` (or the tail
+probability <= `probability`).
 
 Open episodes (given by the caller): a firing one holds while the directional score >= `recovery`
 (default score / 2), a pending one (`for`) while it is >= `score`; otherwise a Recovery states the value against the expected range. The model keeps
 learning while an episode is open: after a level shift the level model catches up within about
-`adapt` buckets, so the shift fires once and the episode then resolves.
+`adapt` buckets and the shift score holds the episode until the new level is the usual one of the
+learning window (about learn / 2 later), so the shift fires once and the episode then resolves.
 
 Warm-up: a row is undecided until the level model has learn / 2 errors: max(1, adapt // 2) +
-learn / 2 + 1 observed buckets (defaults: 5-minute buckets 148, 12h20m; hourly 28 hours; daily 28 days). Daily
+learn / 2 + 1 observed buckets (defaults: 5-minute buckets 292, 24h20m; hourly 28 hours; daily 28 days). Daily
 seasonality can be chosen one day later, weekly one week later.
 """
 
@@ -67,6 +73,7 @@ PARSIMONY = 0.9  # a seasonal model must cut the mean squared error by 10% to be
 TREND_DAMPING = 0.5  # half of the recent slope is projected
 TAIL_RANK = 3  # the tail scale reads the 3rd largest recent error: two past anomalies do not mask a third
 MIN_LEARN = 48  # the learning window is at least 48 buckets (a day of 30-minute buckets)
+LEARN_DEFAULT = 2 * DAY  # two days: a burst that recurs every day or two is part of the noise, not news
 DIRECTIONS = ("both", "up", "down")
 MODEL_NAMES = ("level", "daily", "weekly")
 _NORMAL = NormalDist()
@@ -110,7 +117,7 @@ def _params(rule: Rule) -> AnomalyParams:
 def learn_buckets(params: AnomalyParams, step: int) -> int:
     if params.learn is not None:
         return max(2, params.learn // step)
-    return max(DAY // step, MIN_LEARN)
+    return max(LEARN_DEFAULT // step, MIN_LEARN)
 
 
 def seasonal_periods(step: int) -> list[tuple[str, int]]:
@@ -134,29 +141,60 @@ def required_history(rule: Rule) -> int:
     return history_buckets(_params(rule), rule.bucket) * rule.bucket
 
 
-def _past_median(a: np.ndarray, width: int, first: int, minimum: int) -> np.ndarray:
-    """Per row and per column c >= first: median of the observed a[:, c - width : c] (robust: one
-    outlier among them does not move it); NaN with fewer than `minimum` observed. Returns columns
-    first..end."""
-    rows = a.shape[0]
-    windows = np.lib.stride_tricks.sliding_window_view(a, width, axis=1)[:, first - width:]  # (rows, cols, width)
-    cols = windows.shape[1]
-    flat = windows.reshape(rows * cols, width)
+SORTING_NETWORK_MAX = 12  # up to this many values a median is a sorting network, beyond it a row sort
+
+
+def _median_of(parts: Sequence[np.ndarray], minimum: int = 1) -> np.ndarray:
+    """Elementwise median of the observed (non-NaN) entries of same-shape arrays; NaN where fewer
+    than `minimum` are observed.
+
+    The few values (3 past days, 6 past buckets) are ordered by an odd-even transposition network of
+    elementwise minimum/maximum over whole arrays rather than by sorting millions of tiny rows: the
+    same result at a fraction of the cost (bench/anomaly_speed.py)."""
+    k = len(parts)
+    if k > SORTING_NETWORK_MAX:
+        return _row_median(np.stack(parts, axis=-1), minimum)
+    nan = [np.isnan(a) for a in parts]
+    complete = not any(x.any() for x in nan)  # the usual case: every value observed
+    s = [a.astype(np.float64) if complete else np.where(x, np.inf, a) for a, x in zip(parts, nan, strict=True)]
+    for r in range(k):  # "not observed" (inf) sorts last
+        for i in range(r % 2, k - 1, 2):
+            low = np.minimum(s[i], s[i + 1])
+            np.maximum(s[i], s[i + 1], out=s[i + 1])
+            s[i] = low
+    if complete:
+        return (s[(k - 1) // 2] + s[k // 2]) / 2.0 if k >= minimum else np.full(parts[0].shape, np.nan)
+    count = k - np.sum(nan, axis=0, dtype=np.int16)
+    med = np.full(count.shape, np.nan)
+    for c in range(max(1, minimum), k + 1):  # with c observed, the median is that of the c smallest
+        med = np.where(count == c, (s[(c - 1) // 2] + s[c // 2]) / 2.0, med)
+    return med
+
+
+def _row_median(points: np.ndarray, minimum: int) -> np.ndarray:
+    """Median over the last axis of the observed entries; NaN with fewer than `minimum`."""
+    flat = points.reshape(-1, points.shape[-1])
     out = nan_median(flat)
-    out[np.count_nonzero(~np.isnan(flat), axis=1) < minimum] = np.nan
-    return out.reshape(rows, cols)
+    out[np.count_nonzero(~np.isnan(flat), axis=1) < max(1, minimum)] = np.nan
+    return out.reshape(points.shape[:-1])
+
+
+SIGNALS = ("bucket", "shift")
 
 
 @dataclass
 class Fit:
-    """The chosen model's verdict on the evaluated bucket, per row."""
+    """The verdict on the evaluated bucket, per row: the stronger (in the rule's direction) of the
+    bucket's own score and the sustained-shift score of the last `adapt` buckets."""
 
     value: np.ndarray
-    expected: np.ndarray
-    scale: np.ndarray
-    score: np.ndarray  # signed: (value - expected) / scale
+    expected: np.ndarray  # bucket: the model's forecast; shift: the usual level for this bucket
+    scale: np.ndarray  # the noise unit of the signal
+    score: np.ndarray  # signed, in noise units
     model: np.ndarray  # index into MODEL_NAMES
     decided: np.ndarray
+    signal: np.ndarray  # index into SIGNALS
+    shift: np.ndarray  # the mean departure of the last `adapt` buckets from the usual level
 
 
 def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
@@ -170,17 +208,17 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     first = h - learn - 1  # column of the first tau of the learning window (tau = t - learn)
     extra = m // 2  # levels from `extra` buckets before `first`, for the trend
     start = first - m - extra  # earliest deseasonalised column a level reads
-    errors, preds, names = [], [], []
+    width = h - start
+    errors, preds, names, recent, bases = [], [], [], [], []
     for name, period in [("level", 0), *seasonal_periods(step)]:
         if period == 0:
-            base = np.zeros((rows, h - start))
-        else:
-            cols = np.arange(start, h)
-            back = cols[None, :] - period * np.arange(1, params.cycles + 1)[:, None]  # (cycles, columns)
-            stack = np.where(back[None] >= 0, y[:, np.clip(back, 0, None)], np.nan)  # (rows, cycles, columns)
-            base = nan_median(np.moveaxis(stack, 1, 2).reshape(-1, params.cycles)).reshape(rows, -1)
+            base = np.zeros((rows, width))
+        else:  # history_buckets keeps start >= cycles x period: every slice is inside y
+            base = _median_of([y[:, start - c * period: h - c * period] for c in range(1, params.cycles + 1)])
         d = y[:, start:] - base
-        level = _past_median(d, m, m, max(1, m // 2))[:, :-1]  # taus first - extra .. t
+        n_levels = width - m + 1  # levels (medians of the m buckets before) of taus start + m .. t + 1
+        medians = _median_of([d[:, j: j + n_levels] for j in range(m)], max(1, m // 2))
+        level = medians[:, :-1]  # the forecasts: taus start + m .. t
         pred = base[:, m + extra:] + level[:, extra:]
         if m >= 2:  # the level's change over the last half of `adapt`, projected halfway ahead
             half = m // 2
@@ -189,6 +227,8 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
         errors.append(y[:, first:] - pred)
         preds.append(pred[:, -1])
         names.append(MODEL_NAMES.index(name))
+        recent.append(medians[:, extra + 1:])  # medians of the m-bucket windows ending at taus first .. t
+        bases.append(base[:, -1])
     err = np.stack(errors)  # (models, rows, learn + 1): the last column is the evaluated bucket
     past = err[:, :, :-1]
     observed = np.count_nonzero(~np.isnan(past), axis=2)
@@ -215,13 +255,48 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     var = scale**2 + floor**2
     expected = np.stack(preds)[best, r]
     counts = np.all(~ok | ((window == np.round(window)) & (window >= 0)), axis=1)
-    var = np.where(counts, var + np.fmax(np.fmax(np.nan_to_num(expected), mean), 1.0), var)
+    poisson = np.fmax(np.fmax(np.nan_to_num(expected), mean), 1.0)
+    var = np.where(counts, var + poisson, var)
     scale = np.sqrt(np.fmax(var, 1e-18))
     value = y[:, -1]
     decided = usable[best, r] & ~np.isnan(value) & ~np.isnan(expected)
     with np.errstate(invalid="ignore"):
         score = (value - expected) / scale
-    return Fit(value, expected, scale, score, np.asarray(names)[best], decided)
+    usual, shift, shift_scale, shift_score = _shift(np.stack(recent)[best, r], m, learn, floor,
+                                                    np.where(counts, poisson, 0.0))
+    use = directional(params, np.nan_to_num(shift_score)) > directional(params, np.nan_to_num(score, nan=0.0))
+    usual = np.stack(bases)[best, r] + usual
+    return Fit(value, np.where(use, usual, expected), np.where(use, shift_scale, scale),
+               np.where(use, shift_score, score), np.asarray(names)[best], decided, use.astype(np.intp), shift)
+
+
+def _shift(medians: np.ndarray, w: int, learn: int, floor: np.ndarray,
+           poisson: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sustained-shift signal: the median of the last `w` deseasonalised buckets against the
+    medians of the earlier `w`-bucket windows of the learning window (`medians`: the windows ending at
+    every tau of it, the evaluated bucket last; their median is the usual level).
+
+    A median, so a single spike moves it not at all: only a change that holds for about half of the
+    `w` buckets does (short anomalies stay the point score's, `for` keeps its meaning). Its noise unit
+    is the larger of the windows' spread (1.2533 x mean absolute departure) and their largest
+    departure over the normal quantile 1 - 1 / (2 x independent windows in `learn`), i.e. a shift
+    must be larger than any the learning window showed; plus the floor and, for counts, the
+    variance of a median of `w` Poisson counts (pi/2 x lambda / w). It sees subtle lasting changes
+    that no single bucket shows (a lasting step the level model has already followed, a rise in the spikes' rate),
+    which the point score misses because its level follows the series within `adapt` buckets.
+    Returns (usual level, shift, unit, score)."""
+    ref = medians[:, :-w]  # the windows that end before the current one begins
+    usual = nan_median(ref)
+    away = np.abs(ref - usual[:, None])
+    seen = np.count_nonzero(~np.isnan(away), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = MAE_TO_SIGMA * np.nansum(away, axis=1) / seen
+        largest = np.max(np.where(np.isnan(away), -np.inf, away), axis=1)
+    z_windows = _NORMAL.inv_cdf(1.0 - 1.0 / (2 * max(2.0, learn / w)))
+    unit = np.sqrt(np.fmax(spread, largest / z_windows) ** 2 + floor**2 + MAE_TO_SIGMA**2 * poisson / w)
+    shift = medians[:, -1] - usual
+    with np.errstate(invalid="ignore"):
+        return usual, shift, unit, shift / unit
 
 
 def directional(params: AnomalyParams, score: np.ndarray) -> np.ndarray:
@@ -276,14 +351,23 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
     side = "above" if score > 0 else "below"
     edge = high if score > 0 else low
     model = MODEL_NAMES[int(f.model[i])]
+    signal = SIGNALS[int(f.signal[i])]
     when = f"in the {fmt.duration(block.step)} bucket starting {fmt.moment(block.end - block.step, block.step)}"
-    message = (f"{block.metric} is {fmt.number(value)} {when}: expected about {fmt.number(expected)}"
-               f" ({model} model), {abs(score):.1f} noise units {side} it")
+    if signal == "shift":
+        span = fmt.duration(max(1, params.adapt) * block.step)
+        message = (f"{block.metric} is {fmt.number(value)} {when}: over the last {span} it ran"
+                   f" {fmt.number(abs(float(f.shift[i])))} {side} its usual level (about {fmt.number(expected)},"
+                   f" {model} model), a sustained shift of {abs(score):.1f} noise units")
+        back = f"its {span} average is back within"
+    else:
+        message = (f"{block.metric} is {fmt.number(value)} {when}: expected about {fmt.number(expected)}"
+                   f" ({model} model), {abs(score):.1f} noise units {side} it")
+        back = "back within"
     if holding:
-        message += f"; it resolves once back within {fmt.number(low)} .. {fmt.number(high)}"
+        message += f"; it resolves once {back} {fmt.number(low)} .. {fmt.number(high)}"
     details = {"score": score, "probability": tail_probability(params, score), "expected": expected,
-               "scale": float(f.scale[i]), "model": model, "direction": params.direction, "low": low,
-               "high": high}
+               "scale": float(f.scale[i]), "model": model, "signal": signal, "direction": params.direction,
+               "low": low, "high": high}
     return make_finding(rule, block, i, value=value, baseline=expected, threshold=edge,
                         window_start=block.end - block.step, message=message + ".", details=details)
 
@@ -328,8 +412,9 @@ KIND = Kind(
         Field("recovery", v.number(0), "number < the firing score", "half the firing score", "An open alert holds"
               " while the score is at least this (see [how alerts end](#how-alerts-end-recovery))."),
         Field("adapt", v.integer(1, 1000), "integer, 1 ≤ n ≤ 1000", "`6`", "Buckets over which the learnt level and"
-              " trend follow the series: a level shift is absorbed in about this many buckets."),
-        Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "1 day, at least 48 buckets",
+              " trend follow the series (a level shift is absorbed in about this many buckets), and the window"
+              " whose median the sustained-shift score compares with the learning window's."),
+        Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "2 days, at least 48 buckets",
               "How much recent history the noise scale and the choice of seasonal model are learnt from."),
         Field("cycles", v.integer(1, 8), "integer, 1 ≤ n ≤ 8", "`3`", "Past days (weeks) whose same time of day"
               " (week) make the seasonal expectation (their median)."),
@@ -339,9 +424,10 @@ KIND = Kind(
     ),
     detect=detect_anomaly,
     required_history=required_history,
-    endings=(Ending("anomaly", "the score is at least `recovery` in the rule's direction", "the score is below"
-                    " `recovery`; the model keeps learning while an alert is open, so after a level shift it"
-                    " resolves once the level has caught up (the shift is reported once)"),),
+    endings=(Ending("anomaly", "the score (of the bucket or of the sustained shift) is at least `recovery` in the"
+                    " rule's direction", "both scores are below `recovery`; the model keeps learning while an alert"
+                    " is open, so a level shift is reported once and resolves once it is the usual level (about"
+                    " half of `learn` later)"),),
     check=_check,
     resolve_buckets=1,  # one bucket back in range ends it: two short anomalies are two episodes
     cohort="default",  # a book-wide shift in one bucket (a holiday, a pipeline gap) is an event, not N anomalies

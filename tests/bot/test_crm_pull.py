@@ -118,6 +118,29 @@ def test_the_csv_stays_the_default_beneath_the_crm_and_for_accounts_not_in_it(en
     assert got["z9"] == csv[1]
 
 
+def test_an_accounts_csv_loaded_while_a_pull_runs_keeps_its_fields(engine, fake, monkeypatch):
+    """Seen (issue 17 note): the pull read every account, asked Salesforce, then wrote whole rows, so a
+    CSV loaded in between had its non-CRM fields (timezone, quotas of unmapped metrics) written back
+    as they were. The pull now reads the rows it writes inside its write transaction."""
+    import bot.crm.pull as pull_module
+
+    book(fake, 2)
+    upsert_accounts(engine, [AccountFacts("a0", "CSV", timezone="UTC", quotas={"seats": 5.0})], now=T0)
+    read = pull_module.list_accounts
+
+    def read_then_csv_loads(eng):  # the pull has read; now the CSV load commits
+        got = read(eng)
+        upsert_accounts(engine, [AccountFacts("a0", "CSV", timezone="Asia/Tokyo", quotas={"seats": 9.0})], now=T0 + 1)
+        return got
+
+    monkeypatch.setattr(pull_module, "list_accounts", read_then_csv_loads)
+    report, _ = pull(engine, fake)
+    assert report.ok and {c.account_id for c in report.changed} == {"a0", "a1"}
+    a0 = {a.id: a for a in list_accounts(engine)}["a0"]
+    assert (a0.timezone, dict(a0.quotas)) == ("Asia/Tokyo", {"seats": 9.0, "api_calls": 50_000.0})  # the CSV's
+    assert (a0.name, a0.owner_email, a0.arr) == ("Account 0", "owner0@example.com", 12_000.0)  # the CRM's on top
+
+
 def test_match_by_record_id_skips_records_of_no_known_account(engine, fake):
     ids = book(fake, 3)
     upsert_accounts(engine, [AccountFacts("acme", "Acme", crm_id=ids[0], owner_email="x@example.com")], now=T0)

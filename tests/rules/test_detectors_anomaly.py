@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect, required_history
-from rules.detectors.anomaly import AnomalyParams, fit, history_buckets, learn_buckets, tail_probability
+from rules.detectors.anomaly import (
+    AnomalyParams,
+    _median_of,
+    fit,
+    history_buckets,
+    learn_buckets,
+    tail_probability,
+)
 from rules.engine import history_needed
 from rules.loader import RuleFileError, load_rules, load_rules_text
 from rules.model import DAY, WEEK, AccountFacts, MetricBlock, OpenEpisode, Rule
@@ -112,9 +119,69 @@ def test_a_spiky_series_is_judged_by_its_own_spikes() -> None:
     assert detect(rule(M5), block(series, M5), facts(block(series, M5))).findings
 
 
+def test_a_subtle_lasting_step_fires_as_a_shift_once() -> None:
+    """A step of 3.5 noise units: no single bucket reaches the score (4) before the level model has
+    followed it (within `adapt` buckets), but the median of the last `adapt` buckets is further from the usual level
+    than any window of the learning window: the shift signal fires, says so, and holds one episode."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(22)
+    series = rng.normal(50, 1, n)
+    step_at = n - 40
+    series[step_at:] += 3.5
+    events = replay_events(series, HEAD)
+    fired = [i for e, i in events if e == "fired"]
+    assert len(fired) == 1 and step_at < fired[0] <= step_at + 6, fired
+    f = fit(series[None, : fired[0] + 1], M5, AnomalyParams())
+    assert f.signal[0] == 1 and abs(f.score[0]) >= 4  # the shift signal
+    b = block(series[: fired[0] + 1], M5)
+    (finding,) = detect(rule(M5), b, facts(b)).findings
+    assert finding.details["signal"] == "shift" and "sustained shift" in finding.message
+    assert "over the last 30m it ran" in finding.message and "above its usual level" in finding.message
+
+
+def test_one_spike_does_not_make_a_shift() -> None:
+    """The shift signal reads a median of the last `adapt` buckets: a single spike leaves it where it
+    was, so it is one short episode of the bucket signal only."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(22)
+    series = rng.normal(50, 1, n)
+    series[-3] = 80.0
+    for end in (n - 2, n - 1, n):
+        f = fit(series[None, :end], M5, AnomalyParams())
+        assert f.signal[0] == 0 or abs(f.score[0]) < 2  # never a shift
+    assert detect(rule(M5), block(series[: n - 2], M5), facts(block(series[: n - 2], M5))).findings
+    assert not detect(rule(M5), block(series[: n - 1], M5), facts(block(series[: n - 1], M5))).findings
+
+
+def test_the_median_network_is_the_median_of_the_observed_values() -> None:
+    rng = np.random.default_rng(4)
+    for k in (1, 2, 3, 6, 7, 13):
+        for missing in (0.0, 0.3):
+            parts = [rng.normal(size=(20, 30)) for _ in range(k)]
+            for a in parts:
+                a[rng.random(a.shape) < missing] = np.nan
+            stacked = np.stack(parts, axis=-1)
+            count = np.count_nonzero(~np.isnan(stacked), axis=-1)
+            with np.errstate(all="ignore"), pytest.warns(RuntimeWarning) if (count == 0).any() else _nothing():
+                want = np.nanmedian(stacked, axis=-1)
+            for minimum in (1, 2, 3):
+                expect = np.where(count >= minimum, want, np.nan)
+                np.testing.assert_allclose(_median_of(parts, minimum), expect, equal_nan=True)
+                assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(parts, np.moveaxis(stacked, -1, 0),
+                                                                                 strict=True))  # inputs untouched
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def test_warm_up_is_half_adapt_plus_half_the_learning_window() -> None:
     p = AnomalyParams()
-    assert learn_buckets(p, M5) == 288 and learn_buckets(p, H) == 48 and learn_buckets(p, DAY) == 48
+    assert learn_buckets(p, M5) == 576 and learn_buckets(p, H) == 48 and learn_buckets(p, DAY) == 48
     warm = p.adapt // 2 + learn_buckets(p, H) // 2 + 1  # 28 hourly buckets
     series = daily_pattern(200)
     assert not fit(series[None, -(warm - 1):], H, p).decided[0]
@@ -178,10 +245,12 @@ HEAD = '[defaults]\nbucket = "5m"\n[[rule]]\nid = "a"\nkind = "anomaly"\nmetric 
 
 
 def test_two_short_anomalies_are_two_episodes_and_a_level_shift_fires_once() -> None:
-    n = history_buckets(AnomalyParams(), M5)
+    """A lasting shift fires once and its alert stays open (the sustained-shift signal) until the new
+    level is the usual one of the learning window, about half of `learn` later; then it resolves."""
+    n = history_buckets(AnomalyParams(), M5) + 200  # the replay covers the last 500 buckets
     rng = np.random.default_rng(11)
     series = rng.normal(50, 1, n)
-    first, second, shift = n - 250, n - 240, n - 200
+    first, second, shift = n - 450, n - 440, n - 400
     series[first] = series[second] = 70.0
     series[shift:] += 15  # a lasting new level
     events = replay_events(series, HEAD)
@@ -190,7 +259,9 @@ def test_two_short_anomalies_are_two_episodes_and_a_level_shift_fires_once() -> 
     assert first < i1 < second < i3 < shift  # each resolved within a few buckets
     fired_after = [i for e, i in events if e == "fired" and i >= shift]
     assert fired_after == [shift]  # once: the level then adapts and the episode resolves
-    assert ("resolved", shift) not in events and events[-1][0] == "resolved"
+    (resolved,) = [i for e, i in events if e == "resolved" and i > shift]
+    half = learn_buckets(AnomalyParams(), M5) // 2
+    assert shift + 6 < resolved <= shift + half + 12 and events[-1] == ("resolved", resolved)
 
 
 def test_for_and_cooldown_keep_their_meaning() -> None:
