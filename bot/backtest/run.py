@@ -26,9 +26,9 @@ from integrations.sources.csv_rows import RowError, iter_usage_csv_columns, read
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
 from rules.gcpause import gc_paused
+from rules.impact import Pricing
 from rules.lifecycle import EpisodeState, Key
 from rules.lint import facts_of, lint
-from rules.impact import Pricing
 from rules.model import AccountFacts, MetricBlock, RuleSet
 from rules.periods import iso
 from rules.replay import evaluation_times, replay
