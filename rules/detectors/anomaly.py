@@ -20,11 +20,14 @@ its mean squared error is below 0.9 x that one's (parsimony: a series without se
 level model).
 
 Noise scale s of the chosen model (never 0):
-    s^2 = max(1.2533 x MAE, e3 / z3)^2 + floor^2 [+ lambda for counts]
+    s^2 = max(1.2533 x MAE, e3 / z3, tail)^2 + floor^2 [+ lambda for counts]
     MAE: mean absolute error over the learning window (1.2533 x MAE = sigma for Gaussian errors);
     e3 / z3: the 3rd largest recent |error| over the normal quantile 1 - 3/(2 learn), i.e. scaled
     to what a Gaussian series would show in `learn` buckets, so a heavy-tailed (spiky) series is
-    judged by its own spikes, while one or two past anomalies do not hide the next; floor = `min_change` x max(mean |value - mean|, |mean|) of the
+    judged by its own spikes, while one or two past anomalies do not hide the next;
+    tail: the peaks-over-threshold unit (`_tail_scale`): an exponential tail fitted to the largest
+    5% of the errors, read at the firing score's Gaussian tail probability, over that score, so a
+    bursty series (heavier-tailed than Gaussian) fires only past its own learnt tail; floor = `min_change` x max(mean |value - mean|, |mean|) of the
     window, so a flat or perfectly periodic series does not fire on a rounding wobble;
     counts (every observed value a non-negative integer): + max(pred, mean, 1), the Poisson
     variance, so a series of zeros and small integers has a scale of at least one count.
