@@ -76,11 +76,12 @@ def phase_backtest(args: argparse.Namespace) -> dict[str, Any]:
     seen = {"events": 0, "first": None}
     t0 = time.perf_counter()
 
-    def on_event(ev: dict[str, Any]) -> None:  # what `--format json` does with each event
+    def on_event(ev: Any) -> None:  # what `--format json` does with each event
         if seen["first"] is None:
             seen["first"] = time.perf_counter() - t0
         seen["events"] += 1
-        digest.update(json.dumps(ev, sort_keys=True).encode())
+        record = ev.record() if hasattr(ev, "record") else ev  # an AlertNotice (now) or a dict (before)
+        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
 
     if "on_event" in inspect.signature(run_backtest).parameters:  # streaming (issue 15)
         run_backtest(ruleset, work / "usage.csv", work / "accounts.csv", on_event=on_event)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 
 import numpy as np
 
 from rules.detectors import detect, required_history
 from rules.gcpause import gc_paused
+from rules.impact import Pricing, renewal_severity
 from rules.model import (
     AccountFacts,
     Calendar,
@@ -120,6 +121,35 @@ class EvaluationResult:
     interrupted: Interrupted = field(default_factory=Interrupted)  # buckets explained by a shared event
 
 
+@dataclass(frozen=True)
+class RunRows:
+    """The rows of a block a detector runs on at one step (a replay's candidates, rules.replay.Scans),
+    and, when known, which of the other rows it would decide (rules.detectors.scan.Scanned): they
+    count in the rule's cohort tally without being run."""
+
+    rows: np.ndarray  # bool per block row
+    decided: np.ndarray | None = None  # bool per block row, or None: unknown
+
+
+class _Picked(Sequence[object]):
+    """seq[i] for i in idx, built only if read (a cohort tally's rows are read only for an event)."""
+
+    def __init__(self, seq: Sequence[object], idx: np.ndarray) -> None:
+        self.seq, self.idx = seq, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+        if isinstance(i, slice):
+            return [self.seq[j] for j in self.idx[i]]
+        return self.seq[self.idx[i]]
+
+    def __iter__(self) -> Iterator[object]:
+        seq = self.seq
+        return (seq[j] for j in self.idx)
+
+
 def non_finite_rows(values: np.ndarray) -> np.ndarray:
     """Per row: whether it holds +-inf (NaN is "not observed", a legitimate value)."""
     if values.size == 0:
@@ -146,6 +176,7 @@ class Reuse:
         self._first_inf: dict[BlockKey, np.ndarray] = {}
         self._segment: dict[str, np.ndarray] = {}
         self._rows: dict[str, tuple[np.ndarray, list[str], tuple[AccountFacts, ...], list[str]]] = {}
+        self._only: dict[str, tuple[Sequence[AccountFacts], np.ndarray, list[str], Sequence[AccountFacts]]] = {}
 
     def facts(self, key: BlockKey, block: MetricBlock,
               accounts: Mapping[str, AccountFacts]) -> tuple[AccountFacts, ...]:
@@ -169,6 +200,18 @@ class Reuse:
             got = self._segment[rule.id] = np.fromiter((seg.matches(f) for f in facts), dtype=bool,
                                                        count=len(facts))
         return got.copy()
+
+    def only(self, rule: Rule, view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
+             ) -> tuple[MetricBlock, Sequence[AccountFacts]]:
+        """_only, with the same facts tuple and ids while the rule keeps the same rows (detectors
+        remember what they derive from the facts by identity: quota arrays, billing groups)."""
+        got = self._only.get(rule.id)
+        if got is not None and got[0] is facts and np.array_equal(got[1], keep):
+            ids, kept = got[2], got[3]
+            return MetricBlock(view.metric, view.start, view.step, ids, view.values[keep]), kept
+        picked, kept = _only(view, facts, keep)
+        self._only[rule.id] = (facts, keep.copy(), picked.account_ids, kept)
+        return picked, kept
 
     def rows(self, rule: Rule, mask: np.ndarray, ids: list[str],
              facts: Sequence[AccountFacts]) -> tuple[tuple[AccountFacts, ...], list[str]]:
@@ -217,13 +260,18 @@ def detect_rule(
     block_facts: Sequence[AccountFacts] | None = None, open_episodes: Sequence[OpenEpisode] = (),
     calendar: Calendar | None = None, tallies: list[CohortTally] | None = None,
     contained: list[tuple[str, str, str]] | None = None, reuse: Reuse | None = None,
-    interrupted: Interrupted | None = None,
+    interrupted: Interrupted | None = None, only: RunRows | None = None,
 ) -> tuple[list[str], DetectorResult] | None:
     """The detector's verdict on the rule's segment of `block` at `now` (its row ids and result);
     None when nothing can be decided (no rows, or the bucket is muted by the calendar). Accounts
     with non-finite data are left out and listed in `contained`; a rule whose bucket a [calendar]
     day mutes is added to `interrupted`. A rule with a `cohort` adds its CohortTally to `tallies`:
-    cohort events are settled over the whole book (settle_cohorts), not per block of accounts."""
+    cohort events are settled over the whole book (settle_cohorts), not per block of accounts.
+
+    only: the detector runs on those rows only (a replay's candidate rows, rules.replay); the other
+    rows get no finding and are not decided. Everything before the detector (containment, the
+    calendar) still sees every row; with `only.decided` the other rows are tallied for the cohort
+    as decided or not, without a finding."""
     if block.step != rule.bucket or block.metric != rule.metric:
         raise ValueError(
             f"rule {rule.id!r} needs {rule.metric}@{rule.bucket}s, got {block.metric}@{block.step}s"
@@ -261,6 +309,19 @@ def detect_rule(
         if interrupted is not None:
             interrupted.rules.add(rule.id)
         return None
+    rest: CohortTally | None = None
+    if only is not None:
+        keep = only.rows if mask.all() else only.rows[mask]
+        if rule.cohort is not None and tallies is not None and only.decided is not None and not keep.all():
+            others = np.flatnonzero(~keep)
+            decided_rest = (only.decided if mask.all() else only.decided[mask])[others]
+            rest = CohortTally(rule, view.end, _Picked(view.account_ids, others),  # type: ignore[arg-type]
+                               _Picked(facts, others), decided_rest, frozenset(), [])  # type: ignore[arg-type]
+        view, facts = _only(view, facts, keep) if reuse is None else reuse.only(rule, view, facts, keep)
+        if rest is not None:
+            tallies.append(rest)  # type: ignore[union-attr]
+        if not facts:
+            return [], DetectorResult([], np.zeros(0, dtype=bool))
     result = detect(rule, view, facts, open_episodes)
     if not all(map(_finite_finding, result.findings)):  # e.g. sums of huge values overflowing in a detector
         odd = {f.account_id for f in result.findings if not _finite_finding(f)}
@@ -274,6 +335,17 @@ def detect_rule(
         new = [f.account_id for f in result.findings if f.account_id not in open_ids]
         tallies.append(CohortTally(rule, view.end, view.account_ids, facts, result.decided, open_ids, new))
     return view.account_ids, result
+
+
+def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
+          ) -> tuple[MetricBlock, Sequence[AccountFacts]]:
+    """The rows `keep` marks of a view and its facts (indexed, not walked: the kept rows are few)."""
+    if keep.all():
+        return view, facts
+    idx = np.flatnonzero(keep)
+    ids = view.account_ids
+    return (MetricBlock(view.metric, view.start, view.step, [ids[i] for i in idx], view.values[idx]),
+            tuple(facts[i] for i in idx))
 
 
 @dataclass(frozen=True)
@@ -367,14 +439,20 @@ def evaluate(
     calendar: Calendar | None = None,
     reuse: Reuse | None = None,
     tallies: list[CohortTally] | None = None,
+    only: Mapping[str, RunRows] | None = None,
+    pricing: Pricing | None = None,
 ) -> EvaluationResult:
     """Evaluate every rule (or only those whose bucket closed at `now`).
 
     open_episodes: rule id -> its open episodes (rules.lifecycle.open_episodes(states)).
     reuse: what the caller's earlier evaluations of the same blocks and accounts derived (a replay).
+    pricing: [pricing]: a finding of an account renewing within renewal_within gets its severity raised
+    by renewal_raise levels (rules.impact.renewal_severity), before the lifecycle records it.
     tallies: given when `blocks` hold a part of the book's accounts: the rules' cohort tallies are
     added to it unsettled, for the caller to settle over all parts (settle_cohorts on the merged
     result); by default cohort events are settled over `blocks` before returning.
+    only: rule id -> the rows of its block its detector runs on (detect_rule); a rule not in it runs
+    on every row.
     """
     out = EvaluationResult()
     if reuse is not None:
@@ -394,7 +472,8 @@ def evaluate(
                 facts_for(block.account_ids, accounts)
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
-                              pending, out.contained, reuse, out.interrupted)
+                              pending, out.contained, reuse, out.interrupted,
+                              None if only is None else only.get(rule.id))
         if verdict is None:
             continue
         ids, res = verdict
@@ -407,4 +486,11 @@ def evaluate(
             out.recoveries[(rule.id, account, disc)] = recovery
     if tallies is None:
         settle_cohorts(pending, out)
+    if pricing is not None and pricing.renewal_within and pricing.renewal_raise:
+        out.findings = [_renewal_raised(f, accounts.get(f.account_id), pricing) for f in out.findings]
     return out
+
+
+def _renewal_raised(f: Finding, account: AccountFacts | None, pricing: Pricing) -> Finding:
+    severity = renewal_severity(f.severity, account, pricing, f.at)
+    return f if severity == f.severity else replace(f, severity=severity)

@@ -12,8 +12,10 @@ account's facts (plan, ARR, renewal date) and the [pricing] model into an `Impac
   for inactivity), capped at the ARR;
 - expansion: `next_plan`, the lowest plan above the account's (by `order`) whose quota for the
   metric covers the usage per billing period (a growth window's usage scaled to 30 days);
-- renewal within `renewal_within` seconds of the alert raises its severity by `renewal_raise` levels
-  (up to critical); `renewal_days` says how soon.
+- renewal within `renewal_within` seconds of the alert: `renewal_days` says how soon; the alert's
+  severity is raised by `renewal_raise` levels (up to critical) by `renewal_severity`, which
+  rules.engine applies to the findings themselves, so the stored episode, the Slack message, the
+  digest and the backtest all carry the raised severity (assess takes it as given).
 """
 
 from __future__ import annotations
@@ -170,6 +172,21 @@ def raised(severity: str, levels: int) -> str:
     return SEVERITIES[min(len(SEVERITIES) - 1, SEVERITY_RANK.get(severity, 0) + levels)]
 
 
+def renewal_days(account: AccountFacts | None, pricing: Pricing, at: int) -> int | None:
+    """Days (rounded up) until the account renews, when that is within [pricing] renewal_within of `at`."""
+    if account is None or account.renewal_at is None or not pricing.renewal_within:
+        return None
+    left = account.renewal_at - at
+    return -(-left // DAY) if 0 <= left <= pricing.renewal_within else None
+
+
+def renewal_severity(severity: str, account: AccountFacts | None, pricing: Pricing, at: int) -> str:
+    """`severity` raised by [pricing] renewal_raise levels when the account renews within renewal_within."""
+    if not pricing.renewal_raise or renewal_days(account, pricing, at) is None:
+        return severity
+    return raised(severity, pricing.renewal_raise)
+
+
 def assess(kind: str | None, metric: str, severity: str, value: float | None, baseline: float | None,
            details: Mapping[str, Any], account: AccountFacts | None, pricing: Pricing, at: int,
            bucket_start: int | None = None) -> Impact:
@@ -191,17 +208,11 @@ def assess(kind: str | None, metric: str, severity: str, value: float | None, ba
     usage = _period_usage(kind, value, details)
     if usage is not None and account is not None and kind == "expansion":
         nxt = fitting_plan(pricing, account.plan, metric, usage)
-    renewal_days = None
-    out_severity = severity
-    if account is not None and account.renewal_at is not None and pricing.renewal_within:
-        left = account.renewal_at - at
-        if 0 <= left <= pricing.renewal_within:
-            renewal_days = -(-left // DAY)
-            out_severity = raised(severity, pricing.renewal_raise)
-    return Impact(headline=headline(kind, metric, value, baseline, details, bucket_start), severity=out_severity,
+    days = renewal_days(account, pricing, at)
+    return Impact(headline=headline(kind, metric, value, baseline, details, bucket_start), severity=severity,
                   overage_units=overage_units, overage_cost=overage_cost, revenue_at_risk=at_risk,
                   next_plan=nxt.name if nxt else None, next_plan_price=nxt.price if nxt else None,
-                  renewal_days=renewal_days, overage_projected=_num(details.get("projected_total")) is not None)
+                  renewal_days=days, overage_projected=_num(details.get("projected_total")) is not None)
 
 
 def render_action(template: str | None, **values: str) -> str:

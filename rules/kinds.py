@@ -27,6 +27,11 @@ close, so its per-call work is multiplied by the days replayed):
   message is read, i.e. for the findings the lifecycle keeps (most findings of a replay step only
   extend an open episode, or are dropped as once-keys already fired). Values, thresholds,
   discriminators and details stay eager (the lifecycle and the engine read them).
+- Optionally give ``scan`` (rules.detectors.scan): over the whole block at once, which rows can possibly
+  have a finding at each bucket close (a superset, never a row that could fire left out). A replay then
+  runs the detector at each step only on those rows and the rows with open episodes; without one every
+  row is evaluated at every step. tests/rules/test_scan.py checks the superset for every kind with one.
+  The detector must then treat rows independently (a row's verdict does not depend on the other rows).
 - The replay is checked against its stepwise definition on random books for every registered kind:
   tests/rules/test_replay_equivalence.py fails until a rule of the new kind is added to its rule file.
 
@@ -38,106 +43,12 @@ another kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from rules.kind_spec import COHORT_CHOICES, Detect, Ending, Field, Kind, Scan, Threshold
+from rules.model import Rule
 
-from rules.config.values import Reader
-from rules.model import AccountFacts, DetectorResult, MetricBlock, OpenEpisode, Rule
-
-Detect = Callable[[Rule, MetricBlock, Sequence[AccountFacts], Sequence[OpenEpisode]], DetectorResult]
-COHORT_CHOICES = ("never", "optional", "default")
-
-
-@dataclass(frozen=True)
-class Field:
-    """One `[rule.threshold]` setting of a kind: how it is read, and its row in docs/rules.md."""
-
-    name: str
-    read: Reader  # rules.config.values reader: (where, path, raw value) -> value | None
-    type: str  # the docs' Type column, e.g. "number > 1"
-    default: str  # the docs' Default column, e.g. "`2.0`" or "none"
-    meaning: str  # the docs' Meaning column
-    modes: tuple[str, ...] = ()  # the modes it belongs to (kinds with modes only)
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How an open episode of the kind (or of one of its modes) is judged: a row of the docs'
-    "How alerts end" table."""
-
-    label: str  # "spike", "quota forecast"...
-    holds: str  # still firing while ...
-    resolves: str  # resolves when ... (then after resolve_after)
-
-
-class Threshold(Protocol):
-    """What a kind's `check` sees of a rule's `[rule.threshold]` once its fields are read."""
-
-    kind: str
-    mode: str | None
-    bucket: int | None  # the rule's bucket; None when it is itself invalid
-    got: dict[str, Any]  # the fields given and valid, by name
-    params: Any  # the kind's params built from them (defaults for the others)
-
-    def given(self, key: str) -> bool: ...
-
-    def shown(self, key: str) -> str: ...  # the value as the admin wrote it, for messages
-
-    def error(self, key: str | None, message: str) -> None: ...  # None: the [rule.threshold] table
-
-    def multiple_of_bucket(self, key: str) -> None: ...  # reports a duration that is not
-
-
-def _no_check(t: Threshold) -> None:
-    return None
-
-
-def _never(params: Any) -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class Kind:
-    """Everything usagebot knows about one rule kind (see the module docstring)."""
-
-    name: str
-    title: str  # Slack and console heading: "Usage spike"
-    summary: str  # one line for the kinds table of docs/rules.md
-    params: type  # frozen dataclass: Kind.params(**fields read[, mode=...])
-    fields: tuple[Field, ...]
-    detect: Detect
-    required_history: Callable[[Rule], int]  # seconds of data before the evaluated bucket's end
-    endings: tuple[Ending, ...]
-    check: Callable[[Threshold], None] = _no_check  # rule-level checks (ranges between fields, multiples)
-    modes: tuple[str, ...] = ()  # `mode` choices; the first is the default
-    resolve_buckets: int = 1  # default resolve hold (rule.resolve_after unset), in buckets
-    cohort: str = "never"  # cohort suppression: "never", "optional" (cohort = true), "default" (on)
-    baseline: bool = False  # [rule.baseline] and [rule.guards] apply
-    guards_hint: str = ""  # said when [rule.guards] is given to a kind without them
-    needs_quota: Callable[[Any], bool] = _never  # params -> whether the rule reads account quotas
-    calendar: bool = False  # muted by a [calendar] that does not name its kinds
-
-    def __post_init__(self) -> None:
-        if self.cohort not in COHORT_CHOICES:
-            raise ValueError(f"kind {self.name!r}: cohort must be one of {', '.join(COHORT_CHOICES)}")
-        for f in self.fields:
-            if bool(f.modes) != bool(self.modes) or set(f.modes) - set(self.modes):
-                raise ValueError(f"kind {self.name!r}: field {f.name!r} has modes {f.modes}; the kind's are"
-                                 f" {self.modes}")
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """Every key its `[rule.threshold]` may hold."""
-        names = tuple(f.name for f in self.fields)
-        return ("mode", *names) if self.modes else names
-
-    def mode_keys(self) -> dict[str, tuple[str, ...]]:
-        """mode -> the keys of that mode (kinds with modes; the first mode is the default)."""
-        return {m: tuple(f.name for f in self.fields if m in f.modes) for m in self.modes}
-
-    def readers(self) -> dict[str, Reader]:
-        return {f.name: f.read for f in self.fields}
+__all__ = ["COHORT_CHOICES", "KINDS", "BUILTIN", "Detect", "Ending", "Field", "Kind", "Scan", "Threshold",
+           "UnknownKind", "calendar_kinds", "kind_of", "register", "resolve_buckets", "title", "with_baseline",
+           "with_cohort"]
 
 
 class UnknownKind(ValueError):
@@ -193,8 +104,9 @@ def with_baseline() -> tuple[str, ...]:
     return tuple(k.name for k in KINDS.values() if k.baseline)
 
 
-# The built-in kinds, in the order they are listed everywhere. Imported last: each detector module
-# imports Kind and Field from this module (defined above), so either may be imported first.
+# The built-in kinds, in the order they are listed everywhere. Imported last: the rules.detectors
+# package imports kind_of from this module (defined above) while its kind modules load; the kind
+# modules themselves import only rules.kind_spec, so no module imports one that imports it back.
 from rules.detectors import anomaly, expansion, inactivity, quota, spike_drop, threshold  # noqa: E402
 
 BUILTIN: tuple[Kind, ...] = (spike_drop.SPIKE, spike_drop.DROP, inactivity.KIND, quota.KIND, expansion.KIND,

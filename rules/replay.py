@@ -8,11 +8,16 @@ ended by t, then the lifecycle advances. Nothing after t is visible at t:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, evaluate
+import numpy as np
+
+from rules.detectors.scan import Scanned
+from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
+from rules.impact import Pricing
+from rules.kinds import kind_of
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, Calendar, Inhibit, LazyExplanation, MetricBlock, OpenEpisode, Rule
 
@@ -34,6 +39,85 @@ def evaluation_times(rules: Sequence[Rule], start: int, end: int) -> list[int]:
     return sorted(times)
 
 
+class Scans:
+    """Which rows each rule's detector must run on at a step of the replay (the one-pass scans).
+
+    A rule whose kind has a scan (rules.kinds.Kind.scan) is scanned once over its whole block: the
+    rows that may have a finding at each bucket close (a superset, rules.detectors.scan). At a step
+    its detector runs on those rows, the rows with an open episode of the rule (judged, resolved or
+    continued) and, with the first-run policy, the rows of accounts no rule has decided yet (the
+    first evaluation that decides an account is what the policy reads). Every other row would get
+    no finding and its verdict would change nothing: it has no open episode to resolve or carry, so
+    the events are those of running the detector on every row. A cohort event's share needs every
+    row's verdict: a scan that knows which rows are decided (rules.detectors.scan.Scanned) has the
+    rows not run tallied from that; without it, a rule with a cohort runs on every row at a step
+    where its candidates without an open episode could make an event (at least `min_accounts` of
+    them). Rules of kinds without a
+    scan, or whose scan cannot bound the block, run on every row, and so does a rule at a step where
+    more than half its rows must run anyway (picking them out would cost more than it saves).
+    """
+
+    def __init__(self, rules: Sequence[Rule], blocks: Mapping[BlockKey, MetricBlock],
+                 accounts: Mapping[str, AccountFacts], reuse: Reuse, first_run: bool) -> None:
+        self.rules = list(rules)
+        self.blocks = blocks
+        self.candidates: dict[str, np.ndarray] = {}
+        self.decided: dict[str, np.ndarray] = {}
+        self.row_of: dict[BlockKey, dict[str, int]] = {}
+        self.unseen: dict[BlockKey, np.ndarray] | None = {} if first_run else None
+        for rule in rules:
+            kind = kind_of(rule.kind)
+            key = (rule.metric, rule.bucket)
+            block = blocks.get(key)
+            if kind.scan is None or block is None:
+                continue
+            got = kind.scan(rule, block, reuse.facts(key, block, accounts))
+            if got is None:
+                continue
+            if isinstance(got, Scanned):
+                self.candidates[rule.id], self.decided[rule.id] = got.candidates, got.decided
+            else:
+                self.candidates[rule.id] = got
+            if key not in self.row_of:
+                self.row_of[key] = {a: i for i, a in enumerate(block.account_ids)}
+                if self.unseen is not None:
+                    self.unseen[key] = np.ones(len(block.account_ids), dtype=bool)
+
+    def rows_at(self, t: int, told: Mapping[str, Sequence[OpenEpisode]]) -> dict[str, RunRows]:
+        """rule id -> the rows its detector runs on at t (rules without a scan: not listed)."""
+        out: dict[str, RunRows] = {}
+        for rule in self.rules:
+            cand = self.candidates.get(rule.id)
+            if cand is None or t % rule.bucket:
+                continue
+            key = (rule.metric, rule.bucket)
+            block = self.blocks[key]
+            j = max(0, min((t - block.start) // block.step, block.n_buckets))
+            rows = cand[:, j].copy()
+            row_of = self.row_of[key]
+            opened = [row_of[e.account_id] for e in told.get(rule.id, ()) if e.account_id in row_of]
+            decided = self.decided.get(rule.id)
+            if rule.cohort is not None and decided is None:
+                fresh = rows.copy()
+                fresh[opened] = False
+                if np.count_nonzero(fresh) >= rule.cohort.min_accounts:
+                    continue  # a cohort event is possible: every row's verdict counts
+            rows[opened] = True
+            if self.unseen is not None:
+                rows |= self.unseen[key]
+            if 2 * np.count_nonzero(rows) <= rows.size:  # else picking the rows costs more than it saves
+                out[rule.id] = RunRows(rows, None if decided is None else decided[:, j])
+        return out
+
+    def seen(self, accounts: Iterable[str]) -> None:
+        """Accounts some rule has decided (the first-run policy no longer needs their rows)."""
+        if self.unseen is None:
+            return
+        for key, row_of in self.row_of.items():
+            rows = [row_of[a] for a in accounts if a in row_of]
+            self.unseen[key][rows] = False
+
+
 def replay(
     rules: Sequence[Rule],
     blocks: Mapping[BlockKey, MetricBlock],
@@ -44,11 +128,13 @@ def replay(
     inhibits: Sequence[Inhibit] = (),
     calendar: Calendar | None = None,
     quiet_first_run: bool = False,
+    pricing: Pricing | None = None,
 ) -> Iterator[ReplayStep]:
     """Evaluate and advance at every bucket close in (start, end], as the scheduler would.
 
     quiet_first_run: conditions already true when a rule or an account is first evaluated are
     recorded, not notified (the service's default first-run policy).
+    pricing: the service's [pricing] (a renewal raises a finding's severity, rules.engine.evaluate).
     """
     by_id = {r.id: r for r in rules}
     current: dict[Key, EpisodeState] = dict(states or {})
@@ -62,12 +148,14 @@ def replay(
     told: dict[Key, tuple[EpisodeState, OpenEpisode]] = {}  # what the detectors were told, per state
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
+    scans = Scans(rules, blocks, accounts, reuse, quiet_first_run)
     for t in evaluation_times(rules, start, end):
         if disordered:  # an episode reopened: back to its place in `current`'s order
             open_now = dict(sorted(open_now.items(), key=lambda kv: position[kv[0]]))
             disordered = False
+        told_now = open_episodes(open_now, by_id, memo=told)
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
-                          open_episodes=open_episodes(open_now, by_id, memo=told), reuse=reuse)
+                          open_episodes=told_now, reuse=reuse, only=scans.rows_at(t, told_now), pricing=pricing)
         first = None
         if quiet_first_run:
             decided = result.decided
@@ -76,6 +164,7 @@ def replay(
                              frozenset(decided_accounts - seen_accounts))
             seen_rules |= result.evaluated_rules
             seen_accounts |= decided_accounts
+            scans.seen(first.accounts)
         touched = dict(open_now)
         reopened = [f.key for f in result.findings if f.key in current and f.key not in open_now]
         if reopened:

@@ -13,7 +13,7 @@ Python objects (about 1 µs each: most of such a read); here they arrive as arra
 - SQLite: SQLite packs each bucket's cells and values into two strings of integers
   (group_concat), which numpy parses in C: one Python object per bucket, not three per row.
   Integers print exactly, so this carries the points whose value is an integer up to 2**53
-  (counts: nearly all usage); the others come as rows from a second index-only scan that returns
+  (counts: nearly all usage); the others come as rows from a second scan of the key range that returns
   only them. (Arrow readers of SQLite, ADBC or connectorx, link their own copy of SQLite: two
   copies in one process drop each other's POSIX locks on the same file, "How To Corrupt An SQLite
   Database File" 2.2.1; tried here, the service's next commit failed with "locking protocol".)
@@ -110,10 +110,10 @@ def _sqlite_cells(conn: Connection, select: str, where: str, params: Sequence[An
     """SQLite: the (cell, value) points of `select ... where`, packed by SQLite itself.
 
     sqlite3 makes a tuple and two Python objects of every row; here SQLite concatenates the cells and
-    the values of each bucket into two strings of integers (group_concat, in the covering index's
+    the values of each bucket into two strings of integers (group_concat, in the primary key's
     (metric, bucket) order, so no sort), which numpy parses in C. Integers print exactly, so only
     points of integer value up to 2**53 (counts: nearly all usage) go that way; the others are read
-    as rows by a second, index-only scan that returns only them."""
+    as rows by a second scan of the key range that returns only them."""
     from storage import dialect
 
     cur = conn.connection.driver_connection.cursor()
@@ -158,7 +158,11 @@ def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table
     n_cols = (hi - lo) // step
     dialect = conn.dialect.name
     cell = f"o.ord * {int(n_cols)} + (p.bucket_start - {int(lo)}) / {int(step)}"
-    source = f"FROM usage_points p JOIN {join_table} o ON o.account_id = p.account_id "
+    # CROSS JOIN: SQLite keeps the range scan of usage_points' key (metric, bucket, account) as the outer
+    # loop and looks each account up in `join_table` (led by the table of ids, it would scan the range
+    # once per id); PostgreSQL plans the join from its statistics either way
+    join = "CROSS JOIN" if dialect == "sqlite" else "JOIN"
+    source = f"FROM usage_points p {join} {join_table} o ON o.account_id = p.account_id "
     if dialect == "postgresql":
         sql = (f"SELECT ({cell.replace('o.ord', 'o.ord::int8')})::int8, p.value::float8 {source}"
                f"WHERE p.metric = {pg_literal(conn, metric)} AND p.bucket_start >= {int(lo)} "

@@ -24,7 +24,7 @@ import numpy as np
 
 from rules.lint import MetricFacts
 from rules.model import MetricBlock
-from storage.usage import UsageRecordLike, UsageValueError, overflow_error
+from storage.usage import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
 
 BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
 
@@ -49,8 +49,11 @@ class UsagePoints:
         """code -> metric."""
         return list(self._met_code)
 
-    def add(self, records: Iterable[UsageRecordLike]) -> None:
-        """Add records (ts floored to the minute; invalid values raise UsageValueError)."""
+    def add(self, records: Iterable[UsageRecordLike] | UsageColumns) -> None:
+        """Add records or a columnar chunk (ts floored to the minute; invalid values raise UsageValueError)."""
+        if isinstance(records, UsageColumns):
+            self._add_columns(records)
+            return
         rows = records if isinstance(records, list) else list(records)
         if not rows:
             return
@@ -67,13 +70,36 @@ class UsagePoints:
                             ts - ts % BASE_STEP, values))
         self.records += len(rows)
 
+    def _add_columns(self, chunk: UsageColumns) -> None:
+        """A chunk of the columnar CSV reader (values already checked finite): each distinct account
+        and metric is coded once, the rows never become Python objects."""
+        if not len(chunk):
+            return
+        import pyarrow.compute as pc
+
+        cols = []
+        for arr, codes in ((chunk.accounts, self._acc_code), (chunk.metrics, self._met_code)):
+            enc = pc.dictionary_encode(arr)
+            lookup = np.asarray([codes.setdefault(x, len(codes)) for x in enc.dictionary.to_pylist()],
+                                dtype=np.int32)
+            cols.append(lookup[enc.indices.to_numpy(zero_copy_only=False)])
+        ts = np.asarray(chunk.ts, dtype=np.int64)
+        self._parts.append((cols[0], cols[1], ts - ts % BASE_STEP, np.asarray(chunk.values, dtype=np.float64)))
+        self.records += len(chunk)
+
     def freeze(self) -> None:
         """Sum the points of each (account, metric, bucket) in record order (storage.usage.sum_records);
         a total that overflows raises UsageValueError naming the bucket."""
         if not self._parts:
             return
-        a, m, b, v = (np.concatenate([p[k] for p in self._parts]) for k in range(4))
+        # column by column, each part's column dropped once copied (peak memory: ~one extra column)
+        cols = []
+        for k in range(4):
+            cols.append(np.concatenate([p[k] for p in self._parts]))
+            self._parts = [tuple(None if c == k else x for c, x in enumerate(p)) for p in self._parts]  # type: ignore[misc]
         self._parts.clear()
+        a, m, b, v = cols
+        del cols
         # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order)
         ids = list(self._acc_code)
         order = sorted(range(len(ids)), key=ids.__getitem__)
@@ -83,13 +109,18 @@ class UsagePoints:
         self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
         a = rank[a]
         idx = np.lexsort((b, a, m))  # stable: equal keys stay in record order
-        a, m, b, v = a[idx], m[idx], b[idx], v[idx]
+        a = a[idx]  # one column at a time: the unsorted one is freed before the next is sorted
+        m = m[idx]
+        b = b[idx]
+        v = v[idx]
+        del idx
         new = np.ones(len(a), dtype=bool)
         new[1:] = (a[1:] != a[:-1]) | (m[1:] != m[:-1]) | (b[1:] != b[:-1])
         group = np.cumsum(new) - 1
         # bincount adds the weights one by one in input order: 0.0 + v1 + v2 ..., as sum_records does
         with np.errstate(over="ignore", invalid="ignore"):
             sums = np.bincount(group, weights=v)
+        del group, v
         first = np.flatnonzero(new)
         self.account, self.metric, self.bucket, self.value = a[first], m[first], b[first], sums
         bad = ~np.isfinite(sums)

@@ -142,6 +142,71 @@ def test_bot_subpackages_import_only_those_below_them() -> None:
     assert upward == []
 
 
+def _module_of(target: str) -> str | None:
+    while target and target not in MODULES:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def import_cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    graph: dict[str, list[str]] = {}
+    for a, b in sorted(edges):
+        graph.setdefault(a, []).append(b)
+        graph.setdefault(b, [])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            if i < len(graph[node]):
+                work.append((node, i + 1))
+                nxt = graph[node][i]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    comp.append(top)
+                    if top == node:
+                        break
+                if len(comp) > 1:
+                    found.append(sorted(comp))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return found
+
+
+def test_no_two_modules_import_each_other_even_indirectly() -> None:
+    """The module import graph is acyclic, with function-level and TYPE_CHECKING imports counted: a
+    cycle hidden in a function (to dodge the import-time error) is still two modules that cannot be
+    understood apart; the shared piece moves down instead."""
+    edges = {(i.source, m) for i in IMPORTS if _ours(i.target)
+             for m in [_module_of(i.target)] if m is not None and m != i.source}
+    assert import_cycles(edges) == []
+
+
+def test_the_cycle_check_finds_cycles() -> None:
+    assert import_cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [["a", "b", "c"]]
+    assert import_cycles({("a", "b"), ("b", "c")}) == []
+
+
 def test_the_config_layer_uses_only_the_primitives_below_it() -> None:
     """rules.config is shared by rule files and the service config: of usagebot it imports only itself
     and the primitives (not the core, not the rule loader)."""

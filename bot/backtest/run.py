@@ -22,10 +22,11 @@ from bot.progress import activity, progress
 from bot.service.alerts import PUBLISHED_EVENTS, alert_notice, recent_values
 from integrations.console import format_number
 from integrations.notice import AlertNotice
-from integrations.sources.csv_rows import RowError, iter_usage_csv_chunks, read_accounts_csv, write_rejects
+from integrations.sources.csv_rows import RowError, iter_usage_csv_columns, read_accounts_csv, write_rejects
 from integrations.sources.records import MAX_TIME, time_problem
 from rules.engine import CohortEvent, history_needed
 from rules.gcpause import gc_paused
+from rules.impact import Pricing
 from rules.lifecycle import EpisodeState, Key
 from rules.lint import facts_of, lint
 from rules.model import AccountFacts, MetricBlock, RuleSet
@@ -39,6 +40,7 @@ class BacktestError(Exception):
     """A problem with the backtest's inputs (message names file/flag)."""
 
 
+READ_BLOCK_BYTES = 2 << 20  # CSV bytes per columnar block: the reader's memory is ~25x it (16 MB: ~450 MB)
 MAX_SPAN = 10 * 366 * 86_400  # a backtest replays at most ten years
 MAX_CELLS = 100_000_000  # accounts x buckets of one metric block held in memory (8 bytes each: 800 MB)
 
@@ -104,8 +106,12 @@ def run_backtest(
     first_run: str = "digest",
     show_progress: bool = False,
     on_event: Callable[[AlertNotice], None] | None = None,
+    pricing: Pricing | None = None,
 ) -> BacktestResult:
     """Replay `ruleset` over the CSV history as the service would evaluate it.
+
+    pricing: the service's [pricing] (the money in each alert, the renewal raise of its severity);
+    its defaults when not given, as the service without a [pricing] table.
 
     first_run: the service's [evaluation] first_run policy; with "digest" or "quiet" the
     conditions already true at the first evaluation are recorded, not notified.
@@ -159,7 +165,7 @@ def run_backtest(
                    enabled=show_progress)
     with bar as steps, gc_paused():  # millions of long-lived small objects, no cycles: see rules.gcpause
         last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
-                                     result, on_event or result.events.append)
+                                     result, on_event or result.events.append, pricing or Pricing())
     for s in last_states.values():
         if s.status == "firing":
             result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
@@ -169,11 +175,13 @@ def run_backtest(
 
 
 def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, list[RowError]]:
-    """The usage CSV as columns, read in chunks (no parsed record outlives its chunk); CsvInputError
+    """The usage CSV as columns, read in chunks by the columnar parser (the row parser only where a
+    block holds a row it does not take as is; no parsed record outlives its chunk); CsvInputError
     (every bad row) in "reject" mode, the skipped rows' errors in "skip" mode."""
     points = UsagePoints()
     errors: list[RowError] = []
-    for chunk in iter_usage_csv_chunks(usage_csv, on_error=on_error):  # type: ignore[arg-type]
+    for chunk in iter_usage_csv_columns(usage_csv, on_error=on_error,  # type: ignore[arg-type]
+                                        block_bytes=READ_BLOCK_BYTES):
         errors += chunk.errors
         points.add(chunk.records)
     return points, errors
@@ -181,14 +189,15 @@ def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, lis
 
 def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock], accounts: dict[str, AccountFacts],
                    start: int, end: int, include_suppressed: bool, first_run: str, bar: Any,
-                   result: BacktestResult, emit: Callable[[AlertNotice], None]) -> Mapping[Key, EpisodeState]:
+                   result: BacktestResult, emit: Callable[[AlertNotice], None],
+                   pricing: Pricing) -> Mapping[Key, EpisodeState]:
     """Replay [start, end): the published alert events go to `emit` as they happen, cohort events and
     first-run holds into `result`; returns the states at the end."""
     by_id = ruleset.by_id()
     last_states: Mapping[Key, EpisodeState] = {}
     row_of = {key: {a: i for i, a in enumerate(b.account_ids)} for key, b in blocks.items()}
     for step in replay(list(ruleset.rules), blocks, accounts, start, end, inhibits=ruleset.inhibits,
-                       calendar=ruleset.calendar, quiet_first_run=first_run != "notify"):
+                       calendar=ruleset.calendar, quiet_first_run=first_run != "notify", pricing=pricing):
         last_states = step.states
         bar.update(1)
         result.cohort_events.extend(step.cohort_events)
@@ -199,7 +208,8 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
             rule = by_id[t.state.rule_id]
             key = (rule.metric, rule.bucket)
             rec = alert_notice(t, rule, accounts.get(t.state.account_id),
-                               recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]))
+                               recent_values(blocks[key], t.state.account_id, t.at, row_of=row_of[key]),
+                               pricing=pricing)
             emit(rec)
     return last_states
 

@@ -25,6 +25,7 @@ from bot.cli.support import (
     config_path,
     database_url,
     db_url,
+    load_or_report,
     load_rules_or_report,
     missing_paths,
 )
@@ -162,6 +163,17 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BacktestError as exc:
         print(f"usagebot backtest: {exc}", file=err)
         return 2
+    pricing = None
+    path = config_path(args.config)
+    if path is not None:  # the service's [pricing]: money in each alert, renewals' raised severity
+        from bot.config.app import load_config
+
+        if missing_paths([path], "--config", err):
+            return 2
+        config = load_or_report(lambda: load_config(path), err)
+        if config is None:
+            return 1
+        pricing = config.pricing
     ruleset = load_rules_or_report(args.rules, err)
     if ruleset is None:
         return 1
@@ -179,7 +191,7 @@ def cmd_backtest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         result = run_backtest(ruleset, args.usage, args.accounts, start, end, on_error=args.on_error,
                               rejects_path=args.rejects, first_run=args.first_run, show_progress=True,
-                              on_event=stream if args.format == "json" else None)
+                              on_event=stream if args.format == "json" else None, pricing=pricing)
         if report is not None:
             report.write(result, ruleset, start, end, err)
     except CsvInputError as exc:
@@ -431,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--first-run", choices=["digest", "quiet", "notify"], default="digest",
                    help="as the service's [evaluation] first_run: conditions already true at the first "
                         "evaluation are recorded, not notified (digest, quiet) or notified (notify)")
+    add_config_option(b, " whose [pricing] prices each alert and raises the severity of renewing accounts' alerts,"
+                         " as the service does")
     b.add_argument("--report", metavar="HTML", help="also write one self-contained HTML report: per-rule summary, "
                                                     "alerts per day, the accounts with the most alerts with charts")
     b.add_argument("--labels", metavar="CSV", help="with --report: outcome labels (account,metric,start,end,kind): "

@@ -37,7 +37,7 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("config file", "--config", CONFIG_ENV, "", f"`./{DEFAULT_CONFIG}` when it exists",
-            "serve, config check, ingest, evaluate, db, slack, crm, ui"),
+            "serve, config check, ingest, evaluate, backtest, db, slack, crm, ui"),
     Setting("database", "--db", DB_ENV, "[storage] url", f"`sqlite:///{DEFAULT_DATA_DIR}/usagebot.db`",
             "serve, ingest, evaluate, db, slack, crm"),
     Setting("HTTP listen address", "--host", "USAGEBOT_HOST", "[service] host", "`0.0.0.0`", "serve"),

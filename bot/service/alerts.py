@@ -60,7 +60,7 @@ def alert_notice(
         msg, value, baseline, threshold, details = _resolution(t, rule, details)
     window = expl.get("window")
     why = _why(t, rule, account, pricing or Pricing(), severity, value, baseline, details, expl)
-    severity = why.pop("severity", severity)  # a renewal within [pricing] renewal_within raises it
+    severity = why.pop("severity", severity)  # the finding's, raised for a renewal by rules.engine ([pricing])
     return AlertNotice(
         event=t.event, at=t.at, rule=s.rule_id, kind=rule.kind if rule else expl.get("kind"),
         account=s.account_id, account_name=account.name if account else s.account_id,

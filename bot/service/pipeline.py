@@ -41,6 +41,7 @@ from rules.engine import (
     settle_cohorts,
 )
 from rules.gcpause import gc_paused
+from rules.impact import Pricing
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, MetricBlock, OpenEpisode, Rule, RuleSet
 from storage.accounts import list_accounts
@@ -191,7 +192,7 @@ def run_cycle(
     # (an episode of a removed rule resolves at the next full cycle).
     states = _rewound(load_states(engine, account_ids=account_ids), now)
     result = _evaluate_chunks(engine, rules, ruleset, accounts, now, account_ids, chunk_accounts,
-                              open_episodes(states, by_id, now), muted)
+                              open_episodes(states, by_id, now), muted, notices.pricing)
     first, marks = _first_run(engine, result, now, notices, account_ids)
     # Accounts snoozed from Slack (/usage snooze): transitions are recorded, not notified.
     step = advance(by_id, result.findings, result.decided, states, now, evaluated_rules=result.evaluated_rules,
@@ -217,8 +218,10 @@ def _evaluate_chunks(
     engine: Engine, rules: Sequence[Rule], ruleset: RuleSet, accounts: Mapping[str, AccountFacts], now: int,
     account_ids: Sequence[str] | None, chunk_accounts: int | None,
     opened: Mapping[str, Sequence[OpenEpisode]], muted: Mapping[str, Collection[str]] | None,
+    pricing: Pricing | None = None,
 ) -> EvaluationResult:
-    """The rules' verdicts on every chunk of accounts, merged (muted series undecided)."""
+    """The rules' verdicts on every chunk of accounts, merged (muted series undecided; severities
+    raised for renewals by `pricing`)."""
     needs = history_needed(rules)
     if account_ids is not None:
         chunks: list[Sequence[str] | None] = [list(account_ids)] if account_ids else []
@@ -232,7 +235,7 @@ def _evaluate_chunks(
     for chunk in chunks:
         blocks = load_blocks_for(engine, needs, now, account_ids=chunk)
         result = evaluate(rules, blocks, accounts, now, only_due=False, open_episodes=opened,
-                          calendar=ruleset.calendar, tallies=tallies)
+                          calendar=ruleset.calendar, tallies=tallies, pricing=pricing)
         log_contained(result.contained, now)
         if muted:
             def is_muted(rule_id: str, account: str) -> bool:

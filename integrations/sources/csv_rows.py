@@ -618,7 +618,7 @@ class _NotPlain(Exception):
 
 def iter_usage_csv_columns(
     path: str | os.PathLike[str], on_error: OnError = "reject", chunk_rows: int = 50_000,
-    opener: Opener | None = None,
+    opener: Opener | None = None, block_bytes: int | None = None,
 ) -> Iterator[ReadResult[Any]]:
     """Read a usage CSV with a columnar parser (pyarrow.csv): chunks whose `records` is a
     storage.usage.UsageColumns (columns, no Python object per row), for load_usage.
@@ -630,7 +630,9 @@ def iter_usage_csv_columns(
     a blank row, a value such as " 5" or "1_000", a quoted account, a file whose header is not on
     line 1) the row parser reads the file from the start, for its line-numbered errors, and its
     records for the rows already yielded here are left out: nothing is yielded twice.
-    `chunk_rows` only sizes the row parser's chunks (a columnar chunk is one Arrow block).
+    `chunk_rows` only sizes the row parser's chunks (a columnar chunk is one Arrow block of
+    `block_bytes` CSV bytes, default ARROW_BLOCK_BYTES; the reader's memory grows with it, ~25x:
+    16 MB blocks took ~450 MB).
     """
     _check_mode(on_error)
     if chunk_rows < 1:
@@ -642,7 +644,7 @@ def iter_usage_csv_columns(
     yielded = 0
     if plain:
         try:
-            for chunk in _arrow_chunks(path, len(cells), pos, opener):
+            for chunk in _arrow_chunks(path, len(cells), pos, opener, block_bytes or ARROW_BLOCK_BYTES):
                 yielded += len(chunk.records)
                 yield chunk
             return
@@ -658,7 +660,7 @@ def iter_usage_csv_columns(
 
 
 def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int],
-                  opener: Opener | None) -> Iterator[ReadResult[Any]]:
+                  opener: Opener | None, block_bytes: int) -> Iterator[ReadResult[Any]]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -672,7 +674,7 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
         f = io.BufferedReader(_LineGuard(raw), buffer_size=1 << 20)
         try:
             reader = pacsv.open_csv(
-                f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=ARROW_BLOCK_BYTES),
+                f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=block_bytes),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                      strings_can_be_null=False, quoted_strings_can_be_null=False))

@@ -66,7 +66,7 @@ from rules.detectors import format as fmt
 from rules.detectors.baseline import nan_median
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 
 DAY = 86_400

@@ -48,8 +48,17 @@ from rules.config import values as v
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.detectors.quota import MAX_PERIOD, fraction, interval_sums, quota_groups, round_up
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.detectors.quota import (
+    MAX_PERIOD,
+    account_groups,
+    fraction,
+    interval_sums,
+    quota_array,
+    quota_groups,
+    round_up,
+)
+from rules.detectors.scan import at_least, trailing_sum
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
     AccountFacts,
@@ -127,6 +136,45 @@ def detect_expansion(
         if result.decided[i] and e.account_id not in holding:
             result.recoveries[(e.account_id, "")] = Recovery(block.end, None, None, passed, quiet=True)
     return result
+
+
+def scan_expansion(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> np.ndarray | None:
+    """Rows that may have a new opportunity at each bucket close (rules.detectors.scan), for usage
+    that is never negative (None otherwise). growth: the window sums W_k (k windows back) up to their
+    rounding must grow, W_k >= (1 + growth) x W_k+1 for k < periods, the latest reach min_value and the
+    oldest be positive (the "new high" test is left to the detector). utilization: the latest
+    completed billing period started at most two longest periods back, so its usage is at most the
+    sum S of those buckets: S >= utilization x quota; each billing group's first row is always a
+    candidate (it sets the order of the findings)."""
+    params = _params(rule)
+    values = block.values
+    rows, n = values.shape
+    with np.errstate(invalid="ignore"):
+        if (values < 0).any() or params.periods < 1:
+            return None
+    if params.mode == "utilization":
+        total, slack = trailing_sum(values, 2 * MAX_PERIOD // block.step + 2)
+        q = np.asarray(quota_array(accounts, block.metric))[:, None]
+        with np.errstate(invalid="ignore"):
+            out = (q > 0) & at_least(total + slack, params.utilization * q)
+        out[[int(g[0]) for _, _, g in account_groups(accounts)]] = True
+        return out
+    if params.mode != "growth":
+        return None
+    width = max(1, params.period // block.step)
+    total, slack = trailing_sum(values, width)
+    hi, lo = total + slack, total - slack
+
+    def back(x: np.ndarray, k: int) -> np.ndarray:  # column j: x at j - k windows (NaN before the block)
+        out = np.full_like(x, np.nan)
+        out[:, k * width:] = x[:, : n + 1 - k * width] if k * width <= n else out[:, :0]
+        return out
+
+    out = at_least(hi, params.min_value) & (back(hi, params.periods) > 0)
+    for k in range(params.periods):
+        out &= at_least(back(hi, k), (1.0 + params.growth) * back(lo, k + 1))
+    out[:, : min(n + 1, (params.periods + 1) * width)] = False  # too few columns: undecided
+    return out
 
 
 # -------------------------------------------------------------------- growth
@@ -305,6 +353,7 @@ KIND = Kind(
               " `periods` completed billing periods. Accounts without a quota are skipped.", ("utilization",)),
     ),
     detect=detect_expansion,
+    scan=scan_expansion,
     required_history=required_history,
     endings=(Ending("expansion growth", "one of the last `periods` windows ≥ (1 + `growth`) × the window before the"
                     " growth began", "usage has been back near that level for `periods` windows: closed quietly"

@@ -44,7 +44,8 @@ from rules.config import values as v
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.detectors.scan import Scanned, trailing_count
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 from rules.periods import iso
 
@@ -131,6 +132,21 @@ def detect_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[Account
             )
         )
     return result
+
+
+def scan_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> Scanned:
+    """Rows that may go inactive at each bucket close (rules.detectors.scan): the exact window test
+    (every observed bucket of the last `duration` zero, enough of them observed); the prior usage
+    is left to the detector."""
+    params = _params(rule)
+    values = block.values
+    width = max(1, params.duration // block.step)
+    missing = np.isnan(values)
+    n_missing = trailing_count(missing, width)
+    active = trailing_count(~missing & (values != 0), width)
+    decided = (n_missing < width) & (n_missing / width <= params.max_missing)  # the detector's, exactly
+    decided[:, :width] = False  # fewer columns than the window: undecided
+    return Scanned(decided & (active == 0), decided)
 
 
 def last_active_starts(block: MetricBlock, rows: np.ndarray) -> list[int | None]:
@@ -264,6 +280,7 @@ KIND = Kind(
               " accounts that never used the metric do not alert. With `prior_window = \"0\"` it must be `0`."),
     ),
     detect=detect_inactivity,
+    scan=scan_inactivity,
     required_history=required_history,
     endings=(Ending("inactivity", "the current bucket is 0 (the prior window only decides who may fire)",
                     "the account has usage again"),),

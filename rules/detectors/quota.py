@@ -59,8 +59,9 @@ from rules.config import values as v
 from rules.config.toml_lines import PathKey
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
+from rules.detectors.scan import at_least, trailing_max, trailing_sum
 from rules.durations import format_duration
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.memo import by_identity
 from rules.model import (
     DAY,
@@ -214,6 +215,34 @@ def detect_quota(
         if opened:
             _close_ended_periods(block, idx, decided, period, opened, result)
     return result
+
+
+def scan_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> np.ndarray | None:
+    """Rows that may reach a level, or be forecast to, at each bucket close (rules.detectors.scan).
+    With usage never negative, a billing period's usage up to t is at most the sum S of the buckets of
+    the longest period before t (MAX_PERIOD), and the forecast rate at most the largest recent bucket M
+    per bucket: threshold mode needs S >= min(fractions) x quota, forecast mode S + M x (MAX_PERIOD /
+    bucket) >= fraction x quota. The first row of every billing group is always a candidate (it sets
+    the order of the findings). None when a value is negative (no such bound)."""
+    params = _params(rule)
+    values = block.values
+    with np.errstate(invalid="ignore"):
+        if (values < 0).any():
+            return None
+        q = np.asarray(quota_array(accounts, block.metric))[:, None]
+        has_quota = q > 0
+    total, slack = trailing_sum(values, MAX_PERIOD // block.step + 2)
+    most = total + slack
+    if params.mode == "forecast":
+        recent = trailing_max(values, max(1, params.forecast_window // block.step))
+        most = most + np.maximum(recent, 0.0) * (MAX_PERIOD / block.step)
+        out = has_quota & at_least(most, params.fraction * q)
+    else:
+        out = has_quota & at_least(most, min(params.fractions) * q)
+    # The findings come group by group, in the order of each group's first row: with those rows run
+    # too, any set of rows lists its groups in the order of the whole block (the same events, in order).
+    out[[int(rows[0]) for _, _, rows in account_groups(accounts)]] = True
+    return out
 
 
 class _Opened:
@@ -501,6 +530,7 @@ KIND = Kind(
               " stays open until the period ends.", _FORECAST),
     ),
     detect=detect_quota,
+    scan=scan_quota,
     required_history=required_history,
     endings=(Ending("quota threshold", "usage ≥ the level (it only grows in a period)",
                     "the billing period ends: closed quietly"),

@@ -82,7 +82,8 @@ from rules.detectors.baseline import (
 )
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.detectors.scan import Scanned, at_least, trailing_count, trailing_max, trailing_mean, trailing_min
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import (
     DAY,
     WEEK,
@@ -232,6 +233,69 @@ def detect_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[Account
     if opened:
         _judge_open(rule, params, block, opened, v, b, decided, result)
     return result
+
+
+def scan_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> Scanned | None:
+    """Rows that may have a new spike/drop at each bucket close (rules.detectors.scan).
+
+    With weekly seasonality the baseline itself is computed for every bucket close at once (the
+    smoothed series taken k weeks back, k = 1 .. weeks, and the rule's centre of them); without it
+    the centre lies between the smallest (lo) and the largest (hi) point of its window. Then the
+    detector's tests up to rounding: decided (enough points, v observed), b >= min_baseline,
+    |v - b| >= min_delta, and v >= ratio x b, v >= min_value (spike) or v <= ratio x b (drop). The
+    z-score test is left to the detector."""
+    params = rule.params
+    if not isinstance(params, SpikeParams | DropParams) or params.ratio <= 0 or \
+            rule.baseline.seasonality not in ("none", "weekly") or rule.baseline.method not in METHODS:
+        return None
+    step, smooth = block.step, max(1, params.smooth)
+    values = block.values
+    rows, n = values.shape
+    v = trailing_mean(values, smooth)
+    if rule.baseline.seasonality == "weekly":
+        if WEEK % step:
+            return None
+        lo, hi, count = _weekly_baseline(v, WEEK // step, rule.baseline.window // WEEK, rule.baseline.method)
+    else:
+        width = rule.baseline.window // step
+        lo, hi = np.full((rows, n + 1), np.inf), np.full((rows, n + 1), -np.inf)
+        count = np.zeros((rows, n + 1), dtype=np.int64)
+        # the points of column j are the buckets [j - smooth - width, j - smooth)
+        lo[:, smooth:] = trailing_min(values, width)[:, : n + 1 - smooth]
+        hi[:, smooth:] = trailing_max(values, width)[:, : n + 1 - smooth]
+        count[:, smooth:] = trailing_count(~np.isnan(values), width)[:, : n + 1 - smooth]
+    guards = rule.guards
+    decided = ~np.isnan(v) & (count >= max(1, rule.baseline.min_points))  # the detector's, exactly
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = decided & at_least(hi, guards.min_baseline)
+        if rule.kind == "spike":  # v >= ratio * b >= ratio * lo, v - lo >= v - b >= min_delta
+            out &= at_least(v, params.ratio * lo) & at_least(v, guards.min_value) & at_least(v - lo, guards.min_delta)
+        else:
+            out &= at_least(params.ratio * hi, v) & at_least(hi - v, guards.min_delta)
+    return Scanned(out, decided)
+
+
+SCAN_ROWS = 2048  # rows per chunk of the weekly baseline scan (weeks x buckets floats each)
+
+
+def _weekly_baseline(smooth_series: np.ndarray, per_week: int, weeks: int, method: str
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(b, b, observed points) per row and bucket close: column j's points are the smoothed series
+    at j - k weeks (baseline_points), combined by `method` (center)."""
+    rows, cols = smooth_series.shape
+    b = np.full((rows, cols), np.nan)
+    count = np.zeros((rows, cols), dtype=np.int64)
+    for r0 in range(0, rows, SCAN_ROWS):
+        part = smooth_series[r0 : r0 + SCAN_ROWS]
+        points = np.full((part.shape[0], cols, weeks), np.nan)
+        for k in range(1, weeks + 1):
+            shift = k * per_week
+            if shift < cols:
+                points[:, shift:, k - 1] = part[:, : cols - shift]
+        flat = points.reshape(-1, weeks)
+        b[r0 : r0 + SCAN_ROWS] = center(flat, method).reshape(part.shape[0], cols)
+        count[r0 : r0 + SCAN_ROWS] = observed_count(flat).reshape(part.shape[0], cols)
+    return b, b, count
 
 
 def _judge_open(
@@ -495,6 +559,7 @@ SPIKE = Kind(
               " [how alerts end](#how-alerts-end-recovery))."),
     ),
     detect=detect_spike_drop,
+    scan=scan_spike_drop,
     required_history=required_history,
     endings=(Ending("spike", "value > `recovery` × the frozen level", "the value is back at or below it, or a"
                     " lasting new level has become the usual level (a *level shift*: the ordinary baseline has"
@@ -523,6 +588,7 @@ DROP = Kind(
               " the usual level frozen when it began (see [how alerts end](#how-alerts-end-recovery))."),
     ),
     detect=detect_spike_drop,
+    scan=scan_spike_drop,
     required_history=required_history,
     endings=(Ending("drop", "the usage of the latest buckets together (3 at least, and at least 200 usual counts; at"
                     " most a week of daily buckets or a day of sub-daily ones; never before the drop began) is below"

@@ -40,7 +40,8 @@ from rules.detectors.baseline import smoothed
 from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.detectors.quota import quota_array
-from rules.kinds import Ending, Field, Kind, Threshold
+from rules.detectors.scan import Scanned, at_least, trailing_mean
+from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.model import AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
 
 DEFAULT_BAND = 0.1  # default recovery: 10% back inside the limit (0.9 x L above, 1.1 x L below)
@@ -130,6 +131,17 @@ def detect_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountF
     return result
 
 
+def scan_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> Scanned:
+    """Rows that may cross the limit at each bucket close (rules.detectors.scan): the detector's test
+    on the trailing mean, up to rounding."""
+    params = _params(rule)
+    value = trailing_mean(block.values, max(1, params.smooth))
+    scale = _scale(params, block, accounts)[:, None]
+    limit = params.limit * scale
+    decided = ~np.isnan(value) & ~np.isnan(scale)  # the detector's, exactly
+    return Scanned(at_least(value, limit) if params.direction == "above" else at_least(limit, value), decided)
+
+
 def _when(block: MetricBlock, smooth: int) -> str:
     step = block.step
     if smooth == 1:
@@ -217,6 +229,7 @@ KIND = Kind(
               " must be observed)."),
     ),
     detect=detect_threshold,
+    scan=scan_threshold,
     required_history=required_history,
     endings=(Ending("threshold", "the value is beyond `recovery` (above: > `recovery`; below: < `recovery`)",
                     "the value is back at or inside `recovery`"),),

@@ -214,3 +214,27 @@ def test_backtest_streams_events_in_time_order_while_it_replays(tmp_path, monkey
     days = [(e.at - result.start) // 86_400 for e in streamed]
     assert emitted_after == [d - 1 for d in days] and emitted_after[0] < steps["done"] - 5
     assert result.open_at_end == kept.open_at_end and result.first_run_held == kept.first_run_held
+
+
+def test_backtest_reads_pricing_from_the_config_as_the_service_does(files, tmp_path: Path) -> None:
+    """Issue 17 note: the backtest did not read [pricing]. An account renewing within renewal_within
+    gets its alert's severity raised (the service's defaults without a config), and the config's
+    [pricing] is the one applied, with the money it prices."""
+    rules, usage, _ = files
+    accounts = write_accounts(tmp_path / "renewing.csv", [
+        {"id": "acme", "name": "Acme Corp", "owner_email": "ae@example.com", "plan": "growth", "crm_id": "001A",
+         "arr": "48000", "renewal_date": "2026-10-20"},
+        {"id": "globex", "name": "Globex", "plan": "starter", "quota.api_calls": "2500"}])
+
+    def spike(*extra: str) -> dict:
+        code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts",
+                                 str(accounts), "--format", "json", *extra)
+        assert code == 0, err
+        return next(e for e in map(json.loads, out.splitlines()) if e["rule"] == "calls-spike")
+
+    default = spike()
+    assert (default["severity"], default["renewal_days"]) == ("critical", 18)  # fired 2026-10-02, renews 10-20
+    config = tmp_path / "usagebot.toml"
+    config.write_text(f'[rules]\npaths = ["{rules}"]\n[pricing]\ncurrency = "€"\nrenewal_within = "10d"\n')
+    priced = spike("--config", str(config))
+    assert (priced["severity"], priced["renewal_days"], priced["currency"]) == ("warning", None, "€")

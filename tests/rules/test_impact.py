@@ -3,12 +3,13 @@ fits, renewal severity, and the rule's action (validated at load)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bot.config.pricing import parse_pricing
 from rules.config import ConfigError
 from rules.config.sections import document_from_text
-from rules.impact import PlanPrice, Pricing, assess, render_action
+from rules.impact import PlanPrice, Pricing, assess, render_action, renewal_severity
 from rules.loader import RuleFileError, load_rules_text
 from rules.model import DAY, AccountFacts
 
@@ -72,9 +73,31 @@ def test_an_expansion_names_the_lowest_plan_above_that_fits():
 def test_a_renewal_within_n_days_raises_the_severity(days, within, raise_by, severity, said):
     acct = AccountFacts("a", "A", plan="growth", renewal_at=AT + days * DAY)
     pricing = Pricing(plans=PRICING.plans, renewal_within=within, renewal_raise=raise_by)
-    i = assess("spike", "api_calls", "warning", 300.0, 100.0, {}, acct, pricing, AT)
-    assert (i.severity, i.renewal_days) == (severity, said)
+    assert renewal_severity("warning", acct, pricing, AT) == severity
+    i = assess("spike", "api_calls", severity, 300.0, 100.0, {}, acct, pricing, AT)
+    assert (i.severity, i.renewal_days) == (severity, said)  # assess takes the (raised) severity as given
     assert i.headline == "api calls rose 3.0x vs the usual level"
+
+
+def test_the_engine_raises_a_renewing_accounts_findings_and_the_replay_stores_it() -> None:
+    """The raise is applied to the findings (rules.engine), so the lifecycle records the raised
+    severity: the stored episode, the message and the backtest agree."""
+    from rules.engine import evaluate
+    from rules.loader import load_rules_text
+    from rules.model import MetricBlock
+    from rules.replay import replay
+
+    rules = load_rules_text('[[rule]]\nid = "hot"\nkind = "threshold"\nmetric = "m"\nseverity = "warning"\n'
+                            '[rule.threshold]\nabove = 10\n').rules
+    block = MetricBlock("m", AT - 3 * DAY, DAY, ["soon", "later"], np.array([[50.0] * 3, [50.0] * 3]))
+    accounts = {"soon": AccountFacts("soon", "S", renewal_at=AT + 20 * DAY),
+                "later": AccountFacts("later", "L", renewal_at=AT + 200 * DAY)}
+    got = evaluate(rules, {("m", DAY): block}, accounts, AT, pricing=Pricing())
+    assert {f.account_id: f.severity for f in got.findings} == {"soon": "critical", "later": "warning"}
+    plain = evaluate(rules, {("m", DAY): block}, accounts, AT)
+    assert {f.severity for f in plain.findings} == {"warning"}
+    steps = list(replay(rules, {("m", DAY): block}, accounts, AT - DAY, AT, pricing=Pricing()))
+    assert {k[1]: s.severity for k, s in steps[-1].states.items()} == {"soon": "critical", "later": "warning"}
 
 
 def test_an_action_is_filled_in_and_a_bad_placeholder_is_named_at_load():

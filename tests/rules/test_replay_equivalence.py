@@ -147,6 +147,52 @@ equal = ["account", "metric"]
 """
 
 
+# Guards, z-scores, smoothing, min_points and a "below" limit: the bounds of the scans (rules.detectors.scan)
+# are tested at their edges. (A drop has cohort suppression by default.)
+GUARDED = """
+[[rule]]
+id = "guarded-spike"
+kind = "spike"
+metric = "api_calls"
+[rule.baseline]
+window = "28d"
+seasonality = "{seasonality}"
+method = "{method}"
+min_points = 2
+[rule.threshold]
+ratio = 1.3
+smooth = {smooth}
+zscore = 1.0
+[rule.guards]
+min_baseline = 5
+min_delta = 3
+min_value = 4
+
+[[rule]]
+id = "guarded-drop"
+kind = "drop"
+metric = "events"
+[rule.baseline]
+window = "21d"
+seasonality = "{seasonality}"
+method = "{method}"
+[rule.threshold]
+ratio = 0.8
+smooth = {smooth}
+[rule.guards]
+min_baseline = 2
+min_delta = 1
+
+[[rule]]
+id = "low-exports"
+kind = "threshold"
+metric = "exports"
+[rule.threshold]
+below = 3
+smooth = {smooth}
+"""
+
+
 def _blocks(book, rules) -> dict:
     """The book's daily series for every (metric, bucket) the rules need (NaN where not delivered)."""
     return {(metric, step): book.block(metric) for metric, step in history_needed(rules)}
@@ -158,10 +204,14 @@ def _transitions(ts):
              [(g.event, g.key, g.notify, g.reason) for g in t.grouped]) for t in ts]
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_replay_equals_the_stepwise_definition(seed):
     rng = np.random.default_rng(seed)
-    ruleset = load_rules_text(_rules_text(rng))
+    text = _rules_text(rng)
+    if seed >= 4:  # the scans' bounds at their edges
+        text += GUARDED.format(seasonality=rng.choice(["none", "weekly"]), method=rng.choice(["median", "mean", "upper"]),
+                               smooth=int(rng.choice([1, 2, 3])))
+    ruleset = load_rules_text(text)
     assert {r.kind for r in ruleset.rules} == set(KINDS), "add a rule of the new kind to _rules_text"
     book = generate_book(n_accounts=int(rng.integers(15, 40)), days=DAYS, end=END, seed=seed,
                          gaps=int(rng.integers(0, 6)), holidays=int(rng.integers(0, 3)))
@@ -181,6 +231,30 @@ def test_replay_equals_the_stepwise_definition(seed):
         assert list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
         events += len(g_ts)
     assert events > 20  # the book and rules do make things happen
+
+
+@pytest.mark.parametrize(("seed", "quiet"), [(11, True), (3, False)])
+def test_replay_of_the_shipped_rules_equals_the_stepwise_definition(seed, quiet):
+    """What `usagebot backtest` replays by default (rules/examples/default.toml: cohorts, inhibits,
+    quotas near their levels), on a book with holidays (cohort events) and gaps."""
+    from pathlib import Path
+
+    from rules.loader import load_rules
+
+    ruleset = load_rules([Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"])
+    book = generate_book(n_accounts=45, days=DAYS + 30, end=END, seed=seed, gaps=4, holidays=4)
+    rules = list(ruleset.rules)
+    blocks, accounts = _blocks(book, rules), {a.id: a for a in book.accounts}
+    start = END - 60 * DAY
+    kw = dict(inhibits=ruleset.inhibits, calendar=ruleset.calendar, quiet_first_run=quiet)
+    want = list(stepwise_replay(rules, blocks, accounts, start, END, **kw))
+    got = [(s.at, _transitions(s.transitions), dict(s.states), s.cohort_events)
+           for s in replay(rules, blocks, accounts, start, END, **kw)]
+    assert len(got) == len(want)
+    for (at, g_ts, g_states, g_cohort), (w_at, w_ts, w_states, w_cohort) in zip(got, want, strict=True):
+        assert at == w_at and g_ts == _transitions(w_ts), f"transitions differ at {at}"
+        assert g_cohort == w_cohort and list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
+    assert sum(len(g[1]) for g in got) > 50 and any(g[3] for g in got)  # events, cohort events among them
 
 
 def test_a_replay_formats_no_message_until_an_event_reads_it(monkeypatch):

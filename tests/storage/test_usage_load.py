@@ -1,8 +1,8 @@
 """load_usage(): one-transaction bulk loads, on SQLite and PostgreSQL.
 
 It must mean exactly what ONE upsert_usage() call over all the chunks means (floor, sum across
-the whole load, replace stored values, idempotent), keep the first-seen and coverage tables and the
-covering index as the row-by-row path does, and store nothing when the load fails part-way.
+the whole load, replace stored values, idempotent), keep the first-seen and coverage tables as the row-by-row path does, leave the bucket-major layout
+(0014) as it was, and store nothing when the load fails part-way.
 """
 
 from __future__ import annotations
@@ -45,9 +45,12 @@ def twin(engine: Engine, tmp_path, name: str) -> Engine:
     return other
 
 
-def cover_index_exists(engine: Engine) -> bool:
-    return "ix_usage_points_metric_bucket_cover" in {
-        i["name"] for i in sa.inspect(engine).get_indexes("usage_points")}
+def layout_intact(engine: Engine) -> bool:
+    """usage_points is keyed (metric, bucket_start, account_id) and has no other index (0014): a load
+    (empty table or not, failed or not) leaves that layout as it was."""
+    insp = sa.inspect(engine)
+    key = insp.get_pk_constraint("usage_points")["constrained_columns"]
+    return key == ["metric", "bucket_start", "account_id"] and not insp.get_indexes("usage_points")
 
 
 def test_empty_table_load_equals_one_upsert_call_and_sums_across_chunks(engine: Engine, tmp_path) -> None:
@@ -55,7 +58,7 @@ def test_empty_table_load_equals_one_upsert_call_and_sums_across_chunks(engine: 
     # many duplicates of one key fall in different chunks: they must add up, not replace
     recs += [Rec("acct-dup", "calls", T0 + 5 + i, 1.0) for i in range(25)]
     n = load_usage(engine, chunks(recs, 97))
-    assert cover_index_exists(engine)
+    assert layout_intact(engine)
     stored = rows(engine)
     assert n == len(stored)
     assert ("acct-dup", "calls", T0, 25.0) in stored
@@ -87,7 +90,7 @@ def test_load_into_existing_data_replaces_sums_and_is_idempotent(engine: Engine,
     n = load_usage(engine, chunks(recs, 101))
     assert n == len(load_sums)
     assert rows(engine) == sorted((*k, v) for k, v in want.items())
-    assert cover_index_exists(engine)
+    assert layout_intact(engine)
     first, cov = side_tables(engine)
     assert ("calls", "old", T0 - 86_400) in first and ("calls", T0 - 86_400) in cov
     assert len(first) == len({(k[1], k[0]) for k in want}) and len(cov) == len({(k[1], k[2]) for k in want})
@@ -97,7 +100,7 @@ def test_load_into_existing_data_replaces_sums_and_is_idempotent(engine: Engine,
     assert rows(engine) == before
 
 
-def test_failure_mid_load_stores_nothing_and_keeps_the_index(engine: Engine) -> None:
+def test_failure_mid_load_stores_nothing_and_keeps_the_layout(engine: Engine) -> None:
     def failing():
         yield [Rec("a", "calls", T0, 1.0)]
         raise ValueError("bad row in usage.csv line 7")
@@ -105,20 +108,20 @@ def test_failure_mid_load_stores_nothing_and_keeps_the_index(engine: Engine) -> 
     with pytest.raises(ValueError, match="line 7"):
         load_usage(engine, failing())
     assert rows(engine) == [] and side_tables(engine) == ([], [])
-    assert cover_index_exists(engine)
+    assert layout_intact(engine)
     upsert_usage(engine, [Rec("b", "calls", T0, 9.0)])
     with pytest.raises(ValueError, match="line 7"):
         load_usage(engine, failing())
     assert rows(engine) == [("b", "calls", T0, 9.0)]
     with pytest.raises(ValueError, match=r"record #0 .*not a finite number"):
         load_usage(engine, [[Rec("c", "calls", T0, float("inf"))]])
-    assert rows(engine) == [("b", "calls", T0, 9.0)] and cover_index_exists(engine)
+    assert rows(engine) == [("b", "calls", T0, 9.0)] and layout_intact(engine)
 
 
 def test_empty_load_and_bad_base_step(engine: Engine) -> None:
     assert load_usage(engine, []) == 0
     assert load_usage(engine, [[], []]) == 0
-    assert cover_index_exists(engine)
+    assert layout_intact(engine)
     with pytest.raises(ValueError, match="base_step"):
         load_usage(engine, [[Rec("a", "m", T0, 1.0)]], base_step=0)
 
@@ -162,4 +165,4 @@ def test_two_loads_at_once_do_not_both_take_the_empty_path(engine: Engine) -> No
         key = (r.account, r.metric, r.ts - r.ts % 60)
         expected[key] = expected.get(key, 0.0) + r.value
     assert rows(engine) == sorted((*k, v) for k, v in expected.items())  # loaded once, not added twice
-    assert cover_index_exists(engine)
+    assert layout_intact(engine)

@@ -14,6 +14,7 @@ from integrations.console import ConsoleNotifier
 from rules.impact import Pricing
 from rules.model import DAY
 from storage.accounts import upsert_accounts
+from storage.episodes import load_states
 from tests.integrations.slack.scenario import ACCOUNTS, FIRED, SPIKE_DAY, SPIKE_RULE, T0, Scenario
 
 RULE = SPIKE_RULE.replace('severity = "warning"', 'severity = "warning"\n'
@@ -32,6 +33,10 @@ def test_the_slack_alert_says_why_it_matters_first(engine, fake, config, clock):
     assert fired.headline == "api calls rose 6.0x vs the usual level" and fired.renewal_days == 20
     assert fired.action == "Ask alice@example.com to call Acme Corp about the api_calls jump (growth)"
     assert fired.csm_email == "cara@example.com" and fired.arr == 48_000.0
+    # what is stored is what was sent (issue 17 note: the episode kept "warning"): /usage, the web
+    # pages and the digest rank it as critical too
+    (state,) = [s for s in load_states(engine).values() if s.rule_id == fired.rule]
+    assert state.severity == "critical"
 
     delivered = sc.deliver(sc.notifier(config), at=T0 + FIRED * DAY)
     assert delivered.failed == 0, delivered
