@@ -20,11 +20,14 @@ its mean squared error is below 0.9 x that one's (parsimony: a series without se
 level model).
 
 Noise scale s of the chosen model (never 0):
-    s^2 = max(1.2533 x MAE, e3 / z3)^2 + floor^2 [+ lambda for counts]
+    s^2 = max(1.2533 x MAE, e3 / z3, tail)^2 + floor^2 [+ lambda for counts]
     MAE: mean absolute error over the learning window (1.2533 x MAE = sigma for Gaussian errors);
     e3 / z3: the 3rd largest recent |error| over the normal quantile 1 - 3/(2 learn), i.e. scaled
     to what a Gaussian series would show in `learn` buckets, so a heavy-tailed (spiky) series is
-    judged by its own spikes, while one or two past anomalies do not hide the next; floor = `min_change` x max(mean |value - mean|, |mean|) of the
+    judged by its own spikes, while one or two past anomalies do not hide the next;
+    tail: the peaks-over-threshold unit (`_tail_scale`): an exponential tail fitted to the largest
+    5% of the errors, read at the firing score's Gaussian tail probability, over that score, so a
+    bursty series (heavier-tailed than Gaussian) fires only past its own learnt tail; floor = `min_change` x max(mean |value - mean|, |mean|) of the
     window, so a flat or perfectly periodic series does not fire on a rounding wobble;
     counts (every observed value a non-negative integer): + max(pred, mean, 1), the Poisson
     variance, so a series of zeros and small integers has a scale of at least one count.
@@ -246,6 +249,7 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     large = -np.partition(-sized, k - 1, axis=1)[:, k - 1]  # the k-th largest error
     z_learn = _NORMAL.inv_cdf(1.0 - k / (2 * learn))
     scale = np.fmax(MAE_TO_SIGMA * mae[best, r], np.fmax(large, 0.0) / z_learn)
+    scale = np.fmax(scale, _tail_scale(sized, params.threshold))
     window = y[:, first - m: -1]
     ok = ~np.isnan(window)
     n_obs = np.maximum(ok.sum(axis=1), 1)
@@ -268,6 +272,34 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     usual = np.stack(bases)[best, r] + usual
     return Fit(value, np.where(use, usual, expected), np.where(use, shift_scale, scale),
                np.where(use, shift_score, score), np.asarray(names)[best], decided, use.astype(np.intp), shift)
+
+
+TAIL_SHARE = 0.05  # the tail model is fitted to the largest 5% of the learning window's errors
+TAIL_MIN = 10  # and at least 10 of them (a mean of 10 excesses is within about 30% of the tail's)
+
+
+def _tail_scale(sized: np.ndarray, threshold: float) -> np.ndarray:
+    """The noise unit at which `threshold` is the learnt tail's firing point (peaks over threshold).
+
+    `sized`: per row the |errors| of the learning window (-inf where not observed). The k largest
+    (k = max(TAIL_MIN, TAIL_SHARE x window)) are the tail; u, the (k+1)-th largest, its start. Above
+    u the errors are modelled as exponential (the generalised Pareto tail with shape 0, as in the
+    SPOT detector of Siffer et al., KDD 2017): P(|e| > x) = (k / n) exp(-(x - u) / b), b the mean
+    excess over u. The tail probability at which a Gaussian score fires (two-sided at `threshold`:
+    6.3e-5 at 4) is reached at x* = u + b ln((k / n) / p); the unit is x* / threshold, so a series
+    whose errors are heavier-tailed than Gaussian (bursts) fires only past its own learnt tail.
+    The mean excess leaves out the TAIL_RANK - 1 largest errors (two past anomalies do not hide a
+    third, as for the rank scale). 0 where the window has no more than k observed errors."""
+    n = np.count_nonzero(np.isfinite(sized), axis=1)
+    k = min(max(TAIL_MIN, math.ceil(TAIL_SHARE * sized.shape[1])), sized.shape[1] - 1)
+    trim = min(TAIL_RANK - 1, k - 1)
+    top = np.sort(-np.partition(-sized, k, axis=1)[:, :k + 1], axis=1)  # the k + 1 largest, ascending
+    u = top[:, 0]
+    p = 2.0 * (1.0 - _NORMAL.cdf(threshold))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        excess = np.mean(top[:, 1:k + 1 - trim], axis=1) - u
+        x = u + excess * np.log(k / np.maximum(n, 1) / p)
+    return np.where((n > k) & np.isfinite(x), np.fmax(x, 0.0) / threshold, 0.0)
 
 
 def _shift(medians: np.ndarray, w: int, learn: int, floor: np.ndarray,

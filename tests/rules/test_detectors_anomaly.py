@@ -305,3 +305,28 @@ def test_the_preset_takes_its_bucket_from_defaults_and_loads_on_hourly_and_5_min
     five = load_rules_text(preset.replace('bucket = "1h"', 'bucket = "5m"'))
     assert five.rules[0].bucket == M5 and five.rules[0].params == r.params
     assert history_needed(five.rules) == {("value", M5): history_buckets(r.params, M5) * M5}
+
+
+
+def test_a_bursty_series_fires_only_past_its_learnt_tail() -> None:
+    """The peaks-over-threshold unit: Gaussian noise with bursts in one bucket of ten has a tail far
+    heavier than a Gaussian's; the exponential tail learnt from its largest 5% of errors puts the
+    firing point (the tail probability of a Gaussian score of 4) past a burst the 3rd largest error
+    alone would fire on (about 13 here), while a break of the learnt tail still fires."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(2)
+    series = 100.0 + rng.normal(0, 1, n) + (rng.random(n) < 0.1) * rng.normal(0, 4, n)
+    for jump, fires in ((15.0, False), (25.0, True)):
+        s = series.copy()
+        s[-1] = 100.0 + jump
+        assert bool(detect(rule(M5), block(s, M5), facts(block(s, M5))).findings) is fires, jump
+
+
+def test_two_past_anomalies_do_not_widen_the_tail_for_a_third() -> None:
+    """The mean excess leaves out the two largest errors: two huge past outages in the learning
+    window do not move the firing point to a share of their size."""
+    n = history_buckets(AnomalyParams(), M5)
+    series = 100.0 + np.random.default_rng(5).normal(0.0, 1.0, n)
+    series[-300] = series[-200] = 200.0  # two past outages of 100 noise units
+    series[-1] = 112.0
+    assert detect(rule(M5), block(series, M5), facts(block(series, M5))).findings
