@@ -147,7 +147,7 @@ def run_demo(
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), file=out)
         ub = command_prefix()  # `usagebot` is not on a fresh shell's PATH when it lives in .venv/bin
         rules = ruleset.files[0] if ruleset.files else SHIPPED_RULES
-        print(f"\nTry next (in any shell, from this folder):\n  {ub} check {rules}\n"
+        print(f"\nTry next (in any shell, from {Path.cwd()}):\n  {ub} check {rules}\n"
               f"  {ub} backtest --rules {rules} --usage {usage_csv} --accounts {accounts_csv}"
               f" --report {data / 'backtest.html'} --labels {data / 'demo-labels.csv'}\n"
               f"  {ub} ui   # alerts, episodes and accounts with charts, in the browser\n"
