@@ -21,6 +21,15 @@ from sqlalchemy.engine import Engine
 from storage.db import make_engine, migrate
 from tests.pg import PgServer, PgUnavailable, start_server
 
+# pyarrow's to_numpy imports pandas lazily (the columnar CSV reader), and pandas' C extensions crash
+# the interpreter (SIGSEGV in the GC) when first imported while freezegun has replaced datetime: a
+# test that freezes time and reads a CSV alone (`pytest tests/bot/test_demo.py`) died with signal 11.
+# Imported here, before any test freezes time. (Outside the tests nothing freezes datetime.)
+try:
+    import pandas  # noqa: F401
+except ImportError:  # pandas is a test/bench extra
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _secret_registry() -> Iterator[None]:
