@@ -234,7 +234,9 @@ def _sqlite_deadline(engine: Engine, timeout: int) -> None:
         conn.connection.dbapi_connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
 
     def after(conn: Any, *_args: Any) -> None:
-        conn.connection.dbapi_connection.set_progress_handler(None, 0)
+        dbapi = getattr(getattr(conn, "connection", None), "dbapi_connection", None)
+        if dbapi is not None:  # None once SQLAlchemy has invalidated the connection after an error
+            dbapi.set_progress_handler(None, 0)
 
     sa.event.listen(engine, "before_cursor_execute", before)
     sa.event.listen(engine, "after_cursor_execute", after)
