@@ -3,7 +3,9 @@ through the replay, no look-ahead, loader errors (file:line) and the shipped pre
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from rules.detectors import detect, required_history
 from rules.detectors.anomaly import (
     AnomalyParams,
     _median_of,
+    _tail_scale,
     fit,
     history_buckets,
     learn_buckets,
@@ -330,3 +333,23 @@ def test_two_past_anomalies_do_not_widen_the_tail_for_a_third() -> None:
     series[-300] = series[-200] = 200.0  # two past outages of 100 noise units
     series[-1] = 112.0
     assert detect(rule(M5), block(series, M5), facts(block(series, M5))).findings
+
+
+def test_a_tail_learnt_from_few_errors_is_not_trusted_to_be_short() -> None:
+    """The tail's firing point is the predictive (Lomax) one: the exponential's mean excess b is
+    estimated from m excesses, so x* = u + m b (((k / n) / p)^(1 / m) - 1), further out than the
+    plug-in u + b ln((k / n) / p) the fewer errors it is learnt from, and the same for many."""
+    p = 2.0 * (1.0 - NormalDist().cdf(4.0))
+    ratios = []
+    for n in (48, 576, 20_000):
+        sized = np.sort(np.random.default_rng(n).exponential(1.0, n))[None, :]
+        k = max(10, math.ceil(0.05 * n))
+        top = np.sort(sized[0])[::-1][:k + 1][::-1]  # the k + 1 largest, ascending
+        u, m = top[0], k - 2
+        b = float(np.mean(top[1:k + 1 - 2]) - u)  # the two largest left out
+        lomax = u + m * b * ((k / n / p) ** (1 / m) - 1)
+        plug_in = u + b * math.log(k / n / p)
+        assert _tail_scale(sized, 4.0)[0] == pytest.approx(lomax / 4.0)
+        ratios.append((lomax - u) / (plug_in - u))
+    assert ratios[0] > 1.6 and 1.1 < ratios[1] < 1.2 and ratios[2] < 1.02
+
