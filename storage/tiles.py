@@ -245,11 +245,16 @@ def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: 
             (metric, step, k0, k1)):
         have.setdefault(int(tile), set()).add(int(grp))
     groups = range((n_ords + TILE_ROWS - 1) // TILE_ROWS)
-    for k in range(k0, k1 + 1):
-        missing = [g for g in groups if g not in have.get(k, ())]
-        if not missing:
-            continue
-        sums, has = _aggregate(conn, metric, step, k * TILE_COLS, (k + 1) * TILE_COLS, n_ords, index)
+    todo = [(k, [g for g in groups if g not in have.get(k, ())]) for k in range(k0, k1 + 1)]
+    todo = [(k, missing) for k, missing in todo if missing]
+    from storage import columnar
+
+    # the tiles' points read at once where the database allows (a cold start builds them all)
+    spans = [(k * TILE_COLS * step, (k + 1) * TILE_COLS * step) for k, _ in todo]
+    read = columnar.cells_many(conn, metric, spans, step, "usage_tile_rows", index)
+    for (k, missing), (flat, vals) in zip(todo, read, strict=True):
+        sums, has = bin_cells(flat, vals, n_ords, TILE_COLS)
+        del flat, vals
         _write(conn, [(metric, step, k, g, sums[g * TILE_ROWS:(g + 1) * TILE_ROWS],
                        has[g * TILE_ROWS:(g + 1) * TILE_ROWS]) for g in missing])
 

@@ -123,23 +123,38 @@ def test_the_row_index_read_equals_the_joined_read(engine: Engine, seed: int) ->
 
 
 @pytest.mark.parametrize("seed", [3])
-def test_blocks_through_the_tiles_are_the_same_on_both_paths(engine: Engine, monkeypatch: pytest.MonkeyPatch,
+def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, monkeypatch: pytest.MonkeyPatch,
                                                              seed: int) -> None:
-    """The tiles built by the RowIndex read hold what the joined read builds: equal blocks."""
+    """The tiles built by the RowIndex read, on helper threads (SQLite file) or one by one, hold what
+    the joined read builds: equal blocks."""
+    import threading
+
     from storage.usage import load_block
 
     upsert_usage(engine, _random_book(seed))
+    threads: set[str] = set()
+    by_id = columnar._sqlite_cells_by_id
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        threads.add(threading.current_thread().name)
+        return by_id(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
     blocks = {}
-    for usable in (True, False):
+    for usable, n_threads in ((True, 2), (True, 1), (False, 2)):
         monkeypatch.setattr(columnar.RowIndex, "usable", lambda self, u=usable: u)
+        monkeypatch.setattr(columnar, "READ_THREADS", n_threads)
         with engine.begin() as c:
             for t in ("usage_tiles", "usage_tile_rows", "usage_tile_sets", "usage_tile_dirty"):
                 c.exec_driver_sql(f"DELETE FROM {t}")
-        blocks[usable] = [load_block(engine, m, DAY, T0, T0 + 32 * DAY) for m in ("calls", "events", "seats")]
-    for a, b in zip(blocks[True], blocks[False], strict=True):
-        assert a.account_ids == b.account_ids and len(a.account_ids) > 20
-        np.testing.assert_array_equal(a.values, b.values)
-        assert np.isnan(a.values).any() and (a.values == 0).any()  # gaps: missing and zero cells both
+        blocks[usable, n_threads] = [load_block(engine, m, DAY, T0, T0 + 32 * DAY) for m in ("calls", "events", "seats")]
+    for variant in ((True, 1), (False, 2)):
+        for a, b in zip(blocks[True, 2], blocks[variant], strict=True):
+            assert a.account_ids == b.account_ids and len(a.account_ids) > 20
+            np.testing.assert_array_equal(a.values, b.values)
+            assert np.isnan(a.values).any() and (a.values == 0).any()  # gaps: missing and zero cells both
+    if engine.dialect.name == "sqlite":  # the 4-5 tiles of each block were read by the helper threads
+        assert any(t.startswith("usagebot-read") for t in threads) and threading.current_thread().name in threads
 
 
 def test_an_id_holding_the_separator_takes_the_joined_read(engine: Engine) -> None:
