@@ -284,7 +284,11 @@ READ_THREADS = 2  # SQLite range reads running at once in cells_many (sqlite3 re
 def _parallel(conn: Connection, rows: RowIndex | None, n_spans: int) -> bool:
     """Can cells_many read on helper connections? A SQLite file (not one in memory: a single
     connection), a usable RowIndex, more than one span."""
+    from sqlalchemy.pool import SingletonThreadPool, StaticPool
+
     if conn.dialect.name != "sqlite" or rows is None or n_spans < 2 or READ_THREADS < 2:
+        return False
+    if isinstance(conn.engine.pool, StaticPool | SingletonThreadPool):  # one connection for all
         return False
     database = conn.engine.url.database or ""
     return database not in ("", ":memory:") and "mode=memory" not in database and not database.startswith(
@@ -296,7 +300,8 @@ def cells_many(conn: Connection, metric: str, spans: Sequence[tuple[int, int]], 
     """cells() of each [lo, hi) span, in order, yielded one by one.
 
     On a SQLite file, READ_THREADS helper connections of the engine's pool read the spans at once
-    (the cold build of many tiles; a 2-core machine reads them ~2x as fast). Each helper's query
+    (the cold build of many tiles; it uses idle cores: on a machine already loaded it gains nothing,
+    docs/benchmarks.md "The cold read without a join"). Each helper's query
     is its own read snapshot, and that snapshot is the caller's: the caller holds the write lock
     (storage.db.write_transaction: BEGIN IMMEDIATE), so no write commits meanwhile, and the caller
     itself writes no usage_points (only tiles). Elsewhere the spans are read one by one on `conn`."""

@@ -165,3 +165,22 @@ def test_an_id_holding_the_separator_takes_the_joined_read(engine: Engine) -> No
     flat, vals = _cells(engine, ids, T0, T0 + 3 * DAY, True)
     np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5])
     np.testing.assert_array_equal(vals, [3.0, 3.0, 3.0, 4.0, 4.0, 4.0])
+
+
+def test_an_in_memory_database_reads_its_tiles_on_its_one_connection() -> None:
+    """In-memory SQLite (one connection shared by all: StaticPool) cannot lend helper connections:
+    the tiles are read one span after the other, with the same blocks as a file database gives."""
+    from storage.db import make_engine, migrate
+    from storage.usage import load_block
+
+    engine = make_engine("sqlite://")
+    migrate(engine)
+    records = _random_book(4)
+    upsert_usage(engine, records)
+    with write_transaction(engine) as conn:
+        assert not columnar._parallel(conn, columnar.RowIndex(["a"], np.arange(1)), 5)
+    cached = load_block(engine, "calls", DAY, T0, T0 + 32 * DAY)
+    direct = load_block(engine, "calls", DAY, T0, T0 + 32 * DAY, cached=False)
+    assert cached.account_ids == direct.account_ids and len(cached.account_ids) > 20
+    np.testing.assert_array_equal(cached.values, direct.values)
+    engine.dispose()
