@@ -126,7 +126,9 @@ class RowIndex:
         if self._arrow is None:
             import pyarrow as pa
 
-            self._arrow = pa.array(list(self.ids), pa.large_string())  # pa.string(): 15 µs an id (pyarrow 26)
+            # large_string or string cost the same per id (2-5 ms for 30k, measured in one process); the
+            # first pa.array of a process imports pandas where it is installed (0.7-1.3 s here), whatever the type
+            self._arrow = pa.array(list(self.ids), pa.large_string())
         return self._arrow
 
     def usable(self) -> bool:
