@@ -67,10 +67,11 @@ _ROWS, _PAIRS, _BUCKETS = "usage_stage", "usage_stage_pairs", "usage_stage_bucke
 class Run:
     """One sorted run of a load as Arrow tables: `rows` (account_id, metric, bucket_start, value),
     unique and in usage_points' key order; `pairs` (metric, account_id, first_bucket, last_bucket)
-    in (metric, account) order; `buckets` (metric, bucket_start)."""
+    in (metric, account) order, None when the load is this one run and each (account, metric) has
+    one row (a new day: the rows are the pairs); `buckets` (metric, bucket_start)."""
 
     rows: pa.Table
-    pairs: pa.Table
+    pairs: pa.Table | None
     buckets: pa.Table
 
 
@@ -93,18 +94,23 @@ def records_as_columns(records: Iterable[UsageRecordLike]) -> UsageColumns:
 
 def sorted_runs(chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base_step: int) -> Iterator[Run]:
     """The chunks as runs of at most ~RUN_ROWS records each, summed and in key order."""
-    points = UsagePoints(base_step=base_step)
+    points, full, first = UsagePoints(base_step=base_step), None, True
     for chunk in chunks:
+        if full is not None:  # a run is yielded once the next chunk shows that it is not the only one
+            yield _run(full, only=False)
+            full, first = None, False
         points.add(chunk if isinstance(chunk, UsageColumns) else records_as_columns(chunk))
         if points.records >= RUN_ROWS:
-            yield _run(points)
-            points = UsagePoints(base_step=base_step)
+            full, points = points, UsagePoints(base_step=base_step)
+    if full is not None:
+        yield _run(full, only=False)
+        first = False
     if points.records:
-        yield _run(points)
+        yield _run(points, only=first)
 
 
-def _run(points: UsagePoints) -> Run:
-    """A UsagePoints frozen bucket-major, as a Run (the points are released)."""
+def _run(points: UsagePoints, only: bool) -> Run:
+    """A UsagePoints frozen bucket-major, as a Run (`only`: the load's only run)."""
     points.freeze(bucket_major=True)
     names = pa.array(points.account_ids, pa.string())
     metrics = pa.array(points.metrics, pa.string())
@@ -118,7 +124,7 @@ def _run(points: UsagePoints) -> Run:
     np.minimum.at(first, pair, b)
     np.maximum.at(last, pair, b)
     seen = np.flatnonzero(last != np.iinfo(np.int64).min)  # (metric, account rank) order
-    pairs = pa.table({"metric": metrics.take(seen // n_acc), "account_id": names.take(seen % n_acc),
+    pairs = None if only and len(seen) == len(b) else pa.table({"metric": metrics.take(seen // n_acc), "account_id": names.take(seen % n_acc),
                       "first_bucket": first[seen], "last_bucket": last[seen]})
     edge = np.ones(len(b), dtype=bool)
     edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
@@ -188,10 +194,15 @@ def _adbc_stage(path: Path, runs: Iterable[Run]) -> int:
         cur.execute("PRAGMA synchronous = OFF")
         for run in runs:
             mode = "create" if n == 0 else "append"
-            for name, table in ((_ROWS, run.rows), (_PAIRS, run.pairs), (_BUCKETS, run.buckets)):
+            for name, table in _tables(run):
                 cur.adbc_ingest(name, table, mode=mode)
             n += 1
     return n
+
+
+def _tables(run: Run) -> list[tuple[str, pa.Table]]:
+    """The staging tables of a run and their rows."""
+    return [(_ROWS, run.rows), (_BUCKETS, run.buckets)] + ([] if run.pairs is None else [(_PAIRS, run.pairs)])
 
 
 _TEMP_DDL = {
@@ -214,7 +225,7 @@ def _temp_stage(conn: Connection, runs: Iterable[Run]) -> int:
     n = 0
     raw = conn.connection.driver_connection
     for run in runs:
-        for name, table in ((_ROWS, run.rows), (_PAIRS, run.pairs), (_BUCKETS, run.buckets)):
+        for name, table in _tables(run):
             if dialect == "sqlite":
                 marks = ", ".join("?" * table.num_columns)
                 raw.executemany(f"INSERT INTO temp.{name} VALUES ({marks})",
@@ -239,7 +250,7 @@ def _copy_csv(raw: Any, name: str, table: pa.Table) -> None:
 # --------------------------------------------------------------------------------------- merge
 
 
-def _merge(conn: Connection, schema: str, runs: int) -> int:
+def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool) -> int:
     """Merge the staged rows into usage_points (stored values replaced, unchanged rows not
     rewritten) and the bookkeeping from the staged pairs and buckets; returns rows written."""
     from storage.usage import _staged_overflow
@@ -248,6 +259,8 @@ def _merge(conn: Connection, schema: str, runs: int) -> int:
     rows, pairs, buckets = (f"{schema}.{n}" for n in (_ROWS, _PAIRS, _BUCKETS))
     if runs == 1:  # unique and already in key order: inserted as read, no sort
         select = f"SELECT {_KEY}, value FROM {rows} WHERE true "
+        if not pairs_staged:  # one row per (account, metric): the rows are the pairs
+            pairs = f"(SELECT metric, account_id, bucket_start AS first_bucket, bucket_start AS last_bucket FROM {rows}) AS p"
         fs = f"SELECT metric, account_id, first_bucket FROM {pairs} WHERE true "
         ch = f"SELECT account_id, metric, first_bucket, last_bucket, '', {{now}} FROM {pairs} "
     else:  # runs can share keys: summed across them
@@ -312,7 +325,7 @@ def bulk_write(target: Engine | Connection, chunks: Iterable[Iterable[UsageRecor
                 also(conn)
             if not runs:
                 return 0, 0
-            return counted.rows, _merge(conn, STAGE_SCHEMA, runs)
+            return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs)
 
 
 def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Connection], Any] | None
@@ -321,19 +334,20 @@ def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Conne
         also(conn)
     counted = _counted(runs)
     n = _temp_stage(conn, counted)
-    written = _merge(conn, _temp_schema(conn), n) if n else 0
+    written = _merge(conn, _temp_schema(conn), n, counted.pairs) if n else 0
     for name in _TEMP_DDL:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_temp_schema(conn)}.{name}")
     return counted.rows, written
 
 
 class _counted:  # noqa: N801 - used like a generator
-    """Runs passed through, their rows counted."""
+    """Runs passed through, their rows counted (and whether any staged its pairs)."""
 
     def __init__(self, runs: Iterable[Run]) -> None:
-        self.runs, self.rows = runs, 0
+        self.runs, self.rows, self.pairs = runs, 0, False
 
     def __iter__(self) -> Iterator[Run]:
         for run in self.runs:
             self.rows += run.rows.num_rows
+            self.pairs |= run.pairs is not None
             yield run
