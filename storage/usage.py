@@ -96,83 +96,6 @@ class UsageColumns:
         return int(self.values.size)
 
 
-def summed_rows(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int, what: str = "usage records"
-                ) -> list[tuple[str, str, int, float]]:
-    """(account, metric, bucket, value) rows of a chunk: ts floored to `base_step`, values of the
-    same (account, metric, bucket) summed (sum_records; vectorised for UsageColumns)."""
-    return summed_rows_and_witnesses(chunk, base_step, what)[0]
-
-
-Rows = list[tuple[str, str, int, float]]
-
-
-def summed_rows_and_witnesses(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int,
-                              what: str = "usage records") -> tuple[Rows, Rows]:
-    """summed_rows, and those of its rows that carry the bookkeeping (witness_index)."""
-    if not isinstance(chunk, UsageColumns):
-        rows = [(k[0], k[1], k[2], v) for k, v in sum_records(chunk, base_step).items()]
-        return rows, _witnesses(rows)
-    if base_step <= 0:
-        raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
-    if not len(chunk):
-        return [], []
-    import pyarrow.compute as pc
-
-    acc, met = pc.dictionary_encode(chunk.accounts), pc.dictionary_encode(chunk.metrics)
-    a_idx = acc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    m_idx = met.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    bucket = chunk.ts - chunk.ts % base_step
-    order = np.lexsort((bucket, m_idx, a_idx))
-    a_s, m_s, b_s = a_idx[order], m_idx[order], bucket[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (a_s[1:] != a_s[:-1]) | (m_s[1:] != m_s[:-1]) | (b_s[1:] != b_s[:-1])
-    starts = np.flatnonzero(new)
-    with np.errstate(over="ignore"):
-        sums = np.add.reduceat(chunk.values[order], starts)
-    a_names, m_names = acc.dictionary.to_pylist(), met.dictionary.to_pylist()
-    if not np.isfinite(sums).all():
-        i = int(np.flatnonzero(~np.isfinite(sums))[0])
-        raise overflow_error(what, a_names[a_s[starts[i]]], m_names[m_s[starts[i]]], int(b_s[starts[i]]))
-    rows = list(zip(map(a_names.__getitem__, a_s[starts].tolist()), map(m_names.__getitem__, m_s[starts].tolist()),
-                    b_s[starts].tolist(), sums.tolist(), strict=True))
-    return rows, [rows[i] for i in witness_index(a_s[starts], m_s[starts], b_s[starts]).tolist()]
-
-
-def witness_index(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Positions of the rows that carry a load's bookkeeping, of rows sorted by (a, m, b) codes: the
-    first and the last bucket of each (account, metric), and one row of each (metric, bucket).
-
-    usage_first_seen (MIN bucket per account and metric), usage_changes (MIN and MAX), usage_coverage
-    and the tiles' marks (DISTINCT metric, bucket) computed over these rows equal those computed over
-    all the rows (every witness is one of the rows), so a load computes them from a few rows per
-    account instead of sorting all of them three more times (10k accounts, 3.5M rows: 20-30 s)."""
-    n = len(a)
-    if not n:
-        return np.zeros(0, dtype=np.int64)
-    pair_start = np.ones(n, dtype=bool)
-    pair_start[1:] = (a[1:] != a[:-1]) | (m[1:] != m[:-1])
-    pair_end = np.ones(n, dtype=bool)
-    pair_end[:-1] = pair_start[1:]
-    key = m.astype(np.int64) * (int(b.max()) - int(b.min()) + 1) + (b - b.min())
-    _, first_of_bucket = np.unique(key, return_index=True)
-    keep = pair_start | pair_end
-    keep[first_of_bucket] = True
-    return np.flatnonzero(keep)
-
-
-def _witnesses(rows: Rows) -> Rows:
-    """The witness rows (witness_index) of (account, metric, bucket, value) rows in any order."""
-    if not rows:
-        return []
-    codes: dict[str, int] = {}
-    a = np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int64, count=len(rows))
-    met: dict[str, int] = {}
-    m = np.fromiter((met.setdefault(r[1], len(met)) for r in rows), dtype=np.int64, count=len(rows))
-    b = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
-    order = np.lexsort((b, m, a))
-    return [rows[i] for i in order[witness_index(a[order], m[order], b[order])].tolist()]
-
-
 _PG_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS usage_stage (account_id varchar NOT NULL, metric varchar NOT NULL, "
     "bucket_start bigint NOT NULL, value double precision NOT NULL) ON COMMIT DROP"
@@ -405,16 +328,6 @@ def checkpoint(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def _staged_overflow(conn: Connection, dialect: str, table: str = _LOAD_STAGE) -> UsageValueError:
-    """The error naming a bucket of the load whose total across the chunks is not finite."""
-    total = "SUM(value::numeric)" if dialect == "postgresql" else "SUM(value)"  # numeric: no overflow
-    r = conn.exec_driver_sql(f"SELECT account_id, metric, bucket_start FROM {table} GROUP BY {_KEY} "
-                             f"HAVING abs({total}) > {MAX_VALUE!r} ORDER BY {_KEY} LIMIT 1").first()
-    if r is None:
-        return UsageValueError("usage load: a bucket total is not a finite number; nothing was stored")
-    return overflow_error("usage load", r[0], r[1], int(r[2]))
 
 
 def in_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

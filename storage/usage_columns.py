@@ -112,6 +112,13 @@ class UsagePoints:
         self.account_ids = [ids[i] for i in order]
         self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
         a = rank[a]
+        if bucket_major:  # metrics ranked by name too: the rows then follow usage_points' key order
+            names = list(self._met_code)
+            by_name = sorted(range(len(names)), key=names.__getitem__)
+            m_rank = np.empty(len(names), dtype=np.int32)
+            m_rank[np.asarray(by_name, dtype=np.int64)] = np.arange(len(names), dtype=np.int32)
+            self._met_code = {names[i]: k for k, i in enumerate(by_name)}
+            m = m_rank[m]
         idx = np.lexsort((a, b, m) if bucket_major else (b, a, m))  # stable: equal keys stay in record order
         self.bucket_major = bucket_major
         a = a[idx]  # one column at a time: the unsorted one is freed before the next is sorted

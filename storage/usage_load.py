@@ -50,9 +50,12 @@ from storage.usage import (
     _ORDER,
     _SET,
     _SUM,
+    MAX_VALUE,
     UsageColumns,
     UsageRecordLike,
+    UsageValueError,
     _overflowed,
+    overflow_error,
     sum_records,
 )
 from storage.usage_columns import UsagePoints
@@ -253,15 +256,16 @@ def _copy_csv(raw: Any, name: str, table: pa.Table) -> None:
 def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool) -> int:
     """Merge the staged rows into usage_points (stored values replaced, unchanged rows not
     rewritten) and the bookkeeping from the staged pairs and buckets; returns rows written."""
-    from storage.usage import _staged_overflow
-
     dialect = conn.dialect.name
     rows, pairs, buckets = (f"{schema}.{n}" for n in (_ROWS, _PAIRS, _BUCKETS))
-    if runs == 1:  # unique and already in key order: inserted as read, no sort
-        select = f"SELECT {_KEY}, value FROM {rows} WHERE true "
+    if runs == 1:  # unique and already in key order: inserted as read, no sort (PostgreSQL: sorted in its
+        # collation, the order write_points locks rows in, so two writers never wait on each other crosswise)
+        select = f"SELECT {_KEY}, value FROM {rows} WHERE true " + (f"ORDER BY {_ORDER} " if dialect == "postgresql"
+                                                                     else "")
         if not pairs_staged:  # one row per (account, metric): the rows are the pairs
             pairs = f"(SELECT metric, account_id, bucket_start AS first_bucket, bucket_start AS last_bucket FROM {rows}) AS p"
-        fs = f"SELECT metric, account_id, first_bucket FROM {pairs} WHERE true "
+        fs = f"SELECT metric, account_id, first_bucket FROM {pairs} WHERE true " + (
+            "ORDER BY metric, account_id " if dialect == "postgresql" else "")
         ch = f"SELECT account_id, metric, first_bucket, last_bucket, '', {{now}} FROM {pairs} "
     else:  # runs can share keys: summed across them
         select = f"SELECT {_KEY}, {_SUM[dialect]} FROM {rows} GROUP BY {_ORDER} ORDER BY {_ORDER} "
@@ -285,6 +289,16 @@ def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool) -> int:
     conn.exec_driver_sql("INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, "
                          "changed_at) " + ch.format(now=int(time.time())))
     return max(0, merged.rowcount)
+
+
+def _staged_overflow(conn: Connection, dialect: str, table: str) -> UsageValueError:
+    """The error naming a bucket of the load whose total across the chunks is not finite."""
+    total = "SUM(value::numeric)" if dialect == "postgresql" else "SUM(value)"  # numeric: no overflow
+    r = conn.exec_driver_sql(f"SELECT account_id, metric, bucket_start FROM {table} GROUP BY {_KEY} "
+                             f"HAVING abs({total}) > {MAX_VALUE!r} ORDER BY {_KEY} LIMIT 1").first()
+    if r is None:
+        return UsageValueError("usage load: a bucket total is not a finite number; nothing was stored")
+    return overflow_error("usage load", r[0], r[1], int(r[2]))
 
 
 @contextlib.contextmanager
