@@ -162,3 +162,18 @@ def test_kill_9_during_a_staged_load_leaves_no_half_load_and_no_stage_file(tmp_p
     kills = _killed_until_done(work, check)
     assert rows(engine) == after and kills >= 1
     assert _stage_files(url) == []
+
+
+@pytest.mark.parametrize("run_rows", [10**9, 3])
+def test_a_total_past_the_largest_float_names_its_bucket_and_stores_nothing(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, run_rows: int) -> None:
+    """Two finite values of one bucket that add up to inf, in one run (summed in numpy) or in two
+    runs (summed by the database): the error names the bucket; nothing of the load is stored."""
+    from storage.usage import UsageValueError
+
+    monkeypatch.setattr(usage_load, "RUN_ROWS", run_rows)
+    recs = [Rec("a", "calls", T0, 1e308), Rec("b", "calls", T0, 1.0), Rec("c", "calls", T0, 2.0),
+            Rec("a", "calls", T0 + 30, 1e308)]
+    with pytest.raises(UsageValueError, match=r"account 'a', metric 'calls'.*nothing was stored"):
+        load_usage(engine, chunks(recs, 1))
+    assert rows(engine) == [] and changes(engine) == []
