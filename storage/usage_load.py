@@ -91,8 +91,13 @@ def records_as_columns(records: Iterable[UsageRecordLike]) -> UsageColumns:
     if not ok:
         sum_records(recs)  # the row path, only to name the bad record
         raise ValueError("usage records: a ts or value is not a finite number")  # (sum_records raised)
-    return UsageColumns(pa.array([r.account for r in recs], pa.string()),
-                        pa.array([r.metric for r in recs], pa.string()), ts, values)
+    try:
+        accounts = pa.array([r.account for r in recs], pa.string())
+        metrics = pa.array([r.metric for r in recs], pa.string())
+    except (pa.ArrowException, TypeError):
+        n, r = next((n, r) for n, r in enumerate(recs) if not (isinstance(r.account, str) and isinstance(r.metric, str)))
+        raise ValueError(f"usage record #{n} ({r!r}): account and metric must be text") from None
+    return UsageColumns(accounts, metrics, ts, values)
 
 
 def sorted_runs(chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base_step: int) -> Iterator[Run]:

@@ -177,3 +177,9 @@ def test_a_total_past_the_largest_float_names_its_bucket_and_stores_nothing(
     with pytest.raises(UsageValueError, match=r"account 'a', metric 'calls'.*nothing was stored"):
         load_usage(engine, chunks(recs, 1))
     assert rows(engine) == [] and changes(engine) == []
+
+
+def test_a_record_whose_account_is_not_text_is_named(engine: Engine) -> None:
+    with pytest.raises(ValueError, match=r"usage record #1 .*account and metric must be text"):
+        upsert_usage(engine, [Rec("a", "calls", T0, 1.0), Rec(7, "calls", T0, 1.0)])  # type: ignore[arg-type]
+    assert rows(engine) == []
