@@ -126,18 +126,32 @@ def _run(points: UsagePoints, only: bool) -> Run:
     rows = pa.table({"account_id": names.take(a), "metric": metrics.take(m), "bucket_start": b,
                      "value": points.value})
     n_acc = len(points.account_ids)
-    pair = m * n_acc + a
-    first = np.full(len(metrics) * n_acc, np.iinfo(np.int64).max)
-    last = np.full(len(metrics) * n_acc, np.iinfo(np.int64).min)
-    np.minimum.at(first, pair, b)
-    np.maximum.at(last, pair, b)
-    seen = np.flatnonzero(last != np.iinfo(np.int64).min)  # (metric, account rank) order
-    pairs = None if only and len(seen) == len(b) else pa.table({"metric": metrics.take(seen // n_acc), "account_id": names.take(seen % n_acc),
-                      "first_bucket": first[seen], "last_bucket": last[seen]})
+    seen, first, last = _pair_spans(m * n_acc + a, b, len(metrics) * n_acc)
+    pairs = None if only and len(seen) == len(b) else pa.table({
+        "metric": metrics.take(seen // n_acc), "account_id": names.take(seen % n_acc),
+        "first_bucket": first, "last_bucket": last})
     edge = np.ones(len(b), dtype=bool)
     edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
     buckets = pa.table({"metric": metrics.take(m[edge]), "bucket_start": b[edge]})
     return Run(rows, pairs, buckets)
+
+
+def _pair_spans(pair: np.ndarray, b: np.ndarray, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct pair codes (ascending: metric, then account rank) of rows in key order, and each
+    one's first and last bucket. Dense arrays of n_pairs when they are small beside the rows, else
+    one stable sort of the codes (a book of many metrics x many accounts)."""
+    if n_pairs <= 4 * len(pair) + 1_000_000:
+        first = np.full(n_pairs, np.iinfo(np.int64).max)
+        last = np.full(n_pairs, np.iinfo(np.int64).min)
+        np.minimum.at(first, pair, b)
+        np.maximum.at(last, pair, b)
+        seen = np.flatnonzero(last != np.iinfo(np.int64).min)
+        return seen, first[seen], last[seen]
+    order = np.argsort(pair, kind="stable")  # within a pair the rows keep their bucket order
+    ps, bs = pair[order], b[order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    ends = np.r_[starts[1:], len(ps)] - 1
+    return ps[starts], bs[starts], bs[ends]
 
 
 # ------------------------------------------------------------------------------------- staging

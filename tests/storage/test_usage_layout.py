@@ -179,3 +179,20 @@ def _books(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> tuple[dict, dict, set
         lo[(x, y)] = min(lo.get((x, y), z), z)
         hi[(x, y)] = max(hi.get((x, y), z), z)
     return lo, hi, set(zip(m.tolist(), b.tolist(), strict=True))
+
+
+def test_pair_spans_dense_and_sorted_agree() -> None:
+    """The first and last bucket per (metric, account) pair, from dense arrays or from a sort of the
+    pair codes (a book of many metrics x many accounts), are the same."""
+    from storage.usage_load import _pair_spans
+
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        n = int(rng.integers(1, 300))
+        m, b, a = (np.sort(rng.integers(0, 5, n)), rng.integers(0, 30, n) * 60, rng.integers(0, 50, n))
+        order = np.lexsort((a, b, m))  # rows in key order (metric, bucket, account)
+        pair, bb = (m * 50 + a)[order], b[order]
+        dense = _pair_spans(pair, bb, 250)
+        by_sort = _pair_spans(pair, bb, 10**9)
+        for x, y in zip(dense, by_sort, strict=True):
+            assert x.tolist() == y.tolist()
