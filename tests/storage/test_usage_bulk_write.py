@@ -2,7 +2,8 @@
 PostgreSQL: every staging path (ADBC staging file, temporary tables, several sorted runs, a day whose
 rows are their own bookkeeping) stores the same points and bookkeeping; values and ids survive the
 staging bit for bit; the SQLite staging file is never left behind by a finished load, and one left by
-a killed load is deleted by the next."""
+a killed load is deleted by the next (the kill -9 test of a load, tests/storage/test_usage_layout_kill9.py,
+checks that no staging file is left once a load has finished after the kills)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from storage import usage_load
 from storage.db import make_engine, migrate
 from storage.usage import load_usage, upsert_usage
 from tests.storage.test_usage import T0, Rec, rows
-from tests.storage.test_usage_layout_kill9 import _book, _killed_until_done
 from tests.storage.test_usage_load import chunks, layout_intact, random_records, side_tables
 
 DAY = 86_400
@@ -130,38 +130,6 @@ def test_the_staging_file_is_deleted_and_a_dead_loads_file_too(tmp_path) -> None
     stored = {(a, m, b): v for a, m, b, v in expected_rows(first)}
     stored.update({(a, m, b): v for a, m, b, v in expected_rows(second)})  # the second load replaces
     assert rows(engine) == sorted((*k, v) for k, v in stored.items())
-
-
-def test_kill_9_during_a_staged_load_leaves_no_half_load_and_no_stage_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """SQLite's staging-file path killed at growing delays (while parsing, while ADBC writes the
-    staging file, while the merge runs): the database holds the points before or after, and the
-    files left by the killed loads are gone once a load has finished."""
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    engine = make_engine(url)
-    migrate(engine)
-    load_usage(engine, _book(1500, 10))
-    before = rows(engine)
-    new_days = _book(1500, 14, value=0.5)[8:]
-    engine.dispose()
-    expected = {(a, m, b): v for a, m, b, v in before}
-    for chunk in new_days:
-        for r in chunk:
-            expected[(r.account, r.metric, r.ts)] = r.value
-    after = sorted((*k, v) for k, v in expected.items())
-
-    def work() -> None:
-        load_usage(make_engine(url), new_days)
-
-    def check() -> None:
-        eng = make_engine(url)
-        try:
-            assert rows(eng) in (before, after)
-        finally:
-            eng.dispose()
-
-    kills = _killed_until_done(work, check)
-    assert rows(engine) == after and kills >= 1
-    assert _stage_files(url) == []
 
 
 @pytest.mark.parametrize("run_rows", [10**9, 3])
