@@ -513,11 +513,13 @@ def _fill_joined(
     """Many accounts (or every account): the row number of each id sits in a temporary table,
     and the database joins it to a range scan of the primary key (metric, bucket), returning each
     point's cell number (row * n_cols + column) and value: no per-row string work in Python,
-    and rows of ids not asked for never leave the database."""
+    and rows of ids not asked for never leave the database. (SQLite maps the ids in pyarrow
+    instead of the join: storage.columnar.RowIndex; the table still serves the first columns.)"""
     n_cols = (end - start) // step
     _stage_row_numbers(conn, ids)
     mark = dialect.param_mark(conn.dialect.name)
-    flat, vals = columnar.cells(conn, metric, start, end, step, _READ_IDS)
+    flat, vals = columnar.cells(conn, metric, start, end, step, _READ_IDS,
+                                columnar.RowIndex(ids, np.arange(len(ids), dtype=np.int64)))
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
          f"ON o.account_id = f.account_id WHERE f.metric = {mark}")
