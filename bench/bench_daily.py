@@ -9,7 +9,8 @@ Per account count, in its own process (each on a fresh database: a new SQLite fi
 of --db-url's PostgreSQL database, dropped after), with the seeded demo book (4 metrics x --days):
 
   csv ingest      the book written as a usage CSV and an accounts CSV (untimed), then `usagebot ingest`
-                  (bot.cli.main: columnar CSV parse with full validation + load_usage, one transaction);
+                  (bot.cli.main: columnar CSV parse with full validation + load_usage, one transaction:
+                  storage/usage_load.py, sorted in numpy, staged by ADBC, one merge);
                   rows/s end to end, and of the parse + validation alone (iter_usage_csv_columns).
                   DuckDB: read_csv of the same file into its native table (sorted by metric and day).
   read floors     the rows the evaluation needs (bench/raw_floor.ranges_for: the shipped rules' metrics
@@ -18,7 +19,8 @@ of --db-url's PostgreSQL database, dropped after), with the seeded demo book (4 
   cold evaluation a fresh engine's first evaluation of the whole book (load_blocks_for, which builds the
                   usage tiles, + rules.engine.evaluate + rules.lifecycle.advance), all 12 rules; x floor.
   daily loop      twice, each a new day (bucket `end`, then `end + 1d`) for every account and metric:
-                  usagebot: upsert_usage of the day (bulk: one staged merge) then the evaluation at the
+                  usagebot: upsert_usage of the day (columnar bulk write, storage/usage_load.py: the
+                  records as columns, staged in bulk, one merge in key order) then the evaluation at the
                   next day (the 8 rules DuckDB implements, and all 12 rules on the second day's data
                   delivered again); DuckDB: deliver_day (delete + insert) then duckdb_findings of the
                   8 rules. The findings of usagebot and DuckDB on the 8 rules are compared (count and

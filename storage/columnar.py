@@ -10,22 +10,26 @@ Python objects (about 1 µs each: most of such a read); here they arrive as arra
   8-byte type (int8 / float8), so every record has the same layout and numpy decodes the stream
   with one structured big-endian dtype. (The ADBC PostgreSQL driver decodes the same format, but
   only on a connection of its own, outside the caller's transaction.)
-- SQLite: SQLite packs each bucket's cells and values into two strings of integers
-  (group_concat), which numpy parses in C: one Python object per bucket, not three per row.
-  Integers print exactly, so this carries the points whose value is an integer up to 2**53
-  (counts: nearly all usage); the others come as rows from a second scan of the key range that returns
-  only them. (Arrow readers of SQLite, ADBC or connectorx, link their own copy of SQLite: two
-  copies in one process drop each other's POSIX locks on the same file, "How To Corrupt An SQLite
-  Database File" 2.2.1; tried here, the service's next commit failed with "locking protocol".)
+- SQLite: one range scan of the primary key (metric, bucket, account), no join: SQLite packs each
+  bucket's account ids and values into two strings (group_concat); pyarrow splits the ids and finds
+  each one's row in the block with a hash lookup (index_in), numpy parses the values: all in C, one
+  Python object per bucket, not three per row. Integers print exactly, so values go as integers; a
+  bucket holding a non-integer value (or one beyond int64) is counted in the same scan and only such
+  buckets are read again, as rows. (Arrow readers of SQLite, ADBC or connectorx, link their own copy
+  of SQLite: two copies in one process drop each other's POSIX locks on the same file, "How To
+  Corrupt An SQLite Database File" 2.2.1; tried here, the service's next commit failed with
+  "locking protocol".) Without a RowIndex, or when an account id holds the separator, the old
+  path runs: the table of row numbers joined in SQL, integer cells packed per bucket.
 
 `cells` is the one entry point: points of one metric in a time range as (cell number, value)
-arrays of a block whose rows come from a table (account_id, ord) the connection sees. A replay can
-call it per chunk of accounts (a table holding the chunk's accounts).
+arrays of a block whose rows come from a table (account_id, ord) the connection sees, and, when the
+caller has them in memory, the same (id, row number) pairs as a RowIndex (SQLite then needs no join).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,6 +105,103 @@ def pg_literal(conn: Connection, value: Any) -> str:
     return sql.Literal(value).as_string(conn.connection.driver_connection)
 
 
+SEP = "\x1f"  # between the account ids of a bucket (ASCII unit separator: not in any sane id)
+
+
+@dataclass
+class RowIndex:
+    """The rows of a block as the caller holds them: account ids and the row number (ord) of each.
+
+    With it, a SQLite read maps each point's account id to its row in C (pyarrow's hash lookup)
+    instead of joining a table of row numbers in SQL (one B-tree seek per point). Built once per
+    read (the Arrow array of the ids is made on first use), shared by its range reads."""
+
+    ids: Sequence[str]
+    ords: np.ndarray  # int64, ords[i] is the row of ids[i]
+    _arrow: Any = field(default=None, repr=False)
+    _usable: bool | None = field(default=None, repr=False)
+
+    def arrow(self) -> Any:
+        """The ids as an Arrow string array (the value set of the lookup)."""
+        if self._arrow is None:
+            import pyarrow as pa
+
+            # large_string or string cost the same per id (2-5 ms for 30k, measured in one process); the
+            # first pa.array of a process imports pandas where it is installed (0.7-1.3 s here), whatever the type
+            self._arrow = pa.array(list(self.ids), pa.large_string())
+        return self._arrow
+
+    def usable(self) -> bool:
+        """Can the ids be split back out of SEP-joined text? (No id holds SEP.)"""
+        if self._usable is None:
+            self._usable = not any(SEP in a for a in self.ids)
+        return self._usable
+
+    def rows_of(self, ids: Any) -> np.ndarray:
+        """Row number of each id (an Arrow string array), -1 for an id not in the index."""
+        import pyarrow.compute as pc
+
+        at = pc.fill_null(pc.index_in(ids, value_set=self.arrow()), -1).to_numpy(zero_copy_only=False)
+        at = at.astype(np.int64, copy=False)
+        if not len(self.ords):
+            return np.full(len(at), -1, dtype=np.int64)
+        return np.where(at >= 0, self.ords[np.maximum(at, 0)], -1)
+
+
+def _by_id_cells(cols: np.ndarray, ids: Any, vals: np.ndarray, rows: RowIndex, n_cols: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(cell, value) of points given by column, account id (Arrow) and value; other accounts dropped."""
+    row = rows.rows_of(ids)
+    keep = row >= 0
+    return row[keep] * n_cols + cols[keep], vals[keep]
+
+
+def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows: RowIndex
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """SQLite, no join: per bucket of [lo, hi), the SEP-joined account ids and comma-joined integer
+    values (group_concat, in key order: the two lists match item for item) and a count of points
+    whose value is not an integer of int64 (non-integer, or beyond int64: CAST changes them). Such
+    buckets are read again as rows, exactly; the others never make a Python object per point.
+    `raw` is a sqlite3 connection (the caller's, or a helper's: cells_many)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n_cols = (hi - lo) // step
+    where = "FROM usage_points p WHERE p.metric = ? AND p.bucket_start >= ? AND p.bucket_start < ?"
+    cur = raw.cursor()
+    try:
+        got = cur.execute(f"SELECT p.bucket_start, group_concat(p.account_id, char(31)), "
+                          f"group_concat(CAST(p.value AS INTEGER)), total(CAST(p.value AS INTEGER) <> p.value) "
+                          f"{where} GROUP BY p.bucket_start", (metric, lo, hi)).fetchall()
+    finally:
+        cur.close()
+    exact = [r for r in got if r[3] == 0]
+    redo = [int(r[0]) for r in got if r[3] != 0]
+    del got
+    parts = pc.split_pattern(pa.array([r[1] for r in exact], pa.large_string()), SEP)
+    counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False).astype(np.int64)
+    vals = [_ints(r[2]) for r in exact]
+    if [len(v) for v in vals] != counts.tolist():  # pragma: no cover - the two lists come from the same rows
+        raise ValueError("storage.columnar: account ids and values differ in length")
+    cols = np.repeat((np.array([r[0] for r in exact], dtype=np.int64) - lo) // step, counts)
+    flat, val = _by_id_cells(cols, pc.list_flatten(parts),
+                             np.concatenate(vals).astype(np.float64) if vals else np.zeros(0), rows, n_cols)
+    if not redo:
+        return flat, val
+    # buckets holding a value integers cannot carry: their points as rows (exact floats), a few
+    # hundred buckets a query (SQLite's limit of bound variables)
+    extra: list[Any] = []
+    for i in range(0, len(redo), 500):
+        some = redo[i:i + 500]
+        extra += raw.execute(f"SELECT p.bucket_start, p.account_id, p.value FROM usage_points p WHERE "
+                             f"p.metric = ? AND p.bucket_start IN ({', '.join('?' * len(some))})",
+                             (metric, *some)).fetchall()
+    e_flat, e_val = _by_id_cells((np.array([r[0] for r in extra], dtype=np.int64) - lo) // step,
+                                 pa.array([r[1] for r in extra], pa.large_string()),
+                                 np.array([r[2] for r in extra], dtype=np.float64), rows, n_cols)
+    return np.concatenate([flat, e_flat]), np.concatenate([val, e_val])
+
+
 _EXACT_INT = 9_007_199_254_740_992  # 2**53: every integer up to it is a float64, exactly
 _IS_INT = f"(p.value = CAST(p.value AS INTEGER) AND abs(p.value) <= {_EXACT_INT})"
 
@@ -148,13 +249,15 @@ def _ints(text: str | bytes | int | None) -> np.ndarray:
     return np.fromstring(data, dtype=np.int64, sep=",")
 
 
-def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table: str
-          ) -> tuple[np.ndarray, np.ndarray]:
+def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table: str,
+          rows: RowIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Points of `metric` with bucket_start in [lo, hi) of the accounts in `join_table`, as
     (cell number int64, value float64) arrays of a block of (hi - lo) // step columns, one row per
     account: cell = ord * n_cols + (bucket - lo) // step, where `join_table` (account_id, ord) is a
     table the connection sees (a temporary one, or usage_tile_rows). Points of other accounts are
-    left out. Several base buckets may fall in one cell: callers sum them (storage.tiles.bin_cells)."""
+    left out. Several base buckets may fall in one cell: callers sum them (storage.tiles.bin_cells).
+    `rows`, the same (account_id, ord) pairs in memory, lets SQLite skip the join (see the module
+    docstring); the result is the same either way."""
     n_cols = (hi - lo) // step
     dialect = conn.dialect.name
     cell = f"o.ord * {int(n_cols)} + (p.bucket_start - {int(lo)}) / {int(step)}"
@@ -169,7 +272,57 @@ def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table
                f"AND p.bucket_start < {int(hi)}")
         flat, vals = copy_binary(conn, sql, ("i8", "f8"))
         return flat, vals
+    if dialect == "sqlite" and rows is not None and rows.usable():
+        return _sqlite_cells_by_id(conn.connection.driver_connection, metric, lo, hi, step, rows)
     if dialect == "sqlite":
         return _sqlite_cells(conn, cell, source + "WHERE p.metric = ? AND p.bucket_start >= ? AND p.bucket_start < ?",
                              [metric, lo, hi])
     raise ValueError(f"storage.columnar: unsupported database dialect {dialect!r}")
+
+
+READ_THREADS = 2  # SQLite range reads running at once in cells_many (sqlite3 releases the GIL while stepping)
+
+
+def _parallel(conn: Connection, rows: RowIndex | None, n_spans: int) -> bool:
+    """Can cells_many read on helper connections? A SQLite file (not one in memory: a single
+    connection), a usable RowIndex, more than one span."""
+    from sqlalchemy.pool import SingletonThreadPool, StaticPool
+
+    if conn.dialect.name != "sqlite" or rows is None or n_spans < 2 or READ_THREADS < 2:
+        return False
+    if isinstance(conn.engine.pool, StaticPool | SingletonThreadPool):  # one connection for all
+        return False
+    database = conn.engine.url.database or ""
+    return database not in ("", ":memory:") and "mode=memory" not in database and not database.startswith(
+        "file::memory:") and rows.usable()
+
+
+def cells_many(conn: Connection, metric: str, spans: Sequence[tuple[int, int]], step: int, join_table: str,
+               rows: RowIndex | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """cells() of each [lo, hi) span, in order, yielded one by one.
+
+    On a SQLite file, READ_THREADS helper connections of the engine's pool read the spans at once
+    (the cold build of many tiles; it uses idle cores: on a machine already loaded it gains nothing,
+    docs/benchmarks.md "The cold read without a join"). Each helper's query
+    is its own read snapshot, and that snapshot is the caller's: the caller holds the write lock
+    (storage.db.write_transaction: BEGIN IMMEDIATE), so no write commits meanwhile, and the caller
+    itself writes no usage_points (only tiles). Elsewhere the spans are read one by one on `conn`."""
+    if not _parallel(conn, rows, len(spans)):
+        for lo, hi in spans:
+            yield cells(conn, metric, lo, hi, step, join_table, rows)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert rows is not None
+    rows.arrow()  # built once here, not raced by the helpers
+    engine = conn.engine
+
+    def read(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        helper = engine.raw_connection()
+        try:
+            return _sqlite_cells_by_id(helper.driver_connection, metric, span[0], span[1], step, rows)
+        finally:
+            helper.close()  # back to the pool (rolled back: it only read)
+
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="usagebot-read") as pool:
+        yield from pool.map(read, spans)

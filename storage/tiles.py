@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection
 
+from storage.columnar import RowIndex
 from storage.dialect import binary_rows, fetch_batches, param_mark
 
 TILE_COLS = 8  # a new bucket rewrites one tile per group: narrow tiles keep that write small
@@ -96,8 +97,9 @@ def read_tiles(
     dirty = list(conn.exec_driver_sql(
         f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m} ORDER BY bucket_start", (metric,)))
     accounts, first, ords, n_ords = _series(conn, metric)  # after the marks: see the module docstring
+    index = RowIndex(accounts, ords)  # the metric's accounts: the only ones with points of it
     if dirty:
-        _refresh(conn, metric, dirty, n_ords)
+        _refresh(conn, metric, dirty, n_ords, index)
     n_cols = (end - start) // step
     if rows is None:
         sel = np.flatnonzero(first < end)
@@ -119,7 +121,7 @@ def read_tiles(
     if n_cols == 0 or not rows:
         return rows, sums, has, first_col
     k0, k1 = start // step // TILE_COLS, (end // step - 1) // TILE_COLS
-    _ensure(conn, metric, step, k0, k1, n_ords)
+    _ensure(conn, metric, step, k0, k1, n_ords, index)
     _touch(conn, metric, step, k0, k1)
     _assemble(conn, metric, step, start // step, k0, k1, row_ords, sums, has)
     return rows, sums, has, first_col
@@ -155,13 +157,13 @@ def _series(conn: Connection, metric: str) -> tuple[list[str], np.ndarray, np.nd
     return accounts, first, ords, n_ords
 
 
-def _aggregate(conn: Connection, metric: str, step: int, c_lo: int, c_hi: int, n_ords: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _aggregate(conn: Connection, metric: str, step: int, c_lo: int, c_hi: int, n_ords: int,
+               index: RowIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sums and has of every numbered account in bucket columns [c_lo, c_hi), from usage_points
-    (read as columns: storage.columnar)."""
+    (read as columns: storage.columnar; `index` holds the metric's accounts and their row numbers)."""
     from storage import columnar
 
-    flat, vals = columnar.cells(conn, metric, c_lo * step, c_hi * step, step, "usage_tile_rows")
+    flat, vals = columnar.cells(conn, metric, c_lo * step, c_hi * step, step, "usage_tile_rows", index)
     return bin_cells(flat, vals, n_ords, c_hi - c_lo)
 
 
@@ -195,7 +197,7 @@ def _write(conn: Connection, rows: list[tuple[str, int, int, int, np.ndarray, np
         cur.close()
 
 
-def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> None:
+def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int, index: RowIndex | None = None) -> None:
     """Recompute the stored tiles' columns holding a marked bucket; delete the marks read."""
     m = param_mark(conn.dialect.name)
     buckets = np.array([int(b) for b, _ in dirty], dtype=np.int64)
@@ -208,7 +210,7 @@ def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> No
         for k in sorted(set((cols // TILE_COLS).tolist()) & tiles):
             in_k = cols[(cols // TILE_COLS) == k]
             c_lo, c_hi = int(in_k.min()), int(in_k.max()) + 1
-            sums, has = _aggregate(conn, metric, step, c_lo, c_hi, n_ords)
+            sums, has = _aggregate(conn, metric, step, c_lo, c_hi, n_ords, index)
             t_lo, t_hi = c_lo - k * TILE_COLS, c_hi - k * TILE_COLS
             out = []
             for grp, n_rows, s_blob, h_blob in list(binary_rows(conn,
@@ -233,7 +235,8 @@ def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int) -> No
         cur.close()
 
 
-def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: int) -> None:
+def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: int,
+            index: RowIndex | None = None) -> None:
     """Build the tiles [k0, k1] x every group that do not exist yet."""
     m = param_mark(conn.dialect.name)
     have: dict[int, set[int]] = {}
@@ -242,11 +245,16 @@ def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: 
             (metric, step, k0, k1)):
         have.setdefault(int(tile), set()).add(int(grp))
     groups = range((n_ords + TILE_ROWS - 1) // TILE_ROWS)
-    for k in range(k0, k1 + 1):
-        missing = [g for g in groups if g not in have.get(k, ())]
-        if not missing:
-            continue
-        sums, has = _aggregate(conn, metric, step, k * TILE_COLS, (k + 1) * TILE_COLS, n_ords)
+    todo = [(k, [g for g in groups if g not in have.get(k, ())]) for k in range(k0, k1 + 1)]
+    todo = [(k, missing) for k, missing in todo if missing]
+    from storage import columnar
+
+    # the tiles' points read at once where the database allows (a cold start builds them all)
+    spans = [(k * TILE_COLS * step, (k + 1) * TILE_COLS * step) for k, _ in todo]
+    read = columnar.cells_many(conn, metric, spans, step, "usage_tile_rows", index)
+    for (k, missing), (flat, vals) in zip(todo, read, strict=True):
+        sums, has = bin_cells(flat, vals, n_ords, TILE_COLS)
+        del flat, vals
         _write(conn, [(metric, step, k, g, sums[g * TILE_ROWS:(g + 1) * TILE_ROWS],
                        has[g * TILE_ROWS:(g + 1) * TILE_ROWS]) for g in missing])
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,83 +94,6 @@ class UsageColumns:
 
     def __len__(self) -> int:
         return int(self.values.size)
-
-
-def summed_rows(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int, what: str = "usage records"
-                ) -> list[tuple[str, str, int, float]]:
-    """(account, metric, bucket, value) rows of a chunk: ts floored to `base_step`, values of the
-    same (account, metric, bucket) summed (sum_records; vectorised for UsageColumns)."""
-    return summed_rows_and_witnesses(chunk, base_step, what)[0]
-
-
-Rows = list[tuple[str, str, int, float]]
-
-
-def summed_rows_and_witnesses(chunk: Iterable[UsageRecordLike] | UsageColumns, base_step: int,
-                              what: str = "usage records") -> tuple[Rows, Rows]:
-    """summed_rows, and those of its rows that carry the bookkeeping (witness_index)."""
-    if not isinstance(chunk, UsageColumns):
-        rows = [(k[0], k[1], k[2], v) for k, v in sum_records(chunk, base_step).items()]
-        return rows, _witnesses(rows)
-    if base_step <= 0:
-        raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
-    if not len(chunk):
-        return [], []
-    import pyarrow.compute as pc
-
-    acc, met = pc.dictionary_encode(chunk.accounts), pc.dictionary_encode(chunk.metrics)
-    a_idx = acc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    m_idx = met.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    bucket = chunk.ts - chunk.ts % base_step
-    order = np.lexsort((bucket, m_idx, a_idx))
-    a_s, m_s, b_s = a_idx[order], m_idx[order], bucket[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (a_s[1:] != a_s[:-1]) | (m_s[1:] != m_s[:-1]) | (b_s[1:] != b_s[:-1])
-    starts = np.flatnonzero(new)
-    with np.errstate(over="ignore"):
-        sums = np.add.reduceat(chunk.values[order], starts)
-    a_names, m_names = acc.dictionary.to_pylist(), met.dictionary.to_pylist()
-    if not np.isfinite(sums).all():
-        i = int(np.flatnonzero(~np.isfinite(sums))[0])
-        raise overflow_error(what, a_names[a_s[starts[i]]], m_names[m_s[starts[i]]], int(b_s[starts[i]]))
-    rows = list(zip(map(a_names.__getitem__, a_s[starts].tolist()), map(m_names.__getitem__, m_s[starts].tolist()),
-                    b_s[starts].tolist(), sums.tolist(), strict=True))
-    return rows, [rows[i] for i in witness_index(a_s[starts], m_s[starts], b_s[starts]).tolist()]
-
-
-def witness_index(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Positions of the rows that carry a load's bookkeeping, of rows sorted by (a, m, b) codes: the
-    first and the last bucket of each (account, metric), and one row of each (metric, bucket).
-
-    usage_first_seen (MIN bucket per account and metric), usage_changes (MIN and MAX), usage_coverage
-    and the tiles' marks (DISTINCT metric, bucket) computed over these rows equal those computed over
-    all the rows (every witness is one of the rows), so a load computes them from a few rows per
-    account instead of sorting all of them three more times (10k accounts, 3.5M rows: 20-30 s)."""
-    n = len(a)
-    if not n:
-        return np.zeros(0, dtype=np.int64)
-    pair_start = np.ones(n, dtype=bool)
-    pair_start[1:] = (a[1:] != a[:-1]) | (m[1:] != m[:-1])
-    pair_end = np.ones(n, dtype=bool)
-    pair_end[:-1] = pair_start[1:]
-    key = m.astype(np.int64) * (int(b.max()) - int(b.min()) + 1) + (b - b.min())
-    _, first_of_bucket = np.unique(key, return_index=True)
-    keep = pair_start | pair_end
-    keep[first_of_bucket] = True
-    return np.flatnonzero(keep)
-
-
-def _witnesses(rows: Rows) -> Rows:
-    """The witness rows (witness_index) of (account, metric, bucket, value) rows in any order."""
-    if not rows:
-        return []
-    codes: dict[str, int] = {}
-    a = np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), dtype=np.int64, count=len(rows))
-    met: dict[str, int] = {}
-    m = np.fromiter((met.setdefault(r[1], len(met)) for r in rows), dtype=np.int64, count=len(rows))
-    b = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
-    order = np.lexsort((b, m, a))
-    return [rows[i] for i in order[witness_index(a[order], m[order], b[order])].tolist()]
 
 
 _PG_STAGE = (
@@ -331,18 +254,24 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
     (account, metric, bucket) within this call are summed, then stored with
     INSERT .. ON CONFLICT DO UPDATE SET value = excluded.value (rows whose
     value is unchanged are not rewritten), so loading the same data again
-    changes nothing. One transaction and one bulk merge for the whole call (write_points: staged,
-    then one INSERT .. SELECT in key order).
+    changes nothing. One transaction and one bulk merge for the whole call (storage.usage_load:
+    the records become columns, summed and sorted in numpy, staged in bulk, merged by one
+    INSERT .. SELECT in key order).
     """
-    sums = sum_records(records, base_step)
-    if not sums:
+    from storage.usage_load import ADBC_MIN_ROWS, bulk_write
+
+    if base_step <= 0:
+        raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
+    recs = records if isinstance(records, list) else list(records)
+    if not recs:
         return 0
-    dialect = engine.dialect.name
+    _check_dialect(engine.dialect.name)
+    return bulk_write(engine, [recs], base_step, small=len(recs) < ADBC_MIN_ROWS)[0]
+
+
+def _check_dialect(dialect: str) -> None:
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-    with write_transaction(engine) as conn:
-        write_points(conn, [(k[0], k[1], k[2], v) for k, v in sums.items()])
-    return len(sums)
 
 
 _LOAD_STAGE = "usage_stage"  # on PostgreSQL the same temporary table write_points stages in
@@ -357,36 +286,39 @@ _ORDER = "metric, bucket_start, account_id"
 
 
 def load_usage(
-    engine: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base_step: int = 60
+    engine: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base_step: int = 60,
+    also: Callable[[Connection], Any] | None = None,
 ) -> int:
     """Store a large load (a backfill, a big file) in ONE transaction; returns the rows written.
 
     Pass a Connection (of a storage.db.write_transaction) to load inside the caller's transaction,
     e.g. with the accounts of the same command: all of it is stored, or none.
 
+    `also(conn)`, when given, runs inside the load's transaction (the accounts of `usagebot ingest`):
+    stored together with the load, or not at all.
+
     A chunk is an iterable of records or a UsageColumns (a columnar CSV read). Same meaning as
     one upsert_usage() call over all the chunks together: ts floored to
     `base_step`, records of the same (account, metric, bucket) summed across the WHOLE load
-    (not per chunk), stored values replaced, unchanged rows not rewritten. Memory is bounded
-    by one chunk. If iterating `chunks` raises (a bad row in a file), the transaction rolls
-    back and nothing of the load is stored.
+    (not per chunk), stored values replaced, unchanged rows not rewritten. If iterating `chunks`
+    raises (a bad row in a file), nothing of the load (nor of `also`) is stored.
 
-    The chunks are staged in a temporary table, then summed and merged by one INSERT .. SELECT ..
-    GROUP BY in primary-key order (metric, bucket, account: the buckets of a load newer than the
-    stored ones are an append to the table's only B-tree), with the first-seen, coverage and change
-    tables updated from the stage by one statement each. Readers keep seeing the previous snapshot
-    (SQLite, and PostgreSQL's MVCC); other writers of the same points wait for the load.
+    Columnar end to end (storage.usage_load): the chunks are coded and summed in numpy and sorted
+    into the primary-key order (metric, bucket, account), in runs of up to usage_load.RUN_ROWS
+    records (memory: ~40 B a record of a run while it is sorted); the rows and their bookkeeping
+    (one row per account and metric, one per metric and bucket) are staged in bulk (SQLite: ADBC
+    into a staging file beside the database; PostgreSQL: COPY into temporary tables), then merged by
+    one INSERT .. SELECT each (the buckets of a load newer than the stored ones are an append to the
+    table's only B-tree). Readers keep seeing the previous snapshot (SQLite, and PostgreSQL's MVCC);
+    other writers of the same points wait for the load.
     """
+    from storage.usage_load import bulk_write
+
     if base_step <= 0:
         raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
-    dialect = engine.dialect.name
-    if dialect not in ("sqlite", "postgresql"):
-        raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-    if isinstance(engine, Connection):
-        return _load(engine, dialect, chunks, base_step)
-    with write_transaction(engine) as conn:
-        written = _load(conn, dialect, chunks, base_step)
-    if dialect == "sqlite":
+    _check_dialect(engine.dialect.name)
+    written = bulk_write(engine, chunks, base_step, also=also)[1]
+    if isinstance(engine, Engine):
         checkpoint(engine)
     return written
 
@@ -396,46 +328,6 @@ def checkpoint(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def _load(conn: Connection, dialect: str, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns],
-          base_step: int) -> int:
-    _stage(conn, dialect, ())
-    staged = 0
-    witnesses: list[tuple[str, str, int, float]] = []  # the rows that carry the bookkeeping (witness_index)
-    for chunk in chunks:
-        rows, more = summed_rows_and_witnesses(chunk, base_step)
-        _stage_more(conn, dialect, rows)
-        staged += len(rows)
-        witnesses += more
-        del rows
-    if not staged:
-        return 0
-    try:
-        with conn.begin_nested():
-            merged = conn.exec_driver_sql(
-                f"{_INSERT}SELECT {_KEY}, {_SUM[dialect]} FROM {_LOAD_STAGE} GROUP BY {_ORDER} ORDER BY {_ORDER} "
-                + _CONFLICT + _SET[(dialect, False)])
-    except (IntegrityError, DataError) as exc:
-        if not _overflowed(exc):
-            raise
-        raise _staged_overflow(conn, dialect) from None
-    written = max(0, merged.rowcount)
-    _stage(conn, dialect, witnesses)  # the bookkeeping from the witnesses of the load, not from all its rows
-    _bookkeeping_from_stage(conn)
-    _changes_from_stage(conn)
-    conn.exec_driver_sql(f"DROP TABLE {_LOAD_STAGE}")
-    return written
-
-
-def _staged_overflow(conn: Connection, dialect: str) -> UsageValueError:
-    """The error naming a bucket of the load whose total across the chunks is not finite."""
-    total = "SUM(value::numeric)" if dialect == "postgresql" else "SUM(value)"  # numeric: no overflow
-    r = conn.exec_driver_sql(f"SELECT account_id, metric, bucket_start FROM {_LOAD_STAGE} GROUP BY {_KEY} "
-                             f"HAVING abs({total}) > {MAX_VALUE!r} ORDER BY {_KEY} LIMIT 1").first()
-    if r is None:
-        return UsageValueError("usage load: a bucket total is not a finite number; nothing was stored")
-    return overflow_error("usage load", r[0], r[1], int(r[2]))
 
 
 def in_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -621,11 +513,13 @@ def _fill_joined(
     """Many accounts (or every account): the row number of each id sits in a temporary table,
     and the database joins it to a range scan of the primary key (metric, bucket), returning each
     point's cell number (row * n_cols + column) and value: no per-row string work in Python,
-    and rows of ids not asked for never leave the database."""
+    and rows of ids not asked for never leave the database. (SQLite maps the ids in pyarrow
+    instead of the join: storage.columnar.RowIndex; the table still serves the first columns.)"""
     n_cols = (end - start) // step
     _stage_row_numbers(conn, ids)
     mark = dialect.param_mark(conn.dialect.name)
-    flat, vals = columnar.cells(conn, metric, start, end, step, _READ_IDS)
+    flat, vals = columnar.cells(conn, metric, start, end, step, _READ_IDS,
+                                columnar.RowIndex(ids, np.arange(len(ids), dtype=np.int64)))
     first_col = np.full(len(ids), n_cols, dtype=np.int64)
     q = (f"SELECT o.ord, f.first_bucket FROM usage_first_seen f JOIN {_READ_IDS} o "
          f"ON o.account_id = f.account_id WHERE f.metric = {mark}")

@@ -43,6 +43,8 @@ class UsagePoints:
     bucket: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     value: np.ndarray = field(default_factory=lambda: np.zeros(0))
     records: int = 0
+    base_step: int = BASE_STEP  # ts floored to this many seconds
+    bucket_major: bool = False  # after freeze(bucket_major=True): sorted by (metric, bucket, account)
 
     @property
     def metrics(self) -> list[str]:
@@ -67,7 +69,7 @@ class UsagePoints:
             i = int(np.flatnonzero(~np.isfinite(values))[0])
             raise UsageValueError(f"usage record #{self.records + i}: value {values[i]} is not a finite number")
         self._parts.append((np.asarray(a_col, dtype=np.int32), np.asarray(m_col, dtype=np.int32),
-                            ts - ts % BASE_STEP, values))
+                            ts - ts % self.base_step, values))
         self.records += len(rows)
 
     def _add_columns(self, chunk: UsageColumns) -> None:
@@ -84,12 +86,14 @@ class UsagePoints:
                                 dtype=np.int32)
             cols.append(lookup[enc.indices.to_numpy(zero_copy_only=False)])
         ts = np.asarray(chunk.ts, dtype=np.int64)
-        self._parts.append((cols[0], cols[1], ts - ts % BASE_STEP, np.asarray(chunk.values, dtype=np.float64)))
+        self._parts.append((cols[0], cols[1], ts - ts % self.base_step, np.asarray(chunk.values, dtype=np.float64)))
         self.records += len(chunk)
 
-    def freeze(self) -> None:
+    def freeze(self, bucket_major: bool = False) -> None:
         """Sum the points of each (account, metric, bucket) in record order (storage.usage.sum_records);
-        a total that overflows raises UsageValueError naming the bucket."""
+        a total that overflows raises UsageValueError naming the bucket. Sorted by (metric, account,
+        bucket); bucket_major: by (metric, bucket, account), usage_points' key order (for a bulk load:
+        block() then refuses)."""
         if not self._parts:
             return
         # column by column, each part's column dropped once copied (peak memory: ~one extra column)
@@ -108,7 +112,15 @@ class UsagePoints:
         self.account_ids = [ids[i] for i in order]
         self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
         a = rank[a]
-        idx = np.lexsort((b, a, m))  # stable: equal keys stay in record order
+        if bucket_major:  # metrics ranked by name too: the rows then follow usage_points' key order
+            names = list(self._met_code)
+            by_name = sorted(range(len(names)), key=names.__getitem__)
+            m_rank = np.empty(len(names), dtype=np.int32)
+            m_rank[np.asarray(by_name, dtype=np.int64)] = np.arange(len(names), dtype=np.int32)
+            self._met_code = {names[i]: k for k, i in enumerate(by_name)}
+            m = m_rank[m]
+        idx = _bucket_major_order(a, m, b, len(ids), self.base_step) if bucket_major else np.lexsort((b, a, m))
+        self.bucket_major = bucket_major
         a = a[idx]  # one column at a time: the unsorted one is freed before the next is sorted
         m = m[idx]
         b = b[idx]
@@ -167,6 +179,8 @@ class UsagePoints:
 
     def block(self, metric: str, step: int, start: int, end: int) -> MetricBlock:
         """The usage of `metric` in buckets [start, end) of `step` seconds (storage.usage.load_block)."""
+        if self.bucket_major:
+            raise ValueError("UsagePoints.block: frozen bucket-major (a bulk load's order), not per account")
         n_cols = (end - start) // step
         part = self._metric_slice(metric)
         acc, bucket, value = self.account[part], self.bucket[part], self.value[part]
@@ -192,3 +206,17 @@ class UsagePoints:
         zero |= has
         sums[~zero] = np.nan
         return MetricBlock(metric, start, step, [self.account_ids[int(c)] for c in codes], sums)
+
+
+def _bucket_major_order(a: np.ndarray, m: np.ndarray, b: np.ndarray, n_acc: int, step: int) -> np.ndarray:
+    """The stable sort order of (metric, bucket, account) codes: one argsort of a composite int64 key
+    where it fits (3.5M rows: 6 s against 18 s for np.lexsort of the three keys, loaded 2-core box),
+    else lexsort. Equal keys stay in record order (the sums are added in record order)."""
+    if not len(b):
+        return np.zeros(0, dtype=np.int64)
+    lo = int(b.min())
+    n_b = (int(b.max()) - lo) // step + 1
+    if (int(m.max()) + 1) * n_b * max(n_acc, 1) >= 2**62:
+        return np.lexsort((a, b, m))
+    key = (m.astype(np.int64) * n_b + (b - lo) // step) * n_acc + a
+    return np.argsort(key, kind="stable")

@@ -276,12 +276,17 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         bar.update(len(chunk.records) + len(chunk.errors))
                     yield chunk.records
 
-            with write_transaction(engine) as conn:
+            def store_accounts(conn: Any) -> None:
+                nonlocal n_accounts
                 if accounts is not None:
                     n_accounts = upsert_accounts(conn, accounts.records)
-                if args.usage:
-                    with _ingest_bar(args.usage, err) as bar:
-                        n_buckets = load_usage(conn, usage_chunks())
+
+            if args.usage:  # the accounts are stored in the load's transaction: together, or nothing
+                with _ingest_bar(args.usage, err) as bar:
+                    n_buckets = load_usage(engine, usage_chunks(), also=store_accounts)
+            else:
+                with write_transaction(engine) as conn:
+                    store_accounts(conn)
             checkpoint(engine)
         except CsvInputError as exc:
             return _report_bad_rows(exc, nothing, err)

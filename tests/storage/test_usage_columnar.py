@@ -1,6 +1,8 @@
 """storage.columnar: usage points reach numpy as (cell, value) arrays equal to a plain SELECT's rows,
-on SQLite (group_concat of integer points parsed in C, other values as rows) and PostgreSQL (COPY
-BINARY decoded by numpy, in the caller's transaction), whatever the values and the block sizes."""
+on SQLite (group_concat of integer points parsed in C, other values as rows; with a RowIndex the
+account ids are mapped to rows by pyarrow instead of a join) and PostgreSQL (COPY BINARY decoded by
+numpy, in the caller's transaction), whatever the values and the block sizes; the RowIndex read and
+the joined read give the same cells and, through the tiles, the same blocks."""
 
 from __future__ import annotations
 
@@ -30,15 +32,18 @@ def _book(n_accounts: int = 40, n_days: int = 12) -> list[UsageRecord]:
     return out
 
 
-def _cells(engine: Engine, ids: list[str], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _cells(engine: Engine, ids: list[str], lo: int, hi: int, index: bool = False, metric: str = "api_calls",
+           step: int = DAY) -> tuple[np.ndarray, np.ndarray]:
+    """cells() of `ids` (row k = ids[k]), sorted by (cell, value); index: pass the RowIndex too."""
+    rows = columnar.RowIndex(ids, np.arange(len(ids), dtype=np.int64)) if index else None
     with write_transaction(engine) as conn:
         conn.exec_driver_sql("CREATE TEMPORARY TABLE col_ids (account_id varchar PRIMARY KEY, ord bigint NOT NULL)")
         raw = conn.connection.driver_connection
         mark = "?" if engine.dialect.name == "sqlite" else "%s"
         raw.cursor().executemany(f"INSERT INTO col_ids VALUES ({mark}, {mark})", [(a, k) for k, a in enumerate(ids)])
-        flat, vals = columnar.cells(conn, "api_calls", lo, hi, DAY, "col_ids")
+        flat, vals = columnar.cells(conn, metric, lo, hi, step, "col_ids", rows)
         conn.exec_driver_sql("DROP TABLE col_ids")
-    order = np.argsort(flat, kind="stable")
+    order = np.lexsort((vals, flat))
     return flat[order], vals[order]
 
 
@@ -50,15 +55,17 @@ def _expected(records: list[UsageRecord], ids: list[str], lo: int, hi: int) -> t
     return np.array([p[0] for p in pts], dtype=np.int64), np.array([p[1] for p in pts], dtype=np.float64)
 
 
+@pytest.mark.parametrize("index", [False, True])
 @pytest.mark.parametrize("block", [None, 64])
-def test_cells_are_the_rows_of_a_plain_select(engine: Engine, monkeypatch: pytest.MonkeyPatch, block: int | None) -> None:
+def test_cells_are_the_rows_of_a_plain_select(engine: Engine, monkeypatch: pytest.MonkeyPatch, block: int | None,
+                                              index: bool) -> None:
     if block:
         monkeypatch.setattr(columnar, "COPY_BLOCK", block)  # PostgreSQL: decoded in many small pieces
     records = _book()
     upsert_usage(engine, records, base_step=DAY)
     ids = [f"acct-{i:03d}" for i in range(0, 40, 2)][::-1]  # some accounts, in another order
     lo, hi = T0 + 2 * DAY, T0 + 10 * DAY
-    flat, vals = _cells(engine, ids, lo, hi)
+    flat, vals = _cells(engine, ids, lo, hi, index)
     want_flat, want_vals = _expected(records, ids, lo, hi)
     assert flat.dtype == np.int64 and vals.dtype == np.float64
     np.testing.assert_array_equal(flat, want_flat)
@@ -66,7 +73,114 @@ def test_cells_are_the_rows_of_a_plain_select(engine: Engine, monkeypatch: pytes
     assert {2.5, 2.0**53 + 2, 1.5e300, 0.1} <= set(vals.tolist())
 
 
-def test_an_empty_range_gives_empty_arrays(engine: Engine) -> None:
+@pytest.mark.parametrize("index", [False, True])
+def test_an_empty_range_gives_empty_arrays(engine: Engine, index: bool) -> None:
     upsert_usage(engine, _book(), base_step=DAY)
-    flat, vals = _cells(engine, ["acct-000"], T0 - 10 * DAY, T0)
+    flat, vals = _cells(engine, ["acct-000"], T0 - 10 * DAY, T0, index)
     assert flat.dtype == np.int64 and vals.dtype == np.float64 and flat.size == vals.size == 0
+
+
+ODD = [0.5, -2.25, 1e-300, 2.0**53 + 2, 2.0**63, -1.5e300, 0.1, -7.0]  # not int64 integers, or beyond int64
+
+
+def _random_book(seed: int) -> list[UsageRecord]:
+    """Several metrics, accounts with gaps (days without a point, late starts), ids of any length and
+    a few odd characters, integer values mostly, some non-integer or huge ones in a few buckets."""
+    rng = np.random.default_rng(seed)
+    ids = [f"{'x' * int(rng.integers(0, 9))}acct,{i}é" for i in range(30)] + ["", "a b", "Z"]
+    out = []
+    for metric in ("calls", "events", "seats"):
+        for acct in ids:
+            first = int(rng.integers(0, 15))
+            for d in range(first, 30):
+                if rng.random() < 0.3:
+                    continue  # a gap
+                odd = d % 7 == 3 and rng.random() < 0.5
+                v = float(rng.choice(ODD)) if odd else float(rng.integers(-5, 10**7))
+                out.append(UsageRecord(acct, metric, T0 + d * DAY + int(rng.integers(0, 24)) * 3600, v))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_row_index_read_equals_the_joined_read(engine: Engine, seed: int) -> None:
+    """New path (ids mapped by pyarrow) against the old (SQL join), on a random book, per metric,
+    step and range, for a subset of accounts in another order (rows of other accounts left out)."""
+    records = _random_book(seed)
+    upsert_usage(engine, records)
+    ids = sorted({r.account for r in records})
+    rng = np.random.default_rng(seed)
+    some = [ids[int(i)] for i in rng.permutation(len(ids))[: len(ids) * 2 // 3]]
+    seen: set[float] = set()
+    for metric in ("calls", "events", "seats"):
+        for step, lo, hi in ((DAY, T0, T0 + 30 * DAY), (3600, T0 + 5 * DAY, T0 + 9 * DAY), (7 * DAY, T0, T0 + 28 * DAY)):
+            new = _cells(engine, some, lo, hi, True, metric, step)
+            old = _cells(engine, some, lo, hi, False, metric, step)
+            assert new[0].size > 0
+            np.testing.assert_array_equal(new[0], old[0])
+            np.testing.assert_array_equal(new[1], old[1])
+            seen |= set(new[1].tolist())
+    assert len(seen & set(ODD)) >= 4  # buckets holding odd values were read (again, as rows) exactly
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                             seed: int) -> None:
+    """The tiles built by the RowIndex read, on helper threads (SQLite file) or one by one, hold what
+    the joined read builds: equal blocks."""
+    import threading
+
+    from storage.usage import load_block
+
+    upsert_usage(engine, _random_book(seed))
+    threads: set[str] = set()
+    by_id = columnar._sqlite_cells_by_id
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        threads.add(threading.current_thread().name)
+        return by_id(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    blocks = {}
+    for usable, n_threads in ((True, 2), (True, 1), (False, 2)):
+        monkeypatch.setattr(columnar.RowIndex, "usable", lambda self, u=usable: u)
+        monkeypatch.setattr(columnar, "READ_THREADS", n_threads)
+        with engine.begin() as c:
+            for t in ("usage_tiles", "usage_tile_rows", "usage_tile_sets", "usage_tile_dirty"):
+                c.exec_driver_sql(f"DELETE FROM {t}")
+        blocks[usable, n_threads] = [load_block(engine, m, DAY, T0, T0 + 32 * DAY) for m in ("calls", "events", "seats")]
+    for variant in ((True, 1), (False, 2)):
+        for a, b in zip(blocks[True, 2], blocks[variant], strict=True):
+            assert a.account_ids == b.account_ids and len(a.account_ids) > 20
+            np.testing.assert_array_equal(a.values, b.values)
+            assert np.isnan(a.values).any() and (a.values == 0).any()  # gaps: missing and zero cells both
+    if engine.dialect.name == "sqlite":  # the 4-5 tiles of each block were read by the helper threads
+        assert any(t.startswith("usagebot-read") for t in threads) and threading.current_thread().name in threads
+
+
+def test_an_id_holding_the_separator_takes_the_joined_read(engine: Engine) -> None:
+    ids = ["plain", f"odd{columnar.SEP}id"]
+    upsert_usage(engine, [UsageRecord(a, "api_calls", T0 + d * DAY, 3.0 + k) for k, a in enumerate(ids)
+                          for d in range(3)], base_step=DAY)
+    assert not columnar.RowIndex(ids, np.arange(2)).usable()
+    flat, vals = _cells(engine, ids, T0, T0 + 3 * DAY, True)
+    np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(vals, [3.0, 3.0, 3.0, 4.0, 4.0, 4.0])
+
+
+def test_an_in_memory_database_reads_its_tiles_on_its_one_connection() -> None:
+    """In-memory SQLite (one connection shared by all: StaticPool) cannot lend helper connections:
+    the tiles are read one span after the other, with the same blocks as a file database gives."""
+    from storage.db import make_engine, migrate
+    from storage.usage import load_block
+
+    engine = make_engine("sqlite://")
+    migrate(engine)
+    records = _random_book(4)
+    upsert_usage(engine, records)
+    with write_transaction(engine) as conn:
+        assert not columnar._parallel(conn, columnar.RowIndex(["a"], np.arange(1)), 5)
+    cached = load_block(engine, "calls", DAY, T0, T0 + 32 * DAY)
+    direct = load_block(engine, "calls", DAY, T0, T0 + 32 * DAY, cached=False)
+    assert cached.account_ids == direct.account_ids and len(cached.account_ids) > 20
+    np.testing.assert_array_equal(cached.values, direct.values)
+    engine.dispose()

@@ -25,7 +25,6 @@ from storage.usage import (
     metrics,
     upsert_usage,
     usage_range,
-    witness_index,
 )
 from tests.storage.test_usage import T0, Rec, rows
 
@@ -140,18 +139,36 @@ def test_a_new_bucket_for_every_account_is_an_append(tmp_path) -> None:  # type:
     assert 0 < frames < 300, frames  # the day's rows (~3,000 x ~25 B) and the change log fill ~50 pages
 
 
-def test_witness_rows_carry_the_same_bookkeeping() -> None:
+def test_a_runs_bookkeeping_equals_that_of_all_its_rows() -> None:
+    """A load's bookkeeping rows (one per account and metric with its first and last bucket, one per
+    metric and bucket: storage.usage_load) derived from the sorted columns equal those computed over
+    every row (they replaced the witness rows: the same tables, without a second pass over the rows)."""
+    import pyarrow as pa
+
+    from storage.usage import UsageColumns
+    from storage.usage_columns import UsagePoints
+    from storage.usage_load import _run
+
     rng = np.random.default_rng(5)
     for _ in range(20):
         n = int(rng.integers(1, 400))
         a, m = rng.integers(0, 9, n), rng.integers(0, 3, n)
         b = rng.integers(-5, 40, n) * 60
-        key = np.unique(np.stack([a, m, b], axis=1), axis=0)  # one row per key, sorted by (a, m, b)
-        a, m, b = key[:, 0], key[:, 1], key[:, 2]
-        w = witness_index(a, m, b)
-
-        assert _books(a[w], m[w], b[w]) == _books(a, m, b)
-        assert len(w) <= len(a)
+        points = UsagePoints()
+        points.add(UsageColumns(pa.array([f"a{x}" for x in a.tolist()]), pa.array([f"m{x}" for x in m.tolist()]),
+                                b.astype(np.int64), np.ones(n)))
+        run = _run(points, only=False)
+        lo, hi, cov = _books(a, m, b)
+        p = run.pairs.to_pydict()
+        got = list(zip(p["account_id"], p["metric"], p["first_bucket"], p["last_bucket"], strict=True))
+        assert sorted(got) == sorted((f"a{x}", f"m{y}", lo[(x, y)], hi[(x, y)]) for x, y in lo)
+        assert [(mm, bb) for mm, bb in zip(p["metric"], p["account_id"], strict=True)] == sorted(
+            zip(p["metric"], p["account_id"], strict=True))  # in (metric, account) order
+        bk = run.buckets.to_pydict()
+        assert list(zip(bk["metric"], bk["bucket_start"], strict=True)) == sorted((f"m{y}", z) for y, z in cov)
+        r = run.rows.to_pydict()
+        keys = list(zip(r["metric"], r["bucket_start"], r["account_id"], strict=True))
+        assert keys == sorted(set(keys))  # unique, in usage_points' key order
 
 
 def _books(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> tuple[dict, dict, set]:
@@ -162,3 +179,20 @@ def _books(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> tuple[dict, dict, set
         lo[(x, y)] = min(lo.get((x, y), z), z)
         hi[(x, y)] = max(hi.get((x, y), z), z)
     return lo, hi, set(zip(m.tolist(), b.tolist(), strict=True))
+
+
+def test_pair_spans_dense_and_sorted_agree() -> None:
+    """The first and last bucket per (metric, account) pair, from dense arrays or from a sort of the
+    pair codes (a book of many metrics x many accounts), are the same."""
+    from storage.usage_load import _pair_spans
+
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        n = int(rng.integers(1, 300))
+        m, b, a = (np.sort(rng.integers(0, 5, n)), rng.integers(0, 30, n) * 60, rng.integers(0, 50, n))
+        order = np.lexsort((a, b, m))  # rows in key order (metric, bucket, account)
+        pair, bb = (m * 50 + a)[order], b[order]
+        dense = _pair_spans(pair, bb, 250)
+        by_sort = _pair_spans(pair, bb, 10**9)
+        for x, y in zip(dense, by_sort, strict=True):
+            assert x.tolist() == y.tolist()

@@ -1,0 +1,393 @@
+"""Bulk writes of usage points as set-based operations: `load_usage` (a file, a backfill) and
+`upsert_usage` (a poll's new day) both go through here.
+
+The rows stay columnar from the parser to the database: each chunk (a columnar CSV read, or records
+turned into columns) is coded and added to a storage.usage_columns.UsagePoints; a run of up to
+RUN_ROWS records is summed per (account, metric, bucket) and sorted into usage_points' key order
+(metric, bucket, account) in numpy; the bookkeeping (usage_first_seen, usage_changes, usage_coverage,
+the tiles' marks) is derived from the same columns: one row per (account, metric) with its first and
+last bucket, one per (metric, bucket). Three staging tables receive them:
+
+- SQLite with a database file: ADBC (adbc-driver-sqlite, Arrow in, C bulk insert) writes them into a
+  staging file of their own beside the database, before any transaction of the database is open;
+  then ONE transaction (BEGIN IMMEDIATE, the staging file attached) merges them into the database
+  with the caller's other writes (`also`, e.g. the accounts of `usagebot ingest`). The staging file
+  is never part of the database: a kill -9 at any point leaves the database as it was before or
+  with the whole load, and at most a staging file, which the next load deletes (a live load holds
+  an flock on its own, so only files of dead loads are deleted).
+- PostgreSQL, in-memory SQLite, a caller's open transaction, and small writes: temporary tables
+  of the transaction, filled by COPY (CSV text written by pyarrow) or one executemany.
+
+The merge is then one INSERT .. SELECT from a stage already in key order (an append to the B-tree
+for new buckets, no sort, no GROUP BY) unless the load had several runs (then grouped and summed in
+SQL); the bookkeeping is one INSERT .. SELECT each from the small stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DataError, IntegrityError
+
+from storage import tiles
+from storage.db import write_transaction
+from storage.usage import (
+    _CONFLICT,
+    _INSERT,
+    _KEY,
+    _ORDER,
+    _SET,
+    _SUM,
+    MAX_VALUE,
+    UsageColumns,
+    UsageRecordLike,
+    UsageValueError,
+    _overflowed,
+    overflow_error,
+    sum_records,
+)
+from storage.usage_columns import UsagePoints
+
+RUN_ROWS = 12_000_000  # records sorted in memory at once (~40 B each while sorting: ~0.5 GB); more = runs
+ADBC_MIN_ROWS = 20_000  # below this a staging file costs more than it saves: temporary tables
+STAGE_SCHEMA = "usage_load"  # the staging file's name once attached
+_ROWS, _PAIRS, _BUCKETS = "usage_stage", "usage_stage_pairs", "usage_stage_buckets"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One sorted run of a load as Arrow tables: `rows` (account_id, metric, bucket_start, value),
+    unique and in usage_points' key order; `pairs` (metric, account_id, first_bucket, last_bucket)
+    in (metric, account) order, None when the load is this one run and each (account, metric) has
+    one row (a new day: the rows are the pairs); `buckets` (metric, bucket_start)."""
+
+    rows: pa.Table
+    pairs: pa.Table | None
+    buckets: pa.Table
+
+
+def records_as_columns(records: Iterable[UsageRecordLike]) -> UsageColumns:
+    """Records as one UsageColumns chunk (ts floored to whole seconds, values float). A record whose
+    ts or value is not a number, or a value that is not finite, raises sum_records' error naming it."""
+    recs = records if isinstance(records, list) else list(records)
+    try:
+        ts = np.fromiter(map(math.floor, [r.ts for r in recs]), dtype=np.int64, count=len(recs))
+        values = np.fromiter(map(float, [r.value for r in recs]), dtype=np.float64, count=len(recs))
+        ok = bool(np.isfinite(values).all())
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        sum_records(recs)  # the row path, only to name the bad record
+        raise ValueError("usage records: a ts or value is not a finite number")  # (sum_records raised)
+    try:
+        accounts = pa.array([r.account for r in recs], pa.string())
+        metrics = pa.array([r.metric for r in recs], pa.string())
+    except (pa.ArrowException, TypeError):
+        n, r = next((n, r) for n, r in enumerate(recs) if not (isinstance(r.account, str) and isinstance(r.metric, str)))
+        raise ValueError(f"usage record #{n} ({r!r}): account and metric must be text") from None
+    return UsageColumns(accounts, metrics, ts, values)
+
+
+def sorted_runs(chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base_step: int) -> Iterator[Run]:
+    """The chunks as runs of at most ~RUN_ROWS records each, summed and in key order."""
+    points, full, first = UsagePoints(base_step=base_step), None, True
+    for chunk in chunks:
+        if full is not None:  # a run is yielded once the next chunk shows that it is not the only one
+            yield _run(full, only=False)
+            full, first = None, False
+        points.add(chunk if isinstance(chunk, UsageColumns) else records_as_columns(chunk))
+        if points.records >= RUN_ROWS:
+            full, points = points, UsagePoints(base_step=base_step)
+    if full is not None:
+        yield _run(full, only=False)
+        first = False
+    if points.records:
+        yield _run(points, only=first)
+
+
+def _run(points: UsagePoints, only: bool) -> Run:
+    """A UsagePoints frozen bucket-major, as a Run (`only`: the load's only run)."""
+    points.freeze(bucket_major=True)
+    names = pa.array(points.account_ids, pa.string())
+    metrics = pa.array(points.metrics, pa.string())
+    a, m, b = points.account.astype(np.int64), points.metric.astype(np.int64), points.bucket
+    rows = pa.table({"account_id": names.take(a), "metric": metrics.take(m), "bucket_start": b,
+                     "value": points.value})
+    n_acc = len(points.account_ids)
+    seen, first, last = _pair_spans(m * n_acc + a, b, len(metrics) * n_acc)
+    pairs = None if only and len(seen) == len(b) else pa.table({
+        "metric": metrics.take(seen // n_acc), "account_id": names.take(seen % n_acc),
+        "first_bucket": first, "last_bucket": last})
+    edge = np.ones(len(b), dtype=bool)
+    edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
+    buckets = pa.table({"metric": metrics.take(m[edge]), "bucket_start": b[edge]})
+    return Run(rows, pairs, buckets)
+
+
+def _pair_spans(pair: np.ndarray, b: np.ndarray, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct pair codes (ascending: metric, then account rank) of rows in key order, and each
+    one's first and last bucket. Dense arrays of n_pairs when they are small beside the rows, else
+    one stable sort of the codes (a book of many metrics x many accounts)."""
+    if n_pairs <= 4 * len(pair) + 1_000_000:
+        first = np.full(n_pairs, np.iinfo(np.int64).max)
+        last = np.full(n_pairs, np.iinfo(np.int64).min)
+        np.minimum.at(first, pair, b)
+        np.maximum.at(last, pair, b)
+        seen = np.flatnonzero(last != np.iinfo(np.int64).min)
+        return seen, first[seen], last[seen]
+    order = np.argsort(pair, kind="stable")  # within a pair the rows keep their bucket order
+    ps, bs = pair[order], b[order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    ends = np.r_[starts[1:], len(ps)] - 1
+    return ps[starts], bs[starts], bs[ends]
+
+
+# ------------------------------------------------------------------------------------- staging
+
+
+def _stage_path(engine: Engine) -> Path | None:
+    """The database file of a SQLite engine (None: PostgreSQL or in memory)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _delete_dead_stages(db: Path) -> None:
+    """Staging files of loads that died (kill -9) before deleting theirs: a live load holds an flock."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): leftovers stay; they are never read
+        return
+    for path in db.parent.glob(f"{db.name}-load-*.stage"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live load's
+        finally:
+            os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _stage_file(db: Path) -> Iterator[Path]:
+    """A new staging file beside the database, flocked while in use, deleted after."""
+    _delete_dead_stages(db)
+    path = db.parent / f"{db.name}-load-{uuid.uuid4().hex}.stage"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with contextlib.suppress(ImportError):
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _adbc_stage(path: Path, runs: Iterable[Run]) -> int:
+    """Write the runs into the staging file (no journal, no fsync: it is thrown away if anything
+    fails); returns how many runs. The driver manager's own API, not its DB-API module (which imports
+    pyarrow.dataset: ~2 s of every `usagebot ingest` on this machine)."""
+    import adbc_driver_manager as adbc
+    import adbc_driver_sqlite
+
+    n = 0
+    with adbc_driver_sqlite.connect(str(path)) as db, adbc.AdbcConnection(db) as con:
+        for pragma in ("PRAGMA journal_mode = OFF", "PRAGMA synchronous = OFF"):
+            with adbc.AdbcStatement(con) as st:
+                st.set_sql_query(pragma)
+                st.execute_update()
+        for run in runs:
+            for name, table in _tables(run):
+                with adbc.AdbcStatement(con) as st:
+                    st.set_options(**{adbc.StatementOptions.INGEST_TARGET_TABLE.value: name,
+                                      "adbc.ingest.mode": "adbc.ingest.mode." + ("create" if n == 0 else "append")})
+                    st.bind_stream(table.to_reader())
+                    st.execute_update()
+            n += 1
+    return n
+
+
+def _tables(run: Run) -> list[tuple[str, pa.Table]]:
+    """The staging tables of a run and their rows."""
+    return [(_ROWS, run.rows), (_BUCKETS, run.buckets)] + ([] if run.pairs is None else [(_PAIRS, run.pairs)])
+
+
+_TEMP_DDL = {
+    _ROWS: "(account_id {t} NOT NULL, metric {t} NOT NULL, bucket_start {i} NOT NULL, value {f} NOT NULL)",
+    _PAIRS: "(metric {t} NOT NULL, account_id {t} NOT NULL, first_bucket {i} NOT NULL, last_bucket {i} NOT NULL)",
+    _BUCKETS: "(metric {t} NOT NULL, bucket_start {i} NOT NULL)",
+}
+_TYPES = {"sqlite": {"t": "TEXT", "i": "INTEGER", "f": "REAL"},
+          "postgresql": {"t": "varchar", "i": "bigint", "f": "double precision"}}
+
+
+def _temp_stage(conn: Connection, runs: Iterable[Run]) -> int:
+    """Write the runs into temporary tables of the connection's transaction; returns how many runs."""
+    dialect = conn.dialect.name
+    for name, cols in _TEMP_DDL.items():
+        drop = " ON COMMIT DROP" if dialect == "postgresql" else ""
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}" if dialect == "sqlite"
+                             else f"DROP TABLE IF EXISTS pg_temp.{name}")
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} {cols.format(**_TYPES[dialect])}{drop}")
+    n = 0
+    raw = conn.connection.driver_connection
+    for run in runs:
+        for name, table in _tables(run):
+            if dialect == "sqlite":
+                marks = ", ".join("?" * table.num_columns)
+                raw.executemany(f"INSERT INTO temp.{name} VALUES ({marks})",
+                                zip(*(c.to_pylist() for c in table.columns), strict=True))
+            else:
+                _copy_csv(raw, name, table)
+        n += 1
+    return n
+
+
+def _copy_csv(raw: Any, name: str, table: pa.Table) -> None:
+    """COPY an Arrow table into a PostgreSQL table as CSV written by pyarrow (floats in their
+    shortest round-trip form, strings quoted where needed)."""
+    import pyarrow.csv as pacsv
+
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
+    with raw.cursor() as cur, cur.copy(f"COPY {name} ({', '.join(table.column_names)}) FROM STDIN (FORMAT csv)") as cp:
+        cp.write(buf.getbuffer())
+
+
+# --------------------------------------------------------------------------------------- merge
+
+
+def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool) -> int:
+    """Merge the staged rows into usage_points (stored values replaced, unchanged rows not
+    rewritten) and the bookkeeping from the staged pairs and buckets; returns rows written."""
+    dialect = conn.dialect.name
+    rows, pairs, buckets = (f"{schema}.{n}" for n in (_ROWS, _PAIRS, _BUCKETS))
+    if runs == 1:  # unique and already in key order: inserted as read, no sort (PostgreSQL: sorted in its
+        # collation, the order write_points locks rows in, so two writers never wait on each other crosswise)
+        select = f"SELECT {_KEY}, value FROM {rows} WHERE true " + (f"ORDER BY {_ORDER} " if dialect == "postgresql"
+                                                                     else "")
+        if not pairs_staged:  # one row per (account, metric): the rows are the pairs
+            pairs = f"(SELECT metric, account_id, bucket_start AS first_bucket, bucket_start AS last_bucket FROM {rows}) AS p"
+        fs = f"SELECT metric, account_id, first_bucket FROM {pairs} WHERE true " + (
+            "ORDER BY metric, account_id " if dialect == "postgresql" else "")
+        ch = f"SELECT account_id, metric, first_bucket, last_bucket, '', {{now}} FROM {pairs} "
+    else:  # runs can share keys: summed across them
+        select = f"SELECT {_KEY}, {_SUM[dialect]} FROM {rows} GROUP BY {_ORDER} ORDER BY {_ORDER} "
+        fs = (f"SELECT metric, account_id, MIN(first_bucket) FROM {pairs} GROUP BY metric, account_id "
+              "ORDER BY metric, account_id ")
+        ch = (f"SELECT account_id, metric, MIN(first_bucket), MAX(last_bucket), '', {{now}} FROM {pairs} "
+              "GROUP BY metric, account_id ORDER BY metric, account_id")
+    try:
+        with conn.begin_nested():
+            merged = conn.exec_driver_sql(_INSERT + select + _CONFLICT + _SET[(dialect, False)])
+    except (IntegrityError, DataError) as exc:
+        if not _overflowed(exc):
+            raise
+        raise _staged_overflow(conn, dialect, rows) from None
+    conn.exec_driver_sql("INSERT INTO usage_first_seen (metric, account_id, first_bucket) " + fs
+                         + "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
+                         "WHERE excluded.first_bucket < usage_first_seen.first_bucket")
+    conn.exec_driver_sql(f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
+                         f"FROM {buckets} WHERE true ORDER BY metric, bucket_start ON CONFLICT DO NOTHING")
+    tiles.mark_written_from(conn, buckets)
+    conn.exec_driver_sql("INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, "
+                         "changed_at) " + ch.format(now=int(time.time())))
+    return max(0, merged.rowcount)
+
+
+def _staged_overflow(conn: Connection, dialect: str, table: str) -> UsageValueError:
+    """The error naming a bucket of the load whose total across the chunks is not finite."""
+    total = "SUM(value::numeric)" if dialect == "postgresql" else "SUM(value)"  # numeric: no overflow
+    r = conn.exec_driver_sql(f"SELECT account_id, metric, bucket_start FROM {table} GROUP BY {_KEY} "
+                             f"HAVING abs({total}) > {MAX_VALUE!r} ORDER BY {_KEY} LIMIT 1").first()
+    if r is None:
+        return UsageValueError("usage load: a bucket total is not a finite number; nothing was stored")
+    return overflow_error("usage load", r[0], r[1], int(r[2]))
+
+
+@contextlib.contextmanager
+def _attached_transaction(engine: Engine, path: Path) -> Iterator[Connection]:
+    """A write transaction (BEGIN IMMEDIATE) of `engine` with the staging file attached
+    (SQLite attaches only outside a transaction: attached first, detached after)."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.execute(f"ATTACH DATABASE ? AS {STAGE_SCHEMA}", (str(path),))
+        try:
+            with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+                yield conn
+        finally:
+            raw.execute(f"DETACH DATABASE {STAGE_SCHEMA}")
+
+
+def _temp_schema(conn: Connection) -> str:
+    return "temp" if conn.dialect.name == "sqlite" else "pg_temp"
+
+
+def bulk_write(target: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns],
+               base_step: int, also: Callable[[Connection], Any] | None = None,
+               small: bool = False) -> tuple[int, int]:
+    """Store the chunks (see the module docstring) in ONE transaction, with `also(conn)` run in it;
+    returns (rows staged, rows written). `small`: the caller knows the write is small (temporary
+    tables, no staging file). A Connection target loads inside the caller's transaction."""
+    if isinstance(target, Connection):
+        return _in_transaction(target, sorted_runs(chunks, base_step), also)
+    path = None if small else _stage_path(target)
+    if path is None:
+        with write_transaction(target) as conn:
+            return _in_transaction(conn, sorted_runs(chunks, base_step), also)
+    with _stage_file(path) as stage:
+        counted = _counted(sorted_runs(chunks, base_step))
+        runs = _adbc_stage(stage, counted)
+        with _attached_transaction(target, stage) as conn:
+            if also is not None:
+                also(conn)
+            if not runs:
+                return 0, 0
+            return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs)
+
+
+def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Connection], Any] | None
+                    ) -> tuple[int, int]:
+    if also is not None:
+        also(conn)
+    counted = _counted(runs)
+    n = _temp_stage(conn, counted)
+    written = _merge(conn, _temp_schema(conn), n, counted.pairs) if n else 0
+    for name in _TEMP_DDL:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_temp_schema(conn)}.{name}")
+    return counted.rows, written
+
+
+class _counted:  # noqa: N801 - used like a generator
+    """Runs passed through, their rows counted (and whether any staged its pairs)."""
+
+    def __init__(self, runs: Iterable[Run]) -> None:
+        self.runs, self.rows, self.pairs = runs, 0, False
+
+    def __iter__(self) -> Iterator[Run]:
+        for run in self.runs:
+            self.rows += run.rows.num_rows
+            self.pairs |= run.pairs is not None
+            yield run

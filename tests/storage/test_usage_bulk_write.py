@@ -1,0 +1,153 @@
+"""storage.usage_load: the columnar bulk write path of load_usage and upsert_usage, on SQLite and
+PostgreSQL: every staging path (ADBC staging file, temporary tables, several sorted runs, a day whose
+rows are their own bookkeeping) stores the same points and bookkeeping; values and ids survive the
+staging bit for bit; the SQLite staging file is never left behind by a finished load, and one left by
+a killed load is deleted by the next (the kill -9 test of a load, tests/storage/test_usage_layout_kill9.py,
+checks that no staging file is left once a load has finished after the kills)."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from storage import usage_load
+from storage.db import make_engine, migrate
+from storage.usage import load_usage, upsert_usage
+from tests.storage.test_usage import T0, Rec, rows
+from tests.storage.test_usage_load import chunks, layout_intact, random_records, side_tables
+
+DAY = 86_400
+
+
+def changes(engine: Engine) -> list[tuple]:
+    with engine.connect() as c:
+        return sorted(tuple(r) for r in c.execute(sa.text(
+            "SELECT account_id, metric, bucket_start, last_bucket FROM usage_changes")))
+
+
+def state(engine: Engine) -> tuple:
+    return rows(engine), side_tables(engine), changes(engine)
+
+
+def expected_rows(recs: list[Rec]) -> list[tuple]:
+    out: dict[tuple, float] = {}
+    for r in recs:
+        key = (r.account, r.metric, r.ts - r.ts % 60)
+        out[key] = out.get(key, 0.0) + r.value
+    return sorted((*k, v) for k, v in out.items())
+
+
+def _fresh(engine: Engine) -> None:
+    with engine.begin() as c:
+        for t in ("usage_points", "usage_first_seen", "usage_coverage", "usage_changes", "usage_tile_dirty"):
+            c.execute(sa.text(f"DELETE FROM {t}"))
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_several_runs_store_what_one_run_stores(engine: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                small: bool) -> None:
+    """Runs of a few records (their keys shared across runs: summed in SQL) against one run."""
+    recs = random_records(7, n=2000)
+    if small:  # the temporary tables (PostgreSQL's path, SQLite in a caller's transaction)
+        monkeypatch.setattr(usage_load, "_stage_path", lambda engine: None)
+    load_usage(engine, chunks(recs, 300))
+    one = state(engine)
+    assert one[0] == expected_rows(recs)
+    _fresh(engine)
+    monkeypatch.setattr(usage_load, "RUN_ROWS", 450)
+    load_usage(engine, chunks(recs, 300))
+    assert state(engine) == one
+    assert layout_intact(engine)
+
+
+def test_a_new_day_is_its_own_bookkeeping(engine: Engine) -> None:
+    """One bucket per (account, metric), new accounts among them: first seen, coverage and the change
+    log are derived from the rows themselves (no pairs staged), the same as for a mixed write."""
+    history = [Rec(f"acct-{i:03d}", m, T0 + d * DAY, float(i + d)) for i in range(30) for m in ("calls", "gb")
+               for d in range(3)]
+    upsert_usage(engine, history)
+    day = [Rec(f"acct-{i:03d}", m, T0 + 3 * DAY, float(i)) for i in range(25, 40) for m in ("calls", "gb")]
+    _fresh_changes(engine)
+    upsert_usage(engine, day)
+    pts, (first, cov), ch = state(engine)
+    assert pts == expected_rows(history + day)
+    assert ("calls", "acct-039", T0 + 3 * DAY) in first and ("gb", "acct-025", T0) in first
+    assert ("calls", T0 + 3 * DAY) in cov
+    assert ch == sorted((r.account, r.metric, r.ts, r.ts) for r in day)
+
+
+def _fresh_changes(engine: Engine) -> None:
+    with engine.begin() as c:
+        c.execute(sa.text("DELETE FROM usage_changes"))
+
+
+def test_values_and_ids_survive_the_staging_bit_for_bit(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random doubles (every exponent) and ids with quotes, commas, newlines and non-ASCII, through
+    the staging file and through the temporary tables (COPY csv on PostgreSQL)."""
+    rnd = random.Random(3)
+    ids = ['plain', 'with,comma', 'with "quotes"', "new\nline", "tab\tand 'single'", "é ü 中文 🙂", " lead", "\\back"]
+    recs = []
+    for i in range(3000):
+        v = struct.unpack("d", struct.pack("Q", rnd.getrandbits(64)))[0]
+        while v != v or abs(v) > 1e300:
+            v = struct.unpack("d", struct.pack("Q", rnd.getrandbits(64)))[0]
+        recs.append(Rec(ids[i % len(ids)], f"m{i % 3}", T0 + 60 * i, v))
+    for staging_file in (True, False):
+        if not staging_file:
+            monkeypatch.setattr(usage_load, "_stage_path", lambda engine: None)
+        _fresh(engine)
+        load_usage(engine, [recs])
+        assert rows(engine) == expected_rows(recs)
+
+
+def _stage_files(db_url: str) -> list[str]:
+    db = db_url.removeprefix("sqlite:///")
+    folder, name = os.path.split(db)
+    return sorted(f for f in os.listdir(folder) if f.startswith(f"{name}-load-"))
+
+
+def test_the_staging_file_is_deleted_and_a_dead_loads_file_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    first, second = random_records(1, n=500), random_records(2, n=500)
+    load_usage(engine, [first])
+    assert _stage_files(url) == []  # a finished load leaves none
+    dead = tmp_path / "u.db-load-0123.stage"
+    dead.write_bytes(b"left by a load killed with -9")
+    live = tmp_path / "u.db-load-4567.stage"
+    import fcntl
+
+    with open(live, "wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a load still running holds its file
+        load_usage(engine, [second])
+        assert _stage_files(url) == ["u.db-load-4567.stage"]
+    stored = {(a, m, b): v for a, m, b, v in expected_rows(first)}
+    stored.update({(a, m, b): v for a, m, b, v in expected_rows(second)})  # the second load replaces
+    assert rows(engine) == sorted((*k, v) for k, v in stored.items())
+
+
+@pytest.mark.parametrize("run_rows", [10**9, 3])
+def test_a_total_past_the_largest_float_names_its_bucket_and_stores_nothing(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, run_rows: int) -> None:
+    """Two finite values of one bucket that add up to inf, in one run (summed in numpy) or in two
+    runs (summed by the database): the error names the bucket; nothing of the load is stored."""
+    from storage.usage import UsageValueError
+
+    monkeypatch.setattr(usage_load, "RUN_ROWS", run_rows)
+    recs = [Rec("a", "calls", T0, 1e308), Rec("b", "calls", T0, 1.0), Rec("c", "calls", T0, 2.0),
+            Rec("a", "calls", T0 + 30, 1e308)]
+    with pytest.raises(UsageValueError, match=r"account 'a', metric 'calls'.*nothing was stored"):
+        load_usage(engine, chunks(recs, 1))
+    assert rows(engine) == [] and changes(engine) == []
+
+
+def test_a_record_whose_account_is_not_text_is_named(engine: Engine) -> None:
+    with pytest.raises(ValueError, match=r"usage record #1 .*account and metric must be text"):
+        upsert_usage(engine, [Rec("a", "calls", T0, 1.0), Rec(7, "calls", T0, 1.0)])  # type: ignore[arg-type]
+    assert rows(engine) == []
