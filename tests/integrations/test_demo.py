@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -224,11 +223,8 @@ def test_sub_daily_buckets() -> None:
     assert all(10 <= int(np.argmax(hourly[i])) <= 18 for i in utc)  # business hours, UTC
 
 
-def test_scales_to_thousands_of_accounts() -> None:
-    t0 = time.perf_counter()
+def test_scales_to_thousands_of_accounts() -> None:  # its speed is bench/'s (no timed unit tests)
     b = generate_book(2_000, 90, metrics=("api_calls", "events", "exports", "seats"))
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 3.0
     assert all(v.shape == (2_000, 90) for v in b.values.values())
     assert len({lb.account for lb in b.labels}) >= 300
     assert len(set(b.account_ids)) == 2_000

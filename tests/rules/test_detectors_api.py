@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -199,10 +198,10 @@ def test_no_look_ahead(rule: Rule) -> None:
     assert fired > 0  # the data exercises the condition at all
 
 
-# ------------------------------------------------------------------ performance
+# ------------------------------------------------------------------ scale (speed: bench/numpy_floor.py, bench/bench_scale.py)
 
 
-def test_thousands_of_accounts_are_fast() -> None:
+def test_thousands_of_accounts_run_through_every_kind() -> None:
     rows, n = 4_000, 29 * 24
     rng = np.random.default_rng(3)
     values = rng.gamma(2.0, 50.0, size=(rows, n))
@@ -222,10 +221,8 @@ def test_thousands_of_accounts_are_fast() -> None:
         make_rule("quota", QuotaParams(mode="forecast")),
         make_rule("expansion", ExpansionParams(period=7 * DAY, periods=3)),
     ]
-    for rule in rules:
-        detect(rule, b, facts)  # warm caches (zoneinfo, periods)
-        began = time.perf_counter()
+    for rule in rules:  # no timing here: a shared machine makes a timed unit test flaky
         res = detect(rule, b, facts)
-        elapsed = time.perf_counter() - began
         assert res.decided.shape == (rows,)
-        assert elapsed < 1.5, f"{rule.id}: {elapsed:.2f}s for {rows} accounts"
+        assert res.decided.any(), rule.id
+        assert all(f.account_id in set(ids) for f in res.findings), rule.id

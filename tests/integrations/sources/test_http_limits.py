@@ -168,7 +168,7 @@ def test_an_endless_response_is_cut_at_max_response_bytes(engine: Engine, raw) -
 def test_a_drip_feed_is_stopped_at_the_request_deadline(engine: Engine, raw) -> None:  # type: ignore[no-untyped-def]
     srv = raw(drip)
     report, took = _poll(engine, srv.url(), 'request_deadline = "2s"')
-    assert not report.ok and took < 2 + 1 + 1.5  # the deadline, plus at most one read timeout, plus slack
+    assert not report.ok and took < 8  # the whole drip takes 200 s; the deadline 2 s (room for load)
     assert "the response was still arriving after 2s" in (report.error or "")
 
 
@@ -182,14 +182,14 @@ def test_a_gzip_bomb_is_cut_after_decompression(engine: Engine, raw) -> None:  #
 def test_a_declared_length_over_the_cap_is_refused_before_reading(engine: Engine, raw) -> None:  # type: ignore[no-untyped-def]
     srv = raw(huge_length)
     report, took = _poll(engine, srv.url(), "")
-    assert not report.ok and took < 3
+    assert not report.ok and took < 10  # reading 50 GiB would not end (room for load)
     assert "the response is 51200.0 MiB (Content-Length), more than max_response_bytes (32.0 MiB)" in report.error
 
 
 def test_retries_stop_at_the_poll_deadline(engine: Engine, raw) -> None:  # type: ignore[no-untyped-def]
     srv = raw(slow_503)
     report, took = _poll(engine, srv.url(), 'poll_deadline = "2s"\nretries = 20')
-    assert not report.ok and took < 4
+    assert not report.ok and took < 8  # the 21 attempts of 0.6 s each would take 12.6 s; room for load
     assert srv.hits <= 5
     assert "poll_deadline (2s)" in (report.error or "")
 
