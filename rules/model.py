@@ -239,6 +239,12 @@ class MetricBlock:
         """The first `n_columns` buckets (a view, no copy)."""
         return MetricBlock(self.metric, self.start, self.step, self.account_ids, self.values[:, :n_columns])
 
+    def stub(self) -> MetricBlock:
+        """This block's metric, ids, step and end without its values (one NaN column, no memory):
+        what a columnar finding keeps to build its Finding later without holding the usage."""
+        return MetricBlock(self.metric, self.end - self.step, self.step, self.account_ids,
+                           np.broadcast_to(np.nan, (len(self.account_ids), 1)))
+
     def rows(self, mask: np.ndarray) -> MetricBlock:
         ids = [a for a, keep in zip(self.account_ids, mask, strict=True) if keep]
         return MetricBlock(self.metric, self.start, self.step, ids, self.values[mask])

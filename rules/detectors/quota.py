@@ -317,7 +317,7 @@ def _forecast_group(
         is_open[pos] = any(e.discriminator == key for e in opened.by_row[int(idx[pos])])
     enough = observed * block.step >= params.min_observed
     window_start = min(period.start, rate_start)
-    site = _Site(rule, block, period, timezone, window_start, key)
+    site = _Site(rule, block.stub(), period, timezone, window_start, key)
     new = has_rate & ~is_open & enough & (used < target) & (target <= projected)
     if new.any():
         result.found.append(site.rows(idx, new, used, q, rate, projected, np.zeros(idx.size, dtype=bool)))
@@ -372,6 +372,7 @@ class _Site:
 def _threshold_rows(rule: Rule, block: MetricBlock, rows: np.ndarray, used: np.ndarray, q: np.ndarray,
                     fraction: float, period: Period) -> FindingRows:
     """The findings of one level reached by one billing group's rows, columnar (FindingRows)."""
+    block = block.stub()
 
     def build(k: int) -> Finding:
         return _threshold_finding(rule, block, int(rows[k]), float(used[k]), float(q[k]), fraction, period)
