@@ -180,12 +180,24 @@ def open_episodes(states: Mapping[Key, EpisodeState], rules: Mapping[str, Rule],
             continue
         if memo is not None and now is None:
             hit = memo.get(s.key)
-            if hit is None or hit[0] is not s:
+            if hit is None or (hit[0] is not s and not _told_same(hit[0], s)):
                 hit = memo[s.key] = (s, _open_episode(s, rules, now))
+            elif hit[0] is not s:  # continued without a change the detectors are told about
+                hit = memo[s.key] = (s, hit[1])
             out.setdefault(s.rule_id, []).append(hit[1])
         else:
             out.setdefault(s.rule_id, []).append(_open_episode(s, rules, now))
     return out
+
+
+def _told_same(old: EpisodeState, new: EpisodeState) -> bool:
+    """Whether the detectors are told the same about two states of one key (equal OpenEpisodes):
+    an episode a finding continued (a new state each step) keeps its OpenEpisode."""
+    if old.status != new.status or old.fired_at != new.fired_at or old.started_at != new.started_at:
+        return False
+    if new.reference is not None or old.reference is not None:
+        return old.reference is new.reference
+    return old.last_explanation.get("baseline") == new.last_explanation.get("baseline")
 
 
 def _open_episode(s: EpisodeState, rules: Mapping[str, Rule], now: int | None) -> OpenEpisode:
@@ -256,10 +268,7 @@ def advance(
             _step_finding(rules, states, out, transitions, seen_keys, item, 0, item.key, item.rule_id,
                           item.severity, now, snoozed, first_run, explain)
             continue
-        rule_id = item.rule_id
-        for k in range(len(item)):  # columnar: a Finding is built only for a transition
-            _step_finding(rules, states, out, transitions, seen_keys, item, k, item.key(k), rule_id,
-                          item.severity_of(k), now, snoozed, first_run, explain)
+        _step_rows(rules, states, out, transitions, seen_keys, item, now, snoozed, first_run, explain)
 
     for key, prev in states.items():
         if key in seen_keys or not prev.is_open:
@@ -305,6 +314,34 @@ def advance(
         _inhibit(rules, inhibits, transitions, out)
     _group(rules, transitions, out)
     return LifecycleResult(out, transitions)
+
+
+def _step_rows(
+    rules: Mapping[str, Rule], states: Mapping[Key, EpisodeState], out: dict[Key, EpisodeState],
+    transitions: list[Transition], seen_keys: set[Key], item: FindingRows, now: int,
+    snoozed: Mapping[str, int], first_run: FirstRun | None, explain: Callable[[Finding], Mapping[str, Any]],
+) -> None:
+    """advance() for columnar findings: a row that continues an open episode without a transition (a
+    firing one not due to renotify, a pending one short of `for`) gets its new state here, with a lazy
+    explanation and no Finding built; every other row goes through _step_finding."""
+    rule = rules.get(item.rule_id)
+    lazy = explain is LazyExplanation and rule is not None
+    gap = max(rule.renotify, rule.cooldown) if rule is not None and rule.renotify > 0 else None
+    for_buckets = rule.for_buckets if rule is not None else 0
+    for k in range(len(item)):
+        key = item.key(k)
+        prev = states.get(key)
+        if lazy and prev is not None and key not in seen_keys and (
+                (prev.status == FIRING and (gap is None or prev.last_notified_at is None
+                                            or now - prev.last_notified_at < gap))
+                or (prev.status == PENDING and prev.consecutive + 1 < for_buckets)):
+            seen_keys.add(key)
+            out[key] = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now,
+                               last_explanation=LazyExplanation(item, k), severity=item.severity_of(k),
+                               clear_count=0, recovering_since=None, cleared_at=None)
+            continue
+        _step_finding(rules, states, out, transitions, seen_keys, item, k, key, item.rule_id,
+                      item.severity_of(k), now, snoozed, first_run, explain)
 
 
 def _step_finding(

@@ -360,7 +360,10 @@ class LazyExplanation(Mapping[str, Any]):
         return self._data
 
     def __getitem__(self, key: str) -> Any:
-        if self._finding is not None and key in _PLAIN:  # no need to build the message for these
+        f = self._finding
+        if isinstance(f, FindingRows) and key == "baseline":  # read at every step (lifecycle.open_episodes)
+            return f.baseline_of(self._k)
+        if f is not None and key in _PLAIN:  # no need to build the message for these
             return getattr(self._source(), _PLAIN[key])
         return self._built()[key]
 
@@ -388,18 +391,19 @@ class FindingRows(Sequence[Finding]):
 
     account_ids: the evaluated block's row ids (shared, never copied); discriminator: one for all
     rows or one per row; numbers: per-row arrays of the finding's value/baseline/threshold (checked
-    for +-inf by the engine without building anything); severities: None (the rule's) or one per row.
+    for +-inf by the engine without building anything); baselines: Finding.baseline per row (None: no
+    baseline for any row); severities: None (the rule's) or one per row.
     """
 
     __slots__ = ("rule_id", "metric", "severity", "at", "account_ids", "rows", "discriminator", "numbers",
-                 "severities", "_build", "_built")
+                 "severities", "baselines", "_build", "_built")
 
     def __init__(self, rule_id: str, metric: str, severity: str, at: int, account_ids: Sequence[str],
                  rows: np.ndarray, discriminator: str | Sequence[str], build: Callable[[int], Finding],
-                 numbers: Sequence[np.ndarray] = ()) -> None:
+                 numbers: Sequence[np.ndarray] = (), baselines: np.ndarray | None = None) -> None:
         self.rule_id, self.metric, self.severity, self.at = rule_id, metric, severity, at
         self.account_ids, self.rows, self.discriminator = account_ids, rows, discriminator
-        self.numbers = numbers
+        self.numbers, self.baselines = numbers, baselines
         self.severities: list[str] | None = None
         self._build = build
         self._built: dict[int, Finding] = {}
@@ -433,6 +437,10 @@ class FindingRows(Sequence[Finding]):
     def keys(self) -> list[tuple[str, str, str, str]]:
         return [self.key(k) for k in range(len(self.rows))]
 
+    def baseline_of(self, k: int) -> float | None:
+        """Finding.baseline of row k (`baselines`: None when every finding's is None)."""
+        return None if self.baselines is None else float(self.baselines[k])
+
     def severity_of(self, k: int) -> str:
         return self.severity if self.severities is None else self.severities[k]
 
@@ -448,7 +456,8 @@ class FindingRows(Sequence[Finding]):
         idx = np.flatnonzero(keep)
         disc = self.discriminator if isinstance(self.discriminator, str) else [self.discriminator[i] for i in idx]
         out = FindingRows(self.rule_id, self.metric, self.severity, self.at, self.account_ids, self.rows[idx], disc,
-                          lambda k: self[int(idx[k])], [x[idx] for x in self.numbers])
+                          lambda k: self[int(idx[k])], [x[idx] for x in self.numbers],
+                          None if self.baselines is None else self.baselines[idx])
         if self.severities is not None:
             out.severities = [self.severities[i] for i in idx]
         return out

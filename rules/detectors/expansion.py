@@ -218,7 +218,7 @@ def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock,
 
     numbers = (fired[:, 0], fired[:, -1], (1.0 + params.growth) * fired[:, 1])
     return DetectorResult([FindingRows(rule.id, block.metric, rule.severity, block.end, block.account_ids,
-                                       rows_fired, "", build, numbers)], decided)
+                                       rows_fired, "", build, numbers, fired[:, -1])], decided)
 
 
 def _growth_finding(
