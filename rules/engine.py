@@ -36,6 +36,7 @@ from rules.model import (
     FoundItem,
     MetricBlock,
     OpenEpisode,
+    PickedFacts,
     Recovery,
     Rule,
     found_accounts,
@@ -383,7 +384,7 @@ def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
     idx = np.flatnonzero(keep)
     ids = view.account_ids
     return (MetricBlock(view.metric, view.start, view.step, [ids[i] for i in idx], view.values[idx]),
-            tuple(facts[i] for i in idx))
+            PickedFacts(facts, idx))
 
 
 @dataclass(frozen=True)

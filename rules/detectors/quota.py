@@ -71,6 +71,7 @@ from rules.model import (
     FindingRows,
     MetricBlock,
     OpenEpisode,
+    PickedFacts,
     Recovery,
     Rule,
 )
@@ -128,7 +129,9 @@ def required_history(rule: Rule) -> int:
 @by_identity()
 def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.ndarray]]:
     """Row indices grouped by (billing_day, timezone), in first-seen order (read-only arrays: a tuple of
-    facts is grouped once per replay, rules.memo)."""
+    facts is grouped once per replay, rules.memo; some rows of one, PickedFacts, from its groups)."""
+    if isinstance(accounts, PickedFacts):
+        return _picked_groups(accounts)
     groups: dict[tuple[int, str], list[int]] = {}
     for i, account in enumerate(accounts):
         groups.setdefault((account.billing_day, account.timezone), []).append(i)
@@ -138,9 +141,29 @@ def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.
     return out
 
 
+def _picked_groups(picked: PickedFacts) -> list[tuple[int, str, np.ndarray]]:
+    """account_groups of some rows of a facts tuple, from the tuple's groups (the same result)."""
+    whole = account_groups(picked.parent)
+    group_of = np.empty(len(picked.parent), dtype=np.intp)
+    for g, (_, _, rows) in enumerate(whole):
+        group_of[rows] = g
+    mine = group_of[picked.idx]
+    present, first = np.unique(mine, return_index=True)
+    out = []
+    for g in present[np.argsort(first)]:
+        rows = np.flatnonzero(mine == g)
+        rows.flags.writeable = False
+        out.append((whole[g][0], whole[g][1], rows))
+    return out
+
+
 @by_identity()
 def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
     """Quota per row; NaN where the account has none for `metric` (read-only, rules.memo)."""
+    if isinstance(accounts, PickedFacts):
+        out = quota_array(accounts.parent, metric)[accounts.idx]
+        out.flags.writeable = False
+        return out
     out = np.full(len(accounts), np.nan)
     for i, account in enumerate(accounts):
         q = account.quotas.get(metric)
