@@ -526,17 +526,25 @@ def evaluate(
     if tallies is None:
         settle_cohorts(pending, out)
     if pricing is not None and pricing.renewal_within and pricing.renewal_raise:
-        out.found = [_renewal_raised(x, accounts, pricing) for x in out.found]
+        memo: dict[tuple[str, str, int], str] = {}
+        out.found = [_renewal_raised(x, accounts, pricing, memo) for x in out.found]
     return out
 
 
-def _renewal_raised(item: FoundItem, accounts: Mapping[str, AccountFacts], pricing: Pricing) -> FoundItem:
-    """`item` with the severity [pricing] gives an account renewing soon (per row for FindingRows)."""
+def _renewal_raised(item: FoundItem, accounts: Mapping[str, AccountFacts], pricing: Pricing,
+                    memo: dict[tuple[str, str, int], str]) -> FoundItem:
+    """`item` with the severity [pricing] gives an account renewing soon (per row for FindingRows;
+    memo: (severity, account, at) -> raised severity, shared by the rules of one evaluation)."""
     if isinstance(item, Finding):
         severity = renewal_severity(item.severity, accounts.get(item.account_id), pricing, item.at)
         return item if severity == item.severity else replace(item, severity=severity)
-    base = item.severity
-    sev = [renewal_severity(base, accounts.get(item.account_id(k)), pricing, item.at) for k in range(len(item))]
+    base, at, ids = item.severity, item.at, item.account_ids
+    sev = []
+    for r in item.rows.tolist():
+        got = memo.get((base, ids[r], at))
+        if got is None:
+            got = memo[(base, ids[r], at)] = renewal_severity(base, accounts.get(ids[r]), pricing, at)
+        sev.append(got)
     if any(s != base for s in sev):
         item.severities = sev
     return item

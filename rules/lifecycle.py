@@ -328,8 +328,10 @@ def _step_rows(
     lazy = explain is LazyExplanation and rule is not None
     gap = max(rule.renotify, rule.cooldown) if rule is not None and rule.renotify > 0 else None
     for_buckets = rule.for_buckets if rule is not None else 0
-    for k in range(len(item)):
-        key = item.key(k)
+    ids, rule_id, metric, disc = item.account_ids, item.rule_id, item.metric, item.discriminator
+    one = disc if isinstance(disc, str) else None
+    for k, row in enumerate(item.rows.tolist()):
+        key = (rule_id, ids[row], metric, disc[k] if one is None else one)
         prev = states.get(key)
         if lazy and prev is not None and key not in seen_keys and (
                 (prev.status == FIRING and (gap is None or prev.last_notified_at is None

@@ -449,7 +449,10 @@ class FindingRows(Sequence[Finding]):
         return (self.rule_id, self.account_ids[self.rows[k]], self.metric, self.discriminator_of(k))
 
     def keys(self) -> list[tuple[str, str, str, str]]:
-        return [self.key(k) for k in range(len(self.rows))]
+        ids, d = self.account_ids, self.discriminator
+        if isinstance(d, str):
+            return [(self.rule_id, ids[r], self.metric, d) for r in self.rows.tolist()]
+        return [(self.rule_id, ids[r], self.metric, d[k]) for k, r in enumerate(self.rows.tolist())]
 
     def baseline_of(self, k: int) -> float | None:
         """Finding.baseline of row k (`baselines`: None when every finding's is None)."""
