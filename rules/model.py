@@ -455,8 +455,12 @@ class FindingRows(Sequence[Finding]):
         return [(self.rule_id, ids[r], self.metric, d[k]) for k, r in enumerate(self.rows.tolist())]
 
     def baseline_of(self, k: int) -> float | None:
-        """Finding.baseline of row k (`baselines`: None when every finding's is None)."""
-        return None if self.baselines is None else float(self.baselines[k])
+        """Finding.baseline of row k (`baselines`: None when every finding's is None; NaN stands for None:
+        a detector's baseline is a number or none, never NaN)."""
+        if self.baselines is None:
+            return None
+        x = float(self.baselines[k])
+        return None if x != x else x
 
     def severity_of(self, k: int) -> str:
         return self.severity if self.severities is None else self.severities[k]
@@ -514,17 +518,17 @@ def found_accounts(found: Sequence[FoundItem]) -> Iterator[tuple[str, str]]:
 
 
 class Found:
-    """A holder of findings as Finding objects and FindingRows (`found`, in order); `findings` gives
-    them all as Finding objects (the same list while it holds Finding objects only, so appending to
-    it appends; otherwise a materialised copy, rules.model.materialise)."""
+    """A holder of findings as Finding objects and FindingRows (`found`, in order); reading `findings`
+    turns them all into Finding objects in place (rules.model.materialise) and gives that list, so
+    appending to it appends. Code on the columnar path (a replay) reads and extends `found` instead."""
 
     found: list[FoundItem]
 
     @property
     def findings(self) -> list[Finding]:
-        if all(isinstance(x, Finding) for x in self.found):
-            return self.found  # type: ignore[return-value]
-        return materialise(self.found)
+        if not all(isinstance(x, Finding) for x in self.found):
+            self.found = materialise(self.found)  # type: ignore[assignment]
+        return self.found  # type: ignore[return-value]
 
     @findings.setter
     def findings(self, value: list[Finding]) -> None:

@@ -38,11 +38,12 @@ def test_quota_findings_are_columnar_and_materialise_in_order() -> None:
     blocks, accounts, at = _book([[30, 30, 30], [10, 10, 10], [40, 30, 20]])
     out = evaluate([RULE], blocks, accounts, at, only_due=False)
     assert out.found and all(isinstance(x, FindingRows) for x in out.found)
-    findings = out.findings
+    rows, columnar = out.found[0], list(out.found)
+    findings = out.findings  # materialised in place: out.found now holds Finding objects
     assert [(f.account_id, f.discriminator) for f in findings] == [
         ("a0", "2026-11-01:0.5"), ("a2", "2026-11-01:0.5"), ("a0", "2026-11-01:0.8"), ("a2", "2026-11-01:0.8")]
-    assert findings == materialise(out.found) and all(isinstance(f, Finding) for f in findings)
-    rows = out.found[0]
+    assert findings == materialise(columnar) and all(isinstance(f, Finding) for f in findings)
+    assert out.found is findings and out.findings is findings
     assert rows.keys() == [f.key for f in findings[:2]] and rows[0] is rows[0]  # built once
     assert findings[0].value == 90.0 and findings[0].threshold == 50.0 and "90% of the monthly quota" in findings[0].message
 
@@ -60,9 +61,9 @@ def test_a_row_whose_sum_overflows_is_contained_to_its_account() -> None:
 def test_renewal_raises_the_severity_of_columnar_rows_per_account() -> None:
     blocks, accounts, at = _book([[30, 30, 30], [40, 30, 20]], renewal={"a1": START + 20 * DAY})
     out = evaluate([RULE], blocks, accounts, at, only_due=False, pricing=Pricing(renewal_within=60 * DAY))
+    rows = out.found[0]
     sev = {(f.account_id, f.discriminator): f.severity for f in out.findings}
     assert sev[("a0", "2026-11-01:0.5")] == RULE.severity and sev[("a1", "2026-11-01:0.5")] != RULE.severity
-    rows = out.found[0]
     assert [rows.severity_of(k) for k in range(len(rows))] == [sev[rows.key(k)[1], rows.key(k)[3]]
                                                                  for k in range(len(rows))]
 
