@@ -507,8 +507,10 @@ def evaluate(
             raise KeyError(f"no usage block for rule {rule.id!r} ({rule.metric} @ {rule.bucket}s)")
         key = (rule.metric, rule.bucket)
         if key not in facts:
+            # a tuple: the detectors remember what they derive from it by identity (rules.memo), so the
+            # rules of one block share its ids, quota arrays and billing groups
             facts[key] = reuse.facts(key, block, accounts) if reuse is not None else \
-                facts_for(block.account_ids, accounts)
+                tuple(facts_for(block.account_ids, accounts))
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
                               pending, out.contained, reuse, out.interrupted,
