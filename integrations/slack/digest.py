@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from integrations.slack.attention import ranked
+from integrations.slack.attention import quiet_until, ranked
 from integrations.slack.errors import SlackDeliveryError
 from integrations.slack.notifier import SlackNotifier
 from storage import slack as store
@@ -55,6 +55,9 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
             last = store.last_digest_sent_at(engine, owner)
             if now < due_at or (last is not None and last >= due_at):
                 continue
+            if att.quiet_hours and quiet_until(att, tz, now) is not None:
+                continue  # a digest missed at its time (the service was down) is not sent at night:
+                #           it goes when quiet hours end, or its items join the next morning's
             key = f"digest:{owner}:{day}"
         step = f"{key}|dm:{owner}"
         posted = store.get_step(engine, step)

@@ -132,6 +132,32 @@ def test_morning_digest_lists_each_owners_open_alerts_most_important_first(engin
     assert send_due_digests(n, clock.set_day(FIRED + 1, NINE)).sent == 2  # the next morning again
 
 
+def test_a_digest_missed_at_its_time_is_not_sent_in_quiet_hours(engine, fake, config, clock):
+    """The service was down at 09:00: the late digest waits out the recipient's quiet hours and its
+    held alert goes in the next digest, nothing lost (bench_attention found one at 20:00 local)."""
+    cfg = _cfg(config, max_dms_per_day=1, quiet_start=20 * 60, quiet_end=8 * 60)
+    sc, n = _fire(engine, clock, cfg)
+    sc.deliver(n, at=clock.set_day(FIRED, 10 * 3600))  # after 09:00 (UTC): today's digest was missed
+    assert digest_owners(engine) == ["bob@example.com"]  # bob's second alert waits for his digest
+    assert send_due_digests(n, clock.set_day(FIRED, 21 * 3600)).sent == 0  # 21:00: quiet
+    assert send_due_digests(n, clock.set_day(FIRED + 1, 7 * 3600)).sent == 0  # still quiet
+    assert send_due_digests(n, clock.set_day(FIRED + 1, 8 * 3600)).sent == 0  # today's is due at 09:00
+    d = send_due_digests(n, clock.set_day(FIRED + 1, NINE))
+    assert (d.sent, d.items) == (1, 1) and digest_owners(engine) == []
+    bob = fake.dm_with("U0BOBBY01").messages
+    assert len(bob) == 2 and "1 alert(s)" in bob[1]["text"]
+    assert all(8 <= (float(m["ts"]) % DAY) // 3600 < 20 for m in bob)  # nothing posted in quiet hours
+
+
+def test_a_digest_time_inside_quiet_hours_goes_when_they_end(engine, fake, config, clock):
+    cfg = replace(_cfg(config, max_dms_per_day=1, quiet_start=20 * 60, quiet_end=8 * 60),
+                  digest=DigestConfig(hour=7, minute=0))
+    sc, n = _fire(engine, clock, cfg)
+    sc.deliver(n, at=clock.set_day(FIRED, 10 * 3600))
+    assert send_due_digests(n, clock.set_day(FIRED + 1, 7 * 3600)).sent == 0
+    assert send_due_digests(n, clock.set_day(FIRED + 1, 8 * 3600)).items == 1
+
+
 def test_ranking_by_severity_then_utilisation():
     def a(i, sev, util):  # noqa: ANN001, ANN202
         return OpenAlert(i, f"a{i}", f"A{i}", "r", "m", sev, "msg", 100 + i, util, False)
