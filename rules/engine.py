@@ -31,10 +31,15 @@ from rules.model import (
     Calendar,
     DetectorResult,
     Finding,
+    FindingRows,
+    Found,
+    FoundItem,
     MetricBlock,
     OpenEpisode,
+    PickedFacts,
     Recovery,
     Rule,
+    found_accounts,
 )
 
 BlockKey = tuple[str, int]  # (metric, bucket seconds)
@@ -111,8 +116,11 @@ class DecidedByRule(AbstractSet[tuple[str, str]]):
 
 
 @dataclass
-class EvaluationResult:
-    findings: list[Finding] = field(default_factory=list)
+class EvaluationResult(Found):
+    """What evaluate() found: `findings` as Finding objects (rules.model.Found), `found` as the
+    detectors gave them (Finding objects and columnar FindingRows: what a replay steps on)."""
+
+    found: list[FoundItem] = field(default_factory=list)
     decided: set[tuple[str, str]] = field(default_factory=set)  # (rule_id, account_id); DecidedByRule with Reuse
     evaluated_rules: set[str] = field(default_factory=set)
     recoveries: dict[RecoveryKey, Recovery] = field(default_factory=dict)
@@ -159,6 +167,38 @@ def non_finite_rows(values: np.ndarray) -> np.ndarray:
 
 def _finite_finding(f: Finding) -> bool:
     return all(x is None or not math.isinf(x) for x in (f.value, f.baseline, f.threshold))
+
+
+def _without_non_finite(result: DetectorResult) -> set[str]:
+    """Drop the findings whose numbers are not finite from `result`; their account ids."""
+    odd: set[str] = set()
+    kept: list[FoundItem] = []
+    for item in result.found:
+        if isinstance(item, Finding):
+            if _finite_finding(item):
+                kept.append(item)
+            else:
+                odd.add(item.account_id)
+            continue
+        ok = item.finite()
+        if not ok.all():
+            odd.update(item.account_id(k) for k in np.flatnonzero(~ok))
+            item = item.subset(ok)
+        kept.append(item)
+    if odd:  # every finding of such an account goes (as one Finding at a time did)
+        result.found = [_drop_accounts(x, odd) for x in kept]
+    return odd
+
+
+def _drop_accounts(item: FoundItem, accounts: AbstractSet[str]) -> FoundItem:
+    """`item` without the findings of `accounts` (a Finding of one of them: an empty FindingRows)."""
+    if isinstance(item, Finding):
+        return item if item.account_id not in accounts else _EMPTY
+    keep = np.fromiter((item.account_id(k) not in accounts for k in range(len(item))), dtype=bool, count=len(item))
+    return item if keep.all() else item.subset(keep)
+
+
+_EMPTY = FindingRows("", "", "", 0, [], np.zeros(0, dtype=np.intp), "", lambda k: None)  # type: ignore[arg-type, return-value]
 
 
 class Reuse:
@@ -323,16 +363,15 @@ def detect_rule(
         if not facts:
             return [], DetectorResult([], np.zeros(0, dtype=bool))
     result = detect(rule, view, facts, open_episodes)
-    if not all(map(_finite_finding, result.findings)):  # e.g. sums of huge values overflowing in a detector
-        odd = {f.account_id for f in result.findings if not _finite_finding(f)}
+    odd = _without_non_finite(result)  # e.g. sums of huge values overflowing in a detector
+    if odd:
         if contained is not None:
             contained += [(rule.id, a, "the rule's computation on its usage overflowed (not a finite number)")
                           for a in sorted(odd)]
-        result.findings = [f for f in result.findings if f.account_id not in odd]
         result.decided[[i for i, a in enumerate(view.account_ids) if a in odd]] = False
     if rule.cohort is not None and tallies is not None:
         open_ids = {e.account_id for e in open_episodes}
-        new = [f.account_id for f in result.findings if f.account_id not in open_ids]
+        new = [a for _, a in found_accounts(result.found) if a not in open_ids]
         tallies.append(CohortTally(rule, view.end, view.account_ids, facts, result.decided, open_ids, new))
     return view.account_ids, result
 
@@ -345,7 +384,7 @@ def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
     idx = np.flatnonzero(keep)
     ids = view.account_ids
     return (MetricBlock(view.metric, view.start, view.step, [ids[i] for i in idx], view.values[idx]),
-            tuple(facts[i] for i in idx))
+            PickedFacts(facts, idx))
 
 
 @dataclass(frozen=True)
@@ -419,7 +458,7 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
 
 def _mute(out: EvaluationResult, rule_id: str, muted: set[str]) -> None:
     """Leave `muted` accounts undecided for the rule in `out`, their pending runs broken."""
-    out.findings = [f for f in out.findings if f.rule_id != rule_id or f.account_id not in muted]
+    out.found = [x if x.rule_id != rule_id else _drop_accounts(x, muted) for x in out.found]
     out.recoveries = {k: r for k, r in out.recoveries.items() if k[0] != rule_id or k[1] not in muted}
     if isinstance(out.decided, DecidedByRule):
         out.decided.by_rule.get(rule_id, set()).difference_update(muted)
@@ -468,8 +507,10 @@ def evaluate(
             raise KeyError(f"no usage block for rule {rule.id!r} ({rule.metric} @ {rule.bucket}s)")
         key = (rule.metric, rule.bucket)
         if key not in facts:
+            # a tuple: the detectors remember what they derive from it by identity (rules.memo), so the
+            # rules of one block share its ids, quota arrays and billing groups
             facts[key] = reuse.facts(key, block, accounts) if reuse is not None else \
-                facts_for(block.account_ids, accounts)
+                tuple(facts_for(block.account_ids, accounts))
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
                               pending, out.contained, reuse, out.interrupted,
@@ -477,7 +518,7 @@ def evaluate(
         if verdict is None:
             continue
         ids, res = verdict
-        out.findings.extend(res.findings)
+        out.found.extend(res.found)
         if isinstance(out.decided, DecidedByRule):
             out.decided.by_rule.setdefault(rule.id, set()).update(compress(ids, res.decided))
         else:
@@ -487,10 +528,25 @@ def evaluate(
     if tallies is None:
         settle_cohorts(pending, out)
     if pricing is not None and pricing.renewal_within and pricing.renewal_raise:
-        out.findings = [_renewal_raised(f, accounts.get(f.account_id), pricing) for f in out.findings]
+        memo: dict[tuple[str, str, int], str] = {}
+        out.found = [_renewal_raised(x, accounts, pricing, memo) for x in out.found]
     return out
 
 
-def _renewal_raised(f: Finding, account: AccountFacts | None, pricing: Pricing) -> Finding:
-    severity = renewal_severity(f.severity, account, pricing, f.at)
-    return f if severity == f.severity else replace(f, severity=severity)
+def _renewal_raised(item: FoundItem, accounts: Mapping[str, AccountFacts], pricing: Pricing,
+                    memo: dict[tuple[str, str, int], str]) -> FoundItem:
+    """`item` with the severity [pricing] gives an account renewing soon (per row for FindingRows;
+    memo: (severity, account, at) -> raised severity, shared by the rules of one evaluation)."""
+    if isinstance(item, Finding):
+        severity = renewal_severity(item.severity, accounts.get(item.account_id), pricing, item.at)
+        return item if severity == item.severity else replace(item, severity=severity)
+    base, at, ids = item.severity, item.at, item.account_ids
+    sev = []
+    for r in item.rows.tolist():
+        got = memo.get((base, ids[r], at))
+        if got is None:
+            got = memo[(base, ids[r], at)] = renewal_severity(base, accounts.get(ids[r]), pricing, at)
+        sev.append(got)
+    if any(s != base for s in sev):
+        item.severities = sev
+    return item

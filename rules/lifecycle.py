@@ -47,7 +47,17 @@ from typing import Any
 
 from rules.gcpause import gc_paused
 from rules.kinds import resolve_buckets
-from rules.model import Finding, Inhibit, OpenEpisode, Recovery, Reference, Rule
+from rules.model import (
+    Finding,
+    FindingRows,
+    FoundItem,
+    Inhibit,
+    LazyExplanation,
+    OpenEpisode,
+    Recovery,
+    Reference,
+    Rule,
+)
 from rules.periods import iso
 
 Key = tuple[str, str, str, str]
@@ -170,12 +180,24 @@ def open_episodes(states: Mapping[Key, EpisodeState], rules: Mapping[str, Rule],
             continue
         if memo is not None and now is None:
             hit = memo.get(s.key)
-            if hit is None or hit[0] is not s:
+            if hit is None or (hit[0] is not s and not _told_same(hit[0], s)):
                 hit = memo[s.key] = (s, _open_episode(s, rules, now))
+            elif hit[0] is not s:  # continued without a change the detectors are told about
+                hit = memo[s.key] = (s, hit[1])
             out.setdefault(s.rule_id, []).append(hit[1])
         else:
             out.setdefault(s.rule_id, []).append(_open_episode(s, rules, now))
     return out
+
+
+def _told_same(old: EpisodeState, new: EpisodeState) -> bool:
+    """Whether the detectors are told the same about two states of one key (equal OpenEpisodes):
+    an episode a finding continued (a new state each step) keeps its OpenEpisode."""
+    if old.status != new.status or old.fired_at != new.fired_at or old.started_at != new.started_at:
+        return False
+    if new.reference is not None or old.reference is not None:
+        return old.reference is new.reference
+    return old.last_explanation.get("baseline") == new.last_explanation.get("baseline")
 
 
 def _open_episode(s: EpisodeState, rules: Mapping[str, Rule], now: int | None) -> OpenEpisode:
@@ -205,7 +227,7 @@ def _suppression(
 @gc_paused()
 def advance(
     rules: Mapping[str, Rule],
-    findings: Sequence[Finding],
+    findings: Sequence[FoundItem],
     decided: Iterable[tuple[str, str]],
     states: Mapping[Key, EpisodeState],
     now: int,
@@ -241,51 +263,12 @@ def advance(
     transitions: list[Transition] = []
 
     seen_keys: set[Key] = set()
-    for f in findings:
-        key = f.key
-        if key in seen_keys:
-            raise ValueError(f"duplicate finding for episode {key}")
-        seen_keys.add(key)
-        rule = rules.get(f.rule_id)
-        if rule is None:
-            raise ValueError(f"finding for unknown rule {f.rule_id!r}")
-        prev = states.get(key)
-        if prev is not None and prev.once and prev.fired_at is not None and not prev.is_open:
-            continue  # once-per-key episode already fired (e.g. quota threshold this period)
-        expl = explain(f)
-        if prev is not None and prev.is_open:
-            s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
-                        severity=f.severity, clear_count=0, recovering_since=None, cleared_at=None)
-            if prev.status == PENDING:
-                if s.consecutive >= rule.for_buckets:
-                    s, t = _fire(s, f, rule, now, prev_notified=prev.last_notified_at, snoozed=snoozed,
-                                 first_run=first_run)
-                    transitions.append(t)
-            elif rule.renotify > 0 and s.last_notified_at is not None:
-                gap = max(rule.renotify, rule.cooldown)
-                if now - s.last_notified_at >= gap:
-                    why = _suppression(s, now, snoozed)
-                    if not why:
-                        s = replace(s, last_notified_at=now)
-                    transitions.append(Transition("renotified", now, s, f, notify=not why, reason=why))
-            out[key] = s
+    for item in findings:
+        if isinstance(item, Finding):
+            _step_finding(rules, states, out, transitions, seen_keys, item, 0, item.key, item.rule_id,
+                          item.severity, now, snoozed, first_run, explain)
             continue
-        s = EpisodeState(
-            rule_id=f.rule_id, account_id=f.account_id, metric=f.metric, discriminator=f.discriminator,
-            status=PENDING, started_at=now, consecutive=1, once=f.once, severity=f.severity,
-            last_seen_at=now, last_explanation=expl,
-            last_notified_at=prev.last_notified_at if prev is not None else None,
-            snoozed_until=(prev.snoozed_until if prev is not None and prev.snoozed_until
-                           and prev.snoozed_until > now else None),
-            reference=f.reference,
-            held=first_run is not None and first_run.covers(f.rule_id, f.account_id),
-        )
-        if s.consecutive >= rule.for_buckets:
-            s, t = _fire(s, f, rule, now, prev_notified=s.last_notified_at, snoozed=snoozed, first_run=first_run)
-            transitions.append(t)
-        else:
-            transitions.append(Transition("pending", now, s, f, notify=False, reason="waiting for 'for'"))
-        out[key] = s
+        _step_rows(rules, states, out, transitions, seen_keys, item, now, snoozed, first_run, explain)
 
     for key, prev in states.items():
         if key in seen_keys or not prev.is_open:
@@ -331,6 +314,99 @@ def advance(
         _inhibit(rules, inhibits, transitions, out)
     _group(rules, transitions, out)
     return LifecycleResult(out, transitions)
+
+
+def _step_rows(
+    rules: Mapping[str, Rule], states: Mapping[Key, EpisodeState], out: dict[Key, EpisodeState],
+    transitions: list[Transition], seen_keys: set[Key], item: FindingRows, now: int,
+    snoozed: Mapping[str, int], first_run: FirstRun | None, explain: Callable[[Finding], Mapping[str, Any]],
+) -> None:
+    """advance() for columnar findings: a row that continues an open episode without a transition (a
+    firing one not due to renotify, a pending one short of `for`) gets its new state here, with a lazy
+    explanation and no Finding built; every other row goes through _step_finding."""
+    rule = rules.get(item.rule_id)
+    lazy = explain is LazyExplanation and rule is not None
+    gap = max(rule.renotify, rule.cooldown) if rule is not None and rule.renotify > 0 else None
+    for_buckets = rule.for_buckets if rule is not None else 0
+    ids, rule_id, metric, disc = item.account_ids, item.rule_id, item.metric, item.discriminator
+    one = disc if isinstance(disc, str) else None
+    for k, row in enumerate(item.rows.tolist()):
+        key = (rule_id, ids[row], metric, disc[k] if one is None else one)
+        prev = states.get(key)
+        if lazy and prev is not None and key not in seen_keys and (
+                (prev.status == FIRING and (gap is None or prev.last_notified_at is None
+                                            or now - prev.last_notified_at < gap))
+                or (prev.status == PENDING and prev.consecutive + 1 < for_buckets)):
+            seen_keys.add(key)
+            out[key] = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now,
+                               last_explanation=LazyExplanation(item, k), severity=item.severity_of(k),
+                               clear_count=0, recovering_since=None, cleared_at=None)
+            continue
+        _step_finding(rules, states, out, transitions, seen_keys, item, k, key, item.rule_id,
+                      item.severity_of(k), now, snoozed, first_run, explain)
+
+
+def _step_finding(
+    rules: Mapping[str, Rule], states: Mapping[Key, EpisodeState], out: dict[Key, EpisodeState],
+    transitions: list[Transition], seen_keys: set[Key], src: Finding | FindingRows, k: int, key: Key,
+    rule_id: str, severity: str, now: int, snoozed: Mapping[str, int], first_run: FirstRun | None,
+    explain: Callable[[Finding], Mapping[str, Any]],
+) -> None:
+    """advance() for one finding (`src`, or row k of columnar `src`), given its key and severity.
+
+    An open episode the finding continues without a transition gets its new state without the
+    Finding being built (a replay's explanation is lazy: LazyExplanation of the row)."""
+    if key in seen_keys:
+        raise ValueError(f"duplicate finding for episode {key}")
+    seen_keys.add(key)
+    rule = rules.get(rule_id)
+    if rule is None:
+        raise ValueError(f"finding for unknown rule {rule_id!r}")
+    prev = states.get(key)
+    if prev is not None and prev.once and prev.fired_at is not None and not prev.is_open:
+        return  # once-per-key episode already fired (e.g. quota threshold this period)
+    if prev is not None and prev.is_open:
+        if explain is LazyExplanation:
+            expl: Mapping[str, Any] = LazyExplanation(src, k)
+        else:
+            expl = explain(_finding(src, k))
+        s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
+                    severity=severity, clear_count=0, recovering_since=None, cleared_at=None)
+        if prev.status == PENDING:
+            if s.consecutive >= rule.for_buckets:
+                s, t = _fire(s, _finding(src, k), rule, now, prev_notified=prev.last_notified_at, snoozed=snoozed,
+                             first_run=first_run)
+                transitions.append(t)
+        elif rule.renotify > 0 and s.last_notified_at is not None:
+            gap = max(rule.renotify, rule.cooldown)
+            if now - s.last_notified_at >= gap:
+                why = _suppression(s, now, snoozed)
+                if not why:
+                    s = replace(s, last_notified_at=now)
+                transitions.append(Transition("renotified", now, s, _finding(src, k), notify=not why, reason=why))
+        out[key] = s
+        return
+    f = _finding(src, k)
+    s = EpisodeState(
+        rule_id=f.rule_id, account_id=f.account_id, metric=f.metric, discriminator=f.discriminator,
+        status=PENDING, started_at=now, consecutive=1, once=f.once, severity=f.severity,
+        last_seen_at=now, last_explanation=explain(f),
+        last_notified_at=prev.last_notified_at if prev is not None else None,
+        snoozed_until=(prev.snoozed_until if prev is not None and prev.snoozed_until
+                       and prev.snoozed_until > now else None),
+        reference=f.reference,
+        held=first_run is not None and first_run.covers(f.rule_id, f.account_id),
+    )
+    if s.consecutive >= rule.for_buckets:
+        s, t = _fire(s, f, rule, now, prev_notified=s.last_notified_at, snoozed=snoozed, first_run=first_run)
+        transitions.append(t)
+    else:
+        transitions.append(Transition("pending", now, s, f, notify=False, reason="waiting for 'for'"))
+    out[key] = s
+
+
+def _finding(src: Finding | FindingRows, k: int) -> Finding:
+    return src if isinstance(src, Finding) else src[k]
 
 
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}

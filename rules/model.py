@@ -6,7 +6,8 @@ seconds (UTC) throughout the engine; adapters convert at the edges.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,20 @@ class AccountFacts:
 # -------------------------------------------------------------------------- series
 
 
+class PickedFacts(tuple):  # type: ignore[type-arg]
+    """The facts of some rows of a block (`parent[i]` for i in `idx`, a tuple of them): detectors derive
+    what they memoise per facts tuple (quota arrays, billing groups) from the parent's by indexing,
+    instead of walking a new tuple each time a replay step runs other rows (rules.detectors.quota)."""
+
+    parent: Sequence[AccountFacts]
+    idx: np.ndarray
+
+    def __new__(cls, parent: Sequence[AccountFacts], idx: np.ndarray) -> PickedFacts:
+        out = super().__new__(cls, (parent[i] for i in idx))
+        out.parent, out.idx = parent, idx
+        return out
+
+
 @dataclass
 class MetricBlock:
     """Usage of one metric at one bucket size for many accounts.
@@ -237,6 +252,12 @@ class MetricBlock:
     def truncated(self, n_columns: int) -> MetricBlock:
         """The first `n_columns` buckets (a view, no copy)."""
         return MetricBlock(self.metric, self.start, self.step, self.account_ids, self.values[:, :n_columns])
+
+    def stub(self) -> MetricBlock:
+        """This block's metric, ids, step and end without its values (one NaN column, no memory):
+        what a columnar finding keeps to build its Finding later without holding the usage."""
+        return MetricBlock(self.metric, self.end - self.step, self.step, self.account_ids,
+                           np.broadcast_to(np.nan, (len(self.account_ids), 1)))
 
     def rows(self, mask: np.ndarray) -> MetricBlock:
         ids = [a for a, keep in zip(self.account_ids, mask, strict=True) if keep]
@@ -332,21 +353,32 @@ class LazyExplanation(Mapping[str, Any]):
     last_explanation (read only when an event without a finding, e.g. a resolution, reports it).
     Equal to the dict it stands for; not for JSON (json.dumps(dict(x)) is)."""
 
-    __slots__ = ("_finding", "_data")
+    __slots__ = ("_finding", "_data", "_k")
 
-    def __init__(self, finding: Finding) -> None:
-        self._finding: Finding | None = finding
+    def __init__(self, finding: Finding | FindingRows, k: int = 0) -> None:
+        """finding: the Finding, or FindingRows and the row k (its Finding built only when read)."""
+        self._finding: Finding | FindingRows | None = finding
+        self._k = k
         self._data: dict[str, Any] | None = None
+
+    def _source(self) -> Finding:
+        f = self._finding
+        assert f is not None
+        if isinstance(f, FindingRows):
+            f = self._finding = f[self._k]
+        return f
 
     def _built(self) -> dict[str, Any]:
         if self._data is None:
-            assert self._finding is not None
-            self._data, self._finding = self._finding.explanation(), None
+            self._data, self._finding = self._source().explanation(), None
         return self._data
 
     def __getitem__(self, key: str) -> Any:
-        if self._finding is not None and key in _PLAIN:  # no need to build the message for these
-            return getattr(self._finding, _PLAIN[key])
+        f = self._finding
+        if isinstance(f, FindingRows) and key == "baseline":  # read at every step (lifecycle.open_episodes)
+            return f.baseline_of(self._k)
+        if f is not None and key in _PLAIN:  # no need to build the message for these
+            return getattr(self._source(), _PLAIN[key])
         return self._built()[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -364,11 +396,149 @@ class LazyExplanation(Mapping[str, Any]):
         return repr(self._built())
 
 
-@dataclass
-class DetectorResult:
+class FindingRows(Sequence[Finding]):
+    """Columnar findings: one rule's findings on one evaluated block, row k about block row rows[k]
+    (issue 15 item 3). What decides an episode's step is held as arrays and strings (the key, the
+    severity, the numbers checked for finiteness); the Finding of row k, with its message and
+    details, is built by the detector's `build(k)` only when read (`rows[k]`: a transition, or a
+    caller that wants Finding objects, rules.model.materialise). Built once per row, then kept.
+
+    account_ids: the evaluated block's row ids (shared, never copied); discriminator: one for all
+    rows or one per row; numbers: per-row arrays of the finding's value/baseline/threshold (checked
+    for +-inf by the engine without building anything); baselines: Finding.baseline per row (None: no
+    baseline for any row); severities: None (the rule's) or one per row.
+    """
+
+    __slots__ = ("rule_id", "metric", "severity", "at", "account_ids", "rows", "discriminator", "numbers",
+                 "severities", "baselines", "_build", "_built")
+
+    def __init__(self, rule_id: str, metric: str, severity: str, at: int, account_ids: Sequence[str],
+                 rows: np.ndarray, discriminator: str | Sequence[str], build: Callable[[int], Finding],
+                 numbers: Sequence[np.ndarray] = (), baselines: np.ndarray | None = None) -> None:
+        self.rule_id, self.metric, self.severity, self.at = rule_id, metric, severity, at
+        self.account_ids, self.rows, self.discriminator = account_ids, rows, discriminator
+        self.numbers, self.baselines = numbers, baselines
+        self.severities: list[str] | None = None
+        self._build = build
+        self._built: dict[int, Finding] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
+        if isinstance(k, slice):
+            return [self[i] for i in range(len(self))[k]]
+        f = self._built.get(k)
+        if f is None:
+            f = self._build(k)
+            sev = self.severity_of(k)
+            if sev != f.severity:
+                f = dataclasses.replace(f, severity=sev)
+            self._built[k] = f
+        return f
+
+    def account_id(self, k: int) -> str:
+        return self.account_ids[self.rows[k]]
+
+    def discriminator_of(self, k: int) -> str:
+        d = self.discriminator
+        return d if isinstance(d, str) else d[k]
+
+    def key(self, k: int) -> tuple[str, str, str, str]:
+        """Finding.key of row k, without building the Finding."""
+        return (self.rule_id, self.account_ids[self.rows[k]], self.metric, self.discriminator_of(k))
+
+    def keys(self) -> list[tuple[str, str, str, str]]:
+        ids, d = self.account_ids, self.discriminator
+        if isinstance(d, str):
+            return [(self.rule_id, ids[r], self.metric, d) for r in self.rows.tolist()]
+        return [(self.rule_id, ids[r], self.metric, d[k]) for k, r in enumerate(self.rows.tolist())]
+
+    def baseline_of(self, k: int) -> float | None:
+        """Finding.baseline of row k (`baselines`: None when every finding's is None; NaN stands for None:
+        a detector's baseline is a number or none, never NaN)."""
+        if self.baselines is None:
+            return None
+        x = float(self.baselines[k])
+        return None if x != x else x
+
+    def severity_of(self, k: int) -> str:
+        return self.severity if self.severities is None else self.severities[k]
+
+    def finite(self) -> np.ndarray:
+        """Per row: none of its numbers is +-inf (NaN, e.g. no baseline, passes as None does)."""
+        ok = np.ones(len(self.rows), dtype=bool)
+        for x in self.numbers:
+            ok &= ~np.isinf(x)
+        return ok
+
+    def subset(self, keep: np.ndarray) -> FindingRows:
+        """The rows `keep` marks (a bool per row), as their own FindingRows (the same findings)."""
+        idx = np.flatnonzero(keep)
+        disc = self.discriminator if isinstance(self.discriminator, str) else [self.discriminator[i] for i in idx]
+        out = FindingRows(self.rule_id, self.metric, self.severity, self.at, self.account_ids, self.rows[idx], disc,
+                          lambda k: self[int(idx[k])], [x[idx] for x in self.numbers],
+                          None if self.baselines is None else self.baselines[idx])
+        if self.severities is not None:
+            out.severities = [self.severities[i] for i in idx]
+        return out
+
+
+FoundItem = Finding | FindingRows
+
+
+def materialise(found: Sequence[FoundItem]) -> list[Finding]:
+    """The one place columnar findings become Finding objects (in order): for callers that want them."""
+    out: list[Finding] = []
+    for item in found:
+        if isinstance(item, Finding):
+            out.append(item)
+        else:
+            out.extend(item[k] for k in range(len(item)))
+    return out
+
+
+def found_keys(found: Sequence[FoundItem]) -> Iterator[tuple[str, str, str, str]]:
+    """Finding.key of every finding, in order, without building any."""
+    for item in found:
+        if isinstance(item, Finding):
+            yield item.key
+        else:
+            yield from item.keys()
+
+
+def found_accounts(found: Sequence[FoundItem]) -> Iterator[tuple[str, str]]:
+    """(rule_id, account_id) of every finding, in order, without building any."""
+    for item in found:
+        if isinstance(item, Finding):
+            yield item.rule_id, item.account_id
+        else:
+            ids = item.account_ids
+            yield from ((item.rule_id, ids[i]) for i in item.rows)
+
+
+class Found:
+    """A holder of findings as Finding objects and FindingRows (`found`, in order); reading `findings`
+    turns them all into Finding objects in place (rules.model.materialise) and gives that list, so
+    appending to it appends. Code on the columnar path (a replay) reads and extends `found` instead."""
+
+    found: list[FoundItem]
+
+    @property
+    def findings(self) -> list[Finding]:
+        if not all(isinstance(x, Finding) for x in self.found):
+            self.found = materialise(self.found)  # type: ignore[assignment]
+        return self.found  # type: ignore[return-value]
+
+    @findings.setter
+    def findings(self, value: list[Finding]) -> None:
+        self.found = list(value)
+
+
+class DetectorResult(Found):
     """What a detector says about every row of the block it was given.
 
-    findings:   the conditions that hold now.
+    findings:   the conditions that hold now (`found`: as Finding objects and FindingRows).
     decided:    bool per row; True where there was enough data to decide either
                 way. Open episodes of decided rows without a finding count towards
                 resolving; undecided rows (missing data, too little history) keep their state.
@@ -376,9 +546,11 @@ class DetectorResult:
                 now: what is true now, keyed (account id, discriminator).
     """
 
-    findings: list[Finding]
-    decided: np.ndarray
-    recoveries: dict[tuple[str, str], Recovery] = field(default_factory=dict)
+    def __init__(self, findings: Sequence[FoundItem], decided: np.ndarray,
+                 recoveries: dict[tuple[str, str], Recovery] | None = None) -> None:
+        self.found = list(findings)
+        self.decided = decided
+        self.recoveries: dict[tuple[str, str], Recovery] = {} if recoveries is None else recoveries
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,16 @@ from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, e
 from rules.impact import Pricing
 from rules.kinds import kind_of
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
-from rules.model import AccountFacts, Calendar, Inhibit, LazyExplanation, MetricBlock, OpenEpisode, Rule
+from rules.model import (
+    AccountFacts,
+    Calendar,
+    Inhibit,
+    LazyExplanation,
+    MetricBlock,
+    OpenEpisode,
+    Rule,
+    found_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -166,11 +175,11 @@ def replay(
             seen_accounts |= decided_accounts
             scans.seen(first.accounts)
         touched = dict(open_now)
-        reopened = [f.key for f in result.findings if f.key in current and f.key not in open_now]
+        reopened = [k for k in found_keys(result.found) if k in current and k not in open_now]
         if reopened:
             touched.update((k, current[k]) for k in reopened)
             touched = dict(sorted(touched.items(), key=lambda kv: position[kv[0]]))
-        step = advance(by_id, result.findings, result.decided, touched, t,
+        step = advance(by_id, result.found, result.decided, touched, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
                        first_run=first, inhibits=inhibits, explain=LazyExplanation,
                        interrupted=result.interrupted)

@@ -64,11 +64,13 @@ from rules.model import (
     AccountFacts,
     DetectorResult,
     Finding,
+    FindingRows,
     MetricBlock,
     OpenEpisode,
     Recovery,
     Reference,
     Rule,
+    found_accounts,
 )
 from rules.periods import Period, billing_period, previous_period
 
@@ -131,7 +133,7 @@ def detect_expansion(
     else:
         raise ValueError(f"{fmt.rule_location(rule)}: unknown expansion mode {params.mode!r}")
     # An opportunity that passes closes quietly: "no longer growing" is not news to act on.
-    holding = {f.account_id for f in result.findings}
+    holding = {a for _, a in found_accounts(result.found)}
     for i, e in open_rows(block, open_episodes).items():
         if result.decided[i] and e.account_id not in holding:
             result.recoveries[(e.account_id, "")] = Recovery(block.end, None, None, passed, quiet=True)
@@ -206,8 +208,17 @@ def _growth(rule: Rule, params: ExpansionParams, block: MetricBlock,
         before = e.reference.values[0] if e.reference is not None else float(sums[i, -1])
         # any of the last `periods` windows: one quiet week (a holiday) does not close an opportunity
         fire[i] = bool(decided[i]) and sums[i, : params.periods].max() >= (1.0 + params.growth) * before
-    findings = [_growth_finding(rule, params, block, int(i), sums[i], width) for i in np.flatnonzero(fire)]
-    return DetectorResult(findings, decided)
+    rows_fired = np.flatnonzero(fire)
+    if not rows_fired.size:
+        return DetectorResult([], decided)
+    fired, site = sums[rows_fired], block.stub()
+
+    def build(k: int) -> Finding:
+        return _growth_finding(rule, params, site, int(rows_fired[k]), fired[k], width)
+
+    numbers = (fired[:, 0], fired[:, -1], (1.0 + params.growth) * fired[:, 1])
+    return DetectorResult([FindingRows(rule.id, block.metric, rule.severity, block.end, block.account_ids,
+                                       rows_fired, "", build, numbers, fired[:, -1])], decided)
 
 
 def _growth_finding(
@@ -262,10 +273,11 @@ def _utilization(
 ) -> DetectorResult:
     rows, n = block.values.shape
     decided = np.zeros(rows, dtype=bool)
-    findings: list[Finding] = []
+    findings: list[FindingRows] = []
     if n == 0 or rows == 0:
         return DetectorResult(findings, decided)
     at = block.end
+    site = block.stub()
     for billing_day, timezone, idx, q in quota_groups(block, accounts):
         periods = completed_periods(at, params.periods, billing_day, timezone)
         if block.start > periods[-1].start:
@@ -278,11 +290,20 @@ def _utilization(
             ok &= (buckets > 0) & (buckets - observed <= MAX_MISSING * buckets)
         decided[idx[ok]] = True
         fire = ok & np.all(usage >= params.utilization * q[:, None], axis=1)
-        for pos in np.flatnonzero(fire):
-            findings.append(
-                _utilization_finding(rule, params, block, int(idx[pos]), usage[pos], float(q[pos]), periods)
-            )
+        if fire.any():
+            findings.append(_utilization_rows(rule, params, site, idx[fire], usage[fire], q[fire], periods))
     return DetectorResult(findings, decided)
+
+
+def _utilization_rows(rule: Rule, params: ExpansionParams, block: MetricBlock, rows: np.ndarray,
+                      usage: np.ndarray, q: np.ndarray, periods: list[Period]) -> FindingRows:
+    """One billing group's utilization findings, columnar (FindingRows)."""
+
+    def build(k: int) -> Finding:
+        return _utilization_finding(rule, params, block, int(rows[k]), usage[k], float(q[k]), periods)
+
+    return FindingRows(rule.id, block.metric, rule.severity, block.end, block.account_ids, rows, "", build,
+                       (usage[:, 0], params.utilization * q))
 
 
 def _utilization_finding(

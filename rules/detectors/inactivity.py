@@ -46,7 +46,17 @@ from rules.detectors.finding import make_finding
 from rules.detectors.opened import open_rows
 from rules.detectors.scan import Scanned, trailing_count
 from rules.kind_spec import Ending, Field, Kind, Threshold
-from rules.model import DAY, AccountFacts, DetectorResult, Finding, MetricBlock, OpenEpisode, Recovery, Rule
+from rules.model import (
+    DAY,
+    AccountFacts,
+    DetectorResult,
+    Finding,
+    FindingRows,
+    MetricBlock,
+    OpenEpisode,
+    Recovery,
+    Rule,
+)
 from rules.periods import iso
 
 
@@ -115,22 +125,16 @@ def detect_inactivity(rule: Rule, block: MetricBlock, accounts: Sequence[Account
 
     # Start of the last bucket with usage > 0, for the fired rows only.
     last = last_active_starts(block, fired)
-    findings = result.findings
-    for pos, i in enumerate(fired):
-        last_active = last[pos]
-        findings.append(
-            _finding(
-                rule,
-                block,
-                int(i),
-                width,
-                int(missing[i]),
-                float(prior_usage[i]),
-                int(prior_observed[i]),
-                last_active,
-                block.start + prior_lo * step,
-            )
-        )
+    site, prior_start = block.stub(), block.start + prior_lo * step
+    gone, before, seen = missing[fired], prior_usage[fired], prior_observed[fired]
+
+    def build(k: int) -> Finding:
+        return _finding(rule, site, int(fired[k]), width, int(gone[k]), float(before[k]), int(seen[k]), last[k],
+                        prior_start)
+
+    base = np.divide(before, seen, out=np.full(fired.size, np.nan), where=seen > 0)  # NaN: no baseline (None)
+    result.found.append(FindingRows(rule.id, block.metric, rule.severity, block.end, block.account_ids, fired, "",
+                                    build, (base,), base))
     return result
 
 
@@ -176,7 +180,7 @@ def _judge_open(
         decided[i] = True
         since = episode.started_at - width * step
         if value == 0:
-            result.findings.append(_still_inactive(rule, block, i, since, lasts.get(i)))
+            result.found.append(_still_inactive(rule, block, i, since, lasts.get(i)))
             continue
         message = (
             f"{block.metric} has usage again: {fmt.number(value)} in the {fmt.duration(step)} bucket starting"

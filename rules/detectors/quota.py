@@ -68,8 +68,10 @@ from rules.model import (
     AccountFacts,
     DetectorResult,
     Finding,
+    FindingRows,
     MetricBlock,
     OpenEpisode,
+    PickedFacts,
     Recovery,
     Rule,
 )
@@ -127,7 +129,9 @@ def required_history(rule: Rule) -> int:
 @by_identity()
 def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.ndarray]]:
     """Row indices grouped by (billing_day, timezone), in first-seen order (read-only arrays: a tuple of
-    facts is grouped once per replay, rules.memo)."""
+    facts is grouped once per replay, rules.memo; some rows of one, PickedFacts, from its groups)."""
+    if isinstance(accounts, PickedFacts):
+        return _picked_groups(accounts)
     groups: dict[tuple[int, str], list[int]] = {}
     for i, account in enumerate(accounts):
         groups.setdefault((account.billing_day, account.timezone), []).append(i)
@@ -137,9 +141,29 @@ def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.
     return out
 
 
+def _picked_groups(picked: PickedFacts) -> list[tuple[int, str, np.ndarray]]:
+    """account_groups of some rows of a facts tuple, from the tuple's groups (the same result)."""
+    whole = account_groups(picked.parent)
+    group_of = np.empty(len(picked.parent), dtype=np.intp)
+    for g, (_, _, rows) in enumerate(whole):
+        group_of[rows] = g
+    mine = group_of[picked.idx]
+    present, first = np.unique(mine, return_index=True)
+    out = []
+    for g in present[np.argsort(first)]:
+        rows = np.flatnonzero(mine == g)
+        rows.flags.writeable = False
+        out.append((whole[g][0], whole[g][1], rows))
+    return out
+
+
 @by_identity()
 def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
     """Quota per row; NaN where the account has none for `metric` (read-only, rules.memo)."""
+    if isinstance(accounts, PickedFacts):
+        out = quota_array(accounts.parent, metric)[accounts.idx]
+        out.flags.writeable = False
+        return out
     out = np.full(len(accounts), np.nan)
     for i, account in enumerate(accounts):
         q = account.quotas.get(metric)
@@ -206,12 +230,9 @@ def detect_quota(
             ok = (observed > 0) | (buckets == 0)
             decided[idx[ok]] = True
             for fraction in sorted(params.fractions):
-                for pos in np.flatnonzero(ok & (used >= fraction * q)):
-                    result.findings.append(
-                        _threshold_finding(
-                            rule, block, int(idx[pos]), float(used[pos]), float(q[pos]), fraction, period
-                        )
-                    )
+                pos = np.flatnonzero(ok & (used >= fraction * q))
+                if pos.size:
+                    result.found.append(_threshold_rows(rule, block, idx[pos], used[pos], q[pos], fraction, period))
         if opened:
             _close_ended_periods(block, idx, decided, period, opened, result)
     return result
@@ -319,26 +340,68 @@ def _forecast_group(
         is_open[pos] = any(e.discriminator == key for e in opened.by_row[int(idx[pos])])
     enough = observed * block.step >= params.min_observed
     window_start = min(period.start, rate_start)
-    for pos in np.flatnonzero(has_rate & ~is_open & enough & (used < target) & (target <= projected)):
-        result.findings.append(_forecast_finding(
-            rule, block, int(idx[pos]), float(used[pos]), float(q[pos]), float(rate[pos]),
-            float(projected[pos]), period, timezone, window_start))
-    for pos in np.flatnonzero(has_rate & is_open):
+    site = _Site(rule, block.stub(), period, timezone, window_start, key)
+    new = has_rate & ~is_open & enough & (used < target) & (target <= projected)
+    if new.any():
+        result.found.append(site.rows(idx, new, used, q, rate, projected, np.zeros(idx.size, dtype=bool)))
+    reached = used >= target
+    holds = has_rate & is_open & (reached | ((projected >= params.recovery_fraction * q) & (rate > 0)))
+    if holds.any():
+        result.found.append(site.rows(idx, holds, used, q, rate, projected, reached))
+    for pos in np.flatnonzero(has_rate & is_open & ~holds):
         i = int(idx[pos])
         u, quota, r, p = float(used[pos]), float(q[pos]), float(rate[pos]), float(projected[pos])
-        if u >= target[pos]:
-            result.findings.append(_reached_finding(rule, block, i, u, quota, period, timezone, window_start))
-        elif p >= params.recovery_fraction * quota and r > 0:
-            result.findings.append(_forecast_finding(rule, block, i, u, quota, r, p, period, timezone,
-                                                     window_start))
-        else:
-            result.recoveries[(block.account_ids[i], key)] = Recovery(
-                at, u, None,
-                f"{block.metric} is now projected to reach {fmt.percent(p / quota)} of the quota"
-                f" ({fmt.number(p)} of {fmt.number(quota)}) by the period end on"
-                f" {fmt.local_date(period.end, timezone)}, at a recent {fmt.number(r * DAY)}/day;"
-                f" {fmt.number(u)} used so far ({fmt.percent(u / quota)}).",
-                {"projected_total": p, "rate_per_day": r * DAY, "utilization": u / quota})
+        result.recoveries[(block.account_ids[i], key)] = Recovery(
+            at, u, None,
+            f"{block.metric} is now projected to reach {fmt.percent(p / quota)} of the quota"
+            f" ({fmt.number(p)} of {fmt.number(quota)}) by the period end on"
+            f" {fmt.local_date(period.end, timezone)}, at a recent {fmt.number(r * DAY)}/day;"
+            f" {fmt.number(u)} used so far ({fmt.percent(u / quota)}).",
+            {"projected_total": p, "rate_per_day": r * DAY, "utilization": u / quota})
+
+
+@dataclass(frozen=True)
+class _Site:
+    """What one forecast group's findings share: the rule, the evaluated block, the period and the key."""
+
+    rule: Rule
+    block: MetricBlock
+    period: Period
+    timezone: str
+    window_start: int
+    key: str
+
+    def rows(self, idx: np.ndarray, keep: np.ndarray, used: np.ndarray, q: np.ndarray, rate: np.ndarray,
+             projected: np.ndarray, reached: np.ndarray) -> FindingRows:
+        """The group's findings at the positions `keep` marks, columnar: a forecast, or where usage has
+        reached the target (`reached`) the forecast come true."""
+        pos = np.flatnonzero(keep)
+        u, quota, r, p, done = used[pos], q[pos], rate[pos], projected[pos], reached[pos]
+        rule, block = self.rule, self.block
+
+        def build(k: int) -> Finding:
+            i = int(idx[pos[k]])
+            if done[k]:
+                return _reached_finding(rule, block, i, float(u[k]), float(quota[k]), self.period, self.timezone,
+                                        self.window_start)
+            return _forecast_finding(rule, block, i, float(u[k]), float(quota[k]), float(r[k]), float(p[k]),
+                                     self.period, self.timezone, self.window_start)
+
+        target = _params(rule).fraction * quota
+        return FindingRows(rule.id, block.metric, rule.severity, block.end, block.account_ids, idx[pos], self.key,
+                           build, (u, target))
+
+
+def _threshold_rows(rule: Rule, block: MetricBlock, rows: np.ndarray, used: np.ndarray, q: np.ndarray,
+                    fraction: float, period: Period) -> FindingRows:
+    """The findings of one level reached by one billing group's rows, columnar (FindingRows)."""
+    block = block.stub()
+
+    def build(k: int) -> Finding:
+        return _threshold_finding(rule, block, int(rows[k]), float(used[k]), float(q[k]), fraction, period)
+
+    return FindingRows(rule.id, block.metric, rule.severity, block.end, block.account_ids, rows,
+                       f"{period.label}:{fraction:g}", build, (used, fraction * q))
 
 
 def _make(

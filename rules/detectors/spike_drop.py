@@ -90,6 +90,7 @@ from rules.model import (
     AccountFacts,
     DetectorResult,
     Finding,
+    FindingRows,
     MetricBlock,
     OpenEpisode,
     Recovery,
@@ -212,27 +213,30 @@ def detect_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[Account
     # a dip among them must not make a still-dropped account look recovered (on the labelled books a
     # 4-point median dragged to 210 by one holiday "resolved" a drop at 294 of a usual 800).
     how = "upper" if rule.kind == "drop" else None
-    profiles = reference_profile(values[new_rows], block.step, smooth, rule.baseline, how) if new_rows.size else []
-    findings = [
-        _finding(
-            rule,
-            block,
-            int(i),
-            float(v[i]),
-            float(b[i]),
-            float(threshold[i]),
-            None if z is None else float(z[i]),
-            int(count[i]),
-            smooth,
-            window_start,
-            reference=Reference(at - block.step, block.step, tuple(float(x) for x in profiles[k])),
-        )
-        for k, i in enumerate(new_rows)
-    ]
-    result = DetectorResult(findings, decided)
+    result = DetectorResult([], decided)
+    if new_rows.size:
+        profiles = reference_profile(values[new_rows], block.step, smooth, rule.baseline, how)
+        result.found.append(_new_rows(rule, block.stub(), new_rows, v[new_rows], b[new_rows], threshold[new_rows],
+                                      None if z is None else z[new_rows], count[new_rows], smooth, window_start,
+                                      profiles))
     if opened:
         _judge_open(rule, params, block, opened, v, b, decided, result)
     return result
+
+
+def _new_rows(rule: Rule, block: MetricBlock, rows: np.ndarray, v: np.ndarray, b: np.ndarray, threshold: np.ndarray,
+              z: np.ndarray | None, count: np.ndarray, smooth: int, window_start: int,
+              profiles: np.ndarray) -> FindingRows:
+    """The new spikes/drops of a block, columnar (FindingRows): row k's Finding built when read."""
+    at = block.end
+
+    def build(k: int) -> Finding:
+        return _finding(rule, block, int(rows[k]), float(v[k]), float(b[k]), float(threshold[k]),
+                        None if z is None else float(z[k]), int(count[k]), smooth, window_start,
+                        reference=Reference(at - block.step, block.step, tuple(float(x) for x in profiles[k])))
+
+    return FindingRows(rule.id, block.metric, rule.severity, at, block.account_ids, rows, "", build, (v, b, threshold),
+                       b)
 
 
 def scan_spike_drop(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts] = ()) -> Scanned | None:
@@ -337,7 +341,7 @@ def _judge_open(
                 holds = value <= limit and value < ref
             shifted = False
         if holds:
-            result.findings.append(_continuing(rule, block, i, value, ref, limit, episode))
+            result.found.append(_continuing(rule, block, i, value, ref, limit, episode))
         elif shifted:
             result.recoveries[(block.account_ids[i], "")] = _level_shift(rule, block, value, float(b[i]), ref, episode)
         else:

@@ -113,7 +113,7 @@ def detect_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountF
         fire[list(opened)] = False  # judged with hysteresis below
     result = DetectorResult([], decided)
     for i in np.flatnonzero(fire):
-        result.findings.append(_finding(rule, params, block, int(i), float(value[i]), float(limit[i]),
+        result.found.append(_finding(rule, params, block, int(i), float(value[i]), float(limit[i]),
                                         float(recovery[i]), float(scale[i]), smooth))
     for i, episode in opened.items():
         if not decided[i]:
@@ -124,7 +124,7 @@ def detect_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountF
         else:
             holds = x > lim if above else x < lim
         if holds:
-            result.findings.append(_finding(rule, params, block, i, x, lim, rec, float(scale[i]), smooth,
+            result.found.append(_finding(rule, params, block, i, x, lim, rec, float(scale[i]), smooth,
                                             firing=episode.firing))
         else:
             result.recoveries[(block.account_ids[i], "")] = _recovery(params, block, x, lim, rec, smooth)

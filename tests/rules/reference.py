@@ -110,7 +110,8 @@ def quota_threshold(rule: Rule, series: list[float | None], start: int, step: in
     return RefResult(True, fired)
 
 
-def stepwise_replay(rules, blocks, accounts, start, end, inhibits=(), calendar=None, quiet_first_run=False):
+def stepwise_replay(rules, blocks, accounts, start, end, inhibits=(), calendar=None, quiet_first_run=False,
+                    pricing=None):
     """The replay as it was before issue 15 (the definition the fast replay must match): every step
     evaluates with every state, and the lifecycle is handed every state ever recorded."""
     from rules.engine import evaluate
@@ -123,7 +124,7 @@ def stepwise_replay(rules, blocks, accounts, start, end, inhibits=(), calendar=N
     seen_accounts: set[str] = set()
     for t in evaluation_times(rules, start, end):
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
-                          open_episodes=open_episodes(current, by_id))
+                          open_episodes=open_episodes(current, by_id), pricing=pricing)
         first = None
         if quiet_first_run:
             decided_accounts = {a for _, a in result.decided}

@@ -292,3 +292,107 @@ def test_a_replay_formats_no_message_until_an_event_reads_it(monkeypatch):
     assert transitions[0].finding.message is text and calls["formatted"] == 1  # once
     lazy = [s for s in steps[-1].states.values() if s.is_open][0].last_explanation
     assert dict(lazy) == lazy and isinstance(lazy["message"], str)
+
+
+# Episodes that a finding continues for many steps (levels reached early in a billing period stay until it
+# ends, then close quietly; forecasts come true; opportunities of a month), with `for`, cooldowns and
+# renotify: the columnar findings (rules.model.FindingRows) step them without building a Finding.
+LONG = """
+[[rule]]
+id = "calls-levels"
+kind = "quota"
+metric = "api_calls"
+for = {for_}
+renotify = "{renotify}d"
+cooldown = "{cooldown}d"
+[rule.threshold]
+fractions = [0.05, 0.2, 0.5, 0.9]
+
+[[rule]]
+id = "events-forecast"
+kind = "quota"
+metric = "events"
+for = {for_}
+renotify = "{renotify}d"
+[rule.threshold]
+mode = "forecast"
+fraction = {fraction}
+forecast_window = "5d"
+min_elapsed = "1d"
+min_observed = "1d"
+
+[[rule]]
+id = "calls-utilization"
+kind = "expansion"
+metric = "api_calls"
+renotify = "{renotify}d"
+cooldown = "{cooldown}d"
+[rule.threshold]
+mode = "utilization"
+utilization = 0.1
+periods = 1
+
+[[rule]]
+id = "calls-growth"
+kind = "expansion"
+metric = "api_calls"
+for = {for_}
+[rule.threshold]
+mode = "growth"
+period = "7d"
+periods = 1
+growth = 0.02
+min_value = 10
+"""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_running_episodes_of_columnar_findings_equal_the_stepwise_definition(seed):
+    from rules.impact import Pricing
+
+    rng = np.random.default_rng(100 + seed)
+    text = LONG.format(for_=int(rng.choice([1, 2, 3])), renotify=int(rng.choice([0, 2, 5])),
+                       cooldown=int(rng.choice([0, 3])), fraction=float(rng.choice([0.5, 1.0])))
+    ruleset = load_rules_text(text)
+    rules = list(ruleset.rules)
+    book = generate_book(n_accounts=30, days=DAYS + 60, end=END, seed=seed, gaps=int(rng.integers(0, 4)))
+    blocks, accounts = _blocks(book, rules), {a.id: a for a in book.accounts}
+    start = END - 95 * DAY  # three billing periods and more: levels reached, held, closed, reached again
+    kw = dict(quiet_first_run=bool(seed % 2), pricing=Pricing(renewal_within=200 * DAY))  # raised severities
+    want = list(stepwise_replay(rules, blocks, accounts, start, END, **kw))
+    got = [(s.at, _transitions(s.transitions), dict(s.states)) for s in replay(rules, blocks, accounts, start, END, **kw)]
+    assert len(got) == len(want)
+    for (at, g_ts, g_states), (w_at, w_ts, w_states, _) in zip(got, want, strict=True):
+        assert at == w_at and g_ts == _transitions(w_ts), f"transitions differ at {at}"
+        assert list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
+    events = [t[0] for g in got for t in g[1]]
+    assert {"fired", "resolved"} <= set(events)
+    held = max(s.consecutive for s in got[-1][2].values())
+    assert held >= 20  # an episode continued for weeks
+    assert any(s.severity != r.severity for s in got[-1][2].values() for r in rules if r.id == s.rule_id)
+
+
+def test_a_replay_builds_a_finding_only_for_a_transition(monkeypatch):
+    """Quota and expansion findings are columnar: over a replay, a Finding (with its message and
+    details) is built for a row only when the lifecycle turns it into a transition, not for every
+    step an open episode continues."""
+    import rules.detectors.finding as finding_module
+
+    made: list[tuple] = []
+    real = finding_module.make_finding
+
+    def counting(rule, block, i, **kwargs):
+        made.append((rule.id, block.account_ids[i], kwargs.get("discriminator", ""), block.end))
+        return real(rule, block, i, **kwargs)
+
+    for module in ("quota", "expansion"):
+        monkeypatch.setattr(f"rules.detectors.{module}.make_finding", counting)
+    ruleset = load_rules_text(LONG.format(for_=1, renotify=0, cooldown=0, fraction=1.0))
+    rules = list(ruleset.rules)
+    book = generate_book(n_accounts=25, days=DAYS + 30, end=END, seed=5)
+    steps = list(replay(rules, _blocks(book, rules), {a.id: a for a in book.accounts}, END - 70 * DAY, END))
+    with_finding = {(t.state.rule_id, t.state.account_id, t.state.discriminator, t.at) for s in steps for t in s.transitions
+                    if t.finding is not None}
+    continued = sum(s.consecutive for s in steps[-1].states.values())
+    assert len(with_finding) > 10 and continued > 3 * len(with_finding), (continued, len(with_finding))
+    assert len(made) == len(set(made)) and set(made) <= with_finding  # one build per transition at most
