@@ -20,8 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -30,11 +29,59 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from rules.gcpause import gc_paused
 from rules.model import MetricBlock
-from rules.periods import iso
 from storage import columnar, dialect, tiles
 from storage.changes import Ranges, add_ranges
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
+from storage.usage_load import ADBC_MIN_ROWS, bulk_write
+from storage.usage_values import (
+    _CONFLICT as _CONFLICT,
+)
+from storage.usage_values import (
+    _INSERT as _INSERT,
+)
+from storage.usage_values import (
+    _KEY as _KEY,
+)
+from storage.usage_values import (
+    _ORDER as _ORDER,
+)
+from storage.usage_values import (
+    _SET as _SET,
+)
+from storage.usage_values import (
+    _SQLITE_FINITE as _SQLITE_FINITE,
+)
+from storage.usage_values import (
+    _SUM as _SUM,
+)
+from storage.usage_values import (
+    MAX_VALUE as MAX_VALUE,
+)
+from storage.usage_values import (
+    UsageColumns as UsageColumns,
+)
+from storage.usage_values import (
+    UsageRecordLike as UsageRecordLike,
+)
+from storage.usage_values import (
+    UsageValueError as UsageValueError,
+)
+from storage.usage_values import (
+    _overflowed as _overflowed,
+)
+from storage.usage_values import (  # re-exported: callers import them from here
+    bucket_name as bucket_name,
+)
+from storage.usage_values import (
+    check_totals as check_totals,
+)
+from storage.usage_values import (
+    overflow_error as overflow_error,
+)
+from storage.usage_values import (
+    sum_records as sum_records,
+)
 
 UPSERT_CHUNK = 50_000
 _IN_LIMIT = 5_000  # above this many requested accounts, filter rows in Python instead of SQL IN (...)
@@ -45,79 +92,11 @@ coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
 
 
-MAX_VALUE = 1.7976931348623157e308  # the largest float64: a bucket total above it is stored as inf
-
-
-class UsageValueError(ValueError):
-    """A usage value, or a bucket's total, that is not a finite number; names the bucket. Nothing of
-    the write that found it is stored."""
-
-
-def bucket_name(account: str, metric: str, bucket: int) -> str:
-    return f"account {account!r}, metric {metric!r}, bucket {iso(bucket)}"
-
-
-def overflow_error(what: str, account: str, metric: str, bucket: int, stored: float | None = None) -> UsageValueError:
-    before = "" if stored is None else f" (stored {stored:.6g} plus the new values)"
-    return UsageValueError(
-        f"{what}: {bucket_name(account, metric, bucket)}: the values of the bucket add up to more than the "
-        f"largest number a float64 holds (about {MAX_VALUE:.2g}){before}; nothing was stored (check these "
-        "values: a wrong unit, or a corrupt row?)")
-
-
-def check_totals(sums: dict[tuple[str, str, int], float], what: str) -> None:
-    """Raise UsageValueError naming a bucket whose summed total is not finite (two finite values
-    can add up to inf: 1e308 + 1e308)."""
-    if all(map(math.isfinite, sums.values())):  # the common case: one pass in C
-        return
-    a, m, b = next(k for k, v in sums.items() if not math.isfinite(v))
-    raise overflow_error(what, a, m, b)
-
-
-class UsageRecordLike(Protocol):
-    account: str
-    metric: str
-    ts: int
-    value: float
-
-
-@dataclass(frozen=True)
-class UsageColumns:
-    """A chunk of usage rows as columns (a CSV file read by a columnar parser): accounts and metrics
-    as pyarrow string Arrays (not chunked), ts int64 epoch seconds, values float64, all the same length. Values
-    must already be finite (the reader checks them). load_usage takes these in place of records."""
-
-    accounts: Any  # pyarrow.Array of str
-    metrics: Any  # pyarrow.Array of str
-    ts: np.ndarray
-    values: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.values.size)
-
-
 _PG_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS usage_stage (account_id varchar NOT NULL, metric varchar NOT NULL, "
     "bucket_start bigint NOT NULL, value double precision NOT NULL) ON COMMIT DROP"
 )
-_INSERT = "INSERT INTO usage_points (account_id, metric, bucket_start, value) "
-_CONFLICT = "ON CONFLICT (account_id, metric, bucket_start) DO UPDATE SET value = "
-# replace: unchanged rows are not rewritten; add (events counted into their bucket): always.
-# A sum past the largest float64 must fail, not store inf: PostgreSQL raises "value out of range"
-# itself; SQLite would store inf, so there the sum becomes NULL past MAX_VALUE and NOT NULL refuses it.
-_SQLITE_FINITE = "CASE WHEN abs({x}) <= " + repr(MAX_VALUE) + " THEN {x} END"
-_SET = {
-    ("sqlite", False): "excluded.value WHERE usage_points.value IS NOT excluded.value",
-    ("postgresql", False): "excluded.value WHERE usage_points.value IS DISTINCT FROM excluded.value",
-    ("sqlite", True): _SQLITE_FINITE.format(x="usage_points.value + excluded.value"),
-    ("postgresql", True): "usage_points.value + excluded.value",
-}
-_SUM = {"sqlite": _SQLITE_FINITE.format(x="SUM(value)"), "postgresql": "SUM(value)"}
 
-
-def _overflowed(exc: IntegrityError | DataError) -> bool:
-    text = str(exc.orig)
-    return "value out of range" in text or "NOT NULL constraint failed: usage_points.value" in text
 
 
 def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False,
@@ -222,31 +201,6 @@ def _changes_from_stage(conn: Connection) -> None:
         f"FROM {_LOAD_STAGE} GROUP BY account_id, metric ORDER BY account_id, metric")
 
 
-def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict[tuple[str, str, int], float]:
-    """Floor each record's ts to `base_step` and sum values per (account, metric, bucket)."""
-    if base_step <= 0:
-        raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
-    acc: dict[tuple[str, str, int], float] = {}
-    get = acc.get
-    isfinite = math.isfinite
-    for n, r in enumerate(records):
-        ts = r.ts
-        value = r.value
-        try:
-            ts = int(ts) if type(ts) is int else math.floor(ts)
-            value = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(
-                f"usage record #{n} ({r!r}): ts must be epoch seconds and value a number"
-            ) from None
-        if not isfinite(value):
-            raise UsageValueError(f"usage record #{n} ({r!r}): value {value} is not a finite number")
-        key = (r.account, r.metric, ts - ts % base_step)
-        acc[key] = get(key, 0.0) + value
-    check_totals(acc, "usage records")
-    return acc
-
-
 def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: int = 60) -> int:
     """Write usage points; returns the number of (account, metric, bucket) rows written.
 
@@ -258,7 +212,6 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
     the records become columns, summed and sorted in numpy, staged in bulk, merged by one
     INSERT .. SELECT in key order).
     """
-    from storage.usage_load import ADBC_MIN_ROWS, bulk_write
 
     if base_step <= 0:
         raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")
@@ -280,9 +233,6 @@ _LOAD_STAGE_DDL = {
               "bucket_start INTEGER NOT NULL, value REAL NOT NULL)",
     "postgresql": _PG_STAGE,
 }
-_KEY = "account_id, metric, bucket_start"  # the columns, in the order of the table and of the stage
-# usage_points' primary key (storage.models.UsagePoint): rows merged in this order append to its B-tree
-_ORDER = "metric, bucket_start, account_id"
 
 
 def load_usage(
@@ -312,7 +262,6 @@ def load_usage(
     table's only B-tree). Readers keep seeing the previous snapshot (SQLite, and PostgreSQL's MVCC);
     other writers of the same points wait for the load.
     """
-    from storage.usage_load import bulk_write
 
     if base_step <= 0:
         raise ValueError(f"base_step must be a positive number of seconds, got {base_step}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from rules.lint import MetricFacts
 from rules.model import MetricBlock
-from storage.usage import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
+from storage.usage_values import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
 
 BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
 

@@ -43,7 +43,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from storage import tiles
 from storage.db import write_transaction
-from storage.usage import (
+from storage.usage_columns import UsagePoints
+from storage.usage_values import (
     _CONFLICT,
     _INSERT,
     _KEY,
@@ -58,7 +59,6 @@ from storage.usage import (
     overflow_error,
     sum_records,
 )
-from storage.usage_columns import UsagePoints
 
 RUN_ROWS = 12_000_000  # records sorted in memory at once (~40 B each while sorting: ~0.5 GB); more = runs
 ADBC_MIN_ROWS = 20_000  # below this a staging file costs more than it saves: temporary tables
