@@ -166,13 +166,13 @@ def test_help_is_answered_in_the_ack(served):
 
 
 def test_slow_lookup_acks_at_once_and_answers_through_response_url(served):
-    served.fake.fail("users.info", "delay", 1.0)  # Slack is slow to tell us the caller's email
+    served.fake.fail("users.info", "delay", 4.0)  # Slack is slow to tell us the caller's email
     t0 = time.monotonic()
     r = _post(served, _command(served, "alerts", user="U0BOBBY01", rid="slow"))
     acked = time.monotonic() - t0
-    assert r.status_code == 200 and acked < 0.9, f"ack took {acked:.2f}s"
-    (answer,) = served.fake.wait_response("slow", timeout=10)
-    assert time.monotonic() - t0 >= 1.0
+    assert r.status_code == 200 and acked < 3.0, f"ack took {acked:.2f}s"  # Slack's own limit
+    (answer,) = served.fake.wait_response("slow", timeout=15)
+    assert time.monotonic() - t0 >= 4.0
     assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
     assert "No open alerts" in json.dumps(answer["blocks"])  # bob's accounts have none
     assert_valid_message(answer)
