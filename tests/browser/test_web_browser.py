@@ -56,10 +56,23 @@ page_size = 20
             svc.stop()
 
 
+def _follow(browser, how: str, what: str) -> None:
+    """Click the element and wait for the page it leads to: click() returns before the browser has
+    navigated, so reading current_url at once may still see the old page (a loaded machine did)."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element("tag name", "html")
+    browser.find_element(how, what).click()
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.staleness_of(old))
+    wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 def _signed_in(browser, public: str) -> None:
     browser.get(f"{public}/alerts")
     if urlsplit(browser.current_url).path == "/login":
-        browser.find_element("link text", "Sign in with Slack").click()
+        _follow(browser, "link text", "Sign in with Slack")
     assert urlsplit(browser.current_url).path == "/alerts", browser.current_url
 
 
@@ -69,7 +82,7 @@ def test_sign_in_with_slack_then_the_alert_list(browser, site, shots: Path) -> N
     browser.get(f"{public}/alerts?state=firing")
     assert urlsplit(browser.current_url).path == "/login"
     browser.save_screenshot(str(shots / "login.png"))
-    browser.find_element("link text", "Sign in with Slack").click()  # -> the fake's authorize -> our callback
+    _follow(browser, "link text", "Sign in with Slack")  # -> the fake's authorize -> our callback
     assert browser.current_url == f"{public}/alerts?state=firing"
     assert "Alice Example" in browser.find_element("css selector", "header .who").text
     cookie = browser.get_cookie("usagebot_session")
@@ -88,7 +101,7 @@ def test_filter_form_and_paging(browser, site, shots: Path) -> None:
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element("name", "kind")).select_by_visible_text("quota")
-    browser.find_element("css selector", "form.filters button[type=submit]").click()
+    _follow(browser, "css selector", "form.filters button[type=submit]")
     assert "kind=quota" in browser.current_url
     kinds = [r.find_elements("css selector", "td")[4].text for r in
              browser.find_elements("css selector", "table.alerts tbody tr[data-episode]")]
@@ -96,7 +109,7 @@ def test_filter_form_and_paging(browser, site, shots: Path) -> None:
     first_page = [r.get_attribute("data-episode") for r in
                   browser.find_elements("css selector", "table.alerts tbody tr[data-episode]")]
     assert len(first_page) == 20
-    browser.find_element("css selector", "a[rel=next]").click()
+    _follow(browser, "css selector", "a[rel=next]")
     second = [r.get_attribute("data-episode") for r in
               browser.find_elements("css selector", "table.alerts tbody tr[data-episode]")]
     assert second and not set(second) & set(first_page) and "kind=quota" in browser.current_url
@@ -108,7 +121,7 @@ def test_episode_page_shows_why_with_its_chart(browser, site, shots: Path) -> No
     _signed_in(browser, public)
     browser.get_log("browser")  # what earlier pages logged
     browser.get(f"{public}/alerts?kind=drop&state=firing")
-    browser.find_element("css selector", "table.alerts tbody tr[data-episode] td a").click()
+    _follow(browser, "css selector", "table.alerts tbody tr[data-episode] td a")
     assert "/episodes/" in browser.current_url
     body = browser.find_element("tag name", "main").text
     for needle in ("Why did this fire", "Usual level (baseline)", "Threshold", "Rule version", "Every transition",
@@ -127,7 +140,7 @@ def test_account_page_has_a_chart_per_metric(browser, site, shots: Path) -> None
     public, _, _ = site
     _signed_in(browser, public)
     browser.get(f"{public}/alerts?kind=drop")
-    browser.find_element("css selector", "table.alerts tbody tr[data-episode] td:nth-child(4) a").click()
+    _follow(browser, "css selector", "table.alerts tbody tr[data-episode] td:nth-child(4) a")
     assert "/accounts/" in browser.current_url
     charts = browser.find_elements("css selector", "main svg.chart")
     assert len(charts) >= 3 and all(c.size["height"] > 100 for c in charts)
@@ -139,7 +152,7 @@ def test_account_page_has_a_chart_per_metric(browser, site, shots: Path) -> None
 def test_sign_out_is_a_post_and_ends_the_session(browser, site) -> None:
     public, _, _ = site
     _signed_in(browser, public)
-    browser.find_element("css selector", "form[action='/logout'] button").click()
+    _follow(browser, "css selector", "form[action='/logout'] button")
     assert urlsplit(browser.current_url).path == "/login"
     browser.get(f"{public}/alerts")
     assert urlsplit(browser.current_url).path == "/login"
