@@ -35,53 +35,21 @@ from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 from storage.usage_load import ADBC_MIN_ROWS, bulk_write
 from storage.usage_values import (
-    _CONFLICT as _CONFLICT,
+    _CONFLICT,
+    _INSERT,
+    _KEY,
+    _ORDER,
+    _SET,
+    UsageRecordLike,
+    _overflowed,
+    bucket_name,
+    overflow_error,
 )
 from storage.usage_values import (
-    _INSERT as _INSERT,
+    UsageColumns as UsageColumns,  # re-exported for the readers that import it here
 )
-from storage.usage_values import (
-    _KEY as _KEY,
-)
-from storage.usage_values import (
-    _ORDER as _ORDER,
-)
-from storage.usage_values import (
-    _SET as _SET,
-)
-from storage.usage_values import (
-    _SQLITE_FINITE as _SQLITE_FINITE,
-)
-from storage.usage_values import (
-    _SUM as _SUM,
-)
-from storage.usage_values import (
-    MAX_VALUE as MAX_VALUE,
-)
-from storage.usage_values import (
-    UsageColumns as UsageColumns,
-)
-from storage.usage_values import (
-    UsageRecordLike as UsageRecordLike,
-)
-from storage.usage_values import (
-    UsageValueError as UsageValueError,
-)
-from storage.usage_values import (
-    _overflowed as _overflowed,
-)
-from storage.usage_values import (  # re-exported: callers import them from here
-    bucket_name as bucket_name,
-)
-from storage.usage_values import (
-    check_totals as check_totals,
-)
-from storage.usage_values import (
-    overflow_error as overflow_error,
-)
-from storage.usage_values import (
-    sum_records as sum_records,
-)
+from storage.usage_values import UsageValueError as UsageValueError  # re-exported
+from storage.usage_values import check_totals as check_totals  # re-exported (storage.sources)
 
 UPSERT_CHUNK = 50_000
 _IN_LIMIT = 5_000  # above this many requested accounts, filter rows in Python instead of SQL IN (...)

@@ -3,7 +3,7 @@
 A backtest used to load its CSV into a throwaway SQLite database and read the blocks back (30% of its
 time, and every parsed record alive for the whole replay, ~500 B a row). `UsagePoints` keeps the same
 points as four columns (~24 B a point): records are added chunk by chunk (each chunk can be dropped
-once added), then summed per (account, metric, 60 s bucket) exactly as `storage.usage.sum_records`
+once added), then summed per (account, metric, 60 s bucket) exactly as `storage.usage_values.sum_records`
 sums them (in record order, so the totals are bit for bit the stored ones), and `block()` builds a
 MetricBlock with the missing-data rules of `storage.usage.load_block`:
 
@@ -90,7 +90,7 @@ class UsagePoints:
         self.records += len(chunk)
 
     def freeze(self, bucket_major: bool = False) -> None:
-        """Sum the points of each (account, metric, bucket) in record order (storage.usage.sum_records);
+        """Sum the points of each (account, metric, bucket) in record order (storage.usage_values.sum_records);
         a total that overflows raises UsageValueError naming the bucket. Sorted by (metric, account,
         bucket); bucket_major: by (metric, bucket, account), usage_points' key order (for a bulk load:
         block() then refuses)."""
