@@ -175,6 +175,8 @@ class Scored:
     score: np.ndarray
     decided: np.ndarray
     row_of: dict[int, int]  # bucket -> row of the file
+    point: np.ndarray | None = None  # the bucket's own score (signed), for --save-scores
+    sustained: np.ndarray | None = None  # the sustained-shift score (signed)
 
 
 def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scored:
@@ -187,13 +189,30 @@ def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scor
     h = history_buckets(params, step)
     padded = np.concatenate([np.full(h - 1, np.nan), y])
     windows = np.lib.stride_tricks.sliding_window_view(padded, h)  # row j: the window ending at bucket j
-    score = np.full(len(y), np.nan)
+    score, point, sustained = (np.full(len(y), np.nan) for _ in range(3))
     decided = np.zeros(len(y), dtype=bool)
     for lo in range(0, len(y), chunk):
         f = fit(np.ascontiguousarray(windows[lo:lo + chunk]), step, params)
         score[lo:lo + chunk] = directional(params, f.score)
+        point[lo:lo + chunk], sustained[lo:lo + chunk] = f.point, f.sustained
         decided[lo:lo + chunk] = f.decided
-    return Scored(score, decided, {int(c): i for i, c in enumerate(cols)})
+    return Scored(score, decided, {int(c): i for i, c in enumerate(cols)}, point, sustained)
+
+
+def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[str, dict[str, list]]:
+    """Per file, per row: both signals' signed scores (None where undecided), so a rule combining
+    them (thresholds, corrections, persistence) is scored offline in seconds with bench.nab_score
+    instead of a detector run per variant."""
+    out = {}
+    for f in files:
+        sc = series[f.name]
+        by_row = sorted((i, j) for j, i in sc.row_of.items())
+        pick = [j for _, j in by_row]
+
+        def col(a: np.ndarray | None, pick: list[int] = pick, sc: Scored = sc) -> list[float | None]:
+            return [float(a[j]) if a is not None and sc.decided[j] and np.isfinite(a[j]) else None for j in pick]
+        out[f.name] = {"bucket": col(sc.point), "shift": col(sc.sustained), "windows": f.windows}
+    return out
 
 
 def episode_starts(scored: Scored, threshold: float, hold: float) -> list[int]:
@@ -219,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, help="write the detections (rows per file) here as JSON")
     ap.add_argument("--no-backtest", action="store_true", help="with --sensitivity: only the direct runs")
     ap.add_argument("--save-direct", type=Path, help="write the direct run's detections of the preset here")
+    ap.add_argument("--save-scores", type=Path, help="with --sensitivity: write the preset's per-row bucket and"
+                    " shift scores (direct computation) here as JSON")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
     labels = json.loads((args.data / "combined_windows.json").read_text())
@@ -249,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         series = {f.name: direct_scores(f, base) for f in files}
         print("\n| setting | value | standard | reward_low_FP_rate | reward_low_FN_rate |\n|---|---|---:|---:|---:|")
         direct = row("(preset)", "", base, series)
+        if args.save_scores:
+            args.save_scores.write_text(json.dumps(scores_json(files, series)))
         if args.save_direct:
             args.save_direct.write_text(json.dumps(direct))
         same = sum(direct[f.name] == found.get(f.name) for f in files)

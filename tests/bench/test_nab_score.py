@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.nab import NabFile, detections, rules_text
+from bench.nab import NabFile, Scored, detections, rules_text, scores_json
 from bench.nab_score import PROFILES, normalised, probation_rows, scaled_sigmoid, score_file
 
 STANDARD, LOW_FP, LOW_FN = PROFILES
@@ -101,3 +101,13 @@ def test_detections_are_the_rows_of_notified_alerts() -> None:
         {"event": "renotified", "notified": True, "window": ["1970-01-01T00:25:00Z", "1970-01-01T00:30:00Z"]},
     ]
     assert nab.step == 300 and detections(events, nab) == [2, 5]
+
+
+def test_saved_scores_are_per_row_and_none_where_undecided() -> None:
+    """--save-scores: both signals per row of the file (a gap's bucket has no row), None where the
+    detector did not decide, with the labelled windows, so combination rules are scored offline."""
+    nab = NabFile("x/y.csv", np.array([0, 300, 900]), np.zeros(3), [(1, 2)])
+    sc = Scored(np.array([0.0, 1.0, 0.0, 5.0]), np.array([False, True, True, True]), {0: 0, 1: 1, 3: 2},
+                np.array([9.0, -1.0, 0.0, 5.0]), np.array([9.0, 0.5, 0.0, np.nan]))
+    assert scores_json([nab], {nab.name: sc}) == {
+        "x/y.csv": {"bucket": [None, -1.0, 5.0], "shift": [None, 0.5, None], "windows": [(1, 2)]}}
