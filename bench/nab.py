@@ -1,7 +1,7 @@
 """The anomaly preset on the Numenta Anomaly Benchmark, through `usagebot backtest`, file by file.
 
     .venv/bin/python -m bench.nab [--data ../shared/nab-dev] [--preset rules/examples/anomaly.toml]
-                                  [--sensitivity] [--jobs 2]
+                                  [--sensitivity [--save-scores PATH]] [--jobs 2]
 
 For every data file of the NAB directory (data/<category>/<name>.csv, labelled windows in
 combined_windows.json) it writes the series as a usage CSV (one account, metric `value`), sets the
@@ -19,6 +19,9 @@ the backtest of the whole set takes ~20 minutes on a shared 2-core machine) and 
 episode rules (fire at `score`, hold while >= `recovery`, resolve after one bucket below, no `for`,
 no cooldown, a condition already true at the first evaluation held by the first-run policy); the
 preset's own row is computed both ways and printed, so the shortcut is checked on every run.
+With --save-scores PATH it also writes, per file and row, the preset's two signed scores (the
+bucket's own and the sustained shift's, None where undecided) and the labelled windows, so a rule
+that only combines the two is scored offline with bench.nab_score without running the detector.
 """
 
 from __future__ import annotations
