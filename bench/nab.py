@@ -19,8 +19,8 @@ the backtest of the whole set takes ~20 minutes on a shared 2-core machine) and 
 episode rules (fire at `score`, hold while >= `recovery`, resolve after one bucket below, no `for`,
 no cooldown, a condition already true at the first evaluation held by the first-run policy); the
 preset's own row is computed both ways and printed, so the shortcut is checked on every run.
-With --save-scores PATH it also writes, per file and row, the preset's two signed scores (the
-bucket's own and the sustained shift's, None where undecided) and the labelled windows, so a rule
+With --save-scores PATH it also writes, per file and bucket, the preset's two signed scores (the
+bucket's own and the sustained shift's, None where undecided), the bucket's row and the labelled windows, so a rule
 that only combines the two is scored offline with bench.nab_score without running the detector.
 """
 
@@ -202,19 +202,20 @@ def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scor
     return Scored(score, decided, {int(c): i for i, c in enumerate(cols)}, point, sustained)
 
 
-def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[str, dict[str, list]]:
-    """Per file, per row: both signals' signed scores (None where undecided), so a rule combining
-    them (thresholds, corrections, persistence) is scored offline in seconds with bench.nab_score
-    instead of a detector run per variant."""
-    out = {}
+def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[str, dict[str, object]]:
+    """Per file, per bucket that has a row: that row (`row`, the one the direct episodes report) and
+    both signals' signed scores (None where undecided), with the file's row count and labelled
+    windows, so a rule combining them (thresholds, corrections, persistence) is scored offline in
+    seconds with bench.nab_score instead of a detector run per variant."""
+    out: dict[str, dict[str, object]] = {}
     for f in files:
         sc = series[f.name]
-        by_row = sorted((i, j) for j, i in sc.row_of.items())
-        pick = [j for _, j in by_row]
+        buckets = sorted(sc.row_of)
 
-        def col(a: np.ndarray | None, pick: list[int] = pick, sc: Scored = sc) -> list[float | None]:
-            return [float(a[j]) if a is not None and sc.decided[j] and np.isfinite(a[j]) else None for j in pick]
-        out[f.name] = {"bucket": col(sc.point), "shift": col(sc.sustained), "windows": f.windows}
+        def col(a: np.ndarray | None, buckets: list[int] = buckets, sc: Scored = sc) -> list[float | None]:
+            return [float(a[j]) if a is not None and sc.decided[j] and np.isfinite(a[j]) else None for j in buckets]
+        out[f.name] = {"rows": len(f.times), "windows": f.windows, "row": [sc.row_of[j] for j in buckets],
+                       "bucket": col(sc.point), "shift": col(sc.sustained)}
     return out
 
 

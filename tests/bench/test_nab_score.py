@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.nab import NabFile, Scored, detections, rules_text, scores_json
+from bench.nab import NabFile, Scored, detections, episode_starts, rules_text, scores_json
 from bench.nab_score import PROFILES, normalised, probation_rows, scaled_sigmoid, score_file
 
 STANDARD, LOW_FP, LOW_FN = PROFILES
@@ -103,11 +103,16 @@ def test_detections_are_the_rows_of_notified_alerts() -> None:
     assert nab.step == 300 and detections(events, nab) == [2, 5]
 
 
-def test_saved_scores_are_per_row_and_none_where_undecided() -> None:
-    """--save-scores: both signals per row of the file (a gap's bucket has no row), None where the
-    detector did not decide, with the labelled windows, so combination rules are scored offline."""
-    nab = NabFile("x/y.csv", np.array([0, 300, 900]), np.zeros(3), [(1, 2)])
-    sc = Scored(np.array([0.0, 1.0, 0.0, 5.0]), np.array([False, True, True, True]), {0: 0, 1: 1, 3: 2},
+def test_saved_scores_are_per_bucket_with_its_row_and_none_where_undecided() -> None:
+    """--save-scores: both signals per bucket that has a row (a gap's bucket has none), that row, None
+    where the detector did not decide, with the file's rows and windows, so combination rules are
+    scored offline; replayed through episode_starts they give the direct run's detections."""
+    nab = NabFile("x/y.csv", np.array([0, 300, 900, 960]), np.zeros(4), [(1, 3)])
+    sc = Scored(np.array([0.0, 1.0, 0.0, 5.0]), np.array([False, True, True, True]), {0: 0, 1: 1, 3: 3},
                 np.array([9.0, -1.0, 0.0, 5.0]), np.array([9.0, 0.5, 0.0, np.nan]))
-    assert scores_json([nab], {nab.name: sc}) == {
-        "x/y.csv": {"bucket": [None, -1.0, 5.0], "shift": [None, 0.5, None], "windows": [(1, 2)]}}
+    saved = scores_json([nab], {nab.name: sc})["x/y.csv"]
+    assert saved == {"rows": 4, "windows": [(1, 3)], "row": [0, 1, 3], "bucket": [None, -1.0, 5.0],
+                     "shift": [None, 0.5, None]}
+    score = np.array([max(abs(b or 0.0), abs(s or 0.0)) for b, s in zip(saved["bucket"], saved["shift"], strict=True)])
+    offline = Scored(score, np.array([b is not None for b in saved["bucket"]]), dict(enumerate(saved["row"])))
+    assert episode_starts(offline, 4.0, 2.0) == episode_starts(sc, 4.0, 2.0) == [3]
