@@ -1,0 +1,101 @@
+"""The engine's array paths against their definitions: decided pairs held as masks over a block's rows
+(rules.engine.DecidedByRule), on random blocks (NaN gaps, zero and negative values, accounts without
+facts, segments); each check fails when the array path diverges from the plain-Python definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rules.engine import DecidedByRule, evaluate
+from rules.loader import load_rules_text
+from rules.model import DAY, AccountFacts, MetricBlock
+
+START = 1_790_000_000 - 1_790_000_000 % DAY
+
+RULES = """
+[[rule]]
+id = "spike"
+kind = "spike"
+metric = "api_calls"
+bucket = "1d"
+[rule.baseline]
+window = "7d"
+min_points = 3
+[rule.threshold]
+ratio = 1.5
+
+[[rule]]
+id = "drop-pro"
+kind = "drop"
+metric = "api_calls"
+bucket = "1d"
+[rule.baseline]
+window = "7d"
+min_points = 3
+[rule.threshold]
+ratio = 0.7
+[rule.segment]
+plans = ["pro"]
+"""
+
+
+def _book(seed: int, n: int = 60, days: int = 20) -> tuple[dict, dict]:
+    rng = np.random.default_rng(seed)
+    values = rng.gamma(2.0, 50.0, size=(n, days))
+    values[rng.random((n, days)) < 0.15] = np.nan  # gaps
+    values[rng.random((n, days)) < 0.05] = 0.0
+    values[rng.random((n, days)) < 0.02] = -3.0  # corrections
+    values[rng.integers(0, n), -1] = np.inf  # contained, undecided
+    ids = [f"acct{i:03d}" for i in range(n)]
+    accounts = {a: AccountFacts(a, a, plan=str(rng.choice(["pro", "free"]))) for a in ids[: n - 5]}  # 5 without facts
+    return {("api_calls", DAY): MetricBlock("api_calls", START, DAY, ids, values)}, accounts
+
+
+def _definition(rules, blocks, accounts, now) -> set[tuple[str, str]]:
+    """The decided pairs rule by rule, one rule per evaluation, as plain tuples."""
+    out: set[tuple[str, str]] = set()
+    for rule in rules:
+        res = evaluate([rule], blocks, accounts, now, only_due=False)
+        ids = blocks[(rule.metric, rule.bucket)].account_ids
+        out |= {(rule.id, a) for a in ids if (rule.id, a) in res.decided}
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decided_masks_are_the_pairs_the_detectors_decided(seed: int) -> None:
+    rules = load_rules_text(RULES).rules
+    blocks, accounts = _book(seed)
+    now = START + 20 * DAY
+    got = evaluate(rules, blocks, accounts, now, only_due=False).decided
+    assert isinstance(got, DecidedByRule)
+    pairs = set(got)
+    assert len(got) == len(pairs)
+    assert pairs == _definition(rules, blocks, accounts, now)
+    assert got == pairs and pairs == got  # Set equality both ways
+    ids = blocks[("api_calls", DAY)].account_ids
+    for rule in rules:
+        for a in ids + ["nobody"]:
+            assert ((rule.id, a) in got) == ((rule.id, a) in pairs)
+        assert got.rule_accounts(rule.id) == {a for r, a in pairs if r == rule.id}
+    assert ("spike",) not in got and ("other-rule", ids[0]) not in got
+    assert got.accounts() == {a for _, a in pairs}
+    # pro-only rule: nobody outside the segment is decided, the 5 accounts without facts neither
+    assert not {a for r, a in pairs if r == "drop-pro"} - {a for a, f in accounts.items() if f.plan == "pro"}
+
+
+def test_decided_set_operations_give_sets_and_discard_leaves_accounts_undecided() -> None:
+    d = DecidedByRule()
+    ids = ["a", "b", "c"]
+    mask = np.array([True, False, True])
+    d.add("r1", ids, mask)
+    d.add("r2", ["c", "d"], np.array([True, True]))
+    merged: set[tuple[str, str]] = {("r0", "z")}
+    merged |= d  # what the scheduler does with chunks of accounts
+    assert merged == {("r0", "z"), ("r1", "a"), ("r1", "c"), ("r2", "c"), ("r2", "d")}
+    assert type(d | {("r9", "q")}) is set and (d & {("r1", "a"), ("r1", "b")}) == {("r1", "a")}
+    d.discard_accounts("r1", {"a"})
+    assert set(d) == {("r1", "c"), ("r2", "c"), ("r2", "d")} and len(d) == 3
+    assert mask.tolist() == [True, False, True]  # the detector's array is not changed
+    d.add("r2", ["e"], np.array([True]))  # a second part for one rule
+    assert ("r2", "e") in d and ("r2", "c") in d and len(d) == 4
