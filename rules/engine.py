@@ -408,7 +408,7 @@ def detect_rule(
             others = np.flatnonzero(~keep)
             decided_rest = (only.decided if mask.all() else only.decided[mask])[others]
             rest = CohortTally(rule, view.end, _Picked(view.account_ids, others),  # type: ignore[arg-type]
-                               _Picked(facts, others), decided_rest, frozenset(), [])  # type: ignore[arg-type]
+                               _Picked(facts, others), decided_rest, None, _NO_ROWS)  # type: ignore[arg-type]
         view, facts = _only(view, facts, keep) if reuse is None else reuse.only(rule, view, facts, keep)
         if rest is not None:
             tallies.append(rest)  # type: ignore[union-attr]
@@ -422,10 +422,36 @@ def detect_rule(
                           for a in sorted(odd)]
         result.decided[[i for i, a in enumerate(view.account_ids) if a in odd]] = False
     if rule.cohort is not None and tallies is not None:
-        open_ids = {e.account_id for e in open_episodes}
-        new = [a for _, a in found_accounts(result.found) if a not in open_ids]
-        tallies.append(CohortTally(rule, view.end, view.account_ids, facts, result.decided, open_ids, new))
+        ids = view.account_ids
+        index: dict[str, int] = {}
+        opened = None
+        if open_episodes:
+            index = {a: i for i, a in enumerate(ids)}
+            opened = np.zeros(len(ids), dtype=bool)
+            opened[[i for i in (index.get(e.account_id) for e in open_episodes) if i is not None]] = True
+        new = found_rows(result.found, ids, index)
+        if opened is not None:
+            new = new[~opened[new]]
+        tallies.append(CohortTally(rule, view.end, ids, facts, result.decided, opened, new))
     return view.account_ids, result
+
+
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+
+
+def found_rows(found: Sequence[FoundItem], ids: Sequence[str], index: dict[str, int]) -> np.ndarray:
+    """The row in `ids` of every finding, in order (an account with two findings twice): FindingRows on
+    `ids` give their rows as they are, other findings are looked up in `index` (id -> row; filled here
+    from `ids` when empty and needed)."""
+    parts: list[np.ndarray] = []
+    for item in found:
+        if isinstance(item, FindingRows) and item.account_ids is ids:
+            parts.append(np.asarray(item.rows, dtype=np.intp))
+            continue
+        if not index:
+            index.update((a, i) for i, a in enumerate(ids))
+        parts.append(np.array([index[a] for _, a in found_accounts([item])], dtype=np.intp))
+    return np.concatenate(parts) if parts else _NO_ROWS
 
 
 def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
@@ -442,30 +468,31 @@ def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
 @dataclass(frozen=True)
 class CohortTally:
     """What one rule's verdict on one block of accounts brings to its cohort events: the rows it
-    saw (ids, facts), which it decided, the accounts with an open episode and the accounts newly
-    meeting the condition. The verdict's arrays are read, never changed."""
+    saw (ids, facts), which it decided, which had an open episode (None: none) and the rows of the
+    findings of the others (newly meeting the condition; an account with two findings twice). The
+    verdict's arrays are read, never changed."""
 
     rule: Rule
     at: int
     ids: Sequence[str]
     facts: Sequence[AccountFacts]
     decided: np.ndarray
-    open_ids: AbstractSet[str]
-    new: list[str]
+    opened: np.ndarray | None
+    new: np.ndarray  # row indices
 
-    def groups(self) -> np.ndarray:
-        """The cohort of every row: "all accounts", or "plan <name>" with cohorts by plan."""
+    def groups(self) -> tuple[list[str], np.ndarray]:
+        """The cohorts ("all accounts", or "plan <name>" with cohorts by plan) and each row's, as an
+        index into them."""
         assert self.rule.cohort is not None
         if self.rule.cohort.by == "plan":
-            return np.array([f"plan {f.plan or '(none)'}" for f in self.facts], dtype=object)
-        return np.full(len(self.ids), "all accounts", dtype=object)
+            names, codes = np.unique(np.array([f"plan {f.plan or '(none)'}" for f in self.facts], dtype=object),
+                                     return_inverse=True)
+            return list(names), codes.reshape(-1)
+        return ["all accounts"], np.zeros(len(self.ids), dtype=np.intp)
 
     def could(self) -> np.ndarray:
         """Per row: decided and without an open episode (could newly meet the condition)."""
-        could = self.decided.copy()
-        if self.open_ids:
-            could &= np.fromiter((a not in self.open_ids for a in self.ids), dtype=bool, count=len(self.ids))
-        return could
+        return self.decided if self.opened is None else self.decided & ~self.opened
 
 
 def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> None:
@@ -473,10 +500,12 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
     evaluated on: a bucket in which a large share of a cohort newly meets the condition is a
     calendar or pipeline event. Every account of such a cohort becomes undecided in `out` (no
     finding, no recovery: nothing fires or resolves for it in this bucket; a pending run is
-    broken, `out.interrupted`) and the event is added to `out.cohort_events`, in rule order.
+    broken, `out.interrupted`) and the event is added to `out.cohort_events`, in rule order (and per
+    rule in the order of the cohorts' first new account).
 
     The share is taken over the accounts the rule decided that had no open episode (the accounts
-    that could newly meet the condition)."""
+    that could newly meet the condition). Counted per cohort with arrays (bincount over each row's
+    cohort); ids are read only for the cohorts that are events."""
     by_rule: dict[str, list[CohortTally]] = {}
     for t in tallies:
         by_rule.setdefault(t.rule.id, []).append(t)
@@ -485,25 +514,33 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
         assert cohort is not None
         if sum(len(t.new) for t in parts) < cohort.min_accounts:
             continue  # the usual case: no cohort can have enough accounts
-        hits: dict[str, list[str]] = {}
+        hits: dict[str, int] = {}  # in the order of each cohort's first new account
         eligible: dict[str, int] = {}
-        members: dict[str, list[str]] = {}
+        grouped = []
         for t in parts:
-            groups, could = t.groups(), t.could()
-            row_of = {a: i for i, a in enumerate(t.ids)}
-            for a in t.new:
-                hits.setdefault(groups[row_of[a]], []).append(a)
-            for g in np.unique(groups):
-                in_group = groups == g
-                eligible[g] = eligible.get(g, 0) + int(np.count_nonzero(could & in_group))
-                members.setdefault(g, []).extend(compress(t.ids, in_group))
+            names, codes = t.groups()
+            grouped.append((t, names, codes))
+            new_codes = codes[t.new]
+            seen, first = np.unique(new_codes, return_index=True)
+            counts = np.bincount(new_codes, minlength=len(names))
+            for c in seen[np.argsort(first, kind="stable")]:
+                hits[names[c]] = hits.get(names[c], 0) + int(counts[c])
+            could = np.bincount(codes, weights=t.could(), minlength=len(names))
+            for c, name in enumerate(names):
+                eligible[name] = eligible.get(name, 0) + int(could[c])
         muted: set[str] = set()
-        for group, ids in hits.items():
-            if len(ids) < cohort.min_accounts or len(ids) < cohort.share * eligible[group]:
+        for group, n_hits in hits.items():
+            if n_hits < cohort.min_accounts or n_hits < cohort.share * eligible[group]:
                 continue
-            out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, len(ids), eligible[group],
-                                                 tuple(sorted(ids)[:5])))
-            muted.update(members[group])
+            examples: list[str] = []
+            for t, names, codes in grouped:
+                if group not in names:
+                    continue
+                g = names.index(group)
+                examples += [t.ids[i] for i in t.new[codes[t.new] == g]]
+                muted.update(t.ids[i] for i in np.flatnonzero(codes == g))
+            out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, n_hits, eligible[group],
+                                                 tuple(sorted(examples)[:5])))
         if muted:
             _mute(out, rule_id, muted)
 

@@ -4,6 +4,8 @@ facts, segments); each check fails when the array path diverges from the plain-P
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,73 @@ def test_decided_set_operations_give_sets_and_discard_leaves_accounts_undecided(
     assert mask.tolist() == [True, False, True]  # the detector's array is not changed
     d.add("r2", ["e"], np.array([True]))  # a second part for one rule
     assert ("r2", "e") in d and ("r2", "c") in d and len(d) == 4
+
+
+def _settle_by_definition(parts, cohort) -> tuple[list[tuple[str, int, int, tuple[str, ...]]], set[str]]:
+    """Cohort events as rules.model.Cohort defines them, account by account: per cohort, the accounts
+    newly meeting the condition (each finding once) against the decided accounts without an open
+    episode; an event mutes every account of its cohort. parts: (ids, plans, decided, open ids, new ids)."""
+    hits: dict[str, list[str]] = {}
+    eligible: dict[str, int] = {}
+    members: dict[str, list[str]] = {}
+    for ids, plans, decided, open_ids, new in parts:
+        group = {a: (f"plan {p or '(none)'}" if cohort.by == "plan" else "all accounts") for a, p in zip(ids, plans, strict=True)}
+        for a in new:
+            hits.setdefault(group[a], []).append(a)
+        for a, d in zip(ids, decided, strict=True):
+            eligible[group[a]] = eligible.get(group[a], 0) + int(bool(d) and a not in open_ids)
+            members.setdefault(group[a], []).append(a)
+    events, muted = [], set()
+    for g, got in hits.items():
+        if len(got) >= cohort.min_accounts and len(got) >= cohort.share * eligible[g]:
+            events.append((g, len(got), eligible[g], tuple(sorted(got)[:5])))
+            muted |= set(members[g])
+    return events, muted
+
+
+EVENTS: list[int] = []
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("by", ["segment", "plan"])
+def test_cohort_settling_with_arrays_is_the_definition(seed: int, by: str) -> None:
+    from rules.engine import CohortTally, EvaluationResult, settle_cohorts
+    from rules.model import Cohort
+
+    rng = np.random.default_rng(seed)
+    rule = load_rules_text(RULES).rules[0]
+    cohort = Cohort(share=float(rng.choice([0.1, 0.3, 0.5])), min_accounts=int(rng.integers(1, 6)), by=by)
+    rule = dataclasses.replace(rule, cohort=cohort)
+    tallies, parts = [], []
+    for p in range(int(rng.integers(1, 4))):  # blocks of accounts (chunks, a replay's rows not run)
+        n = int(rng.integers(0, 30))
+        ids = [f"p{p}a{i}" for i in range(n)]
+        plans = [rng.choice(["pro", "free", None]) for _ in ids]
+        decided = rng.random(n) < 0.8
+        opened = rng.random(n) < 0.2 if rng.random() < 0.5 else None
+        new_rows = np.flatnonzero(decided & ~(opened if opened is not None else np.zeros(n, bool))
+                                  & (rng.random(n) < rng.random()))
+        new_rows = np.concatenate([new_rows, new_rows[:1]]) if rng.random() < 0.2 else new_rows  # two findings
+        rng.shuffle(new_rows)
+        facts = tuple(AccountFacts(a, a, plan=pl) for a, pl in zip(ids, plans, strict=True))
+        tallies.append(CohortTally(rule, START, ids, facts, decided, opened, new_rows.astype(np.intp)))
+        open_ids = {a for a, o in zip(ids, opened if opened is not None else [False] * n, strict=True) if o}
+        parts.append((ids, plans, decided, open_ids, [ids[i] for i in new_rows]))
+    out = EvaluationResult()
+    out.decided = DecidedByRule()  # type: ignore[assignment]
+    for t in tallies:
+        out.decided.add(rule.id, t.ids, t.decided)  # type: ignore[attr-defined]
+    before = set(out.decided)
+    settle_cohorts(tallies, out)
+    events, muted = _settle_by_definition(parts, cohort)
+    EVENTS.append(len(events))
+    assert [(e.cohort, e.accounts, e.decided, e.examples) for e in out.cohort_events] == events
+    assert set(out.decided) == {(r, a) for r, a in before if a not in muted}
+    assert set(out.interrupted) == {(rule.id, a) for a in muted}
+
+
+def test_the_random_tallies_make_events_and_not() -> None:
+    """The random cases above cover both outcomes (so the equality is not only of empty lists)."""
+    if len(EVENTS) < 80:
+        pytest.skip("run with the cases above")
+    assert sum(1 for n in EVENTS if n) >= 10 and sum(1 for n in EVENTS if not n) >= 10
