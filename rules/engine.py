@@ -281,8 +281,14 @@ class Reuse:
         """Per row: the first column holding +-inf (n_buckets when none)."""
         got = self._first_inf.get(key)
         if got is None:
-            inf = np.isinf(block.values)
-            got = self._first_inf[key] = np.where(inf.any(axis=1), inf.argmax(axis=1), block.n_buckets)
+            values = block.values
+            if values.size and np.fmax.reduce(values, axis=None) < np.inf and \
+                    np.fmin.reduce(values, axis=None) > -np.inf:  # the usual case, in half the time of isinf
+                got = np.full(len(values), block.n_buckets)
+            else:
+                inf = np.isinf(values)
+                got = np.where(inf.any(axis=1), inf.argmax(axis=1), block.n_buckets)
+            self._first_inf[key] = got
         return got
 
     def segment(self, rule: Rule, facts: Sequence[AccountFacts]) -> np.ndarray:

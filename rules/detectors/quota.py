@@ -49,8 +49,10 @@ immediate), not a message to the account owner.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -132,12 +134,27 @@ def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.
     facts is grouped once per replay, rules.memo; some rows of one, PickedFacts, from its groups)."""
     if isinstance(accounts, PickedFacts):
         return _picked_groups(accounts)
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, account in enumerate(accounts):
-        groups.setdefault((account.billing_day, account.timezone), []).append(i)
-    out = [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
-    for _, _, rows in out:
+    n = len(accounts)
+    if not n:
+        return []
+    # as columns (one key per row: timezone code x day span + day), grouped by one unique and a stable
+    # sort: 2x faster at 10k accounts than a dict of lists walked row by row
+    days = np.fromiter(map(attrgetter("billing_day"), accounts), dtype=np.int64, count=n)
+    zones = list(map(attrgetter("timezone"), accounts))
+    code = {z: i for i, z in enumerate(dict.fromkeys(zones))}
+    zone = np.zeros(n, dtype=np.int64) if len(code) == 1 else \
+        np.fromiter(map(code.__getitem__, zones), dtype=np.int64, count=n)
+    low = int(days.min())
+    _, first, group = np.unique(zone * (int(days.max()) - low + 1) + (days - low), return_index=True,
+                                return_inverse=True)
+    group = group.reshape(-1)
+    parts = np.split(np.argsort(group, kind="stable"), np.cumsum(np.bincount(group))[:-1])
+    out = []
+    for g in np.argsort(first, kind="stable"):  # first-seen order
+        rows = parts[g].astype(np.intp, copy=False)
         rows.flags.writeable = False
+        row = int(first[g])
+        out.append((accounts[row].billing_day, zones[row], rows))
     return out
 
 
@@ -164,11 +181,9 @@ def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
         out = quota_array(accounts.parent, metric)[accounts.idx]
         out.flags.writeable = False
         return out
-    out = np.full(len(accounts), np.nan)
-    for i, account in enumerate(accounts):
-        q = account.quotas.get(metric)
-        if q is not None:
-            out[i] = float(q)
+    nan = math.nan
+    out = np.fromiter((nan if (q := quotas.get(metric)) is None else float(q)
+                       for quotas in map(attrgetter("quotas"), accounts)), dtype=np.float64, count=len(accounts))
     out.flags.writeable = False
     return out
 

@@ -171,3 +171,67 @@ def test_the_random_tallies_make_events_and_not() -> None:
     if len(EVENTS) < 80:
         pytest.skip("run with the cases above")
     assert sum(1 for n in EVENTS if n) >= 10 and sum(1 for n in EVENTS if not n) >= 10
+
+
+def _random_facts(rng: np.random.Generator, n: int) -> tuple[AccountFacts, ...]:
+    zones = ["UTC", "America/New_York", "Asia/Tokyo"][: int(rng.integers(1, 4))]
+    out = []
+    for i in range(n):
+        quotas: dict = {}
+        r = rng.random()
+        if r < 0.6:
+            quotas["api_calls"] = float(rng.choice([0.0, -5.0, 100.0, 1e6, rng.gamma(2, 500)]))
+        elif r < 0.7:
+            quotas["api_calls"] = int(rng.integers(1, 1000))  # an int from a hand-written book
+        elif r < 0.8:
+            quotas["api_calls"] = None
+        if rng.random() < 0.5:
+            quotas["events"] = 10.0
+        out.append(AccountFacts(f"a{i}", f"a{i}", quotas=quotas, billing_day=int(rng.integers(1, 29)) if rng.random() < 0.7
+                                else 1, timezone=str(rng.choice(zones))))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_billing_groups_and_quota_arrays_as_columns_are_the_row_by_row_definition(seed: int) -> None:
+    from rules.detectors.quota import account_groups, quota_array
+    from rules.model import PickedFacts
+
+    rng = np.random.default_rng(seed)
+    facts = _random_facts(rng, int(rng.integers(0, 200)))
+    groups: dict[tuple[int, str], list[int]] = {}  # the definition: first-seen order, rows ascending
+    for i, f in enumerate(facts):
+        groups.setdefault((f.billing_day, f.timezone), []).append(i)
+    got = account_groups(facts)
+    assert [(d, tz, rows.tolist()) for d, tz, rows in got] == [(d, tz, rows) for (d, tz), rows in groups.items()]
+    assert all(rows.dtype == np.intp and not rows.flags.writeable for _, _, rows in got)
+    for metric in ("api_calls", "events", "nothing"):
+        want = [np.nan if f.quotas.get(metric) is None else float(f.quotas[metric]) for f in facts]
+        np.testing.assert_array_equal(quota_array(facts, metric), np.array(want, dtype=float))
+    idx = np.flatnonzero(rng.random(len(facts)) < 0.4)
+    picked = PickedFacts(facts, idx)
+    sub: dict[tuple[int, str], list[int]] = {}
+    for i, f in enumerate(picked):
+        sub.setdefault((f.billing_day, f.timezone), []).append(i)
+    assert [(d, tz, rows.tolist()) for d, tz, rows in account_groups(picked)] == \
+        [(d, tz, rows) for (d, tz), rows in sub.items()]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_first_non_finite_column_is_the_isinf_definition(seed: int) -> None:
+    from rules.engine import Reuse
+
+    rng = np.random.default_rng(seed)
+    n, days = int(rng.integers(0, 40)), int(rng.integers(0, 15))
+    values = rng.normal(0, 100, size=(n, days))
+    values[rng.random((n, days)) < 0.3] = np.nan
+    if seed % 3 == 0:
+        values[rng.random((n, days)) < 0.05] = np.inf
+    if seed % 3 == 1:
+        values[rng.random((n, days)) < 0.05] = -np.inf
+    if seed == 5 and n:
+        values[:] = np.nan  # nothing observed at all
+    block = MetricBlock("api_calls", START, DAY, [f"a{i}" for i in range(n)], values)
+    got = Reuse().first_inf(("api_calls", DAY), block)
+    want = [next((j for j in range(days) if np.isinf(values[i, j])), days) for i in range(n)]
+    assert got.tolist() == want
