@@ -61,7 +61,7 @@ from rules.config import values as v
 from rules.config.toml_lines import PathKey
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
-from rules.detectors.scan import at_least, trailing_max, trailing_sum
+from rules.detectors.scan import at_least, loose, trailing_sum
 from rules.durations import format_duration
 from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.memo import by_identity
@@ -256,9 +256,8 @@ def detect_quota(
 def scan_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> np.ndarray | None:
     """Rows that may reach a level, or be forecast to, at each bucket close (rules.detectors.scan).
     With usage never negative, a billing period's usage up to t is at most the sum S of the buckets of
-    the longest period before t (MAX_PERIOD), and the forecast rate at most the largest recent bucket M
-    per bucket: threshold mode needs S >= min(fractions) x quota, forecast mode S + M x (MAX_PERIOD /
-    bucket) >= fraction x quota. The first row of every billing group is always a candidate (it sets
+    the longest period before t (MAX_PERIOD): threshold mode needs S >= min(fractions) x quota; forecast
+    mode checks the forecast's own conditions with bounds (_forecast_candidates). The first row of every billing group is always a candidate (it sets
     the order of the findings). None when a value is negative (no such bound)."""
     params = _params(rule)
     values = block.values
@@ -267,17 +266,72 @@ def scan_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts])
             return None
         q = np.asarray(quota_array(accounts, block.metric))[:, None]
         has_quota = q > 0
-    total, slack = trailing_sum(values, MAX_PERIOD // block.step + 2)
-    most = total + slack
     if params.mode == "forecast":
-        recent = trailing_max(values, max(1, params.forecast_window // block.step))
-        most = most + np.maximum(recent, 0.0) * (MAX_PERIOD / block.step)
-        out = has_quota & at_least(most, params.fraction * q)
+        out = _forecast_candidates(params, block, accounts, q[:, 0])
     else:
+        total, slack = trailing_sum(values, MAX_PERIOD // block.step + 2)
+        most = total + slack
         out = has_quota & at_least(most, min(params.fractions) * q)
     # The findings come group by group, in the order of each group's first row: with those rows run
     # too, any set of rows lists its groups in the order of the whole block (the same events, in order).
     out[[int(rows[0]) for _, _, rows in account_groups(accounts)]] = True
+    return out
+
+
+def _forecast_candidates(params: QuotaParams, block: MetricBlock, accounts: Sequence[AccountFacts], q: np.ndarray
+                         ) -> np.ndarray:
+    """scan_quota in forecast mode: the forecast's own conditions at every bucket close, per billing group,
+    each period's usage and recent rate from cumulative sums over the block (columns, not a detector
+    run per step), widened by the cumulative sums' rounding bound. A row is a candidate unless one of
+    the forecast's necessary conditions surely fails: the bucket just closed observed, a recent rate,
+    `min_observed` of the period observed (exact counts), usage so far under the target and the
+    projection reaching it (bounds). Far narrower than the longest period's sum plus the largest recent
+    bucket times the longest period (the earlier bound kept ~62% of the rows of the 10k-account book)."""
+    values = block.values
+    rows, n = values.shape
+    out = np.zeros((rows, n + 1), dtype=bool)
+    if not n:
+        return out
+    observed = ~np.isnan(values)
+    cs = np.zeros((rows, n + 1))
+    np.cumsum(np.where(observed, values, 0.0), axis=1, out=cs[:, 1:])
+    seen = np.zeros((rows, n + 1), dtype=np.int64)
+    np.cumsum(observed, axis=1, out=seen[:, 1:])
+    slack = 2 * ((n + 2) * 4e-16 * np.maximum.accumulate(np.abs(cs), axis=1) + 1e-12)  # x2: two sums differ
+    step, width = block.step, max(1, params.forecast_window // block.step)
+    # per row and evaluation j (closing column j - 1): the first column of its billing period, the
+    # seconds left in it, and whether the detector forecasts there at all (period inside the block,
+    # min_elapsed elapsed, a quota)
+    first = np.zeros((rows, n), dtype=np.intp)
+    left = np.zeros((rows, n))
+    live = np.zeros((rows, n), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        has_quota = q > 0
+    for day, timezone, group in account_groups(accounts):
+        idx = group[has_quota[group]]
+        if not idx.size:
+            continue
+        g_first, g_left, g_live = np.zeros(n, dtype=np.intp), np.zeros(n), np.zeros(n, dtype=bool)
+        period = None
+        for j in range(1, n + 1):
+            at = block.start + j * step
+            if period is None or not period.start <= at - 1 < period.end:  # a new period: ~monthly
+                period = billing_period(at - 1, day, timezone)
+            g_live[j - 1] = block.start <= period.start and at - period.start >= params.min_elapsed
+            g_first[j - 1] = min(j, max(0, -((block.start - period.start) // step)))
+            g_left[j - 1] = period.end - at
+        first[idx], left[idx], live[idx] = g_first, g_left, g_live
+    rate_first = np.maximum(np.arange(1, n + 1) - width, 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        used = cs[:, 1:] - np.take_along_axis(cs, first, axis=1)
+        err = slack[:, 1:]
+        r_obs = seen[:, 1:] - seen[:, rate_first]
+        projected = used + err + (cs[:, 1:] - cs[:, rate_first] + err) / (r_obs * step) * left
+        target = (params.fraction * q)[:, None]
+        unsure = ~np.isfinite(used) | ~np.isfinite(projected)  # +-inf or overflow: no bound, run it
+        out[:, 1:] = (live & observed & (r_obs > 0)
+                      & ((seen[:, 1:] - np.take_along_axis(seen, first, axis=1)) * step >= params.min_observed)
+                      & (unsure | ((used - err < target + loose(target) + loose(used)) & at_least(projected, target))))
     return out
 
 

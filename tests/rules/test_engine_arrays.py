@@ -235,3 +235,62 @@ def test_first_non_finite_column_is_the_isinf_definition(seed: int) -> None:
     got = Reuse().first_inf(("api_calls", DAY), block)
     want = [next((j for j in range(days) if np.isinf(values[i, j])), days) for i in range(n)]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_forecast_scan_keeps_every_row_the_forecast_detector_finds(seed: int) -> None:
+    """rules.detectors.quota._forecast_candidates against the detector run at every bucket close, on
+    random blocks (gaps, zeros, tiny and huge values) and facts (billing days, timezones, None/int quotas),
+    random forecast parameters; and it narrows (not every row is a candidate)."""
+    from rules.detectors import detect
+    from rules.kinds import KINDS
+
+    rng = np.random.default_rng(300 + seed)
+    window, elapsed, observed = (int(rng.integers(1, 8)), int(rng.integers(0, 10)), int(rng.integers(0, 8)))
+    rule = load_rules_text(f"""
+[[rule]]
+id = "fc"
+kind = "quota"
+metric = "api_calls"
+bucket = "1d"
+[rule.threshold]
+mode = "forecast"
+fraction = {float(rng.choice([0.5, 0.8, 1.0, 1.2]))}
+forecast_window = "{window}d"
+min_elapsed = "{elapsed}d"
+min_observed = "{observed}d"
+""").rules[0]
+    n, days = int(rng.integers(20, 60)), int(rng.integers(35, 80))
+    facts = _random_facts(rng, n)
+    values = rng.gamma(1.5, 40.0, size=(n, days)) * rng.choice([1e-6, 1.0, 1e9], size=(n, 1))
+    values[rng.random((n, days)) < 0.2] = np.nan
+    values[rng.random((n, days)) < 0.1] = 0.0
+    block = MetricBlock("api_calls", START + int(rng.integers(0, 30)) * DAY, DAY, [f.id for f in facts], values)
+    cand = KINDS["quota"].scan(rule, block, facts)
+    found = 0
+    for j in range(1, days + 1):
+        rows = {block.account_ids.index(f.account_id) for f in detect(rule, block.truncated(j), facts).findings}
+        assert not [i for i in rows if not cand[i, j]], f"column {j}: a forecast row is not a candidate"
+        found += len(rows)
+    # the earlier bound: the longest period's sum plus the largest recent bucket for the longest period
+    from rules.detectors.quota import MAX_PERIOD, account_groups, quota_array
+    from rules.detectors.scan import at_least, trailing_max, trailing_sum
+
+    total, slack = trailing_sum(values, MAX_PERIOD // DAY + 2)
+    most = total + slack + np.maximum(trailing_max(values, window), 0.0) * (MAX_PERIOD / DAY)
+    q = np.asarray(quota_array(facts, "api_calls"))[:, None]
+    with np.errstate(invalid="ignore"):
+        earlier = (q > 0) & at_least(most, rule.params.fraction * q)
+    rest = np.ones(n, dtype=bool)
+    rest[[int(rows[0]) for _, _, rows in account_groups(facts)]] = False  # always candidates (scan_quota)
+    FOUND.append((found, float(cand[rest, 1:].sum()), float(earlier[rest, 1:].sum())))
+
+
+FOUND: list[tuple[int, float, float]] = []  # (findings, share of candidates, of the earlier bound's)
+
+
+def test_the_random_forecasts_do_fire() -> None:
+    if len(FOUND) < 16:
+        pytest.skip("run with the cases above")
+    assert sum(f for f, _, _ in FOUND) > 50  # the superset is checked on books that fire
+    assert sum(c for _, c, _ in FOUND) < 0.8 * sum(e for _, _, e in FOUND)  # and narrows
