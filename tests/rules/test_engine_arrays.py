@@ -238,15 +238,22 @@ def test_first_non_finite_column_is_the_isinf_definition(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(16))
-def test_forecast_scan_keeps_every_row_the_forecast_detector_finds(seed: int) -> None:
-    """rules.detectors.quota._forecast_candidates against the detector run at every bucket close, on
-    random blocks (gaps, zeros, tiny and huge values) and facts (billing days, timezones, None/int quotas),
-    random forecast parameters; and it narrows (not every row is a candidate)."""
+@pytest.mark.parametrize("mode", ["forecast", "threshold"])
+def test_quota_scan_keeps_every_row_the_quota_detector_finds(seed: int, mode: str) -> None:
+    """rules.detectors.quota._period_candidates against the detector run at every bucket close, on random
+    blocks (gaps, zeros, tiny and huge values) and facts (billing days, timezones, None/int quotas), random
+    forecast / threshold parameters; and it narrows (fewer candidates than the earlier bounds)."""
     from rules.detectors import detect
     from rules.kinds import KINDS
 
     rng = np.random.default_rng(300 + seed)
     window, elapsed, observed = (int(rng.integers(1, 8)), int(rng.integers(0, 10)), int(rng.integers(0, 8)))
+    if mode == "forecast":
+        threshold = (f'mode = "forecast"\nfraction = {float(rng.choice([0.5, 0.8, 1.0, 1.2]))}\n'
+                     f'forecast_window = "{window}d"\nmin_elapsed = "{elapsed}d"\nmin_observed = "{observed}d"')
+    else:
+        fractions = sorted(set(rng.choice([0.5, 0.8, 1.0, 1.5], size=int(rng.integers(1, 4))).tolist()))
+        threshold = f'mode = "threshold"\nfractions = {fractions}'
     rule = load_rules_text(f"""
 [[rule]]
 id = "fc"
@@ -254,11 +261,7 @@ kind = "quota"
 metric = "api_calls"
 bucket = "1d"
 [rule.threshold]
-mode = "forecast"
-fraction = {float(rng.choice([0.5, 0.8, 1.0, 1.2]))}
-forecast_window = "{window}d"
-min_elapsed = "{elapsed}d"
-min_observed = "{observed}d"
+{threshold}
 """).rules[0]
     n, days = int(rng.integers(20, 60)), int(rng.integers(35, 80))
     facts = _random_facts(rng, n)
@@ -270,27 +273,32 @@ min_observed = "{observed}d"
     found = 0
     for j in range(1, days + 1):
         rows = {block.account_ids.index(f.account_id) for f in detect(rule, block.truncated(j), facts).findings}
-        assert not [i for i in rows if not cand[i, j]], f"column {j}: a forecast row is not a candidate"
+        assert not [i for i in rows if not cand[i, j]], f"column {j}: a {mode} row is not a candidate"
         found += len(rows)
-    # the earlier bound: the longest period's sum plus the largest recent bucket for the longest period
+    # the earlier bounds: the longest period's sum (plus the largest recent bucket for the longest period)
     from rules.detectors.quota import MAX_PERIOD, account_groups, quota_array
     from rules.detectors.scan import at_least, trailing_max, trailing_sum
 
     total, slack = trailing_sum(values, MAX_PERIOD // DAY + 2)
-    most = total + slack + np.maximum(trailing_max(values, window), 0.0) * (MAX_PERIOD / DAY)
     q = np.asarray(quota_array(facts, "api_calls"))[:, None]
     with np.errstate(invalid="ignore"):
-        earlier = (q > 0) & at_least(most, rule.params.fraction * q)
+        if mode == "forecast":
+            most = total + slack + np.maximum(trailing_max(values, window), 0.0) * (MAX_PERIOD / DAY)
+            earlier = (q > 0) & at_least(most, rule.params.fraction * q)
+        else:
+            earlier = (q > 0) & at_least(total + slack, min(rule.params.fractions) * q)
     rest = np.ones(n, dtype=bool)
     rest[[int(rows[0]) for _, _, rows in account_groups(facts)]] = False  # always candidates (scan_quota)
-    FOUND.append((found, float(cand[rest, 1:].sum()), float(earlier[rest, 1:].sum())))
+    FOUND.append((mode, found, float(cand[rest, 1:].sum()), float(earlier[rest, 1:].sum())))
 
 
-FOUND: list[tuple[int, float, float]] = []  # (findings, share of candidates, of the earlier bound's)
+FOUND: list[tuple[str, int, float, float]] = []  # (mode, findings, candidates, the earlier bound's)
 
 
-def test_the_random_forecasts_do_fire() -> None:
-    if len(FOUND) < 16:
+@pytest.mark.parametrize("mode", ["forecast", "threshold"])
+def test_the_random_quota_books_fire_and_the_scan_narrows(mode: str) -> None:
+    cases = [c for c in FOUND if c[0] == mode]
+    if len(cases) < 16:
         pytest.skip("run with the cases above")
-    assert sum(f for f, _, _ in FOUND) > 50  # the superset is checked on books that fire
-    assert sum(c for _, c, _ in FOUND) < 0.8 * sum(e for _, _, e in FOUND)  # and narrows
+    assert sum(c[1] for c in cases) > 50  # the superset is checked on books that fire
+    assert sum(c[2] for c in cases) < 0.8 * sum(c[3] for c in cases)  # and narrows
