@@ -76,6 +76,19 @@ class NabFile:
         """The sampling interval: the median gap between rows, in seconds."""
         return int(np.median(np.diff(self.times)))
 
+    def readings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per bucket of `step` that has a row, in time order: its start, its first row, and the
+        mean of its rows' values (offset included). NAB's series are readings of a gauge; where a
+        file repeats timestamps (a clock set back: machine_temperature repeats 2014-01-07 02:00-02:55,
+        ec2_request_latency holds 13 rows at 2014-03-09 03:00), the rows of one bucket are the same
+        reading again, not more usage, so the bucket gets their mean: a sum would double the
+        temperature for an hour, a false alarm of the harness, not of the detector."""
+        step = self.step
+        starts, first, inverse, counts = np.unique(self.times // step * step, return_index=True,
+                                                   return_inverse=True, return_counts=True)
+        means = np.bincount(inverse, weights=self.values + self.offset) / counts
+        return starts, first, means
+
 
 def read_file(data: Path, name: str, labels: Sequence[Sequence[str]]) -> NabFile:
     with open(data / "data" / name, newline="") as f:
@@ -110,17 +123,12 @@ def rules_text(preset: str, bucket: int, overrides: Mapping[str, str] | None = N
 
 
 def detections(events: Sequence[Mapping], nab: NabFile) -> list[int]:
-    """Rows of the notified alerts: the row in the bucket each alert is about."""
-    step = nab.step
-    starts = nab.times // step * step  # the bucket each row falls in (the backtest buckets the same way)
-    rows = []
-    for ev in events:
-        if ev["event"] in DETECTION_EVENTS and ev["notified"]:
-            bucket = _epoch(ev["window"][0])
-            i = int(np.searchsorted(starts, bucket))
-            if i < len(starts) and starts[i] == bucket:
-                rows.append(i)
-    return rows
+    """Rows of the notified alerts: the first row of the bucket each alert is about (NabFile.readings;
+    a file's timestamps are not always increasing, so no binary search over its rows)."""
+    starts, first, _ = nab.readings()
+    row_of = dict(zip(starts.tolist(), first.tolist(), strict=True))
+    return [row_of[b] for ev in events if ev["event"] in DETECTION_EVENTS and ev["notified"]
+            if (b := _epoch(ev["window"][0])) in row_of]
 
 
 def usagebot() -> str:
@@ -135,7 +143,8 @@ def backtest(nab: NabFile, rules: str, tmp: Path) -> list[dict]:
     with open(usage, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "account", "metric", "value"])
-        for t, v in zip(nab.times, nab.values + nab.offset, strict=True):
+        starts, _, means = nab.readings()
+        for t, v in zip(starts, means, strict=True):
             w.writerow([datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "series", "value",
                         repr(float(v))])
     rule_file = tmp / f"{stem}.toml"
@@ -185,10 +194,10 @@ class Scored:
 def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scored:
     """rules.detectors.anomaly.fit on each evaluation's trailing window (many windows per call)."""
     step = nab.step
-    b0 = int(nab.times[0]) // step * step
-    cols = (nab.times // step * step - b0) // step
+    starts, first, means = nab.readings()
+    cols = (starts - starts[0]) // step
     y = np.full(int(cols[-1]) + 1, np.nan)
-    y[cols] = nab.values + nab.offset
+    y[cols] = means
     h = history_buckets(params, step)
     padded = np.concatenate([np.full(h - 1, np.nan), y])
     windows = np.lib.stride_tricks.sliding_window_view(padded, h)  # row j: the window ending at bucket j
@@ -199,7 +208,7 @@ def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scor
         score[lo:lo + chunk] = directional(params, f.score)
         point[lo:lo + chunk], sustained[lo:lo + chunk] = f.point, f.sustained
         decided[lo:lo + chunk] = f.decided
-    return Scored(score, decided, {int(c): i for i, c in enumerate(cols)}, point, sustained)
+    return Scored(score, decided, {int(c): int(i) for c, i in zip(cols, first, strict=True)}, point, sustained)
 
 
 def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[str, dict[str, object]]:

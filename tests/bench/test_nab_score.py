@@ -103,6 +103,20 @@ def test_detections_are_the_rows_of_notified_alerts() -> None:
     assert nab.step == 300 and detections(events, nab) == [2, 5]
 
 
+def test_a_repeated_hour_is_one_reading_per_bucket_at_its_first_row() -> None:
+    """A file whose clock is set back repeats timestamps (machine_temperature: an hour twice): each
+    bucket is written once, with the mean of its rows (a gauge read again, not more usage: a sum
+    doubled the temperature and fired), an alert maps to the bucket's first row even though the
+    timestamps are not increasing, and the direct computation sees the same values and rows."""
+    times = np.array([0, 300, 600, 300, 600, 900])  # rows 3 and 4 repeat buckets 300 and 600
+    nab = NabFile("x/y.csv", times, np.array([10.0, 11.0, 12.0, 13.0, 14.0, 15.0]), [])
+    starts, first, means = nab.readings()
+    assert starts.tolist() == [0, 300, 600, 900] and first.tolist() == [0, 1, 2, 5]
+    assert means.tolist() == [10.0, 12.0, 13.0, 15.0]
+    events = [{"event": "fired", "notified": True, "window": [f"1970-01-01T00:{m:02d}:00Z", ""]} for m in (5, 10, 15)]
+    assert detections(events, nab) == [1, 2, 5]
+
+
 def test_saved_scores_are_per_bucket_with_its_row_and_none_where_undecided() -> None:
     """--save-scores: both signals per bucket that has a row (a gap's bucket has none), that row, None
     where the detector did not decide, with the file's rows and windows, so combination rules are
