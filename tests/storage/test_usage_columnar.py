@@ -6,6 +6,8 @@ the joined read give the same cells and, through the tiles, the same blocks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
@@ -184,3 +186,68 @@ def test_an_in_memory_database_reads_its_tiles_on_its_one_connection() -> None:
     assert cached.account_ids == direct.account_ids and len(cached.account_ids) > 20
     np.testing.assert_array_equal(cached.values, direct.values)
     engine.dispose()
+
+
+@pytest.mark.parametrize("items", [[], ["a"], ["", "acct-1", ""], ["café", "账户-7", "plain", "e\u0301", "🙂x"]])
+def test_arrow_strings_hold_the_items(items: list[str]) -> None:
+    """The buffer-built Arrow array equals the items, ASCII or not (byte offsets, not char counts)."""
+    got = columnar.arrow_strings(items)
+    assert len(got) == len(items) and got.null_count == 0
+    assert [got[i].as_py() for i in range(len(items))] == items
+
+
+def test_arrow_ints_read_offsets_and_nulls() -> None:
+    """Sliced int32 / int64 arrays with nulls read from their buffers (null -> the fill value)."""
+    import pyarrow.compute as pc
+
+    values = columnar.arrow_strings(["b", "x", "a", "c", "y", "a"])
+    at = pc.index_in(values, value_set=columnar.arrow_strings(["a", "b", "c"]))  # int32, nulls for x, y
+    np.testing.assert_array_equal(columnar.arrow_ints(at, null=-1), [1, -1, 0, 2, -1, 0])
+    np.testing.assert_array_equal(columnar.arrow_ints(at.slice(3), null=-7), [2, -7, 0])
+    with pytest.raises(ValueError, match="nulls"):
+        columnar.arrow_ints(at)
+    lengths = pc.list_value_length(pc.split_pattern(columnar.arrow_strings(["a,b", "c", "d,e,f"]), ","))
+    np.testing.assert_array_equal(columnar.arrow_ints(lengths.slice(1)), [1, 3])
+    assert columnar.arrow_ints(lengths.slice(3)).size == 0
+
+
+def test_non_ascii_ids_read_the_same_through_the_row_index(engine: Engine) -> None:
+    """Account ids of multi-byte characters: the RowIndex read (buffer-built Arrow ids) maps every
+    point to the same cell as the joined read."""
+    ids = ["acct-ü", "账户-1", "plain", "🙂", "é-long-" + "x" * 40]
+    upsert_usage(engine, [UsageRecord(a, "api_calls", T0 + d * DAY, float(k * 10 + d)) for k, a in enumerate(ids)
+                          for d in range(4) if (k + d) % 3], base_step=DAY)
+    new = _cells(engine, ids[::-1], T0, T0 + 4 * DAY, True)
+    old = _cells(engine, ids[::-1], T0, T0 + 4 * DAY, False)
+    assert new[0].size > 10
+    np.testing.assert_array_equal(new[0], old[0])
+    np.testing.assert_array_equal(new[1], old[1])
+
+
+def test_a_cold_read_imports_no_pandas(tmp_path: Path) -> None:
+    """Reading the tiles of a SQLite book (RowIndex, helper threads) in a fresh process converts no
+    Python object with pyarrow: where pandas is installed, that conversion imports it on first use
+    (1-2 s, measured inside the cold evaluation: docs/benchmarks.md)."""
+    import subprocess
+    import sys
+
+    from storage.db import make_engine, migrate
+
+    pytest.importorskip("pandas")  # nothing to detect where it is not installed
+    url = f"sqlite:///{tmp_path}/cold.db"
+    engine = make_engine(url)
+    migrate(engine)
+    upsert_usage(engine, [UsageRecord(f"a{i}", "calls", T0 + d * DAY, float(i + d)) for i in range(50)
+                          for d in range(20)])
+    engine.dispose()
+    code = f"""
+import sys
+from storage.db import make_engine
+from storage.usage import load_block
+block = load_block(make_engine("{url}"), "calls", {DAY}, {T0}, {T0} + 20 * {DAY})
+assert len(block.account_ids) == 50 and block.values[block.account_ids.index("a3"), 4] == 7.0
+print("pandas" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
