@@ -316,12 +316,26 @@ def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table
 READ_THREADS = 2  # SQLite range reads running at once in cells_many (sqlite3 releases the GIL while stepping)
 
 
+def idle_cores() -> float:
+    """Cores this process may use minus the 1-minute load average (negative: more runnable tasks
+    than cores)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores - os.getloadavg()[0]
+
+
 def _parallel(conn: Connection, rows: RowIndex | None, n_spans: int) -> bool:
     """Can cells_many read on helper connections? A SQLite file (not one in memory: a single
-    connection), a usable RowIndex, more than one span."""
+    connection), a usable RowIndex, more than one span, and a core idle beside this process's own:
+    on a saturated machine helpers only compete for the same cores (2 cores at load 6-7.6, 30k
+    accounts: the cold evaluation took 36.0 / 29.9 s with one reader, 39.2 / 34.6 s with two, and
+    ~100 MB more memory; docs/benchmarks.md)."""
     from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
     if conn.dialect.name != "sqlite" or rows is None or n_spans < 2 or READ_THREADS < 2:
+        return False
+    if idle_cores() < 1:
         return False
     if isinstance(conn.engine.pool, StaticPool | SingletonThreadPool):  # one connection for all
         return False

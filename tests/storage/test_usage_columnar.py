@@ -142,6 +142,7 @@ def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, mon
         return by_id(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    monkeypatch.setattr(columnar, "idle_cores", lambda: 2.0)  # helpers whatever the machine's load
     blocks = {}
     for usable, n_threads in ((True, 2), (True, 1), (False, 2)):
         monkeypatch.setattr(columnar.RowIndex, "usable", lambda self, u=usable: u)
@@ -251,3 +252,37 @@ print("pandas" in sys.modules)
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_saturated_machine_reads_on_one_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No helper connections when no core is idle (the load average at or above the cores): the spans
+    are read one after the other on the caller's connection, with the same blocks."""
+    import threading
+
+    from storage.db import make_engine, migrate
+    from storage.usage import load_block
+
+    engine = make_engine(f"sqlite:///{tmp_path}/busy.db")
+    migrate(engine)
+    upsert_usage(engine, _random_book(5))
+    threads: set[str] = set()
+    by_id = columnar._sqlite_cells_by_id
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        threads.add(threading.current_thread().name)
+        return by_id(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    blocks = []
+    for idle in (0.4, 2.0):
+        monkeypatch.setattr(columnar, "idle_cores", lambda i=idle: i)
+        with write_transaction(engine) as conn:
+            assert columnar._parallel(conn, columnar.RowIndex(["a"], np.arange(1)), 5) is (idle >= 1)
+            conn.exec_driver_sql("DELETE FROM usage_tiles")
+        blocks.append(load_block(engine, "calls", DAY, T0, T0 + 32 * DAY))
+        if idle < 1:
+            assert threads == {threading.current_thread().name}
+    assert blocks[0].account_ids == blocks[1].account_ids and len(blocks[0].account_ids) > 20
+    np.testing.assert_array_equal(blocks[0].values, blocks[1].values)
+    assert any(t.startswith("usagebot-read") for t in threads)
+    engine.dispose()
