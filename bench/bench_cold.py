@@ -14,7 +14,9 @@ then --rounds rounds, each running one after the other, every one in a fresh pro
   before  the same with the code of the --before checkout (e.g. `git worktree add /tmp/before X`).
 
 Reported: the median wall time of each and its ratio to the floor's median, plus the CPU time of the
-cold evaluations (the process's own, steadier than wall time on a shared machine). Findings of
+cold evaluations (the process's own, steadier than wall time on a shared machine) and the range of
+the machine's 1-minute load average over the rounds. The modules the evaluation uses are imported
+before its timer, as the floor imports connectorx before its own (a service imports them once). Findings of
 before and after must be equal (count and digest). Ingest is not timed here (bench_daily does).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,8 @@ import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
 import pyarrow.compute  # noqa: F401  (imported before the timer, as the floor imports connectorx)
 import sqlalchemy as sa
+# what _evaluate imports, imported before the timer too (a service imports them once, at its start)
+import bot.service.pipeline, rules.engine, rules.lifecycle, storage.accounts  # noqa: E401, F401
 from bench.bench_daily import _evaluate
 from bench.bench_scale import METRICS4, SHIPPED, bench_rules
 from storage.db import make_engine
@@ -112,15 +117,17 @@ def run_one(n_accounts: int, days: int, seed: int, rounds: int, before: Path | N
             end = _ingest(n_accounts, days, seed, url, workdir)
             kept.write_text(str(end))
         runs: dict[str, list[dict[str, Any]]] = {"floor": [], "after": [], "before": []}
+        loads = [os.getloadavg()[0]]
         for _ in range(rounds):
             runs["floor"].append(_child(_FLOOR, str(ROOT), url, str(end), table))
             runs["after"].append(_child(_COLD, str(ROOT), url, str(end)))
             if before is not None:
                 runs["before"].append(_child(_COLD, str(before), url, str(end)))
+            loads.append(os.getloadavg()[0])
     finally:
         cleanup()
     out: dict[str, Any] = {"accounts": n_accounts, "days": days, "rounds": rounds,
-                           "floor_rows": runs["floor"][0]["rows"]}
+                           "floor_rows": runs["floor"][0]["rows"], "load": [min(loads), max(loads)]}
     for name, got in runs.items():
         if got:
             out[f"{name}_s"] = statistics.median(r["s"] for r in got)
@@ -152,6 +159,8 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(x, name) for x in results) + " |")
     lines.append("| rows read by the floor / findings | " + " | ".join(
         f"{x['floor_rows']:,} / {x['findings']:,}" for x in results) + " |")
+    lines.append("| 1-minute load average during the rounds | " + " | ".join(
+        f"{x['load'][0]:.1f}-{x['load'][1]:.1f}" for x in results) + " |")
     return "\n".join(lines)
 
 
