@@ -111,8 +111,8 @@ SEP = "\x1f"  # between the account ids of a bucket (ASCII unit separator: not i
 def arrow_strings(items: Sequence[str]) -> Any:
     """`items` as an Arrow large_string array, built from two buffers (the UTF-8 bytes and their
     offsets) rather than by pa.array: pyarrow's conversion of Python objects imports pandas on its
-    first call in a process where pandas is installed (1.1-2.3 s measured on the bench machine,
-    more than reading 1M points), which a cold read would otherwise pay inside its timer."""
+    first call in a process where pandas is installed (0.7-2.3 s on the bench machine, by its load:
+    as long as reading 1M points), which a cold read would otherwise pay."""
     import pyarrow as pa
 
     data = "".join(items).encode("utf-8")
