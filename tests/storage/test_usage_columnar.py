@@ -124,6 +124,21 @@ def test_the_row_index_read_equals_the_joined_read(engine: Engine, seed: int) ->
     assert len(seen & set(ODD)) >= 4  # buckets holding odd values were read (again, as rows) exactly
 
 
+def _spy_reader_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the threads that run the SQLite RowIndex reads (filled as they run)."""
+    import threading
+
+    threads: set[str] = set()
+    by_id = columnar._sqlite_cells_by_id
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        threads.add(threading.current_thread().name)
+        return by_id(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    return threads
+
+
 @pytest.mark.parametrize("seed", [3])
 def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, monkeypatch: pytest.MonkeyPatch,
                                                              seed: int) -> None:
@@ -134,14 +149,7 @@ def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, mon
     from storage.usage import load_block
 
     upsert_usage(engine, _random_book(seed))
-    threads: set[str] = set()
-    by_id = columnar._sqlite_cells_by_id
-
-    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
-        threads.add(threading.current_thread().name)
-        return by_id(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    threads = _spy_reader_threads(monkeypatch)
     monkeypatch.setattr(columnar, "idle_cores", lambda: 2.0)  # helpers whatever the machine's load
     blocks = {}
     for usable, n_threads in ((True, 2), (True, 1), (False, 2)):
@@ -265,14 +273,7 @@ def test_a_saturated_machine_reads_on_one_connection(tmp_path: Path, monkeypatch
     engine = make_engine(f"sqlite:///{tmp_path}/busy.db")
     migrate(engine)
     upsert_usage(engine, _random_book(5))
-    threads: set[str] = set()
-    by_id = columnar._sqlite_cells_by_id
-
-    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
-        threads.add(threading.current_thread().name)
-        return by_id(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    threads = _spy_reader_threads(monkeypatch)
     blocks = []
     for idle in (0.4, 2.0):
         monkeypatch.setattr(columnar, "idle_cores", lambda i=idle: i)
