@@ -347,6 +347,10 @@ _PLAIN = {"rule": "rule_id", "rule_hash": "rule_hash", "kind": "kind", "account"
           "at": "at", "bucket_start": "bucket_start", "value": "value", "baseline": "baseline",
           "threshold": "threshold"}
 
+# explanation() keys made from a Finding without its message, as explanation() makes them
+_UNFORMATTED: dict[str, Callable[[Finding], Any]] = {
+    "window": lambda f: [f.window_start, f.window_end], "details": lambda f: dict(f.details)}
+
 
 class LazyExplanation(Mapping[str, Any]):
     """A finding's explanation() built on first read: what a replay keeps as an open episode's
@@ -379,7 +383,15 @@ class LazyExplanation(Mapping[str, Any]):
             return f.baseline_of(self._k)
         if f is not None and key in _PLAIN:  # no need to build the message for these
             return getattr(self._source(), _PLAIN[key])
+        if f is not None and key in _UNFORMATTED:  # nor for these (a resolution's notice reads them)
+            return _UNFORMATTED[key](self._source())
         return self._built()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._built())
