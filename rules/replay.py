@@ -18,7 +18,7 @@ from rules.detectors.scan import Scanned
 from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
 from rules.impact import Pricing
 from rules.kinds import kind_of
-from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, told_again
+from rules.lifecycle import OPEN, EpisodeState, FirstRun, Key, Transition, advance, told_again
 from rules.model import (
     AccountFacts,
     Calendar,
@@ -143,7 +143,7 @@ class Told:
         if s.rule_id not in self.rules:
             return  # open_episodes leaves out the episodes of rules it is not given
         told = self.by_rule.setdefault(s.rule_id, {})
-        if not s.is_open:
+        if s.status not in OPEN:
             told.pop(s.key, None)
             return
         told[s.key] = told_again(told.get(s.key), s, self.rules)
@@ -208,7 +208,7 @@ def replay(
             seen_accounts |= decided_accounts
             scans.seen(first.accounts)
         touched = dict(open_now)
-        reopened = [k for k in found_keys(result.found) if k in current and k not in open_now]
+        reopened = [k for k in found_keys(result.found) if k not in open_now and k in current]
         if reopened:
             touched.update((k, current[k]) for k in reopened)
             touched = dict(sorted(touched.items(), key=lambda kv: position[kv[0]]))
@@ -217,14 +217,15 @@ def replay(
                        first_run=first, inhibits=inhibits, explain=LazyExplanation,
                        interrupted=result.interrupted)
         for key, new in step.states.items():
-            if touched.get(key) is not new:
-                if key not in position:
-                    position[key] = len(position)
-                current[key] = new
-                if new.is_open:
-                    disordered = disordered or (key not in open_now and position[key] < len(position) - 1)
-                    open_now[key] = new
-                else:
-                    open_now.pop(key, None)
-                told.put(new)
+            if touched.get(key) is new:
+                continue
+            if key not in position:
+                position[key] = len(position)
+            current[key] = new
+            if new.status in OPEN:
+                disordered = disordered or (key not in open_now and position[key] < len(position) - 1)
+                open_now[key] = new
+            else:
+                open_now.pop(key, None)
+            told.put(new)
         yield ReplayStep(t, step.transitions, live, result.cohort_events)
