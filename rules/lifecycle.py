@@ -292,7 +292,7 @@ def advance(
         _step_rows(rules, states, out, transitions, seen_keys, item, now, snoozed, first_run, explain)
 
     for key, prev in states.items():
-        if key in seen_keys or not prev.is_open:
+        if key in seen_keys or prev.status not in OPEN:
             continue
         rule_gone = prev.rule_id not in rules
         if not rule_gone:
@@ -388,8 +388,7 @@ def _step_finding(
             expl: Mapping[str, Any] = LazyExplanation(src, k)
         else:
             expl = explain(_finding(src, k))
-        s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
-                    severity=severity, clear_count=0, recovering_since=None, cleared_at=None)
+        s = _continued(prev, now, expl, severity)
         if prev.status == PENDING:
             if s.consecutive >= rule.for_buckets:
                 s, t = _fire(s, _finding(src, k), rule, now, prev_notified=prev.last_notified_at, snoozed=snoozed,
