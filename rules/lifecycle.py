@@ -121,6 +121,22 @@ def replace(state: EpisodeState, **changes: Any) -> EpisodeState:
     return new
 
 
+def _continued(prev: EpisodeState, now: int, explanation: Mapping[str, Any], severity: str) -> EpisodeState:
+    """replace(prev, ...) for an open episode a finding continues without a transition (the replay
+    makes one per open episode per step: the changes set directly, no keyword dict to check)."""
+    new = object.__new__(EpisodeState)
+    d = new.__dict__
+    d.update(prev.__dict__)
+    d["consecutive"] = prev.consecutive + 1
+    d["last_seen_at"] = now
+    d["last_explanation"] = explanation
+    d["severity"] = severity
+    d["clear_count"] = 0
+    d["recovering_since"] = None
+    d["cleared_at"] = None
+    return new
+
+
 @dataclass(frozen=True)
 class Transition:
     """Something that happened to an episode at `at`.
@@ -179,15 +195,20 @@ def open_episodes(states: Mapping[Key, EpisodeState], rules: Mapping[str, Rule],
         if not s.is_open or s.rule_id not in rules or s.started_at == now:
             continue
         if memo is not None and now is None:
-            hit = memo.get(s.key)
-            if hit is None or (hit[0] is not s and not _told_same(hit[0], s)):
-                hit = memo[s.key] = (s, _open_episode(s, rules, now))
-            elif hit[0] is not s:  # continued without a change the detectors are told about
-                hit = memo[s.key] = (s, hit[1])
+            hit = memo[s.key] = told_again(memo.get(s.key), s, rules)
             out.setdefault(s.rule_id, []).append(hit[1])
         else:
             out.setdefault(s.rule_id, []).append(_open_episode(s, rules, now))
     return out
+
+
+def told_again(hit: tuple[EpisodeState, OpenEpisode] | None, s: EpisodeState,
+               rules: Mapping[str, Rule]) -> tuple[EpisodeState, OpenEpisode]:
+    """(s, what the detectors are told about open state s), given `hit`, the pair last told for its
+    key (None: never): the OpenEpisode kept while s is told the same (a finding continued it)."""
+    if hit is None or (hit[0] is not s and not _told_same(hit[0], s)):
+        return s, _open_episode(s, rules, None)
+    return hit if hit[0] is s else (s, hit[1])
 
 
 def _told_same(old: EpisodeState, new: EpisodeState) -> bool:
@@ -271,7 +292,7 @@ def advance(
         _step_rows(rules, states, out, transitions, seen_keys, item, now, snoozed, first_run, explain)
 
     for key, prev in states.items():
-        if key in seen_keys or not prev.is_open:
+        if key in seen_keys or prev.status not in OPEN:
             continue
         rule_gone = prev.rule_id not in rules
         if not rule_gone:
@@ -328,19 +349,16 @@ def _step_rows(
     lazy = explain is LazyExplanation and rule is not None
     gap = max(rule.renotify, rule.cooldown) if rule is not None and rule.renotify > 0 else None
     for_buckets = rule.for_buckets if rule is not None else 0
-    ids, rule_id, metric, disc = item.account_ids, item.rule_id, item.metric, item.discriminator
-    one = disc if isinstance(disc, str) else None
-    for k, row in enumerate(item.rows.tolist()):
-        key = (rule_id, ids[row], metric, disc[k] if one is None else one)
+    severities, severity = item.severities, item.severity
+    for k, key in enumerate(item.keys()):
         prev = states.get(key)
         if lazy and prev is not None and key not in seen_keys and (
                 (prev.status == FIRING and (gap is None or prev.last_notified_at is None
                                             or now - prev.last_notified_at < gap))
                 or (prev.status == PENDING and prev.consecutive + 1 < for_buckets)):
             seen_keys.add(key)
-            out[key] = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now,
-                               last_explanation=LazyExplanation(item, k), severity=item.severity_of(k),
-                               clear_count=0, recovering_since=None, cleared_at=None)
+            out[key] = _continued(prev, now, LazyExplanation(item, k),
+                                  severity if severities is None else severities[k])
             continue
         _step_finding(rules, states, out, transitions, seen_keys, item, k, key, item.rule_id,
                       item.severity_of(k), now, snoozed, first_run, explain)
@@ -370,8 +388,7 @@ def _step_finding(
             expl: Mapping[str, Any] = LazyExplanation(src, k)
         else:
             expl = explain(_finding(src, k))
-        s = replace(prev, consecutive=prev.consecutive + 1, last_seen_at=now, last_explanation=expl,
-                    severity=severity, clear_count=0, recovering_since=None, cleared_at=None)
+        s = _continued(prev, now, expl, severity)
         if prev.status == PENDING:
             if s.consecutive >= rule.for_buckets:
                 s, t = _fire(s, _finding(src, k), rule, now, prev_notified=prev.last_notified_at, snoozed=snoozed,
@@ -477,11 +494,12 @@ def _inhibit(rules: Mapping[str, Rule], inhibits: Sequence[Inhibit], transitions
             src = states.get((original,) + t.key[1:])
             if src is not None and firing_source(src):
                 suppress(i, f"duplicate of rule {original}")
+    firing = [s for s in states.values() if s.status == FIRING] if inhibits else []  # one scan for all inhibits
     for inh in inhibits:
         sources: dict[tuple[str, ...], list[EpisodeState]] = {}
-        for s in states.values():
-            rule = rules.get(s.rule_id)
-            if rule is not None and s.status == FIRING and inh.source.matches(s.rule_id, rule.kind):
+        is_source = {rid: inh.source.matches(rid, r.kind) for rid, r in rules.items()}
+        for s in firing:
+            if is_source.get(s.rule_id, False):
                 sources.setdefault(_labels(s, inh.equal), []).append(s)
         if not sources:
             continue

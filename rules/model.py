@@ -347,6 +347,10 @@ _PLAIN = {"rule": "rule_id", "rule_hash": "rule_hash", "kind": "kind", "account"
           "at": "at", "bucket_start": "bucket_start", "value": "value", "baseline": "baseline",
           "threshold": "threshold"}
 
+# explanation() keys made from a Finding without its message, as explanation() makes them
+_UNFORMATTED: dict[str, Callable[[Finding], Any]] = {
+    "window": lambda f: [f.window_start, f.window_end], "details": lambda f: dict(f.details)}
+
 
 class LazyExplanation(Mapping[str, Any]):
     """A finding's explanation() built on first read: what a replay keeps as an open episode's
@@ -379,7 +383,17 @@ class LazyExplanation(Mapping[str, Any]):
             return f.baseline_of(self._k)
         if f is not None and key in _PLAIN:  # no need to build the message for these
             return getattr(self._source(), _PLAIN[key])
+        if f is not None and key in _UNFORMATTED:  # nor for these (a resolution's notice reads them)
+            return _UNFORMATTED[key](self._source())
         return self._built()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "baseline" and type(self._finding) is FindingRows:  # every replay step, per open episode
+            return self._finding.baseline_of(self._k)
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._built())
@@ -410,7 +424,7 @@ class FindingRows(Sequence[Finding]):
     """
 
     __slots__ = ("rule_id", "metric", "severity", "at", "account_ids", "rows", "discriminator", "numbers",
-                 "severities", "baselines", "_build", "_built")
+                 "severities", "baselines", "_build", "_built", "_keys")
 
     def __init__(self, rule_id: str, metric: str, severity: str, at: int, account_ids: Sequence[str],
                  rows: np.ndarray, discriminator: str | Sequence[str], build: Callable[[int], Finding],
@@ -421,6 +435,7 @@ class FindingRows(Sequence[Finding]):
         self.severities: list[str] | None = None
         self._build = build
         self._built: dict[int, Finding] = {}
+        self._keys: list[tuple[str, str, str, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -449,10 +464,15 @@ class FindingRows(Sequence[Finding]):
         return (self.rule_id, self.account_ids[self.rows[k]], self.metric, self.discriminator_of(k))
 
     def keys(self) -> list[tuple[str, str, str, str]]:
-        ids, d = self.account_ids, self.discriminator
-        if isinstance(d, str):
-            return [(self.rule_id, ids[r], self.metric, d) for r in self.rows.tolist()]
-        return [(self.rule_id, ids[r], self.metric, d[k]) for k, r in enumerate(self.rows.tolist())]
+        """Finding.key of every row, built once (a replay step reads them twice: reopened episodes, the
+        lifecycle); the list is shared, not to be changed."""
+        if self._keys is None:
+            ids, d = self.account_ids, self.discriminator
+            if isinstance(d, str):
+                self._keys = [(self.rule_id, ids[r], self.metric, d) for r in self.rows.tolist()]
+            else:
+                self._keys = [(self.rule_id, ids[r], self.metric, d[k]) for k, r in enumerate(self.rows.tolist())]
+        return self._keys
 
     def baseline_of(self, k: int) -> float | None:
         """Finding.baseline of row k (`baselines`: None when every finding's is None; NaN stands for None:

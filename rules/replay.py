@@ -18,7 +18,7 @@ from rules.detectors.scan import Scanned
 from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
 from rules.impact import Pricing
 from rules.kinds import kind_of
-from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
+from rules.lifecycle import OPEN, EpisodeState, FirstRun, Key, Transition, advance, told_again
 from rules.model import (
     AccountFacts,
     Calendar,
@@ -127,6 +127,36 @@ class Scans:
             self.unseen[key][rows] = False
 
 
+class Told:
+    """What the detectors are told about the open episodes at each step (rules.lifecycle.open_episodes
+    of the open states), kept across the steps of a replay and updated only for the states a step
+    changed: the same lists, in the same order (the open states' order), as open_episodes of every
+    open state at every step, without walking the episodes no step changed. An episode a finding
+    continued (a new state, told the same: rules.lifecycle.told_again) keeps its OpenEpisode."""
+
+    def __init__(self, rules: Mapping[str, Rule]) -> None:
+        self.rules = rules
+        self.by_rule: dict[str, dict[Key, tuple[EpisodeState, OpenEpisode]]] = {}
+
+    def put(self, s: EpisodeState) -> None:
+        """A state after a step: told (open) or no longer (closed)."""
+        if s.rule_id not in self.rules:
+            return  # open_episodes leaves out the episodes of rules it is not given
+        told = self.by_rule.setdefault(s.rule_id, {})
+        if s.status not in OPEN:
+            told.pop(s.key, None)
+            return
+        told[s.key] = told_again(told.get(s.key), s, self.rules)
+
+    def reorder(self, position: Mapping[Key, int]) -> None:
+        """Back to the open states' order after an episode reopened in its old place."""
+        for rid, told in self.by_rule.items():
+            self.by_rule[rid] = dict(sorted(told.items(), key=lambda kv: position[kv[0]]))
+
+    def lists(self) -> dict[str, list[OpenEpisode]]:
+        return {rid: [e for _, e in told.values()] for rid, told in self.by_rule.items() if told}
+
+
 def replay(
     rules: Sequence[Rule],
     blocks: Mapping[BlockKey, MetricBlock],
@@ -154,15 +184,18 @@ def replay(
     position = {k: n for n, k in enumerate(current)}  # handed over in `current`'s order, as before
     reuse = Reuse()
     disordered = False
-    told: dict[Key, tuple[EpisodeState, OpenEpisode]] = {}  # what the detectors were told, per state
+    told = Told(by_id)  # what the detectors are told, per rule and state
+    for st in open_now.values():
+        told.put(st)
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
     scans = Scans(rules, blocks, accounts, reuse, quiet_first_run)
     for t in evaluation_times(rules, start, end):
         if disordered:  # an episode reopened: back to its place in `current`'s order
             open_now = dict(sorted(open_now.items(), key=lambda kv: position[kv[0]]))
+            told.reorder(position)
             disordered = False
-        told_now = open_episodes(open_now, by_id, memo=told)
+        told_now = told.lists()
         result = evaluate(rules, blocks, accounts, t, only_due=True, calendar=calendar,
                           open_episodes=told_now, reuse=reuse, only=scans.rows_at(t, told_now), pricing=pricing)
         first = None
@@ -175,7 +208,7 @@ def replay(
             seen_accounts |= decided_accounts
             scans.seen(first.accounts)
         touched = dict(open_now)
-        reopened = [k for k in found_keys(result.found) if k in current and k not in open_now]
+        reopened = [k for k in found_keys(result.found) if k not in open_now and k in current]
         if reopened:
             touched.update((k, current[k]) for k in reopened)
             touched = dict(sorted(touched.items(), key=lambda kv: position[kv[0]]))
@@ -184,14 +217,15 @@ def replay(
                        first_run=first, inhibits=inhibits, explain=LazyExplanation,
                        interrupted=result.interrupted)
         for key, new in step.states.items():
-            if touched.get(key) is not new:
-                if key not in position:
-                    position[key] = len(position)
-                current[key] = new
-                if new.is_open:
-                    disordered = disordered or (key not in open_now and position[key] < len(position) - 1)
-                    open_now[key] = new
-                else:
-                    open_now.pop(key, None)
-                    told.pop(key, None)
+            if touched.get(key) is new:
+                continue
+            if key not in position:
+                position[key] = len(position)
+            current[key] = new
+            if new.status in OPEN:
+                disordered = disordered or (key not in open_now and position[key] < len(position) - 1)
+                open_now[key] = new
+            else:
+                open_now.pop(key, None)
+            told.put(new)
         yield ReplayStep(t, step.transitions, live, result.cohort_events)

@@ -53,11 +53,12 @@ def alert_notice(
     s = t.state
     expl: Mapping[str, Any] = t.finding.explanation() if t.finding is not None else s.last_explanation
     severity = t.finding.severity if t.finding is not None else s.severity
-    msg = str(expl.get("message", ""))
-    details = dict(expl.get("details", {}) or {})
-    value, baseline, threshold = expl.get("value"), expl.get("baseline"), expl.get("threshold")
-    if t.event == "resolved":  # what is true now, never the numbers of when it fired
-        msg, value, baseline, threshold, details = _resolution(t, rule, details)
+    if t.event == "resolved":  # what is true now, never the numbers (nor the message) of when it fired
+        msg, value, baseline, threshold, details = _resolution(t, rule, expl.get("details", {}) or {})
+    else:
+        msg = str(expl.get("message", ""))
+        details = dict(expl.get("details", {}) or {})
+        value, baseline, threshold = expl.get("value"), expl.get("baseline"), expl.get("threshold")
     window = expl.get("window")
     why = _why(t, rule, account, pricing or Pricing(), severity, value, baseline, details, expl)
     severity = why.pop("severity", severity)  # the finding's, raised for a renewal by rules.engine ([pricing])

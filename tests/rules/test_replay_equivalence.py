@@ -396,3 +396,41 @@ def test_a_replay_builds_a_finding_only_for_a_transition(monkeypatch):
     continued = sum(s.consecutive for s in steps[-1].states.values())
     assert len(with_finding) > 10 and continued > 3 * len(with_finding), (continued, len(with_finding))
     assert len(made) == len(set(made)) and set(made) <= with_finding  # one build per transition at most
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_open_episodes_told_at_each_step_are_those_of_every_open_state(monkeypatch, seed):
+    """rules.replay.Told keeps what the detectors are told across steps, updating only the states a
+    step changed: at every step it hands evaluate exactly open_episodes() of the states open before
+    the step (the same OpenEpisodes, in the same order), episodes continued, reopened and closed."""
+    from pathlib import Path
+
+    import rules.replay as replay_module
+    from rules.lifecycle import open_episodes
+    from rules.loader import load_rules
+
+    told: list[dict] = []
+    real = replay_module.evaluate
+
+    def spy(*args, open_episodes, **kwargs):
+        told.append({rid: list(eps) for rid, eps in open_episodes.items()})
+        return real(*args, open_episodes=open_episodes, **kwargs)
+
+    monkeypatch.setattr(replay_module, "evaluate", spy)
+    shipped = load_rules([Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"])
+    long = load_rules_text(LONG.format(for_=2, renotify=3, cooldown=3, fraction=0.5))
+    rules = list(shipped.rules) + list(long.rules)
+    by_id = {r.id: r for r in rules}
+    book = generate_book(n_accounts=30, days=DAYS + 60, end=END, seed=seed, gaps=3, holidays=2)
+    snapshots = [dict(s.states) for s in replay(rules, _blocks(book, rules), {a.id: a for a in book.accounts},
+                                                END - 90 * DAY, END, inhibits=shipped.inhibits,
+                                                calendar=shipped.calendar, quiet_first_run=bool(seed))]
+    assert len(told) == len(snapshots) > 60
+    before: dict = {}
+    for step, (got, states) in enumerate(zip(told, snapshots, strict=True)):
+        assert got == open_episodes(before, by_id), f"step {step}"
+        before = states
+    assert sum(len(v) for t in told for v in t.values()) > 500  # many open episodes told
+    closed_then_open = {k for a, b in zip(snapshots, snapshots[1:], strict=False) for k, s in b.items()
+                        if k in a and not a[k].is_open and s.is_open}
+    assert closed_then_open  # some episodes reopened

@@ -82,3 +82,23 @@ def test_columnar_chunks_give_the_blocks_of_the_same_records(tmp_path, seed):
         got = cols.block(metric, DAY, T0 - 3 * DAY, T0 + 25 * DAY)
         assert got.account_ids == want.account_ids
         np.testing.assert_array_equal(got.values, want.values)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_freeze_sums_each_bucket_in_record_order_bit_for_bit(seed):
+    """freeze sorts by one composite key (not lexsort): the points come out sorted by (metric,
+    account, bucket) and each minute's total is the records added in record order, to the last bit."""
+    records = _records(seed)
+    points = UsagePoints()
+    points.add(records)
+    points.freeze()
+    want: dict[tuple[str, str, int], float] = {}
+    for r in records:
+        k = (r.metric, r.account, int(r.ts) - int(r.ts) % 60)
+        want[k] = want.get(k, 0.0) + r.value
+    got = {(points.metrics[m], points.account_ids[a], b): v for m, a, b, v in
+           zip(points.metric.tolist(), points.account.tolist(), points.bucket.tolist(), points.value.tolist(),
+               strict=True)}
+    assert got == want  # exact float equality
+    order = list(zip(points.metric.tolist(), points.account.tolist(), points.bucket.tolist(), strict=True))
+    assert order == sorted(order) and len(set(order)) == len(order)
