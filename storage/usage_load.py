@@ -1,5 +1,6 @@
-"""Bulk writes of usage points as set-based operations: `load_usage` (a file, a backfill) and
-`upsert_usage` (a poll's new day) both go through here.
+"""Bulk writes of usage points as set-based operations: every write of usage_points goes through
+here: `load_usage` (a file, a backfill), `upsert_usage` (a poll's new day) and `write_points` (the
+sources' store path, inside its caller's transaction, replacing or adding).
 
 The rows stay columnar from the parser to the database: each chunk (a columnar CSV read, or records
 turned into columns) is coded and added to a storage.usage_columns.UsagePoints; a run of up to
@@ -394,16 +395,18 @@ def _temp_schema(conn: Connection) -> str:
 
 def bulk_write(target: Engine | Connection, chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns],
                base_step: int, also: Callable[[Connection], Any] | None = None,
-               small: bool = False) -> tuple[int, int]:
+               small: bool = False, additive: bool = False) -> tuple[int, int]:
     """Store the chunks (see the module docstring) in ONE transaction, with `also(conn)` run in it;
     returns (rows staged, rows written). `small`: the caller knows the write is small (temporary
-    tables, no staging file). A Connection target loads inside the caller's transaction."""
+    tables, no staging file). A Connection target writes inside the caller's transaction (temporary
+    tables; storage.usage.write_points). `additive`: the values are added to the stored ones (a
+    sum past the largest float64 raises UsageValueError naming the bucket and its stored value)."""
     if isinstance(target, Connection):
-        return _in_transaction(target, sorted_runs(chunks, base_step), also)
+        return _in_transaction(target, sorted_runs(chunks, base_step), also, additive)
     path = None if small else _stage_path(target)
     if path is None:
         with write_transaction(target) as conn:
-            return _in_transaction(conn, sorted_runs(chunks, base_step), also)
+            return _in_transaction(conn, sorted_runs(chunks, base_step), also, additive)
     with _stage_file(path) as stage:
         counted = _counted(sorted_runs(chunks, base_step))
         runs = _adbc_stage(stage, counted)
@@ -412,16 +415,16 @@ def bulk_write(target: Engine | Connection, chunks: Iterable[Iterable[UsageRecor
                 also(conn)
             if not runs:
                 return 0, 0
-            return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs)
+            return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs, additive)
 
 
-def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Connection], Any] | None
-                    ) -> tuple[int, int]:
+def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Connection], Any] | None,
+                    additive: bool = False) -> tuple[int, int]:
     if also is not None:
         also(conn)
     counted = _counted(runs)
     n = _temp_stage(conn, counted)
-    written = _merge(conn, _temp_schema(conn), n, counted.pairs) if n else 0
+    written = _merge(conn, _temp_schema(conn), n, counted.pairs, additive) if n else 0
     for name in _TEMP_DDL:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_temp_schema(conn)}.{name}")
     return counted.rows, written
