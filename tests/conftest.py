@@ -23,7 +23,7 @@ from tests.pg import PgServer, PgUnavailable, start_server
 
 # pyarrow's to_numpy imports pandas lazily (the columnar CSV reader), and pandas' C extensions crash
 # the interpreter (SIGSEGV in the GC) when first imported while freezegun has replaced datetime: a
-# test that freezes time and reads a CSV alone (`pytest tests/bot/test_demo.py`) died with signal 11.
+# test that freezes time and reads a CSV alone (`pytest tests/bot/cli/test_demo.py`) died with signal 11.
 # Imported here, before any test freezes time. (Outside the tests nothing freezes datetime.)
 try:
     import pandas  # noqa: F401

@@ -14,9 +14,9 @@ import pytest
 from bot import __version__
 from bot.cli.main import build_parser, main
 from bot.cli.settings import SETTINGS, markdown_table, resolve
-from tests.bot.test_service import SECRET, _config
+from tests.bot.service.test_service import SECRET, _config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class Terminal(io.StringIO):
@@ -180,7 +180,7 @@ def test_service_log_messages_show_times_not_epoch_seconds(tmp_path: Path, caplo
     from bot.config.app import load_config
     from bot.serve.service import Service
     from integrations.console import ConsoleNotifier
-    from tests.bot.test_service import DAY, T0
+    from tests.bot.service.test_service import DAY, T0
 
     cfg = load_config(_config(tmp_path, f"sqlite:///{tmp_path}/l.db"), env={"INGEST_SECRET": SECRET})
     rows = [f"2026-11-{d:02d}T00:00:00Z,acme,api_calls,{500 if d == 10 else 100}" for d in range(1, 11)]

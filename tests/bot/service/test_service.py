@@ -20,7 +20,7 @@ from integrations.console import ConsoleNotifier
 from storage.sources import get_source_state
 from tests.integrations.sources.helpers import points
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DAY = 86_400
 T0 = 1_793_491_200  # 2026-11-01
 SECRET = "ingest-secret-42"

@@ -65,7 +65,7 @@ def test_every_declared_metric_is_documented() -> None:
 
     from bot.service.metrics import DEFINITIONS
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
     missing = [name for name in DEFINITIONS if f"`{name}`" not in doc]
     assert missing == []
 

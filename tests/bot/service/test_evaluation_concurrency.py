@@ -24,7 +24,7 @@ from storage.episodes import EpisodeConflict, episodes_table, record_step
 from storage.outbox import counts
 from storage.usage import upsert_usage
 
-SHIPPED = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
+SHIPPED = Path(__file__).resolve().parents[3] / "rules" / "examples" / "default.toml"
 END = 1_792_800_000 - 1_792_800_000 % DAY
 DAYS = 20
 

@@ -19,7 +19,7 @@ from storage.accounts import upsert_accounts
 from storage.episodes import load_states
 from storage.usage import upsert_usage
 
-SHIPPED = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
+SHIPPED = Path(__file__).resolve().parents[3] / "rules" / "examples" / "default.toml"
 END = 1_792_800_000 - 1_792_800_000 % DAY  # a fixed midnight (2026-10-24)
 
 

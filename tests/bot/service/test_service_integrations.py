@@ -21,7 +21,7 @@ from tests.fakes.salesforce_server import running
 from tests.integrations.salesforce.helpers import NOW, password_config, seed_accounts
 
 SIGNING = "signing-secret-for-tests"
-RULES = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
+RULES = Path(__file__).resolve().parents[3] / "rules" / "examples" / "default.toml"
 
 
 def _config(tmp_path: Path, extra: str) -> Path:

@@ -17,7 +17,7 @@ from bot.config.app import load_config
 from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
 from storage.outbox import list_outbox
-from tests.bot.test_service import DAY, RULES, SECRET, T0, _config
+from tests.bot.service.test_service import DAY, RULES, SECRET, T0, _config
 
 EXTRA_RULE = """
 [[rule]]

@@ -189,7 +189,7 @@ def test_backtest_streams_events_in_time_order_while_it_replays(tmp_path, monkey
     book = generate_book(n_accounts=12, days=70, seed=5)
     usage_csv, accounts_csv = tmp_path / "u.csv", tmp_path / "a.csv"
     write_book_csv(book, usage_csv, accounts_csv)
-    ruleset = load_rules([Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"])
+    ruleset = load_rules([Path(__file__).resolve().parents[3] / "rules" / "examples" / "default.toml"])
     kept = backtest_run.run_backtest(ruleset, usage_csv, accounts_csv)
 
     steps = {"done": 0}

@@ -148,7 +148,7 @@ def test_the_service_deliver_job_retries_crm_rows(tmp_path, fake: FakeSalesforce
     from bot.config.app import load_config
     from bot.serve.service import Service
     from integrations.console import ConsoleNotifier
-    from tests.bot.test_service_integrations import _config
+    from tests.bot.service.test_service_integrations import _config
 
     cfg = replace(load_config(_config(tmp_path, "")), salesforce=password_config(fake, retries=0))
     svc = Service(cfg, clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()),

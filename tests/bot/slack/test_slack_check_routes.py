@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bot.test_slack_commands import _config, _run
+from tests.bot.slack.test_slack_commands import _config, _run
 from tests.fakes.slack_server import FakeSlack
 
 RULES = """

@@ -12,7 +12,7 @@ from bot.cli.main import main
 from bot.config.app import check_config, load_config
 from rules.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "rules" / "examples" / "default.toml"
 
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.config.app import load_config
 from bot.serve.service import Service
 from integrations.console import ConsoleNotifier
-from tests.bot.test_service import DAY, SECRET, T0, _config
+from tests.bot.service.test_service import DAY, SECRET, T0, _config
 
 
 def _service(tmp_path: Path, extra: str = "", env: dict[str, str] | None = None) -> Service:

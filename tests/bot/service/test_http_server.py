@@ -53,6 +53,21 @@ def server() -> Iterator[tuple[HttpServer, Metrics, Echo]]:
         srv.stop()
 
 
+@pytest.fixture
+def patient() -> Iterator[tuple[HttpServer, Metrics, Echo]]:
+    """A server whose read and idle timeouts (60 s) are far longer than the client waits (20 s).
+
+    An answer that arrives at all then proves the server refused without waiting for the body: the
+    old server, which read until the client closed or its read timeout, gave the client nothing
+    before the client's own timeout. No wall-clock bound is asserted (the machine may be loaded).
+    """
+    srv, metrics, echo = _serve(HttpLimits(read_timeout=60, idle_timeout=60, max_connections=400, threads=2))
+    try:
+        yield srv, metrics, echo
+    finally:
+        srv.stop()
+
+
 def _connect(srv: HttpServer, timeout: float = 5.0) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
     return s
@@ -79,14 +94,12 @@ def _post_headers(length: str, auth: bool = True, extra: str = "") -> bytes:
 
 
 @pytest.mark.parametrize("length", ["-1", "+5", "1e3", "5, 5", "0x10", " "])
-def test_a_malformed_content_length_is_refused_at_once(server, length: str) -> None:
-    srv, metrics, echo = server
-    s = _connect(srv)
-    began = time.monotonic()
+def test_a_malformed_content_length_is_refused_at_once(patient, length: str) -> None:
+    srv, metrics, echo = patient
+    s = _connect(srv, timeout=20)
     s.sendall(_post_headers(length))  # and then nothing: the old server read until the client closed
     resp = _read_response(s)
     assert resp.startswith(b"HTTP/1.1 400 "), resp
-    assert time.monotonic() - began < 1.5
     assert echo.bodies == []
     assert metrics.value("usagebot_http_requests_total", route="unknown", status=400) >= 1
 
@@ -101,15 +114,14 @@ def test_an_oversized_body_is_refused_before_it_is_sent(server) -> None:
     assert metrics.value("usagebot_http_requests_total", route="ingest", status=413) == 1
 
 
-def test_authentication_is_checked_before_the_body_is_read(server) -> None:
-    srv, metrics, echo = server
-    s = _connect(srv)
+def test_authentication_is_checked_before_the_body_is_read(patient) -> None:
+    srv, metrics, echo = patient
+    s = _connect(srv, timeout=20)
     s.sendall(_post_headers("1000", auth=False))  # the body is never sent: the answer must not wait for it
-    began = time.monotonic()
     resp = _read_response(s)
-    assert resp.startswith(b"HTTP/1.1 401 ") and time.monotonic() - began < 1.5
+    assert resp.startswith(b"HTTP/1.1 401 "), resp
     # Expect: 100-continue is not answered with "100 Continue" when the request is refused anyway
-    s = _connect(srv)
+    s = _connect(srv, timeout=20)
     s.sendall(_post_headers("1000", auth=False, extra="Expect: 100-continue\r\n"))
     resp = _read_response(s)
     assert resp.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in resp

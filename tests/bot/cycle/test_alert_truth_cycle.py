@@ -23,7 +23,7 @@ from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind
 from storage.usage import in_chunks, load_usage
 from tests.bot.helpers import run_cli
 
-SHIPPED = Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"
+SHIPPED = Path(__file__).resolve().parents[3] / "rules" / "examples" / "default.toml"
 
 
 def _episodes(engine: Engine) -> set[tuple]:

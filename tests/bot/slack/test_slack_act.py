@@ -28,7 +28,7 @@ from storage.accounts import list_accounts, upsert_accounts
 from storage.crm import load_tasks
 from storage.episodes import episode_history, find_episode
 from storage.outbox import list_outbox
-from tests.bot.test_slack_app import KEY, NAMES, _click, _post, _sign
+from tests.bot.slack.test_slack_app import KEY, NAMES, _click, _post, _sign
 from tests.fakes.salesforce_server import FakeSalesforce, running
 from tests.fakes.slack_server import FakeSlack
 from tests.integrations.salesforce.helpers import password_config, tasks_on

@@ -22,7 +22,7 @@ from bot.cli.init import example_config
 from bot.cli.main import main
 from bot.config.app import check_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 USAGEBOT = Path(sys.executable).with_name("usagebot")
 FRESH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
 

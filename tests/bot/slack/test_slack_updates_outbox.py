@@ -7,7 +7,7 @@ from bot.service.pipeline import deliver_rows
 from integrations.slack.notifier import SlackNotifier
 from integrations.slack.updates import UPDATE_KIND, SlackUpdates
 from storage.outbox import list_outbox
-from tests.bot.test_slack_app import _click, _post, _serve, clock, fake  # noqa: F401  (fixtures)
+from tests.bot.slack.test_slack_app import _click, _post, _serve, clock, fake  # noqa: F401  (fixtures)
 
 
 def _updates(engine):  # noqa: ANN001, ANN202

@@ -16,7 +16,7 @@ from storage.slack import add_feedback
 from tests.fakes.slack_server import FakeSlack
 from tests.integrations.slack.scenario import FIRED, SPIKE_DAY, T0, Scenario, TestClock
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(*argv: str) -> tuple[int, str, str]:
