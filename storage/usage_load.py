@@ -21,7 +21,11 @@ last bucket, one per (metric, bucket). Three staging tables receive them:
 
 The merge is then one INSERT .. SELECT from a stage already in key order (an append to the B-tree
 for new buckets, no sort, no GROUP BY) unless the load had several runs (then grouped and summed in
-SQL); the bookkeeping is one INSERT .. SELECT each from the small stages.
+SQL); the bookkeeping is one INSERT .. SELECT each from the small stages (usage_first_seen: only the
+pairs an anti-join does not find with an earlier bucket). On PostgreSQL a stage whose buckets are
+all newer than its metrics' stored ones (a new day, a load into an empty database) is inserted
+without ON CONFLICT, in a savepoint that falls back to the upsert if a writer stored one of its keys
+meanwhile.
 """
 
 from __future__ import annotations
