@@ -11,10 +11,15 @@ then --rounds rounds, each running one after the other, every one in a fresh pro
   after   this checkout's cold evaluation: the usage tiles emptied (a cache: always safe), a fresh
           engine, load_blocks_for (which builds the tiles) + evaluate + advance of the 12 rules
           (bench.bench_daily._evaluate);
-  before  the same with the code of the --before checkout (e.g. `git worktree add /tmp/before X`).
+  before  the same with the code of the --before checkout (e.g. `git worktree add /tmp/before X`);
+  copy    PostgreSQL only: the same rows' bucket and value columns by COPY BINARY into numpy (the
+          format the service's PostgreSQL read uses), without the account ids: a floor below any
+          read of the rows.
 
 Reported: the median wall time of each and its ratio to the floor's median, plus the CPU time of the
-cold evaluations (the process's own, steadier than wall time on a shared machine). Findings of
+cold evaluations (the process's own, steadier than wall time on a shared machine) and the range of
+the machine's 1-minute load average over the rounds. The modules the evaluation uses are imported
+before its timer, as the floor imports connectorx before its own (a service imports them once). Findings of
 before and after must be equal (count and digest). Ingest is not timed here (bench_daily does).
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +43,8 @@ import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
 import pyarrow.compute  # noqa: F401  (imported before the timer, as the floor imports connectorx)
 import sqlalchemy as sa
+# what _evaluate imports, imported before the timer too (a service imports them once, at its start)
+import bot.service.pipeline, rules.engine, rules.lifecycle, storage.accounts  # noqa: E401, F401
 from bench.bench_daily import _evaluate
 from bench.bench_scale import METRICS4, SHIPPED, bench_rules
 from storage.db import make_engine
@@ -64,6 +72,27 @@ if __name__ == "__main__":
     url, end, table = sys.argv[2], int(sys.argv[3]), sys.argv[4]
     floor = read_columnar_floor(url, ranges_for(bench_rules(SHIPPED, METRICS4), end), table=table)
     print(json.dumps({"s": floor.seconds, "rows": floor.rows}))
+"""
+
+# PostgreSQL only, a second floor: the same rows' fixed-width columns (bucket, value) by COPY BINARY
+# into numpy (storage.columnar.copy_binary), the account ids left out: less than any read of the rows
+_FLOOR_COPY = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from bench.bench_scale import METRICS4, SHIPPED, bench_rules
+from bench.raw_floor import ranges_for
+from storage.columnar import copy_binary, pg_literal
+from storage.db import make_engine
+url, end = sys.argv[2], int(sys.argv[3])
+engine = make_engine(url)
+with engine.connect() as conn:
+    t0, rows = time.perf_counter(), 0
+    for (metric, _step), (lo, hi) in ranges_for(bench_rules(SHIPPED, METRICS4), end).items():
+        got = copy_binary(conn, f"SELECT bucket_start::int8, value::float8 FROM usage_points WHERE metric = "
+                          f"{pg_literal(conn, metric)} AND bucket_start >= {int(lo)} AND bucket_start < {int(hi)}",
+                          ("i8", "f8"))
+        rows += len(got[0])
+    print(json.dumps({"s": time.perf_counter() - t0, "rows": rows}))
 """
 
 
@@ -111,21 +140,27 @@ def run_one(n_accounts: int, days: int, seed: int, rounds: int, before: Path | N
         else:
             end = _ingest(n_accounts, days, seed, url, workdir)
             kept.write_text(str(end))
-        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "after": [], "before": []}
+        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "copy": [], "after": [], "before": []}
+        loads = [os.getloadavg()[0]]
         for _ in range(rounds):
             runs["floor"].append(_child(_FLOOR, str(ROOT), url, str(end), table))
+            if db_url is not None:
+                runs["copy"].append(_child(_FLOOR_COPY, str(ROOT), url, str(end)))
             runs["after"].append(_child(_COLD, str(ROOT), url, str(end)))
             if before is not None:
                 runs["before"].append(_child(_COLD, str(before), url, str(end)))
+            loads.append(os.getloadavg()[0])
     finally:
         cleanup()
     out: dict[str, Any] = {"accounts": n_accounts, "days": days, "rounds": rounds,
-                           "floor_rows": runs["floor"][0]["rows"]}
+                           "floor_rows": runs["floor"][0]["rows"], "load": [min(loads), max(loads)]}
+    if runs["copy"]:
+        out["copy_rows"] = runs["copy"][0]["rows"]
     for name, got in runs.items():
         if got:
             out[f"{name}_s"] = statistics.median(r["s"] for r in got)
             out[f"{name}_all"] = [round(r["s"], 2) for r in got]
-            if name != "floor":
+            if name not in ("floor", "copy"):
                 out[f"{name}_cpu"] = statistics.median(r["cpu"] for r in got)
                 out[f"{name}_findings"] = {(r["findings"], r["digest"]) for r in got}
     if before is not None and out["before_findings"] != out["after_findings"]:
@@ -142,16 +177,26 @@ def render(results: list[dict[str, Any]]) -> str:
     def cell(x: dict[str, Any], name: str) -> str:
         if f"{name}_s" not in x:
             return "-"
-        ratio = "" if name == "floor" else f" ({x[f'{name}_s'] / x['floor_s']:.2f}x floor, cpu {x[f'{name}_cpu']:.2f} s)"
-        return f"{x[f'{name}_s']:.2f} s{ratio}"
+        if name == "floor":
+            return f"{x['floor_s']:.2f} s"
+        if name == "copy":
+            return f"{x['copy_s']:.2f} s ({x['copy_s'] / x['floor_s']:.2f}x floor)"
+        ratio = f" ({x[f'{name}_s'] / x['floor_s']:.2f}x floor, cpu {x[f'{name}_cpu']:.2f} s"
+        if "copy_s" in x:
+            ratio += f"; {x[f'{name}_s'] / x['copy_s']:.2f}x the COPY floor"
+        return f"{x[f'{name}_s']:.2f} s{ratio})"
 
     lines = ["| | " + " | ".join(f"{x['accounts']:,} accounts" for x in results) + " |",
              "|---|" + "---|" * len(results)]
     for label, name in (("columnar read floor (connectorx -> Arrow)", "floor"),
+                        ("PostgreSQL: COPY BINARY of (bucket, value) into numpy", "copy"),
                         ("cold evaluation, before", "before"), ("cold evaluation, after", "after")):
+        if name == "copy" and not any("copy_s" in x for x in results):
+            continue
         lines.append(f"| {label} | " + " | ".join(cell(x, name) for x in results) + " |")
-    lines.append("| rows read by the floor / findings | " + " | ".join(
-        f"{x['floor_rows']:,} / {x['findings']:,}" for x in results) + " |")
+    lines.append("| rows read by the floor / findings (1-minute load average) | " + " | ".join(
+        f"{x['floor_rows']:,} / {x['findings']:,} (load {x['load'][0]:.1f}-{x['load'][1]:.1f})"
+        for x in results) + " |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The anomaly preset on the Numenta Anomaly Benchmark, through `usagebot backtest`, file by file.
 
     .venv/bin/python -m bench.nab [--data ../shared/nab-dev] [--preset rules/examples/anomaly.toml]
-                                  [--sensitivity] [--jobs 2]
+                                  [--sensitivity [--save-scores PATH]] [--jobs 2]
 
 For every data file of the NAB directory (data/<category>/<name>.csv, labelled windows in
 combined_windows.json) it writes the series as a usage CSV (one account, metric `value`), sets the
@@ -19,6 +19,9 @@ the backtest of the whole set takes ~20 minutes on a shared 2-core machine) and 
 episode rules (fire at `score`, hold while >= `recovery`, resolve after one bucket below, no `for`,
 no cooldown, a condition already true at the first evaluation held by the first-run policy); the
 preset's own row is computed both ways and printed, so the shortcut is checked on every run.
+With --save-scores PATH it also writes, per file and bucket, the preset's two signed scores (the
+bucket's own and the sustained shift's, None where undecided), the bucket's row and the labelled windows, so a rule
+that only combines the two is scored offline with bench.nab_score without running the detector.
 """
 
 from __future__ import annotations
@@ -73,6 +76,19 @@ class NabFile:
         """The sampling interval: the median gap between rows, in seconds."""
         return int(np.median(np.diff(self.times)))
 
+    def readings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per bucket of `step` that has a row, in time order: its start, its first row, and the
+        mean of its rows' values (offset included). NAB's series are readings of a gauge; where a
+        file repeats timestamps (a clock set back: machine_temperature repeats 2014-01-07 02:00-02:55,
+        ec2_request_latency holds 13 rows at 2014-03-09 03:00), the rows of one bucket are the same
+        reading again, not more usage, so the bucket gets their mean: a sum would double the
+        temperature for an hour, a false alarm of the harness, not of the detector."""
+        step = self.step
+        starts, first, inverse, counts = np.unique(self.times // step * step, return_index=True,
+                                                   return_inverse=True, return_counts=True)
+        means = np.bincount(inverse, weights=self.values + self.offset) / counts
+        return starts, first, means
+
 
 def read_file(data: Path, name: str, labels: Sequence[Sequence[str]]) -> NabFile:
     with open(data / "data" / name, newline="") as f:
@@ -107,17 +123,12 @@ def rules_text(preset: str, bucket: int, overrides: Mapping[str, str] | None = N
 
 
 def detections(events: Sequence[Mapping], nab: NabFile) -> list[int]:
-    """Rows of the notified alerts: the row in the bucket each alert is about."""
-    step = nab.step
-    starts = nab.times // step * step  # the bucket each row falls in (the backtest buckets the same way)
-    rows = []
-    for ev in events:
-        if ev["event"] in DETECTION_EVENTS and ev["notified"]:
-            bucket = _epoch(ev["window"][0])
-            i = int(np.searchsorted(starts, bucket))
-            if i < len(starts) and starts[i] == bucket:
-                rows.append(i)
-    return rows
+    """Rows of the notified alerts: the first row of the bucket each alert is about (NabFile.readings;
+    a file's timestamps are not always increasing, so no binary search over its rows)."""
+    starts, first, _ = nab.readings()
+    row_of = dict(zip(starts.tolist(), first.tolist(), strict=True))
+    return [row_of[b] for ev in events if ev["event"] in DETECTION_EVENTS and ev["notified"]
+            if (b := _epoch(ev["window"][0])) in row_of]
 
 
 def usagebot() -> str:
@@ -132,7 +143,8 @@ def backtest(nab: NabFile, rules: str, tmp: Path) -> list[dict]:
     with open(usage, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "account", "metric", "value"])
-        for t, v in zip(nab.times, nab.values + nab.offset, strict=True):
+        starts, _, means = nab.readings()
+        for t, v in zip(starts, means, strict=True):
             w.writerow([datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "series", "value",
                         repr(float(v))])
     rule_file = tmp / f"{stem}.toml"
@@ -175,25 +187,45 @@ class Scored:
     score: np.ndarray
     decided: np.ndarray
     row_of: dict[int, int]  # bucket -> row of the file
+    point: np.ndarray | None = None  # the bucket's own score (signed), for --save-scores
+    sustained: np.ndarray | None = None  # the sustained-shift score (signed)
 
 
 def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scored:
     """rules.detectors.anomaly.fit on each evaluation's trailing window (many windows per call)."""
     step = nab.step
-    b0 = int(nab.times[0]) // step * step
-    cols = (nab.times // step * step - b0) // step
+    starts, first, means = nab.readings()
+    cols = (starts - starts[0]) // step
     y = np.full(int(cols[-1]) + 1, np.nan)
-    y[cols] = nab.values + nab.offset
+    y[cols] = means
     h = history_buckets(params, step)
     padded = np.concatenate([np.full(h - 1, np.nan), y])
     windows = np.lib.stride_tricks.sliding_window_view(padded, h)  # row j: the window ending at bucket j
-    score = np.full(len(y), np.nan)
+    score, point, sustained = (np.full(len(y), np.nan) for _ in range(3))
     decided = np.zeros(len(y), dtype=bool)
     for lo in range(0, len(y), chunk):
         f = fit(np.ascontiguousarray(windows[lo:lo + chunk]), step, params)
         score[lo:lo + chunk] = directional(params, f.score)
+        point[lo:lo + chunk], sustained[lo:lo + chunk] = f.point, f.sustained
         decided[lo:lo + chunk] = f.decided
-    return Scored(score, decided, {int(c): i for i, c in enumerate(cols)})
+    return Scored(score, decided, {int(c): int(i) for c, i in zip(cols, first, strict=True)}, point, sustained)
+
+
+def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[str, dict[str, object]]:
+    """Per file, per bucket that has a row: that row (`row`, the one the direct episodes report) and
+    both signals' signed scores (None where undecided), with the file's row count and labelled
+    windows, so a rule combining them (thresholds, corrections, persistence) is scored offline in
+    seconds with bench.nab_score instead of a detector run per variant."""
+    out: dict[str, dict[str, object]] = {}
+    for f in files:
+        sc = series[f.name]
+        buckets = sorted(sc.row_of)
+
+        def col(a: np.ndarray | None, buckets: list[int] = buckets, sc: Scored = sc) -> list[float | None]:
+            return [float(a[j]) if a is not None and sc.decided[j] and np.isfinite(a[j]) else None for j in buckets]
+        out[f.name] = {"rows": len(f.times), "windows": f.windows, "row": [sc.row_of[j] for j in buckets],
+                       "bucket": col(sc.point), "shift": col(sc.sustained)}
+    return out
 
 
 def episode_starts(scored: Scored, threshold: float, hold: float) -> list[int]:
@@ -219,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, help="write the detections (rows per file) here as JSON")
     ap.add_argument("--no-backtest", action="store_true", help="with --sensitivity: only the direct runs")
     ap.add_argument("--save-direct", type=Path, help="write the direct run's detections of the preset here")
+    ap.add_argument("--save-scores", type=Path, help="with --sensitivity: write the preset's per-row bucket and"
+                    " shift scores (direct computation) here as JSON")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
     labels = json.loads((args.data / "combined_windows.json").read_text())
@@ -249,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         series = {f.name: direct_scores(f, base) for f in files}
         print("\n| setting | value | standard | reward_low_FP_rate | reward_low_FN_rate |\n|---|---|---:|---:|---:|")
         direct = row("(preset)", "", base, series)
+        if args.save_scores:
+            args.save_scores.write_text(json.dumps(scores_json(files, series)))
         if args.save_direct:
             args.save_direct.write_text(json.dumps(direct))
         same = sum(direct[f.name] == found.get(f.name) for f in files)

@@ -91,28 +91,72 @@ class CohortEvent:
 
 
 class DecidedByRule(AbstractSet[tuple[str, str]]):
-    """The (rule_id, account_id) pairs decided, held as one set of account ids per rule: what an
-    evaluation with `Reuse` returns (building 10k tuples per rule and step cost more than deciding)."""
+    """The (rule_id, account_id) pairs decided, held per rule as the rows of its block (their ids) and
+    a bool per row (the detector's `decided`): what evaluate() returns. Building 80k tuples for 8 rules
+    at 10k accounts took longer than deciding them (2x the whole detection), so nothing is built
+    per pair: a membership test looks the account up in an index of the ids (built once per ids
+    list, when first asked), iteration and set operations build what they read (operators give sets).
+    The masks are read, never changed (a cohort's muted accounts get a new one)."""
 
     def __init__(self) -> None:
-        self.by_rule: dict[str, set[str]] = {}
+        self.parts: dict[str, list[tuple[Sequence[str], np.ndarray]]] = {}
+        self._index: dict[int, tuple[Sequence[str], dict[str, int]]] = {}  # id(ids) -> (ids, id -> row)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        return set(it)
+
+    def add(self, rule_id: str, ids: Sequence[str], decided: np.ndarray) -> None:
+        """Rows `decided` marks of `ids` are decided for the rule (`decided`: bool per row of ids)."""
+        self.parts.setdefault(rule_id, []).append((ids, decided))
+
+    def _row_of(self, ids: Sequence[str]) -> dict[str, int]:
+        got = self._index.get(id(ids))
+        if got is None or got[0] is not ids:
+            got = self._index[id(ids)] = (ids, {a: i for i, a in enumerate(ids)})
+        return got[1]
 
     def __contains__(self, pair: object) -> bool:
         if not isinstance(pair, tuple) or len(pair) != 2:
             return False
-        ids = self.by_rule.get(pair[0])
-        return ids is not None and pair[1] in ids
+        for ids, decided in self.parts.get(pair[0], ()):
+            row = self._row_of(ids).get(pair[1])  # type: ignore[call-overload]
+            if row is not None and decided[row]:
+                return True
+        return False
+
+    def rule_accounts(self, rule_id: str) -> set[str]:
+        """The account ids decided for one rule."""
+        out: set[str] = set()
+        for ids, decided in self.parts.get(rule_id, ()):
+            out.update(compress(ids, decided))
+        return out
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        for rule_id, ids in self.by_rule.items():
-            yield from zip(repeat(rule_id), ids)
+        for rule_id, parts in self.parts.items():
+            if len(parts) == 1:
+                ids, decided = parts[0]
+                yield from zip(repeat(rule_id), compress(ids, decided))
+            else:
+                yield from zip(repeat(rule_id), self.rule_accounts(rule_id))
 
     def __len__(self) -> int:
-        return sum(map(len, self.by_rule.values()))
+        return sum(int(np.count_nonzero(p[0][1])) if len(p) == 1 else len(self.rule_accounts(r))
+                   for r, p in self.parts.items())
 
     def accounts(self) -> set[str]:
         """Every account decided by some rule."""
-        return set().union(*self.by_rule.values())
+        out: set[str] = set()
+        for parts in self.parts.values():
+            for ids, decided in parts:
+                out.update(compress(ids, decided))
+        return out
+
+    def discard_accounts(self, rule_id: str, accounts: AbstractSet[str]) -> None:
+        """Leave `accounts` undecided for the rule."""
+        self.parts[rule_id] = [
+            (ids, decided & np.fromiter((a not in accounts for a in ids), dtype=bool, count=len(ids)))
+            for ids, decided in self.parts.get(rule_id, ())]
 
 
 @dataclass
@@ -121,7 +165,7 @@ class EvaluationResult(Found):
     detectors gave them (Finding objects and columnar FindingRows: what a replay steps on)."""
 
     found: list[FoundItem] = field(default_factory=list)
-    decided: set[tuple[str, str]] = field(default_factory=set)  # (rule_id, account_id); DecidedByRule with Reuse
+    decided: set[tuple[str, str]] = field(default_factory=set)  # (rule_id, account_id); evaluate(): DecidedByRule
     evaluated_rules: set[str] = field(default_factory=set)
     recoveries: dict[RecoveryKey, Recovery] = field(default_factory=dict)
     cohort_events: list[CohortEvent] = field(default_factory=list)
@@ -208,11 +252,13 @@ class Reuse:
     holding +-inf.
 
     Valid while the blocks and `accounts` evaluated with it do not change (rules.replay keeps one per
-    replay); evaluate() without one recomputes all of it every time.
+    replay); evaluate() without one makes its own (the rules of one evaluation share it: a block's
+    +-inf scan is done once, not once per rule).
     """
 
     def __init__(self) -> None:
         self._facts: dict[BlockKey, tuple[AccountFacts, ...]] = {}
+        self._by_ids: dict[int, tuple[list[str], tuple[AccountFacts, ...]]] = {}  # id(account_ids) -> facts
         self._first_inf: dict[BlockKey, np.ndarray] = {}
         self._segment: dict[str, np.ndarray] = {}
         self._rows: dict[str, tuple[np.ndarray, list[str], tuple[AccountFacts, ...], list[str]]] = {}
@@ -220,17 +266,29 @@ class Reuse:
 
     def facts(self, key: BlockKey, block: MetricBlock,
               accounts: Mapping[str, AccountFacts]) -> tuple[AccountFacts, ...]:
+        """The facts of the block's rows: one tuple for the blocks sharing one list of ids (a book's
+        metrics), so what detectors derive from it (billing groups) is derived once for all."""
         got = self._facts.get(key)
         if got is None:
-            got = self._facts[key] = tuple(facts_for(block.account_ids, accounts))
+            ids = block.account_ids
+            shared = self._by_ids.get(id(ids))
+            if shared is None or shared[0] is not ids:
+                shared = self._by_ids[id(ids)] = (ids, tuple(facts_for(ids, accounts)))
+            got = self._facts[key] = shared[1]
         return got
 
     def first_inf(self, key: BlockKey, block: MetricBlock) -> np.ndarray:
         """Per row: the first column holding +-inf (n_buckets when none)."""
         got = self._first_inf.get(key)
         if got is None:
-            inf = np.isinf(block.values)
-            got = self._first_inf[key] = np.where(inf.any(axis=1), inf.argmax(axis=1), block.n_buckets)
+            values = block.values
+            if values.size and np.fmax.reduce(values, axis=None) < np.inf and \
+                    np.fmin.reduce(values, axis=None) > -np.inf:  # the usual case, in half the time of isinf
+                got = np.full(len(values), block.n_buckets)
+            else:
+                inf = np.isinf(values)
+                got = np.where(inf.any(axis=1), inf.argmax(axis=1), block.n_buckets)
+            self._first_inf[key] = got
         return got
 
     def segment(self, rule: Rule, facts: Sequence[AccountFacts]) -> np.ndarray:
@@ -356,7 +414,7 @@ def detect_rule(
             others = np.flatnonzero(~keep)
             decided_rest = (only.decided if mask.all() else only.decided[mask])[others]
             rest = CohortTally(rule, view.end, _Picked(view.account_ids, others),  # type: ignore[arg-type]
-                               _Picked(facts, others), decided_rest, frozenset(), [])  # type: ignore[arg-type]
+                               _Picked(facts, others), decided_rest, None, _NO_ROWS)  # type: ignore[arg-type]
         view, facts = _only(view, facts, keep) if reuse is None else reuse.only(rule, view, facts, keep)
         if rest is not None:
             tallies.append(rest)  # type: ignore[union-attr]
@@ -370,10 +428,36 @@ def detect_rule(
                           for a in sorted(odd)]
         result.decided[[i for i, a in enumerate(view.account_ids) if a in odd]] = False
     if rule.cohort is not None and tallies is not None:
-        open_ids = {e.account_id for e in open_episodes}
-        new = [a for _, a in found_accounts(result.found) if a not in open_ids]
-        tallies.append(CohortTally(rule, view.end, view.account_ids, facts, result.decided, open_ids, new))
+        ids = view.account_ids
+        index: dict[str, int] = {}
+        opened = None
+        if open_episodes:
+            index = {a: i for i, a in enumerate(ids)}
+            opened = np.zeros(len(ids), dtype=bool)
+            opened[[i for i in (index.get(e.account_id) for e in open_episodes) if i is not None]] = True
+        new = found_rows(result.found, ids, index)
+        if opened is not None:
+            new = new[~opened[new]]
+        tallies.append(CohortTally(rule, view.end, ids, facts, result.decided, opened, new))
     return view.account_ids, result
+
+
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+
+
+def found_rows(found: Sequence[FoundItem], ids: Sequence[str], index: dict[str, int]) -> np.ndarray:
+    """The row in `ids` of every finding, in order (an account with two findings twice): FindingRows on
+    `ids` give their rows as they are, other findings are looked up in `index` (id -> row; filled here
+    from `ids` when empty and needed)."""
+    parts: list[np.ndarray] = []
+    for item in found:
+        if isinstance(item, FindingRows) and item.account_ids is ids:
+            parts.append(np.asarray(item.rows, dtype=np.intp))
+            continue
+        if not index:
+            index.update((a, i) for i, a in enumerate(ids))
+        parts.append(np.array([index[a] for _, a in found_accounts([item])], dtype=np.intp))
+    return np.concatenate(parts) if parts else _NO_ROWS
 
 
 def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
@@ -390,30 +474,31 @@ def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
 @dataclass(frozen=True)
 class CohortTally:
     """What one rule's verdict on one block of accounts brings to its cohort events: the rows it
-    saw (ids, facts), which it decided, the accounts with an open episode and the accounts newly
-    meeting the condition. The verdict's arrays are read, never changed."""
+    saw (ids, facts), which it decided, which had an open episode (None: none) and the rows of the
+    findings of the others (newly meeting the condition; an account with two findings twice). The
+    verdict's arrays are read, never changed."""
 
     rule: Rule
     at: int
     ids: Sequence[str]
     facts: Sequence[AccountFacts]
     decided: np.ndarray
-    open_ids: AbstractSet[str]
-    new: list[str]
+    opened: np.ndarray | None
+    new: np.ndarray  # row indices
 
-    def groups(self) -> np.ndarray:
-        """The cohort of every row: "all accounts", or "plan <name>" with cohorts by plan."""
+    def groups(self) -> tuple[list[str], np.ndarray]:
+        """The cohorts ("all accounts", or "plan <name>" with cohorts by plan) and each row's, as an
+        index into them."""
         assert self.rule.cohort is not None
         if self.rule.cohort.by == "plan":
-            return np.array([f"plan {f.plan or '(none)'}" for f in self.facts], dtype=object)
-        return np.full(len(self.ids), "all accounts", dtype=object)
+            names, codes = np.unique(np.array([f"plan {f.plan or '(none)'}" for f in self.facts], dtype=object),
+                                     return_inverse=True)
+            return list(names), codes.reshape(-1)
+        return ["all accounts"], np.zeros(len(self.ids), dtype=np.intp)
 
     def could(self) -> np.ndarray:
         """Per row: decided and without an open episode (could newly meet the condition)."""
-        could = self.decided.copy()
-        if self.open_ids:
-            could &= np.fromiter((a not in self.open_ids for a in self.ids), dtype=bool, count=len(self.ids))
-        return could
+        return self.decided if self.opened is None else self.decided & ~self.opened
 
 
 def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> None:
@@ -421,10 +506,12 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
     evaluated on: a bucket in which a large share of a cohort newly meets the condition is a
     calendar or pipeline event. Every account of such a cohort becomes undecided in `out` (no
     finding, no recovery: nothing fires or resolves for it in this bucket; a pending run is
-    broken, `out.interrupted`) and the event is added to `out.cohort_events`, in rule order.
+    broken, `out.interrupted`) and the event is added to `out.cohort_events`, in rule order (and per
+    rule in the order of the cohorts' first new account).
 
     The share is taken over the accounts the rule decided that had no open episode (the accounts
-    that could newly meet the condition)."""
+    that could newly meet the condition). Counted per cohort with arrays (bincount over each row's
+    cohort); ids are read only for the cohorts that are events."""
     by_rule: dict[str, list[CohortTally]] = {}
     for t in tallies:
         by_rule.setdefault(t.rule.id, []).append(t)
@@ -433,25 +520,33 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
         assert cohort is not None
         if sum(len(t.new) for t in parts) < cohort.min_accounts:
             continue  # the usual case: no cohort can have enough accounts
-        hits: dict[str, list[str]] = {}
+        hits: dict[str, int] = {}  # in the order of each cohort's first new account
         eligible: dict[str, int] = {}
-        members: dict[str, list[str]] = {}
+        grouped = []
         for t in parts:
-            groups, could = t.groups(), t.could()
-            row_of = {a: i for i, a in enumerate(t.ids)}
-            for a in t.new:
-                hits.setdefault(groups[row_of[a]], []).append(a)
-            for g in np.unique(groups):
-                in_group = groups == g
-                eligible[g] = eligible.get(g, 0) + int(np.count_nonzero(could & in_group))
-                members.setdefault(g, []).extend(compress(t.ids, in_group))
+            names, codes = t.groups()
+            grouped.append((t, names, codes))
+            new_codes = codes[t.new]
+            seen, first = np.unique(new_codes, return_index=True)
+            counts = np.bincount(new_codes, minlength=len(names))
+            for c in seen[np.argsort(first, kind="stable")]:
+                hits[names[c]] = hits.get(names[c], 0) + int(counts[c])
+            could = np.bincount(codes, weights=t.could(), minlength=len(names))
+            for c, name in enumerate(names):
+                eligible[name] = eligible.get(name, 0) + int(could[c])
         muted: set[str] = set()
-        for group, ids in hits.items():
-            if len(ids) < cohort.min_accounts or len(ids) < cohort.share * eligible[group]:
+        for group, n_hits in hits.items():
+            if n_hits < cohort.min_accounts or n_hits < cohort.share * eligible[group]:
                 continue
-            out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, len(ids), eligible[group],
-                                                 tuple(sorted(ids)[:5])))
-            muted.update(members[group])
+            examples: list[str] = []
+            for t, names, codes in grouped:
+                if group not in names:
+                    continue
+                g = names.index(group)
+                examples += [t.ids[i] for i in t.new[codes[t.new] == g]]
+                muted.update(t.ids[i] for i in np.flatnonzero(codes == g))
+            out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, n_hits, eligible[group],
+                                                 tuple(sorted(examples)[:5])))
         if muted:
             _mute(out, rule_id, muted)
 
@@ -461,7 +556,7 @@ def _mute(out: EvaluationResult, rule_id: str, muted: set[str]) -> None:
     out.found = [x if x.rule_id != rule_id else _drop_accounts(x, muted) for x in out.found]
     out.recoveries = {k: r for k, r in out.recoveries.items() if k[0] != rule_id or k[1] not in muted}
     if isinstance(out.decided, DecidedByRule):
-        out.decided.by_rule.get(rule_id, set()).difference_update(muted)
+        out.decided.discard_accounts(rule_id, muted)
     else:
         out.decided.difference_update((rule_id, a) for a in muted)
     out.interrupted.pairs.update(zip(repeat(rule_id), muted))
@@ -494,8 +589,9 @@ def evaluate(
     on every row.
     """
     out = EvaluationResult()
-    if reuse is not None:
-        out.decided = DecidedByRule()  # type: ignore[assignment]
+    out.decided = DecidedByRule()  # type: ignore[assignment]
+    if reuse is None:
+        reuse = Reuse()
     pending: list[CohortTally] = [] if tallies is None else tallies
     facts: dict[BlockKey, Sequence[AccountFacts]] = {}  # rules on the same block share its facts
     opened = open_episodes or {}
@@ -509,8 +605,7 @@ def evaluate(
         if key not in facts:
             # a tuple: the detectors remember what they derive from it by identity (rules.memo), so the
             # rules of one block share its ids, quota arrays and billing groups
-            facts[key] = reuse.facts(key, block, accounts) if reuse is not None else \
-                tuple(facts_for(block.account_ids, accounts))
+            facts[key] = reuse.facts(key, block, accounts)
         out.evaluated_rules.add(rule.id)
         verdict = detect_rule(rule, block, accounts, now, facts[key], opened.get(rule.id, ()), calendar,
                               pending, out.contained, reuse, out.interrupted,
@@ -519,10 +614,7 @@ def evaluate(
             continue
         ids, res = verdict
         out.found.extend(res.found)
-        if isinstance(out.decided, DecidedByRule):
-            out.decided.by_rule.setdefault(rule.id, set()).update(compress(ids, res.decided))
-        else:
-            out.decided.update(zip(repeat(rule.id), compress(ids, res.decided)))
+        out.decided.add(rule.id, ids, res.decided)  # type: ignore[attr-defined]
         for (account, disc), recovery in res.recoveries.items():
             out.recoveries[(rule.id, account, disc)] = recovery
     if tallies is None:

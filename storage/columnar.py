@@ -108,6 +108,45 @@ def pg_literal(conn: Connection, value: Any) -> str:
 SEP = "\x1f"  # between the account ids of a bucket (ASCII unit separator: not in any sane id)
 
 
+def arrow_strings(items: Sequence[str]) -> Any:
+    """`items` as an Arrow large_string array, built from two buffers (the UTF-8 bytes and their
+    offsets) rather than by pa.array: pyarrow's conversion of Python objects imports pandas on its
+    first call in a process where pandas is installed (0.7-2.3 s on the bench machine, by its load:
+    as long as reading 1M points), which a cold read would otherwise pay."""
+    import pyarrow as pa
+
+    data = "".join(items).encode("utf-8")
+    if len(data) == sum(map(len, items)):  # every char one byte (ASCII): lengths in chars are bytes
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    else:
+        lengths = np.fromiter((len(s.encode("utf-8")) for s in items), dtype=np.int64, count=len(items))
+    offsets = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeStringArray.from_buffers(len(items), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def arrow_ints(arr: Any, null: int | None = None) -> np.ndarray:
+    """An Arrow int32 / int64 array as int64 numpy, read from its buffers; nulls become `null` (None:
+    nulls are an error). Array.to_numpy and pc.fill_null with a Python value import pandas on first
+    use, like pa.array (arrow_strings)."""
+    import pyarrow as pa
+
+    width = {pa.int32(): np.int32, pa.int64(): np.int64}.get(arr.type)
+    if width is None:
+        raise ValueError(f"storage.columnar: Arrow array of {arr.type}, not int32 / int64")
+    n = len(arr)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    validity, data = arr.buffers()[:2]
+    out = np.frombuffer(data, dtype=width, count=n + arr.offset)[arr.offset:].astype(np.int64)
+    if arr.null_count:
+        if null is None:
+            raise ValueError("storage.columnar: an Arrow integer array holds nulls")
+        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), count=n + arr.offset, bitorder="little")
+        out[bits[arr.offset:] == 0] = null
+    return out
+
+
 @dataclass
 class RowIndex:
     """The rows of a block as the caller holds them: account ids and the row number (ord) of each.
@@ -124,11 +163,7 @@ class RowIndex:
     def arrow(self) -> Any:
         """The ids as an Arrow string array (the value set of the lookup)."""
         if self._arrow is None:
-            import pyarrow as pa
-
-            # large_string or string cost the same per id (2-5 ms for 30k, measured in one process); the
-            # first pa.array of a process imports pandas where it is installed (0.7-1.3 s here), whatever the type
-            self._arrow = pa.array(list(self.ids), pa.large_string())
+            self._arrow = arrow_strings(list(self.ids))
         return self._arrow
 
     def usable(self) -> bool:
@@ -141,8 +176,7 @@ class RowIndex:
         """Row number of each id (an Arrow string array), -1 for an id not in the index."""
         import pyarrow.compute as pc
 
-        at = pc.fill_null(pc.index_in(ids, value_set=self.arrow()), -1).to_numpy(zero_copy_only=False)
-        at = at.astype(np.int64, copy=False)
+        at = arrow_ints(pc.index_in(ids, value_set=self.arrow()), null=-1)
         if not len(self.ords):
             return np.full(len(at), -1, dtype=np.int64)
         return np.where(at >= 0, self.ords[np.maximum(at, 0)], -1)
@@ -163,7 +197,6 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     whose value is not an integer of int64 (non-integer, or beyond int64: CAST changes them). Such
     buckets are read again as rows, exactly; the others never make a Python object per point.
     `raw` is a sqlite3 connection (the caller's, or a helper's: cells_many)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     n_cols = (hi - lo) // step
@@ -178,8 +211,8 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     exact = [r for r in got if r[3] == 0]
     redo = [int(r[0]) for r in got if r[3] != 0]
     del got
-    parts = pc.split_pattern(pa.array([r[1] for r in exact], pa.large_string()), SEP)
-    counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False).astype(np.int64)
+    parts = pc.split_pattern(arrow_strings([r[1] for r in exact]), SEP)
+    counts = arrow_ints(pc.list_value_length(parts))
     vals = [_ints(r[2]) for r in exact]
     if [len(v) for v in vals] != counts.tolist():  # pragma: no cover - the two lists come from the same rows
         raise ValueError("storage.columnar: account ids and values differ in length")
@@ -197,7 +230,7 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
                              f"p.metric = ? AND p.bucket_start IN ({', '.join('?' * len(some))})",
                              (metric, *some)).fetchall()
     e_flat, e_val = _by_id_cells((np.array([r[0] for r in extra], dtype=np.int64) - lo) // step,
-                                 pa.array([r[1] for r in extra], pa.large_string()),
+                                 arrow_strings([r[1] for r in extra]),
                                  np.array([r[2] for r in extra], dtype=np.float64), rows, n_cols)
     return np.concatenate([flat, e_flat]), np.concatenate([val, e_val])
 
@@ -283,12 +316,26 @@ def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table
 READ_THREADS = 2  # SQLite range reads running at once in cells_many (sqlite3 releases the GIL while stepping)
 
 
+def idle_cores() -> float:
+    """Cores this process may use minus the 1-minute load average (negative: more runnable tasks
+    than cores)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores - os.getloadavg()[0]
+
+
 def _parallel(conn: Connection, rows: RowIndex | None, n_spans: int) -> bool:
     """Can cells_many read on helper connections? A SQLite file (not one in memory: a single
-    connection), a usable RowIndex, more than one span."""
+    connection), a usable RowIndex, more than one span, and a core idle beside this process's own:
+    on a saturated machine helpers only compete for the same cores (2 cores at load 6-7.6, 30k
+    accounts: the cold evaluation took 36.0 / 29.9 s with one reader, 39.2 / 34.6 s with two, and
+    ~100 MB more memory; docs/benchmarks.md)."""
     from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
     if conn.dialect.name != "sqlite" or rows is None or n_spans < 2 or READ_THREADS < 2:
+        return False
+    if idle_cores() < 1:
         return False
     if isinstance(conn.engine.pool, StaticPool | SingletonThreadPool):  # one connection for all
         return False

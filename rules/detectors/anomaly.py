@@ -198,7 +198,9 @@ class Fit:
     model: np.ndarray  # index into MODEL_NAMES
     decided: np.ndarray
     signal: np.ndarray  # index into SIGNALS
-    shift: np.ndarray  # the mean departure of the last `adapt` buckets from the usual level
+    shift: np.ndarray  # the median departure of the last `adapt` buckets from the usual level
+    point: np.ndarray  # signed: the bucket's own score (the signal "bucket"), whichever was chosen
+    sustained: np.ndarray  # signed: the sustained-shift score (the signal "shift"), whichever was chosen
 
 
 def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
@@ -272,7 +274,8 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     use = directional(params, np.nan_to_num(shift_score)) > directional(params, np.nan_to_num(score, nan=0.0))
     usual = np.stack(bases)[best, r] + usual
     return Fit(value, np.where(use, usual, expected), np.where(use, shift_scale, scale),
-               np.where(use, shift_score, score), np.asarray(names)[best], decided, use.astype(np.intp), shift)
+               np.where(use, shift_score, score), np.asarray(names)[best], decided, use.astype(np.intp), shift,
+               score, shift_score)
 
 
 TAIL_SHARE = 0.05  # the tail model is fitted to the largest 5% of the learning window's errors

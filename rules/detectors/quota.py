@@ -49,8 +49,10 @@ immediate), not a message to the account owner.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -59,7 +61,7 @@ from rules.config import values as v
 from rules.config.toml_lines import PathKey
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
-from rules.detectors.scan import at_least, trailing_max, trailing_sum
+from rules.detectors.scan import at_least, loose
 from rules.durations import format_duration
 from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.memo import by_identity
@@ -132,12 +134,27 @@ def account_groups(accounts: Sequence[AccountFacts]) -> list[tuple[int, str, np.
     facts is grouped once per replay, rules.memo; some rows of one, PickedFacts, from its groups)."""
     if isinstance(accounts, PickedFacts):
         return _picked_groups(accounts)
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, account in enumerate(accounts):
-        groups.setdefault((account.billing_day, account.timezone), []).append(i)
-    out = [(day, tz, np.asarray(rows, dtype=np.intp)) for (day, tz), rows in groups.items()]
-    for _, _, rows in out:
+    n = len(accounts)
+    if not n:
+        return []
+    # as columns (one key per row: timezone code x day span + day), grouped by one unique and a stable
+    # sort: 2x faster at 10k accounts than a dict of lists walked row by row
+    days = np.fromiter(map(attrgetter("billing_day"), accounts), dtype=np.int64, count=n)
+    zones = list(map(attrgetter("timezone"), accounts))
+    code = {z: i for i, z in enumerate(dict.fromkeys(zones))}
+    zone = np.zeros(n, dtype=np.int64) if len(code) == 1 else \
+        np.fromiter(map(code.__getitem__, zones), dtype=np.int64, count=n)
+    low = int(days.min())
+    _, first, group = np.unique(zone * (int(days.max()) - low + 1) + (days - low), return_index=True,
+                                return_inverse=True)
+    group = group.reshape(-1)
+    parts = np.split(np.argsort(group, kind="stable"), np.cumsum(np.bincount(group))[:-1])
+    out = []
+    for g in np.argsort(first, kind="stable"):  # first-seen order
+        rows = parts[g].astype(np.intp, copy=False)
         rows.flags.writeable = False
+        row = int(first[g])
+        out.append((accounts[row].billing_day, zones[row], rows))
     return out
 
 
@@ -164,11 +181,9 @@ def quota_array(accounts: Sequence[AccountFacts], metric: str) -> np.ndarray:
         out = quota_array(accounts.parent, metric)[accounts.idx]
         out.flags.writeable = False
         return out
-    out = np.full(len(accounts), np.nan)
-    for i, account in enumerate(accounts):
-        q = account.quotas.get(metric)
-        if q is not None:
-            out[i] = float(q)
+    nan = math.nan
+    out = np.fromiter((nan if (q := quotas.get(metric)) is None else float(q)
+                       for quotas in map(attrgetter("quotas"), accounts)), dtype=np.float64, count=len(accounts))
     out.flags.writeable = False
     return out
 
@@ -239,30 +254,84 @@ def detect_quota(
 
 
 def scan_quota(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFacts]) -> np.ndarray | None:
-    """Rows that may reach a level, or be forecast to, at each bucket close (rules.detectors.scan).
-    With usage never negative, a billing period's usage up to t is at most the sum S of the buckets of
-    the longest period before t (MAX_PERIOD), and the forecast rate at most the largest recent bucket M
-    per bucket: threshold mode needs S >= min(fractions) x quota, forecast mode S + M x (MAX_PERIOD /
-    bucket) >= fraction x quota. The first row of every billing group is always a candidate (it sets
-    the order of the findings). None when a value is negative (no such bound)."""
+    """Rows that may reach a level, or be forecast to, at each bucket close (rules.detectors.scan): each
+    mode's own conditions, checked with bounds from cumulative sums over each row's billing period
+    (_period_candidates). The first row of every billing group is always a candidate (it sets the order
+    of the findings). None when a value is negative (a block with usage corrections runs on every row)."""
     params = _params(rule)
     values = block.values
     with np.errstate(invalid="ignore"):
         if (values < 0).any():
             return None
-        q = np.asarray(quota_array(accounts, block.metric))[:, None]
-        has_quota = q > 0
-    total, slack = trailing_sum(values, MAX_PERIOD // block.step + 2)
-    most = total + slack
-    if params.mode == "forecast":
-        recent = trailing_max(values, max(1, params.forecast_window // block.step))
-        most = most + np.maximum(recent, 0.0) * (MAX_PERIOD / block.step)
-        out = has_quota & at_least(most, params.fraction * q)
-    else:
-        out = has_quota & at_least(most, min(params.fractions) * q)
+    out = _period_candidates(params, block, accounts, np.asarray(quota_array(accounts, block.metric)))
     # The findings come group by group, in the order of each group's first row: with those rows run
     # too, any set of rows lists its groups in the order of the whole block (the same events, in order).
     out[[int(rows[0]) for _, _, rows in account_groups(accounts)]] = True
+    return out
+
+
+def _period_candidates(params: QuotaParams, block: MetricBlock, accounts: Sequence[AccountFacts], q: np.ndarray
+                       ) -> np.ndarray:
+    """scan_quota's candidates: the detector's own conditions at every bucket close, each row's billing
+    period usage (and recent rate) from cumulative sums over the block (columns, not a detector run per
+    step), widened by the cumulative sums' rounding bound. A row is a candidate unless a necessary
+    condition surely fails: its period inside the block and observed (or empty), usage reaching the
+    smallest level (threshold mode); or the bucket just closed observed, a recent rate, `min_observed` of
+    the period observed (exact counts), usage under the target and the projection reaching it (forecast
+    mode). Far narrower than the longest period's sum (plus the largest recent bucket times the longest
+    period): at 10k x 180 the forecast's candidates went from 61.7% to 8.0% of the row-steps."""
+    values = block.values
+    rows, n = values.shape
+    out = np.zeros((rows, n + 1), dtype=bool)
+    if not n:
+        return out
+    observed = ~np.isnan(values)
+    cs = np.zeros((rows, n + 1))
+    np.cumsum(np.where(observed, values, 0.0), axis=1, out=cs[:, 1:])
+    seen = np.zeros((rows, n + 1), dtype=np.int64)
+    np.cumsum(observed, axis=1, out=seen[:, 1:])
+    slack = 2 * ((n + 2) * 4e-16 * np.maximum.accumulate(np.abs(cs), axis=1) + 1e-12)  # x2: two sums differ
+    step, width = block.step, max(1, params.forecast_window // block.step)
+    # per row and evaluation j (closing column j - 1): the first column of its billing period, the
+    # seconds left in it, and whether the detector forecasts there at all (period inside the block,
+    # min_elapsed elapsed in forecast mode, a quota)
+    first = np.zeros((rows, n), dtype=np.intp)
+    left = np.zeros((rows, n))
+    live = np.zeros((rows, n), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        has_quota = q > 0
+    for day, timezone, group in account_groups(accounts):
+        idx = group[has_quota[group]]
+        if not idx.size:
+            continue
+        g_first, g_left, g_live = np.zeros(n, dtype=np.intp), np.zeros(n), np.zeros(n, dtype=bool)
+        period = None
+        for j in range(1, n + 1):
+            at = block.start + j * step
+            if period is None or not period.start <= at - 1 < period.end:  # a new period: ~monthly
+                period = billing_period(at - 1, day, timezone)
+            g_live[j - 1] = block.start <= period.start and (params.mode != "forecast"
+                                                             or at - period.start >= params.min_elapsed)
+            g_first[j - 1] = min(j, max(0, -((block.start - period.start) // step)))
+            g_left[j - 1] = period.end - at
+        first[idx], left[idx], live[idx] = g_first, g_left, g_live
+    rate_first = np.maximum(np.arange(1, n + 1) - width, 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        used = cs[:, 1:] - np.take_along_axis(cs, first, axis=1)
+        err = slack[:, 1:]
+        n_obs = seen[:, 1:] - np.take_along_axis(seen, first, axis=1)
+        if params.mode != "forecast":
+            level = (min(params.fractions) * q)[:, None]
+            ok = (n_obs > 0) | (first == np.arange(1, n + 1))  # observed, or no bucket of the period yet
+            out[:, 1:] = live & ok & (~np.isfinite(used) | at_least(used + err, level))
+            return out
+        r_obs = seen[:, 1:] - seen[:, rate_first]
+        projected = used + err + (cs[:, 1:] - cs[:, rate_first] + err) / (r_obs * step) * left
+        target = (params.fraction * q)[:, None]
+        unsure = ~np.isfinite(used) | ~np.isfinite(projected)  # +-inf or overflow: no bound, run it
+        out[:, 1:] = (live & observed & (r_obs > 0)
+                      & (n_obs * step >= params.min_observed)
+                      & (unsure | ((used - err < target + loose(target) + loose(used)) & at_least(projected, target))))
     return out
 
 

@@ -19,3 +19,18 @@ def test_cold_bench_runs_and_both_sides_agree(tmp_path: Path) -> None:
     assert again["findings"] == out["findings"] and "before_s" not in again
     text = render([out, again])
     assert "120 accounts" in text and "x floor" in text and text.count("\n") == 5
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_cold_bench_on_postgresql_reads_the_copy_floor_too(tmp_path: Path, pg_server) -> None:  # noqa: ANN001
+    """On PostgreSQL the bench also times COPY BINARY of the same rows' (bucket, value) into numpy:
+    as many rows as the connectorx floor, shown in its own row with the evaluation's ratio to it."""
+    db = pg_server.create_database("cold")
+    try:
+        out = run_one(80, 30, 3, 1, None, pg_server.url(db), tmp_path)
+    finally:
+        pg_server.drop_database(db)
+    assert out["floor_rows"] > 0 and out["copy_s"] > 0 and out["after_s"] > 0
+    assert out["copy_rows"] == out["floor_rows"] and len(out["copy_all"]) == 1
+    text = render([out])
+    assert "COPY BINARY" in text and "x the COPY floor" in text

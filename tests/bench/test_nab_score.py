@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.nab import NabFile, detections, rules_text
+from bench.nab import NabFile, Scored, detections, episode_starts, rules_text, scores_json
 from bench.nab_score import PROFILES, normalised, probation_rows, scaled_sigmoid, score_file
 
 STANDARD, LOW_FP, LOW_FN = PROFILES
@@ -101,3 +101,32 @@ def test_detections_are_the_rows_of_notified_alerts() -> None:
         {"event": "renotified", "notified": True, "window": ["1970-01-01T00:25:00Z", "1970-01-01T00:30:00Z"]},
     ]
     assert nab.step == 300 and detections(events, nab) == [2, 5]
+
+
+def test_a_repeated_hour_is_one_reading_per_bucket_at_its_first_row() -> None:
+    """A file whose clock is set back repeats timestamps (machine_temperature: an hour twice): each
+    bucket is written once, with the mean of its rows (a gauge read again, not more usage: a sum
+    doubled the temperature and fired), an alert maps to the bucket's first row even though the
+    timestamps are not increasing, and the direct computation sees the same values and rows."""
+    times = np.array([0, 300, 600, 300, 600, 900])  # rows 3 and 4 repeat buckets 300 and 600
+    nab = NabFile("x/y.csv", times, np.array([10.0, 11.0, 12.0, 13.0, 14.0, 15.0]), [])
+    starts, first, means = nab.readings()
+    assert starts.tolist() == [0, 300, 600, 900] and first.tolist() == [0, 1, 2, 5]
+    assert means.tolist() == [10.0, 12.0, 13.0, 15.0]
+    events = [{"event": "fired", "notified": True, "window": [f"1970-01-01T00:{m:02d}:00Z", ""]} for m in (5, 10, 15)]
+    assert detections(events, nab) == [1, 2, 5]
+
+
+def test_saved_scores_are_per_bucket_with_its_row_and_none_where_undecided() -> None:
+    """--save-scores: both signals per bucket that has a row (a gap's bucket has none), that row, None
+    where the detector did not decide, with the file's rows and windows, so combination rules are
+    scored offline; replayed through episode_starts they give the direct run's detections."""
+    nab = NabFile("x/y.csv", np.array([0, 300, 900, 960]), np.zeros(4), [(1, 3)])
+    sc = Scored(np.array([0.0, 1.0, 0.0, 5.0]), np.array([False, True, True, True]), {0: 0, 1: 1, 3: 3},
+                np.array([9.0, -1.0, 0.0, 5.0]), np.array([9.0, 0.5, 0.0, np.nan]))
+    saved = scores_json([nab], {nab.name: sc})["x/y.csv"]
+    assert saved == {"rows": 4, "windows": [(1, 3)], "row": [0, 1, 3], "bucket": [None, -1.0, 5.0],
+                     "shift": [None, 0.5, None]}
+    score = np.array([max(abs(b or 0.0), abs(s or 0.0)) for b, s in zip(saved["bucket"], saved["shift"], strict=True)])
+    offline = Scored(score, np.array([b is not None for b in saved["bucket"]]), dict(enumerate(saved["row"])))
+    assert episode_starts(offline, 4.0, 2.0) == episode_starts(sc, 4.0, 2.0) == [3]

@@ -156,6 +156,24 @@ def test_one_spike_does_not_make_a_shift() -> None:
     assert not detect(rule(M5), block(series[: n - 1], M5), facts(block(series[: n - 1], M5))).findings
 
 
+def test_the_fit_reports_both_signals_and_scores_the_stronger() -> None:
+    """Fit.point (the bucket's own score) and Fit.sustained (the shift score) are both reported, signed,
+    whichever is chosen; the verdict is the stronger in the rule's direction (a spike: the bucket's; a
+    subtle lasting step: the shift's)."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(22)
+    spike = rng.normal(50, 1, n)
+    spike[-1] = 80.0
+    step = rng.normal(50, 1, n)
+    step[n - 5:] += 3.5
+    f = fit(np.stack([spike, step]), M5, AnomalyParams())
+    assert f.signal.tolist() == [0, 1]
+    assert f.point[0] > 4 and abs(f.sustained[0]) < 2 and f.score[0] == f.point[0]
+    assert f.sustained[1] > abs(f.point[1]) and f.score[1] == f.sustained[1]
+    down = fit(np.stack([spike, step]), M5, AnomalyParams(direction="down"))
+    assert down.point.tolist() == f.point.tolist() and down.sustained.tolist() == f.sustained.tolist()
+
+
 def test_the_median_network_is_the_median_of_the_observed_values() -> None:
     rng = np.random.default_rng(4)
     for k in (1, 2, 3, 6, 7, 13):

@@ -6,6 +6,8 @@ the joined read give the same cells and, through the tiles, the same blocks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
@@ -122,6 +124,21 @@ def test_the_row_index_read_equals_the_joined_read(engine: Engine, seed: int) ->
     assert len(seen & set(ODD)) >= 4  # buckets holding odd values were read (again, as rows) exactly
 
 
+def _spy_reader_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the threads that run the SQLite RowIndex reads (filled as they run)."""
+    import threading
+
+    threads: set[str] = set()
+    by_id = columnar._sqlite_cells_by_id
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        threads.add(threading.current_thread().name)
+        return by_id(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    return threads
+
+
 @pytest.mark.parametrize("seed", [3])
 def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, monkeypatch: pytest.MonkeyPatch,
                                                              seed: int) -> None:
@@ -132,14 +149,8 @@ def test_blocks_through_the_tiles_are_the_same_on_every_path(engine: Engine, mon
     from storage.usage import load_block
 
     upsert_usage(engine, _random_book(seed))
-    threads: set[str] = set()
-    by_id = columnar._sqlite_cells_by_id
-
-    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
-        threads.add(threading.current_thread().name)
-        return by_id(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(columnar, "_sqlite_cells_by_id", spy)
+    threads = _spy_reader_threads(monkeypatch)
+    monkeypatch.setattr(columnar, "idle_cores", lambda: 2.0)  # helpers whatever the machine's load
     blocks = {}
     for usable, n_threads in ((True, 2), (True, 1), (False, 2)):
         monkeypatch.setattr(columnar.RowIndex, "usable", lambda self, u=usable: u)
@@ -183,4 +194,96 @@ def test_an_in_memory_database_reads_its_tiles_on_its_one_connection() -> None:
     direct = load_block(engine, "calls", DAY, T0, T0 + 32 * DAY, cached=False)
     assert cached.account_ids == direct.account_ids and len(cached.account_ids) > 20
     np.testing.assert_array_equal(cached.values, direct.values)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("items", [[], ["a"], ["", "acct-1", ""], ["café", "账户-7", "plain", "e\u0301", "🙂x"]])
+def test_arrow_strings_hold_the_items(items: list[str]) -> None:
+    """The buffer-built Arrow array equals the items, ASCII or not (byte offsets, not char counts)."""
+    got = columnar.arrow_strings(items)
+    assert len(got) == len(items) and got.null_count == 0
+    assert [got[i].as_py() for i in range(len(items))] == items
+
+
+def test_arrow_ints_read_offsets_and_nulls() -> None:
+    """Sliced int32 / int64 arrays with nulls read from their buffers (null -> the fill value)."""
+    import pyarrow.compute as pc
+
+    values = columnar.arrow_strings(["b", "x", "a", "c", "y", "a"])
+    at = pc.index_in(values, value_set=columnar.arrow_strings(["a", "b", "c"]))  # int32, nulls for x, y
+    np.testing.assert_array_equal(columnar.arrow_ints(at, null=-1), [1, -1, 0, 2, -1, 0])
+    np.testing.assert_array_equal(columnar.arrow_ints(at.slice(3), null=-7), [2, -7, 0])
+    with pytest.raises(ValueError, match="nulls"):
+        columnar.arrow_ints(at)
+    lengths = pc.list_value_length(pc.split_pattern(columnar.arrow_strings(["a,b", "c", "d,e,f"]), ","))
+    np.testing.assert_array_equal(columnar.arrow_ints(lengths.slice(1)), [1, 3])
+    assert columnar.arrow_ints(lengths.slice(3)).size == 0
+
+
+def test_non_ascii_ids_read_the_same_through_the_row_index(engine: Engine) -> None:
+    """Account ids of multi-byte characters: the RowIndex read (buffer-built Arrow ids) maps every
+    point to the same cell as the joined read."""
+    ids = ["acct-ü", "账户-1", "plain", "🙂", "é-long-" + "x" * 40]
+    upsert_usage(engine, [UsageRecord(a, "api_calls", T0 + d * DAY, float(k * 10 + d)) for k, a in enumerate(ids)
+                          for d in range(4) if (k + d) % 3], base_step=DAY)
+    new = _cells(engine, ids[::-1], T0, T0 + 4 * DAY, True)
+    old = _cells(engine, ids[::-1], T0, T0 + 4 * DAY, False)
+    assert new[0].size > 10
+    np.testing.assert_array_equal(new[0], old[0])
+    np.testing.assert_array_equal(new[1], old[1])
+
+
+def test_a_cold_read_imports_no_pandas(tmp_path: Path) -> None:
+    """Reading the tiles of a SQLite book (RowIndex, helper threads) in a fresh process converts no
+    Python object with pyarrow: where pandas is installed, that conversion imports it on first use
+    (1-2 s, measured inside the cold evaluation: docs/benchmarks.md)."""
+    import subprocess
+    import sys
+
+    from storage.db import make_engine, migrate
+
+    pytest.importorskip("pandas")  # nothing to detect where it is not installed
+    url = f"sqlite:///{tmp_path}/cold.db"
+    engine = make_engine(url)
+    migrate(engine)
+    upsert_usage(engine, [UsageRecord(f"a{i}", "calls", T0 + d * DAY, float(i + d)) for i in range(50)
+                          for d in range(20)])
+    engine.dispose()
+    code = f"""
+import sys
+from storage.db import make_engine
+from storage.usage import load_block
+block = load_block(make_engine("{url}"), "calls", {DAY}, {T0}, {T0} + 20 * {DAY})
+assert len(block.account_ids) == 50 and block.values[block.account_ids.index("a3"), 4] == 7.0
+print("pandas" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_saturated_machine_reads_on_one_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No helper connections when no core is idle (the load average at or above the cores): the spans
+    are read one after the other on the caller's connection, with the same blocks."""
+    import threading
+
+    from storage.db import make_engine, migrate
+    from storage.usage import load_block
+
+    engine = make_engine(f"sqlite:///{tmp_path}/busy.db")
+    migrate(engine)
+    upsert_usage(engine, _random_book(5))
+    threads = _spy_reader_threads(monkeypatch)
+    blocks = []
+    for idle in (0.4, 2.0):
+        monkeypatch.setattr(columnar, "idle_cores", lambda i=idle: i)
+        with write_transaction(engine) as conn:
+            assert columnar._parallel(conn, columnar.RowIndex(["a"], np.arange(1)), 5) is (idle >= 1)
+            conn.exec_driver_sql("DELETE FROM usage_tiles")
+        blocks.append(load_block(engine, "calls", DAY, T0, T0 + 32 * DAY))
+        if idle < 1:
+            assert threads == {threading.current_thread().name}
+    assert blocks[0].account_ids == blocks[1].account_ids and len(blocks[0].account_ids) > 20
+    np.testing.assert_array_equal(blocks[0].values, blocks[1].values)
+    assert any(t.startswith("usagebot-read") for t in threads)
     engine.dispose()

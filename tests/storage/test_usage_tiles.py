@@ -245,3 +245,44 @@ def test_a_tile_of_another_width_is_reported() -> None:
     s, h = tiles._decode(rows, np.ones((rows, tiles.TILE_COLS)).tobytes(),
                          np.packbits(np.ones((rows, tiles.TILE_COLS), dtype=bool)).tobytes())
     assert s.shape == h.shape == (rows, tiles.TILE_COLS) and s.sum() == h.sum() == rows * tiles.TILE_COLS
+
+
+def test_a_read_starting_inside_a_tile_reads_from_its_start(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first tile of a cold read that starts inside it is built from the read's start on (no point
+    before it is read); a later read starting earlier in that tile rebuilds it; a write into it
+    refreshes it; every block equals the direct read."""
+    from storage import columnar
+
+    monkeypatch.setattr(tiles, "TILE_COLS", 4)
+    monkeypatch.setattr(tiles, "TILE_ROWS", 3)
+    monkeypatch.setattr(U, "_IN_LIMIT", 2)
+    base = T0 // DAY // 4 * 4 * DAY  # a tile boundary
+    ids = [f"a{i}" for i in range(7)]
+    upsert_usage(engine, [Rec(a, "m", base + d * DAY, float(i * 100 + d)) for i, a in enumerate(ids)
+                          for d in range(16) if (i + d) % 5])
+    spans: list[tuple[int, int]] = []
+    many = columnar.cells_many
+
+    def spy(conn, metric, got, *args, **kwargs):  # type: ignore[no-untyped-def]
+        spans.extend(got)
+        return many(conn, metric, got, *args, **kwargs)
+
+    monkeypatch.setattr(columnar, "cells_many", spy)
+    _same(engine, "m", DAY, base + 6 * DAY, base + 16 * DAY, None)  # starts at column 2 of tile 1
+    assert spans[0] == (base + 6 * DAY, base + 8 * DAY) and all(lo % (4 * DAY) == base % (4 * DAY)
+                                                                 for lo, _ in spans[1:])
+    spans.clear()
+    _same(engine, "m", DAY, base + 6 * DAY, base + 16 * DAY, None)  # the tiles as built serve it again
+    assert spans == []
+    _same(engine, "m", DAY, base + 5 * DAY, base + 12 * DAY, ids[1:])  # needs column 1: rebuilt from there
+    assert spans == [(base + 5 * DAY, base + 8 * DAY)]
+    upsert_usage(engine, [Rec("a3", "m", base + 4 * DAY, 5.5), Rec("a8", "m", base + 7 * DAY, 2.0)])
+    spans.clear()
+    for start in (4, 5, 7):  # the written columns (one of them not read so far) and a new account
+        _same(engine, "m", DAY, base + start * DAY, base + 16 * DAY, None)
+    assert spans == []  # column 0 was recomputed by the refresh of the write: valid, no rebuild
+    with engine.connect() as c:  # the leading tile now holds every column: stored without a mask byte
+        lengths = {int(n): int(h) for n, h in c.exec_driver_sql(
+            "SELECT n_rows, length(has) FROM usage_tiles WHERE tile = ?" if engine.dialect.name == "sqlite" else
+            "SELECT n_rows, length(has) FROM usage_tiles WHERE tile = %s", (base // DAY // 4 + 1,))}
+    assert lengths and all(h == (n * 4 + 7) // 8 for n, h in lengths.items())
