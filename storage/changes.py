@@ -10,7 +10,7 @@ whether it came from a poll, `usagebot ingest` or a backfill of months.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -19,21 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from storage.models import UsageChange
 
 changes_table: sa.Table = UsageChange.__table__  # type: ignore[attr-defined]
-Ranges = dict[tuple[str, str], tuple[int, int]]  # (account, metric) -> (first, last) bucket written
 _CHUNK = 5000
-
-
-def add_ranges(ranges: Ranges, rows: Iterable[tuple[str, str, int, object]]) -> Ranges:
-    """Widen `ranges` by (account, metric, bucket, value) rows; returns it."""
-    get = ranges.get
-    for account, metric, bucket, _ in rows:
-        key = (account, metric)
-        old = get(key)
-        if old is None:
-            ranges[key] = (bucket, bucket)
-        elif bucket < old[0] or bucket > old[1]:
-            ranges[key] = (min(old[0], bucket), max(old[1], bucket))
-    return ranges
 
 
 def mark_changed(conn: Connection, ranges: Mapping[tuple[str, str], tuple[int, int]], source_id: str = "") -> None:

@@ -16,38 +16,25 @@ B-tree (storage.models.UsagePoint): a delivery of new buckets is an append.
 
 from __future__ import annotations
 
-import math
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DataError, IntegrityError
 
 from rules.gcpause import gc_paused
 from rules.model import MetricBlock
 from storage import columnar, dialect, tiles
-from storage.changes import Ranges, add_ranges
 from storage.db import write_transaction
 from storage.models import UsageCoverage, UsageFirstSeen, UsagePoint
 from storage.usage_load import ADBC_MIN_ROWS, bulk_write
 from storage.usage_values import (
-    _CONFLICT,
-    _INSERT,
-    _KEY,
-    _ORDER,
-    _SET,
-    UsageRecordLike,
-    _overflowed,
-    bucket_name,
-    overflow_error,
-)
-from storage.usage_values import (
     UsageColumns as UsageColumns,  # re-exported for the readers that import it here
 )
+from storage.usage_values import UsageRecordLike
 from storage.usage_values import UsageValueError as UsageValueError  # re-exported
 from storage.usage_values import check_totals as check_totals  # re-exported (storage.sources)
 
@@ -60,113 +47,22 @@ coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
 
 
-_PG_STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS usage_stage (account_id varchar NOT NULL, metric varchar NOT NULL, "
-    "bucket_start bigint NOT NULL, value double precision NOT NULL) ON COMMIT DROP"
-)
-
-
-
-def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False,
-                 ranges: Ranges | None = None) -> None:
+def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False) -> None:
     """Upsert (account, metric, bucket_start, value) rows inside the caller's transaction.
 
-    additive False replaces a stored value, True adds to it. Keeps usage_first_seen and
-    usage_coverage in step, marks the buckets for the tiles, and records the written ranges in
-    usage_changes (storage.changes), or, when `ranges` is given, widens it for the caller to
-    record once (a load of many chunks).
-
-    A bulk operation whatever the size: the rows go into a temporary staging table (SQLite:
-    one executemany into a table without indexes; PostgreSQL: COPY), then ONE INSERT .. SELECT in
-    primary-key order merges them, and the bookkeeping tables are updated from the stage by one
-    set-based statement each (no Python work per row besides staging it).
+    additive False replaces a stored value, True adds to it (a sum that is not finite raises
+    UsageValueError naming the bucket and its stored value; the caller's transaction stays usable).
+    The same bulk path as load_usage and upsert_usage (storage.usage_load.bulk_write: the rows as
+    columns, sorted into key order, staged in temporary tables, one merge, usage_first_seen,
+    usage_coverage, the tiles' marks and usage_changes from the stage); rows must be unique per key.
     """
     if not rows:
         return
-    dialect = conn.dialect.name
-    if dialect not in ("sqlite", "postgresql"):
-        raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-    if not additive:  # the values replace what is stored: finite values stay finite
-        _write(conn, dialect, rows, additive)
-    else:
-        try:
-            with conn.begin_nested():  # a savepoint: on overflow the caller's transaction stays usable to say where
-                _write(conn, dialect, rows, additive)
-        except (IntegrityError, DataError) as exc:
-            if not _overflowed(exc):
-                raise
-            raise _added_overflow(conn, rows) from None
-    if ranges is None:
-        _changes_from_stage(conn)
-    else:
-        add_ranges(ranges, rows)
-
-
-def _added_overflow(conn: Connection, rows: list[tuple[str, str, int, float]]) -> UsageValueError:
-    """The error naming a bucket whose stored value plus the added one is not finite."""
-    by_metric: dict[str, dict[tuple[str, int], float]] = {}
-    for a, m, b, v in rows:
-        by_metric.setdefault(m, {})[(a, b)] = v
-    for m, added in by_metric.items():
-        accounts = sorted({a for a, _ in added})
-        lo, hi = min(b for _, b in added), max(b for _, b in added)
-        for i in range(0, len(accounts), 1000):
-            q = sa.select(_c.account_id, _c.bucket_start, _c.value).where(
-                _c.metric == m, _c.account_id.in_(accounts[i:i + 1000]), _c.bucket_start.between(lo, hi))
-            for a, b, v in conn.execute(q):
-                new = added.get((a, int(b)))
-                if new is not None and not math.isfinite(float(v) + new):
-                    return overflow_error("usage write", a, m, int(b), stored=float(v))
-    a, m, b, _ = rows[0]
-    return UsageValueError(f"usage write: a bucket total is not a finite number (first bucket of the write: "
-                           f"{bucket_name(a, m, b)}); nothing was stored")
-
-
-def _write(conn: Connection, dialect: str, rows: list[tuple[str, str, int, float]], additive: bool) -> None:
-    _stage(conn, dialect, rows)
-    conn.exec_driver_sql(f"{_INSERT}SELECT {_KEY}, value FROM {_LOAD_STAGE} WHERE true ORDER BY {_ORDER} "
-                         + _CONFLICT + _SET[(dialect, additive)])
-    _bookkeeping_from_stage(conn)
-
-
-def _stage(conn: Connection, dialect: str, rows: Iterable[tuple[str, str, int, float]]) -> None:
-    """Put rows into the (emptied) temporary staging table of this connection."""
-    conn.exec_driver_sql(_LOAD_STAGE_DDL[dialect])
-    conn.exec_driver_sql(f"DELETE FROM {_LOAD_STAGE}")
-    _stage_more(conn, dialect, rows)
-
-
-def _stage_more(conn: Connection, dialect: str, rows: Iterable[tuple[str, str, int, float]]) -> None:
-    raw = conn.connection.driver_connection
-    if dialect == "sqlite":
-        raw.executemany(f"INSERT INTO {_LOAD_STAGE} VALUES (?, ?, ?, ?)", rows)
-    else:
-        with raw.cursor() as cur, cur.copy(f"COPY {_LOAD_STAGE} ({_KEY}, value) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
-
-def _bookkeeping_from_stage(conn: Connection) -> None:
-    """usage_first_seen, usage_coverage and the tiles' dirty marks from the staged rows, one
-    statement each, in key order (two writers lock rows in the same order on PostgreSQL)."""
-    conn.exec_driver_sql(
-        "INSERT INTO usage_first_seen (metric, account_id, first_bucket) "
-        f"SELECT metric, account_id, MIN(bucket_start) FROM {_LOAD_STAGE} GROUP BY metric, account_id "
-        "ORDER BY metric, account_id "
-        "ON CONFLICT (metric, account_id) DO UPDATE SET first_bucket = excluded.first_bucket "
-        "WHERE excluded.first_bucket < usage_first_seen.first_bucket")
-    conn.exec_driver_sql(
-        f"INSERT INTO usage_coverage (metric, bucket_start) SELECT DISTINCT metric, bucket_start "
-        f"FROM {_LOAD_STAGE} WHERE true ORDER BY metric, bucket_start ON CONFLICT DO NOTHING")
-    tiles.mark_written_from(conn, _LOAD_STAGE)
-
-
-def _changes_from_stage(conn: Connection) -> None:
-    """One usage_changes row per staged (account, metric): first and last bucket written."""
-    conn.exec_driver_sql(
-        "INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, changed_at) "
-        f"SELECT account_id, metric, MIN(bucket_start), MAX(bucket_start), '', {int(time.time())} "
-        f"FROM {_LOAD_STAGE} GROUP BY account_id, metric ORDER BY account_id, metric")
+    _check_dialect(conn.dialect.name)
+    accounts, metrics_, buckets, values = zip(*rows, strict=True)
+    chunk = UsageColumns(pa.array(accounts, pa.string()), pa.array(metrics_, pa.string()),
+                         np.asarray(buckets, dtype=np.int64), np.asarray(values, dtype=np.float64))
+    bulk_write(conn, [chunk], base_step=1, additive=additive)  # base_step 1: the buckets stay as given
 
 
 def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: int = 60) -> int:
@@ -193,14 +89,6 @@ def upsert_usage(engine: Engine, records: Iterable[UsageRecordLike], base_step: 
 def _check_dialect(dialect: str) -> None:
     if dialect not in ("sqlite", "postgresql"):
         raise ValueError(f"storage.usage: unsupported database dialect {dialect!r}")
-
-
-_LOAD_STAGE = "usage_stage"  # on PostgreSQL the same temporary table write_points stages in
-_LOAD_STAGE_DDL = {
-    "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS {_LOAD_STAGE} (account_id TEXT NOT NULL, metric TEXT NOT NULL, "
-              "bucket_start INTEGER NOT NULL, value REAL NOT NULL)",
-    "postgresql": _PG_STAGE,
-}
 
 
 def load_usage(

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from storage import usage_load
-from storage.db import make_engine, migrate
-from storage.usage import load_usage, upsert_usage
+from storage.db import make_engine, migrate, write_transaction
+from storage.usage import UsageValueError, load_usage, upsert_usage, write_points
 from tests.storage.test_usage import T0, Rec, rows
 from tests.storage.test_usage_load import chunks, layout_intact, random_records, side_tables
 
@@ -151,3 +151,59 @@ def test_a_record_whose_account_is_not_text_is_named(engine: Engine) -> None:
     with pytest.raises(ValueError, match=r"usage record #1 .*account and metric must be text"):
         upsert_usage(engine, [Rec("a", "calls", T0, 1.0), Rec(7, "calls", T0, 1.0)])  # type: ignore[arg-type]
     assert rows(engine) == []
+
+
+def tile_marks(engine: Engine) -> list[tuple]:
+    with engine.connect() as c:
+        return sorted(tuple(r) for r in c.execute(sa.text("SELECT metric, bucket_start FROM usage_tile_dirty")))
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_write_points_is_the_same_write_as_upsert_usage(engine: Engine, additive: bool) -> None:
+    """storage.usage.write_points (the sources' store path, in the caller's transaction) stores the
+    points and the bookkeeping (first seen, coverage, change log, tile marks) that upsert_usage stores
+    for the same rows; additive adds to the stored values, replace replaces them."""
+    history = random_records(11, n=1500)
+    more = random_records(12, n=800) + [Rec("acct-new", "calls", T0 - 5 * DAY, 7.0)]  # earlier: lowers first seen
+    summed = expected_rows(more)
+    out = []
+    for via_write_points in (False, True):
+        _fresh(engine)
+        upsert_usage(engine, history)
+        if via_write_points:
+            with write_transaction(engine) as conn:
+                write_points(conn, [tuple(r) for r in summed], additive=additive)
+        elif additive:
+            _fresh(engine)
+            upsert_usage(engine, history + more)  # the same totals: history + more per bucket
+        else:
+            upsert_usage(engine, more)
+        out.append((rows(engine), side_tables(engine), tile_marks(engine)))
+    assert out[0] == out[1]
+    stored = dict(((a, m, b), v) for a, m, b, v in rows(engine))
+    base = {(a, m, b): v for a, m, b, v in expected_rows(history)}
+    for a, m, b, v in summed:
+        assert stored[(a, m, b)] == (base.get((a, m, b), 0.0) + v if additive else v)
+    assert ("calls", "acct-new", T0 - 5 * DAY) in side_tables(engine)[0]
+
+
+def test_write_points_adds_past_the_largest_float_names_the_bucket_and_its_stored_value(engine: Engine) -> None:
+    upsert_usage(engine, [Rec("a", "calls", T0, 1.5e308)])
+    with pytest.raises(UsageValueError, match=r"account 'a', metric 'calls'.*stored 1\.5e\+308"):
+        with write_transaction(engine) as conn:
+            write_points(conn, [("a", "calls", T0, 1.0e308)], additive=True)
+    assert rows(engine) == [("a", "calls", T0, 1.5e308)]
+
+
+def test_a_new_days_append_falls_back_to_the_upsert_when_a_key_is_stored(engine: Engine,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The append path (PostgreSQL: every staged bucket newer than the stored ones, inserted without
+    ON CONFLICT) when a writer stored one of the keys after the check: the unique violation rolls
+    back to the savepoint and the upsert stores the day as if the path did not exist."""
+    upsert_usage(engine, [Rec(f"acct-{i}", "calls", T0, 1.0) for i in range(50)])
+    monkeypatch.setattr(usage_load, "_all_newer", lambda conn, buckets: True)  # the check raced with a writer
+    day = [Rec(f"acct-{i}", "calls", T0 + (DAY if i % 2 else 0), 2.0) for i in range(60)]
+    upsert_usage(engine, day)
+    expected = {(f"acct-{i}", "calls", T0): 1.0 for i in range(50)}
+    expected.update({(r.account, r.metric, r.ts): r.value for r in day})
+    assert rows(engine) == sorted((*k, v) for k, v in expected.items())
