@@ -9,28 +9,14 @@ whether it came from a poll, `usagebot ingest` or a backfill of months.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from storage.models import UsageChange
 
 changes_table: sa.Table = UsageChange.__table__  # type: ignore[attr-defined]
-_CHUNK = 5000
-
-
-def mark_changed(conn: Connection, ranges: Mapping[tuple[str, str], tuple[int, int]], source_id: str = "") -> None:
-    """Record the written ranges inside the writer's transaction."""
-    if not ranges:
-        return
-    now = int(time.time())  # informational only: when the change was recorded
-    rows = [{"account_id": a, "metric": m, "bucket_start": first, "last_bucket": last, "source_id": source_id,
-             "changed_at": now} for (a, m), (first, last) in sorted(ranges.items())]
-    for i in range(0, len(rows), _CHUNK):
-        conn.execute(sa.insert(changes_table), rows[i:i + _CHUNK])
 
 
 @dataclass(frozen=True)
