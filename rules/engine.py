@@ -282,9 +282,9 @@ class Reuse:
         got = self._first_inf.get(key)
         if got is None:
             values = block.values
-            if values.size and np.fmax.reduce(values, axis=None) < np.inf and \
-                    np.fmin.reduce(values, axis=None) > -np.inf:  # the usual case, in half the time of isinf
-                got = np.full(len(values), block.n_buckets)
+            if not values.size or (np.fmax.reduce(values, axis=None) < np.inf and
+                                   np.fmin.reduce(values, axis=None) > -np.inf):  # the usual case, in half the time of isinf
+                got = np.full(len(values), block.n_buckets)  # (rows without buckets: nothing to argmax)
             else:
                 inf = np.isinf(values)
                 got = np.where(inf.any(axis=1), inf.argmax(axis=1), block.n_buckets)

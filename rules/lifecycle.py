@@ -180,25 +180,19 @@ class FirstRun:
 
 
 def open_episodes(states: Mapping[Key, EpisodeState], rules: Mapping[str, Rule],
-                  now: int | None = None,
-                  memo: dict[Key, tuple[EpisodeState, OpenEpisode]] | None = None) -> dict[str, list[OpenEpisode]]:
+                  now: int | None = None) -> dict[str, list[OpenEpisode]]:
     """rule id -> its open episodes, as the detectors are told about them.
 
     now: when `now` itself was evaluated before (a retried cycle), the episodes as they were
     before it: one that started at `now` is not open yet, one that fired at `now` was pending.
     An episode stored before references were kept gets its last baseline as a one-value reference.
-    memo: kept by a caller that asks again and again (a replay, now None): the OpenEpisode of a
-    state object that has not changed since is not built again.
+    (A replay keeps what it told the detectors across steps instead: rules.replay.Told.)
     """
     out: dict[str, list[OpenEpisode]] = {}
     for s in states.values():
         if not s.is_open or s.rule_id not in rules or s.started_at == now:
             continue
-        if memo is not None and now is None:
-            hit = memo[s.key] = told_again(memo.get(s.key), s, rules)
-            out.setdefault(s.rule_id, []).append(hit[1])
-        else:
-            out.setdefault(s.rule_id, []).append(_open_episode(s, rules, now))
+        out.setdefault(s.rule_id, []).append(_open_episode(s, rules, now))
     return out
 
 
