@@ -61,7 +61,7 @@ from rules.config import values as v
 from rules.config.toml_lines import PathKey
 from rules.detectors import format as fmt
 from rules.detectors.finding import make_finding
-from rules.detectors.scan import at_least, loose
+from rules.detectors.scan import at_least, cumulative_sum, loose
 from rules.durations import format_duration
 from rules.kind_spec import Ending, Field, Kind, Threshold
 from rules.memo import by_identity
@@ -286,11 +286,10 @@ def _period_candidates(params: QuotaParams, block: MetricBlock, accounts: Sequen
     if not n:
         return out
     observed = ~np.isnan(values)
-    cs = np.zeros((rows, n + 1))
-    np.cumsum(np.where(observed, values, 0.0), axis=1, out=cs[:, 1:])
+    cs, slack = cumulative_sum(values)
+    slack = 2 * slack  # x2: two sums differ
     seen = np.zeros((rows, n + 1), dtype=np.int64)
     np.cumsum(observed, axis=1, out=seen[:, 1:])
-    slack = 2 * ((n + 2) * 4e-16 * np.maximum.accumulate(np.abs(cs), axis=1) + 1e-12)  # x2: two sums differ
     step, width = block.step, max(1, params.forecast_window // block.step)
     # per row and evaluation j (closing column j - 1): the first column of its billing period, the
     # seconds left in it, and whether the detector forecasts there at all (period inside the block,

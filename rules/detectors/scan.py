@@ -64,18 +64,24 @@ def trailing_mean(values: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def cumulative_sum(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cs, slack), each (rows, n + 1): column j the sum of the observed values of columns [0, j) (NaN
+    read as 0 as the detectors' interval sums do), and how far the difference of cs at j and at any
+    earlier column may differ from the same interval's sum taken in another order (a bound on the
+    cumulative sum's rounding)."""
+    rows, n = values.shape
+    cs = np.zeros((rows, n + 1))
+    np.cumsum(np.where(np.isnan(values), 0.0, values), axis=1, out=cs[:, 1:])
+    return cs, (n + 2) * 4e-16 * np.maximum.accumulate(np.abs(cs), axis=1) + 1e-12
+
+
 def trailing_sum(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(sums, slack), each (rows, n + 1): column j the sum of the observed values of columns
     [max(0, j - width), j) (NaN read as 0 as the detectors' interval sums do), and how far a sum taken
-    in another order may differ from it (a bound on the cumulative sum's rounding)."""
-    rows, n = values.shape
-    filled = np.where(np.isnan(values), 0.0, values)
-    cs = np.zeros((rows, n + 1))
-    np.cumsum(filled, axis=1, out=cs[:, 1:])
-    lo = np.maximum(np.arange(n + 1) - max(1, width), 0)
-    sums = cs - cs[:, lo]
-    big = np.maximum.accumulate(np.abs(cs), axis=1)
-    return sums, (n + 2) * 4e-16 * big + 1e-12
+    in another order may differ from it (cumulative_sum's rounding bound)."""
+    cs, slack = cumulative_sum(values)
+    lo = np.maximum(np.arange(values.shape[1] + 1) - max(1, width), 0)
+    return cs - cs[:, lo], slack
 
 
 def trailing_count(flags: np.ndarray, width: int) -> np.ndarray:
