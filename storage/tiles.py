@@ -267,12 +267,12 @@ def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: 
     m = param_mark(conn.dialect.name)
     have: dict[int, set[int]] = {}
     lo_of = {k: (max(0, c_start - k * TILE_COLS) if c_start is not None else 0) for k in range(k0, k1 + 1)}
-    for tile, grp, n_rows, has_len in conn.exec_driver_sql(
-            f"SELECT tile, grp, n_rows, length(has) FROM usage_tiles WHERE metric = {m} AND step = {m} "
-            f"AND tile >= {m} AND tile <= {m}", (metric, step, k0, k1)):
+    for tile, grp, n_rows, has_len, last in conn.exec_driver_sql(
+            f"SELECT tile, grp, n_rows, length(has), substr(has, length(has), 1) FROM usage_tiles "
+            f"WHERE metric = {m} AND step = {m} AND tile >= {m} AND tile <= {m}", (metric, step, k0, k1)):
         k, needed = int(tile), _mask(lo_of[int(tile)], TILE_COLS)
-        valid = (_mask(0, TILE_COLS) if int(has_len) == _has_bytes(int(n_rows))
-                 else _partial_mask(conn, metric, step, k, int(grp)))
+        # a partial tile's `has` ends with its valid-columns mask (_valid)
+        valid = _mask(0, TILE_COLS) if int(has_len) == _has_bytes(int(n_rows)) else bytes(last)[0]
         if valid & needed == needed:
             have.setdefault(k, set()).add(int(grp))
     groups = range((n_ords + TILE_ROWS - 1) // TILE_ROWS)
@@ -296,13 +296,6 @@ def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: 
         _write(conn, [(metric, step, k, g, sums[g * TILE_ROWS:(g + 1) * TILE_ROWS],
                        has[g * TILE_ROWS:(g + 1) * TILE_ROWS]) for g in missing], _mask(t_lo, TILE_COLS))
 
-
-def _partial_mask(conn: Connection, metric: str, step: int, tile: int, grp: int) -> int:
-    """The valid-columns mask of a stored tile whose `has` blob carries one (the last byte)."""
-    m = param_mark(conn.dialect.name)
-    got = conn.exec_driver_sql(f"SELECT substr(has, length(has), 1) FROM usage_tiles WHERE metric = {m} "
-                               f"AND step = {m} AND tile = {m} AND grp = {m}", (metric, step, tile, grp)).scalar_one()
-    return bytes(got)[0]
 
 
 def _touch(conn: Connection, metric: str, step: int, k0: int, k1: int) -> None:
