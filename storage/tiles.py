@@ -25,7 +25,8 @@ tables is always safe.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -121,10 +122,36 @@ def read_tiles(
     if n_cols == 0 or not rows:
         return rows, sums, has, first_col
     k0, k1 = start // step // TILE_COLS, (end // step - 1) // TILE_COLS
-    _ensure(conn, metric, step, k0, k1, n_ords, index, start // step)
+    block = _Block(start // step, row_ords, sums, has)
+    built = _ensure(conn, metric, step, k0, k1, n_ords, index, start // step, block)
     _touch(conn, metric, step, k0, k1)
-    _assemble(conn, metric, step, start // step, k0, k1, row_ords, sums, has)
+    _assemble(conn, metric, step, k0, k1, block, built)
     return rows, sums, has, first_col
+
+
+@dataclass
+class _Block:
+    """The block a read fills: columns from bucket column c0, rows numbered `ord_of` (-1: none)."""
+
+    c0: int
+    ord_of: np.ndarray
+    sums: np.ndarray
+    has: np.ndarray
+
+    def copy_tile(self, k: int, s: np.ndarray, h: np.ndarray, local: np.ndarray | None = None,
+                  where: np.ndarray | None = None) -> None:
+        """Copy tile k's cells into the block: rows `local` of the tile into block rows `where`
+        (None: every numbered row, the tile holding every row number)."""
+        n_cols = self.sums.shape[1]
+        lo, hi = max(self.c0, k * TILE_COLS), min(self.c0 + n_cols, (k + 1) * TILE_COLS)
+        if hi <= lo:
+            return
+        if where is None:
+            where = np.flatnonzero(self.ord_of >= 0)
+            local = self.ord_of[where]
+        t = k * TILE_COLS
+        self.sums[where, lo - self.c0:hi - self.c0] = s[local, lo - t:hi - t]
+        self.has[where, lo - self.c0:hi - self.c0] = h[local, lo - t:hi - t]
 
 
 def _series(conn: Connection, metric: str) -> tuple[list[str], np.ndarray, np.ndarray, int]:
@@ -202,19 +229,55 @@ def _mask(t_lo: int, t_hi: int) -> int:
 def _write(conn: Connection, rows: list[tuple[str, int, int, int, np.ndarray, np.ndarray]], valid: int | None = None) -> None:
     """Upsert tiles (metric, step, tile, grp, sums, has) holding the columns of the `valid` mask
     (None: all of them)."""
+    _upsert(conn, [(metric, step, tile, grp, len(sums), np.ascontiguousarray(sums, dtype=np.float64).tobytes(),
+                    _has_blob(has, valid)) for metric, step, tile, grp, sums, has in rows])
+
+
+def _has_blob(has: np.ndarray, valid: int | None) -> bytes:
+    """A tile's `has` blob: its packed bits, plus the valid-columns mask byte of a partial tile."""
+    bits = np.packbits(has, axis=None).tobytes()
+    return bits if valid in (None, _mask(0, TILE_COLS)) else bits + bytes([valid])
+
+
+def _upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
+    """Upsert tile rows given as prepared (metric, step, tile, grp, n_rows, sums, has) tuples, in one
+    executemany (the blobs may be memoryviews into the caller's arrays: bound without a copy here)."""
+    if not params:
+        return
     m = param_mark(conn.dialect.name)
     sql = (f"INSERT INTO usage_tiles (metric, step, tile, grp, n_rows, sums, has) VALUES ({m}, {m}, {m}, {m}, "
            f"{m}, {m}, {m}) ON CONFLICT (metric, step, tile, grp) DO UPDATE SET n_rows = excluded.n_rows, "
            "sums = excluded.sums, has = excluded.has")
     cur = conn.connection.driver_connection.cursor()
     try:
-        for metric, step, tile, grp, sums, has in rows:  # one at a time: a tile is ~1 MB
-            bits = np.packbits(has, axis=None).tobytes()
-            cur.execute(sql, (metric, step, tile, grp, len(sums),
-                              np.ascontiguousarray(sums, dtype=np.float64).tobytes(),
-                              bits if valid in (None, _mask(0, TILE_COLS)) else bits + bytes([valid])))
+        cur.executemany(sql, params)
     finally:
         cur.close()
+
+
+def _tile_rows(metric: str, step: int, k: int, groups: Sequence[int], sums: np.ndarray, has: np.ndarray,
+               valid: int) -> list[tuple[Any, ...]]:
+    """The upsert tuples of tile `k`'s `groups`, from its (n_ords, TILE_COLS) sums and has: each
+    group's payload is a slice of one contiguous buffer (the rows of a group are consecutive), and
+    the bits of every group are packed in one call where each group starts on a byte (TILE_ROWS *
+    TILE_COLS a multiple of 8: always with the shipped sizes)."""
+    n_ords = len(sums)
+    sums = np.ascontiguousarray(sums, dtype=np.float64)
+    row_bytes = TILE_COLS * 8
+    flat = memoryview(sums.reshape(-1).view(np.uint8))
+    packed = np.packbits(has, axis=None) if (TILE_ROWS * TILE_COLS) % 8 == 0 else None
+    tail = b"" if valid == _mask(0, TILE_COLS) else bytes([valid])
+    out: list[tuple[Any, ...]] = []
+    for g in groups:
+        r0 = g * TILE_ROWS
+        n = _group_rows(g, n_ords)
+        if packed is not None:
+            b0 = r0 * TILE_COLS // 8
+            bits = packed[b0:b0 + _has_bytes(n)].tobytes() + tail
+        else:
+            bits = _has_blob(has[r0:r0 + n], valid)
+        out.append((metric, step, k, g, n, flat[r0 * row_bytes:(r0 + n) * row_bytes], bits))
+    return out
 
 
 def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int, index: RowIndex | None = None) -> None:
@@ -255,9 +318,11 @@ def _refresh(conn: Connection, metric: str, dirty: list[Any], n_ords: int, index
 
 
 def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: int,
-            index: RowIndex | None = None, c_start: int | None = None) -> None:
+            index: RowIndex | None = None, c_start: int | None = None, block: _Block | None = None) -> set[int]:
     """Build the tiles [k0, k1] x every group that do not exist yet, or that lack a column of the
-    read from bucket column `c_start` on (None: the tiles' whole width).
+    read from bucket column `c_start` on (None: the tiles' whole width). Returns the tiles read
+    here: the read saw every numbered account's points, so each is copied into `block` as it is
+    built, rather than read back from the blobs just written (a cold build: every tile).
 
     The first tile of a read starting inside it is built from `c_start` on only (a partial tile, its
     valid-columns mask stored with it: _valid): aligned to TILE_COLS from the epoch, the tiles of a
@@ -283,19 +348,19 @@ def _ensure(conn: Connection, metric: str, step: int, k0: int, k1: int, n_ords: 
     # the tiles' points read at once where the database allows (a cold start builds them all)
     spans = [((k * TILE_COLS + lo_of[k]) * step, (k + 1) * TILE_COLS * step) for k, _ in todo]
     read = columnar.cells_many(conn, metric, spans, step, "usage_tile_rows", index)
+    built: set[int] = set()
     for (k, missing), (flat, vals) in zip(todo, read, strict=True):
         t_lo = lo_of[k]
-        part, has_part = bin_cells(flat, vals, n_ords, TILE_COLS - t_lo)
+        if t_lo:  # the cells of a partial tile (TILE_COLS - t_lo columns), moved to their columns in the tile
+            flat = flat + (flat // (TILE_COLS - t_lo) + 1) * t_lo
+        sums, has = bin_cells(flat, vals, n_ords, TILE_COLS)
         del flat, vals
-        if t_lo:
-            sums = np.zeros((n_ords, TILE_COLS))
-            has = np.zeros((n_ords, TILE_COLS), dtype=bool)
-            sums[:, t_lo:], has[:, t_lo:] = part, has_part
-        else:
-            sums, has = part, has_part
-        _write(conn, [(metric, step, k, g, sums[g * TILE_ROWS:(g + 1) * TILE_ROWS],
-                       has[g * TILE_ROWS:(g + 1) * TILE_ROWS]) for g in missing], _mask(t_lo, TILE_COLS))
-
+        if block is not None:
+            block.copy_tile(k, sums, has)
+        built.add(k)
+        # one executemany a tile (not one for the whole read: the payloads would all stay in memory)
+        _upsert(conn, _tile_rows(metric, step, k, missing, sums, has, _mask(t_lo, TILE_COLS)))
+    return built
 
 
 def _touch(conn: Connection, metric: str, step: int, k0: int, k1: int) -> None:
@@ -317,12 +382,13 @@ def _touch(conn: Connection, metric: str, step: int, k0: int, k1: int) -> None:
         cur.close()
 
 
-def _assemble(conn: Connection, metric: str, step: int, c0: int, k0: int, k1: int, ord_of: np.ndarray,
-              sums: np.ndarray, has: np.ndarray) -> None:
-    """Copy the tiles' cells of the rows numbered `ord_of` (-1: none) x columns [c0, c0 + n_cols)."""
-    n_cols = sums.shape[1]
+def _assemble(conn: Connection, metric: str, step: int, k0: int, k1: int, block: _Block,
+              built: Set[int] = frozenset()) -> None:
+    """Copy the stored tiles [k0, k1] not in `built` (already copied) into the block."""
+    ord_of = block.ord_of
     pos = np.flatnonzero(ord_of >= 0)
-    if not len(pos):
+    stored = [k for k in range(k0, k1 + 1) if k not in built]
+    if not len(pos) or not stored:
         return
     grp_of = ord_of[pos] // TILE_ROWS
     order = np.argsort(grp_of, kind="stable")
@@ -332,16 +398,10 @@ def _assemble(conn: Connection, metric: str, step: int, c0: int, k0: int, k1: in
                         - int(g) * TILE_ROWS) for i, g in enumerate(groups)}
     m = param_mark(conn.dialect.name)
     sql = (f"SELECT tile, grp, n_rows, sums, has FROM usage_tiles WHERE metric = {m} AND step = {m} "
-           f"AND tile >= {m} AND tile <= {m} AND grp IN ({', '.join(str(int(g)) for g in groups)})")
-    for tile, grp, n_rows, s_blob, h_blob in binary_rows(conn, sql, (metric, step, k0, k1)):
+           f"AND tile IN ({', '.join(str(k) for k in stored)}) "
+           f"AND grp IN ({', '.join(str(int(g)) for g in groups)})")
+    for tile, grp, n_rows, s_blob, h_blob in binary_rows(conn, sql, (metric, step)):
         where, local = members[int(grp)]
         s, h = _decode(int(n_rows), s_blob, h_blob)
         kept = local < int(n_rows)  # numbered after the tile was written: no point there yet
-        where, local = where[kept], local[kept]
-        lo = max(c0, int(tile) * TILE_COLS)
-        hi = min(c0 + n_cols, (int(tile) + 1) * TILE_COLS)
-        if hi <= lo:
-            continue
-        t = int(tile) * TILE_COLS
-        sums[where, lo - c0:hi - c0] = s[local, lo - t:hi - t]
-        has[where, lo - c0:hi - c0] = h[local, lo - t:hi - t]
+        block.copy_tile(int(tile), s, h, local[kept], where[kept])
