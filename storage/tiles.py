@@ -160,16 +160,19 @@ def _series(conn: Connection, metric: str) -> tuple[list[str], np.ndarray, np.nd
     so numbers are always 0..n-1)."""
     m = param_mark(conn.dialect.name)
     got: list[tuple[Any, ...]] = []
-    for batch in fetch_batches(conn, "SELECT f.account_id, f.first_bucket, o.ord FROM usage_first_seen f "
+    for batch in fetch_batches(conn, "SELECT f.account_id, f.first_bucket, COALESCE(o.ord, -1) FROM usage_first_seen f "
                                f"LEFT JOIN usage_tile_rows o ON o.account_id = f.account_id WHERE f.metric = {m}",
                                [metric]):
         got.extend(batch)
-    accounts = [r[0] for r in got]
-    if any(a >= b for a, b in zip(accounts, accounts[1:], strict=False)):  # Python's order, not a collation's
+    columns = list(zip(*got, strict=True)) or [(), (), ()]
+    accounts = list(columns[0])
+    if accounts != sorted(accounts):  # Python's order, not a collation's
         got.sort(key=lambda r: r[0])
-        accounts = [r[0] for r in got]
-    first = np.fromiter((r[1] for r in got), dtype=np.int64, count=len(got))
-    ords = np.fromiter((-1 if r[2] is None else r[2] for r in got), dtype=np.int64, count=len(got))
+        columns = list(zip(*got, strict=True))
+        accounts = list(columns[0])
+    del got
+    first = np.array(columns[1], dtype=np.int64)
+    ords = np.array(columns[2], dtype=np.int64)
     n_ords = int(conn.exec_driver_sql("SELECT COALESCE(MAX(ord), -1) + 1 FROM usage_tile_rows").scalar_one())
     new = np.flatnonzero(ords < 0)
     if len(new):
