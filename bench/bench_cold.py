@@ -17,8 +17,9 @@ then --rounds rounds, each running one after the other, every one in a fresh pro
           read of the rows.
 
 Reported: the median wall time of each and its ratio to the floor's median, plus the CPU time of the
-cold evaluations (the process's own, steadier than wall time on a shared machine) and the range of
-the machine's 1-minute load average over the rounds. The modules the evaluation uses are imported
+cold evaluations and of the floor's read (each process's own, all its threads: steadier than wall
+time on a shared machine, where both wait for the cores; on PostgreSQL the server's CPU is in
+neither) with their ratio, and the range of the machine's 1-minute load average over the rounds. The modules the evaluation uses are imported
 before its timer, as the floor imports connectorx before its own (a service imports them once). Findings of
 before and after must be equal (count and digest). Ingest is not timed here (bench_daily does).
 """
@@ -71,7 +72,7 @@ from bench.raw_floor import ranges_for, read_columnar_floor
 if __name__ == "__main__":
     url, end, table = sys.argv[2], int(sys.argv[3]), sys.argv[4]
     floor = read_columnar_floor(url, ranges_for(bench_rules(SHIPPED, METRICS4), end), table=table)
-    print(json.dumps({"s": floor.seconds, "rows": floor.rows}))
+    print(json.dumps({"s": floor.seconds, "cpu": floor.cpu, "rows": floor.rows}))
 """
 
 # PostgreSQL only, a second floor: the same rows' fixed-width columns (bucket, value) by COPY BINARY
@@ -160,8 +161,9 @@ def run_one(n_accounts: int, days: int, seed: int, rounds: int, before: Path | N
         if got:
             out[f"{name}_s"] = statistics.median(r["s"] for r in got)
             out[f"{name}_all"] = [round(r["s"], 2) for r in got]
-            if name not in ("floor", "copy"):
+            if "cpu" in got[0]:
                 out[f"{name}_cpu"] = statistics.median(r["cpu"] for r in got)
+            if name not in ("floor", "copy"):
                 out[f"{name}_findings"] = {(r["findings"], r["digest"]) for r in got}
     if before is not None and out["before_findings"] != out["after_findings"]:
         raise SystemExit(f"bench_cold: findings differ: before {out['before_findings']}, "
@@ -178,10 +180,12 @@ def render(results: list[dict[str, Any]]) -> str:
         if f"{name}_s" not in x:
             return "-"
         if name == "floor":
-            return f"{x['floor_s']:.2f} s"
+            return f"{x['floor_s']:.2f} s" + (f" (cpu {x['floor_cpu']:.2f} s)" if "floor_cpu" in x else "")
         if name == "copy":
             return f"{x['copy_s']:.2f} s ({x['copy_s'] / x['floor_s']:.2f}x floor)"
         ratio = f" ({x[f'{name}_s'] / x['floor_s']:.2f}x floor, cpu {x[f'{name}_cpu']:.2f} s"
+        if "floor_cpu" in x:
+            ratio += f" = {x[f'{name}_cpu'] / x['floor_cpu']:.2f}x the floor's"
         if "copy_s" in x:
             ratio += f"; {x[f'{name}_s'] / x['copy_s']:.2f}x the COPY floor"
         return f"{x[f'{name}_s']:.2f} s{ratio})"

@@ -15,10 +15,12 @@ def test_cold_bench_runs_and_both_sides_agree(tmp_path: Path) -> None:
     out = run_one(120, 40, 3, 1, ROOT, None, tmp_path)
     assert out["floor_rows"] > 0 and out["findings"] > 0
     assert out["floor_s"] > 0 and out["after_s"] > 0 and out["before_s"] > 0 and out["after_cpu"] > 0
+    assert out["floor_cpu"] > 0  # the floor's own CPU time, beside the evaluation's
     again = run_one(120, 40, 3, 1, None, None, tmp_path)  # the book kept in tmp_path is reused
     assert again["findings"] == out["findings"] and "before_s" not in again
     text = render([out, again])
     assert "120 accounts" in text and "x floor" in text and text.count("\n") == 5
+    assert "x the floor's" in text
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
