@@ -82,9 +82,11 @@ class CohortEvent:
     rule_id: str
     at: int
     cohort: str  # "all accounts" or "plan <name>"
-    accounts: int  # accounts newly meeting the condition
+    accounts: int  # accounts newly meeting the condition (moving `direction` by the cohort level, if set)
     decided: int  # accounts the rule could decide in the cohort
     examples: tuple[str, ...]  # a few of the accounts, for the admin notice
+    direction: int = 0  # the share test of movers (_settle_moves): +1 up, -1 down; 0: of accounts firing
+    firing: int = 0  # with a direction: how many of the movers newly met the condition
 
     @property
     def share(self) -> float:
@@ -600,7 +602,8 @@ def _settle_moves(rule_id: str, parts: Sequence[CohortTally], cohort: Cohort, ou
             moving += [t.ids[i] for i in np.flatnonzero(rows)]
             muted.update(t.ids[i] for i in np.flatnonzero(rows))
         examples = tuple(sorted(firing or moving)[:5])
-        out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, n_moved, eligible[group], examples))
+        out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, n_moved, eligible[group], examples,
+                                             direction=way, firing=len(firing)))
     if muted:
         _mute(out, rule_id, muted)
 

@@ -404,7 +404,7 @@ def test_a_holiday_moving_most_accounts_is_one_cohort_event_though_few_pass_the_
     assert np.count_nonzero(score <= -4) == 10 and np.count_nonzero(score <= -2) == 24  # the case
     out = _evaluated(b)
     assert out.findings == []
-    assert [(e.accounts, e.decided) for e in out.cohort_events] == [(24, 40)]
+    assert [(e.accounts, e.decided, e.direction, e.firing) for e in out.cohort_events] == [(24, 40, -1, 10)]
     assert set(out.cohort_events[0].examples) <= {f"a{i}" for i in range(10)}  # examples: the firing ones
     assert {a for _, a in out.interrupted} == {f"a{i}" for i in range(24)}  # the movers, not the rest
 
