@@ -39,6 +39,21 @@ def _same(engine: Engine, metric: str, step: int, start: int, end: int, ids: lis
     np.testing.assert_array_equal(cached.values, direct.values)
 
 
+def spy_spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The [lo, hi) spans of usage_points the tiles read from now on (filled as they are read)."""
+    from storage import columnar
+
+    spans: list[tuple[int, int]] = []
+    many = columnar.cells_many
+
+    def spy(conn, metric, got, *args, **kwargs):  # type: ignore[no-untyped-def]
+        spans.extend(got)
+        return many(conn, metric, got, *args, **kwargs)
+
+    monkeypatch.setattr(columnar, "cells_many", spy)
+    return spans
+
+
 def _random_writes(rng: np.random.Generator, n_accounts: int, days: int, n: int) -> list[Rec]:
     return [Rec(f"acct-{int(rng.integers(0, n_accounts)):03d}", str(rng.choice(["calls", "events"])),
                 T0 + int(rng.integers(0, days)) * DAY + int(rng.integers(0, 24)) * 3600,
@@ -251,7 +266,6 @@ def test_a_read_starting_inside_a_tile_reads_from_its_start(engine: Engine, monk
     """The first tile of a cold read that starts inside it is built from the read's start on (no point
     before it is read); a later read starting earlier in that tile rebuilds it; a write into it
     refreshes it; every block equals the direct read."""
-    from storage import columnar
 
     monkeypatch.setattr(tiles, "TILE_COLS", 4)
     monkeypatch.setattr(tiles, "TILE_ROWS", 3)
@@ -260,14 +274,7 @@ def test_a_read_starting_inside_a_tile_reads_from_its_start(engine: Engine, monk
     ids = [f"a{i}" for i in range(7)]
     upsert_usage(engine, [Rec(a, "m", base + d * DAY, float(i * 100 + d)) for i, a in enumerate(ids)
                           for d in range(16) if (i + d) % 5])
-    spans: list[tuple[int, int]] = []
-    many = columnar.cells_many
-
-    def spy(conn, metric, got, *args, **kwargs):  # type: ignore[no-untyped-def]
-        spans.extend(got)
-        return many(conn, metric, got, *args, **kwargs)
-
-    monkeypatch.setattr(columnar, "cells_many", spy)
+    spans = spy_spans(monkeypatch)
     _same(engine, "m", DAY, base + 6 * DAY, base + 16 * DAY, None)  # starts at column 2 of tile 1
     assert spans[0] == (base + 6 * DAY, base + 8 * DAY) and all(lo % (4 * DAY) == base % (4 * DAY)
                                                                  for lo, _ in spans[1:])

@@ -19,6 +19,7 @@ from storage import columnar, tiles
 from storage import usage as U
 from storage.db import make_engine, write_transaction
 from storage.usage import load_block, upsert_usage, write_points
+from tests.storage.test_usage_tiles import spy_spans
 
 DAY = 86_400
 T0 = 1_790_000_000 // DAY * DAY
@@ -185,14 +186,7 @@ def test_kill_9_during_the_tile_write_leaves_no_tile_and_the_next_reads_rebuild_
     assert child.exitcode == -signal.SIGKILL
     assert _count(engine, "usage_tiles") == 0 and _count(engine, "usage_tile_rows") == 0  # rolled back
     want = load_block(engine, "calls", DAY, T0 + 2 * DAY, T0 + 30 * DAY, cached=False)
-    spans: list[tuple[int, int]] = []
-    many = columnar.cells_many
-
-    def spy(conn, metric, got, *args, **kwargs):  # type: ignore[no-untyped-def]
-        spans.extend(got)
-        return many(conn, metric, got, *args, **kwargs)
-
-    monkeypatch.setattr(columnar, "cells_many", spy)
+    spans = spy_spans(monkeypatch)
     for warm in (False, True):  # rebuilt (every tile read), then warm (read from the tiles only)
         got = load_block(engine, "calls", DAY, T0 + 2 * DAY, T0 + 30 * DAY)
         assert (spans == []) == warm
