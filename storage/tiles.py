@@ -94,6 +94,11 @@ def read_tiles(
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
         # small, planned-for-many-rows queries: JIT compiling them costs more than running them
         conn.exec_driver_sql("SET LOCAL jit = off")
+        # the reads join usage_points to usage_tile_rows, numbered in this very transaction: analyzed
+        # while empty (the cache emptied, then autovacuum), the table is planned as one row, and a
+        # nested loop scans the whole range once per account (10k accounts: a cold read of 31 s ran
+        # for over 12 minutes); every join here is of many rows, hashed or merged
+        conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
     m = param_mark(conn.dialect.name)
     dirty = list(conn.exec_driver_sql(
         f"SELECT bucket_start, seq FROM usage_tile_dirty WHERE metric = {m} ORDER BY bucket_start", (metric,)))
