@@ -12,7 +12,8 @@ bucket are unchanged since the day before. Tiles keep the aggregated buckets ins
 - A read first refreshes the metric: for every stored step, the tiles' columns holding a marked
   bucket are recomputed from usage_points, and a mark is deleted only if its seq is still the one
   read (a write committed meanwhile keeps its mark). Tiles the read needs and that do not exist yet
-  are built from usage_points. Then the block is assembled from the tiles.
+  are built from usage_points (and copied into the block as they are built: they hold every
+  account). Then the rest of the block is assembled from the stored tiles.
 
 Reads that build or refresh tiles write, so they run in a write transaction (storage.db
 .write_transaction), serialised on PostgreSQL by a transaction-level advisory lock. Order matters for
