@@ -17,9 +17,9 @@ Python objects (about 1 µs each: most of such a read); here they arrive as arra
   non-integer value (or one beyond int64) is left out of its bucket's values, so that bucket has
   fewer values than ids, and only such buckets are read again, as rows; a bucket holding every
   account of the block is known by its text alone (no split, no lookup). (Arrow readers of SQLite,
-  ADBC or connectorx, link their own copy of SQLite: two copies in one process drop each other's POSIX locks on the same file, "How To
-  Corrupt An SQLite Database File" 2.2.1; tried here, the service's next commit failed with
-  "locking protocol".) Without a RowIndex, or when an account id holds the separator, the old
+  ADBC or connectorx, link their own copy of SQLite: two copies in one process drop each other's
+  POSIX locks on the same file, "How To Corrupt An SQLite Database File" 2.2.1; tried here, the
+  service's next commit failed with "locking protocol".) Without a RowIndex, or when an account id holds the separator, the old
   path runs: the table of row numbers joined in SQL, integer cells packed per bucket.
 
 `cells` is the one entry point: points of one metric in a time range as (cell number, value)
