@@ -401,21 +401,32 @@ def detect_rule(
             contained += [(rule.id, a, f"a {rule.metric} bucket total in the rule's window is not a finite number")
                           for a in np.asarray(view.account_ids, dtype=object)[bad]]
         mask &= ~bad
-    if not mask.all():
+    # A replay's candidate rows of a rule with a segment: picked from the whole block in one go, not
+    # through a copy of every segment row's values first (a block-sized copy per step: 2k x 180, the
+    # expansion rules' segment, ~4 MB a call); the same rows, ids, facts and numbers.
+    direct = only is not None and reuse is not None and rule.cohort is None and not mask.all()
+    if direct:
+        if not mask.any():
+            return None
+    elif not mask.all():
         if reuse is not None:
             facts, ids = reuse.rows(rule, mask, view.account_ids, facts)
             view = MetricBlock(view.metric, view.start, view.step, ids, view.values[mask])
         else:
             view = view.rows(mask)
             facts = [f for f, keep in zip(facts, mask, strict=True) if keep]
-    if not facts:
+    if not direct and not facts:
         return None
     if calendar is not None and calendar.muted(rule.kind, view.end - view.step):
         if interrupted is not None:
             interrupted.rules.add(rule.id)
         return None
     rest: CohortTally | None = None
-    if only is not None:
+    if direct:
+        view, facts = reuse.only(rule, view, facts, only.rows & mask)  # type: ignore[union-attr]
+        if not facts:
+            return [], DetectorResult([], np.zeros(0, dtype=bool))
+    elif only is not None:
         keep = only.rows if mask.all() else only.rows[mask]
         if rule.cohort is not None and tallies is not None and only.decided is not None and not keep.all():
             others = np.flatnonzero(~keep)
