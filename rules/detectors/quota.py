@@ -371,11 +371,13 @@ def _close_ended_periods(
     result: DetectorResult,
 ) -> None:
     """Open episodes of an earlier billing period close quietly once the account is decided."""
-    for i in idx[decided[idx] & opened.any[idx]]:
-        account = block.account_ids[int(i)]
-        for e in opened.by_row[int(i)]:
-            label = e.discriminator.split(":", 1)[0]
-            if label != period.label:
+    current, prefix = period.label, period.label + ":"
+    for i in idx[decided[idx] & opened.any[idx]].tolist():
+        account = block.account_ids[i]
+        for e in opened.by_row[i]:
+            d = e.discriminator
+            if not d.startswith(prefix) and d != current:  # its label (before the first ":") is not current
+                label = d.split(":", 1)[0]
                 result.recoveries[(account, e.discriminator)] = Recovery(
                     block.end, None, None,
                     f"the billing period starting {label} ended; {block.metric} is now counted in the period"
