@@ -204,6 +204,19 @@ def _transitions(ts):
              [(g.event, g.key, g.notify, g.reason) for g in t.grouped]) for t in ts]
 
 
+def _same_as_stepwise(rules, blocks, accounts, start, **kw) -> list:
+    """The replay's steps (at, transitions, states, cohort events), asserted equal to the stepwise
+    definition's step by step."""
+    want = list(stepwise_replay(rules, blocks, accounts, start, END, **kw))
+    got = [(s.at, _transitions(s.transitions), dict(s.states), s.cohort_events)
+           for s in replay(rules, blocks, accounts, start, END, **kw)]
+    assert len(got) == len(want)
+    for (at, g_ts, g_states, g_cohort), (w_at, w_ts, w_states, w_cohort) in zip(got, want, strict=True):
+        assert at == w_at and g_ts == _transitions(w_ts), f"transitions differ at {at}"
+        assert g_cohort == w_cohort and list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
+    return got
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_replay_equals_the_stepwise_definition(seed):
     rng = np.random.default_rng(seed)
@@ -247,13 +260,7 @@ def test_replay_of_the_shipped_rules_equals_the_stepwise_definition(seed, quiet)
     blocks, accounts = _blocks(book, rules), {a.id: a for a in book.accounts}
     start = END - 60 * DAY
     kw = dict(inhibits=ruleset.inhibits, calendar=ruleset.calendar, quiet_first_run=quiet)
-    want = list(stepwise_replay(rules, blocks, accounts, start, END, **kw))
-    got = [(s.at, _transitions(s.transitions), dict(s.states), s.cohort_events)
-           for s in replay(rules, blocks, accounts, start, END, **kw)]
-    assert len(got) == len(want)
-    for (at, g_ts, g_states, g_cohort), (w_at, w_ts, w_states, w_cohort) in zip(got, want, strict=True):
-        assert at == w_at and g_ts == _transitions(w_ts), f"transitions differ at {at}"
-        assert g_cohort == w_cohort and list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
+    got = _same_as_stepwise(rules, blocks, accounts, start, **kw)
     assert sum(len(g[1]) for g in got) > 50 and any(g[3] for g in got)  # events, cohort events among them
 
 
@@ -460,12 +467,6 @@ def test_segment_rules_of_every_kind_equal_the_stepwise_definition(seed):
     blocks, accounts = _blocks(book, rules), {a.id: a for a in book.accounts}
     start = END - 70 * DAY
     kw = dict(inhibits=ruleset.inhibits, quiet_first_run=bool(seed % 2), pricing=Pricing(renewal_within=200 * DAY))
-    want = list(stepwise_replay(rules, blocks, accounts, start, END, **kw))
-    got = [(s.at, _transitions(s.transitions), dict(s.states), s.cohort_events)
-           for s in replay(rules, blocks, accounts, start, END, **kw)]
-    assert len(got) == len(want)
-    for (at, g_ts, g_states, g_cohort), (w_at, w_ts, w_states, w_cohort) in zip(got, want, strict=True):
-        assert at == w_at and g_ts == _transitions(w_ts), f"transitions differ at {at}"
-        assert g_cohort == w_cohort and list(g_states.items()) == list(w_states.items()), f"states differ at {at}"
+    got = _same_as_stepwise(rules, blocks, accounts, start, **kw)
     fired = {t[2][0] for g in got for t in g[1] if t[0] == "fired"}
     assert len(fired) >= 4, fired  # several rules' episodes fire within their segments
