@@ -139,6 +139,17 @@ def _baseline(s: EpisodeState) -> object:
     return e.get("baseline")
 
 
+def _told_alike(old: EpisodeState, new: EpisodeState) -> bool:
+    """Whether open state `new` is told to the detectors as `old` is (rules.lifecycle._told_same, for
+    two states of one key, `old` open): Told may keep either, what it tells is the same."""
+    if new.status != old.status or new.fired_at != old.fired_at or new.started_at != old.started_at:
+        return False
+    ref = new.reference
+    if ref is not None or old.reference is not None:
+        return old.reference is ref
+    return _baseline(old) == _baseline(new)
+
+
 class Told:
     """What the detectors are told about the open episodes at each step (rules.lifecycle.open_episodes
     of the open states), kept across the steps of a replay and updated only for the states a step
@@ -243,7 +254,13 @@ def replay(
                        first_run=first, inhibits=inhibits, explain=LazyExplanation,
                        interrupted=result.interrupted)
         for key, new in step.states.items():
-            if touched.get(key) is new:
+            old = touched.get(key)
+            if old is new:
+                continue
+            if old is not None and key in open_now and _told_alike(old, new):
+                # an open episode continued (told the same: the detectors' view of it needs no update,
+                # rules.replay.Told keeps a state told the same); most changed states of a step
+                current[key] = open_now[key] = new
                 continue
             if key not in position:
                 position[key] = len(position)
