@@ -155,7 +155,9 @@ class Told:
     of the open states), kept across the steps of a replay and updated only for the states a step
     changed: the same lists, in the same order (the open states' order), as open_episodes of every
     open state at every step, without walking the episodes no step changed. An episode a finding
-    continued (a new state, told the same: rules.lifecycle.told_again) keeps its OpenEpisode."""
+    continued (a new state, told the same: rules.lifecycle.told_again) keeps its OpenEpisode; the state
+    kept beside it may be an earlier one told the same (the replay does not put a continued episode
+    told alike, _told_alike): only what it tells is compared."""
 
     def __init__(self, rules: Mapping[str, Rule]) -> None:
         self.rules = rules
