@@ -830,11 +830,14 @@ def _plain_values(col: Any) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from storage.columnar import arrow_strings
+
     try:
         values = _np_view(pc.cast(col, pa.float64()), np.float64) + 0.0
     except pa.ArrowInvalid:
         plain = pc.match_substring_regex(col, _PLAIN_NUMBER)
-        values = _np_view(pc.cast(pc.if_else(plain, col, "0"), pa.float64()), np.float64) + 0.0
+        zero = arrow_strings(["0"]).cast(pa.string())[0]  # not pa.scalar("0"): that imports pandas
+        values = _np_view(pc.cast(pc.if_else(plain, col, zero), pa.float64()), np.float64) + 0.0
         odd = pc.indices_nonzero(pc.invert(plain))
         for i, text in zip(_np_view(odd, np.uint64).tolist(), col.take(odd).to_pylist(), strict=True):
             v, why = _parse_value(text)
