@@ -627,12 +627,15 @@ def iter_usage_csv_columns(
     storage.usage.UsageColumns (columns, no Python object per row), for load_usage.
 
     Same validation, results and errors as :func:`iter_usage_csv_chunks`: the header is checked
-    by the row code; data blocks are validated as columns (each distinct timestamp parsed once with
-    :func:`parse_timestamp`, each distinct account and metric checked once, values matched as plain
-    non-negative numbers and checked finite). At the first block holding anything else (a bad row,
-    a blank row, a value such as " 5" or "1_000", a quoted account, a file whose header is not on
-    line 1) the row parser reads the file from the start, for its line-numbered errors, and its
-    records for the rows already yielded here are left out: nothing is yielded twice.
+    by the row code; data blocks are validated as whole columns with pyarrow.compute and numpy
+    (each block's distinct timestamps read by Arrow's parser where the format allows, _ARROW_TIMES,
+    the others by :func:`parse_timestamp`; the distinct account ids by one regex, odd ones by
+    is_identifier; each metric once; values by Arrow's number parser, float() only for texts it
+    refuses such as " 5" or "1_000", then checked finite and non-negative as arrays). At the first
+    block holding anything the row parser would refuse or judge otherwise (a bad row, a blank row,
+    an account id holding a quote, a file whose header is not on line 1) the row parser reads the
+    file from the start, for its line-numbered errors, and its records for the rows already yielded
+    here are left out: nothing is yielded twice.
     `chunk_rows` only sizes the row parser's chunks (a columnar chunk is one Arrow block of
     `block_bytes` CSV bytes, default ARROW_BLOCK_BYTES; the reader's memory grows with it, ~25x:
     16 MB blocks took ~450 MB).
