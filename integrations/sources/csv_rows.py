@@ -166,38 +166,6 @@ def _capped_lines(f: Any) -> Iterator[str]:
         yield line
 
 
-class _LineGuard(io.RawIOBase):
-    """The bytes of `f` for the columnar parser, raising LineTooLong(0) once a run of more than
-    about 2 x MAX_LINE_CHARS bytes holds no line break (pyarrow would gather a whole row in memory).
-    Checked with one bytes.find per MAX_LINE_CHARS window: every window must hold a line break."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self._since = 0  # bytes since the last line break
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self._f.readinto(b)
-        if not n:
-            return 0
-        data = memoryview(b)[:n].tobytes() if not isinstance(b, bytes | bytearray) else bytes(b[:n])
-        first = data.find(b"\n")
-        if first == -1:
-            self._since += n
-        else:
-            if self._since + first > 2 * MAX_LINE_CHARS:
-                raise LineTooLong(0)
-            for k in range(first + 1, n - MAX_LINE_CHARS, MAX_LINE_CHARS):
-                if data.find(b"\n", k, k + MAX_LINE_CHARS) == -1:
-                    raise LineTooLong(0)
-            self._since = n - 1 - data.rfind(b"\n")
-        if self._since > 2 * MAX_LINE_CHARS:
-            raise LineTooLong(0)
-        return n
-
-
 def _tap(lines: Iterable[str], buf: list[str]) -> Iterator[str]:
     """Pass lines through to csv.reader while keeping those of the current record.
 
@@ -678,9 +646,8 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
     names = [f"c{i}" for i in range(n_cols)]
     ts_cache: dict[str, int] = {}
     checked_metrics: set[str] = set()
-    with open(path, "rb", buffering=0, opener=opener) as raw:
-        f = io.BufferedReader(_LineGuard(raw), buffer_size=1 << 20)
-        try:
+    with open(path, "rb", buffering=0, opener=opener) as f:
+        try:  # a row longer than a block raises ArrowInvalid ("straddles"): memory stays ~8 blocks
             reader = pacsv.open_csv(
                 f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=block_bytes),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -689,14 +656,27 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
             for batch in reader:
                 if not batch.num_rows:
                     continue
+                _short_lines(batch)
                 ts_col, acc_col, met_col, val_col = (batch.column(pos[c]) for c in USAGE_COLUMNS)
                 ts = _plain_times(ts_col, ts_cache)
                 accounts = _plain_accounts(acc_col)
                 _plain_metrics(met_col, checked_metrics)
                 values = _plain_values(val_col)
                 yield ReadResult(UsageColumns(accounts, met_col, ts, values), [], batch.num_rows)  # type: ignore[arg-type]
-        except (pa.ArrowInvalid, UnicodeDecodeError, LineTooLong) as exc:  # field counts, bad UTF-8, broken
-            raise _NotPlain from exc  # quoting, a line too long: the row parser says where
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # field counts, bad UTF-8, broken quoting,
+            raise _NotPlain from exc  # a row longer than a block: the row parser says where
+
+
+def _short_lines(batch: Any) -> None:
+    """_NotPlain unless every row of the block is surely shorter than MAX_LINE_CHARS, which the row
+    parser refuses in a line: a row's text is at most its fields' UTF-8 bytes, twice over for quoting
+    (two quotes and each quote doubled), plus the separators and the line break. Checked per column on
+    the longest field (the offsets, not the text)."""
+    import pyarrow.compute as pc
+
+    longest = sum(pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns)
+    if 2 * longest + 3 * batch.num_columns + 2 > MAX_LINE_CHARS:
+        raise _NotPlain
 
 
 # Arrays read from their buffers, not by Array.to_numpy or pa.array of numpy: those import pandas on

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from integrations.sources.csv_rows import (
+    MAX_LINE_CHARS,
     _NotPlain,
     _parse_value,
     _plain_accounts,
@@ -25,6 +27,7 @@ from integrations.sources.csv_rows import (
     parse_timestamp,
 )
 from integrations.sources.records import is_identifier
+from tests.integrations.sources.test_csv_columns import same_as_row_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -192,3 +195,15 @@ def test_the_parse_imports_no_pandas(tmp_path: Path) -> None:
     assert kinds == ["UsageColumns"] and rows_read == 2001
     assert pandas is False
 
+
+
+@pytest.mark.parametrize("digits", [MAX_LINE_CHARS - 40, MAX_LINE_CHARS + 10, 3 * MAX_LINE_CHARS, 20 << 20])
+@pytest.mark.parametrize("newline", [True, False])
+def test_a_line_longer_than_the_row_parser_takes_is_its_error(tmp_path: Path, digits: int, newline: bool) -> None:
+    """A row of one long number (float() reads it): under the cap both readers take it, over the cap
+    (inside one Arrow block or longer than one) both name its line, with or without a last line break."""
+    path = tmp_path / "u.csv"
+    path.write_text("timestamp,account,metric,value\n2026-01-01,acme,api_calls,1\n2026-01-02,acme,api_calls,"
+                    + "0" * digits + "7" + ("\n2026-01-03,acme,api_calls,2\n" if newline else ""), encoding="utf-8")
+    same_as_row_parser(path, "reject")
+    same_as_row_parser(path, "skip")
