@@ -84,7 +84,7 @@ class UsagePoints:
             enc = pc.dictionary_encode(arr)
             lookup = np.asarray([codes.setdefault(x, len(codes)) for x in enc.dictionary.to_pylist()],
                                 dtype=np.int32)
-            cols.append(lookup[enc.indices.to_numpy(zero_copy_only=False)])
+            cols.append(lookup[np.frombuffer(enc.indices.buffers()[1], np.int32, len(arr))])  # to_numpy imports pandas
         ts = np.asarray(chunk.ts, dtype=np.int64)
         self._parts.append((cols[0], cols[1], ts - ts % self.base_step, np.asarray(chunk.values, dtype=np.float64)))
         self.records += len(chunk)
@@ -148,7 +148,14 @@ class UsagePoints:
 
     def accounts(self) -> int:
         """Accounts with at least one point."""
-        return int(np.unique(self.account).size)
+        return int(self._accounts_present(self.account).sum())
+
+    def _accounts_present(self, codes: np.ndarray) -> np.ndarray:
+        """Per account code, whether `codes` holds it (a bitmap, not np.unique of every point: np.unique
+        took 2.0 s of the 7.1M points of a 10k x 180 book, between reading and replaying)."""
+        present = np.zeros(len(self.account_ids), dtype=bool)
+        present[codes] = True
+        return present
 
     def time_range(self) -> tuple[int, int] | None:
         """(first, last) bucket start over all points (storage.usage.usage_range)."""
@@ -157,17 +164,21 @@ class UsagePoints:
         return int(self.bucket.min()), int(self.bucket.max())
 
     def metric_facts(self) -> tuple[dict[str, MetricFacts], set[str]]:
-        """rules.lint MetricFacts per metric, and the accounts with usage (rules.lint.facts_from)."""
+        """rules.lint MetricFacts per metric, and the accounts with usage (rules.lint.facts_from).
+        Each metric's points are one run (freeze): its accounts and distinct buckets are marked in
+        bitmaps, not found by np.unique of its points."""
         out: dict[str, MetricFacts] = {}
-        for code, name in enumerate(self.metrics):
-            sel = self.metric == code
-            if not sel.any():
+        for name in self.metrics:
+            part = self._metric_slice(name)
+            if part.stop == part.start:
                 continue
-            stamps = np.unique(self.bucket[sel])
+            acc, bucket = self.account[part], self.bucket[part]
+            n_accounts = int(self._accounts_present(acc).sum())
+            stamps = _distinct_sorted(bucket, self.base_step)
             gaps = np.diff(stamps)
-            out[name] = MetricFacts(int(np.unique(self.account[sel]).size), int(stamps[0]), int(stamps[-1]),
+            out[name] = MetricFacts(n_accounts, int(stamps[0]), int(stamps[-1]),
                                     int(gaps.min()) if gaps.size else None)
-        with_usage = {self.account_ids[i] for i in np.unique(self.account).tolist()}
+        with_usage = {self.account_ids[i] for i in np.flatnonzero(self._accounts_present(self.account)).tolist()}
         return out, with_usage
 
     def _metric_slice(self, metric: str) -> slice:
@@ -206,6 +217,18 @@ class UsagePoints:
         zero |= has
         sums[~zero] = np.nan
         return MetricBlock(metric, start, step, [self.account_ids[int(c)] for c in codes], sums)
+
+
+def _distinct_sorted(bucket: np.ndarray, step: int) -> np.ndarray:
+    """np.unique(bucket) of multiples of `step`: by a bitmap of the steps between the first and the
+    last when it is not much larger than the points, else np.unique."""
+    lo, hi = int(bucket.min()), int(bucket.max())
+    slots = (hi - lo) // step + 1
+    if slots > 4 * len(bucket) + (1 << 20):
+        return np.unique(bucket)
+    seen = np.zeros(slots, dtype=bool)
+    seen[(bucket - lo) // step] = True
+    return lo + np.flatnonzero(seen).astype(np.int64) * step
 
 
 def _sort_order(a: np.ndarray, m: np.ndarray, b: np.ndarray, n_acc: int, step: int,
