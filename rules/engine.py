@@ -615,7 +615,7 @@ def _settle_moves(rule_id: str, parts: Sequence[CohortTally], cohort: Cohort, ou
         for t, names, codes, m in grouped:
             if group not in names:
                 continue
-            rows = (codes == names.index(group)) & (m == way)  # type: ignore[operator]
+            rows = (codes == names.index(group)) & (m == way) & t.decided  # type: ignore[operator]
             firing += [t.ids[i] for i in t.new[rows[t.new]]]
             moving += [t.ids[i] for i in np.flatnonzero(rows)]
             muted.update(t.ids[i] for i in np.flatnonzero(rows))
