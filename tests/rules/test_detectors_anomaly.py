@@ -13,10 +13,10 @@ import pytest
 
 from rules.detectors import detect, required_history
 from rules.detectors.anomaly import (
-    cohort_level,
     AnomalyParams,
     _median_of,
     _tail_scale,
+    cohort_level,
     fit,
     history_buckets,
     learn_buckets,
