@@ -24,6 +24,7 @@ import numpy as np
 
 from rules.lint import MetricFacts
 from rules.model import MetricBlock
+from storage.columnar import arrow_ints
 from storage.usage_values import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
 
 BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
@@ -84,7 +85,7 @@ class UsagePoints:
             enc = pc.dictionary_encode(arr)
             lookup = np.asarray([codes.setdefault(x, len(codes)) for x in enc.dictionary.to_pylist()],
                                 dtype=np.int32)
-            cols.append(lookup[enc.indices.to_numpy(zero_copy_only=False)])
+            cols.append(lookup[arrow_ints(enc.indices)])  # not to_numpy: that imports pandas
         ts = np.asarray(chunk.ts, dtype=np.int64)
         self._parts.append((cols[0], cols[1], ts - ts % self.base_step, np.asarray(chunk.values, dtype=np.float64)))
         self.records += len(chunk)
