@@ -26,6 +26,11 @@ PostgreSQL: only the pairs an anti-join does not find with an earlier bucket). O
 all newer than its metrics' stored ones (a new day, a load into an empty database) is inserted
 without ON CONFLICT, in a savepoint that falls back to the upsert if a writer stored one of its keys
 meanwhile.
+
+No step imports pandas (pyarrow imports it on the first pa.array / pa.table of Python or numpy
+values, Array.to_numpy and take with numpy indices: 0.7-3 s of a poll's first write): the Arrow
+arrays are built from numpy buffers (`_arrow`, storage.columnar.arrow_strings / arrow_ints);
+tests/storage/test_usage_write_no_pandas.py checks every write path in a fresh process.
 """
 
 from __future__ import annotations
