@@ -29,6 +29,7 @@ from rules.impact import Pricing, renewal_severity
 from rules.model import (
     AccountFacts,
     Calendar,
+    Cohort,
     DetectorResult,
     Finding,
     FindingRows,
@@ -81,9 +82,11 @@ class CohortEvent:
     rule_id: str
     at: int
     cohort: str  # "all accounts" or "plan <name>"
-    accounts: int  # accounts newly meeting the condition
+    accounts: int  # accounts newly meeting the condition (moving `direction` by the cohort level, if set)
     decided: int  # accounts the rule could decide in the cohort
     examples: tuple[str, ...]  # a few of the accounts, for the admin notice
+    direction: int = 0  # the share test of movers (_settle_moves): +1 up, -1 down; 0: of accounts firing
+    firing: int = 0  # with a direction: how many of the movers newly met the condition
 
     @property
     def share(self) -> float:
@@ -438,7 +441,7 @@ def detect_rule(
         new = found_rows(result.found, ids, index)
         if opened is not None:
             new = new[~opened[new]]
-        tallies.append(CohortTally(rule, view.end, ids, facts, result.decided, opened, new))
+        tallies.append(CohortTally(rule, view.end, ids, facts, result.decided, opened, new, result.moved))
     return view.account_ids, result
 
 
@@ -475,8 +478,9 @@ def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
 class CohortTally:
     """What one rule's verdict on one block of accounts brings to its cohort events: the rows it
     saw (ids, facts), which it decided, which had an open episode (None: none) and the rows of the
-    findings of the others (newly meeting the condition; an account with two findings twice). The
-    verdict's arrays are read, never changed."""
+    findings of the others (newly meeting the condition; an account with two findings twice), and
+    the detector's `moved` (DetectorResult.moved: +1 / -1 / 0 per row, or None). The verdict's
+    arrays are read, never changed."""
 
     rule: Rule
     at: int
@@ -485,6 +489,7 @@ class CohortTally:
     decided: np.ndarray
     opened: np.ndarray | None
     new: np.ndarray  # row indices
+    moved: np.ndarray | None = None
 
     def groups(self) -> tuple[list[str], np.ndarray]:
         """The cohorts ("all accounts", or "plan <name>" with cohorts by plan) and each row's, as an
@@ -511,13 +516,17 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
 
     The share is taken over the accounts the rule decided that had no open episode (the accounts
     that could newly meet the condition). Counted per cohort with arrays (bincount over each row's
-    cohort); ids are read only for the cohorts that are events."""
+    cohort); ids are read only for the cohorts that are events. A rule whose detector reports
+    `moved` on every part is settled by the share test instead (_settle_moves)."""
     by_rule: dict[str, list[CohortTally]] = {}
     for t in tallies:
         by_rule.setdefault(t.rule.id, []).append(t)
     for rule_id, parts in by_rule.items():
         cohort = parts[0].rule.cohort
         assert cohort is not None
+        if all(t.moved is not None for t in parts):
+            _settle_moves(rule_id, parts, cohort, out)
+            continue
         if sum(len(t.new) for t in parts) < cohort.min_accounts:
             continue  # the usual case: no cohort can have enough accounts
         hits: dict[str, int] = {}  # in the order of each cohort's first new account
@@ -549,6 +558,54 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
                                                  tuple(sorted(examples)[:5])))
         if muted:
             _mute(out, rule_id, muted)
+
+
+def _settle_moves(rule_id: str, parts: Sequence[CohortTally], cohort: Cohort, out: EvaluationResult) -> None:
+    """The share test (rules.model.Cohort) of a rule whose detector reports `moved`: per cohort and
+    direction, the accounts that could newly meet the condition and moved that way by the
+    detector's cohort level (its recovery score: a holiday that takes 60% of the book half-way to
+    the firing score and 25% past it is one event, not 25% of the book notified). An event mutes
+    the accounts of its cohort that moved that way (open episodes included: the event explains
+    their bucket); the firing ones are its examples (the movers when none fired). Events in the
+    order of each (cohort, direction)'s first moving row; up before down within one row."""
+    moved_of = [t.moved for t in parts]
+    could = [t.could() & (m != 0) for t, m in zip(parts, moved_of, strict=True)]  # type: ignore[operator]
+    if sum(int(np.count_nonzero(c)) for c in could) < cohort.min_accounts:
+        return  # the usual case: no cohort can have enough accounts
+    movers: dict[tuple[str, int], int] = {}  # in the order of each (cohort, direction)'s first moving row
+    eligible: dict[str, int] = {}
+    grouped = []
+    for t, m, c in zip(parts, moved_of, could, strict=True):
+        names, codes = t.groups()
+        grouped.append((t, names, codes, m))
+        rows = np.flatnonzero(c)
+        keys = codes[rows] * 2 + (m[rows] < 0)  # type: ignore[index]
+        seen, first = np.unique(keys, return_index=True)
+        counts = np.bincount(keys, minlength=2 * len(names))
+        for k in seen[np.argsort(first, kind="stable")]:
+            key = (names[k // 2], -1 if k % 2 else 1)
+            movers[key] = movers.get(key, 0) + int(counts[k])
+        per = np.bincount(codes, weights=t.could(), minlength=len(names))
+        for g, name in enumerate(names):
+            eligible[name] = eligible.get(name, 0) + int(per[g])
+    muted: set[str] = set()
+    for (group, way), n_moved in movers.items():
+        if n_moved < cohort.min_accounts or n_moved < cohort.share * eligible[group]:
+            continue
+        firing: list[str] = []
+        moving: list[str] = []
+        for t, names, codes, m in grouped:
+            if group not in names:
+                continue
+            rows = (codes == names.index(group)) & (m == way)  # type: ignore[operator]
+            firing += [t.ids[i] for i in t.new[rows[t.new]]]
+            moving += [t.ids[i] for i in np.flatnonzero(rows)]
+            muted.update(t.ids[i] for i in np.flatnonzero(rows))
+        examples = tuple(sorted(firing or moving)[:5])
+        out.cohort_events.append(CohortEvent(rule_id, parts[0].at, group, n_moved, eligible[group], examples,
+                                             direction=way, firing=len(firing)))
+    if muted:
+        _mute(out, rule_id, muted)
 
 
 def _mute(out: EvaluationResult, rule_id: str, muted: set[str]) -> None:

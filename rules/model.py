@@ -88,6 +88,14 @@ class Cohort:
     event, not an account problem: those accounts count as undecided for that bucket (no
     alert, no resolution) and one admin notice names the event. by = "segment": the rule's
     whole segment is one cohort; "plan": each plan is its own cohort.
+
+    A detector that reports how far each row moved (DetectorResult.moved: the anomaly kind, by
+    its recovery score) gets the share test instead: the bucket is an event when at least `share`
+    of those accounts (and at least `min_accounts`) moved the same way by that level, whether or
+    not they crossed the firing threshold; the accounts that moved that way (the firing ones among
+    them) are undecided, the others, a real anomaly the other way included, are judged as usual.
+    A holiday that moves every account just under or just over the firing threshold is then one
+    event either way, not all or nothing.
     """
 
     share: float = 0.3
@@ -564,13 +572,19 @@ class DetectorResult(Found):
                 resolving; undecided rows (missing data, too little history) keep their state.
     recoveries: for open episodes (given to the detector) whose condition does not hold
                 now: what is true now, keyed (account id, discriminator).
+    moved:      None, or int8 per row: +1 / -1 where the row moved up / down by the detector's own
+                cohort level (a level that does not depend on the firing threshold, e.g. the anomaly
+                kind's recovery score), else 0; what cohort suppression's share test counts
+                (rules.model.Cohort). None: the share is of the rows newly meeting the condition.
     """
 
     def __init__(self, findings: Sequence[FoundItem], decided: np.ndarray,
-                 recoveries: dict[tuple[str, str], Recovery] | None = None) -> None:
+                 recoveries: dict[tuple[str, str], Recovery] | None = None,
+                 moved: np.ndarray | None = None) -> None:
         self.found = list(findings)
         self.decided = decided
         self.recoveries: dict[tuple[str, str], Recovery] = {} if recoveries is None else recoveries
+        self.moved = moved
 
 
 @dataclass(frozen=True)

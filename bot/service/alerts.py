@@ -176,9 +176,14 @@ def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, chan
 
 def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
     """One admin notice for a cohort event (many accounts meeting a rule's condition at once)."""
+    if ev.direction:  # the share test of movers (rules.engine._settle_moves)
+        what = (f"moved {'up' if ev.direction > 0 else 'down'} together by the rule's recovery score or more"
+                f" ({ev.firing} of them past its firing score)")
+    else:
+        what = "met the condition at once"
     message = (
-        f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) met the"
-        f" condition at once in the bucket ending {iso(ev.at)}. That is a calendar or data-pipeline event"
+        f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) {what}"
+        f" in the bucket ending {iso(ev.at)}. That is a calendar or data-pipeline event"
         " (a holiday, a broken export), not an account problem: no account alert was sent for that bucket."
         f" Examples: {', '.join(ev.examples)}. Mute known days with [calendar] in the rules; tune [rule.cohort]."
     )
@@ -186,5 +191,6 @@ def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
         "cohort", f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}", f"cohort:{ev.rule_id}", "evaluation",
         f"cohort event ({ev.cohort})", mask(message), ev.at, channel, "warning",
         details={"rule": ev.rule_id, "cohort": ev.cohort, "accounts": ev.accounts, "decided": ev.decided,
-                 "share": ev.share, "example_accounts": list(ev.examples)},
+                 "share": ev.share, "example_accounts": list(ev.examples),
+                 **({"direction": "up" if ev.direction > 0 else "down", "firing": ev.firing} if ev.direction else {})},
         kind="cohort", template="notice", description="many accounts at once: held as a cohort event")

@@ -361,7 +361,7 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     params = _params(rule)
     rows, n = block.values.shape
     if rows == 0 or n == 0:
-        return DetectorResult([], np.zeros(rows, dtype=bool))
+        return DetectorResult([], np.zeros(rows, dtype=bool), moved=np.zeros(rows, dtype=np.int8))
     f = fit(block.values, block.step, params)
     s = directional(params, f.score)
     with np.errstate(invalid="ignore"):
@@ -369,7 +369,7 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     opened = open_rows(block, open_episodes)
     if opened:
         fire[list(opened)] = False  # judged with hysteresis below
-    result = DetectorResult([], f.decided.copy())
+    result = DetectorResult([], f.decided.copy(), moved=moved(params, f))
     for i in np.flatnonzero(fire):
         result.findings.append(_finding(rule, params, block, f, int(i)))
     for i, episode in opened.items():
@@ -380,6 +380,21 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
         else:
             result.recoveries[(block.account_ids[i], "")] = _recovery(params, block, f, i)
     return result
+
+
+def moved(params: AnomalyParams, f: Fit) -> np.ndarray:
+    """Per row +1 / -1 where the score reached the recovery score up / down (in the rule's
+    direction), else 0: what cohort suppression's share test counts (rules.model.Cohort). The
+    recovery score, not the firing one: a holiday moves every account by about as much, and which
+    of them pass 4 noise units is noise; at the recovery score the share of the book it moves is
+    stable, and it is the level at which an open episode already counts as still anomalous."""
+    out = np.zeros(len(f.decided), dtype=np.int8)
+    with np.errstate(invalid="ignore"):
+        if params.direction in ("up", "both"):
+            out[f.decided & (f.score >= params.hold)] = 1
+        if params.direction in ("down", "both"):
+            out[f.decided & (-f.score >= params.hold)] = -1
+    return out
 
 
 def _range(params: AnomalyParams, f: Fit, i: int, k: float) -> tuple[float, float]:

@@ -371,3 +371,62 @@ def test_a_tail_learnt_from_few_errors_is_not_trusted_to_be_short() -> None:
         ratios.append((lomax - u) / (plug_in - u))
     assert ratios[0] > 1.6 and 1.1 < ratios[1] < 1.2 and ratios[2] < 1.02
 
+
+
+def _holiday_book(ways: dict[int, float], accounts: int = 40) -> tuple[MetricBlock, np.ndarray]:
+    """`accounts` hourly daily-pattern series whose last bucket is set to k noise units from what
+    the detector expects (ways: row -> k, negative = below; the other rows as they are), and the
+    detector's own score of each row after the change (to check what the case is)."""
+    values = np.stack([daily_pattern(history_buckets(AnomalyParams(), H), seed=s) for s in range(accounts)])
+    point = fit(values, H, AnomalyParams()).point  # the bucket's own score, linear in its value:
+    nudged = values.copy()
+    nudged[:, -1] += 1.0
+    unit = 1.0 / (fit(nudged, H, AnomalyParams()).point - point)  # its noise unit
+    for row, k in ways.items():
+        values[row, -1] += (k - point[row]) * unit[row]
+    return block(values), fit(values, H, AnomalyParams()).score
+
+
+def _evaluated(b: MetricBlock, **params: Any) -> Any:
+    from rules.engine import evaluate
+    from rules.model import Cohort
+
+    r = Rule("anom", "anomaly", "value", H, AnomalyParams(**params), rule_hash="beef", cohort=Cohort())
+    return evaluate([r], {("value", H): b}, {a: AccountFacts(a, a) for a in b.account_ids}, END, only_due=False)
+
+
+def test_a_holiday_moving_most_accounts_is_one_cohort_event_though_few_pass_the_firing_score() -> None:
+    """24 of 40 accounts (60%) fall by at least the recovery score, 10 (25%) of them past the
+    firing score: under the cohort share (30%) by firing accounts, an event by the share test (every
+    account moving the same way, by the recovery score), so none of the 10 is notified."""
+    ways = {i: -5.0 for i in range(10)} | {i: -3.0 for i in range(10, 24)}
+    b, score = _holiday_book(ways)
+    assert np.count_nonzero(score <= -4) == 10 and np.count_nonzero(score <= -2) == 24  # the case
+    out = _evaluated(b)
+    assert out.findings == []
+    assert [(e.accounts, e.decided, e.direction, e.firing) for e in out.cohort_events] == [(24, 40, -1, 10)]
+    assert set(out.cohort_events[0].examples) <= {f"a{i}" for i in range(10)}  # examples: the firing ones
+    assert {a for _, a in out.interrupted} == {f"a{i}" for i in range(24)}  # the movers, not the rest
+
+
+def test_a_real_spike_the_other_way_in_a_holiday_bucket_is_notified() -> None:
+    """The same holiday and one account surging 10 noise units: the event mutes the accounts that
+    fell, not the one that rose; the others are still decided."""
+    ways = {i: -5.0 for i in range(10)} | {i: -3.0 for i in range(10, 24)} | {30: 10.0}
+    b, score = _holiday_book(ways)
+    assert score[30] >= 4
+    out = _evaluated(b)
+    assert [f.account_id for f in out.findings] == ["a30"]
+    assert len(out.cohort_events) == 1 and ("anom", "a30") in out.decided and ("anom", "a35") in out.decided
+    up_only = _evaluated(b, direction="up")  # a rule watching surges only sees no event at all
+    assert [f.account_id for f in up_only.findings] == ["a30"] and up_only.cohort_events == []
+
+
+def test_a_few_accounts_moving_are_not_a_cohort_event() -> None:
+    """8 of 40 accounts (20%) fall past the firing score, 2 more half-way: under the share, all 8
+    are notified (the share test does not mute what is not a cohort)."""
+    ways = {i: -6.0 for i in range(8)} | {8: -3.0, 9: -3.0}
+    b, _ = _holiday_book(ways)
+    out = _evaluated(b)
+    assert sorted(f.account_id for f in out.findings) == sorted(f"a{i}" for i in range(8))
+    assert out.cohort_events == []

@@ -322,3 +322,74 @@ def test_the_random_quota_books_fire_and_the_scan_narrows(mode: str) -> None:
         cases = [c for c in FOUND if c[0] == mode]
     assert sum(c[1] for c in cases) > 50  # the superset is checked on books that fire
     assert sum(c[2] for c in cases) < 0.8 * sum(c[3] for c in cases)  # and narrows
+
+
+def _settled_moves(tallies):
+    from rules.engine import EvaluationResult, settle_cohorts
+
+    out = EvaluationResult()
+    out.decided = DecidedByRule()  # type: ignore[assignment]
+    for t in tallies:
+        out.decided.add(t.rule.id, t.ids, t.decided)  # type: ignore[attr-defined]
+    settle_cohorts(tallies, out)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_share_test_is_the_same_over_any_split_of_the_book(seed: int) -> None:
+    """A detector reporting `moved` (the anomaly kind) gets the share test: per cohort and direction,
+    the accounts that could newly fire and moved that way, against those that could; settled over a
+    book split in blocks of accounts (the service's chunks) it finds the events of the whole book, and
+    an event mutes exactly the accounts of its cohort that moved its way."""
+    from rules.engine import CohortTally
+    from rules.model import Cohort
+
+    rng = np.random.default_rng(seed)
+    cohort = Cohort(share=float(rng.choice([0.2, 0.4])), min_accounts=int(rng.integers(1, 6)),
+                    by=str(rng.choice(["segment", "plan"])))
+    rule = dataclasses.replace(load_rules_text(RULES).rules[0], cohort=cohort)
+    n = int(rng.integers(5, 60))
+    ids = [f"a{i}" for i in range(n)]
+    facts = tuple(AccountFacts(a, a, plan=str(rng.choice(["pro", "free"]))) for a in ids)
+    decided = rng.random(n) < 0.9
+    opened = rng.random(n) < 0.15
+    moved = np.where(decided, rng.choice([-1, 0, 1], n, p=[0.45, 0.3, 0.25]), 0).astype(np.int8)
+    new = np.flatnonzero(decided & ~opened & (moved != 0) & (rng.random(n) < 0.4)).astype(np.intp)
+    whole = _settled_moves([CohortTally(rule, START, ids, facts, decided, opened, new, moved)])
+    cut = sorted(rng.choice(np.arange(1, n), size=min(2, n - 1), replace=False).tolist())
+    parts = []
+    for lo, hi in zip([0, *cut], [*cut, n], strict=True):
+        sub = np.arange(lo, hi)
+        parts.append(CohortTally(rule, START, ids[lo:hi], facts[lo:hi], decided[lo:hi], opened[lo:hi],
+                                 (new[(new >= lo) & (new < hi)] - lo).astype(np.intp), moved[sub]))
+    split = _settled_moves(parts)
+    assert [(e.cohort, e.accounts, e.decided) for e in split.cohort_events] == \
+        [(e.cohort, e.accounts, e.decided) for e in whole.cohort_events]
+    assert set(split.decided) == set(whole.decided) and set(split.interrupted) == set(whole.interrupted)
+    for e in whole.cohort_events:  # by the definition
+        way = -1 if any(moved[int(a[1:])] < 0 for a in e.examples) else 1
+        group = [i for i in range(n) if cohort.by == "segment" or f"plan {facts[i].plan}" == e.cohort]
+        could = [i for i in group if decided[i] and not opened[i]]
+        assert e.accounts == sum(moved[i] == way for i in could) and e.decided == len(could)
+        assert e.accounts >= cohort.min_accounts and e.accounts >= cohort.share * len(could)
+        assert {(rule.id, f"a{i}") for i in group if moved[i] == way} <= set(whole.interrupted)
+    muted = {a for _, a in whole.interrupted}
+    assert all(moved[int(a[1:])] != 0 for a in muted)  # only accounts that moved are held
+
+
+def test_the_share_test_counts_each_direction_on_its_own() -> None:
+    """4 of 10 falling is an event (30%); 3 rising and 2 falling is one event, the rise; 2 and 2 is none
+    (together they would be 40%: opposite moves are not one cohort)."""
+    from rules.engine import CohortTally
+    from rules.model import Cohort
+
+    rule = dataclasses.replace(load_rules_text(RULES).rules[0], cohort=Cohort(share=0.3, min_accounts=3))
+    ids = [f"a{i}" for i in range(10)]
+    facts = tuple(AccountFacts(a, a) for a in ids)
+    decided = np.ones(10, dtype=bool)
+    ways = []
+    for moved in ([-1] * 4 + [0] * 6, [1] * 3 + [-1] * 2 + [0] * 5, [1] * 2 + [-1] * 2 + [0] * 6):
+        m = np.array(moved, dtype=np.int8)
+        out = _settled_moves([CohortTally(rule, START, ids, facts, decided, None, np.array([0], dtype=np.intp), m)])
+        ways.append([(e.accounts, e.decided, e.examples) for e in out.cohort_events])
+    assert ways == [[(4, 10, ("a0",))], [(3, 10, ("a0",))], []]
