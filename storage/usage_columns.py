@@ -24,6 +24,7 @@ import numpy as np
 
 from rules.lint import MetricFacts
 from rules.model import MetricBlock
+from storage.columnar import arrow_ints, arrow_strings
 from storage.usage_values import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
 
 BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
@@ -84,7 +85,7 @@ class UsagePoints:
             enc = pc.dictionary_encode(arr)
             lookup = np.asarray([codes.setdefault(x, len(codes)) for x in enc.dictionary.to_pylist()],
                                 dtype=np.int32)
-            cols.append(lookup[np.frombuffer(enc.indices.buffers()[1], np.int32, len(arr))])  # to_numpy imports pandas
+            cols.append(lookup[arrow_ints(enc.indices)])  # not to_numpy: that imports pandas
         ts = np.asarray(chunk.ts, dtype=np.int64)
         self._parts.append((cols[0], cols[1], ts - ts % self.base_step, np.asarray(chunk.values, dtype=np.float64)))
         self.records += len(chunk)
@@ -104,13 +105,13 @@ class UsagePoints:
         self._parts.clear()
         a, m, b, v = cols
         del cols
-        # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order)
+        # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order); the
+        # code map is not rebuilt (a frozen UsagePoints takes no more records: 100k ids, ~70 ms)
         ids = list(self._acc_code)
-        order = sorted(range(len(ids)), key=ids.__getitem__)
+        order = _id_order(ids)
         rank = np.empty(len(order), dtype=np.int32)
-        rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype=np.int32)
-        self.account_ids = [ids[i] for i in order]
-        self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        self.account_ids = [ids[i] for i in order.tolist()]
         a = rank[a]
         if bucket_major:  # metrics ranked by name too: the rows then follow usage_points' key order
             names = list(self._met_code)
@@ -229,6 +230,19 @@ def _distinct_sorted(bucket: np.ndarray, step: int) -> np.ndarray:
     seen = np.zeros(slots, dtype=bool)
     seen[(bucket - lo) // step] = True
     return lo + np.flatnonzero(seen).astype(np.int64) * step
+
+
+def _id_order(ids: list[str]) -> np.ndarray:
+    """The order that sorts `ids` (code points, as Python and SQLite's BINARY collation compare
+    UTF-8): Arrow's sort in C (100k ids: 72 ms against 159 ms for sorted() with a key), Python's
+    for ids that are not valid Unicode (a lone surrogate has no UTF-8)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return arrow_ints(pc.sort_indices(arrow_strings(ids)).cast(pa.int64()))
+    except UnicodeEncodeError:
+        return np.asarray(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.int64)
 
 
 def _sort_order(a: np.ndarray, m: np.ndarray, b: np.ndarray, n_acc: int, step: int,
