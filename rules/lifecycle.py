@@ -488,12 +488,15 @@ def _inhibit(rules: Mapping[str, Rule], inhibits: Sequence[Inhibit], transitions
             src = states.get((original,) + t.key[1:])
             if src is not None and firing_source(src):
                 suppress(i, f"duplicate of rule {original}")
-    firing = [s for s in states.values() if s.status == FIRING] if inhibits else []  # one scan for all inhibits
-    for inh in inhibits:
+    is_sources = [{rid for rid, r in rules.items() if inh.source.matches(rid, r.kind)} for inh in inhibits]
+    any_source = set().union(*is_sources)
+    # one scan for all inhibits, keeping only the states of source rules (in a replay most firing
+    # episodes are quota levels held to the period's end, sources of no inhibit)
+    firing = [s for s in states.values() if s.status == FIRING and s.rule_id in any_source] if any_source else []
+    for inh, is_source in zip(inhibits, is_sources, strict=True):
         sources: dict[tuple[str, ...], list[EpisodeState]] = {}
-        is_source = {rid: inh.source.matches(rid, r.kind) for rid, r in rules.items()}
         for s in firing:
-            if is_source.get(s.rule_id, False):
+            if s.rule_id in is_source:
                 sources.setdefault(_labels(s, inh.equal), []).append(s)
         if not sources:
             continue

@@ -39,8 +39,10 @@ class UsagePoint(SQLModel, table=True):
     """One bucket of one metric for one account. Narrow on purpose: this is the big table.
 
     Keyed bucket-major, (metric, bucket_start, account_id), and nothing else (0014_usage_bucket_major):
-    a delivery of new buckets for every account is an append at the end of the one B-tree, where the
-    old account-major key put each new row on its own leaf page (one new day at 100k accounts:
+    a delivery of new buckets for every account is an append at the end of each metric's key range
+    (pages filled in order; the right edge of the B-tree for the last metric, an interior insert
+    point for the others, about twice the cost a row), where the old account-major key put each new
+    row on its own leaf page (one new day at 100k accounts:
     400,000 pages, ~1.6 GB of WAL, 44-57 s; docs/benchmarks.md). Reading a metric's time range for
     all accounts is a range scan of the key; reading a few accounts seeks their key in each stored
     bucket (usage_coverage lists them; storage.usage._fill_short).

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -60,7 +59,7 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
         return
     _check_dialect(conn.dialect.name)
     accounts, metrics_, buckets, values = zip(*rows, strict=True)
-    chunk = UsageColumns(pa.array(accounts, pa.string()), pa.array(metrics_, pa.string()),
+    chunk = UsageColumns(columnar.arrow_strings(accounts), columnar.arrow_strings(metrics_),  # no pandas import
                          np.asarray(buckets, dtype=np.int64), np.asarray(values, dtype=np.float64))
     bulk_write(conn, [chunk], base_step=1, additive=additive)  # base_step 1: the buckets stay as given
 

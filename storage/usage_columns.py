@@ -24,6 +24,7 @@ import numpy as np
 
 from rules.lint import MetricFacts
 from rules.model import MetricBlock
+from storage.columnar import arrow_ints, arrow_strings
 from storage.usage_values import UsageColumns, UsageRecordLike, UsageValueError, overflow_error
 
 BASE_STEP = 60  # the stored buckets (storage.usage's base_step)
@@ -84,7 +85,7 @@ class UsagePoints:
             enc = pc.dictionary_encode(arr)
             lookup = np.asarray([codes.setdefault(x, len(codes)) for x in enc.dictionary.to_pylist()],
                                 dtype=np.int32)
-            cols.append(lookup[enc.indices.to_numpy(zero_copy_only=False)])
+            cols.append(lookup[arrow_ints(enc.indices)])  # not to_numpy: that imports pandas
         ts = np.asarray(chunk.ts, dtype=np.int64)
         self._parts.append((cols[0], cols[1], ts - ts % self.base_step, np.asarray(chunk.values, dtype=np.float64)))
         self.records += len(chunk)
@@ -104,13 +105,13 @@ class UsagePoints:
         self._parts.clear()
         a, m, b, v = cols
         del cols
-        # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order)
+        # rank accounts by id so that sorting by code sorts by id (blocks list rows in id order); the
+        # code map is not rebuilt (a frozen UsagePoints takes no more records: 100k ids, ~70 ms)
         ids = list(self._acc_code)
-        order = sorted(range(len(ids)), key=ids.__getitem__)
+        order = _id_order(ids)
         rank = np.empty(len(order), dtype=np.int32)
-        rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype=np.int32)
-        self.account_ids = [ids[i] for i in order]
-        self._acc_code = {x: i for i, x in enumerate(self.account_ids)}
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        self.account_ids = [ids[i] for i in order.tolist()]
         a = rank[a]
         if bucket_major:  # metrics ranked by name too: the rows then follow usage_points' key order
             names = list(self._met_code)
@@ -148,7 +149,14 @@ class UsagePoints:
 
     def accounts(self) -> int:
         """Accounts with at least one point."""
-        return int(np.unique(self.account).size)
+        return int(self._accounts_present(self.account).sum())
+
+    def _accounts_present(self, codes: np.ndarray) -> np.ndarray:
+        """Per account code, whether `codes` holds it (a bitmap, not np.unique of every point: np.unique
+        took 2.0 s of the 7.1M points of a 10k x 180 book, between reading and replaying)."""
+        present = np.zeros(len(self.account_ids), dtype=bool)
+        present[codes] = True
+        return present
 
     def time_range(self) -> tuple[int, int] | None:
         """(first, last) bucket start over all points (storage.usage.usage_range)."""
@@ -157,17 +165,21 @@ class UsagePoints:
         return int(self.bucket.min()), int(self.bucket.max())
 
     def metric_facts(self) -> tuple[dict[str, MetricFacts], set[str]]:
-        """rules.lint MetricFacts per metric, and the accounts with usage (rules.lint.facts_from)."""
+        """rules.lint MetricFacts per metric, and the accounts with usage (rules.lint.facts_from).
+        Each metric's points are one run (freeze): its accounts and distinct buckets are marked in
+        bitmaps, not found by np.unique of its points."""
         out: dict[str, MetricFacts] = {}
-        for code, name in enumerate(self.metrics):
-            sel = self.metric == code
-            if not sel.any():
+        for name in self.metrics:
+            part = self._metric_slice(name)
+            if part.stop == part.start:
                 continue
-            stamps = np.unique(self.bucket[sel])
+            acc, bucket = self.account[part], self.bucket[part]
+            n_accounts = int(self._accounts_present(acc).sum())
+            stamps = _distinct_sorted(bucket, self.base_step)
             gaps = np.diff(stamps)
-            out[name] = MetricFacts(int(np.unique(self.account[sel]).size), int(stamps[0]), int(stamps[-1]),
+            out[name] = MetricFacts(n_accounts, int(stamps[0]), int(stamps[-1]),
                                     int(gaps.min()) if gaps.size else None)
-        with_usage = {self.account_ids[i] for i in np.unique(self.account).tolist()}
+        with_usage = {self.account_ids[i] for i in np.flatnonzero(self._accounts_present(self.account)).tolist()}
         return out, with_usage
 
     def _metric_slice(self, metric: str) -> slice:
@@ -206,6 +218,31 @@ class UsagePoints:
         zero |= has
         sums[~zero] = np.nan
         return MetricBlock(metric, start, step, [self.account_ids[int(c)] for c in codes], sums)
+
+
+def _distinct_sorted(bucket: np.ndarray, step: int) -> np.ndarray:
+    """np.unique(bucket) of multiples of `step`: by a bitmap of the steps between the first and the
+    last when it is not much larger than the points, else np.unique."""
+    lo, hi = int(bucket.min()), int(bucket.max())
+    slots = (hi - lo) // step + 1
+    if slots > 4 * len(bucket) + (1 << 20):
+        return np.unique(bucket)
+    seen = np.zeros(slots, dtype=bool)
+    seen[(bucket - lo) // step] = True
+    return lo + np.flatnonzero(seen).astype(np.int64) * step
+
+
+def _id_order(ids: list[str]) -> np.ndarray:
+    """The order that sorts `ids` (code points, as Python and SQLite's BINARY collation compare
+    UTF-8): Arrow's sort in C (100k ids: 72 ms against 159 ms for sorted() with a key), Python's
+    for ids that are not valid Unicode (a lone surrogate has no UTF-8)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return arrow_ints(pc.sort_indices(arrow_strings(ids)).cast(pa.int64()))
+    except UnicodeEncodeError:
+        return np.asarray(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.int64)
 
 
 def _sort_order(a: np.ndarray, m: np.ndarray, b: np.ndarray, n_acc: int, step: int,

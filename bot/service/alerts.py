@@ -176,19 +176,28 @@ def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, chan
 
 def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
     """One admin notice for a cohort event (many accounts meeting a rule's condition at once)."""
-    if ev.direction:  # the share test of movers (rules.engine._settle_moves)
-        what = (f"moved {'up' if ev.direction > 0 else 'down'} together by the rule's recovery score or more"
-                f" ({ev.firing} of them past its firing score)")
+    if ev.direction:  # the share test of movers (rules.engine._settle_moves): only the movers are held
+        way = "up" if ev.direction > 0 else "down"
+        message = (
+            f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) moved {way}"
+            f" together by the rule's recovery score or more ({ev.firing} of them past its firing score) in the"
+            f" bucket ending {iso(ev.at)}. That is a calendar or data-pipeline event (a holiday, a broken"
+            f" export), not an account problem: no alert was sent for the accounts that moved {way} in that"
+            " bucket; the others were judged as usual."
+            f" Examples: {', '.join(ev.examples)}. Mute known days with [calendar] in the rules; tune [rule.cohort]."
+        )
     else:
-        what = "met the condition at once"
-    message = (
-        f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) {what}"
-        f" in the bucket ending {iso(ev.at)}. That is a calendar or data-pipeline event"
-        " (a holiday, a broken export), not an account problem: no account alert was sent for that bucket."
-        f" Examples: {', '.join(ev.examples)}. Mute known days with [calendar] in the rules; tune [rule.cohort]."
-    )
+        message = (
+            f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) met the"
+            f" condition at once in the bucket ending {iso(ev.at)}. That is a calendar or data-pipeline event"
+            " (a holiday, a broken export), not an account problem: no account alert was sent for that bucket."
+            f" Examples: {', '.join(ev.examples)}. Mute known days with [calendar] in the rules; tune [rule.cohort]."
+        )
+    # one notice per event: a bucket can hold an up and a down event of one rule and cohort (the outbox
+    # keeps the first notice of a key)
+    key = f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}" + (f":{'up' if ev.direction > 0 else 'down'}" if ev.direction else "")
     return make_admin_notice(
-        "cohort", f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}", f"cohort:{ev.rule_id}", "evaluation",
+        "cohort", key, f"cohort:{ev.rule_id}", "evaluation",
         f"cohort event ({ev.cohort})", mask(message), ev.at, channel, "warning",
         details={"rule": ev.rule_id, "cohort": ev.cohort, "accounts": ev.accounts, "decided": ev.decided,
                  "share": ev.share, "example_accounts": list(ev.examples),

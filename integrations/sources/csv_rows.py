@@ -45,8 +45,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import numpy as np
 
 from integrations.sources.records import (
+    MAX_ID_LENGTH,
     MAX_METRIC_LENGTH,
+    MAX_TIME,
     METRIC_PATTERN,
+    MIN_TIME,
     UsageRecord,
     check_time,
     id_problem,
@@ -161,38 +164,6 @@ def _capped_lines(f: Any) -> Iterator[str]:
         if len(line) > MAX_LINE_CHARS:
             raise LineTooLong(n)
         yield line
-
-
-class _LineGuard(io.RawIOBase):
-    """The bytes of `f` for the columnar parser, raising LineTooLong(0) once a run of more than
-    about 2 x MAX_LINE_CHARS bytes holds no line break (pyarrow would gather a whole row in memory).
-    Checked with one bytes.find per MAX_LINE_CHARS window: every window must hold a line break."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self._since = 0  # bytes since the last line break
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self._f.readinto(b)
-        if not n:
-            return 0
-        data = memoryview(b)[:n].tobytes() if not isinstance(b, bytes | bytearray) else bytes(b[:n])
-        first = data.find(b"\n")
-        if first == -1:
-            self._since += n
-        else:
-            if self._since + first > 2 * MAX_LINE_CHARS:
-                raise LineTooLong(0)
-            for k in range(first + 1, n - MAX_LINE_CHARS, MAX_LINE_CHARS):
-                if data.find(b"\n", k, k + MAX_LINE_CHARS) == -1:
-                    raise LineTooLong(0)
-            self._since = n - 1 - data.rfind(b"\n")
-        if self._since > 2 * MAX_LINE_CHARS:
-            raise LineTooLong(0)
-        return n
 
 
 def _tap(lines: Iterable[str], buf: list[str]) -> Iterator[str]:
@@ -624,12 +595,15 @@ def iter_usage_csv_columns(
     storage.usage.UsageColumns (columns, no Python object per row), for load_usage.
 
     Same validation, results and errors as :func:`iter_usage_csv_chunks`: the header is checked
-    by the row code; data blocks are validated as columns (each distinct timestamp parsed once with
-    :func:`parse_timestamp`, each distinct account and metric checked once, values matched as plain
-    non-negative numbers and checked finite). At the first block holding anything else (a bad row,
-    a blank row, a value such as " 5" or "1_000", a quoted account, a file whose header is not on
-    line 1) the row parser reads the file from the start, for its line-numbered errors, and its
-    records for the rows already yielded here are left out: nothing is yielded twice.
+    by the row code; data blocks are validated as whole columns with pyarrow.compute and numpy
+    (each block's distinct timestamps read by Arrow's parser where the format allows, _ARROW_TIMES,
+    the others by :func:`parse_timestamp`; the distinct account ids by one regex, odd ones by
+    is_identifier; each metric once; values by Arrow's number parser, float() only for texts it
+    refuses such as " 5" or "1_000", then checked finite and non-negative as arrays). At the first
+    block holding anything the row parser would refuse or judge otherwise (a bad row, a blank row,
+    an account id holding a quote, a file whose header is not on line 1) the row parser reads the
+    file from the start, for its line-numbered errors, and its records for the rows already yielded
+    here are left out: nothing is yielded twice.
     `chunk_rows` only sizes the row parser's chunks (a columnar chunk is one Arrow block of
     `block_bytes` CSV bytes, default ARROW_BLOCK_BYTES; the reader's memory grows with it, ~25x:
     16 MB blocks took ~450 MB).
@@ -661,8 +635,10 @@ def iter_usage_csv_columns(
 
 def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int],
                   opener: Opener | None, block_bytes: int) -> Iterator[ReadResult[Any]]:
+    """The data blocks as UsageColumns, each column validated whole (pyarrow.compute and numpy over
+    the column, Python only for each block's distinct texts that the vectorised checks do not take);
+    _NotPlain at the first block holding anything the row parser must judge."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     from storage.usage import UsageColumns
@@ -670,9 +646,8 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
     names = [f"c{i}" for i in range(n_cols)]
     ts_cache: dict[str, int] = {}
     checked_metrics: set[str] = set()
-    with open(path, "rb", buffering=0, opener=opener) as raw:
-        f = io.BufferedReader(_LineGuard(raw), buffer_size=1 << 20)
-        try:
+    with open(path, "rb", buffering=0, opener=opener) as f:
+        try:  # a row longer than a block raises ArrowInvalid ("straddles"): memory stays ~8 blocks
             reader = pacsv.open_csv(
                 f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=block_bytes),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -681,53 +656,180 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
             for batch in reader:
                 if not batch.num_rows:
                     continue
+                _short_lines(batch)
                 ts_col, acc_col, met_col, val_col = (batch.column(pos[c]) for c in USAGE_COLUMNS)
-                ts = _plain_times(pc, ts_col, ts_cache)
-                accounts = _plain_accounts(pa, pc, acc_col)
-                for m in pc.unique(met_col).to_pylist():
-                    if m not in checked_metrics:
-                        if m != m.strip() or not METRIC_PATTERN.fullmatch(m):
-                            raise _NotPlain
-                        checked_metrics.add(m)
-                if not pc.all(pc.match_substring_regex(val_col, _PLAIN_NUMBER)).as_py():
-                    raise _NotPlain
-                values = pc.cast(val_col, pa.float64()).to_numpy(zero_copy_only=False)
-                if not np.isfinite(values).all():
-                    raise _NotPlain
-                yield ReadResult(UsageColumns(accounts, met_col, ts, values + 0.0), [], batch.num_rows)  # type: ignore[arg-type]
-        except (pa.ArrowInvalid, UnicodeDecodeError, LineTooLong) as exc:  # field counts, bad UTF-8, broken
-            raise _NotPlain from exc  # quoting, a line too long: the row parser says where
+                ts = _plain_times(ts_col, ts_cache)
+                accounts = _plain_accounts(acc_col)
+                _plain_metrics(met_col, checked_metrics)
+                values = _plain_values(val_col)
+                yield ReadResult(UsageColumns(accounts, met_col, ts, values), [], batch.num_rows)  # type: ignore[arg-type]
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # field counts, bad UTF-8, broken quoting,
+            raise _NotPlain from exc  # a row longer than a block: the row parser says where
 
 
-def _plain_times(pc: Any, col: Any, cache: dict[str, int]) -> np.ndarray:
-    """Epoch seconds of a timestamp column: each distinct text parsed once (parse_timestamp)."""
-    uniq = pc.unique(col)
-    out = np.empty(len(uniq), dtype=np.int64)
-    for i, text in enumerate(uniq.to_pylist()):
-        ts = cache.get(text)
-        if ts is None:
-            try:
-                ts = parse_timestamp(text)
-            except ValueError:
-                raise _NotPlain from None
-            if len(cache) >= _TS_CACHE_LIMIT:
-                cache.clear()
-            cache[text] = ts
-        out[i] = ts
-    return out[pc.index_in(col, value_set=uniq).to_numpy(zero_copy_only=False)]
+def _short_lines(batch: Any) -> None:
+    """_NotPlain unless every row of the block is surely shorter than MAX_LINE_CHARS, which the row
+    parser refuses in a line: a row's text is at most its fields' UTF-8 bytes, twice over for quoting
+    (two quotes and each quote doubled), plus the separators and the line break. Checked per column on
+    the longest field (the offsets, not the text)."""
+    import pyarrow.compute as pc
+
+    longest = sum(pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns)
+    if 2 * longest + 3 * batch.num_columns + 2 > MAX_LINE_CHARS:
+        raise _NotPlain
 
 
-def _plain_accounts(pa: Any, pc: Any, col: Any) -> Any:
+# Arrays read from their buffers, not by Array.to_numpy or pa.array of numpy: those import pandas on
+# their first call in a process where it is installed (0.8 s of a 7M-row parse on the bench machine).
+
+
+def _np_view(arr: Any, dtype: Any) -> np.ndarray:
+    """A read-only numpy view of a fixed-width Arrow array without nulls."""
+    n = len(arr)
+    if not n:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=n + arr.offset)[arr.offset:]
+
+
+def _np_bools(arr: Any) -> np.ndarray:
+    """A pyarrow BooleanArray without nulls as a numpy bool array."""
+    n = len(arr)
+    bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+    return np.unpackbits(bits, bitorder="little", count=n + arr.offset)[arr.offset:].astype(bool)
+
+
+def _arrow_indices(idx: np.ndarray) -> Any:
+    """int64 numpy positions as a pyarrow Int64Array (for Array.take)."""
+    import pyarrow as pa
+
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    return pa.Int64Array.from_buffers(pa.int64(), len(idx), [None, pa.py_buffer(idx)])
+
+
+# The timestamp texts Arrow's own parser reads (pc.cast to a timestamp or a date), one pattern per
+# target type, the patterns disjoint; every other text goes to parse_timestamp. Where a pattern
+# matches and Arrow reads the text, it gives datetime.fromisoformat's instant
+# (tests/integrations/sources/test_csv_fast_parse.py); a matching text Arrow refuses ("2023-02-29",
+# "T25:00:00", "+02:60") sends its group to parse_timestamp, which gives the row parser's answer.
+_ISO_SECONDS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+_ARROW_TIMES = ((rf"^{_ISO_SECONDS}(?:Z|[+-][0-9]{{2}}:[0-9]{{2}})$", "zoned"),
+                (rf"^{_ISO_SECONDS}$", "naive"),
+                (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "date"))
+
+
+def _arrow_seconds(texts: Any, kind: str) -> np.ndarray:
+    """Epoch seconds of texts all matching the `kind` pattern of _ARROW_TIMES; ArrowInvalid if
+    Arrow refuses one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if kind == "date":
+        return _np_view(pc.cast(texts, pa.date32()), np.int32).astype(np.int64) * 86_400
+    return _np_view(pc.cast(texts, pa.timestamp("s", "UTC" if kind == "zoned" else None)), np.int64)
+
+
+def _plain_times(col: Any, cache: dict[str, int]) -> np.ndarray:
+    """Epoch seconds of a timestamp column, each distinct text parsed once: by Arrow where its format
+    allows (_ARROW_TIMES), the rest by parse_timestamp (cached across blocks); _NotPlain for a text
+    parse_timestamp refuses or a time outside check_time's range (the row parser names the row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(col)
+    texts = enc.dictionary
+    out = np.full(len(texts), -1, dtype=np.int64)
+    done = np.zeros(len(texts), dtype=bool)
+    for pattern, kind in _ARROW_TIMES:
+        where = pc.indices_nonzero(pc.match_substring_regex(texts, pattern))
+        if not len(where):
+            continue
+        try:
+            secs = _arrow_seconds(texts.take(where), kind)
+        except pa.ArrowInvalid:
+            continue  # parse_timestamp decides each of them
+        at = _np_view(where, np.uint64)
+        out[at] = secs
+        done[at] = True
+    rest = np.flatnonzero(~done)
+    if rest.size:
+        for i, text in zip(rest.tolist(), texts.take(_arrow_indices(rest)).to_pylist(), strict=True):
+            ts = cache.get(text)
+            if ts is None:
+                try:
+                    ts = parse_timestamp(text)
+                except ValueError:
+                    raise _NotPlain from None
+                if len(cache) >= _TS_CACHE_LIMIT:
+                    cache.clear()
+                cache[text] = ts
+            out[i] = ts
+    if ((out < MIN_TIME) | (out >= MAX_TIME)).any():  # check_time's range: parse_timestamp refuses these
+        raise _NotPlain
+    return out[_np_view(enc.indices, np.int32)]
+
+
+# An account id taken as is: printable ASCII without a quote, no space at either end, 1..MAX_ID_LENGTH
+# characters (is_identifier of the id, which strip() leaves unchanged); any other id is checked in Python.
+_PLAIN_ID = rf"^[\x21\x23-\x7e](?:[\x20\x21\x23-\x7e]{{0,{MAX_ID_LENGTH - 2}}}[\x21\x23-\x7e])?$"
+
+
+def _plain_accounts(col: Any) -> Any:
     """The account column, each value stripped as the row parser strips it; each distinct id
-    checked once (is_identifier), and ids holding a quote left to the row parser."""
+    checked once (_PLAIN_ID over the distinct ids, is_identifier for the others), and ids holding
+    a quote left to the row parser."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from storage.columnar import arrow_strings
+
     uniq = pc.unique(col)
+    odd = pc.indices_nonzero(pc.invert(pc.match_substring_regex(uniq, _PLAIN_ID)))
+    if not len(odd):
+        return col
     texts = uniq.to_pylist()
     stripped = [t.strip() for t in texts]
     if not all(is_identifier(t) and '"' not in t for t in stripped):
         raise _NotPlain
     if stripped == texts:
         return col
-    return pc.take(pa.array(stripped, type=col.type), pc.index_in(col, value_set=uniq))
+    return pc.take(arrow_strings(stripped).cast(pa.string()), pc.index_in(col, value_set=uniq))
+
+
+def _plain_metrics(col: Any, checked: set[str]) -> None:
+    """_NotPlain unless every metric of the column is a metric name as is (checked once per name)."""
+    import pyarrow.compute as pc
+
+    for m in pc.unique(col).to_pylist():
+        if m not in checked:
+            if m != m.strip() or not METRIC_PATTERN.fullmatch(m):
+                raise _NotPlain
+            checked.add(m)
+
+
+def _plain_values(col: Any) -> np.ndarray:
+    """The value column as float64 (-0.0 as 0.0): Arrow's number parser over the column, and where it
+    refuses a text (" 5", "1_000"), float() for the texts that are not _PLAIN_NUMBER; _NotPlain for a
+    value the row parser refuses (not a number, not finite, negative)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from storage.columnar import arrow_strings
+
+    try:
+        values = _np_view(pc.cast(col, pa.float64()), np.float64) + 0.0
+    except pa.ArrowInvalid:
+        plain = pc.match_substring_regex(col, _PLAIN_NUMBER)
+        zero = arrow_strings(["0"]).cast(pa.string())[0]  # not pa.scalar("0"): that imports pandas
+        values = _np_view(pc.cast(pc.if_else(plain, col, zero), pa.float64()), np.float64) + 0.0
+        odd = pc.indices_nonzero(pc.invert(plain))
+        for i, text in zip(_np_view(odd, np.uint64).tolist(), col.take(odd).to_pylist(), strict=True):
+            v, why = _parse_value(text)
+            if why is not None:
+                raise _NotPlain from None
+            values[i] = v
+    if not ((values >= 0.0) & (values < _INF)).all():  # NaN fails both: the row parser names the row
+        raise _NotPlain
+    return values
 
 
 # ----------------------------------------------------------------------- accounts

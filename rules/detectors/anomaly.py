@@ -369,7 +369,8 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     opened = open_rows(block, open_episodes)
     if opened:
         fire[list(opened)] = False  # judged with hysteresis below
-    result = DetectorResult([], f.decided.copy(), moved=moved(params, f))
+    share = rule.cohort.share if rule.cohort is not None else 1.0
+    result = DetectorResult([], f.decided.copy(), moved=moved(params, f, share))
     for i in np.flatnonzero(fire):
         result.findings.append(_finding(rule, params, block, f, int(i)))
     for i, episode in opened.items():
@@ -382,19 +383,30 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     return result
 
 
-def moved(params: AnomalyParams, f: Fit) -> np.ndarray:
-    """Per row +1 / -1 where the score reached the recovery score up / down (in the rule's
+def moved(params: AnomalyParams, f: Fit, share: float = 0.3) -> np.ndarray:
+    """Per row +1 / -1 where the score reached the cohort level up / down (in the rule's
     direction), else 0: what cohort suppression's share test counts (rules.model.Cohort). The
-    recovery score, not the firing one: a holiday moves every account by about as much, and which
-    of them pass 4 noise units is noise; at the recovery score the share of the book it moves is
-    stable, and it is the level at which an open episode already counts as still anomalous."""
+    level is the recovery score, not the firing one: a holiday moves every account by about as
+    much, and which of them pass 4 noise units is noise; at the recovery score the share of the
+    book it moves is stable, and it is the level at which an open episode already counts as still
+    anomalous. But never under cohort_level(share): a low `recovery` (0.5) would let noise alone
+    move 31% of a quiet book one way, a cohort event at every bucket muting real anomalies."""
+    level = max(params.hold, cohort_level(share))
     out = np.zeros(len(f.decided), dtype=np.int8)
     with np.errstate(invalid="ignore"):
         if params.direction in ("up", "both"):
-            out[f.decided & (f.score >= params.hold)] = 1
+            out[f.decided & (f.score >= level)] = 1
         if params.direction in ("down", "both"):
-            out[f.decided & (-f.score >= params.hold)] = -1
+            out[f.decided & (-f.score >= level)] = -1
     return out
+
+
+def cohort_level(share: float) -> float:
+    """The fewest noise units a move must have to count in a cohort's share: the level that noise
+    alone (scores in noise units, Gaussian in the body) passes one way in a tenth of `share` of the
+    accounts, so a quiet book never reaches the share (share 0.3: 1.88 units, under the default
+    recovery of 2, which it leaves as it is; share 1: 1.28)."""
+    return _NORMAL.inv_cdf(1.0 - share / 10.0)
 
 
 def _range(params: AnomalyParams, f: Fit, i: int, k: float) -> tuple[float, float]:

@@ -53,6 +53,7 @@ from rules.detectors.quota import (
     account_groups,
     fraction,
     interval_sums,
+    period_at,
     quota_array,
     quota_groups,
     round_up,
@@ -72,7 +73,7 @@ from rules.model import (
     Rule,
     found_accounts,
 )
-from rules.periods import Period, billing_period, previous_period
+from rules.periods import Period
 
 MAX_MISSING = 0.2
 
@@ -260,11 +261,11 @@ def _growth_finding(
 
 def completed_periods(at: int, count: int, billing_day: int, timezone: str) -> list[Period]:
     """The last `count` billing periods that ended at or before `at`, latest first."""
-    current = billing_period(at - 1, billing_day, timezone)
-    latest = current if current.end <= at else previous_period(current, billing_day, timezone)
+    current = period_at(at - 1, billing_day, timezone)
+    latest = current if current.end <= at else period_at(current.start - 1, billing_day, timezone)
     out = [latest]
     while len(out) < count:
-        out.append(previous_period(out[-1], billing_day, timezone))
+        out.append(period_at(out[-1].start - 1, billing_day, timezone))  # previous_period, memoised
     return out
 
 

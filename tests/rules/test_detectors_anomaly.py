@@ -16,6 +16,7 @@ from rules.detectors.anomaly import (
     AnomalyParams,
     _median_of,
     _tail_scale,
+    cohort_level,
     fit,
     history_buckets,
     learn_buckets,
@@ -420,6 +421,19 @@ def test_a_real_spike_the_other_way_in_a_holiday_bucket_is_notified() -> None:
     assert len(out.cohort_events) == 1 and ("anom", "a30") in out.decided and ("anom", "a35") in out.decided
     up_only = _evaluated(b, direction="up")  # a rule watching surges only sees no event at all
     assert [f.account_id for f in up_only.findings] == ["a30"] and up_only.cohort_events == []
+
+
+@pytest.mark.parametrize("recovery", [0.0, 0.5, 1.0])
+def test_a_low_recovery_score_does_not_make_a_quiet_book_a_cohort_event(recovery: float) -> None:
+    """Noise alone moves half a book past 0 and 31% past 0.5 noise units: counted at a low
+    `recovery`, every quiet bucket would be a cohort event muting real anomalies. The share counts
+    moves of at least cohort_level(share) (1.88 units at 0.3), so a quiet book has no event and one
+    account's surge is notified."""
+    b, score = _holiday_book({7: 10.0}, accounts=200)
+    assert np.count_nonzero(np.abs(score) >= 0.5) >= 0.3 * 200  # noise past the low level: the case
+    out = _evaluated(b, recovery=recovery)
+    assert out.cohort_events == [] and [f.account_id for f in out.findings] == ["a7"]
+    assert cohort_level(0.3) == pytest.approx(1.881, abs=1e-3) and cohort_level(1.0) == pytest.approx(1.2816, abs=1e-4)
 
 
 def test_a_few_accounts_moving_are_not_a_cohort_event() -> None:

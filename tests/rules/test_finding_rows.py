@@ -84,3 +84,26 @@ def test_rows_subset_and_lazy_explanation_build_nothing_until_read() -> None:
     lazy = LazyExplanation(kept, 1)
     assert lazy["baseline"] == 4.0 and built == []  # read at every replay step: no Finding for it
     assert lazy["message"] == "m2" and built == [2] and kept[1] is rows[2]
+
+
+def test_renewal_raise_of_columnar_rows_equals_renewal_severity_at_the_window_edges() -> None:
+    """engine._renewal_raised reads a map of renewal dates per row: the same severity as
+    rules.impact.renewal_severity of each finding's account (renewing at `at`, at the window's last
+    second, one second outside it, before `at`, never), for every rule severity."""
+    from rules.impact import renewal_severity
+
+    within = 30 * DAY
+    values = [[60, 30, 30]] * 6
+    blocks, accounts, at = _book(values)
+    edges = [at, at + within, at + within + 1, at - 1, None, at + 5 * DAY]
+    accounts = {a: AccountFacts(a, a, quotas={"api_calls": 100.0}, renewal_at=edges[i])
+                for i, a in enumerate(accounts)}
+    pricing = Pricing(renewal_within=within)
+    for severity in ("info", "warning", "critical"):
+        rule = Rule("levels", "quota", "api_calls", DAY, QuotaParams(fractions=(0.5, 0.8)), rule_hash="q1",
+                    severity=severity)
+        got = evaluate([rule], blocks, accounts, at, only_due=False, pricing=pricing).findings
+        assert len(got) == 2 * len(values)
+        assert [f.severity for f in got] == [renewal_severity(severity, accounts[f.account_id], pricing, at)
+                                             for f in got]
+        assert any(f.severity != severity for f in got) == (severity != "critical")

@@ -207,3 +207,27 @@ def test_a_new_days_append_falls_back_to_the_upsert_when_a_key_is_stored(engine:
     expected = {(f"acct-{i}", "calls", T0): 1.0 for i in range(50)}
     expected.update({(r.account, r.metric, r.ts): r.value for r in day})
     assert rows(engine) == sorted((*k, v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("ts", [
+    [T0, T0 + 59, T0 + 61], [T0 + 0.5, -0.5, -60.25, 1.0e9 + 0.999], [True, False, 3], [T0, T0 + 0.75],
+    [2**53 + 1, 2**53 + 3], [2**62, -(2**62)],
+])
+def test_records_ts_are_floored_to_whole_seconds_as_math_floor_does(ts: list) -> None:
+    """records_as_columns' one-step conversion (all ints, all floats) gives math.floor of each ts,
+    mixed and large ints included (float64 would round 2**53 + 1)."""
+    import math
+
+    cols = usage_load.records_as_columns([Rec("a", "calls", t, 1.0) for t in ts])
+    assert cols.ts.tolist() == [math.floor(t) for t in ts]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "x", None])
+def test_a_record_whose_ts_is_not_a_number_is_named(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"usage record #1 \(Rec\(account='b'.*ts must be epoch seconds"):
+        usage_load.records_as_columns([Rec("a", "calls", T0, 1.0), Rec("b", "calls", bad, 1.0)])
+
+
+def test_a_ts_past_int64_is_refused() -> None:
+    with pytest.raises(ValueError, match="a ts or value is not a finite number"):
+        usage_load.records_as_columns([Rec("a", "calls", T0, 1.0), Rec("b", "calls", 2**70, 1.0)])

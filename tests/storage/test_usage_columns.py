@@ -102,3 +102,24 @@ def test_freeze_sums_each_bucket_in_record_order_bit_for_bit(seed):
     assert got == want  # exact float equality
     order = list(zip(points.metric.tolist(), points.account.tolist(), points.bucket.tolist(), strict=True))
     assert order == sorted(order) and len(set(order)) == len(order)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("bucket_major", [False, True])
+def test_metric_facts_are_those_of_the_records(seed, bucket_major):
+    """Per metric: the accounts with a point, the first and last minute bucket, the smallest gap
+    between distinct buckets; and the accounts with usage (what rules.lint reads)."""
+    records = _records(seed) + [UsageRecord("lone", "once", T0 + 5 * DAY + 7, 1.0)]
+    points = UsagePoints()
+    points.add(records)
+    points.freeze(bucket_major=bucket_major)
+    facts, with_usage = points.metric_facts()
+    assert with_usage == {r.account for r in records}
+    assert points.accounts() == len(with_usage)
+    assert set(facts) == {"api_calls", "seats", "once"}
+    for metric, got in facts.items():
+        mine = [r for r in records if r.metric == metric]
+        stamps = sorted({r.ts - r.ts % 60 for r in mine})
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        assert (got.accounts, got.first, got.last, got.resolution) == (
+            len({r.account for r in mine}), stamps[0], stamps[-1], min(gaps) if gaps else None)
