@@ -26,10 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage.accounts import upsert_accounts
+from storage.columnar import arrow_strings
 from storage.cursors import MAX_ERROR_CHARS, cursors_table
 from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
@@ -41,6 +43,9 @@ from storage.models import (
 )
 from storage.outbox import OutboxItem, enqueue
 from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
+from storage.usage_columns import UsagePoints
+from storage.usage_load import _arrow
+from storage.usage_values import UsageColumns, overflow_error
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
@@ -195,6 +200,87 @@ def _existing(conn: Connection, keys: Iterable[tuple[str, str, int]]) -> dict[tu
     return out
 
 
+def _column_sums(columns: Sequence[UsageColumns], records: Sequence[UsageLike], base_step: int,
+                 what: str) -> tuple[UsagePoints, int | None]:
+    """The totals of a batch delivered as columns (a columnar CSV read; then `records`, the rows the
+    row parser read after it, in file order) summed per (account, metric, bucket) in that order, as
+    _sums adds them, in numpy (storage.usage_columns.UsagePoints, frozen in usage_points' key order),
+    and the newest ts. A total past the largest float64 raises _sums' error."""
+    points = UsagePoints(base_step=base_step)
+    stamps = [int(c.ts.max()) for c in columns if len(c)]
+    for chunk in columns:
+        points.add(chunk)
+    if records:
+        points.add(list(records))
+        stamps.append(max(int(r.ts) for r in records))
+    try:
+        points.freeze(bucket_major=True)
+    except UsageValueError:
+        i = int(np.flatnonzero(~np.isfinite(points.value))[0])
+        raise overflow_error(what.rsplit(":", 1)[0], points.account_ids[int(points.account[i])],
+                             points.metrics[int(points.metric[i])], int(points.bucket[i])) from None
+    return points, max(stamps, default=None)
+
+
+def _changed_columns(conn: Connection, points: UsagePoints) -> np.ndarray:
+    """Which summed rows of `points` differ from what is stored (as _existing finds them for _sums):
+    the stored rows of each metric's bucket range (of its accounts, when they are few) are matched to
+    the rows, which are sorted by (metric, bucket, account) code, by binary search."""
+    changed = np.ones(len(points), dtype=bool)
+    ids = points.account_ids
+    rank: dict[str, int] | None = None
+    a, b = points.account, points.bucket
+    bounds = np.searchsorted(points.metric, np.arange(len(points.metrics) + 1))
+    for code, m in enumerate(points.metrics):
+        lo, hi = int(bounds[code]), int(bounds[code + 1])
+        if lo == hi:
+            continue
+        q = sa.select(_U.account_id, _U.bucket_start, _U.value).where(
+            _U.metric == m, _U.bucket_start >= int(b[lo]), _U.bucket_start <= int(b[hi - 1]))
+        codes = np.unique(a[lo:hi])
+        if len(codes) <= _CHUNK:
+            q = q.where(_U.account_id.in_([ids[i] for i in codes.tolist()]))
+        stored = conn.execute(q).all()
+        if not stored:
+            continue
+        rank = rank if rank is not None else {x: i for i, x in enumerate(ids)}
+        known = [(rank[x], int(sb), float(v)) for x, sb, v in stored if x in rank]
+        if not known:
+            continue
+        sa_, sb_, sv = (np.asarray(col) for col in zip(*known, strict=True))
+        key = b[lo:hi] * len(ids) + a[lo:hi]  # ascending: the rows are in (bucket, account) order
+        want = sb_.astype(np.int64) * len(ids) + sa_.astype(np.int64)
+        pos = np.minimum(np.searchsorted(key, want), hi - lo - 1)
+        hit = (a[lo:hi][pos] == sa_) & (b[lo:hi][pos] == sb_)
+        same = hit & (points.value[lo:hi][pos] == sv)
+        changed[lo + pos[same]] = False
+    return changed
+
+
+def _store_columns(conn: Connection, points: UsagePoints, result: StoreResult,
+                   changed: dict[tuple[str, str], int]) -> set[tuple[str, str]]:
+    """Write the rows of `points` that differ from the stored ones (replacing them) as columns; fill
+    result.points_written and `changed` (account, metric) -> earliest changed bucket, as the record
+    path does; returns every (account, metric) of the batch."""
+    ids, metrics = points.account_ids, points.metrics
+    n = len(ids)
+    pair = points.metric.astype(np.int64) * n + points.account
+    fresh = np.flatnonzero(_changed_columns(conn, points))
+    if len(fresh):
+        names, mets = arrow_strings(ids), arrow_strings(metrics)
+        write_points(conn, UsageColumns(names.take(_arrow(points.account[fresh].astype(np.int64))),
+                                        mets.take(_arrow(pair[fresh] // n)), points.bucket[fresh],
+                                        points.value[fresh]))
+        result.points_written += len(fresh)
+        # the rows of a metric are in bucket order: a pair's first changed row is its earliest bucket
+        first_pairs, at = np.unique(pair[fresh], return_index=True)
+        for p, k in zip(first_pairs.tolist(), fresh[at].tolist(), strict=True):
+            key = (ids[p % n], metrics[p // n])
+            bucket = int(points.bucket[k])
+            changed[key] = min(bucket, changed.get(key, bucket))
+    return {(ids[p % n], metrics[p // n]) for p in np.unique(pair).tolist()}
+
+
 def _new_event_ids(conn: Connection, source_id: str, times: Mapping[str, int], now: int) -> set[str]:
     """Insert event ids (id -> event time); returns those that were not stored before (the rest are
     duplicates)."""
@@ -235,6 +321,7 @@ def store_batch(
     now: int,
     *,
     totals: Iterable[UsageLike] = (),
+    columns: Sequence[UsageColumns] = (),
     events: Iterable[EventLike] = (),
     accounts: Sequence[Any] = (),
     cursor: str | None = None,
@@ -250,9 +337,16 @@ def store_batch(
     previous ones to keep them). Accounts are AccountFacts (upserted by id).
     `outbox` items (e.g. an admin notice about a rejected file) are enqueued in
     the same transaction; `error` (a rejected part of an otherwise good poll)
-    is kept as the source's last error.
+    is kept as the source's last error. `columns` (chunks of a columnar CSV read) are totals too,
+    before `totals` in the order of summing; with them the totals stay columns to the write.
     """
-    total_sums, newest_t = _sums(totals, base_step, f"source {source_id!r}: usage row")
+    what = f"source {source_id!r}: usage row"
+    points: UsagePoints | None = None
+    if columns:
+        points, newest_t = _column_sums(columns, list(totals), base_step, what)
+        total_sums: dict[tuple[str, str, int], float] = {}
+    else:
+        total_sums, newest_t = _sums(totals, base_step, what)
     event_list = list(events)
     for n, e in enumerate(event_list):
         if not isinstance(e.id, str) or not e.id:
@@ -261,7 +355,10 @@ def store_batch(
     with write_transaction(engine) as conn:
         status = _ensure_status(conn, source_id, kind, now, lock=bool(event_list))
         changed: dict[tuple[str, str], int] = {}
+        pairs: set[tuple[str, str]] = set()
 
+        if points is not None:
+            pairs = _store_columns(conn, points, result, changed)
         if total_sums:
             existing = _existing(conn, total_sums)
             rows = [(a, m, b, v) for (a, m, b), v in total_sums.items() if existing.get((a, m, b)) != v]
@@ -297,7 +394,7 @@ def store_batch(
         newest = max((x for x in (newest_t, newest_e) if x is not None), default=None)
         result.newest = newest
         result.changed = changed
-        pairs = {k[:2] for k in total_sums} | {(e.account, e.metric) for e in event_list}
+        pairs |= {k[:2] for k in total_sums} | {(e.account, e.metric) for e in event_list}
         _mark_series(conn, source_id, pairs)
 
         prev_data = _opt(status.last_data_at)

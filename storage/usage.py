@@ -46,8 +46,10 @@ coverage: sa.Table = UsageCoverage.__table__  # type: ignore[attr-defined]
 _c = usage_points.c
 
 
-def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], additive: bool = False) -> None:
-    """Upsert (account, metric, bucket_start, value) rows inside the caller's transaction.
+def write_points(conn: Connection, rows: list[tuple[str, str, int, float]] | UsageColumns,
+                 additive: bool = False) -> None:
+    """Upsert (account, metric, bucket_start, value) rows inside the caller's transaction: tuples,
+    or a UsageColumns whose ts are the bucket starts (no Python object per row).
 
     additive False replaces a stored value, True adds to it (a sum that is not finite raises
     UsageValueError naming the bucket and its stored value; the caller's transaction stays usable).
@@ -55,9 +57,12 @@ def write_points(conn: Connection, rows: list[tuple[str, str, int, float]], addi
     columns, sorted into key order, staged in temporary tables, one merge, usage_first_seen,
     usage_coverage, the tiles' marks and usage_changes from the stage); rows must be unique per key.
     """
-    if not rows:
+    if not len(rows):
         return
     _check_dialect(conn.dialect.name)
+    if isinstance(rows, UsageColumns):
+        bulk_write(conn, [rows], base_step=1, additive=additive)
+        return
     accounts, metrics_, buckets, values = zip(*rows, strict=True)
     chunk = UsageColumns(columnar.arrow_strings(accounts), columnar.arrow_strings(metrics_),  # no pandas import
                          np.asarray(buckets, dtype=np.int64), np.asarray(values, dtype=np.float64))

@@ -57,11 +57,11 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
         outbox += notice_items(notice, now, notifiers)
         report.rejected.append(batch.error)
         log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
-    res = store_batch(engine, source.id, now, totals=batch.totals, events=batch.events,
+    res = store_batch(engine, source.id, now, totals=batch.totals, columns=batch.columns, events=batch.events,
                       accounts=batch.accounts, cursor=batch.cursor, watermark=batch.watermark,
                       outbox=outbox, error=batch.error)
     report.batches += 1
-    report.rows += len(batch.totals) + len(batch.events)
+    report.rows += batch.rows
     report.points_written += res.points_written
     report.events_new += res.events_new
     report.events_duplicate += res.events_duplicate

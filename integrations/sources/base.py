@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from integrations.sources.records import UsageRecord, is_metric_name
 from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
+from storage.usage_values import UsageColumns
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
 _MODULES = {
@@ -88,15 +89,26 @@ class PollContext:
 
 @dataclass
 class Batch:
-    """What one step of a poll delivers; stored in one transaction with its cursor and watermark."""
+    """What one step of a poll delivers; stored in one transaction with its cursor and watermark.
+
+    Bucket totals come as `totals` (records) or as `columns` (chunks of a columnar CSV read: no
+    Python object per row), or both: a file the columnar reader read in part before the row parser
+    took over is its columns first, then the records of its remaining rows, in file order (the
+    totals of one key are summed in that order)."""
 
     cursor: str | None
     watermark: int | None
     totals: list[UsageRecord] = field(default_factory=list)
+    columns: list[UsageColumns] = field(default_factory=list)
     events: list[UsageEvent] = field(default_factory=list)
     accounts: list[AccountFacts] = field(default_factory=list)
     label: str = ""  # e.g. the file name, for logs
     error: str | None = None  # a rejected part (e.g. a bad file): reported, none of its rows stored
+
+    @property
+    def rows(self) -> int:
+        """Usage rows and events the batch delivers."""
+        return len(self.totals) + sum(len(c) for c in self.columns) + len(self.events)
 
 
 class Source(Protocol):
@@ -234,9 +246,14 @@ def window(ctx: PollContext, overlap: int, backfill: int, align: int = 60) -> tu
     return start, end
 
 
-def newest(records: Sequence[UsageRecord] | Sequence[UsageEvent], previous: int | None, now: int) -> int | None:
-    """The watermark after a batch: the newest data timestamp (never later than now)."""
-    ts = max((r.ts for r in records), default=None)
+def newest(records: Sequence[UsageRecord] | Sequence[UsageEvent], previous: int | None, now: int,
+           columns: Sequence[UsageColumns] = ()) -> int | None:
+    """The watermark after a batch: the newest data timestamp of its records and columns (never later
+    than now)."""
+    stamps = [int(c.ts.max()) for c in columns if len(c)]
+    if records:
+        stamps.append(max(r.ts for r in records))
+    ts = max(stamps, default=None)
     if ts is None:
         return previous
     ts = min(ts, now)

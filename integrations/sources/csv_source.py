@@ -46,12 +46,15 @@ from integrations.sources.base import (
 )
 from integrations.sources.csv_rows import (
     CsvInputError,
+    RowError,
     UnsafeFile,
+    iter_usage_csv_columns,
     open_drop,
     read_accounts_csv,
-    read_usage_csv,
 )
+from integrations.sources.records import UsageRecord
 from rules.config import Section
+from storage.usage_values import UsageColumns
 
 KEYS = ("path", "pattern", "accounts", "on_error", "min_age")
 
@@ -182,8 +185,7 @@ class CsvSource:
                 self.settling.append((path.name, max(ready, accounts_ready or ready)))
                 continue
             try:
-                result = read_usage_csv(path, on_error=self.options.on_error,  # type: ignore[arg-type]
-                                        opener=open_drop)
+                columns, records, errors = _read_usage(path, self.options.on_error)
             except CsvInputError as exc:
                 cursor["files"][path.name] = f"rejected:{fp}"
                 yield Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,
@@ -197,14 +199,14 @@ class CsvSource:
             except OSError as exc:
                 raise SourceError(f"source {self.id!r}: cannot read {path}: {exc.strerror or exc}") from None
             cursor["files"][path.name] = fp
-            watermark = newest(result.records, watermark, ctx.now)
+            watermark = newest(records, watermark, ctx.now, columns)
             error = None
-            if result.errors:
-                shown = "\n  ".join(str(e) for e in result.errors[:25])
-                more = f"\n  ... and {len(result.errors) - 25} more" if len(result.errors) > 25 else ""
-                error = (f"source {self.id!r}: {len(result.errors)} bad row(s) skipped in {path.name}:\n  "
+            if errors:
+                shown = "\n  ".join(str(e) for e in errors[:25])
+                more = f"\n  ... and {len(errors) - 25} more" if len(errors) > 25 else ""
+                error = (f"source {self.id!r}: {len(errors)} bad row(s) skipped in {path.name}:\n  "
                          f"{shown}{more}")
-            yield Batch(cursor=_dump(cursor), watermark=watermark, totals=result.records,
+            yield Batch(cursor=_dump(cursor), watermark=watermark, totals=records, columns=columns,
                         label=path.name, error=error)
 
     def _accounts_ready_at(self) -> int | None:
@@ -247,6 +249,24 @@ class CsvSource:
                      + "\n  ".join(str(e) for e in result.errors[:25]))
         return Batch(cursor=_dump(cursor), watermark=watermark, accounts=result.records, label=path.name,
                      error=error)
+
+
+def _read_usage(path: Path, on_error: str) -> tuple[list[UsageColumns], list[UsageRecord], list[RowError]]:
+    """The whole file through the columnar reader (csv_rows.iter_usage_csv_columns: the row parser's
+    validation and errors): (its columnar chunks, the records of the rows the row parser read when
+    the columnar reader handed over to it, the bad rows skipped), in file order. Read whole before
+    anything is stored: in "reject" mode a bad row anywhere raises CsvInputError at the end."""
+    columns: list[UsageColumns] = []
+    records: list[UsageRecord] = []
+    errors: list[RowError] = []
+    for chunk in iter_usage_csv_columns(path, on_error=on_error,  # type: ignore[arg-type]
+                                        chunk_rows=1 << 62, opener=open_drop):
+        if isinstance(chunk.records, UsageColumns):
+            columns.append(chunk.records)
+        else:
+            records.extend(chunk.records)
+        errors.extend(chunk.errors)
+    return columns, records, errors
 
 
 def _confined(path: Path, source_id: str) -> Path:
