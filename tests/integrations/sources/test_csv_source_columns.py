@@ -1,0 +1,201 @@
+"""csv source, columnar: a polled file is parsed by the columnar reader and stored as columns; what
+it stores, reports and remembers is exactly what the row parser's records stored (the path before
+the columnar one), on SQLite and PostgreSQL, for random files: duplicate keys, several metrics,
+bad rows (on_error skip and reject), files the columnar reader hands over to the row parser half-way.
+A kill -9 during the poll's store leaves all of the file or none of it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+import integrations.sources.csv_rows as csv_rows
+import integrations.sources.csv_source as csv_source
+from bot.service.polling import PollReport, poll_source
+from integrations.sources.base import PollContext
+from integrations.sources.csv_rows import read_usage_csv
+from integrations.sources.csv_source import CsvSource
+from storage.db import make_engine, migrate
+from storage.sources import get_source_state
+from storage.usage_values import UsageColumns
+from tests.integrations.sources.helpers import DAY, T0, points, source_config
+
+HEADER = "timestamp,account,metric,value\n"
+
+
+def _source(path: Path, on_error: str = "skip") -> CsvSource:
+    return CsvSource(source_config(f"""
+[[sources]]
+id = "drops"
+type = "csv"
+path = "{path}"
+min_age = "0"
+on_error = "{on_error}"
+"""))
+
+
+@pytest.fixture
+def twin(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A second empty database of the same kind as `engine`'s (the reference run)."""
+    if db_url.startswith("sqlite"):
+        url, server = f"sqlite:///{tmp_path / 'twin.db'}", None
+    else:
+        server = request.getfixturevalue("pg_server")
+        url = server.fresh_schema()
+    eng = make_engine(url)
+    migrate(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        if server is not None:
+            server.drop_schema(url)
+
+
+def _row_parser(path: Path, on_error: str) -> tuple[list[UsageColumns], list, list]:
+    """The read before the columnar path: every row a UsageRecord (csv_rows.read_usage_csv)."""
+    result = read_usage_csv(path, on_error=on_error, opener=csv_rows.open_drop)  # type: ignore[arg-type]
+    return [], result.records, result.errors
+
+
+def _random_rows(rng: random.Random, n: int, bad: bool) -> str:
+    accounts = [f"acct-{i}" for i in range(rng.randint(1, 40))]
+    metrics = rng.sample(["api_calls", "seats", "gb.stored", "jobs:run"], rng.randint(1, 4))
+    lines = []
+    for _ in range(n):
+        ts = T0 + rng.randrange(0, 3 * DAY, rng.choice((60, 3600, 17)))  # 17: several rows per minute
+        when = _iso(ts) if rng.random() < 0.8 else rng.choice((_iso(ts)[:10], _iso(ts).replace("Z", "+00:00")))
+        value = rng.choice((f"{rng.randint(0, 1000)}", f"{rng.random() * 100:.6f}", "0", f"{rng.random():.3e}"))
+        lines.append(f"{when},{rng.choice(accounts)},{rng.choice(metrics)},{value}")
+        if bad and rng.random() < 0.02:
+            lines.append(rng.choice((f"{_iso(ts)},acme,api_calls,-1", "nope,acme,api_calls,1",
+                                     f"{_iso(ts)},,api_calls,1", f"{_iso(ts)},acme,bad metric,1",
+                                     f"{_iso(ts)},acme,api_calls")))
+        if rng.random() < 0.1:
+            lines.append(lines[rng.randrange(len(lines))])  # the same row again: added up
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def _iso(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _outcome(engine: Engine, report: PollReport) -> tuple:
+    state = get_source_state(engine, "drops")
+    assert state is not None
+    with engine.connect() as c:
+        series = sorted(tuple(r) for r in c.execute(sa.text("SELECT source_id, metric, account_id FROM source_series")))
+        first = sorted(tuple(r) for r in c.execute(sa.text("SELECT * FROM usage_first_seen")))
+    return (points(engine), report.ok, report.error, report.batches, report.rows, report.points_written,
+            sorted(report.changed), report.rejected, state.cursor, state.watermark, state.metrics,
+            state.last_error, series, first)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_polled_file_stores_exactly_what_the_row_parser_stored(
+        engine: Engine, twin: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    rng = random.Random(seed)
+    on_error = "reject" if seed % 3 == 2 else "skip"
+    # small Arrow blocks: several columnar chunks per file, and a bad row in a later block makes the
+    # reader hand over to the row parser with chunks already read (columns, then records, in one batch)
+    monkeypatch.setattr(csv_rows, "ARROW_BLOCK_BYTES", rng.choice((2_000, 9_000, 1 << 20)))
+    drops = tmp_path / f"drops-{seed}"
+    drops.mkdir()
+    for k in range(3):
+        (drops / f"{k}.csv").write_text(_random_rows(rng, rng.randint(1, 1500), bad=rng.random() < 0.5))
+    files = sorted(drops.iterdir())
+    src = _source(drops, on_error)
+    for step in range(3):  # first poll, then changed files: replaced values, unchanged rows not rewritten
+        now = T0 + 4 * DAY + step * 600
+        got = _outcome(engine, poll_source(engine, src, now, admin_channel="#ops"))
+        with monkeypatch.context() as m:
+            m.setattr(csv_source, "_read_usage", _row_parser)
+            want = _outcome(twin, poll_source(twin, src, now, admin_channel="#ops"))
+        assert got == want
+        assert got[0] or got[7]  # something stored or something rejected: the test compares a poll
+        f = rng.choice(files)
+        text = f.read_text().splitlines(keepends=True)
+        keep = text[:1] + [ln for ln in text[1:] if rng.random() < 0.8]
+        f.write_text("".join(keep) + _random_rows(rng, rng.randint(1, 300), bad=False)[len(HEADER):])
+        os.utime(f, (1_000_000_000 + step, 1_000_000_000 + step))
+
+
+def test_a_clean_file_is_polled_without_a_usage_record_per_row(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "u.csv"
+    f.write_text(HEADER + "".join(f"{_iso(T0 + i * 60)},acct-{i % 7},{('api_calls', 'seats')[i % 2]},{i}\n"
+                                  for i in range(5000)))
+    made = 0
+    real = csv_rows.UsageRecord
+
+    def counted(*args: object) -> object:
+        nonlocal made
+        made += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(csv_rows, "UsageRecord", counted)
+    assert len(read_usage_csv(f).records) == 5000 and made == 5000  # the row parser: one per row
+    made = 0
+    src = _source(f)
+    batches = list(src.poll(PollContext("drops", T0 + 5 * DAY)))
+    assert made == 0 and len(batches) == 1
+    batch = batches[0]
+    assert batch.totals == [] and all(isinstance(c, UsageColumns) for c in batch.columns)
+    assert batch.rows == 5000 and batch.watermark == T0 + 4999 * 60
+    report = poll_source(engine, _source(f), T0 + DAY)
+    assert made == 0 and report.ok and report.rows == 5000 and report.points_written == 5000
+    assert points(engine)[("acct-3", "api_calls", T0 + 10 * 60)] == 10.0
+
+
+def test_kill_9_during_a_polls_store_stores_the_file_whole_or_not_at_all(
+        engine: Engine, db_url: str, tmp_path: Path) -> None:
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    n = 60_000
+    (drops / "a.csv").write_text(HEADER + "".join(
+        f"{_iso(T0 + (i // 3000) * 3600)},acct-{i % 3000},{('api_calls', 'seats')[i % 2]},{i % 101}\n" for i in range(n)))
+    engine.dispose()
+
+    def work() -> None:
+        eng = make_engine(db_url)
+        report = poll_source(eng, _source(drops), T0 + DAY)
+        os._exit(0 if report.ok else 3)
+
+    def snapshot() -> tuple[int, str | None]:
+        eng = make_engine(db_url)
+        try:
+            with eng.connect() as c:
+                stored = int(c.execute(sa.text("SELECT COUNT(*) FROM usage_points")).scalar_one())
+            state = get_source_state(eng, "drops")
+            return stored, state.cursor if state else None
+        finally:
+            eng.dispose()
+
+    ctx = multiprocessing.get_context("fork")
+    delay, kills = 0.05, 0
+    while True:
+        child = ctx.Process(target=work)
+        child.start()
+        child.join(delay)
+        if not child.is_alive():
+            assert child.exitcode == 0, child.exitcode
+            break
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        kills += 1
+        stored, cursor = snapshot()
+        assert (stored, cursor is None) in ((0, True), (n, False))  # the file and its cursor, or neither
+        delay *= 1.6
+    assert kills >= 1
+    assert snapshot()[0] == n
+    assert poll_source(engine, _source(drops), T0 + DAY + 60).batches == 0  # remembered: not read again
