@@ -93,3 +93,37 @@ def test_trailing_windows_match_plain_numpy():
             mean = trailing_mean(values, width)[:, j]
             want = win.mean(axis=1) if j >= width else np.full(7, np.nan)
             np.testing.assert_allclose(mean, want, rtol=1e-12, equal_nan=True)
+
+
+def test_a_replay_runs_each_scan_once_and_not_before_its_first_evaluation_is_out(monkeypatch):
+    """With the first-run policy every row of the first evaluation runs whatever a scan says, so the
+    replay hands that step over before running any scan (a backtest's first events come out sooner),
+    then runs each rule's scan once; the steps are those of the stepwise definition."""
+    import dataclasses
+    from pathlib import Path
+
+    from rules.loader import load_rules
+    from rules.replay import replay
+    from tests.rules.reference import stepwise_replay
+    from tests.rules.test_replay_equivalence import _blocks, _transitions
+
+    calls: list[str] = []
+    for name, kind in list(KINDS.items()):
+        if kind.scan is not None:
+            def counting(rule, block, accounts=(), _real=kind.scan):
+                calls.append(rule.id)
+                return _real(rule, block, accounts)
+            monkeypatch.setitem(KINDS, name, dataclasses.replace(kind, scan=counting))
+    ruleset = load_rules([Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"])
+    rules = list(ruleset.rules)
+    book = generate_book(n_accounts=30, days=DAYS + 30, end=END, seed=4, gaps=2)
+    blocks, accounts = _blocks(book, rules), {a.id: a for a in book.accounts}
+    kw = dict(inhibits=ruleset.inhibits, calendar=ruleset.calendar, quiet_first_run=True)
+    steps = replay(rules, blocks, accounts, END - 40 * DAY, END, **kw)
+    first = next(steps)
+    assert calls == [] and any(t.reason == "first evaluation" for t in first.transitions)
+    got = [(first.at, _transitions(first.transitions))] + [(s.at, _transitions(s.transitions)) for s in steps]
+    scanned = [r.id for r in rules if KINDS[r.kind].scan is not None]
+    assert sorted(calls) == sorted(scanned) and len(scanned) >= 5
+    want = [(at, _transitions(ts)) for at, ts, *_ in stepwise_replay(rules, blocks, accounts, END - 40 * DAY, END, **kw)]
+    assert got == want and sum(len(ts) for _, ts in got) > 20
