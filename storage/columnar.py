@@ -320,8 +320,8 @@ def in_bucket_order(key: np.ndarray, vals: np.ndarray, step: int) -> tuple[np.nd
     (storage.tiles.bin_cells adds them in the order given; float addition depends on it, and
     PostgreSQL returns rows in no set order). Only a read whose cells can hold several points (a
     point off a cell's start) is sorted; keys are unique (one point per account and bucket)."""
-    flat, off = np.divmod(key, step)
-    if off.any():
+    flat = key // step  # not np.divmod: its remainder is ~5x the floor division (no libdivide)
+    if (flat * step != key).any():
         order = np.argsort(key)
         return flat[order], vals[order]
     return flat, vals
