@@ -196,12 +196,12 @@ class RowIndex:
 
 
 def _by_id_keys(offs: np.ndarray, ids: Any, vals: np.ndarray, rows: RowIndex, span: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(key, value) of points given by offset of their bucket (in_bucket_order), account id (Arrow)
-    and value; other accounts dropped."""
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, value, offset) of points given by offset of their bucket (in_bucket_order), account id
+    (Arrow) and value; other accounts dropped."""
     row = rows.rows_of(ids)
     keep = row >= 0
-    return row[keep] * span + offs[keep], vals[keep]
+    return row[keep] * span + offs[keep], vals[keep], offs[keep]
 
 
 def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows: RowIndex
@@ -241,16 +241,18 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     val = np.concatenate([v for v, ok in zip(vals, exact.tolist(), strict=True) if ok]
                          + [np.zeros(0, dtype=np.int64)]).astype(np.float64)
     known = row >= 0  # other accounts dropped
-    keys, val = row[known] * span + offs[known], val[known]
+    offs = offs[known]
+    keys, val = row[known] * span + offs, val[known]
     d_vals = [_ints(r[2]) for r in dense]
     d_ok = [len(v) == len(every) for v in d_vals]
     redo += [int(r[0]) for r, ok in zip(dense, d_ok, strict=True) if not ok]
     d_offs = [int(r[0]) - lo for r, ok in zip(dense, d_ok, strict=True) if ok]
     if d_offs:  # bucket-major keys: every listed account in each such bucket
         keys = np.concatenate([keys, (every[None, :] * span + np.array(d_offs, dtype=np.int64)[:, None]).ravel()])
+        offs = np.concatenate([offs, np.repeat(np.array(d_offs, dtype=np.int64), len(every))])
         val = np.concatenate([val, *(v.astype(np.float64) for v, ok in zip(d_vals, d_ok, strict=True) if ok)])
     if not redo:
-        return in_bucket_order(keys, val, step)
+        return in_bucket_order(keys, val, step, offs)
     # buckets holding a value integers cannot carry: their points as rows (exact floats), a few
     # hundred buckets a query (SQLite's limit of bound variables)
     extra: list[Any] = []
@@ -259,10 +261,11 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
         extra += raw.execute(f"SELECT p.bucket_start, p.account_id, p.value FROM usage_points p WHERE "
                              f"p.metric = ? AND p.bucket_start IN ({', '.join('?' * len(some))})",
                              (metric, *some)).fetchall()
-    e_keys, e_val = _by_id_keys(np.array([r[0] for r in extra], dtype=np.int64) - lo,
-                                arrow_strings([r[1] for r in extra]),
-                                np.array([r[2] for r in extra], dtype=np.float64), rows, span)
-    return in_bucket_order(np.concatenate([keys, e_keys]), np.concatenate([val, e_val]), step)
+    e_keys, e_val, e_offs = _by_id_keys(np.array([r[0] for r in extra], dtype=np.int64) - lo,
+                                        arrow_strings([r[1] for r in extra]),
+                                        np.array([r[2] for r in extra], dtype=np.float64), rows, span)
+    return in_bucket_order(np.concatenate([keys, e_keys]), np.concatenate([val, e_val]), step,
+                           np.concatenate([offs, e_offs]))
 
 
 _EXACT_INT = 9_007_199_254_740_992  # 2**53: every integer up to it is a float64, exactly
@@ -312,17 +315,22 @@ def _ints(text: str | bytes | int | None) -> np.ndarray:
     return np.fromstring(data, dtype=np.int64, sep=",")
 
 
-def in_bucket_order(key: np.ndarray, vals: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+def in_bucket_order(key: np.ndarray, vals: np.ndarray, step: int, offs: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Points given as key = row * (hi - lo) + (bucket_start - lo) (the block's row and the
     point's offset in seconds from the block's start `lo`, a multiple of `step`) as (cell, value)
     arrays, cell = row * n_cols + (bucket_start - lo) // step, ordered so that the points of each
     cell come in ascending bucket_start: the one order in which every read path adds a cell's points
     (storage.tiles.bin_cells adds them in the order given; float addition depends on it, and
     PostgreSQL returns rows in no set order). Only a read whose cells can hold several points (a
-    point off a cell's start) is sorted; keys are unique (one point per account and bucket)."""
+    point off a cell's start) is sorted: stably by the points' offset in their cell (the cells are
+    then in no order, each cell's points in bucket order), or by `offs`, each point's bucket_start -
+    lo, when the caller has them in bucket-ordered runs (SQLite: timsort merges the runs, 2M points
+    in 0.05 s against 0.3-0.7 s for the offset in the cell, bench machine under load)."""
     flat = key // step  # not np.divmod: its remainder is ~5x the floor division (no libdivide)
-    if (flat * step != key).any():
-        order = np.argsort(key)
+    sub = key - flat * step
+    if sub.any():
+        order = np.argsort(sub if offs is None else offs, kind="stable")
         return flat[order], vals[order]
     return flat, vals
 

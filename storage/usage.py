@@ -303,13 +303,15 @@ def _fill_short(
                "WHERE c.metric = %s AND c.bucket_start >= %s AND c.bucket_start < %s")
         params = [list(ids), metric, start, end]
     keys: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    offs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     vals: list[np.ndarray] = [np.zeros(0)]
     for batch in dialect.fetch_batches(conn, sql, params):
         r = np.fromiter(map(index.__getitem__, [row[0] for row in batch]), dtype=np.int64, count=len(batch))
-        off = np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start
-        keys.append(r * (end - start) + off)
+        offs.append(np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start)
+        keys.append(r * (end - start) + offs[-1])
         vals.append(np.fromiter([row[2] for row in batch], dtype=np.float64, count=len(batch)))
-    flat, value = columnar.in_bucket_order(np.concatenate(keys), np.concatenate(vals), step)  # the sum's order
+    flat, value = columnar.in_bucket_order(np.concatenate(keys), np.concatenate(vals), step,
+                                           np.concatenate(offs))  # the sum's order
     return [flat], [value], _first_columns(conn, metric, start, step, ids, index, n_cols)
 
 
