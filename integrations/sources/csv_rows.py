@@ -669,13 +669,15 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
 
 def _short_lines(batch: Any) -> None:
     """_NotPlain unless every row of the block is surely shorter than MAX_LINE_CHARS, which the row
-    parser refuses in a line: a row's text is at most its fields' UTF-8 bytes, twice over for quoting
-    (two quotes and each quote doubled), plus the separators and the line break. Checked per column on
-    the longest field (the offsets, not the text)."""
+    parser refuses in a line, and every field no longer than csv.field_size_limit() (131,072
+    characters by default), which it refuses in a field: a row's text is at most its fields' UTF-8
+    bytes, twice over for quoting (two quotes and each quote doubled), plus the separators and the
+    line break; a field's characters are at most its UTF-8 bytes. Checked per column on the longest
+    field (the offsets, not the text)."""
     import pyarrow.compute as pc
 
-    longest = sum(pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns)
-    if 2 * longest + 3 * batch.num_columns + 2 > MAX_LINE_CHARS:
+    widest = [pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns]
+    if 2 * sum(widest) + 3 * batch.num_columns + 2 > MAX_LINE_CHARS or max(widest) > csv.field_size_limit():
         raise _NotPlain
 
 
@@ -689,13 +691,6 @@ def _np_view(arr: Any, dtype: Any) -> np.ndarray:
     if not n:
         return np.zeros(0, dtype=dtype)
     return np.frombuffer(arr.buffers()[1], dtype=dtype, count=n + arr.offset)[arr.offset:]
-
-
-def _np_bools(arr: Any) -> np.ndarray:
-    """A pyarrow BooleanArray without nulls as a numpy bool array."""
-    n = len(arr)
-    bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
-    return np.unpackbits(bits, bitorder="little", count=n + arr.offset)[arr.offset:].astype(bool)
 
 
 def _arrow_indices(idx: np.ndarray) -> Any:

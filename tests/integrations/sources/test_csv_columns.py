@@ -85,6 +85,11 @@ BAD = [
     '2026-11-03T14:00:00Z,"ac""me",api_calls,1\n',
     '2026-11-03T14:00:00Z,"ac\nme",api_calls,1\n2026-11-03T14:00:00Z,acme,api_calls,x\n',
     "2026-11-03T14:00:00Z,acme\tx,api_calls,1\n",
+    # a field over csv.field_size_limit() (131,072 characters) under the line cap: the row parser's error
+    "2026-11-03T14:00:00Z,acme,api_calls,5" + " " * 131_073 + "\n",
+    "2026-11-03T14:00:00Z" + " " * 200_000 + ",acme,api_calls,5\n",
+    "2026-11-03T14:00:00Z,acme,api_calls,0." + "0" * 200_000 + "1\n",
+    '2026-11-03T14:00:00Z,acme,api_calls,"5' + "\n" * 70_000 + " " * 70_000 + '"\n',
 ]
 
 
@@ -99,6 +104,14 @@ def test_columnar_reader_gives_the_row_parsers_records_and_errors(tmp_path: Path
     path = tmp_path / "u.csv"
     path.write_bytes(text.encode("utf-8"))
     same_as_row_parser(path, mode)
+
+
+def test_a_field_of_exactly_the_field_limit_is_read_as_columns(tmp_path: Path) -> None:
+    """The field limit check sends only longer fields to the row parser: 131,072 characters pass."""
+    path = tmp_path / "u.csv"
+    value = "0." + "0" * (131_072 - 3) + "1"
+    path.write_text(HEADER + f"2026-11-03T14:00:00Z,acme,api_calls,{value}\n", encoding="utf-8")
+    assert same_as_row_parser(path, "reject") == ["UsageColumns"]
 
 
 @pytest.mark.parametrize("body", GOOD)
