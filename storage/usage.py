@@ -310,7 +310,7 @@ def _fill_short(
         offs.append(np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start)
         keys.append(r * (end - start) + offs[-1])
         vals.append(np.fromiter([row[2] for row in batch], dtype=np.float64, count=len(batch)))
-    flat, value = columnar.in_bucket_order(np.concatenate(keys), np.concatenate(vals), step,
+    flat, value = columnar.in_bucket_order(np.concatenate(keys), np.concatenate(vals), step, end - start,
                                            np.concatenate(offs))  # the sum's order
     return [flat], [value], _first_columns(conn, metric, start, step, ids, index, n_cols)
 
