@@ -270,6 +270,9 @@ class _Source:
         if isinstance(exc, UnicodeDecodeError):
             line = _first_non_utf8_line(self.display, self.opener) or line
             return self.fatal(line, f"text is not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+        if "field larger than field limit" in str(exc):  # csv.Error's own words (CPython's _csv.c)
+            return self.fatal(line, f"a field is longer than {csv.field_size_limit():,} characters (a stray"
+                                    " quote that never closes, or a value padded with spaces?); nothing was stored")
         return self.fatal(line, f"unreadable CSV ({exc}); check for a stray quote or NUL byte near this line")
 
     def header(self, expected: str) -> tuple[int, list[str]]:

@@ -169,3 +169,14 @@ def test_fuzz_columnar_reader_agrees_with_the_row_parser(tmp_path_factory, heade
     path = tmp_path_factory.mktemp("csv") / "u.csv"
     path.write_text(_csv(header, rows, tail), encoding="utf-8", errors="surrogatepass")
     same_as_row_parser(path, mode)
+
+
+@pytest.mark.parametrize("mode", ["reject", "skip"])
+def test_a_field_over_the_field_limit_is_named_as_such(tmp_path: Path, mode: str) -> None:
+    """Not "a stray quote or NUL byte": the error says a field is too long, on its line."""
+    path = tmp_path / "u.csv"
+    path.write_text(HEADER + "2026-11-03T14:00:00Z,acme,api_calls,1\n"
+                    + "2026-11-03T14:00:00Z,acme,api_calls,5" + " " * 200_000 + "\n", encoding="utf-8")
+    with pytest.raises(CsvInputError) as info:
+        read_usage_csv(path, on_error=mode)
+    assert ":3: a field is longer than 131,072 characters" in str(info.value)
