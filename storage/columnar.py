@@ -326,8 +326,9 @@ def in_bucket_order(key: np.ndarray, vals: np.ndarray, step: int, span: int, off
     point off a cell's start) is sorted, stably by each point's offset bucket_start - lo (`offs`
     when the caller has them, else from the key): the points then come in bucket order (cells in no
     order, each cell's points ascending), and rows that arrive in bucket-ordered runs (SQLite's
-    scan in key order, PostgreSQL's heap order) are merged by timsort, not sorted from scratch (2M
-    points in 0.05 s against 0.75 s for argsort of the key; bench machine under load)."""
+    classes of buckets, each read in key order) are merged by timsort, not sorted from scratch (2M
+    points in three runs: 0.05 s against 0.63-0.75 s for argsort of the key, bench machine under
+    load; docs/benchmarks.md "One summation order")."""
     flat = key // step  # not np.divmod: its remainder is ~5x the floor division (no libdivide)
     if (flat * step != key).any():
         if offs is None:
