@@ -195,12 +195,13 @@ class RowIndex:
         return np.where(at >= 0, self.ords[np.maximum(at, 0)], -1)
 
 
-def _by_id_cells(cols: np.ndarray, ids: Any, vals: np.ndarray, rows: RowIndex, n_cols: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cell, value) of points given by column, account id (Arrow) and value; other accounts dropped."""
+def _by_id_keys(offs: np.ndarray, ids: Any, vals: np.ndarray, rows: RowIndex, span: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, value, offset) of points given by offset of their bucket (in_bucket_order), account id
+    (Arrow) and value; other accounts dropped."""
     row = rows.rows_of(ids)
     keep = row >= 0
-    return row[keep] * n_cols + cols[keep], vals[keep]
+    return row[keep] * span + offs[keep], vals[keep], offs[keep]
 
 
 def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows: RowIndex
@@ -212,10 +213,11 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     rows, exactly; the others never make a Python object per point. (One aggregate fewer per point
     than counting the odd values apart: 8% of the query, docs/benchmarks.md.) A bucket holding every
     account of `rows` (the usual day of a book) equals RowIndex.joined(): its rows need no split and
-    no lookup. `raw` is a sqlite3 connection (the caller's, or a helper's: cells_many)."""
+    no lookup. `raw` is a sqlite3 connection (the caller's, or a helper's: cells_many). The
+    points are (cell, value) in bucket order per cell (in_bucket_order)."""
     import pyarrow.compute as pc
 
-    n_cols = (hi - lo) // step
+    span = hi - lo
     where = "FROM usage_points p WHERE p.metric = ? AND p.bucket_start >= ? AND p.bucket_start < ?"
     cur = raw.cursor()
     try:
@@ -235,20 +237,22 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     redo = [int(r[0]) for r, ok in zip(sparse, exact.tolist(), strict=True) if not ok]
     in_exact = np.repeat(exact, counts)  # the points of the buckets whose values all came
     row = rows.rows_of(pc.list_flatten(parts))[in_exact]
-    cols = np.repeat((np.array([r[0] for r in sparse], dtype=np.int64) - lo) // step, counts)[in_exact]
+    offs = np.repeat(np.array([r[0] for r in sparse], dtype=np.int64) - lo, counts)[in_exact]
     val = np.concatenate([v for v, ok in zip(vals, exact.tolist(), strict=True) if ok]
                          + [np.zeros(0, dtype=np.int64)]).astype(np.float64)
     known = row >= 0  # other accounts dropped
-    flat, val = row[known] * n_cols + cols[known], val[known]
+    offs = offs[known]
+    keys, val = row[known] * span + offs, val[known]
     d_vals = [_ints(r[2]) for r in dense]
     d_ok = [len(v) == len(every) for v in d_vals]
     redo += [int(r[0]) for r, ok in zip(dense, d_ok, strict=True) if not ok]
-    d_cols = [(int(r[0]) - lo) // step for r, ok in zip(dense, d_ok, strict=True) if ok]
-    if d_cols:  # row-major cells: every listed account in each such bucket
-        flat = np.concatenate([flat, (every[None, :] * n_cols + np.array(d_cols, dtype=np.int64)[:, None]).ravel()])
+    d_offs = [int(r[0]) - lo for r, ok in zip(dense, d_ok, strict=True) if ok]
+    if d_offs:  # bucket-major keys: every listed account in each such bucket
+        keys = np.concatenate([keys, (every[None, :] * span + np.array(d_offs, dtype=np.int64)[:, None]).ravel()])
+        offs = np.concatenate([offs, np.repeat(np.array(d_offs, dtype=np.int64), len(every))])
         val = np.concatenate([val, *(v.astype(np.float64) for v, ok in zip(d_vals, d_ok, strict=True) if ok)])
     if not redo:
-        return flat, val
+        return in_bucket_order(keys, val, step, span, offs)
     # buckets holding a value integers cannot carry: their points as rows (exact floats), a few
     # hundred buckets a query (SQLite's limit of bound variables)
     extra: list[Any] = []
@@ -257,10 +261,11 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
         extra += raw.execute(f"SELECT p.bucket_start, p.account_id, p.value FROM usage_points p WHERE "
                              f"p.metric = ? AND p.bucket_start IN ({', '.join('?' * len(some))})",
                              (metric, *some)).fetchall()
-    e_flat, e_val = _by_id_cells((np.array([r[0] for r in extra], dtype=np.int64) - lo) // step,
-                                 arrow_strings([r[1] for r in extra]),
-                                 np.array([r[2] for r in extra], dtype=np.float64), rows, n_cols)
-    return np.concatenate([flat, e_flat]), np.concatenate([val, e_val])
+    e_keys, e_val, e_offs = _by_id_keys(np.array([r[0] for r in extra], dtype=np.int64) - lo,
+                                        arrow_strings([r[1] for r in extra]),
+                                        np.array([r[2] for r in extra], dtype=np.float64), rows, span)
+    return in_bucket_order(np.concatenate([keys, e_keys]), np.concatenate([val, e_val]), step, span,
+                           np.concatenate([offs, e_offs]))
 
 
 _EXACT_INT = 9_007_199_254_740_992  # 2**53: every integer up to it is a float64, exactly
@@ -269,7 +274,7 @@ _IS_INT = f"(p.value = CAST(p.value AS INTEGER) AND abs(p.value) <= {_EXACT_INT}
 
 def _sqlite_cells(conn: Connection, select: str, where: str, params: Sequence[Any]
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """SQLite: the (cell, value) points of `select ... where`, packed by SQLite itself.
+    """SQLite: the (key or cell, value) points of `select ... where`, packed by SQLite itself.
 
     sqlite3 makes a tuple and two Python objects of every row; here SQLite concatenates the cells and
     the values of each bucket into two strings of integers (group_concat, in the primary key's
@@ -310,34 +315,59 @@ def _ints(text: str | bytes | int | None) -> np.ndarray:
     return np.fromstring(data, dtype=np.int64, sep=",")
 
 
+def in_bucket_order(key: np.ndarray, vals: np.ndarray, step: int, span: int, offs: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Points given as key = row * span + (bucket_start - lo), span = hi - lo (the block's row and the
+    point's offset in seconds from the block's start `lo`, a multiple of `step`) as (cell, value)
+    arrays, cell = row * n_cols + (bucket_start - lo) // step, ordered so that the points of each
+    cell come in ascending bucket_start: the one order in which every read path adds a cell's points
+    (storage.tiles.bin_cells adds them in the order given; float addition depends on it, and
+    PostgreSQL returns rows in no set order). Only a read whose cells can hold several points (a
+    point off a cell's start) is sorted, stably by each point's offset bucket_start - lo (`offs`
+    when the caller has them, else from the key): the points then come in bucket order (cells in no
+    order, each cell's points ascending), and rows that arrive in bucket-ordered runs (SQLite's
+    classes of buckets, each read in key order) are merged by timsort, not sorted from scratch (2M
+    points in three runs: 0.05 s against 0.63-0.75 s for argsort of the key, bench machine under
+    load; docs/benchmarks.md "One summation order")."""
+    flat = key // step  # not np.divmod: its remainder is ~5x the floor division (no libdivide)
+    if (flat * step != key).any():
+        if offs is None:
+            offs = key - key // span * span
+        order = np.argsort(offs, kind="stable")
+        return flat[order], vals[order]
+    return flat, vals
+
+
 def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table: str,
           rows: RowIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Points of `metric` with bucket_start in [lo, hi) of the accounts in `join_table`, as
     (cell number int64, value float64) arrays of a block of (hi - lo) // step columns, one row per
     account: cell = ord * n_cols + (bucket - lo) // step, where `join_table` (account_id, ord) is a
     table the connection sees (a temporary one, or usage_tile_rows). Points of other accounts are
-    left out. Several base buckets may fall in one cell: callers sum them (storage.tiles.bin_cells).
+    left out. Several base buckets may fall in one cell: their points come in ascending
+    bucket_start (in_bucket_order), the order in which callers sum them (storage.tiles.bin_cells).
     `rows`, the same (account_id, ord) pairs in memory, lets SQLite skip the join (see the module
     docstring); the result is the same either way."""
-    n_cols = (hi - lo) // step
     dialect = conn.dialect.name
-    cell = f"o.ord * {int(n_cols)} + (p.bucket_start - {int(lo)}) / {int(step)}"
+    # each point's key (row, offset of its bucket): in_bucket_order makes it a cell, in bucket order
+    key = f"o.ord * {int(hi - lo)} + (p.bucket_start - {int(lo)})"
     # CROSS JOIN: SQLite keeps the range scan of usage_points' key (metric, bucket, account) as the outer
     # loop and looks each account up in `join_table` (led by the table of ids, it would scan the range
     # once per id); PostgreSQL plans the join from its statistics either way
     join = "CROSS JOIN" if dialect == "sqlite" else "JOIN"
     source = f"FROM usage_points p {join} {join_table} o ON o.account_id = p.account_id "
     if dialect == "postgresql":
-        sql = (f"SELECT ({cell.replace('o.ord', 'o.ord::int8')})::int8, p.value::float8 {source}"
+        sql = (f"SELECT ({key.replace('o.ord', 'o.ord::int8')})::int8, p.value::float8 {source}"
                f"WHERE p.metric = {pg_literal(conn, metric)} AND p.bucket_start >= {int(lo)} "
                f"AND p.bucket_start < {int(hi)}")
-        flat, vals = copy_binary(conn, sql, ("i8", "f8"))
-        return flat, vals
+        keys, vals = copy_binary(conn, sql, ("i8", "f8"))
+        return in_bucket_order(keys, vals, step, hi - lo)
     if dialect == "sqlite" and rows is not None and rows.usable():
         return _sqlite_cells_by_id(conn.connection.driver_connection, metric, lo, hi, step, rows)
     if dialect == "sqlite":
-        return _sqlite_cells(conn, cell, source + "WHERE p.metric = ? AND p.bucket_start >= ? AND p.bucket_start < ?",
-                             [metric, lo, hi])
+        keys, vals = _sqlite_cells(conn, key, source + "WHERE p.metric = ? AND p.bucket_start >= ? "
+                                   "AND p.bucket_start < ?", [metric, lo, hi])
+        return in_bucket_order(keys, vals, step, hi - lo)
     raise ValueError(f"storage.columnar: unsupported database dialect {dialect!r}")
 
 

@@ -291,7 +291,8 @@ def _fill_short(
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """A short list of accounts: for every stored bucket of the range (usage_coverage), one primary-key
     seek (metric, bucket, account) per account, so the cost follows the accounts asked for, not the
-    book; ids are mapped to rows in Python. (flat cell indices, values, first columns)."""
+    book; ids are mapped to rows in Python. (flat cell indices, values, first columns); the points
+    of a cell in ascending bucket_start (columnar.in_bucket_order), like every other read."""
     n_cols = (end - start) // step
     index = {a: i for i, a in enumerate(ids)}
     if conn.dialect.name == "sqlite":  # CROSS JOIN: SQLite keeps the coverage rows as the outer loop
@@ -306,14 +307,17 @@ def _fill_short(
                "AND q.bucket_start = c.bucket_start AND q.account_id = ANY(%s::text[])) AS p "
                "WHERE c.metric = %s AND c.bucket_start >= %s AND c.bucket_start < %s")
         params = [list(ids), metric, start, end]
-    flats: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
+    keys: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    offs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    vals: list[np.ndarray] = [np.zeros(0)]
     for batch in dialect.fetch_batches(conn, sql, params):
         r = np.fromiter(map(index.__getitem__, [row[0] for row in batch]), dtype=np.int64, count=len(batch))
-        c = (np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start) // step
-        flats.append(r * n_cols + c)
+        offs.append(np.fromiter([row[1] for row in batch], dtype=np.int64, count=len(batch)) - start)
+        keys.append(r * (end - start) + offs[-1])
         vals.append(np.fromiter([row[2] for row in batch], dtype=np.float64, count=len(batch)))
-    return flats, vals, _first_columns(conn, metric, start, step, ids, index, n_cols)
+    flat, value = columnar.in_bucket_order(np.concatenate(keys), np.concatenate(vals), step, end - start,
+                                           np.concatenate(offs))  # the sum's order
+    return [flat], [value], _first_columns(conn, metric, start, step, ids, index, n_cols)
 
 
 def _fill_joined(

@@ -190,7 +190,10 @@ class UsagePoints:
         return slice(int(lo), int(hi))
 
     def block(self, metric: str, step: int, start: int, end: int) -> MetricBlock:
-        """The usage of `metric` in buckets [start, end) of `step` seconds (storage.usage.load_block)."""
+        """The usage of `metric` in buckets [start, end) of `step` seconds (storage.usage.load_block).
+        A cell's points are added in ascending bucket (the points are sorted by account, then
+        bucket: np.bincount adds them in that order, from 0.0), the order of every storage read
+        (storage.tiles.bin_cells), so the backtest's sums are the served ones, bit for bit."""
         if self.bucket_major:
             raise ValueError("UsagePoints.block: frozen bucket-major (a bulk load's order), not per account")
         n_cols = (end - start) // step

@@ -49,9 +49,9 @@ def _book(rng: np.random.Generator, n_accounts: int, days: int) -> list[UsageRec
                 if rng.random() < 0.08:
                     continue  # a gap
                 for _ in range(int(rng.integers(1, 3))):
-                    # non-integer values in quarters: their sums are exact in any order (PostgreSQL
-                    # returns rows in no set order, so sums of 0.1s could differ in the last bit)
-                    v = float(rng.integers(0, 10**6)) if rng.random() > 0.01 else float(2 * rng.integers(0, 400) + 1) / 4
+                    # non-integer values like 0.1: every read adds a bucket's points in bucket order
+                    # (tests/storage/test_usage_sum_order.py), so sums of them are the same bit for bit
+                    v = float(rng.integers(0, 10**6)) if rng.random() > 0.01 else float(rng.integers(0, 400)) / 10
                     out.append(UsageRecord(f"acct-{i:03d}", metric, T0 + d * DAY + int(rng.integers(0, 24)) * 3600, v))
     return out
 
