@@ -222,6 +222,36 @@ def open_drop(path: str, flags: int) -> int:
     return fd
 
 
+class FileChanged(CsvInputError):
+    """The file was replaced or written to between two opens of one read (a drop tool renaming a new
+    version into place): nothing of it may be stored, it is read again once it has settled."""
+
+
+class _Pinned:
+    """An opener that opens one file for every pass of a read: the first open's identity (device,
+    inode, size, mtime) is kept and a later open that finds another raises FileChanged. The
+    columnar reader opens a file up to three times (its header, Arrow's pass, the row parser's
+    after a bad block): without this, two versions of a file renamed into place in between could
+    be mixed (the header's column order of one, the rows of the other)."""
+
+    def __init__(self, path: str | os.PathLike[str], inner: Opener | None) -> None:
+        self.display = os.fspath(path)
+        self.inner = inner
+        self.identity: tuple[int, int, int, int] | None = None
+
+    def __call__(self, path: str, flags: int) -> int:
+        fd = self.inner(path, flags) if self.inner is not None else os.open(path, flags, 0o666)
+        st = os.fstat(fd)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self.identity is None:
+            self.identity = identity
+        elif identity != self.identity:
+            os.close(fd)
+            raise FileChanged([RowError(self.display, 1, None, None, "the file changed while it was read (replaced"
+                                        " or written to); nothing was stored from it", "")])
+        return fd
+
+
 def _first_non_utf8_line(path: str, opener: Opener | None = None) -> int | None:
     with open(path, "rb", opener=opener) as f:
         for n, line in enumerate(f, 1):
@@ -241,7 +271,7 @@ class _Source:
         try:
             self._file = open(path, encoding="utf-8-sig", newline="", opener=opener)
         except OSError as exc:
-            if opener is not None and exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            if getattr(opener, "inner", opener) is not None and exc.errno == errno.ELOOP:  # O_NOFOLLOW: a link
                 raise UnsafeFile(f"{self.display}: is a symbolic link; refused") from None
             raise
         self.buf: list[str] = []
@@ -614,6 +644,7 @@ def iter_usage_csv_columns(
     _check_mode(on_error)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    opener = _Pinned(path, opener)  # every pass reads the same file (FileChanged otherwise)
     with _Source(path, opener) as src:
         hline, cells = src.header(",".join(USAGE_COLUMNS))
         pos, _ = _header_errors(src, hline, cells, USAGE_COLUMNS)

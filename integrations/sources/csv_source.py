@@ -46,6 +46,7 @@ from integrations.sources.base import (
 )
 from integrations.sources.csv_rows import (
     CsvInputError,
+    FileChanged,
     RowError,
     UnsafeFile,
     iter_usage_csv_columns,
@@ -186,6 +187,9 @@ class CsvSource:
                 continue
             try:
                 columns, records, errors = _read_usage(path, self.options.on_error)
+            except FileChanged:  # replaced or written to between the reader's passes: not settled yet
+                self.settling.append((path.name, int(self._wall() + self.options.min_age) + 1))
+                continue
             except CsvInputError as exc:
                 cursor["files"][path.name] = f"rejected:{fp}"
                 yield Batch(cursor=_dump(cursor), watermark=watermark, label=path.name,

@@ -4,6 +4,7 @@ bad row in a later block read again by the row parser without yielding a row twi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,26 @@ def test_a_field_over_the_field_limit_is_named_as_such(tmp_path: Path, mode: str
     with pytest.raises(CsvInputError) as info:
         read_usage_csv(path, on_error=mode)
     assert ":3: a field is longer than 131,072 characters" in str(info.value)
+
+
+def test_a_file_replaced_between_the_readers_opens_is_refused_whole(tmp_path: Path) -> None:
+    """The header read and Arrow's pass open the file separately: a version renamed into place
+    between them is FileChanged (a CsvInputError: `usagebot ingest` stores nothing of it)."""
+    path = tmp_path / "u.csv"
+    path.write_text(HEADER + "2026-11-03T14:00:00Z,acme,api_calls,5\n", encoding="utf-8")
+    opens = 0
+
+    def swapping(name: str, flags: int) -> int:
+        nonlocal opens
+        fd = csv_files.open_drop(name, flags)
+        opens += 1
+        if opens == 1:
+            (tmp_path / "new.csv").write_text("timestamp,metric,account,value\n2026-11-03T14:00:00Z,api_calls,x,7\n")
+            os.replace(tmp_path / "new.csv", path)
+        return fd
+
+    with pytest.raises(csv_files.FileChanged) as info:
+        list(iter_usage_csv_columns(path, opener=swapping))
+    assert "u.csv:1: the file changed while it was read" in str(info.value)
+    assert isinstance(info.value, CsvInputError)
+    assert [c.rows_read for c in iter_usage_csv_columns(path)] == [1]  # settled: read as usual
