@@ -47,7 +47,25 @@ class PollReport:
 
 
 def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
-           report: PollReport, notifiers: Sequence[str]) -> None:
+           report: PollReport, notifiers: Sequence[str]) -> str | None:
+    """Store one batch; returns the cursor stored. A batch whose values the store refuses (bucket
+    totals past a float64) and that says what to store then (Batch.rejected_cursor) is stored as a
+    rejected part instead, so one bad file does not stop every later one."""
+    try:
+        _store_one(engine, source, batch, now, admin_channel, report, notifiers)
+        return batch.cursor
+    except UsageValueError as exc:
+        if batch.rejected_cursor is None:
+            raise
+        text = str(exc).removeprefix(f"source {source.id!r}: ")
+        rejected = Batch(cursor=batch.rejected_cursor, watermark=batch.watermark, label=batch.label,
+                         error=f"source {source.id!r}: {batch.label} rejected, nothing stored from it: {text}")
+        _store_one(engine, source, rejected, now, admin_channel, report, notifiers)
+        return rejected.cursor
+
+
+def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
+               report: PollReport, notifiers: Sequence[str]) -> None:
     outbox = []
     if batch.error:
         batch.error = mask(batch.error)
@@ -55,11 +73,12 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
                               details={"source": source.id, "part": batch.label},
                               key=f"source-rejected:{source.id}:{batch.label}:{now}")
         outbox += notice_items(notice, now, notifiers)
-        report.rejected.append(batch.error)
-        log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
     res = store_batch(engine, source.id, now, totals=batch.totals, columns=batch.columns, events=batch.events,
                       accounts=batch.accounts, cursor=batch.cursor, watermark=batch.watermark,
                       outbox=outbox, error=batch.error)
+    if batch.error:  # reported once stored (a store that raises stored nothing, its notice included)
+        report.rejected.append(batch.error)
+        log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
     report.batches += 1
     report.rows += batch.rows
     report.points_written += res.points_written
@@ -85,14 +104,15 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
                       watermark=state.watermark if state else None, accounts=lambda: list_accounts(engine))
     try:
         for batch in source.poll(ctx):
-            _store(engine, source, batch, now, admin_channel, report, notifiers)
-            ctx = PollContext(source.id, now, batch.cursor, batch.watermark, ctx.accounts)
+            cursor = _store(engine, source, batch, now, admin_channel, report, notifiers)
+            ctx = PollContext(source.id, now, cursor, batch.watermark, ctx.accounts)
         if report.batches == 0:  # nothing new: still a successful poll (freshness, last success)
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
     except SourceError as exc:
         report.ok, report.error = False, mask(str(exc))
     except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
-        report.ok, report.error = False, mask(f"source {source.id!r}: {exc}")
+        text = str(exc).removeprefix(f"source {source.id!r}: ")  # the store's message may name it already
+        report.ok, report.error = False, mask(f"source {source.id!r}: {text}")
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
         report.ok = False
         report.error = mask(redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}"))

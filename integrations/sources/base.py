@@ -104,6 +104,10 @@ class Batch:
     accounts: list[AccountFacts] = field(default_factory=list)
     label: str = ""  # e.g. the file name, for logs
     error: str | None = None  # a rejected part (e.g. a bad file): reported, none of its rows stored
+    # the cursor to store instead when the store refuses this batch's values (bucket totals past a
+    # float64): the part is then rejected and reported, and the poll goes on with the next part (None:
+    # the whole poll fails and the part is read again at the next poll)
+    rejected_cursor: str | None = None
 
     @property
     def rows(self) -> int:

@@ -202,6 +202,8 @@ class CsvSource:
                 continue
             except OSError as exc:
                 raise SourceError(f"source {self.id!r}: cannot read {path}: {exc.strerror or exc}") from None
+            cursor["files"][path.name] = f"rejected:{fp}"
+            rejected_cursor = _dump(cursor)  # if its bucket totals overflow: rejected, not read again
             cursor["files"][path.name] = fp
             watermark = newest(records, watermark, ctx.now, columns)
             error = None
@@ -211,7 +213,7 @@ class CsvSource:
                 error = (f"source {self.id!r}: {len(errors)} bad row(s) skipped in {path.name}:\n  "
                          f"{shown}{more}")
             yield Batch(cursor=_dump(cursor), watermark=watermark, totals=records, columns=columns,
-                        label=path.name, error=error)
+                        label=path.name, error=error, rejected_cursor=rejected_cursor)
 
     def _accounts_ready_at(self) -> int | None:
         """When the accounts file will be old enough to read (min_age), if it is still being written."""

@@ -226,3 +226,22 @@ def test_a_file_replaced_while_it_is_read_stores_nothing_of_either_version(
     monkeypatch.undo()
     report = poll_source(engine, _source(f), T0 + DAY)
     assert report.ok and points(engine) == {("globex", "api_calls", T0): 7.0}
+
+
+@pytest.mark.parametrize("reader", ["columns", "rows"])  # a clean file; one with a bad row the row parser reads
+def test_a_file_whose_bucket_total_overflows_is_rejected_and_the_next_files_are_stored(
+        engine: Engine, tmp_path: Path, reader: str) -> None:
+    """1e308 twice in one minute adds up past a float64: that file is rejected (named, nothing of it
+    stored, not read again), and the files after it are stored; before, every poll failed at it and
+    no later file was ever read."""
+    (tmp_path / "a.csv").write_text(HEADER + f"{_iso(T0)},acme,api_calls,1e308\n{_iso(T0)},acme,api_calls,1e308\n"
+                                    + (f"{_iso(T0)},acme,api_calls,-1\n" if reader == "rows" else ""))
+    (tmp_path / "b.csv").write_text(HEADER + f"{_iso(T0)},globex,api_calls,3\n")
+    first = poll_source(engine, _source(tmp_path), T0 + DAY)
+    assert first.ok and points(engine) == {("globex", "api_calls", T0): 3.0}
+    [rejected] = [r for r in first.rejected if "nothing stored from it" in r]
+    assert rejected.startswith("source 'drops': a.csv rejected, nothing stored from it: ")
+    assert "acme" in rejected and "add up to more than the largest number a float64 holds" in rejected
+    assert "source 'drops': source 'drops'" not in rejected
+    again = poll_source(engine, _source(tmp_path), T0 + DAY)
+    assert again.ok and again.rejected == [] and again.points_written == 0  # told once, not read again
