@@ -542,6 +542,9 @@ def settle_cohorts(tallies: Sequence[CohortTally], out: EvaluationResult) -> Non
     for rule_id, parts in by_rule.items():
         cohort = parts[0].rule.cohort
         assert cohort is not None
+        # every part reports `moved` or none does: the rows a replay's scan leaves out are tallied
+        # without it (detect_rule's `rest`), so a kind that reports `moved` must have no scan
+        # (tests/rules/test_scan.py checks it) or the backtest would settle by the other test
         if all(t.moved is not None for t in parts):
             _settle_moves(rule_id, parts, cohort, out)
             continue

@@ -126,6 +126,16 @@ def arrow_strings(items: Sequence[str]) -> Any:
     return pa.LargeStringArray.from_buffers(len(items), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
+def arrow_array(column: np.ndarray) -> Any:
+    """An int64 or float64 numpy column as an Arrow array sharing its buffer (pa.array of numpy
+    imports pandas, like the conversion arrow_strings avoids)."""
+    import pyarrow as pa
+
+    column = np.ascontiguousarray(column)
+    kind = {np.dtype(np.int64): pa.int64(), np.dtype(np.float64): pa.float64()}[column.dtype]
+    return pa.Array.from_buffers(kind, len(column), [None, pa.py_buffer(column)])
+
+
 def arrow_ints(arr: Any, null: int | None = None) -> np.ndarray:
     """An Arrow int32 / int64 array as int64 numpy, read from its buffers; nulls become `null` (None:
     nulls are an error). Array.to_numpy and pc.fill_null with a Python value import pandas on first

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage.accounts import upsert_accounts
-from storage.columnar import arrow_strings
+from storage.columnar import arrow_array, arrow_strings
 from storage.cursors import MAX_ERROR_CHARS, cursors_table
 from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
@@ -44,7 +44,6 @@ from storage.models import (
 from storage.outbox import OutboxItem, enqueue
 from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
 from storage.usage_columns import UsagePoints
-from storage.usage_load import _arrow
 from storage.usage_values import UsageColumns, overflow_error
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
@@ -268,8 +267,8 @@ def _store_columns(conn: Connection, points: UsagePoints, result: StoreResult,
     fresh = np.flatnonzero(_changed_columns(conn, points))
     if len(fresh):
         names, mets = arrow_strings(ids), arrow_strings(metrics)
-        write_points(conn, UsageColumns(names.take(_arrow(points.account[fresh].astype(np.int64))),
-                                        mets.take(_arrow(pair[fresh] // n)), points.bucket[fresh],
+        write_points(conn, UsageColumns(names.take(arrow_array(points.account[fresh].astype(np.int64))),
+                                        mets.take(arrow_array(pair[fresh] // n)), points.bucket[fresh],
                                         points.value[fresh]))
         result.points_written += len(fresh)
         # the rows of a metric are in bucket order: a pair's first changed row is its earliest bucket

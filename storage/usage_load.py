@@ -29,7 +29,7 @@ meanwhile.
 
 No step imports pandas (pyarrow imports it on the first pa.array / pa.table of Python or numpy
 values, Array.to_numpy and take with numpy indices: 0.7-3 s of a poll's first write): the Arrow
-arrays are built from numpy buffers (`_arrow`, storage.columnar.arrow_strings / arrow_ints);
+arrays are built from numpy buffers (storage.columnar.arrow_array / arrow_strings / arrow_ints);
 tests/storage/test_usage_write_no_pandas.py checks every write path in a fresh process.
 """
 
@@ -52,7 +52,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from storage import tiles
-from storage.columnar import arrow_strings
+from storage.columnar import arrow_array, arrow_strings
 from storage.db import write_transaction
 from storage.usage_columns import UsagePoints
 from storage.usage_values import (
@@ -148,24 +148,17 @@ def _run(points: UsagePoints, only: bool) -> Run:
     points.freeze(bucket_major=True)
     names, metrics = arrow_strings(points.account_ids), arrow_strings(points.metrics)
     a, m, b = points.account.astype(np.int64), points.metric.astype(np.int64), points.bucket
-    rows = _table(account_id=names.take(_arrow(a)), metric=metrics.take(_arrow(m)), bucket_start=_arrow(b),
-                  value=_arrow(points.value))
+    rows = _table(account_id=names.take(arrow_array(a)), metric=metrics.take(arrow_array(m)), bucket_start=arrow_array(b),
+                  value=arrow_array(points.value))
     n_acc = len(points.account_ids)
     seen, first, last = _pair_spans(m * n_acc + a, b, len(points.metrics) * n_acc)
     pairs = None if only and len(seen) == len(b) else _table(
-        metric=metrics.take(_arrow(seen // n_acc)), account_id=names.take(_arrow(seen % n_acc)),
-        first_bucket=_arrow(first), last_bucket=_arrow(last))
+        metric=metrics.take(arrow_array(seen // n_acc)), account_id=names.take(arrow_array(seen % n_acc)),
+        first_bucket=arrow_array(first), last_bucket=arrow_array(last))
     edge = np.ones(len(b), dtype=bool)
     edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
-    buckets = _table(metric=metrics.take(_arrow(m[edge])), bucket_start=_arrow(b[edge]))
+    buckets = _table(metric=metrics.take(arrow_array(m[edge])), bucket_start=arrow_array(b[edge]))
     return Run(rows, pairs, buckets)
-
-
-def _arrow(column: np.ndarray) -> pa.Array:
-    """An int64 or float64 numpy column as an Arrow array sharing its buffer (no pandas import)."""
-    column = np.ascontiguousarray(column)
-    kind = {np.dtype(np.int64): pa.int64(), np.dtype(np.float64): pa.float64()}[column.dtype]
-    return pa.Array.from_buffers(kind, len(column), [None, pa.py_buffer(column)])
 
 
 def _table(**columns: pa.Array) -> pa.Table:

@@ -727,14 +727,6 @@ def _np_view(arr: Any, dtype: Any) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=dtype, count=n + arr.offset)[arr.offset:]
 
 
-def _arrow_indices(idx: np.ndarray) -> Any:
-    """int64 numpy positions as a pyarrow Int64Array (for Array.take)."""
-    import pyarrow as pa
-
-    idx = np.ascontiguousarray(idx, dtype=np.int64)
-    return pa.Int64Array.from_buffers(pa.int64(), len(idx), [None, pa.py_buffer(idx)])
-
-
 # The timestamp texts Arrow's own parser reads (pc.cast to a timestamp or a date), one pattern per
 # target type, the patterns disjoint; every other text goes to parse_timestamp. Where a pattern
 # matches and Arrow reads the text, it gives datetime.fromisoformat's instant
@@ -781,7 +773,10 @@ def _plain_times(col: Any, cache: dict[str, int]) -> np.ndarray:
         done[at] = True
     rest = np.flatnonzero(~done)
     if rest.size:
-        for i, text in zip(rest.tolist(), texts.take(_arrow_indices(rest)).to_pylist(), strict=True):
+        from storage.columnar import arrow_array
+
+        odd = texts.take(arrow_array(rest.astype(np.int64))).to_pylist()
+        for i, text in zip(rest.tolist(), odd, strict=True):
             ts = cache.get(text)
             if ts is None:
                 try:

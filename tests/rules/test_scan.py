@@ -127,3 +127,23 @@ def test_a_replay_runs_each_scan_once_and_not_before_its_first_evaluation_is_out
     assert sorted(calls) == sorted(scanned) and len(scanned) >= 5
     want = [(at, _transitions(ts)) for at, ts, *_ in stepwise_replay(rules, blocks, accounts, END - 40 * DAY, END, **kw)]
     assert got == want and sum(len(ts) for _, ts in got) > 20
+
+
+def test_a_kind_that_reports_moved_has_no_scan():
+    """Cohort settling uses the movers' share test only when every part of a rule's tally reports
+    `moved` (rules.engine.settle_cohorts); a replay tallies the rows its scan leaves out without it.
+    So a kind whose detector reports `moved` must have no scan, or the backtest would settle its
+    cohorts by the other test than the scheduler."""
+    rng = np.random.default_rng(7)
+    rules = list(load_rules_text(_rules_text(rng)).rules)
+    book = generate_book(n_accounts=20, days=DAYS, end=END, seed=7)
+    accounts = {a.id: a for a in book.accounts}
+    reporting = set()
+    for rule in rules:
+        block = book.block(rule.metric)
+        if rule.bucket != block.step:
+            continue
+        if detect(rule, block, tuple(facts_for(block.account_ids, accounts))).moved is not None:
+            reporting.add(rule.kind)
+    assert "anomaly" in reporting, "add an anomaly rule to _rules_text"
+    assert {k for k in reporting if KINDS[k].scan is not None} == set()
