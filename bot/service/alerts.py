@@ -175,8 +175,8 @@ def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, chan
 
 def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
     """One admin notice for a cohort event (many accounts meeting a rule's condition at once)."""
-    if ev.direction:  # the share test of movers (rules.engine._settle_moves): only the movers are held
-        way = "up" if ev.direction > 0 else "down"
+    way = "up" if ev.direction > 0 else "down" if ev.direction < 0 else None
+    if way:  # the share test of movers (rules.engine._settle_moves): only the movers are held
         message = (
             f"Rule {ev.rule_id}: {ev.accounts} of {ev.decided} accounts ({ev.share:.0%}, {ev.cohort}) moved {way}"
             f" together by the rule's recovery score or more ({ev.firing} of them past its firing score) in the"
@@ -194,11 +194,11 @@ def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
         )
     # one notice per event: a bucket can hold an up and a down event of one rule and cohort (the outbox
     # keeps the first notice of a key)
-    key = f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}" + (f":{'up' if ev.direction > 0 else 'down'}" if ev.direction else "")
+    key = f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}" + (f":{way}" if way else "")
     return make_admin_notice(
         "cohort", key, f"cohort:{ev.rule_id}", "evaluation",
         f"cohort event ({ev.cohort})", mask(message), ev.at, channel, "warning",
         details={"rule": ev.rule_id, "cohort": ev.cohort, "accounts": ev.accounts, "decided": ev.decided,
                  "share": ev.share, "example_accounts": list(ev.examples),
-                 **({"direction": "up" if ev.direction > 0 else "down", "firing": ev.firing} if ev.direction else {})},
+                 **({"direction": way, "firing": ev.firing} if way else {})},
         kind="cohort", template="notice", description="many accounts at once: held as a cohort event")
