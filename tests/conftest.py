@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from storage.db import make_engine, migrate
+from tests.dbs import migrated_engine
 from tests.pg import PgServer, PgUnavailable, start_server
 
 # pyarrow's to_numpy imports pandas lazily (the columnar CSV reader), and pandas' C extensions crash
@@ -79,9 +79,5 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    try:
+    with migrated_engine(db_url) as eng:
         yield eng
-    finally:
-        eng.dispose()

@@ -13,20 +13,18 @@ from sqlalchemy.engine import Engine
 
 from bot.service.leader import AdvisoryLockLeader, LeaseLeader, lock_key, make_leadership
 from bot.service.scheduler import JobSpec, ServiceScheduler, every
-from storage.db import make_engine, migrate
 from storage.leases import get_lease, lease_table
+from tests.dbs import migrated_engine
 from tests.pg import PgServer
 
 
 @pytest.fixture
 def pg_engine(pg_server: PgServer) -> Iterator[Engine]:
     url = pg_server.fresh_schema("leader")
-    eng = make_engine(url)
-    migrate(eng)
     try:
-        yield eng
+        with migrated_engine(url) as eng:
+            yield eng
     finally:
-        eng.dispose()
         pg_server.drop_schema(url)
 
 

@@ -21,9 +21,10 @@ from bot.service.polling import PollReport, poll_source
 from integrations.sources.base import PollContext
 from integrations.sources.csv_rows import read_usage_csv
 from integrations.sources.csv_source import CsvSource
-from storage.db import make_engine, migrate
+from storage.db import make_engine
 from storage.sources import get_source_state
 from storage.usage_values import UsageColumns
+from tests.dbs import migrated_engine
 from tests.integrations.sources.helpers import DAY, T0, points
 from tests.integrations.sources.test_csv_source import _source as csv_source_of
 from tests.storage.test_usage_layout_kill9 import _killed_until_done
@@ -43,12 +44,10 @@ def twin(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     else:
         server = request.getfixturevalue("pg_server")
         url = server.fresh_schema()
-    eng = make_engine(url)
-    migrate(eng)
     try:
-        yield eng
+        with migrated_engine(url) as eng:
+            yield eng
     finally:
-        eng.dispose()
         if server is not None:
             server.drop_schema(url)
 
