@@ -44,7 +44,7 @@ from storage.models import (
 from storage.outbox import OutboxItem, enqueue
 from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
 from storage.usage_columns import UsagePoints
-from storage.usage_values import UsageColumns, overflow_error
+from storage.usage_values import UsageColumns, newest_ts, overflow_error
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
 status_table: sa.Table = SourceStatus.__table__  # type: ignore[attr-defined]
@@ -206,19 +206,17 @@ def _column_sums(columns: Sequence[UsageColumns], records: Sequence[UsageLike], 
     _sums adds them, in numpy (storage.usage_columns.UsagePoints, frozen in usage_points' key order),
     and the newest ts. A total past the largest float64 raises _sums' error."""
     points = UsagePoints(base_step=base_step)
-    stamps = [int(c.ts.max()) for c in columns if len(c)]
     for chunk in columns:
         points.add(chunk)
     if records:
         points.add(list(records))
-        stamps.append(max(int(r.ts) for r in records))
     try:
         points.freeze(bucket_major=True)
     except UsageValueError:
         i = int(np.flatnonzero(~np.isfinite(points.value))[0])
         raise overflow_error(what.rsplit(":", 1)[0], points.account_ids[int(points.account[i])],
                              points.metrics[int(points.metric[i])], int(points.bucket[i])) from None
-    return points, max(stamps, default=None)
+    return points, newest_ts(columns, records)
 
 
 def _changed_columns(conn: Connection, points: UsagePoints) -> np.ndarray:

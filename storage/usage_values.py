@@ -7,7 +7,7 @@ without importing each other."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,3 +114,10 @@ def sum_records(records: Iterable[UsageRecordLike], base_step: int = 60) -> dict
         acc[key] = get(key, 0.0) + value
     check_totals(acc, "usage records")
     return acc
+
+
+def newest_ts(columns: Iterable[UsageColumns], records: Sequence[UsageRecordLike] = ()) -> int | None:
+    """The newest ts of a delivery's columns and records (None: no row)."""
+    stamps = [int(c.ts.max()) for c in columns if len(c)]
+    stamps += [max(int(r.ts) for r in records)] if records else []
+    return max(stamps, default=None)

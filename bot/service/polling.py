@@ -57,11 +57,16 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
     except UsageValueError as exc:
         if batch.rejected_cursor is None:
             raise
-        text = str(exc).removeprefix(f"source {source.id!r}: ")
         rejected = Batch(cursor=batch.rejected_cursor, watermark=batch.watermark, label=batch.label,
-                         error=f"source {source.id!r}: {batch.label} rejected, nothing stored from it: {text}")
+                         error=f"source {source.id!r}: {batch.label} rejected, nothing stored from it:"
+                               f" {_unnamed(exc, source.id)}")
         _store_one(engine, source, rejected, now, admin_channel, report, notifiers)
         return rejected.cursor
+
+
+def _unnamed(exc: UsageValueError, source_id: str) -> str:
+    """The store's refusal without the source's name it may start with (store_batch names it)."""
+    return str(exc).removeprefix(f"source {source_id!r}: ")
 
 
 def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
@@ -111,8 +116,7 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
     except SourceError as exc:
         report.ok, report.error = False, mask(str(exc))
     except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
-        text = str(exc).removeprefix(f"source {source.id!r}: ")  # the store's message may name it already
-        report.ok, report.error = False, mask(f"source {source.id!r}: {text}")
+        report.ok, report.error = False, mask(f"source {source.id!r}: {_unnamed(exc, source.id)}")
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
         report.ok = False
         report.error = mask(redact_url(f"source {source.id!r}: unexpected {type(exc).__name__}: {exc}"))

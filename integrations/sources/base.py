@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from integrations.sources.records import UsageRecord, is_metric_name
 from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
-from storage.usage_values import UsageColumns
+from storage.usage_values import UsageColumns, newest_ts
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
 _MODULES = {
@@ -254,10 +254,7 @@ def newest(records: Sequence[UsageRecord] | Sequence[UsageEvent], previous: int 
            columns: Sequence[UsageColumns] = ()) -> int | None:
     """The watermark after a batch: the newest data timestamp of its records and columns (never later
     than now)."""
-    stamps = [int(c.ts.max()) for c in columns if len(c)]
-    if records:
-        stamps.append(max(r.ts for r in records))
-    ts = max(stamps, default=None)
+    ts = newest_ts(columns, records)
     if ts is None:
         return previous
     ts = min(ts, now)
