@@ -307,6 +307,17 @@ def _mark_series(conn: Connection, source_id: str, pairs: set[tuple[str, str]]) 
             conn.execute(stmt, missing[i : i + _CHUNK])
 
 
+def _watermark(conn: Connection, source_id: str, given: int | None) -> int | None:
+    """The watermark to save: the newest data timestamp stored so far never moves back, so it is the
+    later of the stored one and `given` (None: the stored one kept). A batch says how far ITS rows
+    reach; a part of a poll that was refused (nothing of it stored) moves nothing."""
+    stored = conn.execute(sa.select(cursors_table.c.watermark)
+                          .where(cursors_table.c.source_id == source_id)).scalar_one_or_none()
+    if stored is None or given is None:
+        return given if stored is None else int(stored)
+    return max(int(stored), given)
+
+
 def _save_cursor(conn: Connection, source_id: str, values: Mapping[str, Any]) -> None:
     ins = _insert(conn, cursors_table).values(source_id=source_id, **values)
     conn.execute(ins.on_conflict_do_update(index_elements=[cursors_table.c.source_id], set_=dict(values)))
@@ -330,8 +341,9 @@ def store_batch(
 ) -> StoreResult:
     """Store one batch of `source_id` atomically (see the module doc); returns what changed.
 
-    `cursor` / `watermark` are saved as the source's new position (pass the
-    previous ones to keep them). Accounts are AccountFacts (upserted by id).
+    `cursor` is saved as the source's new position (pass the previous one to keep it); `watermark`
+    is how far the batch's data reaches: the saved watermark is the later of it and the stored one
+    (None keeps the stored one), so it only ever counts stored rows and never moves back. Accounts are AccountFacts (upserted by id).
     `outbox` items (e.g. an admin notice about a rejected file) are enqueued in
     the same transaction; `error` (a rejected part of an otherwise good poll)
     is kept as the source's last error. `columns` (chunks of a columnar CSV read) are totals too,
@@ -401,7 +413,8 @@ def store_batch(
         conn.execute(sa.update(status_table).where(status_table.c.source_id == source_id).values(
             kind=kind, metrics=metrics, last_poll_at=now, last_data_at=data_at,
             last_new_data_at=now if advanced else status.last_new_data_at, failures=0, updated_at=now))
-        _save_cursor(conn, source_id, {"cursor": cursor, "watermark": watermark, "last_success_at": now,
+        _save_cursor(conn, source_id, {"cursor": cursor, "watermark": _watermark(conn, source_id, watermark),
+                                       "last_success_at": now,
                                        "last_error": error[:MAX_ERROR_CHARS] if error else None,
                                        "updated_at": now})
         if outbox:

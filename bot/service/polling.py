@@ -57,7 +57,8 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
     except UsageValueError as exc:
         if batch.rejected_cursor is None:
             raise
-        rejected = Batch(cursor=batch.rejected_cursor, watermark=batch.watermark, label=batch.label,
+        # watermark None: the store keeps the stored one (nothing of the refused part was stored)
+        rejected = Batch(cursor=batch.rejected_cursor, watermark=None, label=batch.label,
                          error=f"source {source.id!r}: {batch.label} rejected, nothing stored from it:"
                                f" {_unnamed(exc, source.id)}")
         _store_one(engine, source, rejected, now, admin_channel, report, notifiers)

@@ -244,3 +244,19 @@ def test_a_file_whose_bucket_total_overflows_is_rejected_and_the_next_files_are_
     assert "source 'drops': source 'drops'" not in rejected
     again = poll_source(engine, _source(tmp_path), T0 + DAY)
     assert again.ok and again.rejected == [] and again.points_written == 0  # told once, not read again
+
+
+@pytest.mark.parametrize("order", ["rejected_last", "rejected_first"])
+def test_the_watermark_counts_only_the_stored_rows_never_a_rejected_file(
+        engine: Engine, tmp_path: Path, order: str) -> None:
+    """A file the store refuses (its bucket total overflows a float64: nothing of it stored) has the
+    newest rows of the drop; the watermark stays at the newest STORED row, whether the rejected file
+    is the poll's last batch or one before a file that is stored. Before, its ts moved the watermark."""
+    bad, good = ("b.csv", "a.csv") if order == "rejected_last" else ("a.csv", "b.csv")
+    late = T0 + DAY // 2
+    (tmp_path / bad).write_text(HEADER + f"{_iso(late)},acme,api_calls,1e308\n{_iso(late)},acme,api_calls,1e308\n")
+    (tmp_path / good).write_text(HEADER + f"{_iso(T0)},globex,api_calls,3\n")
+    report = poll_source(engine, _source(tmp_path), T0 + DAY)
+    assert report.ok and len(report.rejected) == 1 and points(engine) == {("globex", "api_calls", T0): 3.0}
+    state = get_source_state(engine, "drops")
+    assert state is not None and state.watermark == T0
