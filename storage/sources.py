@@ -22,7 +22,7 @@ Two kinds of usage rows:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ from storage.models import (
 from storage.outbox import OutboxItem, enqueue
 from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
 from storage.usage_columns import UsagePoints
+from storage.usage_load import Replaced, replacing_transaction
 from storage.usage_values import UsageColumns, newest_ts, overflow_error
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
@@ -255,13 +256,21 @@ def _changed_columns(conn: Connection, points: UsagePoints) -> np.ndarray:
 
 
 def _store_columns(conn: Connection, points: UsagePoints, result: StoreResult,
-                   changed: dict[tuple[str, str], int]) -> set[tuple[str, str]]:
+                   changed: dict[tuple[str, str], int],
+                   staged: Callable[[Connection], Replaced] | None) -> set[tuple[str, str]]:
     """Write the rows of `points` that differ from the stored ones (replacing them) as columns; fill
     result.points_written and `changed` (account, metric) -> earliest changed bucket, as the record
-    path does; returns every (account, metric) of the batch."""
+    path does; returns every (account, metric) of the batch. `staged`: the rows are staged already
+    (storage.usage_load.replacing_transaction), compared and written in SQL; else compared here."""
     ids, metrics = points.account_ids, points.metrics
     n = len(ids)
     pair = points.metric.astype(np.int64) * n + points.account
+    if staged is not None:
+        done = staged(conn)
+        result.points_written += done.written
+        for a, m, bucket in done.first_changed:
+            changed[(a, m)] = min(bucket, changed.get((a, m), bucket))
+        return {(ids[p % n], metrics[p // n]) for p in np.unique(pair).tolist()}
     fresh = np.flatnonzero(_changed_columns(conn, points))
     if len(fresh):
         names, mets = arrow_strings(ids), arrow_strings(metrics)
@@ -361,13 +370,13 @@ def store_batch(
         if not isinstance(e.id, str) or not e.id:
             raise ValueError(f"source {source_id!r}: event #{n} ({e!r}) has no id")
     result = StoreResult()
-    with write_transaction(engine) as conn:
+    with replacing_transaction(engine, points) as (conn, staged):
         status = _ensure_status(conn, source_id, kind, now, lock=bool(event_list))
         changed: dict[tuple[str, str], int] = {}
         pairs: set[tuple[str, str]] = set()
 
         if points is not None:
-            pairs = _store_columns(conn, points, result, changed)
+            pairs = _store_columns(conn, points, result, changed, staged)
         if total_sums:
             existing = _existing(conn, total_sums)
             rows = [(a, m, b, v) for (a, m, b), v in total_sums.items() if existing.get((a, m, b)) != v]
