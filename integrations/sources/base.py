@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from integrations.sources.records import UsageRecord, is_metric_name
 from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
+from rules.periods import iso
 from storage.usage_values import UsageColumns, newest_ts
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
@@ -248,6 +249,11 @@ def window(ctx: PollContext, overlap: int, backfill: int, align: int = 60) -> tu
         start = min(ctx.watermark, end) - overlap
     start -= start % align
     return start, end
+
+
+def window_label(start: int, end: int) -> str:
+    """A poll's time window as its batch label names it (the part a refused bucket belongs to)."""
+    return f"window {iso(start)} to {iso(end)}"
 
 
 def newest(records: Sequence[UsageRecord] | Sequence[UsageEvent], previous: int | None, now: int,

@@ -44,3 +44,12 @@ def points(engine: Engine, metric: str | None = None) -> dict[tuple[str, str, in
 def count(engine: Engine, table: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def refusal_notices(engine: Engine, source_id: str) -> list[dict]:
+    """The payloads of the admin notices queued about refused buckets of a source (one per bucket
+    and notifier; bot.service.refusals)."""
+    from storage.outbox import list_outbox
+
+    return [r.payload for r in list_outbox(engine, limit=10_000)
+            if r.idempotency_key.startswith(f"source-refused:{source_id}:")]
