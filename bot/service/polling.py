@@ -64,7 +64,7 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
         return batch.cursor
     except UsageValueError as exc:
         if batch.rejected_cursor is None:
-            if exc.bucket is None or batch.columns:  # no bucket to leave out: the poll fails, named
+            if batch.columns:  # (csv columns always say what to store instead)
                 raise
             _store_refusing(engine, source, batch, exc, now, admin_channel, report, notifiers)
             return batch.cursor
@@ -79,10 +79,13 @@ def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValu
                     admin_channel: str | None, report: PollReport, notifiers: Sequence[str]) -> None:
     """Store `batch` without the buckets the store refuses, in one transaction with the notices of
     those not told before. Each try that the store refuses names one more bucket (events: a stored
-    total plus new events); every bucket of totals that overflows is known before the first."""
-    refused = refusals.overflowing_totals(batch.totals, source.id)
-    first = refusals.refusal(exc, source.id)
-    refused.setdefault(first.bucket, first)
+    total plus new events); every bucket of totals that overflows is known before the first. A
+    refusal that names no bucket of the batch fails the poll as before."""
+    refused = refusals.overflowing_totals(batch.totals, source.id)  # (a non-finite row value too)
+    if exc.bucket is not None:
+        refused.setdefault(exc.bucket, refusals.refusal(exc, source.id))
+    if not refused:  # no bucket to leave out: the poll fails, named
+        raise exc
     while True:
         told = known_keys(engine, [r.key(source.id) for r in refused.values()])
         new = [refused[b] for b in sorted(refused) if refused[b].key(source.id) not in told]
