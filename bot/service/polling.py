@@ -6,7 +6,7 @@ secret); the next poll resumes from the last stored batch. A rejected part of
 a poll (a bad file in a drop folder) is stored as "seen", reported to the
 admin channel, and the rest of the poll goes on. A bucket whose values add up
 past a float64 is left out of its batch, told once, and the rest of the batch
-is stored (bot.service.refusals).
+is stored (integrations.sources.refused).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from bot.service import refusals
-from bot.service.alerts import admin_notice
+from bot.service.alerts import admin_notice, refusal_notices
 from bot.service.notices import notice_items
 from integrations.notice import AlertNotice
+from integrations.sources import refused as refused_
 from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
-from rules.periods import iso
 from storage.accounts import list_accounts
 from storage.db import redact_url
 from storage.outbox import known_keys
@@ -57,7 +56,7 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
     """Store one batch; returns the cursor stored. When the store refuses the batch's values (a
     bucket total past a float64), a batch that says what to store then (Batch.rejected_cursor: a
     csv file) is stored as a rejected part, and any other is stored without the refused buckets
-    (bot.service.refusals), so one bad bucket neither loses its part's good rows nor stops every
+    (integrations.sources.refused), so one bad bucket neither loses its part's good rows nor stops every
     later poll."""
     try:
         _store_one(engine, source, batch, now, admin_channel, report, notifiers)
@@ -77,35 +76,19 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
 
 def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValueError, now: int,
                     admin_channel: str | None, report: PollReport, notifiers: Sequence[str]) -> None:
-    """Store `batch` without the buckets the store refuses, in one transaction with the notices of
-    those not told before. Each try that the store refuses names one more bucket (events: a stored
-    total plus new events); every bucket of totals that overflows is known before the first. A
-    refusal that names no bucket of the batch fails the poll as before."""
-    refused = refusals.overflowing_totals(batch.totals, source.id)  # (a non-finite row value too)
-    if exc.bucket is not None:
-        refused.setdefault(exc.bucket, refusals.refusal(exc, source.id))
-    if not refused:  # no bucket to leave out: the poll fails, named
-        raise exc
-    while True:
+    """Store `batch` without the buckets the store refuses (integrations.sources.refused), in one
+    transaction with the notices of those not told before."""
+    def store(refused: dict[refused_.Bucket, refused_.Refusal]) -> None:
         told = known_keys(engine, [r.key(source.id) for r in refused.values()])
         new = [refused[b] for b in sorted(refused) if refused[b].key(source.id) not in told]
-        kept = refusals.without(batch, refused)
-        notices = [admin_notice("rejected", source.id,
-                                f"source {source.id!r}: {batch.label}: bucket refused, not stored: {r.reason}",
-                                now, admin_channel, "warning", key=r.key(source.id),
-                                details={"source": source.id, "part": batch.label, "account": r.bucket[0],
-                                         "metric": r.bucket[1], "bucket": iso(r.bucket[2])})
-                   for r in new]
+        kept = refused_.without(batch, refused)
         if new:
-            told_now = refusals.message(source.id, batch.label, new)
+            told_now = refused_.message(source.id, batch.label, new)
             kept.error = f"{batch.error}\n{told_now}" if batch.error else told_now
-        try:
-            _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices)
-            return
-        except UsageValueError as again:
-            if again.bucket is None or again.bucket in refused:
-                raise
-            refused[again.bucket] = refusals.refusal(again, source.id)
+        notices = refusal_notices(source.id, batch.label, new, now, admin_channel)
+        _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices)
+
+    refused_.refusing(store, exc, source.id, batch.totals)
 
 
 def _unnamed(exc: UsageValueError, source_id: str) -> str:
