@@ -106,8 +106,8 @@ class Batch:
     label: str = ""  # e.g. the file name, for logs
     error: str | None = None  # a rejected part (e.g. a bad file): reported, none of its rows stored
     # the cursor to store instead when the store refuses this batch's values (bucket totals past a
-    # float64): the part is then rejected and reported, and the poll goes on with the next part (None:
-    # the whole poll fails and the part is read again at the next poll)
+    # float64): the part is then rejected whole and reported, and the poll goes on with the next part
+    # (a csv file). None: the batch is stored without the refused buckets (integrations.sources.refused)
     rejected_cursor: str | None = None
 
     @property
