@@ -15,9 +15,9 @@ Python objects (about 1 µs each: most of such a read); here they arrive as arra
   bucket's account ids and values into two strings (group_concat); pyarrow splits the ids and finds
   each one's row in the block with a hash lookup (index_in), numpy parses the values: all in C, one
   Python object per bucket, not three per row. Integers print exactly, so each value goes as an
-  integer item (value_item: the value scaled by a power of two, exact both ways: integers and
-  non-integers alike); a value no item carries (a negative or tiny non-integer, an integer beyond
-  2**59) is left out of its bucket's values, so that bucket has fewer values than ids, and only such
+  integer item (value_item: integers as themselves, non-integers scaled by a power of two, exact
+  both ways); a value no item carries (a negative value, a tiny non-integer, an integer from 2**63)
+  is left out of its bucket's values, so that bucket has fewer values than ids, and only such
   buckets are read again, as rows; a bucket holding every
   account of the block is known by its text alone (no split, no lookup). (Arrow readers of SQLite,
   ADBC or connectorx, link their own copy of SQLite: two copies in one process drop each other's
@@ -251,19 +251,20 @@ def _pow2(n: int) -> str:
     return f"(1.0 / {2 ** -n})"
 
 
-# A point's value as one int64 item of a group_concat list, exact for every value but a few: item =
-# q * 16 + j, value = q * 2**-SHIFT[j]. j = 0: an integer value |v| < 2**59 (q = v, as before). j =
-# 1..15: a non-integer v in [2**(52 - 7j), 2**(59 - 7j)), q = v * 2**(7j) -- an integer, since a
-# double in that binade has no bit below 2**(-7j), and below 2**59, so q * 16 + j fits int64. Scaling
-# by a power of two is exact both ways (SQLite multiplies, numpy ldexp), so every non-integer double
-# in [2**-53, 2**52) and every integer below 2**59 in magnitude goes as text of integers, parsed in
-# C; the rest (negative or tiny non-integers, huge integers, inf) is NULL, left out of its bucket's
-# values, and that bucket is read again as rows. The binade is found by a binary search of
-# comparisons (4 per non-integer point). Before, every non-integer value sent its bucket to the rows
-# (a book of tenths: every bucket, ~5x the read's time, docs/benchmarks.md).
+# A point's value as one int64 item of a group_concat list, exact for every value but a few. A
+# non-negative integer value (below 2**63) is itself, as before. A non-integer v is -(q * 16 + j),
+# j = 1..15 its tier: v in [2**(52 - 7j), 2**(59 - 7j)) and q = v * 2**(7j), an integer (a double
+# in that binade has no bit below 2**(-7j)) below 2**59, so q * 16 + j fits int64; the value is q *
+# 2**-(7j). Scaling by a power of two is exact both ways (SQLite multiplies, numpy ldexp), so every
+# non-integer double in [2**-53, 2**52) goes as text of integers, parsed in C; the rest (negative
+# values, non-integers below 2**-53, integers from 2**63, inf) is NULL, left out of its bucket's
+# values, and that bucket is read again as rows. A non-integer's tier is found by a binary search
+# of 4 comparisons. Before, any non-integer sent its whole bucket to the rows (a book of
+# non-integer values: every bucket; its cold evaluation 2.9x the floor, now 1.5x; docs/benchmarks.md
+# "Non-integer values and the PostgreSQL read"). An integer costs one comparison more (v >= 0).
 _TIER_BITS = 4
 _TIER_BINADES = 7
-_TIERS = 15  # 2**_TIER_BITS - 1 non-integer tiers
+_TIERS = 15  # 2**_TIER_BITS - 1 tiers of non-integers
 _SHIFTS = np.array([_TIER_BINADES * j for j in range(_TIERS + 1)], dtype=np.int32)
 
 
@@ -275,7 +276,7 @@ def _tier_search(tiers: Sequence[int], v: str) -> str:
     """The item of a non-integer `v` known to lie in the tiers' binades (ascending value order)."""
     if len(tiers) == 1:
         j = tiers[0]
-        return f"CAST({v} * {_pow2(_TIER_BINADES * j + _TIER_BITS)} AS INTEGER) + {j}"
+        return f"-{j} - CAST({v} * {_pow2(_TIER_BINADES * j + _TIER_BITS)} AS INTEGER)"
     mid = len(tiers) // 2
     return (f"CASE WHEN {v} < {_pow2(_tier_lo(tiers[mid]))} THEN {_tier_search(tiers[:mid], v)} "
             f"ELSE {_tier_search(tiers[mid:], v)} END")
@@ -283,8 +284,7 @@ def _tier_search(tiers: Sequence[int], v: str) -> str:
 
 def value_item(v: str = "p.value") -> str:
     """SQLite: the int64 item carrying the value `v` exactly (decoded by _values), or NULL."""
-    return (f"CASE WHEN CAST({v} AS INTEGER) = {v} AND {v} < {_pow2(59)} AND {v} > -{_pow2(59)} "
-            f"THEN CAST({v} AS INTEGER) * {1 << _TIER_BITS} "
+    return (f"CASE WHEN CAST({v} AS INTEGER) = {v} AND {v} >= 0 THEN CAST({v} AS INTEGER) "
             f"WHEN {v} >= {_pow2(_tier_lo(_TIERS))} AND {v} < {_pow2(52)} "
             f"THEN {_tier_search(range(_TIERS, 0, -1), v)} END")
 
@@ -295,11 +295,13 @@ _VALUE_ITEM = value_item()
 def _values(text: str | bytes | int | None) -> np.ndarray:
     """A group_concat list of value_item() items as the float64 values they carry, exactly."""
     items = _ints(text)
-    q = (items >> _TIER_BITS).astype(np.float64)  # exact: q has at most 53 significant bits
-    tier = items & ((1 << _TIER_BITS) - 1)
-    if not tier.any():
-        return q
-    return np.ldexp(q, -_SHIFTS[tier])
+    out = items.astype(np.float64)  # the integers: exact (each is a double's value)
+    odd = items < 0
+    if odd.any():
+        code = -items[odd]
+        q = (code >> _TIER_BITS).astype(np.float64)  # exact: at most 53 significant bits
+        out[odd] = np.ldexp(q, -_SHIFTS[code & ((1 << _TIER_BITS) - 1)])
+    return out
 
 
 def _sqlite_cells(conn: Connection, select: str, where: str, params: Sequence[Any]
