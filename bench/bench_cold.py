@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_cold --accounts 10000,30000 --before /tmp/before-read
     .venv/bin/python -m bench.bench_cold --accounts 10000 --db-url postgresql+psycopg://u@127.0.0.1/db
+    .venv/bin/python -m bench.bench_cold --accounts 10000 --scale 0.37 --keep /tmp/books-frac   # non-integer values
 
 Per account count: the seeded demo book (4 metrics x --days) is ingested once (`usagebot ingest`),
 then --rounds rounds, each running one after the other, every one in a fresh process:

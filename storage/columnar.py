@@ -54,7 +54,7 @@ def _pg_cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_t
     bucket's rows and values into two bytea strings of big-endian int8 / float8 (string_agg of
     int8send / float8send: the two aggregates of a group see its rows in the same order), which
     numpy reads with frombuffer. A row per point through libpq (COPY BINARY, one message a row)
-    cost ~0.6 µs of client CPU a point; this is a Python object per bucket (10k accounts, one
+    cost 0.6-0.9 µs of client CPU a point; this is a Python object per bucket (10k accounts, one
     metric, 882k points: client CPU 0.51-0.76 s -> 0.02-0.12 s, docs/benchmarks.md)."""
     rows = pg_bucket_rows(conn, (
         "SELECT (p.bucket_start - %s)::int8, string_agg(int8send(o.ord::int8), ''::bytea), "
