@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_cold --accounts 10000,30000 --before /tmp/before-read
     .venv/bin/python -m bench.bench_cold --accounts 10000 --db-url postgresql+psycopg://u@127.0.0.1/db
+    .venv/bin/python -m bench.bench_cold --accounts 10000 --scale 0.37 --keep /tmp/books-frac   # non-integer values
 
 Per account count: the seeded demo book (4 metrics x --days) is ingested once (`usagebot ingest`),
 then --rounds rounds, each running one after the other, every one in a fresh process:
@@ -13,8 +14,8 @@ then --rounds rounds, each running one after the other, every one in a fresh pro
           (bench.bench_daily._evaluate);
   before  the same with the code of the --before checkout (e.g. `git worktree add /tmp/before X`);
   copy    PostgreSQL only: the same rows' bucket and value columns by COPY BINARY into numpy (the
-          format the service's PostgreSQL read uses), without the account ids: a floor below any
-          read of the rows.
+          service's PostgreSQL read before it packed each bucket into one row), without the
+          account ids.
 
 Reported: the median wall time of each and its ratio to the floor's median, plus the CPU time of the
 cold evaluations and of the floor's read (each process's own, all its threads: steadier than wall
@@ -76,13 +77,13 @@ if __name__ == "__main__":
 """
 
 # PostgreSQL only, a second floor: the same rows' fixed-width columns (bucket, value) by COPY BINARY
-# into numpy (storage.columnar.copy_binary), the account ids left out: less than any read of the rows
+# into numpy (bench.copy_floor.copy_binary), the account ids left out: less than any read of the rows
 _FLOOR_COPY = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from bench.bench_scale import METRICS4, SHIPPED, bench_rules
 from bench.raw_floor import ranges_for
-from storage.columnar import copy_binary, pg_literal
+from bench.copy_floor import copy_binary, pg_literal
 from storage.db import make_engine
 url, end = sys.argv[2], int(sys.argv[3])
 engine = make_engine(url)
@@ -108,14 +109,17 @@ def _child(code: str, *args: str) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _ingest(n_accounts: int, days: int, seed: int, url: str, workdir: Path) -> int:
-    """The demo book into `url` through `usagebot ingest`; returns the evaluation time (book end)."""
+def _ingest(n_accounts: int, days: int, seed: int, url: str, workdir: Path, scale: float = 1.0) -> int:
+    """The demo book into `url` through `usagebot ingest`, every value times `scale` (1: the demo's
+    integer counts; e.g. 0.37: a book of non-integer values); returns the evaluation time (book end)."""
     from bench.bench_scale import METRICS4
     from bot.cli.main import main as cli
     from integrations.sources.csv_rows import write_accounts_csv, write_usage_csv
     from integrations.sources.demo import generate_book
 
     book = generate_book(n_accounts=n_accounts, days=days, seed=seed, metrics=METRICS4)
+    if scale != 1.0:
+        book.values = {m: v * scale for m, v in book.values.items()}
     usage_csv, accounts_csv = workdir / "usage.csv", workdir / "accounts.csv"
     write_usage_csv(usage_csv, book.records())
     write_accounts_csv(accounts_csv, book.accounts)
@@ -128,7 +132,7 @@ def _ingest(n_accounts: int, days: int, seed: int, url: str, workdir: Path) -> i
 
 
 def run_one(n_accounts: int, days: int, seed: int, rounds: int, before: Path | None, db_url: str | None,
-            workdir: Path) -> dict[str, Any]:
+            workdir: Path, scale: float = 1.0) -> dict[str, Any]:
     """floor / after / before, interleaved for `rounds` rounds on one ingested book. On SQLite a
     book already in `workdir` (usagebot.db and its `end`, from an earlier run with --keep) is reused."""
     from bench.bench_daily import _fresh_url
@@ -139,7 +143,7 @@ def run_one(n_accounts: int, days: int, seed: int, rounds: int, before: Path | N
         if db_url is None and kept.exists() and (workdir / "usagebot.db").exists():
             end = int(kept.read_text())
         else:
-            end = _ingest(n_accounts, days, seed, url, workdir)
+            end = _ingest(n_accounts, days, seed, url, workdir, scale)
             kept.write_text(str(end))
         runs: dict[str, list[dict[str, Any]]] = {"floor": [], "copy": [], "after": [], "before": []}
         loads = [os.getloadavg()[0]]
@@ -209,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", default="10000,30000")
     p.add_argument("--days", type=int, default=90)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="every value of the book times this (e.g. 0.37: non-integer values); with --keep, "
+                        "give each scale its own KEEP directory")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--before", type=Path, help="another checkout to measure side by side (e.g. main)")
     p.add_argument("--db-url", help="a PostgreSQL database (a scratch schema is made and dropped); default SQLite")
@@ -219,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(x) for x in a.accounts.split(",")):
         if a.keep and not a.db_url:
             (a.keep / str(n)).mkdir(parents=True, exist_ok=True)
-            results.append(run_one(n, a.days, a.seed, a.rounds, a.before, None, a.keep / str(n)))
+            results.append(run_one(n, a.days, a.seed, a.rounds, a.before, None, a.keep / str(n), a.scale))
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                results.append(run_one(n, a.days, a.seed, a.rounds, a.before, a.db_url, Path(tmp)))
+                results.append(run_one(n, a.days, a.seed, a.rounds, a.before, a.db_url, Path(tmp), a.scale))
         print(json.dumps(results[-1]), flush=True)
     print(render(results))
     if a.json:

@@ -5,22 +5,25 @@ millions of (account, bucket, value) rows. Through a DB-API cursor every row bec
 Python objects (about 1 µs each: most of such a read); here they arrive as arrays:
 
 - PostgreSQL: the query runs on the caller's own connection, inside its transaction (it sees the
-  tile row numbers that transaction assigned, under its advisory lock), as
-  ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)``. Every selected column is cast to a NOT NULL
-  8-byte type (int8 / float8), so every record has the same layout and numpy decodes the stream
-  with one structured big-endian dtype. (The ADBC PostgreSQL driver decodes the same format, but
-  only on a connection of its own, outside the caller's transaction.)
+  tile row numbers that transaction assigned, under its advisory lock), and returns one row per
+  bucket: the server joins the row numbers and packs the bucket's rows and values into two bytea
+  strings of big-endian int8 / float8 (string_agg of int8send / float8send), read by numpy's
+  frombuffer in the binary result format: one Python object per bucket, not one libpq message per
+  point as a COPY BINARY of the points was. (The ADBC PostgreSQL driver decodes COPY BINARY in C,
+  but only on a connection of its own, outside the caller's transaction.)
 - SQLite: one range scan of the primary key (metric, bucket, account), no join: SQLite packs each
   bucket's account ids and values into two strings (group_concat); pyarrow splits the ids and finds
   each one's row in the block with a hash lookup (index_in), numpy parses the values: all in C, one
-  Python object per bucket, not three per row. Integers print exactly, so values go as integers; a
-  non-integer value (or one beyond int64) is left out of its bucket's values, so that bucket has
-  fewer values than ids, and only such buckets are read again, as rows; a bucket holding every
+  Python object per bucket, not three per row. Integers print exactly, so each value goes as an
+  integer item (value_item: integers as themselves, non-integers scaled by a power of two, exact
+  both ways); a value no item carries (a negative value, a tiny non-integer, an integer from 2**63)
+  is left out of its bucket's values, so that bucket has fewer values than ids, and only such
+  buckets are read again, as rows; a bucket holding every
   account of the block is known by its text alone (no split, no lookup). (Arrow readers of SQLite,
   ADBC or connectorx, link their own copy of SQLite: two copies in one process drop each other's
   POSIX locks on the same file, "How To Corrupt An SQLite Database File" 2.2.1; tried here, the
   service's next commit failed with "locking protocol".) Without a RowIndex, or when an account id holds the separator, the old
-  path runs: the table of row numbers joined in SQL, integer cells packed per bucket.
+  path runs: the table of row numbers joined in SQL, cells and value items packed per bucket.
 
 `cells` is the one entry point: points of one metric in a time range as (cell number, value)
 arrays of a block whose rows come from a table (account_id, ord) the connection sees, and, when the
@@ -36,74 +39,37 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection
 
-COPY_BLOCK = 8 << 20  # bytes of COPY output decoded at a time (bounds the transient buffer)
-_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+def pg_bucket_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """PostgreSQL: the rows of `sql` in binary format (bytea as bytes, no hex text), on the caller's
+    connection, inside its transaction."""
+    with conn.connection.driver_connection.cursor(binary=True) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
 
 
-def _pg_record(kinds: Sequence[str]) -> np.dtype:
-    """One binary COPY record of 8-byte NOT NULL fields ("i8" int8, "f8" float8), big-endian."""
-    fields: list[tuple[str, str]] = [("n", ">i2")]
-    for i, kind in enumerate(kinds):
-        if kind not in ("i8", "f8"):
-            raise ValueError(f"copy_binary: column kind {kind!r} is not 'i8' or 'f8'")
-        fields += [(f"len{i}", ">i4"), (f"f{i}", ">" + kind)]
-    return np.dtype(fields)
-
-
-def copy_binary(conn: Connection, select_sql: str, kinds: Sequence[str]) -> list[np.ndarray]:
-    """PostgreSQL: the rows of `select_sql` (no bind parameters; literals inlined by the caller) as
-    one array per column. `kinds` are "i8" (int8) or "f8" (float8): every column must be of that
-    type and NOT NULL (cast in the query). Runs in the caller's transaction."""
-    rec = _pg_record(kinds)
-    parts: list[list[np.ndarray]] = [[] for _ in kinds]
-    raw = conn.connection.driver_connection
-    buf = bytearray()
-    header_done = False
-
-    def decode(final: bool) -> None:
-        nonlocal buf, header_done
-        view = memoryview(buf)
-        at = 0
-        if not header_done:
-            if len(buf) < 19:
-                if final:
-                    raise ValueError("COPY BINARY: truncated header")
-                return
-            if bytes(view[:11]) != _PG_SIGNATURE:
-                raise ValueError("COPY BINARY: not a binary COPY stream")
-            ext = int.from_bytes(view[15:19], "big")
-            at = 19 + ext
-            header_done = True
-        whole = (len(buf) - at) // rec.itemsize
-        if final:  # the trailer: a field count of -1
-            whole = (len(buf) - at - 2) // rec.itemsize
-        if whole > 0:
-            arr = np.frombuffer(view[at:at + whole * rec.itemsize], dtype=rec)
-            if (arr["n"] != len(kinds)).any() or any((arr[f"len{i}"] != 8).any() for i in range(len(kinds))):
-                raise ValueError("COPY BINARY: a field is NULL or not 8 bytes wide (cast it in the query)")
-            for i, kind in enumerate(kinds):
-                parts[i].append(arr[f"f{i}"].astype(np.int64 if kind == "i8" else np.float64))
-            at += whole * rec.itemsize
-        del view
-        buf = buf[at:]
-
-    with raw.cursor() as cur, cur.copy(f"COPY ({select_sql}) TO STDOUT (FORMAT BINARY)") as copy:
-        for data in copy:
-            buf += data
-            if len(buf) >= COPY_BLOCK:
-                decode(False)
-    decode(True)
-    if bytes(buf) != b"\xff\xff":
-        raise ValueError("COPY BINARY: the stream does not end with its trailer")
-    return [np.concatenate(p) if p else np.zeros(0, dtype=np.int64 if k == "i8" else np.float64)
-            for p, k in zip(parts, kinds, strict=True)]
-
-
-def pg_literal(conn: Connection, value: Any) -> str:
-    """A value quoted as an SQL literal by psycopg (COPY takes no bind parameters)."""
-    from psycopg import sql
-
-    return sql.Literal(value).as_string(conn.connection.driver_connection)
+def _pg_cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table: str
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """PostgreSQL: cells() as one row per bucket: the server joins the row numbers and packs each
+    bucket's rows and values into two bytea strings of big-endian int8 / float8 (string_agg of
+    int8send / float8send: the two aggregates of a group see its rows in the same order), which
+    numpy reads with frombuffer. A row per point through libpq (COPY BINARY, one message a row)
+    cost 0.6-0.9 µs of client CPU a point; this is a Python object per bucket (10k accounts, one
+    metric, 882k points: client CPU 0.51-0.76 s -> 0.02-0.12 s, docs/benchmarks.md)."""
+    rows = pg_bucket_rows(conn, (
+        "SELECT (p.bucket_start - %s)::int8, string_agg(int8send(o.ord::int8), ''::bytea), "
+        "string_agg(float8send(p.value::float8), ''::bytea) "
+        f"FROM usage_points p JOIN {join_table} o ON o.account_id = p.account_id "
+        "WHERE p.metric = %s AND p.bucket_start >= %s AND p.bucket_start < %s "
+        "GROUP BY p.bucket_start ORDER BY p.bucket_start"), (int(lo), metric, int(lo), int(hi)))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    span = hi - lo
+    ords = np.frombuffer(b"".join(r[1] for r in rows), dtype=">i8").astype(np.int64)
+    vals = np.frombuffer(b"".join(r[2] for r in rows), dtype=">f8").astype(np.float64)
+    offs = np.repeat(np.array([r[0] for r in rows], dtype=np.int64),
+                     np.array([len(r[1]) // 8 for r in rows], dtype=np.int64))
+    return in_bucket_order(ords * span + offs, vals, step, span, offs)
 
 
 SEP = "\x1f"  # between the account ids of a bucket (ASCII unit separator: not in any sane id)
@@ -217,10 +183,9 @@ def _by_id_keys(offs: np.ndarray, ids: Any, vals: np.ndarray, rows: RowIndex, sp
 def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows: RowIndex
                         ) -> tuple[np.ndarray, np.ndarray]:
     """SQLite, no join: per bucket of [lo, hi), the SEP-joined account ids and the comma-joined
-    values (group_concat, in key order: the two lists match item for item) of the points whose value
-    is an integer of int64; a point of another value (non-integer, or beyond int64: CAST changes it)
-    is left out of the values (NULL), so its bucket has fewer values than ids and is read again as
-    rows, exactly; the others never make a Python object per point. (One aggregate fewer per point
+    values (group_concat of value_item()s, in key order: the two lists match item for item); a point
+    of a value no item carries is left out of the values (NULL), so its bucket has fewer values than
+    ids and is read again as rows, exactly; the others never make a Python object per point. (One aggregate fewer per point
     than counting the odd values apart: 8% of the query, docs/benchmarks.md.) A bucket holding every
     account of `rows` (the usual day of a book) equals RowIndex.joined(): its rows need no split and
     no lookup. `raw` is a sqlite3 connection (the caller's, or a helper's: cells_many). The
@@ -232,8 +197,7 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     cur = raw.cursor()
     try:
         got = cur.execute(f"SELECT p.bucket_start, group_concat(p.account_id, char(31)), "
-                          f"group_concat(CASE WHEN CAST(p.value AS INTEGER) = p.value THEN CAST(p.value AS INTEGER) END) "
-                          f"{where} GROUP BY p.bucket_start", (metric, lo, hi)).fetchall()
+                          f"group_concat({_VALUE_ITEM}) {where} GROUP BY p.bucket_start", (metric, lo, hi)).fetchall()
     finally:
         cur.close()
     joined, every = rows.joined()
@@ -242,25 +206,24 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
     del got
     parts = pc.split_pattern(arrow_strings([r[1] for r in sparse]), SEP)
     counts = arrow_ints(pc.list_value_length(parts))
-    vals = [_ints(r[2]) for r in sparse]
+    vals = [_values(r[2]) for r in sparse]
     exact = np.array([len(v) for v in vals], dtype=np.int64) == counts
     redo = [int(r[0]) for r, ok in zip(sparse, exact.tolist(), strict=True) if not ok]
     in_exact = np.repeat(exact, counts)  # the points of the buckets whose values all came
     row = rows.rows_of(pc.list_flatten(parts))[in_exact]
     offs = np.repeat(np.array([r[0] for r in sparse], dtype=np.int64) - lo, counts)[in_exact]
-    val = np.concatenate([v for v, ok in zip(vals, exact.tolist(), strict=True) if ok]
-                         + [np.zeros(0, dtype=np.int64)]).astype(np.float64)
+    val = np.concatenate([v for v, ok in zip(vals, exact.tolist(), strict=True) if ok] + [np.zeros(0)])
     known = row >= 0  # other accounts dropped
     offs = offs[known]
     keys, val = row[known] * span + offs, val[known]
-    d_vals = [_ints(r[2]) for r in dense]
+    d_vals = [_values(r[2]) for r in dense]
     d_ok = [len(v) == len(every) for v in d_vals]
     redo += [int(r[0]) for r, ok in zip(dense, d_ok, strict=True) if not ok]
     d_offs = [int(r[0]) - lo for r, ok in zip(dense, d_ok, strict=True) if ok]
     if d_offs:  # bucket-major keys: every listed account in each such bucket
         keys = np.concatenate([keys, (every[None, :] * span + np.array(d_offs, dtype=np.int64)[:, None]).ravel()])
         offs = np.concatenate([offs, np.repeat(np.array(d_offs, dtype=np.int64), len(every))])
-        val = np.concatenate([val, *(v.astype(np.float64) for v, ok in zip(d_vals, d_ok, strict=True) if ok)])
+        val = np.concatenate([val, *(v for v, ok in zip(d_vals, d_ok, strict=True) if ok)])
     if not redo:
         return in_bucket_order(keys, val, step, span, offs)
     # buckets holding a value integers cannot carry: their points as rows (exact floats), a few
@@ -278,8 +241,67 @@ def _sqlite_cells_by_id(raw: Any, metric: str, lo: int, hi: int, step: int, rows
                            np.concatenate([offs, e_offs]))
 
 
-_EXACT_INT = 9_007_199_254_740_992  # 2**53: every integer up to it is a float64, exactly
-_IS_INT = f"(p.value = CAST(p.value AS INTEGER) AND abs(p.value) <= {_EXACT_INT})"
+def _pow2(n: int) -> str:
+    """2**n as an exact SQLite REAL expression: integer literals converted (exact for powers of two),
+    never a decimal literal (SQLite 3.40's text-to-real conversion is not correctly rounded)."""
+    if 0 <= n <= 62:
+        return f"CAST({2 ** n} AS REAL)"
+    if n > 62:
+        return f"(CAST({2 ** 62} AS REAL) * CAST({2 ** (n - 62)} AS REAL))"
+    return f"(1.0 / {2 ** -n})"
+
+
+# A point's value as one int64 item of a group_concat list, exact for every value but a few. A
+# non-negative integer value (below 2**63) is itself, as before. A non-integer v is -(q * 16 + j),
+# j = 1..15 its tier: v in [2**(52 - 7j), 2**(59 - 7j)) and q = v * 2**(7j), an integer (a double
+# in that binade has no bit below 2**(-7j)) below 2**59, so q * 16 + j fits int64; the value is q *
+# 2**-(7j). Scaling by a power of two is exact both ways (SQLite multiplies, numpy ldexp), so every
+# non-integer double in [2**-53, 2**52) goes as text of integers, parsed in C; the rest (negative
+# values, non-integers below 2**-53, integers from 2**63, inf) is NULL, left out of its bucket's
+# values, and that bucket is read again as rows. A non-integer's tier is found by a binary search
+# of 4 comparisons. Before, any non-integer sent its whole bucket to the rows (a book of
+# non-integer values: every bucket; its cold evaluation 2.9x the floor, now 1.5x; docs/benchmarks.md
+# "Non-integer values and the PostgreSQL read"). An integer costs one comparison more (v >= 0).
+_TIER_BITS = 4
+_TIER_BINADES = 7
+_TIERS = 15  # 2**_TIER_BITS - 1 tiers of non-integers
+_SHIFTS = np.array([_TIER_BINADES * j for j in range(_TIERS + 1)], dtype=np.int32)
+
+
+def _tier_lo(j: int) -> int:
+    return 52 - _TIER_BINADES * j  # tier j holds non-integers in [2**_tier_lo(j), 2**(_tier_lo(j) + 7))
+
+
+def _tier_search(tiers: Sequence[int], v: str) -> str:
+    """The item of a non-integer `v` known to lie in the tiers' binades (ascending value order)."""
+    if len(tiers) == 1:
+        j = tiers[0]
+        return f"-{j} - CAST({v} * {_pow2(_TIER_BINADES * j + _TIER_BITS)} AS INTEGER)"
+    mid = len(tiers) // 2
+    return (f"CASE WHEN {v} < {_pow2(_tier_lo(tiers[mid]))} THEN {_tier_search(tiers[:mid], v)} "
+            f"ELSE {_tier_search(tiers[mid:], v)} END")
+
+
+def value_item(v: str = "p.value") -> str:
+    """SQLite: the int64 item carrying the value `v` exactly (decoded by _values), or NULL."""
+    return (f"CASE WHEN CAST({v} AS INTEGER) = {v} AND {v} >= 0 THEN CAST({v} AS INTEGER) "
+            f"WHEN {v} >= {_pow2(_tier_lo(_TIERS))} AND {v} < {_pow2(52)} "
+            f"THEN {_tier_search(range(_TIERS, 0, -1), v)} END")
+
+
+_VALUE_ITEM = value_item()
+
+
+def _values(text: str | bytes | int | None) -> np.ndarray:
+    """A group_concat list of value_item() items as the float64 values they carry, exactly."""
+    items = _ints(text)
+    out = items.astype(np.float64)  # the integers: exact (each is a double's value)
+    odd = items < 0
+    if odd.any():
+        code = -items[odd]
+        q = (code >> _TIER_BITS).astype(np.float64)  # exact: at most 53 significant bits
+        out[odd] = np.ldexp(q, -_SHIFTS[code & ((1 << _TIER_BITS) - 1)])
+    return out
 
 
 def _sqlite_cells(conn: Connection, select: str, where: str, params: Sequence[Any]
@@ -288,27 +310,27 @@ def _sqlite_cells(conn: Connection, select: str, where: str, params: Sequence[An
 
     sqlite3 makes a tuple and two Python objects of every row; here SQLite concatenates the cells and
     the values of each bucket into two strings of integers (group_concat, in the primary key's
-    (metric, bucket) order, so no sort), which numpy parses in C. Integers print exactly, so only
-    points of integer value up to 2**53 (counts: nearly all usage) go that way; the others are read
-    as rows by a second scan of the key range that returns only them."""
+    (metric, bucket) order, so no sort), which numpy parses in C. Values go as value_item()s (exact
+    for integers and nearly every non-integer); the few others are read as rows by a second scan of
+    the key range that returns only them."""
     from storage import dialect
 
     cur = conn.connection.driver_connection.cursor()
     flats: list[np.ndarray] = []
     vals: list[np.ndarray] = []
     try:
-        cur.execute(f"SELECT group_concat({select}), group_concat(CAST(p.value AS INTEGER)) {where} "
-                    f"AND {_IS_INT} GROUP BY p.bucket_start", tuple(params))
+        cur.execute(f"SELECT group_concat({select}), group_concat({_VALUE_ITEM}) {where} "
+                    f"AND {_VALUE_ITEM} IS NOT NULL GROUP BY p.bucket_start", tuple(params))
         while (row := cur.fetchone()) is not None:
             cell = _ints(row[0])
-            value = _ints(row[1]).astype(np.float64)
+            value = _values(row[1])
             if len(cell) != len(value):  # pragma: no cover - the two lists come from the same rows
                 raise ValueError("storage.columnar: cells and values differ in length")
             flats.append(cell)
             vals.append(value)
     finally:
         cur.close()
-    flat, val = dialect.read_cells(conn, f"SELECT {select}, p.value {where} AND NOT {_IS_INT}", params)
+    flat, val = dialect.read_cells(conn, f"SELECT {select}, p.value {where} AND {_VALUE_ITEM} IS NULL", params)
     flats.append(flat)
     vals.append(val)
     return np.concatenate(flats), np.concatenate(vals)
@@ -367,11 +389,7 @@ def cells(conn: Connection, metric: str, lo: int, hi: int, step: int, join_table
     join = "CROSS JOIN" if dialect == "sqlite" else "JOIN"
     source = f"FROM usage_points p {join} {join_table} o ON o.account_id = p.account_id "
     if dialect == "postgresql":
-        sql = (f"SELECT ({key.replace('o.ord', 'o.ord::int8')})::int8, p.value::float8 {source}"
-               f"WHERE p.metric = {pg_literal(conn, metric)} AND p.bucket_start >= {int(lo)} "
-               f"AND p.bucket_start < {int(hi)}")
-        keys, vals = copy_binary(conn, sql, ("i8", "f8"))
-        return in_bucket_order(keys, vals, step, hi - lo)
+        return _pg_cells(conn, metric, lo, hi, step, join_table)
     if dialect == "sqlite" and rows is not None and rows.usable():
         return _sqlite_cells_by_id(conn.connection.driver_connection, metric, lo, hi, step, rows)
     if dialect == "sqlite":

@@ -1,7 +1,7 @@
 """storage.columnar: usage points reach numpy as (cell, value) arrays equal to a plain SELECT's rows,
-on SQLite (group_concat of integer points parsed in C, other values as rows; with a RowIndex the
-account ids are mapped to rows by pyarrow instead of a join) and PostgreSQL (COPY BINARY decoded by
-numpy, in the caller's transaction), whatever the values and the block sizes; the RowIndex read and
+on SQLite (group_concat of value items parsed in C, the few values no item carries as rows; with a
+RowIndex the account ids are mapped to rows by pyarrow instead of a join) and PostgreSQL (a row per
+bucket of packed int8 / float8 bytes read by numpy, in the caller's transaction), whatever the values and the block sizes; the RowIndex read and
 the joined read give the same cells and, through the tiles, the same blocks."""
 
 from __future__ import annotations
@@ -58,11 +58,7 @@ def _expected(records: list[UsageRecord], ids: list[str], lo: int, hi: int) -> t
 
 
 @pytest.mark.parametrize("index", [False, True])
-@pytest.mark.parametrize("block", [None, 64])
-def test_cells_are_the_rows_of_a_plain_select(engine: Engine, monkeypatch: pytest.MonkeyPatch, block: int | None,
-                                              index: bool) -> None:
-    if block:
-        monkeypatch.setattr(columnar, "COPY_BLOCK", block)  # PostgreSQL: decoded in many small pieces
+def test_cells_are_the_rows_of_a_plain_select(engine: Engine, index: bool) -> None:
     records = _book()
     upsert_usage(engine, records, base_step=DAY)
     ids = [f"acct-{i:03d}" for i in range(0, 40, 2)][::-1]  # some accounts, in another order
@@ -287,3 +283,101 @@ def test_a_saturated_machine_reads_on_one_connection(tmp_path: Path, monkeypatch
     np.testing.assert_array_equal(blocks[0].values, blocks[1].values)
     assert any(t.startswith("usagebot-read") for t in threads)
     engine.dispose()
+
+
+def _fractional_book(seed: int, n_accounts: int = 60, n_days: int = 20) -> list[UsageRecord]:
+    """Non-integer values in every bucket: tenths, thirds, products of non-dyadic fractions, values
+    of every magnitude from 2**-53 to 2**52 (each binade of value_item's tiers), a few integers."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_accounts):
+        for d in range(n_days):
+            if rng.random() < 0.15:
+                continue
+            kind = (i + d) % 4
+            if kind == 0:
+                v = int(rng.integers(1, 10**5)) / 10
+            elif kind == 1:
+                v = float(rng.integers(1, 1000)) / 3
+            elif kind == 2:
+                v = float(np.ldexp(1.0 + rng.random(), int(rng.integers(-53, 52))))
+            else:
+                v = float(rng.integers(0, 10**9))
+            out.append(UsageRecord(f"acct-{i:03d}", "api_calls", T0 + d * DAY, v))
+    return out
+
+
+def _statements(engine: Engine) -> list[str]:
+    """The SQL statements SQLite runs on the pool's connections from now on (sqlite3 trace callback)."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+
+    @sa.event.listens_for(engine, "connect")
+    def _trace(dbapi_conn: object, _record: object) -> None:
+        dbapi_conn.set_trace_callback(seen.append)  # type: ignore[attr-defined]
+
+    engine.dispose()  # new connections: traced
+    return seen
+
+
+def test_a_book_of_non_integer_values_reads_without_reading_rows_again(engine: Engine) -> None:
+    """SQLite: every bucket holds non-integer values, yet no bucket is read again as rows (its
+    values go as value_item()s, exact); the cells equal a plain SELECT's rows bit for bit, through
+    the RowIndex read and the joined read alike."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the group_concat read is SQLite's")
+    records = _fractional_book(5)
+    upsert_usage(engine, records, base_step=DAY)
+    ids = [f"acct-{i:03d}" for i in range(60)][::-1]
+    lo, hi = T0, T0 + 20 * DAY
+    want_flat, want_vals = _expected(records, ids, lo, hi)
+    assert (want_vals != np.floor(want_vals)).mean() > 0.5  # mostly non-integers
+    seen = _statements(engine)
+    for index in (True, False):
+        flat, vals = _cells(engine, ids, lo, hi, index)
+        np.testing.assert_array_equal(flat, want_flat)
+        assert vals.tobytes() == want_vals.tobytes()
+    assert any("group_concat" in s for s in seen)
+    assert not [s for s in seen if "bucket_start IN (" in s]  # no bucket read again as rows
+
+
+def test_values_no_item_carries_are_read_again_exactly(engine: Engine) -> None:
+    """Negative values, tiny non-integers, integers from 2**63 and huge values take the rows' read:
+    exact, beside items of every tier in the same buckets."""
+    odd = [-0.5, -1e-3, -7.0, 1e-300, 2.0**-60, 2.0**63, 2.0**62 + 2048, 1.5e300, -2.0**60]
+    tiers = [float(np.ldexp(1.0 + k / 7, e)) for k, e in enumerate(range(-53, 59, 3))]
+    records = [UsageRecord(f"a{i:02d}", "api_calls", T0 + d * DAY, (odd + tiers)[(i + d) % (len(odd) + len(tiers))])
+               for i in range(20) for d in range(10)]
+    upsert_usage(engine, records, base_step=DAY)
+    ids = [f"a{i:02d}" for i in range(20)]
+    want_flat, want_vals = _expected(records, ids, T0, T0 + 10 * DAY)
+    for index in (True, False):
+        flat, vals = _cells(engine, ids, T0, T0 + 10 * DAY, index)
+        np.testing.assert_array_equal(flat, want_flat)
+        assert vals.tobytes() == want_vals.tobytes()
+    assert set(odd) <= set(want_vals.tolist())
+
+
+def test_value_items_carry_every_double_of_their_range_exactly() -> None:
+    """value_item() in SQLite and _values in numpy, on random doubles of every binade the items
+    cover and at the edges of each tier: the same bits back, and NULL exactly where no tier fits."""
+    import sqlite3
+
+    rng = np.random.default_rng(11)
+    edges = [float(np.ldexp(1.0, e)) for e in range(-54, 61)]
+    edges += [float(np.nextafter(x, 0)) for x in edges] + [float(np.nextafter(x, np.inf)) for x in edges]
+    vals = np.concatenate([np.ldexp(1.0 + rng.random(20_000), rng.integers(-56, 62, 20_000)), edges,
+                           rng.integers(0, 2**62, 500).astype(np.float64), [0.0, 0.1, 1 / 3, 2.5, 1e300, np.inf],
+                           -np.ldexp(1.0 + rng.random(200), rng.integers(-10, 62, 200))])
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE p (value REAL)")
+    con.executemany("INSERT INTO p VALUES (?)", [(float(v),) for v in vals])
+    got = con.execute(f"SELECT {columnar.value_item('value')}, value FROM p").fetchall()
+    carried = np.array([v for i, v in got if i is not None])
+    back = columnar._values(",".join(str(i) for i, _ in got if i is not None))
+    assert back.tobytes() == carried.tobytes()
+    for i, v in got:
+        integer = float(v).is_integer() and 0 <= v < 2.0**63
+        fits = integer or 2.0**-53 <= v < 2.0**52
+        assert (i is not None) == fits, v

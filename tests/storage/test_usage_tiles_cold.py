@@ -235,13 +235,13 @@ def test_a_cold_read_after_the_row_numbers_were_analyzed_empty_joins_without_a_n
         # VACUUM truncates a table this small to no page, which the planner does not trust as empty
         c.exec_driver_sql("UPDATE pg_class SET reltuples = 0, relpages = 141 WHERE oid = 'usage_tile_rows'::regclass")
     plans: list[str] = []
-    copy = columnar.copy_binary
+    fetch = columnar.pg_bucket_rows
 
-    def explained(conn, select_sql, kinds):  # type: ignore[no-untyped-def]
-        plans.append("\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + select_sql)))
-        return copy(conn, select_sql, kinds)
+    def explained(conn, sql, params):  # type: ignore[no-untyped-def]
+        plans.append("\n".join(r[0] for r in conn.connection.driver_connection.execute("EXPLAIN " + sql, params)))
+        return fetch(conn, sql, params)
 
-    monkeypatch.setattr(columnar, "copy_binary", explained)
+    monkeypatch.setattr(columnar, "pg_bucket_rows", explained)
     got = load_block(engine, "calls", DAY, T0, T0 + 20 * DAY)
     assert plans and not any("Nested Loop" in p for p in plans), plans
     want = load_block(engine, "calls", DAY, T0, T0 + 20 * DAY, cached=False)
