@@ -489,7 +489,12 @@ def _inhibit(rules: Mapping[str, Rule], inhibits: Sequence[Inhibit], transitions
             if src is not None and firing_source(src):
                 suppress(i, f"duplicate of rule {original}")
     is_sources = [{rid for rid, r in rules.items() if inh.source.matches(rid, r.kind)} for inh in inhibits]
-    any_source = set().union(*is_sources)
+    # the firing states are scanned only for inhibits with a target among the transitions still
+    # notified (a replay step of the shipped rules notifies mostly quota levels, targets of no inhibit:
+    # at 10k x 180 the scan of every state at every such step was ~1.3% of the backtest)
+    targeted = {rid for i in todo if transitions[i].notify for rid in (transitions[i].state.rule_id,) if rid in rules}
+    any_source = set().union(*(src for inh, src in zip(inhibits, is_sources, strict=True)
+                               if any(inh.target.matches(rid, rules[rid].kind) for rid in targeted)))
     # one scan for all inhibits, keeping only the states of source rules (in a replay most firing
     # episodes are quota levels held to the period's end, sources of no inhibit)
     firing = [s for s in states.values() if s.status == FIRING and s.rule_id in any_source] if any_source else []
