@@ -117,7 +117,9 @@ def replace(state: EpisodeState, **changes: Any) -> EpisodeState:
     if not changes.keys() <= _STATE_FIELDS:
         raise TypeError(f"EpisodeState has no field(s) {sorted(changes.keys() - _STATE_FIELDS)}")
     new = object.__new__(EpisodeState)
-    new.__dict__.update(state.__dict__, **changes)
+    d = state.__dict__.copy()  # the whole table copied, then the changes (not one insert per field)
+    d.update(changes)
+    object.__setattr__(new, "__dict__", d)
     return new
 
 
@@ -125,8 +127,8 @@ def _continued(prev: EpisodeState, now: int, explanation: Mapping[str, Any], sev
     """replace(prev, ...) for an open episode a finding continues without a transition (the replay
     makes one per open episode per step: the changes set directly, no keyword dict to check)."""
     new = object.__new__(EpisodeState)
-    d = new.__dict__
-    d.update(prev.__dict__)
+    d = prev.__dict__.copy()  # a copy of the whole table, not one insert per field (a fresh dict's update)
+    object.__setattr__(new, "__dict__", d)
     d["consecutive"] = prev.consecutive + 1
     d["last_seen_at"] = now
     d["last_explanation"] = explanation
