@@ -441,7 +441,10 @@ def detect_rule(
             tallies.append(rest)  # type: ignore[union-attr]
         if not facts:
             return [], DetectorResult([], np.zeros(0, dtype=bool))
-    result = detect(rule, view, facts, open_episodes)
+    # a detector's arithmetic may overflow on huge values: the non-finite result is contained to its
+    # account just below (and listed), so numpy's RuntimeWarning would only be noise in the service's log
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = detect(rule, view, facts, open_episodes)
     odd = _without_non_finite(result)  # e.g. sums of huge values overflowing in a detector
     if odd:
         if contained is not None:

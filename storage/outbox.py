@@ -133,6 +133,18 @@ def enqueue(conn_or_engine: Connection | Engine, items: Iterable[OutboxItem], no
         return _insert_rows(conn, batch, at)
 
 
+def known_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
+    """Which of `keys` some outbox row holds (of any kind, in any state; rows are never pruned once
+    sent): a caller tells of a thing once by looking its key up before it queues the notice."""
+    wanted = sorted(set(keys))
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for i in range(0, len(wanted), 500):
+            q = sa.select(_c.idempotency_key).where(_c.idempotency_key.in_(wanted[i : i + 500])).distinct()
+            found.update(conn.execute(q).scalars())
+    return found
+
+
 def _to_row(r: Any) -> OutboxRow:
     return OutboxRow(
         id=int(r.id), idempotency_key=r.idempotency_key, kind=r.kind, payload=dict(r.payload or {}),

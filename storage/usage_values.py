@@ -21,7 +21,12 @@ MAX_VALUE = 1.7976931348623157e308  # the largest float64: a bucket total above 
 
 class UsageValueError(ValueError):
     """A usage value, or a bucket's total, that is not a finite number; names the bucket. Nothing of
-    the write that found it is stored."""
+    the write that found it is stored. `bucket`: (account, metric, bucket start) of a total past the
+    largest float64, when the error names one (a poll then refuses that bucket and stores the rest)."""
+
+    def __init__(self, message: str, bucket: tuple[str, str, int] | None = None) -> None:
+        super().__init__(message)
+        self.bucket = bucket
 
 
 def bucket_name(account: str, metric: str, bucket: int) -> str:
@@ -33,7 +38,7 @@ def overflow_error(what: str, account: str, metric: str, bucket: int, stored: fl
     return UsageValueError(
         f"{what}: {bucket_name(account, metric, bucket)}: the values of the bucket add up to more than the "
         f"largest number a float64 holds (about {MAX_VALUE:.2g}){before}; nothing was stored (check these "
-        "values: a wrong unit, or a corrupt row?)")
+        "values: a wrong unit, or a corrupt row?)", bucket=(account, metric, int(bucket)))
 
 
 def check_totals(sums: dict[tuple[str, str, int], float], what: str) -> None:

@@ -30,12 +30,13 @@ from sqlalchemy.engine import Engine
 
 from bot import __version__
 from bot.config.app import AppConfig
+from bot.service.alerts import refusal_notices
 from bot.service.evaluation import Evaluator
 from bot.service.freshness import Watch, check_freshness
 from bot.service.http_server import HttpLimits, HttpServer, Request, Response, Route, wsgi_route
 from bot.service.leader import Leadership, make_leadership
 from bot.service.metrics import Metrics, Sample
-from bot.service.notices import Notices
+from bot.service.notices import Notices, notice_items
 from bot.service.pipeline import DeliveryReport, Notifier, deliver_rows
 from bot.service.polling import PollReport, poll_source
 from bot.service.reload import ReloadOutcome, RuleReloader, freeze, invalid_notice
@@ -45,9 +46,11 @@ from integrations.notifiers import build_notifiers
 from integrations.slack.template_check import template_check
 from integrations.sources.base import Source, build_source
 from integrations.sources.push import PushIngest, PushOutcome
+from integrations.sources.refused import Refusal
 from rules.config.redaction import mask
 from rules.model import RuleSet
 from storage.db import current_revision, head_revision, make_engine, migrate, redact_url
+from storage.outbox import OutboxItem
 from storage.outbox import counts as outbox_counts
 from storage.sources import list_source_states, prune_events, register_source
 
@@ -83,7 +86,8 @@ class Service:
                                cfg.evaluation.first_run, **({"pricing": cfg.pricing} if cfg.pricing else {}))
         self.evaluator = Evaluator(self.engine, self.ruleset, max_wait=cfg.scheduler.max_wait,
                                    catch_up=cfg.scheduler.catch_up, notices=self.notices)
-        self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed) if cfg.ingest else None
+        self.push = PushIngest(self.engine, cfg.ingest, self.clock, on_stored=self._pushed,
+                               refusal_outbox=self._push_refusals) if cfg.ingest else None
         if self.leadership is None:
             self.leadership = make_leadership(cfg.scheduler.leader, self.engine, cfg.scheduler.leader_name,
                                               cfg.scheduler.lease_ttl)
@@ -464,6 +468,14 @@ class Service:
         self.metrics.inc("usagebot_ingest_events_total", outcome.accepted, result="accepted")
         if outcome.duplicates:
             self.metrics.inc("usagebot_ingest_events_total", outcome.duplicates, result="duplicate")
+        if outcome.refused and self.config.ingest is not None:
+            self.metrics.inc("usagebot_source_rejected_total", outcome.refused, source=self.config.ingest.source_id)
+
+    def _push_refusals(self, part: str, refusals: list[Refusal], now: int) -> list[OutboxItem]:
+        """The admin notices about buckets a pushed request was refused (one per bucket and notifier)."""
+        assert self.config.ingest is not None
+        notices = refusal_notices(self.config.ingest.source_id, part, refusals, now, self.config.service.admin_channel)
+        return [item for n in notices for item in notice_items(n, now, self.notices.notifiers)]
 
     # ------------------------------------------------------------------ HTTP
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from integrations.notice import ALERT_EVENTS, AlertNotice, GroupedAlert, Routing, finite
 from integrations.notice import admin_notice as make_admin_notice
+from integrations.sources.refused import Refusal
 from rules.config.redaction import mask
 from rules.detectors.format import moment
 from rules.engine import CohortEvent
@@ -142,6 +143,17 @@ def admin_notice(event: str, source_id: str, message: str, at: int, channel: str
     idempotency key (one notice per key and notifier)."""
     return make_admin_notice(event, key, f"source:{source_id}", source_id, f"source {source_id}", mask(message), at,
                              channel, severity, since, metrics, details)
+
+
+def refusal_notices(source_id: str, part: str, refusals: Sequence[Refusal], at: int,
+                    channel: str | None) -> list[AlertNotice]:
+    """One admin notice per bucket the store refused (integrations.sources.refused), under the
+    bucket's own idempotency key: told once, however often the part is read again."""
+    return [admin_notice("rejected", source_id, f"source {source_id!r}: {part}: bucket refused, not stored: {r.reason}",
+                         at, channel, "warning", key=r.key(source_id),
+                         details={"source": source_id, "part": part, "account": r.bucket[0],
+                                  "metric": r.bucket[1], "bucket": iso(r.bucket[2])})
+            for r in refusals]
 
 
 def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, channel: str | None) -> AlertNotice:

@@ -4,7 +4,9 @@ A failing poll keeps the source's cursor, counts the failure and records the
 error (the source's message already names the file/page/field and never a
 secret); the next poll resumes from the last stored batch. A rejected part of
 a poll (a bad file in a drop folder) is stored as "seen", reported to the
-admin channel, and the rest of the poll goes on.
+admin channel, and the rest of the poll goes on. A bucket whose values add up
+past a float64 is left out of its batch, told once, and the rest of the batch
+is stored (integrations.sources.refused).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from bot.service.alerts import admin_notice
+from bot.service.alerts import admin_notice, refusal_notices
 from bot.service.notices import notice_items
+from integrations.notice import AlertNotice
+from integrations.sources import refused as refused_
 from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
 from storage.accounts import list_accounts
 from storage.db import redact_url
+from storage.outbox import known_keys
 from storage.sources import get_source_state, record_failure, store_batch
 from storage.usage import UsageValueError
 
@@ -48,20 +53,42 @@ class PollReport:
 
 def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
            report: PollReport, notifiers: Sequence[str]) -> str | None:
-    """Store one batch; returns the cursor stored. A batch whose values the store refuses (bucket
-    totals past a float64) and that says what to store then (Batch.rejected_cursor) is stored as a
-    rejected part instead, so one bad file does not stop every later one."""
+    """Store one batch; returns the cursor stored. When the store refuses the batch's values (a
+    bucket total past a float64), a batch that says what to store then (Batch.rejected_cursor: a
+    csv file) is stored as a rejected part, and any other is stored without the refused buckets
+    (integrations.sources.refused), so one bad bucket neither loses its part's good rows nor stops every
+    later poll."""
     try:
         _store_one(engine, source, batch, now, admin_channel, report, notifiers)
         return batch.cursor
     except UsageValueError as exc:
         if batch.rejected_cursor is None:
-            raise
+            if batch.columns:  # (csv columns always say what to store instead)
+                raise
+            _store_refusing(engine, source, batch, exc, now, admin_channel, report, notifiers)
+            return batch.cursor
         rejected = Batch(cursor=batch.rejected_cursor, watermark=batch.watermark, label=batch.label,
                          error=f"source {source.id!r}: {batch.label} rejected, nothing stored from it:"
                                f" {_unnamed(exc, source.id)}")
         _store_one(engine, source, rejected, now, admin_channel, report, notifiers)
         return rejected.cursor
+
+
+def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValueError, now: int,
+                    admin_channel: str | None, report: PollReport, notifiers: Sequence[str]) -> None:
+    """Store `batch` without the buckets the store refuses (integrations.sources.refused), in one
+    transaction with the notices of those not told before."""
+    def store(refused: dict[refused_.Bucket, refused_.Refusal]) -> None:
+        told = known_keys(engine, [r.key(source.id) for r in refused.values()])
+        new = [refused[b] for b in sorted(refused) if refused[b].key(source.id) not in told]
+        kept = refused_.without(batch, refused)
+        if new:
+            told_now = refused_.message(source.id, batch.label, new)
+            kept.error = f"{batch.error}\n{told_now}" if batch.error else told_now
+        notices = refusal_notices(source.id, batch.label, new, now, admin_channel)
+        _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices)
+
+    refused_.refusing(store, exc, source.id, batch.totals)
 
 
 def _unnamed(exc: UsageValueError, source_id: str) -> str:
@@ -70,14 +97,15 @@ def _unnamed(exc: UsageValueError, source_id: str) -> str:
 
 
 def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
-               report: PollReport, notifiers: Sequence[str]) -> None:
-    outbox = []
+               report: PollReport, notifiers: Sequence[str], notices: Sequence[AlertNotice] | None = None) -> None:
+    """Store one batch with its admin notices (default: one about `batch.error`, if any), then report it."""
     if batch.error:
         batch.error = mask(batch.error)
-        notice = admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
-                              details={"source": source.id, "part": batch.label},
-                              key=f"source-rejected:{source.id}:{batch.label}:{now}")
-        outbox += notice_items(notice, now, notifiers)
+    if notices is None:
+        notices = [admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
+                                details={"source": source.id, "part": batch.label},
+                                key=f"source-rejected:{source.id}:{batch.label}:{now}")] if batch.error else []
+    outbox = [item for notice in notices for item in notice_items(notice, now, notifiers)]
     res = store_batch(engine, source.id, now, totals=batch.totals, columns=batch.columns, events=batch.events,
                       accounts=batch.accounts, cursor=batch.cursor, watermark=batch.watermark,
                       outbox=outbox, error=batch.error)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from integrations.sources.records import UsageRecord, is_metric_name
 from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
+from rules.periods import iso
 from storage.usage_values import UsageColumns, newest_ts
 
 BUILTIN_TYPES = ("csv", "http_json", "sql", "openmeter", "stripe_meter")
@@ -105,8 +106,8 @@ class Batch:
     label: str = ""  # e.g. the file name, for logs
     error: str | None = None  # a rejected part (e.g. a bad file): reported, none of its rows stored
     # the cursor to store instead when the store refuses this batch's values (bucket totals past a
-    # float64): the part is then rejected and reported, and the poll goes on with the next part (None:
-    # the whole poll fails and the part is read again at the next poll)
+    # float64): the part is then rejected whole and reported, and the poll goes on with the next part
+    # (a csv file). None: the batch is stored without the refused buckets (integrations.sources.refused)
     rejected_cursor: str | None = None
 
     @property
@@ -248,6 +249,11 @@ def window(ctx: PollContext, overlap: int, backfill: int, align: int = 60) -> tu
         start = min(ctx.watermark, end) - overlap
     start -= start % align
     return start, end
+
+
+def window_label(start: int, end: int) -> str:
+    """A poll's time window as its batch label names it (the part a refused bucket belongs to)."""
+    return f"window {iso(start)} to {iso(end)}"
 
 
 def newest(records: Sequence[UsageRecord] | Sequence[UsageEvent], previous: int | None, now: int,

@@ -40,6 +40,7 @@ from integrations.sources.base import (
     register_type,
     str_map,
     window,
+    window_label,
 )
 from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
@@ -50,6 +51,7 @@ from integrations.sources.http_fetch import (
     RetryPolicy,
     dig,
     dig_optional,
+    display_url,
     parse_auth,
     parse_retry,
     register_url_secrets,
@@ -288,7 +290,7 @@ class HttpJsonSource:
     def _base_params(self, ctx: PollContext) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.o.params)
         if self.o.incremental == "window":
-            start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align)
+            start, end = self._window(ctx)
             params[self.o.window.start_param] = format_time(start, self.o.window.format)
             params[self.o.window.end_param] = format_time(end, self.o.window.format)
         elif self.o.incremental == "cursor" and self.o.cursor is not None:
@@ -296,6 +298,18 @@ class HttpJsonSource:
             if position is not None:
                 params[self.o.cursor.param] = position
         return params
+
+    def _window(self, ctx: PollContext) -> tuple[int, int]:
+        return window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align)
+
+    def _part(self, ctx: PollContext, n_pages: int) -> str:
+        """What one poll read, for its batch label: the pages, the URL, and the window or cursor."""
+        what = f"{n_pages} page(s) of GET {display_url(self.o.url)}"
+        if self.o.incremental == "window":
+            return f"{what}, {window_label(*self._window(ctx))}"
+        if self.o.incremental == "cursor":
+            return f"{what} from the stored cursor" if ctx.cursor is not None else f"{what} from the start"
+        return what
 
     def pages(self, ctx: PollContext) -> Iterator[tuple[int, Any, list[Any]]]:
         """(page number, decoded body, items) of every page of this poll."""
@@ -432,7 +446,7 @@ class HttpJsonSource:
                 cursor = str(nxt)
         watermark = newest(events or totals, ctx.watermark, ctx.now)
         yield Batch(cursor=cursor, watermark=watermark, totals=totals, events=events,
-                    label=f"{n_pages} page(s)")
+                    label=self._part(ctx, n_pages))
 
 
 def build(config: SourceConfig) -> HttpJsonSource:

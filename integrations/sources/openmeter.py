@@ -29,6 +29,7 @@ from integrations.sources.base import (
     register_type,
     str_map,
     window,
+    window_label,
 )
 from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
@@ -152,7 +153,7 @@ class OpenMeterSource:
         if problems:
             raise malformed_error(self.id, problems, "malformed row(s)")
         yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s)")
+                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}")
 
 
 def build(config: SourceConfig) -> OpenMeterSource:

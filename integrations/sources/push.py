@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,9 +41,14 @@ from integrations.sources.records import (
     shown,
     time_problem,
 )
+from integrations.sources.refused import Bucket, Refusal, bucket_of, message, refusing
 from rules.config import Secret, Section, Table
+from rules.periods import iso
+from storage.outbox import OutboxItem, known_keys
 from storage.sources import StoreResult, get_source_state, store_batch
 from storage.usage import UsageValueError
+
+log = logging.getLogger(__name__)
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -304,22 +310,44 @@ def to_usage_events(raw_events: list[Any], cfg: PushConfig, now: int,
 # ------------------------------------------------------------------------ endpoint
 
 
+def _listed(events: list[tuple[int, UsageEvent]]) -> list[dict[str, Any]]:
+    """Events of a request as its answer names them: index, source and id (their key is [source, id])."""
+    out = []
+    for i, e in events[:MAX_PROBLEMS]:
+        source, eid = json.loads(e.id)
+        out.append({"index": i, "source": source, "id": eid})
+    return out
+
+
+def _part(config: PushConfig, events: Sequence[UsageEvent]) -> str:
+    return f"POST {config.path} of {len(events)} event(s)"
+
+
 @dataclass
 class PushOutcome:
     accepted: int
     duplicates: int
     result: StoreResult
+    refused: int = 0  # buckets refused and newly told (integrations.sources.refused)
+
+
+RefusalOutbox = Callable[[str, list[Refusal], int], Sequence[OutboxItem]]  # (part, new refusals, now) -> notices
 
 
 class PushIngest:
-    """The endpoint's logic, independent of the HTTP server: authenticate, parse, store."""
+    """The endpoint's logic, independent of the HTTP server: authenticate, parse, store.
+
+    `refusal_outbox`: the admin notices (outbox rows) about buckets a request is refused, queued in
+    its transaction (the service's notifiers; None: told in the answer and the log only)."""
 
     def __init__(self, engine: Engine, config: PushConfig, clock: Callable[[], int],
-                 on_stored: Callable[[PushOutcome], None] | None = None) -> None:
+                 on_stored: Callable[[PushOutcome], None] | None = None,
+                 refusal_outbox: RefusalOutbox | None = None) -> None:
         self.engine = engine
         self.config = config
         self.clock = clock
         self.on_stored = on_stored
+        self.refusal_outbox = refusal_outbox
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         lower = {k.lower(): v for k, v in headers.items()}
@@ -345,16 +373,42 @@ class PushIngest:
             return exc.status, exc.body()
         newest_ts = min(max(e.ts for e in events), now)
         watermark = newest_ts if prev is None or prev.watermark is None else max(prev.watermark, newest_ts)
+        refused: dict[Bucket, Refusal] = {}
+        new: list[Refusal] = []
         try:
             result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
                                  kind="push")
-        except UsageValueError as exc:  # a bucket total past the largest float64: nothing was stored
-            return 400, {"error": str(exc)}
-        outcome = PushOutcome(result.events_new, result.events_duplicate, result)
+        except UsageValueError as exc:  # a bucket total past the largest float64: stored without it
+            try:
+                result, refused, new = refusing(lambda r: self._store_without(events, r, now, watermark), exc,
+                                                self.config.source_id)
+            except UsageValueError as again:  # no bucket to leave out: nothing was stored
+                return 400, {"error": str(again)}
+        outcome = PushOutcome(result.events_new, result.events_duplicate, result, len(new))
         if self.on_stored is not None:
             self.on_stored(outcome)
         answer: dict[str, Any] = {"accepted": result.events_new, "duplicates": result.events_duplicate,
                                   "events": len(events)}
+        if refused:  # told to the sender every time (the admin once)
+            answer["refused"] = [{"account": b[0], "metric": b[1], "bucket": iso(b[2]), "error": refused[b].reason,
+                                  "events": _listed([(i, e) for i, e in enumerate(events) if bucket_of(e) == b])}
+                                 for b in sorted(refused)]
         if result.events_expired:  # pruned meanwhile (a prune between the check and the store)
             answer["expired"] = result.events_expired
         return 200, answer
+
+    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal], now: int,
+                       watermark: int) -> tuple[StoreResult, dict[Bucket, Refusal], list[Refusal]]:
+        """Store the request without the events of the refused buckets, with the notices of the buckets
+        not told before, in one transaction; (what was stored, every refused bucket, the newly told)."""
+        sid = self.config.source_id
+        told = known_keys(self.engine, [r.key(sid) for r in refused.values()])
+        new = [refused[b] for b in sorted(refused) if refused[b].key(sid) not in told]
+        part = _part(self.config, events)
+        error = message(sid, part, new) if new else None
+        outbox = self.refusal_outbox(part, new, now) if new and self.refusal_outbox is not None else ()
+        result = store_batch(self.engine, sid, now, events=[e for e in events if bucket_of(e) not in refused],
+                             watermark=watermark, kind="push", outbox=outbox, error=error)
+        if error:
+            log.warning(error, extra={"source": sid, "event": "source_rejected", "part": part})
+        return result, dict(refused), new

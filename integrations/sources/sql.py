@@ -35,6 +35,7 @@ from integrations.sources.base import (
     malformed_error,
     register_type,
     window,
+    window_label,
 )
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
 from rules.config import Secret, Section, redaction
@@ -283,8 +284,9 @@ class SqlSource:
         schema, _, name = (o.table or "").rpartition(".")
         return sa.table(name, *cols, schema=schema or None).alias("usage_src")
 
-    def statement(self, start: int, end: int, dialect: str) -> sa.Select[Any]:
-        """The aggregate query for the window [start, end) (epoch seconds)."""
+    def statement(self, start: int, end: int, dialect: str, exact: bool = False) -> sa.Select[Any]:
+        """The aggregate query for the window [start, end) (epoch seconds); `exact`: SUM as NUMERIC
+        (a sum past the largest float64 comes back as a number, not an error of the query)."""
         o = self.o
         src = self._from()
         tcol = src.c[o.time_column]
@@ -296,8 +298,10 @@ class SqlSource:
             t = tcol
         b = bucket_floor(t, sa.literal_column(str(o.bucket))).label("bucket_start")
         acct = src.c[o.account_column].label("account")
-        value: Any = sa.func.count() if o.aggregate == "count" else getattr(sa.func, o.aggregate)(
-            src.c[str(o.value_column)])
+        column: Any = src.c[str(o.value_column)] if o.value_column else None
+        if exact and column is not None:
+            column = sa.cast(column, sa.Numeric)
+        value: Any = sa.func.count() if o.aggregate == "count" else getattr(sa.func, o.aggregate)(column)
         cols: list[Any] = [acct]
         group: list[Any] = [src.c[o.account_column]]
         if o.metric_column:
@@ -322,13 +326,28 @@ class SqlSource:
             conds.append(sa.text(f"({o.where})"))
         return sa.select(*cols).where(*conds).group_by(*group, b)
 
-    def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
+    def _rows(self, start: int, end: int) -> list[Any]:
+        """The aggregated rows of the window. A database whose SUM of floats refuses to pass the
+        largest float64 (PostgreSQL: 22003 numeric_value_out_of_range) is asked again summing as
+        NUMERIC, so the overflowing bucket comes back (as inf) and only it is refused by the store;
+        SQLite's sum returns inf itself."""
         stmt = self.statement(start, end, self.engine.dialect.name)
         self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(stmt).all()
+                return conn.execute(stmt).all()
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "22003" or self.o.aggregate != "sum":
+                raise
+        stmt = self.statement(start, end, self.engine.dialect.name, exact=True)
+        self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).all()
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
+        try:
+            rows = self._rows(start, end)
         except SQLAlchemyError as exc:
             reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
             if _timed_out(exc):
@@ -354,7 +373,7 @@ class SqlSource:
             except (TypeError, ValueError):
                 problems.append(f"{where}, metric {metric}: value {r.value!r} is not a number")
                 continue
-            if value < 0 or value != value:
+            if value < 0 or value != value:  # (inf: a bucket past the largest float64, refused by the store)
                 problems.append(f"{where}, metric {metric}: value {value:g} is negative or not a number")
                 continue
             why = id_problem(str(r.account), "account") or time_problem(int(r.bucket_start))
@@ -371,7 +390,7 @@ class SqlSource:
             newest_ts = min(newest_ts, ctx.now)
             watermark = newest_ts if watermark is None else max(watermark, newest_ts)
         yield Batch(cursor=None, watermark=watermark, totals=records,
-                    label=f"{len(rows)} bucket row(s) from {start} to {end}")
+                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}")
 
 
 def _timed_out(exc: SQLAlchemyError) -> bool:

@@ -29,6 +29,7 @@ from integrations.sources.base import (
     register_type,
     str_map,
     window,
+    window_label,
 )
 from integrations.sources.http_fetch import (
     RETRY_KEYS,
@@ -148,7 +149,7 @@ class StripeMeterSource:
         if problems:
             raise malformed_error(self.id, problems, "malformed summary item(s)")
         yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s)")
+                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), {window_label(start, end)}")
 
 
 def build(config: SourceConfig) -> StripeMeterSource:

@@ -17,6 +17,7 @@ from bot.config.app import load_config
 from bot.serve.service import Service
 from bot.service.logs import setup_logging
 from integrations.console import ConsoleNotifier
+from storage.outbox import list_outbox
 from storage.sources import get_source_state
 from tests.integrations.sources.helpers import points
 
@@ -128,6 +129,28 @@ def test_push_ingest_over_http(service: Service, engine_for_service: Engine) -> 
     assert m.value("usagebot_ingest_events_total", result="accepted") == 2
     assert m.value("usagebot_ingest_events_total", result="duplicate") == 1
     assert m.value("usagebot_ingest_requests_total", status=401) == 1
+
+
+def test_pushed_events_whose_bucket_overflows_are_refused_alone_and_the_admin_told_once(service: Service) -> None:
+    """Over HTTP through the service: the refused bucket is named in the answer, the other events are
+    stored, and one admin notice per notifier is queued (for #usagebot-admin), once for two requests."""
+    url = _url(service, "/ingest/events")
+    ev = {"specversion": "1.0", "source": "app", "type": "api_calls", "time": "2026-11-11T00:00:05Z"}
+    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/cloudevents-batch+json"}
+    body = [dict(ev, id="big1", subject="acme", data={"value": 1e308}),
+            dict(ev, id="big2", subject="acme", data={"value": 1e308}),
+            dict(ev, id="ok", subject="globex", data={"value": 3})]
+    first = httpx.post(url, json=body, headers=headers)
+    assert first.status_code == 200 and first.json()["accepted"] == 1
+    assert [e["id"] for e in first.json()["refused"][0]["events"]] == ["big1", "big2"]
+    again = httpx.post(url, json=body, headers=headers)
+    assert again.status_code == 200 and again.json()["duplicates"] == 1 and again.json()["refused"]
+    assert points(service.engine, "api_calls") == {("globex", "api_calls", T0 + 10 * DAY): 3.0}  # type: ignore[arg-type]
+    notices = [r for r in list_outbox(service.engine) if r.idempotency_key.startswith("source-refused:push:")]  # type: ignore[arg-type]
+    assert len(notices) == len(service.notices.notifiers) >= 1
+    assert notices[0].payload["routing"]["channels"] == ["#usagebot-admin"]
+    assert "account 'acme', metric 'api_calls', bucket 2026-11-11T00:00:00Z" in notices[0].payload["message"]
+    assert service.metrics.value("usagebot_source_rejected_total", source="push") == 1
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -44,3 +45,24 @@ def points(engine: Engine, metric: str | None = None) -> dict[tuple[str, str, in
 def count(engine: Engine, table: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def refusal_notices(engine: Engine, source_id: str) -> list[dict]:
+    """The payloads of the admin notices queued about refused buckets of a source (one per bucket
+    and notifier; bot.service.refusals)."""
+    from storage.outbox import list_outbox
+
+    return [r.payload for r in list_outbox(engine, limit=10_000)
+            if r.idempotency_key.startswith(f"source-refused:{source_id}:")]
+
+
+def told_once(engine: Engine, first: Any, again: Any, source_id: str, part: str) -> str:
+    """What every source's refused-bucket test checks: the first poll (a PollReport) told acme's
+    api_calls bucket of T0 refused, in `part`, once (one notice); the poll after a restart, which
+    read the bucket again, told nothing. Returns what the first poll told."""
+    assert first.ok and again.ok and again.rejected == []
+    [told] = first.rejected
+    assert told.startswith(f"source {source_id!r}: {part}: 1 bucket(s) refused, not stored"), told
+    assert "account 'acme', metric 'api_calls', bucket 2026-11-01T00:00:00Z" in told
+    assert len(refusal_notices(engine, source_id)) == 1
+    return told

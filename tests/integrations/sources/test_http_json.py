@@ -13,7 +13,16 @@ from integrations.sources.base import PollContext, SourceError
 from integrations.sources.http_json import HttpJsonSource
 from storage.sources import get_source_state, prune_events
 from tests.integrations.sources.fake_http import FakeHttp, Seen
-from tests.integrations.sources.helpers import DAY, HOUR, T0, config_problems, count, points, source_config
+from tests.integrations.sources.helpers import (
+    DAY,
+    HOUR,
+    T0,
+    config_problems,
+    count,
+    points,
+    refusal_notices,
+    source_config,
+)
 
 SECRET = "tok-5f1e-very-secret"
 
@@ -291,12 +300,71 @@ def test_epoch_timestamps_and_metric_map(engine: Engine) -> None:
     assert points(engine) == {("7", "api_calls", T0 + DAY): 2.5}
 
 
-def test_totals_whose_bucket_overflows_fail_the_poll_clearly(engine: Engine, caplog) -> None:
+def test_a_bucket_whose_totals_overflow_is_refused_told_once_and_the_rest_stored(engine: Engine, caplog) -> None:
+    """1e308 twice in acme's minute adds up past a float64: that bucket is refused (named with the
+    source, the window and the bucket, told once), globex's rows of the same poll are stored, and
+    the poll goes on; before, every poll failed at it and no later row was ever stored. After a
+    restart the overlap reads the bucket again: refused again, not told again, the later rows stored."""
     page = [_item("acme", T0 + 5, 1e308), _item("acme", T0 + 10, 1e308), _item("globex", T0 + 5, 3)]
     with FakeHttp() as srv:
         srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
-        report = poll_source(engine, _source(srv.url("/usage")), T0 + 60)
-    assert not report.ok and "source 'billing'" in report.error
-    assert "account 'acme', metric 'api_calls', bucket" in report.error and "add up to more" in report.error
-    assert points(engine) == {} and "Traceback" not in caplog.text
-    assert get_source_state(engine, "billing").last_error == report.error
+        first = poll_source(engine, _source(srv.url("/usage")), T0 + 60)
+        assert first.ok and points(engine) == {("globex", "api_calls", T0): 3.0}
+        [told] = first.rejected
+        assert told.startswith(f"source 'billing': 1 page(s) of GET {srv.url('/usage')}, window "
+                               "2026-10-31T00:01:00Z to 2026-11-01T00:01:00Z: 1 bucket(s) refused, not stored")
+        assert "account 'acme', metric 'api_calls', bucket 2026-11-01T00:00:00Z" in told
+        assert "add up to more than the largest number a float64 holds" in told and "nothing was" not in told
+        state = get_source_state(engine, "billing")
+        assert state.last_error == told and state.watermark == T0 + 10  # the poll went on
+        [notice] = refusal_notices(engine, "billing")
+        assert notice["details"]["account"] == "acme" and notice["details"]["bucket"] == "2026-11-01T00:00:00Z"
+        assert notice["details"]["part"].endswith("window 2026-10-31T00:01:00Z to 2026-11-01T00:01:00Z")
+        assert caplog.text.count("bucket(s) refused") == 1 and "Traceback" not in caplog.text
+        page.append(_item("globex", T0 + 120, 4))  # a later row, read after the restart
+        again = poll_source(engine, _source(srv.url("/usage")), T0 + 180)  # a new source object: a restart
+    assert again.ok and again.rejected == [] and len(refusal_notices(engine, "billing")) == 1
+    assert points(engine) == {("globex", "api_calls", T0): 3.0, ("globex", "api_calls", T0 + 120): 4.0}
+    assert get_source_state(engine, "billing").last_error is None
+    assert caplog.text.count("bucket(s) refused") == 1
+
+
+def test_cursor_pages_with_a_refused_bucket_store_the_rest_and_move_on(engine: Engine) -> None:
+    """Cursor mode: skipping the part would lose its good rows for good (the cursor moves past
+    them), so only the refused bucket is left out; the cursor moves on, the part is not read again."""
+    extra = 'incremental = "cursor"\n[sources.cursor]\nparam = "since"\nfield = "next_since"\ninitial = "0"\n'
+    served = {"0": [_item("acme", T0, 1e308), _item("acme", T0 + 1, 1e308), _item("globex", T0, 3)],
+              "10": [_item("acme", T0 + HOUR, 5)]}
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": served[r.q("since")]},
+                                             "next_since": str(int(r.q("since")) + 10)}))
+        first = poll_source(engine, _source(srv.url("/usage"), extra), T0 + 60)
+        second = poll_source(engine, _source(srv.url("/usage"), extra), T0 + HOUR + 60)  # restarted
+        assert [r.q("since") for r in srv.requests] == ["0", "10"]
+    assert first.ok and "1 page(s) of GET" in first.rejected[0] and "from the start" in first.rejected[0]
+    assert second.ok and second.rejected == []
+    assert points(engine) == {("globex", "api_calls", T0): 3.0, ("acme", "api_calls", T0 + HOUR): 5.0}
+    assert get_source_state(engine, "billing").cursor == "20"
+    assert len(refusal_notices(engine, "billing")) == 1
+
+
+def test_events_that_take_a_stored_bucket_past_a_float64_are_refused_the_rest_counted(engine: Engine) -> None:
+    """An event feed: e2 would add 1e308 to acme's stored 1e308. Only the events of that bucket are
+    left out (e2's id is not kept: a corrected re-send counts; e1, stored before, stays as it was);
+    e3 of the same poll is counted, and after a restart the overlap's re-read tells nothing again."""
+    page = [dict(_item("acme", T0 + 5, 1e308), id="e1")]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
+        assert poll_source(engine, _event_source(srv.url("/usage")), T0 + 60).ok
+        page += [dict(_item("acme", T0 + 20, 1e308), id="e2"), dict(_item("globex", T0 + 20, 2), id="e3")]
+        second = poll_source(engine, _event_source(srv.url("/usage")), T0 + 120)
+        page.append(dict(_item("globex", T0 + 200, 7), id="e4"))
+        third = poll_source(engine, _event_source(srv.url("/usage")), T0 + 260)  # restarted, overlap re-read
+    assert second.ok and (second.events_new, second.events_duplicate) == (1, 0)
+    [told] = second.rejected
+    assert "account 'acme', metric 'api_calls', bucket 2026-11-01T00:00:00Z" in told and "stored 1e+308" in told
+    assert "usage write" not in told
+    assert third.ok and third.rejected == [] and third.events_new == 1
+    assert points(engine) == {("acme", "api_calls", T0): 1e308, ("globex", "api_calls", T0): 2.0,
+                              ("globex", "api_calls", T0 + 180): 7.0}
+    assert len(refusal_notices(engine, "billing")) == 1

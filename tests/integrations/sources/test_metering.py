@@ -13,7 +13,7 @@ from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.stripe_meter import StripeMeterSource
 from rules.model import AccountFacts
 from tests.integrations.sources.fake_http import FakeHttp, Seen
-from tests.integrations.sources.helpers import HOUR, T0, config_problems, points, source_config
+from tests.integrations.sources.helpers import HOUR, T0, config_problems, points, source_config, told_once
 
 
 def _iso(ts: int) -> str:
@@ -145,3 +145,41 @@ def test_metering_config_problems() -> None:
     p = "\n".join(config_problems('[[sources]]\nid = "s"\ntype = "stripe_meter"\nmeters = { m = "bad name" }\n'))
     assert "sources[0].api_key: is required" in p and "sources[0].customers: give customers" in p
     assert "'bad name' is not a metric name" in p
+
+
+def test_openmeter_a_window_whose_rows_overflow_is_refused_told_once_and_the_rest_stored(engine: Engine) -> None:
+    """Two rows of acme's hour (a group-by OpenMeter splits further) add up past a float64: that
+    bucket is refused, named with the meters and the window, and every other window of the poll is
+    stored; after a restart the overlap reads it again, tells nothing again, stores the later rows."""
+    served = [{"value": 1e308, "windowStart": _iso(T0), "subject": "acme"},
+              {"value": 1e308, "windowStart": _iso(T0), "subject": "acme"},
+              {"value": 4, "windowStart": _iso(T0), "subject": "globex"}]
+    with FakeHttp() as srv:
+        srv.route("/api/v1/meters/api_requests_total/query", lambda r: (200, {"data": served}))
+        srv.route("/api/v1/meters/tokens.used/query", lambda r: (200, {"data": []}))
+        first = poll_source(engine, _openmeter(srv.url()), T0 + 1800)
+        served.append({"value": 6, "windowStart": _iso(T0 + HOUR), "subject": "globex"})
+        again = poll_source(engine, _openmeter(srv.url()), T0 + HOUR + 1800)  # restarted
+    told_once(engine, first, again, "om", "2 meter(s), window 2026-10-31T00:00:00Z to 2026-11-01T01:00:00Z")
+    assert points(engine) == {("globex", "api_calls", T0): 4.0, ("globex", "api_calls", T0 + HOUR): 6.0}
+
+
+def test_stripe_summaries_whose_bucket_overflows_are_refused_told_once_and_the_rest_stored(engine: Engine) -> None:
+    """Two summaries of acme's hour add up past a float64: that bucket is refused (named with the
+    meters, customers and window), globex's summaries of the same poll are stored; after a restart
+    the overlap's re-read tells nothing again and the later summaries are stored."""
+    hours = {"cus_A": [(T0, 1e308), (T0, 1e308)], "cus_G": [(T0, 2)]}
+
+    def summaries(req: Seen) -> tuple:
+        data = [{"id": f"s{i}", "aggregated_value": v, "start_time": ts, "end_time": ts + HOUR}
+                for i, (ts, v) in enumerate(hours[req.q("customer") or ""])]
+        return 200, {"object": "list", "data": data, "has_more": False}
+
+    with FakeHttp() as srv:
+        srv.route("/v1/billing/meters/mtr_123/event_summaries", summaries)
+        first = poll_source(engine, _stripe(srv.url()), T0 + 1800)
+        hours["cus_G"].append((T0 + HOUR, 5))
+        again = poll_source(engine, _stripe(srv.url()), T0 + HOUR + 1800)  # restarted
+    told_once(engine, first, again, "stripe",
+              "1 meter(s) x 2 customer(s), window 2026-10-31T00:00:00Z to 2026-11-01T01:00:00Z")
+    assert points(engine) == {("globex", "api_calls", T0): 2.0, ("globex", "api_calls", T0 + HOUR): 5.0}

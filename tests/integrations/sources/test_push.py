@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from integrations.sources.push import BATCH, STRUCTURED, PushConfig, PushIngest, parse_ingest_config
 from rules.config import Secret, document_from_text
+from storage.outbox import OutboxItem
 from storage.sources import get_source_state, prune_events
 from tests.integrations.sources.helpers import DAY, T0, count, points
 
@@ -169,11 +170,32 @@ def test_parse_ingest_config() -> None:
     assert [str(p) for p in doc.problems] == ["c.toml:1: ingest.secret: is required"]
 
 
-def test_events_whose_bucket_total_overflows_are_refused_whole(engine: Engine) -> None:
-    p = _ingest(engine)
+def test_events_whose_bucket_total_overflows_are_refused_the_rest_counted_told_once(engine: Engine, caplog) -> None:
+    """Event b would add 1e308 to acme's stored 1e308: only that bucket's events are refused (named in
+    the answer, with their ids; not kept, so a corrected re-send counts), globex's event of the same
+    request is counted in the same transaction, and the admin is told once: a re-send is refused
+    again in its answer, not told again. Before, the whole request was refused and nobody but the
+    sender knew."""
+    told: list[tuple[str, list]] = []
+
+    def outbox(part: str, refusals: list, now: int) -> list[OutboxItem]:
+        told.append((part, refusals))
+        return [OutboxItem(r.key("push"), "notify:console", {"message": r.reason}) for r in refusals]
+
+    p = PushIngest(engine, PushConfig(secret=Secret(SECRET)), clock=lambda: NOW, refusal_outbox=outbox)
     assert _post(p, [_event("a", value=1e308)])[0] == 200
     status, answer = _post(p, [_event("b", value=1e308), _event("c", "globex", 1)])
-    assert status == 400 and "account 'acme', metric 'api_calls'" in answer["error"]
-    assert "nothing was stored" in answer["error"]
-    assert points(engine) == {("acme", "api_calls", T0): 1e308}
-    assert _post(p, [_event("c", "globex", 1)])[1]["accepted"] == 1  # its id was not kept by the refused request
+    assert status == 200 and (answer["accepted"], answer["events"]) == (1, 2)
+    [refused] = answer["refused"]
+    assert (refused["account"], refused["metric"], refused["bucket"], refused["events"]) == \
+        ("acme", "api_calls", "2026-11-01T00:00:00Z", [{"index": 0, "source": "app/api", "id": "b"}])
+    assert "add up to more than the largest number a float64 holds" in refused["error"]
+    assert points(engine) == {("acme", "api_calls", T0): 1e308, ("globex", "api_calls", T0): 1.0}
+    [(part, [r])] = told
+    assert part == "POST /ingest/events of 2 event(s)" and r.bucket == ("acme", "api_calls", T0)
+    assert caplog.text.count("bucket(s) refused") == 1
+    status, again = _post(p, [_event("b", value=1e308), _event("d", "globex", 2, ts=T0 + 90)])  # re-sent
+    assert status == 200 and again["accepted"] == 1 and again["refused"][0]["events"][0]["id"] == "b"
+    assert len(told) == 1 and caplog.text.count("bucket(s) refused") == 1  # told once
+    assert _post(p, [_event("b", value=5)])[1] == {"accepted": 1, "duplicates": 0, "events": 1}  # corrected
+    assert points(engine)[("globex", "api_calls", T0 + 60)] == 2.0

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from bot.service.polling import poll_source
 from integrations.sources.base import PollContext, SourceError
 from integrations.sources.sql import SqlSource
-from tests.integrations.sources.helpers import HOUR, T0, config_problems, points, source_config
+from tests.integrations.sources.helpers import HOUR, T0, config_problems, points, source_config, told_once
 
 
 def _events_table(engine: Engine, epoch: bool = False) -> sa.Table:
@@ -89,6 +89,32 @@ def test_late_rows_within_the_overlap_replace_their_bucket(engine: Engine, db_ur
         src.close()
     assert report.ok and report.changed == {("acme", "api_calls")}
     assert points(engine) == {("acme", "api_calls", T0): 4.0, ("acme", "api_calls", T0 + HOUR): 1.0}
+
+
+def test_a_bucket_whose_sum_passes_a_float64_is_refused_told_once_and_the_rest_stored(
+        engine: Engine, db_url: str) -> None:
+    """acme's hour sums 1e308 + 1e308 in the database (SQLite: inf; PostgreSQL refuses the float
+    SUM, so the query is asked again summing as NUMERIC): only that bucket is refused, named with the
+    window; globex's bucket of the same poll is stored and the poll goes on. After a restart the
+    overlap re-reads the bucket: refused again, not told again, and the later rows are stored."""
+    t = _events_table(engine)
+    _insert(engine, t, [("acme", "api_calls", 1e308, T0 + 60), ("acme", "api_calls", 1e308, T0 + 120),
+                        ("globex", "api_calls", 3.0, T0 + 60)])
+    src = _source(db_url)
+    try:
+        first = poll_source(engine, src, T0 + HOUR)
+    finally:
+        src.close()
+    assert first.ok and points(engine) == {("globex", "api_calls", T0): 3.0}
+    assert ("NUMERIC" in src.last_statement) == (engine.dialect.name == "postgresql")
+    _insert(engine, t, [("globex", "api_calls", 4.0, T0 + HOUR + 60)])
+    src = _source(db_url)  # a restart
+    try:
+        again = poll_source(engine, src, T0 + 2 * HOUR)
+    finally:
+        src.close()
+    told_once(engine, first, again, "warehouse", "2 bucket row(s) of window 2026-10-31T01:00:00Z to 2026-11-01T01:00:00Z")
+    assert points(engine) == {("globex", "api_calls", T0): 3.0, ("globex", "api_calls", T0 + HOUR): 4.0}
 
 
 def test_count_aggregate_with_a_query_and_a_constant_metric(engine: Engine, db_url: str) -> None:
