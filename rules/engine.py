@@ -41,6 +41,7 @@ from rules.model import (
     Recovery,
     Rule,
     found_accounts,
+    picked,
 )
 
 BlockKey = tuple[str, int]  # (metric, bucket seconds)
@@ -491,7 +492,7 @@ def _only(view: MetricBlock, facts: Sequence[AccountFacts], keep: np.ndarray
         return view, facts
     idx = np.flatnonzero(keep)
     ids = view.account_ids
-    return (MetricBlock(view.metric, view.start, view.step, [ids[i] for i in idx], view.values[idx]),
+    return (MetricBlock(view.metric, view.start, view.step, picked(ids, idx), view.values[idx]),
             PickedFacts(facts, idx))
 
 

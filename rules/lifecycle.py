@@ -117,7 +117,9 @@ def replace(state: EpisodeState, **changes: Any) -> EpisodeState:
     if not changes.keys() <= _STATE_FIELDS:
         raise TypeError(f"EpisodeState has no field(s) {sorted(changes.keys() - _STATE_FIELDS)}")
     new = object.__new__(EpisodeState)
-    new.__dict__.update(state.__dict__, **changes)
+    d = state.__dict__.copy()  # the whole table copied, then the changes (not one insert per field)
+    d.update(changes)
+    object.__setattr__(new, "__dict__", d)
     return new
 
 
@@ -125,8 +127,8 @@ def _continued(prev: EpisodeState, now: int, explanation: Mapping[str, Any], sev
     """replace(prev, ...) for an open episode a finding continues without a transition (the replay
     makes one per open episode per step: the changes set directly, no keyword dict to check)."""
     new = object.__new__(EpisodeState)
-    d = new.__dict__
-    d.update(prev.__dict__)
+    d = prev.__dict__.copy()  # a copy of the whole table, not one insert per field (a fresh dict's update)
+    object.__setattr__(new, "__dict__", d)
     d["consecutive"] = prev.consecutive + 1
     d["last_seen_at"] = now
     d["last_explanation"] = explanation
@@ -489,7 +491,12 @@ def _inhibit(rules: Mapping[str, Rule], inhibits: Sequence[Inhibit], transitions
             if src is not None and firing_source(src):
                 suppress(i, f"duplicate of rule {original}")
     is_sources = [{rid for rid, r in rules.items() if inh.source.matches(rid, r.kind)} for inh in inhibits]
-    any_source = set().union(*is_sources)
+    # the firing states are scanned only for inhibits with a target among the transitions still
+    # notified (a replay step of the shipped rules notifies mostly quota levels, targets of no inhibit:
+    # at 10k x 180 the scan of every state at every such step was ~1.3% of the backtest)
+    targeted = {rid for i in todo if transitions[i].notify for rid in (transitions[i].state.rule_id,) if rid in rules}
+    any_source = set().union(*(src for inh, src in zip(inhibits, is_sources, strict=True)
+                               if any(inh.target.matches(rid, rules[rid].kind) for rid in targeted)))
     # one scan for all inhibits, keeping only the states of source rules (in a replay most firing
     # episodes are quota levels held to the period's end, sources of no inhibit)
     firing = [s for s in states.values() if s.status == FIRING and s.rule_id in any_source] if any_source else []

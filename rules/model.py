@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -206,6 +207,19 @@ class AccountFacts:
 # -------------------------------------------------------------------------- series
 
 
+T = TypeVar("T")
+
+
+def picked(seq: Sequence[T], idx: np.ndarray) -> list[T]:
+    """[seq[i] for i in idx] by C-level calls (idx as Python ints, one itemgetter): a replay picks a
+    rule's run rows from a block's ids and facts at every step (at 10k x 180 ~0.5 s as a listcomp
+    over numpy integers)."""
+    ix = idx.tolist()
+    if len(ix) < 2:
+        return [seq[i] for i in ix]
+    return list(itemgetter(*ix)(seq))
+
+
 class PickedFacts(tuple):  # type: ignore[type-arg]
     """The facts of some rows of a block (`parent[i]` for i in `idx`, a tuple of them): detectors derive
     what they memoise per facts tuple (quota arrays, billing groups) from the parent's by indexing,
@@ -215,7 +229,7 @@ class PickedFacts(tuple):  # type: ignore[type-arg]
     idx: np.ndarray
 
     def __new__(cls, parent: Sequence[AccountFacts], idx: np.ndarray) -> PickedFacts:
-        out = super().__new__(cls, (parent[i] for i in idx))
+        out = super().__new__(cls, picked(parent, idx))
         out.parent, out.idx = parent, idx
         return out
 

@@ -21,6 +21,7 @@ rules.detectors.format.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 from rules.detectors.format import rule_location
 from rules.kinds import Kind, UnknownKind, kind_of
@@ -71,9 +72,12 @@ def _check_inputs(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFact
             )
 
 
+_ID = attrgetter("id")
+
+
 @by_identity()
 def _ids(accounts: Sequence[AccountFacts]) -> list[str]:
-    return [account.id for account in accounts]
+    return list(map(_ID, accounts))  # C-level (a replay's picked facts are new tuples each step: no memo hit)
 
 
 def detect(

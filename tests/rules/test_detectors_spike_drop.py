@@ -379,3 +379,25 @@ def test_findings_are_frozen_and_serialisable() -> None:
     with pytest.raises(AttributeError):
         f.value = 1.0  # type: ignore[misc]
     assert replace(f, value=1.0).value == 1.0
+
+
+def test_open_episodes_still_holding_come_columnar_with_their_frozen_level() -> None:
+    """The open spikes/drops whose condition still holds are one FindingRows (in the open episodes'
+    order, no Finding built until read): each row's Finding is judged against the episode's level
+    (no reference: the ordinary baseline), as the lifecycle's continuation reads it."""
+    from rules.model import FindingRows, OpenEpisode
+
+    b = block(np.array([flat(N, 100.0, 10.0), flat(N, 100.0, 95.0), flat(N, 200.0, 20.0)]))
+    opened = [OpenEpisode("acct-2", "", MONDAY - 5 * H, firing=False),
+              OpenEpisode("acct-0", "", MONDAY - 3 * H, firing=False),
+              OpenEpisode("acct-1", "", MONDAY - 3 * H, firing=False)]
+    rule = drop()
+    res = detect(rule, b, facts(b), opened)
+    held = [x for x in res.found if isinstance(x, FindingRows)]
+    assert len(held) == 1 and [held[0].account_id(k) for k in range(len(held[0]))] == ["acct-2", "acct-0"]
+    assert held[0]._built == {}  # nothing built while deciding
+    assert ("acct-1", "") in res.recoveries  # back near its usual level: not continued
+    f = held[0][1]
+    assert (f.account_id, f.value, f.baseline, f.threshold) == ("acct-0", 10.0, 100.0, 100.0 * rule.params.ratio)
+    assert f.details["frozen_baseline"] and f.window_start == MONDAY - 3 * H - H
+    assert held[0].baseline_of(0) == 200.0 and "dropped to" in f.message

@@ -111,3 +111,17 @@ def test_renewal_raise_of_columnar_rows_equals_renewal_severity_at_the_window_ed
         assert [f.severity for f in got] == [renewal_severity(severity, accounts[f.account_id], pricing, at)
                                              for f in got]
         assert any(f.severity != severity for f in got) == (severity != "critical")
+
+
+def test_picked_is_the_items_at_the_indices_in_order() -> None:
+    """rules.model.picked: [seq[i] for i in idx] for every length of idx (one itemgetter returns a
+    bare item for one index and is not called for none)."""
+    import numpy as np
+
+    from rules.model import picked
+
+    seq = [f"a{i}" for i in range(10)]
+    for idx in ([], [3], [0, 9], [9, 0, 4, 4], list(range(10))):
+        got = picked(seq, np.asarray(idx, dtype=np.intp))
+        assert got == [seq[i] for i in idx] and type(got) is list
+    assert picked(("x", "y", "z"), np.flatnonzero(np.array([True, False, True]))) == ["x", "z"]

@@ -291,7 +291,9 @@ def test_a_replay_formats_no_message_until_an_event_reads_it(monkeypatch):
     steps = list(replay(rules, _blocks(book, rules), {a.id: a for a in book.accounts}, END - 30 * DAY, END,
                         inhibits=ruleset.inhibits))
     transitions = [t for s in steps for t in s.transitions if t.finding is not None]
-    assert calls["made"] > 2 * len(transitions) > 0 and calls["formatted"] == 0
+    # a Finding for every transition at least (open spike/drop/quota/expansion episodes carried without
+    # one: columnar rows), and not one message formatted
+    assert calls["made"] >= len(transitions) > 0 and calls["formatted"] == 0
     baselines = [st.last_explanation.get("baseline") for st in steps[-1].states.values()]
     assert len(baselines) > 10 and calls["formatted"] == 0  # an explanation's numbers are read without its message
     text = transitions[0].finding.message
