@@ -104,7 +104,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
         batch.error = mask(batch.error)
     if notices is None:
         notices = [admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
-                                details={"source": source.id, "part": batch.label},
+                                details={"source": source.id, "part": mask(batch.label)},
                                 key=f"source-rejected:{source.id}:{batch.label}:{now}")] if batch.error else []
     outbox = [item for notice in notices for item in notice_items(notice, now, notifiers)]
     res = store_batch(engine, source.id, now, totals=batch.totals, columns=batch.columns, events=batch.events,
