@@ -113,6 +113,38 @@ def _floor_mysql(el: Any, compiler: Any, **kw: Any) -> str:
     return f"(FLOOR({t} / {s}) * {s})"
 
 
+@dataclass(frozen=True)
+class WideSum:
+    """How a dialect sums the groups whose plain SUM passes its type's range: `sum` in a wider
+    type, `magnitude` (the sum of absolute values, which bounds every partial sum) compared with
+    `limit` to find them, and `refused` telling the database's overflow error."""
+
+    sum: Any
+    magnitude: Any
+    limit: Any
+    refused: Any
+
+
+# The limits sit 2^-30 (about 1e-9) below the type's largest value: the wide sum of a group rounds
+# (PostgreSQL's CAST(float8 AS numeric) keeps 15 digits, SQLite's total() adds doubles), so a group a
+# few ulps under the edge must still count as overflowing, or the "rest" query would fail again.
+_FLOAT8_EDGE = sa.literal_column(repr(float.fromhex("0x1.fffffffffffffp+1023") * (1 - 2**-30)), sa.Numeric)
+_INT64_EDGE = sa.literal_column(repr(2.0**63 * (1 - 2**-30)), sa.Float)
+
+_WIDE_SUM: dict[str, WideSum] = {
+    "postgresql": WideSum(
+        sum=lambda c: sa.func.sum(sa.cast(c, sa.Numeric)),
+        magnitude=lambda c: sa.func.sum(sa.func.abs(sa.cast(c, sa.Numeric))),
+        limit=_FLOAT8_EDGE,
+        refused=lambda exc: getattr(exc.orig, "sqlstate", None) == "22003"),
+    "sqlite": WideSum(
+        sum=lambda c: sa.func.total(c),
+        magnitude=lambda c: sa.func.total(sa.func.abs(sa.cast(c, sa.Float))),
+        limit=_INT64_EDGE,
+        refused=lambda exc: "integer overflow" in str(exc.orig)),
+}
+
+
 # ---------------------------------------------------------------------------- config
 
 
@@ -284,9 +316,11 @@ class SqlSource:
         schema, _, name = (o.table or "").rpartition(".")
         return sa.table(name, *cols, schema=schema or None).alias("usage_src")
 
-    def statement(self, start: int, end: int, dialect: str, exact: bool = False) -> sa.Select[Any]:
-        """The aggregate query for the window [start, end) (epoch seconds); `exact`: SUM as NUMERIC
-        (a sum past the largest float64 comes back as a number, not an error of the query)."""
+    def statement(self, start: int, end: int, dialect: str, part: str = "all") -> sa.Select[Any]:
+        """The aggregate query for the window [start, end) (epoch seconds). `part` (after the
+        database refused a SUM past its type's range, see `_rows`): "overflowing", only the groups
+        whose SUM passes the range, summed in a wider type; "rest", every other group with the plain
+        SUM (the same values as "all" gives for them)."""
         o = self.o
         src = self._from()
         tcol = src.c[o.time_column]
@@ -299,9 +333,10 @@ class SqlSource:
         b = bucket_floor(t, sa.literal_column(str(o.bucket))).label("bucket_start")
         acct = src.c[o.account_column].label("account")
         column: Any = src.c[str(o.value_column)] if o.value_column else None
-        if exact and column is not None:
-            column = sa.cast(column, sa.Numeric)
         value: Any = sa.func.count() if o.aggregate == "count" else getattr(sa.func, o.aggregate)(column)
+        wide = _WIDE_SUM.get(dialect)
+        if part == "overflowing" and wide is not None:
+            value = wide.sum(column)
         cols: list[Any] = [acct]
         group: list[Any] = [src.c[o.account_column]]
         if o.metric_column:
@@ -324,25 +359,39 @@ class SqlSource:
             conds.append(src.c[o.value_column].is_not(None))
         if o.where:
             conds.append(sa.text(f"({o.where})"))
-        return sa.select(*cols).where(*conds).group_by(*group, b)
+        if part == "rest" and wide is not None:
+            big = self.statement(start, end, dialect, "overflowing").cte("overflowing")
+            same = [big.c.account == src.c[o.account_column], big.c.bucket_start == b]
+            if o.metric_column:  # a NULL metric is a group too
+                same.append(big.c.metric.is_not_distinct_from(src.c[o.metric_column]))
+            conds.append(~sa.exists().where(*same))
+        stmt = sa.select(*cols).where(*conds).group_by(*group, b)
+        if part == "overflowing" and wide is not None:
+            stmt = stmt.having(wide.magnitude(column) >= wide.limit)
+        return stmt
 
     def _rows(self, start: int, end: int) -> list[Any]:
-        """The aggregated rows of the window. A database whose SUM of floats refuses to pass the
-        largest float64 (PostgreSQL: 22003 numeric_value_out_of_range) is asked again summing as
-        NUMERIC, so the overflowing bucket comes back (as inf) and only it is refused by the store;
-        SQLite's sum returns inf itself."""
-        stmt = self.statement(start, end, self.engine.dialect.name)
+        """The aggregated rows of the window. A database whose SUM refuses to pass its type's range
+        (PostgreSQL float8: 22003 numeric_value_out_of_range; SQLite INTEGER: "integer overflow")
+        fails the whole query for one bucket, so the window is then read in two parts: the
+        overflowing groups summed in a wider type (PostgreSQL NUMERIC: past the largest float64 they
+        come back as inf and only they are refused by the store; SQLite total(): the float64 sum)
+        and every other group with the plain SUM, bit for bit the values of a window without the
+        bad bucket. SQLite's sum of REAL returns inf itself."""
+        dialect = self.engine.dialect.name
+        stmt = self.statement(start, end, dialect)
         self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
         try:
             with self.engine.connect() as conn:
                 return conn.execute(stmt).all()
         except sa.exc.DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "22003" or self.o.aggregate != "sum":
+            wide = _WIDE_SUM.get(dialect)
+            if wide is None or self.o.aggregate != "sum" or not wide.refused(exc):
                 raise
-        stmt = self.statement(start, end, self.engine.dialect.name, exact=True)
-        self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
+        over, rest = (self.statement(start, end, dialect, part) for part in ("overflowing", "rest"))
+        self.last_statement = str(rest.compile(dialect=self.engine.dialect))
         with self.engine.connect() as conn:
-            return conn.execute(stmt).all()
+            return [*conn.execute(over).all(), *conn.execute(rest).all()]
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)

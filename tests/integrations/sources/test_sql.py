@@ -117,6 +117,52 @@ def test_a_bucket_whose_sum_passes_a_float64_is_refused_told_once_and_the_rest_s
     assert points(engine) == {("globex", "api_calls", T0): 3.0, ("globex", "api_calls", T0 + HOUR): 4.0}
 
 
+def _poll_once(engine: Engine, db_url: str, now: int):  # type: ignore[no-untyped-def]
+    src = _source(db_url)
+    try:
+        return poll_source(engine, src, now), src.last_statement
+    finally:
+        src.close()
+
+
+def test_an_overflowing_bucket_leaves_the_other_buckets_of_its_window_bit_for_bit(
+        engine: Engine, db_url: str) -> None:
+    """PostgreSQL refuses the window's float8 SUM for acme's bucket; the buckets read beside it keep
+    their float8 sums bit for bit (CAST(float8 AS numeric) would keep 15 digits: 1.2345678901234567
+    -> 1.23456789012346, 0.1 + 0.2 -> 0.3), so nothing is flagged changed and nothing flips back
+    when the bad bucket leaves the overlap."""
+    t = _events_table(engine)
+    _insert(engine, t, [("globex", "api_calls", 1.2345678901234567, T0 + 60),
+                        ("initech", "api_calls", 1234567890123456789.0, T0 + 60),
+                        ("umbrella", "api_calls", 0.1, T0 + 60), ("umbrella", "api_calls", 0.2, T0 + 120)])
+    alone, _ = _poll_once(engine, db_url, T0 + HOUR)
+    before = points(engine)
+    assert alone.ok and before[("umbrella", "api_calls", T0)] == 0.1 + 0.2 != 0.3
+    _insert(engine, t, [("acme", "api_calls", 1e308, T0 + 60), ("acme", "api_calls", 1e308, T0 + 120)])
+    beside, statement = _poll_once(engine, db_url, T0 + HOUR + 60)
+    assert beside.ok and beside.changed == set()
+    assert points(engine) == before  # bit for bit; acme's bucket refused
+    assert ("NUMERIC" in statement) == (engine.dialect.name == "postgresql")
+
+
+def test_an_integer_sum_past_int64_is_stored_as_a_float_and_the_rest_bit_for_bit(
+        engine: Engine, db_url: str) -> None:
+    """SQLite's SUM of an INTEGER column raises "integer overflow" past 2^63 (the whole poll failed,
+    at every poll): acme's bucket now comes back as its float64 sum (total()), and globex's exact
+    integer sum 2^53 + 2 stays what SUM gives (total() adds doubles on SQLite < 3.43: 2^53)."""
+    md = sa.MetaData()
+    t = sa.Table("raw_events", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("acct", sa.String),
+                 sa.Column("kind", sa.String), sa.Column("qty", sa.BigInteger), sa.Column("at", sa.DateTime()))
+    md.create_all(engine)
+    _insert(engine, t, [("acme", "api_calls", 2**62, T0 + 60), ("acme", "api_calls", 2**62, T0 + 120),
+                        ("globex", "api_calls", 2**53, T0 + 60), ("globex", "api_calls", 1, T0 + 61),
+                        ("globex", "api_calls", 1, T0 + 62)])
+    report, _ = _poll_once(engine, db_url, T0 + HOUR)
+    assert report.ok, report.error
+    assert points(engine) == {("acme", "api_calls", T0): 2.0**63, ("globex", "api_calls", T0): float(2**53 + 2)}
+    assert float(2**53 + 2) != 2.0**53
+
+
 def test_count_aggregate_with_a_query_and_a_constant_metric(engine: Engine, db_url: str) -> None:
     t = _events_table(engine)
     _insert(engine, t, [("acme", "login", 0, T0 + 1), ("acme", "login", 0, T0 + 2), ("acme", "other", 0, T0 + 3)])
