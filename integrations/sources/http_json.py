@@ -5,7 +5,8 @@ pagination, take the list at `records` from each page and map each item's
 fields (dotted paths) to account, metric, value and timestamp. Every page is
 fetched and every item validated before anything is stored: a malformed
 payload fails the poll with the page, item and field named, and stores
-nothing.
+nothing; with `on_error = "skip"` a malformed item is left out and told once
+(integrations.sources.skipped) and the other items are stored.
 
 Incremental reading (`incremental`):
 - "window" (default): the request carries [start, end) as query parameters;
@@ -57,10 +58,11 @@ from integrations.sources.http_fetch import (
     register_url_secrets,
 )
 from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
+from integrations.sources.skipped import SkippedItem, digest, parse_on_error
 from rules.config import Section, Table
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
-        "window", "cursor", "pagination", *RETRY_KEYS)
+        "window", "cursor", "pagination", "on_error", *RETRY_KEYS)
 TABLES = (AUTH, Table("fields", ("account", "metric", "value", "timestamp", "id", "timestamp_format")),
           Table("pagination", ("type", "param", "next", "size_param", "size", "start", "max_pages")),
           Table("window", ("start_param", "end_param", "format", "align")), Table("cursor", ("param", "field", "initial")))
@@ -122,6 +124,7 @@ class HttpJsonOptions:
     window: WindowParams = field(default_factory=WindowParams)
     cursor: CursorParams | None = None
     pagination: Pagination = field(default_factory=Pagination)
+    on_error: str = "reject"  # "skip": leave a malformed item out (told once), store the rest
 
 
 def _check_url(section: Section, url: str | None) -> str | None:
@@ -210,7 +213,7 @@ def parse(section: Section, settings: SourceSettings) -> HttpJsonOptions | None:
         return None
     return HttpJsonOptions(url=url, fields=fields, records=records, metric=metric, metric_map=metric_map,
                            params=params, headers=headers, auth=auth, retry=retry, incremental=incremental,
-                           window=win, cursor=cursor, pagination=pagination)
+                           window=win, cursor=cursor, pagination=pagination, on_error=parse_on_error(section))
 
 
 # ------------------------------------------------------------------------ reading
@@ -262,9 +265,11 @@ class _Problems:
         self.items: list[str] = []
         self.total = 0
         self.bad_items = 0
+        self.current: list[str] = []  # the problems of the item being read (without its "where")
 
     def add(self, text: str) -> None:
         self.total += 1
+        self.current.append(text)
         if len(self.items) < MAX_PROBLEMS:
             self.items.append(text)
 
@@ -425,20 +430,24 @@ class HttpJsonSource:
         problems = _Problems(self.id)
         totals: list[UsageRecord] = []
         events: list[UsageEvent] = []
+        skipped: list[SkippedItem] = []
         last_body: Any = None
         n_pages = 0
         for page, body, items in self.pages(ctx):
             n_pages, last_body = page, body
             for i, item in enumerate(items):
                 where = f"page {page}, item {i} ({self.o.records or 'items'}[{i}])"
-                before = problems.total
+                problems.current = []
                 rec = self._item(item, where, problems)
-                problems.bad_items += problems.total > before
-                if isinstance(rec, UsageEvent):
+                if problems.current:
+                    problems.bad_items += 1
+                    skipped.append(_skipped(item, where, problems.current))
+                elif isinstance(rec, UsageEvent):
                     events.append(rec)
                 elif rec is not None:
                     totals.append(rec)
-        problems.raise_if_any(f"{n_pages} page(s)")
+        if self.o.on_error == "reject":
+            problems.raise_if_any(f"{n_pages} page(s)")
         cursor = ctx.cursor
         if self.o.incremental == "cursor" and self.o.cursor is not None and last_body is not None:
             nxt = dig_optional(last_body, self.o.cursor.field)
@@ -446,7 +455,14 @@ class HttpJsonSource:
                 cursor = str(nxt)
         watermark = newest(events or totals, ctx.watermark, ctx.now)
         yield Batch(cursor=cursor, watermark=watermark, totals=totals, events=events,
-                    label=self._part(ctx, n_pages))
+                    label=self._part(ctx, n_pages), skipped=skipped)
+
+
+def _skipped(item: Any, where: str, problems: list[str]) -> SkippedItem:
+    """A malformed item as `on_error = "skip"` leaves it out: its problems without the repeated
+    "where" prefix, keyed by the item's content."""
+    text = "; ".join(p.removeprefix(f"{where}: ") for p in problems)
+    return SkippedItem(where, text, digest(item))
 
 
 def build(config: SourceConfig) -> HttpJsonSource:

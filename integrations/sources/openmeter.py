@@ -6,7 +6,9 @@ meter's total for one subject: account = subject (or the group value),
 metric = the name the meter is mapped to in `meters`, time = windowStart.
 The window [newest stored - overlap, now] is aligned to the window size, so
 windows are re-read whole and replace what is stored; the still-open window
-is read too and replaced as it grows.
+is read too and replaced as it grows. A malformed row fails the poll (nothing
+stored), or with `on_error = "skip"` is left out and told once
+(integrations.sources.skipped).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ from integrations.sources.http_fetch import (
 )
 from integrations.sources.http_json import format_time, parse_value
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name
+from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section
 
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
-        *RETRY_KEYS)
+        "on_error", *RETRY_KEYS)
 WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
 
 
@@ -59,6 +62,7 @@ class OpenMeterOptions:
     account_group_by: str | None = None
     subjects: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_error: str = "reject"  # "skip": leave a malformed row out (told once), store the rest
 
 
 def parse_meters(section: Section) -> dict[str, str]:
@@ -82,7 +86,7 @@ def parse(section: Section, settings: SourceSettings) -> OpenMeterOptions | None
     opts = OpenMeterOptions(
         meters=meters, url=url, api_prefix="/" + (section.str("api_prefix", "/api/v1") or "").strip("/"),
         token=section.secret("token"), window_size=size, account_group_by=section.str("account_group_by"),
-        subjects=tuple(section.str_list("subjects")), retry=parse_retry(section))
+        subjects=tuple(section.str_list("subjects")), retry=parse_retry(section), on_error=parse_on_error(section))
     return opts if meters else None
 
 
@@ -97,7 +101,7 @@ class OpenMeterSource:
     def close(self) -> None:
         self.fetcher.close()
 
-    def _rows(self, slug: str, metric: str, body: Any, problems: list[str]) -> list[UsageRecord]:
+    def _rows(self, slug: str, metric: str, body: Any, bad: Malformed) -> list[UsageRecord]:
         data = body.get("data") if isinstance(body, Mapping) else None
         if not isinstance(data, list):
             raise SourceError(f"source {self.id!r}: meter {slug!r}: the response has no 'data' list "
@@ -106,7 +110,7 @@ class OpenMeterSource:
         for i, row in enumerate(data):
             where = f"meter {slug!r}, data[{i}]"
             if not isinstance(row, Mapping):
-                problems.append(f"{where}: expected an object, got {type(row).__name__}")
+                bad.add(where, f"expected an object, got {type(row).__name__}", slug, row)
                 continue
             if self.o.account_group_by:
                 account = (row.get("groupBy") or {}).get(self.o.account_group_by)
@@ -114,21 +118,21 @@ class OpenMeterSource:
             else:
                 account, what = row.get("subject"), "subject"
             if account is None or not str(account).strip():
-                problems.append(f"{where}: no {what} (the account); set account_group_by if accounts are a "
-                                "group-by key")
+                bad.add(where, f"no {what} (the account); set account_group_by if accounts are a group-by key",
+                        slug, row)
                 continue
             why = id_problem(str(account).strip(), f"{what} (the account)")
             if why is not None:
-                problems.append(f"{where}: {why}")
+                bad.add(where, why, slug, row)
                 continue
             try:
                 ts = parse_timestamp(str(row.get("windowStart", "")))
                 value = parse_value(row.get("value"))
             except ValueError as exc:
-                problems.append(f"{where}: {exc}")
+                bad.add(where, str(exc), slug, row)
                 continue
             if not math.isfinite(value):
-                problems.append(f"{where}: value is not finite")
+                bad.add(where, "value is not finite", slug, row)
                 continue
             out.append(UsageRecord(str(account).strip(), metric, ts, value))
         return out
@@ -139,7 +143,7 @@ class OpenMeterSource:
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size  # the open window too
         records: list[UsageRecord] = []
-        problems: list[str] = []
+        bad = Malformed()
         for slug, metric in self.o.meters.items():
             params: dict[str, Any] = {"from": format_time(start, "iso"), "to": format_time(end, "iso"),
                                       "windowSize": self.o.window_size, "windowTimeZone": "UTC"}
@@ -149,11 +153,11 @@ class OpenMeterSource:
                 params["subject"] = list(self.o.subjects)
             url = f"{self.o.url}{self.o.api_prefix}/meters/{quote(slug, safe='')}/query"
             body, _ = self.fetcher.get_json(url, params, what=f"meter {slug}")
-            records += self._rows(slug, metric, body, problems)
-        if problems:
-            raise malformed_error(self.id, problems, "malformed row(s)")
+            records += self._rows(slug, metric, body, bad)
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "malformed row(s)")
         yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}")
+                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}", skipped=bad.items)
 
 
 def build(config: SourceConfig) -> OpenMeterSource:

@@ -66,3 +66,12 @@ def told_once(engine: Engine, first: Any, again: Any, source_id: str, part: str)
     assert "account 'acme', metric 'api_calls', bucket 2026-11-01T00:00:00Z" in told
     assert len(refusal_notices(engine, source_id)) == 1
     return told
+
+
+def skipped_notices(engine: Engine, source_id: str) -> list[dict]:
+    """The payloads of the admin notices queued about malformed items a source skipped (on_error =
+    "skip"; one per item content and notifier; integrations.sources.skipped)."""
+    from storage.outbox import list_outbox
+
+    return [r.payload for r in list_outbox(engine, limit=10_000)
+            if r.idempotency_key.startswith(f"source-skipped:{source_id}:")]
