@@ -278,3 +278,19 @@ def test_the_key_of_an_item_is_its_content_not_its_position() -> None:
     b = SkippedItem("page 3, item 7", "bad", digest({"a": [1, 2], "b": 1}))
     assert a.key("s") == b.key("s") != SkippedItem("", "", digest({"a": [2, 1], "b": 1})).key("s")
     assert a.key("s") != a.key("other")
+
+
+def test_a_skipped_item_beside_a_refused_bucket_both_told_once_the_rest_stored(engine: Engine) -> None:
+    """A batch with a bucket past a float64 (refused by the store) and a malformed item (skipped by
+    the source): the store retries without the bucket and keeps the skipped item's notice."""
+    served = [_item("acme", T0 + 5, 1e308), _item("acme", T0 + 10, 1e308), _item("globex", T0 + 5, 3),
+              _item("initech", T0 + 5, "x")]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, {"data": served}))
+        first = poll_source(engine, _http_json(srv.url("/usage")), T0 + 60)
+        again = poll_source(engine, _http_json(srv.url("/usage")), T0 + 120)
+    assert first.ok and first.skipped == 1 and points(engine) == {("globex", "api_calls", T0): 3.0}
+    [told] = first.rejected
+    assert "1 bucket(s) refused" in told and "1 malformed item(s) skipped" in told
+    assert len(skipped_notices(engine, "billing")) == 1
+    assert again.ok and again.rejected == [] and len(skipped_notices(engine, "billing")) == 1
