@@ -16,6 +16,13 @@ HOUR = 3600
 DAY = 86_400
 
 
+def iso_z(ts: int) -> str:
+    """Epoch second `ts` as the APIs write it: 2026-11-01T00:00:00Z."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def source_config(toml: str, env: Mapping[str, str] | None = None) -> SourceConfig:
     """The [[sources]] table in `toml` (exactly one), or ConfigError with every problem."""
     doc = document_from_text(toml, "test.toml", env)

@@ -17,11 +17,7 @@ from integrations.sources.http_fetch import Fetcher
 from integrations.sources.http_json import HttpJsonSource
 from storage.sources import get_source_state
 from tests.integrations.sources.fake_http import FakeHttp, Seen
-from tests.integrations.sources.helpers import DAY, HOUR, T0, points, source_config
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from tests.integrations.sources.helpers import DAY, HOUR, T0, iso_z, points, source_config
 
 
 def _ts(text: str) -> int:
@@ -43,7 +39,7 @@ class WindowApi:
         inside = [i for i in self.items if lo <= i[1] < hi]
         at = int(req.q("page_token") or 0)
         nxt = at + 2 if at + 2 < len(inside) else None
-        return 200, {"data": [{"acct": a, "qty": q, "at": _iso(ts)} for a, ts, q in inside[at:at + 2]], "next": nxt}
+        return 200, {"data": [{"acct": a, "qty": q, "at": iso_z(ts)} for a, ts, q in inside[at:at + 2]], "next": nxt}
 
 
 def _source(url: str, api: WindowApi, limits: str = "", max_pages: int = 3) -> HttpJsonSource:
@@ -221,7 +217,7 @@ def test_openmeter_a_window_past_poll_deadline_is_read_in_parts(engine: Engine) 
 
     def query(req: Seen) -> tuple:
         lo, hi = _ts(req.q("from") or ""), _ts(req.q("to") or "")
-        data = [{"value": v, "windowStart": _iso(ts), "subject": "acme"} for ts, v in rows if lo <= ts < hi]
+        data = [{"value": v, "windowStart": iso_z(ts), "subject": "acme"} for ts, v in rows if lo <= ts < hi]
         clock[0] += len(data)
         return 200, {"data": data}
 

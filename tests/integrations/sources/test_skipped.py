@@ -6,8 +6,6 @@ database, stored in SQLite and PostgreSQL (the `engine` fixture)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,16 +22,13 @@ from tests.integrations.sources.helpers import (
     HOUR,
     T0,
     config_problems,
+    iso_z,
     points,
     skipped_notices,
     source_config,
 )
 
 SECRET = "tok-5f1e-very-secret"
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _http_json(url: str, on_error: str = "skip") -> HttpJsonSource:
@@ -59,7 +54,7 @@ timestamp = "start"
 
 
 def _item(acct: str, ts: int, qty: object, meter: str = "api_calls") -> dict:
-    return {"customer": acct, "meter": meter, "qty": qty, "start": _iso(ts)}
+    return {"customer": acct, "meter": meter, "qty": qty, "start": iso_z(ts)}
 
 
 def test_http_json_skip_stores_the_good_items_and_tells_each_bad_one_once_across_a_restart(engine: Engine) -> None:
@@ -70,7 +65,7 @@ def test_http_json_skip_stores_the_good_items_and_tells_each_bad_one_once_across
     After a restart the window has moved and the bad items sit at other indexes: told nothing again,
     and the rows that arrived since are stored."""
     served = [_item("acme", T0 + 60, 5),
-              {"meter": "api_calls", "qty": 1, "start": _iso(T0 + 60)},
+              {"meter": "api_calls", "qty": 1, "start": iso_z(T0 + 60)},
               _item("globex", T0 + 120, f"{SECRET} lots"),
               _item("initech", T0 + 60, 2) | {"start": "soon"},
               _item("globex", T0 + 180, 7)]
@@ -153,14 +148,14 @@ on_error = "skip"
 
 
 def test_openmeter_skip_leaves_malformed_rows_out_told_once(engine: Engine) -> None:
-    served = [{"value": 3, "windowStart": _iso(T0), "subject": "acme"},
-              {"value": "x", "windowStart": _iso(T0), "subject": "globex"},
+    served = [{"value": 3, "windowStart": iso_z(T0), "subject": "acme"},
+              {"value": "x", "windowStart": iso_z(T0), "subject": "globex"},
               {"value": 1, "windowStart": "yesterday", "subject": "acme"},
-              {"value": 2, "windowStart": _iso(T0)}]
+              {"value": 2, "windowStart": iso_z(T0)}]
     with FakeHttp() as srv:
         srv.route("/api/v1/meters/api_requests_total/query", lambda r: (200, {"data": served}))
         first = poll_source(engine, _openmeter(srv.url()), T0 + 1800)
-        served.insert(0, {"value": 6, "windowStart": _iso(T0 + HOUR), "subject": "globex"})
+        served.insert(0, {"value": 6, "windowStart": iso_z(T0 + HOUR), "subject": "globex"})
         again = poll_source(engine, _openmeter(srv.url()), T0 + HOUR + 1800)  # restarted, indexes moved
     assert first.ok and first.skipped == 3
     [told] = first.rejected
