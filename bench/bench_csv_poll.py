@@ -7,6 +7,8 @@ Per side and round: a fresh database (SQLite file, or a fresh schema of --pg), t
   first   poll_source of a folder holding the file (the whole file parsed and stored: an empty table)
   again   the same file touched (its mtime changed) and polled again: read whole again, every row
           compared with the stored one, nothing rewritten (a corrected drop that changed nothing)
+  changed the file replaced by a corrected version where 1% of the values differ: those rows
+          rewritten, the rest compared and left
 The file: `--accounts` accounts x 4 metrics x as many daily buckets as `--rows` needs, ISO timestamps,
 values with fractions, in bucket order (as an export would write it). `before` is the baseline ref
 extracted by `git archive` into a temporary folder and run with the same interpreter.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +38,7 @@ from integrations.sources.csv_source import CsvSource
 from rules.config import document_from_text
 from storage.db import make_engine, migrate
 import sqlalchemy as sa
-folder, url, now = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder, url, now, changed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if url.startswith("postgresql"):
     schema = "b" + uuid.uuid4().hex[:12]
     base = make_engine(url)
@@ -48,10 +51,13 @@ migrate(engine)
 doc = document_from_text(f'[[sources]]\nid = "drops"\ntype = "csv"\npath = "{folder}"\nmin_age = "0"\n', "b.toml")
 src = CsvSource(parse_source_config(doc.sections("sources")[0]))
 out = {}
-for step in ("first", "again"):
+for step in ("first", "again", "changed"):
     if step == "again":
         for f in os.listdir(folder):
             os.utime(os.path.join(folder, f), (1_000_000_100, 1_000_000_100))
+    if step == "changed":  # the corrected drop: 1% of the values differ
+        os.replace(changed, os.path.join(folder, "usage.csv"))
+        os.utime(os.path.join(folder, "usage.csv"), (1_000_000_200, 1_000_000_200))
     t, c = time.perf_counter(), time.process_time()
     report = poll_source(engine, src, now)
     assert report.ok and not report.rejected, report.error or report.rejected
@@ -61,7 +67,7 @@ print(json.dumps(out))
 '''
 
 
-def write_file(path: Path, rows: int, accounts: int) -> int:
+def write_file(path: Path, rows: int, accounts: int, changed: bool = False) -> int:
     days = -(-rows // (accounts * len(METRICS)))
     n = 0
     with open(path, "w") as f:
@@ -74,7 +80,8 @@ def write_file(path: Path, rows: int, accounts: int) -> int:
                 for a in range(accounts):
                     if n >= rows:
                         break
-                    lines.append(f"{stamp},acct-{a:06d},{m},{(a * 7 + d * 13) % 1000 + 0.25 * (a % 4)}\n")
+                    bump = 0.5 if changed and n % 100 == 7 else 0.0  # the corrected file: 1% of the values
+                    lines.append(f"{stamp},acct-{a:06d},{m},{(a * 7 + d * 13) % 1000 + 0.25 * (a % 4) + bump}\n")
                     n += 1
                 f.write("".join(lines))
     os.utime(path, (1_000_000_000, 1_000_000_000))
@@ -87,9 +94,10 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run(code_root: Path, folder: Path, url: str) -> dict:
+def run(code_root: Path, folder: Path, url: str, changed: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code_root))
-    out = subprocess.run([sys.executable, "-c", _POLL, str(folder), url, str(T0 + 400 * DAY)], cwd=code_root,
+    out = subprocess.run([sys.executable, "-c", _POLL, str(folder), url, str(T0 + 400 * DAY), str(changed)],
+                         cwd=code_root,
                          env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"{code_root}: {out.stderr[-3000:]}")
@@ -112,19 +120,24 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
         folder = work / "drops"
         folder.mkdir()
-        n = write_file(folder / "usage.csv", args.rows, args.accounts)
+        original, corrected = work / "usage.csv", work / "usage-changed.csv"
+        n = write_file(original, args.rows, args.accounts)
+        write_file(corrected, args.rows, args.accounts, changed=True)
+        shutil.copyfile(original, folder / "usage.csv")
         print(f"file: {n} rows, {(folder / 'usage.csv').stat().st_size / 1e6:.1f} MB; load {os.getloadavg()[0]:.1f}")
         results: dict[str, list[dict]] = {"before": [], "after": []}
         for r in range(args.rounds):
             for side, root in (("before", before), ("after", ROOT)) if r % 2 == 0 else (("after", ROOT), ("before", before)):
+                shutil.copyfile(original, folder / "usage.csv")  # the last run's "changed" step replaced it
+                shutil.copyfile(corrected, work / "changed.csv")
                 os.utime(folder / "usage.csv", (1_000_000_000, 1_000_000_000))
                 url = args.pg or f"sqlite:///{work / f'{side}-{r}.db'}"
-                res = run(root, folder, url)
+                res = run(root, folder, url, work / "changed.csv")
                 results[side].append(res)
                 if not args.pg:
                     os.unlink(work / f"{side}-{r}.db")
                 print(json.dumps({"round": r, "side": side, **res, "load": round(os.getloadavg()[0], 1)}), flush=True)
-        for step in ("first", "again"):
+        for step in ("first", "again", "changed"):
             b = sorted(x[step]["s"] for x in results["before"])
             a = sorted(x[step]["s"] for x in results["after"])
             bc = sorted(x[step]["cpu"] for x in results["before"])

@@ -9,7 +9,7 @@ ended by t, then the lifecycle advances. Nothing after t is visible at t:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -38,6 +38,8 @@ class ReplayStep:
     transitions: list[Transition]
     states: Mapping[Key, EpisodeState]  # every state after this step: a live view (copy it to keep it)
     cohort_events: list[CohortEvent]
+    # (rule_id, account_id, why): left undecided at this step, their usage not a finite number (rules.engine)
+    contained: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def evaluation_times(rules: Sequence[Rule], start: int, end: int) -> list[int]:
@@ -94,7 +96,9 @@ class Scans:
         del self.pending[rule.id]
         key = (rule.metric, rule.bucket)
         block = self.blocks[key]
-        got = kind_of(rule.kind).scan(rule, block, self.reuse.facts(key, block, self.accounts))  # type: ignore[misc]
+        # huge values may overflow in a scan as in a detector (rules.engine contains them per account)
+        with np.errstate(over="ignore", invalid="ignore"):
+            got = kind_of(rule.kind).scan(rule, block, self.reuse.facts(key, block, self.accounts))  # type: ignore[misc]
         if isinstance(got, Scanned):
             self.candidates[rule.id], self.decided[rule.id] = got.candidates, got.decided
         else:
@@ -307,4 +311,4 @@ def replay(
             else:
                 open_now.pop(key, None)
             told.put(new, key)
-        yield ReplayStep(t, step.transitions, live, result.cohort_events)
+        yield ReplayStep(t, step.transitions, live, result.cohort_events, result.contained)

@@ -22,7 +22,7 @@ Two kinds of usage rows:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ from storage.models import (
 from storage.outbox import OutboxItem, enqueue
 from storage.usage import UsageValueError, check_totals, write_points  # (keeps first-seen / coverage in step)
 from storage.usage_columns import UsagePoints
+from storage.usage_load import Replaced, replacing_transaction
 from storage.usage_values import UsageColumns, newest_ts, overflow_error
 
 events_table: sa.Table = IngestedEvent.__table__  # type: ignore[attr-defined]
@@ -255,13 +256,21 @@ def _changed_columns(conn: Connection, points: UsagePoints) -> np.ndarray:
 
 
 def _store_columns(conn: Connection, points: UsagePoints, result: StoreResult,
-                   changed: dict[tuple[str, str], int]) -> set[tuple[str, str]]:
+                   changed: dict[tuple[str, str], int],
+                   staged: Callable[[Connection], Replaced] | None) -> set[tuple[str, str]]:
     """Write the rows of `points` that differ from the stored ones (replacing them) as columns; fill
     result.points_written and `changed` (account, metric) -> earliest changed bucket, as the record
-    path does; returns every (account, metric) of the batch."""
+    path does; returns every (account, metric) of the batch. `staged`: the rows are staged already
+    (storage.usage_load.replacing_transaction), compared and written in SQL; else compared here."""
     ids, metrics = points.account_ids, points.metrics
     n = len(ids)
     pair = points.metric.astype(np.int64) * n + points.account
+    if staged is not None:
+        done = staged(conn)
+        result.points_written += done.written
+        for a, m, bucket in done.first_changed:
+            changed[(a, m)] = min(bucket, changed.get((a, m), bucket))
+        return {(ids[p % n], metrics[p // n]) for p in np.unique(pair).tolist()}
     fresh = np.flatnonzero(_changed_columns(conn, points))
     if len(fresh):
         names, mets = arrow_strings(ids), arrow_strings(metrics)
@@ -307,6 +316,17 @@ def _mark_series(conn: Connection, source_id: str, pairs: set[tuple[str, str]]) 
             conn.execute(stmt, missing[i : i + _CHUNK])
 
 
+def _watermark(conn: Connection, source_id: str, given: int | None) -> int | None:
+    """The watermark to save: the newest data timestamp stored so far never moves back, so it is the
+    later of the stored one and `given` (None: the stored one kept). A batch says how far ITS rows
+    reach; a part of a poll that was refused (nothing of it stored) moves nothing."""
+    stored = conn.execute(sa.select(cursors_table.c.watermark)
+                          .where(cursors_table.c.source_id == source_id)).scalar_one_or_none()
+    if stored is None or given is None:
+        return given if stored is None else int(stored)
+    return max(int(stored), given)
+
+
 def _save_cursor(conn: Connection, source_id: str, values: Mapping[str, Any]) -> None:
     ins = _insert(conn, cursors_table).values(source_id=source_id, **values)
     conn.execute(ins.on_conflict_do_update(index_elements=[cursors_table.c.source_id], set_=dict(values)))
@@ -330,8 +350,9 @@ def store_batch(
 ) -> StoreResult:
     """Store one batch of `source_id` atomically (see the module doc); returns what changed.
 
-    `cursor` / `watermark` are saved as the source's new position (pass the
-    previous ones to keep them). Accounts are AccountFacts (upserted by id).
+    `cursor` is saved as the source's new position (pass the previous one to keep it); `watermark`
+    is how far the batch's data reaches: the saved watermark is the later of it and the stored one
+    (None keeps the stored one), so it only ever counts stored rows and never moves back. Accounts are AccountFacts (upserted by id).
     `outbox` items (e.g. an admin notice about a rejected file) are enqueued in
     the same transaction; `error` (a rejected part of an otherwise good poll)
     is kept as the source's last error. `columns` (chunks of a columnar CSV read) are totals too,
@@ -349,13 +370,13 @@ def store_batch(
         if not isinstance(e.id, str) or not e.id:
             raise ValueError(f"source {source_id!r}: event #{n} ({e!r}) has no id")
     result = StoreResult()
-    with write_transaction(engine) as conn:
+    with replacing_transaction(engine, points) as (conn, staged):
         status = _ensure_status(conn, source_id, kind, now, lock=bool(event_list))
         changed: dict[tuple[str, str], int] = {}
         pairs: set[tuple[str, str]] = set()
 
         if points is not None:
-            pairs = _store_columns(conn, points, result, changed)
+            pairs = _store_columns(conn, points, result, changed, staged)
         if total_sums:
             existing = _existing(conn, total_sums)
             rows = [(a, m, b, v) for (a, m, b), v in total_sums.items() if existing.get((a, m, b)) != v]
@@ -401,7 +422,8 @@ def store_batch(
         conn.execute(sa.update(status_table).where(status_table.c.source_id == source_id).values(
             kind=kind, metrics=metrics, last_poll_at=now, last_data_at=data_at,
             last_new_data_at=now if advanced else status.last_new_data_at, failures=0, updated_at=now))
-        _save_cursor(conn, source_id, {"cursor": cursor, "watermark": watermark, "last_success_at": now,
+        _save_cursor(conn, source_id, {"cursor": cursor, "watermark": _watermark(conn, source_id, watermark),
+                                       "last_success_at": now,
                                        "last_error": error[:MAX_ERROR_CHARS] if error else None,
                                        "updated_at": now})
         if outbox:

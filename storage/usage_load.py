@@ -19,6 +19,11 @@ last bucket, one per (metric, bucket). Three staging tables receive them:
 - PostgreSQL, in-memory SQLite, a caller's open transaction, and small writes: temporary tables
   of the transaction, filled by COPY (CSV text written by pyarrow) or one executemany.
 
+A source's batch of many rows (`replacing_transaction`: a csv drop) is staged the same way (SQLite:
+before store_batch's transaction opens; PostgreSQL: in it); in it, the staged rows equal to a stored row are
+deleted from the stage (one probe of usage_points' key per row, in key order), so only the rows that
+change are merged and marked (usage_changes, the tiles, what the poll reports as changed).
+
 The merge is then one INSERT .. SELECT from a stage already in key order (an append to the B-tree
 for new buckets, no sort, no GROUP BY) unless the load had several runs (then grouped and summed in
 SQL); the bookkeeping is one INSERT .. SELECT each from the small stages (usage_first_seen on
@@ -446,6 +451,80 @@ def bulk_write(target: Engine | Connection, chunks: Iterable[Iterable[UsageRecor
             if not runs:
                 return 0, 0
             return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs, additive)
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """What replace_changed wrote: how many rows, and each (account, metric) written with its
+    earliest written bucket."""
+
+    written: int
+    first_changed: list[tuple[str, str, int]]
+
+
+@contextlib.contextmanager
+def replacing_transaction(engine: Engine, points: UsagePoints | None
+                          ) -> Iterator[tuple[Connection, Callable[[Connection], Replaced] | None]]:
+    """A write transaction of `engine` (storage.db.write_transaction) and, when `points` (summed,
+    frozen) are at least ADBC_MIN_ROWS rows on a SQLite file or on PostgreSQL, the function that
+    writes the rows of `points` that differ from the stored ones (replace_changed) after staging them
+    in bulk (as bulk_write stages: no Python object per row; SQLite: by ADBC into a staging file
+    before the transaction opens; PostgreSQL: COPY into temporary tables of the transaction) and
+    comparing them with the stored rows in SQL. None: the caller compares and writes itself (an
+    in-memory SQLite database, a small write)."""
+    many = points is not None and len(points) >= ADBC_MIN_ROWS
+    path = _stage_path(engine) if many else None
+    if points is not None and path is not None:
+        with _stage_file(path) as stage:
+            run = _run(points, only=True)
+            _adbc_stage(stage, [run])
+            with _attached_transaction(engine, stage) as conn:
+                yield conn, lambda c: _replace_staged(c, STAGE_SCHEMA, run.rows.num_rows, run.pairs is not None)
+        return
+    with write_transaction(engine) as conn:
+        if points is None or not many or engine.dialect.name != "postgresql":
+            yield conn, None
+            return
+
+        def replace(c: Connection) -> Replaced:
+            run = _run(points, only=True)
+            _temp_stage(c, [run])
+            try:
+                return _replace_staged(c, _temp_schema(c), run.rows.num_rows, run.pairs is not None)
+            finally:
+                for name in _TEMP_DDL:
+                    c.exec_driver_sql(f"DROP TABLE IF EXISTS {_temp_schema(c)}.{name}")
+
+        yield conn, replace
+
+
+def _replace_staged(conn: Connection, schema: str, staged: int, pairs_staged: bool) -> Replaced:
+    """Drop the staged rows equal to a stored row (same key, same value: what is stored stays as
+    it is, and is not marked changed), then merge the rest (storage.usage_load._merge: replaced,
+    with their bookkeeping). The stage is one run in key order, so each probe of usage_points'
+    key follows the last (a re-poll of 1,000,000 unchanged rows on SQLite: 0.85 s against 4.75 s
+    to read them back as Python tuples and compare in numpy)."""
+    rows, pairs, buckets = (f"{schema}.{n}" for n in (_ROWS, _PAIRS, _BUCKETS))
+    dropped = conn.exec_driver_sql(
+        f"DELETE FROM {rows} WHERE EXISTS (SELECT 1 FROM usage_points p WHERE p.metric = {rows}.metric "
+        f"AND p.bucket_start = {rows}.bucket_start AND p.account_id = {rows}.account_id "
+        f"AND p.value = {rows}.value)").rowcount
+    if dropped >= staged:
+        return Replaced(0, [])
+    if dropped:  # the bookkeeping stages again, from the rows left
+        for name in (pairs, buckets):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE TABLE {pairs} AS SELECT metric, account_id, MIN(bucket_start) AS first_bucket, "
+                             f"MAX(bucket_start) AS last_bucket FROM {rows} GROUP BY metric, account_id "
+                             "ORDER BY metric, account_id")
+        conn.exec_driver_sql(f"CREATE TABLE {buckets} AS SELECT DISTINCT metric, bucket_start FROM {rows} "
+                             "ORDER BY metric, bucket_start")
+        pairs_staged = True
+    first = (f"SELECT account_id, metric, first_bucket FROM {pairs}" if pairs_staged
+             else f"SELECT account_id, metric, bucket_start FROM {rows}")
+    changed = [(a, m, int(b)) for a, m, b in conn.exec_driver_sql(first)]
+    _merge(conn, schema, 1, pairs_staged)
+    return Replaced(staged - dropped, changed)
 
 
 def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Connection], Any] | None,

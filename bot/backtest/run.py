@@ -79,6 +79,17 @@ def parse_time(text: str, flag: str) -> int:
 
 
 @dataclass
+class Contained:
+    """A (rule, account) the replay left undecided because the rule's computation on its usage is not a
+    finite number (rules.engine contains it to that account): when, how often, why."""
+
+    first: int
+    last: int
+    evaluations: int
+    why: str
+
+
+@dataclass
 class BacktestResult:
     events: list[AlertNotice] = field(default_factory=list)  # the published events' notices
     start: int = 0
@@ -89,7 +100,8 @@ class BacktestResult:
     open_at_end: dict[str, int] = field(default_factory=dict)  # rule -> episodes still firing
     cohort_events: list[CohortEvent] = field(default_factory=list)  # held as calendar/pipeline events
     first_run_held: int = 0  # conditions already true at the first evaluation, recorded but not notified
-    warnings: list[str] = field(default_factory=list)  # rules.lint findings against the replayed data
+    warnings: list[str] = field(default_factory=list)  # rules.lint findings, then the contained accounts
+    contained: dict[tuple[str, str], Contained] = field(default_factory=dict)  # (rule, account) left undecided
     blocks: dict[tuple[str, int], MetricBlock] = field(default_factory=dict)  # the usage replayed (for --report)
     accounts: dict[str, AccountFacts] = field(default_factory=dict)
 
@@ -166,12 +178,22 @@ def run_backtest(
     with bar as steps, gc_paused():  # millions of long-lived small objects, no cycles: see rules.gcpause
         last_states = _replay_events(ruleset, blocks, accounts, start, end, include_suppressed, first_run, steps,
                                      result, on_event or result.events.append, pricing or Pricing())
+    result.warnings += contained_warnings(result.contained)
     for s in last_states.values():
         if s.status == "firing":
             result.open_at_end[s.rule_id] = result.open_at_end.get(s.rule_id, 0) + 1
     result.start, result.end = start, end
     result.blocks, result.accounts = blocks, accounts
     return result
+
+
+def contained_warnings(contained: Mapping[tuple[str, str], Contained]) -> list[str]:
+    """One warning per (rule, account) the replay left undecided at some evaluations because the rule's
+    computation on its usage is not a finite number (as the service logs it per cycle): a backtest
+    that says nothing about them would read as "no alert" where the rule could not judge."""
+    return [f"warning: account {account!r} not evaluated by rule {rule!r} at {c.evaluations} evaluation(s)"
+            f" ({iso(c.first)}{'' if c.first == c.last else ' to ' + iso(c.last)}): {c.why}; fix or re-load its usage"
+            for (rule, account), c in sorted(contained.items())]
 
 
 def _read_points(usage_csv: str | Path, on_error: str) -> tuple[UsagePoints, list[RowError]]:
@@ -201,6 +223,9 @@ def _replay_events(ruleset: RuleSet, blocks: dict[tuple[str, int], MetricBlock],
         last_states = step.states
         bar.update(1)
         result.cohort_events.extend(step.cohort_events)
+        for rule_id, account_id, why in step.contained:
+            seen = result.contained.setdefault((rule_id, account_id), Contained(step.at, step.at, 0, why))
+            seen.last, seen.evaluations = step.at, seen.evaluations + 1
         result.first_run_held += sum(1 for t in step.transitions if t.reason == "first evaluation")
         for t in step.transitions:
             if t.event not in PUBLISHED_EVENTS or (not include_suppressed and not t.notify):

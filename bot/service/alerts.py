@@ -152,7 +152,7 @@ def refusal_notices(source_id: str, part: str, refusals: Sequence[Refusal], at: 
     bucket's own idempotency key: told once, however often the part is read again."""
     return [admin_notice("rejected", source_id, f"source {source_id!r}: {part}: bucket refused, not stored: {r.reason}",
                          at, channel, "warning", key=r.key(source_id),
-                         details={"source": source_id, "part": part, "account": r.bucket[0],
+                         details={"source": source_id, "part": mask(part), "account": r.bucket[0],
                                   "metric": r.bucket[1], "bucket": iso(r.bucket[2])})
             for r in refusals]
 

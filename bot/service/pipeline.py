@@ -44,6 +44,7 @@ from rules.gcpause import gc_paused
 from rules.impact import Pricing
 from rules.lifecycle import EpisodeState, FirstRun, Key, Transition, advance, open_episodes
 from rules.model import AccountFacts, MetricBlock, OpenEpisode, Rule, RuleSet
+from rules.periods import iso
 from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
 from storage.first_evaluations import ACCOUNT, RULE, first_times, firsts, mark
@@ -136,8 +137,8 @@ def _rewound(states: Mapping[Key, EpisodeState], now: int) -> dict[Key, EpisodeS
 def log_contained(contained: Iterable[tuple[str, str, str]], now: int) -> None:
     """One warning per (rule, account) left undecided because its usage is not a finite number."""
     for rule_id, account_id, why in contained:
-        log.warning("account %s not evaluated by rule %s at %d: %s; its other rules and every other account "
-                    "are evaluated (fix or re-load its usage)", account_id, rule_id, now, why,
+        log.warning("account %s not evaluated by rule %s at %s: %s; its other rules and every other account "
+                    "are evaluated (fix or re-load its usage)", account_id, rule_id, iso(now), why,
                     extra={"event": "account_contained", "account": account_id, "rule": rule_id})
 
 

@@ -71,7 +71,8 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
                 raise
             _store_refusing(engine, source, batch, exc, now, admin_channel, report, notifiers)
             return batch.cursor
-        rejected = Batch(cursor=batch.rejected_cursor, watermark=batch.watermark, label=batch.label,
+        # watermark None: the store keeps the stored one (nothing of the refused part was stored)
+        rejected = Batch(cursor=batch.rejected_cursor, watermark=None, label=batch.label,
                          error=f"source {source.id!r}: {batch.label} rejected, nothing stored from it:"
                                f" {_unnamed(exc, source.id)}")
         _store_one(engine, source, rejected, now, admin_channel, report, notifiers)
@@ -108,7 +109,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
         batch.error = mask(batch.error)
     if notices is None:
         notices = [admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
-                                details={"source": source.id, "part": batch.label},
+                                details={"source": source.id, "part": mask(batch.label)},
                                 key=f"source-rejected:{source.id}:{batch.label}:{now}")] if batch.error else []
     if batch.skipped:
         batch, notices = _with_skipped(engine, source.id, batch, now, admin_channel, notices)

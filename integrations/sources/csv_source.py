@@ -206,15 +206,17 @@ class CsvSource:
             cursor["files"][path.name] = f"rejected:{fp}"
             rejected_cursor = _dump(cursor)  # if its bucket totals overflow: rejected, not read again
             cursor["files"][path.name] = fp
-            watermark = newest(records, watermark, ctx.now, columns)
             error = None
             if errors:
                 shown = "\n  ".join(str(e) for e in errors[:25])
                 more = f"\n  ... and {len(errors) - 25} more" if len(errors) > 25 else ""
                 error = (f"source {self.id!r}: {len(errors)} bad row(s) skipped in {path.name}:\n  "
                          f"{shown}{more}")
-            yield Batch(cursor=_dump(cursor), watermark=watermark, totals=records, columns=columns,
-                        label=path.name, error=error, rejected_cursor=rejected_cursor)
+            # how far THIS file reaches (the store keeps the later of it and the stored watermark): a
+            # file the store refuses moves neither the watermark nor the later files' batches
+            yield Batch(cursor=_dump(cursor), watermark=newest(records, watermark, ctx.now, columns),
+                        totals=records, columns=columns, label=path.name, error=error,
+                        rejected_cursor=rejected_cursor)
 
     def _accounts_ready_at(self) -> int | None:
         """When the accounts file will be old enough to read (min_age), if it is still being written."""

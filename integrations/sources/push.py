@@ -380,7 +380,7 @@ class PushIngest:
                                  kind="push")
         except UsageValueError as exc:  # a bucket total past the largest float64: stored without it
             try:
-                result, refused, new = refusing(lambda r: self._store_without(events, r, now, watermark), exc,
+                result, refused, new = refusing(lambda r: self._store_without(events, r, now), exc,
                                                 self.config.source_id)
             except UsageValueError as again:  # no bucket to leave out: nothing was stored
                 return 400, {"error": str(again)}
@@ -397,18 +397,21 @@ class PushIngest:
             answer["expired"] = result.events_expired
         return 200, answer
 
-    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal], now: int,
-                       watermark: int) -> tuple[StoreResult, dict[Bucket, Refusal], list[Refusal]]:
+    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal],
+                       now: int) -> tuple[StoreResult, dict[Bucket, Refusal], list[Refusal]]:
         """Store the request without the events of the refused buckets, with the notices of the buckets
-        not told before, in one transaction; (what was stored, every refused bucket, the newly told)."""
+        not told before, in one transaction; (what was stored, every refused bucket, the newly told).
+        The watermark counts the stored events only (store_batch keeps the later of it and the stored one)."""
         sid = self.config.source_id
         told = known_keys(self.engine, [r.key(sid) for r in refused.values()])
         new = [refused[b] for b in sorted(refused) if refused[b].key(sid) not in told]
         part = _part(self.config, events)
         error = message(sid, part, new) if new else None
         outbox = self.refusal_outbox(part, new, now) if new and self.refusal_outbox is not None else ()
-        result = store_batch(self.engine, sid, now, events=[e for e in events if bucket_of(e) not in refused],
-                             watermark=watermark, kind="push", outbox=outbox, error=error)
+        kept = [e for e in events if bucket_of(e) not in refused]
+        watermark = min(max(e.ts for e in kept), now) if kept else None
+        result = store_batch(self.engine, sid, now, events=kept, watermark=watermark, kind="push", outbox=outbox,
+                             error=error)
         if error:
             log.warning(error, extra={"source": sid, "event": "source_rejected", "part": part})
         return result, dict(refused), new

@@ -5,8 +5,8 @@ corrupt row) cannot be stored. Used by the poll runner (bot.service.polling) and
 csv file, a unit the admin fixes and drops again) is rejected whole by the poll runner. Every other
 batch (a window, the pages of a cursor, an event feed) would lose the good rows of its whole part
 if it were skipped, and fail every poll forever if it were not: so only the refused buckets are
-left out, the rest of the batch is stored in its one transaction (with its cursor and watermark,
-so the poll goes on), and each refused bucket is told once to the admin channel (through the
+left out, the rest of the batch is stored in its one transaction (with its cursor, so the poll
+goes on, and a watermark that counts only the rows stored), and each refused bucket is told once to the admin channel (through the
 outbox, in that transaction), in the poll report and in the log. A window source reads a refused
 bucket again while it is within the overlap: it is refused again, not told again (its notice's
 idempotency key, per source and bucket, is already in the outbox). The bucket keeps what was
@@ -24,7 +24,7 @@ from typing import TypeVar
 from integrations.sources.base import Batch, UsageEvent
 from integrations.sources.records import UsageRecord
 from storage.sources import BASE_STEP
-from storage.usage_values import UsageValueError, overflow_error
+from storage.usage_values import UsageValueError, newest_ts, overflow_error
 
 Bucket = tuple[str, str, int]  # (account, metric, bucket start) as the store keys its totals
 T = TypeVar("T")
@@ -66,10 +66,15 @@ def refusal(exc: UsageValueError, source_id: str) -> Refusal:
 
 
 def without(batch: Batch, refused: Iterable[Bucket]) -> Batch:
-    """The batch without the rows of the refused buckets (same cursor, watermark and label)."""
+    """The batch without the rows of the refused buckets (same cursor and label). Its watermark is
+    the newest row it still stores (None: none, the stored watermark stays; store_batch keeps the
+    later of the two), never a refused row's: the watermark says how far the stored data reach."""
     out = set(refused)
-    return replace(batch, totals=[r for r in batch.totals if bucket_of(r) not in out],
-                   events=[e for e in batch.events if bucket_of(e) not in out], rejected_cursor=None)
+    totals = [r for r in batch.totals if bucket_of(r) not in out]
+    events = [e for e in batch.events if bucket_of(e) not in out]
+    newest = newest_ts((), [*totals, *events])
+    watermark = None if newest is None or batch.watermark is None else min(newest, batch.watermark)
+    return replace(batch, totals=totals, events=events, watermark=watermark, rejected_cursor=None)
 
 
 def message(source_id: str, part: str, refusals: list[Refusal]) -> str:

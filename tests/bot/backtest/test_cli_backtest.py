@@ -155,6 +155,32 @@ def test_backtest_of_rows_whose_bucket_total_overflows_is_a_clear_error(files, t
     assert f"usagebot backtest: {big}: usage records: account 'acme', metric 'api_calls', bucket" in err
 
 
+def test_backtest_says_which_accounts_it_could_not_judge_when_their_sums_overflow(tmp_path: Path) -> None:
+    """Finite values whose month adds up past a float64 (1e308 on two days): the quota rule cannot judge
+    acme, as in the service's cycle (contained to that account, logged there). The backtest says so
+    once per (rule, account) with when and how often, judges globex as usual, and no numpy
+    RuntimeWarning reaches the terminal (the scans overflow on the same values)."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(SPIKE_RULES)
+    huge = [100.0] * 40
+    huge[20] = huge[21] = 1e308
+    usage = write_usage(tmp_path / "usage.csv", 40, {"acme": huge, "globex": [100.0] * 40})
+    accounts = write_accounts(tmp_path / "accounts.csv", [
+        {"id": a, "name": a, "owner_email": "", "plan": "", "crm_id": "", "quota.api_calls": "2500"}
+        for a in ("acme", "globex")])
+    code, out, err = run_cli("backtest", "--rules", str(rules), "--usage", str(usage), "--accounts", str(accounts),
+                             "--format", "json")
+    assert code == 0 and "Traceback" not in err and "RuntimeWarning" not in err, err
+    lines = [line for line in err.splitlines() if "not evaluated" in line]
+    assert lines == [f"warning: account 'acme' not evaluated by rule 'calls-quota' at 9 evaluation(s) ({day(22)} to"
+                     f" {day(30)}): the rule's computation on its usage overflowed (not a finite number); fix or"
+                     " re-load its usage"]
+    events = [json.loads(line) for line in out.splitlines()]
+    quota = {(e["account"], e["at"]) for e in events if e["rule"] == "calls-quota"}
+    assert {a for a, at in quota if at <= day(21)} == {"acme", "globex"}  # 2,000 of 2,500 by day 20: both
+    assert {a for a, at in quota if day(22) <= at <= day(30)} <= {"globex"}  # acme not judged there
+
+
 def test_check_against_the_data_warns_and_backtest_says_the_same(tmp_path: Path, files) -> None:
     """`usagebot check RULES --usage --accounts` (and --db) warns about rules that cannot fire on the
     data; the backtest prints the same warnings (seen: idle rules and a silent backtest)."""

@@ -15,6 +15,7 @@ from integrations.slack.usage_summary import rank_by_trend, summarize_account
 from integrations.sources.records import UsageRecord
 from rules.loader import load_rules_text
 from rules.model import DAY, AccountFacts
+from rules.periods import iso
 from storage.accounts import list_accounts, upsert_accounts
 from storage.episodes import load_states
 from storage.usage import upsert_usage
@@ -61,6 +62,7 @@ def _check(engine: Engine, how: str, caplog) -> None:
     spikes = {s.account_id: s.status for s in load_states(engine).values() if s.rule_id == "calls-spike"}
     assert spikes == {"good": "resolved", "bad": "firing"}  # bad is undecided: not resolved on bad data
     assert "account bad not evaluated by rule calls-spike" in caplog.text and "not a finite number" in caplog.text
+    assert f"calls-spike at {iso(T0 + 32 * DAY)}:" in caplog.text  # a time a person reads, not epoch seconds
     assert "account good" not in caplog.text
 
     caplog.clear()

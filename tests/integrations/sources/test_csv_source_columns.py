@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 import integrations.sources.csv_rows as csv_rows
 import integrations.sources.csv_source as csv_source
+import storage.usage_load as usage_load
 from bot.service.polling import PollReport, poll_source
 from integrations.sources.base import PollContext
 from integrations.sources.csv_rows import read_usage_csv
@@ -93,9 +94,13 @@ def _outcome(engine: Engine, report: PollReport) -> tuple:
             state.last_error, series, first)
 
 
+@pytest.mark.parametrize("compare", ["numpy", "staged"])  # staged: compared with the stored rows in SQL
 @pytest.mark.parametrize("seed", range(6))
 def test_a_polled_file_stores_exactly_what_the_row_parser_stored(
-        engine: Engine, twin: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+        engine: Engine, twin: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int,
+        compare: str) -> None:
+    if compare == "staged":  # every file staged in bulk (SQLite: a staging file; PostgreSQL: COPY)
+        monkeypatch.setattr(usage_load, "ADBC_MIN_ROWS", 1)
     rng = random.Random(seed)
     on_error = "reject" if seed % 3 == 2 else "skip"
     # small Arrow blocks: several columnar chunks per file, and a bad row in a later block makes the
@@ -244,3 +249,51 @@ def test_a_file_whose_bucket_total_overflows_is_rejected_and_the_next_files_are_
     assert "source 'drops': source 'drops'" not in rejected
     again = poll_source(engine, _source(tmp_path), T0 + DAY)
     assert again.ok and again.rejected == [] and again.points_written == 0  # told once, not read again
+
+
+@pytest.mark.parametrize("order", ["rejected_last", "rejected_first"])
+def test_the_watermark_counts_only_the_stored_rows_never_a_rejected_file(
+        engine: Engine, tmp_path: Path, order: str) -> None:
+    """A file the store refuses (its bucket total overflows a float64: nothing of it stored) has the
+    newest rows of the drop; the watermark stays at the newest STORED row, whether the rejected file
+    is the poll's last batch or one before a file that is stored. Before, its ts moved the watermark."""
+    bad, good = ("b.csv", "a.csv") if order == "rejected_last" else ("a.csv", "b.csv")
+    late = T0 + DAY // 2
+    (tmp_path / bad).write_text(HEADER + f"{_iso(late)},acme,api_calls,1e308\n{_iso(late)},acme,api_calls,1e308\n")
+    (tmp_path / good).write_text(HEADER + f"{_iso(T0)},globex,api_calls,3\n")
+    report = poll_source(engine, _source(tmp_path), T0 + DAY)
+    assert report.ok and len(report.rejected) == 1 and points(engine) == {("globex", "api_calls", T0): 3.0}
+    state = get_source_state(engine, "drops")
+    assert state is not None and state.watermark == T0
+
+
+def test_new_days_one_row_per_account_and_metric_store_what_the_row_parser_stored_when_staged(
+        engine: Engine, twin: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day's drop has one row per (account, metric): the stage then holds no pairs of its own
+    (the rows are the pairs); a new day, a day again with some values changed, and nothing changed
+    store, report and mark what the record path does."""
+    monkeypatch.setattr(usage_load, "ADBC_MIN_ROWS", 1)
+    drops = tmp_path / "drops"
+    drops.mkdir()
+
+    def day(name: str, ts: int, bump: set[int], step: int) -> None:
+        (drops / name).write_text(HEADER + "".join(
+            f"{_iso(ts)},acct-{a},{m},{a + (1.5 if a in bump else 0)}\n" for a in range(50) for m in ("seats", "jobs")))
+        os.utime(drops / name, (1_000_000_000 + step, 1_000_000_000 + step))  # read again each step
+
+    src = _source(drops)
+    for step, (name, ts, bump) in enumerate([("d1.csv", T0, set()), ("d2.csv", T0 + DAY, set()),
+                                             ("d1.csv", T0, {3, 17}), ("d1.csv", T0, {3, 17})]):
+        day(name, ts, bump, step)
+        now = T0 + 4 * DAY + step * 600
+        got = _outcome(engine, poll_source(engine, src, now))
+        with monkeypatch.context() as m:
+            m.setattr(csv_source, "_read_usage", _row_parser)
+            want = _outcome(twin, poll_source(twin, src, now))
+        assert got == want
+        assert got[3] == 1 and got[5] == [100, 100, 4, 0][step]  # a batch each step; points written
+        if step == 2:
+            assert got[6] == [("acct-17", "jobs"), ("acct-17", "seats"), ("acct-3", "jobs"), ("acct-3", "seats")]
+        with engine.connect() as c, twin.connect() as t:
+            q = sa.text("SELECT account_id, metric, bucket_start, last_bucket FROM usage_changes ORDER BY 1, 2, 3, 4")
+            assert c.execute(q).all() == t.execute(q).all()

@@ -316,7 +316,7 @@ def test_a_bucket_whose_totals_overflow_is_refused_told_once_and_the_rest_stored
         assert "account 'acme', metric 'api_calls', bucket 2026-11-01T00:00:00Z" in told
         assert "add up to more than the largest number a float64 holds" in told and "nothing was" not in told
         state = get_source_state(engine, "billing")
-        assert state.last_error == told and state.watermark == T0 + 10  # the poll went on
+        assert state.last_error == told and state.watermark == T0 + 5  # the stored rows' newest, not acme's refused T0 + 10
         [notice] = refusal_notices(engine, "billing")
         assert notice["details"]["account"] == "acme" and notice["details"]["bucket"] == "2026-11-01T00:00:00Z"
         assert notice["details"]["part"].endswith("window 2026-10-31T00:01:00Z to 2026-11-01T00:01:00Z")

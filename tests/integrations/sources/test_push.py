@@ -199,3 +199,18 @@ def test_events_whose_bucket_total_overflows_are_refused_the_rest_counted_told_o
     assert len(told) == 1 and caplog.text.count("bucket(s) refused") == 1  # told once
     assert _post(p, [_event("b", value=5)])[1] == {"accepted": 1, "duplicates": 0, "events": 1}  # corrected
     assert points(engine)[("globex", "api_calls", T0 + 60)] == 2.0
+
+
+def test_a_refused_bucket_does_not_move_the_watermark(engine: Engine) -> None:
+    """The watermark says how far the stored data reach: the newest event of a request is in a bucket
+    the store refuses, so the watermark is the newest event stored (globex's), not the refused one's;
+    a request whose every event is refused keeps the stored watermark."""
+    p = _ingest(engine)
+    assert _post(p, [_event("a", value=1e308, ts=T0 + 600)])[0] == 200
+    assert get_source_state(engine, "push").watermark == T0 + 600
+    status, answer = _post(p, [_event("c", "globex", 1, ts=T0 + 660), _event("b", value=1e308, ts=T0 + 610),
+                               _event("z", "zeta", 1e308, ts=T0 + 1800), _event("y", "zeta", 1e308, ts=T0 + 1810)])
+    assert status == 200 and answer["accepted"] == 1 and len(answer["refused"]) == 2
+    assert get_source_state(engine, "push").watermark == T0 + 660
+    assert _post(p, [_event("x", "zeta", 1e308, ts=T0 + 1900), _event("w", "zeta", 1e308, ts=T0 + 1910)])[0] == 200
+    assert get_source_state(engine, "push").watermark == T0 + 660
