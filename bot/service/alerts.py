@@ -165,7 +165,7 @@ def skipped_notices(source_id: str, part: str, items: Sequence[SkippedItem], at:
     return [admin_notice("rejected", source_id, f"source {source_id!r}: {part}: malformed item skipped, not "
                                                 f"stored: {s.where}: {s.problems}",
                          at, channel, "warning", key=s.key(source_id),
-                         details={"source": source_id, "part": part, "where": mask(s.where), "item": s.digest})
+                         details={"source": source_id, "part": mask(part), "where": mask(s.where), "item": s.digest})
             for s in items]
 
 
