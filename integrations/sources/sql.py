@@ -9,7 +9,11 @@ are. Rows with a NULL account or value are ignored (anonymous usage).
 Time columns may be timestamps (`time_type = "timestamp"`; naive ones are
 UTC) or epoch numbers (`"epoch"`, `"epoch_ms"`). The window is
 [newest stored - overlap, now), aligned to `bucket`, so each bucket is read
-whole and replaces what is stored. Sessions run in UTC.
+whole and replaces what is stored. Sessions run in UTC. A bad aggregated row
+fails the poll (nothing stored), or with `on_error = "skip"` is left out and
+told once per account, metric and bucket (integrations.sources.skipped). A
+window whose query runs past `statement_timeout` is read in parts by the next
+polls (integrations.sources.catch_up).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from integrations.sources.base import (
     Batch,
+    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -37,12 +42,14 @@ from integrations.sources.base import (
     window,
     window_label,
 )
+from integrations.sources.catch_up import CatchUp
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
+from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section, redaction
 from storage.db import redact_url
 
 KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",
-        "value_column", "time_column", "time_type", "aggregate", "bucket", "statement_timeout")
+        "value_column", "time_column", "time_type", "aggregate", "bucket", "statement_timeout", "on_error")
 DEFAULT_STATEMENT_TIMEOUT = 300  # seconds: a poll's query that runs longer is cancelled (a hung poll blocks its source)
 CONNECT_TIMEOUT = 30  # seconds to open a connection (PostgreSQL, MySQL), at most the statement timeout
 TIME_TYPES = ("timestamp", "epoch", "epoch_ms")
@@ -163,6 +170,7 @@ class SqlOptions:
     aggregate: str = "sum"
     bucket: int = 3600
     statement_timeout: int = DEFAULT_STATEMENT_TIMEOUT  # seconds
+    on_error: str = "reject"  # "skip": leave a bad row out (told once), store the rest
 
 
 def engine_url(url: str) -> URL:
@@ -223,7 +231,7 @@ def parse(section: Section, settings: SourceSettings) -> SqlOptions | None:
     return SqlOptions(url=url, account_column=account, time_column=time_col, table=table, query=query,
                       where=section.str("where"), metric_column=metric_col, metric=metric,
                       value_column=value_col, time_type=time_type, aggregate=aggregate, bucket=bucket,
-                      statement_timeout=timeout)
+                      statement_timeout=timeout, on_error=parse_on_error(section))
 
 
 # ---------------------------------------------------------------------------- source
@@ -283,6 +291,7 @@ class SqlSource:
         self.o: SqlOptions = config.options
         self.engine = engine or self._make_engine()
         self.last_statement = ""  # the SQL of the last poll (for logs and tests)
+        self.catch_up = CatchUp()
 
     def _make_engine(self) -> Engine:
         """The source's engine: sessions in UTC, each statement limited to `statement_timeout`
@@ -394,52 +403,66 @@ class SqlSource:
             return [*conn.execute(over).all(), *conn.execute(rest).all()]
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
-        try:
-            rows = self._rows(start, end)
-        except SQLAlchemyError as exc:
-            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
-            if _timed_out(exc):
-                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
-            raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
-                              f"{redact_url(reason)}") from None
+        span = self.catch_up.window(*window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket),
+                                    ctx.watermark, self.o.bucket)
+        start, end = span.start, span.end
+        with self.catch_up.reading(span, self.o.bucket):
+            rows = self._query(start, end)
         records: list[UsageRecord] = []
-        problems: list[str] = []
+        bad = Malformed()
         newest_ts: int | None = None
         for r in rows:
             metric = str(r.metric) if self.o.metric_column else str(self.o.metric)
             bucket = int(r.bucket_start)
+            # a row is keyed by its account, metric and bucket, not its value: the SUM of a bucket still
+            # filling changes every poll and would be told again each time
+            key = ("row", repr(r.account), metric, bucket)
             try:
                 when = f"{datetime.fromtimestamp(bucket, UTC):%Y-%m-%dT%H:%MZ}"
             except (OverflowError, OSError, ValueError):  # refused below, named here
                 when = f"epoch second {bucket}"
             where = f"account {repr(str(r.account))[:80]}, bucket {when}"
             if not is_metric_name(metric):
-                problems.append(f"{where}: metric {metric!r} is not a metric name (letters, digits and _ . : -)")
+                bad.add(where, f"metric {metric!r} is not a metric name (letters, digits and _ . : -)", *key)
                 continue
             try:
                 value = float(r.value)
             except (TypeError, ValueError):
-                problems.append(f"{where}, metric {metric}: value {r.value!r} is not a number")
+                bad.add(f"{where}, metric {metric}", f"value {r.value!r} is not a number", *key)
                 continue
             if value < 0 or value != value:  # (inf: a bucket past the largest float64, refused by the store)
-                problems.append(f"{where}, metric {metric}: value {value:g} is negative or not a number")
+                bad.add(f"{where}, metric {metric}", f"value {value:g} is negative or not a number", *key)
                 continue
             why = id_problem(str(r.account), "account") or time_problem(int(r.bucket_start))
             if why is not None:
-                problems.append(f"{where}, metric {metric}: {why}")
+                bad.add(f"{where}, metric {metric}", why, *key)
                 continue
             records.append(UsageRecord(str(r.account), metric, int(r.bucket_start), value))
             n = int(float(r.newest))
             newest_ts = n if newest_ts is None else max(newest_ts, n)
-        if problems:
-            raise malformed_error(self.id, problems, "bad aggregated row(s)")
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "bad aggregated row(s)")
         watermark = ctx.watermark
         if newest_ts is not None:
             newest_ts = min(newest_ts, ctx.now)
             watermark = newest_ts if watermark is None else max(watermark, newest_ts)
-        yield Batch(cursor=None, watermark=watermark, totals=records,
-                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}")
+        yield Batch(cursor=None, watermark=span.watermark(watermark), totals=records,
+                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}", skipped=bad.items)
+        self.catch_up.done(span)
+
+    def _query(self, start: int, end: int) -> list[Any]:
+        """The aggregated rows of [start, end); a failed query is a SourceError naming the database
+        (a LimitError when it ran past statement_timeout: a smaller window may pass)."""
+        try:
+            return self._rows(start, end)
+        except SQLAlchemyError as exc:
+            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
+            error = SourceError
+            if _timed_out(exc):
+                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
+                error = LimitError
+            raise error(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
+                        f"{redact_url(reason)}") from None
 
 
 def _timed_out(exc: SQLAlchemyError) -> bool:

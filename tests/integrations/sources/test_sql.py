@@ -190,11 +190,9 @@ bucket = "1d"
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT 'acme' AS acct, x AS at FROM r"
 
 
-def test_a_query_past_statement_timeout_is_cancelled_and_said_so(engine: Engine, db_url: str) -> None:
-    """A hung warehouse query must not hold the source's poll (and its scheduler thread) forever."""
-    import time
-
-    cfg = source_config(f"""
+def _endless(db_url: str, extra: str = "") -> SqlSource:
+    """A source whose query never ends, cancelled after 1 s."""
+    return SqlSource(source_config(f"""
 [[sources]]
 id = "slow"
 type = "sql"
@@ -206,8 +204,15 @@ time_type = "epoch"
 metric = "api_calls"
 aggregate = "count"
 statement_timeout = "1s"
-""", {"WAREHOUSE_URL": db_url})
-    src = SqlSource(cfg)
+{extra}
+""", {"WAREHOUSE_URL": db_url}))
+
+
+def test_a_query_past_statement_timeout_is_cancelled_and_said_so(engine: Engine, db_url: str) -> None:
+    """A hung warehouse query must not hold the source's poll (and its scheduler thread) forever."""
+    import time
+
+    src = _endless(db_url)
     started = time.monotonic()
     try:
         with pytest.raises(SourceError) as exc:
@@ -261,3 +266,18 @@ statement_timeout = "0s"
         '[[sources]]\nid = "w"\ntype = "sql"\nurl = "oracle+nodriver://u:p@h/db"\ntable = "t"\n'
         'account_column = "a"\ntime_column = "t"\nmetric = "m"\nvalue_column = "v"\n'))
     assert "no SQLAlchemy driver for 'oracle+nodriver' is installed" in missing_driver
+
+
+def test_a_window_past_statement_timeout_is_read_in_parts_down_to_one_bucket(engine: Engine, db_url: str) -> None:
+    """A query that runs past statement_timeout on its window halves the window of the next poll
+    (integrations.sources.catch_up: the HTTP sources' tests show the catch-up itself); a query that
+    times out even on one bucket fails saying the window cannot be split further."""
+    src = _endless(db_url, 'bucket = "1h"\nbackfill = "8h"')
+    try:
+        reports = [poll_source(engine, src, T0) for _ in range(4)]
+    finally:
+        src.close()
+    errors = [r.error or "" for r in reports]
+    assert all(not r.ok and "ran past statement_timeout (1s)" in e for r, e in zip(reports, errors, strict=True))
+    assert "in parts of 4h" in errors[0] and "in parts of 2h" in errors[1] and "in parts of 1h" in errors[2]
+    assert "is a single bucket and cannot be read in parts" in errors[3]
