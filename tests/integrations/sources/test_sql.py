@@ -145,6 +145,19 @@ def test_an_overflowing_bucket_leaves_the_other_buckets_of_its_window_bit_for_bi
     assert ("NUMERIC" in statement) == (engine.dialect.name == "postgresql")
 
 
+def test_an_overflowing_bucket_with_a_null_metric_is_set_apart_too(engine: Engine, db_url: str) -> None:
+    """A NULL metric is a group of its own: the overflowing group is matched IS NOT DISTINCT FROM,
+    so its rows are kept out of the plain SUM (with `=` the second read would fail again)."""
+    t = _events_table(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t), [{"acct": "acme", "kind": None, "qty": 1e308, "at": _at(T0 + 60, False)},
+                                    {"acct": "acme", "kind": None, "qty": 1e308, "at": _at(T0 + 120, False)}])
+    _insert(engine, t, [("globex", "api_calls", 0.1, T0 + 60), ("globex", "api_calls", 0.2, T0 + 120)])
+    report, _ = _poll_once(engine, db_url, T0 + HOUR)
+    assert report.ok, report.error
+    assert points(engine) == {("globex", "api_calls", T0): 0.1 + 0.2}
+
+
 def test_an_integer_sum_past_int64_is_stored_as_a_float_and_the_rest_bit_for_bit(
         engine: Engine, db_url: str) -> None:
     """SQLite's SUM of an INTEGER column raises "integer overflow" past 2^63 (the whole poll failed,
