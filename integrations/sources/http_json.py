@@ -58,7 +58,7 @@ from integrations.sources.http_fetch import (
     register_url_secrets,
 )
 from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
-from integrations.sources.skipped import SkippedItem, digest, parse_on_error
+from integrations.sources.skipped import SkippedItem, digest, identity, parse_on_error
 from rules.config import Section, Table
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
@@ -441,7 +441,7 @@ class HttpJsonSource:
                 rec = self._item(item, where, problems)
                 if problems.current:
                     problems.bad_items += 1
-                    skipped.append(_skipped(item, where, problems.current))
+                    skipped.append(_skipped(item, where, problems.current, self.o.fields.value))
                 elif isinstance(rec, UsageEvent):
                     events.append(rec)
                 elif rec is not None:
@@ -458,11 +458,11 @@ class HttpJsonSource:
                     label=self._part(ctx, n_pages), skipped=skipped)
 
 
-def _skipped(item: Any, where: str, problems: list[str]) -> SkippedItem:
+def _skipped(item: Any, where: str, problems: list[str], value_path: str) -> SkippedItem:
     """A malformed item as `on_error = "skip"` leaves it out: its problems without the repeated
-    "where" prefix, keyed by the item's content."""
+    "where" prefix, keyed by the item's content without its value (skipped.identity) and the problems."""
     text = "; ".join(p.removeprefix(f"{where}: ") for p in problems)
-    return SkippedItem(where, text, digest(item))
+    return SkippedItem(where, text, digest(identity(item, value_path), text))
 
 
 def build(config: SourceConfig) -> HttpJsonSource:

@@ -143,7 +143,7 @@ class OpenMeterSource:
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size  # the open window too
         records: list[UsageRecord] = []
-        bad = Malformed()
+        bad = Malformed(value_path="value")
         for slug, metric in self.o.meters.items():
             params: dict[str, Any] = {"from": format_time(start, "iso"), "to": format_time(end, "iso"),
                                       "windowSize": self.o.window_size, "windowTimeZone": "UTC"}

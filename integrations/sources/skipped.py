@@ -7,8 +7,9 @@ item while it stays in the source's data, so no later row is stored either. With
 stores the other items (its batch carries the skipped ones, `Batch.skipped`) and the poll runner
 (bot.service.polling) queues one admin notice per skipped item in the same transaction as the store.
 
-A skipped item is keyed by its **content** (a hash of its canonical JSON, or of a SQL row's account,
-metric and bucket), not by its page and index: those shift as the window moves, and a window source
+A skipped item is keyed by its **content without its value** and its problem (a hash of its canonical
+JSON less the value field, `identity`, and what is wrong; a SQL row's account, metric and bucket), not
+by its page and index: those shift as the window moves, and a window source
 reads the item again on every poll while it is within the window. The key of a told item is in the
 outbox (storage.outbox.known_keys), so it is not told again, after a restart too; a corrected item has
 other content and is stored.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,24 @@ def digest(*parts: Any) -> str:
     is written as its repr), 24 hex digits: the same item has the same digest on every poll."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def identity(item: Any, value_path: str) -> Any:
+    """`item` without its value (at the dotted `value_path`): what an item's notice is keyed by. A
+    source re-serves the bucket that is still open with its running total (OpenMeter, Stripe, most
+    usage APIs), so a malformed item's value grows from poll to poll while it is the same item: keyed
+    with its value, it would be told again at every poll."""
+    if not value_path or not isinstance(item, Mapping):
+        return item
+    head, _, rest = value_path.partition(".")
+    if head not in item:
+        return item
+    out = dict(item)
+    if rest:
+        out[head] = identity(item[head], rest)
+    else:
+        del out[head]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +89,16 @@ class Malformed:
     problems: list[str]
     items: list[SkippedItem]
 
-    def __init__(self) -> None:
+    def __init__(self, value_path: str = "") -> None:
         self.problems, self.items = [], []
+        self.value_path = value_path  # the item's value field, left out of its key (identity)
 
     def add(self, where: str, problem: str, *content: Any) -> None:
-        """Item `content` read at `where` is malformed because of `problem`."""
+        """Item `content` read at `where` is malformed because of `problem`. With a `value_path` the last
+        part of `content` is the item itself, keyed without its value and with the problem (the same
+        item broken another way is told again); without one (sql: account, metric, bucket) by
+        `content` alone, whose problem text holds the bucket's growing sum."""
         self.problems.append(f"{where}: {problem}")
+        if self.value_path and content:
+            content = (*content[:-1], identity(content[-1], self.value_path), problem)
         self.items.append(SkippedItem(where, problem, digest(*content)))

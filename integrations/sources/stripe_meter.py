@@ -128,7 +128,7 @@ class StripeMeterSource:
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size
         records: list[UsageRecord] = []
-        bad = Malformed()
+        bad = Malformed(value_path="aggregated_value")
         customers = self._customers(ctx)
         for meter, metric in self.o.meters.items():
             for account, customer in sorted(customers.items()):
