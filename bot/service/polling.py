@@ -26,7 +26,7 @@ from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
 from storage.accounts import list_accounts
 from storage.db import redact_url
-from storage.outbox import known_keys
+from storage.outbox import idempotency_key, known_keys
 from storage.sources import get_source_state, record_failure, store_batch
 from storage.usage import UsageValueError
 
@@ -105,7 +105,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
     if notices is None:
         notices = [admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
                                 details={"source": source.id, "part": mask(batch.label)},
-                                key=f"source-rejected:{source.id}:{batch.label}:{now}")] if batch.error else []
+                                key=idempotency_key("source-rejected", source.id, batch.label, now))] if batch.error else []
     outbox = [item for notice in notices for item in notice_items(notice, now, notifiers)]
     res = store_batch(engine, source.id, now, totals=batch.totals, columns=batch.columns, events=batch.events,
                       accounts=batch.accounts, cursor=batch.cursor, watermark=batch.watermark,

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from integrations.sources.base import Batch, UsageEvent
 from integrations.sources.records import UsageRecord
+from storage.outbox import idempotency_key
 from storage.sources import BASE_STEP
 from storage.usage_values import UsageValueError, newest_ts, overflow_error
 
@@ -38,8 +39,9 @@ class Refusal:
     reason: str  # the store's words, without the source's name
 
     def key(self, source_id: str) -> str:
+        """Per source and bucket, its parts JSON-encoded (an account id or metric may hold ':')."""
         account, metric, start = self.bucket
-        return f"source-refused:{source_id}:{account}:{metric}:{start}"
+        return idempotency_key("source-refused", source_id, account, metric, start)
 
 
 def bucket_of(row: UsageRecord | UsageEvent) -> Bucket:
