@@ -78,7 +78,7 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
 def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValueError, now: int,
                     admin_channel: str | None, report: PollReport, notifiers: Sequence[str]) -> None:
     """Store `batch` without the buckets the store refuses (integrations.sources.refused), in one
-    transaction with the notices of those not told before.
+    transaction with the notices of those not told before and the batch's own error notice (if any).
     Every overflowing bucket is found in one read first (refused_.overflows), not one store per bucket."""
     found = refused_.overflows(engine, source.id, batch.totals, batch.events)
 
@@ -90,6 +90,8 @@ def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValu
             told_now = refused_.message(source.id, batch.label, new)
             kept.error = f"{batch.error}\n{told_now}" if batch.error else told_now
         notices = refusal_notices(source.id, batch.label, new, now, admin_channel)
+        if batch.error:  # the batch's own error (e.g. rows skipped) is told as without a refusal
+            notices.append(_error_notice(source.id, batch.label, batch.error, now, admin_channel))
         _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices)
 
     refused_.refusing(store, exc, source.id, found)

@@ -16,6 +16,7 @@ import integrations.sources.push as push
 from bot.service.polling import poll_source
 from integrations.sources.base import Batch, PollContext, UsageEvent
 from integrations.sources.push import PushConfig, PushIngest
+from integrations.sources.records import UsageRecord
 from rules.config import Secret
 from storage.outbox import OutboxItem, idempotency_key, list_outbox
 from tests.integrations.sources.helpers import T0, points, refusal_notices
@@ -128,3 +129,18 @@ def test_polled_feed_buckets_are_found_in_one_pass_and_told_each(engine: Engine,
     told = {(n["details"]["account"], n["details"]["metric"]) for n in refusal_notices(engine, "feed")}
     assert told == set(buckets)
     assert points(engine, "calls")[("globex", "calls", T0)] == 1.0
+
+
+def test_a_batch_error_is_still_told_beside_a_refused_bucket(engine: Engine) -> None:
+    """A batch with its own error (rows it skipped) and a refused bucket: both notices are queued
+    (before: only the refusal's, the batch's error was never told)."""
+    batch = Batch("c1", T0 + 30, label="window 1", error="source 'feed': window 1: 2 row(s) skipped",
+                  totals=[UsageRecord("acme", "calls", T0, 1e308), UsageRecord("acme", "calls", T0 + 1, 1e308),
+                          UsageRecord("globex", "calls", T0, 3)])
+    report = poll_source(engine, FeedSource(batch), NOW)
+    assert report.ok and points(engine, "calls") == {("globex", "calls", T0): 3.0}
+    keys = [r.idempotency_key for r in list_outbox(engine)]
+    assert idempotency_key("source-rejected", "feed", "window 1", NOW) in keys
+    assert len(refusal_notices(engine, "feed")) == 1
+    messages = [r.payload["message"] for r in list_outbox(engine)]
+    assert any("2 row(s) skipped" in m and "bucket refused" not in m for m in messages)
