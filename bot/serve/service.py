@@ -116,7 +116,8 @@ class Service:
         sources = [s.id for s in self.config.sources if s.settings.enabled]
         jobs = [j.id for j in self.scheduler.jobs]
         m.initialise("usagebot_source_polls_total", [{"source": s, "result": r} for s in sources for r in ("ok", "error")])
-        for name in ("usagebot_source_rows_total", "usagebot_source_rejected_total", "usagebot_source_poll_seconds"):
+        for name in ("usagebot_source_rows_total", "usagebot_source_rejected_total", "usagebot_source_skipped_total",
+                     "usagebot_source_poll_seconds"):
             m.initialise(name, [{"source": s} for s in sources])
         m.initialise("usagebot_deliveries_total", [{"result": r} for r in ("sent", "failed", "dead", "deferred")])
         m.initialise("usagebot_job_runs_total", [{"job": j, "result": r} for j in jobs for r in ("ok", "error", "skipped")])
@@ -296,11 +297,14 @@ class Service:
             m.inc("usagebot_source_rows_total", report.rows, source=source.id)
         if report.rejected:
             m.inc("usagebot_source_rejected_total", len(report.rejected), source=source.id)
+        if report.skipped:
+            m.inc("usagebot_source_skipped_total", report.skipped, source=source.id)
         if not report.ok:
             m.inc("usagebot_errors_total", component=f"poll:{source.id}")
-        log.info("polled %s: %s, %d row(s), %d point(s) changed", source.id, "ok" if report.ok else "failed",
-                 report.rows, report.points_written,
+        log.info("polled %s: %s, %d row(s), %d point(s) changed, %d malformed item(s) skipped", source.id,
+                 "ok" if report.ok else "failed", report.rows, report.points_written, report.skipped,
                  extra={"event": "poll", "source": source.id, "ok": report.ok, "rows": report.rows,
+                        "skipped": report.skipped,
                         "changed_series": len(report.changed), "seconds": round(report.seconds, 3)})
         if report.settling:
             self._poll_again(source.id, report.settling)

@@ -13,6 +13,7 @@ from typing import Any
 from integrations.notice import ALERT_EVENTS, AlertNotice, GroupedAlert, Routing, finite
 from integrations.notice import admin_notice as make_admin_notice
 from integrations.sources.refused import Refusal
+from integrations.sources.skipped import SkippedItem
 from rules.config.redaction import mask
 from rules.detectors.format import moment
 from rules.engine import CohortEvent
@@ -155,6 +156,18 @@ def refusal_notices(source_id: str, part: str, refusals: Sequence[Refusal], at: 
                          details={"source": source_id, "part": mask(part), "account": r.bucket[0],
                                   "metric": r.bucket[1], "bucket": iso(r.bucket[2])})
             for r in refusals]
+
+
+def skipped_notices(source_id: str, part: str, items: Sequence[SkippedItem], at: int,
+                    channel: str | None) -> list[AlertNotice]:
+    """One admin notice per malformed item a poll left out (on_error = "skip",
+    integrations.sources.skipped), under the item's own idempotency key (its content): told once,
+    however often a window reads it again. The text is masked (admin_notice) like every notice."""
+    return [admin_notice("rejected", source_id, f"source {source_id!r}: {part}: malformed item skipped, not "
+                                                f"stored: {s.where}: {s.problems}",
+                         at, channel, "warning", key=s.key(source_id),
+                         details={"source": source_id, "part": mask(part), "where": mask(s.where), "item": s.digest})
+            for s in items]
 
 
 def first_run_summary(held: Sequence[Transition], first: FirstRun, at: int, channel: str | None) -> AlertNotice:

@@ -59,6 +59,8 @@ DEFINITIONS: dict[str, Definition] = {
                                               ("source", "result")),
     "usagebot_source_rows_total": Definition("counter", "Usage rows or events delivered by a source.", ("source",)),
     "usagebot_source_rejected_total": Definition("counter", "Rejected parts of polls (e.g. bad files).", ("source",)),
+    "usagebot_source_skipped_total": Definition("counter", "Malformed items a poll left out (on_error = skip).",
+                                                ("source",)),
     "usagebot_source_poll_seconds": Definition("histogram", "Duration of one poll of a source.", ("source",)),
     "usagebot_source_poll_lag_seconds": Definition("collected", "Seconds since the last successful poll of a source.",
                                                    ("source",)),

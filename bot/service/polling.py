@@ -6,7 +6,9 @@ secret); the next poll resumes from the last stored batch. A rejected part of
 a poll (a bad file in a drop folder) is stored as "seen", reported to the
 admin channel, and the rest of the poll goes on. A bucket whose values add up
 past a float64 is left out of its batch, told once, and the rest of the batch
-is stored (integrations.sources.refused).
+is stored (integrations.sources.refused). So are the malformed items a source
+with `on_error = "skip"` left out (integrations.sources.skipped): one notice per
+item not told before, in the transaction that stores the rest.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import Engine
 
-from bot.service.alerts import admin_notice, refusal_notices
+from bot.service.alerts import admin_notice, refusal_notices, skipped_notices
 from bot.service.notices import notice_items
 from integrations.notice import AlertNotice
 from integrations.sources import refused as refused_
+from integrations.sources import skipped as skipped_
 from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
 from storage.accounts import list_accounts
@@ -46,6 +49,7 @@ class PollReport:
     events_expired: int = 0  # older than the pruning horizon: not counted (their ids may be forgotten)
     changed: set[tuple[str, str]] = field(default_factory=set)  # (account, metric)
     rejected: list[str] = field(default_factory=list)
+    skipped: int = 0  # malformed items left out (on_error = "skip"), told or not
     error: str | None = None
     seconds: float = 0.0
     settling: list[tuple[str, int]] = field(default_factory=list)  # (file, ready at) left for a later poll
@@ -111,11 +115,14 @@ def _error_notice(source_id: str, label: str, error: str, now: int, admin_channe
 
 def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
                report: PollReport, notifiers: Sequence[str], notices: Sequence[AlertNotice] | None = None) -> None:
-    """Store one batch with its admin notices (default: one about `batch.error`, if any), then report it."""
+    """Store one batch with its admin notices (default: one about `batch.error`, if any) and one per
+    skipped item not told before, then report it."""
     if batch.error:
         batch.error = mask(batch.error)
     if notices is None:
         notices = [_error_notice(source.id, batch.label, batch.error, now, admin_channel)] if batch.error else []
+    if batch.skipped:
+        batch, notices = _with_skipped(engine, source.id, batch, now, admin_channel, notices)
     outbox = [item for notice in notices for item in notice_items(notice, now, notifiers)]
     res = store_batch(engine, source.id, now, totals=batch.totals, columns=batch.columns, events=batch.events,
                       accounts=batch.accounts, cursor=batch.cursor, watermark=batch.watermark,
@@ -125,6 +132,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
         log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
     report.batches += 1
     report.rows += batch.rows
+    report.skipped += len(batch.skipped)
     report.points_written += res.points_written
     report.events_new += res.events_new
     report.events_duplicate += res.events_duplicate
@@ -133,6 +141,20 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
         log.warning("source %s: %d event(s) older than the deduplication horizon were not counted",
                     source.id, res.events_expired, extra={"source": source.id, "event": "events_expired"})
     report.changed |= set(res.changed)
+
+
+def _with_skipped(engine: Engine, source_id: str, batch: Batch, now: int, admin_channel: str | None,
+                  notices: Sequence[AlertNotice]) -> tuple[Batch, list[AlertNotice]]:
+    """The batch with its error saying which skipped items are new, and the notices with one per new
+    item (an item whose key is in the outbox was told by an earlier poll: integrations.sources.skipped)."""
+    told = known_keys(engine, [s.key(source_id) for s in batch.skipped])
+    new = list({s.key(source_id): s for s in batch.skipped if s.key(source_id) not in told}.values())
+    if not new:
+        return batch, list(notices)
+    said = mask(skipped_.message(source_id, batch.label, new))
+    error = f"{batch.error}\n{said}" if batch.error else said
+    return (replace(batch, error=error),
+            [*notices, *skipped_notices(source_id, batch.label, new, now, admin_channel)])
 
 
 def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | None = None,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from integrations.sources.records import UsageRecord, is_metric_name
+from integrations.sources.skipped import SkippedItem
 from rules.config import Section, Table, redaction
 from rules.model import AccountFacts
 from rules.periods import iso
@@ -55,6 +56,11 @@ class SourceError(Exception):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(redaction.mask(message))
+
+
+class LimitError(SourceError):
+    """A poll stopped by one of its limits (pagination.max_pages, poll_deadline, statement_timeout):
+    a smaller window may pass (integrations.sources.catch_up)."""
 
 
 MAX_LISTED_PROBLEMS = 20
@@ -109,6 +115,8 @@ class Batch:
     # float64): the part is then rejected whole and reported, and the poll goes on with the next part
     # (a csv file). None: the batch is stored without the refused buckets (integrations.sources.refused)
     rejected_cursor: str | None = None
+    # malformed items left out (on_error = "skip"): each told once (integrations.sources.skipped)
+    skipped: list[SkippedItem] = field(default_factory=list)
 
     @property
     def rows(self) -> int:

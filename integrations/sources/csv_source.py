@@ -54,6 +54,7 @@ from integrations.sources.csv_rows import (
     read_accounts_csv,
 )
 from integrations.sources.records import UsageRecord
+from integrations.sources.skipped import parse_on_error
 from rules.config import Section
 from storage.usage_values import UsageColumns
 
@@ -73,7 +74,7 @@ def parse(section: Section, settings: SourceSettings) -> CsvOptions | None:
     path = section.str("path", required=True)
     pattern = section.str("pattern", "*.csv") or "*.csv"
     accounts = section.str("accounts")
-    on_error = section.str("on_error", "reject", choices=("reject", "skip")) or "reject"
+    on_error = parse_on_error(section)
     min_age = section.duration("min_age", 10)
     if path is None:
         return None

@@ -5,13 +5,16 @@ pagination, take the list at `records` from each page and map each item's
 fields (dotted paths) to account, metric, value and timestamp. Every page is
 fetched and every item validated before anything is stored: a malformed
 payload fails the poll with the page, item and field named, and stores
-nothing.
+nothing; with `on_error = "skip"` a malformed item is left out and told once
+(integrations.sources.skipped) and the other items are stored.
 
 Incremental reading (`incremental`):
 - "window" (default): the request carries [start, end) as query parameters;
   start is the newest data stored minus `overlap`, aligned down to
   `window.align`, so late data within the overlap is read again. Items are
-  bucket totals and replace what is stored.
+  bucket totals and replace what is stored. A window that outgrows
+  `pagination.max_pages` or `poll_deadline` is read in parts by the next
+  polls (integrations.sources.catch_up).
 - "cursor": the request carries the cursor the previous poll ended with
   (`cursor.param`), the response says where to continue (`cursor.field`).
 - "none": the whole list every time.
@@ -24,12 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from integrations.sources.base import (
     Batch,
+    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -42,6 +47,7 @@ from integrations.sources.base import (
     window,
     window_label,
 )
+from integrations.sources.catch_up import CatchUp, Span
 from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
     AUTH,
@@ -57,10 +63,11 @@ from integrations.sources.http_fetch import (
     register_url_secrets,
 )
 from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
+from integrations.sources.skipped import SkippedItem, digest, parse_on_error
 from rules.config import Section, Table
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
-        "window", "cursor", "pagination", *RETRY_KEYS)
+        "window", "cursor", "pagination", "on_error", *RETRY_KEYS)
 TABLES = (AUTH, Table("fields", ("account", "metric", "value", "timestamp", "id", "timestamp_format")),
           Table("pagination", ("type", "param", "next", "size_param", "size", "start", "max_pages")),
           Table("window", ("start_param", "end_param", "format", "align")), Table("cursor", ("param", "field", "initial")))
@@ -122,6 +129,7 @@ class HttpJsonOptions:
     window: WindowParams = field(default_factory=WindowParams)
     cursor: CursorParams | None = None
     pagination: Pagination = field(default_factory=Pagination)
+    on_error: str = "reject"  # "skip": leave a malformed item out (told once), store the rest
 
 
 def _check_url(section: Section, url: str | None) -> str | None:
@@ -210,7 +218,7 @@ def parse(section: Section, settings: SourceSettings) -> HttpJsonOptions | None:
         return None
     return HttpJsonOptions(url=url, fields=fields, records=records, metric=metric, metric_map=metric_map,
                            params=params, headers=headers, auth=auth, retry=retry, incremental=incremental,
-                           window=win, cursor=cursor, pagination=pagination)
+                           window=win, cursor=cursor, pagination=pagination, on_error=parse_on_error(section))
 
 
 # ------------------------------------------------------------------------ reading
@@ -262,9 +270,11 @@ class _Problems:
         self.items: list[str] = []
         self.total = 0
         self.bad_items = 0
+        self.current: list[str] = []  # the problems of the item being read (without its "where")
 
     def add(self, text: str) -> None:
         self.total += 1
+        self.current.append(text)
         if len(self.items) < MAX_PROBLEMS:
             self.items.append(text)
 
@@ -283,6 +293,7 @@ class HttpJsonSource:
         self.settings = config.settings
         self.o: HttpJsonOptions = config.options
         self.fetcher = fetcher or Fetcher(self.id, auth=self.o.auth, retry=self.o.retry, headers=self.o.headers)
+        self.catch_up = CatchUp()
 
     def close(self) -> None:
         self.fetcher.close()
@@ -299,8 +310,15 @@ class HttpJsonSource:
                 params[self.o.cursor.param] = position
         return params
 
+    def _span(self, ctx: PollContext) -> Span:
+        """The part of the poll's window this poll reads (all of it unless catching up)."""
+        align = self.o.window.align
+        return self.catch_up.window(*window(ctx, self.settings.overlap, self.settings.backfill, align), ctx.watermark,
+                                    align)
+
     def _window(self, ctx: PollContext) -> tuple[int, int]:
-        return window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align)
+        span = self._span(ctx)
+        return span.start, span.end
 
     def _part(self, ctx: PollContext, n_pages: int) -> str:
         """What one poll read, for its batch label: the pages, the URL, and the window or cursor."""
@@ -325,8 +343,8 @@ class HttpJsonSource:
             params[str(p.param)] = 0
         while url is not None:
             if page_index > p.max_pages:
-                raise SourceError(f"source {self.id!r}: more than {p.max_pages} pages; raise "
-                                  f"pagination.max_pages or poll more often (nothing was stored)")
+                raise LimitError(f"source {self.id!r}: more than {p.max_pages} pages; raise "
+                                 f"pagination.max_pages or poll more often (nothing was stored)")
             body, resp = self.fetcher.get_json(url, params, what=f"page {page_index}")
             try:
                 items = dig(body, self.o.records)
@@ -425,28 +443,45 @@ class HttpJsonSource:
         problems = _Problems(self.id)
         totals: list[UsageRecord] = []
         events: list[UsageEvent] = []
+        skipped: list[SkippedItem] = []
         last_body: Any = None
         n_pages = 0
-        for page, body, items in self.pages(ctx):
-            n_pages, last_body = page, body
-            for i, item in enumerate(items):
-                where = f"page {page}, item {i} ({self.o.records or 'items'}[{i}])"
-                before = problems.total
-                rec = self._item(item, where, problems)
-                problems.bad_items += problems.total > before
-                if isinstance(rec, UsageEvent):
-                    events.append(rec)
-                elif rec is not None:
-                    totals.append(rec)
-        problems.raise_if_any(f"{n_pages} page(s)")
+        span = self._span(ctx)
+        with self.catch_up.reading(span, self.o.window.align) if self.o.incremental == "window" else nullcontext():
+            for page, body, items in self.pages(ctx):
+                n_pages, last_body = page, body
+                for i, item in enumerate(items):
+                    where = f"page {page}, item {i} ({self.o.records or 'items'}[{i}])"
+                    problems.current = []
+                    rec = self._item(item, where, problems)
+                    if problems.current:
+                        problems.bad_items += 1
+                        skipped.append(_skipped(item, where, problems.current))
+                    elif isinstance(rec, UsageEvent):
+                        events.append(rec)
+                    elif rec is not None:
+                        totals.append(rec)
+        if self.o.on_error == "reject":
+            problems.raise_if_any(f"{n_pages} page(s)")
         cursor = ctx.cursor
         if self.o.incremental == "cursor" and self.o.cursor is not None and last_body is not None:
             nxt = dig_optional(last_body, self.o.cursor.field)
             if nxt not in (None, ""):
                 cursor = str(nxt)
         watermark = newest(events or totals, ctx.watermark, ctx.now)
+        if self.o.incremental == "window":
+            watermark = span.watermark(watermark)
         yield Batch(cursor=cursor, watermark=watermark, totals=totals, events=events,
-                    label=self._part(ctx, n_pages))
+                    label=self._part(ctx, n_pages), skipped=skipped)
+        if self.o.incremental == "window":
+            self.catch_up.done(span)
+
+
+def _skipped(item: Any, where: str, problems: list[str]) -> SkippedItem:
+    """A malformed item as `on_error = "skip"` leaves it out: its problems without the repeated
+    "where" prefix, keyed by the item's content."""
+    text = "; ".join(p.removeprefix(f"{where}: ") for p in problems)
+    return SkippedItem(where, text, digest(item))
 
 
 def build(config: SourceConfig) -> HttpJsonSource:

@@ -6,7 +6,10 @@ meter's total for one subject: account = subject (or the group value),
 metric = the name the meter is mapped to in `meters`, time = windowStart.
 The window [newest stored - overlap, now] is aligned to the window size, so
 windows are re-read whole and replace what is stored; the still-open window
-is read too and replaced as it grows.
+is read too and replaced as it grows. A window that outgrows `poll_deadline`
+is read in parts by the next polls (integrations.sources.catch_up). A malformed row fails the poll (nothing
+stored), or with `on_error = "skip"` is left out and told once
+(integrations.sources.skipped).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from integrations.sources.base import (
     window,
     window_label,
 )
+from integrations.sources.catch_up import CatchUp
 from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
     RETRY_KEYS,
@@ -42,10 +46,11 @@ from integrations.sources.http_fetch import (
 )
 from integrations.sources.http_json import format_time, parse_value
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name
+from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section
 
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
-        *RETRY_KEYS)
+        "on_error", *RETRY_KEYS)
 WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
 
 
@@ -59,6 +64,7 @@ class OpenMeterOptions:
     account_group_by: str | None = None
     subjects: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_error: str = "reject"  # "skip": leave a malformed row out (told once), store the rest
 
 
 def parse_meters(section: Section) -> dict[str, str]:
@@ -82,7 +88,7 @@ def parse(section: Section, settings: SourceSettings) -> OpenMeterOptions | None
     opts = OpenMeterOptions(
         meters=meters, url=url, api_prefix="/" + (section.str("api_prefix", "/api/v1") or "").strip("/"),
         token=section.secret("token"), window_size=size, account_group_by=section.str("account_group_by"),
-        subjects=tuple(section.str_list("subjects")), retry=parse_retry(section))
+        subjects=tuple(section.str_list("subjects")), retry=parse_retry(section), on_error=parse_on_error(section))
     return opts if meters else None
 
 
@@ -93,11 +99,12 @@ class OpenMeterSource:
         self.o: OpenMeterOptions = config.options
         auth = Auth("bearer", token=self.o.token) if self.o.token else Auth()
         self.fetcher = fetcher or Fetcher(self.id, auth=auth, retry=self.o.retry)
+        self.catch_up = CatchUp()
 
     def close(self) -> None:
         self.fetcher.close()
 
-    def _rows(self, slug: str, metric: str, body: Any, problems: list[str]) -> list[UsageRecord]:
+    def _rows(self, slug: str, metric: str, body: Any, bad: Malformed) -> list[UsageRecord]:
         data = body.get("data") if isinstance(body, Mapping) else None
         if not isinstance(data, list):
             raise SourceError(f"source {self.id!r}: meter {slug!r}: the response has no 'data' list "
@@ -106,7 +113,7 @@ class OpenMeterSource:
         for i, row in enumerate(data):
             where = f"meter {slug!r}, data[{i}]"
             if not isinstance(row, Mapping):
-                problems.append(f"{where}: expected an object, got {type(row).__name__}")
+                bad.add(where, f"expected an object, got {type(row).__name__}", slug, row)
                 continue
             if self.o.account_group_by:
                 account = (row.get("groupBy") or {}).get(self.o.account_group_by)
@@ -114,21 +121,21 @@ class OpenMeterSource:
             else:
                 account, what = row.get("subject"), "subject"
             if account is None or not str(account).strip():
-                problems.append(f"{where}: no {what} (the account); set account_group_by if accounts are a "
-                                "group-by key")
+                bad.add(where, f"no {what} (the account); set account_group_by if accounts are a group-by key",
+                        slug, row)
                 continue
             why = id_problem(str(account).strip(), f"{what} (the account)")
             if why is not None:
-                problems.append(f"{where}: {why}")
+                bad.add(where, why, slug, row)
                 continue
             try:
                 ts = parse_timestamp(str(row.get("windowStart", "")))
                 value = parse_value(row.get("value"))
             except ValueError as exc:
-                problems.append(f"{where}: {exc}")
+                bad.add(where, str(exc), slug, row)
                 continue
             if not math.isfinite(value):
-                problems.append(f"{where}: value is not finite")
+                bad.add(where, "value is not finite", slug, row)
                 continue
             out.append(UsageRecord(str(account).strip(), metric, ts, value))
         return out
@@ -138,8 +145,20 @@ class OpenMeterSource:
         size = WINDOW_SIZES[self.o.window_size]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size  # the open window too
+        span = self.catch_up.window(start, end, ctx.watermark, size)
+        start, end = span.start, span.end
+        bad = Malformed()
+        with self.catch_up.reading(span, size):
+            records = self._read(start, end, bad)
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "malformed row(s)")
+        yield Batch(cursor=None, watermark=span.watermark(newest(records, ctx.watermark, ctx.now)), totals=records,
+                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}", skipped=bad.items)
+        self.catch_up.done(span)
+
+    def _read(self, start: int, end: int, bad: Malformed) -> list[UsageRecord]:
+        """The rows of every meter in [start, end)."""
         records: list[UsageRecord] = []
-        problems: list[str] = []
         for slug, metric in self.o.meters.items():
             params: dict[str, Any] = {"from": format_time(start, "iso"), "to": format_time(end, "iso"),
                                       "windowSize": self.o.window_size, "windowTimeZone": "UTC"}
@@ -149,11 +168,8 @@ class OpenMeterSource:
                 params["subject"] = list(self.o.subjects)
             url = f"{self.o.url}{self.o.api_prefix}/meters/{quote(slug, safe='')}/query"
             body, _ = self.fetcher.get_json(url, params, what=f"meter {slug}")
-            records += self._rows(slug, metric, body, problems)
-        if problems:
-            raise malformed_error(self.id, problems, "malformed row(s)")
-        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}")
+            records += self._rows(slug, metric, body, bad)
+        return records
 
 
 def build(config: SourceConfig) -> OpenMeterSource:

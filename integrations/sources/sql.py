@@ -9,7 +9,11 @@ are. Rows with a NULL account or value are ignored (anonymous usage).
 Time columns may be timestamps (`time_type = "timestamp"`; naive ones are
 UTC) or epoch numbers (`"epoch"`, `"epoch_ms"`). The window is
 [newest stored - overlap, now), aligned to `bucket`, so each bucket is read
-whole and replaces what is stored. Sessions run in UTC.
+whole and replaces what is stored. Sessions run in UTC. A bad aggregated row
+fails the poll (nothing stored), or with `on_error = "skip"` is left out and
+told once per account, metric and bucket (integrations.sources.skipped). A
+window whose query runs past `statement_timeout` is read in parts by the next
+polls (integrations.sources.catch_up).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from integrations.sources.base import (
     Batch,
+    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -37,12 +42,14 @@ from integrations.sources.base import (
     window,
     window_label,
 )
+from integrations.sources.catch_up import CatchUp
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
+from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section, redaction
 from storage.db import redact_url
 
 KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",
-        "value_column", "time_column", "time_type", "aggregate", "bucket", "statement_timeout")
+        "value_column", "time_column", "time_type", "aggregate", "bucket", "statement_timeout", "on_error")
 DEFAULT_STATEMENT_TIMEOUT = 300  # seconds: a poll's query that runs longer is cancelled (a hung poll blocks its source)
 CONNECT_TIMEOUT = 30  # seconds to open a connection (PostgreSQL, MySQL), at most the statement timeout
 TIME_TYPES = ("timestamp", "epoch", "epoch_ms")
@@ -113,6 +120,38 @@ def _floor_mysql(el: Any, compiler: Any, **kw: Any) -> str:
     return f"(FLOOR({t} / {s}) * {s})"
 
 
+@dataclass(frozen=True)
+class WideSum:
+    """How a dialect sums the groups whose plain SUM passes its type's range: `sum` in a wider
+    type, `magnitude` (the sum of absolute values, which bounds every partial sum) compared with
+    `limit` to find them, and `refused` telling the database's overflow error."""
+
+    sum: Any
+    magnitude: Any
+    limit: Any
+    refused: Any
+
+
+# The limits sit 2^-30 (about 1e-9) below the type's largest value: the wide sum of a group rounds
+# (PostgreSQL's CAST(float8 AS numeric) keeps 15 digits, SQLite's total() adds doubles), so a group a
+# few ulps under the edge must still count as overflowing, or the "rest" query would fail again.
+_FLOAT8_EDGE = sa.literal_column(repr(float.fromhex("0x1.fffffffffffffp+1023") * (1 - 2**-30)), sa.Numeric)
+_INT64_EDGE = sa.literal_column(repr(2.0**63 * (1 - 2**-30)), sa.Float)
+
+_WIDE_SUM: dict[str, WideSum] = {
+    "postgresql": WideSum(
+        sum=lambda c: sa.func.sum(sa.cast(c, sa.Numeric)),
+        magnitude=lambda c: sa.func.sum(sa.func.abs(sa.cast(c, sa.Numeric))),
+        limit=_FLOAT8_EDGE,
+        refused=lambda exc: getattr(exc.orig, "sqlstate", None) == "22003"),
+    "sqlite": WideSum(
+        sum=lambda c: sa.func.total(c),
+        magnitude=lambda c: sa.func.total(sa.func.abs(sa.cast(c, sa.Float))),
+        limit=_INT64_EDGE,
+        refused=lambda exc: "integer overflow" in str(exc.orig)),
+}
+
+
 # ---------------------------------------------------------------------------- config
 
 
@@ -131,6 +170,7 @@ class SqlOptions:
     aggregate: str = "sum"
     bucket: int = 3600
     statement_timeout: int = DEFAULT_STATEMENT_TIMEOUT  # seconds
+    on_error: str = "reject"  # "skip": leave a bad row out (told once), store the rest
 
 
 def engine_url(url: str) -> URL:
@@ -191,7 +231,7 @@ def parse(section: Section, settings: SourceSettings) -> SqlOptions | None:
     return SqlOptions(url=url, account_column=account, time_column=time_col, table=table, query=query,
                       where=section.str("where"), metric_column=metric_col, metric=metric,
                       value_column=value_col, time_type=time_type, aggregate=aggregate, bucket=bucket,
-                      statement_timeout=timeout)
+                      statement_timeout=timeout, on_error=parse_on_error(section))
 
 
 # ---------------------------------------------------------------------------- source
@@ -251,6 +291,7 @@ class SqlSource:
         self.o: SqlOptions = config.options
         self.engine = engine or self._make_engine()
         self.last_statement = ""  # the SQL of the last poll (for logs and tests)
+        self.catch_up = CatchUp()
 
     def _make_engine(self) -> Engine:
         """The source's engine: sessions in UTC, each statement limited to `statement_timeout`
@@ -284,9 +325,11 @@ class SqlSource:
         schema, _, name = (o.table or "").rpartition(".")
         return sa.table(name, *cols, schema=schema or None).alias("usage_src")
 
-    def statement(self, start: int, end: int, dialect: str, exact: bool = False) -> sa.Select[Any]:
-        """The aggregate query for the window [start, end) (epoch seconds); `exact`: SUM as NUMERIC
-        (a sum past the largest float64 comes back as a number, not an error of the query)."""
+    def statement(self, start: int, end: int, dialect: str, part: str = "all") -> sa.Select[Any]:
+        """The aggregate query for the window [start, end) (epoch seconds). `part` (after the
+        database refused a SUM past its type's range, see `_rows`): "overflowing", only the groups
+        whose SUM passes the range, summed in a wider type; "rest", every other group with the plain
+        SUM (the same values as "all" gives for them)."""
         o = self.o
         src = self._from()
         tcol = src.c[o.time_column]
@@ -299,9 +342,10 @@ class SqlSource:
         b = bucket_floor(t, sa.literal_column(str(o.bucket))).label("bucket_start")
         acct = src.c[o.account_column].label("account")
         column: Any = src.c[str(o.value_column)] if o.value_column else None
-        if exact and column is not None:
-            column = sa.cast(column, sa.Numeric)
         value: Any = sa.func.count() if o.aggregate == "count" else getattr(sa.func, o.aggregate)(column)
+        wide = _WIDE_SUM.get(dialect)
+        if part == "overflowing" and wide is not None:
+            value = wide.sum(column)
         cols: list[Any] = [acct]
         group: list[Any] = [src.c[o.account_column]]
         if o.metric_column:
@@ -324,73 +368,101 @@ class SqlSource:
             conds.append(src.c[o.value_column].is_not(None))
         if o.where:
             conds.append(sa.text(f"({o.where})"))
-        return sa.select(*cols).where(*conds).group_by(*group, b)
+        if part == "rest" and wide is not None:
+            big = self.statement(start, end, dialect, "overflowing").cte("overflowing")
+            same = [big.c.account == src.c[o.account_column], big.c.bucket_start == b]
+            if o.metric_column:  # a NULL metric is a group too
+                same.append(big.c.metric.is_not_distinct_from(src.c[o.metric_column]))
+            conds.append(~sa.exists().where(*same))
+        stmt = sa.select(*cols).where(*conds).group_by(*group, b)
+        if part == "overflowing" and wide is not None:
+            stmt = stmt.having(wide.magnitude(column) >= wide.limit)
+        return stmt
 
     def _rows(self, start: int, end: int) -> list[Any]:
-        """The aggregated rows of the window. A database whose SUM of floats refuses to pass the
-        largest float64 (PostgreSQL: 22003 numeric_value_out_of_range) is asked again summing as
-        NUMERIC, so the overflowing bucket comes back (as inf) and only it is refused by the store;
-        SQLite's sum returns inf itself."""
-        stmt = self.statement(start, end, self.engine.dialect.name)
+        """The aggregated rows of the window. A database whose SUM refuses to pass its type's range
+        (PostgreSQL float8: 22003 numeric_value_out_of_range; SQLite INTEGER: "integer overflow")
+        fails the whole query for one bucket, so the window is then read in two parts: the
+        overflowing groups summed in a wider type (PostgreSQL NUMERIC: past the largest float64 they
+        come back as inf and only they are refused by the store; SQLite total(): the float64 sum)
+        and every other group with the plain SUM, bit for bit the values of a window without the
+        bad bucket. SQLite's sum of REAL returns inf itself."""
+        dialect = self.engine.dialect.name
+        stmt = self.statement(start, end, dialect)
         self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
         try:
             with self.engine.connect() as conn:
                 return conn.execute(stmt).all()
         except sa.exc.DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "22003" or self.o.aggregate != "sum":
+            wide = _WIDE_SUM.get(dialect)
+            if wide is None or self.o.aggregate != "sum" or not wide.refused(exc):
                 raise
-        stmt = self.statement(start, end, self.engine.dialect.name, exact=True)
-        self.last_statement = str(stmt.compile(dialect=self.engine.dialect))
+        over, rest = (self.statement(start, end, dialect, part) for part in ("overflowing", "rest"))
+        self.last_statement = str(rest.compile(dialect=self.engine.dialect))
         with self.engine.connect() as conn:
-            return conn.execute(stmt).all()
+            return [*conn.execute(over).all(), *conn.execute(rest).all()]
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
-        try:
-            rows = self._rows(start, end)
-        except SQLAlchemyError as exc:
-            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
-            if _timed_out(exc):
-                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
-            raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
-                              f"{redact_url(reason)}") from None
+        span = self.catch_up.window(*window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket),
+                                    ctx.watermark, self.o.bucket)
+        start, end = span.start, span.end
+        with self.catch_up.reading(span, self.o.bucket):
+            rows = self._query(start, end)
         records: list[UsageRecord] = []
-        problems: list[str] = []
+        bad = Malformed()
         newest_ts: int | None = None
         for r in rows:
             metric = str(r.metric) if self.o.metric_column else str(self.o.metric)
             bucket = int(r.bucket_start)
+            # a row is keyed by its account, metric and bucket, not its value: the SUM of a bucket still
+            # filling changes every poll and would be told again each time
+            key = ("row", repr(r.account), metric, bucket)
             try:
                 when = f"{datetime.fromtimestamp(bucket, UTC):%Y-%m-%dT%H:%MZ}"
             except (OverflowError, OSError, ValueError):  # refused below, named here
                 when = f"epoch second {bucket}"
             where = f"account {repr(str(r.account))[:80]}, bucket {when}"
             if not is_metric_name(metric):
-                problems.append(f"{where}: metric {metric!r} is not a metric name (letters, digits and _ . : -)")
+                bad.add(where, f"metric {metric!r} is not a metric name (letters, digits and _ . : -)", *key)
                 continue
             try:
                 value = float(r.value)
             except (TypeError, ValueError):
-                problems.append(f"{where}, metric {metric}: value {r.value!r} is not a number")
+                bad.add(f"{where}, metric {metric}", f"value {r.value!r} is not a number", *key)
                 continue
             if value < 0 or value != value:  # (inf: a bucket past the largest float64, refused by the store)
-                problems.append(f"{where}, metric {metric}: value {value:g} is negative or not a number")
+                bad.add(f"{where}, metric {metric}", f"value {value:g} is negative or not a number", *key)
                 continue
             why = id_problem(str(r.account), "account") or time_problem(int(r.bucket_start))
             if why is not None:
-                problems.append(f"{where}, metric {metric}: {why}")
+                bad.add(f"{where}, metric {metric}", why, *key)
                 continue
             records.append(UsageRecord(str(r.account), metric, int(r.bucket_start), value))
             n = int(float(r.newest))
             newest_ts = n if newest_ts is None else max(newest_ts, n)
-        if problems:
-            raise malformed_error(self.id, problems, "bad aggregated row(s)")
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "bad aggregated row(s)")
         watermark = ctx.watermark
         if newest_ts is not None:
             newest_ts = min(newest_ts, ctx.now)
             watermark = newest_ts if watermark is None else max(watermark, newest_ts)
-        yield Batch(cursor=None, watermark=watermark, totals=records,
-                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}")
+        yield Batch(cursor=None, watermark=span.watermark(watermark), totals=records,
+                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}", skipped=bad.items)
+        self.catch_up.done(span)
+
+    def _query(self, start: int, end: int) -> list[Any]:
+        """The aggregated rows of [start, end); a failed query is a SourceError naming the database
+        (a LimitError when it ran past statement_timeout: a smaller window may pass)."""
+        try:
+            return self._rows(start, end)
+        except SQLAlchemyError as exc:
+            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
+            error = SourceError
+            if _timed_out(exc):
+                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
+                error = LimitError
+            raise error(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
+                        f"{redact_url(reason)}") from None
 
 
 def _timed_out(exc: SQLAlchemyError) -> bool:

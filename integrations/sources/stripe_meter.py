@@ -7,7 +7,11 @@ for one customer in one hour (or day): account = the account mapped to the
 customer, metric = the name the meter is mapped to, time = start_time.
 Stripe asks for one customer per request, so the customers are listed in
 `customers` (account id -> Stripe customer id), or `customers_from_accounts =
-true` takes every stored account id as its Stripe customer id.
+true` takes every stored account id as its Stripe customer id. A malformed
+summary fails the poll (nothing stored), or with `on_error = "skip"` is left
+out and told once (integrations.sources.skipped). A window that outgrows
+`max_pages` or `poll_deadline` is read in parts by the next polls
+(integrations.sources.catch_up).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from urllib.parse import quote
 
 from integrations.sources.base import (
     Batch,
+    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -31,6 +36,7 @@ from integrations.sources.base import (
     window,
     window_label,
 )
+from integrations.sources.catch_up import CatchUp
 from integrations.sources.http_fetch import (
     RETRY_KEYS,
     Auth,
@@ -42,10 +48,11 @@ from integrations.sources.http_fetch import (
 from integrations.sources.http_json import parse_value
 from integrations.sources.openmeter import parse_meters
 from integrations.sources.records import UsageRecord, time_problem
+from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section
 
 KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
-        "max_pages", *RETRY_KEYS)
+        "max_pages", "on_error", *RETRY_KEYS)
 GROUPINGS = {"hour": 3600, "day": 86_400}
 
 
@@ -59,6 +66,7 @@ class StripeOptions:
     grouping: str = "hour"
     max_pages: int = 100
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_error: str = "reject"  # "skip": leave a malformed summary out (told once), store the rest
 
 
 def parse(section: Section, settings: SourceSettings) -> StripeOptions | None:
@@ -78,7 +86,7 @@ def parse(section: Section, settings: SourceSettings) -> StripeOptions | None:
         return None
     return StripeOptions(api_key=key, meters=meters, customers=customers, customers_from_accounts=from_accounts,
                          url=url, grouping=grouping, max_pages=section.int("max_pages", 100, min=1) or 100,
-                         retry=parse_retry(section))
+                         retry=parse_retry(section), on_error=parse_on_error(section))
 
 
 class StripeMeterSource:
@@ -87,6 +95,7 @@ class StripeMeterSource:
         self.settings = config.settings
         self.o: StripeOptions = config.options
         self.fetcher = fetcher or Fetcher(self.id, auth=Auth("bearer", token=self.o.api_key), retry=self.o.retry)
+        self.catch_up = CatchUp()
 
     def close(self) -> None:
         self.fetcher.close()
@@ -115,41 +124,52 @@ class StripeMeterSource:
             if not last:
                 raise SourceError(f"source {self.id!r}: meter {meter!r}: has_more without an id to continue after")
             params["starting_after"] = last
-        raise SourceError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: more than "
-                          f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
+        raise LimitError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: more than "
+                         f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
         self.fetcher.begin_poll()
         size = GROUPINGS[self.o.grouping]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size
-        records: list[UsageRecord] = []
-        problems: list[str] = []
+        span = self.catch_up.window(start, end, ctx.watermark, size)
+        start, end = span.start, span.end
+        bad = Malformed()
         customers = self._customers(ctx)
+        with self.catch_up.reading(span, size):
+            records = self._read(customers, start, end, bad)
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "malformed summary item(s)")
+        yield Batch(cursor=None, watermark=span.watermark(newest(records, ctx.watermark, ctx.now)), totals=records,
+                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), {window_label(start, end)}",
+                    skipped=bad.items)
+        self.catch_up.done(span)
+
+    def _read(self, customers: dict[str, str], start: int, end: int, bad: Malformed) -> list[UsageRecord]:
+        """The summaries of every meter and customer in [start, end)."""
+        records: list[UsageRecord] = []
         for meter, metric in self.o.meters.items():
             for account, customer in sorted(customers.items()):
                 for pos, item in self._summaries(meter, customer, start, end):
                     where = f"meter {meter!r}, customer {customer!r}, {pos}"
                     if not isinstance(item, Mapping):
-                        problems.append(f"{where}: expected an object, got {type(item).__name__}")
+                        bad.add(where, f"expected an object, got {type(item).__name__}", meter, customer, item)
                         continue
                     ts = item.get("start_time")
                     if isinstance(ts, bool) or not isinstance(ts, int):
-                        problems.append(f"{where}: start_time must be epoch seconds, got {repr(ts)[:80]}")
+                        bad.add(where, f"start_time must be epoch seconds, got {repr(ts)[:80]}", meter, customer,
+                                item)
                         continue
                     if (why := time_problem(ts)) is not None:
-                        problems.append(f"{where}: start_time: {why}")
+                        bad.add(where, f"start_time: {why}", meter, customer, item)
                         continue
                     try:
                         value = parse_value(item.get("aggregated_value"))
                     except ValueError as exc:
-                        problems.append(f"{where}: aggregated_value: {exc}")
+                        bad.add(where, f"aggregated_value: {exc}", meter, customer, item)
                         continue
                     records.append(UsageRecord(account, metric, ts, value))
-        if problems:
-            raise malformed_error(self.id, problems, "malformed summary item(s)")
-        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), {window_label(start, end)}")
+        return records
 
 
 def build(config: SourceConfig) -> StripeMeterSource:

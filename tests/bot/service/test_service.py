@@ -153,6 +153,45 @@ def test_pushed_events_whose_bucket_overflows_are_refused_alone_and_the_admin_to
     assert service.metrics.value("usagebot_source_rejected_total", source="push") == 1
 
 
+def test_a_polled_source_skipping_a_malformed_item_counts_it_and_tells_the_admin_once(tmp_path: Path,
+                                                                                      db_url: str) -> None:
+    """on_error = "skip" through the service: the good item is stored, the bad one is one notice for
+    #usagebot-admin per notifier (not again on the next poll), and /metrics counts every skip."""
+    from tests.integrations.sources.fake_http import FakeHttp
+
+    at = "2026-11-11T00:00:00Z"
+    items = [{"acct": "acme", "v": 4, "t": at}, {"acct": "acme", "v": "four", "t": at}]
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (200, items))
+        cfg = load_config(_config(tmp_path, db_url, f"""
+[[sources]]
+id = "api"
+type = "http_json"
+url = "{srv.url('/usage')}"
+metric = "api_calls"
+on_error = "skip"
+[sources.fields]
+account = "acct"
+value = "v"
+timestamp = "t"
+"""), env={"INGEST_SECRET": SECRET})
+        svc = Service(cfg, clock=lambda: T0 + 10 * DAY + 60, notifier=ConsoleNotifier(out=io.StringIO()))
+        svc.start(scheduler=False)
+        try:
+            for now in (T0 + 10 * DAY + 60, T0 + 10 * DAY + 120):
+                report = svc.poll(svc.sources["api"], now)
+                assert report.ok and report.skipped == 1
+            notices = [r for r in list_outbox(svc.engine) if r.idempotency_key.startswith("source-skipped:api:")]  # type: ignore[arg-type]
+            assert len(notices) == len(svc.notices.notifiers) >= 1
+            assert notices[0].payload["routing"]["channels"] == ["#usagebot-admin"]
+            assert "field 'v' (value): expected a number, got 'four'" in notices[0].payload["message"]
+            assert svc.metrics.value("usagebot_source_skipped_total", source="api") == 2
+            assert svc.metrics.value("usagebot_source_rejected_total", source="api") == 1  # told once
+            assert points(svc.engine, "api_calls") == {("acme", "api_calls", T0 + 10 * DAY): 4.0}  # type: ignore[arg-type]
+        finally:
+            svc.stop()
+
+
 @pytest.fixture
 def engine_for_service(service: Service) -> Engine:
     assert service.engine is not None

@@ -16,6 +16,13 @@ HOUR = 3600
 DAY = 86_400
 
 
+def iso_z(ts: int) -> str:
+    """Epoch second `ts` as the APIs write it: 2026-11-01T00:00:00Z."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def source_config(toml: str, env: Mapping[str, str] | None = None) -> SourceConfig:
     """The [[sources]] table in `toml` (exactly one), or ConfigError with every problem."""
     doc = document_from_text(toml, "test.toml", env)
@@ -66,3 +73,12 @@ def told_once(engine: Engine, first: Any, again: Any, source_id: str, part: str)
     assert "account 'acme', metric 'api_calls', bucket 2026-11-01T00:00:00Z" in told
     assert len(refusal_notices(engine, source_id)) == 1
     return told
+
+
+def skipped_notices(engine: Engine, source_id: str) -> list[dict]:
+    """The payloads of the admin notices queued about malformed items a source skipped (on_error =
+    "skip"; one per item content and notifier; integrations.sources.skipped)."""
+    from storage.outbox import list_outbox
+
+    return [r.payload for r in list_outbox(engine, limit=10_000)
+            if r.idempotency_key.startswith(f"source-skipped:{source_id}:")]

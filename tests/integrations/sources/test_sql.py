@@ -117,6 +117,65 @@ def test_a_bucket_whose_sum_passes_a_float64_is_refused_told_once_and_the_rest_s
     assert points(engine) == {("globex", "api_calls", T0): 3.0, ("globex", "api_calls", T0 + HOUR): 4.0}
 
 
+def _poll_once(engine: Engine, db_url: str, now: int):  # type: ignore[no-untyped-def]
+    src = _source(db_url)
+    try:
+        return poll_source(engine, src, now), src.last_statement
+    finally:
+        src.close()
+
+
+def test_an_overflowing_bucket_leaves_the_other_buckets_of_its_window_bit_for_bit(
+        engine: Engine, db_url: str) -> None:
+    """PostgreSQL refuses the window's float8 SUM for acme's bucket; the buckets read beside it keep
+    their float8 sums bit for bit (CAST(float8 AS numeric) would keep 15 digits: 1.2345678901234567
+    -> 1.23456789012346, 0.1 + 0.2 -> 0.3), so nothing is flagged changed and nothing flips back
+    when the bad bucket leaves the overlap."""
+    t = _events_table(engine)
+    _insert(engine, t, [("globex", "api_calls", 1.2345678901234567, T0 + 60),
+                        ("initech", "api_calls", 1234567890123456789.0, T0 + 60),
+                        ("umbrella", "api_calls", 0.1, T0 + 60), ("umbrella", "api_calls", 0.2, T0 + 120)])
+    alone, _ = _poll_once(engine, db_url, T0 + HOUR)
+    before = points(engine)
+    assert alone.ok and before[("umbrella", "api_calls", T0)] == 0.1 + 0.2 != 0.3
+    _insert(engine, t, [("acme", "api_calls", 1e308, T0 + 60), ("acme", "api_calls", 1e308, T0 + 120)])
+    beside, statement = _poll_once(engine, db_url, T0 + HOUR + 60)
+    assert beside.ok and beside.changed == set()
+    assert points(engine) == before  # bit for bit; acme's bucket refused
+    assert ("NUMERIC" in statement) == (engine.dialect.name == "postgresql")
+
+
+def test_an_overflowing_bucket_with_a_null_metric_is_set_apart_too(engine: Engine, db_url: str) -> None:
+    """A NULL metric is a group of its own: the overflowing group is matched IS NOT DISTINCT FROM,
+    so its rows are kept out of the plain SUM (with `=` the second read would fail again)."""
+    t = _events_table(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t), [{"acct": "acme", "kind": None, "qty": 1e308, "at": _at(T0 + 60, False)},
+                                    {"acct": "acme", "kind": None, "qty": 1e308, "at": _at(T0 + 120, False)}])
+    _insert(engine, t, [("globex", "api_calls", 0.1, T0 + 60), ("globex", "api_calls", 0.2, T0 + 120)])
+    report, _ = _poll_once(engine, db_url, T0 + HOUR)
+    assert report.ok, report.error
+    assert points(engine) == {("globex", "api_calls", T0): 0.1 + 0.2}
+
+
+def test_an_integer_sum_past_int64_is_stored_as_a_float_and_the_rest_bit_for_bit(
+        engine: Engine, db_url: str) -> None:
+    """SQLite's SUM of an INTEGER column raises "integer overflow" past 2^63 (the whole poll failed,
+    at every poll): acme's bucket now comes back as its float64 sum (total()), and globex's exact
+    integer sum 2^53 + 2 stays what SUM gives (total() adds doubles on SQLite < 3.43: 2^53)."""
+    md = sa.MetaData()
+    t = sa.Table("raw_events", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("acct", sa.String),
+                 sa.Column("kind", sa.String), sa.Column("qty", sa.BigInteger), sa.Column("at", sa.DateTime()))
+    md.create_all(engine)
+    _insert(engine, t, [("acme", "api_calls", 2**62, T0 + 60), ("acme", "api_calls", 2**62, T0 + 120),
+                        ("globex", "api_calls", 2**53, T0 + 60), ("globex", "api_calls", 1, T0 + 61),
+                        ("globex", "api_calls", 1, T0 + 62)])
+    report, _ = _poll_once(engine, db_url, T0 + HOUR)
+    assert report.ok, report.error
+    assert points(engine) == {("acme", "api_calls", T0): 2.0**63, ("globex", "api_calls", T0): float(2**53 + 2)}
+    assert float(2**53 + 2) != 2.0**53
+
+
 def test_count_aggregate_with_a_query_and_a_constant_metric(engine: Engine, db_url: str) -> None:
     t = _events_table(engine)
     _insert(engine, t, [("acme", "login", 0, T0 + 1), ("acme", "login", 0, T0 + 2), ("acme", "other", 0, T0 + 3)])
@@ -144,11 +203,9 @@ bucket = "1d"
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT 'acme' AS acct, x AS at FROM r"
 
 
-def test_a_query_past_statement_timeout_is_cancelled_and_said_so(engine: Engine, db_url: str) -> None:
-    """A hung warehouse query must not hold the source's poll (and its scheduler thread) forever."""
-    import time
-
-    cfg = source_config(f"""
+def _endless(db_url: str, extra: str = "") -> SqlSource:
+    """A source whose query never ends, cancelled after 1 s."""
+    return SqlSource(source_config(f"""
 [[sources]]
 id = "slow"
 type = "sql"
@@ -160,8 +217,15 @@ time_type = "epoch"
 metric = "api_calls"
 aggregate = "count"
 statement_timeout = "1s"
-""", {"WAREHOUSE_URL": db_url})
-    src = SqlSource(cfg)
+{extra}
+""", {"WAREHOUSE_URL": db_url}))
+
+
+def test_a_query_past_statement_timeout_is_cancelled_and_said_so(engine: Engine, db_url: str) -> None:
+    """A hung warehouse query must not hold the source's poll (and its scheduler thread) forever."""
+    import time
+
+    src = _endless(db_url)
     started = time.monotonic()
     try:
         with pytest.raises(SourceError) as exc:
@@ -215,3 +279,18 @@ statement_timeout = "0s"
         '[[sources]]\nid = "w"\ntype = "sql"\nurl = "oracle+nodriver://u:p@h/db"\ntable = "t"\n'
         'account_column = "a"\ntime_column = "t"\nmetric = "m"\nvalue_column = "v"\n'))
     assert "no SQLAlchemy driver for 'oracle+nodriver' is installed" in missing_driver
+
+
+def test_a_window_past_statement_timeout_is_read_in_parts_down_to_one_bucket(engine: Engine, db_url: str) -> None:
+    """A query that runs past statement_timeout on its window halves the window of the next poll
+    (integrations.sources.catch_up: the HTTP sources' tests show the catch-up itself); a query that
+    times out even on one bucket fails saying the window cannot be split further."""
+    src = _endless(db_url, 'bucket = "1h"\nbackfill = "8h"')
+    try:
+        reports = [poll_source(engine, src, T0) for _ in range(4)]
+    finally:
+        src.close()
+    errors = [r.error or "" for r in reports]
+    assert all(not r.ok and "ran past statement_timeout (1s)" in e for r, e in zip(reports, errors, strict=True))
+    assert "in parts of 4h" in errors[0] and "in parts of 2h" in errors[1] and "in parts of 1h" in errors[2]
+    assert "is a single bucket and cannot be read in parts" in errors[3]
