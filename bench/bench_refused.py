@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.sides import ROOT, baseline_tree, run_json
 
 _RUN = r'''
 import json, sys, time
@@ -81,12 +79,7 @@ print(json.dumps(out))
 
 
 def run(code_root: Path, url: str, buckets: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(code_root))
-    out = subprocess.run([sys.executable, "-c", _RUN, url, str(buckets)], cwd=code_root, env=env,
-                         capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise SystemExit(f"{code_root}: {out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(code_root, _RUN, url, str(buckets))
 
 
 def main() -> None:
@@ -97,10 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        before = work / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "archive", args.baseline_ref], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+        before = baseline_tree(args.baseline_ref, work)
         print(f"{args.buckets} overflowing buckets; load {os.getloadavg()[0]:.1f}")
         results: dict[str, list[dict]] = {"before": [], "after": []}
         for r in range(args.rounds):
