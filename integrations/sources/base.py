@@ -58,11 +58,6 @@ class SourceError(Exception):
         super().__init__(redaction.mask(message))
 
 
-class LimitError(SourceError):
-    """A poll stopped by one of its limits (pagination.max_pages, poll_deadline, statement_timeout):
-    a smaller window may pass (integrations.sources.catch_up)."""
-
-
 MAX_LISTED_PROBLEMS = 20
 
 

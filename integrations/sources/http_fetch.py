@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from integrations.sources.base import LimitError, SourceError
+from integrations.sources.base import SourceError
 from rules.config import Secret, Section, Table, redaction
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -196,8 +196,8 @@ class Fetcher:
         """Start the poll deadline: every request from now on must end within `poll_deadline`."""
         self._poll_ends = self.monotonic() + self.retry.poll_deadline
 
-    def _fail(self, where: str, message: str, error: type[SourceError] = SourceError) -> SourceError:
-        return error(f"source {self.source_id!r}: {where}: {message}")
+    def _fail(self, where: str, message: str) -> SourceError:
+        return SourceError(f"source {self.source_id!r}: {where}: {message}")
 
     def _poll_left(self) -> float | None:
         return None if self._poll_ends is None else self._poll_ends - self.monotonic()
@@ -239,7 +239,7 @@ class Fetcher:
             left = self._poll_left()
             if left is not None and left <= 0:
                 raise self._fail(where, f"the poll took longer than poll_deadline ({self.retry.poll_deadline:g}s); "
-                                        "stopped (nothing was stored from this poll)", LimitError)
+                                        "stopped (nothing was stored from this poll)")
             budget = self.retry.request_deadline if left is None else min(self.retry.request_deadline, left)
             self.requests += 1
             retry_after = None
@@ -271,17 +271,13 @@ class Fetcher:
                             404: "; check the url (and the meter/resource id in it)"}.get(resp.status_code, "")
                     raise self._fail(where, problem + hint)
                 retry_after = resp.headers.get("retry-after")
-            left = self._poll_left()
-            if left is not None and left <= 0:  # cut off by the poll's deadline, not by this request's own limits
-                raise self._fail(where, f"{problem}; the poll reached poll_deadline ({self.retry.poll_deadline:g}s): "
-                                        "stopped (nothing was stored from this poll)", LimitError)
             if attempt >= self.retry.retries:
                 raise self._fail(where, f"{problem} (gave up after {attempt + 1} attempt(s))")
             wait = self.retry.delay(attempt, retry_after)
+            left = self._poll_left()
             if left is not None and wait >= left:
                 raise self._fail(where, f"{problem}; a retry in {wait:g}s would pass poll_deadline "
-                                        f"({self.retry.poll_deadline:g}s): stopped after {attempt + 1} attempt(s)",
-                                 LimitError)
+                                        f"({self.retry.poll_deadline:g}s): stopped after {attempt + 1} attempt(s)")
             self.sleep(wait)
             attempt += 1
 

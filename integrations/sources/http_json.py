@@ -12,9 +12,7 @@ Incremental reading (`incremental`):
 - "window" (default): the request carries [start, end) as query parameters;
   start is the newest data stored minus `overlap`, aligned down to
   `window.align`, so late data within the overlap is read again. Items are
-  bucket totals and replace what is stored. A window that outgrows
-  `pagination.max_pages` or `poll_deadline` is read in parts by the next
-  polls (integrations.sources.catch_up).
+  bucket totals and replace what is stored.
 - "cursor": the request carries the cursor the previous poll ended with
   (`cursor.param`), the response says where to continue (`cursor.field`).
 - "none": the whole list every time.
@@ -27,14 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from integrations.sources.base import (
     Batch,
-    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -47,7 +43,6 @@ from integrations.sources.base import (
     window,
     window_label,
 )
-from integrations.sources.catch_up import CatchUp, Span
 from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
     AUTH,
@@ -293,7 +288,6 @@ class HttpJsonSource:
         self.settings = config.settings
         self.o: HttpJsonOptions = config.options
         self.fetcher = fetcher or Fetcher(self.id, auth=self.o.auth, retry=self.o.retry, headers=self.o.headers)
-        self.catch_up = CatchUp()
 
     def close(self) -> None:
         self.fetcher.close()
@@ -310,15 +304,8 @@ class HttpJsonSource:
                 params[self.o.cursor.param] = position
         return params
 
-    def _span(self, ctx: PollContext) -> Span:
-        """The part of the poll's window this poll reads (all of it unless catching up)."""
-        align = self.o.window.align
-        return self.catch_up.window(*window(ctx, self.settings.overlap, self.settings.backfill, align), ctx.watermark,
-                                    align)
-
     def _window(self, ctx: PollContext) -> tuple[int, int]:
-        span = self._span(ctx)
-        return span.start, span.end
+        return window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align)
 
     def _part(self, ctx: PollContext, n_pages: int) -> str:
         """What one poll read, for its batch label: the pages, the URL, and the window or cursor."""
@@ -343,8 +330,8 @@ class HttpJsonSource:
             params[str(p.param)] = 0
         while url is not None:
             if page_index > p.max_pages:
-                raise LimitError(f"source {self.id!r}: more than {p.max_pages} pages; raise "
-                                 f"pagination.max_pages or poll more often (nothing was stored)")
+                raise SourceError(f"source {self.id!r}: more than {p.max_pages} pages; raise "
+                                  f"pagination.max_pages or poll more often (nothing was stored)")
             body, resp = self.fetcher.get_json(url, params, what=f"page {page_index}")
             try:
                 items = dig(body, self.o.records)
@@ -446,21 +433,19 @@ class HttpJsonSource:
         skipped: list[SkippedItem] = []
         last_body: Any = None
         n_pages = 0
-        span = self._span(ctx)
-        with self.catch_up.reading(span, self.o.window.align) if self.o.incremental == "window" else nullcontext():
-            for page, body, items in self.pages(ctx):
-                n_pages, last_body = page, body
-                for i, item in enumerate(items):
-                    where = f"page {page}, item {i} ({self.o.records or 'items'}[{i}])"
-                    problems.current = []
-                    rec = self._item(item, where, problems)
-                    if problems.current:
-                        problems.bad_items += 1
-                        skipped.append(_skipped(item, where, problems.current))
-                    elif isinstance(rec, UsageEvent):
-                        events.append(rec)
-                    elif rec is not None:
-                        totals.append(rec)
+        for page, body, items in self.pages(ctx):
+            n_pages, last_body = page, body
+            for i, item in enumerate(items):
+                where = f"page {page}, item {i} ({self.o.records or 'items'}[{i}])"
+                problems.current = []
+                rec = self._item(item, where, problems)
+                if problems.current:
+                    problems.bad_items += 1
+                    skipped.append(_skipped(item, where, problems.current))
+                elif isinstance(rec, UsageEvent):
+                    events.append(rec)
+                elif rec is not None:
+                    totals.append(rec)
         if self.o.on_error == "reject":
             problems.raise_if_any(f"{n_pages} page(s)")
         cursor = ctx.cursor
@@ -469,12 +454,8 @@ class HttpJsonSource:
             if nxt not in (None, ""):
                 cursor = str(nxt)
         watermark = newest(events or totals, ctx.watermark, ctx.now)
-        if self.o.incremental == "window":
-            watermark = span.watermark(watermark)
         yield Batch(cursor=cursor, watermark=watermark, totals=totals, events=events,
                     label=self._part(ctx, n_pages), skipped=skipped)
-        if self.o.incremental == "window":
-            self.catch_up.done(span)
 
 
 def _skipped(item: Any, where: str, problems: list[str]) -> SkippedItem:

@@ -6,8 +6,7 @@ meter's total for one subject: account = subject (or the group value),
 metric = the name the meter is mapped to in `meters`, time = windowStart.
 The window [newest stored - overlap, now] is aligned to the window size, so
 windows are re-read whole and replace what is stored; the still-open window
-is read too and replaced as it grows. A window that outgrows `poll_deadline`
-is read in parts by the next polls (integrations.sources.catch_up). A malformed row fails the poll (nothing
+is read too and replaced as it grows. A malformed row fails the poll (nothing
 stored), or with `on_error = "skip"` is left out and told once
 (integrations.sources.skipped).
 """
@@ -34,7 +33,6 @@ from integrations.sources.base import (
     window,
     window_label,
 )
-from integrations.sources.catch_up import CatchUp
 from integrations.sources.csv_rows import parse_timestamp
 from integrations.sources.http_fetch import (
     RETRY_KEYS,
@@ -99,7 +97,6 @@ class OpenMeterSource:
         self.o: OpenMeterOptions = config.options
         auth = Auth("bearer", token=self.o.token) if self.o.token else Auth()
         self.fetcher = fetcher or Fetcher(self.id, auth=auth, retry=self.o.retry)
-        self.catch_up = CatchUp()
 
     def close(self) -> None:
         self.fetcher.close()
@@ -145,20 +142,8 @@ class OpenMeterSource:
         size = WINDOW_SIZES[self.o.window_size]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size  # the open window too
-        span = self.catch_up.window(start, end, ctx.watermark, size)
-        start, end = span.start, span.end
-        bad = Malformed()
-        with self.catch_up.reading(span, size):
-            records = self._read(start, end, bad)
-        if bad.problems and self.o.on_error == "reject":
-            raise malformed_error(self.id, bad.problems, "malformed row(s)")
-        yield Batch(cursor=None, watermark=span.watermark(newest(records, ctx.watermark, ctx.now)), totals=records,
-                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}", skipped=bad.items)
-        self.catch_up.done(span)
-
-    def _read(self, start: int, end: int, bad: Malformed) -> list[UsageRecord]:
-        """The rows of every meter in [start, end)."""
         records: list[UsageRecord] = []
+        bad = Malformed()
         for slug, metric in self.o.meters.items():
             params: dict[str, Any] = {"from": format_time(start, "iso"), "to": format_time(end, "iso"),
                                       "windowSize": self.o.window_size, "windowTimeZone": "UTC"}
@@ -169,7 +154,10 @@ class OpenMeterSource:
             url = f"{self.o.url}{self.o.api_prefix}/meters/{quote(slug, safe='')}/query"
             body, _ = self.fetcher.get_json(url, params, what=f"meter {slug}")
             records += self._rows(slug, metric, body, bad)
-        return records
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "malformed row(s)")
+        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
+                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}", skipped=bad.items)
 
 
 def build(config: SourceConfig) -> OpenMeterSource:

@@ -11,9 +11,7 @@ UTC) or epoch numbers (`"epoch"`, `"epoch_ms"`). The window is
 [newest stored - overlap, now), aligned to `bucket`, so each bucket is read
 whole and replaces what is stored. Sessions run in UTC. A bad aggregated row
 fails the poll (nothing stored), or with `on_error = "skip"` is left out and
-told once per account, metric and bucket (integrations.sources.skipped). A
-window whose query runs past `statement_timeout` is read in parts by the next
-polls (integrations.sources.catch_up).
+told once per account, metric and bucket (integrations.sources.skipped).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from integrations.sources.base import (
     Batch,
-    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -42,7 +39,6 @@ from integrations.sources.base import (
     window,
     window_label,
 )
-from integrations.sources.catch_up import CatchUp
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
 from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section, redaction
@@ -291,7 +287,6 @@ class SqlSource:
         self.o: SqlOptions = config.options
         self.engine = engine or self._make_engine()
         self.last_statement = ""  # the SQL of the last poll (for logs and tests)
-        self.catch_up = CatchUp()
 
     def _make_engine(self) -> Engine:
         """The source's engine: sessions in UTC, each statement limited to `statement_timeout`
@@ -403,11 +398,15 @@ class SqlSource:
             return [*conn.execute(over).all(), *conn.execute(rest).all()]
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        span = self.catch_up.window(*window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket),
-                                    ctx.watermark, self.o.bucket)
-        start, end = span.start, span.end
-        with self.catch_up.reading(span, self.o.bucket):
-            rows = self._query(start, end)
+        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
+        try:
+            rows = self._rows(start, end)
+        except SQLAlchemyError as exc:
+            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
+            if _timed_out(exc):
+                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
+            raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
+                              f"{redact_url(reason)}") from None
         records: list[UsageRecord] = []
         bad = Malformed()
         newest_ts: int | None = None
@@ -446,23 +445,8 @@ class SqlSource:
         if newest_ts is not None:
             newest_ts = min(newest_ts, ctx.now)
             watermark = newest_ts if watermark is None else max(watermark, newest_ts)
-        yield Batch(cursor=None, watermark=span.watermark(watermark), totals=records,
+        yield Batch(cursor=None, watermark=watermark, totals=records,
                     label=f"{len(rows)} bucket row(s) of {window_label(start, end)}", skipped=bad.items)
-        self.catch_up.done(span)
-
-    def _query(self, start: int, end: int) -> list[Any]:
-        """The aggregated rows of [start, end); a failed query is a SourceError naming the database
-        (a LimitError when it ran past statement_timeout: a smaller window may pass)."""
-        try:
-            return self._rows(start, end)
-        except SQLAlchemyError as exc:
-            reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
-            error = SourceError
-            if _timed_out(exc):
-                reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
-                error = LimitError
-            raise error(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
-                        f"{redact_url(reason)}") from None
 
 
 def _timed_out(exc: SQLAlchemyError) -> bool:

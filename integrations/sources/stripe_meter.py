@@ -9,9 +9,7 @@ Stripe asks for one customer per request, so the customers are listed in
 `customers` (account id -> Stripe customer id), or `customers_from_accounts =
 true` takes every stored account id as its Stripe customer id. A malformed
 summary fails the poll (nothing stored), or with `on_error = "skip"` is left
-out and told once (integrations.sources.skipped). A window that outgrows
-`max_pages` or `poll_deadline` is read in parts by the next polls
-(integrations.sources.catch_up).
+out and told once (integrations.sources.skipped).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from urllib.parse import quote
 
 from integrations.sources.base import (
     Batch,
-    LimitError,
     PollContext,
     SourceConfig,
     SourceError,
@@ -36,7 +33,6 @@ from integrations.sources.base import (
     window,
     window_label,
 )
-from integrations.sources.catch_up import CatchUp
 from integrations.sources.http_fetch import (
     RETRY_KEYS,
     Auth,
@@ -95,7 +91,6 @@ class StripeMeterSource:
         self.settings = config.settings
         self.o: StripeOptions = config.options
         self.fetcher = fetcher or Fetcher(self.id, auth=Auth("bearer", token=self.o.api_key), retry=self.o.retry)
-        self.catch_up = CatchUp()
 
     def close(self) -> None:
         self.fetcher.close()
@@ -124,30 +119,17 @@ class StripeMeterSource:
             if not last:
                 raise SourceError(f"source {self.id!r}: meter {meter!r}: has_more without an id to continue after")
             params["starting_after"] = last
-        raise LimitError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: more than "
-                         f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
+        raise SourceError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: more than "
+                          f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
         self.fetcher.begin_poll()
         size = GROUPINGS[self.o.grouping]
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
         end = -(-end // size) * size
-        span = self.catch_up.window(start, end, ctx.watermark, size)
-        start, end = span.start, span.end
+        records: list[UsageRecord] = []
         bad = Malformed()
         customers = self._customers(ctx)
-        with self.catch_up.reading(span, size):
-            records = self._read(customers, start, end, bad)
-        if bad.problems and self.o.on_error == "reject":
-            raise malformed_error(self.id, bad.problems, "malformed summary item(s)")
-        yield Batch(cursor=None, watermark=span.watermark(newest(records, ctx.watermark, ctx.now)), totals=records,
-                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), {window_label(start, end)}",
-                    skipped=bad.items)
-        self.catch_up.done(span)
-
-    def _read(self, customers: dict[str, str], start: int, end: int, bad: Malformed) -> list[UsageRecord]:
-        """The summaries of every meter and customer in [start, end)."""
-        records: list[UsageRecord] = []
         for meter, metric in self.o.meters.items():
             for account, customer in sorted(customers.items()):
                 for pos, item in self._summaries(meter, customer, start, end):
@@ -169,7 +151,11 @@ class StripeMeterSource:
                         bad.add(where, f"aggregated_value: {exc}", meter, customer, item)
                         continue
                     records.append(UsageRecord(account, metric, ts, value))
-        return records
+        if bad.problems and self.o.on_error == "reject":
+            raise malformed_error(self.id, bad.problems, "malformed summary item(s)")
+        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
+                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), {window_label(start, end)}",
+                    skipped=bad.items)
 
 
 def build(config: SourceConfig) -> StripeMeterSource:

@@ -279,18 +279,3 @@ statement_timeout = "0s"
         '[[sources]]\nid = "w"\ntype = "sql"\nurl = "oracle+nodriver://u:p@h/db"\ntable = "t"\n'
         'account_column = "a"\ntime_column = "t"\nmetric = "m"\nvalue_column = "v"\n'))
     assert "no SQLAlchemy driver for 'oracle+nodriver' is installed" in missing_driver
-
-
-def test_a_window_past_statement_timeout_is_read_in_parts_down_to_one_bucket(engine: Engine, db_url: str) -> None:
-    """A query that runs past statement_timeout on its window halves the window of the next poll
-    (integrations.sources.catch_up: the HTTP sources' tests show the catch-up itself); a query that
-    times out even on one bucket fails saying the window cannot be split further."""
-    src = _endless(db_url, 'bucket = "1h"\nbackfill = "8h"')
-    try:
-        reports = [poll_source(engine, src, T0) for _ in range(4)]
-    finally:
-        src.close()
-    errors = [r.error or "" for r in reports]
-    assert all(not r.ok and "ran past statement_timeout (1s)" in e for r, e in zip(reports, errors, strict=True))
-    assert "in parts of 4h" in errors[0] and "in parts of 2h" in errors[1] and "in parts of 1h" in errors[2]
-    assert "is a single bucket and cannot be read in parts" in errors[3]
