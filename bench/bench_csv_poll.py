@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.sides import ROOT, baseline_tree, run_json
+
 T0 = 1_793_491_200  # 2026-11-01T00:00:00Z
 DAY = 86_400
 METRICS = ("api_calls", "seats", "gb.stored", "jobs")
@@ -95,13 +94,7 @@ def _iso(ts: int) -> str:
 
 
 def run(code_root: Path, folder: Path, url: str, changed: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(code_root))
-    out = subprocess.run([sys.executable, "-c", _POLL, str(folder), url, str(T0 + 400 * DAY), str(changed)],
-                         cwd=code_root,
-                         env=env, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise SystemExit(f"{code_root}: {out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(code_root, _POLL, str(folder), url, str(T0 + 400 * DAY), str(changed))
 
 
 def main() -> None:
@@ -114,10 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        before = work / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "archive", args.baseline_ref], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+        before = baseline_tree(args.baseline_ref, work)
         folder = work / "drops"
         folder.mkdir()
         original, corrected = work / "usage.csv", work / "usage-changed.csv"

@@ -17,6 +17,7 @@ nothing. Due times (`next_attempt_at`, backoffs) use the caller's `now`.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -55,6 +56,13 @@ def outbox_kinds(notifier_name: str) -> list[str]:
     if notifier_name == "slack":
         kinds.append(LEGACY_NOTIFY_KIND)
     return kinds
+
+
+def idempotency_key(kind: str, *parts: str | int) -> str:
+    """The idempotency key of a notice about the thing `parts` name: "kind:" and the parts as a JSON
+    array. An f-string joining the parts with ':' made two things one key when a part held ':'
+    (account 'acme:x' metric 'calls' and account 'acme' metric 'x:calls'): the second was never told."""
+    return f"{kind}:" + json.dumps(list(parts), separators=(",", ":"), ensure_ascii=False)
 
 
 DEFAULT_LEASE = 300

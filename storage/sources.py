@@ -302,6 +302,44 @@ def _new_event_ids(conn: Connection, source_id: str, times: Mapping[str, int], n
     return new
 
 
+def _known_event_ids(conn: Connection, source_id: str, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` are stored for the source (seen before: duplicates)."""
+    known: set[str] = set()
+    c = events_table.c
+    for i in range(0, len(ids), 500):
+        known.update(conn.execute(sa.select(c.event_id).where(
+            c.source_id == source_id, c.event_id.in_(ids[i : i + 500]))).scalars())
+    return known
+
+
+def added_overflows(engine: Engine, source_id: str, events: Iterable[EventLike],
+                    replaced: Mapping[tuple[str, str, int], float] | None = None,
+                    base_step: int = BASE_STEP) -> tuple[dict[tuple[str, str, int], float | None], set[str]]:
+    """Before storing `events` again (store_batch refused them): every bucket whose total would not
+    be finite, with its stored total (None: none), and the ids stored before. The events are counted
+    as store_batch counts them: each id once, those stored before or before the pruning horizon not
+    at all, summed in order, added to the stored total (`replaced`: the total the same delivery's
+    totals replace it with). One read, not the store's transaction: a writer meanwhile may change
+    a total (the caller retries a refusal it did not foresee)."""
+    with engine.connect() as conn:
+        horizon = _opt(conn.execute(sa.select(status_table.c.events_forgotten_before)
+                                    .where(status_table.c.source_id == source_id)).scalar_one_or_none())
+        seen: dict[str, EventLike] = {}
+        for e in events:
+            if horizon is None or int(e.ts) >= horizon:
+                seen.setdefault(e.id, e)
+        known = _known_event_ids(conn, source_id, list(seen))
+        sums: dict[tuple[str, str, int], float] = {}
+        for i, e in seen.items():
+            if i not in known:
+                ts = int(e.ts)
+                key = (str(e.account), str(e.metric), ts - ts % base_step)
+                sums[key] = sums.get(key, 0.0) + float(e.value)
+        stored = _existing(conn, [k for k in sums if replaced is None or k not in replaced])
+    base = {**stored, **(replaced or {})}
+    return {k: base.get(k) for k, v in sums.items() if not math.isfinite(base.get(k, 0.0) + v)}, known
+
+
 def _mark_series(conn: Connection, source_id: str, pairs: set[tuple[str, str]]) -> None:
     if not pairs:
         return

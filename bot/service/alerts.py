@@ -21,6 +21,7 @@ from rules.impact import Pricing, assess, render_action
 from rules.lifecycle import FirstRun, Transition
 from rules.model import AccountFacts, MetricBlock, Rule
 from rules.periods import iso
+from storage.outbox import idempotency_key
 
 PUBLISHED_EVENTS = ALERT_EVENTS
 
@@ -218,8 +219,8 @@ def cohort_notice(ev: CohortEvent, channel: str | None) -> AlertNotice:
             f" Examples: {', '.join(ev.examples)}. Mute known days with [calendar] in the rules; tune [rule.cohort]."
         )
     # one notice per event: a bucket can hold an up and a down event of one rule and cohort (the outbox
-    # keeps the first notice of a key)
-    key = f"cohort:{ev.rule_id}:{ev.cohort}:{ev.at}" + (f":{way}" if way else "")
+    # keeps the first notice of a key); the parts JSON-encoded: a rule id or a cohort may hold ':'
+    key = idempotency_key("cohort", ev.rule_id, ev.cohort, ev.at, *([way] if way else []))
     return make_admin_notice(
         "cohort", key, f"cohort:{ev.rule_id}", "evaluation",
         f"cohort event ({ev.cohort})", mask(message), ev.at, channel, "warning",

@@ -29,7 +29,7 @@ from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
 from storage.accounts import list_accounts
 from storage.db import redact_url
-from storage.outbox import known_keys
+from storage.outbox import idempotency_key, known_keys
 from storage.sources import get_source_state, record_failure, store_batch
 from storage.usage import UsageValueError
 
@@ -82,23 +82,35 @@ def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel
 def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValueError, now: int,
                     admin_channel: str | None, report: PollReport, notifiers: Sequence[str]) -> None:
     """Store `batch` without the buckets the store refuses (integrations.sources.refused), in one
-    transaction with the notices of those not told before."""
+    transaction with the notices of those not told before and the batch's own error notice (if any).
+    Every overflowing bucket is found in one read first (refused_.overflows), not one store per bucket."""
+    found = refused_.overflows(engine, source.id, batch.totals, batch.events)
+
     def store(refused: dict[refused_.Bucket, refused_.Refusal]) -> None:
         told = known_keys(engine, [r.key(source.id) for r in refused.values()])
         new = [refused[b] for b in sorted(refused) if refused[b].key(source.id) not in told]
-        kept = refused_.without(batch, refused)
+        kept = refused_.without(batch, refused, found.duplicates)
         if new:
             told_now = refused_.message(source.id, batch.label, new)
             kept.error = f"{batch.error}\n{told_now}" if batch.error else told_now
         notices = refusal_notices(source.id, batch.label, new, now, admin_channel)
+        if batch.error:  # the batch's own error (e.g. rows skipped) is told as without a refusal
+            notices.append(_error_notice(source.id, batch.label, batch.error, now, admin_channel))
         _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices)
 
-    refused_.refusing(store, exc, source.id, batch.totals)
+    refused_.refusing(store, exc, source.id, found)
 
 
 def _unnamed(exc: UsageValueError, source_id: str) -> str:
     """The store's refusal without the source's name it may start with (store_batch names it)."""
     return str(exc).removeprefix(f"source {source_id!r}: ")
+
+
+def _error_notice(source_id: str, label: str, error: str, now: int, admin_channel: str | None) -> AlertNotice:
+    """The admin notice of a part's error (a rejected file, skipped rows), once per part and poll."""
+    return admin_notice("rejected", source_id, mask(error), now, admin_channel, "warning",
+                        details={"source": source_id, "part": mask(label)},
+                        key=idempotency_key("source-rejected", source_id, label, now))
 
 
 def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
@@ -108,9 +120,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
     if batch.error:
         batch.error = mask(batch.error)
     if notices is None:
-        notices = [admin_notice("rejected", source.id, batch.error, now, admin_channel, "warning",
-                                details={"source": source.id, "part": mask(batch.label)},
-                                key=f"source-rejected:{source.id}:{batch.label}:{now}")] if batch.error else []
+        notices = [_error_notice(source.id, batch.label, batch.error, now, admin_channel)] if batch.error else []
     if batch.skipped:
         batch, notices = _with_skipped(engine, source.id, batch, now, admin_channel, notices)
     outbox = [item for notice in notices for item in notice_items(notice, now, notifiers)]

@@ -41,7 +41,7 @@ from integrations.sources.records import (
     shown,
     time_problem,
 )
-from integrations.sources.refused import Bucket, Refusal, bucket_of, message, refusing
+from integrations.sources.refused import Bucket, Refusal, bucket_of, message, overflows, refusing
 from rules.config import Secret, Section, Table
 from rules.periods import iso
 from storage.outbox import OutboxItem, known_keys
@@ -375,13 +375,18 @@ class PushIngest:
         watermark = newest_ts if prev is None or prev.watermark is None else max(prev.watermark, newest_ts)
         refused: dict[Bucket, Refusal] = {}
         new: list[Refusal] = []
+        duplicates: frozenset[str] = frozenset()
         try:
             result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
                                  kind="push")
         except UsageValueError as exc:  # a bucket total past the largest float64: stored without it
+            # every such bucket found in one read (not one store per bucket), after deduplication: an
+            # event counted before is a duplicate, never a refused one
+            found = overflows(self.engine, self.config.source_id, events=events)
+            duplicates = found.duplicates
             try:
-                result, refused, new = refusing(lambda r: self._store_without(events, r, now), exc,
-                                                self.config.source_id)
+                result, refused, new = refusing(lambda r: self._store_without(events, r, duplicates, now), exc,
+                                                self.config.source_id, found)
             except UsageValueError as again:  # no bucket to leave out: nothing was stored
                 return 400, {"error": str(again)}
         outcome = PushOutcome(result.events_new, result.events_duplicate, result, len(new))
@@ -391,16 +396,18 @@ class PushIngest:
                                   "events": len(events)}
         if refused:  # told to the sender every time (the admin once)
             answer["refused"] = [{"account": b[0], "metric": b[1], "bucket": iso(b[2]), "error": refused[b].reason,
-                                  "events": _listed([(i, e) for i, e in enumerate(events) if bucket_of(e) == b])}
+                                  "events": _listed([(i, e) for i, e in enumerate(events)
+                                                     if bucket_of(e) == b and e.id not in duplicates])}
                                  for b in sorted(refused)]
         if result.events_expired:  # pruned meanwhile (a prune between the check and the store)
             answer["expired"] = result.events_expired
         return 200, answer
 
-    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal],
+    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal], duplicates: frozenset[str],
                        now: int) -> tuple[StoreResult, dict[Bucket, Refusal], list[Refusal]]:
-        """Store the request without the events of the refused buckets, with the notices of the buckets
-        not told before, in one transaction; (what was stored, every refused bucket, the newly told).
+        """Store the request without the new events of the refused buckets (those stored before,
+        `duplicates`, add nothing and are counted as duplicates), with the notices of the buckets not
+        told before, in one transaction; (what was stored, every refused bucket, the newly told).
         The watermark counts the stored events only (store_batch keeps the later of it and the stored one)."""
         sid = self.config.source_id
         told = known_keys(self.engine, [r.key(sid) for r in refused.values()])
@@ -408,7 +415,7 @@ class PushIngest:
         part = _part(self.config, events)
         error = message(sid, part, new) if new else None
         outbox = self.refusal_outbox(part, new, now) if new and self.refusal_outbox is not None else ()
-        kept = [e for e in events if bucket_of(e) not in refused]
+        kept = [e for e in events if bucket_of(e) not in refused or e.id in duplicates]
         watermark = min(max(e.ts for e in kept), now) if kept else None
         result = store_batch(self.engine, sid, now, events=kept, watermark=watermark, kind="push", outbox=outbox,
                              error=error)

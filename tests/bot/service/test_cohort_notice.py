@@ -35,4 +35,7 @@ def test_an_up_and_a_down_event_of_one_bucket_are_two_notices() -> None:
     up = cohort_notice(CohortEvent("anomaly-api", AT, "all accounts", 13, 40, ("a2",), direction=1), None)
     plain = cohort_notice(CohortEvent("drop-api", AT, "all accounts", 13, 40, ("a2",)), None)
     assert down.idempotency_key != up.idempotency_key
-    assert plain.idempotency_key == f"cohort:drop-api:all accounts:{AT}"  # the key notices had before
+    assert plain.idempotency_key == f'cohort:["drop-api","all accounts",{AT}]'
+    # the parts are JSON-encoded: rule 'r:a' of cohort 'b' and rule 'r' of cohort 'a:b' were one key
+    ab = cohort_notice(CohortEvent("r:a", AT, "b", 13, 40, ("a2",)), None)
+    assert ab.idempotency_key != cohort_notice(CohortEvent("r", AT, "a:b", 13, 40, ("a2",)), None).idempotency_key

@@ -146,7 +146,7 @@ def test_pushed_events_whose_bucket_overflows_are_refused_alone_and_the_admin_to
     again = httpx.post(url, json=body, headers=headers)
     assert again.status_code == 200 and again.json()["duplicates"] == 1 and again.json()["refused"]
     assert points(service.engine, "api_calls") == {("globex", "api_calls", T0 + 10 * DAY): 3.0}  # type: ignore[arg-type]
-    notices = [r for r in list_outbox(service.engine) if r.idempotency_key.startswith("source-refused:push:")]  # type: ignore[arg-type]
+    notices = [r for r in list_outbox(service.engine) if r.idempotency_key.startswith('source-refused:["push",')]  # type: ignore[arg-type]
     assert len(notices) == len(service.notices.notifiers) >= 1
     assert notices[0].payload["routing"]["channels"] == ["#usagebot-admin"]
     assert "account 'acme', metric 'api_calls', bucket 2026-11-11T00:00:00Z" in notices[0].payload["message"]

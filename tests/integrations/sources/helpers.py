@@ -60,7 +60,7 @@ def refusal_notices(engine: Engine, source_id: str) -> list[dict]:
     from storage.outbox import list_outbox
 
     return [r.payload for r in list_outbox(engine, limit=10_000)
-            if r.idempotency_key.startswith(f"source-refused:{source_id}:")]
+            if r.idempotency_key.startswith(f'source-refused:["{source_id}",')]
 
 
 def told_once(engine: Engine, first: Any, again: Any, source_id: str, part: str) -> str:
