@@ -295,8 +295,8 @@ class Service:
         m.observe("usagebot_source_poll_seconds", report.seconds, source=source.id)
         if report.rows:
             m.inc("usagebot_source_rows_total", report.rows, source=source.id)
-        if report.rejected:
-            m.inc("usagebot_source_rejected_total", len(report.rejected), source=source.id)
+        if report.rejections:
+            m.inc("usagebot_source_rejected_total", report.rejections, source=source.id)
         if report.skipped:
             m.inc("usagebot_source_skipped_total", report.skipped, source=source.id)
         if not report.ok:

@@ -48,6 +48,9 @@ class PollReport:
     events_duplicate: int = 0
     events_expired: int = 0  # older than the pruning horizon: not counted (their ids may be forgotten)
     changed: set[tuple[str, str]] = field(default_factory=set)  # (account, metric)
+    # parts rejected (a bad file) and buckets refused (past a float64) newly told: usagebot_source_rejected_total
+    # (`rejected` holds the words, skipped items' too: those count in `skipped`)
+    rejections: int = 0
     rejected: list[str] = field(default_factory=list)
     skipped: int = 0  # malformed items left out (on_error = "skip"), told or not
     error: str | None = None
@@ -96,7 +99,8 @@ def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValu
         notices = refusal_notices(source.id, batch.label, new, now, admin_channel)
         if batch.error:  # the batch's own error (e.g. rows skipped) is told as without a refusal
             notices.append(_error_notice(source.id, batch.label, batch.error, now, admin_channel))
-        _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices)
+        _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices,
+                   rejections=len(new) + (1 if batch.error else 0))
 
     refused_.refusing(store, exc, source.id, found)
 
@@ -114,9 +118,13 @@ def _error_notice(source_id: str, label: str, error: str, now: int, admin_channe
 
 
 def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
-               report: PollReport, notifiers: Sequence[str], notices: Sequence[AlertNotice] | None = None) -> None:
+               report: PollReport, notifiers: Sequence[str], notices: Sequence[AlertNotice] | None = None,
+               rejections: int | None = None) -> None:
     """Store one batch with its admin notices (default: one about `batch.error`, if any) and one per
-    skipped item not told before, then report it."""
+    skipped item not told before, then report it. rejections: the parts and buckets it tells as
+    rejected (default: 1 for a batch error, a rejected part)."""
+    if rejections is None:
+        rejections = 1 if batch.error else 0
     if batch.error:
         batch.error = mask(batch.error)
     if notices is None:
@@ -133,6 +141,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
     report.batches += 1
     report.rows += batch.rows
     report.skipped += len(batch.skipped)
+    report.rejections += rejections
     report.points_written += res.points_written
     report.events_new += res.events_new
     report.events_duplicate += res.events_duplicate

@@ -186,7 +186,8 @@ timestamp = "t"
             assert notices[0].payload["routing"]["channels"] == ["#usagebot-admin"]
             assert "field 'v' (value): expected a number, got 'four'" in notices[0].payload["message"]
             assert svc.metrics.value("usagebot_source_skipped_total", source="api") == 2
-            assert svc.metrics.value("usagebot_source_rejected_total", source="api") == 1  # told once
+            # skipped items count in skipped_total only: rejected_total is parts rejected and buckets refused
+            assert svc.metrics.value("usagebot_source_rejected_total", source="api") == 0
             assert points(svc.engine, "api_calls") == {("acme", "api_calls", T0 + 10 * DAY): 4.0}  # type: ignore[arg-type]
         finally:
             svc.stop()

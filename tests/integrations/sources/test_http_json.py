@@ -310,6 +310,7 @@ def test_a_bucket_whose_totals_overflow_is_refused_told_once_and_the_rest_stored
         srv.route("/usage", lambda r: (200, {"data": {"items": page}}))
         first = poll_source(engine, _source(srv.url("/usage")), T0 + 60)
         assert first.ok and points(engine) == {("globex", "api_calls", T0): 3.0}
+        assert first.rejections == 1  # one bucket refused (usagebot_source_rejected_total)
         [told] = first.rejected
         assert told.startswith(f"source 'billing': 1 page(s) of GET {srv.url('/usage')}, window "
                                "2026-10-31T00:01:00Z to 2026-11-01T00:01:00Z: 1 bucket(s) refused, not stored")
@@ -323,7 +324,7 @@ def test_a_bucket_whose_totals_overflow_is_refused_told_once_and_the_rest_stored
         assert caplog.text.count("bucket(s) refused") == 1 and "Traceback" not in caplog.text
         page.append(_item("globex", T0 + 120, 4))  # a later row, read after the restart
         again = poll_source(engine, _source(srv.url("/usage")), T0 + 180)  # a new source object: a restart
-    assert again.ok and again.rejected == [] and len(refusal_notices(engine, "billing")) == 1
+    assert again.ok and again.rejected == [] and again.rejections == 0 and len(refusal_notices(engine, "billing")) == 1
     assert points(engine) == {("globex", "api_calls", T0): 3.0, ("globex", "api_calls", T0 + 120): 4.0}
     assert get_source_state(engine, "billing").last_error is None
     assert caplog.text.count("bucket(s) refused") == 1

@@ -72,7 +72,7 @@ def test_http_json_skip_stores_the_good_items_and_tells_each_bad_one_once_across
     with FakeHttp() as srv:
         srv.route("/usage", lambda r: (200, {"data": served}))
         first = poll_source(engine, _http_json(srv.url("/usage")), T0 + HOUR)
-        assert first.ok and first.skipped == 3 and first.rows == 2
+        assert first.ok and first.skipped == 3 and first.rows == 2 and first.rejections == 0
         assert points(engine) == {("acme", "api_calls", T0 + 60): 5.0, ("globex", "api_calls", T0 + 180): 7.0}
         state = get_source_state(engine, "billing")
         assert state.watermark == T0 + 180
