@@ -324,7 +324,7 @@ class SqlSource:
         """The aggregate query for the window [start, end) (epoch seconds). `part` (after the
         database refused a SUM past its type's range, see `_rows`): "overflowing", only the groups
         whose SUM passes the range, summed in a wider type; "rest", every other group with the plain
-        SUM (the same values as "all" gives for them)."""
+        SUM (the same values as "all" gives for them); "wide", every group summed in the wider type."""
         o = self.o
         src = self._from()
         tcol = src.c[o.time_column]
@@ -339,7 +339,7 @@ class SqlSource:
         column: Any = src.c[str(o.value_column)] if o.value_column else None
         value: Any = sa.func.count() if o.aggregate == "count" else getattr(sa.func, o.aggregate)(column)
         wide = _WIDE_SUM.get(dialect)
-        if part == "overflowing" and wide is not None:
+        if part in ("overflowing", "wide") and wide is not None:
             value = wide.sum(column)
         cols: list[Any] = [acct]
         group: list[Any] = [src.c[o.account_column]]
@@ -394,8 +394,19 @@ class SqlSource:
                 raise
         over, rest = (self.statement(start, end, dialect, part) for part in ("overflowing", "rest"))
         self.last_statement = str(rest.compile(dialect=self.engine.dialect))
+        try:
+            with self.engine.connect() as conn:
+                if dialect == "postgresql":  # both parts see one snapshot: a bucket fixed in between is not read twice
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    return [*conn.execute(over).all(), *conn.execute(rest).all()]
+        except sa.exc.DBAPIError as again:
+            if not wide.refused(again):
+                raise
+        # a column type narrower than the limits (PostgreSQL real: a float4 SUM overflows at 3.4e38, far under
+        # float8's edge, so no group is set apart and "rest" fails again): every group summed in the wider type
         with self.engine.connect() as conn:
-            return [*conn.execute(over).all(), *conn.execute(rest).all()]
+            return conn.execute(self.statement(start, end, dialect, "wide")).all()
 
     def poll(self, ctx: PollContext) -> Iterator[Batch]:
         start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)

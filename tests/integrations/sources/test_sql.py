@@ -176,6 +176,23 @@ def test_an_integer_sum_past_int64_is_stored_as_a_float_and_the_rest_bit_for_bit
     assert float(2**53 + 2) != 2.0**53
 
 
+def test_a_narrow_float_column_past_its_range_is_summed_wide_not_stuck(engine: Engine, db_url: str) -> None:
+    """PostgreSQL `real` (float4): its SUM overflows at 3.4e38, far under float8's edge, so no group is set
+    apart and the plain SUM of the rest fails again; every group is then summed in the wider type and
+    stored (6e38 is a finite float64), instead of every poll failing for good (a reviewer's repro)."""
+    md = sa.MetaData()
+    t = sa.Table("raw_events", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("acct", sa.String),
+                 sa.Column("kind", sa.String), sa.Column("qty", sa.REAL), sa.Column("at", sa.DateTime()))
+    md.create_all(engine)
+    _insert(engine, t, [("acme", "api_calls", 3e38, T0 + 60), ("acme", "api_calls", 3e38, T0 + 120),
+                        ("globex", "api_calls", 2.0, T0 + 60)])
+    report, _ = _poll_once(engine, db_url, T0 + HOUR)
+    assert report.ok, report.error
+    stored = points(engine)
+    assert stored[("globex", "api_calls", T0)] == 2.0
+    assert stored[("acme", "api_calls", T0)] == pytest.approx(6e38, rel=1e-6)  # float4 inputs: 7 digits
+
+
 def test_count_aggregate_with_a_query_and_a_constant_metric(engine: Engine, db_url: str) -> None:
     t = _events_table(engine)
     _insert(engine, t, [("acme", "login", 0, T0 + 1), ("acme", "login", 0, T0 + 2), ("acme", "other", 0, T0 + 3)])
