@@ -460,9 +460,9 @@ class HttpJsonSource:
 
 def _skipped(item: Any, where: str, problems: list[str], value_path: str) -> SkippedItem:
     """A malformed item as `on_error = "skip"` leaves it out: its problems without the repeated
-    "where" prefix, keyed by the item's content without its value (skipped.identity) and the problems."""
+    "where" prefix, keyed by the item's content without its value (skipped.identity)."""
     text = "; ".join(p.removeprefix(f"{where}: ") for p in problems)
-    return SkippedItem(where, text, digest(identity(item, value_path), text))
+    return SkippedItem(where, text, digest(identity(item, value_path)))
 
 
 def build(config: SourceConfig) -> HttpJsonSource:

@@ -7,9 +7,8 @@ item while it stays in the source's data, so no later row is stored either. With
 stores the other items (its batch carries the skipped ones, `Batch.skipped`) and the poll runner
 (bot.service.polling) queues one admin notice per skipped item in the same transaction as the store.
 
-A skipped item is keyed by its **content without its value** and its problem (a hash of its canonical
-JSON less the value field, `identity`, and what is wrong; a SQL row's account, metric and bucket), not
-by its page and index: those shift as the window moves, and a window source
+A skipped item is keyed by its **content without its value** (a hash of its canonical JSON less the
+value field, `identity`; a SQL row's account, metric and bucket), not by its page and index: those shift as the window moves, and a window source
 reads the item again on every poll while it is within the window. The key of a told item is in the
 outbox (storage.outbox.known_keys), so it is not told again, after a restart too; a corrected item has
 other content and is stored.
@@ -47,14 +46,19 @@ def identity(item: Any, value_path: str) -> Any:
     source re-serves the bucket that is still open with its running total (OpenMeter, Stripe, most
     usage APIs), so a malformed item's value grows from poll to poll while it is the same item: keyed
     with its value, it would be told again at every poll."""
-    if not value_path or not isinstance(item, Mapping):
+    if not value_path:
         return item
     head, _, rest = value_path.partition(".")
-    if head not in item:
+    if isinstance(item, Mapping) and head in item:
+        out: Any = dict(item)
+    elif isinstance(item, list) and head.lstrip("-").isdigit() and -len(item) <= int(head) < len(item):
+        out, head = list(item), int(head) % len(item)  # a list index, as http_fetch.dig reads one
+    else:
         return item
-    out = dict(item)
     if rest:
         out[head] = identity(item[head], rest)
+    elif isinstance(out, list):
+        out[head] = None  # (kept in its place: the other elements keep their indexes)
     else:
         del out[head]
     return out
@@ -95,10 +99,9 @@ class Malformed:
 
     def add(self, where: str, problem: str, *content: Any) -> None:
         """Item `content` read at `where` is malformed because of `problem`. With a `value_path` the last
-        part of `content` is the item itself, keyed without its value and with the problem (the same
-        item broken another way is told again); without one (sql: account, metric, bucket) by
-        `content` alone, whose problem text holds the bucket's growing sum."""
+        part of `content` is the item itself, keyed without its value (not by the problem either: its
+        words quote the value, "expected a number, got '1,250'", which grows with the open bucket)."""
         self.problems.append(f"{where}: {problem}")
         if self.value_path and content:
-            content = (*content[:-1], identity(content[-1], self.value_path), problem)
+            content = (*content[:-1], identity(content[-1], self.value_path))
         self.items.append(SkippedItem(where, problem, digest(*content)))
