@@ -100,7 +100,7 @@ def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValu
         if batch.error:  # the batch's own error (e.g. rows skipped) is told as without a refusal
             notices.append(_error_notice(source.id, batch.label, batch.error, now, admin_channel))
         _store_one(engine, source, kept, now, admin_channel, report, notifiers, notices,
-                   rejections=len(new) + (1 if batch.error else 0))
+                   rejections=len(new) + (1 if batch.error and not batch.skipped_rows else 0))
 
     refused_.refusing(store, exc, source.id, found)
 
@@ -123,8 +123,8 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
     """Store one batch with its admin notices (default: one about `batch.error`, if any) and one per
     skipped item not told before, then report it. rejections: the parts and buckets it tells as
     rejected (default: 1 for a batch error, a rejected part)."""
-    if rejections is None:
-        rejections = 1 if batch.error else 0
+    if rejections is None:  # (a batch whose error only lists its skipped rows stored the rest: not rejected)
+        rejections = 1 if batch.error and not batch.skipped_rows else 0
     if batch.error:
         batch.error = mask(batch.error)
     if notices is None:
@@ -140,7 +140,7 @@ def _store_one(engine: Engine, source: Source, batch: Batch, now: int, admin_cha
         log.warning(batch.error, extra={"source": source.id, "event": "source_rejected", "part": batch.label})
     report.batches += 1
     report.rows += batch.rows
-    report.skipped += len(batch.skipped)
+    report.skipped += len(batch.skipped) + batch.skipped_rows
     report.rejections += rejections
     report.points_written += res.points_written
     report.events_new += res.events_new

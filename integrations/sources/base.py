@@ -112,6 +112,9 @@ class Batch:
     rejected_cursor: str | None = None
     # malformed items left out (on_error = "skip"): each told once (integrations.sources.skipped)
     skipped: list[SkippedItem] = field(default_factory=list)
+    # rows left out by on_error = "skip" and told in `error` itself (csv: a file read once, its bad rows
+    # listed in one message): counted as skipped, and the part is not a rejected one
+    skipped_rows: int = 0
 
     @property
     def rows(self) -> int:

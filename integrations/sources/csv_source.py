@@ -216,7 +216,7 @@ class CsvSource:
             # file the store refuses moves neither the watermark nor the later files' batches
             yield Batch(cursor=_dump(cursor), watermark=newest(records, watermark, ctx.now, columns),
                         totals=records, columns=columns, label=path.name, error=error,
-                        rejected_cursor=rejected_cursor)
+                        rejected_cursor=rejected_cursor, skipped_rows=len(errors))
 
     def _accounts_ready_at(self) -> int | None:
         """When the accounts file will be old enough to read (min_age), if it is still being written."""

@@ -75,6 +75,8 @@ def test_skip_mode_stores_good_rows_and_reports_bad_ones(engine: Engine, tmp_pat
     report = poll_source(engine, _source(f, 'on_error = "skip"'), T0 + DAY)
     assert report.ok and points(engine) == {("acme", "api_calls", T0): 10.0}
     assert "1 bad row(s) skipped in u.csv" in report.rejected[0] and f"{f}:3" in report.rejected[0]
+    # counted as skipped rows (usagebot_source_skipped_total), not as a rejected part: the file was stored
+    assert (report.skipped, report.rejections) == (1, 0)
 
 
 def test_files_still_being_written_wait_for_min_age(engine: Engine, tmp_path: Path) -> None:
