@@ -22,9 +22,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,6 +33,8 @@ from sqlalchemy.engine import Connection, Engine
 from storage.db import db_clock, write_transaction
 from storage.jsonsafe import json_safe
 from storage.models import OutboxEntry
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,14 @@ def known_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
             q = sa.select(_c.idempotency_key).where(_c.idempotency_key.in_(wanted[i : i + 500])).distinct()
             found.update(conn.execute(q).scalars())
     return found
+
+
+def untold(engine: Engine, items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+    """The items whose notice key no outbox row holds yet (known_keys), one per key (at the place of
+    its first item), in order: what a caller that tells of a thing once still has to tell."""
+    listed = list(items)
+    told = known_keys(engine, [key(i) for i in listed])
+    return list({key(i): i for i in listed if key(i) not in told}.values())
 
 
 def _to_row(r: Any) -> OutboxRow:

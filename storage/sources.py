@@ -302,6 +302,20 @@ def _new_event_ids(conn: Connection, source_id: str, times: Mapping[str, int], n
     return new
 
 
+def _counted_once(events: Iterable[EventLike], horizon: int | None) -> tuple[dict[str, EventLike], int]:
+    """The events a store counts, by id (the same id twice in one batch counts once: its first copy),
+    and how many are older than the pruning horizon (their ids may have been pruned: they cannot be
+    deduplicated, so they are not counted)."""
+    seen: dict[str, EventLike] = {}
+    expired = 0
+    for e in events:
+        if horizon is not None and int(e.ts) < horizon:
+            expired += 1
+            continue
+        seen.setdefault(e.id, e)
+    return seen, expired
+
+
 def _known_event_ids(conn: Connection, source_id: str, ids: Sequence[str]) -> set[str]:
     """Which of `ids` are stored for the source (seen before: duplicates)."""
     known: set[str] = set()
@@ -324,10 +338,7 @@ def added_overflows(engine: Engine, source_id: str, events: Iterable[EventLike],
     with engine.connect() as conn:
         horizon = _opt(conn.execute(sa.select(status_table.c.events_forgotten_before)
                                     .where(status_table.c.source_id == source_id)).scalar_one_or_none())
-        seen: dict[str, EventLike] = {}
-        for e in events:
-            if horizon is None or int(e.ts) >= horizon:
-                seen.setdefault(e.id, e)
+        seen, _ = _counted_once(events, horizon)
         known = _known_event_ids(conn, source_id, list(seen))
         sums: dict[tuple[str, str, int], float] = {}
         for i, e in seen.items():
@@ -425,13 +436,7 @@ def store_batch(
 
         newest_e: int | None = None
         if event_list:
-            horizon = _opt(status.events_forgotten_before)
-            seen: dict[str, EventLike] = {}
-            for e in event_list:
-                if horizon is not None and int(e.ts) < horizon:
-                    result.events_expired += 1  # its id may have been pruned: it cannot be deduplicated
-                    continue
-                seen.setdefault(e.id, e)  # the same id twice in one batch counts once
+            seen, result.events_expired = _counted_once(event_list, _opt(status.events_forgotten_before))
             new_ids = _new_event_ids(conn, source_id, {i: int(e.ts) for i, e in seen.items()}, now)
             fresh = [seen[i] for i in seen if i in new_ids]
             result.events_new = len(fresh)

@@ -29,7 +29,7 @@ from integrations.sources.base import Batch, PollContext, Source, SourceError
 from rules.config.redaction import mask
 from storage.accounts import list_accounts
 from storage.db import redact_url
-from storage.outbox import idempotency_key, known_keys
+from storage.outbox import idempotency_key, untold
 from storage.sources import get_source_state, record_failure, store_batch
 from storage.usage import UsageValueError
 
@@ -90,8 +90,7 @@ def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValu
     found = refused_.overflows(engine, source.id, batch.totals, batch.events)
 
     def store(refused: dict[refused_.Bucket, refused_.Refusal]) -> None:
-        told = known_keys(engine, [r.key(source.id) for r in refused.values()])
-        new = [refused[b] for b in sorted(refused) if refused[b].key(source.id) not in told]
+        new = refused_.newly_refused(engine, source.id, refused)
         kept = refused_.without(batch, refused, found.duplicates)
         if new:
             told_now = refused_.message(source.id, batch.label, new)
@@ -156,8 +155,7 @@ def _with_skipped(engine: Engine, source_id: str, batch: Batch, now: int, admin_
                   notices: Sequence[AlertNotice]) -> tuple[Batch, list[AlertNotice]]:
     """The batch with its error saying which skipped items are new, and the notices with one per new
     item (an item whose key is in the outbox was told by an earlier poll: integrations.sources.skipped)."""
-    told = known_keys(engine, [s.key(source_id) for s in batch.skipped])
-    new = list({s.key(source_id): s for s in batch.skipped if s.key(source_id) not in told}.values())
+    new = untold(engine, batch.skipped, lambda s: s.key(source_id))
     if not new:
         return batch, list(notices)
     said = mask(skipped_.message(source_id, batch.label, new))

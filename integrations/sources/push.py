@@ -41,10 +41,19 @@ from integrations.sources.records import (
     shown,
     time_problem,
 )
-from integrations.sources.refused import Bucket, Refusal, bucket_of, message, overflows, refusing
+from integrations.sources.refused import (
+    Bucket,
+    Refusal,
+    bucket_of,
+    kept_events,
+    message,
+    newly_refused,
+    overflows,
+    refusing,
+)
 from rules.config import Secret, Section, Table
 from rules.periods import iso
-from storage.outbox import OutboxItem, known_keys
+from storage.outbox import OutboxItem
 from storage.sources import StoreResult, get_source_state, store_batch
 from storage.usage import UsageValueError
 
@@ -410,12 +419,11 @@ class PushIngest:
         told before, in one transaction; (what was stored, every refused bucket, the newly told).
         The watermark counts the stored events only (store_batch keeps the later of it and the stored one)."""
         sid = self.config.source_id
-        told = known_keys(self.engine, [r.key(sid) for r in refused.values()])
-        new = [refused[b] for b in sorted(refused) if refused[b].key(sid) not in told]
+        new = newly_refused(self.engine, sid, refused)
         part = _part(self.config, events)
         error = message(sid, part, new) if new else None
         outbox = self.refusal_outbox(part, new, now) if new and self.refusal_outbox is not None else ()
-        kept = [e for e in events if bucket_of(e) not in refused or e.id in duplicates]
+        kept = kept_events(events, refused, duplicates)
         watermark = min(max(e.ts for e in kept), now) if kept else None
         result = store_batch(self.engine, sid, now, events=kept, watermark=watermark, kind="push", outbox=outbox,
                              error=error)

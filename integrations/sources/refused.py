@@ -19,7 +19,7 @@ deduplication: an event of a refused bucket that was counted before stays a dupl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from integrations.sources.base import Batch, UsageEvent
 from integrations.sources.records import UsageRecord
-from storage.outbox import idempotency_key
+from storage.outbox import idempotency_key, untold
 from storage.sources import BASE_STEP, added_overflows
 from storage.usage_values import UsageValueError, newest_ts, overflow_error
 
@@ -97,6 +97,17 @@ def refusal(exc: UsageValueError, source_id: str) -> Refusal:
     return Refusal(exc.bucket, reason.replace("; nothing was stored", ""))  # the rest of the batch is
 
 
+def newly_refused(engine: Engine, source_id: str, refused: Mapping[Bucket, Refusal]) -> list[Refusal]:
+    """The refused buckets not told before (their notice's key is in no outbox row), in bucket order."""
+    return untold(engine, [refused[b] for b in sorted(refused)], lambda r: r.key(source_id))
+
+
+def kept_events(events: Iterable[UsageEvent], refused: Container[Bucket], duplicates: frozenset[str]) -> list[UsageEvent]:
+    """The events stored beside the refused buckets: those of other buckets, and those of a refused
+    bucket stored before (`duplicates`: they add nothing, the store counts them as duplicates)."""
+    return [e for e in events if bucket_of(e) not in refused or e.id in duplicates]
+
+
 def without(batch: Batch, refused: Iterable[Bucket], duplicates: frozenset[str] = frozenset()) -> Batch:
     """The batch without the rows of the refused buckets (same cursor and label), but with their
     events stored before (`duplicates`: they add nothing, the store counts them as duplicates). Its
@@ -104,7 +115,7 @@ def without(batch: Batch, refused: Iterable[Bucket], duplicates: frozenset[str] 
     keeps the later of the two), never a refused row's: the watermark says how far the stored data reach."""
     out = set(refused)
     totals = [r for r in batch.totals if bucket_of(r) not in out]
-    events = [e for e in batch.events if bucket_of(e) not in out or e.id in duplicates]
+    events = kept_events(batch.events, out, duplicates)
     newest = newest_ts((), [*totals, *events])
     watermark = None if newest is None or batch.watermark is None else min(newest, batch.watermark)
     return replace(batch, totals=totals, events=events, watermark=watermark, rejected_cursor=None)
