@@ -58,15 +58,28 @@ page_size = 20
 
 def _follow(browser, how: str, what: str) -> None:
     """Click the element and wait for the page it leads to: click() returns before the browser has
-    navigated, so reading current_url at once may still see the old page (a loaded machine did)."""
-    from selenium.webdriver.support import expected_conditions as ec
+    navigated, so reading current_url at once may still see the old page (a loaded machine did).
+
+    The old page is marked by a window property that only it holds; a new document starts without
+    it. Element staleness is not used: while the page is being swapped Chromium may answer a
+    query about the old element with "Node with given id does not belong to the document" (a
+    plain WebDriverException, not StaleElementReferenceException; CI saw it), and a script run
+    mid-navigation can fail the same way, so such an answer means "not there yet"."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = browser.find_element("tag name", "html")
+    browser.execute_script("window.__usagebot_old_page = true;")
     browser.find_element(how, what).click()
-    wait = WebDriverWait(browser, 20)
-    wait.until(ec.staleness_of(old))
-    wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+    def arrived(b) -> bool:
+        try:
+            return bool(b.execute_script(
+                "return window.__usagebot_old_page === undefined"
+                " && document.readyState === 'complete';"))
+        except WebDriverException:
+            return False
+
+    WebDriverWait(browser, 20).until(arrived)
 
 
 def _signed_in(browser, public: str) -> None:
