@@ -91,7 +91,7 @@ def _store_refusing(engine: Engine, source: Source, batch: Batch, exc: UsageValu
 
     def store(refused: dict[refused_.Bucket, refused_.Refusal]) -> None:
         new = refused_.newly_refused(engine, source.id, refused)
-        kept = refused_.without(batch, refused, found.duplicates)
+        kept = refused_.without(batch, refused, found)
         if new:
             told_now = refused_.message(source.id, batch.label, new)
             kept.error = f"{batch.error}\n{told_now}" if batch.error else told_now

@@ -43,8 +43,8 @@ from integrations.sources.records import (
 )
 from integrations.sources.refused import (
     Bucket,
+    Overflows,
     Refusal,
-    bucket_of,
     kept_events,
     message,
     newly_refused,
@@ -384,7 +384,7 @@ class PushIngest:
         watermark = newest_ts if prev is None or prev.watermark is None else max(prev.watermark, newest_ts)
         refused: dict[Bucket, Refusal] = {}
         new: list[Refusal] = []
-        duplicates: frozenset[str] = frozenset()
+        found = Overflows({})
         try:
             result = store_batch(self.engine, self.config.source_id, now, events=events, watermark=watermark,
                                  kind="push")
@@ -392,9 +392,8 @@ class PushIngest:
             # every such bucket found in one read (not one store per bucket), after deduplication: an
             # event counted before is a duplicate, never a refused one
             found = overflows(self.engine, self.config.source_id, events=events)
-            duplicates = found.duplicates
             try:
-                result, refused, new = refusing(lambda r: self._store_without(events, r, duplicates, now), exc,
+                result, refused, new = refusing(lambda r: self._store_without(events, r, found, now), exc,
                                                 self.config.source_id, found)
             except UsageValueError as again:  # no bucket to leave out: nothing was stored
                 return 400, {"error": str(again)}
@@ -404,18 +403,20 @@ class PushIngest:
         answer: dict[str, Any] = {"accepted": result.events_new, "duplicates": result.events_duplicate,
                                   "events": len(events)}
         if refused:  # told to the sender every time (the admin once)
+            copies: dict[Bucket, list[tuple[int, UsageEvent]]] = {b: [] for b in refused}
+            for i, e in enumerate(events):  # every copy of a refused id, under its counted (first) copy's bucket
+                if (b := found.counted.get(e.id)) in copies:
+                    copies[b].append((i, e))
             answer["refused"] = [{"account": b[0], "metric": b[1], "bucket": iso(b[2]), "error": refused[b].reason,
-                                  "events": _listed([(i, e) for i, e in enumerate(events)
-                                                     if bucket_of(e) == b and e.id not in duplicates])}
-                                 for b in sorted(refused)]
+                                  "events": _listed(copies[b])} for b in sorted(refused)]
         if result.events_expired:  # pruned meanwhile (a prune between the check and the store)
             answer["expired"] = result.events_expired
         return 200, answer
 
-    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal], duplicates: frozenset[str],
+    def _store_without(self, events: list[UsageEvent], refused: dict[Bucket, Refusal], found: Overflows,
                        now: int) -> tuple[StoreResult, dict[Bucket, Refusal], list[Refusal]]:
-        """Store the request without the new events of the refused buckets (those stored before,
-        `duplicates`, add nothing and are counted as duplicates), with the notices of the buckets not
+        """Store the request without the new events of the refused buckets, every copy of their ids
+        (refused.kept_events: those stored before add nothing and are counted as duplicates), with the notices of the buckets not
         told before, in one transaction; (what was stored, every refused bucket, the newly told).
         The watermark counts the stored events only (store_batch keeps the later of it and the stored one)."""
         sid = self.config.source_id
@@ -423,7 +424,7 @@ class PushIngest:
         part = _part(self.config, events)
         error = message(sid, part, new) if new else None
         outbox = self.refusal_outbox(part, new, now) if new and self.refusal_outbox is not None else ()
-        kept = kept_events(events, refused, duplicates)
+        kept = kept_events(events, refused, found)
         watermark = min(max(e.ts for e in kept), now) if kept else None
         result = store_batch(self.engine, sid, now, events=kept, watermark=watermark, kind="push", outbox=outbox,
                              error=error)

@@ -13,14 +13,16 @@ idempotency key, per source and bucket, is already in the outbox). The bucket ke
 stored for it before. A pushed request is stored the same way, without the events of its refused
 buckets, and the answer lists them. Every refused bucket of a delivery is found in one pass before
 it is stored again (overflows(): 300 refused buckets were 301 store transactions, now 2), after
-deduplication: an event of a refused bucket that was counted before stays a duplicate.
+deduplication: an event of a refused bucket that was counted before stays a duplicate. An event id
+is one event: the copy the store counts is its first one, and if that copy's bucket is refused,
+every copy of the id in the delivery is left out with it (kept_events), push and poll alike.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Container, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
@@ -55,6 +57,14 @@ class Overflows:
 
     refused: dict[Bucket, Refusal]
     duplicates: frozenset[str] = frozenset()
+    counted: Mapping[str, Bucket] = field(default_factory=dict)  # new id -> the bucket of its counted copy
+
+    def refused_ids(self, refused: Container[Bucket]) -> set[str]:
+        """The event ids refused with `refused`: those whose counted copy (the first) is in one of
+        them. An id is one event: every copy of it in the delivery is left out with its first one,
+        a later copy in another bucket too (kept, it would be counted there, and a corrected re-send
+        of the event would then be a duplicate)."""
+        return {i for i, b in self.counted.items() if b in refused}
 
 
 def bucket_of(row: UsageRecord | UsageEvent) -> Bucket:
@@ -84,10 +94,10 @@ def overflows(engine: Engine, source_id: str, totals: Iterable[UsageRecord] = ()
     event_list = list(events)
     if not event_list:
         return Overflows(refused)
-    added, duplicates = added_overflows(engine, source_id, event_list, replaced=sums, base_step=BASE_STEP)
+    added, duplicates, counted = added_overflows(engine, source_id, event_list, replaced=sums, base_step=BASE_STEP)
     for b, stored in added.items():
         refused.setdefault(b, refusal(overflow_error(f"source {source_id!r}", *b, stored=stored), source_id))
-    return Overflows(refused, frozenset(duplicates))
+    return Overflows(refused, frozenset(duplicates), counted)
 
 
 def refusal(exc: UsageValueError, source_id: str) -> Refusal:
@@ -102,20 +112,27 @@ def newly_refused(engine: Engine, source_id: str, refused: Mapping[Bucket, Refus
     return untold(engine, [refused[b] for b in sorted(refused)], lambda r: r.key(source_id))
 
 
-def kept_events(events: Iterable[UsageEvent], refused: Container[Bucket], duplicates: frozenset[str]) -> list[UsageEvent]:
-    """The events stored beside the refused buckets: those of other buckets, and those of a refused
-    bucket stored before (`duplicates`: they add nothing, the store counts them as duplicates)."""
-    return [e for e in events if bucket_of(e) not in refused or e.id in duplicates]
+def kept_events(events: Iterable[UsageEvent], refused: Container[Bucket], found: Overflows) -> list[UsageEvent]:
+    """The events stored beside the refused buckets: every copy of an id whose counted copy (its
+    first) is not in a refused bucket (Overflows.refused_ids). So an event of a refused bucket
+    stored before (`found.duplicates`) is kept (it adds nothing, the store counts it as a
+    duplicate), a later copy in a refused bucket of an id counted in another bucket is kept (a
+    duplicate within the delivery), and a later copy in a good bucket of an id counted in a refused
+    one is left out with it (kept, the store would count it there and take the corrected re-send
+    for a duplicate). Events of a refused bucket the store does not count at all (older than the
+    pruning horizon) are kept: it counts them as expired."""
+    out = found.refused_ids(refused)
+    return [e for e in events if e.id not in out]
 
 
-def without(batch: Batch, refused: Iterable[Bucket], duplicates: frozenset[str] = frozenset()) -> Batch:
-    """The batch without the rows of the refused buckets (same cursor and label), but with their
-    events stored before (`duplicates`: they add nothing, the store counts them as duplicates). Its
+def without(batch: Batch, refused: Iterable[Bucket], found: Overflows) -> Batch:
+    """The batch without the rows of the refused buckets and every copy of their events
+    (kept_events; same cursor and label). Its
     watermark is the newest row it still stores (None: none, the stored watermark stays; store_batch
     keeps the later of the two), never a refused row's: the watermark says how far the stored data reach."""
     out = set(refused)
     totals = [r for r in batch.totals if bucket_of(r) not in out]
-    events = kept_events(batch.events, out, duplicates)
+    events = kept_events(batch.events, out, found)
     newest = newest_ts((), [*totals, *events])
     watermark = None if newest is None or batch.watermark is None else min(newest, batch.watermark)
     return replace(batch, totals=totals, events=events, watermark=watermark, rejected_cursor=None)

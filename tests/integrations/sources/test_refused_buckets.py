@@ -144,3 +144,48 @@ def test_a_batch_error_is_still_told_beside_a_refused_bucket(engine: Engine) -> 
     assert len(refusal_notices(engine, "feed")) == 1
     messages = [r.payload["message"] for r in list_outbox(engine)]
     assert any("2 row(s) skipped" in m and "bucket refused" not in m for m in messages)
+
+
+def test_a_pushed_id_whose_first_copy_is_refused_is_refused_in_every_bucket(engine: Engine) -> None:
+    """One request holds event x twice: its first copy overflows acme's bucket, a later copy is in
+    globex's. An id is one event: every copy is refused with its first one and listed, x is not
+    recorded as seen, and the corrected re-send is counted (before: the later copy was counted in
+    globex's bucket and the re-send was a duplicate, accepted 0)."""
+    told: list = []
+    p = _ingest(engine, told)
+    assert _post(p, [_event("a", value=1e308)])[1]["accepted"] == 1
+    status, answer = _post(p, [_event("x", value=1e308), _event("y", "globex", 1), _event("x", "globex", 5)])
+    assert status == 200 and (answer["accepted"], answer["duplicates"]) == (1, 0)
+    assert [(e["index"], e["id"]) for e in answer["refused"][0]["events"]] == [(0, "x"), (2, "x")]
+    assert points(engine)[("globex", "api_calls", T0)] == 1.0
+    status, answer = _post(p, [_event("x", "globex", 5)])  # the sender's corrected re-send
+    assert status == 200 and (answer["accepted"], answer["duplicates"]) == (1, 0)
+    assert points(engine)[("globex", "api_calls", T0)] == 6.0
+
+
+def test_a_pushed_id_counted_in_a_good_bucket_is_a_duplicate_in_a_refused_one(engine: Engine) -> None:
+    """The other order: x's first copy is in globex's bucket (counted), a later copy in acme's
+    refused bucket is a duplicate within the request, not a refused event."""
+    p = _ingest(engine, [])
+    assert _post(p, [_event("a", value=1e308)])[1]["accepted"] == 1
+    status, answer = _post(p, [_event("x", "globex", 5), _event("x", value=1e308), _event("b", value=1e308)])
+    assert status == 200 and (answer["accepted"], answer["duplicates"]) == (1, 1)
+    assert [e["id"] for e in answer["refused"][0]["events"]] == ["b"]
+    assert points(engine)[("globex", "api_calls", T0)] == 5.0
+
+
+def test_a_polled_id_whose_first_copy_is_refused_is_refused_in_every_bucket(engine: Engine) -> None:
+    """A polled event feed behaves as push: event x's first copy overflows acme's bucket, its later
+    copy in globex's is left out with it, and the feed's corrected x is counted on the next poll."""
+    first = poll_source(engine, FeedSource(Batch("c1", T0 + 30, events=_events("a", [("acme", "calls")], 1e308))), NOW)
+    assert first.ok
+    batch = Batch("c2", T0 + 30, label="page 2", events=[
+        UsageEvent("acme", "calls", T0 + 30, 1e308, "x"), UsageEvent("globex", "calls", T0 + 30, 1, "y"),
+        UsageEvent("globex", "calls", T0 + 30, 5, "x")])
+    report = poll_source(engine, FeedSource(batch), NOW + 60)
+    assert report.ok and (report.events_new, report.events_duplicate) == (1, 0)
+    assert points(engine, "calls")[("globex", "calls", T0)] == 1.0
+    fixed = poll_source(engine, FeedSource(Batch("c3", T0 + 30, events=[UsageEvent("globex", "calls", T0 + 30, 5, "x")])),
+                        NOW + 120)
+    assert fixed.ok and fixed.events_new == 1
+    assert points(engine, "calls")[("globex", "calls", T0)] == 6.0
