@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from integrations import json_text
 from integrations.sources.base import SourceError
 from rules.config import Secret, Section, Table, redaction
 
@@ -283,13 +283,11 @@ class Fetcher:
 
     def _decode(self, where: str, resp: httpx.Response, raw: bytes) -> Any:
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            return json_text.loads(raw)
+        except json_text.JSONProblem as exc:
             ctype = resp.headers.get("content-type", "?")
             text = redaction.clip(_text(raw[:ERROR_BODY_BYTES], resp), SHOWN_BODY)
-            raise self._fail(where, f"response is not JSON (content-type {ctype}): {text!r}") from None
-        except RecursionError:
-            raise self._fail(where, "response JSON is nested too deeply to read") from None
+            raise self._fail(where, f"response is not JSON (content-type {ctype}): {exc}: {text!r}") from None
 
 
 def dig(data: Any, path: str) -> Any:

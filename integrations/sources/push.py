@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from integrations import json_text
 from integrations.sources.base import UsageEvent
 from integrations.sources.http_fetch import dig
 from integrations.sources.records import (
@@ -154,11 +155,9 @@ def _binary_event(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     if body:
         if ctype in ("", JSON) or ctype.endswith("+json"):
             try:
-                event["data"] = json.loads(body)
-            except ValueError as exc:
+                event["data"] = json_text.loads(body)
+            except json_text.JSONProblem as exc:
                 raise PushError(400, f"binary-mode event body is not JSON: {exc}") from None
-            except RecursionError:
-                raise PushError(400, "binary-mode event body is JSON nested too deeply") from None
         else:
             raise PushError(415, f"binary-mode data must be JSON (got content-type {ctype!r})")
     return event
@@ -174,11 +173,9 @@ def decode_events(headers: Mapping[str, str], body: bytes) -> list[Any]:
         raise PushError(415, f"unsupported content-type {ctype or '(none)'!r}: send {STRUCTURED}, {BATCH} or "
                              f"{JSON}, or a binary-mode event with ce-* headers")
     try:
-        data = json.loads(body)
-    except ValueError as exc:
+        data = json_text.loads(body)
+    except json_text.JSONProblem as exc:
         raise PushError(400, f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise PushError(400, "body is JSON nested too deeply to read") from None
     if ctype == STRUCTURED:
         if not isinstance(data, dict):
             raise PushError(400, f"{STRUCTURED} must be one event object (send a batch as {BATCH})")

@@ -157,6 +157,50 @@ def test_push_deeply_nested_json_is_a_400(engine: Engine) -> None:
     assert status == 400 and "nested too deeply" in body["error"]
 
 
+LONG_INT = b"9" * 5000  # past the interpreter's 4,300-digit limit for reading an integer
+
+
+@pytest.mark.parametrize("headers,body,needle", [
+    ({"Content-Type": BATCH}, b'[{"specversion": "1.0", "data": {"value": ' + LONG_INT + b"}}]",
+     "body is not valid JSON: a number has more than 4300 digits"),
+    ({"Content-Type": BATCH}, b'[{"id": "\xff"}]', "body is not valid JSON: not UTF-8 text (byte 9)"),
+    ({"Content-Type": BATCH}, b"[\xff]", "body is not valid JSON: not UTF-8 text (byte 1)"),
+    ({"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "s", "ce-type": "calls", "ce-subject": "acme",
+      "Content-Type": "application/json"}, b'{"value": ' + LONG_INT + b"}",
+     "binary-mode event body is not JSON: a number has more than 4300 digits"),
+])
+def test_push_json_it_cannot_read_is_a_400_in_the_senders_terms(engine: Engine, headers: dict[str, str],
+                                                                  body: bytes, needle: str) -> None:
+    """Never Python's wording: a 5,000-digit number made json.loads answer "Exceeds the limit (4300
+    digits) for integer string conversion ... sys.set_int_max_str_digits()", which the 400 quoted."""
+    status, answer = _push(engine).handle({"Authorization": "Bearer push-secret-123", **headers}, body)
+    assert status == 400 and needle in answer["error"], answer
+    assert "sys." not in answer["error"] and "int_max_str_digits" not in answer["error"]
+    assert count(engine, "usage_points") == 0
+
+
+def test_http_json_response_with_a_number_too_long_to_read(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/u", lambda r: (200, b'{"items": [{"v": ' + LONG_INT + b"}]}"))
+        src = HttpJsonSource(source_config(f"""
+[[sources]]
+id = "api"
+type = "http_json"
+url = "{srv.url('/u')}"
+records = "items"
+[sources.fields]
+account = "a"
+metric = "m"
+value = "v"
+timestamp = "t"
+"""))
+        report = poll_source(engine, src, T0 + 3600)
+        src.close()
+    assert not report.ok
+    assert "response is not JSON" in (report.error or "") and "more than 4300 digits" in (report.error or "")
+    assert "int_max_str_digits" not in (report.error or "")
+
+
 # ------------------------------------------------------------------------- polled sources
 
 
