@@ -7,6 +7,10 @@ import re
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _PART = re.compile(r"(\d+)\s*([smhdw])")
 _FULL = re.compile(r"^\s*(?:\d+\s*[smhdw]\s*)+$")
+# The longest duration accepted: 100 years. Why: a duration is added to epoch seconds held as int64
+# (numpy arrays, the database), and "99999999999999999999s" passed the check and could overflow
+# there; no window, `for`, cooldown or retention is meaningful past a century.
+MAX_SECONDS = 100 * 365 * 86_400
 
 
 class DurationError(ValueError):
@@ -33,7 +37,18 @@ def parse_duration(text: str | int) -> int:
         raise DurationError(
             f"invalid duration {text!r}: use a number and a unit s, m, h, d or w (e.g. '15m', '1h', '7d')"
         )
-    return sum(int(n) * _UNITS[u] for n, u in _PART.findall(s))
+    parts = _PART.findall(s)
+    if any(len(n) > 15 for n, _ in parts):  # past 100 years in any unit; int() of 4,300+ digits raises
+        raise _too_long(text)
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds > MAX_SECONDS:
+        raise _too_long(text)
+    return seconds
+
+
+def _too_long(text: str) -> DurationError:
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+    return DurationError(f"duration {shown} is longer than 100 years, the longest usagebot accepts")
 
 
 def format_duration(seconds: int) -> str:

@@ -26,7 +26,7 @@ from rules.config.tables import Table
 from rules.config.toml import decode, field_name, parse_toml
 from rules.config.toml_lines import LineMap, PathKey
 from rules.config.values import Reader, show, suggest
-from rules.durations import DurationError, format_duration, parse_duration
+from rules.durations import MAX_SECONDS, DurationError, format_duration, parse_duration
 from rules.kinds import KINDS, Kind, calendar_kinds, with_baseline, with_cohort
 from rules.model import (
     DAY,
@@ -330,6 +330,10 @@ def _rule_id(w: _Where, path: PathKey, value: Any) -> str | None:
 
 _SECTIONS = ("baseline", "threshold", "guards", "segment", "routing", "cohort")
 
+# `for` counts buckets: at most 100 years of the smallest (1m) bucket, the longest duration usagebot
+# accepts (rules.durations.MAX_SECONDS): `for = 99999999999999999999` passed the check and the rule
+# could never fire.
+MAX_FOR = MAX_SECONDS // 60
 _TOP_READERS: dict[str, Reader] = {
     "id": _rule_id,
     "kind": v.choice(KINDS),
@@ -337,7 +341,7 @@ _TOP_READERS: dict[str, Reader] = {
     "bucket": _bucket,
     "severity": v.choice(SEVERITIES),
     "description": v.string,
-    "for": v.integer(1),
+    "for": v.integer(1, MAX_FOR),
     "cooldown": v.any_duration,
     "renotify": v.any_duration,
     "resolve_after": v.any_duration,
@@ -357,7 +361,7 @@ _DEFAULT_READERS: dict[PathKey, Reader] = {
     ("renotify",): v.any_duration,
     ("resolve_after",): v.any_duration,
     ("bucket",): _bucket,
-    ("for",): v.integer(1),
+    ("for",): v.integer(1, MAX_FOR),
     ("routing", "owner"): v.boolean,
     ("routing", "channels"): _channels,
     ("guards", "min_baseline"): v.number(0),
@@ -804,7 +808,7 @@ def _check_rule(
 
 # The most history one rule may ask for: a year-on-year comparison of a 1h series needs ~400
 # days (9,600 buckets); 1,000 days or 1,000,000 buckets per account (8 MB of float64 each, 80 GB
-# at 10k accounts) is past any rule that can be evaluated, and "100000000w" asks for 313 GiB.
+# at 10k accounts) is past any rule that can be evaluated, and "5000w" of 1m buckets asks for 384 MiB per account.
 MAX_HISTORY_DAYS = 1000
 MAX_HISTORY_BUCKETS = 1_000_000
 

@@ -143,6 +143,13 @@ def test_rules_that_can_never_be_evaluated_are_refused_by_the_loader() -> None:
             window = "100000000w"
             seasonality = "weekly"
             [[rule]]
+            id = "long"
+            kind = "drop"
+            metric = "api_calls"
+            bucket = "1m"
+            [rule.baseline]
+            window = "5000w"
+            [[rule]]
             id = "z"
             kind = "drop"
             metric = "api_calls"
@@ -150,5 +157,6 @@ def test_rules_that_can_never_be_evaluated_are_refused_by_the_loader() -> None:
             zscore = 25
         """)
     text = "\n".join(map(str, info.value.problems))
-    assert "rule 'huge': needs 700000001d of history (700,000,001 buckets of 1d: 5.2 GiB per account" in text
+    assert "r.toml:7: rule 'huge': baseline.window: duration '100000000w' is longer than 100 years" in text
+    assert "rule 'long': needs 35000d1m of history (50,400,001 buckets of 1m" in text
     assert "rule 'z': threshold.zscore: a drop can never reach a z-score of 25" in text
