@@ -179,21 +179,26 @@ def test_push_json_it_cannot_read_is_a_400_in_the_senders_terms(engine: Engine, 
     assert count(engine, "usage_points") == 0
 
 
-def test_http_json_response_with_a_number_too_long_to_read(engine: Engine) -> None:
-    with FakeHttp() as srv:
-        srv.route("/u", lambda r: (200, b'{"items": [{"v": ' + LONG_INT + b"}]}"))
-        src = HttpJsonSource(source_config(f"""
+def _api_source(url: str, fields: str = "") -> HttpJsonSource:
+    """An http_json source of `url`'s "items" (a, m, v, t), with `fields` added to its fields."""
+    return HttpJsonSource(source_config(f"""
 [[sources]]
 id = "api"
 type = "http_json"
-url = "{srv.url('/u')}"
+url = "{url}"
 records = "items"
 [sources.fields]
 account = "a"
 metric = "m"
 value = "v"
 timestamp = "t"
-"""))
+{fields}"""))
+
+
+def test_http_json_response_with_a_number_too_long_to_read(engine: Engine) -> None:
+    with FakeHttp() as srv:
+        srv.route("/u", lambda r: (200, b'{"items": [{"v": ' + LONG_INT + b"}]}"))
+        src = _api_source(srv.url("/u"))
         report = poll_source(engine, src, T0 + 3600)
         src.close()
     assert not report.ok
@@ -213,20 +218,7 @@ def test_http_json_refuses_bad_ids_and_times(engine: Engine) -> None:
     with FakeHttp() as srv:
         srv.route("/u", lambda r: (200, {"items": items}))
         for fmt in ("iso", "epoch"):
-            src = HttpJsonSource(source_config(f"""
-[[sources]]
-id = "api"
-type = "http_json"
-url = "{srv.url('/u')}"
-records = "items"
-[sources.fields]
-account = "a"
-metric = "m"
-value = "v"
-timestamp = "t"
-id = "id"
-timestamp_format = "{fmt}"
-"""))
+            src = _api_source(srv.url("/u"), f'id = "id"\ntimestamp_format = "{fmt}"\n')
             report = poll_source(engine, src, T0 + 3600)
             src.close()
             assert not report.ok
