@@ -329,9 +329,9 @@ def _known_event_ids(conn: Connection, source_id: str, ids: Sequence[str]) -> se
 def added_overflows(engine: Engine, source_id: str, events: Iterable[EventLike],
                     replaced: Mapping[tuple[str, str, int], float] | None = None,
                     base_step: int = BASE_STEP
-                    ) -> tuple[dict[tuple[str, str, int], float | None], set[str], dict[str, tuple[str, str, int]]]:
+                    ) -> tuple[dict[tuple[str, str, int], float | None], dict[str, tuple[str, str, int]]]:
     """Before storing `events` again (store_batch refused them): every bucket whose total would not
-    be finite, with its stored total (None: none), the ids stored before, and the bucket of each new
+    be finite, with its stored total (None: none), and the bucket of each new (not stored before)
     id's counted copy (its first one: a later copy of the id in another bucket adds nothing). The events are counted
     as store_batch counts them: each id once, those stored before or before the pruning horizon not
     at all, summed in order, added to the stored total (`replaced`: the total the same delivery's
@@ -351,7 +351,7 @@ def added_overflows(engine: Engine, source_id: str, events: Iterable[EventLike],
                 sums[key] = sums.get(key, 0.0) + float(e.value)
         stored = _existing(conn, [k for k in sums if replaced is None or k not in replaced])
     base = {**stored, **(replaced or {})}
-    return {k: base.get(k) for k, v in sums.items() if not math.isfinite(base.get(k, 0.0) + v)}, known, counted
+    return {k: base.get(k) for k, v in sums.items() if not math.isfinite(base.get(k, 0.0) + v)}, counted
 
 
 def _mark_series(conn: Connection, source_id: str, pairs: set[tuple[str, str]]) -> None:

@@ -53,10 +53,10 @@ class Refusal:
 @dataclass(frozen=True)
 class Overflows:
     """Every bucket of a delivery the store would refuse, found in one pass before storing, and the
-    ids of its events stored before (duplicates: counted as such, never listed as refused)."""
+    bucket of each new id's counted copy (an id stored before is not in it: a duplicate, never
+    listed as refused)."""
 
     refused: dict[Bucket, Refusal]
-    duplicates: frozenset[str] = frozenset()
     counted: Mapping[str, Bucket] = field(default_factory=dict)  # new id -> the bucket of its counted copy
 
     def refused_ids(self, refused: Container[Bucket]) -> set[str]:
@@ -94,10 +94,10 @@ def overflows(engine: Engine, source_id: str, totals: Iterable[UsageRecord] = ()
     event_list = list(events)
     if not event_list:
         return Overflows(refused)
-    added, duplicates, counted = added_overflows(engine, source_id, event_list, replaced=sums, base_step=BASE_STEP)
+    added, counted = added_overflows(engine, source_id, event_list, replaced=sums, base_step=BASE_STEP)
     for b, stored in added.items():
         refused.setdefault(b, refusal(overflow_error(f"source {source_id!r}", *b, stored=stored), source_id))
-    return Overflows(refused, frozenset(duplicates), counted)
+    return Overflows(refused, counted)
 
 
 def refusal(exc: UsageValueError, source_id: str) -> Refusal:
@@ -115,7 +115,7 @@ def newly_refused(engine: Engine, source_id: str, refused: Mapping[Bucket, Refus
 def kept_events(events: Iterable[UsageEvent], refused: Container[Bucket], found: Overflows) -> list[UsageEvent]:
     """The events stored beside the refused buckets: every copy of an id whose counted copy (its
     first) is not in a refused bucket (Overflows.refused_ids). So an event of a refused bucket
-    stored before (`found.duplicates`) is kept (it adds nothing, the store counts it as a
+    stored before (not in `found.counted`) is kept (it adds nothing, the store counts it as a
     duplicate), a later copy in a refused bucket of an id counted in another bucket is kept (a
     duplicate within the delivery), and a later copy in a good bucket of an id counted in a refused
     one is left out with it (kept, the store would count it there and take the corrected re-send
