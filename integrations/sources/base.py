@@ -22,11 +22,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from integrations.sources.records import UsageRecord, is_metric_name
 from integrations.sources.skipped import SkippedItem
 from rules.config import Section, Table, redaction
+from rules.durations import format_duration
 from rules.model import AccountFacts
 from rules.periods import iso
 from storage.usage_values import UsageColumns, newest_ts
@@ -115,6 +116,9 @@ class Batch:
     # rows left out by on_error = "skip" and told in `error` itself (csv: a file read once, its bad rows
     # listed in one message): counted as skipped, and the part is not a rejected one
     skipped_rows: int = 0
+    # a window source that read a shorter window than [start, now) (too many pages) says so here:
+    # how far it read and how many polls it is behind (WindowRead.behind); the service polls it again soon
+    behind: str | None = None
 
     @property
     def rows(self) -> int:
@@ -246,15 +250,141 @@ def window(ctx: PollContext, overlap: int, backfill: int, align: int = 60) -> tu
     """[start, end) to read this poll: from the watermark minus the overlap (first poll: backfill).
 
     `start` is aligned down to `align` (the source's bucket), so each bucket
-    read is read whole and its total replaces the stored one.
+    read is read whole and its total replaces the stored one. A source catching
+    up (its cursor a `CatchUp`) starts from the later of the watermark and the
+    end of the window it read last, minus the overlap.
     """
     end = ctx.now
-    if ctx.watermark is None:
-        start = end - backfill
-    else:
-        start = min(ctx.watermark, end) - overlap
+    pos = _position(ctx)
+    start = end - backfill if pos is None else min(pos, end) - overlap
     start -= start % align
     return start, end
+
+
+def _position(ctx: PollContext) -> int | None:
+    """How far a window source has read: the watermark, or the end of the shorter window it read last
+    while catching up, if later (None: the first poll)."""
+    behind = CatchUp.parse(ctx.cursor)
+    known = [t for t in (ctx.watermark, behind.read_to if behind else None) if t is not None]
+    return max(known) if known else None
+
+
+CATCH_UP = "catch-up:"
+_T = TypeVar("_T")
+
+
+class TooManyPages(SourceError):
+    """A window needs more pages than one poll may read (max_pages); `read_window` then reads a
+    shorter one. `where` names what overflowed (e.g. a meter and customer), "" for the window itself."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """The cursor of a window source that read a shorter window than [start, now) because the whole
+    one needed more than max_pages pages: everything before `read_to` is read, and the window of
+    `span` seconds that fit took `pages` pages (the next poll tries that span, or twice it when it
+    took at most half of max_pages)."""
+
+    read_to: int
+    span: int
+    pages: int
+
+    def cursor(self) -> str:
+        return f"{CATCH_UP}read_to={self.read_to};span={self.span};pages={self.pages}"
+
+    @staticmethod
+    def parse(cursor: str | None) -> CatchUp | None:
+        if not cursor or not cursor.startswith(CATCH_UP):
+            return None
+        try:
+            parts = dict(p.split("=", 1) for p in cursor.removeprefix(CATCH_UP).split(";"))
+            return CatchUp(int(parts["read_to"]), int(parts["span"]), int(parts["pages"]))
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """The window a poll read: [start, end) of [start, full_end), in `pages` pages."""
+
+    start: int
+    end: int
+    full_end: int
+    pages: int
+    overlap: int
+    align: int
+    previous: CatchUp | None  # the catch-up cursor the poll started with
+
+    @property
+    def shrunk(self) -> bool:
+        return self.end < self.full_end
+
+    def cursor(self, watermark: int | None) -> str | None:
+        """The cursor to store after this read (with the batch's `watermark`): a `CatchUp` while the
+        source is behind, or while the watermark is still before the end of the last shorter window
+        read (the next window must not start before it again); else None."""
+        if self.shrunk:
+            return CatchUp(self.end, self.end - self.start, self.pages).cursor()
+        prev = self.previous
+        if prev is None or (watermark is not None and watermark >= prev.read_to):
+            return None
+        return CatchUp(prev.read_to, self.end - self.start, self.pages).cursor()
+
+    def behind(self) -> str | None:
+        """What a shorter read tells (the poll's log line), None when the whole window was read."""
+        if not self.shrunk:
+            return None
+        step = max(self.align, self.end - self.start - self.overlap)
+        polls = -(-(self.full_end - self.end) // step)
+        return (f"caught up in part: read up to {iso(self.end)} (the window to {iso(self.full_end)} needs more "
+                f"than max_pages pages); about {polls} more poll(s) behind")
+
+
+def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_pages: int,
+                   read: Callable[[int, int], tuple[_T, int]], *, full_end: int | None = None,
+                   setting: str = "max_pages") -> tuple[_T, WindowRead]:
+    """Read this poll's window with `read(start, end) -> (result, pages)`; when it raises TooManyPages,
+    read a shorter window: [start, end) halved on `align` boundaries, down to the first bucket not read
+    yet (with the overlap before it). The window that fits is returned with what to store after it
+    (WindowRead.cursor); when even the shortest needs too many pages, TooManyPages names it.
+
+    A catch-up cursor's span (doubled when its window took at most half of max_pages) is tried first,
+    so a source catching up over many polls does not try the whole window on each."""
+    start, end = window(ctx, overlap, backfill, align)
+    if full_end is not None:
+        end = full_end
+    previous = CatchUp.parse(ctx.cursor)
+    pos = _position(ctx)
+    first = start if pos is None else max(start, pos - pos % align)
+    shortest = min(end, first + align)
+    at = end
+    if previous is not None:
+        guess = previous.span * (2 if 2 * previous.pages <= max_pages else 1)
+        at = min(end, max(shortest, start + guess - guess % align))
+    while True:
+        try:
+            result, pages = read(start, at)
+        except TooManyPages as exc:
+            if at <= shortest:
+                raise _too_many(ctx.source_id, exc.where, start, shortest, align, max_pages, setting) from None
+            half = (at - start) // 2
+            at = max(shortest, start + half - half % align)
+            continue
+        return result, WindowRead(start, at, end, pages, overlap, align, previous)
+
+
+def _too_many(source_id: str, where: str, start: int, end: int, align: int, max_pages: int,
+              setting: str) -> TooManyPages:
+    what = (f"the bucket {iso(start)} to {iso(end)}" if end - start <= align else
+            f"the window {iso(start)} to {iso(end)} (the overlap re-read and the first "
+            f"{format_duration(align)} bucket not read yet)")
+    lower = "" if end - start <= align else " or lower overlap"
+    return TooManyPages(f"source {source_id!r}: {where + ': ' if where else ''}{what} alone needs more than "
+                        f"{max_pages} pages; raise {setting}{lower} (nothing was stored)", where)
 
 
 def window_label(start: int, end: int) -> str:
