@@ -180,6 +180,7 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
     state = get_source_state(engine, source.id)
     ctx = PollContext(source_id=source.id, now=now, cursor=state.cursor if state else None,
                       watermark=state.watermark if state else None, accounts=lambda: list_accounts(engine))
+    failed_cursor: str | None = None  # a failing poll's own cursor to store (SourceError.cursor)
     try:
         for batch in source.poll(ctx):
             cursor = _store(engine, source, batch, now, admin_channel, report, notifiers)
@@ -191,6 +192,7 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
     except SourceError as exc:
         report.ok, report.error = False, mask(str(exc))
+        failed_cursor = exc.cursor
     except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
         report.ok, report.error = False, mask(f"source {source.id!r}: {_unnamed(exc, source.id)}")
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
@@ -199,7 +201,7 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
         log.exception("poll of %s failed unexpectedly", source.id, extra={"source": source.id})
     if not report.ok and report.error:
         try:
-            record_failure(engine, source.id, report.error, now)
+            record_failure(engine, source.id, report.error, now, cursor=failed_cursor)
         except Exception:  # the database itself is down: nothing more to record
             log.exception("cannot record the failed poll of %s", source.id, extra={"source": source.id})
         log.warning(report.error, extra={"source": source.id, "event": "poll_failed"})

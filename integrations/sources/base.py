@@ -8,7 +8,9 @@ last stored batch and never stores a batch half-way.
 - `ctx.watermark` is the newest data timestamp stored so far. Time-window
   sources re-read from `watermark - overlap` (the late-data overlap), aligned
   down to their bucket, so every bucket they touch is re-read whole; their
-  rows are bucket totals and replace what is stored (idempotent).
+  rows are bucket totals and replace what is stored (idempotent). A window
+  that needs more than max_pages pages is read shorter (`read_window`): the
+  source stores a `CatchUp` cursor and the next poll goes on from its end.
 - `ctx.cursor` is the opaque position a cursor-based source returned last.
 - Event feeds (rows with an id) go to `Batch.events`: deduplicated by id and
   added up.
@@ -55,8 +57,13 @@ class SourceError(Exception):
     query strings, and the message is masked (rules.config.redaction) when the error is made.
     """
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", cursor: str | None = None) -> None:
         super().__init__(redaction.mask(message))
+        self.cursor = cursor  # the cursor to store although the poll failed (None: the stored one stays)
+
+
+class PollDeadline(SourceError):
+    """A poll ran past its poll_deadline (integrations.sources.http_fetch)."""
 
 
 MAX_LISTED_PROBLEMS = 20
@@ -287,14 +294,17 @@ class CatchUp:
     """The cursor of a window source that read a shorter window than [start, now) because the whole
     one needed more than max_pages pages: everything before `read_to` is read, and the window of
     `span` seconds that fit took `pages` pages (the next poll tries that span, or twice it when it
-    took at most half of max_pages)."""
+    took at most half of max_pages and `grow`: not after a poll of this catch-up ran past
+    poll_deadline)."""
 
     read_to: int
     span: int
     pages: int
+    grow: bool = True
 
     def cursor(self) -> str:
-        return f"{CATCH_UP}read_to={self.read_to};span={self.span};pages={self.pages}"
+        return (f"{CATCH_UP}read_to={self.read_to};span={self.span};pages={self.pages}"
+                + ("" if self.grow else ";grow=0"))
 
     @staticmethod
     def parse(cursor: str | None) -> CatchUp | None:
@@ -302,7 +312,8 @@ class CatchUp:
             return None
         try:
             parts = dict(p.split("=", 1) for p in cursor.removeprefix(CATCH_UP).split(";"))
-            return CatchUp(int(parts["read_to"]), int(parts["span"]), int(parts["pages"]))
+            return CatchUp(int(parts["read_to"]), int(parts["span"]), int(parts["pages"]),
+                           parts.get("grow", "1") != "0")
         except (KeyError, ValueError):
             return None
 
@@ -327,12 +338,13 @@ class WindowRead:
         """The cursor to store after this read (with the batch's `watermark`): a `CatchUp` while the
         source is behind, or while the watermark is still before the end of the last shorter window
         read (the next window must not start before it again); else None."""
-        if self.shrunk:
-            return CatchUp(self.end, self.end - self.start, self.pages).cursor()
         prev = self.previous
+        grow = prev is None or prev.grow
+        if self.shrunk:
+            return CatchUp(self.end, self.end - self.start, self.pages, grow).cursor()
         if prev is None or (watermark is not None and watermark >= prev.read_to):
             return None
-        return CatchUp(prev.read_to, self.end - self.start, self.pages).cursor()
+        return CatchUp(prev.read_to, self.end - self.start, self.pages, grow).cursor()
 
     def behind(self) -> str | None:
         """What a shorter read tells (the poll's log line), None when the whole window was read."""
@@ -340,8 +352,8 @@ class WindowRead:
             return None
         step = max(self.align, self.end - self.start - self.overlap)
         polls = -(-(self.full_end - self.end) // step)
-        return (f"caught up in part: read up to {iso(self.end)} (the window to {iso(self.full_end)} needs more "
-                f"than max_pages pages); about {polls} more poll(s) behind")
+        return (f"caught up in part: read up to {iso(self.end)} of the window to {iso(self.full_end)} (a "
+                f"shorter window: the whole needs too many pages or time); about {polls} more poll(s) behind")
 
 
 def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_pages: int,
@@ -363,7 +375,7 @@ def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_p
     shortest = min(end, first + align)
     at = end
     if previous is not None:
-        guess = previous.span * (2 if 2 * previous.pages <= max_pages else 1)
+        guess = previous.span * (2 if previous.grow and 2 * previous.pages <= max_pages else 1)
         at = min(end, max(shortest, start + guess - guess % align))
     while True:
         try:
@@ -371,10 +383,24 @@ def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_p
         except TooManyPages as exc:
             if at <= shortest:
                 raise _too_many(ctx.source_id, exc.where, start, shortest, align, max_pages, setting) from None
-            half = (at - start) // 2
-            at = max(shortest, start + half - half % align)
+            at = _half(start, at, shortest, align)
             continue
+        except PollDeadline as exc:
+            if at <= shortest:
+                raise
+            # no time is left in this poll: the next one tries half this window (the failed poll stores
+            # that as its cursor; nothing else of it is stored)
+            half = _half(start, at, shortest, align)
+            hint = CatchUp(start if pos is None else pos, half - start, max_pages, grow=False)
+            raise PollDeadline(f"{exc}; the next poll reads a window half as long ({format_duration(hint.span)})",
+                               cursor=hint.cursor()) from None
         return result, WindowRead(start, at, end, pages, overlap, align, previous)
+
+
+def _half(start: int, end: int, shortest: int, align: int) -> int:
+    """The end of the first half of [start, end) on an `align` boundary, not before `shortest`."""
+    half = (end - start) // 2
+    return max(shortest, start + half - half % align)
 
 
 def _too_many(source_id: str, where: str, start: int, end: int, align: int, max_pages: int,

@@ -8,7 +8,8 @@
 - Limits: `timeout` bounds each connect and each read; `request_deadline`
   bounds one whole request (a peer that drip-feeds its answer is cut off), and
   `poll_deadline` the whole poll (all pages and retries; `begin_poll()` starts
-  it). A body is streamed and refused as soon as it passes
+  it; passing it raises PollDeadline, on which a window source tries a window
+  half as long next time: integrations.sources.base.read_window). A body is streamed and refused as soon as it passes
   `max_response_bytes` (after decompression: a gzip bomb is cut off too).
   The deadlines are checked between reads, so a request stops at most
   `timeout` after its deadline.
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from integrations import json_text
-from integrations.sources.base import SourceError
+from integrations.sources.base import PollDeadline, SourceError
 from rules.config import Secret, Section, Table, redaction
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -196,8 +197,9 @@ class Fetcher:
         """Start the poll deadline: every request from now on must end within `poll_deadline`."""
         self._poll_ends = self.monotonic() + self.retry.poll_deadline
 
-    def _fail(self, where: str, message: str) -> SourceError:
-        return SourceError(f"source {self.source_id!r}: {where}: {message}")
+    def _fail(self, where: str, message: str, deadline: bool = False) -> SourceError:
+        kind = PollDeadline if deadline else SourceError
+        return kind(f"source {self.source_id!r}: {where}: {message}")
 
     def _poll_left(self) -> float | None:
         return None if self._poll_ends is None else self._poll_ends - self.monotonic()
@@ -239,7 +241,7 @@ class Fetcher:
             left = self._poll_left()
             if left is not None and left <= 0:
                 raise self._fail(where, f"the poll took longer than poll_deadline ({self.retry.poll_deadline:g}s); "
-                                        "stopped (nothing was stored from this poll)")
+                                        "stopped (nothing was stored from this poll)", deadline=True)
             budget = self.retry.request_deadline if left is None else min(self.retry.request_deadline, left)
             self.requests += 1
             retry_after = None
@@ -277,7 +279,8 @@ class Fetcher:
             left = self._poll_left()
             if left is not None and wait >= left:
                 raise self._fail(where, f"{problem}; a retry in {wait:g}s would pass poll_deadline "
-                                        f"({self.retry.poll_deadline:g}s): stopped after {attempt + 1} attempt(s)")
+                                        f"({self.retry.poll_deadline:g}s): stopped after {attempt + 1} attempt(s)",
+                                 deadline=True)
             self.sleep(wait)
             attempt += 1
 

@@ -12,7 +12,9 @@ Incremental reading (`incremental`):
 - "window" (default): the request carries [start, end) as query parameters;
   start is the newest data stored minus `overlap`, aligned down to
   `window.align`, so late data within the overlap is read again. Items are
-  bucket totals and replace what is stored.
+  bucket totals and replace what is stored. A window that needs more than
+  `pagination.max_pages` pages is read shorter and the next polls catch up
+  (integrations.sources.base.read_window).
 - "cursor": the request carries the cursor the previous poll ended with
   (`cursor.param`), the response says where to continue (`cursor.field`).
 - "none": the whole list every time.

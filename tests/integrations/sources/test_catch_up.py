@@ -273,3 +273,36 @@ def test_stripe_ten_days_behind_catches_up_with_the_totals_of_one_big_poll(engin
     assert len(expected) == 480 and points(engine) == expected
     assert len(reports) >= 5 and all(r.behind for r in reports[:-1])
     assert get_source_state(engine, "stripe").cursor is None  # type: ignore[union-attr]
+
+
+def test_a_window_too_long_for_poll_deadline_is_read_shorter_by_the_next_polls(engine: Engine, tmp_path: Path) -> None:
+    """poll_deadline still fails the poll that passes it (nothing stored), but it stores half its window
+    as the cursor's span: the next polls read shorter windows and catch up, with the totals of one big
+    poll. (Each request takes 10 s of the fetcher's clock: a 65 s deadline is 6 requests a poll.)"""
+    clock = [0.0]
+
+    def slow(handler: Callable[[Seen], tuple]) -> Callable[[Seen], tuple]:
+        def answer(r: Seen) -> tuple:
+            clock[0] += 10
+            return handler(r)
+        return answer
+
+    with FakeHttp() as srv:
+        _serve(srv, _hourly(10))
+        srv.route("/usage", slow(srv.routes["/usage"]))
+        src = _source(srv.url("/usage"), max_pages=1000, extra='poll_deadline = "65s"\nbackoff = "0s"')
+        src.fetcher.monotonic = lambda: clock[0]
+        reports = []
+        while not reports or not reports[-1].ok or reports[-1].behind:
+            reports.append(poll_source(engine, src, NOW))
+            assert len(reports) < 40, reports[-1].error or reports[-1].behind
+        with migrated_engine(f"sqlite:///{tmp_path / 'one-poll.db'}") as one:
+            assert poll_source(one, _source(srv.url("/usage"), max_pages=1000), NOW).ok
+            expected = points(one)
+    failed = [r for r in reports if not r.ok]
+    assert failed and all("poll_deadline (65s)" in (r.error or "") and "the next poll reads a window half as long"
+                          in (r.error or "") for r in failed)
+    assert len(failed) <= 4  # halved each time until a window fits in 6 requests, then no more failures
+    assert not any(not r.ok for r in reports[reports.index(failed[-1]) + 1:])
+    assert points(engine) == expected and len(expected) == 480
+    assert get_source_state(engine, "billing").cursor is None  # type: ignore[union-attr]
