@@ -280,13 +280,15 @@ CATCH_UP = "catch-up:"
 _T = TypeVar("_T")
 
 
-class TooManyPages(SourceError):
-    """A window needs more pages than one poll may read (max_pages); `read_window` then reads a
-    shorter one. `where` names what overflowed (e.g. a meter and customer), "" for the window itself."""
+class WindowTooLarge(SourceError):
+    """A window needs more than one poll may read: more pages than max_pages, or an answer larger than
+    max_response_bytes; `read_window` then reads a shorter one. `needs` says what ("more than 1000
+    pages"), `setting` which key to raise, `where` what overflowed (e.g. a meter and customer; "" for
+    the window itself)."""
 
-    def __init__(self, message: str, where: str = "") -> None:
+    def __init__(self, message: str, needs: str, setting: str, where: str = "") -> None:
         super().__init__(message)
-        self.where = where
+        self.needs, self.setting, self.where = needs, setting, where
 
 
 @dataclass(frozen=True)
@@ -357,12 +359,12 @@ class WindowRead:
 
 
 def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_pages: int,
-                   read: Callable[[int, int], tuple[_T, int]], *, full_end: int | None = None,
-                   setting: str = "max_pages") -> tuple[_T, WindowRead]:
-    """Read this poll's window with `read(start, end) -> (result, pages)`; when it raises TooManyPages,
+                read: Callable[[int, int], tuple[_T, int]], *, full_end: int | None = None) -> tuple[_T, WindowRead]:
+    """Read this poll's window with `read(start, end) -> (result, pages)`; when it raises WindowTooLarge,
     read a shorter window: [start, end) halved on `align` boundaries, down to the first bucket not read
     yet (with the overlap before it). The window that fits is returned with what to store after it
-    (WindowRead.cursor); when even the shortest needs too many pages, TooManyPages names it.
+    (WindowRead.cursor); when even the shortest is too large, WindowTooLarge names it. When the poll
+    passes poll_deadline, PollDeadline carries the cursor of a window half as long for the next poll.
 
     A catch-up cursor's span (doubled when its window took at most half of max_pages) is tried first,
     so a source catching up over many polls does not try the whole window on each."""
@@ -380,9 +382,9 @@ def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_p
     while True:
         try:
             result, pages = read(start, at)
-        except TooManyPages as exc:
+        except WindowTooLarge as exc:
             if at <= shortest:
-                raise _too_many(ctx.source_id, exc.where, start, shortest, align, max_pages, setting) from None
+                raise _too_large(ctx.source_id, exc, start, shortest, align) from None
             at = _half(start, at, shortest, align)
             continue
         except PollDeadline as exc:
@@ -403,14 +405,14 @@ def _half(start: int, end: int, shortest: int, align: int) -> int:
     return max(shortest, start + half - half % align)
 
 
-def _too_many(source_id: str, where: str, start: int, end: int, align: int, max_pages: int,
-              setting: str) -> TooManyPages:
+def _too_large(source_id: str, exc: WindowTooLarge, start: int, end: int, align: int) -> WindowTooLarge:
     what = (f"the bucket {iso(start)} to {iso(end)}" if end - start <= align else
             f"the window {iso(start)} to {iso(end)} (the overlap re-read and the first "
             f"{format_duration(align)} bucket not read yet)")
     lower = "" if end - start <= align else " or lower overlap"
-    return TooManyPages(f"source {source_id!r}: {where + ': ' if where else ''}{what} alone needs more than "
-                        f"{max_pages} pages; raise {setting}{lower} (nothing was stored)", where)
+    where = f"{exc.where}: " if exc.where else ""
+    return WindowTooLarge(f"source {source_id!r}: {where}{what} alone needs {exc.needs}; raise {exc.setting}{lower} "
+                          "(nothing was stored)", exc.needs, exc.setting, exc.where)
 
 
 def window_label(start: int, end: int) -> str:

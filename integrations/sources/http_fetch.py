@@ -9,7 +9,9 @@
   bounds one whole request (a peer that drip-feeds its answer is cut off), and
   `poll_deadline` the whole poll (all pages and retries; `begin_poll()` starts
   it; passing it raises PollDeadline, on which a window source tries a window
-  half as long next time: integrations.sources.base.read_window). A body is streamed and refused as soon as it passes
+  half as long next time: integrations.sources.base.read_window). An answer past
+  `max_response_bytes` raises WindowTooLarge: a window source reads a shorter
+  window at once. A body is streamed and refused as soon as it passes
   `max_response_bytes` (after decompression: a gzip bomb is cut off too).
   The deadlines are checked between reads, so a request stops at most
   `timeout` after its deadline.
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from integrations import json_text
-from integrations.sources.base import PollDeadline, SourceError
+from integrations.sources.base import PollDeadline, SourceError, WindowTooLarge
 from rules.config import Secret, Section, Table, redaction
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -155,9 +157,9 @@ def register_url_secrets(url: str, params: Mapping[str, str] = {}, headers: Mapp
 class _Refused(Exception):
     """A request stopped by a limit (size, deadline); `retry` says whether trying again may help."""
 
-    def __init__(self, message: str, retry: bool) -> None:
+    def __init__(self, message: str, retry: bool, too_large: bool = False) -> None:
         super().__init__(message)
-        self.retry = retry
+        self.retry, self.too_large = retry, too_large
 
 
 def _text(raw: bytes, resp: httpx.Response) -> str:
@@ -215,7 +217,7 @@ class Fetcher:
             if resp.status_code < 400 and declared.isdigit() and int(declared) > limit:
                 raise _Refused(f"the response is {_mib(int(declared))} (Content-Length), more than "
                                f"max_response_bytes ({_mib(limit)}); ask for smaller pages (pagination.size) or "
-                               "raise max_response_bytes", retry=False)
+                               "raise max_response_bytes", retry=False, too_large=True)
             chunks: list[bytes] = []
             size = 0
             for chunk in resp.iter_bytes():
@@ -226,7 +228,7 @@ class Fetcher:
                         break
                     raise _Refused(f"the response passed max_response_bytes ({_mib(limit)}) and was cut off; "
                                    "ask for smaller pages (pagination.size) or raise max_response_bytes",
-                                   retry=False)
+                                   retry=False, too_large=True)
                 chunks.append(chunk)
                 if self.monotonic() > ends:
                     raise _Refused(f"the response was still arriving after {budget:g}s "
@@ -249,6 +251,11 @@ class Fetcher:
                 # merge with the URL's own query string (httpx would replace it with `params`)
                 resp, raw = self._fetch(httpx.URL(url).copy_merge_params(dict(params or {})), budget)
             except _Refused as exc:
+                if exc.too_large:  # (a window source reads a shorter window: base.read_window)
+                    raise WindowTooLarge(f"source {self.source_id!r}: {where}: {exc}",
+                                         f"an answer larger than max_response_bytes ({_mib(self.retry.max_response_bytes)})",
+                                         "max_response_bytes (or ask for smaller pages: pagination.size)",
+                                         where) from None
                 if not exc.retry:
                     raise self._fail(where, str(exc)) from None
                 problem = str(exc)

@@ -39,8 +39,8 @@ from integrations.sources.base import (
     SourceError,
     SourceSettings,
     SourceType,
-    TooManyPages,
     UsageEvent,
+    WindowTooLarge,
     newest,
     read_window,
     register_type,
@@ -321,7 +321,7 @@ class HttpJsonSource:
 
     def pages(self, ctx: PollContext, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, list[Any]]]:
         """(page number, decoded body, items) of every page of this poll (of the window `span`, with
-        incremental = "window"). More than max_pages pages raise TooManyPages."""
+        incremental = "window"). More than max_pages pages raise WindowTooLarge."""
         p = self.o.pagination
         params = self._base_params(ctx, span)
         url: str | None = self.o.url
@@ -335,8 +335,9 @@ class HttpJsonSource:
         while url is not None:
             if page_index > p.max_pages:
                 often = " or poll more often" if self.o.incremental == "cursor" else ""
-                raise TooManyPages(f"source {self.id!r}: more than {p.max_pages} pages; raise "
-                                   f"pagination.max_pages{often} (nothing was stored)")
+                raise WindowTooLarge(f"source {self.id!r}: more than {p.max_pages} pages; raise "
+                                     f"pagination.max_pages{often} (nothing was stored)",
+                                     f"more than {p.max_pages} pages", "pagination.max_pages")
             body, resp = self.fetcher.get_json(url, params, what=f"page {page_index}")
             try:
                 items = dig(body, self.o.records)
@@ -465,8 +466,7 @@ class HttpJsonSource:
                         skipped=got.skipped)
             return
         got, read = read_window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align,
-                                self.o.pagination.max_pages, lambda s, e: self._counted(ctx, (s, e)),
-                                setting="pagination.max_pages")
+                                self.o.pagination.max_pages, lambda s, e: self._counted(ctx, (s, e)))
         watermark = newest(got.events or got.totals, ctx.watermark, ctx.now)
         yield Batch(cursor=read.cursor(watermark), watermark=watermark, totals=got.totals, events=got.events,
                     label=self._part(ctx, got.pages, (read.start, read.end)), skipped=got.skipped,

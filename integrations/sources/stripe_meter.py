@@ -26,7 +26,7 @@ from integrations.sources.base import (
     SourceError,
     SourceSettings,
     SourceType,
-    TooManyPages,
+    WindowTooLarge,
     malformed_error,
     newest,
     read_window,
@@ -122,8 +122,8 @@ class StripeMeterSource:
                 raise SourceError(f"source {self.id!r}: meter {meter!r}: has_more without an id to continue after")
             params["starting_after"] = last
         where = f"meter {meter!r}, customer {customer!r}"
-        raise TooManyPages(f"source {self.id!r}: {where}: more than {self.o.max_pages} pages; raise max_pages "
-                           "(nothing was stored)", where)
+        raise WindowTooLarge(f"source {self.id!r}: {where}: more than {self.o.max_pages} pages; raise max_pages "
+                             "(nothing was stored)", f"more than {self.o.max_pages} pages", "max_pages", where)
 
     def _read(self, customers: Mapping[str, str], start: int, end: int) -> tuple[tuple[list[UsageRecord], Malformed], int]:
         """The summaries of [start, end) of every meter and customer, and the most pages one of them took."""

@@ -306,3 +306,69 @@ def test_a_window_too_long_for_poll_deadline_is_read_shorter_by_the_next_polls(e
     assert not any(not r.ok for r in reports[reports.index(failed[-1]) + 1:])
     assert points(engine) == expected and len(expected) == 480
     assert get_source_state(engine, "billing").cursor is None  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------ answers past max_response_bytes
+
+
+def test_an_unpaginated_window_past_max_response_bytes_is_read_shorter(engine: Engine, tmp_path: Path) -> None:
+    """An API without pagination answers a long window in one body: past max_response_bytes the poll
+    reads a shorter window at once, and the source catches up with the totals of one big poll."""
+    items = _hourly(10)
+    extra = 'max_response_bytes = 8192'
+
+    def unpaged(url: str, extra: str) -> HttpJsonSource:
+        return HttpJsonSource(source_config(_toml(url, 9, extra).replace('type = "page"', 'type = "none"')))
+
+    with FakeHttp() as srv:
+        _serve(srv, items)  # (without pagination every item of the window is on "page 1")
+        srv.route("/usage", lambda r, h=srv.routes["/usage"]: (200, {"items": [
+            i for i in items if (r.q("start") or "") <= i["start"] < (r.q("end") or "")]}))
+        reports = _until_caught_up(engine, unpaged(srv.url("/usage"), extra), NOW)
+        with migrated_engine(f"sqlite:///{tmp_path / 'one-poll.db'}") as one:
+            assert poll_source(one, unpaged(srv.url("/usage"), ""), NOW).ok
+            expected = points(one)
+        # a first bucket whose answer alone is too large fails naming it, nothing stored
+        first = NOW - 12 * DAY - (NOW - 12 * DAY) % HOUR
+        items += [{"account": f"a{k}", "meter": "api_calls", "qty": 1, "start": iso_z(first + 60)} for k in range(20)]
+        with migrated_engine(f"sqlite:///{tmp_path / 'crowded.db'}") as crowded:
+            tiny = poll_source(crowded, unpaged(srv.url("/usage"), "max_response_bytes = 1024"), NOW)
+            assert count(crowded, "usage_points") == 0
+    assert len(reports) >= 5 and points(engine) == expected and len(expected) == 480
+    assert not tiny.ok
+    assert tiny.error == (f"source 'billing': GET {srv.url('/usage')} (page 1): the bucket {iso_z(first)} to "
+                          f"{iso_z(first + HOUR)} alone needs an answer larger than max_response_bytes (1,024 bytes); "
+                          "raise max_response_bytes (or ask for smaller pages: pagination.size) (nothing was stored)")
+
+
+def test_openmeter_ten_days_behind_catches_up_when_its_answers_pass_max_response_bytes(
+        engine: Engine, tmp_path: Path) -> None:
+    from integrations.sources.openmeter import OpenMeterSource
+
+    def source(url: str, limit: int) -> OpenMeterSource:
+        return OpenMeterSource(source_config(f"""
+[[sources]]
+id = "om"
+type = "openmeter"
+url = "{url}"
+meters = {{ api_requests_total = "api_calls" }}
+overlap = "2h"
+backfill = "12d"
+max_response_bytes = {limit}
+"""))
+
+    rows = [(T0 + h * HOUR, s, (h % 11) + k) for h in range(10 * 24) for k, s in enumerate(("acme", "globex"))]
+
+    def query(r: Seen) -> tuple:
+        start, end = r.q("from") or "", r.q("to") or ""
+        return 200, {"data": [{"value": v, "windowStart": iso_z(ts), "windowEnd": iso_z(ts + HOUR), "subject": s}
+                              for ts, s, v in rows if start <= iso_z(ts) < end]}
+
+    with FakeHttp() as srv:
+        srv.route("/api/v1/meters/api_requests_total/query", query)
+        reports = _until_caught_up(engine, source(srv.url(), 16_384), NOW)
+        with migrated_engine(f"sqlite:///{tmp_path / 'one-poll.db'}") as one:
+            assert poll_source(one, source(srv.url(), 10_000_000), NOW).ok
+            expected = points(one)
+    assert len(reports) >= 3 and points(engine) == expected and len(expected) == 480
+    assert get_source_state(engine, "om").cursor is None  # type: ignore[union-attr]
