@@ -286,9 +286,10 @@ class WindowTooLarge(SourceError):
     pages"), `setting` which key to raise, `where` what overflowed (e.g. a meter and customer; "" for
     the window itself)."""
 
-    def __init__(self, message: str, needs: str, setting: str, where: str = "") -> None:
+    def __init__(self, message: str, needs: str, setting: str, where: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.needs, self.setting, self.where = needs, setting, where
+        self.detail = detail  # what the limit said (an answer cut off: its size), "" when `needs` says it all
 
 
 @dataclass(frozen=True)
@@ -411,8 +412,11 @@ def _too_large(source_id: str, exc: WindowTooLarge, start: int, end: int, align:
             f"{format_duration(align)} bucket not read yet)")
     lower = "" if end - start <= align else " or lower overlap"
     where = f"{exc.where}: " if exc.where else ""
-    return WindowTooLarge(f"source {source_id!r}: {where}{what} alone needs {exc.needs}; raise {exc.setting}{lower} "
-                          "(nothing was stored)", exc.needs, exc.setting, exc.where)
+    if exc.detail:
+        message = f"{where}{exc.detail} (even for {what} alone{lower}; nothing was stored)"
+    else:
+        message = f"{where}{what} alone needs {exc.needs}; raise {exc.setting}{lower} (nothing was stored)"
+    return WindowTooLarge(f"source {source_id!r}: {message}", exc.needs, exc.setting, exc.where, exc.detail)
 
 
 def window_label(start: int, end: int) -> str:

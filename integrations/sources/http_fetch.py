@@ -254,8 +254,7 @@ class Fetcher:
                 if exc.too_large:  # (a window source reads a shorter window: base.read_window)
                     raise WindowTooLarge(f"source {self.source_id!r}: {where}: {exc}",
                                          f"an answer larger than max_response_bytes ({_mib(self.retry.max_response_bytes)})",
-                                         "max_response_bytes (or ask for smaller pages: pagination.size)",
-                                         where) from None
+                                         "max_response_bytes", where, str(exc)) from None
                 if not exc.retry:
                     raise self._fail(where, str(exc)) from None
                 problem = str(exc)

@@ -336,9 +336,10 @@ def test_an_unpaginated_window_past_max_response_bytes_is_read_shorter(engine: E
             assert count(crowded, "usage_points") == 0
     assert len(reports) >= 5 and points(engine) == expected and len(expected) == 480
     assert not tiny.ok
-    assert tiny.error == (f"source 'billing': GET {srv.url('/usage')} (page 1): the bucket {iso_z(first)} to "
-                          f"{iso_z(first + HOUR)} alone needs an answer larger than max_response_bytes (1,024 bytes); "
-                          "raise max_response_bytes (or ask for smaller pages: pagination.size) (nothing was stored)")
+    assert tiny.error == (f"source 'billing': GET {srv.url('/usage')} (page 1): the response is 1,701 bytes "
+                          "(Content-Length), more than max_response_bytes (1,024 bytes); ask for smaller pages "
+                          "(pagination.size) or raise max_response_bytes (even for the bucket "
+                          f"{iso_z(first)} to {iso_z(first + HOUR)} alone; nothing was stored)")
 
 
 def test_openmeter_ten_days_behind_catches_up_when_its_answers_pass_max_response_bytes(
