@@ -252,8 +252,8 @@ def _serve_stripe(srv: FakeHttp, summaries: dict[str, list[tuple[int, int]]]) ->
 
     def handler(r: Seen) -> tuple:
         start, end = int(r.q("start_time") or 0), int(r.q("end_time") or 0)
-        inside = [{"id": f"sum_{ts}", "start_time": ts, "end_time": ts + HOUR, "aggregated_value": v}
-                  for ts, v in summaries[r.q("customer") or ""] if start <= ts < end]
+        inside = [{"id": f"sum_{n}", "start_time": ts, "end_time": ts + HOUR, "aggregated_value": v}
+                  for n, (ts, v) in enumerate(summaries[r.q("customer") or ""]) if start <= ts < end]
         after = r.q("starting_after")
         first = next(n + 1 for n, s in enumerate(inside) if s["id"] == after) if after else 0
         page = inside[first:first + 24]
@@ -373,3 +373,15 @@ max_response_bytes = {limit}
             expected = points(one)
     assert len(reports) >= 3 and points(engine) == expected and len(expected) == 480
     assert get_source_state(engine, "om").cursor is None  # type: ignore[union-attr]
+
+
+def test_stripe_one_bucket_of_one_customer_needing_more_than_max_pages_fails_naming_both(engine: Engine) -> None:
+    first = NOW - 12 * DAY - (NOW - 12 * DAY) % HOUR
+    summaries = {"cus_A": [(first, 1)], "cus_G": [(first, n) for n in range(60)]}  # 60 a bucket: 3 pages of 24
+    with FakeHttp() as srv:
+        _serve_stripe(srv, summaries)
+        report = poll_source(engine, _stripe(srv.url(), max_pages=2), NOW)
+    assert not report.ok
+    assert report.error == (f"source 'stripe': meter 'mtr_1', customer 'cus_G': the bucket {iso_z(first)} to "
+                            f"{iso_z(first + HOUR)} alone needs more than 2 pages; raise max_pages (nothing was stored)")
+    assert count(engine, "usage_points") == 0
