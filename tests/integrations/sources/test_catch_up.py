@@ -16,36 +16,18 @@ from integrations.sources.stripe_meter import StripeMeterSource
 from storage.sources import get_source_state
 from tests.dbs import migrated_engine
 from tests.integrations.sources.fake_http import FakeHttp, Seen
-from tests.integrations.sources.helpers import DAY, HOUR, T0, count, iso_z, points, source_config
+from tests.integrations.sources.helpers import DAY, HOUR, T0, count, iso_z, points, source_config, source_toml
 
 NOW = T0 + 10 * DAY + 17 * 60 + 5  # 10 days and a bit after the data starts
 PAGE = 12  # items per page; 2 accounts x 24 hours = 4 pages a day
 
 
 def _toml(url: str, max_pages: int, extra: str = "") -> str:
-    return f"""
-[[sources]]
-id = "billing"
-type = "http_json"
-url = "{url}"
-records = "items"
-overlap = "2h"
-backfill = "12d"
-{extra}
-[sources.fields]
-account = "account"
-metric = "meter"
-value = "qty"
-timestamp = "start"
-[sources.window]
-align = "1h"
-[sources.pagination]
-type = "page"
-param = "p"
-size_param = "limit"
-size = {PAGE}
-max_pages = {max_pages}
-"""
+    fields = {"account": "account", "metric": "meter", "value": "qty", "timestamp": "start"}
+    pagination = {"type": "page", "param": "p", "size_param": "limit", "size": PAGE, "max_pages": max_pages}
+    head = source_toml(id="billing", type="http_json", url=url, records="items", overlap="2h", backfill="12d")
+    return head + extra + "\n" + source_toml(
+        {"fields": fields, "window": {"align": "1h"}, "pagination": pagination}).removeprefix("[[sources]]\n")
 
 
 def _source(url: str, max_pages: int, extra: str = "") -> HttpJsonSource:
@@ -233,18 +215,9 @@ def test_a_cursor_source_never_sends_a_catch_up_cursor_as_its_position() -> None
 
 
 def _stripe(url: str, max_pages: int) -> StripeMeterSource:
-    return StripeMeterSource(source_config(f"""
-[[sources]]
-id = "stripe"
-type = "stripe_meter"
-url = "{url}"
-api_key = "sk_test_catch_up"
-meters = {{ mtr_1 = "api_calls" }}
-customers = {{ acme = "cus_A", globex = "cus_G" }}
-max_pages = {max_pages}
-overlap = "2h"
-backfill = "12d"
-"""))
+    return StripeMeterSource(source_config(source_toml(
+        id="stripe", type="stripe_meter", url=url, api_key="sk_test_catch_up", meters={"mtr_1": "api_calls"},
+        customers={"acme": "cus_A", "globex": "cus_G"}, max_pages=max_pages, overlap="2h", backfill="12d")))
 
 
 def _serve_stripe(srv: FakeHttp, summaries: dict[str, list[tuple[int, int]]]) -> None:
@@ -347,16 +320,9 @@ def test_openmeter_ten_days_behind_catches_up_when_its_answers_pass_max_response
     from integrations.sources.openmeter import OpenMeterSource
 
     def source(url: str, limit: int) -> OpenMeterSource:
-        return OpenMeterSource(source_config(f"""
-[[sources]]
-id = "om"
-type = "openmeter"
-url = "{url}"
-meters = {{ api_requests_total = "api_calls" }}
-overlap = "2h"
-backfill = "12d"
-max_response_bytes = {limit}
-"""))
+        return OpenMeterSource(source_config(source_toml(
+            id="om", type="openmeter", url=url, meters={"api_requests_total": "api_calls"}, overlap="2h",
+            backfill="12d", max_response_bytes=limit)))
 
     rows = [(T0 + h * HOUR, s, (h % 11) + k) for h in range(10 * 24) for k, s in enumerate(("acme", "globex"))]
 
