@@ -351,3 +351,71 @@ def test_stripe_one_bucket_of_one_customer_needing_more_than_max_pages_fails_nam
     assert report.error == (f"source 'stripe': meter 'mtr_1', customer 'cus_G': the bucket {iso_z(first)} to "
                             f"{iso_z(first + HOUR)} alone needs more than 2 pages; raise max_pages (nothing was stored)")
     assert count(engine, "usage_points") == 0
+
+
+# ------------------------------------------------------------------------ a sql query past statement_timeout
+
+
+def _warehouse(path: Path, every: int) -> str:
+    """A SQLite warehouse: one row per `every` seconds for 10 days from T0, time indexed (so a shorter
+    window reads fewer rows), values varying per row."""
+    url = f"sqlite:///{path}"
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(url)
+    with eng.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE events (acct TEXT, at INTEGER, qty REAL)")
+        conn.exec_driver_sql("CREATE INDEX events_at ON events (at)")
+        conn.exec_driver_sql(
+            "INSERT INTO events WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r "
+            f"WHERE i < {10 * DAY // every - 1}) SELECT CASE i % 3 WHEN 0 THEN 'acme' ELSE 'globex' END, "
+            f"{T0} + i * {every}, (i % 7) + 0.5 FROM r")
+    eng.dispose()
+    return url
+
+
+def _sql(url: str, clock: Callable[[], float] | None = None) -> Source:
+    """An hourly sql source over the warehouse, 12 days of backfill; with `clock`, its statement_timeout
+    (1 s) is read from that clock (integrations.sources.sql.sqlite_deadline)."""
+    import sqlalchemy as sa
+
+    from integrations.sources.sql import SqlSource, sqlite_deadline
+
+    cfg = source_config(source_toml(id="warehouse", type="sql", url=url, table="events", account_column="acct",
+                                    time_column="at", time_type="epoch", metric="api_calls", value_column="qty",
+                                    bucket="1h", backfill="12d", overlap="2h", statement_timeout="1s"))
+    if clock is None:
+        return SqlSource(cfg)
+    eng = sa.create_engine(url)
+    sqlite_deadline(eng, 1, clock)
+    return SqlSource(cfg, engine=eng)
+
+
+def test_a_sql_window_past_statement_timeout_is_read_shorter_by_the_next_polls(engine: Engine, tmp_path: Path) -> None:
+    """A query the database cancels at statement_timeout fails its poll (nothing stored) and stores half
+    its window as the cursor's span: the next polls read shorter windows and catch up, with the totals
+    of one big query. Before, every poll ran the same 12-day query and was cancelled, forever. The
+    deadline's clock counts its reads (every 10,000 SQLite instructions, 0.02 s each): the same
+    instructions time out on a loaded machine as on a quiet one."""
+    url = _warehouse(tmp_path / "warehouse.db", every=10)  # 86,400 rows
+    ticks = [0.0]
+
+    def clock() -> float:
+        ticks[0] += 0.02
+        return ticks[0]
+
+    src = _sql(url, clock)
+    reports = []
+    while not reports or not reports[-1].ok or reports[-1].behind:
+        reports.append(poll_source(engine, src, NOW))
+        assert len(reports) < 40, reports[-1].error or reports[-1].behind
+    with migrated_engine(f"sqlite:///{tmp_path / 'one-query.db'}") as one:
+        assert poll_source(one, _sql(url), NOW).ok
+        expected = points(one)
+    failed = [r for r in reports if not r.ok]
+    assert failed and all("ran past statement_timeout (1s)" in (r.error or "")
+                          and "the next poll reads a window half as long" in (r.error or "") for r in failed)
+    assert len(failed) <= 4 and any(r.behind for r in reports)
+    assert not any(not r.ok for r in reports[reports.index(failed[-1]) + 1:])
+    assert points(engine) == expected and len(expected) == 2 * 10 * 24
+    assert get_source_state(engine, "warehouse").cursor is None  # type: ignore[union-attr]
