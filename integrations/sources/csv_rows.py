@@ -35,6 +35,7 @@ import math
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -680,7 +681,8 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
     names = [f"c{i}" for i in range(n_cols)]
     ts_cache: dict[str, int] = {}
     checked_metrics: set[str] = set()
-    with open(path, "rb", buffering=0, opener=opener) as f:
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    with _ReadAheadFile(opener(os.fspath(path), flags) if opener else os.open(path, flags)) as f:
         try:  # a row longer than a block raises ArrowInvalid ("straddles"): memory stays ~8 blocks
             reader = pacsv.open_csv(
                 f, read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=block_bytes),
@@ -699,6 +701,50 @@ def _arrow_chunks(path: str | os.PathLike[str], n_cols: int, pos: dict[str, int]
                 yield ReadResult(UsageColumns(accounts, met_col, ts, values), [], batch.num_rows)  # type: ignore[arg-type]
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # field counts, bad UTF-8, broken quoting,
             raise _NotPlain from exc  # a row longer than a block: the row parser says where
+
+
+class _ReadAheadFile(io.RawIOBase):
+    """The file Arrow's CSV reader reads, from a read-ahead thread of its own, which may still be
+    reading when the columnar reader stops early (a bad block: the row parser reads the file next)
+    and closes the file. A FileIO there let a read take the descriptor number, release the GIL and
+    read after the close, when the row parser's open had most often got the same number: the late
+    read took a block of the row parser's bytes (a file of 712 rows stored 662, once, on a loaded
+    machine). Here a read and the close exclude each other, and a read after the close fails (Arrow
+    keeps that error to a reader no one reads), so no read reaches a descriptor opened after it."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("I/O operation on closed file")
+            if size is not None and size >= 0:
+                return os.read(self._fd, size)
+            parts = []
+            while part := os.read(self._fd, 1 << 20):
+                parts.append(part)
+            return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        try:
+            if fd >= 0:
+                os.close(fd)
+        finally:
+            super().close()
 
 
 def _short_lines(batch: Any) -> None:
