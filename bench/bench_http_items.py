@@ -49,7 +49,7 @@ def child(n: int) -> float:
               "start": datetime.fromtimestamp(T0 + (i % 1440) * 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
              for i in range(n)]
     src = HttpJsonSource(cfg)  # type: ignore[arg-type]
-    src.pages = lambda ctx: iter([(1, {"data": items}, items)])  # type: ignore[method-assign]
+    src.pages = lambda ctx, span=None: iter([(1, {"data": items}, items)])  # type: ignore[method-assign]
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
