@@ -56,6 +56,20 @@ class _MigratingOnly(logging.Filter):
 logging.getLogger("alembic.runtime.migration").addFilter(_MigratingOnly())
 
 
+BIGINT_MAX = 2 ** 63 - 1  # ids and epoch seconds are BIGINT columns: a larger number is no row's
+
+
+def bigint_of(text: str, minimum: int = -BIGINT_MAX - 1) -> int | None:
+    """The integer a request's text names for a BIGINT column, or None when it is none: ASCII digits
+    only ('²' and '٣' are str.isdigit() but int() parses neither), a leading "-" only when minimum is
+    negative, within [minimum, BIGINT_MAX] (a larger number fails inside the driver, past any handler)."""
+    digits = text[1:] if text.startswith("-") and minimum < 0 else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        return None
+    value = int(text)
+    return value if minimum <= value <= BIGINT_MAX else None
+
+
 def default_url(data_dir: str | Path = "usagebot-data") -> str:
     """SQLite file `<data_dir>/usagebot.db` (the directory is created by make_engine)."""
     return f"sqlite:///{Path(data_dir) / 'usagebot.db'}"
