@@ -107,12 +107,22 @@ def status_line(status: int) -> str:
     return f"{status} {_STATUS_TEXT.get(status, 'Status')}"
 
 
+def request_path(wsgi_path: str) -> str:
+    """The request's path as text: WSGI (PEP 3333) hands it over percent-decoded with each byte as one
+    latin-1 character, so /accounts/caf%C3%A9 would arrive as 'cafÃ©'; browsers and our own links
+    percent-encode UTF-8. Bytes that are not UTF-8 become U+FFFD (such a path names nothing)."""
+    try:
+        return wsgi_path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # already text (a server that decoded it)
+        return wsgi_path
+
+
 def wsgi_route(app: Callable[..., Any]) -> Handler:
     """Mount a WSGI application (e.g. slack-bolt's SlackRequestHandler) as a route."""
 
     def handle(req: Request) -> Response:
         environ: dict[str, Any] = {
-            "REQUEST_METHOD": req.method, "PATH_INFO": req.path,
+            "REQUEST_METHOD": req.method, "PATH_INFO": req.path.encode("utf-8").decode("latin-1"),
             "QUERY_STRING": urlencode(req.query, doseq=True), "SERVER_NAME": "usagebot", "SERVER_PORT": "0",
             "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": req.headers.get("content-type", ""),
             "CONTENT_LENGTH": str(len(req.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
@@ -241,13 +251,14 @@ class HttpServer:
 
     def _precheck(self, req: HTTPRequestParser) -> tuple[Response | None, str]:
         """A refusal decided on the request line and headers alone, and the route's metrics name."""
-        route, allowed = self._route(req.command, req.path)
+        path = request_path(req.path)
+        route, allowed = self._route(req.command, path)
         if route is None:
             if allowed:
                 resp = Response.json(405, {"error": f"method {req.command} not allowed; use {', '.join(allowed)}"})
                 resp.headers["Allow"] = ", ".join(allowed)
                 return resp, UNKNOWN_ROUTE
-            return Response.json(404, {"error": f"no such path {req.path}"}), UNKNOWN_ROUTE
+            return Response.json(404, {"error": f"no such path {path[:200]}"}), UNKNOWN_ROUTE
         if req.chunked:
             return Response.json(411, {"error": "send the body with a Content-Length (chunked bodies are "
                                                 "not accepted)"}), route.name
@@ -260,7 +271,7 @@ class HttpServer:
             try:
                 refusal = route.authorize(_header_map(req.headers))
             except Exception:
-                log.exception("authorizing %s %s failed", req.command, req.path)
+                log.exception("authorizing %s %s failed", req.command, path[:200])
                 refusal = Response.json(500, {"error": "internal error (see the service log)"})
             if refusal is not None:
                 return refusal, route.name
@@ -276,10 +287,10 @@ class HttpServer:
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """The WSGI application waitress calls with a complete request that passed _precheck."""
         started = time.perf_counter()
-        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        method, path = environ["REQUEST_METHOD"], request_path(environ.get("PATH_INFO", ""))
         route, _ = self._route(method, path)
         if route is None:  # _precheck answered these already; kept for safety
-            resp, name = Response.json(404, {"error": f"no such path {path}"}), UNKNOWN_ROUTE
+            resp, name = Response.json(404, {"error": f"no such path {path[:200]}"}), UNKNOWN_ROUTE
         else:
             name = route.name
             length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -46,6 +46,7 @@ from integrations.console import format_number
 from rules.durations import format_duration
 from rules.kinds import KINDS
 from rules.model import RuleSet
+from storage.db import bigint_of
 
 log = logging.getLogger(__name__)
 
@@ -323,9 +324,10 @@ class WebUI:
         from integrations.charts.data import chart_of_episode
         from integrations.charts.svg import render_svg
 
-        if not (ident.isdigit() and 0 < len(ident) <= 18):
+        eid = bigint_of(ident, 1)
+        if eid is None:
             return self._not_found("No such alert episode.")
-        rec = episode_record(self.engine, int(ident))
+        rec = episode_record(self.engine, eid)
         visible = self._visible(who)
         if rec is None or (visible is not None and rec.episode["account_id"] not in visible):
             return self._not_found("No such alert episode (or not one of your accounts).")

@@ -183,3 +183,31 @@ def test_html_escapes_what_accounts_and_messages_hold(book_engine: Engine, demo_
     resp = get(ui, "/alerts")
     assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
     assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Cache-Control"] == "no-store"
+
+
+def test_over_http_a_non_ascii_account_id_and_out_of_range_numbers(book_engine: Engine, demo_book: Book) -> None:
+    """Over a real socket: WSGI hands the path over as latin-1 characters, so /accounts/caf%C3%A9
+    was looked up as 'cafÃ©' (404) and /episodes/%B2 ('²', which str.isdigit() accepts) was a 500;
+    a page position past BIGINT (9999999999999999999) overflowed the driver: a 500."""
+    import httpx
+
+    from bot.service.http_server import HttpServer
+    from rules.model import AccountFacts
+    from storage.accounts import upsert_accounts
+
+    upsert_accounts(book_engine, [AccountFacts(id="café-ü", name="Café Ü GmbH")], now=NOW)
+    server = HttpServer("127.0.0.1", 0, make_ui(book_engine, demo_book.rules).routes())
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        page = httpx.get(f"{base}/accounts/{quote('café-ü', safe='')}", timeout=30)
+        assert page.status_code == 200 and "Café Ü GmbH" in page.text
+        for path in ("/episodes/%B2", "/episodes/%C2%B2", "/episodes/%D9%A3", "/episodes/9223372036854775808",
+                     "/accounts/%FF"):
+            assert httpx.get(base + path, timeout=30).status_code == 404, path
+        for after in ("9999999999999999999.1", "1.9999999999999999999", "-9999999999999999999.1", "%C2%B2.1"):
+            html = httpx.get(f"{base}/alerts?after={after}", timeout=30)
+            assert html.status_code == 200 and "not a page position" in html.text, after
+            assert httpx.get(f"{base}/alerts?format=json&after={after}", timeout=30).status_code == 200, after
+    finally:
+        server.stop()
