@@ -140,6 +140,9 @@ def test_sign_in_refuses_forged_replayed_foreign_and_cancelled_answers(book_engi
     q = parse_qs(cb.query)
     cookie = "=".join(_cookie(start.headers["Set-Cookie"]))
     assert ui.handle(Request("GET", cb.path, {**q, "state": ["forged"]}, {"cookie": cookie})).status == 400
+    for odd in ("é", "\x00", "s" * 10_000):  # compare_digest refuses non-ASCII text: was a 500
+        odd_state = ui.handle(Request("GET", cb.path, {**q, "state": [odd]}, {"cookie": cookie}))
+        assert odd_state.status == 400 and "state mismatch" in text(odd_state), odd[:5]
     assert ui.handle(Request("GET", cb.path, q, {})).status == 400
     ok = ui.handle(Request("GET", cb.path, q, {"cookie": cookie}))
     assert ok.status == 303
