@@ -94,6 +94,11 @@ def redact_url(url: str | URL) -> str:
     return re.sub(r"(\b(?:password|passwd|pass|pwd)=)[^&#\s]*", r"\1***", text, flags=re.IGNORECASE)
 
 
+def port_problem(u: URL) -> str | None:
+    """A database URL's port out of range (the driver would say so only at the first connect)."""
+    return None if u.port is None or 0 < u.port <= 65535 else f"port {u.port} is not between 1 and 65535"
+
+
 def _normalise(url: str | URL) -> URL:
     try:
         u = make_url(url)
@@ -102,6 +107,9 @@ def _normalise(url: str | URL) -> URL:
             "database URL cannot be parsed (not shown: it may hold a password); expected e.g. "
             "'sqlite:///usagebot-data/usagebot.db' or 'postgresql://user:pass@host:5432/dbname'"
         ) from None
+    problem = port_problem(u)
+    if problem is not None:
+        raise StorageError(f"database URL {redact_url(url)!r}: {problem}")
     backend = u.get_backend_name()
     if backend in ("postgresql", "postgres"):
         return u.set(drivername="postgresql+psycopg")

@@ -139,6 +139,12 @@ def test_cli_config_check(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["config", "check", str(bad)], out=out, err=err) == 1
     assert out.getvalue() == f"{bad}:4: service.prot: unknown key; did you mean 'port'?\n\n1 problem(s) found.\n"
+    port = _write(tmp_path, f'[storage]\nurl = "postgresql://u:s3cr%40t@db:99999/x"\n[rules]\npaths = ["{RULES}"]\n',
+                  "port.toml")
+    out = io.StringIO()  # passed the check; `usagebot serve` said so only when it connected
+    assert main(["config", "check", str(port)], out=out, err=err) == 1
+    assert out.getvalue().startswith(f"{port}:2: storage.url: database URL 'postgresql://u:***@db:99999/x': port "
+                                     "99999 is not between 1 and 65535\n") and "s3cr" not in out.getvalue()
     out = io.StringIO()
     assert main(["config", "check", str(tmp_path / "nope.toml")], out=out, err=err) == 1
     assert f"{tmp_path / 'nope.toml'}: no such file" in out.getvalue()
