@@ -190,6 +190,8 @@ class Section:
             return ""
 
         out = _ENV.sub(repl, value)
+        if "://" in out:  # a URL in any key (public_url, instance_url, a channel typo'd as a URL) may be
+            redaction.register_url(out)  # echoed by a problem or a log line: its password and keys are masked
         if missing:
             if not self.dormant:
                 self.problem(key, f"environment variable {', '.join(missing)} is not set")

@@ -148,3 +148,20 @@ def test_cli_config_check(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["config", "check", str(tmp_path / "nope.toml")], out=out, err=err) == 1
     assert f"{tmp_path / 'nope.toml'}: no such file" in out.getvalue()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("[web]\nanonymous = true\npublic_url", "https://admin:Sup3r%2BS3cret@usagebot.example.com/x?token=T0kenS3cret9"),
+    ("[salesforce]\nusername = 'a@b.c'\npassword = 'pw-1'\ninstance_url", "http://u:Sup3r%2BS3cret@sf.example.com"),
+    ("[service]\nadmin_channel", "https://u:Sup3r%2BS3cret@hooks.example.com/?api_key=T0kenS3cret9"),
+])
+def test_a_url_echoed_by_a_problem_has_its_password_and_keys_masked(tmp_path: Path, key: str, value: str) -> None:
+    """Any key's value that holds a URL (a public_url with user info, a channel given as a webhook
+    URL) was printed whole by the problem that quotes it, password and api key included."""
+    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n{key} = "{value}"\n')
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["config", "check", str(p)], out=out, err=err) == 1
+    said = out.getvalue() + err.getvalue()
+    assert "***@" in said, said
+    for secret in ("Sup3r", "S3cret", "T0ken"):
+        assert secret not in said, said
