@@ -164,9 +164,16 @@ def _header_map(wsgi_headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower().replace("_", "-"): v for k, v in wsgi_headers.items()}
 
 
+class ListenError(OSError):
+    """The server cannot listen on host:port (a port in use or out of range, an address that is not
+    this machine's or no address at all); the message says which, in one line."""
+
+
 class HttpServer:
     def __init__(self, host: str, port: int, routes: Sequence[Route], limits: HttpLimits | None = None,
                  metrics: Metrics | None = None, on_error: Callable[[], None] | None = None) -> None:
+        """Binds host:port at once; ListenError when it cannot (the socket layer would wrap a port past
+        65535 silently: 70000 listened on 4464)."""
         self.routes = {(r.method, r.path): r for r in routes}
         self.limits = limits or HttpLimits()
         self.metrics = metrics
@@ -176,15 +183,25 @@ class HttpServer:
         if metrics is not None:
             metrics.initialise("usagebot_http_requests_total",
                                [{"route": r.name, "status": 200} for r in routes])
+        if not 0 <= port <= 65535:
+            raise ListenError(f"cannot listen on {host}:{port}: the port must be between 0 and 65535")
+        try:
+            self._server = self._build(self._adjustments(host, port, routes))
+        except ValueError:  # waitress: the host resolves to no address ("Invalid host/port specified")
+            raise ListenError(f"cannot listen on {host}:{port}: {host!r} is not an address or host name "
+                              "of this machine") from None
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    def _adjustments(self, host: str, port: int, routes: Sequence[Route]) -> Adjustments:
         lim = self.limits
-        adj = Adjustments(
+        return Adjustments(
             host=host, port=port, threads=lim.threads, connection_limit=lim.max_connections,
             channel_timeout=max(1, int(lim.idle_timeout)), cleanup_interval=1,
             max_request_header_size=lim.max_header_bytes,
             max_request_body_size=max([r.max_body for r in routes] + [0]) + 1,
             ident="usagebot", expose_tracebacks=False, asyncore_use_poll=True, clear_untrusted_proxy_headers=True,
             log_untrusted_proxy_headers=False)
-        self._server = self._build(adj)
 
     # ------------------------------------------------------------------ waitress plumbing
 

@@ -56,6 +56,7 @@ paths = ["{bad_rules}", "missing.toml"]
 [service]
 port = 70000
 log_format = "yaml"
+host = "https://0.0.0.0"
 [scheduler]
 leader = "advisory_lock"
 leader_check = "20s"
@@ -82,15 +83,16 @@ x = 1
         f"{f}:4: rules.paths: {tmp_path / 'missing.toml'}: no such file or directory",
         f"{f}:6: service.port: must be between 0 and 65535 (got 70000)",
         f"{f}:7: service.log_format: must be one of json, text (got 'yaml')",
-        f"{f}:9: scheduler.leader: advisory_lock needs PostgreSQL storage; use \"lease\" (or \"auto\")",
-        f"{f}:11: scheduler.lease_ttl: must be at least twice leader_check (20s)",
-        f"{f}:14: ingest.secret: environment variable NOPE is not set",
-        f"{f}:20: sources[1].id: duplicate source id 'a' (also at line 16)",
-        f"{f}:23: sourcez: unknown section; did you mean 'sources'?",
+        f"{f}:8: service.host: 'https://0.0.0.0' is not an IP address or a host name",
+        f"{f}:10: scheduler.leader: advisory_lock needs PostgreSQL storage; use \"lease\" (or \"auto\")",
+        f"{f}:12: scheduler.lease_ttl: must be at least twice leader_check (20s)",
+        f"{f}:15: ingest.secret: environment variable NOPE is not set",
+        f"{f}:21: sources[1].id: duplicate source id 'a' (also at line 17)",
+        f"{f}:24: sourcez: unknown section; did you mean 'sources'?",
     ]
     for e in expected:
         assert any(t.startswith(e) for t in text), (e, text)
-    assert any(t.startswith(f"{f}:12: scheduler.crm_sync_cron: invalid crontab expression") for t in text)
+    assert any(t.startswith(f"{f}:13: scheduler.crm_sync_cron: invalid crontab expression") for t in text)
     # the rules are not checked while a path is missing; fix it and the rule file's own problems appear
     p.write_text(p.read_text().replace(', "missing.toml"', ""))
     _, problems = check_config(p, env={})
