@@ -102,6 +102,13 @@ def test_unknown_and_ambiguous_accounts(setup):
     amb = h.handle(ALICE, "ac").text
     assert "More than one account" in amb and "Acme Labs" in amb and "Acme Corp" in amb
     assert "help" in h.quick_reply(h.parse("help")).text
+    for query in ("<!channel> " + "z" * 10_000, "snooze " + "<@U0ALICE01> " * 900 + "1d"):
+        # the whole query was echoed: the block text was cut at 3,000 characters, mid-sentence
+        long = h.handle(ALICE, query)
+        assert_valid_message({"text": long.text, "blocks": long.blocks})
+        block = long.blocks[0]["text"]["text"]
+        assert len(block) < 400 and block.endswith("biggest changes).") and "<!channel>" not in block, block
+        assert "<@U0ALICE01>" not in block and "…`" in block
 
 
 def test_alerts_of_my_accounts_and_of_one_account(setup):
