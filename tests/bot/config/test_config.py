@@ -167,3 +167,18 @@ def test_a_url_echoed_by_a_problem_has_its_password_and_keys_masked(tmp_path: Pa
     assert "***@" in said, said
     for secret in ("Sup3r", "S3cret", "T0ken"):
         assert secret not in said, said
+
+
+@pytest.mark.parametrize("nested", ["[" * 400 + "]" * 400, "[" * 5000 + "]" * 5000, "{a = " * 200 + "1" + "}" * 200])
+def test_a_config_or_rule_file_nested_too_deeply_is_one_problem_not_a_recursion_error(tmp_path: Path,
+                                                                                     nested: str) -> None:
+    """tomllib recurses once per level: 500 levels were 'unexpected RecursionError ... this is a bug'
+    from `usagebot config check` and `usagebot check`, and 400 levels passed tomllib but not the rule
+    loader's messages."""
+    cfg = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[service]\nport = {nested}\n')
+    rules = _write(tmp_path, f'[[rule]]\nid = "r"\nkind = "spike"\nmetric = {nested}\n', "rules.toml")
+    for argv, path in ((["config", "check", str(cfg)], cfg), (["check", str(rules)], rules)):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(argv, out=out, err=err) == 1, argv
+        said = out.getvalue() + err.getvalue()
+        assert f"{path}: TOML nested too deeply (more than 64 levels" in said and "bug" not in said, said
