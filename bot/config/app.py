@@ -314,6 +314,7 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
 
     notifiers = parse_notifiers(doc.sections("notifiers"))
     web, slack = _web(doc, slack)
+    _post_paths_apart(doc, ingest, slack, web)
     from bot.config.pricing import parse_pricing
 
     pricing = parse_pricing(doc.section("pricing"))
@@ -321,6 +322,22 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
                      health=health, ruleset=ruleset, notifiers=notifiers, web=web)
+
+
+def _post_paths_apart(doc: Document, ingest: Any, slack: Any, web: Any) -> None:
+    """The service's POST endpoints are different paths: the HTTP server has one route per method and
+    path, so [ingest] path = "/slack/events" silently lost every push to the Slack handler (401s)."""
+    claimed: dict[str, str] = {}
+    wanted = [("web", None, "/logout", web is not None and web.enabled),
+              ("slack", "http_path", getattr(slack, "http_path", ""), getattr(slack, "interactive_mode", None) == "http"),
+              ("ingest", "path", getattr(ingest, "path", ""), ingest is not None)]
+    for section, key, path, used in wanted:
+        if not used:
+            continue
+        if path in claimed:
+            doc.section(section).problem(key, f"{path!r} is already the path of {claimed[path]}; give each its own path")
+        else:
+            claimed[path] = f"[{section}] {key}" if key else "the web UI's sign-out"
 
 
 def _web(doc: Document, slack: Any) -> tuple[Any, Any]:

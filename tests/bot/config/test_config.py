@@ -182,3 +182,16 @@ def test_a_config_or_rule_file_nested_too_deeply_is_one_problem_not_a_recursion_
         assert main(argv, out=out, err=err) == 1, argv
         said = out.getvalue() + err.getvalue()
         assert f"{path}: TOML nested too deeply (more than 64 levels" in said and "bug" not in said, said
+
+
+@pytest.mark.parametrize("ingest_path, other, says", [
+    ("/slack/events", "[slack]\nbot_token = 'xoxb-1'\nsigning_secret = 'abcdefgh'\n", "[slack] http_path"),
+    ("/logout", "[web]\nanonymous = true\n", "the web UI's sign-out"),
+])
+def test_two_post_endpoints_on_one_path_are_a_problem(tmp_path: Path, ingest_path: str, other: str, says: str) -> None:
+    """The HTTP server keeps one route per method and path: the push endpoint on Slack's path (or on
+    the web UI's /logout) passed the check and every push then went to the other handler."""
+    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "s" \npath = "{ingest_path}"\n{other}')
+    _, problems = check_config(p, env={})
+    assert [str(x) for x in problems] == [f"{p}:5: ingest.path: {ingest_path!r} is already the path of {says}; "
+                                          "give each its own path"]
