@@ -261,9 +261,11 @@ class HttpServer:
         route = self.routes.get((m, path))
         allowed = sorted(mm for (mm, p) in self.routes if p == path)
         if route is None and not allowed:  # a prefix route (the longest) takes paths no exact route has
-            under = [r for (mm, p), r in self.routes.items() if r.prefix and mm == m and
+            under = [r for (mm, p), r in self.routes.items() if r.prefix and
                      (path == p or path.startswith(p if p.endswith("/") else p + "/"))]
-            route = max(under, key=lambda r: len(r.path), default=None)
+            route = max((r for r in under if r.method == m), key=lambda r: len(r.path), default=None)
+            if route is None:  # DELETE /alerts under the web UI's GET prefix: 405 with Allow, not a 404
+                allowed = sorted({r.method for r in under})
         return route, allowed
 
     def _precheck(self, req: HTTPRequestParser) -> tuple[Response | None, str]:

@@ -235,3 +235,28 @@ def test_a_failing_handler_is_a_500_without_a_traceback() -> None:
         assert errors == [1] and metrics.value("usagebot_http_requests_total", route="x", status=500) == 1
     finally:
         srv.stop()
+
+
+def test_paths_are_utf_8_and_a_prefix_route_answers_other_methods_405() -> None:
+    """WSGI hands the path over as latin-1 characters: a route saw /caf%C3%A9 as 'cafÃ©'. A method
+    the prefix route (the web UI) does not take was a 404 'no such path' for a path it serves."""
+    seen: list[str] = []
+
+    def page(req: Request) -> Response:
+        seen.append(req.path)
+        return Response.json(200, {"path": req.path})
+
+    srv = HttpServer("127.0.0.1", 0, [Route("GET", "/", page, "web", prefix=True),
+                                      Route("POST", "/logout", page, "web")])
+    srv.start()
+    base = f"http://127.0.0.1:{srv.port}"
+    try:
+        assert httpx.get(f"{base}/accounts/caf%C3%A9-%F0%9F%98%80").json() == {"path": "/accounts/café-😀"}
+        assert httpx.get(f"{base}/accounts/%FF").json() == {"path": "/accounts/\ufffd"}
+        for method in ("DELETE", "PUT", "OPTIONS"):
+            r = httpx.request(method, f"{base}/alerts")
+            assert r.status_code == 405 and r.headers["Allow"] == "GET", method
+        assert httpx.get(f"{base}/logout").status_code == 405
+        assert seen == ["/accounts/café-😀", "/accounts/\ufffd"]
+    finally:
+        srv.stop()
