@@ -79,10 +79,15 @@ def set_cookie(name: str, value: str, max_age: int, secure: bool) -> str:
 
 
 def safe_next(target: str | None) -> str:
-    """A path on this site to go to after sign-in ("/" unless `target` is a plain local path)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A path on this site to go to after sign-in ("/" unless `target` is a plain local path).
+
+    No whitespace or control character: browsers drop tabs and newlines from a Location, so
+    "/<TAB>/evil.com" was followed as "//evil.com" (another site). Other non-ASCII is percent-encoded
+    (a Location header is latin-1 bytes)."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(c <= " " or c == "\x7f" or c.isspace() for c in target)):
         return "/"
-    return target
+    return quote(target, safe="/?&=%#:@!$'()*+,;~-._[]")
 
 
 class Sessions:

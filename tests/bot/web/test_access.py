@@ -4,7 +4,7 @@ endpoints through slack_sdk and PyJWT), signed session cookies, and the /usage a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -183,6 +183,12 @@ def test_allowed_users_and_owner_only_apply_as_for_usage(book_engine: Engine, de
 
 def test_next_after_sign_in_stays_on_this_site(book_engine: Engine, demo_book: Book, slack: FakeSlack) -> None:
     ui = make_ui(book_engine, demo_book.rules, _web(), slack=_slack_cfg(slack))
-    for evil in ("https://evil.example.com/", "//evil.example.com/x", "/\\evil.example.com"):
-        status, headers, _ = sign_in(ui, slack, "U0ALICE01", evil)
+    for evil in ("https://evil.example.com/", "//evil.example.com/x", "/\\evil.example.com",
+                 # browsers drop tabs and newlines from a Location: these were followed to //evil.example.com
+                 "/\t/evil.example.com", "/\n/evil.example.com", "/\r\nSet-Cookie: x=1", "/\u3000/x"):
+        status, headers, _ = sign_in(ui, slack, "U0ALICE01", quote(evil, safe=""))
         assert status == 303 and headers["Location"] == "/", evil
+    status, headers, _ = sign_in(ui, slack, "U0ALICE01", quote("/accounts/café?x=1", safe=""))
+    assert status == 303 and headers["Location"] == "/accounts/caf%C3%A9?x=1"
+    login = get(ui, "/login?next=" + quote("/\t/evil.example.com", safe=""))
+    assert "evil.example.com" not in text(login)
