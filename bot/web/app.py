@@ -255,8 +255,10 @@ class WebUI:
     def _sign_in_route(self, req: Request) -> Response:
         q = {k: v[-1] for k, v in req.query.items()}
         if req.path == "/login":
+            # no "problem" from the query: a link could show any words as our error (sign-in problems are
+            # rendered by the callback itself)
             ctx = {"principal": None, "slack": self.sign_in is not None, "next": auth.safe_next(q.get("next")),
-                   "problem": q.get("problem", "")[:200]}
+                   "problem": ""}
             return self._html(self._render("login.html.j2", ctx), 200)
         if self.sign_in is None:
             return self._html(self._render("message.html.j2", {
