@@ -299,6 +299,9 @@ def _action(w: _Where, path: PathKey, value: Any) -> str | None:
         return None
     try:
         names = v.template_fields(text)
+    except v.FormattedPlaceholder as exc:
+        w.error(path, f"is not a valid template ({exc})")
+        return None
     except ValueError as exc:
         w.error(path, f"is not a valid template ({exc}; write {{{{ and }}}} for literal braces)")
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot.cli.support import (
     SHIPPED_RULES,
@@ -30,11 +30,11 @@ from bot.cli.support import (
     missing_paths,
     time_or_now,
 )
-from bot.config.app import basics
-from bot.config.health import parse_health_model
-from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
 from rules.config import load_document
-from rules.health import DEFAULT_MODEL, HealthModel
+
+if TYPE_CHECKING:  # imported where used: every command registers this module (tests/cli/test_startup_imports.py)
+    from integrations.salesforce.config import SalesforceConfig
+    from rules.health import HealthModel
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ def load_crm_settings(path: str | None, env: dict[str, str] | None = None) -> Cr
 
     Raises ConfigError listing every problem (file:line: field: message).
     """
+    from bot.config.app import basics
+    from bot.config.health import parse_health_model
+    from integrations.salesforce.config import SalesforceConfig, parse_salesforce_config
+    from rules.health import DEFAULT_MODEL
+
     path = config_path(path, env)
     if path is None:
         return CrmSettings(SalesforceConfig(), DEFAULT_MODEL, None, [])

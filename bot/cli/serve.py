@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot.cli.settings import CONFIG_ENV, resolve
 from bot.cli.support import add_command, add_config_option, add_db_option, add_group, config_path, port_number
-from bot.config.app import AppConfig
+
+if TYPE_CHECKING:  # imported where used: every command registers this module (tests/cli/test_startup_imports.py)
+    from bot.config.app import AppConfig
 
 DEFAULT_CONFIG_ENV = CONFIG_ENV
 

@@ -15,7 +15,7 @@ import argparse
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bot.cli.support import (
     add_command,
@@ -27,10 +27,10 @@ from bot.cli.support import (
     load_or_report,
     time_or_now,
 )
-from bot.config.app import admin_channel, basics
-from integrations.slack.config import SlackConfig, parse_slack_config
-from integrations.slack.template_check import template_problems
 from rules.config import load_document
+
+if TYPE_CHECKING:  # imported where used: every command registers this module (tests/cli/test_startup_imports.py)
+    from integrations.slack.config import SlackConfig
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class SlackSettings:
 
 def load_slack_settings(path: str | None, env: Mapping[str, str] | None = None) -> SlackSettings:
     """[slack] and [storage].url of a config file (defaults without one). Raises ConfigError."""
+    from bot.config.app import admin_channel, basics
+    from integrations.slack.config import SlackConfig, parse_slack_config
+
     path = config_path(path, env)
     if path is None:
         return SlackSettings(SlackConfig(), None)
@@ -102,6 +105,7 @@ def cmd_manifest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from integrations.slack.api import SlackApi
     from integrations.slack.errors import SlackDeliveryError
+    from integrations.slack.template_check import template_problems
 
     settings = _settings(args, err)
     if settings is None:

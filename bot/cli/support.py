@@ -49,7 +49,7 @@ def missing_paths(paths: Sequence[str], flag: str, err: TextIO) -> bool:
 
 def db_url(args: argparse.Namespace) -> str:
     """--db > $USAGEBOT_DB_URL > [storage] url of the config file > default; ConfigError if the file is bad."""
-    from bot.config.app import storage_url
+    from bot.config.storage import storage_url
     from rules.config import load_document
 
     configured = None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bot.config.storage import DEFAULT_STORAGE_URL, STORAGE, relative, storage_url  # noqa: F401 (re-exported)
 from integrations.sources.base import SourceConfig, parse_source_config
 from integrations.sources.push import PushConfig, parse_ingest_config
 from rules.config import (
@@ -40,7 +41,6 @@ from rules.config import (
     settings_table,
 )
 from rules.config import values as v
-from rules.config.redaction import register_url
 from rules.config.toml_lines import PathKey
 from rules.model import RuleSet
 
@@ -162,38 +162,13 @@ class AppConfig:
         return self.storage_url.startswith(("postgresql", "postgres"))
 
 
-STORAGE = Table("storage", ("url",))
 RULES = Table("rules", ("paths",))
-DEFAULT_STORAGE_URL = "sqlite:///usagebot-data/usagebot.db"
-
-
-def _relative(doc: Document, path: str) -> str:
-    """Relative paths in the config are relative to the config file's folder."""
-    p = Path(path)
-    return str(p if p.is_absolute() else Path(doc.file).resolve().parent / p)
-
-
-def storage_url(doc: Document) -> str:
-    """[storage] url (default: SQLite usagebot-data/usagebot.db); relative SQLite paths are relative to the file."""
-    sec = doc.section("storage")
-    sec.check_keys(STORAGE)
-    url = sec.str("url", DEFAULT_STORAGE_URL) or DEFAULT_STORAGE_URL
-    register_url(url)  # the database password is masked in every log line and message
-    from storage.db import StorageError, _normalise
-
-    try:
-        _normalise(url)
-    except StorageError as exc:
-        sec.problem("url", str(exc))
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
-        url = "sqlite:///" + _relative(doc, url.removeprefix("sqlite:///"))
-    return url
 
 
 def rule_paths(sec: Section, required: bool = False) -> tuple[str, ...]:
     """[rules] paths, relative to the config file's folder (not checked for existence)."""
     sec.check_keys(RULES)
-    return tuple(_relative(sec.doc, p) for p in sec.str_list("paths", required=required))
+    return tuple(relative(sec.doc, p) for p in sec.str_list("paths", required=required))
 
 
 def admin_channel(doc: Document) -> str | None:

@@ -22,6 +22,9 @@ from rules.config.tables import setting, settings_keys
 from rules.kinds import KINDS
 from rules.model import SEVERITIES
 
+# What a Task subject template may name (bot.crm.sync.planned_task fills them).
+SUBJECT_FIELDS = ("account", "message", "rule", "severity", "kind", "metric")
+
 AUTH_MODES = ("password", "jwt", "session", "none")
 MATCH_MODES = ("id", "external_id")
 # Health values a Salesforce field can receive (see docs/salesforce.md).
@@ -222,10 +225,13 @@ def _parse_tasks(sec: Section) -> TaskConfig:
         t.problem("kinds", f"unknown rule kind {', '.join(badk)}; kinds are {', '.join(KINDS)}")
     subject = t.str("subject", d.subject) or d.subject
     try:
-        subject.format(account="", message="", rule="", severity="", kind="", metric="")
-    except (KeyError, IndexError, ValueError) as exc:
-        t.problem("subject", f"bad template ({exc}); placeholders: {{account}} {{message}} {{rule}} "
-                             "{severity} {kind} {metric}")
+        unknown = [n for n in v.template_fields(subject) if n not in SUBJECT_FIELDS]
+        problem = f"unknown placeholder {{{unknown[0]}}}" if unknown else None
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        t.problem("subject", f"bad template ({problem}); placeholders: "
+                             + " ".join("{" + n + "}" for n in SUBJECT_FIELDS))
     priority = dict(d.priority)
     if t.has("priority"):
         p = t.table("priority")

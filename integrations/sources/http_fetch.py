@@ -283,7 +283,7 @@ class Fetcher:
 
     def _decode(self, where: str, resp: httpx.Response, raw: bytes) -> Any:
         try:
-            return json_text.loads(raw)
+            return json_text.loads(raw, unique_keys=False)  # a vendor's response: its last copy, as its own clients read it
         except json_text.JSONProblem as exc:
             ctype = resp.headers.get("content-type", "?")
             text = redaction.clip(_text(raw[:ERROR_BODY_BYTES], resp), SHOWN_BODY)

@@ -271,8 +271,25 @@ def in_range(reader: Reader, low: float, high: float, message: str) -> Reader:
     return read
 
 
+class FormattedPlaceholder(ValueError):
+    """A template's placeholder with a conversion or a format spec (template_fields)."""
+
+
 def template_fields(text: str) -> list[str]:
-    """The {placeholder} names of a str.format template (ValueError when it does not parse)."""
+    """The {placeholder} names of a str.format template: plain `{name}` fields only.
+
+    ValueError when it does not parse; FormattedPlaceholder when a field has a conversion or a format spec
+    (`{account!r:>99999999}` made one alert message of 100 MB, and a spec's `{x:{y}}` nests fields):
+    a template names facts, it does not format them."""
     from string import Formatter  # the module name `string` is this module's string reader
 
-    return [f for _, f, _spec, _conv in Formatter().parse(text) if f is not None]
+    names = []
+    for _, name, spec, conv in Formatter().parse(text):
+        if name is None:
+            continue
+        if conv or spec:
+            written = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise FormattedPlaceholder(f"placeholder {written} has a {'conversion' if conv else 'format spec'}; "
+                             f"write {{{name}}}")
+        names.append(name)
+    return names

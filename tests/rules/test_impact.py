@@ -116,6 +116,16 @@ def test_an_action_is_filled_in_and_a_bad_placeholder_is_named_at_load():
                         'action = "Call {owner"\n[rule.threshold]\nratio = 0.5\n', "rules.toml")
 
 
+@pytest.mark.parametrize("action", ["Call {owner!r}", "Call {owner:>99999999}", "Call {owner:{rule}}"])
+def test_an_action_with_a_format_spec_or_conversion_is_refused_at_load(action):
+    """An action names facts; `{owner:>99999999}` would have made every alert of the rule 100 MB."""
+    with pytest.raises(RuleFileError) as err:
+        load_rules_text('[[rule]]\nid = "d"\nkind = "drop"\nmetric = "api_calls"\n'
+                        f'action = "{action}"\n[rule.threshold]\nratio = 0.5\n', "rules.toml")
+    assert "rules.toml:5: rule 'd': action: is not a valid template (placeholder {owner" in str(err.value)
+    assert "write {owner}" in str(err.value)
+
+
 def test_pricing_config_problems_name_file_line_and_field():
     doc = document_from_text('[pricing]\nrenewal_within = "2 months"\n[pricing.plans.a]\norder = 1\nprise = 5\n'
                              '[pricing.plans.b]\norder = 1\n[pricing.plans.b.overage]\napi_calls = -1\n', "u.toml")

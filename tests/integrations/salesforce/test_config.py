@@ -149,7 +149,22 @@ def test_tasks_problems():
     assert out[0] == "usagebot.toml:2: salesforce.tasks.severities: unknown severity urgent; severities are " \
                      "info, warning, critical"
     assert out[1].startswith("usagebot.toml:3: salesforce.tasks.kinds: unknown rule kind spikes")
-    assert out[2].startswith("usagebot.toml:4: salesforce.tasks.subject: bad template ('acount')")
+    assert out[2].startswith("usagebot.toml:4: salesforce.tasks.subject: bad template (unknown placeholder "
+                             "{acount}); placeholders: {account} {message}")
+
+
+@pytest.mark.parametrize(("subject", "why"), [
+    ("{account!r:>99999999}", "placeholder {account!r:>99999999} has a conversion; write {account}"),
+    ("{message:>{rule}}", "placeholder {message:>{rule}} has a format spec; write {message}"),
+    ("{account.__class__}", "unknown placeholder {account.__class__}"),
+    ("{account", "expected '}' before end of string"),
+])
+def test_a_task_subject_names_facts_and_never_formats_them(subject, why):
+    """A format spec or a conversion is refused at load: a width of 99,999,999 made each Task subject
+    a 100 MB string before it was cut to 255 characters."""
+    out = problems(f'[salesforce.tasks]\nsubject = "{subject}"\n')
+    assert out == [f"usagebot.toml:2: salesforce.tasks.subject: bad template ({why}); placeholders: "
+                   "{account} {message} {rule} {severity} {kind} {metric}"]
 
 
 def test_the_shipped_example_config_parses():

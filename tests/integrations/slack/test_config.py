@@ -128,3 +128,10 @@ def test_example_config_slack_block_parses_without_env():
     cfg = parse_slack_config(doc.section("slack"))
     assert [p for p in doc.problems if p.field and p.field.startswith("slack")] == []
     assert not cfg.enabled and cfg.default_channel == "#usage-alerts"
+
+
+def test_a_url_template_with_a_format_spec_is_refused_naming_the_key():
+    _, doc = _parse('[slack]\ncrm_url = "https://crm/{crm_id:>99999999}"\n')
+    assert [str(p) for p in doc.problems] == [
+        "usagebot.toml:2: slack.crm_url: invalid URL template: placeholder {crm_id:>99999999} has a format "
+        "spec; write {crm_id} (placeholders look like {crm_id})"]

@@ -168,6 +168,13 @@ LONG_INT = b"9" * 5000  # past the interpreter's 4,300-digit limit for reading a
     ({"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "s", "ce-type": "calls", "ce-subject": "acme",
       "Content-Type": "application/json"}, b'{"value": ' + LONG_INT + b"}",
      "binary-mode event body is not JSON: a number has more than 4300 digits"),
+    ({"Content-Type": BATCH}, b'[{"specversion": "1.0", "data": {"value": 1, "value": 1000}}]',
+     'body is not valid JSON: the key "value" appears twice in one object'),
+    ({"Content-Type": BATCH}, b'[{"id": "e1", "subject": "acme", "id": "e2"}]',
+     'body is not valid JSON: the key "id" appears twice in one object'),
+    ({"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "s", "ce-type": "calls", "ce-subject": "acme",
+      "Content-Type": "application/json"}, b'{"value": 1, "value": 2}',
+     'binary-mode event body is not JSON: the key "value" appears twice in one object'),
 ])
 def test_push_json_it_cannot_read_is_a_400_in_the_senders_terms(engine: Engine, headers: dict[str, str],
                                                                   body: bytes, needle: str) -> None:
@@ -177,6 +184,16 @@ def test_push_json_it_cannot_read_is_a_400_in_the_senders_terms(engine: Engine, 
     assert status == 400 and needle in answer["error"], answer
     assert "sys." not in answer["error"] and "int_max_str_digits" not in answer["error"]
     assert count(engine, "usage_points") == 0
+
+
+def test_an_http_source_response_repeating_a_key_keeps_its_last_copy() -> None:
+    """A peer's response (which the admin cannot fix) is read as its own JSON clients read it; only a
+    pushed body, which the admin's own sender writes, is refused for a repeated key."""
+    from integrations import json_text
+
+    assert json_text.loads(b'{"v": 1, "v": 2}', unique_keys=False) == {"v": 2}
+    with pytest.raises(json_text.JSONProblem, match='the key "v" appears twice'):
+        json_text.loads(b'{"a": [{"v": 1, "v": 2}]}')
 
 
 def _api_source(url: str, fields: str = "") -> HttpJsonSource:
