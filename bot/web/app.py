@@ -119,6 +119,7 @@ class Page:
     context: dict[str, Any]
     data: Any = None
     status: int = 200
+    refused: str = ""  # a bad query value: the page says it and shows the rest; JSON is a 400 with it
 
 
 class WebUI:
@@ -175,7 +176,10 @@ class WebUI:
     def _answer(self, req: Request, page: Page, who: auth.Principal) -> Response:
         if _wants_json(req):
             data = page.data if page.data is not None else {"error": page.context.get("text", "")}
-            resp = Response(page.status, (json.dumps(data, default=str) + "\n").encode(),
+            status = page.status
+            if page.refused:  # a machine must not take the unfiltered list for the filtered one
+                data, status = {"error": page.refused}, 400
+            resp = Response(status, (json.dumps(data, default=str) + "\n").encode(),
                             {"Content-Type": "application/json"})
             resp.headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
             return resp
@@ -320,7 +324,8 @@ class WebUI:
             "nav": "open" if state == "open" and len(keep) == 1 else "alerts", "page": page, "f": f, "raw": raw,
             "problem": "; ".join(problems), "rule_ids": sorted({*kinds, *([f.rule] if f.rule else [])}),
             "kinds": sorted({*KINDS, *kinds.values()}), "states": STATES, "after": after,
-            "next_url": next_url, "first_url": f"/alerts?{urlencode(keep)}" if keep else "/alerts"}, data)
+            "next_url": next_url, "first_url": f"/alerts?{urlencode(keep)}" if keep else "/alerts"}, data,
+            refused="; ".join(problems))
 
     def episode(self, ident: str, who: auth.Principal) -> Page:
         from integrations.charts.data import chart_of_episode
