@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "usagebot_session"
 LOGIN_COOKIE = "usagebot_login"
 LOGIN_TTL = 600  # seconds a sign-in may take at Slack
+MAX_NEXT = 2000  # characters of the page to return to after sign-in
 SLACK_ISSUER = "https://slack.com"
 SLACK_SCOPES = ("openid", "email", "profile")
 _CLAIM_USER = "https://slack.com/user_id"
@@ -87,7 +88,8 @@ def safe_next(target: str | None) -> str:
     if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
             or any(c <= " " or c == "\x7f" or c.isspace() for c in target)):
         return "/"
-    return quote(target, safe="/?&=%#:@!$'()*+,;~-._[]")
+    target = quote(target, safe="/?&=%#:@!$'()*+,;~-._[]")
+    return target if len(target) <= MAX_NEXT else "/"  # it rides in the sign-in cookie (browsers keep <= 4 KB)
 
 
 class Sessions:
