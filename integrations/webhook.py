@@ -39,6 +39,7 @@ import httpx
 from integrations.notice import AlertNotice
 from integrations.notifier import DeliveryError
 from rules.config import Secret, Section
+from rules.config.urls import url_problem
 from storage.db import bigint_of
 
 PAYLOAD_VERSION = 1
@@ -67,6 +68,9 @@ def parse_webhook_config(sec: Section, name: str) -> WebhookConfig | None:
     timeout = sec.duration("timeout", 10, min=1) or 10
     if url is not None and not url.reveal().startswith(("https://", "http://")):
         sec.problem("url", "must start with https:// (or http://)")
+        return None
+    if url is not None and url_problem(url.reveal()) is not None:
+        sec.problem("url", str(url_problem(url.reveal())))
         return None
     if secret is not None and len(secret.reveal()) < 16:
         sec.problem("secret", "is too short to sign with: use at least 16 characters (e.g. `openssl rand -hex 32`)")

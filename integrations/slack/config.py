@@ -23,6 +23,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rules.config import Secret, Section, Table
+from rules.config.urls import url_problem
 from rules.config.values import template_fields
 from rules.model import SEVERITIES
 
@@ -152,6 +153,9 @@ def _url_template(sec: Section, key: str) -> str | None:
         return None
     if not tpl.startswith(("https://", "http://")):
         sec.problem(key, "must start with https:// (or http://)")
+        return None
+    if url_problem(tpl) is not None:
+        sec.problem(key, str(url_problem(tpl)))
         return None
     return tpl
 
@@ -320,6 +324,9 @@ def parse_slack_config(section: Section) -> SlackConfig:
         sec.problem("http_path", f"must start with '/', got {http_path!r}")
         http_path = "/slack/events"
     base_url = sec.str("base_url")
+    if base_url and (not base_url.startswith(("https://", "http://")) or url_problem(base_url) is not None):
+        sec.problem("base_url", url_problem(base_url) or "must start with https:// (or http://)")
+        base_url = None
     if base_url and not base_url.endswith("/"):
         base_url += "/"
 

@@ -195,3 +195,34 @@ def test_two_post_endpoints_on_one_path_are_a_problem(tmp_path: Path, ingest_pat
     _, problems = check_config(p, env={})
     assert [str(x) for x in problems] == [f"{p}:5: ingest.path: {ingest_path!r} is already the path of {says}; "
                                           "give each its own path"]
+
+
+_SRC = 'every = "5m"\nrecords = "d"\n[sources.fields]\naccount = "a"\nmetric = "m"\nvalue = "q"\ntimestamp = "t"\n'
+
+
+@pytest.mark.parametrize("table, key, extra", [
+    ("[web]\nanonymous = true", "public_url", ""),
+    ("[[notifiers]]\ntype = 'webhook'\nname = 'ops'\nsecret = 'abcdefghijklmnopqrstuv'", "url", ""),
+    ("[salesforce]\nusername = 'a@b.c'\npassword = 'pw-1'", "instance_url", ""),
+    ("[[sources]]\nid = 'b'\ntype = 'http_json'", "url", _SRC),
+    ("[[sources]]\nid = 'o'\ntype = 'openmeter'\ntoken = 'x'\nmeters = { a = 'b' }\nevery = '10m'", "url", ""),
+    ("[slack]\nbot_token = 'xoxb-1'", "base_url", ""),
+    ("[slack]\nbot_token = 'xoxb-1'", "crm_url", ""),
+])
+@pytest.mark.parametrize("url, says", [
+    ("https://u:pw-9x@host.example.com:99999/x", "Port out of range"),
+    ("https://host.example.com:8o8o/x", "Port could not be cast"),
+    ("https://[::1/x", "Invalid IPv6 URL"),
+    ("https://ho st.example.com/x", "whitespace in its host name"),
+    ("https://:443/x", "has no host name"),
+])
+def test_an_unusable_url_is_a_problem_at_its_key(tmp_path: Path, table: str, key: str, extra: str, url: str,
+                                                 says: str) -> None:
+    """Every http(s) URL key goes through rules.config.values.url_problem: a port past 65535 or not a
+    number, no host or a host with a space passed the check (and failed at the first request), and
+    web.public_url = "https://[::1" was 'unexpected ValueError ... this is a bug'."""
+    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n{table}\n{key} = "{url}"\n{extra}')
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["config", "check", str(p)], out=out, err=err) == 1
+    said = out.getvalue() + err.getvalue()
+    assert says in said and f".{key}: " in said and "pw-9x" not in said and "bug" not in said, said
