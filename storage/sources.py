@@ -477,15 +477,18 @@ def store_batch(
     return result
 
 
-def record_failure(engine: Engine, source_id: str, error: str, now: int, kind: str = "poll") -> None:
-    """A failed poll: keep the cursor, count the failure, remember the error (secrets already removed)."""
+def record_failure(engine: Engine, source_id: str, error: str, now: int, kind: str = "poll",
+                   cursor: str | None = None) -> None:
+    """A failed poll: keep the cursor (or store `cursor`, when the failure says where the next poll
+    should start: a shorter window), count the failure, remember the error (secrets already removed)."""
     with write_transaction(engine) as conn:
         status = _ensure_status(conn, source_id, kind, now)
         conn.execute(sa.update(status_table).where(status_table.c.source_id == source_id).values(
             last_poll_at=now, failures=int(status.failures) + 1, updated_at=now))
         prev = conn.execute(sa.select(cursors_table).where(cursors_table.c.source_id == source_id)).one_or_none()
         _save_cursor(conn, source_id, {
-            "cursor": prev.cursor if prev else None, "watermark": prev.watermark if prev else None,
+            "cursor": cursor if cursor is not None else (prev.cursor if prev else None),
+            "watermark": prev.watermark if prev else None,
             "last_success_at": prev.last_success_at if prev else None,
             "last_error": error[:MAX_ERROR_CHARS], "updated_at": now})
 

@@ -280,10 +280,26 @@ class Service:
 
     # ------------------------------------------------------------------ jobs
 
+    CATCH_UP_SECONDS = 3600  # the longest one poll job goes on polling a source that is behind
+
     def _poll_job(self, source_id: str) -> Callable[[int], PollReport]:
+        """Poll the source; while it reports itself behind (it read a shorter window: too many pages for
+        the whole), poll it again at once, for at most its `every` (a cron source: 5 minutes; at most
+        CATCH_UP_SECONDS), while this replica leads and the service runs. Then the next run is the
+        scheduled one. (The job itself loops: rescheduling a running job with max_instances=1 would be
+        skipped by the scheduler.)"""
+        settings = next(s.settings for s in self.config.sources if s.id == source_id)
+        budget = min(settings.every or 300, self.CATCH_UP_SECONDS)
+
         def job(now: int) -> PollReport:
             assert self.sources is not None
-            return self.poll(self.sources[source_id], now)
+            source = self.sources[source_id]
+            report = self.poll(source, now)
+            ends = time.monotonic() + budget
+            while (report.behind and time.monotonic() < ends and not self._stopping.is_set()
+                   and self.scheduler.is_leader):
+                report = self.poll(source, self.clock())
+            return report
 
         return job
 
@@ -301,10 +317,11 @@ class Service:
             m.inc("usagebot_source_skipped_total", report.skipped, source=source.id)
         if not report.ok:
             m.inc("usagebot_errors_total", component=f"poll:{source.id}")
-        log.info("polled %s: %s, %d row(s), %d point(s) changed, %d malformed item(s) skipped", source.id,
+        log.info("polled %s: %s, %d row(s), %d point(s) changed, %d malformed item(s) skipped%s", source.id,
                  "ok" if report.ok else "failed", report.rows, report.points_written, report.skipped,
+                 f"; {report.behind.removeprefix(f'source {source.id!r}: ')}" if report.behind else "",
                  extra={"event": "poll", "source": source.id, "ok": report.ok, "rows": report.rows,
-                        "skipped": report.skipped,
+                        "skipped": report.skipped, "behind": report.behind is not None,
                         "changed_series": len(report.changed), "seconds": round(report.seconds, 3)})
         if report.settling:
             self._poll_again(source.id, report.settling)

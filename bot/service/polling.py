@@ -8,7 +8,9 @@ admin channel, and the rest of the poll goes on. A bucket whose values add up
 past a float64 is left out of its batch, told once, and the rest of the batch
 is stored (integrations.sources.refused). So are the malformed items a source
 with `on_error = "skip"` left out (integrations.sources.skipped): one notice per
-item not told before, in the transaction that stores the rest.
+item not told before, in the transaction that stores the rest. A window source
+whose window needs too many pages reads and stores a shorter one and says how far
+it read (PollReport.behind, logged); the next poll goes on from there.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class PollReport:
     error: str | None = None
     seconds: float = 0.0
     settling: list[tuple[str, int]] = field(default_factory=list)  # (file, ready at) left for a later poll
+    # a window source that read a shorter window (too many pages for the whole): how far, how many polls
+    # behind (Batch.behind); the service polls it again at once
+    behind: str | None = None
 
 
 def _store(engine: Engine, source: Source, batch: Batch, now: int, admin_channel: str | None,
@@ -175,14 +180,19 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
     state = get_source_state(engine, source.id)
     ctx = PollContext(source_id=source.id, now=now, cursor=state.cursor if state else None,
                       watermark=state.watermark if state else None, accounts=lambda: list_accounts(engine))
+    failed_cursor: str | None = None  # a failing poll's own cursor to store (SourceError.cursor)
     try:
         for batch in source.poll(ctx):
             cursor = _store(engine, source, batch, now, admin_channel, report, notifiers)
             ctx = PollContext(source.id, now, cursor, batch.watermark, ctx.accounts)
+            if batch.behind:
+                report.behind = f"source {source.id!r}: {batch.behind}"
+                log.info(report.behind, extra={"source": source.id, "event": "poll_behind"})
         if report.batches == 0:  # nothing new: still a successful poll (freshness, last success)
             store_batch(engine, source.id, now, cursor=ctx.cursor, watermark=ctx.watermark)
     except SourceError as exc:
         report.ok, report.error = False, mask(str(exc))
+        failed_cursor = exc.cursor
     except UsageValueError as exc:  # the source's values overflow a bucket: its data, not a bug
         report.ok, report.error = False, mask(f"source {source.id!r}: {_unnamed(exc, source.id)}")
     except Exception as exc:  # a bug or a database problem: keep the service running, report it
@@ -191,7 +201,7 @@ def poll_source(engine: Engine, source: Source, now: int, admin_channel: str | N
         log.exception("poll of %s failed unexpectedly", source.id, extra={"source": source.id})
     if not report.ok and report.error:
         try:
-            record_failure(engine, source.id, report.error, now)
+            record_failure(engine, source.id, report.error, now, cursor=failed_cursor)
         except Exception:  # the database itself is down: nothing more to record
             log.exception("cannot record the failed poll of %s", source.id, extra={"source": source.id})
         log.warning(report.error, extra={"source": source.id, "event": "poll_failed"})

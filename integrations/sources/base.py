@@ -8,7 +8,9 @@ last stored batch and never stores a batch half-way.
 - `ctx.watermark` is the newest data timestamp stored so far. Time-window
   sources re-read from `watermark - overlap` (the late-data overlap), aligned
   down to their bucket, so every bucket they touch is re-read whole; their
-  rows are bucket totals and replace what is stored (idempotent).
+  rows are bucket totals and replace what is stored (idempotent). A window
+  that needs more than max_pages pages is read shorter (`read_window`): the
+  source stores a `CatchUp` cursor and the next poll goes on from its end.
 - `ctx.cursor` is the opaque position a cursor-based source returned last.
 - Event feeds (rows with an id) go to `Batch.events`: deduplicated by id and
   added up.
@@ -22,11 +24,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from integrations.sources.records import UsageRecord, is_metric_name
 from integrations.sources.skipped import SkippedItem
 from rules.config import Section, Table, redaction
+from rules.durations import format_duration
 from rules.model import AccountFacts
 from rules.periods import iso
 from storage.usage_values import UsageColumns, newest_ts
@@ -54,8 +57,13 @@ class SourceError(Exception):
     query strings, and the message is masked (rules.config.redaction) when the error is made.
     """
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", cursor: str | None = None) -> None:
         super().__init__(redaction.mask(message))
+        self.cursor = cursor  # the cursor to store although the poll failed (None: the stored one stays)
+
+
+class PollDeadline(SourceError):
+    """A poll ran past its poll_deadline (integrations.sources.http_fetch)."""
 
 
 MAX_LISTED_PROBLEMS = 20
@@ -115,6 +123,9 @@ class Batch:
     # rows left out by on_error = "skip" and told in `error` itself (csv: a file read once, its bad rows
     # listed in one message): counted as skipped, and the part is not a rejected one
     skipped_rows: int = 0
+    # a window source that read a shorter window than [start, now) (too many pages) says so here:
+    # how far it read and how many polls it is behind (WindowRead.behind); the service polls it again soon
+    behind: str | None = None
 
     @property
     def rows(self) -> int:
@@ -246,15 +257,166 @@ def window(ctx: PollContext, overlap: int, backfill: int, align: int = 60) -> tu
     """[start, end) to read this poll: from the watermark minus the overlap (first poll: backfill).
 
     `start` is aligned down to `align` (the source's bucket), so each bucket
-    read is read whole and its total replaces the stored one.
+    read is read whole and its total replaces the stored one. A source catching
+    up (its cursor a `CatchUp`) starts from the later of the watermark and the
+    end of the window it read last, minus the overlap.
     """
     end = ctx.now
-    if ctx.watermark is None:
-        start = end - backfill
-    else:
-        start = min(ctx.watermark, end) - overlap
+    pos = _position(ctx)
+    start = end - backfill if pos is None else min(pos, end) - overlap
     start -= start % align
     return start, end
+
+
+def _position(ctx: PollContext) -> int | None:
+    """How far a window source has read: the watermark, or the end of the shorter window it read last
+    while catching up, if later (None: the first poll)."""
+    behind = CatchUp.parse(ctx.cursor)
+    known = [t for t in (ctx.watermark, behind.read_to if behind else None) if t is not None]
+    return max(known) if known else None
+
+
+CATCH_UP = "catch-up:"
+_T = TypeVar("_T")
+
+
+class WindowTooLarge(SourceError):
+    """A window needs more than one poll may read: more pages than max_pages, or an answer larger than
+    max_response_bytes; `read_window` then reads a shorter one. `needs` says what ("more than 1000
+    pages"), `setting` which key to raise, `where` what overflowed (e.g. a meter and customer; "" for
+    the window itself)."""
+
+    def __init__(self, message: str, needs: str, setting: str, where: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.needs, self.setting, self.where = needs, setting, where
+        self.detail = detail  # what the limit said (an answer cut off: its size), "" when `needs` says it all
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """The cursor of a window source that read a shorter window than [start, now) because the whole
+    one needed more than max_pages pages: everything before `read_to` is read, and the window of
+    `span` seconds that fit took `pages` pages (the next poll tries that span, or twice it when it
+    took at most half of max_pages and `grow`: not after a poll of this catch-up ran past
+    poll_deadline)."""
+
+    read_to: int
+    span: int
+    pages: int
+    grow: bool = True
+
+    def cursor(self) -> str:
+        return (f"{CATCH_UP}read_to={self.read_to};span={self.span};pages={self.pages}"
+                + ("" if self.grow else ";grow=0"))
+
+    @staticmethod
+    def parse(cursor: str | None) -> CatchUp | None:
+        if not cursor or not cursor.startswith(CATCH_UP):
+            return None
+        try:
+            parts = dict(p.split("=", 1) for p in cursor.removeprefix(CATCH_UP).split(";"))
+            return CatchUp(int(parts["read_to"]), int(parts["span"]), int(parts["pages"]),
+                           parts.get("grow", "1") != "0")
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """The window a poll read: [start, end) of [start, full_end), in `pages` pages."""
+
+    start: int
+    end: int
+    full_end: int
+    pages: int
+    overlap: int
+    align: int
+    previous: CatchUp | None  # the catch-up cursor the poll started with
+
+    @property
+    def shrunk(self) -> bool:
+        return self.end < self.full_end
+
+    def cursor(self, watermark: int | None) -> str | None:
+        """The cursor to store after this read (with the batch's `watermark`): a `CatchUp` while the
+        source is behind, or while the watermark is still before the end of the last shorter window
+        read (the next window must not start before it again); else None."""
+        prev = self.previous
+        grow = prev is None or prev.grow
+        if self.shrunk:
+            return CatchUp(self.end, self.end - self.start, self.pages, grow).cursor()
+        if prev is None or (watermark is not None and watermark >= prev.read_to):
+            return None
+        return CatchUp(prev.read_to, self.end - self.start, self.pages, grow).cursor()
+
+    def behind(self) -> str | None:
+        """What a shorter read tells (the poll's log line), None when the whole window was read."""
+        if not self.shrunk:
+            return None
+        step = max(self.align, self.end - self.start - self.overlap)
+        polls = -(-(self.full_end - self.end) // step)
+        return (f"caught up in part: read up to {iso(self.end)} of the window to {iso(self.full_end)} (a "
+                f"shorter window: the whole needs too many pages or time); about {polls} more poll(s) behind")
+
+
+def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_pages: int,
+                read: Callable[[int, int], tuple[_T, int]], *, full_end: int | None = None) -> tuple[_T, WindowRead]:
+    """Read this poll's window with `read(start, end) -> (result, pages)`; when it raises WindowTooLarge,
+    read a shorter window: [start, end) halved on `align` boundaries, down to the first bucket not read
+    yet (with the overlap before it). The window that fits is returned with what to store after it
+    (WindowRead.cursor); when even the shortest is too large, WindowTooLarge names it. When the poll
+    passes poll_deadline, PollDeadline carries the cursor of a window half as long for the next poll.
+
+    A catch-up cursor's span (doubled when its window took at most half of max_pages) is tried first,
+    so a source catching up over many polls does not try the whole window on each."""
+    start, end = window(ctx, overlap, backfill, align)
+    if full_end is not None:
+        end = full_end
+    previous = CatchUp.parse(ctx.cursor)
+    pos = _position(ctx)
+    first = start if pos is None else max(start, pos - pos % align)
+    shortest = min(end, first + align)
+    at = end
+    if previous is not None:
+        guess = previous.span * (2 if previous.grow and 2 * previous.pages <= max_pages else 1)
+        at = min(end, max(shortest, start + guess - guess % align))
+    while True:
+        try:
+            result, pages = read(start, at)
+        except WindowTooLarge as exc:
+            if at <= shortest:
+                raise _too_large(ctx.source_id, exc, start, shortest, align) from None
+            at = _half(start, at, shortest, align)
+            continue
+        except PollDeadline as exc:
+            if at <= shortest:
+                raise
+            # no time is left in this poll: the next one tries half this window (the failed poll stores
+            # that as its cursor; nothing else of it is stored)
+            half = _half(start, at, shortest, align)
+            hint = CatchUp(start if pos is None else pos, half - start, max_pages, grow=False)
+            raise PollDeadline(f"{exc}; the next poll reads a window half as long ({format_duration(hint.span)})",
+                               cursor=hint.cursor()) from None
+        return result, WindowRead(start, at, end, pages, overlap, align, previous)
+
+
+def _half(start: int, end: int, shortest: int, align: int) -> int:
+    """The end of the first half of [start, end) on an `align` boundary, not before `shortest`."""
+    half = (end - start) // 2
+    return max(shortest, start + half - half % align)
+
+
+def _too_large(source_id: str, exc: WindowTooLarge, start: int, end: int, align: int) -> WindowTooLarge:
+    what = (f"the bucket {iso(start)} to {iso(end)}" if end - start <= align else
+            f"the window {iso(start)} to {iso(end)} (the overlap re-read and the first "
+            f"{format_duration(align)} bucket not read yet)")
+    lower = "" if end - start <= align else " or lower overlap"
+    where = f"{exc.where}: " if exc.where else ""
+    if exc.detail:
+        message = f"{where}{exc.detail} (even for {what} alone{lower}; nothing was stored)"
+    else:
+        message = f"{where}{what} alone needs {exc.needs}; raise {exc.setting}{lower} (nothing was stored)"
+    return WindowTooLarge(f"source {source_id!r}: {message}", exc.needs, exc.setting, exc.where, exc.detail)
 
 
 def window_label(start: int, end: int) -> str:

@@ -8,7 +8,10 @@
 - Limits: `timeout` bounds each connect and each read; `request_deadline`
   bounds one whole request (a peer that drip-feeds its answer is cut off), and
   `poll_deadline` the whole poll (all pages and retries; `begin_poll()` starts
-  it). A body is streamed and refused as soon as it passes
+  it; passing it raises PollDeadline, on which a window source tries a window
+  half as long next time: integrations.sources.base.read_window). An answer past
+  `max_response_bytes` raises WindowTooLarge: a window source reads a shorter
+  window at once. A body is streamed and refused as soon as it passes
   `max_response_bytes` (after decompression: a gzip bomb is cut off too).
   The deadlines are checked between reads, so a request stops at most
   `timeout` after its deadline.
@@ -28,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from integrations import json_text
-from integrations.sources.base import SourceError
+from integrations.sources.base import PollDeadline, SourceError, WindowTooLarge
 from rules.config import Secret, Section, Table, redaction
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -154,9 +157,9 @@ def register_url_secrets(url: str, params: Mapping[str, str] = {}, headers: Mapp
 class _Refused(Exception):
     """A request stopped by a limit (size, deadline); `retry` says whether trying again may help."""
 
-    def __init__(self, message: str, retry: bool) -> None:
+    def __init__(self, message: str, retry: bool, too_large: bool = False) -> None:
         super().__init__(message)
-        self.retry = retry
+        self.retry, self.too_large = retry, too_large
 
 
 def _text(raw: bytes, resp: httpx.Response) -> str:
@@ -196,8 +199,9 @@ class Fetcher:
         """Start the poll deadline: every request from now on must end within `poll_deadline`."""
         self._poll_ends = self.monotonic() + self.retry.poll_deadline
 
-    def _fail(self, where: str, message: str) -> SourceError:
-        return SourceError(f"source {self.source_id!r}: {where}: {message}")
+    def _fail(self, where: str, message: str, deadline: bool = False) -> SourceError:
+        kind = PollDeadline if deadline else SourceError
+        return kind(f"source {self.source_id!r}: {where}: {message}")
 
     def _poll_left(self) -> float | None:
         return None if self._poll_ends is None else self._poll_ends - self.monotonic()
@@ -213,7 +217,7 @@ class Fetcher:
             if resp.status_code < 400 and declared.isdigit() and int(declared) > limit:
                 raise _Refused(f"the response is {_mib(int(declared))} (Content-Length), more than "
                                f"max_response_bytes ({_mib(limit)}); ask for smaller pages (pagination.size) or "
-                               "raise max_response_bytes", retry=False)
+                               "raise max_response_bytes", retry=False, too_large=True)
             chunks: list[bytes] = []
             size = 0
             for chunk in resp.iter_bytes():
@@ -224,7 +228,7 @@ class Fetcher:
                         break
                     raise _Refused(f"the response passed max_response_bytes ({_mib(limit)}) and was cut off; "
                                    "ask for smaller pages (pagination.size) or raise max_response_bytes",
-                                   retry=False)
+                                   retry=False, too_large=True)
                 chunks.append(chunk)
                 if self.monotonic() > ends:
                     raise _Refused(f"the response was still arriving after {budget:g}s "
@@ -239,7 +243,7 @@ class Fetcher:
             left = self._poll_left()
             if left is not None and left <= 0:
                 raise self._fail(where, f"the poll took longer than poll_deadline ({self.retry.poll_deadline:g}s); "
-                                        "stopped (nothing was stored from this poll)")
+                                        "stopped (nothing was stored from this poll)", deadline=True)
             budget = self.retry.request_deadline if left is None else min(self.retry.request_deadline, left)
             self.requests += 1
             retry_after = None
@@ -247,6 +251,10 @@ class Fetcher:
                 # merge with the URL's own query string (httpx would replace it with `params`)
                 resp, raw = self._fetch(httpx.URL(url).copy_merge_params(dict(params or {})), budget)
             except _Refused as exc:
+                if exc.too_large:  # (a window source reads a shorter window: base.read_window)
+                    raise WindowTooLarge(f"source {self.source_id!r}: {where}: {exc}",
+                                         f"an answer larger than max_response_bytes ({_mib(self.retry.max_response_bytes)})",
+                                         "max_response_bytes", where, str(exc)) from None
                 if not exc.retry:
                     raise self._fail(where, str(exc)) from None
                 problem = str(exc)
@@ -277,7 +285,8 @@ class Fetcher:
             left = self._poll_left()
             if left is not None and wait >= left:
                 raise self._fail(where, f"{problem}; a retry in {wait:g}s would pass poll_deadline "
-                                        f"({self.retry.poll_deadline:g}s): stopped after {attempt + 1} attempt(s)")
+                                        f"({self.retry.poll_deadline:g}s): stopped after {attempt + 1} attempt(s)",
+                                 deadline=True)
             self.sleep(wait)
             attempt += 1
 

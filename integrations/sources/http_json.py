@@ -12,7 +12,9 @@ Incremental reading (`incremental`):
 - "window" (default): the request carries [start, end) as query parameters;
   start is the newest data stored minus `overlap`, aligned down to
   `window.align`, so late data within the overlap is read again. Items are
-  bucket totals and replace what is stored.
+  bucket totals and replace what is stored. A window that needs more than
+  `pagination.max_pages` pages is read shorter and the next polls catch up
+  (integrations.sources.base.read_window).
 - "cursor": the request carries the cursor the previous poll ended with
   (`cursor.param`), the response says where to continue (`cursor.field`).
 - "none": the whole list every time.
@@ -31,16 +33,18 @@ from typing import Any
 
 from integrations.sources.base import (
     Batch,
+    CatchUp,
     PollContext,
     SourceConfig,
     SourceError,
     SourceSettings,
     SourceType,
     UsageEvent,
+    WindowTooLarge,
     newest,
+    read_window,
     register_type,
     str_map,
-    window,
     window_label,
 )
 from integrations.sources.csv_rows import parse_timestamp
@@ -296,34 +300,34 @@ class HttpJsonSource:
     def close(self) -> None:
         self.fetcher.close()
 
-    def _base_params(self, ctx: PollContext) -> dict[str, Any]:
+    def _base_params(self, ctx: PollContext, span: tuple[int, int] | None) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.o.params)
-        if self.o.incremental == "window":
-            start, end = self._window(ctx)
+        if span is not None:
+            start, end = span
             params[self.o.window.start_param] = format_time(start, self.o.window.format)
             params[self.o.window.end_param] = format_time(end, self.o.window.format)
         elif self.o.incremental == "cursor" and self.o.cursor is not None:
-            position = ctx.cursor if ctx.cursor is not None else self.o.cursor.initial
+            # (a window source's catch-up cursor is no position of the API's: start from the initial one)
+            stored = ctx.cursor if CatchUp.parse(ctx.cursor) is None else None
+            position = stored if stored is not None else self.o.cursor.initial
             if position is not None:
                 params[self.o.cursor.param] = position
         return params
 
-    def _window(self, ctx: PollContext) -> tuple[int, int]:
-        return window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align)
-
-    def _part(self, ctx: PollContext, n_pages: int) -> str:
+    def _part(self, ctx: PollContext, n_pages: int, span: tuple[int, int] | None) -> str:
         """What one poll read, for its batch label: the pages, the URL, and the window or cursor."""
         what = f"{n_pages} page(s) of GET {display_url(self.o.url)}"
-        if self.o.incremental == "window":
-            return f"{what}, {window_label(*self._window(ctx))}"
+        if span is not None:
+            return f"{what}, {window_label(*span)}"
         if self.o.incremental == "cursor":
             return f"{what} from the stored cursor" if ctx.cursor is not None else f"{what} from the start"
         return what
 
-    def pages(self, ctx: PollContext) -> Iterator[tuple[int, Any, list[Any]]]:
-        """(page number, decoded body, items) of every page of this poll."""
+    def pages(self, ctx: PollContext, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, list[Any]]]:
+        """(page number, decoded body, items) of every page of this poll (of the window `span`, with
+        incremental = "window"). More than max_pages pages raise WindowTooLarge."""
         p = self.o.pagination
-        params = self._base_params(ctx)
+        params = self._base_params(ctx, span)
         url: str | None = self.o.url
         if p.size_param and p.size:
             params[p.size_param] = p.size
@@ -334,8 +338,10 @@ class HttpJsonSource:
             params[str(p.param)] = 0
         while url is not None:
             if page_index > p.max_pages:
-                raise SourceError(f"source {self.id!r}: more than {p.max_pages} pages; raise "
-                                  f"pagination.max_pages or poll more often (nothing was stored)")
+                often = " or poll more often" if self.o.incremental == "cursor" else ""
+                raise WindowTooLarge(f"source {self.id!r}: more than {p.max_pages} pages; raise "
+                                     f"pagination.max_pages{often} (nothing was stored)",
+                                     f"more than {p.max_pages} pages", "pagination.max_pages")
             body, resp = self.fetcher.get_json(url, params, what=f"page {page_index}")
             try:
                 items = dig(body, self.o.records)
@@ -429,37 +435,61 @@ class HttpJsonSource:
             return UsageEvent(acc, metric, ts, value, event_id)
         return UsageRecord(acc, metric, ts, value)
 
-    def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        self.fetcher.begin_poll()
+    def _read(self, ctx: PollContext, span: tuple[int, int] | None) -> _Read:
+        """Every page of the poll (of the window `span`), every item validated."""
         problems = _Problems(self.id)
-        totals: list[UsageRecord] = []
-        events: list[UsageEvent] = []
-        skipped: list[SkippedItem] = []
-        last_body: Any = None
-        n_pages = 0
-        for page, body, items in self.pages(ctx):
-            n_pages, last_body = page, body
+        out = _Read()
+        for page, body, items in self.pages(ctx, span):
+            out.pages, out.last_body = page, body
             for i, item in enumerate(items):
                 where = f"page {page}, item {i} ({self.o.records or 'items'}[{i}])"
                 problems.current = []
                 rec = self._item(item, where, problems)
                 if problems.current:
                     problems.bad_items += 1
-                    skipped.append(_skipped(item, where, problems.current, self.o.fields.value))
+                    out.skipped.append(_skipped(item, where, problems.current, self.o.fields.value))
                 elif isinstance(rec, UsageEvent):
-                    events.append(rec)
+                    out.events.append(rec)
                 elif rec is not None:
-                    totals.append(rec)
+                    out.totals.append(rec)
         if self.o.on_error == "reject":
-            problems.raise_if_any(f"{n_pages} page(s)")
-        cursor = ctx.cursor
-        if self.o.incremental == "cursor" and self.o.cursor is not None and last_body is not None:
-            nxt = dig_optional(last_body, self.o.cursor.field)
-            if nxt not in (None, ""):
-                cursor = str(nxt)
-        watermark = newest(events or totals, ctx.watermark, ctx.now)
-        yield Batch(cursor=cursor, watermark=watermark, totals=totals, events=events,
-                    label=self._part(ctx, n_pages), skipped=skipped)
+            problems.raise_if_any(f"{out.pages} page(s)")
+        return out
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        self.fetcher.begin_poll()
+        if self.o.incremental != "window":
+            got = self._read(ctx, None)
+            cursor = ctx.cursor
+            if self.o.incremental == "cursor" and self.o.cursor is not None and got.last_body is not None:
+                nxt = dig_optional(got.last_body, self.o.cursor.field)
+                if nxt not in (None, ""):
+                    cursor = str(nxt)
+            yield Batch(cursor=cursor, watermark=newest(got.events or got.totals, ctx.watermark, ctx.now),
+                        totals=got.totals, events=got.events, label=self._part(ctx, got.pages, None),
+                        skipped=got.skipped)
+            return
+        got, read = read_window(ctx, self.settings.overlap, self.settings.backfill, self.o.window.align,
+                                self.o.pagination.max_pages, lambda s, e: self._counted(ctx, (s, e)))
+        watermark = newest(got.events or got.totals, ctx.watermark, ctx.now)
+        yield Batch(cursor=read.cursor(watermark), watermark=watermark, totals=got.totals, events=got.events,
+                    label=self._part(ctx, got.pages, (read.start, read.end)), skipped=got.skipped,
+                    behind=read.behind())
+
+    def _counted(self, ctx: PollContext, span: tuple[int, int]) -> tuple[_Read, int]:
+        got = self._read(ctx, span)
+        return got, got.pages
+
+
+@dataclass
+class _Read:
+    """What the pages of one poll (or one window of it) delivered."""
+
+    totals: list[UsageRecord] = field(default_factory=list)
+    events: list[UsageEvent] = field(default_factory=list)
+    skipped: list[SkippedItem] = field(default_factory=list)
+    last_body: Any = None
+    pages: int = 0
 
 
 def _skipped(item: Any, where: str, problems: list[str], value_path: str) -> SkippedItem:

@@ -28,9 +28,9 @@ from integrations.sources.base import (
     SourceType,
     malformed_error,
     newest,
+    read_window,
     register_type,
     str_map,
-    window,
     window_label,
 )
 from integrations.sources.csv_rows import parse_timestamp
@@ -140,11 +140,8 @@ class OpenMeterSource:
             out.append(UsageRecord(str(account).strip(), metric, ts, value))
         return out
 
-    def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        self.fetcher.begin_poll()
-        size = WINDOW_SIZES[self.o.window_size]
-        start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
-        end = -(-end // size) * size  # the open window too
+    def _read(self, start: int, end: int) -> tuple[tuple[list[UsageRecord], Malformed], int]:
+        """Every meter's windows in [start, end) (one request a meter)."""
         records: list[UsageRecord] = []
         bad = Malformed(value_path="value")
         for slug, metric in self.o.meters.items():
@@ -159,8 +156,19 @@ class OpenMeterSource:
             records += self._rows(slug, metric, body, bad)
         if bad.problems and self.o.on_error == "reject":
             raise malformed_error(self.id, bad.problems, "malformed row(s)")
-        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s), {window_label(start, end)}", skipped=bad.items)
+        return (records, bad), 1
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        """One window for every meter; an answer past max_response_bytes or a poll past poll_deadline
+        reads a shorter one (integrations.sources.base.read_window)."""
+        self.fetcher.begin_poll()
+        size = WINDOW_SIZES[self.o.window_size]
+        (records, bad), read = read_window(ctx, self.settings.overlap, self.settings.backfill, size, 1, self._read,
+                                           full_end=-(-ctx.now // size) * size)  # the open window too
+        watermark = newest(records, ctx.watermark, ctx.now)
+        yield Batch(cursor=read.cursor(watermark), watermark=watermark, totals=records,
+                    label=f"{len(self.o.meters)} meter(s), {window_label(read.start, read.end)}", skipped=bad.items,
+                    behind=read.behind())
 
 
 def build(config: SourceConfig) -> OpenMeterSource:

@@ -16,7 +16,8 @@ told once per account, metric and bucket (integrations.sources.skipped).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,13 +31,14 @@ from sqlalchemy.sql.expression import FunctionElement
 from integrations.sources.base import (
     Batch,
     PollContext,
+    PollDeadline,
     SourceConfig,
     SourceError,
     SourceSettings,
     SourceType,
     malformed_error,
+    read_window,
     register_type,
-    window,
     window_label,
 )
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
@@ -264,14 +266,15 @@ def _session_mysql(timeout: int, mariadb: bool) -> Any:
     return on_connect
 
 
-def _sqlite_deadline(engine: Engine, timeout: int) -> None:
+def sqlite_deadline(engine: Engine, timeout: int, clock: Callable[[], float] = time.monotonic) -> None:
     """SQLite has no statement timeout: a progress handler interrupts a statement running past
-    `timeout` seconds (sqlite3 raises OperationalError "interrupted")."""
-    import time
+    `timeout` seconds of `clock` (sqlite3 raises OperationalError "interrupted"). The handler reads
+    the clock every 10,000 virtual-machine instructions (a test's clock that counts its calls makes
+    the limit a count of instructions: the same on a loaded machine)."""
 
     def before(conn: Any, _cursor: Any, _stmt: Any, _params: Any, _context: Any, _many: bool) -> None:
-        deadline = time.monotonic() + timeout
-        conn.connection.dbapi_connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        deadline = clock() + timeout
+        conn.connection.dbapi_connection.set_progress_handler(lambda: int(clock() > deadline), 10_000)
 
     def after(conn: Any, *_args: Any) -> None:
         dbapi = getattr(getattr(conn, "connection", None), "dbapi_connection", None)
@@ -298,7 +301,7 @@ class SqlSource:
         backend, timeout = u.get_backend_name(), self.o.statement_timeout
         if backend == "sqlite":
             eng = sa.create_engine(u)
-            _sqlite_deadline(eng, timeout)
+            sqlite_deadline(eng, timeout)
             return eng
         connect_args: dict[str, Any] = {}
         if backend in ("postgresql", "mysql", "mariadb"):
@@ -411,16 +414,25 @@ class SqlSource:
         with self.engine.connect() as conn:
             return conn.execute(self.statement(start, end, dialect, "wide")).all()
 
-    def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        start, end = window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket)
+    def _read(self, start: int, end: int) -> tuple[list[Any], int]:
+        """The window's aggregated rows (as one page, for read_window). A query the database cancels
+        at statement_timeout raises PollDeadline: the failed poll stores a window half as long for
+        the next one, so a source behind by more than one query can read catches up over polls
+        instead of running the same too-long query until it is fixed by hand."""
         try:
-            rows = self._rows(start, end)
+            return self._rows(start, end), 1
         except SQLAlchemyError as exc:
             reason = redaction.clip(" ".join(str(getattr(exc, "orig", None) or exc).split()), 300)
-            if _timed_out(exc):
+            timed_out = _timed_out(exc)
+            if timed_out:
                 reason = f"it ran past statement_timeout ({self.o.statement_timeout}s) and was cancelled ({reason})"
-            raise SourceError(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
-                              f"{redact_url(reason)}") from None
+            error = PollDeadline if timed_out else SourceError
+            raise error(f"source {self.id!r}: query on {redact_url(self.engine.url)} failed: "
+                        f"{redact_url(reason)}") from None
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        rows, read = read_window(ctx, self.settings.overlap, self.settings.backfill, self.o.bucket, 1, self._read)
+        start, end = read.start, read.end
         records: list[UsageRecord] = []
         bad = Malformed()
         newest_ts: int | None = None
@@ -459,8 +471,9 @@ class SqlSource:
         if newest_ts is not None:
             newest_ts = min(newest_ts, ctx.now)
             watermark = newest_ts if watermark is None else max(watermark, newest_ts)
-        yield Batch(cursor=None, watermark=watermark, totals=records,
-                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}", skipped=bad.items)
+        yield Batch(cursor=read.cursor(watermark), watermark=watermark, totals=records,
+                    label=f"{len(rows)} bucket row(s) of {window_label(start, end)}", skipped=bad.items,
+                    behind=read.behind())
 
 
 def _timed_out(exc: SQLAlchemyError) -> bool:

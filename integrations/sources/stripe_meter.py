@@ -26,11 +26,12 @@ from integrations.sources.base import (
     SourceError,
     SourceSettings,
     SourceType,
+    WindowTooLarge,
     malformed_error,
     newest,
+    read_window,
     register_type,
     str_map,
-    window,
     window_label,
 )
 from integrations.sources.http_fetch import (
@@ -105,7 +106,8 @@ class StripeMeterSource:
                 out.setdefault(a.id, a.id)
         return out
 
-    def _summaries(self, meter: str, customer: str, start: int, end: int) -> Iterator[tuple[str, Any]]:
+    def _summaries(self, meter: str, customer: str, start: int, end: int) -> Iterator[tuple[int, str, Any]]:
+        """(page, position, item) of every summary of [start, end) of a meter and customer."""
         url = f"{self.o.url}/v1/billing/meters/{quote(meter, safe='')}/event_summaries"
         params: dict[str, Any] = {"customer": customer, "start_time": start, "end_time": end,
                                   "value_grouping_window": self.o.grouping, "limit": 100}
@@ -115,27 +117,26 @@ class StripeMeterSource:
             if not isinstance(data, list):
                 raise SourceError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: the response has "
                                   f"no 'data' list; is the url the Stripe API?")
-            yield from ((f"page {page}, data[{i}]", item) for i, item in enumerate(data))
+            yield from ((page, f"page {page}, data[{i}]", item) for i, item in enumerate(data))
             if not body.get("has_more") or not data:
                 return
             last = data[-1].get("id") if isinstance(data[-1], Mapping) else None
             if not last:
                 raise SourceError(f"source {self.id!r}: meter {meter!r}: has_more without an id to continue after")
             params["starting_after"] = last
-        raise SourceError(f"source {self.id!r}: meter {meter!r}, customer {customer!r}: more than "
-                          f"{self.o.max_pages} pages; raise max_pages (nothing was stored)")
+        where = f"meter {meter!r}, customer {customer!r}"
+        raise WindowTooLarge(f"source {self.id!r}: {where}: more than {self.o.max_pages} pages; raise max_pages "
+                             "(nothing was stored)", f"more than {self.o.max_pages} pages", "max_pages", where)
 
-    def poll(self, ctx: PollContext) -> Iterator[Batch]:
-        self.fetcher.begin_poll()
-        size = GROUPINGS[self.o.grouping]
-        start, end = window(ctx, self.settings.overlap, self.settings.backfill, size)
-        end = -(-end // size) * size
+    def _read(self, customers: Mapping[str, str], start: int, end: int) -> tuple[tuple[list[UsageRecord], Malformed], int]:
+        """The summaries of [start, end) of every meter and customer, and the most pages one of them took."""
         records: list[UsageRecord] = []
         bad = Malformed(value_path="aggregated_value")
-        customers = self._customers(ctx)
+        most = 0
         for meter, metric in self.o.meters.items():
             for account, customer in sorted(customers.items()):
-                for pos, item in self._summaries(meter, customer, start, end):
+                for page, pos, item in self._summaries(meter, customer, start, end):
+                    most = max(most, page)
                     where = f"meter {meter!r}, customer {customer!r}, {pos}"
                     if not isinstance(item, Mapping):
                         bad.add(where, f"expected an object, got {type(item).__name__}", meter, customer, item)
@@ -156,9 +157,21 @@ class StripeMeterSource:
                     records.append(UsageRecord(account, metric, ts, value))
         if bad.problems and self.o.on_error == "reject":
             raise malformed_error(self.id, bad.problems, "malformed summary item(s)")
-        yield Batch(cursor=None, watermark=newest(records, ctx.watermark, ctx.now), totals=records,
-                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), {window_label(start, end)}",
-                    skipped=bad.items)
+        return (records, bad), most
+
+    def poll(self, ctx: PollContext) -> Iterator[Batch]:
+        """One window for every meter and customer: when one of them needs more than max_pages pages, the
+        poll reads a shorter window for all (integrations.sources.base.read_window)."""
+        self.fetcher.begin_poll()
+        size = GROUPINGS[self.o.grouping]
+        customers = self._customers(ctx)
+        (records, bad), read = read_window(ctx, self.settings.overlap, self.settings.backfill, size,
+                                           self.o.max_pages, lambda s, e: self._read(customers, s, e),
+                                           full_end=-(-ctx.now // size) * size)  # the open bucket too
+        watermark = newest(records, ctx.watermark, ctx.now)
+        yield Batch(cursor=read.cursor(watermark), watermark=watermark, totals=records,
+                    label=f"{len(self.o.meters)} meter(s) x {len(customers)} customer(s), "
+                          f"{window_label(read.start, read.end)}", skipped=bad.items, behind=read.behind())
 
 
 def build(config: SourceConfig) -> StripeMeterSource:

@@ -367,3 +367,30 @@ def test_shutdown_waits_at_most_shutdown_timeout(tmp_path: Path, db_url: str) ->
     deadline = time.monotonic() + 8  # let the abandoned poll finish before the test database goes away
     while svc.scheduler.state["poll:drops"].runs == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_a_source_that_is_behind_is_polled_again_at_once_until_it_caught_up(tmp_path: Path, db_url: str,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The poll job polls a source that read a shorter window (too many pages for the whole) again at once:
+    one run of the job catches up a source 10 days behind, each partial poll logged."""
+    from integrations.sources.base import CatchUp
+    from tests.integrations.sources.fake_http import FakeHttp
+    from tests.integrations.sources.test_catch_up import NOW, _hourly, _serve, _toml
+
+    with FakeHttp() as srv:
+        _serve(srv, _hourly(10))
+        cfg = load_config(_config(tmp_path, db_url, _toml(srv.url("/usage"), max_pages=9, extra='every = "1h"')),
+                          env={"INGEST_SECRET": SECRET})
+        svc = Service(cfg, clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()))
+        try:
+            with caplog.at_level(logging.INFO):
+                assert svc.run_once()["poll:billing"] == "ok"
+            polls = svc.metrics.value("usagebot_source_polls_total", source="billing", result="ok")
+            state = get_source_state(svc.engine, "billing")  # type: ignore[arg-type]
+            assert len(points(svc.engine, "api_calls")) == 480  # type: ignore[arg-type]
+        finally:
+            svc.stop()
+    assert polls is not None and polls >= 5
+    assert state is not None and CatchUp.parse(state.cursor) is None
+    behind = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "poll_behind"]
+    assert len(behind) == polls - 1 and all("caught up in part: read up to" in m for m in behind)

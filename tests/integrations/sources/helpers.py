@@ -34,6 +34,20 @@ def source_config(toml: str, env: Mapping[str, str] | None = None) -> SourceConf
     return cfg
 
 
+def source_toml(tables: Mapping[str, Mapping[str, Any]] | None = None, **keys: Any) -> str:
+    """One [[sources]] table of `keys` (strings quoted, a dict an inline table) and its sub-tables."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, Mapping):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return f'"{v}"' if isinstance(v, str) else str(v)
+
+    lines = ["[[sources]]", *(f"{k} = {value(v)}" for k, v in keys.items())]
+    for name, table in (tables or {}).items():
+        lines += [f"[sources.{name}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
 def config_problems(toml: str, env: Mapping[str, str] | None = None) -> list[str]:
     try:
         source_config(toml, env)
