@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -104,7 +105,12 @@ class HttpLimits:
 
 
 def status_line(status: int) -> str:
-    return f"{status} {_STATUS_TEXT.get(status, 'Status')}"
+    """'302 Found', '415 Unsupported Media Type': every status its reason phrase (not '302 Status')."""
+    try:
+        phrase = _STATUS_TEXT.get(status) or HTTPStatus(status).phrase
+    except ValueError:  # a status no standard names
+        phrase = "Status"
+    return f"{status} {phrase}"
 
 
 def request_path(wsgi_path: str) -> str:

@@ -260,3 +260,20 @@ def test_paths_are_utf_8_and_a_prefix_route_answers_other_methods_405() -> None:
         assert seen == ["/accounts/café-😀", "/accounts/\ufffd"]
     finally:
         srv.stop()
+
+
+def test_every_status_has_its_reason_phrase() -> None:
+    """302, 303, 403 and 415 were sent as '302 Status' (the phrase table knew eleven codes)."""
+    from bot.service.http_server import status_line
+
+    assert [status_line(s) for s in (302, 303, 403, 415, 413, 599)] == [
+        "302 Found", "303 See Other", "403 Forbidden", "415 Unsupported Media Type", "413 Content Too Large",
+        "599 Status"]
+    srv = HttpServer("127.0.0.1", 0, [Route("GET", "/x", lambda r: Response(302, b"", {"Location": "/"}), "x")])
+    srv.start()
+    try:
+        with _connect(srv) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_response(s).startswith(b"HTTP/1.1 302 Found\r\n")
+    finally:
+        srv.stop()
