@@ -259,23 +259,30 @@ def known_revisions() -> list[str]:
     return [s.revision for s in reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))]
 
 
+def require_sqlite_file(url: str | URL, why: str) -> URL:
+    """The URL, when it is not SQLite or its file exists; StorageError otherwise (a typo in --db must be a
+    clear error, not a new empty database). `why`: what the command does instead of creating one."""
+    u = _normalise(url)
+    if u.get_backend_name() == "sqlite":
+        where, database = redact_url(url), u.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            raise StorageError(f"database {where}: an in-memory database holds nothing to read")
+        if not Path(database).expanduser().is_file():
+            raise StorageError(
+                f"no database at {Path(database).expanduser()} (from {where}); {why}. Check --db, "
+                "$USAGEBOT_DB_URL or [storage] url; a new database is created by `usagebot db upgrade`, "
+                "`usagebot ingest` or `usagebot serve`")
+    return u
+
+
 def open_existing(url: str | URL) -> Engine:
     """An Engine on a database that already exists and is migrated; never creates or migrates one.
 
     For commands that only read (`crm status`, `slack feedback`, `db current`, dry runs): a typo in
     --db must be a clear error, not a new empty database. Raises StorageError saying what to do.
     """
-    u = _normalise(url)
+    u = require_sqlite_file(url, "this command only reads and never creates one")
     where = redact_url(url)
-    if u.get_backend_name() == "sqlite":
-        database = u.database or ""
-        if database in ("", ":memory:") or database.startswith("file::memory:"):
-            raise StorageError(f"database {where}: an in-memory database holds nothing to read")
-        if not Path(database).expanduser().is_file():
-            raise StorageError(
-                f"no database at {Path(database).expanduser()} (from {where}); this command only reads and "
-                "never creates one. Check --db, $USAGEBOT_DB_URL or [storage] url; a new database is created "
-                "by `usagebot db upgrade`, `usagebot ingest` or `usagebot serve`")
     engine = make_engine(u)
     try:
         rev = current_revision(engine)
