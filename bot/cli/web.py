@@ -49,7 +49,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.service.http_server import HttpServer, ListenError, Response, Route
     from bot.web.app import WebUI
     from rules.loader import check_rules
-    from storage.db import current_revision, make_engine, redact_url
+    from storage.db import current_revision, make_engine, redact_url, require_sqlite_file
 
     config = None
     path = config_path(args.config)
@@ -71,7 +71,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"usagebot ui: --host {args.host}: without [web] sign-in settings (--config) the UI has no sign-in, "
               "so it only listens on 127.0.0.1; configure [web] to serve it to others", file=err)
         return 2
-    engine = make_engine(url)
+    engine = make_engine(require_sqlite_file(url, "the UI only reads and creates none"))  # StorageError: one line
     if current_revision(engine) is None:
         print(f"usagebot ui: {redact_url(url)} is not a usagebot database (no schema): run `usagebot ingest` or "
               "`usagebot demo` first", file=err)

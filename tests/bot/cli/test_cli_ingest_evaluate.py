@@ -170,3 +170,5 @@ def test_evaluate_on_a_database_file_that_does_not_exist_creates_none(tmp_path):
     code, out, err = run_cli("evaluate", "--db", f"sqlite:///{typo}", "--rules", str(rules), "--at", day(31))
     assert code == 1 and f"usagebot evaluate: no database at {typo}" in err and "creates none" in err, err
     assert not typo.parent.exists() and "evaluated" not in out
+    code, out, err = run_cli("ui", "--port", "0", "--db", f"sqlite:///{typo}")  # it left an empty file there
+    assert code == 1 and f"usagebot ui: no database at {typo}" in err and not typo.parent.exists(), err
