@@ -172,3 +172,9 @@ def test_evaluate_on_a_database_file_that_does_not_exist_creates_none(tmp_path):
     assert not typo.parent.exists() and "evaluated" not in out
     code, out, err = run_cli("ui", "--port", "0", "--db", f"sqlite:///{typo}")  # it left an empty file there
     assert code == 1 and f"usagebot ui: no database at {typo}" in err and not typo.parent.exists(), err
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{typo}"\n[rules]\npaths = ["{rules}"]\n[slack]\nbot_token = "xoxb-1"\n')
+    for argv in (["outbox", "deliver", "--config", str(config)], ["slack", "deliver", "--config", str(config)]):
+        code, out, err = run_cli(*argv)  # they made an empty book to deliver nothing from
+        assert code == 1 and f"no database at {typo}" in err and "no outbox to deliver" in err, (argv, err)
+    assert not typo.parent.exists()
