@@ -78,6 +78,9 @@ class AccountMatch:
     candidates: list[AccountFacts] = field(default_factory=list)  # when ambiguous or only close
 
 
+MAX_QUERY = 300  # characters of a query matched loosely (an id, up to 256, still matches exactly when longer)
+
+
 def match_account(query: str, accounts: Sequence[AccountFacts], max_candidates: int = 5) -> AccountMatch:
     """Exact id / CRM id / name first, then a unique prefix or substring, then close spellings."""
     q = query.strip()
@@ -87,8 +90,8 @@ def match_account(query: str, accounts: Sequence[AccountFacts], max_candidates: 
     for a in accounts:
         if ql in (a.id.lower(), a.crm_id.lower()) or (qn and qn == _norm(a.name)):
             return AccountMatch(a)
-    if not qn:
-        return AccountMatch(None)
+    if not qn or len(q) > MAX_QUERY:  # past an exact id: no prefix, word or spelling match is that long,
+        return AccountMatch(None)  # and difflib on it took 6 s at 4,000 characters (72 s at 40,000)
     prefix = [a for a in accounts if _norm(a.name).startswith(qn) or a.id.lower().startswith(ql)]
     if len(prefix) == 1:
         return AccountMatch(prefix[0])

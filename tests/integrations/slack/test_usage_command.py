@@ -60,6 +60,29 @@ def test_fuzzy_account_match():
     assert none.account is None and none.candidates == []
 
 
+
+def test_a_long_query_is_no_match_without_fuzzy_matching_it(monkeypatch):
+    """difflib compared a 40,000-character /usage query with every account name (72 s on 2,000
+    accounts, in a worker thread per click); past MAX_QUERY only an exact id still matches."""
+    import integrations.slack.usage_args as usage_args
+
+    compared: list[int] = []
+    real = usage_args.difflib.SequenceMatcher
+
+    def counting(isjunk, a, b):  # type: ignore[no-untyped-def]
+        compared.append(len(a))
+        return real(isjunk, a, b)
+
+    monkeypatch.setattr(usage_args.difflib, "SequenceMatcher", counting)
+    assert match_account("Globx", ACCOUNTS).account.id == "globex" and compared  # short typos still fuzzy
+    compared.clear()
+    for query in ("globex " * 6000, "q" * 40_000, "ac " * 200):
+        found = match_account(query, ACCOUNTS)
+        assert found.account is None and found.candidates == [] and compared == [], len(query)
+    long_id = replace(ACCOUNTS[0], id="x" * 256)
+    assert match_account("x" * 256, [long_id, *ACCOUNTS]).account == long_id  # an id of 256 characters
+
+
 @pytest.fixture
 def setup(engine, fake, config, clock):
     fake.add_user("U0NOBODY1", "nobody@example.com")
