@@ -23,7 +23,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rules.config import Secret, Section, Table
-from rules.config.urls import url_problem
+from rules.config.urls import path_problem, url_problem
 from rules.config.values import template_fields
 from rules.model import SEVERITIES
 
@@ -322,6 +322,9 @@ def parse_slack_config(section: Section) -> SlackConfig:
     http_path = sec.str("http_path", "/slack/events") or "/slack/events"
     if not http_path.startswith("/"):
         sec.problem("http_path", f"must start with '/', got {http_path!r}")
+        http_path = "/slack/events"
+    elif path_problem(http_path) is not None:
+        sec.problem("http_path", str(path_problem(http_path)))
         http_path = "/slack/events"
     base_url = sec.str("base_url")
     if base_url and (not base_url.startswith(("https://", "http://")) or url_problem(base_url) is not None):

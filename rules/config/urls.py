@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 
@@ -21,4 +22,17 @@ def url_problem(url: str) -> str | None:
         return "has whitespace in its host name"
     if port == 0:
         return "has port 0 (give the service's port, or none for 443 / 80)"
+    return None
+
+
+_PATH = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/?)*")
+
+
+def path_problem(path: str) -> str | None:
+    """What makes an HTTP path the service serves unusable, or None: it starts with "/", has no "//",
+    "." or ".." segment (a proxy or Slack normalises those away, so the route would never match), no
+    whitespace, query, fragment or percent-escape."""
+    segments = path.split("/")[1:]
+    if not _PATH.fullmatch(path) or any(s in (".", "..") for s in segments) or "//" in path:
+        return f"must be a plain path like '/ingest/events' (got {path[:60]!r})"
     return None

@@ -226,3 +226,15 @@ def test_an_unusable_url_is_a_problem_at_its_key(tmp_path: Path, table: str, key
     assert main(["config", "check", str(p)], out=out, err=err) == 1
     said = out.getvalue() + err.getvalue()
     assert says in said and f".{key}: " in said and "pw-9x" not in said and "bug" not in said, said
+
+
+@pytest.mark.parametrize("path", ["/slack/../events", "/slack//events", "/events?x=1", "/ev ents", "/a/./b", "/%2e%2e"])
+def test_a_served_path_a_proxy_would_rewrite_is_a_problem(tmp_path: Path, path: str) -> None:
+    """[ingest] path and [slack] http_path with '..', '//', a query or a space passed the check; the
+    route then never matched what Slack or a proxy sends (they normalise such a path)."""
+    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "s"\npath = "{path}"\n'
+                         f'[slack]\nbot_token = "xoxb-1"\nsigning_secret = "abcdefgh"\nhttp_path = "{path}"\n')
+    _, problems = check_config(p, env={})
+    said = [str(x) for x in problems]
+    assert [s.split(": ", 2)[1] for s in said] == ["ingest.path", "slack.http_path"], said
+    assert all("must be a plain path" in s for s in said), said
