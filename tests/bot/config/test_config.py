@@ -208,6 +208,7 @@ _SRC = 'every = "5m"\nrecords = "d"\n[sources.fields]\naccount = "a"\nmetric = "
     ("[[sources]]\nid = 'o'\ntype = 'openmeter'\ntoken = 'x'\nmeters = { a = 'b' }\nevery = '10m'", "url", ""),
     ("[slack]\nbot_token = 'xoxb-1'", "base_url", ""),
     ("[slack]\nbot_token = 'xoxb-1'", "crm_url", ""),
+    ("[slack]\nbot_token = 'xoxb-1'", "request_url", ""),
 ])
 @pytest.mark.parametrize("url, says", [
     ("https://u:pw-9x@host.example.com:99999/x", "Port out of range"),
@@ -238,3 +239,14 @@ def test_a_served_path_a_proxy_would_rewrite_is_a_problem(tmp_path: Path, path: 
     said = [str(x) for x in problems]
     assert [s.split(": ", 2)[1] for s in said] == ["ingest.path", "slack.http_path"], said
     assert all("must be a plain path" in s for s in said), said
+
+
+def test_slack_request_url_is_an_https_url(tmp_path: Path) -> None:
+    """request_url (the manifest's Slack-facing URL) was not checked: 'http://...' or 'usagebot.example.com'
+    went into the manifest, and Slack calls only https URLs."""
+    for url in ("http://usagebot.example.com/slack/events", "usagebot.example.com/slack/events"):
+        p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[slack]\nbot_token = "xoxb-1"\nrequest_url = "{url}"\n')
+        _, problems = check_config(p, env={})
+        assert [str(x).split(": ", 2)[1:] for x in problems] == [[
+            "slack.request_url", "must be an https:// URL (Slack calls no other), e.g. "
+            "https://usagebot.example.com/slack/events"]], problems
