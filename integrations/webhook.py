@@ -39,6 +39,8 @@ import httpx
 from integrations.notice import AlertNotice
 from integrations.notifier import DeliveryError
 from rules.config import Secret, Section
+from rules.config.urls import url_problem
+from storage.db import bigint_of
 
 PAYLOAD_VERSION = 1
 SIGNATURE_HEADER = "X-Usagebot-Signature"
@@ -66,6 +68,9 @@ def parse_webhook_config(sec: Section, name: str) -> WebhookConfig | None:
     timeout = sec.duration("timeout", 10, min=1) or 10
     if url is not None and not url.reveal().startswith(("https://", "http://")):
         sec.problem("url", "must start with https:// (or http://)")
+        return None
+    if url is not None and url_problem(url.reveal()) is not None:
+        sec.problem("url", str(url_problem(url.reveal())))
         return None
     if secret is not None and len(secret.reveal()) < 16:
         sec.problem("secret", "is too short to sign with: use at least 16 characters (e.g. `openssl rand -hex 32`)")
@@ -106,11 +111,12 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: int | None
     """What a receiver does (the reference for docs/webhook.md): a fresh timestamp and a matching
     signature, compared in constant time. `headers` keys lower-case."""
     ts, sig = headers.get(TIMESTAMP_HEADER.lower(), ""), headers.get(SIGNATURE_HEADER.lower(), "")
-    if not ts.isdigit() or not sig:
+    when = bigint_of(ts, 0)  # ASCII digits only: int('²') raises, and so would compare_digest on 'é'
+    if when is None or not sig or not sig.isascii():
         return False
-    if abs((int(time.time()) if now is None else now) - int(ts)) > tolerance:
+    if abs((int(time.time()) if now is None else now) - when) > tolerance:
         return False
-    return hmac.compare_digest(signature(secret, int(ts), body), sig)
+    return hmac.compare_digest(signature(secret, when, body), sig)
 
 
 def retry_after(value: str | None, now: float) -> int | None:

@@ -56,6 +56,20 @@ class _MigratingOnly(logging.Filter):
 logging.getLogger("alembic.runtime.migration").addFilter(_MigratingOnly())
 
 
+BIGINT_MAX = 2 ** 63 - 1  # ids and epoch seconds are BIGINT columns: a larger number is no row's
+
+
+def bigint_of(text: str, minimum: int = -BIGINT_MAX - 1) -> int | None:
+    """The integer a request's text names for a BIGINT column, or None when it is none: ASCII digits
+    only ('²' and '٣' are str.isdigit() but int() parses neither), a leading "-" only when minimum is
+    negative, within [minimum, BIGINT_MAX] (a larger number fails inside the driver, past any handler)."""
+    digits = text[1:] if text.startswith("-") and minimum < 0 else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        return None
+    value = int(text)
+    return value if minimum <= value <= BIGINT_MAX else None
+
+
 def default_url(data_dir: str | Path = "usagebot-data") -> str:
     """SQLite file `<data_dir>/usagebot.db` (the directory is created by make_engine)."""
     return f"sqlite:///{Path(data_dir) / 'usagebot.db'}"
@@ -80,6 +94,11 @@ def redact_url(url: str | URL) -> str:
     return re.sub(r"(\b(?:password|passwd|pass|pwd)=)[^&#\s]*", r"\1***", text, flags=re.IGNORECASE)
 
 
+def port_problem(u: URL) -> str | None:
+    """A database URL's port out of range (the driver would say so only at the first connect)."""
+    return None if u.port is None or 0 < u.port <= 65535 else f"port {u.port} is not between 1 and 65535"
+
+
 def _normalise(url: str | URL) -> URL:
     try:
         u = make_url(url)
@@ -88,6 +107,9 @@ def _normalise(url: str | URL) -> URL:
             "database URL cannot be parsed (not shown: it may hold a password); expected e.g. "
             "'sqlite:///usagebot-data/usagebot.db' or 'postgresql://user:pass@host:5432/dbname'"
         ) from None
+    problem = port_problem(u)
+    if problem is not None:
+        raise StorageError(f"database URL {redact_url(url)!r}: {problem}")
     backend = u.get_backend_name()
     if backend in ("postgresql", "postgres"):
         return u.set(drivername="postgresql+psycopg")
@@ -237,23 +259,30 @@ def known_revisions() -> list[str]:
     return [s.revision for s in reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))]
 
 
+def require_sqlite_file(url: str | URL, why: str) -> URL:
+    """The URL, when it is not SQLite or its file exists; StorageError otherwise (a typo in --db must be a
+    clear error, not a new empty database). `why`: what the command does instead of creating one."""
+    u = _normalise(url)
+    if u.get_backend_name() == "sqlite":
+        where, database = redact_url(url), u.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            raise StorageError(f"database {where}: an in-memory database holds nothing to read")
+        if not Path(database).expanduser().is_file():
+            raise StorageError(
+                f"no database at {Path(database).expanduser()} (from {where}); {why}. Check --db, "
+                "$USAGEBOT_DB_URL or [storage] url; a new database is created by `usagebot db upgrade`, "
+                "`usagebot ingest` or `usagebot serve`")
+    return u
+
+
 def open_existing(url: str | URL) -> Engine:
     """An Engine on a database that already exists and is migrated; never creates or migrates one.
 
     For commands that only read (`crm status`, `slack feedback`, `db current`, dry runs): a typo in
     --db must be a clear error, not a new empty database. Raises StorageError saying what to do.
     """
-    u = _normalise(url)
+    u = require_sqlite_file(url, "this command only reads and never creates one")
     where = redact_url(url)
-    if u.get_backend_name() == "sqlite":
-        database = u.database or ""
-        if database in ("", ":memory:") or database.startswith("file::memory:"):
-            raise StorageError(f"database {where}: an in-memory database holds nothing to read")
-        if not Path(database).expanduser().is_file():
-            raise StorageError(
-                f"no database at {Path(database).expanduser()} (from {where}); this command only reads and "
-                "never creates one. Check --db, $USAGEBOT_DB_URL or [storage] url; a new database is created "
-                "by `usagebot db upgrade`, `usagebot ingest` or `usagebot serve`")
     engine = make_engine(u)
     try:
         rev = current_revision(engine)

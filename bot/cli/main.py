@@ -319,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.service.pipeline import DeliveryReport, deliver_outbox, run_cycle
     from integrations.console import ConsoleNotifier
     from integrations.notifiers import build_notifiers
-    from storage.db import make_engine, migrate
+    from storage.db import make_engine, migrate, require_sqlite_file
 
     if missing_paths(args.rules, "--rules", err):
         return 2
@@ -341,7 +341,8 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BacktestError as exc:
         print(f"usagebot evaluate: {exc}", file=err)
         return 2
-    engine = make_engine(database_url(args.db, config.storage_url if config else None))
+    url = database_url(args.db, config.storage_url if config else None)
+    engine = make_engine(require_sqlite_file(url, "`usagebot evaluate` evaluates a book and creates none"))
     try:
         migrate(engine)
         notifiers = (build_notifiers(config.notifiers, engine, config.slack, out=out) if config

@@ -59,7 +59,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from integrations.notifier import NoticeOutlet
     from integrations.notifiers import build_notifiers
     from integrations.slack.notifier import SlackNotifier
-    from storage.db import make_engine, migrate
+    from storage.db import make_engine, migrate, require_sqlite_file
 
     path = config_path(args.config)
     if path is None:
@@ -71,7 +71,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     now = time_or_now(args.at, "--at", err, "outbox")
     if now is None:
         return 2
-    engine = make_engine(args.db or config.storage_url)
+    engine = make_engine(require_sqlite_file(args.db or config.storage_url, "there is no outbox to deliver from"))
     try:
         migrate(engine)
         notifiers = build_notifiers(config.notifiers, engine, config.slack, out=out)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
 from bot.cli.settings import CONFIG_ENV, resolve
-from bot.cli.support import add_command, add_config_option, add_db_option, add_group, config_path
+from bot.cli.support import add_command, add_config_option, add_db_option, add_group, config_path, port_number
 
 if TYPE_CHECKING:  # imported where used: every command registers this module (tests/cli/test_startup_imports.py)
     from bot.config.app import AppConfig
@@ -27,7 +27,7 @@ def apply_overrides(config: AppConfig, args: argparse.Namespace) -> AppConfig:
     svc = config.service
     db = resolve("--db", args.db, config.storage_url, config.storage_url)
     host = resolve("--host", args.host, svc.host, svc.host)
-    port = resolve("--port", args.port, svc.port, svc.port, convert=int)
+    port = resolve("--port", args.port, svc.port, svc.port, convert=port_number)
     level = resolve("--log-level", args.log_level, svc.log_level, svc.log_level)
     fmt = resolve("--log-format", args.log_format, svc.log_format, svc.log_format)
     if level.value not in LOG_LEVELS or fmt.value not in LOG_FORMATS:
@@ -150,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_option(s)
     add_db_option(s)
     s.add_argument("--host", metavar="ADDR", help="HTTP listen address (default $USAGEBOT_HOST, else [service] host)")
-    s.add_argument("--port", type=int, metavar="N", help="HTTP port (default $USAGEBOT_PORT, else [service] port)")
+    s.add_argument("--port", type=port_number, metavar="N", help="HTTP port (default $USAGEBOT_PORT, else [service] port)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="log level (default $USAGEBOT_LOG_LEVEL, else [service] log_level)")
     s.add_argument("--log-format", choices=["json", "text"],

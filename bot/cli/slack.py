@@ -153,7 +153,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from integrations.slack.digest import send_due_digests
     from integrations.slack.notifier import SlackNotifier
     from integrations.slack.updates import SlackUpdates
-    from storage.db import make_engine, migrate
+    from storage.db import make_engine, migrate, require_sqlite_file
 
     settings = _settings(args, err)
     if settings is None:
@@ -161,7 +161,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     now = time_or_now(args.at, "--at", err, "slack")
     if now is None:
         return 2
-    engine = make_engine(_db_url(args, settings))
+    engine = make_engine(require_sqlite_file(_db_url(args, settings), "there is no outbox to deliver from"))
     try:
         migrate(engine)
         notifier = slack_notifier(settings.slack, engine)

@@ -131,3 +131,15 @@ def command_prefix() -> str:
         return f"./{rel}" if rel.parts[0] != ".venv" else str(rel)
     except ValueError:
         return str(here)
+
+
+def port_number(text: str | int) -> int:
+    """A TCP port 0-65535 (0: any free one) from a flag or an environment variable. ValueError (argparse
+    says it at the flag) otherwise: the socket layer would wrap 70000 silently to port 4464."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{str(text)[:40]!r} is not a port number (0-65535)")
+    return port

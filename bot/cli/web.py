@@ -24,6 +24,7 @@ from bot.cli.support import (
     add_config_option,
     config_path,
     load_or_report,
+    port_number,
 )
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -45,10 +46,10 @@ def _demo_db(data_dir: str, err: TextIO) -> str:
 def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.config.app import load_config
     from bot.config.web import WebConfig
-    from bot.service.http_server import HttpServer, Response, Route
+    from bot.service.http_server import HttpServer, ListenError, Response, Route
     from bot.web.app import WebUI
     from rules.loader import check_rules
-    from storage.db import current_revision, make_engine, redact_url
+    from storage.db import current_revision, make_engine, redact_url, require_sqlite_file
 
     config = None
     path = config_path(args.config)
@@ -70,7 +71,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"usagebot ui: --host {args.host}: without [web] sign-in settings (--config) the UI has no sign-in, "
               "so it only listens on 127.0.0.1; configure [web] to serve it to others", file=err)
         return 2
-    engine = make_engine(url)
+    engine = make_engine(require_sqlite_file(url, "the UI only reads and creates none"))  # StorageError: one line
     if current_revision(engine) is None:
         print(f"usagebot ui: {redact_url(url)} is not a usagebot database (no schema): run `usagebot ingest` or "
               "`usagebot demo` first", file=err)
@@ -80,7 +81,12 @@ def cmd_ui(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         web = WebConfig(anonymous=True, public_url=f"http://127.0.0.1:{args.port or DEFAULT_PORT}")
     ui = WebUI(web, engine, lambda: ruleset, slack=config.slack if config else None)
     routes = [Route("GET", "/healthz", lambda req: Response.json(200, {"status": "ok"}), "healthz"), *ui.routes()]
-    server = HttpServer(args.host, args.port, routes)
+    try:
+        server = HttpServer(args.host, args.port, routes)
+    except ListenError as exc:
+        print(f"usagebot ui: {exc}; choose another with --port / --host", file=err)
+        engine.dispose()
+        return 1
     server.start()
     host = args.host if ":" not in args.host else f"[{args.host}]"
     print(f"usagebot ui: http://{host}:{server.port}/ on {redact_url(url)} ({len(ruleset.rules)} rules); "
@@ -109,7 +115,7 @@ def register(sub: Any) -> None:
     add_config_option(u, " (its database, rules and [web] sign-in settings)")
     u.add_argument("--rules", action="append", metavar="PATH",
                    help="rule files shown with the alerts (default: the config's, else the shipped examples)")
-    u.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N", help=f"HTTP port (default {DEFAULT_PORT})")
+    u.add_argument("--port", type=port_number, default=DEFAULT_PORT, metavar="N", help=f"HTTP port (default {DEFAULT_PORT})")
     u.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                    help="listen address (default 127.0.0.1; others need [web] sign-in settings)")
     u.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",

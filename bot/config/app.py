@@ -20,6 +20,8 @@ field: message) and raises them together as a ConfigError.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +58,25 @@ def _admin_channel(w: v.Reporter, path: PathKey, value: Any) -> str | None:
     return channel
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _listen_host(w: v.Reporter, path: PathKey, value: Any) -> str | None:
+    """An address to listen on: an IP address (0.0.0.0, ::) or a host name of this machine."""
+    host = v.string(w, path, value)
+    if host is None or host == "":
+        return host
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")):
+        w.error(path, f"{host[:80]!r} is not an IP address or a host name (e.g. '0.0.0.0', '127.0.0.1', '::')")
+        return None
+    return host
+
+
 def _cron(w: v.Reporter, path: PathKey, value: Any) -> str | None:
     from rules.config.cron import cron_trigger
 
@@ -76,7 +97,7 @@ def _first_run(w: v.Reporter, path: PathKey, value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    host: str = setting("0.0.0.0", v.string)
+    host: str = setting("0.0.0.0", _listen_host)
     port: int = setting(8080, v.integer(0, 65535, text=True))
     log_format: str = setting("json", v.choice(LOG_FORMATS))
     log_level: str = setting("info", v.choice(LOG_LEVELS))
@@ -268,6 +289,7 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
 
     notifiers = parse_notifiers(doc.sections("notifiers"))
     web, slack = _web(doc, slack)
+    _post_paths_apart(doc, ingest, slack, web)
     from bot.config.pricing import parse_pricing
 
     pricing = parse_pricing(doc.section("pricing"))
@@ -275,6 +297,22 @@ def parse_document(doc: Document, validate_rules: bool = True) -> AppConfig:
                      scheduler=scheduler, evaluation=evaluation, ingest=ingest, sources=sources, slack=slack,
                      salesforce=salesforce,
                      health=health, ruleset=ruleset, notifiers=notifiers, web=web)
+
+
+def _post_paths_apart(doc: Document, ingest: Any, slack: Any, web: Any) -> None:
+    """The service's POST endpoints are different paths: the HTTP server has one route per method and
+    path, so [ingest] path = "/slack/events" silently lost every push to the Slack handler (401s)."""
+    claimed: dict[str, str] = {}
+    wanted = [("web", None, "/logout", web is not None and web.enabled),
+              ("slack", "http_path", getattr(slack, "http_path", ""), getattr(slack, "interactive_mode", None) == "http"),
+              ("ingest", "path", getattr(ingest, "path", ""), ingest is not None)]
+    for section, key, path, used in wanted:
+        if not used:
+            continue
+        if path in claimed:
+            doc.section(section).problem(key, f"{path!r} is already the path of {claimed[path]}; give each its own path")
+        else:
+            claimed[path] = f"[{section}] {key}" if key else "the web UI's sign-out"
 
 
 def _web(doc: Document, slack: Any) -> tuple[Any, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from rules.config import Secret, Section, Table, redaction
+from rules.config.urls import url_problem
 
 KEYS = ("enabled", "public_url", "session_secret", "session_secret_file", "session_ttl", "tokens",
         "slack_client_id", "slack_client_secret", "slack_client_secret_file", "slack_team_id", "anonymous",
@@ -66,6 +67,9 @@ def parse_web_config(sec: Section, slack_bot_token: bool = False) -> WebConfig:
     sec.check_keys(KEYS)
     d = WebConfig()
     public_url = sec.str("public_url")
+    if public_url and url_problem(public_url) is not None:
+        sec.problem("public_url", str(url_problem(public_url)))
+        public_url = None
     if public_url:
         u = urlparse(public_url)
         if u.scheme not in ("https", "http") or not u.netloc or u.query or u.fragment:

@@ -625,10 +625,10 @@ class Service:
                 self.http = HttpServer(svc.host, svc.port, self.routes(), limits, metrics=self.metrics,
                                        on_error=lambda: self.metrics.inc("usagebot_errors_total", component="http"))
                 self.http.start()
-            except OSError as exc:  # the port is taken, or the address is not this host's: the admin's to fix
+            except OSError as exc:  # ListenError: the port is taken, or the address is not this host's
                 raise ServiceStartError(
-                    f"cannot listen on {svc.host}:{svc.port}: {exc.strerror or exc}; stop what uses the port, or "
-                    "choose another with --port / $USAGEBOT_PORT / [service] port") from None
+                    f"{exc}; stop what uses the port, or choose another with --port / $USAGEBOT_PORT / [service] "
+                    "port (and the address with --host / [service] host)") from None
             log.info("listening on %s:%d", svc.host, self.http.port, extra={"event": "listening", "port": self.http.port})
         slack = self.config.slack
         if slack is not None and getattr(slack, "interactive_mode", None) == "socket":

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -104,7 +105,22 @@ class HttpLimits:
 
 
 def status_line(status: int) -> str:
-    return f"{status} {_STATUS_TEXT.get(status, 'Status')}"
+    """'302 Found', '415 Unsupported Media Type': every status its reason phrase (not '302 Status')."""
+    try:
+        phrase = _STATUS_TEXT.get(status) or HTTPStatus(status).phrase
+    except ValueError:  # a status no standard names
+        phrase = "Status"
+    return f"{status} {phrase}"
+
+
+def request_path(wsgi_path: str) -> str:
+    """The request's path as text: WSGI (PEP 3333) hands it over percent-decoded with each byte as one
+    latin-1 character, so /accounts/caf%C3%A9 would arrive as 'cafÃ©'; browsers and our own links
+    percent-encode UTF-8. Bytes that are not UTF-8 become U+FFFD (such a path names nothing)."""
+    try:
+        return wsgi_path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # already text (a server that decoded it)
+        return wsgi_path
 
 
 def wsgi_route(app: Callable[..., Any]) -> Handler:
@@ -112,7 +128,7 @@ def wsgi_route(app: Callable[..., Any]) -> Handler:
 
     def handle(req: Request) -> Response:
         environ: dict[str, Any] = {
-            "REQUEST_METHOD": req.method, "PATH_INFO": req.path,
+            "REQUEST_METHOD": req.method, "PATH_INFO": req.path.encode("utf-8").decode("latin-1"),
             "QUERY_STRING": urlencode(req.query, doseq=True), "SERVER_NAME": "usagebot", "SERVER_PORT": "0",
             "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": req.headers.get("content-type", ""),
             "CONTENT_LENGTH": str(len(req.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
@@ -154,9 +170,16 @@ def _header_map(wsgi_headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower().replace("_", "-"): v for k, v in wsgi_headers.items()}
 
 
+class ListenError(OSError):
+    """The server cannot listen on host:port (a port in use or out of range, an address that is not
+    this machine's or no address at all); the message says which, in one line."""
+
+
 class HttpServer:
     def __init__(self, host: str, port: int, routes: Sequence[Route], limits: HttpLimits | None = None,
                  metrics: Metrics | None = None, on_error: Callable[[], None] | None = None) -> None:
+        """Binds host:port at once; ListenError when it cannot (the socket layer would wrap a port past
+        65535 silently: 70000 listened on 4464)."""
         self.routes = {(r.method, r.path): r for r in routes}
         self.limits = limits or HttpLimits()
         self.metrics = metrics
@@ -166,15 +189,25 @@ class HttpServer:
         if metrics is not None:
             metrics.initialise("usagebot_http_requests_total",
                                [{"route": r.name, "status": 200} for r in routes])
+        if not 0 <= port <= 65535:
+            raise ListenError(f"cannot listen on {host}:{port}: the port must be between 0 and 65535")
+        try:
+            self._server = self._build(self._adjustments(host, port, routes))
+        except ValueError:  # waitress: the host resolves to no address ("Invalid host/port specified")
+            raise ListenError(f"cannot listen on {host}:{port}: {host!r} is not an address or host name "
+                              "of this machine") from None
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    def _adjustments(self, host: str, port: int, routes: Sequence[Route]) -> Adjustments:
         lim = self.limits
-        adj = Adjustments(
+        return Adjustments(
             host=host, port=port, threads=lim.threads, connection_limit=lim.max_connections,
             channel_timeout=max(1, int(lim.idle_timeout)), cleanup_interval=1,
             max_request_header_size=lim.max_header_bytes,
             max_request_body_size=max([r.max_body for r in routes] + [0]) + 1,
             ident="usagebot", expose_tracebacks=False, asyncore_use_poll=True, clear_untrusted_proxy_headers=True,
             log_untrusted_proxy_headers=False)
-        self._server = self._build(adj)
 
     # ------------------------------------------------------------------ waitress plumbing
 
@@ -234,20 +267,23 @@ class HttpServer:
         route = self.routes.get((m, path))
         allowed = sorted(mm for (mm, p) in self.routes if p == path)
         if route is None and not allowed:  # a prefix route (the longest) takes paths no exact route has
-            under = [r for (mm, p), r in self.routes.items() if r.prefix and mm == m and
+            under = [r for (mm, p), r in self.routes.items() if r.prefix and
                      (path == p or path.startswith(p if p.endswith("/") else p + "/"))]
-            route = max(under, key=lambda r: len(r.path), default=None)
+            route = max((r for r in under if r.method == m), key=lambda r: len(r.path), default=None)
+            if route is None:  # DELETE /alerts under the web UI's GET prefix: 405 with Allow, not a 404
+                allowed = sorted({r.method for r in under})
         return route, allowed
 
     def _precheck(self, req: HTTPRequestParser) -> tuple[Response | None, str]:
         """A refusal decided on the request line and headers alone, and the route's metrics name."""
-        route, allowed = self._route(req.command, req.path)
+        path = request_path(req.path)
+        route, allowed = self._route(req.command, path)
         if route is None:
             if allowed:
                 resp = Response.json(405, {"error": f"method {req.command} not allowed; use {', '.join(allowed)}"})
                 resp.headers["Allow"] = ", ".join(allowed)
                 return resp, UNKNOWN_ROUTE
-            return Response.json(404, {"error": f"no such path {req.path}"}), UNKNOWN_ROUTE
+            return Response.json(404, {"error": f"no such path {path[:200]}"}), UNKNOWN_ROUTE
         if req.chunked:
             return Response.json(411, {"error": "send the body with a Content-Length (chunked bodies are "
                                                 "not accepted)"}), route.name
@@ -260,7 +296,7 @@ class HttpServer:
             try:
                 refusal = route.authorize(_header_map(req.headers))
             except Exception:
-                log.exception("authorizing %s %s failed", req.command, req.path)
+                log.exception("authorizing %s %s failed", req.command, path[:200])
                 refusal = Response.json(500, {"error": "internal error (see the service log)"})
             if refusal is not None:
                 return refusal, route.name
@@ -276,10 +312,10 @@ class HttpServer:
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         """The WSGI application waitress calls with a complete request that passed _precheck."""
         started = time.perf_counter()
-        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        method, path = environ["REQUEST_METHOD"], request_path(environ.get("PATH_INFO", ""))
         route, _ = self._route(method, path)
         if route is None:  # _precheck answered these already; kept for safety
-            resp, name = Response.json(404, {"error": f"no such path {path}"}), UNKNOWN_ROUTE
+            resp, name = Response.json(404, {"error": f"no such path {path[:200]}"}), UNKNOWN_ROUTE
         else:
             name = route.name
             length = int(environ.get("CONTENT_LENGTH") or 0)

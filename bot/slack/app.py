@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +64,7 @@ from integrations.slack.usage_args import MAX_SNOOZE
 from integrations.sources.records import shown
 from rules.durations import DurationError, parse_duration
 from rules.health import DEFAULT_MODEL, HealthModel
+from storage.db import bigint_of
 from storage.outbox import enqueue
 from storage.slack import first_time_seen
 
@@ -130,15 +132,9 @@ def _action_value(body: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-MAX_EPISODE_ID = 2 ** 63 - 1  # a BIGINT: larger is no episode (and no database can look it up)
-
-
 def episode_id_of(text: str) -> int | None:
-    """The episode id a button carries ("123"), or None when it is not one (text, 0, 5,000 digits)."""
-    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
-        return None
-    eid = int(text)
-    return eid if 0 < eid <= MAX_EPISODE_ID else None
+    """The episode id a button carries ("123"), or None when it is not one (text, 0, -1, 5,000 digits)."""
+    return bigint_of(text, 1)
 
 
 SORRY = text_message("Sorry, something went wrong; it was logged. Please try again in a minute.")
@@ -285,7 +281,8 @@ def _request_key(req: BoltRequest) -> tuple[str, int] | None:
     if req.mode == "http":
         ts = (req.headers.get("x-slack-request-timestamp") or [""])[0]
         sig = (req.headers.get("x-slack-signature") or [""])[0]
-        return (f"{ts}:{sig}", int(ts)) if ts.isdigit() and sig else None
+        when = bigint_of(ts, 0)
+        return (f"{ts}:{sig}", when) if when is not None and sig else None
     body = req.body if isinstance(req.body, Mapping) else {}
     ident = body.get("trigger_id") or body.get("event_id")
     return (f"socket:{body.get('team_id') or ''}:{ident}", -1) if isinstance(ident, str) and ident else None
@@ -345,12 +342,14 @@ _PAYLOAD_PARTS = (payload_utils.to_options, payload_utils.to_shortcut, payload_u
 def _dispatch(app: App, body: bytes, query: str, headers: Mapping[str, Any]) -> BoltResponse:
     """One HTTP request to the app. A body bolt cannot parse never reaches it: 401 when its signature
     is wrong (as bolt would answer), else 400, and never a traceback."""
+    flat = {k.lower(): (v[0] if isinstance(v, list | tuple) and v else v) for k, v in headers.items()}
+    if app._signing_secret and signature_header_problem(flat) is not None:  # noqa: SLF001
+        return BoltResponse(status=401, body="")  # bolt's verifier would raise on these (int('²'), non-ASCII)
     try:
         req = BoltRequest(body=body.decode("utf-8"), query=query, headers=dict(headers))
         for extract in _PAYLOAD_PARTS:  # bolt takes these apart for every listener and its error handler,
             extract(req.body)  # so a payload of the wrong shape would fail there, past any handler
     except Exception as exc:  # ValueError (JSON, UTF-8), RecursionError, TypeError/AttributeError (shape)
-        flat = {k.lower(): (v[0] if isinstance(v, list | tuple) and v else v) for k, v in headers.items()}
         if not _signed(app._signing_secret, body, flat):  # noqa: SLF001
             return BoltResponse(status=401, body="")
         log.warning("malformed Slack request refused (400): %s: %s", type(exc).__name__, shown(str(exc), 200))
@@ -362,7 +361,7 @@ def _signed(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
     """Slack's v0 request signature over the raw bytes (slack_sdk's verifier decodes the body as UTF-8
     first and raises on bytes that are not; this check must not)."""
     ts, sig = str(headers.get("x-slack-request-timestamp") or ""), str(headers.get("x-slack-signature") or "")
-    if not secret or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+    if not secret or signature_header_problem(headers) is not None:
         return False
     if not body.decode("utf-8", "replace").encode() == body:  # the common case goes through slack_sdk
         expected = "v0=" + hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
@@ -411,19 +410,32 @@ def dispatch_http(app: App, body: bytes | str, headers: Mapping[str, str],
 SLACK_MAX_AGE = 300  # seconds; slack-bolt refuses older request timestamps too (replay window)
 
 
-def slack_signature_headers(headers: Mapping[str, str]) -> Response | None:
-    """Slack HTTP mode, before the body is read: the signature headers are there and the timestamp is fresh.
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")  # Slack's v0 signature: an HMAC-SHA256 in lower-case hex
 
-    The signature itself (an HMAC of the body) is verified by slack-bolt once the body is in.
-    """
-    ts, sig = headers.get("x-slack-request-timestamp", ""), headers.get("x-slack-signature", "")
+
+def signature_header_problem(headers: Mapping[str, Any]) -> str | None:
+    """What is wrong with a request's signature headers before any HMAC is computed, or None.
+
+    The timestamp is ASCII digits within SLACK_MAX_AGE of now, the signature 'v0=' and 64 hex digits:
+    anything else (a non-ASCII digit such as '²', 5,000 digits, a non-ASCII signature) would make
+    slack_sdk's verifier raise instead of answering False."""
+    ts, sig = str(headers.get("x-slack-request-timestamp") or ""), str(headers.get("x-slack-signature") or "")
     if not ts or not sig:
-        return Response.json(401, {"error": "missing X-Slack-Request-Timestamp / X-Slack-Signature headers"})
-    if not ts.isdigit() or abs(time.time() - int(ts)) > SLACK_MAX_AGE:
-        return Response.json(401, {"error": "stale or malformed X-Slack-Request-Timestamp"})
-    if not sig.startswith("v0=") or len(sig) > 200:
-        return Response.json(401, {"error": "malformed X-Slack-Signature"})
+        return "missing X-Slack-Request-Timestamp / X-Slack-Signature headers"
+    when = bigint_of(ts, 0)
+    if when is None or abs(time.time() - when) > SLACK_MAX_AGE:
+        return "stale or malformed X-Slack-Request-Timestamp"
+    if _SIGNATURE.fullmatch(sig) is None:
+        return "malformed X-Slack-Signature"
     return None
+
+
+def slack_signature_headers(headers: Mapping[str, str]) -> Response | None:
+    """Slack HTTP mode, before the body is read: the signature headers are there, well formed, and the
+    timestamp is fresh. The signature itself (an HMAC of the body) is verified by slack-bolt once the
+    body is in."""
+    problem = signature_header_problem(headers)
+    return None if problem is None else Response.json(401, {"error": problem})
 
 
 class HttpModeServer:

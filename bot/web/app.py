@@ -46,6 +46,7 @@ from integrations.console import format_number
 from rules.durations import format_duration
 from rules.kinds import KINDS
 from rules.model import RuleSet
+from storage.db import bigint_of
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Page:
     context: dict[str, Any]
     data: Any = None
     status: int = 200
+    refused: str = ""  # a bad query value: the page says it and shows the rest; JSON is a 400 with it
 
 
 class WebUI:
@@ -174,7 +176,10 @@ class WebUI:
     def _answer(self, req: Request, page: Page, who: auth.Principal) -> Response:
         if _wants_json(req):
             data = page.data if page.data is not None else {"error": page.context.get("text", "")}
-            resp = Response(page.status, (json.dumps(data, default=str) + "\n").encode(),
+            status = page.status
+            if page.refused:  # a machine must not take the unfiltered list for the filtered one
+                data, status = {"error": page.refused}, 400
+            resp = Response(status, (json.dumps(data, default=str) + "\n").encode(),
                             {"Content-Type": "application/json"})
             resp.headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
             return resp
@@ -254,8 +259,10 @@ class WebUI:
     def _sign_in_route(self, req: Request) -> Response:
         q = {k: v[-1] for k, v in req.query.items()}
         if req.path == "/login":
+            # no "problem" from the query: a link could show any words as our error (sign-in problems are
+            # rendered by the callback itself)
             ctx = {"principal": None, "slack": self.sign_in is not None, "next": auth.safe_next(q.get("next")),
-                   "problem": q.get("problem", "")[:200]}
+                   "problem": ""}
             return self._html(self._render("login.html.j2", ctx), 200)
         if self.sign_in is None:
             return self._html(self._render("message.html.j2", {
@@ -317,15 +324,17 @@ class WebUI:
             "nav": "open" if state == "open" and len(keep) == 1 else "alerts", "page": page, "f": f, "raw": raw,
             "problem": "; ".join(problems), "rule_ids": sorted({*kinds, *([f.rule] if f.rule else [])}),
             "kinds": sorted({*KINDS, *kinds.values()}), "states": STATES, "after": after,
-            "next_url": next_url, "first_url": f"/alerts?{urlencode(keep)}" if keep else "/alerts"}, data)
+            "next_url": next_url, "first_url": f"/alerts?{urlencode(keep)}" if keep else "/alerts"}, data,
+            refused="; ".join(problems))
 
     def episode(self, ident: str, who: auth.Principal) -> Page:
         from integrations.charts.data import chart_of_episode
         from integrations.charts.svg import render_svg
 
-        if not (ident.isdigit() and 0 < len(ident) <= 18):
+        eid = bigint_of(ident, 1)
+        if eid is None:
             return self._not_found("No such alert episode.")
-        rec = episode_record(self.engine, int(ident))
+        rec = episode_record(self.engine, eid)
         visible = self._visible(who)
         if rec is None or (visible is not None and rec.episode["account_id"] not in visible):
             return self._not_found("No such alert episode (or not one of your accounts).")

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "usagebot_session"
 LOGIN_COOKIE = "usagebot_login"
 LOGIN_TTL = 600  # seconds a sign-in may take at Slack
+MAX_NEXT = 2000  # characters of the page to return to after sign-in
 SLACK_ISSUER = "https://slack.com"
 SLACK_SCOPES = ("openid", "email", "profile")
 _CLAIM_USER = "https://slack.com/user_id"
@@ -79,10 +80,16 @@ def set_cookie(name: str, value: str, max_age: int, secure: bool) -> str:
 
 
 def safe_next(target: str | None) -> str:
-    """A path on this site to go to after sign-in ("/" unless `target` is a plain local path)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A path on this site to go to after sign-in ("/" unless `target` is a plain local path).
+
+    No whitespace or control character: browsers drop tabs and newlines from a Location, so
+    "/<TAB>/evil.com" was followed as "//evil.com" (another site). Other non-ASCII is percent-encoded
+    (a Location header is latin-1 bytes)."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(c <= " " or c == "\x7f" or c.isspace() for c in target)):
         return "/"
-    return target
+    target = quote(target, safe="/?&=%#:@!$'()*+,;~-._[]")
+    return target if len(target) <= MAX_NEXT else "/"  # it rides in the sign-in cookie (browsers keep <= 4 KB)
 
 
 class Sessions:
@@ -127,15 +134,22 @@ class Sessions:
         return set_cookie(name, "", 0, self.config.secure_cookies)
 
 
+def same_text(given: Any, expected: Any) -> bool:
+    """Constant-time equality of two texts as UTF-8 bytes (compare_digest raises TypeError on str
+    with non-ASCII characters: a callback's ?state=é was a 500)."""
+    return hmac.compare_digest(str(given).encode("utf-8", "surrogatepass"),
+                               str(expected).encode("utf-8", "surrogatepass"))
+
+
 def bearer_ok(config: WebConfig, headers: Mapping[str, str]) -> bool | None:
     """True: a configured token; False: a wrong one; None: no bearer token sent."""
     auth = headers.get("authorization", "")
     if not auth.lower().startswith("bearer "):
         return None
-    given = auth[7:].strip().encode()
+    given = auth[7:].strip()
     ok = False
     for t in config.tokens:  # every token compared (constant time each): no early exit to time
-        ok |= hmac.compare_digest(given, t.reveal().encode())
+        ok |= same_text(given, t.reveal())
     return ok
 
 
@@ -175,7 +189,7 @@ class SlackSignIn:
         login = sessions.login(headers)
         if login is None:
             raise SignInError("This sign-in link has expired or was opened in another browser; please sign in again.")
-        if not hmac.compare_digest(str(query.get("state", "")), str(login.get("state", ""))):
+        if not same_text(query.get("state", ""), login.get("state", "")):
             raise SignInError("This sign-in did not start here (state mismatch); please sign in again.")
         code = query.get("code", "")
         if not code:
@@ -208,7 +222,7 @@ class SlackSignIn:
         except (jwt.PyJWTError, OSError) as exc:
             log.warning("Sign in with Slack: the id_token was refused: %s: %s", type(exc).__name__, exc)
             raise SignInError("Slack's answer could not be verified; please sign in again.") from None
-        if not nonce or not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+        if not nonce or not same_text(claims.get("nonce", ""), nonce):
             raise SignInError("This sign-in was replayed (nonce mismatch); please sign in again.")
         team = self.team_id()
         if not team or claims.get(_CLAIM_TEAM) != team:

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from storage.db import bigint_of
 from storage.episodes import episodes_table, events_table
 from storage.models import Account, SlackMessage
 
@@ -57,9 +58,10 @@ class Cursor:
         if not text:
             return None
         a, _, b = text.partition(".")
-        if not (a.lstrip("-").isdigit() and b.isdigit()) or len(a) > 19 or len(b) > 19:
+        started_at, eid = bigint_of(a), bigint_of(b, 0)
+        if started_at is None or eid is None:
             raise ValueError(f"not a page position: {text[:40]!r}")
-        return Cursor(int(a), int(b))
+        return Cursor(started_at, eid)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from rules.config import Secret, Section, Table
 from rules.config import values as v
 from rules.config.tables import setting, settings_keys
+from rules.config.urls import url_problem
 from rules.kinds import KINDS
 from rules.model import SEVERITIES
 
@@ -333,6 +334,9 @@ def parse_salesforce_config(section: Section) -> SalesforceConfig:
             sec.problem(key, f"is required for auth = \"{auth}\"{hint}")
     if auth == "session" and not instance_url:
         sec.problem("instance_url", "is required with a session_id (e.g. \"https://mycompany.my.salesforce.com\")")
+    if instance_url and instance_url.startswith("https://") and url_problem(instance_url) is not None:
+        sec.problem("instance_url", str(url_problem(instance_url)))
+        instance_url = None
     if instance_url:
         u = urlparse(instance_url)
         if u.scheme != "https" or not u.hostname:

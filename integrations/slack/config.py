@@ -23,6 +23,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rules.config import Secret, Section, Table
+from rules.config.urls import path_problem, url_problem
 from rules.config.values import template_fields
 from rules.model import SEVERITIES
 
@@ -152,6 +153,9 @@ def _url_template(sec: Section, key: str) -> str | None:
         return None
     if not tpl.startswith(("https://", "http://")):
         sec.problem(key, "must start with https:// (or http://)")
+        return None
+    if url_problem(tpl) is not None:
+        sec.problem(key, str(url_problem(tpl)))
         return None
     return tpl
 
@@ -319,7 +323,18 @@ def parse_slack_config(section: Section) -> SlackConfig:
     if not http_path.startswith("/"):
         sec.problem("http_path", f"must start with '/', got {http_path!r}")
         http_path = "/slack/events"
+    elif path_problem(http_path) is not None:
+        sec.problem("http_path", str(path_problem(http_path)))
+        http_path = "/slack/events"
+    request_url = sec.str("request_url") or None
+    if request_url and (not request_url.startswith("https://") or url_problem(request_url) is not None):
+        https = "must be an https:// URL (Slack calls no other), e.g. https://usagebot.example.com/slack/events"
+        sec.problem("request_url", https if not request_url.startswith("https://") else str(url_problem(request_url)))
+        request_url = None
     base_url = sec.str("base_url")
+    if base_url and (not base_url.startswith(("https://", "http://")) or url_problem(base_url) is not None):
+        sec.problem("base_url", url_problem(base_url) or "must start with https:// (or http://)")
+        base_url = None
     if base_url and not base_url.endswith("/"):
         base_url += "/"
 
@@ -339,7 +354,7 @@ def parse_slack_config(section: Section) -> SlackConfig:
         base_url=base_url or None,
         command=command,
         http_path=http_path,
-        request_url=sec.str("request_url") or None,
+        request_url=request_url,
         app_name=sec.str("app_name", "usagebot") or "usagebot",
         min_post_interval=float(sec.float("min_post_interval", 1.0, min=0.0, max=60.0) or 0.0),
         max_inline_wait=int(sec.duration("max_inline_wait", 5) or 0),

@@ -31,6 +31,7 @@ from integrations.slack.render import (
 from integrations.slack.usage_args import (
     AccountMatch,
     UsageCommand,
+    echo_back,
     help_text,
     match_account,
     parse_usage_command,
@@ -141,7 +142,7 @@ class UsageCommandHandler:
         found: AccountMatch = match_account(query, accounts)
         if found.account is not None:
             return found.account
-        q = escape_mrkdwn(query)
+        q = echo_back(query)  # 10,000 characters echoed whole pushed the answer past the block's 3,000
         scope = "of yours " if self.config.owner_only else ""
         if found.candidates:
             names = "\n".join(f"• {escape_mrkdwn(a.name)} (`{escape_mrkdwn(a.id)}`)" for a in found.candidates)

@@ -45,7 +45,7 @@ def parse_usage_command(text: str, command: str = "/usage") -> UsageCommand:
     if head == "top":
         if len(rest) > 1 or (rest and rest[0].lower() not in ("growing", "declining")):
             return UsageCommand("error", error=f"`{command} top` takes `growing` or `declining` "
-                                               f"(got `{_echo(' '.join(rest))}`), e.g. `{command} top declining`")
+                                               f"(got `{echo_back(' '.join(rest))}`), e.g. `{command} top declining`")
         return UsageCommand("top", direction=rest[0].lower() if rest else "growing")
     if head == "snooze":
         usage = f"e.g. `{command} snooze Acme 7d`"
@@ -54,16 +54,17 @@ def parse_usage_command(text: str, command: str = "/usage") -> UsageCommand:
         try:
             seconds = parse_duration(rest[-1])
         except DurationError:
-            return UsageCommand("error", error=f"`{_echo(rest[-1])}` is not a duration: use a number and a unit "
+            return UsageCommand("error", error=f"`{echo_back(rest[-1])}` is not a duration: use a number and a unit "
                                                f"(m, h, d, w), {usage}")
         if seconds <= 0 or seconds > MAX_SNOOZE:
-            return UsageCommand("error", error=f"snooze for between 1m and 90d (got `{_echo(rest[-1])}`), {usage}")
+            return UsageCommand("error", error=f"snooze for between 1m and 90d (got `{echo_back(rest[-1])}`), {usage}")
         return UsageCommand("snooze", query=" ".join(rest[:-1]), seconds=seconds)
     return UsageCommand("account", query=" ".join(words))
 
 
-def _echo(text: str) -> str:
-    """A user's words quoted back in mrkdwn: escaped (no links, mentions or broadcasts), cut short."""
+def echo_back(text: str) -> str:
+    """A user's words quoted back in mrkdwn: escaped (no links, mentions or broadcasts), cut short
+    (cut before escaping, so no "&lt;" is split)."""
     return escape_mrkdwn(text if len(text) <= 60 else text[:59] + "…")
 
 
@@ -77,6 +78,9 @@ class AccountMatch:
     candidates: list[AccountFacts] = field(default_factory=list)  # when ambiguous or only close
 
 
+MAX_QUERY = 300  # characters of a query matched loosely (an id, up to 256, still matches exactly when longer)
+
+
 def match_account(query: str, accounts: Sequence[AccountFacts], max_candidates: int = 5) -> AccountMatch:
     """Exact id / CRM id / name first, then a unique prefix or substring, then close spellings."""
     q = query.strip()
@@ -86,8 +90,8 @@ def match_account(query: str, accounts: Sequence[AccountFacts], max_candidates: 
     for a in accounts:
         if ql in (a.id.lower(), a.crm_id.lower()) or (qn and qn == _norm(a.name)):
             return AccountMatch(a)
-    if not qn:
-        return AccountMatch(None)
+    if not qn or len(q) > MAX_QUERY:  # past an exact id: no prefix, word or spelling match is that long,
+        return AccountMatch(None)  # and difflib on it took 6 s at 4,000 characters (72 s at 40,000)
     prefix = [a for a in accounts if _norm(a.name).startswith(qn) or a.id.lower().startswith(ql)]
     if len(prefix) == 1:
         return AccountMatch(prefix[0])

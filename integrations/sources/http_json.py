@@ -64,6 +64,7 @@ from integrations.sources.http_fetch import (
 from integrations.sources.records import UsageRecord, check_time, id_problem, is_metric_name, shown
 from integrations.sources.skipped import SkippedItem, digest, identity, parse_on_error
 from rules.config import Section, Table
+from rules.config.urls import url_problem
 
 KEYS = ("url", "params", "headers", "auth", "records", "metric", "metric_map", "fields", "incremental",
         "window", "cursor", "pagination", "on_error", *RETRY_KEYS)
@@ -134,6 +135,9 @@ class HttpJsonOptions:
 def _check_url(section: Section, url: str | None) -> str | None:
     if url is not None and not url.startswith(("http://", "https://")):
         section.problem("url", f"must start with http:// or https:// (got {url[:40]!r})")
+        return None
+    if url is not None and url_problem(url) is not None:
+        section.problem("url", str(url_problem(url)))
         return None
     return url
 

@@ -46,6 +46,7 @@ from integrations.sources.http_json import format_time, parse_value
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name
 from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section
+from rules.config.urls import url_problem
 
 KEYS = ("url", "api_prefix", "token", "token_file", "meters", "window_size", "account_group_by", "subjects",
         "on_error", *RETRY_KEYS)
@@ -81,6 +82,8 @@ def parse(section: Section, settings: SourceSettings) -> OpenMeterOptions | None
     register_url_secrets(url)
     if not url.startswith(("http://", "https://")):
         section.problem("url", "must start with http:// or https://")
+    elif url_problem(url) is not None:
+        section.problem("url", str(url_problem(url)))
     meters = parse_meters(section)
     size = (section.str("window_size", "HOUR", choices=tuple(WINDOW_SIZES)) or "HOUR")
     opts = OpenMeterOptions(

@@ -53,6 +53,7 @@ from integrations.sources.refused import (
     refusing,
 )
 from rules.config import Secret, Section, Table
+from rules.config.urls import path_problem
 from rules.periods import iso
 from storage.outbox import OutboxItem
 from storage.sources import StoreResult, get_source_state, store_batch
@@ -97,6 +98,8 @@ def parse_ingest_config(section: Section) -> PushConfig | None:
     path = section.str("path", "/ingest/events") or "/ingest/events"
     if not path.startswith("/"):
         section.problem("path", f"must start with / (got {path!r})")
+    elif path_problem(path) is not None:
+        section.problem("path", str(path_problem(path)))
     source_id = section.str("source_id", "push") or "push"
     if not is_metric_name(source_id):
         section.problem("source_id", f"must be letters, digits and _ . : - only (got {source_id!r})")

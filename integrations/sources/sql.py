@@ -44,7 +44,7 @@ from integrations.sources.base import (
 from integrations.sources.records import UsageRecord, id_problem, is_metric_name, time_problem
 from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section, redaction
-from storage.db import redact_url
+from storage.db import port_problem, redact_url
 
 KEYS = ("url", "url_file", "table", "query", "where", "account_column", "metric_column", "metric",
         "value_column", "time_column", "time_type", "aggregate", "bucket", "statement_timeout", "on_error")
@@ -189,8 +189,11 @@ def _check_url(section: Section, secret: Secret | None) -> Secret | None:
         section.problem(key, "cannot be parsed as a SQLAlchemy URL (not shown: it may hold a password); "
                              "expected e.g. 'postgresql://user:pass@host:5432/db'")
         return None
+    if port_problem(u) is not None:
+        section.problem(key, f"{port_problem(u)} (URL not shown: it may hold a password)")
+        return None
     try:
-        u.get_dialect()
+        u.get_dialect().import_dbapi()  # the dialect alone loads without its driver (mysql:// without MySQLdb)
     except (NoSuchModuleError, ImportError) as exc:
         section.problem(key, f"no SQLAlchemy driver for {u.drivername!r} is installed ({exc}); install the "
                              "database's driver package into usagebot's environment")

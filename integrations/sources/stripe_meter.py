@@ -47,6 +47,7 @@ from integrations.sources.openmeter import parse_meters
 from integrations.sources.records import UsageRecord, time_problem
 from integrations.sources.skipped import Malformed, parse_on_error
 from rules.config import Secret, Section
+from rules.config.urls import url_problem
 
 KEYS = ("url", "api_key", "api_key_file", "meters", "customers", "customers_from_accounts", "grouping",
         "max_pages", "on_error", *RETRY_KEYS)
@@ -78,6 +79,8 @@ def parse(section: Section, settings: SourceSettings) -> StripeOptions | None:
     register_url_secrets(url)
     if not url.startswith(("http://", "https://")):
         section.problem("url", "must start with http:// or https://")
+    elif url_problem(url) is not None:
+        section.problem("url", str(url_problem(url)))
     grouping = section.str("grouping", "hour", choices=tuple(GROUPINGS)) or "hour"
     if key is None or not meters:
         return None

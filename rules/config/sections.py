@@ -176,6 +176,12 @@ class Section:
         return cls(**values)
 
     def _subst(self, key: str, value: str) -> str | None:
+        if "${" in _ENV.sub("", value) or any("${" in (m.group(2) or "") for m in _ENV.finditer(value)):
+            # "${TOKEN" or "${X:-${Y}}" was kept as literal text: a token of "${BILLING_API_TOKEN" went to
+            # the API. The value is not quoted (it may be a secret written in the file).
+            self.problem(key, "has an unterminated or malformed ${...} reference; use ${NAME} or "
+                              "${NAME:-default} (NAME: letters, digits, _; references do not nest)")
+            return None
         missing: list[str] = []
 
         def repl(m: re.Match[str]) -> str:
@@ -190,6 +196,8 @@ class Section:
             return ""
 
         out = _ENV.sub(repl, value)
+        if "://" in out:  # a URL in any key (public_url, instance_url, a channel typo'd as a URL) may be
+            redaction.register_url(out)  # echoed by a problem or a log line: its password and keys are masked
         if missing:
             if not self.dormant:
                 self.problem(key, f"environment variable {', '.join(missing)} is not set")

@@ -44,11 +44,34 @@ def decode(data: bytes, file: str) -> str:
 def parse_toml(text: str, file: str) -> TomlFile:
     """Parse TOML text; a syntax error raises ConfigError with its line and column."""
     text = text.removeprefix("\ufeff")
+    too_deep = ConfigError([Problem(file, None, None, None, f"TOML nested too deeply (more than {MAX_DEPTH} "
+                                                            "levels of tables and arrays inside each other)")])
     try:
         data = tomllib.loads(text)
+        if _depth(data) > MAX_DEPTH:  # every reader and message after this walks values recursively
+            raise too_deep
+        lines = scan_lines(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([syntax_problem(file, text, str(exc))]) from None
-    return TomlFile(file, data, scan_lines(text))
+    except RecursionError:  # tomllib (and the line scan) recurse once per level of [ or {
+        raise too_deep from None
+    return TomlFile(file, data, lines)
+
+
+MAX_DEPTH = 64  # levels of nested tables / arrays a config or rule file may have (they need fewer than 10)
+
+
+def _depth(value: object) -> int:
+    """How deeply tables and arrays nest in `value`, without recursion (stops past MAX_DEPTH)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d + 1)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def read_toml(path: str | Path) -> TomlFile:

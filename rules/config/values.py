@@ -293,3 +293,4 @@ def template_fields(text: str) -> list[str]:
                              f"write {{{name}}}")
         names.append(name)
     return names
+

@@ -63,6 +63,9 @@ def test_a_notice_arrives_signed_with_its_idempotency_key(engine: Engine, receiv
     assert not verify(SECRET, req.headers, req.body.replace(b"Acme", b"Acne"))  # a changed body fails
     assert not verify("another-secret-of-16+", req.headers, req.body)
     assert not verify(SECRET, req.headers, req.body, now=int(req.headers["x-usagebot-timestamp"]) + 301)  # stale
+    for bad in ({"x-usagebot-timestamp": "\u00b2"}, {"x-usagebot-timestamp": "9" * 5000},
+                {"x-usagebot-signature": "v1=\u00e9"}):  # int('²') and compare_digest('é') raised
+        assert not verify(SECRET, {**req.headers, **bad}, req.body), bad
     assert receiver.accepted == [payload(notice)]
 
 

@@ -213,3 +213,33 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, monkeypatch:
     assert code == 1, (out, err)
     assert f"usagebot serve: cannot listen on 127.0.0.1:{port}" in err and "--port" in err
     assert "Traceback" not in err + out
+
+
+def test_serve_and_ui_on_an_address_or_port_they_cannot_use_say_so_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A host that resolves to nothing was 'unexpected ValueError ... this is a bug'; `ui` on a port in
+    use was 'unexpected OSError'; --port / $USAGEBOT_PORT 70000 listened on port 4464 (70000 - 65536)."""
+    import socket
+
+    monkeypatch.setenv("INGEST_SECRET", SECRET)
+    cfg = _config(tmp_path, f"sqlite:///{tmp_path}/u.db")
+    code, out, err = _run("serve", "--config", str(cfg), "--host", "no-such-host.invalid", "--port", "0")
+    assert code == 1 and "usagebot serve: cannot listen on no-such-host.invalid:0: 'no-such-host.invalid' is not " \
+                          "an address or host name of this machine" in err, err
+    monkeypatch.setenv("USAGEBOT_PORT", "70000")
+    code, out, err = _run("serve", "--config", str(cfg))
+    assert code == 2 and "$USAGEBOT_PORT: '70000' is not a valid HTTP port" in err, err
+    for argv in (["serve", "--config", str(cfg), "--port", "70000"], ["ui", "--port", "70000"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and "argument --port: invalid port_number value: '70000'" in capsys.readouterr().err
+    book = tmp_path / "book"
+    code, _, err = _run("demo", "--data-dir", str(book), "--accounts", "5", "--days", "40")
+    assert code == 0, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = _run("ui", "--port", str(port), "--data-dir", str(book))
+    assert code == 1 and f"usagebot ui: cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
+    assert "Traceback" not in err + out and "bug" not in err

@@ -159,3 +159,22 @@ def test_ingest_refuses_a_bucket_whose_rows_overflow(tmp_path):
     assert (f"{big}: usage records: account 'acme', metric 'api_calls', bucket 2026-09-01T00:00:00Z: the values "
             "of the bucket add up to more than the largest number a float64 holds") in err
     assert _count(url, "accounts") == 0 and _count(url, "usage_points") == 0
+
+
+def test_evaluate_on_a_database_file_that_does_not_exist_creates_none(tmp_path):
+    """A typo in --db made `usagebot evaluate` create the folder and an empty, migrated database and
+    report '0 condition(s) holding' as if the book were quiet."""
+    rules = tmp_path / "r.toml"
+    rules.write_text(SPIKE_RULES)
+    typo = tmp_path / "dbb" / "u.db"
+    code, out, err = run_cli("evaluate", "--db", f"sqlite:///{typo}", "--rules", str(rules), "--at", day(31))
+    assert code == 1 and f"usagebot evaluate: no database at {typo}" in err and "creates none" in err, err
+    assert not typo.parent.exists() and "evaluated" not in out
+    code, out, err = run_cli("ui", "--port", "0", "--db", f"sqlite:///{typo}")  # it left an empty file there
+    assert code == 1 and f"usagebot ui: no database at {typo}" in err and not typo.parent.exists(), err
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{typo}"\n[rules]\npaths = ["{rules}"]\n[slack]\nbot_token = "xoxb-1"\n')
+    for argv in (["outbox", "deliver", "--config", str(config)], ["slack", "deliver", "--config", str(config)]):
+        code, out, err = run_cli(*argv)  # they made an empty book to deliver nothing from
+        assert code == 1 and f"no database at {typo}" in err and "no outbox to deliver" in err, (argv, err)
+    assert not typo.parent.exists()

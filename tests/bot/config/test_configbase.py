@@ -59,3 +59,15 @@ def test_secret_from_file_and_syntax_errors(tmp_path):
     assert str(e.value).startswith(f"{bad}:2: TOML syntax error")
     with pytest.raises(ConfigError, match="no such file"):
         load_document(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("raw", ["${TOKEN", "${X:-${Y}}", "abc${1X}", "${}", "${X:?must be set}"])
+def test_a_malformed_env_reference_is_a_problem_not_literal_text(raw):
+    """'${BILLING_API_TOKEN' (a brace missing) was kept as the literal value: the API got that text
+    as its token and config check said nothing. The value itself is not quoted (it may be a secret)."""
+    doc = document_from_text(f'[s]\nplain = "{raw}"\ntoken = "{raw}"\nfine = "${{X:-ok}} $5"\n', env={"X": "x"})
+    sec = doc.section("s")
+    assert sec.str("plain") is None and sec.secret("token") is None and sec.str("fine") == "x $5"
+    said = [str(p) for p in doc.problems]
+    assert len(said) == 2 and all("unterminated or malformed ${...} reference" in p for p in said), said
+    assert not any(raw in p for p in said)

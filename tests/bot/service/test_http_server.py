@@ -235,3 +235,45 @@ def test_a_failing_handler_is_a_500_without_a_traceback() -> None:
         assert errors == [1] and metrics.value("usagebot_http_requests_total", route="x", status=500) == 1
     finally:
         srv.stop()
+
+
+def test_paths_are_utf_8_and_a_prefix_route_answers_other_methods_405() -> None:
+    """WSGI hands the path over as latin-1 characters: a route saw /caf%C3%A9 as 'cafÃ©'. A method
+    the prefix route (the web UI) does not take was a 404 'no such path' for a path it serves."""
+    seen: list[str] = []
+
+    def page(req: Request) -> Response:
+        seen.append(req.path)
+        return Response.json(200, {"path": req.path})
+
+    srv = HttpServer("127.0.0.1", 0, [Route("GET", "/", page, "web", prefix=True),
+                                      Route("POST", "/logout", page, "web")])
+    srv.start()
+    base = f"http://127.0.0.1:{srv.port}"
+    try:
+        assert httpx.get(f"{base}/accounts/caf%C3%A9-%F0%9F%98%80").json() == {"path": "/accounts/café-😀"}
+        assert httpx.get(f"{base}/accounts/%FF").json() == {"path": "/accounts/\ufffd"}
+        for method in ("DELETE", "PUT", "OPTIONS"):
+            r = httpx.request(method, f"{base}/alerts")
+            assert r.status_code == 405 and r.headers["Allow"] == "GET", method
+        assert httpx.get(f"{base}/logout").status_code == 405
+        assert seen == ["/accounts/café-😀", "/accounts/\ufffd"]
+    finally:
+        srv.stop()
+
+
+def test_every_status_has_its_reason_phrase() -> None:
+    """302, 303, 403 and 415 were sent as '302 Status' (the phrase table knew eleven codes)."""
+    from bot.service.http_server import status_line
+
+    assert [status_line(s) for s in (302, 303, 403, 415, 413, 599)] == [
+        "302 Found", "303 See Other", "403 Forbidden", "415 Unsupported Media Type", "413 Content Too Large",
+        "599 Status"]
+    srv = HttpServer("127.0.0.1", 0, [Route("GET", "/x", lambda r: Response(302, b"", {"Location": "/"}), "x")])
+    srv.start()
+    try:
+        with _connect(srv) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_response(s).startswith(b"HTTP/1.1 302 Found\r\n")
+    finally:
+        srv.stop()

@@ -7,11 +7,12 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -399,6 +400,39 @@ def test_malformed_payloads_are_400_or_401_never_500(served, caplog):
     sig["X-Slack-Signature"] = "v0=" + hmac.new(SIGNING_SECRET.encode(), f"v0:{ts}:".encode() + raw,
                                                  hashlib.sha256).hexdigest()
     assert httpx.post(served.url, content=raw, headers=sig, timeout=10).status_code == 400
+    assert "Traceback" not in caplog.text
+
+
+def _raw_post(url: str, headers: bytes, body: bytes) -> int:
+    """The status of a POST whose header bytes are sent as they are (httpx refuses non-ASCII ones)."""
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(f"POST {u.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+                  "Content-Type: application/x-www-form-urlencoded\r\n".encode() + headers + b"\r\n" + body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("ts, sig", [("\u00b2", None), ("0" * 5000, None), ("\u0663" * 10, None),
+                                     (None, "v0=\u00ff\u00fe"), (None, "v0=" + "A" * 64), (None, "v1=" + "a" * 64)])
+def test_malformed_signature_headers_are_401_never_a_500(served, engine, clock, caplog, ts, sig):
+    """A timestamp in non-ASCII digits ('²' is str.isdigit(), int('²') raises) or past Python's int
+    digit limit, and a signature that is no v0 hex digest: 401 from every way the app is served
+    (slack_sdk's verifier raised on these: a 500 before the body, or a 400 from bolt)."""
+    caplog.set_level(logging.WARNING)
+    body = _command(served, "help")
+    headers = _sign(body)
+    headers["X-Slack-Request-Timestamp"] = ts if ts is not None else headers["X-Slack-Request-Timestamp"]
+    headers["X-Slack-Signature"] = sig if sig is not None else headers["X-Slack-Signature"]
+    raw = b"".join(f"{k}: {v}\r\n".encode("latin-1" if v.isascii() or max(v) <= "\xff" else "utf-8")
+                   for k, v in headers.items() if k != "Content-Type")
+    assert _raw_post(served.url, raw, body.encode()) == 401
+    from bot.slack.app import dispatch_http
+
+    app = build_slack_app(served.config, engine, clock=clock)
+    assert dispatch_http(app, body.encode(), headers)[0] == 401
     assert "Traceback" not in caplog.text
 
 

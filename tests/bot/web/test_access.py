@@ -4,7 +4,7 @@ endpoints through slack_sdk and PyJWT), signed session cookies, and the /usage a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -140,6 +140,9 @@ def test_sign_in_refuses_forged_replayed_foreign_and_cancelled_answers(book_engi
     q = parse_qs(cb.query)
     cookie = "=".join(_cookie(start.headers["Set-Cookie"]))
     assert ui.handle(Request("GET", cb.path, {**q, "state": ["forged"]}, {"cookie": cookie})).status == 400
+    for odd in ("é", "\x00", "s" * 10_000):  # compare_digest refuses non-ASCII text: was a 500
+        odd_state = ui.handle(Request("GET", cb.path, {**q, "state": [odd]}, {"cookie": cookie}))
+        assert odd_state.status == 400 and "state mismatch" in text(odd_state), odd[:5]
     assert ui.handle(Request("GET", cb.path, q, {})).status == 400
     ok = ui.handle(Request("GET", cb.path, q, {"cookie": cookie}))
     assert ok.status == 303
@@ -180,6 +183,14 @@ def test_allowed_users_and_owner_only_apply_as_for_usage(book_engine: Engine, de
 
 def test_next_after_sign_in_stays_on_this_site(book_engine: Engine, demo_book: Book, slack: FakeSlack) -> None:
     ui = make_ui(book_engine, demo_book.rules, _web(), slack=_slack_cfg(slack))
-    for evil in ("https://evil.example.com/", "//evil.example.com/x", "/\\evil.example.com"):
-        status, headers, _ = sign_in(ui, slack, "U0ALICE01", evil)
+    for evil in ("https://evil.example.com/", "//evil.example.com/x", "/\\evil.example.com",
+                 # browsers drop tabs and newlines from a Location: these were followed to //evil.example.com
+                 "/\t/evil.example.com", "/\n/evil.example.com", "/\r\nSet-Cookie: x=1", "/\u3000/x"):
+        status, headers, _ = sign_in(ui, slack, "U0ALICE01", quote(evil, safe=""))
         assert status == 303 and headers["Location"] == "/", evil
+    start = get(ui, "/login/slack?next=/alerts%3Faccount%3D" + "a" * 10_000)  # the cookie was 13 KB: browsers
+    assert len(start.headers["Set-Cookie"]) < 4096  # drop such a cookie, and the sign-in then "expired"
+    status, headers, _ = sign_in(ui, slack, "U0ALICE01", quote("/accounts/café?x=1", safe=""))
+    assert status == 303 and headers["Location"] == "/accounts/caf%C3%A9?x=1"
+    login = get(ui, "/login?next=" + quote("/\t/evil.example.com", safe="") + "&problem=Call+555-0100+to+unlock")
+    assert "evil.example.com" not in text(login) and "555-0100" not in text(login)  # no words from a link

@@ -3,6 +3,7 @@ the account charts; everything read only."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -63,7 +64,8 @@ def test_every_filter_returns_exactly_the_matching_episodes(book_engine: Engine,
     owner = next(owners[e["account_id"]] for e in stored[len(stored) // 2:] if owners.get(e["account_id"]))
     assert ids(f"/alerts?owner={quote(owner.upper())}") == {e["id"] for e in stored if owners.get(e["account_id"]) == owner}
     cut = some["started_at"]
-    assert ids(f"/alerts?from={cut}&rule={some['rule_id']}") == ids(f"/alerts?rule={some['rule_id']}")  # not a date
+    not_a_date = get(ui, f"/alerts?from={cut}&rule={some['rule_id']}&format=json")  # epoch seconds are no date:
+    assert not_a_date.status == 400 and "from: " in json.loads(not_a_date.body)["error"]  # not the unfiltered list
     day = datetime.fromtimestamp(cut, UTC).strftime("%Y-%m-%d")
     assert ids(f"/alerts?from={day}") == {e["id"] for e in stored if e["started_at"] >= (cut // 86400) * 86400}
     assert ids(f"/alerts?to={day}") == {e["id"] for e in stored if e["started_at"] < (cut // 86400) * 86400}
@@ -79,6 +81,8 @@ def test_a_bad_filter_value_is_said_on_the_page_not_a_500(book_engine: Engine, d
         resp = get(ui, f"/alerts?{q}")
         assert resp.status == 200, q
         assert says in text(resp), q
+        machine = get(ui, f"/alerts?{q}&format=json")  # was a 200 with every alert: the filter dropped
+        assert machine.status == 400 and says.split(":")[0] in json.loads(machine.body)["error"], q
 
 
 def test_pages_are_keyset_pages_without_gaps_or_repeats(book_engine: Engine, demo_book: Book) -> None:
@@ -183,3 +187,31 @@ def test_html_escapes_what_accounts_and_messages_hold(book_engine: Engine, demo_
     resp = get(ui, "/alerts")
     assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
     assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Cache-Control"] == "no-store"
+
+
+def test_over_http_a_non_ascii_account_id_and_out_of_range_numbers(book_engine: Engine, demo_book: Book) -> None:
+    """Over a real socket: WSGI hands the path over as latin-1 characters, so /accounts/caf%C3%A9
+    was looked up as 'cafÃ©' (404) and /episodes/%B2 ('²', which str.isdigit() accepts) was a 500;
+    a page position past BIGINT (9999999999999999999) overflowed the driver: a 500."""
+    import httpx
+
+    from bot.service.http_server import HttpServer
+    from rules.model import AccountFacts
+    from storage.accounts import upsert_accounts
+
+    upsert_accounts(book_engine, [AccountFacts(id="café-ü", name="Café Ü GmbH")], now=NOW)
+    server = HttpServer("127.0.0.1", 0, make_ui(book_engine, demo_book.rules).routes())
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        page = httpx.get(f"{base}/accounts/{quote('café-ü', safe='')}", timeout=30)
+        assert page.status_code == 200 and "Café Ü GmbH" in page.text
+        for path in ("/episodes/%B2", "/episodes/%C2%B2", "/episodes/%D9%A3", "/episodes/9223372036854775808",
+                     "/accounts/%FF"):
+            assert httpx.get(base + path, timeout=30).status_code == 404, path
+        for after in ("9999999999999999999.1", "1.9999999999999999999", "-9999999999999999999.1", "%C2%B2.1"):
+            html = httpx.get(f"{base}/alerts?after={after}", timeout=30)
+            assert html.status_code == 200 and "not a page position" in html.text, after
+            assert httpx.get(f"{base}/alerts?format=json&after={after}", timeout=30).status_code == 400, after
+    finally:
+        server.stop()

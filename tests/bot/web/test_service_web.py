@@ -58,7 +58,8 @@ def test_the_service_serves_the_ui_beside_its_endpoints_only_when_configured(tmp
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}  # the service's own paths win
         assert httpx.get(f"{base}/metrics").status_code == 200
         assert httpx.get(f"{base}/logout").status_code == 405  # no state-changing GET
-        assert httpx.post(f"{base}/alerts", headers=auth).status_code == 404
+        posted = httpx.post(f"{base}/alerts", headers=auth)  # pages take GET only
+        assert posted.status_code == 405 and posted.headers["Allow"] == "GET"
         text = httpx.get(f"{base}/metrics").text
         assert 'usagebot_http_requests_total{route="web",status="200"}' in text
     finally:

@@ -60,6 +60,29 @@ def test_fuzzy_account_match():
     assert none.account is None and none.candidates == []
 
 
+
+def test_a_long_query_is_no_match_without_fuzzy_matching_it(monkeypatch):
+    """difflib compared a 40,000-character /usage query with every account name (72 s on 2,000
+    accounts, in a worker thread per click); past MAX_QUERY only an exact id still matches."""
+    import integrations.slack.usage_args as usage_args
+
+    compared: list[int] = []
+    real = usage_args.difflib.SequenceMatcher
+
+    def counting(isjunk, a, b):  # type: ignore[no-untyped-def]
+        compared.append(len(a))
+        return real(isjunk, a, b)
+
+    monkeypatch.setattr(usage_args.difflib, "SequenceMatcher", counting)
+    assert match_account("Globx", ACCOUNTS).account.id == "globex" and compared  # short typos still fuzzy
+    compared.clear()
+    for query in ("globex " * 6000, "q" * 40_000, "ac " * 200):
+        found = match_account(query, ACCOUNTS)
+        assert found.account is None and found.candidates == [] and compared == [], len(query)
+    long_id = replace(ACCOUNTS[0], id="x" * 256)
+    assert match_account("x" * 256, [long_id, *ACCOUNTS]).account == long_id  # an id of 256 characters
+
+
 @pytest.fixture
 def setup(engine, fake, config, clock):
     fake.add_user("U0NOBODY1", "nobody@example.com")
@@ -102,6 +125,13 @@ def test_unknown_and_ambiguous_accounts(setup):
     amb = h.handle(ALICE, "ac").text
     assert "More than one account" in amb and "Acme Labs" in amb and "Acme Corp" in amb
     assert "help" in h.quick_reply(h.parse("help")).text
+    for query in ("<!channel> " + "z" * 10_000, "snooze " + "<@U0ALICE01> " * 900 + "1d"):
+        # the whole query was echoed: the block text was cut at 3,000 characters, mid-sentence
+        long = h.handle(ALICE, query)
+        assert_valid_message({"text": long.text, "blocks": long.blocks})
+        block = long.blocks[0]["text"]["text"]
+        assert len(block) < 400 and block.endswith("biggest changes).") and "<!channel>" not in block, block
+        assert "<@U0ALICE01>" not in block and "…`" in block
 
 
 def test_alerts_of_my_accounts_and_of_one_account(setup):

@@ -296,3 +296,10 @@ statement_timeout = "0s"
         '[[sources]]\nid = "w"\ntype = "sql"\nurl = "oracle+nodriver://u:p@h/db"\ntable = "t"\n'
         'account_column = "a"\ntime_column = "t"\nmetric = "m"\nvalue_column = "v"\n'))
     assert "no SQLAlchemy driver for 'oracle+nodriver' is installed" in missing_driver
+    for url, says in (("mysql://u:hunter2@h/db", "no SQLAlchemy driver for 'mysql' is installed (No module named"),
+                      ("postgresql://u:hunter2@h:99999/db", "port 99999 is not between 1 and 65535")):
+        # a known dialect without its driver (MySQLdb) and a port out of range passed the check
+        found = "\n".join(config_problems(
+            f'[[sources]]\nid = "w"\ntype = "sql"\nurl = "{url}"\ntable = "t"\n'
+            'account_column = "a"\ntime_column = "t"\nmetric = "m"\nvalue_column = "v"\n'))
+        assert f"sources[0].url: {says}" in found and "hunter2" not in found, found
