@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 JSON = "application/json"
+MIN_SECRET_CHARS = 16  # as [web] tokens and a webhook's secret
 INGEST = Table("ingest", ("enabled", "path", "secret", "secret_file", "source_id", "account", "metric", "value",
                           "default_value", "max_events", "max_body_bytes", "max_age", "max_future", "stale_after"),
                (Table("metric_map", free=True),))
@@ -95,6 +96,11 @@ def parse_ingest_config(section: Section) -> PushConfig | None:
     section.check_keys(INGEST)
     enabled = section.bool("enabled", True)
     secret = section.secret("secret", required=bool(enabled))
+    if enabled and secret is not None and secret.reveal() and len(secret.reveal()) < MIN_SECRET_CHARS:
+        # the bearer secret is all that stands between the internet and the usage store (the web UI's
+        # tokens and a webhook's signing secret have the same floor)
+        section.problem("secret", f"is too short to guard the endpoint: use at least {MIN_SECRET_CHARS} characters "
+                                  "(e.g. `openssl rand -hex 32`; value not shown)")
     path = section.str("path", "/ingest/events") or "/ingest/events"
     if not path.startswith("/"):
         section.problem("path", f"must start with / (got {path!r})")

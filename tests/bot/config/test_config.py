@@ -41,9 +41,9 @@ admin_channel = "${{ADMIN}}"
 [ingest]
 secret = "${{INGEST_SECRET}}"
 """)
-    cfg = load_config(p, env={"ADMIN": "#ops", "INGEST_SECRET": "s3cr3t-value"})
+    cfg = load_config(p, env={"ADMIN": "#ops", "INGEST_SECRET": "s3cr3t-value-of-ingest"})
     assert (cfg.service.port, cfg.service.admin_channel) == (9000, "#ops")
-    assert cfg.ingest is not None and cfg.ingest.secret.reveal() == "s3cr3t-value"
+    assert cfg.ingest is not None and cfg.ingest.secret.reveal() == "s3cr3t-value-of-ingest"
     assert "s3cr3t-value" not in repr(cfg) and "s3cr3t-value" not in str(cfg)
 
 
@@ -133,7 +133,7 @@ def test_the_example_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_cli_config_check(tmp_path: Path) -> None:
-    good = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "x"\n')
+    good = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "x-long-enough-secret"\n')
     out, err = io.StringIO(), io.StringIO()
     assert main(["config", "check", str(good)], out=out, err=err) == 0
     assert out.getvalue().startswith(f"OK: {good}\n") and "ingest:     POST /ingest/events" in out.getvalue()
@@ -191,7 +191,7 @@ def test_a_config_or_rule_file_nested_too_deeply_is_one_problem_not_a_recursion_
 def test_two_post_endpoints_on_one_path_are_a_problem(tmp_path: Path, ingest_path: str, other: str, says: str) -> None:
     """The HTTP server keeps one route per method and path: the push endpoint on Slack's path (or on
     the web UI's /logout) passed the check and every push then went to the other handler."""
-    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "s" \npath = "{ingest_path}"\n{other}')
+    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "s-long-enough-secret" \npath = "{ingest_path}"\n{other}')
     _, problems = check_config(p, env={})
     assert [str(x) for x in problems] == [f"{p}:5: ingest.path: {ingest_path!r} is already the path of {says}; "
                                           "give each its own path"]
@@ -233,7 +233,7 @@ def test_an_unusable_url_is_a_problem_at_its_key(tmp_path: Path, table: str, key
 def test_a_served_path_a_proxy_would_rewrite_is_a_problem(tmp_path: Path, path: str) -> None:
     """[ingest] path and [slack] http_path with '..', '//', a query or a space passed the check; the
     route then never matched what Slack or a proxy sends (they normalise such a path)."""
-    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "s"\npath = "{path}"\n'
+    p = _write(tmp_path, f'[rules]\npaths = ["{RULES}"]\n[ingest]\nsecret = "s-long-enough-secret"\npath = "{path}"\n'
                          f'[slack]\nbot_token = "xoxb-1"\nsigning_secret = "abcdefgh"\nhttp_path = "{path}"\n')
     _, problems = check_config(p, env={})
     said = [str(x) for x in problems]

@@ -159,15 +159,23 @@ def test_a_replica_with_a_slow_clock_does_not_accept_a_pruned_id(engine: Engine)
 
 def test_parse_ingest_config() -> None:
     doc = document_from_text('[ingest]\nsecret = "${S}"\npath = "events"\nmax_age = "1w"\nsource_id = "a b"\n',
-                             "c.toml", {"S": "x"})
+                             "c.toml", {"S": "x" * 16})
     cfg = parse_ingest_config(doc.section("ingest"))
-    assert cfg is not None and cfg.max_age == 7 * DAY and cfg.secret.reveal() == "x"
+    assert cfg is not None and cfg.max_age == 7 * DAY and cfg.secret.reveal() == "x" * 16
     assert [str(p) for p in doc.problems] == ["c.toml:3: ingest.path: must start with / (got 'events')",
                                               "c.toml:5: ingest.source_id: must be letters, digits and _ . : - "
                                               "only (got 'a b')"]
     doc = document_from_text("[ingest]\nenabled = true\n", "c.toml", {})
     parse_ingest_config(doc.section("ingest"))
     assert [str(p) for p in doc.problems] == ["c.toml:1: ingest.secret: is required"]
+    doc = document_from_text('[ingest]\nsecret = "${S}"\n', "c.toml", {"S": "hunter2-secret"})  # 14 characters
+    parse_ingest_config(doc.section("ingest"))
+    assert [str(p) for p in doc.problems] == [
+        "c.toml:2: ingest.secret: is too short to guard the endpoint: use at least 16 characters (e.g. "
+        "`openssl rand -hex 32`; value not shown)"]
+    doc = document_from_text('[ingest]\nenabled = false\nsecret = "short"\n', "c.toml", {})
+    parse_ingest_config(doc.section("ingest"))
+    assert doc.problems == []  # an endpoint that is off guards nothing; turning it on is checked
 
 
 def test_events_whose_bucket_total_overflows_are_refused_the_rest_counted_told_once(engine: Engine, caplog) -> None:
