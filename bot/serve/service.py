@@ -280,14 +280,17 @@ class Service:
 
     # ------------------------------------------------------------------ jobs
 
-    CATCH_UP_SECONDS = 3600  # the longest one poll job goes on polling a source that is behind
+    CATCH_UP_SECONDS = 3600  # the longest `serve --once` goes on polling a source that is behind
+    CATCH_UP_GAP = 1  # seconds between the polls of a source that is behind, in the running service
 
     def _poll_job(self, source_id: str) -> Callable[[int], PollReport]:
-        """Poll the source; while it reports itself behind (it read a shorter window: too many pages for
-        the whole), poll it again at once, for at most its `every` (a cron source: 5 minutes; at most
-        CATCH_UP_SECONDS), while this replica leads and the service runs. Then the next run is the
-        scheduled one. (The job itself loops: rescheduling a running job with max_instances=1 would be
-        skipped by the scheduler.)"""
+        """Poll the source. One that reports itself behind (it read a shorter window: too many pages or
+        too much time for the whole) is polled again at once: in the running service by moving its job's
+        next run CATCH_UP_GAP seconds ahead, so the scheduler's workers, which evaluation, delivery and
+        the leader check share, are never held by a catch-up (a loop inside the job held one for up to an
+        hour, and four sources behind at once stopped delivery and the leader check); in `serve --once`
+        (no running scheduler) by polling again here, for at most its `every` (a cron source: 5 minutes;
+        at most CATCH_UP_SECONDS)."""
         settings = next(s.settings for s in self.config.sources if s.id == source_id)
         budget = min(settings.every or 300, self.CATCH_UP_SECONDS)
 
@@ -295,9 +298,12 @@ class Service:
             assert self.sources is not None
             source = self.sources[source_id]
             report = self.poll(source, now)
+            if self.scheduler.scheduler.running:
+                if report.behind:
+                    self._run_now(f"poll:{source_id}", after=self.CATCH_UP_GAP)
+                return report
             ends = time.monotonic() + budget
-            while (report.behind and time.monotonic() < ends and not self._stopping.is_set()
-                   and self.scheduler.is_leader):
+            while report.behind and time.monotonic() < ends and not self._stopping.is_set():
                 report = self.poll(source, self.clock())
             return report
 
@@ -331,13 +337,15 @@ class Service:
                 self._run_now("evaluate")
         return report
 
-    def _run_now(self, job_id: str) -> None:
-        """Run a scheduled job now instead of at its next time (no-op when the scheduler is not running)."""
-        from datetime import UTC, datetime
+    def _run_now(self, job_id: str, after: float = 0) -> None:
+        """Run a scheduled job now (or `after` seconds from now) instead of at its next time (no-op when
+        the scheduler is not running). Called from the job itself, `after` > 0 lets the running instance
+        end first (a job with max_instances = 1 due while it still runs is skipped)."""
+        from datetime import UTC, datetime, timedelta
 
         job = self.scheduler.scheduler.get_job(job_id) if self.scheduler.scheduler.running else None
         if job is not None:
-            job.modify(next_run_time=datetime.now(UTC))
+            job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=after))
 
     def _poll_again(self, source_id: str, settling: list[tuple[str, int]]) -> None:
         """Files younger than the source's min_age were left for later: say so, and poll again when they are old enough."""

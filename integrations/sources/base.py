@@ -298,7 +298,7 @@ class CatchUp:
     one needed more than max_pages pages: everything before `read_to` is read, and the window of
     `span` seconds that fit took `pages` pages (the next poll tries that span, or twice it when it
     took at most half of max_pages and `grow`: not after a poll of this catch-up ran past
-    poll_deadline)."""
+    poll_deadline; span 0: the last poll read its whole window, and the next tries its whole one)."""
 
     read_to: int
     span: int
@@ -347,7 +347,10 @@ class WindowRead:
             return CatchUp(self.end, self.end - self.start, self.pages, grow).cursor()
         if prev is None or (watermark is not None and watermark >= prev.read_to):
             return None
-        return CatchUp(prev.read_to, self.end - self.start, self.pages, grow).cursor()
+        # the whole window was read: the next poll tries its whole window first (span 0). Keeping this
+        # window's span made a source whose data stopped read a span short of each new window: two
+        # polls every time and a false "behind", for as long as no data came.
+        return CatchUp(prev.read_to, 0, self.pages, grow).cursor()
 
     def behind(self) -> str | None:
         """What a shorter read tells (the poll's log line), None when the whole window was read."""
@@ -377,7 +380,7 @@ def read_window(ctx: PollContext, overlap: int, backfill: int, align: int, max_p
     first = start if pos is None else max(start, pos - pos % align)
     shortest = min(end, first + align)
     at = end
-    if previous is not None:
+    if previous is not None and previous.span > 0:  # span 0: the last read was a whole window
         guess = previous.span * (2 if previous.grow and 2 * previous.pages <= max_pages else 1)
         at = min(end, max(shortest, start + guess - guess % align))
     while True:

@@ -394,3 +394,37 @@ def test_a_source_that_is_behind_is_polled_again_at_once_until_it_caught_up(tmp_
     assert state is not None and CatchUp.parse(state.cursor) is None
     behind = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "poll_behind"]
     assert len(behind) == polls - 1 and all("caught up in part: read up to" in m for m in behind)
+
+
+def test_in_the_running_service_a_source_behind_is_polled_again_by_its_job_not_in_a_loop(
+        tmp_path: Path, db_url: str) -> None:
+    """The running service moves the poll job of a source that is behind a second ahead: each run polls
+    once and frees its worker (evaluation, delivery and the leader check share the scheduler's workers;
+    a loop in the job held one for up to an hour), and the source still catches up by itself."""
+    import time
+
+    from integrations.sources.base import CatchUp
+    from tests.integrations.sources.fake_http import FakeHttp
+    from tests.integrations.sources.test_catch_up import NOW, _hourly, _serve, _toml
+
+    with FakeHttp() as srv:
+        _serve(srv, _hourly(10))
+        cfg = load_config(_config(tmp_path, db_url, _toml(srv.url("/usage"), max_pages=9, extra='every = "1h"')),
+                          env={"INGEST_SECRET": SECRET})
+        svc = Service(cfg, clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()))
+        svc.start(http=False)
+        try:
+            deadline = time.monotonic() + 90  # waits for the outcome; no timing is asserted
+            state = None
+            while time.monotonic() < deadline:
+                state = get_source_state(svc.engine, "billing")  # type: ignore[arg-type]
+                if state is not None and state.watermark is not None and CatchUp.parse(state.cursor) is None:
+                    break
+                time.sleep(0.2)
+            polls = svc.metrics.value("usagebot_source_polls_total", source="billing", result="ok")
+            runs = svc.scheduler.state["poll:billing"].runs
+            stored = len(points(svc.engine, "api_calls"))  # type: ignore[arg-type]
+        finally:
+            svc.stop()
+    assert state is not None and CatchUp.parse(state.cursor) is None and stored == 480
+    assert polls is not None and polls >= 5 and runs >= polls  # one poll per run of the job

@@ -356,9 +356,9 @@ def test_stripe_one_bucket_of_one_customer_needing_more_than_max_pages_fails_nam
 # ------------------------------------------------------------------------ a sql query past statement_timeout
 
 
-def _warehouse(path: Path, every: int) -> str:
-    """A SQLite warehouse: one row per `every` seconds for 10 days from T0, time indexed (so a shorter
-    window reads fewer rows), values varying per row."""
+def _warehouse(path: Path, every: int, days: int = 10) -> str:
+    """A SQLite warehouse: one row per `every` seconds for `days` days from T0, time indexed (so a
+    shorter window reads fewer rows), values varying per row."""
     url = f"sqlite:///{path}"
     import sqlalchemy as sa
 
@@ -368,7 +368,7 @@ def _warehouse(path: Path, every: int) -> str:
         conn.exec_driver_sql("CREATE INDEX events_at ON events (at)")
         conn.exec_driver_sql(
             "INSERT INTO events WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r "
-            f"WHERE i < {10 * DAY // every - 1}) SELECT CASE i % 3 WHEN 0 THEN 'acme' ELSE 'globex' END, "
+            f"WHERE i < {days * DAY // every - 1}) SELECT CASE i % 3 WHEN 0 THEN 'acme' ELSE 'globex' END, "
             f"{T0} + i * {every}, (i % 7) + 0.5 FROM r")
     eng.dispose()
     return url
@@ -419,3 +419,29 @@ def test_a_sql_window_past_statement_timeout_is_read_shorter_by_the_next_polls(e
     assert not any(not r.ok for r in reports[reports.index(failed[-1]) + 1:])
     assert points(engine) == expected and len(expected) == 2 * 10 * 24
     assert get_source_state(engine, "warehouse").cursor is None  # type: ignore[union-attr]
+
+
+def test_a_source_whose_data_stopped_reads_each_new_window_whole_after_its_catch_up(
+        engine: Engine, tmp_path: Path) -> None:
+    """The data stopped 4 days before the catch-up ended (its watermark stays before the last shorter
+    window's end, so the catch-up cursor stays): each later scheduled poll reads its whole window in one
+    poll. Before, the cursor kept the last window's span, so every poll read a span short of its window,
+    said "behind" and polled again, for as long as no data came."""
+    url = _warehouse(tmp_path / "warehouse.db", every=10, days=6)
+    ticks = [0.0]
+
+    def clock() -> float:
+        ticks[0] += 0.02
+        return ticks[0]
+
+    src = _sql(url, clock)
+    reports = []
+    while not reports or not reports[-1].ok or reports[-1].behind:
+        reports.append(poll_source(engine, src, NOW))
+        assert len(reports) < 40, reports[-1].error or reports[-1].behind
+    assert CatchUp.parse(get_source_state(engine, "warehouse").cursor) is not None  # type: ignore[union-attr]
+    later = [poll_source(engine, src, NOW + k * HOUR) for k in (1, 2, 3)]
+    assert [(r.ok, r.behind) for r in later] == [(True, None)] * 3
+    with migrated_engine(f"sqlite:///{tmp_path / 'one-query.db'}") as one:
+        assert poll_source(one, _sql(url), NOW + 3 * HOUR).ok
+        assert points(engine) == points(one) and len(points(one)) == 2 * 6 * 24
