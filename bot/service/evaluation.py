@@ -21,7 +21,8 @@ Each tick (the `evaluate` job, every `scheduler.evaluate_every`):
    first evaluation (and the first-run policy applies to accounts evaluated
    for the first time).
 
-Series fed by a stale source are muted in both (bot.service.freshness).
+Series fed by a stale source are muted in both (bot.service.freshness), and so are those of a
+source still catching up (integrations.sources.base.catching_up): its data is not complete yet.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy.engine import Engine
 from bot.service.freshness import muted_series
 from bot.service.notices import Notices
 from bot.service.pipeline import CycleReport, run_cycle
+from integrations.sources.base import catching_up
 from rules.detectors import required_history
 from rules.model import Rule, RuleSet
 from rules.periods import iso
@@ -113,7 +115,10 @@ class Evaluator:
                 delete_changes(self.engine, changes.upto_id)  # nothing to evaluate: don't let them pile up
             return out
         sources = list_source_states(self.engine)
-        stale = [s.source_id for s in sources if s.stale_since is not None]
+        # a source catching up (it read a shorter window than it is behind by: integrations.sources.base
+        # CatchUp) has stored only part of what is due, as a stale one has: its series are muted too, or
+        # buckets past max_wait would be judged on the days it has not read yet (a drop for every account)
+        stale = [s.source_id for s in sources if s.stale_since is not None or catching_up(s.cursor)]
         muted = muted_series(self.engine, stale) if stale else {}
         out.muted_series = sum(len(v) for v in muted.values())
         changes = read_changes(self.engine)  # read BEFORE step 1: what step 1 evaluates includes these

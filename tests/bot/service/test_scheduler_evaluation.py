@@ -131,3 +131,27 @@ def test_a_stale_source_notifies_the_admin_channel_and_mutes_drop_alerts(engine:
 
     run_cycle(engine, _rules(), now, only_due=False, account_ids=["acme"])
     assert [s.status for s in _acme_drop(engine).values()] == ["pending"]
+
+
+def test_a_source_catching_up_mutes_its_series_as_a_stale_one_does(engine: Engine) -> None:
+    """A window source that read a shorter window than it is behind by (its cursor a CatchUp with a span)
+    has stored only part of what is due: its series are muted, so a bucket past max_wait is not judged on
+    the days it has not read yet. Once it read a whole window (a CatchUp of span 0 keeps only its
+    position) it is judged again."""
+    from integrations.sources.base import CatchUp
+
+    _history(engine, 10, ("globex",))
+    for d in range(10):  # acme's usage comes from "billing", which fell behind on day 10
+        _deliver(engine, d, {"acme": 100.0}, T0 + d * DAY + 3600, source="billing")
+    for d in (10, 11):
+        _deliver(engine, d, {"globex": 100.0}, T0 + (d + 1) * DAY - 60)
+    now = T0 + 12 * DAY
+    behind = CatchUp(read_to=T0 + 10 * DAY, span=DAY, pages=9).cursor()
+    store_batch(engine, "billing", now, cursor=behind, watermark=T0 + 9 * DAY + 3600)
+    t = Evaluator(engine, _rules(), max_wait=0).tick(now)
+    assert t.muted_series == 1 and _acme_drop(engine) == {}
+
+    caught_up = CatchUp(read_to=T0 + 10 * DAY, span=0, pages=9).cursor()
+    store_batch(engine, "billing", now + 60, cursor=caught_up, watermark=T0 + 9 * DAY + 3600)
+    t = Evaluator(engine, _rules(), max_wait=0).tick(now + DAY)
+    assert t.muted_series == 0 and [e.at for e in t.evaluations] == [now + DAY]
