@@ -391,6 +391,28 @@ def _sql(url: str, clock: Callable[[], float] | None = None) -> Source:
     return SqlSource(cfg, engine=eng)
 
 
+def _counted_sql(url: str) -> Source:
+    """_sql with a deadline clock that counts its reads, 0.02 s each (one read per 10,000 SQLite
+    instructions): the same instructions time out on a loaded machine as on a quiet one."""
+    ticks = [0.0]
+
+    def clock() -> float:
+        ticks[0] += 0.02
+        return ticks[0]
+
+    return _sql(url, clock)
+
+
+def _sql_caught_up(engine: Engine, url: str, src: Source | None = None) -> list[PollReport]:
+    """The polls at NOW of the counted sql source until one read its whole window."""
+    src = src or _counted_sql(url)
+    reports: list[PollReport] = []
+    while not reports or not reports[-1].ok or reports[-1].behind:
+        reports.append(poll_source(engine, src, NOW))
+        assert len(reports) < 40, reports[-1].error or reports[-1].behind
+    return reports
+
+
 def test_a_sql_window_past_statement_timeout_is_read_shorter_by_the_next_polls(engine: Engine, tmp_path: Path) -> None:
     """A query the database cancels at statement_timeout fails its poll (nothing stored) and stores half
     its window as the cursor's span: the next polls read shorter windows and catch up, with the totals
@@ -398,17 +420,7 @@ def test_a_sql_window_past_statement_timeout_is_read_shorter_by_the_next_polls(e
     deadline's clock counts its reads (every 10,000 SQLite instructions, 0.02 s each): the same
     instructions time out on a loaded machine as on a quiet one."""
     url = _warehouse(tmp_path / "warehouse.db", every=10)  # 86,400 rows
-    ticks = [0.0]
-
-    def clock() -> float:
-        ticks[0] += 0.02
-        return ticks[0]
-
-    src = _sql(url, clock)
-    reports = []
-    while not reports or not reports[-1].ok or reports[-1].behind:
-        reports.append(poll_source(engine, src, NOW))
-        assert len(reports) < 40, reports[-1].error or reports[-1].behind
+    reports = _sql_caught_up(engine, url)
     with migrated_engine(f"sqlite:///{tmp_path / 'one-query.db'}") as one:
         assert poll_source(one, _sql(url), NOW).ok
         expected = points(one)
@@ -428,17 +440,8 @@ def test_a_source_whose_data_stopped_reads_each_new_window_whole_after_its_catch
     poll. Before, the cursor kept the last window's span, so every poll read a span short of its window,
     said "behind" and polled again, for as long as no data came."""
     url = _warehouse(tmp_path / "warehouse.db", every=10, days=6)
-    ticks = [0.0]
-
-    def clock() -> float:
-        ticks[0] += 0.02
-        return ticks[0]
-
-    src = _sql(url, clock)
-    reports = []
-    while not reports or not reports[-1].ok or reports[-1].behind:
-        reports.append(poll_source(engine, src, NOW))
-        assert len(reports) < 40, reports[-1].error or reports[-1].behind
+    src = _counted_sql(url)
+    _sql_caught_up(engine, url, src)
     assert CatchUp.parse(get_source_state(engine, "warehouse").cursor) is not None  # type: ignore[union-attr]
     later = [poll_source(engine, src, NOW + k * HOUR) for k in (1, 2, 3)]
     assert [(r.ok, r.behind) for r in later] == [(True, None)] * 3
