@@ -39,6 +39,7 @@ import httpx
 from integrations.notice import AlertNotice
 from integrations.notifier import DeliveryError
 from rules.config import Secret, Section
+from rules.config.secrets import MIN_SECRET_CHARS
 from rules.config.urls import url_problem
 from storage.db import bigint_of
 
@@ -72,8 +73,9 @@ def parse_webhook_config(sec: Section, name: str) -> WebhookConfig | None:
     if url is not None and url_problem(url.reveal()) is not None:
         sec.problem("url", str(url_problem(url.reveal())))
         return None
-    if secret is not None and len(secret.reveal()) < 16:
-        sec.problem("secret", "is too short to sign with: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    if secret is not None and len(secret.reveal()) < MIN_SECRET_CHARS:
+        sec.problem("secret", f"is too short to sign with: use at least {MIN_SECRET_CHARS} characters (e.g. "
+                              "`openssl rand -hex 32`)")
         return None
     if url is None or secret is None:
         return None

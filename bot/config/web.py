@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from rules.config import Secret, Section, Table, redaction
+from rules.config.secrets import MIN_SECRET_CHARS
 from rules.config.urls import url_problem
 
 KEYS = ("enabled", "public_url", "session_secret", "session_secret_file", "session_ttl", "tokens",
@@ -90,8 +91,8 @@ def parse_web_config(sec: Section, slack_bot_token: bool = False) -> WebConfig:
     tokens = []
     for t in sec.str_list("tokens"):
         redaction.register(t)
-        if len(t) < 16:
-            sec.problem("tokens", "each token must be at least 16 characters (value not shown)")
+        if len(t) < MIN_SECRET_CHARS:
+            sec.problem("tokens", f"each token must be at least {MIN_SECRET_CHARS} characters (value not shown)")
         else:
             tokens.append(Secret(t))
     client_id = sec.str("slack_client_id") or None

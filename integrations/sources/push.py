@@ -53,6 +53,7 @@ from integrations.sources.refused import (
     refusing,
 )
 from rules.config import Secret, Section, Table
+from rules.config.secrets import MIN_SECRET_CHARS
 from rules.config.urls import path_problem
 from rules.periods import iso
 from storage.outbox import OutboxItem
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 JSON = "application/json"
-MIN_SECRET_CHARS = 16  # as [web] tokens and a webhook's secret
 INGEST = Table("ingest", ("enabled", "path", "secret", "secret_file", "source_id", "account", "metric", "value",
                           "default_value", "max_events", "max_body_bytes", "max_age", "max_future", "stale_after"),
                (Table("metric_map", free=True),))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from rules.config import redaction
 
+# The shortest secret the service accepts where the admin makes one up ([web] tokens, a webhook's
+# signing secret, the [ingest] bearer secret): shorter ones can be guessed from outside.
+MIN_SECRET_CHARS = 16
+
 
 class Secret:
     """A secret string. str() and repr() never reveal it; use .reveal().
