@@ -278,13 +278,6 @@ def _position(ctx: PollContext) -> int | None:
 
 CATCH_UP = "catch-up:"
 
-
-def catching_up(cursor: str | None) -> bool:
-    """Whether a window source with this stored cursor is still behind: its last poll read a shorter
-    window than its whole one, or failed leaving the next a shorter one (a CatchUp with a span). A
-    CatchUp of span 0 only keeps the position of a source that read its whole window."""
-    c = CatchUp.parse(cursor)
-    return c is not None and c.span > 0
 _T = TypeVar("_T")
 
 
@@ -327,6 +320,14 @@ class CatchUp:
                            parts.get("grow", "1") != "0")
         except (KeyError, ValueError):
             return None
+
+
+def catching_up(cursor: str | None) -> bool:
+    """Whether a window source with this stored cursor is still behind: its last poll read a shorter
+    window than its whole one, or failed leaving the next a shorter one (a CatchUp with a span). A
+    CatchUp of span 0 only keeps the position of a source that read its whole window."""
+    c = CatchUp.parse(cursor)
+    return c is not None and c.span > 0
 
 
 @dataclass(frozen=True)
