@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bot.config.storage import DEFAULT_STORAGE_URL, STORAGE, relative, storage_url  # noqa: F401 (re-exported)
+from bot.config.storage import STORAGE, relative, storage_url
 from integrations.sources.base import SourceConfig, parse_source_config
 from integrations.sources.push import PushConfig, parse_ingest_config
 from rules.config import (
