@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from rules.detectors.scan import Scanned
 from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
 from rules.impact import Pricing
 from rules.kinds import kind_of
-from rules.lifecycle import OPEN, EpisodeState, FirstRun, Key, Transition, advance, told_again
+from rules.lifecycle import OPEN, EpisodeState, FirstRun, Key, Run, Transition, advance, ran, told_again
 from rules.model import (
     AccountFacts,
     Calendar,
@@ -226,6 +225,39 @@ class Told:
         return {rid: [e for _, e in told.values()] for rid, told in self.by_rule.items() if told}
 
 
+class States(Mapping[Key, EpisodeState]):
+    """Every state of a replay after its latest step (ReplayStep.states), a live view: a firing episode
+    continued without a transition is held as its state when the run began and the run's steps
+    (rules.lifecycle.advance `runs`), and is materialised when read (then kept: read again, it is the
+    same object until the episode changes). So a step costs nothing per such episode beyond counting
+    it, while the view gives every state as the stepwise lifecycle makes it."""
+
+    __slots__ = ("_states", "_open", "_runs")
+
+    def __init__(self, states: dict[Key, EpisodeState], open_now: dict[Key, EpisodeState],
+                 runs: dict[Key, Run]) -> None:
+        self._states, self._open, self._runs = states, open_now, runs
+
+    def __getitem__(self, key: Key) -> EpisodeState:
+        s = self._states[key]
+        if self._runs:
+            run = self._runs.pop(key, None)
+            if run is not None:
+                s = self._states[key] = ran(s, run)
+                if key in self._open:
+                    self._open[key] = s
+        return s
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._states
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
 def _in_order(d: dict[Key, EpisodeState] | dict[Key, tuple[EpisodeState, OpenEpisode]],
               position: Mapping[Key, int]) -> dict:  # type: ignore[type-arg]
     """`d` in the order of `position` (a key's place in the replay's states): sorted by a C-level key
@@ -255,10 +287,11 @@ def replay(
     """
     by_id = {r.id: r for r in rules}
     current: dict[Key, EpisodeState] = dict(states or {})
-    live = MappingProxyType(current)
     # Only open episodes (and closed ones a finding reopens) can change in a step: the lifecycle is
     # handed those, not every state ever recorded (that made a replay quadratic in its days).
     open_now: dict[Key, EpisodeState] = {k: s for k, s in current.items() if s.is_open}
+    # firing episodes continued without a transition since their state in `current` (not materialised)
+    runs: dict[Key, Run] = {}
     position = {k: n for n, k in enumerate(current)}  # handed over in `current`'s order, as before
     reuse = Reuse()
     disordered: set[str] = set()  # rules with an episode reopened in its old place (out of order)
@@ -268,9 +301,12 @@ def replay(
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
     scans = Scans(rules, blocks, accounts, reuse, quiet_first_run)
+    live = States(current, open_now, runs)
     for t in evaluation_times(rules, start, end):
         if disordered:  # an episode reopened: back to its place in `current`'s order
-            open_now = _in_order(open_now, position)
+            ordered = _in_order(open_now, position)
+            open_now.clear()  # in place: the states view reads it
+            open_now.update(ordered)
             told.reorder(position, disordered)
             disordered = set()
         told_now = told.lists()
@@ -293,7 +329,7 @@ def replay(
         step = advance(by_id, result.found, result.decided, touched, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
                        first_run=first, inhibits=inhibits, explain=LazyExplanation,
-                       interrupted=result.interrupted)
+                       interrupted=result.interrupted, runs=runs)
         for key, new in step.states.items():
             old = touched.get(key)
             if old is new:
