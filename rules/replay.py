@@ -22,12 +22,12 @@ from rules.model import (
     AccountFacts,
     Calendar,
     FindingRows,
+    FoundItem,
     Inhibit,
     LazyExplanation,
     MetricBlock,
     OpenEpisode,
     Rule,
-    found_keys,
 )
 
 
@@ -79,6 +79,7 @@ class Scans:
         self.row_of: dict[BlockKey, dict[str, int]] = {}
         self.unseen: dict[BlockKey, np.ndarray] | None = {} if first_run else None
         self.pending: dict[str, Rule] = {}  # rules with a scan not run yet (run when first needed)
+        self._opened_of: dict[str, tuple[Sequence[OpenEpisode], list[int]]] = {}
         for rule in rules:
             key = (rule.metric, rule.bucket)
             block = blocks.get(key)
@@ -128,8 +129,7 @@ class Scans:
             block = self.blocks[key]
             j = max(0, min((t - block.start) // block.step, block.n_buckets))
             rows = cand[:, j].copy()
-            row_of = self.row_of[key]
-            opened = [row_of[e.account_id] for e in told.get(rule.id, ()) if e.account_id in row_of]
+            opened = self._opened(rule.id, key, told.get(rule.id, ()))
             decided = self.decided.get(rule.id)
             if rule.cohort is not None and decided is None:
                 fresh = rows.copy()
@@ -142,6 +142,17 @@ class Scans:
             if 2 * np.count_nonzero(rows) <= rows.size:  # else picking the rows costs more than it saves
                 out[rule.id] = RunRows(rows, None if decided is None else decided[:, j])
         return out
+
+    def _opened(self, rule_id: str, key: BlockKey, told: Sequence[OpenEpisode]) -> list[int]:
+        """The block rows of the rule's open episodes, kept while the told list is the same object
+        (rules.replay.Told.lists: unchanged OpenEpisodes)."""
+        hit = self._opened_of.get(rule_id)
+        if hit is not None and hit[0] is told:
+            return hit[1]
+        row_of = self.row_of[key]
+        rows = [row_of[e.account_id] for e in told if e.account_id in row_of]
+        self._opened_of[rule_id] = (told, rows)
+        return rows
 
     def seen(self, accounts: Iterable[str]) -> None:
         """Accounts some rule has decided (the first-run policy no longer needs their rows)."""
@@ -193,6 +204,8 @@ class Told:
     def __init__(self, rules: Mapping[str, Rule]) -> None:
         self.rules = rules
         self.by_rule: dict[str, dict[Key, tuple[EpisodeState, OpenEpisode]]] = {}
+        self._lists: dict[str, list[OpenEpisode]] = {}  # each rule's list as last handed out
+        self._dirty: set[str] = set()  # rules whose OpenEpisodes changed since (their list is rebuilt)
 
     def put(self, s: EpisodeState, key: Key | None = None) -> None:
         """A state after a step (of `key`, s.key when not given): told (open) or no longer (closed)."""
@@ -204,13 +217,16 @@ class Told:
         if key is None:
             key = s.key
         if s.status not in OPEN:
-            told.pop(key, None)
+            if told.pop(key, None) is not None:
+                self._dirty.add(s.rule_id)
             return
         hit = told.get(key)
         if hit is not None and _told_alike(hit[0], s):
             told[key] = (s, hit[1])  # told the same: keeps its OpenEpisode (no told_again call chain)
             return
-        told[key] = told_again(hit, s, self.rules)
+        told[key] = now = told_again(hit, s, self.rules)
+        if hit is None or now[1] is not hit[1]:
+            self._dirty.add(s.rule_id)
 
     def reorder(self, position: Mapping[Key, int], rule_ids: Iterable[str]) -> None:
         """Back to the open states' order after an episode of each of `rule_ids` reopened in its old
@@ -220,9 +236,20 @@ class Told:
             told = self.by_rule.get(rid)
             if told:
                 self.by_rule[rid] = _in_order(told, position)
+                self._dirty.add(rid)
 
     def lists(self) -> dict[str, list[OpenEpisode]]:
-        return {rid: [e for _, e in told.values()] for rid, told in self.by_rule.items() if told}
+        """rule id -> its open episodes as told: a rule's list is the same object from step to step
+        while none of its OpenEpisodes changed (Scans.rows_at keeps what it derives from one), so
+        neither the lists nor the callers' rows are rebuilt per open episode per step. Not to be changed."""
+        for rid in self._dirty:
+            told = self.by_rule.get(rid)
+            if told:
+                self._lists[rid] = [e for _, e in told.values()]
+            else:
+                self._lists.pop(rid, None)
+        self._dirty.clear()
+        return dict(self._lists)
 
 
 class States(Mapping[Key, EpisodeState]):
@@ -256,6 +283,21 @@ class States(Mapping[Key, EpisodeState]):
 
     def __len__(self) -> int:
         return len(self._states)
+
+
+def _reopened(found: Sequence[FoundItem], open_now: Mapping[Key, EpisodeState],
+              current: Mapping[Key, EpisodeState]) -> list[Key]:
+    """The keys of findings whose episode is recorded and closed (in no order: the caller sorts them),
+    by set operations over each columnar item's keys, not a test per finding in Python (most findings
+    continue an open episode)."""
+    keys: set[Key] = set()
+    for item in found:
+        if type(item) is FindingRows:
+            keys.update(item.keys())
+        else:
+            keys.add(item.key)
+    keys.difference_update(open_now)
+    return [k for k in keys if k in current]
 
 
 def _in_order(d: dict[Key, EpisodeState] | dict[Key, tuple[EpisodeState, OpenEpisode]],
@@ -322,7 +364,7 @@ def replay(
             seen_accounts |= decided_accounts
             scans.seen(first.accounts)
         touched = dict(open_now)
-        reopened = [k for k in found_keys(result.found) if k not in open_now and k in current]
+        reopened = _reopened(result.found, open_now, current)
         if reopened:
             touched.update((k, current[k]) for k in reopened)
             touched = _in_order(touched, position)

@@ -419,10 +419,12 @@ def test_the_open_episodes_told_at_each_step_are_those_of_every_open_state(monke
     from rules.loader import load_rules
 
     told: list[dict] = []
+    handed: list[dict] = []  # the lists themselves (a rule's is kept while its episodes are told the same)
     real = replay_module.evaluate
 
     def spy(*args, open_episodes, **kwargs):
         told.append({rid: list(eps) for rid, eps in open_episodes.items()})
+        handed.append(open_episodes)
         return real(*args, open_episodes=open_episodes, **kwargs)
 
     monkeypatch.setattr(replay_module, "evaluate", spy)
@@ -440,6 +442,8 @@ def test_the_open_episodes_told_at_each_step_are_those_of_every_open_state(monke
         assert got == open_episodes(before, by_id), f"step {step}"
         before = states
     assert sum(len(v) for t in told for v in t.values()) > 500  # many open episodes told
+    kept = sum(a[r] is b.get(r) for a, b in zip(handed, handed[1:], strict=False) for r in a)
+    assert kept > len(handed)  # unchanged lists handed again, not rebuilt per open episode
     closed_then_open = {k for a, b in zip(snapshots, snapshots[1:], strict=False) for k, s in b.items()
                         if k in a and not a[k].is_open and s.is_open}
     assert closed_then_open  # some episodes reopened
