@@ -140,14 +140,15 @@ def _continued(prev: EpisodeState, now: int, explanation: Mapping[str, Any], sev
 
 
 # A run of steps a finding continued a firing episode without a transition, not materialised yet (a
-# replay's rules.lifecycle.advance `runs`): [steps, last step's now, its FindingRows, row, severity].
+# replay's rules.lifecycle.advance `runs`): [steps, last step's now, its FindingRows, row, severity,
+# the state the run continues (the one its key keeps meanwhile)].
 Run = list[Any]
 
 
 def ran(prev: EpisodeState, run: Run) -> EpisodeState:
     """The state `prev` becomes after the steps of `run`: _continued(prev, ...) once per step, in one go
     (each step sets the same fields to its own values; only `consecutive` counts the steps)."""
-    steps, now, rows, k, severity = run
+    steps, now, rows, k, severity = run[:5]
     s = _continued(prev, now, LazyExplanation(rows, k), severity)
     s.__dict__["consecutive"] = prev.consecutive + steps
     return s
@@ -384,7 +385,12 @@ def _step_rows(
     # a run's steps leave what the detectors are told alone only while the rows have no baseline or
     # the episode keeps a reference (what it is told instead of the baseline): quota, expansion, spike/drop
     no_baseline = item.baselines is None
-    for k, key in enumerate(item.keys()):
+    keys = item.keys()
+    todo: Iterable[int] = range(len(keys))
+    if lazy and runs and seen_keys.isdisjoint(keys):
+        todo = _count_runs(item, keys, runs, seen_keys, now, gap)
+    for k in todo:
+        key = keys[k]
         prev = states.get(key)
         if lazy and prev is not None and key not in seen_keys and (
                 (prev.status == FIRING and (gap is None or prev.last_notified_at is None
@@ -397,16 +403,41 @@ def _step_rows(
                 if run is not None:
                     if no_baseline or prev.reference is not None:
                         run[0] += 1
-                        run[1:] = now, item, k, sev
+                        run[1:5] = now, item, k, sev
                         continue
                     prev = ran(prev, runs.pop(key))
                 elif prev.reference is not None or (no_baseline and prev.last_explanation.get("baseline") is None):
-                    runs[key] = [1, now, item, k, sev]
+                    runs[key] = [1, now, item, k, sev, prev]
                     continue
             out[key] = _continued(prev, now, LazyExplanation(item, k), sev)
             continue
         _step_finding(rules, states, out, transitions, seen_keys, item, k, key, item.rule_id,
                       item.severity_of(k), now, snoozed, first_run, explain, runs)
+
+
+def _count_runs(item: FindingRows, keys: Sequence[Key], runs: dict[Key, Run], seen_keys: set[Key], now: int,
+                gap: int | None) -> list[int]:
+    """_step_rows' case of most rows in a replay, for a whole item at once: a row whose key has a run
+    that it continues again (not due to renotify, told the same) counts a step in the run, with one
+    lookup and no state read; the rows left (returned) are stepped one by one, as without runs. The
+    keys are marked seen in one set operation (none was seen before in this step)."""
+    seen_keys.update(keys)
+    rest: list[int] = []
+    no_baseline = item.baselines is None
+    severities, severity = item.severities, item.severity
+    get = runs.get
+    for k, key in enumerate(keys):
+        run = get(key)
+        if run is not None:
+            base = run[5]
+            if (no_baseline or base.reference is not None) and (
+                    gap is None or base.last_notified_at is None or now - base.last_notified_at < gap):
+                run[0] += 1
+                run[1:5] = now, item, k, severity if severities is None else severities[k]
+                continue
+        rest.append(k)
+    seen_keys.difference_update([keys[k] for k in rest])  # stepped one by one: marked seen there
+    return rest
 
 
 def _step_finding(
