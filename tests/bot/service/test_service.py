@@ -451,10 +451,10 @@ def test_in_the_running_service_a_source_behind_is_polled_again_by_its_job_not_i
                 if state is not None and state.watermark is not None and CatchUp.parse(state.cursor) is None:
                     break
                 time.sleep(0.2)
-            polls = svc.metrics.value("usagebot_source_polls_total", source="billing", result="ok")
-            runs = svc.scheduler.state["poll:billing"].runs
-            stored = len(points(svc.engine, "api_calls"))  # type: ignore[arg-type]
         finally:
-            svc.stop()
+            svc.stop()  # waits for a running job: the state can be read before its run is counted
+        polls = svc.metrics.value("usagebot_source_polls_total", source="billing", result="ok")
+        runs = svc.scheduler.state["poll:billing"].runs
+        stored = len(points(svc.engine, "api_calls"))  # type: ignore[arg-type]
     assert state is not None and CatchUp.parse(state.cursor) is None and stored == 480
     assert polls is not None and polls >= 5 and runs >= polls  # one poll per run of the job
