@@ -35,7 +35,7 @@ from rules.model import (
 class ReplayStep:
     at: int
     transitions: list[Transition]
-    states: Mapping[Key, EpisodeState]  # every state after this step: a live view (copy it to keep it)
+    states: Mapping[Key, EpisodeState]  # every state after this step: a live view, built when read (States; copy it to keep it)
     cohort_events: list[CohortEvent]
     # (rule_id, account_id, why): left undecided at this step, their usage not a finite number (rules.engine)
     contained: list[tuple[str, str, str]] = field(default_factory=list)
