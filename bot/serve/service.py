@@ -104,6 +104,7 @@ class Service:
         self._reload_lock = threading.Lock()
         self.reloader = self._make_reloader()
         self._first_polls = set(self.sources or {})  # sources not polled yet since start (evaluate waits)
+        self._poll_failed: set[str] = set()  # sources whose last poll failed (`serve --once` says "failed")
         self._started_at = time.monotonic()
         self._scheduling = False  # the scheduler was started (health checks it from then on)
         self._head = head_revision()  # the schema version this code expects
@@ -323,6 +324,9 @@ class Service:
             m.inc("usagebot_source_skipped_total", report.skipped, source=source.id)
         if not report.ok:
             m.inc("usagebot_errors_total", component=f"poll:{source.id}")
+            self._poll_failed.add(source.id)
+        else:
+            self._poll_failed.discard(source.id)
         log.info("polled %s: %s, %d row(s), %d point(s) changed, %d malformed item(s) skipped%s", source.id,
                  "ok" if report.ok else "failed", report.rows, report.points_written, report.skipped,
                  f"; {report.behind.removeprefix(f'source {source.id!r}: ')}" if report.behind else "",
@@ -683,9 +687,16 @@ class Service:
         log.info("stopped", extra={"event": "stopped"})
 
     def run_once(self) -> dict[str, str]:
-        """Every job once, in order (poll, freshness, evaluate, deliver, ...), as the leader would."""
+        """Every job once, in order (poll, freshness, evaluate, deliver, ...), as the leader would: each
+        job's "ok", "error" (it raised) or "skipped", and "failed" for a poll job whose source failed (the
+        job ran and recorded the failure, as the running service does, but a cron run of `serve --once`
+        must say so in its exit status)."""
         self.prepare()
-        return self.scheduler.run_all_once()
+        results = self.scheduler.run_all_once()
+        for source_id in self._poll_failed:
+            if results.get(f"poll:{source_id}") == "ok":
+                results[f"poll:{source_id}"] = "failed"
+        return results
 
     def serve_forever(self, install_signals: bool = True) -> None:
         """start(), then block until SIGTERM / SIGINT (or stop()), then stop(); SIGHUP reloads the rules."""

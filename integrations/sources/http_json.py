@@ -460,7 +460,10 @@ class HttpJsonSource:
         self.fetcher.begin_poll()
         if self.o.incremental != "window":
             got = self._read(ctx, None)
-            cursor = ctx.cursor
+            # a window mode's catch-up cursor left from before the source's mode changed is neither a
+            # position of the API's nor kept: kept, it marked the source as catching up for ever
+            # (evaluation mutes such a source's series) and it was stored again after every poll
+            cursor = ctx.cursor if CatchUp.parse(ctx.cursor) is None else None
             if self.o.incremental == "cursor" and self.o.cursor is not None and got.last_body is not None:
                 nxt = dig_optional(got.last_body, self.o.cursor.field)
                 if nxt not in (None, ""):

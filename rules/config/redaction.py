@@ -22,7 +22,9 @@ Who registers what:
 `RedactingFilter` applies `mask` to every log record (message, arguments, extra fields, traceback);
 `bot.service.logs.setup_logging` puts it on the root handler, and on logging's last-resort handler.
 
-Secrets shorter than `MIN_SECRET` characters are not masked (they would blank out ordinary words).
+Secrets shorter than `MIN_SECRET` characters are not masked (they would blank out ordinary words),
+except where their place says what they are: the password of a URL's user info
+(``scheme://user:password@``) is masked in any text, registered or not, whatever its length.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ _SECRET_WORDS = frozenset({
 _SECRET_ENDINGS = ("key", "token", "secret", "password", "passwd", "signature", "credential", "credentials")
 _LOWER_HEX = re.compile(r"%[0-9A-F]{2}")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# the password of any URL's user info in any text, known or not, of any length: a 1-3 character
+# database password is below MIN_SECRET, but "postgresql://bot:pw@db/..." in an error still shows it
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@\s:]*:)([^/?#\s]+)@")
 
 
 def looks_secret(name: str) -> bool:
@@ -224,6 +229,8 @@ class Redactor:
         return merged
 
     def mask(self, text: str) -> str:
+        if "://" in text:
+            text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", text)
         if not text or not (self._full or self._long):
             return text
         spans = self.spans(text)

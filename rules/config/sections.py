@@ -3,9 +3,9 @@
 Every section parser (storage, rules, service, scheduler, slack, salesforce, health, sources, ingest)
 reads its table through a `Section`, which
 
-- substitutes `${NAME}` / `${NAME:-default}` from the environment in string values (a missing
-  variable is a problem naming the variable, never its value; not in a table with
-  `enabled = false` and its sub-tables, which are checked but not used),
+- substitutes `${NAME}` / `${NAME:-default}` from the environment in string values (`$${` is a
+  literal `${`; a missing variable is a problem naming the variable, never its value; not in a
+  table with `enabled = false` and its sub-tables, which are checked but not used),
 - records every problem (rules.config.problems.Problem: file, line, dotted field) instead of
   stopping at the first one, spelling values as Python does (values.PYTHON),
 - rejects unknown keys with a "did you mean" suggestion,
@@ -38,7 +38,10 @@ from rules.config.tables import Table, settings_keys
 from rules.config.toml import field_name, parse_toml, read_toml
 from rules.config.toml_lines import LineMap, PathKey
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+# `$${` is a literal `${` (as in Docker Compose): a value that must hold the text, e.g. a URL template
+# the remote API expands itself; without it there was no way to write one.
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_LITERAL = "$${"
 
 __all__ = ["ConfigError", "Document", "Problem", "Secret", "Section", "document_from_text", "load_document"]
 
@@ -185,6 +188,8 @@ class Section:
         missing: list[str] = []
 
         def repl(m: re.Match[str]) -> str:
+            if m.group(0) == _LITERAL:
+                return "${"
             name, default = m.group(1), m.group(2)
             if name in self.doc.env:
                 if redaction.looks_secret(name):  # "${BILLING_API_KEY}" in a plain string key

@@ -61,7 +61,16 @@ def test_secret_from_file_and_syntax_errors(tmp_path):
         load_document(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("raw", ["${TOKEN", "${X:-${Y}}", "abc${1X}", "${}", "${X:?must be set}"])
+@pytest.mark.parametrize(("raw", "want"), [("$${X}", "${X}"), ("a$${X:-y}b", "a${X:-y}b"),
+                                           ("$${X} ${X}", "${X} x"), ("$$", "$$"), ("$${", "${")])
+def test_a_doubled_dollar_is_a_literal_env_reference(raw, want):
+    """There was no way to write the text `${`: an API's own URL template was a config problem."""
+    doc = document_from_text(f'[s]\nplain = "{raw}"\ntoken = "{raw}"\n', env={"X": "x"})
+    sec = doc.section("s")
+    assert sec.str("plain") == want and sec.secret("token").reveal() == want and not doc.problems
+
+
+@pytest.mark.parametrize("raw", ["${TOKEN", "$${X} ${Y", "$${X:-${Y}}x${", "${X:-${Y}}", "abc${1X}", "${}", "${X:?must be set}"])
 def test_a_malformed_env_reference_is_a_problem_not_literal_text(raw):
     """'${BILLING_API_TOKEN' (a brace missing) was kept as the literal value: the API got that text
     as its token and config check said nothing. The value itself is not quoted (it may be a secret)."""

@@ -84,6 +84,18 @@ def test_short_values_are_not_secrets_and_urls_register_only_their_secret_parts(
     assert mask("tenant=7 api_key=AKIA5566778899 sig=zzz9911") == "tenant=7 api_key=*** sig=***"
 
 
+@pytest.mark.parametrize(("text", "want"), [
+    ("could not connect to postgresql://bot:pw@db:5432/x", "could not connect to postgresql://bot:***@db:5432/x"),
+    ("sqlite:///a.db and https://u:p@x.io/a:b@c then mysql://r:a@b@h/d",
+     "sqlite:///a.db and https://u:***@x.io/a:b@c then mysql://r:***@h/d"),
+    ("http://user@host/ http://user:@host/ 'a://b:c'", "http://user@host/ http://user:@host/ 'a://b:c'"),
+])
+def test_a_url_password_is_masked_in_any_text_whatever_its_length(text: str, want: str) -> None:
+    """A 1-3 character database password is too short to register, yet a driver's error echoing the URL
+    showed it; its place in the URL says what it is."""
+    assert mask(text) == want
+
+
 def test_secret_looking_env_vars_and_names() -> None:
     assert redaction.looks_secret("BILLING_API_KEY") and redaction.looks_secret("X-Api-Key")
     assert redaction.looks_secret("accessToken") and redaction.looks_secret("client_secret")

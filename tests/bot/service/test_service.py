@@ -293,13 +293,43 @@ timestamp = "t"
             svc.stop()
     finally:
         logging.getLogger().removeHandler(handler)
-    assert results["poll:api"] == "ok"  # the job ran; the poll itself failed and was recorded
+    assert results["poll:api"] == "failed"  # the job ran; the poll itself failed and was recorded
+    assert results["poll:drops"] == "ok"
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     failed = [x for x in lines if x.get("event") == "poll_failed"]
     assert failed and failed[0]["source"] == "api" and failed[0]["level"] == "warning"
     assert "connection failed" in failed[0]["message"]
     assert token not in stream.getvalue() and SECRET not in stream.getvalue()
     assert svc.metrics.value("usagebot_source_polls_total", source="api", result="error") == 1
+
+
+def test_serve_once_exits_1_when_a_source_fails_and_says_which(tmp_path: Path, db_url: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen: `serve --once` under cron printed "ok" for a source that could not be reached and exited 0."""
+    monkeypatch.setenv("INGEST_SECRET", SECRET)
+    extra = """
+[[sources]]
+id = "api"
+type = "http_json"
+url = "http://127.0.0.1:9/usage"
+metric = "api_calls"
+retries = 0
+timeout = "1s"
+[sources.fields]
+account = "a"
+value = "v"
+timestamp = "t"
+"""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code = main(["serve", "--config", str(_config(tmp_path, db_url, extra)), "--once"], out=out, err=err)
+    finally:
+        logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
+                                           if not getattr(h, "_usagebot", False)]
+    results = json.loads(out.getvalue())
+    assert code == 1 and results["poll:api"] == "failed" and results["poll:drops"] == "ok"
+    assert results["evaluate"] == "ok"  # the other jobs still ran
+    assert "Traceback" not in err.getvalue()
 
 
 def test_readiness_reports_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
@@ -421,10 +451,10 @@ def test_in_the_running_service_a_source_behind_is_polled_again_by_its_job_not_i
                 if state is not None and state.watermark is not None and CatchUp.parse(state.cursor) is None:
                     break
                 time.sleep(0.2)
-            polls = svc.metrics.value("usagebot_source_polls_total", source="billing", result="ok")
-            runs = svc.scheduler.state["poll:billing"].runs
-            stored = len(points(svc.engine, "api_calls"))  # type: ignore[arg-type]
         finally:
-            svc.stop()
+            svc.stop()  # waits for a running job: the state can be read before its run is counted
+        polls = svc.metrics.value("usagebot_source_polls_total", source="billing", result="ok")
+        runs = svc.scheduler.state["poll:billing"].runs
+        stored = len(points(svc.engine, "api_calls"))  # type: ignore[arg-type]
     assert state is not None and CatchUp.parse(state.cursor) is None and stored == 480
     assert polls is not None and polls >= 5 and runs >= polls  # one poll per run of the job

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from bot.service.polling import PollReport, poll_source
-from integrations.sources.base import CatchUp, PollContext, Source
+from integrations.sources.base import CatchUp, PollContext, Source, catching_up
 from integrations.sources.http_json import HttpJsonSource
 from integrations.sources.stripe_meter import StripeMeterSource
 from storage.sources import get_source_state
@@ -207,8 +207,10 @@ def test_a_cursor_source_never_sends_a_catch_up_cursor_as_its_position() -> None
         _serve(srv, [])
         src = _source(srv.url("/usage"), max_pages=9, extra=extra)
         ctx = PollContext("billing", NOW, cursor=CatchUp(NOW - DAY, DAY, 3).cursor())
-        list(src.poll(ctx))
+        batches = list(src.poll(ctx))
     assert srv.requests[0].q("since") == "0"
+    # nor stores it again (its answer gave no next cursor): it would mark the source as behind for ever
+    assert [b.cursor for b in batches] == [None] and not catching_up(batches[0].cursor)
 
 
 # ------------------------------------------------------------------------ stripe_meter
