@@ -387,8 +387,10 @@ def _step_rows(
     no_baseline = item.baselines is None
     keys = item.keys()
     todo: Iterable[int] = range(len(keys))
-    if lazy and runs and seen_keys.isdisjoint(keys):
-        todo = _count_runs(item, keys, runs, seen_keys, now, gap)
+    if lazy and runs:
+        distinct = set(keys)  # an item repeating a key goes row by row: its second row is a duplicate finding
+        if len(distinct) == len(keys) and seen_keys.isdisjoint(distinct):
+            todo = _count_runs(item, keys, runs, seen_keys, now, gap)
     for k in todo:
         key = keys[k]
         prev = states.get(key)

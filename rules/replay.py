@@ -205,7 +205,7 @@ class Told:
         self.rules = rules
         self.by_rule: dict[str, dict[Key, tuple[EpisodeState, OpenEpisode]]] = {}
         self._lists: dict[str, list[OpenEpisode]] = {}  # each rule's list as last handed out
-        self._dirty: set[str] = set()  # rules whose OpenEpisodes changed since (their list is rebuilt)
+        self._dirty: dict[str, None] = {}  # rules whose OpenEpisodes changed since (in order: no hash order)
 
     def put(self, s: EpisodeState, key: Key | None = None) -> None:
         """A state after a step (of `key`, s.key when not given): told (open) or no longer (closed)."""
@@ -218,7 +218,7 @@ class Told:
             key = s.key
         if s.status not in OPEN:
             if told.pop(key, None) is not None:
-                self._dirty.add(s.rule_id)
+                self._dirty[s.rule_id] = None
             return
         hit = told.get(key)
         if hit is not None and _told_alike(hit[0], s):
@@ -226,7 +226,7 @@ class Told:
             return
         told[key] = now = told_again(hit, s, self.rules)
         if hit is None or now[1] is not hit[1]:
-            self._dirty.add(s.rule_id)
+            self._dirty[s.rule_id] = None
 
     def reorder(self, position: Mapping[Key, int], rule_ids: Iterable[str]) -> None:
         """Back to the open states' order after an episode of each of `rule_ids` reopened in its old
@@ -236,7 +236,7 @@ class Told:
             told = self.by_rule.get(rid)
             if told:
                 self.by_rule[rid] = _in_order(told, position)
-                self._dirty.add(rid)
+                self._dirty[rid] = None
 
     def lists(self) -> dict[str, list[OpenEpisode]]:
         """rule id -> its open episodes as told: a rule's list is the same object from step to step

@@ -24,7 +24,9 @@ Who registers what:
 
 Secrets shorter than `MIN_SECRET` characters are not masked (they would blank out ordinary words),
 except where their place says what they are: the password of a URL's user info
-(``scheme://user:password@``) is masked in any text, registered or not, whatever its length.
+(``scheme://user:password@``) is masked in any text, registered or not, whatever its length (a web
+URL's up to a "/", "?" or "#", a database URL's up to the first "@", as SQLAlchemy reads it; text
+like "https://host:443,user@example.org" is masked too: the rule errs on the side of masking).
 """
 
 from __future__ import annotations
@@ -52,9 +54,26 @@ _SECRET_WORDS = frozenset({
 _SECRET_ENDINGS = ("key", "token", "secret", "password", "passwd", "signature", "credential", "credentials")
 _LOWER_HEX = re.compile(r"%[0-9A-F]{2}")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-# the password of any URL's user info in any text, known or not, of any length: a 1-3 character
-# database password is below MIN_SECRET, but "postgresql://bot:pw@db/..." in an error still shows it
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@\s:]*:)([^/?#\s]+)@")
+# The password of any URL's user info in any text, known or not, of any length: a 1-3 character
+# database password is below MIN_SECRET, but "postgresql://bot:pw@db/..." in an error still showed it.
+# A web URL's ends at "/", "?" or "#" (they start its path); a database URL's, as SQLAlchemy parses it,
+# at the first "@" ("p/w" is a password there), or at the last "@" before its host's "/" (an unescaped
+# "@" in the password: "r:a@b@h/d" masks "a@b", either reading's password). The lookbehind, not \b:
+# a \b start was tried again at every word boundary of a long run like "a.b.c..." (160 KB of it took
+# 16 s, a quadratic scan).
+_SCHEME_START = r"(?<![A-Za-z0-9+.\-])"
+_PART = 256  # the longest user or password this free-text rule looks at: each try is bounded, so a text of
+# many "a://b:" and no "@" is scanned in linear time (unbounded, 160 KB of it took 70 s); a longer
+# registered password is masked as a registered secret
+_URL_PASSWORD = re.compile(
+    _SCHEME_START + rf"((?:https?|wss?)://[^/?#@\s:]{{0,{_PART}}}:)([^/?#\s]{{1,{_PART}}})@"
+    "|" + _SCHEME_START + rf"((?!(?:https?|wss?)://)[A-Za-z][A-Za-z0-9+.\-]{{0,32}}://[^/?#@\s:]{{0,{_PART}}}:)"
+    rf"([^@\s]{{1,{_PART}}}(?:@[^@/\s]{{0,{_PART}}}){{0,4}})@", re.IGNORECASE)
+_DB_USERINFO = re.compile(r"^(?!(?:https?|wss?)://)[A-Za-z][A-Za-z0-9+.\-]*://([^/?#@:]*):([^@]*)@", re.IGNORECASE)
+
+
+def _masked_url_password(m: re.Match[str]) -> str:
+    return f"{m.group(1) or m.group(3)}{MASK}@"
 
 
 def looks_secret(name: str) -> bool:
@@ -101,12 +120,17 @@ def _userinfo(text: str) -> tuple[str, str] | None:
 
 
 def _url_parts(text: str) -> list[str]:
-    """Secrets inside a URL: the user-info password and secret-looking query parameters."""
+    """Secrets inside a URL: the user-info password and secret-looking query parameters. A database
+    URL's password is also read as SQLAlchemy reads it (up to the first "@": "p/w", "p#w" and "p w"
+    are passwords there, which a web URL's parse ends at the "/")."""
     found: list[str] = []
     m = re.match(_URL.pattern + r"([^/?#]*)@", text)
     if m is not None and ":" in m.group(1):
         password = m.group(1).split(":", 1)[1]
         found += [password, unquote(password)]
+    db = _DB_USERINFO.match(text)
+    if db is not None and db.group(2):
+        found += [db.group(2), unquote(db.group(2))]
     try:
         query = urlsplit(text).query
     except ValueError:
@@ -230,7 +254,7 @@ class Redactor:
 
     def mask(self, text: str) -> str:
         if "://" in text:
-            text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+            text = _URL_PASSWORD.sub(_masked_url_password, text)
         if not text or not (self._full or self._long):
             return text
         spans = self.spans(text)

@@ -186,3 +186,30 @@ def test_levels_crossed_together_notify_only_the_highest():
     _, ev2 = run([r], [(DAY, [f(DAY, "0.8", 80.0)], ["a1"]),
                        (2 * DAY, [f(2 * DAY, "0.8", 80.0), f(2 * DAY, "1", 100.0)], ["a1"])])
     assert [(e.state.discriminator, e.notify) for e in ev2] == [("2026-11-01:0.8", True), ("2026-11-01:1", True)]
+
+
+@pytest.mark.parametrize("with_runs", [False, True])
+def test_a_columnar_item_repeating_a_key_is_a_duplicate_finding_with_or_without_runs(with_runs: bool) -> None:
+    """A replay counts a firing episode's continuations in a run (advance `runs`) for a whole item at
+    once; an item that repeats a key (a detector's bug) must still be refused, as row by row."""
+    import numpy as np
+
+    from rules.model import FindingRows, LazyExplanation
+
+    r = rule(kind="quota", params=QuotaParams(mode="forecast"))
+    ids = ["a1", "a2"]
+
+    def rows(at: int, idx: list[int]) -> FindingRows:
+        return FindingRows("r1", "api_calls", "warning", at, ids, np.array(idx),
+                           "", lambda k: finding(at, account=ids[idx[k]]))
+
+    runs: dict | None = {} if with_runs else None
+    states: dict = {}
+    for at in (DAY, 2 * DAY, 3 * DAY):
+        states = dict(advance({"r1": r}, [rows(at, [0])], {("r1", "a1")}, states, at,
+                              explain=LazyExplanation, runs=runs).states)
+    assert states[("r1", "a1", "api_calls", "")].status == FIRING
+    assert bool(runs) == with_runs  # the continuations were counted in a run
+    with pytest.raises(ValueError, match="duplicate finding"):
+        advance({"r1": r}, [rows(4 * DAY, [0, 0])], {("r1", "a1")}, states, 4 * DAY,
+                explain=LazyExplanation, runs=runs)

@@ -89,11 +89,25 @@ def test_short_values_are_not_secrets_and_urls_register_only_their_secret_parts(
     ("sqlite:///a.db and https://u:p@x.io/a:b@c then mysql://r:a@b@h/d",
      "sqlite:///a.db and https://u:***@x.io/a:b@c then mysql://r:***@h/d"),
     ("http://user@host/ http://user:@host/ 'a://b:c'", "http://user@host/ http://user:@host/ 'a://b:c'"),
+    # a database URL's password runs to the first "@", as SQLAlchemy reads it
+    ("postgresql+psycopg://bot:p/w@db/x, sqlite:///x.db", "postgresql+psycopg://bot:***@db/x, sqlite:///x.db"),
+    ("(mysql://r:a#b c@h/d)", "(mysql://r:a#b c@h/d)"),  # a space ends it: free text, not one URL
+    ("_http://u:v@w HTTPS://u:v@w", "_http://u:***@w HTTPS://u:***@w"),
 ])
 def test_a_url_password_is_masked_in_any_text_whatever_its_length(text: str, want: str) -> None:
     """A 1-3 character database password is too short to register, yet a driver's error echoing the URL
     showed it; its place in the URL says what it is."""
     assert mask(text) == want
+
+
+@pytest.mark.parametrize("password", ["secret/pw", "se#cret", "se?cret1", "two words"])
+def test_a_registered_database_url_password_with_url_characters_is_masked_anywhere(password: str) -> None:
+    """SQLAlchemy reads "postgresql://bot:secret/pw@db/x" as the password "secret/pw"; the registry
+    read its password as a web URL's (up to the "/") and masked nothing of it."""
+    url = f"postgresql+psycopg://bot:{password}@db.internal/usage"
+    redaction.register_url(url)
+    assert password not in mask(f"connecting with {password!r} to {url}")
+    assert mask(url) == "postgresql+psycopg://bot:***@db.internal/usage"
 
 
 def test_secret_looking_env_vars_and_names() -> None:
