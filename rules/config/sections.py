@@ -4,8 +4,9 @@ Every section parser (storage, rules, service, scheduler, slack, salesforce, hea
 reads its table through a `Section`, which
 
 - substitutes `${NAME}` / `${NAME:-default}` from the environment in string values (`$${` is a
-  literal `${`; a missing variable is a problem naming the variable, never its value; not in a
-  table with `enabled = false` and its sub-tables, which are checked but not used),
+  literal `${`, `$$${X}` a `$` and X's value; a missing variable is a problem naming the variable,
+  never its value; not in a table with `enabled = false` and its sub-tables, which are checked but
+  not used),
 - records every problem (rules.config.problems.Problem: file, line, dotted field) instead of
   stopping at the first one, spelling values as Python does (values.PYTHON),
 - rejects unknown keys with a "did you mean" suggestion,
@@ -38,10 +39,10 @@ from rules.config.tables import Table, settings_keys
 from rules.config.toml import field_name, parse_toml, read_toml
 from rules.config.toml_lines import LineMap, PathKey
 
-# `$${` is a literal `${` (as in Docker Compose): a value that must hold the text, e.g. a URL template
-# the remote API expands itself; without it there was no way to write one.
-_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_LITERAL = "$${"
+# A run of "$" before "{" is halved, as Docker Compose reads "$$": "$${X}" is the text "${X}" (a URL
+# template the remote API expands itself; without it there was no way to write one) and "$$${X}" is
+# "$" then X's value. Elsewhere "$$" stays as written ("pa$$word" is not changed).
+_ENV = re.compile(r"((?:\$\$)+)(?=\$?\{)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 __all__ = ["ConfigError", "Document", "Problem", "Secret", "Section", "document_from_text", "load_document"]
 
@@ -179,7 +180,7 @@ class Section:
         return cls(**values)
 
     def _subst(self, key: str, value: str) -> str | None:
-        if "${" in _ENV.sub("", value) or any("${" in (m.group(2) or "") for m in _ENV.finditer(value)):
+        if "${" in _ENV.sub("", value) or any("${" in (m.group(3) or "") for m in _ENV.finditer(value)):
             # "${TOKEN" or "${X:-${Y}}" was kept as literal text: a token of "${BILLING_API_TOKEN" went to
             # the API. The value is not quoted (it may be a secret written in the file).
             self.problem(key, "has an unterminated or malformed ${...} reference; use ${NAME} or "
@@ -188,9 +189,9 @@ class Section:
         missing: list[str] = []
 
         def repl(m: re.Match[str]) -> str:
-            if m.group(0) == _LITERAL:
-                return "${"
-            name, default = m.group(1), m.group(2)
+            if m.group(1):
+                return m.group(1)[: len(m.group(1)) // 2]
+            name, default = m.group(2), m.group(3)
             if name in self.doc.env:
                 if redaction.looks_secret(name):  # "${BILLING_API_KEY}" in a plain string key
                     redaction.register(self.doc.env[name])

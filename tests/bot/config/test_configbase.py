@@ -61,8 +61,9 @@ def test_secret_from_file_and_syntax_errors(tmp_path):
         load_document(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize(("raw", "want"), [("$${X}", "${X}"), ("a$${X:-y}b", "a${X:-y}b"),
-                                           ("$${X} ${X}", "${X} x"), ("$$", "$$"), ("$${", "${")])
+@pytest.mark.parametrize(("raw", "want"), [("$${X}", "${X}"), ("a$${X:-y}b", "a${X:-y}b"), ("$$${X}", "$x"),
+                                           ("$$$${X}", "$${X}"), ("$${X} ${X}", "${X} x"), ("$$", "$$"),
+                                           ("pa$$word$", "pa$$word$"), ("$${", "${"), ("$X $$X", "$X $$X")])
 def test_a_doubled_dollar_is_a_literal_env_reference(raw, want):
     """There was no way to write the text `${`: an API's own URL template was a config problem."""
     doc = document_from_text(f'[s]\nplain = "{raw}"\ntoken = "{raw}"\n', env={"X": "x"})
