@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rules.detectors import format as fmt
 from rules.model import DAY, SEVERITIES, SEVERITY_RANK, AccountFacts
 
 PERIOD = 30 * DAY  # a billing period for per-window usage of growth expansions (monthly quotas)
@@ -140,11 +141,10 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
         rates, width = details.get("growth_rates"), _num(details.get("period"))
         if isinstance(rates, list | tuple) and rates and width and value is not None and baseline:
             span = len(rates) * width / DAY
-            return f"{m} up {math.floor((value / baseline - 1) * 100 + 1e-9):d}% in {span:g} days"
+            return f"{m} up {math.floor((value / baseline - 1) * 100 + 1e-9):d}% in {fmt.count(span, 'day')}"
         periods = details.get("periods")
         if util is not None and isinstance(periods, list | tuple) and periods:
-            return (f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota, {len(periods)} billing periods "
-                    "running")
+            return f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota, {fmt.count(len(periods), 'billing period')} running"
     return ""
 
 

@@ -9,6 +9,8 @@ details):
 - percent(0.82)    -> "82%"      (rounded DOWN, so 99.96% never reads as "100%")
 - change(0.1)      -> "+10%"
 - moment(ts, step) -> "2026-11-03 14:00 UTC", or "2026-11-03" for daily buckets at midnight
+- count(1, "day") -> "1 day";  count(0.3, "day") -> "0.3 days";  count(3, "billing period") -> "3 billing periods"
+- last(1, "billing period") -> "the last billing period";  last(3, "window") -> "each of the last 3 windows"
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ def change(rate: float | None) -> str:
     if rate is None or math.isnan(rate):
         return "n/a"
     return f"{rate * 100:+,.0f}%"
+
+
+def count(n: float, noun: str) -> str:
+    """A number of things with the noun in the right number: only exactly 1 is singular ("0.5 days")."""
+    shown = f"{n:,}" if isinstance(n, int) else f"{n:,g}"
+    return f"{shown} {noun if n == 1 else noun + 's'}"
+
+
+def last(n: int, noun: str, each: str = "each") -> str:
+    """ "the last billing period" for 1, else "each of the last 3 billing periods" (`each`: "each" or "one")."""
+    return f"the last {noun}" if n == 1 else f"{each} of the last {count(n, noun)}"
 
 
 def moment(ts: int, step: int = 0) -> str:

@@ -98,3 +98,11 @@ def test_rule_location() -> None:
     assert fmt.rule_location(r) == "rule 'api-spike' (rules/usage.toml:12)"
     bare = Rule("x", "spike", "api_calls", 3600, SpikeParams())
     assert fmt.rule_location(bare) == "rule 'x' (<no file>)"
+
+
+def test_count_and_last_say_one_in_the_singular() -> None:
+    assert [fmt.count(n, "day") for n in (1, 1.0, 0.3, 0, 2, 10.5, 1234)] == [
+        "1 day", "1 day", "0.3 days", "0 days", "2 days", "10.5 days", "1,234 days"]
+    assert fmt.last(1, "billing period") == "the last billing period"
+    assert fmt.last(3, "window") == "each of the last 3 windows"
+    assert fmt.last(2, "billing period", each="one") == "one of the last 2 billing periods"
