@@ -126,25 +126,25 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
         if kind == "drop" and value <= 0:
             return f"{m} fell to zero {_against(details, bucket_start)}"
         if kind == "drop":
-            return f"{m} fell {math.floor((1 - value / baseline) * 100 + 1e-9):d}% {_against(details, bucket_start)}"
+            return f"{m} fell {fmt.whole_percent(1 - value / baseline):d}% {_against(details, bucket_start)}"
         r = value / baseline
-        rise = f"{r:.1f}x" if r >= 2 else f"{math.floor((r - 1) * 100 + 1e-9):d}%"
+        rise = f"{r:.1f}x" if r >= 2 else f"{fmt.whole_percent(r - 1):d}%"
         return f"{m} rose {rise} {_against(details, bucket_start)}"
     if kind == "inactivity":
         return f"No {m} at all since {str(details.get('inactive_since') or '')[:10]}".rstrip(" since")
     if kind == "quota" and util is not None:
         projected, quota = _num(details.get("projected_total")), _num(details.get("quota"))
         if projected is not None and quota:
-            return f"On track to use {math.floor(projected / quota * 100 + 1e-9):d}% of the {m} quota this period"
-        return f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota"
+            return f"On track to use {fmt.whole_percent(projected / quota):d}% of the {m} quota this period"
+        return f"{m} at {fmt.whole_percent(util):d}% of the quota"
     if kind == "expansion":
         rates, width = details.get("growth_rates"), _num(details.get("period"))
         if isinstance(rates, list | tuple) and rates and width and value is not None and baseline:
             span = len(rates) * width / DAY
-            return f"{m} up {math.floor((value / baseline - 1) * 100 + 1e-9):d}% in {fmt.count(span, 'day')}"
+            return f"{m} up {fmt.whole_percent(value / baseline - 1):d}% in {fmt.count(span, 'day')}"
         periods = details.get("periods")
         if util is not None and isinstance(periods, list | tuple) and periods:
-            return f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota, {fmt.count(len(periods), 'billing period')} running"
+            return f"{m} at {fmt.whole_percent(util):d}% of the quota, {fmt.count(len(periods), 'billing period')} running"
     return ""
 
 

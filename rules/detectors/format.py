@@ -60,6 +60,12 @@ def ratio(r: float | None) -> str:
     return _strip_zero(f"{r:.1f}") + "x"
 
 
+def whole_percent(fraction: float) -> int:
+    """A share as a whole percentage rounded down, as every alert text shows it: 0.8996 -> 89 (a level
+    not reached never reads as reached), and 0.29 -> 29 although 0.29 * 100 is 28.999999999999996."""
+    return math.floor(fraction * 100.0 + 1e-9)
+
+
 def percent(fraction: float) -> str:
     """A share as a whole percentage, rounded down (0.999 -> "99%"); below 1% one decimal."""
     if math.isnan(fraction):
@@ -67,7 +73,7 @@ def percent(fraction: float) -> str:
     p = fraction * 100.0
     if 0 < abs(p) < 1:
         return f"{math.floor(p * 10 + 1e-9) / 10:.1f}%"
-    return f"{math.floor(p + 1e-9):,d}%"
+    return f"{whole_percent(fraction):,d}%"
 
 
 def change(rate: float | None) -> str:
