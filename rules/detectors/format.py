@@ -102,6 +102,14 @@ def moment(ts: int, step: int = 0) -> str:
     return dt.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def when(end: int, step: int, smooth: int = 1) -> str:
+    """Which buckets a value is: "in the 1d bucket starting 2026-11-03", or for a value smoothed over
+    several buckets "(mean of the 2 1d buckets ending 2026-11-04)" (never one bucket's date for a mean)."""
+    if smooth <= 1:
+        return f"in the {duration(step)} bucket starting {moment(end - step, step)}"
+    return f"(mean of the {smooth} {duration(step)} buckets ending {moment(end, step)})"
+
+
 def local_date(ts: float, timezone: str) -> str:
     """ISO date (YYYY-MM-DD) of epoch second `ts` in an IANA timezone."""
     return datetime.fromtimestamp(int(ts), ZoneInfo(timezone)).date().isoformat()

@@ -143,10 +143,7 @@ def scan_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
 
 
 def _when(block: MetricBlock, smooth: int) -> str:
-    step = block.step
-    if smooth == 1:
-        return f"in the {fmt.duration(step)} bucket starting {fmt.moment(block.end - step, step)}"
-    return f"(mean of the {smooth} {fmt.duration(step)} buckets ending {fmt.moment(block.end, step)})"
+    return fmt.when(block.end, block.step, smooth)
 
 
 def _level(params: ThresholdParams, level: float, fraction: float) -> str:
