@@ -31,6 +31,8 @@ from rules.kinds import KINDS, Kind, calendar_kinds, with_baseline, with_cohort
 from rules.model import (
     DAY,
     INHIBIT_LABELS,
+    MAX_METRIC_LENGTH,
+    METRIC_PATTERN,
     SEVERITIES,
     WEEK,
     Baseline,
@@ -269,6 +271,24 @@ def _channels(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
         )
         ok = False
     return channels if ok else None
+
+
+def _metric(w: _Where, path: PathKey, value: Any) -> str | None:
+    """A metric name as every source spells one (rules.model.METRIC_PATTERN): a rule on any other
+    name ("api calls", "Événements") could never fire, so it is refused here, not found out later."""
+    text = v.name(w, path, value)
+    if text is None:
+        return None
+    if len(text) > MAX_METRIC_LENGTH:
+        w.error(path, f"must be at most {MAX_METRIC_LENGTH} characters (got {len(text):,})")
+        return None
+    if not METRIC_PATTERN.fullmatch(text):
+        bad = sorted({c for c in text if not METRIC_PATTERN.fullmatch(c)})
+        hint = f"; did you mean {w.notation.show(re.sub(r'[^A-Za-z0-9_.:-]+', '_', text))}?" if all(c.isascii() and c.isprintable() for c in bad) else ""
+        w.error(path, f"is not a metric name (letters, digits and _ . : - only; got {w.notation.show(text)}, which"
+                      f" has {' '.join(repr(c) for c in bad)}){hint}")
+        return None
+    return text
 
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -755,7 +775,7 @@ def _check_rule(
             seen_ids[rule_id] = (ctx.file, header_line)
 
     kind = f.read(raw, ("kind",), _TOP_READERS["kind"])
-    metric = f.read(raw, ("metric",), v.name)
+    metric = f.read(raw, ("metric",), _metric)
     for key in ("severity", "description", "for", "cooldown", "renotify", "resolve_after", "template", "action",
                 "enabled"):
         f.read(raw, (key,), _TOP_READERS[key])

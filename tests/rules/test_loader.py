@@ -792,3 +792,31 @@ def test_every_rule_example_in_the_reference_loads() -> None:
     assert len(examples) >= 7
     for block in examples:
         assert load_rules_text(block, "docs.toml").rules
+
+
+@pytest.mark.parametrize(("metric", "said"), [
+    ("api calls", "is not a metric name (letters, digits and _ . : - only; got \"api calls\", which has ' ');"
+                  " did you mean \"api_calls\"?"),
+    ("événements/s", "is not a metric name (letters, digits and _ . : - only; got \"événements/s\", which has"
+                     " '/' 'é')"),
+    ("m" * 129, "must be at most 128 characters (got 129)"),
+])
+def test_a_metric_no_source_can_provide_is_refused_at_its_line(metric: str, said: str) -> None:
+    """Seen: metric = "api calls" passed `usagebot check` (every source refuses such a name: the rule
+    could never fire, and nothing said so without data)."""
+    p = the_problem(f"""
+        [[rule]]
+        id = "r1"
+        kind = "threshold"
+        metric = "{metric}"  #<
+        [rule.threshold]
+        above = 1
+    """)
+    assert (p.line, p.rule_id, p.field, p.message) == (5, "r1", "metric", said)
+
+
+def test_every_metric_name_a_source_takes_is_taken() -> None:
+    for metric in ("api_calls", "storage.gb", "eu-1:calls", "A" * 128):
+        (r,) = load_rules_text(f'[[rule]]\nid = "r"\nkind = "threshold"\nmetric = "{metric}"\n'
+                               '[rule.threshold]\nabove = 1\n').rules
+        assert r.metric == metric
