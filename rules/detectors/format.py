@@ -45,6 +45,23 @@ def number(x: float | None) -> str:
     return f"{x:.1e}"
 
 
+def apart(x: float, y: float) -> tuple[str, str]:
+    """`number` of x and of y, with more decimals where they would read the same but differ, so a
+    value strictly past a limit never reads as the limit ("100.4" above "100", not "100" above "100")."""
+    a, b = number(x), number(y)
+    if a != b or x == y or not (math.isfinite(x) and math.isfinite(y)):
+        return a, b
+    for digits in range(1, 16):
+        a, b = f"{x:,.{digits}f}", f"{y:,.{digits}f}"
+        if a != b:
+            return _strip_zeros(a), _strip_zeros(b)
+    return number(x), number(y)
+
+
+def _strip_zeros(text: str) -> str:
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def ratio(r: float | None) -> str:
     """A multiple of the baseline: 3.1x."""
     if r is None or math.isnan(r):

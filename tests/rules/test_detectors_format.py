@@ -106,3 +106,12 @@ def test_count_and_last_say_one_in_the_singular() -> None:
     assert fmt.last(1, "billing period") == "the last billing period"
     assert fmt.last(3, "window") == "each of the last 3 windows"
     assert fmt.last(2, "billing period", each="one") == "one of the last 2 billing periods"
+
+
+def test_apart_shows_two_different_numbers_differently() -> None:
+    assert fmt.apart(100.4, 100) == ("100.4", "100")
+    assert fmt.apart(9.96, 10) == ("9.96", "10")
+    assert fmt.apart(1234.0, 1000) == ("1,234", "1,000")  # already apart: as number() writes them
+    assert fmt.apart(100, 100) == ("100", "100")
+    assert fmt.apart(1e15 + 2, 1e15) == ("1,000,000,000,000,002", "1,000,000,000,000,000")
+    assert fmt.apart(float("inf"), 100) == ("infinity", "100")
