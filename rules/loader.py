@@ -46,6 +46,7 @@ from rules.model import (
     RuleSet,
     Segment,
 )
+from rules.periods import LONGEST_PERIOD
 
 __all__ = ["RULE_FILE", "Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
 
@@ -795,6 +796,8 @@ def _check_rule(
         cohort = _check_cohort(w, f, raw, kind)
         _multiple_of_bucket(w, f, "resolve_after", f.values.get(("resolve_after",)),
                             bucket if bucket_ok else None, path=("resolve_after",))
+        if kind == "quota" and bucket_ok:
+            _check_for_within_a_period(w, f.values.get(("for",), 1), bucket)
     else:
         baseline, params, cohort = None, None, None
 
@@ -834,6 +837,16 @@ def _check_rule(
 # at 10k accounts) is past any rule that can be evaluated, and "5000w" of 1m buckets asks for 384 MiB per account.
 MAX_HISTORY_DAYS = 1000
 MAX_HISTORY_BUCKETS = 1_000_000
+
+
+def _check_for_within_a_period(w: _Where, for_buckets: Any, bucket: int) -> None:
+    """A quota episode belongs to one billing period (its level or forecast closes when the period ends), so
+    `for` past the longest period could never be met: the rule would never fire."""
+    if not isinstance(for_buckets, int) or for_buckets * bucket <= LONGEST_PERIOD:
+        return
+    w.error(("for",), f"{for_buckets:,} buckets of {format_duration(bucket)} is longer than a billing period (at most"
+                      f" 31 days): a quota alert belongs to one period, so it could never fire; use at most"
+                      f" {LONGEST_PERIOD // bucket:,}")
 
 
 def _within_bounds(w: _Where, rule: Rule) -> bool:

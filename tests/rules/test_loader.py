@@ -820,3 +820,32 @@ def test_every_metric_name_a_source_takes_is_taken() -> None:
         (r,) = load_rules_text(f'[[rule]]\nid = "r"\nkind = "threshold"\nmetric = "{metric}"\n'
                                '[rule.threshold]\nabove = 1\n').rules
         assert r.metric == metric
+
+
+def test_a_quota_rule_whose_for_outlasts_any_billing_period_is_refused() -> None:
+    """Seen: a quota rule with for = 32 (daily) passed `usagebot check` and never fired, not even at 100% of
+    the quota from the first day: its episodes belong to one billing period and close when it ends."""
+    p = the_problem("""
+        [[rule]]
+        id = "q"
+        kind = "quota"
+        metric = "api_calls"
+        for = 32  #<
+    """)
+    assert (p.line, p.rule_id, p.field) == (6, "q", "for")
+    assert p.message == ("32 buckets of 1d is longer than a billing period (at most 31 days): a quota alert belongs"
+                         " to one period, so it could never fire; use at most 31")
+    p = the_problem("""
+        [[rule]]
+        id = "qf"
+        kind = "quota"
+        metric = "api_calls"
+        bucket = "1h"
+        for = 747  #<
+        [rule.threshold]
+        mode = "forecast"
+    """)
+    assert (p.line, p.field) == (7, "for") and p.message.endswith("use at most 746")
+    for text in ('for = 31\n', 'bucket = "1h"\nfor = 746\n'):  # a 31-day month (and a daylight-saving change) can hold them
+        load_rules_text(f'[[rule]]\nid = "q"\nkind = "quota"\nmetric = "api_calls"\n{text}')
+    load_rules_text('[[rule]]\nid = "d"\nkind = "drop"\nmetric = "api_calls"\nfor = 40\n')  # other kinds: any for
