@@ -6,7 +6,7 @@ details):
 
 - number(12345.6)  -> "12,346";  number(12.34) -> "12.3";  number(0.125) -> "0.125"
 - ratio(3.14)      -> "3.1x";    ratio(2.0) -> "2x";       ratio(0.25) -> "0.25x"
-- percent(0.82)    -> "82%"      (rounded DOWN, so 99.96% never reads as "100%")
+- percent(0.82)    -> "82%"      (rounded DOWN, so 99.96% never reads as "100%"; 0.0004 -> "<0.1%", not "0.0%")
 - change(0.1)      -> "+10%"
 - moment(ts, step) -> "2026-11-03 14:00 UTC", or "2026-11-03" for daily buckets at midnight
 - count(1, "day") -> "1 day";  count(0.3, "day") -> "0.3 days";  count(3, "billing period") -> "3 billing periods"
@@ -88,6 +88,8 @@ def percent(fraction: float) -> str:
     if math.isnan(fraction):
         return "n/a"
     p = fraction * 100.0
+    if 0 < p < 0.1:
+        return "<0.1%"  # not "0.0%": 1 call of a 1,000,000 quota is not none
     if 0 < abs(p) < 1:
         return f"{math.floor(p * 10 + 1e-9) / 10:.1f}%"
     return f"{whole_percent(fraction):,d}%"

@@ -63,6 +63,10 @@ def test_ratio_missing() -> None:
         (1.234, "123%"),
         (0.0, "0%"),
         (0.0042, "0.4%"),
+        (0.001, "0.1%"),
+        (0.00099, "<0.1%"),  # 99 of a 100,000 quota: not "0.0%", which reads as none
+        (1e-9, "<0.1%"),
+        (0.29, "29%"),  # 0.29 * 100 is 28.999999999999996
     ],
 )
 def test_percent_rounds_down(f: float, text: str) -> None:
