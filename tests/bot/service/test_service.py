@@ -264,9 +264,9 @@ def test_a_source_that_stops_delivering_alerts_the_admin_channel(tmp_path: Path,
     assert state is not None and state.stale_since == T0 + DAY + 61
 
 
-def test_json_logs_carry_fields_and_never_secrets(tmp_path: Path, db_url: str) -> None:
-    token = "bearer-token-do-not-log"
-    extra = f"""
+def _unreachable_api(auth: str = "") -> str:
+    """A config's http_json source "api" on a port nothing listens on (its `auth` table, if any)."""
+    return f"""
 [[sources]]
 id = "api"
 type = "http_json"
@@ -274,14 +274,16 @@ url = "http://127.0.0.1:9/usage"
 metric = "api_calls"
 retries = 0
 timeout = "1s"
-[sources.auth]
-type = "bearer"
-token = "{token}"
-[sources.fields]
+{auth}[sources.fields]
 account = "a"
 value = "v"
 timestamp = "t"
 """
+
+
+def test_json_logs_carry_fields_and_never_secrets(tmp_path: Path, db_url: str) -> None:
+    token = "bearer-token-do-not-log"
+    extra = _unreachable_api(f'[sources.auth]\ntype = "bearer"\ntoken = "{token}"\n')
     cfg = load_config(_config(tmp_path, db_url, extra), env={"INGEST_SECRET": SECRET})
     stream = io.StringIO()
     handler = setup_logging("json", "info", stream)
@@ -307,19 +309,7 @@ def test_serve_once_exits_1_when_a_source_fails_and_says_which(tmp_path: Path, d
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen: `serve --once` under cron printed "ok" for a source that could not be reached and exited 0."""
     monkeypatch.setenv("INGEST_SECRET", SECRET)
-    extra = """
-[[sources]]
-id = "api"
-type = "http_json"
-url = "http://127.0.0.1:9/usage"
-metric = "api_calls"
-retries = 0
-timeout = "1s"
-[sources.fields]
-account = "a"
-value = "v"
-timestamp = "t"
-"""
+    extra = _unreachable_api()
     out, err = io.StringIO(), io.StringIO()
     try:
         code = main(["serve", "--config", str(_config(tmp_path, db_url, extra)), "--once"], out=out, err=err)
