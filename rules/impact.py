@@ -52,7 +52,9 @@ class Pricing:
     renewal_raise: int = 1  # severity levels
 
     def money(self, amount: float) -> str:
-        """ "$1,234" (whole units; cents below 100)."""
+        """ "$1,234" (whole units; cents below 100; "<$0.01" for less than a cent, never "$0")."""
+        if 0 < abs(amount) < 0.01:
+            return f"<{self.currency}0.01"
         if abs(amount) < 100:
             return f"{self.currency}{amount:,.2f}".replace(".00", "")
         return f"{self.currency}{amount:,.0f}"
@@ -76,7 +78,7 @@ class Impact:
         if self.overage_units:
             what = "projected overage" if self.overage_projected else "overage so far"
             cost = f" ≈ {pricing.money(self.overage_cost)}" if self.overage_cost is not None else ""
-            parts.append(f"{what} {_count(self.overage_units)}{cost}")
+            parts.append(f"{what} {fmt.number(self.overage_units)}{cost}")
         if self.revenue_at_risk is not None and arr:
             parts.append(f"{pricing.money(self.revenue_at_risk)} of {pricing.money(arr)} ARR at risk")
         if self.next_plan:
@@ -86,10 +88,6 @@ class Impact:
             parts.append(f"renews in {self.renewal_days} day{'s' if self.renewal_days != 1 else ''}")
         text = " · ".join(parts)
         return text[:1].upper() + text[1:]
-
-
-def _count(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 or x == int(x) else f"{x:,.1f}"
 
 
 def words(metric: str) -> str:
