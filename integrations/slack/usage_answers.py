@@ -185,7 +185,7 @@ class UsageCommandHandler:
         return {
             "acct": {"id": a.id, "name": a.name, "plan": a.plan, "owner_email": a.owner_email, "crm_id": a.crm_id},
             "owner_mention": self._mention(a.owner_email),
-            "period": {"label": s.period.label, "elapsed_pct": int(s.period_elapsed * 100),
+            "period": {"label": s.period.label, "elapsed_pct": fmt.whole_percent(s.period_elapsed),
                        "start": iso(s.period.start), "end": iso(s.period.end)},
             "metrics": metrics, "primary_metric": s.primary_metric,
             "health": None if h is None else {
