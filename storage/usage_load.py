@@ -99,6 +99,31 @@ def records_as_columns(records: Iterable[UsageRecordLike]) -> UsageColumns:
     """Records as one UsageColumns chunk (ts floored to whole seconds, values float). A record whose
     ts or value is not a number, or a value that is not finite, raises sum_records' error naming it."""
     recs = records if isinstance(records, list) else list(records)
+    ts, values = _numbers(recs)
+    try:  # from buffers, not pa.array: that imports pandas (storage.columnar.arrow_strings)
+        accounts = arrow_strings([r.account for r in recs])
+        metrics = arrow_strings([r.metric for r in recs])
+    except (pa.ArrowException, TypeError):
+        raise _not_text(recs) from None
+    return UsageColumns(accounts, metrics, ts, values)
+
+
+def _add_records(points: UsagePoints, records: Iterable[UsageRecordLike]) -> None:
+    """Records added to `points` as records_as_columns checks and converts them, without its Arrow
+    strings: each distinct account and metric is coded once from the Python ids (UsagePoints.add_ids;
+    400,000 records of a new day at 100k accounts: ~0.05 s instead of ~0.25 s for the Arrow strings
+    and their dictionary encoding)."""
+    recs = records if isinstance(records, list) else list(records)
+    ts, values = _numbers(recs)
+    try:
+        points.add_ids([r.account for r in recs], [r.metric for r in recs], ts, values)
+    except TypeError:
+        raise _not_text(recs) from None
+
+
+def _numbers(recs: list[UsageRecordLike]) -> tuple[np.ndarray, np.ndarray]:
+    """(ts floored to whole seconds as int64, values as finite float64) of the records, or
+    sum_records' error naming the first bad one."""
     try:
         ts = _whole_seconds([r.ts for r in recs])
         values = np.fromiter([r.value for r in recs], dtype=np.float64, count=len(recs))  # float() of each
@@ -108,13 +133,12 @@ def records_as_columns(records: Iterable[UsageRecordLike]) -> UsageColumns:
     if not ok:
         sum_records(recs)  # the row path, only to name the bad record
         raise ValueError("usage records: a ts or value is not a finite number")  # (sum_records raised)
-    try:  # from buffers, not pa.array: that imports pandas (storage.columnar.arrow_strings)
-        accounts = arrow_strings([r.account for r in recs])
-        metrics = arrow_strings([r.metric for r in recs])
-    except (pa.ArrowException, TypeError):
-        n, r = next((n, r) for n, r in enumerate(recs) if not (isinstance(r.account, str) and isinstance(r.metric, str)))
-        raise ValueError(f"usage record #{n} ({r!r}): account and metric must be text") from None
-    return UsageColumns(accounts, metrics, ts, values)
+    return ts, values
+
+
+def _not_text(recs: list[UsageRecordLike]) -> ValueError:
+    n, r = next((n, r) for n, r in enumerate(recs) if not (isinstance(r.account, str) and isinstance(r.metric, str)))
+    return ValueError(f"usage record #{n} ({r!r}): account and metric must be text")
 
 
 def _whole_seconds(ts: list[Any]) -> np.ndarray:
@@ -136,7 +160,10 @@ def sorted_runs(chunks: Iterable[Iterable[UsageRecordLike] | UsageColumns], base
         if full is not None:  # a run is yielded once the next chunk shows that it is not the only one
             yield _run(full, only=False)
             full, first = None, False
-        points.add(chunk if isinstance(chunk, UsageColumns) else records_as_columns(chunk))
+        if isinstance(chunk, UsageColumns):
+            points.add(chunk)
+        else:
+            _add_records(points, chunk)
         if points.records >= RUN_ROWS:
             full, points = points, UsagePoints(base_step=base_step)
     if full is not None:
@@ -155,14 +182,17 @@ def _run(points: UsagePoints, only: bool) -> Run:
     a, m, b = points.account.astype(np.int64), points.metric.astype(np.int64), points.bucket
     rows = _table(account_id=names.take(arrow_array(a)), metric=metrics.take(arrow_array(m)), bucket_start=arrow_array(b),
                   value=arrow_array(points.value))
+    edge = np.ones(len(b), dtype=bool)
+    edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
+    edge_m = m[edge]
+    buckets = _table(metric=metrics.take(arrow_array(edge_m)), bucket_start=arrow_array(b[edge]))
+    if only and bool((edge_m[1:] != edge_m[:-1]).all()):  # one bucket per metric (a new day): the rows,
+        return Run(rows, None, buckets)  # unique per key, are one per (account, metric): the pairs
     n_acc = len(points.account_ids)
     seen, first, last = _pair_spans(m * n_acc + a, b, len(points.metrics) * n_acc)
     pairs = None if only and len(seen) == len(b) else _table(
         metric=metrics.take(arrow_array(seen // n_acc)), account_id=names.take(arrow_array(seen % n_acc)),
         first_bucket=arrow_array(first), last_bucket=arrow_array(last))
-    edge = np.ones(len(b), dtype=bool)
-    edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
-    buckets = _table(metric=metrics.take(arrow_array(m[edge])), bucket_start=arrow_array(b[edge]))
     return Run(rows, pairs, buckets)
 
 

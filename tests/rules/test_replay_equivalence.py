@@ -419,10 +419,12 @@ def test_the_open_episodes_told_at_each_step_are_those_of_every_open_state(monke
     from rules.loader import load_rules
 
     told: list[dict] = []
+    handed: list[dict] = []  # the lists themselves (a rule's is kept while its episodes are told the same)
     real = replay_module.evaluate
 
     def spy(*args, open_episodes, **kwargs):
         told.append({rid: list(eps) for rid, eps in open_episodes.items()})
+        handed.append(open_episodes)
         return real(*args, open_episodes=open_episodes, **kwargs)
 
     monkeypatch.setattr(replay_module, "evaluate", spy)
@@ -440,6 +442,8 @@ def test_the_open_episodes_told_at_each_step_are_those_of_every_open_state(monke
         assert got == open_episodes(before, by_id), f"step {step}"
         before = states
     assert sum(len(v) for t in told for v in t.values()) > 500  # many open episodes told
+    kept = sum(a[r] is b.get(r) for a, b in zip(handed, handed[1:], strict=False) for r in a)
+    assert kept > len(handed)  # unchanged lists handed again, not rebuilt per open episode
     closed_then_open = {k for a, b in zip(snapshots, snapshots[1:], strict=False) for k, s in b.items()
                         if k in a and not a[k].is_open and s.is_open}
     assert closed_then_open  # some episodes reopened
@@ -472,3 +476,57 @@ def test_segment_rules_of_every_kind_equal_the_stepwise_definition(seed):
     got = _same_as_stepwise(rules, blocks, accounts, start, **kw)
     fired = {t[2][0] for g in got for t in g[1] if t[0] == "fired"}
     assert len(fired) >= 4, fired  # several rules' episodes fire within their segments
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_states_read_now_and_then_equal_the_stepwise_definition(monkeypatch, seed):
+    """A firing episode a finding continues without a transition is not materialised at each step
+    (rules.lifecycle.advance `runs`): its state is built when the states view is read. States read
+    only at some steps (runs of many steps: levels held to their period's end, forecasts, opportunities,
+    spikes and drops with references), with `for`, cooldowns, renotify, gaps, inhibits and
+    once-per-period levels, are the stepwise definition's at those steps, the transitions at every
+    step are the same, and far fewer states are built than episodes are continued."""
+    from pathlib import Path
+
+    import rules.lifecycle as lifecycle
+    from rules.impact import Pricing
+    from rules.loader import load_rules
+
+    rng = np.random.default_rng(300 + seed)
+    shipped = load_rules([Path(__file__).resolve().parents[2] / "rules" / "examples" / "default.toml"])
+    long = load_rules_text(LONG.format(for_=int(rng.choice([1, 2, 3])), renotify=int(rng.choice([0, 2, 5])),
+                                       cooldown=int(rng.choice([0, 3])), fraction=float(rng.choice([0.5, 1.0]))))
+    rules = list(shipped.rules) + list(long.rules)
+    rules += [r for r in load_rules_text(_rules_text(rng)).rules if r.id not in {q.id for q in rules}]
+    book = generate_book(n_accounts=int(rng.integers(25, 40)), days=DAYS + 60, end=END, seed=seed,
+                         gaps=int(rng.integers(0, 5)), holidays=int(rng.integers(0, 3)))
+    blocks, accounts = _blocks(book, rules), {a.id: a for a in book.accounts}
+    start = END - 95 * DAY
+    kw = dict(inhibits=shipped.inhibits, calendar=shipped.calendar, quiet_first_run=bool(seed % 2),
+              pricing=Pricing(renewal_within=200 * DAY))
+    # the columnar kinds' rules that never renotify (a renotify is a transition, which builds the state)
+    quiet = {r.id for r in rules if r.kind in ("quota", "expansion") and r.renotify == 0}
+    built = {"states": 0}
+    real = lifecycle._continued
+
+    def counting(prev, *args):
+        built["states"] += prev.rule_id in quiet
+        return real(prev, *args)
+
+    monkeypatch.setattr(lifecycle, "_continued", counting)
+    want = list(stepwise_replay(rules, blocks, accounts, start, END, **kw))
+    continued, built["states"] = built["states"], 0  # the stepwise lifecycle: a new state per continuation
+    read_at = set(rng.choice(len(want), size=len(want) // 8, replace=False).tolist()) | {len(want) - 1}
+    views, got = [], []
+    for n, step in enumerate(replay(rules, blocks, accounts, start, END, **kw)):
+        assert step.at == want[n][0] and _transitions(step.transitions) == _transitions(want[n][1]), step.at
+        if n in read_at:
+            states = dict(step.states)
+            assert list(states.items()) == list(want[n][2].items()), f"states differ at {step.at}"
+            key = next(k for k, s in states.items() if s.is_open)
+            assert step.states[key] is states[key]  # read again: the same state
+            got.append(states)
+        views.append(step.states)
+    assert continued > 300 and built["states"] < continued / 3, (built, continued)
+    # an earlier step's view is the same live view (ReplayStep.states: copy it to keep it)
+    assert dict(views[0]) == dict(views[-1]) == want[-1][2]

@@ -231,3 +231,43 @@ def test_a_record_whose_ts_is_not_a_number_is_named(bad: object) -> None:
 def test_a_ts_past_int64_is_refused() -> None:
     with pytest.raises(ValueError, match="a ts or value is not a finite number"):
         usage_load.records_as_columns([Rec("a", "calls", T0, 1.0), Rec("b", "calls", 2**70, 1.0)])
+
+
+def test_records_make_the_runs_their_columns_make() -> None:
+    """sorted_runs codes a list of records from its Python ids (UsagePoints.add_ids), not through
+    records_as_columns' Arrow strings: the same rows, pairs and buckets, ids of any text included."""
+    rng = random.Random(5)
+    ids = ["b", "a", "é", "acct-10", "acct-9", "ü-ß", "A"]
+    recs = [Rec(rng.choice(ids), rng.choice(["calls", "events", "a.b"]), T0 + rng.randrange(5) * 60 + rng.randrange(60),
+                float(rng.randrange(100))) for _ in range(500)]
+    by_records = list(usage_load.sorted_runs([recs], 60))
+    by_columns = list(usage_load.sorted_runs([usage_load.records_as_columns(recs)], 60))
+    assert len(by_records) == len(by_columns) == 1
+    got, want = by_records[0], by_columns[0]
+    assert got.rows.equals(want.rows) and got.buckets.equals(want.buckets)
+    assert got.pairs is not None and want.pairs is not None and got.pairs.equals(want.pairs)
+    assert sorted(zip(*(c.to_pylist() for c in got.rows.columns), strict=True)) == expected_rows(recs)
+
+
+def test_a_run_with_one_bucket_per_metric_stages_its_rows_as_the_pairs() -> None:
+    """A new day (one bucket per metric, the buckets of the metrics may differ) stages no pairs: each
+    row is one (account, metric); a second bucket of one metric stages each pair's first and last."""
+    day = [Rec(f"acct-{i}", "calls", T0, 1.0) for i in range(5)] + [Rec(f"acct-{i}", "events", T0 + 60, 2.0)
+                                                                    for i in range(3)]
+    assert next(usage_load.sorted_runs([day], 60)).pairs is None
+    run = next(usage_load.sorted_runs([[*day, Rec("acct-0", "calls", T0 + 120, 3.0)]], 60))
+    assert run.pairs is not None
+    pairs = sorted(zip(*(c.to_pylist() for c in run.pairs.columns), strict=True))
+    assert pairs == sorted([("calls", f"acct-{i}", T0, T0 + (120 if i == 0 else 0)) for i in range(5)]
+                           + [("events", f"acct-{i}", T0 + 60, T0 + 60) for i in range(3)])
+
+
+@pytest.mark.parametrize("bad", [7, None, ("a",), ["x"]])
+def test_a_record_whose_id_is_not_text_is_named_by_every_write_path(engine: Engine, bad: object) -> None:
+    """Hashable or not, an account or metric that is not text is named by its record number, by the
+    upsert of a day (a list of records coded from its Python ids) as by records_as_columns."""
+    recs = [Rec("a", "calls", T0, 1.0), Rec("b", bad, T0, 1.0)]  # type: ignore[arg-type]
+    for write in (lambda: upsert_usage(engine, recs), lambda: usage_load.records_as_columns(recs)):
+        with pytest.raises(ValueError, match=r"usage record #1 .*account and metric must be text"):
+            write()
+    assert rows(engine) == []
