@@ -21,15 +21,19 @@ from integrations.notice import AlertNotice, finite
 from integrations.routing import destinations
 from integrations.sparkline import sparkline
 from integrations.templating import template_environment
+from rules.detectors import format as fmt
 
 
 def format_number(x: Any) -> str:
-    if x is None:
+    """A number as the alert's own message writes it (rules.detectors.format.number), so the fields,
+    the "latest" of the sparkline and the backtest table never contradict the sentence: a fraction
+    keeps its significant digits (0.003, not "0"; 1.0e-04, not "0"), text or a missing value is "n/a"."""
+    if x is None or isinstance(x, bool):
         return "n/a"
-    x = float(x)
-    if abs(x) >= 100 or x == int(x):
-        return f"{x:,.0f}"
-    return f"{x:,.2f}".rstrip("0").rstrip(".")
+    try:
+        return fmt.number(float(x))
+    except (TypeError, ValueError):
+        return "n/a"
 
 
 def progress_bar(fraction: float, width: int = 10) -> str:
@@ -60,7 +64,7 @@ class ConsoleNotifier:
             tpl = self.env.get_template("console/alert.txt.j2")
         util = finite(notice.details.get("utilization")) or 0.0
         return tpl.render(a=notice.record(), spark=sparkline(list(notice.recent)),
-                          bar=progress_bar(min(util, 1.0)),
+                          bar=progress_bar(min(util, 1.0)), util_pct=fmt.whole_percent(util),
                           destinations=[d.shown() for d in destinations(notice)])
 
     def deliver(self, notice: AlertNotice | Mapping[str, Any]) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rules.detectors import format as fmt
 from rules.model import DAY, SEVERITIES, SEVERITY_RANK, AccountFacts
 
 PERIOD = 30 * DAY  # a billing period for per-window usage of growth expansions (monthly quotas)
@@ -51,7 +52,9 @@ class Pricing:
     renewal_raise: int = 1  # severity levels
 
     def money(self, amount: float) -> str:
-        """ "$1,234" (whole units; cents below 100)."""
+        """ "$1,234" (whole units; cents below 100; "<$0.01" for less than a cent, never "$0")."""
+        if 0 < abs(amount) < 0.01:
+            return f"<{self.currency}0.01"
         if abs(amount) < 100:
             return f"{self.currency}{amount:,.2f}".replace(".00", "")
         return f"{self.currency}{amount:,.0f}"
@@ -75,7 +78,7 @@ class Impact:
         if self.overage_units:
             what = "projected overage" if self.overage_projected else "overage so far"
             cost = f" ≈ {pricing.money(self.overage_cost)}" if self.overage_cost is not None else ""
-            parts.append(f"{what} {_count(self.overage_units)}{cost}")
+            parts.append(f"{what} {fmt.number(self.overage_units)}{cost}")
         if self.revenue_at_risk is not None and arr:
             parts.append(f"{pricing.money(self.revenue_at_risk)} of {pricing.money(arr)} ARR at risk")
         if self.next_plan:
@@ -85,10 +88,6 @@ class Impact:
             parts.append(f"renews in {self.renewal_days} day{'s' if self.renewal_days != 1 else ''}")
         text = " · ".join(parts)
         return text[:1].upper() + text[1:]
-
-
-def _count(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 or x == int(x) else f"{x:,.1f}"
 
 
 def words(metric: str) -> str:
@@ -125,26 +124,25 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
         if kind == "drop" and value <= 0:
             return f"{m} fell to zero {_against(details, bucket_start)}"
         if kind == "drop":
-            return f"{m} fell {math.floor((1 - value / baseline) * 100 + 1e-9):d}% {_against(details, bucket_start)}"
+            return f"{m} fell {fmt.whole_percent(1 - value / baseline):d}% {_against(details, bucket_start)}"
         r = value / baseline
-        rise = f"{r:.1f}x" if r >= 2 else f"{math.floor((r - 1) * 100 + 1e-9):d}%"
+        rise = f"{r:.1f}x" if r >= 2 else f"{fmt.whole_percent(r - 1):d}%"
         return f"{m} rose {rise} {_against(details, bucket_start)}"
     if kind == "inactivity":
         return f"No {m} at all since {str(details.get('inactive_since') or '')[:10]}".rstrip(" since")
     if kind == "quota" and util is not None:
         projected, quota = _num(details.get("projected_total")), _num(details.get("quota"))
         if projected is not None and quota:
-            return f"On track to use {math.floor(projected / quota * 100 + 1e-9):d}% of the {m} quota this period"
-        return f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota"
+            return f"On track to use {fmt.whole_percent(projected / quota):d}% of the {m} quota this period"
+        return f"{m} at {fmt.whole_percent(util):d}% of the quota"
     if kind == "expansion":
         rates, width = details.get("growth_rates"), _num(details.get("period"))
         if isinstance(rates, list | tuple) and rates and width and value is not None and baseline:
             span = len(rates) * width / DAY
-            return f"{m} up {math.floor((value / baseline - 1) * 100 + 1e-9):d}% in {span:g} days"
+            return f"{m} up {fmt.whole_percent(value / baseline - 1):d}% in {fmt.count(span, 'day')}"
         periods = details.get("periods")
         if util is not None and isinstance(periods, list | tuple) and periods:
-            return (f"{m} at {math.floor(util * 100 + 1e-9):d}% of the quota, {len(periods)} billing periods "
-                    "running")
+            return f"{m} at {fmt.whole_percent(util):d}% of the quota, {fmt.count(len(periods), 'billing period')} running"
     return ""
 
 

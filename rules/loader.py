@@ -31,6 +31,8 @@ from rules.kinds import KINDS, Kind, calendar_kinds, with_baseline, with_cohort
 from rules.model import (
     DAY,
     INHIBIT_LABELS,
+    MAX_METRIC_LENGTH,
+    METRIC_PATTERN,
     SEVERITIES,
     WEEK,
     Baseline,
@@ -44,6 +46,7 @@ from rules.model import (
     RuleSet,
     Segment,
 )
+from rules.periods import LONGEST_PERIOD
 
 __all__ = ["RULE_FILE", "Problem", "RuleFileError", "check_rules", "load_rules", "load_rules_text"]
 
@@ -269,6 +272,24 @@ def _channels(w: _Where, path: PathKey, value: Any) -> tuple[str, ...] | None:
         )
         ok = False
     return channels if ok else None
+
+
+def _metric(w: _Where, path: PathKey, value: Any) -> str | None:
+    """A metric name as every source spells one (rules.model.METRIC_PATTERN): a rule on any other
+    name ("api calls", "Événements") could never fire, so it is refused here, not found out later."""
+    text = v.name(w, path, value)
+    if text is None:
+        return None
+    if len(text) > MAX_METRIC_LENGTH:
+        w.error(path, f"must be at most {MAX_METRIC_LENGTH} characters (got {len(text):,})")
+        return None
+    if not METRIC_PATTERN.fullmatch(text):
+        bad = sorted({c for c in text if not METRIC_PATTERN.fullmatch(c)})
+        hint = f"; did you mean {w.notation.show(re.sub(r'[^A-Za-z0-9_.:-]+', '_', text))}?" if all(c.isascii() and c.isprintable() for c in bad) else ""
+        w.error(path, f"is not a metric name (letters, digits and _ . : - only; got {w.notation.show(text)}, which"
+                      f" has {' '.join(repr(c) for c in bad)}){hint}")
+        return None
+    return text
 
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -755,7 +776,7 @@ def _check_rule(
             seen_ids[rule_id] = (ctx.file, header_line)
 
     kind = f.read(raw, ("kind",), _TOP_READERS["kind"])
-    metric = f.read(raw, ("metric",), v.name)
+    metric = f.read(raw, ("metric",), _metric)
     for key in ("severity", "description", "for", "cooldown", "renotify", "resolve_after", "template", "action",
                 "enabled"):
         f.read(raw, (key,), _TOP_READERS[key])
@@ -775,6 +796,8 @@ def _check_rule(
         cohort = _check_cohort(w, f, raw, kind)
         _multiple_of_bucket(w, f, "resolve_after", f.values.get(("resolve_after",)),
                             bucket if bucket_ok else None, path=("resolve_after",))
+        if kind == "quota" and bucket_ok:
+            _check_for_within_a_period(w, f.values.get(("for",), 1), bucket)
     else:
         baseline, params, cohort = None, None, None
 
@@ -814,6 +837,16 @@ def _check_rule(
 # at 10k accounts) is past any rule that can be evaluated, and "5000w" of 1m buckets asks for 384 MiB per account.
 MAX_HISTORY_DAYS = 1000
 MAX_HISTORY_BUCKETS = 1_000_000
+
+
+def _check_for_within_a_period(w: _Where, for_buckets: Any, bucket: int) -> None:
+    """A quota episode belongs to one billing period (its level or forecast closes when the period ends), so
+    `for` past the longest period could never be met: the rule would never fire."""
+    if not isinstance(for_buckets, int) or for_buckets * bucket <= LONGEST_PERIOD:
+        return
+    w.error(("for",), f"{for_buckets:,} buckets of {format_duration(bucket)} is longer than a billing period (at most"
+                      f" 31 days): a quota alert belongs to one period, so it could never fire; use at most"
+                      f" {LONGEST_PERIOD // bucket:,}")
 
 
 def _within_bounds(w: _Where, rule: Rule) -> bool:

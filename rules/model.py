@@ -7,6 +7,7 @@ seconds (UTC) throughout the engine; adapters convert at the edges.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -16,6 +17,11 @@ import numpy as np
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}  # rules.impact, the digest ranking
+
+MAX_METRIC_LENGTH = 128
+# A metric name: 1-128 letters, digits and _ . : - (no spaces), e.g. "api_calls" or "storage.gb": every
+# source refuses any other name, so a rule on one could never fire (the loader refuses it too).
+METRIC_PATTERN = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_METRIC_LENGTH}}}")
 
 DAY = 86_400
 WEEK = 7 * DAY

@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+# The longest a billing period can be: 31 days and a daylight-saving change (up to 2h: Antarctica/Troll).
+LONGEST_PERIOD = 31 * 86_400 + 2 * 3600
+
 
 @dataclass(frozen=True)
 class Period:

@@ -46,6 +46,7 @@ from integrations.slack.errors import TemplateProblem
 from integrations.sparkline import sparkline
 from integrations.templating import template_environment
 from rules import kinds
+from rules.detectors import format as fmt
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _pct(x: Any) -> str:
         f = float(x)
     except (TypeError, ValueError):
         return "n/a"
-    return "n/a" if math.isnan(f) else f"{f * 100:.0f}%"
+    return fmt.percent(f) if math.isfinite(f) else "n/a"  # rounded down, as the alert's own sentence (89.96% is "89%", never "90%")
 
 
 def _signed_pct(x: Any) -> str:
@@ -325,7 +326,7 @@ class SlackRenderer:
             "a": record, "details": record["details"], "view": asdict(view), "status_line": view.status_line(),
             "owner_mention": owner_mention, "links": links, "spark": sparkline(list(notice.recent)),
             "bar": progress_bar(min(util or 0.0, 1.0)),
-            "util_pct": None if util is None else int(math.floor(util * 100)),
+            "util_pct": None if util is None else fmt.whole_percent(util),
             "kind_title": kinds.title(notice.kind or ""),
             "icon": icon, "sev_icon": SEVERITY_ICONS.get(notice.severity, "⚪"),
             "actions": interactive and view.episode_id is not None,
@@ -368,7 +369,7 @@ class SlackRenderer:
                                    "dashboard": url_from_template(self.config.dashboard_url, record)}})
         opened = [{"account_name": o.account_name, "rule": o.rule_id, "metric": o.metric, "severity": o.severity,
                    "sev_icon": SEVERITY_ICONS.get(o.severity, "⚪"), "message": o.message, "since": o.fired_at,
-                   "util_pct": int(o.utilization * 100) if o.utilization else None,
+                   "util_pct": fmt.whole_percent(o.utilization) if o.utilization else None,
                    "arr_text": format_number(o.arr) if o.arr else "",
                    "acknowledged": o.acknowledged} for o in open_alerts]
         return self.render(["slack/digest.json.j2"], {

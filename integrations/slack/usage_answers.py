@@ -38,6 +38,7 @@ from integrations.slack.usage_args import (
 )
 from integrations.slack.usage_summary import AccountSummary, kind_of, rank_by_trend, summarize_account
 from integrations.sparkline import sparkline
+from rules.detectors import format as fmt
 from rules.durations import format_duration
 from rules.health import DEFAULT_MODEL, HealthModel
 from rules.lifecycle import EpisodeState
@@ -176,7 +177,7 @@ class UsageCommandHandler:
                 "metric": m.metric, "ptd": m.period_to_date, "last_same": m.last_period_same_point,
                 "last_total": m.last_period_total,
                 "change": None if change is None or math.isnan(change) else change,
-                "quota": m.quota, "util_pct": None if m.utilization is None else int(m.utilization * 100),
+                "quota": m.quota, "util_pct": None if m.utilization is None else fmt.whole_percent(m.utilization),
                 "bar": progress_bar(min(m.utilization or 0.0, 1.0)), "trend": m.trend,
                 "arrow": TREND_ARROWS.get(m.trend, ""), "spark": sparkline(m.recent), "days": len(m.recent),
             })
@@ -184,7 +185,7 @@ class UsageCommandHandler:
         return {
             "acct": {"id": a.id, "name": a.name, "plan": a.plan, "owner_email": a.owner_email, "crm_id": a.crm_id},
             "owner_mention": self._mention(a.owner_email),
-            "period": {"label": s.period.label, "elapsed_pct": int(s.period_elapsed * 100),
+            "period": {"label": s.period.label, "elapsed_pct": fmt.whole_percent(s.period_elapsed),
                        "start": iso(s.period.start), "end": iso(s.period.end)},
             "metrics": metrics, "primary_metric": s.primary_metric,
             "health": None if h is None else {

@@ -6,18 +6,16 @@ them. Times are integer epoch seconds UTC, as everywhere in the engine.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-MAX_METRIC_LENGTH = 128
+from rules.model import MAX_METRIC_LENGTH, METRIC_PATTERN  # noqa: F401 (the sources' names for them)
+
 MAX_ID_LENGTH = 256  # account ids, CRM ids, event ids (and the source of a pushed event)
 MAX_TEXT_LENGTH = 512  # account names, plans, emails
 
-# A metric name: 1-128 letters, digits and _ . : - (no spaces), e.g. "api_calls" or "storage.gb".
-METRIC_PATTERN = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_METRIC_LENGTH}}}")
 
 # Usage times usagebot accepts (epoch seconds): a time outside is a unit or clock mistake (year 1 or
 # 9999, milliseconds taken for seconds) and would make evaluation span millennia.

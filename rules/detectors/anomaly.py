@@ -410,7 +410,9 @@ def cohort_level(share: float) -> float:
 
 
 def _range(params: AnomalyParams, f: Fit, i: int, k: float) -> tuple[float, float]:
-    return float(f.expected[i] - k * f.scale[i]), float(f.expected[i] + k * f.scale[i])
+    """The expected range at `k` noise units, never below 0: usage is never negative (every source refuses a
+    negative value), so "within -30.8 .. 231" is said "within 0 .. 231" (the same values)."""
+    return max(0.0, float(f.expected[i] - k * f.scale[i])), float(f.expected[i] + k * f.scale[i])
 
 
 def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: int, holding: bool = False) -> Finding:

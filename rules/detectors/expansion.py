@@ -129,8 +129,8 @@ def detect_expansion(
                   f" {fmt.duration(params.period)} is less than {fmt.percent(params.growth)} above it.")
     elif params.mode == "utilization":
         result = _utilization(rule, params, block, accounts)
-        passed = (f"{block.metric} was below {fmt.percent(params.utilization)} of the quota in one of the last"
-                  f" {params.periods} billing periods.")
+        passed = (f"{block.metric} was below {fmt.percent(params.utilization)} of the quota in"
+                  f" {fmt.last(params.periods, 'billing period', each='one')}.")
     else:
         raise ValueError(f"{fmt.rule_location(rule)}: unknown expansion mode {params.mode!r}")
     # An opportunity that passes closes quietly: "no longer growing" is not news to act on.
@@ -237,8 +237,8 @@ def _growth_finding(
     oldest_start = at - (params.periods + 1) * window
 
     def message() -> str:
-        return (f"{block.metric} grew at least {fmt.percent(params.growth)} in each of the last {params.periods}"
-                f" windows of {span}: {fmt.number(window_sums[0])} in the {span} from"
+        return (f"{block.metric} grew at least {fmt.percent(params.growth)} in"
+                f" {fmt.last(params.periods, 'window')} of {span}: {fmt.number(window_sums[0])} in the {span} from"
                 f" {fmt.moment(at - window, step)} vs {fmt.number(window_sums[-1])} in the {span} from"
                 f" {fmt.moment(oldest_start, step)} ({', '.join(fmt.change(r) for r in rates)}, latest first).")
 
@@ -326,7 +326,7 @@ def _utilization_finding(
             f"{p.label}: {fmt.percent(float(u) / quota)}" for p, u in zip(periods, usage, strict=True)
         )
         return (f"{block.metric} used at least {fmt.percent(params.utilization)} of the monthly quota"
-                f" ({fmt.number(quota)}) in each of the last {len(periods)} billing periods ({listing}).")
+                f" ({fmt.number(quota)}) in {fmt.last(len(periods), 'billing period')} ({listing}).")
 
     return make_finding(
         rule,

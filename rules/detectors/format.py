@@ -6,9 +6,11 @@ details):
 
 - number(12345.6)  -> "12,346";  number(12.34) -> "12.3";  number(0.125) -> "0.125"
 - ratio(3.14)      -> "3.1x";    ratio(2.0) -> "2x";       ratio(0.25) -> "0.25x"
-- percent(0.82)    -> "82%"      (rounded DOWN, so 99.96% never reads as "100%")
+- percent(0.82)    -> "82%"      (rounded DOWN, so 99.96% never reads as "100%"; 0.0004 -> "<0.1%", not "0.0%")
 - change(0.1)      -> "+10%"
 - moment(ts, step) -> "2026-11-03 14:00 UTC", or "2026-11-03" for daily buckets at midnight
+- count(1, "day") -> "1 day";  count(0.3, "day") -> "0.3 days";  count(3, "billing period") -> "3 billing periods"
+- last(1, "billing period") -> "the last billing period";  last(3, "window") -> "each of the last 3 windows"
 """
 
 from __future__ import annotations
@@ -43,6 +45,23 @@ def number(x: float | None) -> str:
     return f"{x:.1e}"
 
 
+def apart(x: float, y: float) -> tuple[str, str]:
+    """`number` of x and of y, with more decimals where they would read the same but differ, so a
+    value strictly past a limit never reads as the limit ("100.4" above "100", not "100" above "100")."""
+    a, b = number(x), number(y)
+    if a != b or x == y or not (math.isfinite(x) and math.isfinite(y)):
+        return a, b
+    for digits in range(1, 16):
+        a, b = f"{x:,.{digits}f}", f"{y:,.{digits}f}"
+        if a != b:
+            return _strip_zeros(a), _strip_zeros(b)
+    return number(x), number(y)
+
+
+def _strip_zeros(text: str) -> str:
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def ratio(r: float | None) -> str:
     """A multiple of the baseline: 3.1x."""
     if r is None or math.isnan(r):
@@ -58,14 +77,22 @@ def ratio(r: float | None) -> str:
     return _strip_zero(f"{r:.1f}") + "x"
 
 
+def whole_percent(fraction: float) -> int:
+    """A share as a whole percentage rounded down, as every alert text shows it: 0.8996 -> 89 (a level
+    not reached never reads as reached), and 0.29 -> 29 although 0.29 * 100 is 28.999999999999996."""
+    return math.floor(fraction * 100.0 + 1e-9)
+
+
 def percent(fraction: float) -> str:
     """A share as a whole percentage, rounded down (0.999 -> "99%"); below 1% one decimal."""
     if math.isnan(fraction):
         return "n/a"
     p = fraction * 100.0
+    if 0 < p < 0.1:
+        return "<0.1%"  # not "0.0%": 1 call of a 1,000,000 quota is not none
     if 0 < abs(p) < 1:
         return f"{math.floor(p * 10 + 1e-9) / 10:.1f}%"
-    return f"{math.floor(p + 1e-9):,d}%"
+    return f"{whole_percent(fraction):,d}%"
 
 
 def change(rate: float | None) -> str:
@@ -75,12 +102,31 @@ def change(rate: float | None) -> str:
     return f"{rate * 100:+,.0f}%"
 
 
+def count(n: float, noun: str) -> str:
+    """A number of things with the noun in the right number: only exactly 1 is singular ("0.5 days")."""
+    shown = f"{n:,}" if isinstance(n, int) else f"{n:,g}"
+    return f"{shown} {noun if n == 1 else noun + 's'}"
+
+
+def last(n: int, noun: str, each: str = "each") -> str:
+    """ "the last billing period" for 1, else "each of the last 3 billing periods" (`each`: "each" or "one")."""
+    return f"the last {noun}" if n == 1 else f"{each} of the last {count(n, noun)}"
+
+
 def moment(ts: int, step: int = 0) -> str:
     """A UTC instant; just the date when buckets are whole days and ts is a UTC midnight."""
     dt = datetime.fromtimestamp(int(ts), UTC)
     if step >= DAY and int(ts) % DAY == 0:
         return dt.strftime("%Y-%m-%d")
     return dt.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def when(end: int, step: int, smooth: int = 1) -> str:
+    """Which buckets a value is: "in the 1d bucket starting 2026-11-03", or for a value smoothed over
+    several buckets "(mean of the 2 1d buckets ending 2026-11-04)" (never one bucket's date for a mean)."""
+    if smooth <= 1:
+        return f"in the {duration(step)} bucket starting {moment(end - step, step)}"
+    return f"(mean of the {smooth} {duration(step)} buckets ending {moment(end, step)})"
 
 
 def local_date(ts: float, timezone: str) -> str:

@@ -229,9 +229,11 @@ def _finding(
             if last_active is not None
             else "no usage anywhere in the loaded history"
         )
+        # with prior_window = "0" no prior window was read: "after 0 in the previous 0" would be false
+        after = (f", after {fmt.number(prior_usage)} in the previous {fmt.duration(params.prior_window)}"
+                 if params.prior_window > 0 else "")
         return (f"{block.metric} had no usage in the {fmt.duration(width * step)} since {fmt.moment(since, step)}"
-                f" ({'; '.join(notes)}), after {fmt.number(prior_usage)} in the previous"
-                f" {fmt.duration(params.prior_window)}.")
+                f" ({'; '.join(notes)}){after}.")
     return make_finding(
         rule,
         block,

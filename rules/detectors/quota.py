@@ -576,7 +576,7 @@ def _forecast_finding(
 
     def message() -> str:
         return (f"{block.metric} is projected to reach {fmt.percent(params.fraction)} of the monthly quota"
-                f" ({fmt.number(target)}) on {projected_date}, in {days_left:g} days:"
+                f" ({fmt.number(target)}) on {projected_date}, in {fmt.count(days_left, 'day')}:"
                 f" {fmt.number(used)} used so far ({fmt.percent(used / quota)}) in the period starting"
                 f" {period.label} at a recent {fmt.number(rate * DAY)}/day, {fmt.number(projected)} projected by"
                 f" the period end on {fmt.local_date(period.end, timezone)}.")

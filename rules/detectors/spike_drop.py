@@ -406,15 +406,19 @@ def _level_shift(rule: Rule, block: MetricBlock, value: float, baseline: float, 
     step = block.step
     message = (
         f"{block.metric} has stayed up since the spike that began on {_since_text(rule, episode, step)}:"
-        f" {fmt.number(value)} in the {fmt.duration(step)} bucket starting {fmt.moment(block.end - step, step)},"
+        f" {fmt.number(value)} {fmt.when(block.end, step, _smooth(rule))},"
         f" {fmt.ratio(value / ref if ref else None)} the level before it ({fmt.number(ref)}) but in line with its"
         f" usual level now ({fmt.number(baseline)}): a level shift, no longer a spike."
     )
     return Recovery(block.end, value, baseline, message, {"level_shift": True, "before": ref})
 
 
+def _smooth(rule: Rule) -> int:
+    return max(1, getattr(rule.params, "smooth", 1))
+
+
 def _since_text(rule: Rule, episode: OpenEpisode, step: int) -> str:
-    return fmt.moment(episode.started_at - max(1, getattr(rule.params, "smooth", 1)) * step, step)
+    return fmt.moment(episode.started_at - _smooth(rule) * step, step)
 
 
 def _continuing(
@@ -430,8 +434,8 @@ def _continuing(
             until = f"it resolves {'at or below' if rule.kind == 'spike' else 'at or above'} {fmt.number(limit)}"
         else:
             until = f"threshold {fmt.number(limit)}"
-        return (f"{block.metric} {verb} {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
-                f" {fmt.moment(block.end - step, step)}: {against} (the usual level before the {rule.kind} began"
+        return (f"{block.metric} {verb} {fmt.number(value)} {fmt.when(block.end, step, _smooth(rule))}:"
+                f" {against} (the usual level before the {rule.kind} began"
                 f" on {_since_text(rule, episode, step)}; {until}).")
 
     return make_finding(
@@ -447,8 +451,7 @@ def _recovery(rule: Rule, block: MetricBlock, value: float, ref: float, episode:
     share = value / ref if ref else None
     level = f"{fmt.percent(share)} of" if share is not None else "against"
     message = (
-        f"{block.metric} back to {fmt.number(value)} in the {fmt.duration(step)} bucket starting"
-        f" {fmt.moment(at - step, step)}: {level} the usual {fmt.number(ref)}"
+        f"{block.metric} back to {fmt.number(value)} {fmt.when(at, step, _smooth(rule))}: {level} the usual {fmt.number(ref)}"
         f" (the level before the {rule.kind} that began on {_since_text(rule, episode, step)})."
     )
     return Recovery(at, value, ref, message, {"ratio": share})
@@ -507,11 +510,7 @@ def _message(
     at: int,
 ) -> str:
     verb = "spiked to" if rule.kind == "spike" else "dropped to"
-    bucket = fmt.duration(step)
-    if smooth == 1:
-        when = f"in the {bucket} bucket starting {fmt.moment(at - step, step)}"
-    else:
-        when = f"(mean of the {smooth} {bucket} buckets ending {fmt.moment(at, step)})"
+    when = fmt.when(at, step, smooth)
     against = (
         f"{fmt.ratio(r)} the baseline of {fmt.number(b)}"
         if r is not None

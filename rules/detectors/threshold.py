@@ -143,17 +143,16 @@ def scan_threshold(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
 
 
 def _when(block: MetricBlock, smooth: int) -> str:
-    step = block.step
-    if smooth == 1:
-        return f"in the {fmt.duration(step)} bucket starting {fmt.moment(block.end - step, step)}"
-    return f"(mean of the {smooth} {fmt.duration(step)} buckets ending {fmt.moment(block.end, step)})"
+    return fmt.when(block.end, block.step, smooth)
 
 
-def _level(params: ThresholdParams, level: float, fraction: float) -> str:
-    """A level as the rule states it: "1,000", or "900 (90% of the quota)"."""
+def _level(params: ThresholdParams, level: float, fraction: float, shown: str | None = None) -> str:
+    """A level as the rule states it: "1,000", or "900 (90% of the quota)" (`shown`: its number as written
+    beside the value, fmt.apart)."""
+    text = fmt.number(level) if shown is None else shown
     if params.of == "quota":
-        return f"{fmt.number(level)} ({fmt.percent(fraction)} of the quota)"
-    return fmt.number(level)
+        return f"{text} ({fmt.percent(fraction)} of the quota)"
+    return text
 
 
 def _finding(rule: Rule, params: ThresholdParams, block: MetricBlock, i: int, value: float, limit: float,
@@ -161,8 +160,16 @@ def _finding(rule: Rule, params: ThresholdParams, block: MetricBlock, i: int, va
     direction = params.direction
 
     def message() -> str:
-        text = (f"{block.metric} is {fmt.number(value)} {_when(block, smooth)}: {direction} the limit of"
-                f" {_level(params, limit, params.limit)}")
+        past = value > limit if direction == "above" else value < limit
+        if firing and not past:  # held open by the recovery band: inside the limit, not yet back past recovery
+            shown, rec = fmt.apart(value, recovery)
+            text = (f"{block.metric} is {shown} {_when(block, smooth)}: back within the limit of"
+                    f" {_level(params, limit, params.limit)} but still {direction}"
+                    f" {_level(params, recovery, params.recovery_limit, rec)}")
+        else:
+            shown, lim = fmt.apart(value, limit)
+            text = (f"{block.metric} is {shown} {_when(block, smooth)}: {direction} the limit of"
+                    f" {_level(params, limit, params.limit, lim)}")
         if firing:
             back = "at or below" if direction == "above" else "at or above"
             text += f"; it resolves {back} {_level(params, recovery, params.recovery_limit)}"

@@ -276,3 +276,35 @@ def test_first_evaluation_holds_what_is_already_true() -> None:
     fired = [t for s in steps for t in s.transitions if t.event == "fired"]
     assert fired and all(not t.notify and t.reason == "first evaluation" for t in fired)
     assert not [t for t in steps[1].transitions if t.event == "resolved"]
+
+
+SMOOTHED = """
+[[rule]]
+id = "{kind}"
+kind = "{kind}"
+metric = "api_calls"
+for = 2
+[rule.baseline]
+window = "14d"
+[rule.threshold]
+ratio = {ratio}
+smooth = 2
+"""
+
+
+def test_a_smoothed_value_is_said_as_the_mean_of_its_buckets_when_fired_and_resolved() -> None:
+    """Seen (for = 2, smooth = 2): "api_calls dropped to 25 in the 1d bucket starting 2026-03-11" when that
+    day was 50 (25 was the mean of 03-10 and 03-11): an open episode's messages named one bucket."""
+    for kind, ratio, low, high in (("drop", 0.5, 0.0, 100.0), ("spike", 2.0, 400.0, 100.0)):
+        v = np.full(40, 100.0)
+        v[30] = low  # only day 30 is beyond the ratio, but the means of days 29-30 and 30-31 both are
+        _, events = run(SMOOTHED.format(kind=kind, ratio=ratio), v, start_day=20)
+        (fired,) = [t for t in events if t.event == "fired"]
+        assert fired.finding is not None and fired.finding.value == (low + high) / 2
+        day = (fired.at - START) // DAY  # the evaluation after day 31
+        assert day == 32
+        text = fired.finding.message
+        assert "(mean of the 2 1d buckets ending " in text and "in the 1d bucket starting" not in text, text
+        (res,) = [t for t in events if t.event == "resolved"]
+        assert res.recovery is not None and "(mean of the 2 1d buckets ending " in res.recovery.message
+        assert "in the 1d bucket starting" not in res.recovery.message

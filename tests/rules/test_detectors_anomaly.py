@@ -444,3 +444,19 @@ def test_a_few_accounts_moving_are_not_a_cohort_event() -> None:
     out = _evaluated(b)
     assert sorted(f.account_id for f in out.findings) == sorted(f"a{i}" for i in range(8))
     assert out.cohort_events == []
+
+
+def test_the_expected_range_said_is_never_below_zero() -> None:
+    """Seen: after a 1,000 burst in a steady 100/h series, a 10-hour outage resolved as "events back to 0:
+    within -30.8 .. 231 of the expected 100": usage is never negative, the range starts at 0."""
+    v = np.array([100.0] * 150 + [1000.0] + [100.0] * 20 + [0.0] * 10 + [100.0] * 5)
+    b = block(v)
+    r = rule()
+    texts = []
+    for step in replay([r], {(r.metric, r.bucket): b}, {a.id: a for a in facts(b)}, b.start + 2 * DAY, b.end):
+        for t in step.transitions:
+            texts.append(t.recovery.message if t.recovery is not None else t.finding.message if t.finding else "")
+            for d in (t.finding.details if t.finding else {}, t.recovery.details if t.recovery else {}):
+                assert d.get("low", 0.0) >= 0.0, t
+    assert any("within 0 .. " in x for x in texts), texts
+    assert not any("-" in x.split("within", 1)[-1] for x in texts if "within" in x), texts

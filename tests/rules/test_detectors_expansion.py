@@ -10,6 +10,7 @@ import pytest
 
 from rules.detectors import detect
 from rules.detectors.expansion import ExpansionParams
+from rules.impact import Pricing, assess
 from rules.model import DAY, AccountFacts, DetectorResult, MetricBlock, Rule
 
 H = 3600
@@ -241,3 +242,21 @@ def test_unknown_mode_names_the_rule() -> None:
     )
     with pytest.raises(ValueError, match=r"rule 'x' \(r.toml:3\): unknown expansion mode 'bogus'"):
         run(r, block(np.ones(28), GROWTH_START))
+
+
+def test_one_period_or_window_is_said_in_the_singular() -> None:
+    """periods = 1 said "in each of the last 1 billing periods" (and "1 billing periods running")."""
+    b = block(by_month(UTIL_START, UTIL_AT, LEVEL), UTIL_START)
+    (f,) = run(util_rule(periods=1), b).findings
+    assert f.message == ("api_calls used at least 90% of the monthly quota (1,000) in the last billing period"
+                         " (2026-10-01: 99%).")
+    assert assess("expansion", "api_calls", "info", f.value, f.baseline, f.details, account(0), Pricing(),
+                  f.at).headline == "api calls at 99% of the quota, 1 billing period running"
+    g = block(weeks(100.0, 100.0, 100.0, 150.0), GROWTH_START)
+    (f,) = run(rule(growth=0.1, periods=1), g).findings
+    assert f.message.startswith("api_calls grew at least 10% in the last window of 7d: 1,050 in the 7d from")
+    assert assess("expansion", "api_calls", "info", f.value, f.baseline, f.details, account(0), Pricing(),
+                  f.at).headline == "api calls up 50% in 7 days"
+    (f,) = run(rule(growth=0.1, periods=1, period=DAY), block([100.0] * 6 + [150.0], GROWTH_END - 7 * DAY)).findings
+    assert assess("expansion", "api_calls", "info", f.value, f.baseline, f.details, account(0), Pricing(),
+                  f.at).headline == "api calls up 50% in 1 day"

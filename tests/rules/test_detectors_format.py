@@ -63,6 +63,10 @@ def test_ratio_missing() -> None:
         (1.234, "123%"),
         (0.0, "0%"),
         (0.0042, "0.4%"),
+        (0.001, "0.1%"),
+        (0.00099, "<0.1%"),  # 99 of a 100,000 quota: not "0.0%", which reads as none
+        (1e-9, "<0.1%"),
+        (0.29, "29%"),  # 0.29 * 100 is 28.999999999999996
     ],
 )
 def test_percent_rounds_down(f: float, text: str) -> None:
@@ -98,3 +102,20 @@ def test_rule_location() -> None:
     assert fmt.rule_location(r) == "rule 'api-spike' (rules/usage.toml:12)"
     bare = Rule("x", "spike", "api_calls", 3600, SpikeParams())
     assert fmt.rule_location(bare) == "rule 'x' (<no file>)"
+
+
+def test_count_and_last_say_one_in_the_singular() -> None:
+    assert [fmt.count(n, "day") for n in (1, 1.0, 0.3, 0, 2, 10.5, 1234)] == [
+        "1 day", "1 day", "0.3 days", "0 days", "2 days", "10.5 days", "1,234 days"]
+    assert fmt.last(1, "billing period") == "the last billing period"
+    assert fmt.last(3, "window") == "each of the last 3 windows"
+    assert fmt.last(2, "billing period", each="one") == "one of the last 2 billing periods"
+
+
+def test_apart_shows_two_different_numbers_differently() -> None:
+    assert fmt.apart(100.4, 100) == ("100.4", "100")
+    assert fmt.apart(9.96, 10) == ("9.96", "10")
+    assert fmt.apart(1234.0, 1000) == ("1,234", "1,000")  # already apart: as number() writes them
+    assert fmt.apart(100, 100) == ("100", "100")
+    assert fmt.apart(1e15 + 2, 1e15) == ("1,000,000,000,000,002", "1,000,000,000,000,000")
+    assert fmt.apart(float("inf"), 100) == ("infinity", "100")

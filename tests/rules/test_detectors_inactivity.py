@@ -170,3 +170,10 @@ def test_many_rows() -> None:
     res = run(rule(), block(rows))
     assert [f.account_id for f in res.findings] == ["acct-0"]
     assert res.decided.tolist() == [True, True, False, True]
+
+
+def test_without_a_prior_window_the_message_claims_none() -> None:
+    """Seen: prior_window = "0" (min_prior_usage = 0) said "..., after 0 in the previous 0." of an account
+    that had used 15 before it went quiet."""
+    (f,) = run(rule(prior_window=0, min_prior_usage=0.0), block(series(5.0, prior_days=3, quiet_days=7))).findings
+    assert f.message == "seats_active had no usage in the 7d since 2026-11-08 (last active 2026-11-07)."

@@ -104,6 +104,29 @@ def test_an_open_alert_is_judged_against_recovery_hysteresis() -> None:
     assert not res.findings and not res.recoveries and res.decided.tolist() == [False]
 
 
+def test_a_value_past_the_limit_never_reads_as_the_limit_and_a_held_alert_says_it_is_within_it() -> None:
+    """Seen: "api_calls is 100 ...: above the limit of 100" for 100.4, "is 10 ...: below the limit of 10" for
+    9.96, and an alert held by its recovery band re-notified as "is 95 ...: above the limit of 100"."""
+    (f,) = run(rule(above=100), block([[5, 100.4]])).findings
+    assert f.message == "seats is 100.4 in the 1d bucket starting 2026-11-14: above the limit of 100."
+    (f,) = run(rule(below=10), block([[50, 9.96]])).findings
+    assert f.message == "seats is 9.96 in the 1d bucket starting 2026-11-14: below the limit of 10."
+    (f,) = run(rule(above=1e15), block([[5, 1e15 + 2]])).findings
+    assert f.message.endswith("is 1,000,000,000,000,002 in the 1d bucket starting 2026-11-14: above the limit of"
+                              " 1,000,000,000,000,000.")
+    firing = OpenEpisode("acct-0", "", END - 3 * DAY, firing=True)
+    (f,) = run(rule(above=100), block([[120, 95]]), open_episodes=(firing,)).findings
+    assert f.message == ("seats is 95 in the 1d bucket starting 2026-11-14: back within the limit of 100 but still"
+                         " above 90; it resolves at or below 90.")
+    (f,) = run(rule(above=100), block([[120, 90.2]]), open_episodes=(firing,)).findings
+    assert "is 90.2 in the 1d bucket starting 2026-11-14: back within the limit of 100 but still above 90;" in f.message
+    (f,) = run(rule(below=10, recovery=20), block([[0, 15]]), open_episodes=(firing,)).findings
+    assert "is 15 in the 1d bucket starting 2026-11-14: back within the limit of 10 but still below 20;" in f.message
+    (f,) = run(rule(above=0.9, of="quota"), block([[0, 95]]), {"acct-0": 100.0}, open_episodes=(firing,)).findings
+    assert "is 95 in the 1d bucket starting 2026-11-14: above the limit of 90 (90% of the quota); it resolves" \
+        in f.message
+
+
 def test_below_recovery_is_above_the_limit() -> None:
     firing = OpenEpisode("acct-0", "", END - 3 * DAY, firing=True)
     res = run(rule(below=10, recovery=20), block([[0, 15]]), open_episodes=(firing,))

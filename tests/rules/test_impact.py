@@ -49,6 +49,14 @@ def test_a_quota_forecast_costs_the_projected_overage_at_the_plans_price():
     assert unpriced.overage_units == 13_364.0 and unpriced.overage_cost is None
 
 
+def test_a_tiny_overage_is_never_said_as_none():
+    """Seen: 40,000.04 of a 40,000 quota said "Overage so far 0.0 ≈ $0" (one decimal; whole cents)."""
+    tiny = assess("quota", "api_calls", "warning", 40_000.04, None, {"quota": 40_000.0, "utilization": 1.000001},
+                  ACME, PRICING, AT)
+    assert tiny.money_line(PRICING, None) == "Overage so far 0.04 ≈ <$0.01"
+    assert PRICING.money(0.004) == "<$0.01" and PRICING.money(0.0) == "$0" and PRICING.money(12.5) == "$12.50"
+
+
 def test_an_expansion_names_the_lowest_plan_above_that_fits():
     starter = AccountFacts("s", "S", plan="starter")
     util = {"quota": 1_000.0, "utilization": 1.11, "periods": [{}, {}]}

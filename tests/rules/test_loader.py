@@ -792,3 +792,60 @@ def test_every_rule_example_in_the_reference_loads() -> None:
     assert len(examples) >= 7
     for block in examples:
         assert load_rules_text(block, "docs.toml").rules
+
+
+@pytest.mark.parametrize(("metric", "said"), [
+    ("api calls", "is not a metric name (letters, digits and _ . : - only; got \"api calls\", which has ' ');"
+                  " did you mean \"api_calls\"?"),
+    ("événements/s", "is not a metric name (letters, digits and _ . : - only; got \"événements/s\", which has"
+                     " '/' 'é')"),
+    ("m" * 129, "must be at most 128 characters (got 129)"),
+])
+def test_a_metric_no_source_can_provide_is_refused_at_its_line(metric: str, said: str) -> None:
+    """Seen: metric = "api calls" passed `usagebot check` (every source refuses such a name: the rule
+    could never fire, and nothing said so without data)."""
+    p = the_problem(f"""
+        [[rule]]
+        id = "r1"
+        kind = "threshold"
+        metric = "{metric}"  #<
+        [rule.threshold]
+        above = 1
+    """)
+    assert (p.line, p.rule_id, p.field, p.message) == (5, "r1", "metric", said)
+
+
+def test_every_metric_name_a_source_takes_is_taken() -> None:
+    for metric in ("api_calls", "storage.gb", "eu-1:calls", "A" * 128):
+        (r,) = load_rules_text(f'[[rule]]\nid = "r"\nkind = "threshold"\nmetric = "{metric}"\n'
+                               '[rule.threshold]\nabove = 1\n').rules
+        assert r.metric == metric
+
+
+def test_a_quota_rule_whose_for_outlasts_any_billing_period_is_refused() -> None:
+    """Seen: a quota rule with for = 32 (daily) passed `usagebot check` and never fired, not even at 100% of
+    the quota from the first day: its episodes belong to one billing period and close when it ends."""
+    p = the_problem("""
+        [[rule]]
+        id = "q"
+        kind = "quota"
+        metric = "api_calls"
+        for = 32  #<
+    """)
+    assert (p.line, p.rule_id, p.field) == (6, "q", "for")
+    assert p.message == ("32 buckets of 1d is longer than a billing period (at most 31 days): a quota alert belongs"
+                         " to one period, so it could never fire; use at most 31")
+    p = the_problem("""
+        [[rule]]
+        id = "qf"
+        kind = "quota"
+        metric = "api_calls"
+        bucket = "1h"
+        for = 747  #<
+        [rule.threshold]
+        mode = "forecast"
+    """)
+    assert (p.line, p.field) == (7, "for") and p.message.endswith("use at most 746")
+    for text in ('for = 31\n', 'bucket = "1h"\nfor = 746\n'):  # a 31-day month (and a daylight-saving change) can hold them
+        load_rules_text(f'[[rule]]\nid = "q"\nkind = "quota"\nmetric = "api_calls"\n{text}')
+    load_rules_text('[[rule]]\nid = "d"\nkind = "drop"\nmetric = "api_calls"\nfor = 40\n')  # other kinds: any for

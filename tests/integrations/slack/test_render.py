@@ -94,6 +94,19 @@ def test_quota_and_missing_values_render():
     assert_valid_message(_msg(m))
 
 
+def test_fields_and_quota_line_show_the_sentences_numbers():
+    """Seen: a value of 0.003 over a usual 0.001 showed "*Value*\\n0" and "*Usual level*\\n0"; a quota used
+    29% showed "*28%*" (0.29 * 100 is 28.999999999999996); the pct filter rounded 89.96% up to "90%"."""
+    a = {**sample_alert(), "value": 0.003, "baseline": 0.001, "threshold": 0.002, "recent": [0.001, 0.003],
+         "details": {"quota": 10_000.0, "utilization": 0.29}}
+    flat = _texts(SlackRenderer(CFG).alert(a, VIEW).blocks)
+    for expected in ("*Value*\\n0.003", "*Usual level*\\n0.001", "*Threshold*\\n0.002", "latest 0.003",
+                     "*29%* of 10,000"):
+        assert expected in flat, expected
+    env = SlackRenderer(CFG).env
+    assert env.filters["pct"](0.8996) == "89%" and env.filters["pct"](float("inf")) == "n/a"
+
+
 def test_digest_never_exceeds_fifty_blocks():
     items = [{**sample_alert(), "account_name": f"Account {i}"} for i in range(60)]
     m = SlackRenderer(CFG).digest("alice@example.com", items, "2026-11-24")

@@ -186,3 +186,19 @@ def test_allow_list_by_user_group(setup, config, fake):
     h2 = handler(replace(config, allowed_users=(ALICE,)))
     assert "📊 Acme Corp" in _flat(h2.handle(ALICE, "acme"))
     assert "not on usagebot's list" in h2.handle(BOB, "acme").text
+
+
+def test_the_account_view_rounds_its_percentages_down_as_the_alerts_do():
+    """Seen: a period 29% elapsed and a quota 29% used showed "28%" (int(0.29 * 100) is 28)."""
+    from integrations.slack.config import SlackConfig
+    from integrations.slack.render import SlackRenderer
+    from integrations.slack.usage_summary import AccountSummary, MetricSummary
+    from rules.periods import Period
+
+    cfg = SlackConfig()
+    handler = UsageCommandHandler(cfg, None, None, SlackRenderer(cfg), None)  # type: ignore[arg-type]
+    m = MetricSummary("api_calls", 2_900.0, None, None, 10_000.0, 0.29, "Stable", None, [1.0])
+    s = AccountSummary(replace(ACCOUNTS[0], owner_email=""), Period(0, 100 * 86_400, "2026-11-01"), 0.29, [m],
+                       "api_calls", None, [])
+    ctx = handler.account_context(s)
+    assert ctx["period"]["elapsed_pct"] == 29 and ctx["metrics"][0]["util_pct"] == 29
