@@ -126,7 +126,7 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
         if kind == "drop":
             return f"{m} fell {fmt.whole_percent(1 - value / baseline):d}% {_against(details, bucket_start)}"
         r = value / baseline
-        rise = f"{r:.1f}x" if r >= 2 else f"{fmt.whole_percent(r - 1):d}%"
+        rise = fmt.ratio(r) if r >= 2 else f"{fmt.whole_percent(r - 1):d}%"  # as the sentence says it: "3x"
         return f"{m} rose {rise} {_against(details, bucket_start)}"
     if kind == "inactivity":
         return f"No {m} at all since {str(details.get('inactive_since') or '')[:10]}".rstrip(" since")

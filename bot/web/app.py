@@ -43,6 +43,7 @@ from bot.web.queries import (
     owner_accounts,
 )
 from integrations.console import format_number
+from rules.detectors import format as fmt
 from rules.durations import format_duration
 from rules.kinds import KINDS
 from rules.model import RuleSet
@@ -93,7 +94,7 @@ def detail(v: Any) -> str:
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("bot", "web/templates"), autoescape=select_autoescape(["j2", "html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update({"when": when, "num": num, "detail": detail,
+    env.filters.update({"when": when, "num": num, "detail": detail, "percent": fmt.percent,
                         "duration": lambda s: format_duration(int(s or 0)) if s else "none"})
     env.globals.update({"account_url": lambda a: "/accounts/" + quote(str(a), safe=""), "version": __version__,
                         "cap": COUNT_CAP})

@@ -84,7 +84,7 @@ def test_a_renewal_within_n_days_raises_the_severity(days, within, raise_by, sev
     assert renewal_severity("warning", acct, pricing, AT) == severity
     i = assess("spike", "api_calls", severity, 300.0, 100.0, {}, acct, pricing, AT)
     assert (i.severity, i.renewal_days) == (severity, said)  # assess takes the (raised) severity as given
-    assert i.headline == "api calls rose 3.0x vs the usual level"
+    assert i.headline == "api calls rose 3x vs the usual level"
 
 
 def test_the_engine_raises_a_renewing_accounts_findings_and_the_replay_stores_it() -> None:

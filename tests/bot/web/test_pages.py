@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -215,3 +216,15 @@ def test_over_http_a_non_ascii_account_id_and_out_of_range_numbers(book_engine: 
             assert httpx.get(f"{base}/alerts?format=json&after={after}", timeout=30).status_code == 400, after
     finally:
         server.stop()
+
+
+def test_the_account_page_says_a_period_elapsed_share_as_the_alerts_do() -> None:
+    """Seen: the page rounded the billing period's elapsed share up (int(round(x * 100))), where every
+    alert text and /usage round a share down (29.6% elapsed read "30%")."""
+    from bot.web.app import _environment
+
+    page = _environment().from_string("{{ x | percent }} elapsed")
+    assert [page.render(x=x) for x in (0.296, 0.29, 0.999, 0.0004)] == [
+        "29% elapsed", "29% elapsed", "99% elapsed", "&lt;0.1% elapsed"]  # (escaped: the page reads "<0.1%")
+    source = (Path(__file__).parents[3] / "bot/web/templates/account.html.j2").read_text()
+    assert "period_elapsed | percent }} elapsed" in source

@@ -30,7 +30,7 @@ def test_the_slack_alert_says_why_it_matters_first(engine, fake, config, clock):
     report = run_cycle(engine, sc.ruleset, T0 + FIRED * DAY, notices=notices)
     (fired,) = [a for a in report.alerts if a.event == "fired"]
     assert fired.severity == "critical"  # the rule says warning; the renewal in 20 days raises it
-    assert fired.headline == "api calls rose 6.0x vs the usual level" and fired.renewal_days == 20
+    assert fired.headline == "api calls rose 6x vs the usual level" and fired.renewal_days == 20
     assert fired.action == "Ask alice@example.com to call Acme Corp about the api_calls jump (growth)"
     assert fired.csm_email == "cara@example.com" and fired.arr == 48_000.0
     # what is stored is what was sent (issue 17 note: the episode kept "warning"): /usage, the web
@@ -41,9 +41,9 @@ def test_the_slack_alert_says_why_it_matters_first(engine, fake, config, clock):
     delivered = sc.deliver(sc.notifier(config), at=T0 + FIRED * DAY)
     assert delivered.failed == 0, delivered
     (msg,) = fake.channel("#usage-alerts").messages
-    assert msg["text"].startswith("🔔 [CRITICAL] Acme Corp: api calls rose 6.0x vs the usual level — api_calls spiked")
+    assert msg["text"].startswith("🔔 [CRITICAL] Acme Corp: api calls rose 6x vs the usual level — api_calls spiked")
     section = msg["blocks"][1]["text"]["text"]
-    assert section.splitlines() == ["*api calls rose 6.0x vs the usual level*", "Renews in 20 days",
+    assert section.splitlines() == ["*api calls rose 6x vs the usual level*", "Renews in 20 days",
                                     ":point_right: *Next step:* Ask alice@example.com to call Acme Corp about "
                                     "the api_calls jump (growth)", "API calls far above the usual level"]
     context = msg["blocks"][2]
@@ -53,6 +53,6 @@ def test_the_slack_alert_says_why_it_matters_first(engine, fake, config, clock):
     text = ConsoleNotifier(out=io.StringIO()).render(fired)
     lines = [line.strip() for line in text.splitlines()]
     assert lines[0] == "🔔 [CRITICAL] FIRED · Acme Corp · api_calls · rule calls-spike"
-    assert lines[2] == "api calls rose 6.0x vs the usual level" and lines[3].startswith("api_calls spiked to 600")
+    assert lines[2] == "api calls rose 6x vs the usual level" and lines[3].startswith("api_calls spiked to 600")
     assert lines[4] == "Why it matters: Renews in 20 days"
     assert lines[5] == "Next step: Ask alice@example.com to call Acme Corp about the api_calls jump (growth)"
