@@ -15,11 +15,15 @@ Any other exception is taken as the last case. bot.service.pipeline.deliver_outb
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from integrations.notice import AlertNotice
 from storage.outbox import outbox_kinds
+
+MAX_RETRY_AFTER = 86_400  # a server asking for more than a day is taken at a day (a deferral never kills a row)
 
 
 class DeliveryError(Exception):
@@ -29,6 +33,21 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.retry_after = None if retry_after is None else max(0, int(retry_after))
         self.permanent = bool(permanent)
+
+
+def retry_after(value: str | None, now: float) -> int | None:
+    """Seconds of a Retry-After header (Slack's or a webhook receiver's: delta seconds or an HTTP
+    date), at most a day however many digits it has; None if absent or not one of the two."""
+    if not value:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+", value):
+        return MAX_RETRY_AFTER if len(value) > 10 else min(MAX_RETRY_AFTER, int(value))
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return min(MAX_RETRY_AFTER, max(0, int(when - now)))
 
 
 class Notifier(Protocol):

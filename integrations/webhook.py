@@ -27,17 +27,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 from integrations.notice import AlertNotice
-from integrations.notifier import DeliveryError
+from integrations.notifier import DeliveryError, retry_after
 from rules.config import Secret, Section
 from rules.config.secrets import MIN_SECRET_CHARS
 from rules.config.urls import url_problem
@@ -48,7 +46,6 @@ SIGNATURE_HEADER = "X-Usagebot-Signature"
 TIMESTAMP_HEADER = "X-Usagebot-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_TOLERANCE = 300  # seconds a receiver should accept a timestamp off its own clock (replays)
-MAX_RETRY_AFTER = 86_400  # a receiver asking for more than a day is taken at a day
 KEYS = ("type", "name", "enabled", "url", "url_file", "secret", "secret_file", "timeout")
 RETRYABLE = frozenset({408, 425, 429})
 
@@ -119,20 +116,6 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: int | None
     if abs((int(time.time()) if now is None else now) - when) > tolerance:
         return False
     return hmac.compare_digest(signature(secret, when, body), sig)
-
-
-def retry_after(value: str | None, now: float) -> int | None:
-    """Seconds of a Retry-After header (delta seconds or an HTTP date), at most a day; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d{1,10}", value):
-        return min(MAX_RETRY_AFTER, int(value))
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-    return min(MAX_RETRY_AFTER, max(0, int(when - now)))
 
 
 class WebhookNotifier:

@@ -6,12 +6,17 @@
   through, longer ones raise RetryLater so the outbox row is due again after the wait.
 - Posts to one channel are spaced by `min_post_interval` seconds (Slack allows ~1 message/s/channel).
 - Errors become SlackDeliveryError subclasses: permanent ones (unknown channel, invalid blocks) are
-  marked so; HTTP 5xx and network failures are SlackUnavailable (outcome of a write unknown).
+  marked so; HTTP 5xx, network failures (a reset, a body cut off mid-way), an answer that is not
+  Slack's JSON (an HTML page from a proxy) and Slack's own "it may have happened" codes (fatal_error,
+  internal_error) are SlackUnavailable: the outcome of a write is unknown, so a post is looked up
+  before it is sent again. A Retry-After is taken at most a day (integrations.notifier.retry_after).
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +24,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from integrations.notifier import retry_after as parse_retry_after
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import PermanentSlackError, RetryLater, SlackDeliveryError, SlackUnavailable
 from rules.config.redaction import clip
@@ -37,6 +43,10 @@ PERMANENT_ERRORS = frozenset({
     "invalid_metadata_schema", "missing_scope", "not_allowed_token_type", "too_many_attachments",
     "invalid_arguments", "invalid_cursor", "user_disabled",
 })
+# Errors after which Slack may have carried the request out (https://api.slack.com/methods/chat.postMessage:
+# "It's possible some aspect of the operation succeeded"): the outcome is unknown, like a 5xx.
+UNKNOWN_OUTCOME_ERRORS = frozenset({"fatal_error", "internal_error", "service_unavailable"})
+ERROR_CODE = re.compile(r"[a-z0-9_.]{1,80}")  # Slack's codes; slack_sdk puts its own sentence for a non-JSON body
 AUTH_ERRORS = frozenset({
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
 })
@@ -109,15 +119,20 @@ class SlackApi:
                     headers = {k.lower(): v for k, v in (exc.response.headers or {}).items()}
                     raw = headers.get("retry-after", "1")
                     raw = raw[0] if isinstance(raw, list) else raw
-                    try:
-                        retry_after = max(1, int(float(raw)))
-                    except (TypeError, ValueError):
-                        retry_after = 30
+                    seconds = parse_retry_after(str(raw), time.time())
+                    retry_after = 30 if seconds is None else max(1, seconds)
                     self._blocked_until[method] = self.monotonic() + retry_after
                     log.info("Slack rate limit on %s: retry after %ss", method, retry_after)
                     continue
                 if status >= 500:
                     raise SlackUnavailable(f"Slack {method} answered HTTP {status}; will retry") from None
+                if not ERROR_CODE.fullmatch(error):
+                    raise SlackUnavailable(
+                        f"Slack {method} answered HTTP {status} with a body that is not Slack's JSON "
+                        f"({clip(' '.join(error.split()), 200)}); will retry") from None
+                if error in UNKNOWN_OUTCOME_ERRORS:
+                    raise SlackUnavailable(f"Slack {method}: {error} (it may have been carried out); will retry") \
+                        from None
                 where = f" (channel {channel})" if channel else ""
                 if error in AUTH_ERRORS:
                     raise SlackDeliveryError(
@@ -130,7 +145,8 @@ class SlackApi:
                 raise SlackDeliveryError(msg, error) from None
             except SlackDeliveryError:
                 raise
-            except (OSError, TimeoutError) as exc:  # URLError, connection reset, timeouts
+            except (OSError, TimeoutError, http.client.HTTPException) as exc:  # URLError, resets, timeouts,
+                # a body cut off mid-way (IncompleteRead), a garbled status line
                 raise SlackUnavailable(
                     f"Slack {method}: network error ({type(exc).__name__}: {_reason(exc)}); will retry") from None
         until = self._blocked_until.get(method, 0.0)

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from integrations.slack.api import SlackApi
 from integrations.slack.blocks import truncate
-from integrations.slack.errors import PermanentSlackError, RetryLater, SlackUnavailable
+from integrations.slack.errors import PermanentSlackError, RetryLater, SlackDeliveryError, SlackUnavailable
 from integrations.slack.render import SlackMessageContent
 from storage import slack as store
 from storage.outbox import DEFAULT_LEASE
@@ -77,14 +77,15 @@ class Poster:
                     raise
                 log.error("Slack rejected the blocks of %s (%s); posting the text only", step, exc)
                 data = self.api.post_message(channel, truncate(content.text, 3000), None, thread_ts, metadata)
-        except SlackUnavailable:
-            store.release_step(self.engine, step, token)  # outcome unknown: looked up before the next try
-            raise
-        except Exception:
-            if rec is None:  # Slack answered (it did not post) and no earlier attempt is unaccounted for
+        except SlackDeliveryError as exc:
+            if rec is None and not isinstance(exc, SlackUnavailable):
+                # Slack answered with an error code (it did not post) and no earlier attempt is unaccounted for
                 store.forget_step(self.engine, step, token)
             else:
                 store.release_step(self.engine, step, token)
+            raise
+        except BaseException:  # anything else (an error of ours or the HTTP stack's): the outcome is unknown,
+            store.release_step(self.engine, step, token)  # so it is looked up before the next try
             raise
         cid, ts = str(data.get("channel") or channel), str(data["ts"])
         store.finish_step(self.engine, step, cid, ts, self.clock())

@@ -8,7 +8,8 @@ It behaves like Slack where usagebot depends on it:
   block models -> invalid_blocks, no_text, channel_not_found, not_in_channel, thread_not_found)
   and chat.update (message_not_found);
 - faults: a 503 outage, per-method 429 with Retry-After, 5xx, Slack errors, a dropped connection
-  AFTER the request was processed (the client never learns the outcome), a hang after processing
+  AFTER the request was processed (the client never learns the outcome), a body cut off mid-way, a
+  non-JSON (HTML) 200 page or an error code (fatal_error) after processing, a hang after processing
   (to kill a client mid-delivery), and delays;
 - response_url endpoints (/response/<id>) that record what an app posts to them;
 - Socket Mode: apps.connections.open returns a ws:// URL served here; `socket_send` pushes an
@@ -63,7 +64,7 @@ class Call:
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "error" | "ratelimit" | "drop" | "hang" | "delay"
+    kind: str  # "status" | "error" | "ratelimit" | "drop" | "truncate" | "html" | "error_after" | "hang" | "delay"
     value: Any = None
     count: int = 1
 
@@ -686,7 +687,7 @@ class FakeSlack:
                 if fault is not None and fault.kind == "ratelimit":
                     call.status, call.error = 429, "ratelimited"
                     self._send(429, json.dumps({"ok": False, "error": "ratelimited"}).encode(),
-                               headers={"Retry-After": str(fault.value)})
+                               headers={} if fault.value is None else {"Retry-After": str(fault.value)})
                     return
                 if fault is not None and fault.kind == "error":
                     call.error = str(fault.value)
@@ -697,6 +698,24 @@ class FakeSlack:
                 if fault is not None and fault.kind == "drop":
                     self.close_connection = True  # processed, but the client never hears back
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault is not None and fault.kind == "truncate":  # processed; the body is cut off mid-way
+                    body = json.dumps(result).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault is not None and fault.kind == "error_after":  # processed, then answered an error
+                    call.error = str(fault.value)
+                    self._send(200, json.dumps({"ok": False, "error": fault.value}).encode())
+                    return
+                if fault is not None and fault.kind == "html":  # processed; a proxy answers 200 with a page
+                    self._send(200, b"<html><body>Bad gateway</body></html>", "text/html")
                     return
                 if fault is not None and fault.kind == "hang":
                     fake.processed.set()

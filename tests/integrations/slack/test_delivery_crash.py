@@ -11,11 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+from integrations.notifier import MAX_RETRY_AFTER
 from integrations.slack.api import SlackApi, make_web_client
 from integrations.slack.delivery import Poster
-from integrations.slack.errors import RetryLater
+from integrations.slack.errors import RetryLater, SlackUnavailable
 from integrations.slack.render import SlackMessageContent
 from storage.db import make_engine
 from storage.outbox import DEFAULT_LEASE, counts, list_outbox
@@ -210,3 +212,46 @@ def test_two_deliverers_never_post_one_step_at_once(engine, db_url, fake, config
     # once the first is done, the step is finished: a retry returns the same message, posts nothing
     post("again")
     assert outcome["again"] == outcome["first"] and len(fake.channel("#usage-alerts").messages) == 1
+
+
+@pytest.mark.parametrize("fault", [("truncate",), ("html",), ("error_after", "fatal_error"),
+                                   ("error_after", "internal_error")])
+def test_an_answer_garbled_after_slack_posted_is_looked_up_not_posted_again(engine, fake, config, clock, fault):
+    """Slack posts, then the answer is cut off mid-body, is an HTML page, or says fatal_error: the
+    outcome is unknown, so the next try finds the message by its metadata (before: a cut-off body
+    or an HTML page forgot the step and the retry posted a second message)."""
+    poster = Poster(SlackApi(make_web_client(config), min_post_interval=0), engine, clock)
+    content = SlackMessageContent("alert for acme", [])
+    fake.fail("chat.postMessage", *fault)
+    with pytest.raises(SlackUnavailable) as err:
+        poster.post_once("notify:x|channel:#usage-alerts", "C0ALERTS1", None, content)
+    assert "will retry" in str(err.value) and "Traceback" not in str(err.value)
+    assert get_step(engine, "notify:x|channel:#usage-alerts").ts is None  # kept: outcome unknown
+    clock.now += 60
+    cid, ts = poster.post_once("notify:x|channel:#usage-alerts", "C0ALERTS1", None, content)
+    messages = fake.channel("#usage-alerts").messages
+    assert [m["ts"] for m in messages] == [ts] and cid == "C0ALERTS1"
+    assert len(fake.calls_of("chat.postMessage")) == 1 and len(fake.calls_of("conversations.history")) == 1
+
+
+@pytest.mark.parametrize(("header", "deferred"), [("1000000000", MAX_RETRY_AFTER), ("inf", 30), ("soon", 30),
+                                                  ("9" * 5000, MAX_RETRY_AFTER), ("-5", 30)])
+def test_a_huge_or_unreadable_retry_after_defers_the_row_a_bounded_time(engine, fake, config, clock, header,
+                                                                          deferred):
+    """A 429 whose Retry-After is years, infinite, thousands of digits or not a number: the row is
+    deferred at most a day (before: 1e9 s deferred it 31 years, "inf" raised OverflowError), then sent."""
+    sc = Scenario(engine, clock)
+    ft = FakeTime()
+    api = SlackApi(make_web_client(config), min_post_interval=0, max_inline_wait=5, sleep=ft.sleep,
+                   monotonic=ft.monotonic)
+    n = sc.notifier(config, api=api)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.rate_limit("chat.postMessage", header)
+    r = sc.deliver(n)
+    assert r.deferred == 1 and r.dead == 0
+    row = list_outbox(engine)[0]
+    assert row.next_attempt_at == clock.now + deferred and "rate limited" in row.last_error
+    ft.t += deferred
+    assert sc.deliver(n, at=row.next_attempt_at).sent == 1
+    _one_thread_each(fake, replies=0)
