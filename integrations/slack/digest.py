@@ -1,6 +1,8 @@
 """Per-owner daily digests: owner DMs held back by the notifier ([slack.digest] enabled) are sent as
 one message per owner at the configured local time. Crash-safe like every post (one delivery step
-per digest; items are marked sent only after the post)."""
+per digest; items are marked sent only after the post). A digest Slack refuses for good (the owner
+left: user_disabled, a closed DM...) is given up once, logged as an error naming it, the owner and what
+to do, instead of being tried again at every run of the digest job."""
 
 from __future__ import annotations
 
@@ -10,11 +12,16 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from integrations.slack.attention import quiet_until, ranked
-from integrations.slack.errors import SlackDeliveryError
+from integrations.slack.errors import PermanentSlackError, SlackDeliveryError
 from integrations.slack.notifier import SlackNotifier
 from storage import slack as store
 
 log = logging.getLogger(__name__)
+
+# Slack's answers for a DM whose person is gone: the owner is taken as not on Slack (re-checked after
+# [slack] negative_cache_ttl), so their next alerts go to the routed channels instead
+GONE_ERRORS = frozenset({"user_disabled", "user_not_found", "users_not_found", "cannot_dm_bot", "is_archived",
+                         "channel_not_found"})
 
 
 @dataclass
@@ -22,6 +29,7 @@ class DigestReport:
     sent: int = 0
     items: int = 0
     open_alerts: int = 0  # listed in morning digests
+    given_up: int = 0  # refused by Slack for good (the owner left)
     errors: list[str] = field(default_factory=list)
 
 
@@ -78,6 +86,16 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
             content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1],
                                                open_alerts)
             notifier.poster.post_once(step, channel, None, content)
+        except PermanentSlackError as exc:  # retrying cannot help: given up, said once
+            report.errors.append(f"digest {key}: {exc}")
+            report.given_up += 1
+            log.error("digest %s for %s given up (%d item(s) not sent; they stay in /usage and the alert "
+                      "history): %s; check that %s is still on Slack and the bot may DM them", key, owner,
+                      len(pending), exc, owner)
+            if exc.error in GONE_ERRORS:
+                store.store_user(engine, owner, None, now)
+            store.mark_digest_sent(engine, key, now)
+            continue
         except SlackDeliveryError as exc:
             report.errors.append(f"digest {key}: {exc}")
             log.warning("digest %s not sent: %s", key, exc)

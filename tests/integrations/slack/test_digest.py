@@ -106,3 +106,27 @@ def test_an_item_queued_after_a_digest_was_posted_is_not_lost(engine, fake, conf
     assert digest_owners(engine) == ["alice@example.com"]  # the new item still waits for a digest
     report = send_due_digests(n, clock.set_day(RENOTIFIED, NINE))
     assert (report.sent, report.items) == (1, 1) and len(fake.dm_with("U0ALICE01").messages) == 2
+
+
+def test_a_digest_to_an_owner_who_left_slack_is_given_up_once_not_retried_forever(engine, fake, config, clock,
+                                                                                   caplog):
+    """The owner is deactivated between the alert and the digest (conversations.open answers
+    user_disabled): the digest is given up with an error naming it and the owner, the owner is taken as
+    not on Slack, and the digest job stops calling Slack for it (before: 7200 calls in 5 days, the
+    digest open for ever)."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    fake.fail("conversations.open", "error", "user_disabled", count=10_000)
+    t = clock.set_day(FIRED, NINE)
+    first = send_due_digests(n, t)
+    assert (first.sent, first.given_up) == (0, 1) and "user_disabled" in first.errors[0]
+    for minute in range(1, 3 * 24 * 60, 7):  # the digest job over three days
+        assert send_due_digests(n, t + 60 * minute).errors == []
+    assert len(fake.calls_of("conversations.open")) == 1 and digest_owners(engine) == []
+    gone = [r for r in caplog.records if r.levelname == "ERROR" and "given up" in r.getMessage()]
+    assert len(gone) == 1 and "alice@example.com" in gone[0].getMessage()
+    assert "digest:alice@example.com:" in gone[0].getMessage() and config.bot_token.reveal() not in caplog.text
+    assert n.directory.user_id("alice@example.com") is None  # her next alerts go to the routed channels
