@@ -48,6 +48,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_TOLERANCE = 300  # seconds a receiver should accept a timestamp off its own clock (replays)
 KEYS = ("type", "name", "enabled", "url", "url_file", "secret", "secret_file", "timeout")
 RETRYABLE = frozenset({408, 425, 429})
+MAX_SAID = 4096  # bytes of a refusal's body read for its error message
 
 
 @dataclass(frozen=True)
@@ -132,20 +133,24 @@ class WebhookNotifier:
     def deliver(self, notice: AlertNotice) -> None:
         body = body_of(notice)
         now = self.clock()
-        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: notice.idempotency_key,
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",  # read raw (_start_of)
+                   IDEMPOTENCY_HEADER: notice.idempotency_key,
                    TIMESTAMP_HEADER: str(int(now)),
                    SIGNATURE_HEADER: signature(self.config.secret.reveal(), int(now), body)}
         where = f"webhook {self.name!r}"
         try:
-            resp = self.client.post(self.config.url.reveal(), content=body, headers=headers)
+            # streamed: a 2xx is taken at its status line, and of any other answer only the first
+            # MAX_SAID bytes that arrive within `timeout` are read (a receiver trickling its body, or
+            # sending a huge one, held the deliver job for as long as it liked: timeouts are per read)
+            with self.client.stream("POST", self.config.url.reveal(), content=body, headers=headers) as resp:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    return
+                said = _start_of(resp, self.config.timeout)
         except httpx.TimeoutException:
             raise DeliveryError(f"{where}: no answer within {self.config.timeout}s; will retry") from None
         except httpx.HTTPError as exc:  # connection refused, DNS, TLS: the receiver never saw it, or we cannot tell
             raise DeliveryError(f"{where}: {type(exc).__name__}: {exc}; will retry") from None
-        status = resp.status_code
-        if 200 <= status < 300:
-            return
-        said = " ".join(resp.text.split())[:200]
         message = f"{where} answered HTTP {status}" + (f": {said}" if said else "")
         if status in RETRYABLE or status >= 500:
             raise DeliveryError(f"{message}; will retry", retry_after=retry_after(resp.headers.get("retry-after"), now))
@@ -155,3 +160,18 @@ class WebhookNotifier:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _start_of(resp: httpx.Response, seconds: float) -> str:
+    """The start of a refusal's body for its error message: at most MAX_SAID bytes, read for at most
+    `seconds` (whatever the receiver sends after that is not waited for), whitespace collapsed, 200 characters."""
+    deadline = time.monotonic() + seconds
+    got = b""
+    try:
+        for chunk in resp.iter_raw():
+            got += chunk
+            if len(got) >= MAX_SAID or time.monotonic() >= deadline:
+                break
+    except httpx.HTTPError:  # cut off or too slow: what arrived says enough
+        pass
+    return " ".join(got[:MAX_SAID].decode(resp.encoding or "utf-8", "replace").split())[:200]

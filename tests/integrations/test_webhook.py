@@ -240,3 +240,49 @@ def test_config_problems_name_the_line_and_field() -> None:
     disabled = '[[notifiers]]\ntype = "webhook"\nenabled = false\nurl = "${NOT_SET}"\nsecret = "${NOT_SET}"\n'
     assert _problems(disabled) == []
     assert parse_notifiers(document_from_text(disabled, "usagebot.toml").sections("notifiers")) == ()
+
+
+@pytest.mark.parametrize(("status", "dead"), [(200, None), (503, False), (413, True)])
+def test_a_receiver_trickling_its_answer_does_not_hold_the_deliver_job(engine: Engine, status: int,
+                                                                      dead: bool | None) -> None:
+    """The receiver sends its status line, then one byte of a long body at a time (each read within the
+    timeout, so httpx never times out): a 2xx is taken at its status line, a refusal's body is read for
+    at most `timeout` (before: the delivery lasted as long as the receiver dripped: 8 s with a 1 s
+    timeout for 20 bytes). The receiver is still dripping when the row's outcome is stored."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    finished, sent = threading.Event(), [0]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n".encode())
+        try:
+            for _ in range(100):
+                conn.sendall(b"x")
+                sent[0] += 1
+                if finished.wait(0.1):
+                    break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    _queue(engine)
+    n = WebhookNotifier(WebhookConfig("ops", Secret(f"http://127.0.0.1:{srv.getsockname()[1]}/hook"),
+                                      Secret(SECRET), timeout=1))
+    try:
+        r = deliver_outbox(engine, n, NOW)
+        still_dripping = sent[0] < 100
+    finally:
+        finished.set()
+        srv.close()
+    assert still_dripping  # 100 bytes at 0.1 s each: 10 s, against a 1 s timeout
+    if dead is None:
+        assert r.sent == 1
+    else:
+        assert r.failed == 1 and r.dead == int(dead) and f"HTTP {status}: x" in r.errors[0]
+        assert len(r.errors[0]) < 600
