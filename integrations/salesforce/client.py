@@ -299,8 +299,10 @@ class SalesforceClient:
         body = {"allOrNone": False, "records": list(records)}
         result = self._call(what, lambda sf: sf.restful(path, method=method, json=body, timeout=self.config.timeout),
                             idempotent=idempotent)
-        if not isinstance(result, list) or len(result) != len(records):
-            raise SalesforceRequestError(f"{what}: expected {len(records)} results, got {clip(result, 200)}")
+        if not isinstance(result, list) or len(result) != len(records) or not all(isinstance(r, dict) for r in result):
+            # a 2xx we cannot read (a proxy's {} or []): the request may have been carried out, like a lost answer
+            raise SalesforceUnavailable(f"{what}: expected {len(records)} results, got {clip(result, 200)}",
+                                        ambiguous=not idempotent)
         return [RecordResult(ok=bool(r.get("success")), id=r.get("id"),
                              error=None if r.get("success") else _errors_text(r.get("errors")),
                              created=bool(r.get("created", False))) for r in result]

@@ -433,3 +433,20 @@ def test_health_of_one_account_equals_its_health_among_all(engine):
     assert acct.id == "a0001" and alone == everyone["a0001"]
     assert alone.trend == "Declining" and alone.explain().startswith("trend 0/35")
     assert alone.last_alert == "api_calls dropped 60%"
+
+
+@pytest.mark.parametrize("answer", [{}, [], {"hasErrors": False}, "<html>ok</html>"])
+def test_a_task_create_answered_with_an_unreadable_200_is_looked_up_not_created_again(sqlite, fake, answer):
+    """Salesforce creates the Task, then a proxy's 200 carries something that is no list of results
+    (an empty object or list, an HTML page): the outcome is unknown, so the next sync looks the Task
+    up by its key (before: JSON of the wrong shape recorded the Task as failed and the next sync
+    created a second one)."""
+    seed_accounts(sqlite, 1, fake=fake)
+    fake.now = NOW
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(), retries=3)
+    fake.fail(200, times=1, path_contains="/composite/sobjects", method="POST", body=answer, after=True)
+    report, _, _ = sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "unknown" and len(fake.records["Task"]) == 1
+    report, _, _ = sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "created" and len(fake.records["Task"]) == 1
