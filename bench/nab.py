@@ -16,8 +16,9 @@ one preset serves every file.
 and prints the three profiles of each. These runs call the detector's own `fit` on every
 evaluation's trailing window directly (many windows per call, instead of one backtest per file:
 the backtest of the whole set takes ~20 minutes on a shared 2-core machine) and apply the preset's
-episode rules (fire at `score`, hold while >= `recovery`, resolve after one bucket below, no `for`,
-no cooldown, a condition already true at the first evaluation held by the first-run policy); the
+episode rules (fire at `score`, hold while >= `recovery` as scored with the episode open, resolve
+after one bucket below, no `for`, no cooldown, a condition already true at the first evaluation held
+by the first-run policy); the
 preset's own row is computed both ways and printed, so the shortcut is checked on every run.
 With --save-scores PATH it also writes, per file and bucket, the preset's two signed scores (the
 bucket's own and the sustained shift's, None where undecided), the bucket's row and the labelled windows, so a rule
@@ -35,7 +36,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -189,6 +190,8 @@ class Scored:
     row_of: dict[int, int]  # bucket -> row of the file
     point: np.ndarray | None = None  # the bucket's own score (signed), for --save-scores
     sustained: np.ndarray | None = None  # the sustained-shift score (signed)
+    # (buckets, buckets since the open episode's first) -> their directional scores with that episode open
+    held: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scored:
@@ -208,7 +211,11 @@ def direct_scores(nab: NabFile, params: AnomalyParams, chunk: int = 400) -> Scor
         score[lo:lo + chunk] = directional(params, f.score)
         point[lo:lo + chunk], sustained[lo:lo + chunk] = f.point, f.sustained
         decided[lo:lo + chunk] = f.decided
-    return Scored(score, decided, {int(c): int(i) for c, i in zip(cols, first, strict=True)}, point, sustained)
+
+    def held(buckets: np.ndarray, since: np.ndarray) -> np.ndarray:
+        return directional(params, fit(np.ascontiguousarray(windows[buckets]), step, params, since).score)
+    return Scored(score, decided, {int(c): int(i) for c, i in zip(cols, first, strict=True)}, point, sustained,
+                  held)
 
 
 def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[str, dict[str, object]]:
@@ -230,17 +237,32 @@ def scores_json(files: Sequence[NabFile], series: Mapping[str, Scored]) -> dict[
 
 def episode_starts(scored: Scored, threshold: float, hold: float) -> list[int]:
     """Rows of the notified alerts under the preset's episode rules (see the module docstring)."""
-    found, firing, first = [], False, True
-    for j in np.flatnonzero(scored.decided):
-        s = scored.score[j]
-        if firing:
-            firing = bool(s >= hold)
-        elif s >= threshold:
-            firing = True
+    found, first = [], True
+    buckets = np.flatnonzero(scored.decided)
+    k = 0
+    while k < len(buckets):
+        if scored.score[buckets[k]] >= threshold:
             if not first:  # first-run policy: a condition true at the first evaluation is not notified
-                found.append(int(j))
+                found.append(int(buckets[k]))
+            k = _ends(scored, buckets, k, hold)  # the bucket that ends it cannot fire again
         first = False
+        k += 1
     return [scored.row_of[j] for j in found if j in scored.row_of]
+
+
+def _ends(scored: Scored, buckets: np.ndarray, k: int, hold: float) -> int:
+    """Index (into `buckets`) of the first bucket after buckets[k] at which the episode opened there no
+    longer holds (score < hold), len(buckets) if it never ends. The scores are those of the detector with
+    that episode open (Scored.held: its buckets are not learnt from), computed in growing batches."""
+    pos, batch = k + 1, 32
+    while pos < len(buckets):
+        js = buckets[pos:pos + batch]
+        s = scored.held(js, js - buckets[k]) if scored.held is not None else scored.score[js]
+        below = np.flatnonzero(~(s >= hold))
+        if below.size:
+            return pos + int(below[0])
+        pos, batch = pos + batch, batch * 2
+    return len(buckets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,10 @@ Open episodes (given by the caller): a firing one holds while the directional sc
 learning while an episode is open: after a level shift the level model catches up within about
 `adapt` buckets and the shift score holds the episode until the new level is the usual one of the
 learning window (about learn / 2 later), so the shift fires once and the episode then resolves.
+The episode's own windows are not learnt as noise while it is open (the shift's unit comes from the
+windows before it), so an outage is not "within the noise" of itself; and a Recovery whose last
+`adapt` buckets are still `recovery` units from the level before the episode says the model adapted
+to a new level (details.adapted), not that the series is back.
 
 Warm-up: a row is undecided until the level model has learn / 2 errors: max(1, adapt // 2) +
 learn / 2 + 1 observed buckets (defaults: 5-minute buckets 292, 24h20m; hourly 28 hours; daily 28 days). Daily
@@ -201,10 +205,17 @@ class Fit:
     shift: np.ndarray  # the median departure of the last `adapt` buckets from the usual level
     point: np.ndarray  # signed: the bucket's own score (the signal "bucket"), whichever was chosen
     sustained: np.ndarray  # signed: the sustained-shift score (the signal "shift"), whichever was chosen
+    level: np.ndarray  # the series' current level: the median of the last `adapt` buckets (seasonality put back)
+    before: np.ndarray  # rows with an open episode: the usual level before it (NaN: not in the learning window)
+    before_score: np.ndarray  # signed: the current level against `before`, in the pre-episode shift unit
 
 
-def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
-    """Learn every row's series from the trailing history and score its last bucket."""
+def fit(values: np.ndarray, step: int, params: AnomalyParams, since: np.ndarray | None = None) -> Fit:
+    """Learn every row's series from the trailing history and score its last bucket.
+
+    `since`: per row, how many buckets before the evaluated one the row's open episode was first
+    judged (0: the evaluated bucket; negative or None: no open episode). The windows of the open
+    episode are not used to learn the sustained shift's noise unit (see `_shift`)."""
     rows = values.shape[0]
     h = history_buckets(params, step)
     y = values[:, -h:].astype(np.float64, copy=False)
@@ -269,13 +280,24 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams) -> Fit:
     decided = usable[best, r] & ~np.isnan(value) & ~np.isnan(expected)
     with np.errstate(invalid="ignore"):
         score = (value - expected) / scale
-    usual, shift, shift_scale, shift_score = _shift(np.stack(recent)[best, r], m, learn, floor,
-                                                    np.where(counts, poisson, 0.0))
+    back = np.full(rows, -1, dtype=np.int64) if since is None else np.asarray(since, dtype=np.int64)
+    windows = np.stack(recent)[best, r]
+    usual, shift, shift_scale, shift_score, before, before_score = _shift(
+        windows, m, learn, floor, np.where(counts, poisson, 0.0), back)
     use = directional(params, np.nan_to_num(shift_score)) > directional(params, np.nan_to_num(score, nan=0.0))
-    usual = np.stack(bases)[best, r] + usual
+    base_now = np.stack(bases)[best, r]
+    before = base_now + before
+    lost = np.flatnonzero((back >= 0) & np.isnan(before))  # the chosen model does not see before the episode
+    for c in range(len(names)):  # (a seasonal model chosen later): the simplest model that does says it
+        if lost.size == 0:
+            break
+        *_, b, bs = _shift(recent[c][lost], m, learn, floor[lost], np.where(counts, poisson, 0.0)[lost], back[lost])
+        before[lost], before_score[lost] = bases[c][lost] + b, bs
+        lost = lost[np.isnan(before[lost])]
+    usual = base_now + usual
     return Fit(value, np.where(use, usual, expected), np.where(use, shift_scale, scale),
                np.where(use, shift_score, score), np.asarray(names)[best], decided, use.astype(np.intp), shift,
-               score, shift_score)
+               score, shift_score, base_now + windows[:, -1], before, before_score)
 
 
 TAIL_SHARE = 0.05  # the tail model is fitted to the largest 5% of the learning window's errors
@@ -312,24 +334,42 @@ def _tail_scale(sized: np.ndarray, threshold: float) -> np.ndarray:
     return np.where((n > k) & np.isfinite(x), np.fmax(x, 0.0) / threshold, 0.0)
 
 
-def _shift(medians: np.ndarray, w: int, learn: int, floor: np.ndarray,
-           poisson: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _shift(medians: np.ndarray, w: int, learn: int, floor: np.ndarray, poisson: np.ndarray,
+           back: np.ndarray) -> tuple[np.ndarray, ...]:
     """The sustained-shift signal: the median of the last `w` deseasonalised buckets against the
     medians of the earlier `w`-bucket windows of the learning window (`medians`: the windows ending at
     every tau of it, the evaluated bucket last; their median is the usual level).
 
     A median, so a single spike moves it not at all: only a change that holds for about half of the
     `w` buckets does (short anomalies stay the point score's, `for` keeps its meaning). Its noise unit
-    is the larger of the windows' spread (1.2533 x mean absolute departure) and their largest
-    departure over the normal quantile 1 - 1 / (2 x independent windows in `learn`), i.e. a shift
+    is the larger of the windows' spread (1.2533 x mean absolute departure from their median) and their
+    largest departure over the normal quantile 1 - 1 / (2 x independent windows in `learn`), i.e. a shift
     must be larger than any the learning window showed; plus the floor and, for counts, the
     variance of a median of `w` Poisson counts (pi/2 x lambda / w). It sees subtle lasting changes
     that no single bucket shows (a lasting step the level model has already followed, a rise in the spikes' rate),
     which the point score misses because its level follows the series within `adapt` buckets.
-    Returns (usual level, shift, unit, score)."""
+
+    An open episode's own windows (`back`: per row, buckets since its first judged bucket; < 0: none)
+    are not learnt from: the unit comes from the windows that end before the `w` buckets its first
+    finding was judged on, or an outage's zeros, once older than `w` buckets, would be the "largest
+    departure" and the outage would soon be "within" the noise. The usual level is still the median of
+    every window, so a lasting shift becomes the usual level after about learn / 2 and the episode ends;
+    `before` (the median of the pre-episode windows) and `before_score` (the current window against it,
+    in the same unit) tell whether it ended because the series came back or because it stayed at a new
+    level. With fewer than `w` pre-episode windows left (an episode older than the learning window)
+    every window is used and `before` is NaN.
+    Returns (usual level, shift, unit, score, before, before score)."""
     ref = medians[:, :-w]  # the windows that end before the current one begins
     usual = nan_median(ref)
-    away = np.abs(ref - usual[:, None])
+    if (back >= 0).any():
+        cut = np.where(back >= 0, learn - back - w + 1, ref.shape[1])  # windows j < cut do not overlap the episode
+        kept = np.arange(ref.shape[1])[None, :] < cut[:, None]
+        enough = np.count_nonzero(kept & ~np.isnan(ref), axis=1) >= w
+        learnt = np.where(kept & enough[:, None], ref, np.where(enough[:, None], np.nan, ref))
+        centre = nan_median(learnt)
+    else:  # no open episode: every window is learnt from
+        learnt, centre, enough = ref, usual, np.zeros(len(ref), dtype=bool)
+    away = np.abs(learnt - centre[:, None])
     seen = np.count_nonzero(~np.isnan(away), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         spread = MAE_TO_SIGMA * np.nansum(away, axis=1) / seen
@@ -337,8 +377,9 @@ def _shift(medians: np.ndarray, w: int, learn: int, floor: np.ndarray,
     z_windows = _NORMAL.inv_cdf(1.0 - 1.0 / (2 * max(2.0, learn / w)))
     unit = np.sqrt(np.fmax(spread, largest / z_windows) ** 2 + floor**2 + MAE_TO_SIGMA**2 * poisson / w)
     shift = medians[:, -1] - usual
+    before = np.where(enough & (back >= 0), centre, np.nan)
     with np.errstate(invalid="ignore"):
-        return usual, shift, unit, shift / unit
+        return usual, shift, unit, shift / unit, before, (medians[:, -1] - before) / unit
 
 
 def directional(params: AnomalyParams, score: np.ndarray) -> np.ndarray:
@@ -362,11 +403,14 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     rows, n = block.values.shape
     if rows == 0 or n == 0:
         return DetectorResult([], np.zeros(rows, dtype=bool), moved=np.zeros(rows, dtype=np.int8))
-    f = fit(block.values, block.step, params)
+    opened = open_rows(block, open_episodes)
+    since = np.full(rows, -1, dtype=np.int64)
+    for i, episode in opened.items():  # buckets since the one its first finding was about
+        since[i] = max(0, (block.end - episode.started_at) // block.step)
+    f = fit(block.values, block.step, params, since)
     s = directional(params, f.score)
     with np.errstate(invalid="ignore"):
         fire = f.decided & (s >= params.threshold)
-    opened = open_rows(block, open_episodes)
     if opened:
         fire[list(opened)] = False  # judged with hysteresis below
     share = rule.cohort.share if rule.cohort is not None else 1.0
@@ -379,7 +423,7 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
         if s[i] >= (params.hold if episode.firing else params.threshold):  # pending: the firing condition
             result.findings.append(_finding(rule, params, block, f, i, holding=episode.firing))
         else:
-            result.recoveries[(block.account_ids[i], "")] = _recovery(params, block, f, i)
+            result.recoveries[(block.account_ids[i], "")] = _recovery(params, block, f, i, episode)
     return result
 
 
@@ -443,12 +487,29 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
                         window_start=block.end - block.step, message=message + ".", details=details)
 
 
-def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int) -> Recovery:
+def adapted(params: AnomalyParams, f: Fit, i: int) -> bool:
+    """Whether row i's open episode ends because the model adapted to a new level, not because the
+    series came back: its last `adapt` buckets are still at least `recovery` shift units (learnt before
+    the episode) from the usual level before it, in the rule's direction."""
+    return bool(np.isfinite(f.before_score[i]) and directional(params, f.before_score[i]) >= params.hold)
+
+
+def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode: OpenEpisode) -> Recovery:
     low, high = _range(params, f, i, params.hold)
     value, expected = float(f.value[i]), float(f.expected[i])
+    details = {"score": float(f.score[i]), "low": low, "high": high, "adapted": False}
+    if adapted(params, f, i):
+        level, before = float(f.level[i]), float(f.before[i])
+        span = fmt.duration(max(1, params.adapt) * block.step)
+        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} it ran at about"
+                   f" {fmt.number(level)}, against about {fmt.number(before)} before this alert opened on"
+                   f" {fmt.moment(episode.started_at - block.step, block.step)}; the model has adapted to this"
+                   f" new level as the usual one, so the alert ends.")
+        details.update(adapted=True, level=level, before=before)
+        return Recovery(block.end, value, expected, message, details)
     message = (f"{block.metric} back to {fmt.number(value)}: within {fmt.number(low)} .. {fmt.number(high)}"
                f" of the expected {fmt.number(expected)}.")
-    return Recovery(block.end, value, expected, message, {"score": float(f.score[i]), "low": low, "high": high})
+    return Recovery(block.end, value, expected, message, details)
 
 
 # ------------------------------------------------------------------------------- the kind
@@ -497,8 +558,9 @@ KIND = Kind(
     required_history=required_history,
     endings=(Ending("anomaly", "the score (of the bucket or of the sustained shift) is at least `recovery` in the"
                     " rule's direction", "both scores are below `recovery`; the model keeps learning while an alert"
-                    " is open, so a level shift is reported once and resolves once it is the usual level (about"
-                    " half of `learn` later)"),),
+                    " is open (but not the noise from the alert's own buckets), so a level shift is reported once"
+                    " and resolves once it is the usual level (about half of `learn` later), saying the model"
+                    " adapted to a new level rather than that the series is back"),),
     check=_check,
     resolve_buckets=1,  # one bucket back in range ends it: two short anomalies are two episodes
     cohort="default",  # a book-wide shift in one bucket (a holiday, a pipeline gap) is an event, not N anomalies

@@ -460,3 +460,71 @@ def test_the_expected_range_said_is_never_below_zero() -> None:
                 assert d.get("low", 0.0) >= 0.0, t
     assert any("within 0 .. " in x for x in texts), texts
     assert not any("-" in x.split("within", 1)[-1] for x in texts if "within" in x), texts
+
+
+def _replayed(v: np.ndarray) -> list[tuple[str, int, str, dict[str, Any]]]:
+    """(event, bucket index evaluated, message, details) of the default hourly rule replayed over v."""
+    b = block(v)
+    r = rule()
+    out = []
+    for step in replay([r], {(r.metric, r.bucket): b}, {a.id: a for a in facts(b)}, b.start + 2 * DAY, b.end):
+        for t in step.transitions:
+            said = t.recovery if t.recovery is not None else t.finding
+            out.append((t.event, (t.at - b.start) // H - 1, said.message if said else "", dict(said.details) if said else {}))
+    return out
+
+
+def test_an_outage_does_not_resolve_as_back_while_it_lasts() -> None:
+    """Seen by QA: a steady 100/h series, a 1,000 burst, then an outage at 0: the outage's episode
+    resolved 10 hours in as "back to 0: within 0 .. 231 of the expected 100", because the outage's own
+    windows became the largest departure of the shift's unit (65 instead of 5.4). The open episode's
+    windows are no longer learnt from: it holds until the outage is the usual level of the learning
+    window (about learn / 2 = 24 h), and then says the model adapted, not that the series is back."""
+    out_at = 180
+    v = np.array([100.0] * out_at + [0.0] * 72)
+    v[out_at - 20] = 1000.0
+    events = _replayed(v)
+    outage = [e for e in events if e[1] >= out_at]
+    assert [e[0] for e in outage] == ["fired", "resolved"], outage
+    (_, fired, _, _), (_, resolved, message, details) = outage
+    assert fired <= out_at + 3
+    assert resolved - out_at >= 20  # not ~10 hours in
+    assert details["adapted"] is True and details["before"] == pytest.approx(100.0) and details["level"] == 0.0
+    assert "back to" not in message and "has not come back" in message and "adapted to this new level" in message
+    assert "against about 100 before this alert opened on" in message
+    # the mechanism: 10 hours in, the shift's unit is the series' own (about 5), not the outage's
+    f_open = fit(v[None, : out_at + 11], H, AnomalyParams(), np.array([out_at + 10 - fired]))
+    f_blind = fit(v[None, : out_at + 11], H, AnomalyParams())
+    assert f_open.scale[0] < 10 and f_blind.scale[0] > 60
+    assert -f_open.score[0] >= 4 and -f_blind.score[0] < 2
+
+
+def test_an_outage_that_ends_resolves_as_back() -> None:
+    """The same outage for 12 hours: the episode holds through it and resolves when the series is
+    back, saying so (not "adapted")."""
+    out_at = 180
+    v = np.array([100.0] * out_at + [0.0] * 12 + [100.0] * 10)
+    v[out_at - 20] = 1000.0
+    outage = [e for e in _replayed(v) if e[1] >= out_at]
+    assert [e[0] for e in outage] == ["fired", "resolved"], outage
+    (_, _, message, details) = outage[1]
+    assert outage[1][1] >= out_at + 12 and details["adapted"] is False and message.startswith("value back to 100")
+
+
+def test_a_stationary_series_is_scored_as_before_and_a_spike_resolves_as_back() -> None:
+    """Rows without an open episode are scored exactly as without `since`; an open one-bucket spike on
+    a stationary series resolves at the next bucket as "back", not "adapted"."""
+    n = history_buckets(AnomalyParams(), M5)
+    rng = np.random.default_rng(31)
+    rows = rng.normal(50, 2, (3, n))
+    plain = fit(rows, M5, AnomalyParams())
+    told = fit(rows, M5, AnomalyParams(), np.array([-1, -1, -1]))
+    for name in ("expected", "scale", "score", "point", "sustained"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(told, name))
+    assert np.isnan(told.before).all()
+    series = rows[0].copy()
+    series[-2] = 90.0
+    b = block(series, M5)
+    res = detect(rule(M5), b, facts(b), (OpenEpisode("a0", "", END - M5, True),))
+    recovery = res.recoveries[("a0", "")]
+    assert recovery.details["adapted"] is False and "back to" in recovery.message
