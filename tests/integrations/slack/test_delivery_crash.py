@@ -132,7 +132,8 @@ class FakeTime:
         self.t += s
 
 
-def test_429_defers_the_row_by_retry_after_and_stops_calling_slack(engine, fake, config, clock):
+def _first_post_rate_limited(engine, fake, config, clock, retry_after):  # noqa: ANN001, ANN202
+    """An alert fired, its first post answered 429 with this Retry-After: (scenario, fake time, notifier)."""
     sc = Scenario(engine, clock)
     ft = FakeTime()
     api = SlackApi(make_web_client(config), min_post_interval=0, max_inline_wait=5, sleep=ft.sleep,
@@ -140,9 +141,14 @@ def test_429_defers_the_row_by_retry_after_and_stops_calling_slack(engine, fake,
     n = sc.notifier(config, api=api)
     sc.cycle(SPIKE_DAY)
     sc.cycle(FIRED)
-    fake.rate_limit("chat.postMessage", 120)
+    fake.rate_limit("chat.postMessage", retry_after)
     r = sc.deliver(n)
     assert r.deferred == 1 and r.dead == 0
+    return sc, ft, n
+
+
+def test_429_defers_the_row_by_retry_after_and_stops_calling_slack(engine, fake, config, clock):
+    sc, ft, n = _first_post_rate_limited(engine, fake, config, clock, 120)
     row = list_outbox(engine)[0]
     assert row.status == "failed" and row.next_attempt_at == clock.now + 120 and "rate limited" in row.last_error
     sc.deliver(n, at=clock.now + 60)  # not due: nothing is sent
@@ -240,16 +246,7 @@ def test_a_huge_or_unreadable_retry_after_defers_the_row_a_bounded_time(engine, 
                                                                           deferred):
     """A 429 whose Retry-After is years, infinite, thousands of digits or not a number: the row is
     deferred at most a day (before: 1e9 s deferred it 31 years, "inf" raised OverflowError), then sent."""
-    sc = Scenario(engine, clock)
-    ft = FakeTime()
-    api = SlackApi(make_web_client(config), min_post_interval=0, max_inline_wait=5, sleep=ft.sleep,
-                   monotonic=ft.monotonic)
-    n = sc.notifier(config, api=api)
-    sc.cycle(SPIKE_DAY)
-    sc.cycle(FIRED)
-    fake.rate_limit("chat.postMessage", header)
-    r = sc.deliver(n)
-    assert r.deferred == 1 and r.dead == 0
+    sc, ft, n = _first_post_rate_limited(engine, fake, config, clock, header)
     row = list_outbox(engine)[0]
     assert row.next_attempt_at == clock.now + deferred and "rate limited" in row.last_error
     ft.t += deferred
