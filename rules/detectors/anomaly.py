@@ -406,7 +406,8 @@ def detect_anomaly(rule: Rule, block: MetricBlock, accounts: Sequence[AccountFac
     opened = open_rows(block, open_episodes)
     since = np.full(rows, -1, dtype=np.int64)
     for i, episode in opened.items():  # buckets since the one its first finding was about
-        since[i] = max(0, (block.end - episode.started_at) // block.step)
+        # (started_at is the evaluation time: `usagebot evaluate` without --at is not on a bucket edge)
+        since[i] = max(0, (block.end - episode.started_at // block.step * block.step) // block.step)
     f = fit(block.values, block.step, params, since)
     s = directional(params, f.score)
     with np.errstate(invalid="ignore"):
@@ -495,20 +496,39 @@ def adapted(params: AnomalyParams, f: Fit, i: int) -> bool:
 
 
 def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode: OpenEpisode) -> Recovery:
+    """Why row i's open episode ends, in words true to the numbers: the model adapted to a new level
+    (`adapted`); or the episode outlived what the learning window keeps from before it (its level is
+    now learnt as the usual one: whether the series is back is not known, and the message says so);
+    or the series is back inside the expected range, said of what the signal measures (the bucket, or
+    the median of the last `adapt` buckets for the shift signal); else the score fell under `recovery`
+    though the value is outside the range shown (never "back to" a value outside it)."""
     low, high = _range(params, f, i, params.hold)
     value, expected = float(f.value[i]), float(f.expected[i])
     details = {"score": float(f.score[i]), "low": low, "high": high, "adapted": False}
+    opened = fmt.moment(episode.started_at // block.step * block.step - block.step, block.step)
+    span = fmt.duration(max(1, params.adapt) * block.step)
+    shift = SIGNALS[int(f.signal[i])] == "shift"
+    shown = float(f.level[i]) if shift else value
     if adapted(params, f, i):
         level, before = float(f.level[i]), float(f.before[i])
-        span = fmt.duration(max(1, params.adapt) * block.step)
         message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} it ran at about"
                    f" {fmt.number(level)}, against about {fmt.number(before)} before this alert opened on"
-                   f" {fmt.moment(episode.started_at - block.step, block.step)}; the model has adapted to this"
-                   f" new level as the usual one, so the alert ends.")
+                   f" {opened}; the model has adapted to this new level as the usual one, so the alert ends.")
         details.update(adapted=True, level=level, before=before)
-        return Recovery(block.end, value, expected, message, details)
-    message = (f"{block.metric} back to {fmt.number(value)}: within {fmt.number(low)} .. {fmt.number(high)}"
-               f" of the expected {fmt.number(expected)}.")
+    elif not np.isfinite(f.before[i]):
+        message = (f"{block.metric} is {fmt.number(value)}: this alert, open since {opened}, has outlasted what the"
+                   f" learning window keeps from before it, so the model now learns its level as the usual one"
+                   f" and the alert ends; whether {block.metric} is back to its earlier level is not known here.")
+        details.update(adapted=None)
+    elif low <= shown <= high:
+        what = f"about {fmt.number(shown)} over the last {span}" if shift else fmt.number(value)
+        message = (f"{block.metric} back to {what}: within {fmt.number(low)} .. {fmt.number(high)}"
+                   f" of the expected {fmt.number(expected)}.")
+    else:
+        message = (f"{block.metric} is {fmt.number(value)}, outside {fmt.number(low)} .. {fmt.number(high)} of the"
+                   f" expected {fmt.number(expected)}, but its anomaly score fell to {float(f.score[i]):.1f}, under"
+                   f" the {params.hold:g} an open alert holds at (the model has been learning this level), so the"
+                   f" alert ends.")
     return Recovery(block.end, value, expected, message, details)
 
 

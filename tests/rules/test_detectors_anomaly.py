@@ -4,6 +4,7 @@ through the replay, no look-ahead, loader errors (file:line) and the shipped pre
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -528,3 +529,24 @@ def test_a_stationary_series_is_scored_as_before_and_a_spike_resolves_as_back() 
     res = detect(rule(M5), b, facts(b), (OpenEpisode("a0", "", END - M5, True),))
     recovery = res.recoveries[("a0", "")]
     assert recovery.details["adapted"] is False and "back to" in recovery.message
+
+
+@pytest.mark.parametrize("hours", [30, 60])
+def test_a_long_decline_never_resolves_as_back_to_a_value_outside_the_range_it_states(hours: int) -> None:
+    """A reviewer's find: 180 h at 100, then a ramp to 0 over 30 or 60 h. Once the episode had outlived
+    the pre-episode windows of the learning window, every window was learnt again and it resolved as
+    "value back to 30.5: within 34.1 .. 127 of the expected 80.5" while the series still fell. A
+    resolution says "back to" only of a value inside the range it gives, and an episode older than the
+    learning window says that whether the series is back is not known."""
+    v = np.concatenate([np.full(180, 100.0), np.linspace(100.0, 0.0, hours), np.zeros(60)])
+    resolved = [e for e in _replayed(v) if e[0] == "resolved" and e[1] >= 180]
+    assert resolved
+    for _, _, message, details in resolved:
+        said = re.match(r"value back to (?:about )?([\d,.]+)", message)
+        if said:
+            shown = float(said.group(1).replace(",", ""))
+            tol = 0.01 * max(1.0, details["high"])  # (the message's numbers have 3 significant figures)
+            assert details["low"] - tol <= shown <= details["high"] + tol, message
+            assert details["adapted"] is False
+        else:
+            assert "has not come back" in message or "is not known" in message or "outside" in message, message
