@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 # [slack] negative_cache_ttl), so their next alerts go to the routed channels instead
 GONE_ERRORS = frozenset({"user_disabled", "user_not_found", "users_not_found", "cannot_dm_bot", "is_archived",
                          "channel_not_found"})
+# Slack's answers about this digest's own content: sending it again cannot help either. Any other
+# permanent error (missing_scope, not_allowed_token_type, invalid_auth...) is about the app's set-up,
+# which an admin fixes: the digest waits for the next run instead of being dropped (one such error
+# dropped every owner's digest in one run)
+GIVEN_UP_ERRORS = GONE_ERRORS | {"msg_too_long", "invalid_blocks", "no_text", "invalid_attachments",
+                                 "too_many_attachments", "invalid_arguments"}
 
 
 @dataclass
@@ -86,8 +92,13 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
             content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1],
                                                open_alerts)
             notifier.poster.post_once(step, channel, None, content)
-        except PermanentSlackError as exc:  # retrying cannot help: given up, said once
+        except PermanentSlackError as exc:
             report.errors.append(f"digest {key}: {exc}")
+            if exc.error not in GIVEN_UP_ERRORS:
+                log.error("digest %s for %s not sent: %s; Slack refuses the app itself (fix the token or its "
+                          "scopes): the digest is tried again at the next run", key, owner, exc)
+                continue
+            # about the person or this digest: retrying cannot help, given up, said once
             report.given_up += 1
             log.error("digest %s for %s given up (%d item(s) not sent; they stay in /usage and the alert "
                       "history): %s; check that %s is still on Slack and the bot may DM them", key, owner,

@@ -130,3 +130,25 @@ def test_a_digest_to_an_owner_who_left_slack_is_given_up_once_not_retried_foreve
     assert len(gone) == 1 and "alice@example.com" in gone[0].getMessage()
     assert "digest:alice@example.com:" in gone[0].getMessage() and config.bot_token.reveal() not in caplog.text
     assert n.directory.user_id("alice@example.com") is None  # her next alerts go to the routed channels
+
+
+def test_a_digest_refused_for_the_apps_set_up_is_kept_for_the_next_run_not_dropped(engine, fake, config, clock,
+                                                                                     caplog):
+    """A reviewer's find: every permanent Slack error gave the digest up, so one missing scope dropped
+    every owner's digest in one run. An error about the app's set-up keeps the digest (logged as an
+    error naming the digest); once the admin fixes it, the next run sends it, once."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    fake.fail("conversations.open", "error", "missing_scope", count=1)
+    t = clock.set_day(FIRED, NINE)
+    first = send_due_digests(n, t)
+    assert (first.sent, first.given_up) == (0, 0) and "missing_scope" in first.errors[0]
+    assert digest_owners(engine) == ["alice@example.com"]  # still waiting, nothing dropped
+    refused = [r for r in caplog.records if r.levelname == "ERROR" and "tried again" in r.getMessage()]
+    assert len(refused) == 1 and "alice@example.com" in refused[0].getMessage()
+    again = send_due_digests(n, t + 60)
+    assert (again.sent, again.errors) == (1, []) and len(fake.dm_with("U0ALICE01").messages) == 1
+    assert n.directory.user_id("alice@example.com") is not None  # she is still on Slack
