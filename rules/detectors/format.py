@@ -85,8 +85,8 @@ def whole_percent(fraction: float) -> int:
 
 def percent(fraction: float) -> str:
     """A share as a whole percentage, rounded down (0.999 -> "99%"); below 1% one decimal."""
-    if math.isnan(fraction):
-        return "n/a"
+    if not math.isfinite(fraction):
+        return "n/a"  # (an infinite share raised in whole_percent's floor)
     p = fraction * 100.0
     if 0 < p < 0.1:
         return "<0.1%"  # not "0.0%": 1 call of a 1,000,000 quota is not none
@@ -104,7 +104,7 @@ def change(rate: float | None) -> str:
 
 def count(n: float, noun: str) -> str:
     """A number of things with the noun in the right number: only exactly 1 is singular ("0.5 days")."""
-    shown = f"{n:,}" if isinstance(n, int) else f"{n:,g}"
+    shown = f"{n:,}" if isinstance(n, int) else number(n)  # (":g" wrote 1,000,000.0 as "1e+06")
     return f"{shown} {noun if n == 1 else noun + 's'}"
 
 

@@ -119,3 +119,11 @@ def test_apart_shows_two_different_numbers_differently() -> None:
     assert fmt.apart(100, 100) == ("100", "100")
     assert fmt.apart(1e15 + 2, 1e15) == ("1,000,000,000,000,002", "1,000,000,000,000,000")
     assert fmt.apart(float("inf"), 100) == ("infinity", "100")
+
+
+def test_counts_and_shares_read_in_words_at_any_size() -> None:
+    """A reviewer's finds: a float count of a million read "1e+06 days", an infinite share raised."""
+    from rules.detectors import format as fmt
+
+    assert [fmt.count(x, "day") for x in (1_000_000.0, 1.0, 0.5, 2)] == ["1,000,000 days", "1 day", "0.5 days", "2 days"]
+    assert fmt.percent(float("inf")) == fmt.percent(float("nan")) == "n/a"
