@@ -434,7 +434,7 @@ class CrmRecordState(SQLModel, table=True):
     updated_at: int = Field(sa_type=sa.BigInteger)
     # the field values Salesforce refused for good (integrations.salesforce.errors), or after too many
     # failures: not sent again until they change or `usagebot crm retry` clears this; None = not parked
-    parked: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
+    parked: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
 
 
 class CrmTask(SQLModel, table=True):

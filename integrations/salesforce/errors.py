@@ -60,7 +60,7 @@ def record_error_hint(error: str) -> str | None:
         if hint is not None:
             m = _FIELDS.search(error)
             fields = m.group(1) if m else _bulk_fields(error, code)
-            return f"{code}: " + hint.format(fields=f"field {fields}" if fields else "the mapped fields")
+            return f"{code}: " + hint.format(fields=f"field {fields}" if fields else "a mapped field")
     return None
 
 
