@@ -33,16 +33,19 @@ class RecordState:
     written_at: int | None
     last_error: str | None
     failures: int
+    parked: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class WriteOutcome:
-    """The result of sending one record: `fields` were accepted (success) or not (`error`)."""
+    """The result of sending one record: `fields` were accepted (success) or not (`error`);
+    `park`: retrying these fields cannot help (they are parked, see record_outcomes)."""
 
     account_id: str
     match_key: str
     fields: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    park: bool = False
 
 
 def load_record_states(engine: Engine, sf_object: str) -> dict[str, RecordState]:
@@ -52,21 +55,25 @@ def load_record_states(engine: Engine, sf_object: str) -> dict[str, RecordState]
     return {
         r.account_id: RecordState(r.account_id, r.sf_object, r.match_key, dict(r.written or {}),
                                   None if r.written_at is None else int(r.written_at), r.last_error,
-                                  int(r.failures))
+                                  int(r.failures), r.parked)
         for r in rows
     }
 
 
 def record_outcomes(
     engine: Engine, sf_object: str, outcomes: Sequence[WriteOutcome], now: int, replace_written: bool = False,
+    park_after: int | None = None,
 ) -> None:
     """Store a batch of write results in one transaction.
 
     Success: the accepted fields are merged into `written` (or replace it when
     `replace_written`, used when the values were read back from Salesforce), the
     error is cleared. Failure: `written` is kept (so the next diff sends the
-    fields again), the error and the failure count are recorded. A changed
-    `match_key` starts `written` afresh.
+    fields again), the error and the failure count are recorded; the fields are
+    parked (`parked`: the next syncs do not send these values again) when the
+    outcome says `park` or the record failed `park_after` times in a row. A
+    success, or a changed `match_key`, ends the parking; a changed `match_key`
+    also starts `written` afresh.
     """
     if not outcomes:
         return
@@ -87,28 +94,41 @@ def record_outcomes(
                 if replace_written:
                     written = {}
                 written.update(json_safe(dict(o.fields), f"CRM values of account {o.account_id!r}"))
-                row.update(written=written, written_at=now, last_error=None, failures=0)
+                row.update(written=written, written_at=now, last_error=None, failures=0, parked=None)
             else:
+                failures = (int(old.failures) if same_record else 0) + 1
+                park = o.park or (park_after is not None and failures >= park_after)
                 row.update(written=written, written_at=old.written_at if same_record else None,
-                           last_error=o.error[:MAX_ERROR_CHARS],
-                           failures=(int(old.failures) if same_record else 0) + 1)
+                           last_error=o.error[:MAX_ERROR_CHARS], failures=failures,
+                           parked=json_safe(dict(o.fields), f"CRM values of account {o.account_id!r}") if park
+                           else None)
             rows.append(row)
         ins = _insert(conn, state_table)
         stmt = ins.on_conflict_do_update(
             index_elements=[_s.account_id, _s.sf_object],
             set_={c: ins.excluded[c] for c in ("match_key", "written", "written_at", "last_error", "failures",
-                                                "last_attempt_at", "updated_at")},
+                                                "last_attempt_at", "updated_at", "parked")},
         )
         conn.execute(stmt, rows)
 
 
 def failed_records(engine: Engine, sf_object: str, limit: int = 100) -> list[RecordState]:
-    """Records whose latest write failed (retried by the next sync), most failures first."""
+    """Records whose latest write failed (retried by the next sync unless parked), most failures first."""
     q = (sa.select(state_table).where(_s.sf_object == sf_object, _s.last_error.is_not(None))
          .order_by(_s.failures.desc(), _s.account_id).limit(limit))
     with engine.connect() as conn:
         return [RecordState(r.account_id, r.sf_object, r.match_key, dict(r.written or {}), r.written_at,
-                            r.last_error, int(r.failures)) for r in conn.execute(q)]
+                            r.last_error, int(r.failures), r.parked) for r in conn.execute(q)]
+
+
+def unpark_records(engine: Engine, sf_object: str, account_ids: Sequence[str] | None = None) -> int:
+    """Send parked records again at the next sync (all, or these accounts) with a fresh failure
+    count; returns how many were parked."""
+    q = sa.update(state_table).where(_s.sf_object == sf_object, _s.parked.is_not(None))
+    if account_ids is not None:
+        q = q.where(_s.account_id.in_(list(account_ids)))
+    with write_transaction(engine) as conn:
+        return int(conn.execute(q.values(parked=None, failures=0)).rowcount)
 
 
 # -------------------------------------------------------------------------- tasks

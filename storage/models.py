@@ -417,7 +417,8 @@ class CrmRecordState(SQLModel, table=True):
     The CRM sync sends only fields whose desired value differs from `written`.
     `match_key` is the record Id or external id the values were written to; when
     it changes, `written` no longer describes the new record. `last_error` and
-    `failures` describe the latest failed attempt (cleared by the next success).
+    `failures` describe the latest failed attempt (cleared by the next success); `parked` the
+    values a sync no longer sends (see below).
     """
 
     __tablename__ = "crm_record_state"  # type: ignore[assignment]
@@ -431,6 +432,9 @@ class CrmRecordState(SQLModel, table=True):
     failures: int = 0
     last_attempt_at: int | None = Field(default=None, sa_type=sa.BigInteger)
     updated_at: int = Field(sa_type=sa.BigInteger)
+    # the field values Salesforce refused for good (integrations.salesforce.errors), or after too many
+    # failures: not sent again until they change or `usagebot crm retry` clears this; None = not parked
+    parked: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
 
 
 class CrmTask(SQLModel, table=True):

@@ -182,7 +182,24 @@ def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               f"{r['deferred']} deferred, {r['tasks_created']} task(s); {r['api_calls']} API call(s){usage}"
               + (f"; stopped: {r['stopped']}" if r["stopped"] else ""), file=out)
     for s in failing:
-        print(f"failing: {s.account_id} ({s.match_key}), {s.failures} attempt(s): {s.last_error}", file=out)
+        state = "parked" if s.parked is not None else "failing"
+        print(f"{state}: {s.account_id} ({s.match_key}), {s.failures} attempt(s): {s.last_error}", file=out)
+    return 0
+
+
+def cmd_crm_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from storage.crm import unpark_records
+    from storage.db import open_existing
+
+    settings = _settings_or_report(args, err)
+    if settings is None:
+        return 1
+    engine = open_existing(_db(args, settings))
+    try:
+        n = unpark_records(engine, settings.salesforce.object, args.accounts or None)
+    finally:
+        engine.dispose()
+    print(f"{n} parked record(s) will be sent again by the next `usagebot crm sync`.", file=out)
     return 0
 
 
@@ -224,3 +241,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_db_option(st)
     st.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent syncs to show (default 5)")
     st.set_defaults(func=cmd_crm_status)
+
+    rt = add_command(crm_sub, "retry", "send parked records (Salesforce refused their values for good) again at "
+                                       "the next sync, after fixing the cause (all, or the accounts given)",
+                     ["usagebot crm retry --config config.toml", "usagebot crm retry --config config.toml acme"])
+    add_config_option(rt)
+    add_db_option(rt)
+    rt.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="account ids (default: every parked record)")
+    rt.set_defaults(func=cmd_crm_retry)

@@ -19,6 +19,7 @@ again). After such a failure the rest of the run is deferred without a request.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -38,6 +39,7 @@ from integrations.salesforce.client import (
     SalesforceUnavailable,
 )
 from integrations.salesforce.config import SalesforceConfig
+from integrations.salesforce.errors import RETRY_LIMIT
 from rules.model import DAY
 from rules.periods import iso
 from storage.crm import (
@@ -61,6 +63,8 @@ LOOKUP_MARGIN = DAY  # a Task looked up by key may have been created this long b
 STOP_DEFER = 3600  # seconds the rows of a sync stopped by the API budget wait (the next sync re-plans them)
 MAX_ROWS = 1_000_000  # a sync carries out its whole plan (10k accounts = 50 rows of 200)
 LOCK = "crm_sync"
+
+log = logging.getLogger(__name__)
 
 
 class _Failed(Exception):
@@ -201,7 +205,11 @@ def _payload(cfg: SalesforceConfig, change: FieldWrite) -> dict[str, Any]:
 def _outcome(change: FieldWrite, result: RecordResult) -> WriteOutcome:
     if result.ok:
         return WriteOutcome(change.account_id, change.match_key, change.values())
-    return WriteOutcome(change.account_id, change.match_key, error=result.error or "failed")
+    error, hint = result.error or "failed", result.hint
+    if hint is not None:  # retrying cannot help: parked, named, with what to do
+        error = (f"{error} -> parked, not sent again with these values: {hint}; then "
+                 f"`usagebot crm retry {change.account_id}`")
+    return WriteOutcome(change.account_id, change.match_key, change.values(), error=error, park=hint is not None)
 
 
 # ------------------------------------------------------------------------- writes
@@ -242,12 +250,14 @@ def _send_bulk(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
 def _record(report: CrmSyncReport, engine: Engine, cfg: SalesforceConfig, batch: Sequence[FieldWrite],
             results: Sequence[RecordResult], now: int) -> None:
     outcomes = [_outcome(c, r) for c, r in zip(batch, results, strict=True)]
-    record_outcomes(engine, cfg.object, outcomes, now)
+    record_outcomes(engine, cfg.object, outcomes, now, park_after=RETRY_LIMIT)
     for o in outcomes:
         if o.error is None:
             report.written += 1
         else:
             report.failed.append((o.account_id, o.error))
+            if o.park:
+                log.error("Salesforce %s of account %s refused for good: %s", cfg.object, o.account_id, o.error)
 
 
 def _failed(exc: SalesforceError, engine: Engine, cfg: SalesforceConfig, batch: Sequence[FieldWrite], now: int,

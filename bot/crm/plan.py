@@ -72,6 +72,7 @@ class CrmSyncReport:
     write_requests: int = 0
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (account id, error)
+    parked: list[tuple[str, str]] = field(default_factory=list)  # (account id, error): not sent, see storage.crm
     deferred: int = 0
     tasks: list[PlannedTask] = field(default_factory=list)
     tasks_created: int = 0

@@ -42,6 +42,7 @@ from integrations.salesforce.client import SalesforceClient, SalesforceError
 from integrations.salesforce.config import SalesforceConfig
 from integrations.salesforce.diff import (
     DesiredRecord,
+    RecordChange,
     align_read_value,
     diff_records,
     format_change,
@@ -51,6 +52,7 @@ from rules.health import HealthModel
 from rules.model import DAY, AccountFacts, RuleSet
 from rules.periods import iso
 from storage.crm import (
+    RecordState,
     TaskCandidate,
     TaskRow,
     WriteOutcome,
@@ -60,6 +62,7 @@ from storage.crm import (
     record_outcomes,
     record_sync_run,
 )
+from storage.jsonsafe import json_safe
 from storage.locks import LockTimeout, exclusive
 
 SYNC_LOCK_WAIT = 900.0  # seconds a real sync waits for another one on the same database
@@ -209,7 +212,7 @@ def _run_crm_sync(
             written.update(current)
     except SalesforceError as exc:
         report.stopped = f"reading current values: {exc}"
-    report.changes = diff_records(desired, written, errors)
+    report.changes, report.parked = _without_parked(diff_records(desired, written, errors), stored)
     report.tasks = plan_tasks(engine, ruleset, cfg, accounts, now)
     if out is not None:
         print_plan(report, out, verbose)
@@ -220,6 +223,22 @@ def _run_crm_sync(
                report.tasks, bool(cfg.bulk_threshold and len(report.changes) >= cfg.bulk_threshold), now)
     deliver_crm(engine, cfg, connect, report, now)
     return _finish(report, engine, conn, now, out)
+
+
+def _without_parked(changes: list[RecordChange], stored: Mapping[str, RecordState],
+                    ) -> tuple[list[RecordChange], list[tuple[str, str]]]:
+    """The changes to send, and (account id, error) of those left out: their values are the ones
+    Salesforce refused for good on the same record (storage.crm `parked`; `usagebot crm retry`
+    sends them again). Changed values are sent: they may be accepted."""
+    send, parked = [], []
+    for c in changes:
+        s = stored.get(c.account_id)
+        if s is not None and s.parked is not None and s.match_key == c.match_key \
+                and json_safe(c.values(), "CRM values") == s.parked:
+            parked.append((c.account_id, s.last_error or "parked"))
+        else:
+            send.append(c)
+    return send, parked
 
 
 def _finish(report: CrmSyncReport, engine: Engine, client: SalesforceClient | None, now: int,
@@ -261,6 +280,9 @@ def print_plan(report: CrmSyncReport, out: TextIO, verbose: bool = True) -> None
         retries = sum(1 for c in report.changes if c.retry_of)
         if retries:
             print(f"  {retries:,} of them failed before and are sent again", file=out)
+        if report.parked:
+            print(f"  {len(report.parked):,} record(s) parked (refused for good; `usagebot crm status` lists "
+                  "them, `usagebot crm retry` sends them again)", file=out)
         if report.tasks:
             print(f"Tasks to create: {len(report.tasks)}", file=out)
         if report.changes or report.tasks or report.unmatched:
@@ -293,9 +315,13 @@ def print_outcome(report: CrmSyncReport, out: TextIO) -> None:
         print(f"Sent {len(report.changes) - report.deferred} record(s) in {via}: {report.written} written, "
               f"{len(report.failed)} failed", file=out)
         for account_id, error in report.failed[:50]:
-            print(f"  failed {account_id}: {error} (sent again next sync)", file=out)
+            again = "" if "-> parked" in error else " (sent again next sync)"
+            print(f"  failed {account_id}: {error}{again}", file=out)
     else:
         print("Nothing to update.", file=out)
+    for account_id, error in report.parked[:50]:
+        print(f"  parked {account_id} (not sent; `usagebot crm retry {account_id}` sends it again): {error}",
+              file=out)
     if report.tasks:
         print(f"Tasks: {report.tasks_created} created, {len(report.tasks_failed)} failed, "
               f"{report.tasks_deferred} deferred", file=out)

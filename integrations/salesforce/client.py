@@ -41,6 +41,7 @@ from simple_salesforce.exceptions import (
 from simple_salesforce.exceptions import SalesforceError as _SfError
 
 from integrations.salesforce.config import MAX_BATCH, SalesforceConfig
+from integrations.salesforce.errors import record_error_hint
 from rules.config.redaction import clip, mask, register
 
 T = TypeVar("T")
@@ -101,6 +102,11 @@ class RecordResult:
     id: str | None = None
     error: str | None = None
     created: bool = False
+
+    @property
+    def hint(self) -> str | None:
+        """For a failure retrying cannot fix: what to do (integrations.salesforce.errors); else None."""
+        return None if self.ok or not self.error else record_error_hint(self.error)
 
 
 def parse_limit_info(header: str | None) -> ApiUsage | None:

@@ -5,8 +5,9 @@
 - 429: the Retry-After is remembered per method; waits up to `max_inline_wait` seconds are slept
   through, longer ones raise RetryLater so the outbox row is due again after the wait.
 - Posts to one channel are spaced by `min_post_interval` seconds (Slack allows ~1 message/s/channel).
-- Errors become SlackDeliveryError subclasses: permanent ones (unknown channel, invalid blocks) are
-  marked so; HTTP 5xx, network failures (a reset, a body cut off mid-way), an answer that is not
+- Errors become SlackDeliveryError subclasses, one classification here: permanent ones (unknown
+  channel, invalid blocks, missing_scope) are marked so, a rejected token (AUTH_ERRORS) is a
+  SlackAuthError (also permanent: dead at once, naming the fix; never retried with backoff); HTTP 5xx, network failures (a reset, a body cut off mid-way), an answer that is not
   Slack's JSON (an HTML page from a proxy) and Slack's own "it may have happened" codes (fatal_error,
   internal_error) are SlackUnavailable: the outcome of a write is unknown, so a post is looked up
   before it is sent again. A Retry-After is taken at most a day (integrations.notifier.retry_after).
@@ -26,7 +27,13 @@ from slack_sdk.errors import SlackApiError
 
 from integrations.notifier import retry_after as parse_retry_after
 from integrations.slack.config import SlackConfig
-from integrations.slack.errors import PermanentSlackError, RetryLater, SlackDeliveryError, SlackUnavailable
+from integrations.slack.errors import (
+    PermanentSlackError,
+    RetryLater,
+    SlackAuthError,
+    SlackDeliveryError,
+    SlackUnavailable,
+)
 from rules.config.redaction import clip
 
 log = logging.getLogger(__name__)
@@ -47,9 +54,11 @@ PERMANENT_ERRORS = frozenset({
 # "It's possible some aspect of the operation succeeded"): the outcome is unknown, like a 5xx.
 UNKNOWN_OUTCOME_ERRORS = frozenset({"fatal_error", "internal_error", "service_unavailable"})
 ERROR_CODE = re.compile(r"[a-z0-9_.]{1,80}")  # Slack's codes; slack_sdk puts its own sentence for a non-JSON body
+# Errors about the token itself: every call fails until an admin fixes it (SlackAuthError, dead at once).
 AUTH_ERRORS = frozenset({
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
 })
+RETRY_HINT = "usagebot outbox retry"  # how a dead row is queued again (bot.cli.outbox)
 
 
 def make_web_client(config: SlackConfig) -> WebClient:
@@ -135,11 +144,16 @@ class SlackApi:
                         from None
                 where = f" (channel {channel})" if channel else ""
                 if error in AUTH_ERRORS:
-                    raise SlackDeliveryError(
+                    raise SlackAuthError(
                         f"Slack {method}{where}: {error}: the bot token was rejected; check slack.bot_token "
-                        "(Bot User OAuth Token, xoxb-...) and that the app is installed", error) from None
+                        "(Bot User OAuth Token, xoxb-...) and that the app is installed and its workspace "
+                        f"active, then `{RETRY_HINT}`", error) from None
                 detail = _detail(data)
                 msg = f"Slack {method}{where}: {error or f'HTTP {status}'}{detail}"
+                if error == "missing_scope":
+                    needed = str(data.get("needed") or "") or "the scope the method needs"
+                    msg += (f": the Slack app lacks {needed}; add it under OAuth & Permissions, reinstall the "
+                            f"app, then `{RETRY_HINT}`")
                 if error in PERMANENT_ERRORS:
                     raise PermanentSlackError(msg, error) from None
                 raise SlackDeliveryError(msg, error) from None

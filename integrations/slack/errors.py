@@ -33,6 +33,16 @@ class PermanentSlackError(SlackDeliveryError):
         super().__init__(message, error, permanent=True)
 
 
+class SlackAuthError(SlackDeliveryError):
+    """Slack refused the bot token itself (invalid_auth, token_revoked, account_inactive...): no call
+    can succeed until an admin fixes the token, so the row is dead at once with what to do. Not a
+    PermanentSlackError: the fallbacks for one bad destination (another channel, a text-only post, a
+    digest given up) must not act on it; it ends the delivery of the row."""
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message, error, permanent=True)
+
+
 class SlackUnavailable(SlackDeliveryError):
     """Network failure or a 5xx from Slack: the outcome of a write is unknown."""
 

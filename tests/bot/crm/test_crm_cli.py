@@ -134,3 +134,17 @@ def test_bad_at_and_missing_config_are_usage_errors(tmp_path):
     cfg.write_text("")
     code, _, err = run_cli("crm", "sync", "--dry-run", "--config", str(cfg), "--at", "yesterday")
     assert code == 2 and "--at: 'yesterday' is not an ISO-8601" in err
+
+
+def test_a_parked_record_is_shown_by_status_and_sent_again_after_crm_retry(setup, fake):
+    cfg, _ = setup
+    fake.record_errors[sf_id(1)] = ("INVALID_FIELD_FOR_INSERT_UPDATE", "Unable to create/update fields")
+    code, out, _ = run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
+    assert "2 written, 1 failed" in out and "usagebot crm retry" in out
+    code, out, _ = run_cli("crm", "status", "--config", str(cfg))
+    assert code == 0 and any(line.startswith("parked: ") and "read-only" in line for line in out.splitlines())
+    del fake.record_errors[sf_id(1)]
+    code, out, err = run_cli("crm", "retry", "--config", str(cfg))
+    assert code == 0 and "1 parked record(s) will be sent again" in out, err
+    code, out, _ = run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
+    assert code == 0 and "1 written, 0 failed" in out

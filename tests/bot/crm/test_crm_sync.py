@@ -94,11 +94,11 @@ def test_first_sync_writes_all_fields_then_only_what_changed(engine, fake):
 
 def test_per_record_failures_are_recorded_and_retried_next_sync_while_the_rest_succeed(engine, fake):
     seed_accounts(engine, 5, fake=fake)
-    fake.record_errors[sf_id(1)] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Health score is locked")
+    fake.record_errors[sf_id(1)] = ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record")
     report, out, _ = sync(engine, fake)
     assert report.written == 4 and report.failed == [
-        ("a0001", "FIELD_CUSTOM_VALIDATION_EXCEPTION: Health score is locked")]
-    assert "failed a0001: FIELD_CUSTOM_VALIDATION_EXCEPTION: Health score is locked (sent again next sync)" in out
+        ("a0001", "UNABLE_TO_LOCK_ROW: unable to obtain exclusive access to this record")]
+    assert "failed a0001: UNABLE_TO_LOCK_ROW: unable to obtain exclusive access to this record (sent again next sync)" in out
     failing = failed_records(engine, "Account")
     assert [(f.account_id, f.failures) for f in failing] == [("a0001", 1)]
     assert "Usage_Health_Score__c" not in fake.records["Account"][sf_id(1)]
@@ -106,13 +106,57 @@ def test_per_record_failures_are_recorded_and_retried_next_sync_while_the_rest_s
     # Still failing: sent again (only that record), failure count grows.
     fake.log.clear()
     report, out, _ = sync(engine, fake)
-    assert [r["id"] for r in patched(fake)] == [sf_id(1)] and "[retry: FIELD_CUSTOM_VALIDATION_EXCEPTION" in out
+    assert [r["id"] for r in patched(fake)] == [sf_id(1)] and "[retry: UNABLE_TO_LOCK_ROW" in out
     assert failed_records(engine, "Account")[0].failures == 2
 
     del fake.record_errors[sf_id(1)]
     report, _, _ = sync(engine, fake)
     assert report.ok and report.written == 1 and failed_records(engine, "Account") == []
     assert fake.records["Account"][sf_id(1)]["Usage_Health_Score__c"] == 90
+
+
+@pytest.mark.parametrize("code", ["STRING_TOO_LONG", "ENTITY_IS_DELETED", "INVALID_FIELD_FOR_INSERT_UPDATE",
+                                  "FIELD_CUSTOM_VALIDATION_EXCEPTION"])
+def test_a_record_error_retrying_cannot_fix_is_parked_named_and_sent_again_after_crm_retry(engine, fake, code):
+    from storage.crm import unpark_records
+
+    seed_accounts(engine, 3, fake=fake)
+    fake.record_errors[sf_id(1)] = (code, "refused")
+    report, out, _ = sync(engine, fake)
+    assert report.written == 2 and [a for a, _ in report.failed] == ["a0001"]
+    error = report.failed[0][1]
+    assert code in error and "parked" in error and "usagebot crm retry a0001" in error
+    assert "(sent again next sync)" not in out
+    [state] = failed_records(engine, "Account")
+    assert state.parked is not None and state.failures == 1
+
+    # before: sent again at every sync with a growing failure count; now not sent with the same values
+    for _ in range(3):
+        fake.log.clear()
+        report, out, _ = sync(engine, fake)
+        assert patched(fake) == [] and [a for a, _ in report.parked] == ["a0001"]
+        assert "parked a0001" in out and failed_records(engine, "Account")[0].failures == 1
+
+    # the admin fixes it in Salesforce, then `usagebot crm retry`: sent once more, written, nothing lost
+    del fake.record_errors[sf_id(1)]
+    assert unpark_records(engine, "Account", ["a0001"]) == 1
+    report, _, _ = sync(engine, fake)
+    assert report.ok and report.written == 1 and failed_records(engine, "Account") == []
+    assert fake.records["Account"][sf_id(1)]["Usage_Health_Score__c"] == 90
+
+
+def test_a_record_failing_with_a_retryable_error_is_parked_after_the_retry_limit(engine, fake):
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    seed_accounts(engine, 2, fake=fake)
+    fake.record_errors[sf_id(1)] = ("UNABLE_TO_LOCK_ROW", "locked")
+    for _ in range(RETRY_LIMIT):
+        sync(engine, fake)
+    assert failed_records(engine, "Account")[0].failures == RETRY_LIMIT
+    assert failed_records(engine, "Account")[0].parked is not None
+    fake.log.clear()
+    report, _, _ = sync(engine, fake)
+    assert patched(fake) == [] and [a for a, _ in report.parked] == ["a0001"]  # bounded: no more attempts
 
 
 def test_batches_of_at_most_200_records(sqlite, fake):
@@ -243,8 +287,9 @@ def test_upsert_by_external_id(engine, fake):
     assert all("/composite/sobjects/Account/Usagebot_Account_Id__c" in r.path for r in fake.data_requests())
     assert fake.records["Account"][sf_id(0)]["Usage_Health_Score__c"] == 90
     # a0002 has no record with that external id: upsert would create one and Salesforce refuses (no Name)
-    assert report.written == 2 and report.failed == [("a0002", "REQUIRED_FIELD_MISSING: Required fields are "
-                                                                "missing: [Name] (fields: Name)")]
+    assert report.written == 2 and [a for a, _ in report.failed] == ["a0002"]
+    assert report.failed[0][1].startswith("REQUIRED_FIELD_MISSING: Required fields are missing: [Name] (fields: Name)"
+                                          " -> parked")  # retrying cannot help: parked with what to do
 
 
 def test_reconcile_reads_current_values_and_sends_only_real_differences(engine, fake):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import sqlalchemy as sa
 
 from integrations.slack.notifier import SlackNotifier
@@ -19,6 +20,7 @@ from tests.integrations.slack.scenario import (
     SPIKE_DAY,
     SPIKE_RULE,
     T0,
+    TOKEN,
     Scenario,
     assert_valid_message,
 )
@@ -257,3 +259,36 @@ def test_admin_notices_reach_the_admin_channel_once(engine, fake, config, clock)
         assert_valid_message(m)
     assert fake.dm_with("U0ALICE01") is None or not fake.dm_with("U0ALICE01").messages
     assert not fake.channel("#usage-alerts").messages
+
+
+
+@pytest.mark.parametrize("code", ["invalid_auth", "account_inactive", "token_revoked"])
+def test_rejected_token_is_dead_at_once_with_the_fix_and_retry_delivers(engine, fake, config, clock, code):
+    # a token Slack refuses: the row is dead after ONE call (before: retried with backoff up to the limit)
+    sc = Scenario(engine, clock)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.fail("chat.postMessage", "error", code, count=100)
+    report = sc.deliver(sc.notifier(config))
+    assert report.dead == 1 and report.sent == 0, report.errors
+    assert len(fake.calls_of("chat.postMessage")) == 1  # no fallback, no second destination tried
+    dead = list_outbox(engine, status="dead")[0]
+    assert code in dead.last_error and "slack.bot_token" in dead.last_error
+    assert "usagebot outbox retry" in dead.last_error and TOKEN not in dead.last_error
+    # the admin fixes the token and queues the row again: delivered, nothing lost
+    fake.faults.clear()
+    assert retry_dead(engine, clock.now) == 1
+    assert sc.deliver(sc.notifier(config)).sent == 1
+    assert counts(engine) == {"sent": 1}
+
+
+def test_missing_scope_is_dead_at_once_naming_the_scope(engine, fake, config, clock):
+    sc = Scenario(engine, clock)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    fake.fail("chat.postMessage", "error", "missing_scope", count=100)
+    report = sc.deliver(sc.notifier(config))
+    assert report.dead == 1 and report.sent == 0
+    assert len(fake.calls_of("chat.postMessage")) == 2  # each destination (the DM, the channel) once
+    err = list_outbox(engine, status="dead")[0].last_error
+    assert "missing_scope" in err and "reinstall" in err and "usagebot outbox retry" in err
