@@ -108,20 +108,26 @@ def test_an_item_queued_after_a_digest_was_posted_is_not_lost(engine, fake, conf
     assert (report.sent, report.items) == (1, 1) and len(fake.dm_with("U0ALICE01").messages) == 2
 
 
+def _first_digest_refused(engine, fake, config, clock, error: str, count: int):  # type: ignore[no-untyped-def]
+    """alice's alert fired and delivered, then her morning digest run with conversations.open answering
+    `error` (`count` times): (the notifier, the digest time, that run's report)."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    fake.fail("conversations.open", "error", error, count=count)
+    t = clock.set_day(FIRED, NINE)
+    return n, t, send_due_digests(n, t)
+
+
 def test_a_digest_to_an_owner_who_left_slack_is_given_up_once_not_retried_forever(engine, fake, config, clock,
                                                                                    caplog):
     """The owner is deactivated between the alert and the digest (conversations.open answers
     user_disabled): the digest is given up with an error naming it and the owner, the owner is taken as
     not on Slack, and the digest job stops calling Slack for it (before: 7200 calls in 5 days, the
     digest open for ever)."""
-    sc = Scenario(engine, clock)
-    n = sc.notifier(_cfg(config))
-    sc.cycle(SPIKE_DAY)
-    sc.cycle(FIRED)
-    sc.deliver(n)
-    fake.fail("conversations.open", "error", "user_disabled", count=10_000)
-    t = clock.set_day(FIRED, NINE)
-    first = send_due_digests(n, t)
+    n, t, first = _first_digest_refused(engine, fake, config, clock, "user_disabled", 10_000)
     assert (first.sent, first.given_up) == (0, 1) and "user_disabled" in first.errors[0]
     for minute in range(1, 3 * 24 * 60, 7):  # the digest job over three days
         assert send_due_digests(n, t + 60 * minute).errors == []
@@ -137,14 +143,7 @@ def test_a_digest_refused_for_the_apps_set_up_is_kept_for_the_next_run_not_dropp
     """A reviewer's find: every permanent Slack error gave the digest up, so one missing scope dropped
     every owner's digest in one run. An error about the app's set-up keeps the digest (logged as an
     error naming the digest); once the admin fixes it, the next run sends it, once."""
-    sc = Scenario(engine, clock)
-    n = sc.notifier(_cfg(config))
-    sc.cycle(SPIKE_DAY)
-    sc.cycle(FIRED)
-    sc.deliver(n)
-    fake.fail("conversations.open", "error", "missing_scope", count=1)
-    t = clock.set_day(FIRED, NINE)
-    first = send_due_digests(n, t)
+    n, t, first = _first_digest_refused(engine, fake, config, clock, "missing_scope", 1)
     assert (first.sent, first.given_up) == (0, 0) and "missing_scope" in first.errors[0]
     assert digest_owners(engine) == ["alice@example.com"]  # still waiting, nothing dropped
     refused = [r for r in caplog.records if r.levelname == "ERROR" and "tried again" in r.getMessage()]
