@@ -52,8 +52,11 @@ class Pricing:
     renewal_raise: int = 1  # severity levels
 
     def money(self, amount: float) -> str:
-        """ "$1,234" (whole units; cents below 100; "<$0.01" for less than a cent, never "$0")."""
-        if 0 < abs(amount) < 0.01:
+        """ "$1,234" (whole units; cents below 100; "<$0.01" for less than a cent, never "$0"); a negative
+        amount (a credit) with its sign in front: "-$12", "-<$0.01"."""
+        if amount < 0:
+            return "-" + self.money(-amount)
+        if 0 < amount < 0.01:
             return f"<{self.currency}0.01"
         if abs(amount) < 100:
             return f"{self.currency}{amount:,.2f}".replace(".00", "")

@@ -55,6 +55,7 @@ def test_a_tiny_overage_is_never_said_as_none():
                   ACME, PRICING, AT)
     assert tiny.money_line(PRICING, None) == "Overage so far 0.04 ≈ <$0.01"
     assert PRICING.money(0.004) == "<$0.01" and PRICING.money(0.0) == "$0" and PRICING.money(12.5) == "$12.50"
+    assert [PRICING.money(x) for x in (-0.004, -12.5, -1234)] == ["-<$0.01", "-$12.50", "-$1,234"]  # ($-12.50 before)
 
 
 def test_an_expansion_names_the_lowest_plan_above_that_fits():
