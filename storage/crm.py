@@ -63,7 +63,7 @@ def load_record_states(engine: Engine, sf_object: str) -> dict[str, RecordState]
 def record_outcomes(
     engine: Engine, sf_object: str, outcomes: Sequence[WriteOutcome], now: int, replace_written: bool = False,
     park_after: int | None = None,
-) -> None:
+) -> set[str]:
     """Store a batch of write results in one transaction.
 
     Success: the accepted fields are merged into `written` (or replace it when
@@ -73,10 +73,10 @@ def record_outcomes(
     parked (`parked`: the next syncs do not send these values again) when the
     outcome says `park` or the record failed `park_after` times in a row. A
     success, or a changed `match_key`, ends the parking; a changed `match_key`
-    also starts `written` afresh.
+    also starts `written` afresh. Returns the account ids parked by this batch.
     """
     if not outcomes:
-        return
+        return set()
     with write_transaction(engine) as conn:
         ids = [o.account_id for o in outcomes]
         stored: dict[str, Any] = {}
@@ -84,6 +84,7 @@ def record_outcomes(
             q = sa.select(state_table).where(_s.sf_object == sf_object, _s.account_id.in_(ids[i : i + _CHUNK]))
             stored.update((r.account_id, r) for r in conn.execute(q))
         rows = []
+        parked: set[str] = set()
         for o in outcomes:
             old = stored.get(o.account_id)
             same_record = old is not None and old.match_key == o.match_key
@@ -98,6 +99,8 @@ def record_outcomes(
             else:
                 failures = (int(old.failures) if same_record else 0) + 1
                 park = o.park or (park_after is not None and failures >= park_after)
+                if park:
+                    parked.add(o.account_id)
                 row.update(written=written, written_at=old.written_at if same_record else None,
                            last_error=o.error[:MAX_ERROR_CHARS], failures=failures,
                            parked=json_safe(dict(o.fields), f"CRM values of account {o.account_id!r}") if park
@@ -110,6 +113,7 @@ def record_outcomes(
                                                 "last_attempt_at", "updated_at", "parked")},
         )
         conn.execute(stmt, rows)
+    return parked
 
 
 def failed_records(engine: Engine, sf_object: str, limit: int = 100) -> list[RecordState]:

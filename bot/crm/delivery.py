@@ -250,14 +250,19 @@ def _send_bulk(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
 def _record(report: CrmSyncReport, engine: Engine, cfg: SalesforceConfig, batch: Sequence[FieldWrite],
             results: Sequence[RecordResult], now: int) -> None:
     outcomes = [_outcome(c, r) for c, r in zip(batch, results, strict=True)]
-    record_outcomes(engine, cfg.object, outcomes, now, park_after=RETRY_LIMIT)
+    parked = record_outcomes(engine, cfg.object, outcomes, now, park_after=RETRY_LIMIT)
     for o in outcomes:
         if o.error is None:
             report.written += 1
-        else:
-            report.failed.append((o.account_id, o.error))
-            if o.park:
-                log.error("Salesforce %s of account %s refused for good: %s", cfg.object, o.account_id, o.error)
+            continue
+        error = o.error
+        if o.account_id in parked and not o.park:  # a retryable error, RETRY_LIMIT times in a row
+            error = (f"{error} -> parked after {RETRY_LIMIT} failed writes in a row; "
+                     f"`usagebot crm retry {o.account_id}` sends it again")
+        report.failed.append((o.account_id, error))
+        if o.account_id in parked:
+            report.parked_now.add(o.account_id)
+            log.error("Salesforce %s of account %s refused for good: %s", cfg.object, o.account_id, error)
 
 
 def _failed(exc: SalesforceError, engine: Engine, cfg: SalesforceConfig, batch: Sequence[FieldWrite], now: int,

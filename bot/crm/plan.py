@@ -73,6 +73,7 @@ class CrmSyncReport:
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (account id, error)
     parked: list[tuple[str, str]] = field(default_factory=list)  # (account id, error): not sent, see storage.crm
+    parked_now: set[str] = field(default_factory=set)  # accounts of `failed` this run parked (not sent again)
     deferred: int = 0
     tasks: list[PlannedTask] = field(default_factory=list)
     tasks_created: int = 0

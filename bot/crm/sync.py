@@ -315,7 +315,7 @@ def print_outcome(report: CrmSyncReport, out: TextIO) -> None:
         print(f"Sent {len(report.changes) - report.deferred} record(s) in {via}: {report.written} written, "
               f"{len(report.failed)} failed", file=out)
         for account_id, error in report.failed[:50]:
-            again = "" if "-> parked" in error else " (sent again next sync)"
+            again = "" if account_id in report.parked_now else " (sent again next sync)"
             print(f"  failed {account_id}: {error}{again}", file=out)
     else:
         print("Nothing to update.", file=out)

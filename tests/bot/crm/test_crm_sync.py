@@ -151,7 +151,9 @@ def test_a_record_failing_with_a_retryable_error_is_parked_after_the_retry_limit
     seed_accounts(engine, 2, fake=fake)
     fake.record_errors[sf_id(1)] = ("UNABLE_TO_LOCK_ROW", "locked")
     for _ in range(RETRY_LIMIT):
-        sync(engine, fake)
+        _, out, _ = sync(engine, fake)
+    said = next(line for line in out.splitlines() if "failed a0001" in line)  # the run that parked it says so
+    assert "parked after" in said and "usagebot crm retry a0001" in said and "sent again next sync" not in said
     assert failed_records(engine, "Account")[0].failures == RETRY_LIMIT
     assert failed_records(engine, "Account")[0].parked is not None
     fake.log.clear()
