@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 GONE_ERRORS = frozenset({"user_disabled", "user_not_found", "users_not_found", "cannot_dm_bot", "is_archived",
                          "channel_not_found"})
 # Slack's answers about this digest's own content: sending it again cannot help either. Any other
-# permanent error (missing_scope, not_allowed_token_type, invalid_auth...) is about the app's set-up,
-# which an admin fixes: the digest waits for the next run instead of being dropped (one such error
-# dropped every owner's digest in one run)
+# permanent error (missing_scope, not_allowed_token_type...) is about the app's set-up, which an admin
+# fixes: the digest waits for the next run instead of being dropped (one such error dropped every
+# owner's digest in one run). A rejected token (SlackAuthError) is not a PermanentSlackError: it is
+# logged and the digest kept as for any other delivery error.
 GIVEN_UP_ERRORS = GONE_ERRORS | {"msg_too_long", "invalid_blocks", "no_text", "invalid_attachments",
                                  "too_many_attachments", "invalid_arguments"}
 
