@@ -23,8 +23,9 @@ from rules.durations import format_duration
 from rules.model import DAY, Rule
 
 
-def _strip_zero(text: str) -> str:
-    return text[:-2] if text.endswith(".0") else text
+def _strip_zeros(text: str) -> str:
+    """A decimal's trailing zeros and point dropped: "3.0" -> "3", "100.40" -> "100.4"."""
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def number(x: float | None) -> str:
@@ -39,7 +40,7 @@ def number(x: float | None) -> str:
     if ax >= 100 or float(x).is_integer():
         return f"{x:,.0f}"
     if ax >= 1:
-        return _strip_zero(f"{x:,.1f}")
+        return _strip_zeros(f"{x:,.1f}")
     if ax >= 0.001:
         return f"{x:.3g}"
     return f"{x:.1e}"
@@ -58,10 +59,6 @@ def apart(x: float, y: float) -> tuple[str, str]:
     return number(x), number(y)
 
 
-def _strip_zeros(text: str) -> str:
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
 def ratio(r: float | None) -> str:
     """A multiple of the baseline: 3.1x."""
     if r is None or math.isnan(r):
@@ -74,7 +71,7 @@ def ratio(r: float | None) -> str:
         return f"{r:,.0f}x"
     if abs(r) < 1:
         return f"{r:.2g}x"
-    return _strip_zero(f"{r:.1f}") + "x"
+    return _strip_zeros(f"{r:.1f}") + "x"
 
 
 def whole_percent(fraction: float) -> int:
