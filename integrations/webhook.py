@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from integrations import http_deadline
 from integrations.notice import AlertNotice
 from integrations.notifier import DeliveryError, retry_after
 from rules.config import Secret, Section
@@ -127,8 +128,8 @@ class WebhookNotifier:
         self.config = config
         self.name = config.name
         self.clock = clock  # the signature's timestamp: the time of the request, never the evaluation's
-        self.client = client or httpx.Client(timeout=config.timeout, follow_redirects=False,
-                                             headers={"User-Agent": "usagebot-webhook"})
+        self.client = client or http_deadline.client(timeout=config.timeout, follow_redirects=False,
+                                                     headers={"User-Agent": "usagebot-webhook"})
 
     def deliver(self, notice: AlertNotice) -> None:
         body = body_of(notice)
@@ -141,8 +142,10 @@ class WebhookNotifier:
         try:
             # streamed: a 2xx is taken at its status line, and of any other answer only the first
             # MAX_SAID bytes that arrive within `timeout` are read (a receiver trickling its body, or
-            # sending a huge one, held the deliver job for as long as it liked: timeouts are per read)
-            with self.client.stream("POST", self.config.url.reveal(), content=body, headers=headers) as resp:
+            # sending a huge one, held the deliver job for as long as it liked: timeouts are per read);
+            # the whole call, headers included, ends within `timeout` (integrations.http_deadline)
+            with http_deadline.within(self.config.timeout), \
+                    self.client.stream("POST", self.config.url.reveal(), content=body, headers=headers) as resp:
                 status = resp.status_code
                 if 200 <= status < 300:
                     return

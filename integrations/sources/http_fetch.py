@@ -13,8 +13,9 @@
   `max_response_bytes` raises WindowTooLarge: a window source reads a shorter
   window at once. A body is streamed and refused as soon as it passes
   `max_response_bytes` (after decompression: a gzip bomb is cut off too).
-  The deadlines are checked between reads, so a request stops at most
-  `timeout` after its deadline.
+  `request_deadline` bounds every socket operation of the request too
+  (integrations.http_deadline): a peer that drips its status line and headers
+  is cut off at the deadline as well.
 - Messages name the source, the method and the URL without query string or
   user info, the page, and the first 200 characters of an error body, masked
   before it is cut.
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from integrations import json_text
+from integrations import http_deadline, json_text
 from integrations.sources.base import PollDeadline, SourceError, WindowTooLarge
 from rules.config import Secret, Section, Table, redaction
 
@@ -188,9 +189,10 @@ class Fetcher:
 
     def __post_init__(self) -> None:
         hdrs = {"User-Agent": USER_AGENT, "Accept": "application/json", **self.headers, **self.auth.headers()}
-        self.client = httpx.Client(headers=hdrs, auth=self.auth.httpx_auth(), timeout=self.retry.timeout,
-                                   transport=self.transport, follow_redirects=True)
+        self.client = http_deadline.client(headers=hdrs, auth=self.auth.httpx_auth(), timeout=self.retry.timeout,
+                                           transport=self.transport, follow_redirects=True)
         self._poll_ends: float | None = None
+        self._ends = 0.0  # the current request's deadline (on `monotonic`)
 
     def close(self) -> None:
         self.client.close()
@@ -207,8 +209,21 @@ class Fetcher:
         return None if self._poll_ends is None else self._poll_ends - self.monotonic()
 
     def _fetch(self, url: httpx.URL, budget: float) -> tuple[httpx.Response, bytes]:
-        """One GET, its body streamed under the size cap and within `budget` seconds."""
-        ends = self.monotonic() + budget
+        """One GET, its body streamed under the size cap, the whole request (status line, headers,
+        body) within `budget` seconds: every socket operation waits at most for what is left of it."""
+        got: list[int] = []  # the body's bytes so far, once the headers have arrived
+        try:
+            with http_deadline.within(budget):
+                return self._read(url, budget, got)
+        except httpx.TimeoutException:
+            if self.monotonic() < self._ends:
+                raise  # one connect or read took longer than `timeout`: the caller's message
+            so_far = (f"the response was still arriving after {budget:g}s ({_mib(got[0])} so far)" if got
+                      else f"no status line and headers within {budget:g}s")
+            raise _Refused(f"{so_far}; stopped", retry=True) from None
+
+    def _read(self, url: httpx.URL, budget: float, got: list[int]) -> tuple[httpx.Response, bytes]:
+        self._ends = self.monotonic() + budget
         limit = self.retry.max_response_bytes
         timeout = max(0.001, min(self.retry.timeout, budget))
         with self.client.stream("GET", url, timeout=timeout) as resp:
@@ -219,10 +234,10 @@ class Fetcher:
                                f"max_response_bytes ({_mib(limit)}); ask for smaller pages (pagination.size) or "
                                "raise max_response_bytes", retry=False, too_large=True)
             chunks: list[bytes] = []
-            size = 0
+            got.append(0)
             for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > cap:
+                got[0] += len(chunk)
+                if got[0] > cap:
                     if resp.status_code >= 400:  # enough of an error body for its message
                         chunks.append(chunk)
                         break
@@ -230,9 +245,9 @@ class Fetcher:
                                    "ask for smaller pages (pagination.size) or raise max_response_bytes",
                                    retry=False, too_large=True)
                 chunks.append(chunk)
-                if self.monotonic() > ends:
+                if self.monotonic() > self._ends:
                     raise _Refused(f"the response was still arriving after {budget:g}s "
-                                   f"({_mib(size)} so far); stopped", retry=True)
+                                   f"({_mib(got[0])} so far); stopped", retry=True)
         return resp, b"".join(chunks)
 
     def get_json(self, url: str, params: Mapping[str, Any] | None = None, what: str = "") -> tuple[Any, httpx.Response]:

@@ -286,3 +286,43 @@ def test_a_receiver_trickling_its_answer_does_not_hold_the_deliver_job(engine: E
     else:
         assert r.failed == 1 and r.dead == int(dead) and f"HTTP {status}: x" in r.errors[0]
         assert len(r.errors[0]) < 600
+
+
+def test_a_receiver_dripping_its_status_line_and_headers_is_cut_off_at_the_timeout(engine: Engine) -> None:
+    """httpx's timeouts are per read: a receiver sending its status line and headers one byte every
+    0.1 s (each read within the 1 s timeout) held the deliver job until its last header byte (before:
+    the delivery lasted as long as the drip). The whole call now ends within `timeout`, and the row
+    is kept for a retry (the receiver may have taken it: the idempotency key says it is the same)."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    finished, sent = threading.Event(), [0]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 100 + b"\r\nContent-Length: 0\r\n\r\n"
+        try:
+            for i in range(len(head)):
+                conn.sendall(head[i:i + 1])
+                sent[0] += 1
+                if finished.wait(0.1):
+                    break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    _queue(engine)
+    n = WebhookNotifier(WebhookConfig("ops", Secret(f"http://127.0.0.1:{srv.getsockname()[1]}/hook"),
+                                      Secret(SECRET), timeout=1))
+    try:
+        r = deliver_outbox(engine, n, NOW)
+        still_dripping = sent[0] < 100
+    finally:
+        finished.set()
+        srv.close()
+    assert still_dripping  # ~140 bytes at 0.1 s each: 14 s, against a 1 s timeout
+    assert r.failed == 1 and r.dead == 0 and "no answer within 1s; will retry" in r.errors[0]

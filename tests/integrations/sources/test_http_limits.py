@@ -93,6 +93,16 @@ def drip(h: BaseHTTPRequestHandler) -> None:
         time.sleep(0.2)
 
 
+def drip_headers(h: BaseHTTPRequestHandler) -> None:
+    """The status line and then headers one byte every 0.2 s (1,000 bytes: 200 s): every read is well
+    within `timeout`, and no header is complete before the request's deadline."""
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 1000 + b"\r\nContent-Length: 2\r\n\r\n{}"
+    for i in range(len(head)):
+        h.wfile.write(head[i:i + 1])
+        h.wfile.flush()
+        time.sleep(0.2)
+
+
 @functools.cache
 def _bomb() -> bytes:
     """64 MiB of JSON in ~64 KiB of gzip, compressed once (compressing it in the handler took longer
@@ -170,6 +180,16 @@ def test_a_drip_feed_is_stopped_at_the_request_deadline(engine: Engine, raw) -> 
     report, took = _poll(engine, srv.url(), 'request_deadline = "2s"')
     assert not report.ok and took < 8  # the whole drip takes 200 s; the deadline 2 s (room for load)
     assert "the response was still arriving after 2s" in (report.error or "")
+
+
+def test_a_drip_fed_status_line_and_headers_are_stopped_at_the_request_deadline(engine: Engine, raw) -> None:  # type: ignore[no-untyped-def]
+    """httpx's timeouts are per read: before, a peer dripping its headers held the poll until the
+    last header byte (200 s here), past request_deadline (only checked between body chunks)."""
+    srv = raw(drip_headers)
+    report, took = _poll(engine, srv.url(), 'request_deadline = "2s"')
+    assert not report.ok and took < 8  # the deadline 2 s (room for load)
+    assert "no status line and headers within 2s; stopped" in (report.error or ""), report.error
+    assert count(engine, "usage_points") == 0
 
 
 def test_a_gzip_bomb_is_cut_after_decompression(engine: Engine, raw) -> None:  # type: ignore[no-untyped-def]
