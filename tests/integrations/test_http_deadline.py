@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import httpx
 import pytest
 
 from integrations import http_deadline
-
-
-def _dripping_server(stop: threading.Event) -> socket.socket:
-    """Answers each connection's request with a status line sent one byte every 0.05 s."""
-    srv = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        try:
-            for b in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 400 + b"\r\nContent-Length: 0\r\n\r\n":
-                conn.sendall(bytes([b]))
-                if stop.wait(0.05):
-                    break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
+from tests.integrations.drip import dripping
 
 
 def test_every_socket_operation_of_a_call_waits_only_for_what_is_left_of_its_deadline() -> None:
-    stop = threading.Event()
-    srv = _dripping_server(stop)
-    client = http_deadline.client(timeout=5)
-    started = time.monotonic()
-    try:
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 400 + b"\r\nContent-Length: 0\r\n\r\n"
+    with dripping(b"", head, 0.05) as drip, http_deadline.client(timeout=5) as client:
+        started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout), http_deadline.within(0.5):
-            client.get(f"http://127.0.0.1:{srv.getsockname()[1]}/")
+            client.get(drip.url)
         took = time.monotonic() - started
-    finally:
-        stop.set()
-        srv.close()
-        client.close()
     assert took < 3  # the drip lasts ~22 s, each byte well within the 5 s timeout; the deadline 0.5 s
 
 

@@ -28,6 +28,7 @@ from integrations.webhook import (
 from rules.config import Secret, document_from_text
 from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind, retry_dead
 from tests.fakes.webhook_server import FakeWebhook
+from tests.integrations.drip import dripping
 from tests.integrations.test_notice import OLD_ADMIN_ROW, OLD_ROW
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,37 +250,12 @@ def test_a_receiver_trickling_its_answer_does_not_hold_the_deliver_job(engine: E
     timeout, so httpx never times out): a 2xx is taken at its status line, a refusal's body is read for
     at most `timeout` (before: the delivery lasted as long as the receiver dripped: 8 s with a 1 s
     timeout for 20 bytes). The receiver is still dripping when the row's outcome is stored."""
-    import socket
-    import threading
-
-    srv = socket.create_server(("127.0.0.1", 0))
-    finished, sent = threading.Event(), [0]
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n".encode())
-        try:
-            for _ in range(100):
-                conn.sendall(b"x")
-                sent[0] += 1
-                if finished.wait(0.1):
-                    break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
     _queue(engine)
-    n = WebhookNotifier(WebhookConfig("ops", Secret(f"http://127.0.0.1:{srv.getsockname()[1]}/hook"),
-                                      Secret(SECRET), timeout=1))
-    try:
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n".encode()
+    with dripping(head, b"x" * 100, 0.1) as drip:
+        n = WebhookNotifier(WebhookConfig("ops", Secret(drip.url), Secret(SECRET), timeout=1))
         r = deliver_outbox(engine, n, NOW)
-        still_dripping = sent[0] < 100
-    finally:
-        finished.set()
-        srv.close()
+        still_dripping = drip.sent[0] < 100
     assert still_dripping  # 100 bytes at 0.1 s each: 10 s, against a 1 s timeout
     if dead is None:
         assert r.sent == 1
@@ -293,36 +269,11 @@ def test_a_receiver_dripping_its_status_line_and_headers_is_cut_off_at_the_timeo
     0.1 s (each read within the 1 s timeout) held the deliver job until its last header byte (before:
     the delivery lasted as long as the drip). The whole call now ends within `timeout`, and the row
     is kept for a retry (the receiver may have taken it: the idempotency key says it is the same)."""
-    import socket
-    import threading
-
-    srv = socket.create_server(("127.0.0.1", 0))
-    finished, sent = threading.Event(), [0]
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 100 + b"\r\nContent-Length: 0\r\n\r\n"
-        try:
-            for i in range(len(head)):
-                conn.sendall(head[i:i + 1])
-                sent[0] += 1
-                if finished.wait(0.1):
-                    break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
     _queue(engine)
-    n = WebhookNotifier(WebhookConfig("ops", Secret(f"http://127.0.0.1:{srv.getsockname()[1]}/hook"),
-                                      Secret(SECRET), timeout=1))
-    try:
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 100 + b"\r\nContent-Length: 0\r\n\r\n"
+    with dripping(b"", head, 0.1) as drip:
+        n = WebhookNotifier(WebhookConfig("ops", Secret(drip.url), Secret(SECRET), timeout=1))
         r = deliver_outbox(engine, n, NOW)
-        still_dripping = sent[0] < 100
-    finally:
-        finished.set()
-        srv.close()
+        still_dripping = drip.sent[0] < 100
     assert still_dripping  # ~140 bytes at 0.1 s each: 14 s, against a 1 s timeout
     assert r.failed == 1 and r.dead == 0 and "no answer within 1s; will retry" in r.errors[0]
