@@ -3,9 +3,10 @@
 httpx's timeouts bound each connect, each write and each read, not the call: a server that sends its
 status line and headers a byte at a time (one byte a second against a 10 s timeout) held a call, and
 the job making it, for as long as it liked. `within(seconds)` sets a deadline for the calls made in
-its block, in this thread (a context variable); the transport of `transport()` gives every socket
-operation min(its own timeout, the time left) and raises httpx's timeout once the time is up, which
-the callers already handle (a retry, or an unknown outcome where a request may have been taken).
+its block, in this thread (a context variable); a client made by `client()` gives every socket
+operation min(its own timeout, the time left) and raises httpcore's timeout once the time is up,
+which httpx turns into its own TimeoutException, which the callers already handle (a retry, or an
+unknown outcome where a request may have been taken).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot_h
 
 @contextlib.contextmanager
 def within(seconds: float) -> Iterator[None]:
-    """Every call through a `transport()` inside the block ends within `seconds` from now (or raises
+    """Every call of a `client()` inside the block ends within `seconds` from now (or raises
     an httpx.TimeoutException). Nested blocks keep the earlier deadline."""
     ends = time.monotonic() + seconds
     outer = _ENDS.get()
