@@ -192,7 +192,6 @@ class Fetcher:
         self.client = http_deadline.client(headers=hdrs, auth=self.auth.httpx_auth(), timeout=self.retry.timeout,
                                            transport=self.transport, follow_redirects=True)
         self._poll_ends: float | None = None
-        self._ends = 0.0  # the current request's deadline (on `monotonic`)
 
     def close(self) -> None:
         self.client.close()
@@ -212,18 +211,18 @@ class Fetcher:
         """One GET, its body streamed under the size cap, the whole request (status line, headers,
         body) within `budget` seconds: every socket operation waits at most for what is left of it."""
         got: list[int] = []  # the body's bytes so far, once the headers have arrived
+        ends = self.monotonic() + budget
         try:
             with http_deadline.within(budget):
-                return self._read(url, budget, got)
+                return self._read(url, budget, ends, got)
         except httpx.TimeoutException:
-            if self.monotonic() < self._ends - 0.01:  # 10 ms: a read cut at the deadline wakes at about it
+            if self.monotonic() < ends - 0.01:  # 10 ms: a read cut at the deadline wakes at about it
                 raise  # one connect or read took longer than `timeout`: the caller's message
             so_far = (f"the response was still arriving after {budget:g}s ({_mib(got[0])} so far)" if got
                       else f"no status line and headers within {budget:g}s")
             raise _Refused(f"{so_far}; stopped", retry=True) from None
 
-    def _read(self, url: httpx.URL, budget: float, got: list[int]) -> tuple[httpx.Response, bytes]:
-        self._ends = self.monotonic() + budget
+    def _read(self, url: httpx.URL, budget: float, ends: float, got: list[int]) -> tuple[httpx.Response, bytes]:
         limit = self.retry.max_response_bytes
         timeout = max(0.001, min(self.retry.timeout, budget))
         with self.client.stream("GET", url, timeout=timeout) as resp:
@@ -245,7 +244,7 @@ class Fetcher:
                                    "ask for smaller pages (pagination.size) or raise max_response_bytes",
                                    retry=False, too_large=True)
                 chunks.append(chunk)
-                if self.monotonic() > self._ends:
+                if self.monotonic() > ends:
                     raise _Refused(f"the response was still arriving after {budget:g}s "
                                    f"({_mib(got[0])} so far); stopped", retry=True)
         return resp, b"".join(chunks)
