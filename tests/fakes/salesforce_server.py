@@ -50,7 +50,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -58,6 +58,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import jwt
 import requests
 from requests.adapters import HTTPAdapter
+
+from tests.fakes.http import FakeServer
 
 INSTANCE_HOST = "fake-org.my.salesforce.com"
 _CERT_LOCK = threading.Lock()
@@ -238,7 +240,7 @@ class FakeSalesforce:
         self._cursors: dict[str, list[dict[str, Any]]] = {}
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: FakeServer | None = None
         self._thread: threading.Thread | None = None
         self.ca_file, self._key_file = _certificate()
 
@@ -252,8 +254,7 @@ class FakeSalesforce:
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = FakeServer(("127.0.0.1", 0), Handler)
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)

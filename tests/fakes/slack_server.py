@@ -40,12 +40,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block
+
+from tests.fakes.http import FakeServer
 
 BOT_USER = "U0BOTUSER"
 TEAM = "T0TEAM001"
@@ -114,8 +116,7 @@ class FakeSlack:
         self._ws_out: queue.Queue[bytes | None] | None = None
         self._ws_sock: socket.socket | None = None
         self.ws_connected = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = FakeServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
                                        name="fake-slack", daemon=True)
 

@@ -168,7 +168,9 @@ def test_a_receiver_that_is_not_there_is_retried(engine: Engine) -> None:
 
 def test_redirects_are_not_followed() -> None:
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.fakes.http import FakeServer
 
     class Moved(BaseHTTPRequestHandler):
         def log_message(self, *a):  # noqa: ANN002
@@ -180,7 +182,7 @@ def test_redirects_are_not_followed() -> None:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    server = FakeServer(("127.0.0.1", 0), Moved)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         n = WebhookNotifier(WebhookConfig("ops", Secret(f"http://127.0.0.1:{server.server_address[1]}/"),

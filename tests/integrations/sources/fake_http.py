@@ -15,9 +15,11 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.http import FakeServer
 
 
 @dataclass
@@ -73,8 +75,7 @@ class FakeHttp:
             do_GET = _do  # noqa: N815
             do_POST = _do  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        self.server.daemon_threads = True
+        self.server = FakeServer(("127.0.0.1", 0), _H)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def route(self, path: str, handler: Handler) -> None:

@@ -9,7 +9,7 @@ import gzip
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from bot.service.polling import poll_source
 from integrations.sources.http_json import HttpJsonSource
 from integrations.sources.openmeter import OpenMeterSource
 from integrations.sources.stripe_meter import StripeMeterSource
+from tests.fakes.http import FakeServer
 from tests.integrations.sources.helpers import T0, config_problems, count, source_config
 
 Behaviour = Callable[[BaseHTTPRequestHandler], None]
@@ -39,13 +40,9 @@ class RawHttp:
 
             def do_GET(self) -> None:  # noqa: N802
                 outer.hits += 1
-                try:
-                    behaviour(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up on us: that is the point
+                behaviour(self)  # a client that gives up on us is the point: FakeServer stays quiet
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        self.server.daemon_threads = True
+        self.server = FakeServer(("127.0.0.1", 0), _H)
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def url(self, path: str = "/usage") -> str:
