@@ -58,7 +58,7 @@ class Pricing:
             return "-" + self.money(-amount)
         if 0 < amount < 0.01:
             return f"<{self.currency}0.01"
-        if abs(amount) < 100:
+        if amount < 100:  # not negative here
             return f"{self.currency}{amount:,.2f}".replace(".00", "")
         return f"{self.currency}{amount:,.0f}"
 
