@@ -546,12 +546,13 @@ class SourceSeries(SQLModel, table=True):
 
 
 class UsageChange(SQLModel, table=True):
-    """Usage written since the last evaluation: (account, metric, first and last bucket written)."""
+    """Usage written since the last evaluation: (account, metric, first and last bucket written).
+    account_id None (0017): a write of new buckets, every account stored in those buckets of the metric."""
 
     __tablename__ = "usage_changes"  # type: ignore[assignment]
 
     id: int | None = Field(default=None, primary_key=True)
-    account_id: str
+    account_id: str | None = None
     metric: str
     bucket_start: int = Field(sa_type=sa.BigInteger)
     last_bucket: int | None = Field(default=None, sa_type=sa.BigInteger)  # None: rows from before 0008

@@ -367,7 +367,10 @@ def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool, additiv
     if dialect == "postgresql":  # the merge's sort in memory (the default 4 MB spilled a day of 40,000 rows)
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{PG_WORK_MEM}'")
     merged = None
-    if dialect == "postgresql" and runs == 1 and _all_newer(conn, buckets):
+    newer = runs == 1 and _all_newer(conn, buckets)
+    if newer and not pairs_staged:  # one bucket per pair, all new: a row per (metric, bucket), not per pair
+        ch = f"SELECT NULL, metric, bucket_start, bucket_start, '', {{now}} FROM {buckets} "
+    if dialect == "postgresql" and newer:
         merged = _append(conn, select)
     if merged is None:
         try:

@@ -42,7 +42,7 @@ from integrations.sources.base import catching_up
 from rules.detectors import required_history
 from rules.model import Rule, RuleSet
 from rules.periods import iso
-from storage.changes import delete_changes, read_changes
+from storage.changes import changed_accounts, delete_changes, read_changes
 from storage.rule_progress import get_rule_progress, set_rule_progress
 from storage.sources import SourceState, list_source_states
 
@@ -143,13 +143,12 @@ class Evaluator:
                 progress[r.id] = at
 
         late: dict[tuple[int, str], tuple[list[Rule], set[str]]] = {}
+        changed_metrics = changes.metrics()
         for rule in rules:
             at = progress.get(rule.id)
-            changed = changes.by_metric.get(rule.metric)
-            if at is None or rule.id in evaluated_now or not changed:
+            if at is None or rule.id in evaluated_now or rule.metric not in changed_metrics:
                 continue
-            oldest = at - required_history(rule)
-            accounts = {a for a, (first, last) in changed.items() if first < at and last >= oldest}
+            accounts = changed_accounts(self.engine, changes, rule.metric, before=at, since=at - required_history(rule))
             if accounts:
                 rs, accs = late.setdefault((at, rule.metric), ([], set()))
                 rs.append(rule)

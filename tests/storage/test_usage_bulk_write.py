@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from storage import usage_load
+from storage.changes import changed_accounts, read_changes
 from storage.db import make_engine, migrate, write_transaction
 from storage.usage import UsageValueError, load_usage, upsert_usage, write_points
 from tests.storage.test_usage import T0, Rec, rows
@@ -25,9 +26,20 @@ DAY = 86_400
 
 
 def changes(engine: Engine) -> list[tuple]:
+    """The change log as one row per account: a wide row (account_id NULL, a write of new buckets)
+    read as every account stored in its buckets, as storage.changes.changed_accounts reads it."""
     with engine.connect() as c:
         return sorted(tuple(r) for r in c.execute(sa.text(
-            "SELECT account_id, metric, bucket_start, last_bucket FROM usage_changes")))
+            "SELECT account_id, metric, bucket_start, last_bucket FROM usage_changes WHERE account_id IS NOT NULL "
+            "UNION ALL SELECT p.account_id, c.metric, p.bucket_start, p.bucket_start FROM usage_changes c "
+            "JOIN usage_points p ON p.metric = c.metric AND p.bucket_start BETWEEN c.bucket_start AND c.last_bucket "
+            "WHERE c.account_id IS NULL")))
+
+
+def raw_changes(engine: Engine) -> list[tuple]:
+    with engine.connect() as c:
+        return sorted((tuple(r) for r in c.execute(sa.text(
+            "SELECT account_id, metric, bucket_start, last_bucket FROM usage_changes"))), key=repr)
 
 
 def state(engine: Engine) -> tuple:
@@ -79,6 +91,22 @@ def test_a_new_day_is_its_own_bookkeeping(engine: Engine) -> None:
     assert ("calls", "acct-039", T0 + 3 * DAY) in first and ("gb", "acct-025", T0) in first
     assert ("calls", T0 + 3 * DAY) in cov
     assert ch == sorted((r.account, r.metric, r.ts, r.ts) for r in day)
+    # all of the day's buckets are new: one change row per (metric, bucket), not one per account
+    assert raw_changes(engine) == [(None, "calls", T0 + 3 * DAY, T0 + 3 * DAY), (None, "gb", T0 + 3 * DAY, T0 + 3 * DAY)]
+    cs = read_changes(engine)
+    assert changed_accounts(engine, cs, "calls", before=T0 + 4 * DAY, since=T0) == {r.account for r in day}
+    assert changed_accounts(engine, cs, "calls", before=T0 + 3 * DAY, since=T0) == set()  # not before `before`
+    assert changed_accounts(engine, cs, "gb", before=T0 + 9 * DAY, since=T0 + 4 * DAY) == set()  # nor from `since`
+
+
+def test_a_day_into_a_stored_bucket_keeps_a_row_per_account(engine: Engine) -> None:
+    """A bucket that already holds rows (a second poll of the same day, late data) is not all new:
+    its change rows name the accounts, so only they are re-evaluated."""
+    upsert_usage(engine, [Rec(f"acct-{i:03d}", "calls", T0 + d * DAY, 1.0) for i in range(20) for d in range(2)])
+    _fresh_changes(engine)
+    upsert_usage(engine, [Rec("acct-003", "calls", T0 + DAY, 5.0), Rec("acct-007", "calls", T0 + DAY, 6.0)])
+    assert raw_changes(engine) == [("acct-003", "calls", T0 + DAY, T0 + DAY), ("acct-007", "calls", T0 + DAY, T0 + DAY)]
+    assert changed_accounts(engine, read_changes(engine), "calls", before=T0 + 2 * DAY, since=T0) == {"acct-003", "acct-007"}
 
 
 def _fresh_changes(engine: Engine) -> None:

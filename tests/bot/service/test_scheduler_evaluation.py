@@ -3,6 +3,7 @@ accounts only, catch-up after downtime, and no drop alerts while a source is sta
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bot.service.evaluation import Evaluator
@@ -90,6 +91,23 @@ def test_for_counts_buckets_and_late_data_reevaluates_only_changed_accounts(engi
     [s] = _acme_drop(engine).values()
     assert (s.status, s.consecutive) == ("firing", 2)
     assert [a.account for a in t.alerts if a.event == "fired"] == ["acme"]
+
+
+def test_a_late_day_in_new_buckets_reevaluates_exactly_its_accounts(engine: Engine) -> None:
+    """A day evaluated without its data (max_wait passed), then delivered: its buckets are new, so the
+    change log holds one row per (metric, bucket), not one per account (storage.changes); the late
+    evaluation still covers exactly the accounts delivered."""
+    _history(engine, 10, ("acme", "globex", "initech"))
+    ev = Evaluator(engine, _rules(), max_wait=3600)
+    ev.tick(T0 + 10 * DAY + 60)
+    assert [e.at for e in ev.tick(T0 + 11 * DAY + 3600).evaluations] == [T0 + 11 * DAY]  # day 10, no data
+    _deliver(engine, 10, {"acme": 5.0, "globex": 100.0}, T0 + 11 * DAY + 4000)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT account_id, bucket_start FROM usage_changes")).all() == [(None, T0 + 10 * DAY)]
+    t = ev.tick(T0 + 11 * DAY + 4100)
+    assert [(e.at, e.reason, e.accounts) for e in t.evaluations] == [(T0 + 11 * DAY, "late data", 2)]
+    [s] = _acme_drop(engine).values()
+    assert (s.status, s.consecutive) == ("pending", 1)
 
 
 def test_a_new_leader_continues_from_the_stored_progress_and_catches_up(engine: Engine) -> None:
