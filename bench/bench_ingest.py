@@ -37,7 +37,11 @@ queries = {
     "usage_points": "SELECT account_id, metric, bucket_start, value FROM usage_points",
     "usage_first_seen": "SELECT account_id, metric, first_bucket FROM usage_first_seen",
     "usage_coverage": "SELECT metric, bucket_start FROM usage_coverage",
-    "usage_changes": "SELECT account_id, metric, bucket_start, last_bucket, source_id FROM usage_changes",
+    # per account: a wide row (migration 0017, a write of new buckets) as the accounts stored in its buckets
+    "usage_changes": "SELECT account_id, metric, bucket_start, last_bucket, source_id FROM usage_changes "
+                     "WHERE account_id IS NOT NULL UNION ALL SELECT p.account_id, c.metric, p.bucket_start, "
+                     "p.bucket_start, c.source_id FROM usage_changes c JOIN usage_points p ON p.metric = c.metric "
+                     "AND p.bucket_start BETWEEN c.bucket_start AND c.last_bucket WHERE c.account_id IS NULL",
 }
 out = {}
 with engine.connect() as c:
