@@ -10,6 +10,11 @@ and returns, or raises `DeliveryError` saying what the outbox should do with the
   operator (`usagebot outbox retry-dead`... storage.outbox.retry_dead puts it back);
 - neither: retried with the outbox backoff, dead after the outbox's attempt limit.
 
+`halts=True` (with `permanent`) says the refusal is about the notifier itself, not this row (Slack
+rejected the bot token; a webhook receiver refused its URL or signature): every row of this notifier
+would get the same answer, so the run stops calling it and marks its other due rows dead with the
+same error and fix, without a call each (500 queued alerts cost 1 call, not 500).
+
 Any other exception is taken as the last case. bot.service.pipeline.deliver_outbox is the only reader.
 """
 
@@ -29,10 +34,12 @@ MAX_RETRY_AFTER = 86_400  # a server asking for more than a day is taken at a da
 class DeliveryError(Exception):
     """A delivery that did not happen (see the module docstring). Messages carry no secrets."""
 
-    def __init__(self, message: str, retry_after: int | None = None, permanent: bool = False) -> None:
+    def __init__(self, message: str, retry_after: int | None = None, permanent: bool = False,
+                 halts: bool = False) -> None:
         super().__init__(message)
         self.retry_after = None if retry_after is None else max(0, int(retry_after))
-        self.permanent = bool(permanent)
+        self.permanent = bool(permanent) or bool(halts)
+        self.halts = bool(halts)  # about the notifier, not the row: the run stops calling it
 
 
 def retry_after(value: str | None, now: float) -> int | None:

@@ -49,6 +49,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_TOLERANCE = 300  # seconds a receiver should accept a timestamp off its own clock (replays)
 KEYS = ("type", "name", "enabled", "url", "url_file", "secret", "secret_file", "timeout")
 RETRYABLE = frozenset({408, 425, 429})
+# the receiver refuses the webhook itself (its signature, its URL), not one payload: the run stops sending to it
+REFUSES_THE_WEBHOOK = frozenset({401, 403, 404, 405, 407, 410})
 MAX_SAID = 4096  # bytes of a refusal's body read for its error message
 
 
@@ -159,6 +161,9 @@ class WebhookNotifier:
             raise DeliveryError(f"{message}; will retry", retry_after=retry_after(resp.headers.get("retry-after"), now))
         if 300 <= status < 400:
             message += " (redirects are not followed: configure the final URL)"
+        if status in REFUSES_THE_WEBHOOK or 300 <= status < 400:  # its URL or secret: every row would get it
+            raise DeliveryError(f"{message}; not retried: the receiver refuses this webhook (check its url and "
+                                "secret, then `usagebot outbox retry`)", halts=True)
         raise DeliveryError(f"{message}; not retried (a 4xx means the receiver refuses this request)", permanent=True)
 
     def close(self) -> None:

@@ -85,8 +85,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for outlet in outlets:
             report = deliver_rows(engine, outlet, now)
             total.add(report)
-            print(f"{outlet.name}: {report.sent} sent, {report.failed} not sent ({report.deferred} deferred, "
-                  f"{report.dead} dead)", file=out)
+            print(f"{outlet.name}: {report.sent} sent, {report.failed} not sent ({report.not_sent()})", file=out)
         for e in total.errors:
             print(e, file=err)
         return 0 if total.failed == total.deferred else 1

@@ -170,8 +170,7 @@ def cmd_deliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             report.add(deliver_rows(engine, SlackUpdates(notifier), now))
         for e in report.errors:
             print(e, file=err)
-        line = (f"{report.sent} alert(s) delivered, {report.failed} not delivered "
-                f"({report.deferred} deferred, {report.dead} dead)")
+        line = f"{report.sent} alert(s) delivered, {report.failed} not delivered ({report.not_sent()})"
         if isinstance(notifier, SlackNotifier) and (settings.slack.digest.enabled or settings.slack.attention.active):
             d = send_due_digests(notifier, now)
             for e in d.errors:

@@ -315,11 +315,19 @@ class DeliveryReport:
     dead: int = 0  # of those: permanent failures, not retried
     deferred: int = 0  # of those: due again after the notifier's retry_after
     lost: int = 0  # rows whose claim another deliverer took over (not delivered nor marked by this run)
+    halted: int = 0  # of the dead: not tried, their outlet refused itself earlier in the run (DeliveryError.halts)
     errors: list[str] = field(default_factory=list)
+
+    def not_sent(self) -> str:
+        """What happened to the rows not sent: "2 deferred, 500 dead (499 of them not tried: ...)"."""
+        text = f"{self.deferred} deferred, {self.dead} dead"
+        if self.halted:
+            text += f" ({self.halted} of them not tried: their notifier refused itself on an earlier row)"
+        return text
 
     def add(self, other: DeliveryReport) -> None:
         """Count another run's rows in this report (the deliver job runs one per outlet)."""
-        for name in ("sent", "failed", "dead", "deferred", "lost"):
+        for name in ("sent", "failed", "dead", "deferred", "lost", "halted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors += other.errors
 
@@ -359,6 +367,7 @@ def deliver_rows(
     """
     report = DeliveryReport()
     handled: list[int] = []
+    halted: DeliveryError | None = None  # the outlet refused itself: its other rows get the same answer
     while len(handled) < limit:
         batch = claim_due(engine, now, limit=min(CLAIM_BATCH, limit - len(handled)), kinds=list(outlet.kinds),
                           lease=lease, holder=holder, exclude=handled, keys=keys)
@@ -373,7 +382,10 @@ def deliver_rows(
                                 row.idempotency_key)
                     continue
                 try:
-                    _deliver_row(engine, outlet, row, now, backoff, report)
+                    if halted is not None:
+                        _mark_halted(engine, row, now, halted, report)
+                    else:
+                        halted = _deliver_row(engine, outlet, row, now, backoff, report)
                 except ClaimLost as exc:
                     report.lost += 1
                     log.warning("delivery of %s: %s", row.idempotency_key, exc)
@@ -381,14 +393,32 @@ def deliver_rows(
     return report
 
 
+def _mark_halted(engine: Engine, row: OutboxRow, now: int, halted: DeliveryError, report: DeliveryReport) -> None:
+    """A row of an outlet that refused itself earlier in this run: dead with that error, not tried."""
+    msg = mask(f"{type(halted).__name__}: {halted} (not tried: an earlier row of this run got this answer)")
+    mark_dead(engine, row.id, now, msg, token=row.claim_token)
+    report.dead += 1
+    report.failed += 1
+    report.halted += 1
+
+
 def _deliver_row(engine: Engine, outlet: Outlet, row: OutboxRow, now: int,
-                 backoff: Callable[[int], int], report: DeliveryReport) -> None:
+                 backoff: Callable[[int], int], report: DeliveryReport) -> DeliveryError | None:
+    """Carry out one row and record its outcome; returns the error when it halts the outlet."""
     token = row.claim_token
     try:
         outlet.handle(row.payload)
     except Exception as exc:  # a failing outlet must not lose the row
         msg = mask(f"{type(exc).__name__}: {exc}")
         retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+        if isinstance(exc, DeliveryError) and exc.halts:
+            mark_dead(engine, row.id, now, msg, token=token)
+            log.error("delivery of %s failed permanently (marked dead; the run sends no more rows of this kind): %s",
+                      row.idempotency_key, msg)
+            report.dead += 1
+            report.failed += 1
+            report.errors.append(f"outbox {row.idempotency_key}: {msg}")
+            return exc
         if isinstance(exc, DeliveryError) and exc.permanent:
             mark_dead(engine, row.id, now, msg, token=token)
             log.error("delivery of %s failed permanently (marked dead): %s", row.idempotency_key, msg)
@@ -403,7 +433,8 @@ def _deliver_row(engine: Engine, outlet: Outlet, row: OutboxRow, now: int,
             log.warning("delivery of %s failed: %s", row.idempotency_key, msg)
         report.failed += 1
         report.errors.append(f"outbox {row.idempotency_key}: {msg}")
-        return
+        return None
     if mark_sent(engine, [row.id], now, token=token) == 0:
         raise ClaimLost(f"outbox row {row.id} was delivered, but its claim had been taken over meanwhile")
     report.sent += 1
+    return None

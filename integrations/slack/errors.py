@@ -14,8 +14,8 @@ class SlackDeliveryError(DeliveryError):
     """A Slack call failed; retried later with the outbox backoff."""
 
     def __init__(self, message: str, error: str = "", retry_after: int | None = None,
-                 permanent: bool = False) -> None:
-        super().__init__(mask(message), retry_after, permanent)
+                 permanent: bool = False, halts: bool = False) -> None:
+        super().__init__(mask(message), retry_after, permanent, halts)
         self.error = error  # Slack's error code ("channel_not_found"), "" for HTTP/network failures
 
 
@@ -37,10 +37,11 @@ class SlackAuthError(SlackDeliveryError):
     """Slack refused the bot token itself (invalid_auth, token_revoked, account_inactive...): no call
     can succeed until an admin fixes the token, so the row is dead at once with what to do. Not a
     PermanentSlackError: the fallbacks for one bad destination (another channel, a text-only post, a
-    digest given up) must not act on it; it ends the delivery of the row."""
+    digest given up) must not act on it; it ends the delivery of the row, and of every other row
+    of the run (`halts`: they would get the same answer)."""
 
     def __init__(self, message: str, error: str = "") -> None:
-        super().__init__(message, error, permanent=True)
+        super().__init__(message, error, permanent=True, halts=True)
 
 
 class SlackUnavailable(SlackDeliveryError):

@@ -93,6 +93,23 @@ def test_a_wrong_secret_is_refused_by_the_receiver_and_the_row_is_dead(engine: E
     assert SECRET not in row.last_error and "not-the-receivers-secret" not in row.last_error
 
 
+def test_a_wrong_secret_costs_one_request_not_one_per_queued_notice(engine: Engine, receiver: FakeWebhook) -> None:
+    """A 401 is about the webhook (its secret), not the notice: the run stops sending to it, and the other
+    queued rows are dead with the same error without a request each; a 422 is about one notice only."""
+    for i in range(4):
+        _queue(engine, row={**OLD_ROW, "account": f"acct-{i}"})
+    report = deliver_outbox(engine, _notifier(receiver, secret="not-the-receivers-secret"), NOW)
+    assert len(receiver.requests) == 1 and (report.dead, report.halted) == (4, 3)
+    assert all("HTTP 401" in r.last_error and "check its url and secret" in r.last_error for r in list_outbox(engine))
+    assert retry_dead(engine, NOW) == 4
+    assert deliver_outbox(engine, _notifier(receiver), NOW).sent == 4 and len(receiver.accepted) == 4
+    for i in range(2):
+        _queue(engine, row={**OLD_ROW, "account": f"other-{i}"})
+    receiver.fail(422, times=1)
+    report = deliver_outbox(engine, _notifier(receiver), NOW)
+    assert (report.dead, report.halted, report.sent) == (1, 0, 1)
+
+
 def test_5xx_is_retried_with_backoff_and_the_same_body(engine: Engine, receiver: FakeWebhook) -> None:
     notice = _queue(engine)
     receiver.fail(503, times=2)

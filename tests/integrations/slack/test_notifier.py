@@ -23,6 +23,7 @@ from tests.integrations.slack.scenario import (
     TOKEN,
     Scenario,
     assert_valid_message,
+    usage_records,
 )
 
 
@@ -280,6 +281,29 @@ def test_rejected_token_is_dead_at_once_with_the_fix_and_retry_delivers(engine, 
     assert retry_dead(engine, clock.now) == 1
     assert sc.deliver(sc.notifier(config)).sent == 1
     assert counts(engine) == {"sent": 1}
+
+
+def test_a_rejected_token_costs_one_call_not_one_per_queued_alert(engine, fake, config, clock):
+    # every account spikes: 4 alerts queued. The first post's invalid_auth ends the run's Slack calls:
+    # the other rows are dead with the same error and fix without a call each (before: 4 calls)
+    records = [replace(r, value=600.0) if r.ts >= T0 + SPIKE_DAY * DAY else r
+               for r in usage_records(days=SPIKE_DAY + 2)]
+    sc = Scenario(engine, clock, records=records)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    queued = len(list_outbox(engine, status="pending"))
+    assert queued >= 3
+    fake.fail("chat.postMessage", "error", "token_revoked", count=100)
+    report = sc.deliver(sc.notifier(config))
+    assert len(fake.calls_of("chat.postMessage")) == 1
+    assert (report.dead, report.halted, report.sent) == (queued, queued - 1, 0)
+    assert "not tried" in report.not_sent() and len(report.errors) == 1
+    for row in list_outbox(engine, status="dead"):
+        assert "token_revoked" in row.last_error and "slack.bot_token" in row.last_error
+        assert TOKEN not in row.last_error
+    fake.faults.clear()  # the admin fixes the token: every row queued again and delivered
+    assert retry_dead(engine, clock.now) == queued
+    assert sc.deliver(sc.notifier(config)).sent == queued
 
 
 def test_missing_scope_is_dead_at_once_naming_the_scope(engine, fake, config, clock):
