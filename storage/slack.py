@@ -91,6 +91,13 @@ def set_dm_channel(engine: Engine, email: str, channel: str) -> None:
         conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(dm_channel=channel))
 
 
+def clear_dm_channel(engine: Engine, email: str) -> None:
+    """Forget the stored DM channel of `email` (Slack no longer knows it): the next lookup opens it anew."""
+    c = users_table.c
+    with engine.begin() as conn:
+        conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(dm_channel=None))
+
+
 def set_user_tz(engine: Engine, email: str, tz: str) -> None:
     """The user's timezone from users.info ("" when Slack has none), cached with the lookup."""
     c = users_table.c

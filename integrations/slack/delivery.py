@@ -92,14 +92,21 @@ class Poster:
         return cid, ts
 
     def find_posted(self, channel: str, thread_ts: str | None, step: str, since: int) -> str | None:
-        """The ts of a message carrying this step's metadata, posted since `since` (minus a margin)."""
+        """The ts of a message carrying this step's metadata, posted since `since` (minus a margin).
+
+        None also when Slack no longer knows `channel` (channel_not_found: a stale DM id): nothing
+        can be posted there, so the caller posts to the channel it has now."""
         oldest = f"{since - SEARCH_MARGIN}.000000"
         cursor: str | None = None
         for _ in range(SEARCH_PAGES):
-            if thread_ts:
-                data = self.api.replies(channel, thread_ts, oldest, cursor)
-            else:
-                data = self.api.history(channel, oldest, cursor)
+            try:
+                data = self._read(channel, thread_ts, oldest, cursor)
+            except PermanentSlackError as exc:
+                if exc.error != "channel_not_found":
+                    raise
+                log.warning("delivery step %s: channel %s of its earlier attempt is not found; not posted there",
+                            step, channel)
+                return None
             for m in data.get("messages") or []:
                 if _step_of(m) == step:
                     return str(m["ts"])
@@ -109,6 +116,12 @@ class Poster:
         log.warning("delivery step %s: not found in the last %d pages of %s; posting it again",
                     step, SEARCH_PAGES, channel)
         return None
+
+    def _read(self, channel: str, thread_ts: str | None, oldest: str, cursor: str | None) -> dict[str, Any]:
+        """One page of the thread (replies) or the channel (history)."""
+        if thread_ts:
+            return self.api.replies(channel, thread_ts, oldest, cursor)
+        return self.api.history(channel, oldest, cursor)
 
 
 def _step_of(message: dict[str, Any]) -> str | None:

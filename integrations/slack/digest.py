@@ -19,15 +19,16 @@ from storage import slack as store
 log = logging.getLogger(__name__)
 
 # Slack's answers for a DM whose person is gone: the owner is taken as not on Slack (re-checked after
-# [slack] negative_cache_ttl), so their next alerts go to the routed channels instead
-GONE_ERRORS = frozenset({"user_disabled", "user_not_found", "users_not_found", "cannot_dm_bot", "is_archived",
-                         "channel_not_found"})
+# [slack] negative_cache_ttl), so their next alerts go to the routed channels instead. Not
+# channel_not_found / is_archived: those are about a DM channel id (a stored one gone stale is
+# reopened, SlackDirectory.post_dm), not about the person
+GONE_ERRORS = frozenset({"user_disabled", "user_not_found", "users_not_found", "cannot_dm_bot"})
 # Slack's answers about this digest's own content: sending it again cannot help either. Any other
 # permanent error (missing_scope, not_allowed_token_type...) is about the app's set-up, which an admin
 # fixes: the digest waits for the next run instead of being dropped (one such error dropped every
 # owner's digest in one run). A rejected token (SlackAuthError) is not a PermanentSlackError: it is
 # logged and the digest kept as for any other delivery error.
-GIVEN_UP_ERRORS = GONE_ERRORS | {"msg_too_long", "invalid_blocks", "no_text", "invalid_attachments",
+GIVEN_UP_ERRORS = GONE_ERRORS | {"channel_not_found", "is_archived", "msg_too_long", "invalid_blocks", "no_text", "invalid_attachments",
                                  "too_many_attachments", "invalid_arguments"}
 
 
@@ -92,7 +93,7 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
                 continue
             content = notifier.renderer.digest(owner, [i.alert for i in pending], key.rsplit(":", 1)[-1],
                                                open_alerts)
-            notifier.poster.post_once(step, channel, None, content)
+            notifier.post_to_owner(owner, step, channel, content)
         except PermanentSlackError as exc:
             report.errors.append(f"digest {key}: {exc}")
             if exc.error not in GIVEN_UP_ERRORS:

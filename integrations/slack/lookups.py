@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -17,6 +18,8 @@ from integrations.slack.errors import PermanentSlackError
 from storage import slack as store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHANNEL_CACHE_TTL = 3600
 GROUP_CACHE_TTL = 600
@@ -111,6 +114,28 @@ class SlackDirectory:
             raise PermanentSlackError(f"conversations.open for the owner {email} returned no channel")
         store.set_dm_channel(self.engine, email, channel)
         return channel
+
+    def reopen_dm(self, email: str) -> str | None:
+        """Forget the stored DM channel of `email` and open it once more (conversations.open)."""
+        store.clear_dm_channel(self.engine, email)
+        return self.dm_channel(email)
+
+    def post_dm(self, email: str, channel: str, post: Callable[[str], T]) -> T:
+        """post(channel) to the owner's DM `channel`; when Slack answers channel_not_found for it (a
+        stored id gone stale: the app was reinstalled, the workspace migrated), the DM is reopened
+        and posted to ONCE more. A channel_not_found for the freshly opened DM is raised as it is."""
+        try:
+            return post(channel)
+        except PermanentSlackError as exc:
+            if exc.error != "channel_not_found":
+                raise
+            fresh = self.reopen_dm(email)
+            if fresh is None or fresh == channel:
+                log.error("the DM channel %s of %s is not found by Slack, even freshly opened", channel, email)
+                raise
+        log.warning("the stored DM channel %s of %s was gone (channel_not_found); reopened as %s",
+                    channel, email, fresh)
+        return post(fresh)
 
     def email_of(self, user_id: str) -> str | None:
         """A Slack user's email (users.info; needs the users:read.email scope), cached."""

@@ -34,7 +34,7 @@ from integrations.slack.config import SlackConfig
 from integrations.slack.delivery import Poster
 from integrations.slack.errors import PermanentSlackError, RetryLater
 from integrations.slack.lookups import SlackDirectory
-from integrations.slack.render import EpisodeView, SlackRenderer
+from integrations.slack.render import EpisodeView, SlackMessageContent, SlackRenderer
 from integrations.slack.routing import Destination, destinations, fallback_destination
 from rules.periods import iso
 from storage import slack as store
@@ -212,7 +212,7 @@ class SlackNotifier:
         if event == "fired" or existing is None:
             view = self._view(episode, event, at)
             content = self.renderer.alert(notice, view, owner, self.interactive)
-            cid, ts = self.poster.post_once(step, channel, None, content)
+            cid, ts = self._post_new(d, step, channel, content)
             if eid is not None:
                 store.save_message(self.engine, eid, d.key, cid, ts, notice.to_json(), event, at)
                 current = get_episode(self.engine, eid)
@@ -225,11 +225,12 @@ class SlackNotifier:
         try:
             self.poster.post_once(step, existing.channel, existing.ts, content)
         except PermanentSlackError as exc:
-            if exc.error != "thread_not_found":
+            if exc.error not in ("thread_not_found", "channel_not_found"):
                 raise
-            log.warning("thread of episode %s in %s is gone; posting a new parent message", eid, d.key)
+            log.warning("thread of episode %s in %s is gone (%s); posting a new parent message", eid, d.key,
+                        exc.error)
             content = self.renderer.alert(notice, view, owner, self.interactive)
-            cid, ts = self.poster.post_once(f"{step}|new-parent", channel, None, content)
+            cid, ts = self._post_new(d, f"{step}|new-parent", channel, content)
             store.save_message(self.engine, eid, d.key, cid, ts, notice.to_json(), event, at)  # type: ignore[arg-type]
             return True
         store.note_message_event(self.engine, existing.id, event, at)
@@ -237,6 +238,22 @@ class SlackNotifier:
         if fresh is not None:
             self.refresh_message(fresh, replace(existing, last_event=event, last_event_at=at))
         return True
+
+    def _post_new(self, d: Destination, step: str, channel: str,
+                  content: SlackMessageContent) -> tuple[str, str]:
+        """Post a parent message for step `step` in `channel` (an owner's DM: see post_to_owner)."""
+        if d.kind == "dm":
+            return self.post_to_owner(d.target, step, channel, content)
+        return self.poster.post_once(step, channel, None, content)
+
+    def post_to_owner(self, email: str, step: str, channel: str,
+                      content: SlackMessageContent) -> tuple[str, str]:
+        """Post step `step` to the DM `channel` of `email`, exactly once; a stored DM id that went
+        stale is reopened and posted to once more (never a channel instead, the owner not marked gone)."""
+        def post(ch: str) -> tuple[str, str]:
+            return self.poster.post_once(step, ch, None, content)
+
+        return self.directory.post_dm(email, channel, post)
 
     # ------------------------------------------------------- parent messages
 

@@ -171,6 +171,16 @@ class FakeSlack:
             self.channels[cid] = Channel(cid, name.lstrip("#"), is_private=private, is_member=member)
             return cid
 
+    def forget_dm(self, uid: str) -> str | None:
+        """Slack no longer knows the bot's DM channel with `uid` (the app was reinstalled, the workspace
+        migrated): its id answers channel_not_found; conversations.open makes a new one. The old id."""
+        with self.lock:
+            ch = next((c for c in self.channels.values() if c.is_im and c.user == uid), None)
+            if ch is None:
+                return None
+            del self.channels[ch.id]
+            return ch.id
+
     def add_oidc_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
         """A Slack app with Sign in with Slack: its credentials and its one registered redirect URL."""
         with self.lock:

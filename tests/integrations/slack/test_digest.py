@@ -151,3 +151,41 @@ def test_a_digest_refused_for_the_apps_set_up_is_kept_for_the_next_run_not_dropp
     again = send_due_digests(n, t + 60)
     assert (again.sent, again.errors) == (1, []) and len(fake.dm_with("U0ALICE01").messages) == 1
     assert n.directory.user_id("alice@example.com") is not None  # she is still on Slack
+
+
+def test_a_digest_to_an_owner_whose_stored_dm_id_went_stale_goes_to_the_reopened_dm(engine, fake, config, clock):
+    """The stored DM channel id of alice is gone in Slack (channel_not_found: the app was reinstalled):
+    the DM is reopened once and the digest posted there; alice is not taken as gone (before: her
+    digests stopped and her alerts went to channels only)."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    old = n.directory.dm_channel("alice@example.com")
+    assert fake.forget_dm("U0ALICE01") == old
+    report = send_due_digests(n, clock.set_day(FIRED, NINE))
+    assert (report.sent, report.given_up, report.errors) == (1, 0, [])
+    new = fake.dm_with("U0ALICE01")
+    assert new is not None and new.id != old and len(new.messages) == 1
+    assert len(fake.calls_of("conversations.open")) == 2
+    assert n.directory.user_id("alice@example.com") == "U0ALICE01"
+    assert n.directory.dm_channel("alice@example.com") == new.id  # the new id is the stored one
+
+
+def test_a_digest_whose_fresh_dm_is_not_found_is_a_plain_failure_the_owner_not_gone(engine, fake, config, clock,
+                                                                                    caplog):
+    """channel_not_found for a DM opened just now is about that channel, not the person: the digest
+    is given up (named in the log) but alice stays on Slack."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    fake.fail("chat.postMessage", "error", "channel_not_found", count=2)
+    report = send_due_digests(n, clock.set_day(FIRED, NINE))
+    assert (report.sent, report.given_up) == (0, 1) and "channel_not_found" in report.errors[0]
+    assert len(fake.calls_of("chat.postMessage")) == 2  # the DM reopened and tried once more, no more
+    assert any("even freshly opened" in r.getMessage() and "alice@example.com" in r.getMessage()
+               for r in caplog.records)
+    assert n.directory.user_id("alice@example.com") == "U0ALICE01"
