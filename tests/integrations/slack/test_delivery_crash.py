@@ -252,3 +252,35 @@ def test_a_huge_or_unreadable_retry_after_defers_the_row_a_bounded_time(engine, 
     ft.t += deferred
     assert sc.deliver(n, at=row.next_attempt_at).sent == 1
     _one_thread_each(fake, replies=0)
+
+
+def test_a_kill_between_the_reopened_dm_post_and_its_record_posts_once(engine, fake, config, clock, monkeypatch):
+    """A DM post whose response was lost, then its DM id went stale in Slack, then the retry to the
+    reopened DM is killed right after Slack posted: the claim names the new DM, so the next try finds
+    the message there and does not post it again (the stale channel counts as 'not posted there')."""
+    import integrations.slack.delivery as delivery_mod
+
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config, lease=1)  # the dead run's claim (database clock) lapses after 1 s
+    email, step = "alice@example.com", "stale-dm|dm:alice@example.com"
+    content = SlackMessageContent("alert for acme", [])
+    old = n.directory.dm_channel(email)
+    fake.fail("chat.postMessage", "drop")
+    with pytest.raises(SlackUnavailable):
+        n.post_to_owner(email, step, old, content)
+    fake.forget_dm("U0ALICE01")
+    real = delivery_mod.store.finish_step
+
+    def killed(*a, **k):  # the process dies right after Slack posted to the new DM
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(delivery_mod.store, "finish_step", killed)
+    with pytest.raises(SystemExit):
+        n.post_to_owner(email, step, old, content)
+    monkeypatch.setattr(delivery_mod.store, "finish_step", real)
+    new = fake.dm_with("U0ALICE01")
+    assert new is not None and new.id != old and len(new.messages) == 1
+    time.sleep(2.1)
+    cid, ts = n.post_to_owner(email, step, n.directory.dm_channel(email), content)
+    assert (cid, ts) == (new.id, new.messages[0]["ts"]) and len(new.messages) == 1
+    assert get_step(engine, step).done

@@ -316,3 +316,24 @@ def test_missing_scope_is_dead_at_once_naming_the_scope(engine, fake, config, cl
     assert len(fake.calls_of("chat.postMessage")) == 2  # each destination (the DM, the channel) once
     err = list_outbox(engine, status="dead")[0].last_error
     assert "missing_scope" in err and "reinstall" in err and "usagebot outbox retry" in err
+
+
+def test_an_alert_dm_whose_stored_dm_id_went_stale_goes_to_the_reopened_dm_not_a_channel(engine, fake, config,
+                                                                                         clock):
+    """alice's stored DM channel id is gone in Slack (channel_not_found): the DM is reopened once and
+    the alert posted there, in no channel (before: the row was dead, "no Slack destination")."""
+    rules = SPIKE_RULE.replace('channels = ["#usage-alerts"]', "channels = []")
+    sc = Scenario(engine, clock, rules=rules)
+    n = sc.notifier(replace(config, default_channel=None))
+    old = n.directory.dm_channel("alice@example.com")
+    assert fake.forget_dm("U0ALICE01") == old
+    _run(sc, n, (SPIKE_DAY, FIRED))
+    new = fake.dm_with("U0ALICE01")
+    assert new is not None and new.id != old and len(new.messages) == 1
+    assert all(not ch.messages for ch in fake.channels.values() if not ch.is_im)
+    assert counts(engine) == {"sent": 1}
+    fake.forget_dm("U0ALICE01")  # gone again before the follow-up: a new parent in the new DM, no channel
+    _run(sc, n, (RENOTIFIED,))
+    newer = fake.dm_with("U0ALICE01")
+    assert newer is not None and len(newer.messages) == 1 and "thread_ts" not in newer.messages[0]
+    assert all(not ch.messages for ch in fake.channels.values() if not ch.is_im)
