@@ -29,6 +29,7 @@ from integrations.slack.blocks import escape_mrkdwn
 from integrations.slack.config import AttentionConfig
 from integrations.slack.notifier import SlackNotifier
 from integrations.slack.render import SlackMessageContent, mention
+from integrations.slack.routing import Destination
 from rules.model import DAY
 from storage import slack as store
 from storage.db import write_transaction
@@ -116,6 +117,7 @@ class SlackAssignments:
         content = SlackMessageContent(f"{line} {content.text}",
                                       [{"type": "section", "text": {"type": "mrkdwn", "text": line}}, *content.blocks])
         key = escalate_key(eid) if escalation else assign_key(eid)
-        cid, ts = n.poster.post_once(f"{key}|{destination}", channel, None, content)
+        where = Destination("dm" if "@" in target else "channel", target)
+        cid, ts = n.post_parent(where, f"{key}|{destination}", channel, content)  # a stale cached id: once more
         if not any(m.destination == destination for m in messages):
             store.save_message(n.engine, eid, destination, cid, ts, first.alert, first.last_event, first.last_event_at)

@@ -61,11 +61,18 @@ class SlackDirectory:
         email = email.strip().lower()
         if not email:
             return None
-        now = self.clock()
-        hit = store.cached_user(self.engine, email, now, self.config.user_cache_ttl,
-                                self.config.negative_cache_ttl)
+        hit = self._cached(email)
         if hit is not None:
             return hit.user_id
+        return self._lookup_user(email)
+
+    def _cached(self, email: str) -> store.CachedUser | None:
+        return store.cached_user(self.engine, email, self.clock(), self.config.user_cache_ttl,
+                                 self.config.negative_cache_ttl)
+
+    def _lookup_user(self, email: str) -> str | None:
+        """users.lookupByEmail, stored (None: no such user, stored as a negative lookup)."""
+        now = self.clock()
         try:
             data = self.api.lookup_by_email(email)
         except PermanentSlackError as exc:
@@ -99,16 +106,29 @@ class SlackDirectory:
         return tz if tz and _known_zone(tz) else default
 
     def dm_channel(self, email: str) -> str | None:
-        """The bot's DM channel with the owner of `email` (conversations.open), None if not on Slack."""
+        """The bot's DM channel with the owner of `email` (conversations.open), None if not on Slack.
+
+        A cached user id that Slack no longer knows (user_not_found: the workspace migrated) is
+        looked up by email once more before the owner is taken as not on Slack."""
         email = email.strip().lower()
+        cached = self._cached(email) is not None
         uid = self.user_id(email)
         if uid is None:
             return None
-        hit = store.cached_user(self.engine, email, self.clock(), self.config.user_cache_ttl,
-                                self.config.negative_cache_ttl)
+        hit = self._cached(email)
         if hit is not None and hit.dm_channel:
             return hit.dm_channel
-        data = self.api.open_dm(uid)
+        try:
+            data = self.api.open_dm(uid)
+        except PermanentSlackError as exc:
+            if exc.error not in ("user_not_found", "users_not_found") or not cached:
+                raise
+            log.info("the cached Slack user %s of %s is not found (%s); looking the email up again",
+                     uid, email, exc.error)
+            uid = self._lookup_user(email)
+            if uid is None:
+                return None
+            data = self.api.open_dm(uid)
         channel = str((data.get("channel") or {}).get("id") or "")
         if not channel:
             raise PermanentSlackError(f"conversations.open for the owner {email} returned no channel")
@@ -124,17 +144,27 @@ class SlackDirectory:
         """post(channel) to the owner's DM `channel`; when Slack answers channel_not_found for it (a
         stored id gone stale: the app was reinstalled, the workspace migrated), the DM is reopened
         and posted to ONCE more. A channel_not_found for the freshly opened DM is raised as it is."""
+        return self._post_renewed(f"the DM of {email}", channel, post, lambda: self.reopen_dm(email))
+
+    def post_channel(self, name: str, channel: str, post: Callable[[str], T]) -> T:
+        """post(channel) to `channel`, the id of the channel `name`; when Slack answers channel_not_found
+        for a cached name -> id (the channel was deleted and made anew), the name is looked up once more
+        and posted to once more."""
+        return self._post_renewed(f"channel {name}", channel, post, lambda: self.relookup_channel(name))
+
+    def _post_renewed(self, what: str, channel: str, post: Callable[[str], T],
+                      renew: Callable[[], str | None]) -> T:
+        """post(channel), and once more to renew()'s channel when Slack did not find `channel`."""
         try:
             return post(channel)
         except PermanentSlackError as exc:
             if exc.error != "channel_not_found":
                 raise
-            fresh = self.reopen_dm(email)
+            fresh = renew()
             if fresh is None or fresh == channel:
-                log.error("the DM channel %s of %s is not found by Slack, even freshly opened", channel, email)
+                log.error("%s: Slack does not find channel %s, even looked up anew", what, channel)
                 raise
-        log.warning("the stored DM channel %s of %s was gone (channel_not_found); reopened as %s",
-                    channel, email, fresh)
+        log.warning("%s: the cached channel %s was gone (channel_not_found); now %s", what, channel, fresh)
         return post(fresh)
 
     def email_of(self, user_id: str) -> str | None:
@@ -173,6 +203,13 @@ class SlackDirectory:
                 f"and that the bot can see it (private channels: /invite @{self.config.app_name})",
                 error="channel_not_found")
         return cid
+
+    def relookup_channel(self, name: str) -> str | None:
+        """The id of channel `name` listed anew (the cached one is stale), None if none or `name` is an id."""
+        if is_channel_id(name):
+            return None
+        self._refresh_channels(self.clock())
+        return self._channels.get(name.lstrip("#").lower())
 
     def _refresh_channels(self, now: int) -> None:
         found: dict[str, str] = {}

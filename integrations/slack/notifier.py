@@ -164,8 +164,8 @@ class SlackNotifier:
                 "default_channel)")
         content = self.renderer.notice(notice)
         for name in channels:
-            self.poster.post_once(f"{notice.idempotency_key}|channel:{name}", self.directory.channel_id(name), None,
-                                  content)
+            self.post_parent(Destination("channel", name), f"{notice.idempotency_key}|channel:{name}",
+                           self.directory.channel_id(name), content)
 
     def _wait_for_first_post(self, notice: AlertNotice, now: int) -> None:
         first = notice.first_message_key()
@@ -212,7 +212,7 @@ class SlackNotifier:
         if event == "fired" or existing is None:
             view = self._view(episode, event, at)
             content = self.renderer.alert(notice, view, owner, self.interactive)
-            cid, ts = self._post_new(d, step, channel, content)
+            cid, ts = self.post_parent(d, step, channel, content)
             if eid is not None:
                 store.save_message(self.engine, eid, d.key, cid, ts, notice.to_json(), event, at)
                 current = get_episode(self.engine, eid)
@@ -230,7 +230,7 @@ class SlackNotifier:
             log.warning("thread of episode %s in %s is gone (%s); posting a new parent message", eid, d.key,
                         exc.error)
             content = self.renderer.alert(notice, view, owner, self.interactive)
-            cid, ts = self._post_new(d, f"{step}|new-parent", channel, content)
+            cid, ts = self.post_parent(d, f"{step}|new-parent", channel, content)
             store.save_message(self.engine, eid, d.key, cid, ts, notice.to_json(), event, at)  # type: ignore[arg-type]
             return True
         store.note_message_event(self.engine, existing.id, event, at)
@@ -239,12 +239,14 @@ class SlackNotifier:
             self.refresh_message(fresh, replace(existing, last_event=event, last_event_at=at))
         return True
 
-    def _post_new(self, d: Destination, step: str, channel: str,
+    def post_parent(self, d: Destination, step: str, channel: str,
                   content: SlackMessageContent) -> tuple[str, str]:
-        """Post a parent message for step `step` in `channel` (an owner's DM: see post_to_owner)."""
+        """Post a parent message for step `step` in `channel`; a cached channel id Slack no longer
+        finds is looked up anew once (an owner's DM: see post_to_owner)."""
         if d.kind == "dm":
             return self.post_to_owner(d.target, step, channel, content)
-        return self.poster.post_once(step, channel, None, content)
+        return self.directory.post_channel(d.target, channel,
+                                           lambda ch: self.poster.post_once(step, ch, None, content))
 
     def post_to_owner(self, email: str, step: str, channel: str,
                       content: SlackMessageContent) -> tuple[str, str]:

@@ -181,6 +181,20 @@ class FakeSlack:
             del self.channels[ch.id]
             return ch.id
 
+    def move_user(self, uid: str, new_uid: str) -> None:
+        """The user `uid` now has the id `new_uid` (a workspace migration): the old id is user_not_found."""
+        with self.lock:
+            user = self.users.pop(uid)
+            self.users[new_uid] = {**user, "id": new_uid}
+
+    def remake_channel(self, name: str) -> str:
+        """Channel `name` deleted and made anew (a new id; the old one answers channel_not_found)."""
+        with self.lock:
+            old = self._find_channel(name)
+            assert old is not None, f"no channel {name}"
+            del self.channels[old.id]
+        return self.add_channel(name, member=old.is_member, private=old.is_private)
+
     def add_oidc_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
         """A Slack app with Sign in with Slack: its credentials and its one registered redirect URL."""
         with self.lock:

@@ -186,6 +186,6 @@ def test_a_digest_whose_fresh_dm_is_not_found_is_a_plain_failure_the_owner_not_g
     report = send_due_digests(n, clock.set_day(FIRED, NINE))
     assert (report.sent, report.given_up) == (0, 1) and "channel_not_found" in report.errors[0]
     assert len(fake.calls_of("chat.postMessage")) == 2  # the DM reopened and tried once more, no more
-    assert any("even freshly opened" in r.getMessage() and "alice@example.com" in r.getMessage()
+    assert any("even looked up anew" in r.getMessage() and "alice@example.com" in r.getMessage()
                for r in caplog.records)
     assert n.directory.user_id("alice@example.com") == "U0ALICE01"

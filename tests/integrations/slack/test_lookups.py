@@ -80,3 +80,44 @@ def test_token_never_in_errors(engine, fake, config, clock):
     with pytest.raises(Exception) as exc:
         d.user_id("alice@example.com")
     assert "invalid_auth" in str(exc.value) and "SECRET" not in str(exc.value) and "slack.bot_token" in str(exc.value)
+
+
+def test_a_cached_user_id_slack_no_longer_knows_is_looked_up_once_more(engine, fake, config, clock):
+    """alice's cached id is user_not_found now (a migrated workspace gave her a new one): her email is
+    looked up again and her DM opened with the new id, instead of taking her as not on Slack."""
+    d = _directory(engine, config, clock)
+    assert d.user_id("alice@example.com") == "U0ALICE01"
+    fake.move_user("U0ALICE01", "U0ALICE02")
+    dm = d.dm_channel("alice@example.com")
+    assert dm is not None and dm == fake.dm_with("U0ALICE02").id
+    assert d.user_id("alice@example.com") == "U0ALICE02"
+    assert len(fake.calls_of("users.lookupByEmail")) == 2 and len(fake.calls_of("conversations.open")) == 2
+
+
+def test_a_cached_user_id_of_someone_who_left_is_not_on_slack_after_one_more_lookup(engine, fake, config, clock):
+    d = _directory(engine, config, clock)
+    assert d.user_id("alice@example.com") == "U0ALICE01"
+    with fake.lock:
+        del fake.users["U0ALICE01"]
+    assert d.dm_channel("alice@example.com") is None
+    assert d.user_id("alice@example.com") is None and len(fake.calls_of("conversations.open")) == 1
+
+
+def test_a_cached_channel_id_slack_no_longer_finds_is_looked_up_and_posted_once_more(engine, fake, config,
+                                                                                   clock):
+    """#usage-alerts was deleted and made anew within the channel cache's hour: the post to the cached
+    id answers channel_not_found, the name is listed again and the post goes to the new id, once."""
+    from integrations.slack.delivery import Poster
+    from integrations.slack.render import SlackMessageContent
+
+    d = _directory(engine, config, clock)
+    poster = Poster(d.api, engine, clock)
+    old = d.channel_id("#usage-alerts")
+    new = fake.remake_channel("#usage-alerts")
+    content = SlackMessageContent("alert for acme", [])
+    cid, _ = d.post_channel("#usage-alerts", old, lambda ch: poster.post_once("step-1", ch, None, content))
+    assert cid == new and len(fake.channel(new).messages) == 1
+    assert d.channel_id("#usage-alerts") == new
+    with pytest.raises(PermanentSlackError) as exc:  # an id named in the config is not looked up again
+        d.post_channel(old, old, lambda ch: poster.post_once("step-2", ch, None, content))
+    assert exc.value.error == "channel_not_found"
