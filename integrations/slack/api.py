@@ -8,9 +8,10 @@
 - Errors become SlackDeliveryError subclasses, one classification here: permanent ones (unknown
   channel, invalid blocks, missing_scope) are marked so, a rejected token (AUTH_ERRORS) is a
   SlackAuthError (also permanent: dead at once, naming the fix; never retried with backoff); HTTP 5xx, network failures (a reset, a body cut off mid-way), an answer that is not
-  Slack's JSON (an HTML page from a proxy) and Slack's own "it may have happened" codes (fatal_error,
+  Slack's JSON with a status other than 4xx (a 200 HTML page from a proxy) and Slack's own "it may have happened" codes (fatal_error,
   internal_error) are SlackUnavailable: the outcome of a write is unknown, so a post is looked up
-  before it is sent again. A Retry-After is taken at most a day (integrations.notifier.retry_after).
+  before it is sent again. A non-JSON 4xx (a proxy's 403/407 page) was not carried out: a plain
+  retryable SlackDeliveryError. A Retry-After is taken at most a day (integrations.notifier.retry_after).
 """
 
 from __future__ import annotations
@@ -136,9 +137,7 @@ class SlackApi:
                 if status >= 500:
                     raise SlackUnavailable(f"Slack {method} answered HTTP {status}; will retry") from None
                 if not ERROR_CODE.fullmatch(error):
-                    raise SlackUnavailable(
-                        f"Slack {method} answered HTTP {status} with a body that is not Slack's JSON "
-                        f"({clip(' '.join(error.split()), 200)}); will retry") from None
+                    raise _not_json(method, status, error) from None
                 if error in UNKNOWN_OUTCOME_ERRORS:
                     raise SlackUnavailable(f"Slack {method}: {error} (it may have been carried out); will retry") \
                         from None
@@ -211,6 +210,23 @@ class SlackApi:
 
     def auth_test(self) -> dict[str, Any]:
         return self.call("auth.test", lambda: self.client.auth_test())
+
+
+def _not_json(method: str, status: int, body: str) -> SlackDeliveryError:
+    """The error for an answer that is not Slack's JSON (an HTML page from a proxy or load balancer).
+
+    A 4xx (not 429, handled before) came from something in front of Slack that refused the request
+    (a corporate proxy's 403/407): Slack never saw it, so it is a plain retryable SlackDeliveryError
+    and a post is not looked up before it is sent again. Not permanent and not halting: a proxy's
+    refusal is often passing (a login window, a policy update). Any other status (a 200 page, a 5xx)
+    may have come after Slack carried the request out: SlackUnavailable, the outcome is unknown."""
+    page = clip(" ".join(body.split()), 200)
+    if 400 <= status < 500:
+        return SlackDeliveryError(
+            f"Slack {method}: HTTP {status} from something in front of Slack (a proxy?), not Slack's JSON "
+            f"({page}); not carried out; will retry", f"http_{status}")
+    return SlackUnavailable(f"Slack {method} answered HTTP {status} with a body that is not Slack's JSON "
+                            f"({page}); will retry")
 
 
 def _detail(data: dict[str, Any]) -> str:
