@@ -20,12 +20,14 @@ import http.client
 import logging
 import re
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 
+from integrations import http_deadline
 from integrations.notifier import retry_after as parse_retry_after
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import (
@@ -62,11 +64,41 @@ AUTH_ERRORS = frozenset({
 RETRY_HINT = "usagebot outbox retry"  # how a dead row is queued again (bot.cli.outbox)
 
 
+class DeadlineWebClient(WebClient):
+    """slack_sdk's WebClient whose every call ends within `timeout` seconds, from connecting to the
+    last byte of the body (an error page's too): slack_sdk gives urllib `timeout` for each socket
+    operation, so a server or proxy sending its answer a byte at a time held a call (and the job
+    making it) as long as it liked. A call cut off raises TimeoutError (inside urllib: URLError),
+    which SlackApi.call turns into SlackUnavailable: a post's outcome is unknown, it is looked up
+    before it is sent again."""
+
+    def _perform_urllib_http_request(self, *, url: str, args: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        # the whole of slack_sdk's request, including the read of an HTTPError's body it does here
+        with http_deadline.within(self.timeout):
+            return super()._perform_urllib_http_request(url=url, args=args)
+
+    def _perform_urllib_http_request_internal(self, url: str, req: urllib.request.Request) -> dict[str, Any]:
+        """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
+        if not url.lower().startswith("http"):  # urllib opens file:// too (slack_sdk refuses it the same way)
+            raise SlackRequestError(f"Invalid URL detected: {url}")
+        handlers: list[urllib.request.BaseHandler] = [
+            http_deadline.HTTPHandler(), http_deadline.HTTPSHandler(context=self.ssl)]
+        if self.proxy is not None:
+            handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
+        with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as resp:
+            body: bytes = resp.read()
+            if resp.headers.get_content_type() == "application/gzip":  # admin.analytics.getFile
+                return {"status": resp.code, "headers": resp.headers, "body": body}
+            charset = resp.headers.get_content_charset() or "utf-8"
+            return {"status": resp.code, "headers": resp.headers, "body": body.decode(charset)}
+
+
 def make_web_client(config: SlackConfig) -> WebClient:
-    """A WebClient for the configured token and base URL, without automatic retries."""
+    """A WebClient for the configured token and base URL, without automatic retries, each call
+    bounded by `timeout` as a whole (DeadlineWebClient)."""
     token = config.bot_token.reveal() if config.bot_token is not None else None
-    return WebClient(token=token, base_url=config.base_url or SLACK_API, timeout=config.timeout,
-                     retry_handlers=[])
+    return DeadlineWebClient(token=token, base_url=config.base_url or SLACK_API, timeout=config.timeout,
+                             retry_handlers=[])
 
 
 class SlackApi:
