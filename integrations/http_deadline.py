@@ -171,22 +171,24 @@ def connect_timeout(timeout: Any) -> Any:
     return _sock_left(own)
 
 
-class HTTPConnection(http.client.HTTPConnection):
+class _BoundConnect:
+    """A connection mixin (http.client's or urllib3's): connect within the time left, then `bind`."""
+
+    timeout: Any
+    sock: Any
+
+    def connect(self) -> None:
+        self.timeout = connect_timeout(self.timeout)
+        super().connect()  # type: ignore[misc]
+        bind(self.sock)
+
+
+class HTTPConnection(_BoundConnect, http.client.HTTPConnection):
     """http.client's connection, its socket bound by `within` (connect included)."""
 
-    def connect(self) -> None:
-        self.timeout = connect_timeout(self.timeout)
-        super().connect()
-        bind(self.sock)
 
-
-class HTTPSConnection(http.client.HTTPSConnection):
+class HTTPSConnection(_BoundConnect, http.client.HTTPSConnection):
     """http.client's TLS connection, its socket bound by `within` (connect and handshake included)."""
-
-    def connect(self) -> None:
-        self.timeout = connect_timeout(self.timeout)
-        super().connect()
-        bind(self.sock)
 
 
 class HTTPHandler(urllib.request.HTTPHandler):
@@ -203,22 +205,12 @@ class HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(HTTPSConnection, req, context=self._context)
 
 
-class _Urllib3Connection(urllib3.connection.HTTPConnection):
+class _Urllib3Connection(_BoundConnect, urllib3.connection.HTTPConnection):
     """urllib3's connection (requests'), its socket bound by `within` (connect included)."""
 
-    def connect(self) -> None:
-        self.timeout = connect_timeout(self.timeout)
-        super().connect()
-        bind(self.sock)
 
-
-class _Urllib3TLSConnection(urllib3.connection.HTTPSConnection):
+class _Urllib3TLSConnection(_BoundConnect, urllib3.connection.HTTPSConnection):
     """urllib3's TLS connection, its socket bound by `within` (connect and handshake included)."""
-
-    def connect(self) -> None:
-        self.timeout = connect_timeout(self.timeout)
-        super().connect()
-        bind(self.sock)
 
 
 class _Pool(urllib3.HTTPConnectionPool):
