@@ -4,6 +4,8 @@
   chat.postMessage re-sent after a lost response would post twice. Delivery decides what to retry.
 - 429: the Retry-After is remembered per method; waits up to `max_inline_wait` seconds are slept
   through, longer ones raise RetryLater so the outbox row is due again after the wait.
+- Each call ends within `timeout` as a whole, connect to last byte (DeadlineWebClient): a server
+  dripping its answer is cut off like a network failure.
 - Posts to one channel are spaced by `min_post_interval` seconds (Slack allows ~1 message/s/channel).
 - Errors become SlackDeliveryError subclasses, one classification here: permanent ones (unknown
   channel, invalid blocks, missing_scope) are marked so, a rejected token (AUTH_ERRORS) is a
@@ -256,7 +258,7 @@ def _not_json(method: str, status: int, body: str) -> SlackDeliveryError:
     if 400 <= status < 500:
         return SlackDeliveryError(
             f"Slack {method}: HTTP {status} from something in front of Slack (a proxy?), not Slack's JSON "
-            f"({page}); not carried out; will retry", f"http_{status}")
+            f"({page}); not carried out; will retry")
     return SlackUnavailable(f"Slack {method} answered HTTP {status} with a body that is not Slack's JSON "
                             f"({page}); will retry")
 
