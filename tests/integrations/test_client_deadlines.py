@@ -4,6 +4,7 @@ off at the configured timeout (before: it held the call as long as it liked)."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +19,7 @@ from integrations.slack.api import SlackApi, make_web_client
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import SlackUnavailable
 from rules.config import Secret
+from tests.fakes.salesforce_server import _certificate
 from tests.integrations.drip import dripping
 
 TIMEOUT = 1.0
@@ -53,21 +55,22 @@ def test_a_slack_call_answered_at_once_still_works():
 
 
 class _ToDrip(HTTPAdapter):
-    """Sends every request to the dripping server (plain HTTP on 127.0.0.1), whatever its URL."""
+    """Sends every request to the dripping server on 127.0.0.1, whatever its URL."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.netloc = urlsplit(url).netloc
+        self.url = url
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        u = urlsplit(request.url or "")
-        request.url = urlunsplit(("http", self.netloc, u.path, u.query, u.fragment))
+        u, to = urlsplit(request.url or ""), urlsplit(self.url)
+        request.url = urlunsplit((to.scheme, to.netloc, u.path, u.query, u.fragment))
         return super().send(request, **kwargs)
 
 
-def _salesforce(url: str) -> SalesforceClient:
+def _salesforce(url: str, verify: str | None = None) -> SalesforceClient:
     session = requests.Session()
     session.trust_env = False
+    session.verify = verify or True
     session.mount("https://", _ToDrip(url))
     cfg = SalesforceConfig(auth="session", session_id=Secret("00Dxx!session"),
                            instance_url="https://acme.my.salesforce.com", timeout=TIMEOUT, retries=0)
@@ -101,3 +104,18 @@ def test_a_salesforce_query_answered_at_once_still_works():
     body = b'{"totalSize": 1, "done": true, "records": [{"Id": "001000000000001AAA"}]}'
     with dripping(_answer(body), b"", every=0.2) as drip:
         assert _salesforce(drip.url).query_all("SELECT Id FROM Account") == [{"Id": "001000000000001AAA"}]
+
+
+def test_a_salesforce_query_over_tls_against_a_dripping_server_ends_at_its_timeout():
+    """The same over TLS: the socket bound is ssl's (its class swapped after the handshake)."""
+    cert, key = _certificate()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    body = b'{"totalSize": 0, "done": true, "records": []}'
+    whole = _answer(body)
+    with dripping(whole[:-len(body)], body, every=0.2, tls=tls) as drip:
+        started = time.monotonic()
+        with pytest.raises(SalesforceUnavailable):
+            _salesforce(drip.url, verify=cert).query_all("SELECT Id FROM Account")
+        took = time.monotonic() - started
+    assert took < 2 * TIMEOUT and drip.sent[0] >= 2
