@@ -1,4 +1,5 @@
-"""A deadline for a whole httpx call (connect, request, status line, headers, body).
+"""A deadline for a whole HTTP call (connect, request, status line, headers, body): httpx, and the
+sockets http.client reads through (slack_sdk's urllib, requests' urllib3; see the second part).
 
 httpx's timeouts bound each connect, each write and each read, not the call: a server that sends its
 status line and headers a byte at a time (one byte a second against a 10 s timeout) held a call, and
@@ -13,12 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import http.client
+import socket
+import ssl
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpcore
 import httpx
+import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 
 _ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot_http_deadline", default=None)
 
@@ -103,3 +112,147 @@ def client(**kwargs: Any) -> httpx.Client:
                 raise RuntimeError("httpcore's pool no longer keeps _network_backend: update integrations.http_deadline")
             pool._network_backend = _Backend()
     return made
+
+
+# ------------------------------------------------------------------ http.client sockets (urllib, urllib3)
+#
+# slack_sdk (urllib) and requests (urllib3) read through http.client, whose socket timeout also bounds
+# each operation only. `bind(sock)` makes a connected socket honour `within` the same way: each send
+# and receive gets min(the socket's own timeout, the time left), the own timeout put back afterwards
+# (a pooled connection is reused by later calls with their own deadline). The socket's class is
+# swapped for a subclass of the same layout (no new slots), so the object http.client and ssl hold is
+# unchanged; no thread, no timer. A deadline passed raises TimeoutError, what a socket timeout raises.
+
+
+def _sock_left(own: float | None) -> float | None:
+    return _left(own, TimeoutError)
+
+
+def _bounded(op: Any) -> Any:
+    """A socket method that runs with its timeout cut to the deadline's time left."""
+    def run(self: Any, *args: Any) -> Any:
+        own = self.gettimeout()
+        cut = _sock_left(own)
+        if cut == own:
+            return op(self, *args)
+        socket.socket.settimeout(self, cut)
+        try:
+            return op(self, *args)
+        finally:
+            socket.socket.settimeout(self, own)
+    run.__name__ = op.__name__
+    return run
+
+
+def _deadline_class(base: type[socket.socket]) -> type[socket.socket]:
+    ops = {name: _bounded(getattr(base, name)) for name in ("recv", "recv_into", "send", "sendall")}
+    if "__slots__" in base.__dict__:
+        ops["__slots__"] = ()  # same layout as base, so __class__ can be assigned
+    return type(f"Deadline{base.__name__}", (base,), ops)
+
+
+_CLASSES = {base: _deadline_class(base) for base in (socket.socket, ssl.SSLSocket)}
+
+
+def bind(sock: Any) -> Any:
+    """Make `sock` (a connected socket.socket or ssl.SSLSocket) honour `within`; returns it. Any
+    other object (a TLS-in-TLS transport through an HTTPS proxy) is returned unbounded."""
+    cls = _CLASSES.get(type(sock))
+    if cls is not None:
+        sock.__class__ = cls
+    return sock
+
+
+def connect_timeout(timeout: Any) -> Any:
+    """The timeout to connect with: `timeout` (http.client's default marker too) cut to the time left."""
+    if _ENDS.get() is None:
+        return timeout
+    own = None if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout  # type: ignore[attr-defined]
+    return _sock_left(own)
+
+
+class _BoundConnect:
+    """A connection mixin (http.client's or urllib3's): connect within the time left, then `bind`."""
+
+    timeout: Any
+    sock: Any
+
+    def connect(self) -> None:
+        self.timeout = connect_timeout(self.timeout)
+        super().connect()  # type: ignore[misc]
+        bind(self.sock)
+
+
+class HTTPConnection(_BoundConnect, http.client.HTTPConnection):
+    """http.client's connection, its socket bound by `within` (connect included)."""
+
+
+class HTTPSConnection(_BoundConnect, http.client.HTTPSConnection):
+    """http.client's TLS connection, its socket bound by `within` (connect and handshake included)."""
+
+
+class HTTPHandler(urllib.request.HTTPHandler):
+    """urllib's handler, with `HTTPConnection`."""
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(HTTPConnection, req)
+
+
+class HTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's TLS handler, with `HTTPSConnection`."""
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(HTTPSConnection, req, context=self._context)
+
+
+class _Urllib3Connection(_BoundConnect, urllib3.connection.HTTPConnection):
+    """urllib3's connection (requests'), its socket bound by `within` (connect included)."""
+
+
+class _Urllib3TLSConnection(_BoundConnect, urllib3.connection.HTTPSConnection):
+    """urllib3's TLS connection, its socket bound by `within` (connect and handshake included)."""
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Urllib3Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _Urllib3TLSConnection
+
+
+_POOLS = {"http": _Pool, "https": _TLSPool}
+
+
+def _bind_pools(adapter: requests.adapters.HTTPAdapter) -> None:
+    """Make the connections of `adapter`'s pools, and of the proxy pools it makes later, `bind`-ed."""
+    adapter.poolmanager.pool_classes_by_scheme = _POOLS
+    make_proxy_manager = adapter.proxy_manager_for
+
+    def proxy_manager_for(proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = make_proxy_manager(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # a SOCKS pool makes its own connection class
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+    adapter.proxy_manager_for = proxy_manager_for  # type: ignore[method-assign]
+
+
+def bound_session(session: requests.Session, seconds: float) -> requests.Session:
+    """Make every request of `session` end within `seconds`, from connecting to the last byte of its
+    body (requests reads it in Session.send unless the caller streams it): requests' `timeout` bounds
+    each socket operation only. Composes with the adapters already mounted (a CA-bundle adapter, a
+    test's routing adapter): their pools make `bind`-ed connections; mount adapters before calling
+    this. A request cut off raises what requests raises for a timeout or a failed read
+    (requests.Timeout, requests.ConnectionError), which its callers already handle."""
+    for adapter in session.adapters.values():
+        if isinstance(adapter, requests.adapters.HTTPAdapter):
+            _bind_pools(adapter)
+    send = session.send
+
+    def bounded_send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        with within(seconds):
+            return send(request, **kwargs)
+
+    session.send = bounded_send  # type: ignore[method-assign]
+    return session

@@ -159,14 +159,14 @@ class SlackSignIn:
 
     def __init__(self, config: WebConfig, api_base: str | None, team_id: Callable[[], str | None],
                  timeout: int = 15) -> None:
-        from slack_sdk import WebClient
+        from integrations.slack.api import DeadlineWebClient  # each call bounded as a whole by `timeout`
 
         self.config = config
         api = api_base or "https://slack.com/api/"
         site = api[: -len("api/")] if api.endswith("/api/") else "https://slack.com/"
         self.authorize_url = site + "openid/connect/authorize"
         self.jwks = jwt.PyJWKClient(site + "openid/connect/keys", cache_keys=True, lifespan=3600, timeout=timeout)
-        self.client = WebClient(base_url=api, timeout=timeout, retry_handlers=[])
+        self.client = DeadlineWebClient(base_url=api, timeout=timeout, retry_handlers=[])
         self.team_id = team_id
         self.redirect_uri = f"{config.public_url}/auth/slack"
 

@@ -40,6 +40,7 @@ from simple_salesforce.exceptions import (
 )
 from simple_salesforce.exceptions import SalesforceError as _SfError
 
+from integrations import http_deadline
 from integrations.salesforce.config import MAX_BATCH, SalesforceConfig
 from integrations.salesforce.errors import record_error_hint
 from rules.config.redaction import clip, mask, register
@@ -160,6 +161,8 @@ class SalesforceClient:
         self.session = session or requests.Session()
         if config.ca_bundle:
             self.session.mount("https://", _VerifyWith(config.ca_bundle))
+        # every request ends within `timeout` as a whole (requests' own bounds each socket read only)
+        http_deadline.bound_session(self.session, config.timeout)
         self.session.hooks.setdefault("response", []).append(self._on_response)
         self.sleep = sleep
         self.calls = 0

@@ -4,13 +4,16 @@
   chat.postMessage re-sent after a lost response would post twice. Delivery decides what to retry.
 - 429: the Retry-After is remembered per method; waits up to `max_inline_wait` seconds are slept
   through, longer ones raise RetryLater so the outbox row is due again after the wait.
+- Each call ends within `timeout` as a whole, connect to last byte (DeadlineWebClient): a server
+  dripping its answer is cut off like a network failure.
 - Posts to one channel are spaced by `min_post_interval` seconds (Slack allows ~1 message/s/channel).
 - Errors become SlackDeliveryError subclasses, one classification here: permanent ones (unknown
   channel, invalid blocks, missing_scope) are marked so, a rejected token (AUTH_ERRORS) is a
   SlackAuthError (also permanent: dead at once, naming the fix; never retried with backoff); HTTP 5xx, network failures (a reset, a body cut off mid-way), an answer that is not
-  Slack's JSON (an HTML page from a proxy) and Slack's own "it may have happened" codes (fatal_error,
+  Slack's JSON with a status other than 4xx (a 200 HTML page from a proxy) and Slack's own "it may have happened" codes (fatal_error,
   internal_error) are SlackUnavailable: the outcome of a write is unknown, so a post is looked up
-  before it is sent again. A Retry-After is taken at most a day (integrations.notifier.retry_after).
+  before it is sent again. A non-JSON 4xx (a proxy's 403/407 page) was not carried out: a plain
+  retryable SlackDeliveryError. A Retry-After is taken at most a day (integrations.notifier.retry_after).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import http.client
 import logging
 import re
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 
+from integrations import http_deadline
 from integrations.notifier import retry_after as parse_retry_after
 from integrations.slack.config import SlackConfig
 from integrations.slack.errors import (
@@ -61,11 +66,41 @@ AUTH_ERRORS = frozenset({
 RETRY_HINT = "usagebot outbox retry"  # how a dead row is queued again (bot.cli.outbox)
 
 
+class DeadlineWebClient(WebClient):
+    """slack_sdk's WebClient whose every call ends within `timeout` seconds, from connecting to the
+    last byte of the body (an error page's too): slack_sdk gives urllib `timeout` for each socket
+    operation, so a server or proxy sending its answer a byte at a time held a call (and the job
+    making it) as long as it liked. A call cut off raises TimeoutError (inside urllib: URLError),
+    which SlackApi.call turns into SlackUnavailable: a post's outcome is unknown, it is looked up
+    before it is sent again."""
+
+    def _perform_urllib_http_request(self, *, url: str, args: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        # the whole of slack_sdk's request, including the read of an HTTPError's body it does here
+        with http_deadline.within(self.timeout):
+            return super()._perform_urllib_http_request(url=url, args=args)
+
+    def _perform_urllib_http_request_internal(self, url: str, req: urllib.request.Request) -> dict[str, Any]:
+        """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
+        if not url.lower().startswith("http"):  # urllib opens file:// too (slack_sdk refuses it the same way)
+            raise SlackRequestError(f"Invalid URL detected: {url}")
+        handlers: list[urllib.request.BaseHandler] = [
+            http_deadline.HTTPHandler(), http_deadline.HTTPSHandler(context=self.ssl)]
+        if self.proxy is not None:
+            handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
+        with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as resp:
+            body: bytes = resp.read()
+            if resp.headers.get_content_type() == "application/gzip":  # admin.analytics.getFile
+                return {"status": resp.code, "headers": resp.headers, "body": body}
+            charset = resp.headers.get_content_charset() or "utf-8"
+            return {"status": resp.code, "headers": resp.headers, "body": body.decode(charset)}
+
+
 def make_web_client(config: SlackConfig) -> WebClient:
-    """A WebClient for the configured token and base URL, without automatic retries."""
+    """A WebClient for the configured token and base URL, without automatic retries, each call
+    bounded by `timeout` as a whole (DeadlineWebClient)."""
     token = config.bot_token.reveal() if config.bot_token is not None else None
-    return WebClient(token=token, base_url=config.base_url or SLACK_API, timeout=config.timeout,
-                     retry_handlers=[])
+    return DeadlineWebClient(token=token, base_url=config.base_url or SLACK_API, timeout=config.timeout,
+                             retry_handlers=[])
 
 
 class SlackApi:
@@ -136,9 +171,7 @@ class SlackApi:
                 if status >= 500:
                     raise SlackUnavailable(f"Slack {method} answered HTTP {status}; will retry") from None
                 if not ERROR_CODE.fullmatch(error):
-                    raise SlackUnavailable(
-                        f"Slack {method} answered HTTP {status} with a body that is not Slack's JSON "
-                        f"({clip(' '.join(error.split()), 200)}); will retry") from None
+                    raise _not_json(method, status, error) from None
                 if error in UNKNOWN_OUTCOME_ERRORS:
                     raise SlackUnavailable(f"Slack {method}: {error} (it may have been carried out); will retry") \
                         from None
@@ -211,6 +244,23 @@ class SlackApi:
 
     def auth_test(self) -> dict[str, Any]:
         return self.call("auth.test", lambda: self.client.auth_test())
+
+
+def _not_json(method: str, status: int, body: str) -> SlackDeliveryError:
+    """The error for an answer that is not Slack's JSON (an HTML page from a proxy or load balancer).
+
+    A 4xx (not 429, handled before) came from something in front of Slack that refused the request
+    (a corporate proxy's 403/407): Slack never saw it, so it is a plain retryable SlackDeliveryError
+    and a post is not looked up before it is sent again. Not permanent and not halting: a proxy's
+    refusal is often passing (a login window, a policy update). Any other status (a 200 page, a 5xx)
+    may have come after Slack carried the request out: SlackUnavailable, the outcome is unknown."""
+    page = clip(" ".join(body.split()), 200)
+    if 400 <= status < 500:
+        return SlackDeliveryError(
+            f"Slack {method}: HTTP {status} from something in front of Slack (a proxy?), not Slack's JSON "
+            f"({page}); not carried out; will retry")
+    return SlackUnavailable(f"Slack {method} answered HTTP {status} with a body that is not Slack's JSON "
+                            f"({page}); will retry")
 
 
 def _detail(data: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ well within any client's per-read timeout), for tests of whole-call deadlines.""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +18,13 @@ class Drip:
 
 
 @contextmanager
-def dripping(upfront: bytes, dripped: bytes, every: float) -> Iterator[Drip]:
+def dripping(upfront: bytes, dripped: bytes, every: float, tls: ssl.SSLContext | None = None) -> Iterator[Drip]:
     """Serve one connection: read its request, send `upfront` at once, then `dripped` one byte every
-    `every` seconds; stops when the block ends (or the client hangs up)."""
+    `every` seconds; stops when the block ends (or the client hangs up). With `tls` (a server
+    context), over TLS and at an https:// URL."""
     srv = socket.create_server(("127.0.0.1", 0))
     finished = threading.Event()
-    drip = Drip(f"http://127.0.0.1:{srv.getsockname()[1]}/hook")
+    drip = Drip(f"{'https' if tls else 'http'}://127.0.0.1:{srv.getsockname()[1]}/hook")
 
     def serve() -> None:
         try:
@@ -30,6 +32,8 @@ def dripping(upfront: bytes, dripped: bytes, every: float) -> Iterator[Drip]:
         except OSError:
             return
         try:
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
             conn.recv(65536)
             conn.sendall(upfront)
             for b in dripped:

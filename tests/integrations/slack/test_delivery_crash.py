@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from integrations.notifier import MAX_RETRY_AFTER
 from integrations.slack.api import SlackApi, make_web_client
 from integrations.slack.delivery import Poster
-from integrations.slack.errors import RetryLater, SlackUnavailable
+from integrations.slack.errors import RetryLater, SlackDeliveryError, SlackUnavailable
 from integrations.slack.render import SlackMessageContent
 from storage.db import make_engine
 from storage.outbox import DEFAULT_LEASE, counts, list_outbox
@@ -284,3 +284,25 @@ def test_a_kill_between_the_reopened_dm_post_and_its_record_posts_once(engine, f
     cid, ts = n.post_to_owner(email, step, n.directory.dm_channel(email), content)
     assert (cid, ts) == (new.id, new.messages[0]["ts"]) and len(new.messages) == 1
     assert get_step(engine, step).done
+
+
+@pytest.mark.parametrize("status", [403, 407])
+def test_a_proxys_non_json_4xx_is_a_plain_retryable_error_and_the_post_is_not_looked_up(engine, fake, config, clock,
+                                                                                         status):
+    """A corporate proxy answers 403/407 with an HTML page: Slack never saw the post, so the error is a
+    plain retryable SlackDeliveryError naming the status and the page (not unknown-outcome, not dead,
+    not halting the run), and the next try posts without a history lookup (before: SlackUnavailable,
+    and every retry searched the channel first)."""
+    poster = Poster(SlackApi(make_web_client(config), min_post_interval=0), engine, clock)
+    content = SlackMessageContent("alert for acme", [])
+    fake.fail("chat.postMessage", "status", status)
+    with pytest.raises(SlackDeliveryError) as err:
+        poster.post_once("notify:y|channel:#usage-alerts", "C0ALERTS1", None, content)
+    exc = err.value
+    assert not isinstance(exc, SlackUnavailable) and not exc.permanent and not exc.halts
+    assert f"HTTP {status}" in str(exc) and "upstream error" in str(exc) and "will retry" in str(exc)
+    assert get_step(engine, "notify:y|channel:#usage-alerts") is None  # forgotten: Slack did not post
+    clock.now += 60
+    poster.post_once("notify:y|channel:#usage-alerts", "C0ALERTS1", None, content)
+    assert len(fake.channel("#usage-alerts").messages) == 1
+    assert len(fake.calls_of("chat.postMessage")) == 2 and not fake.calls_of("conversations.history")
