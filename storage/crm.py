@@ -138,6 +138,23 @@ def unpark_records(engine: Engine, sf_object: str, account_ids: Sequence[str] | 
 # -------------------------------------------------------------------------- tasks
 
 
+def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None) -> int:
+    """Plan parked Tasks again at the next sync (all, or these accounts') with a fresh try count;
+    returns how many were parked."""
+    q = sa.update(tasks_table).where(_t.status == "parked")
+    if account_ids is not None:
+        q = q.where(_t.account_id.in_(list(account_ids)))
+    with write_transaction(engine) as conn:
+        return int(conn.execute(q.values(status="failed", attempts=0)).rowcount)
+
+
+def count_parked_tasks(engine: Engine) -> int:
+    """How many Tasks are parked (refused for good; not planned until unpark_tasks)."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(tasks_table)
+                                .where(_t.status == "parked")).scalar_one())
+
+
 def task_key(rule_id: str, account_id: str, metric: str, discriminator: str, started_at: int) -> str:
     """The unique key of an episode's Task, written into the Task and looked up on recovery.
 

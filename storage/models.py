@@ -441,7 +441,8 @@ class CrmTask(SQLModel, table=True):
     """The Salesforce Task created for an alert episode (at most one per episode).
 
     status: "created" (sf_task_id set), "failed" (Salesforce refused it; retried
-    next sync), "unknown" (about to be created, or the request failed in a way that
+    next sync), "parked" (refused for good, or RETRY_LIMIT tries counted by `attempts`: not
+    planned again until `usagebot crm retry`), "unknown" (about to be created, or the request failed in a way that
     may have created it: the next sync looks it up by `task_key` before creating
     another). `task_key` is written into the Task (bot/crm/sync.py), unique per episode.
     """

@@ -188,7 +188,7 @@ def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_crm_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from storage.crm import unpark_records
+    from storage.crm import unpark_records, unpark_tasks
     from storage.db import open_existing
 
     settings = _settings_or_report(args, err)
@@ -197,9 +197,11 @@ def cmd_crm_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = open_existing(_db(args, settings))
     try:
         n = unpark_records(engine, settings.salesforce.object, args.accounts or None)
+        t = unpark_tasks(engine, args.accounts or None)
     finally:
         engine.dispose()
-    print(f"{n} parked record(s) will be sent again by the next `usagebot crm sync`.", file=out)
+    print(f"{n} parked record(s) and {t} parked Task(s) will be sent again by the next `usagebot crm sync`.",
+          file=out)
     return 0
 
 

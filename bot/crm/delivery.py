@@ -39,7 +39,7 @@ from integrations.salesforce.client import (
     SalesforceUnavailable,
 )
 from integrations.salesforce.config import SalesforceConfig
-from integrations.salesforce.errors import RETRY_LIMIT
+from integrations.salesforce.errors import RETRY_LIMIT, record_error_hint
 from rules.model import DAY
 from rules.periods import iso
 from storage.crm import (
@@ -299,8 +299,8 @@ def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engin
         what_id, owner_id = target(p)
         if what_id is None:
             error = f"no {cfg.object} record with {key_field(cfg)} = {p.match_key!r}"
-            record_tasks(engine, [TaskOutcome(p.candidate, "failed", p.subject, None, error=error)], now)
-            report.tasks_failed.append((p.candidate.episode_id, error))
+            status, error = _task_failure(p, error, report)
+            record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, None, error=error)], now)
             continue
         todo.append((p, what_id, owner_id))
 
@@ -336,10 +336,13 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
     try:
         results = client.upsert("Task", tc.key_field, recs) if tc.key_field else client.create("Task", recs)
     except SalesforceError as exc:
-        status = "unknown" if isinstance(exc, SalesforceUnavailable) and exc.ambiguous else "failed"
-        record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, w, error=str(exc), attempted=False)
-                              for p, w, _ in todo], now)
-        report.tasks_failed.extend((p.candidate.episode_id, str(exc)) for p, _, _ in todo)
+        if isinstance(exc, SalesforceUnavailable) and exc.ambiguous:  # may have worked: looked up, never parked
+            record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, w, error=str(exc),
+                                              attempted=False) for p, w, _ in todo], now)
+            report.tasks_failed.extend((p.candidate.episode_id, str(exc)) for p, _, _ in todo)
+        else:
+            record_tasks(engine, [TaskOutcome(p.candidate, *_task_failure(p, str(exc), report), p.subject, w,
+                                              attempted=False) for p, w, _ in todo], now)
         raise _Failed(exc) from None
     outcomes = []
     for (p, what_id, _), r in zip(todo, results, strict=True):
@@ -347,9 +350,25 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
             outcomes.append(TaskOutcome(p.candidate, "created", p.subject, what_id, sf_task_id=r.id, attempted=False))
             report.tasks_created += 1
         else:
-            outcomes.append(TaskOutcome(p.candidate, "failed", p.subject, what_id, error=r.error, attempted=False))
-            report.tasks_failed.append((p.candidate.episode_id, r.error or "failed"))
+            status, error = _task_failure(p, r.error or "failed", report)
+            outcomes.append(TaskOutcome(p.candidate, status, p.subject, what_id, error=error, attempted=False))
     record_tasks(engine, outcomes, now)
+
+
+def _task_failure(p: PlannedTask, error: str, report: CrmSyncReport) -> tuple[str, str]:
+    """(status, error) of a Task Salesforce refused, added to the report: "parked" (not planned again
+    until `usagebot crm retry`) when the error is one retrying cannot fix or after RETRY_LIMIT tries,
+    else "failed" (sent again next sync). Tries: the stored attempts before this sync, plus this one."""
+    tries = (p.previous.attempts if p.previous is not None else 0) + 1
+    hint = record_error_hint(error)
+    if hint is None and tries < RETRY_LIMIT:
+        report.tasks_failed.append((p.candidate.episode_id, error))
+        return "failed", error
+    why = hint or f"parked after {RETRY_LIMIT} failed tries"
+    error = f"{error} -> {why}; `usagebot crm retry {p.candidate.account_id}` sends it again"
+    report.tasks_failed.append((p.candidate.episode_id, error))
+    report.tasks_parked_now += 1
+    return "parked", error
 
 
 def _find_tasks(client: SalesforceClient, cfg: SalesforceConfig,

@@ -78,6 +78,8 @@ class CrmSyncReport:
     tasks: list[PlannedTask] = field(default_factory=list)
     tasks_created: int = 0
     tasks_failed: list[tuple[int, str]] = field(default_factory=list)  # (episode id, error)
+    tasks_parked: int = 0  # Tasks not planned: refused for good before (storage.crm unpark_tasks)
+    tasks_parked_now: int = 0  # of tasks_failed, those this run parked
     tasks_deferred: int = 0
     api_calls: int = 0
     api_usage: ApiUsage | None = None

@@ -56,6 +56,7 @@ from storage.crm import (
     TaskCandidate,
     TaskRow,
     WriteOutcome,
+    count_parked_tasks,
     episodes_fired_since,
     load_record_states,
     load_tasks,
@@ -107,7 +108,8 @@ def plan_tasks(
     for c in candidates:
         prev = existing.get(c.episode_id)
         acct = accounts.get(c.account_id)
-        if (prev is not None and prev.status == "created") or acct is None:
+        # created: done; parked: refused for good (storage.crm unpark_tasks / `usagebot crm retry`)
+        if (prev is not None and prev.status in ("created", "parked")) or acct is None:
             continue
         planned = planned_task(cfg, c, acct, kind_of(c), now, prev)
         if planned is not None:
@@ -214,6 +216,7 @@ def _run_crm_sync(
         report.stopped = f"reading current values: {exc}"
     report.changes, report.parked = _without_parked(diff_records(desired, written, errors), stored)
     report.tasks = plan_tasks(engine, ruleset, cfg, accounts, now)
+    report.tasks_parked = count_parked_tasks(engine) if cfg.tasks.enabled else 0
     if out is not None:
         print_plan(report, out, verbose)
     if dry_run or report.stopped:
@@ -322,6 +325,9 @@ def print_outcome(report: CrmSyncReport, out: TextIO) -> None:
     for account_id, error in report.parked[:50]:
         print(f"  parked {account_id} (not sent; `usagebot crm retry {account_id}` sends it again): {error}",
               file=out)
+    if report.tasks_parked:
+        print(f"  {report.tasks_parked:,} Task(s) parked (refused for good, not sent; `usagebot crm status` "
+              "lists them, `usagebot crm retry` sends them again)", file=out)
     if report.tasks:
         print(f"Tasks: {report.tasks_created} created, {len(report.tasks_failed)} failed, "
               f"{report.tasks_deferred} deferred", file=out)

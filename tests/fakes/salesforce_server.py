@@ -231,6 +231,7 @@ class FakeSalesforce:
         self.release = threading.Event()  # set to let a hanging request answer
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
         self.record_errors: dict[str, tuple[str, str]] = {}
+        self.create_errors: dict[str, tuple[str, str]] = {}  # sobject -> (code, msg): every create refused
         self.log: list[LoggedRequest] = []
         self.sessions: set[str] = set()
         self.logins: list[dict[str, str]] = []
@@ -374,6 +375,8 @@ class FakeSalesforce:
             return {"id": None, "success": False, "created": False,
                     "errors": [{"statusCode": code, "message": message, "fields": [fld]}]}
 
+        if sobject in self.create_errors:
+            return refused(*self.create_errors[sobject], "Subject")
         if sobject == "Account" and not values.get("Name"):
             return refused("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]", "Name")
         if sobject == "Task":

@@ -145,6 +145,6 @@ def test_a_parked_record_is_shown_by_status_and_sent_again_after_crm_retry(setup
     assert code == 0 and any(line.startswith("parked: ") and "read-only" in line for line in out.splitlines())
     del fake.record_errors[sf_id(1)]
     code, out, err = run_cli("crm", "retry", "--config", str(cfg))
-    assert code == 0 and "1 parked record(s) will be sent again" in out, err
+    assert code == 0 and "1 parked record(s) and 0 parked Task(s) will be sent again" in out, err
     code, out, _ = run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
     assert code == 0 and "1 written, 0 failed" in out

@@ -497,3 +497,58 @@ def test_a_task_create_answered_with_an_unreadable_200_is_looked_up_not_created_
     assert load_tasks(sqlite, [ep])[ep].status == "unknown" and len(fake.records["Task"]) == 1
     report, _, _ = sync(sqlite, fake, cfg)
     assert load_tasks(sqlite, [ep])[ep].status == "created" and len(fake.records["Task"]) == 1
+
+
+def _task_creates(fake: FakeSalesforce) -> int:
+    return len([r for r in fake.log if r.method == "POST" and "/composite/sobjects" in r.path])
+
+
+def test_a_task_refused_for_good_is_parked_not_sent_again_and_sent_after_crm_retry(sqlite, fake):
+    from storage.crm import count_parked_tasks, unpark_tasks
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on())
+    fake.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Due date required")
+    report, _, _ = sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "parked" and count_parked_tasks(sqlite) == 1
+    assert "usagebot crm retry a0000" in report.tasks_failed[0][1]
+    fake.log.clear()
+    report, out, _ = sync(sqlite, fake, cfg)
+    assert _task_creates(fake) == 0 and report.tasks == [] and report.tasks_parked == 1
+    assert "1 Task(s) parked" in out and "usagebot crm retry" in out
+    del fake.create_errors["Task"]
+    assert unpark_tasks(sqlite, ["a0000"]) == 1
+    report, _, _ = sync(sqlite, fake, cfg)
+    assert report.tasks_created == 1 and load_tasks(sqlite, [ep])[ep].status == "created"
+
+
+def test_a_task_failing_with_a_retryable_error_is_parked_after_the_retry_limit(sqlite, fake):
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on())
+    fake.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "locked")
+    for n in range(1, RETRY_LIMIT):
+        sync(sqlite, fake, cfg)
+        assert load_tasks(sqlite, [ep])[ep].status == "failed", n
+    report, _, _ = sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "parked" and "parked after" in report.tasks_failed[0][1]
+    fake.log.clear()
+    sync(sqlite, fake, cfg)
+    assert _task_creates(fake) == 0
+
+
+def test_a_task_whose_outcome_is_unknown_is_looked_up_not_parked(sqlite, fake):
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(), retries=0)
+    for _ in range(RETRY_LIMIT + 1):
+        fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST")
+        sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status != "parked"
+    report, _, _ = sync(sqlite, fake, cfg)
+    assert report.tasks_created == 1 and load_tasks(sqlite, [ep])[ep].status == "created"
