@@ -138,6 +138,13 @@ def unpark_records(engine: Engine, sf_object: str, account_ids: Sequence[str] | 
 # -------------------------------------------------------------------------- tasks
 
 
+def count_parked_records(engine: Engine, sf_object: str) -> int:
+    """How many records of sf_object are parked (refused for good; not sent until unpark_records)."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(state_table)
+                                .where(_s.sf_object == sf_object, _s.parked.is_not(None))).scalar_one())
+
+
 def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None) -> int:
     """Plan parked Tasks again at the next sync (all, or these accounts') with a fresh try count;
     returns how many were parked."""

@@ -524,9 +524,20 @@ class Service:
             out.append(Sample("usagebot_source_stale", 1 if s.stale_since is not None else 0, {"source": s.source_id}))
         for status, n in outbox_counts(self.engine).items():  # type: ignore[arg-type]
             out.append(Sample("usagebot_outbox_rows", n, {"status": status}))
+        out.extend(self._crm_samples())
         if self.http is not None:
             out.append(Sample("usagebot_http_connections", self.http.open_connections, {}))
         return out
+
+    def _crm_samples(self) -> list[Sample]:
+        """The parked CRM records and Tasks (storage.crm), when Salesforce is configured."""
+        from storage.crm import count_parked_records, count_parked_tasks
+
+        sf = self.config.salesforce
+        if sf is None:
+            return []
+        return [Sample("usagebot_crm_parked_records", count_parked_records(self.engine, sf.object), {}),  # type: ignore[arg-type]
+                Sample("usagebot_crm_parked_tasks", count_parked_tasks(self.engine), {})]  # type: ignore[arg-type]
 
     def healthz(self, req: Request) -> Response:
         alive = not self._scheduling or self.scheduler.scheduler.running or self._stopping.is_set()

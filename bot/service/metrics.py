@@ -78,6 +78,10 @@ DEFINITIONS: dict[str, Definition] = {
     "usagebot_deliveries_total": Definition("counter", "Outbox deliveries by result (sent, failed, dead, deferred, lost).",
                                             ("result",)),
     "usagebot_outbox_rows": Definition("collected", "Outbox rows by status.", ("status",)),
+    "usagebot_crm_parked_records": Definition("collected", "CRM records refused for good, not sent until "
+                                              "`usagebot crm retry`."),
+    "usagebot_crm_parked_tasks": Definition("collected", "Salesforce Tasks refused for good, not sent until "
+                                            "`usagebot crm retry`."),
     "usagebot_job_runs_total": Definition("counter", "Scheduled job runs by job and result (ok, error, skipped).",
                                           ("job", "result")),
     "usagebot_job_seconds": Definition("histogram", "Duration of a scheduled job run.", ("job",)),

@@ -113,3 +113,23 @@ def test_the_service_pulls_account_facts_on_the_configured_schedule(tmp_path: Pa
             svc.stop()
         no_schedule = replace(cfg, salesforce=password_config(fake, accounts=replace(pull, every=0)))
         assert "crm_pull" not in [j.id for j in Service(no_schedule).jobs()]
+
+
+def test_parked_crm_records_and_tasks_are_gauges(tmp_path: Path) -> None:
+    from tests.integrations.salesforce.helpers import fire_episode, sf_id, tasks_on
+
+    for fake in running():
+        cfg = replace(load_config(_config(tmp_path, "")), salesforce=password_config(fake, tasks=tasks_on()))
+        svc = Service(cfg, clock=lambda: NOW, notifier=ConsoleNotifier(out=io.StringIO()),
+                      crm_client_factory=lambda c, f=fake: SalesforceClient(c, session=f.session(), sleep=lambda s: None))
+        svc.prepare()
+        seed_accounts(svc.engine, 2, fake=fake)  # type: ignore[arg-type]
+        fire_episode(svc.engine, "a0000")  # type: ignore[arg-type]
+        fake.record_errors[sf_id(1)] = ("STRING_TOO_LONG", "too long")
+        fake.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "refused")
+        try:
+            svc.crm_job(NOW)
+            got = {s.name: s.value for s in svc._collect()}
+            assert got["usagebot_crm_parked_records"] == 1 and got["usagebot_crm_parked_tasks"] == 1
+        finally:
+            svc.stop()
