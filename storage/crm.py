@@ -155,6 +155,15 @@ def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None) -> in
         return int(conn.execute(q.values(status="failed", attempts=0)).rowcount)
 
 
+def parked_tasks(engine: Engine, limit: int = 100) -> list[TaskRow]:
+    """Parked Tasks (refused for good; not planned until unpark_tasks), by account then episode."""
+    q = (sa.select(tasks_table).where(_t.status == "parked").order_by(_t.account_id, _t.episode_id).limit(limit))
+    with engine.connect() as conn:
+        return [TaskRow(int(r.episode_id), r.account_id, r.rule_id, r.status, r.subject, r.what_id, r.sf_task_id,
+                        int(r.attempts), r.last_error, int(r.first_attempt_at), r.task_key)
+                for r in conn.execute(q)]
+
+
 def count_parked_tasks(engine: Engine) -> int:
     """How many Tasks are parked (refused for good; not planned until unpark_tasks)."""
     with engine.connect() as conn:

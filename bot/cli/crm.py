@@ -162,7 +162,7 @@ def cmd_crm_pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rules.periods import iso
-    from storage.crm import failed_records, last_sync_runs
+    from storage.crm import failed_records, last_sync_runs, parked_tasks
     from storage.db import open_existing
 
     settings = _settings_or_report(args, err)
@@ -172,6 +172,7 @@ def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         runs = last_sync_runs(engine, limit=args.runs)
         failing = failed_records(engine, settings.salesforce.object)
+        tasks = parked_tasks(engine)
     finally:
         engine.dispose()
     if not runs:
@@ -184,6 +185,9 @@ def cmd_crm_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for s in failing:
         state = "parked" if s.parked is not None else "failing"
         print(f"{state}: {s.account_id} ({s.match_key}), {s.failures} attempt(s): {s.last_error}", file=out)
+    for t in tasks:
+        print(f"parked Task: episode #{t.episode_id}, account {t.account_id}, {t.attempts} attempt(s): "
+              f"{t.last_error} (fix it in Salesforce, then `usagebot crm retry {t.account_id}`)", file=out)
     return 0
 
 

@@ -148,3 +148,19 @@ def test_a_parked_record_is_shown_by_status_and_sent_again_after_crm_retry(setup
     assert code == 0 and "1 parked record(s) and 0 parked Task(s) will be sent again" in out, err
     code, out, _ = run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
     assert code == 0 and "1 written, 0 failed" in out
+
+
+def test_a_parked_task_is_shown_by_status_and_created_after_crm_retry(setup, fake):
+    cfg, _ = setup
+    fake.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Due date required")
+    run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
+    code, out, _ = run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
+    assert "1 Task(s) parked" in out and "usagebot crm retry" in out
+    code, out, _ = run_cli("crm", "status", "--config", str(cfg))
+    [line] = [ln for ln in out.splitlines() if ln.startswith("parked Task: ")]
+    assert code == 0 and "account a0002" in line and "Due date required" in line and "crm retry a0002" in line
+    del fake.create_errors["Task"]
+    code, out, err = run_cli("crm", "retry", "--config", str(cfg))
+    assert code == 0 and "0 parked record(s) and 1 parked Task(s) will be sent again" in out, err
+    code, out, _ = run_cli("crm", "sync", "--config", str(cfg), "--at", AT)
+    assert code == 0 and "Tasks: 1 created, 0 failed" in out
