@@ -248,10 +248,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent syncs to show (default 5)")
     st.set_defaults(func=cmd_crm_status)
 
-    rt = add_command(crm_sub, "retry", "send parked records (Salesforce refused their values for good) again at "
-                                       "the next sync, after fixing the cause (all, or the accounts given)",
+    rt = add_command(crm_sub, "retry", "send parked records and Tasks (Salesforce refused them for good) again "
+                                       "at the next sync, after fixing the cause (all, or the accounts given)",
                      ["usagebot crm retry --config config.toml", "usagebot crm retry --config config.toml acme"])
     add_config_option(rt)
     add_db_option(rt)
-    rt.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="account ids (default: every parked record)")
+    rt.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="account ids (default: every parked record and Task)")
     rt.set_defaults(func=cmd_crm_retry)
