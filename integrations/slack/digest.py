@@ -111,6 +111,9 @@ def send_due_digests(notifier: SlackNotifier, now: int) -> DigestReport:
             continue
         except SlackDeliveryError as exc:
             report.errors.append(f"digest {key}: {exc}")
+            if exc.halts:  # the token itself: every other owner's digest would get the same answer
+                log.error("digest %s not sent: %s; no more digests this run (they are kept for the next)", key, exc)
+                break
             log.warning("digest %s not sent: %s", key, exc)
             continue
         store.mark_digest_sent(engine, key, now)

@@ -7,14 +7,17 @@ from dataclasses import replace
 
 from integrations.slack.config import DigestConfig
 from integrations.slack.digest import digest_time, send_due_digests
+from rules.model import DAY
 from storage.slack import digest_owners
 from tests.integrations.slack.scenario import (
     FIRED,
     RENOTIFIED,
     SPIKE_DAY,
     SPIKE_RULE,
+    T0,
     Scenario,
     assert_valid_message,
+    usage_records,
 )
 
 NINE = 9 * 3600
@@ -189,3 +192,26 @@ def test_a_digest_whose_fresh_dm_is_not_found_is_a_plain_failure_the_owner_not_g
     assert any("even looked up anew" in r.getMessage() and "alice@example.com" in r.getMessage()
                for r in caplog.records)
     assert n.directory.user_id("alice@example.com") == "U0ALICE01"
+
+
+def test_a_rejected_token_ends_the_digest_run_after_one_call_and_keeps_every_digest(engine, fake, config, clock):
+    """Every account spikes: digests for 2 owners. Slack rejects the token at the first: no call for the
+    second (before: one refused call per owner), and both digests are sent at the next run."""
+    records = [replace(r, value=600.0) if r.ts >= T0 + SPIKE_DAY * DAY else r
+               for r in usage_records(days=SPIKE_DAY + 2)]
+    sc = Scenario(engine, clock, records=records)
+    n = sc.notifier(_cfg(config))
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    sc.deliver(n)
+    owners = digest_owners(engine)
+    assert len(owners) >= 2
+    before = len(fake.calls)
+    for method in ("chat.postMessage", "conversations.open", "users.lookupByEmail", "users.info"):
+        fake.fail(method, "error", "token_revoked", count=100)
+    report = send_due_digests(n, clock.set_day(FIRED, NINE))
+    assert report.sent == 0 and len(report.errors) == 1 and "token_revoked" in report.errors[0]
+    assert len(fake.calls) - before == 1
+    assert digest_owners(engine) == owners  # nothing dropped
+    fake.faults.clear()
+    assert send_due_digests(n, clock.now + 60).sent == len(owners)
