@@ -53,7 +53,7 @@ PERMANENT_ERRORS = frozenset({
     "restricted_action", "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
     "thread_not_found", "message_not_found", "cant_update_message", "edit_window_closed", "invalid_metadata_format",
     "invalid_metadata_schema", "missing_scope", "not_allowed_token_type", "too_many_attachments",
-    "invalid_arguments", "invalid_cursor", "user_disabled",
+    "invalid_arguments", "invalid_cursor", "user_disabled", "no_permission",
 })
 # Errors after which Slack may have carried the request out (https://api.slack.com/methods/chat.postMessage:
 # "It's possible some aspect of the operation succeeded"): the outcome is unknown, like a 5xx.
@@ -61,8 +61,8 @@ UNKNOWN_OUTCOME_ERRORS = frozenset({"fatal_error", "internal_error", "service_un
 ERROR_CODE = re.compile(r"[a-z0-9_.]{1,80}")  # Slack's codes; slack_sdk puts its own sentence for a non-JSON body
 # Errors about the token itself: every call fails until an admin fixes it (SlackAuthError, dead at once).
 AUTH_ERRORS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
-})
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+})  # not no_permission: chat.postMessage gives it for one conversation the app may not post in (permanent)
 RETRY_HINT = "usagebot outbox retry"  # how a dead row is queued again (bot.cli.outbox)
 
 
@@ -187,6 +187,9 @@ class SlackApi:
                     needed = str(data.get("needed") or "") or "the scope the method needs"
                     msg += (f": the Slack app lacks {needed}; add it under OAuth & Permissions, reinstall the "
                             f"app, then `{RETRY_HINT}`")
+                if error == "no_permission":
+                    msg += (": the app may not post in this conversation (add the app to it, or grant it on "
+                            f"Enterprise Grid), then `{RETRY_HINT}`")
                 if error in PERMANENT_ERRORS:
                     raise PermanentSlackError(msg, error) from None
                 raise SlackDeliveryError(msg, error) from None

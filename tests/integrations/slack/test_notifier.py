@@ -306,6 +306,23 @@ def test_a_rejected_token_costs_one_call_not_one_per_queued_alert(engine, fake, 
     assert sc.deliver(sc.notifier(config)).sent == queued
 
 
+def test_no_permission_in_one_conversation_does_not_stop_the_other_alerts(engine, fake, config, clock):
+    # a reviewer's find: no_permission was taken as a rejected token, so since the run stops at a rejected
+    # token, one conversation the app may not post in marked every queued alert dead without a call
+    records = [replace(r, value=600.0) if r.ts >= T0 + SPIKE_DAY * DAY else r
+               for r in usage_records(days=SPIKE_DAY + 2)]
+    sc = Scenario(engine, clock, records=records)
+    sc.cycle(SPIKE_DAY)
+    sc.cycle(FIRED)
+    queued = len(list_outbox(engine, status="pending"))
+    fake.fail("chat.postMessage", "error", "no_permission", count=1)
+    report = sc.deliver(sc.notifier(config))
+    assert (report.halted, report.dead, report.sent) == (0, 1, queued - 1), report.errors
+    [dead] = list_outbox(engine, status="dead")
+    assert "no_permission" in dead.last_error and "may not post in this conversation" in dead.last_error
+    assert "bot token was rejected" not in dead.last_error
+
+
 def test_missing_scope_is_dead_at_once_naming_the_scope(engine, fake, config, clock):
     sc = Scenario(engine, clock)
     sc.cycle(SPIKE_DAY)
