@@ -50,7 +50,7 @@ SIGNATURE_TOLERANCE = 300  # seconds a receiver should accept a timestamp off it
 KEYS = ("type", "name", "enabled", "url", "url_file", "secret", "secret_file", "timeout")
 RETRYABLE = frozenset({408, 425, 429})
 # the receiver refuses the webhook itself (its signature, its URL), not one payload: the run stops sending to it
-REFUSES_THE_WEBHOOK = frozenset({401, 403, 404, 405, 407, 410})
+REFUSES_THE_WEBHOOK = frozenset({401, 404, 405, 407, 410})  # not 403: a receiver may forbid one payload
 MAX_SAID = 4096  # bytes of a refusal's body read for its error message
 
 
