@@ -27,6 +27,8 @@ class ChangeSet:
     # metric -> (first, last) bucket ranges written for every account stored in them (a write of new
     # buckets records one row per (metric, bucket), not one per account: see changed_accounts)
     wide: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # (metric, first, last) -> the accounts stored there, read once per tick for all the metric's rules
+    _stored: dict[tuple[str, int, int], frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def metrics(self) -> set[str]:
         """The metrics with any change."""
@@ -67,8 +69,11 @@ def changed_accounts(engine: Engine, changes: ChangeSet, metric: str, before: in
     p = points_table.c
     with engine.connect() as conn:
         for lo, hi in ranges:
-            q = sa.select(p.account_id).distinct().where(p.metric == metric, p.bucket_start.between(lo, hi))
-            out.update(conn.execute(q).scalars())
+            key = (metric, lo, hi)
+            if key not in changes._stored:
+                q = sa.select(p.account_id).distinct().where(p.metric == metric, p.bucket_start.between(lo, hi))
+                changes._stored[key] = frozenset(conn.execute(q).scalars())
+            out |= changes._stored[key]
     return out
 
 
