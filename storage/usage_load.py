@@ -7,7 +7,8 @@ turned into columns) is coded and added to a storage.usage_columns.UsagePoints; 
 RUN_ROWS records is summed per (account, metric, bucket) and sorted into usage_points' key order
 (metric, bucket, account) in numpy; the bookkeeping (usage_first_seen, usage_changes, usage_coverage,
 the tiles' marks) is derived from the same columns: one row per (account, metric) with its first and
-last bucket, one per (metric, bucket). Three staging tables receive them:
+last bucket, one per (metric, bucket) (usage_changes too when every staged bucket is new and holds one
+bucket per pair: a new day's change log is one row per metric, storage.changes reads its accounts). Three staging tables receive them:
 
 - SQLite with a database file: ADBC (adbc-driver-sqlite, Arrow in, C bulk insert) writes them into a
   staging file of their own beside the database, before any transaction of the database is open;
