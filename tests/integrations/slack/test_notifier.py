@@ -283,15 +283,20 @@ def test_rejected_token_is_dead_at_once_with_the_fix_and_retry_delivers(engine, 
     assert counts(engine) == {"sent": 1}
 
 
-def test_a_rejected_token_costs_one_call_not_one_per_queued_alert(engine, fake, config, clock):
-    # every account spikes: 4 alerts queued. The first post's invalid_auth ends the run's Slack calls:
-    # the other rows are dead with the same error and fix without a call each (before: 4 calls)
+def _every_account_alerting(engine, clock) -> tuple[Scenario, int]:
+    """Every account spikes: one alert row queued per account (the scenario, the rows queued)."""
     records = [replace(r, value=600.0) if r.ts >= T0 + SPIKE_DAY * DAY else r
                for r in usage_records(days=SPIKE_DAY + 2)]
     sc = Scenario(engine, clock, records=records)
     sc.cycle(SPIKE_DAY)
     sc.cycle(FIRED)
-    queued = len(list_outbox(engine, status="pending"))
+    return sc, len(list_outbox(engine, status="pending"))
+
+
+def test_a_rejected_token_costs_one_call_not_one_per_queued_alert(engine, fake, config, clock):
+    # every account spikes: 4 alerts queued. The first post's invalid_auth ends the run's Slack calls:
+    # the other rows are dead with the same error and fix without a call each (before: 4 calls)
+    sc, queued = _every_account_alerting(engine, clock)
     assert queued >= 3
     fake.fail("chat.postMessage", "error", "token_revoked", count=100)
     report = sc.deliver(sc.notifier(config))
@@ -309,12 +314,7 @@ def test_a_rejected_token_costs_one_call_not_one_per_queued_alert(engine, fake, 
 def test_no_permission_in_one_conversation_does_not_stop_the_other_alerts(engine, fake, config, clock):
     # a reviewer's find: no_permission was taken as a rejected token, so since the run stops at a rejected
     # token, one conversation the app may not post in marked every queued alert dead without a call
-    records = [replace(r, value=600.0) if r.ts >= T0 + SPIKE_DAY * DAY else r
-               for r in usage_records(days=SPIKE_DAY + 2)]
-    sc = Scenario(engine, clock, records=records)
-    sc.cycle(SPIKE_DAY)
-    sc.cycle(FIRED)
-    queued = len(list_outbox(engine, status="pending"))
+    sc, queued = _every_account_alerting(engine, clock)
     fake.fail("chat.postMessage", "error", "no_permission", count=1)
     report = sc.deliver(sc.notifier(config))
     assert (report.halted, report.dead, report.sent) == (0, 1, queued - 1), report.errors
