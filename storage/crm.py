@@ -159,9 +159,7 @@ def parked_tasks(engine: Engine, limit: int = 100) -> list[TaskRow]:
     """Parked Tasks (refused for good; not planned until unpark_tasks), by account then episode."""
     q = (sa.select(tasks_table).where(_t.status == "parked").order_by(_t.account_id, _t.episode_id).limit(limit))
     with engine.connect() as conn:
-        return [TaskRow(int(r.episode_id), r.account_id, r.rule_id, r.status, r.subject, r.what_id, r.sf_task_id,
-                        int(r.attempts), r.last_error, int(r.first_attempt_at), r.task_key)
-                for r in conn.execute(q)]
+        return [_task_row(r) for r in conn.execute(q)]
 
 
 def count_parked_tasks(engine: Engine) -> int:
@@ -264,10 +262,14 @@ def load_tasks(engine: Engine, episode_ids: Iterable[int]) -> dict[int, TaskRow]
     with engine.connect() as conn:
         for i in range(0, len(ids), _CHUNK):
             for r in conn.execute(sa.select(tasks_table).where(_t.episode_id.in_(ids[i : i + _CHUNK]))):
-                out[int(r.episode_id)] = TaskRow(int(r.episode_id), r.account_id, r.rule_id, r.status, r.subject,
-                                                 r.what_id, r.sf_task_id, int(r.attempts), r.last_error,
-                                                 int(r.first_attempt_at), r.task_key)
+                out[int(r.episode_id)] = _task_row(r)
     return out
+
+
+def _task_row(r: Any) -> TaskRow:
+    """A crm_tasks row as a TaskRow."""
+    return TaskRow(int(r.episode_id), r.account_id, r.rule_id, r.status, r.subject, r.what_id, r.sf_task_id,
+                   int(r.attempts), r.last_error, int(r.first_attempt_at), r.task_key)
 
 
 def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> None:
