@@ -111,11 +111,15 @@ class SlackDirectory:
         A cached user id that Slack no longer knows (user_not_found: the workspace migrated) is
         looked up by email once more before the owner is taken as not on Slack."""
         email = email.strip().lower()
-        cached = self._cached(email) is not None
-        uid = self.user_id(email)
+        if not email:
+            return None
+        hit = self._cached(email)  # one read of the cache when the user is known (the DM of every alert)
+        cached = hit is not None
+        uid = hit.user_id if hit is not None else self._lookup_user(email)
         if uid is None:
             return None
-        hit = self._cached(email)
+        if hit is None:  # just looked up: the stored row may still hold the DM channel
+            hit = self._cached(email)
         if hit is not None and hit.dm_channel:
             return hit.dm_channel
         try:

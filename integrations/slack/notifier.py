@@ -165,7 +165,7 @@ class SlackNotifier:
         content = self.renderer.notice(notice)
         for name in channels:
             self.post_parent(Destination("channel", name), f"{notice.idempotency_key}|channel:{name}",
-                           self.directory.channel_id(name), content)
+                             self.directory.channel_id(name), content)
 
     def _wait_for_first_post(self, notice: AlertNotice, now: int) -> None:
         first = notice.first_message_key()
@@ -240,7 +240,7 @@ class SlackNotifier:
         return True
 
     def post_parent(self, d: Destination, step: str, channel: str,
-                  content: SlackMessageContent) -> tuple[str, str]:
+                    content: SlackMessageContent) -> tuple[str, str]:
         """Post a parent message for step `step` in `channel`; a cached channel id Slack no longer
         finds is looked up anew once (an owner's DM: see post_to_owner)."""
         if d.kind == "dm":
