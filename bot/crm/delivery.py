@@ -169,6 +169,12 @@ class CrmOutlet:
         planned = [PlannedTask.from_json(t, previous.get(int(t["candidate"]["episode_id"]))) for t in raw]
         todo = [p for p in planned if p.previous is None or p.previous.status != "created"]  # done meanwhile
         _create_tasks(self.connect(), self.cfg, self.engine, todo, self.now, self.report)
+        if "clicked_by" in payload:  # a click's row is done when its Task is created or parked, not before:
+            # a sync plans no Task that [salesforce.tasks] does not want, so this row is what retries it
+            after = load_tasks(self.engine, [p.candidate.episode_id for p in todo])
+            waiting = [t for t in after.values() if t.status not in ("created", "parked")]
+            if waiting:
+                raise DeliveryError(f"the Salesforce Task is not created yet: {waiting[0].last_error}")
 
 
 # ------------------------------------------------------------------------ helpers
