@@ -307,6 +307,21 @@ def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> N
                 "updated_at": now, "task_key": c.key})
 
 
+def restore_tasks(engine: Engine, previous: Mapping[int, TaskRow | None]) -> None:
+    """Put the task rows of these episodes back as they were (`previous`; None: there was none), in
+    one transaction: their recorded intent was never carried out (Salesforce refused the request
+    before looking at any Task: the API budget, the login), so it is no try."""
+    with write_transaction(engine) as conn:
+        gone = [int(e) for e, r in previous.items() if r is None]
+        if gone:
+            conn.execute(sa.delete(tasks_table).where(_t.episode_id.in_(gone)))
+        for e, r in previous.items():
+            if r is not None:
+                conn.execute(sa.update(tasks_table).where(_t.episode_id == int(e)).values(
+                    status=r.status, what_id=r.what_id, sf_task_id=r.sf_task_id, attempts=r.attempts,
+                    last_error=r.last_error))
+
+
 # --------------------------------------------------------------------------- runs
 
 
