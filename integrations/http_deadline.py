@@ -244,6 +244,12 @@ class HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(HTTPSConnection, req, context=self._context)
 
 
+def opener(*handlers: urllib.request.BaseHandler, context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """urllib's opener with `handlers`, its http:// and https:// connections bound by `within`
+    (`context`: the TLS one); the caller opens and reads inside `within`."""
+    return urllib.request.build_opener(HTTPHandler(), HTTPSHandler(context=context), *handlers)
+
+
 class _Urllib3Connection(_BoundUrllib3Connect, urllib3.connection.HTTPConnection):
     """urllib3's connection (requests'), its socket bound by `within` (connect included)."""
 

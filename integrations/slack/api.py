@@ -83,11 +83,8 @@ class DeadlineWebClient(WebClient):
         """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
         if not url.lower().startswith("http"):  # urllib opens file:// too (slack_sdk refuses it the same way)
             raise SlackRequestError(f"Invalid URL detected: {url}")
-        handlers: list[urllib.request.BaseHandler] = [
-            http_deadline.HTTPHandler(), http_deadline.HTTPSHandler(context=self.ssl)]
-        if self.proxy is not None:
-            handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
-        with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as resp:
+        handlers = [] if self.proxy is None else [urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})]
+        with http_deadline.opener(*handlers, context=self.ssl).open(req, timeout=self.timeout) as resp:
             body: bytes = resp.read()
             if resp.headers.get_content_type() == "application/gzip":  # admin.analytics.getFile
                 return {"status": resp.code, "headers": resp.headers, "body": body}
