@@ -9,6 +9,7 @@ began, not what was left after the tunnel)."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from integrations.salesforce.config import SalesforceConfig
 from integrations.slack.api import DeadlineWebClient, SlackApi
 from integrations.slack.errors import SlackUnavailable
 from rules.config import Secret
+from tests.fakes.salesforce_server import _certificate
 from tests.integrations.drip import dripping
 from tests.integrations.test_client_deadlines import _salesforce
 
@@ -37,9 +39,10 @@ def _slack(base_url: str, proxy: str | None = None) -> None:
     SlackApi(client, min_post_interval=0).post_message("C1", "hello")
 
 
-def _salesforce_via(proxy: str) -> None:
+def _salesforce_via(proxy: str, verify: str | None = None) -> None:
     session = requests.Session()
     session.trust_env = False
+    session.verify = verify or True
     session.proxies = {"http": proxy, "https": proxy}
     cfg = SalesforceConfig(auth="session", session_id=Secret("00Dxx!session"),
                            instance_url=TARGET.rstrip("/"), timeout=TIMEOUT, retries=0)
@@ -82,6 +85,18 @@ def test_a_call_through_a_proxy_that_stalls_its_connect_answer_ends_at_its_timeo
     assert took < 1.5 * TIMEOUT  # the drip lasts ~12 s, each byte well within the per-read timeout
     if answer:
         assert drip.sent[0] >= 2  # it was dripping, and was cut off at the deadline
+
+
+def test_a_salesforce_call_through_an_https_proxy_dripping_its_connect_answer_ends_at_its_timeout():
+    """TLS to the proxy, then CONNECT over it (urllib3's TLS-in-TLS): the proxy's TLS socket is bound
+    too (before: ~13 s for this drip against a 1 s timeout)."""
+    cert, key = _certificate()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    answer = CONNECTED[:-2] + b"X-Padding: " + b"p" * 200 + b"\r\n\r\n"
+    with dripping(b"", answer, every=0.05, tls=tls, hold=True) as drip:
+        took = _timed(lambda: _salesforce_via(drip.url.removesuffix("/hook"), verify=cert), SalesforceUnavailable)
+    assert took < 1.5 * TIMEOUT and drip.sent[0] >= 2
 
 
 @pytest.mark.parametrize("client", VIA_PROXY)
