@@ -94,11 +94,17 @@ def test_a_cached_user_id_slack_no_longer_knows_is_looked_up_once_more(engine, f
     assert len(fake.calls_of("users.lookupByEmail")) == 2 and len(fake.calls_of("conversations.open")) == 2
 
 
-def test_a_cached_user_id_of_someone_who_left_is_not_on_slack_after_one_more_lookup(engine, fake, config, clock):
+def _alice_left(engine, fake, config, clock) -> SlackDirectory:  # noqa: ANN001
+    """A directory that cached alice's id, then alice left the workspace (her id is user_not_found)."""
     d = _directory(engine, config, clock)
     assert d.user_id("alice@example.com") == "U0ALICE01"
     with fake.lock:
         del fake.users["U0ALICE01"]
+    return d
+
+
+def test_a_cached_user_id_of_someone_who_left_is_not_on_slack_after_one_more_lookup(engine, fake, config, clock):
+    d = _alice_left(engine, fake, config, clock)
     assert d.dm_channel("alice@example.com") is None
     assert d.user_id("alice@example.com") is None and len(fake.calls_of("conversations.open")) == 1
 
@@ -139,10 +145,7 @@ def test_user_tz_of_a_cached_user_id_slack_no_longer_knows_looks_the_email_up_ag
 
 
 def test_user_tz_of_a_cached_user_who_left_is_the_default_after_one_more_lookup(engine, fake, config, clock):
-    d = _directory(engine, config, clock)
-    assert d.user_id("alice@example.com") == "U0ALICE01"
-    with fake.lock:
-        del fake.users["U0ALICE01"]
+    d = _alice_left(engine, fake, config, clock)
     assert d.user_tz("alice@example.com", "Europe/Berlin") == "Europe/Berlin"
     assert d.user_id("alice@example.com") is None  # the stale id is gone: negative lookup cached
     assert len(fake.calls_of("users.lookupByEmail")) == 2 and len(fake.calls_of("users.info")) == 1
