@@ -152,7 +152,8 @@ def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None,
     """Plan parked Tasks again at the next sync (all, or these accounts' / episodes') with a fresh
     try count; returns how many were parked. A Task asked for with the "Log task" button is also sent
     again by its click's outbox row (queued again, due `now`), so it is sent even when the syncs plan
-    no Tasks."""
+    no Tasks. An unparked Task is "unknown" again: a parked Task may have been in doubt (lost answers
+    the lookup did not find), so its key is looked up before it is created again."""
     where = [_t.status == "parked"]
     if account_ids is not None:
         where.append(_t.account_id.in_(list(account_ids)))
@@ -162,7 +163,7 @@ def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None,
         ids = [int(e) for e in conn.execute(sa.select(_t.episode_id).where(*where)).scalars()]
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
-            conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(status="failed", attempts=0))
+            conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(status="unknown", attempts=0))
             requeue_finished(conn, [task_click_key(e) for e in chunk], int(time.time()) if now is None else now)
     return len(ids)
 

@@ -307,6 +307,14 @@ def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engin
         what_id, owner_id = target(p)
         if what_id is None:
             error = f"no {cfg.object} record with {key_field(cfg)} = {p.match_key!r}"
+            if p.previous is not None and p.previous.status == "unknown":
+                # a create in doubt stays in doubt (no try, never parked here): when the record is
+                # found again, the Task is looked up before anything is created
+                error = f"{error}; an earlier create may have worked: looked up when the record is found"
+                report.tasks_failed.append((p.candidate.episode_id, error))
+                record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, p.previous.what_id,
+                                                  error=error, attempted=False)], now)
+                continue
             status, error = _task_failure(p, error, report)
             record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, None, error=error)], now)
             continue

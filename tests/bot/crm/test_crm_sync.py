@@ -602,3 +602,62 @@ def test_a_task_create_refused_by_the_api_budget_is_no_try_and_never_parked(sqli
     report, _, _ = sync(sqlite, fake, cfg)
     row = load_tasks(sqlite, [ep])[ep]
     assert report.tasks_created == 1 and (row.status, row.attempts) == ("created", 1)
+
+
+def _task_count(fake: FakeSalesforce, what_id: str) -> int:
+    return len([t for t in fake.records["Task"].values() if t.get("WhatId") == what_id])
+
+
+def test_a_task_in_doubt_stays_in_doubt_while_its_account_is_missing_and_is_never_created_twice(sqlite, fake):
+    """A create whose answer was lost (it did create the Task), then a sync that does not find the
+    Account: the Task stays "unknown" (no try, never parked), so when the Account is back it is
+    looked up, found and not created a second time (before: it became "failed" and was created again)."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(), retries=0)
+    fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST", after=True)
+    sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "unknown" and _task_count(fake, sf_id(0)) == 1
+    account = fake.records["Account"].pop(sf_id(0))
+    for _ in range(RETRY_LIMIT + 1):  # missing many times: never parked, no try counted
+        sync(sqlite, fake, cfg)
+        row = load_tasks(sqlite, [ep])[ep]
+        assert (row.status, row.attempts) == ("unknown", 1), row
+        assert "no Account record" in (row.last_error or "")
+    fake.records["Account"][sf_id(0)] = account
+    fake.log.clear()
+    report, _, _ = sync(sqlite, fake, cfg)
+    row = load_tasks(sqlite, [ep])[ep]
+    assert row.status == "created" and _task_creates(fake) == 0 and _task_count(fake, sf_id(0)) == 1
+
+
+def test_an_unparked_task_that_was_in_doubt_is_looked_up_before_it_is_created_again(sqlite, fake):
+    """RETRY_LIMIT lost answers park the Task when the lookup misses it (e.g. Salesforce's search
+    lagging); `usagebot crm retry` must not create it blindly: it is looked up first."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+    from storage.crm import unpark_tasks
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(), retries=0)
+    for _ in range(RETRY_LIMIT):
+        fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST")
+        sync(sqlite, fake, cfg)
+    sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "parked"
+    # the Task exists after all (the last lost answer did create it; the lookup had not seen it yet)
+    fake.add_record("Task", {"WhatId": sf_id(0), "Subject": "x", "CreatedDate": fake._created_date(),
+                             "Description": f"usagebot key: {row_key(sqlite, ep)}"})
+    assert unpark_tasks(sqlite, ["a0000"]) == 1
+    fake.log.clear()
+    report, _, _ = sync(sqlite, fake, cfg)
+    row = load_tasks(sqlite, [ep])[ep]
+    assert row.status == "created" and _task_creates(fake) == 0 and _task_count(fake, sf_id(0)) == 1
+
+
+def row_key(engine: Engine, ep: int) -> str:
+    key = load_tasks(engine, [ep])[ep].task_key
+    assert key
+    return key
