@@ -5,7 +5,9 @@ delivers only its own) and `deliver(notice)`, which carries one integrations.not
 and returns, or raises `DeliveryError` saying what the outbox should do with the row:
 
 - `retry_after=N`: due again in exactly N seconds (a 429's Retry-After, waiting for an earlier
-  message); a deferral never makes the row dead;
+  message); a deferral is no try of the row (its attempts are not counted) and never makes it dead;
+- `persistent=True`: retried with the outbox backoff and never made dead, because something else
+  bounds it (a "Log task" click's row: its Task is parked after RETRY_LIMIT tries);
 - `permanent=True`: retrying cannot help (an unknown channel, a 4xx refusal): the row is dead, for an
   operator (`usagebot outbox retry-dead`... storage.outbox.retry_dead puts it back);
 - neither: retried with the outbox backoff, dead after the outbox's attempt limit.
@@ -35,8 +37,9 @@ class DeliveryError(Exception):
     """A delivery that did not happen (see the module docstring). Messages carry no secrets."""
 
     def __init__(self, message: str, retry_after: int | None = None, permanent: bool = False,
-                 halts: bool = False) -> None:
+                 halts: bool = False, persistent: bool = False) -> None:
         super().__init__(message)
+        self.persistent = bool(persistent) and not permanent and not halts
         self.retry_after = None if retry_after is None else max(0, int(retry_after))
         self.permanent = bool(permanent) or bool(halts)
         self.halts = bool(halts)  # about the notifier, not the row: the run stops calling it

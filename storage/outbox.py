@@ -341,12 +341,13 @@ def mark_sent(engine: Engine, ids: Iterable[int], now: int, token: str | None = 
 
 def mark_failed(
     engine: Engine, id: int, now: int, error: str, retry_in: int | None = None, max_attempts: int = 10,
-    token: str | None = None,
+    token: str | None = None, counted: bool = True,
 ) -> str:
     """Record a failed delivery; returns the new status ("failed" or "dead").
 
     The row is due again at now + retry_in (default: `default_backoff`) unless
     it has been tried `max_attempts` times, then it is dead (never retried).
+    counted=False: a deferral, no try (the claim's attempt is given back) and never dead.
     token: the claim it failed under; raises ClaimLost when the row is held by another claim
     (its outcome there is not ours to overwrite: a row sent meanwhile must stay sent).
     """
@@ -354,9 +355,9 @@ def mark_failed(
         row = conn.execute(sa.select(_c.attempts).where(_c.id == id, _held(token))).one_or_none()
         if row is None:
             _lost(conn, id, token)
-        attempts = max(int(row.attempts), 1)
+        attempts = max(int(row.attempts), 1) if counted else max(int(row.attempts) - 1, 0)
         delay = default_backoff(attempts) if retry_in is None else max(0, int(retry_in))
-        status = DEAD if attempts >= max_attempts else FAILED
+        status = DEAD if counted and attempts >= max_attempts else FAILED
         conn.execute(
             sa.update(outbox_table).where(_c.id == id).values(
                 status=status, attempts=attempts, last_error=error[:MAX_ERROR_CHARS],

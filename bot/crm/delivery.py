@@ -57,6 +57,7 @@ from storage.outbox import OutboxItem, discard_unsent, enqueue
 
 FIELDS_KIND, TASKS_KIND = "crm:fields", "crm:tasks"
 CLICK_KIND = "crm:task-click"  # a Task asked for with the "Log task" button (bot.crm.task_button): one row per episode
+CLICKED = "clicked_by"  # the payload key of a click's row (who clicked)
 PLAN_KINDS = (FIELDS_KIND, TASKS_KIND)  # a sync's own rows: a new plan replaces the unsent ones
 CRM_KINDS = (*PLAN_KINDS, CLICK_KIND)
 SOQL_CHUNK = 200  # keys per "WHERE x IN (...)" query (keeps the GET URL well under its limit)
@@ -150,7 +151,23 @@ class CrmOutlet:
         self.report.stopped = self.report.stopped or str(exc)
         if isinstance(exc, SalesforceLimitError):
             raise DeliveryError(str(exc), retry_after=STOP_DEFER) from None
+        if CLICKED in payload:
+            self._click_waits(payload, str(exc))
+            return  # its Task is created or parked (refused for good): the click's row is done
         raise DeliveryError(str(exc), permanent=isinstance(exc, SalesforceRequestError)) from None
+
+    def _click_waits(self, payload: Mapping[str, Any], why: str | None = None) -> None:
+        """A click's row is done when its Task is created or parked, not before (a sync plans no Task
+        that [salesforce.tasks] does not want, so this row is what retries it): while the Task is
+        not (failed, unknown, never tried), the row is retried with backoff and never dead, as the
+        Task's own tries bound it (parked after RETRY_LIMIT)."""
+        ids = [int(t["candidate"]["episode_id"]) for t in payload["tasks"]]
+        after = load_tasks(self.engine, ids)
+        waiting = [e for e in ids if e not in after or after[e].status not in ("created", "parked")]
+        if waiting:
+            row = after.get(waiting[0])
+            raise DeliveryError(f"the Salesforce Task is not created yet: {why or (row and row.last_error)}",
+                                persistent=True)
 
     def _defer(self, payload: Mapping[str, Any]) -> None:
         if payload.get("op") == "fields":
@@ -171,12 +188,8 @@ class CrmOutlet:
         planned = [PlannedTask.from_json(t, previous.get(int(t["candidate"]["episode_id"]))) for t in raw]
         todo = [p for p in planned if p.previous is None or p.previous.status != "created"]  # done meanwhile
         _create_tasks(self.connect(), self.cfg, self.engine, todo, self.now, self.report)
-        if "clicked_by" in payload:  # a click's row is done when its Task is created or parked, not before:
-            # a sync plans no Task that [salesforce.tasks] does not want, so this row is what retries it
-            after = load_tasks(self.engine, [p.candidate.episode_id for p in todo])
-            waiting = [t for t in after.values() if t.status not in ("created", "parked")]
-            if waiting:
-                raise DeliveryError(f"the Salesforce Task is not created yet: {waiting[0].last_error}")
+        if CLICKED in payload:
+            self._click_waits(payload)
 
 
 # ------------------------------------------------------------------------ helpers

@@ -361,10 +361,11 @@ def deliver_rows(
     whose claim was lost is skipped and counted in `lost`.
 
     A DeliveryError (integrations.notifier) with `retry_after` (int seconds, e.g. Slack's 429
-    Retry-After) makes the row due again after exactly that delay instead of the backoff (and it
-    is never marked dead for it); one that is `permanent` (retrying cannot help, e.g. an unknown
-    channel) marks the row dead with the error, for an operator (storage.outbox.retry_dead puts it
-    back). Anything else is retried with backoff.
+    Retry-After) makes the row due again after exactly that delay instead of the backoff (a
+    deferral: no try of the row, never dead for it); one that is `permanent` (retrying cannot help,
+    e.g. an unknown channel) marks the row dead with the error, for an operator
+    (storage.outbox.retry_dead puts it back); one that is `persistent` is retried with backoff and
+    never made dead (something else bounds it). Anything else is retried with backoff.
     """
     report = DeliveryReport()
     handled: list[int] = []
@@ -425,10 +426,14 @@ def _deliver_row(engine: Engine, outlet: Outlet, row: OutboxRow, now: int,
             log.error("delivery of %s failed permanently (marked dead): %s", row.idempotency_key, msg)
             report.dead += 1
         elif retry_after is not None:
-            # a deferral is not the row failing: it never makes the row dead
-            mark_failed(engine, row.id, now, msg, retry_in=retry_after, max_attempts=row.attempts + 1, token=token)
+            # a deferral is not the row failing: no try of the row, never dead
+            mark_failed(engine, row.id, now, msg, retry_in=retry_after, token=token, counted=False)
             log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)
             report.deferred += 1
+        elif isinstance(exc, DeliveryError) and exc.persistent:  # bounded elsewhere: never dead
+            mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), max_attempts=row.attempts + 1,
+                        token=token)
+            log.warning("delivery of %s failed (retried until done): %s", row.idempotency_key, msg)
         elif mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), token=token) == DEAD:
             log.error("delivery of %s failed for the last time (%s tries; marked dead): %s", row.idempotency_key,
                       row.attempts, msg)

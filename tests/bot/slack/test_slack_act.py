@@ -303,3 +303,38 @@ def test_crm_retry_sends_a_parked_click_again_without_task_sync(served):
     report = CrmSyncReport(as_of=served.clock.now, dry_run=False)
     retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg), report, served.clock.now)
     assert _task_row(served).status == "created" and len(_tasks(served)) == 1
+
+
+def _click_row(s: Served):  # noqa: ANN202
+    (row,) = [r for r in list_outbox(s.engine, limit=100) if r.kind == CLICK_KIND]
+    return row
+
+
+def test_a_click_row_never_dies_while_its_task_is_failed(served):
+    """Deferrals (the API budget) use none of the row's tries, and a request Salesforce refuses at the
+    create leaves the Task `failed` (a try): the row is retried until the Task is created or parked,
+    never dead on the way (before: 10 deferrals then one refusal, or one request-level error, made
+    it dead while the Task was only failed, and with [salesforce.tasks] off nothing retried it)."""
+    served.sf.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+    _post(served, _click(served, "usagebot_log_task", rid="n1"))
+    served.fake.wait_response("n1")
+    at = served.clock.now
+    limit = [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests Limit exceeded."}]
+    for _ in range(12):  # the API budget: deferred, no try of the row, none of the Task
+        at = max(at, _click_row(served).next_attempt_at)
+        served.sf.fail(403, times=1, path_contains="/services/data/", body=limit)
+        retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
+                       CrmSyncReport(as_of=at, dry_run=False), at)
+        assert _click_row(served).status == "failed" and _task_row(served).attempts == 1
+    # a request-level refusal of the create (HTTP 400): the Task failed again, the row waits
+    served.sf.fail(400, times=1, path_contains="/composite/sobjects", method="POST",
+                   body=[{"errorCode": "JSON_PARSER_ERROR", "message": "unexpected"}])
+    at = max(at, _click_row(served).next_attempt_at)
+    retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
+                   CrmSyncReport(as_of=at, dry_run=False), at)
+    assert _task_row(served).status == "failed" and _click_row(served).status == "failed"
+    del served.sf.create_errors["Task"]
+    at = max(at, _click_row(served).next_attempt_at)
+    retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
+                   CrmSyncReport(as_of=at, dry_run=False), at)
+    assert _task_row(served).status == "created" and _click_row(served).status == "sent"

@@ -43,3 +43,17 @@ def test_permanent_error_marks_dead_and_transient_backs_off(engine):
     assert r.dead == 1
     row = list_outbox(engine)[0]
     assert row.status == "dead" and "channel #x not found" in row.last_error
+
+
+def test_a_deferral_is_no_try_of_the_row(engine):
+    """Deferrals (a 429's Retry-After, the API budget) are not the row failing: they use up none of
+    its tries, so 15 of them then one transient failure leave it failed with one try, not dead."""
+    _row(engine)
+    now = 1000
+    for _ in range(15):
+        deliver_outbox(engine, Raising(RetryLater("rate limited", 42)), now)
+        assert list_outbox(engine)[0].attempts == 0
+        now += 42
+    r = deliver_outbox(engine, Raising(SlackUnavailable("Slack chat.postMessage answered HTTP 503")), now)
+    row = list_outbox(engine)[0]
+    assert r.dead == 0 and (row.status, row.attempts) == ("failed", 1)
