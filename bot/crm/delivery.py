@@ -371,6 +371,10 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
         if tc.key_field:
             rec[tc.key_field] = p.key
         recs.append(rec)
+    # the login and the API budget first: a login host that cannot be reached, or a budget used up,
+    # is no try (nothing was sent); CrmOutlet.handle defers the row with the Task as it was
+    client.check_budget()
+    client.connect()
     # the intent, committed BEFORE the request: whatever happens next, the next try looks first
     record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, w, error="sent; outcome not known yet")
                           for p, w, _ in todo], now)
@@ -386,8 +390,9 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
                                               attempted=False) for p, w, _ in todo], now)
             report.tasks_failed.extend((p.candidate.episode_id, str(exc)) for p, _, _ in todo)
         else:
-            record_tasks(engine, [TaskOutcome(p.candidate, *_task_failure(p, str(exc), report), p.subject, w,
-                                              attempted=False) for p, w, _ in todo], now)
+            failures = [(p, w, *_task_failure(p, str(exc), report)) for p, w, _ in todo]
+            record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, w, error=error, attempted=False)
+                                  for p, w, status, error in failures], now)
         raise _Failed(exc) from None
     outcomes = []
     for (p, what_id, _), r in zip(todo, results, strict=True):

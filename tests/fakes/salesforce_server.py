@@ -18,6 +18,7 @@ Faults to inject: `expire_sessions()` (next call 401 INVALID_SESSION_ID),
 `fail(status, times, path_contains)` (e.g. 503s; `after=True`: the request is carried
 out first and only its answer is the fault, a lost answer), `record_errors[id] = (code, msg)`
 (per-record errors), `api_used`/`api_limit` (REQUEST_LIMIT_EXCEEDED once used up),
+`login_unreachable = N` (the next N logins cannot connect: the login host is down),
 `hang_after(n, path_contains, method)` (the n-th such request is carried out, then its
 answer waits until `release` is set: a client can be killed with the write done).
 
@@ -115,13 +116,19 @@ def make_rsa_key_pair(directory: Path) -> tuple[Path, str]:
 
 
 class _RouteToFake(HTTPAdapter):
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, fake: FakeSalesforce | None = None) -> None:
         super().__init__()
         self.port = port
+        self.fake = fake
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         u = urlsplit(request.url or "")
         host = u.hostname or ""
+        f = self.fake
+        if f is not None and f.login_unreachable > 0 and ("/services/Soap/u/" in u.path
+                                                           or u.path.endswith("/services/oauth2/token")):
+            f.login_unreachable -= 1
+            raise requests.ConnectionError(f"fake Salesforce: {host} cannot be reached (login_unreachable)")
         if host.endswith(".salesforce.com"):
             request.headers["Host"] = u.netloc
             request.url = urlunsplit((u.scheme, f"127.0.0.1:{self.port}", u.path, u.query, u.fragment))
@@ -236,6 +243,7 @@ class FakeSalesforce:
         self.sessions: set[str] = set()
         self.logins: list[dict[str, str]] = []
         self.faults: list[_Fault] = []
+        self.login_unreachable = 0  # the next N logins fail to connect (requests.ConnectionError), never reach us
         self.now: float | None = None  # CreatedDate clock (None = real time)
         self._ids = itertools.count(1)
         self._cursors: dict[str, list[dict[str, Any]]] = {}
@@ -287,8 +295,8 @@ class FakeSalesforce:
         s = requests.Session()
         s.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override `verify`
         s.verify = self.ca_file
-        s.mount("https://", _RouteToFake(self.port))
-        s.mount("http://", _RouteToFake(self.port))
+        s.mount("https://", _RouteToFake(self.port, self))
+        s.mount("http://", _RouteToFake(self.port, self))
         return s
 
     # ------------------------------------------------------------------- setup

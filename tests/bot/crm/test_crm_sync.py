@@ -661,3 +661,4 @@ def row_key(engine: Engine, ep: int) -> str:
     key = load_tasks(engine, [ep])[ep].task_key
     assert key
     return key
+

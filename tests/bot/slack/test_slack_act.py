@@ -333,8 +333,34 @@ def test_a_click_row_never_dies_while_its_task_is_failed(served):
     retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
                    CrmSyncReport(as_of=at, dry_run=False), at)
     assert _task_row(served).status == "failed" and _click_row(served).status == "failed"
+    row = _task_row(served)  # recorded as what it is (before: the error went into the subject)
+    assert "JSON_PARSER_ERROR" in (row.last_error or "") and row.sf_task_id is None and "Usage" in row.subject
     del served.sf.create_errors["Task"]
     at = max(at, _click_row(served).next_attempt_at)
     retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
                    CrmSyncReport(as_of=at, dry_run=False), at)
     assert _task_row(served).status == "created" and _click_row(served).status == "sent"
+
+
+def test_a_login_that_cannot_be_reached_is_no_try_of_a_clicked_task(served):
+    """The create is the client's first request (owner api_user: no lookup before it): a login host
+    that cannot be reached leaves the Task untried and the row deferred, never parked (before: each
+    such try counted, so about 8 minutes of login outage parked a click's Task)."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    cfg = replace(served.cfg, tasks=replace(served.cfg.tasks, owner="api_user"))
+    button = TaskButton(served.engine, cfg, served.clock, _factory(served.sf))
+    served.sf.login_unreachable = 1
+    answer = button.click(served.episode_id, "U0BOBBY01 (bob)")
+    assert "cannot reach" in answer.message and "retried automatically" in answer.message, answer.message
+    at = served.clock.now
+    for _ in range(RETRY_LIMIT + 1):
+        row = load_tasks(served.engine, [served.episode_id]).get(served.episode_id)
+        assert row is None or (row.status != "parked" and row.attempts == 0), row
+        assert _click_row(served).status in ("pending", "failed")
+        at = max(at, _click_row(served).next_attempt_at)
+        served.sf.login_unreachable = 1
+        retry_crm_rows(served.engine, cfg, lambda: _factory(served.sf)(cfg), CrmSyncReport(as_of=at, dry_run=False), at)
+    at = max(at, _click_row(served).next_attempt_at)
+    retry_crm_rows(served.engine, cfg, lambda: _factory(served.sf)(cfg), CrmSyncReport(as_of=at, dry_run=False), at)
+    assert (_task_row(served).status, _task_row(served).attempts) == ("created", 1) and len(_tasks(served)) == 1
