@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
@@ -154,17 +154,23 @@ def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None,
     again by its click's outbox row (queued again, due `now`), so it is sent even when the syncs plan
     no Tasks. An unparked Task is "unknown" again: a parked Task may have been in doubt (lost answers
     the lookup did not find), so its key is looked up before it is created again."""
+    with write_transaction(engine) as conn:
+        return unpark_tasks_in(conn, account_ids, episode_ids, now)
+
+
+def unpark_tasks_in(conn: Connection, account_ids: Sequence[str] | None = None,
+                    episode_ids: Sequence[int] | None = None, now: int | None = None) -> int:
+    """unpark_tasks inside the caller's transaction (a "Log task" click: with its row queued again)."""
     where = [_t.status == "parked"]
     if account_ids is not None:
         where.append(_t.account_id.in_(list(account_ids)))
     if episode_ids is not None:
         where.append(_t.episode_id.in_([int(e) for e in episode_ids]))
-    with write_transaction(engine) as conn:
-        ids = [int(e) for e in conn.execute(sa.select(_t.episode_id).where(*where)).scalars()]
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
-            conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(status="unknown", attempts=0))
-            requeue_finished(conn, [task_click_key(e) for e in chunk], int(time.time()) if now is None else now)
+    ids = [int(e) for e in conn.execute(sa.select(_t.episode_id).where(*where)).scalars()]
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(status="unknown", attempts=0))
+        requeue_finished(conn, [task_click_key(e) for e in chunk], int(time.time()) if now is None else now)
     return len(ids)
 
 

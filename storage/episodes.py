@@ -423,21 +423,28 @@ def record_action(
     must not write stale values back. `state` must come from load_states
     (episode_id set); returns the episode id.
     """
+    with write_transaction(engine) as conn:
+        return record_action_in(conn, state, event, at, actor, reason)
+
+
+def record_action_in(
+    conn: Connection, state: EpisodeState, event: str, at: int, actor: str | None = None, reason: str = "",
+) -> int:
+    """record_action inside the caller's transaction (with the change the action asked for)."""
     if state.episode_id is None:
         raise ValueError(f"episode {state.key}: {event!r} needs a stored episode (episode_id is None)")
-    with write_transaction(engine) as conn:
-        row = conn.execute(sa.select(episodes_table).where(_e.id == state.episode_id)).one_or_none()
-        if row is None:
-            raise ValueError(f"episode {state.key}: stored row id {state.episode_id} does not exist")
-        conn.execute(
-            sa.update(episodes_table).where(_e.id == state.episode_id)
-            .values(acknowledged_by=state.acknowledged_by, acknowledged_at=state.acknowledged_at,
-                    snoozed_until=state.snoozed_until)
-        )
-        conn.execute(sa.insert(events_table).values(
-            episode_id=state.episode_id, event=event, at=at, notify=False, reason=reason, actor=actor,
-            explanation=_explanation(state.last_explanation, f"{event} of episode {state.key}"),
-        ))
+    row = conn.execute(sa.select(episodes_table).where(_e.id == state.episode_id)).one_or_none()
+    if row is None:
+        raise ValueError(f"episode {state.key}: stored row id {state.episode_id} does not exist")
+    conn.execute(
+        sa.update(episodes_table).where(_e.id == state.episode_id)
+        .values(acknowledged_by=state.acknowledged_by, acknowledged_at=state.acknowledged_at,
+                snoozed_until=state.snoozed_until)
+    )
+    conn.execute(sa.insert(events_table).values(
+        episode_id=state.episode_id, event=event, at=at, notify=False, reason=reason, actor=actor,
+        explanation=_explanation(state.last_explanation, f"{event} of episode {state.key}"),
+    ))
     return state.episode_id
 
 

@@ -27,10 +27,10 @@ from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import SalesforceConfig
 from integrations.salesforce.mapping import match_key
 from storage.accounts import list_accounts
-from storage.crm import episode_candidate, load_tasks, unpark_tasks
+from storage.crm import episode_candidate, load_tasks, unpark_tasks_in
 from storage.crm import task_click_key as click_key
 from storage.db import write_transaction
-from storage.episodes import record_action
+from storage.episodes import record_action_in
 from storage.locks import LockTimeout, exclusive
 from storage.outbox import OutboxItem, enqueue, requeue_finished
 from storage.slack import episode_state, outbox_row_payload, outbox_row_state
@@ -88,16 +88,16 @@ class TaskButton:
         item = OutboxItem(click_key(episode_id), CLICK_KIND,
                           {"op": "tasks", "tasks": [planned.to_json()], "clicked_by": actor}, not_before=now)
         parked = planned.previous is not None and planned.previous.status == "parked"
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine) as conn:  # the row, the unpark and the event: all or none
             new = enqueue(conn, [item], now) == 1
             # a parked Task (refused for good) is asked for again: this click's row sends it once more
             new = new or (parked and requeue_finished(conn, [item.idempotency_key], now, item.payload) == 1)
-        if parked:  # what `usagebot crm retry` does, for this one Task: a fresh try count
-            unpark_tasks(self.engine, episode_ids=[episode_id], now=now)
-        if new:
-            record_action(self.engine, state, "task_requested", now, actor=actor,
-                          reason="Log task button in Slack (a Salesforce Task)"
-                          + (": tried again after it was refused" if parked else ""))
+            if parked:  # what `usagebot crm retry` does, for this one Task: a fresh try count
+                unpark_tasks_in(conn, episode_ids=[episode_id], now=now)
+            if new:
+                record_action_in(conn, state, "task_requested", now, actor=actor,
+                                 reason="Log task button in Slack (a Salesforce Task)"
+                                 + (": tried again after it was refused" if parked else ""))
         return TaskClick(new, self._deliver(episode_id, now, new))
 
     def _deliver(self, episode_id: int, now: int, new: bool) -> str:

@@ -364,3 +364,32 @@ def test_a_login_that_cannot_be_reached_is_no_try_of_a_clicked_task(served):
     at = max(at, _click_row(served).next_attempt_at)
     retry_crm_rows(served.engine, cfg, lambda: _factory(served.sf)(cfg), CrmSyncReport(as_of=at, dry_run=False), at)
     assert (_task_row(served).status, _task_row(served).attempts) == ("created", 1) and len(_tasks(served)) == 1
+
+
+def test_a_click_on_a_parked_task_requeues_unparks_and_records_in_one_transaction(served):
+    """The click's row queued again, the Task unparked and the task_requested event are one
+    transaction: a failure in the middle (here the database refuses the unpark, as a kill -9 would
+    end it) leaves none of them, never a queued row on a still-parked Task (before: the requeue was
+    committed on its own)."""
+    import sqlalchemy as sa
+
+    if served.engine.dialect.name != "sqlite":
+        pytest.skip("the fault is a SQLite trigger")
+    served.sf.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Tasks need a Type")
+    _post(served, _click(served, "usagebot_log_task", rid="x1"))
+    served.fake.wait_response("x1")
+    assert _task_row(served).status == "parked" and _click_row(served).status == "sent"
+    del served.sf.create_errors["Task"]
+    with served.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TRIGGER no_unpark BEFORE UPDATE ON crm_tasks WHEN OLD.status = 'parked' "
+                             "BEGIN SELECT RAISE(ABORT, 'killed here'); END"))
+    events = _events(served)
+    button = TaskButton(served.engine, served.cfg, served.clock, _factory(served.sf))
+    with pytest.raises(sa.exc.DatabaseError, match="killed here"):
+        button.click(served.episode_id, "U0ALICE01 (alice)")
+    assert _task_row(served).status == "parked" and _click_row(served).status == "sent" and _events(served) == events
+    with served.engine.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER no_unpark"))
+    answer = button.click(served.episode_id, "U0ALICE01 (alice)")
+    assert _task_row(served).status == "created" and answer.changed and len(_tasks(served)) == 1
+    assert _events(served).count(("task_requested", "U0ALICE01 (alice)")) == 1
