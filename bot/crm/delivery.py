@@ -66,6 +66,7 @@ LOOKUP_MARGIN = DAY  # a Task looked up by key may have been created this long b
 STOP_DEFER = 3600  # seconds the rows of a sync stopped by the API budget wait (the next sync re-plans them)
 MAX_ROWS = 1_000_000  # a sync carries out its whole plan (10k accounts = 50 rows of 200)
 LOCK = "crm_sync"
+TRIES_SPENT = f"parked after {RETRY_LIMIT} tries"  # a Task not created after RETRY_LIMIT tries (refusals, lost answers)
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ def _task_failure(p: PlannedTask, error: str, report: CrmSyncReport) -> tuple[st
     if hint is None and tries < RETRY_LIMIT:
         report.tasks_failed.append((p.candidate.episode_id, error))
         return "failed", error
-    why = hint or f"parked after {RETRY_LIMIT} failed tries"
+    why = hint or TRIES_SPENT
     error = f"{error} -> {why}; `usagebot crm retry {p.candidate.account_id}` sends it again"
     report.tasks_failed.append((p.candidate.episode_id, error))
     report.tasks_parked_now += 1

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from bot.crm.delivery import CLICK_KIND, LOCK, CrmOutlet
+from bot.crm.delivery import CLICK_KIND, LOCK, TRIES_SPENT, CrmOutlet
 from bot.crm.plan import CrmSyncReport
 from bot.crm.sync import ClientFactory, planned_task
 from bot.service.pipeline import deliver_rows
 from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import SalesforceConfig
+from integrations.salesforce.errors import RETRY_LIMIT
 from integrations.salesforce.mapping import match_key
 from storage.accounts import list_accounts
 from storage.crm import episode_candidate, load_tasks, unpark_tasks_in
@@ -123,7 +124,9 @@ class TaskButton:
         by = _clicked_by(self.engine, episode_id)
         asked = "Queued" if new else f"Already asked for by {(by or '?').split(' ', 1)[0]}"
         if row is not None and row.status == "parked":  # nothing retries it: say why and what to do
-            return (f"Salesforce refused the Task ({why}). Fix that, then click Log task again "
+            what = (f"The Salesforce Task was not created after {RETRY_LIMIT} tries" if TRIES_SPENT in why
+                    else "Salesforce refused the Task")  # tries: refusals a retry may fix, lost answers
+            return (f"{what} ({why}). Fix that, then click Log task again "
                     f"(or run `usagebot crm retry {row.account_id}`).")
         state = outbox_row_state(self.engine, click_key(episode_id), [CLICK_KIND])
         if state is not None and state[0] == "dead":  # a request Salesforce refuses: for an operator

@@ -393,3 +393,24 @@ def test_a_click_on_a_parked_task_requeues_unparks_and_records_in_one_transactio
     answer = button.click(served.episode_id, "U0ALICE01 (alice)")
     assert _task_row(served).status == "created" and answer.changed and len(_tasks(served)) == 1
     assert _events(served).count(("task_requested", "U0ALICE01 (alice)")) == 1
+
+
+def test_a_click_whose_task_is_parked_after_lost_answers_says_what_happened(served):
+    """RETRY_LIMIT creates whose answers were lost, and the lookup finds no Task: parked, and the
+    click is told the Task was not created after that many tries, not that Salesforce refused it."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    button = TaskButton(served.engine, served.cfg, served.clock, _factory(served.sf))
+    answer = None
+    for _ in range(RETRY_LIMIT + 1):
+        if _task_row_or_none(served) is not None:  # the click's row is due again
+            served.clock.now = max(served.clock.now, _click_row(served).next_attempt_at)
+        served.sf.fail(503, times=1, path_contains="/composite/sobjects", method="POST")
+        answer = button.click(served.episode_id, "U0BOBBY01 (bob)")
+    assert answer is not None and _task_row(served).status == "parked", _task_row(served)
+    assert f"not created after {RETRY_LIMIT} tries" in answer.message and "refused" not in answer.message
+    assert "HTTP 503" in answer.message and "usagebot crm retry acme" in answer.message
+
+
+def _task_row_or_none(s: Served):  # noqa: ANN202
+    return load_tasks(s.engine, [s.episode_id]).get(s.episode_id)
