@@ -155,6 +155,18 @@ def known_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
     return found
 
 
+def queued_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
+    """Which of `keys` have a row still queued (pending or failed: to be carried out)."""
+    wanted = sorted(set(keys))
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for i in range(0, len(wanted), 500):
+            q = sa.select(_c.idempotency_key).where(_c.idempotency_key.in_(wanted[i : i + 500]),
+                                                    _c.status.in_([PENDING, FAILED]))
+            found.update(conn.execute(q).scalars())
+    return found
+
+
 def untold(engine: Engine, items: Iterable[T], key: Callable[[T], str]) -> list[T]:
     """The items whose notice key no outbox row holds yet (known_keys), one per key (at the place of
     its first item), in order: what a caller that tells of a thing once still has to tell."""

@@ -62,9 +62,11 @@ from storage.crm import (
     load_tasks,
     record_outcomes,
     record_sync_run,
+    task_click_key,
 )
 from storage.jsonsafe import json_safe
 from storage.locks import LockTimeout, exclusive
+from storage.outbox import queued_keys
 
 SYNC_LOCK_WAIT = 900.0  # seconds a real sync waits for another one on the same database
 ClientFactory = Callable[[SalesforceConfig], SalesforceClient]
@@ -104,12 +106,17 @@ def plan_tasks(
     candidates = [c for c in episodes_fired_since(engine, now - tc.max_age)
                   if tc.wants(c.severity, kind_of(c), c.rule_id)]
     existing = load_tasks(engine, [c.episode_id for c in candidates])
+    # a "Log task" click's row still queued carries its Task (retried until created or parked): the
+    # plan leaves it out, so one create per run, not two (the plan's row and the click's)
+    clicked = queued_keys(engine, [task_click_key(c.episode_id) for c in candidates])
     out = []
     for c in candidates:
         prev = existing.get(c.episode_id)
         acct = accounts.get(c.account_id)
         # created: done; parked: refused for good (storage.crm unpark_tasks / `usagebot crm retry`)
         if (prev is not None and prev.status in ("created", "parked")) or acct is None:
+            continue
+        if task_click_key(c.episode_id) in clicked:
             continue
         planned = planned_task(cfg, c, acct, kind_of(c), now, prev)
         if planned is not None:

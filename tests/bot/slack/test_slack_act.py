@@ -414,3 +414,19 @@ def test_a_click_whose_task_is_parked_after_lost_answers_says_what_happened(serv
 
 def _task_row_or_none(s: Served):  # noqa: ANN202
     return load_tasks(s.engine, [s.episode_id]).get(s.episode_id)
+
+
+def test_a_sync_with_tasks_on_sends_a_queued_click_once_not_twice(served):
+    """A clicked Task still waiting (a locked row) and [salesforce.tasks] on: the sync leaves it to
+    the click's row, so one create per sync run, not two (the plan's row and the click's)."""
+    served.sf.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+    _post(served, _click(served, "usagebot_log_task", rid="o1"))
+    served.fake.wait_response("o1")
+    assert _task_row(served).attempts == 1
+    creates = len([r for r in served.sf.log if r.method == "POST" and "/composite/sobjects" in r.path])
+    _sync_tasks(served, _click_row(served).next_attempt_at)
+    assert len([r for r in served.sf.log if r.method == "POST" and "/composite/sobjects" in r.path]) == creates + 1
+    assert _task_row(served).attempts == 2
+    del served.sf.create_errors["Task"]
+    _sync_tasks(served, _click_row(served).next_attempt_at)
+    assert _task_row(served).status == "created" and len(_tasks(served)) == 1 and _click_row(served).status == "sent"
