@@ -26,8 +26,11 @@ deleted from the stage (one probe of usage_points' key per row, in key order), s
 change are merged and marked (usage_changes, the tiles, what the poll reports as changed).
 
 The merge is then one INSERT .. SELECT from a stage already in key order (an append to the B-tree
-for new buckets, no sort, no GROUP BY) unless the load had several runs (then grouped and summed in
-SQL); the bookkeeping is one INSERT .. SELECT each from the small stages (usage_first_seen on
+for new buckets, no sort, no GROUP BY). A load of several runs (SQLite) is merged piece by piece
+in key order (merge_pieces): the buckets that one run holds straight from that run's rowid range of
+the stage, only the buckets that several runs hold (a run boundary inside a bucket, late rows)
+grouped and summed in SQL (PostgreSQL, and more than MAX_PIECES pieces: the whole stage grouped and
+summed at once); the bookkeeping is one INSERT .. SELECT each from the small stages (usage_first_seen on
 PostgreSQL: only the pairs an anti-join does not find with an earlier bucket). On PostgreSQL a stage whose buckets are
 all newer than its metrics' stored ones (a new day, a load into an empty database) is inserted
 without ON CONFLICT, in a savepoint that falls back to the upsert if a writer stored one of its keys
