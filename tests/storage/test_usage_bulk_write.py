@@ -12,6 +12,7 @@ import random
 import re
 import struct
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -128,6 +129,36 @@ def test_runs_are_merged_bucket_by_bucket_sorting_only_shared_buckets(
     if engine.dialect.name == "sqlite":
         grouped = _grouped_stage_rows(statements)
         assert grouped is not None and grouped <= most_grouped, grouped
+
+
+def test_merge_pieces_joins_what_one_run_holds_and_groups_what_runs_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of metric 'calls': run 1 holds buckets 0, 60 (rows 1-3, 4-5), run 2 buckets 60, 120
+    (rows 6-7, 8-10): bucket 0 straight from run 1, bucket 60 grouped from both runs (rows 4-7: run
+    1's last rows and run 2's first are adjacent rowids), bucket 120 straight from run 2; past
+    MAX_PIECES: None (the whole stage grouped at once)."""
+    runs = [usage_load.Spans(["calls"], np.array([0, 0]), np.array([0, 60]), np.array([0, 3]), 5),
+            usage_load.Spans(["calls"], np.array([0, 0]), np.array([60, 120]), np.array([0, 2]), 5)]
+    assert usage_load.merge_pieces(runs) == [(False, [[1, 3]]), (True, [[4, 7]]), (False, [[8, 10]])]
+    # two metrics, runs in time order: each metric's buckets run by run (key order), no join across runs
+    timed = [usage_load.Spans(["calls", "gb"], np.array([0, 1]), np.array([0, 0]), np.array([0, 2]), 4),
+             usage_load.Spans(["calls", "gb"], np.array([0, 1]), np.array([60, 60]), np.array([0, 2]), 4)]
+    assert usage_load.merge_pieces(timed) == [(False, [[1, 2]]), (False, [[5, 6]]), (False, [[3, 4]]),
+                                              (False, [[7, 8]])]
+    monkeypatch.setattr(usage_load, "MAX_PIECES", 2)
+    assert usage_load.merge_pieces(timed) is None
+
+
+@pytest.mark.parametrize("max_pieces", [1, 10_000])
+def test_too_many_pieces_group_the_whole_stage_and_store_the_same(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, max_pieces: int) -> None:
+    recs = _book_in("late")
+    load_usage(engine, chunks(recs, 20))
+    one = state(engine)
+    _fresh(engine)
+    monkeypatch.setattr(usage_load, "RUN_ROWS", 100)
+    monkeypatch.setattr(usage_load, "MAX_PIECES", max_pieces)
+    load_usage(engine, chunks(recs, 20))
+    assert state(engine) == one
 
 
 def test_a_new_day_is_its_own_bookkeeping(engine: Engine) -> None:
