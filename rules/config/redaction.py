@@ -14,7 +14,9 @@ Who registers what:
 - each secret in every form a peer or a library echoes it in: raw, URL/percent-encoded (upper- and
   lower-case hex, "+" for spaces), JSON-, repr- and HTML-escaped, hex, base64 (standard and URL-safe,
   at each of the three byte alignments, so the base64 of "user:password" or of a whole header is
-  caught without knowing what was around the secret);
+  caught without knowing what was around the secret), the repr of its UTF-8 bytes (b'\xd0\xba...'),
+  and, for a non-ASCII secret, its UTF-8 bytes read as ISO-8859-1 or windows-1252 (a peer's echo
+  decoded with the charset it declared: "ÐºÐ»Ñ...");
 - a prefix or a suffix of at least `FRAGMENT` characters of any of those forms: what is left of a
   secret where a string was cut (the start of it at the end of a cut, the end of it in a tail).
 
@@ -106,6 +108,12 @@ def forms(secret: str) -> set[str]:
         out.add(encoded)
         out.add(_LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded))
     out.update(_base64_forms(raw))
+    # repr quotes with ' (escaping it) once the text around has a " too; its UTF-8 bytes as Python
+    # shows them (b'\xd0\xba...': an exception or a log line holding the raw bytes)
+    out |= {repr(secret + '"')[1:-2], repr(raw)[2:-1], repr(raw + b'"')[2:-2]}
+    if not raw.isascii():  # the UTF-8 bytes decoded as a peer's declared single-byte charset ("ÐºÐ»Ñ...")
+        for wrong in (raw.decode("latin-1"), raw.decode("cp1252", "replace")):
+            out |= {wrong, repr(wrong)[1:-1], repr(wrong + '"')[1:-2], json.dumps(wrong)[1:-1]}
     return {f for f in out if len(f) >= MIN_SECRET}
 
 
@@ -300,10 +308,7 @@ class RedactingFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key in _RECORD_FIELDS or key.startswith("_"):
                 continue
-            if isinstance(value, str):
-                setattr(record, key, mask(value))
-            elif isinstance(value, list | tuple | dict):
-                setattr(record, key, _mask_deep(value))
+            setattr(record, key, _mask_deep(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -317,13 +322,18 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, Non
 
 
 def _mask_deep(value: Any) -> Any:
+    """`value` masked all through: strings, the items of lists, tuples and sets, dicts' keys and
+    values; any other object but a number (an exception, a URL object) as its masked str(), which
+    is what a formatter would have shown of it."""
     if isinstance(value, str):
         return mask(value)
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_mask_deep(v) for v in value]
     if isinstance(value, dict):
-        return {k: _mask_deep(v) for k, v in value.items()}
-    return value
+        return {(mask(k) if isinstance(k, str) else _mask_deep(k)): _mask_deep(v) for k, v in value.items()}
+    if value is None or isinstance(value, int | float):
+        return value
+    return mask(str(value))
 
 
 def install_on(handler: logging.Handler) -> None:

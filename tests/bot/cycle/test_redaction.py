@@ -261,3 +261,72 @@ def test_metric_labels_are_masked() -> None:
     m = Metrics()
     m.inc("usagebot_errors_total", component=f"poll:{TOKEN}")
     assert_clean(m.render(), TOKEN)
+
+
+# ------------------------------------------------- a non-ASCII secret as bytes and as mis-decoded text
+
+CYRILLIC = "ключ-секрет-123"
+
+
+@pytest.mark.parametrize("secret", [CYRILLIC, PASSWORD, "it's\"a-sëcret"])
+def test_a_non_ascii_secret_is_masked_as_its_bytes_and_as_mis_decoded_text(secret: str) -> None:
+    """An exception or log line showing the UTF-8 bytes (b'\\xd0\\xba...'), and a peer's echo decoded
+    with the charset it declared (ISO-8859-1, windows-1252: "ÐºÐ»Ñ..."), are forms of the secret
+    too (before: shown whole, or all but its ASCII tail)."""
+    Secret(secret)
+    raw = secret.encode()
+    shown = [repr(raw), str([raw]), repr(raw + b'"'), repr("x'\"" + secret), raw.decode("latin-1"),
+             raw.decode("cp1252", "replace")]
+    for form in shown:
+        masked = mask(f"before {form} after")
+        assert masked.startswith("before ") and masked.endswith(" after") and "***" in masked, form
+        left = masked[len("before "):-len(" after")].replace("***", "")
+        assert set(left) <= set("[]b'\"x\\"), f"{form!r} left {left!r}"  # the quotes of b'', [b''], 'x\'"...'
+
+
+def test_an_http_json_error_echoing_a_non_ascii_key_in_another_charset_is_masked(engine: Engine) -> None:
+    def echo(r: Seen) -> tuple:
+        return 401, f"bad key {r.q('api_key')}".encode(), {"Content-Type": "text/plain; charset=iso-8859-1"}
+
+    with FakeHttp() as srv:
+        srv.route("/usage", echo)
+        toml = f"""
+[[sources]]
+id = "billing"
+type = "http_json"
+url = "{srv.url('/usage')}"
+records = "items"
+retries = 0
+[sources.params]
+api_key = "${{KEY}}"
+[sources.fields]
+account = "a"
+metric = "m"
+value = "v"
+timestamp = "t"
+"""
+        src = HttpJsonSource(source_config(toml, {"KEY": CYRILLIC}))
+        report = poll_source(engine, src, T0)
+        src.close()
+    assert not report.ok and "bad key ***" in (report.error or ""), report.error
+    assert CYRILLIC.encode().decode("latin-1")[:4] not in (report.error or "")
+
+
+# ------------------------------------------------------------- log fields that are not strings
+
+def test_log_fields_that_are_objects_sets_or_dict_keys_are_masked() -> None:
+    """`extra` values the JSON formatter shows as str(): an exception, a set, a dict's keys (before:
+    only strings, lists, tuples and dict values were masked)."""
+    Secret(TOKEN)
+    stream = io.StringIO()
+    handler = setup_logging("json", "info", stream)
+    try:
+        logging.getLogger("tests.redaction").warning(
+            "failed", extra={"error": RuntimeError(f"peer said {TOKEN}"), "tokens": {TOKEN},
+                             "by_token": {TOKEN: 1}, "nested": [{"at": (frozenset({TOKEN}),)}], "count": 3})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["error"] == "peer said ***" and line["tokens"] == ["***"] and line["by_token"] == {"***": 1}
+    assert line["count"] == 3 and line["nested"] == [{"at": [["***"]]}]
+    assert_clean(stream.getvalue(), TOKEN)
