@@ -365,7 +365,7 @@ class SalesforceClient:
                                                                created=row.get("sf__Created") == "true")
                 for row in csv.DictReader(io.StringIO(self._bulk_results(job.get_failed_records, job_id))):
                     out[row.get(key_field, "")] = RecordResult(False, id=row.get("sf__Id") or None,
-                                                               error=row.get("sf__Error") or "failed")
+                                                               error=clip(row.get("sf__Error") or "failed", 2000))
                 for row in csv.DictReader(io.StringIO(self._bulk_results(job.get_unprocessed_records, job_id))):
                     out[row.get(key_field, "")] = RecordResult(False, error="not processed by the bulk job")
             return out

@@ -276,3 +276,16 @@ def test_other_calls_keep_timeout_as_their_whole_bound(fake):
     with pytest.raises(SalesforceUnavailable):
         c.query_all("SELECT Id FROM Account")
     assert time.monotonic() - started < 1.8
+
+
+def test_bulk_record_errors_are_masked_like_the_other_calls_errors(fake):
+    """A failed record's sf__Error from a job's result file echoing a secret was kept as it came
+    (stored as the record's last error, shown by `crm status`); composite writes' errors were masked."""
+    token = "sfsecret-Vb8Nq3Lx7Tz2"
+    Secret(token)
+    ids = [fake.add_record("Account", {"Name": f"Acme {i}"}) for i in range(2)]
+    fake.record_errors[ids[0]] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", f"value rejected near {token}")
+    results = client(fake, password_config(fake)).bulk_write(
+        "Account", [{"Id": rid, "Usage_Health_Score__c": 70} for rid in ids], "Id")
+    assert not results[ids[0]].ok and results[ids[1]].ok
+    assert results[ids[0]].error == "FIELD_CUSTOM_VALIDATION_EXCEPTION:value rejected near ***"
