@@ -7,6 +7,8 @@ Who registers what:
   and of any URL's user info, URL query parameters and `params` / `headers` entries whose name looks
   secret (api_key, token, signature...), and values taken from environment variables whose name looks
   secret (``${BILLING_API_KEY}``);
+- a secret that is an Authorization header's value ("Basic dXNl...", "Bearer abc") registers the
+  credentials in it too: the token alone, a Basic pair's password (decoded) and the pair;
 - clients register secrets they obtain at run time (a Salesforce session id after login), and
   basic-auth pairs (`register_pair`), so base64("user:password") is masked whole.
 
@@ -151,6 +153,21 @@ def _url_parts(text: str) -> list[str]:
     return found
 
 
+# an Authorization header's value ("Basic dXNl...", "Bearer abc"); known schemes only: a two-word
+# passphrase is not a scheme and a credential
+_AUTH_VALUE = re.compile(r"^(basic|bearer|token|apikey|api-key|jwt|oauth|sso-key)\s+(\S+)$", re.IGNORECASE)
+
+
+def _basic_pair(token: str) -> tuple[str, str] | None:
+    """(user, password) of a Basic credential's base64, when it decodes to "user:password"."""
+    try:
+        text = base64.b64decode(token, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    return (user, password) if sep and password else None
+
+
 class Redactor:
     """The set of known secrets and the index `mask` searches with (rebuilt when a secret is added)."""
 
@@ -178,7 +195,15 @@ class Redactor:
             parts += [ln.strip() for ln in stripped.splitlines()
                       if len(ln.strip()) >= _LINE_PART and not ln.strip().startswith("-----")]
         pair = _userinfo(value)
-        self._add(parts, [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else [])
+        pairs = [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else []
+        header = _AUTH_VALUE.match(stripped)
+        if header is not None:  # an Authorization header's value: the credentials in it are secrets alone
+            parts.append(header.group(2))
+            basic = _basic_pair(header.group(2)) if header.group(1).lower() == "basic" else None
+            if basic is not None:
+                parts.append(basic[1])
+                pairs.append(f"{basic[0]}:{basic[1]}")
+        self._add(parts, pairs)
 
     def register_url(self, url: str | None) -> None:
         """The secrets inside a URL (not the URL itself: hosts and paths stay readable); user info is

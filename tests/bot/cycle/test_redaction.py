@@ -330,3 +330,45 @@ def test_log_fields_that_are_objects_sets_or_dict_keys_are_masked() -> None:
     assert line["error"] == "peer said ***" and line["tokens"] == ["***"] and line["by_token"] == {"***": 1}
     assert line["count"] == 3 and line["nested"] == [{"at": [["***"]]}]
     assert_clean(stream.getvalue(), TOKEN)
+
+
+# ------------------------------------------------- an Authorization header given whole as a secret
+
+@pytest.mark.parametrize("header, echoed", [
+    ("Basic " + base64.b64encode(b"svc:pa55-w0rd!").decode(), "user svc with password pa55-w0rd! refused"),
+    ("Bearer k3y-77", "token k3y-77 is not valid"),
+    ("Token k3y-77", "k3y-77 is not valid"),
+])
+def test_the_credentials_inside_an_authorization_header_value_are_secrets(engine: Engine, header: str,
+                                                                          echoed: str) -> None:
+    """[sources.headers] Authorization = "${AUTH}": the header value was a secret whole, but a peer
+    echoing only the credentials in it (a short bearer token, the password of a Basic pair, decoded)
+    showed them."""
+    with FakeHttp() as srv:
+        srv.route("/usage", lambda r: (401, echoed.encode(), {"Content-Type": "text/plain"}))
+        toml = f"""
+[[sources]]
+id = "billing"
+type = "http_json"
+url = "{srv.url('/usage')}"
+records = "items"
+retries = 0
+[sources.headers]
+Authorization = "${{AUTH}}"
+[sources.fields]
+account = "a"
+metric = "m"
+value = "v"
+timestamp = "t"
+"""
+        src = HttpJsonSource(source_config(toml, {"AUTH": header}))
+        report = poll_source(engine, src, T0)
+        src.close()
+    assert not report.ok and "HTTP 401" in (report.error or "")
+    assert "pa55-w0rd!" not in (report.error or "") and "k3y-77" not in (report.error or ""), report.error
+    assert "***" in (report.error or "")
+
+
+def test_a_two_word_passphrase_is_one_secret_not_a_scheme_and_a_credential() -> None:
+    Secret("correct horse")
+    assert mask("a horse and a correct horse") == "a horse and a ***"
