@@ -16,7 +16,8 @@ Who registers what:
 - each secret in every form a peer or a library echoes it in: raw, URL/percent-encoded (upper- and
   lower-case hex, "+" for spaces), JSON-, repr- and HTML-escaped, hex, base64 (standard and URL-safe,
   at each of the three byte alignments, so the base64 of "user:password" or of a whole header is
-  caught without knowing what was around the secret), the repr of its UTF-8 bytes (b'\xd0\xba...'),
+  caught without knowing what was around the secret), JSON-escaped twice (a JSON error quoting the
+  JSON it was sent), the repr of its UTF-8 bytes (b'\\xd0\\xba...'),
   and, for a non-ASCII secret, its UTF-8 bytes read as ISO-8859-1 or windows-1252 (a peer's echo
   decoded with the charset it declared: "ÐºÐ»Ñ...");
 - a prefix or a suffix of at least `FRAGMENT` characters of any of those forms: what is left of a
@@ -113,6 +114,8 @@ def forms(secret: str) -> set[str]:
     # repr quotes with ' (escaping it) once the text around has a " too; its UTF-8 bytes as Python
     # shows them (b'\xd0\xba...': an exception or a log line holding the raw bytes)
     out |= {repr(secret + '"')[1:-2], repr(raw)[2:-1], repr(raw + b'"')[2:-2]}
+    for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        out.add(json.dumps(escaped)[1:-1])  # a JSON string inside one (an error quoting the JSON it was sent)
     if not raw.isascii():  # the UTF-8 bytes decoded as a peer's declared single-byte charset ("ÐºÐ»Ñ...")
         for wrong in (raw.decode("latin-1"), raw.decode("cp1252", "replace")):
             out |= {wrong, repr(wrong)[1:-1], repr(wrong + '"')[1:-2], json.dumps(wrong)[1:-1]}

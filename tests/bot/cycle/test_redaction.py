@@ -276,12 +276,12 @@ def test_a_non_ascii_secret_is_masked_as_its_bytes_and_as_mis_decoded_text(secre
     Secret(secret)
     raw = secret.encode()
     shown = [repr(raw), str([raw]), repr(raw + b'"'), repr("x'\"" + secret), raw.decode("latin-1"),
-             raw.decode("cp1252", "replace")]
+             raw.decode("cp1252", "replace"), json.dumps(json.dumps({"k": secret}))]
     for form in shown:
         masked = mask(f"before {form} after")
         assert masked.startswith("before ") and masked.endswith(" after") and "***" in masked, form
         left = masked[len("before "):-len(" after")].replace("***", "")
-        assert set(left) <= set("[]b'\"x\\"), f"{form!r} left {left!r}"  # the quotes of b'', [b''], 'x\'"...'
+        assert set(left) <= set("[]{}:kb'\"x\\ "), f"{form!r} left {left!r}"  # the quotes of b'', [b''], 'x\'"...'
 
 
 def test_an_http_json_error_echoing_a_non_ascii_key_in_another_charset_is_masked(engine: Engine) -> None:
