@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -284,12 +285,11 @@ def test_a_non_ascii_secret_is_masked_as_its_bytes_and_as_mis_decoded_text(secre
         assert set(left) <= set("[]{}:kb'\"x\\ "), f"{form!r} left {left!r}"  # the quotes of b'', [b''], 'x\'"...'
 
 
-def test_an_http_json_error_echoing_a_non_ascii_key_in_another_charset_is_masked(engine: Engine) -> None:
-    def echo(r: Seen) -> tuple:
-        return 401, f"bad key {r.q('api_key')}".encode(), {"Content-Type": "text/plain; charset=iso-8859-1"}
-
+def _poll_echoing(engine: Engine, answer: Callable[[Seen], tuple], credentials: str, env: dict[str, str]) -> str:
+    """The error of one poll of an http_json source sending `credentials` (a TOML table: its
+    params or headers) to a server answering `answer`."""
     with FakeHttp() as srv:
-        srv.route("/usage", echo)
+        srv.route("/usage", answer)
         toml = f"""
 [[sources]]
 id = "billing"
@@ -297,19 +297,26 @@ type = "http_json"
 url = "{srv.url('/usage')}"
 records = "items"
 retries = 0
-[sources.params]
-api_key = "${{KEY}}"
+{credentials}
 [sources.fields]
 account = "a"
 metric = "m"
 value = "v"
 timestamp = "t"
 """
-        src = HttpJsonSource(source_config(toml, {"KEY": CYRILLIC}))
+        src = HttpJsonSource(source_config(toml, env))
         report = poll_source(engine, src, T0)
         src.close()
-    assert not report.ok and "bad key ***" in (report.error or ""), report.error
-    assert CYRILLIC.encode().decode("latin-1")[:4] not in (report.error or "")
+    assert not report.ok and "HTTP 401" in (report.error or "")
+    return report.error or ""
+
+
+def test_an_http_json_error_echoing_a_non_ascii_key_in_another_charset_is_masked(engine: Engine) -> None:
+    def echo(r: Seen) -> tuple:
+        return 401, f"bad key {r.q('api_key')}".encode(), {"Content-Type": "text/plain; charset=iso-8859-1"}
+
+    error = _poll_echoing(engine, echo, '[sources.params]\napi_key = "${KEY}"', {"KEY": CYRILLIC})
+    assert "bad key ***" in error and CYRILLIC.encode().decode("latin-1")[:4] not in error, error
 
 
 # ------------------------------------------------------------- log fields that are not strings
@@ -344,29 +351,9 @@ def test_the_credentials_inside_an_authorization_header_value_are_secrets(engine
     """[sources.headers] Authorization = "${AUTH}": the header value was a secret whole, but a peer
     echoing only the credentials in it (a short bearer token, the password of a Basic pair, decoded)
     showed them."""
-    with FakeHttp() as srv:
-        srv.route("/usage", lambda r: (401, echoed.encode(), {"Content-Type": "text/plain"}))
-        toml = f"""
-[[sources]]
-id = "billing"
-type = "http_json"
-url = "{srv.url('/usage')}"
-records = "items"
-retries = 0
-[sources.headers]
-Authorization = "${{AUTH}}"
-[sources.fields]
-account = "a"
-metric = "m"
-value = "v"
-timestamp = "t"
-"""
-        src = HttpJsonSource(source_config(toml, {"AUTH": header}))
-        report = poll_source(engine, src, T0)
-        src.close()
-    assert not report.ok and "HTTP 401" in (report.error or "")
-    assert "pa55-w0rd!" not in (report.error or "") and "k3y-77" not in (report.error or ""), report.error
-    assert "***" in (report.error or "")
+    error = _poll_echoing(engine, lambda r: (401, echoed.encode(), {"Content-Type": "text/plain"}),
+                          '[sources.headers]\nAuthorization = "${AUTH}"', {"AUTH": header})
+    assert "pa55-w0rd!" not in error and "k3y-77" not in error and "***" in error, error
 
 
 def test_a_two_word_passphrase_is_one_secret_not_a_scheme_and_a_credential() -> None:

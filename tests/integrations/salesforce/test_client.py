@@ -230,6 +230,17 @@ def _bulk_update(c: SalesforceClient, ids: list[str]) -> dict:
     return c.bulk_write("Account", [{"Id": rid, "Usage_Health_Score__c": 70} for rid in ids], "Id")
 
 
+def _failing_bulk_update(path: str, **trickle: float) -> tuple[float, SalesforceUnavailable]:
+    """(seconds taken, the error) of a bulk update whose result file at `path` trickles (FakeSalesforce.trickle)."""
+    with FakeSalesforce() as fake:
+        c, ids = _bulk_client(fake)
+        fake.trickle(path, **trickle)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with pytest.raises(SalesforceUnavailable) as err:
+            _bulk_update(c, ids)
+        return time.monotonic() - started, err.value
+
+
 def test_a_bulk_result_file_arriving_steadily_for_longer_than_timeout_is_downloaded():
     """Each result download is bounded as a whole by bulk_timeout (3 s), not timeout (1 s): a file
     that trickles in over 2 s (a part every 0.2 s) is read to its end (before: cut off at 1 s)."""
@@ -243,29 +254,16 @@ def test_a_bulk_result_file_arriving_steadily_for_longer_than_timeout_is_downloa
 
 
 def test_a_bulk_result_file_trickling_past_bulk_timeout_fails_as_a_timeout():
-    with FakeSalesforce() as fake:
-        c, ids = _bulk_client(fake)
-        fake.trickle("/successfulResults", seconds=8.0, pieces=40)
-        started = time.monotonic()
-        with pytest.raises(SalesforceUnavailable) as err:
-            _bulk_update(c, ids)
-        took = time.monotonic() - started
+    took, err = _failing_bulk_update("/successfulResults", seconds=8.0, pieces=40)
     assert 2.5 < took < 5.0  # cut off at bulk_timeout (3 s), not when the file ended (8 s)
-    assert "Bulk API 2.0 update of 3 Account record(s)" in str(err.value)
-    assert "talking to Salesforce" in str(err.value)
+    assert "Bulk API 2.0 update of 3 Account record(s)" in str(err) and "talking to Salesforce" in str(err)
 
 
 def test_a_stalled_bulk_result_download_fails_at_timeout():
     """bulk_timeout bounds the download as a whole; a connection that stops sending still fails at
     `timeout` (1 s) per read, not at bulk_timeout (3 s)."""
-    with FakeSalesforce() as fake:
-        c, ids = _bulk_client(fake)
-        fake.trickle("/failedResults", seconds=0.0, stall=6.0)
-        started = time.monotonic()
-        with pytest.raises(SalesforceUnavailable) as err:
-            _bulk_update(c, ids)
-        took = time.monotonic() - started
-    assert took < 2.0 and "talking to Salesforce" in str(err.value)
+    took, err = _failing_bulk_update("/failedResults", seconds=0.0, stall=6.0)
+    assert took < 2.0 and "talking to Salesforce" in str(err)
 
 
 def test_other_calls_keep_timeout_as_their_whole_bound(fake):
