@@ -336,7 +336,7 @@ class RedactingFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key in _RECORD_FIELDS or key.startswith("_"):
                 continue
-            setattr(record, key, _mask_deep(value))
+            setattr(record, key, mask_deep(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -349,16 +349,16 @@ class RedactingFilter(logging.Filter):
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "taskName"}
 
 
-def _mask_deep(value: Any) -> Any:
+def mask_deep(value: Any) -> Any:
     """`value` masked all through: strings, the items of lists, tuples and sets, dicts' keys and
     values; any other object but a number (an exception, a URL object) as its masked str(), which
     is what a formatter would have shown of it."""
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, list | tuple | set | frozenset):
-        return [_mask_deep(v) for v in value]
+        return [mask_deep(v) for v in value]
     if isinstance(value, dict):
-        return {(mask(k) if isinstance(k, str) else _mask_deep(k)): _mask_deep(v) for k, v in value.items()}
+        return {(mask(k) if isinstance(k, str) else mask_deep(k)): mask_deep(v) for k, v in value.items()}
     if value is None or isinstance(value, int | float):
         return value
     return mask(str(value))

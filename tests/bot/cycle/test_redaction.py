@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from bot.service.logs import setup_logging
 from bot.service.polling import poll_source
+from integrations.notice import AlertNotice
 from integrations.sources.http_json import HttpJsonSource
 from rules.config import Secret, redaction
 from rules.config.redaction import FRAGMENT, clip, mask
@@ -359,3 +360,16 @@ def test_the_credentials_inside_an_authorization_header_value_are_secrets(engine
 def test_a_two_word_passphrase_is_one_secret_not_a_scheme_and_a_credential() -> None:
     Secret("correct horse")
     assert mask("a horse and a correct horse") == "a horse and a ***"
+
+
+def test_an_admin_notice_masks_its_details_as_well_as_its_message() -> None:
+    """A refused rule reload's notice carries its problems twice: in the message (masked) and in its
+    details (the webhook payload's `details`: before, as they were)."""
+    from bot.service.reload import invalid_notice
+
+    Secret(TOKEN)
+    items = invalid_notice([f"rules.toml:3: rule 'r': where: unknown name {TOKEN!r}"], "f" * 40, T0, "C1", 2,
+                           notifiers=("console",))
+    notice = AlertNotice.from_json(items[0].payload)
+    assert "unknown name '***'" in notice.message and notice.details["problems"] == [
+        "rules.toml:3: rule 'r': where: unknown name '***'"]
