@@ -114,8 +114,13 @@ def _ephemeral(respond: Any, content: SlackMessageContent, timeout: float) -> No
         if not getattr(respond, "response_url", None):
             raise ValueError("respond is unsupported here as there is no response_url")
         client = DeadlineWebhookClient(url=respond.response_url, timeout=timeout, proxy=respond.proxy, ssl=respond.ssl)
-        client.send_dict({"response_type": "ephemeral", "replace_original": False, "text": content.text,
-                          "blocks": content.blocks})
+        body: dict[str, Any] = {"response_type": "ephemeral", "replace_original": False, "text": content.text}
+        if content.blocks:  # as bolt's respond: an empty list is left out (Slack may refuse `"blocks": []`)
+            body["blocks"] = content.blocks
+        sent = client.send_dict(body)
+        if not 200 <= sent.status_code < 300:
+            log.warning("Slack refused the answer to a request through its response_url: HTTP %s %s",
+                        sent.status_code, shown(sent.body or "", 200))
     except Exception as exc:  # no or a bad response_url in the payload: nobody to answer
         log.warning("could not answer a Slack request through its response_url: %s: %s", type(exc).__name__,
                     shown(str(exc), 200))

@@ -168,7 +168,10 @@ class DeadlineJWKClient(jwt.PyJWKClient):
     proxy) sending its answer a byte at a time held the sign-in, and a web server thread, as long as it
     liked. The same request as PyJWT's (its headers, its TLS context, no redirects) through
     integrations.http_deadline; a fetch cut off raises PyJWKClientConnectionError like any failed one.
-    PyJWT's get_jwk_set caches what this returns."""
+    What PyJWT's own fetch_data does after the download is done here too, as PyJWT 2.15 does it (the
+    floor in pyproject.toml): the payload checked to be a JSON object, the key-set cache filled, and
+    the time of the fetch kept (an unknown kid right after a fetch does not fetch again within
+    PyJWT's cooldown)."""
 
     def fetch_data(self) -> Any:
         from integrations import http_deadline
@@ -177,13 +180,18 @@ class DeadlineJWKClient(jwt.PyJWKClient):
         try:
             with http_deadline.within(self.timeout), \
                     http_deadline.opener(_NoRedirect(), context=self.ssl_context).open(request, timeout=self.timeout) as resp:
-                return json.load(resp)
+                payload = json.load(resp)
         except (URLError, TimeoutError, http.client.HTTPException) as exc:
             if isinstance(exc, HTTPError):
                 exc.close()
             raise jwt.PyJWKClientConnectionError(f"Fail to fetch data from the url, err: {exc}") from exc
         except ValueError as exc:  # not JSON (PyJWT let it escape)
             raise jwt.PyJWKClientError(f"The JWKS endpoint did not return JSON: {exc}") from exc
+        payload = self._as_jwk_set_payload(payload)  # not a JSON object: PyJWKClientError
+        if self.jwk_set_cache is not None:
+            self.jwk_set_cache.put(payload)
+        self._last_successful_fetch = time.monotonic()
+        return payload
 
 
 class SlackSignIn:

@@ -95,8 +95,9 @@ class DeadlineWebClient(WebClient):
 
 class DeadlineWebhookClient(WebhookClient):
     """slack_sdk's client for a response_url (or an incoming webhook) whose every send, its one retry
-    after a connection error included, ends within `timeout` seconds as a whole: slack_sdk gives
-    urllib `timeout` for each socket operation (bolt's `respond`: 30 s each), so a server dripping its
+    after a connection error included, ends within `timeout` seconds as a whole, plus slack_sdk's
+    pause of 0.5-1.5 s before that retry (a sleep no deadline cuts). slack_sdk gives urllib
+    `timeout` for each socket operation (bolt's `respond`: 30 s each), so a server dripping its
     answer held the thread sending it as long as it liked. A send cut off raises TimeoutError (inside
     urllib: URLError)."""
 

@@ -516,3 +516,26 @@ def test_replay_records_are_shared_and_pruned_by_request_time(engine):
     with engine.connect() as c:
         keys = set(c.execute(sa.text("select key from slack_requests_seen")).scalars())
     assert keys == {"k2", "k3"}
+
+
+def test_an_answer_without_blocks_leaves_them_out_and_a_refused_answer_is_logged(fake, caplog):
+    """As bolt's respond did: an answer of text only (a custom usage template can render one) is
+    posted without a `blocks` key, not `"blocks": []`. A post Slack refuses (a response_url takes
+    five posts) is logged with Slack's status, not dropped in silence."""
+    from types import SimpleNamespace
+
+    from bot.slack.app import _ephemeral
+    from integrations.slack.render import SlackMessageContent
+
+    respond = SimpleNamespace(response_url=fake.response_url("plain"), proxy=None, ssl=None)
+    _ephemeral(respond, SlackMessageContent("just text", []), 5)
+    (answer,) = fake.wait_response("plain")
+    assert answer == {"response_type": "ephemeral", "replace_original": False, "text": "just text"}
+    with caplog.at_level(logging.WARNING, "bot.slack.app"):
+        for _ in range(4):
+            _ephemeral(respond, SlackMessageContent("again", []), 5)
+        assert not caplog.records
+        _ephemeral(respond, SlackMessageContent("a sixth", []), 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Slack refused the answer to a request through its response_url: HTTP 404 'used_url'"]
+    assert len(fake.wait_response("plain", 5)) == 5

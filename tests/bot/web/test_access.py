@@ -216,3 +216,24 @@ def test_a_jwks_server_that_drips_its_keys_is_cut_off_at_the_timeout(part: str) 
             sign_in_with.verify(id_token, "nonce")
         took = time.monotonic() - started
     assert took < 2 and drip.sent[0] >= 2  # the drip lasts ~20 s; cut off at the 1 s timeout
+
+
+def test_slacks_keys_are_fetched_once_and_an_unknown_kid_waits_for_the_cooldown(slack: FakeSlack) -> None:
+    """The bounded fetch keeps PyJWT's bookkeeping: the key set is cached (a second lookup of a
+    known key fetches nothing) and the fetch time is kept, so a token naming an unknown key right
+    after a fetch is refused without fetching Slack's keys again (PyJWT's cooldown; without the
+    fetch time every such token fetched them)."""
+    keys = SlackSignIn(_web(), slack.api_url, lambda: "T0TEAM001", timeout=5).jwks
+    assert keys.get_signing_key("fake-slack-1").key_id == "fake-slack-1"
+    assert keys.get_signing_key("fake-slack-1").key_id == "fake-slack-1"
+    with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
+        keys.get_signing_key("rotated-away")
+    assert len(slack.calls_of("openid.connect.keys")) == 1
+
+
+def test_a_keys_answer_that_is_not_a_json_object_is_a_jwks_error(slack: FakeSlack) -> None:
+    with dripping(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n", b"[]",
+                  every=0.01) as drip:
+        keys = SlackSignIn(_web(), drip.url.removesuffix("hook") + "api/", lambda: "T0TEAM001", timeout=5).jwks
+        with pytest.raises(jwt.PyJWKClientError):
+            keys.get_signing_key("fake-slack-1")
