@@ -122,6 +122,9 @@ def client(**kwargs: Any) -> httpx.Client:
 # (a pooled connection is reused by later calls with their own deadline). The socket's class is
 # swapped for a subclass of the same layout (no new slots), so the object http.client and ssl hold is
 # unchanged; no thread, no timer. A deadline passed raises TimeoutError, what a socket timeout raises.
+# The connections below bind the socket the moment it is connected, before an HTTP proxy's CONNECT
+# answer is read (a proxy dripping it held the call), and give the TLS handshake what is left of the
+# deadline after the connect and the tunnel (tests/integrations/test_proxy_deadlines.py).
 
 
 def _sock_left(own: float | None) -> float | None:
@@ -171,16 +174,52 @@ def connect_timeout(timeout: Any) -> Any:
     return _sock_left(own)
 
 
+def _rest(sock: Any) -> Any:
+    """`bind` `sock` and cut its own timeout to the time left: what a TLS handshake on it waits for
+    (ssl bounds a whole handshake, not each read, by the socket's timeout), so connect, proxy tunnel
+    and handshake share one deadline instead of each getting the time left when the connect began."""
+    bind(sock)
+    if _ENDS.get() is not None and isinstance(sock, socket.socket):
+        try:
+            sock.settimeout(_sock_left(sock.gettimeout()))
+        except TimeoutError:
+            sock.close()
+            raise
+    return sock
+
+
 class _BoundConnect:
-    """A connection mixin (http.client's or urllib3's): connect within the time left, then `bind`."""
+    """A connection mixin (http.client's or urllib3's): connect within the time left, the socket
+    `bind`-ed as soon as it is connected, so a proxy's CONNECT answer (read before any TLS) is bounded
+    too, and the handshake waits for what is left after the connect and the tunnel (`_rest`)."""
 
     timeout: Any
     sock: Any
+    _create_connection: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        create = self._create_connection  # http.client's (socket.create_connection, or a test's)
+        self._create_connection = lambda *a, **kw: _rest(create(*a, **kw))
 
     def connect(self) -> None:
         self.timeout = connect_timeout(self.timeout)
         super().connect()  # type: ignore[misc]
         bind(self.sock)
+
+    def _tunnel(self) -> None:
+        super()._tunnel()  # type: ignore[misc]
+        _rest(self.sock)
+
+
+class _BoundUrllib3Connect(_BoundConnect):
+    """urllib3 makes its socket in `_new_conn` (and a TLS proxy's in `_connect_tls_proxy`)."""
+
+    def _new_conn(self) -> Any:
+        return _rest(super()._new_conn())  # type: ignore[misc]
+
+    def _connect_tls_proxy(self, hostname: str, sock: Any) -> Any:
+        return _rest(super()._connect_tls_proxy(hostname, sock))  # type: ignore[misc]
 
 
 class HTTPConnection(_BoundConnect, http.client.HTTPConnection):
@@ -205,11 +244,17 @@ class HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(HTTPSConnection, req, context=self._context)
 
 
-class _Urllib3Connection(_BoundConnect, urllib3.connection.HTTPConnection):
+def opener(*handlers: urllib.request.BaseHandler, context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """urllib's opener with `handlers`, its http:// and https:// connections bound by `within`
+    (`context`: the TLS one); the caller opens and reads inside `within`."""
+    return urllib.request.build_opener(HTTPHandler(), HTTPSHandler(context=context), *handlers)
+
+
+class _Urllib3Connection(_BoundUrllib3Connect, urllib3.connection.HTTPConnection):
     """urllib3's connection (requests'), its socket bound by `within` (connect included)."""
 
 
-class _Urllib3TLSConnection(_BoundConnect, urllib3.connection.HTTPSConnection):
+class _Urllib3TLSConnection(_BoundUrllib3Connect, urllib3.connection.HTTPSConnection):
     """urllib3's TLS connection, its socket bound by `within` (connect and handshake included)."""
 
 
@@ -238,20 +283,42 @@ def _bind_pools(adapter: requests.adapters.HTTPAdapter) -> None:
     adapter.proxy_manager_for = proxy_manager_for  # type: ignore[method-assign]
 
 
+_BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot_session_budget", default=None)
+
+
+@contextlib.contextmanager
+def session_budget(seconds: float) -> Iterator[None]:
+    """Each request a `bound_session` sends inside the block (in this thread) ends within `seconds`
+    as a whole instead of the session's own `seconds`, while each of its socket operations is still
+    bounded by the session's `seconds` (a stalled connection fails as soon as before): for a few
+    known long downloads, such as a Bulk API job's result files, without loosening every other call.
+    An enclosing `within` still holds (the earlier deadline wins)."""
+    token = _BUDGET.set(seconds)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
 def bound_session(session: requests.Session, seconds: float) -> requests.Session:
     """Make every request of `session` end within `seconds`, from connecting to the last byte of its
     body (requests reads it in Session.send unless the caller streams it): requests' `timeout` bounds
-    each socket operation only. Composes with the adapters already mounted (a CA-bundle adapter, a
-    test's routing adapter): their pools make `bind`-ed connections; mount adapters before calling
-    this. A request cut off raises what requests raises for a timeout or a failed read
-    (requests.Timeout, requests.ConnectionError), which its callers already handle."""
+    each socket operation only. A request sent without a timeout gets `seconds` per socket operation
+    too (what is left of the deadline is the tighter bound, except inside `session_budget`). Composes
+    with the adapters already mounted (a CA-bundle adapter, a test's routing adapter): their pools
+    make `bind`-ed connections; mount adapters before calling this. A request cut off raises what
+    requests raises for a timeout or a failed read (requests.Timeout, requests.ConnectionError),
+    which its callers already handle."""
     for adapter in session.adapters.values():
         if isinstance(adapter, requests.adapters.HTTPAdapter):
             _bind_pools(adapter)
     send = session.send
 
     def bounded_send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        with within(seconds):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = seconds
+        budget = _BUDGET.get()
+        with within(seconds if budget is None else budget):
             return send(request, **kwargs)
 
     session.send = bounded_send  # type: ignore[method-assign]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
 from storage.jsonsafe import json_safe
 from storage.models import AlertEpisode, CrmRecordState, CrmSyncRun, CrmTask
+from storage.outbox import requeue_finished
 
 state_table: sa.Table = CrmRecordState.__table__  # type: ignore[attr-defined]
 tasks_table: sa.Table = CrmTask.__table__  # type: ignore[attr-defined]
@@ -145,14 +147,24 @@ def count_parked_records(engine: Engine, sf_object: str) -> int:
                                 .where(_s.sf_object == sf_object, _s.parked.is_not(None))).scalar_one())
 
 
-def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None) -> int:
-    """Plan parked Tasks again at the next sync (all, or these accounts') with a fresh try count;
-    returns how many were parked."""
-    q = sa.update(tasks_table).where(_t.status == "parked")
+def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None,
+                 episode_ids: Sequence[int] | None = None, now: int | None = None) -> int:
+    """Plan parked Tasks again at the next sync (all, or these accounts' / episodes') with a fresh
+    try count; returns how many were parked. A Task asked for with the "Log task" button is also sent
+    again by its click's outbox row (queued again, due `now`), so it is sent even when the syncs plan
+    no Tasks."""
+    where = [_t.status == "parked"]
     if account_ids is not None:
-        q = q.where(_t.account_id.in_(list(account_ids)))
+        where.append(_t.account_id.in_(list(account_ids)))
+    if episode_ids is not None:
+        where.append(_t.episode_id.in_([int(e) for e in episode_ids]))
     with write_transaction(engine) as conn:
-        return int(conn.execute(q.values(status="failed", attempts=0)).rowcount)
+        ids = [int(e) for e in conn.execute(sa.select(_t.episode_id).where(*where)).scalars()]
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(status="failed", attempts=0))
+            requeue_finished(conn, [task_click_key(e) for e in chunk], int(time.time()) if now is None else now)
+    return len(ids)
 
 
 def parked_tasks(engine: Engine, limit: int = 100) -> list[TaskRow]:
@@ -293,6 +305,21 @@ def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> N
                 "attempts": 1 if o.attempted else 0,
                 "last_error": None if o.error is None else o.error[:MAX_ERROR_CHARS], "first_attempt_at": now,
                 "updated_at": now, "task_key": c.key})
+
+
+def restore_tasks(engine: Engine, previous: Mapping[int, TaskRow | None]) -> None:
+    """Put the task rows of these episodes back as they were (`previous`; None: there was none), in
+    one transaction: their recorded intent was never carried out (Salesforce refused the request
+    before looking at any Task: the API budget, the login), so it is no try."""
+    with write_transaction(engine) as conn:
+        gone = [int(e) for e, r in previous.items() if r is None]
+        if gone:
+            conn.execute(sa.delete(tasks_table).where(_t.episode_id.in_(gone)))
+        for e, r in previous.items():
+            if r is not None:
+                conn.execute(sa.update(tasks_table).where(_t.episode_id == int(e)).values(
+                    status=r.status, what_id=r.what_id, sf_task_id=r.sf_task_id, attempts=r.attempts,
+                    last_error=r.last_error))
 
 
 # --------------------------------------------------------------------------- runs

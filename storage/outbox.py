@@ -394,6 +394,22 @@ def retry_dead(engine: Engine, now: int, ids: Iterable[int] | None = None) -> in
         return int(conn.execute(q.values(status=PENDING, attempts=0, next_attempt_at=now, **_UNCLAIMED)).rowcount)
 
 
+def requeue_finished(conn: Connection, keys: Sequence[str], now: int,
+                     payload: Mapping[str, Any] | None = None) -> int:
+    """Put the finished rows (sent or dead) with these idempotency keys back in the queue, due `now`
+    with a fresh attempt count (and `payload` instead of theirs, when given), inside the caller's
+    transaction; returns how many. For a row whose work was undone or refused for good and is asked
+    for again (a parked Salesforce Task: storage.crm.unpark_tasks, the "Log task" button)."""
+    if not keys:
+        return 0
+    values: dict[str, Any] = {"status": PENDING, "attempts": 0, "next_attempt_at": int(now), "last_error": None,
+                              "sent_at": None, **_UNCLAIMED}
+    if payload is not None:
+        values["payload"] = json_safe(dict(payload), f"outbox rows {', '.join(keys)} payload")
+    q = sa.update(outbox_table).where(_c.idempotency_key.in_(list(keys)), _c.status.in_([SENT, DEAD]))
+    return int(conn.execute(q.values(**values)).rowcount)
+
+
 def list_outbox(engine: Engine, status: str | None = None, limit: int = 100) -> list[OutboxRow]:
     """Newest rows first (for the CLI and audits)."""
     q = sa.select(outbox_table).order_by(_c.id.desc()).limit(limit)

@@ -91,11 +91,15 @@ def set_dm_channel(engine: Engine, email: str, channel: str) -> None:
         conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(dm_channel=channel))
 
 
-def clear_dm_channel(engine: Engine, email: str) -> None:
-    """Forget the stored DM channel of `email` (Slack no longer knows it): the next lookup opens it anew."""
+def clear_dm_channel(engine: Engine, email: str, channel: str | None = None) -> None:
+    """Forget the stored DM channel of `email` (Slack no longer knows it): the next lookup opens it anew.
+    `channel`: only when it is still the one stored (not one opened anew meanwhile)."""
     c = users_table.c
+    q = sa.update(users_table).where(c.email == email.strip().lower())
+    if channel is not None:
+        q = q.where(c.dm_channel == channel)
     with engine.begin() as conn:
-        conn.execute(sa.update(users_table).where(c.email == email.strip().lower()).values(dm_channel=None))
+        conn.execute(q.values(dm_channel=None))
 
 
 def set_user_tz(engine: Engine, email: str, tz: str) -> None:

@@ -32,6 +32,7 @@ from bot.service.pipeline import DeliveryReport, deliver_rows
 from integrations.notifier import DeliveryError
 from integrations.salesforce.client import (
     RecordResult,
+    SalesforceAuthError,
     SalesforceClient,
     SalesforceError,
     SalesforceLimitError,
@@ -48,6 +49,7 @@ from storage.crm import (
     load_tasks,
     record_outcomes,
     record_tasks,
+    restore_tasks,
 )
 from storage.db import write_transaction
 from storage.locks import LockTimeout, exclusive
@@ -169,6 +171,12 @@ class CrmOutlet:
         planned = [PlannedTask.from_json(t, previous.get(int(t["candidate"]["episode_id"]))) for t in raw]
         todo = [p for p in planned if p.previous is None or p.previous.status != "created"]  # done meanwhile
         _create_tasks(self.connect(), self.cfg, self.engine, todo, self.now, self.report)
+        if "clicked_by" in payload:  # a click's row is done when its Task is created or parked, not before:
+            # a sync plans no Task that [salesforce.tasks] does not want, so this row is what retries it
+            after = load_tasks(self.engine, [p.candidate.episode_id for p in todo])
+            waiting = [t for t in after.values() if t.status not in ("created", "parked")]
+            if waiting:
+                raise DeliveryError(f"the Salesforce Task is not created yet: {waiting[0].last_error}")
 
 
 # ------------------------------------------------------------------------ helpers
@@ -313,6 +321,18 @@ def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engin
                                           attempted=False) for p, w in unsure if p.key in found], now)
         report.tasks_created += len(found)
         todo = [(p, w, o) for p, w, o in todo if p.key not in found]
+    # Each lost answer was one try (counted when its intent was recorded). A Task RETRY_LIMIT creates
+    # were sent for and that the lookup does not find is parked, not sent for ever (never one in doubt).
+    spent = {p.key for p, _ in unsure if p.key not in found and p.previous is not None
+             and p.previous.attempts >= RETRY_LIMIT}
+    for p, w, _ in todo:
+        if p.key in spent:
+            assert p.previous is not None
+            status, error = _task_failure(p, f"{p.previous.last_error or 'answer lost'}; no Task with its key "
+                                             "in Salesforce", report)
+            record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, w, error=error, attempted=False)],
+                         now)
+    todo = [t for t in todo if t[0].key not in spent]
     if todo:
         _create(client, cfg, engine, todo, now, report)
 
@@ -336,7 +356,11 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
     try:
         results = client.upsert("Task", tc.key_field, recs) if tc.key_field else client.create("Task", recs)
     except SalesforceError as exc:
-        if isinstance(exc, SalesforceUnavailable) and exc.ambiguous:  # may have worked: looked up, never parked
+        if isinstance(exc, SalesforceLimitError | SalesforceAuthError):  # refused before any Task was looked
+            # at (the API budget, the login): no try; CrmOutlet.handle defers the row
+            restore_tasks(engine, {p.candidate.episode_id: p.previous for p, _, _ in todo})
+            raise
+        if isinstance(exc, SalesforceUnavailable) and exc.ambiguous:  # may have worked: looked up, not parked
             record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, w, error=str(exc),
                                               attempted=False) for p, w, _ in todo], now)
             report.tasks_failed.extend((p.candidate.episode_id, str(exc)) for p, _, _ in todo)
@@ -358,7 +382,9 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
 def _task_failure(p: PlannedTask, error: str, report: CrmSyncReport) -> tuple[str, str]:
     """(status, error) of a Task Salesforce refused, added to the report: "parked" (not planned again
     until `usagebot crm retry`) when the error is one retrying cannot fix or after RETRY_LIMIT tries,
-    else "failed" (sent again next sync). Tries: the stored attempts before this sync, plus this one."""
+    else "failed" (sent again next sync). Tries: the stored attempts before this sync, plus this one
+    (attempts count each create request sent once, when its intent is recorded: a lost answer is one try;
+    a request refused before any Task was looked at, the API budget or the login, is none)."""
     tries = (p.previous.attempts if p.previous is not None else 0) + 1
     hint = record_error_hint(error)
     if hint is None and tries < RETRY_LIMIT:

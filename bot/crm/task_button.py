@@ -27,13 +27,13 @@ from integrations.salesforce.client import SalesforceClient
 from integrations.salesforce.config import SalesforceConfig
 from integrations.salesforce.mapping import match_key
 from storage.accounts import list_accounts
-from storage.crm import episode_candidate, load_tasks
+from storage.crm import episode_candidate, load_tasks, unpark_tasks
 from storage.crm import task_click_key as click_key
 from storage.db import write_transaction
 from storage.episodes import record_action
 from storage.locks import LockTimeout, exclusive
-from storage.outbox import OutboxItem, enqueue
-from storage.slack import episode_state, outbox_row_payload
+from storage.outbox import OutboxItem, enqueue, requeue_finished
+from storage.slack import episode_state, outbox_row_payload, outbox_row_state
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,17 @@ class TaskButton:
             return TaskClick(False, f"No Salesforce record for this account: {match_key(acct, self.cfg)[1]}.")
         item = OutboxItem(click_key(episode_id), CLICK_KIND,
                           {"op": "tasks", "tasks": [planned.to_json()], "clicked_by": actor}, not_before=now)
+        parked = planned.previous is not None and planned.previous.status == "parked"
         with write_transaction(self.engine) as conn:
             new = enqueue(conn, [item], now) == 1
+            # a parked Task (refused for good) is asked for again: this click's row sends it once more
+            new = new or (parked and requeue_finished(conn, [item.idempotency_key], now, item.payload) == 1)
+        if parked:  # what `usagebot crm retry` does, for this one Task: a fresh try count
+            unpark_tasks(self.engine, episode_ids=[episode_id], now=now)
         if new:
             record_action(self.engine, state, "task_requested", now, actor=actor,
-                          reason="Log task button in Slack (a Salesforce Task)")
+                          reason="Log task button in Slack (a Salesforce Task)"
+                          + (": tried again after it was refused" if parked else ""))
         return TaskClick(new, self._deliver(episode_id, now, new))
 
     def _deliver(self, episode_id: int, now: int, new: bool) -> str:
@@ -116,4 +122,11 @@ class TaskButton:
         why = (row.last_error if row is not None and row.last_error else report.stopped) or "not sent yet"
         by = _clicked_by(self.engine, episode_id)
         asked = "Queued" if new else f"Already asked for by {(by or '?').split(' ', 1)[0]}"
+        if row is not None and row.status == "parked":  # nothing retries it: say why and what to do
+            return (f"Salesforce refused the Task ({why}). Fix that, then click Log task again "
+                    f"(or run `usagebot crm retry {row.account_id}`).")
+        state = outbox_row_state(self.engine, click_key(episode_id), [CLICK_KIND])
+        if state is not None and state[0] == "dead":  # a request Salesforce refuses: for an operator
+            return (f"{asked}: the Salesforce Task is not created ({why}); it is not retried: "
+                    "`usagebot outbox list` shows the row, `usagebot outbox retry` sends it again.")
         return f"{asked}: the Salesforce Task is not created yet ({why}); it is retried automatically."

@@ -49,6 +49,7 @@ from storage.accounts import list_accounts
 from storage.episodes import load_states, record_step
 from storage.first_evaluations import ACCOUNT, RULE, first_times, firsts, mark
 from storage.outbox import (
+    DEAD,
     DEFAULT_LEASE,
     ClaimLost,
     LeaseKeeper,
@@ -428,8 +429,11 @@ def _deliver_row(engine: Engine, outlet: Outlet, row: OutboxRow, now: int,
             mark_failed(engine, row.id, now, msg, retry_in=retry_after, max_attempts=row.attempts + 1, token=token)
             log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)
             report.deferred += 1
+        elif mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), token=token) == DEAD:
+            log.error("delivery of %s failed for the last time (%s tries; marked dead): %s", row.idempotency_key,
+                      row.attempts, msg)
+            report.dead += 1
         else:
-            mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), token=token)
             log.warning("delivery of %s failed: %s", row.idempotency_key, msg)
         report.failed += 1
         report.errors.append(f"outbox {row.idempotency_key}: {msg}")

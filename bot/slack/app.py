@@ -43,7 +43,7 @@ from bot.service.http_server import Response
 from bot.service.pipeline import Notifier, deliver_rows
 from integrations.console import ConsoleNotifier
 from integrations.slack.actions import EpisodeActions
-from integrations.slack.api import make_web_client
+from integrations.slack.api import DeadlineWebhookClient, make_web_client
 from integrations.slack.assign import SlackAssignments, assign_key
 from integrations.slack.blocks import escape_mrkdwn
 from integrations.slack.config import SlackConfig
@@ -105,9 +105,22 @@ def episode_updater(engine: Engine, notifier: SlackNotifier, clock: Clock = _now
     return update
 
 
-def _ephemeral(respond: Any, content: SlackMessageContent) -> None:
+def _ephemeral(respond: Any, content: SlackMessageContent, timeout: float) -> None:
+    """Answer through the request's response_url (bolt's `respond` holds it, and bolt's proxy and TLS
+    context), the post ending within `timeout` as a whole (DeadlineWebhookClient): bolt's own
+    `respond` bounds each socket read only, by 30 s, so a response_url dripping its answer held a
+    worker thread."""
     try:
-        respond(response_type="ephemeral", replace_original=False, text=content.text, blocks=content.blocks)
+        if not getattr(respond, "response_url", None):
+            raise ValueError("respond is unsupported here as there is no response_url")
+        client = DeadlineWebhookClient(url=respond.response_url, timeout=timeout, proxy=respond.proxy, ssl=respond.ssl)
+        body: dict[str, Any] = {"response_type": "ephemeral", "replace_original": False, "text": content.text}
+        if content.blocks:  # as bolt's respond: an empty list is left out (Slack may refuse `"blocks": []`)
+            body["blocks"] = content.blocks
+        sent = client.send_dict(body)
+        if not 200 <= sent.status_code < 300:
+            log.warning("Slack refused the answer to a request through its response_url: HTTP %s %s",
+                        sent.status_code, shown(sent.body or "", 200))
     except Exception as exc:  # no or a bad response_url in the payload: nobody to answer
         log.warning("could not answer a Slack request through its response_url: %s: %s", type(exc).__name__,
                     shown(str(exc), 200))
@@ -183,7 +196,7 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
         except Exception:
             log.exception("%s %r from %s failed", config.command, text, uid)
             reply = SORRY
-        _ephemeral(respond, reply)
+        _ephemeral(respond, reply, config.timeout)
 
     def on_action(action_id: str, act: Callable[[int, str, str, str], tuple[bool, str] | None],
                   link: bool = False) -> None:
@@ -196,7 +209,7 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
             ack()
             uid, actor = _actor(body)
             if not access.allowed(uid):
-                _ephemeral(respond, access.denied_message())
+                _ephemeral(respond, access.denied_message(), config.timeout)
                 return
             raw = _action_value(body)
             eid_text, _, arg = (raw or "").partition(":")
@@ -205,7 +218,7 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
                 if raw or not link:
                     log.warning("%s button with a bad value %s from %s", action_id, shown(raw), uid)
                 if not link:
-                    _ephemeral(respond, ALTERED)
+                    _ephemeral(respond, ALTERED, config.timeout)
                 return
             try:
                 done = act(eid, uid, actor, arg)
@@ -213,10 +226,10 @@ def build_slack_app(config: SlackConfig, engine: Engine, clock: Clock = _now,
                     update(eid)
             except Exception:
                 log.exception("alert action %s on episode %s by %s failed", action_id, eid, uid)
-                _ephemeral(respond, SORRY)
+                _ephemeral(respond, SORRY, config.timeout)
                 return
             if done is not None:
-                _ephemeral(respond, text_message(done[1]))
+                _ephemeral(respond, text_message(done[1]), config.timeout)
 
     def acknowledge(eid: int, uid: str, actor: str, arg: str) -> tuple[bool, str]:
         r = actions.acknowledge(eid, actor)

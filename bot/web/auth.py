@@ -16,13 +16,17 @@
 from __future__ import annotations
 
 import hmac
+import http.client
+import json
 import logging
 import secrets
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 
 import jwt
@@ -153,6 +157,43 @@ def bearer_ok(config: WebConfig, headers: Mapping[str, str]) -> bool | None:
     return ok
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # a redirect is an HTTPError, as in PyJWT
+        return None
+
+
+class DeadlineJWKClient(jwt.PyJWKClient):
+    """PyJWT's JWKS client whose fetch of the keys ends within `timeout` as a whole, from connecting
+    to the last byte: PyJWT gives urllib `timeout` for each socket operation, so a keys server (or a
+    proxy) sending its answer a byte at a time held the sign-in, and a web server thread, as long as it
+    liked. The same request as PyJWT's (its headers, its TLS context, no redirects) through
+    integrations.http_deadline; a fetch cut off raises PyJWKClientConnectionError like any failed one.
+    What PyJWT's own fetch_data does after the download is done here too, as PyJWT 2.15 does it (the
+    floor in pyproject.toml): the payload checked to be a JSON object, the key-set cache filled, and
+    the time of the fetch kept (an unknown kid right after a fetch does not fetch again within
+    PyJWT's cooldown)."""
+
+    def fetch_data(self) -> Any:
+        from integrations import http_deadline
+
+        request = urllib.request.Request(url=self.uri, headers=self.headers)
+        try:
+            with http_deadline.within(self.timeout), \
+                    http_deadline.opener(_NoRedirect(), context=self.ssl_context).open(request, timeout=self.timeout) as resp:
+                payload = json.load(resp)
+        except (URLError, TimeoutError, http.client.HTTPException) as exc:
+            if isinstance(exc, HTTPError):
+                exc.close()
+            raise jwt.PyJWKClientConnectionError(f"Fail to fetch data from the url, err: {exc}") from exc
+        except ValueError as exc:  # not JSON (PyJWT let it escape)
+            raise jwt.PyJWKClientError(f"The JWKS endpoint did not return JSON: {exc}") from exc
+        payload = self._as_jwk_set_payload(payload)  # not a JSON object: PyJWKClientError
+        if self.jwk_set_cache is not None:
+            self.jwk_set_cache.put(payload)
+        self._last_successful_fetch = time.monotonic()
+        return payload
+
+
 class SlackSignIn:
     """Sign in with Slack (OpenID Connect) for one Slack app; `base_url` is Slack's Web API base
     ([slack] base_url: tests point it at the fake), the site's endpoints are derived from it."""
@@ -165,7 +206,7 @@ class SlackSignIn:
         api = api_base or "https://slack.com/api/"
         site = api[: -len("api/")] if api.endswith("/api/") else "https://slack.com/"
         self.authorize_url = site + "openid/connect/authorize"
-        self.jwks = jwt.PyJWKClient(site + "openid/connect/keys", cache_keys=True, lifespan=3600, timeout=timeout)
+        self.jwks = DeadlineJWKClient(site + "openid/connect/keys", cache_keys=True, lifespan=3600, timeout=timeout)
         self.client = DeadlineWebClient(base_url=api, timeout=timeout, retry_handlers=[])
         self.team_id = team_id
         self.redirect_uri = f"{config.public_url}/auth/slack"

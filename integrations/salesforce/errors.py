@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 
-RETRY_LIMIT = 5  # consecutive failed writes of one record (one per sync or deliver run) before it is parked
+# consecutive failed writes of one record (one per sync or deliver run) before it is parked; for a Task:
+# create requests sent without creating it (refusals and lost answers: bot.crm.delivery._task_failure)
+RETRY_LIMIT = 5
 
 # code -> what to do; "{fields}" is the fields Salesforce named (or "the mapped fields").
 PERMANENT_RECORD_ERRORS: dict[str, str] = {

@@ -28,6 +28,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from integrations import http_deadline
 from integrations.notifier import retry_after as parse_retry_after
@@ -83,16 +84,35 @@ class DeadlineWebClient(WebClient):
         """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
         if not url.lower().startswith("http"):  # urllib opens file:// too (slack_sdk refuses it the same way)
             raise SlackRequestError(f"Invalid URL detected: {url}")
-        handlers: list[urllib.request.BaseHandler] = [
-            http_deadline.HTTPHandler(), http_deadline.HTTPSHandler(context=self.ssl)]
-        if self.proxy is not None:
-            handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
-        with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as resp:
+        handlers = [] if self.proxy is None else [urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})]
+        with http_deadline.opener(*handlers, context=self.ssl).open(req, timeout=self.timeout) as resp:
             body: bytes = resp.read()
             if resp.headers.get_content_type() == "application/gzip":  # admin.analytics.getFile
                 return {"status": resp.code, "headers": resp.headers, "body": body}
             charset = resp.headers.get_content_charset() or "utf-8"
             return {"status": resp.code, "headers": resp.headers, "body": body.decode(charset)}
+
+
+class DeadlineWebhookClient(WebhookClient):
+    """slack_sdk's client for a response_url (or an incoming webhook) whose every send, its one retry
+    after a connection error included, ends within `timeout` seconds as a whole, plus slack_sdk's
+    pause of 0.5-1.5 s before that retry (a sleep no deadline cuts). slack_sdk gives urllib
+    `timeout` for each socket operation (bolt's `respond`: 30 s each), so a server dripping its
+    answer held the thread sending it as long as it liked. A send cut off raises TimeoutError (inside
+    urllib: URLError)."""
+
+    def _perform_http_request(self, *, body: dict[str, Any], headers: dict[str, str]) -> WebhookResponse:
+        with http_deadline.within(self.timeout):
+            return super()._perform_http_request(body=body, headers=headers)
+
+    def _perform_http_request_internal(self, url: str, req: urllib.request.Request) -> WebhookResponse:
+        """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
+        if not url.lower().startswith("http"):
+            raise SlackRequestError(f"Invalid URL detected: {url}")
+        handlers = [] if self.proxy is None else [urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})]
+        with http_deadline.opener(*handlers, context=self.ssl).open(req, timeout=self.timeout) as resp:
+            body = resp.read().decode(resp.headers.get_content_charset() or "utf-8")
+            return WebhookResponse(url=url, status_code=resp.status, body=body, headers=resp.headers)
 
 
 def make_web_client(config: SlackConfig) -> WebClient:

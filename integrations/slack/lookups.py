@@ -88,22 +88,44 @@ class SlackDirectory:
 
     def user_tz(self, email: str, default: str = "UTC") -> str:
         """The IANA timezone of the Slack user with this email (the `tz` of users.lookupByEmail, else
-        users.info, cached with the user), `default` when unknown or not on Slack."""
+        users.info, cached with the user), `default` when unknown or not on Slack.
+
+        A cached user id that Slack no longer knows (users.info: user_not_found) is looked up by email
+        once more, as in dm_channel, before the owner is taken as not on Slack."""
         email = email.strip().lower()
-        uid = self.user_id(email)
+        if not email:
+            return default
+        hit = self._cached(email)
+        cached = hit is not None
+        uid = hit.user_id if hit is not None else self._lookup_user(email)
         if uid is None:
             return default
-        hit = store.cached_user(self.engine, email, self.clock(), self.config.user_cache_ttl,
-                                self.config.negative_cache_ttl)
+        if hit is None:  # just looked up: lookupByEmail may have stored the tz
+            hit = self._cached(email)
         tz = hit.tz if hit is not None else None
         if tz is None:
             try:
                 tz = str((self.api.user_info(uid).get("user") or {}).get("tz") or "")
             except PermanentSlackError as exc:
-                log.info("users.info for %s failed (%s): timezone %s assumed", email, exc.error, default)
-                tz = ""
+                if not self._stale_user(email, uid, exc, cached):
+                    log.info("users.info for %s failed (%s): timezone %s assumed", email, exc.error, default)
+                hit = self._cached(email)  # looked up afresh when stale: the new id's tz, or not on Slack
+                if hit is None or hit.user_id is None:
+                    return default
+                tz = hit.tz or ""
             store.set_user_tz(self.engine, email, tz)
         return tz if tz and _known_zone(tz) else default
+
+    def _stale_user(self, email: str, uid: str, exc: PermanentSlackError, cached: bool) -> bool:
+        """True when `exc` says the user id `uid` CACHED for `email` is unknown to Slack now
+        (user_not_found: the workspace migrated, the user left): the email is then looked up once
+        more (the cache holds the new id, or a negative lookup)."""
+        if exc.error not in ("user_not_found", "users_not_found") or not cached:
+            return False
+        log.info("the cached Slack user %s of %s is not found (%s); looking the email up again",
+                 uid, email, exc.error)
+        self._lookup_user(email)
+        return True
 
     def dm_channel(self, email: str) -> str | None:
         """The bot's DM channel with the owner of `email` (conversations.open), None if not on Slack.
@@ -125,14 +147,12 @@ class SlackDirectory:
         try:
             data = self.api.open_dm(uid)
         except PermanentSlackError as exc:
-            if exc.error not in ("user_not_found", "users_not_found") or not cached:
+            if not self._stale_user(email, uid, exc, cached):
                 raise
-            log.info("the cached Slack user %s of %s is not found (%s); looking the email up again",
-                     uid, email, exc.error)
-            uid = self._lookup_user(email)
-            if uid is None:
+            hit = self._cached(email)
+            if hit is None or hit.user_id is None:
                 return None
-            data = self.api.open_dm(uid)
+            data = self.api.open_dm(hit.user_id)
         channel = str((data.get("channel") or {}).get("id") or "")
         if not channel:
             raise PermanentSlackError(f"conversations.open for the owner {email} returned no channel")

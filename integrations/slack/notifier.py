@@ -288,7 +288,9 @@ class SlackNotifier:
         return sum(self.refresh_message(episode, m) for m in store.episode_messages(self.engine, episode_id))
 
     def refresh_message(self, episode: Mapping[str, Any], m: store.EpisodeMessage) -> bool:
-        """chat.update one parent message from its stored alert and the episode's state."""
+        """chat.update one parent message from its stored alert and the episode's state. A message
+        Slack cannot update any more is skipped (False); when its DM channel is gone (channel_not_found)
+        the stored DM id is forgotten too, so the owner's next DM opens the channel anew."""
         view = self._view(episode, m.last_event, m.last_event_at)
         notice = AlertNotice.from_json(m.alert)  # stored with the message: its JSON (or an older record)
         content = self.renderer.alert(notice, view, self._owner_mention(notice), self.interactive)
@@ -298,6 +300,9 @@ class SlackNotifier:
             if exc.error not in UPDATE_ERRORS:
                 raise
             log.warning("cannot update the message of episode %s in %s: %s", m.episode_id, m.destination, exc)
+            kind, _, target = m.destination.partition(":")
+            if exc.error == "channel_not_found" and kind == "dm":
+                store.clear_dm_channel(self.engine, target, channel=m.channel)
             return False
         return True
 

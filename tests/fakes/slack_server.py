@@ -11,7 +11,8 @@ It behaves like Slack where usagebot depends on it:
   AFTER the request was processed (the client never learns the outcome), a body cut off mid-way, a
   non-JSON (HTML) 200 page or an error code (fatal_error) after processing, a hang after processing
   (to kill a client mid-delivery), and delays;
-- response_url endpoints (/response/<id>) that record what an app posts to them;
+- response_url endpoints (/response/<id>) that record what an app posts to them (five posts each, then
+  404 `used_url`, as Slack);
 - Socket Mode: apps.connections.open returns a ws:// URL served here; `socket_send` pushes an
   envelope to the connected app and `socket_acks` records the app's acknowledgements;
 - Sign in with Slack (OpenID Connect): GET /openid/connect/authorize (the person `oidc_user` approves
@@ -51,6 +52,7 @@ from tests.fakes.http import FakeServer
 
 BOT_USER = "U0BOTUSER"
 TEAM = "T0TEAM001"
+RESPONSE_URL_USES = 5  # posts a response_url takes (Slack: "up to 5 times within 30 minutes")
 OIDC_ISSUER = "https://slack.com"
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -644,6 +646,8 @@ class FakeSlack:
                     fake._serve_websocket(self)
                     return
                 if u.path == "/openid/connect/keys":
+                    with fake.lock:
+                        fake.calls.append(Call("openid.connect.keys", {}, time.monotonic(), 200))
                     self._send(200, json.dumps(fake.jwks()).encode())
                     return
                 if u.path == "/openid/connect/authorize":
@@ -677,9 +681,14 @@ class FakeSlack:
                     rid = path.rsplit("/", 1)[-1]
                     body = self._params()
                     with fake.response_event:
-                        fake.responses.setdefault(rid, []).append(body)
-                        fake.response_event.notify_all()
-                    self._send(200, b"ok", "text/plain")
+                        used = len(fake.responses.get(rid, []))
+                        if used < RESPONSE_URL_USES:
+                            fake.responses.setdefault(rid, []).append(body)
+                            fake.response_event.notify_all()
+                    if used >= RESPONSE_URL_USES:  # Slack: a response_url takes five posts
+                        self._send(404, b"used_url", "text/plain")
+                    else:
+                        self._send(200, b"ok", "text/plain")
                     return
                 self._api()
 

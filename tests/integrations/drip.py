@@ -18,10 +18,13 @@ class Drip:
 
 
 @contextmanager
-def dripping(upfront: bytes, dripped: bytes, every: float, tls: ssl.SSLContext | None = None) -> Iterator[Drip]:
+def dripping(upfront: bytes, dripped: bytes, every: float, tls: ssl.SSLContext | None = None,
+             hold: bool = False) -> Iterator[Drip]:
     """Serve one connection: read its request, send `upfront` at once, then `dripped` one byte every
     `every` seconds; stops when the block ends (or the client hangs up). With `tls` (a server
-    context), over TLS and at an https:// URL."""
+    context), over TLS and at an https:// URL. With `hold`, the connection is kept open, silent,
+    after the last byte until the block ends: an HTTP proxy that never answers CONNECT (nothing to
+    send), or one that answers it and then never sends the ServerHello of the TLS it tunnels."""
     srv = socket.create_server(("127.0.0.1", 0))
     finished = threading.Event()
     drip = Drip(f"{'https' if tls else 'http'}://127.0.0.1:{srv.getsockname()[1]}/hook")
@@ -41,6 +44,8 @@ def dripping(upfront: bytes, dripped: bytes, every: float, tls: ssl.SSLContext |
                 drip.sent[0] += 1
                 if finished.wait(every):
                     break
+            if hold:
+                finished.wait()
         except OSError:
             pass
         finally:

@@ -72,3 +72,21 @@ def test_an_old_key_whose_new_key_is_already_queued_is_left_alone(engine: Engine
     migrate(engine)
     assert _keys(engine) == sorted([old_key, refusal.key(SOURCE)])
     assert newly_refused(engine, SOURCE, {BUCKET: refusal}) == []
+
+
+def test_old_keys_past_one_page_are_all_rewritten(engine: Engine) -> None:
+    """More old-form rows than the migration reads per page (its BATCH, 500), one of them whose new
+    key is already queued: every other row is rewritten across the pages, none lost, none left."""
+    migrate(engine)
+    _to_0014(engine)
+    refusals = [Refusal(("acme:x", "api:calls", START + i * 86_400), "too large") for i in range(1_203)]
+    notices = refusal_notices(SOURCE, "part", refusals, START, None)
+    old = [_old(n, f"source-refused:{SOURCE}:acme:x:api:calls:{r.bucket[2]}") for n, r in zip(notices, refusals, strict=True)]
+    enqueue(engine, [i for n in old for i in notice_items(n, START, ["console"])]
+            + notice_items(notices[700], START, ["console"]), now=START)  # bucket 700 told in both forms
+    migrate(engine)
+    keys = _keys(engine)
+    assert len(keys) == 1_204
+    assert sorted(k for k in keys if k.startswith("source-refused:[")) == sorted(r.key(SOURCE) for r in refusals)
+    assert [k for k in keys if not k.startswith("source-refused:[")] == [old[700].key]
+    assert newly_refused(engine, SOURCE, {r.bucket: r for r in refusals}) == []

@@ -39,6 +39,25 @@ def _legacy_task_key(rule_id: str, account_id: str, metric: str, discriminator: 
     return "usagebot-" + hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
+BATCH = 1000  # crm_tasks rows read per query (keyset pages by episode_id: never the whole table at once)
+
+
+def _backfill_task_keys(conn: sa.Connection) -> None:
+    """Every crm_tasks row's task_key from its episode's identity, page by page."""
+    last = -1
+    while True:
+        rows = conn.execute(sa.text(
+            "SELECT t.episode_id, e.rule_id, e.account_id, e.metric, e.discriminator, e.started_at "
+            "FROM crm_tasks t JOIN alert_episodes e ON e.id = t.episode_id WHERE t.episode_id > :last "
+            "ORDER BY t.episode_id LIMIT :n"), {"last": last, "n": BATCH}).all()
+        for r in rows:
+            conn.execute(sa.text("UPDATE crm_tasks SET task_key = :k WHERE episode_id = :i"),
+                         {"k": _legacy_task_key(r[1], r[2], r[3], r[4], r[5]), "i": r[0]})
+        if len(rows) < BATCH:
+            return
+        last = rows[-1][0]
+
+
 def _resolve_twins() -> None:
     not_latest = (f"{OPEN} AND id NOT IN (SELECT MAX(id) FROM alert_episodes "
                   "GROUP BY rule_id, account_id, metric, discriminator)")
@@ -66,13 +85,7 @@ def upgrade() -> None:
     with op.batch_alter_table("crm_tasks") as b:
         b.add_column(sa.Column("task_key", sa.String(), nullable=True))
     if not op.get_context().as_sql:  # offline SQL: no rows to read (a fresh database has none)
-        conn = op.get_bind()
-        rows = conn.execute(sa.text(
-            "SELECT t.episode_id, e.rule_id, e.account_id, e.metric, e.discriminator, e.started_at "
-            "FROM crm_tasks t JOIN alert_episodes e ON e.id = t.episode_id")).all()
-        for r in rows:
-            conn.execute(sa.text("UPDATE crm_tasks SET task_key = :k WHERE episode_id = :i"),
-                         {"k": _legacy_task_key(r[1], r[2], r[3], r[4], r[5]), "i": r[0]})
+        _backfill_task_keys(op.get_bind())
     with op.batch_alter_table("crm_tasks") as b:
         b.create_unique_constraint("uq_crm_tasks_task_key", ["task_key"])
 

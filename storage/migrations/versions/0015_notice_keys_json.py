@@ -30,6 +30,7 @@ depends_on: str | None = None
 
 _OUTBOX = sa.table("outbox", sa.column("id", sa.Integer), sa.column("kind", sa.String),
                    sa.column("idempotency_key", sa.String), sa.column("payload", sa.JSON))
+BATCH = 500  # old-form rows read per query (each read page is rewritten before the next is read)
 
 
 def _key(kind: str, *parts: str | int) -> str:
@@ -72,17 +73,28 @@ def upgrade() -> None:
                 sa.not_(_OUTBOX.c.idempotency_key.like("source-refused:[%"))),
         sa.and_(_OUTBOX.c.idempotency_key.like("cohort:%"), sa.not_(_OUTBOX.c.idempotency_key.like("cohort:[%"))),
     )
-    rows = conn.execute(sa.select(_OUTBOX.c.id, _OUTBOX.c.kind, _OUTBOX.c.idempotency_key, _OUTBOX.c.payload)
-                        .where(old_form).order_by(_OUTBOX.c.id)).all()
-    for row in rows:
-        payload = row.payload if isinstance(row.payload, dict) else json.loads(row.payload or "{}")
-        key = new_key(row.idempotency_key, payload)
-        if key is None:
-            continue
-        taken = conn.execute(sa.select(_OUTBOX.c.id).where(_OUTBOX.c.kind == row.kind,
-                                                           _OUTBOX.c.idempotency_key == key)).first()
-        if taken is None:
-            conn.execute(_OUTBOX.update().where(_OUTBOX.c.id == row.id).values(idempotency_key=key))
+    last = 0
+    while True:  # keyset pages by id: an outbox of millions of old rows is never held at once
+        rows = conn.execute(sa.select(_OUTBOX.c.id, _OUTBOX.c.kind, _OUTBOX.c.idempotency_key, _OUTBOX.c.payload)
+                            .where(old_form, _OUTBOX.c.id > last).order_by(_OUTBOX.c.id).limit(BATCH)).all()
+        for row in rows:
+            _rewrite(conn, row)
+        if len(rows) < BATCH:
+            return
+        last = rows[-1].id
+
+
+def _rewrite(conn: sa.Connection, row: Any) -> None:
+    """Give one old-form row its JSON-form key, unless its payload does not say it or another row of
+    its notifier already holds that key (then the thing was told under both: the row is kept as is)."""
+    payload = row.payload if isinstance(row.payload, dict) else json.loads(row.payload or "{}")
+    key = new_key(row.idempotency_key, payload)
+    if key is None:
+        return
+    taken = conn.execute(sa.select(_OUTBOX.c.id).where(_OUTBOX.c.kind == row.kind,
+                                                       _OUTBOX.c.idempotency_key == key)).first()
+    if taken is None:
+        conn.execute(_OUTBOX.update().where(_OUTBOX.c.id == row.id).values(idempotency_key=key))
 
 
 def downgrade() -> None:

@@ -540,15 +540,65 @@ def test_a_task_failing_with_a_retryable_error_is_parked_after_the_retry_limit(s
     assert _task_creates(fake) == 0
 
 
-def test_a_task_whose_outcome_is_unknown_is_looked_up_not_parked(sqlite, fake):
+def test_a_task_whose_outcome_is_unknown_is_looked_up_never_parked_in_doubt_and_bounded(sqlite, fake):
+    """Each lost answer is one try (counted once, at the intent): the Task is never parked while its
+    create is in doubt, but once RETRY_LIMIT creates were sent and the lookup finds no Task, it is
+    parked instead of being sent for ever; `usagebot crm retry` sends it again."""
     from integrations.salesforce.errors import RETRY_LIMIT
+    from storage.crm import unpark_tasks
 
     seed_accounts(sqlite, 1, fake=fake)
     ep = fire_episode(sqlite, "a0000")
     cfg = password_config(fake, tasks=tasks_on(), retries=0)
-    for _ in range(RETRY_LIMIT + 1):
+    for n in range(1, RETRY_LIMIT + 1):
         fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST")
         sync(sqlite, fake, cfg)
-    assert load_tasks(sqlite, [ep])[ep].status != "parked"
+        row = load_tasks(sqlite, [ep])[ep]
+        assert (row.status, row.attempts) == ("unknown", n)
+    fake.log.clear()
+    report, _, _ = sync(sqlite, fake, cfg)  # looked up: not there, and RETRY_LIMIT creates were sent
+    row = load_tasks(sqlite, [ep])[ep]
+    assert (row.status, row.attempts) == ("parked", RETRY_LIMIT) and _task_creates(fake) == 0
+    assert "usagebot crm retry a0000" in report.tasks_failed[0][1] and "HTTP 503" in report.tasks_failed[0][1]
+    assert unpark_tasks(sqlite, ["a0000"]) == 1
     report, _, _ = sync(sqlite, fake, cfg)
     assert report.tasks_created == 1 and load_tasks(sqlite, [ep])[ep].status == "created"
+
+
+def test_a_lost_answer_then_a_refusal_count_one_try_each(sqlite, fake):
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(), retries=0)
+    fake.fail(503, times=1, path_contains="/composite/sobjects", method="POST")
+    sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].attempts == 1
+    fake.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "locked")
+    sync(sqlite, fake, cfg)
+    row = load_tasks(sqlite, [ep])[ep]
+    assert (row.status, row.attempts) == ("failed", 2)
+    del fake.create_errors["Task"]
+    sync(sqlite, fake, cfg)
+    row = load_tasks(sqlite, [ep])[ep]
+    assert (row.status, row.attempts) == ("created", 3)  # three creates were sent: three tries, each once
+
+
+def test_a_task_create_refused_by_the_api_budget_is_no_try_and_never_parked(sqlite, fake):
+    """The org's API budget is used up at the create (REQUEST_LIMIT_EXCEEDED: nothing was done): no try
+    is counted and the Task is deferred, never parked for it (before: each such sync counted a try, and
+    RETRY_LIMIT of them parked a Task nothing was wrong with)."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(owner="api_user"), retries=0)  # no lookup before the create
+    body = [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests Limit exceeded."}]
+    for _ in range(RETRY_LIMIT + 1):
+        fake.fail(403, times=1, path_contains="/composite/sobjects", method="POST", body=body)
+        report, _, _ = sync(sqlite, fake, cfg)
+        assert report.tasks_failed == [] and report.tasks_deferred == 1, report.tasks_failed
+        assert "REQUEST_LIMIT_EXCEEDED" in (report.stopped or "")
+        row = load_tasks(sqlite, [ep]).get(ep)
+        assert row is None or (row.status != "parked" and row.attempts == 0), row
+    report, _, _ = sync(sqlite, fake, cfg)
+    row = load_tasks(sqlite, [ep])[ep]
+    assert report.tasks_created == 1 and (row.status, row.attempts) == ("created", 1)

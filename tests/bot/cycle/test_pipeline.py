@@ -246,3 +246,16 @@ def test_anomaly_scheduler_cycles_equal_backtest_replay_hourly(engine, tmp_path)
     assert sorted(map(_key, scheduled)) == sorted(map(_key, replayed))
     for a, b in zip(sorted(scheduled, key=_key), sorted(replayed, key=_key), strict=True):
         assert a["message"] == b["message"] and a["details"] == pytest.approx(b["details"])
+
+
+def test_a_row_failing_its_last_try_is_counted_dead(engine):
+    """The try that uses up a row's attempts makes it dead: the run's report says so (callers answer
+    "retried automatically" only when nothing is dead, e.g. the Assign to CSM button)."""
+    from storage.outbox import OutboxItem, enqueue, list_outbox, notify_kind
+
+    enqueue(engine, [OutboxItem("n:1", notify_kind("console"), {"alert": {}})], now=END)
+    notifier = Recorder(fail_first=100)
+    reports = [deliver_outbox(engine, notifier, END + i * 4000) for i in range(10)]
+    assert [r.failed for r in reports] == [1] * 10
+    assert [r.dead for r in reports] == [0] * 9 + [1]
+    assert list_outbox(engine)[0].status == "dead"

@@ -233,3 +233,73 @@ def test_a_failed_csm_dm_is_retried_by_the_deliver_job(served):
 
 
 _ = _sign  # the signature helper is shared with test_slack_app
+
+
+def _task_row(s: Served):  # noqa: ANN202
+    return load_tasks(s.engine, [s.episode_id])[s.episode_id]
+
+
+def _sync_tasks(s: Served, at: int) -> None:
+    run_crm_sync(s.engine, RuleSet(rules=()), replace(s.cfg, tasks=tasks_on(rules=("calls-spike",))), DEFAULT_MODEL, at,
+                 dry_run=False, out=io.StringIO(), client_factory=_factory(s.sf))
+
+
+def test_a_click_refused_for_good_names_the_error_and_the_fix_and_a_second_click_tries_again(served):
+    """A Task Salesforce refuses for good (a validation rule) is parked: the click's answer names the
+    error and what to do, never "retried automatically" (nothing retries a parked Task). After the
+    fix, a click (anyone's) unparks that Task and sends it again at once."""
+    served.sf.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Tasks need a Type")
+    _post(served, _click(served, "usagebot_log_task", rid="p1"))
+    (answer,) = served.fake.wait_response("p1")
+    assert _task_row(served).status == "parked" and _tasks(served) == []
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in answer["text"] and "usagebot crm retry acme" in answer["text"]
+    assert "Log task" in answer["text"] and "retried automatically" not in answer["text"]
+    del served.sf.create_errors["Task"]
+    _post(served, _click(served, "usagebot_log_task", user="U0ALICE01", rid="p2"))
+    (again,) = served.fake.wait_response("p2")
+    (task,) = _tasks(served)
+    assert _task_row(served).status == "created" and task["Id"] in again["text"] and "by U0ALICE01" in again["text"]
+    assert [e for e, _ in _events(served)].count("task_requested") == 2
+
+
+def test_a_click_on_a_task_the_sync_parked_tries_it_once_more_at_once(served):
+    served.sf.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Tasks need a Type")
+    _sync_tasks(served, served.clock.now)
+    assert _task_row(served).status == "parked"
+    creates = len([r for r in served.sf.log if r.method == "POST" and "/composite/sobjects" in r.path])
+    _post(served, _click(served, "usagebot_log_task", rid="s1"))
+    (answer,) = served.fake.wait_response("s1")
+    assert len([r for r in served.sf.log if r.method == "POST" and "/composite/sobjects" in r.path]) == creates + 1
+    row = _task_row(served)
+    assert row.status == "parked" and row.attempts == 1  # unparked with a fresh count, refused again
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in answer["text"] and "retried automatically" not in answer["text"]
+
+
+def test_a_click_refused_for_now_is_retried_by_the_deliver_job(served):
+    """A refusal a retry may fix (a locked row) leaves the click's row queued: the answer's "retried
+    automatically" is true even when the sync makes no Tasks ([salesforce.tasks] off)."""
+    served.sf.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+    _post(served, _click(served, "usagebot_log_task", rid="l1"))
+    (answer,) = served.fake.wait_response("l1")
+    assert _task_row(served).status == "failed" and "retried automatically" in answer["text"]
+    del served.sf.create_errors["Task"]
+    report = CrmSyncReport(as_of=served.clock.now, dry_run=False)
+    retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg), report,
+                   served.clock.now + 7200)
+    assert _task_row(served).status == "created" and len(_tasks(served)) == 1
+
+
+def test_crm_retry_sends_a_parked_click_again_without_task_sync(served):
+    """`usagebot crm retry` (storage.crm.unpark_tasks) on a Task parked from a click: the click's row
+    is queued again, so the deliver job sends it even when the syncs plan no Tasks."""
+    from storage.crm import unpark_tasks
+
+    served.sf.create_errors["Task"] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Tasks need a Type")
+    _post(served, _click(served, "usagebot_log_task", rid="c1"))
+    served.fake.wait_response("c1")
+    assert _task_row(served).status == "parked"
+    del served.sf.create_errors["Task"]
+    assert unpark_tasks(served.engine, ["acme"], now=served.clock.now) == 1
+    report = CrmSyncReport(as_of=served.clock.now, dry_run=False)
+    retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg), report, served.clock.now)
+    assert _task_row(served).status == "created" and len(_tasks(served)) == 1

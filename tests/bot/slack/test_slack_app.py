@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from storage.db import make_engine, migrate
 from storage.episodes import episode_history, find_episode
 from storage.slack import feedback_by_rule
 from tests.fakes.slack_server import FakeSlack
+from tests.integrations.drip import dripping
 from tests.integrations.slack.scenario import (
     FIRED,
     SIGNING_SECRET,
@@ -187,6 +188,29 @@ def test_account_lookup_through_response_url(served):
     _post(served, _command(served, "nosuchaccount", rid="none"))
     (none,) = served.fake.wait_response("none")
     assert "No account matches `nosuchaccount`" in none["text"]
+
+
+def test_an_answer_to_a_response_url_that_drips_is_cut_off_at_the_slack_timeout(engine, fake, clock, caplog):
+    """bolt's `respond` posts with slack_sdk's WebhookClient, whose 30 s bound each socket read only: a
+    response_url answering a byte every 0.05 s held a worker thread ~20 s. Now the post ends within
+    [slack] timeout as a whole and the failure is logged."""
+    s, server = _serve(engine, fake, clock, timeout=1.0)
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 400 + b"\r\nContent-Length: 2\r\n\r\nok"
+    try:
+        with dripping(b"", head, every=0.05) as drip, caplog.at_level(logging.WARNING, "bot.slack.app"):
+            body = _command(s, "Acme Corp", rid="drip").replace(
+                quote(s.fake.response_url("drip"), safe=""), quote(drip.url, safe=""))
+            assert quote(drip.url, safe="") in body
+            t0 = time.monotonic()
+            assert _post(s, body).status_code == 200
+            while time.monotonic() - t0 < 10 and not any("response_url" in r.message for r in caplog.records):
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            assert drip.sent[0] >= 2  # it was dripping
+        assert took < 4, f"the answer was still being sent after {took:.1f}s"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -------------------------------------------------------------------------------- buttons
@@ -492,3 +516,26 @@ def test_replay_records_are_shared_and_pruned_by_request_time(engine):
     with engine.connect() as c:
         keys = set(c.execute(sa.text("select key from slack_requests_seen")).scalars())
     assert keys == {"k2", "k3"}
+
+
+def test_an_answer_without_blocks_leaves_them_out_and_a_refused_answer_is_logged(fake, caplog):
+    """As bolt's respond did: an answer of text only (a custom usage template can render one) is
+    posted without a `blocks` key, not `"blocks": []`. A post Slack refuses (a response_url takes
+    five posts) is logged with Slack's status, not dropped in silence."""
+    from types import SimpleNamespace
+
+    from bot.slack.app import _ephemeral
+    from integrations.slack.render import SlackMessageContent
+
+    respond = SimpleNamespace(response_url=fake.response_url("plain"), proxy=None, ssl=None)
+    _ephemeral(respond, SlackMessageContent("just text", []), 5)
+    (answer,) = fake.wait_response("plain")
+    assert answer == {"response_type": "ephemeral", "replace_original": False, "text": "just text"}
+    with caplog.at_level(logging.WARNING, "bot.slack.app"):
+        for _ in range(4):
+            _ephemeral(respond, SlackMessageContent("again", []), 5)
+        assert not caplog.records
+        _ephemeral(respond, SlackMessageContent("a sixth", []), 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Slack refused the answer to a request through its response_url: HTTP 404 'used_url'"]
+    assert len(fake.wait_response("plain", 5)) == 5

@@ -3,21 +3,25 @@ endpoints through slack_sdk and PyJWT), signed session cookies, and the /usage a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
+import jwt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bot.config.web import WebConfig
 from bot.service.http_server import Request
+from bot.web.auth import SignInError, SlackSignIn
 from integrations.slack.config import SlackConfig
 from rules.config import Secret
 from tests.bot.web.conftest import NOW, TOKEN, Book, make_ui
 from tests.bot.web.helpers import data, get, text
 from tests.fakes.slack_server import FakeSlack
+from tests.integrations.drip import dripping
 
 PUBLIC = "https://usagebot.example.com"
 CLIENT_ID, CLIENT_SECRET = "1111.2222", "oidc-client-secret-xyz"
@@ -194,3 +198,42 @@ def test_next_after_sign_in_stays_on_this_site(book_engine: Engine, demo_book: B
     assert status == 303 and headers["Location"] == "/accounts/caf%C3%A9?x=1"
     login = get(ui, "/login?next=" + quote("/\t/evil.example.com", safe="") + "&problem=Call+555-0100+to+unlock")
     assert "evil.example.com" not in text(login) and "555-0100" not in text(login)  # no words from a link
+
+
+@pytest.mark.parametrize("part", ["status line", "body"])
+def test_a_jwks_server_that_drips_its_keys_is_cut_off_at_the_timeout(part: str) -> None:
+    """PyJWT's own fetch of Slack's keys bounds each read only: a keys server sending a byte every
+    0.05 s held the sign-in (and a web server thread) for as long as it liked. Now the whole fetch
+    ends within the Slack timeout and the sign-in fails as for an unreachable Slack."""
+    keys = b'{"keys": [' + b" " * 400 + b"]}"
+    whole = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(keys), keys)
+    upfront, dripped = (b"", whole) if part == "status line" else (whole[:-len(keys)], keys)
+    id_token = jwt.encode({"sub": "U0ALICE01"}, "k" * 32, algorithm="HS256", headers={"kid": "slack-key-1"})
+    with dripping(upfront, dripped, every=0.05) as drip:
+        sign_in_with = SlackSignIn(_web(), drip.url.removesuffix("hook") + "api/", lambda: "T0TEAM001", timeout=1)
+        started = time.monotonic()
+        with pytest.raises(SignInError, match="could not be verified"):
+            sign_in_with.verify(id_token, "nonce")
+        took = time.monotonic() - started
+    assert took < 2 and drip.sent[0] >= 2  # the drip lasts ~20 s; cut off at the 1 s timeout
+
+
+def test_slacks_keys_are_fetched_once_and_an_unknown_kid_waits_for_the_cooldown(slack: FakeSlack) -> None:
+    """The bounded fetch keeps PyJWT's bookkeeping: the key set is cached (a second lookup of a
+    known key fetches nothing) and the fetch time is kept, so a token naming an unknown key right
+    after a fetch is refused without fetching Slack's keys again (PyJWT's cooldown; without the
+    fetch time every such token fetched them)."""
+    keys = SlackSignIn(_web(), slack.api_url, lambda: "T0TEAM001", timeout=5).jwks
+    assert keys.get_signing_key("fake-slack-1").key_id == "fake-slack-1"
+    assert keys.get_signing_key("fake-slack-1").key_id == "fake-slack-1"
+    with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
+        keys.get_signing_key("rotated-away")
+    assert len(slack.calls_of("openid.connect.keys")) == 1
+
+
+def test_a_keys_answer_that_is_not_a_json_object_is_a_jwks_error(slack: FakeSlack) -> None:
+    with dripping(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n", b"[]",
+                  every=0.01) as drip:
+        keys = SlackSignIn(_web(), drip.url.removesuffix("hook") + "api/", lambda: "T0TEAM001", timeout=5).jwks
+        with pytest.raises(jwt.PyJWKClientError):
+            keys.get_signing_key("fake-slack-1")

@@ -94,11 +94,17 @@ def test_a_cached_user_id_slack_no_longer_knows_is_looked_up_once_more(engine, f
     assert len(fake.calls_of("users.lookupByEmail")) == 2 and len(fake.calls_of("conversations.open")) == 2
 
 
-def test_a_cached_user_id_of_someone_who_left_is_not_on_slack_after_one_more_lookup(engine, fake, config, clock):
+def _alice_left(engine, fake, config, clock) -> SlackDirectory:  # noqa: ANN001
+    """A directory that cached alice's id, then alice left the workspace (her id is user_not_found)."""
     d = _directory(engine, config, clock)
     assert d.user_id("alice@example.com") == "U0ALICE01"
     with fake.lock:
         del fake.users["U0ALICE01"]
+    return d
+
+
+def test_a_cached_user_id_of_someone_who_left_is_not_on_slack_after_one_more_lookup(engine, fake, config, clock):
+    d = _alice_left(engine, fake, config, clock)
     assert d.dm_channel("alice@example.com") is None
     assert d.user_id("alice@example.com") is None and len(fake.calls_of("conversations.open")) == 1
 
@@ -121,3 +127,28 @@ def test_a_cached_channel_id_slack_no_longer_finds_is_looked_up_and_posted_once_
     with pytest.raises(PermanentSlackError) as exc:  # an id named in the config is not looked up again
         d.post_channel(old, old, lambda ch: poster.post_once("step-2", ch, None, content))
     assert exc.value.error == "channel_not_found"
+
+
+def test_user_tz_of_a_cached_user_id_slack_no_longer_knows_looks_the_email_up_again(engine, fake, config, clock):
+    """alice's cached id (no timezone cached yet) is user_not_found in users.info now (a migration gave
+    her a new id): her email is looked up again and the new id's timezone is used and cached, instead
+    of caching "no timezone" for her for good."""
+    d = _directory(engine, config, clock)
+    assert d.user_id("alice@example.com") == "U0ALICE01"
+    fake.move_user("U0ALICE01", "U0ALICE02")
+    fake.users["U0ALICE02"].update(tz="Asia/Tokyo")
+    assert d.user_tz("alice@example.com", "Europe/Berlin") == "Asia/Tokyo"
+    assert d.user_id("alice@example.com") == "U0ALICE02"
+    assert len(fake.calls_of("users.lookupByEmail")) == 2 and len(fake.calls_of("users.info")) == 1
+    assert d.user_tz("alice@example.com", "Europe/Berlin") == "Asia/Tokyo"  # cached with the new id
+    assert len(fake.calls_of("users.info")) == 1 and len(fake.calls_of("users.lookupByEmail")) == 2
+
+
+def test_user_tz_of_a_cached_user_who_left_is_the_default_after_one_more_lookup(engine, fake, config, clock):
+    d = _alice_left(engine, fake, config, clock)
+    assert d.user_tz("alice@example.com", "Europe/Berlin") == "Europe/Berlin"
+    assert d.user_id("alice@example.com") is None  # the stale id is gone: negative lookup cached
+    assert len(fake.calls_of("users.lookupByEmail")) == 2 and len(fake.calls_of("users.info")) == 1
+    fake.add_user("U0ALICE03", "alice@example.com", "alice", tz="America/New_York")  # she is back
+    clock.now += config.negative_cache_ttl + 1
+    assert d.user_tz("alice@example.com", "Europe/Berlin") == "America/New_York"

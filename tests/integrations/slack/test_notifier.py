@@ -354,3 +354,36 @@ def test_an_alert_dm_whose_stored_dm_id_went_stale_goes_to_the_reopened_dm_not_a
     newer = fake.dm_with("U0ALICE01")
     assert newer is not None and len(newer.messages) == 1 and "thread_ts" not in newer.messages[0]
     assert all(not ch.messages for ch in fake.channels.values() if not ch.is_im)
+
+
+def test_a_parent_update_in_a_dm_slack_no_longer_finds_forgets_the_stored_dm(engine, fake, config, clock):
+    """alice's DM channel is gone (channel_not_found) when her alert's parent message is refreshed (a
+    button click, a follow-up): the update is skipped, the channel's copy still updated, and the stale
+    stored DM id forgotten, so her next DM opens the channel anew instead of posting to the dead id."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    _run(sc, n, (SPIKE_DAY, FIRED))
+    ep = find_episode(engine, ("calls-spike", "acme", "api_calls", ""))
+    old = fake.dm_with("U0ALICE01").id
+    assert fake.forget_dm("U0ALICE01") == old
+    assert n.refresh_episode(int(ep["id"])) == 1  # the channel's message; the DM's is gone
+    updates = [c.params.get("channel") for c in fake.calls_of("chat.update")]
+    assert old in updates and fake.channel("#usage-alerts").id in updates
+    opened = len(fake.calls_of("conversations.open"))
+    new = n.directory.dm_channel("alice@example.com")
+    assert new is not None and new != old and new == fake.dm_with("U0ALICE01").id
+    assert len(fake.calls_of("conversations.open")) == opened + 1
+
+
+def test_a_parent_update_in_a_missing_channel_leaves_the_stored_dm_alone(engine, fake, config, clock):
+    """channel_not_found for a channel's copy says nothing about the owner's DM: it is kept."""
+    sc = Scenario(engine, clock)
+    n = sc.notifier(config)
+    _run(sc, n, (SPIKE_DAY, FIRED))
+    ep = find_episode(engine, ("calls-spike", "acme", "api_calls", ""))
+    dm = fake.dm_with("U0ALICE01").id
+    fake.remake_channel("#usage-alerts")
+    assert n.refresh_episode(int(ep["id"])) == 1  # the DM's message
+    opened = len(fake.calls_of("conversations.open"))
+    assert n.directory.dm_channel("alice@example.com") == dm
+    assert len(fake.calls_of("conversations.open")) == opened
