@@ -283,20 +283,42 @@ def _bind_pools(adapter: requests.adapters.HTTPAdapter) -> None:
     adapter.proxy_manager_for = proxy_manager_for  # type: ignore[method-assign]
 
 
+_BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot_session_budget", default=None)
+
+
+@contextlib.contextmanager
+def session_budget(seconds: float) -> Iterator[None]:
+    """Each request a `bound_session` sends inside the block (in this thread) ends within `seconds`
+    as a whole instead of the session's own `seconds`, while each of its socket operations is still
+    bounded by the session's `seconds` (a stalled connection fails as soon as before): for a few
+    known long downloads, such as a Bulk API job's result files, without loosening every other call.
+    An enclosing `within` still holds (the earlier deadline wins)."""
+    token = _BUDGET.set(seconds)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
 def bound_session(session: requests.Session, seconds: float) -> requests.Session:
     """Make every request of `session` end within `seconds`, from connecting to the last byte of its
     body (requests reads it in Session.send unless the caller streams it): requests' `timeout` bounds
-    each socket operation only. Composes with the adapters already mounted (a CA-bundle adapter, a
-    test's routing adapter): their pools make `bind`-ed connections; mount adapters before calling
-    this. A request cut off raises what requests raises for a timeout or a failed read
-    (requests.Timeout, requests.ConnectionError), which its callers already handle."""
+    each socket operation only. A request sent without a timeout gets `seconds` per socket operation
+    too (what is left of the deadline is the tighter bound, except inside `session_budget`). Composes
+    with the adapters already mounted (a CA-bundle adapter, a test's routing adapter): their pools
+    make `bind`-ed connections; mount adapters before calling this. A request cut off raises what
+    requests raises for a timeout or a failed read (requests.Timeout, requests.ConnectionError),
+    which its callers already handle."""
     for adapter in session.adapters.values():
         if isinstance(adapter, requests.adapters.HTTPAdapter):
             _bind_pools(adapter)
     send = session.send
 
     def bounded_send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        with within(seconds):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = seconds
+        budget = _BUDGET.get()
+        with within(seconds if budget is None else budget):
             return send(request, **kwargs)
 
     session.send = bounded_send  # type: ignore[method-assign]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from rules.config.redaction import mask, mask_deep
 from rules.impact import finite
 from rules.periods import iso
 
@@ -264,11 +265,12 @@ def admin_notice(event: str, key: str, rule: str, account: str, account_name: st
                  channel: str | None, severity: str = "warning", since: int | None = None,
                  metrics: Sequence[str] = (), details: Mapping[str, Any] | None = None, kind: str = "source",
                  description: str = "usage source health", template: str = "source") -> AlertNotice:
-    """A notice for the admin channel (never routed to account owners); `key` is its idempotency key."""
+    """A notice for the admin channel (never routed to account owners); `key` is its idempotency key.
+    Its message and details are masked (rules.config.redaction): they quote errors and problems."""
     return AlertNotice(
         event=event, at=at, rule=rule, account=account, account_name=account_name,
-        metric=", ".join(metrics) or "-", severity=severity, message=message, kind=kind,
+        metric=", ".join(metrics) or "-", severity=severity, message=mask(message), kind=kind,
         started_at=since if since is not None else at, fired_at=at, description=description,
         routing=Routing(owner=False, channels=(channel,) if channel else ()), template=template,
-        details=dict(details or {}), audience=ADMIN, key=key,
+        details=mask_deep(dict(details or {})), audience=ADMIN, key=key,
     )

@@ -38,6 +38,7 @@ from integrations import http_deadline
 from integrations.notice import AlertNotice
 from integrations.notifier import DeliveryError, retry_after
 from rules.config import Secret, Section
+from rules.config.redaction import clip
 from rules.config.secrets import MIN_SECRET_CHARS
 from rules.config.urls import url_problem
 from storage.db import bigint_of
@@ -172,7 +173,8 @@ class WebhookNotifier:
 
 def _start_of(resp: httpx.Response, seconds: float) -> str:
     """The start of a refusal's body for its error message: at most MAX_SAID bytes, read for at most
-    `seconds` (whatever the receiver sends after that is not waited for), whitespace collapsed, 200 characters."""
+    `seconds` (whatever the receiver sends after that is not waited for), whitespace collapsed, masked,
+    then cut to 200 characters."""
     deadline = time.monotonic() + seconds
     got = b""
     try:
@@ -182,4 +184,5 @@ def _start_of(resp: httpx.Response, seconds: float) -> str:
                 break
     except httpx.HTTPError:  # cut off or too slow: what arrived says enough
         pass
-    return " ".join(got[:MAX_SAID].decode(resp.encoding or "utf-8", "replace").split())[:200]
+    # masked before it is cut (redaction.clip): a secret echoed where the cut falls shows none of it
+    return clip(" ".join(got[:MAX_SAID].decode(resp.encoding or "utf-8", "replace").split()), 200)

@@ -119,7 +119,7 @@ def load_usage(
     (one row per account and metric, one per metric and bucket) are staged in bulk (SQLite: ADBC
     into a staging file beside the database; PostgreSQL: COPY into temporary tables), then merged by
     one INSERT .. SELECT each (the buckets of a load newer than the stored ones are an append to the
-    table's only B-tree). Readers keep seeing the previous snapshot (SQLite, and PostgreSQL's MVCC);
+    table's only B-tree; several runs on SQLite: one per stretch of buckets, usage_load.merge_pieces). Readers keep seeing the previous snapshot (SQLite, and PostgreSQL's MVCC);
     other writers of the same points wait for the load.
     """
 

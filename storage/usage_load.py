@@ -26,8 +26,11 @@ deleted from the stage (one probe of usage_points' key per row, in key order), s
 change are merged and marked (usage_changes, the tiles, what the poll reports as changed).
 
 The merge is then one INSERT .. SELECT from a stage already in key order (an append to the B-tree
-for new buckets, no sort, no GROUP BY) unless the load had several runs (then grouped and summed in
-SQL); the bookkeeping is one INSERT .. SELECT each from the small stages (usage_first_seen on
+for new buckets, no sort, no GROUP BY). A load of several runs (SQLite) is merged piece by piece
+in key order (merge_pieces): the buckets that one run holds straight from that run's rowid range of
+the stage, only the buckets that several runs hold (a run boundary inside a bucket, late rows)
+grouped and summed in SQL (PostgreSQL, and more than MAX_PIECES pieces: the whole stage grouped and
+summed at once); the bookkeeping is one INSERT .. SELECT each from the small stages (usage_first_seen on
 PostgreSQL: only the pairs an anti-join does not find with an earlier bucket). On PostgreSQL a stage whose buckets are
 all newer than its metrics' stored ones (a new day, a load into an empty database) is inserted
 without ON CONFLICT, in a savepoint that falls back to the upsert if a writer stored one of its keys
@@ -79,9 +82,23 @@ from storage.usage_values import (
 
 RUN_ROWS = 12_000_000  # records sorted in memory at once (~40 B each while sorting: ~0.5 GB); more = runs
 ADBC_MIN_ROWS = 20_000  # below this a staging file costs more than it saves: temporary tables
+MAX_PIECES = 10_000  # statements of a merge of several runs (merge_pieces); more: one GROUP BY of the stage
 PG_WORK_MEM = "256MB"  # SET LOCAL for a merge: its ORDER BY sorts the stage in memory
 STAGE_SCHEMA = "usage_load"  # the staging file's name once attached
 _ROWS, _PAIRS, _BUCKETS = "usage_stage", "usage_stage_pairs", "usage_stage_buckets"
+
+
+@dataclass(frozen=True)
+class Spans:
+    """Where each (metric, bucket) of a run lies among its `rows` (in key order: each one slice):
+    the i-th is metric `metrics[code[i]]`, bucket `bucket[i]`, rows `start[i]` up to the next
+    start (the last: up to `rows`)."""
+
+    metrics: list[str]
+    code: np.ndarray
+    bucket: np.ndarray
+    start: np.ndarray
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -89,11 +106,13 @@ class Run:
     """One sorted run of a load as Arrow tables: `rows` (account_id, metric, bucket_start, value),
     unique and in usage_points' key order; `pairs` (metric, account_id, first_bucket, last_bucket)
     in (metric, account) order, None when the load is this one run and each (account, metric) has
-    one row (a new day: the rows are the pairs); `buckets` (metric, bucket_start)."""
+    one row (a new day: the rows are the pairs); `buckets` (metric, bucket_start); `spans`: where
+    each bucket's rows are (merge_pieces)."""
 
     rows: pa.Table
     pairs: pa.Table | None
     buckets: pa.Table
+    spans: Spans
 
 
 def records_as_columns(records: Iterable[UsageRecordLike]) -> UsageColumns:
@@ -187,14 +206,15 @@ def _run(points: UsagePoints, only: bool) -> Run:
     edge[1:] = (m[1:] != m[:-1]) | (b[1:] != b[:-1])
     edge_m = m[edge]
     buckets = _table(metric=metrics.take(arrow_array(edge_m)), bucket_start=arrow_array(b[edge]))
+    spans = Spans(points.metrics, edge_m, b[edge], np.flatnonzero(edge), len(b))
     if only and bool((edge_m[1:] != edge_m[:-1]).all()):  # one bucket per metric (a new day): the rows,
-        return Run(rows, None, buckets)  # unique per key, are one per (account, metric): the pairs
+        return Run(rows, None, buckets, spans)  # unique per key, are one per (account, metric): the pairs
     n_acc = len(points.account_ids)
     seen, first, last = _pair_spans(m * n_acc + a, b, len(points.metrics) * n_acc)
     pairs = None if only and len(seen) == len(b) else _table(
         metric=metrics.take(arrow_array(seen // n_acc)), account_id=names.take(arrow_array(seen % n_acc)),
         first_bucket=arrow_array(first), last_bucket=arrow_array(last))
-    return Run(rows, pairs, buckets)
+    return Run(rows, pairs, buckets, spans)
 
 
 def _table(**columns: pa.Array) -> pa.Table:
@@ -218,6 +238,54 @@ def _pair_spans(pair: np.ndarray, b: np.ndarray, n_pairs: int) -> tuple[np.ndarr
     starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
     ends = np.r_[starts[1:], len(ps)] - 1
     return ps[starts], bs[starts], bs[ends]
+
+
+Piece = tuple[bool, list[list[int]]]  # (grouped, rowid ranges [lo, hi] of the stage)
+
+
+def merge_pieces(spans: list[Spans]) -> list[Piece] | None:
+    """How to merge a stage of several runs (appended in order: rowids 1.. with no gaps) in key
+    order without sorting it all: pieces in usage_points' key order, each rowid ranges of the stage
+    to insert as read (grouped False) or to group and sum (True).
+    A bucket (metric, bucket) that one run holds is unique in the stage and in key order within
+    that run: one range, inserted as read (adjacent ones joined). Consecutive buckets that several
+    runs hold (a run boundary inside a bucket, late rows, a file in account order) are one piece of
+    each holder's range (a run's rows of such a stretch are contiguous), grouped and summed in SQL.
+    None: more than MAX_PIECES pieces (then the whole stage is grouped at once)."""
+    entries: list[tuple[str, int, int, int]] = []
+    base = 0
+    for s in spans:
+        ends = np.r_[s.start[1:], s.rows] + base
+        entries += zip([s.metrics[c] for c in s.code.tolist()], s.bucket.tolist(), (s.start + base + 1).tolist(),
+                       ends.tolist(), strict=True)
+        base += s.rows
+    entries.sort()
+    pieces: list[Piece] = []
+    grouped = False
+    i = 0
+    while i < len(entries):
+        j = i + 1
+        while j < len(entries) and entries[j][:2] == entries[i][:2]:
+            j += 1
+        if j - i == 1 and not grouped and pieces and pieces[-1][1][0][1] + 1 == entries[i][2]:
+            pieces[-1][1][0][1] = entries[i][3]
+        elif j - i == 1:
+            pieces.append((False, [[entries[i][2], entries[i][3]]]))
+        else:
+            if not grouped:
+                pieces.append((True, []))
+            piece = pieces[-1][1]
+            for _, _, lo, hi in entries[i:j]:
+                near = next((r for r in piece if r[1] + 1 == lo), None)
+                if near is None:
+                    piece.append([lo, hi])
+                else:
+                    near[1] = hi
+        grouped = j - i > 1
+        if len(pieces) > MAX_PIECES:
+            return None
+        i = j
+    return pieces
 
 
 # ------------------------------------------------------------------------------------- staging
@@ -345,12 +413,15 @@ def _copy_csv(raw: Any, name: str, table: pa.Table) -> None:
 # --------------------------------------------------------------------------------------- merge
 
 
-def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool, additive: bool = False) -> int:
+def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool, additive: bool = False,
+           spans: list[Spans] | None = None) -> int:
     """Merge the staged rows into usage_points (stored values replaced, unchanged rows not
     rewritten; `additive`: the staged values added to the stored ones) and the bookkeeping from the
-    staged pairs and buckets; returns rows written."""
+    staged pairs and buckets; returns rows written. `spans`: each staged run's (SQLite: several runs
+    are merged piece by piece, merge_pieces)."""
     dialect = conn.dialect.name
     rows, pairs, buckets = (f"{schema}.{n}" for n in (_ROWS, _PAIRS, _BUCKETS))
+    selects = None
     pg_order = "ORDER BY metric, account_id " if dialect == "postgresql" else ""
     if runs == 1:  # unique and already in key order: inserted as read, no sort (PostgreSQL: sorted in its
         # collation, the order every writer locks rows in, so two writers never wait on each other crosswise)
@@ -362,6 +433,7 @@ def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool, additiv
         ch = f"SELECT account_id, metric, first_bucket, last_bucket, '', {{now}} FROM {pairs} AS p "
     else:  # runs can share keys: summed across them
         select = f"SELECT {_KEY}, {_SUM[dialect]} FROM {rows} GROUP BY {_ORDER} ORDER BY {_ORDER} "
+        selects = _piece_selects(conn, rows, spans) if dialect == "sqlite" and spans else None
         firsts = f"(SELECT metric, account_id, MIN(first_bucket) AS first_bucket FROM {pairs} GROUP BY metric, account_id)"
         ch = (f"SELECT account_id, metric, MIN(first_bucket), MAX(last_bucket), '', {{now}} FROM {pairs} "
               "GROUP BY metric, account_id ORDER BY metric, account_id")
@@ -373,14 +445,18 @@ def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool, additiv
         ch = f"SELECT NULL, metric, bucket_start, bucket_start, '', {{now}} FROM {buckets} "
     if dialect == "postgresql" and newer:
         merged = _append(conn, select)
+    written = 0
     if merged is None:
         try:
             with conn.begin_nested():
-                merged = conn.exec_driver_sql(_INSERT + select + _CONFLICT + _SET[(dialect, additive)])
+                for one in selects or [select]:
+                    written += max(0, conn.exec_driver_sql(_INSERT + one + _CONFLICT + _SET[(dialect, additive)]).rowcount)
         except (IntegrityError, DataError) as exc:
             if not _overflowed(exc):
                 raise
             raise (_added_overflow if additive else _staged_overflow)(conn, dialect, rows) from None
+    else:
+        written = max(0, merged.rowcount)
     # PostgreSQL: only the pairs not known from an earlier bucket (an anti-join), not an upsert attempt
     # per pair, which locks every conflicting row even when the WHERE then skips it (a day at 10k
     # accounts: 1.08 s -> 0.17 s in EXPLAIN ANALYZE). SQLite probes each pair either way (no gain
@@ -397,7 +473,24 @@ def _merge(conn: Connection, schema: str, runs: int, pairs_staged: bool, additiv
     tiles.mark_written_from(conn, buckets)
     conn.exec_driver_sql("INSERT INTO usage_changes (account_id, metric, bucket_start, last_bucket, source_id, "
                          "changed_at) " + ch.format(now=int(time.time())))
-    return max(0, merged.rowcount)
+    return written
+
+
+def _piece_selects(conn: Connection, rows: str, spans: list[Spans]) -> list[str] | None:
+    """SQLite: the SELECTs that merge a stage of several runs piece by piece in key order
+    (merge_pieces: a bucket one run holds straight from its rowid range, the buckets several runs
+    hold grouped); None (one GROUP BY of the whole stage) when there are too many pieces or the
+    stage's rowids are not the runs' rows appended in order."""
+    pieces = merge_pieces(spans)
+    if pieces is None or conn.exec_driver_sql(f"SELECT max(rowid) FROM {rows}").scalar() != sum(s.rows for s in spans):
+        return None
+    out = []
+    for grouped, ranges in pieces:
+        parts = [f"SELECT {_KEY}, value FROM {rows} WHERE rowid BETWEEN {lo} AND {hi} " for lo, hi in ranges]
+        out.append(parts[0] if not grouped else
+                   f"SELECT {_KEY}, {_SUM['sqlite']} FROM ({'UNION ALL '.join(parts)}) WHERE true GROUP BY {_ORDER} "
+                   f"ORDER BY {_ORDER} ")
+    return out
 
 
 def _all_newer(conn: Connection, buckets: str) -> bool:
@@ -484,7 +577,7 @@ def bulk_write(target: Engine | Connection, chunks: Iterable[Iterable[UsageRecor
                 also(conn)
             if not runs:
                 return 0, 0
-            return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs, additive)
+            return counted.rows, _merge(conn, STAGE_SCHEMA, runs, counted.pairs, additive, counted.spans)
 
 
 @dataclass(frozen=True)
@@ -567,20 +660,22 @@ def _in_transaction(conn: Connection, runs: Iterable[Run], also: Callable[[Conne
         also(conn)
     counted = _counted(runs)
     n = _temp_stage(conn, counted)
-    written = _merge(conn, _temp_schema(conn), n, counted.pairs, additive) if n else 0
+    written = _merge(conn, _temp_schema(conn), n, counted.pairs, additive, counted.spans) if n else 0
     for name in _TEMP_DDL:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_temp_schema(conn)}.{name}")
     return counted.rows, written
 
 
 class _counted:  # noqa: N801 - used like a generator
-    """Runs passed through, their rows counted (and whether any staged its pairs)."""
+    """Runs passed through, their rows counted (whether any staged its pairs, and each one's spans)."""
 
     def __init__(self, runs: Iterable[Run]) -> None:
         self.runs, self.rows, self.pairs = runs, 0, False
+        self.spans: list[Spans] = []
 
     def __iter__(self) -> Iterator[Run]:
         for run in self.runs:
             self.rows += run.rows.num_rows
             self.pairs |= run.pairs is not None
+            self.spans.append(run.spans)
             yield run

@@ -15,6 +15,7 @@ import time
 from typing import Any, TextIO
 
 from bot.cli.support import add_command, add_config_option, add_db_option, add_group, db_url
+from rules.config.redaction import clip
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -34,7 +35,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         due = "" if r.status == "sent" else f", due {iso(r.next_attempt_at)}"
         print(f"#{r.id} {r.status} {r.kind} {r.idempotency_key} ({r.attempts} attempt(s){due})", file=out)
         if r.last_error and r.status != "sent":
-            print(f"    {r.last_error[:300]}", file=out)
+            print(f"    {clip(r.last_error, 300)}", file=out)  # masked, then cut
     return 0
 
 

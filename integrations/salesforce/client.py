@@ -360,17 +360,23 @@ class SalesforceClient:
             out: dict[str, RecordResult] = {}
             for j in jobs:
                 job_id = j["job_id"]
-                for row in csv.DictReader(io.StringIO(job.get_successful_records(job_id))):
+                for row in csv.DictReader(io.StringIO(self._bulk_results(job.get_successful_records, job_id))):
                     out[row.get(key_field, "")] = RecordResult(True, id=row.get("sf__Id") or None,
                                                                created=row.get("sf__Created") == "true")
-                for row in csv.DictReader(io.StringIO(job.get_failed_records(job_id))):
+                for row in csv.DictReader(io.StringIO(self._bulk_results(job.get_failed_records, job_id))):
                     out[row.get(key_field, "")] = RecordResult(False, id=row.get("sf__Id") or None,
-                                                               error=row.get("sf__Error") or "failed")
-                for row in csv.DictReader(io.StringIO(job.get_unprocessed_records(job_id))):
+                                                               error=clip(row.get("sf__Error") or "failed", 2000))
+                for row in csv.DictReader(io.StringIO(self._bulk_results(job.get_unprocessed_records, job_id))):
                     out[row.get(key_field, "")] = RecordResult(False, error="not processed by the bulk job")
             return out
 
         return self._call(what, run, idempotent=True)
+
+    def _bulk_results(self, get: Callable[[str], str], job_id: str) -> str:
+        """One result file of a job: its download may take up to `bulk_timeout` as a whole (a big
+        file arriving steadily), each read still at most `timeout` (a stalled connection fails then)."""
+        with http_deadline.session_budget(self.config.bulk_timeout):
+            return get(job_id)
 
 
 class _VerifyWith(HTTPAdapter):

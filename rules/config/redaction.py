@@ -7,6 +7,8 @@ Who registers what:
   and of any URL's user info, URL query parameters and `params` / `headers` entries whose name looks
   secret (api_key, token, signature...), and values taken from environment variables whose name looks
   secret (``${BILLING_API_KEY}``);
+- a secret that is an Authorization header's value ("Basic dXNl...", "Bearer abc") registers the
+  credentials in it too: the token alone, a Basic pair's password (decoded) and the pair;
 - clients register secrets they obtain at run time (a Salesforce session id after login), and
   basic-auth pairs (`register_pair`), so base64("user:password") is masked whole.
 
@@ -14,7 +16,10 @@ Who registers what:
 - each secret in every form a peer or a library echoes it in: raw, URL/percent-encoded (upper- and
   lower-case hex, "+" for spaces), JSON-, repr- and HTML-escaped, hex, base64 (standard and URL-safe,
   at each of the three byte alignments, so the base64 of "user:password" or of a whole header is
-  caught without knowing what was around the secret);
+  caught without knowing what was around the secret), JSON-escaped twice (a JSON error quoting the
+  JSON it was sent), the repr of its UTF-8 bytes (b'\\xd0\\xba...'),
+  and, for a non-ASCII secret, its UTF-8 bytes read as ISO-8859-1 or windows-1252 (a peer's echo
+  decoded with the charset it declared: "ÐºÐ»Ñ...");
 - a prefix or a suffix of at least `FRAGMENT` characters of any of those forms: what is left of a
   secret where a string was cut (the start of it at the end of a cut, the end of it in a tail).
 
@@ -106,6 +111,14 @@ def forms(secret: str) -> set[str]:
         out.add(encoded)
         out.add(_LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded))
     out.update(_base64_forms(raw))
+    # repr quotes with ' (escaping it) once the text around has a " too; its UTF-8 bytes as Python
+    # shows them (b'\xd0\xba...': an exception or a log line holding the raw bytes)
+    out |= {repr(secret + '"')[1:-2], repr(raw)[2:-1], repr(raw + b'"')[2:-2]}
+    for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        out.add(json.dumps(escaped)[1:-1])  # a JSON string inside one (an error quoting the JSON it was sent)
+    if not raw.isascii():  # the UTF-8 bytes decoded as a peer's declared single-byte charset ("ÐºÐ»Ñ...")
+        for wrong in (raw.decode("latin-1"), raw.decode("cp1252", "replace")):
+            out |= {wrong, repr(wrong)[1:-1], repr(wrong + '"')[1:-2], json.dumps(wrong)[1:-1]}
     return {f for f in out if len(f) >= MIN_SECRET}
 
 
@@ -143,6 +156,21 @@ def _url_parts(text: str) -> list[str]:
     return found
 
 
+# an Authorization header's value ("Basic dXNl...", "Bearer abc"); known schemes only: a two-word
+# passphrase is not a scheme and a credential
+_AUTH_VALUE = re.compile(r"^(basic|bearer|token|apikey|api-key|jwt|oauth|sso-key)\s+(\S+)$", re.IGNORECASE)
+
+
+def _basic_pair(token: str) -> tuple[str, str] | None:
+    """(user, password) of a Basic credential's base64, when it decodes to "user:password"."""
+    try:
+        text = base64.b64decode(token, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    return (user, password) if sep and password else None
+
+
 class Redactor:
     """The set of known secrets and the index `mask` searches with (rebuilt when a secret is added)."""
 
@@ -170,7 +198,15 @@ class Redactor:
             parts += [ln.strip() for ln in stripped.splitlines()
                       if len(ln.strip()) >= _LINE_PART and not ln.strip().startswith("-----")]
         pair = _userinfo(value)
-        self._add(parts, [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else [])
+        pairs = [f"{pair[0]}:{pair[1]}"] if pair and pair[1] else []
+        header = _AUTH_VALUE.match(stripped)
+        if header is not None:  # an Authorization header's value: the credentials in it are secrets alone
+            parts.append(header.group(2))
+            basic = _basic_pair(header.group(2)) if header.group(1).lower() == "basic" else None
+            if basic is not None:
+                parts.append(basic[1])
+                pairs.append(f"{basic[0]}:{basic[1]}")
+        self._add(parts, pairs)
 
     def register_url(self, url: str | None) -> None:
         """The secrets inside a URL (not the URL itself: hosts and paths stay readable); user info is
@@ -300,10 +336,7 @@ class RedactingFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key in _RECORD_FIELDS or key.startswith("_"):
                 continue
-            if isinstance(value, str):
-                setattr(record, key, mask(value))
-            elif isinstance(value, list | tuple | dict):
-                setattr(record, key, _mask_deep(value))
+            setattr(record, key, mask_deep(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -316,14 +349,19 @@ class RedactingFilter(logging.Filter):
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "taskName"}
 
 
-def _mask_deep(value: Any) -> Any:
+def mask_deep(value: Any) -> Any:
+    """`value` masked all through: strings, the items of lists, tuples and sets, dicts' keys and
+    values; any other object but a number (an exception, a URL object) as its masked str(), which
+    is what a formatter would have shown of it."""
     if isinstance(value, str):
         return mask(value)
-    if isinstance(value, list | tuple):
-        return [_mask_deep(v) for v in value]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [mask_deep(v) for v in value]
     if isinstance(value, dict):
-        return {k: _mask_deep(v) for k, v in value.items()}
-    return value
+        return {(mask(k) if isinstance(k, str) else mask_deep(k)): mask_deep(v) for k, v in value.items()}
+    if value is None or isinstance(value, int | float):
+        return value
+    return mask(str(value))
 
 
 def install_on(handler: logging.Handler) -> None:

@@ -162,6 +162,14 @@ class _Fault:
 
 NOT_FILTERABLE = frozenset({"Description"})  # long text areas cannot be filtered in SOQL
 @dataclass
+class _Trickle:
+    path_contains: str
+    seconds: float
+    pieces: int
+    stall: float
+
+
+@dataclass
 class _Job:
     id: str
     object: str
@@ -234,6 +242,7 @@ class FakeSalesforce:
         self.fields = fields
         self.external_ids = external_ids  # object -> fields marked External ID (None = any field)
         self.hang: tuple[int, str, str | None] | None = None  # (countdown, path part, method)
+        self.trickles: list[_Trickle] = []
         self.processed = threading.Event()  # set when a hanging request has been carried out
         self.release = threading.Event()  # set to let a hanging request answer
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
@@ -335,6 +344,13 @@ class FakeSalesforce:
     def hang_after(self, n: int, path_contains: str, method: str | None = None) -> None:
         """The n-th request (1 = the next) whose path contains `path_contains` is carried out, then hangs."""
         self.hang = (n, path_contains, method)
+
+    def trickle(self, path_contains: str, seconds: float, pieces: int = 10, stall: float = 0.0) -> None:
+        """The next answer whose path contains `path_contains` sends its status line and headers at once,
+        then its body in `pieces` parts spread over `seconds` (each gap well within a client's per-read
+        timeout when seconds/pieces is small): a big result file arriving steadily. With `stall`, it
+        goes silent for `stall` seconds after the first part instead (a stalled connection)."""
+        self.trickles.append(_Trickle(path_contains, seconds, pieces, stall))
 
     # --------------------------------------------------------------- inspection
 
@@ -493,8 +509,33 @@ class _Handler(BaseHTTPRequestHandler):
             f = self.server_fake
             self.send_header("Sforce-Limit-Info", f"api-usage={f.api_used}/{f.api_limit}")
         self.end_headers()
-        self.wfile.write(data)
         self._status = status
+        trickle = next((t for t in self.server_fake.trickles if t.path_contains in self.path), None)
+        if trickle is None:
+            self.wfile.write(data)
+            return
+        f = self.server_fake
+        f.trickles.remove(trickle)
+        f._lock.release()  # other requests may go on while this answer trickles (held by _handle)
+        try:
+            self._trickle(data, trickle)
+        finally:
+            f._lock.acquire()
+
+    def _trickle(self, data: bytes, t: _Trickle) -> None:
+        size = max(1, -(-len(data) // t.pieces))
+        parts = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        gap = t.seconds / max(1, len(parts) - 1)
+        try:
+            for i, part in enumerate(parts):
+                self.wfile.write(part)
+                self.wfile.flush()
+                if i == 0 and t.stall:
+                    time.sleep(t.stall)
+                elif i < len(parts) - 1:
+                    time.sleep(gap)
+        except OSError:  # the client gave up: this answer ends here
+            self.close_connection = True
 
     def _body(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)

@@ -297,3 +297,20 @@ def test_a_receiver_dripping_its_status_line_and_headers_is_cut_off_at_the_timeo
         still_dripping = drip.sent[0] < 100
     assert still_dripping  # ~140 bytes at 0.1 s each: 14 s, against a 1 s timeout
     assert r.failed == 1 and r.dead == 0 and "no answer within 1s; will retry" in r.errors[0]
+
+
+def test_a_refusal_echoing_the_url_token_at_the_cut_shows_none_of_it(engine: Engine) -> None:
+    """The refusal's body was cut to 200 characters before it was masked: a token echoed where the
+    cut fell showed its first characters (fewer than a fragment's 8, which masking cannot tell from
+    ordinary text). Now it is masked first, then cut (redaction.clip)."""
+    token = "zq7Tk-Fq2Lm9Xc4Vb"
+    _queue(engine)
+    body = ("x" * 195 + token + " is not a known token").encode()
+    head = f"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with dripping(head + body, b"", 0.1) as drip:
+        n = WebhookNotifier(WebhookConfig("ops", Secret(f"{drip.url}?token={token}"), Secret(SECRET), timeout=1))
+        r = deliver_outbox(engine, n, NOW)
+    (row,) = list_outbox(engine)
+    assert r.dead == 1 and "HTTP 400: xxxxx" in r.errors[0]
+    for text in (r.errors[0], row.last_error or ""):
+        assert token[:4] not in text, text

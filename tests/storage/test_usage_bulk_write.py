@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import struct
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -75,6 +77,88 @@ def test_several_runs_store_what_one_run_stores(engine: Engine, monkeypatch: pyt
     load_usage(engine, chunks(recs, 300))
     assert state(engine) == one
     assert layout_intact(engine)
+
+
+def _book_in(order: str) -> list[Rec]:
+    """30 accounts x 2 metrics x 6 days: in time order (day, metric, account: how files are written),
+    account order (every run of the load holds every bucket), or in time order with late corrections
+    (rows of day 0, one of them a bucket already in the first run: summed across runs)."""
+    recs = [Rec(f"acct-{a:02d}", m, T0 + d * DAY, float(a * 7 + d)) for d in range(6) for m in ("calls", "gb")
+            for a in range(30)]
+    if order == "account":
+        recs.sort(key=lambda r: (r.account, r.ts, r.metric))
+    if order == "late":
+        recs += [Rec("acct-03", "gb", T0 + 30, 0.5), Rec("acct-99", "calls", T0, 2.0)]
+    return recs
+
+
+def _grouped_stage_rows(statements: list[str]) -> int | None:
+    """How many staged rows the merge into usage_points passed through a GROUP BY (a sort), from
+    the rowid ranges each statement reads; None when a statement grouped the whole stage."""
+    grouped = 0
+    for sql in statements:
+        if not sql.startswith("INSERT INTO usage_points") or "GROUP BY" not in sql:
+            continue
+        ranges = re.findall(r"rowid BETWEEN (\d+) AND (\d+)", sql)
+        if not ranges:
+            return None
+        grouped += sum(int(hi) - int(lo) + 1 for lo, hi in ranges)
+    return grouped
+
+
+@pytest.mark.parametrize(("order", "run_rows", "most_grouped"),
+                         [("time", 100, 3 * 30), ("time", 120, 0), ("late", 100, 30 + 3 * 30 + 2),
+                          ("account", 100, 360)])
+def test_runs_are_merged_bucket_by_bucket_sorting_only_shared_buckets(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, order: str, run_rows: int, most_grouped: int) -> None:
+    """A load past RUN_ROWS (SQLite): each run's rows go into usage_points straight from the stage
+    in their key order; only the buckets that more than one run holds (a run boundary inside a
+    bucket, a late row) are grouped and summed in SQL. Time order, 4 runs of 100 rows: at most one
+    shared bucket (30 rows) per boundary; runs cut at day boundaries: none. Stores what one run stores."""
+    recs = _book_in(order)
+    load_usage(engine, chunks(recs, 20))
+    one = state(engine)
+    assert one[0] == expected_rows(recs)
+    _fresh(engine)
+    monkeypatch.setattr(usage_load, "RUN_ROWS", run_rows)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda c, cur, sql, *a: statements.append(sql))
+    load_usage(engine, chunks(recs, 20))
+    assert state(engine) == one
+    assert layout_intact(engine)
+    if engine.dialect.name == "sqlite":
+        grouped = _grouped_stage_rows(statements)
+        assert grouped is not None and grouped <= most_grouped, grouped
+
+
+def test_merge_pieces_joins_what_one_run_holds_and_groups_what_runs_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of metric 'calls': run 1 holds buckets 0, 60 (rows 1-3, 4-5), run 2 buckets 60, 120
+    (rows 6-7, 8-10): bucket 0 straight from run 1, bucket 60 grouped from both runs (rows 4-7: run
+    1's last rows and run 2's first are adjacent rowids), bucket 120 straight from run 2; past
+    MAX_PIECES: None (the whole stage grouped at once)."""
+    runs = [usage_load.Spans(["calls"], np.array([0, 0]), np.array([0, 60]), np.array([0, 3]), 5),
+            usage_load.Spans(["calls"], np.array([0, 0]), np.array([60, 120]), np.array([0, 2]), 5)]
+    assert usage_load.merge_pieces(runs) == [(False, [[1, 3]]), (True, [[4, 7]]), (False, [[8, 10]])]
+    # two metrics, runs in time order: each metric's buckets run by run (key order), no join across runs
+    timed = [usage_load.Spans(["calls", "gb"], np.array([0, 1]), np.array([0, 0]), np.array([0, 2]), 4),
+             usage_load.Spans(["calls", "gb"], np.array([0, 1]), np.array([60, 60]), np.array([0, 2]), 4)]
+    assert usage_load.merge_pieces(timed) == [(False, [[1, 2]]), (False, [[5, 6]]), (False, [[3, 4]]),
+                                              (False, [[7, 8]])]
+    monkeypatch.setattr(usage_load, "MAX_PIECES", 2)
+    assert usage_load.merge_pieces(timed) is None
+
+
+@pytest.mark.parametrize("max_pieces", [1, 10_000])
+def test_too_many_pieces_group_the_whole_stage_and_store_the_same(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, max_pieces: int) -> None:
+    recs = _book_in("late")
+    load_usage(engine, chunks(recs, 20))
+    one = state(engine)
+    _fresh(engine)
+    monkeypatch.setattr(usage_load, "RUN_ROWS", 100)
+    monkeypatch.setattr(usage_load, "MAX_PIECES", max_pieces)
+    load_usage(engine, chunks(recs, 20))
+    assert state(engine) == one
 
 
 def test_a_new_day_is_its_own_bookkeeping(engine: Engine) -> None:

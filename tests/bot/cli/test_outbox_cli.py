@@ -49,3 +49,22 @@ secret = "{SECRET}"
         assert "ops: 1 sent, 0 not sent" in out and len(hook.accepted) == 1
         assert [r.status for r in list_outbox(engine)] == ["sent"]
         engine.dispose()
+
+
+def test_a_listed_error_is_masked_before_it_is_cut(tmp_path: Path) -> None:
+    """`outbox list` cut each error to 300 characters, then masked what it printed: a secret where the
+    cut fell left fewer than 8 of its characters, which masking cannot tell from text (a row stored
+    before the secret was configured)."""
+    from storage.outbox import mark_dead
+
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    enqueue(engine, [OutboxItem("k1", notify_kind("ops"), AlertNotice.from_json(OLD_ROW).to_json())], now=1000)
+    (row,) = list_outbox(engine)
+    mark_dead(engine, row.id, 1000, "x" * 295 + SECRET)
+    engine.dispose()
+    Secret(SECRET)
+    code, out, err = run_cli("outbox", "list", "--db", url)
+    assert code == 0, err
+    assert "x" * 295 + "***" in out and SECRET[:5] not in out, out

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from bot.service.logs import setup_logging
 from bot.service.polling import poll_source
+from integrations.notice import AlertNotice
 from integrations.sources.http_json import HttpJsonSource
 from rules.config import Secret, redaction
 from rules.config.redaction import FRAGMENT, clip, mask
@@ -261,3 +263,113 @@ def test_metric_labels_are_masked() -> None:
     m = Metrics()
     m.inc("usagebot_errors_total", component=f"poll:{TOKEN}")
     assert_clean(m.render(), TOKEN)
+
+
+# ------------------------------------------------- a non-ASCII secret as bytes and as mis-decoded text
+
+CYRILLIC = "ключ-секрет-123"
+
+
+@pytest.mark.parametrize("secret", [CYRILLIC, PASSWORD, "it's\"a-sëcret"])
+def test_a_non_ascii_secret_is_masked_as_its_bytes_and_as_mis_decoded_text(secret: str) -> None:
+    """An exception or log line showing the UTF-8 bytes (b'\\xd0\\xba...'), and a peer's echo decoded
+    with the charset it declared (ISO-8859-1, windows-1252: "ÐºÐ»Ñ..."), are forms of the secret
+    too (before: shown whole, or all but its ASCII tail)."""
+    Secret(secret)
+    raw = secret.encode()
+    shown = [repr(raw), str([raw]), repr(raw + b'"'), repr("x'\"" + secret), raw.decode("latin-1"),
+             raw.decode("cp1252", "replace"), json.dumps(json.dumps({"k": secret}))]
+    for form in shown:
+        masked = mask(f"before {form} after")
+        assert masked.startswith("before ") and masked.endswith(" after") and "***" in masked, form
+        left = masked[len("before "):-len(" after")].replace("***", "")
+        assert set(left) <= set("[]{}:kb'\"x\\ "), f"{form!r} left {left!r}"  # the quotes of b'', [b''], 'x\'"...'
+
+
+def _poll_echoing(engine: Engine, answer: Callable[[Seen], tuple], credentials: str, env: dict[str, str]) -> str:
+    """The error of one poll of an http_json source sending `credentials` (a TOML table: its
+    params or headers) to a server answering `answer`."""
+    with FakeHttp() as srv:
+        srv.route("/usage", answer)
+        toml = f"""
+[[sources]]
+id = "billing"
+type = "http_json"
+url = "{srv.url('/usage')}"
+records = "items"
+retries = 0
+{credentials}
+[sources.fields]
+account = "a"
+metric = "m"
+value = "v"
+timestamp = "t"
+"""
+        src = HttpJsonSource(source_config(toml, env))
+        report = poll_source(engine, src, T0)
+        src.close()
+    assert not report.ok and "HTTP 401" in (report.error or "")
+    return report.error or ""
+
+
+def test_an_http_json_error_echoing_a_non_ascii_key_in_another_charset_is_masked(engine: Engine) -> None:
+    def echo(r: Seen) -> tuple:
+        return 401, f"bad key {r.q('api_key')}".encode(), {"Content-Type": "text/plain; charset=iso-8859-1"}
+
+    error = _poll_echoing(engine, echo, '[sources.params]\napi_key = "${KEY}"', {"KEY": CYRILLIC})
+    assert "bad key ***" in error and CYRILLIC.encode().decode("latin-1")[:4] not in error, error
+
+
+# ------------------------------------------------------------- log fields that are not strings
+
+def test_log_fields_that_are_objects_sets_or_dict_keys_are_masked() -> None:
+    """`extra` values the JSON formatter shows as str(): an exception, a set, a dict's keys (before:
+    only strings, lists, tuples and dict values were masked)."""
+    Secret(TOKEN)
+    stream = io.StringIO()
+    handler = setup_logging("json", "info", stream)
+    try:
+        logging.getLogger("tests.redaction").warning(
+            "failed", extra={"error": RuntimeError(f"peer said {TOKEN}"), "tokens": {TOKEN},
+                             "by_token": {TOKEN: 1}, "nested": [{"at": (frozenset({TOKEN}),)}], "count": 3})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["error"] == "peer said ***" and line["tokens"] == ["***"] and line["by_token"] == {"***": 1}
+    assert line["count"] == 3 and line["nested"] == [{"at": [["***"]]}]
+    assert_clean(stream.getvalue(), TOKEN)
+
+
+# ------------------------------------------------- an Authorization header given whole as a secret
+
+@pytest.mark.parametrize("header, echoed", [
+    ("Basic " + base64.b64encode(b"svc:pa55-w0rd!").decode(), "user svc with password pa55-w0rd! refused"),
+    ("Bearer k3y-77", "token k3y-77 is not valid"),
+    ("Token k3y-77", "k3y-77 is not valid"),
+])
+def test_the_credentials_inside_an_authorization_header_value_are_secrets(engine: Engine, header: str,
+                                                                          echoed: str) -> None:
+    """[sources.headers] Authorization = "${AUTH}": the header value was a secret whole, but a peer
+    echoing only the credentials in it (a short bearer token, the password of a Basic pair, decoded)
+    showed them."""
+    error = _poll_echoing(engine, lambda r: (401, echoed.encode(), {"Content-Type": "text/plain"}),
+                          '[sources.headers]\nAuthorization = "${AUTH}"', {"AUTH": header})
+    assert "pa55-w0rd!" not in error and "k3y-77" not in error and "***" in error, error
+
+
+def test_a_two_word_passphrase_is_one_secret_not_a_scheme_and_a_credential() -> None:
+    Secret("correct horse")
+    assert mask("a horse and a correct horse") == "a horse and a ***"
+
+
+def test_an_admin_notice_masks_its_details_as_well_as_its_message() -> None:
+    """A refused rule reload's notice carries its problems twice: in the message (masked) and in its
+    details (the webhook payload's `details`: before, as they were)."""
+    from bot.service.reload import invalid_notice
+
+    Secret(TOKEN)
+    items = invalid_notice([f"rules.toml:3: rule 'r': where: unknown name {TOKEN!r}"], "f" * 40, T0, "C1", 2,
+                           notifiers=("console",))
+    notice = AlertNotice.from_json(items[0].payload)
+    assert "unknown name '***'" in notice.message and notice.details["problems"] == [
+        "rules.toml:3: rule 'r': where: unknown name '***'"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -215,3 +216,74 @@ def test_fake_answers_single_sobject_patch_through_simple_salesforce(fake):
     assert fake.records["Account"][rid]["Usage_Trend__c"] == "Stable"
     with pytest.raises(SalesforceMalformedRequest, match="INVALID_CROSS_REFERENCE_KEY"):
         sf.Account.update("001000000000404AAA", {"Usage_Trend__c": "Stable"})
+
+
+# ------------------------------------------------------------ bulk result downloads (bulk_timeout)
+
+def _bulk_client(fake: FakeSalesforce) -> tuple[SalesforceClient, list[str]]:
+    ids = [fake.add_record("Account", {"Name": f"Acme {i}"}) for i in range(3)]
+    cfg = password_config(fake, timeout=1.0, bulk_timeout=3.0, retries=0)
+    return client(fake, cfg), ids
+
+
+def _bulk_update(c: SalesforceClient, ids: list[str]) -> dict:
+    return c.bulk_write("Account", [{"Id": rid, "Usage_Health_Score__c": 70} for rid in ids], "Id")
+
+
+def _failing_bulk_update(path: str, **trickle: float) -> tuple[float, SalesforceUnavailable]:
+    """(seconds taken, the error) of a bulk update whose result file at `path` trickles (FakeSalesforce.trickle)."""
+    with FakeSalesforce() as fake:
+        c, ids = _bulk_client(fake)
+        fake.trickle(path, **trickle)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with pytest.raises(SalesforceUnavailable) as err:
+            _bulk_update(c, ids)
+        return time.monotonic() - started, err.value
+
+
+def test_a_bulk_result_file_arriving_steadily_for_longer_than_timeout_is_downloaded():
+    """Each result download is bounded as a whole by bulk_timeout (3 s), not timeout (1 s): a file
+    that trickles in over 2 s (a part every 0.2 s) is read to its end (before: cut off at 1 s)."""
+    with FakeSalesforce() as fake:
+        c, ids = _bulk_client(fake)
+        fake.trickle("/successfulResults", seconds=2.0)
+        started = time.monotonic()
+        results = _bulk_update(c, ids)
+        took = time.monotonic() - started
+    assert took >= 1.8 and all(results[rid].ok for rid in ids)
+
+
+def test_a_bulk_result_file_trickling_past_bulk_timeout_fails_as_a_timeout():
+    took, err = _failing_bulk_update("/successfulResults", seconds=8.0, pieces=40)
+    assert 2.5 < took < 5.0  # cut off at bulk_timeout (3 s), not when the file ended (8 s)
+    assert "Bulk API 2.0 update of 3 Account record(s)" in str(err) and "talking to Salesforce" in str(err)
+
+
+def test_a_stalled_bulk_result_download_fails_at_timeout():
+    """bulk_timeout bounds the download as a whole; a connection that stops sending still fails at
+    `timeout` (1 s) per read, not at bulk_timeout (3 s)."""
+    took, err = _failing_bulk_update("/failedResults", seconds=0.0, stall=6.0)
+    assert took < 2.0 and "talking to Salesforce" in str(err)
+
+
+def test_other_calls_keep_timeout_as_their_whole_bound(fake):
+    """Only the result downloads get bulk_timeout: a query answer trickling for 2 s fails at 1 s."""
+    c = client(fake, password_config(fake, timeout=1.0, bulk_timeout=3.0, retries=0))
+    fake.trickle("/query", seconds=2.0)
+    started = time.monotonic()
+    with pytest.raises(SalesforceUnavailable):
+        c.query_all("SELECT Id FROM Account")
+    assert time.monotonic() - started < 1.8
+
+
+def test_bulk_record_errors_are_masked_like_the_other_calls_errors(fake):
+    """A failed record's sf__Error from a job's result file echoing a secret was kept as it came
+    (stored as the record's last error, shown by `crm status`); composite writes' errors were masked."""
+    token = "sfsecret-Vb8Nq3Lx7Tz2"
+    Secret(token)
+    ids = [fake.add_record("Account", {"Name": f"Acme {i}"}) for i in range(2)]
+    fake.record_errors[ids[0]] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", f"value rejected near {token}")
+    results = client(fake, password_config(fake)).bulk_write(
+        "Account", [{"Id": rid, "Usage_Health_Score__c": 70} for rid in ids], "Id")
+    assert not results[ids[0]].ok and results[ids[1]].ok
+    assert results[ids[0]].error == "FIELD_CUSTOM_VALIDATION_EXCEPTION:value rejected near ***"
