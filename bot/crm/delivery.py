@@ -382,8 +382,9 @@ def _create(client: SalesforceClient, cfg: SalesforceConfig, engine: Engine,
     try:
         results = client.upsert("Task", tc.key_field, recs) if tc.key_field else client.create("Task", recs)
     except SalesforceError as exc:
-        if isinstance(exc, SalesforceLimitError | SalesforceAuthError):  # refused before any Task was looked
-            # at (the API budget, the login): no try; CrmOutlet.handle defers the row
+        if isinstance(exc, SalesforceLimitError | SalesforceAuthError) or (
+                isinstance(exc, SalesforceUnavailable) and exc.login):  # refused before any Task was looked
+            # at (the API budget, the login, a login host that cannot be reached): no try; the row is deferred
             restore_tasks(engine, {p.candidate.episode_id: p.previous for p, _, _ in todo})
             raise
         if isinstance(exc, SalesforceUnavailable) and exc.ambiguous:  # may have worked: looked up, not parked

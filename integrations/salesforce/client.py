@@ -78,11 +78,23 @@ class SalesforceUnavailable(SalesforceError):
     """5xx answers or connection errors that outlasted the retries.
 
     `ambiguous`: the request may have been carried out (a create that timed out).
+    `login`: the login host could not be reached (logging in, or again after an expired session):
+    the request itself was not carried out.
     """
 
-    def __init__(self, message: str, ambiguous: bool = False) -> None:
+    def __init__(self, message: str, ambiguous: bool = False, login: bool = False) -> None:
         super().__init__(message)  # masked by SalesforceError
-        self.ambiguous = ambiguous
+        self.ambiguous = ambiguous and not login
+        self.login = login
+
+
+_LOGIN_PATHS = ("/services/Soap/u/", "/services/oauth2/token")
+
+
+def _is_login(exc: requests.RequestException) -> bool:
+    """A request error of a login (simple-salesforce logs in again inside a call on an expired session)."""
+    url = str(getattr(getattr(exc, "request", None), "url", "") or "")
+    return any(p in url for p in _LOGIN_PATHS)
 
 
 class SalesforceRequestError(SalesforceError):
@@ -229,7 +241,8 @@ class SalesforceClient:
         except SalesforceAuthenticationFailed as exc:
             raise self._login_error(exc) from None
         except requests.RequestException as exc:
-            raise SalesforceUnavailable(f"cannot reach {c.login_host} to log in: {type(exc).__name__}") from None
+            raise SalesforceUnavailable(f"cannot reach {c.login_host} to log in: {type(exc).__name__}",
+                                        login=True) from None
 
     def _call(self, what: str, fn: Callable[[Salesforce], T], idempotent: bool = True) -> T:
         """Run one API request with the budget check, re-login and retry rules."""
@@ -274,6 +287,9 @@ class SalesforceClient:
                 else:
                     raise SalesforceRequestError(f"{what}: HTTP {status}: {_sf_error_text(exc)}") from None
             except requests.RequestException as exc:
+                if _is_login(exc):  # the session expired and logging in again cannot connect: nothing was done
+                    raise SalesforceUnavailable(f"{what}: cannot reach {self.config.login_host} to log in again: "
+                                                f"{type(exc).__name__}", login=True) from None
                 problem = f"{type(exc).__name__} talking to Salesforce"
             attempt += 1
             if attempt >= attempts:

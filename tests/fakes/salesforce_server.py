@@ -128,7 +128,8 @@ class _RouteToFake(HTTPAdapter):
         if f is not None and f.login_unreachable > 0 and ("/services/Soap/u/" in u.path
                                                            or u.path.endswith("/services/oauth2/token")):
             f.login_unreachable -= 1
-            raise requests.ConnectionError(f"fake Salesforce: {host} cannot be reached (login_unreachable)")
+            raise requests.ConnectionError(f"fake Salesforce: {host} cannot be reached (login_unreachable)",
+                                           request=request)  # as requests' HTTPAdapter does
         if host.endswith(".salesforce.com"):
             request.headers["Host"] = u.netloc
             request.url = urlunsplit((u.scheme, f"127.0.0.1:{self.port}", u.path, u.query, u.fragment))

@@ -430,3 +430,17 @@ def test_a_sync_with_tasks_on_sends_a_queued_click_once_not_twice(served):
     del served.sf.create_errors["Task"]
     _sync_tasks(served, _click_row(served).next_attempt_at)
     assert _task_row(served).status == "created" and len(_tasks(served)) == 1 and _click_row(served).status == "sent"
+
+
+def test_a_relogin_that_cannot_be_reached_at_the_create_is_no_try(served):
+    """The session expired and the login host cannot be reached when the create is sent: Salesforce
+    never looked at the Task (401 before the work), so it is no try and the row waits."""
+    cfg = replace(served.cfg, tasks=replace(served.cfg.tasks, owner="api_user"))
+    client = _factory(served.sf)(cfg)
+    client.connect()
+    served.sf.expire_sessions()
+    served.sf.login_unreachable = 1
+    answer = TaskButton(served.engine, cfg, served.clock, lambda _c: client).click(served.episode_id, "U0BOBBY01 (bob)")
+    row = _task_row_or_none(served)
+    assert row is None or row.attempts == 0, (row, answer.message)
+    assert "retried automatically" in answer.message and _click_row(served).status == "failed"
