@@ -289,7 +289,8 @@ _BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot
 @contextlib.contextmanager
 def session_budget(seconds: float) -> Iterator[None]:
     """Each request a `bound_session` sends inside the block (in this thread) ends within `seconds`
-    as a whole instead of the session's own `seconds`, while each of its socket operations is still
+    as a whole instead of the session's own `seconds` (the longer of the two: a budget below the
+    session's never shortens a request), while each of its socket operations is still
     bounded by the session's `seconds` (a stalled connection fails as soon as before): for a few
     known long downloads, such as a Bulk API job's result files, without loosening every other call.
     An enclosing `within` still holds (the earlier deadline wins)."""
@@ -318,7 +319,7 @@ def bound_session(session: requests.Session, seconds: float) -> requests.Session
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = seconds
         budget = _BUDGET.get()
-        with within(seconds if budget is None else budget):
+        with within(seconds if budget is None else max(seconds, budget)):  # a budget never shortens
             return send(request, **kwargs)
 
     session.send = bounded_send  # type: ignore[method-assign]

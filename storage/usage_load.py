@@ -83,6 +83,7 @@ from storage.usage_values import (
 RUN_ROWS = 12_000_000  # records sorted in memory at once (~40 B each while sorting: ~0.5 GB); more = runs
 ADBC_MIN_ROWS = 20_000  # below this a staging file costs more than it saves: temporary tables
 MAX_PIECES = 10_000  # statements of a merge of several runs (merge_pieces); more: one GROUP BY of the stage
+MAX_COMPOUND = 500  # SQLite's SQLITE_MAX_COMPOUND_SELECT: the UNION ALL of a grouped piece's ranges, at most
 PG_WORK_MEM = "256MB"  # SET LOCAL for a merge: its ORDER BY sorts the stage in memory
 STAGE_SCHEMA = "usage_load"  # the staging file's name once attached
 _ROWS, _PAIRS, _BUCKETS = "usage_stage", "usage_stage_pairs", "usage_stage_buckets"
@@ -250,8 +251,9 @@ def merge_pieces(spans: list[Spans]) -> list[Piece] | None:
     A bucket (metric, bucket) that one run holds is unique in the stage and in key order within
     that run: one range, inserted as read (adjacent ones joined). Consecutive buckets that several
     runs hold (a run boundary inside a bucket, late rows, a file in account order) are one piece of
-    each holder's range (a run's rows of such a stretch are contiguous), grouped and summed in SQL.
-    None: more than MAX_PIECES pieces (then the whole stage is grouped at once)."""
+    each holder's range (a run's rows of such a stretch are contiguous), in run order, grouped and
+    summed in SQL. None: more than MAX_PIECES pieces, or a grouped piece of more than MAX_COMPOUND
+    ranges (then the whole stage is grouped at once)."""
     entries: list[tuple[str, int, int, int]] = []
     base = 0
     for s in spans:
@@ -285,6 +287,11 @@ def merge_pieces(spans: list[Spans]) -> list[Piece] | None:
         if len(pieces) > MAX_PIECES:
             return None
         i = j
+    for is_grouped, ranges in pieces:
+        if is_grouped:  # a piece meets its runs in key order, not run order: the sum must be in run
+            ranges.sort()  # (rowid) order, as one run and the whole-stage GROUP BY add (3+ runs differ)
+            if len(ranges) > MAX_COMPOUND:
+                return None
     return pieces
 
 

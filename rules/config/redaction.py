@@ -110,7 +110,9 @@ def forms(secret: str) -> set[str]:
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")):
         out.add(encoded)
         out.add(_LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded))
-    out.update(_base64_forms(raw))
+    b64 = _base64_forms(raw)
+    out.update(b64)
+    out.update(quote(f, safe="") for f in b64)  # base64 in a URL: its + / = percent-encoded
     # repr quotes with ' (escaping it) once the text around has a " too; its UTF-8 bytes as Python
     # shows them (b'\xd0\xba...': an exception or a log line holding the raw bytes)
     out |= {repr(secret + '"')[1:-2], repr(raw)[2:-1], repr(raw + b'"')[2:-2]}
@@ -204,7 +206,8 @@ class Redactor:
             parts.append(header.group(2))
             basic = _basic_pair(header.group(2)) if header.group(1).lower() == "basic" else None
             if basic is not None:
-                parts.append(basic[1])
+                if len(basic[1]) >= FRAGMENT:  # a short password alone ("admin") would blank out words;
+                    parts.append(basic[1])     # the pair's base64 covers it in the header's own form
                 pairs.append(f"{basic[0]}:{basic[1]}")
         self._add(parts, pairs)
 
@@ -235,7 +238,8 @@ class Redactor:
                 all_forms |= forms(s)
             for p in self._pairs:
                 raw = p.encode("utf-8", "surrogatepass")
-                all_forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+                b64 = (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode())
+                all_forms |= {*b64, *(quote(f, safe="") for f in b64)}
             self._full = sorted((f for f in all_forms if len(f) < FRAGMENT), key=len, reverse=True)
             self._long = sorted((f for f in all_forms if len(f) >= FRAGMENT), key=len, reverse=True)
 
@@ -336,7 +340,10 @@ class RedactingFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key in _RECORD_FIELDS or key.startswith("_"):
                 continue
-            setattr(record, key, mask_deep(value))
+            try:
+                setattr(record, key, mask_deep(value))
+            except Exception:  # a filter must never raise into the code that logs (Handler.handle
+                setattr(record, key, "***")  # does not guard it): a field that cannot be masked is hidden
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -357,11 +364,20 @@ def mask_deep(value: Any) -> Any:
         return mask(value)
     if isinstance(value, list | tuple | set | frozenset):
         return [mask_deep(v) for v in value]
-    if isinstance(value, dict):
-        return {(mask(k) if isinstance(k, str) else mask_deep(k)): mask_deep(v) for k, v in value.items()}
+    if isinstance(value, dict):  # a key stays hashable: a number as it is, anything else as masked text
+        return {(k if k is None or isinstance(k, int | float) else mask(_text(k))): mask_deep(v)
+                for k, v in value.items()}
     if value is None or isinstance(value, int | float):
         return value
-    return mask(str(value))
+    return mask(_text(value))
+
+
+def _text(value: Any) -> str:
+    """str(value), or a placeholder naming its type when its __str__ fails (logging must not raise)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 def install_on(handler: logging.Handler) -> None:

@@ -383,3 +383,33 @@ def test_a_record_whose_id_is_not_text_is_named_by_every_write_path(engine: Engi
         with pytest.raises(ValueError, match=r"usage record #1 .*account and metric must be text"):
             write()
     assert rows(engine) == []
+
+
+def test_a_bucket_three_runs_hold_is_summed_in_run_order(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key that three runs hold, the first of them joining its piece after the other two (run 1's
+    row of it comes before a bucket runs 2 and 3 share): summed in run order, as one run sums it
+    (0.1 + 0.2 + 0.3 = 0.6000000000000001), not in the order the piece met its runs (0.6)."""
+    recs = [Rec("C", "aa", T0, 1.0), Rec("A", "gb", T0, 0.1),
+            Rec("B", "calls", T0 + 5 * DAY, 1.0), Rec("A", "gb", T0, 0.2),
+            Rec("B", "calls", T0 + 5 * DAY, 2.0), Rec("A", "gb", T0, 0.3)]
+    load_usage(engine, chunks(recs, 2))
+    one = state(engine)
+    assert ("A", "gb", T0, 0.1 + 0.2 + 0.3) in one[0]
+    _fresh(engine)
+    monkeypatch.setattr(usage_load, "RUN_ROWS", 2)
+    load_usage(engine, chunks(recs, 2))
+    assert state(engine) == one
+
+
+def test_a_piece_of_more_runs_than_a_compound_select_takes_groups_the_whole_stage(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bucket held by 520 runs, each run also holding a bucket of its own between them: the
+    piece's 520 ranges are more terms than SQLite's compound SELECT takes (500): the whole stage is
+    grouped instead (before: "too many terms in compound SELECT")."""
+    recs = [r for k in range(520) for r in (Rec("A", "aa", T0 + k * DAY, 1.0), Rec("A", "zz", T0, float(k)))]
+    load_usage(engine, chunks(recs, 2))
+    one = state(engine)
+    _fresh(engine)
+    monkeypatch.setattr(usage_load, "RUN_ROWS", 2)
+    load_usage(engine, chunks(recs, 2))
+    assert state(engine) == one

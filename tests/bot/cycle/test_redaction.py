@@ -373,3 +373,43 @@ def test_an_admin_notice_masks_its_details_as_well_as_its_message() -> None:
     notice = AlertNotice.from_json(items[0].payload)
     assert "unknown name '***'" in notice.message and notice.details["problems"] == [
         "rules.toml:3: rule 'r': where: unknown name '***'"]
+
+
+def test_logging_never_raises_on_fields_it_cannot_mask_as_they_are() -> None:
+    """A dict key that is a tuple (masking made it a list: unhashable) and an object whose __str__
+    fails raised out of log.warning() at the caller (logging does not guard its filters)."""
+
+    class Broken:
+        def __str__(self) -> str:
+            raise ZeroDivisionError
+
+    Secret(TOKEN)
+    stream = io.StringIO()
+    handler = setup_logging("json", "info", stream)
+    try:
+        logging.getLogger("tests.redaction").warning(
+            "counted", extra={"counts": {("a", TOKEN): 1, 7: 2}, "thing": Broken(), "deep": {"x": [Broken()]}})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["counts"] == {"('a', '***')": 1, "7": 2}
+    assert line["thing"] == "<unprintable Broken>" and line["deep"] == {"x": ["<unprintable Broken>"]}
+
+
+def test_a_short_basic_password_is_not_masked_alone_but_its_header_is() -> None:
+    """"Basic base64(admin:admin)": the password alone ("admin", 5 characters) would blank out the
+    word everywhere ("*** notice: the *** channel"); the header value and the pair's base64 stay secret."""
+    pair = base64.b64encode(b"admin:admin").decode()
+    Secret("Basic " + pair)
+    assert mask("admin notice: the admin channel") == "admin notice: the admin channel"
+    assert mask(f"sent Authorization: Basic {pair}") == "sent Authorization: ***"
+    assert pair not in mask(f"credentials {pair} refused") and "***" in mask(f"credentials {pair} refused")
+
+
+def test_base64_percent_encoded_in_a_url_is_masked() -> None:
+    """A basic-auth pair's base64 (an http source's username and password) inside a URL has its + /
+    = percent-encoded: the pieces between %2B, %2F and %3D showed (before: "c3ZjOnA%2BPz4%2FPj8%2B***c%3D",
+    the user and part of the password)."""
+    pair = base64.b64encode(b"svc:p>?>?>?>?long-pw").decode()
+    redaction.register_pair("svc", "p>?>?>?>?long-pw")
+    assert mask(f"GET /cb?auth={quote(pair, safe='')}&x=1") == "GET /cb?auth=***&x=1"

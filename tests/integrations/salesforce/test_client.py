@@ -287,3 +287,14 @@ def test_bulk_record_errors_are_masked_like_the_other_calls_errors(fake):
         "Account", [{"Id": rid, "Usage_Health_Score__c": 70} for rid in ids], "Id")
     assert not results[ids[0]].ok and results[ids[1]].ok
     assert results[ids[0]].error == "FIELD_CUSTOM_VALIDATION_EXCEPTION:value rejected near ***"
+
+
+def test_a_bulk_timeout_below_timeout_does_not_shorten_a_result_download():
+    """bulk_timeout (here 1 s) is a budget for long downloads, never less than `timeout` (3 s): a
+    result file arriving over 2 s is read (before: cut off at bulk_timeout's 1 s)."""
+    with FakeSalesforce() as fake:
+        ids = [fake.add_record("Account", {"Name": f"Acme {i}"}) for i in range(3)]
+        c = client(fake, password_config(fake, timeout=3.0, bulk_timeout=1.0, retries=0))
+        fake.trickle("/successfulResults", seconds=2.0)
+        results = _bulk_update(c, ids)
+    assert all(results[rid].ok for rid in ids)
