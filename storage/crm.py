@@ -169,7 +169,10 @@ def unpark_tasks_in(conn: Connection, account_ids: Sequence[str] | None = None,
     ids = [int(e) for e in conn.execute(sa.select(_t.episode_id).where(*where)).scalars()]
     for i in range(0, len(ids), _CHUNK):
         chunk = ids[i : i + _CHUNK]
-        conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(status="unknown", attempts=0))
+        # a Task a create was sent for (it has its record's id) may exist: `unknown`, looked up before
+        # it is created again; one that never got that far (no record found) is simply `failed`
+        conn.execute(sa.update(tasks_table).where(_t.episode_id.in_(chunk)).values(
+            status=sa.case((_t.what_id.is_(None), "failed"), else_="unknown"), attempts=0))
         requeue_finished(conn, [task_click_key(e) for e in chunk], int(time.time()) if now is None else now)
     return len(ids)
 

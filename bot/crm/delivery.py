@@ -145,14 +145,17 @@ class CrmOutlet:
                 self._tasks(payload)
             return
         except _Failed as failed:  # outcomes recorded: the records / tasks failed
-            exc = failed.error
+            exc, tried = failed.error, True
         except SalesforceError as e:  # budget, login, a lookup: nothing was sent; the row waits
-            exc = e
+            exc, tried = e, False
             self._defer(payload)
         self.report.stopped = self.report.stopped or str(exc)
         if isinstance(exc, SalesforceLimitError):
             raise DeliveryError(str(exc), retry_after=STOP_DEFER) from None
-        if CLICKED in payload:
+        # a click's row waits for its Task only when a try was recorded (the Task's RETRY_LIMIT bounds
+        # it); a refused lookup or login before any try is the row's own failure: retried, then dead
+        # (visible in `usagebot outbox list`, sent again by `usagebot outbox retry`), as any row
+        if CLICKED in payload and tried:
             self._click_waits(payload, str(exc))
             return  # its Task is created or parked (refused for good): the click's row is done
         raise DeliveryError(str(exc), permanent=isinstance(exc, SalesforceRequestError)) from None
@@ -161,7 +164,8 @@ class CrmOutlet:
         """A click's row is done when its Task is created or parked, not before (a sync plans no Task
         that [salesforce.tasks] does not want, so this row is what retries it): while the Task is
         not (failed, unknown, never tried), the row is retried with backoff and never dead, as the
-        Task's own tries bound it (parked after RETRY_LIMIT)."""
+        Task's own tries bound it (parked after RETRY_LIMIT; an in-doubt Task whose record is missing
+        counts a try each time too). Called only after a try was recorded (CrmOutlet.handle)."""
         ids = [int(t["candidate"]["episode_id"]) for t in payload["tasks"]]
         after = load_tasks(self.engine, ids)
         waiting = [e for e in ids if e not in after or after[e].status not in ("created", "parked")]
@@ -321,13 +325,15 @@ def _create_tasks(client: SalesforceClient, cfg: SalesforceConfig, engine: Engin
         what_id, owner_id = target(p)
         if what_id is None:
             error = f"no {cfg.object} record with {key_field(cfg)} = {p.match_key!r}"
-            if p.previous is not None and p.previous.status == "unknown":
-                # a create in doubt stays in doubt (no try, never parked here): when the record is
-                # found again, the Task is looked up before anything is created
-                error = f"{error}; an earlier create may have worked: looked up when the record is found"
-                report.tasks_failed.append((p.candidate.episode_id, error))
-                record_tasks(engine, [TaskOutcome(p.candidate, "unknown", p.subject, p.previous.what_id,
-                                                  error=error, attempted=False)], now)
+            if p.previous is not None and p.previous.status == "unknown" and p.previous.what_id:
+                # a create in doubt (one was sent: it has its record's id) stays in doubt, never
+                # `failed` (its next try would create without looking): a try, and parked after
+                # RETRY_LIMIT with its record id kept, so an unpark makes it `unknown` again and it is
+                # looked up before anything is created. Without a record id no create was ever sent.
+                status, error = _task_failure(
+                    p, f"{error}; an earlier create may have worked: looked up when the record is found", report)
+                record_tasks(engine, [TaskOutcome(p.candidate, "unknown" if status == "failed" else status,
+                                                  p.subject, p.previous.what_id, error=error)], now)
                 continue
             status, error = _task_failure(p, error, report)
             record_tasks(engine, [TaskOutcome(p.candidate, status, p.subject, None, error=error)], now)

@@ -609,10 +609,13 @@ def _task_count(fake: FakeSalesforce, what_id: str) -> int:
 
 
 def test_a_task_in_doubt_stays_in_doubt_while_its_account_is_missing_and_is_never_created_twice(sqlite, fake):
-    """A create whose answer was lost (it did create the Task), then a sync that does not find the
-    Account: the Task stays "unknown" (no try, never parked), so when the Account is back it is
-    looked up, found and not created a second time (before: it became "failed" and was created again)."""
+    """A create whose answer was lost (it did create the Task), then syncs that do not find the
+    Account: the Task stays "unknown" (never "failed", whose next try creates without looking), each
+    such sync a try, parked after RETRY_LIMIT with its record id kept (before the review fix it was
+    retried for ever). `crm retry` makes it "unknown" again, so when the Account is back it is looked
+    up, found and not created a second time (before: it became "failed" and was created again)."""
     from integrations.salesforce.errors import RETRY_LIMIT
+    from storage.crm import unpark_tasks
 
     seed_accounts(sqlite, 1, fake=fake)
     ep = fire_episode(sqlite, "a0000")
@@ -621,16 +624,44 @@ def test_a_task_in_doubt_stays_in_doubt_while_its_account_is_missing_and_is_neve
     sync(sqlite, fake, cfg)
     assert load_tasks(sqlite, [ep])[ep].status == "unknown" and _task_count(fake, sf_id(0)) == 1
     account = fake.records["Account"].pop(sf_id(0))
-    for _ in range(RETRY_LIMIT + 1):  # missing many times: never parked, no try counted
+    for n in range(2, RETRY_LIMIT):  # the lost answer was try 1; each sync without the Account one more
         sync(sqlite, fake, cfg)
         row = load_tasks(sqlite, [ep])[ep]
-        assert (row.status, row.attempts) == ("unknown", 1), row
+        assert (row.status, row.attempts, row.what_id) == ("unknown", n, sf_id(0)), row
         assert "no Account record" in (row.last_error or "")
+    sync(sqlite, fake, cfg)
+    row = load_tasks(sqlite, [ep])[ep]
+    assert (row.status, row.attempts, row.what_id) == ("parked", RETRY_LIMIT, sf_id(0)), row
+    sync(sqlite, fake, cfg)  # parked: not tried again
+    assert load_tasks(sqlite, [ep])[ep].attempts == RETRY_LIMIT
     fake.records["Account"][sf_id(0)] = account
+    assert unpark_tasks(sqlite, ["a0000"]) == 1 and load_tasks(sqlite, [ep])[ep].status == "unknown"
     fake.log.clear()
-    report, _, _ = sync(sqlite, fake, cfg)
+    sync(sqlite, fake, cfg)
     row = load_tasks(sqlite, [ep])[ep]
     assert row.status == "created" and _task_creates(fake) == 0 and _task_count(fake, sf_id(0)) == 1
+
+
+def test_an_unparked_task_no_create_was_sent_for_is_failed_and_parks_again(sqlite, fake):
+    """A Task parked because its Account was never found (no create sent: no record id) is "failed"
+    when unparked, not "unknown" (before: "unknown" with no record id, never tried nor parked again
+    while the Account stayed missing, retried at every sync for ever)."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+    from storage.crm import unpark_tasks
+
+    seed_accounts(sqlite, 1, fake=fake)
+    ep = fire_episode(sqlite, "a0000")
+    cfg = password_config(fake, tasks=tasks_on(), retries=0)
+    fake.records["Account"].pop(sf_id(0))
+    for _ in range(RETRY_LIMIT):
+        sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "parked"
+    assert unpark_tasks(sqlite, ["a0000"]) == 1
+    row = load_tasks(sqlite, [ep])[ep]
+    assert (row.status, row.attempts, row.what_id) == ("failed", 0, None), row
+    for _ in range(RETRY_LIMIT):
+        sync(sqlite, fake, cfg)
+    assert load_tasks(sqlite, [ep])[ep].status == "parked"
 
 
 def test_an_unparked_task_that_was_in_doubt_is_looked_up_before_it_is_created_again(sqlite, fake):

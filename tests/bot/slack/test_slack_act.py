@@ -444,3 +444,18 @@ def test_a_relogin_that_cannot_be_reached_at_the_create_is_no_try(served):
     row = _task_row_or_none(served)
     assert row is None or row.attempts == 0, (row, answer.message)
     assert "retried automatically" in answer.message and _click_row(served).status == "failed"
+
+
+def test_a_click_whose_account_lookup_is_refused_is_dead_not_retried_for_ever(served):
+    """The Account lookup before the create refused (a misnamed key field: 400 INVALID_FIELD): no
+    Task try was made, so nothing bounds a wait for the Task; the click's row is dead at once,
+    visible in `usagebot outbox list` and sent again by `usagebot outbox retry` (before the review
+    fix: retried as "not created yet" for ever, the Task never tried)."""
+    served.sf.fail(400, times=100, path_contains="/query",
+                   body=[{"errorCode": "INVALID_FIELD", "message": "No such column 'Usage_Key__c' on Account"}])
+    _post(served, _click(served, "usagebot_log_task", rid="lk"))
+    (answer,) = served.fake.wait_response("lk")
+    row = _click_row(served)
+    assert row.status == "dead" and "INVALID_FIELD" in (row.last_error or ""), row
+    assert "retried automatically" not in answer["text"] and "outbox" in answer["text"], answer["text"]
+    assert load_tasks(served.engine, [served.episode_id]).get(served.episode_id) is None
