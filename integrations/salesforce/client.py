@@ -272,6 +272,9 @@ class SalesforceClient:
                         sf._refresh_session()
                 except SalesforceAuthenticationFailed as login_exc:
                     raise self._login_error(login_exc) from None
+                except requests.RequestException as net:  # raised in a handler: the clauses below miss it
+                    raise SalesforceUnavailable(f"{what}: cannot reach {self.config.login_host} to log in again: "
+                                                f"{type(net).__name__}", login=True) from None
                 continue
             except SalesforceOperationError as exc:  # a Bulk API job failed or timed out
                 raise SalesforceRequestError(f"{what}: {clip(exc, 500)}") from None

@@ -298,3 +298,17 @@ def test_a_bulk_timeout_below_timeout_does_not_shorten_a_result_download():
         fake.trickle("/successfulResults", seconds=2.0)
         results = _bulk_update(c, ids)
     assert all(results[rid].ok for rid in ids)
+
+
+def test_a_bulk_call_whose_login_again_cannot_connect_is_a_login_failure(fake):
+    """A Bulk API call meets an expired session (simple-salesforce does not renew those: the client
+    logs in again itself) and the login host cannot be reached: SalesforceUnavailable(login=True),
+    nothing sent (before: requests.ConnectionError escaped the client, raised inside its handler)."""
+    rid = fake.add_record("Account", {"Name": "Acme"})
+    c = client(fake, password_config(fake, retries=0))
+    c.query_all("SELECT Id FROM Account")  # logged in
+    fake.expire_sessions()
+    fake.login_unreachable = 1
+    with pytest.raises(SalesforceUnavailable) as err:
+        c.bulk_write("Account", [{"Id": rid, "Usage_Health_Score__c": 70}], "Id")
+    assert err.value.login and "log in again" in str(err.value)
