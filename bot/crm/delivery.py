@@ -152,10 +152,11 @@ class CrmOutlet:
         self.report.stopped = self.report.stopped or str(exc)
         if isinstance(exc, SalesforceLimitError):
             raise DeliveryError(str(exc), retry_after=STOP_DEFER) from None
-        # a click's row waits for its Task only when a try was recorded (the Task's RETRY_LIMIT bounds
-        # it); a refused lookup or login before any try is the row's own failure: retried, then dead
-        # (visible in `usagebot outbox list`, sent again by `usagebot outbox retry`), as any row
-        if CLICKED in payload and tried:
+        # a click's row waits for its Task (retried with backoff, never dead) after a try (the Task's
+        # RETRY_LIMIT bounds it) and through an outage (a login, the network, a 5xx: no try, it ends);
+        # a request Salesforce refuses before any try (a lookup of a misnamed key field) is for an
+        # operator: dead at once (`usagebot outbox list`, `usagebot outbox retry`), as any row
+        if CLICKED in payload and (tried or not isinstance(exc, SalesforceRequestError)):
             self._click_waits(payload, str(exc))
             return  # its Task is created or parked (refused for good): the click's row is done
         raise DeliveryError(str(exc), permanent=isinstance(exc, SalesforceRequestError)) from None

@@ -112,7 +112,8 @@ def forms(secret: str) -> set[str]:
         out.add(_LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded))
     b64 = _base64_forms(raw)
     out.update(b64)
-    out.update(quote(f, safe="") for f in b64)  # base64 in a URL: its + / = percent-encoded
+    for f in b64:  # base64 in a URL: its + / = percent-encoded (%2B or %2b)
+        out |= {quote(f, safe=""), _LOWER_HEX.sub(lambda m: m.group(0).lower(), quote(f, safe=""))}
     # repr quotes with ' (escaping it) once the text around has a " too; its UTF-8 bytes as Python
     # shows them (b'\xd0\xba...': an exception or a log line holding the raw bytes)
     out |= {repr(secret + '"')[1:-2], repr(raw)[2:-1], repr(raw + b'"')[2:-2]}
@@ -239,7 +240,8 @@ class Redactor:
             for p in self._pairs:
                 raw = p.encode("utf-8", "surrogatepass")
                 b64 = (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode())
-                all_forms |= {*b64, *(quote(f, safe="") for f in b64)}
+                all_forms |= {*b64, *(quote(f, safe="") for f in b64),
+                              *(_LOWER_HEX.sub(lambda m: m.group(0).lower(), quote(f, safe="")) for f in b64)}
             self._full = sorted((f for f in all_forms if len(f) < FRAGMENT), key=len, reverse=True)
             self._long = sorted((f for f in all_forms if len(f) >= FRAGMENT), key=len, reverse=True)
 

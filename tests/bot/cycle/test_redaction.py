@@ -413,3 +413,4 @@ def test_base64_percent_encoded_in_a_url_is_masked() -> None:
     pair = base64.b64encode(b"svc:p>?>?>?>?long-pw").decode()
     redaction.register_pair("svc", "p>?>?>?>?long-pw")
     assert mask(f"GET /cb?auth={quote(pair, safe='')}&x=1") == "GET /cb?auth=***&x=1"
+    assert mask(f"GET /cb?auth={quote(pair, safe='').replace('%2B', '%2b').replace('%2F', '%2f').replace('%3D', '%3d')}&x=1") == "GET /cb?auth=***&x=1"

@@ -459,3 +459,26 @@ def test_a_click_whose_account_lookup_is_refused_is_dead_not_retried_for_ever(se
     assert row.status == "dead" and "INVALID_FIELD" in (row.last_error or ""), row
     assert "retried automatically" not in answer["text"] and "outbox" in answer["text"], answer["text"]
     assert load_tasks(served.engine, [served.episode_id]).get(served.episode_id) is None
+
+
+def test_a_click_row_waits_through_a_login_outage_after_its_task_was_tried(served):
+    """The Task failed once (a locked row: a try), then the login host cannot be reached for 12
+    deliveries (no try: nothing sent): the click's row waits, never dead, and the Task is created
+    once the login is back (with the review fix's first form the row died after 10 such deliveries
+    and, with [salesforce.tasks] off, nothing retried the Task)."""
+    served.sf.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+    _post(served, _click(served, "usagebot_log_task", rid="lo"))
+    served.fake.wait_response("lo")
+    assert (_task_row(served).status, _task_row(served).attempts) == ("failed", 1)
+    del served.sf.create_errors["Task"]
+    at = served.clock.now
+    for _ in range(12):
+        at = max(at, _click_row(served).next_attempt_at)
+        served.sf.login_unreachable = 1
+        retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
+                       CrmSyncReport(as_of=at, dry_run=False), at)
+        assert _click_row(served).status == "failed" and _task_row(served).attempts == 1
+    at = max(at, _click_row(served).next_attempt_at)
+    retry_crm_rows(served.engine, served.cfg, lambda: _factory(served.sf)(served.cfg),
+                   CrmSyncReport(as_of=at, dry_run=False), at)
+    assert _task_row(served).status == "created" and _click_row(served).status == "sent"
