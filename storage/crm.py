@@ -152,8 +152,9 @@ def unpark_tasks(engine: Engine, account_ids: Sequence[str] | None = None,
     """Plan parked Tasks again at the next sync (all, or these accounts' / episodes') with a fresh
     try count; returns how many were parked. A Task asked for with the "Log task" button is also sent
     again by its click's outbox row (queued again, due `now`), so it is sent even when the syncs plan
-    no Tasks. An unparked Task is "unknown" again: a parked Task may have been in doubt (lost answers
-    the lookup did not find), so its key is looked up before it is created again."""
+    no Tasks. An unparked Task a create was sent for (it has its record's id) is "unknown" again: it
+    may have been in doubt (lost answers the lookup did not find), so its key is looked up before it
+    is created again; one that never got that far (its record not found) is "failed"."""
     with write_transaction(engine) as conn:
         return unpark_tasks_in(conn, account_ids, episode_ids, now)
 

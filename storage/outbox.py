@@ -146,23 +146,21 @@ def enqueue(conn_or_engine: Connection | Engine, items: Iterable[OutboxItem], no
 def known_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
     """Which of `keys` some outbox row holds (of any kind, in any state; rows are never pruned once
     sent): a caller tells of a thing once by looking its key up before it queues the notice."""
-    wanted = sorted(set(keys))
-    found: set[str] = set()
-    with engine.connect() as conn:
-        for i in range(0, len(wanted), 500):
-            q = sa.select(_c.idempotency_key).where(_c.idempotency_key.in_(wanted[i : i + 500])).distinct()
-            found.update(conn.execute(q).scalars())
-    return found
+    return _keys_held(engine, keys)
 
 
 def queued_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
     """Which of `keys` have a row still queued (pending or failed: to be carried out)."""
+    return _keys_held(engine, keys, _c.status.in_([PENDING, FAILED]))
+
+
+def _keys_held(engine: Engine, keys: Iterable[str], *where: Any) -> set[str]:
+    """Which of `keys` a row matching `where` holds, looked up 500 keys a query."""
     wanted = sorted(set(keys))
     found: set[str] = set()
     with engine.connect() as conn:
         for i in range(0, len(wanted), 500):
-            q = sa.select(_c.idempotency_key).where(_c.idempotency_key.in_(wanted[i : i + 500]),
-                                                    _c.status.in_([PENDING, FAILED]))
+            q = sa.select(_c.idempotency_key).where(_c.idempotency_key.in_(wanted[i : i + 500]), *where).distinct()
             found.update(conn.execute(q).scalars())
     return found
 

@@ -166,7 +166,8 @@ class CrmOutlet:
         that [salesforce.tasks] does not want, so this row is what retries it): while the Task is
         not (failed, unknown, never tried), the row is retried with backoff and never dead, as the
         Task's own tries bound it (parked after RETRY_LIMIT; an in-doubt Task whose record is missing
-        counts a try each time too). Called only after a try was recorded (CrmOutlet.handle)."""
+        counts a try each time too), or an outage ends (CrmOutlet.handle: not after a refusal before
+        any try, which makes the row dead)."""
         ids = [int(t["candidate"]["episode_id"]) for t in payload["tasks"]]
         after = load_tasks(self.engine, ids)
         waiting = [e for e in ids if e not in after or after[e].status not in ("created", "parked")]

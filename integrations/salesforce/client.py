@@ -244,6 +244,11 @@ class SalesforceClient:
             raise SalesforceUnavailable(f"cannot reach {c.login_host} to log in: {type(exc).__name__}",
                                         login=True) from None
 
+    def _login_unreachable(self, what: str, exc: requests.RequestException) -> SalesforceUnavailable:
+        """The error of logging in again (an expired session) when the login host cannot be reached."""
+        return SalesforceUnavailable(f"{what}: cannot reach {self.config.login_host} to log in again: "
+                                     f"{type(exc).__name__}", login=True)
+
     def _call(self, what: str, fn: Callable[[Salesforce], T], idempotent: bool = True) -> T:
         """Run one API request with the budget check, re-login and retry rules."""
         attempts = 1 + (self.config.retries if idempotent else 0)
@@ -273,8 +278,7 @@ class SalesforceClient:
                 except SalesforceAuthenticationFailed as login_exc:
                     raise self._login_error(login_exc) from None
                 except requests.RequestException as net:  # raised in a handler: the clauses below miss it
-                    raise SalesforceUnavailable(f"{what}: cannot reach {self.config.login_host} to log in again: "
-                                                f"{type(net).__name__}", login=True) from None
+                    raise self._login_unreachable(what, net) from None
                 continue
             except SalesforceOperationError as exc:  # a Bulk API job failed or timed out
                 raise SalesforceRequestError(f"{what}: {clip(exc, 500)}") from None
@@ -291,8 +295,7 @@ class SalesforceClient:
                     raise SalesforceRequestError(f"{what}: HTTP {status}: {_sf_error_text(exc)}") from None
             except requests.RequestException as exc:
                 if _is_login(exc):  # the session expired and logging in again cannot connect: nothing was done
-                    raise SalesforceUnavailable(f"{what}: cannot reach {self.config.login_host} to log in again: "
-                                                f"{type(exc).__name__}", login=True) from None
+                    raise self._login_unreachable(what, exc) from None
                 problem = f"{type(exc).__name__} talking to Salesforce"
             attempt += 1
             if attempt >= attempts:

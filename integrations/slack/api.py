@@ -82,10 +82,7 @@ class DeadlineWebClient(WebClient):
 
     def _perform_urllib_http_request_internal(self, url: str, req: urllib.request.Request) -> dict[str, Any]:
         """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
-        if not url.lower().startswith("http"):  # urllib opens file:// too (slack_sdk refuses it the same way)
-            raise SlackRequestError(f"Invalid URL detected: {url}")
-        handlers = [] if self.proxy is None else [urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})]
-        with http_deadline.opener(*handlers, context=self.ssl).open(req, timeout=self.timeout) as resp:
+        with _open(url, req, self.proxy, self.ssl, self.timeout) as resp:
             body: bytes = resp.read()
             if resp.headers.get_content_type() == "application/gzip":  # admin.analytics.getFile
                 return {"status": resp.code, "headers": resp.headers, "body": body}
@@ -107,12 +104,18 @@ class DeadlineWebhookClient(WebhookClient):
 
     def _perform_http_request_internal(self, url: str, req: urllib.request.Request) -> WebhookResponse:
         """slack_sdk's own (open, read, decode), with urllib handlers whose sockets honour the deadline."""
-        if not url.lower().startswith("http"):
-            raise SlackRequestError(f"Invalid URL detected: {url}")
-        handlers = [] if self.proxy is None else [urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy})]
-        with http_deadline.opener(*handlers, context=self.ssl).open(req, timeout=self.timeout) as resp:
+        with _open(url, req, self.proxy, self.ssl, self.timeout) as resp:
             body = resp.read().decode(resp.headers.get_content_charset() or "utf-8")
             return WebhookResponse(url=url, status_code=resp.status, body=body, headers=resp.headers)
+
+
+def _open(url: str, req: urllib.request.Request, proxy: str | None, context: Any, timeout: float) -> Any:
+    """What slack_sdk's clients open a request with (its proxy, its TLS context), through urllib
+    handlers whose sockets honour the deadline (http_deadline.opener); the caller reads inside."""
+    if not url.lower().startswith("http"):  # urllib opens file:// too (slack_sdk refuses it the same way)
+        raise SlackRequestError(f"Invalid URL detected: {url}")
+    handlers = [] if proxy is None else [urllib.request.ProxyHandler({"http": proxy, "https": proxy})]
+    return http_deadline.opener(*handlers, context=context).open(req, timeout=timeout)
 
 
 def make_web_client(config: SlackConfig) -> WebClient:

@@ -102,18 +102,26 @@ def _base64_forms(raw: bytes) -> list[str]:
     return out
 
 
+def _either_hex(encoded: str) -> set[str]:
+    """Percent-encoded text with its escapes in upper-case hex (as given) and in lower-case hex."""
+    return {encoded, _LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded)}
+
+
+def _in_url(b64: Iterable[str]) -> set[str]:
+    """Base64 forms as they read inside a URL: their + / = percent-encoded (%2B or %2b)."""
+    return {f for b in b64 for f in _either_hex(quote(b, safe=""))}
+
+
 def forms(secret: str) -> set[str]:
     """Every encoding of `secret` that `mask` looks for."""
     raw = secret.encode("utf-8", "surrogatepass")
     out = {secret, html.escape(secret), html.escape(secret, quote=False), repr(secret)[1:-1],
            json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], raw.hex(), raw.hex().upper()}
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")):
-        out.add(encoded)
-        out.add(_LOWER_HEX.sub(lambda m: m.group(0).lower(), encoded))
+        out |= _either_hex(encoded)
     b64 = _base64_forms(raw)
     out.update(b64)
-    for f in b64:  # base64 in a URL: its + / = percent-encoded (%2B or %2b)
-        out |= {quote(f, safe=""), _LOWER_HEX.sub(lambda m: m.group(0).lower(), quote(f, safe=""))}
+    out |= _in_url(b64)
     # repr quotes with ' (escaping it) once the text around has a " too; its UTF-8 bytes as Python
     # shows them (b'\xd0\xba...': an exception or a log line holding the raw bytes)
     out |= {repr(secret + '"')[1:-2], repr(raw)[2:-1], repr(raw + b'"')[2:-2]}
@@ -239,9 +247,8 @@ class Redactor:
                 all_forms |= forms(s)
             for p in self._pairs:
                 raw = p.encode("utf-8", "surrogatepass")
-                b64 = (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode())
-                all_forms |= {*b64, *(quote(f, safe="") for f in b64),
-                              *(_LOWER_HEX.sub(lambda m: m.group(0).lower(), quote(f, safe="")) for f in b64)}
+                b64 = [base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()]
+                all_forms |= {*b64, *_in_url(b64)}
             self._full = sorted((f for f in all_forms if len(f) < FRAGMENT), key=len, reverse=True)
             self._long = sorted((f for f in all_forms if len(f) >= FRAGMENT), key=len, reverse=True)
 
