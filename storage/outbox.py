@@ -350,13 +350,14 @@ def mark_sent(engine: Engine, ids: Iterable[int], now: int, token: str | None = 
 
 
 def mark_failed(
-    engine: Engine, id: int, now: int, error: str, retry_in: int | None = None, max_attempts: int = 10,
+    engine: Engine, id: int, now: int, error: str, retry_in: int | None = None, max_attempts: int | None = 10,
     token: str | None = None, counted: bool = True,
 ) -> str:
     """Record a failed delivery; returns the new status ("failed" or "dead").
 
     The row is due again at now + retry_in (default: `default_backoff`) unless
-    it has been tried `max_attempts` times, then it is dead (never retried).
+    it has been tried `max_attempts` times, then it is dead (never retried); max_attempts=None: the
+    tries are counted but never make it dead (a row something else bounds, e.g. a click's Task).
     counted=False: a deferral, no try (the claim's attempt is given back) and never dead.
     token: the claim it failed under; raises ClaimLost when the row is held by another claim
     (its outcome there is not ours to overwrite: a row sent meanwhile must stay sent).
@@ -367,7 +368,7 @@ def mark_failed(
             _lost(conn, id, token)
         attempts = max(int(row.attempts), 1) if counted else max(int(row.attempts) - 1, 0)
         delay = default_backoff(attempts) if retry_in is None else max(0, int(retry_in))
-        status = DEAD if counted and attempts >= max_attempts else FAILED
+        status = DEAD if counted and max_attempts is not None and attempts >= max_attempts else FAILED
         conn.execute(
             sa.update(outbox_table).where(_c.id == id).values(
                 status=status, attempts=attempts, last_error=error[:MAX_ERROR_CHARS],

@@ -431,8 +431,7 @@ def _deliver_row(engine: Engine, outlet: Outlet, row: OutboxRow, now: int,
             log.info("delivery of %s deferred by %ss: %s", row.idempotency_key, retry_after, msg)
             report.deferred += 1
         elif isinstance(exc, DeliveryError) and exc.persistent:  # bounded elsewhere: never dead
-            mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), max_attempts=row.attempts + 1,
-                        token=token)
+            mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), max_attempts=None, token=token)
             log.warning("delivery of %s failed (retried until done): %s", row.idempotency_key, msg)
         elif mark_failed(engine, row.id, now, msg, retry_in=backoff(row.attempts), token=token) == DEAD:
             log.error("delivery of %s failed for the last time (%s tries; marked dead): %s", row.idempotency_key,

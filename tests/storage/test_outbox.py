@@ -100,3 +100,17 @@ def test_enqueue_inside_callers_transaction(engine: Engine) -> None:
     with engine.begin() as conn:
         enqueue(conn, [item("k1")], now=5)
     assert counts(engine) == {"pending": 1}
+
+
+def test_failure_without_a_try_limit_is_never_dead(engine: Engine) -> None:
+    """max_attempts=None counts every try but never makes the row dead (a row bounded elsewhere)."""
+    enqueue(engine, [item("k")], now=0)
+    now = 0
+    for attempt in range(1, 15):
+        (row,) = claim_due(engine, now=now)
+        assert row.attempts == attempt
+        assert mark_failed(engine, row.id, now, f"HTTP 503 #{attempt}", retry_in=60, max_attempts=None) == FAILED
+        now += 60
+    (kept,) = list_outbox(engine)
+    assert kept.status == FAILED and kept.attempts == 14 and kept.last_error == "HTTP 503 #14"
+    assert kept.next_attempt_at == now - 60 + 60
