@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
+from storage.error_text import stored_error
 from storage.jsonsafe import json_safe
 from storage.models import AlertEpisode, CrmRecordState, CrmSyncRun, CrmTask
 from storage.outbox import requeue_finished
@@ -22,7 +23,6 @@ tasks_table: sa.Table = CrmTask.__table__  # type: ignore[attr-defined]
 runs_table: sa.Table = CrmSyncRun.__table__  # type: ignore[attr-defined]
 _episodes: sa.Table = AlertEpisode.__table__  # type: ignore[attr-defined]
 _s, _t, _r, _e = state_table.c, tasks_table.c, runs_table.c, _episodes.c
-MAX_ERROR_CHARS = 2000
 _CHUNK = 1000
 
 
@@ -104,7 +104,7 @@ def record_outcomes(
                 if park:
                     parked.add(o.account_id)
                 row.update(written=written, written_at=old.written_at if same_record else None,
-                           last_error=o.error[:MAX_ERROR_CHARS], failures=failures,
+                           last_error=stored_error(o.error), failures=failures,
                            parked=json_safe(dict(o.fields), f"CRM values of account {o.account_id!r}") if park
                            else None)
             rows.append(row)
@@ -314,7 +314,7 @@ def record_tasks(engine: Engine, outcomes: Sequence[TaskOutcome], now: int) -> N
                 "episode_id": c.episode_id, "account_id": c.account_id, "rule_id": c.rule_id, "status": o.status,
                 "subject": o.subject, "what_id": o.what_id, "sf_task_id": o.sf_task_id,
                 "attempts": 1 if o.attempted else 0,
-                "last_error": None if o.error is None else o.error[:MAX_ERROR_CHARS], "first_attempt_at": now,
+                "last_error": None if o.error is None else stored_error(o.error), "first_attempt_at": now,
                 "updated_at": now, "task_key": c.key})
 
 

@@ -11,11 +11,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from storage.db import write_transaction
+from storage.error_text import stored_error
 from storage.models import SourceCursorRow
 
 cursors_table: sa.Table = SourceCursorRow.__table__  # type: ignore[attr-defined]
 _c = cursors_table.c
-MAX_ERROR_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def save_cursor(
                 "cursor": cursor if cursor is not None else (prev.cursor if prev else None),
                 "watermark": watermark if watermark is not None else (prev.watermark if prev else None),
                 "last_success_at": prev.last_success_at if prev else None,
-                "last_error": error[:MAX_ERROR_CHARS],
+                "last_error": stored_error(error),
             }
         values["updated_at"] = at
         ins: Any = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(cursors_table)

@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from storage.db import db_clock, write_transaction
+from storage.error_text import stored_error
 from storage.jsonsafe import json_safe
 from storage.models import OutboxEntry
 
@@ -68,7 +69,6 @@ def idempotency_key(kind: str, *parts: str | int) -> str:
 
 
 DEFAULT_LEASE = 300
-MAX_ERROR_CHARS = 2000
 _UNCLAIMED = {"claim_token": None, "lease_until": None, "claimed_by": None}
 
 
@@ -371,7 +371,7 @@ def mark_failed(
         status = DEAD if counted and max_attempts is not None and attempts >= max_attempts else FAILED
         conn.execute(
             sa.update(outbox_table).where(_c.id == id).values(
-                status=status, attempts=attempts, last_error=error[:MAX_ERROR_CHARS],
+                status=status, attempts=attempts, last_error=stored_error(error),
                 next_attempt_at=now + delay, **_UNCLAIMED,
             )
         )
@@ -383,7 +383,7 @@ def mark_dead(engine: Engine, id: int, now: int, error: str, token: str | None =
     with engine.begin() as conn:
         res = conn.execute(
             sa.update(outbox_table).where(_c.id == id, _held(token))
-            .values(status=DEAD, last_error=error[:MAX_ERROR_CHARS], next_attempt_at=now, **_UNCLAIMED)
+            .values(status=DEAD, last_error=stored_error(error), next_attempt_at=now, **_UNCLAIMED)
         )
         if res.rowcount == 0:
             _lost(conn, id, token)

@@ -32,9 +32,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from storage.accounts import upsert_accounts
 from storage.columnar import arrow_array, arrow_strings
-from storage.cursors import MAX_ERROR_CHARS, cursors_table
+from storage.cursors import cursors_table
 from storage.db import write_transaction
 from storage.dialect import dialect_insert as _insert
+from storage.error_text import stored_error
 from storage.models import (
     IngestedEvent,
     SourceSeries,
@@ -470,7 +471,7 @@ def store_batch(
             last_new_data_at=now if advanced else status.last_new_data_at, failures=0, updated_at=now))
         _save_cursor(conn, source_id, {"cursor": cursor, "watermark": _watermark(conn, source_id, watermark),
                                        "last_success_at": now,
-                                       "last_error": error[:MAX_ERROR_CHARS] if error else None,
+                                       "last_error": stored_error(error) if error else None,
                                        "updated_at": now})
         if outbox:
             enqueue(conn, outbox, now=now)
@@ -490,7 +491,7 @@ def record_failure(engine: Engine, source_id: str, error: str, now: int, kind: s
             "cursor": cursor if cursor is not None else (prev.cursor if prev else None),
             "watermark": prev.watermark if prev else None,
             "last_success_at": prev.last_success_at if prev else None,
-            "last_error": error[:MAX_ERROR_CHARS], "updated_at": now})
+            "last_error": stored_error(error), "updated_at": now})
 
 
 def set_stale(engine: Engine, source_id: str, stale_since: int | None, now: int,

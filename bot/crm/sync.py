@@ -64,6 +64,7 @@ from storage.crm import (
     record_sync_run,
     task_click_key,
 )
+from storage.error_text import stored_error
 from storage.jsonsafe import json_safe
 from storage.locks import LockTimeout, exclusive
 from storage.outbox import queued_keys
@@ -264,7 +265,7 @@ def _finish(report: CrmSyncReport, engine: Engine, client: SalesforceClient | No
             "tasks_failed": len(report.tasks_failed), "api_calls": report.api_calls,
             "api_used": report.api_usage.used if report.api_usage else None,
             "api_max": report.api_usage.limit if report.api_usage else None,
-            "stopped": None if report.stopped is None else report.stopped[:2000],
+            "stopped": None if report.stopped is None else stored_error(report.stopped),
         })
     if out is not None:
         print_outcome(report, out)

@@ -124,8 +124,9 @@ class TaskButton:
         by = _clicked_by(self.engine, episode_id)
         asked = "Queued" if new else f"Already asked for by {(by or '?').split(' ', 1)[0]}"
         if row is not None and row.status == "parked":  # nothing retries it: say why and what to do
-            spent = TRIES_SPENT in why or row.attempts >= RETRY_LIMIT  # (the marker is lost if the error was cut)
-            what = (f"The Salesforce Task was not created after {RETRY_LIMIT} tries" if spent
+            # the marker, not the count: a refusal for good on the last try is a refusal (stored_error
+            # keeps an error's end, where the marker is, when it cuts a long one)
+            what = (f"The Salesforce Task was not created after {RETRY_LIMIT} tries" if TRIES_SPENT in why
                     else "Salesforce refused the Task")  # tries: refusals a retry may fix, lost answers
             return (f"{what} ({why}). Fix that, then click Log task again "
                     f"(or run `usagebot crm retry {row.account_id}`).")

@@ -328,10 +328,16 @@ def mask(text: Any) -> str:
     return REDACTOR.mask(text if isinstance(text, str) else str(text))
 
 
-def clip(text: Any, limit: int) -> str:
-    """Masked, then cut to `limit` characters (with "…"): never cut before masking."""
+def clip(text: Any, limit: int, keep_end: int = 0) -> str:
+    """Masked, then cut to `limit` characters (with "…"): never cut before masking. keep_end > 0
+    cuts in the middle instead and keeps the last `keep_end` characters (at most limit - 1): an
+    error's end often holds what it means (an advice, a marker a reader looks for)."""
     masked = mask(text)
-    return masked if len(masked) <= limit else masked[: max(0, limit - 1)] + "…"
+    if len(masked) <= limit:
+        return masked
+    end = min(max(0, keep_end), max(0, limit - 1))
+    head = masked[: max(0, limit - 1 - end)]
+    return head + "…" + (masked[len(masked) - end:] if end else "")
 
 
 # ------------------------------------------------------------------------- logging

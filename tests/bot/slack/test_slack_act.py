@@ -412,6 +412,53 @@ def test_a_click_whose_task_is_parked_after_lost_answers_says_what_happened(serv
     assert "HTTP 503" in answer.message and "usagebot crm retry acme" in answer.message
 
 
+def _click_times(s: Served, button: TaskButton, times: int, before_each: Any = None):  # noqa: ANN202
+    """Click Log task `times` times, each when the click's row is due again; the last answer."""
+    answer = None
+    for i in range(times):
+        if _task_row_or_none(s) is not None:  # the click's row is due again
+            s.clock.now = max(s.clock.now, _click_row(s).next_attempt_at)
+        if before_each is not None:
+            before_each(i)
+        answer = button.click(s.episode_id, "U0BOBBY01 (bob)")
+    return answer
+
+
+def test_a_task_parked_after_long_refusals_keeps_the_marker_and_the_advice(served):
+    """Refusals a retry may fix, each with an error longer than a stored error (a 3,000-character
+    message): parked after RETRY_LIMIT tries, and the answer still says so and how to send it again
+    (an error is cut in its middle, so the marker and the advice at its end are kept)."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    served.sf.create_errors["Task"] = ("UNABLE_TO_LOCK_ROW", "row locked " + "x" * 3000)
+    button = TaskButton(served.engine, served.cfg, served.clock, _factory(served.sf))
+    answer = _click_times(served, button, RETRY_LIMIT)
+    row = _task_row(served)
+    assert answer is not None and row.status == "parked" and row.attempts == RETRY_LIMIT, row
+    assert len(row.last_error or "") <= 2000 and "parked after" in (row.last_error or "")
+    assert f"not created after {RETRY_LIMIT} tries" in answer.message, answer.message
+    assert "UNABLE_TO_LOCK_ROW" in answer.message and "usagebot crm retry acme" in answer.message
+
+
+def test_a_task_refused_for_good_on_its_last_try_is_told_refused(served):
+    """RETRY_LIMIT - 1 refusals a retry may fix, then a refusal for good on the last try: the answer
+    says Salesforce refused the Task (its error and fix), not that it was not created after its
+    tries (before: read off the count of tries, which had reached RETRY_LIMIT)."""
+    from integrations.salesforce.errors import RETRY_LIMIT
+
+    def refuse(i: int) -> None:
+        served.sf.create_errors["Task"] = (("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+                                          if i < RETRY_LIMIT - 1 else
+                                          ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Tasks need a Type"))
+
+    button = TaskButton(served.engine, served.cfg, served.clock, _factory(served.sf))
+    answer = _click_times(served, button, RETRY_LIMIT, refuse)
+    row = _task_row(served)
+    assert answer is not None and row.status == "parked" and row.attempts == RETRY_LIMIT, row
+    assert "Salesforce refused the Task" in answer.message and "tries" not in answer.message, answer.message
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in answer.message
+
+
 def _task_row_or_none(s: Served):  # noqa: ANN202
     return load_tasks(s.engine, [s.episode_id]).get(s.episode_id)
 
