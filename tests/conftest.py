@@ -31,15 +31,29 @@ except ImportError:  # pandas is a test/bench extra
     pass
 
 
-@pytest.fixture(autouse=True)
-def _secret_registry() -> Iterator[None]:
-    """Each test starts with the secrets known before it (rules.config.redaction is process-wide: the secrets
-    of one test's config must not mask another test's messages)."""
+def _secrets_restored() -> Iterator[None]:
+    """The secrets known before, restored after (rules.config.redaction is process-wide)."""
     from rules.config.redaction import REDACTOR
 
     snap = REDACTOR.snapshot()
     yield
     REDACTOR.restore(snap)
+
+
+@pytest.fixture(autouse=True)
+def _secret_registry() -> Iterator[None]:
+    """Each test starts with the secrets known before it: the secrets of one test's config must not
+    mask another test's messages."""
+    yield from _secrets_restored()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_secret_registry() -> Iterator[None]:
+    """The same per module: a module-scoped fixture's secrets (a running service's config) are known
+    to each of its tests and forgotten after the module. Without it the per-test snapshot, taken after
+    that fixture ran, kept them for every later module: a browser test's session_secret of 40 "b"s
+    masked a later test's "bbbb" (an autouse fixture runs before the other fixtures of its scope)."""
+    yield from _secrets_restored()
 
 
 def pytest_configure(config: pytest.Config) -> None:
