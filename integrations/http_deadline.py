@@ -1,4 +1,4 @@
-"""A deadline for a whole HTTP call (connect, request, status line, headers, body): httpx, and the
+"""A deadline for a whole HTTP call (name lookup, connect, request, status line, headers, body): httpx, and the
 sockets http.client reads through (slack_sdk's urllib, requests' urllib3; see the second part).
 
 httpx's timeouts bound each connect, each write and each read, not the call: a server that sends its
@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import http.client
+import ipaddress
 import socket
 import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -28,6 +30,7 @@ import requests
 import requests.adapters
 import urllib3
 import urllib3.connection
+import urllib3.exceptions
 
 _ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot_http_deadline", default=None)
 
@@ -54,6 +57,64 @@ def _left(timeout: float | None, error: type[Exception]) -> float | None:
     if left <= 0:
         raise error("the call's deadline passed")
     return left if timeout is None else min(timeout, left)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def addresses(host: str, port: int) -> list[str] | None:
+    """The IP addresses to connect to for `host`, looked up within the deadline's time left; None
+    when no deadline is set or `host` is an IP (the caller connects as usual).
+
+    getaddrinfo has no timeout: a resolver that never answers held a call for its own retries (5 s
+    per try, several tries) past any deadline. The lookup runs in a daemon thread and is waited for
+    only the time left (the thread ends on its own when the resolver gives up). Raises TimeoutError
+    when the time is up, socket.gaierror when the name does not resolve."""
+    if _ENDS.get() is None or _is_ip(host):
+        return None
+    left = _sock_left(None)
+    found: list[Any] = []
+
+    def look() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller's thread
+            found.append(exc)
+
+    thread = threading.Thread(target=look, name=f"lookup {host}", daemon=True)
+    thread.start()
+    thread.join(left)
+    if not found:
+        raise TimeoutError(f"looking up {host} took longer than the call's deadline")
+    if isinstance(found[0], BaseException):
+        raise found[0]
+    ips = list(dict.fromkeys(str(info[4][0]) for info in found[0]))
+    if not ips:
+        raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
+    return ips
+
+
+def _each_address(host: str, port: int, connect: Any) -> Any:
+    """connect(host) to each address of `host` in turn (see `addresses`); the first that connects,
+    else the last error. Without a deadline, or for an IP, connect(host) once."""
+    ips = addresses(host, port)
+    if ips is None:
+        return connect(host)
+    last: Exception | None = None
+    for ip in ips:
+        try:
+            return connect(ip)
+        except OSError as exc:  # refused, unreachable: the next address may answer
+            last = exc
+        except (httpcore.ConnectError, urllib3.exceptions.NewConnectionError) as exc:
+            last = exc
+    assert last is not None
+    raise last
 
 
 class _Stream(httpcore.NetworkStream):
@@ -87,8 +148,13 @@ class _Backend(httpcore.NetworkBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _Stream(self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
-                                               local_address, socket_options))
+        try:
+            return _Stream(_each_address(host, port, lambda where: self._inner.connect_tcp(
+                where, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options)))
+        except TimeoutError as exc:  # the lookup's time was up
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
@@ -200,7 +266,13 @@ class _BoundConnect:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         create = self._create_connection  # http.client's (socket.create_connection, or a test's)
-        self._create_connection = lambda *a, **kw: _rest(create(*a, **kw))
+
+        def bounded(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+                    *args: Any, **kwargs: Any) -> Any:
+            host, port = address[0], address[1]
+            return _rest(_each_address(host, port, lambda where: create(
+                (where, port), timeout if where == host else connect_timeout(timeout), *args, **kwargs)))
+        self._create_connection = bounded
 
     def connect(self) -> None:
         self.timeout = connect_timeout(self.timeout)
@@ -215,8 +287,25 @@ class _BoundConnect:
 class _BoundUrllib3Connect(_BoundConnect):
     """urllib3 makes its socket in `_new_conn` (and a TLS proxy's in `_connect_tls_proxy`)."""
 
+    _dns_host: str
+    port: int
+    host: str
+
     def _new_conn(self) -> Any:
-        return _rest(super()._new_conn())  # type: ignore[misc]
+        host = self._dns_host
+
+        def connect(where: str) -> Any:
+            self._dns_host = where  # urllib3 connects to _dns_host; TLS names self.host
+            try:
+                return super(_BoundUrllib3Connect, self)._new_conn()  # type: ignore[misc]
+            finally:
+                self._dns_host = host
+        try:
+            return _rest(_each_address(host, self.port, connect))
+        except TimeoutError as exc:  # the lookup's time was up
+            raise urllib3.exceptions.ConnectTimeoutError(self, f"Connection to {self.host} timed out. ({exc})") from exc
+        except socket.gaierror as exc:
+            raise urllib3.exceptions.NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
 
     def _connect_tls_proxy(self, hostname: str, sock: Any) -> Any:
         return _rest(super()._connect_tls_proxy(hostname, sock))  # type: ignore[misc]
