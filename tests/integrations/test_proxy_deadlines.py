@@ -101,13 +101,15 @@ def test_a_salesforce_call_through_an_https_proxy_dripping_its_connect_answer_en
 
 @pytest.mark.parametrize("client", VIA_PROXY)
 def test_the_tls_handshake_after_a_slow_tunnel_waits_only_for_what_is_left_of_the_deadline(client):
-    """The proxy answers CONNECT in 0.7 s of the 1 s deadline, then sends no ServerHello: the call
-    ends at 1 s (before, on the urllib and requests paths: 0.7 s + a fresh 1 s for the handshake)."""
+    """The proxy answers CONNECT in 0.5 s of the 1 s deadline, then sends no ServerHello: the call
+    ends at 1 s (before, on the urllib and requests paths: 0.5 s + a fresh 1 s for the handshake).
+    The tunnel takes half the deadline, not more: on a loaded machine its 39 waits overshoot (at 0.7 s
+    a run beside another suite had sent 24 of the 39 bytes when the deadline came)."""
     call, error = VIA_PROXY[client]
-    with dripping(b"", CONNECTED, every=0.7 * TIMEOUT / len(CONNECTED), hold=True) as drip:
+    with dripping(b"", CONNECTED, every=0.5 * TIMEOUT / len(CONNECTED), hold=True) as drip:
         took = _timed(lambda: call(drip.url), error)
     assert drip.sent[0] == len(CONNECTED)  # the tunnel was open before the handshake began
-    assert took < 1.4 * TIMEOUT
+    assert took < 1.35 * TIMEOUT  # before: 1.5 s
 
 
 @pytest.mark.parametrize("client", DIRECT)
