@@ -15,7 +15,9 @@ Every phase runs in its own Python process (peak = its max RSS), one after the o
              shipped rules at the book's last day: the blocks read from the database (which builds
              the usage tiles), the detectors and the lifecycle step (bench_scale's "first (cold)
              evaluation")
-The backtest's events are checked to be identical to the baseline's (a digest of every event).
+The backtest's events are checked to be identical to the baseline's (a digest of every event), and the
+CPU time of their output (each notice built, with its message, and its JSON record) is reported: what
+printing the events costs however the replay computes them.
 Results are printed as a table (and --json); docs/benchmarks.md records a run.
 """
 
@@ -67,21 +69,36 @@ def _book_key(args: argparse.Namespace) -> str:
 
 def phase_backtest(args: argparse.Namespace) -> dict[str, Any]:
     """run_backtest over the book (in the code of the current directory: this tree or the baseline)."""
+    import bot.backtest.run as backtest_run
     from bot.backtest.run import run_backtest
     from rules.loader import load_rules
 
     ruleset = load_rules([RULES])
     work = Path(args.workdir)
     digest = hashlib.sha256()
-    seen = {"events": 0, "first": None}
+    seen: dict[str, Any] = {"events": 0, "first": None, "output_cpu": 0.0}
+    # the CPU time of the events' output: each notice built (alert_notice, with the message and the
+    # numbers it formats) and its JSON record (on_event) -- what printing the events costs however
+    # the replay computes them (the floor under the backtest's ratio to one cold evaluation)
+    notice = getattr(backtest_run, "alert_notice", None)
+    if notice is not None:
+        def timed_notice(*a: Any, **kw: Any) -> Any:
+            c = time.process_time()
+            try:
+                return notice(*a, **kw)
+            finally:
+                seen["output_cpu"] += time.process_time() - c
+        backtest_run.alert_notice = timed_notice  # type: ignore[attr-defined]
     t0, c0 = time.perf_counter(), time.process_time()
 
     def on_event(ev: Any) -> None:  # what `--format json` does with each event
+        c = time.process_time()
         if seen["first"] is None:
             seen["first"] = time.perf_counter() - t0
         seen["events"] += 1
         record = ev.record() if hasattr(ev, "record") else ev  # an AlertNotice (now) or a dict (before)
         digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+        seen["output_cpu"] += time.process_time() - c
 
     if "on_event" in inspect.signature(run_backtest).parameters:  # streaming (issue 15)
         run_backtest(ruleset, work / "usage.csv", work / "accounts.csv", on_event=on_event)
@@ -90,7 +107,8 @@ def phase_backtest(args: argparse.Namespace) -> dict[str, Any]:
             on_event(ev)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"phase": "backtest", "seconds": seconds, "cpu_s": cpu, "events": seen["events"], "digest": digest.hexdigest(),
-            "first_event_s": seen["first"], "peak_rss_mb": _rss_mb()}
+            "first_event_s": seen["first"], "output_cpu_s": seen["output_cpu"] if notice is not None else None,
+            "peak_rss_mb": _rss_mb()}
 
 
 def phase_ingest(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,6 +207,10 @@ def render(report: dict[str, Any]) -> str:
                      + ratio)
         if r.get("first_event_s") is not None:
             lines.append(f"    first event out after {r['first_event_s']:.1f} s")
+        out = r.get("output_cpu_s")
+        if out is not None and c.get("cpu_s"):
+            lines.append(f"    of its cpu, the events' output (notices + JSON records) {out:.2f} s = {out / c['cpu_s']:.2f}x"
+                         f" the cold evaluation's, {out / r['events'] * 1e6 if r['events'] else 0:.0f} us an event")
 
     row("one cold evaluation (read + detect + step)", c)
     lines.append(f"    read {c['load_s']:.2f} s, detectors {c['detect_s']:.2f} s, lifecycle {c['lifecycle_s']:.2f} s")
