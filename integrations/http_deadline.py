@@ -31,6 +31,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
+import urllib3.util.connection
 
 _ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("usagebot_http_deadline", default=None)
 
@@ -67,51 +68,86 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def addresses(host: str, port: int) -> list[str] | None:
+class _Lookup:
+    """One getaddrinfo in flight, in a daemon thread, and the callers waiting for it."""
+
+    def __init__(self, key: tuple[str, Any, int]) -> None:
+        self.key = key
+        self.done = threading.Event()
+        self.result: Any = None
+
+    def run(self) -> None:
+        host, port, family = self.key
+        try:
+            self.result = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the waiting callers' threads
+            self.result = exc
+        finally:
+            with _LOOKUPS_LOCK:
+                _LOOKUPS.pop(self.key, None)
+            self.done.set()
+
+
+_LOOKUPS: dict[tuple[str, Any, int], _Lookup] = {}  # the lookups in flight, by (host, port, family)
+_LOOKUPS_LOCK = threading.Lock()
+
+
+def _address(sockaddr: tuple[Any, ...]) -> str:
+    """The IP to connect to of a getaddrinfo sockaddr, with an IPv6 scope (a link-local address's
+    interface) kept: ("fe80::1", 80, 0, 2) -> "fe80::1%2", which connect parses back."""
+    ip = str(sockaddr[0])
+    if len(sockaddr) == 4 and sockaddr[3] and "%" not in ip:
+        return f"{ip}%{sockaddr[3]}"
+    return ip
+
+
+def addresses(host: str, port: Any, family: int = socket.AF_UNSPEC) -> list[str] | None:
     """The IP addresses to connect to for `host`, looked up within the deadline's time left; None
     when no deadline is set or `host` is an IP (the caller connects as usual).
 
     getaddrinfo has no timeout: a resolver that never answers held a call for its own retries (5 s
     per try, several tries) past any deadline. The lookup runs in a daemon thread and is waited for
-    only the time left (the thread ends on its own when the resolver gives up). Raises TimeoutError
-    when the time is up, socket.gaierror when the name does not resolve."""
+    only the time left (the thread ends on its own when the resolver gives up). Calls that look up
+    the same name while a lookup of it is in flight wait for that one: a resolver that hangs during
+    an outage holds one thread per name, not one per call. Raises TimeoutError when the time is up,
+    socket.gaierror when the name does not resolve."""
     if _ENDS.get() is None or _is_ip(host):
         return None
     left = _sock_left(None)
-    found: list[Any] = []
-
-    def look() -> None:
-        try:
-            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-        except BaseException as exc:  # handed to the caller's thread
-            found.append(exc)
-
-    thread = threading.Thread(target=look, name=f"lookup {host}", daemon=True)
-    thread.start()
-    thread.join(left)
-    if not found:
+    key = (host, port, family)
+    with _LOOKUPS_LOCK:
+        lookup = _LOOKUPS.get(key)
+        if lookup is None:
+            lookup = _LOOKUPS[key] = _Lookup(key)
+            threading.Thread(target=lookup.run, name=f"lookup {host}", daemon=True).start()
+    if not lookup.done.wait(left):
         raise TimeoutError(f"looking up {host} took longer than the call's deadline")
-    if isinstance(found[0], BaseException):
-        raise found[0]
-    ips = list(dict.fromkeys(str(info[4][0]) for info in found[0]))
+    if isinstance(lookup.result, BaseException):
+        raise lookup.result
+    ips = list(dict.fromkeys(_address(info[4]) for info in lookup.result))
     if not ips:
         raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
     return ips
 
 
-def _each_address(host: str, port: int, connect: Any) -> Any:
-    """connect(host) to each address of `host` in turn (see `addresses`); the first that connects,
-    else the last error. Without a deadline, or for an IP, connect(host) once."""
-    ips = addresses(host, port)
+# What a failed connect to one address raises on each stack: the next address may answer, as the
+# stacks' own create_connection tries them (a refusal, an unreachable network, a connect timeout
+# shorter than the deadline: an address that drops packets, e.g. an IPv6 one on a network without it).
+_NEXT_ADDRESS = (OSError, httpcore.ConnectError, httpcore.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)
+
+
+def _each_address(host: str, port: Any, connect: Any, family: int = socket.AF_UNSPEC) -> Any:
+    """connect(address) to each address of `host` in turn (see `addresses`); the first that connects,
+    else the last error. Without a deadline, or for an IP, connect(host) once. Each try is given
+    what is left of the deadline by `connect` (a later address gets what the earlier ones left)."""
+    ips = addresses(host, port, family)
     if ips is None:
         return connect(host)
-    last: Exception | None = None
+    last: BaseException | None = None
     for ip in ips:
         try:
             return connect(ip)
-        except OSError as exc:  # refused, unreachable: the next address may answer
-            last = exc
-        except (httpcore.ConnectError, urllib3.exceptions.NewConnectionError) as exc:
+        except _NEXT_ADDRESS as exc:
             last = exc
     assert last is not None
     raise last
@@ -290,22 +326,32 @@ class _BoundUrllib3Connect(_BoundConnect):
     _dns_host: str
     port: int
     host: str
+    source_address: Any
+    socket_options: Any
 
     def _new_conn(self) -> Any:
-        host = self._dns_host
+        """urllib3's own `_new_conn` without a deadline or for an IP; under a deadline its name is
+        looked up within the time left (`addresses`, the address families urllib3 allows) and each
+        address is tried with the connect timeout cut to what is left then, its errors raised as
+        urllib3 raises them, naming the host (not the address tried)."""
+        if _ENDS.get() is None or _is_ip(self._dns_host):
+            return _rest(super()._new_conn())  # type: ignore[misc]
+        timeout = self.timeout
 
         def connect(where: str) -> Any:
-            self._dns_host = where  # urllib3 connects to _dns_host; TLS names self.host
-            try:
-                return super(_BoundUrllib3Connect, self)._new_conn()  # type: ignore[misc]
-            finally:
-                self._dns_host = host
+            return urllib3.util.connection.create_connection(
+                (where, self.port), connect_timeout(timeout), source_address=self.source_address,
+                socket_options=self.socket_options)
         try:
-            return _rest(_each_address(host, self.port, connect))
-        except TimeoutError as exc:  # the lookup's time was up
-            raise urllib3.exceptions.ConnectTimeoutError(self, f"Connection to {self.host} timed out. ({exc})") from exc
+            sock = _each_address(self._dns_host, self.port, connect, urllib3.util.connection.allowed_gai_family())
         except socket.gaierror as exc:
             raise urllib3.exceptions.NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        except TimeoutError as exc:  # the lookup, or the last address, ran out of time
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={timeout})") from exc
+        except OSError as exc:
+            raise urllib3.exceptions.NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        return _rest(sock)
 
     def _connect_tls_proxy(self, hostname: str, sock: Any) -> Any:
         return _rest(super()._connect_tls_proxy(hostname, sock))  # type: ignore[misc]
