@@ -1,10 +1,11 @@
 """One evaluation of the anomaly kind against spike, drop and threshold, side by side on the same block.
 
     .venv/bin/python -m bench.anomaly_speed [--accounts 1000] [--bucket 3600] [--repeat 5]
-                                            [--baseline OLD_ANOMALY_PY]
+                                            [--baseline OLD_ANOMALY_PY] [--missing 0.02]
 
 Each rule evaluates the last bucket of a block of `accounts` hourly (or --bucket) series holding
-the history the slowest of them needs (the anomaly rule's: 23 days of hourly buckets); the median
+the history the slowest of them needs (the anomaly rule's: 23 days of hourly buckets), Poisson
+counts with `--missing` of the buckets not observed (default 2%; 0: every bucket observed); the median
 of `repeat` runs is printed with its ratio to the spike rule's, since the machine is shared. The
 rules take turns (one evaluation each per round), so a burst of load on the shared machine falls on
 all of them alike.
@@ -58,13 +59,14 @@ def baseline_detector(path: Path) -> Callable[[MetricBlock, list[AccountFacts]],
     return run
 
 
-def measure(accounts: int, step: int, repeat: int, baseline: Path | None = None) -> dict[str, float]:
+def measure(accounts: int, step: int, repeat: int, baseline: Path | None = None,
+            missing: float = 0.02) -> dict[str, float]:
     """Median seconds of one evaluation per rule (and per the baseline anomaly module)."""
     rs = rules(step)
     n = max(required_history(r) for r in rs) // step
     rng = np.random.default_rng(1)
     values = rng.poisson(rng.gamma(2.0, 50.0, size=(accounts, 1)), size=(accounts, n)).astype(float)
-    values[rng.random((accounts, n)) < 0.02] = np.nan
+    values[rng.random((accounts, n)) < missing] = np.nan
     block = MetricBlock("m", END - n * step, step, [f"a{i}" for i in range(accounts)], values)
     facts = [AccountFacts(a, a) for a in block.account_ids]
     runs: dict[str, Callable[[], object]] = {r.id: (lambda r=r: detect(r, block, facts)) for r in rs}
@@ -88,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bucket", type=int, default=3600)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--baseline", type=Path, help="another version of rules/detectors/anomaly.py to time beside")
+    ap.add_argument("--missing", type=float, default=0.02, help="share of buckets not observed (default 0.02)")
     args = ap.parse_args(argv)
-    got = measure(args.accounts, args.bucket, args.repeat, args.baseline)
+    got = measure(args.accounts, args.bucket, args.repeat, args.baseline, args.missing)
     print(f"| rule | ms per evaluation ({args.accounts} accounts) | x spike |\n|---|---:|---:|")
     for name, seconds in got.items():
         print(f"| {name} | {seconds * 1e3:.1f} | {seconds / got['spike']:.1f} |")

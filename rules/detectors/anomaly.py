@@ -59,9 +59,11 @@ seasonality can be chosen one day later, weekly one week later.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from statistics import NormalDist
 
 import numpy as np
@@ -152,29 +154,80 @@ def required_history(rule: Rule) -> int:
 SORTING_NETWORK_MAX = 12  # up to this many values a median is a sorting network, beyond it a row sort
 
 
-def _median_of(parts: Sequence[np.ndarray], minimum: int = 1) -> np.ndarray:
-    """Elementwise median of the observed (non-NaN) entries of same-shape arrays; NaN where fewer
-    than `minimum` are observed.
+@cache
+def sorting_network(k: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort for k values, as comparators (i, j), i < j: after each, position
+    i holds the smaller value and j the larger. Built for the next power of two; the comparators that
+    touch the padding (values past k, taken as +inf, which never move) are dropped. For 6 values 12
+    comparators (the odd-even transposition network: 15), for 3 values 3."""
+    n = 1
+    while n < k:
+        n *= 2
+    pairs: list[tuple[int, int]] = []
+    p = 1
+    while p < n:
+        d = p
+        while d >= 1:
+            for j in range(d % p, n - d, 2 * d):
+                for i in range(min(d, n - j - d)):
+                    if (i + j) // (2 * p) == (i + j + d) // (2 * p) and i + j + d < k:
+                        pairs.append((i + j, i + j + d))
+            d //= 2
+        p *= 2
+    return tuple(pairs)
 
-    The few values (3 past days, 6 past buckets) are ordered by an odd-even transposition network of
-    elementwise minimum/maximum over whole arrays rather than by sorting millions of tiny rows: the
-    same result at a fraction of the cost (bench/anomaly_speed.py)."""
+
+@cache
+def _median_plan(k: int, wanted: frozenset[int]) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The comparators of `sorting_network(k)` that the sorted positions `wanted` depend on, each
+    with whether its minimum and its maximum are read later: (i, j, min needed, max needed). Walked
+    back from the wanted positions, so a median of 6 values computes 10 minima and 10 maxima, not 12
+    of each (the minima and maxima it does compute are those of the full network: the same values)."""
+    need = set(wanted)
+    plan = []
+    for i, j in reversed(sorting_network(k)):
+        low, high = i in need, j in need
+        if low or high:
+            plan.append((i, j, low, high))
+            need |= {i, j}
+    return tuple(reversed(plan))
+
+
+def _median_of(parts: Sequence[np.ndarray], minimum: int = 1, complete: bool | None = None) -> np.ndarray:
+    """Elementwise median of the observed (non-NaN) entries of same-shape arrays; NaN where fewer
+    than `minimum` are observed. `complete`: True when the caller knows no entry is NaN (None: checked).
+
+    The few values (3 past days, 6 past buckets) are ordered by a sorting network of elementwise
+    minimum/maximum over whole arrays rather than by sorting millions of tiny rows: the same result at
+    a fraction of the cost (bench/anomaly_speed.py). Only the comparators the median's positions
+    depend on are run (`_median_plan`), and the caller's arrays (views of its history) are read,
+    never written: each comparator makes new arrays."""
     k = len(parts)
     if k > SORTING_NETWORK_MAX:
         return _row_median(np.stack(parts, axis=-1), minimum)
-    nan = [np.isnan(a) for a in parts]
-    complete = not any(x.any() for x in nan)  # the usual case: every value observed
-    s = [a.astype(np.float64) if complete else np.where(x, np.inf, a) for a, x in zip(parts, nan, strict=True)]
-    for r in range(k):  # "not observed" (inf) sorts last
-        for i in range(r % 2, k - 1, 2):
-            low = np.minimum(s[i], s[i + 1])
-            np.maximum(s[i], s[i + 1], out=s[i + 1])
-            s[i] = low
+    nan: list[np.ndarray] = []
+    if complete is None:
+        nan = [np.isnan(a) for a in parts]
+        complete = not any(x.any() for x in nan)  # the usual case: every value observed
+    if complete and k < minimum:
+        return np.full(parts[0].shape, np.nan)
     if complete:
-        return (s[(k - 1) // 2] + s[k // 2]) / 2.0 if k >= minimum else np.full(parts[0].shape, np.nan)
+        s = [np.asarray(a, dtype=np.float64) for a in parts]
+        wanted = frozenset({(k - 1) // 2, k // 2})
+    else:  # "not observed" (inf) sorts last; with c observed, the median is that of the c smallest
+        s = [np.where(x, np.inf, a) for a, x in zip(parts, nan, strict=True)]
+        wanted = frozenset(p for c in range(max(1, minimum), k + 1) for p in ((c - 1) // 2, c // 2))
+    for i, j, low, high in _median_plan(k, wanted):
+        a, b = s[i], s[j]  # new arrays, never written in place: the first ones are the caller's
+        if low:
+            s[i] = np.minimum(a, b)
+        if high:
+            s[j] = np.maximum(a, b)
+    if complete:
+        return (s[(k - 1) // 2] + s[k // 2]) / 2.0
     count = k - np.sum(nan, axis=0, dtype=np.int16)
     med = np.full(count.shape, np.nan)
-    for c in range(max(1, minimum), k + 1):  # with c observed, the median is that of the c smallest
+    for c in range(max(1, minimum), k + 1):
         med = np.where(count == c, (s[(c - 1) // 2] + s[c // 2]) / 2.0, med)
     return med
 
@@ -210,12 +263,32 @@ class Fit:
     before_score: np.ndarray  # signed: the current level against `before`, in the pre-episode shift unit
 
 
+CHUNK_CELLS = 16_384  # fit learns this many (row x bucket) cells of its window at a time: see fit
+
+
 def fit(values: np.ndarray, step: int, params: AnomalyParams, since: np.ndarray | None = None) -> Fit:
     """Learn every row's series from the trailing history and score its last bucket.
 
     `since`: per row, how many buckets before the evaluated one the row's open episode was first
     judged (0: the evaluated bucket; negative or None: no open episode). The windows of the open
-    episode are not used to learn the sustained shift's noise unit (see `_shift`)."""
+    episode are not used to learn the sustained shift's noise unit (see `_shift`).
+
+    Every row is learnt on its own, so the rows are fitted in chunks of about CHUNK_CELLS cells of
+    the learning window (128 KB per temporary array): the ~100 temporaries of a whole 1000-account
+    block are each past the allocator's reuse size, and their fresh pages cost as much as the
+    arithmetic (bench/anomaly_speed.py). The result is the same row for row."""
+    width = learn_buckets(params, step) + 2 * max(1, params.adapt) + 1  # the columns a model's arrays span
+    per = max(1, CHUNK_CELLS // width)
+    rows = values.shape[0]
+    if rows <= per:
+        return _fit(values, step, params, since)
+    parts = [_fit(values[lo:lo + per], step, params, None if since is None else since[lo:lo + per])
+             for lo in range(0, rows, per)]
+    return Fit(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Fit)))
+
+
+def _fit(values: np.ndarray, step: int, params: AnomalyParams, since: np.ndarray | None = None) -> Fit:
+    """fit of one chunk of rows."""
     rows = values.shape[0]
     h = history_buckets(params, step)
     y = values[:, -h:].astype(np.float64, copy=False)
@@ -227,14 +300,18 @@ def fit(values: np.ndarray, step: int, params: AnomalyParams, since: np.ndarray 
     start = first - m - extra  # earliest deseasonalised column a level reads
     width = h - start
     errors, preds, names, recent, bases = [], [], [], [], []
+    # every bucket finite (the usual case): the seasonal bases and the deseasonalised buckets have no
+    # NaN either (a difference of finite numbers is never NaN), so the medians need not look for one
+    finite = True if np.isfinite(y).all() else None
     for name, period in [("level", 0), *seasonal_periods(step)]:
         if period == 0:
             base = np.zeros((rows, width))
         else:  # history_buckets keeps start >= cycles x period: every slice is inside y
-            base = _median_of([y[:, start - c * period: h - c * period] for c in range(1, params.cycles + 1)])
+            base = _median_of([y[:, start - c * period: h - c * period] for c in range(1, params.cycles + 1)],
+                              complete=finite)
         d = y[:, start:] - base
         n_levels = width - m + 1  # levels (medians of the m buckets before) of taus start + m .. t + 1
-        medians = _median_of([d[:, j: j + n_levels] for j in range(m)], max(1, m // 2))
+        medians = _median_of([d[:, j: j + n_levels] for j in range(m)], max(1, m // 2), complete=finite)
         level = medians[:, :-1]  # the forecasts: taus start + m .. t
         pred = base[:, m + extra:] + level[:, extra:]
         if m >= 2:  # the level's change over the last half of `adapt`, projected halfway ahead

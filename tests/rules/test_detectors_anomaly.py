@@ -3,6 +3,7 @@ through the replay, no look-ahead, loader errors (file:line) and the shipped pre
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from rules.detectors import detect, required_history
 from rules.detectors.anomaly import (
+    CHUNK_CELLS,
     AnomalyParams,
     _median_of,
     _tail_scale,
@@ -21,6 +23,7 @@ from rules.detectors.anomaly import (
     fit,
     history_buckets,
     learn_buckets,
+    sorting_network,
     tail_probability,
 )
 from rules.engine import history_needed
@@ -192,6 +195,55 @@ def test_the_median_network_is_the_median_of_the_observed_values() -> None:
                 np.testing.assert_allclose(_median_of(parts, minimum), expect, equal_nan=True)
                 assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(parts, np.moveaxis(stacked, -1, 0),
                                                                                  strict=True))  # inputs untouched
+
+
+@pytest.mark.parametrize("k", range(1, 13))
+def test_the_sorting_network_sorts_every_input(k: int) -> None:
+    """The 0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input."""
+    for bits in itertools.product((0, 1), repeat=k):
+        v = list(bits)
+        for i, j in sorting_network(k):
+            if v[i] > v[j]:
+                v[i], v[j] = v[j], v[i]
+        assert v == sorted(bits), (k, bits)
+
+
+def test_the_median_network_reads_overlapping_views_of_one_history_without_writing_them() -> None:
+    """fit hands the network overlapping slices of one array (the `adapt` buckets before each tau):
+    they are read, never written, and the medians are those of copies of them."""
+    rng = np.random.default_rng(5)
+    for k in (2, 3, 6, 7):
+        history = np.round(rng.normal(100, 20, size=(15, 40)))
+        history[rng.random(history.shape) < (0.1 if k == 7 else 0.0)] = np.nan
+        kept = history.copy()
+        n = history.shape[1] - k + 1
+        views = [history[:, j: j + n] for j in range(k)]
+        for complete in (None, True) if k != 7 else (None,):
+            got = _median_of(views, complete=complete)
+            assert np.array_equal(history, kept, equal_nan=True)
+            with np.errstate(all="ignore"):
+                want = np.nanmedian(np.stack([v.copy() for v in views], axis=-1), axis=-1)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("step", [300, 3600])
+def test_a_block_fitted_in_chunks_of_rows_is_fitted_as_each_row_alone(step: int) -> None:
+    """fit learns the rows in chunks (CHUNK_CELLS): every field of every row is the one a fit of that
+    row alone gives, with gaps, open episodes and counts."""
+    params = AnomalyParams()
+    h = history_buckets(params, step)
+    per = CHUNK_CELLS // (learn_buckets(params, step) + 2 * params.adapt + 1)
+    rows = 2 * per + 3  # three chunks, the last a short one
+    rng = np.random.default_rng(11)
+    values = rng.poisson(20, size=(rows, h)).astype(float)
+    values[rng.random(values.shape) < 0.03] = np.nan
+    values[::7, -4:] *= 6  # some rows move
+    since = rng.integers(-1, 6, size=rows)
+    whole = fit(values, step, params, since)
+    for r in (0, per - 1, per, rows - 1):
+        alone = fit(values[r:r + 1], step, params, since[r:r + 1])
+        for name in whole.__dataclass_fields__:
+            assert np.array_equal(getattr(whole, name)[r:r + 1], getattr(alone, name), equal_nan=True), (r, name)
 
 
 class _nothing:
