@@ -138,6 +138,8 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
         if projected is not None and quota:
             return f"On track to use {fmt.whole_percent(projected / quota):d}% of the {m} quota this period"
         return f"{m} at {fmt.whole_percent(util):d}% of the quota"
+    if kind == "anomaly" and value is not None and baseline is not None:
+        return _anomaly_headline(m, value, baseline, details)
     if kind == "expansion":
         rates, width = details.get("growth_rates"), _num(details.get("period"))
         if isinstance(rates, list | tuple) and rates and width and value is not None and baseline:
@@ -147,6 +149,40 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
         if util is not None and isinstance(periods, list | tuple) and periods:
             return f"{m} at {fmt.whole_percent(util):d}% of the quota, {fmt.count(len(periods), 'billing period')} running"
     return ""
+
+
+_WHEN = {"daily": "this time of day", "weekly": "this time of the week"}  # the anomaly kind's seasonal models
+
+
+def _anomaly_headline(m: str, value: float, expected: float, details: Mapping[str, Any]) -> str:
+    """An anomaly in plain words, of what its signal measured: the bucket against what its model
+    expects ("api calls 25.6x what is usual for this time of day", "api calls fell to zero (usually
+    about 58.5 at this time of day)"), or, for a sustained shift, the median of the last `adapt`
+    buckets against the usual level ("api calls 78% below the usual level over the last 6h")."""
+    shift, span = _num(details.get("shift")), _num(details.get("span"))
+    if details.get("signal") == "shift" and shift is not None and span:
+        level, over = expected + shift, f"over the last {fmt.duration(int(span))}"
+        if level <= 0 < expected:
+            return f"{m} at zero {over} (usually about {fmt.number(expected)})"
+        return f"{m} {_relative(level, expected, 'the usual level')} {over}"
+    when = _WHEN.get(str(details.get("model")))
+    if value <= 0 < expected:
+        usual = f"usually about {fmt.number(expected)} at {when}" if when else \
+            f"its recent level: about {fmt.number(expected)}"
+        return f"{m} fell to zero ({usual})"
+    return f"{m} {_relative(value, expected, f'what is usual for {when}' if when else 'its recent level')}"
+
+
+def _relative(value: float, expected: float, against: str) -> str:
+    """ "3.1x <against>", "37% above <against>", "45% below <against>" (under 1%: with its decimal)."""
+    if expected <= 0:
+        return f"at {fmt.number(value)} against {against} of about {fmt.number(expected)}"
+    r = value / expected
+    if r >= 2:
+        return f"{fmt.ratio(r)} {against}"
+    change = abs(r - 1)
+    share = f"{fmt.whole_percent(change):d}%" if change >= 0.01 else fmt.percent(change)
+    return f"{share} {'above' if r > 1 else 'below'} {against}"
 
 
 def _period_usage(kind: str | None, value: float | None, details: Mapping[str, Any]) -> float | None:

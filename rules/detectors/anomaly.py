@@ -548,10 +548,10 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
     when = f"in the {fmt.duration(block.step)} bucket starting {fmt.moment(block.end - block.step, block.step)}"
     if signal == "shift":
         span = fmt.duration(max(1, params.adapt) * block.step)
-        message = (f"{block.metric} is {fmt.number(value)} {when}: over the last {span} it ran"
+        message = (f"{block.metric} is {fmt.number(value)} {when}: over the last {span} its median ran"
                    f" {fmt.number(abs(float(f.shift[i])))} {side} its usual level (about {fmt.number(expected)},"
                    f" {model} model), a sustained shift of {abs(score):.1f} noise units")
-        back = f"its {span} average is back within"
+        back = f"its median over the last {span} is back within"
     else:
         message = (f"{block.metric} is {fmt.number(value)} {when}: expected about {fmt.number(expected)}"
                    f" ({model} model), {abs(score):.1f} noise units {side} it")
@@ -561,6 +561,8 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
     details = {"score": score, "probability": tail_probability(params, score), "expected": expected,
                "scale": float(f.scale[i]), "model": model, "signal": signal, "direction": params.direction,
                "low": low, "high": high}
+    if signal == "shift":  # what the median of the last `adapt` buckets ran from the usual level, over how long
+        details.update(shift=float(f.shift[i]), span=max(1, params.adapt) * block.step)
     return make_finding(rule, block, i, value=value, baseline=expected, threshold=edge,
                         window_start=block.end - block.step, message=message + ".", details=details)
 
@@ -588,7 +590,7 @@ def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode
     shown = float(f.level[i]) if shift else value
     if adapted(params, f, i):
         level, before = float(f.level[i]), float(f.before[i])
-        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} it ran at about"
+        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} its median was about"
                    f" {fmt.number(level)}, against about {fmt.number(before)} before this alert opened on"
                    f" {opened}; the model has adapted to this new level as the usual one, so the alert ends.")
         details.update(adapted=True, level=level, before=before)
@@ -598,7 +600,7 @@ def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode
                    f" and the alert ends; whether {block.metric} is back to its earlier level is not known here.")
         details.update(adapted=None)
     elif low <= shown <= high:
-        what = f"about {fmt.number(shown)} over the last {span}" if shift else fmt.number(value)
+        what = f"a median of about {fmt.number(shown)} over the last {span}" if shift else fmt.number(value)
         message = (f"{block.metric} back to {what}: within {fmt.number(low)} .. {fmt.number(high)}"
                    f" of the expected {fmt.number(expected)}.")
     else:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rules.detectors import detect, required_history
+from rules.detectors import format as fmt
 from rules.detectors.anomaly import (
     CHUNK_CELLS,
     AnomalyParams,
@@ -27,6 +28,7 @@ from rules.detectors.anomaly import (
     tail_probability,
 )
 from rules.engine import history_needed
+from rules.impact import Pricing, assess
 from rules.loader import RuleFileError, load_rules, load_rules_text
 from rules.model import DAY, WEEK, AccountFacts, MetricBlock, OpenEpisode, Rule
 from rules.replay import replay
@@ -144,7 +146,17 @@ def test_a_subtle_lasting_step_fires_as_a_shift_once() -> None:
     b = block(series[: fired[0] + 1], M5)
     (finding,) = detect(rule(M5), b, facts(b)).findings
     assert finding.details["signal"] == "shift" and "sustained shift" in finding.message
-    assert "over the last 30m it ran" in finding.message and "above its usual level" in finding.message
+    # a median, said as one (a surge in the window would make "it ran at" false of an average), and the
+    # number is the median of the last `adapt` buckets against the usual level
+    assert "over the last 30m its median ran" in finding.message and "above its usual level" in finding.message
+    last = series[fired[0] + 1 - 6: fired[0] + 1]
+    shift = finding.details["shift"]
+    assert finding.details["span"] == 6 * M5 and shift > 0
+    assert f"ran {fmt.number(shift)} above" in finding.message
+    assert np.median(last) == pytest.approx(finding.baseline + shift)  # level model: no seasonal base
+    i = assess("anomaly", "value", "warning", finding.value, finding.baseline, finding.details, None, Pricing(),
+               finding.at, finding.bucket_start)
+    assert i.headline == f"value {fmt.whole_percent(shift / finding.baseline)}% above the usual level over the last 30m"
 
 
 def test_one_spike_does_not_make_a_shift() -> None:

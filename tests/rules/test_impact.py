@@ -150,3 +150,27 @@ def test_pricing_config_problems_name_file_line_and_field():
     p = parse_pricing(ok.section("pricing"))
     ok.raise_if_problems()
     assert p.plans["a"] == PlanPrice("a", 1, 5.0, {"api_calls": 100.0}, {"api_calls": 0.5}) and p.money(1234) == "€1,234"
+
+
+@pytest.mark.parametrize(("value", "expected", "details", "said"), [
+    (1_500.0, 58.5, {"signal": "bucket", "model": "daily"}, "api calls 25.6x what is usual for this time of day"),
+    (137.0, 100.0, {"signal": "bucket", "model": "weekly"}, "api calls 37% above what is usual for this time of the week"),
+    (55.0, 100.0, {"signal": "bucket", "model": "level"}, "api calls 45% below its recent level"),
+    (100.4, 100.0, {"signal": "bucket", "model": "level"}, "api calls 0.4% above its recent level"),
+    (0.0, 58.5, {"signal": "bucket", "model": "daily"}, "api calls fell to zero (usually about 58.5 at this time of day)"),
+    (0.0, 58.5, {"signal": "bucket", "model": "level"}, "api calls fell to zero (its recent level: about 58.5)"),
+    (5.0, 0.0, {"signal": "bucket", "model": "level"}, "api calls at 5 against its recent level of about 0"),
+    # a sustained shift: the median of the last `adapt` buckets (expected + shift), not the bucket
+    (0.0, 64.5, {"signal": "shift", "model": "daily", "shift": -50.5, "span": 6 * 3600},
+     "api calls 78% below the usual level over the last 6h"),
+    (0.0, 64.5, {"signal": "shift", "model": "daily", "shift": -64.5, "span": 6 * 3600},
+     "api calls at zero over the last 6h (usually about 64.5)"),
+    (80.0, 50.0, {"signal": "shift", "model": "level", "shift": 30.0, "span": 30 * 60},
+     "api calls 60% above the usual level over the last 30m"),
+])
+def test_an_anomaly_in_plain_words_of_what_its_signal_measured(value, expected, details, said):
+    """The headline of an anomaly says the bucket against what its model expects at this time, or a
+    shift's median against the usual level over its span; never a percentage of an expected 0."""
+    i = assess("anomaly", "api_calls", "warning", value, expected, details, ACME, PRICING, AT)
+    assert i.headline == said
+    assert i.revenue_at_risk is None and i.overage_units is None  # no money is claimed for an anomaly
