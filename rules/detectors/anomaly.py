@@ -574,6 +574,9 @@ def adapted(params: AnomalyParams, f: Fit, i: int) -> bool:
     return bool(np.isfinite(f.before_score[i]) and directional(params, f.before_score[i]) >= params.hold)
 
 
+_ADJUSTED = {"daily": ", adjusted for the time of day", "weekly": ", adjusted for the time of the week"}
+
+
 def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode: OpenEpisode) -> Recovery:
     """Why row i's open episode ends, in words true to the numbers: the model adapted to a new level
     (`adapted`); or the episode outlived what the learning window keeps from before it (its level is
@@ -588,9 +591,10 @@ def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode
     span = fmt.duration(max(1, params.adapt) * block.step)
     shift = SIGNALS[int(f.signal[i])] == "shift"
     shown = float(f.level[i]) if shift else value
+    median = f"its median{_ADJUSTED.get(MODEL_NAMES[int(f.model[i])], '')}"  # the level: seasonality put back
     if adapted(params, f, i):
         level, before = float(f.level[i]), float(f.before[i])
-        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} its median was about"
+        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} {median} was about"
                    f" {fmt.number(level)}, against about {fmt.number(before)} before this alert opened on"
                    f" {opened}; the model has adapted to this new level as the usual one, so the alert ends.")
         details.update(adapted=True, level=level, before=before)
@@ -600,7 +604,7 @@ def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode
                    f" and the alert ends; whether {block.metric} is back to its earlier level is not known here.")
         details.update(adapted=None)
     elif low <= shown <= high:
-        what = f"a median of about {fmt.number(shown)} over the last {span}" if shift else fmt.number(value)
+        what = f"about {fmt.number(shown)} over the last {span} ({median})" if shift else fmt.number(value)
         message = (f"{block.metric} back to {what}: within {fmt.number(low)} .. {fmt.number(high)}"
                    f" of the expected {fmt.number(expected)}.")
     else:

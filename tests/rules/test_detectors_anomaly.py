@@ -17,6 +17,7 @@ from rules.detectors import detect, required_history
 from rules.detectors import format as fmt
 from rules.detectors.anomaly import (
     CHUNK_CELLS,
+    MODEL_NAMES,
     AnomalyParams,
     _median_of,
     _tail_scale,
@@ -614,3 +615,30 @@ def test_a_long_decline_never_resolves_as_back_to_a_value_outside_the_range_it_s
             assert details["adapted"] is False
         else:
             assert "has not come back" in message or "is not known" in message or "outside" in message, message
+
+
+@pytest.mark.parametrize(("season", "surge", "model"), [(0.0, 1500.0, "level"), (0.6, 600.0, "daily")])
+def test_a_surge_resolves_saying_the_median_it_judged(season: float, surge: float, model: str) -> None:
+    """Seen by QA: a 2-hour surge of 1,500 on a ~100/h series resolved as "value back to about 82.5
+    over the last 6h", and an open shift said "its 6h average is back within": the average of those 6
+    hours was ~540. The shift signal reads the median of the last `adapt` buckets (seasonality put
+    back for a seasonal model), and a resolution judged on it says so; with the level model its number
+    is the median of the raw buckets."""
+    rng = np.random.default_rng(4)
+    hours = np.arange(24 * 12)
+    v = np.round(100 * (1 + season * np.sin(2 * np.pi * (hours % 24) / 24)) + rng.normal(0, 3, hours.size))
+    at = 24 * 10 + 3
+    v[at: at + 2] = surge
+    events = [e for e in _replayed(v) if e[1] >= at]
+    assert [e[0] for e in events][:2] == ["fired", "resolved"], events
+    _, resolved, message, details = events[1]
+    assert details["adapted"] is False and message.startswith("value back to") and "average" not in message
+    f = fit(v[None, : resolved + 1], H, AnomalyParams())
+    assert MODEL_NAMES[int(f.model[0])] == model and f.signal[0] == 1  # the case this test is about
+    # judged on the shift signal: the median is named, with its adjustment for a seasonal model
+    said = {"level": "(its median)", "daily": "(its median, adjusted for the time of day)"}[model]
+    assert f"over the last 6h {said}" in message
+    number = re.search(r"back to about ([\d,.]+) over the last 6h", message)
+    assert number is not None and float(number.group(1).replace(",", "")) == pytest.approx(f.level[0], rel=0.01)
+    if model == "level":  # no seasonal base: the median of the raw buckets
+        assert f.level[0] == np.median(v[resolved - 5: resolved + 1])
