@@ -152,35 +152,57 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
 
 
 _WHEN = {"daily": "this time of day", "weekly": "this time of the week"}  # the anomaly kind's seasonal models
+_ACROSS = {"daily": "the time of day", "weekly": "the time of the week"}  # the same, over several buckets
 
 
 def _anomaly_headline(m: str, value: float, expected: float, details: Mapping[str, Any]) -> str:
     """An anomaly in plain words, of what its signal measured: the bucket against what its model
     expects ("api calls 25.6x what is usual for this time of day", "api calls fell to zero (usually
-    about 58.5 at this time of day)"), or, for a sustained shift, the median of the last `adapt`
-    buckets against the usual level ("api calls 78% below the usual level over the last 6h")."""
-    shift, span = _num(details.get("shift")), _num(details.get("span"))
-    if details.get("signal") == "shift" and shift is not None and span:
-        level, over = expected + shift, f"over the last {fmt.duration(int(span))}"
-        if level <= 0 < expected:
-            return f"{m} at zero {over} (usually about {fmt.number(expected)})"
-        return f"{m} {_relative(level, expected, 'the usual level')} {over}"
-    when = _WHEN.get(str(details.get("model")))
-    if value <= 0 < expected:
-        usual = f"usually about {fmt.number(expected)} at {when}" if when else \
-            f"its recent level: about {fmt.number(expected)}"
+    about 58.5 at this time of day)"), or a sustained shift's median over its span (`_shift_headline`).
+    An expected value below 0 (a falling trend extrapolated) is said as 0: usage is never negative."""
+    model = str(details.get("model"))
+    if details.get("signal") == "shift":
+        return _shift_headline(m, expected, details, model)
+    when = _WHEN.get(model)
+    if expected <= 0 or value <= 0:
+        usual = f"usually about {fmt.number(max(0.0, expected))} at {when}" if when else \
+            f"its recent level: about {fmt.number(max(0.0, expected))}"
+        if expected <= 0:
+            return f"{m} at {fmt.number(value)} ({usual})"
         return f"{m} fell to zero ({usual})"
     return f"{m} {_relative(value, expected, f'what is usual for {when}' if when else 'its recent level')}"
 
 
+def _shift_headline(m: str, expected: float, details: Mapping[str, Any], model: str) -> str:
+    """A sustained shift: the median of the last `adapt` buckets against the usual level. With the
+    level model that median is of the buckets themselves, so it is said as a share of the usual level
+    ("api calls 78% below the usual level over the last 6h"). With a seasonal model it is the median
+    of each bucket's departure from its own time of day's usual value, said in units ("api calls ran
+    50.5 below what is usual for the time of day over the last 6h (median)"): a share of the current
+    bucket's usual value would be false when the pattern varies across the span."""
+    shift, span = _num(details.get("shift")), _num(details.get("span"))
+    if shift is None:
+        return ""
+    over = f"over the last {fmt.duration(int(span))}" if span else "lately"
+    across = _ACROSS.get(model)
+    if across is not None:
+        side = "above" if shift > 0 else "below"
+        return f"{m} ran {fmt.number(abs(shift))} {side} what is usual for {across} {over} (median)"
+    level = expected + shift
+    if expected <= 0 or level <= 0:
+        return f"{m} at {fmt.number(max(0.0, level))} {over} (usually about {fmt.number(max(0.0, expected))})"
+    return f"{m} {_relative(level, expected, 'the usual level')} {over}"
+
+
 def _relative(value: float, expected: float, against: str) -> str:
-    """ "3.1x <against>", "37% above <against>", "45% below <against>" (under 1%: with its decimal)."""
-    if expected <= 0:
-        return f"at {fmt.number(value)} against {against} of about {fmt.number(expected)}"
+    """ "3.1x <against>", "37% above <against>", "45% below <against>" (under 1%: with its decimal);
+    `expected` > 0."""
     r = value / expected
     if r >= 2:
         return f"{fmt.ratio(r)} {against}"
     change = abs(r - 1)
+    if change == 0:
+        return f"at {against}"
     share = f"{fmt.whole_percent(change):d}%" if change >= 0.01 else fmt.percent(change)
     return f"{share} {'above' if r > 1 else 'below'} {against}"
 

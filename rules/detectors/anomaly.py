@@ -548,9 +548,14 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
     when = f"in the {fmt.duration(block.step)} bucket starting {fmt.moment(block.end - block.step, block.step)}"
     if signal == "shift":
         span = fmt.duration(max(1, params.adapt) * block.step)
-        message = (f"{block.metric} is {fmt.number(value)} {when}: over the last {span} its median ran"
-                   f" {fmt.number(abs(float(f.shift[i])))} {side} its usual level (about {fmt.number(expected)},"
-                   f" {model} model), a sustained shift of {abs(score):.1f} noise units")
+        away = fmt.number(abs(float(f.shift[i])))
+        if model == "level":  # the median of the buckets themselves
+            ran = f"its median ran {away} {side} its usual level (about {fmt.number(expected)}, level model)"
+        else:  # the median of each bucket's departure from its own time of day (week): not one level
+            ran = (f"it ran a median of {away} {side} what the {model} model expects for each bucket (about"
+                   f" {fmt.number(expected)} for this one)")
+        message = (f"{block.metric} is {fmt.number(value)} {when}: over the last {span} {ran},"
+                   f" a sustained shift of {abs(score):.1f} noise units")
         back = f"its median over the last {span} is back within"
     else:
         message = (f"{block.metric} is {fmt.number(value)} {when}: expected about {fmt.number(expected)}"
@@ -591,10 +596,11 @@ def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode
     span = fmt.duration(max(1, params.adapt) * block.step)
     shift = SIGNALS[int(f.signal[i])] == "shift"
     shown = float(f.level[i]) if shift else value
-    median = f"its median{_ADJUSTED.get(MODEL_NAMES[int(f.model[i])], '')}"  # the level: seasonality put back
+    adjusted = _ADJUSTED.get(MODEL_NAMES[int(f.model[i])], "")
+    median = f"its median{adjusted}"  # the level: the seasonality put back
     if adapted(params, f, i):
         level, before = float(f.level[i]), float(f.before[i])
-        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} {median} was about"
+        message = (f"{block.metric} is {fmt.number(value)} and has not come back: over the last {span} {median}{',' if adjusted else ''} was about"
                    f" {fmt.number(level)}, against about {fmt.number(before)} before this alert opened on"
                    f" {opened}; the model has adapted to this new level as the usual one, so the alert ends.")
         details.update(adapted=True, level=level, before=before)
@@ -607,8 +613,9 @@ def _recovery(params: AnomalyParams, block: MetricBlock, f: Fit, i: int, episode
         what = f"about {fmt.number(shown)} over the last {span} ({median})" if shift else fmt.number(value)
         message = (f"{block.metric} back to {what}: within {fmt.number(low)} .. {fmt.number(high)}"
                    f" of the expected {fmt.number(expected)}.")
-    else:
-        message = (f"{block.metric} is {fmt.number(value)}, outside {fmt.number(low)} .. {fmt.number(high)} of the"
+    else:  # said of what the score measured: the bucket, or the median of the last `adapt` buckets
+        what = f"at about {fmt.number(shown)} over the last {span} ({median})" if shift else f"is {fmt.number(value)}"
+        message = (f"{block.metric} {what}, outside {fmt.number(low)} .. {fmt.number(high)} of the"
                    f" expected {fmt.number(expected)}, but its anomaly score fell to {float(f.score[i]):.1f}, under"
                    f" the {params.hold:g} an open alert holds at (the model has been learning this level), so the"
                    f" alert ends.")
@@ -629,6 +636,13 @@ def _check(t: Threshold) -> None:
                             f" score is at least recovery (got {t.shown('recovery')})")
     if t.given("learn"):
         t.multiple_of_bucket("learn")
+    if t.bucket:  # the shift signal compares the last `adapt` buckets with the windows before them in `learn`
+        p = t.params
+        learn, adapt = learn_buckets(p, t.bucket), max(1, p.adapt)
+        if learn < adapt:
+            t.error("learn" if t.given("learn") else "adapt",
+                    f"the learning window ({fmt.count(learn, 'bucket')} = {fmt.duration(learn * t.bucket)}) must hold"
+                    f" at least `adapt` ({adapt}) buckets: raise learn or lower adapt")
 
 
 KIND = Kind(
@@ -648,7 +662,8 @@ KIND = Kind(
               " while the score is at least this (see [how alerts end](#how-alerts-end-recovery))."),
         Field("adapt", v.integer(1, 1000), "integer, 1 ≤ n ≤ 1000", "`6`", "Buckets over which the learnt level and"
               " trend follow the series (a level shift is absorbed in about this many buckets), and the window"
-              " whose median the sustained-shift score compares with the learning window's."),
+              " whose median the sustained-shift score compares with the learning window's (at most `learn` in"
+              " buckets)."),
         Field("learn", v.positive_duration, "duration, a multiple of `bucket`", "2 days, at least 48 buckets",
               "How much recent history the noise scale and the choice of seasonal model are learnt from."),
         Field("cycles", v.integer(1, 8), "integer, 1 ≤ n ≤ 8", "`3`", "Past days (weeks) whose same time of day"

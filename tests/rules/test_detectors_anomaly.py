@@ -642,3 +642,50 @@ def test_a_surge_resolves_saying_the_median_it_judged(season: float, surge: floa
     assert number is not None and float(number.group(1).replace(",", "")) == pytest.approx(f.level[0], rel=0.01)
     if model == "level":  # no seasonal base: the median of the raw buckets
         assert f.level[0] == np.median(v[resolved - 5: resolved + 1])
+
+
+@pytest.mark.parametrize(("model", "offset"), [("daily", -40.0), ("level", -40.0)])
+def test_a_shift_says_how_far_it_ran_in_terms_true_of_every_bucket(model: str, offset: float) -> None:
+    """A reviewer's find: with a seasonal model the shift's headline was a share of the current
+    hour's usual value ("api calls at zero over the last 6h (usually about 178)" of 6 buckets at 10
+    across a daily cycle of 0 .. 205). Each of the last 6 buckets is now `offset` from its own time of
+    day: the headline and the message say that offset, in units, as the median it is; with the
+    level model the median of the buckets themselves, as a share of the usual level."""
+    h = history_buckets(AnomalyParams(), H)
+    t = np.arange(h)
+    rng = np.random.default_rng(2)
+    pattern = 60 * np.sin(2 * np.pi * (t % 24) / 24) if model == "daily" else 0.0
+    v = np.round(100 + pattern + rng.normal(0, 2, h))
+    v[-6:] += offset
+    b = block(v)
+    (finding,) = detect(rule(), b, facts(b)).findings
+    d = finding.details
+    assert d["signal"] == "shift" and d["model"] == model and d["span"] == 6 * H
+    assert d["shift"] == pytest.approx(offset, abs=2.5)  # the injected offset, up to the noise's median
+    i = assess("anomaly", "value", "warning", finding.value, finding.baseline, d, None, Pricing(), finding.at,
+               finding.bucket_start)
+    if model == "daily":
+        assert i.headline == f"value ran {fmt.number(-d['shift'])} below what is usual for the time of day over the last 6h (median)"
+        assert f"it ran a median of {fmt.number(-d['shift'])} below what the daily model expects for each bucket" in finding.message
+    else:
+        share = 1 - np.median(v[-6:]) / finding.baseline  # the buckets' own median against the usual level
+        assert i.headline == f"value {fmt.whole_percent(share)}% below the usual level over the last 6h"
+        assert f"its median ran {fmt.number(-d['shift'])} below its usual level" in finding.message
+
+
+@pytest.mark.parametrize(("threshold", "field"), [('adapt = 12\nlearn = "11h"', "learn"), ("adapt = 100", "adapt")])
+def test_a_learning_window_shorter_than_adapt_is_refused_at_load(threshold: str, field: str) -> None:
+    """A reviewer's find: `adapt = 12` with `learn = "6h"` (or `adapt = 100` with the default 48
+    buckets) loaded, then every evaluation raised ValueError (the shift signal had no window before
+    the last `adapt` buckets to compare with). Refused at load, naming the line and field."""
+    text = f'[[rule]]\nid = "a"\nkind = "anomaly"\nmetric = "value"\nbucket = "1h"\n[rule.threshold]\n{threshold}\n'
+    with pytest.raises(RuleFileError) as err:
+        load_rules_text(text)
+    said = str(err.value)
+    assert f"rule 'a': threshold.{field}:" in said and "must hold at least `adapt`" in said
+    assert f":{7 if field == 'adapt' else 8}:" in said
+    if field == "learn":  # a window of exactly `adapt` buckets is enough (one earlier window to compare with)
+        (r,) = load_rules_text(text.replace('"11h"', '"12h"')).rules
+        v = np.random.default_rng(0).poisson(10, history_buckets(r.params, H)).astype(float)
+        b = block(v)
+        assert detect(r, b, facts(b)).decided.all()

@@ -3,6 +3,8 @@ fits, renewal severity, and the rule's action (validated at load)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -159,18 +161,27 @@ def test_pricing_config_problems_name_file_line_and_field():
     (100.4, 100.0, {"signal": "bucket", "model": "level"}, "api calls 0.4% above its recent level"),
     (0.0, 58.5, {"signal": "bucket", "model": "daily"}, "api calls fell to zero (usually about 58.5 at this time of day)"),
     (0.0, 58.5, {"signal": "bucket", "model": "level"}, "api calls fell to zero (its recent level: about 58.5)"),
-    (5.0, 0.0, {"signal": "bucket", "model": "level"}, "api calls at 5 against its recent level of about 0"),
-    # a sustained shift: the median of the last `adapt` buckets (expected + shift), not the bucket
-    (0.0, 64.5, {"signal": "shift", "model": "daily", "shift": -50.5, "span": 6 * 3600},
-     "api calls 78% below the usual level over the last 6h"),
-    (0.0, 64.5, {"signal": "shift", "model": "daily", "shift": -64.5, "span": 6 * 3600},
-     "api calls at zero over the last 6h (usually about 64.5)"),
+    (100.0, 100.0, {"signal": "bucket", "model": "level"}, "api calls at its recent level"),  # a holding finding
+    # a forecast below 0 (a falling trend extrapolated) is said as 0: usage is never negative
+    (20.0, -0.292, {"signal": "bucket", "model": "level"}, "api calls at 20 (its recent level: about 0)"),
+    (5.0, 0.0, {"signal": "bucket", "model": "daily"}, "api calls at 5 (usually about 0 at this time of day)"),
+    # a sustained shift, level model: the median of the last `adapt` buckets is expected + shift
     (80.0, 50.0, {"signal": "shift", "model": "level", "shift": 30.0, "span": 30 * 60},
      "api calls 60% above the usual level over the last 30m"),
+    (0.0, 64.5, {"signal": "shift", "model": "level", "shift": -64.5, "span": 6 * 3600},
+     "api calls at 0 over the last 6h (usually about 64.5)"),
+    # seasonal: the median departure of each bucket from its own time of day, in units (a share of
+    # the current bucket's usual value would be false across a varying pattern)
+    (0.0, 64.5, {"signal": "shift", "model": "daily", "shift": -50.5, "span": 6 * 3600},
+     "api calls ran 50.5 below what is usual for the time of day over the last 6h (median)"),
+    (0.0, 178.0, {"signal": "shift", "model": "weekly", "shift": 24.5, "span": 6 * 3600},
+     "api calls ran 24.5 above what is usual for the time of the week over the last 6h (median)"),
+    (150.0, 100.0, {"signal": "shift", "model": "level", "shift": -40.0}, "api calls 40% below the usual level lately"),
+    (150.0, 100.0, {"signal": "shift", "model": "level", "span": 3600}, ""),  # no shift given: nothing claimed
 ])
 def test_an_anomaly_in_plain_words_of_what_its_signal_measured(value, expected, details, said):
     """The headline of an anomaly says the bucket against what its model expects at this time, or a
     shift's median against the usual level over its span; never a percentage of an expected 0."""
     i = assess("anomaly", "api_calls", "warning", value, expected, details, ACME, PRICING, AT)
     assert i.headline == said
-    assert i.revenue_at_risk is None and i.overage_units is None  # no money is claimed for an anomaly
+    assert "-" not in i.headline and not re.search(r"(?<![\d.])0% ", i.headline)  # never negative, never "0% above"
