@@ -193,19 +193,25 @@ def test_the_fit_reports_both_signals_and_scores_the_stronger() -> None:
 
 
 def test_the_median_network_is_the_median_of_the_observed_values() -> None:
+    """Every size the network serves (1..12) and one past it (a row sort), every `minimum`, with and
+    without gaps, and the complete path (`complete=True`) where nothing is missing: the median of
+    the observed values, the pruned plan included; ties (integers) as well as distinct values."""
     rng = np.random.default_rng(4)
-    for k in (1, 2, 3, 6, 7, 13):
-        for missing in (0.0, 0.3):
-            parts = [rng.normal(size=(20, 30)) for _ in range(k)]
+    for k in (*range(1, 13), 13):
+        for missing in (0.0, 0.3, 0.8):
+            parts = [rng.normal(size=(20, 30)) if k % 2 else rng.poisson(2.0, (20, 30)).astype(float)
+                     for _ in range(k)]
             for a in parts:
                 a[rng.random(a.shape) < missing] = np.nan
             stacked = np.stack(parts, axis=-1)
             count = np.count_nonzero(~np.isnan(stacked), axis=-1)
             with np.errstate(all="ignore"), pytest.warns(RuntimeWarning) if (count == 0).any() else _nothing():
                 want = np.nanmedian(stacked, axis=-1)
-            for minimum in (1, 2, 3):
-                expect = np.where(count >= minimum, want, np.nan)
+            for minimum in range(0, k + 2):
+                expect = np.where(count >= max(minimum, 1), want, np.nan)
                 np.testing.assert_allclose(_median_of(parts, minimum), expect, equal_nan=True)
+                if missing == 0.0:
+                    np.testing.assert_allclose(_median_of(parts, minimum, complete=True), expect, equal_nan=True)
                 assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(parts, np.moveaxis(stacked, -1, 0),
                                                                                  strict=True))  # inputs untouched
 
