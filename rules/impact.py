@@ -186,6 +186,8 @@ def _shift_headline(m: str, expected: float, details: Mapping[str, Any], model: 
     over = f"over the last {fmt.duration(int(span))}" if span else "lately"
     across = _ACROSS.get(model)
     if across is not None:
+        if shift == 0:  # a holding finding at `recovery = 0`
+            return f"{m} at what is usual for {across} {over} (median)"
         side = "above" if shift > 0 else "below"
         return f"{m} ran {fmt.number(abs(shift))} {side} what is usual for {across} {over} (median)"
     level = expected + shift

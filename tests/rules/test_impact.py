@@ -177,6 +177,8 @@ def test_pricing_config_problems_name_file_line_and_field():
     (0.0, 178.0, {"signal": "shift", "model": "weekly", "shift": 24.5, "span": 6 * 3600},
      "api calls ran 24.5 above what is usual for the time of the week over the last 6h (median)"),
     (150.0, 100.0, {"signal": "shift", "model": "level", "shift": -40.0}, "api calls 40% below the usual level lately"),
+    (90.0, 100.0, {"signal": "shift", "model": "daily", "shift": 0.0, "span": 3600},
+     "api calls at what is usual for the time of day over the last 1h (median)"),
     (150.0, 100.0, {"signal": "shift", "model": "level", "span": 3600}, ""),  # no shift given: nothing claimed
 ])
 def test_an_anomaly_in_plain_words_of_what_its_signal_measured(value, expected, details, said):
