@@ -152,7 +152,7 @@ def headline(kind: str | None, metric: str, value: float | None, baseline: float
 
 
 _WHEN = {"daily": "this time of day", "weekly": "this time of the week"}  # the anomaly kind's seasonal models
-_ACROSS = {"daily": "the time of day", "weekly": "the time of the week"}  # the same, over several buckets
+_ACROSS = {model: when.replace("this ", "the ", 1) for model, when in _WHEN.items()}  # the same, over several buckets
 
 
 def _anomaly_headline(m: str, value: float, expected: float, details: Mapping[str, Any]) -> str:

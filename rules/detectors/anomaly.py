@@ -206,7 +206,7 @@ def _median_of(parts: Sequence[np.ndarray], minimum: int = 1, complete: bool | N
     if k > SORTING_NETWORK_MAX:
         return _row_median(np.stack(parts, axis=-1), minimum)
     nan: list[np.ndarray] = []
-    if complete is None:
+    if not complete:  # None (unknown) or False: look, and keep the masks for the gap-aware path
         nan = [np.isnan(a) for a in parts]
         complete = not any(x.any() for x in nan)  # the usual case: every value observed
     if complete and k < minimum:
@@ -546,8 +546,9 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
     model = MODEL_NAMES[int(f.model[i])]
     signal = SIGNALS[int(f.signal[i])]
     when = f"in the {fmt.duration(block.step)} bucket starting {fmt.moment(block.end - block.step, block.step)}"
+    span_seconds = max(1, params.adapt) * block.step  # the shift signal's window
     if signal == "shift":
-        span = fmt.duration(max(1, params.adapt) * block.step)
+        span = fmt.duration(span_seconds)
         away = fmt.number(abs(float(f.shift[i])))
         if model == "level":  # the median of the buckets themselves
             ran = f"its median ran {away} {side} its usual level (about {fmt.number(expected)}, level model)"
@@ -567,7 +568,7 @@ def _finding(rule: Rule, params: AnomalyParams, block: MetricBlock, f: Fit, i: i
                "scale": float(f.scale[i]), "model": model, "signal": signal, "direction": params.direction,
                "low": low, "high": high}
     if signal == "shift":  # what the median of the last `adapt` buckets ran from the usual level, over how long
-        details.update(shift=float(f.shift[i]), span=max(1, params.adapt) * block.step)
+        details.update(shift=float(f.shift[i]), span=span_seconds)
     return make_finding(rule, block, i, value=value, baseline=expected, threshold=edge,
                         window_start=block.end - block.step, message=message + ".", details=details)
 
